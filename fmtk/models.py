@@ -1,0 +1,105 @@
+"""The seed architectures of the bootcamp notebooks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+from torchvision.models.vgg import make_layers
+
+
+def mlp(
+    in_features: int,
+    hidden: Sequence[int],
+    num_classes: int,
+    *,
+    activation: type[nn.Module] = nn.ReLU,
+    batch_norm: bool = False,
+    dropout: Sequence[float] = (),
+    he_init: bool = False,
+) -> nn.Sequential:
+    """Flatten → [Linear → (BatchNorm1d) → activation → (Dropout)] per hidden layer → Linear.
+
+    ``dropout`` gives one rate per hidden layer (empty: none). ``he_init`` uses kaiming normal
+    with mode fan_out on the Linear weights, as the Fashion-MNIST notebook does.
+    """
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_features
+    for index, size in enumerate(hidden):
+        layers.append(nn.Linear(width, size))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(size))
+        layers.append(activation())
+        if dropout:
+            layers.append(nn.Dropout(dropout[index]))  # the notebook's F.dropout stayed on at test time
+        width = size
+    layers.append(nn.Linear(width, num_classes))
+    model = nn.Sequential(*layers)
+    if he_init:
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+    return model
+
+
+def conv_block(in_channels: int, out_channels: int, *, batch_norm: bool, dropout: float = 0.0) -> nn.Sequential:
+    """Conv 3×3 (same padding) → (BatchNorm2d) → ReLU → MaxPool 2 → (Dropout)."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(out_channels))
+    layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+def fashion_cnn_basic(num_classes: int = 10) -> nn.Sequential:
+    """The notebook's basic CNN: two conv blocks (32, 64), fc 3136 → 128 → 10 (421,642 parameters)."""
+    return nn.Sequential(
+        conv_block(1, 32, batch_norm=False),
+        conv_block(32, 64, batch_norm=False),
+        nn.Flatten(),
+        nn.Linear(64 * 7 * 7, 128),
+        nn.ReLU(inplace=True),
+        nn.Linear(128, num_classes),
+    )
+
+
+def fashion_cnn_improved(num_classes: int = 10) -> nn.Sequential:
+    """The improved CNN: conv blocks 32/64/128 with BatchNorm2d and dropout 0.2/0.2/0.4, fc 1152 → 128
+    with BatchNorm1d and dropout 0.5 → 10."""
+    return nn.Sequential(
+        conv_block(1, 32, batch_norm=True, dropout=0.2),
+        conv_block(32, 64, batch_norm=True, dropout=0.2),
+        conv_block(64, 128, batch_norm=True, dropout=0.4),
+        nn.Flatten(),
+        nn.Linear(128 * 3 * 3, 128),
+        nn.BatchNorm1d(128),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Linear(128, num_classes),
+    )
+
+
+# The notebook's VGG16: block 3 ends in a 512-channel conv (torchvision's "D" config has 256 there),
+# which is what gives its 16,526,466 parameters with the GAP head below.
+VGG16_NOTEBOOK_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 512, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+def vgg16_gap(num_classes: int = 2) -> nn.Sequential:
+    """VGG16 with BatchNorm (13 convs), global average pooling, head 512 → 64 → BN → ReLU → classes."""
+    return nn.Sequential(
+        make_layers(VGG16_NOTEBOOK_CONFIG, batch_norm=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(512, 64),
+        nn.BatchNorm1d(64),
+        nn.ReLU(inplace=True),
+        nn.Linear(64, num_classes),
+    )
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,167 @@
+"""The Recipe type, loading recipes by name or path, and `--set key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fmtk.errors import FmtkError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from fmtk.data import DataSplits
+    from fmtk.run import Run
+
+
+@dataclass
+class Recipe:
+    """Model + data + the numbers of one training setup.
+
+    ``model(recipe)`` returns the ``nn.Module``; ``data(recipe, data_dir, device)`` returns the
+    :class:`fmtk.data.DataSplits`. Every scalar field and every key of ``options`` can be changed
+    from the command line with ``--set key=value``.
+
+    Example::
+
+        recipe = Recipe(name="tiny", description="...", model=make_model, data=make_data,
+                        optimizer="Adam", lr=1e-3, batch_size=32, epochs=5)
+    """
+
+    name: str
+    description: str
+    model: Callable[[Recipe], nn.Module]
+    data: Callable[[Recipe, Path, torch.device], DataSplits]
+    optimizer: str = "Adam"  # any class name in torch.optim
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 16
+    epochs: int = 10
+    # Ignite's EarlyStopping patience (stops when the counter *reaches* it); None turns it off.
+    early_stopping_patience: int | None = None
+    # torch ReduceLROnPlateau on valid loss; None turns it off.
+    plateau_patience: int | None = None
+    plateau_factor: float = 0.1
+    seed: int = 42
+    log_every: int = 50  # iterations between per-iteration TensorBoard points (each one is a host sync)
+    options: dict[str, Any] = field(default_factory=dict)  # recipe-specific knobs: variant, image_size…
+    # A recipe's own handlers: called with the assembled Run before training starts.
+    attach: Callable[[Run], None] | None = None
+
+    def validate(self) -> None:
+        """Raise FmtkError on values that cannot train (lr ≤ 0, batch size 0, ...)."""
+        checks = [
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
+            (0 < self.plateau_factor < 1, f"plateau_factor must be in (0, 1), got {self.plateau_factor}"),
+        ]
+        for name in ("early_stopping_patience", "plateau_patience"):
+            value = getattr(self, name)
+            checks.append((value is None or value >= 1, f"{name} must be >= 1 or none, got {value}"))
+        optimizer_class = getattr(torch.optim, self.optimizer, None)
+        is_optimizer = isinstance(optimizer_class, type) and issubclass(
+            optimizer_class, torch.optim.Optimizer
+        )
+        checks.append((is_optimizer, f"optimizer must name a class in torch.optim, got '{self.optimizer}'"))
+        for ok, message in checks:
+            if not ok:
+                raise FmtkError(f"recipe {self.name}: {message}")
+
+    def config(self) -> dict[str, Any]:
+        """The resolved recipe as plain JSON values (written to the run folder's config.json)."""
+        values = {name: getattr(self, name) for name in overridable_fields()}
+        values["options"] = dict(self.options)
+        for name in ("model", "data", "attach"):
+            function = getattr(self, name)
+            values[name] = None if function is None else getattr(function, "__qualname__", repr(function))
+        return {"name": self.name, "description": self.description, **values}
+
+
+def overridable_fields() -> dict[str, Any]:
+    """The Recipe fields `--set` may change, with their types."""
+    # The callables' annotations name types imported only for type checkers; stand-ins suffice here.
+    hints = typing.get_type_hints(Recipe, localns={"nn": torch.nn, "DataSplits": object, "Run": object})
+    fixed = {"name", "description", "model", "data", "options", "attach"}
+    return {f.name: hints[f.name] for f in dataclasses.fields(Recipe) if f.name not in fixed}
+
+
+def apply_overrides(recipe: Recipe, overrides: Mapping[str, str]) -> Recipe:
+    """A copy of ``recipe`` with string values from the command line parsed and checked by type."""
+    fields = overridable_fields()
+    changes: dict[str, Any] = {}
+    options = dict(recipe.options)
+    for key, text in overrides.items():
+        if key in fields:
+            changes[key] = _parse(key, text, fields[key])
+        elif key in options:
+            default = options[key]
+            options[key] = _parse(key, text, str | None if default is None else type(default))
+        else:
+            valid = ", ".join(sorted([*fields, *options]))
+            raise FmtkError(f"unknown recipe key '{key}' for {recipe.name}; valid keys: {valid}")
+    updated = dataclasses.replace(recipe, **changes, options=options)
+    updated.validate()
+    return updated
+
+
+def _parse(key: str, text: str, kind: Any) -> Any:
+    """Parse one command-line value into ``kind`` (int, float, bool, str, or X | None)."""
+    allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    if type(None) in allowed and text.strip().lower() in ("none", "null"):
+        return None
+    target = next(t for t in allowed if t is not type(None))
+    try:
+        if target is bool:
+            return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[
+                text.strip().lower()
+            ]
+        return target(text)
+    except (KeyError, ValueError):
+        expected = " or ".join(t.__name__ for t in allowed)
+        raise FmtkError(f"--set {key}={text}: expected {expected}") from None
+
+
+def bundled_recipes_dir() -> Path:
+    """The folder of the recipes that ship with fmtk (installed as the package fmtk.recipes)."""
+    import fmtk.recipes
+
+    return Path(fmtk.recipes.__file__).parent
+
+
+def bundled_recipe_names() -> list[str]:
+    """Names of the bundled recipes, sorted."""
+    return sorted(p.stem for p in bundled_recipes_dir().glob("*.py") if not p.stem.startswith("_"))
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Load a bundled recipe by name (``mnist_dnn``) or a user's recipe file by path."""
+    path = Path(name_or_path)
+    if path.suffix != ".py":
+        names = bundled_recipe_names()
+        if name_or_path not in names:
+            close = difflib.get_close_matches(name_or_path, names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known recipes: {', '.join(names)}"
+            raise FmtkError(f"unknown recipe '{name_or_path}'{hint}")
+        path = bundled_recipes_dir() / f"{name_or_path}.py"
+    if not path.is_file():
+        raise FmtkError(f"recipe file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"fmtk_recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    recipe = getattr(module, "recipe", None)
+    if not isinstance(recipe, Recipe):
+        raise FmtkError(f"{path} must define a variable `recipe = Recipe(...)`")
+    recipe.validate()
+    return recipe

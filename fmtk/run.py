@@ -1,0 +1,195 @@
+"""Assemble one run end to end (data → model → engines → handlers), train, test, write its folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, EarlyStopping
+from ignite.handlers.tensorboard_logger import TensorboardLogger
+from ignite.utils import manual_seed
+from torch import nn
+
+import fmtk
+from fmtk.data import DataSplits
+from fmtk.engines import create_evaluator, create_trainer
+from fmtk.errors import FmtkError
+from fmtk.handlers import (
+    CheckpointablePlateau,
+    RandomState,
+    attach_checkpoints,
+    attach_early_stopping,
+    attach_epoch_log,
+    attach_lr_plateau,
+    attach_progress,
+    attach_tensorboard,
+    attach_validation,
+)
+from fmtk.recipe import Recipe
+
+
+class RunInfo:
+    """What made a checkpoint (recipe, model class, fmtk version), saved inside every checkpoint."""
+
+    def __init__(self, recipe: Recipe, model: nn.Module) -> None:
+        self.info = {"recipe": recipe.name, "model": type(model).__name__, "fmtk": fmtk.__version__}
+
+    def state_dict(self) -> dict[str, str]:
+        return dict(self.info)
+
+    def load_state_dict(self, state: dict[str, str]) -> None:
+        self.loaded = dict(state)
+
+
+@dataclass
+class Run:
+    """One assembled run: its recipe, data, model, Ignite engines and handlers.
+
+    Attach any Ignite handler to ``trainer`` or ``evaluator`` (the valid-split evaluator) before
+    calling :meth:`run`.
+    """
+
+    recipe: Recipe
+    run_dir: Path
+    device: torch.device
+    data: DataSplits
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable
+    trainer: Engine
+    evaluator: Engine
+    best_checkpoint: Checkpoint
+    last_checkpoint: Checkpoint
+    tensorboard: TensorboardLogger
+    history: list[dict[str, float]]
+    early_stopping: EarlyStopping | None = None
+    lr_scheduler: CheckpointablePlateau | None = None
+    echo: Callable[[str], None] = print
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def run(self) -> dict[str, Any]:
+        """Train, then test the best and the last checkpoints; write metrics.json and return it."""
+        started = time.perf_counter()
+        try:
+            self.trainer.run(self.data.train, max_epochs=self.recipe.epochs)
+            self.results = self._summarise(time.perf_counter() - started)
+        finally:
+            self.tensorboard.close()
+        (self.run_dir / "metrics.json").write_text(json.dumps(self.results, indent=2) + "\n")
+        self._print_test_table()
+        return self.results
+
+    def test(self, checkpoint_path: Path) -> dict[str, float]:
+        """Load the model weights of ``checkpoint_path`` and evaluate them on the test split."""
+        checkpoint = torch.load(checkpoint_path, map_location=self.device, weights_only=True)
+        Checkpoint.load_objects({"model": self.model}, checkpoint)
+        evaluator = create_evaluator(self.model, self.loss_fn, self.device)
+        metrics = evaluator.run(self.data.test).metrics
+        return {"loss": metrics["loss"], "accuracy": metrics["accuracy"]}
+
+    def _summarise(self, seconds: float) -> dict[str, Any]:
+        accuracies = [row["valid_accuracy"] for row in self.history]
+        best_epoch = self.history[accuracies.index(max(accuracies))]["epoch"]
+        best_path = self.run_dir / self.best_checkpoint.last_checkpoint
+        last_path = self.run_dir / self.last_checkpoint.last_checkpoint
+        return {
+            "recipe": self.recipe.name,
+            "device": str(self.device),
+            "best_epoch": best_epoch,
+            "best_valid_accuracy": max(accuracies),
+            "epochs_run": self.trainer.state.epoch,
+            "stopped_early": self.trainer.state.epoch < self.recipe.epochs,
+            "train_seconds": round(seconds, 2),
+            "checkpoints": {"best": best_path.name, "last": last_path.name},
+            "test": {"best": self.test(best_path), "last": self.test(last_path)},
+        }
+
+    def _print_test_table(self) -> None:
+        self.echo(f"{'checkpoint':<12}{'file':<44}{'test_loss':>10}{'test_acc':>10}")
+        for which in ("best", "last"):
+            test = self.results["test"][which]
+            name = self.results["checkpoints"][which]
+            self.echo(f"{which:<12}{name:<44}{test['loss']:>10.4f}{100 * test['accuracy']:>9.2f}%")
+
+
+def make_run_dir(output_dir: Path, recipe_name: str, run_dir: Path | None = None) -> Path:
+    """Create the run folder: ``run_dir`` exactly (it must not exist or be empty), or a new
+    ``<output_dir>/<recipe>/<YYYYmmdd-HHMMSS>`` (suffixed ``-2``, ``-3`` … if that exists)."""
+    try:
+        if run_dir is not None:
+            if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+                raise FmtkError(f"--run-dir {run_dir} is not empty; give a new folder (nothing was changed)")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            return run_dir
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = output_dir / recipe_name / stamp
+        for attempt in range(1, 1000):
+            candidate = base if attempt == 1 else base.with_name(f"{stamp}-{attempt}")
+            try:
+                candidate.mkdir(parents=True)
+                return candidate
+            except FileExistsError:
+                continue
+        raise FmtkError(f"cannot find a free run folder name under {base.parent}")
+    except PermissionError as error:
+        raise FmtkError(f"cannot create the run folder: permission denied: {error.filename}") from None
+
+
+def build_run(
+    recipe: Recipe,
+    run_dir: Path,
+    device: torch.device,
+    data_dir: Path,
+    echo: Callable[[str], None] = print,
+) -> Run:
+    """Assemble the run of ``recipe`` into ``run_dir`` (which must exist) on ``device``."""
+    manual_seed(recipe.seed)
+    run_dir = Path(run_dir)
+    data = recipe.data(recipe, Path(data_dir), device)
+    model = recipe.model(recipe).to(device)
+    optimizer_class = getattr(torch.optim, recipe.optimizer)
+    optimizer = optimizer_class(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+
+    trainer = create_trainer(model, optimizer, loss_fn, device)
+    evaluator = create_evaluator(model, loss_fn, device)
+    # Order matters: each EPOCH_COMPLETED handler sees what the earlier ones left (bar closed,
+    # validation metrics, early stopping and plateau decisions) before the last checkpoint.
+    attach_progress(trainer)
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: data.train.set_epoch(engine.state.epoch))
+    attach_validation(trainer, evaluator, data.valid)
+    early_stopping = lr_scheduler = None
+    if recipe.early_stopping_patience is not None:
+        early_stopping = attach_early_stopping(trainer, evaluator, recipe.early_stopping_patience)
+    if recipe.plateau_patience is not None:
+        lr_scheduler = attach_lr_plateau(evaluator, optimizer, recipe.plateau_patience, recipe.plateau_factor)
+    history = attach_epoch_log(trainer, evaluator, optimizer, run_dir / "metrics.csv", echo)
+    tensorboard = attach_tensorboard(trainer, evaluator, optimizer, run_dir, recipe.log_every)
+
+    run_info = RunInfo(recipe, model)
+    last_state: dict[str, Any] = {
+        "model": model, "optimizer": optimizer, "trainer": trainer, "random_state": RandomState(), "run_info": run_info,
+    }  # fmt: skip
+    if lr_scheduler is not None:
+        last_state["lr_scheduler"] = lr_scheduler
+    if early_stopping is not None:
+        last_state["early_stopping"] = early_stopping
+    best, last = attach_checkpoints(trainer, evaluator, run_dir, {"model": model, "run_info": run_info}, last_state)
+
+    (run_dir / "config.json").write_text(json.dumps(recipe.config(), indent=2) + "\n")
+    run = Run(
+        recipe=recipe, run_dir=run_dir, device=device, data=data, model=model, optimizer=optimizer,
+        loss_fn=loss_fn, trainer=trainer, evaluator=evaluator, best_checkpoint=best, last_checkpoint=last,
+        tensorboard=tensorboard, history=history, early_stopping=early_stopping, lr_scheduler=lr_scheduler,
+        echo=echo,
+    )  # fmt: skip
+    if recipe.attach is not None:
+        recipe.attach(run)
+    return run
