@@ -73,7 +73,9 @@ def resolve_handler(reference: str) -> Callable:
 )  # fmt: skip
 @click.option("--output-dir", type=click.Path(path_type=Path), default="runs", show_default=True,
               help="Runs go to OUTPUT_DIR/RECIPE/YYYYmmdd-HHMMSS/.")  # fmt: skip
-@click.option("--run-dir", type=click.Path(path_type=Path), help="Exact run folder (must not exist or be empty).")
+@click.option(
+    "--run-dir", type=click.Path(path_type=Path), help="Exact run folder (must not exist or be empty)."
+)
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any recipe field.")
 @click.option("--handler", "handlers", multiple=True, metavar="MODULE:FUNCTION",
               help="A function that receives the Run and attaches handlers (repeatable).")  # fmt: skip

@@ -85,7 +85,11 @@ class TensorBatches:
         count = len(self.labels)
         order = torch.randperm(count, generator=generator, device=device) if self.shuffle else None
         for start in range(0, count, self.batch_size):
-            index = slice(start, start + self.batch_size) if order is None else order[start : start + self.batch_size]
+            index = (
+                slice(start, start + self.batch_size)
+                if order is None
+                else order[start : start + self.batch_size]
+            )
             x = self.images[index].float().div_(self.scale)
             if self.flip_p > 0:
                 flip = torch.rand(len(x), generator=generator, device=device) < self.flip_p
@@ -155,9 +159,13 @@ def find_mnist_files(data_dir: Path, name: str) -> dict[str, Path]:
     if not found:
         import torchvision.datasets
 
+        created = [folder for folder in (raw, raw.parent, data_dir) if not folder.exists()]
         try:
             getattr(torchvision.datasets, name)(str(data_dir), download=True)
         except Exception as error:  # noqa: BLE001 - any download failure gets the same advice
+            for folder in created:  # leave no empty folders behind
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
             files = ", ".join(f"{stem}.gz" for stem in MNIST_FILES.values())
             raise FmtkError(
                 f"{name} not found in {raw} and the download failed ({type(error).__name__}); "
@@ -171,9 +179,10 @@ def find_mnist_files(data_dir: Path, name: str) -> dict[str, Path]:
 
 
 def load_mnist_like(
-    data_dir: Path, name: str, batch_size: int, device: torch.device, seed: int, valid_size: int = 10_000
+    data_dir: Path, name: str, batch_size: int, device: torch.device, seed: int, valid_fraction: float = 1 / 6
 ) -> DataSplits:
-    """MNIST or FashionMNIST: a seeded stratified 50,000/10,000 train/valid split and the test set."""
+    """MNIST or FashionMNIST: a seeded stratified train/valid split (50,000/10,000 of the 60,000
+    training images by default) and the test set."""
     files = find_mnist_files(Path(data_dir), name)
     arrays = {key: read_idx(path) for key, path in files.items()}
     for split in ("train", "test"):
@@ -188,7 +197,7 @@ def load_mnist_like(
         labels = torch.from_numpy(arrays[f"{split}_labels"][index].astype(np.int64))
         return images.to(device), labels.to(device)
 
-    train_index, valid_index = stratified_split(arrays["train_labels"], valid_size, seed)
+    train_index, valid_index = stratified_split(arrays["train_labels"], valid_fraction, seed)
     classes = FASHION_MNIST_CLASSES if name == "FashionMNIST" else [str(d) for d in range(10)]
     return DataSplits(
         train=TensorBatches(*tensors("train", train_index), batch_size, shuffle=True, seed=seed),
@@ -213,4 +222,6 @@ def load_digits_splits(batch_size: int, device: torch.device, seed: int) -> Data
         index = torch.from_numpy(index).to(device)
         return TensorBatches(images[index], labels[index], batch_size, shuffle=shuffle, seed=seed, scale=16.0)
 
-    return DataSplits(batches(train, shuffle=True), batches(valid), batches(test), [str(d) for d in range(10)])
+    return DataSplits(
+        batches(train, shuffle=True), batches(valid), batches(test), [str(d) for d in range(10)]
+    )

@@ -109,7 +109,11 @@ def attach_checkpoints(
     )
     evaluator.add_event_handler(Events.COMPLETED, best)
     last = Checkpoint(
-        {**last_state, "best_checkpoint": best}, saver, filename_prefix="last", n_saved=1, global_step_transform=epoch
+        {**last_state, "best_checkpoint": best},
+        saver,
+        filename_prefix="last",
+        n_saved=1,
+        global_step_transform=epoch,
     )
     trainer.add_event_handler(Events.EPOCH_COMPLETED, last)
     return best, last
@@ -132,7 +136,11 @@ def attach_tensorboard(
         trainer, Events.EPOCH_COMPLETED, tag="train", metric_names=["loss"], global_step_transform=epoch
     )
     logger.attach_output_handler(
-        evaluator, Events.COMPLETED, tag="valid", metric_names=["loss", "accuracy"], global_step_transform=epoch
+        evaluator,
+        Events.COMPLETED,
+        tag="valid",
+        metric_names=["loss", "accuracy"],
+        global_step_transform=epoch,
     )
     logger.attach_opt_params_handler(trainer, Events.EPOCH_STARTED, optimizer, param_name="lr")
 

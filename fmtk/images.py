@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from fmtk.data import DataSplits, TensorBatches, stratified_split
 from fmtk.errors import FmtkError
@@ -41,7 +40,7 @@ def list_image_folder(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
     if not folder.is_dir():
         raise FmtkError(f"image folder not found: {folder}")
     try:
-        classes, class_to_index = ImageFolder.find_classes(str(folder))
+        classes, class_to_index = find_classes(str(folder))
         samples = make_dataset(str(folder), class_to_index, extensions=IMG_EXTENSIONS)
     except FileNotFoundError as error:  # torchvision's message names the empty class folders
         raise FmtkError(f"{folder}: {str(error).splitlines()[0]}") from None
@@ -83,8 +82,12 @@ def load_catdog(
     root = Path(data_dir) / "catdog"
     if not root.is_dir():
         raise FmtkError(f"Cat & Dog data not found: {root} (expected training_set/ and test_set/)")
-    train_images, train_labels, classes = decode_image_folder(find_split_folder(root, "training_set"), image_size)
-    test_images, test_labels, test_classes = decode_image_folder(find_split_folder(root, "test_set"), image_size)
+    train_images, train_labels, classes = decode_image_folder(
+        find_split_folder(root, "training_set"), image_size
+    )
+    test_images, test_labels, test_classes = decode_image_folder(
+        find_split_folder(root, "test_set"), image_size
+    )
     if test_classes != classes:
         raise FmtkError(f"{root}: test_set classes {test_classes} differ from training_set classes {classes}")
     train_index, valid_index = stratified_split(train_labels.numpy(), valid_fraction, seed)

@@ -97,8 +97,8 @@ class Run:
     def _summarise(self, seconds: float) -> dict[str, Any]:
         accuracies = [row["valid_accuracy"] for row in self.history]
         best_epoch = self.history[accuracies.index(max(accuracies))]["epoch"]
-        best_path = self.run_dir / self.best_checkpoint.last_checkpoint
-        last_path = self.run_dir / self.last_checkpoint.last_checkpoint
+        best_path = Path(self.best_checkpoint.last_checkpoint)  # the saver folder is part of it
+        last_path = Path(self.last_checkpoint.last_checkpoint)
         return {
             "recipe": self.recipe.name,
             "device": str(self.device),
@@ -138,8 +138,8 @@ def make_run_dir(output_dir: Path, recipe_name: str, run_dir: Path | None = None
             except FileExistsError:
                 continue
         raise FmtkError(f"cannot find a free run folder name under {base.parent}")
-    except PermissionError as error:
-        raise FmtkError(f"cannot create the run folder: permission denied: {error.filename}") from None
+    except OSError as error:  # not writable, a file in the way, read-only file system…
+        raise FmtkError(f"cannot create the run folder {error.filename}: {error.strerror}") from None
 
 
 def build_run(
@@ -152,8 +152,8 @@ def build_run(
     """Assemble the run of ``recipe`` into ``run_dir`` (which must exist) on ``device``."""
     manual_seed(recipe.seed)
     run_dir = Path(run_dir)
+    model = recipe.model(recipe).to(device)  # first: a bad variant fails before a slow data load
     data = recipe.data(recipe, Path(data_dir), device)
-    model = recipe.model(recipe).to(device)
     optimizer_class = getattr(torch.optim, recipe.optimizer)
     optimizer = optimizer_class(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
@@ -174,14 +174,12 @@ def build_run(
     tensorboard = attach_tensorboard(trainer, evaluator, optimizer, run_dir, recipe.log_every)
 
     run_info = RunInfo(recipe, model)
-    last_state: dict[str, Any] = {
-        "model": model, "optimizer": optimizer, "trainer": trainer, "random_state": RandomState(), "run_info": run_info,
-    }  # fmt: skip
-    if lr_scheduler is not None:
-        last_state["lr_scheduler"] = lr_scheduler
-    if early_stopping is not None:
-        last_state["early_stopping"] = early_stopping
-    best, last = attach_checkpoints(trainer, evaluator, run_dir, {"model": model, "run_info": run_info}, last_state)
+    last_state = {"model": model, "optimizer": optimizer, "trainer": trainer, "random_state": RandomState()}
+    optional = {"lr_scheduler": lr_scheduler, "early_stopping": early_stopping, "run_info": run_info}
+    last_state.update({name: handler for name, handler in optional.items() if handler is not None})
+    best, last = attach_checkpoints(
+        trainer, evaluator, run_dir, {"model": model, "run_info": run_info}, last_state
+    )
 
     (run_dir / "config.json").write_text(json.dumps(recipe.config(), indent=2) + "\n")
     run = Run(

@@ -10,7 +10,9 @@ from fmtk.models import fashion_cnn_basic, fashion_cnn_improved
 def model(recipe: Recipe) -> nn.Module:
     variants = {"improved": fashion_cnn_improved, "basic": fashion_cnn_basic}
     if recipe.options["variant"] not in variants:
-        raise FmtkError(f"fmnist_cnn: unknown variant '{recipe.options['variant']}'; choose improved or basic")
+        raise FmtkError(
+            f"fmnist_cnn: unknown variant '{recipe.options['variant']}'; choose improved or basic"
+        )
     return variants[recipe.options["variant"]]()
 
 

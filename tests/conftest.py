@@ -1,0 +1,89 @@
+"""Shared fixtures: small datasets written in the real formats, and the real data in $FMTK_DATA."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
+    """Write ``array`` (uint8) as an IDX file, gzip-compressed when ``compress``."""
+    header = b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(payload))
+    else:
+        path.write_bytes(payload)
+    return path
+
+
+def make_mnist_like(
+    root: Path, name: str = "MNIST", train: int = 600, test: int = 200, seed: int = 0
+) -> Path:
+    """A learnable MNIST-format dataset: class k is a bright bar in row band k plus noise."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train), ("test", test)):
+        labels = np.arange(count) % 10
+        rng.shuffle(labels)
+        images = rng.integers(0, 60, size=(count, 28, 28)).astype(np.uint8)
+        for index, label in enumerate(labels):
+            images[index, 2 + 2 * label : 4 + 2 * label, 4:24] = 250
+        prefix = "train" if split == "train" else "t10k"
+        write_idx(root / name / "raw" / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(root / name / "raw" / f"{prefix}-labels-idx1-ubyte", labels.astype(np.uint8))
+    return root
+
+
+def make_image_folder(folder: Path, per_class: int = 10, size: int = 40, seed: int = 0) -> Path:
+    """``folder/{cats,dogs}/*.jpg``: cats reddish, dogs bluish, with noise, of varying sizes."""
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(("cats", "dogs")):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            height, width = size + int(rng.integers(0, 20)), size + int(rng.integers(0, 20))
+            pixels = rng.integers(0, 80, size=(height, width, 3)).astype(np.uint8)
+            pixels[..., 0 if label == 0 else 2] += 150
+            Image.fromarray(pixels).save(folder / name / f"{name[:-1]}.{index}.jpg", quality=90)
+    return folder
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """``{relative path: (size, mtime_ns)}`` of every file below ``root``, to prove nothing changed."""
+    return {
+        str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture
+def mnist_root(tmp_path: Path) -> Path:
+    return make_mnist_like(tmp_path / "data")
+
+
+@pytest.fixture
+def catdog_root(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    make_image_folder(root / "catdog" / "training_set", per_class=20)
+    make_image_folder(root / "catdog" / "test_set", per_class=6, seed=1)
+    return root
+
+
+@pytest.fixture
+def real_data() -> Path:
+    """The real datasets from $FMTK_DATA; skipped when unset, a failure when FMTK_REQUIRE_DATA=1."""
+    value = os.environ.get("FMTK_DATA")
+    if not value or not Path(value).is_dir():
+        message = f"real data needed: set FMTK_DATA to the datasets folder (now {value!r})"
+        if os.environ.get("FMTK_REQUIRE_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return Path(value)

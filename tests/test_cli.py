@@ -1,0 +1,111 @@
+"""The `fmtk` command: list, run, and a one-line error with a non-zero exit for every bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import tree_snapshot
+from test_recipe import USER_RECIPE
+
+from fmtk.cli import cli
+
+
+def fmtk(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fmtk", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_list() -> None:
+    result = CliRunner().invoke(cli, ["list"])
+    assert result.exit_code == 0
+    assert [line.split()[0] for line in result.output.splitlines()] == [
+        "catdog_vgg", "digits_mlp", "fmnist_cnn", "fmnist_dnn", "mnist_dnn",
+    ]  # fmt: skip
+
+
+def test_run_digits_writes_a_complete_run(tmp_path: Path) -> None:
+    result = fmtk(
+        "run", "digits_mlp", "--epochs", "3", "--device", "cpu", "--output-dir", "out", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    [run_dir] = (tmp_path / "out" / "digits_mlp").iterdir()
+    assert f"run folder: {Path('out') / 'digits_mlp' / run_dir.name}" in result.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 3 and metrics["test"]["best"]["accuracy"] > 0.5
+    assert "best" in result.stdout and "last" in result.stdout  # the test table
+
+
+def test_run_a_user_recipe_file_with_set(tmp_path: Path) -> None:
+    (tmp_path / "my_recipe.py").write_text(USER_RECIPE)
+    result = fmtk(
+        "run", "my_recipe.py", "--run-dir", "r", "--set", "lr=0.01", "--set", "epochs=1", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (config["name"], config["lr"], config["epochs"]) == ("my_digits", 0.01, 1)
+
+
+def test_run_dir_that_holds_a_run_is_refused_and_untouched(tmp_path: Path) -> None:
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "metrics.csv").write_text("epoch\n1\n")
+    before = tree_snapshot(run_dir)
+    assert_one_line_error(fmtk("run", "digits_mlp", "--run-dir", str(run_dir)), "--run-dir", "not empty")
+    assert tree_snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["run", "mnist_dn"], ["unknown recipe 'mnist_dn'", "did you mean 'mnist_dnn'"]),
+        (["run", "digits_mlp", "--set", "lrate=1"], ["unknown recipe key 'lrate'", "valid keys"]),
+        (["run", "digits_mlp", "--set", "epochs=many"], ["--set epochs=many: expected int"]),
+        (["run", "digits_mlp", "--set", "lr"], ["--set lr: expected key=value"]),
+        (["run", "digits_mlp", "--lr", "0"], ["lr must be > 0"]),
+        (["run", "digits_mlp", "--batch-size", "0"], ["batch_size must be >= 1"]),
+        (["run", "digits_mlp", "--epochs", "0"], ["epochs must be >= 1"]),
+        (["run", "digits_mlp", "--device", "tpu"], ["--device tpu"]),
+        (["run", "digits_mlp", "--handler", "nowhere.module:attach"], ["--handler", "cannot import nowhere"]),
+        (["run", "mnist_dnn", "--set", "variant=tanh", "--data-dir", "."], ["unknown variant 'tanh'"]),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
+    assert_one_line_error(fmtk(*args, "--output-dir", str(tmp_path / "out"), cwd=tmp_path), *fragments)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_one_line(tmp_path: Path) -> None:
+    result = fmtk("run", "catdog_vgg", "--device", "cuda", "--output-dir", "out", cwd=tmp_path)
+    assert_one_line_error(result, "--device cuda: CUDA is not available")
+    assert not (tmp_path / "out").exists()  # failed before creating anything
+
+
+def test_missing_mnist_files_is_one_line(tmp_path: Path) -> None:
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    result = fmtk(
+        "run", "mnist_dnn", "--data-dir", str(tmp_path / "data"), "--output-dir", "out", cwd=tmp_path
+    )
+    assert_one_line_error(result, "missing train-labels-idx1-ubyte.gz")
+
+
+def test_output_dir_that_cannot_hold_folders_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "runs"
+    blocker.write_text("a file, not a folder")  # as root, permissions cannot block a mkdir; this can
+    result = fmtk("run", "digits_mlp", "--output-dir", str(blocker), cwd=tmp_path)
+    assert_one_line_error(result, "cannot create the run folder", str(blocker))
+    assert blocker.read_text() == "a file, not a folder"

@@ -1,0 +1,87 @@
+"""The handlers really act: early stopping stops, the plateau lowers the LR, state survives a save."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver
+from torch import nn
+
+from fmtk.handlers import RandomState, attach_early_stopping, attach_lr_plateau, attach_validation
+
+
+def scripted_engines(valid_losses: list[float]) -> tuple[Engine, Engine]:
+    """A trainer and an evaluator whose valid loss after epoch k is ``valid_losses[k - 1]``."""
+    trainer = Engine(lambda engine, batch: None)
+    evaluator = Engine(lambda engine, batch: None)
+
+    @evaluator.on(Events.COMPLETED)
+    def set_loss(engine: Engine) -> None:
+        engine.state.metrics["loss"] = valid_losses[trainer.state.epoch - 1]
+
+    attach_validation(trainer, evaluator, [0])
+    return trainer, evaluator
+
+
+def test_early_stopping_stops_after_patience_bad_epochs() -> None:
+    trainer, evaluator = scripted_engines([1.0, 0.9, 0.8, 0.85, 0.9, 0.95, 0.7, 0.6, 0.5, 0.4])
+    attach_early_stopping(trainer, evaluator, patience=3)
+    trainer.run([0], max_epochs=10)
+    assert trainer.state.epoch == 6  # best at 3; epochs 4, 5, 6 did not improve
+
+
+def test_early_stopping_counter_survives_evaluations() -> None:
+    # Ignite's attach() would reset the counter at every evaluation and never stop.
+    trainer, evaluator = scripted_engines([1.0] + [2.0] * 9)
+    attach_early_stopping(trainer, evaluator, patience=2)
+    trainer.run([0], max_epochs=10)
+    assert trainer.state.epoch == 3
+
+
+def test_plateau_lowers_the_lr() -> None:
+    optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
+    trainer, evaluator = scripted_engines([1.0, 0.9, 0.95, 0.95, 0.95, 0.95])
+    lrs = []
+    attach_lr_plateau(evaluator, optimizer, patience=2, factor=0.1)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: lrs.append(optimizer.param_groups[0]["lr"]))
+    trainer.run([0], max_epochs=6)
+    assert [round(lr, 6) for lr in lrs] == [0.1, 0.1, 0.1, 0.1, 0.01, 0.01]
+
+
+def test_plateau_and_early_stopping_state_round_trip_through_a_checkpoint(tmp_path: Path) -> None:
+    optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
+    trainer, evaluator = scripted_engines([1.0, 1.1, 1.2])
+    scheduler = attach_lr_plateau(evaluator, optimizer, patience=5, factor=0.1)
+    stopper = attach_early_stopping(trainer, evaluator, patience=5)
+    trainer.run([0], max_epochs=3)
+    to_save = {"lr_scheduler": scheduler, "early_stopping": stopper, "trainer": trainer}
+    checkpoint = Checkpoint(to_save, DiskSaver(str(tmp_path), require_empty=False))
+    checkpoint(trainer)
+    saved = torch.load(tmp_path / checkpoint.last_checkpoint, weights_only=True)  # plain values only
+
+    fresh_optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.5)
+    fresh_trainer, fresh_evaluator = scripted_engines([9.0])
+    fresh_scheduler = attach_lr_plateau(fresh_evaluator, fresh_optimizer, patience=5, factor=0.1)
+    fresh_stopper = attach_early_stopping(fresh_trainer, fresh_evaluator, patience=5)
+    Checkpoint.load_objects({"lr_scheduler": fresh_scheduler, "early_stopping": fresh_stopper}, saved)
+    assert fresh_scheduler.scheduler.num_bad_epochs == scheduler.scheduler.num_bad_epochs == 2
+    assert fresh_scheduler.scheduler.best == 1.0
+    assert (fresh_stopper.counter, fresh_stopper.best_score) == (2, 1.0)
+    fresh_scheduler.scheduler.num_bad_epochs = 5
+    fresh_scheduler.scheduler.step(2.0)  # the re-patched reduction still acts on the new optimizer
+    assert fresh_optimizer.param_groups[0]["lr"] == 0.05
+
+
+def test_random_state_round_trip(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    state = RandomState()
+    torch.save(state.state_dict(), tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    state.load_state_dict(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]

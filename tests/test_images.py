@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_image_folder, tree_snapshot
+from PIL import Image
+
+from fmtk.errors import FmtkError
+from fmtk.images import decode_image, decode_image_folder, load_catdog
+
+CPU = torch.device("cpu")
+
+
+def test_decode_image_folder_converts_every_mode_to_rgb(tmp_path: Path) -> None:
+    folder = make_image_folder(tmp_path / "train", per_class=3)
+    Image.new("L", (30, 50), 128).save(folder / "cats" / "gray.jpg")
+    Image.new("CMYK", (40, 40), (0, 255, 255, 0)).save(folder / "dogs" / "cmyk.jpg")
+    Image.new("RGBA", (20, 35), (0, 0, 255, 100)).save(folder / "dogs" / "alpha.png")
+    images, labels, classes = decode_image_folder(folder, image_size=16)
+    assert images.shape == (9, 3, 16, 16) and images.dtype == torch.uint8
+    assert classes == ["cats", "dogs"] and labels.tolist() == [0] * 4 + [1] * 5
+
+
+def test_decode_image_names_a_corrupt_file(tmp_path: Path) -> None:
+    folder = make_image_folder(tmp_path / "train", per_class=2)
+    broken = folder / "dogs" / "dog.0.jpg"
+    broken.write_bytes(broken.read_bytes()[: len(broken.read_bytes()) // 3])
+    with pytest.raises(FmtkError, match="dog.0.jpg: cannot decode"):
+        decode_image_folder(folder, image_size=16)
+
+
+def test_decode_image_rejects_a_non_image(tmp_path: Path) -> None:
+    path = tmp_path / "notes.jpg"
+    path.write_text("not an image")
+    with pytest.raises(FmtkError, match="notes.jpg"):
+        decode_image(path, 16)
+
+
+def test_empty_class_folder_is_a_clear_error(tmp_path: Path) -> None:
+    folder = make_image_folder(tmp_path / "train", per_class=2)
+    for path in (folder / "dogs").iterdir():
+        path.unlink()
+    with pytest.raises(FmtkError, match="dogs"):
+        decode_image_folder(folder, image_size=16)
+
+
+def test_load_catdog_stratified_split_and_train_only_flip(catdog_root: Path) -> None:
+    before = tree_snapshot(catdog_root)
+    splits = load_catdog(catdog_root, image_size=24, batch_size=8, device=CPU, seed=42)
+    assert tree_snapshot(catdog_root) == before
+    assert torch.bincount(splits.valid.labels).tolist() == [4, 4]  # 20 % of 20 per class
+    assert len(splits.train.labels) == 32 and len(splits.test.labels) == 12
+    assert splits.train.flip_p == 0.3 and splits.valid.flip_p == 0 and splits.test.flip_p == 0
+    x, _ = next(iter(splits.test))
+    assert x.shape == (8, 3, 24, 24) and x.dtype == torch.float32
+
+
+def test_load_catdog_accepts_kaggle_nested_layout(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    make_image_folder(root / "catdog" / "training_set" / "training_set", per_class=10)
+    make_image_folder(root / "catdog" / "test_set" / "test_set", per_class=3)
+    splits = load_catdog(root, image_size=16, batch_size=4, device=CPU, seed=0)
+    assert len(splits.test.labels) == 6 and splits.classes == ["cats", "dogs"]
+
+
+def test_load_catdog_missing_class_in_test_set(catdog_root: Path) -> None:
+    test_dogs = catdog_root / "catdog" / "test_set" / "dogs"
+    for path in test_dogs.iterdir():
+        path.unlink()
+    test_dogs.rmdir()
+    with pytest.raises(FmtkError, match=r"test_set classes \['cats'\] differ"):
+        load_catdog(catdog_root, image_size=16, batch_size=4, device=CPU, seed=0)
+
+
+def test_decode_resizes_like_torchvision(tmp_path: Path) -> None:
+    path = tmp_path / "x.png"  # PNG: no JPEG draft scaling, so the result is PIL's bilinear resize
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 48, 3)).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+    from torchvision.transforms import functional
+
+    expected = np.asarray(functional.resize(Image.open(path), [16, 16]))
+    np.testing.assert_array_equal(decode_image(path, 16), expected)

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fmtk.errors import FmtkError
+from fmtk.recipe import apply_overrides, bundled_recipe_names, load_recipe
+
+USER_RECIPE = """
+from fmtk import Recipe
+from fmtk.data import load_digits_splits
+from fmtk.models import mlp
+
+recipe = Recipe(
+    name="my_digits",
+    description="a user's own recipe",
+    model=lambda recipe: mlp(64, [16], 10),
+    data=lambda recipe, data_dir, device: load_digits_splits(recipe.batch_size, device, recipe.seed),
+    epochs=2,
+)
+"""
+
+
+def test_bundled_recipes() -> None:
+    assert bundled_recipe_names() == ["catdog_vgg", "digits_mlp", "fmnist_cnn", "fmnist_dnn", "mnist_dnn"]
+    for name in bundled_recipe_names():
+        recipe = load_recipe(name)
+        assert recipe.name == name and recipe.description
+        json.dumps(recipe.config())  # config.json must be plain JSON
+
+
+@pytest.mark.parametrize(
+    "name, numbers",
+    [
+        ("mnist_dnn", {"optimizer": "SGD", "lr": 0.1, "batch_size": 100, "epochs": 17}),
+        ("fmnist_dnn", {"optimizer": "Adam", "lr": 1e-3, "batch_size": 16}),
+        ("fmnist_cnn", {"optimizer": "Adam", "lr": 1e-3, "batch_size": 16, "plateau_patience": 5,
+                        "plateau_factor": 0.1, "early_stopping_patience": 11}),
+        ("catdog_vgg", {"optimizer": "Adam", "lr": 1e-4, "batch_size": 16, "epochs": 55,
+                        "plateau_patience": 4, "early_stopping_patience": 8}),
+    ],
+)  # fmt: skip
+def test_recipes_keep_the_notebook_numbers(name: str, numbers: dict) -> None:
+    recipe = load_recipe(name)
+    assert {key: getattr(recipe, key) for key in numbers} == numbers
+
+
+def test_unknown_recipe_suggests_the_closest_name() -> None:
+    with pytest.raises(FmtkError, match="unknown recipe 'mnist_dn'; did you mean 'mnist_dnn'"):
+        load_recipe("mnist_dn")
+
+
+def test_user_recipe_file(tmp_path: Path) -> None:
+    path = tmp_path / "my_recipe.py"
+    path.write_text(USER_RECIPE)
+    assert load_recipe(str(path)).name == "my_digits"
+
+
+def test_recipe_file_without_recipe_variable(tmp_path: Path) -> None:
+    path = tmp_path / "empty.py"
+    path.write_text("x = 1\n")
+    with pytest.raises(FmtkError, match="must define a variable `recipe"):
+        load_recipe(str(path))
+
+
+def test_overrides_are_typed() -> None:
+    recipe = apply_overrides(
+        load_recipe("fmnist_cnn"),
+        {"lr": "0.01", "epochs": "3", "plateau_patience": "none", "variant": "basic", "optimizer": "SGD"},
+    )
+    assert (recipe.lr, recipe.epochs, recipe.plateau_patience) == (0.01, 3, None)
+    assert (recipe.options["variant"], recipe.optimizer) == ("basic", "SGD")
+    assert load_recipe("fmnist_cnn").lr == 1e-3  # the bundled recipe is not changed
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"learning_rate": "0.1"}, "unknown recipe key 'learning_rate'.*valid keys: .*batch_size.*lr"),
+        ({"epochs": "three"}, "--set epochs=three: expected int"),
+        ({"lr": "0"}, "lr must be > 0"),
+        ({"lr": "-1"}, "lr must be > 0"),
+        ({"batch_size": "0"}, "batch_size must be >= 1"),
+        ({"epochs": "0"}, "epochs must be >= 1"),
+        ({"optimizer": "Adamm"}, "optimizer must name a class in torch.optim"),
+        ({"image_size": "big"}, "expected int"),
+    ],
+)
+def test_bad_overrides_are_one_line_errors(overrides: dict, message: str) -> None:
+    with pytest.raises(FmtkError, match=message) as error:
+        apply_overrides(load_recipe("catdog_vgg"), overrides)
+    assert "\n" not in str(error.value)
+
+
+def test_bundled_recipes_found_from_any_directory(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fmtk", "list"], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert "mnist_dnn" in result.stdout and "catdog_vgg" in result.stdout

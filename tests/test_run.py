@@ -1,0 +1,100 @@
+"""A whole run on real-format data: its folder, its checkpoints, its TensorBoard events."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fmtk.engines import create_evaluator
+from fmtk.recipe import apply_overrides, load_recipe
+from fmtk.run import build_run, make_run_dir
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory):
+    """mnist_dnn for 4 epochs on small MNIST-format files written by the test."""
+    from conftest import make_mnist_like
+
+    root = make_mnist_like(tmp_path_factory.mktemp("data"), train=1200, test=300)
+    recipe = apply_overrides(load_recipe("mnist_dnn"), {"epochs": "4", "batch_size": "50", "lr": "0.05"})
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    run_dir.mkdir()
+    lines: list[str] = []
+    run = build_run(recipe, run_dir, CPU, root, echo=lines.append)
+    run.run()
+    return run, lines
+
+
+def test_run_folder_is_complete(finished_run) -> None:
+    run, lines = finished_run
+    names = {path.name for path in run.run_dir.iterdir()}
+    assert {"config.json", "metrics.csv", "metrics.json"} <= names
+    assert any(n.startswith("best_") and n.endswith(".pt") for n in names)
+    assert any(n.startswith("last_") and n.endswith(".pt") for n in names)
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    config = json.loads((run.run_dir / "config.json").read_text())
+    assert config["name"] == "mnist_dnn" and config["epochs"] == 4 and config["lr"] == 0.05
+    rows = list(csv.DictReader((run.run_dir / "metrics.csv").open()))
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4]
+    assert list(rows[0]) == ["epoch", "train_loss", "valid_loss", "valid_accuracy", "lr", "epoch_seconds"]
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 4 and metrics["stopped_early"] is False
+    for which in ("best", "last"):
+        assert set(metrics["test"][which]) == {"loss", "accuracy"}
+    assert metrics["test"]["last"]["accuracy"] > 0.9  # the bars are learnable
+    assert sum(line.startswith("epoch ") for line in lines) == 4  # one summary line per epoch
+
+
+def test_best_checkpoint_is_the_best_epochs_model(finished_run) -> None:
+    run, _ = finished_run
+    rows = list(csv.DictReader((run.run_dir / "metrics.csv").open()))
+    accuracies = [float(row["valid_accuracy"]) for row in rows]
+    best_epoch = accuracies.index(max(accuracies)) + 1
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    assert metrics["best_epoch"] == best_epoch
+    assert metrics["checkpoints"]["best"].startswith(f"best_checkpoint_{best_epoch}_")
+    # Its weights give exactly the valid accuracy recorded for that epoch.
+    checkpoint = torch.load(run.run_dir / metrics["checkpoints"]["best"], weights_only=True)
+    run.model.load_state_dict(checkpoint["model"])
+    evaluator = create_evaluator(run.model, run.loss_fn, CPU)
+    assert evaluator.run(run.data.valid).metrics["accuracy"] == pytest.approx(max(accuracies))
+    assert checkpoint["run_info"]["recipe"] == "mnist_dnn"
+
+
+def test_last_checkpoint_holds_everything_to_resume(finished_run) -> None:
+    run, _ = finished_run
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    checkpoint = torch.load(run.run_dir / metrics["checkpoints"]["last"], weights_only=True)
+    assert set(checkpoint) >= {
+        "model", "optimizer", "trainer", "lr_scheduler", "early_stopping", "best_checkpoint", "random_state",
+    }  # fmt: skip
+    assert checkpoint["trainer"]["iteration"] == 4 * len(run.data.train)
+    assert len(list(run.run_dir.glob("*.pt"))) == 2  # older checkpoints are replaced, not piled up
+
+
+def test_tensorboard_has_the_tags(finished_run) -> None:
+    run, _ = finished_run
+    events = EventAccumulator(str(run.run_dir)).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss_iteration", "train/loss", "valid/loss", "valid/accuracy", "lr/group_0"} <= tags
+    assert [event.step for event in events.Scalars("valid/accuracy")] == [1, 2, 3, 4]  # epochs as steps
+    rows = list(csv.DictReader((run.run_dir / "metrics.csv").open()))
+    assert [e.value for e in events.Scalars("valid/loss")] == pytest.approx(
+        [float(r["valid_loss"]) for r in rows]
+    )
+    for series in ("train", "valid"):  # add_scalars: both losses on the one chart "loss"
+        chart = EventAccumulator(str(run.run_dir / f"loss_{series}")).Reload()
+        assert len(chart.Scalars("loss")) == 4
+
+
+def test_make_run_dir_never_reuses_a_folder(tmp_path: Path) -> None:
+    first = make_run_dir(tmp_path, "mnist_dnn")
+    second = make_run_dir(tmp_path, "mnist_dnn")
+    assert first != second and first.parent == second.parent == tmp_path / "mnist_dnn"
