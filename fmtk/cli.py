@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import json
+import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,8 +63,27 @@ def resolve_handler(reference: str) -> Callable:
     return function
 
 
+def finished_message(run_dir: Path, epochs: int) -> str | None:
+    """Why a run folder has nothing left to resume, or None."""
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.exists():
+        return None
+    results = json.loads(metrics_path.read_text())
+    if results.get("stopped_early"):
+        return f"{run_dir} is finished: early stopping ended it at epoch {results['epochs_run']}"
+    if results.get("epochs_run", 0) >= epochs:
+        done = results["epochs_run"]
+        return (
+            f"{run_dir} is finished ({done} of {epochs} epochs); pass --epochs with more than {done} to go on"
+        )
+    return None
+
+
 @cli.command()
-@click.argument("recipe_name", metavar="RECIPE")
+@click.argument("recipe_name", metavar="RECIPE", required=False)
+@click.option(
+    "--resume", type=click.Path(path_type=Path), help="Continue this run folder from its last checkpoint."
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--epochs", type=int, help="Maximum number of epochs.")
 @click.option("--batch-size", type=int, help="Batch size.")
@@ -80,7 +102,8 @@ def resolve_handler(reference: str) -> Callable:
 @click.option("--handler", "handlers", multiple=True, metavar="MODULE:FUNCTION",
               help="A function that receives the Run and attaches handlers (repeatable).")  # fmt: skip
 def run(
-    recipe_name: str,
+    recipe_name: str | None,
+    resume: Path | None,
     device: str,
     epochs: int | None,
     batch_size: int | None,
@@ -92,25 +115,57 @@ def run(
     settings: tuple[str, ...],
     handlers: tuple[str, ...],
 ) -> None:
-    """Train RECIPE (a bundled name or a path to a recipe .py file), then test its checkpoints."""
+    """Train RECIPE (a bundled name or a path to a recipe .py file), then test its checkpoints.
+
+    With --resume RUN_DIR instead of RECIPE, continue that run where its last checkpoint left off.
+    """
     from fmtk.engines import resolve_device
+    from fmtk.resume import find_last_checkpoint, recipe_from_run
     from fmtk.run import build_run, make_run_dir
 
-    overrides = parse_settings(settings)
-    flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
-    overrides.update({key: str(value) for key, value in flags.items() if value is not None})
-    recipe = apply_overrides(load_recipe(recipe_name), overrides)
+    if (recipe_name is None) == (resume is None):
+        raise FmtkError("give a RECIPE to start a run, or --resume RUN_DIR to continue one")
     attachers = [resolve_handler(reference) for reference in handlers]
     torch_device = resolve_device(device)
-    folder = make_run_dir(output_dir, recipe.name, run_dir)
+    checkpoint = None
+    if resume is not None:
+        changed = [name for name, value in [("--batch-size", batch_size), ("--lr", lr), ("--seed", seed),
+                   ("--set", settings), ("--run-dir", run_dir)] if value]  # fmt: skip
+        if changed:
+            raise FmtkError(f"--resume keeps the run's recipe; {', '.join(changed)} cannot change it")
+        recipe = recipe_from_run(resume, epochs)
+        checkpoint = find_last_checkpoint(resume)
+        finished = finished_message(resume, recipe.epochs)
+        if finished:
+            click.echo(finished)
+            return
+        folder = resume
+    else:
+        overrides = parse_settings(settings)
+        flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+        overrides.update({key: str(value) for key, value in flags.items() if value is not None})
+        recipe = apply_overrides(load_recipe(recipe_name), overrides)
+        folder = make_run_dir(output_dir, recipe.name, run_dir)
     click.echo(f"run folder: {folder}")
-    training = build_run(recipe, folder, torch_device, data_dir, echo=click.echo)
-    for attach in attachers:
-        attach(training)
-    training.run()
+    try:
+        training = build_run(recipe, folder, torch_device, data_dir, echo=click.echo, resume_from=checkpoint)
+        for attach in attachers:
+            attach(training)
+        training.run()
+    except KeyboardInterrupt:
+        # The last checkpoint is complete: DiskSaver writes a temporary file and renames it.
+        saved = sorted(folder.glob("last_checkpoint_*.pt"))
+        where = (
+            f"the last complete checkpoint is {saved[-1].name}" if saved else "no checkpoint was written yet"
+        )
+        click.echo(f"interrupted: {where}; resume with: fmtk run --resume {folder}", err=True)
+        sys.exit(130)
     click.echo(f"run folder: {folder}")
 
 
 def main() -> None:
     """Console entry point."""
+    # Ignite logs "Engine run is terminating due to exception" through Python's last-resort
+    # handler; the CLI reports every error itself, in one line.
+    logging.getLogger("ignite").addHandler(logging.NullHandler())
     cli(prog_name="fmtk")

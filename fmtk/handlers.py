@@ -22,7 +22,45 @@ from ignite.handlers import (
 )
 from ignite.handlers.tensorboard_logger import TensorboardLogger
 
+from fmtk.errors import FmtkError
+
 EPOCH_COLUMNS = ["epoch", "train_loss", "valid_loss", "valid_accuracy", "lr", "epoch_seconds"]
+
+
+class NonFiniteLoss(FmtkError):
+    """The training loss became NaN or infinite."""
+
+
+def attach_nonfinite_guard(trainer: Engine, check_every: int) -> None:
+    """Stop training with a one-line error naming the epoch and iteration of the first NaN/inf loss.
+
+    Each step only updates two tensors on the device (no host sync); they are read every
+    ``check_every`` iterations and at the end of each epoch, before validation and checkpoints,
+    so no checkpoint is written from non-finite weights.
+    """
+    tracker: dict[str, torch.Tensor] = {}
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def track(engine: Engine) -> None:
+        loss = engine.state.output
+        if not tracker:  # first step of this process: counters on the loss's device
+            tracker["step"] = torch.tensor(engine.state.iteration - 1, device=loss.device)
+            tracker["first_bad"] = torch.tensor(-1, device=loss.device)
+        tracker["step"] += 1
+        bad = ~torch.isfinite(loss) & (tracker["first_bad"] < 0)
+        tracker["first_bad"] = torch.where(bad, tracker["step"], tracker["first_bad"])
+
+    def check(engine: Engine) -> None:
+        iteration = int(tracker["first_bad"]) if tracker else -1
+        if iteration >= 0:
+            epoch = (iteration - 1) // engine.state.epoch_length + 1
+            raise NonFiniteLoss(
+                f"training loss became NaN or infinite at epoch {epoch}, iteration {iteration}; "
+                "stopped (the last checkpoint is from before it)"
+            )
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=check_every), check)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, check)
 
 
 def attach_validation(trainer: Engine, evaluator: Engine, valid_data: Any) -> None:
@@ -87,6 +125,31 @@ class RandomState:
         random.setstate((version, tuple(internal), gauss))
 
 
+class RunSaver(DiskSaver):
+    """Ignite's atomic DiskSaver whose removals wait until :meth:`flush_removals`.
+
+    Ignite's Checkpoint removes the previous file *before* writing the new one, so a process
+    killed during the write would keep neither. fmtk flushes the removals once all of an epoch's
+    checkpoints are written, so the previous best and last stay until their successors exist.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pending_removals: list[str] = []
+
+    def remove(self, filename: str) -> None:
+        self.pending_removals.append(filename)
+
+    def flush_removals(self) -> None:
+        """Remove the superseded checkpoints (a file already gone is no error)."""
+        for filename in self.pending_removals:
+            try:
+                super().remove(filename)
+            except FileNotFoundError:
+                pass
+        self.pending_removals.clear()
+
+
 def attach_checkpoints(
     trainer: Engine,
     evaluator: Engine,
@@ -96,7 +159,7 @@ def attach_checkpoints(
 ) -> tuple[Checkpoint, Checkpoint]:
     """Keep ``best_*.pt`` (``best_state`` at the best valid accuracy) and ``last_*.pt`` (``last_state``
     plus the best checkpoint's bookkeeping, all that resuming needs), each written atomically."""
-    saver = DiskSaver(str(run_dir), atomic=True, require_empty=False)
+    saver = RunSaver(str(run_dir), atomic=True, require_empty=False)
     epoch = global_step_from_engine(trainer, Events.EPOCH_COMPLETED)
     best = Checkpoint(
         best_state,
@@ -116,40 +179,53 @@ def attach_checkpoints(
         global_step_transform=epoch,
     )
     trainer.add_event_handler(Events.EPOCH_COMPLETED, last)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: saver.flush_removals())
     return best, last
 
 
 def attach_tensorboard(
-    trainer: Engine, evaluator: Engine, optimizer: torch.optim.Optimizer, run_dir: Path, log_every: int
-) -> TensorboardLogger:
-    """Log train loss (every ``log_every`` iterations and per epoch), valid loss and accuracy and the LR
-    per epoch, and train and valid loss on one chart (``loss``), with the epoch as step."""
-    logger = TensorboardLogger(log_dir=str(run_dir))
+    trainer: Engine,
+    evaluator: Engine,
+    optimizer: torch.optim.Optimizer,
+    run_dir: Path,
+    log_every: int,
+    resume_epoch: int = 0,
+    resume_iteration: int = 0,
+) -> list[TensorboardLogger]:
+    """Log per epoch (epoch as step) train loss, valid loss and accuracy and the LR, with train and
+    valid loss on one chart ("Custom Scalars" tab); and the train loss every ``log_every``
+    iterations in the ``iterations/`` sub-run.
+
+    When resuming after ``resume_epoch`` (``resume_iteration``), events of later steps left by the
+    interrupted process are purged (``purge_step``), so no step appears twice.
+    """
+    purge = {"purge_step": resume_epoch + 1} if resume_epoch else {}
+    epochs = TensorboardLogger(log_dir=str(run_dir), **purge)
     epoch = global_step_from_engine(trainer, Events.EPOCH_COMPLETED)
-    logger.attach_output_handler(
-        trainer,
-        Events.ITERATION_COMPLETED(every=log_every),
-        tag="train",
-        output_transform=lambda loss: {"loss_iteration": loss},
-    )
-    logger.attach_output_handler(
+    epochs.attach_output_handler(
         trainer, Events.EPOCH_COMPLETED, tag="train", metric_names=["loss"], global_step_transform=epoch
     )
-    logger.attach_output_handler(
+    epochs.attach_output_handler(
         evaluator,
         Events.COMPLETED,
         tag="valid",
         metric_names=["loss", "accuracy"],
         global_step_transform=epoch,
     )
-    logger.attach_opt_params_handler(trainer, Events.EPOCH_STARTED, optimizer, param_name="lr")
+    epochs.attach_opt_params_handler(trainer, Events.EPOCH_STARTED, optimizer, param_name="lr")
+    epochs.writer.add_custom_scalars(
+        {"losses": {"train and valid loss": ["Multiline", ["train/loss", "valid/loss"]]}}
+    )
 
-    @trainer.on(Events.EPOCH_COMPLETED)
-    def log_losses_together(engine: Engine) -> None:
-        losses = {"train": engine.state.metrics["loss"], "valid": evaluator.state.metrics["loss"]}
-        logger.writer.add_scalars("loss", losses, engine.state.epoch)
-
-    return logger
+    purge = {"purge_step": resume_iteration + 1} if resume_iteration else {}
+    iterations = TensorboardLogger(log_dir=str(run_dir / "iterations"), **purge)
+    iterations.attach_output_handler(
+        trainer,
+        Events.ITERATION_COMPLETED(every=log_every),
+        tag="train",
+        output_transform=lambda loss: {"loss_iteration": loss},
+    )
+    return [epochs, iterations]
 
 
 def attach_progress(trainer: Engine) -> ProgressBar:

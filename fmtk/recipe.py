@@ -56,6 +56,7 @@ class Recipe:
     options: dict[str, Any] = field(default_factory=dict)  # recipe-specific knobs: variant, image_size…
     # A recipe's own handlers: called with the assembled Run before training starts.
     attach: Callable[[Run], None] | None = None
+    source: str | None = None  # the file of a user's recipe (set by load_recipe), for --resume
 
     def validate(self) -> None:
         """Raise FmtkError on values that cannot train (lr ≤ 0, batch size 0, ...)."""
@@ -86,14 +87,14 @@ class Recipe:
         for name in ("model", "data", "attach"):
             function = getattr(self, name)
             values[name] = None if function is None else getattr(function, "__qualname__", repr(function))
-        return {"name": self.name, "description": self.description, **values}
+        return {"name": self.name, "description": self.description, "source": self.source, **values}
 
 
 def overridable_fields() -> dict[str, Any]:
     """The Recipe fields `--set` may change, with their types."""
     # The callables' annotations name types imported only for type checkers; stand-ins suffice here.
     hints = typing.get_type_hints(Recipe, localns={"nn": torch.nn, "DataSplits": object, "Run": object})
-    fixed = {"name", "description", "model", "data", "options", "attach"}
+    fixed = {"name", "description", "model", "data", "options", "attach", "source"}
     return {f.name: hints[f.name] for f in dataclasses.fields(Recipe) if f.name not in fixed}
 
 
@@ -148,7 +149,8 @@ def bundled_recipe_names() -> list[str]:
 def load_recipe(name_or_path: str) -> Recipe:
     """Load a bundled recipe by name (``mnist_dnn``) or a user's recipe file by path."""
     path = Path(name_or_path)
-    if path.suffix != ".py":
+    bundled = path.suffix != ".py"
+    if bundled:
         names = bundled_recipe_names()
         if name_or_path not in names:
             close = difflib.get_close_matches(name_or_path, names, n=1)
@@ -164,4 +166,4 @@ def load_recipe(name_or_path: str) -> Recipe:
     if not isinstance(recipe, Recipe):
         raise FmtkError(f"{path} must define a variable `recipe = Recipe(...)`")
     recipe.validate()
-    return recipe
+    return recipe if bundled else dataclasses.replace(recipe, source=str(path.resolve()))

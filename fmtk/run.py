@@ -28,24 +28,28 @@ from fmtk.handlers import (
     attach_early_stopping,
     attach_epoch_log,
     attach_lr_plateau,
+    attach_nonfinite_guard,
     attach_progress,
     attach_tensorboard,
     attach_validation,
 )
 from fmtk.recipe import Recipe
+from fmtk.resume import check_made_by, read_checkpoint, remove_stale_checkpoints, restore, truncate_history
 
 
 class RunInfo:
     """What made a checkpoint (recipe, model class, fmtk version), saved inside every checkpoint."""
 
     def __init__(self, recipe: Recipe, model: nn.Module) -> None:
-        self.info = {"recipe": recipe.name, "model": type(model).__name__, "fmtk": fmtk.__version__}
+        parameters = sum(p.numel() for p in model.parameters())
+        self.info = {"recipe": recipe.name, "model": type(model).__name__, "parameters": parameters}
+        self.info["fmtk"] = fmtk.__version__
 
-    def state_dict(self) -> dict[str, str]:
+    def state_dict(self) -> dict[str, Any]:
         return dict(self.info)
 
-    def load_state_dict(self, state: dict[str, str]) -> None:
-        self.loaded = dict(state)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore: what made a checkpoint is checked by fmtk.resume.check_made_by."""
 
 
 @dataclass
@@ -67,21 +71,31 @@ class Run:
     evaluator: Engine
     best_checkpoint: Checkpoint
     last_checkpoint: Checkpoint
-    tensorboard: TensorboardLogger
+    tensorboard: list[TensorboardLogger]
     history: list[dict[str, float]]
     early_stopping: EarlyStopping | None = None
     lr_scheduler: CheckpointablePlateau | None = None
     echo: Callable[[str], None] = print
     results: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def training_done(self) -> bool:
+        """True once the epoch limit is reached or early stopping has decided to stop."""
+        stopper = self.early_stopping
+        stopped = stopper is not None and stopper.counter >= stopper.patience
+        return self.trainer.state.epoch >= self.recipe.epochs or stopped
+
     def run(self) -> dict[str, Any]:
-        """Train, then test the best and the last checkpoints; write metrics.json and return it."""
+        """Train (or go on training), then test the best and the last checkpoints; write
+        metrics.json and return it."""
         started = time.perf_counter()
         try:
-            self.trainer.run(self.data.train, max_epochs=self.recipe.epochs)
+            if not self.training_done:
+                self.trainer.run(self.data.train, max_epochs=self.recipe.epochs)
             self.results = self._summarise(time.perf_counter() - started)
         finally:
-            self.tensorboard.close()
+            for logger in self.tensorboard:
+                logger.close()
         (self.run_dir / "metrics.json").write_text(json.dumps(self.results, indent=2) + "\n")
         self._print_test_table()
         return self.results
@@ -148,11 +162,19 @@ def build_run(
     device: torch.device,
     data_dir: Path,
     echo: Callable[[str], None] = print,
+    resume_from: Path | None = None,
 ) -> Run:
-    """Assemble the run of ``recipe`` into ``run_dir`` (which must exist) on ``device``."""
+    """Assemble the run of ``recipe`` into ``run_dir`` (which must exist) on ``device``; with
+    ``resume_from`` (a last checkpoint of that run) every state continues from it."""
     manual_seed(recipe.seed)
     run_dir = Path(run_dir)
     model = recipe.model(recipe).to(device)  # first: a bad variant fails before a slow data load
+    resume_epoch = resume_iteration = 0
+    if resume_from is not None:
+        checkpoint = read_checkpoint(resume_from, device)
+        check_made_by(checkpoint, resume_from, recipe, model)
+        resume_iteration = checkpoint["trainer"]["iteration"]
+        resume_epoch = resume_iteration // checkpoint["trainer"]["epoch_length"]
     data = recipe.data(recipe, Path(data_dir), device)
     optimizer_class = getattr(torch.optim, recipe.optimizer)
     optimizer = optimizer_class(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -163,6 +185,7 @@ def build_run(
     # Order matters: each EPOCH_COMPLETED handler sees what the earlier ones left (bar closed,
     # validation metrics, early stopping and plateau decisions) before the last checkpoint.
     attach_progress(trainer)
+    attach_nonfinite_guard(trainer, recipe.log_every)
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: data.train.set_epoch(engine.state.epoch))
     attach_validation(trainer, evaluator, data.valid)
     early_stopping = lr_scheduler = None
@@ -171,7 +194,9 @@ def build_run(
     if recipe.plateau_patience is not None:
         lr_scheduler = attach_lr_plateau(evaluator, optimizer, recipe.plateau_patience, recipe.plateau_factor)
     history = attach_epoch_log(trainer, evaluator, optimizer, run_dir / "metrics.csv", echo)
-    tensorboard = attach_tensorboard(trainer, evaluator, optimizer, run_dir, recipe.log_every)
+    tensorboard = attach_tensorboard(
+        trainer, evaluator, optimizer, run_dir, recipe.log_every, resume_epoch, resume_iteration
+    )
 
     run_info = RunInfo(recipe, model)
     last_state = {"model": model, "optimizer": optimizer, "trainer": trainer, "random_state": RandomState()}
@@ -181,6 +206,12 @@ def build_run(
         trainer, evaluator, run_dir, {"model": model, "run_info": run_info}, last_state
     )
 
+    if resume_from is not None:
+        history[:] = truncate_history(run_dir / "metrics.csv", resume_epoch)
+        remove_stale_checkpoints(run_dir, resume_from, checkpoint)
+        restore({**last_state, "best_checkpoint": best}, checkpoint)
+        last.load_state_dict({"_saved": [(resume_epoch, resume_from.name)]})  # replaced at the next save
+        echo(f"resuming after epoch {resume_epoch} from {resume_from.name}")
     (run_dir / "config.json").write_text(json.dumps(recipe.config(), indent=2) + "\n")
     run = Run(
         recipe=recipe, run_dir=run_dir, device=device, data=data, model=model, optimizer=optimizer,

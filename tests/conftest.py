@@ -26,16 +26,17 @@ def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
 
 
 def make_mnist_like(
-    root: Path, name: str = "MNIST", train: int = 600, test: int = 200, seed: int = 0
+    root: Path, name: str = "MNIST", train: int = 600, test: int = 200, seed: int = 0, bar: int = 250
 ) -> Path:
-    """A learnable MNIST-format dataset: class k is a bright bar in row band k plus noise."""
+    """A learnable MNIST-format dataset: class k is a bar of brightness ``bar`` in row band k, on
+    noise up to 60 (a lower ``bar`` makes it harder)."""
     rng = np.random.default_rng(seed)
     for split, count in (("train", train), ("test", test)):
         labels = np.arange(count) % 10
         rng.shuffle(labels)
         images = rng.integers(0, 60, size=(count, 28, 28)).astype(np.uint8)
         for index, label in enumerate(labels):
-            images[index, 2 + 2 * label : 4 + 2 * label, 4:24] = 250
+            images[index, 2 + 2 * label : 4 + 2 * label, 4:24] = bar
         prefix = "train" if split == "train" else "t10k"
         write_idx(root / name / "raw" / f"{prefix}-images-idx3-ubyte", images)
         write_idx(root / name / "raw" / f"{prefix}-labels-idx1-ubyte", labels.astype(np.uint8))

@@ -82,16 +82,20 @@ def test_last_checkpoint_holds_everything_to_resume(finished_run) -> None:
 def test_tensorboard_has_the_tags(finished_run) -> None:
     run, _ = finished_run
     events = EventAccumulator(str(run.run_dir)).Reload()
-    tags = set(events.Tags()["scalars"])
-    assert {"train/loss_iteration", "train/loss", "valid/loss", "valid/accuracy", "lr/group_0"} <= tags
+    assert {"train/loss", "valid/loss", "valid/accuracy", "lr/group_0"} <= set(events.Tags()["scalars"])
     assert [event.step for event in events.Scalars("valid/accuracy")] == [1, 2, 3, 4]  # epochs as steps
     rows = list(csv.DictReader((run.run_dir / "metrics.csv").open()))
-    assert [e.value for e in events.Scalars("valid/loss")] == pytest.approx(
-        [float(r["valid_loss"]) for r in rows]
-    )
-    for series in ("train", "valid"):  # add_scalars: both losses on the one chart "loss"
-        chart = EventAccumulator(str(run.run_dir / f"loss_{series}")).Reload()
-        assert len(chart.Scalars("loss")) == 4
+    logged = [event.value for event in events.Scalars("valid/loss")]
+    assert logged == pytest.approx([float(row["valid_loss"]) for row in rows])
+    # Train and valid loss on one chart: TensorBoard's custom-scalars layout names both tags.
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    assert list(layout.category[0].chart[0].multiline.tag) == ["train/loss", "valid/loss"]
+    iterations = EventAccumulator(str(run.run_dir / "iterations")).Reload()
+    steps = [event.step for event in iterations.Scalars("train/loss_iteration")]
+    assert steps == list(range(run.recipe.log_every, 4 * len(run.data.train) + 1, run.recipe.log_every))
 
 
 def test_make_run_dir_never_reuses_a_folder(tmp_path: Path) -> None:

@@ -1,0 +1,210 @@
+"""Resume that loses nothing: SIGKILL mid-epoch, Ctrl-C, a kill during a checkpoint write, NaN."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_mnist_like, tree_snapshot
+from test_cli import assert_one_line_error
+
+ITERATIONS_PER_EPOCH = 20  # 1,000 training images of the small dataset, batch 50
+# fmnist_dnn: dropout (random), BatchNorm, Adam, plateau and early stopping: every state matters.
+RECIPE = ["fmnist_dnn", "--epochs", "4", "--batch-size", "50", "--set", "plateau_patience=1"]
+
+HANDLERS = """
+import os
+import signal
+
+import torch
+from ignite.engine import Events
+
+
+def at_iteration(run, iteration, action):
+    @run.trainer.on(Events.ITERATION_COMPLETED(once=iteration))
+    def act(engine):
+        action(run)
+
+
+def sigkill_mid_epoch_3(run):
+    at_iteration(run, 2 * 20 + 7, lambda run: os.kill(os.getpid(), signal.SIGKILL))
+
+
+def ctrl_c_mid_epoch_2(run):
+    at_iteration(run, 20 + 5, lambda run: os.kill(os.getpid(), signal.SIGINT))
+
+
+def poison_weights_in_epoch_2(run):
+    at_iteration(run, 20 + 3, lambda run: next(run.model.parameters()).data.fill_(float("nan")))
+
+
+def sigkill_while_writing_checkpoint_2(run):
+    real_save = torch.save
+
+    def save(obj, file, *args, **kwargs):
+        if run.trainer.state.epoch == 2 and "trainer" in obj:  # the last checkpoint of epoch 2
+            file.write(b"half a checkpoint")
+            file.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_save(obj, file, *args, **kwargs)
+
+    torch.save = save
+"""
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("resume")
+    # Faint bars: valid accuracy rises every epoch, so the best checkpoint moves each epoch.
+    make_mnist_like(root / "data", "FashionMNIST", train=1200, test=300, bar=68)
+    (root / "killers.py").write_text(HANDLERS)
+    return root
+
+
+def fmtk(workspace: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(workspace)}
+    command = [sys.executable, "-m", "fmtk", "run", *args, "--data-dir", str(workspace / "data")]
+    return subprocess.run(command, cwd=workspace, capture_output=True, text=True, env=env)
+
+
+def epoch_rows(run_dir: Path) -> list[dict[str, str]]:
+    """metrics.csv without the timing column."""
+    with (run_dir / "metrics.csv").open() as file:
+        return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in csv.DictReader(file)]
+
+
+def results(run_dir: Path) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {key: metrics[key] for key in ("best_epoch", "epochs_run", "stopped_early", "checkpoints", "test")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workspace: Path) -> Path:
+    result = fmtk(workspace, *RECIPE, "--run-dir", "straight")
+    assert result.returncode == 0, result.stderr
+    return workspace / "straight"
+
+
+def test_sigkill_mid_epoch_then_resume_ends_exactly_like_an_uninterrupted_run(
+    workspace: Path, uninterrupted: Path
+) -> None:
+    killed = fmtk(workspace, *RECIPE, "--run-dir", "killed", "--handler", "killers:sigkill_mid_epoch_3")
+    assert killed.returncode == -9
+    run_dir = workspace / "killed"
+    assert sorted(p.name for p in run_dir.glob("last_*.pt")) == ["last_checkpoint_2.pt"]
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = fmtk(workspace, "--resume", "killed")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch 2" in resumed.stdout
+    assert epoch_rows(run_dir) == epoch_rows(uninterrupted)
+    assert results(run_dir) == results(uninterrupted)
+    assert sorted(p.name for p in run_dir.glob("*.pt")) == sorted(p.name for p in uninterrupted.glob("*.pt"))
+    assert results(uninterrupted)["best_epoch"] == 4  # the best checkpoint moved after the resume too
+
+
+def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(
+    workspace: Path, uninterrupted: Path
+) -> None:
+    interrupted = fmtk(workspace, *RECIPE, "--run-dir", "ctrl_c", "--handler", "killers:ctrl_c_mid_epoch_2")
+    assert interrupted.returncode == 130
+    assert_one_line_error(interrupted, "last_checkpoint_1.pt", "resume with: fmtk run --resume ctrl_c")
+    run_dir = workspace / "ctrl_c"
+    assert [row["epoch"] for row in epoch_rows(run_dir)] == ["1"]
+    torch.load(run_dir / "last_checkpoint_1.pt", weights_only=True)
+    assert fmtk(workspace, "--resume", "ctrl_c").returncode == 0
+    assert results(run_dir) == results(uninterrupted)
+
+
+def test_kill_while_writing_a_checkpoint_leaves_the_previous_one(
+    workspace: Path, uninterrupted: Path
+) -> None:
+    killed = fmtk(
+        workspace, *RECIPE, "--run-dir", "torn", "--handler", "killers:sigkill_while_writing_checkpoint_2"
+    )
+    assert killed.returncode == -9
+    run_dir = workspace / "torn"
+    torch.load(run_dir / "last_checkpoint_1.pt", weights_only=True)  # intact
+    assert not (run_dir / "last_checkpoint_2.pt").exists()  # the torn write never got its name
+    assert fmtk(workspace, "--resume", "torn").returncode == 0
+    assert not list(run_dir.glob("tmp*"))  # the torn temporary file is cleaned up
+    assert epoch_rows(run_dir) == epoch_rows(uninterrupted)
+    assert results(run_dir) == results(uninterrupted)
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_good_checkpoint(workspace: Path) -> None:
+    result = fmtk(workspace, *RECIPE, "--run-dir", "nan", "--handler", "killers:poison_weights_in_epoch_2")
+    assert_one_line_error(result, "NaN or infinite at epoch 2, iteration 24")
+    assert result.returncode == 1
+    run_dir = workspace / "nan"
+    assert [p.name for p in run_dir.glob("last_*.pt")] == ["last_checkpoint_1.pt"]
+    weights = torch.load(run_dir / "last_checkpoint_1.pt", weights_only=True)["model"]
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
+
+
+def test_finished_run_says_so_and_changes_nothing(workspace: Path, uninterrupted: Path) -> None:
+    before = tree_snapshot(uninterrupted)
+    result = fmtk(workspace, "--resume", "straight")
+    assert result.returncode == 0 and "is finished (4 of 4 epochs)" in result.stdout
+    assert tree_snapshot(uninterrupted) == before
+
+
+def test_resume_with_more_epochs_goes_on(workspace: Path, uninterrupted: Path) -> None:
+    import shutil
+
+    run_dir = workspace / "longer"
+    shutil.copytree(uninterrupted, run_dir)
+    result = fmtk(workspace, "--resume", "longer", "--epochs", "6")
+    assert result.returncode == 0, result.stderr
+    assert [row["epoch"] for row in epoch_rows(run_dir)] == ["1", "2", "3", "4", "5", "6"]
+    assert epoch_rows(run_dir)[:4] == epoch_rows(uninterrupted)
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 6
+    assert [p.name for p in run_dir.glob("last_*.pt")] == ["last_checkpoint_6.pt"]
+
+
+@pytest.mark.parametrize(
+    "edit, fragments",
+    [
+        ("garbage", ["last_checkpoint_4.pt: not a readable fmtk checkpoint"]),
+        ("other_recipe", ["was made by recipe fmnist_dnn, not mnist_dnn"]),
+        ("other_architecture", ["holds a Sequential with", "fmnist_dnn builds a Sequential with", "variant"]),
+        ("no_checkpoint", ["no last_checkpoint_*.pt to resume from"]),
+    ],
+)
+def test_resume_refuses_a_checkpoint_it_cannot_use(
+    workspace: Path, uninterrupted: Path, edit: str, fragments: list[str]
+) -> None:
+    import shutil
+
+    run_dir = workspace / f"bad_{edit}"
+    shutil.copytree(uninterrupted, run_dir)
+    (run_dir / "metrics.json").unlink()  # as if it had been interrupted during testing
+    checkpoint = run_dir / "last_checkpoint_4.pt"
+    config = json.loads((run_dir / "config.json").read_text())
+    if edit == "garbage":
+        checkpoint.write_bytes(b"this is not a checkpoint")
+    elif edit == "other_recipe":
+        config["name"] = "mnist_dnn"
+        config["options"] = {"variant": "relu"}
+    elif edit == "other_architecture":
+        state = torch.load(checkpoint, weights_only=True)
+        state["model"] = {k: v[..., :3] if v.ndim == 2 else v for k, v in state["model"].items()}
+        torch.save(state, checkpoint)
+    else:
+        checkpoint.unlink()
+    (run_dir / "config.json").write_text(json.dumps(config))
+    before = tree_snapshot(run_dir)
+    assert_one_line_error(fmtk(workspace, "--resume", run_dir.name), *fragments)
+    assert tree_snapshot(run_dir) == before
+
+
+def test_resume_cannot_change_the_recipe(workspace: Path, uninterrupted: Path) -> None:
+    result = fmtk(workspace, "--resume", "straight", "--lr", "0.5")
+    assert_one_line_error(result, "--resume keeps the run's recipe; --lr cannot change it")
