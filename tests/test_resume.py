@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_mnist_like, tree_snapshot
 from test_cli import assert_one_line_error
 
