@@ -152,6 +152,10 @@ def run(
         for attach in attachers:
             attach(training)
         training.run()
+    except FmtkError:
+        if resume is None and not any(folder.iterdir()):
+            folder.rmdir()  # bad data: leave no empty run folder behind
+        raise
     except KeyboardInterrupt:
         # The last checkpoint is complete: DiskSaver writes a temporary file and renames it.
         saved = sorted(folder.glob("last_checkpoint_*.pt"))

@@ -57,3 +57,26 @@ def test_catdog_vgg_end_to_end_on_the_real_photos(real_data: Path, tmp_path: Pat
     assert {path.name[:5] for path in tmp_path.glob("*.pt")} == {"best_", "last_"}
     assert results["test"]["best"]["accuracy"] >= CATDOG_FLOOR
     assert results["test"]["last"]["accuracy"] >= CATDOG_FLOOR
+
+
+def test_soak_mnist_dnn_memory_and_file_handles_stay_flat(real_data: Path, tmp_path: Path) -> None:
+    """20 epochs: resident memory grows ≤ 5% after epoch 2 and no file handle is leaked."""
+    import os
+
+    from ignite.engine import Events
+
+    def resident_kib() -> int:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+    recipe = apply_overrides(load_recipe("mnist_dnn"), {"epochs": "20", "early_stopping_patience": "none"})
+    run = build_run(recipe, tmp_path, CPU, real_data, echo=lambda line: None)
+    samples: list[tuple[int, int]] = []
+    run.trainer.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda _: samples.append((resident_kib(), len(os.listdir("/proc/self/fd"))))
+    )
+    run.run()
+    assert len(samples) == 20
+    memory, handles = zip(*samples)
+    assert max(memory[2:]) <= 1.05 * memory[1], memory
+    assert max(handles[-5:]) <= max(handles[:2]), handles  # no growth (a transient one may come and go)
