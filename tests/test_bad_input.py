@@ -7,9 +7,8 @@ import gzip
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import make_image_folder, make_mnist_like, tree_snapshot
+from PIL import Image
 from test_cli import assert_one_line_error, fmtk
 
 
