@@ -77,6 +77,6 @@ def test_soak_mnist_dnn_memory_and_file_handles_stay_flat(real_data: Path, tmp_p
     )
     run.run()
     assert len(samples) == 20
-    memory, handles = zip(*samples)
+    memory, handles = zip(*samples, strict=True)
     assert max(memory[2:]) <= 1.05 * memory[1], memory
     assert max(handles[-5:]) <= max(handles[:2]), handles  # no growth (a transient one may come and go)
