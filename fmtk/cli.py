@@ -167,6 +167,126 @@ def run(
     click.echo(f"run folder: {folder}")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--checkpoint", default="best", show_default=True, help="best, last or a checkpoint path.")
+@click.option("--split", type=click.Choice(["test", "valid"]), default="test", show_default=True)
+@click.option(
+    "--data-dir", type=click.Path(path_type=Path), envvar="FMTK_DATA", default="data", show_default=True
+)
+@click.option("--device", default="auto", show_default=True)
+def evaluate(run_dir: Path, checkpoint: str, split: str, data_dir: Path, device: str) -> None:
+    """Loss, accuracy, per-class accuracy and confusion matrix of a run's checkpoint on a split.
+
+    Also writes confusion_<checkpoint>.png (…_valid.png for the valid split) to the run folder and
+    to its TensorBoard.
+    """
+    import numpy as np
+    from torch.utils.tensorboard import SummaryWriter
+
+    from fmtk.engines import resolve_device
+    from fmtk.report import evaluate as evaluate_split
+    from fmtk.report import load_trained_model
+
+    torch_device = resolve_device(device)
+    recipe, model, path, classes = load_trained_model(run_dir, checkpoint, torch_device)
+    data = recipe.data(recipe, data_dir, torch_device)
+    result = evaluate_split(model, getattr(data, split), classes, torch_device)
+    click.echo(f"{recipe.name}, {path.name}, {split} split")
+    click.echo(result.table())
+    name = checkpoint if checkpoint in ("best", "last") else path.stem
+    stem = f"confusion_{name}" + ("" if split == "test" else f"_{split}")
+    picture = result.picture(f"{recipe.name}: {path.name}, {split} split")
+    picture.save(run_dir / f"{stem}.png")
+    with SummaryWriter(str(run_dir)) as writer:
+        writer.add_image(stem, np.asarray(picture), dataformats="HWC")
+    click.echo(f"wrote {run_dir / f'{stem}.png'}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--checkpoint", default="best", show_default=True, help="best, last or a checkpoint path.")
+@click.option("--top", default=1, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--device", default="auto", show_default=True)
+def predict(
+    run_dir: Path, images: tuple[Path, ...], checkpoint: str, top: int, as_json: bool, device: str
+) -> None:
+    """The predicted class and its probability for each IMAGE (PNG/JPEG, any mode and size)."""
+    from fmtk.engines import resolve_device
+    from fmtk.report import load_trained_model, predict_files
+
+    torch_device = resolve_device(device)
+    recipe, model, _, classes = load_trained_model(run_dir, checkpoint, torch_device)
+    results = predict_files(recipe, model, images, classes, top, torch_device)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    for result in results:
+        guesses = "  ".join(f"{p['class']} {p['probability']:.3f}" for p in result["predictions"])
+        click.echo(f"{result['file']}: {guesses}")
+
+
+@cli.command()
+@click.argument("recipe_name", metavar="RECIPE")
+@click.option("--split", type=click.Choice(["train", "valid", "test"]), default="train", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), help="PNG file (default: RECIPE_SPLIT_samples.png).")
+@click.option(
+    "-n", "count", default=32, show_default=True, type=click.IntRange(min=1), help="How many samples."
+)
+@click.option(
+    "--data-dir", type=click.Path(path_type=Path), envvar="FMTK_DATA", default="data", show_default=True
+)
+@click.option("--seed", default=0, show_default=True, help="Which random samples.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")
+def show(
+    recipe_name: str,
+    split: str,
+    out: Path | None,
+    count: int,
+    data_dir: Path,
+    seed: int,
+    settings: tuple[str, ...],
+) -> None:
+    """A grid of random samples of a split titled with their class names, and the class counts."""
+    import torch
+
+    from fmtk.pictures import titled_grid
+
+    recipe = apply_overrides(load_recipe(recipe_name), parse_settings(settings))
+    out = out or Path(f"{recipe.name}_{split}_samples.png")
+    if out.exists():
+        raise FmtkError(f"{out} exists; choose another --out (nothing was overwritten)")
+    data = recipe.data(recipe, data_dir, torch.device("cpu"))
+    for name in ("train", "valid", "test"):
+        counts = torch.bincount(getattr(data, name).labels, minlength=len(data.classes)).tolist()
+        click.echo(f"{name:<6}" + "  ".join(f"{c}: {n}" for c, n in zip(data.classes, counts, strict=True)))
+    batches = getattr(data, split)
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(len(batches.labels), generator=generator)[:count]
+    titles = [data.classes[int(label)] for label in batches.labels[chosen]]
+    titled_grid(batches.images[chosen], titles, columns=8).save(out)
+    click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.argument("recipe_name", metavar="RECIPE")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")
+def summary(recipe_name: str, settings: tuple[str, ...]) -> None:
+    """The model's layers with output shapes and parameter counts, and the totals."""
+    from PIL import Image
+
+    from fmtk.summary import format_summary
+
+    recipe = apply_overrides(load_recipe(recipe_name), parse_settings(settings))
+    if recipe.image_input is None:
+        raise FmtkError(f"recipe {recipe.name} does not say what its input looks like (image_input)")
+    input_shape = tuple(recipe.image_input(recipe, Image.new("RGB", (64, 64))).shape)
+    click.echo(f"{recipe.name}: {recipe.description}")
+    click.echo(format_summary(recipe.model(recipe), input_shape))
+
+
 def main() -> None:
     """Console entry point."""
     # Ignite logs "Engine run is terminating due to exception" through Python's last-resort

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from sklearn.model_selection import train_test_split
 
 from fmtk.errors import FmtkError
@@ -29,6 +30,20 @@ FASHION_MNIST_CLASSES = [
     "T-Shirt", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle Boot",
 ]  # fmt: skip
+
+
+def scale_pixels(
+    images: torch.Tensor, scale: float, mean: torch.Tensor | None = None, std: torch.Tensor | None = None
+) -> torch.Tensor:
+    """uint8 images (C×H×W or N×C×H×W) as float ``/ scale``, then ``(x - mean) / std`` per channel."""
+    x = images.float().div_(scale)
+    return x if mean is None else (x - mean) / std
+
+
+def grayscale_input(image: Image.Image, size: int) -> torch.Tensor:
+    """One image file (any mode) as the MNIST-like model input: 1×size×size in [0, 1]."""
+    pixels = np.asarray(image.convert("L").resize((size, size), Image.BILINEAR))
+    return scale_pixels(torch.from_numpy(pixels.copy()).unsqueeze(0), 255.0)
 
 
 class TensorBatches:
@@ -66,10 +81,9 @@ class TensorBatches:
         self.seed = seed
         self.scale = scale
         self.flip_p = flip_p
-        shape = (1, -1, 1, 1)
         device = images.device
-        self.mean = None if mean is None else torch.tensor(mean, device=device).view(shape)
-        self.std = None if std is None else torch.tensor(std, device=device).view(shape)
+        self.mean = None if mean is None else torch.tensor(mean, device=device).view(-1, 1, 1)
+        self.std = None if std is None else torch.tensor(std, device=device).view(-1, 1, 1)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -90,12 +104,10 @@ class TensorBatches:
                 if order is None
                 else order[start : start + self.batch_size]
             )
-            x = self.images[index].float().div_(self.scale)
+            x = scale_pixels(self.images[index], self.scale, self.mean, self.std)
             if self.flip_p > 0:
                 flip = torch.rand(len(x), generator=generator, device=device) < self.flip_p
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-            if self.mean is not None:
-                x = (x - self.mean) / self.std
             yield x, self.labels[index]
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 from ignite.engine import Engine, Events, create_supervised_evaluator
-from ignite.metrics import Accuracy, Average, Loss
+from ignite.metrics import Accuracy, Average, ConfusionMatrix, Loss
 from torch import nn
 
 from fmtk.errors import FmtkError
@@ -55,7 +55,12 @@ def create_trainer(
     return trainer
 
 
-def create_evaluator(model: nn.Module, loss_fn: Callable, device: torch.device) -> Engine:
-    """An Ignite evaluator with ``accuracy`` and ``loss`` (mean over samples) metrics."""
+def create_evaluator(
+    model: nn.Module, loss_fn: Callable, device: torch.device, num_classes: int | None = None
+) -> Engine:
+    """An Ignite evaluator with ``accuracy`` and ``loss`` (mean over samples) metrics, and a
+    ``confusion`` matrix when ``num_classes`` is given."""
     metrics = {"accuracy": Accuracy(device=device), "loss": Loss(loss_fn, device=device)}
+    if num_classes is not None:
+        metrics["confusion"] = ConfusionMatrix(num_classes, device=device)
     return create_supervised_evaluator(model, metrics=metrics, device=device, non_blocking=True)

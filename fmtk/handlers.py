@@ -191,7 +191,7 @@ def attach_tensorboard(
     log_every: int,
     resume_epoch: int = 0,
     resume_iteration: int = 0,
-) -> list[TensorboardLogger]:
+) -> tuple[TensorboardLogger, TensorboardLogger]:
     """Log per epoch (epoch as step) train loss, valid loss and accuracy and the LR, with train and
     valid loss on one chart ("Custom Scalars" tab); and the train loss every ``log_every``
     iterations in the ``iterations/`` sub-run.
@@ -225,7 +225,7 @@ def attach_tensorboard(
         tag="train",
         output_transform=lambda loss: {"loss_iteration": loss},
     )
-    return [epochs, iterations]
+    return epochs, iterations
 
 
 def attach_progress(trainer: Engine) -> ProgressBar:

@@ -16,23 +16,34 @@ import torch
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from fmtk.data import DataSplits, TensorBatches, stratified_split
+from fmtk.data import DataSplits, TensorBatches, scale_pixels, stratified_split
 from fmtk.errors import FmtkError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def resize_rgb(image: Image.Image, image_size: int) -> np.ndarray:
+    """An image of any mode (L, CMYK, RGBA…) as an RGB uint8 array of image_size × image_size."""
+    # JPEG only: let the decoder downscale by 1/2, 1/4 or 1/8 while staying ≥ the target.
+    image.draft("RGB", (image_size, image_size))
+    return np.asarray(image.convert("RGB").resize((image_size, image_size), Image.BILINEAR))
+
+
 def decode_image(path: str | Path, image_size: int) -> np.ndarray:
-    """One image file as an RGB uint8 array of image_size × image_size (any mode: L, CMYK, RGBA…)."""
+    """One image file as an RGB uint8 array of image_size × image_size."""
     try:
         with Image.open(path) as image:
-            # JPEG only: let the decoder downscale by 1/2, 1/4 or 1/8 while staying ≥ the target.
-            image.draft("RGB", (image_size, image_size))
-            image = image.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-            return np.asarray(image)
+            return resize_rgb(image, image_size)
     except (OSError, SyntaxError, ValueError) as error:
         raise FmtkError(f"{path}: cannot decode image ({error})") from None
+
+
+def photo_input(image: Image.Image, image_size: int) -> torch.Tensor:
+    """One photo as the model input of the image-folder recipes: 3×S×S, ImageNet-normalised."""
+    pixels = torch.from_numpy(resize_rgb(image, image_size).copy()).permute(2, 0, 1)
+    mean, std = (torch.tensor(values).view(-1, 1, 1) for values in (IMAGENET_MEAN, IMAGENET_STD))
+    return scale_pixels(pixels, 255.0, mean, std)
 
 
 def list_image_folder(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:

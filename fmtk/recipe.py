@@ -17,6 +17,7 @@ import torch
 from fmtk.errors import FmtkError
 
 if TYPE_CHECKING:
+    from PIL import Image
     from torch import nn
 
     from fmtk.data import DataSplits
@@ -57,6 +58,9 @@ class Recipe:
     # A recipe's own handlers: called with the assembled Run before training starts.
     attach: Callable[[Run], None] | None = None
     source: str | None = None  # the file of a user's recipe (set by load_recipe), for --resume
+    # How one image file (a PIL image of any mode and size) becomes a model input C×H×W, exactly as
+    # the test split is prepared; used by `fmtk predict` and, on a blank image, by `fmtk summary`.
+    image_input: Callable[[Recipe, Image.Image], torch.Tensor] | None = None
 
     def validate(self) -> None:
         """Raise FmtkError on values that cannot train (lr ≤ 0, batch size 0, ...)."""
@@ -84,7 +88,7 @@ class Recipe:
         """The resolved recipe as plain JSON values (written to the run folder's config.json)."""
         values = {name: getattr(self, name) for name in overridable_fields()}
         values["options"] = dict(self.options)
-        for name in ("model", "data", "attach"):
+        for name in ("model", "data", "attach", "image_input"):
             function = getattr(self, name)
             values[name] = None if function is None else getattr(function, "__qualname__", repr(function))
         return {"name": self.name, "description": self.description, "source": self.source, **values}
@@ -93,8 +97,12 @@ class Recipe:
 def overridable_fields() -> dict[str, Any]:
     """The Recipe fields `--set` may change, with their types."""
     # The callables' annotations name types imported only for type checkers; stand-ins suffice here.
-    hints = typing.get_type_hints(Recipe, localns={"nn": torch.nn, "DataSplits": object, "Run": object})
-    fixed = {"name", "description", "model", "data", "options", "attach", "source"}
+    from PIL import Image
+
+    hints = typing.get_type_hints(
+        Recipe, localns={"nn": torch.nn, "DataSplits": object, "Run": object, "Image": Image}
+    )
+    fixed = {"name", "description", "model", "data", "options", "attach", "source", "image_input"}
     return {f.name: hints[f.name] for f in dataclasses.fields(Recipe) if f.name not in fixed}
 
 

@@ -34,6 +34,7 @@ from fmtk.handlers import (
     attach_validation,
 )
 from fmtk.recipe import Recipe
+from fmtk.report import Evaluation, evaluate, write_run_pictures
 from fmtk.resume import check_made_by, read_checkpoint, remove_stale_checkpoints, restore, truncate_history
 
 
@@ -71,7 +72,8 @@ class Run:
     evaluator: Engine
     best_checkpoint: Checkpoint
     last_checkpoint: Checkpoint
-    tensorboard: list[TensorboardLogger]
+    tensorboard: TensorboardLogger  # per-epoch scalars, in the run folder
+    tensorboard_iterations: TensorboardLogger  # per-iteration train loss, in iterations/
     history: list[dict[str, float]]
     early_stopping: EarlyStopping | None = None
     lr_scheduler: CheckpointablePlateau | None = None
@@ -94,25 +96,26 @@ class Run:
                 self.trainer.run(self.data.train, max_epochs=self.recipe.epochs)
             self.results = self._summarise(time.perf_counter() - started)
         finally:
-            for logger in self.tensorboard:
-                logger.close()
+            self.tensorboard.close()
+            self.tensorboard_iterations.close()
         (self.run_dir / "metrics.json").write_text(json.dumps(self.results, indent=2) + "\n")
         self._print_test_table()
         return self.results
 
-    def test(self, checkpoint_path: Path) -> dict[str, float]:
+    def test(self, checkpoint_path: Path) -> Evaluation:
         """Load the model weights of ``checkpoint_path`` and evaluate them on the test split."""
         checkpoint = torch.load(checkpoint_path, map_location=self.device, weights_only=True)
         Checkpoint.load_objects({"model": self.model}, checkpoint)
-        evaluator = create_evaluator(self.model, self.loss_fn, self.device)
-        metrics = evaluator.run(self.data.test).metrics
-        return {"loss": metrics["loss"], "accuracy": metrics["accuracy"]}
+        return evaluate(self.model, self.data.test, self.data.classes, self.device)
 
     def _summarise(self, seconds: float) -> dict[str, Any]:
         accuracies = [row["valid_accuracy"] for row in self.history]
         best_epoch = self.history[accuracies.index(max(accuracies))]["epoch"]
         best_path = Path(self.best_checkpoint.last_checkpoint)  # the saver folder is part of it
         last_path = Path(self.last_checkpoint.last_checkpoint)
+        best = self.test(best_path)
+        write_run_pictures(self, best)  # while the model holds the best weights
+        last = self.test(last_path)
         return {
             "recipe": self.recipe.name,
             "device": str(self.device),
@@ -122,7 +125,10 @@ class Run:
             "stopped_early": self.trainer.state.epoch < self.recipe.epochs,
             "train_seconds": round(seconds, 2),
             "checkpoints": {"best": best_path.name, "last": last_path.name},
-            "test": {"best": self.test(best_path), "last": self.test(last_path)},
+            "test": {
+                which: {"loss": result.loss, "accuracy": result.accuracy}
+                for which, result in [("best", best), ("last", last)]
+            },
         }
 
     def _print_test_table(self) -> None:
@@ -194,7 +200,7 @@ def build_run(
     if recipe.plateau_patience is not None:
         lr_scheduler = attach_lr_plateau(evaluator, optimizer, recipe.plateau_patience, recipe.plateau_factor)
     history = attach_epoch_log(trainer, evaluator, optimizer, run_dir / "metrics.csv", echo)
-    tensorboard = attach_tensorboard(
+    tensorboard, tensorboard_iterations = attach_tensorboard(
         trainer, evaluator, optimizer, run_dir, recipe.log_every, resume_epoch, resume_iteration
     )
 
@@ -212,13 +218,27 @@ def build_run(
         restore({**last_state, "best_checkpoint": best}, checkpoint)
         last.load_state_dict({"_saved": [(resume_epoch, resume_from.name)]})  # replaced at the next save
         echo(f"resuming after epoch {resume_epoch} from {resume_from.name}")
-    (run_dir / "config.json").write_text(json.dumps(recipe.config(), indent=2) + "\n")
+    config = {**recipe.config(), "classes": data.classes}
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     run = Run(
-        recipe=recipe, run_dir=run_dir, device=device, data=data, model=model, optimizer=optimizer,
-        loss_fn=loss_fn, trainer=trainer, evaluator=evaluator, best_checkpoint=best, last_checkpoint=last,
-        tensorboard=tensorboard, history=history, early_stopping=early_stopping, lr_scheduler=lr_scheduler,
+        recipe=recipe,
+        run_dir=run_dir,
+        device=device,
+        data=data,
+        model=model,
+        optimizer=optimizer,
+        loss_fn=loss_fn,
+        trainer=trainer,
+        evaluator=evaluator,
+        best_checkpoint=best,
+        last_checkpoint=last,
+        tensorboard=tensorboard,
+        tensorboard_iterations=tensorboard_iterations,
+        history=history,
+        early_stopping=early_stopping,
+        lr_scheduler=lr_scheduler,
         echo=echo,
-    )  # fmt: skip
+    )
     if recipe.attach is not None:
         recipe.attach(run)
     return run

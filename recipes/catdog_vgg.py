@@ -3,7 +3,7 @@
 from torch import nn
 
 from fmtk import Recipe
-from fmtk.images import load_catdog
+from fmtk.images import load_catdog, photo_input
 from fmtk.models import vgg16_gap
 
 
@@ -19,11 +19,16 @@ def data(recipe, data_dir, device):
     )  # fmt: skip
 
 
+def image_input(recipe, image):
+    return photo_input(image, recipe.options["image_size"])
+
+
 recipe = Recipe(
     name="catdog_vgg",
     description=__doc__.splitlines()[0],
     model=model,
     data=data,
+    image_input=image_input,
     optimizer="Adam",
     lr=1e-4,
     batch_size=16,

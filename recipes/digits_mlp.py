@@ -7,7 +7,7 @@ fmtk.data.load_digits_splits, which wraps them in TensorBatches.
 from torch import nn
 
 from fmtk import Recipe
-from fmtk.data import load_digits_splits
+from fmtk.data import grayscale_input, load_digits_splits
 from fmtk.models import mlp
 
 
@@ -19,11 +19,16 @@ def data(recipe, data_dir, device):
     return load_digits_splits(recipe.batch_size, device, recipe.seed)
 
 
+def image_input(recipe, image):
+    return grayscale_input(image, 8)  # light digit on dark ground, like the data
+
+
 recipe = Recipe(
     name="digits_mlp",
     description=__doc__.splitlines()[0],
     model=model,
     data=data,
+    image_input=image_input,
     optimizer="Adam",
     lr=1e-2,
     batch_size=32,

@@ -3,7 +3,7 @@
 from torch import nn
 
 from fmtk import FmtkError, Recipe
-from fmtk.data import load_mnist_like
+from fmtk.data import grayscale_input, load_mnist_like
 from fmtk.models import mlp
 
 
@@ -20,11 +20,16 @@ def data(recipe, data_dir, device):
     return load_mnist_like(data_dir, "MNIST", recipe.batch_size, device, recipe.seed)
 
 
+def image_input(recipe, image):
+    return grayscale_input(image, 28)
+
+
 recipe = Recipe(
     name="mnist_dnn",
     description=__doc__.splitlines()[0],
     model=model,
     data=data,
+    image_input=image_input,
     optimizer="SGD",
     lr=0.1,
     batch_size=100,
