@@ -53,6 +53,8 @@ def resolve_handler(reference: str) -> Callable:
     module_name, colon, attribute = reference.partition(":")
     if not colon or not module_name or not attribute:
         raise FmtkError(f"--handler {reference}: expected package.module:function")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # like `python -m`: modules in the current folder resolve
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:

@@ -1,0 +1,155 @@
+"""evaluate, predict, show and summary on a real run folder made from the real data, and the
+pictures every run writes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tree_snapshot
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_cli import assert_one_line_error, fmtk
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 2-epoch mnist_dnn run on the real MNIST files: (run folder, data root)."""
+    import os
+
+    data = os.environ.get("FMTK_DATA")
+    if not data:
+        if os.environ.get("FMTK_REQUIRE_DATA") == "1":
+            pytest.fail("real data needed: set FMTK_DATA")
+        pytest.skip("real data needed: set FMTK_DATA to the datasets folder")
+    run_dir = tmp_path_factory.mktemp("report") / "mnist"
+    result = fmtk("run", "mnist_dnn", "--epochs", "2", "--run-dir", str(run_dir), "--data-dir", data)
+    assert result.returncode == 0, result.stderr
+    return run_dir, Path(data)
+
+
+def real_test_digits(data: Path, count: int) -> tuple[np.ndarray, list[int]]:
+    raw = data / "MNIST" / "raw"
+    images = np.frombuffer(gzip.open(raw / "t10k-images-idx3-ubyte.gz").read()[16:], np.uint8).reshape(
+        -1, 28, 28
+    )
+    labels = list(gzip.open(raw / "t10k-labels-idx1-ubyte.gz").read()[8:])
+    return images[:count], labels[:count]
+
+
+def test_every_run_writes_confusion_and_top_losses(mnist_run) -> None:
+    run_dir, _ = mnist_run
+    for name in ("confusion_best.png", "top_losses.png"):
+        with Image.open(run_dir / name) as picture:
+            assert picture.format == "PNG" and picture.width > 400
+    images = EventAccumulator(str(run_dir)).Reload().Tags()["images"]
+    assert {"confusion_best", "top_losses"} <= set(images)
+
+
+@pytest.mark.parametrize("split, size, picture", [("test", 10_000, "confusion_best.png"),
+                                                  ("valid", 10_000, "confusion_best_valid.png")])  # fmt: skip
+def test_evaluate(mnist_run, split: str, size: int, picture: str) -> None:
+    run_dir, data = mnist_run
+    result = fmtk("evaluate", str(run_dir), "--split", split, "--data-dir", str(data))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("mnist_dnn, best_checkpoint_") and lines[0].endswith(f"{split} split")
+    accuracy = float(lines[1].split("accuracy ")[1].rstrip("%"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if split == "test":
+        assert accuracy == pytest.approx(100 * metrics["test"]["best"]["accuracy"], abs=0.006)
+    matrix_start = lines.index("confusion matrix (rows: true class, columns: predicted)")
+    rows = [[int(v) for v in line.split()[1:]] for line in lines[matrix_start + 2 : matrix_start + 12]]
+    assert np.array(rows).sum() == size and len(rows) == 10
+    per_class = lines[4:14]
+    assert [line.split()[0] for line in per_class] == [str(d) for d in range(10)]
+    assert (run_dir / picture).exists()
+
+
+def test_evaluate_last_and_a_bad_checkpoint(mnist_run, tmp_path: Path) -> None:
+    run_dir, data = mnist_run
+    result = fmtk("evaluate", str(run_dir), "--checkpoint", "last", "--data-dir", str(data))
+    assert result.returncode == 0 and "last_checkpoint_2.pt" in result.stdout
+    assert (run_dir / "confusion_last.png").exists()
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    before = tree_snapshot(run_dir)
+    assert_one_line_error(
+        fmtk("evaluate", str(run_dir), "--checkpoint", str(junk)), "junk.pt: not a readable"
+    )
+    assert tree_snapshot(run_dir) == before
+
+
+def test_predict_real_digits_in_any_mode_and_size(mnist_run, tmp_path: Path) -> None:
+    run_dir, data = mnist_run
+    images, labels = real_test_digits(data, 12)
+    paths = []
+    for index, pixels in enumerate(images):
+        picture = Image.fromarray(pixels)
+        if index % 3 == 0:
+            picture = picture.convert("RGBA").resize((90, 90))
+            path = tmp_path / f"digit{index}.png"
+        elif index % 3 == 1:
+            path = tmp_path / f"digit{index}.jpg"
+            picture = picture.convert("RGB").resize((56, 56))
+        else:
+            path = tmp_path / f"digit{index}.png"
+        picture.save(path)
+        paths.append(str(path))
+    result = fmtk("predict", str(run_dir), *paths, "--json", "--top", "3")
+    assert result.returncode == 0, result.stderr
+    predictions = json.loads(result.stdout)
+    assert [p["file"] for p in predictions] == paths
+    for prediction in predictions:
+        probabilities = [guess["probability"] for guess in prediction["predictions"]]
+        assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+    correct = sum(
+        int(p["predictions"][0]["class"]) == label for p, label in zip(predictions, labels, strict=True)
+    )
+    assert correct >= 10  # a 2-epoch model is right on ~96% of test digits
+    plain = fmtk("predict", str(run_dir), paths[0])
+    assert plain.returncode == 0 and plain.stdout.startswith(f"{paths[0]}: {labels[0]} ")
+
+
+def test_predict_names_a_file_that_is_not_an_image(mnist_run, tmp_path: Path) -> None:
+    run_dir, _ = mnist_run
+    notes = tmp_path / "notes.png"
+    notes.write_text("hello")
+    assert_one_line_error(fmtk("predict", str(run_dir), str(notes)), "notes.png: cannot read image")
+
+
+def test_show_catdog_grid_and_class_counts(mnist_run, tmp_path: Path) -> None:
+    _, data = mnist_run
+    out = tmp_path / "grid.png"
+    args = ["show", "catdog_vgg", "--split", "test", "-n", "8", "--out", str(out), "--set", "image_size=32"]
+    result = fmtk(*args, "--data-dir", str(data))
+    assert result.returncode == 0, result.stderr
+    assert "train cats: 800  dogs: 800" in result.stdout and "test  cats: 250  dogs: 250" in result.stdout
+    with Image.open(out) as picture:
+        assert picture.size[0] == 8 * 112
+    assert_one_line_error(fmtk(*args, "--data-dir", str(data)), "grid.png exists")  # never overwritten
+
+
+def test_show_fashion_mnist_class_names(mnist_run, tmp_path: Path) -> None:
+    _, data = mnist_run
+    result = fmtk("show", "fmnist_cnn", "--out", str(tmp_path / "f.png"), "--data-dir", str(data))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("train T-Shirt: 5000  Trouser: 5000  Pullover: 5000")
+    assert "Ankle Boot: 1000" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, total",
+    [
+        (["fmnist_cnn", "--set", "variant=basic"], "421,642"),
+        (["catdog_vgg", "--set", "image_size=64"], "16,526,466"),
+    ],
+)
+def test_summary_matches_the_notebooks(args: list[str], total: str) -> None:
+    result = fmtk("summary", *args)
+    assert result.returncode == 0, result.stderr
+    assert f"total parameters: {total}" in result.stdout
+    assert "Conv2d" in result.stdout and "output shape" in result.stdout
