@@ -109,3 +109,65 @@ def test_output_dir_that_cannot_hold_folders_is_one_line(tmp_path: Path) -> None
     result = fmtk("run", "digits_mlp", "--output-dir", str(blocker), cwd=tmp_path)
     assert_one_line_error(result, "cannot create the run folder", str(blocker))
     assert blocker.read_text() == "a file, not a folder"
+
+
+RECIPE_WITH_HANDLERS = """
+from ignite.engine import Events
+
+from fmtk import Recipe
+from fmtk.data import load_digits_splits
+from fmtk.models import mlp
+
+
+def note_epochs(run):
+    @run.trainer.on(Events.EPOCH_COMPLETED)
+    def note(engine):
+        with open(run.run_dir / "recipe_handler.txt", "a") as file:
+            file.write(f"{engine.state.epoch}\\n")
+
+
+recipe = Recipe(
+    name="digits_with_handler",
+    description="a recipe that attaches its own handler",
+    model=lambda recipe: mlp(64, [16], 10),
+    data=lambda recipe, data_dir, device: load_digits_splits(recipe.batch_size, device, recipe.seed),
+    epochs=3,
+    attach=note_epochs,
+)
+"""
+
+CLI_HANDLERS = """
+from ignite.engine import Events
+
+
+def stop_after_two(run):
+    run.trainer.add_event_handler(Events.EPOCH_COMPLETED(once=2), lambda engine: engine.terminate())
+
+
+def mark(run):
+    (run.run_dir / "marked.txt").write_text("yes")
+"""
+
+
+def test_recipe_attach_and_repeated_handlers(tmp_path: Path) -> None:
+    (tmp_path / "recipe_with_handlers.py").write_text(RECIPE_WITH_HANDLERS)
+    (tmp_path / "my_handlers.py").write_text(CLI_HANDLERS)
+    result = fmtk(
+        "run", "recipe_with_handlers.py", "--run-dir", "r",
+        "--handler", "my_handlers:stop_after_two", "--handler", "my_handlers:mark", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "r" / "recipe_handler.txt").read_text() == "1\n2\n"  # the recipe's own handler ran
+    assert (tmp_path / "r" / "marked.txt").read_text() == "yes"  # both --handler functions ran
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["epochs_run"] == 2
+
+
+def test_handler_reference_to_a_missing_function_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "my_handlers.py").write_text(CLI_HANDLERS)
+    result = fmtk(
+        "run", "digits_mlp", "--handler", "my_handlers:nothing_here", "--output-dir", "out", cwd=tmp_path
+    )
+    assert_one_line_error(
+        result, "--handler my_handlers:nothing_here: my_handlers has no function nothing_here"
+    )
+    assert not (tmp_path / "out").exists()
