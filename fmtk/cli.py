@@ -157,6 +157,8 @@ def run(
     except FmtkError:
         if resume is None and not any(folder.iterdir()):
             folder.rmdir()  # bad data: leave no empty run folder behind
+            if run_dir is None and not any(folder.parent.iterdir()):
+                folder.parent.rmdir()  # nor an empty <output-dir>/<recipe>
         raise
     except KeyboardInterrupt:
         # The last checkpoint is complete: DiskSaver writes a temporary file and renames it.
