@@ -78,9 +78,8 @@ def catdog_root(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def real_data() -> Path:
-    """The real datasets from $FMTK_DATA; skipped when unset, a failure when FMTK_REQUIRE_DATA=1."""
+def require_real_data() -> Path:
+    """The real datasets from $FMTK_DATA; a skip when unset, a failure when FMTK_REQUIRE_DATA=1."""
     value = os.environ.get("FMTK_DATA")
     if not value or not Path(value).is_dir():
         message = f"real data needed: set FMTK_DATA to the datasets folder (now {value!r})"
@@ -88,3 +87,8 @@ def real_data() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return Path(value)
+
+
+@pytest.fixture
+def real_data() -> Path:
+    return require_real_data()

@@ -6,8 +6,7 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
-import pytest
-from conftest import make_image_folder, make_mnist_like, tree_snapshot
+from conftest import make_mnist_like, tree_snapshot
 from PIL import Image
 from test_cli import assert_one_line_error, fmtk
 
@@ -44,42 +43,37 @@ def test_data_root_missing(tmp_path: Path) -> None:
     assert not (tmp_path / "nowhere").exists()
 
 
-@pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    data = tmp_path / "data"
-    make_image_folder(data / "catdog" / "training_set", per_class=10)
-    make_image_folder(data / "catdog" / "test_set", per_class=4, seed=1)
-    return data
-
-
 SMALL = ["catdog_vgg", "--set", "image_size=32", "--epochs", "1", "--batch-size", "8"]
 
 
-def test_missing_class_folder(photos: Path, tmp_path: Path) -> None:
-    dogs = photos / "catdog" / "test_set" / "dogs"
+def test_missing_class_folder(catdog_root: Path, tmp_path: Path) -> None:
+    dogs = catdog_root / "catdog" / "test_set" / "dogs"
     for path in dogs.iterdir():
         path.unlink()
     dogs.rmdir()
-    assert_one_line_error(run_on(photos, tmp_path, *SMALL), "test_set classes ['cats'] differ")
+    assert_one_line_error(run_on(catdog_root, tmp_path, *SMALL), "test_set classes ['cats'] differ")
 
 
-def test_empty_class_folder(photos: Path, tmp_path: Path) -> None:
-    for path in (photos / "catdog" / "training_set" / "cats").iterdir():
+def test_empty_class_folder(catdog_root: Path, tmp_path: Path) -> None:
+    for path in (catdog_root / "catdog" / "training_set" / "cats").iterdir():
         path.unlink()
-    assert_one_line_error(run_on(photos, tmp_path, *SMALL), "training_set", "cats")
+    assert_one_line_error(run_on(catdog_root, tmp_path, *SMALL), "training_set", "cats")
 
 
-def test_corrupt_jpeg_is_named(photos: Path, tmp_path: Path) -> None:
-    broken = photos / "catdog" / "training_set" / "dogs" / "dog.3.jpg"
+def test_corrupt_jpeg_is_named(catdog_root: Path, tmp_path: Path) -> None:
+    broken = catdog_root / "catdog" / "training_set" / "dogs" / "dog.3.jpg"
     broken.write_bytes(broken.read_bytes()[:300])
-    assert_one_line_error(run_on(photos, tmp_path, *SMALL), "dog.3.jpg: cannot decode image")
+    assert_one_line_error(run_on(catdog_root, tmp_path, *SMALL), "dog.3.jpg: cannot decode image")
 
 
-def test_grayscale_cmyk_and_alpha_images_are_converted_and_train(photos: Path, tmp_path: Path) -> None:
-    cats, dogs = photos / "catdog" / "training_set" / "cats", photos / "catdog" / "training_set" / "dogs"
+def test_grayscale_cmyk_and_alpha_images_are_converted_and_train(catdog_root: Path, tmp_path: Path) -> None:
+    cats, dogs = (
+        catdog_root / "catdog" / "training_set" / "cats",
+        catdog_root / "catdog" / "training_set" / "dogs",
+    )
     Image.new("L", (50, 40), 90).save(cats / "gray.jpg")
     Image.new("CMYK", (45, 45), (200, 0, 0, 0)).save(dogs / "cmyk.jpg")
     Image.new("RGBA", (60, 30), (0, 0, 255, 80)).save(dogs / "alpha.png")
-    result = run_on(photos, tmp_path, *SMALL)
+    result = run_on(catdog_root, tmp_path, *SMALL)
     assert result.returncode == 0, result.stderr
     assert list((tmp_path / "out" / "catdog_vgg").glob("*/metrics.json"))

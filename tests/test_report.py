@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tree_snapshot
+from conftest import require_real_data, tree_snapshot
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_cli import assert_one_line_error, fmtk
@@ -18,17 +18,11 @@ from test_cli import assert_one_line_error, fmtk
 @pytest.fixture(scope="module")
 def mnist_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A 2-epoch mnist_dnn run on the real MNIST files: (run folder, data root)."""
-    import os
-
-    data = os.environ.get("FMTK_DATA")
-    if not data:
-        if os.environ.get("FMTK_REQUIRE_DATA") == "1":
-            pytest.fail("real data needed: set FMTK_DATA")
-        pytest.skip("real data needed: set FMTK_DATA to the datasets folder")
+    data = require_real_data()
     run_dir = tmp_path_factory.mktemp("report") / "mnist"
-    result = fmtk("run", "mnist_dnn", "--epochs", "2", "--run-dir", str(run_dir), "--data-dir", data)
+    result = fmtk("run", "mnist_dnn", "--epochs", "2", "--run-dir", str(run_dir), "--data-dir", str(data))
     assert result.returncode == 0, result.stderr
-    return run_dir, Path(data)
+    return run_dir, data
 
 
 def real_test_digits(data: Path, count: int) -> tuple[np.ndarray, list[int]]:
