@@ -256,6 +256,7 @@ def show(
     """A grid of random samples of a split titled with their class names, and the class counts."""
     import torch
 
+    from fmtk.data import TensorBatches
     from fmtk.pictures import titled_grid
 
     recipe = apply_overrides(load_recipe(recipe_name), parse_settings(settings))
@@ -263,6 +264,8 @@ def show(
     if out.exists():
         raise FmtkError(f"{out} exists; choose another --out (nothing was overwritten)")
     data = recipe.data(recipe, data_dir, torch.device("cpu"))
+    if not all(isinstance(getattr(data, name), TensorBatches) for name in ("train", "valid", "test")):
+        raise FmtkError(f"fmtk show needs in-memory TensorBatches splits; {recipe.name} has other ones")
     for name in ("train", "valid", "test"):
         counts = torch.bincount(getattr(data, name).labels, minlength=len(data.classes)).tolist()
         click.echo(f"{name:<6}" + "  ".join(f"{c}: {n}" for c, n in zip(data.classes, counts, strict=True)))

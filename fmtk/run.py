@@ -192,7 +192,10 @@ def build_run(
     # validation metrics, early stopping and plateau decisions) before the last checkpoint.
     attach_progress(trainer)
     attach_nonfinite_guard(trainer, recipe.log_every)
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: data.train.set_epoch(engine.state.epoch))
+    if hasattr(data.train, "set_epoch"):  # TensorBatches: each epoch's order from (seed, epoch)
+        trainer.add_event_handler(
+            Events.EPOCH_STARTED, lambda engine: data.train.set_epoch(engine.state.epoch)
+        )
     attach_validation(trainer, evaluator, data.valid)
     early_stopping = lr_scheduler = None
     if recipe.early_stopping_patience is not None:

@@ -171,3 +171,38 @@ def test_handler_reference_to_a_missing_function_is_one_line(tmp_path: Path) -> 
         result, "--handler my_handlers:nothing_here: my_handlers has no function nothing_here"
     )
     assert not (tmp_path / "out").exists()
+
+
+DATALOADER_RECIPE = """
+import torch
+from sklearn.datasets import load_digits
+from torch.utils.data import DataLoader, TensorDataset
+
+from fmtk import Recipe
+from fmtk.data import DataSplits
+from fmtk.models import mlp
+
+
+def data(recipe, data_dir, device):
+    digits = load_digits()
+    images = torch.tensor(digits.images / 16, dtype=torch.float32).unsqueeze(1)
+    dataset = TensorDataset(images, torch.tensor(digits.target))
+    train, valid, test = torch.utils.data.random_split(dataset, [1200, 300, 297])
+    loader = lambda split, shuffle=False: DataLoader(split, batch_size=recipe.batch_size, shuffle=shuffle)
+    return DataSplits(loader(train, True), loader(valid), loader(test), [str(d) for d in range(10)])
+
+
+recipe = Recipe(name="digits_loader", description="DataLoader splits", model=lambda r: mlp(64, [32], 10),
+                data=data, lr=1e-2, batch_size=32, epochs=3)
+"""
+
+
+def test_a_recipe_with_dataloader_splits_trains(tmp_path: Path) -> None:
+    (tmp_path / "loader_recipe.py").write_text(DATALOADER_RECIPE)
+    result = fmtk("run", "loader_recipe.py", "--run-dir", "r", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 3 and metrics["test"]["best"]["accuracy"] > 0.8
+    assert (tmp_path / "r" / "confusion_best.png").exists()  # top_losses.png needs in-memory images
+    result = fmtk("show", "loader_recipe.py", "--out", "s.png", cwd=tmp_path)
+    assert_one_line_error(result, "fmtk show needs in-memory TensorBatches splits")
