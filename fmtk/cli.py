@@ -70,7 +70,10 @@ def finished_message(run_dir: Path, epochs: int) -> str | None:
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.exists():
         return None
-    results = json.loads(metrics_path.read_text())
+    try:
+        results = json.loads(metrics_path.read_text())
+    except ValueError:
+        raise FmtkError(f"{metrics_path}: not readable JSON; remove it to resume the run") from None
     if results.get("stopped_early"):
         return f"{run_dir} is finished: early stopping ended it at epoch {results['epochs_run']}"
     if results.get("epochs_run", 0) >= epochs:

@@ -19,7 +19,7 @@ from fmtk.engines import create_evaluator
 from fmtk.errors import FmtkError
 from fmtk.pictures import confusion_picture, titled_grid
 from fmtk.recipe import Recipe
-from fmtk.resume import check_made_by, find_last_checkpoint, read_checkpoint, recipe_from_run
+from fmtk.resume import find_last_checkpoint, load_model_weights, read_checkpoint, recipe_from_run
 
 
 @dataclass
@@ -75,7 +75,9 @@ def most_confidently_wrong(model: nn.Module, batches: TensorBatches, count: int 
             probabilities = model(x).softmax(dim=1)
             confidence, predicted = probabilities.max(dim=1)
             losses.append(-probabilities.gather(1, y[:, None]).squeeze(1).clamp_min(1e-12).log())
-            predictions.append(predicted), confidences.append(confidence), labels.append(y)
+            predictions.append(predicted)
+            confidences.append(confidence)
+            labels.append(y)
     loss, predicted, confidence, label = (
         torch.cat(parts).cpu() for parts in (losses, predictions, confidences, labels)
     )
@@ -125,7 +127,7 @@ def load_trained_model(
     recipe = recipe_from_run(run_dir)
     model = recipe.model(recipe).to(device)
     path = resolve_checkpoint(run_dir, which)
-    check_made_by(read_checkpoint(path, device), path, recipe, model)
+    load_model_weights(read_checkpoint(path, device), path, recipe, model)
     classes = json.loads((run_dir / "config.json").read_text()).get("classes")
     if not classes:
         raise FmtkError(f"{run_dir}/config.json has no class names (made by an older fmtk?)")

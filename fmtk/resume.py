@@ -65,8 +65,11 @@ def read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     return checkpoint
 
 
-def check_made_by(checkpoint: dict[str, Any], path: Path, recipe: Recipe, model: torch.nn.Module) -> None:
-    """Refuse a checkpoint made by another recipe or model architecture, naming both."""
+def load_model_weights(
+    checkpoint: dict[str, Any], path: Path, recipe: Recipe, model: torch.nn.Module
+) -> None:
+    """Load the checkpoint's model weights into ``model``; a checkpoint made by another recipe or
+    model architecture is refused with one line naming both."""
     made_by = checkpoint.get("run_info", {})
     if made_by.get("recipe") not in (None, recipe.name):
         raise FmtkError(f"{path} was made by recipe {made_by['recipe']}, not {recipe.name}")
@@ -115,5 +118,6 @@ def remove_stale_checkpoints(run_dir: Path, resume_from: Path, checkpoint: dict[
 
 
 def restore(to_load: dict[str, Any], checkpoint: dict[str, Any]) -> None:
-    """Load every state object of a last checkpoint (Ignite's Checkpoint.load_objects)."""
-    Checkpoint.load_objects({k: v for k, v in to_load.items() if k in checkpoint}, checkpoint)
+    """Load every state object of a last checkpoint but the model (loaded by load_model_weights)."""
+    objects = {k: v for k, v in to_load.items() if k in checkpoint and k != "model"}
+    Checkpoint.load_objects(objects, checkpoint)

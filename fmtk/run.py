@@ -35,7 +35,13 @@ from fmtk.handlers import (
 )
 from fmtk.recipe import Recipe
 from fmtk.report import Evaluation, evaluate, write_run_pictures
-from fmtk.resume import check_made_by, read_checkpoint, remove_stale_checkpoints, restore, truncate_history
+from fmtk.resume import (
+    load_model_weights,
+    read_checkpoint,
+    remove_stale_checkpoints,
+    restore,
+    truncate_history,
+)
 
 
 class RunInfo:
@@ -50,7 +56,7 @@ class RunInfo:
         return dict(self.info)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Nothing to restore: what made a checkpoint is checked by fmtk.resume.check_made_by."""
+        """Nothing to restore: what made a checkpoint is checked by fmtk.resume.load_model_weights."""
 
 
 @dataclass
@@ -104,8 +110,8 @@ class Run:
 
     def test(self, checkpoint_path: Path) -> Evaluation:
         """Load the model weights of ``checkpoint_path`` and evaluate them on the test split."""
-        checkpoint = torch.load(checkpoint_path, map_location=self.device, weights_only=True)
-        Checkpoint.load_objects({"model": self.model}, checkpoint)
+        checkpoint = read_checkpoint(checkpoint_path, self.device)
+        load_model_weights(checkpoint, checkpoint_path, self.recipe, self.model)
         return evaluate(self.model, self.data.test, self.data.classes, self.device)
 
     def _summarise(self, seconds: float) -> dict[str, Any]:
@@ -178,7 +184,7 @@ def build_run(
     resume_epoch = resume_iteration = 0
     if resume_from is not None:
         checkpoint = read_checkpoint(resume_from, device)
-        check_made_by(checkpoint, resume_from, recipe, model)
+        load_model_weights(checkpoint, resume_from, recipe, model)
         resume_iteration = checkpoint["trainer"]["iteration"]
         resume_epoch = resume_iteration // checkpoint["trainer"]["epoch_length"]
     data = recipe.data(recipe, Path(data_dir), device)
