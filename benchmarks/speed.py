@@ -4,7 +4,8 @@ For each recipe, the same model, data, batch size and optimizer are trained thre
 own process (so each peak RSS is its own), on the CPU:
 
 - ``fmtk``: the recipe's Ignite trainer with every handler a run has (validation excluded from the
-  timing: the epoch's training part, Ignite's ``state.times``);
+  timing: the epoch's training part, Ignite's ``state.times``), at the CPU defaults; for conv
+  recipes also with ``--channels-last``;
 - ``plain``: a hand-written loop over the same in-memory ``TensorBatches``;
 - ``notebook``: the notebooks' pipeline, torchvision dataset + ``DataLoader`` + ``ToTensor``.
 
@@ -31,14 +32,18 @@ import torch
 RECIPES = {"mnist_dnn": "MNIST", "fmnist_cnn": "FashionMNIST"}
 
 
-def epoch_times_fmtk(recipe_name: str, data_dir: Path, epochs: int) -> tuple[list[float], int]:
+def epoch_times_fmtk(
+    recipe_name: str, data_dir: Path, epochs: int, channels_last: bool = False
+) -> tuple[list[float], int]:
     from fmtk import build_run, load_recipe
+    from fmtk.engines import SpeedOptions
     from fmtk.recipe import apply_overrides
 
     overrides = {"epochs": str(epochs), "early_stopping_patience": "none"}
     recipe = apply_overrides(load_recipe(recipe_name), overrides)
+    speed = SpeedOptions("32", channels_last)
     with tempfile.TemporaryDirectory() as run_dir:
-        run = build_run(recipe, Path(run_dir), torch.device("cpu"), data_dir, echo=lambda line: None)
+        run = build_run(recipe, Path(run_dir), torch.device("cpu"), data_dir, lambda line: None, speed=speed)
         run.trainer.run(run.data.train, max_epochs=epochs)
         run.tensorboard.close()
         run.tensorboard_iterations.close()
@@ -95,7 +100,17 @@ def epoch_times_notebook(recipe_name: str, data_dir: Path, epochs: int) -> tuple
         return plain_loop(model, optimizer, loader, epochs), len(train)
 
 
-METHODS = {"fmtk": epoch_times_fmtk, "plain": epoch_times_plain, "notebook": epoch_times_notebook}
+def epoch_times_fmtk_channels_last(recipe_name: str, data_dir: Path, epochs: int) -> tuple[list[float], int]:
+    return epoch_times_fmtk(recipe_name, data_dir, epochs, channels_last=True)
+
+
+METHODS = {
+    "fmtk": epoch_times_fmtk,
+    "fmtk --channels-last": epoch_times_fmtk_channels_last,  # conv recipes only
+    "plain": epoch_times_plain,
+    "notebook": epoch_times_notebook,
+}
+CONV_ONLY = {"fmtk --channels-last"}
 
 
 def measure_in_subprocess(method: str, recipe: str, data_dir: Path, epochs: int, warmup: int) -> dict:
@@ -113,6 +128,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--recipes", default="mnist_dnn,fmnist_cnn")
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "RECIPE"), help=argparse.SUPPRESS)
+    parser.add_argument("--methods", default=",".join(METHODS), help="which pipelines (comma-separated)")
     args = parser.parse_args()
 
     if args.one:
@@ -127,9 +143,10 @@ def main() -> None:
     print("| recipe | pipeline | s/epoch | images/s | ratio to plain | peak RSS MiB |")
     print("|---|---|---:|---:|---:|---:|")
     for recipe in args.recipes.split(","):
+        methods = [m for m in args.methods.split(",") if m not in CONV_ONLY or recipe != "mnist_dnn"]
         results = {
             method: measure_in_subprocess(method, recipe, args.data_dir, args.epochs, args.warmup)
-            for method in METHODS
+            for method in methods
         }
         for method, result in results.items():
             ratio = result["seconds"] / results["plain"]["seconds"]

@@ -6,7 +6,9 @@ flipping and normalising whole batches on the device, keeps the epoch loop free 
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -14,13 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from fmtk.data import DataSplits, TensorBatches, scale_pixels, stratified_split
+from fmtk.data import DataSplits, TensorBatches, process_shard, scale_pixels, stratified_split
 from fmtk.errors import FmtkError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DATA_CACHES = ("memory", "file", "none")
 
 
 def resize_rgb(image: Image.Image, image_size: int) -> np.ndarray:
@@ -70,6 +74,123 @@ def decode_image_folder(folder: Path, image_size: int) -> tuple[torch.Tensor, to
     return images, labels, classes
 
 
+def cache_folder() -> Path:
+    """Where decoded image caches go: ``$FMTK_CACHE``, else ``~/.cache/fmtk``."""
+    return Path(os.environ.get("FMTK_CACHE") or Path.home() / ".cache" / "fmtk")
+
+
+def cached_decode_image_folder(folder: Path, image_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """:func:`decode_image_folder` through a ``.npy`` file in :func:`cache_folder`, keyed by the
+    image size and every file's path, size and modification time (any change: a new file)."""
+    samples, classes = list_image_folder(folder)
+    key = hashlib.sha256(str(image_size).encode())
+    for path, _ in samples:
+        status = os.stat(path)
+        key.update(f"{os.path.relpath(path, folder)}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+    cache = cache_folder() / f"{folder.name}-{image_size}px-{key.hexdigest()[:20]}.npy"
+    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    if cache.is_file():
+        try:
+            return torch.from_numpy(np.load(cache)), labels, classes
+        except (OSError, ValueError):
+            pass  # a torn or foreign file: decode again and replace it
+    images, labels, classes = decode_image_folder(folder, image_size)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        with temporary.open("wb") as file:
+            np.save(file, images.numpy())
+        temporary.replace(cache)  # atomic: a reader never sees half a file
+    except OSError as error:
+        raise FmtkError(f"cannot write the image cache {cache}: {error.strerror}") from None
+    return images, labels, classes
+
+
+class ImageFiles(Dataset):
+    """Image files decoded on demand (the DataLoader path): ``(uint8 3×S×S tensor, label)``."""
+
+    def __init__(self, samples: list[tuple[str, int]], image_size: int) -> None:
+        self.samples = samples
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        return torch.from_numpy(decode_image(path, self.image_size)).permute(2, 0, 1), label
+
+
+class LoaderBatches:
+    """Batches of a DataLoader over ``dataset`` (uint8 images), moved to ``device`` and scaled,
+    flipped (``flip_p``) and normalised there, like :class:`~fmtk.data.TensorBatches`.
+
+    For data too large to hold decoded: worker processes decode, pinned memory lets the copy to a
+    GPU overlap. The training split shards through a DistributedSampler when several processes
+    train (the recipe's batch size is the global one); evaluation splits take every
+    ``world_size``-th sample, unpadded.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        device: torch.device,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        flip_p: float = 0.0,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        workers: int | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> None:
+        self.rank, self.world_size = shard if shard is not None else process_shard()
+        if shuffle and batch_size % self.world_size:
+            raise FmtkError(f"batch_size {batch_size} is not divisible by {self.world_size} processes")
+        if shuffle:
+            self.sampler = DistributedSampler(
+                dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=seed
+            )
+            batch_size //= self.world_size
+        else:
+            self.sampler = range(self.rank, len(dataset), self.world_size)
+        workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        self.loader = DataLoader(
+            dataset, batch_size, sampler=self.sampler, num_workers=workers, persistent_workers=workers > 0,
+            pin_memory=device.type == "cuda",
+        )  # fmt: skip
+        self.device = device
+        self.seed = seed
+        self.flip_p = flip_p
+        self.mean = torch.tensor(mean, device=device).view(-1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(-1, 1, 1)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order (and flips) the next iteration uses."""
+        self.epoch = epoch
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        seed = (self.seed * 100_003 + self.epoch) * 1_009 + self.rank
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        try:
+            for images, labels in self.loader:
+                x = scale_pixels(images.to(self.device, non_blocking=True), 255.0, self.mean, self.std)
+                if self.flip_p > 0:
+                    flip = torch.rand(len(x), generator=generator, device=self.device) < self.flip_p
+                    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+                yield x, labels.to(self.device, non_blocking=True)
+        except FmtkError as error:
+            # A worker's error arrives with its traceback in the message; keep the last line's text.
+            raise FmtkError(str(error).strip().splitlines()[-1].partition(": ")[2] or str(error)) from None
+
+
 def find_split_folder(root: Path, name: str) -> Path:
     """``root/name``, or Kaggle's nested ``root/name/name`` when that is where the classes are."""
     folder = root / name
@@ -85,20 +206,26 @@ def load_catdog(
     seed: int,
     flip_p: float = 0.3,
     valid_fraction: float = 0.2,
+    data_cache: str = "memory",
 ) -> DataSplits:
     """Cat & Dog photos: stratified train/valid split of training_set, test_set for testing.
 
-    The random flip applies to the training split only (the notebook also flipped test images).
+    ``data_cache``: ``memory`` decodes every photo once into a tensor on the device; ``file`` also
+    keeps that tensor in a file under :func:`cache_folder` for the next run; ``none`` decodes in
+    DataLoader workers every epoch (for folders too large to hold). The random flip applies to
+    the training split only (the notebook also flipped test images).
     """
     root = Path(data_dir) / "catdog"
     if not root.is_dir():
         raise FmtkError(f"Cat & Dog data not found: {root} (expected training_set/ and test_set/)")
-    train_images, train_labels, classes = decode_image_folder(
-        find_split_folder(root, "training_set"), image_size
-    )
-    test_images, test_labels, test_classes = decode_image_folder(
-        find_split_folder(root, "test_set"), image_size
-    )
+    if data_cache not in DATA_CACHES:
+        raise FmtkError(f"data_cache {data_cache}: choose {', '.join(DATA_CACHES)}")
+    train_folder, test_folder = (find_split_folder(root, name) for name in ("training_set", "test_set"))
+    if data_cache == "none":
+        return _catdog_loaders(train_folder, test_folder, image_size, batch_size, device, seed, flip_p)
+    decode = cached_decode_image_folder if data_cache == "file" else decode_image_folder
+    train_images, train_labels, classes = decode(train_folder, image_size)
+    test_images, test_labels, test_classes = decode(test_folder, image_size)
     if test_classes != classes:
         raise FmtkError(f"{root}: test_set classes {test_classes} differ from training_set classes {classes}")
     train_index, valid_index = stratified_split(train_labels.numpy(), valid_fraction, seed)
@@ -113,5 +240,32 @@ def load_catdog(
         train=batches(train_images[train_index], train_labels[train_index], train=True),
         valid=batches(train_images[valid_index], train_labels[valid_index]),
         test=batches(test_images, test_labels),
+        classes=classes,
+    )
+
+
+def _catdog_loaders(
+    train_folder: Path,
+    test_folder: Path,
+    image_size: int,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    flip_p: float,
+    valid_fraction: float = 0.2,
+) -> DataSplits:
+    """Cat & Dog as :class:`LoaderBatches` (``data_cache=none``): the same split as the cached path."""
+    samples, classes = list_image_folder(train_folder)
+    test_samples, test_classes = list_image_folder(test_folder)
+    if test_classes != classes:
+        raise FmtkError(f"{train_folder.parent}: test_set classes {test_classes} differ from {classes}")
+    labels = np.array([label for _, label in samples])
+    train_index, valid_index = stratified_split(labels, valid_fraction, seed)
+    train = ImageFiles([samples[i] for i in train_index], image_size)
+    valid = ImageFiles([samples[i] for i in valid_index], image_size)
+    return DataSplits(
+        train=LoaderBatches(train, batch_size, device, shuffle=True, seed=seed, flip_p=flip_p),
+        valid=LoaderBatches(valid, batch_size, device),
+        test=LoaderBatches(ImageFiles(test_samples, image_size), batch_size, device),
         classes=classes,
     )

@@ -15,7 +15,7 @@ def data(recipe, data_dir, device):
     # Flip on the training split only: the notebook's test transform flipped test images too.
     return load_catdog(
         data_dir, recipe.options["image_size"], recipe.batch_size, device, recipe.seed,
-        flip_p=recipe.options["flip_p"],
+        flip_p=recipe.options["flip_p"], data_cache=recipe.options["data_cache"],
     )  # fmt: skip
 
 
@@ -36,5 +36,6 @@ recipe = Recipe(
     plateau_patience=4,
     plateau_factor=0.1,
     early_stopping_patience=8,  # the notebook's patience 7: it stops when its counter exceeds 7
-    options={"image_size": 224, "flip_p": 0.3},
+    # data_cache: memory (decode once per run), file (and keep it for the next run), none (DataLoader).
+    options={"image_size": 224, "flip_p": 0.3, "data_cache": "memory"},
 )

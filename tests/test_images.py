@@ -83,3 +83,41 @@ def test_decode_resizes_like_torchvision(tmp_path: Path) -> None:
 
     expected = np.asarray(functional.resize(Image.open(path), [16, 16]))
     np.testing.assert_array_equal(decode_image(path, 16), expected)
+
+
+def test_file_cache_is_reused_and_keyed_by_the_files(
+    catdog_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FMTK_CACHE", str(tmp_path / "cache"))
+    before = tree_snapshot(catdog_root)
+    first = load_catdog(catdog_root, 16, 8, CPU, seed=0, data_cache="file")
+    caches = sorted((tmp_path / "cache").glob("*.npy"))
+    assert [path.name.split("-")[0] for path in caches] == ["test_set", "training_set"]
+    memory = load_catdog(catdog_root, 16, 8, CPU, seed=0)
+    assert torch.equal(first.train.images, memory.train.images)
+    stamps = {path: path.stat().st_mtime_ns for path in caches}
+    again = load_catdog(catdog_root, 16, 8, CPU, seed=0, data_cache="file")
+    assert torch.equal(again.test.images, memory.test.images)
+    assert {path: path.stat().st_mtime_ns for path in caches} == stamps  # read, not rewritten
+    assert tree_snapshot(catdog_root) == before  # the data root is never written
+    Image.new("RGB", (30, 30), (200, 0, 0)).save(catdog_root / "catdog" / "test_set" / "cats" / "new.jpg")
+    changed = load_catdog(catdog_root, 16, 8, CPU, seed=0, data_cache="file")
+    assert len(changed.test.labels) == len(memory.test.labels) + 1  # a new file: a new cache
+    assert len(list((tmp_path / "cache").glob("test_set-*.npy"))) == 2
+
+
+def test_dataloader_path_gives_the_cached_paths_batches(catdog_root: Path) -> None:
+    memory = load_catdog(catdog_root, 16, 8, CPU, seed=0)
+    loaders = load_catdog(catdog_root, 16, 8, CPU, seed=0, data_cache="none")
+    for split in ("valid", "test"):  # unshuffled: the same samples in the same order
+        for (x1, y1), (x2, y2) in zip(getattr(memory, split), getattr(loaders, split), strict=True):
+            assert torch.allclose(x1, x2) and torch.equal(y1, y2)
+    loaders.train.set_epoch(1)
+    labels = torch.cat([y for _, y in loaders.train])
+    assert sorted(labels.tolist()) == sorted(memory.train.labels.tolist())  # every training sample once
+    assert loaders.train.loader.num_workers > 0  # decoding happens in worker processes
+
+
+def test_unknown_data_cache_is_a_clear_error(catdog_root: Path) -> None:
+    with pytest.raises(FmtkError, match="data_cache disk: choose memory, file, none"):
+        load_catdog(catdog_root, 16, 8, CPU, seed=0, data_cache="disk")
