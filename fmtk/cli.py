@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import sys
-from collections.abc import Callable
+import os
 from pathlib import Path
 from typing import Any
 
 import click
 
+from fmtk.distributed import BACKENDS, under_torchrun
+from fmtk.engines import PRECISIONS, SpeedOptions
 from fmtk.errors import FmtkError
+from fmtk.launcher import RunRequest, train
 from fmtk.recipe import apply_overrides, bundled_recipe_names, load_recipe
 
 
@@ -48,23 +49,6 @@ def parse_settings(settings: tuple[str, ...]) -> dict[str, str]:
     return parsed
 
 
-def resolve_handler(reference: str) -> Callable:
-    """``package.module:function`` → the function (a user's handler that receives the Run)."""
-    module_name, colon, attribute = reference.partition(":")
-    if not colon or not module_name or not attribute:
-        raise FmtkError(f"--handler {reference}: expected package.module:function")
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))  # like `python -m`: modules in the current folder resolve
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise FmtkError(f"--handler {reference}: cannot import {module_name} ({error})") from None
-    function = getattr(module, attribute, None)
-    if not callable(function):
-        raise FmtkError(f"--handler {reference}: {module_name} has no function {attribute}")
-    return function
-
-
 def finished_message(run_dir: Path, epochs: int) -> str | None:
     """Why a run folder has nothing left to resume, or None."""
     metrics_path = run_dir / "metrics.json"
@@ -91,7 +75,7 @@ def finished_message(run_dir: Path, epochs: int) -> str | None:
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--epochs", type=int, help="Maximum number of epochs.")
-@click.option("--batch-size", type=int, help="Batch size.")
+@click.option("--batch-size", type=int, help="Batch size (the global batch when several processes train).")
 @click.option("--lr", type=float, help="Learning rate.")
 @click.option("--seed", type=int, help="Random seed (data split, order, initialisation).")
 @click.option(
@@ -106,6 +90,14 @@ def finished_message(run_dir: Path, epochs: int) -> str | None:
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any recipe field.")
 @click.option("--handler", "handlers", multiple=True, metavar="MODULE:FUNCTION",
               help="A function that receives the Run and attaches handlers (repeatable).")  # fmt: skip
+@click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default="auto", show_default=True,
+              help="auto: bf16 on CUDA (16-mixed without bf16), 32 on the CPU.")  # fmt: skip
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="Memory format of conv nets [default: on with CUDA].")  # fmt: skip
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the training step's model.")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train in N processes on this machine (ignite.distributed).")  # fmt: skip
+@click.option("--backend", type=click.Choice(BACKENDS), help="nccl or gloo [default: nccl with CUDA].")
 def run(
     recipe_name: str | None,
     resume: Path | None,
@@ -119,59 +111,39 @@ def run(
     run_dir: Path | None,
     settings: tuple[str, ...],
     handlers: tuple[str, ...],
+    precision: str,
+    channels_last: bool | None,
+    compile_model: bool,
+    nproc_per_node: int,
+    backend: str | None,
 ) -> None:
     """Train RECIPE (a bundled name or a path to a recipe .py file), then test its checkpoints.
 
     With --resume RUN_DIR instead of RECIPE, continue that run where its last checkpoint left off.
     """
-    from fmtk.engines import resolve_device
-    from fmtk.resume import find_last_checkpoint, recipe_from_run
-    from fmtk.run import build_run, make_run_dir
-
     if (recipe_name is None) == (resume is None):
         raise FmtkError("give a RECIPE to start a run, or --resume RUN_DIR to continue one")
-    attachers = [resolve_handler(reference) for reference in handlers]
-    torch_device = resolve_device(device)
-    checkpoint = None
+    request = RunRequest(
+        recipe_name=recipe_name, resume=resume, data_dir=data_dir, output_dir=output_dir, run_dir=run_dir,
+        device=device, speed=SpeedOptions(precision, channels_last, compile_model), handlers=handlers,
+        nproc_per_node=nproc_per_node, backend=backend,
+    )  # fmt: skip
     if resume is not None:
         changed = [name for name, value in [("--batch-size", batch_size), ("--lr", lr), ("--seed", seed),
                    ("--set", settings), ("--run-dir", run_dir)] if value]  # fmt: skip
         if changed:
             raise FmtkError(f"--resume keeps the run's recipe; {', '.join(changed)} cannot change it")
-        recipe = recipe_from_run(resume, epochs)
-        checkpoint = find_last_checkpoint(resume)
-        finished = finished_message(resume, recipe.epochs)
+        request.epochs = epochs
+        finished = finished_message(resume, request.recipe().epochs)
         if finished:
-            click.echo(finished)
+            if not under_torchrun() or os.environ.get("RANK") == "0":
+                click.echo(finished)
             return
-        folder = resume
     else:
-        overrides = parse_settings(settings)
+        request.overrides = parse_settings(settings)
         flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
-        overrides.update({key: str(value) for key, value in flags.items() if value is not None})
-        recipe = apply_overrides(load_recipe(recipe_name), overrides)
-        folder = make_run_dir(output_dir, recipe.name, run_dir)
-    click.echo(f"run folder: {folder}")
-    try:
-        training = build_run(recipe, folder, torch_device, data_dir, echo=click.echo, resume_from=checkpoint)
-        for attach in attachers:
-            attach(training)
-        training.run()
-    except FmtkError:
-        if resume is None and not any(folder.iterdir()):
-            folder.rmdir()  # bad data: leave no empty run folder behind
-            if run_dir is None and not any(folder.parent.iterdir()):
-                folder.parent.rmdir()  # nor an empty <output-dir>/<recipe>
-        raise
-    except KeyboardInterrupt:
-        # The last checkpoint is complete: DiskSaver writes a temporary file and renames it.
-        saved = sorted(folder.glob("last_checkpoint_*.pt"))
-        where = (
-            f"the last complete checkpoint is {saved[-1].name}" if saved else "no checkpoint was written yet"
-        )
-        click.echo(f"interrupted: {where}; resume with: fmtk run --resume {folder}", err=True)
-        sys.exit(130)
-    click.echo(f"run folder: {folder}")
+        request.overrides.update({key: str(value) for key, value in flags.items() if value is not None})
+    train(request)
 
 
 @cli.command()

@@ -6,6 +6,7 @@ Python overhead; slicing one in-memory tensor by a random permutation costs almo
 
 from __future__ import annotations
 
+import copy
 import gzip
 import math
 import struct
@@ -13,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from PIL import Image
@@ -46,13 +48,26 @@ def grayscale_input(image: Image.Image, size: int) -> torch.Tensor:
     return scale_pixels(torch.from_numpy(pixels.copy()).unsqueeze(0), 255.0)
 
 
+def process_shard() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process (``(0, 1)`` when not distributed)."""
+    return idist.get_rank(), idist.get_world_size()
+
+
 class TensorBatches:
     """Batches ``(x, y)`` sliced from uint8 ``images`` (N×C×H×W) and int64 ``labels``.
 
     Each batch is scaled to float (``/ scale``), optionally flipped left-right per sample with
     probability ``flip_p`` and normalised by ``mean``/``std``, all on the tensors' device. With
-    ``shuffle`` every epoch draws a new permutation from a generator seeded by ``(seed, epoch)``,
-    so the order of any epoch can be reproduced (call :meth:`set_epoch` before iterating).
+    ``shuffle`` every epoch draws a new permutation (and flips) from a generator seeded by
+    ``(seed, epoch)``, so the order of any epoch can be reproduced (call :meth:`set_epoch` before
+    iterating).
+
+    When several processes train (``ignite.distributed``), ``batch_size`` stays the global batch:
+    process ``rank`` of ``world_size`` takes every ``world_size``-th sample of each global batch,
+    so the processes' shards are disjoint and together are exactly the single-process batches.
+    A shuffled split is padded (by repeating its first samples, as DistributedSampler does) so
+    every process gets the same number of samples per step; an unshuffled (evaluation) split is
+    not, so its metrics count every sample once.
 
     >>> batches = TensorBatches(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(10), 4)
     >>> [len(y) for _, y in batches]
@@ -71,6 +86,7 @@ class TensorBatches:
         flip_p: float = 0.0,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -81,32 +97,55 @@ class TensorBatches:
         self.seed = seed
         self.scale = scale
         self.flip_p = flip_p
+        self.rank, self.world_size = shard if shard is not None else process_shard()
+        if shuffle and batch_size % self.world_size:
+            raise FmtkError(f"batch_size {batch_size} is not divisible by {self.world_size} processes")
         device = images.device
         self.mean = None if mean is None else torch.tensor(mean, device=device).view(-1, 1, 1)
         self.std = None if std is None else torch.tensor(std, device=device).view(-1, 1, 1)
         self.epoch = 0
 
+    def whole(self) -> TensorBatches:
+        """The same split, unshuffled and unsharded (every sample, in file order)."""
+        whole = copy.copy(self)
+        whole.shuffle, whole.flip_p, whole.rank, whole.world_size = False, 0.0, 0, 1
+        return whole
+
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose permutation (and flips) the next iteration uses."""
         self.epoch = epoch
 
+    def _global_batches(self) -> list[tuple[int, int]]:
+        """``(start, stop)`` positions of each global batch in the epoch's (padded) order."""
+        count = len(self.labels)
+        if self.shuffle:
+            count = math.ceil(count / self.world_size) * self.world_size
+        return [(start, min(start + self.batch_size, count)) for start in range(0, count, self.batch_size)]
+
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
+        return sum(1 for start, stop in self._global_batches() if stop - start > self.rank)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device = self.images.device
         generator = torch.Generator(device=device).manual_seed(self.seed * 100_003 + self.epoch)
         count = len(self.labels)
-        order = torch.randperm(count, generator=generator, device=device) if self.shuffle else None
-        for start in range(0, count, self.batch_size):
-            index = (
-                slice(start, start + self.batch_size)
-                if order is None
-                else order[start : start + self.batch_size]
-            )
+        batches = self._global_batches()
+        if self.shuffle:
+            order = torch.randperm(count, generator=generator, device=device)
+            padded = batches[-1][1]
+            order = torch.cat([order, order[: padded - count]])
+        else:
+            order = torch.arange(count, device=device)
+        flips = None
+        if self.flip_p > 0:
+            flips = torch.rand(len(order), generator=generator, device=device) < self.flip_p
+        for start, stop in batches:
+            if stop - start <= self.rank:
+                continue  # an evaluation split's short last batch has nothing for this process
+            index = order[start + self.rank : stop : self.world_size]
             x = scale_pixels(self.images[index], self.scale, self.mean, self.std)
-            if self.flip_p > 0:
-                flip = torch.rand(len(x), generator=generator, device=device) < self.flip_p
+            if flips is not None:
+                flip = flips[start + self.rank : stop : self.world_size]
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
             yield x, self.labels[index]
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
@@ -51,7 +52,10 @@ def attach_nonfinite_guard(trainer: Engine, check_every: int) -> None:
         tracker["first_bad"] = torch.where(bad, tracker["step"], tracker["first_bad"])
 
     def check(engine: Engine) -> None:
-        iteration = int(tracker["first_bad"]) if tracker else -1
+        first_bad = tracker.get("first_bad", torch.tensor(-1))
+        if idist.get_world_size() > 1:  # every process stops together, not one while others wait
+            first_bad = idist.all_reduce(first_bad.clone(), op="MAX")
+        iteration = int(first_bad)
         if iteration >= 0:
             epoch = (iteration - 1) // engine.state.epoch_length + 1
             raise NonFiniteLoss(
@@ -239,10 +243,11 @@ def attach_epoch_log(
     trainer: Engine,
     evaluator: Engine,
     optimizer: torch.optim.Optimizer,
-    csv_path: Path,
+    csv_path: Path | None,
     echo: Callable[[str], None] = print,
 ) -> list[dict[str, float]]:
-    """Print one summary line per epoch and append it to ``metrics.csv``; returns the growing list of rows."""
+    """Print one summary line per epoch and append it to ``csv_path`` (None: no file); returns the
+    growing list of rows."""
     rows: list[dict[str, float]] = []
     epoch_lr: dict[str, float] = {}
 
@@ -261,6 +266,8 @@ def attach_epoch_log(
             "epoch_seconds": engine.state.times[Events.EPOCH_COMPLETED.name],
         }
         rows.append(row)
+        if csv_path is None:
+            return
         write_header = not csv_path.exists()
         with csv_path.open("a", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=EPOCH_COLUMNS)

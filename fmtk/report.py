@@ -173,9 +173,10 @@ def write_run_pictures(run: Any, best_test: Evaluation) -> None:
     step = run.trainer.state.epoch
     pictures = {"confusion_best": best_test.picture(f"{run.recipe.name}: best checkpoint, test split")}
     if isinstance(run.data.valid, TensorBatches):
-        rows = most_confidently_wrong(run.model, run.data.valid)
+        valid = run.data.valid.whole()  # every sample, also when this is one of several processes
+        rows = most_confidently_wrong(run.model, valid)
         if rows:
-            pictures["top_losses"] = top_losses_picture(rows, run.data.valid.images, run.data.classes)
+            pictures["top_losses"] = top_losses_picture(rows, valid.images, run.data.classes)
     for name, picture in pictures.items():
         picture.save(run.run_dir / f"{name}.png")
         run.tensorboard.writer.add_image(name, np.asarray(picture), step, dataformats="HWC")

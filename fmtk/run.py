@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, EarlyStopping
@@ -19,7 +20,13 @@ from torch import nn
 
 import fmtk
 from fmtk.data import DataSplits
-from fmtk.engines import create_evaluator, create_trainer
+from fmtk.distributed import broadcast_buffers, check_sharded, is_main_process
+from fmtk.engines import (
+    SpeedOptions,
+    create_evaluator,
+    create_optimizer,
+    create_trainer,
+)
 from fmtk.errors import FmtkError
 from fmtk.handlers import (
     CheckpointablePlateau,
@@ -78,12 +85,13 @@ class Run:
     evaluator: Engine
     best_checkpoint: Checkpoint
     last_checkpoint: Checkpoint
-    tensorboard: TensorboardLogger  # per-epoch scalars, in the run folder
-    tensorboard_iterations: TensorboardLogger  # per-iteration train loss, in iterations/
+    tensorboard: TensorboardLogger | None  # per-epoch scalars, in the run folder (rank 0 only)
+    tensorboard_iterations: TensorboardLogger | None  # per-iteration train loss, in iterations/
     history: list[dict[str, float]]
     early_stopping: EarlyStopping | None = None
     lr_scheduler: CheckpointablePlateau | None = None
     echo: Callable[[str], None] = print
+    speed: SpeedOptions = field(default_factory=lambda: SpeedOptions("32", False))
     results: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -100,12 +108,15 @@ class Run:
         try:
             if not self.training_done:
                 self.trainer.run(self.data.train, max_epochs=self.recipe.epochs)
+            idist.barrier()  # rank 0 has written the checkpoints every rank now reads
             self.results = self._summarise(time.perf_counter() - started)
         finally:
-            self.tensorboard.close()
-            self.tensorboard_iterations.close()
-        (self.run_dir / "metrics.json").write_text(json.dumps(self.results, indent=2) + "\n")
-        self._print_test_table()
+            for logger in (self.tensorboard, self.tensorboard_iterations):
+                if logger is not None:
+                    logger.close()
+        if is_main_process():
+            (self.run_dir / "metrics.json").write_text(json.dumps(self.results, indent=2) + "\n")
+            self._print_test_table()
         return self.results
 
     def test(self, checkpoint_path: Path) -> Evaluation:
@@ -116,17 +127,21 @@ class Run:
 
     def _summarise(self, seconds: float) -> dict[str, Any]:
         accuracies = [row["valid_accuracy"] for row in self.history]
-        best_epoch = self.history[accuracies.index(max(accuracies))]["epoch"]
+        # Other ranks keep no history of the epochs before a resume; their summary is not written.
+        best_epoch = self.history[accuracies.index(max(accuracies))]["epoch"] if accuracies else None
         best_path = Path(self.best_checkpoint.last_checkpoint)  # the saver folder is part of it
         last_path = Path(self.last_checkpoint.last_checkpoint)
-        best = self.test(best_path)
-        write_run_pictures(self, best)  # while the model holds the best weights
+        best = self.test(best_path)  # on every rank: Ignite's metrics reduce across them
+        if is_main_process():
+            write_run_pictures(self, best)  # while the model holds the best weights
         last = self.test(last_path)
         return {
             "recipe": self.recipe.name,
             "device": str(self.device),
+            "processes": idist.get_world_size(),
+            **self.speed.config(),
             "best_epoch": best_epoch,
-            "best_valid_accuracy": max(accuracies),
+            "best_valid_accuracy": max(accuracies, default=None),
             "epochs_run": self.trainer.state.epoch,
             "stopped_early": self.trainer.state.epoch < self.recipe.epochs,
             "train_seconds": round(seconds, 2),
@@ -175,12 +190,27 @@ def build_run(
     data_dir: Path,
     echo: Callable[[str], None] = print,
     resume_from: Path | None = None,
+    speed: SpeedOptions | None = None,
 ) -> Run:
     """Assemble the run of ``recipe`` into ``run_dir`` (which must exist) on ``device``; with
-    ``resume_from`` (a last checkpoint of that run) every state continues from it."""
+    ``resume_from`` (a last checkpoint of that run) every state continues from it.
+
+    ``speed`` (precision, channels_last, compile) defaults per device (``SpeedOptions.resolve``). When
+    several processes train (``ignite.distributed``), every rank calls this; only rank 0 writes
+    files and calls ``echo``.
+    """
     manual_seed(recipe.seed)
     run_dir = Path(run_dir)
+    rank, world_size = idist.get_rank(), idist.get_world_size()
+    main = rank == 0
+    if not main:
+        echo = _silent
     model = recipe.model(recipe).to(device)  # first: a bad variant fails before a slow data load
+    speed = (speed or SpeedOptions()).resolve(device, model)
+    if speed.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     resume_epoch = resume_iteration = 0
     if resume_from is not None:
         checkpoint = read_checkpoint(resume_from, device)
@@ -188,47 +218,65 @@ def build_run(
         resume_iteration = checkpoint["trainer"]["iteration"]
         resume_epoch = resume_iteration // checkpoint["trainer"]["epoch_length"]
     data = recipe.data(recipe, Path(data_dir), device)
-    optimizer_class = getattr(torch.optim, recipe.optimizer)
-    optimizer = optimizer_class(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    check_sharded({"train": data.train, "valid": data.valid, "test": data.test})
+    optimizer = idist.auto_optim(
+        create_optimizer(recipe.optimizer, model, recipe.lr, recipe.weight_decay, device)
+    )
     loss_fn = nn.CrossEntropyLoss()
+    # DistributedDataParallel for training only: checkpoints hold the plain model, and evaluation
+    # (whose metrics Ignite reduces across ranks) needs no gradient synchronisation.
+    train_model = idist.auto_model(model) if world_size > 1 else model
+    scaler = torch.amp.GradScaler(device.type) if speed.precision == "16-mixed" else None
 
-    trainer = create_trainer(model, optimizer, loss_fn, device)
+    trainer = create_trainer(train_model, optimizer, loss_fn, device, speed, scaler)
     evaluator = create_evaluator(model, loss_fn, device)
     # Order matters: each EPOCH_COMPLETED handler sees what the earlier ones left (bar closed,
     # validation metrics, early stopping and plateau decisions) before the last checkpoint.
-    attach_progress(trainer)
+    if main:
+        attach_progress(trainer)
     attach_nonfinite_guard(trainer, recipe.log_every)
-    if hasattr(data.train, "set_epoch"):  # TensorBatches: each epoch's order from (seed, epoch)
+    if hasattr(data.train, "set_epoch"):  # each epoch's order (and shard) from (seed, epoch)
         trainer.add_event_handler(
             Events.EPOCH_STARTED, lambda engine: data.train.set_epoch(engine.state.epoch)
         )
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: broadcast_buffers(model))
     attach_validation(trainer, evaluator, data.valid)
     early_stopping = lr_scheduler = None
     if recipe.early_stopping_patience is not None:
         early_stopping = attach_early_stopping(trainer, evaluator, recipe.early_stopping_patience)
     if recipe.plateau_patience is not None:
         lr_scheduler = attach_lr_plateau(evaluator, optimizer, recipe.plateau_patience, recipe.plateau_factor)
-    history = attach_epoch_log(trainer, evaluator, optimizer, run_dir / "metrics.csv", echo)
-    tensorboard, tensorboard_iterations = attach_tensorboard(
-        trainer, evaluator, optimizer, run_dir, recipe.log_every, resume_epoch, resume_iteration
-    )
+    csv_path = run_dir / "metrics.csv" if main else None
+    history = attach_epoch_log(trainer, evaluator, optimizer, csv_path, echo)
+    tensorboard = tensorboard_iterations = None
+    if main:
+        tensorboard, tensorboard_iterations = attach_tensorboard(
+            trainer, evaluator, optimizer, run_dir, recipe.log_every, resume_epoch, resume_iteration
+        )
 
     run_info = RunInfo(recipe, model)
     last_state = {"model": model, "optimizer": optimizer, "trainer": trainer, "random_state": RandomState()}
     optional = {"lr_scheduler": lr_scheduler, "early_stopping": early_stopping, "run_info": run_info}
+    optional["scaler"] = scaler
     last_state.update({name: handler for name, handler in optional.items() if handler is not None})
     best, last = attach_checkpoints(
         trainer, evaluator, run_dir, {"model": model, "run_info": run_info}, last_state
     )
 
     if resume_from is not None:
-        history[:] = truncate_history(run_dir / "metrics.csv", resume_epoch)
-        remove_stale_checkpoints(run_dir, resume_from, checkpoint)
+        if main:
+            history[:] = truncate_history(run_dir / "metrics.csv", resume_epoch)
+            remove_stale_checkpoints(run_dir, resume_from, checkpoint)
         restore({**last_state, "best_checkpoint": best}, checkpoint)
         last.load_state_dict({"_saved": [(resume_epoch, resume_from.name)]})  # replaced at the next save
         echo(f"resuming after epoch {resume_epoch} from {resume_from.name}")
-    config = {**recipe.config(), "classes": data.classes}
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if world_size > 1:
+        # Dropout and flips differ per process; the weights are rank 0's (DDP broadcasts them).
+        manual_seed(recipe.seed + 1_000_003 * rank + resume_epoch)
+    if main:
+        config = {**recipe.config(), "classes": data.classes, "speed": speed.config()}
+        config["processes"] = world_size
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     run = Run(
         recipe=recipe,
         run_dir=run_dir,
@@ -247,7 +295,13 @@ def build_run(
         early_stopping=early_stopping,
         lr_scheduler=lr_scheduler,
         echo=echo,
+        speed=speed,
     )
     if recipe.attach is not None:
         recipe.attach(run)
+    idist.barrier()  # rank 0 has tidied the run folder before any rank trains
     return run
+
+
+def _silent(line: str) -> None:
+    """``echo`` of the processes other than rank 0."""

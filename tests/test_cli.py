@@ -48,6 +48,15 @@ def test_run_digits_writes_a_complete_run(tmp_path: Path) -> None:
     assert "best" in result.stdout and "last" in result.stdout  # the test table
 
 
+def test_speed_options_reach_the_run(tmp_path: Path) -> None:
+    result = fmtk("run", "digits_mlp", "--epochs", "1", "--device", "cpu", "--precision", "bf16",
+                  "--channels-last", "--run-dir", "run", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["speed"] == {"precision": "bf16", "channels_last": True, "compile": False}
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["precision"] == "bf16"
+
+
 def test_run_a_user_recipe_file_with_set(tmp_path: Path) -> None:
     (tmp_path / "my_recipe.py").write_text(USER_RECIPE)
     result = fmtk(

@@ -1,0 +1,96 @@
+"""Training in several processes through ``ignite.distributed``: launching, and what differs per rank.
+
+fmtk adds no process management of its own: ``idist.Parallel`` spawns the processes (or joins
+the group ``torchrun`` set up), ``idist.auto_model`` wraps the model for DistributedDataParallel,
+and Ignite's metrics reduce across processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from fmtk.errors import FmtkError
+
+BACKENDS = ("gloo", "nccl")
+
+
+def is_main_process() -> bool:
+    """True in the process that writes files and prints (rank 0, or the only one)."""
+    return idist.get_rank() == 0
+
+
+def under_torchrun() -> bool:
+    """True when ``torchrun`` (or another launcher) started this process as one rank of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def choose_backend(backend: str | None, device_spec: str) -> str:
+    """The backend given, else NCCL when training on CUDA, gloo on the CPU."""
+    if backend is None:
+        wants_cuda = device_spec != "cpu" and torch.cuda.is_available()
+        return "nccl" if wants_cuda else "gloo"
+    if backend not in BACKENDS:
+        raise FmtkError(f"--backend {backend}: choose {' or '.join(BACKENDS)}")
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise FmtkError("--backend nccl needs CUDA, which this machine does not have; use --backend gloo")
+    return backend
+
+
+def process_device(device: torch.device) -> torch.device:
+    """This rank's device: its own GPU (by local rank) under NCCL or CUDA, else ``device``."""
+    if idist.get_world_size() > 1 and device.type == "cuda":
+        return torch.device(f"cuda:{idist.get_local_rank()}")
+    return device
+
+
+def launch(function: Callable[..., Any], settings: Any, nproc_per_node: int | None, backend: str) -> None:
+    """Run ``function(local_rank, settings)`` in each process: ``nproc_per_node`` spawned ones, or
+    this process as one rank of a ``torchrun`` group (``nproc_per_node`` None)."""
+    spawn = {"nproc_per_node": nproc_per_node} if nproc_per_node else {}
+    with quiet_ignite(), idist.Parallel(backend=backend, **spawn) as parallel:
+        parallel.run(function, settings)
+
+
+@contextlib.contextmanager
+def quiet_ignite() -> Iterator[None]:
+    """Ignite's launcher and auto_model announce every step at INFO on stderr, and torch's spawn
+    warns as it stops the other processes after one failed; fmtk prints its own one line."""
+    spawn_logger = logging.getLogger("torch.multiprocessing.spawn")
+    spawn_level = spawn_logger.level
+    logging.disable(logging.INFO)
+    spawn_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+        spawn_logger.setLevel(spawn_level)
+
+
+def check_sharded(splits: dict[str, Any]) -> None:
+    """A DataLoader split must shard through a DistributedSampler when several processes train."""
+    if idist.get_world_size() == 1:
+        return
+    for name, split in splits.items():
+        if isinstance(split, DataLoader) and not isinstance(split.sampler, DistributedSampler):
+            raise FmtkError(
+                f"the {name} split is a DataLoader without a DistributedSampler, so every process would "
+                "see all of it; build it with ignite.distributed.auto_dataloader"
+            )
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Give every process rank 0's BatchNorm statistics (each rank updated them on its own shard),
+    so evaluation, which runs on every rank, uses the weights the checkpoint holds."""
+    if idist.get_world_size() == 1:
+        return
+    for buffer in model.buffers():
+        buffer.copy_(idist.broadcast(buffer, src=0))

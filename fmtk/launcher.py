@@ -1,0 +1,171 @@
+"""What ``fmtk run`` does: in this process, in ``--nproc-per-node`` spawned ones, or in each
+process ``torchrun`` started. Everything a process needs travels as one picklable ``RunRequest``."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import ignite.distributed as idist
+
+from fmtk.distributed import (
+    choose_backend,
+    is_main_process,
+    launch,
+    process_device,
+    quiet_ignite,
+    under_torchrun,
+)
+from fmtk.engines import SpeedOptions, resolve_device
+from fmtk.errors import FmtkError
+from fmtk.recipe import Recipe, apply_overrides, load_recipe
+from fmtk.resume import find_last_checkpoint, recipe_from_run
+from fmtk.run import build_run, make_run_dir
+
+
+@dataclass
+class RunRequest:
+    """One ``fmtk run`` command: the recipe (by name or file, with overrides) or the run to resume,
+    and where and how to train."""
+
+    recipe_name: str | None = None
+    overrides: dict[str, str] = field(default_factory=dict)
+    resume: Path | None = None
+    epochs: int | None = None  # with resume only; a new run's epochs are among the overrides
+    data_dir: Path = Path("data")
+    output_dir: Path = Path("runs")
+    run_dir: Path | None = None
+    device: str = "auto"
+    speed: SpeedOptions = field(default_factory=SpeedOptions)
+    handlers: tuple[str, ...] = ()
+    nproc_per_node: int = 1
+    backend: str | None = None
+
+    def recipe(self) -> Recipe:
+        if self.resume is not None:
+            return recipe_from_run(self.resume, self.epochs)
+        return apply_overrides(load_recipe(self.recipe_name), self.overrides)
+
+
+def resolve_handler(reference: str) -> Callable:
+    """``package.module:function`` → the function (a user's handler that receives the Run)."""
+    module_name, colon, attribute = reference.partition(":")
+    if not colon or not module_name or not attribute:
+        raise FmtkError(f"--handler {reference}: expected package.module:function")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # like `python -m`: modules in the current folder resolve
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise FmtkError(f"--handler {reference}: cannot import {module_name} ({error})") from None
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise FmtkError(f"--handler {reference}: {module_name} has no function {attribute}")
+    return function
+
+
+def train(request: RunRequest) -> None:
+    """Carry out ``request`` in as many processes as it asks for; every error is an FmtkError,
+    Ctrl-C exits 130 with a line saying how to resume."""
+    recipe = request.recipe()  # a bad recipe, override or handler fails here, before any process starts
+    for reference in request.handlers:
+        resolve_handler(reference)
+    device = resolve_device(request.device)
+    if request.nproc_per_node > 1 or under_torchrun():
+        backend = choose_backend(request.backend, request.device)
+        world_size = request.nproc_per_node if request.nproc_per_node > 1 else idist_world_size()
+        if recipe.batch_size % world_size:
+            raise FmtkError(
+                f"batch_size {recipe.batch_size} is not divisible by {world_size} processes; "
+                "the recipe's batch size is the global batch of one step"
+            )
+    elif request.backend is not None:
+        raise FmtkError("--backend needs --nproc-per-node 2 or more (or torchrun)")
+    if under_torchrun():  # this process is one rank of the group; rank 0 makes the run folder
+        launch(_run_or_exit, request, None, backend)
+        return
+    folder = request.resume or make_run_dir(request.output_dir, recipe.name, request.run_dir)
+    chosen_folder = request.run_dir is not None
+    request.run_dir = folder
+    click.echo(f"run folder: {folder}")
+    try:
+        if request.nproc_per_node > 1:
+            from torch.multiprocessing import ProcessExitedException
+
+            try:
+                launch(_run_or_exit, request, request.nproc_per_node, backend)
+            except ProcessExitedException as failure:  # rank 0 has printed why
+                _remove_if_empty(request, folder, chosen_folder)
+                sys.exit(failure.exit_code or 1)
+        else:
+            run_in_process(request, device)
+    except FmtkError:
+        _remove_if_empty(request, folder, chosen_folder)
+        raise
+    except KeyboardInterrupt:
+        _interrupted(folder)
+    click.echo(f"run folder: {folder}")
+
+
+def idist_world_size() -> int:
+    """The number of processes torchrun started (before the process group exists)."""
+    return int(os.environ["WORLD_SIZE"])
+
+
+def run_in_process(request: RunRequest, device) -> None:
+    """Build and run the requested run in this process (one rank, or the only process)."""
+    recipe = request.recipe()
+    attachers = [resolve_handler(reference) for reference in request.handlers]
+    folder = request.run_dir
+    if folder is None:  # under torchrun: rank 0 creates the folder and tells the others
+        if is_main_process():
+            folder = make_run_dir(request.output_dir, recipe.name, None)
+            click.echo(f"run folder: {folder}")
+        folder = Path(idist.broadcast(str(folder) if folder else "", src=0, safe_mode=True))
+        request.run_dir = folder  # this process's copy: for the Ctrl-C message
+    checkpoint = find_last_checkpoint(request.resume) if request.resume is not None else None
+    echo = click.echo if is_main_process() else (lambda line: None)
+    run = build_run(recipe, folder, device, request.data_dir, echo, checkpoint, request.speed)
+    for attach in attachers:
+        attach(run)
+    run.run()
+
+
+def _run_or_exit(local_rank: int, request: RunRequest, backend: str | None = None) -> None:
+    """One of several processes: an error or Ctrl-C is printed once (by rank 0), then every
+    process exits with its code, which the launcher passes on."""
+    logging.getLogger("ignite").addHandler(logging.NullHandler())
+    try:
+        with quiet_ignite():
+            run_in_process(request, process_device(resolve_device(request.device)))
+    except FmtkError as error:
+        if is_main_process():
+            click.echo(f"Error: {error}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        # Spawned processes: the launching process says how to resume; under torchrun, rank 0.
+        if under_torchrun() and is_main_process() and request.run_dir is not None:
+            _interrupted(request.run_dir)
+        sys.exit(130)
+
+
+def _remove_if_empty(request: RunRequest, folder: Path, chosen_folder: bool) -> None:
+    """Bad data: leave no empty run folder (nor an empty <output-dir>/<recipe>) behind."""
+    if request.resume is None and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        if not chosen_folder and not any(folder.parent.iterdir()):
+            folder.parent.rmdir()
+
+
+def _interrupted(folder: Path) -> None:
+    # The last checkpoint is complete: DiskSaver writes a temporary file and renames it.
+    saved = sorted(folder.glob("last_checkpoint_*.pt"))
+    where = f"the last complete checkpoint is {saved[-1].name}" if saved else "no checkpoint was written yet"
+    click.echo(f"interrupted: {where}; resume with: fmtk run --resume {folder}", err=True)
+    sys.exit(130)

@@ -1,0 +1,133 @@
+"""Training in several processes: per-rank shards, and 2 gloo processes on the CPU end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from fmtk.data import TensorBatches
+from fmtk.images import LoaderBatches
+from fmtk.recipe import apply_overrides, load_recipe
+from fmtk.run import build_run
+
+
+def sample_ids(batches) -> list[list[int]]:
+    """The ids (labels are 0..N-1) of each batch."""
+    return [y.tolist() for _, y in batches]
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+@pytest.mark.parametrize("count", [30, 31, 37])
+def test_training_shards_are_disjoint_parts_of_the_single_process_batches(
+    world_size: int, count: int
+) -> None:
+    images = torch.zeros(count, 1, 2, 2, dtype=torch.uint8)
+    single = TensorBatches(images, torch.arange(count), 6, shuffle=True, seed=3, shard=(0, 1))
+    shards = [
+        TensorBatches(images, torch.arange(count), 6, shuffle=True, seed=3, shard=(rank, world_size))
+        for rank in range(world_size)
+    ]
+    for epoch in (1, 2):
+        for batches in (single, *shards):
+            batches.set_epoch(epoch)
+        per_rank = [sample_ids(shard) for shard in shards]
+        assert len({len(batches) for batches in per_rank}) == 1  # every process takes as many steps
+        assert all(len(batches) == len(shard) for batches, shard in zip(per_rank, shards, strict=True))
+        steps = [sorted(sum(parts, [])) for parts in zip(*per_rank, strict=True)]
+        everything = sum(steps, [])
+        padding = len(everything) - count
+        assert 0 <= padding < world_size  # padded only up to a multiple of the process count
+        assert set(everything) == set(range(count))  # together they cover the split
+        # Disjoint: apart from the padding (repeats of the epoch's first samples) no sample twice.
+        assert len(set(everything)) == count
+        order = [i for batch in sample_ids(single) for i in batch]
+        assert sorted(everything) == sorted(order + order[:padding])
+        # Each step's shards together are the single-process batch of that step.
+        if padding == 0:
+            assert steps == [sorted(batch) for batch in sample_ids(single)]
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_evaluation_shards_partition_the_split_without_padding(world_size: int) -> None:
+    images = torch.zeros(25, 1, 2, 2, dtype=torch.uint8)
+    shards = [
+        TensorBatches(images, torch.arange(25), 4, shard=(rank, world_size)) for rank in range(world_size)
+    ]
+    seen = [i for shard in shards for batch in sample_ids(shard) for i in batch]
+    assert sorted(seen) == list(range(25))
+    assert all(len(shard) == len(sample_ids(shard)) for shard in shards)
+    assert TensorBatches(images, torch.arange(25), 4, shard=(1, 2)).whole().world_size == 1
+
+
+def test_loader_shards_are_disjoint_and_cover_the_split() -> None:
+    dataset = TensorDataset(torch.zeros(22, 3, 2, 2, dtype=torch.uint8), torch.arange(22))
+    for shuffle, world_size in [(True, 2), (False, 2), (False, 3)]:
+        seen = []
+        for rank in range(world_size):
+            batches = LoaderBatches(
+                dataset, 6, torch.device("cpu"), shuffle=shuffle, seed=1, workers=0, shard=(rank, world_size)
+            )
+            batches.set_epoch(2)
+            seen += [i for batch in sample_ids(batches) for i in batch]
+        assert sorted(seen) == list(range(22))  # 22 is even: DistributedSampler pads nothing
+
+
+def fmtk_command(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fmtk", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_two_gloo_processes_train_resume_and_match_one_process(real_data: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "two"
+    common = ["--data-dir", str(real_data), "--device", "cpu"]
+    done = fmtk_command("run", "mnist_dnn", "--epochs", "1", "--nproc-per-node", "2",
+                        "--run-dir", str(run_dir), *common, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("epoch   1/1") == 1  # only rank 0 prints
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # and writes
+    # Resuming a 2-process run: every rank loads the last checkpoint and goes on.
+    done = fmtk_command("run", "--resume", str(run_dir), "--epochs", "2", "--nproc-per-node", "2",
+                        *common, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "resuming after epoch 1" in done.stdout
+    names = {path.name for path in run_dir.iterdir()}
+    best = [name for name in names if name.startswith("best_checkpoint_")]
+    events = [name for name in names if name.startswith("events.out.tfevents.")]
+    assert len(best) == 1 and len(events) == 2  # one TensorBoard file per launch, by rank 0
+    expected = {"config.json", "metrics.csv", "metrics.json", "last_checkpoint_2.pt", "iterations"}
+    assert names == expected | {"confusion_best.png", "top_losses.png", *best, *events}
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows] == ["epoch", "1", "2"]  # each epoch written once
+    two = json.loads((run_dir / "metrics.json").read_text())
+    assert two["processes"] == 2 and two["epochs_run"] == 2
+    assert json.loads((run_dir / "config.json").read_text())["processes"] == 2
+
+    recipe = apply_overrides(load_recipe("mnist_dnn"), {"epochs": "2"})
+    one = build_run(recipe, tmp_path / "one", torch.device("cpu"), real_data, echo=lambda line: None).run()
+    difference = abs(two["test"]["best"]["accuracy"] - one["test"]["best"]["accuracy"])
+    assert difference <= 0.005, (two["test"], one["test"])
+
+
+def test_errors_in_spawned_processes_are_one_line_and_leave_nothing(tmp_path: Path) -> None:
+    done = fmtk_command("run", "digits_mlp", "--nproc-per-node", "3", "--output-dir", "runs", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "Error: batch_size 32 is not divisible by 3 processes; the recipe's batch size is the global "
+        "batch of one step"
+    )
+    done = fmtk_command("run", "mnist_dnn", "--nproc-per-node", "2", "--data-dir", "nowhere",
+                        "--output-dir", "runs", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("Error: MNIST not found in nowhere/MNIST/raw")
+    assert list((tmp_path / "runs").iterdir()) == []  # the run folder made before spawning is removed
+    done = fmtk_command("run", "digits_mlp", "--backend", "gloo", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "Error: --backend needs --nproc-per-node 2 or more (or torchrun)"
