@@ -1,18 +1,20 @@
 """Training speed: fmtk vs a plain PyTorch loop vs the notebooks' pipeline, in one command.
 
-For each recipe, the same model, data, batch size and optimizer are trained three ways, each in its
-own process (so each peak RSS is its own), on the CPU:
+For each recipe (CPU):
 
-- ``fmtk``: the recipe's Ignite trainer with every handler a run has (validation excluded from the
-  timing: the epoch's training part, Ignite's ``state.times``), at the CPU defaults; for conv
-  recipes also with ``--channels-last``;
-- ``plain``: a hand-written loop over the same in-memory ``TensorBatches``;
-- ``notebook``: the notebooks' pipeline, torchvision dataset + ``DataLoader`` + ``ToTensor``.
+- ``fmtk`` and ``plain`` run in one process on the same model, optimizer and in-memory batches,
+  epoch by epoch in turn (fmtk, plain, fmtk, plain, ...), so both see the same machine load.
+  ``fmtk`` is the recipe's Ignite trainer with every handler a run has; its time is the epoch's
+  training part (Ignite's ``state.times``, validation excluded). ``plain`` is the loop a person
+  writes by hand over the same batches. Their ratio is what fmtk costs.
+- ``notebook``: the notebooks' pipeline, torchvision dataset + ``DataLoader`` + ``ToTensor``, in its
+  own process, with a fresh model and the recipe's optimizer as the notebook creates it.
+- ``fmtk --channels-last`` (conv recipes): the fmtk run with the channels-last memory format.
 
-Warm-up epochs are excluded. Prints seconds per epoch, images/s, the ratio to ``plain`` and the
-peak RSS, as a Markdown table.
+Warm-up epochs are excluded; each figure is the median of the measured epochs. Prints seconds
+per epoch, images/s, the ratio to ``plain`` and the peak RSS of the process, as a Markdown table.
 
-    python benchmarks/speed.py --data-dir ../shared/datasets [--epochs 2] [--warmup 1]
+    python benchmarks/speed.py --data-dir ../shared/datasets [--epochs 3] [--warmup 1]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import json
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,62 +35,54 @@ import torch
 RECIPES = {"mnist_dnn": "MNIST", "fmnist_cnn": "FashionMNIST"}
 
 
-def epoch_times_fmtk(
-    recipe_name: str, data_dir: Path, epochs: int, channels_last: bool = False
-) -> tuple[list[float], int]:
+def plain_epoch(model, optimizer, batches) -> float:
+    """One epoch of the loop a person writes by hand: no handlers, no metrics."""
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
+    started = time.perf_counter()
+    for x, y in batches:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+    return time.perf_counter() - started
+
+
+def fmtk_and_plain(recipe_name: str, data_dir: Path, epochs: int, channels_last: bool = False) -> dict:
+    """Alternate fmtk and plain epochs on one model, optimizer and data; seconds of each epoch."""
     from fmtk import build_run, load_recipe
     from fmtk.engines import SpeedOptions
     from fmtk.recipe import apply_overrides
 
-    overrides = {"epochs": str(epochs), "early_stopping_patience": "none"}
+    overrides = {"epochs": str(2 * epochs), "early_stopping_patience": "none"}
     recipe = apply_overrides(load_recipe(recipe_name), overrides)
     speed = SpeedOptions("32", channels_last)
+    times = {"fmtk": [], "plain": []}
     with tempfile.TemporaryDirectory() as run_dir:
         run = build_run(recipe, Path(run_dir), torch.device("cpu"), data_dir, lambda line: None, speed=speed)
-        run.trainer.run(run.data.train, max_epochs=epochs)
-        run.tensorboard.close()
-        run.tensorboard_iterations.close()
-        return [row["epoch_seconds"] for row in run.history], len(run.data.train.labels)
+        for epoch in range(1, epochs + 1):
+            run.trainer.run(run.data.train, max_epochs=epoch)
+            times["fmtk"].append(run.trainer.state.times["EPOCH_COMPLETED"])
+            run.data.train.set_epoch(epoch)
+            times["plain"].append(plain_epoch(run.model, run.optimizer, run.data.train))
+        for logger in (run.tensorboard, run.tensorboard_iterations):
+            logger.close()
+    return {**times, "images": len(run.data.train.labels)}
 
 
-def plain_loop(model, optimizer, batches, epochs: int, on_epoch_start=None) -> list[float]:
-    """The loop a person writes by hand: no handlers, no metrics."""
-    loss_fn = torch.nn.CrossEntropyLoss()
-    times = []
-    for epoch in range(1, epochs + 1):
-        if on_epoch_start:
-            on_epoch_start(epoch)
-        model.train()
-        started = time.perf_counter()
-        for x, y in batches:
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
-            optimizer.step()
-        times.append(time.perf_counter() - started)
-    return times
+def fmtk_channels_last(recipe_name: str, data_dir: Path, epochs: int) -> dict:
+    return {"fmtk --channels-last": fmtk_and_plain(recipe_name, data_dir, epochs, True)["fmtk"]}
 
 
-def model_and_optimizer(recipe_name: str):
+def notebook(recipe_name: str, data_dir: Path, epochs: int) -> dict:
+    import torchvision
+    from torch.utils.data import DataLoader, Subset
+
     from fmtk import load_recipe
 
     recipe = load_recipe(recipe_name)
     torch.manual_seed(recipe.seed)
     model = recipe.model(recipe)
     optimizer = getattr(torch.optim, recipe.optimizer)(model.parameters(), lr=recipe.lr)
-    return recipe, model, optimizer
-
-
-def epoch_times_plain(recipe_name: str, data_dir: Path, epochs: int) -> tuple[list[float], int]:
-    recipe, model, optimizer = model_and_optimizer(recipe_name)
-    data = recipe.data(recipe, data_dir, torch.device("cpu"))
-    return plain_loop(model, optimizer, data.train, epochs, data.train.set_epoch), len(data.train.labels)
-
-
-def epoch_times_notebook(recipe_name: str, data_dir: Path, epochs: int) -> tuple[list[float], int]:
-    import torchvision
-    from torch.utils.data import DataLoader, Subset
-
-    recipe, model, optimizer = model_and_optimizer(recipe_name)
     name = RECIPES[recipe_name]
     with tempfile.TemporaryDirectory() as root:
         # torchvision extracts the .gz files next to them: give it a copy, not the data root.
@@ -97,25 +92,15 @@ def epoch_times_notebook(recipe_name: str, data_dir: Path, epochs: int) -> tuple
         )
         train = Subset(dataset, range(50_000))  # the same 50,000-image training size
         loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True)
-        return plain_loop(model, optimizer, loader, epochs), len(train)
+        return {"notebook": [plain_epoch(model, optimizer, loader) for _ in range(epochs)]}
 
 
-def epoch_times_fmtk_channels_last(recipe_name: str, data_dir: Path, epochs: int) -> tuple[list[float], int]:
-    return epoch_times_fmtk(recipe_name, data_dir, epochs, channels_last=True)
+MEASUREMENTS = {"pair": fmtk_and_plain, "channels_last": fmtk_channels_last, "notebook": notebook}
 
 
-METHODS = {
-    "fmtk": epoch_times_fmtk,
-    "fmtk --channels-last": epoch_times_fmtk_channels_last,  # conv recipes only
-    "plain": epoch_times_plain,
-    "notebook": epoch_times_notebook,
-}
-CONV_ONLY = {"fmtk --channels-last"}
-
-
-def measure_in_subprocess(method: str, recipe: str, data_dir: Path, epochs: int, warmup: int) -> dict:
-    command = [sys.executable, __file__, "--one", method, recipe, "--data-dir", str(data_dir)]
-    command += ["--epochs", str(epochs), "--warmup", str(warmup)]
+def measure_in_subprocess(what: str, recipe: str, args: argparse.Namespace) -> dict:
+    command = [sys.executable, __file__, "--one", what, recipe, "--data-dir", str(args.data_dir)]
+    command += ["--epochs", str(args.epochs), "--warmup", str(args.warmup)]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -124,36 +109,42 @@ def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--epochs", type=int, default=2, help="measured epochs (after warm-up)")
+    parser.add_argument("--epochs", type=int, default=3, help="measured epochs (after warm-up)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--recipes", default="mnist_dnn,fmnist_cnn")
-    parser.add_argument("--one", nargs=2, metavar=("METHOD", "RECIPE"), help=argparse.SUPPRESS)
-    parser.add_argument("--methods", default=",".join(METHODS), help="which pipelines (comma-separated)")
+    parser.add_argument("--no-channels-last", action="store_true", help="skip the channels-last row")
+    parser.add_argument("--one", nargs=2, metavar=("WHAT", "RECIPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.one:
-        method, recipe = args.one
-        times, images = METHODS[method](recipe, args.data_dir, args.warmup + args.epochs)
-        seconds = sum(times[args.warmup :]) / args.epochs
+        what, recipe = args.one
+        result = MEASUREMENTS[what](recipe, args.data_dir, args.warmup + args.epochs)
+        seconds = {
+            method: statistics.median(times[args.warmup :])
+            for method, times in result.items()
+            if method != "images"
+        }
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        print(json.dumps({"seconds": seconds, "images": images, "peak_mib": peak}))
+        print(json.dumps({"seconds": seconds, "peak_mib": peak}))
         return
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; {args.epochs} measured epochs")
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} threads, CPU; median of {args.epochs} epochs")
     print("| recipe | pipeline | s/epoch | images/s | ratio to plain | peak RSS MiB |")
     print("|---|---|---:|---:|---:|---:|")
     for recipe in args.recipes.split(","):
-        methods = [m for m in args.methods.split(",") if m not in CONV_ONLY or recipe != "mnist_dnn"]
-        results = {
-            method: measure_in_subprocess(method, recipe, args.data_dir, args.epochs, args.warmup)
-            for method in methods
-        }
-        for method, result in results.items():
-            ratio = result["seconds"] / results["plain"]["seconds"]
-            rate = result["images"] / result["seconds"]
+        measured = ["pair", "notebook"]
+        if recipe != "mnist_dnn" and not args.no_channels_last:
+            measured.insert(1, "channels_last")
+        rows = {}
+        for what in measured:
+            result = measure_in_subprocess(what, recipe, args)
+            rows.update({method: (s, result["peak_mib"]) for method, s in result["seconds"].items()})
+        plain = rows["plain"][0]
+        for method, (seconds, peak) in rows.items():
             print(
-                f"| {recipe} | {method} | {result['seconds']:.2f} | {rate:,.0f} | {ratio:.3f} "
-                f"| {result['peak_mib']:.0f} |",
+                f"| {recipe} | {method} | {seconds:.2f} | {50_000 / seconds:,.0f} | {seconds / plain:.3f} "
+                f"| {peak:.0f} |",
                 flush=True,
             )
 

@@ -33,6 +33,11 @@ def under_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
+def torchrun_world_size() -> int:
+    """The number of processes torchrun started (readable before the process group exists)."""
+    return int(os.environ["WORLD_SIZE"])
+
+
 def choose_backend(backend: str | None, device_spec: str) -> str:
     """The backend given, else NCCL when training on CUDA, gloo on the CPU."""
     if backend is None:
@@ -46,9 +51,15 @@ def choose_backend(backend: str | None, device_spec: str) -> str:
 
 
 def process_device(device: torch.device) -> torch.device:
-    """This rank's device: its own GPU (by local rank) under NCCL or CUDA, else ``device``."""
+    """This rank's device: its own GPU (by local rank) under NCCL or CUDA, else ``device``.
+
+    CPU processes spawned on one machine share its cores: each gets its share of threads, as
+    torchrun does (OMP_NUM_THREADS), instead of every process using every core.
+    """
     if idist.get_world_size() > 1 and device.type == "cuda":
         return torch.device(f"cuda:{idist.get_local_rank()}")
+    if idist.get_world_size() > 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // idist.get_nproc_per_node()))
     return device
 
 
@@ -65,13 +76,13 @@ def quiet_ignite() -> Iterator[None]:
     """Ignite's launcher and auto_model announce every step at INFO on stderr, and torch's spawn
     warns as it stops the other processes after one failed; fmtk prints its own one line."""
     spawn_logger = logging.getLogger("torch.multiprocessing.spawn")
-    spawn_level = spawn_logger.level
+    spawn_level, disabled = spawn_logger.level, logging.root.manager.disable
     logging.disable(logging.INFO)
     spawn_logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(disabled)  # nested use (under torchrun) keeps the outer one's setting
         spawn_logger.setLevel(spawn_level)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import random
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,36 +34,43 @@ class NonFiniteLoss(FmtkError):
 def attach_nonfinite_guard(trainer: Engine, check_every: int) -> None:
     """Stop training with a one-line error naming the epoch and iteration of the first NaN/inf loss.
 
-    Each step only updates two tensors on the device (no host sync); they are read every
-    ``check_every`` iterations and at the end of each epoch, before validation and checkpoints,
-    so no checkpoint is written from non-finite weights.
+    Each step only keeps its loss tensor (no kernel, no host sync); the kept losses are checked
+    every ``check_every`` iterations and at the end of each epoch, before validation and
+    checkpoints, so no checkpoint is written from non-finite weights.
     """
-    tracker: dict[str, torch.Tensor] = {}
+    losses: list[torch.Tensor] = []
 
     @trainer.on(Events.ITERATION_COMPLETED)
-    def track(engine: Engine) -> None:
-        loss = engine.state.output
-        if not tracker:  # first step of this process: counters on the loss's device
-            tracker["step"] = torch.tensor(engine.state.iteration - 1, device=loss.device)
-            tracker["first_bad"] = torch.tensor(-1, device=loss.device)
-        tracker["step"] += 1
-        bad = ~torch.isfinite(loss) & (tracker["first_bad"] < 0)
-        tracker["first_bad"] = torch.where(bad, tracker["step"], tracker["first_bad"])
+    def keep(engine: Engine) -> None:
+        losses.append(engine.state.output)
 
     def check(engine: Engine) -> None:
-        first_bad = tracker.get("first_bad", torch.tensor(-1))
+        first_bad = torch.tensor(-1)
+        if losses:
+            bad = ~torch.isfinite(torch.stack(losses))
+            first = engine.state.iteration - len(losses) + 1  # the iteration of losses[0]
+            ids = torch.arange(first, engine.state.iteration + 1, device=bad.device)
+            first_bad = _first_true(bad, ids)
+            losses.clear()
         if idist.get_world_size() > 1:  # every process stops together, not one while others wait
             first_bad = idist.all_reduce(first_bad.clone(), op="MAX")
-        iteration = int(first_bad)
-        if iteration >= 0:
-            epoch = (iteration - 1) // engine.state.epoch_length + 1
+        if int(first_bad) >= 0:
+            bad_iteration = int(first_bad)
+            epoch = (bad_iteration - 1) // engine.state.epoch_length + 1
             raise NonFiniteLoss(
-                f"training loss became NaN or infinite at epoch {epoch}, iteration {iteration}; "
+                f"training loss became NaN or infinite at epoch {epoch}, iteration {bad_iteration}; "
                 "stopped (the last checkpoint is from before it)"
             )
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=check_every), check)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, check)
+
+
+def _first_true(flags: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """The id of the first True flag, or -1."""
+    if not bool(flags.any()):
+        return torch.tensor(-1)
+    return ids[flags.nonzero()[0, 0]]
 
 
 def attach_validation(trainer: Engine, evaluator: Engine, valid_data: Any) -> None:
@@ -233,8 +239,8 @@ def attach_tensorboard(
 
 
 def attach_progress(trainer: Engine) -> ProgressBar:
-    """A tqdm bar over each epoch's iterations, cleared at the end of the epoch (off when not a terminal)."""
-    bar = ProgressBar(persist=False, disable=not sys.stderr.isatty())
+    """A tqdm bar over each epoch's iterations, cleared at the end of the epoch."""
+    bar = ProgressBar(persist=False)
     bar.attach(trainer)
     return bar
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import click
 import ignite.distributed as idist
+import torch
 
 from fmtk.distributed import (
     choose_backend,
@@ -20,6 +20,7 @@ from fmtk.distributed import (
     launch,
     process_device,
     quiet_ignite,
+    torchrun_world_size,
     under_torchrun,
 )
 from fmtk.engines import SpeedOptions, resolve_device
@@ -46,6 +47,7 @@ class RunRequest:
     handlers: tuple[str, ...] = ()
     nproc_per_node: int = 1
     backend: str | None = None
+    folder_ready: bool = False  # run_dir (or resume) exists and is this run's: made before spawning
 
     def recipe(self) -> Recipe:
         if self.resume is not None:
@@ -77,9 +79,11 @@ def train(request: RunRequest) -> None:
     for reference in request.handlers:
         resolve_handler(reference)
     device = resolve_device(request.device)
+    if under_torchrun() and request.nproc_per_node > 1:
+        raise FmtkError("under torchrun, give --nproc-per-node to torchrun, not to fmtk run")
     if request.nproc_per_node > 1 or under_torchrun():
         backend = choose_backend(request.backend, request.device)
-        world_size = request.nproc_per_node if request.nproc_per_node > 1 else idist_world_size()
+        world_size = request.nproc_per_node if request.nproc_per_node > 1 else torchrun_world_size()
         if recipe.batch_size % world_size:
             raise FmtkError(
                 f"batch_size {recipe.batch_size} is not divisible by {world_size} processes; "
@@ -92,7 +96,7 @@ def train(request: RunRequest) -> None:
         return
     folder = request.resume or make_run_dir(request.output_dir, recipe.name, request.run_dir)
     chosen_folder = request.run_dir is not None
-    request.run_dir = folder
+    request.run_dir, request.folder_ready = folder, True
     click.echo(f"run folder: {folder}")
     try:
         if request.nproc_per_node > 1:
@@ -113,21 +117,17 @@ def train(request: RunRequest) -> None:
     click.echo(f"run folder: {folder}")
 
 
-def idist_world_size() -> int:
-    """The number of processes torchrun started (before the process group exists)."""
-    return int(os.environ["WORLD_SIZE"])
-
-
-def run_in_process(request: RunRequest, device) -> None:
+def run_in_process(request: RunRequest, device: torch.device) -> None:
     """Build and run the requested run in this process (one rank, or the only process)."""
     recipe = request.recipe()
     attachers = [resolve_handler(reference) for reference in request.handlers]
     folder = request.run_dir
-    if folder is None:  # under torchrun: rank 0 creates the folder and tells the others
+    if not request.folder_ready:  # under torchrun: rank 0 creates the folder and tells the others
+        folder = ""
         if is_main_process():
-            folder = make_run_dir(request.output_dir, recipe.name, None)
+            folder = request.resume or make_run_dir(request.output_dir, recipe.name, request.run_dir)
             click.echo(f"run folder: {folder}")
-        folder = Path(idist.broadcast(str(folder) if folder else "", src=0, safe_mode=True))
+        folder = Path(idist.broadcast(str(folder), src=0, safe_mode=True))
         request.run_dir = folder  # this process's copy: for the Ctrl-C message
     checkpoint = find_last_checkpoint(request.resume) if request.resume is not None else None
     echo = click.echo if is_main_process() else (lambda line: None)
@@ -137,7 +137,7 @@ def run_in_process(request: RunRequest, device) -> None:
     run.run()
 
 
-def _run_or_exit(local_rank: int, request: RunRequest, backend: str | None = None) -> None:
+def _run_or_exit(local_rank: int, request: RunRequest) -> None:
     """One of several processes: an error or Ctrl-C is printed once (by rank 0), then every
     process exits with its code, which the launcher passes on."""
     logging.getLogger("ignite").addHandler(logging.NullHandler())
@@ -147,10 +147,12 @@ def _run_or_exit(local_rank: int, request: RunRequest, backend: str | None = Non
     except FmtkError as error:
         if is_main_process():
             click.echo(f"Error: {error}", err=True)
+            if not request.folder_ready and request.run_dir is not None:  # rank 0 made it here
+                _remove_if_empty(request, request.run_dir, chosen_folder=True)
         sys.exit(1)
     except KeyboardInterrupt:
         # Spawned processes: the launching process says how to resume; under torchrun, rank 0.
-        if under_torchrun() and is_main_process() and request.run_dir is not None:
+        if not request.folder_ready and is_main_process() and request.run_dir is not None:
             _interrupted(request.run_dir)
         sys.exit(130)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -232,7 +233,7 @@ def build_run(
     evaluator = create_evaluator(model, loss_fn, device)
     # Order matters: each EPOCH_COMPLETED handler sees what the earlier ones left (bar closed,
     # validation metrics, early stopping and plateau decisions) before the last checkpoint.
-    if main:
+    if main and sys.stderr.isatty():  # a disabled bar still costs ~40 µs a step
         attach_progress(trainer)
     attach_nonfinite_guard(trainer, recipe.log_every)
     if hasattr(data.train, "set_epoch"):  # each epoch's order (and shard) from (seed, epoch)

@@ -131,3 +131,16 @@ def test_errors_in_spawned_processes_are_one_line_and_leave_nothing(tmp_path: Pa
     done = fmtk_command("run", "digits_mlp", "--backend", "gloo", cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.strip() == "Error: --backend needs --nproc-per-node 2 or more (or torchrun)"
+
+
+def test_torchrun_joins_its_process_group(mnist_root: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "fmtk", "run",
+               "mnist_dnn", "--epochs", "2", "--batch-size", "20", "--device", "cpu",
+               "--data-dir", str(mnist_root), "--run-dir", str(tmp_path / "run")]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("run folder:") == 1 and done.stdout.count("epoch   2/2") == 1  # rank 0 only
+    assert "INFO" not in done.stderr  # Ignite's launcher lines stay quiet
+    results = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert results["processes"] == 2 and results["epochs_run"] == 2
+    assert results["test"]["best"]["accuracy"] > 0.5  # bars in row bands: learnt in 2 epochs
