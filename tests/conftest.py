@@ -86,7 +86,7 @@ def require_real_data() -> Path:
         if os.environ.get("FMTK_REQUIRE_DATA") == "1":
             pytest.fail(message)
         pytest.skip(message)
-    return Path(value)
+    return Path(value).resolve()  # absolute: tests run commands from other folders
 
 
 @pytest.fixture
