@@ -48,6 +48,20 @@ def grayscale_input(image: Image.Image, size: int) -> torch.Tensor:
     return scale_pixels(torch.from_numpy(pixels.copy()).unsqueeze(0), 255.0)
 
 
+def flip_left_right(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """``images`` (N×C×H×W) with the samples where ``flip`` (N booleans) is True mirrored."""
+    return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
+def check_global_batch(batch_size: int, world_size: int) -> None:
+    """With several processes the batch size is the global batch of one step: it must divide."""
+    if batch_size % world_size:
+        raise FmtkError(
+            f"batch_size {batch_size} is not divisible by {world_size} processes; "
+            "the recipe's batch size is the global batch of one step"
+        )
+
+
 def process_shard() -> tuple[int, int]:
     """``(rank, world_size)`` of this process (``(0, 1)`` when not distributed)."""
     return idist.get_rank(), idist.get_world_size()
@@ -98,8 +112,8 @@ class TensorBatches:
         self.scale = scale
         self.flip_p = flip_p
         self.rank, self.world_size = shard if shard is not None else process_shard()
-        if shuffle and batch_size % self.world_size:
-            raise FmtkError(f"batch_size {batch_size} is not divisible by {self.world_size} processes")
+        if shuffle:
+            check_global_batch(batch_size, self.world_size)
         device = images.device
         self.mean = None if mean is None else torch.tensor(mean, device=device).view(-1, 1, 1)
         self.std = None if std is None else torch.tensor(std, device=device).view(-1, 1, 1)
@@ -145,8 +159,7 @@ class TensorBatches:
             index = order[start + self.rank : stop : self.world_size]
             x = scale_pixels(self.images[index], self.scale, self.mean, self.std)
             if flips is not None:
-                flip = flips[start + self.rank : stop : self.world_size]
-                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+                x = flip_left_right(x, flips[start + self.rank : stop : self.world_size])
             yield x, self.labels[index]
 
 

@@ -91,7 +91,8 @@ def create_trainer(
 ) -> Engine:
     """An Ignite trainer whose output is the batch loss as a detached tensor on the device.
 
-    The epoch's mean batch loss is ``trainer.state.metrics["loss"]`` (from EPOCH_COMPLETED on).
+    The epoch's batch losses are ``trainer.state.batch_losses`` (tensors); their mean is
+    ``trainer.state.metrics["loss"]`` from EPOCH_COMPLETED on.
     ``model`` may be a DistributedDataParallel wrapper; ``scaler`` is needed for ``16-mixed``.
     """
     forward = torch.compile(model) if speed.compile else model
@@ -106,10 +107,9 @@ def create_trainer(
 
     # Not create_supervised_trainer: it returns loss.item() (a device→host sync every step) and
     # calls model.train() every step; here the loss stays a tensor and the mode is set per epoch.
-    # The epoch's batch losses are kept as tensors and averaged once at the end of the epoch: no
-    # kernel per step. (Ignite's Average metric checks and converts each output in Python, ~50 µs
-    # a step: 10% of an MNIST step.)
-    epoch_losses: list[torch.Tensor] = []
+    # The epoch's batch losses are kept as tensors (trainer.state.batch_losses, also read by the
+    # NaN guard) and averaged once at the end of the epoch: no kernel per step. (Ignite's Average
+    # metric checks and converts each output in Python, ~50 µs a step: 10% of an MNIST step.)
 
     def train_step(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = (tensor.to(device, non_blocking=True) for tensor in batch)
@@ -126,16 +126,17 @@ def create_trainer(
             scaler.step(optimizer)
             scaler.update()
         loss = loss.detach()
-        epoch_losses.append(loss)
+        engine.state.batch_losses.append(loss)
         return loss
 
     def start_epoch(engine: Engine) -> None:
         model.train()
-        epoch_losses.clear()
+        engine.state.batch_losses = []
 
     def finish_epoch(engine: Engine) -> None:
-        count = torch.tensor(float(len(epoch_losses)), device=device)
-        totals = torch.stack([torch.stack(epoch_losses).float().sum(), count])
+        losses = engine.state.batch_losses
+        count = torch.tensor(float(len(losses)), device=device)
+        totals = torch.stack([torch.stack(losses).float().sum(), count])
         if idist.get_world_size() > 1:
             totals = idist.all_reduce(totals)  # the mean over every process's batches
         engine.state.metrics["loss"] = (totals[0] / totals[1]).item()

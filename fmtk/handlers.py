@@ -34,43 +34,34 @@ class NonFiniteLoss(FmtkError):
 def attach_nonfinite_guard(trainer: Engine, check_every: int) -> None:
     """Stop training with a one-line error naming the epoch and iteration of the first NaN/inf loss.
 
-    Each step only keeps its loss tensor (no kernel, no host sync); the kept losses are checked
-    every ``check_every`` iterations and at the end of each epoch, before validation and
-    checkpoints, so no checkpoint is written from non-finite weights.
+    Reads the batch losses the trainer keeps (``trainer.state.batch_losses``, see
+    :func:`~fmtk.engines.create_trainer`) every ``check_every`` iterations and at the end of each
+    epoch, before validation and checkpoints, so no checkpoint is written from non-finite weights.
+    Nothing runs per step.
     """
-    losses: list[torch.Tensor] = []
-
-    @trainer.on(Events.ITERATION_COMPLETED)
-    def keep(engine: Engine) -> None:
-        losses.append(engine.state.output)
+    checked = {"epoch": 0, "count": 0}  # how many of that epoch's losses were checked
 
     def check(engine: Engine) -> None:
-        first_bad = torch.tensor(-1)
-        if losses:
-            bad = ~torch.isfinite(torch.stack(losses))
-            first = engine.state.iteration - len(losses) + 1  # the iteration of losses[0]
-            ids = torch.arange(first, engine.state.iteration + 1, device=bad.device)
-            first_bad = _first_true(bad, ids)
-            losses.clear()
+        losses = engine.state.batch_losses
+        start = checked["count"] if checked["epoch"] == engine.state.epoch else 0
+        checked.update(epoch=engine.state.epoch, count=len(losses))
+        first_bad = -1
+        if len(losses) > start:
+            bad = ~torch.isfinite(torch.stack(losses[start:]))
+            if bool(bad.any()):
+                first_checked = engine.state.iteration - (len(losses) - start) + 1
+                first_bad = first_checked + int(bad.nonzero()[0, 0])
         if idist.get_world_size() > 1:  # every process stops together, not one while others wait
-            first_bad = idist.all_reduce(first_bad.clone(), op="MAX")
-        if int(first_bad) >= 0:
-            bad_iteration = int(first_bad)
-            epoch = (bad_iteration - 1) // engine.state.epoch_length + 1
+            first_bad = int(idist.all_reduce(first_bad, op="MAX"))
+        if first_bad >= 0:
+            epoch = (first_bad - 1) // engine.state.epoch_length + 1
             raise NonFiniteLoss(
-                f"training loss became NaN or infinite at epoch {epoch}, iteration {bad_iteration}; "
+                f"training loss became NaN or infinite at epoch {epoch}, iteration {first_bad}; "
                 "stopped (the last checkpoint is from before it)"
             )
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=check_every), check)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, check)
-
-
-def _first_true(flags: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """The id of the first True flag, or -1."""
-    if not bool(flags.any()):
-        return torch.tensor(-1)
-    return ids[flags.nonzero()[0, 0]]
 
 
 def attach_validation(trainer: Engine, evaluator: Engine, valid_data: Any) -> None:

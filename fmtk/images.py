@@ -19,7 +19,15 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from fmtk.data import DataSplits, TensorBatches, process_shard, scale_pixels, stratified_split
+from fmtk.data import (
+    DataSplits,
+    TensorBatches,
+    check_global_batch,
+    flip_left_right,
+    process_shard,
+    scale_pixels,
+    stratified_split,
+)
 from fmtk.errors import FmtkError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -62,16 +70,24 @@ def list_image_folder(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
     return samples, classes
 
 
-def decode_image_folder(folder: Path, image_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """All images of ``folder`` as a uint8 N×3×S×S tensor, their int64 labels and the class names."""
-    samples, classes = list_image_folder(folder)
+def decode_images(samples: list[tuple[str, int]], image_size: int) -> torch.Tensor:
+    """The images of ``(path, label)`` samples as one uint8 N×3×S×S tensor."""
     paths = [path for path, _ in samples]
     # PIL releases the GIL while decoding, so threads use every core.
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         arrays = list(pool.map(partial(decode_image, image_size=image_size), paths))
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
-    return images, labels, classes
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def sample_labels(samples: list[tuple[str, int]]) -> torch.Tensor:
+    """The int64 labels of ``(path, label)`` samples."""
+    return torch.tensor([label for _, label in samples], dtype=torch.int64)
+
+
+def decode_image_folder(folder: Path, image_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """All images of ``folder`` as a uint8 N×3×S×S tensor, their int64 labels and the class names."""
+    samples, classes = list_image_folder(folder)
+    return decode_images(samples, image_size), sample_labels(samples), classes
 
 
 def cache_folder() -> Path:
@@ -79,22 +95,21 @@ def cache_folder() -> Path:
     return Path(os.environ.get("FMTK_CACHE") or Path.home() / ".cache" / "fmtk")
 
 
-def cached_decode_image_folder(folder: Path, image_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """:func:`decode_image_folder` through a ``.npy`` file in :func:`cache_folder`, keyed by the
-    image size and every file's path, size and modification time (any change: a new file)."""
-    samples, classes = list_image_folder(folder)
+def cached_decode_images(samples: list[tuple[str, int]], folder: Path, image_size: int) -> torch.Tensor:
+    """:func:`decode_images` through a ``.npy`` file in :func:`cache_folder`, keyed by the image
+    size and every file's path (relative to ``folder``), size and modification time (any change:
+    a new file)."""
     key = hashlib.sha256(str(image_size).encode())
     for path, _ in samples:
         status = os.stat(path)
         key.update(f"{os.path.relpath(path, folder)}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
     cache = cache_folder() / f"{folder.name}-{image_size}px-{key.hexdigest()[:20]}.npy"
-    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
     if cache.is_file():
         try:
-            return torch.from_numpy(np.load(cache)), labels, classes
+            return torch.from_numpy(np.load(cache))
         except (OSError, ValueError):
             pass  # a torn or foreign file: decode again and replace it
-    images, labels, classes = decode_image_folder(folder, image_size)
+    images = decode_images(samples, image_size)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         temporary = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
@@ -103,7 +118,7 @@ def cached_decode_image_folder(folder: Path, image_size: int) -> tuple[torch.Ten
         temporary.replace(cache)  # atomic: a reader never sees half a file
     except OSError as error:
         raise FmtkError(f"cannot write the image cache {cache}: {error.strerror}") from None
-    return images, labels, classes
+    return images
 
 
 class ImageFiles(Dataset):
@@ -146,9 +161,8 @@ class LoaderBatches:
         shard: tuple[int, int] | None = None,
     ) -> None:
         self.rank, self.world_size = shard if shard is not None else process_shard()
-        if shuffle and batch_size % self.world_size:
-            raise FmtkError(f"batch_size {batch_size} is not divisible by {self.world_size} processes")
         if shuffle:
+            check_global_batch(batch_size, self.world_size)
             self.sampler = DistributedSampler(
                 dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=seed
             )
@@ -183,8 +197,9 @@ class LoaderBatches:
             for images, labels in self.loader:
                 x = scale_pixels(images.to(self.device, non_blocking=True), 255.0, self.mean, self.std)
                 if self.flip_p > 0:
-                    flip = torch.rand(len(x), generator=generator, device=self.device) < self.flip_p
-                    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+                    x = flip_left_right(
+                        x, torch.rand(len(x), generator=generator, device=self.device) < self.flip_p
+                    )
                 yield x, labels.to(self.device, non_blocking=True)
         except FmtkError as error:
             # A worker's error arrives with its traceback in the message; keep the last line's text.
@@ -221,14 +236,34 @@ def load_catdog(
     if data_cache not in DATA_CACHES:
         raise FmtkError(f"data_cache {data_cache}: choose {', '.join(DATA_CACHES)}")
     train_folder, test_folder = (find_split_folder(root, name) for name in ("training_set", "test_set"))
-    if data_cache == "none":
-        return _catdog_loaders(train_folder, test_folder, image_size, batch_size, device, seed, flip_p)
-    decode = cached_decode_image_folder if data_cache == "file" else decode_image_folder
-    train_images, train_labels, classes = decode(train_folder, image_size)
-    test_images, test_labels, test_classes = decode(test_folder, image_size)
+    train_samples, classes = list_image_folder(train_folder)
+    test_samples, test_classes = list_image_folder(test_folder)
     if test_classes != classes:
         raise FmtkError(f"{root}: test_set classes {test_classes} differ from training_set classes {classes}")
+    train_labels = sample_labels(train_samples)
     train_index, valid_index = stratified_split(train_labels.numpy(), valid_fraction, seed)
+    if data_cache == "none":
+
+        def loader(samples: list[tuple[str, int]], train: bool = False) -> LoaderBatches:
+            files = ImageFiles(samples, image_size)
+            return LoaderBatches(
+                files, batch_size, device, shuffle=train, seed=seed, flip_p=flip_p if train else 0
+            )
+
+        return DataSplits(
+            train=loader([train_samples[i] for i in train_index], train=True),
+            valid=loader([train_samples[i] for i in valid_index]),
+            test=loader(test_samples),
+            classes=classes,
+        )
+    if data_cache == "file":
+        train_images = cached_decode_images(train_samples, train_folder, image_size)
+        test_images = cached_decode_images(test_samples, test_folder, image_size)
+    else:
+        train_images, test_images = (
+            decode_images(train_samples, image_size),
+            decode_images(test_samples, image_size),
+        )
 
     def batches(images: torch.Tensor, labels: torch.Tensor, train: bool = False) -> TensorBatches:
         return TensorBatches(
@@ -239,33 +274,6 @@ def load_catdog(
     return DataSplits(
         train=batches(train_images[train_index], train_labels[train_index], train=True),
         valid=batches(train_images[valid_index], train_labels[valid_index]),
-        test=batches(test_images, test_labels),
-        classes=classes,
-    )
-
-
-def _catdog_loaders(
-    train_folder: Path,
-    test_folder: Path,
-    image_size: int,
-    batch_size: int,
-    device: torch.device,
-    seed: int,
-    flip_p: float,
-    valid_fraction: float = 0.2,
-) -> DataSplits:
-    """Cat & Dog as :class:`LoaderBatches` (``data_cache=none``): the same split as the cached path."""
-    samples, classes = list_image_folder(train_folder)
-    test_samples, test_classes = list_image_folder(test_folder)
-    if test_classes != classes:
-        raise FmtkError(f"{train_folder.parent}: test_set classes {test_classes} differ from {classes}")
-    labels = np.array([label for _, label in samples])
-    train_index, valid_index = stratified_split(labels, valid_fraction, seed)
-    train = ImageFiles([samples[i] for i in train_index], image_size)
-    valid = ImageFiles([samples[i] for i in valid_index], image_size)
-    return DataSplits(
-        train=LoaderBatches(train, batch_size, device, shuffle=True, seed=seed, flip_p=flip_p),
-        valid=LoaderBatches(valid, batch_size, device),
-        test=LoaderBatches(ImageFiles(test_samples, image_size), batch_size, device),
+        test=batches(test_images, sample_labels(test_samples)),
         classes=classes,
     )

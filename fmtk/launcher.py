@@ -14,6 +14,7 @@ import click
 import ignite.distributed as idist
 import torch
 
+from fmtk.data import check_global_batch
 from fmtk.distributed import (
     choose_backend,
     is_main_process,
@@ -84,11 +85,7 @@ def train(request: RunRequest) -> None:
     if request.nproc_per_node > 1 or under_torchrun():
         backend = choose_backend(request.backend, request.device)
         world_size = request.nproc_per_node if request.nproc_per_node > 1 else torchrun_world_size()
-        if recipe.batch_size % world_size:
-            raise FmtkError(
-                f"batch_size {recipe.batch_size} is not divisible by {world_size} processes; "
-                "the recipe's batch size is the global batch of one step"
-            )
+        check_global_batch(recipe.batch_size, world_size)  # before any process starts
     elif request.backend is not None:
         raise FmtkError("--backend needs --nproc-per-node 2 or more (or torchrun)")
     if under_torchrun():  # this process is one rank of the group; rank 0 makes the run folder
