@@ -56,8 +56,8 @@ def fmtk_and_plain(recipe_name: str, data_dir: Path, rounds: int, channels_last:
     """Alternate fmtk and plain in rounds of ``ROUND_STEPS`` steps on one model, optimizer and data;
     seconds per (whole) epoch of each round."""
     from fmtk import build_run, load_recipe
-    from fmtk.engines import SpeedOptions
     from fmtk.recipe import apply_overrides
+    from fmtk.training.engines import SpeedOptions
 
     overrides = {"epochs": str(rounds), "early_stopping_patience": "none", "plateau_patience": "none"}
     recipe = apply_overrides(load_recipe(recipe_name), overrides)

@@ -6,7 +6,11 @@ A *recipe* (model + data + numbers) is assembled into Ignite engines with the us
 
 from fmtk.errors import FmtkError
 from fmtk.recipe import Recipe, load_recipe
-from fmtk.run import Run, build_run
+from fmtk.runfolder import make_run_dir
+from fmtk.training.engines import StepEvents
+from fmtk.training.run import Run, build_run
+from fmtk.version import __version__
 
-__all__ = ["FmtkError", "Recipe", "Run", "build_run", "load_recipe"]
-__version__ = "0.1.0"
+__all__ = [
+    "FmtkError", "Recipe", "Run", "StepEvents", "__version__", "build_run", "load_recipe", "make_run_dir",
+]  # fmt: skip

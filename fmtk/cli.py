@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.tensorboard import SummaryWriter
 
-from fmtk.distributed import BACKENDS, under_torchrun
-from fmtk.engines import PRECISIONS, SpeedOptions
+from fmtk.data.batches import TensorBatches
+from fmtk.distributed import BACKENDS, is_main_process
 from fmtk.errors import FmtkError
 from fmtk.launcher import RunRequest, train
-from fmtk.recipe import apply_overrides, bundled_recipe_names, load_recipe
+from fmtk.pictures import titled_grid
+from fmtk.recipe import Recipe, apply_overrides, bundled_recipe_names, load_recipe
+from fmtk.runfolder import picture_path, read_results
+from fmtk.summary import format_summary
+from fmtk.training.engines import PRECISIONS, SpeedOptions, resolve_device
+from fmtk.training.evaluation import evaluate as evaluate_split
+from fmtk.training.evaluation import load_trained_model, predict_files
 
 
 class _Group(click.Group):
@@ -23,6 +32,17 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except FmtkError as error:
             raise click.ClickException(str(error)) from None
+
+
+# Options several commands share, declared once.
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(path_type=Path), envvar="FMTK_DATA", default="data", show_default=True,
+    help="Data root (else $FMTK_DATA, else ./data).",
+)  # fmt: skip
+device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+set_option = click.option(
+    "--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any recipe field (repeatable)."
+)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,15 +69,16 @@ def parse_settings(settings: tuple[str, ...]) -> dict[str, str]:
     return parsed
 
 
+def recipe_with_settings(recipe_name: str, settings: tuple[str, ...]) -> Recipe:
+    """The recipe named on the command line with its ``--set`` values."""
+    return apply_overrides(load_recipe(recipe_name), parse_settings(settings))
+
+
 def finished_message(run_dir: Path, epochs: int) -> str | None:
     """Why a run folder has nothing left to resume, or None."""
-    metrics_path = run_dir / "metrics.json"
-    if not metrics_path.exists():
+    results = read_results(run_dir)
+    if results is None:
         return None
-    try:
-        results = json.loads(metrics_path.read_text())
-    except ValueError:
-        raise FmtkError(f"{metrics_path}: not readable JSON; remove it to resume the run") from None
     if results.get("stopped_early"):
         return f"{run_dir} is finished: early stopping ended it at epoch {results['epochs_run']}"
     if results.get("epochs_run", 0) >= epochs:
@@ -73,21 +94,18 @@ def finished_message(run_dir: Path, epochs: int) -> str | None:
 @click.option(
     "--resume", type=click.Path(path_type=Path), help="Continue this run folder from its last checkpoint."
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@device_option
 @click.option("--epochs", type=int, help="Maximum number of epochs.")
 @click.option("--batch-size", type=int, help="Batch size (the global batch when several processes train).")
 @click.option("--lr", type=float, help="Learning rate.")
 @click.option("--seed", type=int, help="Random seed (data split, order, initialisation).")
-@click.option(
-    "--data-dir", type=click.Path(path_type=Path), envvar="FMTK_DATA", default="data", show_default=True,
-    help="Data root (else $FMTK_DATA, else ./data).",
-)  # fmt: skip
+@data_dir_option
 @click.option("--output-dir", type=click.Path(path_type=Path), default="runs", show_default=True,
               help="Runs go to OUTPUT_DIR/RECIPE/YYYYmmdd-HHMMSS/.")  # fmt: skip
 @click.option(
     "--run-dir", type=click.Path(path_type=Path), help="Exact run folder (must not exist or be empty)."
 )
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any recipe field.")
+@set_option
 @click.option("--handler", "handlers", multiple=True, metavar="MODULE:FUNCTION",
               help="A function that receives the Run and attaches handlers (repeatable).")  # fmt: skip
 @click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default="auto", show_default=True,
@@ -136,7 +154,7 @@ def run(
         request.epochs = epochs
         finished = finished_message(resume, request.recipe().epochs)
         if finished:
-            if not under_torchrun() or os.environ.get("RANK") == "0":
+            if is_main_process():
                 click.echo(finished)
             return
     else:
@@ -150,36 +168,28 @@ def run(
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--checkpoint", default="best", show_default=True, help="best, last or a checkpoint path.")
 @click.option("--split", type=click.Choice(["test", "valid"]), default="test", show_default=True)
-@click.option(
-    "--data-dir", type=click.Path(path_type=Path), envvar="FMTK_DATA", default="data", show_default=True
-)
-@click.option("--device", default="auto", show_default=True)
+@data_dir_option
+@device_option
 def evaluate(run_dir: Path, checkpoint: str, split: str, data_dir: Path, device: str) -> None:
     """Loss, accuracy, per-class accuracy and confusion matrix of a run's checkpoint on a split.
 
     Also writes confusion_<checkpoint>.png (…_valid.png for the valid split) to the run folder and
     to its TensorBoard.
     """
-    import numpy as np
-    from torch.utils.tensorboard import SummaryWriter
-
-    from fmtk.engines import resolve_device
-    from fmtk.report import evaluate as evaluate_split
-    from fmtk.report import load_trained_model
-
     torch_device = resolve_device(device)
     recipe, model, path, classes = load_trained_model(run_dir, checkpoint, torch_device)
     data = recipe.data(recipe, data_dir, torch_device)
-    result = evaluate_split(model, getattr(data, split), classes, torch_device)
+    loss_fn = recipe.loss(recipe).to(torch_device)
+    result = evaluate_split(model, getattr(data, split), classes, torch_device, loss_fn)
     click.echo(f"{recipe.name}, {path.name}, {split} split")
     click.echo(result.table())
     name = checkpoint if checkpoint in ("best", "last") else path.stem
     stem = f"confusion_{name}" + ("" if split == "test" else f"_{split}")
     picture = result.picture(f"{recipe.name}: {path.name}, {split} split")
-    picture.save(run_dir / f"{stem}.png")
+    picture.save(picture_path(run_dir, stem))
     with SummaryWriter(str(run_dir)) as writer:
         writer.add_image(stem, np.asarray(picture), dataformats="HWC")
-    click.echo(f"wrote {run_dir / f'{stem}.png'}")
+    click.echo(f"wrote {picture_path(run_dir, stem)}")
 
 
 @cli.command()
@@ -188,14 +198,11 @@ def evaluate(run_dir: Path, checkpoint: str, split: str, data_dir: Path, device:
 @click.option("--checkpoint", default="best", show_default=True, help="best, last or a checkpoint path.")
 @click.option("--top", default=1, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--device", default="auto", show_default=True)
+@device_option
 def predict(
     run_dir: Path, images: tuple[Path, ...], checkpoint: str, top: int, as_json: bool, device: str
 ) -> None:
     """The predicted class and its probability for each IMAGE (PNG/JPEG, any mode and size)."""
-    from fmtk.engines import resolve_device
-    from fmtk.report import load_trained_model, predict_files
-
     torch_device = resolve_device(device)
     recipe, model, _, classes = load_trained_model(run_dir, checkpoint, torch_device)
     results = predict_files(recipe, model, images, classes, top, torch_device)
@@ -214,11 +221,9 @@ def predict(
 @click.option(
     "-n", "count", default=32, show_default=True, type=click.IntRange(min=1), help="How many samples."
 )
-@click.option(
-    "--data-dir", type=click.Path(path_type=Path), envvar="FMTK_DATA", default="data", show_default=True
-)
+@data_dir_option
 @click.option("--seed", default=0, show_default=True, help="Which random samples.")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")
+@set_option
 def show(
     recipe_name: str,
     split: str,
@@ -229,12 +234,7 @@ def show(
     settings: tuple[str, ...],
 ) -> None:
     """A grid of random samples of a split titled with their class names, and the class counts."""
-    import torch
-
-    from fmtk.data import TensorBatches
-    from fmtk.pictures import titled_grid
-
-    recipe = apply_overrides(load_recipe(recipe_name), parse_settings(settings))
+    recipe = recipe_with_settings(recipe_name, settings)
     out = out or Path(f"{recipe.name}_{split}_samples.png")
     if out.exists():
         raise FmtkError(f"{out} exists; choose another --out (nothing was overwritten)")
@@ -254,14 +254,10 @@ def show(
 
 @cli.command()
 @click.argument("recipe_name", metavar="RECIPE")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")
+@set_option
 def summary(recipe_name: str, settings: tuple[str, ...]) -> None:
     """The model's layers with output shapes and parameter counts, and the totals."""
-    from PIL import Image
-
-    from fmtk.summary import format_summary
-
-    recipe = apply_overrides(load_recipe(recipe_name), parse_settings(settings))
+    recipe = recipe_with_settings(recipe_name, settings)
     if recipe.image_input is None:
         raise FmtkError(f"recipe {recipe.name} does not say what its input looks like (image_input)")
     input_shape = tuple(recipe.image_input(recipe, Image.new("RGB", (64, 64))).shape)

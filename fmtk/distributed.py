@@ -23,14 +23,17 @@ from fmtk.errors import FmtkError
 BACKENDS = ("gloo", "nccl")
 
 
-def is_main_process() -> bool:
-    """True in the process that writes files and prints (rank 0, or the only one)."""
-    return idist.get_rank() == 0
-
-
 def under_torchrun() -> bool:
     """True when ``torchrun`` (or another launcher) started this process as one rank of several."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def is_main_process() -> bool:
+    """True in the process that writes files and prints: rank 0, or the only process (under
+    torchrun, before the process group exists, the one whose RANK is 0)."""
+    if idist.get_world_size() > 1:
+        return idist.get_rank() == 0
+    return not under_torchrun() or os.environ["RANK"] == "0"
 
 
 def torchrun_world_size() -> int:

@@ -14,7 +14,7 @@ import click
 import ignite.distributed as idist
 import torch
 
-from fmtk.data import check_global_batch
+from fmtk.data.batches import check_global_batch
 from fmtk.distributed import (
     choose_backend,
     is_main_process,
@@ -24,11 +24,11 @@ from fmtk.distributed import (
     torchrun_world_size,
     under_torchrun,
 )
-from fmtk.engines import SpeedOptions, resolve_device
 from fmtk.errors import FmtkError
-from fmtk.recipe import Recipe, apply_overrides, load_recipe
-from fmtk.resume import find_last_checkpoint, recipe_from_run
-from fmtk.run import build_run, make_run_dir
+from fmtk.recipe import Recipe, apply_overrides, load_recipe, recipe_from_config
+from fmtk.runfolder import find_last_checkpoint, make_run_dir, read_config, remove_if_empty
+from fmtk.training.engines import SpeedOptions, resolve_device
+from fmtk.training.run import build_run
 
 
 @dataclass
@@ -52,7 +52,7 @@ class RunRequest:
 
     def recipe(self) -> Recipe:
         if self.resume is not None:
-            return recipe_from_run(self.resume, self.epochs)
+            return recipe_from_config(read_config(self.resume), self.epochs)
         return apply_overrides(load_recipe(self.recipe_name), self.overrides)
 
 
@@ -127,8 +127,7 @@ def run_in_process(request: RunRequest, device: torch.device) -> None:
         folder = Path(idist.broadcast(str(folder), src=0, safe_mode=True))
         request.run_dir = folder  # this process's copy: for the Ctrl-C message
     checkpoint = find_last_checkpoint(request.resume) if request.resume is not None else None
-    echo = click.echo if is_main_process() else (lambda line: None)
-    run = build_run(recipe, folder, device, request.data_dir, echo, checkpoint, request.speed)
+    run = build_run(recipe, folder, device, request.data_dir, click.echo, checkpoint, request.speed)
     for attach in attachers:
         attach(run)
     run.run()
@@ -156,15 +155,15 @@ def _run_or_exit(local_rank: int, request: RunRequest) -> None:
 
 def _remove_if_empty(request: RunRequest, folder: Path, chosen_folder: bool) -> None:
     """Bad data: leave no empty run folder (nor an empty <output-dir>/<recipe>) behind."""
-    if request.resume is None and folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
-        if not chosen_folder and not any(folder.parent.iterdir()):
-            folder.parent.rmdir()
+    if request.resume is None:
+        remove_if_empty(folder, remove_parent=not chosen_folder)
 
 
 def _interrupted(folder: Path) -> None:
     # The last checkpoint is complete: DiskSaver writes a temporary file and renames it.
-    saved = sorted(folder.glob("last_checkpoint_*.pt"))
-    where = f"the last complete checkpoint is {saved[-1].name}" if saved else "no checkpoint was written yet"
+    try:
+        where = f"the last complete checkpoint is {find_last_checkpoint(folder).name}"
+    except FmtkError:
+        where = "no checkpoint was written yet"
     click.echo(f"interrupted: {where}; resume with: fmtk run --resume {folder}", err=True)
     sys.exit(130)

@@ -1,4 +1,4 @@
-"""The Recipe type, loading recipes by name or path, and `--set key=value` overrides."""
+"""The Recipe type, loading recipes by name, path or a run's config.json, and `--set key=value` overrides."""
 
 from __future__ import annotations
 
@@ -10,18 +10,19 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from PIL import Image
+from torch import nn
 
+from fmtk.data.batches import DataSplits
 from fmtk.errors import FmtkError
 
-if TYPE_CHECKING:
-    from PIL import Image
-    from torch import nn
 
-    from fmtk.data import DataSplits
-    from fmtk.run import Run
+def cross_entropy(recipe: Recipe) -> nn.Module:
+    """The default loss of a recipe: ``nn.CrossEntropyLoss()``."""
+    return nn.CrossEntropyLoss()
 
 
 @dataclass
@@ -29,7 +30,8 @@ class Recipe:
     """Model + data + the numbers of one training setup.
 
     ``model(recipe)`` returns the ``nn.Module``; ``data(recipe, data_dir, device)`` returns the
-    :class:`fmtk.data.DataSplits`. Every scalar field and every key of ``options`` can be changed
+    :class:`fmtk.data.DataSplits`; ``loss(recipe)`` the loss module of training, validation and
+    testing (default: cross-entropy). Every scalar field and every key of ``options`` can be changed
     from the command line with ``--set key=value``.
 
     Example::
@@ -54,9 +56,12 @@ class Recipe:
     plateau_factor: float = 0.1
     seed: int = 42
     log_every: int = 50  # iterations between per-iteration TensorBoard points (each one is a host sync)
+    # Gradient clipping: the total norm of each step's gradients is scaled down to at most this.
+    max_grad_norm: float | None = None
     options: dict[str, Any] = field(default_factory=dict)  # recipe-specific knobs: variant, image_size…
-    # A recipe's own handlers: called with the assembled Run before training starts.
-    attach: Callable[[Run], None] | None = None
+    loss: Callable[[Recipe], nn.Module] = cross_entropy
+    # A recipe's own handlers: called with the assembled fmtk.training.run.Run before training starts.
+    attach: Callable[[Any], None] | None = None
     source: str | None = None  # the file of a user's recipe (set by load_recipe), for --resume
     # How one image file (a PIL image of any mode and size) becomes a model input C×H×W, exactly as
     # the test split is prepared; used by `fmtk predict` and, on a blank image, by `fmtk summary`.
@@ -75,6 +80,8 @@ class Recipe:
         for name in ("early_stopping_patience", "plateau_patience"):
             value = getattr(self, name)
             checks.append((value is None or value >= 1, f"{name} must be >= 1 or none, got {value}"))
+        norm = self.max_grad_norm
+        checks.append((norm is None or norm > 0, f"max_grad_norm must be > 0 or none, got {norm}"))
         optimizer_class = getattr(torch.optim, self.optimizer, None)
         is_optimizer = isinstance(optimizer_class, type) and issubclass(
             optimizer_class, torch.optim.Optimizer
@@ -88,21 +95,19 @@ class Recipe:
         """The resolved recipe as plain JSON values (written to the run folder's config.json)."""
         values = {name: getattr(self, name) for name in overridable_fields()}
         values["options"] = dict(self.options)
-        for name in ("model", "data", "attach", "image_input"):
+        for name in CALLABLES:
             function = getattr(self, name)
             values[name] = None if function is None else getattr(function, "__qualname__", repr(function))
         return {"name": self.name, "description": self.description, "source": self.source, **values}
 
 
+CALLABLES = ("model", "data", "loss", "attach", "image_input")  # recorded in config.json by name
+
+
 def overridable_fields() -> dict[str, Any]:
     """The Recipe fields `--set` may change, with their types."""
-    # The callables' annotations name types imported only for type checkers; stand-ins suffice here.
-    from PIL import Image
-
-    hints = typing.get_type_hints(
-        Recipe, localns={"nn": torch.nn, "DataSplits": object, "Run": object, "Image": Image}
-    )
-    fixed = {"name", "description", "model", "data", "options", "attach", "source", "image_input"}
+    hints = typing.get_type_hints(Recipe)
+    fixed = {"name", "description", "options", "source", *CALLABLES}
     return {f.name: hints[f.name] for f in dataclasses.fields(Recipe) if f.name not in fixed}
 
 
@@ -175,3 +180,15 @@ def load_recipe(name_or_path: str) -> Recipe:
         raise FmtkError(f"{path} must define a variable `recipe = Recipe(...)`")
     recipe.validate()
     return recipe if bundled else dataclasses.replace(recipe, source=str(path.resolve()))
+
+
+def recipe_from_config(config: dict[str, Any], epochs: int | None = None) -> Recipe:
+    """The recipe a run was made with, from its config.json (bundled recipes by name, a user's file
+    by its path), with ``epochs`` raised if given."""
+    recipe = load_recipe(config.get("source") or config["name"])
+    values = {name: config[name] for name in overridable_fields() if name in config}
+    if epochs is not None:
+        values["epochs"] = epochs
+    recipe = dataclasses.replace(recipe, **values, options={**recipe.options, **config.get("options", {})})
+    recipe.validate()
+    return recipe

@@ -3,7 +3,7 @@
 from torch import nn
 
 from fmtk import Recipe
-from fmtk.images import load_catdog, photo_input
+from fmtk.data import load_catdog, photo_input
 from fmtk.models import vgg16_gap
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +94,30 @@ def require_real_data() -> Path:
 @pytest.fixture
 def real_data() -> Path:
     return require_real_data()
+
+
+USER_RECIPE = """
+from fmtk import Recipe
+from fmtk.data import load_digits_splits
+from fmtk.models import mlp
+
+recipe = Recipe(
+    name="my_digits",
+    description="a user's own recipe",
+    model=lambda recipe: mlp(64, [16], 10),
+    data=lambda recipe, data_dir, device: load_digits_splits(recipe.batch_size, device, recipe.seed),
+    epochs=2,
+)
+"""
+
+
+def fmtk(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fmtk", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]

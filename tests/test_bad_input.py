@@ -6,9 +6,8 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
-from conftest import make_mnist_like, tree_snapshot
+from conftest import assert_one_line_error, fmtk, make_mnist_like, tree_snapshot
 from PIL import Image
-from test_cli import assert_one_line_error, fmtk
 
 
 def run_on(data: Path, tmp_path: Path, *args: str):

@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import tree_snapshot
-from test_recipe import USER_RECIPE
+from conftest import USER_RECIPE, assert_one_line_error, fmtk, tree_snapshot
 
 from fmtk.cli import cli
-
-
-def fmtk(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fmtk", *args], cwd=cwd, capture_output=True, text=True)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_list() -> None:
@@ -215,3 +200,17 @@ def test_a_recipe_with_dataloader_splits_trains(tmp_path: Path) -> None:
     assert (tmp_path / "r" / "confusion_best.png").exists()  # top_losses.png needs in-memory images
     result = fmtk("show", "loader_recipe.py", "--out", "s.png", cwd=tmp_path)
     assert_one_line_error(result, "fmtk show needs in-memory TensorBatches splits")
+
+
+MARGIN_RECIPE = USER_RECIPE.replace("    epochs=2,", "    loss=lambda recipe: nn.MultiMarginLoss(),")
+
+
+def test_evaluate_reports_the_recipes_own_loss(tmp_path: Path) -> None:
+    (tmp_path / "margin.py").write_text("from torch import nn\n" + MARGIN_RECIPE)
+    assert fmtk("run", "margin.py", "--run-dir", "r", cwd=tmp_path).returncode == 0
+    result = fmtk("evaluate", "r", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    printed = float(result.stdout.splitlines()[1].split()[1])
+    tested = json.loads((tmp_path / "r" / "metrics.json").read_text())["test"]["best"]["loss"]
+    assert printed == pytest.approx(tested, abs=1e-4)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["loss"] == "<lambda>"

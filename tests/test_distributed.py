@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from fmtk.data import TensorBatches
-from fmtk.images import LoaderBatches
+from fmtk.data.batches import TensorBatches
+from fmtk.data.images import LoaderBatches
 from fmtk.recipe import apply_overrides, load_recipe
-from fmtk.run import build_run
+from fmtk.training.run import build_run
 
 
 def sample_ids(batches) -> list[list[int]]:

@@ -6,23 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import USER_RECIPE
 
 from fmtk.errors import FmtkError
 from fmtk.recipe import apply_overrides, bundled_recipe_names, load_recipe
-
-USER_RECIPE = """
-from fmtk import Recipe
-from fmtk.data import load_digits_splits
-from fmtk.models import mlp
-
-recipe = Recipe(
-    name="my_digits",
-    description="a user's own recipe",
-    model=lambda recipe: mlp(64, [16], 10),
-    data=lambda recipe, data_dir, device: load_digits_splits(recipe.batch_size, device, recipe.seed),
-    epochs=2,
-)
-"""
 
 
 def test_bundled_recipes() -> None:

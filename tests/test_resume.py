@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_mnist_like, tree_snapshot
-from test_cli import assert_one_line_error
+from conftest import assert_one_line_error, make_mnist_like, tree_snapshot
 
 ITERATIONS_PER_EPOCH = 20  # 1,000 training images of the small dataset, batch 50
 # fmnist_dnn: dropout (random), BatchNorm, Adam, plateau and early stopping: every state matters.
@@ -24,6 +23,31 @@ import signal
 
 import torch
 from ignite.engine import Events
+
+
+class IterationCounter:  # a user's handler state: iterations seen, written to counter.csv per epoch
+
+    def __init__(self):
+        self.count = 0
+
+    def state_dict(self):
+        return {"count": self.count}
+
+    def load_state_dict(self, state):
+        self.count = state["count"]
+
+
+def count_iterations(run):
+    counter = run.keep("iteration_counter", IterationCounter())
+
+    @run.trainer.on(Events.ITERATION_COMPLETED)
+    def count(engine):
+        counter.count += 1
+
+    @run.trainer.on(Events.EPOCH_COMPLETED)
+    def write(engine):
+        with open(run.run_dir / "counter.csv", "a") as file:
+            file.write(f"{engine.state.epoch},{counter.count}\\n")
 
 
 def at_iteration(run, iteration, action):
@@ -107,6 +131,32 @@ def test_sigkill_mid_epoch_then_resume_ends_exactly_like_an_uninterrupted_run(
     assert results(run_dir) == results(uninterrupted)
     assert sorted(p.name for p in run_dir.glob("*.pt")) == sorted(p.name for p in uninterrupted.glob("*.pt"))
     assert results(uninterrupted)["best_epoch"] == 4  # the best checkpoint moved after the resume too
+
+
+def test_a_handlers_kept_state_survives_sigkill_and_resume(workspace: Path, uninterrupted: Path) -> None:
+    counting = ["--handler", "killers:count_iterations"]
+    straight = fmtk(workspace, *RECIPE, "--run-dir", "counted", *counting)
+    assert straight.returncode == 0, straight.stderr
+    expected = "".join(f"{epoch},{epoch * ITERATIONS_PER_EPOCH}\n" for epoch in range(1, 5))
+    assert (workspace / "counted" / "counter.csv").read_text() == expected
+
+    killed = fmtk(workspace, *RECIPE, "--run-dir", "counted_killed", *counting,
+                  "--handler", "killers:sigkill_mid_epoch_3")  # fmt: skip
+    assert killed.returncode == -9
+    run_dir = workspace / "counted_killed"
+    assert torch.load(run_dir / "last_checkpoint_2.pt", weights_only=True)["iteration_counter"] == {
+        "count": 2 * ITERATIONS_PER_EPOCH
+    }
+    # Resumed without the handler that kept it: refused, one line naming the state, nothing changed.
+    before = tree_snapshot(run_dir)
+    assert_one_line_error(fmtk(workspace, "--resume", "counted_killed"), "'iteration_counter'", "--handler")
+    assert tree_snapshot(run_dir) == before
+
+    resumed = fmtk(workspace, "--resume", "counted_killed", *counting)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run_dir / "counter.csv").read_text() == expected  # 60 and 80, not 20 and 40
+    assert epoch_rows(run_dir) == epoch_rows(workspace / "counted") == epoch_rows(uninterrupted)
+    assert results(run_dir) == results(workspace / "counted") == results(uninterrupted)
 
 
 def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_real_data, tree_snapshot
+from conftest import assert_one_line_error, fmtk, require_real_data, tree_snapshot
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_cli import assert_one_line_error, fmtk
 
 
 @pytest.fixture(scope="module")

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import csv
-import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
-import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import (
-    Checkpoint,
-    DiskSaver,
-    EarlyStopping,
-    ProgressBar,
-    ReduceLROnPlateauScheduler,
-    global_step_from_engine,
-)
+from ignite.handlers import EarlyStopping, ProgressBar, ReduceLROnPlateauScheduler, global_step_from_engine
 from ignite.handlers.tensorboard_logger import TensorboardLogger
+from torch import nn
 
 from fmtk.errors import FmtkError
-
-EPOCH_COLUMNS = ["epoch", "train_loss", "valid_loss", "valid_accuracy", "lr", "epoch_seconds"]
+from fmtk.runfolder import ITERATIONS, append_epoch_row
+from fmtk.training.engines import StepEvents
 
 
 class NonFiniteLoss(FmtkError):
@@ -35,7 +26,7 @@ def attach_nonfinite_guard(trainer: Engine, check_every: int) -> None:
     """Stop training with a one-line error naming the epoch and iteration of the first NaN/inf loss.
 
     Reads the batch losses the trainer keeps (``trainer.state.batch_losses``, see
-    :func:`~fmtk.engines.create_trainer`) every ``check_every`` iterations and at the end of each
+    :func:`~fmtk.training.engines.create_trainer`) every ``check_every`` iterations and at the end of each
     epoch, before validation and checkpoints, so no checkpoint is written from non-finite weights.
     Nothing runs per step.
     """
@@ -62,6 +53,16 @@ def attach_nonfinite_guard(trainer: Engine, check_every: int) -> None:
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=check_every), check)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, check)
+
+
+def attach_gradient_clipping(trainer: Engine, model: nn.Module, max_norm: float) -> None:
+    """Scale each step's gradients so that their total norm is at most ``max_norm`` (between backward
+    and the optimizer's step; under ``16-mixed`` after unscaling). No host sync: torch clamps the
+    scale factor on the device."""
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    trainer.add_event_handler(
+        StepEvents.BACKWARD_COMPLETED, lambda _: nn.utils.clip_grad_norm_(parameters, max_norm, foreach=True)
+    )
 
 
 def attach_validation(trainer: Engine, evaluator: Engine, valid_data: Any) -> None:
@@ -104,86 +105,6 @@ def attach_lr_plateau(
     return scheduler
 
 
-class RandomState:
-    """The torch, CUDA, numpy and Python random states, checkpointable like a module."""
-
-    def state_dict(self) -> dict[str, Any]:
-        numpy_state = np.random.get_state()
-        return {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
-            "python": random.getstate(),
-        }
-
-    def load_state_dict(self, state: Mapping) -> None:
-        torch.set_rng_state(state["torch"])
-        if state["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
-        name, keys, *rest = state["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-        version, internal, gauss = state["python"]
-        random.setstate((version, tuple(internal), gauss))
-
-
-class RunSaver(DiskSaver):
-    """Ignite's atomic DiskSaver whose removals wait until :meth:`flush_removals`.
-
-    Ignite's Checkpoint removes the previous file *before* writing the new one, so a process
-    killed during the write would keep neither. fmtk flushes the removals once all of an epoch's
-    checkpoints are written, so the previous best and last stay until their successors exist.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.pending_removals: list[str] = []
-
-    def remove(self, filename: str) -> None:
-        self.pending_removals.append(filename)
-
-    def flush_removals(self) -> None:
-        """Remove the superseded checkpoints (a file already gone is no error)."""
-        for filename in self.pending_removals:
-            try:
-                super().remove(filename)
-            except FileNotFoundError:
-                pass
-        self.pending_removals.clear()
-
-
-def attach_checkpoints(
-    trainer: Engine,
-    evaluator: Engine,
-    run_dir: Path,
-    best_state: dict[str, Any],
-    last_state: dict[str, Any],
-) -> tuple[Checkpoint, Checkpoint]:
-    """Keep ``best_*.pt`` (``best_state`` at the best valid accuracy) and ``last_*.pt`` (``last_state``
-    plus the best checkpoint's bookkeeping, all that resuming needs), each written atomically."""
-    saver = RunSaver(str(run_dir), atomic=True, require_empty=False)
-    epoch = global_step_from_engine(trainer, Events.EPOCH_COMPLETED)
-    best = Checkpoint(
-        best_state,
-        saver,
-        filename_prefix="best",
-        score_function=lambda engine: engine.state.metrics["accuracy"],
-        score_name="valid_accuracy",
-        n_saved=1,
-        global_step_transform=epoch,
-    )
-    evaluator.add_event_handler(Events.COMPLETED, best)
-    last = Checkpoint(
-        {**last_state, "best_checkpoint": best},
-        saver,
-        filename_prefix="last",
-        n_saved=1,
-        global_step_transform=epoch,
-    )
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, last)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: saver.flush_removals())
-    return best, last
-
-
 def attach_tensorboard(
     trainer: Engine,
     evaluator: Engine,
@@ -219,7 +140,7 @@ def attach_tensorboard(
     )
 
     purge = {"purge_step": resume_iteration + 1} if resume_iteration else {}
-    iterations = TensorboardLogger(log_dir=str(run_dir / "iterations"), **purge)
+    iterations = TensorboardLogger(log_dir=str(run_dir / ITERATIONS), **purge)
     iterations.attach_output_handler(
         trainer,
         Events.ITERATION_COMPLETED(every=log_every),
@@ -240,11 +161,11 @@ def attach_epoch_log(
     trainer: Engine,
     evaluator: Engine,
     optimizer: torch.optim.Optimizer,
-    csv_path: Path | None,
+    run_dir: Path | None,
     echo: Callable[[str], None] = print,
 ) -> list[dict[str, float]]:
-    """Print one summary line per epoch and append it to ``csv_path`` (None: no file); returns the
-    growing list of rows."""
+    """Print one summary line per epoch and append it to the metrics.csv of ``run_dir`` (None: no
+    file); returns the growing list of rows."""
     rows: list[dict[str, float]] = []
     epoch_lr: dict[str, float] = {}
 
@@ -263,14 +184,9 @@ def attach_epoch_log(
             "epoch_seconds": engine.state.times[Events.EPOCH_COMPLETED.name],
         }
         rows.append(row)
-        if csv_path is None:
+        if run_dir is None:
             return
-        write_header = not csv_path.exists()
-        with csv_path.open("a", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=EPOCH_COLUMNS)
-            if write_header:
-                writer.writeheader()
-            writer.writerow(row)
+        append_epoch_row(run_dir, row)
         echo(
             f"epoch {row['epoch']:>3}/{engine.state.max_epochs}  train_loss {row['train_loss']:.4f}  "
             f"valid_loss {row['valid_loss']:.4f}  valid_acc {100 * row['valid_accuracy']:.2f}%  "

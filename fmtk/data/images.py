@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from fmtk.data import (
+from fmtk.data.batches import (
     DataSplits,
     TensorBatches,
     check_global_batch,
@@ -138,7 +138,7 @@ class ImageFiles(Dataset):
 
 class LoaderBatches:
     """Batches of a DataLoader over ``dataset`` (uint8 images), moved to ``device`` and scaled,
-    flipped (``flip_p``) and normalised there, like :class:`~fmtk.data.TensorBatches`.
+    flipped (``flip_p``) and normalised there, like :class:`~fmtk.data.batches.TensorBatches`.
 
     For data too large to hold decoded: worker processes decode, pinned memory lets the copy to a
     GPU overlap. The training split shards through a DistributedSampler when several processes

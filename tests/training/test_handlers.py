@@ -9,7 +9,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from torch import nn
 
-from fmtk.handlers import RandomState, attach_early_stopping, attach_lr_plateau, attach_validation
+from fmtk.training.handlers import attach_early_stopping, attach_lr_plateau, attach_validation
 
 
 def scripted_engines(valid_losses: list[float]) -> tuple[Engine, Engine]:
@@ -72,16 +72,3 @@ def test_plateau_and_early_stopping_state_round_trip_through_a_checkpoint(tmp_pa
     fresh_scheduler.scheduler.num_bad_epochs = 5
     fresh_scheduler.scheduler.step(2.0)  # the re-patched reduction still acts on the new optimizer
     assert fresh_optimizer.param_groups[0]["lr"] == 0.05
-
-
-def test_random_state_round_trip(tmp_path: Path) -> None:
-    import random
-
-    import numpy as np
-
-    state = RandomState()
-    torch.save(state.state_dict(), tmp_path / "rng.pt")
-    expected = (torch.rand(3), np.random.rand(3), random.random())
-    state.load_state_dict(torch.load(tmp_path / "rng.pt", weights_only=True))
-    assert torch.equal(torch.rand(3), expected[0])
-    assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]

@@ -1,4 +1,9 @@
-"""Trainer and evaluator construction: the device, the training step, the metrics."""
+"""The engines: the device, the optimizer, the training step (and its one open place), the evaluator.
+
+The trainer's step is ``zero_grad → forward → loss → backward → [StepEvents.BACKWARD_COMPLETED]
+→ optimizer.step``; handlers of ``BACKWARD_COMPLETED`` (gradient clipping, a user's own) run between
+backward and step and see the true gradients, also under ``16-mixed`` (the scaler unscales first).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from dataclasses import dataclass
 
 import ignite.distributed as idist
 import torch
-from ignite.engine import Engine, Events, create_supervised_evaluator
+from ignite.engine import Engine, EventEnum, Events, create_supervised_evaluator
 from ignite.metrics import Accuracy, ConfusionMatrix, Loss
 from torch import nn
 
@@ -31,6 +36,17 @@ def resolve_device(spec: str) -> torch.device:
     elif device.type != "cpu":
         raise FmtkError(f"--device {spec}: fmtk supports auto, cpu, cuda and cuda:N")
     return device
+
+
+class StepEvents(EventEnum):
+    """Events the trainer fires inside its training step.
+
+    ``BACKWARD_COMPLETED``: the gradients of the batch are in each parameter's ``.grad`` (unscaled
+    under ``16-mixed``) and the optimizer has not stepped yet, e.g.
+    ``run.trainer.on(StepEvents.BACKWARD_COMPLETED)(lambda engine: clip_grad_norm_(params, 1.0))``.
+    """
+
+    BACKWARD_COMPLETED = "backward_completed"
 
 
 PRECISIONS = ("32", "bf16", "16-mixed")
@@ -92,7 +108,8 @@ def create_trainer(
     """An Ignite trainer whose output is the batch loss as a detached tensor on the device.
 
     The epoch's batch losses are ``trainer.state.batch_losses`` (tensors); their mean is
-    ``trainer.state.metrics["loss"]`` from EPOCH_COMPLETED on.
+    ``trainer.state.metrics["loss"]`` from EPOCH_COMPLETED on. Between backward and the optimizer's
+    step the trainer fires :attr:`StepEvents.BACKWARD_COMPLETED`.
     ``model`` may be a DistributedDataParallel wrapper; ``scaler`` is needed for ``16-mixed``.
     """
     forward = torch.compile(model) if speed.compile else model
@@ -120,10 +137,13 @@ def create_trainer(
             loss = loss_fn(forward(x), y)
         if scaler is None:
             loss.backward()
+            engine.fire_event(StepEvents.BACKWARD_COMPLETED)
             optimizer.step()
         else:
             scaler.scale(loss).backward()
-            scaler.step(optimizer)
+            scaler.unscale_(optimizer)  # what runs between backward and step sees the true gradients
+            engine.fire_event(StepEvents.BACKWARD_COMPLETED)
+            scaler.step(optimizer)  # skipped when unscaling found inf/NaN gradients
             scaler.update()
         loss = loss.detach()
         engine.state.batch_losses.append(loss)
@@ -142,6 +162,7 @@ def create_trainer(
         engine.state.metrics["loss"] = (totals[0] / totals[1]).item()
 
     trainer = Engine(train_step)
+    trainer.register_events(*StepEvents)
     trainer.add_event_handler(Events.EPOCH_STARTED, start_epoch)
     # First of the EPOCH_COMPLETED handlers, so every later one sees the epoch's mean loss.
     trainer.add_event_handler(Events.EPOCH_COMPLETED, finish_epoch)

@@ -3,8 +3,7 @@ confidently wrong images, and predictions for image files."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from fmtk.data import TensorBatches
-from fmtk.engines import create_evaluator
+from fmtk.data.batches import Batches, TensorBatches
 from fmtk.errors import FmtkError
 from fmtk.pictures import confusion_picture, titled_grid
-from fmtk.recipe import Recipe
-from fmtk.resume import find_last_checkpoint, load_model_weights, read_checkpoint, recipe_from_run
+from fmtk.recipe import Recipe, recipe_from_config
+from fmtk.runfolder import find_checkpoint, read_config
+from fmtk.training.checkpoints import load_model_weights, read_checkpoint
+from fmtk.training.engines import create_evaluator
 
 
 @dataclass
@@ -58,9 +58,11 @@ class Evaluation:
         return confusion_picture(self.confusion, self.classes, title)
 
 
-def evaluate(model: nn.Module, batches: Any, classes: Sequence[str], device: torch.device) -> Evaluation:
+def evaluate(
+    model: nn.Module, batches: Batches, classes: Sequence[str], device: torch.device, loss_fn: Callable
+) -> Evaluation:
     """Run Ignite's evaluator with accuracy, loss and confusion-matrix metrics over ``batches``."""
-    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), device, num_classes=len(classes))
+    evaluator = create_evaluator(model, loss_fn, device, num_classes=len(classes))
     metrics = evaluator.run(batches).metrics
     confusion = metrics["confusion"].cpu().numpy().astype(np.int64)
     return Evaluation(metrics["loss"], metrics["accuracy"], confusion, list(classes))
@@ -105,32 +107,18 @@ def top_losses_picture(
     return titled_grid(images[[r["index"] for r in rows]], titles, columns=8, cell=128)
 
 
-def resolve_checkpoint(run_dir: Path, which: str) -> Path:
-    """``best``, ``last`` or a path → the checkpoint file."""
-    if which == "last":
-        return find_last_checkpoint(run_dir)
-    if which == "best":
-        found = sorted(run_dir.glob("best_checkpoint_*.pt"))
-        if len(found) != 1:
-            raise FmtkError(f"{run_dir}: expected one best_checkpoint_*.pt, found {len(found)}")
-        return found[0]
-    path = Path(which)
-    if not path.is_file():
-        raise FmtkError(f"--checkpoint {which}: no such file (use best, last or a path)")
-    return path
-
-
 def load_trained_model(
     run_dir: Path, which: str, device: torch.device
 ) -> tuple[Recipe, nn.Module, Path, list[str]]:
     """The recipe, the model with the weights of checkpoint ``which``, its path and the class names."""
-    recipe = recipe_from_run(run_dir)
+    config = read_config(run_dir)
+    recipe = recipe_from_config(config)
     model = recipe.model(recipe).to(device)
-    path = resolve_checkpoint(run_dir, which)
-    load_model_weights(read_checkpoint(path, device), path, recipe, model)
-    classes = json.loads((run_dir / "config.json").read_text()).get("classes")
+    path = find_checkpoint(run_dir, which)
+    load_model_weights(read_checkpoint(path, device), path, recipe.name, model)
+    classes = config.get("classes")
     if not classes:
-        raise FmtkError(f"{run_dir}/config.json has no class names (made by an older fmtk?)")
+        raise FmtkError(f"{run_dir}: config.json has no class names (made by an older fmtk?)")
     return recipe, model.eval(), path, classes
 
 
@@ -167,16 +155,15 @@ def predict_files(
     ]
 
 
-def write_run_pictures(run: Any, best_test: Evaluation) -> None:
-    """After a run: ``confusion_best.png`` (test split) and ``top_losses.png`` (valid split, best model),
-    also as images in the run's TensorBoard."""
-    step = run.trainer.state.epoch
-    pictures = {"confusion_best": best_test.picture(f"{run.recipe.name}: best checkpoint, test split")}
-    if isinstance(run.data.valid, TensorBatches):
-        valid = run.data.valid.whole()  # every sample, also when this is one of several processes
-        rows = most_confidently_wrong(run.model, valid)
+def run_pictures(
+    recipe_name: str, model: nn.Module, best_test: Evaluation, valid: Batches, classes: Sequence[str]
+) -> dict[str, Image.Image]:
+    """The pictures of a finished run: ``confusion_best`` (test split) and, for in-memory data,
+    ``top_losses`` (valid split), from ``model`` holding the best checkpoint's weights."""
+    pictures = {"confusion_best": best_test.picture(f"{recipe_name}: best checkpoint, test split")}
+    if isinstance(valid, TensorBatches):
+        valid = valid.whole()  # every sample, also when this is one of several processes
+        rows = most_confidently_wrong(model, valid)
         if rows:
-            pictures["top_losses"] = top_losses_picture(rows, valid.images, run.data.classes)
-    for name, picture in pictures.items():
-        picture.save(run.run_dir / f"{name}.png")
-        run.tensorboard.writer.add_image(name, np.asarray(picture), step, dataformats="HWC")
+            pictures["top_losses"] = top_losses_picture(rows, valid.images, classes)
+    return pictures

@@ -9,10 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
 
-from fmtk.engines import create_evaluator
+from fmtk import Recipe
+from fmtk.data import load_digits_splits
+from fmtk.models import mlp
 from fmtk.recipe import apply_overrides, load_recipe
-from fmtk.run import build_run, make_run_dir
+from fmtk.training.engines import create_evaluator
+from fmtk.training.run import build_run
 
 CPU = torch.device("cpu")
 
@@ -98,7 +102,37 @@ def test_tensorboard_has_the_tags(finished_run) -> None:
     assert steps == list(range(run.recipe.log_every, 4 * len(run.data.train) + 1, run.recipe.log_every))
 
 
-def test_make_run_dir_never_reuses_a_folder(tmp_path: Path) -> None:
-    first = make_run_dir(tmp_path, "mnist_dnn")
-    second = make_run_dir(tmp_path, "mnist_dnn")
-    assert first != second and first.parent == second.parent == tmp_path / "mnist_dnn"
+class CountingMarginLoss(nn.MultiMarginLoss):
+    """A loss other than cross-entropy that counts its calls with and without gradients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = {"training": 0, "evaluation": 0}
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.calls["training" if torch.is_grad_enabled() else "evaluation"] += 1
+        return super().forward(output, target)
+
+
+def test_the_recipes_loss_trains_validates_and_tests(tmp_path: Path) -> None:
+    loss = CountingMarginLoss()
+    recipe = Recipe(
+        name="digits_margin",
+        description="digits with a multi-class hinge loss",
+        model=lambda recipe: mlp(64, [32], 10),
+        data=lambda recipe, data_dir, device: load_digits_splits(recipe.batch_size, device, recipe.seed),
+        loss=lambda recipe: loss,
+        lr=1e-2,
+        batch_size=32,
+        epochs=2,
+    )
+    run = build_run(recipe, tmp_path, CPU, tmp_path, echo=lambda line: None)
+    results = run.run()
+    assert loss.calls["training"] == run.trainer.state.iteration  # one call per training step
+    assert loss.calls["evaluation"] >= 2 * len(run.data.valid) + 2 * len(run.data.test)
+    run.model.eval()  # it holds the last checkpoint's weights, tested last
+    with torch.no_grad():
+        per_sample = [nn.MultiMarginLoss(reduction="sum")(run.model(x), y) for x, y in run.data.test]
+    count = sum(len(y) for _, y in run.data.test)
+    assert results["test"]["last"]["loss"] == pytest.approx(float(sum(per_sample)) / count, rel=1e-5)
+    assert json.loads((tmp_path / "config.json").read_text())["loss"].endswith("<lambda>")  # recorded by name

@@ -9,7 +9,7 @@ from conftest import make_image_folder, tree_snapshot
 from PIL import Image
 
 from fmtk.errors import FmtkError
-from fmtk.images import decode_image, decode_image_folder, load_catdog
+from fmtk.data.images import decode_image, decode_image_folder, load_catdog
 
 CPU = torch.device("cpu")
 

@@ -1,0 +1,166 @@
+"""The run folder: every file name in it, and the functions that create, read and tidy it.
+
+A run folder holds::
+
+    config.json                      the resolved recipe, class names, speed options, processes
+    metrics.csv                      one row per epoch (EPOCH_COLUMNS)
+    metrics.json                     the run's results, written when it ends
+    best_checkpoint_<epoch>_valid_accuracy=<a>.pt   the model at the best valid accuracy
+    last_checkpoint_<epoch>.pt       every state a resume needs
+    confusion_best.png, top_losses.png, events.out.tfevents.*, iterations/ (TensorBoard)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fmtk.errors import FmtkError
+
+CONFIG = "config.json"
+METRICS_CSV = "metrics.csv"
+METRICS_JSON = "metrics.json"
+ITERATIONS = "iterations"  # the per-iteration TensorBoard sub-run
+BEST, LAST = "best", "last"  # checkpoint name prefixes: <prefix>_checkpoint_<epoch>[_<score>].pt
+BEST_SCORE = "valid_accuracy"
+EPOCH_COLUMNS = ["epoch", "train_loss", "valid_loss", "valid_accuracy", "lr", "epoch_seconds"]
+
+_LAST_NAME = re.compile(rf"{LAST}_checkpoint_(\d+)\.pt")
+_TORN_WRITE = re.compile(r"tmp[a-z0-9_]{8}")  # tempfile.NamedTemporaryFile names (Ignite's atomic DiskSaver)
+
+
+def make_run_dir(output_dir: Path, recipe_name: str, run_dir: Path | None = None) -> Path:
+    """Create the run folder: ``run_dir`` exactly (it must not exist or be empty), or a new
+    ``<output_dir>/<recipe>/<YYYYmmdd-HHMMSS>`` (suffixed ``-2``, ``-3`` … if that exists)."""
+    try:
+        if run_dir is not None:
+            run_dir = Path(run_dir)
+            if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+                raise FmtkError(f"--run-dir {run_dir} is not empty; give a new folder (nothing was changed)")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            return run_dir
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = Path(output_dir) / recipe_name / stamp
+        for attempt in range(1, 1000):
+            candidate = base if attempt == 1 else base.with_name(f"{stamp}-{attempt}")
+            try:
+                candidate.mkdir(parents=True)
+                return candidate
+            except FileExistsError:
+                continue
+        raise FmtkError(f"cannot find a free run folder name under {base.parent}")
+    except OSError as error:  # not writable, a file in the way, read-only file system…
+        raise FmtkError(f"cannot create the run folder {error.filename}: {error.strerror}") from None
+
+
+def remove_if_empty(run_dir: Path, remove_parent: bool) -> None:
+    """Remove a run folder that holds nothing (a failed start), and its ``<output_dir>/<recipe>``
+    parent too when ``remove_parent`` and that is empty then."""
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+        if remove_parent and not any(run_dir.parent.iterdir()):
+            run_dir.parent.rmdir()
+
+
+def write_json(path: Path, values: dict[str, Any]) -> None:
+    """``values`` as indented JSON."""
+    path.write_text(json.dumps(values, indent=2) + "\n")
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The run's config.json; a one-line error for a missing folder or an unreadable file."""
+    if not run_dir.is_dir():
+        raise FmtkError(f"{run_dir}: no such run folder")
+    try:
+        return json.loads((run_dir / CONFIG).read_text())
+    except (OSError, ValueError) as error:
+        raise FmtkError(f"{run_dir}: cannot read {CONFIG} ({error})") from None
+
+
+def read_results(run_dir: Path) -> dict[str, Any] | None:
+    """The run's metrics.json, or None while the run has not ended."""
+    path = run_dir / METRICS_JSON
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise FmtkError(f"{path}: not readable JSON; remove it to resume the run") from None
+
+
+def find_last_checkpoint(run_dir: Path) -> Path:
+    """The newest ``last_checkpoint_<epoch>.pt`` of a run folder."""
+    found = [
+        (int(m.group(1)), path)
+        for path in run_dir.glob(f"{LAST}_checkpoint_*.pt")
+        if (m := _LAST_NAME.fullmatch(path.name))
+    ]
+    if not found:
+        raise FmtkError(f"{run_dir}: no {LAST}_checkpoint_*.pt to resume from")
+    return max(found)[1]
+
+
+def find_checkpoint(run_dir: Path, which: str) -> Path:
+    """``best``, ``last`` or a path → the checkpoint file."""
+    if which == LAST:
+        return find_last_checkpoint(run_dir)
+    if which == BEST:
+        found = sorted(run_dir.glob(f"{BEST}_checkpoint_*.pt"))
+        if len(found) != 1:
+            raise FmtkError(f"{run_dir}: expected one {BEST}_checkpoint_*.pt, found {len(found)}")
+        return found[0]
+    path = Path(which)
+    if not path.is_file():
+        raise FmtkError(f"--checkpoint {which}: no such file (use best, last or a path)")
+    return path
+
+
+def remove_stale_files(run_dir: Path, keep: set[str]) -> None:
+    """Delete the checkpoints not named in ``keep`` (written for epochs that a resume redoes, or
+    superseded ones not removed yet) and the temporary files of checkpoint writes that never ended."""
+    for path in run_dir.glob("*_checkpoint_*.pt"):
+        if path.name not in keep:
+            path.unlink()
+    for path in run_dir.iterdir():
+        if _TORN_WRITE.fullmatch(path.name):
+            path.unlink()
+
+
+def append_epoch_row(run_dir: Path, row: dict[str, float]) -> None:
+    """Add one epoch's row to metrics.csv (with the header if the file is new)."""
+    path = run_dir / METRICS_CSV
+    write_header = not path.exists()
+    with path.open("a", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=EPOCH_COLUMNS)
+        if write_header:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def truncate_history(run_dir: Path, epoch: int) -> list[dict[str, float]]:
+    """Drop metrics.csv rows after ``epoch`` (written by an interrupted process) and return the rest."""
+    path = run_dir / METRICS_CSV
+    if not path.exists():
+        return []
+    with path.open(newline="") as file:
+        rows = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(file)]
+    kept = [row for row in rows if row["epoch"] <= epoch]
+    for row in kept:
+        row["epoch"] = int(row["epoch"])
+    if len(kept) != len(rows):
+        temporary = path.with_suffix(".csv.tmp")
+        with temporary.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=EPOCH_COLUMNS)
+            writer.writeheader()
+            writer.writerows(kept)
+        temporary.replace(path)
+    return kept
+
+
+def picture_path(run_dir: Path, name: str) -> Path:
+    """Where a run's picture ``name`` (``confusion_best``, ``top_losses``, …) is saved."""
+    return run_dir / f"{name}.png"

@@ -1,0 +1,1 @@
+"""The training pipeline: engines, handlers, checkpoints, evaluation, and the run that assembles them."""

@@ -1,0 +1,179 @@
+"""Checkpoints, one owner: what a run keeps, writing best and last, reading, restoring.
+
+A run *keeps* named objects with ``state_dict``/``load_state_dict`` (the model, optimizer,
+trainer, schedulers, early stopping, random states, and whatever a recipe or a user's handler adds
+with ``Run.keep``). The last checkpoint holds all of them; ``--resume`` restores all of them, and
+a name that one side has and the other lacks is a one-line error.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver, global_step_from_engine
+from torch import nn
+
+from fmtk.errors import FmtkError
+from fmtk.runfolder import BEST, BEST_SCORE, LAST
+from fmtk.version import __version__
+
+
+class RandomState:
+    """The torch, CUDA, numpy and Python random states, checkpointable like a module."""
+
+    def state_dict(self) -> dict[str, Any]:
+        numpy_state = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        name, keys, *rest = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+
+
+class RunInfo:
+    """What made a checkpoint (recipe, model class and size, fmtk version), saved in every checkpoint
+    so that :func:`load_model_weights` can say what a mismatching one holds."""
+
+    def __init__(self, recipe_name: str, model: nn.Module) -> None:
+        parameters = sum(p.numel() for p in model.parameters())
+        self.info = {"recipe": recipe_name, "model": type(model).__name__, "parameters": parameters}
+        self.info["fmtk"] = __version__
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.info)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore: it describes the checkpoint, it is not training state."""
+
+
+def check_keepable(name: str, state: Any, kept: Mapping[str, Any]) -> None:
+    """A name for the last checkpoint must be new and its object checkpointable."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise FmtkError(f"keep({name!r}): the name must be a Python identifier")
+    if name in kept:
+        raise FmtkError(f"keep({name!r}): the run already keeps a state of that name")
+    for method in ("state_dict", "load_state_dict"):
+        if not callable(getattr(state, method, None)):
+            raise FmtkError(f"keep({name!r}): a {type(state).__name__} has no {method}() to checkpoint it")
+
+
+class RunSaver(DiskSaver):
+    """Ignite's atomic DiskSaver whose removals wait until :meth:`flush_removals`.
+
+    Ignite's Checkpoint removes the previous file *before* writing the new one, so a process
+    killed during the write would keep neither. fmtk flushes the removals once all of an epoch's
+    checkpoints are written, so the previous best and last stay until their successors exist.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pending_removals: list[str] = []
+
+    def remove(self, filename: str) -> None:
+        self.pending_removals.append(filename)
+
+    def flush_removals(self) -> None:
+        """Remove the superseded checkpoints (a file already gone is no error)."""
+        for filename in self.pending_removals:
+            try:
+                super().remove(filename)
+            except FileNotFoundError:
+                pass
+        self.pending_removals.clear()
+
+
+def attach_checkpoints(
+    trainer: Engine,
+    evaluator: Engine,
+    run_dir: Path,
+    best_state: Mapping[str, Any],
+    kept: dict[str, Any],
+) -> tuple[Checkpoint, Checkpoint]:
+    """Keep ``best_*.pt`` (``best_state`` at the best valid accuracy) and ``last_*.pt`` (everything in
+    ``kept``, to which the best checkpoint's bookkeeping is added), each written atomically.
+
+    ``kept`` is passed on as it is, not copied: what is added to it later is saved too. Attach this
+    last of the trainer's EPOCH_COMPLETED handlers, so the checkpoint holds what they decided.
+    """
+    saver = RunSaver(str(run_dir), atomic=True, require_empty=False)
+    epoch = global_step_from_engine(trainer, Events.EPOCH_COMPLETED)
+    best = Checkpoint(
+        best_state,
+        saver,
+        filename_prefix=BEST,
+        score_function=lambda engine: engine.state.metrics["accuracy"],
+        score_name=BEST_SCORE,
+        n_saved=1,
+        global_step_transform=epoch,
+    )
+    evaluator.add_event_handler(Events.COMPLETED, best)
+    check_keepable("best_checkpoint", best, kept)
+    kept["best_checkpoint"] = best
+    last = Checkpoint(kept, saver, filename_prefix=LAST, n_saved=1, global_step_transform=epoch)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, last)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: saver.flush_removals())
+    return best, last
+
+
+def read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` with a one-line error for a file that is not a checkpoint."""
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - pickle, zip and I/O errors all mean "not a checkpoint"
+        raise FmtkError(f"{path}: not a readable fmtk checkpoint ({type(error).__name__})") from None
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise FmtkError(f"{path}: not an fmtk checkpoint (no model state)")
+    return checkpoint
+
+
+def load_model_weights(checkpoint: dict[str, Any], path: Path, recipe_name: str, model: nn.Module) -> None:
+    """Load the checkpoint's model weights into ``model``; a checkpoint made by another recipe or
+    model architecture is refused with one line naming both."""
+    made_by = checkpoint.get("run_info", {})
+    if made_by.get("recipe") not in (None, recipe_name):
+        raise FmtkError(f"{path} was made by recipe {made_by['recipe']}, not {recipe_name}")
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError:
+        parameters = made_by.get("parameters")
+        count = f"{parameters:,}" if isinstance(parameters, int) else "?"
+        theirs = f"a {made_by.get('model', 'model')} with {count} parameters"
+        ours = f"a {type(model).__name__} with {sum(p.numel() for p in model.parameters()):,}"
+        raise FmtkError(
+            f"{path} holds {theirs} (recipe {made_by.get('recipe', '?')}); {recipe_name} builds {ours}: "
+            "a different architecture or variant"
+        ) from None
+
+
+def restore(kept: Mapping[str, Any], checkpoint: dict[str, Any], path: Path) -> None:
+    """Load every kept state but the model (loaded by :func:`load_model_weights`) from a last
+    checkpoint; a name kept on one side only is a one-line error naming it."""
+    missing = [name for name in kept if name not in checkpoint]
+    if missing:
+        raise FmtkError(
+            f"{path.name} has no state for {', '.join(map(repr, missing))}, which this run keeps: "
+            "resume with the options and handlers the run was made with"
+        )
+    unknown = [name for name in checkpoint if name not in kept]
+    if unknown:
+        raise FmtkError(
+            f"{path.name} holds state {', '.join(map(repr, unknown))} that this run does not keep: "
+            "resume with the options and handlers the run was made with (e.g. the same --handler)"
+        )
+    Checkpoint.load_objects({name: state for name, state in kept.items() if name != "model"}, checkpoint)

@@ -1,0 +1,388 @@
+"""One run: a recipe assembled into data, model, engines and handlers; trained, tested, written down.
+
+:func:`build_run` reads as the pipeline: model → the checkpoint to resume from → data → optimizer and
+engines → the handlers every run gets → the recipe's own handlers. :meth:`Run.run` then attaches
+the checkpoints over every state the run keeps, restores them when resuming, trains and tests.
+Between the two, anything may be attached to ``run.trainer``/``run.evaluator`` and kept in the
+last checkpoint with :meth:`Run.keep`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, EarlyStopping
+from ignite.handlers.tensorboard_logger import TensorboardLogger
+from ignite.utils import manual_seed
+from torch import nn
+
+from fmtk.data.batches import DataSplits
+from fmtk.distributed import broadcast_buffers, check_sharded, is_main_process
+from fmtk.errors import FmtkError
+from fmtk.recipe import Recipe
+from fmtk.runfolder import (
+    CONFIG,
+    METRICS_JSON,
+    picture_path,
+    remove_stale_files,
+    truncate_history,
+    write_json,
+)
+from fmtk.training.checkpoints import (
+    RandomState,
+    RunInfo,
+    attach_checkpoints,
+    check_keepable,
+    load_model_weights,
+    read_checkpoint,
+    restore,
+)
+from fmtk.training.engines import SpeedOptions, create_evaluator, create_optimizer, create_trainer
+from fmtk.training.evaluation import Evaluation, evaluate, run_pictures
+from fmtk.training.handlers import (
+    CheckpointablePlateau,
+    attach_early_stopping,
+    attach_epoch_log,
+    attach_gradient_clipping,
+    attach_lr_plateau,
+    attach_nonfinite_guard,
+    attach_progress,
+    attach_tensorboard,
+    attach_validation,
+)
+
+
+@dataclass
+class ResumePoint:
+    """The last checkpoint a run goes on from: its file and its contents."""
+
+    path: Path
+    checkpoint: dict[str, Any]
+
+    @property
+    def iteration(self) -> int:
+        return self.checkpoint["trainer"]["iteration"]
+
+    @property
+    def epoch(self) -> int:
+        return self.iteration // self.checkpoint["trainer"]["epoch_length"]
+
+    def files(self) -> set[str]:
+        """The checkpoint files this state names: itself and its best checkpoint."""
+        best = {Path(name).name for _, name in self.checkpoint["best_checkpoint"]["_saved"]}
+        return {self.path.name} | best
+
+
+@dataclass
+class Run:
+    """One assembled run: its recipe, data, model, Ignite engines and handlers.
+
+    Attach any Ignite handler to ``trainer`` or ``evaluator`` (the valid-split evaluator, metrics
+    ``loss`` and ``accuracy``), and :meth:`keep` any state it has, before calling :meth:`run`.
+    Between backward and the optimizer's step the trainer fires
+    :attr:`~fmtk.training.engines.StepEvents.BACKWARD_COMPLETED`.
+
+    ``kept`` names every object the last checkpoint holds; ``best_checkpoint`` and
+    ``last_checkpoint`` (Ignite ``Checkpoint`` handlers) exist once :meth:`prepare` has run.
+    """
+
+    recipe: Recipe
+    run_dir: Path
+    device: torch.device
+    data: DataSplits
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable
+    trainer: Engine
+    evaluator: Engine
+    speed: SpeedOptions
+    scaler: torch.amp.GradScaler | None = None
+    resume: ResumePoint | None = None
+    echo: Callable[[str], None] = print
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch, as in metrics.csv
+    tensorboard: TensorboardLogger | None = None  # per-epoch scalars, in the run folder (rank 0 only)
+    tensorboard_iterations: TensorboardLogger | None = None  # per-iteration train loss, in iterations/
+    early_stopping: EarlyStopping | None = None
+    lr_scheduler: CheckpointablePlateau | None = None
+    kept: dict[str, Any] = field(default_factory=dict)
+    created_paths: list[Path] = field(default_factory=list)  # by build_run: removed if the run cannot start
+    best_checkpoint: Checkpoint | None = None
+    last_checkpoint: Checkpoint | None = None
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def keep(self, name: str, state: Any) -> Any:
+        """Save ``state`` (anything with ``state_dict``/``load_state_dict``) in the last checkpoint
+        as ``name`` and restore it on ``--resume``; returns ``state``. Call it before :meth:`run`,
+        e.g. in a recipe's ``attach`` or a ``--handler`` function."""
+        if self.last_checkpoint is not None:
+            raise FmtkError(f"keep({name!r}) after the run started: keep states before run()")
+        check_keepable(name, state, self.kept)
+        self.kept[name] = state
+        return state
+
+    @property
+    def training_done(self) -> bool:
+        """True once the epoch limit is reached or early stopping has decided to stop."""
+        stopper = self.early_stopping
+        stopped = stopper is not None and stopper.counter >= stopper.patience
+        return self.trainer.state.epoch >= self.recipe.epochs or stopped
+
+    def prepare(self) -> None:
+        """Attach the best and last checkpoints (the last one holds everything kept) and, when
+        resuming, restore every kept state. :meth:`run` calls it; call it yourself only to drive
+        ``trainer`` directly. Does nothing the second time."""
+        if self.last_checkpoint is not None:
+            return
+        try:
+            # Last of the trainer's EPOCH_COMPLETED handlers: it saves what every other one decided.
+            best_state = {"model": self.model, "run_info": self.kept["run_info"]}
+            self.best_checkpoint, self.last_checkpoint = attach_checkpoints(
+                self.trainer, self.evaluator, self.run_dir, best_state, self.kept
+            )
+            if self.resume is not None:  # first of all, it checks that both sides name the same states
+                restore(self.kept, self.resume.checkpoint, self.resume.path)
+        except FmtkError:
+            self._close_loggers(discard=True)  # a run that cannot start changes nothing
+            raise
+        epoch = 0
+        if self.resume is not None:
+            epoch = self.resume.epoch
+            if is_main_process():
+                self.history[:] = truncate_history(self.run_dir, epoch)
+                remove_stale_files(self.run_dir, self.resume.files())
+            self.last_checkpoint.load_state_dict({"_saved": [(epoch, self.resume.path.name)]})
+            self.echo(f"resuming after epoch {epoch} from {self.resume.path.name}")
+        if is_main_process():
+            config = {**self.recipe.config(), "classes": self.data.classes, "speed": self.speed.config()}
+            write_json(self.run_dir / CONFIG, {**config, "processes": idist.get_world_size()})
+        if idist.get_world_size() > 1:
+            # Dropout and flips differ per process; the weights are rank 0's (DDP broadcasts them).
+            manual_seed(self.recipe.seed + 1_000_003 * idist.get_rank() + epoch)
+        idist.barrier()  # rank 0 has tidied the run folder before any rank trains
+
+    def run(self) -> dict[str, Any]:
+        """Train (or go on training), then test the best and the last checkpoints; write
+        metrics.json and return it."""
+        self.prepare()
+        started = time.perf_counter()
+        try:
+            if not self.training_done:
+                self.trainer.run(self.data.train, max_epochs=self.recipe.epochs)
+            idist.barrier()  # rank 0 has written the checkpoints every rank now reads
+            self.results = self._summarise(time.perf_counter() - started)
+        finally:
+            self._close_loggers()
+        if is_main_process():
+            write_json(self.run_dir / METRICS_JSON, self.results)
+            self._print_test_table()
+        return self.results
+
+    def test(self, checkpoint_path: Path) -> Evaluation:
+        """Load the model weights of ``checkpoint_path`` and evaluate them on the test split."""
+        checkpoint = read_checkpoint(checkpoint_path, self.device)
+        load_model_weights(checkpoint, checkpoint_path, self.recipe.name, self.model)
+        return evaluate(self.model, self.data.test, self.data.classes, self.device, self.loss_fn)
+
+    def _summarise(self, seconds: float) -> dict[str, Any]:
+        accuracies = [row["valid_accuracy"] for row in self.history]
+        # Other ranks keep no history of the epochs before a resume; their summary is not written.
+        best_epoch = self.history[accuracies.index(max(accuracies))]["epoch"] if accuracies else None
+        best_path = Path(self.best_checkpoint.last_checkpoint)  # the saver folder is part of it
+        last_path = Path(self.last_checkpoint.last_checkpoint)
+        best = self.test(best_path)  # on every rank: Ignite's metrics reduce across them
+        if is_main_process():
+            self._write_pictures(best)  # while the model holds the best weights
+        last = self.test(last_path)
+        return {
+            "recipe": self.recipe.name,
+            "device": str(self.device),
+            "processes": idist.get_world_size(),
+            **self.speed.config(),
+            "best_epoch": best_epoch,
+            "best_valid_accuracy": max(accuracies, default=None),
+            "epochs_run": self.trainer.state.epoch,
+            "stopped_early": self.trainer.state.epoch < self.recipe.epochs,
+            "train_seconds": round(seconds, 2),
+            "checkpoints": {"best": best_path.name, "last": last_path.name},
+            "test": {
+                which: {"loss": result.loss, "accuracy": result.accuracy}
+                for which, result in [("best", best), ("last", last)]
+            },
+        }
+
+    def _close_loggers(self, discard: bool = False) -> None:
+        """Close the TensorBoard loggers; with ``discard``, also remove what build_run created."""
+        for logger in (self.tensorboard, self.tensorboard_iterations):
+            if logger is not None:
+                logger.close()
+        if discard:
+            for path in sorted(self.created_paths, reverse=True):  # files before their folders
+                if path.is_dir():
+                    path.rmdir()
+                else:
+                    path.unlink()
+
+    def _write_pictures(self, best: Evaluation) -> None:
+        """The run's pictures as PNG files and as images in its TensorBoard."""
+        pictures = run_pictures(self.recipe.name, self.model, best, self.data.valid, self.data.classes)
+        for name, picture in pictures.items():
+            picture.save(picture_path(self.run_dir, name))
+            self.tensorboard.writer.add_image(
+                name, np.asarray(picture), self.trainer.state.epoch, dataformats="HWC"
+            )
+
+    def _print_test_table(self) -> None:
+        self.echo(f"{'checkpoint':<12}{'file':<44}{'test_loss':>10}{'test_acc':>10}")
+        for which in ("best", "last"):
+            test = self.results["test"][which]
+            name = self.results["checkpoints"][which]
+            self.echo(f"{which:<12}{name:<44}{test['loss']:>10.4f}{100 * test['accuracy']:>9.2f}%")
+
+
+def build_run(
+    recipe: Recipe,
+    run_dir: Path,
+    device: torch.device,
+    data_dir: Path,
+    echo: Callable[[str], None] = print,
+    resume_from: Path | None = None,
+    speed: SpeedOptions | None = None,
+) -> Run:
+    """Assemble the run of ``recipe`` into ``run_dir`` (which must exist) on ``device``; with
+    ``resume_from`` (a last checkpoint of that run) every kept state continues from it when
+    :meth:`Run.run` starts.
+
+    Args:
+        recipe: what to train.
+        run_dir: the run folder (see :func:`fmtk.runfolder.make_run_dir`).
+        device: where to train.
+        data_dir: the data root the recipe's ``data`` reads.
+        echo: where the epoch lines and the test table go (rank 0 only).
+        resume_from: a ``last_checkpoint_<epoch>.pt`` of ``run_dir`` to go on from.
+        speed: precision, channels_last, compile; defaults per device (``SpeedOptions.resolve``).
+
+    When several processes train (``ignite.distributed``), every rank calls this; only rank 0
+    writes files and calls ``echo``.
+
+    Examples:
+        >>> run = build_run(load_recipe("digits_mlp"), make_run_dir(Path("runs"), "digits_mlp"),
+        ...                 torch.device("cpu"), Path("data"))  # doctest: +SKIP
+        >>> run.run()["test"]["best"]["accuracy"]  # doctest: +SKIP
+    """
+    manual_seed(recipe.seed)
+    model, speed = _create_model(recipe, device, speed or SpeedOptions())
+    resume = None
+    if resume_from is not None:  # before the data: a mismatching checkpoint fails fast
+        resume = ResumePoint(Path(resume_from), read_checkpoint(resume_from, device))
+        load_model_weights(resume.checkpoint, resume.path, recipe.name, model)
+    data = recipe.data(recipe, Path(data_dir), device)
+    check_sharded({"train": data.train, "valid": data.valid, "test": data.test})
+    run = _create_engines(recipe, Path(run_dir), device, data, model, speed, resume)
+    run.echo = echo if is_main_process() else _silent
+    _attach_handlers(run)
+    if recipe.attach is not None:
+        recipe.attach(run)
+    return run
+
+
+def _create_model(
+    recipe: Recipe, device: torch.device, speed: SpeedOptions
+) -> tuple[nn.Module, SpeedOptions]:
+    """The recipe's model on ``device`` in its memory format, and the speed options resolved for it."""
+    model = recipe.model(recipe).to(device)  # first: a bad variant fails before a slow data load
+    speed = speed.resolve(device, model)
+    if speed.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    return model, speed
+
+
+def _create_engines(
+    recipe: Recipe,
+    run_dir: Path,
+    device: torch.device,
+    data: DataSplits,
+    model: nn.Module,
+    speed: SpeedOptions,
+    resume: ResumePoint | None,
+) -> Run:
+    """Optimizer, loss, gradient scaler, trainer and evaluator, as a Run that keeps their states."""
+    optimizer = idist.auto_optim(
+        create_optimizer(recipe.optimizer, model, recipe.lr, recipe.weight_decay, device)
+    )
+    loss_fn = recipe.loss(recipe).to(device)
+    # DistributedDataParallel for training only: checkpoints hold the plain model, and evaluation
+    # (whose metrics Ignite reduces across ranks) needs no gradient synchronisation.
+    train_model = idist.auto_model(model) if idist.get_world_size() > 1 else model
+    scaler = torch.amp.GradScaler(device.type) if speed.precision == "16-mixed" else None
+    run = Run(
+        recipe=recipe,
+        run_dir=run_dir,
+        device=device,
+        data=data,
+        model=model,
+        optimizer=optimizer,
+        loss_fn=loss_fn,
+        trainer=create_trainer(train_model, optimizer, loss_fn, device, speed, scaler),
+        evaluator=create_evaluator(model, loss_fn, device),
+        speed=speed,
+        scaler=scaler,
+        resume=resume,
+    )
+    states = {"model": model, "optimizer": optimizer, "trainer": run.trainer, "scaler": scaler}
+    states.update(random_state=RandomState(), run_info=RunInfo(recipe.name, model))
+    for name, state in states.items():
+        if state is not None:
+            run.keep(name, state)
+    return run
+
+
+def _attach_handlers(run: Run) -> None:
+    """The handlers every run gets, keeping the states of those that have one.
+
+    Order matters: each EPOCH_COMPLETED handler sees what the earlier ones left (bar closed,
+    validation metrics, early stopping and plateau decisions); the checkpoints come last, in
+    :meth:`Run.prepare`.
+    """
+    recipe, trainer, evaluator, data = run.recipe, run.trainer, run.evaluator, run.data
+    main = is_main_process()
+    if main and sys.stderr.isatty():  # a disabled bar still costs ~40 µs a step
+        attach_progress(trainer)
+    if recipe.max_grad_norm is not None:
+        attach_gradient_clipping(trainer, run.model, recipe.max_grad_norm)
+    attach_nonfinite_guard(trainer, recipe.log_every)
+    if hasattr(data.train, "set_epoch"):  # each epoch's order (and shard) from (seed, epoch)
+        trainer.add_event_handler(
+            Events.EPOCH_STARTED, lambda trainer: data.train.set_epoch(trainer.state.epoch)
+        )
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: broadcast_buffers(run.model))
+    attach_validation(trainer, evaluator, data.valid)
+    if recipe.early_stopping_patience is not None:
+        run.early_stopping = run.keep(
+            "early_stopping", attach_early_stopping(trainer, evaluator, recipe.early_stopping_patience)
+        )
+    if recipe.plateau_patience is not None:
+        plateau = attach_lr_plateau(evaluator, run.optimizer, recipe.plateau_patience, recipe.plateau_factor)
+        run.lr_scheduler = run.keep("lr_scheduler", plateau)
+    run.history = attach_epoch_log(trainer, evaluator, run.optimizer, run.run_dir if main else None, run.echo)
+    if main:
+        epoch, iteration = (run.resume.epoch, run.resume.iteration) if run.resume else (0, 0)
+        existing = set(run.run_dir.rglob("*"))
+        run.tensorboard, run.tensorboard_iterations = attach_tensorboard(
+            trainer, evaluator, run.optimizer, run.run_dir, recipe.log_every, epoch, iteration
+        )
+        run.created_paths = sorted(set(run.run_dir.rglob("*")) - existing)
+
+
+def _silent(line: str) -> None:
+    """``echo`` of the processes other than rank 0."""

@@ -1,0 +1,105 @@
+"""What a run keeps: the registry's checks, the last checkpoint holding every kept state, restoring."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tree_snapshot
+from ignite.engine import Events
+
+from fmtk.errors import FmtkError
+from fmtk.recipe import apply_overrides, load_recipe
+from fmtk.runfolder import find_last_checkpoint
+from fmtk.training.checkpoints import RandomState, check_keepable, restore
+from fmtk.training.run import build_run
+
+CPU = torch.device("cpu")
+
+
+class Counter:
+    """A user's handler state: how many iterations it has seen."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.count = state["count"]
+
+
+def digits_run(run_dir: Path, epochs: int = 2, resume_from: Path | None = None, counter: bool = True):
+    """digits_mlp with a kept iteration counter; ``run_dir`` is created if needed."""
+    run_dir.mkdir(exist_ok=True)
+    recipe = apply_overrides(load_recipe("digits_mlp"), {"epochs": str(epochs)})
+    run = build_run(recipe, run_dir, CPU, Path("data"), echo=lambda line: None, resume_from=resume_from)
+    if counter:
+        kept = run.keep("counter", Counter())
+        run.trainer.add_event_handler(
+            Events.ITERATION_COMPLETED, lambda _: setattr(kept, "count", kept.count + 1)
+        )
+    return run
+
+
+def test_random_state_round_trip(tmp_path: Path) -> None:
+    state = RandomState()
+    torch.save(state.state_dict(), tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    state.load_state_dict(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
+
+
+@pytest.mark.parametrize(
+    "name, state, message",
+    [
+        ("my counter", Counter(), "the name must be a Python identifier"),
+        ("optimizer", Counter(), "already keeps a state of that name"),
+        ("numbers", [1, 2], "a list has no state_dict()"),
+    ],
+)
+def test_keep_refuses_what_cannot_be_checkpointed(name: str, state: object, message: str) -> None:
+    with pytest.raises(FmtkError, match=message):
+        check_keepable(name, state, {"optimizer": object()})
+
+
+def test_the_last_checkpoint_holds_and_restores_a_kept_state(tmp_path: Path) -> None:
+    run = digits_run(tmp_path / "run")
+    run.run()
+    iterations = run.trainer.state.iteration
+    assert run.kept["counter"].count == iterations > 0
+    last = find_last_checkpoint(tmp_path / "run")
+    assert torch.load(last, weights_only=True)["counter"] == {"count": iterations}
+
+    resumed = digits_run(tmp_path / "run", epochs=3, resume_from=last)
+    assert resumed.kept["counter"].count == 0
+    resumed.prepare()
+    assert resumed.kept["counter"].count == iterations  # restored before training goes on
+    with pytest.raises(FmtkError, match=r"keep\('late'\) after the run started"):
+        resumed.keep("late", Counter())
+
+
+@pytest.mark.parametrize("kept_now", [True, False], ids=["kept-now-only", "kept-before-only"])
+def test_a_state_kept_on_one_side_only_is_refused_and_changes_nothing(tmp_path: Path, kept_now: bool) -> None:
+    digits_run(tmp_path / "run", counter=not kept_now).run()
+    (tmp_path / "run" / "metrics.json").unlink()  # as if interrupted while testing
+    before = tree_snapshot(tmp_path / "run")
+    resumed = digits_run(tmp_path / "run", epochs=3, resume_from=find_last_checkpoint(tmp_path / "run"),
+                         counter=kept_now)  # fmt: skip
+    fragment = (
+        "has no state for 'counter'" if kept_now else "holds state 'counter' that this run does not keep"
+    )
+    with pytest.raises(FmtkError, match=fragment) as error:
+        resumed.run()
+    assert "\n" not in str(error.value)
+    assert tree_snapshot(tmp_path / "run") == before  # not even a TensorBoard file is left
+
+
+def test_restore_names_every_missing_state() -> None:
+    with pytest.raises(FmtkError, match=r"last_checkpoint_2.pt has no state for 'a', 'b'"):
+        restore({"model": None, "a": None, "b": None}, {"model": {}}, Path("run/last_checkpoint_2.pt"))

@@ -1,0 +1,134 @@
+"""The training step: its open place between backward and step, gradient clipping, and the speed
+options (precision, channels_last, torch.compile, fused optimizers)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Events
+from torch import nn
+
+from fmtk.errors import FmtkError
+from fmtk.recipe import apply_overrides, load_recipe
+from fmtk.training.checkpoints import read_checkpoint
+from fmtk.training.engines import SpeedOptions, StepEvents, create_optimizer, create_trainer, resolve_device
+from fmtk.training.run import build_run
+
+CPU = torch.device("cpu")
+
+
+def test_cpu_defaults_are_32_bit_in_the_default_layout() -> None:
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3))
+    assert SpeedOptions().resolve(CPU, conv) == SpeedOptions("32", False, False)
+    assert SpeedOptions("bf16", True).resolve(CPU, conv) == SpeedOptions("bf16", True, False)
+    with pytest.raises(FmtkError, match="--precision fp8: choose auto, 32, bf16, 16-mixed"):
+        SpeedOptions("fp8").resolve(CPU, conv)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_defaults_are_bf16_and_channels_last_for_conv_nets() -> None:
+    device = resolve_device("cuda")
+    resolved = SpeedOptions().resolve(device, nn.Sequential(nn.Conv2d(1, 2, 3)))
+    assert resolved.precision in ("bf16", "16-mixed") and resolved.channels_last
+    assert not SpeedOptions().resolve(device, nn.Linear(2, 2)).channels_last
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_optimizers_are_fused_where_torch_offers_it(name: str) -> None:
+    optimizer = create_optimizer(name, nn.Linear(3, 2), 0.1, 0.0, CPU)
+    assert optimizer.defaults["fused"] is True
+
+
+@pytest.mark.parametrize(
+    "speed",
+    [SpeedOptions("bf16", True), SpeedOptions("16-mixed", True), SpeedOptions("32", False, compile=True)],
+    ids=["bf16-channels-last", "16-mixed", "compile"],
+)
+def test_each_speed_option_trains_and_is_recorded(
+    mnist_root: Path, tmp_path: Path, speed: SpeedOptions
+) -> None:
+    recipe = apply_overrides(
+        load_recipe("fmnist_cnn"), {"epochs": "1", "batch_size": "50", "variant": "basic"}
+    )
+    (mnist_root / "FashionMNIST").symlink_to(mnist_root / "MNIST")
+    run = build_run(recipe, tmp_path, CPU, mnist_root, echo=lambda line: None, speed=speed)
+    assert run.model[1][0].weight.is_contiguous(memory_format=torch.channels_last) == speed.channels_last
+    results = run.run()
+    assert results["precision"] == speed.precision and results["compile"] == speed.compile
+    assert json.loads((tmp_path / "config.json").read_text())["speed"]["precision"] == speed.precision
+    assert results["test"]["best"]["accuracy"] > 0.5  # bars in row bands: easy once trained at all
+    checkpoint = read_checkpoint(tmp_path / "last_checkpoint_1.pt", CPU)
+    assert ("scaler" in checkpoint) == (speed.precision == "16-mixed")  # fp16's loss scale resumes
+
+
+def total_norm(tensors) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors])))
+
+
+@pytest.mark.parametrize("precision", ["32", "16-mixed"])
+def test_backward_completed_sees_true_gradients_before_the_step(precision: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    scaler = torch.amp.GradScaler("cpu") if precision == "16-mixed" else None
+    trainer = create_trainer(
+        model, optimizer, nn.CrossEntropyLoss(), CPU, SpeedOptions(precision, False), scaler
+    )
+    seen = {}
+
+    @trainer.on(StepEvents.BACKWARD_COMPLETED)
+    def record(engine) -> None:
+        seen["weight"] = model.weight.detach().clone()
+        seen["grad"] = model.weight.grad.clone()
+        # The true gradient, as a plain backward pass computes it (not multiplied by the loss scale).
+        x, y = engine.state.batch
+        reference = nn.Linear(4, 3)
+        reference.load_state_dict(model.state_dict())
+        with torch.autocast("cpu", dtype=torch.float16, enabled=precision == "16-mixed"):
+            nn.functional.cross_entropy(reference(x), y).backward()
+        seen["expected_grad"] = reference.weight.grad
+
+    batch = (torch.randn(8, 4), torch.randint(0, 3, (8,)))
+    trainer.run([batch], max_epochs=1)
+    assert torch.allclose(seen["grad"], seen["expected_grad"], rtol=1e-2, atol=1e-4)
+    assert torch.allclose(
+        model.weight.detach(), seen["weight"] - 0.5 * seen["grad"], atol=1e-6
+    )  # then the step
+
+
+@pytest.mark.parametrize("precision", ["32", "16-mixed"])
+def test_max_grad_norm_bounds_the_step(precision: str, tmp_path: Path) -> None:
+    max_norm, lr = 1e-3, 0.1
+    overrides = {"epochs": "1", "optimizer": "SGD", "lr": str(lr), "max_grad_norm": str(max_norm)}
+    recipe = apply_overrides(load_recipe("digits_mlp"), overrides)
+    run = build_run(
+        recipe, tmp_path, CPU, tmp_path, echo=lambda line: None, speed=SpeedOptions(precision, False)
+    )
+    parameters = list(run.model.parameters())
+    steps = []
+
+    @run.trainer.on(StepEvents.BACKWARD_COMPLETED)  # attached after the clipping: sees clipped gradients
+    def before_step(engine) -> None:
+        steps.append([total_norm(p.grad for p in parameters), [p.detach().clone() for p in parameters]])
+
+    @run.trainer.on(Events.ITERATION_COMPLETED)
+    def after_step(engine) -> None:
+        steps[-1][1] = total_norm(
+            p.detach() - before for p, before in zip(parameters, steps[-1][1], strict=True)
+        )
+
+    run.run()
+    taken = [(norm, moved) for norm, moved in steps if math.isfinite(norm)]  # 16-mixed skips inf steps
+    assert len(taken) >= len(steps) // 2
+    for norm, moved in taken:
+        assert norm == pytest.approx(max_norm, rel=1e-3)  # the raw gradients are far larger
+        assert moved == pytest.approx(lr * max_norm, rel=1e-2)  # the optimizer stepped with them
+
+
+def test_max_grad_norm_is_checked() -> None:
+    with pytest.raises(FmtkError, match="max_grad_norm must be > 0 or none, got 0.0"):
+        apply_overrides(load_recipe("digits_mlp"), {"max_grad_norm": "0"})
