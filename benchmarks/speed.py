@@ -66,6 +66,7 @@ def fmtk_and_plain(recipe_name: str, data_dir: Path, rounds: int, channels_last:
     times = {"fmtk": [], "plain": []}
     with tempfile.TemporaryDirectory() as run_dir:
         run = build_run(recipe, Path(run_dir), torch.device("cpu"), data_dir, lambda line: None, speed=speed)
+        run.prepare()  # the checkpoints too: every handler a run has
         per_epoch = len(run.data.train) / steps
         for round_number in range(1, rounds + 1):
             # An Ignite "epoch" of `steps` iterations (validation after it is not timed).

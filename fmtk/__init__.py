@@ -7,8 +7,9 @@ A *recipe* (model + data + numbers) is assembled into Ignite engines with the us
 from fmtk.errors import FmtkError
 from fmtk.recipe import Recipe, load_recipe
 from fmtk.runfolder import make_run_dir
+from fmtk.training.build import build_run
 from fmtk.training.engines import StepEvents
-from fmtk.training.run import Run, build_run
+from fmtk.training.run import Run
 from fmtk.version import __version__
 
 __all__ = [

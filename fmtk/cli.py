@@ -19,9 +19,9 @@ from fmtk.errors import FmtkError
 from fmtk.launcher import RunRequest, train
 from fmtk.pictures import titled_grid
 from fmtk.recipe import Recipe, apply_overrides, bundled_recipe_names, load_recipe
-from fmtk.runfolder import picture_path, read_results
+from fmtk.runfolder import BEST, LAST, confusion_name, picture_path, read_results
 from fmtk.summary import format_summary
-from fmtk.training.engines import PRECISIONS, SpeedOptions, resolve_device
+from fmtk.training.engines import PRECISIONS, SpeedOptions, loss_on, resolve_device
 from fmtk.training.evaluation import evaluate as evaluate_split
 from fmtk.training.evaluation import load_trained_model, predict_files
 
@@ -40,6 +40,9 @@ data_dir_option = click.option(
     help="Data root (else $FMTK_DATA, else ./data).",
 )  # fmt: skip
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+checkpoint_option = click.option(
+    "--checkpoint", default="best", show_default=True, help="best, last or a checkpoint path."
+)
 set_option = click.option(
     "--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any recipe field (repeatable)."
 )
@@ -166,7 +169,7 @@ def run(
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--checkpoint", default="best", show_default=True, help="best, last or a checkpoint path.")
+@checkpoint_option
 @click.option("--split", type=click.Choice(["test", "valid"]), default="test", show_default=True)
 @data_dir_option
 @device_option
@@ -179,12 +182,11 @@ def evaluate(run_dir: Path, checkpoint: str, split: str, data_dir: Path, device:
     torch_device = resolve_device(device)
     recipe, model, path, classes = load_trained_model(run_dir, checkpoint, torch_device)
     data = recipe.data(recipe, data_dir, torch_device)
-    loss_fn = recipe.loss(recipe).to(torch_device)
+    loss_fn = loss_on(recipe.loss(recipe), torch_device)
     result = evaluate_split(model, getattr(data, split), classes, torch_device, loss_fn)
     click.echo(f"{recipe.name}, {path.name}, {split} split")
     click.echo(result.table())
-    name = checkpoint if checkpoint in ("best", "last") else path.stem
-    stem = f"confusion_{name}" + ("" if split == "test" else f"_{split}")
+    stem = confusion_name(checkpoint if checkpoint in (BEST, LAST) else path.stem, split)
     picture = result.picture(f"{recipe.name}: {path.name}, {split} split")
     picture.save(picture_path(run_dir, stem))
     with SummaryWriter(str(run_dir)) as writer:
@@ -195,7 +197,7 @@ def evaluate(run_dir: Path, checkpoint: str, split: str, data_dir: Path, device:
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--checkpoint", default="best", show_default=True, help="best, last or a checkpoint path.")
+@checkpoint_option
 @click.option("--top", default=1, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @device_option

@@ -27,8 +27,8 @@ from fmtk.distributed import (
 from fmtk.errors import FmtkError
 from fmtk.recipe import Recipe, apply_overrides, load_recipe, recipe_from_config
 from fmtk.runfolder import find_last_checkpoint, make_run_dir, read_config, remove_if_empty
+from fmtk.training.build import build_run
 from fmtk.training.engines import SpeedOptions, resolve_device
-from fmtk.training.run import build_run
 
 
 @dataclass

@@ -59,7 +59,7 @@ class Recipe:
     # Gradient clipping: the total norm of each step's gradients is scaled down to at most this.
     max_grad_norm: float | None = None
     options: dict[str, Any] = field(default_factory=dict)  # recipe-specific knobs: variant, image_size…
-    loss: Callable[[Recipe], nn.Module] = cross_entropy
+    loss: Callable[[Recipe], Callable] = cross_entropy  # a module or a function (output, target) → loss
     # A recipe's own handlers: called with the assembled fmtk.training.run.Run before training starts.
     attach: Callable[[Any], None] | None = None
     source: str | None = None  # the file of a user's recipe (set by load_recipe), for --resume

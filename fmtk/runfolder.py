@@ -161,6 +161,11 @@ def truncate_history(run_dir: Path, epoch: int) -> list[dict[str, float]]:
     return kept
 
 
+def confusion_name(checkpoint: str, split: str) -> str:
+    """The name of a confusion-matrix picture: ``confusion_best``, ``confusion_last_valid``, …"""
+    return f"confusion_{checkpoint}" + ("" if split == "test" else f"_{split}")
+
+
 def picture_path(run_dir: Path, name: str) -> Path:
     """Where a run's picture ``name`` (``confusion_best``, ``top_losses``, …) is saved."""
     return run_dir / f"{name}.png"

@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 from fmtk.data.batches import TensorBatches
 from fmtk.data.images import LoaderBatches
 from fmtk.recipe import apply_overrides, load_recipe
-from fmtk.training.run import build_run
+from fmtk.training.build import build_run
 
 
 def sample_ids(batches) -> list[list[int]]:

@@ -1,4 +1,4 @@
-"""The README's examples run exactly as written."""
+"""The examples of the README and docs/ run exactly as written, and their links lead somewhere."""
 
 from __future__ import annotations
 
@@ -8,14 +8,71 @@ import subprocess
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCUMENTS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def python_block(section: str, number: int = 1) -> str:
-    """The ``number``-th ```python block under the README heading ``section``."""
-    text = README.read_text()
+def python_block(section: str, number: int = 1, document: Path = README) -> str:
+    """The ``number``-th ```python block under the heading ``section`` of ``document``."""
+    text = document.read_text()
     start = text.index(f"## {section}\n")
     return re.findall(r"```python\n(.*?)```", text[start:], re.DOTALL)[number - 1]
+
+
+def test_every_python_example_is_one_a_test_runs() -> None:
+    counts = {path.name: len(re.findall(r"```python\n", path.read_text())) for path in DOCUMENTS}
+    assert {name: count for name, count in counts.items() if count} == {"README.md": 3, "handlers.md": 2}
+
+
+def test_relative_links_lead_to_files() -> None:
+    for document in DOCUMENTS:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", document.read_text()):
+            assert (document.parent / target).exists(), f"{document.name} links to missing {target}"
+
+
+def handlers_example(tmp_path: Path, number: int, module: str, *args: str) -> Path:
+    """Run digits_mlp with Example ``number`` of docs/handlers.md as ``--handler module:attach``."""
+    sections = [
+        "Keeping a handler's state: `run.keep`",
+        "Between backward and step: `StepEvents.BACKWARD_COMPLETED`",
+    ]
+    code = python_block(sections[number - 1], 1, ROOT / "docs" / "handlers.md")
+    (tmp_path / f"{module}.py").write_text(code)
+    command = [
+        sys.executable,
+        "-m",
+        "fmtk",
+        "run",
+        "digits_mlp",
+        "--handler",
+        f"{module}:attach",
+        "--run-dir",
+        "r",
+    ]
+    result = subprocess.run([*command, *args], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return tmp_path / "r"
+
+
+def test_handlers_example_keeps_its_count_in_the_last_checkpoint(tmp_path: Path) -> None:
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = handlers_example(tmp_path, 1, "count_samples", "--epochs", "2")
+    logged = [event.value for event in EventAccumulator(str(run_dir)).Reload().Scalars("train/samples_seen")]
+    assert logged[1] == 2 * logged[0] > 0
+    checkpoint = torch.load(run_dir / "last_checkpoint_2.pt", weights_only=True)
+    assert checkpoint["sample_count"] == {"seen": logged[1]}
+
+
+def test_handlers_example_logs_the_clipped_gradient_norm(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = handlers_example(tmp_path, 2, "grad_total_norm", "--epochs", "1", "--set", "max_grad_norm=0.5")
+    events = EventAccumulator(str(run_dir / "iterations")).Reload().Scalars("grads/total_norm")
+    assert [event.step for event in events] == list(range(10, 10 * len(events) + 1, 10)) and len(events) >= 3
+    assert all(event.value <= 0.5 + 1e-4 for event in events)  # logged after the recipe's clipping
 
 
 def test_writing_a_recipe_example(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import torch
 from conftest import tree_snapshot
 
 from fmtk.recipe import apply_overrides, load_recipe
-from fmtk.training.run import build_run
+from fmtk.training.build import build_run
 
 CPU = torch.device("cpu")
 # Measured with the recipe's seed on a 2-core CPU (torch 2.15): 89.74% after 2 epochs. The

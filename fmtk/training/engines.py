@@ -97,6 +97,12 @@ def create_optimizer(
     return optimizer_class(model.parameters(), **options)
 
 
+def loss_on(loss_fn: Callable, device: torch.device) -> Callable:
+    """A recipe's loss ready for ``device``: a module moved there (class weights, if any), a plain
+    function as it is."""
+    return loss_fn.to(device) if isinstance(loss_fn, nn.Module) else loss_fn
+
+
 def create_trainer(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -128,6 +134,14 @@ def create_trainer(
     # NaN guard) and averaged once at the end of the epoch: no kernel per step. (Ignite's Average
     # metric checks and converts each output in Python, ~50 µs a step: 10% of an MNIST step.)
 
+    backward_completed = StepEvents.BACKWARD_COMPLETED
+
+    def between_backward_and_step(engine: Engine) -> None:
+        # Ignite's fire_event formats a debug message even when no handler listens (~7 µs a step);
+        # looking up the handlers first costs ~0.3 µs.
+        if engine._event_handlers[backward_completed]:
+            engine.fire_event(backward_completed)
+
     def train_step(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = (tensor.to(device, non_blocking=True) for tensor in batch)
         if speed.channels_last and x.dim() == 4:
@@ -137,12 +151,12 @@ def create_trainer(
             loss = loss_fn(forward(x), y)
         if scaler is None:
             loss.backward()
-            engine.fire_event(StepEvents.BACKWARD_COMPLETED)
+            between_backward_and_step(engine)
             optimizer.step()
         else:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)  # what runs between backward and step sees the true gradients
-            engine.fire_event(StepEvents.BACKWARD_COMPLETED)
+            between_backward_and_step(engine)
             scaler.step(optimizer)  # skipped when unscaling found inf/NaN gradients
             scaler.update()
         loss = loss.detach()
@@ -162,7 +176,8 @@ def create_trainer(
         engine.state.metrics["loss"] = (totals[0] / totals[1]).item()
 
     trainer = Engine(train_step)
-    trainer.register_events(*StepEvents)
+    # Counted by the iteration, so that filters work: BACKWARD_COMPLETED(every=10).
+    trainer.register_events(*StepEvents, event_to_attr={StepEvents.BACKWARD_COMPLETED: "iteration"})
     trainer.add_event_handler(Events.EPOCH_STARTED, start_epoch)
     # First of the EPOCH_COMPLETED handlers, so every later one sees the epoch's mean loss.
     trainer.add_event_handler(Events.EPOCH_COMPLETED, finish_epoch)

@@ -17,7 +17,7 @@ from fmtk.data.batches import Batches, TensorBatches
 from fmtk.errors import FmtkError
 from fmtk.pictures import confusion_picture, titled_grid
 from fmtk.recipe import Recipe, recipe_from_config
-from fmtk.runfolder import find_checkpoint, read_config
+from fmtk.runfolder import BEST, confusion_name, find_checkpoint, read_config
 from fmtk.training.checkpoints import load_model_weights, read_checkpoint
 from fmtk.training.engines import create_evaluator
 
@@ -160,7 +160,8 @@ def run_pictures(
 ) -> dict[str, Image.Image]:
     """The pictures of a finished run: ``confusion_best`` (test split) and, for in-memory data,
     ``top_losses`` (valid split), from ``model`` holding the best checkpoint's weights."""
-    pictures = {"confusion_best": best_test.picture(f"{recipe_name}: best checkpoint, test split")}
+    title = f"{recipe_name}: best checkpoint, test split"
+    pictures = {confusion_name(BEST, "test"): best_test.picture(title)}
     if isinstance(valid, TensorBatches):
         valid = valid.whole()  # every sample, also when this is one of several processes
         rows = most_confidently_wrong(model, valid)

@@ -14,8 +14,8 @@ from ignite.engine import Events
 from fmtk.errors import FmtkError
 from fmtk.recipe import apply_overrides, load_recipe
 from fmtk.runfolder import find_last_checkpoint
+from fmtk.training.build import build_run
 from fmtk.training.checkpoints import RandomState, check_keepable, restore
-from fmtk.training.run import build_run
 
 CPU = torch.device("cpu")
 

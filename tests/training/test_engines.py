@@ -14,9 +14,9 @@ from torch import nn
 
 from fmtk.errors import FmtkError
 from fmtk.recipe import apply_overrides, load_recipe
+from fmtk.training.build import build_run
 from fmtk.training.checkpoints import read_checkpoint
 from fmtk.training.engines import SpeedOptions, StepEvents, create_optimizer, create_trainer, resolve_device
-from fmtk.training.run import build_run
 
 CPU = torch.device("cpu")
 

@@ -15,8 +15,8 @@ from fmtk import Recipe
 from fmtk.data import load_digits_splits
 from fmtk.models import mlp
 from fmtk.recipe import apply_overrides, load_recipe
+from fmtk.training.build import build_run
 from fmtk.training.engines import create_evaluator
-from fmtk.training.run import build_run
 
 CPU = torch.device("cpu")
 
