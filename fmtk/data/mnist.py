@@ -1,0 +1,147 @@
+"""MNIST-like datasets: MNIST and Fashion-MNIST from IDX files, scikit-learn's 8×8 digits.
+
+All three become in-memory :class:`~fmtk.data.batches.TensorBatches` splits.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fmtk.data.batches import DataSplits, TensorBatches, scale_pixels, stratified_split
+from fmtk.errors import FmtkError
+
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+FASHION_MNIST_CLASSES = [
+    "T-Shirt", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle Boot",
+]  # fmt: skip
+
+
+def grayscale_input(image: Image.Image, size: int) -> torch.Tensor:
+    """One image file (any mode) as the MNIST-like model input: 1×size×size in [0, 1]."""
+    pixels = np.asarray(image.convert("L").resize((size, size), Image.BILINEAR))
+    return scale_pixels(torch.from_numpy(pixels.copy()).unsqueeze(0), 255.0)
+
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file of unsigned bytes (MNIST's format), gzip-compressed or not.
+
+    torchvision's reader takes only uncompressed files, and extracting them would write into a
+    data root that may be read-only; IDX is a 4-byte magic, big-endian sizes, then the bytes.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as file:
+            data = file.read()
+    except (OSError, EOFError) as error:
+        raise FmtkError(f"{path}: cannot read ({error})") from None
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise FmtkError(f"{path}: not an IDX file of unsigned bytes (wrong magic number)")
+    header = 4 + 4 * data[3]
+    shape = struct.unpack(f">{data[3]}I", data[4:header]) if len(data) >= header else ()
+    expected = header + math.prod(shape)
+    if not shape or len(data) != expected:
+        raise FmtkError(f"{path}: truncated or corrupt ({len(data)} bytes, expected {expected})")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def find_mnist_files(data_dir: Path, name: str) -> dict[str, Path]:
+    """The four IDX files of ``name`` (MNIST or FashionMNIST) in torchvision's layout.
+
+    Uncompressed or ``.gz`` files are used where they are; when none is there, torchvision
+    downloads them into ``data_dir`` (this needs the network).
+    """
+    raw = data_dir / name / "raw"
+
+    def present() -> dict[str, Path]:
+        found = {}
+        for key, stem in MNIST_FILES.items():
+            for candidate in (raw / stem, raw / f"{stem}.gz"):
+                if candidate.is_file():
+                    found[key] = candidate
+                    break
+        return found
+
+    found = present()
+    if not found:
+        import torchvision.datasets
+
+        created = [folder for folder in (raw, raw.parent, data_dir) if not folder.exists()]
+        try:
+            getattr(torchvision.datasets, name)(str(data_dir), download=True)
+        except Exception as error:  # noqa: BLE001 - any download failure gets the same advice
+            for folder in created:  # leave no empty folders behind
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            files = ", ".join(f"{stem}.gz" for stem in MNIST_FILES.values())
+            raise FmtkError(
+                f"{name} not found in {raw} and the download failed ({type(error).__name__}); "
+                f"put {files} there"
+            ) from None
+        found = present()
+    missing = [f"{MNIST_FILES[key]}.gz" for key in MNIST_FILES if key not in found]
+    if missing:
+        raise FmtkError(f"{raw}: missing {', '.join(missing)}")
+    return found
+
+
+def load_mnist_like(
+    data_dir: Path, name: str, batch_size: int, device: torch.device, seed: int, valid_fraction: float = 1 / 6
+) -> DataSplits:
+    """MNIST or FashionMNIST: a seeded stratified train/valid split (50,000/10,000 of the 60,000
+    training images by default) and the test set."""
+    files = find_mnist_files(Path(data_dir), name)
+    arrays = {key: read_idx(path) for key, path in files.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise FmtkError(
+                f"{files[split + '_images']}: {images.shape} images do not match {labels.shape} labels"
+            )
+
+    def tensors(split: str, index: np.ndarray | slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.from_numpy(arrays[f"{split}_images"][index].copy()).unsqueeze(1)
+        labels = torch.from_numpy(arrays[f"{split}_labels"][index].astype(np.int64))
+        return images.to(device), labels.to(device)
+
+    train_index, valid_index = stratified_split(arrays["train_labels"], valid_fraction, seed)
+    classes = FASHION_MNIST_CLASSES if name == "FashionMNIST" else [str(d) for d in range(10)]
+    return DataSplits(
+        train=TensorBatches(*tensors("train", train_index), batch_size, shuffle=True, seed=seed),
+        valid=TensorBatches(*tensors("train", valid_index), batch_size),
+        test=TensorBatches(*tensors("test"), batch_size),
+        classes=classes,
+    )
+
+
+def load_digits_splits(batch_size: int, device: torch.device, seed: int) -> DataSplits:
+    """scikit-learn's bundled 8×8 digits (1,797 images, values 0–16): stratified 60/20/20 split."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images.astype(np.uint8)).unsqueeze(1).to(device)
+    labels = torch.from_numpy(digits.target.astype(np.int64)).to(device)
+    rest, test = stratified_split(digits.target, 0.2, seed)
+    train, valid = stratified_split(digits.target[rest], 0.25, seed)
+    train, valid = rest[train], rest[valid]
+
+    def batches(index: np.ndarray, shuffle: bool = False) -> TensorBatches:
+        index = torch.from_numpy(index).to(device)
+        return TensorBatches(images[index], labels[index], batch_size, shuffle=shuffle, seed=seed, scale=16.0)
+
+    return DataSplits(
+        batches(train, shuffle=True), batches(valid), batches(test), [str(d) for d in range(10)]
+    )

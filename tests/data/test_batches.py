@@ -1,0 +1,49 @@
+"""In-memory batches: each sample once per epoch, flips, normalisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fmtk.data.batches import TensorBatches
+
+
+def test_tensor_batches_cover_each_sample_once_per_epoch() -> None:
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1)
+    batches = TensorBatches(images, torch.arange(10), batch_size=4, shuffle=True, seed=3)
+    assert len(batches) == 3
+
+    def epoch_order(epoch: int) -> list[int]:
+        batches.set_epoch(epoch)
+        return torch.cat([y for _, y in batches]).tolist()
+
+    first = epoch_order(1)
+    assert sorted(first) == list(range(10))
+    assert epoch_order(1) == first  # an epoch's order can be reproduced
+    assert epoch_order(2) != first
+    x, y = next(iter(batches))
+    assert torch.equal(x.view(-1) * 255, y.float())  # images stay paired with their labels
+
+
+@pytest.mark.parametrize("flip_p, flipped", [(0.0, False), (1.0, True)])
+def test_tensor_batches_flip(flip_p: float, flipped: bool) -> None:
+    images = torch.arange(6, dtype=torch.uint8).view(1, 1, 2, 3).repeat(4, 1, 1, 1)
+    x, _ = next(iter(TensorBatches(images, torch.zeros(4, dtype=torch.long), 4, flip_p=flip_p)))
+    expected = images.float() / 255
+    assert torch.equal(x, expected.flip(-1) if flipped else expected)
+
+
+def test_tensor_batches_flip_rate_matches_probability() -> None:
+    images = torch.arange(2, dtype=torch.uint8).view(1, 1, 1, 2).repeat(4000, 1, 1, 1)
+    x, _ = next(iter(TensorBatches(images, torch.zeros(4000, dtype=torch.long), 4000, flip_p=0.3)))
+    rate = (x[:, 0, 0, 0] > 0).float().mean().item()
+    assert 0.27 < rate < 0.33
+
+
+def test_tensor_batches_normalise() -> None:
+    images = torch.full((2, 3, 2, 2), 255, dtype=torch.uint8)
+    batches = TensorBatches(
+        images, torch.zeros(2, dtype=torch.long), 2, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0)
+    )
+    x, _ = next(iter(batches))
+    assert x[0, :, 0, 0].tolist() == [2.0, 1.0, 0.5]
