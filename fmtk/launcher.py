@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class RunRequest:
     nproc_per_node: int = 1
     backend: str | None = None
     folder_ready: bool = False  # run_dir (or resume) exists and is this run's: made before spawning
+    error_dir: str | None = None  # spawned processes write their error here for the launcher to print
 
     def recipe(self) -> Recipe:
         if self.resume is not None:
@@ -99,11 +101,14 @@ def train(request: RunRequest) -> None:
         if request.nproc_per_node > 1:
             from torch.multiprocessing import ProcessExitedException
 
-            try:
-                launch(_run_or_exit, request, request.nproc_per_node, backend)
-            except ProcessExitedException as failure:  # rank 0 has printed why
-                _remove_if_empty(request, folder, chosen_folder)
-                sys.exit(failure.exit_code or 1)
+            with tempfile.TemporaryDirectory(prefix="fmtk-errors-") as errors:
+                request.error_dir = errors
+                try:
+                    launch(_run_or_exit, request, request.nproc_per_node, backend)
+                except ProcessExitedException as failure:
+                    _echo_first_error(Path(errors))
+                    _remove_if_empty(request, folder, chosen_folder)
+                    sys.exit(failure.exit_code or 1)
         else:
             run_in_process(request, device)
     except FmtkError:
@@ -141,7 +146,11 @@ def _run_or_exit(local_rank: int, request: RunRequest) -> None:
         with quiet_ignite():
             run_in_process(request, process_device(resolve_device(request.device)))
     except FmtkError as error:
-        if is_main_process():
+        if request.error_dir is not None:  # spawned: the launcher prints it
+            report = Path(request.error_dir) / f"{idist.get_rank():05d}"
+            report.with_suffix(".part").write_text(str(error))
+            report.with_suffix(".part").rename(report)  # whole, even if this process is stopped
+        elif is_main_process():
             click.echo(f"Error: {error}", err=True)
             if not request.folder_ready and request.run_dir is not None:  # rank 0 made it here
                 _remove_if_empty(request, request.run_dir, chosen_folder=True)
@@ -151,6 +160,14 @@ def _run_or_exit(local_rank: int, request: RunRequest) -> None:
         if not request.folder_ready and is_main_process() and request.run_dir is not None:
             _interrupted(request.run_dir)
         sys.exit(130)
+
+
+def _echo_first_error(errors: Path) -> None:
+    # Not printed by rank 0 itself: the first process to fail makes torch's spawn stop the others,
+    # rank 0 perhaps before it could print. Each process leaves its error; the lowest rank's is shown.
+    reports = sorted(path for path in errors.iterdir() if not path.suffix)
+    if reports:
+        click.echo(f"Error: {reports[0].read_text()}", err=True)
 
 
 def _remove_if_empty(request: RunRequest, folder: Path, chosen_folder: bool) -> None:
