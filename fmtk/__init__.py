@@ -1,17 +1,40 @@
 """fmtk: a training toolkit for PyTorch built on PyTorch-Ignite.
 
 A *recipe* (model + data + numbers) is assembled into Ignite engines with the usual handlers
-(validation, early stopping, checkpoints, LR plateau, TensorBoard) and run.
+(validation, early stopping, checkpoints, LR plateau, TensorBoard) and run::
+
+    import fmtk
+    result = fmtk.fit("mnist_dnn", epochs=3, device="cpu")
+
+The names below are imported on first use: ``import fmtk`` (and ``fmtk --help``) does not wait
+for torch.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from fmtk.errors import FmtkError
-from fmtk.recipe import Recipe, load_recipe
-from fmtk.runfolder import make_run_dir
-from fmtk.training.build import build_run
-from fmtk.training.engines import StepEvents
-from fmtk.training.run import Run
 from fmtk.version import __version__
 
+_LAZY = {
+    "fit": "fmtk.api", "evaluate": "fmtk.api", "predict": "fmtk.api", "Result": "fmtk.api",
+    "Recipe": "fmtk.recipe", "load_recipe": "fmtk.recipe", "make_run_dir": "fmtk.runfolder",
+    "DataSplits": "fmtk.data.batches", "TensorBatches": "fmtk.data.batches",
+    "build_run": "fmtk.training.build", "Run": "fmtk.training.run", "Evaluation": "fmtk.training.evaluation",
+    "SpeedOptions": "fmtk.training.engines", "StepEvents": "fmtk.training.engines",
+}  # fmt: skip
+
 __all__ = [
-    "FmtkError", "Recipe", "Run", "StepEvents", "__version__", "build_run", "load_recipe", "make_run_dir",
+    "DataSplits", "Evaluation", "FmtkError", "Recipe", "Result", "Run", "SpeedOptions", "StepEvents",
+    "TensorBatches", "__version__", "build_run", "evaluate", "fit", "load_recipe", "make_run_dir", "predict",
 ]  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'fmtk' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # once
+    return value

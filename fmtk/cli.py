@@ -1,29 +1,26 @@
-"""The `fmtk` command: parse, call, print. Every FmtkError becomes one line on stderr and exit 1."""
+"""The `fmtk` command: parse, call, print. Every FmtkError becomes one line on stderr and exit 1.
+
+torch, Ignite and everything that imports them are imported inside the commands: they take
+seconds to import, and ``fmtk --help``, ``--version`` and ``fmtk runs`` need neither.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import shlex
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import numpy as np
-import torch
-from PIL import Image
-from torch.utils.tensorboard import SummaryWriter
 
-from fmtk.data.batches import TensorBatches
-from fmtk.distributed import BACKENDS, is_main_process
+from fmtk.choices import BACKENDS, PRECISIONS
 from fmtk.errors import FmtkError
-from fmtk.launcher import RunRequest, train
-from fmtk.pictures import titled_grid
-from fmtk.recipe import Recipe, apply_overrides, bundled_recipe_names, load_recipe
 from fmtk.runfolder import BEST, LAST, confusion_name, picture_path, read_results
-from fmtk.summary import format_summary
-from fmtk.training.engines import PRECISIONS, SpeedOptions, loss_on, resolve_device
-from fmtk.training.evaluation import evaluate as evaluate_split
-from fmtk.training.evaluation import load_trained_model, predict_files
+
+if TYPE_CHECKING:
+    from fmtk.recipe import Recipe
 
 
 class _Group(click.Group):
@@ -57,6 +54,8 @@ def cli() -> None:
 @cli.command("list")
 def list_recipes() -> None:
     """The bundled recipes, one line each."""
+    from fmtk.recipe import bundled_recipe_names, load_recipe
+
     for name in bundled_recipe_names():
         click.echo(f"{name:<12} {load_recipe(name).description}")
 
@@ -74,7 +73,14 @@ def parse_settings(settings: tuple[str, ...]) -> dict[str, str]:
 
 def recipe_with_settings(recipe_name: str, settings: tuple[str, ...]) -> Recipe:
     """The recipe named on the command line with its ``--set`` values."""
+    from fmtk.recipe import apply_overrides, load_recipe
+
     return apply_overrides(load_recipe(recipe_name), parse_settings(settings))
+
+
+def check_run_folder(command: str, run_dir: Path) -> None:
+    if not run_dir.is_dir():
+        raise FmtkError(f"fmtk {command} {run_dir}: no such run folder")
 
 
 def finished_message(run_dir: Path, epochs: int) -> str | None:
@@ -93,10 +99,13 @@ def finished_message(run_dir: Path, epochs: int) -> str | None:
 
 
 @cli.command()
-@click.argument("recipe_name", metavar="RECIPE", required=False)
+@click.argument("recipe_name", metavar="[RECIPE]", required=False)
 @click.option(
     "--resume", type=click.Path(path_type=Path), help="Continue this run folder from its last checkpoint."
 )
+@click.option("--config", "config", type=click.Path(path_type=Path), metavar="CONFIG_JSON",
+              help="Instead of RECIPE: train the recipe of a run's config.json (or run folder) again, "
+              "with its values, into a new folder.")  # fmt: skip
 @device_option
 @click.option("--epochs", type=int, help="Maximum number of epochs.")
 @click.option("--batch-size", type=int, help="Batch size (the global batch when several processes train).")
@@ -122,6 +131,7 @@ def finished_message(run_dir: Path, epochs: int) -> str | None:
 def run(
     recipe_name: str | None,
     resume: Path | None,
+    config: Path | None,
     device: str,
     epochs: int | None,
     batch_size: int | None,
@@ -140,14 +150,21 @@ def run(
 ) -> None:
     """Train RECIPE (a bundled name or a path to a recipe .py file), then test its checkpoints.
 
-    With --resume RUN_DIR instead of RECIPE, continue that run where its last checkpoint left off.
+    With --resume RUN_DIR instead of RECIPE, continue that run where its last checkpoint left off;
+    with --config RUN_DIR/config.json, train that run's recipe and values again in a new folder.
     """
-    if (recipe_name is None) == (resume is None):
-        raise FmtkError("give a RECIPE to start a run, or --resume RUN_DIR to continue one")
+    from fmtk.launcher import RunRequest, train
+    from fmtk.training.engines import SpeedOptions
+
+    if sum(given is not None for given in (recipe_name, resume, config)) != 1:
+        raise FmtkError(
+            "give a RECIPE or --config CONFIG_JSON to start a run, or --resume RUN_DIR to continue one"
+        )
     request = RunRequest(
-        recipe_name=recipe_name, resume=resume, data_dir=data_dir, output_dir=output_dir, run_dir=run_dir,
-        device=device, speed=SpeedOptions(precision, channels_last, compile_model), handlers=handlers,
-        nproc_per_node=nproc_per_node, backend=backend,
+        recipe_name=recipe_name, config=config, resume=resume, data_dir=data_dir, output_dir=output_dir,
+        run_dir=run_dir, device=device, speed=SpeedOptions(precision, channels_last, compile_model),
+        handlers=handlers, nproc_per_node=nproc_per_node, backend=backend,
+        command=shlex.join(["fmtk", *sys.argv[1:]]),
     )  # fmt: skip
     if resume is not None:
         changed = [name for name, value in [("--batch-size", batch_size), ("--lr", lr), ("--seed", seed),
@@ -157,6 +174,8 @@ def run(
         request.epochs = epochs
         finished = finished_message(resume, request.recipe().epochs)
         if finished:
+            from fmtk.distributed import is_main_process
+
             if is_main_process():
                 click.echo(finished)
             return
@@ -179,11 +198,14 @@ def evaluate(run_dir: Path, checkpoint: str, split: str, data_dir: Path, device:
     Also writes confusion_<checkpoint>.png (…_valid.png for the valid split) to the run folder and
     to its TensorBoard.
     """
-    torch_device = resolve_device(device)
-    recipe, model, path, classes = load_trained_model(run_dir, checkpoint, torch_device)
-    data = recipe.data(recipe, data_dir, torch_device)
-    loss_fn = loss_on(recipe.loss(recipe), torch_device)
-    result = evaluate_split(model, getattr(data, split), classes, torch_device, loss_fn)
+    import numpy as np
+    from torch.utils.tensorboard import SummaryWriter
+
+    from fmtk.training.engines import resolve_device
+    from fmtk.training.evaluation import evaluate_run
+
+    check_run_folder("evaluate", run_dir)
+    recipe, path, result = evaluate_run(run_dir, checkpoint, split, data_dir, resolve_device(device))
     click.echo(f"{recipe.name}, {path.name}, {split} split")
     click.echo(result.table())
     stem = confusion_name(checkpoint if checkpoint in (BEST, LAST) else path.stem, split)
@@ -205,6 +227,10 @@ def predict(
     run_dir: Path, images: tuple[Path, ...], checkpoint: str, top: int, as_json: bool, device: str
 ) -> None:
     """The predicted class and its probability for each IMAGE (PNG/JPEG, any mode and size)."""
+    from fmtk.training.engines import resolve_device
+    from fmtk.training.evaluation import load_trained_model, predict_files
+
+    check_run_folder("predict", run_dir)
     torch_device = resolve_device(device)
     recipe, model, _, classes = load_trained_model(run_dir, checkpoint, torch_device)
     results = predict_files(recipe, model, images, classes, top, torch_device)
@@ -236,6 +262,11 @@ def show(
     settings: tuple[str, ...],
 ) -> None:
     """A grid of random samples of a split titled with their class names, and the class counts."""
+    import torch
+
+    from fmtk.data.batches import TensorBatches
+    from fmtk.pictures import titled_grid
+
     recipe = recipe_with_settings(recipe_name, settings)
     out = out or Path(f"{recipe.name}_{split}_samples.png")
     if out.exists():
@@ -255,10 +286,34 @@ def show(
 
 
 @cli.command()
+@click.argument("folder", type=click.Path(path_type=Path), default="runs", required=False)
+@click.option("--sort", "sort_key", default="run", show_default=True, metavar="COLUMN",
+              help="run, recipe, preset, changed, epochs, best_valid_acc, test_acc_best, test_acc_last, "
+              "train_seconds, state or started (newest first).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output: one object per run.")
+def runs(folder: Path, sort_key: str, as_json: bool) -> None:
+    """The runs under FOLDER (default ./runs) as one table: recipe, changed values, epochs, best
+    valid accuracy, test accuracy of the best and last checkpoints, training time, state."""
+    from fmtk.runs import format_runs_table, list_runs, sort_runs
+
+    rows = sort_runs(list_runs(folder), sort_key)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif not rows:
+        click.echo(f"no runs under {folder}")
+    else:
+        click.echo(format_runs_table(rows))
+
+
+@cli.command()
 @click.argument("recipe_name", metavar="RECIPE")
 @set_option
 def summary(recipe_name: str, settings: tuple[str, ...]) -> None:
     """The model's layers with output shapes and parameter counts, and the totals."""
+    from PIL import Image
+
+    from fmtk.summary import format_summary
+
     recipe = recipe_with_settings(recipe_name, settings)
     if recipe.image_input is None:
         raise FmtkError(f"recipe {recipe.name} does not say what its input looks like (image_input)")

@@ -18,9 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from fmtk.choices import BACKENDS
 from fmtk.errors import FmtkError
-
-BACKENDS = ("gloo", "nccl")
 
 
 def under_torchrun() -> bool:

@@ -27,7 +27,7 @@ from fmtk.distributed import (
 )
 from fmtk.errors import FmtkError
 from fmtk.recipe import Recipe, apply_overrides, load_recipe, recipe_from_config
-from fmtk.runfolder import find_last_checkpoint, make_run_dir, read_config, remove_if_empty
+from fmtk.runfolder import find_last_checkpoint, has_checkpoint, make_run_dir, read_config, remove_if_empty
 from fmtk.training.build import build_run
 from fmtk.training.engines import SpeedOptions, resolve_device
 
@@ -39,6 +39,7 @@ class RunRequest:
 
     recipe_name: str | None = None
     overrides: dict[str, str] = field(default_factory=dict)
+    config: Path | None = None  # instead of recipe_name: a run's config.json (or its folder) to train again
     resume: Path | None = None
     epochs: int | None = None  # with resume only; a new run's epochs are among the overrides
     data_dir: Path = Path("data")
@@ -51,11 +52,20 @@ class RunRequest:
     backend: str | None = None
     folder_ready: bool = False  # run_dir (or resume) exists and is this run's: made before spawning
     error_dir: str | None = None  # spawned processes write their error here for the launcher to print
+    command: str | None = None  # the command line, for config.json
 
     def recipe(self) -> Recipe:
         if self.resume is not None:
             return recipe_from_config(read_config(self.resume), self.epochs)
+        if self.config is not None:
+            return apply_overrides(recipe_from_config(read_config(self.config)), self.overrides)
         return apply_overrides(load_recipe(self.recipe_name), self.overrides)
+
+    def checkpoint(self) -> Path | None:
+        """The last checkpoint to resume from (None: a new run, or a resumed one that has none yet)."""
+        if self.resume is None or not has_checkpoint(self.resume):
+            return None
+        return find_last_checkpoint(self.resume)
 
 
 def resolve_handler(reference: str) -> Callable:
@@ -131,8 +141,10 @@ def run_in_process(request: RunRequest, device: torch.device) -> None:
             click.echo(f"run folder: {folder}")
         folder = Path(idist.broadcast(str(folder), src=0, safe_mode=True))
         request.run_dir = folder  # this process's copy: for the Ctrl-C message
-    checkpoint = find_last_checkpoint(request.resume) if request.resume is not None else None
-    run = build_run(recipe, folder, device, request.data_dir, click.echo, checkpoint, request.speed)
+    checkpoint = request.checkpoint()
+    restart = request.resume is not None and checkpoint is None
+    run = build_run(recipe, folder, device, request.data_dir, click.echo, checkpoint, request.speed,
+                    command=request.command, restart=restart)  # fmt: skip
     for attach in attachers:
         attach(run)
     run.run()
@@ -178,9 +190,13 @@ def _remove_if_empty(request: RunRequest, folder: Path, chosen_folder: bool) -> 
 
 def _interrupted(folder: Path) -> None:
     # The last checkpoint is complete: DiskSaver writes a temporary file and renames it.
-    try:
+    if has_checkpoint(folder):
         where = f"the last complete checkpoint is {find_last_checkpoint(folder).name}"
-    except FmtkError:
-        where = "no checkpoint was written yet"
-    click.echo(f"interrupted: {where}; resume with: fmtk run --resume {folder}", err=True)
+        click.echo(f"interrupted: {where}; resume with: fmtk run --resume {folder}", err=True)
+    else:
+        click.echo(
+            f"interrupted before the first checkpoint; start it again from the beginning with: "
+            f"fmtk run --resume {folder}",
+            err=True,
+        )
     sys.exit(130)

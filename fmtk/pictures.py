@@ -9,6 +9,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 LINE_HEIGHT = 15
+HEADING_HEIGHT = 24  # the title line above a whole picture
+CORRECT_BLUE = (0, 0, 255)
+ERROR_RED = (200, 30, 30)
+ERROR_INK = (150, 0, 0)
+ZERO_INK = (175, 175, 175)
+GRID_LINE = (200, 200, 200)
 
 
 def _font(size: int = 12) -> ImageFont.ImageFont:
@@ -18,23 +24,53 @@ def _font(size: int = 12) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def _mix(colour: tuple[int, int, int], strength: float) -> tuple[int, int, int]:
+    """``colour`` blended into white: 0 is white, 1 is ``colour``."""
+    return tuple(round(255 - strength * (255 - channel)) for channel in colour)
+
+
+def scale_to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """``images`` of any range as uint8, the batch's lowest value → 0 and highest → 255.
+
+    The rule of torchvision's ``make_grid(normalize=True)``, which cannot be used itself because it
+    leaves no room for titles: 8×8 digits (0–16) become as bright as MNIST, and uint8 images that
+    span 0–255 (MNIST, photos) stay as they are. A constant batch keeps its values (clamped).
+    """
+    pixels = images.detach().float().cpu()
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.numel() else (0.0, 0.0)
+    if high > low:
+        pixels = (pixels - low) * (255 / (high - low))
+    return pixels.round().clamp(0, 255).to(torch.uint8)
+
+
 def titled_grid(
-    images: torch.Tensor, titles: Sequence[str], columns: int = 8, cell: int = 112
+    images: torch.Tensor,
+    titles: Sequence[str],
+    columns: int = 8,
+    cell: int = 112,
+    title: str | None = None,
 ) -> Image.Image:
-    """uint8 images (N×C×H×W, C = 1 or 3) in a grid, each scaled to ``cell`` px with its title
-    (one or more lines) above."""
+    """Images (N×C×H×W, C = 1 or 3, any value range: see :func:`scale_to_uint8`) in a grid, each
+    scaled to ``cell`` px with its title (one or more lines) above, under a ``title`` line for the
+    whole grid when given."""
     rows = max(1, -(-len(images) // columns))
-    width = min(columns, len(images)) * cell
-    title_height = LINE_HEIGHT * max((title.count("\n") + 1 for title in titles), default=1) + 4
-    sheet = Image.new("RGB", (max(width, cell), rows * (cell + title_height)), "white")
-    draw, font = ImageDraw.Draw(sheet), _font()
-    for index, (image, title) in enumerate(zip(images, titles, strict=True)):
-        pixels = image.cpu().numpy().transpose(1, 2, 0)
+    font, heading_font = _font(), _font(14)
+    heading = HEADING_HEIGHT if title else 0
+    width = max(min(columns, len(images)) * cell, cell)
+    if title:
+        width = max(width, int(heading_font.getlength(title)) + 16)
+    title_height = LINE_HEIGHT * max((text.count("\n") + 1 for text in titles), default=1) + 4
+    sheet = Image.new("RGB", (width, heading + rows * (cell + title_height)), "white")
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((8, HEADING_HEIGHT // 2), title, fill="black", font=heading_font, anchor="lm")
+    for index, (image, cell_title) in enumerate(zip(scale_to_uint8(images), titles, strict=True)):
+        pixels = image.numpy().transpose(1, 2, 0)
         picture = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).convert("RGB")
         small = picture.width < cell // 2  # keep MNIST's pixels crisp, photos smooth
         picture = picture.resize((cell, cell), Image.NEAREST if small else Image.BILINEAR)
-        left, top = (index % columns) * cell, (index // columns) * (cell + title_height)
-        for line_number, line in enumerate(title.split("\n")):
+        left, top = (index % columns) * cell, heading + (index // columns) * (cell + title_height)
+        for line_number, line in enumerate(cell_title.split("\n")):
             position = (left + cell // 2, top + 2 + LINE_HEIGHT * line_number + LINE_HEIGHT // 2)
             draw.text(position, line, fill="black", font=font, anchor="mm")
         sheet.paste(picture, (left, top + title_height))
@@ -42,33 +78,62 @@ def titled_grid(
 
 
 def confusion_picture(matrix: np.ndarray, classes: Sequence[str], title: str) -> Image.Image:
-    """A confusion matrix (rows: true class, columns: predicted) with counts, shaded by row share."""
+    """A confusion matrix (rows: true class, columns: predicted) with counts and, at the right,
+    each class's accuracy.
+
+    Correct counts (the diagonal) are shaded blue by their share of the row. Errors are shaded red
+    by their count relative to the largest error, never lighter than a clear pink, so that 3
+    errors among 1,000 still show; cells without errors stay white.
+    """
+    font, heading_font = _font(11), _font(14)
     count = len(classes)
-    cell, margin, top = 46, 96, 44
-    sheet = Image.new("RGB", (margin + count * cell + 8, top + margin + count * cell), "white")
-    draw, font = ImageDraw.Draw(sheet), _font(11)
-    draw.text((8, 8), title, fill="black", font=_font(14))
-    draw.text((margin + count * cell // 2, top - 10), "predicted", fill="black", font=font, anchor="mm")
-    draw.text((8, top + margin - 14), "true", fill="black", font=font)
-    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    for row in range(count):
-        y = top + margin + row * cell
-        draw.text((margin - 6, y + cell // 2), classes[row], fill="black", font=font, anchor="rm")
-        for column in range(count):
-            x = margin + column * cell
-            shade = int(255 * (1 - shares[row, column]))
-            fill = (shade, shade, 255) if row == column else (255, shade, shade)
-            draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=fill, outline=(200, 200, 200))
-            ink = "white" if shares[row, column] > 0.6 else "black"
-            draw.text(
-                (x + cell // 2, y + cell // 2),
-                str(int(matrix[row, column])),
-                fill=ink,
-                font=font,
-                anchor="mm",
-            )
-    for column, name in enumerate(classes):  # column labels, written upwards
-        label = Image.new("RGB", (margin - 8, cell), "white")
+    totals = matrix.sum(axis=1)
+    shares = matrix / np.maximum(totals[:, None], 1)
+    errors = matrix.copy()
+    np.fill_diagonal(errors, 0)
+    largest_error = max(int(errors.max()), 1)
+    # Rounded down, so that 100.0% means no error at all (99.97% would round up to it).
+    accuracies = [
+        f"{1000 * int(matrix[i, i]) // int(totals[i]) / 10:.1f}%" if totals[i] else "-" for i in range(count)
+    ]
+
+    longest_label = max(font.getlength(name) for name in classes)
+    cell = max(46, int(max(font.getlength(str(int(value))) for value in matrix.flat)) + 12)
+    left = int(max(longest_label, font.getlength("true"))) + 14  # row labels
+    band = int(max(longest_label, 12)) + 10  # column labels, written upwards, as tall as the longest
+    top = HEADING_HEIGHT + LINE_HEIGHT  # the title, then "predicted"
+    matrix_top, matrix_right = top + band, left + count * cell
+    accuracy_width = int(font.getlength("100.0%")) + 24
+    width = max(matrix_right + accuracy_width, int(heading_font.getlength(title)) + 16)
+    sheet = Image.new("RGB", (width, matrix_top + count * cell + 8), "white")
+    draw = ImageDraw.Draw(sheet)
+
+    draw.text((8, HEADING_HEIGHT // 2), title, fill="black", font=heading_font, anchor="lm")
+    draw.text((left + count * cell // 2, top - 2), "predicted", fill="black", font=font, anchor="md")
+    draw.text((left - 6, matrix_top - 4), "true", fill="black", font=font, anchor="rd")
+    draw.text(
+        (matrix_right + accuracy_width // 2, matrix_top - 4), "acc", fill="black", font=font, anchor="md"
+    )
+    for column, name in enumerate(classes):
+        label = Image.new("RGB", (band, cell), "white")
         ImageDraw.Draw(label).text((4, cell // 2), name, fill="black", font=font, anchor="lm")
-        sheet.paste(label.rotate(90, expand=True), (margin + column * cell, top))
+        sheet.paste(label.rotate(90, expand=True), (left + column * cell, top))
+    for row in range(count):
+        y = matrix_top + row * cell
+        draw.text((left - 6, y + cell // 2), classes[row], fill="black", font=font, anchor="rm")
+        for column in range(count):
+            x = left + column * cell
+            value = int(matrix[row, column])
+            if row == column:
+                fill = _mix(CORRECT_BLUE, shares[row, column])
+                ink = "white" if shares[row, column] > 0.6 else "black"
+            elif value:
+                strength = 0.3 + 0.7 * value / largest_error
+                fill, ink = _mix(ERROR_RED, strength), "white" if strength > 0.65 else ERROR_INK
+            else:
+                fill, ink = "white", ZERO_INK
+            draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=fill, outline=GRID_LINE)
+            draw.text((x + cell // 2, y + cell // 2), str(value), fill=ink, font=font, anchor="mm")
+        position = (matrix_right + accuracy_width // 2, y + cell // 2)
+        draw.text(position, accuracies[row], fill="black", font=font, anchor="mm")
     return sheet

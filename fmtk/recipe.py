@@ -58,14 +58,25 @@ class Recipe:
     log_every: int = 50  # iterations between per-iteration TensorBoard points (each one is a host sync)
     # Gradient clipping: the total norm of each step's gradients is scaled down to at most this.
     max_grad_norm: float | None = None
+    # The validation metric each of these watches: "<metric>" or "<metric>:min" / "<metric>:max"
+    # (without a mode: min for a name containing "loss", else max). Metrics: loss, accuracy and
+    # the names of ``metrics``.
+    early_stopping_metric: str = "loss"
+    checkpoint_metric: str = "accuracy"  # the best checkpoint holds the weights of its best epoch
+    plateau_metric: str = "loss"
     options: dict[str, Any] = field(default_factory=dict)  # recipe-specific knobs: variant, image_size…
     loss: Callable[[Recipe], Callable] = cross_entropy  # a module or a function (output, target) → loss
+    # More Ignite metrics of validation and testing, e.g. ``{"f1": Fbeta(1.0)}``: called once per
+    # evaluator; each must give one number.
+    metrics: Callable[[Recipe], dict[str, Any]] | None = None
     # A recipe's own handlers: called with the assembled fmtk.training.run.Run before training starts.
     attach: Callable[[Any], None] | None = None
     source: str | None = None  # the file of a user's recipe (set by load_recipe), for --resume
     # How one image file (a PIL image of any mode and size) becomes a model input C×H×W, exactly as
     # the test split is prepared; used by `fmtk predict` and, on a blank image, by `fmtk summary`.
     image_input: Callable[[Recipe, Image.Image], torch.Tensor] | None = None
+    # The values set on top of the recipe's defaults (--set, fmtk.fit keywords), for config.json.
+    changed: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise FmtkError on values that cannot train (lr ≤ 0, batch size 0, ...)."""
@@ -80,6 +91,11 @@ class Recipe:
         for name in ("early_stopping_patience", "plateau_patience"):
             value = getattr(self, name)
             checks.append((value is None or value >= 1, f"{name} must be >= 1 or none, got {value}"))
+        for name in ("early_stopping_metric", "checkpoint_metric", "plateau_metric"):
+            spec = getattr(self, name)
+            metric, _, mode = spec.partition(":")
+            message = f"{name} must be a metric name, optionally with :min or :max, got '{spec}'"
+            checks.append((metric.isidentifier() and mode in ("", "min", "max"), message))
         norm = self.max_grad_norm
         checks.append((norm is None or norm > 0, f"max_grad_norm must be > 0 or none, got {norm}"))
         optimizer_class = getattr(torch.optim, self.optimizer, None)
@@ -91,6 +107,10 @@ class Recipe:
             if not ok:
                 raise FmtkError(f"recipe {self.name}: {message}")
 
+    def make_metrics(self) -> dict[str, Any]:
+        """New instances of the recipe's own metrics (``metrics``), for one evaluator."""
+        return dict(self.metrics(self)) if self.metrics is not None else {}
+
     def config(self) -> dict[str, Any]:
         """The resolved recipe as plain JSON values (written to the run folder's config.json)."""
         values = {name: getattr(self, name) for name in overridable_fields()}
@@ -98,41 +118,64 @@ class Recipe:
         for name in CALLABLES:
             function = getattr(self, name)
             values[name] = None if function is None else getattr(function, "__qualname__", repr(function))
-        return {"name": self.name, "description": self.description, "source": self.source, **values}
+        return {
+            "name": self.name, "description": self.description, "source": self.source, **values,
+            "changed": dict(self.changed),
+        }  # fmt: skip
 
 
-CALLABLES = ("model", "data", "loss", "attach", "image_input")  # recorded in config.json by name
+CALLABLES = ("model", "data", "loss", "metrics", "attach", "image_input")  # in config.json by name
+
+
+def watched(spec: str) -> tuple[str, str]:
+    """``"loss"`` → ``("loss", "min")``, ``"f1"`` → ``("f1", "max")``, ``"f1:min"`` → ``("f1", "min")``."""
+    name, _, mode = spec.partition(":")
+    return name, mode or ("min" if "loss" in name else "max")
 
 
 def overridable_fields() -> dict[str, Any]:
     """The Recipe fields `--set` may change, with their types."""
     hints = typing.get_type_hints(Recipe)
-    fixed = {"name", "description", "options", "source", *CALLABLES}
+    fixed = {"name", "description", "options", "source", "changed", *CALLABLES}
     return {f.name: hints[f.name] for f in dataclasses.fields(Recipe) if f.name not in fixed}
 
 
-def apply_overrides(recipe: Recipe, overrides: Mapping[str, str]) -> Recipe:
-    """A copy of ``recipe`` with string values from the command line parsed and checked by type."""
+def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
+    """A copy of ``recipe`` with ``overrides`` applied, each checked by the field's type: strings
+    (from ``--set``) are parsed, other values (``fmtk.fit`` keywords) must have the type."""
     fields = overridable_fields()
     changes: dict[str, Any] = {}
     options = dict(recipe.options)
-    for key, text in overrides.items():
+    changed = dict(recipe.changed)
+    for key, value in overrides.items():
         if key in fields:
-            changes[key] = _parse(key, text, fields[key])
+            changes[key] = parsed = _parse(key, value, fields[key])
+            default = getattr(recipe, key)
         elif key in options:
             default = options[key]
-            options[key] = _parse(key, text, str | None if default is None else type(default))
+            options[key] = parsed = _parse(key, value, str | None if default is None else type(default))
         else:
             valid = ", ".join(sorted([*fields, *options]))
             raise FmtkError(f"unknown recipe key '{key}' for {recipe.name}; valid keys: {valid}")
-    updated = dataclasses.replace(recipe, **changes, options=options)
+        if parsed != default or key in changed:
+            changed[key] = parsed
+    updated = dataclasses.replace(recipe, **changes, options=options, changed=changed)
     updated.validate()
     return updated
 
 
-def _parse(key: str, text: str, kind: Any) -> Any:
-    """Parse one command-line value into ``kind`` (int, float, bool, str, or X | None)."""
+def _parse(key: str, value: Any, kind: Any) -> Any:
+    """One value for a field of type ``kind`` (int, float, bool, str, or X | None): a string is
+    parsed, anything else must already have the type (an int does for a float)."""
     allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    if not isinstance(value, str):
+        if float in allowed and type(value) is int:
+            return float(value)
+        if not any(value is None if t is type(None) else type(value) is t for t in allowed):
+            expected = " or ".join(t.__name__ for t in allowed)
+            raise FmtkError(f"{key}={value!r}: expected {expected}")
+        return value
+    text = value
     if type(None) in allowed and text.strip().lower() in ("none", "null"):
         return None
     target = next(t for t in allowed if t is not type(None))
@@ -182,13 +225,35 @@ def load_recipe(name_or_path: str) -> Recipe:
     return recipe if bundled else dataclasses.replace(recipe, source=str(path.resolve()))
 
 
-def recipe_from_config(config: dict[str, Any], epochs: int | None = None) -> Recipe:
+def recipe_from_config(
+    config: dict[str, Any], epochs: int | None = None, recipe: Recipe | None = None
+) -> Recipe:
     """The recipe a run was made with, from its config.json (bundled recipes by name, a user's file
-    by its path), with ``epochs`` raised if given."""
-    recipe = load_recipe(config.get("source") or config["name"])
+    by its path, or ``recipe`` itself: a recipe object made in Python), with ``epochs`` raised if given."""
+    if recipe is None:
+        recipe = _load_recipe_of(config)
     values = {name: config[name] for name in overridable_fields() if name in config}
+    changed = dict(config.get("changed", {}))
     if epochs is not None:
-        values["epochs"] = epochs
-    recipe = dataclasses.replace(recipe, **values, options={**recipe.options, **config.get("options", {})})
+        values["epochs"] = changed["epochs"] = epochs
+    options = {**recipe.options, **config.get("options", {})}
+    recipe = dataclasses.replace(recipe, **values, options=options, changed=changed)
     recipe.validate()
+    return recipe
+
+
+def _load_recipe_of(config: dict[str, Any]) -> Recipe:
+    """The recipe file or bundled recipe a config names; a recipe object made in Python has neither."""
+    name = config.get("name")
+    if not isinstance(name, str):
+        raise FmtkError('config.json names no recipe (no "name")')
+    if config.get("source"):
+        return load_recipe(config["source"])
+    recipe = load_recipe(name) if name in bundled_recipe_names() else None
+    made_here = recipe is not None and config.get("model") in (None, recipe.config()["model"])
+    if not made_here:
+        raise FmtkError(
+            f"recipe '{name}' was made in Python (it is no bundled recipe or file that fmtk can load); "
+            "give the recipe object from Python, e.g. fmtk.evaluate(run_dir, recipe=recipe)"
+        )
     return recipe

@@ -2,10 +2,10 @@
 
 A run folder holds::
 
-    config.json                      the resolved recipe, class names, speed options, processes
-    metrics.csv                      one row per epoch (EPOCH_COLUMNS)
+    config.json                      the resolved recipe, classes, speed, processes, versions, command
+    metrics.csv                      one row per epoch (EPOCH_COLUMNS, then a recipe's own metrics)
     metrics.json                     the run's results, written when it ends
-    best_checkpoint_<epoch>_valid_accuracy=<a>.pt   the model at the best valid accuracy
+    best_checkpoint_<epoch>_valid_<metric>=<v>.pt   the model at the best valid checkpoint_metric
     last_checkpoint_<epoch>.pt       every state a resume needs
     confusion_best.png, top_losses.png, events.out.tfevents.*, iterations/ (TensorBoard)
 """
@@ -26,7 +26,6 @@ METRICS_CSV = "metrics.csv"
 METRICS_JSON = "metrics.json"
 ITERATIONS = "iterations"  # the per-iteration TensorBoard sub-run
 BEST, LAST = "best", "last"  # checkpoint name prefixes: <prefix>_checkpoint_<epoch>[_<score>].pt
-BEST_SCORE = "valid_accuracy"
 EPOCH_COLUMNS = ["epoch", "train_loss", "valid_loss", "valid_accuracy", "lr", "epoch_seconds"]
 
 _LAST_NAME = re.compile(rf"{LAST}_checkpoint_(\d+)\.pt")
@@ -72,13 +71,18 @@ def write_json(path: Path, values: dict[str, Any]) -> None:
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
-    """The run's config.json; a one-line error for a missing folder or an unreadable file."""
-    if not run_dir.is_dir():
+    """The config.json of a run folder (or that file itself); a one-line error for a missing folder
+    or an unreadable file."""
+    path = run_dir if run_dir.is_file() else run_dir / CONFIG
+    if not path.is_file() and not run_dir.is_dir():
         raise FmtkError(f"{run_dir}: no such run folder")
     try:
-        return json.loads((run_dir / CONFIG).read_text())
+        config = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise FmtkError(f"{run_dir}: cannot read {CONFIG} ({error})") from None
+        raise FmtkError(f"{path.parent}: cannot read {path.name} ({error})") from None
+    if not isinstance(config, dict):
+        raise FmtkError(f"{path}: not an fmtk config (a JSON object)")
+    return config
 
 
 def read_results(run_dir: Path) -> dict[str, Any] | None:
@@ -90,6 +94,11 @@ def read_results(run_dir: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except ValueError:
         raise FmtkError(f"{path}: not readable JSON; remove it to resume the run") from None
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run folder holds a last checkpoint (a run stopped before its first has none)."""
+    return any(_LAST_NAME.fullmatch(path.name) for path in run_dir.glob(f"{LAST}_checkpoint_*.pt"))
 
 
 def find_last_checkpoint(run_dir: Path) -> Path:
@@ -131,11 +140,11 @@ def remove_stale_files(run_dir: Path, keep: set[str]) -> None:
 
 
 def append_epoch_row(run_dir: Path, row: dict[str, float]) -> None:
-    """Add one epoch's row to metrics.csv (with the header if the file is new)."""
+    """Add one epoch's row to metrics.csv (with the header, the row's keys, if the file is new)."""
     path = run_dir / METRICS_CSV
     write_header = not path.exists()
     with path.open("a", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=EPOCH_COLUMNS)
+        writer = csv.DictWriter(file, fieldnames=list(row))
         if write_header:
             writer.writeheader()
         writer.writerow(row)
@@ -147,14 +156,16 @@ def truncate_history(run_dir: Path, epoch: int) -> list[dict[str, float]]:
     if not path.exists():
         return []
     with path.open(newline="") as file:
-        rows = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(file)]
+        reader = csv.DictReader(file)
+        rows = [{key: float(value) for key, value in row.items()} for row in reader]
+        columns = reader.fieldnames or EPOCH_COLUMNS
     kept = [row for row in rows if row["epoch"] <= epoch]
     for row in kept:
         row["epoch"] = int(row["epoch"])
     if len(kept) != len(rows):
         temporary = path.with_suffix(".csv.tmp")
         with temporary.open("w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=EPOCH_COLUMNS)
+            writer = csv.DictWriter(file, fieldnames=columns)
             writer.writeheader()
             writer.writerows(kept)
         temporary.replace(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,51 @@ def test_evaluate_reports_the_recipes_own_loss(tmp_path: Path) -> None:
     tested = json.loads((tmp_path / "r" / "metrics.json").read_text())["test"]["best"]["loss"]
     assert printed == pytest.approx(tested, abs=1e-4)
     assert json.loads((tmp_path / "r" / "config.json").read_text())["loss"] == "<lambda>"
+
+
+def test_config_trains_the_same_recipe_again_to_the_same_figures(tmp_path: Path) -> None:
+    first = fmtk("run", "digits_mlp", "--epochs", "2", "--set", "lr=0.05", "--run-dir", "a", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["command"] == "fmtk run digits_mlp --epochs 2 --set lr=0.05 --run-dir a"
+    assert config["changed"] == {"lr": 0.05, "epochs": 2}
+    assert config["versions"]["torch"] == metadata.version("torch")
+    again = fmtk("run", "--config", "a/config.json", "--run-dir", "b", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+
+    def figures(run: str) -> tuple:
+        rows = (tmp_path / run / "metrics.csv").read_text().splitlines()
+        results = json.loads((tmp_path / run / "metrics.json").read_text())
+        return [row.rsplit(",", 1)[0] for row in rows], results["test"], results["checkpoints"]
+
+    assert figures("b") == figures("a")
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["changed"] == config["changed"]
+    usage = fmtk("run", "--config", "a", "digits_mlp", cwd=tmp_path)
+    assert_one_line_error(usage, "give a RECIPE or --config CONFIG_JSON")
+    assert "[RECIPE]" in fmtk("run", "--help").stdout.splitlines()[0]
+
+
+def test_runs_lists_the_runs_under_a_folder(tmp_path: Path) -> None:
+    assert (
+        fmtk(
+            "run", "digits_mlp", "--epochs", "1", "--set", "lr=0.02", "--output-dir", "runs", cwd=tmp_path
+        ).returncode
+        == 0
+    )
+    listing = fmtk("runs", cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    header, row = listing.stdout.splitlines()
+    assert header.split()[:5] == ["run", "recipe", "preset", "changed", "epochs"]
+    assert "digits_mlp" in row and "lr=0.02 epochs=1" in row and row.endswith("finished")
+    [run] = json.loads(fmtk("runs", "runs", "--json", cwd=tmp_path).stdout)
+    assert (run["recipe"], run["epochs_done"], run["state"]) == ("digits_mlp", 1, "finished")
+    assert_one_line_error(fmtk("runs", "--sort", "colour", cwd=tmp_path), "unknown sort key 'colour'")
+    assert_one_line_error(fmtk("runs", "nowhere", cwd=tmp_path), "nowhere")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_a_missing_run_folder_is_named_with_its_command(tmp_path: Path, command: str) -> None:
+    extra = ["image.png"] if command == "predict" else []
+    assert_one_line_error(
+        fmtk(command, "nowhere", *extra, cwd=tmp_path), f"fmtk {command} nowhere: no such run folder"
+    )

@@ -22,7 +22,11 @@ def python_block(section: str, number: int = 1, document: Path = README) -> str:
 
 def test_every_python_example_is_one_a_test_runs() -> None:
     counts = {path.name: len(re.findall(r"```python\n", path.read_text())) for path in DOCUMENTS}
-    assert {name: count for name, count in counts.items() if count} == {"README.md": 3, "handlers.md": 2}
+    assert {name: count for name, count in counts.items() if count} == {
+        "README.md": 4,
+        "handlers.md": 2,
+        "python.md": 2,
+    }
 
 
 def test_relative_links_lead_to_files() -> None:
@@ -55,6 +59,15 @@ def handlers_example(tmp_path: Path, number: int, module: str, *args: str) -> Pa
     return tmp_path / "r"
 
 
+def test_the_notebook_walk_through_runs(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "docs" / "notebook.py")]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    [run_dir] = (tmp_path / "runs" / "wine").iterdir()
+    assert json.loads((run_dir / "config.json").read_text())["changed"] == {"hidden": 64}
+    assert "wine/" in done.stdout.splitlines()[-1] and done.stdout.splitlines()[-1].endswith("finished")
+
+
 def test_handlers_example_keeps_its_count_in_the_last_checkpoint(tmp_path: Path) -> None:
     import torch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -73,6 +86,35 @@ def test_handlers_example_logs_the_clipped_gradient_norm(tmp_path: Path) -> None
     events = EventAccumulator(str(run_dir / "iterations")).Reload().Scalars("grads/total_norm")
     assert [event.step for event in events] == list(range(10, 10 * len(events) + 1, 10)) and len(events) >= 3
     assert all(event.value <= 0.5 + 1e-4 for event in events)  # logged after the recipe's clipping
+
+
+def test_from_python_example(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(python_block("From Python"))
+    result = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    [run_dir] = (tmp_path / "runs" / "digits_mlp").iterdir()
+    assert json.loads((run_dir / "config.json").read_text())["changed"] == {"epochs": 5, "lr": 0.05}
+    assert "precision" in result.stdout and "confusion matrix" in result.stdout
+
+
+def test_python_docs_examples(tmp_path: Path) -> None:
+    python_doc = ROOT / "docs" / "python.md"
+    made_in_python = python_block("A recipe made in Python", 1, python_doc)
+    (tmp_path / "notebook_recipe.py").write_text(made_in_python)
+    result = subprocess.run(
+        [sys.executable, "notebook_recipe.py"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    [run_dir] = (tmp_path / "runs" / "notebook_digits").iterdir()
+    assert float(result.stdout.split()[0]) > 0.8
+    cli = subprocess.run(
+        [sys.executable, "-m", "fmtk", "evaluate", str(run_dir)], capture_output=True, text=True
+    )
+    assert cli.returncode == 1 and cli.stderr.strip() in python_doc.read_text()  # the error the page shows
+    (tmp_path / "lrs.py").write_text(python_block("`build_run`: the run before it starts", 1, python_doc))
+    result = subprocess.run([sys.executable, "lrs.py"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "[0.05, 0.05, 0.05]" in result.stdout
 
 
 def test_writing_a_recipe_example(tmp_path: Path) -> None:

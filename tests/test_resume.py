@@ -60,6 +60,17 @@ def sigkill_mid_epoch_3(run):
     at_iteration(run, 2 * 20 + 7, lambda run: os.kill(os.getpid(), signal.SIGKILL))
 
 
+def ctrl_c_mid_epoch_1(run):
+    at_iteration(run, 5, lambda run: os.kill(os.getpid(), signal.SIGINT))
+
+
+def report_running(run):  # what `fmtk runs` sees of this run while it trains
+    from fmtk.runs import is_running
+
+    seen = run.run_dir / "seen_running.txt"
+    at_iteration(run, 3, lambda run: seen.write_text(str(is_running(run.run_dir))))
+
+
 def ctrl_c_mid_epoch_2(run):
     at_iteration(run, 20 + 5, lambda run: os.kill(os.getpid(), signal.SIGINT))
 
@@ -170,6 +181,23 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(
     torch.load(run_dir / "last_checkpoint_1.pt", weights_only=True)
     assert fmtk(workspace, "--resume", "ctrl_c").returncode == 0
     assert results(run_dir) == results(uninterrupted)
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_so_and_resume_starts_again(
+    workspace: Path, uninterrupted: Path
+) -> None:
+    interrupted = fmtk(workspace, *RECIPE, "--run-dir", "early_c", "--handler", "killers:ctrl_c_mid_epoch_1",
+                       "--handler", "killers:report_running")  # fmt: skip
+    assert interrupted.returncode == 130
+    assert_one_line_error(interrupted, "interrupted before the first checkpoint", "fmtk run --resume early_c")
+    run_dir = workspace / "early_c"
+    assert (run_dir / "seen_running.txt").read_text() == "True"
+    assert not list(run_dir.glob("*.pt")) and (run_dir / "config.json").exists()
+    resumed = fmtk(workspace, "--resume", "early_c")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "starting the run again from the beginning" in resumed.stdout
+    assert results(run_dir) == results(uninterrupted)
+    assert epoch_rows(run_dir) == epoch_rows(uninterrupted)
 
 
 def test_kill_while_writing_a_checkpoint_leaves_the_previous_one(

@@ -35,7 +35,6 @@ def grayscale_input(image: Image.Image, size: int) -> torch.Tensor:
     return scale_pixels(torch.from_numpy(pixels.copy()).unsqueeze(0), 255.0)
 
 
-
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file of unsigned bytes (MNIST's format), gzip-compressed or not.
 

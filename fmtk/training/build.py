@@ -5,9 +5,11 @@ gets → the recipe's own handlers.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import ignite.distributed as idist
 import torch
@@ -17,9 +19,18 @@ from torch import nn
 
 from fmtk.data.batches import DataSplits
 from fmtk.distributed import broadcast_buffers, check_sharded, is_main_process
-from fmtk.recipe import Recipe
+from fmtk.errors import FmtkError
+from fmtk.recipe import Recipe, apply_overrides, load_recipe, overridable_fields, watched
+from fmtk.runfolder import make_run_dir, remove_if_empty
 from fmtk.training.checkpoints import RandomState, RunInfo, load_model_weights, read_checkpoint
-from fmtk.training.engines import SpeedOptions, create_evaluator, create_optimizer, create_trainer, loss_on
+from fmtk.training.engines import (
+    SpeedOptions,
+    create_evaluator,
+    create_optimizer,
+    create_trainer,
+    loss_on,
+    resolve_device,
+)
 from fmtk.training.handlers import (
     attach_early_stopping,
     attach_epoch_log,
@@ -29,55 +40,105 @@ from fmtk.training.handlers import (
     attach_progress,
     attach_tensorboard,
     attach_validation,
+    write_hparams,
 )
 from fmtk.training.run import ResumePoint, Run
 
 
 def build_run(
-    recipe: Recipe,
-    run_dir: Path,
-    device: torch.device,
-    data_dir: Path,
-    echo: Callable[[str], None] = print,
+    recipe: Recipe | str | Path,
+    run_dir: Path | str | None = None,
+    device: torch.device | str = "auto",
+    data_dir: Path | str | None = None,
+    echo: Callable[[str], None] | None = print,
     resume_from: Path | None = None,
     speed: SpeedOptions | None = None,
+    *,
+    output_dir: Path | str = "runs",
+    progress: bool | None = None,
+    command: str | None = None,
+    restart: bool = False,
+    **overrides: Any,
 ) -> Run:
-    """Assemble the run of ``recipe`` into ``run_dir`` (which must exist) on ``device``; with
-    ``resume_from`` (a last checkpoint of that run) every kept state continues from it when
-    :meth:`Run.run` starts.
+    """Assemble the run of ``recipe`` into ``run_dir`` on ``device``; with ``resume_from`` (a last
+    checkpoint of that run) every kept state continues from it when :meth:`Run.run` starts.
 
     Args:
-        recipe: what to train.
-        run_dir: the run folder (see :func:`fmtk.runfolder.make_run_dir`).
-        device: where to train.
-        data_dir: the data root the recipe's ``data`` reads.
-        echo: where the epoch lines and the test table go (rank 0 only).
+        recipe: what to train: a :class:`Recipe`, a bundled recipe's name or a recipe file's path.
+        run_dir: the run folder; by default a new ``<output_dir>/<recipe>/<YYYYmmdd-HHMMSS>``.
+        device: where to train: a ``torch.device`` or ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        data_dir: the data root the recipe's ``data`` reads (default ``$FMTK_DATA``, else ``data``).
+        echo: where the epoch lines and the test table go (rank 0 only); None: nowhere.
         resume_from: a ``last_checkpoint_<epoch>.pt`` of ``run_dir`` to go on from.
         speed: precision, channels_last, compile; defaults per device (``SpeedOptions.resolve``).
+        output_dir: where a new run folder goes when ``run_dir`` is not given.
+        progress: a progress bar over each epoch; default: when stderr is a terminal or in Jupyter.
+        command: the command line recorded in config.json.
+        restart: ``run_dir`` holds a run that has no checkpoint yet: start it again from the beginning.
+        overrides: recipe values, checked like ``--set`` (e.g. ``epochs=3, lr=0.05``).
 
     When several processes train (``ignite.distributed``), every rank calls this; only rank 0
     writes files and calls ``echo``.
 
     Example::
 
-        recipe = load_recipe("digits_mlp")
-        run = build_run(recipe, make_run_dir(Path("runs"), recipe.name), torch.device("cpu"), Path("data"))
+        run = build_run("digits_mlp", device="cpu", epochs=2, echo=None)
         run.run()["test"]["best"]["accuracy"]
     """
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(str(recipe))
+    if overrides:
+        recipe = apply_overrides(recipe, overrides)
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    data_dir = Path(data_dir if data_dir is not None else os.environ.get("FMTK_DATA", "data"))
+    chosen_folder = run_dir is not None
+    made_folder = not chosen_folder or not Path(run_dir).exists()
+    if made_folder and is_main_process():
+        run_dir = make_run_dir(Path(output_dir), recipe.name, Path(run_dir) if chosen_folder else None)
+    try:
+        return _assemble(recipe, Path(run_dir), device, data_dir, echo, resume_from, speed, progress,
+                         command, restart)  # fmt: skip
+    except BaseException:
+        if made_folder and is_main_process():  # a run that could not be assembled leaves nothing
+            remove_if_empty(Path(run_dir), remove_parent=not chosen_folder)
+        raise
+
+
+def _assemble(
+    recipe: Recipe,
+    run_dir: Path,
+    device: torch.device,
+    data_dir: Path,
+    echo: Callable[[str], None] | None,
+    resume_from: Path | None,
+    speed: SpeedOptions | None,
+    progress: bool | None,
+    command: str | None,
+    restart: bool,
+) -> Run:
     manual_seed(recipe.seed)
     model, speed = _create_model(recipe, device, speed or SpeedOptions())
     resume = None
     if resume_from is not None:  # before the data: a mismatching checkpoint fails fast
         resume = ResumePoint(Path(resume_from), read_checkpoint(resume_from, device))
         load_model_weights(resume.checkpoint, resume.path, recipe.name, model)
-    data = recipe.data(recipe, Path(data_dir), device)
+    data = recipe.data(recipe, data_dir, device)
     check_sharded({"train": data.train, "valid": data.valid, "test": data.test})
-    echo = echo if is_main_process() else _silent
-    run = _create_engines(recipe, Path(run_dir), device, data, model, speed, resume, echo)
-    _attach_handlers(run)
+    echo = echo if echo is not None and is_main_process() else _silent
+    run = _create_engines(recipe, run_dir, device, data, model, speed, resume, echo)
+    run.command, run.restart = command, restart
+    if progress is None:
+        progress = sys.stderr.isatty() or _in_notebook()
+    _attach_handlers(run, progress)
     if recipe.attach is not None:
         recipe.attach(run)
     return run
+
+
+def _in_notebook() -> bool:
+    """True in a Jupyter kernel (where stderr is no terminal but a progress bar shows)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in shell.config
 
 
 def _create_model(
@@ -112,6 +173,7 @@ def _create_engines(
     # (whose metrics Ignite reduces across ranks) needs no gradient synchronisation.
     train_model = idist.auto_model(model) if idist.get_world_size() > 1 else model
     scaler = torch.amp.GradScaler(device.type) if speed.precision == "16-mixed" else None
+    extra_metrics = recipe.make_metrics()
     run = Run(
         recipe=recipe,
         run_dir=run_dir,
@@ -121,11 +183,12 @@ def _create_engines(
         optimizer=optimizer,
         loss_fn=loss_fn,
         trainer=create_trainer(train_model, optimizer, loss_fn, device, speed, scaler),
-        evaluator=create_evaluator(model, loss_fn, device),
+        evaluator=create_evaluator(model, loss_fn, device, extra_metrics=extra_metrics),
         speed=speed,
         scaler=scaler,
         resume=resume,
         echo=echo,
+        metric_names=["loss", "accuracy", *extra_metrics],
     )
     states = {"model": model, "optimizer": optimizer, "trainer": run.trainer, "scaler": scaler}
     states.update(random_state=RandomState(), run_info=RunInfo(recipe.name, model))
@@ -135,7 +198,7 @@ def _create_engines(
     return run
 
 
-def _attach_handlers(run: Run) -> None:
+def _attach_handlers(run: Run, progress: bool) -> None:
     """The handlers every run gets, keeping the states of those that have one.
 
     Order matters: each EPOCH_COMPLETED handler sees what the earlier ones left (bar closed,
@@ -144,7 +207,15 @@ def _attach_handlers(run: Run) -> None:
     """
     recipe, trainer, evaluator, data = run.recipe, run.trainer, run.evaluator, run.data
     main = is_main_process()
-    if main and sys.stderr.isatty():  # a disabled bar still costs ~40 µs a step
+    metrics = run.metric_names
+    for field in ("early_stopping_metric", "checkpoint_metric", "plateau_metric"):
+        name = watched(getattr(recipe, field))[0]
+        if name not in metrics:
+            valid = ", ".join(metrics)
+            raise FmtkError(
+                f"recipe {recipe.name}: {field} '{name}' is not a validation metric; valid: {valid}"
+            )
+    if main and progress:  # not merely disabled: a disabled bar still costs ~40 µs a step
         attach_progress(trainer)
     if recipe.max_grad_norm is not None:
         attach_gradient_clipping(trainer, run.model, recipe.max_grad_norm)
@@ -156,20 +227,42 @@ def _attach_handlers(run: Run) -> None:
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: broadcast_buffers(run.model))
     attach_validation(trainer, evaluator, data.valid)
     if recipe.early_stopping_patience is not None:
-        run.early_stopping = run.keep(
-            "early_stopping", attach_early_stopping(trainer, evaluator, recipe.early_stopping_patience)
+        stopper = attach_early_stopping(
+            trainer,
+            evaluator,
+            recipe.early_stopping_patience,
+            *watched(recipe.early_stopping_metric),
+            run.echo,
         )
+        run.early_stopping = run.keep("early_stopping", stopper)
     if recipe.plateau_patience is not None:
-        plateau = attach_lr_plateau(evaluator, run.optimizer, recipe.plateau_patience, recipe.plateau_factor)
+        plateau = attach_lr_plateau(evaluator, run.optimizer, recipe.plateau_patience, recipe.plateau_factor,
+                                    *watched(recipe.plateau_metric))  # fmt: skip
         run.lr_scheduler = run.keep("lr_scheduler", plateau)
-    run.history = attach_epoch_log(trainer, evaluator, run.optimizer, run.run_dir if main else None, run.echo)
+    run.history = attach_epoch_log(
+        trainer, evaluator, run.optimizer, run.run_dir if main else None, run.echo, metrics[2:]
+    )
     if main:
-        epoch, iteration = (run.resume.epoch, run.resume.iteration) if run.resume else (0, 0)
+        epoch, iteration = (run.resume.epoch, run.resume.iteration) if run.resume else (None, 0)
+        if run.restart:
+            epoch = 0
         existing = set(run.run_dir.rglob("*"))
         run.tensorboard, run.tensorboard_iterations = attach_tensorboard(
-            trainer, evaluator, run.optimizer, run.run_dir, recipe.log_every, epoch, iteration
+            trainer, evaluator, run.optimizer, run.run_dir, recipe.log_every, epoch, iteration, metrics
         )
+        if run.resume is None:  # once per run: its values against its final figures
+            write_hparams(run.tensorboard.writer, hparam_values(recipe), HPARAM_METRICS)
         run.created_paths = sorted(set(run.run_dir.rglob("*")) - existing)
+
+
+# The figures the HParams tab shows beside each run's values: scalar tags the run logs.
+HPARAM_METRICS = ("valid/accuracy", "valid/loss", "train/loss", "test/best_accuracy", "test/last_accuracy")
+
+
+def hparam_values(recipe: Recipe) -> dict[str, Any]:
+    """The recipe's values as TensorBoard hyperparameters: every field --set may change, and options."""
+    values = {"recipe": recipe.name, **{name: getattr(recipe, name) for name in overridable_fields()}}
+    return {**values, **recipe.options}
 
 
 def _silent(line: str) -> None:

@@ -20,7 +20,7 @@ from ignite.handlers import Checkpoint, DiskSaver, global_step_from_engine
 from torch import nn
 
 from fmtk.errors import FmtkError
-from fmtk.runfolder import BEST, BEST_SCORE, LAST
+from fmtk.runfolder import BEST, LAST
 from fmtk.version import __version__
 
 
@@ -104,9 +104,12 @@ def attach_checkpoints(
     run_dir: Path,
     best_state: Mapping[str, Any],
     kept: dict[str, Any],
+    metric: str = "accuracy",
+    mode: str = "max",
 ) -> tuple[Checkpoint, Checkpoint]:
-    """Keep ``best_*.pt`` (``best_state`` at the best valid accuracy) and ``last_*.pt`` (everything in
-    ``kept``, to which the best checkpoint's bookkeeping is added), each written atomically.
+    """Keep ``best_*.pt`` (``best_state`` at the best valid ``metric``, highest or lowest by
+    ``mode``; the earliest epoch on ties) and ``last_*.pt`` (everything in ``kept``, to which the
+    best checkpoint's bookkeeping is added), each written atomically.
 
     ``kept`` is passed on as it is, not copied: what is added to it later is saved too. Attach this
     last of the trainer's EPOCH_COMPLETED handlers, so the checkpoint holds what they decided.
@@ -117,8 +120,9 @@ def attach_checkpoints(
         best_state,
         saver,
         filename_prefix=BEST,
-        score_function=lambda engine: engine.state.metrics["accuracy"],
-        score_name=BEST_SCORE,
+        # Ignite keeps the highest score: a metric to minimise is scored negated.
+        score_function=lambda engine: engine.state.metrics[metric] * (1 if mode == "max" else -1),
+        score_name=f"valid_{metric}",
         n_saved=1,
         global_step_transform=epoch,
     )

@@ -8,15 +8,16 @@ backward and step and see the true gradients, also under ``16-mixed`` (the scale
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, EventEnum, Events, create_supervised_evaluator
-from ignite.metrics import Accuracy, ConfusionMatrix, Loss
+from ignite.metrics import Accuracy, ConfusionMatrix, Loss, Metric
 from torch import nn
 
+from fmtk.choices import PRECISIONS
 from fmtk.errors import FmtkError
 
 
@@ -49,7 +50,6 @@ class StepEvents(EventEnum):
     BACKWARD_COMPLETED = "backward_completed"
 
 
-PRECISIONS = ("32", "bf16", "16-mixed")
 FUSED_OPTIMIZERS = ("SGD", "Adam", "AdamW")
 
 
@@ -185,11 +185,40 @@ def create_trainer(
 
 
 def create_evaluator(
-    model: nn.Module, loss_fn: Callable, device: torch.device, num_classes: int | None = None
+    model: nn.Module,
+    loss_fn: Callable,
+    device: torch.device,
+    num_classes: int | None = None,
+    extra_metrics: Mapping[str, Metric] | None = None,
 ) -> Engine:
-    """An Ignite evaluator with ``accuracy`` and ``loss`` (mean over samples) metrics, and a
-    ``confusion`` matrix when ``num_classes`` is given."""
-    metrics = {"accuracy": Accuracy(device=device), "loss": Loss(loss_fn, device=device)}
+    """An Ignite evaluator with ``accuracy`` and ``loss`` (mean over samples) metrics, a
+    ``confusion`` matrix when ``num_classes`` is given, and ``extra_metrics`` (each must give one
+    number: a one-element tensor becomes a float)."""
+    extra_metrics = dict(extra_metrics or {})
+    taken = [name for name in extra_metrics if name in BUILT_IN_METRICS]
+    if taken:
+        raise FmtkError(f"metric name {taken[0]!r} is taken by fmtk's own; choose another")
+    metrics = {"accuracy": Accuracy(device=device), "loss": Loss(loss_fn, device=device), **extra_metrics}
     if num_classes is not None:
         metrics["confusion"] = ConfusionMatrix(num_classes, device=device)
-    return create_supervised_evaluator(model, metrics=metrics, device=device, non_blocking=True)
+    evaluator = create_supervised_evaluator(model, metrics=metrics, device=device, non_blocking=True)
+    if extra_metrics:
+        evaluator.add_event_handler(Events.COMPLETED, _scalar_metrics, list(extra_metrics))
+    return evaluator
+
+
+BUILT_IN_METRICS = ("loss", "accuracy", "confusion")
+
+
+def _scalar_metrics(evaluator: Engine, names: list[str]) -> None:
+    # First of the evaluator's COMPLETED handlers: the logs, early stopping and checkpoints that
+    # follow read one float per metric.
+    for name in names:
+        value = evaluator.state.metrics[name]
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise FmtkError(
+                    f"metric {name!r} gives {value.numel()} values, fmtk logs one number per metric "
+                    "(e.g. Precision(average=True))"
+                )
+            evaluator.state.metrics[name] = value.item()

@@ -3,8 +3,8 @@ confidently wrong images, and predictions for image files."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,34 +19,48 @@ from fmtk.pictures import confusion_picture, titled_grid
 from fmtk.recipe import Recipe, recipe_from_config
 from fmtk.runfolder import BEST, confusion_name, find_checkpoint, read_config
 from fmtk.training.checkpoints import load_model_weights, read_checkpoint
-from fmtk.training.engines import create_evaluator
+from fmtk.training.engines import create_evaluator, loss_on
 
 
 @dataclass
 class Evaluation:
-    """Loss, accuracy and confusion matrix (rows: true class, columns: predicted) of one split."""
+    """Loss, accuracy, the recipe's own metrics and the confusion matrix (rows: true class,
+    columns: predicted) of one split."""
 
     loss: float
     accuracy: float
     confusion: np.ndarray
     classes: list[str]
+    metrics: dict[str, float] = field(default_factory=dict)  # the recipe's own (Recipe.metrics)
 
     @property
     def per_class_accuracy(self) -> list[float]:
-        totals = self.confusion.sum(axis=1)
-        return [
-            float(self.confusion[i, i] / totals[i]) if totals[i] else float("nan") for i in range(len(totals))
-        ]
+        """Per class: the share of its samples predicted right (its recall)."""
+        return self.per_class()["recall"].tolist()
+
+    def per_class(self) -> dict[str, np.ndarray]:
+        """Per class, from the confusion matrix: ``precision``, ``recall`` and ``f1`` (NaN where
+        undefined: a class never predicted has no precision), and ``count`` (its samples)."""
+        hits = np.diag(self.confusion).astype(float)
+        counts, predicted = self.confusion.sum(axis=1), self.confusion.sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            precision, recall = hits / predicted, hits / counts
+            f1 = 2 * precision * recall / (precision + recall)
+        f1[(precision == 0) & (recall == 0)] = 0.0
+        return {"precision": precision, "recall": recall, "f1": f1, "count": counts}
 
     def table(self) -> str:
-        """Per-class accuracy and the confusion matrix as terminal text."""
+        """The recipe's metrics, per-class precision, recall (accuracy of the class) and F1, and
+        the confusion matrix, as terminal text."""
         width = max(8, *(len(name) for name in self.classes)) + 2
-        lines = [f"loss {self.loss:.4f}  accuracy {100 * self.accuracy:.2f}%", ""]
-        lines += [f"{'class':<{width}}{'accuracy':>9}{'count':>7}"]
-        for name, accuracy, count in zip(
-            self.classes, self.per_class_accuracy, self.confusion.sum(axis=1), strict=True
-        ):
-            lines.append(f"{name:<{width}}{100 * accuracy:>8.2f}%{count:>7}")
+        lines = [f"loss {self.loss:.4f}  accuracy {100 * self.accuracy:.2f}%"]
+        lines += [f"{name} {value:.4f}" for name, value in self.metrics.items()]
+        lines += ["", f"{'class':<{width}}{'precision':>10}{'recall':>9}{'f1':>9}{'count':>7}"]
+        per_class = self.per_class()
+        for index, name in enumerate(self.classes):
+            precision, recall, f1 = (100 * per_class[key][index] for key in ("precision", "recall", "f1"))
+            count = per_class["count"][index]
+            lines.append(f"{name:<{width}}{precision:>9.2f}%{recall:>8.2f}%{f1:>8.2f}%{count:>7}")
         cell = max(6, len(str(self.confusion.max())) + 2)
         lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
         lines.append(" " * width + "".join(f"{name[: cell - 1]:>{cell}}" for name in self.classes))
@@ -59,13 +73,19 @@ class Evaluation:
 
 
 def evaluate(
-    model: nn.Module, batches: Batches, classes: Sequence[str], device: torch.device, loss_fn: Callable
+    model: nn.Module,
+    batches: Batches,
+    classes: Sequence[str],
+    device: torch.device,
+    loss_fn: Callable,
+    extra_metrics: Mapping[str, Any] | None = None,
 ) -> Evaluation:
-    """Run Ignite's evaluator with accuracy, loss and confusion-matrix metrics over ``batches``."""
-    evaluator = create_evaluator(model, loss_fn, device, num_classes=len(classes))
+    """Run Ignite's evaluator with accuracy, loss, confusion-matrix and ``extra_metrics`` over ``batches``."""
+    evaluator = create_evaluator(model, loss_fn, device, len(classes), extra_metrics)
     metrics = evaluator.run(batches).metrics
     confusion = metrics["confusion"].cpu().numpy().astype(np.int64)
-    return Evaluation(metrics["loss"], metrics["accuracy"], confusion, list(classes))
+    extra = {name: metrics[name] for name in extra_metrics or {}}
+    return Evaluation(metrics["loss"], metrics["accuracy"], confusion, list(classes), extra)
 
 
 def most_confidently_wrong(model: nn.Module, batches: TensorBatches, count: int = 32) -> list[dict[str, Any]]:
@@ -97,22 +117,23 @@ def most_confidently_wrong(model: nn.Module, batches: TensorBatches, count: int 
 
 
 def top_losses_picture(
-    rows: list[dict[str, Any]], images: torch.Tensor, classes: Sequence[str]
+    rows: list[dict[str, Any]], images: torch.Tensor, classes: Sequence[str], title: str | None = None
 ) -> Image.Image:
-    """The images of ``most_confidently_wrong``, titled with the true class, the predicted one and
-    its probability."""
+    """The images of ``most_confidently_wrong``, each titled with the true class, the predicted one
+    and its probability, under ``title`` (say which model and split) when given."""
     titles = [
         f"true: {classes[r['true']]}\npred: {classes[r['predicted']]} {r['probability']:.2f}" for r in rows
     ]
-    return titled_grid(images[[r["index"] for r in rows]], titles, columns=8, cell=128)
+    return titled_grid(images[[r["index"] for r in rows]], titles, columns=8, cell=128, title=title)
 
 
 def load_trained_model(
-    run_dir: Path, which: str, device: torch.device
+    run_dir: Path, which: str, device: torch.device, recipe: Recipe | None = None
 ) -> tuple[Recipe, nn.Module, Path, list[str]]:
-    """The recipe, the model with the weights of checkpoint ``which``, its path and the class names."""
+    """The recipe (``recipe`` if given, with the run's values), the model with the weights of
+    checkpoint ``which``, its path and the class names."""
     config = read_config(run_dir)
-    recipe = recipe_from_config(config)
+    recipe = recipe_from_config(config, recipe=recipe)
     model = recipe.model(recipe).to(device)
     path = find_checkpoint(run_dir, which)
     load_model_weights(read_checkpoint(path, device), path, recipe.name, model)
@@ -120,6 +141,26 @@ def load_trained_model(
     if not classes:
         raise FmtkError(f"{run_dir}: config.json has no class names (made by an older fmtk?)")
     return recipe, model.eval(), path, classes
+
+
+def evaluate_run(
+    run_dir: Path,
+    checkpoint: str,
+    split: str,
+    data_dir: Path,
+    device: torch.device,
+    recipe: Recipe | None = None,
+) -> tuple[Recipe, Path, Evaluation]:
+    """A run's checkpoint (``best``, ``last`` or a path) evaluated on a split (``test``, ``valid``):
+    the recipe, the checkpoint's path and the evaluation."""
+    recipe, model, path, classes = load_trained_model(run_dir, checkpoint, device, recipe)
+    data = recipe.data(recipe, data_dir, device)
+    loss_fn = loss_on(recipe.loss(recipe), device)
+    return (
+        recipe,
+        path,
+        evaluate(model, getattr(data, split), classes, device, loss_fn, recipe.make_metrics()),
+    )
 
 
 def predict_files(
@@ -160,11 +201,12 @@ def run_pictures(
 ) -> dict[str, Image.Image]:
     """The pictures of a finished run: ``confusion_best`` (test split) and, for in-memory data,
     ``top_losses`` (valid split), from ``model`` holding the best checkpoint's weights."""
-    title = f"{recipe_name}: best checkpoint, test split"
-    pictures = {confusion_name(BEST, "test"): best_test.picture(title)}
+    confusion_title = f"{recipe_name}: best checkpoint, test split"
+    pictures = {confusion_name(BEST, "test"): best_test.picture(confusion_title)}
     if isinstance(valid, TensorBatches):
         valid = valid.whole()  # every sample, also when this is one of several processes
         rows = most_confidently_wrong(model, valid)
         if rows:
-            pictures["top_losses"] = top_losses_picture(rows, valid.images, classes)
+            wrong_title = f"{recipe_name}: most confidently wrong, valid split (best checkpoint)"
+            pictures["top_losses"] = top_losses_picture(rows, valid.images, classes, wrong_title)
     return pictures

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from ignite.engine import Engine, Events
 from ignite.handlers import EarlyStopping, ProgressBar, ReduceLROnPlateauScheduler, global_step_from_engine
 from ignite.handlers.tensorboard_logger import TensorboardLogger
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 
 from fmtk.errors import FmtkError
 from fmtk.runfolder import ITERATIONS, append_epoch_row
@@ -70,11 +73,29 @@ def attach_validation(trainer: Engine, evaluator: Engine, valid_data: Any) -> No
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run(valid_data))
 
 
-def attach_early_stopping(trainer: Engine, evaluator: Engine, patience: int) -> EarlyStopping:
-    """Stop ``trainer`` when valid loss has not improved for ``patience`` validations."""
-    stopper = EarlyStopping(patience, lambda engine: engine.state.metrics["loss"], trainer, mode="min")
+def attach_early_stopping(
+    trainer: Engine,
+    evaluator: Engine,
+    patience: int,
+    metric: str = "loss",
+    mode: str = "min",
+    echo: Callable[[str], None] = print,
+) -> EarlyStopping:
+    """Stop ``trainer`` when the valid ``metric`` has not improved (``mode`` min or max) for
+    ``patience`` validations, and say so in one line."""
+    stopper = EarlyStopping(patience, lambda engine: engine.state.metrics[metric], trainer, mode=mode)
+    stopper.logger.setLevel(logging.WARNING)  # its INFO "EarlyStopping: Stop training" goes to stderr
     # Not stopper.attach(evaluator): that resets the counter on every evaluation, so it never stops.
     evaluator.add_event_handler(Events.COMPLETED, stopper)
+
+    @trainer.on(Events.TERMINATE)
+    def say_why(engine: Engine) -> None:
+        if stopper.counter >= stopper.patience:
+            echo(
+                f"early stopping: valid {metric} has not improved for {patience} epochs; "
+                f"stopped after epoch {engine.state.epoch}"
+            )
+
     return stopper
 
 
@@ -96,10 +117,16 @@ class CheckpointablePlateau(ReduceLROnPlateauScheduler):
 
 
 def attach_lr_plateau(
-    evaluator: Engine, optimizer: torch.optim.Optimizer, patience: int, factor: float
+    evaluator: Engine,
+    optimizer: torch.optim.Optimizer,
+    patience: int,
+    factor: float,
+    metric: str = "loss",
+    mode: str = "min",
 ) -> CheckpointablePlateau:
-    """Multiply the LR by ``factor`` when valid loss has not improved for ``patience`` epochs."""
-    scheduler = CheckpointablePlateau(optimizer, "loss", mode="min", factor=factor, patience=patience)
+    """Multiply the LR by ``factor`` when the valid ``metric`` has not improved (``mode`` min or
+    max) for ``patience`` epochs."""
+    scheduler = CheckpointablePlateau(optimizer, metric, mode=mode, factor=factor, patience=patience)
     # On the evaluator, not the trainer: it needs the valid loss, once per validation.
     evaluator.add_event_handler(Events.COMPLETED, scheduler)
     return scheduler
@@ -111,17 +138,18 @@ def attach_tensorboard(
     optimizer: torch.optim.Optimizer,
     run_dir: Path,
     log_every: int,
-    resume_epoch: int = 0,
+    resume_epoch: int | None = None,
     resume_iteration: int = 0,
+    metric_names: Sequence[str] = ("loss", "accuracy"),
 ) -> tuple[TensorboardLogger, TensorboardLogger]:
-    """Log per epoch (epoch as step) train loss, valid loss and accuracy and the LR, with train and
-    valid loss on one chart ("Custom Scalars" tab); and the train loss every ``log_every``
+    """Log per epoch (epoch as step) train loss, the valid ``metric_names`` and the LR, with train
+    and valid loss on one chart ("Custom Scalars" tab); and the train loss every ``log_every``
     iterations in the ``iterations/`` sub-run.
 
-    When resuming after ``resume_epoch`` (``resume_iteration``), events of later steps left by the
-    interrupted process are purged (``purge_step``), so no step appears twice.
+    When resuming after ``resume_epoch`` (``resume_iteration``; 0 to start a run again), events of
+    later steps left by the interrupted process are purged (``purge_step``), so no step appears twice.
     """
-    purge = {"purge_step": resume_epoch + 1} if resume_epoch else {}
+    purge = {"purge_step": resume_epoch + 1} if resume_epoch is not None else {}
     epochs = TensorboardLogger(log_dir=str(run_dir), **purge)
     epoch = global_step_from_engine(trainer, Events.EPOCH_COMPLETED)
     epochs.attach_output_handler(
@@ -131,7 +159,7 @@ def attach_tensorboard(
         evaluator,
         Events.COMPLETED,
         tag="valid",
-        metric_names=["loss", "accuracy"],
+        metric_names=list(metric_names),
         global_step_transform=epoch,
     )
     epochs.attach_opt_params_handler(trainer, Events.EPOCH_STARTED, optimizer, param_name="lr")
@@ -139,7 +167,7 @@ def attach_tensorboard(
         {"losses": {"train and valid loss": ["Multiline", ["train/loss", "valid/loss"]]}}
     )
 
-    purge = {"purge_step": resume_iteration + 1} if resume_iteration else {}
+    purge = {"purge_step": resume_iteration + 1} if resume_epoch is not None else {}
     iterations = TensorboardLogger(log_dir=str(run_dir / ITERATIONS), **purge)
     iterations.attach_output_handler(
         trainer,
@@ -150,8 +178,21 @@ def attach_tensorboard(
     return epochs, iterations
 
 
+def write_hparams(writer: SummaryWriter, values: Mapping[str, Any], metric_tags: Sequence[str]) -> None:
+    """The run's values for TensorBoard's HParams tab, shown against the last value of each of
+    ``metric_tags`` (scalar tags the run logs). Written into the run's own event file: torch's
+    ``SummaryWriter.add_hparams`` would make a sub-run of its own."""
+    shown = {
+        key: value if isinstance(value, int | float | str | bool) else str(value)
+        for key, value in values.items()
+    }
+    for summary in hparams(shown, dict.fromkeys(metric_tags, 0.0)):
+        writer.file_writer.add_summary(summary)
+
+
 def attach_progress(trainer: Engine) -> ProgressBar:
-    """A tqdm bar over each epoch's iterations, cleared at the end of the epoch."""
+    """A tqdm bar over each epoch's iterations, cleared at the end of the epoch (a widget in Jupyter:
+    Ignite's bar uses ``tqdm.autonotebook``)."""
     bar = ProgressBar(persist=False)
     bar.attach(trainer)
     return bar
@@ -163,9 +204,11 @@ def attach_epoch_log(
     optimizer: torch.optim.Optimizer,
     run_dir: Path | None,
     echo: Callable[[str], None] = print,
+    extra_metrics: Sequence[str] = (),
 ) -> list[dict[str, float]]:
     """Print one summary line per epoch and append it to the metrics.csv of ``run_dir`` (None: no
-    file); returns the growing list of rows."""
+    file); returns the growing list of rows. ``extra_metrics`` (valid metrics beside loss and
+    accuracy) get columns ``valid_<name>`` after ``valid_accuracy``."""
     rows: list[dict[str, float]] = []
     epoch_lr: dict[str, float] = {}
 
@@ -180,6 +223,7 @@ def attach_epoch_log(
             "train_loss": engine.state.metrics["loss"],
             "valid_loss": evaluator.state.metrics["loss"],
             "valid_accuracy": evaluator.state.metrics["accuracy"],
+            **{f"valid_{name}": evaluator.state.metrics[name] for name in extra_metrics},
             "lr": epoch_lr["lr"],
             "epoch_seconds": engine.state.times[Events.EPOCH_COMPLETED.name],
         }
@@ -190,7 +234,8 @@ def attach_epoch_log(
         echo(
             f"epoch {row['epoch']:>3}/{engine.state.max_epochs}  train_loss {row['train_loss']:.4f}  "
             f"valid_loss {row['valid_loss']:.4f}  valid_acc {100 * row['valid_accuracy']:.2f}%  "
-            f"lr {row['lr']:.1e}  {row['epoch_seconds']:.1f}s"
+            + "".join(f"valid_{name} {row[f'valid_{name}']:.4f}  " for name in extra_metrics)
+            + f"lr {row['lr']:.1e}  {row['epoch_seconds']:.1f}s"
         )
 
     return rows

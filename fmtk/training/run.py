@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import ignite.distributed as idist
 import numpy as np
@@ -25,15 +25,17 @@ from torch import nn
 from fmtk.data.batches import DataSplits
 from fmtk.distributed import is_main_process
 from fmtk.errors import FmtkError
-from fmtk.recipe import Recipe
+from fmtk.recipe import Recipe, watched
 from fmtk.runfolder import (
     CONFIG,
     METRICS_JSON,
     picture_path,
+    read_config,
     remove_stale_files,
     truncate_history,
     write_json,
 )
+from fmtk.runs import lock_run
 from fmtk.training.checkpoints import (
     attach_checkpoints,
     check_keepable,
@@ -44,6 +46,7 @@ from fmtk.training.checkpoints import (
 from fmtk.training.engines import SpeedOptions
 from fmtk.training.evaluation import Evaluation, evaluate, run_pictures
 from fmtk.training.handlers import CheckpointablePlateau
+from fmtk.version import versions
 
 
 @dataclass
@@ -103,6 +106,11 @@ class Run:
     best_checkpoint: Checkpoint | None = None
     last_checkpoint: Checkpoint | None = None
     results: dict[str, Any] = field(default_factory=dict)
+    # The evaluators' metrics: loss, accuracy, then the recipe's own (Recipe.metrics).
+    metric_names: list[str] = field(default_factory=lambda: ["loss", "accuracy"])
+    command: str | None = None  # the command line that started the run, for config.json
+    restart: bool = False  # the run folder holds a start that wrote no checkpoint: begin again
+    _lock: IO[bytes] | None = field(default=None, repr=False)  # on config.json while training
 
     def keep(self, name: str, state: Any) -> Any:
         """Save ``state`` (anything with ``state_dict``/``load_state_dict``) in the last checkpoint
@@ -131,10 +139,13 @@ class Run:
             # Last of the trainer's EPOCH_COMPLETED handlers: it saves what every other one decided.
             best_state = {"model": self.model, "run_info": self.kept["run_info"]}
             self.best_checkpoint, self.last_checkpoint = attach_checkpoints(
-                self.trainer, self.evaluator, self.run_dir, best_state, self.kept
-            )
+                self.trainer, self.evaluator, self.run_dir, best_state, self.kept,
+                *watched(self.recipe.checkpoint_metric),
+            )  # fmt: skip
             if self.resume is not None:  # first of all, it checks that both sides name the same states
                 restore(self.kept, self.resume.checkpoint, self.resume.path)
+            if is_main_process() and (self.resume is not None or self.restart):
+                self._lock = lock_run(self.run_dir)  # before tidying: no other process trains it
         except FmtkError:
             self._close_loggers(discard=True)  # a run that cannot start changes nothing
             raise
@@ -146,13 +157,29 @@ class Run:
                 remove_stale_files(self.run_dir, self.resume.files())
             self.last_checkpoint.load_state_dict({"_saved": [(epoch, self.resume.path.name)]})
             self.echo(f"resuming after epoch {epoch} from {self.resume.path.name}")
+        elif self.restart:
+            if is_main_process():
+                truncate_history(self.run_dir, 0)
+                remove_stale_files(self.run_dir, set())
+            self.echo(f"{self.run_dir} has no checkpoint yet: starting the run again from the beginning")
         if is_main_process():
-            config = {**self.recipe.config(), "classes": self.data.classes, "speed": self.speed.config()}
-            write_json(self.run_dir / CONFIG, {**config, "processes": idist.get_world_size()})
+            self._write_config()
+            if self._lock is None:  # `fmtk runs` shows the run as running while the lock is held
+                self._lock = lock_run(self.run_dir)
         if idist.get_world_size() > 1:
             # Dropout and flips differ per process; the weights are rank 0's (DDP broadcasts them).
             manual_seed(self.recipe.seed + 1_000_003 * idist.get_rank() + epoch)
         idist.barrier()  # rank 0 has tidied the run folder before any rank trains
+
+    def _write_config(self) -> None:
+        """config.json: the resolved recipe, class names, speed, processes, versions and the command
+        line that started the run (kept when it is resumed)."""
+        command = self.command
+        if self.resume is not None or self.restart:
+            command = read_config(self.run_dir).get("command", command)
+        config = {**self.recipe.config(), "classes": self.data.classes, "speed": self.speed.config()}
+        config.update(processes=idist.get_world_size(), versions=versions(), command=command)
+        write_json(self.run_dir / CONFIG, config)
 
     def run(self) -> dict[str, Any]:
         """Train (or go on training), then test the best and the last checkpoints; write
@@ -166,6 +193,9 @@ class Run:
             self.results = self._summarise(time.perf_counter() - started)
         finally:
             self._close_loggers()
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
         if is_main_process():
             write_json(self.run_dir / METRICS_JSON, self.results)
             self._print_test_table()
@@ -175,18 +205,33 @@ class Run:
         """Load the model weights of ``checkpoint_path`` and evaluate them on the test split."""
         checkpoint = read_checkpoint(checkpoint_path, self.device)
         load_model_weights(checkpoint, checkpoint_path, self.recipe.name, self.model)
-        return evaluate(self.model, self.data.test, self.data.classes, self.device, self.loss_fn)
+        return evaluate(
+            self.model,
+            self.data.test,
+            self.data.classes,
+            self.device,
+            self.loss_fn,
+            self.recipe.make_metrics(),
+        )
 
     def _summarise(self, seconds: float) -> dict[str, Any]:
+        """Test the last and then the best checkpoint (the model ends holding the best weights)."""
         accuracies = [row["valid_accuracy"] for row in self.history]
+        name, mode = watched(self.recipe.checkpoint_metric)
+        scores = [row[f"valid_{name}"] for row in self.history]
         # Other ranks keep no history of the epochs before a resume; their summary is not written.
-        best_epoch = self.history[accuracies.index(max(accuracies))]["epoch"] if accuracies else None
+        best_score = (max if mode == "max" else min)(scores, default=None)
+        best_epoch = self.history[scores.index(best_score)]["epoch"] if scores else None
         best_path = Path(self.best_checkpoint.last_checkpoint)  # the saver folder is part of it
         last_path = Path(self.last_checkpoint.last_checkpoint)
-        best = self.test(best_path)  # on every rank: Ignite's metrics reduce across them
+        last = self.test(last_path)  # on every rank: Ignite's metrics reduce across them
+        best = self.test(best_path)
         if is_main_process():
             self._write_pictures(best)  # while the model holds the best weights
-        last = self.test(last_path)
+            for which, result in [("best", best), ("last", last)]:
+                self.tensorboard.writer.add_scalar(
+                    f"test/{which}_accuracy", result.accuracy, self.trainer.state.epoch
+                )
         return {
             "recipe": self.recipe.name,
             "device": str(self.device),
@@ -194,12 +239,13 @@ class Run:
             **self.speed.config(),
             "best_epoch": best_epoch,
             "best_valid_accuracy": max(accuracies, default=None),
+            "best_checkpoint_metric": {"name": f"valid_{name}", "mode": mode, "value": best_score},
             "epochs_run": self.trainer.state.epoch,
             "stopped_early": self.trainer.state.epoch < self.recipe.epochs,
             "train_seconds": round(seconds, 2),
             "checkpoints": {"best": best_path.name, "last": last_path.name},
             "test": {
-                which: {"loss": result.loss, "accuracy": result.accuracy}
+                which: {"loss": result.loss, "accuracy": result.accuracy, **result.metrics}
                 for which, result in [("best", best), ("last", last)]
             },
         }

@@ -8,8 +8,8 @@ import torch
 from conftest import make_image_folder, tree_snapshot
 from PIL import Image
 
-from fmtk.errors import FmtkError
 from fmtk.data.images import decode_image, decode_image_folder, load_catdog
+from fmtk.errors import FmtkError
 
 CPU = torch.device("cpu")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
@@ -12,14 +13,14 @@ from torch import nn
 from fmtk.training.handlers import attach_early_stopping, attach_lr_plateau, attach_validation
 
 
-def scripted_engines(valid_losses: list[float]) -> tuple[Engine, Engine]:
-    """A trainer and an evaluator whose valid loss after epoch k is ``valid_losses[k - 1]``."""
+def scripted_engines(valid_losses: list[float], metric: str = "loss") -> tuple[Engine, Engine]:
+    """A trainer and an evaluator whose valid ``metric`` after epoch k is ``valid_losses[k - 1]``."""
     trainer = Engine(lambda engine, batch: None)
     evaluator = Engine(lambda engine, batch: None)
 
     @evaluator.on(Events.COMPLETED)
     def set_loss(engine: Engine) -> None:
-        engine.state.metrics["loss"] = valid_losses[trainer.state.epoch - 1]
+        engine.state.metrics[metric] = valid_losses[trainer.state.epoch - 1]
 
     attach_validation(trainer, evaluator, [0])
     return trainer, evaluator
@@ -30,6 +31,16 @@ def test_early_stopping_stops_after_patience_bad_epochs() -> None:
     attach_early_stopping(trainer, evaluator, patience=3)
     trainer.run([0], max_epochs=10)
     assert trainer.state.epoch == 6  # best at 3; epochs 4, 5, 6 did not improve
+
+
+def test_early_stopping_watches_any_metric_and_says_why_it_stopped(capsys: pytest.CaptureFixture) -> None:
+    trainer, evaluator = scripted_engines([0.5, 0.7, 0.6, 0.65, 0.7, 0.9], metric="f1")
+    lines = []
+    attach_early_stopping(trainer, evaluator, patience=3, metric="f1", mode="max", echo=lines.append)
+    trainer.run([0], max_epochs=6)
+    assert trainer.state.epoch == 5  # best (highest) at 2; epochs 3, 4, 5 did not beat it
+    assert lines == ["early stopping: valid f1 has not improved for 3 epochs; stopped after epoch 5"]
+    assert "EarlyStopping" not in capsys.readouterr().err  # Ignite's own INFO line stays quiet
 
 
 def test_early_stopping_counter_survives_evaluations() -> None:
@@ -48,6 +59,16 @@ def test_plateau_lowers_the_lr() -> None:
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: lrs.append(optimizer.param_groups[0]["lr"]))
     trainer.run([0], max_epochs=6)
     assert [round(lr, 6) for lr in lrs] == [0.1, 0.1, 0.1, 0.1, 0.01, 0.01]
+
+
+def test_plateau_watches_any_metric() -> None:
+    optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
+    trainer, evaluator = scripted_engines([0.5, 0.6, 0.55, 0.55, 0.7], metric="top2")
+    lrs = []
+    attach_lr_plateau(evaluator, optimizer, patience=1, factor=0.5, metric="top2", mode="max")
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: lrs.append(optimizer.param_groups[0]["lr"]))
+    trainer.run([0], max_epochs=5)
+    assert lrs == [0.1, 0.1, 0.1, 0.05, 0.05]  # 0.55 twice below the best 0.6: halved after the second
 
 
 def test_plateau_and_early_stopping_state_round_trip_through_a_checkpoint(tmp_path: Path) -> None:

@@ -1,0 +1,143 @@
+"""fmtk from Python, e.g. a notebook cell: train a recipe in one call, then evaluate and predict with
+a run's checkpoints.
+
+    result = fmtk.fit("mnist_dnn", epochs=3, device="cpu", lr=0.05)
+    result.history[-1]["valid_accuracy"], result.test["best"]["accuracy"], result.model
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fmtk.launcher import resolve_handler
+from fmtk.recipe import Recipe, load_recipe
+from fmtk.runfolder import has_checkpoint, make_run_dir, remove_if_empty
+from fmtk.training.build import build_run
+from fmtk.training.engines import SpeedOptions, resolve_device
+from fmtk.training.evaluation import Evaluation, evaluate_run, load_trained_model, predict_files
+from fmtk.training.run import Run
+
+
+@dataclass
+class Result:
+    """What :func:`fit` hands back.
+
+    ``model`` holds the weights of the best checkpoint (``weights == "best"``: the epoch with the
+    best valid ``checkpoint_metric``, accuracy by default), as Keras' ``restore_best_weights`` and
+    fastai's ``SaveModelCallback`` leave it; the last epoch's weights are in the last checkpoint.
+    """
+
+    run_dir: Path
+    history: list[dict[str, float]]  # one dict per epoch, the columns of metrics.csv
+    test: dict[str, dict[str, float]]  # {"best": {"loss", "accuracy", …}, "last": {…}}
+    model: nn.Module
+    weights: str  # which checkpoint's weights ``model`` holds: "best"
+    results: dict[str, Any]  # everything metrics.json holds
+    run: Run  # the engines and handlers, e.g. run.trainer.state
+
+    def __repr__(self) -> str:
+        best, last = self.test["best"], self.test["last"]
+        return (
+            f"Result({self.run_dir}: {len(self.history)} epochs; test accuracy "
+            f"{100 * best['accuracy']:.2f}% best checkpoint (epoch {self.results['best_epoch']}), "
+            f"{100 * last['accuracy']:.2f}% last; model holds the {self.weights} weights)"
+        )
+
+
+def fit(
+    recipe: Recipe | str | Path,
+    *,
+    device: torch.device | str = "auto",
+    data_dir: Path | str | None = None,
+    output_dir: Path | str = "runs",
+    run_dir: Path | str | None = None,
+    handlers: Sequence[Callable[[Run], None] | str] = (),
+    quiet: bool = False,
+    progress: bool | None = None,
+    speed: SpeedOptions | None = None,
+    **overrides: Any,
+) -> Result:
+    """Train ``recipe`` (a :class:`Recipe`, a bundled recipe's name or a recipe file's path), test
+    its best and last checkpoints, and return a :class:`Result` whose model holds the best weights.
+
+    Args:
+        device: a ``torch.device`` or ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        data_dir: the data root (default ``$FMTK_DATA``, else ``data``).
+        output_dir: where the run folder is made (``<output_dir>/<recipe>/<YYYYmmdd-HHMMSS>``).
+        run_dir: the exact run folder instead (it must not exist or be empty).
+        handlers: functions that receive the :class:`~fmtk.training.run.Run` before it starts,
+            or ``"module:function"`` references to them (as ``--handler``).
+        quiet: print nothing (no epoch lines, no test table, no progress bar).
+        progress: a progress bar per epoch; default: in a terminal or Jupyter, unless ``quiet``.
+        speed: precision, channels_last, compile (default: per device).
+        overrides: recipe values, checked like ``--set`` (``epochs=3, lr=0.05, variant="basic"``).
+
+    A run stopped by an error or Ctrl-C before its first checkpoint leaves no run folder behind.
+    """
+    given = recipe if isinstance(recipe, Recipe) else str(recipe)
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(given)
+    attachers = [resolve_handler(h) if isinstance(h, str) else h for h in handlers]
+    existed = run_dir is not None and Path(run_dir).is_dir()
+    folder = make_run_dir(Path(output_dir), recipe.name, Path(run_dir) if run_dir is not None else None)
+    shown = f"Recipe(name={recipe.name!r}, ...)" if isinstance(given, Recipe) else repr(given)
+    arguments = ", ".join([shown, *(f"{key}={value!r}" for key, value in overrides.items())])
+    try:
+        run = build_run(recipe, folder, device, data_dir, None if quiet else print, speed=speed,
+                        progress=False if quiet else progress, command=f"fmtk.fit({arguments})",
+                        **overrides)  # fmt: skip
+        for attach in attachers:
+            attach(run)
+        results = run.run()
+    except BaseException:
+        if not has_checkpoint(folder):  # nothing to resume or look at: leave no half-made folder
+            shutil.rmtree(folder, ignore_errors=True)
+            if existed:
+                folder.mkdir()  # the empty folder the caller gave
+            elif run_dir is None:
+                remove_if_empty(folder.parent, remove_parent=False)  # <output_dir>/<recipe>
+        raise
+    return Result(folder, list(run.history), results["test"], run.model, "best", results, run)
+
+
+def evaluate(
+    run_dir: Path | str,
+    *,
+    recipe: Recipe | None = None,
+    checkpoint: str = "best",
+    split: str = "test",
+    data_dir: Path | str | None = None,
+    device: torch.device | str = "auto",
+) -> Evaluation:
+    """Loss, accuracy, the recipe's metrics, per-class precision/recall/F1 and the confusion matrix
+    of a run's checkpoint (``best``, ``last`` or a path) on a split (``test`` or ``valid``).
+
+    ``recipe``: the recipe object the run was made with, needed when fmtk cannot load it again
+    (one made in Python, e.g. with a lambda model); the run's values are applied to it.
+    """
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    data_dir = Path(data_dir if data_dir is not None else os.environ.get("FMTK_DATA", "data"))
+    return evaluate_run(Path(run_dir), checkpoint, split, data_dir, device, recipe)[2]
+
+
+def predict(
+    run_dir: Path | str,
+    images: Sequence[Path | str],
+    *,
+    recipe: Recipe | None = None,
+    checkpoint: str = "best",
+    top: int = 1,
+    device: torch.device | str = "auto",
+) -> list[dict[str, Any]]:
+    """For each image file, the ``top`` most probable classes with their probabilities, from a
+    run's checkpoint (``recipe`` as for :func:`evaluate`)."""
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    recipe, model, _, classes = load_trained_model(Path(run_dir), checkpoint, device, recipe)
+    return predict_files(recipe, model, [Path(image) for image in images], classes, top, device)

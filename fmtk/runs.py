@@ -1,0 +1,280 @@
+"""The runs under a folder as one table (``fmtk runs``), and the lock that marks a run as running.
+
+Only the small files of each run folder are read (config.json, metrics.json, metrics.csv), and
+nothing heavy is imported, so listing hundreds of runs takes a moment.
+
+Examples:
+    .. code-block:: python
+
+        from pathlib import Path
+        from fmtk.runs import format_runs_table, list_runs, sort_runs
+
+        print(format_runs_table(sort_runs(list_runs(Path("runs")), "best_valid_acc")))
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, NamedTuple
+
+from fmtk.errors import FmtkError
+from fmtk.runfolder import CONFIG, ITERATIONS, METRICS_CSV, read_config, read_results
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no run is ever seen as running
+    fcntl = None  # type: ignore[assignment]
+
+RUNNING, INTERRUPTED, STOPPED_EARLY, FINISHED, UNREADABLE = (
+    "running", "interrupted", "stopped early", "finished", "unreadable",
+)  # fmt: skip
+STATES = (RUNNING, INTERRUPTED, STOPPED_EARLY, FINISHED, UNREADABLE)  # the order --sort state gives
+
+_LOCK_TRIES = 10  # × 0.05 s: rides out an `fmtk runs` that holds its shared lock for a moment
+
+
+def lock_run(run_dir: Path) -> IO[bytes]:
+    """Mark ``run_dir`` as being trained until the returned file is closed or the process ends
+    (SIGKILL included): an exclusive lock on its config.json. Raises :class:`FmtkError` if another
+    process holds it."""
+    try:
+        file = open(Path(run_dir) / CONFIG, "rb")  # the caller closes it: that ends the lock
+    except OSError as error:
+        raise FmtkError(f"{run_dir}: cannot open {CONFIG} ({error.strerror})") from None
+    if fcntl is None:
+        return file
+    for attempt in range(_LOCK_TRIES):
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return file
+        except BlockingIOError:
+            if attempt < _LOCK_TRIES - 1:
+                time.sleep(0.05)
+        except OSError:  # a file system without locks (some network mounts): train unguarded
+            return file
+    file.close()
+    raise FmtkError(f"{run_dir} is being trained by another fmtk process")
+
+
+def is_running(run_dir: Path) -> bool:
+    """Whether a process holds :func:`lock_run`'s lock on ``run_dir`` (always False without fcntl)."""
+    if fcntl is None:
+        return False
+    try:
+        with open(Path(run_dir) / CONFIG, "rb") as file:
+            fcntl.flock(file.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)  # closing the file releases it
+    except BlockingIOError:
+        return True
+    except OSError:  # gone, unreadable, or no locks on this file system
+        return False
+    return False
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Every folder under ``root`` (``root`` included) that holds a config.json, in path order;
+    TensorBoard's ``iterations/`` sub-runs are not searched."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FmtkError(f"{root}: no such folder")
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(name for name in subfolders if name != ITERATIONS)
+        if CONFIG in files:
+            found.append(Path(folder))
+    return found
+
+
+def list_runs(root: Path) -> list[dict[str, Any]]:
+    """One row (plain JSON values, see :func:`read_run`) per run folder under ``root``, sorted by
+    path. A run whose files cannot be read gets the state ``unreadable`` and an ``error``."""
+    root = Path(root)
+    return [read_run(run_dir, root) for run_dir in find_run_dirs(root)]
+
+
+def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
+    """The row of one run folder: ``run`` (its path relative to ``root``), ``recipe``, ``preset``,
+    ``changed`` (dict, or None when config.json does not say), ``epochs_done``, ``epochs_max``,
+    ``best_valid_accuracy``, ``test_accuracy_best``, ``test_accuracy_last``, ``train_seconds``,
+    ``state`` (one of :data:`STATES`) and ``error`` (why it is unreadable, else None); a value
+    the files do not give is None."""
+    row: dict[str, Any] = {
+        "run": run_dir.relative_to(root).as_posix(),
+        "recipe": None, "preset": None, "changed": None, "epochs_done": None, "epochs_max": None,
+        "best_valid_accuracy": None, "test_accuracy_best": None, "test_accuracy_last": None,
+        "train_seconds": None, "state": None, "error": None,
+    }  # fmt: skip
+    running = is_running(run_dir)
+    results = None
+    try:
+        config = _json_object(read_config(run_dir), CONFIG)
+        row["recipe"] = _text(config.get("name"))
+        row["preset"] = _text(config.get("preset"))
+        changed = config.get("changed")
+        row["changed"] = changed if isinstance(changed, dict) else None
+        row["epochs_max"] = _integer(config.get("epochs"))
+        results = read_results(run_dir)
+        if results is None:  # not ended: what the finished epochs wrote
+            row["epochs_done"], row["best_valid_accuracy"] = _read_history(run_dir)
+        else:
+            results = _json_object(results, "metrics.json")
+            test = results.get("test") if isinstance(results.get("test"), dict) else {}
+            row["epochs_done"] = _integer(results.get("epochs_run"))
+            row["best_valid_accuracy"] = _number(results.get("best_valid_accuracy"))
+            row["test_accuracy_best"] = _accuracy(test.get("best"))
+            row["test_accuracy_last"] = _accuracy(test.get("last"))
+            row["train_seconds"] = _number(results.get("train_seconds"))
+    except (FmtkError, OSError) as error:
+        row["error"] = str(error)
+    if running:  # first: a running process may be rewriting the files just read
+        row["state"] = RUNNING
+    elif row["error"] is not None:
+        row["state"] = UNREADABLE
+    elif results is None:
+        row["state"] = INTERRUPTED
+    else:
+        row["state"] = STOPPED_EARLY if results.get("stopped_early") else FINISHED
+    return row
+
+
+def _read_history(run_dir: Path) -> tuple[int, float | None]:
+    """(epochs done, best valid accuracy) from metrics.csv; a torn last row (the process was
+    killed while writing it) is skipped."""
+    path = run_dir / METRICS_CSV
+    if not path.exists():
+        return 0, None
+    epochs, accuracies = [0], []
+    with path.open(newline="") as file:
+        for values in csv.DictReader(file):
+            if None in values.values():  # a short row: the write was cut off
+                continue
+            try:
+                epoch, accuracy = int(float(values["epoch"])), float(values["valid_accuracy"])
+            except (KeyError, ValueError):
+                continue
+            epochs.append(epoch)
+            accuracies.append(accuracy)
+    return max(epochs), max(accuracies, default=None)
+
+
+def _json_object(values: Any, name: str) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        raise FmtkError(f"{name} does not hold a JSON object")
+    return values
+
+
+def _number(value: Any) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _integer(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _accuracy(evaluation: Any) -> float | None:
+    return _number(evaluation.get("accuracy")) if isinstance(evaluation, dict) else None
+
+
+def format_changed(changed: dict[str, Any] | None) -> str:
+    """``{"lr": 0.05, "epochs": 3}`` → ``lr=0.05 epochs=3`` (as `--set` takes them); ``?`` when
+    unknown (runs from before config.json recorded it), ``-`` when nothing was changed."""
+    if changed is None:
+        return "?"
+    return " ".join(f"{key}={_format_value(value)}" for key, value in changed.items()) or "-"
+
+
+def _format_value(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return {None: "none", True: "true", False: "false"}[value]
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str) and value and not any(character.isspace() for character in value):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _seconds(row: dict[str, Any]) -> str:
+    return "-" if row["train_seconds"] is None else f"{row['train_seconds']:.1f}"
+
+
+def _epochs(row: dict[str, Any]) -> str:
+    done, most = row["epochs_done"], row["epochs_max"]
+    if done is None and most is None:
+        return "-"
+    return f"{'-' if done is None else done}/{'-' if most is None else most}"
+
+
+class Column(NamedTuple):
+    """One column of the table; its header is also its ``--sort`` key."""
+
+    header: str
+    text: Callable[[dict[str, Any]], str]  # the cell
+    right_aligned: bool
+    sort_value: Callable[[dict[str, Any]], Any]  # None: the run goes last
+    largest_first: bool
+
+
+def _percent_column(header: str, key: str) -> Column:
+    return Column(header, lambda row: _percent(row[key]), True, lambda row: row[key], True)
+
+
+def _changed_order(row: dict[str, Any]) -> str | None:
+    return None if row["changed"] is None else format_changed(row["changed"])
+
+
+COLUMNS = [
+    Column("run", lambda row: row["run"], False, lambda row: row["run"].split("/"), False),  # tree order
+    Column("recipe", lambda row: row["recipe"] or "-", False, lambda row: row["recipe"], False),
+    Column("preset", lambda row: row["preset"] or "-", False, lambda row: row["preset"], False),
+    Column("changed", lambda row: format_changed(row["changed"]), False, _changed_order, False),
+    Column("epochs", _epochs, True, lambda row: row["epochs_done"], True),
+    _percent_column("best_valid_acc", "best_valid_accuracy"),
+    _percent_column("test_acc_best", "test_accuracy_best"),
+    _percent_column("test_acc_last", "test_accuracy_last"),
+    Column("train_seconds", _seconds, True, lambda row: row["train_seconds"], True),
+    Column("state", lambda row: row["state"], False, lambda row: STATES.index(row["state"]), False),
+]
+# Not shown: the run folder's own name, <YYYYmmdd-HHMMSS> for the folders fmtk makes.
+_STARTED = Column("started", str, False, lambda row: row["run"].rsplit("/", 1)[-1], True)
+SORT_KEYS = [column.header for column in COLUMNS] + [_STARTED.header]
+
+
+def sort_runs(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """``rows`` sorted by one of :data:`SORT_KEYS`: accuracies, epochs and seconds largest first,
+    names alphabetically, ``started`` newest first, ``state`` running first; runs without the value
+    last."""
+    column = next((column for column in [*COLUMNS, _STARTED] if column.header == key), None)
+    if column is None:
+        raise FmtkError(f"unknown sort key '{key}'; valid keys: {', '.join(SORT_KEYS)}")
+    present = [row for row in rows if column.sort_value(row) is not None]
+    missing = [row for row in rows if column.sort_value(row) is None]
+    return sorted(present, key=column.sort_value, reverse=column.largest_first) + missing
+
+
+def format_runs_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as aligned text columns (``-`` for a missing value), then one line per unreadable
+    run saying why. No rows: the header alone."""
+    table = [[column.header for column in COLUMNS]]
+    table += [[column.text(row) for column in COLUMNS] for row in rows]
+    widths = [max(len(line[index]) for line in table) for index in range(len(COLUMNS))]
+    lines = []
+    for line in table:
+        cells = [
+            cell.rjust(width) if column.right_aligned else cell.ljust(width)
+            for cell, width, column in zip(line, widths, COLUMNS, strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    lines += [f"{row['run']}: {row['error']}" for row in rows if row["error"] is not None]
+    return "\n".join(lines)

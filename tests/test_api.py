@@ -1,0 +1,163 @@
+"""fmtk from Python: fit, evaluate and predict; the recipe's metrics and what the loop watches."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_one_line_error, fmtk
+from ignite.metrics import Precision, TopKCategoricalAccuracy
+from PIL import Image
+from sklearn.metrics import precision_score
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import fmtk as toolkit
+from fmtk.data import load_digits_splits
+from fmtk.models import mlp
+from fmtk.training.checkpoints import read_checkpoint
+
+
+def digits_metrics(recipe: toolkit.Recipe) -> dict:
+    return {"top2": TopKCategoricalAccuracy(k=2), "precision": Precision(average=True)}
+
+
+def lambda_recipe(**values: object) -> toolkit.Recipe:
+    """A recipe made in Python that fmtk cannot load again by name (a lambda model)."""
+    recipe = toolkit.Recipe(
+        name="notebook_digits",
+        description="made in a notebook",
+        model=lambda recipe: mlp(64, [32], 10),
+        data=lambda recipe, data_dir, device: load_digits_splits(recipe.batch_size, device, recipe.seed),
+        optimizer="SGD",
+        lr=0.1,
+        batch_size=32,
+        epochs=3,
+        image_input=lambda recipe, image: (
+            torch.from_numpy(np.asarray(image.convert("L").resize((8, 8))) / 255).float().unsqueeze(0)
+        ),
+    )
+    return dataclasses.replace(recipe, **values)
+
+
+def test_fit_returns_the_history_the_tests_and_the_best_weights(tmp_path: Path) -> None:
+    # "loss:max" keeps the epoch of the *highest* valid loss (the first): best ≠ last, so the
+    # model can be seen to end on the best checkpoint's weights, not the last epoch's.
+    result = toolkit.fit("digits_mlp", device="cpu", output_dir=tmp_path, quiet=True, epochs=3, lr=0.05,
+                         checkpoint_metric="loss:max")  # fmt: skip
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert result.results["best_epoch"] == 1 and result.weights == "best"
+    assert result.results["best_checkpoint_metric"]["name"] == "valid_loss"
+    best = read_checkpoint(result.run_dir / result.results["checkpoints"]["best"], torch.device("cpu"))
+    last = read_checkpoint(result.run_dir / result.results["checkpoints"]["last"], torch.device("cpu"))
+    for name, value in result.model.state_dict().items():
+        assert torch.equal(value, best["model"][name])
+    assert not all(torch.equal(result.model.state_dict()[k], v) for k, v in last["model"].items())
+    assert result.test["best"]["accuracy"] < result.test["last"]["accuracy"]
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["changed"] == {"epochs": 3, "lr": 0.05, "checkpoint_metric": "loss:max"}
+    assert config["command"] == "fmtk.fit('digits_mlp', epochs=3, lr=0.05, checkpoint_metric='loss:max')"
+    assert set(config["versions"]) == {"fmtk", "python", "torch", "torchvision", "pytorch-ignite"}
+    assert "epoch 1" in repr(result) and "best weights" in repr(result)
+
+
+def test_fit_quiet_prints_nothing_and_bad_values_leave_no_folder(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    toolkit.fit("digits_mlp", device=torch.device("cpu"), output_dir=tmp_path, quiet=True, epochs=1)
+    assert capfd.readouterr() == ("", "")
+    for bad, message in [({"epochs": 2.5}, "epochs=2.5: expected int"), ({"speed_of_light": 1}, "unknown")]:
+        with pytest.raises(toolkit.FmtkError, match=message):
+            toolkit.fit("digits_mlp", output_dir=tmp_path / "bad", **bad)
+    with pytest.raises(toolkit.FmtkError, match="not a validation metric; valid: loss, accuracy"):
+        toolkit.fit("digits_mlp", output_dir=tmp_path / "bad", early_stopping_metric="f1")
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").rglob("*"))
+
+
+def test_a_recipe_made_in_python_evaluates_and_predicts_from_python(tmp_path: Path) -> None:
+    recipe = lambda_recipe()
+    result = toolkit.fit(recipe, device="cpu", run_dir=tmp_path / "run", quiet=True)
+    evaluation = toolkit.evaluate(result.run_dir, recipe=recipe, device="cpu")
+    assert evaluation.accuracy == pytest.approx(result.test["best"]["accuracy"])
+    image = tmp_path / "digit.png"
+    Image.new("L", (8, 8), 255).save(image)
+    [prediction] = toolkit.predict(result.run_dir, [image], recipe=recipe, top=3, device="cpu")
+    assert len(prediction["predictions"]) == 3
+    assert_one_line_error(fmtk("evaluate", str(result.run_dir)), "made in Python", "recipe=")
+
+
+def test_the_recipes_metrics_reach_every_output_and_steer_the_loop(tmp_path: Path) -> None:
+    watching = {"early_stopping_metric": "precision", "plateau_metric": "top2"}
+    recipe = lambda_recipe(metrics=digits_metrics, early_stopping_patience=5, plateau_patience=2, **watching)
+    result = toolkit.fit(recipe, device="cpu", run_dir=tmp_path / "run", quiet=True, checkpoint_metric="top2")
+    run_dir = result.run_dir
+    with (run_dir / "metrics.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0])[3:6] == ["valid_accuracy", "valid_top2", "valid_precision"]
+    assert result.results["best_checkpoint_metric"]["name"] == "valid_top2"
+    assert result.results["checkpoints"]["best"].startswith(
+        f"best_checkpoint_{result.results['best_epoch']}_valid_top2="
+    )
+    tested = result.test["best"]
+    assert set(tested) == {"loss", "accuracy", "top2", "precision"} and tested["top2"] >= tested["accuracy"]
+    # Ignite's precision equals scikit-learn's over the same predictions
+    data = load_digits_splits(32, torch.device("cpu"), recipe.seed).test
+    with torch.no_grad():
+        predicted = torch.cat([result.model.eval()(x).argmax(1) for x, _ in data])
+    expected = precision_score(data.labels.numpy(), predicted.numpy(), average="macro", zero_division=0)
+    assert tested["precision"] == pytest.approx(expected)
+    events = EventAccumulator(str(run_dir)).Reload()
+    assert {"valid/top2", "valid/precision", "test/best_accuracy"} <= set(events.Tags()["scalars"])
+    evaluation = toolkit.evaluate(run_dir, recipe=recipe, device="cpu")
+    assert evaluation.metrics["top2"] == pytest.approx(tested["top2"])
+    assert "top2" in evaluation.table() and "precision" in evaluation.table()
+
+
+def test_a_metric_with_many_values_is_one_clear_error(tmp_path: Path) -> None:
+    recipe = lambda_recipe(metrics=lambda recipe: {"per_class": Precision(average=False)}, epochs=1)
+    with pytest.raises(toolkit.FmtkError, match="metric 'per_class' gives 10 values"):
+        toolkit.fit(recipe, device="cpu", run_dir=tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()  # made by fit, removed with everything in it
+
+
+def test_hparams_show_the_runs_values_against_its_figures(tmp_path: Path) -> None:
+    result = toolkit.fit("digits_mlp", device="cpu", output_dir=tmp_path, quiet=True, epochs=1, lr=0.02)
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(result.run_dir)).Reload()
+    content = events.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    values = session.session_start_info.hparams
+    assert values["lr"].number_value == pytest.approx(0.02) and values["recipe"].string_value == "digits_mlp"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    shown = {info.name.tag for info in experiment.metric_infos}
+    assert {"valid/accuracy", "test/best_accuracy"} <= shown <= set(events.Tags()["scalars"])
+
+
+def test_importing_fmtk_and_its_command_does_not_import_torch() -> None:
+    heavy = "('torch', 'ignite', 'numpy')"
+    code = f"import sys, fmtk, fmtk.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "[]", done.stderr
+    assert toolkit.Recipe.__module__ == "fmtk.recipe"  # the lazy names resolve
+    assert set(toolkit.__all__) >= {"fit", "evaluate", "predict", "Result", "Recipe", "Run", "build_run"}
+
+
+def test_the_progress_bar_shows_in_jupyter(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from fmtk.training.build import _in_notebook
+
+    assert not _in_notebook()
+    kernel = types.SimpleNamespace(config={"IPKernelApp": {"connection_file": "kernel.json"}})
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: kernel))
+    assert _in_notebook()
+    terminal = types.SimpleNamespace(config={"TerminalInteractiveShell": {}})
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: terminal))
+    assert not _in_notebook()  # IPython in a terminal: stderr decides

@@ -1,0 +1,156 @@
+"""The pictures: grids scaled to their data's range, with titles; confusion matrices that show
+every error, fit their labels and give each class's accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import ImageDraw
+from torch import nn
+
+from fmtk.data.batches import TensorBatches
+from fmtk.pictures import HEADING_HEIGHT, _font, confusion_picture, titled_grid
+from fmtk.training.evaluation import Evaluation, run_pictures
+
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"]
+FASHION += ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+@pytest.fixture
+def drawn_texts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[float, float], str]]:
+    """Every text Pillow draws while the test runs, as ``((x, y), text)``."""
+    texts = []
+    draw_text = ImageDraw.ImageDraw.text
+
+    def record(self, xy, text, *args, **kwargs):
+        texts.append((tuple(xy), text))
+        return draw_text(self, xy, text, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", record)
+    return texts
+
+
+def position_of(texts: list[tuple[tuple[float, float], str]], text: str) -> tuple[float, float]:
+    [position] = [xy for xy, drawn in texts if drawn == text]
+    return position
+
+
+def first_cell(images: torch.Tensor, cell: int = 32) -> np.ndarray:
+    """The pixels of the first image of a titled grid (one title line, no heading), as drawn."""
+    sheet = np.asarray(titled_grid(images, ["x"] * len(images), cell=cell))
+    return sheet[-cell:, :cell]
+
+
+@pytest.mark.parametrize(
+    "values, dtype",
+    [((0, 8, 16), torch.uint8), ((-1.0, 0.0, 1.0), torch.float32), ((3, 4, 5), torch.uint8)],
+    ids=["digits 0-16", "float -1..1", "uint8 3-5"],
+)
+def test_grid_stretches_the_batch_range_to_black_and_white(values, dtype) -> None:
+    low, middle, high = values
+    image = torch.tensor([[low, middle], [middle, high]], dtype=dtype).expand(1, 1, 2, 2)
+    pixels = first_cell(image)  # nearest neighbour: each source pixel is a 16×16 block
+    assert pixels[0, 0].tolist() == [0, 0, 0] and pixels[-1, -1].tolist() == [255, 255, 255]
+    assert pixels[0, -1].tolist() == [128, 128, 128]
+
+
+def test_grid_keeps_images_that_span_0_to_255() -> None:
+    images = torch.randint(0, 256, (2, 3, 8, 8), generator=torch.Generator().manual_seed(0)).byte()
+    images[0, 0, 0, 0], images[1, 2, 7, 7] = 0, 255
+    pixels = first_cell(images)
+    expected = images[0].permute(1, 2, 0).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    assert (pixels == expected.numpy()).all()
+
+
+@pytest.mark.parametrize("value", [0, 200])
+def test_grid_of_a_constant_batch_keeps_its_value(value: int) -> None:
+    pixels = first_cell(torch.full((2, 1, 8, 8), value, dtype=torch.uint8))
+    assert (pixels == value).all()
+
+
+def test_grid_title_line_above_the_cells(drawn_texts) -> None:
+    images = torch.zeros(3, 1, 8, 8, dtype=torch.uint8)
+    plain = titled_grid(images, ["a", "b", "c"], columns=8, cell=40)
+    drawn_texts.clear()
+    title = "digits_mlp: most confidently wrong, valid split (best checkpoint)"
+    titled = titled_grid(images, ["a", "b", "c"], columns=8, cell=40, title=title)
+    assert titled.height == plain.height + HEADING_HEIGHT
+    assert titled.width >= _font(14).getlength(title) > plain.width  # the title is not cut off
+    assert position_of(drawn_texts, title)[1] < position_of(drawn_texts, "a")[1]
+
+
+def matrix_top_and_left(sheet: np.ndarray) -> tuple[int, int]:
+    """Where the cells of a confusion matrix without errors start (inside the top-left cell's
+    outline, a perfect class is pure blue)."""
+    rows, columns = (sheet == (0, 0, 255)).all(axis=2).nonzero()
+    return int(rows.min()), int(columns.min())
+
+
+def test_confusion_short_column_labels_leave_no_empty_band() -> None:
+    sheet = np.asarray(confusion_picture(np.eye(10, dtype=np.int64) * 5, list("0123456789"), "digits"))
+    top, _ = matrix_top_and_left(sheet)
+    blank = (sheet[:top] == 255).all(axis=(1, 2))
+    longest_run, run = 0, 0
+    for is_blank in blank:
+        run = run + 1 if is_blank else 0
+        longest_run = max(longest_run, run)
+    assert longest_run < 16
+
+
+@pytest.mark.parametrize("name", ["T-shirt/top", "Ankle boot, the left one only"])
+def test_confusion_column_label_band_fits_the_longest_name(name: str) -> None:
+    classes = [name, *"123456789"]  # "predicted" stands over the middle columns, not over the first
+    sheet = np.asarray(confusion_picture(np.eye(10, dtype=np.int64), classes, "t"))
+    top, left = matrix_top_and_left(sheet)
+    first_column = sheet[:top, left + 2 : left + 44]
+    label_top = (first_column < 128).any(axis=(1, 2)).nonzero()[0].min()  # its label, written upwards
+    assert top - label_top >= _font(11).getlength(name) - 2  # the whole name, not cut off
+
+
+def test_confusion_marks_every_error_and_leaves_zeros_plain(drawn_texts) -> None:
+    matrix = np.array([[997, 3, 0], [400, 600, 0], [0, 0, 1000]])
+    sheet = np.asarray(confusion_picture(matrix, ["a", "b", "c"], "errors"))
+
+    def fill(text: str) -> np.ndarray:
+        x, y = position_of(drawn_texts, text)
+        return sheet[int(y) - 15, int(x) - 15].astype(int)  # inside the cell, beside the number
+
+    few, many = fill("3"), fill("400")
+    assert few[0] - few[1] >= 40 and few[0] - few[2] >= 40  # clearly red, though 0.3% of its row
+    assert many.sum() < few.sum()  # more errors, darker
+    zeros = [xy for xy, text in drawn_texts if text == "0"]
+    assert len(zeros) == 4
+    assert all((sheet[int(y) - 15, int(x) - 15] == 255).all() for x, y in zeros)
+
+
+def test_confusion_per_class_accuracy_at_the_right(drawn_texts) -> None:
+    matrix = np.array([[99_997, 3, 0], [400, 600, 0], [0, 0, 0]])
+    confusion_picture(matrix, ["a", "b", "c"], "accuracy")
+    header_x, header_y = position_of(drawn_texts, "acc")
+    counts = [position_of(drawn_texts, str(value)) for value in (99_997, 600, 3)]
+    assert all(x < header_x for x, _ in counts)
+    accuracies = [position_of(drawn_texts, text) for text in ("99.9%", "60.0%", "-")]  # 99.997% is not 100
+    assert [y for _, y in accuracies[:2]] == [y for _, y in counts[:2]]
+    assert all(x == header_x and y > header_y for x, y in accuracies)
+
+
+def test_confusion_keeps_title_and_axis_names(drawn_texts) -> None:
+    confusion_picture(np.eye(len(FASHION), dtype=np.int64), FASHION, "fmnist_dnn: best checkpoint")
+    drawn = {text for _, text in drawn_texts}
+    assert {"fmnist_dnn: best checkpoint", "predicted", "true", "acc", *FASHION} <= drawn
+
+
+def test_run_pictures_top_losses_names_its_split_and_uses_the_data_range(drawn_texts) -> None:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 17, (20, 1, 8, 8), generator=generator, dtype=torch.uint8)
+    images[:, :, 0, 0], images[:, :, 7, 7] = 0, 16  # 8×8 digits: 0–16
+    valid = TensorBatches(images, torch.arange(20) % 2, 8, scale=16.0, shard=(0, 1))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    nn.init.zeros_(model[1].weight)
+    model[1].bias.data = torch.tensor([3.0, 0.0])  # always class 0: every odd sample is wrong
+    test = Evaluation(0.5, 0.5, np.array([[10, 0], [10, 0]]), ["even", "odd"])
+    pictures = run_pictures("digits_mlp", model, test, valid, ["even", "odd"])
+    assert "digits_mlp: most confidently wrong, valid split (best checkpoint)" in {t for _, t in drawn_texts}
+    last_row_first_cell = np.asarray(pictures["top_losses"])[-128:, :128]
+    assert last_row_first_cell.min() == 0 and last_row_first_cell.max() == 255

@@ -1,0 +1,304 @@
+"""The runs table: finding run folders, each state, the columns, sorting, and the running lock.
+
+Run folders are written here file by file in the format fmtk writes them (no training)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fmtk.errors import FmtkError
+from fmtk.runfolder import CONFIG, METRICS_CSV, METRICS_JSON, append_epoch_row, write_json
+from fmtk.runs import (
+    SORT_KEYS,
+    format_changed,
+    format_runs_table,
+    is_running,
+    list_runs,
+    lock_run,
+    sort_runs,
+)
+
+needs_flock = pytest.mark.skipif(sys.platform == "win32", reason="no fcntl.flock on Windows")
+UNSET = object()  # a config.json key left out, as in runs from older fmtk versions
+
+
+def make_run(
+    root: Path,
+    run: str,
+    accuracies: list[float],
+    epochs: int | None = None,
+    ended: bool = True,
+    test: tuple[float, float] = (0.91, 0.9),
+    seconds: float = 12.5,
+    changed: Any = UNSET,
+    preset: Any = UNSET,
+) -> Path:
+    """A run folder ``root/run`` whose finished epochs had ``accuracies`` (valid accuracy); with
+    metrics.json when ``ended`` (stopped early when fewer than the recipe's ``epochs``, which
+    defaults to as many as ran)."""
+    run_dir = root / run
+    run_dir.mkdir(parents=True)
+    epochs = len(accuracies) if epochs is None else epochs
+    config: dict[str, Any] = {"name": run.split("/")[0], "lr": 0.01, "epochs": epochs, "options": {}}
+    if changed is not UNSET:
+        config["changed"] = changed
+    if preset is not UNSET:
+        config["preset"] = preset
+    write_json(run_dir / CONFIG, config)
+    for epoch, accuracy in enumerate(accuracies, start=1):
+        values = dict(epoch=epoch, train_loss=0.5, valid_loss=0.4, lr=0.01, epoch_seconds=0.6)
+        append_epoch_row(run_dir, {**values, "valid_accuracy": accuracy})
+    if ended:
+        results = {
+            "recipe": config["name"],
+            "best_epoch": accuracies.index(max(accuracies)) + 1,
+            "best_valid_accuracy": max(accuracies),
+            "epochs_run": len(accuracies),
+            "stopped_early": len(accuracies) < epochs,
+            "train_seconds": seconds,
+            "test": {"best": {"loss": 0.3, "accuracy": test[0]}, "last": {"loss": 0.35, "accuracy": test[1]}},
+        }
+        write_json(run_dir / METRICS_JSON, results)
+    return run_dir
+
+
+def by_run(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {row["run"]: row for row in rows}
+
+
+def test_each_state_with_its_columns(tmp_path: Path) -> None:
+    make_run(tmp_path, "mnist_dnn/20260101-100000", [0.5, 0.8, 0.7], 3, changed={"lr": 0.05}, preset=None)
+    make_run(tmp_path, "mnist_dnn/20260101-110000", [0.6, 0.65], epochs=10, test=(0.64, 0.62), changed={})
+    interrupted = make_run(tmp_path, "fmnist_cnn/20260102-090000", [0.7, 0.9, 0.85], 20, ended=False)
+    with (interrupted / METRICS_CSV).open("a") as file:
+        file.write("4,0.2,0.3")  # killed while writing epoch 4's row: not an epoch done
+    make_run(tmp_path, "fmnist_cnn/20260102-100000", [], 20, ended=False)  # killed before epoch 1 ended
+
+    rows = list_runs(tmp_path)
+
+    assert [row["run"] for row in rows] == [
+        "fmnist_cnn/20260102-090000", "fmnist_cnn/20260102-100000",
+        "mnist_dnn/20260101-100000", "mnist_dnn/20260101-110000",
+    ]  # fmt: skip
+    assert rows[2] == {
+        "run": "mnist_dnn/20260101-100000", "recipe": "mnist_dnn", "preset": None, "changed": {"lr": 0.05},
+        "epochs_done": 3, "epochs_max": 3, "best_valid_accuracy": 0.8, "test_accuracy_best": 0.91,
+        "test_accuracy_last": 0.9, "train_seconds": 12.5, "state": "finished", "error": None,
+    }  # fmt: skip
+    assert [row["state"] for row in rows] == ["interrupted", "interrupted", "finished", "stopped early"]
+    interrupted_row = rows[0]  # its epochs so far, from metrics.csv; no test before the run ends
+    assert (interrupted_row["epochs_done"], interrupted_row["best_valid_accuracy"]) == (3, 0.9)
+    assert interrupted_row["test_accuracy_best"] is None
+    assert (rows[1]["epochs_done"], rows[1]["best_valid_accuracy"]) == (0, None)
+    assert format_runs_table(rows).splitlines() == [
+        "run                         recipe      preset  changed  epochs  best_valid_acc  test_acc_best"
+        "  test_acc_last  train_seconds  state",
+        "fmnist_cnn/20260102-090000  fmnist_cnn  -       ?          3/20          90.00%              -"
+        "              -              -  interrupted",
+        "fmnist_cnn/20260102-100000  fmnist_cnn  -       ?          0/20               -              -"
+        "              -              -  interrupted",
+        "mnist_dnn/20260101-100000   mnist_dnn   -       lr=0.05     3/3          80.00%         91.00%"
+        "         90.00%           12.5  finished",
+        "mnist_dnn/20260101-110000   mnist_dnn   -       -          2/10          65.00%         64.00%"
+        "         62.00%           12.5  stopped early",
+    ]
+
+
+def test_run_folders_are_found_at_any_depth_but_not_in_iterations(tmp_path: Path) -> None:
+    make_run(tmp_path, "deep/er/still/20260101-100000", [0.5])
+    make_run(tmp_path, "deep/er/still/20260101-100000/iterations", [0.5])  # not a run of its own
+    (tmp_path / "empty/20260101-100000").mkdir(parents=True)  # no config.json: not a run
+    assert [row["run"] for row in list_runs(tmp_path)] == ["deep/er/still/20260101-100000"]
+    run_dir = tmp_path / "deep/er/still/20260101-100000"
+    assert [row["run"] for row in list_runs(run_dir)] == ["."]  # the folder given is a run itself
+    assert list_runs(tmp_path / "empty") == []
+    assert format_runs_table([]).split() == SORT_KEYS[:-1]  # the header alone
+
+
+@pytest.mark.parametrize(
+    ("changed", "shown"),
+    [
+        (None, "?"),
+        ({}, "-"),
+        ({"lr": 0.05, "epochs": 3}, "lr=0.05 epochs=3"),
+        ({"max_grad_norm": None, "channels_last": True, "optimizer": "SGD"},
+         "max_grad_norm=none channels_last=true optimizer=SGD"),
+        ({"weight_decay": 1e-05, "note": "two words"}, 'weight_decay=1e-05 note="two words"'),
+    ],
+)  # fmt: skip
+def test_changed_values_read_as_set_takes_them(changed: dict[str, Any] | None, shown: str) -> None:
+    assert format_changed(changed) == shown
+
+
+def test_preset_and_changed_from_config_json(tmp_path: Path) -> None:
+    make_run(tmp_path, "a/old", [0.5])  # before config.json held them: unknown
+    make_run(tmp_path, "b/plain", [0.5], changed={}, preset=None)
+    make_run(tmp_path, "c/quick", [0.5], changed={"epochs": 1, "lr": 0.1}, preset="quick")
+    rows = by_run(list_runs(tmp_path))
+    assert [(rows[run]["preset"], rows[run]["changed"]) for run in ("a/old", "b/plain", "c/quick")] == [
+        (None, None), (None, {}), ("quick", {"epochs": 1, "lr": 0.1}),
+    ]  # fmt: skip
+    cells = [line.split()[2:4] for line in format_runs_table(list(rows.values())).splitlines()[1:]]
+    assert cells == [["-", "?"], ["-", "-"], ["quick", "epochs=1"]]
+
+
+def sort_fixture(root: Path) -> list[dict[str, Any]]:
+    make_run(root, "b/20260103", [0.7], epochs=1, seconds=30.0, changed={"lr": 0.1})
+    make_run(root, "a/20260101", [0.9, 0.8], epochs=5, seconds=5.0, preset="quick")
+    make_run(root, "c/20260102", [0.6, 0.7, 0.8], ended=False, changed={"epochs": 3})
+    make_run(root, "a/20260101-2", [0.7, 0.9], epochs=2, seconds=9.0, preset="long", changed={})
+    return list_runs(root)
+
+
+@pytest.mark.parametrize(
+    ("key", "order"),
+    [
+        ("run", ["a/20260101", "a/20260101-2", "b/20260103", "c/20260102"]),
+        ("recipe", ["a/20260101", "a/20260101-2", "b/20260103", "c/20260102"]),
+        ("started", ["b/20260103", "c/20260102", "a/20260101-2", "a/20260101"]),
+        # highest first, ties in path order, runs without the value last
+        ("best_valid_acc", ["a/20260101", "a/20260101-2", "c/20260102", "b/20260103"]),
+        ("test_acc_best", ["a/20260101", "a/20260101-2", "b/20260103", "c/20260102"]),
+        ("train_seconds", ["b/20260103", "a/20260101-2", "a/20260101", "c/20260102"]),
+        ("epochs", ["c/20260102", "a/20260101", "a/20260101-2", "b/20260103"]),
+        ("preset", ["a/20260101-2", "a/20260101", "b/20260103", "c/20260102"]),
+        ("changed", ["a/20260101-2", "c/20260102", "b/20260103", "a/20260101"]),
+        ("state", ["c/20260102", "a/20260101", "a/20260101-2", "b/20260103"]),
+    ],
+)  # fmt: skip
+def test_sort(tmp_path: Path, key: str, order: list[str]) -> None:
+    assert [row["run"] for row in sort_runs(sort_fixture(tmp_path), key)] == order
+
+
+def test_every_sort_key_sorts_and_an_unknown_one_lists_them(tmp_path: Path) -> None:
+    rows = sort_fixture(tmp_path)
+    make_run(tmp_path, "z/corrupt", [0.5])
+    (tmp_path / "z/corrupt" / CONFIG).write_text("{")
+    rows = list_runs(tmp_path)
+    for key in SORT_KEYS:  # an unreadable run (almost every value None) sorts too
+        assert sorted(row["run"] for row in sort_runs(rows, key)) == sorted(row["run"] for row in rows)
+    with pytest.raises(FmtkError, match="unknown sort key 'accuracy'; valid keys: run, recipe, .*, started"):
+        sort_runs(rows, "accuracy")
+
+
+def test_a_missing_root_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FmtkError, match=f"^{re.escape(str(tmp_path / 'nothing'))}: no such folder$"):
+        list_runs(tmp_path / "nothing")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(FmtkError, match="a_file: no such folder"):
+        list_runs(tmp_path / "a_file")
+
+
+def test_unreadable_files_give_a_row_not_an_exception(tmp_path: Path) -> None:
+    make_run(tmp_path, "a/fine", [0.5])
+    (make_run(tmp_path, "b/config_torn", [0.5]) / CONFIG).write_text('{"name": "b", ')
+    (make_run(tmp_path, "c/config_a_list", [0.5]) / CONFIG).write_text("[1, 2]")
+    (make_run(tmp_path, "d/results_torn", [0.5]) / METRICS_JSON).write_text('{"epochs_run": 3')
+    (make_run(tmp_path, "e/results_wrong_types", [0.5]) / METRICS_JSON).write_text(
+        json.dumps({"epochs_run": "3", "best_valid_accuracy": [1], "test": "none", "train_seconds": True})
+    )
+    rows = by_run(list_runs(tmp_path))
+    assert {run: row["state"] for run, row in rows.items()} == {
+        "a/fine": "finished", "b/config_torn": "unreadable", "c/config_a_list": "unreadable",
+        "d/results_torn": "unreadable", "e/results_wrong_types": "finished",
+    }  # fmt: skip
+    assert "cannot read config.json" in rows["b/config_torn"]["error"]
+    assert rows["c/config_a_list"]["error"].endswith("config.json: not an fmtk config (a JSON object)")
+    assert rows["d/results_torn"]["recipe"] == "d"  # what could be read is shown
+    assert rows["e/results_wrong_types"]["best_valid_accuracy"] is None  # a wrong type shows as missing
+    lines = format_runs_table(list(rows.values())).splitlines()
+    assert len(lines) == 1 + 5 + 3  # the header, the rows, one line per unreadable run saying why
+    assert lines[-1].startswith("d/results_torn: ") and "metrics.json: not readable JSON" in lines[-1]
+
+
+def hold_lock(path: Path) -> subprocess.Popen[str]:
+    """Another process that holds an exclusive flock on ``path`` (as a training process does on its
+    config.json) until it is killed."""
+    script = (
+        "import fcntl, sys, time\n"
+        "file = open(sys.argv[1], 'rb')\n"
+        "fcntl.flock(file.fileno(), fcntl.LOCK_EX)\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    return holder
+
+
+@needs_flock
+def test_running_while_another_process_holds_the_lock_and_not_after_it_is_killed(tmp_path: Path) -> None:
+    training = make_run(tmp_path, "a/training", [0.5, 0.6], ended=False)
+    resuming = make_run(tmp_path, "b/resuming_a_finished_run", [0.5])
+    holders = [hold_lock(training / CONFIG), hold_lock(resuming / CONFIG)]
+    try:
+        rows = by_run(list_runs(tmp_path))
+        assert rows["a/training"]["state"] == rows["b/resuming_a_finished_run"]["state"] == "running"
+        assert rows["a/training"]["epochs_done"] == 2  # the epochs done so far, from metrics.csv
+        message = f"^{re.escape(str(training))} is being trained by another fmtk process$"
+        with pytest.raises(FmtkError, match=message):
+            lock_run(training)
+    finally:
+        for holder in holders:
+            os.kill(holder.pid, signal.SIGKILL)  # no cleanup runs: the kernel drops the lock
+            holder.wait()
+    rows = by_run(list_runs(tmp_path))
+    assert rows["a/training"]["state"] == "interrupted"
+    assert rows["b/resuming_a_finished_run"]["state"] == "finished"
+
+
+@needs_flock
+def test_lock_run_holds_until_closed(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, "a/run", [0.5])
+    with lock_run(run_dir):
+        assert is_running(run_dir)
+        with pytest.raises(FmtkError, match="is being trained by another fmtk process"):
+            lock_run(run_dir)  # flock locks belong to an open file: a second open conflicts
+    assert not is_running(run_dir)
+    lock_run(run_dir).close()
+    with pytest.raises(FmtkError, match="cannot open config.json"):
+        lock_run(tmp_path / "not_a_run")
+
+
+@needs_flock
+def test_lock_run_waits_out_a_listing_that_looks_at_the_run(tmp_path: Path) -> None:
+    import fcntl
+
+    run_dir = make_run(tmp_path, "a/run", [0.5])
+    listing = open(run_dir / CONFIG, "rb")  # as is_running opens it, but holding its shared lock longer
+    fcntl.flock(listing.fileno(), fcntl.LOCK_SH)
+    threading.Timer(0.1, listing.close).start()
+    lock_run(run_dir).close()  # does not fail with "being trained by another fmtk process"
+
+
+def test_two_hundred_runs(tmp_path: Path) -> None:
+    states = ["finished", "stopped early", "interrupted"]
+    for index in range(200):
+        state = states[index % 3]
+        accuracies = [0.5 + index / 1000, 0.6 + index / 1000][: 1 if state == "stopped early" else 2]
+        run = f"recipe_{index % 7}/20260101-{index:06d}"
+        make_run(tmp_path, run, accuracies, epochs=2, ended=state != "interrupted", changed={"seed": index})
+
+    rows = list_runs(tmp_path)
+
+    assert len(rows) == 200 and json.loads(json.dumps(rows)) == rows  # plain JSON values
+    rows_by_run = by_run(rows)
+    for index in range(200):
+        row = rows_by_run[f"recipe_{index % 7}/20260101-{index:06d}"]
+        assert row["state"] == states[index % 3]
+        assert row["recipe"] == f"recipe_{index % 7}" and row["changed"] == {"seed": index}
+        assert row["epochs_done"] == (1 if row["state"] == "stopped early" else 2)
+        assert row["best_valid_accuracy"] == pytest.approx(0.4 + index / 1000 + row["epochs_done"] / 10)
+    best = sort_runs(rows, "best_valid_acc")
+    assert best[0]["run"] == "recipe_2/20260101-000198"  # the last finished run: 2 epochs, 0.798
+    assert len(format_runs_table(best).splitlines()) == 201
