@@ -40,13 +40,14 @@ class Evaluation:
 
     def per_class(self) -> dict[str, np.ndarray]:
         """Per class, from the confusion matrix: ``precision``, ``recall`` and ``f1`` (NaN where
-        undefined: a class never predicted has no precision), and ``count`` (its samples)."""
+        undefined: a class never predicted has no precision, one without samples no recall), and
+        ``count`` (its samples)."""
         hits = np.diag(self.confusion).astype(float)
         counts, predicted = self.confusion.sum(axis=1), self.confusion.sum(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             precision, recall = hits / predicted, hits / counts
             f1 = 2 * precision * recall / (precision + recall)
-        f1[(precision == 0) & (recall == 0)] = 0.0
+        f1[recall == 0] = 0.0  # none of the class found: F1 0, also when it is never predicted
         return {"precision": precision, "recall": recall, "f1": f1, "count": counts}
 
     def table(self) -> str:
@@ -58,9 +59,11 @@ class Evaluation:
         lines += ["", f"{'class':<{width}}{'precision':>10}{'recall':>9}{'f1':>9}{'count':>7}"]
         per_class = self.per_class()
         for index, name in enumerate(self.classes):
-            precision, recall, f1 = (100 * per_class[key][index] for key in ("precision", "recall", "f1"))
-            count = per_class["count"][index]
-            lines.append(f"{name:<{width}}{precision:>9.2f}%{recall:>8.2f}%{f1:>8.2f}%{count:>7}")
+            shares = "".join(
+                _percent(per_class[key][index], cell)
+                for key, cell in [("precision", 10), ("recall", 9), ("f1", 9)]
+            )
+            lines.append(f"{name:<{width}}{shares}{per_class['count'][index]:>7}")
         cell = max(6, len(str(self.confusion.max())) + 2)
         lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
         lines.append(" " * width + "".join(f"{name[: cell - 1]:>{cell}}" for name in self.classes))
@@ -70,6 +73,11 @@ class Evaluation:
 
     def picture(self, title: str) -> Image.Image:
         return confusion_picture(self.confusion, self.classes, title)
+
+
+def _percent(share: float, width: int) -> str:
+    """``0.9722`` → `` 97.22%`` right-aligned in ``width``; NaN (undefined) → ``-``."""
+    return f"{'-':>{width}}" if np.isnan(share) else f"{100 * share:>{width - 1}.2f}%"
 
 
 def evaluate(

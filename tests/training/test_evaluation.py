@@ -146,3 +146,23 @@ def test_summary_matches_the_notebooks(args: list[str], total: str) -> None:
     assert result.returncode == 0, result.stderr
     assert f"total parameters: {total}" in result.stdout
     assert "Conv2d" in result.stdout and "output shape" in result.stdout
+
+
+def test_per_class_precision_recall_f1_equal_scikit_learns() -> None:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    from fmtk.training.evaluation import Evaluation
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, 300)
+    predicted = np.where((rng.random(300) < 0.7) & (truth < 3), truth, rng.integers(0, 3, 300))  # never 3
+    confusion = confusion_matrix(truth, predicted, labels=range(4))
+    per_class = Evaluation(0.0, 0.0, confusion, ["a", "b", "c", "d"]).per_class()
+    precision, recall, f1, count = precision_recall_fscore_support(
+        truth, predicted, labels=range(4), zero_division=np.nan
+    )
+    assert np.allclose(per_class["precision"], precision, equal_nan=True) and np.isnan(
+        per_class["precision"][3]
+    )
+    assert np.allclose(per_class["recall"], recall) and np.array_equal(per_class["count"], count)
+    assert np.allclose(per_class["f1"][:3], f1[:3]) and per_class["f1"][3] == 0.0  # recall 0: F1 0
