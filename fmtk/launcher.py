@@ -62,7 +62,8 @@ class RunRequest:
         return apply_overrides(load_recipe(self.recipe_name), self.overrides)
 
     def checkpoint(self) -> Path | None:
-        """The last checkpoint to resume from (None: a new run, or a resumed one that has none yet)."""
+        """The last checkpoint to resume from (None: a new run, or a resumed one that has no
+        checkpoint of any kind yet, which starts again from the beginning)."""
         if self.resume is None or not has_checkpoint(self.resume):
             return None
         return find_last_checkpoint(self.resume)
@@ -189,14 +190,17 @@ def _remove_if_empty(request: RunRequest, folder: Path, chosen_folder: bool) -> 
 
 
 def _interrupted(folder: Path) -> None:
-    # The last checkpoint is complete: DiskSaver writes a temporary file and renames it.
-    if has_checkpoint(folder):
-        where = f"the last complete checkpoint is {find_last_checkpoint(folder).name}"
-        click.echo(f"interrupted: {where}; resume with: fmtk run --resume {folder}", err=True)
-    else:
+    if not has_checkpoint(folder):
         click.echo(
             f"interrupted before the first checkpoint; start it again from the beginning with: "
             f"fmtk run --resume {folder}",
             err=True,
         )
+        sys.exit(130)
+    # The last checkpoint is complete: DiskSaver writes a temporary file and renames it.
+    try:
+        where = f"the last complete checkpoint is {find_last_checkpoint(folder).name}"
+    except FmtkError:
+        where = "no last checkpoint was written yet"
+    click.echo(f"interrupted: {where}; resume with: fmtk run --resume {folder}", err=True)
     sys.exit(130)

@@ -97,8 +97,9 @@ def read_results(run_dir: Path) -> dict[str, Any] | None:
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    """Whether the run folder holds a last checkpoint (a run stopped before its first has none)."""
-    return any(_LAST_NAME.fullmatch(path.name) for path in run_dir.glob(f"{LAST}_checkpoint_*.pt"))
+    """Whether the run folder holds any checkpoint, best or last (a run stopped before the end of
+    its first epoch has none)."""
+    return any(run_dir.glob(f"{BEST}_checkpoint_*.pt")) or any(run_dir.glob(f"{LAST}_checkpoint_*.pt"))
 
 
 def find_last_checkpoint(run_dir: Path) -> Path:
