@@ -19,7 +19,7 @@ from torch import nn
 
 from fmtk.launcher import resolve_handler
 from fmtk.recipe import Recipe, load_recipe
-from fmtk.runfolder import has_checkpoint, make_run_dir, remove_if_empty
+from fmtk.runfolder import has_checkpoint, make_run_dir, read_config, remove_if_empty
 from fmtk.training.build import build_run
 from fmtk.training.engines import SpeedOptions, resolve_device
 from fmtk.training.evaluation import Evaluation, evaluate_run, load_trained_model, predict_files
@@ -123,8 +123,9 @@ def evaluate(
     (one made in Python, e.g. with a lambda model); the run's values are applied to it.
     """
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    data_dir = Path(data_dir if data_dir is not None else os.environ.get("FMTK_DATA", "data"))
-    return evaluate_run(Path(run_dir), checkpoint, split, data_dir, device, recipe)[2]
+    if data_dir is None:  # $FMTK_DATA, else the data the run trained on, else ./data
+        data_dir = os.environ.get("FMTK_DATA") or read_config(Path(run_dir)).get("data_dir") or "data"
+    return evaluate_run(Path(run_dir), checkpoint, split, Path(data_dir), device, recipe)[2]
 
 
 def predict(

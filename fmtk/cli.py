@@ -16,8 +16,17 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from fmtk.choices import BACKENDS, PRECISIONS
-from fmtk.errors import FmtkError
-from fmtk.runfolder import BEST, LAST, confusion_name, picture_path, read_results
+from fmtk.errors import FmtkError, one_line
+from fmtk.runfolder import (
+    BEST,
+    CONFIG,
+    LAST,
+    LAST_EPOCH,
+    confusion_name,
+    picture_path,
+    read_config,
+    read_results,
+)
 
 if TYPE_CHECKING:
     from fmtk.recipe import Recipe
@@ -27,14 +36,19 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except FmtkError as error:
-            raise click.ClickException(str(error)) from None
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as error:  # noqa: BLE001 - a user's code may raise anything; fmtk's own keep their traceback
+            line = one_line(error)
+            if line is None:
+                raise
+            raise click.ClickException(line) from None
 
 
 # Options several commands share, declared once.
 data_dir_option = click.option(
-    "--data-dir", type=click.Path(path_type=Path), envvar="FMTK_DATA", default="data", show_default=True,
-    help="Data root (else $FMTK_DATA, else ./data).",
+    "--data-dir", type=click.Path(path_type=Path), envvar="FMTK_DATA", default=None,
+    help="Data root [default: $FMTK_DATA, else the run's own (evaluate, --resume), else ./data].",
 )  # fmt: skip
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 checkpoint_option = click.option(
@@ -81,6 +95,29 @@ def recipe_with_settings(recipe_name: str, settings: tuple[str, ...]) -> Recipe:
 def check_run_folder(command: str, run_dir: Path) -> None:
     if not run_dir.is_dir():
         raise FmtkError(f"fmtk {command} {run_dir}: no such run folder")
+    if not (run_dir / CONFIG).is_file():
+        raise FmtkError(f"fmtk {command} {run_dir}: not a run folder (it has no {CONFIG})")
+
+
+def run_data_dir(given: Path | None, run_dir: Path | None) -> Path:
+    """--data-dir (or $FMTK_DATA), else the data root the run in ``run_dir`` trained on, else ./data."""
+    if given is not None:
+        return given
+    recorded = read_config(run_dir).get("data_dir") if run_dir is not None and run_dir.exists() else None
+    return Path(recorded) if isinstance(recorded, str) else Path("data")
+
+
+def check_epochs_ahead(run_dir: Path, epochs: int | None) -> None:
+    """``--resume --epochs N`` may raise the limit, never put it below the epochs already run."""
+    done = [
+        int(m.group(1))
+        for path in run_dir.glob("last_checkpoint_*.pt")
+        if (m := LAST_EPOCH.fullmatch(path.name))
+    ]
+    if epochs is not None and done and epochs < max(done):
+        raise FmtkError(
+            f"--epochs {epochs}: {run_dir} has already run {max(done)} epochs; give more to go on"
+        )
 
 
 def finished_message(run_dir: Path, epochs: int) -> str | None:
@@ -161,8 +198,9 @@ def run(
             "give a RECIPE or --config CONFIG_JSON to start a run, or --resume RUN_DIR to continue one"
         )
     request = RunRequest(
-        recipe_name=recipe_name, config=config, resume=resume, data_dir=data_dir, output_dir=output_dir,
-        run_dir=run_dir, device=device, speed=SpeedOptions(precision, channels_last, compile_model),
+        recipe_name=recipe_name, config=config, resume=resume, output_dir=output_dir, run_dir=run_dir,
+        data_dir=run_data_dir(data_dir, resume or config), device=device,
+        speed=SpeedOptions(precision, channels_last, compile_model),
         handlers=handlers, nproc_per_node=nproc_per_node, backend=backend,
         command=shlex.join(["fmtk", *sys.argv[1:]]),
     )  # fmt: skip
@@ -172,6 +210,7 @@ def run(
         if changed:
             raise FmtkError(f"--resume keeps the run's recipe; {', '.join(changed)} cannot change it")
         request.epochs = epochs
+        check_epochs_ahead(resume, epochs)
         finished = finished_message(resume, request.recipe().epochs)
         if finished:
             from fmtk.distributed import is_main_process
@@ -205,14 +244,20 @@ def evaluate(run_dir: Path, checkpoint: str, split: str, data_dir: Path, device:
     from fmtk.training.evaluation import evaluate_run
 
     check_run_folder("evaluate", run_dir)
+    data_dir = run_data_dir(data_dir, run_dir)
     recipe, path, result = evaluate_run(run_dir, checkpoint, split, data_dir, resolve_device(device))
     click.echo(f"{recipe.name}, {path.name}, {split} split")
     click.echo(result.table())
     stem = confusion_name(checkpoint if checkpoint in (BEST, LAST) else path.stem, split)
     picture = result.picture(f"{recipe.name}: {path.name}, {split} split")
-    picture.save(picture_path(run_dir, stem))
-    with SummaryWriter(str(run_dir)) as writer:
-        writer.add_image(stem, np.asarray(picture), dataformats="HWC")
+    try:
+        picture.save(picture_path(run_dir, stem))
+        with SummaryWriter(str(run_dir)) as writer:
+            writer.add_image(stem, np.asarray(picture), dataformats="HWC")
+    except OSError as error:  # a read-only run folder: the figures are printed, the picture is not kept
+        raise FmtkError(
+            f"{picture_path(run_dir, stem)}: cannot write the picture ({error.strerror})"
+        ) from None
     click.echo(f"wrote {picture_path(run_dir, stem)}")
 
 
@@ -271,7 +316,7 @@ def show(
     out = out or Path(f"{recipe.name}_{split}_samples.png")
     if out.exists():
         raise FmtkError(f"{out} exists; choose another --out (nothing was overwritten)")
-    data = recipe.data(recipe, data_dir, torch.device("cpu"))
+    data = recipe.call("data", data_dir or Path("data"), torch.device("cpu"))
     if not all(isinstance(getattr(data, name), TensorBatches) for name in ("train", "valid", "test")):
         raise FmtkError(f"fmtk show needs in-memory TensorBatches splits; {recipe.name} has other ones")
     for name in ("train", "valid", "test"):
@@ -281,7 +326,10 @@ def show(
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(batches.labels), generator=generator)[:count]
     titles = [data.classes[int(label)] for label in batches.labels[chosen]]
-    titled_grid(batches.images[chosen], titles, columns=8).save(out)
+    try:
+        titled_grid(batches.images[chosen], titles, columns=8).save(out)
+    except OSError as error:
+        raise FmtkError(f"--out {out}: cannot write it ({error.strerror})") from None
     click.echo(f"wrote {out}")
 
 
@@ -317,9 +365,9 @@ def summary(recipe_name: str, settings: tuple[str, ...]) -> None:
     recipe = recipe_with_settings(recipe_name, settings)
     if recipe.image_input is None:
         raise FmtkError(f"recipe {recipe.name} does not say what its input looks like (image_input)")
-    input_shape = tuple(recipe.image_input(recipe, Image.new("RGB", (64, 64))).shape)
+    input_shape = tuple(recipe.call("image_input", Image.new("RGB", (64, 64))).shape)
     click.echo(f"{recipe.name}: {recipe.description}")
-    click.echo(format_summary(recipe.model(recipe), input_shape))
+    click.echo(format_summary(recipe.call("model"), input_shape))
 
 
 def main() -> None:

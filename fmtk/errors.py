@@ -1,5 +1,57 @@
-"""The one exception type for mistakes a user can make (bad input, missing data, wrong device)."""
+"""The one exception type for mistakes a user can make (bad input, missing data, wrong device), and
+the one line an exception raised in a user's own code (a recipe file, a handler) becomes."""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+import traceback
+from pathlib import Path
+
+TRACEBACK_VARIABLE = "FMTK_TRACEBACK"  # set to 1: errors in user code keep their whole traceback
 
 
 class FmtkError(Exception):
     """A user-facing error: the CLI prints its message as one line and exits non-zero."""
+
+
+def _library_folders() -> tuple[str, ...]:
+    """Where fmtk, the bundled recipes, the standard library and installed packages live: a frame
+    in none of them is the user's code."""
+    package = Path(__file__).resolve().parent
+    folders = {str(package), str(package.parent / "recipes")}  # a source checkout's bundled recipes
+    folders.update(sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib"))
+    return tuple(str(Path(folder).resolve()) + os.sep for folder in folders)
+
+
+def user_code_line(error: BaseException) -> str | None:
+    """``"my_recipe.py:12: ZeroDivisionError: division by zero"`` for an exception raised in (or
+    through) a user's own file, naming the innermost line of it; None for anything else (fmtk's
+    own errors keep their traceback)."""
+    if isinstance(error, SyntaxError) and error.filename and Path(error.filename).is_file():
+        where = (error.filename, error.lineno)
+    else:
+        library = _library_folders()
+        frames = [
+            (frame.filename, frame.lineno)
+            for frame in traceback.extract_tb(error.__traceback__)
+            if Path(frame.filename).is_file() and not str(Path(frame.filename).resolve()).startswith(library)
+        ]
+        if not frames:
+            return None
+        where = frames[-1]
+    path = os.path.relpath(where[0]) if not os.path.relpath(where[0]).startswith("..") else where[0]
+    text = error.msg if isinstance(error, SyntaxError) else str(error)  # str() repeats file and line
+    message = text.strip().splitlines()[0] if text.strip() else ""
+    detail = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return f"{path}:{where[1]}: {detail} ({TRACEBACK_VARIABLE}=1 shows the traceback)"
+
+
+def one_line(error: BaseException) -> str | None:
+    """The one line to print for ``error``: an FmtkError's message, or where a user's code failed;
+    None (keep the traceback) for an error inside fmtk or with ``FMTK_TRACEBACK=1``."""
+    if isinstance(error, FmtkError):
+        return str(error)
+    if os.environ.get(TRACEBACK_VARIABLE) == "1" or not isinstance(error, Exception):
+        return None
+    return user_code_line(error)

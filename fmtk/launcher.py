@@ -4,7 +4,9 @@ process ``torchrun`` started. Everything a process needs travels as one picklabl
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from fmtk.distributed import (
     torchrun_world_size,
     under_torchrun,
 )
-from fmtk.errors import FmtkError
+from fmtk.errors import FmtkError, one_line
 from fmtk.recipe import Recipe, apply_overrides, load_recipe, recipe_from_config
 from fmtk.runfolder import find_last_checkpoint, has_checkpoint, make_run_dir, read_config, remove_if_empty
 from fmtk.training.build import build_run
@@ -83,6 +85,12 @@ def resolve_handler(reference: str) -> Callable:
     function = getattr(module, attribute, None)
     if not callable(function):
         raise FmtkError(f"--handler {reference}: {module_name} has no function {attribute}")
+    try:
+        inspect.signature(function).bind(None)
+    except TypeError:
+        raise FmtkError(f"--handler {reference}: {attribute} must take one argument, the run") from None
+    except ValueError:  # no signature to read (a builtin): let the call tell
+        pass
     return function
 
 
@@ -104,6 +112,7 @@ def train(request: RunRequest) -> None:
     if under_torchrun():  # this process is one rank of the group; rank 0 makes the run folder
         launch(_run_or_exit, request, None, backend)
         return
+    existed = request.run_dir is not None and Path(request.run_dir).is_dir()  # an empty folder given
     folder = request.resume or make_run_dir(request.output_dir, recipe.name, request.run_dir)
     chosen_folder = request.run_dir is not None
     request.run_dir, request.folder_ready = folder, True
@@ -118,12 +127,12 @@ def train(request: RunRequest) -> None:
                     launch(_run_or_exit, request, request.nproc_per_node, backend)
                 except ProcessExitedException as failure:
                     _echo_first_error(Path(errors))
-                    _remove_if_empty(request, folder, chosen_folder)
+                    _discard_new_run(request, folder, chosen_folder, existed)
                     sys.exit(failure.exit_code or 1)
         else:
             run_in_process(request, device)
-    except FmtkError:
-        _remove_if_empty(request, folder, chosen_folder)
+    except Exception:  # noqa: BLE001 - whatever failed, a run folder this command made and that holds no checkpoint goes
+        _discard_new_run(request, folder, chosen_folder, existed)
         raise
     except KeyboardInterrupt:
         _interrupted(folder)
@@ -158,15 +167,18 @@ def _run_or_exit(local_rank: int, request: RunRequest) -> None:
     try:
         with quiet_ignite():
             run_in_process(request, process_device(resolve_device(request.device)))
-    except FmtkError as error:
+    except Exception as error:  # noqa: BLE001 - a user's handler or recipe may raise anything
+        line = one_line(error)
+        if line is None:  # fmtk's own bug: the traceback, through torch's spawn or torchrun
+            raise
         if request.error_dir is not None:  # spawned: the launcher prints it
             report = Path(request.error_dir) / f"{idist.get_rank():05d}"
-            report.with_suffix(".part").write_text(str(error))
+            report.with_suffix(".part").write_text(line)
             report.with_suffix(".part").rename(report)  # whole, even if this process is stopped
         elif is_main_process():
-            click.echo(f"Error: {error}", err=True)
+            click.echo(f"Error: {line}", err=True)
             if not request.folder_ready and request.run_dir is not None:  # rank 0 made it here
-                _remove_if_empty(request, request.run_dir, chosen_folder=True)
+                _discard_new_run(request, request.run_dir, chosen_folder=True, existed=False)
         sys.exit(1)
     except KeyboardInterrupt:
         # Spawned processes: the launching process says how to resume; under torchrun, rank 0.
@@ -183,10 +195,17 @@ def _echo_first_error(errors: Path) -> None:
         click.echo(f"Error: {reports[0].read_text()}", err=True)
 
 
-def _remove_if_empty(request: RunRequest, folder: Path, chosen_folder: bool) -> None:
-    """Bad data: leave no empty run folder (nor an empty <output-dir>/<recipe>) behind."""
-    if request.resume is None:
-        remove_if_empty(folder, remove_parent=not chosen_folder)
+def _discard_new_run(request: RunRequest, folder: Path, chosen_folder: bool, existed: bool) -> None:
+    """A failed start leaves nothing behind: the run folder this command made goes with what is in
+    it (fmtk's own files) unless it holds a checkpoint (a run that trained an epoch stays, to be
+    resumed), and so does an empty ``<output-dir>/<recipe>``; a resumed run is never removed."""
+    if request.resume is not None or not folder.is_dir() or has_checkpoint(folder):
+        return
+    shutil.rmtree(folder)
+    if existed:
+        folder.mkdir()  # the empty folder the user gave with --run-dir
+    elif not chosen_folder:
+        remove_if_empty(folder.parent, remove_parent=False)
 
 
 def _interrupted(folder: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -17,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from fmtk.data.batches import DataSplits
-from fmtk.errors import FmtkError
+from fmtk.errors import FmtkError, user_code_line
 
 
 def cross_entropy(recipe: Recipe) -> nn.Module:
@@ -79,7 +80,14 @@ class Recipe:
     changed: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        """Raise FmtkError on values that cannot train (lr ≤ 0, batch size 0, ...)."""
+        """Raise FmtkError on values that cannot train (a wrong type, lr ≤ 0, batch size 0, ...)."""
+        if not isinstance(self.name, str) or not SAFE_NAME.fullmatch(self.name):
+            raise FmtkError(
+                f"recipe name {self.name!r} must be one folder name: letters, digits, '_', '-', '.' "
+                "(it names the run folders)"
+            )
+        for name, kind in overridable_fields().items():
+            _typed(f"recipe {self.name}: {name}", getattr(self, name), kind)
         checks = [
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
@@ -87,6 +95,7 @@ class Recipe:
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
             (0 < self.plateau_factor < 1, f"plateau_factor must be in (0, 1), got {self.plateau_factor}"),
+            (0 <= self.seed < 2**32, f"seed must be in 0 … 2**32-1 (numpy's range), got {self.seed}"),
         ]
         for name in ("early_stopping_patience", "plateau_patience"):
             value = getattr(self, name)
@@ -103,9 +112,30 @@ class Recipe:
             optimizer_class, torch.optim.Optimizer
         )
         checks.append((is_optimizer, f"optimizer must name a class in torch.optim, got '{self.optimizer}'"))
+        reason = UNDRIVABLE_OPTIMIZERS.get(self.optimizer)
+        checks.append(
+            (reason is None, f"optimizer {self.optimizer} cannot be driven by fmtk's step: {reason}")
+        )
         for ok, message in checks:
             if not ok:
                 raise FmtkError(f"recipe {self.name}: {message}")
+
+    def call(self, part: str, *args: Any) -> Any:
+        """``self.<part>(self, *args)`` (``model``, ``data``, ``image_input``…). An exception from a
+        user's own code passes on (the command line names its file and line); one from fmtk's code
+        (a bundled recipe given a value it cannot build with) becomes one line naming the values."""
+        try:
+            return getattr(self, part)(self, *args)
+        except FmtkError:
+            raise
+        except Exception as error:  # noqa: BLE001 - torch, PIL, numpy: whatever the bad value upset
+            if user_code_line(error) is not None:
+                raise
+            values = " ".join(f"{key}={value}" for key, value in self.changed.items()) or "its own values"
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise FmtkError(
+                f"recipe {self.name}: {part}() failed with {values} ({type(error).__name__}: {reason})"
+            ) from None
 
     def make_metrics(self) -> dict[str, Any]:
         """New instances of the recipe's own metrics (``metrics``), for one evaluator."""
@@ -123,6 +153,15 @@ class Recipe:
             "changed": dict(self.changed),
         }  # fmt: skip
 
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # one path component, never "." or ".."
+# torch.optim classes that fmtk's step (one optimizer.step() per batch) cannot drive, and why.
+UNDRIVABLE_OPTIMIZERS = {
+    "Optimizer": "it is the base class of the optimizers",
+    "LBFGS": "it needs a closure that re-evaluates the loss several times per step",
+    "SparseAdam": "it needs sparse gradients (nn.Embedding(sparse=True)) and nothing else",
+    "Rprop": "it is a full-batch method: it steps by the sign of the gradient, which mini-batches scramble",
+}
 
 CALLABLES = ("model", "data", "loss", "metrics", "attach", "image_input")  # in config.json by name
 
@@ -153,7 +192,7 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
             default = getattr(recipe, key)
         elif key in options:
             default = options[key]
-            options[key] = parsed = _parse(key, value, str | None if default is None else type(default))
+            options[key] = parsed = _parse_option(key, value, default)
         else:
             valid = ", ".join(sorted([*fields, *options]))
             raise FmtkError(f"unknown recipe key '{key}' for {recipe.name}; valid keys: {valid}")
@@ -169,12 +208,7 @@ def _parse(key: str, value: Any, kind: Any) -> Any:
     parsed, anything else must already have the type (an int does for a float)."""
     allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
     if not isinstance(value, str):
-        if float in allowed and type(value) is int:
-            return float(value)
-        if not any(value is None if t is type(None) else type(value) is t for t in allowed):
-            expected = " or ".join(t.__name__ for t in allowed)
-            raise FmtkError(f"{key}={value!r}: expected {expected}")
-        return value
+        return _typed(key, value, kind)
     text = value
     if type(None) in allowed and text.strip().lower() in ("none", "null"):
         return None
@@ -188,6 +222,31 @@ def _parse(key: str, value: Any, kind: Any) -> Any:
     except (KeyError, ValueError):
         expected = " or ".join(t.__name__ for t in allowed)
         raise FmtkError(f"--set {key}={text}: expected {expected}") from None
+
+
+def _parse_option(key: str, value: Any, default: Any) -> Any:
+    """A recipe option's new value, typed like its default: a list or tuple default takes
+    comma-separated items of its first item's type (``--set layers=64,32`` → ``[64, 32]``)."""
+    if not isinstance(default, list | tuple):
+        return _parse(key, value, str | None if default is None else type(default))
+    kind = type(default[0]) if default else str
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        return type(default)(_parse(key, item, kind) for item in items)
+    if not isinstance(value, list | tuple):
+        raise FmtkError(f"{key}={value!r}: expected a list of {kind.__name__}")
+    return type(default)(_typed(key, item, kind) for item in value)
+
+
+def _typed(key: str, value: Any, kind: Any) -> Any:
+    """``value`` if it has the type ``kind`` (an int does for a float, and becomes one); else FmtkError."""
+    allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    if float in allowed and type(value) is int:
+        return float(value)
+    if not any(value is None if t is type(None) else type(value) is t for t in allowed):
+        expected = " or ".join(t.__name__ for t in allowed)
+        raise FmtkError(f"{key}={value!r}: expected {expected}")
+    return value
 
 
 def bundled_recipes_dir() -> Path:

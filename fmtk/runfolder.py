@@ -28,7 +28,7 @@ ITERATIONS = "iterations"  # the per-iteration TensorBoard sub-run
 BEST, LAST = "best", "last"  # checkpoint name prefixes: <prefix>_checkpoint_<epoch>[_<score>].pt
 EPOCH_COLUMNS = ["epoch", "train_loss", "valid_loss", "valid_accuracy", "lr", "epoch_seconds"]
 
-_LAST_NAME = re.compile(rf"{LAST}_checkpoint_(\d+)\.pt")
+LAST_EPOCH = re.compile(rf"{LAST}_checkpoint_(\d+)\.pt")  # a last checkpoint's name; group 1: its epoch
 _TORN_WRITE = re.compile(r"tmp[a-z0-9_]{8}")  # tempfile.NamedTemporaryFile names (Ignite's atomic DiskSaver)
 
 
@@ -102,22 +102,22 @@ def has_checkpoint(run_dir: Path) -> bool:
     return any(run_dir.glob(f"{BEST}_checkpoint_*.pt")) or any(run_dir.glob(f"{LAST}_checkpoint_*.pt"))
 
 
-def find_last_checkpoint(run_dir: Path) -> Path:
+def find_last_checkpoint(run_dir: Path, purpose: str = "to resume from") -> Path:
     """The newest ``last_checkpoint_<epoch>.pt`` of a run folder."""
     found = [
         (int(m.group(1)), path)
         for path in run_dir.glob(f"{LAST}_checkpoint_*.pt")
-        if (m := _LAST_NAME.fullmatch(path.name))
+        if (m := LAST_EPOCH.fullmatch(path.name))
     ]
     if not found:
-        raise FmtkError(f"{run_dir}: no {LAST}_checkpoint_*.pt to resume from")
+        raise FmtkError(f"{run_dir}: no {LAST}_checkpoint_*.pt {purpose}")
     return max(found)[1]
 
 
 def find_checkpoint(run_dir: Path, which: str) -> Path:
     """``best``, ``last`` or a path → the checkpoint file."""
     if which == LAST:
-        return find_last_checkpoint(run_dir)
+        return find_last_checkpoint(run_dir, "(the run has not finished an epoch)")
     if which == BEST:
         found = sorted(run_dir.glob(f"{BEST}_checkpoint_*.pt"))
         if len(found) != 1:
@@ -158,7 +158,12 @@ def truncate_history(run_dir: Path, epoch: int) -> list[dict[str, float]]:
         return []
     with path.open(newline="") as file:
         reader = csv.DictReader(file)
-        rows = [{key: float(value) for key, value in row.items()} for row in reader]
+        try:
+            rows = [{key: float(value) for key, value in row.items()} for row in reader]
+        except (TypeError, ValueError):
+            raise FmtkError(
+                f"{path}: line {reader.line_num} is not a row of numbers; fix or remove it"
+            ) from None
         columns = reader.fieldnames or EPOCH_COLUMNS
     kept = [row for row in rows if row["epoch"] <= epoch]
     for row in kept:

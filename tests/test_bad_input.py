@@ -4,8 +4,14 @@ traceback, and nothing that existed before is changed."""
 from __future__ import annotations
 
 import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from conftest import assert_one_line_error, fmtk, make_mnist_like, tree_snapshot
 from PIL import Image
 
@@ -76,3 +82,187 @@ def test_grayscale_cmyk_and_alpha_images_are_converted_and_train(catdog_root: Pa
     result = run_on(catdog_root, tmp_path, *SMALL)
     assert result.returncode == 0, result.stderr
     assert list((tmp_path / "out" / "catdog_vgg").glob("*/metrics.json"))
+
+
+# --- The table of bad inputs: one row per case, each run as a command in a fresh folder --------------
+# (id, files written first {name: text}, the command's arguments, fragments of the one line)
+
+DIGITS = "lambda recipe, data_dir, device: load_digits_splits(recipe.batch_size, device, recipe.seed)"
+HEAD = "from fmtk import Recipe\nfrom fmtk.data import load_digits_splits\nfrom fmtk.models import mlp\n"
+
+
+def recipe_file(body: str = "", **fields: str) -> str:
+    """A user's recipe file: ``body`` first, then ``recipe = Recipe(...)`` with ``fields`` (code)."""
+    values = {"name": '"mine"', "description": '"a user recipe"', "model": "lambda recipe: mlp(64, [16], 10)",
+              "data": DIGITS, "epochs": "1", **fields}  # fmt: skip
+    arguments = "".join(f"    {key}={value},\n" for key, value in values.items() if value is not None)
+    return f"{HEAD}{body}\nrecipe = Recipe(\n{arguments})\n"
+
+
+HANDLERS = """
+import os
+
+def fine(run):
+    pass
+
+def broken(run):
+    return 1 / 0
+
+def no_argument():
+    pass
+"""
+
+MINE = ["run", "mine.py"]  # run the recipe file written by the case
+HANDLE = ["run", "digits_mlp", "--handler"]
+RAISING_DATA = "def data(recipe, data_dir, device):\n    raise ValueError('no rows')\n"
+LAYERS = {"model": "lambda recipe: mlp(64, recipe.options['layers'], 10)", "options": '{"layers": [64, 32]}'}
+
+CASES = [
+    ("recipe syntax error", {"mine.py": HEAD + "recipe = Recipe(\n"}, MINE,
+     ["mine.py:4: SyntaxError: '(' was never closed ("]),
+    ("recipe raises at import", {"mine.py": recipe_file("ratio = 1 / 0\n")}, MINE,
+     ["mine.py:4: ZeroDivisionError: division by zero", "FMTK_TRACEBACK=1"]),
+    ("recipe without model and data", {"mine.py": recipe_file(model=None, data=None)}, MINE,
+     ["mine.py:", "TypeError", "missing 2 required positional arguments: 'model' and 'data'"]),
+    ("recipe imports a missing module", {"mine.py": recipe_file("import no_such_module\n")}, MINE,
+     ["mine.py:4: ModuleNotFoundError: No module named 'no_such_module'"]),
+    ("lr='fast' in the file", {"mine.py": recipe_file(lr='"fast"')}, MINE,
+     ["recipe mine: lr='fast': expected float"]),
+    ("model() returns None", {"mine.py": recipe_file(model="lambda recipe: None")}, MINE,
+     ["recipe mine: model() returned NoneType, not a torch nn.Module"]),
+    ("data() returns a tuple", {"mine.py": recipe_file(data="lambda recipe, data_dir, device: (1, 2)")}, MINE,
+     ["recipe mine: data() returned tuple, not a DataSplits"]),
+    ("data() raises", {"mine.py": recipe_file(RAISING_DATA, data="data")}, MINE,
+     ["mine.py:5: ValueError: no rows"]),
+    ("model output size is not the class count", {"mine.py": recipe_file(model="lambda r: mlp(64, [16], 5)")},
+     MINE, ["the model gives 5 outputs per sample but the data has 10 classes"]),
+    ("recipe name with a path separator", {"mine.py": recipe_file(name='"../escape"')}, MINE,
+     ["recipe name '../escape' must be one folder name"]),
+    ("negative seed", {}, ["run", "digits_mlp", "--seed", "-1"], ["seed must be in 0 … 2**32-1", "got -1"]),
+    ("seed above 2**32-1", {}, ["run", "digits_mlp", "--seed", "4294967296"], ["got 4294967296"]),
+    ("LBFGS", {}, ["run", "digits_mlp", "--set", "optimizer=LBFGS"], ["optimizer LBFGS cannot", "closure"]),
+    ("Rprop", {}, ["run", "digits_mlp", "--set", "optimizer=Rprop"], ["optimizer Rprop", "full-batch"]),
+    ("Optimizer", {}, ["run", "digits_mlp", "--set", "optimizer=Optimizer"], ["optimizer Optimizer", "base"]),
+    ("negative hidden size", {}, ["run", "digits_mlp", "--set", "hidden=-3"],
+     ["recipe digits_mlp: model() failed with hidden=-3", "negative dimension"]),
+    ("list option given as text", {"mine.py": recipe_file(**LAYERS)}, [*MINE, "--set", "layers=64,x"],
+     ["--set layers=x: expected int"]),
+    ("summary with image_size=0", {}, ["summary", "catdog_vgg", "--set", "image_size=0"],
+     ["recipe catdog_vgg: image_input() failed with image_size=0"]),
+    ("summary with a negative image_size", {}, ["summary", "catdog_vgg", "--set", "image_size=-5"],
+     ["image_input() failed with image_size=-5"]),
+    ("handler module raises at import", {"handlers.py": "1 / 0\n"}, [*HANDLE, "handlers:fine"],
+     ["handlers.py:1: ZeroDivisionError"]),
+    ("handler raises when attached", {"handlers.py": HANDLERS}, [*HANDLE, "handlers:broken"],
+     ["handlers.py:8: ZeroDivisionError"]),
+    ("--device cpu:1", {}, ["run", "digits_mlp", "--device", "cpu:1"], ["--device cpu:1: the CPU has no"]),
+    ("show --out into a missing folder", {}, ["show", "digits_mlp", "--out", "nodir/x.png"],
+     ["--out nodir/x.png: cannot write it (No such file or directory)"]),
+    ("handler takes no argument", {"handlers.py": HANDLERS}, [*HANDLE, "handlers:no_argument"],
+     ["no_argument must take one argument, the run"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "files, args, fragments", [case[1:] for case in CASES], ids=[case[0] for case in CASES]
+)
+def test_bad_input_is_one_line_and_leaves_nothing(
+    tmp_path: Path, files: dict[str, str], args: list[str], fragments: list[str]
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    before = tree_snapshot(tmp_path)
+    output = ["--output-dir", "out"] if args[0] == "run" else []
+    result = fmtk(*args, *output, cwd=tmp_path)
+    assert result.returncode == 1
+    assert_one_line_error(result, *fragments)
+    after = {name: stat for name, stat in tree_snapshot(tmp_path).items() if "__pycache__" not in name}
+    assert after == before and not list(tmp_path.glob("out/*"))  # nothing changed, no run folder left
+
+
+def test_fmtk_traceback_shows_the_whole_traceback(tmp_path: Path) -> None:
+    (tmp_path / "mine.py").write_text(recipe_file("ratio = 1 / 0\n"))
+    env = {**os.environ, "FMTK_TRACEBACK": "1"}
+    command = [sys.executable, "-m", "fmtk", "run", "mine.py"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert result.returncode == 1 and "Traceback (most recent call last)" in result.stderr
+    assert 'mine.py", line 4' in result.stderr
+
+
+# --- Bad inputs against a finished run: (id, how the copy of the run is spoiled, command, fragments) ---
+
+
+def drop(*names: str):
+    def spoil(run_dir: Path) -> None:
+        for name in names:
+            for path in run_dir.glob(name):
+                path.unlink()
+
+    return spoil
+
+
+def edit_config(**changes: object):
+    def spoil(run_dir: Path) -> None:
+        config = json.loads((run_dir / "config.json").read_text())
+        for key, value in changes.items():
+            if value is None:
+                config.pop(key)
+            else:
+                config[key] = value
+        (run_dir / "config.json").write_text(json.dumps(config))
+        drop("metrics.json")(run_dir)  # unfinished: --resume has work to do
+
+    return spoil
+
+
+def garbled_metrics_row(run_dir: Path) -> None:
+    with (run_dir / "metrics.csv").open("a") as file:
+        file.write("3,oops,0.1,0.9,0.01,1.0\n")
+    drop("metrics.json")(run_dir)
+
+
+def picture_in_the_way(run_dir: Path) -> None:  # as a read-only folder would (root can write anywhere)
+    (run_dir / "confusion_best.png").unlink()
+    (run_dir / "confusion_best.png").mkdir()
+
+
+RUN_CASES = [
+    ("evaluate a folder that is no run", lambda run_dir: None, ["evaluate", "."],
+     ["fmtk evaluate .: not a run folder"]),
+    ("predict with a folder that is no run", lambda run_dir: None, ["predict", ".", "x.png"],
+     ["fmtk predict .: not a run folder"]),
+    ("evaluate --checkpoint last without one", drop("last_checkpoint_*.pt"),
+     ["evaluate", "run", "--checkpoint", "last"], ["no last_checkpoint_*.pt (the run has not finished an"]),
+    ("resume --epochs below the epochs run", drop("metrics.json"),
+     ["run", "--resume", "run", "--epochs", "1"], ["--epochs 1: run has already run 2 epochs"]),
+    ("config.json without a name", edit_config(name=None), ["run", "--resume", "run"], ["names no recipe"]),
+    ("config.json with lr 'fast'", edit_config(lr="fast"), ["run", "--resume", "run"],
+     ["recipe digits_mlp: lr='fast': expected float"]),
+    ("metrics.csv with a row of words", garbled_metrics_row, ["run", "--resume", "run"],
+     ["metrics.csv: line 4 is not a row of numbers"]),
+    ("evaluate cannot write its picture", picture_in_the_way, ["evaluate", "run"],
+     ["confusion_best.png: cannot write the picture"]),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("finished")
+    done = fmtk("run", "digits_mlp", "--epochs", "2", "--run-dir", "run", cwd=root)
+    assert done.returncode == 0, done.stderr
+    return root / "run"
+
+
+@pytest.mark.parametrize(
+    "spoil, args, fragments", [row[1:] for row in RUN_CASES], ids=[row[0] for row in RUN_CASES]
+)
+def test_bad_input_against_a_run_is_one_line_and_changes_nothing(
+    finished_run: Path, tmp_path: Path, spoil, args: list[str], fragments: list[str]
+) -> None:
+    shutil.copytree(finished_run, tmp_path / "run")
+    spoil(tmp_path / "run")
+    before = tree_snapshot(tmp_path)
+    result = fmtk(*args, cwd=tmp_path)
+    assert result.returncode == 1
+    assert_one_line_error(result, *fragments)
+    assert tree_snapshot(tmp_path) == before

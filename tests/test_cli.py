@@ -263,3 +263,15 @@ def test_a_missing_run_folder_is_named_with_its_command(tmp_path: Path, command:
     assert_one_line_error(
         fmtk(command, "nowhere", *extra, cwd=tmp_path), f"fmtk {command} nowhere: no such run folder"
     )
+
+
+def test_evaluate_and_resume_read_the_data_the_run_trained_on(mnist_root: Path, tmp_path: Path) -> None:
+    trained = fmtk(
+        "run", "mnist_dnn", "--epochs", "1", "--data-dir", str(mnist_root), "--run-dir", "r", cwd=tmp_path
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["data_dir"] == str(mnist_root.resolve())
+    evaluated = fmtk("evaluate", "r", cwd=tmp_path)  # no --data-dir: the run's own
+    assert evaluated.returncode == 0, evaluated.stderr
+    resumed = fmtk("run", "--resume", "r", "--epochs", "2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr

@@ -121,17 +121,41 @@ def _assemble(
     if resume_from is not None:  # before the data: a mismatching checkpoint fails fast
         resume = ResumePoint(Path(resume_from), read_checkpoint(resume_from, device))
         load_model_weights(resume.checkpoint, resume.path, recipe.name, model)
-    data = recipe.data(recipe, data_dir, device)
+    data = recipe.call("data", data_dir, device)
+    if not isinstance(data, DataSplits):
+        raise FmtkError(
+            f"recipe {recipe.name}: data() returned {type(data).__name__}, not a "
+            "DataSplits(train, valid, test, classes)"
+        )
     check_sharded({"train": data.train, "valid": data.valid, "test": data.test})
+    check_output_size(recipe.name, model, data, device)
     echo = echo if echo is not None and is_main_process() else _silent
     run = _create_engines(recipe, run_dir, device, data, model, speed, resume, echo)
-    run.command, run.restart = command, restart
+    run.command, run.restart, run.data_dir = command, restart, data_dir
     if progress is None:
         progress = sys.stderr.isatty() or _in_notebook()
     _attach_handlers(run, progress)
     if recipe.attach is not None:
         recipe.attach(run)
     return run
+
+
+def check_output_size(recipe_name: str, model: nn.Module, data: DataSplits, device: torch.device) -> None:
+    """The model gives one score per class: checked on two samples of the valid split before
+    training, not after an epoch (or never: cross-entropy fails only on a label past the size)."""
+    # A DataLoader draws its base seed from torch's generator: the run's random stream stays as it was.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        x, _ = next(iter(data.valid))
+        was_training = model.training
+        output = model.eval()(x[:2].to(device))
+        model.train(was_training)
+    classes = len(data.classes)
+    if output.ndim != 2 or output.shape[1] != classes:
+        shape = "×".join(map(str, output.shape[1:])) or "a scalar"
+        raise FmtkError(
+            f"recipe {recipe_name}: the model gives {shape} outputs per sample but the data has "
+            f"{classes} classes; its last layer must have {classes} outputs"
+        )
 
 
 def _in_notebook() -> bool:
@@ -145,7 +169,12 @@ def _create_model(
     recipe: Recipe, device: torch.device, speed: SpeedOptions
 ) -> tuple[nn.Module, SpeedOptions]:
     """The recipe's model on ``device`` in its memory format, and the speed options resolved for it."""
-    model = recipe.model(recipe).to(device)  # first: a bad variant fails before a slow data load
+    model = recipe.call("model")  # first: a bad variant fails before a slow data load
+    if not isinstance(model, nn.Module):
+        raise FmtkError(
+            f"recipe {recipe.name}: model() returned {type(model).__name__}, not a torch nn.Module"
+        )
+    model = model.to(device)
     speed = speed.resolve(device, model)
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)

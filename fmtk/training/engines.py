@@ -36,6 +36,8 @@ def resolve_device(spec: str) -> torch.device:
             raise FmtkError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif device.type != "cpu":
         raise FmtkError(f"--device {spec}: fmtk supports auto, cpu, cuda and cuda:N")
+    elif device.index is not None:  # torch accepts "cpu:1", then fails loading checkpoints onto it
+        raise FmtkError(f"--device {spec}: the CPU has no numbered devices; use cpu")
     return device
 
 

@@ -142,7 +142,7 @@ def load_trained_model(
     checkpoint ``which``, its path and the class names."""
     config = read_config(run_dir)
     recipe = recipe_from_config(config, recipe=recipe)
-    model = recipe.model(recipe).to(device)
+    model = recipe.call("model").to(device)
     path = find_checkpoint(run_dir, which)
     load_model_weights(read_checkpoint(path, device), path, recipe.name, model)
     classes = config.get("classes")
@@ -162,7 +162,7 @@ def evaluate_run(
     """A run's checkpoint (``best``, ``last`` or a path) evaluated on a split (``test``, ``valid``):
     the recipe, the checkpoint's path and the evaluation."""
     recipe, model, path, classes = load_trained_model(run_dir, checkpoint, device, recipe)
-    data = recipe.data(recipe, data_dir, device)
+    data = recipe.call("data", data_dir, device)
     loss_fn = loss_on(recipe.loss(recipe), device)
     return (
         recipe,

@@ -110,6 +110,7 @@ class Run:
     metric_names: list[str] = field(default_factory=lambda: ["loss", "accuracy"])
     command: str | None = None  # the command line that started the run, for config.json
     restart: bool = False  # the run folder holds a start that wrote no checkpoint: begin again
+    data_dir: Path | None = None  # the data root the recipe's data() read
     _lock: IO[bytes] | None = field(default=None, repr=False)  # on config.json while training
 
     def keep(self, name: str, state: Any) -> Any:
@@ -144,22 +145,23 @@ class Run:
             )  # fmt: skip
             if self.resume is not None:  # first of all, it checks that both sides name the same states
                 restore(self.kept, self.resume.checkpoint, self.resume.path)
+            epoch = self.resume.epoch if self.resume is not None else 0
             if is_main_process() and (self.resume is not None or self.restart):
                 self._lock = lock_run(self.run_dir)  # before tidying: no other process trains it
-        except FmtkError:
+                self.history[:] = truncate_history(self.run_dir, epoch)  # reads every row before writing
+        except Exception:
             self._close_loggers(discard=True)  # a run that cannot start changes nothing
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
             raise
-        epoch = 0
         if self.resume is not None:
-            epoch = self.resume.epoch
             if is_main_process():
-                self.history[:] = truncate_history(self.run_dir, epoch)
                 remove_stale_files(self.run_dir, self.resume.files())
             self.last_checkpoint.load_state_dict({"_saved": [(epoch, self.resume.path.name)]})
             self.echo(f"resuming after epoch {epoch} from {self.resume.path.name}")
         elif self.restart:
             if is_main_process():
-                truncate_history(self.run_dir, 0)
                 remove_stale_files(self.run_dir, set())
             self.echo(f"{self.run_dir} has no checkpoint yet: starting the run again from the beginning")
         if is_main_process():
@@ -179,6 +181,8 @@ class Run:
             command = read_config(self.run_dir).get("command", command)
         config = {**self.recipe.config(), "classes": self.data.classes, "speed": self.speed.config()}
         config.update(processes=idist.get_world_size(), versions=versions(), command=command)
+        if self.data_dir is not None:  # evaluate and --resume read the same data by default
+            config["data_dir"] = str(Path(self.data_dir).resolve())
         write_json(self.run_dir / CONFIG, config)
 
     def run(self) -> dict[str, Any]:
