@@ -7,12 +7,15 @@ import gzip
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import assert_one_line_error, fmtk, make_mnist_like, tree_snapshot
+from conftest import assert_one_line_error, fmtk, make_image_folder, make_mnist_like, tree_snapshot, write_idx
 from PIL import Image
 
 
@@ -240,6 +243,8 @@ RUN_CASES = [
      ["recipe digits_mlp: lr='fast': expected float"]),
     ("metrics.csv with a row of words", garbled_metrics_row, ["run", "--resume", "run"],
      ["metrics.csv: line 4 is not a row of numbers"]),
+    ("best checkpoint deleted, then --resume", drop("best_checkpoint_*.pt", "metrics.json"),
+     ["run", "--resume", "run"], ["best_checkpoint_2_valid_accuracy=", "best checkpoint, is missing"]),
     ("evaluate cannot write its picture", picture_in_the_way, ["evaluate", "run"],
      ["confusion_best.png: cannot write the picture"]),
 ]  # fmt: skip
@@ -266,3 +271,116 @@ def test_bad_input_against_a_run_is_one_line_and_changes_nothing(
     assert result.returncode == 1
     assert_one_line_error(result, *fragments)
     assert tree_snapshot(tmp_path) == before
+
+
+# --- Bad data: (id, how a small real-format dataset is spoiled, recipe and arguments, fragments) ------
+
+
+def bomb_png(path: Path) -> None:
+    """A PNG whose header claims 20,000 × 20,000 pixels: Pillow refuses it as a decompression bomb."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 20_000, 20_000, 8, 0, 0, 0, 0))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def rewrite_idx(root: Path, name: str, change) -> None:
+    """Replace the array of MNIST file ``name`` (e.g. ``train-labels-idx1-ubyte``) by ``change(array)``."""
+    path = root / "MNIST" / "raw" / f"{name}.gz"
+    payload = gzip.decompress(path.read_bytes())
+    dims = payload[3]
+    shape = struct.unpack(f">{dims}I", payload[4 : 4 + 4 * dims])
+    array = np.frombuffer(payload[4 + 4 * dims :], dtype=np.uint8).reshape(shape)
+    write_idx(path.with_suffix(""), change(array.copy()))
+
+
+def lonely_nine(labels: np.ndarray) -> np.ndarray:
+    nines = np.flatnonzero(labels == 9)
+    labels[nines[1:]] = 8
+    return labels
+
+
+def mnist_case(change):
+    def spoil(root: Path) -> Path:
+        make_mnist_like(root)
+        change(root)
+        return root
+
+    return spoil
+
+
+def catdog_case(change):
+    def spoil(root: Path) -> Path:
+        make_image_folder(root / "catdog" / "training_set", per_class=12)
+        make_image_folder(root / "catdog" / "test_set", per_class=4, seed=1)
+        change(root / "catdog")
+        return root
+
+    return spoil
+
+
+def one_class(catdog: Path) -> None:
+    for split in ("training_set", "test_set"):
+        shutil.rmtree(catdog / split / "dogs")
+
+
+MNIST = ["mnist_dnn", "--epochs", "1"]
+CATDOG = ["catdog_vgg", "--set", "image_size=32", "--epochs", "1", "--batch-size", "8"]
+DATA_CASES = [
+    ("MNIST label past the classes",
+     mnist_case(lambda root: rewrite_idx(root, "train-labels-idx1-ubyte", lambda a: np.where(a == 3, 12, a))),
+     MNIST, ["train-labels-idx1-ubyte.gz: label 12 is not one of the 10 classes"]),
+    ("MNIST test images of another size",
+     mnist_case(lambda root: rewrite_idx(root, "t10k-images-idx3-ubyte", lambda a: a[:, :20, :20])),
+     MNIST, ["t10k-images-idx3-ubyte.gz: images are 20×20, the training images 28×28"]),
+    ("MNIST class with a single sample",
+     mnist_case(lambda root: rewrite_idx(root, "train-labels-idx1-ubyte", lonely_nine)),
+     MNIST, ["train-labels-idx1-ubyte.gz: class 9 has a single sample"]),
+    ("MNIST without images",
+     mnist_case(lambda root: (rewrite_idx(root, "train-images-idx3-ubyte", lambda a: a[:0]),
+                              rewrite_idx(root, "train-labels-idx1-ubyte", lambda a: a[:0]))),
+     MNIST, ["train-images-idx3-ubyte.gz: holds no images"]),
+    ("image folder with one class", catdog_case(one_class), CATDOG,
+     ["training_set: one class folder (cats)"]),
+    ("decompression bomb among the photos",
+     catdog_case(lambda catdog: bomb_png(catdog / "training_set" / "dogs" / "huge.png")),
+     CATDOG, ["huge.png: cannot decode image", "decompression bomb"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "spoil, args, fragments", [r[1:] for r in DATA_CASES], ids=[r[0] for r in DATA_CASES]
+)
+def test_bad_data_is_refused_when_it_loads(
+    tmp_path: Path, spoil, args: list[str], fragments: list[str]
+) -> None:
+    data = spoil(tmp_path / "data")
+    assert_one_line_error(run_on(data, tmp_path, *args), *fragments)
+
+
+def test_a_last_training_batch_of_one_sample_trains_with_batchnorm(tmp_path: Path) -> None:
+    data = make_mnist_like(tmp_path / "data", "FashionMNIST")  # 500 training images after the split
+    result = run_on(data, tmp_path, "fmnist_dnn", "--epochs", "1", "--batch-size", "499")  # BatchNorm1d
+    assert result.returncode == 0, result.stderr
+    [run_dir] = (tmp_path / "out" / "fmnist_dnn").iterdir()
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 1
+
+
+def test_nan_in_the_first_epoch_says_no_checkpoint_was_written(tmp_path: Path) -> None:
+    (tmp_path / "poison.py").write_text(
+        "from ignite.engine import Events\n\n\ndef attach(run):\n"
+        "    run.trainer.add_event_handler(Events.ITERATION_COMPLETED(once=3),\n"
+        "                                  lambda e: next(run.model.parameters()).data.fill_(float('nan')))\n"
+    )
+    result = fmtk("run", "digits_mlp", "--handler", "poison:attach", "--output-dir", "out", cwd=tmp_path)
+    assert_one_line_error(result, "NaN or infinite at epoch 1", "no checkpoint was written yet")
+    assert not list(tmp_path.glob("out/*"))  # and no half-empty run folder
+
+
+def test_predict_names_a_decompression_bomb(finished_run: Path, tmp_path: Path) -> None:
+    bomb_png(tmp_path / "huge.png")
+    assert_one_line_error(
+        fmtk("predict", str(finished_run), "huge.png", cwd=tmp_path), "huge.png: cannot read image"
+    )

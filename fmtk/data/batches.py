@@ -110,11 +110,16 @@ class TensorBatches:
         self.epoch = epoch
 
     def _global_batches(self) -> list[tuple[int, int]]:
-        """``(start, stop)`` positions of each global batch in the epoch's (padded) order."""
+        """``(start, stop)`` positions of each global batch in the epoch's (padded) order. A
+        training (shuffled) split's last batch of one sample per process joins the batch before
+        it: BatchNorm cannot train on a single sample."""
         count = len(self.labels)
         if self.shuffle:
             count = math.ceil(count / self.world_size) * self.world_size
-        return [(start, min(start + self.batch_size, count)) for start in range(0, count, self.batch_size)]
+        batches = [(start, min(start + self.batch_size, count)) for start in range(0, count, self.batch_size)]
+        if self.shuffle and len(batches) > 1 and batches[-1][1] - batches[-1][0] <= self.world_size:
+            batches[-2:] = [(batches[-2][0], batches[-1][1])]
+        return batches
 
     def __len__(self) -> int:
         return sum(1 for start, stop in self._global_batches() if stop - start > self.rank)
@@ -162,8 +167,21 @@ class DataSplits:
     classes: list[str]
 
 
-def stratified_split(labels: np.ndarray, valid_size: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of a stratified train/valid split (scikit-learn's train_test_split)."""
+def stratified_split(
+    labels: np.ndarray, valid_size: float | int, seed: int, *, source: str = "the labels"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a stratified train/valid split (scikit-learn's train_test_split); ``source``
+    names the data in the one-line error for labels that cannot be split so."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    lonely = [str(label) for label, count in enumerate(counts) if count == 1]
+    if lonely:
+        raise FmtkError(
+            f"{source}: class {', '.join(lonely)} has a single sample; a stratified valid split needs "
+            "two or more of each class"
+        )
     indices = np.arange(len(labels))
-    train, valid = train_test_split(indices, test_size=valid_size, stratify=labels, random_state=seed)
+    try:
+        train, valid = train_test_split(indices, test_size=valid_size, stratify=labels, random_state=seed)
+    except ValueError as error:  # e.g. fewer valid samples than classes
+        raise FmtkError(f"{source}: cannot split off a stratified valid set ({error})") from None
     return np.sort(train), np.sort(valid)

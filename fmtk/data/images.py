@@ -47,7 +47,7 @@ def decode_image(path: str | Path, image_size: int) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return resize_rgb(image, image_size)
-    except (OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise FmtkError(f"{path}: cannot decode image ({error})") from None
 
 
@@ -169,10 +169,12 @@ class LoaderBatches:
             batch_size //= self.world_size
         else:
             self.sampler = range(self.rank, len(dataset), self.world_size)
+        # A training batch of one sample (per process) is dropped: BatchNorm cannot train on it.
+        drop_last = shuffle and batch_size > 1 and len(self.sampler) % batch_size == 1
         workers = min(4, os.cpu_count() or 1) if workers is None else workers
         self.loader = DataLoader(
             dataset, batch_size, sampler=self.sampler, num_workers=workers, persistent_workers=workers > 0,
-            pin_memory=device.type == "cuda",
+            pin_memory=device.type == "cuda", drop_last=drop_last,
         )  # fmt: skip
         self.device = device
         self.seed = seed
@@ -238,10 +240,16 @@ def load_catdog(
     train_folder, test_folder = (find_split_folder(root, name) for name in ("training_set", "test_set"))
     train_samples, classes = list_image_folder(train_folder)
     test_samples, test_classes = list_image_folder(test_folder)
+    if len(classes) < 2:
+        raise FmtkError(
+            f"{train_folder}: one class folder ({', '.join(classes)}); a classifier needs two or more"
+        )
     if test_classes != classes:
         raise FmtkError(f"{root}: test_set classes {test_classes} differ from training_set classes {classes}")
     train_labels = sample_labels(train_samples)
-    train_index, valid_index = stratified_split(train_labels.numpy(), valid_fraction, seed)
+    train_index, valid_index = stratified_split(
+        train_labels.numpy(), valid_fraction, seed, source=str(train_folder)
+    )
     if data_cache == "none":
 
         def loader(samples: list[tuple[str, int]], train: bool = False) -> LoaderBatches:

@@ -116,14 +116,37 @@ def load_mnist_like(
         labels = torch.from_numpy(arrays[f"{split}_labels"][index].astype(np.int64))
         return images.to(device), labels.to(device)
 
-    train_index, valid_index = stratified_split(arrays["train_labels"], valid_fraction, seed)
     classes = FASHION_MNIST_CLASSES if name == "FashionMNIST" else [str(d) for d in range(10)]
+    check_mnist_arrays(arrays, files, len(classes))
+    train_index, valid_index = stratified_split(
+        arrays["train_labels"], valid_fraction, seed, source=str(files["train_labels"])
+    )
     return DataSplits(
         train=TensorBatches(*tensors("train", train_index), batch_size, shuffle=True, seed=seed),
         valid=TensorBatches(*tensors("train", valid_index), batch_size),
         test=TensorBatches(*tensors("test"), batch_size),
         classes=classes,
     )
+
+
+def check_mnist_arrays(arrays: dict[str, np.ndarray], files: dict[str, Path], classes: int) -> None:
+    """Refuse, at load time and naming the file, data that would fail only during or after
+    training: no images, a label past the classes, test images of another size than training's."""
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if len(images) == 0:
+            raise FmtkError(f"{files[split + '_images']}: holds no images")
+        if int(labels.max()) >= classes:
+            raise FmtkError(
+                f"{files[split + '_labels']}: label {int(labels.max())} is not one of the {classes} classes "
+                f"(0–{classes - 1})"
+            )
+    train_size, test_size = arrays["train_images"].shape[1:], arrays["test_images"].shape[1:]
+    if test_size != train_size:
+        raise FmtkError(
+            f"{files['test_images']}: images are {test_size[0]}×{test_size[1]}, the training images "
+            f"{train_size[0]}×{train_size[1]}"
+        )
 
 
 def load_digits_splits(batch_size: int, device: torch.device, seed: int) -> DataSplits:

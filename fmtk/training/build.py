@@ -121,6 +121,12 @@ def _assemble(
     if resume_from is not None:  # before the data: a mismatching checkpoint fails fast
         resume = ResumePoint(Path(resume_from), read_checkpoint(resume_from, device))
         load_model_weights(resume.checkpoint, resume.path, recipe.name, model)
+        missing = sorted(name for name in resume.files() if not (resume.path.parent / name).exists())
+        if missing:  # Ignite would fail removing it after the next better epoch
+            raise FmtkError(
+                f"{resume.path.parent}: {', '.join(missing)}, which {resume.path.name} names as the best "
+                "checkpoint, is missing; put it back to resume (nothing was changed)"
+            )
     data = recipe.call("data", data_dir, device)
     if not isinstance(data, DataSplits):
         raise FmtkError(

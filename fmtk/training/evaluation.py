@@ -187,7 +187,7 @@ def predict_files(
         try:
             with Image.open(path) as image:
                 inputs.append(recipe.image_input(recipe, image))
-        except (OSError, SyntaxError, ValueError) as error:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             raise FmtkError(f"{path}: cannot read image ({error})") from None
     with torch.no_grad():
         probabilities = model(torch.stack(inputs).to(device)).softmax(dim=1).cpu()

@@ -49,9 +49,12 @@ def attach_nonfinite_guard(trainer: Engine, check_every: int) -> None:
             first_bad = int(idist.all_reduce(first_bad, op="MAX"))
         if first_bad >= 0:
             epoch = (first_bad - 1) // engine.state.epoch_length + 1
+            before = (
+                "no checkpoint was written yet" if epoch == 1 else "the last checkpoint is from before it"
+            )
             raise NonFiniteLoss(
                 f"training loss became NaN or infinite at epoch {epoch}, iteration {first_bad}; "
-                "stopped (the last checkpoint is from before it)"
+                f"stopped ({before})"
             )
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=check_every), check)

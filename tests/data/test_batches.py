@@ -47,3 +47,27 @@ def test_tensor_batches_normalise() -> None:
     )
     x, _ = next(iter(batches))
     assert x[0, :, 0, 0].tolist() == [2.0, 1.0, 0.5]
+
+
+@pytest.mark.parametrize("shard", [(0, 1), (1, 2)])
+def test_a_training_batch_of_one_sample_per_process_joins_the_batch_before(shard: tuple[int, int]) -> None:
+    world_size = shard[1]
+    count = 4 * world_size * 2 + world_size  # two full global batches, then one sample per process
+    images, labels = torch.zeros(count, 1, 2, 2, dtype=torch.uint8), torch.arange(count)
+    train = TensorBatches(images, labels, 4 * world_size, shuffle=True, shard=shard)
+    sizes = [len(y) for _, y in train]
+    assert sizes == [4, 5] and len(train) == 2  # every sample still seen once per epoch
+    valid = TensorBatches(images, labels, 4 * world_size, shard=shard)  # evaluation keeps its short batch
+    assert [len(y) for _, y in valid] == [4, 4, 1]
+
+
+def test_loader_batches_drop_a_training_batch_of_one_sample(tmp_path) -> None:
+    from torch.utils.data import TensorDataset
+
+    from fmtk.data.images import LoaderBatches
+
+    dataset = TensorDataset(torch.zeros(9, 3, 2, 2, dtype=torch.uint8), torch.arange(9))
+    train = LoaderBatches(dataset, 4, torch.device("cpu"), shuffle=True, workers=0, shard=(0, 1))
+    assert [len(y) for _, y in train] == [4, 4]
+    valid = LoaderBatches(dataset, 4, torch.device("cpu"), workers=0, shard=(0, 1))
+    assert [len(y) for _, y in valid] == [4, 4, 1]
