@@ -30,6 +30,7 @@ from fmtk.distributed import (
 from fmtk.errors import FmtkError, one_line
 from fmtk.recipe import Recipe, apply_overrides, load_recipe, recipe_from_config
 from fmtk.runfolder import find_last_checkpoint, has_checkpoint, make_run_dir, read_config, remove_if_empty
+from fmtk.runs import lock_run
 from fmtk.training.build import build_run
 from fmtk.training.engines import SpeedOptions, resolve_device
 
@@ -114,6 +115,7 @@ def train(request: RunRequest) -> None:
         return
     existed = request.run_dir is not None and Path(request.run_dir).is_dir()  # an empty folder given
     folder = request.resume or make_run_dir(request.output_dir, recipe.name, request.run_dir)
+    lock = lock_run(folder)  # for the whole run, before anything is written; refused: nothing touched
     chosen_folder = request.run_dir is not None
     request.run_dir, request.folder_ready = folder, True
     click.echo(f"run folder: {folder}")
@@ -136,6 +138,8 @@ def train(request: RunRequest) -> None:
         raise
     except KeyboardInterrupt:
         _interrupted(folder)
+    finally:
+        lock.close()
     click.echo(f"run folder: {folder}")
 
 
@@ -153,8 +157,9 @@ def run_in_process(request: RunRequest, device: torch.device) -> None:
         request.run_dir = folder  # this process's copy: for the Ctrl-C message
     checkpoint = request.checkpoint()
     restart = request.resume is not None and checkpoint is None
+    # The launching process holds the run folder's lock when it made the folder (folder_ready).
     run = build_run(recipe, folder, device, request.data_dir, click.echo, checkpoint, request.speed,
-                    command=request.command, restart=restart)  # fmt: skip
+                    command=request.command, restart=restart, take_lock=not request.folder_ready)  # fmt: skip
     for attach in attachers:
         attach(run)
     run.run()

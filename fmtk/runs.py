@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from fmtk.errors import FmtkError
 from fmtk.runfolder import CONFIG, ITERATIONS, METRICS_CSV, read_config, read_results
@@ -38,27 +38,61 @@ STATES = (RUNNING, INTERRUPTED, STOPPED_EARLY, FINISHED, UNREADABLE)  # the orde
 _LOCK_TRIES = 10  # × 0.05 s: rides out an `fmtk runs` that holds its shared lock for a moment
 
 
-def lock_run(run_dir: Path) -> IO[bytes]:
-    """Mark ``run_dir`` as being trained until the returned file is closed or the process ends
-    (SIGKILL included): an exclusive lock on its config.json. Raises :class:`FmtkError` if another
-    process holds it."""
+class RunLock:
+    """An exclusive ``flock`` on a run folder (the directory itself, so it can be taken before any
+    file is written), held until :meth:`close` or the end of the process, SIGKILL included."""
+
+    def __init__(self, descriptor: int | None) -> None:
+        self.descriptor = descriptor
+
+    def close(self) -> None:
+        if self.descriptor is not None:
+            os.close(self.descriptor)  # releases the lock
+            self.descriptor = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def lock_run(run_dir: Path) -> RunLock:
+    """Mark ``run_dir`` as being trained until the lock is closed or the process ends. Raises
+    :class:`FmtkError` naming the holder's pid if another process holds it."""
     try:
-        file = open(Path(run_dir) / CONFIG, "rb")  # the caller closes it: that ends the lock
+        descriptor = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError as error:
-        raise FmtkError(f"{run_dir}: cannot open {CONFIG} ({error.strerror})") from None
+        raise FmtkError(f"{run_dir}: cannot open the run folder ({error.strerror})") from None
     if fcntl is None:
-        return file
+        return RunLock(descriptor)
     for attempt in range(_LOCK_TRIES):
         try:
-            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return file
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return RunLock(descriptor)
         except BlockingIOError:
             if attempt < _LOCK_TRIES - 1:
                 time.sleep(0.05)
         except OSError:  # a file system without locks (some network mounts): train unguarded
-            return file
-    file.close()
-    raise FmtkError(f"{run_dir} is being trained by another fmtk process")
+            return RunLock(descriptor)
+    os.close(descriptor)
+    holder = _lock_holder(run_dir)
+    by = f" (pid {holder})" if holder else ""
+    raise FmtkError(f"{run_dir} is being trained by another fmtk process{by}; nothing was changed")
+
+
+def _lock_holder(run_dir: Path) -> int | None:
+    """The pid holding a flock on ``run_dir``, from Linux's /proc/locks (None elsewhere)."""
+    try:
+        inode = os.stat(run_dir).st_ino
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+            return int(fields[4])
+    return None
 
 
 def is_running(run_dir: Path) -> bool:
@@ -66,12 +100,17 @@ def is_running(run_dir: Path) -> bool:
     if fcntl is None:
         return False
     try:
-        with open(Path(run_dir) / CONFIG, "rb") as file:
-            fcntl.flock(file.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)  # closing the file releases it
+        descriptor = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)  # closing releases it
     except BlockingIOError:
         return True
-    except OSError:  # gone, unreadable, or no locks on this file system
+    except OSError:  # no locks on this file system
         return False
+    finally:
+        os.close(descriptor)
     return False
 
 

@@ -10,6 +10,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -384,3 +385,32 @@ def test_predict_names_a_decompression_bomb(finished_run: Path, tmp_path: Path) 
     assert_one_line_error(
         fmtk("predict", str(finished_run), "huge.png", cwd=tmp_path), "huge.png: cannot read image"
     )
+
+
+def test_a_second_process_on_a_run_being_trained_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "pause.py").write_text(
+        "import time\nfrom pathlib import Path\nfrom ignite.engine import Events\n\n\ndef attach(run):\n"
+        "    @run.trainer.on(Events.ITERATION_COMPLETED(once=2))\n"
+        "    def wait(engine):\n"
+        "        Path('paused').touch()\n"
+        "        while not Path('go').exists():\n"
+        "            time.sleep(0.05)\n"
+    )
+    command = [sys.executable, "-m", "fmtk", "run", "digits_mlp", "--epochs", "1", "--run-dir", "r",
+               "--handler", "pause:attach"]  # fmt: skip
+    first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "paused").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        before = tree_snapshot(tmp_path / "r")
+        second = fmtk("run", "--resume", "r", cwd=tmp_path)
+        assert_one_line_error(second, "r is being trained by another fmtk process", f"(pid {first.pid})")
+        assert tree_snapshot(tmp_path / "r") == before
+        listing = fmtk("runs", ".", cwd=tmp_path)
+        assert listing.stdout.splitlines()[1].endswith("running")
+    finally:
+        (tmp_path / "go").touch()
+        _, errors = first.communicate(timeout=300)
+    assert first.returncode == 0, errors
+    assert fmtk("runs", ".", cwd=tmp_path).stdout.splitlines()[1].endswith("finished")

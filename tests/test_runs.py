@@ -223,11 +223,11 @@ def test_unreadable_files_give_a_row_not_an_exception(tmp_path: Path) -> None:
 
 def hold_lock(path: Path) -> subprocess.Popen[str]:
     """Another process that holds an exclusive flock on ``path`` (as a training process does on its
-    config.json) until it is killed."""
+    run folder) until it is killed."""
     script = (
-        "import fcntl, sys, time\n"
-        "file = open(sys.argv[1], 'rb')\n"
-        "fcntl.flock(file.fileno(), fcntl.LOCK_EX)\n"
+        "import fcntl, os, sys, time\n"
+        "descriptor = os.open(sys.argv[1], os.O_RDONLY)\n"
+        "fcntl.flock(descriptor, fcntl.LOCK_EX)\n"
         "print('locked', flush=True)\n"
         "time.sleep(600)\n"
     )
@@ -240,12 +240,14 @@ def hold_lock(path: Path) -> subprocess.Popen[str]:
 def test_running_while_another_process_holds_the_lock_and_not_after_it_is_killed(tmp_path: Path) -> None:
     training = make_run(tmp_path, "a/training", [0.5, 0.6], ended=False)
     resuming = make_run(tmp_path, "b/resuming_a_finished_run", [0.5])
-    holders = [hold_lock(training / CONFIG), hold_lock(resuming / CONFIG)]
+    holders = [hold_lock(training), hold_lock(resuming)]
     try:
         rows = by_run(list_runs(tmp_path))
         assert rows["a/training"]["state"] == rows["b/resuming_a_finished_run"]["state"] == "running"
         assert rows["a/training"]["epochs_done"] == 2  # the epochs done so far, from metrics.csv
-        message = f"^{re.escape(str(training))} is being trained by another fmtk process$"
+        message = (
+            f"^{re.escape(str(training))} is being trained by another fmtk process \\(pid {holders[0].pid}\\)"
+        )
         with pytest.raises(FmtkError, match=message):
             lock_run(training)
     finally:
@@ -266,7 +268,7 @@ def test_lock_run_holds_until_closed(tmp_path: Path) -> None:
             lock_run(run_dir)  # flock locks belong to an open file: a second open conflicts
     assert not is_running(run_dir)
     lock_run(run_dir).close()
-    with pytest.raises(FmtkError, match="cannot open config.json"):
+    with pytest.raises(FmtkError, match="cannot open the run folder"):
         lock_run(tmp_path / "not_a_run")
 
 
@@ -275,9 +277,9 @@ def test_lock_run_waits_out_a_listing_that_looks_at_the_run(tmp_path: Path) -> N
     import fcntl
 
     run_dir = make_run(tmp_path, "a/run", [0.5])
-    listing = open(run_dir / CONFIG, "rb")  # as is_running opens it, but holding its shared lock longer
-    fcntl.flock(listing.fileno(), fcntl.LOCK_SH)
-    threading.Timer(0.1, listing.close).start()
+    listing = os.open(run_dir, os.O_RDONLY)  # as is_running opens it, but holding its shared lock longer
+    fcntl.flock(listing, fcntl.LOCK_SH)
+    threading.Timer(0.1, os.close, [listing]).start()
     lock_run(run_dir).close()  # does not fail with "being trained by another fmtk process"
 
 

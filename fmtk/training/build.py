@@ -58,6 +58,7 @@ def build_run(
     progress: bool | None = None,
     command: str | None = None,
     restart: bool = False,
+    take_lock: bool = True,
     **overrides: Any,
 ) -> Run:
     """Assemble the run of ``recipe`` into ``run_dir`` on ``device``; with ``resume_from`` (a last
@@ -75,6 +76,8 @@ def build_run(
         progress: a progress bar over each epoch; default: when stderr is a terminal or in Jupyter.
         command: the command line recorded in config.json.
         restart: ``run_dir`` holds a run that has no checkpoint yet: start it again from the beginning.
+        take_lock: lock ``run_dir`` while the run trains (``fmtk runs`` shows it running, a second
+            process is refused); False when the caller already holds :func:`fmtk.runs.lock_run`.
         overrides: recipe values, checked like ``--set`` (e.g. ``epochs=3, lr=0.05``).
 
     When several processes train (``ignite.distributed``), every rank calls this; only rank 0
@@ -95,8 +98,10 @@ def build_run(
     if made_folder and is_main_process():
         run_dir = make_run_dir(Path(output_dir), recipe.name, Path(run_dir) if chosen_folder else None)
     try:
-        return _assemble(recipe, Path(run_dir), device, data_dir, echo, resume_from, speed, progress,
-                         command, restart)  # fmt: skip
+        run = _assemble(recipe, Path(run_dir), device, data_dir, echo, resume_from, speed, progress,
+                        command, restart)  # fmt: skip
+        run.take_lock = take_lock
+        return run
     except BaseException:
         if made_folder and is_main_process():  # a run that could not be assembled leaves nothing
             remove_if_empty(Path(run_dir), remove_parent=not chosen_folder)

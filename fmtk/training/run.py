@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import ignite.distributed as idist
 import numpy as np
@@ -35,7 +35,7 @@ from fmtk.runfolder import (
     truncate_history,
     write_json,
 )
-from fmtk.runs import lock_run
+from fmtk.runs import RunLock, lock_run
 from fmtk.training.checkpoints import (
     attach_checkpoints,
     check_keepable,
@@ -111,7 +111,8 @@ class Run:
     command: str | None = None  # the command line that started the run, for config.json
     restart: bool = False  # the run folder holds a start that wrote no checkpoint: begin again
     data_dir: Path | None = None  # the data root the recipe's data() read
-    _lock: IO[bytes] | None = field(default=None, repr=False)  # on config.json while training
+    take_lock: bool = True  # lock the run folder in prepare(); False when the caller holds the lock
+    _lock: RunLock | None = field(default=None, repr=False)  # on the run folder while training
 
     def keep(self, name: str, state: Any) -> Any:
         """Save ``state`` (anything with ``state_dict``/``load_state_dict``) in the last checkpoint
@@ -146,8 +147,9 @@ class Run:
             if self.resume is not None:  # first of all, it checks that both sides name the same states
                 restore(self.kept, self.resume.checkpoint, self.resume.path)
             epoch = self.resume.epoch if self.resume is not None else 0
+            if is_main_process() and self.take_lock:  # before tidying: no other process trains it
+                self._lock = lock_run(self.run_dir)
             if is_main_process() and (self.resume is not None or self.restart):
-                self._lock = lock_run(self.run_dir)  # before tidying: no other process trains it
                 self.history[:] = truncate_history(self.run_dir, epoch)  # reads every row before writing
         except Exception:
             self._close_loggers(discard=True)  # a run that cannot start changes nothing
@@ -166,8 +168,6 @@ class Run:
             self.echo(f"{self.run_dir} has no checkpoint yet: starting the run again from the beginning")
         if is_main_process():
             self._write_config()
-            if self._lock is None:  # `fmtk runs` shows the run as running while the lock is held
-                self._lock = lock_run(self.run_dir)
         if idist.get_world_size() > 1:
             # Dropout and flips differ per process; the weights are rank 0's (DDP broadcasts them).
             manual_seed(self.recipe.seed + 1_000_003 * idist.get_rank() + epoch)
