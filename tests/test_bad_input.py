@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import assert_one_line_error, fmtk, make_image_folder, make_mnist_like, tree_snapshot, write_idx
 from PIL import Image
 
@@ -414,3 +415,29 @@ def test_a_second_process_on_a_run_being_trained_is_refused_and_changes_nothing(
         _, errors = first.communicate(timeout=300)
     assert first.returncode == 0, errors
     assert fmtk("runs", ".", cwd=tmp_path).stdout.splitlines()[1].endswith("finished")
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_space(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        filler = disk / "filler"
+        filler.write_bytes(
+            b"\0" * (1024 * 1024 - 160 * 1024)
+        )  # ~160 KB left: enough for one epoch's checkpoints
+        result = fmtk("run", "digits_mlp", "--epochs", "6", "--run-dir", str(disk / "r"), cwd=tmp_path)
+        assert_one_line_error(result, "no space left on device while writing to", "fmtk run --resume")
+        last = sorted((disk / "r").glob("last_checkpoint_*.pt"))
+        assert len(last) == 1  # the last complete checkpoint, whole
+        torch.load(last[0], weights_only=True)
+        filler.unlink()
+        resumed = fmtk("run", "--resume", str(disk / "r"), cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        assert json.loads((disk / "r" / "metrics.json").read_text())["epochs_run"] == 6
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

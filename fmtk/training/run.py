@@ -7,8 +7,11 @@ anything may be attached to ``run.trainer``/``run.evaluator`` and kept with :met
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,22 +191,39 @@ class Run:
     def run(self) -> dict[str, Any]:
         """Train (or go on training), then test the best and the last checkpoints; write
         metrics.json and return it."""
-        self.prepare()
-        started = time.perf_counter()
-        try:
-            if not self.training_done:
-                self.trainer.run(self.data.train, max_epochs=self.recipe.epochs)
-            idist.barrier()  # rank 0 has written the checkpoints every rank now reads
-            self.results = self._summarise(time.perf_counter() - started)
-        finally:
-            self._close_loggers()
-            if self._lock is not None:
-                self._lock.close()
-                self._lock = None
-        if is_main_process():
-            write_json(self.run_dir / METRICS_JSON, self.results)
-            self._print_test_table()
+        with self._disk_full_as_one_line():
+            self.prepare()
+            started = time.perf_counter()
+            try:
+                if not self.training_done:
+                    self.trainer.run(self.data.train, max_epochs=self.recipe.epochs)
+                idist.barrier()  # rank 0 has written the checkpoints every rank now reads
+                self.results = self._summarise(time.perf_counter() - started)
+            finally:
+                self._close_loggers()
+                if self._lock is not None:
+                    self._lock.close()
+                    self._lock = None
+            if is_main_process():
+                write_json(self.run_dir / METRICS_JSON, self.results)
+                self._print_test_table()
         return self.results
+
+    @contextlib.contextmanager
+    def _disk_full_as_one_line(self) -> Iterator[None]:
+        """A full disk, wherever it hits (torch.save reports it as a RuntimeError), becomes one line;
+        checkpoints are written atomically and the superseded ones removed only after, so the
+        last complete one is still there to resume from."""
+        try:
+            yield
+        except (OSError, RuntimeError) as error:
+            no_space = getattr(error, "errno", None) == errno.ENOSPC
+            if not no_space and shutil.disk_usage(self.run_dir).free >= 1 << 20:
+                raise
+            raise FmtkError(
+                f"no space left on device while writing to {self.run_dir}; the last complete checkpoint "
+                f"is kept: free some space, then fmtk run --resume {self.run_dir}"
+            ) from None
 
     def test(self, checkpoint_path: Path) -> Evaluation:
         """Load the model weights of ``checkpoint_path`` and evaluate them on the test split."""
