@@ -123,8 +123,8 @@ def evaluate(
     (one made in Python, e.g. with a lambda model); the run's values are applied to it.
     """
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    if data_dir is None:  # $FMTK_DATA, else the data the run trained on, else ./data
-        data_dir = os.environ.get("FMTK_DATA") or read_config(Path(run_dir)).get("data_dir") or "data"
+    if data_dir is None:  # the data the run trained on, else $FMTK_DATA, else ./data
+        data_dir = read_config(Path(run_dir)).get("data_dir") or os.environ.get("FMTK_DATA") or "data"
     return evaluate_run(Path(run_dir), checkpoint, split, Path(data_dir), device, recipe)[2]
 
 

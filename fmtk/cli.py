@@ -48,7 +48,7 @@ class _Group(click.Group):
 # Options several commands share, declared once.
 data_dir_option = click.option(
     "--data-dir", type=click.Path(path_type=Path), envvar="FMTK_DATA", default=None,
-    help="Data root [default: $FMTK_DATA, else the run's own (evaluate, --resume), else ./data].",
+    help="Data root [default: the run's own (evaluate, --resume, --config), else $FMTK_DATA, else ./data].",
 )  # fmt: skip
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 checkpoint_option = click.option(
@@ -63,6 +63,11 @@ set_option = click.option(
 @click.version_option(package_name="fmtk")
 def cli() -> None:
     """fmtk: train PyTorch recipes with Ignite engines and handlers."""
+    # Ignite logs "Engine run is terminating due to exception" through Python's last-resort
+    # handler; the CLI reports every error itself, in one line.
+    ignite_logger = logging.getLogger("ignite")
+    if not any(isinstance(handler, logging.NullHandler) for handler in ignite_logger.handlers):
+        ignite_logger.addHandler(logging.NullHandler())
 
 
 @cli.command("list")
@@ -100,11 +105,17 @@ def check_run_folder(command: str, run_dir: Path) -> None:
 
 
 def run_data_dir(given: Path | None, run_dir: Path | None) -> Path:
-    """--data-dir (or $FMTK_DATA), else the data root the run in ``run_dir`` trained on, else ./data."""
-    if given is not None:
+    """--data-dir as typed, else the data root the run in ``run_dir`` trained on, else $FMTK_DATA,
+    else ./data. (click gives $FMTK_DATA as the option's value; its source tells them apart.)"""
+    typed = (
+        click.get_current_context().get_parameter_source("data_dir") == click.core.ParameterSource.COMMANDLINE
+    )
+    if given is not None and typed:
         return given
     recorded = read_config(run_dir).get("data_dir") if run_dir is not None and run_dir.exists() else None
-    return Path(recorded) if isinstance(recorded, str) else Path("data")
+    if isinstance(recorded, str):
+        return Path(recorded)
+    return given if given is not None else Path("data")
 
 
 def check_epochs_ahead(run_dir: Path, epochs: int | None) -> None:
@@ -372,7 +383,4 @@ def summary(recipe_name: str, settings: tuple[str, ...]) -> None:
 
 def main() -> None:
     """Console entry point."""
-    # Ignite logs "Engine run is terminating due to exception" through Python's last-resort
-    # handler; the CLI reports every error itself, in one line.
-    logging.getLogger("ignite").addHandler(logging.NullHandler())
     cli(prog_name="fmtk")

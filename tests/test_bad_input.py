@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import time
+import types
 import zlib
 from pathlib import Path
 
@@ -19,6 +20,29 @@ import pytest
 import torch
 from conftest import assert_one_line_error, fmtk, make_image_folder, make_mnist_like, tree_snapshot, write_idx
 from PIL import Image
+
+
+@pytest.fixture
+def fmtk_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``fmtk ARGS`` run in this process (no 4 s torch import per case) from ``tmp_path``: a
+    CompletedProcess-like result with returncode and stderr. Modules a case writes there are
+    imported fresh."""
+    from click.testing import CliRunner
+
+    from fmtk.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def invoke(*args: str) -> types.SimpleNamespace:
+        for name in [path.stem for path in tmp_path.glob("*.py")]:
+            sys.modules.pop(name, None)
+        result = CliRunner().invoke(cli, list(args), prog_name="fmtk")
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception  # not a one-line error: show it
+        return types.SimpleNamespace(returncode=result.exit_code, stderr=result.stderr, stdout=result.stdout)
+
+    return invoke
 
 
 def run_on(data: Path, tmp_path: Path, *args: str):
@@ -172,13 +196,13 @@ CASES = [
     "files, args, fragments", [case[1:] for case in CASES], ids=[case[0] for case in CASES]
 )
 def test_bad_input_is_one_line_and_leaves_nothing(
-    tmp_path: Path, files: dict[str, str], args: list[str], fragments: list[str]
+    tmp_path: Path, fmtk_here, files: dict[str, str], args: list[str], fragments: list[str]
 ) -> None:
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     before = tree_snapshot(tmp_path)
     output = ["--output-dir", "out"] if args[0] == "run" else []
-    result = fmtk(*args, *output, cwd=tmp_path)
+    result = fmtk_here(*args, *output)
     assert result.returncode == 1
     assert_one_line_error(result, *fragments)
     after = {name: stat for name, stat in tree_snapshot(tmp_path).items() if "__pycache__" not in name}
@@ -264,12 +288,12 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     "spoil, args, fragments", [row[1:] for row in RUN_CASES], ids=[row[0] for row in RUN_CASES]
 )
 def test_bad_input_against_a_run_is_one_line_and_changes_nothing(
-    finished_run: Path, tmp_path: Path, spoil, args: list[str], fragments: list[str]
+    finished_run: Path, tmp_path: Path, fmtk_here, spoil, args: list[str], fragments: list[str]
 ) -> None:
     shutil.copytree(finished_run, tmp_path / "run")
     spoil(tmp_path / "run")
     before = tree_snapshot(tmp_path)
-    result = fmtk(*args, cwd=tmp_path)
+    result = fmtk_here(*args)
     assert result.returncode == 1
     assert_one_line_error(result, *fragments)
     assert tree_snapshot(tmp_path) == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -105,7 +106,10 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fmtk(workspace: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(workspace)}
     command = [sys.executable, "-m", "fmtk", "run", *args, "--data-dir", str(workspace / "data")]
-    return subprocess.run(command, cwd=workspace, capture_output=True, text=True, env=env)
+    # Ctrl-C as from a terminal, also when these tests run in the background (where the shell
+    # starts them with SIGINT ignored, and Python then leaves it ignored).
+    return subprocess.run(command, cwd=workspace, capture_output=True, text=True, env=env,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
 
 
 def epoch_rows(run_dir: Path) -> list[dict[str, str]]:
