@@ -8,7 +8,6 @@ a run's checkpoints.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from torch import nn
 
 from fmtk.launcher import resolve_handler
 from fmtk.recipe import Recipe, load_recipe
-from fmtk.runfolder import has_checkpoint, make_run_dir, read_config, remove_if_empty
+from fmtk.runfolder import discard_failed_start, make_run_dir, read_config
 from fmtk.training.build import build_run
 from fmtk.training.engines import SpeedOptions, resolve_device
 from fmtk.training.evaluation import Evaluation, evaluate_run, load_trained_model, predict_files
@@ -96,13 +95,8 @@ def fit(
         for attach in attachers:
             attach(run)
         results = run.run()
-    except BaseException:
-        if not has_checkpoint(folder):  # nothing to resume or look at: leave no half-made folder
-            shutil.rmtree(folder, ignore_errors=True)
-            if existed:
-                folder.mkdir()  # the empty folder the caller gave
-            elif run_dir is None:
-                remove_if_empty(folder.parent, remove_parent=False)  # <output_dir>/<recipe>
+    except BaseException:  # Ctrl-C too: before the first checkpoint there is nothing to resume
+        discard_failed_start(folder, existed, chosen_folder=run_dir is not None)
         raise
     return Result(folder, list(run.history), results["test"], run.model, "best", results, run)
 
@@ -122,7 +116,7 @@ def evaluate(
     ``recipe``: the recipe object the run was made with, needed when fmtk cannot load it again
     (one made in Python, e.g. with a lambda model); the run's values are applied to it.
     """
-    device = device if isinstance(device, torch.device) else resolve_device(device)
+    device = resolve_device(device)
     if data_dir is None:  # the data the run trained on, else $FMTK_DATA, else ./data
         data_dir = read_config(Path(run_dir)).get("data_dir") or os.environ.get("FMTK_DATA") or "data"
     return evaluate_run(Path(run_dir), checkpoint, split, Path(data_dir), device, recipe)[2]
@@ -139,6 +133,6 @@ def predict(
 ) -> list[dict[str, Any]]:
     """For each image file, the ``top`` most probable classes with their probabilities, from a
     run's checkpoint (``recipe`` as for :func:`evaluate`)."""
-    device = device if isinstance(device, torch.device) else resolve_device(device)
+    device = resolve_device(device)
     recipe, model, _, classes = load_trained_model(Path(run_dir), checkpoint, device, recipe)
     return predict_files(recipe, model, [Path(image) for image in images], classes, top, device)

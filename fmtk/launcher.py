@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -29,7 +28,13 @@ from fmtk.distributed import (
 )
 from fmtk.errors import FmtkError, one_line
 from fmtk.recipe import Recipe, apply_overrides, load_recipe, recipe_from_config
-from fmtk.runfolder import find_last_checkpoint, has_checkpoint, make_run_dir, read_config, remove_if_empty
+from fmtk.runfolder import (
+    discard_failed_start,
+    find_last_checkpoint,
+    has_checkpoint,
+    make_run_dir,
+    read_config,
+)
 from fmtk.runs import lock_run
 from fmtk.training.build import build_run
 from fmtk.training.engines import SpeedOptions, resolve_device
@@ -201,16 +206,9 @@ def _echo_first_error(errors: Path) -> None:
 
 
 def _discard_new_run(request: RunRequest, folder: Path, chosen_folder: bool, existed: bool) -> None:
-    """A failed start leaves nothing behind: the run folder this command made goes with what is in
-    it (fmtk's own files) unless it holds a checkpoint (a run that trained an epoch stays, to be
-    resumed), and so does an empty ``<output-dir>/<recipe>``; a resumed run is never removed."""
-    if request.resume is not None or not folder.is_dir() or has_checkpoint(folder):
-        return
-    shutil.rmtree(folder)
-    if existed:
-        folder.mkdir()  # the empty folder the user gave with --run-dir
-    elif not chosen_folder:
-        remove_if_empty(folder.parent, remove_parent=False)
+    """A failed start leaves no run folder behind; a resumed run is never removed."""
+    if request.resume is None:
+        discard_failed_start(folder, existed, chosen_folder)
 
 
 def _interrupted(folder: Path) -> None:

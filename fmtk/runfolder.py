@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,20 @@ def remove_if_empty(run_dir: Path, remove_parent: bool) -> None:
         run_dir.rmdir()
         if remove_parent and not any(run_dir.parent.iterdir()):
             run_dir.parent.rmdir()
+
+
+def discard_failed_start(folder: Path, existed: bool, chosen_folder: bool) -> None:
+    """A run that failed before its first checkpoint leaves nothing behind: the folder made for it
+    goes with what is in it (fmtk's own files), and so does an empty ``<output-dir>/<recipe>``; an
+    empty folder the user gave (``existed``) stays, empty. A folder holding a checkpoint stays, to
+    be resumed."""
+    if not folder.is_dir() or has_checkpoint(folder):
+        return
+    shutil.rmtree(folder)
+    if existed:
+        folder.mkdir()
+    elif not chosen_folder:
+        remove_if_empty(folder.parent, remove_parent=False)
 
 
 def write_json(path: Path, values: dict[str, Any]) -> None:

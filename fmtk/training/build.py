@@ -91,7 +91,7 @@ def build_run(
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(str(recipe))
     if overrides:
         recipe = apply_overrides(recipe, overrides)
-    device = device if isinstance(device, torch.device) else resolve_device(device)
+    device = resolve_device(device)
     data_dir = Path(data_dir if data_dir is not None else os.environ.get("FMTK_DATA", "data"))
     chosen_folder = run_dir is not None
     made_folder = not chosen_folder or not Path(run_dir).exists()

@@ -21,8 +21,10 @@ from fmtk.choices import PRECISIONS
 from fmtk.errors import FmtkError
 
 
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; a clear error otherwise."""
+def resolve_device(spec: str | torch.device) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or a torch.device
+    of those; a clear error otherwise."""
+    spec = str(spec)
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
