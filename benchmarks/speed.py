@@ -3,18 +3,22 @@
 For each recipe (CPU):
 
 - ``fmtk`` and ``plain`` run in one process on the same model, optimizer and in-memory batches,
-  taking turns in rounds of a few hundred steps (fmtk, plain, fmtk, plain, ...), so both see the
+  taking turns in rounds of a few hundred steps (fmtk, plain, plain, fmtk, ...), so both see the
   same machine load. ``fmtk`` is the recipe's Ignite trainer with every handler a run has (each
-  round is an Ignite epoch of that many steps; Ignite's ``state.times``, validation excluded).
-  ``plain`` is the loop a person writes by hand over the same batches. Their ratio is what fmtk
-  costs. Figures are scaled to seconds per whole epoch.
+  round is an Ignite epoch of that many steps); its figure is the training time the run records
+  (metrics.csv ``epoch_seconds``), which leaves out the validation and checkpoints that follow
+  each round. ``fmtk (Ignite's clock)`` is the same rounds timed by Ignite's ``state.times``, read
+  before Ignite adds its EPOCH_COMPLETED handlers' time: a second clock that must agree.
+  ``plain`` is the loop a person writes by hand over the same batches. The ratio (median of the
+  per-round ratios, min–max beside it) is what fmtk costs. Figures are scaled to whole epochs.
 - ``notebook``: the notebooks' pipeline, torchvision dataset + ``DataLoader`` + ``ToTensor``, in its
   own process, with a fresh model and the recipe's optimizer as the notebook creates it.
-- ``fmtk --channels-last`` (conv recipes): the fmtk run with the channels-last memory format.
+- ``fmtk --channels-last`` (conv recipes): the fmtk run with the channels-last memory format,
+  paired with plain rounds of its own.
 
-Warm-up rounds (epochs for the notebook) are excluded; each figure is the median of the measured
-ones. Prints seconds
-per epoch, images/s, the ratio to ``plain`` and the peak RSS of the process, as a Markdown table.
+Warm-up rounds (epochs for the notebook) are excluded. Prints seconds per epoch (median, min–max),
+images/s, the ratio to ``plain`` and the peak RSS of the process, as a Markdown table.
+``benchmarks/step.py`` gives the per-step breakdown behind the ratio.
 
     python benchmarks/speed.py --data-dir ../shared/datasets [--rounds 8] [--epochs 2] [--warmup 1]
 """
@@ -31,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -52,9 +57,24 @@ def plain_epoch(model, optimizer, batches) -> float:
     return time.perf_counter() - started
 
 
-def fmtk_and_plain(recipe_name: str, data_dir: Path, rounds: int, channels_last: bool = False) -> dict:
-    """Alternate fmtk and plain in rounds of ``ROUND_STEPS`` steps on one model, optimizer and data;
-    seconds per (whole) epoch of each round."""
+def fmtk_and_plain(
+    recipe_name: str,
+    data_dir: Path,
+    rounds: int,
+    channels_last: bool = False,
+    steps: int | None = None,
+    handlers: Sequence[Callable] = (),
+) -> dict:
+    """Alternate fmtk and plain in rounds of ``steps`` steps (default ``ROUND_STEPS``) on one model,
+    optimizer and data, in the order fmtk, plain, plain, fmtk, ... (drift hits both alike);
+    seconds of each round. ``handlers(run)`` may attach more to the run (tests use it).
+
+    fmtk's figure is the epoch's training time as the run records it (metrics.csv ``epoch_seconds``:
+    from its first step until its last loss is on the host); ``fmtk (Ignite's clock)`` is the same
+    epoch by Ignite's ``state.times``, read before Ignite adds its EPOCH_COMPLETED handlers' time
+    (validation, checkpoints), a second clock for the same figure."""
+    from ignite.engine import Events
+
     from fmtk import build_run, load_recipe
     from fmtk.recipe import apply_overrides
     from fmtk.training.engines import SpeedOptions
@@ -62,25 +82,45 @@ def fmtk_and_plain(recipe_name: str, data_dir: Path, rounds: int, channels_last:
     overrides = {"epochs": str(rounds), "early_stopping_patience": "none", "plateau_patience": "none"}
     recipe = apply_overrides(load_recipe(recipe_name), overrides)
     speed = SpeedOptions("32", channels_last)
-    steps = ROUND_STEPS[recipe_name]
-    times = {"fmtk": [], "plain": []}
+    steps = steps or ROUND_STEPS[recipe_name]
+    times: dict[str, list[float]] = {"fmtk": [], "plain": [], "fmtk (Ignite's clock)": []}
     with tempfile.TemporaryDirectory() as run_dir:
-        run = build_run(recipe, Path(run_dir), torch.device("cpu"), data_dir, lambda line: None, speed=speed)
+        run = build_run(recipe, Path(run_dir), torch.device("cpu"), data_dir, None, speed=speed)
         run.prepare()  # the checkpoints too: every handler a run has
-        per_epoch = len(run.data.train) / steps
-        for round_number in range(1, rounds + 1):
-            # An Ignite "epoch" of `steps` iterations (validation after it is not timed).
+        ignite_clock = times["fmtk (Ignite's clock)"]
+        run.trainer.add_event_handler(
+            Events.EPOCH_COMPLETED, lambda engine: ignite_clock.append(engine.state.times["EPOCH_COMPLETED"])
+        )
+        for handler in handlers:
+            handler(run)
+
+        def fmtk_round(round_number: int) -> None:
+            # An Ignite "epoch" of `steps` iterations; validation and checkpoints follow it, untimed.
             run.trainer.run(run.data.train, max_epochs=round_number, epoch_length=steps)
-            times["fmtk"].append(run.trainer.state.times["EPOCH_COMPLETED"] * per_epoch)
+            times["fmtk"].append(run.history[-1]["epoch_seconds"])
+
+        def plain_round() -> None:
             batches = itertools.islice(iter(run.data.train), steps)
-            times["plain"].append(plain_epoch(run.model, run.optimizer, batches) * per_epoch)
+            times["plain"].append(plain_epoch(run.model, run.optimizer, batches))
+
+        for round_number in range(1, rounds + 1):
+            if round_number % 2:
+                fmtk_round(round_number)
+                plain_round()
+            else:
+                plain_round()
+                fmtk_round(round_number)
         for logger in (run.tensorboard, run.tensorboard_iterations):
             logger.close()
-    return times
+        return {"seconds": times, "per_epoch": len(run.data.train) / steps}
 
 
 def fmtk_channels_last(recipe_name: str, data_dir: Path, rounds: int) -> dict:
-    return {"fmtk --channels-last": fmtk_and_plain(recipe_name, data_dir, rounds, True)["fmtk"]}
+    measured = fmtk_and_plain(recipe_name, data_dir, rounds, True)
+    seconds = measured["seconds"]
+    seconds["fmtk --channels-last"] = seconds.pop("fmtk")
+    del seconds["fmtk (Ignite's clock)"]
+    return measured
 
 
 def notebook(recipe_name: str, data_dir: Path, epochs: int) -> dict:
@@ -102,7 +142,10 @@ def notebook(recipe_name: str, data_dir: Path, epochs: int) -> dict:
         )
         train = Subset(dataset, range(50_000))  # the same 50,000-image training size
         loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True)
-        return {"notebook": [plain_epoch(model, optimizer, loader) for _ in range(epochs)]}
+        return {
+            "seconds": {"notebook": [plain_epoch(model, optimizer, loader) for _ in range(epochs)]},
+            "per_epoch": 1,
+        }
 
 
 MEASUREMENTS = {"pair": fmtk_and_plain, "channels_last": fmtk_channels_last, "notebook": notebook}
@@ -113,6 +156,21 @@ def measure_in_subprocess(what: str, recipe: str, args: argparse.Namespace) -> d
     command += ["--rounds", str(args.rounds), "--epochs", str(args.epochs), "--warmup", str(args.warmup)]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])
+
+
+def summarise(measured: dict, warmup: int) -> dict:
+    """Per method: the median, min and max seconds per whole epoch of the measured rounds, and the
+    median, min and max of its per-round ratio to the plain round beside it."""
+    rounds = {method: times[warmup:] for method, times in measured["seconds"].items()}
+    summary = {}
+    for method, times in rounds.items():
+        epochs = [seconds * measured["per_epoch"] for seconds in times]
+        row = {"median": statistics.median(epochs), "min": min(epochs), "max": max(epochs)}
+        if "plain" in rounds and method != "plain":
+            ratios = [a / b for a, b in zip(times, rounds["plain"], strict=True)]
+            row["ratio"] = [statistics.median(ratios), min(ratios), max(ratios)]
+        summary[method] = row
+    return summary
 
 
 def main() -> None:
@@ -130,14 +188,13 @@ def main() -> None:
     if args.one:
         what, recipe = args.one
         measured = args.epochs if what == "notebook" else args.rounds
-        result = MEASUREMENTS[what](recipe, args.data_dir, args.warmup + measured)
-        seconds = {method: statistics.median(times[args.warmup :]) for method, times in result.items()}
+        summary = summarise(MEASUREMENTS[what](recipe, args.data_dir, args.warmup + measured), args.warmup)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        print(json.dumps({"seconds": seconds, "peak_mib": peak}))
+        print(json.dumps({"summary": summary, "peak_mib": peak}))
         return
 
     threads = torch.get_num_threads()
-    medians = f"medians of {args.rounds} rounds (notebook: {args.epochs} epochs)"
+    medians = f"medians of {args.rounds} rounds (notebook: {args.epochs} epochs), min–max in brackets"
     print(f"torch {torch.__version__}, {threads} threads, CPU; {medians}")
     print("| recipe | pipeline | s/epoch | images/s | ratio to plain | peak RSS MiB |")
     print("|---|---|---:|---:|---:|---:|")
@@ -148,12 +205,16 @@ def main() -> None:
         rows = {}
         for what in measured:
             result = measure_in_subprocess(what, recipe, args)
-            rows.update({method: (s, result["peak_mib"]) for method, s in result["seconds"].items()})
-        plain = rows["plain"][0]
-        for method, (seconds, peak) in rows.items():
+            rows.update({method: (row, result["peak_mib"]) for method, row in result["summary"].items()})
+        plain = rows["plain"][0]["median"]
+        for method, (row, peak) in rows.items():
+            # A paired method's ratio is the median of its per-round ratios; the notebook's is to
+            # the plain loop's median (it runs in its own process).
+            ratio = row.get("ratio", [row["median"] / plain])
+            spread = f" ({ratio[1]:.3f}–{ratio[2]:.3f})" if len(ratio) == 3 else ""
             print(
-                f"| {recipe} | {method} | {seconds:.2f} | {50_000 / seconds:,.0f} | {seconds / plain:.3f} "
-                f"| {peak:.0f} |",
+                f"| {recipe} | {method} | {row['median']:.2f} ({row['min']:.2f}–{row['max']:.2f}) "
+                f"| {50_000 / row['median']:,.0f} | {ratio[0]:.3f}{spread} | {peak:.0f} |",
                 flush=True,
             )
 

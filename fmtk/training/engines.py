@@ -8,6 +8,7 @@ backward and step and see the true gradients, also under ``16-mixed`` (the scale
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -118,7 +119,8 @@ def create_trainer(
     """An Ignite trainer whose output is the batch loss as a detached tensor on the device.
 
     The epoch's batch losses are ``trainer.state.batch_losses`` (tensors); their mean is
-    ``trainer.state.metrics["loss"]`` from EPOCH_COMPLETED on. Between backward and the optimizer's
+    ``trainer.state.metrics["loss"]`` and the epoch's training time ``trainer.state.train_seconds``
+    from EPOCH_COMPLETED on. Between backward and the optimizer's
     step the trainer fires :attr:`StepEvents.BACKWARD_COMPLETED`.
     ``model`` may be a DistributedDataParallel wrapper; ``scaler`` is needed for ``16-mixed``.
     """
@@ -147,7 +149,9 @@ def create_trainer(
             engine.fire_event(backward_completed)
 
     def train_step(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x, y = (tensor.to(device, non_blocking=True) for tensor in batch)
+        x, y = batch
+        if x.device != device or y.device != device:  # in-memory batches are there already: ~3 µs saved
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if speed.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
@@ -170,6 +174,7 @@ def create_trainer(
     def start_epoch(engine: Engine) -> None:
         model.train()
         engine.state.batch_losses = []
+        engine.state.epoch_started = time.perf_counter()
 
     def finish_epoch(engine: Engine) -> None:
         losses = engine.state.batch_losses
@@ -177,7 +182,11 @@ def create_trainer(
         totals = torch.stack([torch.stack(losses).float().sum(), count])
         if idist.get_world_size() > 1:
             totals = idist.all_reduce(totals)  # the mean over every process's batches
-        engine.state.metrics["loss"] = (totals[0] / totals[1]).item()
+        engine.state.metrics["loss"] = (totals[0] / totals[1]).item()  # waits for the device
+        # The epoch's training time, before validation and the other EPOCH_COMPLETED handlers, and
+        # after the device has finished the epoch's steps (Ignite's state.times has no sync, and
+        # after the epoch it includes those handlers).
+        engine.state.train_seconds = time.perf_counter() - engine.state.epoch_started
 
     trainer = Engine(train_step)
     # Counted by the iteration, so that filters work: BACKWARD_COMPLETED(every=10).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,18 @@ def test_max_grad_norm_bounds_the_step(precision: str, tmp_path: Path) -> None:
 def test_max_grad_norm_is_checked() -> None:
     with pytest.raises(FmtkError, match="max_grad_norm must be > 0 or none, got 0.0"):
         apply_overrides(load_recipe("digits_mlp"), {"max_grad_norm": "0"})
+
+
+def test_epoch_seconds_leave_out_validation_and_epoch_end_handlers(tmp_path: Path) -> None:
+    """The training time a run records per epoch (metrics.csv, the epoch line, benchmarks/speed.py)
+    stops before validation and the EPOCH_COMPLETED handlers; Ignite's ``state.times`` read after
+    the epoch includes them."""
+    run = build_run("digits_mlp", tmp_path, CPU, echo=None, epochs=2)
+    run.trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: time.sleep(1.0))
+    run.evaluator.add_event_handler(Events.COMPLETED, lambda _: time.sleep(1.0))
+    run.run()
+    seconds = [row["epoch_seconds"] for row in run.history]
+    assert len(seconds) == 2 and all(0 < value < 1.0 for value in seconds)
+    assert run.trainer.state.times["EPOCH_COMPLETED"] > 2.0  # what the benchmark once published
+    recorded = (tmp_path / "metrics.csv").read_text().splitlines()[1:]
+    assert [float(row.split(",")[-1]) for row in recorded] == pytest.approx(seconds)

@@ -10,7 +10,12 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from torch import nn
 
-from fmtk.training.handlers import attach_early_stopping, attach_lr_plateau, attach_validation
+from fmtk.training.handlers import (
+    attach_early_stopping,
+    attach_lr_plateau,
+    attach_validation,
+    every_iterations,
+)
 
 
 def scripted_engines(valid_losses: list[float], metric: str = "loss") -> tuple[Engine, Engine]:
@@ -93,3 +98,19 @@ def test_plateau_and_early_stopping_state_round_trip_through_a_checkpoint(tmp_pa
     fresh_scheduler.scheduler.num_bad_epochs = 5
     fresh_scheduler.scheduler.step(2.0)  # the re-patched reduction still acts on the new optimizer
     assert fresh_optimizer.param_groups[0]["lr"] == 0.05
+
+
+def test_every_iterations_counts_the_whole_run_like_ignites_filter() -> None:
+    trainer = Engine(lambda engine, batch: None)
+    seen: dict[str, list[int]] = {"fmtk": [], "ignite": []}
+    every_iterations(trainer, 3, lambda engine: seen["fmtk"].append(engine.state.iteration))
+    every_iterations(trainer, 4, lambda engine: seen["fmtk"].append(-engine.state.iteration))
+    trainer.on(Events.ITERATION_COMPLETED(every=3))(
+        lambda engine: seen["ignite"].append(engine.state.iteration)
+    )
+    trainer.on(Events.ITERATION_COMPLETED(every=4))(
+        lambda engine: seen["ignite"].append(-engine.state.iteration)
+    )
+    trainer.run(range(5), max_epochs=3)
+    assert seen["fmtk"] == seen["ignite"] == [3, -4, 6, -8, 9, 12, -12, 15]
+    assert len(trainer._event_handlers[Events.ITERATION_COMPLETED]) == 3  # one for fmtk's, two filters

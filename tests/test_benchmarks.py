@@ -1,0 +1,39 @@
+"""The benchmarks measure what they say: benchmarks/speed.py's fmtk figure is training time only."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+from ignite.engine import Events
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_speed_fmtk_figure_leaves_out_what_follows_each_round() -> None:
+    """Validation, checkpoints and every other EPOCH_COMPLETED handler run after each fmtk round;
+    a handler there that sleeps must not reach the figure (it once doubled fmnist_cnn's)."""
+    speed = load_benchmark("speed")
+
+    def slow_epoch_end(run) -> None:
+        run.trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: time.sleep(0.5))
+        run.evaluator.add_event_handler(Events.COMPLETED, lambda _: time.sleep(0.5))
+
+    measured = speed.fmtk_and_plain(
+        "digits_mlp", Path("unused"), rounds=3, steps=5, handlers=[slow_epoch_end]
+    )
+    seconds = measured["seconds"]
+    assert len(seconds["fmtk"]) == len(seconds["plain"]) == len(seconds["fmtk (Ignite's clock)"]) == 3
+    assert all(0 < value < 0.5 for value in seconds["fmtk"] + seconds["fmtk (Ignite's clock)"])
+    assert measured["per_epoch"] == 34 / 5  # digits_mlp: 34 training batches of 32
+    summary = speed.summarise(measured, warmup=1)
+    assert summary["fmtk"]["min"] <= summary["fmtk"]["median"] <= summary["fmtk"]["max"]
+    assert len(summary["fmtk"]["ratio"]) == 3 and "ratio" not in summary["plain"]
