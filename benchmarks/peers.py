@@ -339,11 +339,7 @@ def main() -> None:
     times = startup(args.rounds)
     print("\n`fmtk run digits_mlp` start-up, whole process, seconds: median (min–max)")
     for name, values in times.items():
-        print(
-            f"- until its {name}: {spread(values)}"
-            if name != "whole run"
-            else f"- whole run: {spread(values)}"
-        )
+        print(f"- {name}: {spread(values)}")
 
 
 if __name__ == "__main__":

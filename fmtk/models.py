@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from torch import nn
-from torchvision.models.vgg import make_layers
 
 
 def mlp(
@@ -110,6 +109,8 @@ VGG16_NOTEBOOK_CONFIG = [
 
 def vgg16_gap(num_classes: int = 2) -> nn.Sequential:
     """VGG16 with BatchNorm (13 convs), global average pooling, head 512 → 64 → BN → ReLU → classes."""
+    from torchvision.models.vgg import make_layers  # here: importing torchvision takes ~1 s
+
     return nn.Sequential(
         make_layers(VGG16_NOTEBOOK_CONFIG, batch_norm=True),
         nn.AdaptiveAvgPool2d(1),

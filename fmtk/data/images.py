@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from fmtk.data.batches import (
     DataSplits,
@@ -60,6 +59,10 @@ def photo_input(image: Image.Image, image_size: int) -> torch.Tensor:
 
 def list_image_folder(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
     """``(path, class_index)`` pairs and class names of a ``folder/<class>/<image>`` tree."""
+    # Here, not at the top: importing torchvision takes ~1 s, which recipes without image folders
+    # (MNIST, digits) would pay at every start (benchmarks/peers.py).
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
     if not folder.is_dir():
         raise FmtkError(f"image folder not found: {folder}")
     try:
