@@ -20,14 +20,16 @@ from fmtk.version import __version__
 
 _LAZY = {
     "fit": "fmtk.api", "evaluate": "fmtk.api", "predict": "fmtk.api", "Result": "fmtk.api",
-    "Recipe": "fmtk.recipe", "load_recipe": "fmtk.recipe", "make_run_dir": "fmtk.runfolder",
+    "Recipe": "fmtk.recipe", "Preset": "fmtk.recipe", "load_recipe": "fmtk.recipe",
+    "make_run_dir": "fmtk.runfolder",
     "DataSplits": "fmtk.data.batches", "TensorBatches": "fmtk.data.batches",
     "build_run": "fmtk.training.build", "Run": "fmtk.training.run", "Evaluation": "fmtk.training.evaluation",
     "SpeedOptions": "fmtk.training.engines", "StepEvents": "fmtk.training.engines",
 }  # fmt: skip
 
 __all__ = [
-    "DataSplits", "Evaluation", "FmtkError", "Recipe", "Result", "Run", "SpeedOptions", "StepEvents",
+    "DataSplits", "Evaluation", "FmtkError", "Preset", "Recipe", "Result", "Run", "SpeedOptions",
+    "StepEvents",
     "TensorBatches", "__version__", "build_run", "evaluate", "fit", "load_recipe", "make_run_dir", "predict",
 ]  # fmt: skip
 

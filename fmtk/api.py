@@ -62,6 +62,7 @@ def fit(
     quiet: bool = False,
     progress: bool | None = None,
     speed: SpeedOptions | None = None,
+    preset: str | None = None,
     **overrides: Any,
 ) -> Result:
     """Train ``recipe`` (a :class:`Recipe`, a bundled recipe's name or a recipe file's path), test
@@ -77,6 +78,7 @@ def fit(
         quiet: print nothing (no epoch lines, no test table, no progress bar).
         progress: a progress bar per epoch; default: in a terminal or Jupyter, unless ``quiet``.
         speed: precision, channels_last, compile (default: per device).
+        preset: one of the recipe's named presets (``fmtk list`` shows them), before ``overrides``.
         overrides: recipe values, checked like ``--set`` (``epochs=3, lr=0.05, variant="basic"``).
 
     A run stopped by an error or Ctrl-C before its first checkpoint leaves no run folder behind.
@@ -87,11 +89,12 @@ def fit(
     existed = run_dir is not None and Path(run_dir).is_dir()
     folder = make_run_dir(Path(output_dir), recipe.name, Path(run_dir) if run_dir is not None else None)
     shown = f"Recipe(name={recipe.name!r}, ...)" if isinstance(given, Recipe) else repr(given)
-    arguments = ", ".join([shown, *(f"{key}={value!r}" for key, value in overrides.items())])
+    given_preset = {"preset": preset} if preset is not None else {}
+    arguments = ", ".join([shown, *(f"{k}={v!r}" for k, v in {**given_preset, **overrides}.items())])
     try:
         run = build_run(recipe, folder, device, data_dir, None if quiet else print, speed=speed,
                         progress=False if quiet else progress, command=f"fmtk.fit({arguments})",
-                        **overrides)  # fmt: skip
+                        preset=preset, **overrides)  # fmt: skip
         for attach in attachers:
             attach(run)
         results = run.run()

@@ -76,7 +76,10 @@ def list_recipes() -> None:
     from fmtk.recipe import bundled_recipe_names, load_recipe
 
     for name in bundled_recipe_names():
-        click.echo(f"{name:<12} {load_recipe(name).description}")
+        recipe = load_recipe(name)
+        click.echo(f"{name:<12} {recipe.description}")
+        for preset, values in recipe.presets.items():
+            click.echo(f"{'':<12}   --preset {preset}: {values.description}")
 
 
 def parse_settings(settings: tuple[str, ...]) -> dict[str, str]:
@@ -165,6 +168,7 @@ def finished_message(run_dir: Path, epochs: int) -> str | None:
 @click.option(
     "--run-dir", type=click.Path(path_type=Path), help="Exact run folder (must not exist or be empty)."
 )
+@click.option("--preset", metavar="NAME", help="One of the recipe's named presets (fmtk list shows them).")
 @set_option
 @click.option("--handler", "handlers", multiple=True, metavar="MODULE:FUNCTION",
               help="A function that receives the Run and attaches handlers (repeatable).")  # fmt: skip
@@ -188,6 +192,7 @@ def run(
     data_dir: Path,
     output_dir: Path,
     run_dir: Path | None,
+    preset: str | None,
     settings: tuple[str, ...],
     handlers: tuple[str, ...],
     precision: str,
@@ -217,7 +222,7 @@ def run(
     )  # fmt: skip
     if resume is not None:
         changed = [name for name, value in [("--batch-size", batch_size), ("--lr", lr), ("--seed", seed),
-                   ("--set", settings), ("--run-dir", run_dir)] if value]  # fmt: skip
+                   ("--set", settings), ("--run-dir", run_dir), ("--preset", preset)] if value]  # fmt: skip
         if changed:
             raise FmtkError(f"--resume keeps the run's recipe; {', '.join(changed)} cannot change it")
         request.epochs = epochs
@@ -230,6 +235,9 @@ def run(
                 click.echo(finished)
             return
     else:
+        if preset is not None and config is not None:
+            raise FmtkError("--preset with --config: the run's values already hold its preset; use --set")
+        request.preset = preset
         request.overrides = parse_settings(settings)
         flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
         request.overrides.update({key: str(value) for key, value in flags.items() if value is not None})

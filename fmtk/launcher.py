@@ -27,7 +27,7 @@ from fmtk.distributed import (
     under_torchrun,
 )
 from fmtk.errors import FmtkError, one_line
-from fmtk.recipe import Recipe, apply_overrides, load_recipe, recipe_from_config
+from fmtk.recipe import Recipe, apply_overrides, apply_preset, load_recipe, recipe_from_config
 from fmtk.runfolder import (
     discard_failed_start,
     find_last_checkpoint,
@@ -47,6 +47,7 @@ class RunRequest:
 
     recipe_name: str | None = None
     overrides: dict[str, str] = field(default_factory=dict)
+    preset: str | None = None  # one of the recipe's presets, applied before the overrides
     config: Path | None = None  # instead of recipe_name: a run's config.json (or its folder) to train again
     resume: Path | None = None
     epochs: int | None = None  # with resume only; a new run's epochs are among the overrides
@@ -67,7 +68,10 @@ class RunRequest:
             return recipe_from_config(read_config(self.resume), self.epochs)
         if self.config is not None:
             return apply_overrides(recipe_from_config(read_config(self.config)), self.overrides)
-        return apply_overrides(load_recipe(self.recipe_name), self.overrides)
+        recipe = load_recipe(self.recipe_name)
+        if self.preset is not None:
+            recipe = apply_preset(recipe, self.preset)
+        return apply_overrides(recipe, self.overrides)
 
     def checkpoint(self) -> Path | None:
         """The last checkpoint to resume from (None: a new run, or a resumed one that has no

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import inspect
 import re
 import types
 import typing
@@ -20,10 +21,22 @@ from torch import nn
 from fmtk.data.batches import DataSplits
 from fmtk.errors import FmtkError, user_code_line
 
+SCHEDULES = ("plateau", "onecycle", "cosine", "none")
+PER_ITERATION_SCHEDULES = ("onecycle", "cosine")  # step every iteration, laid out over the epochs
+
 
 def cross_entropy(recipe: Recipe) -> nn.Module:
     """The default loss of a recipe: ``nn.CrossEntropyLoss()``."""
     return nn.CrossEntropyLoss()
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Named values of a recipe, e.g. ``fmtk run mnist_dnn --preset fast``: the same model and data
+    with other numbers, applied like ``--set`` (which may change them further)."""
+
+    description: str
+    values: dict[str, Any]
 
 
 @dataclass
@@ -48,6 +61,9 @@ class Recipe:
     optimizer: str = "Adam"  # any class name in torch.optim
     lr: float = 1e-3
     weight_decay: float = 0.0
+    # More keyword arguments of the optimizer (momentum, nesterov, betas, eps…), checked against its
+    # signature; on the command line: --set optimizer_args=momentum:0.9,nesterov:true,betas:0.9/0.99
+    optimizer_args: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 16
     epochs: int = 10
     # Ignite's EarlyStopping patience (stops when the counter *reaches* it); None turns it off.
@@ -55,6 +71,13 @@ class Recipe:
     # torch ReduceLROnPlateau on valid loss; None turns it off.
     plateau_patience: int | None = None
     plateau_factor: float = 0.1
+    # The LR schedule: "plateau" (ReduceLROnPlateau as set by plateau_patience/_factor/_metric: the
+    # notebooks'), "onecycle" (lr is the peak), "cosine" (from lr to 0, after warmup_epochs of
+    # linear warm-up from lr/100) or "none"; onecycle and cosine step every iteration.
+    schedule: str = "plateau"
+    warmup_epochs: float = 0.0
+    # Label smoothing of the training loss; validation and testing report plain cross-entropy.
+    label_smoothing: float = 0.0
     seed: int = 42
     log_every: int = 50  # iterations between per-iteration TensorBoard points (each one is a host sync)
     # Gradient clipping: the total norm of each step's gradients is scaled down to at most this.
@@ -78,6 +101,9 @@ class Recipe:
     image_input: Callable[[Recipe, Image.Image], torch.Tensor] | None = None
     # The values set on top of the recipe's defaults (--set, fmtk.fit keywords), for config.json.
     changed: dict[str, Any] = field(default_factory=dict)
+    # Named sets of values (`fmtk run RECIPE --preset NAME`), and the one this recipe was given.
+    presets: dict[str, Preset] = field(default_factory=dict)
+    preset: str | None = None
 
     def validate(self) -> None:
         """Raise FmtkError on values that cannot train (a wrong type, lr ≤ 0, batch size 0, ...)."""
@@ -107,11 +133,39 @@ class Recipe:
             checks.append((metric.isidentifier() and mode in ("", "min", "max"), message))
         norm = self.max_grad_norm
         checks.append((norm is None or norm > 0, f"max_grad_norm must be > 0 or none, got {norm}"))
+        schedule, smoothing = self.schedule, self.label_smoothing
+        checks += [
+            (schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got '{schedule}'"),
+            (
+                schedule == "plateau" or self.plateau_patience is None,
+                f"schedule {schedule} contradicts plateau_patience={self.plateau_patience} (the plateau "
+                "schedule's); set plateau_patience=none with it",
+            ),
+            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
+            (
+                self.warmup_epochs == 0 or schedule == "cosine",
+                f"warmup_epochs is the cosine schedule's warm-up; schedule is {schedule}",
+            ),
+            (0 <= smoothing < 1, f"label_smoothing must be in [0, 1), got {smoothing}"),
+            (
+                smoothing == 0 or self.loss is cross_entropy,
+                "label_smoothing smooths the default cross-entropy; this recipe has its own loss",
+            ),
+        ]
         optimizer_class = getattr(torch.optim, self.optimizer, None)
         is_optimizer = isinstance(optimizer_class, type) and issubclass(
             optimizer_class, torch.optim.Optimizer
         )
         checks.append((is_optimizer, f"optimizer must name a class in torch.optim, got '{self.optimizer}'"))
+        if is_optimizer:
+            accepted = optimizer_arguments(optimizer_class)
+            unknown = sorted(set(self.optimizer_args) - set(accepted))
+            message = (
+                f"optimizer {self.optimizer} takes no argument {unknown[0]!r}; its arguments: "
+                if unknown
+                else ""
+            )
+            checks.append((not unknown, message + ", ".join(accepted)))
         reason = UNDRIVABLE_OPTIMIZERS.get(self.optimizer)
         checks.append(
             (reason is None, f"optimizer {self.optimizer} cannot be driven by fmtk's step: {reason}")
@@ -150,7 +204,7 @@ class Recipe:
             values[name] = None if function is None else getattr(function, "__qualname__", repr(function))
         return {
             "name": self.name, "description": self.description, "source": self.source, **values,
-            "changed": dict(self.changed),
+            "preset": self.preset, "changed": dict(self.changed),
         }  # fmt: skip
 
 
@@ -166,6 +220,24 @@ UNDRIVABLE_OPTIMIZERS = {
 CALLABLES = ("model", "data", "loss", "metrics", "attach", "image_input")  # in config.json by name
 
 
+# Arguments fmtk sets itself (lr, weight_decay: recipe fields; fused/foreach: the fastest kernels).
+OWN_OPTIMIZER_ARGUMENTS = ("params", "lr", "weight_decay", "fused", "foreach", "capturable", "differentiable")
+
+
+def optimizer_arguments(optimizer_class: type) -> list[str]:
+    """The keyword arguments of ``optimizer_class`` a recipe's ``optimizer_args`` may set."""
+    parameters = inspect.signature(optimizer_class).parameters
+    return [name for name in parameters if name not in OWN_OPTIMIZER_ARGUMENTS]
+
+
+def apply_preset(recipe: Recipe, name: str) -> Recipe:
+    """``recipe`` with the values of its preset ``name`` (checked like ``--set``)."""
+    if name not in recipe.presets:
+        known = f"its presets: {', '.join(recipe.presets)}" if recipe.presets else "it has none"
+        raise FmtkError(f"recipe {recipe.name} has no preset '{name}'; {known}")
+    return dataclasses.replace(apply_overrides(recipe, recipe.presets[name].values), preset=name)
+
+
 def watched(spec: str) -> tuple[str, str]:
     """``"loss"`` → ``("loss", "min")``, ``"f1"`` → ``("f1", "max")``, ``"f1:min"`` → ``("f1", "min")``."""
     name, _, mode = spec.partition(":")
@@ -175,7 +247,7 @@ def watched(spec: str) -> tuple[str, str]:
 def overridable_fields() -> dict[str, Any]:
     """The Recipe fields `--set` may change, with their types."""
     hints = typing.get_type_hints(Recipe)
-    fixed = {"name", "description", "options", "source", "changed", *CALLABLES}
+    fixed = {"name", "description", "options", "source", "changed", "presets", "preset", *CALLABLES}
     return {f.name: hints[f.name] for f in dataclasses.fields(Recipe) if f.name not in fixed}
 
 
@@ -207,6 +279,8 @@ def _parse(key: str, value: Any, kind: Any) -> Any:
     """One value for a field of type ``kind`` (int, float, bool, str, or X | None): a string is
     parsed, anything else must already have the type (an int does for a float)."""
     allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    if typing.get_origin(kind) is dict:
+        return _parse_arguments(key, value)
     if not isinstance(value, str):
         return _typed(key, value, kind)
     text = value
@@ -222,6 +296,37 @@ def _parse(key: str, value: Any, kind: Any) -> Any:
     except (KeyError, ValueError):
         expected = " or ".join(t.__name__ for t in allowed)
         raise FmtkError(f"--set {key}={text}: expected {expected}") from None
+
+
+def _parse_arguments(key: str, value: Any) -> dict[str, Any]:
+    """Keyword arguments: a dict, or ``name:value`` pairs separated by commas, each value a bool
+    (true/false), a number, a tuple of them separated by ``/`` (``betas:0.9/0.99``) or text."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if not isinstance(value, str):
+        raise FmtkError(f"{key}={value!r}: expected a dict of keyword arguments")
+    arguments = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, colon, text = item.partition(":")
+        if not colon or not name.strip().isidentifier():
+            raise FmtkError(
+                f"--set {key}={value}: expected name:value pairs, e.g. momentum:0.9,nesterov:true"
+            )
+        arguments[name.strip()] = _argument_value(text.strip())
+    return arguments
+
+
+def _argument_value(text: str) -> Any:
+    if "/" in text:
+        return tuple(_argument_value(part.strip()) for part in text.split("/"))
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _parse_option(key: str, value: Any, default: Any) -> Any:
@@ -241,6 +346,7 @@ def _parse_option(key: str, value: Any, default: Any) -> Any:
 def _typed(key: str, value: Any, kind: Any) -> Any:
     """``value`` if it has the type ``kind`` (an int does for a float, and becomes one); else FmtkError."""
     allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    allowed = tuple(typing.get_origin(t) or t for t in allowed)  # dict[str, Any] → dict
     if float in allowed and type(value) is int:
         return float(value)
     if not any(value is None if t is type(None) else type(value) is t for t in allowed):
@@ -296,7 +402,15 @@ def recipe_from_config(
     if epochs is not None:
         values["epochs"] = changed["epochs"] = epochs
     options = {**recipe.options, **config.get("options", {})}
-    recipe = dataclasses.replace(recipe, **values, options=options, changed=changed)
+    schedule = values.get("schedule", recipe.schedule)
+    if epochs is not None and epochs != config.get("epochs") and schedule in PER_ITERATION_SCHEDULES:
+        raise FmtkError(
+            f"--epochs {epochs}: the run's {schedule} schedule is laid out over its {config.get('epochs')} "
+            "epochs and cannot be extended; start a new run with more epochs"
+        )
+    recipe = dataclasses.replace(
+        recipe, **values, options=options, changed=changed, preset=config.get("preset")
+    )
     recipe.validate()
     return recipe
 

@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from fmtk import FmtkError, Recipe
+from fmtk import FmtkError, Preset, Recipe
 from fmtk.data import grayscale_input, load_mnist_like
 from fmtk.models import mlp
 
@@ -38,4 +38,18 @@ recipe = Recipe(
     plateau_patience=3,
     early_stopping_patience=6,
     options={"variant": "relu"},
+    presets={
+        "fast": Preset(
+            "the same MLP past the notebook: SGD with Nesterov momentum, one-cycle to lr 0.2, weight decay",
+            {
+                "optimizer_args": {"momentum": 0.9, "nesterov": True},
+                "lr": 0.2,
+                "weight_decay": 5e-4,
+                "schedule": "onecycle",
+                "plateau_patience": None,
+                "early_stopping_patience": None,
+                "epochs": 20,
+            },
+        ),
+    },
 )

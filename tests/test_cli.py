@@ -17,9 +17,10 @@ from fmtk.cli import cli
 def test_list() -> None:
     result = CliRunner().invoke(cli, ["list"])
     assert result.exit_code == 0
-    assert [line.split()[0] for line in result.output.splitlines()] == [
-        "catdog_vgg", "digits_mlp", "fmnist_cnn", "fmnist_dnn", "mnist_dnn",
-    ]  # fmt: skip
+    recipes = [line.split()[0] for line in result.output.splitlines() if not line.startswith(" ")]
+    assert recipes == ["catdog_vgg", "digits_mlp", "fmnist_cnn", "fmnist_dnn", "mnist_dnn"]
+    presets = [line.split(":")[0].strip() for line in result.output.splitlines() if line.startswith(" ")]
+    assert "--preset fast" in presets  # mnist_dnn's, under its recipe
 
 
 def test_run_digits_writes_a_complete_run(tmp_path: Path) -> None:

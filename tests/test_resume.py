@@ -148,6 +148,30 @@ def test_sigkill_mid_epoch_then_resume_ends_exactly_like_an_uninterrupted_run(
     assert results(uninterrupted)["best_epoch"] == 4  # the best checkpoint moved after the resume too
 
 
+# Every option beyond the notebooks on at once: a per-iteration schedule with warm-up (Ignite's
+# ConcatScheduler state), optimizer arguments (momentum buffers), label smoothing, clipping.
+MODERN = ["fmnist_dnn", "--epochs", "4", "--batch-size", "50", "--set", "plateau_patience=none",
+          "--set", "schedule=cosine", "--set", "warmup_epochs=1", "--set", "label_smoothing=0.1",
+          "--set", "optimizer=SGD", "--set", "lr=0.05", "--set", "optimizer_args=momentum:0.9,nesterov:true",
+          "--set", "max_grad_norm=1.0"]  # fmt: skip
+
+
+def test_sigkill_then_resume_with_every_training_option_on(workspace: Path) -> None:
+    straight = fmtk(workspace, *MODERN, "--run-dir", "modern")
+    assert straight.returncode == 0, straight.stderr
+    killed = fmtk(
+        workspace, *MODERN, "--run-dir", "modern_killed", "--handler", "killers:sigkill_mid_epoch_3"
+    )
+    assert killed.returncode == -9
+    resumed = fmtk(workspace, "--resume", "modern_killed")
+    assert resumed.returncode == 0, resumed.stderr
+    rows = epoch_rows(workspace / "modern_killed")
+    assert rows == epoch_rows(workspace / "modern")
+    # The first epoch is the warm-up from lr / 100; the cosine starts at lr.
+    assert [float(row["lr"]) for row in rows][:2] == pytest.approx([0.0005, 0.05], rel=1e-3)
+    assert results(workspace / "modern_killed") == results(workspace / "modern")
+
+
 def test_a_handlers_kept_state_survives_sigkill_and_resume(workspace: Path, uninterrupted: Path) -> None:
     counting = ["--handler", "killers:count_iterations"]
     straight = fmtk(workspace, *RECIPE, "--run-dir", "counted", *counting)

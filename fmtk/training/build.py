@@ -20,7 +20,15 @@ from torch import nn
 from fmtk.data.batches import DataSplits
 from fmtk.distributed import broadcast_buffers, check_sharded, is_main_process
 from fmtk.errors import FmtkError
-from fmtk.recipe import Recipe, apply_overrides, load_recipe, overridable_fields, watched
+from fmtk.recipe import (
+    PER_ITERATION_SCHEDULES,
+    Recipe,
+    apply_overrides,
+    apply_preset,
+    load_recipe,
+    overridable_fields,
+    watched,
+)
 from fmtk.runfolder import make_run_dir, remove_if_empty
 from fmtk.training.checkpoints import RandomState, RunInfo, load_model_weights, read_checkpoint
 from fmtk.training.engines import (
@@ -43,6 +51,7 @@ from fmtk.training.handlers import (
     write_hparams,
 )
 from fmtk.training.run import ResumePoint, Run
+from fmtk.training.schedules import attach_lr_schedule
 
 
 def build_run(
@@ -59,6 +68,7 @@ def build_run(
     command: str | None = None,
     restart: bool = False,
     take_lock: bool = True,
+    preset: str | None = None,
     **overrides: Any,
 ) -> Run:
     """Assemble the run of ``recipe`` into ``run_dir`` on ``device``; with ``resume_from`` (a last
@@ -78,6 +88,7 @@ def build_run(
         restart: ``run_dir`` holds a run that has no checkpoint yet: start it again from the beginning.
         take_lock: lock ``run_dir`` while the run trains (``fmtk runs`` shows it running, a second
             process is refused); False when the caller already holds :func:`fmtk.runs.lock_run`.
+        preset: one of the recipe's named presets, applied before ``overrides``.
         overrides: recipe values, checked like ``--set`` (e.g. ``epochs=3, lr=0.05``).
 
     When several processes train (``ignite.distributed``), every rank calls this; only rank 0
@@ -89,6 +100,8 @@ def build_run(
         run.run()["test"]["best"]["accuracy"]
     """
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(str(recipe))
+    if preset is not None:
+        recipe = apply_preset(recipe, preset)
     if overrides:
         recipe = apply_overrides(recipe, overrides)
     device = resolve_device(device)
@@ -206,9 +219,15 @@ def _create_engines(
 ) -> Run:
     """Optimizer, loss, gradient scaler, trainer and evaluator, as a Run that keeps their states."""
     optimizer = idist.auto_optim(
-        create_optimizer(recipe.optimizer, model, recipe.lr, recipe.weight_decay, device)
+        create_optimizer(
+            recipe.optimizer, model, recipe.lr, recipe.weight_decay, device, recipe.optimizer_args
+        )
     )
     loss_fn = loss_on(recipe.loss(recipe), device)
+    # Label smoothing for training only: validation and testing report the plain loss.
+    train_loss = (
+        nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing) if recipe.label_smoothing else loss_fn
+    )
     # DistributedDataParallel for training only: checkpoints hold the plain model, and evaluation
     # (whose metrics Ignite reduces across ranks) needs no gradient synchronisation.
     train_model = idist.auto_model(model) if idist.get_world_size() > 1 else model
@@ -222,7 +241,7 @@ def _create_engines(
         model=model,
         optimizer=optimizer,
         loss_fn=loss_fn,
-        trainer=create_trainer(train_model, optimizer, loss_fn, device, speed, scaler),
+        trainer=create_trainer(train_model, optimizer, train_loss, device, speed, scaler),
         evaluator=create_evaluator(model, loss_fn, device, extra_metrics=extra_metrics),
         speed=speed,
         scaler=scaler,
@@ -275,7 +294,11 @@ def _attach_handlers(run: Run, progress: bool) -> None:
             run.echo,
         )
         run.early_stopping = run.keep("early_stopping", stopper)
-    if recipe.plateau_patience is not None:
+    if recipe.schedule in PER_ITERATION_SCHEDULES:
+        schedule = attach_lr_schedule(trainer, run.optimizer, recipe.schedule, recipe.lr, recipe.epochs,
+                                      len(data.train), recipe.warmup_epochs)  # fmt: skip
+        run.lr_scheduler = run.keep("lr_scheduler", schedule)
+    elif recipe.schedule == "plateau" and recipe.plateau_patience is not None:
         plateau = attach_lr_plateau(evaluator, run.optimizer, recipe.plateau_patience, recipe.plateau_factor,
                                     *watched(recipe.plateau_metric))  # fmt: skip
         run.lr_scheduler = run.keep("lr_scheduler", plateau)

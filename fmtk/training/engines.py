@@ -11,6 +11,7 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import ignite.distributed as idist
 import torch
@@ -91,15 +92,25 @@ class SpeedOptions:
 
 
 def create_optimizer(
-    name: str, model: nn.Module, lr: float, weight_decay: float, device: torch.device
+    name: str,
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    device: torch.device,
+    arguments: Mapping[str, Any] | None = None,
 ) -> torch.optim.Optimizer:
-    """``torch.optim.<name>``; SGD, Adam and AdamW fused (a few large kernels per step instead of
-    several small ones per parameter), which torch offers for them on the CPU and CUDA."""
+    """``torch.optim.<name>`` with ``arguments`` (momentum, betas…); SGD, Adam and AdamW fused (a few
+    large kernels per step instead of several small ones per parameter), which torch offers for
+    them on the CPU and CUDA. A value torch refuses is one line naming the optimizer."""
     optimizer_class = getattr(torch.optim, name)
-    options = {"lr": lr, "weight_decay": weight_decay}
+    options = {"lr": lr, "weight_decay": weight_decay, **(arguments or {})}
     if name in FUSED_OPTIMIZERS and device.type in ("cpu", "cuda"):
         options["fused"] = True
-    return optimizer_class(model.parameters(), **options)
+    try:
+        return optimizer_class(model.parameters(), **options)
+    except (ValueError, TypeError) as error:
+        given = ", ".join(f"{key}={value}" for key, value in (arguments or {}).items())
+        raise FmtkError(f"optimizer {name}({given}): {error}") from None
 
 
 def loss_on(loss_fn: Callable, device: torch.device) -> Callable:

@@ -12,7 +12,7 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import EarlyStopping, ProgressBar, ReduceLROnPlateauScheduler, global_step_from_engine
-from ignite.handlers.tensorboard_logger import OutputHandler, TensorboardLogger
+from ignite.handlers.tensorboard_logger import OptimizerParamsHandler, OutputHandler, TensorboardLogger
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
@@ -176,8 +176,8 @@ def attach_tensorboard(
     metric_names: Sequence[str] = ("loss", "accuracy"),
 ) -> tuple[TensorboardLogger, TensorboardLogger]:
     """Log per epoch (epoch as step) train loss, the valid ``metric_names`` and the LR, with train
-    and valid loss on one chart ("Custom Scalars" tab); and the train loss every ``log_every``
-    iterations in the ``iterations/`` sub-run.
+    and valid loss on one chart ("Custom Scalars" tab); and the train loss and the LR every
+    ``log_every`` iterations in the ``iterations/`` sub-run.
 
     When resuming after ``resume_epoch`` (``resume_iteration``; 0 to start a run again), events of
     later steps left by the interrupted process are purged (``purge_step``), so no step appears twice.
@@ -203,9 +203,13 @@ def attach_tensorboard(
     purge = {"purge_step": resume_iteration + 1} if resume_epoch is not None else {}
     iterations = TensorboardLogger(log_dir=str(run_dir / ITERATIONS), **purge)
     log_loss = OutputHandler(tag="train", output_transform=lambda loss: {"loss_iteration": loss})
-    every_iterations(
-        trainer, log_every, lambda engine: log_loss(engine, iterations, Events.ITERATION_COMPLETED)
-    )
+    log_lr = OptimizerParamsHandler(optimizer, "lr", tag="train")  # per-iteration schedules show here
+
+    def log_iteration(engine: Engine) -> None:
+        log_loss(engine, iterations, Events.ITERATION_COMPLETED)
+        log_lr(engine, iterations, Events.ITERATION_COMPLETED)
+
+    every_iterations(trainer, log_every, log_iteration)
     return epochs, iterations
 
 
@@ -243,9 +247,16 @@ def attach_epoch_log(
     rows: list[dict[str, float]] = []
     epoch_lr: dict[str, float] = {}
 
-    @trainer.on(Events.EPOCH_STARTED)
-    def remember_lr(_: Engine) -> None:
+    # The LR of the epoch's first step: read at its ITERATION_STARTED, after a per-iteration schedule
+    # has set it; the handler is there for that one step only (nothing per step).
+    def remember_lr(engine: Engine) -> None:
         epoch_lr["lr"] = optimizer.param_groups[0]["lr"]
+        engine.remove_event_handler(remember_lr, Events.ITERATION_STARTED)  # Ignite swaps in a new list
+
+    @trainer.on(Events.EPOCH_STARTED)
+    def arm(engine: Engine) -> None:
+        if not engine.has_event_handler(remember_lr, Events.ITERATION_STARTED):  # an epoch cut short
+            engine.add_event_handler(Events.ITERATION_STARTED, remember_lr)
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def log_epoch(engine: Engine) -> None:

@@ -20,7 +20,7 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine
-from ignite.handlers import Checkpoint, EarlyStopping
+from ignite.handlers import Checkpoint, EarlyStopping, ParamScheduler
 from ignite.handlers.tensorboard_logger import TensorboardLogger
 from ignite.utils import manual_seed
 from torch import nn
@@ -103,7 +103,7 @@ class Run:
     tensorboard: TensorboardLogger | None = None  # per-epoch scalars, in the run folder (rank 0 only)
     tensorboard_iterations: TensorboardLogger | None = None  # per-iteration train loss, in iterations/
     early_stopping: EarlyStopping | None = None
-    lr_scheduler: CheckpointablePlateau | None = None
+    lr_scheduler: CheckpointablePlateau | ParamScheduler | None = None  # the recipe's schedule
     kept: dict[str, Any] = field(default_factory=dict)
     created_paths: list[Path] = field(default_factory=list)  # by build_run: removed if the run cannot start
     best_checkpoint: Checkpoint | None = None

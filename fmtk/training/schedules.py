@@ -1,0 +1,60 @@
+"""The learning-rate schedules a recipe names, on Ignite's param schedulers.
+
+``plateau`` (the notebooks': ReduceLROnPlateau on a valid metric, once per epoch) is attached by
+:func:`fmtk.training.handlers.attach_lr_plateau`; ``onecycle`` and ``cosine`` (with an optional
+linear warm-up) step every iteration and are attached here; ``none`` keeps the LR constant.
+"""
+
+from __future__ import annotations
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import (
+    CosineAnnealingScheduler,
+    LRScheduler,
+    ParamScheduler,
+    create_lr_scheduler_with_warmup,
+)
+
+from fmtk.errors import FmtkError
+
+SCHEDULES = ("plateau", "onecycle", "cosine", "none")
+PER_ITERATION = ("onecycle", "cosine")
+
+
+def attach_lr_schedule(
+    trainer: Engine,
+    optimizer: torch.optim.Optimizer,
+    schedule: str,
+    lr: float,
+    epochs: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 0.0,
+) -> ParamScheduler:
+    """Attach the per-iteration ``schedule`` (``onecycle`` or ``cosine``) over ``epochs`` epochs of
+    ``steps_per_epoch`` steps, and return it (its ``state_dict`` belongs in the last checkpoint).
+
+    ``onecycle``: torch's OneCycleLR with ``lr`` as the peak (warm-up over the first 30%, then
+    cosine annealing to ``lr / 1e4``). ``cosine``: from ``lr`` to 0 by a half cosine, after a linear
+    warm-up from ``lr / 100`` over ``warmup_epochs`` epochs when that is above 0.
+    """
+    total = epochs * steps_per_epoch
+    if schedule == "onecycle":
+        scheduler = LRScheduler(torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total))
+    elif schedule == "cosine":
+        warmup = round(warmup_epochs * steps_per_epoch)
+        if warmup >= total:
+            raise FmtkError(
+                f"warmup_epochs {warmup_epochs} leaves no epoch of the {epochs} for the cosine schedule"
+            )
+        # One half cosine over the steps after the warm-up: a cycle as long as what is left.
+        scheduler = CosineAnnealingScheduler(optimizer, "lr", lr, 0.0, cycle_size=total - warmup + 1)
+        if warmup:
+            scheduler = create_lr_scheduler_with_warmup(
+                scheduler, warmup_start_value=lr / 100, warmup_duration=warmup, warmup_end_value=lr
+            )
+    else:
+        raise ValueError(f"not a per-iteration schedule: {schedule}")
+    # At ITERATION_STARTED, as Ignite's param schedulers expect: each step uses its own value.
+    trainer.add_event_handler(Events.ITERATION_STARTED, scheduler)
+    return scheduler

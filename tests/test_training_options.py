@@ -1,0 +1,119 @@
+"""What a recipe can say beyond the notebooks: optimizer arguments, an LR schedule, label smoothing,
+presets; each checked where it enters, each acting on the run, each in config.json."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fmtk import build_run
+from fmtk.cli import cli
+from fmtk.errors import FmtkError
+from fmtk.recipe import Preset, apply_overrides, apply_preset, load_recipe, recipe_from_config
+
+
+def test_optimizer_arguments_reach_the_optimizer(tmp_path: Path) -> None:
+    run = build_run("digits_mlp", tmp_path, "cpu", echo=None, optimizer="SGD",
+                    optimizer_args="momentum:0.9,nesterov:true,dampening:0")  # fmt: skip
+    group = run.optimizer.param_groups[0]
+    assert (group["momentum"], group["nesterov"], group["dampening"]) == (0.9, True, 0)
+    adam = apply_overrides(load_recipe("digits_mlp"), {"optimizer_args": "betas:0.8/0.99,eps:1e-6"})
+    assert adam.optimizer_args == {"betas": (0.8, 0.99), "eps": 1e-6}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"optimizer_args": "momentum:0.9"},
+            "optimizer Adam takes no argument 'momentum'; its arguments: betas, eps",
+        ),
+        ({"optimizer_args": "momentum=0.9"}, "expected name:value pairs, e.g. momentum:0.9"),
+        ({"schedule": "linear"}, "schedule must be one of plateau, onecycle, cosine, none, got 'linear'"),
+        (
+            {"schedule": "onecycle", "plateau_patience": "3"},
+            "schedule onecycle contradicts plateau_patience=3",
+        ),
+        (
+            {"schedule": "none", "plateau_patience": "none", "warmup_epochs": "1"},
+            "warmup_epochs is the cosine",
+        ),
+        ({"label_smoothing": "1"}, "label_smoothing must be in [0, 1), got 1.0"),
+    ],
+)
+def test_contradictions_and_unknown_values_are_one_line_errors(overrides: dict, message: str) -> None:
+    with pytest.raises(FmtkError, match=re.escape(message)):
+        apply_overrides(load_recipe("digits_mlp"), overrides)
+
+
+def test_a_value_torch_refuses_names_the_optimizer(tmp_path: Path) -> None:
+    with pytest.raises(FmtkError, match=r"optimizer SGD\(nesterov=True\): Nesterov momentum requires"):
+        build_run(
+            "digits_mlp", tmp_path / "r", "cpu", echo=None, optimizer="SGD", optimizer_args="nesterov:true"
+        )
+    assert not (tmp_path / "r").exists()
+
+
+def test_label_smoothing_smooths_training_only(tmp_path: Path) -> None:
+    """With heavy smoothing the training loss cannot fall far; the valid loss, plain cross-entropy,
+    does."""
+    run = build_run("digits_mlp", tmp_path, "cpu", echo=None, epochs=4, label_smoothing=0.5)
+    run.run()
+    last = run.history[-1]
+    assert last["train_loss"] > 1.0 and last["train_loss"] > last["valid_loss"] + 0.3
+    assert last["valid_accuracy"] > 0.9
+
+
+def test_a_per_iteration_schedule_is_logged_and_recorded(tmp_path: Path) -> None:
+    run = build_run("digits_mlp", tmp_path, "cpu", echo=None, epochs=3, schedule="cosine", warmup_epochs=1,
+                    plateau_patience=None, log_every=5)  # fmt: skip
+    run.run()
+    rows = run.history  # the LR each epoch started with: warm-up from lr / 100, then falling
+    assert rows[0]["lr"] == pytest.approx(1e-4) and rows[1]["lr"] == pytest.approx(1e-2, rel=1e-3)
+    assert rows[2]["lr"] < rows[1]["lr"]
+    lrs = EventAccumulator(str(tmp_path / "iterations")).Reload().Scalars("train/lr/group_0")
+    assert [event.step for event in lrs] == list(range(5, 3 * 34 + 1, 5))
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["schedule"], config["warmup_epochs"], config["changed"]["schedule"]) == (
+        "cosine",
+        1.0,
+        "cosine",
+    )
+
+
+def test_resume_cannot_stretch_a_per_iteration_schedule() -> None:
+    config = {**load_recipe("digits_mlp").config(), "schedule": "onecycle", "plateau_patience": None}
+    with pytest.raises(FmtkError, match="onecycle schedule is laid out over its 30 epochs"):
+        recipe_from_config(config, epochs=40)
+
+
+def test_presets_apply_like_set_and_are_recorded(tmp_path: Path) -> None:
+    recipe = apply_preset(load_recipe("mnist_dnn"), "fast")
+    assert (recipe.preset, recipe.schedule, recipe.optimizer_args["nesterov"]) == ("fast", "onecycle", True)
+    assert recipe.changed["lr"] == 0.2 and recipe.config()["preset"] == "fast"
+    assert recipe_from_config(recipe.config()).preset == "fast"
+    with pytest.raises(FmtkError, match="recipe mnist_dnn has no preset 'slow'; its presets: fast"):
+        apply_preset(load_recipe("mnist_dnn"), "slow")
+    with pytest.raises(FmtkError, match="recipe digits_mlp has no preset 'fast'; it has none"):
+        apply_preset(load_recipe("digits_mlp"), "fast")
+    own = Preset("short", {"epochs": 2, "lr": 0.05})
+    digits = load_recipe("digits_mlp")
+    digits.presets = {"short": own}
+    run = build_run(digits, tmp_path, "cpu", echo=None, preset="short", epochs=1)  # a keyword wins
+    assert (run.recipe.epochs, run.recipe.lr, run.recipe.preset) == (1, 0.05, "short")
+
+
+def test_preset_on_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["run", "digits_mlp", "--preset", "fast", "--device", "cpu"])
+    assert result.exit_code == 1
+    assert "recipe digits_mlp has no preset 'fast'; it has none" in result.output
+    assert not Path("runs").exists()
+    result = runner.invoke(cli, ["run", "--resume", "somewhere", "--preset", "fast"])
+    assert result.exit_code == 1 and "--preset cannot change it" in result.output
