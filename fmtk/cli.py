@@ -306,6 +306,58 @@ def predict(
         click.echo(f"{result['file']}: {guesses}")
 
 
+@cli.command("lr-find")
+@click.argument("recipe_name", metavar="RECIPE")
+@click.option("--preset", metavar="NAME", help="One of the recipe's named presets.")
+@set_option
+@device_option
+@data_dir_option
+@click.option(
+    "--steps", default=100, show_default=True, type=click.IntRange(min=5), help="Training steps at most."
+)
+@click.option("--start-lr", default=1e-7, show_default=True, type=float)
+@click.option("--end-lr", default=10.0, show_default=True, type=float)
+@click.option("--out", type=click.Path(path_type=Path), help="PNG file (default: RECIPE_lr_find.png).")
+def lr_find(
+    recipe_name: str,
+    preset: str | None,
+    settings: tuple[str, ...],
+    device: str,
+    data_dir: Path | None,
+    steps: int,
+    start_lr: float,
+    end_lr: float,
+    out: Path | None,
+) -> None:
+    """Train RECIPE's model with the LR rising each step (Ignite's FastaiLRFinder); print the
+    suggested LR and draw the loss against the LR. Writes no run folder and no checkpoint."""
+    from fmtk.lr_finder import find_lr, save_lr_picture
+    from fmtk.recipe import apply_overrides, apply_preset, load_recipe
+    from fmtk.training.engines import resolve_device
+
+    recipe = load_recipe(recipe_name)
+    if preset is not None:
+        recipe = apply_preset(recipe, preset)
+    recipe = apply_overrides(recipe, parse_settings(settings))
+    out = out or Path(f"{recipe.name}_lr_find.png")
+    if out.exists():
+        raise FmtkError(f"{out} exists; choose another --out (nothing was overwritten)")
+    finding = find_lr(recipe, data_dir or Path("data"), resolve_device(device), steps, start_lr, end_lr)
+    title = f"{recipe.name}{f' --preset {preset}' if preset else ''}: LR finder, {len(finding.lrs)} steps"
+    save_lr_picture(finding, out, title)
+    ended = "diverged" if finding.diverged else f"had not diverged by lr {end_lr:g}"
+    if finding.suggestion is None:
+        click.echo(
+            f"no suggestion: the smoothed loss does not fall and then rise between lr {start_lr:g} and "
+            f"{end_lr:g} in {len(finding.lrs)} steps; give more --steps or a wider range; picture: {out}"
+        )
+        return
+    click.echo(
+        f"suggested lr: {finding.suggestion:.3g} (the steepest fall of the smoothed loss, which {ended}); "
+        f"picture: {out}"
+    )
+
+
 @cli.command()
 @click.argument("recipe_name", metavar="RECIPE")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="train", show_default=True)

@@ -137,3 +137,55 @@ def confusion_picture(matrix: np.ndarray, classes: Sequence[str], title: str) ->
         position = (matrix_right + accuracy_width // 2, y + cell // 2)
         draw.text(position, accuracies[row], fill="black", font=font, anchor="mm")
     return sheet
+
+
+def curve_picture(
+    xs: Sequence[float],
+    ys: Sequence[float],
+    mark: float | None,
+    title: str,
+    x_label: str,
+    y_label: str,
+    y_limit: float | None = None,
+) -> Image.Image:
+    """A line of ``ys`` against ``xs`` on a log-10 x axis (as an LR finder's loss against the LR),
+    with a vertical line at ``mark`` when given, and decade ticks; values above ``y_limit`` are
+    drawn at the top edge (a diverging tail would flatten the rest)."""
+    width, height, left, right, top, bottom = 640, 400, 60, 20, HEADING_HEIGHT + 10, 40
+    picture = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(picture)
+    font = _font()
+    draw.text((left, 4), title, fill="black", font=_font(14))
+    logs = np.log10(np.asarray(xs, dtype=float))
+    values = np.asarray(ys, dtype=float)
+    if y_limit is not None:
+        values = np.minimum(values, y_limit)
+    x_low, x_high = float(logs.min()), float(logs.max())
+    y_low, y_high = float(values.min()), float(values.max())
+    x_high, y_high = max(x_high, x_low + 1e-9), max(y_high, y_low + 1e-9)
+
+    def at(log_x: float, y: float) -> tuple[float, float]:
+        x = left + (log_x - x_low) / (x_high - x_low) * (width - left - right)
+        return x, top + (y_high - y) / (y_high - y_low) * (height - top - bottom)
+
+    draw.rectangle([left, top, width - right, height - bottom], outline=GRID_LINE)
+    for decade in range(int(np.ceil(x_low)), int(np.floor(x_high)) + 1):
+        x, _ = at(decade, y_low)
+        draw.line([(x, top), (x, height - bottom)], fill=GRID_LINE)
+        draw.text((x - 12, height - bottom + 4), f"1e{decade}", fill="black", font=font)
+    for y in (y_low, (y_low + y_high) / 2, y_high):
+        draw.text((4, at(x_low, y)[1] - 6), f"{y:.3g}", fill="black", font=font)
+    draw.line([at(x, y) for x, y in zip(logs, values, strict=True)], fill=CORRECT_BLUE, width=2)
+    if mark is not None:
+        x, _ = at(float(np.log10(mark)), y_low)
+        draw.line([(x, top), (x, height - bottom)], fill=ERROR_RED, width=2)
+        label = f"suggested {mark:.2g}"
+        shift = (
+            4
+            if x + 8 + draw.textlength(label, font=font) < width - right
+            else -4 - draw.textlength(label, font=font)
+        )
+        draw.text((x + shift, top + 4), label, fill=ERROR_RED, font=font)
+    draw.text((width // 2 - 20, height - 18), x_label, fill="black", font=font)
+    draw.text((width - right - draw.textlength(y_label, font=font), 8), y_label, fill="black", font=font)
+    return picture

@@ -78,6 +78,9 @@ class Recipe:
     warmup_epochs: float = 0.0
     # Label smoothing of the training loss; validation and testing report plain cross-entropy.
     label_smoothing: float = 0.0
+    # An exponential moving average of the weights (Ignite's EMAHandler, updated every step) with
+    # this decay, e.g. 0.999; validation, the best checkpoint, testing and predict use it. None: off.
+    ema_decay: float | None = None
     seed: int = 42
     log_every: int = 50  # iterations between per-iteration TensorBoard points (each one is a host sync)
     # Gradient clipping: the total norm of each step's gradients is scaled down to at most this.
@@ -147,6 +150,10 @@ class Recipe:
                 f"warmup_epochs is the cosine schedule's warm-up; schedule is {schedule}",
             ),
             (0 <= smoothing < 1, f"label_smoothing must be in [0, 1), got {smoothing}"),
+            (
+                self.ema_decay is None or 0 < self.ema_decay < 1,
+                f"ema_decay must be in (0, 1) or none, got {self.ema_decay}",
+            ),
             (
                 smoothing == 0 or self.loss is cross_entropy,
                 "label_smoothing smooths the default cross-entropy; this recipe has its own loss",

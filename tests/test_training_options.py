@@ -8,13 +8,17 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fmtk import build_run
+from fmtk import evaluate as fmtk_evaluate
 from fmtk.cli import cli
 from fmtk.errors import FmtkError
 from fmtk.recipe import Preset, apply_overrides, apply_preset, load_recipe, recipe_from_config
+from fmtk.training.evaluation import evaluate
 
 
 def test_optimizer_arguments_reach_the_optimizer(tmp_path: Path) -> None:
@@ -117,3 +121,59 @@ def test_preset_on_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert not Path("runs").exists()
     result = runner.invoke(cli, ["run", "--resume", "somewhere", "--preset", "fast"])
     assert result.exit_code == 1 and "--preset cannot change it" in result.output
+
+
+def test_ema_weights_are_what_validation_the_best_checkpoint_and_testing_use(tmp_path: Path) -> None:
+    lines: list[str] = []
+    run = build_run("digits_mlp", tmp_path, "cpu", echo=lines.append, epochs=1, ema_decay=0.9)
+    results = run.run()
+    assert any(line.startswith("EMA of the weights (decay 0.9)") for line in lines)
+    last = torch.load(tmp_path / "last_checkpoint_1.pt", weights_only=True)
+    best = torch.load(tmp_path / results["checkpoints"]["best"], weights_only=True)
+    raw, averaged = last["model"], last["ema_model"]
+    assert any(not torch.equal(raw[name], averaged[name]) for name in raw)  # the average lags the weights
+    assert all(torch.equal(best["model"][name], averaged[name]) for name in raw)  # epoch 1 is the best
+    # The valid figures of epoch 1 are the averaged weights', and so are the test figures.
+    model = run.recipe.call("model")
+    model.load_state_dict(averaged)
+    valid = evaluate(model, run.data.valid, run.data.classes, torch.device("cpu"), run.loss_fn)
+    assert valid.accuracy == pytest.approx(run.history[0]["valid_accuracy"])
+    assert valid.loss == pytest.approx(run.history[0]["valid_loss"], rel=1e-5)
+    test = evaluate(model, run.data.test, run.data.classes, torch.device("cpu"), run.loss_fn)
+    assert results["test"]["last"]["accuracy"] == pytest.approx(test.accuracy)
+    assert fmtk_evaluate(tmp_path, checkpoint="last").accuracy == pytest.approx(test.accuracy)
+
+
+def test_lr_find_prints_a_suggestion_draws_it_and_leaves_no_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["lr-find", "digits_mlp", "--device", "cpu", "--steps", "60"])
+    assert result.exit_code == 0, result.output
+    suggestion = float(result.output.split("suggested lr: ")[1].split()[0])
+    assert 1e-7 < suggestion < 10
+    with Image.open("digits_mlp_lr_find.png") as picture:
+        assert picture.size == (640, 400)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_mlp_lr_find.png"]  # no run folder
+    again = CliRunner().invoke(cli, ["lr-find", "digits_mlp", "--device", "cpu"])
+    assert again.exit_code == 1 and "digits_mlp_lr_find.png exists" in again.output
+
+
+def test_lr_find_leaves_the_model_and_optimizer_as_they_were(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ignite's finder saves the model and optimizer and loads them back after its steps."""
+    from fmtk import lr_finder
+
+    seen = {}
+    real_create_trainer = lr_finder.create_trainer
+
+    def watching(model, optimizer, *args):
+        seen.update(model=model, weights={k: v.clone() for k, v in model.state_dict().items()},
+                    optimizer=optimizer, lr=optimizer.param_groups[0]["lr"])  # fmt: skip
+        return real_create_trainer(model, optimizer, *args)
+
+    monkeypatch.setattr(lr_finder, "create_trainer", watching)
+    finding = lr_finder.find_lr(load_recipe("digits_mlp"), Path("data"), torch.device("cpu"), steps=30)
+    assert len(finding.lrs) == len(finding.losses) >= 3 and finding.lrs[-1] > finding.lrs[0]
+    after = seen["model"].state_dict()
+    assert all(torch.equal(after[name], weights) for name, weights in seen["weights"].items())
+    assert seen["optimizer"].param_groups[0]["lr"] == seen["lr"] and not seen["optimizer"].state

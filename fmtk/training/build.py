@@ -14,6 +14,7 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 from ignite.engine import Events
+from ignite.handlers import EMAHandler
 from ignite.utils import manual_seed
 from torch import nn
 
@@ -30,7 +31,7 @@ from fmtk.recipe import (
     watched,
 )
 from fmtk.runfolder import make_run_dir, remove_if_empty
-from fmtk.training.checkpoints import RandomState, RunInfo, load_model_weights, read_checkpoint
+from fmtk.training.checkpoints import EMA_MODEL, RandomState, RunInfo, load_model_weights, read_checkpoint
 from fmtk.training.engines import (
     SpeedOptions,
     create_evaluator,
@@ -233,6 +234,10 @@ def _create_engines(
     train_model = idist.auto_model(model) if idist.get_world_size() > 1 else model
     scaler = torch.amp.GradScaler(device.type) if speed.precision == "16-mixed" else None
     extra_metrics = recipe.make_metrics()
+    # The EMA copies the model as it is now: on its device, in its memory format, with the weights
+    # of the checkpoint to resume from (its own averaged weights come back with the kept states).
+    ema = EMAHandler(model, momentum=1 - recipe.ema_decay) if recipe.ema_decay is not None else None
+    evaluated_model = ema.ema_model if ema is not None else model
     run = Run(
         recipe=recipe,
         run_dir=run_dir,
@@ -242,15 +247,19 @@ def _create_engines(
         optimizer=optimizer,
         loss_fn=loss_fn,
         trainer=create_trainer(train_model, optimizer, train_loss, device, speed, scaler),
-        evaluator=create_evaluator(model, loss_fn, device, extra_metrics=extra_metrics),
+        evaluator=create_evaluator(evaluated_model, loss_fn, device, extra_metrics=extra_metrics),
         speed=speed,
         scaler=scaler,
         resume=resume,
         echo=echo,
         metric_names=["loss", "accuracy", *extra_metrics],
+        evaluated_model=evaluated_model,
     )
     states = {"model": model, "optimizer": optimizer, "trainer": run.trainer, "scaler": scaler}
     states.update(random_state=RandomState(), run_info=RunInfo(recipe.name, model))
+    if ema is not None:
+        ema.attach(run.trainer, name="ema_momentum", event=Events.ITERATION_COMPLETED)
+        states[EMA_MODEL] = ema.ema_model
     for name, state in states.items():
         if state is not None:
             run.keep(name, state)

@@ -18,7 +18,7 @@ from fmtk.errors import FmtkError
 from fmtk.pictures import confusion_picture, titled_grid
 from fmtk.recipe import Recipe, recipe_from_config
 from fmtk.runfolder import BEST, confusion_name, find_checkpoint, read_config
-from fmtk.training.checkpoints import load_model_weights, read_checkpoint
+from fmtk.training.checkpoints import evaluated_weights, load_model_weights, read_checkpoint
 from fmtk.training.engines import create_evaluator, loss_on
 
 
@@ -144,7 +144,7 @@ def load_trained_model(
     recipe = recipe_from_config(config, recipe=recipe)
     model = recipe.call("model").to(device)
     path = find_checkpoint(run_dir, which)
-    load_model_weights(read_checkpoint(path, device), path, recipe.name, model)
+    load_model_weights(evaluated_weights(read_checkpoint(path, device)), path, recipe.name, model)
     classes = config.get("classes")
     if not classes:
         raise FmtkError(f"{run_dir}: config.json has no class names (made by an older fmtk?)")

@@ -42,6 +42,7 @@ from fmtk.runs import RunLock, lock_run
 from fmtk.training.checkpoints import (
     attach_checkpoints,
     check_keepable,
+    evaluated_weights,
     load_model_weights,
     read_checkpoint,
     restore,
@@ -97,6 +98,8 @@ class Run:
     evaluator: Engine
     speed: SpeedOptions
     scaler: torch.amp.GradScaler | None = None
+    # The weights validation, the best checkpoint and testing use: the model, or its EMA.
+    evaluated_model: nn.Module | None = None
     resume: ResumePoint | None = None
     echo: Callable[[str], None] = print
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch, as in metrics.csv
@@ -142,7 +145,7 @@ class Run:
             return
         try:
             # Last of the trainer's EPOCH_COMPLETED handlers: it saves what every other one decided.
-            best_state = {"model": self.model, "run_info": self.kept["run_info"]}
+            best_state = {"model": self.evaluated_model or self.model, "run_info": self.kept["run_info"]}
             self.best_checkpoint, self.last_checkpoint = attach_checkpoints(
                 self.trainer, self.evaluator, self.run_dir, best_state, self.kept,
                 *watched(self.recipe.checkpoint_metric),
@@ -169,6 +172,11 @@ class Run:
             if is_main_process():
                 remove_stale_files(self.run_dir, set())
             self.echo(f"{self.run_dir} has no checkpoint yet: starting the run again from the beginning")
+        if self.evaluated_model is not None and self.evaluated_model is not self.model:
+            self.echo(
+                f"EMA of the weights (decay {self.recipe.ema_decay}): validation, the best checkpoint "
+                "and testing use the averaged weights"
+            )
         if is_main_process():
             self._write_config()
         if idist.get_world_size() > 1:
@@ -228,7 +236,7 @@ class Run:
     def test(self, checkpoint_path: Path) -> Evaluation:
         """Load the model weights of ``checkpoint_path`` and evaluate them on the test split."""
         checkpoint = read_checkpoint(checkpoint_path, self.device)
-        load_model_weights(checkpoint, checkpoint_path, self.recipe.name, self.model)
+        load_model_weights(evaluated_weights(checkpoint), checkpoint_path, self.recipe.name, self.model)
         return evaluate(
             self.model,
             self.data.test,
