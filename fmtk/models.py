@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 
@@ -120,6 +121,20 @@ def vgg16_gap(num_classes: int = 2) -> nn.Sequential:
         nn.ReLU(inplace=True),
         nn.Linear(64, num_classes),
     )
+
+
+class FlipAveraged(nn.Module):
+    """Test-time augmentation: the class probabilities of each image and of its left-right mirror,
+    averaged. Returned as log-probabilities, which cross-entropy, accuracy and softmax read as
+    logits (the softmax of the output is the averaged probabilities)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probabilities = (self.model(x).softmax(dim=1) + self.model(x.flip(-1)).softmax(dim=1)) / 2
+        return probabilities.log()
 
 
 def count_parameters(model: nn.Module) -> int:

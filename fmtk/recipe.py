@@ -81,6 +81,9 @@ class Recipe:
     # An exponential moving average of the weights (Ignite's EMAHandler, updated every step) with
     # this decay, e.g. 0.999; validation, the best checkpoint, testing and predict use it. None: off.
     ema_decay: float | None = None
+    # Test-time augmentation: testing, evaluate and predict average the class probabilities of each
+    # image and its left-right mirror (validation, which picks the best checkpoint, does not).
+    tta_flip: bool = False
     seed: int = 42
     log_every: int = 50  # iterations between per-iteration TensorBoard points (each one is a host sync)
     # Gradient clipping: the total norm of each step's gradients is scaled down to at most this.

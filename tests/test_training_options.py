@@ -17,6 +17,7 @@ from fmtk import build_run
 from fmtk import evaluate as fmtk_evaluate
 from fmtk.cli import cli
 from fmtk.errors import FmtkError
+from fmtk.models import FlipAveraged
 from fmtk.recipe import Preset, apply_overrides, apply_preset, load_recipe, recipe_from_config
 from fmtk.training.evaluation import evaluate
 
@@ -177,3 +178,21 @@ def test_lr_find_leaves_the_model_and_optimizer_as_they_were(monkeypatch: pytest
     after = seen["model"].state_dict()
     assert all(torch.equal(after[name], weights) for name, weights in seen["weights"].items())
     assert seen["optimizer"].param_groups[0]["lr"] == seen["lr"] and not seen["optimizer"].state
+
+
+def test_flip_averaging_is_what_testing_evaluate_and_predict_use(tmp_path: Path) -> None:
+    run = build_run("digits_mlp", tmp_path, "cpu", echo=None, epochs=2, tta_flip=True)
+    results = run.run()  # the model ends holding the best weights
+    x, _ = next(iter(run.data.test))
+    with torch.no_grad():
+        run.model.eval()
+        averaged = (run.model(x).softmax(1) + run.model(x.flip(-1)).softmax(1)) / 2
+        assert torch.allclose(FlipAveraged(run.model)(x).softmax(1), averaged, atol=1e-6)
+    plain = evaluate(run.model, run.data.test, run.data.classes, torch.device("cpu"), run.loss_fn)
+    flipped = evaluate(
+        FlipAveraged(run.model), run.data.test, run.data.classes, torch.device("cpu"), run.loss_fn
+    )
+    assert results["test"]["best"]["accuracy"] == pytest.approx(flipped.accuracy)
+    assert results["test"]["best"]["loss"] == pytest.approx(flipped.loss, rel=1e-5) != plain.loss
+    assert fmtk_evaluate(tmp_path).loss == pytest.approx(flipped.loss, rel=1e-5)
+    assert json.loads((tmp_path / "config.json").read_text())["tta_flip"] is True

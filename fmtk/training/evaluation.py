@@ -15,6 +15,7 @@ from torch import nn
 
 from fmtk.data.batches import Batches, TensorBatches
 from fmtk.errors import FmtkError
+from fmtk.models import FlipAveraged
 from fmtk.pictures import confusion_picture, titled_grid
 from fmtk.recipe import Recipe, recipe_from_config
 from fmtk.runfolder import BEST, confusion_name, find_checkpoint, read_config
@@ -151,6 +152,12 @@ def load_trained_model(
     return recipe, model.eval(), path, classes
 
 
+def tested_model(recipe: Recipe, model: nn.Module) -> nn.Module:
+    """The model as testing, ``fmtk evaluate`` and ``fmtk predict`` run it: with the recipe's
+    test-time flip averaging when ``tta_flip`` is on."""
+    return FlipAveraged(model) if recipe.tta_flip else model
+
+
 def evaluate_run(
     run_dir: Path,
     checkpoint: str,
@@ -167,7 +174,9 @@ def evaluate_run(
     return (
         recipe,
         path,
-        evaluate(model, getattr(data, split), classes, device, loss_fn, recipe.make_metrics()),
+        evaluate(
+            tested_model(recipe, model), getattr(data, split), classes, device, loss_fn, recipe.make_metrics()
+        ),
     )
 
 
@@ -190,7 +199,7 @@ def predict_files(
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             raise FmtkError(f"{path}: cannot read image ({error})") from None
     with torch.no_grad():
-        probabilities = model(torch.stack(inputs).to(device)).softmax(dim=1).cpu()
+        probabilities = tested_model(recipe, model)(torch.stack(inputs).to(device)).softmax(dim=1).cpu()
     values, indices = probabilities.topk(min(top, len(classes)), dim=1)
     return [
         {

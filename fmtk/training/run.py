@@ -48,7 +48,7 @@ from fmtk.training.checkpoints import (
     restore,
 )
 from fmtk.training.engines import SpeedOptions
-from fmtk.training.evaluation import Evaluation, evaluate, run_pictures
+from fmtk.training.evaluation import Evaluation, evaluate, run_pictures, tested_model
 from fmtk.training.handlers import CheckpointablePlateau
 from fmtk.version import versions
 
@@ -238,7 +238,7 @@ class Run:
         checkpoint = read_checkpoint(checkpoint_path, self.device)
         load_model_weights(evaluated_weights(checkpoint), checkpoint_path, self.recipe.name, self.model)
         return evaluate(
-            self.model,
+            tested_model(self.recipe, self.model),
             self.data.test,
             self.data.classes,
             self.device,
