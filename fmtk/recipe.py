@@ -84,6 +84,11 @@ class Recipe:
     # Test-time augmentation: testing, evaluate and predict average the class probabilities of each
     # image and its left-right mirror (validation, which picks the best checkpoint, does not).
     tta_flip: bool = False
+    # Augmentation of the training split (an in-memory TensorBatches), per sample on its device:
+    # translation by up to augment_shift pixels (random crop with zero padding), and a random box
+    # erased with probability augment_erase. Validation and test batches are never augmented.
+    augment_shift: int = 0
+    augment_erase: float = 0.0
     seed: int = 42
     log_every: int = 50  # iterations between per-iteration TensorBoard points (each one is a host sync)
     # Gradient clipping: the total norm of each step's gradients is scaled down to at most this.
@@ -153,6 +158,8 @@ class Recipe:
                 f"warmup_epochs is the cosine schedule's warm-up; schedule is {schedule}",
             ),
             (0 <= smoothing < 1, f"label_smoothing must be in [0, 1), got {smoothing}"),
+            (self.augment_shift >= 0, f"augment_shift must be >= 0 pixels, got {self.augment_shift}"),
+            (0 <= self.augment_erase < 1, f"augment_erase must be in [0, 1), got {self.augment_erase}"),
             (
                 self.ema_decay is None or 0 < self.ema_decay < 1,
                 f"ema_decay must be in (0, 1) or none, got {self.ema_decay}",

@@ -150,11 +150,13 @@ def test_sigkill_mid_epoch_then_resume_ends_exactly_like_an_uninterrupted_run(
 
 # Every option beyond the notebooks on at once: a per-iteration schedule with warm-up (Ignite's
 # ConcatScheduler state), optimizer arguments (momentum buffers), label smoothing, clipping, and
-# an EMA of the weights (its averaged weights, which validation and the best checkpoint use).
+# an EMA of the weights (its averaged weights, which validation and the best checkpoint use),
+# augmentation (drawn from the (seed, epoch) generator).
 MODERN = ["fmnist_dnn", "--epochs", "4", "--batch-size", "50", "--set", "plateau_patience=none",
           "--set", "schedule=cosine", "--set", "warmup_epochs=1", "--set", "label_smoothing=0.1",
           "--set", "optimizer=SGD", "--set", "lr=0.05", "--set", "optimizer_args=momentum:0.9,nesterov:true",
-          "--set", "max_grad_norm=1.0", "--set", "ema_decay=0.9"]  # fmt: skip
+          "--set", "max_grad_norm=1.0", "--set", "ema_decay=0.9", "--set", "augment_shift=2",
+          "--set", "augment_erase=0.25"]  # fmt: skip
 
 
 def test_sigkill_then_resume_with_every_training_option_on(workspace: Path) -> None:

@@ -196,3 +196,18 @@ def test_flip_averaging_is_what_testing_evaluate_and_predict_use(tmp_path: Path)
     assert results["test"]["best"]["loss"] == pytest.approx(flipped.loss, rel=1e-5) != plain.loss
     assert fmtk_evaluate(tmp_path).loss == pytest.approx(flipped.loss, rel=1e-5)
     assert json.loads((tmp_path / "config.json").read_text())["tta_flip"] is True
+
+
+def test_augmentation_reaches_the_training_split_only(tmp_path: Path) -> None:
+    plain = build_run("digits_mlp", tmp_path / "plain", "cpu", echo=None)
+    run = build_run("digits_mlp", tmp_path / "aug", "cpu", echo=None, augment_shift=1, augment_erase=0.5)
+    assert (run.data.train.shift, run.data.train.erase_p) == (1, 0.5)
+    for split in ("valid", "test"):
+        assert (getattr(run.data, split).shift, getattr(run.data, split).erase_p) == (0, 0.0)
+    (x, y), (xa, ya) = next(iter(plain.data.train)), next(iter(run.data.train))
+    assert torch.equal(y, ya) and not torch.equal(x, xa)
+    run.run()
+    config = json.loads((tmp_path / "aug" / "config.json").read_text())
+    assert (config["augment_shift"], config["augment_erase"]) == (1, 0.5)
+    with pytest.raises(FmtkError, match="augment_shift must be >= 0 pixels, got -1"):
+        apply_overrides(load_recipe("digits_mlp"), {"augment_shift": "-1"})

@@ -18,7 +18,7 @@ from ignite.handlers import EMAHandler
 from ignite.utils import manual_seed
 from torch import nn
 
-from fmtk.data.batches import DataSplits
+from fmtk.data.batches import DataSplits, TensorBatches
 from fmtk.distributed import broadcast_buffers, check_sharded, is_main_process
 from fmtk.errors import FmtkError
 from fmtk.recipe import (
@@ -153,6 +153,7 @@ def _assemble(
             "DataSplits(train, valid, test, classes)"
         )
     check_sharded({"train": data.train, "valid": data.valid, "test": data.test})
+    _augment(recipe, data)
     check_output_size(recipe.name, model, data, device)
     echo = echo if echo is not None and is_main_process() else _silent
     run = _create_engines(recipe, run_dir, device, data, model, speed, resume, echo)
@@ -163,6 +164,18 @@ def _assemble(
     if recipe.attach is not None:
         recipe.attach(run)
     return run
+
+
+def _augment(recipe: Recipe, data: DataSplits) -> None:
+    """The recipe's augmentation, on its training split only."""
+    if not (recipe.augment_shift or recipe.augment_erase):
+        return
+    if not isinstance(data.train, TensorBatches):
+        raise FmtkError(
+            f"recipe {recipe.name}: augment_shift and augment_erase need an in-memory training split "
+            f"(fmtk.data.TensorBatches); data() gave {type(data.train).__name__}"
+        )
+    data.train.shift, data.train.erase_p = recipe.augment_shift, recipe.augment_erase
 
 
 def check_output_size(recipe_name: str, model: nn.Module, data: DataSplits, device: torch.device) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fmtk.data.batches import TensorBatches
+from fmtk.data.batches import TensorBatches, erase_boxes, random_boxes, shift_images
 
 
 def test_tensor_batches_cover_each_sample_once_per_epoch() -> None:
@@ -71,3 +71,40 @@ def test_loader_batches_drop_a_training_batch_of_one_sample(tmp_path) -> None:
     assert [len(y) for _, y in train] == [4, 4]
     valid = LoaderBatches(dataset, 4, torch.device("cpu"), workers=0, shard=(0, 1))
     assert [len(y) for _, y in valid] == [4, 4, 1]
+
+
+def test_shift_images_translates_each_sample_by_its_own_offset() -> None:
+    images = torch.arange(2 * 16, dtype=torch.float).view(2, 1, 4, 4)
+    shifted = shift_images(images, torch.tensor([[1, 0], [0, -1]]), pad=1)
+    assert torch.equal(shifted[0, 0, :3], images[0, 0, 1:]) and not shifted[0, 0, 3].any()
+    assert torch.equal(shifted[1, 0, :, 1:], images[1, 0, :, :3]) and not shifted[1, 0, :, 0].any()
+    assert torch.equal(shift_images(images, torch.zeros(2, 2, dtype=torch.long), pad=2), images)
+
+
+def test_random_boxes_erase_the_share_they_promise() -> None:
+    generator = torch.Generator().manual_seed(0)
+    boxes = random_boxes(2000, 28, 28, 0.5, generator, torch.device("cpu"))
+    erased = erase_boxes(torch.ones(2000, 1, 28, 28), boxes)
+    hit = (erased == 0).flatten(1).any(1)
+    assert 0.45 < hit.float().mean() < 0.55  # p = 0.5
+    share = (erased[hit] == 0).float().mean()
+    assert 0.1 < share < 0.25  # 2–33% of the image, ~17% on average (clamped at the edges)
+
+
+def test_augmentation_changes_training_batches_only_and_repeats_per_epoch() -> None:
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(1, 255, (64, 1, 12, 12), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(64) % 4
+    plain = TensorBatches(images, labels, 16, shuffle=True, seed=3, shard=(0, 1))
+    augmented = TensorBatches(images, labels, 16, shuffle=True, seed=3, shard=(0, 1), shift=2, erase_p=0.5)
+    for epoch in (1, 2):
+        plain.set_epoch(epoch)
+        augmented.set_epoch(epoch)
+        for (x, y), (xa, ya) in zip(plain, augmented, strict=True):
+            assert torch.equal(y, ya) and xa.shape == x.shape and not torch.equal(x, xa)
+    first, again = list(augmented), list(augmented)  # the same epoch: the same batches
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again, strict=True))
+    augmented.set_epoch(3)
+    assert not torch.equal(next(iter(augmented))[0], first[0][0])
+    whole = augmented.whole()  # evaluation's view: every sample as it is
+    assert torch.equal(next(iter(whole))[0], next(iter(plain.whole()))[0])
