@@ -342,6 +342,8 @@ def lr_find(
     out = out or Path(f"{recipe.name}_lr_find.png")
     if out.exists():
         raise FmtkError(f"{out} exists; choose another --out (nothing was overwritten)")
+    if not out.parent.is_dir():
+        raise FmtkError(f"--out {out}: no folder {out.parent}")
     finding = find_lr(recipe, data_dir or Path("data"), resolve_device(device), steps, start_lr, end_lr)
     title = f"{recipe.name}{f' --preset {preset}' if preset else ''}: LR finder, {len(finding.lrs)} steps"
     save_lr_picture(finding, out, title)

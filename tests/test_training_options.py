@@ -158,6 +158,11 @@ def test_lr_find_prints_a_suggestion_draws_it_and_leaves_no_run(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_mlp_lr_find.png"]  # no run folder
     again = CliRunner().invoke(cli, ["lr-find", "digits_mlp", "--device", "cpu"])
     assert again.exit_code == 1 and "digits_mlp_lr_find.png exists" in again.output
+    nowhere = CliRunner().invoke(cli, ["lr-find", "digits_mlp", "--out", "no/such.png", "--start-lr", "1e-3"])
+    assert nowhere.exit_code == 1 and "--out no/such.png: no folder no" in nowhere.output
+    bad = CliRunner().invoke(cli, ["lr-find", "digits_mlp", "--out", "b.png", "--start-lr", "20"])
+    assert bad.exit_code == 1 and "need 0 < start lr < end lr, got 20.0 and 10.0" in bad.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_mlp_lr_find.png"]
 
 
 def test_lr_find_leaves_the_model_and_optimizer_as_they_were(monkeypatch: pytest.MonkeyPatch) -> None:
