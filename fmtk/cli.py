@@ -93,11 +93,11 @@ def parse_settings(settings: tuple[str, ...]) -> dict[str, str]:
     return parsed
 
 
-def recipe_with_settings(recipe_name: str, settings: tuple[str, ...]) -> Recipe:
-    """The recipe named on the command line with its ``--set`` values."""
-    from fmtk.recipe import apply_overrides, load_recipe
+def recipe_with_settings(recipe_name: str, settings: tuple[str, ...], preset: str | None = None) -> Recipe:
+    """The recipe named on the command line with its ``--preset`` and ``--set`` values."""
+    from fmtk.recipe import apply_overrides, apply_preset, load_recipe
 
-    return apply_overrides(load_recipe(recipe_name), parse_settings(settings))
+    return apply_overrides(apply_preset(load_recipe(recipe_name), preset), parse_settings(settings))
 
 
 def check_run_folder(command: str, run_dir: Path) -> None:
@@ -332,13 +332,9 @@ def lr_find(
     """Train RECIPE's model with the LR rising each step (Ignite's FastaiLRFinder); print the
     suggested LR and draw the loss against the LR. Writes no run folder and no checkpoint."""
     from fmtk.lr_finder import find_lr, save_lr_picture
-    from fmtk.recipe import apply_overrides, apply_preset, load_recipe
     from fmtk.training.engines import resolve_device
 
-    recipe = load_recipe(recipe_name)
-    if preset is not None:
-        recipe = apply_preset(recipe, preset)
-    recipe = apply_overrides(recipe, parse_settings(settings))
+    recipe = recipe_with_settings(recipe_name, settings, preset)
     out = out or Path(f"{recipe.name}_lr_find.png")
     if out.exists():
         raise FmtkError(f"{out} exists; choose another --out (nothing was overwritten)")

@@ -68,10 +68,7 @@ class RunRequest:
             return recipe_from_config(read_config(self.resume), self.epochs)
         if self.config is not None:
             return apply_overrides(recipe_from_config(read_config(self.config)), self.overrides)
-        recipe = load_recipe(self.recipe_name)
-        if self.preset is not None:
-            recipe = apply_preset(recipe, self.preset)
-        return apply_overrides(recipe, self.overrides)
+        return apply_overrides(apply_preset(load_recipe(self.recipe_name), self.preset), self.overrides)
 
     def checkpoint(self) -> Path | None:
         """The last checkpoint to resume from (None: a new run, or a resumed one that has no

@@ -60,7 +60,11 @@ def find_lr(
         warnings.simplefilter("always")
         with finder.attach(trainer, to_save, num_iter=steps, start_lr=start_lr, end_lr=end_lr) as finding:
             finding.run(data.train, max_epochs=epochs)
-    diverged = not any("without loss diverging" in str(warning.message) for warning in caught)
+    never_diverged = [warning for warning in caught if "without loss diverging" in str(warning.message)]
+    for warning in caught:  # any other warning goes on to the user as it came
+        if warning not in never_diverged:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    diverged = not never_diverged
     results = finder.get_results()
     if len(results["lr"]) < 3:
         raise FmtkError(f"lr-find: the loss diverged after {len(results['lr'])} steps; lower the start lr")

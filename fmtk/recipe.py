@@ -174,15 +174,17 @@ class Recipe:
             optimizer_class, torch.optim.Optimizer
         )
         checks.append((is_optimizer, f"optimizer must name a class in torch.optim, got '{self.optimizer}'"))
-        if is_optimizer:
-            accepted = optimizer_arguments(optimizer_class)
-            unknown = sorted(set(self.optimizer_args) - set(accepted))
-            message = (
-                f"optimizer {self.optimizer} takes no argument {unknown[0]!r}; its arguments: "
-                if unknown
-                else ""
+        # (Arguments of a class that is no optimizer are not checked: that error comes first.)
+        accepted = optimizer_arguments(optimizer_class) if is_optimizer else list(self.optimizer_args)
+        unknown = sorted(set(self.optimizer_args) - set(accepted))
+        if unknown:
+            listed = ", ".join(accepted)
+            checks.append(
+                (
+                    False,
+                    f"optimizer {self.optimizer} takes no argument {unknown[0]!r}; its arguments: {listed}",
+                )
             )
-            checks.append((not unknown, message + ", ".join(accepted)))
         reason = UNDRIVABLE_OPTIMIZERS.get(self.optimizer)
         checks.append(
             (reason is None, f"optimizer {self.optimizer} cannot be driven by fmtk's step: {reason}")
@@ -247,8 +249,10 @@ def optimizer_arguments(optimizer_class: type) -> list[str]:
     return [name for name in parameters if name not in OWN_OPTIMIZER_ARGUMENTS]
 
 
-def apply_preset(recipe: Recipe, name: str) -> Recipe:
-    """``recipe`` with the values of its preset ``name`` (checked like ``--set``)."""
+def apply_preset(recipe: Recipe, name: str | None) -> Recipe:
+    """``recipe`` with the values of its preset ``name`` (checked like ``--set``); None: as it is."""
+    if name is None:
+        return recipe
     if name not in recipe.presets:
         known = f"its presets: {', '.join(recipe.presets)}" if recipe.presets else "it has none"
         raise FmtkError(f"recipe {recipe.name} has no preset '{name}'; {known}")

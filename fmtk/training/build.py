@@ -100,9 +100,7 @@ def build_run(
         run = build_run("digits_mlp", device="cpu", epochs=2, echo=None)
         run.run()["test"]["best"]["accuracy"]
     """
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(str(recipe))
-    if preset is not None:
-        recipe = apply_preset(recipe, preset)
+    recipe = apply_preset(recipe if isinstance(recipe, Recipe) else load_recipe(str(recipe)), preset)
     if overrides:
         recipe = apply_overrides(recipe, overrides)
     device = resolve_device(device)

@@ -18,9 +18,6 @@ from ignite.handlers import (
 
 from fmtk.errors import FmtkError
 
-SCHEDULES = ("plateau", "onecycle", "cosine", "none")
-PER_ITERATION = ("onecycle", "cosine")
-
 
 def attach_lr_schedule(
     trainer: Engine,
