@@ -84,9 +84,13 @@ class Recipe:
     # Test-time augmentation: testing, evaluate and predict average the class probabilities of each
     # image and its left-right mirror (validation, which picks the best checkpoint, does not).
     tta_flip: bool = False
-    # Augmentation of the training split (an in-memory TensorBatches), per sample on its device:
-    # translation by up to augment_shift pixels (random crop with zero padding), and a random box
-    # erased with probability augment_erase. Validation and test batches are never augmented.
+    # Augmentation of the training split, per sample on its device (fmtk.data.augment): a
+    # left-right flip with probability augment_flip (0: the data's own flip, if any), a
+    # random-resized crop of augment_crop … 100% of the area (0: none), a translation by up to
+    # augment_shift pixels (a random crop with zero padding) and a random box erased with
+    # probability augment_erase. Validation and test batches are never augmented.
+    augment_flip: float = 0.0
+    augment_crop: float = 0.0
     augment_shift: int = 0
     augment_erase: float = 0.0
     seed: int = 42
@@ -158,6 +162,8 @@ class Recipe:
                 f"warmup_epochs is the cosine schedule's warm-up; schedule is {schedule}",
             ),
             (0 <= smoothing < 1, f"label_smoothing must be in [0, 1), got {smoothing}"),
+            (0 <= self.augment_flip <= 1, f"augment_flip must be in [0, 1], got {self.augment_flip}"),
+            (0 <= self.augment_crop < 1, f"augment_crop must be in [0, 1) (0: off), got {self.augment_crop}"),
             (self.augment_shift >= 0, f"augment_shift must be >= 0 pixels, got {self.augment_shift}"),
             (0 <= self.augment_erase < 1, f"augment_erase must be in [0, 1), got {self.augment_erase}"),
             (

@@ -22,11 +22,11 @@ from fmtk.data.batches import (
     DataSplits,
     TensorBatches,
     check_global_batch,
-    flip_left_right,
     process_shard,
     scale_pixels,
     stratified_split,
 )
+from fmtk.data.augment import Augmentation
 from fmtk.errors import FmtkError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -136,12 +136,15 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        return torch.from_numpy(decode_image(path, self.image_size)).permute(2, 0, 1), label
+        pixels = decode_image(path, self.image_size).copy()  # writable: torch warns on a read-only array
+        return torch.from_numpy(pixels).permute(2, 0, 1), label
 
 
 class LoaderBatches:
-    """Batches of a DataLoader over ``dataset`` (uint8 images), moved to ``device`` and scaled,
-    flipped (``flip_p``) and normalised there, like :class:`~fmtk.data.batches.TensorBatches`.
+    """Batches of a DataLoader over ``dataset`` (uint8 images), moved to ``device``, scaled,
+    normalised and augmented there (``augmentation``: a flip with ``flip_p``, crops, shifts,
+    erasing, drawn per batch from a generator seeded by the seed, epoch and rank), like
+    :class:`~fmtk.data.batches.TensorBatches`.
 
     For data too large to hold decoded: worker processes decode, pinned memory lets the copy to a
     GPU overlap. The training split shards through a DistributedSampler when several processes
@@ -181,13 +184,13 @@ class LoaderBatches:
         )  # fmt: skip
         self.device = device
         self.seed = seed
-        self.flip_p = flip_p
+        self.augmentation = Augmentation(flip_p=flip_p)
         self.mean = torch.tensor(mean, device=device).view(-1, 1, 1)
         self.std = torch.tensor(std, device=device).view(-1, 1, 1)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose order (and flips) the next iteration uses."""
+        """Choose the epoch whose order (and augmentation) the next iteration uses."""
         self.epoch = epoch
         if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(epoch)
@@ -201,10 +204,9 @@ class LoaderBatches:
         try:
             for images, labels in self.loader:
                 x = scale_pixels(images.to(self.device, non_blocking=True), 255.0, self.mean, self.std)
-                if self.flip_p > 0:
-                    x = flip_left_right(
-                        x, torch.rand(len(x), generator=generator, device=self.device) < self.flip_p
-                    )
+                if self.augmentation.active:
+                    drawn = self.augmentation.draw(len(x), x.shape[-2:], generator, self.device)
+                    x = self.augmentation.apply(x, drawn, slice(None))
                 yield x, labels.to(self.device, non_blocking=True)
         except FmtkError as error:
             # A worker's error arrives with its traceback in the message; keep the last line's text.

@@ -18,7 +18,9 @@ from ignite.handlers import EMAHandler
 from ignite.utils import manual_seed
 from torch import nn
 
+from fmtk.data.augment import Augmentation
 from fmtk.data.batches import DataSplits, TensorBatches
+from fmtk.data.images import LoaderBatches
 from fmtk.distributed import broadcast_buffers, check_sharded, is_main_process
 from fmtk.errors import FmtkError
 from fmtk.recipe import (
@@ -165,15 +167,19 @@ def _assemble(
 
 
 def _augment(recipe: Recipe, data: DataSplits) -> None:
-    """The recipe's augmentation, on its training split only."""
-    if not (recipe.augment_shift or recipe.augment_erase):
+    """The recipe's augmentation, on its training split only (a flip of 0 keeps the data's own)."""
+    if not (recipe.augment_flip or recipe.augment_crop or recipe.augment_shift or recipe.augment_erase):
         return
-    if not isinstance(data.train, TensorBatches):
+    if not isinstance(data.train, TensorBatches | LoaderBatches):
         raise FmtkError(
-            f"recipe {recipe.name}: augment_shift and augment_erase need an in-memory training split "
-            f"(fmtk.data.TensorBatches); data() gave {type(data.train).__name__}"
+            f"recipe {recipe.name}: augment_* need a training split of fmtk.data.TensorBatches or "
+            f"LoaderBatches; data() gave {type(data.train).__name__}"
         )
-    data.train.shift, data.train.erase_p = recipe.augment_shift, recipe.augment_erase
+    own = data.train.augmentation
+    data.train.augmentation = Augmentation(
+        flip_p=recipe.augment_flip or own.flip_p, shift=recipe.augment_shift,
+        erase_p=recipe.augment_erase, crop_scale=recipe.augment_crop,
+    )  # fmt: skip
 
 
 def check_output_size(recipe_name: str, model: nn.Module, data: DataSplits, device: torch.device) -> None:

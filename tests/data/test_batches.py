@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fmtk.data.batches import TensorBatches, erase_boxes, random_boxes, shift_images
+from fmtk.data.augment import erase_boxes, random_boxes, random_crops, resize_crops, shift_images
+from fmtk.data.batches import TensorBatches
 
 
 def test_tensor_batches_cover_each_sample_once_per_epoch() -> None:
@@ -91,12 +92,34 @@ def test_random_boxes_erase_the_share_they_promise() -> None:
     assert 0.1 < share < 0.25  # 2–33% of the image, ~17% on average (clamped at the edges)
 
 
-def test_augmentation_changes_training_batches_only_and_repeats_per_epoch() -> None:
+def test_resize_crops_is_exact_on_a_ramp_and_the_identity_on_the_whole_image() -> None:
+    ramp = torch.arange(8.0).view(1, 1, 1, 8).expand(2, 1, 8, 8)
+    whole_and_centre = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.5, 1.0, 0.0, 0.0]])
+    cropped = resize_crops(ramp, whole_and_centre)
+    assert torch.allclose(cropped[0], ramp[0])
+    # The centre half of the columns, stretched: bilinear sampling of a ramp is exact.
+    assert torch.allclose(cropped[1, 0, 3], torch.linspace(1.75, 5.25, 8), atol=1e-5)
+
+
+def test_random_crops_keep_to_their_area_and_ratio() -> None:
+    crops = random_crops(4000, 0.25, torch.Generator().manual_seed(0), torch.device("cpu"))
+    width, height, centre_x, centre_y = crops.unbind(1)
+    area, ratio = width * height, width / height
+    assert area.min() >= 0.25 - 1e-6 and area.max() <= 1 and 0.55 < area.mean() < 0.65
+    unclamped = (width < 1) & (height < 1)
+    assert ratio[unclamped].min() >= 3 / 4 - 1e-5 and ratio[unclamped].max() <= 4 / 3 + 1e-5
+    assert ((centre_x.abs() <= 1 - width + 1e-6) & (centre_y.abs() <= 1 - height + 1e-6)).all()  # inside
+
+
+@pytest.mark.parametrize(
+    "augmentation", [{"shift": 2, "erase_p": 0.5}, {"flip_p": 0.5, "crop_scale": 0.3}]
+)
+def test_augmentation_changes_training_batches_only_and_repeats_per_epoch(augmentation: dict) -> None:
     generator = torch.Generator().manual_seed(1)
     images = torch.randint(1, 255, (64, 1, 12, 12), dtype=torch.uint8, generator=generator)
     labels = torch.arange(64) % 4
     plain = TensorBatches(images, labels, 16, shuffle=True, seed=3, shard=(0, 1))
-    augmented = TensorBatches(images, labels, 16, shuffle=True, seed=3, shard=(0, 1), shift=2, erase_p=0.5)
+    augmented = TensorBatches(images, labels, 16, shuffle=True, seed=3, shard=(0, 1), **augmentation)
     for epoch in (1, 2):
         plain.set_epoch(epoch)
         augmented.set_epoch(epoch)

@@ -7,7 +7,9 @@ import pytest
 import torch
 from conftest import make_image_folder, tree_snapshot
 from PIL import Image
+from torch.utils.data import DataLoader
 
+from fmtk.data.augment import Augmentation
 from fmtk.data.images import decode_image, decode_image_folder, load_catdog
 from fmtk.errors import FmtkError
 
@@ -53,7 +55,8 @@ def test_load_catdog_stratified_split_and_train_only_flip(catdog_root: Path) -> 
     assert tree_snapshot(catdog_root) == before
     assert torch.bincount(splits.valid.labels).tolist() == [4, 4]  # 20 % of 20 per class
     assert len(splits.train.labels) == 32 and len(splits.test.labels) == 12
-    assert splits.train.flip_p == 0.3 and splits.valid.flip_p == 0 and splits.test.flip_p == 0
+    flips = [split.augmentation.flip_p for split in (splits.train, splits.valid, splits.test)]
+    assert flips == [0.3, 0, 0]
     x, _ = next(iter(splits.test))
     assert x.shape == (8, 3, 24, 24) and x.dtype == torch.float32
 
@@ -116,6 +119,20 @@ def test_dataloader_path_gives_the_cached_paths_batches(catdog_root: Path) -> No
     labels = torch.cat([y for _, y in loaders.train])
     assert sorted(labels.tolist()) == sorted(memory.train.labels.tolist())  # every training sample once
     assert loaders.train.loader.num_workers > 0  # decoding happens in worker processes
+
+
+def test_dataloader_path_augments_training_batches_the_same_way_each_epoch(catdog_root: Path) -> None:
+    loaders = load_catdog(catdog_root, 16, 8, CPU, seed=0, flip_p=0.0, data_cache="none")
+    train = loaders.train
+    train.loader = DataLoader(train.loader.dataset, 8, sampler=train.sampler)  # no workers: quicker here
+    plain = list(train)
+    train.augmentation = Augmentation(crop_scale=0.3, shift=3, erase_p=0.5)
+    first, again = list(train), list(train)
+    for (x, y), (xa, ya), (xb, yb) in zip(plain, first, again, strict=True):
+        assert torch.equal(y, ya) and not torch.equal(x, xa) and torch.equal(xa, xb)
+    train.set_epoch(1)
+    assert not torch.equal(next(iter(train))[0], first[0][0])
+    assert not loaders.valid.augmentation.active and not loaders.test.augmentation.active
 
 
 def test_unknown_data_cache_is_a_clear_error(catdog_root: Path) -> None:
