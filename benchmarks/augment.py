@@ -67,7 +67,9 @@ def main() -> None:
     args = parser.parse_args()
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, CPU; images/s, medians of {args.rounds}")
-    print("| images | none | fmtk (batched, per sample) | torchvision v2, per sample | v2, per batch | kornia |")
+    print(
+        "| images | none | fmtk (batched, per sample) | torchvision v2, per sample | v2, per batch | kornia |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for name, (shape, batch, pad) in SHAPES.items():
         generator = torch.Generator().manual_seed(0)

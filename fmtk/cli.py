@@ -365,6 +365,8 @@ def lr_find(
 )
 @data_dir_option
 @click.option("--seed", default=0, show_default=True, help="Which random samples.")
+@click.option("--preset", metavar="NAME", help="One of the recipe's named presets.")
+@click.option("--augmented", is_flag=True, help="Training samples as the recipe's augmentation makes them.")
 @set_option
 def show(
     recipe_name: str,
@@ -373,6 +375,8 @@ def show(
     count: int,
     data_dir: Path,
     seed: int,
+    preset: str | None,
+    augmented: bool,
     settings: tuple[str, ...],
 ) -> None:
     """A grid of random samples of a split titled with their class names, and the class counts."""
@@ -380,14 +384,20 @@ def show(
 
     from fmtk.data.batches import TensorBatches
     from fmtk.pictures import titled_grid
+    from fmtk.training.build import augment_training_split
 
-    recipe = recipe_with_settings(recipe_name, settings)
+    recipe = recipe_with_settings(recipe_name, settings, preset)
+    if augmented and split != "train":
+        raise FmtkError(f"--augmented shows the training split; --split {split} is never augmented")
     out = out or Path(f"{recipe.name}_{split}_samples.png")
     if out.exists():
         raise FmtkError(f"{out} exists; choose another --out (nothing was overwritten)")
     data = recipe.call("data", data_dir or Path("data"), torch.device("cpu"))
     if not all(isinstance(getattr(data, name), TensorBatches) for name in ("train", "valid", "test")):
         raise FmtkError(f"fmtk show needs in-memory TensorBatches splits; {recipe.name} has other ones")
+    augment_training_split(recipe, data)
+    if augmented and not data.train.augmentation.active:
+        raise FmtkError(f"--augmented: {recipe.name} augments nothing; set augment_* or a --preset")
     for name in ("train", "valid", "test"):
         counts = torch.bincount(getattr(data, name).labels, minlength=len(data.classes)).tolist()
         click.echo(f"{name:<6}" + "  ".join(f"{c}: {n}" for c, n in zip(data.classes, counts, strict=True)))
@@ -395,8 +405,11 @@ def show(
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(batches.labels), generator=generator)[:count]
     titles = [data.classes[int(label)] for label in batches.labels[chosen]]
+    images = batches.images[chosen]
+    if augmented:
+        images, _ = next(iter(batches.take(chosen)))
     try:
-        titled_grid(batches.images[chosen], titles, columns=8).save(out)
+        titled_grid(images, titles, columns=8).save(out)
     except OSError as error:
         raise FmtkError(f"--out {out}: cannot write it ({error.strerror})") from None
     click.echo(f"wrote {out}")

@@ -189,3 +189,67 @@ def curve_picture(
     draw.text((width // 2 - 20, height - 18), x_label, fill="black", font=font)
     draw.text((width - right - draw.textlength(y_label, font=font), 8), y_label, fill="black", font=font)
     return picture
+
+
+LINE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
+
+
+def lines_picture(
+    lines: dict[str, tuple[Sequence[float], Sequence[float]]],
+    title: str,
+    x_label: str,
+    y_label: str,
+    reference: tuple[float, str] | None = None,
+) -> Image.Image:
+    """Named lines ``{name: (xs, ys)}`` on linear axes, a dot at each point, a legend, and a grey
+    horizontal line at ``reference`` ``(y, label)`` when given (e.g. accuracy against time)."""
+    width, height, left, right, top, bottom = 720, 440, 60, 20, HEADING_HEIGHT + 10, 40
+    picture = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(picture)
+    font = _font()
+    draw.text((left, 4), title, fill="black", font=_font(14))
+    xs = [float(x) for line_xs, _ in lines.values() for x in line_xs] or [0.0]
+    ys = [float(y) for _, line_ys in lines.values() for y in line_ys] or [0.0]
+    if reference is not None:
+        ys.append(reference[0])
+    x_low, x_high = 0.0, max(max(xs), 1e-9)
+    margin = 0.05 * (max(ys) - min(ys) or 1.0)
+    y_low, y_high = min(ys) - margin, max(ys) + margin
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (
+            left + (x - x_low) / (x_high - x_low) * (width - left - right),
+            top + (y_high - y) / (y_high - y_low) * (height - top - bottom),
+        )
+
+    draw.rectangle([left, top, width - right, height - bottom], outline=GRID_LINE)
+    for tick in np.linspace(x_low, x_high, 6):
+        x, _ = at(tick, y_low)
+        draw.line([(x, top), (x, height - bottom)], fill=GRID_LINE)
+        draw.text((x - 10, height - bottom + 4), f"{tick:.3g}", fill="black", font=font)
+    for tick in np.linspace(y_low + margin, y_high - margin, 5):
+        _, y = at(x_low, tick)
+        draw.line([(left, y), (width - right, y)], fill=GRID_LINE)
+        draw.text((4, y - 6), f"{tick:.4g}", fill="black", font=font)
+    if reference is not None:
+        value, label = reference
+        _, y = at(x_low, value)
+        for start in range(left, width - right, 12):  # dashed
+            draw.line([(start, y), (min(start + 6, width - right), y)], fill=ZERO_INK, width=2)
+        draw.text(
+            (width - right - 4 - draw.textlength(label, font=font), y - 15), label, fill="black", font=font
+        )
+    legend_y = top + 6
+    for index, (name, (line_xs, line_ys)) in enumerate(lines.items()):
+        colour = LINE_COLOURS[index % len(LINE_COLOURS)]
+        points = [at(float(x), float(y)) for x, y in zip(line_xs, line_ys, strict=True)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for x, y in points:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        draw.line([(left + 10, legend_y + 7), (left + 30, legend_y + 7)], fill=colour, width=3)
+        draw.text((left + 36, legend_y), name, fill="black", font=font)
+        legend_y += LINE_HEIGHT + 2
+    draw.text((width // 2 - 40, height - 18), x_label, fill="black", font=font)
+    draw.text((width - right - draw.textlength(y_label, font=font), 8), y_label, fill="black", font=font)
+    return picture

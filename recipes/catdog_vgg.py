@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from fmtk import Recipe
+from fmtk import Preset, Recipe
 from fmtk.data import load_catdog, photo_input
 from fmtk.models import vgg16_gap
 
@@ -38,4 +38,25 @@ recipe = Recipe(
     early_stopping_patience=8,  # the notebook's patience 7: it stops when its counter exceeds 7
     # data_cache: memory (decode once per run), file (and keep it for the next run), none (DataLoader).
     options={"image_size": 224, "flip_p": 0.3, "data_cache": "memory"},
+    presets={
+        "best": Preset(
+            "the same VGG with random-resized crops, flips, erasing, label smoothing, AdamW with "
+            "warm-up and cosine, EMA",
+            {
+                "optimizer": "AdamW",
+                "lr": 5e-4,
+                "weight_decay": 0.05,
+                "schedule": "cosine",
+                "warmup_epochs": 1.0,
+                "plateau_patience": None,
+                "early_stopping_patience": None,
+                "label_smoothing": 0.1,
+                "augment_flip": 0.5,
+                "augment_crop": 0.35,
+                "augment_erase": 0.25,
+                "ema_decay": 0.995,
+                "epochs": 40,
+            },
+        ),
+    },
 )

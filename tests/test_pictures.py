@@ -10,7 +10,15 @@ from PIL import ImageDraw
 from torch import nn
 
 from fmtk.data.batches import TensorBatches
-from fmtk.pictures import HEADING_HEIGHT, _font, confusion_picture, titled_grid
+from fmtk.pictures import (
+    HEADING_HEIGHT,
+    LINE_COLOURS,
+    ZERO_INK,
+    _font,
+    confusion_picture,
+    lines_picture,
+    titled_grid,
+)
 from fmtk.training.evaluation import Evaluation, run_pictures
 
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"]
@@ -154,3 +162,15 @@ def test_run_pictures_top_losses_names_its_split_and_uses_the_data_range(drawn_t
     assert "digits_mlp: most confidently wrong, valid split (best checkpoint)" in {t for _, t in drawn_texts}
     last_row_first_cell = np.asarray(pictures["top_losses"])[-128:, :128]
     assert last_row_first_cell.min() == 0 and last_row_first_cell.max() == 255
+
+
+def test_lines_picture_draws_each_line_in_its_colour_with_legend_and_reference(drawn_texts) -> None:
+    lines = {"faithful": ([10.0, 20.0, 30.0], [90.0, 92.0, 93.0]), "fast": ([5.0, 10.0], [91.0, 93.5])}
+    picture = lines_picture(lines, "fmnist_cnn", "training seconds", "valid accuracy %", (92.7, "notebook"))
+    texts = [text for _, text in drawn_texts]
+    assert {"fmnist_cnn", "faithful", "fast", "notebook", "training seconds"} <= set(texts)
+    pixels = np.asarray(picture).reshape(-1, 3)
+    for colour in LINE_COLOURS[:2]:
+        assert (pixels == colour).all(1).sum() > 100  # both lines and their legend marks
+    grey_rows = np.nonzero((np.asarray(picture) == ZERO_INK).all(2).sum(1) > 200)[0]
+    assert len(grey_rows) >= 1  # the dashed reference line, across the plot

@@ -156,7 +156,8 @@ MODERN = ["fmnist_dnn", "--epochs", "4", "--batch-size", "50", "--set", "plateau
           "--set", "schedule=cosine", "--set", "warmup_epochs=1", "--set", "label_smoothing=0.1",
           "--set", "optimizer=SGD", "--set", "lr=0.05", "--set", "optimizer_args=momentum:0.9,nesterov:true",
           "--set", "max_grad_norm=1.0", "--set", "ema_decay=0.9", "--set", "augment_shift=2",
-          "--set", "augment_erase=0.25", "--set", "augment_flip=0.5", "--set", "augment_crop=0.5"]  # fmt: skip
+          "--set", "augment_erase=0.25", "--set", "augment_flip=0.5",
+          "--set", "augment_crop=0.5"]  # fmt: skip
 
 
 def test_sigkill_then_resume_with_every_training_option_on(workspace: Path) -> None:

@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fmtk import build_run
 from fmtk import evaluate as fmtk_evaluate
 from fmtk.cli import cli
+from fmtk.data.augment import Augmentation
 from fmtk.errors import FmtkError
 from fmtk.models import FlipAveraged
 from fmtk.recipe import Preset, apply_overrides, apply_preset, load_recipe, recipe_from_config
@@ -205,14 +206,27 @@ def test_flip_averaging_is_what_testing_evaluate_and_predict_use(tmp_path: Path)
 
 def test_augmentation_reaches_the_training_split_only(tmp_path: Path) -> None:
     plain = build_run("digits_mlp", tmp_path / "plain", "cpu", echo=None)
-    run = build_run("digits_mlp", tmp_path / "aug", "cpu", echo=None, augment_shift=1, augment_erase=0.5)
-    assert (run.data.train.shift, run.data.train.erase_p) == (1, 0.5)
+    run = build_run("digits_mlp", tmp_path / "aug", "cpu", echo=None, augment_shift=1, augment_erase=0.5,
+                    augment_flip=0.5, augment_crop=0.6)  # fmt: skip
+    assert run.data.train.augmentation == Augmentation(flip_p=0.5, shift=1, erase_p=0.5, crop_scale=0.6)
     for split in ("valid", "test"):
-        assert (getattr(run.data, split).shift, getattr(run.data, split).erase_p) == (0, 0.0)
+        assert not getattr(run.data, split).augmentation.active
     (x, y), (xa, ya) = next(iter(plain.data.train)), next(iter(run.data.train))
     assert torch.equal(y, ya) and not torch.equal(x, xa)
     run.run()
     config = json.loads((tmp_path / "aug" / "config.json").read_text())
-    assert (config["augment_shift"], config["augment_erase"]) == (1, 0.5)
+    assert (config["augment_shift"], config["augment_erase"], config["augment_crop"]) == (1, 0.5, 0.6)
     with pytest.raises(FmtkError, match="augment_shift must be >= 0 pixels, got -1"):
         apply_overrides(load_recipe("digits_mlp"), {"augment_shift": "-1"})
+
+
+def test_catdog_best_preset_augments_photos_and_trains(catdog_root: Path, tmp_path: Path) -> None:
+    """The preset's crops, flips and erasing reach the photo batches (the data's own flip_p gives
+    way to augment_flip); cosine with warm-up and the EMA run on the image-folder path."""
+    run = build_run("catdog_vgg", tmp_path / "run", "cpu", catdog_root, echo=None, preset="best",
+                    image_size=32, epochs=2, batch_size=8)  # fmt: skip
+    assert run.data.train.augmentation == Augmentation(flip_p=0.5, erase_p=0.25, crop_scale=0.35)
+    assert not run.data.valid.augmentation.active
+    results = run.run()
+    assert results["epochs_run"] == 2 and run.recipe.ema_decay == 0.995
+    assert [row["lr"] for row in run.history][0] == pytest.approx(5e-6)  # warm-up from lr / 100

@@ -125,14 +125,18 @@ class Augmentation:
             drawn["flips"] = torch.rand(count, generator=generator, device=device) < self.flip_p
         if self.shift > 0:
             shape = (count, 2)
-            drawn["offsets"] = torch.randint(-self.shift, self.shift + 1, shape, generator=generator, device=device)
+            drawn["offsets"] = torch.randint(
+                -self.shift, self.shift + 1, shape, generator=generator, device=device
+            )
         if self.erase_p > 0:
             drawn["boxes"] = random_boxes(count, *image_size, self.erase_p, generator, device)
         if self.crop_scale > 0:
             drawn["crops"] = random_crops(count, self.crop_scale, generator, device)
         return drawn
 
-    def apply(self, x: torch.Tensor, drawn: dict[str, torch.Tensor], mine: slice | torch.Tensor) -> torch.Tensor:
+    def apply(
+        self, x: torch.Tensor, drawn: dict[str, torch.Tensor], mine: slice | torch.Tensor
+    ) -> torch.Tensor:
         """``x`` (a float batch) augmented with the parameters ``drawn[...][mine]`` of its samples."""
         if "flips" in drawn:
             x = flip_left_right(x, drawn["flips"][mine])

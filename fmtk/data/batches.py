@@ -107,6 +107,14 @@ class TensorBatches:
         whole.shuffle, whole.augmentation, whole.rank, whole.world_size = False, Augmentation(), 0, 1
         return whole
 
+    def take(self, index: torch.Tensor) -> TensorBatches:
+        """The samples at ``index``, in that order, as one unshuffled, unsharded batch that keeps
+        this split's augmentation (to look at what training sees)."""
+        taken = copy.copy(self)
+        taken.images, taken.labels, taken.batch_size = self.images[index], self.labels[index], len(index)
+        taken.shuffle, taken.rank, taken.world_size = False, 0, 1
+        return taken
+
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose permutation (and flips) the next iteration uses."""
         self.epoch = epoch

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from fmtk.data.augment import Augmentation
 from fmtk.data.batches import (
     DataSplits,
     TensorBatches,
@@ -26,7 +27,6 @@ from fmtk.data.batches import (
     scale_pixels,
     stratified_split,
 )
-from fmtk.data.augment import Augmentation
 from fmtk.errors import FmtkError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

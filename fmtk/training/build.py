@@ -153,7 +153,7 @@ def _assemble(
             "DataSplits(train, valid, test, classes)"
         )
     check_sharded({"train": data.train, "valid": data.valid, "test": data.test})
-    _augment(recipe, data)
+    augment_training_split(recipe, data)
     check_output_size(recipe.name, model, data, device)
     echo = echo if echo is not None and is_main_process() else _silent
     run = _create_engines(recipe, run_dir, device, data, model, speed, resume, echo)
@@ -166,7 +166,7 @@ def _assemble(
     return run
 
 
-def _augment(recipe: Recipe, data: DataSplits) -> None:
+def augment_training_split(recipe: Recipe, data: DataSplits) -> None:
     """The recipe's augmentation, on its training split only (a flip of 0 keeps the data's own)."""
     if not (recipe.augment_flip or recipe.augment_crop or recipe.augment_shift or recipe.augment_erase):
         return

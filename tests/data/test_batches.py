@@ -111,9 +111,7 @@ def test_random_crops_keep_to_their_area_and_ratio() -> None:
     assert ((centre_x.abs() <= 1 - width + 1e-6) & (centre_y.abs() <= 1 - height + 1e-6)).all()  # inside
 
 
-@pytest.mark.parametrize(
-    "augmentation", [{"shift": 2, "erase_p": 0.5}, {"flip_p": 0.5, "crop_scale": 0.3}]
-)
+@pytest.mark.parametrize("augmentation", [{"shift": 2, "erase_p": 0.5}, {"flip_p": 0.5, "crop_scale": 0.3}])
 def test_augmentation_changes_training_batches_only_and_repeats_per_epoch(augmentation: dict) -> None:
     generator = torch.Generator().manual_seed(1)
     images = torch.randint(1, 255, (64, 1, 12, 12), dtype=torch.uint8, generator=generator)

@@ -128,7 +128,7 @@ def test_dataloader_path_augments_training_batches_the_same_way_each_epoch(catdo
     plain = list(train)
     train.augmentation = Augmentation(crop_scale=0.3, shift=3, erase_p=0.5)
     first, again = list(train), list(train)
-    for (x, y), (xa, ya), (xb, yb) in zip(plain, first, again, strict=True):
+    for (x, y), (xa, ya), (xb, _) in zip(plain, first, again, strict=True):
         assert torch.equal(y, ya) and not torch.equal(x, xa) and torch.equal(xa, xb)
     train.set_epoch(1)
     assert not torch.equal(next(iter(train))[0], first[0][0])

@@ -166,3 +166,24 @@ def test_per_class_precision_recall_f1_equal_scikit_learns() -> None:
     )
     assert np.allclose(per_class["recall"], recall) and np.array_equal(per_class["count"], count)
     assert np.allclose(per_class["f1"][:3], f1[:3]) and per_class["f1"][3] == 0.0  # recall 0: F1 0
+
+
+def test_show_augmented_draws_the_samples_as_training_sees_them(real_data: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from fmtk.cli import cli
+
+    def show(*args: str):
+        return CliRunner().invoke(cli, ["show", *args, "-n", "8", "--data-dir", str(real_data)])
+
+    plain, augmented = tmp_path / "plain.png", tmp_path / "augmented.png"
+    assert show("fmnist_cnn", "--out", str(plain)).exit_code == 0
+    result = show("fmnist_cnn", "--preset", "best", "--augmented", "--out", str(augmented))
+    assert result.exit_code == 0, result.output
+    with Image.open(plain) as before, Image.open(augmented) as after:
+        assert before.size == after.size and np.asarray(before).tolist() != np.asarray(after).tolist()
+    refused = show("fmnist_cnn", "--augmented", "--split", "valid", "--out", str(tmp_path / "v.png"))
+    assert refused.exit_code == 1 and "--split valid is never augmented" in refused.output
+    refused = show("mnist_dnn", "--augmented", "--out", str(tmp_path / "m.png"))
+    assert refused.exit_code == 1 and "mnist_dnn augments nothing" in refused.output
+    assert not (tmp_path / "v.png").exists() and not (tmp_path / "m.png").exists()
