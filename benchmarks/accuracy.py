@@ -29,6 +29,7 @@ import torch
 import fmtk
 from fmtk.pictures import lines_picture
 from fmtk.recipe import load_recipe
+from fmtk.training.engines import SpeedOptions
 
 # The notebooks' test accuracy (catdog: at 224 px; the reduced CPU runs only compare the entries).
 NOTEBOOK_ACCURACY = {"mnist_dnn": 0.97, "fmnist_dnn": 0.877, "fmnist_cnn": 0.927, "catdog_vgg": 0.959}
@@ -46,10 +47,12 @@ def entries(recipe_name: str, catdog_size: int, catdog_epochs: int) -> dict[str,
     return found
 
 
-def measure(recipe_name: str, preset: str | None, values: dict, data_dir: Path, runs: Path) -> dict:
+def measure(
+    recipe_name: str, preset: str | None, values: dict, data_dir: Path, runs: Path, channels_last: bool
+) -> dict:
     started = time.perf_counter()
     result = fmtk.fit(recipe_name, preset=preset, device="cpu", data_dir=data_dir, output_dir=runs,
-                      quiet=True, **values)  # fmt: skip
+                      quiet=True, speed=SpeedOptions(channels_last=channels_last or None), **values)  # fmt: skip
     history = result.history
     return {
         "recipe": recipe_name, "preset": preset, "values": values, "epochs": len(history),
@@ -58,6 +61,7 @@ def measure(recipe_name: str, preset: str | None, values: dict, data_dir: Path, 
         "test_best": result.test["best"]["accuracy"], "test_last": result.test["last"]["accuracy"],
         "whole_seconds": time.perf_counter() - started, "run_dir": str(result.run_dir),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+        "channels_last": channels_last,
     }  # fmt: skip
 
 
@@ -78,11 +82,13 @@ def table(measured: dict[str, dict[str, dict]]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for recipe_name, rows in measured.items():
-        basic = rows.get("basic-epoch")
         for entry, row in rows.items():
+            # The faithful basic epoch in the same layout (default or channels-last).
+            basic = rows.get("basic-epoch (channels-last)" if row.get("channels_last") else "basic-epoch")
             seconds = sum(row["epoch_seconds"])
             reached = seconds_to(row, NOTEBOOK_ACCURACY[recipe_name])
-            ratio = f"{seconds / sum(basic['epoch_seconds']):.2f}" if basic and entry != "basic-epoch" else ""
+            is_basic = entry.startswith("basic-epoch")
+            ratio = f"{seconds / sum(basic['epoch_seconds']):.2f}" if basic and not is_basic else ""
             lines.append(
                 f"| {recipe_name} | {entry} | {row['epochs']} | {seconds:.1f} | {row['test_best']:.2%} | "
                 f"{row['test_last']:.2%} | {'-' if reached is None else f'{reached:.1f}'} | {ratio} |"
@@ -93,7 +99,7 @@ def table(measured: dict[str, dict[str, dict]]) -> str:
 def picture(recipe_name: str, rows: dict[str, dict], path: Path) -> None:
     lines = {}
     for entry, row in rows.items():
-        if entry == "basic-epoch":
+        if entry.startswith("basic-epoch"):
             continue
         elapsed, xs = 0.0, []
         for seconds in row["epoch_seconds"]:
@@ -118,6 +124,9 @@ def main() -> None:
     parser.add_argument("--catdog-epochs", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("runs/accuracy-benchmark"))
     parser.add_argument("--runs", type=Path, default=Path("runs/accuracy-benchmark/runs"))
+    parser.add_argument(
+        "--channels-last", action="store_true", help="train in channels-last (as --channels-last)"
+    )
     parser.add_argument("--report", action="store_true", help="train nothing: table and pictures of <out>")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -129,9 +138,12 @@ def main() -> None:
         for entry, (preset, values) in entries(recipe_name, args.catdog_size, args.catdog_epochs).items():
             if args.report or (args.entries and entry not in args.entries):
                 continue
-            rows[entry] = row = measure(recipe_name, preset, values, args.data_dir, args.runs)
+            key = f"{entry} (channels-last)" if args.channels_last else entry
+            rows[key] = row = measure(
+                recipe_name, preset, values, args.data_dir, args.runs, args.channels_last
+            )
             saved.write_text(json.dumps(measured, indent=1))
-            print(f"{recipe_name} {entry}: {sum(row['epoch_seconds']):.1f} s, {row['epochs']} epochs, "
+            print(f"{recipe_name} {key}: {sum(row['epoch_seconds']):.1f} s, {row['epochs']} epochs, "
                   f"test {row['test_best']:.2%} / {row['test_last']:.2%}", flush=True)  # fmt: skip
         if rows:
             picture(recipe_name, rows, args.out / f"{recipe_name}.png")

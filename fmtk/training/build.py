@@ -44,6 +44,7 @@ from fmtk.training.engines import (
 )
 from fmtk.training.handlers import (
     attach_early_stopping,
+    attach_ema,
     attach_epoch_log,
     attach_gradient_clipping,
     attach_lr_plateau,
@@ -275,7 +276,7 @@ def _create_engines(
     states = {"model": model, "optimizer": optimizer, "trainer": run.trainer, "scaler": scaler}
     states.update(random_state=RandomState(), run_info=RunInfo(recipe.name, model))
     if ema is not None:
-        ema.attach(run.trainer, name="ema_momentum", event=Events.ITERATION_COMPLETED)
+        attach_ema(run.trainer, ema, recipe.ema_decay)
         states[EMA_MODEL] = ema.ema_model
     for name, state in states.items():
         if state is not None:

@@ -11,7 +11,13 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import EarlyStopping, ProgressBar, ReduceLROnPlateauScheduler, global_step_from_engine
+from ignite.handlers import (
+    EarlyStopping,
+    EMAHandler,
+    ProgressBar,
+    ReduceLROnPlateauScheduler,
+    global_step_from_engine,
+)
 from ignite.handlers.tensorboard_logger import OptimizerParamsHandler, OutputHandler, TensorboardLogger
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
@@ -281,3 +287,24 @@ def attach_epoch_log(
         )
 
     return rows
+
+
+def ema_momentum(decay: float, iteration: int) -> float:
+    """The weight of the new weights in the EMA after step ``iteration``: ``1 - min(decay, (1 + t) /
+    (10 + t))``, the warm-up of TensorFlow's ExponentialMovingAverage(num_updates): early on the
+    average follows the model instead of holding its random start for ~1/(1 - decay) steps."""
+    return 1.0 - min(decay, (1 + iteration) / (10 + iteration))
+
+
+def attach_ema(trainer: Engine, ema: EMAHandler, decay: float) -> None:
+    """Update Ignite's ``ema`` after every step of ``trainer`` with :func:`ema_momentum`.
+
+    Ignite's own warm-up (``momentum_warmup``) counts steps in a scheduler the checkpoint does not
+    hold; this one is a function of the trainer's iteration, which a resumed run gets back.
+    """
+
+    def warm_up(engine: Engine) -> None:  # registered first: it sets the momentum the update reads
+        engine.state.ema_momentum = ema_momentum(decay, engine.state.iteration)
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, warm_up)
+    ema.attach(trainer, name="ema_momentum", event=Events.ITERATION_COMPLETED)
