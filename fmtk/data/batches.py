@@ -116,7 +116,7 @@ class TensorBatches:
         return taken
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose permutation (and flips) the next iteration uses."""
+        """Choose the epoch whose permutation (and augmentation) the next iteration uses."""
         self.epoch = epoch
 
     def _global_batches(self) -> list[tuple[int, int]]:

@@ -254,7 +254,11 @@ def _create_engines(
     extra_metrics = recipe.make_metrics()
     # The EMA copies the model as it is now: on its device, in its memory format, with the weights
     # of the checkpoint to resume from (its own averaged weights come back with the kept states).
-    ema = EMAHandler(model, momentum=1 - recipe.ema_decay) if recipe.ema_decay is not None else None
+    # handle_buffers="update": BatchNorm's running statistics are averaged like the weights (as
+    # timm's ModelEmaV2 does); Ignite's default copies the raw model's, which belong to other weights.
+    ema = None
+    if recipe.ema_decay is not None:
+        ema = EMAHandler(model, momentum=1 - recipe.ema_decay, handle_buffers="update")
     evaluated_model = ema.ema_model if ema is not None else model
     run = Run(
         recipe=recipe,
