@@ -223,10 +223,12 @@ def lines_picture(
         )
 
     draw.rectangle([left, top, width - right, height - bottom], outline=GRID_LINE)
-    for tick in np.linspace(x_low, x_high, 6):
+    for index, tick in enumerate(np.linspace(x_low, x_high, 6)):
         x, _ = at(tick, y_low)
         draw.line([(x, top), (x, height - bottom)], fill=GRID_LINE)
-        draw.text((x - 10, height - bottom + 4), f"{tick:.3g}", fill="black", font=font)
+        label = f"{tick:.0f}" if x_high >= 10 else f"{tick:.3g}"
+        shift = draw.textlength(label, font=font) * (index / 5)  # the last label ends at the edge
+        draw.text((x - shift, height - bottom + 4), label, fill="black", font=font)
     for tick in np.linspace(y_low + margin, y_high - margin, 5):
         _, y = at(x_low, tick)
         draw.line([(left, y), (width - right, y)], fill=GRID_LINE)
@@ -239,16 +241,23 @@ def lines_picture(
         draw.text(
             (width - right - 4 - draw.textlength(label, font=font), y - 15), label, fill="black", font=font
         )
-    legend_y = top + 6
-    for index, (name, (line_xs, line_ys)) in enumerate(lines.items()):
+    for index, (line_xs, line_ys) in enumerate(lines.values()):
         colour = LINE_COLOURS[index % len(LINE_COLOURS)]
         points = [at(float(x), float(y)) for x, y in zip(line_xs, line_ys, strict=True)]
         if len(points) > 1:
             draw.line(points, fill=colour, width=2)
         for x, y in points:
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        draw.line([(left + 10, legend_y + 7), (left + 30, legend_y + 7)], fill=colour, width=3)
-        draw.text((left + 36, legend_y), name, fill="black", font=font)
+    # The legend on white at the bottom right, where rising curves (accuracy) leave room.
+    legend_width = 46 + max((draw.textlength(name, font=font) for name in lines), default=0)
+    legend_left = width - right - 8 - legend_width
+    legend_y = height - bottom - 8 - len(lines) * (LINE_HEIGHT + 2)
+    draw.rectangle([legend_left, legend_y - 4, width - right - 8, height - bottom - 6], fill="white",
+                   outline=GRID_LINE)  # fmt: skip
+    for index, name in enumerate(lines):
+        colour = LINE_COLOURS[index % len(LINE_COLOURS)]
+        draw.line([(legend_left + 6, legend_y + 7), (legend_left + 26, legend_y + 7)], fill=colour, width=3)
+        draw.text((legend_left + 32, legend_y), name, fill="black", font=font)
         legend_y += LINE_HEIGHT + 2
     draw.text((width // 2 - 40, height - 18), x_label, fill="black", font=font)
     draw.text((width - right - draw.textlength(y_label, font=font), 8), y_label, fill="black", font=font)

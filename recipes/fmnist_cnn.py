@@ -55,25 +55,5 @@ recipe = Recipe(
                 "epochs": 8,
             },
         ),
-        "best": Preset(
-            "the improved CNN past the notebook: flips, shifts, erasing, AdamW, one-cycle, label "
-            "smoothing, EMA, test-time flips",
-            {
-                "optimizer": "AdamW",
-                "lr": 4e-3,
-                "weight_decay": 5e-4,
-                "batch_size": 64,
-                "schedule": "onecycle",
-                "plateau_patience": None,
-                "early_stopping_patience": None,
-                "label_smoothing": 0.1,
-                "augment_flip": 0.5,
-                "augment_shift": 2,
-                "augment_erase": 0.1,
-                "ema_decay": 0.999,
-                "tta_flip": True,
-                "epochs": 15,
-            },
-        ),
     },
 )
