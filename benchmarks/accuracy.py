@@ -51,8 +51,9 @@ def measure(
     recipe_name: str, preset: str | None, values: dict, data_dir: Path, runs: Path, channels_last: bool
 ) -> dict:
     started = time.perf_counter()
+    speed = SpeedOptions(channels_last=channels_last or None)  # None: the device's default layout
     result = fmtk.fit(recipe_name, preset=preset, device="cpu", data_dir=data_dir, output_dir=runs,
-                      quiet=True, speed=SpeedOptions(channels_last=channels_last or None), **values)  # fmt: skip
+                      quiet=True, speed=speed, **values)  # fmt: skip
     history = result.history
     return {
         "recipe": recipe_name, "preset": preset, "values": values, "epochs": len(history),

@@ -37,3 +37,21 @@ def test_speed_fmtk_figure_leaves_out_what_follows_each_round() -> None:
     summary = speed.summarise(measured, warmup=1)
     assert summary["fmtk"]["min"] <= summary["fmtk"]["median"] <= summary["fmtk"]["max"]
     assert len(summary["fmtk"]["ratio"]) == 3 and "ratio" not in summary["plain"]
+
+
+def test_accuracy_rows_table_and_picture(tmp_path: Path) -> None:
+    """benchmarks/accuracy.py: one row per entry from the run's own epoch figures; the time to an
+    accuracy is the sum of the epochs up to the first that reached it; a picture per recipe."""
+    accuracy = load_benchmark("accuracy")
+    row = accuracy.measure("digits_mlp", None, {"epochs": 3}, Path("unused"), tmp_path / "runs", False)
+    assert row["epochs"] == 3 and len(row["epoch_seconds"]) == len(row["valid_accuracy"]) == 3
+    assert 0 < row["test_best"] <= 1 and row["channels_last"] is False
+    first = row["valid_accuracy"][0]
+    assert accuracy.seconds_to(row, first) == row["epoch_seconds"][0]
+    assert accuracy.seconds_to(row, 1.01) is None
+    basic = {**row, "epochs": 1, "epoch_seconds": row["epoch_seconds"][:1], "valid_accuracy": [first]}
+    table = accuracy.table({"fmnist_cnn": {"faithful": row, "basic-epoch": basic}})
+    ratio = sum(row["epoch_seconds"]) / row["epoch_seconds"][0]
+    assert "| fmnist_cnn | faithful | 3 |" in table and table.splitlines()[2].endswith(f"| {ratio:.2f} |")
+    accuracy.picture("fmnist_cnn", {"faithful": row, "basic-epoch": basic}, tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 1000
