@@ -178,7 +178,8 @@ def test_show_augmented_draws_the_samples_as_training_sees_them(real_data: Path,
 
     plain, augmented = tmp_path / "plain.png", tmp_path / "augmented.png"
     assert show("fmnist_cnn", "--out", str(plain)).exit_code == 0
-    result = show("fmnist_cnn", "--preset", "best", "--augmented", "--out", str(augmented))
+    result = show("fmnist_cnn", "--set", "augment_shift=2", "--set", "augment_erase=0.5", "--augmented",
+                  "--out", str(augmented))  # fmt: skip
     assert result.exit_code == 0, result.output
     with Image.open(plain) as before, Image.open(augmented) as after:
         assert before.size == after.size and np.asarray(before).tolist() != np.asarray(after).tolist()
