@@ -28,7 +28,7 @@ import torch
 
 import fmtk
 from fmtk.pictures import lines_picture
-from fmtk.recipe import load_recipe
+from fmtk.recipe_loading import load_recipe
 from fmtk.training.engines import SpeedOptions
 
 # The notebooks' test accuracy (catdog: at 224 px; the reduced CPU runs only compare the entries).

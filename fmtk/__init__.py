@@ -20,7 +20,7 @@ from fmtk.version import __version__
 
 _LAZY = {
     "fit": "fmtk.api", "evaluate": "fmtk.api", "predict": "fmtk.api", "Result": "fmtk.api",
-    "Recipe": "fmtk.recipe", "Preset": "fmtk.recipe", "load_recipe": "fmtk.recipe",
+    "Recipe": "fmtk.recipe", "Preset": "fmtk.recipe", "load_recipe": "fmtk.recipe_loading",
     "make_run_dir": "fmtk.runfolder",
     "DataSplits": "fmtk.data.batches", "TensorBatches": "fmtk.data.batches",
     "build_run": "fmtk.training.build", "Run": "fmtk.training.run", "Evaluation": "fmtk.training.evaluation",

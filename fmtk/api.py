@@ -7,8 +7,9 @@ a run's checkpoints.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from fmtk.device import resolve_device
+from fmtk.errors import FmtkError
 from fmtk.launcher import resolve_handler
-from fmtk.recipe import Recipe, load_recipe
-from fmtk.runfolder import discard_failed_start, make_run_dir, read_config
-from fmtk.training.build import build_run
-from fmtk.training.engines import SpeedOptions, resolve_device
+from fmtk.recipe import Recipe
+from fmtk.recipe_loading import data_root, resolve_recipe
+from fmtk.runfolder import run_folder
+from fmtk.training.build import assemble_run
+from fmtk.training.engines import SpeedOptions
 from fmtk.training.evaluation import Evaluation, evaluate_run, load_trained_model, predict_files
 from fmtk.training.run import Run
 
@@ -83,25 +87,60 @@ def fit(
 
     A run stopped by an error or Ctrl-C before its first checkpoint leaves no run folder behind.
     """
-    given = recipe if isinstance(recipe, Recipe) else str(recipe)
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(given)
-    attachers = [resolve_handler(h) if isinstance(h, str) else h for h in handlers]
-    existed = run_dir is not None and Path(run_dir).is_dir()
-    folder = make_run_dir(Path(output_dir), recipe.name, Path(run_dir) if run_dir is not None else None)
-    shown = f"Recipe(name={recipe.name!r}, ...)" if isinstance(given, Recipe) else repr(given)
-    given_preset = {"preset": preset} if preset is not None else {}
-    arguments = ", ".join([shown, *(f"{k}={v!r}" for k, v in {**given_preset, **overrides}.items())])
-    try:
-        run = build_run(recipe, folder, device, data_dir, None if quiet else print, speed=speed,
-                        progress=False if quiet else progress, command=f"fmtk.fit({arguments})",
-                        preset=preset, **overrides)  # fmt: skip
-        for attach in attachers:
-            attach(run)
+    given = {"preset": preset} if preset is not None else {}
+    shown = f"Recipe(name={recipe.name!r}, ...)" if isinstance(recipe, Recipe) else repr(str(recipe))
+    arguments = ", ".join([shown, *(f"{k}={v!r}" for k, v in {**given, **overrides}.items())])
+    recipe = resolve_recipe(recipe, preset, overrides)
+    attachers = [_handler(handler) for handler in handlers]
+    if speed is not None and not isinstance(speed, SpeedOptions):
+        raise FmtkError(f"speed={speed!r}: expected a fmtk.SpeedOptions, e.g. SpeedOptions(precision='bf16')")
+    device = resolve_device(device)
+    # Ctrl-C too removes the folder: before the first checkpoint there is nothing to resume.
+    held = run_folder(run_dir, output_dir=Path(output_dir), recipe_name=recipe.name)
+    with held as folder, _ignite_quiet(quiet):
+        run = assemble_run(
+            recipe,
+            folder,
+            device,
+            data_root(data_dir),
+            None if quiet else print,
+            speed=speed,
+            progress=False if quiet else progress,
+            command=f"fmtk.fit({arguments})",
+        )
+        try:
+            for attach in attachers:
+                attach(run)
+        except BaseException:
+            run.close_loggers()
+            raise
         results = run.run()
-    except BaseException:  # Ctrl-C too: before the first checkpoint there is nothing to resume
-        discard_failed_start(folder, existed, chosen_folder=run_dir is not None)
-        raise
     return Result(folder, list(run.history), results["test"], run.model, "best", results, run)
+
+
+def _handler(handler: Any) -> Callable[[Run], None]:
+    """A handler given to :func:`fit`: a function of the run, or a ``"module:function"`` reference."""
+    if isinstance(handler, str):
+        return resolve_handler(handler)
+    if not callable(handler):
+        raise FmtkError(
+            f"handlers: {handler!r} is neither a function of the run nor a 'module:function' string"
+        )
+    return handler
+
+
+@contextlib.contextmanager
+def _ignite_quiet(quiet: bool) -> Iterator[None]:
+    """With ``quiet``, Ignite's own log lines ("Engine run is terminating due to exception") are
+    not printed either: the error itself reaches the caller."""
+    logger = logging.getLogger("ignite")
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def evaluate(
@@ -119,10 +158,10 @@ def evaluate(
     ``recipe``: the recipe object the run was made with, needed when fmtk cannot load it again
     (one made in Python, e.g. with a lambda model); the run's values are applied to it.
     """
-    device = resolve_device(device)
-    if data_dir is None:  # the data the run trained on, else $FMTK_DATA, else ./data
-        data_dir = read_config(Path(run_dir)).get("data_dir") or os.environ.get("FMTK_DATA") or "data"
-    return evaluate_run(Path(run_dir), checkpoint, split, Path(data_dir), device, recipe)[2]
+    device = resolve_device(device)  # the data the run trained on by default, else $FMTK_DATA, else ./data
+    return evaluate_run(Path(run_dir), checkpoint, split, data_root(data_dir, Path(run_dir)), device, recipe)[
+        2
+    ]
 
 
 def predict(

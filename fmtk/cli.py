@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -16,16 +17,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from fmtk.choices import BACKENDS, PRECISIONS
-from fmtk.errors import FmtkError, one_line
+from fmtk.errors import FmtkError, Interrupted, one_line
 from fmtk.runfolder import (
     BEST,
     CONFIG,
     LAST,
-    LAST_EPOCH,
     confusion_name,
     picture_path,
-    read_config,
-    read_results,
 )
 
 if TYPE_CHECKING:
@@ -42,12 +40,14 @@ class _Group(click.Group):
             line = one_line(error)
             if line is None:
                 raise
-            raise click.ClickException(line) from None
+            if line:  # (an error another process printed already has none)
+                click.echo(line if isinstance(error, Interrupted) else f"Error: {line}", err=True)
+            sys.exit(getattr(error, "exit_code", 1))
 
 
 # Options several commands share, declared once.
 data_dir_option = click.option(
-    "--data-dir", type=click.Path(path_type=Path), envvar="FMTK_DATA", default=None,
+    "--data-dir", type=click.Path(path_type=Path), default=None,
     help="Data root [default: the run's own (evaluate, --resume, --config), else $FMTK_DATA, else ./data].",
 )  # fmt: skip
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -73,7 +73,7 @@ def cli() -> None:
 @cli.command("list")
 def list_recipes() -> None:
     """The bundled recipes, one line each."""
-    from fmtk.recipe import bundled_recipe_names, load_recipe
+    from fmtk.recipe_loading import bundled_recipe_names, load_recipe
 
     for name in bundled_recipe_names():
         recipe = load_recipe(name)
@@ -95,9 +95,9 @@ def parse_settings(settings: tuple[str, ...]) -> dict[str, str]:
 
 def recipe_with_settings(recipe_name: str, settings: tuple[str, ...], preset: str | None = None) -> Recipe:
     """The recipe named on the command line with its ``--preset`` and ``--set`` values."""
-    from fmtk.recipe import apply_overrides, apply_preset, load_recipe
+    from fmtk.recipe_loading import resolve_recipe
 
-    return apply_overrides(apply_preset(load_recipe(recipe_name), preset), parse_settings(settings))
+    return resolve_recipe(recipe_name, preset, parse_settings(settings))
 
 
 def check_run_folder(command: str, run_dir: Path) -> None:
@@ -105,48 +105,6 @@ def check_run_folder(command: str, run_dir: Path) -> None:
         raise FmtkError(f"fmtk {command} {run_dir}: no such run folder")
     if not (run_dir / CONFIG).is_file():
         raise FmtkError(f"fmtk {command} {run_dir}: not a run folder (it has no {CONFIG})")
-
-
-def run_data_dir(given: Path | None, run_dir: Path | None) -> Path:
-    """--data-dir as typed, else the data root the run in ``run_dir`` trained on, else $FMTK_DATA,
-    else ./data. (click gives $FMTK_DATA as the option's value; its source tells them apart.)"""
-    typed = (
-        click.get_current_context().get_parameter_source("data_dir") == click.core.ParameterSource.COMMANDLINE
-    )
-    if given is not None and typed:
-        return given
-    recorded = read_config(run_dir).get("data_dir") if run_dir is not None and run_dir.exists() else None
-    if isinstance(recorded, str):
-        return Path(recorded)
-    return given if given is not None else Path("data")
-
-
-def check_epochs_ahead(run_dir: Path, epochs: int | None) -> None:
-    """``--resume --epochs N`` may raise the limit, never put it below the epochs already run."""
-    done = [
-        int(m.group(1))
-        for path in run_dir.glob("last_checkpoint_*.pt")
-        if (m := LAST_EPOCH.fullmatch(path.name))
-    ]
-    if epochs is not None and done and epochs < max(done):
-        raise FmtkError(
-            f"--epochs {epochs}: {run_dir} has already run {max(done)} epochs; give more to go on"
-        )
-
-
-def finished_message(run_dir: Path, epochs: int) -> str | None:
-    """Why a run folder has nothing left to resume, or None."""
-    results = read_results(run_dir)
-    if results is None:
-        return None
-    if results.get("stopped_early"):
-        return f"{run_dir} is finished: early stopping ended it at epoch {results['epochs_run']}"
-    if results.get("epochs_run", 0) >= epochs:
-        done = results["epochs_run"]
-        return (
-            f"{run_dir} is finished ({done} of {epochs} epochs); pass --epochs with more than {done} to go on"
-        )
-    return None
 
 
 @cli.command()
@@ -206,7 +164,9 @@ def run(
     With --resume RUN_DIR instead of RECIPE, continue that run where its last checkpoint left off;
     with --config RUN_DIR/config.json, train that run's recipe and values again in a new folder.
     """
+    from fmtk.device import resolve_device
     from fmtk.launcher import RunRequest, train
+    from fmtk.recipe_loading import data_root
     from fmtk.training.engines import SpeedOptions
 
     if sum(given is not None for given in (recipe_name, resume, config)) != 1:
@@ -215,7 +175,7 @@ def run(
         )
     request = RunRequest(
         recipe_name=recipe_name, config=config, resume=resume, output_dir=output_dir, run_dir=run_dir,
-        data_dir=run_data_dir(data_dir, resume or config), device=device,
+        data_dir=data_root(data_dir, resume or config), device=resolve_device(device),
         speed=SpeedOptions(precision, channels_last, compile_model),
         handlers=handlers, nproc_per_node=nproc_per_node, backend=backend,
         command=shlex.join(["fmtk", *sys.argv[1:]]),
@@ -226,22 +186,14 @@ def run(
         if changed:
             raise FmtkError(f"--resume keeps the run's recipe; {', '.join(changed)} cannot change it")
         request.epochs = epochs
-        check_epochs_ahead(resume, epochs)
-        finished = finished_message(resume, request.recipe().epochs)
-        if finished:
-            from fmtk.distributed import is_main_process
-
-            if is_main_process():
-                click.echo(finished)
-            return
     else:
         if preset is not None and config is not None:
             raise FmtkError("--preset with --config: the run's values already hold its preset; use --set")
         request.preset = preset
         request.overrides = parse_settings(settings)
         flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
-        request.overrides.update({key: str(value) for key, value in flags.items() if value is not None})
-    train(request)
+        request.overrides.update({key: value for key, value in flags.items() if value is not None})
+    train(request, click.echo)
 
 
 @cli.command()
@@ -259,12 +211,14 @@ def evaluate(run_dir: Path, checkpoint: str, split: str, data_dir: Path, device:
     import numpy as np
     from torch.utils.tensorboard import SummaryWriter
 
-    from fmtk.training.engines import resolve_device
+    from fmtk.device import resolve_device
+    from fmtk.recipe_loading import data_root
     from fmtk.training.evaluation import evaluate_run
 
     check_run_folder("evaluate", run_dir)
-    data_dir = run_data_dir(data_dir, run_dir)
-    recipe, path, result = evaluate_run(run_dir, checkpoint, split, data_dir, resolve_device(device))
+    recipe, path, result = evaluate_run(
+        run_dir, checkpoint, split, data_root(data_dir, run_dir), resolve_device(device)
+    )
     click.echo(f"{recipe.name}, {path.name}, {split} split")
     click.echo(result.table())
     stem = confusion_name(checkpoint if checkpoint in (BEST, LAST) else path.stem, split)
@@ -291,7 +245,7 @@ def predict(
     run_dir: Path, images: tuple[Path, ...], checkpoint: str, top: int, as_json: bool, device: str
 ) -> None:
     """The predicted class and its probability for each IMAGE (PNG/JPEG, any mode and size)."""
-    from fmtk.training.engines import resolve_device
+    from fmtk.device import resolve_device
     from fmtk.training.evaluation import load_trained_model, predict_files
 
     check_run_folder("predict", run_dir)
@@ -331,8 +285,9 @@ def lr_find(
 ) -> None:
     """Train RECIPE's model with the LR rising each step (Ignite's FastaiLRFinder); print the
     suggested LR and draw the loss against the LR. Writes no run folder and no checkpoint."""
+    from fmtk.device import resolve_device
     from fmtk.lr_finder import find_lr, save_lr_picture
-    from fmtk.training.engines import resolve_device
+    from fmtk.recipe_loading import data_root
 
     recipe = recipe_with_settings(recipe_name, settings, preset)
     out = out or Path(f"{recipe.name}_lr_find.png")
@@ -340,7 +295,9 @@ def lr_find(
         raise FmtkError(f"{out} exists; choose another --out (nothing was overwritten)")
     if not out.parent.is_dir():
         raise FmtkError(f"--out {out}: no folder {out.parent}")
-    finding = find_lr(recipe, data_dir or Path("data"), resolve_device(device), steps, start_lr, end_lr)
+    if not os.access(out.parent, os.W_OK):  # refused before training, not after
+        raise FmtkError(f"--out {out}: cannot write it (the folder {out.parent} is not writable)")
+    finding = find_lr(recipe, data_root(data_dir), resolve_device(device), steps, start_lr, end_lr)
     title = f"{recipe.name}{f' --preset {preset}' if preset else ''}: LR finder, {len(finding.lrs)} steps"
     save_lr_picture(finding, out, title)
     ended = "diverged" if finding.diverged else f"had not diverged by lr {end_lr:g}"
@@ -384,7 +341,8 @@ def show(
 
     from fmtk.data.batches import TensorBatches
     from fmtk.pictures import titled_grid
-    from fmtk.training.build import augment_training_split
+    from fmtk.recipe_loading import data_root
+    from fmtk.training.parts import load_data
 
     recipe = recipe_with_settings(recipe_name, settings, preset)
     if augmented and split != "train":
@@ -392,10 +350,9 @@ def show(
     out = out or Path(f"{recipe.name}_{split}_samples.png")
     if out.exists():
         raise FmtkError(f"{out} exists; choose another --out (nothing was overwritten)")
-    data = recipe.call("data", data_dir or Path("data"), torch.device("cpu"))
+    data = load_data(recipe, data_root(data_dir), torch.device("cpu"))
     if not all(isinstance(getattr(data, name), TensorBatches) for name in ("train", "valid", "test")):
         raise FmtkError(f"fmtk show needs in-memory TensorBatches splits; {recipe.name} has other ones")
-    augment_training_split(recipe, data)
     if augmented and not data.train.augmentation.active:
         raise FmtkError(f"--augmented: {recipe.name} augments nothing; set augment_* or a --preset")
     for name in ("train", "valid", "test"):
@@ -424,11 +381,11 @@ def show(
 def runs(folder: Path, sort_key: str, as_json: bool) -> None:
     """The runs under FOLDER (default ./runs) as one table: recipe, changed values, epochs, best
     valid accuracy, test accuracy of the best and last checkpoints, training time, state."""
-    from fmtk.runs import format_runs_table, list_runs, sort_runs
+    from fmtk.runs import format_runs_table, list_runs, runs_as_json, sort_runs
 
     rows = sort_runs(list_runs(folder), sort_key)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(runs_as_json(rows))
     elif not rows:
         click.echo(f"no runs under {folder}")
     else:

@@ -12,7 +12,18 @@ TRACEBACK_VARIABLE = "FMTK_TRACEBACK"  # set to 1: errors in user code keep thei
 
 
 class FmtkError(Exception):
-    """A user-facing error: the CLI prints its message as one line and exits non-zero."""
+    """A user-facing error: the CLI prints its message as one line and exits with ``exit_code``."""
+
+    def __init__(self, message: str = "", exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Interrupted(FmtkError):
+    """Ctrl-C (or a kill) stopped a run; the message says how to go on. Exit code 130."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exit_code=130)
 
 
 def _library_folders() -> tuple[str, ...]:

@@ -1,5 +1,9 @@
 """What ``fmtk run`` does: in this process, in ``--nproc-per-node`` spawned ones, or in each
-process ``torchrun`` started. Everything a process needs travels as one picklable ``RunRequest``."""
+process ``torchrun`` started. Everything a process needs travels as one picklable ``RunRequest``.
+
+The launcher raises (:class:`~fmtk.errors.FmtkError`, :class:`~fmtk.errors.Interrupted`) and
+prints through the ``echo`` it is given; the command line turns both into output and exit codes.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,10 @@ import logging
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-import click
 import ignite.distributed as idist
 import torch
 
@@ -26,49 +30,51 @@ from fmtk.distributed import (
     torchrun_world_size,
     under_torchrun,
 )
-from fmtk.errors import FmtkError, one_line
-from fmtk.recipe import Recipe, apply_overrides, apply_preset, load_recipe, recipe_from_config
+from fmtk.errors import FmtkError, Interrupted, one_line
+from fmtk.recipe import Recipe, apply_overrides
+from fmtk.recipe_loading import recipe_from_config, resolve_recipe
 from fmtk.runfolder import (
-    discard_failed_start,
+    LAST_EPOCH,
     find_last_checkpoint,
     has_checkpoint,
-    make_run_dir,
     read_config,
+    read_results,
+    run_folder,
 )
-from fmtk.runs import lock_run
-from fmtk.training.build import build_run
-from fmtk.training.engines import SpeedOptions, resolve_device
+from fmtk.training.build import assemble_run
+from fmtk.training.engines import SpeedOptions
 
 
 @dataclass
 class RunRequest:
-    """One ``fmtk run`` command: the recipe (by name or file, with overrides) or the run to resume,
-    and where and how to train."""
+    """One ``fmtk run`` command: the recipe (by name or file, with its preset and typed overrides),
+    a run's config.json to train again, or the run to resume; and where and how to train."""
 
     recipe_name: str | None = None
-    overrides: dict[str, str] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)  # --set text and typed flags (epochs=3)
     preset: str | None = None  # one of the recipe's presets, applied before the overrides
     config: Path | None = None  # instead of recipe_name: a run's config.json (or its folder) to train again
     resume: Path | None = None
     epochs: int | None = None  # with resume only; a new run's epochs are among the overrides
     data_dir: Path = Path("data")
     output_dir: Path = Path("runs")
-    run_dir: Path | None = None
-    device: str = "auto"
+    run_dir: Path | None = None  # the exact folder of a new run; the one made, once it is made
+    device: torch.device = torch.device("cpu")
     speed: SpeedOptions = field(default_factory=SpeedOptions)
     handlers: tuple[str, ...] = ()
     nproc_per_node: int = 1
     backend: str | None = None
-    folder_ready: bool = False  # run_dir (or resume) exists and is this run's: made before spawning
+    folder_ready: bool = False  # run_dir exists and the launching process holds it (spawned processes)
     error_dir: str | None = None  # spawned processes write their error here for the launcher to print
     command: str | None = None  # the command line, for config.json
 
     def recipe(self) -> Recipe:
+        """The recipe this request trains (each process loads it itself)."""
         if self.resume is not None:
             return recipe_from_config(read_config(self.resume), self.epochs)
         if self.config is not None:
             return apply_overrides(recipe_from_config(read_config(self.config)), self.overrides)
-        return apply_overrides(apply_preset(load_recipe(self.recipe_name), self.preset), self.overrides)
+        return resolve_recipe(self.recipe_name, self.preset, self.overrides)
 
     def checkpoint(self) -> Path | None:
         """The last checkpoint to resume from (None: a new run, or a resumed one that has no
@@ -101,83 +107,129 @@ def resolve_handler(reference: str) -> Callable:
     return function
 
 
-def train(request: RunRequest) -> None:
-    """Carry out ``request`` in as many processes as it asks for; every error is an FmtkError,
-    Ctrl-C exits 130 with a line saying how to resume."""
+def check_epochs_ahead(run_dir: Path, epochs: int | None) -> None:
+    """``--resume --epochs N`` may raise the limit, never put it below the epochs already run."""
+    done = [
+        int(m.group(1))
+        for path in run_dir.glob("last_checkpoint_*.pt")
+        if (m := LAST_EPOCH.fullmatch(path.name))
+    ]
+    if epochs is not None and done and epochs < max(done):
+        raise FmtkError(
+            f"--epochs {epochs}: {run_dir} has already run {max(done)} epochs; give more to go on"
+        )
+
+
+def finished_message(run_dir: Path, epochs: int) -> str | None:
+    """Why a run folder has nothing left to resume, or None."""
+    results = read_results(run_dir)
+    if results is None:
+        return None
+    if results.get("stopped_early"):
+        return f"{run_dir} is finished: early stopping ended it at epoch {results['epochs_run']}"
+    if results.get("epochs_run", 0) >= epochs:
+        ran = results["epochs_run"]
+        return (
+            f"{run_dir} is finished ({ran} of {epochs} epochs); pass --epochs with more than {ran} to go on"
+        )
+    return None
+
+
+def train(request: RunRequest, echo: Callable[[str], None] = print) -> None:
+    """Carry out ``request`` in as many processes as it asks for. Mistakes raise FmtkError before any
+    process starts; Ctrl-C raises :class:`~fmtk.errors.Interrupted` saying how to resume."""
+    if request.resume is not None:
+        check_epochs_ahead(request.resume, request.epochs)
     recipe = request.recipe()  # a bad recipe, override or handler fails here, before any process starts
-    for reference in request.handlers:
-        resolve_handler(reference)
-    device = resolve_device(request.device)
+    if request.resume is not None:
+        finished = finished_message(request.resume, recipe.epochs)
+        if finished:
+            if is_main_process():
+                echo(finished)
+            return
+    attachers = [resolve_handler(reference) for reference in request.handlers]
     if under_torchrun() and request.nproc_per_node > 1:
         raise FmtkError("under torchrun, give --nproc-per-node to torchrun, not to fmtk run")
+    backend = None
     if request.nproc_per_node > 1 or under_torchrun():
-        backend = choose_backend(request.backend, request.device)
+        backend = choose_backend(request.backend, request.device.type)
         world_size = request.nproc_per_node if request.nproc_per_node > 1 else torchrun_world_size()
         check_global_batch(recipe.batch_size, world_size)  # before any process starts
     elif request.backend is not None:
         raise FmtkError("--backend needs --nproc-per-node 2 or more (or torchrun)")
     if under_torchrun():  # this process is one rank of the group; rank 0 makes the run folder
-        launch(_run_or_exit, request, None, backend)
+        launch(run_process, request, None, backend)
         return
-    existed = request.run_dir is not None and Path(request.run_dir).is_dir()  # an empty folder given
-    folder = request.resume or make_run_dir(request.output_dir, recipe.name, request.run_dir)
-    lock = lock_run(folder)  # for the whole run, before anything is written; refused: nothing touched
-    chosen_folder = request.run_dir is not None
-    request.run_dir, request.folder_ready = folder, True
-    click.echo(f"run folder: {folder}")
+    held = run_folder(
+        request.resume or request.run_dir,
+        output_dir=request.output_dir,
+        recipe_name=recipe.name,
+        reuse=request.resume is not None,
+        keep_when_interrupted=True,
+    )
+    folder = None
     try:
-        if request.nproc_per_node > 1:
-            from torch.multiprocessing import ProcessExitedException
-
-            with tempfile.TemporaryDirectory(prefix="fmtk-errors-") as errors:
-                request.error_dir = errors
-                try:
-                    launch(_run_or_exit, request, request.nproc_per_node, backend)
-                except ProcessExitedException as failure:
-                    _echo_first_error(Path(errors))
-                    _discard_new_run(request, folder, chosen_folder, existed)
-                    sys.exit(failure.exit_code or 1)
-        else:
-            run_in_process(request, device)
-    except Exception:  # noqa: BLE001 - whatever failed, a run folder this command made and that holds no checkpoint goes
-        _discard_new_run(request, folder, chosen_folder, existed)
-        raise
+        with held as folder:
+            echo(f"run folder: {folder}")
+            if request.nproc_per_node > 1:
+                _spawn(replace(request, run_dir=folder, folder_ready=True), backend)
+            else:
+                _run(request, recipe, attachers, folder, echo)
     except KeyboardInterrupt:
-        _interrupted(folder)
-    finally:
-        lock.close()
-    click.echo(f"run folder: {folder}")
+        if folder is None:
+            raise
+        raise _interrupted(folder) from None  # after the hold: the folder is kept, to be resumed
+    echo(f"run folder: {folder}")
 
 
-def run_in_process(request: RunRequest, device: torch.device) -> None:
-    """Build and run the requested run in this process (one rank, or the only process)."""
-    recipe = request.recipe()
-    attachers = [resolve_handler(reference) for reference in request.handlers]
-    folder = request.run_dir
-    if not request.folder_ready:  # under torchrun: rank 0 creates the folder and tells the others
-        folder = ""
-        if is_main_process():
-            folder = request.resume or make_run_dir(request.output_dir, recipe.name, request.run_dir)
-            click.echo(f"run folder: {folder}")
-        folder = Path(idist.broadcast(str(folder), src=0, safe_mode=True))
-        request.run_dir = folder  # this process's copy: for the Ctrl-C message
-    checkpoint = request.checkpoint()
-    restart = request.resume is not None and checkpoint is None
-    # The launching process holds the run folder's lock when it made the folder (folder_ready).
-    run = build_run(recipe, folder, device, request.data_dir, click.echo, checkpoint, request.speed,
-                    command=request.command, restart=restart, take_lock=not request.folder_ready)  # fmt: skip
-    for attach in attachers:
-        attach(run)
+def _run(
+    request: RunRequest, recipe: Recipe, attachers: list[Callable], folder: Path, echo: Callable[[str], None]
+) -> None:
+    """Build the requested run in ``folder`` and train it in this process (one rank, or the only one)."""
+    run = assemble_run(
+        recipe,
+        folder,
+        request.device,
+        request.data_dir,
+        echo,
+        request.checkpoint(),
+        request.speed,
+        command=request.command,
+    )
+    try:
+        for attach in attachers:
+            attach(run)
+    except BaseException:
+        run.close_loggers()
+        raise
     run.run()
 
 
-def _run_or_exit(local_rank: int, request: RunRequest) -> None:
-    """One of several processes: an error or Ctrl-C is printed once (by rank 0), then every
-    process exits with its code, which the launcher passes on."""
+def _spawn(request: RunRequest, backend: str) -> None:
+    """Train in ``request.nproc_per_node`` spawned processes; the first error is raised here."""
+    from torch.multiprocessing import ProcessExitedException
+
+    with tempfile.TemporaryDirectory(prefix="fmtk-errors-") as errors:
+        try:
+            launch(run_process, replace(request, error_dir=errors), request.nproc_per_node, backend)
+        except ProcessExitedException as failure:
+            # Not printed by rank 0 itself: the first process to fail makes torch's spawn stop the
+            # others, rank 0 perhaps before it could print. Each process leaves its error; the lowest
+            # rank's is shown (none: fmtk's own bug, whose traceback the process printed).
+            reports = sorted(path for path in Path(errors).iterdir() if not path.suffix)
+            raise FmtkError(
+                reports[0].read_text() if reports else "", exit_code=failure.exit_code or 1
+            ) from None
+
+
+def run_process(local_rank: int, request: RunRequest) -> None:
+    """The main function of each of several processes (spawned, or started by torchrun): an error
+    or Ctrl-C is printed once (by rank 0), then the process exits with its code, which the
+    launcher passes on."""
     logging.getLogger("ignite").addHandler(logging.NullHandler())
     try:
         with quiet_ignite():
-            run_in_process(request, process_device(resolve_device(request.device)))
+            _process_run(replace(request, device=process_device(request.device)))
     except Exception as error:  # noqa: BLE001 - a user's handler or recipe may raise anything
         line = one_line(error)
         if line is None:  # fmtk's own bug: the traceback, through torch's spawn or torchrun
@@ -187,43 +239,60 @@ def _run_or_exit(local_rank: int, request: RunRequest) -> None:
             report.with_suffix(".part").write_text(line)
             report.with_suffix(".part").rename(report)  # whole, even if this process is stopped
         elif is_main_process():
-            click.echo(f"Error: {line}", err=True)
-            if not request.folder_ready and request.run_dir is not None:  # rank 0 made it here
-                _discard_new_run(request, request.run_dir, chosen_folder=True, existed=False)
+            print(f"Error: {line}", file=sys.stderr, flush=True)
         sys.exit(1)
     except KeyboardInterrupt:
         # Spawned processes: the launching process says how to resume; under torchrun, rank 0.
         if not request.folder_ready and is_main_process() and request.run_dir is not None:
-            _interrupted(request.run_dir)
+            print(_interrupted(request.run_dir), file=sys.stderr, flush=True)
         sys.exit(130)
 
 
-def _echo_first_error(errors: Path) -> None:
-    # Not printed by rank 0 itself: the first process to fail makes torch's spawn stop the others,
-    # rank 0 perhaps before it could print. Each process leaves its error; the lowest rank's is shown.
-    reports = sorted(path for path in errors.iterdir() if not path.suffix)
-    if reports:
-        click.echo(f"Error: {reports[0].read_text()}", err=True)
+def _process_run(request: RunRequest) -> None:
+    """One rank's run: spawned processes train in the folder the launcher holds; under torchrun,
+    rank 0 makes and holds the folder and tells the others."""
+    recipe = request.recipe()
+    attachers = [resolve_handler(reference) for reference in request.handlers]
+    echo = _print if is_main_process() else _quiet
+    if request.folder_ready:
+        _run(request, recipe, attachers, request.run_dir, echo)
+        return
+    if not is_main_process():
+        folder = Path(idist.broadcast("", src=0, safe_mode=True))
+        _run(replace(request, run_dir=folder), recipe, attachers, folder, echo)
+        return
+    held = run_folder(
+        request.resume or request.run_dir,
+        output_dir=request.output_dir,
+        recipe_name=recipe.name,
+        reuse=request.resume is not None,
+        keep_when_interrupted=True,
+    )
+    with held as folder:
+        request.run_dir = folder  # this process's copy: for the Ctrl-C message
+        echo(f"run folder: {folder}")
+        idist.broadcast(str(folder), src=0, safe_mode=True)
+        _run(request, recipe, attachers, folder, echo)
 
 
-def _discard_new_run(request: RunRequest, folder: Path, chosen_folder: bool, existed: bool) -> None:
-    """A failed start leaves no run folder behind; a resumed run is never removed."""
-    if request.resume is None:
-        discard_failed_start(folder, existed, chosen_folder)
+def _print(line: str) -> None:
+    print(line, flush=True)
 
 
-def _interrupted(folder: Path) -> None:
+def _quiet(line: str) -> None:
+    """``echo`` of the processes other than rank 0."""
+
+
+def _interrupted(folder: Path) -> Interrupted:
+    """What Ctrl-C (or a kill) says: how to go on."""
     if not has_checkpoint(folder):
-        click.echo(
+        return Interrupted(
             f"interrupted before the first checkpoint; start it again from the beginning with: "
-            f"fmtk run --resume {folder}",
-            err=True,
+            f"fmtk run --resume {folder}"
         )
-        sys.exit(130)
     # The last checkpoint is complete: DiskSaver writes a temporary file and renames it.
     try:
         where = f"the last complete checkpoint is {find_last_checkpoint(folder).name}"
     except FmtkError:
         where = "no last checkpoint was written yet"
-    click.echo(f"interrupted: {where}; resume with: fmtk run --resume {folder}", err=True)
-    sys.exit(130)
+    return Interrupted(f"interrupted: {where}; resume with: fmtk run --resume {folder}")

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import importlib.util
 import inspect
 import re
-import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +17,7 @@ from torch import nn
 
 from fmtk.data.batches import DataSplits
 from fmtk.errors import FmtkError, user_code_line
+from fmtk.values import parse_option, parse_value, typed
 
 SCHEDULES = ("plateau", "onecycle", "cosine", "none")
 PER_ITERATION_SCHEDULES = ("onecycle", "cosine")  # step every iteration, laid out over the epochs
@@ -128,7 +126,7 @@ class Recipe:
                 "(it names the run folders)"
             )
         for name, kind in overridable_fields().items():
-            _typed(f"recipe {self.name}: {name}", getattr(self, name), kind)
+            typed(f"recipe {self.name}: {name}", getattr(self, name), kind)
         checks = [
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
@@ -216,6 +214,14 @@ class Recipe:
                 f"recipe {self.name}: {part}() failed with {values} ({type(error).__name__}: {reason})"
             ) from None
 
+    def watched(self, field: str) -> tuple[str, str]:
+        """The valid metric and its mode that ``field`` (``early_stopping_metric``,
+        ``checkpoint_metric`` or ``plateau_metric``) names: ``"loss"`` → ``("loss", "min")``,
+        ``"f1"`` → ``("f1", "max")``, ``"f1:min"`` → ``("f1", "min")`` (without a mode: min for a
+        name containing "loss", else max). The one place such a value is read."""
+        name, _, mode = getattr(self, field).partition(":")
+        return name, mode or ("min" if "loss" in name else "max")
+
     def make_metrics(self) -> dict[str, Any]:
         """New instances of the recipe's own metrics (``metrics``), for one evaluator."""
         return dict(self.metrics(self)) if self.metrics is not None else {}
@@ -265,12 +271,6 @@ def apply_preset(recipe: Recipe, name: str | None) -> Recipe:
     return dataclasses.replace(apply_overrides(recipe, recipe.presets[name].values), preset=name)
 
 
-def watched(spec: str) -> tuple[str, str]:
-    """``"loss"`` → ``("loss", "min")``, ``"f1"`` → ``("f1", "max")``, ``"f1:min"`` → ``("f1", "min")``."""
-    name, _, mode = spec.partition(":")
-    return name, mode or ("min" if "loss" in name else "max")
-
-
 def overridable_fields() -> dict[str, Any]:
     """The Recipe fields `--set` may change, with their types."""
     hints = typing.get_type_hints(Recipe)
@@ -287,11 +287,11 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
     changed = dict(recipe.changed)
     for key, value in overrides.items():
         if key in fields:
-            changes[key] = parsed = _parse(key, value, fields[key])
+            changes[key] = parsed = parse_value(key, value, fields[key])
             default = getattr(recipe, key)
         elif key in options:
             default = options[key]
-            options[key] = parsed = _parse_option(key, value, default)
+            options[key] = parsed = parse_option(key, value, default)
         else:
             valid = ", ".join(sorted([*fields, *options]))
             raise FmtkError(f"unknown recipe key '{key}' for {recipe.name}; valid keys: {valid}")
@@ -302,158 +302,3 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
     return updated
 
 
-def _parse(key: str, value: Any, kind: Any) -> Any:
-    """One value for a field of type ``kind`` (int, float, bool, str, or X | None): a string is
-    parsed, anything else must already have the type (an int does for a float)."""
-    allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
-    if typing.get_origin(kind) is dict:
-        return _parse_arguments(key, value)
-    if not isinstance(value, str):
-        return _typed(key, value, kind)
-    text = value
-    if type(None) in allowed and text.strip().lower() in ("none", "null"):
-        return None
-    target = next(t for t in allowed if t is not type(None))
-    try:
-        if target is bool:
-            return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[
-                text.strip().lower()
-            ]
-        return target(text)
-    except (KeyError, ValueError):
-        expected = " or ".join(t.__name__ for t in allowed)
-        raise FmtkError(f"--set {key}={text}: expected {expected}") from None
-
-
-def _parse_arguments(key: str, value: Any) -> dict[str, Any]:
-    """Keyword arguments: a dict, or ``name:value`` pairs separated by commas, each value a bool
-    (true/false), a number, a tuple of them separated by ``/`` (``betas:0.9/0.99``) or text."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    if not isinstance(value, str):
-        raise FmtkError(f"{key}={value!r}: expected a dict of keyword arguments")
-    arguments = {}
-    for item in filter(None, (part.strip() for part in value.split(","))):
-        name, colon, text = item.partition(":")
-        if not colon or not name.strip().isidentifier():
-            raise FmtkError(
-                f"--set {key}={value}: expected name:value pairs, e.g. momentum:0.9,nesterov:true"
-            )
-        arguments[name.strip()] = _argument_value(text.strip())
-    return arguments
-
-
-def _argument_value(text: str) -> Any:
-    if "/" in text:
-        return tuple(_argument_value(part.strip()) for part in text.split("/"))
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _parse_option(key: str, value: Any, default: Any) -> Any:
-    """A recipe option's new value, typed like its default: a list or tuple default takes
-    comma-separated items of its first item's type (``--set layers=64,32`` → ``[64, 32]``)."""
-    if not isinstance(default, list | tuple):
-        return _parse(key, value, str | None if default is None else type(default))
-    kind = type(default[0]) if default else str
-    if isinstance(value, str):
-        items = [item.strip() for item in value.split(",") if item.strip()]
-        return type(default)(_parse(key, item, kind) for item in items)
-    if not isinstance(value, list | tuple):
-        raise FmtkError(f"{key}={value!r}: expected a list of {kind.__name__}")
-    return type(default)(_typed(key, item, kind) for item in value)
-
-
-def _typed(key: str, value: Any, kind: Any) -> Any:
-    """``value`` if it has the type ``kind`` (an int does for a float, and becomes one); else FmtkError."""
-    allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
-    allowed = tuple(typing.get_origin(t) or t for t in allowed)  # dict[str, Any] → dict
-    if float in allowed and type(value) is int:
-        return float(value)
-    if not any(value is None if t is type(None) else type(value) is t for t in allowed):
-        expected = " or ".join(t.__name__ for t in allowed)
-        raise FmtkError(f"{key}={value!r}: expected {expected}")
-    return value
-
-
-def bundled_recipes_dir() -> Path:
-    """The folder of the recipes that ship with fmtk (installed as the package fmtk.recipes)."""
-    import fmtk.recipes
-
-    return Path(fmtk.recipes.__file__).parent
-
-
-def bundled_recipe_names() -> list[str]:
-    """Names of the bundled recipes, sorted."""
-    return sorted(p.stem for p in bundled_recipes_dir().glob("*.py") if not p.stem.startswith("_"))
-
-
-def load_recipe(name_or_path: str) -> Recipe:
-    """Load a bundled recipe by name (``mnist_dnn``) or a user's recipe file by path."""
-    path = Path(name_or_path)
-    bundled = path.suffix != ".py"
-    if bundled:
-        names = bundled_recipe_names()
-        if name_or_path not in names:
-            close = difflib.get_close_matches(name_or_path, names, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; known recipes: {', '.join(names)}"
-            raise FmtkError(f"unknown recipe '{name_or_path}'{hint}")
-        path = bundled_recipes_dir() / f"{name_or_path}.py"
-    if not path.is_file():
-        raise FmtkError(f"recipe file not found: {path}")
-    spec = importlib.util.spec_from_file_location(f"fmtk_recipe_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    recipe = getattr(module, "recipe", None)
-    if not isinstance(recipe, Recipe):
-        raise FmtkError(f"{path} must define a variable `recipe = Recipe(...)`")
-    recipe.validate()
-    return recipe if bundled else dataclasses.replace(recipe, source=str(path.resolve()))
-
-
-def recipe_from_config(
-    config: dict[str, Any], epochs: int | None = None, recipe: Recipe | None = None
-) -> Recipe:
-    """The recipe a run was made with, from its config.json (bundled recipes by name, a user's file
-    by its path, or ``recipe`` itself: a recipe object made in Python), with ``epochs`` raised if given."""
-    if recipe is None:
-        recipe = _load_recipe_of(config)
-    values = {name: config[name] for name in overridable_fields() if name in config}
-    changed = dict(config.get("changed", {}))
-    if epochs is not None:
-        values["epochs"] = changed["epochs"] = epochs
-    options = {**recipe.options, **config.get("options", {})}
-    schedule = values.get("schedule", recipe.schedule)
-    if epochs is not None and epochs != config.get("epochs") and schedule in PER_ITERATION_SCHEDULES:
-        raise FmtkError(
-            f"--epochs {epochs}: the run's {schedule} schedule is laid out over its {config.get('epochs')} "
-            "epochs and cannot be extended; start a new run with more epochs"
-        )
-    recipe = dataclasses.replace(
-        recipe, **values, options=options, changed=changed, preset=config.get("preset")
-    )
-    recipe.validate()
-    return recipe
-
-
-def _load_recipe_of(config: dict[str, Any]) -> Recipe:
-    """The recipe file or bundled recipe a config names; a recipe object made in Python has neither."""
-    name = config.get("name")
-    if not isinstance(name, str):
-        raise FmtkError('config.json names no recipe (no "name")')
-    if config.get("source"):
-        return load_recipe(config["source"])
-    recipe = load_recipe(name) if name in bundled_recipe_names() else None
-    made_here = recipe is not None and config.get("model") in (None, recipe.config()["model"])
-    if not made_here:
-        raise FmtkError(
-            f"recipe '{name}' was made in Python (it is no bundled recipe or file that fmtk can load); "
-            "give the recipe object from Python, e.g. fmtk.evaluate(run_dir, recipe=recipe)"
-        )
-    return recipe

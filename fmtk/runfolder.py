@@ -12,15 +12,18 @@ A run folder holds::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import re
 import shutil
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from fmtk.errors import FmtkError
+from fmtk.runlock import lock_run
 
 CONFIG = "config.json"
 METRICS_CSV = "metrics.csv"
@@ -29,6 +32,7 @@ ITERATIONS = "iterations"  # the per-iteration TensorBoard sub-run
 BEST, LAST = "best", "last"  # checkpoint name prefixes: <prefix>_checkpoint_<epoch>[_<score>].pt
 EPOCH_COLUMNS = ["epoch", "train_loss", "valid_loss", "valid_accuracy", "lr", "epoch_seconds"]
 
+CHECKPOINT = re.compile(rf"({BEST}|{LAST})_checkpoint_.*\.pt")  # either kind
 LAST_EPOCH = re.compile(rf"{LAST}_checkpoint_(\d+)\.pt")  # a last checkpoint's name; group 1: its epoch
 _TORN_WRITE = re.compile(r"tmp[a-z0-9_]{8}")  # tempfile.NamedTemporaryFile names (Ignite's atomic DiskSaver)
 
@@ -66,18 +70,61 @@ def remove_if_empty(run_dir: Path, remove_parent: bool) -> None:
             run_dir.parent.rmdir()
 
 
-def discard_failed_start(folder: Path, existed: bool, chosen_folder: bool) -> None:
-    """A run that failed before its first checkpoint leaves nothing behind: the folder made for it
-    goes with what is in it (fmtk's own files), and so does an empty ``<output-dir>/<recipe>``; an
-    empty folder the user gave (``existed``) stays, empty. A folder holding a checkpoint stays, to
-    be resumed."""
-    if not folder.is_dir() or has_checkpoint(folder):
+@contextlib.contextmanager
+def run_folder(
+    run_dir: Path | None = None,
+    *,
+    output_dir: Path = Path("runs"),
+    recipe_name: str = "",
+    reuse: bool = False,
+    keep_when_interrupted: bool = False,
+) -> Iterator[Path]:
+    """The run folder of one command, from its making to its lock's release: ``run_dir`` as it is
+    (``reuse``: a run to resume), else ``run_dir`` made new (it must not exist or be empty), else a
+    new ``<output_dir>/<recipe_name>/<YYYYmmdd-HHMMSS>``; locked (:func:`fmtk.runlock.lock_run`)
+    until the block ends. A block that fails removes what this command made in the folder, the
+    folder too if it made it, unless a checkpoint was written (a resume then goes on from it);
+    ``keep_when_interrupted`` keeps it all on Ctrl-C (``fmtk run --resume`` starts it again)."""
+    existed = reuse or (run_dir is not None and Path(run_dir).is_dir())
+    if reuse:
+        folder = Path(run_dir)
+    else:
+        folder = make_run_dir(output_dir, recipe_name, Path(run_dir) if run_dir is not None else None)
+    before = set(folder.rglob("*"))
+    try:
+        lock = lock_run(folder)
+    except BaseException:
+        if not existed:
+            remove_if_empty(folder, remove_parent=run_dir is None)
+        raise
+    try:
+        with lock:
+            yield folder
+    except KeyboardInterrupt:
+        if not keep_when_interrupted:
+            _discard(folder, before, existed, run_dir is None)
+        raise
+    except BaseException:
+        _discard(folder, before, existed, run_dir is None)
+        raise
+
+
+def _discard(folder: Path, before: set[Path], existed: bool, in_output_dir: bool) -> None:
+    """Remove what a failed command made in ``folder`` (the folder itself if it made it), unless
+    it wrote a checkpoint there."""
+    made = set(folder.rglob("*")) - before if folder.is_dir() else set()
+    if any(CHECKPOINT.fullmatch(path.name) for path in made):
         return
-    shutil.rmtree(folder)
-    if existed:
-        folder.mkdir()
-    elif not chosen_folder:
-        remove_if_empty(folder.parent, remove_parent=False)
+    if not existed:
+        shutil.rmtree(folder, ignore_errors=True)
+        if in_output_dir:  # an <output_dir>/<recipe> left empty goes too
+            remove_if_empty(folder.parent, remove_parent=False)
+        return
+    for path in sorted(made, reverse=True):  # files before the folders that hold them
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
 
 
 def write_json(path: Path, values: dict[str, Any]) -> None:
@@ -127,6 +174,12 @@ def find_last_checkpoint(run_dir: Path, purpose: str = "to resume from") -> Path
     if not found:
         raise FmtkError(f"{run_dir}: no {LAST}_checkpoint_*.pt {purpose}")
     return max(found)[1]
+
+
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint file was written after, from its name (None for another name)."""
+    match = re.match(rf"(?:{BEST}|{LAST})_checkpoint_(\d+)", Path(path).name)
+    return int(match.group(1)) if match else None
 
 
 def find_checkpoint(run_dir: Path, which: str) -> Path:

@@ -1,4 +1,4 @@
-"""The runs under a folder as one table (``fmtk runs``), and the lock that marks a run as running.
+"""The runs under a folder as one table (``fmtk runs``).
 
 Only the small files of each run folder are read (config.json, metrics.json, metrics.csv), and
 nothing heavy is imported, so listing hundreds of runs takes a moment.
@@ -16,102 +16,20 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from fmtk.errors import FmtkError
 from fmtk.runfolder import CONFIG, ITERATIONS, METRICS_CSV, read_config, read_results
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock, so no run is ever seen as running
-    fcntl = None  # type: ignore[assignment]
+from fmtk.runlock import is_running
 
 RUNNING, INTERRUPTED, STOPPED_EARLY, FINISHED, UNREADABLE = (
     "running", "interrupted", "stopped early", "finished", "unreadable",
 )  # fmt: skip
 STATES = (RUNNING, INTERRUPTED, STOPPED_EARLY, FINISHED, UNREADABLE)  # the order --sort state gives
-
-_LOCK_TRIES = 10  # × 0.05 s: rides out an `fmtk runs` that holds its shared lock for a moment
-
-
-class RunLock:
-    """An exclusive ``flock`` on a run folder (the directory itself, so it can be taken before any
-    file is written), held until :meth:`close` or the end of the process, SIGKILL included."""
-
-    def __init__(self, descriptor: int | None) -> None:
-        self.descriptor = descriptor
-
-    def close(self) -> None:
-        if self.descriptor is not None:
-            os.close(self.descriptor)  # releases the lock
-            self.descriptor = None
-
-    def __enter__(self) -> RunLock:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-def lock_run(run_dir: Path) -> RunLock:
-    """Mark ``run_dir`` as being trained until the lock is closed or the process ends. Raises
-    :class:`FmtkError` naming the holder's pid if another process holds it."""
-    try:
-        descriptor = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError as error:
-        raise FmtkError(f"{run_dir}: cannot open the run folder ({error.strerror})") from None
-    if fcntl is None:
-        return RunLock(descriptor)
-    for attempt in range(_LOCK_TRIES):
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return RunLock(descriptor)
-        except BlockingIOError:
-            if attempt < _LOCK_TRIES - 1:
-                time.sleep(0.05)
-        except OSError:  # a file system without locks (some network mounts): train unguarded
-            return RunLock(descriptor)
-    os.close(descriptor)
-    holder = _lock_holder(run_dir)
-    by = f" (pid {holder})" if holder else ""
-    raise FmtkError(f"{run_dir} is being trained by another fmtk process{by}; nothing was changed")
-
-
-def _lock_holder(run_dir: Path) -> int | None:
-    """The pid holding a flock on ``run_dir``, from Linux's /proc/locks (None elsewhere)."""
-    try:
-        inode = os.stat(run_dir).st_ino
-        lines = Path("/proc/locks").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split()
-        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
-            return int(fields[4])
-    return None
-
-
-def is_running(run_dir: Path) -> bool:
-    """Whether a process holds :func:`lock_run`'s lock on ``run_dir`` (always False without fcntl)."""
-    if fcntl is None:
-        return False
-    try:
-        descriptor = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return False
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)  # closing releases it
-    except BlockingIOError:
-        return True
-    except OSError:  # no locks on this file system
-        return False
-    finally:
-        os.close(descriptor)
-    return False
 
 
 def find_run_dirs(root: Path) -> list[Path]:
@@ -188,14 +106,21 @@ def _read_history(run_dir: Path) -> tuple[int, float | None]:
         return 0, None
     epochs, accuracies = [0], []
     with path.open(newline="") as file:
-        for values in csv.DictReader(file):
-            if None in values.values():  # a short row: the write was cut off
-                continue
-            try:
-                epoch, accuracy = int(float(values["epoch"])), float(values["valid_accuracy"])
-            except (KeyError, ValueError):
-                continue
-            epochs.append(epoch)
+        try:
+            rows = list(csv.DictReader(file))
+        except UnicodeDecodeError as error:
+            raise FmtkError(f"{METRICS_CSV} is not UTF-8 text (byte {error.start})") from None
+        except csv.Error as error:  # e.g. a NUL byte
+            raise FmtkError(f"{METRICS_CSV} is not CSV text ({error})") from None
+    for values in rows:
+        if None in values.values():  # a short row: the write was cut off
+            continue
+        try:
+            epoch, accuracy = int(float(values["epoch"])), float(values["valid_accuracy"])
+        except (KeyError, ValueError, OverflowError):  # OverflowError: an epoch of inf
+            continue
+        epochs.append(epoch)
+        if math.isfinite(accuracy):  # a NaN would make the best depend on the order
             accuracies.append(accuracy)
     return max(epochs), max(accuracies, default=None)
 
@@ -220,6 +145,22 @@ def _text(value: Any) -> str | None:
 
 def _accuracy(evaluation: Any) -> float | None:
     return _number(evaluation.get("accuracy")) if isinstance(evaluation, dict) else None
+
+
+def runs_as_json(rows: list[dict[str, Any]]) -> str:
+    """The rows as JSON text (``fmtk runs --json``); NaN and infinities, which JSON cannot write,
+    become null."""
+    return json.dumps(_finite(rows), indent=2, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
 
 
 def format_changed(changed: dict[str, Any] | None) -> str:

@@ -13,7 +13,8 @@ from torch.utils.data import TensorDataset
 
 from fmtk.data.batches import TensorBatches
 from fmtk.data.images import LoaderBatches
-from fmtk.recipe import apply_overrides, load_recipe
+from fmtk.recipe import apply_overrides
+from fmtk.recipe_loading import load_recipe
 from fmtk.training.build import build_run
 
 

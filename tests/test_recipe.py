@@ -9,7 +9,8 @@ import pytest
 from conftest import USER_RECIPE
 
 from fmtk.errors import FmtkError
-from fmtk.recipe import apply_overrides, bundled_recipe_names, load_recipe
+from fmtk.recipe import apply_overrides
+from fmtk.recipe_loading import bundled_recipe_names, load_recipe
 
 
 def test_bundled_recipes() -> None:

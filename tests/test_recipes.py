@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from conftest import tree_snapshot
 
-from fmtk.recipe import apply_overrides, load_recipe
+from fmtk.recipe import apply_overrides
+from fmtk.recipe_loading import load_recipe
 from fmtk.training.build import build_run
 
 CPU = torch.device("cpu")

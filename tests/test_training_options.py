@@ -20,7 +20,8 @@ from fmtk.cli import cli
 from fmtk.data.augment import Augmentation
 from fmtk.errors import FmtkError
 from fmtk.models import FlipAveraged
-from fmtk.recipe import Preset, apply_overrides, apply_preset, load_recipe, recipe_from_config
+from fmtk.recipe import Preset, apply_overrides, apply_preset
+from fmtk.recipe_loading import load_recipe, recipe_from_config
 from fmtk.training.evaluation import evaluate
 from fmtk.training.handlers import ema_momentum
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,39 @@ class RandomState:
         np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The last checkpoint a run goes on from: its file and its contents."""
+
+    path: Path
+    checkpoint: dict[str, Any]
+
+    @classmethod
+    def read(cls, path: Path, device: torch.device) -> ResumePoint:
+        """The last checkpoint at ``path``; the best checkpoint it names must be there too."""
+        point = cls(Path(path), read_checkpoint(path, device))
+        missing = sorted(name for name in point.files() if not (point.path.parent / name).exists())
+        if missing:  # Ignite would fail removing it after the next better epoch
+            raise FmtkError(
+                f"{point.path.parent}: {', '.join(missing)}, which {point.path.name} names as the best "
+                "checkpoint, is missing; put it back to resume (nothing was changed)"
+            )
+        return point
+
+    @property
+    def iteration(self) -> int:
+        return self.checkpoint["trainer"]["iteration"]
+
+    @property
+    def epoch(self) -> int:
+        return self.iteration // self.checkpoint["trainer"]["epoch_length"]
+
+    def files(self) -> set[str]:
+        """The checkpoint files this state names: itself and its best checkpoint."""
+        best = {Path(name).name for _, name in self.checkpoint["best_checkpoint"]["_saved"]}
+        return {self.path.name} | best
 
 
 class RunInfo:

@@ -17,10 +17,12 @@ from fmtk.data.batches import Batches, TensorBatches
 from fmtk.errors import FmtkError
 from fmtk.models import FlipAveraged
 from fmtk.pictures import confusion_picture, titled_grid
-from fmtk.recipe import Recipe, recipe_from_config
+from fmtk.recipe import Recipe
+from fmtk.recipe_loading import recipe_from_config
 from fmtk.runfolder import BEST, confusion_name, find_checkpoint, read_config
 from fmtk.training.checkpoints import evaluated_weights, load_model_weights, read_checkpoint
 from fmtk.training.engines import create_evaluator, loss_on
+from fmtk.training.parts import create_model, load_data
 
 
 @dataclass
@@ -143,7 +145,7 @@ def load_trained_model(
     checkpoint ``which``, its path and the class names."""
     config = read_config(run_dir)
     recipe = recipe_from_config(config, recipe=recipe)
-    model = recipe.call("model").to(device)
+    model = create_model(recipe, device)
     path = find_checkpoint(run_dir, which)
     load_model_weights(evaluated_weights(read_checkpoint(path, device)), path, recipe.name, model)
     classes = config.get("classes")
@@ -169,7 +171,7 @@ def evaluate_run(
     """A run's checkpoint (``best``, ``last`` or a path) evaluated on a split (``test``, ``valid``):
     the recipe, the checkpoint's path and the evaluation."""
     recipe, model, path, classes = load_trained_model(run_dir, checkpoint, device, recipe)
-    data = recipe.call("data", data_dir, device)
+    data = load_data(recipe, data_dir, device, model)
     loss_fn = loss_on(recipe.loss(recipe), device)
     return (
         recipe,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -188,6 +189,8 @@ def attach_tensorboard(
     When resuming after ``resume_epoch`` (``resume_iteration``; 0 to start a run again), events of
     later steps left by the interrupted process are purged (``purge_step``), so no step appears twice.
     """
+    for folder in (run_dir, run_dir / ITERATIONS):  # before either writer makes its event file
+        _check_log_folder(folder, resuming=resume_epoch is not None)
     purge = {"purge_step": resume_epoch + 1} if resume_epoch is not None else {}
     epochs = TensorboardLogger(log_dir=str(run_dir), **purge)
     epoch = global_step_from_engine(trainer, Events.EPOCH_COMPLETED)
@@ -217,6 +220,19 @@ def attach_tensorboard(
 
     every_iterations(trainer, log_every, log_iteration)
     return epochs, iterations
+
+
+def _check_log_folder(folder: Path, resuming: bool) -> None:
+    """One line for a folder TensorBoard could not write its event file in (TensorBoard's own
+    error is a traceback, after it made the other writer's file)."""
+    if folder.exists() and not folder.is_dir():
+        reason, fix = "it is a file, not a folder", "move it away"
+    elif not os.access(folder if folder.exists() else folder.parent, os.W_OK):
+        reason, fix = "Permission denied", "make it writable"
+    else:
+        return
+    hint = f"; {fix} to resume" if resuming else ""
+    raise FmtkError(f"{folder}: cannot write TensorBoard's logs ({reason}){hint}")
 
 
 def write_hparams(writer: SummaryWriter, values: Mapping[str, Any], metric_tags: Sequence[str]) -> None:

@@ -1,8 +1,8 @@
-"""One assembled run: what it keeps, how it starts (checkpoints, restoring), trains, tests, reports.
+"""The Run: a recipe assembled by :func:`~fmtk.training.build.build_run` into engines and handlers.
 
-:func:`fmtk.training.build.build_run` assembles it; :meth:`Run.run` attaches the checkpoints over
-every state the run keeps, restores them when resuming, trains and tests. Between the two,
-anything may be attached to ``run.trainer``/``run.evaluator`` and kept with :meth:`Run.keep`.
+A Run is complete when it is made. :meth:`Run.run` attaches the checkpoints over every state the
+run keeps, restores them when resuming, trains and tests. Between the two, anything may be attached
+to ``run.trainer``/``run.evaluator`` and kept with :meth:`Run.keep`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
-import numpy as np
 import torch
 from ignite.engine import Engine
 from ignite.handlers import Checkpoint, EarlyStopping, ParamScheduler
@@ -25,58 +24,44 @@ from ignite.handlers.tensorboard_logger import TensorboardLogger
 from ignite.utils import manual_seed
 from torch import nn
 
-from fmtk.data.batches import DataSplits
 from fmtk.distributed import is_main_process
 from fmtk.errors import FmtkError
-from fmtk.recipe import Recipe, watched
-from fmtk.runfolder import (
-    CONFIG,
-    METRICS_JSON,
-    picture_path,
-    read_config,
-    remove_stale_files,
-    truncate_history,
-    write_json,
-)
-from fmtk.runs import RunLock, lock_run
-from fmtk.training.checkpoints import (
-    attach_checkpoints,
-    check_keepable,
-    evaluated_weights,
-    load_model_weights,
-    read_checkpoint,
-    restore,
-)
-from fmtk.training.engines import SpeedOptions
-from fmtk.training.evaluation import Evaluation, evaluate, run_pictures, tested_model
+from fmtk.runfolder import CONFIG, METRICS_JSON, remove_stale_files, truncate_history, write_json
+from fmtk.training.checkpoints import ResumePoint, attach_checkpoints, check_keepable, restore
+from fmtk.training.evaluation import Evaluation
 from fmtk.training.handlers import CheckpointablePlateau
-from fmtk.version import versions
+from fmtk.training.parts import Parts
+from fmtk.training.results import final_results, test_checkpoint, test_table, write_pictures
 
 
-@dataclass
-class ResumePoint:
-    """The last checkpoint a run goes on from: its file and its contents."""
+@dataclass(frozen=True)
+class Engines:
+    """The optimizer and the engines of a run: ``evaluated_model`` is what validation, the best
+    checkpoint and testing use (the model, or its EMA); ``scaler`` the 16-mixed gradient scaler."""
 
-    path: Path
-    checkpoint: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    trainer: Engine
+    evaluator: Engine
+    evaluated_model: nn.Module
+    scaler: torch.amp.GradScaler | None
+    metric_names: list[str]  # the evaluators' metrics: loss, accuracy, then the recipe's own
 
-    @property
-    def iteration(self) -> int:
-        return self.checkpoint["trainer"]["iteration"]
 
-    @property
-    def epoch(self) -> int:
-        return self.iteration // self.checkpoint["trainer"]["epoch_length"]
+@dataclass(frozen=True)
+class Logs:
+    """What the handlers every run gets leave to it: the epoch rows (as in metrics.csv), the
+    TensorBoard loggers (rank 0 only), early stopping and the LR schedule (None when off)."""
 
-    def files(self) -> set[str]:
-        """The checkpoint files this state names: itself and its best checkpoint."""
-        best = {Path(name).name for _, name in self.checkpoint["best_checkpoint"]["_saved"]}
-        return {self.path.name} | best
+    history: list[dict[str, float]]
+    tensorboard: TensorboardLogger | None
+    tensorboard_iterations: TensorboardLogger | None
+    early_stopping: EarlyStopping | None
+    lr_scheduler: CheckpointablePlateau | ParamScheduler | None
 
 
 @dataclass
 class Run:
-    """One assembled run: its recipe, data, model, Ignite engines and handlers.
+    """One assembled run: its recipe's parts, Ignite engines and handlers, in its run folder.
 
     Attach any Ignite handler to ``trainer`` or ``evaluator`` (the valid-split evaluator, metrics
     ``loss`` and ``accuracy``), and :meth:`keep` any state it has, before calling :meth:`run`.
@@ -84,41 +69,42 @@ class Run:
     :attr:`~fmtk.training.engines.StepEvents.BACKWARD_COMPLETED`.
 
     ``kept`` names every object the last checkpoint holds; ``best_checkpoint`` and
-    ``last_checkpoint`` (Ignite ``Checkpoint`` handlers) exist once :meth:`prepare` has run.
+    ``last_checkpoint`` (Ignite ``Checkpoint`` handlers) exist once :meth:`prepare` has run: they
+    are attached last, after every handler a user adds.
     """
 
-    recipe: Recipe
+    parts: Parts
+    engines: Engines
+    logs: Logs
     run_dir: Path
-    device: torch.device
-    data: DataSplits
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    loss_fn: Callable
-    trainer: Engine
-    evaluator: Engine
-    speed: SpeedOptions
-    scaler: torch.amp.GradScaler | None = None
-    # The weights validation, the best checkpoint and testing use: the model, or its EMA.
-    evaluated_model: nn.Module | None = None
+    config: dict[str, Any]  # what config.json holds, written by prepare()
+    kept: dict[str, Any]
     resume: ResumePoint | None = None
+    restart: bool = False  # the run folder holds a start that wrote no checkpoint: begin again
     echo: Callable[[str], None] = print
-    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch, as in metrics.csv
-    tensorboard: TensorboardLogger | None = None  # per-epoch scalars, in the run folder (rank 0 only)
-    tensorboard_iterations: TensorboardLogger | None = None  # per-iteration train loss, in iterations/
-    early_stopping: EarlyStopping | None = None
-    lr_scheduler: CheckpointablePlateau | ParamScheduler | None = None  # the recipe's schedule
-    kept: dict[str, Any] = field(default_factory=dict)
-    created_paths: list[Path] = field(default_factory=list)  # by build_run: removed if the run cannot start
+    # The run folder's hold (its lock; a failed run's removal), released when run() ends.
+    folder: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext, repr=False)
     best_checkpoint: Checkpoint | None = None
     last_checkpoint: Checkpoint | None = None
     results: dict[str, Any] = field(default_factory=dict)
-    # The evaluators' metrics: loss, accuracy, then the recipe's own (Recipe.metrics).
-    metric_names: list[str] = field(default_factory=lambda: ["loss", "accuracy"])
-    command: str | None = None  # the command line that started the run, for config.json
-    restart: bool = False  # the run folder holds a start that wrote no checkpoint: begin again
-    data_dir: Path | None = None  # the data root the recipe's data() read
-    take_lock: bool = True  # lock the run folder in prepare(); False when the caller holds the lock
-    _lock: RunLock | None = field(default=None, repr=False)  # on the run folder while training
+
+    recipe = property(lambda self: self.parts.recipe)
+    device = property(lambda self: self.parts.device)
+    model = property(lambda self: self.parts.model)
+    data = property(lambda self: self.parts.data)
+    loss_fn = property(lambda self: self.parts.loss_fn)
+    speed = property(lambda self: self.parts.speed)
+    optimizer = property(lambda self: self.engines.optimizer)
+    trainer = property(lambda self: self.engines.trainer)
+    evaluator = property(lambda self: self.engines.evaluator)
+    evaluated_model = property(lambda self: self.engines.evaluated_model)
+    scaler = property(lambda self: self.engines.scaler)
+    metric_names = property(lambda self: self.engines.metric_names)
+    history = property(lambda self: self.logs.history)
+    tensorboard = property(lambda self: self.logs.tensorboard)
+    tensorboard_iterations = property(lambda self: self.logs.tensorboard_iterations)
+    early_stopping = property(lambda self: self.logs.early_stopping)
+    lr_scheduler = property(lambda self: self.logs.lr_scheduler)
 
     def keep(self, name: str, state: Any) -> Any:
         """Save ``state`` (anything with ``state_dict``/``load_state_dict``) in the last checkpoint
@@ -139,83 +125,81 @@ class Run:
 
     def prepare(self) -> None:
         """Attach the best and last checkpoints (the last one holds everything kept) and, when
-        resuming, restore every kept state. :meth:`run` calls it; call it yourself only to drive
-        ``trainer`` directly. Does nothing the second time."""
+        resuming, restore every kept state; tidy the run folder and write config.json. :meth:`run`
+        calls it; call it yourself only to drive ``trainer`` directly. Does nothing the second time."""
         if self.last_checkpoint is not None:
             return
-        try:
-            # Last of the trainer's EPOCH_COMPLETED handlers: it saves what every other one decided.
-            best_state = {"model": self.evaluated_model or self.model, "run_info": self.kept["run_info"]}
-            self.best_checkpoint, self.last_checkpoint = attach_checkpoints(
-                self.trainer, self.evaluator, self.run_dir, best_state, self.kept,
-                *watched(self.recipe.checkpoint_metric),
-            )  # fmt: skip
-            if self.resume is not None:  # first of all, it checks that both sides name the same states
-                restore(self.kept, self.resume.checkpoint, self.resume.path)
-            epoch = self.resume.epoch if self.resume is not None else 0
-            if is_main_process() and self.take_lock:  # before tidying: no other process trains it
-                self._lock = lock_run(self.run_dir)
-            if is_main_process() and (self.resume is not None or self.restart):
-                self.history[:] = truncate_history(self.run_dir, epoch)  # reads every row before writing
-        except Exception:
-            self._close_loggers(discard=True)  # a run that cannot start changes nothing
-            if self._lock is not None:
-                self._lock.close()
-                self._lock = None
-            raise
+        # Last of the trainer's EPOCH_COMPLETED handlers: it saves what every other one decided.
+        best_state = {"model": self.evaluated_model, "run_info": self.kept["run_info"]}
+        self.best_checkpoint, self.last_checkpoint = attach_checkpoints(
+            self.trainer, self.evaluator, self.run_dir, best_state, self.kept,
+            *self.recipe.watched("checkpoint_metric"),
+        )  # fmt: skip
+        if self.resume is not None:  # first of all, it checks that both sides name the same states
+            restore(self.kept, self.resume.checkpoint, self.resume.path)
+        epoch = self.resume.epoch if self.resume is not None else 0
+        if is_main_process() and (self.resume is not None or self.restart):
+            self.history[:] = truncate_history(self.run_dir, epoch)  # reads every row before writing
+            remove_stale_files(self.run_dir, self.resume.files() if self.resume is not None else set())
         if self.resume is not None:
-            if is_main_process():
-                remove_stale_files(self.run_dir, self.resume.files())
             self.last_checkpoint.load_state_dict({"_saved": [(epoch, self.resume.path.name)]})
             self.echo(f"resuming after epoch {epoch} from {self.resume.path.name}")
         elif self.restart:
-            if is_main_process():
-                remove_stale_files(self.run_dir, set())
             self.echo(f"{self.run_dir} has no checkpoint yet: starting the run again from the beginning")
-        if self.evaluated_model is not None and self.evaluated_model is not self.model:
+        if self.evaluated_model is not self.model:
             self.echo(
                 f"EMA of the weights (decay {self.recipe.ema_decay}): validation, the best checkpoint "
                 "and testing use the averaged weights"
             )
         if is_main_process():
-            self._write_config()
+            write_json(self.run_dir / CONFIG, self.config)
         if idist.get_world_size() > 1:
             # Dropout and flips differ per process; the weights are rank 0's (DDP broadcasts them).
             manual_seed(self.recipe.seed + 1_000_003 * idist.get_rank() + epoch)
         idist.barrier()  # rank 0 has tidied the run folder before any rank trains
 
-    def _write_config(self) -> None:
-        """config.json: the resolved recipe, class names, speed, processes, versions and the command
-        line that started the run (kept when it is resumed)."""
-        command = self.command
-        if self.resume is not None or self.restart:
-            command = read_config(self.run_dir).get("command", command)
-        config = {**self.recipe.config(), "classes": self.data.classes, "speed": self.speed.config()}
-        config.update(processes=idist.get_world_size(), versions=versions(), command=command)
-        if self.data_dir is not None:  # evaluate and --resume read the same data by default
-            config["data_dir"] = str(Path(self.data_dir).resolve())
-        write_json(self.run_dir / CONFIG, config)
-
     def run(self) -> dict[str, Any]:
         """Train (or go on training), then test the best and the last checkpoints; write
-        metrics.json and return it."""
-        with self._disk_full_as_one_line():
-            self.prepare()
+        metrics.json and return it. The run folder's lock is released at the end."""
+        with self.folder, self._disk_full_as_one_line():
             started = time.perf_counter()
             try:
+                self.prepare()
                 if not self.training_done:
                     self.trainer.run(self.data.train, max_epochs=self.recipe.epochs)
                 idist.barrier()  # rank 0 has written the checkpoints every rank now reads
-                self.results = self._summarise(time.perf_counter() - started)
+                self.results = self._test_checkpoints(time.perf_counter() - started)
             finally:
-                self._close_loggers()
-                if self._lock is not None:
-                    self._lock.close()
-                    self._lock = None
+                self.close_loggers()
             if is_main_process():
                 write_json(self.run_dir / METRICS_JSON, self.results)
-                self._print_test_table()
+                for line in test_table(self.results):
+                    self.echo(line)
         return self.results
+
+    def test(self, checkpoint_path: Path) -> Evaluation:
+        """Load the model weights of ``checkpoint_path`` and evaluate them on the test split."""
+        return test_checkpoint(self.parts, checkpoint_path)
+
+    def close_loggers(self) -> None:
+        """Close the TensorBoard loggers (their files are complete)."""
+        for logger in (self.tensorboard, self.tensorboard_iterations):
+            if logger is not None:
+                logger.close()
+
+    def _test_checkpoints(self, seconds: float) -> dict[str, Any]:
+        """Test the last and then the best checkpoint (the model ends holding the best weights)."""
+        best_path = Path(self.best_checkpoint.last_checkpoint)  # the saver folder is part of it
+        last_path = Path(self.last_checkpoint.last_checkpoint)
+        last = self.test(last_path)  # on every rank: Ignite's metrics reduce across them
+        best = self.test(best_path)
+        epoch = self.trainer.state.epoch
+        if is_main_process():  # while the model holds the best weights
+            write_pictures(self.parts, best, self.run_dir, self.tensorboard.writer, epoch)
+            for which, result in [("best", best), ("last", last)]:
+                self.tensorboard.writer.add_scalar(f"test/{which}_accuracy", result.accuracy, epoch)
+        return final_results(self.parts, self.history, {"best": (best_path, best), "last": (last_path, last)},
+                             epoch, seconds)  # fmt: skip
 
     @contextlib.contextmanager
     def _disk_full_as_one_line(self) -> Iterator[None]:
@@ -232,80 +216,3 @@ class Run:
                 f"no space left on device while writing to {self.run_dir}; the last complete checkpoint "
                 f"is kept: free some space, then fmtk run --resume {self.run_dir}"
             ) from None
-
-    def test(self, checkpoint_path: Path) -> Evaluation:
-        """Load the model weights of ``checkpoint_path`` and evaluate them on the test split."""
-        checkpoint = read_checkpoint(checkpoint_path, self.device)
-        load_model_weights(evaluated_weights(checkpoint), checkpoint_path, self.recipe.name, self.model)
-        return evaluate(
-            tested_model(self.recipe, self.model),
-            self.data.test,
-            self.data.classes,
-            self.device,
-            self.loss_fn,
-            self.recipe.make_metrics(),
-        )
-
-    def _summarise(self, seconds: float) -> dict[str, Any]:
-        """Test the last and then the best checkpoint (the model ends holding the best weights)."""
-        accuracies = [row["valid_accuracy"] for row in self.history]
-        name, mode = watched(self.recipe.checkpoint_metric)
-        scores = [row[f"valid_{name}"] for row in self.history]
-        # Other ranks keep no history of the epochs before a resume; their summary is not written.
-        best_score = (max if mode == "max" else min)(scores, default=None)
-        best_epoch = self.history[scores.index(best_score)]["epoch"] if scores else None
-        best_path = Path(self.best_checkpoint.last_checkpoint)  # the saver folder is part of it
-        last_path = Path(self.last_checkpoint.last_checkpoint)
-        last = self.test(last_path)  # on every rank: Ignite's metrics reduce across them
-        best = self.test(best_path)
-        if is_main_process():
-            self._write_pictures(best)  # while the model holds the best weights
-            for which, result in [("best", best), ("last", last)]:
-                self.tensorboard.writer.add_scalar(
-                    f"test/{which}_accuracy", result.accuracy, self.trainer.state.epoch
-                )
-        return {
-            "recipe": self.recipe.name,
-            "device": str(self.device),
-            "processes": idist.get_world_size(),
-            **self.speed.config(),
-            "best_epoch": best_epoch,
-            "best_valid_accuracy": max(accuracies, default=None),
-            "best_checkpoint_metric": {"name": f"valid_{name}", "mode": mode, "value": best_score},
-            "epochs_run": self.trainer.state.epoch,
-            "stopped_early": self.trainer.state.epoch < self.recipe.epochs,
-            "train_seconds": round(seconds, 2),
-            "checkpoints": {"best": best_path.name, "last": last_path.name},
-            "test": {
-                which: {"loss": result.loss, "accuracy": result.accuracy, **result.metrics}
-                for which, result in [("best", best), ("last", last)]
-            },
-        }
-
-    def _close_loggers(self, discard: bool = False) -> None:
-        """Close the TensorBoard loggers; with ``discard``, also remove what build_run created."""
-        for logger in (self.tensorboard, self.tensorboard_iterations):
-            if logger is not None:
-                logger.close()
-        if discard:
-            for path in sorted(self.created_paths, reverse=True):  # files before their folders
-                if path.is_dir():
-                    path.rmdir()
-                else:
-                    path.unlink()
-
-    def _write_pictures(self, best: Evaluation) -> None:
-        """The run's pictures as PNG files and as images in its TensorBoard."""
-        pictures = run_pictures(self.recipe.name, self.model, best, self.data.valid, self.data.classes)
-        for name, picture in pictures.items():
-            picture.save(picture_path(self.run_dir, name))
-            self.tensorboard.writer.add_image(
-                name, np.asarray(picture), self.trainer.state.epoch, dataformats="HWC"
-            )
-
-    def _print_test_table(self) -> None:
-        self.echo(f"{'checkpoint':<12}{'file':<44}{'test_loss':>10}{'test_acc':>10}")
-        for which in ("best", "last"):
-            test = self.results["test"][which]
-            name = self.results["checkpoints"][which]
-            self.echo(f"{which:<12}{name:<44}{test['loss']:>10.4f}{100 * test['accuracy']:>9.2f}%")

@@ -12,7 +12,8 @@ from conftest import tree_snapshot
 from ignite.engine import Events
 
 from fmtk.errors import FmtkError
-from fmtk.recipe import apply_overrides, load_recipe
+from fmtk.recipe import apply_overrides
+from fmtk.recipe_loading import load_recipe
 from fmtk.runfolder import find_last_checkpoint
 from fmtk.training.build import build_run
 from fmtk.training.checkpoints import RandomState, check_keepable, restore

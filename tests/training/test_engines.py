@@ -13,11 +13,13 @@ import torch
 from ignite.engine import Events
 from torch import nn
 
+from fmtk.device import resolve_device
 from fmtk.errors import FmtkError
-from fmtk.recipe import apply_overrides, load_recipe
+from fmtk.recipe import apply_overrides
+from fmtk.recipe_loading import load_recipe
 from fmtk.training.build import build_run
 from fmtk.training.checkpoints import read_checkpoint
-from fmtk.training.engines import SpeedOptions, StepEvents, create_optimizer, create_trainer, resolve_device
+from fmtk.training.engines import SpeedOptions, StepEvents, create_optimizer, create_trainer
 
 CPU = torch.device("cpu")
 

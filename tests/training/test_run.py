@@ -14,7 +14,8 @@ from torch import nn
 from fmtk import Recipe
 from fmtk.data import load_digits_splits
 from fmtk.models import mlp
-from fmtk.recipe import apply_overrides, load_recipe
+from fmtk.recipe import apply_overrides
+from fmtk.recipe_loading import load_recipe
 from fmtk.training.build import build_run
 from fmtk.training.engines import create_evaluator
 

@@ -1,0 +1,110 @@
+"""Checks of a recipe's data and model before training: what would otherwise fail only after an
+epoch, or after training (an empty test split), or never (a label past the model's outputs), is
+refused with one line naming the recipe and the split.
+
+Examples:
+    .. code-block:: python
+
+        from fmtk.data.checks import check_splits
+
+        check_splits(recipe.name, model, data, device)  # raises FmtkError, or returns None
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from fmtk.data.batches import Batches, DataSplits
+from fmtk.errors import FmtkError
+
+SPLITS = ("train", "valid", "test")
+INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def check_splits(recipe_name: str, model: nn.Module | None, data: DataSplits, device: torch.device) -> None:
+    """Raise :class:`FmtkError` (one line naming the recipe and the split) when a split has no
+    samples; when its labels are not an integer tensor or not in 0 … classes-1; when its inputs are
+    integers (uint8 pixels) and the model's parameters are floating point; when the model does not
+    give one score per class (run in eval mode on two samples of the valid split). Without a
+    ``model`` (``fmtk show``), the splits and labels only.
+
+    Only the first batch of each split is checked (one batch each: cheap), so a bad label further
+    on still fails when training reaches it. The run's random stream and the model's train/eval
+    mode are left as they were.
+    """
+    classes = len(data.classes)
+    first = {name: _first_batch(recipe_name, name, getattr(data, name), device) for name in SPLITS}
+    for name, (x, y) in first.items():
+        _check_labels(f"recipe {recipe_name}: the {name} split", y, classes)
+        if model is not None:
+            _check_inputs(f"recipe {recipe_name}: the {name} split", x, model)
+    if model is not None:
+        _check_output_size(recipe_name, model, first["valid"][0], classes, device)
+
+
+def _cuda(device: torch.device) -> list[torch.device]:
+    return [device] if device.type == "cuda" else []
+
+
+def _first_batch(recipe_name: str, name: str, split: Batches, device: torch.device) -> tuple[Any, Any]:
+    """The split's first ``(x, y)``; a DataLoader draws its base seed from torch's generator, so the
+    iteration runs on a fork of it."""
+    empty = FmtkError(f"recipe {recipe_name}: the {name} split has no samples")
+    if len(split) == 0:
+        raise empty
+    with torch.random.fork_rng(devices=_cuda(device)):
+        batch = next(iter(split), None)
+    if batch is None:
+        raise empty
+    try:
+        x, y = batch
+    except (TypeError, ValueError):
+        raise FmtkError(
+            f"recipe {recipe_name}: the {name} split's batches are not (inputs, labels) pairs"
+        ) from None
+    if isinstance(y, torch.Tensor) and y.ndim > 0 and len(y) == 0:
+        raise empty
+    return x, y
+
+
+def _check_labels(split: str, y: Any, classes: int) -> None:
+    if not isinstance(y, torch.Tensor) or y.dtype not in INTEGERS:
+        kind = str(y.dtype).removeprefix("torch.") if isinstance(y, torch.Tensor) else type(y).__name__
+        raise FmtkError(f"{split}'s labels are {kind}; labels must be an integer tensor (class indices)")
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= classes:
+        raise FmtkError(
+            f"{split}'s first batch has label {low if low < 0 else high}, not one of the {classes} classes "
+            f"(0 … {classes - 1})"
+        )
+
+
+def _check_inputs(split: str, x: Any, model: nn.Module) -> None:
+    weight = next(model.parameters(), None)
+    if not isinstance(x, torch.Tensor) or weight is None or not weight.is_floating_point():
+        return
+    if any(isinstance(module, (nn.Embedding, nn.EmbeddingBag)) for module in model.modules()):
+        return  # integer inputs are token indices
+    if x.dtype in INTEGERS:
+        kind = str(x.dtype).removeprefix("torch.")
+        raise FmtkError(f"{split}'s inputs are {kind}; scale them to float, e.g. fmtk.data.scale_pixels")
+
+
+def _check_output_size(
+    recipe_name: str, model: nn.Module, x: torch.Tensor, classes: int, device: torch.device
+) -> None:
+    """The model gives one score per class: checked on two samples ``x`` of the valid split before
+    training, not after an epoch (or never: cross-entropy fails only on a label past the size)."""
+    with torch.random.fork_rng(devices=_cuda(device)), torch.no_grad():  # the run's stream stays
+        was_training = model.training
+        output = model.eval()(x[:2].to(device))
+        model.train(was_training)
+    if output.ndim != 2 or output.shape[1] != classes:
+        shape = "×".join(map(str, output.shape[1:])) or "a scalar"
+        raise FmtkError(
+            f"recipe {recipe_name}: the model gives {shape} outputs per sample but the data has "
+            f"{classes} classes; its last layer must have {classes} outputs"
+        )

@@ -1,0 +1,116 @@
+"""Finding a recipe and its data: bundled recipes by name, a user's file by path, the recipe of a
+run's config.json, with a preset and ``--set`` values; the data folder a command reads."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fmtk.errors import FmtkError
+from fmtk.recipe import PER_ITERATION_SCHEDULES, Recipe, apply_overrides, apply_preset, overridable_fields
+from fmtk.runfolder import read_config
+
+DATA_VARIABLE = "FMTK_DATA"
+
+
+def resolve_recipe(
+    recipe: Recipe | str | Path, preset: str | None = None, overrides: Mapping[str, Any] | None = None
+) -> Recipe:
+    """The recipe to train: a :class:`Recipe`, a bundled recipe's name or a recipe file's path, with
+    its preset ``preset`` and then ``overrides`` applied (each checked like ``--set``)."""
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(str(recipe))
+    recipe = apply_preset(recipe, preset)
+    return apply_overrides(recipe, overrides) if overrides else recipe
+
+
+def data_root(given: Path | str | None, run_dir: Path | None = None) -> Path:
+    """The data folder a command reads: ``given`` (``--data-dir``), else the one the run in
+    ``run_dir`` trained on (evaluate, ``--resume``, ``--config``), else ``$FMTK_DATA``, else ./data."""
+    if given is not None:
+        return Path(given)
+    recorded = read_config(run_dir).get("data_dir") if run_dir is not None and run_dir.exists() else None
+    if isinstance(recorded, str):
+        return Path(recorded)
+    return Path(os.environ.get(DATA_VARIABLE) or "data")
+
+
+def bundled_recipes_dir() -> Path:
+    """The folder of the recipes that ship with fmtk (installed as the package fmtk.recipes)."""
+    import fmtk.recipes
+
+    return Path(fmtk.recipes.__file__).parent
+
+
+def bundled_recipe_names() -> list[str]:
+    """Names of the bundled recipes, sorted."""
+    return sorted(p.stem for p in bundled_recipes_dir().glob("*.py") if not p.stem.startswith("_"))
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Load a bundled recipe by name (``mnist_dnn``) or a user's recipe file by path."""
+    path = Path(name_or_path)
+    bundled = path.suffix != ".py"
+    if bundled:
+        names = bundled_recipe_names()
+        if name_or_path not in names:
+            close = difflib.get_close_matches(name_or_path, names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known recipes: {', '.join(names)}"
+            raise FmtkError(f"unknown recipe '{name_or_path}'{hint}")
+        path = bundled_recipes_dir() / f"{name_or_path}.py"
+    if not path.is_file():
+        raise FmtkError(f"recipe file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"fmtk_recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    recipe = getattr(module, "recipe", None)
+    if not isinstance(recipe, Recipe):
+        raise FmtkError(f"{path} must define a variable `recipe = Recipe(...)`")
+    recipe.validate()
+    return recipe if bundled else dataclasses.replace(recipe, source=str(path.resolve()))
+
+
+def recipe_from_config(
+    config: dict[str, Any], epochs: int | None = None, recipe: Recipe | None = None
+) -> Recipe:
+    """The recipe a run was made with, from its config.json (bundled recipes by name, a user's file
+    by its path, or ``recipe`` itself: a recipe object made in Python), with ``epochs`` raised if given."""
+    if recipe is None:
+        recipe = _load_recipe_of(config)
+    values = {name: config[name] for name in overridable_fields() if name in config}
+    changed = dict(config.get("changed", {}))
+    if epochs is not None:
+        values["epochs"] = changed["epochs"] = epochs
+    options = {**recipe.options, **config.get("options", {})}
+    schedule = values.get("schedule", recipe.schedule)
+    if epochs is not None and epochs != config.get("epochs") and schedule in PER_ITERATION_SCHEDULES:
+        raise FmtkError(
+            f"--epochs {epochs}: the run's {schedule} schedule is laid out over its {config.get('epochs')} "
+            "epochs and cannot be extended; start a new run with more epochs"
+        )
+    recipe = dataclasses.replace(
+        recipe, **values, options=options, changed=changed, preset=config.get("preset")
+    )
+    recipe.validate()
+    return recipe
+
+
+def _load_recipe_of(config: dict[str, Any]) -> Recipe:
+    """The recipe file or bundled recipe a config names; a recipe object made in Python has neither."""
+    name = config.get("name")
+    if not isinstance(name, str):
+        raise FmtkError('config.json names no recipe (no "name")')
+    if config.get("source"):
+        return load_recipe(config["source"])
+    recipe = load_recipe(name) if name in bundled_recipe_names() else None
+    made_here = recipe is not None and config.get("model") in (None, recipe.config()["model"])
+    if not made_here:
+        raise FmtkError(
+            f"recipe '{name}' was made in Python (it is no bundled recipe or file that fmtk can load); "
+            "give the recipe object from Python, e.g. fmtk.evaluate(run_dir, recipe=recipe)"
+        )
+    return recipe

@@ -1,0 +1,80 @@
+"""The end of a run: its best and last checkpoints tested, its pictures, metrics.json and the test table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+import numpy as np
+from torch.utils.tensorboard import SummaryWriter
+
+from fmtk.runfolder import checkpoint_epoch, picture_path
+from fmtk.training.checkpoints import evaluated_weights, load_model_weights, read_checkpoint
+from fmtk.training.evaluation import Evaluation, evaluate, run_pictures, tested_model
+from fmtk.training.parts import Parts
+
+
+def test_checkpoint(parts: Parts, path: Path) -> Evaluation:
+    """Load the weights validation used from the checkpoint at ``path`` into the parts' model and
+    evaluate them on the test split (with the recipe's test-time flip averaging, if on)."""
+    recipe = parts.recipe
+    checkpoint = read_checkpoint(path, parts.device)
+    load_model_weights(evaluated_weights(checkpoint), path, recipe.name, parts.model)
+    model = tested_model(recipe, parts.model)
+    return evaluate(model, parts.data.test, parts.data.classes, parts.device, parts.loss_fn,
+                    recipe.make_metrics())  # fmt: skip
+
+
+def write_pictures(parts: Parts, best: Evaluation, run_dir: Path, writer: SummaryWriter, epoch: int) -> None:
+    """The run's pictures as PNG files and as images in its TensorBoard, from the model holding the
+    best checkpoint's weights."""
+    data = parts.data
+    for name, picture in run_pictures(parts.recipe.name, parts.model, best, data.valid, data.classes).items():
+        picture.save(picture_path(run_dir, name))
+        writer.add_image(name, np.asarray(picture), epoch, dataformats="HWC")
+
+
+def final_results(
+    parts: Parts,
+    history: list[dict[str, float]],
+    tested: dict[str, tuple[Path, Evaluation]],
+    epochs_run: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """What metrics.json holds: the run's figures per epoch summed up and the test figures of the
+    ``best`` and ``last`` checkpoints (``tested``: their paths and evaluations)."""
+    recipe = parts.recipe
+    name, mode = recipe.watched("checkpoint_metric")
+    best_path = tested["best"][0]
+    # The best checkpoint's own epoch (its file name): right also when metrics.csv lost rows.
+    best_epoch = checkpoint_epoch(best_path)
+    rows = [row for row in history if row["epoch"] == best_epoch]
+    return {
+        "recipe": recipe.name,
+        "device": str(parts.device),
+        "processes": idist.get_world_size(),
+        **parts.speed.config(),
+        "best_epoch": best_epoch,
+        "best_valid_accuracy": max((row["valid_accuracy"] for row in history), default=None),
+        "best_checkpoint_metric": {
+            "name": f"valid_{name}", "mode": mode, "value": rows[0][f"valid_{name}"] if rows else None
+        },
+        "epochs_run": epochs_run,
+        "stopped_early": epochs_run < recipe.epochs,
+        "train_seconds": round(seconds, 2),
+        "checkpoints": {which: path.name for which, (path, _) in tested.items()},
+        "test": {
+            which: {"loss": result.loss, "accuracy": result.accuracy, **result.metrics}
+            for which, (_, result) in tested.items()
+        },
+    }  # fmt: skip
+
+
+def test_table(results: dict[str, Any]) -> list[str]:
+    """The lines of the table a run ends with: each checkpoint's file, test loss and accuracy."""
+    lines = [f"{'checkpoint':<12}{'file':<44}{'test_loss':>10}{'test_acc':>10}"]
+    for which in ("best", "last"):
+        test, name = results["test"][which], results["checkpoints"][which]
+        lines.append(f"{which:<12}{name:<44}{test['loss']:>10.4f}{100 * test['accuracy']:>9.2f}%")
+    return lines

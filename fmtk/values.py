@@ -1,0 +1,91 @@
+"""Typed values from the command line: ``--set key=value`` text parsed by the type of what it sets
+(int, float, bool, str, X | None, keyword arguments, lists), and values from Python checked by it."""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from fmtk.errors import FmtkError
+
+
+def parse_value(key: str, value: Any, kind: Any) -> Any:
+    """One value for a field of type ``kind`` (int, float, bool, str, or X | None): a string is
+    parsed, anything else must already have the type (an int does for a float)."""
+    allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    if typing.get_origin(kind) is dict:
+        return parse_arguments(key, value)
+    if not isinstance(value, str):
+        return typed(key, value, kind)
+    text = value
+    if type(None) in allowed and text.strip().lower() in ("none", "null"):
+        return None
+    target = next(t for t in allowed if t is not type(None))
+    try:
+        if target is bool:
+            return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[
+                text.strip().lower()
+            ]
+        return target(text)
+    except (KeyError, ValueError):
+        expected = " or ".join(t.__name__ for t in allowed)
+        raise FmtkError(f"--set {key}={text}: expected {expected}") from None
+
+
+def parse_arguments(key: str, value: Any) -> dict[str, Any]:
+    """Keyword arguments: a dict, or ``name:value`` pairs separated by commas, each value a bool
+    (true/false), a number, a tuple of them separated by ``/`` (``betas:0.9/0.99``) or text."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if not isinstance(value, str):
+        raise FmtkError(f"{key}={value!r}: expected a dict of keyword arguments")
+    arguments = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, colon, text = item.partition(":")
+        if not colon or not name.strip().isidentifier():
+            raise FmtkError(
+                f"--set {key}={value}: expected name:value pairs, e.g. momentum:0.9,nesterov:true"
+            )
+        arguments[name.strip()] = _argument_value(text.strip())
+    return arguments
+
+
+def _argument_value(text: str) -> Any:
+    if "/" in text:
+        return tuple(_argument_value(part.strip()) for part in text.split("/"))
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_option(key: str, value: Any, default: Any) -> Any:
+    """A recipe option's new value, typed like its default: a list or tuple default takes
+    comma-separated items of its first item's type (``--set layers=64,32`` → ``[64, 32]``)."""
+    if not isinstance(default, list | tuple):
+        return parse_value(key, value, str | None if default is None else type(default))
+    kind = type(default[0]) if default else str
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        return type(default)(parse_value(key, item, kind) for item in items)
+    if not isinstance(value, list | tuple):
+        raise FmtkError(f"{key}={value!r}: expected a list of {kind.__name__}")
+    return type(default)(typed(key, item, kind) for item in value)
+
+
+def typed(key: str, value: Any, kind: Any) -> Any:
+    """``value`` if it has the type ``kind`` (an int does for a float, and becomes one); else FmtkError."""
+    allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    allowed = tuple(typing.get_origin(t) or t for t in allowed)  # dict[str, Any] → dict
+    if float in allowed and type(value) is int:
+        return float(value)
+    if not any(value is None if t is type(None) else type(value) is t for t in allowed):
+        expected = " or ".join(t.__name__ for t in allowed)
+        raise FmtkError(f"{key}={value!r}: expected {expected}")
+    return value
