@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import re
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ class Recipe:
     epochs: int = 10
     # Ignite's EarlyStopping patience (stops when the counter *reaches* it); None turns it off.
     early_stopping_patience: int | None = None
-    # torch ReduceLROnPlateau on valid loss; None turns it off.
+    # torch ReduceLROnPlateau on valid loss, with the plateau schedule (the default); None turns it off.
     plateau_patience: int | None = None
     plateau_factor: float = 0.1
     # The LR schedule: "plateau" (ReduceLROnPlateau as set by plateau_patience/_factor/_metric: the
@@ -126,76 +127,11 @@ class Recipe:
                 "(it names the run folders)"
             )
         for name, kind in overridable_fields().items():
-            typed(f"recipe {self.name}: {name}", getattr(self, name), kind)
-        checks = [
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
-            (0 < self.plateau_factor < 1, f"plateau_factor must be in (0, 1), got {self.plateau_factor}"),
-            (0 <= self.seed < 2**32, f"seed must be in 0 … 2**32-1 (numpy's range), got {self.seed}"),
-        ]
-        for name in ("early_stopping_patience", "plateau_patience"):
-            value = getattr(self, name)
-            checks.append((value is None or value >= 1, f"{name} must be >= 1 or none, got {value}"))
-        for name in ("early_stopping_metric", "checkpoint_metric", "plateau_metric"):
-            spec = getattr(self, name)
-            metric, _, mode = spec.partition(":")
-            message = f"{name} must be a metric name, optionally with :min or :max, got '{spec}'"
-            checks.append((metric.isidentifier() and mode in ("", "min", "max"), message))
-        norm = self.max_grad_norm
-        checks.append((norm is None or norm > 0, f"max_grad_norm must be > 0 or none, got {norm}"))
-        schedule, smoothing = self.schedule, self.label_smoothing
-        checks += [
-            (schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got '{schedule}'"),
-            (
-                schedule == "plateau" or self.plateau_patience is None,
-                f"schedule {schedule} contradicts plateau_patience={self.plateau_patience} (the plateau "
-                "schedule's); set plateau_patience=none with it",
-            ),
-            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
-            (
-                self.warmup_epochs == 0 or schedule == "cosine",
-                f"warmup_epochs is the cosine schedule's warm-up; schedule is {schedule}",
-            ),
-            (0 <= smoothing < 1, f"label_smoothing must be in [0, 1), got {smoothing}"),
-            (0 <= self.augment_flip <= 1, f"augment_flip must be in [0, 1], got {self.augment_flip}"),
-            (0 <= self.augment_crop < 1, f"augment_crop must be in [0, 1) (0: off), got {self.augment_crop}"),
-            (self.augment_shift >= 0, f"augment_shift must be >= 0 pixels, got {self.augment_shift}"),
-            (0 <= self.augment_erase < 1, f"augment_erase must be in [0, 1), got {self.augment_erase}"),
-            (
-                self.ema_decay is None or 0 < self.ema_decay < 1,
-                f"ema_decay must be in (0, 1) or none, got {self.ema_decay}",
-            ),
-            (
-                smoothing == 0 or self.loss is cross_entropy,
-                "label_smoothing smooths the default cross-entropy; this recipe has its own loss",
-            ),
-        ]
-        optimizer_class = getattr(torch.optim, self.optimizer, None)
-        is_optimizer = isinstance(optimizer_class, type) and issubclass(
-            optimizer_class, torch.optim.Optimizer
-        )
-        checks.append((is_optimizer, f"optimizer must name a class in torch.optim, got '{self.optimizer}'"))
-        # (Arguments of a class that is no optimizer are not checked: that error comes first.)
-        accepted = optimizer_arguments(optimizer_class) if is_optimizer else list(self.optimizer_args)
-        unknown = sorted(set(self.optimizer_args) - set(accepted))
-        if unknown:
-            listed = ", ".join(accepted)
-            checks.append(
-                (
-                    False,
-                    f"optimizer {self.optimizer} takes no argument {unknown[0]!r}; its arguments: {listed}",
-                )
-            )
-        reason = UNDRIVABLE_OPTIMIZERS.get(self.optimizer)
-        checks.append(
-            (reason is None, f"optimizer {self.optimizer} cannot be driven by fmtk's step: {reason}")
-        )
-        for ok, message in checks:
-            if not ok:
-                raise FmtkError(f"recipe {self.name}: {message}")
+            value = typed(f"recipe {self.name}: {name}", getattr(self, name), kind)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise FmtkError(f"recipe {self.name}: {name} must be a finite number, got {value}")
+        for problem in [*_value_problems(self), *_optimizer_problems(self)]:
+            raise FmtkError(f"recipe {self.name}: {problem}")
 
     def call(self, part: str, *args: Any) -> Any:
         """``self.<part>(self, *args)`` (``model``, ``data``, ``image_input``…). An exception from a
@@ -239,6 +175,63 @@ class Recipe:
         }  # fmt: skip
 
 
+def _value_problems(recipe: Recipe) -> Iterator[str]:
+    """What is wrong with the recipe's values, one line each (none: it can train)."""
+    r = recipe
+    checks = [
+        (r.lr > 0, f"lr must be > 0, got {r.lr}"),
+        (r.weight_decay >= 0, f"weight_decay must be >= 0, got {r.weight_decay}"),
+        (r.batch_size >= 1, f"batch_size must be >= 1, got {r.batch_size}"),
+        (r.epochs >= 1, f"epochs must be >= 1, got {r.epochs}"),
+        (r.log_every >= 1, f"log_every must be >= 1, got {r.log_every}"),
+        (0 < r.plateau_factor < 1, f"plateau_factor must be in (0, 1), got {r.plateau_factor}"),
+        (0 <= r.seed < 2**32, f"seed must be in 0 … 2**32-1 (numpy's range), got {r.seed}"),
+        *[
+            (value is None or value >= 1, f"{name} must be >= 1 or none, got {value}")
+            for name, value in [("early_stopping_patience", r.early_stopping_patience),
+                                ("plateau_patience", r.plateau_patience)]
+        ],
+        *[
+            (WATCH.fullmatch(getattr(r, name)) is not None,
+             f"{name} must be a metric name, optionally with :min or :max, got '{getattr(r, name)}'")
+            for name in ("early_stopping_metric", "checkpoint_metric", "plateau_metric")
+        ],
+        (r.max_grad_norm is None or r.max_grad_norm > 0,
+         f"max_grad_norm must be > 0 or none, got {r.max_grad_norm}"),
+        (r.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got '{r.schedule}'"),
+        (r.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {r.warmup_epochs}"),
+        (r.warmup_epochs == 0 or r.schedule == "cosine",
+         f"warmup_epochs is the cosine schedule's warm-up; schedule is {r.schedule}"),
+        (0 <= r.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {r.label_smoothing}"),
+        (0 <= r.augment_flip <= 1, f"augment_flip must be in [0, 1], got {r.augment_flip}"),
+        (0 <= r.augment_crop < 1, f"augment_crop must be in [0, 1) (0: off), got {r.augment_crop}"),
+        (r.augment_shift >= 0, f"augment_shift must be >= 0 pixels, got {r.augment_shift}"),
+        (0 <= r.augment_erase < 1, f"augment_erase must be in [0, 1), got {r.augment_erase}"),
+        (r.ema_decay is None or 0 < r.ema_decay < 1,
+         f"ema_decay must be in (0, 1) or none, got {r.ema_decay}"),
+        (r.label_smoothing == 0 or r.loss is cross_entropy,
+         "label_smoothing smooths the default cross-entropy; this recipe has its own loss"),
+    ]  # fmt: skip
+    return (message for ok, message in checks if not ok)
+
+
+def _optimizer_problems(recipe: Recipe) -> Iterator[str]:
+    """What is wrong with the recipe's optimizer and its arguments."""
+    optimizer_class = getattr(torch.optim, recipe.optimizer, None)
+    if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
+        yield f"optimizer must name a class in torch.optim, got '{recipe.optimizer}'"
+        return  # (the arguments of a class that is no optimizer are not checked)
+    accepted = optimizer_arguments(optimizer_class)
+    unknown = sorted(set(recipe.optimizer_args) - set(accepted))
+    if unknown:
+        listed = ", ".join(accepted)
+        yield f"optimizer {recipe.optimizer} takes no argument {unknown[0]!r}; its arguments: {listed}"
+    reason = UNDRIVABLE_OPTIMIZERS.get(recipe.optimizer)
+    if reason is not None:
+        yield f"optimizer {recipe.optimizer} cannot be driven by fmtk's step: {reason}"
+
+
+WATCH = re.compile(r"[A-Za-z_]\w*(:min|:max)?")  # a watched metric: "loss", "f1:max"
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # one path component, never "." or ".."
 # torch.optim classes that fmtk's step (one optimizer.step() per batch) cannot drive, and why.
 UNDRIVABLE_OPTIMIZERS = {

@@ -48,7 +48,6 @@ recipe = Recipe(
                 "weight_decay": 0.05,
                 "schedule": "cosine",
                 "warmup_epochs": 1.0,
-                "plateau_patience": None,
                 "early_stopping_patience": None,
                 "label_smoothing": 0.1,
                 "augment_flip": 0.5,

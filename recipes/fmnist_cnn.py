@@ -49,7 +49,6 @@ recipe = Recipe(
                 "weight_decay": 5e-4,
                 "batch_size": 64,
                 "schedule": "onecycle",
-                "plateau_patience": None,
                 "early_stopping_patience": None,
                 "label_smoothing": 0.1,
                 "epochs": 8,

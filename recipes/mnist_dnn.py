@@ -46,7 +46,6 @@ recipe = Recipe(
                 "lr": 0.2,
                 "weight_decay": 5e-4,
                 "schedule": "onecycle",
-                "plateau_patience": None,
                 "early_stopping_patience": None,
                 "augment_shift": 1,
                 "epochs": 14,

@@ -44,10 +44,7 @@ def test_optimizer_arguments_reach_the_optimizer(tmp_path: Path) -> None:
         ),
         ({"optimizer_args": "momentum=0.9"}, "expected name:value pairs, e.g. momentum:0.9"),
         ({"schedule": "linear"}, "schedule must be one of plateau, onecycle, cosine, none, got 'linear'"),
-        (
-            {"schedule": "onecycle", "plateau_patience": "3"},
-            "schedule onecycle contradicts plateau_patience=3",
-        ),
+        ({"warmup_epochs": "inf", "schedule": "cosine"}, "warmup_epochs must be a finite number, got inf"),
         (
             {"schedule": "none", "plateau_patience": "none", "warmup_epochs": "1"},
             "warmup_epochs is the cosine",
@@ -58,6 +55,17 @@ def test_optimizer_arguments_reach_the_optimizer(tmp_path: Path) -> None:
 def test_contradictions_and_unknown_values_are_one_line_errors(overrides: dict, message: str) -> None:
     with pytest.raises(FmtkError, match=re.escape(message)):
         apply_overrides(load_recipe("digits_mlp"), overrides)
+
+
+def test_a_per_iteration_schedule_leaves_the_plateau_values_unused(tmp_path: Path) -> None:
+    """The plateau_* values belong to the plateau schedule: with another one they do nothing, so a
+    preset or --set schedule=onecycle need not turn them off."""
+    run = build_run("digits_mlp", tmp_path, "cpu", echo=None, epochs=1, schedule="onecycle", plateau_patience=2)
+    assert type(run.lr_scheduler).__name__ == "LRScheduler"  # torch's OneCycleLR, in Ignite's wrapper
+    plateau = build_run("digits_mlp", tmp_path / "p", "cpu", echo=None, epochs=1, plateau_patience=2)
+    assert type(plateau.lr_scheduler).__name__ == "CheckpointablePlateau"
+    for built in (run, plateau):
+        built.close_loggers()
 
 
 def test_a_value_torch_refuses_names_the_optimizer(tmp_path: Path) -> None:

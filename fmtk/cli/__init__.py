@@ -1,0 +1,15 @@
+"""The `fmtk` command: parse, call, print. Only this package uses click and exits.
+
+torch, Ignite and everything that imports them are imported inside the commands: they take
+seconds to import, and ``fmtk --help``, ``--version`` and ``fmtk runs`` need neither.
+"""
+
+from fmtk.cli import look, train  # noqa: F401 - each registers its commands on the group
+from fmtk.cli.group import cli
+
+__all__ = ["cli", "main"]
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="fmtk")

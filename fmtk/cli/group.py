@@ -1,0 +1,88 @@
+"""The `fmtk` command group: its error handling (every FmtkError becomes one line on stderr and its
+exit code), the options several commands share, and the helpers they use.
+
+torch, Ignite and everything that imports them are imported inside the commands: they take
+seconds to import, and ``fmtk --help``, ``--version`` and ``fmtk runs`` need neither.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from fmtk.errors import FmtkError, Interrupted, one_line
+from fmtk.runfolder import (
+    CONFIG,
+)
+
+if TYPE_CHECKING:
+    from fmtk.recipe import Recipe
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as error:  # noqa: BLE001 - a user's code may raise anything; fmtk's own keep their traceback
+            line = one_line(error)
+            if line is None:
+                raise
+            if line:  # (an error another process printed already has none)
+                click.echo(line if isinstance(error, Interrupted) else f"Error: {line}", err=True)
+            sys.exit(getattr(error, "exit_code", 1))
+
+
+# Options several commands share, declared once.
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=None,
+    help="Data root [default: the run's own (evaluate, --resume, --config), else $FMTK_DATA, else ./data].",
+)  # fmt: skip
+device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+checkpoint_option = click.option(
+    "--checkpoint", default="best", show_default=True, help="best, last or a checkpoint path."
+)
+set_option = click.option(
+    "--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any recipe field (repeatable)."
+)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fmtk")
+def cli() -> None:
+    """fmtk: train PyTorch recipes with Ignite engines and handlers."""
+    # Ignite logs "Engine run is terminating due to exception" through Python's last-resort
+    # handler; the CLI reports every error itself, in one line.
+    ignite_logger = logging.getLogger("ignite")
+    if not any(isinstance(handler, logging.NullHandler) for handler in ignite_logger.handlers):
+        ignite_logger.addHandler(logging.NullHandler())
+
+
+def parse_settings(settings: tuple[str, ...]) -> dict[str, str]:
+    """``("lr=0.1", "variant=basic")`` → ``{"lr": "0.1", "variant": "basic"}``."""
+    parsed = {}
+    for setting in settings:
+        key, equals, value = setting.partition("=")
+        if not equals or not key.strip():
+            raise FmtkError(f"--set {setting}: expected key=value")
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+def recipe_with_settings(recipe_name: str, settings: tuple[str, ...], preset: str | None = None) -> Recipe:
+    """The recipe named on the command line with its ``--preset`` and ``--set`` values."""
+    from fmtk.recipe_loading import resolve_recipe
+
+    return resolve_recipe(recipe_name, preset, parse_settings(settings))
+
+
+def check_run_folder(command: str, run_dir: Path) -> None:
+    if not run_dir.is_dir():
+        raise FmtkError(f"fmtk {command} {run_dir}: no such run folder")
+    if not (run_dir / CONFIG).is_file():
+        raise FmtkError(f"fmtk {command} {run_dir}: not a run folder (it has no {CONFIG})")

@@ -1,0 +1,193 @@
+"""The commands that look at recipes and runs: list, show, summary, evaluate, predict, runs (torch
+is imported inside the commands that need it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from fmtk.cli.group import (
+    check_run_folder,
+    checkpoint_option,
+    cli,
+    data_dir_option,
+    device_option,
+    recipe_with_settings,
+    set_option,
+)
+from fmtk.errors import FmtkError
+from fmtk.runfolder import BEST, LAST, confusion_name, picture_path
+
+
+@cli.command("list")
+def list_recipes() -> None:
+    """The bundled recipes, one line each."""
+    from fmtk.recipe_loading import bundled_recipe_names, load_recipe
+
+    for name in bundled_recipe_names():
+        recipe = load_recipe(name)
+        click.echo(f"{name:<12} {recipe.description}")
+        for preset, values in recipe.presets.items():
+            click.echo(f"{'':<12}   --preset {preset}: {values.description}")
+
+
+@cli.command()
+@click.argument("recipe_name", metavar="RECIPE")
+@click.option("--split", type=click.Choice(["train", "valid", "test"]), default="train", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), help="PNG file (default: RECIPE_SPLIT_samples.png).")
+@click.option(
+    "-n", "count", default=32, show_default=True, type=click.IntRange(min=1), help="How many samples."
+)
+@data_dir_option
+@click.option("--seed", default=0, show_default=True, help="Which random samples.")
+@click.option("--preset", metavar="NAME", help="One of the recipe's named presets.")
+@click.option("--augmented", is_flag=True, help="Training samples as the recipe's augmentation makes them.")
+@set_option
+def show(
+    recipe_name: str,
+    split: str,
+    out: Path | None,
+    count: int,
+    data_dir: Path,
+    seed: int,
+    preset: str | None,
+    augmented: bool,
+    settings: tuple[str, ...],
+) -> None:
+    """A grid of random samples of a split titled with their class names, and the class counts."""
+    import torch
+
+    from fmtk.data.batches import TensorBatches
+    from fmtk.pictures import titled_grid
+    from fmtk.recipe_loading import data_root
+    from fmtk.training.parts import load_data
+
+    recipe = recipe_with_settings(recipe_name, settings, preset)
+    if augmented and split != "train":
+        raise FmtkError(f"--augmented shows the training split; --split {split} is never augmented")
+    out = out or Path(f"{recipe.name}_{split}_samples.png")
+    if out.exists():
+        raise FmtkError(f"{out} exists; choose another --out (nothing was overwritten)")
+    data = load_data(recipe, data_root(data_dir), torch.device("cpu"))
+    if not all(isinstance(getattr(data, name), TensorBatches) for name in ("train", "valid", "test")):
+        raise FmtkError(f"fmtk show needs in-memory TensorBatches splits; {recipe.name} has other ones")
+    if augmented and not data.train.augmentation.active:
+        raise FmtkError(f"--augmented: {recipe.name} augments nothing; set augment_* or a --preset")
+    for name in ("train", "valid", "test"):
+        counts = torch.bincount(getattr(data, name).labels, minlength=len(data.classes)).tolist()
+        click.echo(f"{name:<6}" + "  ".join(f"{c}: {n}" for c, n in zip(data.classes, counts, strict=True)))
+    batches = getattr(data, split)
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(len(batches.labels), generator=generator)[:count]
+    titles = [data.classes[int(label)] for label in batches.labels[chosen]]
+    images = batches.images[chosen]
+    if augmented:
+        images, _ = next(iter(batches.take(chosen)))
+    try:
+        titled_grid(images, titles, columns=8).save(out)
+    except OSError as error:
+        raise FmtkError(f"--out {out}: cannot write it ({error.strerror})") from None
+    click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.argument("recipe_name", metavar="RECIPE")
+@set_option
+def summary(recipe_name: str, settings: tuple[str, ...]) -> None:
+    """The model's layers with output shapes and parameter counts, and the totals."""
+    from PIL import Image
+
+    from fmtk.summary import format_summary
+
+    recipe = recipe_with_settings(recipe_name, settings)
+    if recipe.image_input is None:
+        raise FmtkError(f"recipe {recipe.name} does not say what its input looks like (image_input)")
+    input_shape = tuple(recipe.call("image_input", Image.new("RGB", (64, 64))).shape)
+    click.echo(f"{recipe.name}: {recipe.description}")
+    click.echo(format_summary(recipe.call("model"), input_shape))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@checkpoint_option
+@click.option("--split", type=click.Choice(["test", "valid"]), default="test", show_default=True)
+@data_dir_option
+@device_option
+def evaluate(run_dir: Path, checkpoint: str, split: str, data_dir: Path, device: str) -> None:
+    """Loss, accuracy, per-class accuracy and confusion matrix of a run's checkpoint on a split.
+
+    Also writes confusion_<checkpoint>.png (…_valid.png for the valid split) to the run folder and
+    to its TensorBoard.
+    """
+    import numpy as np
+    from torch.utils.tensorboard import SummaryWriter
+
+    from fmtk.device import resolve_device
+    from fmtk.recipe_loading import data_root
+    from fmtk.training.evaluation import evaluate_run
+
+    check_run_folder("evaluate", run_dir)
+    recipe, path, result = evaluate_run(
+        run_dir, checkpoint, split, data_root(data_dir, run_dir), resolve_device(device)
+    )
+    click.echo(f"{recipe.name}, {path.name}, {split} split")
+    click.echo(result.table())
+    stem = confusion_name(checkpoint if checkpoint in (BEST, LAST) else path.stem, split)
+    picture = result.picture(f"{recipe.name}: {path.name}, {split} split")
+    try:
+        picture.save(picture_path(run_dir, stem))
+        with SummaryWriter(str(run_dir)) as writer:
+            writer.add_image(stem, np.asarray(picture), dataformats="HWC")
+    except OSError as error:  # a read-only run folder: the figures are printed, the picture is not kept
+        raise FmtkError(
+            f"{picture_path(run_dir, stem)}: cannot write the picture ({error.strerror})"
+        ) from None
+    click.echo(f"wrote {picture_path(run_dir, stem)}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@checkpoint_option
+@click.option("--top", default=1, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@device_option
+def predict(
+    run_dir: Path, images: tuple[Path, ...], checkpoint: str, top: int, as_json: bool, device: str
+) -> None:
+    """The predicted class and its probability for each IMAGE (PNG/JPEG, any mode and size)."""
+    from fmtk.device import resolve_device
+    from fmtk.training.evaluation import load_trained_model, predict_files
+
+    check_run_folder("predict", run_dir)
+    torch_device = resolve_device(device)
+    recipe, model, _, classes = load_trained_model(run_dir, checkpoint, torch_device)
+    results = predict_files(recipe, model, images, classes, top, torch_device)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    for result in results:
+        guesses = "  ".join(f"{p['class']} {p['probability']:.3f}" for p in result["predictions"])
+        click.echo(f"{result['file']}: {guesses}")
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path), default="runs", required=False)
+@click.option("--sort", "sort_key", default="run", show_default=True, metavar="COLUMN",
+              help="run, recipe, preset, changed, epochs, best_valid_acc, test_acc_best, test_acc_last, "
+              "train_seconds, state or started (newest first).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output: one object per run.")
+def runs(folder: Path, sort_key: str, as_json: bool) -> None:
+    """The runs under FOLDER (default ./runs) as one table: recipe, changed values, epochs, best
+    valid accuracy, test accuracy of the best and last checkpoints, training time, state."""
+    from fmtk.runs import format_runs_table, list_runs, runs_as_json, sort_runs
+
+    rows = sort_runs(list_runs(folder), sort_key)
+    if as_json:
+        click.echo(runs_as_json(rows))
+    elif not rows:
+        click.echo(f"no runs under {folder}")
+    else:
+        click.echo(format_runs_table(rows))

@@ -1,0 +1,163 @@
+"""`fmtk run` and `fmtk lr-find`: commands that train (torch is imported inside them)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from fmtk.choices import BACKENDS, PRECISIONS
+from fmtk.cli.group import (
+    cli,
+    data_dir_option,
+    device_option,
+    parse_settings,
+    recipe_with_settings,
+    set_option,
+)
+from fmtk.errors import FmtkError
+
+
+@cli.command()
+@click.argument("recipe_name", metavar="[RECIPE]", required=False)
+@click.option(
+    "--resume", type=click.Path(path_type=Path), help="Continue this run folder from its last checkpoint."
+)
+@click.option("--config", "config", type=click.Path(path_type=Path), metavar="CONFIG_JSON",
+              help="Instead of RECIPE: train the recipe of a run's config.json (or run folder) again, "
+              "with its values, into a new folder.")  # fmt: skip
+@device_option
+@click.option("--epochs", type=int, help="Maximum number of epochs.")
+@click.option("--batch-size", type=int, help="Batch size (the global batch when several processes train).")
+@click.option("--lr", type=float, help="Learning rate.")
+@click.option("--seed", type=int, help="Random seed (data split, order, initialisation).")
+@data_dir_option
+@click.option("--output-dir", type=click.Path(path_type=Path), default="runs", show_default=True,
+              help="Runs go to OUTPUT_DIR/RECIPE/YYYYmmdd-HHMMSS/.")  # fmt: skip
+@click.option(
+    "--run-dir", type=click.Path(path_type=Path), help="Exact run folder (must not exist or be empty)."
+)
+@click.option("--preset", metavar="NAME", help="One of the recipe's named presets (fmtk list shows them).")
+@set_option
+@click.option("--handler", "handlers", multiple=True, metavar="MODULE:FUNCTION",
+              help="A function that receives the Run and attaches handlers (repeatable).")  # fmt: skip
+@click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default="auto", show_default=True,
+              help="auto: bf16 on CUDA (16-mixed without bf16), 32 on the CPU.")  # fmt: skip
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="Memory format of conv nets [default: on with CUDA].")  # fmt: skip
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the training step's model.")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train in N processes on this machine (ignite.distributed).")  # fmt: skip
+@click.option("--backend", type=click.Choice(BACKENDS), help="nccl or gloo [default: nccl with CUDA].")
+def run(
+    recipe_name: str | None,
+    resume: Path | None,
+    config: Path | None,
+    device: str,
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    seed: int | None,
+    data_dir: Path,
+    output_dir: Path,
+    run_dir: Path | None,
+    preset: str | None,
+    settings: tuple[str, ...],
+    handlers: tuple[str, ...],
+    precision: str,
+    channels_last: bool | None,
+    compile_model: bool,
+    nproc_per_node: int,
+    backend: str | None,
+) -> None:
+    """Train RECIPE (a bundled name or a path to a recipe .py file), then test its checkpoints.
+
+    With --resume RUN_DIR instead of RECIPE, continue that run where its last checkpoint left off;
+    with --config RUN_DIR/config.json, train that run's recipe and values again in a new folder.
+    """
+    from fmtk.device import resolve_device
+    from fmtk.launcher import RunRequest, train
+    from fmtk.recipe_loading import data_root
+    from fmtk.training.engines import SpeedOptions
+
+    if sum(given is not None for given in (recipe_name, resume, config)) != 1:
+        raise FmtkError(
+            "give a RECIPE or --config CONFIG_JSON to start a run, or --resume RUN_DIR to continue one"
+        )
+    request = RunRequest(
+        recipe_name=recipe_name, config=config, resume=resume, output_dir=output_dir, run_dir=run_dir,
+        data_dir=data_root(data_dir, resume or config), device=resolve_device(device),
+        speed=SpeedOptions(precision, channels_last, compile_model),
+        handlers=handlers, nproc_per_node=nproc_per_node, backend=backend,
+        command=shlex.join(["fmtk", *sys.argv[1:]]),
+    )  # fmt: skip
+    if resume is not None:
+        changed = [name for name, value in [("--batch-size", batch_size), ("--lr", lr), ("--seed", seed),
+                   ("--set", settings), ("--run-dir", run_dir), ("--preset", preset)] if value]  # fmt: skip
+        if changed:
+            raise FmtkError(f"--resume keeps the run's recipe; {', '.join(changed)} cannot change it")
+        request.epochs = epochs
+    else:
+        if preset is not None and config is not None:
+            raise FmtkError("--preset with --config: the run's values already hold its preset; use --set")
+        request.preset = preset
+        request.overrides = parse_settings(settings)
+        flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+        request.overrides.update({key: value for key, value in flags.items() if value is not None})
+    train(request, click.echo)
+
+
+@cli.command("lr-find")
+@click.argument("recipe_name", metavar="RECIPE")
+@click.option("--preset", metavar="NAME", help="One of the recipe's named presets.")
+@set_option
+@device_option
+@data_dir_option
+@click.option(
+    "--steps", default=100, show_default=True, type=click.IntRange(min=5), help="Training steps at most."
+)
+@click.option("--start-lr", default=1e-7, show_default=True, type=float)
+@click.option("--end-lr", default=10.0, show_default=True, type=float)
+@click.option("--out", type=click.Path(path_type=Path), help="PNG file (default: RECIPE_lr_find.png).")
+def lr_find(
+    recipe_name: str,
+    preset: str | None,
+    settings: tuple[str, ...],
+    device: str,
+    data_dir: Path | None,
+    steps: int,
+    start_lr: float,
+    end_lr: float,
+    out: Path | None,
+) -> None:
+    """Train RECIPE's model with the LR rising each step (Ignite's FastaiLRFinder); print the
+    suggested LR and draw the loss against the LR. Writes no run folder and no checkpoint."""
+    from fmtk.device import resolve_device
+    from fmtk.lr_finder import find_lr, save_lr_picture
+    from fmtk.recipe_loading import data_root
+
+    recipe = recipe_with_settings(recipe_name, settings, preset)
+    out = out or Path(f"{recipe.name}_lr_find.png")
+    if out.exists():
+        raise FmtkError(f"{out} exists; choose another --out (nothing was overwritten)")
+    if not out.parent.is_dir():
+        raise FmtkError(f"--out {out}: no folder {out.parent}")
+    if not os.access(out.parent, os.W_OK):  # refused before training, not after
+        raise FmtkError(f"--out {out}: cannot write it (the folder {out.parent} is not writable)")
+    finding = find_lr(recipe, data_root(data_dir), resolve_device(device), steps, start_lr, end_lr)
+    title = f"{recipe.name}{f' --preset {preset}' if preset else ''}: LR finder, {len(finding.lrs)} steps"
+    save_lr_picture(finding, out, title)
+    ended = "diverged" if finding.diverged else f"had not diverged by lr {end_lr:g}"
+    if finding.suggestion is None:
+        click.echo(
+            f"no suggestion: the smoothed loss does not fall and then rise between lr {start_lr:g} and "
+            f"{end_lr:g} in {len(finding.lrs)} steps; give more --steps or a wider range; picture: {out}"
+        )
+        return
+    click.echo(
+        f"suggested lr: {finding.suggestion:.3g} (the steepest fall of the smoothed loss, which {ended}); "
+        f"picture: {out}"
+    )
