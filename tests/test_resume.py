@@ -66,7 +66,7 @@ def ctrl_c_mid_epoch_1(run):
 
 
 def report_running(run):  # what `fmtk runs` sees of this run while it trains
-    from fmtk.runs import is_running
+    from fmtk.runlock import is_running
 
     seen = run.run_dir / "seen_running.txt"
     at_iteration(run, 3, lambda run: seen.write_text(str(is_running(run.run_dir))))

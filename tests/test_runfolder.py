@@ -14,8 +14,10 @@ from fmtk.runfolder import (
     find_last_checkpoint,
     make_run_dir,
     remove_stale_files,
+    run_folder,
     truncate_history,
 )
+from fmtk.runlock import is_running
 
 
 def test_make_run_dir_never_reuses_a_folder(tmp_path: Path) -> None:
@@ -48,3 +50,52 @@ def test_remove_stale_files_keeps_the_named_checkpoints(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"")
     remove_stale_files(tmp_path, {"last_checkpoint_2.pt", "best_checkpoint_2_valid_accuracy=0.9.pt"})
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names[0], names[2], "metrics.csv"])
+
+
+def test_run_folder_removes_what_a_failed_command_made(tmp_path: Path) -> None:
+    output = tmp_path / "runs"
+    with pytest.raises(RuntimeError), run_folder(output_dir=output, recipe_name="digits_mlp") as folder:
+        assert is_running(folder)  # locked while the command holds it
+        (folder / "config.json").write_text("{}")
+        raise RuntimeError("failed before the first checkpoint")
+    assert not (output / "digits_mlp").exists()  # the folder and its empty <recipe> parent
+
+    given = tmp_path / "given"
+    given.mkdir()
+    with pytest.raises(RuntimeError), run_folder(given):
+        (given / "iterations").mkdir()
+        (given / "iterations" / "events").write_text("")
+        raise RuntimeError
+    assert given.is_dir() and not any(given.iterdir())  # an empty folder the user gave stays, empty
+
+
+def test_run_folder_keeps_a_resumed_run_and_any_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "last_checkpoint_1.pt").write_bytes(b"")
+    with pytest.raises(RuntimeError), run_folder(run_dir, reuse=True):
+        (run_dir / "events.2").write_text("")
+        raise RuntimeError
+    assert sorted(path.name for path in run_dir.iterdir()) == [
+        "last_checkpoint_1.pt"
+    ]  # only the new file went
+
+    with pytest.raises(RuntimeError), run_folder(tmp_path / "new") as folder:
+        (folder / "last_checkpoint_1.pt").write_bytes(b"")  # written before the failure: resumable
+        raise RuntimeError
+    assert (tmp_path / "new" / "last_checkpoint_1.pt").exists()
+
+    with (
+        pytest.raises(KeyboardInterrupt),
+        run_folder(tmp_path / "kept", keep_when_interrupted=True) as folder,
+    ):
+        (folder / "config.json").write_text("{}")
+        raise KeyboardInterrupt  # fmtk run keeps it: --resume starts it again
+    assert (tmp_path / "kept" / "config.json").exists() and not is_running(tmp_path / "kept")
+
+
+def test_run_folder_refuses_a_folder_another_process_trains(tmp_path: Path) -> None:
+    with run_folder(tmp_path / "run") as folder, pytest.raises(FmtkError, match="being trained by another"):
+        with run_folder(folder, reuse=True):
+            pass
+    assert (tmp_path / "run").is_dir() and not is_running(tmp_path / "run")

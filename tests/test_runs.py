@@ -18,15 +18,8 @@ import pytest
 
 from fmtk.errors import FmtkError
 from fmtk.runfolder import CONFIG, METRICS_CSV, METRICS_JSON, append_epoch_row, write_json
-from fmtk.runs import (
-    SORT_KEYS,
-    format_changed,
-    format_runs_table,
-    is_running,
-    list_runs,
-    lock_run,
-    sort_runs,
-)
+from fmtk.runlock import is_running, lock_run
+from fmtk.runs import SORT_KEYS, format_changed, format_runs_table, list_runs, sort_runs
 
 needs_flock = pytest.mark.skipif(sys.platform == "win32", reason="no fcntl.flock on Windows")
 UNSET = object()  # a config.json key left out, as in runs from older fmtk versions

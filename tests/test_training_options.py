@@ -60,7 +60,7 @@ def test_contradictions_and_unknown_values_are_one_line_errors(overrides: dict, 
 def test_a_per_iteration_schedule_leaves_the_plateau_values_unused(tmp_path: Path) -> None:
     """The plateau_* values belong to the plateau schedule: with another one they do nothing, so a
     preset or --set schedule=onecycle need not turn them off."""
-    run = build_run("digits_mlp", tmp_path, "cpu", echo=None, epochs=1, schedule="onecycle", plateau_patience=2)
+    run = build_run("digits_mlp", tmp_path, "cpu", echo=None, schedule="onecycle", plateau_patience=2)
     assert type(run.lr_scheduler).__name__ == "LRScheduler"  # torch's OneCycleLR, in Ignite's wrapper
     plateau = build_run("digits_mlp", tmp_path / "p", "cpu", echo=None, epochs=1, plateau_patience=2)
     assert type(plateau.lr_scheduler).__name__ == "CheckpointablePlateau"
