@@ -23,6 +23,8 @@ def mlp(
     ``dropout`` gives one rate per hidden layer (empty: none). ``he_init`` uses kaiming normal
     with mode fan_out on the Linear weights, as the Fashion-MNIST notebook does.
     """
+    if any(size < 1 for size in hidden):
+        raise ValueError(f"hidden layer widths must be >= 1, got {list(hidden)}")
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
     for index, size in enumerate(hidden):
@@ -47,6 +49,8 @@ def conv_block(
     in_channels: int, out_channels: int, *, batch_norm: bool, dropout: float = 0.0
 ) -> nn.Sequential:
     """Conv 3×3 (same padding) → (BatchNorm2d) → ReLU → MaxPool 2 → (Dropout)."""
+    if out_channels < 1:
+        raise ValueError(f"conv block channel counts must be >= 1, got {out_channels}")
     layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1)]
     if batch_norm:
         layers.append(nn.BatchNorm2d(out_channels))

@@ -108,8 +108,8 @@ def _read_history(run_dir: Path) -> tuple[int, float | None]:
     with path.open(newline="") as file:
         try:
             rows = list(csv.DictReader(file))
-        except UnicodeDecodeError as error:
-            raise FmtkError(f"{METRICS_CSV} is not UTF-8 text (byte {error.start})") from None
+        except UnicodeDecodeError:
+            raise FmtkError(f"{METRICS_CSV} is not UTF-8 text") from None
         except csv.Error as error:  # e.g. a NUL byte
             raise FmtkError(f"{METRICS_CSV} is not CSV text ({error})") from None
     for values in rows:

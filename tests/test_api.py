@@ -152,7 +152,7 @@ def test_importing_fmtk_and_its_command_does_not_import_torch() -> None:
 def test_the_progress_bar_shows_in_jupyter(monkeypatch: pytest.MonkeyPatch) -> None:
     import types
 
-    from fmtk.training.build import _in_notebook
+    from fmtk.training.handlers import progress_by_default as _in_notebook  # stderr is no terminal here
 
     assert not _in_notebook()
     kernel = types.SimpleNamespace(config={"IPKernelApp": {"connection_file": "kernel.json"}})

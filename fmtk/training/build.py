@@ -20,9 +20,9 @@ from ignite.handlers import EMAHandler
 from fmtk.device import resolve_device
 from fmtk.distributed import broadcast_buffers, is_main_process
 from fmtk.errors import FmtkError
-from fmtk.recipe import PER_ITERATION_SCHEDULES, Recipe, overridable_fields
+from fmtk.recipe import PER_ITERATION_SCHEDULES, Recipe
 from fmtk.recipe_loading import data_root, resolve_recipe
-from fmtk.runfolder import CONFIG, read_config, run_folder
+from fmtk.runfolder import CONFIG, run_folder
 from fmtk.training.checkpoints import EMA_MODEL, RandomState, ResumePoint, RunInfo, load_model_weights
 from fmtk.training.engines import SpeedOptions, create_evaluator, create_optimizer, create_trainer
 from fmtk.training.handlers import (
@@ -33,14 +33,14 @@ from fmtk.training.handlers import (
     attach_lr_plateau,
     attach_nonfinite_guard,
     attach_progress,
-    attach_tensorboard,
     attach_validation,
-    write_hparams,
+    progress_by_default,
 )
 from fmtk.training.parts import Parts, recipe_parts
+from fmtk.training.results import run_config
 from fmtk.training.run import Engines, Logs, Run
 from fmtk.training.schedules import attach_lr_schedule
-from fmtk.version import versions
+from fmtk.training.tensorboard import HPARAM_METRICS, attach_tensorboard, hparam_values, write_hparams
 
 
 def build_run(
@@ -139,7 +139,7 @@ def assemble_run(
     engines = create_engines(parts)
     kept = kept_states(parts, engines)
     if progress is None:
-        progress = sys.stderr.isatty() or _in_notebook()
+        progress = progress_by_default()
     logs = attach_handlers(parts, engines, kept, run_dir, echo, progress, resume, restart)
     config = run_config(parts, run_dir, data_dir, command, carried_on=resume is not None or restart)
     run = Run(
@@ -283,37 +283,6 @@ def _attach_schedule(parts: Parts, engines: Engines) -> Any:
             *recipe.watched("plateau_metric"),
         )
     return None
-
-
-def run_config(
-    parts: Parts, run_dir: Path, data_dir: Path | None, command: str | None, carried_on: bool
-) -> dict[str, Any]:
-    """config.json: the resolved recipe, class names, speed, processes, versions, the data folder and
-    the command line that started the run (a resumed or restarted run keeps its first one)."""
-    if carried_on and is_main_process():
-        command = read_config(run_dir).get("command", command)
-    config = {**parts.recipe.config(), "classes": parts.data.classes, "speed": parts.speed.config()}
-    config.update(processes=idist.get_world_size(), versions=versions(), command=command)
-    if data_dir is not None:  # evaluate and --resume read the same data by default
-        config["data_dir"] = str(Path(data_dir).resolve())
-    return config
-
-
-# The figures the HParams tab shows beside each run's values: scalar tags the run logs.
-HPARAM_METRICS = ("valid/accuracy", "valid/loss", "train/loss", "test/best_accuracy", "test/last_accuracy")
-
-
-def hparam_values(recipe: Recipe) -> dict[str, Any]:
-    """The recipe's values as TensorBoard hyperparameters: every field --set may change, and options."""
-    values = {"recipe": recipe.name, **{name: getattr(recipe, name) for name in overridable_fields()}}
-    return {**values, **recipe.options}
-
-
-def _in_notebook() -> bool:
-    """True in a Jupyter kernel (where stderr is no terminal but a progress bar shows)."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
-    return shell is not None and "IPKernelApp" in shell.config
 
 
 def _silent(line: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
+import sys
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -17,15 +17,11 @@ from ignite.handlers import (
     EMAHandler,
     ProgressBar,
     ReduceLROnPlateauScheduler,
-    global_step_from_engine,
 )
-from ignite.handlers.tensorboard_logger import OptimizerParamsHandler, OutputHandler, TensorboardLogger
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
 
 from fmtk.errors import FmtkError
-from fmtk.runfolder import ITERATIONS, append_epoch_row
+from fmtk.runfolder import append_epoch_row
 from fmtk.training.engines import StepEvents
 
 
@@ -172,79 +168,14 @@ def attach_lr_plateau(
     return scheduler
 
 
-def attach_tensorboard(
-    trainer: Engine,
-    evaluator: Engine,
-    optimizer: torch.optim.Optimizer,
-    run_dir: Path,
-    log_every: int,
-    resume_epoch: int | None = None,
-    resume_iteration: int = 0,
-    metric_names: Sequence[str] = ("loss", "accuracy"),
-) -> tuple[TensorboardLogger, TensorboardLogger]:
-    """Log per epoch (epoch as step) train loss, the valid ``metric_names`` and the LR, with train
-    and valid loss on one chart ("Custom Scalars" tab); and the train loss and the LR every
-    ``log_every`` iterations in the ``iterations/`` sub-run.
-
-    When resuming after ``resume_epoch`` (``resume_iteration``; 0 to start a run again), events of
-    later steps left by the interrupted process are purged (``purge_step``), so no step appears twice.
-    """
-    for folder in (run_dir, run_dir / ITERATIONS):  # before either writer makes its event file
-        _check_log_folder(folder, resuming=resume_epoch is not None)
-    purge = {"purge_step": resume_epoch + 1} if resume_epoch is not None else {}
-    epochs = TensorboardLogger(log_dir=str(run_dir), **purge)
-    epoch = global_step_from_engine(trainer, Events.EPOCH_COMPLETED)
-    epochs.attach_output_handler(
-        trainer, Events.EPOCH_COMPLETED, tag="train", metric_names=["loss"], global_step_transform=epoch
-    )
-    epochs.attach_output_handler(
-        evaluator,
-        Events.COMPLETED,
-        tag="valid",
-        metric_names=list(metric_names),
-        global_step_transform=epoch,
-    )
-    epochs.attach_opt_params_handler(trainer, Events.EPOCH_STARTED, optimizer, param_name="lr")
-    epochs.writer.add_custom_scalars(
-        {"losses": {"train and valid loss": ["Multiline", ["train/loss", "valid/loss"]]}}
-    )
-
-    purge = {"purge_step": resume_iteration + 1} if resume_epoch is not None else {}
-    iterations = TensorboardLogger(log_dir=str(run_dir / ITERATIONS), **purge)
-    log_loss = OutputHandler(tag="train", output_transform=lambda loss: {"loss_iteration": loss})
-    log_lr = OptimizerParamsHandler(optimizer, "lr", tag="train")  # per-iteration schedules show here
-
-    def log_iteration(engine: Engine) -> None:
-        log_loss(engine, iterations, Events.ITERATION_COMPLETED)
-        log_lr(engine, iterations, Events.ITERATION_COMPLETED)
-
-    every_iterations(trainer, log_every, log_iteration)
-    return epochs, iterations
-
-
-def _check_log_folder(folder: Path, resuming: bool) -> None:
-    """One line for a folder TensorBoard could not write its event file in (TensorBoard's own
-    error is a traceback, after it made the other writer's file)."""
-    if folder.exists() and not folder.is_dir():
-        reason, fix = "it is a file, not a folder", "move it away"
-    elif not os.access(folder if folder.exists() else folder.parent, os.W_OK):
-        reason, fix = "Permission denied", "make it writable"
-    else:
-        return
-    hint = f"; {fix} to resume" if resuming else ""
-    raise FmtkError(f"{folder}: cannot write TensorBoard's logs ({reason}){hint}")
-
-
-def write_hparams(writer: SummaryWriter, values: Mapping[str, Any], metric_tags: Sequence[str]) -> None:
-    """The run's values for TensorBoard's HParams tab, shown against the last value of each of
-    ``metric_tags`` (scalar tags the run logs). Written into the run's own event file: torch's
-    ``SummaryWriter.add_hparams`` would make a sub-run of its own."""
-    shown = {
-        key: value if isinstance(value, int | float | str | bool) else str(value)
-        for key, value in values.items()
-    }
-    for summary in hparams(shown, dict.fromkeys(metric_tags, 0.0)):
-        writer.file_writer.add_summary(summary)
+def progress_by_default() -> bool:
+    """Whether a run shows a progress bar when not told: in a terminal (stderr is one) or in a
+    Jupyter kernel (where stderr is no terminal but a bar shows)."""
+    if sys.stderr.isatty():
+        return True
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in shell.config
 
 
 def attach_progress(trainer: Engine) -> ProgressBar:

@@ -1,4 +1,5 @@
-"""The end of a run: its best and last checkpoints tested, its pictures, metrics.json and the test table."""
+"""What a run writes about itself: config.json when it starts; when it ends, its best and last
+checkpoints tested, its pictures, metrics.json and the test table."""
 
 from __future__ import annotations
 
@@ -9,10 +10,26 @@ import ignite.distributed as idist
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
-from fmtk.runfolder import checkpoint_epoch, picture_path
+from fmtk.distributed import is_main_process
+from fmtk.runfolder import checkpoint_epoch, picture_path, read_config
 from fmtk.training.checkpoints import evaluated_weights, load_model_weights, read_checkpoint
 from fmtk.training.evaluation import Evaluation, evaluate, run_pictures, tested_model
 from fmtk.training.parts import Parts
+from fmtk.version import versions
+
+
+def run_config(
+    parts: Parts, run_dir: Path, data_dir: Path | None, command: str | None, carried_on: bool
+) -> dict[str, Any]:
+    """config.json: the resolved recipe, class names, speed, processes, versions, the data folder and
+    the command line that started the run (a resumed or restarted run keeps its first one)."""
+    if carried_on and is_main_process():
+        command = read_config(run_dir).get("command", command)
+    config = {**parts.recipe.config(), "classes": parts.data.classes, "speed": parts.speed.config()}
+    config.update(processes=idist.get_world_size(), versions=versions(), command=command)
+    if data_dir is not None:  # evaluate and --resume read the same data by default
+        config["data_dir"] = str(Path(data_dir).resolve())
+    return config
 
 
 def test_checkpoint(parts: Parts, path: Path) -> Evaluation:
