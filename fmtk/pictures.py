@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -248,17 +249,20 @@ def lines_picture(
             draw.line(points, fill=colour, width=2)
         for x, y in points:
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-    # The legend on white at the bottom right, where rising curves (accuracy) leave room.
-    legend_width = 46 + max((draw.textlength(name, font=font) for name in lines), default=0)
-    legend_left = width - right - 8 - legend_width
-    legend_y = height - bottom - 8 - len(lines) * (LINE_HEIGHT + 2)
-    draw.rectangle([legend_left, legend_y - 4, width - right - 8, height - bottom - 6], fill="white",
-                   outline=GRID_LINE)  # fmt: skip
-    for index, name in enumerate(lines):
+    _draw_legend(draw, list(lines), right=width - right - 8, bottom=height - bottom - 6, font=font)
+    draw.text((width // 2 - 40, height - 18), x_label, fill="black", font=font)
+    draw.text((width - right - draw.textlength(y_label, font=font), 8), y_label, fill="black", font=font)
+    return picture
+
+
+def _draw_legend(draw: ImageDraw.ImageDraw, names: list[str], right: float, bottom: float, font: Any) -> None:
+    """The lines' names and colours in a box on white whose bottom right corner is (right, bottom),
+    where rising curves (accuracy) leave room."""
+    legend_left = right - 46 - max((draw.textlength(name, font=font) for name in names), default=0)
+    legend_y = bottom - 2 - len(names) * (LINE_HEIGHT + 2)
+    draw.rectangle([legend_left, legend_y - 4, right, bottom], fill="white", outline=GRID_LINE)
+    for index, name in enumerate(names):
         colour = LINE_COLOURS[index % len(LINE_COLOURS)]
         draw.line([(legend_left + 6, legend_y + 7), (legend_left + 26, legend_y + 7)], fill=colour, width=3)
         draw.text((legend_left + 32, legend_y), name, fill="black", font=font)
         legend_y += LINE_HEIGHT + 2
-    draw.text((width // 2 - 40, height - 18), x_label, fill="black", font=font)
-    draw.text((width - right - draw.textlength(y_label, font=font), 8), y_label, fill="black", font=font)
-    return picture

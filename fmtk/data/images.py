@@ -6,7 +6,6 @@ flipping and normalising whole batches on the device, keeps the epoch loop free 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +26,7 @@ from fmtk.data.batches import (
     scale_pixels,
     stratified_split,
 )
+from fmtk.data.image_cache import cached_decode_images
 from fmtk.errors import FmtkError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -91,37 +91,6 @@ def decode_image_folder(folder: Path, image_size: int) -> tuple[torch.Tensor, to
     """All images of ``folder`` as a uint8 N×3×S×S tensor, their int64 labels and the class names."""
     samples, classes = list_image_folder(folder)
     return decode_images(samples, image_size), sample_labels(samples), classes
-
-
-def cache_folder() -> Path:
-    """Where decoded image caches go: ``$FMTK_CACHE``, else ``~/.cache/fmtk``."""
-    return Path(os.environ.get("FMTK_CACHE") or Path.home() / ".cache" / "fmtk")
-
-
-def cached_decode_images(samples: list[tuple[str, int]], folder: Path, image_size: int) -> torch.Tensor:
-    """:func:`decode_images` through a ``.npy`` file in :func:`cache_folder`, keyed by the image
-    size and every file's path (relative to ``folder``), size and modification time (any change:
-    a new file)."""
-    key = hashlib.sha256(str(image_size).encode())
-    for path, _ in samples:
-        status = os.stat(path)
-        key.update(f"{os.path.relpath(path, folder)}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
-    cache = cache_folder() / f"{folder.name}-{image_size}px-{key.hexdigest()[:20]}.npy"
-    if cache.is_file():
-        try:
-            return torch.from_numpy(np.load(cache))
-        except (OSError, ValueError):
-            pass  # a torn or foreign file: decode again and replace it
-    images = decode_images(samples, image_size)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-        with temporary.open("wb") as file:
-            np.save(file, images.numpy())
-        temporary.replace(cache)  # atomic: a reader never sees half a file
-    except OSError as error:
-        raise FmtkError(f"cannot write the image cache {cache}: {error.strerror}") from None
-    return images
 
 
 class ImageFiles(Dataset):
@@ -256,22 +225,15 @@ def load_catdog(
         train_labels.numpy(), valid_fraction, seed, source=str(train_folder)
     )
     if data_cache == "none":
-
-        def loader(samples: list[tuple[str, int]], train: bool = False) -> LoaderBatches:
-            files = ImageFiles(samples, image_size)
-            return LoaderBatches(
-                files, batch_size, device, shuffle=train, seed=seed, flip_p=flip_p if train else 0
-            )
-
-        return DataSplits(
-            train=loader([train_samples[i] for i in train_index], train=True),
-            valid=loader([train_samples[i] for i in valid_index]),
-            test=loader(test_samples),
-            classes=classes,
+        splits = (
+            [train_samples[i] for i in train_index],
+            [train_samples[i] for i in valid_index],
+            test_samples,
         )
+        return _loader_splits(splits, classes, image_size, batch_size, device, seed, flip_p)
     if data_cache == "file":
-        train_images = cached_decode_images(train_samples, train_folder, image_size)
-        test_images = cached_decode_images(test_samples, test_folder, image_size)
+        train_images = cached_decode_images(train_samples, train_folder, image_size, decode_images)
+        test_images = cached_decode_images(test_samples, test_folder, image_size, decode_images)
     else:
         train_images, test_images = (
             decode_images(train_samples, image_size),
@@ -290,3 +252,24 @@ def load_catdog(
         test=batches(test_images, sample_labels(test_samples)),
         classes=classes,
     )
+
+
+def _loader_splits(
+    samples: tuple[list[tuple[str, int]], ...],
+    classes: list[str],
+    image_size: int,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    flip_p: float,
+) -> DataSplits:
+    """Train, valid and test ``samples`` decoded by DataLoader workers every epoch (``data_cache=none``)."""
+
+    def loader(split: list[tuple[str, int]], train: bool = False) -> LoaderBatches:
+        files = ImageFiles(split, image_size)
+        return LoaderBatches(
+            files, batch_size, device, shuffle=train, seed=seed, flip_p=flip_p if train else 0
+        )
+
+    train, valid, test = samples
+    return DataSplits(loader(train, train=True), loader(valid), loader(test), classes)

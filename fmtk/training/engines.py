@@ -129,14 +129,6 @@ def create_trainer(
     # NaN guard) and averaged once at the end of the epoch: no kernel per step. (Ignite's Average
     # metric checks and converts each output in Python, ~50 µs a step: 10% of an MNIST step.)
 
-    backward_completed = StepEvents.BACKWARD_COMPLETED
-
-    def between_backward_and_step(engine: Engine) -> None:
-        # Ignite's fire_event formats a debug message even when no handler listens (~7 µs a step);
-        # looking up the handlers first costs ~0.3 µs.
-        if engine._event_handlers[backward_completed]:
-            engine.fire_event(backward_completed)
-
     def train_step(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
         if x.device != device or y.device != device:  # in-memory batches are there already: ~3 µs saved
@@ -148,42 +140,51 @@ def create_trainer(
             loss = loss_fn(forward(x), y)
         if scaler is None:
             loss.backward()
-            between_backward_and_step(engine)
+            _between_backward_and_step(engine)
             optimizer.step()
         else:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)  # what runs between backward and step sees the true gradients
-            between_backward_and_step(engine)
+            _between_backward_and_step(engine)
             scaler.step(optimizer)  # skipped when unscaling found inf/NaN gradients
             scaler.update()
         loss = loss.detach()
         engine.state.batch_losses.append(loss)
         return loss
 
-    def start_epoch(engine: Engine) -> None:
-        model.train()
-        engine.state.batch_losses = []
-        engine.state.epoch_started = time.perf_counter()
-
-    def finish_epoch(engine: Engine) -> None:
-        losses = engine.state.batch_losses
-        count = torch.tensor(float(len(losses)), device=device)
-        totals = torch.stack([torch.stack(losses).float().sum(), count])
-        if idist.get_world_size() > 1:
-            totals = idist.all_reduce(totals)  # the mean over every process's batches
-        engine.state.metrics["loss"] = (totals[0] / totals[1]).item()  # waits for the device
-        # The epoch's training time, before validation and the other EPOCH_COMPLETED handlers, and
-        # after the device has finished the epoch's steps (Ignite's state.times has no sync, and
-        # after the epoch it includes those handlers).
-        engine.state.train_seconds = time.perf_counter() - engine.state.epoch_started
-
     trainer = Engine(train_step)
     # Counted by the iteration, so that filters work: BACKWARD_COMPLETED(every=10).
     trainer.register_events(*StepEvents, event_to_attr={StepEvents.BACKWARD_COMPLETED: "iteration"})
-    trainer.add_event_handler(Events.EPOCH_STARTED, start_epoch)
+    trainer.add_event_handler(Events.EPOCH_STARTED, _start_epoch, model)
     # First of the EPOCH_COMPLETED handlers, so every later one sees the epoch's mean loss.
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, finish_epoch)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, _finish_epoch, device)
     return trainer
+
+
+def _between_backward_and_step(engine: Engine) -> None:
+    # Ignite's fire_event formats a debug message even when no handler listens (~7 µs a step);
+    # looking up the handlers first costs ~0.3 µs.
+    if engine._event_handlers[StepEvents.BACKWARD_COMPLETED]:
+        engine.fire_event(StepEvents.BACKWARD_COMPLETED)
+
+
+def _start_epoch(engine: Engine, model: nn.Module) -> None:
+    model.train()
+    engine.state.batch_losses = []
+    engine.state.epoch_started = time.perf_counter()
+
+
+def _finish_epoch(engine: Engine, device: torch.device) -> None:
+    losses = engine.state.batch_losses
+    count = torch.tensor(float(len(losses)), device=device)
+    totals = torch.stack([torch.stack(losses).float().sum(), count])
+    if idist.get_world_size() > 1:
+        totals = idist.all_reduce(totals)  # the mean over every process's batches
+    engine.state.metrics["loss"] = (totals[0] / totals[1]).item()  # waits for the device
+    # The epoch's training time, before validation and the other EPOCH_COMPLETED handlers, and
+    # after the device has finished the epoch's steps (Ignite's state.times has no sync, and
+    # after the epoch it includes those handlers).
+    engine.state.train_seconds = time.perf_counter() - engine.state.epoch_started
 
 
 def create_evaluator(
