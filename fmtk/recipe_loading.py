@@ -106,11 +106,17 @@ def _load_recipe_of(config: dict[str, Any]) -> Recipe:
         raise FmtkError('config.json names no recipe (no "name")')
     if config.get("source"):
         return load_recipe(config["source"])
-    recipe = load_recipe(name) if name in bundled_recipe_names() else None
-    made_here = recipe is not None and config.get("model") in (None, recipe.config()["model"])
-    if not made_here:
+    names = bundled_recipe_names()
+    if name not in names:
         raise FmtkError(
-            f"recipe '{name}' was made in Python (it is no bundled recipe or file that fmtk can load); "
+            f"config.json names recipe '{name}', which is no bundled recipe ({', '.join(names)}) and "
+            "no recipe file; a recipe made in Python is given from Python, e.g. "
+            "fmtk.evaluate(run_dir, recipe=recipe)"
+        )
+    recipe = load_recipe(name)
+    if config.get("model") not in (None, recipe.config()["model"]):  # one of the same name, made in Python
+        raise FmtkError(
+            f"recipe '{name}' was made in Python (its model is not the bundled recipe's); "
             "give the recipe object from Python, e.g. fmtk.evaluate(run_dir, recipe=recipe)"
         )
     return recipe

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -85,7 +86,7 @@ def run_folder(
     until the block ends. A block that fails removes what this command made in the folder, the
     folder too if it made it, unless a checkpoint was written (a resume then goes on from it);
     ``keep_when_interrupted`` keeps it all on Ctrl-C (``fmtk run --resume`` starts it again)."""
-    existed = reuse or (run_dir is not None and Path(run_dir).is_dir())
+    existed = reuse or (run_dir is not None and os.path.isdir(run_dir))  # False for a bad name too
     if reuse:
         folder = Path(run_dir)
     else:

@@ -7,6 +7,7 @@ made from the records, complete.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -91,7 +92,7 @@ def build_run(
     device = resolve_device(device)
     folder = contextlib.ExitStack()
     if is_main_process():
-        reuse = run_dir is not None and Path(run_dir).is_dir()
+        reuse = run_dir is not None and os.path.isdir(run_dir)
         held = run_folder(run_dir, output_dir=Path(output_dir), recipe_name=recipe.name, reuse=reuse)
         run_dir = folder.enter_context(held)
     try:
