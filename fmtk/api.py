@@ -107,13 +107,8 @@ def fit(
             speed=speed,
             progress=False if quiet else progress,
             command=f"fmtk.fit({arguments})",
+            handlers=attachers,
         )
-        try:
-            for attach in attachers:
-                attach(run)
-        except BaseException:
-            run.close_loggers()
-            raise
         results = run.run()
     return Result(folder, list(run.history), results["test"], run.model, "best", results, run)
 

@@ -7,6 +7,7 @@ prints through the ``echo`` it is given; the command line turns both into output
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import logging
@@ -75,6 +76,13 @@ class RunRequest:
         if self.config is not None:
             return apply_overrides(recipe_from_config(read_config(self.config)), self.overrides)
         return resolve_recipe(self.recipe_name, self.preset, self.overrides)
+
+    def hold_folder(self, recipe_name: str) -> contextlib.AbstractContextManager[Path]:
+        """The run folder this request trains in, made (or the one to resume), locked while it
+        trains, and kept on Ctrl-C (``fmtk run --resume`` starts it again)."""
+        folder = self.resume or self.run_dir
+        return run_folder(folder, output_dir=self.output_dir, recipe_name=recipe_name,
+                          reuse=self.resume is not None, keep_when_interrupted=True)  # fmt: skip
 
     def checkpoint(self) -> Path | None:
         """The last checkpoint to resume from (None: a new run, or a resumed one that has no
@@ -160,13 +168,7 @@ def train(request: RunRequest, echo: Callable[[str], None] = print) -> None:
     if under_torchrun():  # this process is one rank of the group; rank 0 makes the run folder
         launch(run_process, request, None, backend)
         return
-    held = run_folder(
-        request.resume or request.run_dir,
-        output_dir=request.output_dir,
-        recipe_name=recipe.name,
-        reuse=request.resume is not None,
-        keep_when_interrupted=True,
-    )
+    held = request.hold_folder(recipe.name)
     folder = None
     try:
         with held as folder:
@@ -186,22 +188,8 @@ def _run(
     request: RunRequest, recipe: Recipe, attachers: list[Callable], folder: Path, echo: Callable[[str], None]
 ) -> None:
     """Build the requested run in ``folder`` and train it in this process (one rank, or the only one)."""
-    run = assemble_run(
-        recipe,
-        folder,
-        request.device,
-        request.data_dir,
-        echo,
-        request.checkpoint(),
-        request.speed,
-        command=request.command,
-    )
-    try:
-        for attach in attachers:
-            attach(run)
-    except BaseException:
-        run.close_loggers()
-        raise
+    run = assemble_run(recipe, folder, request.device, request.data_dir, echo, request.checkpoint(),
+                       request.speed, command=request.command, handlers=attachers)  # fmt: skip
     run.run()
 
 
@@ -261,13 +249,7 @@ def _process_run(request: RunRequest) -> None:
         folder = Path(idist.broadcast("", src=0, safe_mode=True))
         _run(replace(request, run_dir=folder), recipe, attachers, folder, echo)
         return
-    held = run_folder(
-        request.resume or request.run_dir,
-        output_dir=request.output_dir,
-        recipe_name=recipe.name,
-        reuse=request.resume is not None,
-        keep_when_interrupted=True,
-    )
+    held = request.hold_folder(recipe.name)
     with held as folder:
         request.run_dir = folder  # this process's copy: for the Ctrl-C message
         echo(f"run folder: {folder}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,9 +125,11 @@ def assemble_run(
     progress: bool | None = None,
     command: str | None = None,
     folder: contextlib.AbstractContextManager | None = None,
+    handlers: Sequence[Callable[[Run], None]] = (),
 ) -> Run:
     """The Run of ``recipe`` in ``run_dir``, an existing folder the caller holds
-    (:func:`fmtk.runfolder.run_folder`); ``folder``, that hold, is released when the run ends."""
+    (:func:`fmtk.runfolder.run_folder`); ``folder``, that hold, is released when the run ends.
+    The recipe's ``attach`` and then each of ``handlers`` (``--handler`` functions) get the run."""
     resume = ResumePoint.read(resume_from, device) if resume_from is not None else None
     restart = resume is None and (run_dir / CONFIG).exists()  # a start that wrote no checkpoint
 
@@ -146,8 +148,14 @@ def assemble_run(
     run = Run(
         parts, engines, logs, run_dir, config, kept, resume, restart, echo, folder or contextlib.nullcontext()
     )
-    if recipe.attach is not None:
-        recipe.attach(run)
+    try:
+        for attach in [recipe.attach] if recipe.attach is not None else []:
+            attach(run)
+        for attach in handlers:
+            attach(run)
+    except BaseException:
+        run.close_loggers()  # their files go with the failed start
+        raise
     return run
 
 
