@@ -241,6 +241,10 @@ UNDRIVABLE_OPTIMIZERS = {
     "Rprop": "it is a full-batch method: it steps by the sign of the gradient, which mini-batches scramble",
 }
 
+# Keys of earlier releases, read under their new names (--set, config.json) by a recipe that has no
+# option of the old name: catdog_vgg's own flip (options["flip_p"]) became the augmentation's.
+RENAMED = {"flip_p": "augment_flip"}
+
 CALLABLES = ("model", "data", "loss", "metrics", "attach", "image_input")  # in config.json by name
 
 
@@ -279,6 +283,8 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
     options = dict(recipe.options)
     changed = dict(recipe.changed)
     for key, value in overrides.items():
+        if key not in fields and key not in options:
+            key = RENAMED.get(key, key)
         if key in fields:
             changes[key] = parsed = parse_value(key, value, fields[key])
             default = getattr(recipe, key)

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from fmtk.errors import FmtkError
-from fmtk.recipe import PER_ITERATION_SCHEDULES, Recipe, apply_overrides, apply_preset, overridable_fields
+from fmtk.recipe import (
+    PER_ITERATION_SCHEDULES,
+    RENAMED,
+    Recipe,
+    apply_overrides,
+    apply_preset,
+    overridable_fields,
+)
 from fmtk.runfolder import read_config
 
 DATA_VARIABLE = "FMTK_DATA"
@@ -86,6 +93,11 @@ def recipe_from_config(
     if epochs is not None:
         values["epochs"] = changed["epochs"] = epochs
     options = {**recipe.options, **config.get("options", {})}
+    for old, new in RENAMED.items():
+        if old in options and old not in recipe.options:  # written by an earlier release
+            values[new] = values.get(new) or options.pop(old)  # (its augment_* value, if set, won)
+            if old in changed:
+                changed[new] = changed.pop(old)
     schedule = values.get("schedule", recipe.schedule)
     if epochs is not None and epochs != config.get("epochs") and schedule in PER_ITERATION_SCHEDULES:
         raise FmtkError(

@@ -12,10 +12,11 @@ def model(recipe: Recipe) -> nn.Module:
 
 
 def data(recipe, data_dir, device):
-    # Flip on the training split only: the notebook's test transform flipped test images too.
+    # The flip is the recipe's augment_flip, on the training split only (the notebook's test
+    # transform flipped test images too).
     return load_catdog(
         data_dir, recipe.options["image_size"], recipe.batch_size, device, recipe.seed,
-        flip_p=recipe.options["flip_p"], data_cache=recipe.options["data_cache"],
+        flip_p=0.0, data_cache=recipe.options["data_cache"],
     )  # fmt: skip
 
 
@@ -36,8 +37,9 @@ recipe = Recipe(
     plateau_patience=4,
     plateau_factor=0.1,
     early_stopping_patience=8,  # the notebook's patience 7: it stops when its counter exceeds 7
+    augment_flip=0.3,  # the notebook's RandomHorizontalFlip(0.3); --set flip_p=… still sets it
     # data_cache: memory (decode once per run), file (and keep it for the next run), none (DataLoader).
-    options={"image_size": 224, "flip_p": 0.3, "data_cache": "memory"},
+    options={"image_size": 224, "data_cache": "memory"},
     presets={
         "best": Preset(
             "the same VGG with random-resized crops, flips, erasing, label smoothing, AdamW with "

@@ -255,3 +255,19 @@ def test_catdog_best_preset_augments_photos_and_trains(catdog_root: Path, tmp_pa
     results = run.run()
     assert results["epochs_run"] == 2 and run.recipe.ema_decay == 0.995
     assert [row["lr"] for row in run.history][0] == pytest.approx(5e-6)  # warm-up from lr / 100
+
+
+def test_catdog_has_one_flip_and_its_old_name_still_sets_it(catdog_root: Path, tmp_path: Path) -> None:
+    """catdog_vgg's notebook flip is its augment_flip; `--set flip_p=…` and a config.json of an
+    earlier release (options.flip_p) still reach it."""
+    recipe = load_recipe("catdog_vgg")
+    assert recipe.augment_flip == 0.3 and "flip_p" not in recipe.options
+    assert apply_overrides(recipe, {"flip_p": "0.5"}).augment_flip == 0.5
+    earlier = {**recipe.config(), "augment_flip": 0.0, "options": {"image_size": 32, "flip_p": 0.4,
+               "data_cache": "memory"}, "changed": {"flip_p": 0.4}}  # fmt: skip
+    old = recipe_from_config(earlier)
+    assert (old.augment_flip, old.changed, "flip_p" in old.options) == (0.4, {"augment_flip": 0.4}, False)
+    run = build_run(old, tmp_path, "cpu", catdog_root, echo=None)
+    assert run.data.train.augmentation == Augmentation(flip_p=0.4)
+    assert not run.data.valid.augmentation.active and not run.data.test.augmentation.active
+    run.close_loggers()
