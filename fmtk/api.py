@@ -118,9 +118,7 @@ def _handler(handler: Any) -> Callable[[Run], None]:
     if isinstance(handler, str):
         return resolve_handler(handler)
     if not callable(handler):
-        raise FmtkError(
-            f"handlers: {handler!r} is neither a function of the run nor a 'module:function' string"
-        )
+        raise FmtkError(f"handlers: {handler!r} is neither a function of the run nor 'module:function'")
     return handler
 
 

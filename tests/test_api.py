@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_one_line_error, fmtk
+from ignite.engine import Events
 from ignite.metrics import Precision, TopKCategoricalAccuracy
 from PIL import Image
 from sklearn.metrics import precision_score
@@ -80,6 +81,7 @@ def test_fit_quiet_prints_nothing_and_bad_values_leave_no_folder(
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").rglob("*"))
 
 
+@pytest.mark.slow
 def test_a_recipe_made_in_python_evaluates_and_predicts_from_python(tmp_path: Path) -> None:
     recipe = lambda_recipe()
     result = toolkit.fit(recipe, device="cpu", run_dir=tmp_path / "run", quiet=True)
@@ -161,3 +163,44 @@ def test_the_progress_bar_shows_in_jupyter(monkeypatch: pytest.MonkeyPatch) -> N
     terminal = types.SimpleNamespace(config={"TerminalInteractiveShell": {}})
     monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: terminal))
     assert not _in_notebook()  # IPython in a terminal: stderr decides
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"handlers": [42]}, "handlers: 42 is neither a function of the run nor 'module:function'"),
+        ({"speed": "fast"}, "speed='fast': expected a fmtk.SpeedOptions"),
+    ],
+)
+def test_fit_names_a_bad_argument(arguments: dict, message: str, tmp_path: Path) -> None:
+    with pytest.raises(toolkit.FmtkError, match=message):
+        toolkit.fit("digits_mlp", output_dir=tmp_path, device="cpu", quiet=True, **arguments)
+    assert not any(tmp_path.iterdir())  # refused before any run folder was made
+
+
+def test_quiet_fit_prints_nothing_on_ctrl_c(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    def press_ctrl_c(run) -> None:
+        def interrupt(engine) -> None:
+            raise KeyboardInterrupt
+
+        run.trainer.add_event_handler(Events.ITERATION_COMPLETED, interrupt)
+
+    with pytest.raises(KeyboardInterrupt):
+        toolkit.fit("digits_mlp", output_dir=tmp_path, device="cpu", quiet=True, handlers=[press_ctrl_c])
+    captured = capfd.readouterr()
+    assert captured.out == "" and "Engine run is terminating" not in captured.err, captured.err
+    assert not (tmp_path / "digits_mlp").exists()  # before the first checkpoint: nothing kept
+
+
+def test_resume_after_metrics_csv_was_lost_names_the_best_checkpoints_epoch(tmp_path: Path) -> None:
+    """metrics.json's best_epoch is the best checkpoint's own, also when metrics.csv lost the rows."""
+    run_dir = tmp_path / "run"
+    first = fmtk("run", "digits_mlp", "--epochs", "2", "--set", "checkpoint_metric=loss:max",
+                 "--run-dir", str(run_dir), "--device", "cpu")  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    (run_dir / "metrics.csv").unlink()
+    resumed = fmtk("run", "--resume", str(run_dir), "--epochs", "3", "--device", "cpu")
+    assert resumed.returncode == 0, resumed.stderr
+    results = json.loads((run_dir / "metrics.json").read_text())
+    best_epoch = int(results["checkpoints"]["best"].split("_")[2])  # best_checkpoint_<epoch>_...
+    assert results["best_epoch"] == best_epoch == 1  # the highest valid loss: the first epoch's
