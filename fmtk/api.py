@@ -151,10 +151,8 @@ def evaluate(
     ``recipe``: the recipe object the run was made with, needed when fmtk cannot load it again
     (one made in Python, e.g. with a lambda model); the run's values are applied to it.
     """
-    device = resolve_device(device)  # the data the run trained on by default, else $FMTK_DATA, else ./data
-    return evaluate_run(Path(run_dir), checkpoint, split, data_root(data_dir, Path(run_dir)), device, recipe)[
-        2
-    ]
+    data_dir = data_root(data_dir, Path(run_dir))  # by default the run's own, else $FMTK_DATA, else ./data
+    return evaluate_run(Path(run_dir), checkpoint, split, data_dir, resolve_device(device), recipe)[2]
 
 
 def predict(
