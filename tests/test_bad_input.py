@@ -56,6 +56,7 @@ def run_on(data: Path, tmp_path: Path, *args: str):
     return result
 
 
+@pytest.mark.slow
 def test_mnist_file_with_a_wrong_magic_number(tmp_path: Path) -> None:
     data = make_mnist_like(tmp_path / "data")
     path = data / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz"
@@ -64,6 +65,7 @@ def test_mnist_file_with_a_wrong_magic_number(tmp_path: Path) -> None:
     assert_one_line_error(result, "train-labels-idx1-ubyte.gz", "wrong magic number")
 
 
+@pytest.mark.slow
 def test_truncated_mnist_file(tmp_path: Path) -> None:
     data = make_mnist_like(tmp_path / "data")
     path = data / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
@@ -71,6 +73,7 @@ def test_truncated_mnist_file(tmp_path: Path) -> None:
     assert_one_line_error(run_on(data, tmp_path, "mnist_dnn"), "t10k-images-idx3-ubyte.gz", "truncated")
 
 
+@pytest.mark.slow
 def test_data_root_missing(tmp_path: Path) -> None:
     result = run_on(tmp_path / "nowhere", tmp_path, "catdog_vgg")
     assert_one_line_error(result, "Cat & Dog data not found", "nowhere")
@@ -80,6 +83,7 @@ def test_data_root_missing(tmp_path: Path) -> None:
 SMALL = ["catdog_vgg", "--set", "image_size=32", "--epochs", "1", "--batch-size", "8"]
 
 
+@pytest.mark.slow
 def test_missing_class_folder(catdog_root: Path, tmp_path: Path) -> None:
     dogs = catdog_root / "catdog" / "test_set" / "dogs"
     for path in dogs.iterdir():
@@ -88,18 +92,21 @@ def test_missing_class_folder(catdog_root: Path, tmp_path: Path) -> None:
     assert_one_line_error(run_on(catdog_root, tmp_path, *SMALL), "test_set classes ['cats'] differ")
 
 
+@pytest.mark.slow
 def test_empty_class_folder(catdog_root: Path, tmp_path: Path) -> None:
     for path in (catdog_root / "catdog" / "training_set" / "cats").iterdir():
         path.unlink()
     assert_one_line_error(run_on(catdog_root, tmp_path, *SMALL), "training_set", "cats")
 
 
+@pytest.mark.slow
 def test_corrupt_jpeg_is_named(catdog_root: Path, tmp_path: Path) -> None:
     broken = catdog_root / "catdog" / "training_set" / "dogs" / "dog.3.jpg"
     broken.write_bytes(broken.read_bytes()[:300])
     assert_one_line_error(run_on(catdog_root, tmp_path, *SMALL), "dog.3.jpg: cannot decode image")
 
 
+@pytest.mark.slow
 def test_grayscale_cmyk_and_alpha_images_are_converted_and_train(catdog_root: Path, tmp_path: Path) -> None:
     cats, dogs = (
         catdog_root / "catdog" / "training_set" / "cats",
@@ -173,7 +180,7 @@ CASES = [
     ("Rprop", {}, ["run", "digits_mlp", "--set", "optimizer=Rprop"], ["optimizer Rprop", "full-batch"]),
     ("Optimizer", {}, ["run", "digits_mlp", "--set", "optimizer=Optimizer"], ["optimizer Optimizer", "base"]),
     ("negative hidden size", {}, ["run", "digits_mlp", "--set", "hidden=-3"],
-     ["recipe digits_mlp: model() failed with hidden=-3", "negative dimension"]),
+     ["recipe digits_mlp: model() failed with hidden=-3", "hidden layer widths must be >= 1, got [-3]"]),
     ("list option given as text", {"mine.py": recipe_file(**LAYERS)}, [*MINE, "--set", "layers=64,x"],
      ["--set layers=x: expected int"]),
     ("summary with image_size=0", {}, ["summary", "catdog_vgg", "--set", "image_size=0"],
@@ -209,6 +216,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(
     assert after == before and not list(tmp_path.glob("out/*"))  # nothing changed, no run folder left
 
 
+@pytest.mark.slow
 def test_fmtk_traceback_shows_the_whole_traceback(tmp_path: Path) -> None:
     (tmp_path / "mine.py").write_text(recipe_file("ratio = 1 / 0\n"))
     env = {**os.environ, "FMTK_TRACEBACK": "1"}
@@ -376,6 +384,7 @@ DATA_CASES = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "spoil, args, fragments", [r[1:] for r in DATA_CASES], ids=[r[0] for r in DATA_CASES]
 )
@@ -386,6 +395,7 @@ def test_bad_data_is_refused_when_it_loads(
     assert_one_line_error(run_on(data, tmp_path, *args), *fragments)
 
 
+@pytest.mark.slow
 def test_a_last_training_batch_of_one_sample_trains_with_batchnorm(tmp_path: Path) -> None:
     data = make_mnist_like(tmp_path / "data", "FashionMNIST")  # 500 training images after the split
     result = run_on(data, tmp_path, "fmnist_dnn", "--epochs", "1", "--batch-size", "499")  # BatchNorm1d
@@ -394,6 +404,7 @@ def test_a_last_training_batch_of_one_sample_trains_with_batchnorm(tmp_path: Pat
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 1
 
 
+@pytest.mark.slow
 def test_nan_in_the_first_epoch_says_no_checkpoint_was_written(tmp_path: Path) -> None:
     (tmp_path / "poison.py").write_text(
         "from ignite.engine import Events\n\n\ndef attach(run):\n"
@@ -405,6 +416,7 @@ def test_nan_in_the_first_epoch_says_no_checkpoint_was_written(tmp_path: Path) -
     assert not list(tmp_path.glob("out/*"))  # and no half-empty run folder
 
 
+@pytest.mark.slow
 def test_predict_names_a_decompression_bomb(finished_run: Path, tmp_path: Path) -> None:
     bomb_png(tmp_path / "huge.png")
     assert_one_line_error(
@@ -412,6 +424,7 @@ def test_predict_names_a_decompression_bomb(finished_run: Path, tmp_path: Path) 
     )
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_run_being_trained_is_refused_and_changes_nothing(tmp_path: Path) -> None:
     (tmp_path / "pause.py").write_text(
         "import time\nfrom pathlib import Path\nfrom ignite.engine import Events\n\n\ndef attach(run):\n"
@@ -441,6 +454,7 @@ def test_a_second_process_on_a_run_being_trained_is_refused_and_changes_nothing(
     assert fmtk("runs", ".", cwd=tmp_path).stdout.splitlines()[1].endswith("finished")
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_space(tmp_path: Path) -> None:
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -465,3 +479,279 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_space(tmp_pat
         assert json.loads((disk / "r" / "metrics.json").read_text())["epochs_run"] == 6
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+# --- fmtk runs on damaged run folders -------------------------------------------------------------
+
+
+def test_runs_lists_a_run_whose_metrics_csv_is_not_utf8_as_unreadable(
+    finished_run: Path, tmp_path: Path, fmtk_here
+) -> None:
+    shutil.copytree(finished_run, tmp_path / "run")
+    (tmp_path / "run" / "metrics.json").unlink()  # unfinished: the table reads metrics.csv
+    with (tmp_path / "run" / "metrics.csv").open("ab") as file:
+        file.write("3,0.2,0.2,0.95,0.01,1.0,café\n".encode("latin-1"))
+    before = tree_snapshot(tmp_path)
+    table = fmtk_here("runs", ".")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[1].endswith("unreadable") and lines[2] == "run: metrics.csv is not UTF-8 text"
+    [row] = json.loads(fmtk_here("runs", ".", "--json").stdout)
+    assert row["state"] == "unreadable" and "metrics.csv" in row["error"]
+    assert tree_snapshot(tmp_path) == before
+
+
+def test_runs_json_writes_nan_and_infinity_as_null(finished_run: Path, tmp_path: Path, fmtk_here) -> None:
+    shutil.copytree(finished_run, tmp_path / "done")
+    results = json.loads((tmp_path / "done" / "metrics.json").read_text())
+    results["best_valid_accuracy"], results["train_seconds"] = float("nan"), float("inf")
+    results["test"]["best"]["accuracy"] = float("nan")
+    (tmp_path / "done" / "metrics.json").write_text(json.dumps(results))  # Python writes NaN, Infinity
+    shutil.copytree(finished_run, tmp_path / "cut")
+    (tmp_path / "cut" / "metrics.json").unlink()
+    with (tmp_path / "cut" / "metrics.csv").open("a") as file:
+        file.write("3,nan,nan,nan,0.01,1.0\n")  # a diverged epoch
+    result = fmtk_here("runs", ".", "--json")
+    assert result.returncode == 0, result.stderr
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    cut, done = json.loads(result.stdout, parse_constant=refuse)
+    assert done["best_valid_accuracy"] is None and done["train_seconds"] is None
+    assert done["test_accuracy_best"] is None and done["test_accuracy_last"] > 0.5
+    rows = (finished_run / "metrics.csv").read_text().splitlines()[1:]
+    accuracies = [float(row.split(",")[3]) for row in rows]
+    assert cut["epochs_done"] == 3 and cut["best_valid_accuracy"] == max(accuracies)  # the NaN is no best
+
+
+# --- fmtk lr-find ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "lrs", [["--end-lr", "inf"], ["--start-lr", "nan"], ["--start-lr", "inf"], ["--end-lr", "nan"]]
+)
+def test_lr_find_refuses_an_lr_that_is_not_finite(tmp_path: Path, fmtk_here, lrs: list[str]) -> None:
+    result = fmtk_here("lr-find", "digits_mlp", "--device", "cpu", *lrs)
+    assert_one_line_error(result, "lr-find: need 0 < start lr < end lr, got", "(finite numbers)")
+    assert not list(tmp_path.iterdir())  # no picture
+
+
+def unwritable_folder(folder: Path) -> Path:
+    """``folder``, made so that no one, root included, can write in it: read-only, and immutable
+    (``chattr +i``) where root runs the tests. Undo with :func:`writable_again`."""
+    folder.mkdir(exist_ok=True)
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):  # root
+        subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
+    if os.access(folder, os.W_OK):
+        pytest.skip(f"cannot make {folder} unwritable for this user (no chattr +i on this file system)")
+    return folder
+
+
+def writable_again(folder: Path) -> None:
+    subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+    folder.chmod(0o755)
+
+
+def test_lr_find_into_a_folder_it_cannot_write_is_refused_before_training(tmp_path: Path, fmtk_here) -> None:
+    from fmtk.errors import FmtkError
+    from fmtk.lr_finder import LRFinding, save_lr_picture
+
+    folder = unwritable_folder(tmp_path / "ro")
+    try:
+        result = fmtk_here("lr-find", "digits_mlp", "--device", "cpu", "--out", "ro/lr.png")
+        assert_one_line_error(result, "--out ro/lr.png: cannot write it (the folder ro is not writable)")
+        finding = LRFinding([1e-3, 1e-2, 1e-1], [1.0, 0.5, 2.0], 1e-2, True)
+        with pytest.raises(FmtkError, match=r"ro/lr.png: cannot write the picture \("):
+            save_lr_picture(finding, folder / "lr.png", "title")  # the same, found only when writing
+        assert not list(folder.iterdir())
+    finally:
+        writable_again(folder)
+
+
+@pytest.mark.slow
+def test_a_killed_lr_find_leaves_no_temporary_folder_behind(
+    tmp_path: Path, fmtk_here, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    temp = tmp_path / "temp"  # the temporary folder of both lr-finds
+    temp.mkdir()
+    command = [sys.executable, "-m", "fmtk", "lr-find", "digits_mlp", "--device", "cpu", "--steps", "100000",
+               "--end-lr", "1e-5", "--out", "killed.png"]  # fmt: skip
+    killed = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "TMPDIR": str(temp)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not list(temp.rglob("ignite_lr_finder_cache.pt")):  # Ignite saved the model: training
+            assert killed.poll() is None, killed.communicate()[1]
+            assert time.monotonic() < deadline, "the lr-find did not start"
+            time.sleep(0.02)
+    finally:
+        killed.kill()  # SIGKILL: nothing of the process runs
+        killed.communicate()
+    assert list(temp.glob(f"fmtk-lr-find-{killed.pid}/*/ignite_lr_finder_cache.pt"))
+    (temp / "fmtk-lr-find-1").mkdir()  # a live process's (pid 1 always runs): kept
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    result = fmtk_here("lr-find", "digits_mlp", "--device", "cpu", "--steps", "5", "--out", "next.png")
+    assert result.returncode == 0, result.stderr
+    assert [path.name for path in temp.glob("fmtk-lr-find-*")] == ["fmtk-lr-find-1"]
+    assert not list(temp.rglob("ignite_lr_finder_cache.pt"))
+
+
+# --- A recipe value the model cannot be built with --------------------------------------------------
+
+
+def test_a_hidden_layer_of_width_zero_is_one_line_and_leaves_no_run(tmp_path: Path, fmtk_here) -> None:
+    result = fmtk_here("run", "digits_mlp", "--set", "hidden=0", "--output-dir", "out")
+    assert_one_line_error(
+        result, "recipe digits_mlp: model() failed with hidden=0", "hidden layer widths must be >= 1, got [0]"
+    )
+    assert not list(tmp_path.glob("out/*"))
+
+
+# --- --resume into a run folder TensorBoard cannot write ------------------------------------------
+
+
+def iterations_made_a_file(run_dir: Path) -> None:
+    shutil.rmtree(run_dir / "iterations")  # TensorBoard's per-iteration sub-run
+    (run_dir / "iterations").write_text("in the way\n")
+
+
+@pytest.mark.parametrize(
+    "spoil, fragment",
+    [
+        (iterations_made_a_file,
+         "run/iterations: cannot write TensorBoard's logs (it is a file, not a folder); move it away to"),
+        (unwritable_folder,
+         "run: cannot write TensorBoard's logs (Permission denied); make it writable to resume"),
+    ],
+    ids=["iterations is a file", "read-only run folder"],
+)  # fmt: skip
+def test_resume_into_a_run_folder_tensorboard_cannot_write_is_one_line_and_changes_nothing(
+    finished_run: Path, tmp_path: Path, fmtk_here, spoil, fragment: str
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    (run_dir / "metrics.json").unlink()  # unfinished: --resume has work to do
+    try:
+        spoil(run_dir)
+        before = tree_snapshot(tmp_path)
+        assert_one_line_error(fmtk_here("run", "--resume", "run", "--epochs", "3"), fragment)
+        assert tree_snapshot(tmp_path) == before
+    finally:
+        writable_again(run_dir)
+
+
+# --- fmtk.data.checks.check_splits: the splits a recipe's data gives, before training --------------
+
+
+def digits_splits(**changes) -> types.SimpleNamespace:
+    """scikit-learn's digits as uint8 8×8 images and int64 labels, in three TensorBatches splits of
+    batch 16 (``changes`` replaces a split); the classes 0 … 9."""
+    from sklearn.datasets import load_digits
+
+    from fmtk.data.batches import DataSplits, TensorBatches
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.uint8).unsqueeze(1)
+    labels = torch.tensor(digits.target)
+    train, valid, test = (slice(0, 1000), slice(1000, 1400), slice(1400, None))
+    splits = {
+        "train": TensorBatches(images[train], labels[train], 16, shuffle=True, seed=3, scale=16.0),
+        "valid": TensorBatches(images[valid], labels[valid], 16, scale=16.0),
+        "test": TensorBatches(images[test], labels[test], 16, scale=16.0),
+    }
+    splits.update({name: make(images, labels) for name, make in changes.items()})
+    return DataSplits(**splits, classes=[str(digit) for digit in range(10)])
+
+
+def relabel(change):
+    """A split of the first 64 digits whose labels are ``change(labels)``."""
+    from fmtk.data.batches import TensorBatches
+
+    return lambda images, labels: TensorBatches(images[:64], change(labels[:64].clone()), 16, scale=16.0)
+
+
+def uint8_loader(images, labels):
+    """A DataLoader of the raw uint8 images (not scaled to float)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    return DataLoader(TensorDataset(images[:64], labels[:64]), batch_size=16)
+
+
+def empty(images, labels):
+    from fmtk.data.batches import TensorBatches
+
+    return TensorBatches(images[:0], labels[:0], 16, scale=16.0)
+
+
+CHECK_CASES = [
+    ("empty train split", {"train": empty}, "recipe mine: the train split has no samples"),
+    ("empty valid split", {"valid": empty}, "recipe mine: the valid split has no samples"),
+    ("empty test split", {"test": empty}, "recipe mine: the test split has no samples"),
+    ("a split whose one batch holds no sample",
+     {"test": lambda images, labels: [(images[:0].float(), labels[:0])]},
+     "recipe mine: the test split has no samples"),
+    ("batches that are no pairs", {"valid": lambda images, labels: [(images[:4].float(),)]},
+     "recipe mine: the valid split's batches are not (inputs, labels) pairs"),
+    ("float labels", {"train": relabel(lambda labels: labels.float())},
+     "recipe mine: the train split's labels are float32; labels must be an integer tensor (class indices)"),
+    ("uint8 inputs", {"valid": uint8_loader},
+     "recipe mine: the valid split's inputs are uint8; scale them to float, e.g. fmtk.data.scale_pixels"),
+    ("a label past the classes", {"test": relabel(lambda labels: labels.masked_fill(labels == 3, 12))},
+     "recipe mine: the test split's first batch has label 12, not one of the 10 classes (0 … 9)"),
+    ("a negative label", {"train": relabel(lambda labels: labels.masked_fill(labels == 3, -1))},
+     "recipe mine: the train split's first batch has label -1, not one of the 10 classes (0 … 9)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("changes, message", [c[1:] for c in CHECK_CASES], ids=[c[0] for c in CHECK_CASES])
+def test_check_splits_refuses_data_that_would_fail_only_later(changes: dict, message: str) -> None:
+    from fmtk.data.checks import check_splits
+    from fmtk.errors import FmtkError
+    from fmtk.models import mlp
+
+    with pytest.raises(FmtkError) as raised:
+        check_splits("mine", mlp(64, [16], 10), digits_splits(**changes), torch.device("cpu"))
+    assert str(raised.value) == message
+
+
+def test_check_splits_refuses_a_model_whose_outputs_are_not_the_classes() -> None:
+    from fmtk.data.checks import check_splits
+    from fmtk.errors import FmtkError
+    from fmtk.models import mlp
+
+    with pytest.raises(FmtkError, match="the model gives 5 outputs per sample but the data has 10 classes"):
+        check_splits("mine", mlp(64, [16], 5), digits_splits(), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_check_splits_passes_good_data_and_leaves_the_random_stream_and_the_mode(training: bool) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fmtk.data.checks import check_splits
+    from fmtk.models import mlp
+
+    def shuffled_loader(images, labels):  # a DataLoader draws its base seed from torch's generator
+        return DataLoader(TensorDataset(images[:200].float() / 16, labels[:200]), batch_size=16, shuffle=True)
+
+    model = mlp(64, [16], 10).train(training)
+    torch.manual_seed(5)
+    check_splits("mine", model, digits_splits(train=shuffled_loader), torch.device("cpu"))
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(3)) and model.training == training
+
+
+@pytest.mark.slow
+def test_a_run_dir_name_too_long_and_a_config_of_an_unknown_recipe_are_one_line(tmp_path: Path) -> None:
+    too_long = tmp_path / ("x" * 300)
+    assert_one_line_error(fmtk("run", "digits_mlp", "--run-dir", str(too_long)), "File name too long")
+    old_config = Path(__file__).parent / "fixtures" / "previous_release_run" / "config.json"
+    config = json.loads(old_config.read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "name": "no_such_recipe"}))
+    result = fmtk("run", "--config", str(tmp_path / "config.json"), "--output-dir", str(tmp_path / "runs"))
+    assert_one_line_error(result, "config.json names recipe 'no_such_recipe', which is no bundled recipe")
+    assert not (tmp_path / "runs").exists()
