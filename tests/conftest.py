@@ -1,4 +1,10 @@
-"""Shared fixtures: small datasets written in the real formats, and the real data in $FMTK_DATA."""
+"""Shared fixtures: small datasets written in the real formats, the real data in $FMTK_DATA, and the
+runs trained on it once per test session.
+
+Tests marked ``slow`` train on the real data, read such a run, or start several processes;
+``python -m pytest -m "not slow"`` runs the others (the edit-test loop). A test that reads a shared
+run is marked ``slow`` here, from its fixtures (``SHARED_RUNS``).
+"""
 
 from __future__ import annotations
 
@@ -94,6 +100,28 @@ def require_real_data() -> Path:
 @pytest.fixture
 def real_data() -> Path:
     return require_real_data()
+
+
+@pytest.fixture(scope="session")
+def real_mnist_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """mnist_dnn for 2 epochs on the real MNIST files, trained once per session with ``fmtk run`` on
+    the CPU: (run folder, data root). Tests read it; ``fmtk evaluate`` adds its pictures. A test that
+    changes the folder otherwise works on a copy (``shutil.copytree``)."""
+    data = require_real_data()
+    run_dir = tmp_path_factory.mktemp("report") / "mnist"
+    result = fmtk("run", "mnist_dnn", "--epochs", "2", "--device", "cpu", "--run-dir", str(run_dir),
+                  "--data-dir", str(data))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return run_dir, data
+
+
+SHARED_RUNS = {"real_mnist_run"}  # fixtures that train on the real data: their readers are slow
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SHARED_RUNS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 USER_RECIPE = """

@@ -192,6 +192,7 @@ def test_quiet_fit_prints_nothing_on_ctrl_c(tmp_path: Path, capfd: pytest.Captur
     assert not (tmp_path / "digits_mlp").exists()  # before the first checkpoint: nothing kept
 
 
+@pytest.mark.slow
 def test_resume_after_metrics_csv_was_lost_names_the_best_checkpoints_epoch(tmp_path: Path) -> None:
     """metrics.json's best_epoch is the best checkpoint's own, also when metrics.csv lost the rows."""
     run_dir = tmp_path / "run"

@@ -13,9 +13,6 @@ from torch.utils.data import TensorDataset
 
 from fmtk.data.batches import TensorBatches
 from fmtk.data.images import LoaderBatches
-from fmtk.recipe import apply_overrides
-from fmtk.recipe_loading import load_recipe
-from fmtk.training.build import build_run
 
 
 def sample_ids(batches) -> list[list[int]]:
@@ -85,7 +82,10 @@ def fmtk_command(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_two_gloo_processes_train_resume_and_match_one_process(real_data: Path, tmp_path: Path) -> None:
+@pytest.mark.slow  # several processes, each importing torch
+def test_two_gloo_processes_train_resume_and_match_one_process(
+    real_data: Path, real_mnist_run: tuple[Path, Path], tmp_path: Path
+) -> None:
     run_dir = tmp_path / "two"
     common = ["--data-dir", str(real_data), "--device", "cpu"]
     done = fmtk_command("run", "mnist_dnn", "--epochs", "1", "--nproc-per-node", "2",
@@ -110,12 +110,13 @@ def test_two_gloo_processes_train_resume_and_match_one_process(real_data: Path, 
     assert two["processes"] == 2 and two["epochs_run"] == 2
     assert json.loads((run_dir / "config.json").read_text())["processes"] == 2
 
-    recipe = apply_overrides(load_recipe("mnist_dnn"), {"epochs": "2"})
-    one = build_run(recipe, tmp_path / "one", torch.device("cpu"), real_data, echo=lambda line: None).run()
+    one_process_run, _ = real_mnist_run  # the same 2 epochs of mnist_dnn in one process on the CPU
+    one = json.loads((one_process_run / "metrics.json").read_text())
     difference = abs(two["test"]["best"]["accuracy"] - one["test"]["best"]["accuracy"])
     assert difference <= 0.005, (two["test"], one["test"])
 
 
+@pytest.mark.slow  # several processes, each importing torch
 def test_errors_in_spawned_processes_are_one_line_and_leave_nothing(tmp_path: Path) -> None:
     done = fmtk_command("run", "digits_mlp", "--nproc-per-node", "3", "--output-dir", "runs", cwd=tmp_path)
     assert done.returncode == 1
@@ -134,6 +135,7 @@ def test_errors_in_spawned_processes_are_one_line_and_leave_nothing(tmp_path: Pa
     assert done.stderr.strip() == "Error: --backend needs --nproc-per-node 2 or more (or torchrun)"
 
 
+@pytest.mark.slow  # several processes, each importing torch
 def test_torchrun_joins_its_process_group(mnist_root: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "fmtk", "run",
                "mnist_dnn", "--epochs", "2", "--batch-size", "20", "--device", "cpu",

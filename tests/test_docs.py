@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCUMENTS = [README, *sorted((ROOT / "docs").glob("*.md"))]
@@ -59,6 +61,7 @@ def handlers_example(tmp_path: Path, number: int, module: str, *args: str) -> Pa
     return tmp_path / "r"
 
 
+@pytest.mark.slow  # runs the example in another process
 def test_the_notebook_walk_through_runs(tmp_path: Path) -> None:
     command = [sys.executable, str(ROOT / "docs" / "notebook.py")]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
@@ -68,6 +71,7 @@ def test_the_notebook_walk_through_runs(tmp_path: Path) -> None:
     assert "wine/" in done.stdout.splitlines()[-1] and done.stdout.splitlines()[-1].endswith("finished")
 
 
+@pytest.mark.slow  # runs the example in another process
 def test_handlers_example_keeps_its_count_in_the_last_checkpoint(tmp_path: Path) -> None:
     import torch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -79,6 +83,7 @@ def test_handlers_example_keeps_its_count_in_the_last_checkpoint(tmp_path: Path)
     assert checkpoint["sample_count"] == {"seen": logged[1]}
 
 
+@pytest.mark.slow  # runs the example in another process
 def test_handlers_example_logs_the_clipped_gradient_norm(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -88,6 +93,7 @@ def test_handlers_example_logs_the_clipped_gradient_norm(tmp_path: Path) -> None
     assert all(event.value <= 0.5 + 1e-4 for event in events)  # logged after the recipe's clipping
 
 
+@pytest.mark.slow  # runs the example in another process
 def test_from_python_example(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text(python_block("From Python"))
     result = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True)
@@ -97,6 +103,7 @@ def test_from_python_example(tmp_path: Path) -> None:
     assert "precision" in result.stdout and "confusion matrix" in result.stdout
 
 
+@pytest.mark.slow  # runs the example in another process
 def test_python_docs_examples(tmp_path: Path) -> None:
     python_doc = ROOT / "docs" / "python.md"
     made_in_python = python_block("A recipe made in Python", 1, python_doc)
@@ -117,6 +124,7 @@ def test_python_docs_examples(tmp_path: Path) -> None:
     assert "[0.05, 0.05, 0.05]" in result.stdout
 
 
+@pytest.mark.slow  # runs the example in another process
 def test_writing_a_recipe_example(tmp_path: Path) -> None:
     (tmp_path / "my_recipe.py").write_text(python_block("Writing a recipe"))
     command = [sys.executable, "-m", "fmtk", "run", "my_recipe.py", "--set", "hidden=128", "--run-dir", "r"]
@@ -127,6 +135,7 @@ def test_writing_a_recipe_example(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["test"]["best"]["accuracy"] > 0.9
 
 
+@pytest.mark.slow  # runs the example in another process
 def test_writing_a_handler_example_stops_at_95_percent(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text(python_block("Writing a handler"))
     result = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True)
@@ -139,6 +148,7 @@ def test_writing_a_handler_example_stops_at_95_percent(tmp_path: Path) -> None:
     assert metrics["epochs_run"] == len(rows) < 40
 
 
+@pytest.mark.slow  # runs the example in another process
 def test_writing_a_handler_example_logs_gradient_norms(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -84,6 +84,7 @@ def test_bad_overrides_are_one_line_errors(overrides: dict, message: str) -> Non
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_bundled_recipes_found_from_any_directory(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "fmtk", "list"], cwd=tmp_path, capture_output=True, text=True, check=True

@@ -1,13 +1,15 @@
 """Recipe regression tests on the real data in $FMTK_DATA (CI: ../shared/datasets).
 
 Each trains the bundled recipe with the CLI's code path on CPU and checks the test accuracy of
-the best checkpoint against a floor measured with the recipe's fixed seed.
+the best checkpoint against a floor measured with the recipe's fixed seed. The trainings are marked
+``slow`` (``python -m pytest -m "not slow"`` leaves them out); each recipe and its values train once.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import tree_snapshot
 
@@ -36,12 +38,14 @@ def train(name: str, data_dir: Path, run_dir: Path, **overrides: str) -> dict:
     return results
 
 
+@pytest.mark.slow
 def test_mnist_dnn_reaches_97_percent(real_data: Path, tmp_path: Path) -> None:
     results = train("mnist_dnn", real_data, tmp_path)
     assert results["epochs_run"] == 17
     assert results["test"]["best"]["accuracy"] >= 0.97
 
 
+@pytest.mark.slow
 def test_mnist_dnn_fast_preset_passes_the_notebook(real_data: Path, tmp_path: Path) -> None:
     """Measured with the recipe's seed: 98.81% test (best, epoch 13) in 19.1 s of training."""
     recipe = load_recipe("mnist_dnn")
@@ -56,6 +60,7 @@ def test_mnist_dnn_splits_are_the_notebooks(real_data: Path) -> None:
     assert [len(s.labels) for s in (splits.train, splits.valid, splits.test)] == [50_000, 10_000, 10_000]
 
 
+@pytest.mark.slow
 def test_fmnist_cnn_fast_preset_reaches_the_notebook(real_data: Path, tmp_path: Path) -> None:
     recipe = load_recipe("fmnist_cnn")
     run = build_run(recipe, tmp_path, CPU, real_data, echo=None, preset="fast")
@@ -63,6 +68,7 @@ def test_fmnist_cnn_fast_preset_reaches_the_notebook(real_data: Path, tmp_path: 
     assert results["epochs_run"] == 8 and results["test"]["best"]["accuracy"] >= FMNIST_CNN_FAST_FLOOR
 
 
+@pytest.mark.slow
 def test_catdog_vgg_end_to_end_on_the_real_photos(real_data: Path, tmp_path: Path) -> None:
     # Reduced image size and epochs for CPU. 500 balanced test photos: a constant guess or
     # shuffled labels score 50% ± 2.2% (one standard deviation); the floor is far above that.
@@ -73,6 +79,7 @@ def test_catdog_vgg_end_to_end_on_the_real_photos(real_data: Path, tmp_path: Pat
     assert results["test"]["last"]["accuracy"] >= CATDOG_FLOOR
 
 
+@pytest.mark.slow
 def test_soak_mnist_dnn_memory_and_file_handles_stay_flat(real_data: Path, tmp_path: Path) -> None:
     """20 epochs: resident memory grows ≤ 5% after epoch 2 and no file handle is leaked."""
     import os

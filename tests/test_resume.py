@@ -14,6 +14,8 @@ import pytest
 import torch
 from conftest import assert_one_line_error, make_mnist_like, tree_snapshot
 
+pytestmark = pytest.mark.slow  # each test trains in subprocesses; most kill one and resume it
+
 ITERATIONS_PER_EPOCH = 20  # 1,000 training images of the small dataset, batch 50
 # fmnist_dnn: dropout (random), BatchNorm, Adam, plateau and early stopping: every state matters.
 RECIPE = ["fmnist_dnn", "--epochs", "4", "--batch-size", "50", "--set", "plateau_patience=1"]

@@ -229,6 +229,7 @@ def test_flip_averaging_is_what_testing_evaluate_and_predict_use(tmp_path: Path)
     assert json.loads((tmp_path / "config.json").read_text())["tta_flip"] is True
 
 
+@pytest.mark.slow  # 30 epochs
 def test_augmentation_reaches_the_training_split_only(tmp_path: Path) -> None:
     plain = build_run("digits_mlp", tmp_path / "plain", "cpu", echo=None)
     run = build_run("digits_mlp", tmp_path / "aug", "cpu", echo=None, augment_shift=1, augment_erase=0.5,
@@ -245,6 +246,7 @@ def test_augmentation_reaches_the_training_split_only(tmp_path: Path) -> None:
         apply_overrides(load_recipe("digits_mlp"), {"augment_shift": "-1"})
 
 
+@pytest.mark.slow  # trains VGG on photos
 def test_catdog_best_preset_augments_photos_and_trains(catdog_root: Path, tmp_path: Path) -> None:
     """The preset's crops, flips and erasing reach the photo batches (the data's own flip_p gives
     way to augment_flip); cosine with warm-up and the EMA run on the image-folder path."""

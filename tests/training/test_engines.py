@@ -46,6 +46,7 @@ def test_optimizers_are_fused_where_torch_offers_it(name: str) -> None:
     assert optimizer.defaults["fused"] is True
 
 
+@pytest.mark.slow  # trains a CNN three times, once through torch.compile
 @pytest.mark.parametrize(
     "speed",
     [SpeedOptions("bf16", True), SpeedOptions("16-mixed", True), SpeedOptions("32", False, compile=True)],

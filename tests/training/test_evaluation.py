@@ -9,19 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, fmtk, require_real_data, tree_snapshot
+from conftest import assert_one_line_error, fmtk, tree_snapshot
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-
-@pytest.fixture(scope="module")
-def mnist_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A 2-epoch mnist_dnn run on the real MNIST files: (run folder, data root)."""
-    data = require_real_data()
-    run_dir = tmp_path_factory.mktemp("report") / "mnist"
-    result = fmtk("run", "mnist_dnn", "--epochs", "2", "--run-dir", str(run_dir), "--data-dir", str(data))
-    assert result.returncode == 0, result.stderr
-    return run_dir, data
 
 
 def real_test_digits(data: Path, count: int) -> tuple[np.ndarray, list[int]]:
@@ -33,8 +23,8 @@ def real_test_digits(data: Path, count: int) -> tuple[np.ndarray, list[int]]:
     return images[:count], labels[:count]
 
 
-def test_every_run_writes_confusion_and_top_losses(mnist_run) -> None:
-    run_dir, _ = mnist_run
+def test_every_run_writes_confusion_and_top_losses(real_mnist_run) -> None:
+    run_dir, _ = real_mnist_run
     for name in ("confusion_best.png", "top_losses.png"):
         with Image.open(run_dir / name) as picture:
             assert picture.format == "PNG" and picture.width > 400
@@ -44,8 +34,8 @@ def test_every_run_writes_confusion_and_top_losses(mnist_run) -> None:
 
 @pytest.mark.parametrize("split, size, picture", [("test", 10_000, "confusion_best.png"),
                                                   ("valid", 10_000, "confusion_best_valid.png")])  # fmt: skip
-def test_evaluate(mnist_run, split: str, size: int, picture: str) -> None:
-    run_dir, data = mnist_run
+def test_evaluate(real_mnist_run, split: str, size: int, picture: str) -> None:
+    run_dir, data = real_mnist_run
     result = fmtk("evaluate", str(run_dir), "--split", split, "--data-dir", str(data))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -62,8 +52,8 @@ def test_evaluate(mnist_run, split: str, size: int, picture: str) -> None:
     assert (run_dir / picture).exists()
 
 
-def test_evaluate_last_and_a_bad_checkpoint(mnist_run, tmp_path: Path) -> None:
-    run_dir, data = mnist_run
+def test_evaluate_last_and_a_bad_checkpoint(real_mnist_run, tmp_path: Path) -> None:
+    run_dir, data = real_mnist_run
     result = fmtk("evaluate", str(run_dir), "--checkpoint", "last", "--data-dir", str(data))
     assert result.returncode == 0 and "last_checkpoint_2.pt" in result.stdout
     assert (run_dir / "confusion_last.png").exists()
@@ -76,8 +66,8 @@ def test_evaluate_last_and_a_bad_checkpoint(mnist_run, tmp_path: Path) -> None:
     assert tree_snapshot(run_dir) == before
 
 
-def test_predict_real_digits_in_any_mode_and_size(mnist_run, tmp_path: Path) -> None:
-    run_dir, data = mnist_run
+def test_predict_real_digits_in_any_mode_and_size(real_mnist_run, tmp_path: Path) -> None:
+    run_dir, data = real_mnist_run
     images, labels = real_test_digits(data, 12)
     paths = []
     for index, pixels in enumerate(images):
@@ -107,15 +97,16 @@ def test_predict_real_digits_in_any_mode_and_size(mnist_run, tmp_path: Path) -> 
     assert plain.returncode == 0 and plain.stdout.startswith(f"{paths[0]}: {labels[0]} ")
 
 
-def test_predict_names_a_file_that_is_not_an_image(mnist_run, tmp_path: Path) -> None:
-    run_dir, _ = mnist_run
+def test_predict_names_a_file_that_is_not_an_image(real_mnist_run, tmp_path: Path) -> None:
+    run_dir, _ = real_mnist_run
     notes = tmp_path / "notes.png"
     notes.write_text("hello")
     assert_one_line_error(fmtk("predict", str(run_dir), str(notes)), "notes.png: cannot read image")
 
 
-def test_show_catdog_grid_and_class_counts(mnist_run, tmp_path: Path) -> None:
-    _, data = mnist_run
+@pytest.mark.slow
+def test_show_catdog_grid_and_class_counts(real_data: Path, tmp_path: Path) -> None:
+    data = real_data
     out = tmp_path / "grid.png"
     args = ["show", "catdog_vgg", "--split", "test", "-n", "8", "--out", str(out), "--set", "image_size=32"]
     result = fmtk(*args, "--data-dir", str(data))
@@ -126,14 +117,16 @@ def test_show_catdog_grid_and_class_counts(mnist_run, tmp_path: Path) -> None:
     assert_one_line_error(fmtk(*args, "--data-dir", str(data)), "grid.png exists")  # never overwritten
 
 
-def test_show_fashion_mnist_class_names(mnist_run, tmp_path: Path) -> None:
-    _, data = mnist_run
+@pytest.mark.slow
+def test_show_fashion_mnist_class_names(real_data: Path, tmp_path: Path) -> None:
+    data = real_data
     result = fmtk("show", "fmnist_cnn", "--out", str(tmp_path / "f.png"), "--data-dir", str(data))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("train T-Shirt: 5000  Trouser: 5000  Pullover: 5000")
     assert "Ankle Boot: 1000" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, total",
     [
