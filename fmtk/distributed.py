@@ -8,6 +8,7 @@ and Ignite's metrics reduce across processes.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -70,7 +71,26 @@ def launch(function: Callable[..., Any], settings: Any, nproc_per_node: int | No
     this process as one rank of a ``torchrun`` group (``nproc_per_node`` None)."""
     spawn = {"nproc_per_node": nproc_per_node} if nproc_per_node else {}
     with quiet_ignite(), idist.Parallel(backend=backend, **spawn) as parallel:
-        parallel.run(function, settings)
+        parallel.run(_run_then_free_the_group, function, settings)
+
+
+def _run_then_free_the_group(local_rank: int, function: Callable[..., Any], settings: Any) -> None:
+    """``function`` in one process; after it returns, the objects that still hold the process group
+    are collected, so that the group's teardown (Ignite's ``destroy_process_group``, right after)
+    frees it and joins gloo's threads before the interpreter exits.
+
+    The run's model is DistributedDataParallel, whose reducer holds the group, and the run's
+    objects form reference cycles: without this collection the group outlives
+    ``destroy_process_group`` and is freed only by the last collection of the exiting
+    interpreter. A gloo worker thread that is then still letting go of a finished collective
+    whose tensor Python already dropped must take the GIL; an exiting Python 3.11 ends such a
+    thread with ``pthread_exit``, whose unwinding through a C++ destructor calls
+    ``std::terminate``: "terminate called without an active exception", the rank dies of SIGABRT.
+    Only on success: after an error the traceback still holds the run, and a group freed with a
+    collective left unfinished (Ctrl-C) would wait for it.
+    """
+    function(local_rank, settings)
+    gc.collect()
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import re
 import typing
@@ -18,6 +17,7 @@ from torch import nn
 
 from fmtk.data.batches import DataSplits
 from fmtk.errors import FmtkError, user_code_line
+from fmtk.training.engines import UNDRIVABLE_OPTIMIZERS, optimizer_arguments
 from fmtk.values import parse_option, parse_value, typed
 
 SCHEDULES = ("plateau", "onecycle", "cosine", "none")
@@ -233,29 +233,11 @@ def _optimizer_problems(recipe: Recipe) -> Iterator[str]:
 
 WATCH = re.compile(r"[A-Za-z_]\w*(:min|:max)?")  # a watched metric: "loss", "f1:max"
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # one path component, never "." or ".."
-# torch.optim classes that fmtk's step (one optimizer.step() per batch) cannot drive, and why.
-UNDRIVABLE_OPTIMIZERS = {
-    "Optimizer": "it is the base class of the optimizers",
-    "LBFGS": "it needs a closure that re-evaluates the loss several times per step",
-    "SparseAdam": "it needs sparse gradients (nn.Embedding(sparse=True)) and nothing else",
-    "Rprop": "it is a full-batch method: it steps by the sign of the gradient, which mini-batches scramble",
-}
-
 # Keys of earlier releases, read under their new names (--set, config.json) by a recipe that has no
 # option of the old name: catdog_vgg's own flip (options["flip_p"]) became the augmentation's.
 RENAMED = {"flip_p": "augment_flip"}
 
 CALLABLES = ("model", "data", "loss", "metrics", "attach", "image_input")  # in config.json by name
-
-
-# Arguments fmtk sets itself (lr, weight_decay: recipe fields; fused/foreach: the fastest kernels).
-OWN_OPTIMIZER_ARGUMENTS = ("params", "lr", "weight_decay", "fused", "foreach", "capturable", "differentiable")
-
-
-def optimizer_arguments(optimizer_class: type) -> list[str]:
-    """The keyword arguments of ``optimizer_class`` a recipe's ``optimizer_args`` may set."""
-    parameters = inspect.signature(optimizer_class).parameters
-    return [name for name in parameters if name not in OWN_OPTIMIZER_ARGUMENTS]
 
 
 def apply_preset(recipe: Recipe, name: str | None) -> Recipe:
@@ -299,5 +281,3 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
     updated = dataclasses.replace(recipe, **changes, options=options, changed=changed)
     updated.validate()
     return updated
-
-

@@ -8,6 +8,7 @@ backward and step and see the true gradients, also under ``16-mixed`` (the scale
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -67,6 +68,24 @@ class SpeedOptions:
 
     def config(self) -> dict[str, str | bool | None]:
         return {"precision": self.precision, "channels_last": self.channels_last, "compile": self.compile}
+
+
+# torch.optim classes that fmtk's step (one optimizer.step() per batch) cannot drive, and why.
+UNDRIVABLE_OPTIMIZERS = {
+    "Optimizer": "it is the base class of the optimizers",
+    "LBFGS": "it needs a closure that re-evaluates the loss several times per step",
+    "SparseAdam": "it needs sparse gradients (nn.Embedding(sparse=True)) and nothing else",
+    "Rprop": "it is a full-batch method: it steps by the sign of the gradient, which mini-batches scramble",
+}
+
+# Arguments fmtk sets itself (lr, weight_decay: recipe fields; fused/foreach: the fastest kernels).
+OWN_OPTIMIZER_ARGUMENTS = ("params", "lr", "weight_decay", "fused", "foreach", "capturable", "differentiable")
+
+
+def optimizer_arguments(optimizer_class: type) -> list[str]:
+    """The keyword arguments of ``optimizer_class`` a recipe's ``optimizer_args`` may set."""
+    parameters = inspect.signature(optimizer_class).parameters
+    return [name for name in parameters if name not in OWN_OPTIMIZER_ARGUMENTS]
 
 
 def create_optimizer(
