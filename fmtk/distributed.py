@@ -16,6 +16,7 @@ from typing import Any
 
 import ignite.distributed as idist
 import torch
+import torch.distributed.nn.functional  # noqa: F401 - before any group exists: see _run_then_free_the_group
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -87,7 +88,9 @@ def _run_then_free_the_group(local_rank: int, function: Callable[..., Any], sett
     thread with ``pthread_exit``, whose unwinding through a C++ destructor calls
     ``std::terminate``: "terminate called without an active exception", the rank dies of SIGABRT.
     Only on success: after an error the traceback still holds the run, and a group freed with a
-    collective left unfinished (Ctrl-C) would wait for it.
+    collective left unfinished (Ctrl-C) would wait for it. ``torch.distributed.nn.functional``
+    takes the default group as its functions' default argument when it is first imported: it is
+    imported above, before any group exists (Ignite imports it too), or it would hold the group.
     """
     function(local_rank, settings)
     gc.collect()

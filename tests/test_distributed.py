@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from torch.utils.data import TensorDataset
 
 from fmtk.data.batches import TensorBatches
 from fmtk.data.images import LoaderBatches
+from fmtk.distributed import launch
 
 
 def sample_ids(batches) -> list[list[int]]:
@@ -147,3 +150,29 @@ def test_torchrun_joins_its_process_group(mnist_root: Path, tmp_path: Path) -> N
     results = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert results["processes"] == 2 and results["epochs_run"] == 2
     assert results["test"]["best"]["accuracy"] > 0.5  # bars in row bands: learnt in 2 epochs
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def _train_one_step(local_rank: int, keep: list) -> None:
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))  # its reducer holds the group
+    model(torch.ones(3, 2)).sum().backward()
+    cycle = {"model": model}
+    cycle["self"] = cycle  # the run's objects are in reference cycles, as Engine's handlers make them
+    keep.append(_threads())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads in /proc")
+def test_launch_frees_the_process_group_before_returning(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(port)}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    before, during = _threads(), []
+    launch(_train_one_step, during, None, "gloo")
+    assert during[0] > before  # gloo's worker and transport threads ran the step
+    assert _threads() <= before  # and are joined: none is left to take the GIL at exit
