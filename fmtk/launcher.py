@@ -65,8 +65,7 @@ class RunRequest:
     handlers: tuple[str, ...] = ()
     nproc_per_node: int = 1
     backend: str | None = None
-    folder_ready: bool = False  # run_dir exists and the launching process holds it (spawned processes)
-    error_dir: str | None = None  # spawned processes write their error here for the launcher to print
+    error_dir: str | None = None  # spawned processes (which train in run_dir) write their error here
     command: str | None = None  # the command line, for config.json
 
     def recipe(self) -> Recipe:
@@ -174,7 +173,7 @@ def train(request: RunRequest, echo: Callable[[str], None] = print) -> None:
         with held as folder:
             echo(f"run folder: {folder}")
             if request.nproc_per_node > 1:
-                _spawn(replace(request, run_dir=folder, folder_ready=True), backend)
+                _spawn(replace(request, run_dir=folder), backend)
             else:
                 _run(request, recipe, attachers, folder, echo)
     except KeyboardInterrupt:
@@ -231,7 +230,7 @@ def run_process(local_rank: int, request: RunRequest) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         # Spawned processes: the launching process says how to resume; under torchrun, rank 0.
-        if not request.folder_ready and is_main_process() and request.run_dir is not None:
+        if request.error_dir is None and is_main_process() and request.run_dir is not None:
             print(_interrupted(request.run_dir), file=sys.stderr, flush=True)
         sys.exit(130)
 
@@ -242,7 +241,7 @@ def _process_run(request: RunRequest) -> None:
     recipe = request.recipe()
     attachers = [resolve_handler(reference) for reference in request.handlers]
     echo = _print if is_main_process() else _quiet
-    if request.folder_ready:
+    if request.error_dir is not None:  # spawned: in the folder the launching process holds
         _run(request, recipe, attachers, request.run_dir, echo)
         return
     if not is_main_process():

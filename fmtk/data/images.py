@@ -202,9 +202,9 @@ def load_catdog(
     """Cat & Dog photos: stratified train/valid split of training_set, test_set for testing.
 
     ``data_cache``: ``memory`` decodes every photo once into a tensor on the device; ``file`` also
-    keeps that tensor in a file under :func:`cache_folder` for the next run; ``none`` decodes in
-    DataLoader workers every epoch (for folders too large to hold). The random flip applies to
-    the training split only (the notebook also flipped test images).
+    keeps that tensor in a file under :func:`fmtk.data.image_cache.cache_folder` for the next run;
+    ``none`` decodes in DataLoader workers every epoch (for folders too large to hold). The random
+    flip applies to the training split only (the notebook also flipped test images).
     """
     root = Path(data_dir) / "catdog"
     if not root.is_dir():
@@ -231,14 +231,8 @@ def load_catdog(
             test_samples,
         )
         return _loader_splits(splits, classes, image_size, batch_size, device, seed, flip_p)
-    if data_cache == "file":
-        train_images = cached_decode_images(train_samples, train_folder, image_size, decode_images)
-        test_images = cached_decode_images(test_samples, test_folder, image_size, decode_images)
-    else:
-        train_images, test_images = (
-            decode_images(train_samples, image_size),
-            decode_images(test_samples, image_size),
-        )
+    train_images = _decoded(train_samples, train_folder, image_size, data_cache)
+    test_images = _decoded(test_samples, test_folder, image_size, data_cache)
 
     def batches(images: torch.Tensor, labels: torch.Tensor, train: bool = False) -> TensorBatches:
         return TensorBatches(
@@ -252,6 +246,13 @@ def load_catdog(
         test=batches(test_images, sample_labels(test_samples)),
         classes=classes,
     )
+
+
+def _decoded(samples: list[tuple[str, int]], folder: Path, image_size: int, data_cache: str) -> torch.Tensor:
+    """The images of ``samples`` decoded, through the cache file with ``data_cache=file``."""
+    if data_cache == "file":
+        return cached_decode_images(samples, folder, image_size, decode_images)
+    return decode_images(samples, image_size)
 
 
 def _loader_splits(

@@ -60,11 +60,9 @@ def build_run(
     **overrides: Any,
 ) -> Run:
     """Assemble the run of ``recipe`` into ``run_dir`` on ``device``; with ``resume_from`` (a last
-    checkpoint of that run) every kept state continues from it when :meth:`Run.run` starts.
-
-    The run folder is made (or an existing one taken) and locked now, and released when
-    :meth:`Run.run` ends; a run that cannot be assembled or fails before its first checkpoint leaves
-    nothing in it (:func:`fmtk.runfolder.run_folder`).
+    checkpoint of that run) every kept state continues from it when :meth:`Run.run` starts. The run
+    folder is made (or taken) and locked now and released when :meth:`Run.run` ends; a failure
+    before the first checkpoint leaves nothing in it (:func:`fmtk.runfolder.run_folder`).
 
     Args:
         recipe: what to train: a :class:`Recipe`, a bundled recipe's name or a recipe file's path.
@@ -96,18 +94,8 @@ def build_run(
         held = run_folder(run_dir, output_dir=Path(output_dir), recipe_name=recipe.name, reuse=reuse)
         run_dir = folder.enter_context(held)
     try:
-        return assemble_run(
-            recipe,
-            Path(run_dir),
-            device,
-            data_root(data_dir),
-            echo,
-            resume_from,
-            speed,
-            progress=progress,
-            command=command,
-            folder=folder,
-        )
+        return assemble_run(recipe, Path(run_dir), device, data_root(data_dir), echo, resume_from, speed,
+                            progress=progress, command=command, folder=folder)  # fmt: skip
     except BaseException:
         folder.__exit__(*sys.exc_info())  # the folder's hold removes what was made, then re-raises
         raise

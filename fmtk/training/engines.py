@@ -133,14 +133,9 @@ def create_trainer(
     ``model`` may be a DistributedDataParallel wrapper; ``scaler`` is needed for ``16-mixed``.
     """
     forward = torch.compile(model) if speed.compile else model
-    autocast_dtype = {"bf16": torch.bfloat16, "16-mixed": torch.float16}.get(speed.precision)
+    autocast = _autocast(device, speed.precision)
     if speed.precision == "16-mixed" and scaler is None:
         raise ValueError("16-mixed precision needs a GradScaler")
-
-    def autocast() -> contextlib.AbstractContextManager:
-        if autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=autocast_dtype)
 
     # Not create_supervised_trainer: it returns loss.item() (a device→host sync every step) and
     # calls model.train() every step; here the loss stays a tensor and the mode is set per epoch.
@@ -178,6 +173,14 @@ def create_trainer(
     # First of the EPOCH_COMPLETED handlers, so every later one sees the epoch's mean loss.
     trainer.add_event_handler(Events.EPOCH_COMPLETED, _finish_epoch, device)
     return trainer
+
+
+def _autocast(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """The step's autocast context, made anew each step: bf16 or float16 autocast, none for 32-bit."""
+    dtype = {"bf16": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def _between_backward_and_step(engine: Engine) -> None:
