@@ -13,7 +13,10 @@ import os
 import struct
 import subprocess
 import sys
+import traceback
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -140,7 +143,72 @@ recipe = Recipe(
 
 
 def fmtk(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fmtk", *args], cwd=cwd, capture_output=True, text=True)
+    """``fmtk ARGS`` run from ``cwd`` in this process, through click's CliRunner: a new process
+    spends 5–6 s of this machine's time importing torch, ~90 times a session. What a terminal would
+    show comes back as from ``subprocess.run``: stdout, stderr with the warnings a plain ``python``
+    prints, an escaped exception's traceback and exit code 1. Modules the command imports from
+    ``cwd`` (recipes, ``--handler`` files) are forgotten afterwards, so the next test's same-named
+    file is read afresh. ``fmtk_process`` runs a real process, for what only one has: signals,
+    interpreter exit, environment variables."""
+    from click.testing import CliRunner
+
+    from fmtk.cli import cli
+
+    folder = Path(cwd or Path.cwd()).resolve()
+    modules, path, old_cwd, argv = set(sys.modules), list(sys.path), os.getcwd(), sys.argv
+    os.chdir(folder)
+    sys.argv = ["fmtk", *args]  # what config.json records as the command
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.resetwarnings()  # Python's own defaults, not pytest's
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.filterwarnings("ignore", category=category)
+            result = CliRunner().invoke(cli, list(args), prog_name="fmtk")
+    finally:
+        os.chdir(old_cwd)
+        sys.path[:], sys.argv = path, argv
+        for name in set(sys.modules) - modules:
+            file = getattr(sys.modules[name], "__file__", None) or ""
+            if file.startswith(str(folder)) or name.startswith("fmtk_recipe_"):
+                del sys.modules[name]
+    stderr = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
+    stderr += result.stderr
+    code = result.exit_code
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+    return subprocess.CompletedProcess(["fmtk", *args], code, result.stdout, stderr)
+
+
+def python_script(script: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """``python SCRIPT`` run from ``cwd`` in this process (``runpy``), as ``fmtk`` runs commands:
+    the documented examples that train through ``fmtk.fit``."""
+    import contextlib
+    import io
+    import runpy
+
+    out, err, old_cwd, path = io.StringIO(), io.StringIO(), os.getcwd(), list(sys.path)
+    os.chdir(cwd)
+    sys.path.insert(0, str(Path(script).resolve().parent))
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(script), run_name="__main__")
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else 1
+            except Exception:  # noqa: BLE001 - reported as a process would report it
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(old_cwd)
+        sys.path[:] = path
+    return subprocess.CompletedProcess(["python", str(script)], code, out.getvalue(), err.getvalue())
+
+
+def fmtk_process(*args: str, cwd: Path | None = None, **options: Any) -> subprocess.CompletedProcess:
+    """``python -m fmtk ARGS`` in a new process (``options`` go to ``subprocess.run``)."""
+    command = [sys.executable, "-m", "fmtk", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, **options)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

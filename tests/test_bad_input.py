@@ -23,26 +23,9 @@ from PIL import Image
 
 
 @pytest.fixture
-def fmtk_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """``fmtk ARGS`` run in this process (no 4 s torch import per case) from ``tmp_path``: a
-    CompletedProcess-like result with returncode and stderr. Modules a case writes there are
-    imported fresh."""
-    from click.testing import CliRunner
-
-    from fmtk.cli import cli
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-
-    def invoke(*args: str) -> types.SimpleNamespace:
-        for name in [path.stem for path in tmp_path.glob("*.py")]:
-            sys.modules.pop(name, None)
-        result = CliRunner().invoke(cli, list(args), prog_name="fmtk")
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception  # not a one-line error: show it
-        return types.SimpleNamespace(returncode=result.exit_code, stderr=result.stderr, stdout=result.stdout)
-
-    return invoke
+def fmtk_here(tmp_path: Path):
+    """``fmtk ARGS`` run from ``tmp_path``."""
+    return lambda *args: fmtk(*args, cwd=tmp_path)
 
 
 def run_on(data: Path, tmp_path: Path, *args: str):

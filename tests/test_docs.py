@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import fmtk, python_script
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -45,26 +46,14 @@ def handlers_example(tmp_path: Path, number: int, module: str, *args: str) -> Pa
     ]
     code = python_block(sections[number - 1], 1, ROOT / "docs" / "handlers.md")
     (tmp_path / f"{module}.py").write_text(code)
-    command = [
-        sys.executable,
-        "-m",
-        "fmtk",
-        "run",
-        "digits_mlp",
-        "--handler",
-        f"{module}:attach",
-        "--run-dir",
-        "r",
-    ]
-    result = subprocess.run([*command, *args], cwd=tmp_path, capture_output=True, text=True)
+    result = fmtk("run", "digits_mlp", "--handler", f"{module}:attach", "--run-dir", "r", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     return tmp_path / "r"
 
 
 @pytest.mark.slow  # runs the example in another process
 def test_the_notebook_walk_through_runs(tmp_path: Path) -> None:
-    command = [sys.executable, str(ROOT / "docs" / "notebook.py")]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    done = python_script(ROOT / "docs" / "notebook.py", tmp_path)
     assert done.returncode == 0, done.stderr
     [run_dir] = (tmp_path / "runs" / "wine").iterdir()
     assert json.loads((run_dir / "config.json").read_text())["changed"] == {"hidden": 64}
@@ -96,7 +85,7 @@ def test_handlers_example_logs_the_clipped_gradient_norm(tmp_path: Path) -> None
 @pytest.mark.slow  # runs the example in another process
 def test_from_python_example(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text(python_block("From Python"))
-    result = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True)
+    result = python_script(tmp_path / "train.py", tmp_path)
     assert result.returncode == 0, result.stderr
     [run_dir] = (tmp_path / "runs" / "digits_mlp").iterdir()
     assert json.loads((run_dir / "config.json").read_text())["changed"] == {"epochs": 5, "lr": 0.05}
@@ -108,18 +97,14 @@ def test_python_docs_examples(tmp_path: Path) -> None:
     python_doc = ROOT / "docs" / "python.md"
     made_in_python = python_block("A recipe made in Python", 1, python_doc)
     (tmp_path / "notebook_recipe.py").write_text(made_in_python)
-    result = subprocess.run(
-        [sys.executable, "notebook_recipe.py"], cwd=tmp_path, capture_output=True, text=True
-    )
+    result = python_script(tmp_path / "notebook_recipe.py", tmp_path)
     assert result.returncode == 0, result.stderr
     [run_dir] = (tmp_path / "runs" / "notebook_digits").iterdir()
     assert float(result.stdout.split()[0]) > 0.8
-    cli = subprocess.run(
-        [sys.executable, "-m", "fmtk", "evaluate", str(run_dir)], capture_output=True, text=True
-    )
+    cli = fmtk("evaluate", str(run_dir), cwd=tmp_path)
     assert cli.returncode == 1 and cli.stderr.strip() in python_doc.read_text()  # the error the page shows
     (tmp_path / "lrs.py").write_text(python_block("`build_run`: the run before it starts", 1, python_doc))
-    result = subprocess.run([sys.executable, "lrs.py"], cwd=tmp_path, capture_output=True, text=True)
+    result = python_script(tmp_path / "lrs.py", tmp_path)
     assert result.returncode == 0, result.stderr
     assert "[0.05, 0.05, 0.05]" in result.stdout
 
@@ -127,8 +112,7 @@ def test_python_docs_examples(tmp_path: Path) -> None:
 @pytest.mark.slow  # runs the example in another process
 def test_writing_a_recipe_example(tmp_path: Path) -> None:
     (tmp_path / "my_recipe.py").write_text(python_block("Writing a recipe"))
-    command = [sys.executable, "-m", "fmtk", "run", "my_recipe.py", "--set", "hidden=128", "--run-dir", "r"]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    result = fmtk("run", "my_recipe.py", "--set", "hidden=128", "--run-dir", "r", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["name"] == "my_digits" and config["options"] == {"hidden": 128}
@@ -138,7 +122,7 @@ def test_writing_a_recipe_example(tmp_path: Path) -> None:
 @pytest.mark.slow  # runs the example in another process
 def test_writing_a_handler_example_stops_at_95_percent(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text(python_block("Writing a handler"))
-    result = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True)
+    result = python_script(tmp_path / "train.py", tmp_path)
     assert result.returncode == 0, result.stderr
     [run_dir] = (tmp_path / "runs" / "digits_mlp").iterdir()
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -1,12 +1,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import USER_RECIPE
+from conftest import USER_RECIPE, fmtk
 
 from fmtk.errors import FmtkError
 from fmtk.recipe import apply_overrides
@@ -86,7 +84,5 @@ def test_bad_overrides_are_one_line_errors(overrides: dict, message: str) -> Non
 
 @pytest.mark.slow
 def test_bundled_recipes_found_from_any_directory(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "fmtk", "list"], cwd=tmp_path, capture_output=True, text=True, check=True
-    )
+    result = fmtk("list", cwd=tmp_path)
     assert "mnist_dnn" in result.stdout and "catdog_vgg" in result.stdout

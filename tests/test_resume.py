@@ -7,12 +7,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, make_mnist_like, tree_snapshot
+from conftest import assert_one_line_error, fmtk_process, make_mnist_like, tree_snapshot
+from conftest import fmtk as fmtk_here
 
 pytestmark = pytest.mark.slow  # each test trains in subprocesses; most kill one and resume it
 
@@ -106,12 +106,15 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def fmtk(workspace: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(workspace)}
-    command = [sys.executable, "-m", "fmtk", "run", *args, "--data-dir", str(workspace / "data")]
+    """``fmtk run ARGS`` on the workspace's data: in a new process when a handler kills it or
+    presses Ctrl-C, else in this one."""
+    args = ("run", *args, "--data-dir", str(workspace / "data"))
+    if not any(arg.startswith(("killers:sigkill", "killers:ctrl_c")) for arg in args):
+        return fmtk_here(*args, cwd=workspace)
     # Ctrl-C as from a terminal, also when these tests run in the background (where the shell
     # starts them with SIGINT ignored, and Python then leaves it ignored).
-    return subprocess.run(command, cwd=workspace, capture_output=True, text=True, env=env,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    return fmtk_process(*args, cwd=workspace, env={**os.environ, "PYTHONPATH": str(workspace)},
+                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
 
 
 def epoch_rows(run_dir: Path) -> list[dict[str, str]]:
