@@ -21,6 +21,7 @@ from fmtk.training.engines import UNDRIVABLE_OPTIMIZERS, optimizer_arguments
 from fmtk.values import parse_option, parse_value, typed
 
 SCHEDULES = ("plateau", "onecycle", "cosine", "none")
+CLASS_WEIGHTS = ("none", "balanced")
 PER_ITERATION_SCHEDULES = ("onecycle", "cosine")  # step every iteration, laid out over the epochs
 
 
@@ -96,6 +97,11 @@ class Recipe:
     log_every: int = 50  # iterations between per-iteration TensorBoard points (each one is a host sync)
     # Gradient clipping: the total norm of each step's gradients is scaled down to at most this.
     max_grad_norm: float | None = None
+    # The starting weights (fmtk.weights): torchvision's (DEFAULT, IMAGENET1K_V1…) for a recipe
+    # with a torchvision ``arch`` option, a weights file or a run folder; what fits is loaded.
+    weights: str | None = None
+    # "balanced": the training loss weights each class by its inverse frequency in the train split.
+    class_weights: str = "none"
     # The validation metric each of these watches: "<metric>" or "<metric>:min" / "<metric>:max"
     # (without a mode: min for a name containing "loss", else max). Metrics: loss, accuracy and
     # the names of ``metrics``.
@@ -107,6 +113,9 @@ class Recipe:
     # More Ignite metrics of validation and testing, e.g. ``{"f1": Fbeta(1.0)}``: called once per
     # evaluator; each must give one number.
     metrics: Callable[[Recipe], dict[str, Any]] | None = None
+    # from_data(recipe, data_dir) → the recipe with the values its data decides (an image folder's
+    # class names, which size the model), before the model is made; config.json records them.
+    from_data: Callable[[Recipe, Path], Recipe] | None = None
     # A recipe's own handlers: called with the assembled fmtk.training.run.Run before training starts.
     attach: Callable[[Any], None] | None = None
     source: str | None = None  # the file of a user's recipe (set by load_recipe), for --resume
@@ -209,8 +218,11 @@ def _value_problems(recipe: Recipe) -> Iterator[str]:
         (0 <= r.augment_erase < 1, f"augment_erase must be in [0, 1), got {r.augment_erase}"),
         (r.ema_decay is None or 0 < r.ema_decay < 1,
          f"ema_decay must be in (0, 1) or none, got {r.ema_decay}"),
-        (r.label_smoothing == 0 or r.loss is cross_entropy,
-         "label_smoothing smooths the default cross-entropy; this recipe has its own loss"),
+        (r.class_weights in CLASS_WEIGHTS,
+         f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}, got '{r.class_weights}'"),
+        *[(getattr(r, name) in (0, "none") or r.loss is cross_entropy,
+           f"{name} changes the default cross-entropy; this recipe has its own loss")
+          for name in ("label_smoothing", "class_weights")],
     ]  # fmt: skip
     return (message for ok, message in checks if not ok)
 
@@ -237,7 +249,8 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # one path component, ne
 # option of the old name: catdog_vgg's own flip (options["flip_p"]) became the augmentation's.
 RENAMED = {"flip_p": "augment_flip"}
 
-CALLABLES = ("model", "data", "loss", "metrics", "attach", "image_input")  # in config.json by name
+# In config.json by name.
+CALLABLES = ("model", "data", "loss", "metrics", "from_data", "attach", "image_input")
 
 
 def apply_preset(recipe: Recipe, name: str | None) -> Recipe:

@@ -67,6 +67,26 @@ def make_image_folder(folder: Path, per_class: int = 10, size: int = 40, seed: i
     return folder
 
 
+def make_photos(folder: Path, counts: dict[str, int], size: int = 28, seed: int = 0) -> Path:
+    """``folder/<class>/*`` with ``counts[class]`` photos each: JPEG and PNG in turn, the first of
+    the first class grey-scale and the second RGBA; class k is bright in colour channel k % 3 and
+    in row band k // 3, on noise."""
+    rng = np.random.default_rng(seed)
+    for label, (name, count) in enumerate(counts.items()):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            pixels = rng.integers(0, 70, size=(size + index % 5, size, 3)).astype(np.uint8)
+            pixels[..., label % 3] += 140
+            band = (label // 3) * 6
+            pixels[band : band + 6] = 250
+            image = Image.fromarray(pixels)
+            if label == 0 and index < 2:
+                image = image.convert("L" if index == 0 else "RGBA")
+            suffix = "png" if index % 2 or image.mode == "RGBA" else "jpg"
+            image.save(folder / name / f"{name}{index}.{suffix}")
+    return folder
+
+
 def tree_snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """``{relative path: (size, mtime_ns)}`` of every file below ``root``, to prove nothing changed."""
     return {

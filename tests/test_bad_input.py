@@ -72,7 +72,7 @@ def test_missing_class_folder(catdog_root: Path, tmp_path: Path) -> None:
     for path in dogs.iterdir():
         path.unlink()
     dogs.rmdir()
-    assert_one_line_error(run_on(catdog_root, tmp_path, *SMALL), "test_set classes ['cats'] differ")
+    assert_one_line_error(run_on(catdog_root, tmp_path, *SMALL), "test_set: classes ['cats'] differ")
 
 
 @pytest.mark.slow

@@ -22,10 +22,16 @@ from fmtk.runfolder import BEST, LAST, confusion_name, picture_path
 
 
 @cli.command("list")
-def list_recipes() -> None:
+@click.option("--archs", is_flag=True, help="torchvision's classification architectures (images' arch).")
+def list_recipes(archs: bool) -> None:
     """The bundled recipes, one line each."""
     from fmtk.recipe_loading import bundled_recipe_names, load_recipe
 
+    if archs:
+        from fmtk.weights import classification_models
+
+        click.echo(" ".join(classification_models()))
+        return
     for name in bundled_recipe_names():
         recipe = load_recipe(name)
         click.echo(f"{name:<12} {recipe.description}")

@@ -3,15 +3,17 @@
 - :mod:`fmtk.data.batches`: :class:`TensorBatches` (in-memory uint8 tensors on the device),
   :class:`DataSplits`, :func:`stratified_split`.
 - :mod:`fmtk.data.mnist`: MNIST and Fashion-MNIST IDX files, scikit-learn's digits.
-- :mod:`fmtk.data.images`: image folders (Cat & Dog), decoded once or by DataLoader workers.
+- :mod:`fmtk.data.images`: image files, decoded once or by DataLoader workers.
+- :mod:`fmtk.data.folders`: folders of photos (yours, Cat & Dog) split into train, valid and test.
 """
 
 from fmtk.data.batches import Batches, DataSplits, TensorBatches, scale_pixels, stratified_split
-from fmtk.data.images import LoaderBatches, decode_image_folder, load_catdog, photo_input
+from fmtk.data.folders import load_catdog, load_photo_folder, photo_classes
+from fmtk.data.images import LoaderBatches, decode_image_folder, photo_input
 from fmtk.data.mnist import grayscale_input, load_digits_splits, load_mnist_like, read_idx
 
 __all__ = [
     "Batches", "DataSplits", "LoaderBatches", "TensorBatches", "decode_image_folder", "grayscale_input",
-    "load_catdog", "load_digits_splits", "load_mnist_like", "photo_input", "read_idx", "scale_pixels",
-    "stratified_split",
+    "load_catdog", "load_digits_splits", "load_mnist_like", "load_photo_folder", "photo_classes",
+    "photo_input", "read_idx", "scale_pixels", "stratified_split",
 ]  # fmt: skip

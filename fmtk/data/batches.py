@@ -180,20 +180,26 @@ class DataSplits:
 
 
 def stratified_split(
-    labels: np.ndarray, valid_size: float | int, seed: int, *, source: str = "the labels"
+    labels: np.ndarray,
+    valid_size: float | int,
+    seed: int,
+    *,
+    source: str = "the labels",
+    split: str = "valid",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices of a stratified train/valid split (scikit-learn's train_test_split); ``source``
-    names the data in the one-line error for labels that cannot be split so."""
+    names the data and ``split`` the held-out part in the one-line error for labels that cannot be
+    split so."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64))
     lonely = [str(label) for label, count in enumerate(counts) if count == 1]
     if lonely:
         raise FmtkError(
-            f"{source}: class {', '.join(lonely)} has a single sample; a stratified valid split needs "
+            f"{source}: class {', '.join(lonely)} has a single sample; a stratified {split} split needs "
             "two or more of each class"
         )
     indices = np.arange(len(labels))
     try:
         train, valid = train_test_split(indices, test_size=valid_size, stratify=labels, random_state=seed)
     except ValueError as error:  # e.g. fewer valid samples than classes
-        raise FmtkError(f"{source}: cannot split off a stratified valid set ({error})") from None
+        raise FmtkError(f"{source}: cannot split off a stratified {split} set ({error})") from None
     return np.sort(train), np.sort(valid)

@@ -1,4 +1,4 @@
-"""Image-folder datasets (Cat & Dog): decode and resize every image once into a uint8 tensor.
+"""Image files: decode and resize every image once into a uint8 tensor, or in DataLoader workers.
 
 Decoding a JPEG costs far more than a training step of a small model; doing it once, then
 flipping and normalising whole batches on the device, keeps the epoch loop free of PIL.
@@ -20,11 +20,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from fmtk.data.augment import Augmentation
 from fmtk.data.batches import (
     DataSplits,
-    TensorBatches,
     check_global_batch,
     process_shard,
     scale_pixels,
-    stratified_split,
 )
 from fmtk.data.image_cache import cached_decode_images
 from fmtk.errors import FmtkError
@@ -50,10 +48,16 @@ def decode_image(path: str | Path, image_size: int) -> np.ndarray:
         raise FmtkError(f"{path}: cannot decode image ({error})") from None
 
 
-def photo_input(image: Image.Image, image_size: int) -> torch.Tensor:
-    """One photo as the model input of the image-folder recipes: 3×S×S, ImageNet-normalised."""
+def photo_input(
+    image: Image.Image,
+    image_size: int,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> torch.Tensor:
+    """One photo as the model input of the image-folder recipes: 3×S×S, normalised by ``mean``
+    and ``std`` (ImageNet's by default), exactly as their test photos are."""
     pixels = torch.from_numpy(resize_rgb(image, image_size).copy()).permute(2, 0, 1)
-    mean, std = (torch.tensor(values).view(-1, 1, 1) for values in (IMAGENET_MEAN, IMAGENET_STD))
+    mean, std = (torch.tensor(values).view(-1, 1, 1) for values in (mean, std))
     return scale_pixels(pixels, 255.0, mean, std)
 
 
@@ -189,73 +193,14 @@ def find_split_folder(root: Path, name: str) -> Path:
     return nested if nested.is_dir() else folder
 
 
-def load_catdog(
-    data_dir: Path,
-    image_size: int,
-    batch_size: int,
-    device: torch.device,
-    seed: int,
-    flip_p: float = 0.3,
-    valid_fraction: float = 0.2,
-    data_cache: str = "memory",
-) -> DataSplits:
-    """Cat & Dog photos: stratified train/valid split of training_set, test_set for testing.
-
-    ``data_cache``: ``memory`` decodes every photo once into a tensor on the device; ``file`` also
-    keeps that tensor in a file under :func:`fmtk.data.image_cache.cache_folder` for the next run;
-    ``none`` decodes in DataLoader workers every epoch (for folders too large to hold). The random
-    flip applies to the training split only (the notebook also flipped test images).
-    """
-    root = Path(data_dir) / "catdog"
-    if not root.is_dir():
-        raise FmtkError(f"Cat & Dog data not found: {root} (expected training_set/ and test_set/)")
-    if data_cache not in DATA_CACHES:
-        raise FmtkError(f"data_cache {data_cache}: choose {', '.join(DATA_CACHES)}")
-    train_folder, test_folder = (find_split_folder(root, name) for name in ("training_set", "test_set"))
-    train_samples, classes = list_image_folder(train_folder)
-    test_samples, test_classes = list_image_folder(test_folder)
-    if len(classes) < 2:
-        raise FmtkError(
-            f"{train_folder}: one class folder ({', '.join(classes)}); a classifier needs two or more"
-        )
-    if test_classes != classes:
-        raise FmtkError(f"{root}: test_set classes {test_classes} differ from training_set classes {classes}")
-    train_labels = sample_labels(train_samples)
-    train_index, valid_index = stratified_split(
-        train_labels.numpy(), valid_fraction, seed, source=str(train_folder)
-    )
-    if data_cache == "none":
-        splits = (
-            [train_samples[i] for i in train_index],
-            [train_samples[i] for i in valid_index],
-            test_samples,
-        )
-        return _loader_splits(splits, classes, image_size, batch_size, device, seed, flip_p)
-    train_images = _decoded(train_samples, train_folder, image_size, data_cache)
-    test_images = _decoded(test_samples, test_folder, image_size, data_cache)
-
-    def batches(images: torch.Tensor, labels: torch.Tensor, train: bool = False) -> TensorBatches:
-        return TensorBatches(
-            images.to(device), labels.to(device), batch_size, shuffle=train, seed=seed,
-            flip_p=flip_p if train else 0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        )  # fmt: skip
-
-    return DataSplits(
-        train=batches(train_images[train_index], train_labels[train_index], train=True),
-        valid=batches(train_images[valid_index], train_labels[valid_index]),
-        test=batches(test_images, sample_labels(test_samples)),
-        classes=classes,
-    )
-
-
-def _decoded(samples: list[tuple[str, int]], folder: Path, image_size: int, data_cache: str) -> torch.Tensor:
+def decoded(samples: list[tuple[str, int]], folder: Path, image_size: int, data_cache: str) -> torch.Tensor:
     """The images of ``samples`` decoded, through the cache file with ``data_cache=file``."""
     if data_cache == "file":
         return cached_decode_images(samples, folder, image_size, decode_images)
     return decode_images(samples, image_size)
 
 
-def _loader_splits(
+def loader_splits(
     samples: tuple[list[tuple[str, int]], ...],
     classes: list[str],
     image_size: int,
@@ -263,13 +208,22 @@ def _loader_splits(
     device: torch.device,
     seed: int,
     flip_p: float,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
 ) -> DataSplits:
     """Train, valid and test ``samples`` decoded by DataLoader workers every epoch (``data_cache=none``)."""
 
     def loader(split: list[tuple[str, int]], train: bool = False) -> LoaderBatches:
         files = ImageFiles(split, image_size)
         return LoaderBatches(
-            files, batch_size, device, shuffle=train, seed=seed, flip_p=flip_p if train else 0
+            files,
+            batch_size,
+            device,
+            shuffle=train,
+            seed=seed,
+            flip_p=flip_p if train else 0,
+            mean=mean,
+            std=std,
         )
 
     train, valid, test = samples

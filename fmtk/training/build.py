@@ -24,7 +24,7 @@ from fmtk.errors import FmtkError
 from fmtk.recipe import PER_ITERATION_SCHEDULES, Recipe
 from fmtk.recipe_loading import data_root, resolve_recipe
 from fmtk.runfolder import CONFIG, run_folder
-from fmtk.training.checkpoints import EMA_MODEL, RandomState, ResumePoint, RunInfo, load_model_weights
+from fmtk.training.checkpoints import RandomState, ResumePoint, RunInfo, load_model_weights
 from fmtk.training.engines import SpeedOptions, create_evaluator, create_optimizer, create_trainer
 from fmtk.training.handlers import (
     attach_early_stopping,
@@ -37,11 +37,12 @@ from fmtk.training.handlers import (
     attach_validation,
     progress_by_default,
 )
-from fmtk.training.parts import Parts, recipe_parts
+from fmtk.training.parts import Parts, recipe_parts, split_sizes
 from fmtk.training.results import run_config
 from fmtk.training.run import Engines, Logs, Run
 from fmtk.training.schedules import attach_lr_schedule
 from fmtk.training.tensorboard import HPARAM_METRICS, attach_tensorboard, hparam_values, write_hparams
+from fmtk.weights import EMA_MODEL
 
 
 def build_run(
@@ -122,11 +123,13 @@ def assemble_run(
     restart = resume is None and (run_dir / CONFIG).exists()  # a start that wrote no checkpoint
 
     def load_weights(model: torch.nn.Module) -> None:  # before the data: a mismatch fails fast
-        if resume is not None:
-            load_model_weights(resume.checkpoint, resume.path, recipe.name, model)
+        load_model_weights(resume.checkpoint, resume.path, recipe.name, model)
 
-    parts = recipe_parts(recipe, data_dir, device, speed, load_weights)
+    parts = recipe_parts(recipe, data_dir, device, speed, load_weights if resume is not None else None)
     echo = echo if echo is not None and is_main_process() else _silent
+    for line in [parts.started_from, split_sizes(parts)]:
+        if line:
+            echo(line)
     engines = create_engines(parts)
     kept = kept_states(parts, engines)
     if progress is None:

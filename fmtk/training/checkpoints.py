@@ -199,18 +199,6 @@ def load_model_weights(checkpoint: dict[str, Any], path: Path, recipe_name: str,
         ) from None
 
 
-EMA_MODEL = "ema_model"  # a last checkpoint's averaged weights, when the recipe keeps an EMA
-
-
-def evaluated_weights(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint with the weights that validation used as its ``model``: a last checkpoint of a
-    run with an EMA holds the raw weights (to go on training) and the averaged ones; the best
-    checkpoint holds the averaged ones already."""
-    if EMA_MODEL in checkpoint:
-        return {**checkpoint, "model": checkpoint[EMA_MODEL]}
-    return checkpoint
-
-
 def restore(kept: Mapping[str, Any], checkpoint: dict[str, Any], path: Path) -> None:
     """Load every kept state but the model (loaded by :func:`load_model_weights`) from a last
     checkpoint; a name kept on one side only is a one-line error naming it."""

@@ -20,9 +20,10 @@ from fmtk.pictures import confusion_picture, titled_grid
 from fmtk.recipe import Recipe
 from fmtk.recipe_loading import recipe_from_config
 from fmtk.runfolder import BEST, confusion_name, find_checkpoint, read_config
-from fmtk.training.checkpoints import evaluated_weights, load_model_weights, read_checkpoint
+from fmtk.training.checkpoints import load_model_weights, read_checkpoint
 from fmtk.training.engines import create_evaluator, loss_on
 from fmtk.training.parts import create_model, load_data
+from fmtk.weights import evaluated_weights
 
 
 @dataclass

@@ -22,13 +22,15 @@ from fmtk.distributed import check_sharded
 from fmtk.errors import FmtkError
 from fmtk.recipe import Recipe
 from fmtk.training.engines import SpeedOptions, loss_on
+from fmtk.weights import load_starting_weights
 
 
 @dataclass(frozen=True)
 class Parts:
     """What a recipe gives a run: the model (on ``device``, in its memory format), the data, the
     loss of validation and testing (``loss_fn``), the loss of training (``train_loss``: with the
-    recipe's label smoothing) and the speed options resolved for the model and device."""
+    recipe's label smoothing and class weights), the speed options resolved for the model and
+    device, and the line saying which starting weights were loaded (``started_from``)."""
 
     recipe: Recipe
     device: torch.device
@@ -37,6 +39,7 @@ class Parts:
     loss_fn: Callable
     train_loss: Callable
     speed: SpeedOptions
+    started_from: str | None = None
 
 
 def create_model(recipe: Recipe, device: torch.device) -> nn.Module:
@@ -54,13 +57,23 @@ def create_model(recipe: Recipe, device: torch.device) -> nn.Module:
     return model
 
 
+def with_data(recipe: Recipe, data_dir: Path) -> Recipe:
+    """The recipe with the values its data decides (its ``from_data``), or as it is."""
+    if recipe.from_data is None:
+        return recipe
+    prepared = recipe.call("from_data", data_dir)
+    if not isinstance(prepared, Recipe):
+        raise FmtkError(f"recipe {recipe.name}: from_data() returned {type(prepared).__name__}, not a Recipe")
+    return prepared
+
+
 def load_data(
     recipe: Recipe, data_dir: Path, device: torch.device, model: nn.Module | None = None
 ) -> DataSplits:
     """The recipe's data from ``data_dir`` on ``device``, checked (three splits with samples, batches
     of the right kind, and with ``model``: one output per class) and with the recipe's augmentation
     on the training split."""
-    data = recipe.call("data", data_dir, device)
+    data = with_data(recipe, data_dir).call("data", data_dir, device)
     if not isinstance(data, DataSplits):
         raise FmtkError(
             f"recipe {recipe.name}: data() returned {type(data).__name__}, not a "
@@ -79,21 +92,52 @@ def recipe_parts(
     speed: SpeedOptions | None = None,
     load_weights: Callable[[nn.Module], None] | None = None,
 ) -> Parts:
-    """Model, data and losses of ``recipe``; ``load_weights(model)`` runs between the model and the
-    data (a checkpoint that does not fit fails before a slow data load)."""
+    """Model, data and losses of ``recipe`` (with the values its data decides); ``load_weights(model)``
+    (a checkpoint's) runs between the model and the data, so that one that does not fit fails before
+    a slow data load; without it, the recipe's starting ``weights`` are loaded."""
+    recipe = with_data(recipe, data_dir)
     model = create_model(recipe, device)
+    started_from = None
+    if load_weights is not None:
+        load_weights(model)
+    elif recipe.weights is not None:
+        started_from = load_starting_weights(model, recipe.weights, recipe.options.get("arch"))
     speed = (speed or SpeedOptions()).resolve(device, model)  # "auto" values chosen for this model
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if load_weights is not None:
-        load_weights(model)
     data = load_data(recipe, data_dir, device, model)
     loss_fn = loss_on(recipe.loss(recipe), device)
-    # Label smoothing for training only: validation and testing report the plain loss.
-    train_loss = (
-        nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing) if recipe.label_smoothing else loss_fn
-    )
-    return Parts(recipe, device, model, data, loss_fn, train_loss, speed)
+    train_loss = training_loss(recipe, data, loss_fn, device)
+    return Parts(recipe, device, model, data, loss_fn, train_loss, speed, started_from)
+
+
+def training_loss(recipe: Recipe, data: DataSplits, loss_fn: Callable, device: torch.device) -> Callable:
+    """The loss of training: the recipe's, or cross-entropy with its label smoothing and class
+    weights (validation and testing report the plain loss)."""
+    if not recipe.label_smoothing and recipe.class_weights == "none":
+        return loss_fn
+    weight = None
+    if recipe.class_weights == "balanced":
+        counts = class_counts(data.train, len(data.classes))
+        if counts is None:
+            raise FmtkError(
+                f"recipe {recipe.name}: class_weights=balanced needs the training labels; data() gave "
+                f"a training split of {type(data.train).__name__} (use TensorBatches or LoaderBatches)"
+            )
+        weight = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=recipe.label_smoothing)
+
+
+def class_counts(batches: object, classes: int) -> torch.Tensor | None:
+    """How many samples of each class ``batches`` holds (float), when it can say without loading
+    them: TensorBatches' labels, LoaderBatches over image files; else None."""
+    labels = getattr(batches, "labels", None)
+    if labels is None and isinstance(batches, LoaderBatches):
+        samples = getattr(batches.loader.dataset, "samples", None)
+        labels = None if samples is None else torch.tensor([label for _, label in samples])
+    if not isinstance(labels, torch.Tensor):
+        return None
+    return torch.bincount(labels.cpu(), minlength=classes).float()
 
 
 def augment_training_split(recipe: Recipe, data: DataSplits) -> None:
@@ -110,3 +154,16 @@ def augment_training_split(recipe: Recipe, data: DataSplits) -> None:
         flip_p=recipe.augment_flip or own.flip_p, shift=recipe.augment_shift,
         erase_p=recipe.augment_erase, crop_scale=recipe.augment_crop,
     )  # fmt: skip
+
+
+def split_sizes(parts: Parts) -> str:
+    """One line of each split's class counts, e.g. ``train 1600 (cats 800, dogs 800) · valid …``;
+    empty when the data cannot say without loading the batches."""
+    described = []
+    for name in ("train", "valid", "test"):
+        counts = class_counts(getattr(parts.data, name), len(parts.data.classes))
+        if counts is None:
+            return ""
+        each = ", ".join(f"{c} {int(n)}" for c, n in zip(parts.data.classes, counts.tolist(), strict=True))
+        described.append(f"{name} {int(counts.sum())} ({each})")
+    return " · ".join(described)

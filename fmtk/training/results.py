@@ -12,10 +12,11 @@ from torch.utils.tensorboard import SummaryWriter
 
 from fmtk.distributed import is_main_process
 from fmtk.runfolder import checkpoint_epoch, picture_path, read_config
-from fmtk.training.checkpoints import evaluated_weights, load_model_weights, read_checkpoint
+from fmtk.training.checkpoints import load_model_weights, read_checkpoint
 from fmtk.training.evaluation import Evaluation, evaluate, run_pictures, tested_model
 from fmtk.training.parts import Parts
 from fmtk.version import versions
+from fmtk.weights import evaluated_weights
 
 
 def run_config(
@@ -23,9 +24,12 @@ def run_config(
 ) -> dict[str, Any]:
     """config.json: the resolved recipe, class names, speed, processes, versions, the data folder and
     the command line that started the run (a resumed or restarted run keeps its first one)."""
+    started_from = parts.started_from
     if carried_on and is_main_process():
-        command = read_config(run_dir).get("command", command)
+        first = read_config(run_dir)
+        command, started_from = first.get("command", command), first.get("started_from", started_from)
     config = {**parts.recipe.config(), "classes": parts.data.classes, "speed": parts.speed.config()}
+    config["started_from"] = started_from  # what the starting weights gave (fmtk.weights)
     config.update(processes=idist.get_world_size(), versions=versions(), command=command)
     if data_dir is not None:  # evaluate and --resume read the same data by default
         config["data_dir"] = str(Path(data_dir).resolve())

@@ -46,7 +46,7 @@ def attach_lr_schedule(
             )
         # One half cosine over the steps after the warm-up: a cycle as long as what is left.
         scheduler = CosineAnnealingScheduler(optimizer, "lr", lr, 0.0, cycle_size=total - warmup + 1)
-        if warmup:
+        if warmup > 1:  # Ignite's warm-up needs two steps or more (one step is no ramp: skipped)
             scheduler = create_lr_scheduler_with_warmup(
                 scheduler, warmup_start_value=lr / 100, warmup_duration=warmup, warmup_end_value=lr
             )

@@ -10,7 +10,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from fmtk.data.augment import Augmentation
-from fmtk.data.images import decode_image, decode_image_folder, load_catdog
+from fmtk.data.folders import load_catdog
+from fmtk.data.images import decode_image, decode_image_folder
 from fmtk.errors import FmtkError
 
 CPU = torch.device("cpu")
@@ -74,7 +75,7 @@ def test_load_catdog_missing_class_in_test_set(catdog_root: Path) -> None:
     for path in test_dogs.iterdir():
         path.unlink()
     test_dogs.rmdir()
-    with pytest.raises(FmtkError, match=r"test_set classes \['cats'\] differ"):
+    with pytest.raises(FmtkError, match=r"test_set: classes \['cats'\] differ"):
         load_catdog(catdog_root, image_size=16, batch_size=4, device=CPU, seed=0)
 
 

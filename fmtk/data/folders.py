@@ -1,0 +1,180 @@
+"""Folders of photos as a run's data, in the layouts ImageFolder and timm users keep:
+
+- ``PHOTOS/<class>/*.jpg``: train, valid and test drawn from it by a seeded stratified split;
+- ``PHOTOS/{train,val,test}/<class>/*.jpg`` (also ``training``/``valid``/``validation``/``testing``,
+  and Kaggle's ``training_set``/``test_set``, nested or not): each split from its folder, and a
+  split without one drawn from the training photos.
+
+The class names are the class folders' names, sorted (torchvision's ``find_classes``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fmtk.data.batches import DataSplits, TensorBatches, stratified_split
+from fmtk.data.images import (
+    DATA_CACHES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    decoded,
+    find_split_folder,
+    list_image_folder,
+    loader_splits,
+    sample_labels,
+)
+from fmtk.errors import FmtkError
+
+SPLIT_FOLDERS = {
+    "train": ("train", "training", "training_set"),
+    "valid": ("val", "valid", "validation", "valid_set", "validation_set"),
+    "test": ("test", "testing", "test_set"),
+}
+Samples = list[tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class PhotoSplits:
+    """Where each split's photos are: the class names, each listed folder's ``(path, label)``
+    samples, and per split its folder and the indices of its samples there."""
+
+    classes: list[str]
+    listed: dict[Path, Samples]
+    splits: dict[str, tuple[Path, np.ndarray]]
+
+    def samples(self, split: str) -> Samples:
+        folder, index = self.splits[split]
+        return [self.listed[folder][i] for i in index]
+
+
+def split_folders(root: Path) -> dict[str, Path]:
+    """The split folders of ``root`` by split name (none: a folder of class folders)."""
+    found = {}
+    for split, names in SPLIT_FOLDERS.items():
+        for name in names:
+            if (root / name).is_dir():
+                found[split] = find_split_folder(root, name)
+                break
+    return found
+
+
+def photo_classes(root: Path) -> list[str]:
+    """The class names of a photo folder (those of its training folder in the split layout)."""
+    return list_image_folder(split_folders(root).get("train", root))[1]
+
+
+def find_photo_splits(root: Path, valid_share: float, test_share: float, seed: int) -> PhotoSplits:
+    """The train, valid and test photos of ``root``; the splits without a folder are drawn from the
+    training photos: ``test_share`` of them for testing, then ``valid_share`` of the rest."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FmtkError(f"photo folder not found: {root}")
+    folders = split_folders(root)
+    if folders and "train" not in folders:
+        names = ", ".join(folder.name for folder in folders.values())
+        raise FmtkError(f"{root}: has {names} but no training folder ({', '.join(SPLIT_FOLDERS['train'])})")
+    train_folder = folders.get("train", root)
+    samples, classes = list_image_folder(train_folder)
+    if len(classes) < 2:
+        raise FmtkError(
+            f"{train_folder}: one class folder ({', '.join(classes)}); a classifier needs two or more"
+        )
+    listed = {train_folder: samples}
+    splits: dict[str, tuple[Path, np.ndarray]] = {}
+    for split in ("test", "valid"):
+        if split in folders:
+            listed[folders[split]], own = list_image_folder(folders[split])
+            if own != classes:
+                raise FmtkError(f"{folders[split]}: classes {own} differ from {train_folder}'s {classes}")
+            splits[split] = (folders[split], np.arange(len(listed[folders[split]])))
+    train = np.arange(len(samples))
+    for split, share in (("test", test_share), ("valid", valid_share)):
+        if split not in splits:
+            kept, held = holdout(sample_labels(samples)[train].numpy(), share, seed, train_folder, split)
+            train, splits[split] = train[kept], (train_folder, train[held])
+    splits["train"] = (train_folder, train)
+    return PhotoSplits(classes, listed, splits)
+
+
+def holdout(
+    labels: np.ndarray, share: float, seed: int, source: Path, split: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """A stratified split of ``labels`` into kept and held-out indices (``share`` held out); a
+    class with one photo stays whole in the kept part (it cannot be in both)."""
+    counts = np.bincount(labels)
+    alone = np.flatnonzero(counts[labels] == 1)
+    rest = np.flatnonzero(counts[labels] > 1)
+    if len(alone) == 0:  # (as the Cat & Dog recipe has always split)
+        return stratified_split(labels, share, seed, source=str(source), split=split)
+    kept, held = stratified_split(labels[rest], share, seed, source=str(source), split=split)
+    return np.sort(np.concatenate([rest[kept], alone])), rest[held]
+
+
+def load_photo_folder(
+    root: Path,
+    image_size: int,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    *,
+    flip_p: float = 0.0,
+    valid_share: float = 0.2,
+    test_share: float = 0.2,
+    data_cache: str = "memory",
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> DataSplits:
+    """The photos of ``root`` (either layout) as train, valid and test batches of ``image_size``
+    pixels, normalised by ``mean``/``std``. ``data_cache``: ``memory`` decodes every photo once into
+    a tensor on the device; ``file`` also keeps it in a file under
+    :func:`fmtk.data.image_cache.cache_folder` for the next run; ``none`` decodes in DataLoader
+    workers every epoch (for folders too large to hold). ``flip_p`` flips training photos only."""
+    if data_cache not in DATA_CACHES:
+        raise FmtkError(f"data_cache {data_cache}: choose {', '.join(DATA_CACHES)}")
+    found = find_photo_splits(root, valid_share, test_share, seed)
+    if data_cache == "none":
+        splits = tuple(found.samples(split) for split in ("train", "valid", "test"))
+        return loader_splits(splits, found.classes, image_size, batch_size, device, seed, flip_p, mean, std)
+    images = {
+        folder: decoded(samples, folder, image_size, data_cache) for folder, samples in found.listed.items()
+    }
+    labels = {folder: sample_labels(samples) for folder, samples in found.listed.items()}
+
+    def batches(split: str) -> TensorBatches:
+        folder, index = found.splits[split]
+        index = torch.from_numpy(index)
+        return TensorBatches(
+            images[folder][index].to(device), labels[folder][index].to(device), batch_size,
+            shuffle=split == "train", seed=seed, flip_p=flip_p if split == "train" else 0.0,
+            mean=mean, std=std,
+        )  # fmt: skip
+
+    return DataSplits(batches("train"), batches("valid"), batches("test"), found.classes)
+
+
+def load_catdog(
+    data_dir: Path,
+    image_size: int,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    flip_p: float = 0.3,
+    valid_fraction: float = 0.2,
+    data_cache: str = "memory",
+) -> DataSplits:
+    """Cat & Dog photos (``data_dir/catdog/{training_set,test_set}``): a stratified train/valid
+    split of training_set, test_set for testing (:func:`load_photo_folder`). The random flip
+    applies to the training split only (the notebook also flipped test images)."""
+    root = Path(data_dir) / "catdog"
+    if not root.is_dir():
+        raise FmtkError(f"Cat & Dog data not found: {root} (expected training_set/ and test_set/)")
+    if "test" not in split_folders(root):
+        raise FmtkError(f"{root}: no test_set folder (expected training_set/ and test_set/)")
+    return load_photo_folder(
+        root, image_size, batch_size, device, seed, flip_p=flip_p, valid_share=valid_fraction,
+        data_cache=data_cache,
+    )  # fmt: skip

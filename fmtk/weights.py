@@ -1,0 +1,175 @@
+"""A run's starting weights (the recipe's ``weights``) and torchvision's architectures by name.
+
+``weights`` is torchvision's pretrained weights of the recipe's ``arch`` (``DEFAULT``,
+``IMAGENET1K_V1``, ``ResNet18_Weights.IMAGENET1K_V2``), read by torchvision from the torch hub
+cache (``$TORCH_HOME/hub/checkpoints``, downloaded there when online); or a file (a state dict, a
+torchvision weights file, an fmtk checkpoint); or an fmtk run folder (its best checkpoint). The
+tensors whose names and shapes fit the model are loaded; the others (a classifier head sized to
+other classes) stay as the model made them, and :func:`load_starting_weights` says which in one
+line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+from urllib.error import URLError
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from fmtk.errors import FmtkError
+from fmtk.runfolder import CONFIG, find_checkpoint
+
+EMA_MODEL = "ema_model"  # a last checkpoint's averaged weights, when the recipe keeps an EMA
+
+
+def evaluated_weights(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint with the weights that validation used as its ``model``: a last checkpoint of a
+    run with an EMA holds the raw weights (to go on training) and the averaged ones; the best
+    checkpoint holds the averaged ones already."""
+    if EMA_MODEL in checkpoint:
+        return {**checkpoint, "model": checkpoint[EMA_MODEL]}
+    return checkpoint
+
+
+def classification_models() -> list[str]:
+    """The names of torchvision's image classification architectures (``resnet18``, ``vit_b_16``…)."""
+    import torchvision.models
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def torchvision_model(arch: str, num_classes: int) -> nn.Module:
+    """torchvision's ``arch`` with a classifier of ``num_classes`` outputs, randomly initialised."""
+    import torchvision.models
+
+    names = classification_models()
+    if arch not in names:
+        close = difflib.get_close_matches(arch, names, n=4, cutoff=0.5)
+        hint = f"; close names: {', '.join(close)}" if close else f" (its {len(names)}: fmtk list --archs)"
+        raise FmtkError(f"arch {arch!r} is not a torchvision classification model{hint}")
+    return torchvision.models.get_model(arch, num_classes=num_classes)
+
+
+def torchvision_weights(arch: str, name: str) -> Any:
+    """The member ``name`` of ``arch``'s torchvision weights enum (``DEFAULT``, ``IMAGENET1K_V1`` or
+    the full ``ResNet18_Weights.IMAGENET1K_V1``)."""
+    from torchvision.models import get_model_weights
+
+    enum = get_model_weights(arch)
+    member = name.rpartition(".")[2] if name.startswith(enum.__name__ + ".") else name
+    try:
+        return enum[member]
+    except KeyError:
+        known = ", ".join(enum.__members__)  # DEFAULT is an alias, listed too
+        raise FmtkError(f"weights {name!r}: {arch} has no such torchvision weights ({known})") from None
+
+
+def is_weights_path(weights: str) -> bool:
+    """Whether ``weights`` names a file or folder rather than torchvision weights."""
+    return os.sep in weights or "/" in weights or Path(weights).exists() or weights.endswith((".pt", ".pth"))
+
+
+def starting_state(weights: str, arch: str | None) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict that ``weights`` names and how to name it in a sentence."""
+    if not is_weights_path(weights):
+        if not arch:
+            raise FmtkError(
+                f"weights {weights!r} names torchvision weights, which need a torchvision arch; this "
+                "recipe has none (give a weights file or a run folder)"
+            )
+        member = torchvision_weights(arch, weights)
+        return _torchvision_state(arch, member), f"{arch} {member.name}"
+    path = Path(weights)
+    if path.is_dir():
+        if not (path / CONFIG).is_file():
+            raise FmtkError(f"weights {weights}: a folder that is not an fmtk run folder (no {CONFIG})")
+        path = find_checkpoint(path, "best")
+    if not path.is_file():
+        raise FmtkError(f"weights {weights}: no such file or run folder")
+    return _file_state(path), str(path)
+
+
+def _torchvision_state(arch: str, member: Any) -> dict[str, torch.Tensor]:
+    """torchvision's own loading of ``member`` (``WeightsEnum.get_state_dict``): the hub cache,
+    else a download; offline with an empty cache, one line naming the file and its folder."""
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    file = os.path.basename(urlparse(member.url).path)
+    try:
+        return member.get_state_dict(progress=False, check_hash=True)
+    except (URLError, OSError, ConnectionError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise FmtkError(
+            f"{arch} {member.name}: cannot download {member.url} ({reason}); put {file} in {folder} "
+            "(or point $TORCH_HOME at a folder whose hub/checkpoints has it)"
+        ) from None
+
+
+def _file_state(path: Path) -> dict[str, torch.Tensor]:
+    """The model tensors of a weights file: a state dict, a torchvision weights file, an fmtk
+    checkpoint (the weights validation used: the EMA's where there is one) or a checkpoint that
+    keeps them under ``state_dict`` or ``model``; DataParallel's ``module.`` prefix is dropped."""
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - pickle, zip and I/O errors all mean "not weights"
+        raise FmtkError(f"weights {path}: not a readable weights file ({type(error).__name__})") from None
+    if isinstance(loaded, dict) and "model" in loaded and isinstance(loaded["model"], dict):
+        loaded = evaluated_weights(loaded)["model"]
+    elif isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    loaded = loaded if isinstance(loaded, dict) else {}
+    tensors = {key: value for key, value in loaded.items() if isinstance(value, torch.Tensor)}
+    if not tensors:
+        raise FmtkError(f"weights {path}: holds no tensors by name (not a state dict or checkpoint)")
+    if all(key.startswith("module.") for key in tensors):
+        tensors = {key.removeprefix("module."): value for key, value in tensors.items()}
+    return tensors
+
+
+def load_fitting(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> str:
+    """Load the tensors of ``state`` whose names and shapes fit ``model``; the one line that says
+    how many were loaded and which modules are new. None fitting is an error."""
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fitting:
+        example = next(iter(state))
+        raise FmtkError(
+            f"weights {source}: none of its {len(state)} tensors fits the model (e.g. {example} "
+            f"{tuple(state[example].shape)}): another architecture?"
+        )
+    model.load_state_dict(fitting, strict=False)
+    line = f"loaded {len(fitting)} of {len(own)} tensors from {source}"
+    new = _new_modules(model, [key for key in own if key not in fitting])
+    return f"{line}; new: {', '.join(new)}" if new else line
+
+
+def _new_modules(model: nn.Module, keys: list[str]) -> list[str]:
+    """The modules that hold ``keys``, a Linear one as ``fc 512→3``."""
+    modules = dict(model.named_modules())
+    names = list(dict.fromkeys(key.rpartition(".")[0] for key in keys))
+    described = []
+    for name in names:
+        module = modules.get(name)
+        if isinstance(module, nn.Linear):
+            described.append(f"{name} {module.in_features}→{module.out_features}")
+        else:
+            described.append(name or "(the model's own tensors)")
+    return described
+
+
+def load_starting_weights(model: nn.Module, weights: str, arch: str | None) -> str:
+    """Load ``weights`` into ``model`` where they fit; the one line saying what was loaded."""
+    state, source = starting_state(weights, arch)
+    return load_fitting(model, state, source)
+
+
+def weights_transform(weights: str | None, arch: str | None) -> Any | None:
+    """torchvision's evaluation transform of the weights ``weights`` names (its crop size, mean and
+    std), or None for a file, a run folder or no weights."""
+    if weights is None or not arch or is_weights_path(weights):
+        return None
+    return torchvision_weights(arch, weights).transforms()

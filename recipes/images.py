@@ -1,0 +1,103 @@
+"""Your own photos: a folder of class folders, any torchvision classifier, from scratch or pretrained.
+
+``fmtk run images --data-dir PHOTOS [--set arch=resnet18] [--set weights=DEFAULT]``. The layouts
+are those of :mod:`fmtk.data.folders`; the class names (from the folders) size the model's head and
+are recorded in config.json, so ``fmtk predict RUN photo.jpg`` needs nothing else.
+"""
+
+import dataclasses
+
+from torch import nn
+
+from fmtk import Preset, Recipe
+from fmtk.data import load_photo_folder, photo_classes, photo_input
+from fmtk.data.images import IMAGENET_MEAN, IMAGENET_STD
+from fmtk.errors import FmtkError
+from fmtk.weights import torchvision_model, weights_transform
+
+DEFAULT_SIZE = 224  # without torchvision weights to say otherwise
+
+
+def from_data(recipe, data_dir):
+    """The photo folder's class names and the image size (recorded in config.json)."""
+    classes = recipe.options["classes"] or photo_classes(data_dir)
+    options = {**recipe.options, "classes": classes, "image_size": size(recipe)}
+    return dataclasses.replace(recipe, options=options)
+
+
+def size(recipe):
+    """``image_size``; 0: the weights' own (torchvision's crop size), else 224."""
+    if recipe.options["image_size"]:
+        return recipe.options["image_size"]
+    transform = weights_transform(recipe.weights, recipe.options["arch"])
+    return transform.crop_size[0] if transform is not None else DEFAULT_SIZE
+
+
+def normalisation(recipe):
+    """The mean and std of the weights' inputs (torchvision's own), else ImageNet's."""
+    transform = weights_transform(recipe.weights, recipe.options["arch"])
+    if transform is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(transform.mean), tuple(transform.std)
+
+
+def model(recipe: Recipe) -> nn.Module:
+    classes = recipe.options["classes"]
+    if not classes:
+        raise FmtkError(
+            "recipe images: the class names come from the photos (--data-dir PHOTOS) or --set classes=a,b"
+        )
+    return torchvision_model(recipe.options["arch"], len(classes))
+
+
+def data(recipe, data_dir, device):
+    options = recipe.options
+    for name in ("valid_share", "test_share"):
+        if not 0 < options[name] < 1:
+            raise FmtkError(f"recipe images: {name} must be in (0, 1), got {options[name]}")
+    mean, std = normalisation(recipe)
+    splits = load_photo_folder(
+        data_dir, size(recipe), recipe.batch_size, device, recipe.seed, valid_share=options["valid_share"],
+        test_share=options["test_share"], data_cache=options["data_cache"], mean=mean, std=std,
+    )  # fmt: skip
+    if splits.classes != options["classes"]:
+        raise FmtkError(f"{data_dir}: classes {splits.classes} differ from the run's {options['classes']}")
+    return splits
+
+
+def image_input(recipe, image):
+    return photo_input(image, size(recipe), *normalisation(recipe))
+
+
+recipe = Recipe(
+    name="images",
+    description=__doc__.splitlines()[0],
+    model=model,
+    data=data,
+    from_data=from_data,
+    image_input=image_input,
+    optimizer="AdamW",
+    lr=1e-3,
+    weight_decay=0.05,
+    batch_size=32,
+    epochs=15,
+    schedule="cosine",
+    warmup_epochs=1.0,
+    label_smoothing=0.1,
+    augment_flip=0.5,
+    augment_crop=0.35,
+    options={
+        "arch": "resnet18",  # any of torchvision.models.list_models(module=torchvision.models)
+        "image_size": 0,  # 0: the weights' own (224 for most), 224 from scratch
+        "valid_share": 0.2,  # of the training photos, when there is no val/ folder
+        "test_share": 0.2,  # of all photos, when there is no test/ folder
+        "data_cache": "memory",  # memory, file (kept for the next run) or none (DataLoader workers)
+        "classes": [],  # filled from the photo folder
+    },
+    presets={
+        "finetune": Preset(
+            "pretrained weights fine-tuned: torchvision's DEFAULT for the arch, a tenth of the LR, 5 epochs",
+            {"weights": "DEFAULT", "lr": 1e-4, "epochs": 5, "warmup_epochs": 0.0, "augment_crop": 0.5},
+        ),
+    },
+)

@@ -1,0 +1,103 @@
+"""Folders of photos in either layout, split into train, valid and test (fmtk.data.folders)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_photos, tree_snapshot
+
+from fmtk.data.folders import find_photo_splits, load_photo_folder, photo_classes
+from fmtk.errors import FmtkError
+
+CPU = torch.device("cpu")
+
+
+def counts(splits, name: str) -> list[int]:
+    return torch.bincount(getattr(splits, name).labels, minlength=len(splits.classes)).tolist()
+
+
+def all_counts(splits) -> tuple[list[int], ...]:
+    return tuple(counts(splits, name) for name in ("train", "valid", "test"))
+
+
+def test_a_folder_of_class_folders_is_split_stratified_and_reproducibly(tmp_path: Path) -> None:
+    photos = make_photos(tmp_path / "photos", {"ants": 10, "bees": 20, "wasps": 5})
+    before = tree_snapshot(photos)
+    splits = load_photo_folder(photos, 16, 4, CPU, seed=3)
+    assert tree_snapshot(photos) == before and splits.classes == ["ants", "bees", "wasps"]
+    assert counts(splits, "test") == [2, 4, 1]  # 20 % of each class
+    assert counts(splits, "valid") == [2, 3, 1]  # 20 % of what is left
+    assert counts(splits, "train") == [6, 13, 3]
+    assert splits.train.images.shape[1:] == (3, 16, 16) and splits.train.images.dtype == torch.uint8
+    again, same = (find_photo_splits(photos, 0.2, 0.2, seed=3) for _ in range(2))
+    assert sorted(again.samples("test")) == sorted(same.samples("test"))
+    other = find_photo_splits(photos, 0.2, 0.2, seed=4)
+    assert sorted(other.samples("test")) != sorted(again.samples("test"))
+    every = [path for split in ("train", "valid", "test") for path, _ in again.samples(split)]
+    assert len(every) == len(set(every)) == 35  # each photo in one split
+
+
+def test_split_folders_are_taken_as_they_are_and_a_missing_valid_is_drawn_from_train(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    make_photos(photos / "train", {"cats": 10, "dogs": 10})
+    make_photos(photos / "val", {"cats": 3, "dogs": 2}, seed=1)
+    make_photos(photos / "test", {"cats": 4, "dogs": 4}, seed=2)
+    splits = load_photo_folder(photos, 16, 4, CPU, seed=0)
+    assert all_counts(splits) == ([10, 10], [3, 2], [4, 4])
+    (photos / "val").rename(tmp_path / "elsewhere")
+    splits = load_photo_folder(photos, 16, 4, CPU, seed=0, valid_share=0.3)
+    assert all_counts(splits) == ([7, 7], [3, 3], [4, 4])
+
+
+def test_a_class_with_one_photo_trains_and_is_never_held_out(tmp_path: Path) -> None:
+    photos = make_photos(tmp_path / "photos", {"common": 12, "rare": 1, "usual": 8})
+    splits = load_photo_folder(photos, 16, 4, CPU, seed=0)
+    assert counts(splits, "train")[1] == 1 and counts(splits, "valid")[1] == counts(splits, "test")[1] == 0
+
+
+def test_the_data_cache_none_path_gives_the_same_splits(tmp_path: Path) -> None:
+    photos = make_photos(tmp_path / "photos", {"ants": 6, "bees": 6})
+    held = load_photo_folder(photos, 16, 4, CPU, seed=0)
+    loaded = load_photo_folder(photos, 16, 4, CPU, seed=0, data_cache="none")
+    for name in ("valid", "test"):
+        x, y = map(torch.cat, zip(*getattr(loaded, name), strict=True))
+        expected_x, expected_y = map(torch.cat, zip(*getattr(held, name), strict=True))
+        assert torch.equal(y, expected_y) and torch.allclose(x, expected_x)
+
+
+@pytest.mark.parametrize(
+    ("make", "fragments"),
+    [
+        (lambda root: make_photos(root, {"only": 6}), ["one class folder (only)", "two or more"]),
+        (lambda root: (make_photos(root, {"a": 4, "b": 4}), (root / "c").mkdir()), ["c"]),
+        (lambda root: make_photos(root / "test", {"a": 4, "b": 4}), ["has test but no training folder"]),
+        (
+            lambda root: [
+                make_photos(root / name, {"a": 4, other: 4}) for name, other in (("train", "b"), ("val", "c"))
+            ],
+            ["val: classes ['a', 'c'] differ from", "['a', 'b']"],
+        ),
+    ],
+    ids=["one_class", "empty_class_folder", "no_train_folder", "val_classes_differ"],
+)
+def test_a_folder_that_cannot_train_is_one_line(tmp_path: Path, make, fragments: list[str]) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    make(root)
+    with pytest.raises(FmtkError) as error:
+        load_photo_folder(root, 16, 4, CPU, seed=0)
+    assert "\n" not in str(error.value) and all(fragment in str(error.value) for fragment in fragments)
+
+
+def test_a_missing_folder_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(FmtkError, match="photo folder not found"):
+        find_photo_splits(tmp_path / "nowhere", 0.2, 0.2, 0)
+
+
+def test_photo_classes_reads_the_training_folder(tmp_path: Path) -> None:
+    make_photos(tmp_path / "flat", {"x": 2, "y": 2})
+    make_photos(tmp_path / "split" / "training_set", {"p": 2, "q": 2, "r": 2})
+    assert photo_classes(tmp_path / "flat") == ["x", "y"]
+    assert photo_classes(tmp_path / "split") == ["p", "q", "r"]

@@ -1,0 +1,172 @@
+"""The `images` recipe: a user's folder of photos, any torchvision architecture, starting weights
+from torchvision's hub cache, a file or an earlier run (fmtk.weights)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from conftest import assert_one_line_error, fmtk, fmtk_process, make_photos
+
+from fmtk.recipe_loading import resolve_recipe
+from fmtk.training.parts import recipe_parts
+
+CPU = torch.device("cpu")
+SMALL = ["--set", "image_size=32", "--set", "warmup_epochs=0", "--device", "cpu"]
+RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's file name of ResNet18_Weights.IMAGENET1K_V1
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_photos(tmp_path_factory.mktemp("photos") / "bugs", {"ants": 10, "bees": 10, "wasps": 10})
+
+
+@pytest.fixture(scope="module")
+def trained(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """images on the photos for 2 epochs from scratch: (run folder, what the run printed)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "bugs"
+    done = fmtk("run", "images", "--data-dir", str(photos), "--epochs", "2", "--run-dir", str(run_dir),
+                *SMALL)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return run_dir, done.stdout
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A torch hub cache ($TORCH_HOME) holding a resnet18 weights file under torchvision's name."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.manual_seed(7)
+    torch.save(torchvision.models.resnet18().state_dict(), folder / RESNET18_FILE)
+    return folder / RESNET18_FILE
+
+
+def parts_of(photos: Path, **values):
+    return recipe_parts(resolve_recipe("images", None, {"image_size": 32, **values}), photos, CPU)
+
+
+def test_a_photo_folder_trains_with_its_class_names_and_predict_answers_with_them(
+    trained: tuple[Path, str], photos: Path
+) -> None:
+    run_dir, printed = trained
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["classes"] == config["options"]["classes"] == ["ants", "bees", "wasps"]
+    assert config["options"]["image_size"] == 32 and config["started_from"] is None
+    # 20 % of 30 photos tested, 20 % of the other 24 validated (scikit-learn rounds up: 5)
+    counts = "train 19 (ants 7, bees 6, wasps 6) · valid 5 (ants 1, bees 2, wasps 2) · test 6 ("
+    [line] = [line for line in printed.splitlines() if line.startswith(counts)]
+    assert line.endswith("(ants 2, bees 2, wasps 2)")
+    predicted = fmtk("predict", str(run_dir), str(photos / "bees" / "bees3.png"), "--top", "3")
+    assert predicted.returncode == 0, predicted.stderr
+    photo, _, answer = predicted.stdout.strip().partition(": ")
+    assert photo.endswith("bees3.png") and set(answer.split()[::2]) == {"ants", "bees", "wasps"}
+    evaluated = fmtk("evaluate", str(run_dir))  # the run's own photo folder, from config.json
+    assert evaluated.returncode == 0 and "wasps" in evaluated.stdout, evaluated.stderr
+
+
+def test_default_weights_are_read_from_the_torch_hub_cache_and_the_head_is_new(
+    photos: Path, hub_cache: Path
+) -> None:
+    parts = parts_of(photos, weights="DEFAULT")
+    assert parts.started_from == "loaded 120 of 122 tensors from resnet18 IMAGENET1K_V1; new: fc 512→3"
+    saved = torch.load(hub_cache, weights_only=True)
+    assert torch.equal(parts.model.conv1.weight, saved["conv1.weight"])
+    assert torch.equal(parts.model.layer4[1].bn2.running_var, saved["layer4.1.bn2.running_var"])
+    assert parts.model.fc.out_features == 3 and parts.recipe.options["image_size"] == 32
+
+
+def test_the_weights_set_the_default_image_size_and_normalisation(photos: Path, hub_cache: Path) -> None:
+    parts = recipe_parts(resolve_recipe("images", None, {"weights": "IMAGENET1K_V1"}), photos, CPU)
+    assert parts.recipe.options["image_size"] == 224 and parts.data.train.images.shape[-1] == 224
+    assert torch.allclose(parts.data.train.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+
+
+def test_a_run_with_weights_records_them_and_resumes_without_them(
+    photos: Path, hub_cache: Path, tmp_path: Path
+) -> None:
+    done = fmtk("run", "images", "--data-dir", str(photos), "--epochs", "1", "--set", "weights=DEFAULT",
+                "--set", "schedule=none", "--run-dir", str(tmp_path / "r"), *SMALL)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    line = "loaded 120 of 122 tensors from resnet18 IMAGENET1K_V1; new: fc 512→3"
+    assert line in done.stdout.splitlines()
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["started_from"] == line
+    hub_cache.unlink()  # offline from now on: a resume and predict need the run's own weights only
+    resumed = fmtk("run", "--resume", str(tmp_path / "r"), "--epochs", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["started_from"] == line
+
+
+def test_offline_with_an_empty_hub_cache_is_one_line_naming_the_file_and_folder(
+    photos: Path, tmp_path: Path
+) -> None:
+    # A real process: urllib reads the proxy (a closed port, so nothing is downloaded) at start.
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9"}
+    done = fmtk_process("run", "images", "--data-dir", str(photos), "--set", "weights=DEFAULT",
+                        "--output-dir", "out", *SMALL, cwd=tmp_path, env=env)  # fmt: skip
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    assert_one_line_error(done, "resnet18 IMAGENET1K_V1: cannot download", f"put {RESNET18_FILE} in {folder}")
+    assert not list((tmp_path / "out").glob("*/*")), "a failed start left a run folder"
+
+
+def test_a_warm_start_from_a_run_folder_or_a_file_loads_every_tensor(
+    trained: tuple[Path, str], photos: Path, tmp_path: Path
+) -> None:
+    run_dir, _ = trained
+    [best] = run_dir.glob("best_checkpoint_*.pt")
+    parts = parts_of(photos, weights=str(run_dir))
+    assert parts.started_from == f"loaded 122 of 122 tensors from {best}"
+    weights = torch.load(best, weights_only=True)["model"]
+    assert torch.equal(parts.model.fc.weight, weights["fc.weight"])
+    torch.save({f"module.{key}": value for key, value in weights.items()}, tmp_path / "ddp.pt")
+    assert parts_of(photos, weights=str(tmp_path / "ddp.pt")).started_from.startswith("loaded 122 of 122")
+
+
+def test_balanced_class_weights_weight_the_training_loss_by_inverse_frequency(tmp_path: Path) -> None:
+    photos = make_photos(tmp_path / "photos", {"many": 20, "few": 5})
+    parts = parts_of(photos, class_weights="balanced", label_smoothing=0.0)
+    train = torch.bincount(parts.data.train.labels).float()  # few: 3, many: 13 (alphabetical)
+    assert torch.allclose(parts.train_loss.weight, train.sum() / (2 * train))
+    assert parts.loss_fn is not parts.train_loss and getattr(parts.loss_fn, "weight", None) is None
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragments"),
+    [
+        (["arch=resnet81"], ["arch 'resnet81' is not a torchvision classification model", "resnet18"]),
+        (["weights=IMAGENET1K_V9"], ["weights 'IMAGENET1K_V9': resnet18 has no such torchvision weights"]),
+        (["weights=nowhere/model.pt"], ["weights nowhere/model.pt: no such file or run folder"]),
+        (["class_weights=even"], ["class_weights must be one of none, balanced, got 'even'"]),
+        (["test_share=1.5"], ["test_share must be in (0, 1), got 1.5"]),
+    ],
+    ids=["unknown_arch", "unknown_weights", "missing_file", "class_weights", "test_share"],
+)
+def test_bad_values_are_one_line_and_leave_no_run(
+    photos: Path, tmp_path: Path, settings: list[str], fragments: list[str]
+) -> None:
+    sets = [item for setting in settings for item in ("--set", setting)]
+    done = fmtk("run", "images", "--data-dir", str(photos), "--output-dir", "out", *sets, *SMALL,
+                cwd=tmp_path)  # fmt: skip
+    assert_one_line_error(done, *fragments)
+    assert not list((tmp_path / "out").glob("*/*"))
+
+
+def test_weights_that_fit_nothing_are_one_line(
+    trained: tuple[Path, str], photos: Path, tmp_path: Path
+) -> None:
+    run_dir, _ = trained
+    done = fmtk("run", "images", "--data-dir", str(photos), "--set", "arch=mobilenet_v3_small",
+                "--set", f"weights={run_dir}", "--output-dir", "out", *SMALL, cwd=tmp_path)  # fmt: skip
+    assert_one_line_error(done, "none of its 122 tensors fits the model", "another architecture?")
+    assert not list((tmp_path / "out").glob("*/*"))
+
+
+def test_summary_needs_the_class_names_and_says_where_they_come_from() -> None:
+    missing = fmtk("summary", "images")
+    assert_one_line_error(missing, "the class names come from the photos (--data-dir PHOTOS)")
+    shown = fmtk("summary", "images", "--set", "classes=a,b,c", "--set", "arch=mobilenet_v3_small")
+    assert shown.returncode == 0 and "input: [3, 224, 224]" in shown.stdout, shown.stderr
