@@ -81,7 +81,6 @@ def test_fit_quiet_prints_nothing_and_bad_values_leave_no_folder(
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").rglob("*"))
 
 
-@pytest.mark.slow
 def test_a_recipe_made_in_python_evaluates_and_predicts_from_python(tmp_path: Path) -> None:
     recipe = lambda_recipe()
     result = toolkit.fit(recipe, device="cpu", run_dir=tmp_path / "run", quiet=True)
@@ -192,7 +191,6 @@ def test_quiet_fit_prints_nothing_on_ctrl_c(tmp_path: Path, capfd: pytest.Captur
     assert not (tmp_path / "digits_mlp").exists()  # before the first checkpoint: nothing kept
 
 
-@pytest.mark.slow
 def test_resume_after_metrics_csv_was_lost_names_the_best_checkpoints_epoch(tmp_path: Path) -> None:
     """metrics.json's best_epoch is the best checkpoint's own, also when metrics.csv lost the rows."""
     run_dir = tmp_path / "run"

@@ -39,7 +39,6 @@ def run_on(data: Path, tmp_path: Path, *args: str):
     return result
 
 
-@pytest.mark.slow
 def test_mnist_file_with_a_wrong_magic_number(tmp_path: Path) -> None:
     data = make_mnist_like(tmp_path / "data")
     path = data / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz"
@@ -48,7 +47,6 @@ def test_mnist_file_with_a_wrong_magic_number(tmp_path: Path) -> None:
     assert_one_line_error(result, "train-labels-idx1-ubyte.gz", "wrong magic number")
 
 
-@pytest.mark.slow
 def test_truncated_mnist_file(tmp_path: Path) -> None:
     data = make_mnist_like(tmp_path / "data")
     path = data / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
@@ -56,7 +54,6 @@ def test_truncated_mnist_file(tmp_path: Path) -> None:
     assert_one_line_error(run_on(data, tmp_path, "mnist_dnn"), "t10k-images-idx3-ubyte.gz", "truncated")
 
 
-@pytest.mark.slow
 def test_data_root_missing(tmp_path: Path) -> None:
     result = run_on(tmp_path / "nowhere", tmp_path, "catdog_vgg")
     assert_one_line_error(result, "Cat & Dog data not found", "nowhere")
@@ -66,7 +63,6 @@ def test_data_root_missing(tmp_path: Path) -> None:
 SMALL = ["catdog_vgg", "--set", "image_size=32", "--epochs", "1", "--batch-size", "8"]
 
 
-@pytest.mark.slow
 def test_missing_class_folder(catdog_root: Path, tmp_path: Path) -> None:
     dogs = catdog_root / "catdog" / "test_set" / "dogs"
     for path in dogs.iterdir():
@@ -75,14 +71,12 @@ def test_missing_class_folder(catdog_root: Path, tmp_path: Path) -> None:
     assert_one_line_error(run_on(catdog_root, tmp_path, *SMALL), "test_set: classes ['cats'] differ")
 
 
-@pytest.mark.slow
 def test_empty_class_folder(catdog_root: Path, tmp_path: Path) -> None:
     for path in (catdog_root / "catdog" / "training_set" / "cats").iterdir():
         path.unlink()
     assert_one_line_error(run_on(catdog_root, tmp_path, *SMALL), "training_set", "cats")
 
 
-@pytest.mark.slow
 def test_corrupt_jpeg_is_named(catdog_root: Path, tmp_path: Path) -> None:
     broken = catdog_root / "catdog" / "training_set" / "dogs" / "dog.3.jpg"
     broken.write_bytes(broken.read_bytes()[:300])
@@ -367,7 +361,6 @@ DATA_CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "spoil, args, fragments", [r[1:] for r in DATA_CASES], ids=[r[0] for r in DATA_CASES]
 )
@@ -378,7 +371,6 @@ def test_bad_data_is_refused_when_it_loads(
     assert_one_line_error(run_on(data, tmp_path, *args), *fragments)
 
 
-@pytest.mark.slow
 def test_a_last_training_batch_of_one_sample_trains_with_batchnorm(tmp_path: Path) -> None:
     data = make_mnist_like(tmp_path / "data", "FashionMNIST")  # 500 training images after the split
     result = run_on(data, tmp_path, "fmnist_dnn", "--epochs", "1", "--batch-size", "499")  # BatchNorm1d
@@ -387,7 +379,6 @@ def test_a_last_training_batch_of_one_sample_trains_with_batchnorm(tmp_path: Pat
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 1
 
 
-@pytest.mark.slow
 def test_nan_in_the_first_epoch_says_no_checkpoint_was_written(tmp_path: Path) -> None:
     (tmp_path / "poison.py").write_text(
         "from ignite.engine import Events\n\n\ndef attach(run):\n"
@@ -399,7 +390,6 @@ def test_nan_in_the_first_epoch_says_no_checkpoint_was_written(tmp_path: Path) -
     assert not list(tmp_path.glob("out/*"))  # and no half-empty run folder
 
 
-@pytest.mark.slow
 def test_predict_names_a_decompression_bomb(finished_run: Path, tmp_path: Path) -> None:
     bomb_png(tmp_path / "huge.png")
     assert_one_line_error(
@@ -437,7 +427,6 @@ def test_a_second_process_on_a_run_being_trained_is_refused_and_changes_nothing(
     assert fmtk("runs", ".", cwd=tmp_path).stdout.splitlines()[1].endswith("finished")
 
 
-@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_space(tmp_path: Path) -> None:
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -728,7 +717,6 @@ def test_check_splits_passes_good_data_and_leaves_the_random_stream_and_the_mode
     assert torch.equal(after, torch.rand(3)) and model.training == training
 
 
-@pytest.mark.slow
 def test_a_run_dir_name_too_long_and_a_config_of_an_unknown_recipe_are_one_line(tmp_path: Path) -> None:
     too_long = tmp_path / ("x" * 300)
     assert_one_line_error(fmtk("run", "digits_mlp", "--run-dir", str(too_long)), "File name too long")

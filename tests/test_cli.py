@@ -18,12 +18,13 @@ def test_list() -> None:
     result = CliRunner().invoke(cli, ["list"])
     assert result.exit_code == 0
     recipes = [line.split()[0] for line in result.output.splitlines() if not line.startswith(" ")]
-    assert recipes == ["catdog_vgg", "digits_mlp", "fmnist_cnn", "fmnist_dnn", "mnist_dnn"]
+    assert recipes == ["catdog_vgg", "digits_mlp", "fmnist_cnn", "fmnist_dnn", "images", "mnist_dnn"]
     presets = [line.split(":")[0].strip() for line in result.output.splitlines() if line.startswith(" ")]
     assert "--preset fast" in presets  # mnist_dnn's, under its recipe
+    archs = CliRunner().invoke(cli, ["list", "--archs"]).output.split()
+    assert {"resnet18", "efficientnet_b0", "vit_b_16", "convnext_tiny"} <= set(archs) and len(archs) > 50
 
 
-@pytest.mark.slow
 def test_run_digits_writes_a_complete_run(tmp_path: Path) -> None:
     result = fmtk(
         "run", "digits_mlp", "--epochs", "3", "--device", "cpu", "--output-dir", "out", cwd=tmp_path
@@ -36,7 +37,6 @@ def test_run_digits_writes_a_complete_run(tmp_path: Path) -> None:
     assert "best" in result.stdout and "last" in result.stdout  # the test table
 
 
-@pytest.mark.slow
 def test_speed_options_reach_the_run(tmp_path: Path) -> None:
     result = fmtk("run", "digits_mlp", "--epochs", "1", "--device", "cpu", "--precision", "bf16",
                   "--channels-last", "--run-dir", "run", cwd=tmp_path)  # fmt: skip
@@ -46,7 +46,6 @@ def test_speed_options_reach_the_run(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["precision"] == "bf16"
 
 
-@pytest.mark.slow
 def test_run_a_user_recipe_file_with_set(tmp_path: Path) -> None:
     (tmp_path / "my_recipe.py").write_text(USER_RECIPE)
     result = fmtk(
@@ -57,7 +56,6 @@ def test_run_a_user_recipe_file_with_set(tmp_path: Path) -> None:
     assert (config["name"], config["lr"], config["epochs"]) == ("my_digits", 0.01, 1)
 
 
-@pytest.mark.slow
 def test_run_dir_that_holds_a_run_is_refused_and_untouched(tmp_path: Path) -> None:
     run_dir = tmp_path / "r"
     run_dir.mkdir()
@@ -67,7 +65,6 @@ def test_run_dir_that_holds_a_run_is_refused_and_untouched(tmp_path: Path) -> No
     assert tree_snapshot(run_dir) == before
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, fragments",
     [
@@ -87,7 +84,6 @@ def test_bad_input_is_one_line(tmp_path: Path, args: list[str], fragments: list[
     assert_one_line_error(fmtk(*args, "--output-dir", str(tmp_path / "out"), cwd=tmp_path), *fragments)
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda_is_one_line(tmp_path: Path) -> None:
     result = fmtk("run", "catdog_vgg", "--device", "cuda", "--output-dir", "out", cwd=tmp_path)
@@ -95,7 +91,6 @@ def test_cuda_without_cuda_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()  # failed before creating anything
 
 
-@pytest.mark.slow
 def test_missing_mnist_files_is_one_line(tmp_path: Path) -> None:
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -106,7 +101,6 @@ def test_missing_mnist_files_is_one_line(tmp_path: Path) -> None:
     assert_one_line_error(result, "missing train-labels-idx1-ubyte.gz")
 
 
-@pytest.mark.slow
 def test_output_dir_that_cannot_hold_folders_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "runs"
     blocker.write_text("a file, not a folder")  # as root, permissions cannot block a mkdir; this can
@@ -153,7 +147,6 @@ def mark(run):
 """
 
 
-@pytest.mark.slow
 def test_recipe_attach_and_repeated_handlers(tmp_path: Path) -> None:
     (tmp_path / "recipe_with_handlers.py").write_text(RECIPE_WITH_HANDLERS)
     (tmp_path / "my_handlers.py").write_text(CLI_HANDLERS)
@@ -167,7 +160,6 @@ def test_recipe_attach_and_repeated_handlers(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["epochs_run"] == 2
 
 
-@pytest.mark.slow
 def test_handler_reference_to_a_missing_function_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "my_handlers.py").write_text(CLI_HANDLERS)
     result = fmtk(
@@ -203,7 +195,6 @@ recipe = Recipe(name="digits_loader", description="DataLoader splits", model=lam
 """
 
 
-@pytest.mark.slow
 def test_a_recipe_with_dataloader_splits_trains(tmp_path: Path) -> None:
     (tmp_path / "loader_recipe.py").write_text(DATALOADER_RECIPE)
     result = fmtk("run", "loader_recipe.py", "--run-dir", "r", cwd=tmp_path)
@@ -218,7 +209,6 @@ def test_a_recipe_with_dataloader_splits_trains(tmp_path: Path) -> None:
 MARGIN_RECIPE = USER_RECIPE.replace("    epochs=2,", "    loss=lambda recipe: nn.MultiMarginLoss(),")
 
 
-@pytest.mark.slow
 def test_evaluate_reports_the_recipes_own_loss(tmp_path: Path) -> None:
     (tmp_path / "margin.py").write_text("from torch import nn\n" + MARGIN_RECIPE)
     assert fmtk("run", "margin.py", "--run-dir", "r", cwd=tmp_path).returncode == 0
@@ -230,7 +220,6 @@ def test_evaluate_reports_the_recipes_own_loss(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "r" / "config.json").read_text())["loss"] == "<lambda>"
 
 
-@pytest.mark.slow
 def test_config_trains_the_same_recipe_again_to_the_same_figures(tmp_path: Path) -> None:
     first = fmtk("run", "digits_mlp", "--epochs", "2", "--set", "lr=0.05", "--run-dir", "a", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -253,7 +242,6 @@ def test_config_trains_the_same_recipe_again_to_the_same_figures(tmp_path: Path)
     assert "[RECIPE]" in fmtk("run", "--help").stdout.splitlines()[0]
 
 
-@pytest.mark.slow
 def test_runs_lists_the_runs_under_a_folder(tmp_path: Path) -> None:
     assert (
         fmtk(
@@ -272,7 +260,6 @@ def test_runs_lists_the_runs_under_a_folder(tmp_path: Path) -> None:
     assert_one_line_error(fmtk("runs", "nowhere", cwd=tmp_path), "nowhere")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
 def test_a_missing_run_folder_is_named_with_its_command(tmp_path: Path, command: str) -> None:
     extra = ["image.png"] if command == "predict" else []
@@ -281,7 +268,6 @@ def test_a_missing_run_folder_is_named_with_its_command(tmp_path: Path, command:
     )
 
 
-@pytest.mark.slow
 def test_evaluate_and_resume_read_the_data_the_run_trained_on(mnist_root: Path, tmp_path: Path) -> None:
     trained = fmtk(
         "run", "mnist_dnn", "--epochs", "1", "--data-dir", str(mnist_root), "--run-dir", "r", cwd=tmp_path

@@ -51,7 +51,6 @@ def handlers_example(tmp_path: Path, number: int, module: str, *args: str) -> Pa
     return tmp_path / "r"
 
 
-@pytest.mark.slow  # runs the example in another process
 def test_the_notebook_walk_through_runs(tmp_path: Path) -> None:
     done = python_script(ROOT / "docs" / "notebook.py", tmp_path)
     assert done.returncode == 0, done.stderr
@@ -60,7 +59,6 @@ def test_the_notebook_walk_through_runs(tmp_path: Path) -> None:
     assert "wine/" in done.stdout.splitlines()[-1] and done.stdout.splitlines()[-1].endswith("finished")
 
 
-@pytest.mark.slow  # runs the example in another process
 def test_handlers_example_keeps_its_count_in_the_last_checkpoint(tmp_path: Path) -> None:
     import torch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -72,7 +70,6 @@ def test_handlers_example_keeps_its_count_in_the_last_checkpoint(tmp_path: Path)
     assert checkpoint["sample_count"] == {"seen": logged[1]}
 
 
-@pytest.mark.slow  # runs the example in another process
 def test_handlers_example_logs_the_clipped_gradient_norm(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -82,7 +79,6 @@ def test_handlers_example_logs_the_clipped_gradient_norm(tmp_path: Path) -> None
     assert all(event.value <= 0.5 + 1e-4 for event in events)  # logged after the recipe's clipping
 
 
-@pytest.mark.slow  # runs the example in another process
 def test_from_python_example(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text(python_block("From Python"))
     result = python_script(tmp_path / "train.py", tmp_path)
@@ -92,7 +88,6 @@ def test_from_python_example(tmp_path: Path) -> None:
     assert "precision" in result.stdout and "confusion matrix" in result.stdout
 
 
-@pytest.mark.slow  # runs the example in another process
 def test_python_docs_examples(tmp_path: Path) -> None:
     python_doc = ROOT / "docs" / "python.md"
     made_in_python = python_block("A recipe made in Python", 1, python_doc)
@@ -109,7 +104,6 @@ def test_python_docs_examples(tmp_path: Path) -> None:
     assert "[0.05, 0.05, 0.05]" in result.stdout
 
 
-@pytest.mark.slow  # runs the example in another process
 def test_writing_a_recipe_example(tmp_path: Path) -> None:
     (tmp_path / "my_recipe.py").write_text(python_block("Writing a recipe"))
     result = fmtk("run", "my_recipe.py", "--set", "hidden=128", "--run-dir", "r", cwd=tmp_path)
@@ -119,7 +113,6 @@ def test_writing_a_recipe_example(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["test"]["best"]["accuracy"] > 0.9
 
 
-@pytest.mark.slow  # runs the example in another process
 def test_writing_a_handler_example_stops_at_95_percent(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text(python_block("Writing a handler"))
     result = python_script(tmp_path / "train.py", tmp_path)
@@ -132,7 +125,7 @@ def test_writing_a_handler_example_stops_at_95_percent(tmp_path: Path) -> None:
     assert metrics["epochs_run"] == len(rows) < 40
 
 
-@pytest.mark.slow  # runs the example in another process
+@pytest.mark.slow  # the installed console script, in another process
 def test_writing_a_handler_example_logs_gradient_norms(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -8,13 +8,11 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 from conftest import fmtk
 
 OLD_RUN = Path(__file__).parent / "fixtures" / "previous_release_run"
 
 
-@pytest.mark.slow
 def test_an_old_run_resumes_evaluates_and_trains_again(tmp_path: Path) -> None:
     run_dir = shutil.copytree(OLD_RUN, tmp_path / "old")
     resumed = fmtk("run", "--resume", str(run_dir), "--epochs", "2", "--device", "cpu")

@@ -12,7 +12,8 @@ from fmtk.recipe_loading import bundled_recipe_names, load_recipe
 
 
 def test_bundled_recipes() -> None:
-    assert bundled_recipe_names() == ["catdog_vgg", "digits_mlp", "fmnist_cnn", "fmnist_dnn", "mnist_dnn"]
+    bundled = ["catdog_vgg", "digits_mlp", "fmnist_cnn", "fmnist_dnn", "images", "mnist_dnn"]
+    assert bundled_recipe_names() == bundled
     for name in bundled_recipe_names():
         recipe = load_recipe(name)
         assert recipe.name == name and recipe.description
@@ -82,7 +83,6 @@ def test_bad_overrides_are_one_line_errors(overrides: dict, message: str) -> Non
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.slow
 def test_bundled_recipes_found_from_any_directory(tmp_path: Path) -> None:
     result = fmtk("list", cwd=tmp_path)
     assert "mnist_dnn" in result.stdout and "catdog_vgg" in result.stdout

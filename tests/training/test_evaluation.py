@@ -104,7 +104,6 @@ def test_predict_names_a_file_that_is_not_an_image(real_mnist_run, tmp_path: Pat
     assert_one_line_error(fmtk("predict", str(run_dir), str(notes)), "notes.png: cannot read image")
 
 
-@pytest.mark.slow
 def test_show_catdog_grid_and_class_counts(real_data: Path, tmp_path: Path) -> None:
     data = real_data
     out = tmp_path / "grid.png"
@@ -117,7 +116,6 @@ def test_show_catdog_grid_and_class_counts(real_data: Path, tmp_path: Path) -> N
     assert_one_line_error(fmtk(*args, "--data-dir", str(data)), "grid.png exists")  # never overwritten
 
 
-@pytest.mark.slow
 def test_show_fashion_mnist_class_names(real_data: Path, tmp_path: Path) -> None:
     data = real_data
     result = fmtk("show", "fmnist_cnn", "--out", str(tmp_path / "f.png"), "--data-dir", str(data))
@@ -126,7 +124,6 @@ def test_show_fashion_mnist_class_names(real_data: Path, tmp_path: Path) -> None
     assert "Ankle Boot: 1000" in result.stdout
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, total",
     [
