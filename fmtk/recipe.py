@@ -17,7 +17,7 @@ from torch import nn
 
 from fmtk.data.batches import DataSplits
 from fmtk.errors import FmtkError, user_code_line
-from fmtk.training.engines import UNDRIVABLE_OPTIMIZERS, optimizer_arguments
+from fmtk.training.engines import optimizer_problems
 from fmtk.values import parse_option, parse_value, typed
 
 SCHEDULES = ("plateau", "onecycle", "cosine", "none")
@@ -100,6 +100,10 @@ class Recipe:
     # The starting weights (fmtk.weights): torchvision's (DEFAULT, IMAGENET1K_V1…) for a recipe
     # with a torchvision ``arch`` option, a weights file or a run folder; what fits is loaded.
     weights: str | None = None
+    # Fine-tuning from weights: the head they did not give trains alone for freeze_epochs epochs
+    # (the rest's BatchNorm in eval mode), then the rest too, at backbone_lr_scale × the LR.
+    freeze_epochs: int = 0
+    backbone_lr_scale: float = 1.0
     # "balanced": the training loss weights each class by its inverse frequency in the train split.
     class_weights: str = "none"
     # The validation metric each of these watches: "<metric>" or "<metric>:min" / "<metric>:max"
@@ -139,7 +143,7 @@ class Recipe:
             value = typed(f"recipe {self.name}: {name}", getattr(self, name), kind)
             if isinstance(value, float) and not math.isfinite(value):
                 raise FmtkError(f"recipe {self.name}: {name} must be a finite number, got {value}")
-        for problem in [*_value_problems(self), *_optimizer_problems(self)]:
+        for problem in [*_value_problems(self), *optimizer_problems(self.optimizer, self.optimizer_args)]:
             raise FmtkError(f"recipe {self.name}: {problem}")
 
     def call(self, part: str, *args: Any) -> Any:
@@ -218,6 +222,11 @@ def _value_problems(recipe: Recipe) -> Iterator[str]:
         (0 <= r.augment_erase < 1, f"augment_erase must be in [0, 1), got {r.augment_erase}"),
         (r.ema_decay is None or 0 < r.ema_decay < 1,
          f"ema_decay must be in (0, 1) or none, got {r.ema_decay}"),
+        (0 <= r.freeze_epochs < r.epochs,
+         f"freeze_epochs must be in 0 … {r.epochs - 1} (below epochs), got {r.freeze_epochs}"),
+        (r.backbone_lr_scale > 0, f"backbone_lr_scale must be > 0, got {r.backbone_lr_scale}"),
+        (r.weights is not None or (r.freeze_epochs, r.backbone_lr_scale) == (0, 1),
+         "freeze_epochs and backbone_lr_scale fine-tune from starting weights; set weights"),
         (r.class_weights in CLASS_WEIGHTS,
          f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}, got '{r.class_weights}'"),
         *[(getattr(r, name) in (0, "none") or r.loss is cross_entropy,
@@ -225,22 +234,6 @@ def _value_problems(recipe: Recipe) -> Iterator[str]:
           for name in ("label_smoothing", "class_weights")],
     ]  # fmt: skip
     return (message for ok, message in checks if not ok)
-
-
-def _optimizer_problems(recipe: Recipe) -> Iterator[str]:
-    """What is wrong with the recipe's optimizer and its arguments."""
-    optimizer_class = getattr(torch.optim, recipe.optimizer, None)
-    if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
-        yield f"optimizer must name a class in torch.optim, got '{recipe.optimizer}'"
-        return  # (the arguments of a class that is no optimizer are not checked)
-    accepted = optimizer_arguments(optimizer_class)
-    unknown = sorted(set(recipe.optimizer_args) - set(accepted))
-    if unknown:
-        listed = ", ".join(accepted)
-        yield f"optimizer {recipe.optimizer} takes no argument {unknown[0]!r}; its arguments: {listed}"
-    reason = UNDRIVABLE_OPTIMIZERS.get(recipe.optimizer)
-    if reason is not None:
-        yield f"optimizer {recipe.optimizer} cannot be driven by fmtk's step: {reason}"
 
 
 WATCH = re.compile(r"[A-Za-z_]\w*(:min|:max)?")  # a watched metric: "loss", "f1:max"

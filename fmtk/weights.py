@@ -130,9 +130,10 @@ def _file_state(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_fitting(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> str:
-    """Load the tensors of ``state`` whose names and shapes fit ``model``; the one line that says
-    how many were loaded and which modules are new. None fitting is an error."""
+def load_fitting(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> tuple[str, list[str]]:
+    """Load the tensors of ``state`` whose names and shapes fit ``model``: the one line that says
+    how many were loaded and which modules are new, and the names of the new tensors (the head).
+    None fitting is an error."""
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not fitting:
@@ -143,8 +144,9 @@ def load_fitting(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
         )
     model.load_state_dict(fitting, strict=False)
     line = f"loaded {len(fitting)} of {len(own)} tensors from {source}"
-    new = _new_modules(model, [key for key in own if key not in fitting])
-    return f"{line}; new: {', '.join(new)}" if new else line
+    head = [key for key in own if key not in fitting]
+    new = _new_modules(model, head)
+    return (f"{line}; new: {', '.join(new)}" if new else line), head
 
 
 def _new_modules(model: nn.Module, keys: list[str]) -> list[str]:
@@ -161,8 +163,9 @@ def _new_modules(model: nn.Module, keys: list[str]) -> list[str]:
     return described
 
 
-def load_starting_weights(model: nn.Module, weights: str, arch: str | None) -> str:
-    """Load ``weights`` into ``model`` where they fit; the one line saying what was loaded."""
+def load_starting_weights(model: nn.Module, weights: str, arch: str | None) -> tuple[str, list[str]]:
+    """Load ``weights`` into ``model`` where they fit: the one line saying what was loaded, and the
+    names of the tensors they did not give (the new head)."""
     state, source = starting_state(weights, arch)
     return load_fitting(model, state, source)
 

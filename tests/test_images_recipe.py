@@ -142,8 +142,23 @@ def test_balanced_class_weights_weight_the_training_loss_by_inverse_frequency(tm
         (["weights=nowhere/model.pt"], ["weights nowhere/model.pt: no such file or run folder"]),
         (["class_weights=even"], ["class_weights must be one of none, balanced, got 'even'"]),
         (["test_share=1.5"], ["test_share must be in (0, 1), got 1.5"]),
+        (["weights=DEFAULT", "freeze_epochs=15"], ["freeze_epochs must be in 0 … 14 (below epochs), got 15"]),
+        (
+            ["freeze_epochs=1"],
+            ["freeze_epochs and backbone_lr_scale fine-tune from starting weights; set weights"],
+        ),
+        (["weights=DEFAULT", "backbone_lr_scale=0"], ["backbone_lr_scale must be > 0, got 0.0"]),
     ],
-    ids=["unknown_arch", "unknown_weights", "missing_file", "class_weights", "test_share"],
+    ids=[
+        "unknown_arch",
+        "unknown_weights",
+        "missing_file",
+        "class_weights",
+        "test_share",
+        "freeze_all",
+        "freeze_no_weights",
+        "backbone_lr_zero",
+    ],  # fmt: skip
 )
 def test_bad_values_are_one_line_and_leave_no_run(
     photos: Path, tmp_path: Path, settings: list[str], fragments: list[str]
@@ -170,3 +185,96 @@ def test_summary_needs_the_class_names_and_says_where_they_come_from() -> None:
     assert_one_line_error(missing, "the class names come from the photos (--data-dir PHOTOS)")
     shown = fmtk("summary", "images", "--set", "classes=a,b,c", "--set", "arch=mobilenet_v3_small")
     assert shown.returncode == 0 and "input: [3, 224, 224]" in shown.stdout, shown.stderr
+
+
+FINE_TUNING = {"weights": "DEFAULT", "freeze_epochs": 1, "backbone_lr_scale": 0.1, "epochs": 3,
+               "image_size": 32, "warmup_epochs": 0.0, "batch_size": 4}  # fmt: skip
+
+
+def test_fine_tuning_trains_the_head_alone_then_the_rest_at_a_scaled_lr(
+    photos: Path, hub_cache: Path, tmp_path: Path
+) -> None:
+    from ignite.engine import Events
+
+    from fmtk.training.build import build_run
+
+    run = build_run("images", tmp_path / "r", device="cpu", data_dir=photos, echo=None, **FINE_TUNING)
+    seen = {"conv1": [], "bn1": [], "fc": [], "lr": []}
+
+    @run.trainer.on(Events.ITERATION_COMPLETED)
+    def lrs(engine) -> None:  # after the step: the LRs it used
+        seen["lr"].append((engine.state.epoch, *(group["lr"] for group in run.optimizer.param_groups)))
+
+    @run.trainer.on(Events.EPOCH_COMPLETED)
+    def weights(engine) -> None:
+        model = run.model
+        for name, tensor in (
+            ("conv1", model.conv1.weight),
+            ("bn1", model.bn1.running_mean),
+            ("fc", model.fc.weight),
+        ):
+            seen[name].append(tensor.detach().clone())
+
+    saved = torch.load(hub_cache, weights_only=True)
+    run.run()
+    assert torch.equal(seen["conv1"][0], saved["conv1.weight"])  # frozen in epoch 1, BatchNorm too
+    assert torch.equal(seen["bn1"][0], saved["bn1.running_mean"])
+    assert not torch.equal(seen["conv1"][1], seen["conv1"][0]) and not torch.equal(
+        seen["bn1"][1], seen["bn1"][0]
+    )
+    assert not torch.equal(
+        seen["fc"][0], torch.load(tmp_path / "r" / "last_checkpoint_3.pt")["model"]["fc.weight"]
+    )
+    for epoch, head_lr, rest_lr in seen["lr"]:
+        assert head_lr > 0 and rest_lr == pytest.approx(head_lr * (0.0 if epoch == 1 else 0.1))
+    assert {epoch for epoch, *_ in seen["lr"]} == {1, 2, 3}  # the cosine schedule moved both
+    assert len({head_lr for _, head_lr, _ in seen["lr"]}) > 3
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["head"] == ["fc.weight", "fc.bias"] and config["freeze_epochs"] == 1
+
+
+KILLER = """
+import os, signal
+from ignite.engine import Events
+
+def at(iteration):
+    def attach(run):
+        kill = lambda _: os.kill(os.getpid(), signal.SIGKILL)
+        run.trainer.add_event_handler(Events.ITERATION_COMPLETED(once=iteration), kill)
+    return attach
+
+in_epoch_1, in_epoch_2 = at(3), at(8)  # 5 steps an epoch: either side of the unfreeze
+"""
+
+
+@pytest.mark.slow  # SIGKILL needs processes of their own
+@pytest.mark.parametrize("kill", ["in_epoch_1", "in_epoch_2"])
+def test_a_fine_tuning_run_killed_either_side_of_the_unfreeze_resumes_exactly(
+    photos: Path, hub_cache: Path, tmp_path: Path, kill: str
+) -> None:
+    (tmp_path / "killer.py").write_text(KILLER)
+    sets = [item for key, value in FINE_TUNING.items() for item in ("--set", f"{key}={value}")]
+    common = ["run", "images", "--data-dir", str(photos), *sets, "--device", "cpu"]
+    straight = fmtk(*common, "--run-dir", "straight", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    killed = fmtk_process(
+        *common, "--run-dir", "killed", "--handler", f"killer:{kill}", cwd=tmp_path, env=env
+    )
+    assert killed.returncode == -9, killed.stderr
+    resumed = fmtk("run", "--resume", "killed", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+
+    def rows(run: str) -> list[dict[str, str]]:
+        lines = (tmp_path / run / "metrics.csv").read_text().splitlines()
+        header = lines[0].split(",")
+        return [
+            {k: v for k, v in zip(header, line.split(","), strict=True) if k != "epoch_seconds"}
+            for line in lines[1:]
+        ]
+
+    assert rows("killed") == rows("straight") and len(rows("straight")) == 3
+    done = [
+        json.loads((tmp_path / run / "metrics.json").read_text())["test"] for run in ("killed", "straight")
+    ]
+    assert done[0] == done[1]

@@ -23,13 +23,14 @@ from fmtk.distributed import broadcast_buffers, is_main_process
 from fmtk.errors import FmtkError
 from fmtk.recipe import PER_ITERATION_SCHEDULES, Recipe
 from fmtk.recipe_loading import data_root, resolve_recipe
-from fmtk.runfolder import CONFIG, run_folder
+from fmtk.runfolder import CONFIG, read_config, run_folder
 from fmtk.training.checkpoints import RandomState, ResumePoint, RunInfo, load_model_weights
 from fmtk.training.engines import SpeedOptions, create_evaluator, create_optimizer, create_trainer
 from fmtk.training.handlers import (
     attach_early_stopping,
     attach_ema,
     attach_epoch_log,
+    attach_fine_tuning,
     attach_gradient_clipping,
     attach_lr_plateau,
     attach_nonfinite_guard,
@@ -125,7 +126,9 @@ def assemble_run(
     def load_weights(model: torch.nn.Module) -> None:  # before the data: a mismatch fails fast
         load_model_weights(resume.checkpoint, resume.path, recipe.name, model)
 
-    parts = recipe_parts(recipe, data_dir, device, speed, load_weights if resume is not None else None)
+    # A resumed run's head (the tensors its starting weights did not give) is the one it recorded.
+    head = tuple(read_config(run_dir).get("head") or ()) if resume is not None else ()
+    parts = recipe_parts(recipe, data_dir, device, speed, load_weights if resume is not None else None, head)
     echo = echo if echo is not None and is_main_process() else _silent
     for line in [parts.started_from, split_sizes(parts)]:
         if line:
@@ -153,9 +156,11 @@ def assemble_run(
 def create_engines(parts: Parts) -> Engines:
     """Optimizer, gradient scaler, EMA, trainer and evaluator of the parts."""
     recipe, model, device = parts.recipe, parts.model, parts.device
+    fine_tuning = recipe.freeze_epochs > 0 or recipe.backbone_lr_scale != 1
+    head = parts.head if fine_tuning else None
     optimizer = idist.auto_optim(
         create_optimizer(
-            recipe.optimizer, model, recipe.lr, recipe.weight_decay, device, recipe.optimizer_args
+            recipe.optimizer, model, recipe.lr, recipe.weight_decay, device, recipe.optimizer_args, head
         )
     )
     # DistributedDataParallel for training only: checkpoints hold the plain model, and evaluation
@@ -163,6 +168,8 @@ def create_engines(parts: Parts) -> Engines:
     train_model = idist.auto_model(model) if idist.get_world_size() > 1 else model
     scaler = torch.amp.GradScaler(device.type) if parts.speed.precision == "16-mixed" else None
     trainer = create_trainer(train_model, optimizer, parts.train_loss, device, parts.speed, scaler)
+    if fine_tuning:
+        attach_fine_tuning(trainer, optimizer, model, head, recipe.freeze_epochs, recipe.backbone_lr_scale)
     # The EMA copies the model as it is now: on its device, in its memory format, with the weights
     # of the checkpoint to resume from (its own averaged weights come back with the kept states).
     # handle_buffers="update": BatchNorm's running statistics are averaged like the weights (as

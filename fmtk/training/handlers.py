@@ -255,3 +255,37 @@ def attach_ema(trainer: Engine, ema: EMAHandler, decay: float) -> None:
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, warm_up)
     ema.attach(trainer, name="ema_momentum", event=Events.ITERATION_COMPLETED)
+
+
+def attach_fine_tuning(
+    trainer: Engine,
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    head: Sequence[str],
+    freeze_epochs: int,
+    backbone_lr_scale: float,
+) -> None:
+    """Fine-tuning from starting weights, on an optimizer whose groups are the head's, then the
+    rest's (``head_and_rest``): before each step the rest's LR becomes ``backbone_lr_scale`` × the
+    head's, whatever schedule set that, and 0 in the first ``freeze_epochs`` epochs, whose
+    BatchNorm layers outside the head stay in eval mode (their running statistics are the
+    weights'). Both follow from the epoch and the head's LR: a resumed run keeps nothing more.
+    The rest's gradients are computed while it is frozen (an LR of 0, not ``requires_grad``),
+    so DistributedDataParallel sees the same parameters throughout."""  # fmt: skip
+    in_head = {key.rpartition(".")[0] for key in head}  # the modules the head's tensors belong to
+    norms = [
+        module for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and name not in in_head
+    ]  # fmt: skip
+
+    def scale_the_rest(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        factor = 0.0 if trainer.state.epoch <= freeze_epochs else backbone_lr_scale
+        optimizer.param_groups[1]["lr"] = optimizer.param_groups[0]["lr"] * factor
+
+    optimizer.register_step_pre_hook(scale_the_rest)
+
+    @trainer.on(Events.EPOCH_STARTED)  # after the step's model.train(), attached with the trainer
+    def freeze_norms(engine: Engine) -> None:
+        if engine.state.epoch <= freeze_epochs:
+            for module in norms:
+                module.eval()

@@ -30,7 +30,8 @@ class Parts:
     """What a recipe gives a run: the model (on ``device``, in its memory format), the data, the
     loss of validation and testing (``loss_fn``), the loss of training (``train_loss``: with the
     recipe's label smoothing and class weights), the speed options resolved for the model and
-    device, and the line saying which starting weights were loaded (``started_from``)."""
+    device, the line saying which starting weights were loaded (``started_from``) and the names of
+    the tensors they did not give (``head``: what fine-tuning trains alone, then at the full LR)."""
 
     recipe: Recipe
     device: torch.device
@@ -40,6 +41,7 @@ class Parts:
     train_loss: Callable
     speed: SpeedOptions
     started_from: str | None = None
+    head: tuple[str, ...] = ()
 
 
 def create_model(recipe: Recipe, device: torch.device) -> nn.Module:
@@ -91,24 +93,32 @@ def recipe_parts(
     device: torch.device,
     speed: SpeedOptions | None = None,
     load_weights: Callable[[nn.Module], None] | None = None,
+    head: tuple[str, ...] = (),
 ) -> Parts:
     """Model, data and losses of ``recipe`` (with the values its data decides); ``load_weights(model)``
     (a checkpoint's) runs between the model and the data, so that one that does not fit fails before
-    a slow data load; without it, the recipe's starting ``weights`` are loaded."""
+    a slow data load; without it, the recipe's starting ``weights`` are loaded (and tell the
+    ``head``; a resumed run gives the one its config.json recorded)."""
     recipe = with_data(recipe, data_dir)
     model = create_model(recipe, device)
     started_from = None
     if load_weights is not None:
         load_weights(model)
     elif recipe.weights is not None:
-        started_from = load_starting_weights(model, recipe.weights, recipe.options.get("arch"))
+        started_from, new = load_starting_weights(model, recipe.weights, recipe.options.get("arch"))
+        head = tuple(new)
+    if (recipe.freeze_epochs or recipe.backbone_lr_scale != 1) and not head:
+        raise FmtkError(
+            f"recipe {recipe.name}: freeze_epochs and backbone_lr_scale act on the tensors the starting "
+            f"weights did not give (the new head); {recipe.weights} gave every one"
+        )
     speed = (speed or SpeedOptions()).resolve(device, model)  # "auto" values chosen for this model
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
     data = load_data(recipe, data_dir, device, model)
     loss_fn = loss_on(recipe.loss(recipe), device)
     train_loss = training_loss(recipe, data, loss_fn, device)
-    return Parts(recipe, device, model, data, loss_fn, train_loss, speed, started_from)
+    return Parts(recipe, device, model, data, loss_fn, train_loss, speed, started_from, head)
 
 
 def training_loss(recipe: Recipe, data: DataSplits, loss_fn: Callable, device: torch.device) -> Callable:

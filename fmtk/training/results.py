@@ -30,6 +30,7 @@ def run_config(
         command, started_from = first.get("command", command), first.get("started_from", started_from)
     config = {**parts.recipe.config(), "classes": parts.data.classes, "speed": parts.speed.config()}
     config["started_from"] = started_from  # what the starting weights gave (fmtk.weights)
+    config["head"] = list(parts.head)  # and the tensors they did not give
     config.update(processes=idist.get_world_size(), versions=versions(), command=command)
     if data_dir is not None:  # evaluate and --resume read the same data by default
         config["data_dir"] = str(Path(data_dir).resolve())
