@@ -15,7 +15,6 @@ import difflib
 import os
 from pathlib import Path
 from typing import Any
-from urllib.error import URLError
 from urllib.parse import urlparse
 
 import torch
@@ -101,7 +100,7 @@ def _torchvision_state(arch: str, member: Any) -> dict[str, torch.Tensor]:
     file = os.path.basename(urlparse(member.url).path)
     try:
         return member.get_state_dict(progress=False, check_hash=True)
-    except (URLError, OSError, ConnectionError) as error:
+    except OSError as error:  # urllib's URLError and socket errors are OSErrors
         reason = getattr(error, "reason", None) or error
         raise FmtkError(
             f"{arch} {member.name}: cannot download {member.url} ({reason}); put {file} in {folder} "

@@ -17,7 +17,7 @@ from torch import nn
 from fmtk.data.augment import Augmentation
 from fmtk.data.batches import DataSplits, TensorBatches
 from fmtk.data.checks import check_splits
-from fmtk.data.images import LoaderBatches
+from fmtk.data.images import LoaderBatches, sample_labels
 from fmtk.distributed import check_sharded
 from fmtk.errors import FmtkError
 from fmtk.recipe import Recipe
@@ -144,7 +144,7 @@ def class_counts(batches: object, classes: int) -> torch.Tensor | None:
     labels = getattr(batches, "labels", None)
     if labels is None and isinstance(batches, LoaderBatches):
         samples = getattr(batches.loader.dataset, "samples", None)
-        labels = None if samples is None else torch.tensor([label for _, label in samples])
+        labels = None if samples is None else sample_labels(samples)
     if not isinstance(labels, torch.Tensor):
         return None
     return torch.bincount(labels.cpu(), minlength=classes).float()
