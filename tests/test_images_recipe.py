@@ -98,6 +98,7 @@ def test_a_run_with_weights_records_them_and_resumes_without_them(
     hub_cache.unlink()  # offline from now on: a resume and predict need the run's own weights only
     resumed = fmtk("run", "--resume", str(tmp_path / "r"), "--epochs", "2")
     assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming after epoch {int(kill[-1]) - 1}" in resumed.stdout
     assert json.loads((tmp_path / "r" / "config.json").read_text())["started_from"] == line
 
 
@@ -243,27 +244,33 @@ def at(iteration):
         run.trainer.add_event_handler(Events.ITERATION_COMPLETED(once=iteration), kill)
     return attach
 
-in_epoch_1, in_epoch_2 = at(3), at(8)  # 5 steps an epoch: either side of the unfreeze
+in_epoch_2, in_epoch_3 = at(8), at(13)  # 5 steps an epoch, 2 frozen: either side of the unfreeze
 """
 
 
 @pytest.mark.slow  # SIGKILL needs processes of their own
-@pytest.mark.parametrize("kill", ["in_epoch_1", "in_epoch_2"])
+@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("kill", ["in_epoch_2", "in_epoch_3"])
 def test_a_fine_tuning_run_killed_either_side_of_the_unfreeze_resumes_exactly(
-    photos: Path, hub_cache: Path, tmp_path: Path, kill: str
+    photos: Path, hub_cache: Path, tmp_path: Path, kill: str, processes: int
 ) -> None:
     (tmp_path / "killer.py").write_text(KILLER)
-    sets = [item for key, value in FINE_TUNING.items() for item in ("--set", f"{key}={value}")]
+    values = {**FINE_TUNING, "freeze_epochs": 2, "epochs": 4}  # a checkpoint on either side
+    sets = [item for key, value in values.items() for item in ("--set", f"{key}={value}")]
     common = ["run", "images", "--data-dir", str(photos), *sets, "--device", "cpu"]
-    straight = fmtk(*common, "--run-dir", "straight", cwd=tmp_path)
+    # Two processes: each rank kills itself at the same step, as a SIGKILL of the whole job would.
+    command, spawn = (fmtk, []) if processes == 1 else (fmtk_process, ["--nproc-per-node", "2"])
+    straight = command(*common, *spawn, "--run-dir", "straight", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     killed = fmtk_process(
-        *common, "--run-dir", "killed", "--handler", f"killer:{kill}", cwd=tmp_path, env=env
+        *common, *spawn, "--run-dir", "killed", "--handler", f"killer:{kill}", cwd=tmp_path, env=env
     )
-    assert killed.returncode == -9, killed.stderr
-    resumed = fmtk("run", "--resume", "killed", cwd=tmp_path)
+    assert killed.returncode == (-9 if processes == 1 else 256 - 9), killed.stderr  # the launcher exits -9
+    resumed = command("run", "--resume", "killed", *spawn, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming after epoch {int(kill[-1]) - 1}" in resumed.stdout
+    assert json.loads((tmp_path / "killed" / "metrics.json").read_text())["processes"] == processes
 
     def rows(run: str) -> list[dict[str, str]]:
         lines = (tmp_path / run / "metrics.csv").read_text().splitlines()
@@ -273,7 +280,7 @@ def test_a_fine_tuning_run_killed_either_side_of_the_unfreeze_resumes_exactly(
             for line in lines[1:]
         ]
 
-    assert rows("killed") == rows("straight") and len(rows("straight")) == 3
+    assert rows("killed") == rows("straight") and len(rows("straight")) == 4
     done = [
         json.loads((tmp_path / run / "metrics.json").read_text())["test"] for run in ("killed", "straight")
     ]
