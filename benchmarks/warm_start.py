@@ -8,6 +8,11 @@ On it, `images` trains for ``--epochs`` epochs from scratch, then from the sourc
 ``finetune`` preset's (1e-4). Printed: each run's test accuracy (best and last checkpoint) and
 training seconds, and the source run's own accuracy on the small folder's test photos.
 
+Then photos of other classes, so that the source's head does not fit and fine-tuning has a new
+head to train: ``--per-class`` Fashion-MNIST training images of each of its 10 classes written as
+PNG files (and 100 test images of each), trained from scratch, then from the source run's weights
+(new head fc 512→10) with and without ``freeze_epochs=1`` (``backbone_lr_scale=0.1``).
+
     python benchmarks/warm_start.py --data-dir ../shared/datasets [--image-size 64]
         [--source-epochs 4] [--epochs 4] [--per-class 50] [--out runs/warm-start-benchmark]
 """
@@ -15,10 +20,14 @@ training seconds, and the source run's own accuracy on the small folder's test p
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
+from PIL import Image
+
 import fmtk
+from fmtk.data.mnist import FASHION_MNIST_CLASSES, find_mnist_files, read_idx
 
 
 def small_folder(test_set: Path, out: Path, per_class: int) -> Path:
@@ -32,6 +41,20 @@ def small_folder(test_set: Path, out: Path, per_class: int) -> Path:
                 link = out / split / folder.name / photo.name
                 if not link.exists():
                     link.symlink_to(photo.resolve())
+    return out
+
+
+def fashion_folder(data_dir: Path, out: Path, per_class: int, test_per_class: int = 100) -> Path:
+    """``out/{train,test}/<class>/<i>.png``: the first ``per_class`` Fashion-MNIST training images
+    of each class, and the first ``test_per_class`` test images of each."""
+    files = find_mnist_files(data_dir, "FashionMNIST")
+    for split, count in (("train", per_class), ("test", test_per_class)):
+        images, labels = read_idx(files[f"{split}_images"]), read_idx(files[f"{split}_labels"])
+        for label, name in enumerate(FASHION_MNIST_CLASSES):
+            folder = out / split / name.replace("/", "-")
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in (labels == label).nonzero()[0][:count]:
+                Image.fromarray(images[i]).save(folder / f"{i}.png")
     return out
 
 
@@ -66,6 +89,18 @@ def main() -> None:
         values = {"weights": str(source.run_dir), **({"lr": lr} if lr else {})}
         warm = fmtk.fit("images", data_dir=photos, epochs=args.epochs, **values, **common)
         report(f"small folder, weights=source, lr {lr or 1e-3:g}", warm)
+    fashion = fashion_folder(args.data_dir, args.out / "fashion", args.per_class)
+    print(f"Fashion-MNIST as PNG files: {args.per_class} per class (10 classes), {args.epochs} epochs")
+    report("fashion, from scratch", fmtk.fit("images", data_dir=fashion, epochs=args.epochs, **common))
+    for freeze in (0, 1):
+        values = {
+            "weights": str(source.run_dir),
+            "freeze_epochs": freeze,
+            "backbone_lr_scale": 0.1 if freeze else 1,
+        }
+        warm = fmtk.fit("images", data_dir=fashion, epochs=args.epochs, **values, **common)
+        print(f"  {json.loads((warm.run_dir / 'config.json').read_text())['started_from']}")
+        report(f"fashion, weights=source, freeze_epochs={freeze}", warm)
 
 
 if __name__ == "__main__":

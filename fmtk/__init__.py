@@ -25,12 +25,13 @@ _LAZY = {
     "DataSplits": "fmtk.data.batches", "TensorBatches": "fmtk.data.batches",
     "build_run": "fmtk.training.build", "Run": "fmtk.training.run", "Evaluation": "fmtk.training.evaluation",
     "SpeedOptions": "fmtk.training.engines", "StepEvents": "fmtk.training.engines",
+    "export": "fmtk.export", "Export": "fmtk.export", "ImageInput": "fmtk.data.image_input",
 }  # fmt: skip
 
 __all__ = [
-    "DataSplits", "Evaluation", "FmtkError", "Preset", "Recipe", "Result", "Run", "SpeedOptions",
-    "StepEvents",
-    "TensorBatches", "__version__", "build_run", "evaluate", "fit", "load_recipe", "make_run_dir", "predict",
+    "DataSplits", "Evaluation", "Export", "FmtkError", "ImageInput", "Preset", "Recipe", "Result", "Run",
+    "SpeedOptions", "StepEvents", "TensorBatches", "__version__", "build_run", "evaluate", "export", "fit",
+    "load_recipe", "make_run_dir", "predict",
 ]  # fmt: skip
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import nn
 
 from fmtk.data.batches import DataSplits
+from fmtk.data.image_input import ImageInput
 from fmtk.errors import FmtkError, user_code_line
 from fmtk.training.engines import optimizer_problems
 from fmtk.values import parse_option, parse_value, typed
@@ -123,9 +123,10 @@ class Recipe:
     # A recipe's own handlers: called with the assembled fmtk.training.run.Run before training starts.
     attach: Callable[[Any], None] | None = None
     source: str | None = None  # the file of a user's recipe (set by load_recipe), for --resume
-    # How one image file (a PIL image of any mode and size) becomes a model input C×H×W, exactly as
-    # the test split is prepared; used by `fmtk predict` and, on a blank image, by `fmtk summary`.
-    image_input: Callable[[Recipe, Image.Image], torch.Tensor] | None = None
+    # image_input(recipe) → an ImageInput: how one image file becomes a model input C×H×W, exactly
+    # as the test split is prepared (`fmtk predict` reads files with it, `fmtk summary` takes its
+    # shape, `fmtk export` writes it into the exported model).
+    image_input: Callable[[Recipe], ImageInput] | None = None
     # The values set on top of the recipe's defaults (--set, fmtk.fit keywords), for config.json.
     changed: dict[str, Any] = field(default_factory=dict)
     # Named sets of values (`fmtk run RECIPE --preset NAME`), and the one this recipe was given.
@@ -162,6 +163,18 @@ class Recipe:
             raise FmtkError(
                 f"recipe {self.name}: {part}() failed with {values} ({type(error).__name__}: {reason})"
             ) from None
+
+    def input(self) -> ImageInput:
+        """How this recipe reads one image file (its ``image_input``)."""
+        if self.image_input is None:
+            raise FmtkError(f"recipe {self.name} does not say how to read an image file (image_input)")
+        described = self.call("image_input")
+        if not isinstance(described, ImageInput):
+            raise FmtkError(
+                f"recipe {self.name}: image_input(recipe) must return an fmtk.data.ImageInput, "
+                f"got {type(described).__name__}"
+            )
+        return described
 
     def watched(self, field: str) -> tuple[str, str]:
         """The valid metric and its mode that ``field`` (``early_stopping_metric``,

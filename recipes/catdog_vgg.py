@@ -3,7 +3,7 @@
 from torch import nn
 
 from fmtk import Preset, Recipe
-from fmtk.data import load_catdog, photo_input
+from fmtk.data import ImageInput, load_catdog
 from fmtk.models import vgg16_gap
 
 
@@ -20,8 +20,8 @@ def data(recipe, data_dir, device):
     )  # fmt: skip
 
 
-def image_input(recipe, image):
-    return photo_input(image, recipe.options["image_size"])
+def image_input(recipe):
+    return ImageInput.photo(recipe.options["image_size"])
 
 
 recipe = Recipe(

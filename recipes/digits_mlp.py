@@ -7,7 +7,7 @@ fmtk.data.load_digits_splits, which wraps them in TensorBatches.
 from torch import nn
 
 from fmtk import Recipe
-from fmtk.data import grayscale_input, load_digits_splits
+from fmtk.data import ImageInput, load_digits_splits
 from fmtk.models import mlp
 
 
@@ -19,8 +19,8 @@ def data(recipe, data_dir, device):
     return load_digits_splits(recipe.batch_size, device, recipe.seed)
 
 
-def image_input(recipe, image):
-    return grayscale_input(image, 8)  # light digit on dark ground, like the data
+def image_input(recipe):
+    return ImageInput(8, channels=1)  # light digit on dark ground, like the data
 
 
 recipe = Recipe(

@@ -10,8 +10,8 @@ import dataclasses
 from torch import nn
 
 from fmtk import Preset, Recipe
-from fmtk.data import load_photo_folder, photo_classes, photo_input
-from fmtk.data.images import IMAGENET_MEAN, IMAGENET_STD
+from fmtk.data import ImageInput, load_photo_folder, photo_classes
+from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD
 from fmtk.errors import FmtkError
 from fmtk.weights import torchvision_model, weights_transform
 
@@ -65,8 +65,8 @@ def data(recipe, data_dir, device):
     return splits
 
 
-def image_input(recipe, image):
-    return photo_input(image, size(recipe), *normalisation(recipe))
+def image_input(recipe):
+    return ImageInput.photo(size(recipe), *normalisation(recipe))
 
 
 recipe = Recipe(

@@ -3,7 +3,7 @@
 from torch import nn
 
 from fmtk import FmtkError, Preset, Recipe
-from fmtk.data import grayscale_input, load_mnist_like
+from fmtk.data import ImageInput, load_mnist_like
 from fmtk.models import mlp
 
 
@@ -20,8 +20,8 @@ def data(recipe, data_dir, device):
     return load_mnist_like(data_dir, "MNIST", recipe.batch_size, device, recipe.seed)
 
 
-def image_input(recipe, image):
-    return grayscale_input(image, 28)
+def image_input(recipe):
+    return ImageInput(28, channels=1)
 
 
 recipe = Recipe(

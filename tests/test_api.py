@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from conftest import assert_one_line_error, fmtk
@@ -20,7 +19,7 @@ from sklearn.metrics import precision_score
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import fmtk as toolkit
-from fmtk.data import load_digits_splits
+from fmtk.data import ImageInput, load_digits_splits
 from fmtk.models import mlp
 from fmtk.training.checkpoints import read_checkpoint
 
@@ -40,9 +39,7 @@ def lambda_recipe(**values: object) -> toolkit.Recipe:
         lr=0.1,
         batch_size=32,
         epochs=3,
-        image_input=lambda recipe, image: (
-            torch.from_numpy(np.asarray(image.convert("L").resize((8, 8))) / 255).float().unsqueeze(0)
-        ),
+        image_input=lambda recipe: ImageInput(8, channels=1),
     )
     return dataclasses.replace(recipe, **values)
 

@@ -98,7 +98,6 @@ def test_a_run_with_weights_records_them_and_resumes_without_them(
     hub_cache.unlink()  # offline from now on: a resume and predict need the run's own weights only
     resumed = fmtk("run", "--resume", str(tmp_path / "r"), "--epochs", "2")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming after epoch {int(kill[-1]) - 1}" in resumed.stdout
     assert json.loads((tmp_path / "r" / "config.json").read_text())["started_from"] == line
 
 

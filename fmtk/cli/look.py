@@ -103,14 +103,10 @@ def show(
 @set_option
 def summary(recipe_name: str, settings: tuple[str, ...]) -> None:
     """The model's layers with output shapes and parameter counts, and the totals."""
-    from PIL import Image
-
     from fmtk.summary import format_summary
 
     recipe = recipe_with_settings(recipe_name, settings)
-    if recipe.image_input is None:
-        raise FmtkError(f"recipe {recipe.name} does not say what its input looks like (image_input)")
-    input_shape = tuple(recipe.call("image_input", Image.new("RGB", (64, 64))).shape)
+    input_shape = recipe.input().shape
     click.echo(f"{recipe.name}: {recipe.description}")
     click.echo(format_summary(recipe.call("model"), input_shape))
 
@@ -154,7 +150,7 @@ def evaluate(run_dir: Path, checkpoint: str, split: str, data_dir: Path, device:
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("run_dir", metavar="RUN_DIR|MODEL_FILE", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @checkpoint_option
 @click.option("--top", default=1, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
@@ -163,14 +159,20 @@ def evaluate(run_dir: Path, checkpoint: str, split: str, data_dir: Path, device:
 def predict(
     run_dir: Path, images: tuple[Path, ...], checkpoint: str, top: int, as_json: bool, device: str
 ) -> None:
-    """The predicted class and its probability for each IMAGE (PNG/JPEG, any mode and size)."""
+    """The predicted class and its probability for each IMAGE (PNG/JPEG, any mode and size), from a
+    run folder's checkpoint or from a model file that fmtk export wrote (.onnx, .pt)."""
     from fmtk.device import resolve_device
     from fmtk.training.evaluation import load_trained_model, predict_files
 
-    check_run_folder("predict", run_dir)
-    torch_device = resolve_device(device)
-    recipe, model, _, classes = load_trained_model(run_dir, checkpoint, torch_device)
-    results = predict_files(recipe, model, images, classes, top, torch_device)
+    if run_dir.is_file():
+        from fmtk.export import predict_exported
+
+        results = predict_exported(run_dir, images, top)
+    else:
+        check_run_folder("predict", run_dir)
+        torch_device = resolve_device(device)
+        recipe, model, _, classes = load_trained_model(run_dir, checkpoint, torch_device)
+        results = predict_files(recipe, model, images, classes, top, torch_device)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return

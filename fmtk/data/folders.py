@@ -17,10 +17,9 @@ import numpy as np
 import torch
 
 from fmtk.data.batches import DataSplits, TensorBatches, stratified_split
+from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD
 from fmtk.data.images import (
     DATA_CACHES,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     decoded,
     find_split_folder,
     list_image_folder,

@@ -25,18 +25,10 @@ from fmtk.data.batches import (
     scale_pixels,
 )
 from fmtk.data.image_cache import cached_decode_images
+from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD, resize_rgb
 from fmtk.errors import FmtkError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DATA_CACHES = ("memory", "file", "none")
-
-
-def resize_rgb(image: Image.Image, image_size: int) -> np.ndarray:
-    """An image of any mode (L, CMYK, RGBA…) as an RGB uint8 array of image_size × image_size."""
-    # JPEG only: let the decoder downscale by 1/2, 1/4 or 1/8 while staying ≥ the target.
-    image.draft("RGB", (image_size, image_size))
-    return np.asarray(image.convert("RGB").resize((image_size, image_size), Image.BILINEAR))
 
 
 def decode_image(path: str | Path, image_size: int) -> np.ndarray:
@@ -46,19 +38,6 @@ def decode_image(path: str | Path, image_size: int) -> np.ndarray:
             return resize_rgb(image, image_size)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise FmtkError(f"{path}: cannot decode image ({error})") from None
-
-
-def photo_input(
-    image: Image.Image,
-    image_size: int,
-    mean: tuple[float, ...] = IMAGENET_MEAN,
-    std: tuple[float, ...] = IMAGENET_STD,
-) -> torch.Tensor:
-    """One photo as the model input of the image-folder recipes: 3×S×S, normalised by ``mean``
-    and ``std`` (ImageNet's by default), exactly as their test photos are."""
-    pixels = torch.from_numpy(resize_rgb(image, image_size).copy()).permute(2, 0, 1)
-    mean, std = (torch.tensor(values).view(-1, 1, 1) for values in (mean, std))
-    return scale_pixels(pixels, 255.0, mean, std)
 
 
 def list_image_folder(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:

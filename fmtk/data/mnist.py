@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from fmtk.data.batches import DataSplits, TensorBatches, scale_pixels, stratified_split
+from fmtk.data.batches import DataSplits, TensorBatches, stratified_split
 from fmtk.errors import FmtkError
 
 MNIST_FILES = {
@@ -27,12 +26,6 @@ FASHION_MNIST_CLASSES = [
     "T-Shirt", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle Boot",
 ]  # fmt: skip
-
-
-def grayscale_input(image: Image.Image, size: int) -> torch.Tensor:
-    """One image file (any mode) as the MNIST-like model input: 1×size×size in [0, 1]."""
-    pixels = np.asarray(image.convert("L").resize((size, size), Image.BILINEAR))
-    return scale_pixels(torch.from_numpy(pixels.copy()).unsqueeze(0), 255.0)
 
 
 def read_idx(path: Path) -> np.ndarray:

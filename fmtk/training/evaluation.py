@@ -14,6 +14,7 @@ from PIL import Image
 from torch import nn
 
 from fmtk.data.batches import Batches, TensorBatches
+from fmtk.data.image_input import ImageInput
 from fmtk.errors import FmtkError
 from fmtk.models import FlipAveraged
 from fmtk.pictures import confusion_picture, titled_grid
@@ -192,17 +193,28 @@ def predict_files(
     device: torch.device,
 ) -> list[dict[str, Any]]:
     """For each image file, the ``top`` most probable classes with their probabilities."""
-    if recipe.image_input is None:
-        raise FmtkError(f"recipe {recipe.name} does not say how to read an image file (image_input)")
+    inputs = read_images(paths, recipe.input())
+    with torch.no_grad():
+        probabilities = tested_model(recipe, model)(inputs.to(device)).softmax(dim=1).cpu()
+    return top_classes(probabilities, paths, classes, top)
+
+
+def read_images(paths: Sequence[Path], image_input: ImageInput) -> torch.Tensor:
+    """Image files as one batch of model inputs; a file that is no image is one line."""
     inputs = []
     for path in paths:
         try:
             with Image.open(path) as image:
-                inputs.append(recipe.image_input(recipe, image))
+                inputs.append(image_input(image))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             raise FmtkError(f"{path}: cannot read image ({error})") from None
-    with torch.no_grad():
-        probabilities = tested_model(recipe, model)(torch.stack(inputs).to(device)).softmax(dim=1).cpu()
+    return torch.stack(inputs)
+
+
+def top_classes(
+    probabilities: torch.Tensor, paths: Sequence[Path], classes: Sequence[str], top: int
+) -> list[dict[str, Any]]:
+    """Per file, its ``top`` most probable classes: what ``fmtk predict`` prints."""
     values, indices = probabilities.topk(min(top, len(classes)), dim=1)
     return [
         {

@@ -1,0 +1,81 @@
+"""How one image file becomes a model input: the one description that ``fmtk predict`` reads
+files with and ``fmtk export`` writes into an exported model, so that a program without fmtk
+(or torch) prepares its images exactly as the run's test images were."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fmtk.data.batches import scale_pixels
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MODES = {1: "L", 3: "RGB"}
+
+
+def resize_rgb(image: Image.Image, image_size: int) -> np.ndarray:
+    """An image of any mode (L, CMYK, RGBA…) as an RGB uint8 array of image_size × image_size."""
+    # JPEG only: let the decoder downscale by 1/2, 1/4 or 1/8 while staying ≥ the target.
+    image.draft("RGB", (image_size, image_size))
+    return np.asarray(image.convert("RGB").resize((image_size, image_size), Image.BILINEAR))
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """An image of any mode, converted to ``channels`` (1: grey, 3: RGB), resized bilinearly to
+    ``size`` × ``size``, its 0…255 values divided by ``scale``, then ``(x - mean) / std`` per
+    channel: the model's ``channels × size × size`` float input."""
+
+    size: int
+    channels: int = 3
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    scale: float = 255.0
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"image size must be >= 1, got {self.size}")
+        if self.channels not in MODES:
+            raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) not in (1, self.channels):
+                raise ValueError(f"{name} needs 1 or {self.channels} values, got {getattr(self, name)}")
+        if not all(value > 0 for value in (*self.std, self.scale)):
+            raise ValueError(f"std and scale must be positive, got std {self.std}, scale {self.scale}")
+
+    @classmethod
+    def photo(
+        cls, size: int, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+    ) -> ImageInput:
+        """An RGB photo normalised by ``mean`` and ``std`` (ImageNet's by default)."""
+        return cls(size, 3, tuple(mean), tuple(std))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.size, self.size)
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """The uint8 ``channels × size × size`` pixels, before scaling."""
+        if self.channels == 3:  # the decoder of the photo recipes' training images
+            return torch.from_numpy(resize_rgb(image, self.size).copy()).permute(2, 0, 1)
+        grey = np.asarray(image.convert("L").resize((self.size, self.size), Image.BILINEAR))
+        return torch.from_numpy(grey.copy()).unsqueeze(0)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        mean, std = (torch.tensor(values).view(-1, 1, 1) for values in (self.mean, self.std))
+        return scale_pixels(self.pixels(image), self.scale, mean, std)
+
+    def to_dict(self) -> dict:
+        """As JSON holds it (``mode``: the PIL mode the image is converted to; ``resize``: how)."""
+        return {**asdict(self), "mode": MODES[self.channels], "resize": "bilinear", "layout": "NCHW"}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ImageInput:
+        return cls(
+            int(values["size"]), int(values["channels"]), tuple(values["mean"]), tuple(values["std"]),
+            float(values["scale"]),
+        )  # fmt: skip

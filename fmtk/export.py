@@ -1,0 +1,293 @@
+"""A run's model as a file that leaves fmtk: ONNX (through torch.onnx) or TorchScript, holding
+the class names and how to prepare an image (an :class:`ImageInput`), and checked against the run
+on real validation samples before it is kept.
+
+The exported graph takes ``images`` (N×C×H×W float, prepared as the metadata's ``input`` says)
+and gives ``probabilities`` (N×classes): the softmax of the model that ``fmtk evaluate`` runs
+(the EMA weights where the run has them, flip-averaged with ``tta_flip``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fmtk.data.image_input import ImageInput
+from fmtk.errors import FmtkError
+from fmtk.recipe_loading import data_root
+from fmtk.runfolder import read_config
+from fmtk.training.evaluation import load_trained_model, read_images, tested_model, top_classes
+from fmtk.training.parts import load_data
+from fmtk.version import __version__
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+METADATA = "fmtk"  # the ONNX metadata key, and (as fmtk.json) the TorchScript extra file
+TOLERANCE = 1e-4  # the largest difference of a probability allowed between the file and the run
+SAMPLES = 64  # validation samples the parity check runs, beside batches of 1 and 7
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+
+
+class Probabilities(nn.Module):
+    """The class probabilities of ``model``'s outputs (logits, or FlipAveraged's log-probabilities)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images).softmax(dim=1)
+
+
+@dataclass
+class Export:
+    """What :func:`export` wrote: the model file and its parity report (also in ``<file>.json``)."""
+
+    path: Path
+    report: dict[str, Any]
+
+
+def export(
+    run_dir: Path | str,
+    *,
+    checkpoint: str = "best",
+    format: str | None = None,  # noqa: A002 - the command's option name
+    out: Path | str | None = None,
+    data_dir: Path | str | None = None,
+    echo: Any = None,
+) -> Export:
+    """Export a run's checkpoint (``best``, ``last`` or a path) to ``out`` (default
+    ``RUN_DIR/model.onnx`` or ``model.pt``), check it against the run on validation samples
+    from ``data_dir`` (default: the run's data) and write the report beside it. ``format``:
+    ``onnx`` or ``torchscript`` (default: from ``out``'s suffix, else ``onnx``)."""
+    run_dir = Path(run_dir)
+    format, out = _format_and_out(run_dir, format, None if out is None else Path(out))
+    if format == "onnx":
+        _require_onnx()
+    report_path = out.with_name(out.name + ".json")
+    for path in (out, report_path):
+        if path.exists():
+            raise FmtkError(f"{path} exists; fmtk export does not overwrite (choose another --out)")
+    device = torch.device("cpu")
+    recipe, model, checkpoint_path, classes = load_trained_model(run_dir, checkpoint, device)
+    image_input = recipe.input()
+    net = Probabilities(tested_model(recipe, model)).eval()
+    samples = _valid_samples(recipe, data_root(data_dir, run_dir), model)
+    metadata = {
+        "classes": classes,
+        "input": image_input.to_dict(),
+        "output": "probabilities",
+        "recipe": recipe.name,
+        "tta_flip": recipe.tta_flip,
+        "run": str(run_dir.resolve()),
+        "checkpoint": checkpoint_path.name,
+        "fmtk_version": __version__,
+    }
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        started = time.perf_counter()
+        if format == "onnx":
+            exporter = _export_onnx(net, samples, partial, metadata, echo)
+        else:
+            exporter = _export_torchscript(net, samples, partial, metadata)
+        seconds = time.perf_counter() - started
+        run_exported = load_exported(partial, format)[0]
+        parity = _parity(net, run_exported, samples)
+        if (difference := parity["max_abs_difference"]) > TOLERANCE:
+            raise FmtkError(
+                f"the exported {format} model differs from the run by up to {difference:.2e} in a "
+                f"probability (tolerance {TOLERANCE:g}); nothing was written"
+            )
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    report = {
+        "file": out.name, "format": format, "exporter": exporter, "export_seconds": round(seconds, 2),
+        "bytes": out.stat().st_size, "tolerance": TOLERANCE, **parity, "metadata": metadata,
+    }  # fmt: skip
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    return Export(out, report)
+
+
+def _format_and_out(run_dir: Path, format: str | None, out: Path | None) -> tuple[str, Path]:  # noqa: A002
+    if format is not None and format not in FORMATS:
+        raise FmtkError(f"--format {format}: unknown (choose {' or '.join(FORMATS)})")
+    if format is None:
+        suffixes = {suffix: name for name, suffix in FORMATS.items()}
+        format = suffixes.get(out.suffix, "onnx") if out is not None else "onnx"
+    if out is None:
+        read_config(run_dir)  # not a run: one line, before the default path is made inside it
+        out = run_dir / f"model{FORMATS[format]}"
+    elif out.suffix != FORMATS[format]:
+        raise FmtkError(f"--out {out}: a {format} file ends in {FORMATS[format]}")
+    if not out.parent.is_dir():
+        raise FmtkError(f"--out {out}: no folder {out.parent}")
+    return format, out
+
+
+def _require_onnx() -> None:
+    import importlib.util
+
+    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise FmtkError(
+            f"fmtk export --format onnx needs {', '.join(missing)}: pip install {' '.join(ONNX_PACKAGES)}"
+        )
+
+
+def _valid_samples(recipe: Any, data_dir: Path, model: nn.Module) -> torch.Tensor:
+    """The first ``SAMPLES`` model inputs of the validation split, prepared as the run's were."""
+    inputs, count = [], 0
+    for x, _ in load_data(recipe, data_dir, torch.device("cpu"), model).valid:
+        inputs.append(x)
+        count += len(x)
+        if count >= SAMPLES:
+            break
+    return torch.cat(inputs)[:SAMPLES].float().contiguous()
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporters print their progress and log torch.fx's guesses; fmtk says what happened in
+    its own lines. A TracerWarning (a value baked into the traced graph, e.g. a branch on a
+    tensor) is an error: the file would answer differently from the model."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost cause of an exporter's error, as ``Type: first line``."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
+
+
+def _export_onnx(net: nn.Module, samples: torch.Tensor, path: Path, metadata: dict, echo: Any) -> str:
+    """``torch.onnx.export`` with the dynamo exporter, else the TorchScript-based one (saying so);
+    the name of the one that worked."""
+    import onnx
+
+    names = {"input_names": ["images"], "output_names": ["probabilities"]}
+    example = (samples[:2],)  # a batch of 2: torch.export specialises a dimension of size 1
+    try:
+        with _quiet_exporter():
+            batch = torch.export.Dim("batch")
+            torch.onnx.export(net, example, dynamo=True, dynamic_shapes=({0: batch},), verbose=False,
+                              **names).save(str(path))  # fmt: skip
+        exporter = "dynamo"
+    except Exception as error:  # noqa: BLE001 - torch.export raises many kinds; the fallback says why
+        dynamo_reason = _reason(error)
+        if echo is not None:
+            echo(f"the dynamo exporter failed ({dynamo_reason}); using the TorchScript-based one")
+        try:
+            with _quiet_exporter():
+                axes = {"images": {0: "batch"}}
+                torch.onnx.export(net, example, str(path), dynamo=False, dynamic_axes=axes, **names)
+        except Exception as fallback:  # noqa: BLE001
+            raise FmtkError(
+                f"cannot export {metadata['recipe']} to ONNX: dynamo exporter: {dynamo_reason}; "
+                f"TorchScript-based exporter: {_reason(fallback)}"
+            ) from None
+        exporter = "torchscript-based"
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {METADATA: json.dumps(metadata)})
+    onnx.save(model, str(path))
+    return exporter
+
+
+def _export_torchscript(net: nn.Module, samples: torch.Tensor, path: Path, metadata: dict) -> str:
+    try:
+        with _quiet_exporter():
+            traced = torch.jit.trace(net, (samples[:2],), check_trace=False)
+    except Exception as error:  # noqa: BLE001 - tracing raises many kinds
+        raise FmtkError(f"cannot export {metadata['recipe']} to TorchScript: {_reason(error)}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's notice that it is deprecated
+        torch.jit.save(traced, str(path), _extra_files={f"{METADATA}.json": json.dumps(metadata)})
+    return "torch.jit.trace"
+
+
+def _parity(net: nn.Module, exported: Any, samples: torch.Tensor) -> dict[str, Any]:
+    """The exported model against the run's on ``samples`` in one batch and in batches of 1 and 7:
+    the largest difference of a probability and the share of samples with the same top class."""
+    with torch.no_grad():
+        expected = net(samples)
+    difference, agree, count = 0.0, 0, 0
+    for size in (len(samples), 1, 7):
+        for start in range(0, len(samples), size):
+            got = exported(samples[start : start + size])
+            want = expected[start : start + size]
+            difference = max(difference, float((got - want).abs().max()))
+            agree += int((got.argmax(1) == want.argmax(1)).sum())
+            count += len(want)
+    return {
+        "samples": len(samples),
+        "batch_sizes": [len(samples), 1, 7],
+        "max_abs_difference": difference,
+        "top1_agreement": agree / count,
+    }
+
+
+def load_exported(path: Path, format: str | None = None) -> tuple[Any, dict[str, Any]]:  # noqa: A002
+    """An exported file as a function of a float batch (N×C×H×W) → probabilities, and its fmtk
+    metadata; ONNX files run in onnxruntime, TorchScript ones in torch."""
+    format = format or {suffix: name for name, suffix in FORMATS.items()}.get(path.suffix)
+    if not path.is_file():
+        raise FmtkError(f"{path}: no such file")
+    if format == "onnx":
+        _require_onnx()
+        import onnxruntime
+
+        try:
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001 - onnxruntime's own error kinds
+            raise FmtkError(f"{path}: not an ONNX model onnxruntime can load ({_reason(error)})") from None
+        text = session.get_modelmeta().custom_metadata_map.get(METADATA)
+
+        def run(images: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(session.run(["probabilities"], {"images": images.numpy()})[0])
+
+    elif format == "torchscript":
+        files = {f"{METADATA}.json": ""}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                module = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+        except (RuntimeError, ValueError) as error:
+            raise FmtkError(f"{path}: not a TorchScript file ({_reason(error)})") from None
+        text = files[f"{METADATA}.json"] or None
+
+        def run(images: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return module(images)
+
+    else:
+        raise FmtkError(f"{path}: not an exported model (fmtk export writes .onnx and .pt files)")
+    if not text:
+        raise FmtkError(f"{path}: no fmtk metadata (not written by fmtk export)")
+    return run, json.loads(text)
+
+
+def predict_exported(path: Path, images: Sequence[Path], top: int = 1) -> list[dict[str, Any]]:
+    """``fmtk predict`` of an exported file: for each image file, the ``top`` most probable classes."""
+    run, metadata = load_exported(path)
+    probabilities = run(read_images(images, ImageInput.from_dict(metadata["input"])))
+    return top_classes(probabilities, images, metadata["classes"], top)
