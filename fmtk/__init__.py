@@ -25,7 +25,7 @@ _LAZY = {
     "DataSplits": "fmtk.data.batches", "TensorBatches": "fmtk.data.batches",
     "build_run": "fmtk.training.build", "Run": "fmtk.training.run", "Evaluation": "fmtk.training.evaluation",
     "SpeedOptions": "fmtk.training.engines", "StepEvents": "fmtk.training.engines",
-    "export": "fmtk.export", "Export": "fmtk.export", "ImageInput": "fmtk.data.image_input",
+    "export": "fmtk.exporting", "Export": "fmtk.exporting", "ImageInput": "fmtk.data.image_input",
 }  # fmt: skip
 
 __all__ = [

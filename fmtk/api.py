@@ -165,7 +165,12 @@ def predict(
     device: torch.device | str = "auto",
 ) -> list[dict[str, Any]]:
     """For each image file, the ``top`` most probable classes with their probabilities, from a
-    run's checkpoint (``recipe`` as for :func:`evaluate`)."""
+    run's checkpoint (``recipe`` as for :func:`evaluate`) or from a file ``fmtk export`` wrote
+    (``run_dir`` a ``.onnx`` or ``.pt`` file)."""
+    if Path(run_dir).is_file():
+        from fmtk.exporting import predict_exported
+
+        return predict_exported(Path(run_dir), [Path(image) for image in images], top)
     device = resolve_device(device)
     recipe, model, _, classes = load_trained_model(Path(run_dir), checkpoint, device, recipe)
     return predict_files(recipe, model, [Path(image) for image in images], classes, top, device)

@@ -27,6 +27,7 @@ def test_every_python_example_is_one_a_test_runs() -> None:
     counts = {path.name: len(re.findall(r"```python\n", path.read_text())) for path in DOCUMENTS}
     assert {name: count for name, count in counts.items() if count} == {
         "README.md": 4,
+        "deploy.md": 1,
         "handlers.md": 2,
         "python.md": 2,
     }

@@ -12,7 +12,7 @@ from fmtk.cli.group import check_run_folder, checkpoint_option, cli, data_dir_op
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @checkpoint_option
-@click.option("--format", "format_", type=click.Choice(["onnx", "torchscript"]), default=None,
+@click.option("--format", "format_", default=None, metavar="onnx|torchscript",
               help="Default: from --out's suffix (.onnx, .pt), else onnx.")  # fmt: skip
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="The file to write (default RUN_DIR/model.onnx or .pt); never overwritten.")  # fmt: skip
@@ -22,7 +22,7 @@ def export(
 ) -> None:
     """Export a run's model to ONNX or TorchScript with its class names and image preparation
     inside, after checking it against the run on validation samples (the report: FILE.json)."""
-    from fmtk.export import export as export_run
+    from fmtk.exporting import export as export_run
 
     check_run_folder("export", run_dir)
     done = export_run(

@@ -165,7 +165,7 @@ def predict(
     from fmtk.training.evaluation import load_trained_model, predict_files
 
     if run_dir.is_file():
-        from fmtk.export import predict_exported
+        from fmtk.exporting import predict_exported
 
         results = predict_exported(run_dir, images, top)
     else:

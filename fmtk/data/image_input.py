@@ -71,7 +71,8 @@ class ImageInput:
 
     def to_dict(self) -> dict:
         """As JSON holds it (``mode``: the PIL mode the image is converted to; ``resize``: how)."""
-        return {**asdict(self), "mode": MODES[self.channels], "resize": "bilinear", "layout": "NCHW"}
+        values = {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+        return {**values, "mode": MODES[self.channels], "resize": "bilinear", "layout": "NCHW"}
 
     @classmethod
     def from_dict(cls, values: dict) -> ImageInput:

@@ -159,10 +159,14 @@ def _valid_samples(recipe: Any, data_dir: Path, model: nn.Module) -> torch.Tenso
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """The exporters print their progress and log torch.fx's guesses; fmtk says what happened in
+    """The exporters print their progress and graphs, and log torch.fx's guesses; fmtk says what happened in
     its own lines. A TracerWarning (a value baked into the traced graph, e.g. a branch on a
     tensor) is an error: the file would answer differently from the model."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
         warnings.simplefilter("ignore")
         warnings.simplefilter("error", torch.jit.TracerWarning)
         logging.disable(logging.WARNING)
@@ -187,14 +191,15 @@ def _export_onnx(net: nn.Module, samples: torch.Tensor, path: Path, metadata: di
 
     names = {"input_names": ["images"], "output_names": ["probabilities"]}
     example = (samples[:2],)  # a batch of 2: torch.export specialises a dimension of size 1
+    dynamo_reason = None
     try:
         with _quiet_exporter():
             batch = torch.export.Dim("batch")
             torch.onnx.export(net, example, dynamo=True, dynamic_shapes=({0: batch},), verbose=False,
                               **names).save(str(path))  # fmt: skip
-        exporter = "dynamo"
     except Exception as error:  # noqa: BLE001 - torch.export raises many kinds; the fallback says why
         dynamo_reason = _reason(error)
+    if dynamo_reason is not None:  # outside the except block: the fallback's errors are its own
         if echo is not None:
             echo(f"the dynamo exporter failed ({dynamo_reason}); using the TorchScript-based one")
         try:
@@ -206,11 +211,10 @@ def _export_onnx(net: nn.Module, samples: torch.Tensor, path: Path, metadata: di
                 f"cannot export {metadata['recipe']} to ONNX: dynamo exporter: {dynamo_reason}; "
                 f"TorchScript-based exporter: {_reason(fallback)}"
             ) from None
-        exporter = "torchscript-based"
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, {METADATA: json.dumps(metadata)})
     onnx.save(model, str(path))
-    return exporter
+    return "dynamo" if dynamo_reason is None else "torchscript-based"
 
 
 def _export_torchscript(net: nn.Module, samples: torch.Tensor, path: Path, metadata: dict) -> str:
