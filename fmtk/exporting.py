@@ -90,7 +90,7 @@ def export(
         "output": "probabilities",
         "recipe": recipe.name,
         "tta_flip": recipe.tta_flip,
-        "run": str(run_dir.resolve()),
+        "run": run_dir.resolve().name,  # the folder's name: no path of this machine in a shipped file
         "checkpoint": checkpoint_path.name,
         "fmtk_version": __version__,
     }
@@ -190,7 +190,7 @@ def _export_onnx(net: nn.Module, samples: torch.Tensor, path: Path, metadata: di
     import onnx
 
     names = {"input_names": ["images"], "output_names": ["probabilities"]}
-    example = (samples[:2],)  # a batch of 2: torch.export specialises a dimension of size 1
+    example = (torch.cat([samples, samples])[:2],)  # 2: torch.export specialises a size of 1
     dynamo_reason = None
     try:
         with _quiet_exporter():
@@ -220,7 +220,7 @@ def _export_onnx(net: nn.Module, samples: torch.Tensor, path: Path, metadata: di
 def _export_torchscript(net: nn.Module, samples: torch.Tensor, path: Path, metadata: dict) -> str:
     try:
         with _quiet_exporter():
-            traced = torch.jit.trace(net, (samples[:2],), check_trace=False)
+            traced = torch.jit.trace(net, (torch.cat([samples, samples])[:2],), check_trace=False)
     except Exception as error:  # noqa: BLE001 - tracing raises many kinds
         raise FmtkError(f"cannot export {metadata['recipe']} to TorchScript: {_reason(error)}") from None
     with warnings.catch_warnings():
