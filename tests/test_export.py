@@ -295,6 +295,28 @@ def test_without_the_onnx_packages_the_command_says_what_to_install(
     assert fmtk("export", "run", "--format", "torchscript", cwd=tmp_path).returncode == 0
 
 
+def test_when_the_dynamo_exporter_fails_the_torchscript_based_one_is_used_and_said(
+    digits_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_export = torch.onnx.export
+
+    def dynamo_fails(*args, dynamo=True, **kwargs):
+        if dynamo:
+            raise RuntimeError("an operator the dynamo exporter lacks")
+        return real_export(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_fails)
+    done = fmtk("export", "run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    said = "the dynamo exporter failed (RuntimeError: an operator the dynamo exporter lacks); using the"
+    assert f"{said} TorchScript-based one" in done.stdout.splitlines()
+    report = json.loads((digits_run / "model.onnx.json").read_text())
+    assert report["exporter"] == "torchscript-based" and report["top1_agreement"] == 1.0
+    files = grey_and_colour_files(tmp_path / "photos", 3)
+    from_file = predictions(str(digits_run / "model.onnx"), *map(str, files), cwd=tmp_path)
+    assert_same_answers(from_file, predictions(str(digits_run), *map(str, files), cwd=tmp_path))
+
+
 def test_a_run_without_a_checkpoint_is_one_line(digits_run: Path, tmp_path: Path) -> None:
     for checkpoint in digits_run.glob("*checkpoint_*.pt"):
         checkpoint.unlink()
