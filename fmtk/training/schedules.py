@@ -42,7 +42,8 @@ def attach_lr_schedule(
         warmup = round(warmup_epochs * steps_per_epoch)
         if warmup >= total:
             raise FmtkError(
-                f"warmup_epochs {warmup_epochs} leaves no epoch of the {epochs} for the cosine schedule"
+                f"warmup_epochs {warmup_epochs} leaves no epoch of the {epochs} for the cosine schedule "
+                "(--set warmup_epochs=0, or a value below epochs)"
             )
         # One half cosine over the steps after the warm-up: a cycle as long as what is left.
         scheduler = CosineAnnealingScheduler(optimizer, "lr", lr, 0.0, cycle_size=total - warmup + 1)

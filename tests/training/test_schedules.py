@@ -47,7 +47,10 @@ def test_cosine_without_warmup_starts_at_the_lr() -> None:
 
 
 def test_a_warmup_as_long_as_the_run_is_refused() -> None:
-    with pytest.raises(FmtkError, match="warmup_epochs 2 leaves no epoch"):
+    with pytest.raises(
+        FmtkError,
+        match=r"warmup_epochs 2 leaves no epoch .* \(--set warmup_epochs=0, or a value below epochs\)",
+    ):
         lrs_seen("cosine", epochs=2, warmup_epochs=2)
 
 
