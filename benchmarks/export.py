@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 import fmtk
-from fmtk.exporting import Probabilities, load_exported
+from fmtk.exported import load_exported
+from fmtk.exporting import Probabilities
 from fmtk.training.evaluation import load_trained_model, tested_model
 
 RECIPES = ["digits_mlp", "mnist_dnn", "fmnist_dnn", "fmnist_cnn", "catdog_vgg", "images"]

@@ -168,7 +168,7 @@ def predict(
     run's checkpoint (``recipe`` as for :func:`evaluate`) or from a file ``fmtk export`` wrote
     (``run_dir`` a ``.onnx`` or ``.pt`` file)."""
     if Path(run_dir).is_file():
-        from fmtk.exporting import predict_exported
+        from fmtk.exported import predict_exported
 
         return predict_exported(Path(run_dir), [Path(image) for image in images], top)
     device = resolve_device(device)

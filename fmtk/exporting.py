@@ -16,7 +16,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,19 +24,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from fmtk.data.image_input import ImageInput
 from fmtk.errors import FmtkError
+from fmtk.exported import FORMATS, METADATA, SUFFIXES, innermost_reason, load_exported, require_onnx
 from fmtk.recipe_loading import data_root
 from fmtk.runfolder import read_config
-from fmtk.training.evaluation import load_trained_model, read_images, tested_model, top_classes
+from fmtk.training.evaluation import load_trained_model, tested_model
 from fmtk.training.parts import load_data
 from fmtk.version import __version__
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
-METADATA = "fmtk"  # the ONNX metadata key, and (as fmtk.json) the TorchScript extra file
 TOLERANCE = 1e-4  # the largest difference of a probability allowed between the file and the run
 SAMPLES = 64  # validation samples the parity check runs, beside batches of 1 and 7
-ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 
 
 class Probabilities(nn.Module):
@@ -57,6 +54,15 @@ class Export:
     path: Path
     report: dict[str, Any]
 
+    @property
+    def report_path(self) -> Path:
+        return report_path(self.path)
+
+
+def report_path(path: Path) -> Path:
+    """The parity report beside an exported file: ``model.onnx`` → ``model.onnx.json``."""
+    return path.with_name(path.name + ".json")
+
 
 def export(
     run_dir: Path | str,
@@ -74,9 +80,8 @@ def export(
     run_dir = Path(run_dir)
     format, out = _format_and_out(run_dir, format, None if out is None else Path(out))
     if format == "onnx":
-        _require_onnx()
-    report_path = out.with_name(out.name + ".json")
-    for path in (out, report_path):
+        require_onnx()
+    for path in (out, report_path(out)):
         if path.exists():
             raise FmtkError(f"{path} exists; fmtk export does not overwrite (choose another --out)")
     device = torch.device("cpu")
@@ -116,16 +121,16 @@ def export(
         "file": out.name, "format": format, "exporter": exporter, "export_seconds": round(seconds, 2),
         "bytes": out.stat().st_size, "tolerance": TOLERANCE, **parity, "metadata": metadata,
     }  # fmt: skip
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
-    return Export(out, report)
+    done = Export(out, report)
+    done.report_path.write_text(json.dumps(report, indent=2) + "\n")
+    return done
 
 
 def _format_and_out(run_dir: Path, format: str | None, out: Path | None) -> tuple[str, Path]:  # noqa: A002
     if format is not None and format not in FORMATS:
         raise FmtkError(f"--format {format}: unknown (choose {' or '.join(FORMATS)})")
     if format is None:
-        suffixes = {suffix: name for name, suffix in FORMATS.items()}
-        format = suffixes.get(out.suffix, "onnx") if out is not None else "onnx"
+        format = SUFFIXES.get(out.suffix, "onnx") if out is not None else "onnx"
     if out is None:
         read_config(run_dir)  # not a run: one line, before the default path is made inside it
         out = run_dir / f"model{FORMATS[format]}"
@@ -134,16 +139,6 @@ def _format_and_out(run_dir: Path, format: str | None, out: Path | None) -> tupl
     if not out.parent.is_dir():
         raise FmtkError(f"--out {out}: no folder {out.parent}")
     return format, out
-
-
-def _require_onnx() -> None:
-    import importlib.util
-
-    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
-    if missing:
-        raise FmtkError(
-            f"fmtk export --format onnx needs {', '.join(missing)}: pip install {' '.join(ONNX_PACKAGES)}"
-        )
 
 
 def _valid_samples(recipe: Any, data_dir: Path, model: nn.Module) -> torch.Tensor:
@@ -169,19 +164,12 @@ def _quiet_exporter() -> Iterator[None]:
     ):
         warnings.simplefilter("ignore")
         warnings.simplefilter("error", torch.jit.TracerWarning)
-        logging.disable(logging.WARNING)
+        disabled = logging.root.manager.disable  # the level a caller may have disabled already
+        logging.disable(max(disabled, logging.WARNING))
         try:
             yield
         finally:
-            logging.disable(logging.NOTSET)
-
-
-def _reason(error: BaseException) -> str:
-    """The innermost cause of an exporter's error, as ``Type: first line``."""
-    while error.__cause__ is not None or error.__context__ is not None:
-        error = error.__cause__ or error.__context__
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
+            logging.disable(disabled)
 
 
 def _export_onnx(net: nn.Module, samples: torch.Tensor, path: Path, metadata: dict, echo: Any) -> str:
@@ -198,7 +186,7 @@ def _export_onnx(net: nn.Module, samples: torch.Tensor, path: Path, metadata: di
             torch.onnx.export(net, example, dynamo=True, dynamic_shapes=({0: batch},), verbose=False,
                               **names).save(str(path))  # fmt: skip
     except Exception as error:  # noqa: BLE001 - torch.export raises many kinds; the fallback says why
-        dynamo_reason = _reason(error)
+        dynamo_reason = innermost_reason(error)
     if dynamo_reason is not None:  # outside the except block: the fallback's errors are its own
         if echo is not None:
             echo(f"the dynamo exporter failed ({dynamo_reason}); using the TorchScript-based one")
@@ -209,7 +197,7 @@ def _export_onnx(net: nn.Module, samples: torch.Tensor, path: Path, metadata: di
         except Exception as fallback:  # noqa: BLE001
             raise FmtkError(
                 f"cannot export {metadata['recipe']} to ONNX: dynamo exporter: {dynamo_reason}; "
-                f"TorchScript-based exporter: {_reason(fallback)}"
+                f"TorchScript-based exporter: {innermost_reason(fallback)}"
             ) from None
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, {METADATA: json.dumps(metadata)})
@@ -222,7 +210,9 @@ def _export_torchscript(net: nn.Module, samples: torch.Tensor, path: Path, metad
         with _quiet_exporter():
             traced = torch.jit.trace(net, (torch.cat([samples, samples])[:2],), check_trace=False)
     except Exception as error:  # noqa: BLE001 - tracing raises many kinds
-        raise FmtkError(f"cannot export {metadata['recipe']} to TorchScript: {_reason(error)}") from None
+        raise FmtkError(
+            f"cannot export {metadata['recipe']} to TorchScript: {innermost_reason(error)}"
+        ) from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit's notice that it is deprecated
         torch.jit.save(traced, str(path), _extra_files={f"{METADATA}.json": json.dumps(metadata)})
@@ -248,50 +238,3 @@ def _parity(net: nn.Module, exported: Any, samples: torch.Tensor) -> dict[str, A
         "max_abs_difference": difference,
         "top1_agreement": agree / count,
     }
-
-
-def load_exported(path: Path, format: str | None = None) -> tuple[Any, dict[str, Any]]:  # noqa: A002
-    """An exported file as a function of a float batch (N×C×H×W) → probabilities, and its fmtk
-    metadata; ONNX files run in onnxruntime, TorchScript ones in torch."""
-    format = format or {suffix: name for name, suffix in FORMATS.items()}.get(path.suffix)
-    if not path.is_file():
-        raise FmtkError(f"{path}: no such file")
-    if format == "onnx":
-        _require_onnx()
-        import onnxruntime
-
-        try:
-            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as error:  # noqa: BLE001 - onnxruntime's own error kinds
-            raise FmtkError(f"{path}: not an ONNX model onnxruntime can load ({_reason(error)})") from None
-        text = session.get_modelmeta().custom_metadata_map.get(METADATA)
-
-        def run(images: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(session.run(["probabilities"], {"images": images.numpy()})[0])
-
-    elif format == "torchscript":
-        files = {f"{METADATA}.json": ""}
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                module = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
-        except (RuntimeError, ValueError) as error:
-            raise FmtkError(f"{path}: not a TorchScript file ({_reason(error)})") from None
-        text = files[f"{METADATA}.json"] or None
-
-        def run(images: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return module(images)
-
-    else:
-        raise FmtkError(f"{path}: not an exported model (fmtk export writes .onnx and .pt files)")
-    if not text:
-        raise FmtkError(f"{path}: no fmtk metadata (not written by fmtk export)")
-    return run, json.loads(text)
-
-
-def predict_exported(path: Path, images: Sequence[Path], top: int = 1) -> list[dict[str, Any]]:
-    """``fmtk predict`` of an exported file: for each image file, the ``top`` most probable classes."""
-    run, metadata = load_exported(path)
-    probabilities = run(read_images(images, ImageInput.from_dict(metadata["input"])))
-    return top_classes(probabilities, images, metadata["classes"], top)

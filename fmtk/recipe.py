@@ -1,4 +1,4 @@
-"""The Recipe type, loading recipes by name, path or a run's config.json, and `--set key=value` overrides."""
+"""The Recipe type, its rules, and its presets and `--set key=value` overrides."""
 
 from __future__ import annotations
 
@@ -78,17 +78,16 @@ class Recipe:
     warmup_epochs: float = 0.0
     # Label smoothing of the training loss; validation and testing report plain cross-entropy.
     label_smoothing: float = 0.0
-    # An exponential moving average of the weights (Ignite's EMAHandler, updated every step) with
-    # this decay, e.g. 0.999; validation, the best checkpoint, testing and predict use it. None: off.
+    # An EMA of the weights (Ignite's EMAHandler, every step) with this decay, e.g. 0.999; validation,
+    # the best checkpoint, testing and predict use it. None: off.
     ema_decay: float | None = None
     # Test-time augmentation: testing, evaluate and predict average the class probabilities of each
     # image and its left-right mirror (validation, which picks the best checkpoint, does not).
     tta_flip: bool = False
-    # Augmentation of the training split, per sample on its device (fmtk.data.augment): a
-    # left-right flip with probability augment_flip (0: the data's own flip, if any), a
-    # random-resized crop of augment_crop … 100% of the area (0: none), a translation by up to
-    # augment_shift pixels (a random crop with zero padding) and a random box erased with
-    # probability augment_erase. Validation and test batches are never augmented.
+    # Augmentation of the training split, per sample on its device (fmtk.data.augment): a left-right
+    # flip with probability augment_flip (0: the data's own flip, if any), a random-resized crop of
+    # augment_crop … 100% of the area (0: none), a shift by up to augment_shift pixels (zero padded),
+    # a random box erased with probability augment_erase. Valid and test batches: never augmented.
     augment_flip: float = 0.0
     augment_crop: float = 0.0
     augment_shift: int = 0
@@ -106,16 +105,14 @@ class Recipe:
     backbone_lr_scale: float = 1.0
     # "balanced": the training loss weights each class by its inverse frequency in the train split.
     class_weights: str = "none"
-    # The validation metric each of these watches: "<metric>" or "<metric>:min" / "<metric>:max"
-    # (without a mode: min for a name containing "loss", else max). Metrics: loss, accuracy and
-    # the names of ``metrics``.
+    # The valid metric each watches: "<metric>", "<metric>:min" or "<metric>:max" (no mode: min for a
+    # name containing "loss", else max); metrics: loss, accuracy and the names of ``metrics``.
     early_stopping_metric: str = "loss"
     checkpoint_metric: str = "accuracy"  # the best checkpoint holds the weights of its best epoch
     plateau_metric: str = "loss"
     options: dict[str, Any] = field(default_factory=dict)  # recipe-specific knobs: variant, image_size…
     loss: Callable[[Recipe], Callable] = cross_entropy  # a module or a function (output, target) → loss
-    # More Ignite metrics of validation and testing, e.g. ``{"f1": Fbeta(1.0)}``: called once per
-    # evaluator; each must give one number.
+    # More Ignite metrics of validation and testing, each one number, e.g. {"f1": Fbeta(1.0)} (per evaluator).
     metrics: Callable[[Recipe], dict[str, Any]] | None = None
     # from_data(recipe, data_dir) → the recipe with the values its data decides (an image folder's
     # class names, which size the model), before the model is made; config.json records them.
@@ -123,9 +120,8 @@ class Recipe:
     # A recipe's own handlers: called with the assembled fmtk.training.run.Run before training starts.
     attach: Callable[[Any], None] | None = None
     source: str | None = None  # the file of a user's recipe (set by load_recipe), for --resume
-    # image_input(recipe) → an ImageInput: how one image file becomes a model input C×H×W, exactly
-    # as the test split is prepared (`fmtk predict` reads files with it, `fmtk summary` takes its
-    # shape, `fmtk export` writes it into the exported model).
+    # image_input(recipe) → an ImageInput: how an image file becomes a model input, as the test split
+    # is prepared (predict reads files with it, summary takes its shape, export writes it in the file).
     image_input: Callable[[Recipe], ImageInput] | None = None
     # The values set on top of the recipe's defaults (--set, fmtk.fit keywords), for config.json.
     changed: dict[str, Any] = field(default_factory=dict)
@@ -164,17 +160,19 @@ class Recipe:
                 f"recipe {self.name}: {part}() failed with {values} ({type(error).__name__}: {reason})"
             ) from None
 
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether ``freeze_epochs`` or ``backbone_lr_scale`` asks for fine-tuning (two LR groups)."""
+        return self.freeze_epochs > 0 or self.backbone_lr_scale != 1
+
     def input(self) -> ImageInput:
         """How this recipe reads one image file (its ``image_input``)."""
         if self.image_input is None:
             raise FmtkError(f"recipe {self.name} does not say how to read an image file (image_input)")
-        described = self.call("image_input")
-        if not isinstance(described, ImageInput):
-            raise FmtkError(
-                f"recipe {self.name}: image_input(recipe) must return an fmtk.data.ImageInput, "
-                f"got {type(described).__name__}"
-            )
-        return described
+        given = self.call("image_input")
+        if not isinstance(given, ImageInput):
+            raise FmtkError(f"recipe {self.name}: image_input gave {type(given).__name__}, not ImageInput")
+        return given
 
     def watched(self, field: str) -> tuple[str, str]:
         """The valid metric and its mode that ``field`` (``early_stopping_metric``,
@@ -238,7 +236,7 @@ def _value_problems(recipe: Recipe) -> Iterator[str]:
         (0 <= r.freeze_epochs < r.epochs,
          f"freeze_epochs must be in 0 … {r.epochs - 1} (below epochs), got {r.freeze_epochs}"),
         (r.backbone_lr_scale > 0, f"backbone_lr_scale must be > 0, got {r.backbone_lr_scale}"),
-        (r.weights is not None or (r.freeze_epochs, r.backbone_lr_scale) == (0, 1),
+        (r.weights is not None or not r.fine_tunes,
          "freeze_epochs and backbone_lr_scale fine-tune from starting weights; set weights"),
         (r.class_weights in CLASS_WEIGHTS,
          f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}, got '{r.class_weights}'"),

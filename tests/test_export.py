@@ -26,7 +26,7 @@ from conftest import (
 from PIL import Image
 
 import fmtk as toolkit
-from fmtk.exporting import load_exported
+from fmtk.exported import load_exported
 from fmtk.recipe_loading import load_recipe
 from fmtk.training.evaluation import load_trained_model
 from fmtk.weights import EMA_MODEL

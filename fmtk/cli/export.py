@@ -38,7 +38,7 @@ def export(
         f"parity on {report['samples']} valid samples, in batches of {sizes}: largest difference "
         f"{report['max_abs_difference']:.1e}, top-1 agreement {100 * report['top1_agreement']:.2f}%"
     )
-    click.echo(f"wrote {done.path.with_name(done.path.name + '.json')}")
+    click.echo(f"wrote {done.report_path}")
 
 
 def _size(count: int) -> str:

@@ -161,18 +161,11 @@ def predict(
 ) -> None:
     """The predicted class and its probability for each IMAGE (PNG/JPEG, any mode and size), from a
     run folder's checkpoint or from a model file that fmtk export wrote (.onnx, .pt)."""
-    from fmtk.device import resolve_device
-    from fmtk.training.evaluation import load_trained_model, predict_files
+    from fmtk.api import predict as predict_images
 
-    if run_dir.is_file():
-        from fmtk.exporting import predict_exported
-
-        results = predict_exported(run_dir, images, top)
-    else:
+    if not run_dir.is_file():
         check_run_folder("predict", run_dir)
-        torch_device = resolve_device(device)
-        recipe, model, _, classes = load_trained_model(run_dir, checkpoint, torch_device)
-        results = predict_files(recipe, model, images, classes, top, torch_device)
+    results = predict_images(run_dir, images, checkpoint=checkpoint, top=top, device=device)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return

@@ -156,8 +156,7 @@ def assemble_run(
 def create_engines(parts: Parts) -> Engines:
     """Optimizer, gradient scaler, EMA, trainer and evaluator of the parts."""
     recipe, model, device = parts.recipe, parts.model, parts.device
-    fine_tuning = recipe.freeze_epochs > 0 or recipe.backbone_lr_scale != 1
-    head = parts.head if fine_tuning else None
+    head = parts.head if recipe.fine_tunes else None
     optimizer = idist.auto_optim(
         create_optimizer(
             recipe.optimizer, model, recipe.lr, recipe.weight_decay, device, recipe.optimizer_args, head
@@ -168,7 +167,7 @@ def create_engines(parts: Parts) -> Engines:
     train_model = idist.auto_model(model) if idist.get_world_size() > 1 else model
     scaler = torch.amp.GradScaler(device.type) if parts.speed.precision == "16-mixed" else None
     trainer = create_trainer(train_model, optimizer, parts.train_loss, device, parts.speed, scaler)
-    if fine_tuning:
+    if recipe.fine_tunes:
         attach_fine_tuning(trainer, optimizer, model, head, recipe.freeze_epochs, recipe.backbone_lr_scale)
     # The EMA copies the model as it is now: on its device, in its memory format, with the weights
     # of the checkpoint to resume from (its own averaged weights come back with the kept states).

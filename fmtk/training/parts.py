@@ -107,7 +107,7 @@ def recipe_parts(
     elif recipe.weights is not None:
         started_from, new = load_starting_weights(model, recipe.weights, recipe.options.get("arch"))
         head = tuple(new)
-    if (recipe.freeze_epochs or recipe.backbone_lr_scale != 1) and not head:
+    if recipe.fine_tunes and not head:
         raise FmtkError(
             f"recipe {recipe.name}: freeze_epochs and backbone_lr_scale act on the tensors the starting "
             f"weights did not give (the new head); {recipe.weights} gave every one"

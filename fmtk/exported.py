@@ -1,0 +1,89 @@
+"""An exported model file, read back: its formats, the fmtk metadata inside it, the file as a
+function of a batch (ONNX in onnxruntime, TorchScript in torch), and ``fmtk predict`` of it.
+Written by :mod:`fmtk.exporting`."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fmtk.data.image_input import ImageInput
+from fmtk.errors import FmtkError
+from fmtk.training.evaluation import read_images, top_classes
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+SUFFIXES = {suffix: name for name, suffix in FORMATS.items()}  # a file's format, by its suffix
+METADATA = "fmtk"  # the ONNX metadata key, and (as fmtk.json) the TorchScript extra file
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+
+
+def require_onnx() -> None:
+    import importlib.util
+
+    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise FmtkError(
+            f"fmtk export --format onnx needs {', '.join(missing)}: pip install {' '.join(ONNX_PACKAGES)}"
+        )
+
+
+def innermost_reason(error: BaseException) -> str:
+    """The innermost cause of an error (an exporter's, onnxruntime's), as ``Type: first line``."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
+
+
+def load_exported(path: Path, format: str | None = None) -> tuple[Any, dict[str, Any]]:  # noqa: A002
+    """An exported file as a function of a float batch (N×C×H×W) → probabilities, and its fmtk
+    metadata; ONNX files run in onnxruntime, TorchScript ones in torch."""
+    format = format or SUFFIXES.get(path.suffix)
+    if not path.is_file():
+        raise FmtkError(f"{path}: no such file")
+    if format == "onnx":
+        require_onnx()
+        import onnxruntime
+
+        try:
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001 - onnxruntime's own error kinds
+            raise FmtkError(
+                f"{path}: not an ONNX model onnxruntime can load ({innermost_reason(error)})"
+            ) from None
+        text = session.get_modelmeta().custom_metadata_map.get(METADATA)
+
+        def run(images: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(session.run(["probabilities"], {"images": images.numpy()})[0])
+
+    elif format == "torchscript":
+        files = {f"{METADATA}.json": ""}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                module = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+        except (RuntimeError, ValueError) as error:
+            raise FmtkError(f"{path}: not a TorchScript file ({innermost_reason(error)})") from None
+        text = files[f"{METADATA}.json"] or None
+
+        def run(images: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return module(images)
+
+    else:
+        raise FmtkError(f"{path}: not an exported model (fmtk export writes .onnx and .pt files)")
+    if not text:
+        raise FmtkError(f"{path}: no fmtk metadata (not written by fmtk export)")
+    return run, json.loads(text)
+
+
+def predict_exported(path: Path, images: Sequence[Path], top: int = 1) -> list[dict[str, Any]]:
+    """``fmtk predict`` of an exported file: for each image file, the ``top`` most probable classes."""
+    run, metadata = load_exported(path)
+    probabilities = run(read_images(images, ImageInput.from_dict(metadata["input"])))
+    return top_classes(probabilities, images, metadata["classes"], top)
