@@ -130,8 +130,11 @@ def create_optimizer(
 def head_and_rest(model: nn.Module, head: Sequence[str]) -> list[dict[str, Any]]:
     """The parameter groups of fine-tuning: the parameters named in ``head``, then the others."""
     named = dict(model.named_parameters())
-    head = set(head)
-    groups = [[p for n, p in named.items() if n in head], [p for n, p in named.items() if n not in head]]
+    in_head = set(head)
+    groups = [
+        [p for n, p in named.items() if n in in_head],
+        [p for n, p in named.items() if n not in in_head],
+    ]
     if not all(groups):
         raise FmtkError(f"fine-tuning needs parameters in the head and outside it; the head is {list(head)}")
     return [{"params": params} for params in groups]
