@@ -114,4 +114,6 @@ def test_soak_mnist_dnn_memory_and_file_handles_stay_flat(real_data: Path, tmp_p
     assert len(samples) == 20
     memory, handles = zip(*samples, strict=True)
     assert max(memory[2:]) <= 1.05 * memory[1], memory
-    assert max(handles[-5:]) <= max(handles[:2]), handles  # no growth (a transient one may come and go)
+    # No growth: a leaked handle stays, so it is in every later sample; a transient one (another
+    # thread of this pytest process opening a file) is in one sample, as once in CI (21 vs 20).
+    assert min(handles[-5:]) <= max(handles[:2]), handles
