@@ -65,6 +65,9 @@ class Recipe:
     # signature; on the command line: --set optimizer_args=momentum:0.9,nesterov:true,betas:0.9/0.99
     optimizer_args: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 16
+    # Gradient accumulation: the optimizer steps once per this many batches, on the gradient of their
+    # mean loss (batch 32 with 4 steps ≙ batch 128); an epoch's last group may be smaller.
+    accumulate_steps: int = 1
     epochs: int = 10
     # Ignite's EarlyStopping patience (stops when the counter *reaches* it); None turns it off.
     early_stopping_patience: int | None = None
@@ -206,6 +209,7 @@ def _value_problems(recipe: Recipe) -> Iterator[str]:
         (r.lr > 0, f"lr must be > 0, got {r.lr}"),
         (r.weight_decay >= 0, f"weight_decay must be >= 0, got {r.weight_decay}"),
         (r.batch_size >= 1, f"batch_size must be >= 1, got {r.batch_size}"),
+        (r.accumulate_steps >= 1, f"accumulate_steps must be >= 1, got {r.accumulate_steps}"),
         (r.epochs >= 1, f"epochs must be >= 1, got {r.epochs}"),
         (r.log_every >= 1, f"log_every must be >= 1, got {r.log_every}"),
         (0 < r.plateau_factor < 1, f"plateau_factor must be in (0, 1), got {r.plateau_factor}"),

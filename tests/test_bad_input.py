@@ -153,6 +153,8 @@ CASES = [
      ["recipe name '../escape' must be one folder name"]),
     ("negative seed", {}, ["run", "digits_mlp", "--seed", "-1"], ["seed must be in 0 … 2**32-1", "got -1"]),
     ("seed above 2**32-1", {}, ["run", "digits_mlp", "--seed", "4294967296"], ["got 4294967296"]),
+    ("accumulate_steps=0", {}, ["run", "digits_mlp", "--set", "accumulate_steps=0"],
+     ["recipe digits_mlp: accumulate_steps must be >= 1, got 0"]),
     ("LBFGS", {}, ["run", "digits_mlp", "--set", "optimizer=LBFGS"], ["optimizer LBFGS cannot", "closure"]),
     ("Rprop", {}, ["run", "digits_mlp", "--set", "optimizer=Rprop"], ["optimizer Rprop", "full-batch"]),
     ("Optimizer", {}, ["run", "digits_mlp", "--set", "optimizer=Optimizer"], ["optimizer Optimizer", "base"]),

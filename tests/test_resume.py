@@ -181,6 +181,29 @@ def test_sigkill_then_resume_with_every_training_option_on(workspace: Path) -> N
     assert results(workspace / "modern_killed") == results(workspace / "modern")
 
 
+# Gradient accumulation over groups of 3 batches (20 an epoch: the last group has 2), with a
+# per-iteration schedule and an EMA that move once per optimizer step; killed inside a group
+# (after batch 7 of epoch 3, the first of its group).
+ACCUMULATING = ["fmnist_dnn", "--epochs", "4", "--batch-size", "50", "--set", "plateau_patience=none",
+                "--set", "accumulate_steps=3", "--set", "schedule=onecycle",
+                "--set", "ema_decay=0.9"]  # fmt: skip
+
+
+def test_sigkill_then_resume_with_gradient_accumulation(workspace: Path) -> None:
+    straight = fmtk(workspace, *ACCUMULATING, "--run-dir", "accumulating")
+    assert straight.returncode == 0, straight.stderr
+    killed = fmtk(workspace, *ACCUMULATING, "--run-dir", "accumulating_killed",
+                  "--handler", "killers:sigkill_mid_epoch_3")  # fmt: skip
+    assert killed.returncode == -9
+    resumed = fmtk(workspace, "--resume", "accumulating_killed")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch 2" in resumed.stdout
+    assert epoch_rows(workspace / "accumulating_killed") == epoch_rows(workspace / "accumulating")
+    assert results(workspace / "accumulating_killed") == results(workspace / "accumulating")
+    state = torch.load(workspace / "accumulating" / "last_checkpoint_4.pt", weights_only=True)
+    assert state["lr_scheduler"]["event_index"] == 4 * 7  # ceil(20 / 3) optimizer steps an epoch
+
+
 def test_a_handlers_kept_state_survives_sigkill_and_resume(workspace: Path, uninterrupted: Path) -> None:
     counting = ["--handler", "killers:count_iterations"]
     straight = fmtk(workspace, *RECIPE, "--run-dir", "counted", *counting)

@@ -166,7 +166,9 @@ def create_engines(parts: Parts) -> Engines:
     # (whose metrics Ignite reduces across ranks) needs no gradient synchronisation.
     train_model = idist.auto_model(model) if idist.get_world_size() > 1 else model
     scaler = torch.amp.GradScaler(device.type) if parts.speed.precision == "16-mixed" else None
-    trainer = create_trainer(train_model, optimizer, parts.train_loss, device, parts.speed, scaler)
+    trainer = create_trainer(
+        train_model, optimizer, parts.train_loss, device, parts.speed, scaler, recipe.accumulate_steps
+    )
     if recipe.fine_tunes:
         attach_fine_tuning(trainer, optimizer, model, head, recipe.freeze_epochs, recipe.backbone_lr_scale)
     # The EMA copies the model as it is now: on its device, in its memory format, with the weights
@@ -176,7 +178,7 @@ def create_engines(parts: Parts) -> Engines:
     evaluated_model = model
     if recipe.ema_decay is not None:
         ema = EMAHandler(model, momentum=1 - recipe.ema_decay, handle_buffers="update")
-        attach_ema(trainer, ema, recipe.ema_decay)
+        attach_ema(trainer, ema, recipe.ema_decay, recipe.accumulate_steps)
         evaluated_model = ema.ema_model
     extra_metrics = recipe.make_metrics()
     evaluator = create_evaluator(evaluated_model, parts.loss_fn, device, extra_metrics=extra_metrics)
@@ -279,6 +281,7 @@ def _attach_schedule(parts: Parts, engines: Engines) -> Any:
             recipe.epochs,
             len(parts.data.train),
             recipe.warmup_epochs,
+            recipe.accumulate_steps,
         )
     if recipe.schedule == "plateau" and recipe.plateau_patience is not None:
         return attach_lr_plateau(

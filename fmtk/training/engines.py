@@ -3,6 +3,8 @@
 The trainer's step is ``zero_grad → forward → loss → backward → [StepEvents.BACKWARD_COMPLETED]
 → optimizer.step``; handlers of ``BACKWARD_COMPLETED`` (gradient clipping, a user's own) run between
 backward and step and see the true gradients, also under ``16-mixed`` (the scaler unscales first).
+With gradient accumulation (``accumulate_steps`` N > 1, :mod:`fmtk.training.accumulation`) zero_grad
+comes before a group's first batch, and ``BACKWARD_COMPLETED`` and the step after its last.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import nn
 
 from fmtk.choices import PRECISIONS
 from fmtk.errors import FmtkError
+from fmtk.training.accumulation import place_in_group
 
 
 class StepEvents(EventEnum):
@@ -30,6 +33,10 @@ class StepEvents(EventEnum):
     ``BACKWARD_COMPLETED``: the gradients of the batch are in each parameter's ``.grad`` (unscaled
     under ``16-mixed``) and the optimizer has not stepped yet, e.g.
     ``run.trainer.on(StepEvents.BACKWARD_COMPLETED)(lambda engine: clip_grad_norm_(params, 1.0))``.
+    It fires only before a real optimizer step: with ``accumulate_steps`` N > 1, once per group of
+    N batches, after the group's last backward pass, with the group's summed gradients (the
+    gradient of its mean loss). Its filters test the iteration (batch) number, which then is a
+    group's last: with N=4, ``every=10`` fires at iterations 20, 40, ….
     """
 
     BACKWARD_COMPLETED = "backward_completed"
@@ -153,6 +160,7 @@ def create_trainer(
     device: torch.device,
     speed: SpeedOptions = SpeedOptions("32", False),
     scaler: torch.amp.GradScaler | None = None,
+    accumulate_steps: int = 1,
 ) -> Engine:
     """An Ignite trainer whose output is the batch loss as a detached tensor on the device.
 
@@ -161,6 +169,9 @@ def create_trainer(
     from EPOCH_COMPLETED on. Between backward and the optimizer's
     step the trainer fires :attr:`StepEvents.BACKWARD_COMPLETED`.
     ``model`` may be a DistributedDataParallel wrapper; ``scaler`` is needed for ``16-mixed``.
+    With ``accumulate_steps`` N > 1 the optimizer steps once per group of N batches
+    (:mod:`fmtk.training.accumulation`) on the gradient of the group's mean loss; the output and
+    the batch losses stay each batch's own loss.
     """
     forward = torch.compile(model) if speed.compile else model
     autocast = _autocast(device, speed.precision)
@@ -196,7 +207,43 @@ def create_trainer(
         engine.state.batch_losses.append(loss)
         return loss
 
-    trainer = Engine(train_step)
+    # The step with accumulation, apart from the one above, which stays free of the group arithmetic.
+    # The gradient scaler's unscale, step and update (and what runs between) come once per group.
+    distributed = isinstance(model, nn.parallel.DistributedDataParallel)
+
+    def accumulating_step(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        if x.device != device or y.device != device:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if speed.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        index, size = place_in_group(engine, accumulate_steps)
+        if index == 0:
+            optimizer.zero_grad(set_to_none=True)
+        last = index == size - 1
+        # DistributedDataParallel all-reduces the gradients in backward: only the group's last needs it.
+        with contextlib.nullcontext() if last or not distributed else model.no_sync():
+            with autocast():
+                loss = loss_fn(forward(x), y)
+            # Each batch's share of the group's mean loss; a smaller last group is a mean of its own.
+            share = loss / size
+            (share if scaler is None else scaler.scale(share)).backward()
+        if last:
+            if scaler is None:
+                _between_backward_and_step(engine)
+                optimizer.step()
+            else:
+                scaler.unscale_(optimizer)
+                _between_backward_and_step(engine)
+                scaler.step(optimizer)
+                scaler.update()
+        loss = loss.detach()
+        engine.state.batch_losses.append(loss)
+        return loss
+
+    if accumulate_steps < 1:
+        raise ValueError(f"accumulate_steps must be >= 1, got {accumulate_steps}")
+    trainer = Engine(train_step if accumulate_steps == 1 else accumulating_step)
     # Counted by the iteration, so that filters work: BACKWARD_COMPLETED(every=10).
     trainer.register_events(*StepEvents, event_to_attr={StepEvents.BACKWARD_COMPLETED: "iteration"})
     trainer.add_event_handler(Events.EPOCH_STARTED, _start_epoch, model)

@@ -22,6 +22,7 @@ from torch import nn
 
 from fmtk.errors import FmtkError
 from fmtk.runfolder import append_epoch_row
+from fmtk.training.accumulation import optimizer_step, step_completed
 from fmtk.training.engines import StepEvents
 
 
@@ -243,18 +244,21 @@ def ema_momentum(decay: float, iteration: int) -> float:
     return 1.0 - min(decay, (1 + iteration) / (10 + iteration))
 
 
-def attach_ema(trainer: Engine, ema: EMAHandler, decay: float) -> None:
-    """Update Ignite's ``ema`` after every step of ``trainer`` with :func:`ema_momentum`.
+def attach_ema(trainer: Engine, ema: EMAHandler, decay: float, accumulate_steps: int = 1) -> None:
+    """Update Ignite's ``ema`` after every optimizer step of ``trainer`` with :func:`ema_momentum`
+    (with ``accumulate_steps`` N, after the last batch of each group of N).
 
     Ignite's own warm-up (``momentum_warmup``) counts steps in a scheduler the checkpoint does not
     hold; this one is a function of the trainer's iteration, which a resumed run gets back.
     """
 
     def warm_up(engine: Engine) -> None:  # registered first: it sets the momentum the update reads
-        engine.state.ema_momentum = ema_momentum(decay, engine.state.iteration)
+        step = engine.state.iteration if accumulate_steps == 1 else optimizer_step(engine, accumulate_steps)
+        engine.state.ema_momentum = ema_momentum(decay, step)
 
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, warm_up)
-    ema.attach(trainer, name="ema_momentum", event=Events.ITERATION_COMPLETED)
+    after_step = step_completed(accumulate_steps)
+    trainer.add_event_handler(after_step, warm_up)
+    ema.attach(trainer, name="ema_momentum", event=after_step)
 
 
 def attach_fine_tuning(
