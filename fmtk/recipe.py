@@ -18,7 +18,7 @@ from fmtk.data.batches import DataSplits
 from fmtk.data.image_input import ImageInput
 from fmtk.errors import FmtkError, user_code_line
 from fmtk.training.engines import optimizer_problems
-from fmtk.values import parse_option, parse_value, typed
+from fmtk.values import argument_value, parse_option, parse_value, typed
 
 SCHEDULES = ("plateau", "onecycle", "cosine", "none")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -288,6 +288,11 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
     for key, value in overrides.items():
         if key not in fields and key not in options:
             key = RENAMED.get(key, key)
+        name, dot, argument = key.partition(".")
+        if dot and typing.get_origin(fields.get(name)) is dict and argument.isidentifier():
+            # One keyword argument of a dict field: optimizer_args.momentum=0.9 (e.g. for fmtk tune).
+            given = argument_value(value) if isinstance(value, str) else value
+            key, value = name, {**changes.get(name, getattr(recipe, name)), argument: given}
         if key in fields:
             changes[key] = parsed = parse_value(key, value, fields[key])
             default = getattr(recipe, key)

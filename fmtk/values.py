@@ -48,13 +48,14 @@ def parse_arguments(key: str, value: Any) -> dict[str, Any]:
             raise FmtkError(
                 f"--set {key}={value}: expected name:value pairs, e.g. momentum:0.9,nesterov:true"
             )
-        arguments[name.strip()] = _argument_value(text.strip())
+        arguments[name.strip()] = argument_value(text.strip())
     return arguments
 
 
-def _argument_value(text: str) -> Any:
+def argument_value(text: str) -> Any:
+    """One keyword argument's value from text: a bool, a number, a ``/``-separated tuple, or text."""
     if "/" in text:
-        return tuple(_argument_value(part.strip()) for part in text.split("/"))
+        return tuple(argument_value(part.strip()) for part in text.split("/"))
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     for kind in (int, float):

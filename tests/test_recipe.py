@@ -64,6 +64,18 @@ def test_overrides_are_typed() -> None:
     assert load_recipe("fmnist_cnn").lr == 1e-3  # the bundled recipe is not changed
 
 
+def test_one_keyword_argument_of_a_dict_field_is_set_by_its_dotted_key() -> None:
+    recipe = apply_overrides(load_recipe("mnist_dnn"), {"optimizer_args": "momentum:0.9,nesterov:true"})
+    changed = apply_overrides(recipe, {"optimizer_args.momentum": "0.8", "optimizer_args.dampening": 0.0})
+    assert changed.optimizer_args == {"momentum": 0.8, "nesterov": True, "dampening": 0.0}
+    assert changed.changed["optimizer_args"] == changed.optimizer_args
+    assert recipe.optimizer_args == {"momentum": 0.9, "nesterov": True}  # the one it came from is kept
+    with pytest.raises(FmtkError, match="optimizer SGD takes no argument 'momentun'"):
+        apply_overrides(recipe, {"optimizer_args.momentun": "0.8"})
+    with pytest.raises(FmtkError, match="unknown recipe key 'lr.x'"):
+        apply_overrides(recipe, {"lr.x": "1"})
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
