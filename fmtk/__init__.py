@@ -26,12 +26,13 @@ _LAZY = {
     "build_run": "fmtk.training.build", "Run": "fmtk.training.run", "Evaluation": "fmtk.training.evaluation",
     "SpeedOptions": "fmtk.training.engines", "StepEvents": "fmtk.training.engines",
     "export": "fmtk.exporting", "Export": "fmtk.exporting", "ImageInput": "fmtk.data.image_input",
+    "tune": "fmtk.tuning", "StudyResult": "fmtk.tuning.report",
 }  # fmt: skip
 
 __all__ = [
     "DataSplits", "Evaluation", "Export", "FmtkError", "ImageInput", "Preset", "Recipe", "Result", "Run",
-    "SpeedOptions", "StepEvents", "TensorBatches", "__version__", "build_run", "evaluate", "export", "fit",
-    "load_recipe", "make_run_dir", "predict",
+    "SpeedOptions", "StepEvents", "StudyResult", "TensorBatches", "__version__", "build_run", "evaluate",
+    "export", "fit", "load_recipe", "make_run_dir", "predict", "tune",
 ]  # fmt: skip
 
 

@@ -91,7 +91,7 @@ def fit(
     shown = f"Recipe(name={recipe.name!r}, ...)" if isinstance(recipe, Recipe) else repr(str(recipe))
     arguments = ", ".join([shown, *(f"{k}={v!r}" for k, v in {**given, **overrides}.items())])
     recipe = resolve_recipe(recipe, preset, overrides)
-    attachers = [_handler(handler) for handler in handlers]
+    attachers = [resolve_handler(handler) for handler in handlers]
     if speed is not None and not isinstance(speed, SpeedOptions):
         raise FmtkError(f"speed={speed!r}: expected a fmtk.SpeedOptions, e.g. SpeedOptions(precision='bf16')")
     device = resolve_device(device)
@@ -111,15 +111,6 @@ def fit(
         )
         results = run.run()
     return Result(folder, list(run.history), results["test"], run.model, "best", results, run)
-
-
-def _handler(handler: Any) -> Callable[[Run], None]:
-    """A handler given to :func:`fit`: a function of the run, or a ``"module:function"`` reference."""
-    if isinstance(handler, str):
-        return resolve_handler(handler)
-    if not callable(handler):
-        raise FmtkError(f"handlers: {handler!r} is neither a function of the run nor 'module:function'")
-    return handler
 
 
 @contextlib.contextmanager

@@ -62,7 +62,7 @@ class RunRequest:
     run_dir: Path | None = None  # the exact folder of a new run; the one made, once it is made
     device: torch.device = torch.device("cpu")
     speed: SpeedOptions = field(default_factory=SpeedOptions)
-    handlers: tuple[str, ...] = ()
+    handlers: tuple[str | Callable, ...] = ()  # "module:function" or a picklable function of the run
     nproc_per_node: int = 1
     backend: str | None = None
     error_dir: str | None = None  # spawned processes (which train in run_dir) write their error here
@@ -91,8 +91,13 @@ class RunRequest:
         return find_last_checkpoint(self.resume)
 
 
-def resolve_handler(reference: str) -> Callable:
-    """``package.module:function`` → the function (a user's handler that receives the Run)."""
+def resolve_handler(reference: str | Callable) -> Callable:
+    """``package.module:function`` → the function (a user's handler that receives the Run); a
+    function of the run is returned as it is."""
+    if callable(reference):
+        return reference
+    if not isinstance(reference, str):
+        raise FmtkError(f"handlers: {reference!r} is neither a function of the run nor 'module:function'")
     module_name, colon, attribute = reference.partition(":")
     if not colon or not module_name or not attribute:
         raise FmtkError(f"--handler {reference}: expected package.module:function")
@@ -132,6 +137,8 @@ def finished_message(run_dir: Path, epochs: int) -> str | None:
     results = read_results(run_dir)
     if results is None:
         return None
+    if results.get("stopped_by"):  # a handler's Run.stop
+        return f"{run_dir} is finished: {results['stopped_by']} at epoch {results['epochs_run']}"
     if results.get("stopped_early"):
         return f"{run_dir} is finished: early stopping ended it at epoch {results['epochs_run']}"
     if results.get("epochs_run", 0) >= epochs:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -201,9 +202,11 @@ def lines_picture(
     x_label: str,
     y_label: str,
     reference: tuple[float, str] | None = None,
+    dots: Collection[str] = (),
 ) -> Image.Image:
     """Named lines ``{name: (xs, ys)}`` on linear axes, a dot at each point, a legend, and a grey
-    horizontal line at ``reference`` ``(y, label)`` when given (e.g. accuracy against time)."""
+    horizontal line at ``reference`` ``(y, label)`` when given (e.g. accuracy against time); the
+    names in ``dots`` are drawn as dots only, unjoined."""
     width, height, left, right, top, bottom = 720, 440, 60, 20, HEADING_HEIGHT + 10, 40
     picture = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(picture)
@@ -224,11 +227,16 @@ def lines_picture(
         )
 
     draw.rectangle([left, top, width - right, height - bottom], outline=GRID_LINE)
-    for index, tick in enumerate(np.linspace(x_low, x_high, 6)):
+    whole = all(float(x).is_integer() for x in xs)  # e.g. trial numbers: no tick between two
+    ticks = np.linspace(x_low, x_high, 6)
+    if whole:
+        ticks = np.arange(x_low, x_high + 1, max(1, math.ceil((x_high - x_low) / 5)))
+    for index, tick in enumerate(ticks):
         x, _ = at(tick, y_low)
         draw.line([(x, top), (x, height - bottom)], fill=GRID_LINE)
-        label = f"{tick:.0f}" if x_high >= 10 else f"{tick:.3g}"
-        shift = draw.textlength(label, font=font) * (index / 5)  # the last label ends at the edge
+        label = f"{tick:.0f}" if x_high >= 10 or whole else f"{tick:.3g}"
+        # The last label ends at the edge.
+        shift = draw.textlength(label, font=font) * index / max(len(ticks) - 1, 1)
         draw.text((x - shift, height - bottom + 4), label, fill="black", font=font)
     for tick in np.linspace(y_low + margin, y_high - margin, 5):
         _, y = at(x_low, tick)
@@ -242,20 +250,27 @@ def lines_picture(
         draw.text(
             (width - right - 4 - draw.textlength(label, font=font), y - 15), label, fill="black", font=font
         )
-    for index, (line_xs, line_ys) in enumerate(lines.values()):
+    for index, (name, (line_xs, line_ys)) in enumerate(lines.items()):
         colour = LINE_COLOURS[index % len(LINE_COLOURS)]
         points = [at(float(x), float(y)) for x, y in zip(line_xs, line_ys, strict=True)]
-        if len(points) > 1:
+        if len(points) > 1 and name not in dots:
             draw.line(points, fill=colour, width=2)
         for x, y in points:
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-    _draw_legend(draw, list(lines), right=width - right - 8, bottom=height - bottom - 6, font=font)
+    _draw_legend(draw, list(lines), right=width - right - 8, bottom=height - bottom - 6, font=font, dots=dots)
     draw.text((width // 2 - 40, height - 18), x_label, fill="black", font=font)
     draw.text((width - right - draw.textlength(y_label, font=font), 8), y_label, fill="black", font=font)
     return picture
 
 
-def _draw_legend(draw: ImageDraw.ImageDraw, names: list[str], right: float, bottom: float, font: Any) -> None:
+def _draw_legend(
+    draw: ImageDraw.ImageDraw,
+    names: list[str],
+    right: float,
+    bottom: float,
+    font: Any,
+    dots: Collection[str] = (),
+) -> None:
     """The lines' names and colours in a box on white whose bottom right corner is (right, bottom),
     where rising curves (accuracy) leave room."""
     legend_left = right - 46 - max((draw.textlength(name, font=font) for name in names), default=0)
@@ -263,6 +278,11 @@ def _draw_legend(draw: ImageDraw.ImageDraw, names: list[str], right: float, bott
     draw.rectangle([legend_left, legend_y - 4, right, bottom], fill="white", outline=GRID_LINE)
     for index, name in enumerate(names):
         colour = LINE_COLOURS[index % len(LINE_COLOURS)]
-        draw.line([(legend_left + 6, legend_y + 7), (legend_left + 26, legend_y + 7)], fill=colour, width=3)
+        if name in dots:
+            draw.ellipse([legend_left + 13, legend_y + 4, legend_left + 19, legend_y + 10], fill=colour)
+        else:
+            draw.line(
+                [(legend_left + 6, legend_y + 7), (legend_left + 26, legend_y + 7)], fill=colour, width=3
+            )
         draw.text((legend_left + 32, legend_y), name, fill="black", font=font)
         legend_y += LINE_HEIGHT + 2

@@ -220,11 +220,11 @@ def append_epoch_row(run_dir: Path, row: dict[str, float]) -> None:
         writer.writerow(row)
 
 
-def truncate_history(run_dir: Path, epoch: int) -> list[dict[str, float]]:
-    """Drop metrics.csv rows after ``epoch`` (written by an interrupted process) and return the rest."""
+def read_history(run_dir: Path) -> tuple[list[dict[str, float]], list[str]]:
+    """metrics.csv's rows (epoch an int, every other value a float) and its columns; none yet: ``[]``."""
     path = run_dir / METRICS_CSV
     if not path.exists():
-        return []
+        return [], EPOCH_COLUMNS
     with path.open(newline="") as file:
         reader = csv.DictReader(file)
         try:
@@ -234,9 +234,16 @@ def truncate_history(run_dir: Path, epoch: int) -> list[dict[str, float]]:
                 f"{path}: line {reader.line_num} is not a row of numbers; fix or remove it"
             ) from None
         columns = reader.fieldnames or EPOCH_COLUMNS
-    kept = [row for row in rows if row["epoch"] <= epoch]
-    for row in kept:
+    for row in rows:
         row["epoch"] = int(row["epoch"])
+    return rows, list(columns)
+
+
+def truncate_history(run_dir: Path, epoch: int) -> list[dict[str, float]]:
+    """Drop metrics.csv rows after ``epoch`` (written by an interrupted process) and return the rest."""
+    path = run_dir / METRICS_CSV
+    rows, columns = read_history(run_dir)
+    kept = [row for row in rows if row["epoch"] <= epoch]
     if len(kept) != len(rows):
         temporary = path.with_suffix(".csv.tmp")
         with temporary.open("w", newline="") as file:

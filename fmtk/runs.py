@@ -26,10 +26,10 @@ from fmtk.errors import FmtkError
 from fmtk.runfolder import CONFIG, ITERATIONS, METRICS_CSV, read_config, read_results
 from fmtk.runlock import is_running
 
-RUNNING, INTERRUPTED, STOPPED_EARLY, FINISHED, UNREADABLE = (
-    "running", "interrupted", "stopped early", "finished", "unreadable",
+RUNNING, INTERRUPTED, PRUNED, STOPPED_EARLY, FINISHED, UNREADABLE = (
+    "running", "interrupted", "pruned", "stopped early", "finished", "unreadable",
 )  # fmt: skip
-STATES = (RUNNING, INTERRUPTED, STOPPED_EARLY, FINISHED, UNREADABLE)  # the order --sort state gives
+STATES = (RUNNING, INTERRUPTED, PRUNED, STOPPED_EARLY, FINISHED, UNREADABLE)  # the order --sort state gives
 
 
 def find_run_dirs(root: Path) -> list[Path]:
@@ -95,6 +95,8 @@ def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
         row["state"] = INTERRUPTED
     else:
         row["state"] = STOPPED_EARLY if results.get("stopped_early") else FINISHED
+        if results.get("stopped_by") == PRUNED:  # by fmtk tune's pruning (Run.stop)
+            row["state"] = PRUNED
     return row
 
 

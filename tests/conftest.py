@@ -189,7 +189,9 @@ def fmtk(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         sys.path[:], sys.argv = path, argv
         for name in set(sys.modules) - modules:
             file = getattr(sys.modules[name], "__file__", None) or ""
-            if file.startswith(str(folder)) or name.startswith("fmtk_recipe_"):
+            # (not installed packages: run from a clone, its .venv lies inside the folder too)
+            mine = file.startswith(str(folder)) and not file.startswith(sys.prefix)
+            if mine or name.startswith("fmtk_recipe_"):
                 del sys.modules[name]
     stderr = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
     stderr += result.stderr

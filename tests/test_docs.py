@@ -30,6 +30,7 @@ def test_every_python_example_is_one_a_test_runs() -> None:
         "deploy.md": 1,
         "handlers.md": 2,
         "python.md": 2,
+        "tuning.md": 1,
     }
 
 
@@ -124,6 +125,7 @@ def test_writing_a_handler_example_stops_at_95_percent(tmp_path: Path) -> None:
     accuracies = [float(row.split(",")[3]) for row in rows]
     assert accuracies[-1] > 0.95 and all(a <= 0.95 for a in accuracies[:-1])  # stopped at the first
     assert metrics["epochs_run"] == len(rows) < 40
+    assert metrics["stopped_by"] == "valid accuracy passed 0.95"
 
 
 @pytest.mark.slow  # the installed console script, in another process
@@ -150,3 +152,15 @@ def test_writing_a_handler_example_logs_gradient_norms(tmp_path: Path) -> None:
     assert "grads_norm/1/weight" in tags and len(tags) == 4  # two Linear layers: weight and bias each
     steps = [event.step for event in events.Scalars("grads_norm/1/weight")]
     assert steps == [100, 200] and all(event.value > 0 for event in events.Scalars("grads_norm/1/weight"))
+
+
+def test_tuning_python_example(tmp_path: Path) -> None:
+    (tmp_path / "search.py").write_text(python_block("From Python", 1, ROOT / "docs" / "tuning.md"))
+    done = python_script(tmp_path / "search.py", tmp_path)
+    assert done.returncode == 0, done.stderr
+    (study,) = (tmp_path / "runs" / "tune" / "digits_mlp").iterdir()
+    assert sorted(path.name for path in study.glob("trial_*")) == [f"trial_00{n}" for n in range(4)]
+    first = json.loads((study / "trial_000" / "config.json").read_text())
+    assert (first["lr"], first["options"]["hidden"]) == (0.01, 64)  # the try: the recipe's own values
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("{'lr': ") and len(lines) == 1 + 3

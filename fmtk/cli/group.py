@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,50 @@ checkpoint_option = click.option(
 set_option = click.option(
     "--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any recipe field (repeatable)."
 )
+
+
+def training_options(command: Callable) -> Callable:
+    """The options of how a run trains, shared by ``fmtk run`` and ``fmtk tune``: handlers,
+    precision, memory format, compile, processes and their backend."""
+    from fmtk.choices import BACKENDS, PRECISIONS
+
+    options = [
+        click.option(
+            "--handler",
+            "handlers",
+            multiple=True,
+            metavar="MODULE:FUNCTION",
+            help="A function that receives the Run and attaches handlers (repeatable).",
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(["auto", *PRECISIONS]),
+            default="auto",
+            show_default=True,
+            help="auto: bf16 on CUDA (16-mixed without bf16), 32 on the CPU.",
+        ),
+        click.option(
+            "--channels-last/--no-channels-last",
+            default=None,
+            help="Memory format of conv nets [default: on with CUDA].",
+        ),
+        click.option(
+            "--compile", "compile_model", is_flag=True, help="torch.compile the training step's model."
+        ),
+        click.option(
+            "--nproc-per-node",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Train in N processes on this machine (ignite.distributed).",
+        ),
+        click.option(
+            "--backend", type=click.Choice(BACKENDS), help="nccl or gloo [default: nccl with CUDA]."
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

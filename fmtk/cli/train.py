@@ -9,7 +9,6 @@ from pathlib import Path
 
 import click
 
-from fmtk.choices import BACKENDS, PRECISIONS
 from fmtk.cli.group import (
     cli,
     data_dir_option,
@@ -17,6 +16,7 @@ from fmtk.cli.group import (
     parse_settings,
     recipe_with_settings,
     set_option,
+    training_options,
 )
 from fmtk.errors import FmtkError
 
@@ -42,16 +42,7 @@ from fmtk.errors import FmtkError
 )
 @click.option("--preset", metavar="NAME", help="One of the recipe's named presets (fmtk list shows them).")
 @set_option
-@click.option("--handler", "handlers", multiple=True, metavar="MODULE:FUNCTION",
-              help="A function that receives the Run and attaches handlers (repeatable).")  # fmt: skip
-@click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default="auto", show_default=True,
-              help="auto: bf16 on CUDA (16-mixed without bf16), 32 on the CPU.")  # fmt: skip
-@click.option("--channels-last/--no-channels-last", default=None,
-              help="Memory format of conv nets [default: on with CUDA].")  # fmt: skip
-@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the training step's model.")
-@click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Train in N processes on this machine (ignite.distributed).")  # fmt: skip
-@click.option("--backend", type=click.Choice(BACKENDS), help="nccl or gloo [default: nccl with CUDA].")
+@training_options
 def run(
     recipe_name: str | None,
     resume: Path | None,

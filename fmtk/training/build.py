@@ -24,9 +24,10 @@ from fmtk.errors import FmtkError
 from fmtk.recipe import PER_ITERATION_SCHEDULES, Recipe
 from fmtk.recipe_loading import data_root, resolve_recipe
 from fmtk.runfolder import CONFIG, read_config, run_folder
-from fmtk.training.checkpoints import RandomState, ResumePoint, RunInfo, load_model_weights
+from fmtk.training.checkpoints import STOP, RandomState, ResumePoint, RunInfo, load_model_weights
 from fmtk.training.engines import SpeedOptions, create_evaluator, create_optimizer, create_trainer
 from fmtk.training.handlers import (
+    RunStop,
     attach_early_stopping,
     attach_ema,
     attach_epoch_log,
@@ -195,6 +196,7 @@ def kept_states(parts: Parts, engines: Engines) -> dict[str, Any]:
     )
     if engines.evaluated_model is not parts.model:
         states[EMA_MODEL] = engines.evaluated_model
+    states[STOP] = RunStop()
     return {name: state for name, state in states.items() if state is not None}
 
 

@@ -24,6 +24,8 @@ from fmtk.errors import FmtkError
 from fmtk.runfolder import BEST, LAST
 from fmtk.version import __version__
 
+STOP = "stop"  # the last checkpoint's name for the run's RunStop (why a handler stopped it)
+
 
 class RandomState:
     """The torch, CUDA, numpy and Python random states, checkpointable like a module."""
@@ -202,7 +204,8 @@ def load_model_weights(checkpoint: dict[str, Any], path: Path, recipe_name: str,
 def restore(kept: Mapping[str, Any], checkpoint: dict[str, Any], path: Path) -> None:
     """Load every kept state but the model (loaded by :func:`load_model_weights`) from a last
     checkpoint; a name kept on one side only is a one-line error naming it."""
-    missing = [name for name in kept if name not in checkpoint]
+    # A checkpoint of fmtk 0.1 has no "stop" (Run.stop came later): that run was not stopped.
+    missing = [name for name in kept if name not in checkpoint and name != STOP]
     if missing:
         raise FmtkError(
             f"{path.name} has no state for {', '.join(map(repr, missing))}, which this run keeps: "
@@ -214,4 +217,5 @@ def restore(kept: Mapping[str, Any], checkpoint: dict[str, Any], path: Path) -> 
             f"{path.name} holds state {', '.join(map(repr, unknown))} that this run does not keep: "
             "resume with the options and handlers the run was made with (e.g. the same --handler)"
         )
-    Checkpoint.load_objects({name: state for name, state in kept.items() if name != "model"}, checkpoint)
+    loaded = {name: state for name, state in kept.items() if name != "model" and name in checkpoint}
+    Checkpoint.load_objects(loaded, checkpoint)

@@ -55,6 +55,22 @@ def every_iterations(trainer: Engine, every: int, handler: Callable[[Engine], No
     _EVERY[trainer].handlers.append((every, handler))
 
 
+class RunStop:
+    """Why a handler ended training before its epochs (:meth:`~fmtk.training.run.Run.stop`), kept in
+    the last checkpoint: a stopped run that is resumed tests its checkpoints instead of training on
+    (Ignite's ``terminate()`` alone is forgotten by a resume)."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.epoch: int | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "epoch": self.epoch}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.reason, self.epoch = state["reason"], state["epoch"]
+
+
 class NonFiniteLoss(FmtkError):
     """The training loss became NaN or infinite."""
 

@@ -63,9 +63,11 @@ def final_results(
     tested: dict[str, tuple[Path, Evaluation]],
     epochs_run: int,
     seconds: float,
+    stopped_by: str | None = None,
 ) -> dict[str, Any]:
     """What metrics.json holds: the run's figures per epoch summed up and the test figures of the
-    ``best`` and ``last`` checkpoints (``tested``: their paths and evaluations)."""
+    ``best`` and ``last`` checkpoints (``tested``: their paths and evaluations); ``stopped_by``:
+    the reason a handler gave :meth:`~fmtk.training.run.Run.stop`."""
     recipe = parts.recipe
     name, mode = recipe.watched("checkpoint_metric")
     best_path = tested["best"][0]
@@ -84,6 +86,7 @@ def final_results(
         },
         "epochs_run": epochs_run,
         "stopped_early": epochs_run < recipe.epochs,
+        "stopped_by": stopped_by,
         "train_seconds": round(seconds, 2),
         "checkpoints": {which: path.name for which, (path, _) in tested.items()},
         "test": {

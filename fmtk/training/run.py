@@ -27,7 +27,7 @@ from torch import nn
 from fmtk.distributed import is_main_process
 from fmtk.errors import FmtkError
 from fmtk.runfolder import CONFIG, METRICS_JSON, remove_stale_files, truncate_history, write_json
-from fmtk.training.checkpoints import ResumePoint, attach_checkpoints, check_keepable, restore
+from fmtk.training.checkpoints import STOP, ResumePoint, attach_checkpoints, check_keepable, restore
 from fmtk.training.evaluation import Evaluation
 from fmtk.training.handlers import CheckpointablePlateau
 from fmtk.training.parts import Parts
@@ -121,7 +121,20 @@ class Run:
         """True once the epoch limit is reached or early stopping has decided to stop."""
         stopper = self.early_stopping
         stopped = stopper is not None and stopper.counter >= stopper.patience
-        return self.trainer.state.epoch >= self.recipe.epochs or stopped
+        return self.trainer.state.epoch >= self.recipe.epochs or stopped or self.stopped_by is not None
+
+    @property
+    def stopped_by(self) -> str | None:
+        """The reason given to :meth:`stop`, also after a resume; None when no handler stopped the run."""
+        return self.kept[STOP].reason
+
+    def stop(self, reason: str) -> None:
+        """End training after the current epoch (its checkpoints are still written), for ``reason``
+        (e.g. ``"pruned"``), then test the checkpoints as usual. Unlike ``trainer.terminate()``
+        alone, the decision is kept: metrics.json says ``stopped_by`` and ``--resume`` does not
+        train on. Call it from a handler of a training epoch (e.g. the evaluator's COMPLETED)."""
+        self.kept[STOP].reason, self.kept[STOP].epoch = reason, self.trainer.state.epoch
+        self.trainer.terminate()
 
     def prepare(self) -> None:
         """Attach the best and last checkpoints (the last one holds everything kept) and, when
@@ -198,8 +211,8 @@ class Run:
             write_pictures(self.parts, best, self.run_dir, self.tensorboard.writer, epoch)
             for which, result in [("best", best), ("last", last)]:
                 self.tensorboard.writer.add_scalar(f"test/{which}_accuracy", result.accuracy, epoch)
-        return final_results(self.parts, self.history, {"best": (best_path, best), "last": (last_path, last)},
-                             epoch, seconds)  # fmt: skip
+        tested = {"best": (best_path, best), "last": (last_path, last)}
+        return final_results(self.parts, self.history, tested, epoch, seconds, self.stopped_by)
 
     @contextlib.contextmanager
     def _disk_full_as_one_line(self) -> Iterator[None]:

@@ -1,0 +1,164 @@
+"""`fmtk tune`: a hyperparameter search with Optuna, every trial an ordinary run (torch and Optuna
+are imported inside it)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from fmtk.cli.group import cli, data_dir_option, device_option, parse_settings, set_option, training_options
+from fmtk.errors import FmtkError
+
+
+@cli.command()
+@click.argument("recipe_name", metavar="[RECIPE]", required=False)
+@click.option(
+    "--trials", type=int, help="Trials to end (complete, pruned or failed); with --resume, the new total."
+)
+@click.option(
+    "--space",
+    "spaces",
+    multiple=True,
+    metavar="KEY=SPEC",
+    help="A value to search: loguniform:LOW:HIGH, uniform:LOW:HIGH, int:LOW:HIGH or choice:A,B,… "
+    "(repeatable).",
+)
+@click.option(
+    "--try",
+    "tries",
+    multiple=True,
+    metavar="KEY=VALUE[,KEY=VALUE]",
+    help="A trial to run first with these values, e.g. the recipe's own (repeatable).",
+)
+@click.option(
+    "--metric",
+    default="accuracy",
+    show_default=True,
+    help="The valid metric to optimise; a trial's value is its best epoch's (name:min or name:max).",
+)
+@click.option(
+    "--prune/--no-prune",
+    default=True,
+    show_default=True,
+    help="Stop a trial worse than the median of the finished trials at the same epoch.",
+)
+@click.option(
+    "--prune-after",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Finished trials before any is pruned.",
+)
+@click.option("--preset", metavar="NAME", help="One of the recipe's presets, for every trial.")
+@set_option
+@click.option(
+    "--study-dir",
+    type=click.Path(path_type=Path),
+    help="A new or empty study folder [default: OUTPUT_DIR/tune/RECIPE/YYYYmmdd-HHMMSS].",
+)
+@click.option("--output-dir", type=click.Path(path_type=Path), default="runs", show_default=True)
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path),
+    metavar="STUDY_DIR",
+    help="Go on with this study (after a kill or Ctrl-C, or with more --trials).",
+)
+@device_option
+@data_dir_option
+@training_options
+def tune(
+    recipe_name: str | None,
+    trials: int | None,
+    spaces: tuple[str, ...],
+    tries: tuple[str, ...],
+    metric: str,
+    prune: bool,
+    prune_after: int,
+    preset: str | None,
+    settings: tuple[str, ...],
+    study_dir: Path | None,
+    output_dir: Path,
+    resume: Path | None,
+    device: str,
+    data_dir: Path | None,
+    handlers: tuple[str, ...],
+    precision: str,
+    channels_last: bool | None,
+    compile_model: bool,
+    nproc_per_node: int,
+    backend: str | None,
+) -> None:
+    """Search values of RECIPE (--space KEY=SPEC) for the best valid --metric with Optuna's TPE
+    sampler, each trial an ordinary run folder in the study folder, hopeless ones pruned; at the end
+    the best values, best.json and a picture. --resume STUDY_DIR goes on after a kill."""
+    from fmtk.tuning import require_optuna
+
+    require_optuna()
+    from fmtk.device import resolve_device
+    from fmtk.launcher import RunRequest
+    from fmtk.training.engines import SpeedOptions
+    from fmtk.tuning.pruning import Pruning
+    from fmtk.tuning.study import StudyRequest, tune_study
+
+    if (recipe_name is None) == (resume is None):
+        raise FmtkError("give a RECIPE to start a study, or --resume STUDY_DIR to go on with one")
+    request = None
+    if resume is not None:
+        given = [
+            name
+            for name, value in [
+                ("--space", spaces),
+                ("--try", tries),
+                ("--set", settings),
+                ("--preset", preset),
+                ("--study-dir", study_dir),
+            ]
+            if value
+        ]
+        if given:
+            raise FmtkError(f"--resume keeps the study's search; {', '.join(given)} cannot change it")
+        if trials is not None:
+            request = StudyRequest("", {}, trials)  # only its number of trials is read
+    else:
+        if trials is None:
+            raise FmtkError("--trials N: how many trials to run")
+        space = dict(_key_and_spec(text) for text in spaces)
+        if len(space) != len(spaces):
+            raise FmtkError("--space: a key is given twice")
+        request = StudyRequest(
+            recipe_name,
+            space,
+            trials,
+            metric,
+            preset,
+            parse_settings(settings),
+            list(tries),
+            Pruning(prune, prune_after),
+            command=shlex.join(["fmtk", *sys.argv[1:]]),
+        )
+    run = RunRequest(
+        device=resolve_device(device),
+        speed=SpeedOptions(precision, channels_last, compile_model),
+        handlers=handlers,
+        nproc_per_node=nproc_per_node,
+        backend=backend,
+    )
+    tune_study(
+        request,
+        resume=resume,
+        study_dir=study_dir,
+        output_dir=output_dir,
+        run=run,
+        data_dir=data_dir,
+        echo=click.echo,
+    )
+
+
+def _key_and_spec(text: str) -> tuple[str, str]:
+    key, equals, spec = text.partition("=")
+    if not equals or not key.strip():
+        raise FmtkError(f"--space {text}: expected KEY=SPEC, e.g. lr=loguniform:1e-3:1")
+    return key.strip(), spec.strip()

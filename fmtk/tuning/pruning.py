@@ -1,0 +1,80 @@
+"""What ties a trial's run to its study: after each validation, the watched metric is reported to
+the study and Optuna's pruner may stop the run.
+
+The handler is picklable (plain values, no open study), so it travels with the run request to
+every process of a ``--nproc-per-node`` trial; only rank 0 talks to the study.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ignite.distributed as idist
+import optuna
+from ignite.engine import Engine, Events
+from optuna_integration import PyTorchIgnitePruningHandler
+
+from fmtk.distributed import is_main_process
+from fmtk.runs import PRUNED
+from fmtk.training.run import Run
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """How a study prunes: Optuna's median pruner once ``after`` trials have finished (a trial whose
+    valid metric at an epoch is worse than the median of the finished trials' at that epoch
+    stops), or never (``enabled`` False: the metric is still reported, for the study's record)."""
+
+    enabled: bool = True
+    after: int = 5
+
+    def pruner(self) -> optuna.pruners.BasePruner:
+        if not self.enabled:
+            return optuna.pruners.NopPruner()
+        return optuna.pruners.MedianPruner(n_startup_trials=self.after, n_warmup_steps=0)
+
+
+@dataclass(frozen=True)
+class TrialReporting:
+    """A run handler (``handlers=`` of a run request) for one trial: rank 0 reports ``metric`` after
+    each validation through Optuna's ``PyTorchIgnitePruningHandler``; when that prunes, every
+    process stops the run with :meth:`Run.stop` (its checkpoints are written and tested; a resume
+    keeps the decision)."""
+
+    storage: str  # the study's SQLAlchemy URL (sqlite:////…/study.db)
+    study_name: str
+    trial_id: int
+    metric: str
+    pruning: Pruning
+
+    def __call__(self, run: Run) -> None:
+        report = None
+        if is_main_process():
+            study = optuna.load_study(
+                study_name=self.study_name, storage=self.storage, pruner=self.pruning.pruner()
+            )
+            report = PyTorchIgnitePruningHandler(
+                optuna.trial.Trial(study, self.trial_id), self.metric, run.trainer
+            )
+
+        @run.evaluator.on(Events.COMPLETED)
+        def report_and_prune(evaluator: Engine) -> None:
+            pruned = False
+            if report is not None:
+                try:
+                    report(evaluator)
+                except optuna.TrialPruned:
+                    pruned = True
+            if idist.get_world_size() > 1:  # rank 0 decides for all
+                pruned = bool(idist.broadcast(int(pruned), src=0))
+            if pruned:
+                run.stop(PRUNED)
+
+        @run.trainer.on(Events.TERMINATE)
+        def say_why(trainer: Engine) -> None:  # after the epoch's line
+            if run.stopped_by == PRUNED and is_main_process():
+                epoch, value = trainer.state.epoch, run.history[-1][f"valid_{self.metric}"]
+                run.echo(
+                    f"pruned after epoch {epoch}: valid {self.metric} {value:.4f} is worse than the median "
+                    f"of the finished trials at epoch {epoch}"
+                )

@@ -1,0 +1,164 @@
+"""What a study says when it ends: the best trial and the table of trials (:class:`StudyResult`),
+best.json, the picture of the search (tune.png) and Optuna's parameter importances."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from fmtk.errors import FmtkError
+from fmtk.pictures import lines_picture
+from fmtk.runfolder import CONFIG, read_config, read_results, write_json
+
+BEST_JSON, PICTURE = "best.json", "tune.png"
+IMPORTANCE_TRIALS = 5  # finished trials before Optuna's parameter importances mean something
+
+
+@dataclass
+class StudyResult:
+    """What :func:`fmtk.tune` returns: the best trial's values (``best_values``, typed as its run's
+    config.json holds them), its valid metric (``best_value``) and run folder, and one row per trial
+    (``trials``: number, state, value, the drawn values, epochs run, test accuracy of the best
+    checkpoint, seconds, run folder)."""
+
+    recipe: str
+    study_dir: Path
+    metric: str  # the metrics.csv column searched on: valid_accuracy, valid_loss, …
+    best_trial: int
+    best_value: float
+    best_values: dict[str, Any]
+    best_run: Path
+    trials: list[dict[str, Any]]
+    importances: dict[str, float] | None  # Optuna's, once IMPORTANCE_TRIALS trials completed
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{key}={value!r}" for key, value in self.best_values.items())
+        return (
+            f"StudyResult({self.study_dir}: {len(self.trials)} trials; best trial {self.best_trial}, "
+            f"{self.metric} {self.best_value:.4f} with {values})"
+        )
+
+
+def study_result(study: optuna.Study, folder: Path, recipe: str, metric: str) -> StudyResult:
+    """The study's best trial and its table of trials, read from study.db and the trial folders."""
+    trials = study.get_trials(deepcopy=False)
+    rows = [_trial_row(trial, folder) for trial in trials]
+    completed = [trial for trial in trials if trial.state == TrialState.COMPLETE]
+    if not completed:
+        raise FmtkError(f"{folder}: no trial completed (pruned or failed: see above), so no best values")
+    best = study.best_trial
+    best_run = Path(folder) / rows[best.number]["run"]
+    config = read_config(best_run)
+    values = {key: _config_value(config, key) for key in best.params}
+    importances = None
+    if len(completed) >= IMPORTANCE_TRIALS and len(best.params) > 1:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning
+            found = optuna.importance.get_param_importances(study)
+        importances = {key: round(value, 4) for key, value in found.items()}
+    name = f"valid_{metric.partition(':')[0]}"
+    return StudyResult(
+        recipe, Path(folder), name, best.number, best.value, values, best_run, rows, importances
+    )
+
+
+def _config_value(config: dict[str, Any], key: str) -> Any:
+    """A searched key's value in a run's config.json: a field, an option or ``field.argument``."""
+    name, dot, argument = key.partition(".")
+    if dot and isinstance(config.get(name), dict):
+        return config[name][argument]
+    return config[key] if key in config else config["options"][key]
+
+
+def _trial_row(trial: optuna.trial.FrozenTrial, folder: Path) -> dict[str, Any]:
+    run = f"trial_{trial.number:03d}"
+    results = read_results(Path(folder) / run) if (Path(folder) / run / CONFIG).is_file() else None
+    results = results or {}
+    test = results.get("test", {}).get("best", {})
+    value = trial.value if trial.state == TrialState.COMPLETE else None
+    if trial.state == TrialState.PRUNED and trial.intermediate_values:
+        value = trial.intermediate_values[max(trial.intermediate_values)]  # at the epoch it stopped
+    return {
+        "trial": trial.number,
+        "state": trial.state.name.lower(),
+        "value": value,
+        **trial.params,
+        "epochs": results.get("epochs_run"),
+        "test_accuracy": test.get("accuracy"),
+        "seconds": results.get("train_seconds"),
+        "run": run,
+    }
+
+
+def write_report(result: StudyResult, folder: Path, seconds: float, echo: Callable[[str], None]) -> None:
+    """best.json and tune.png in the study folder, and the summary lines."""
+    rows = result.trials
+    best_row = rows[result.best_trial]
+    counts = {state: sum(row["state"] == state for row in rows) for state in ("complete", "pruned", "fail")}
+    trained = sum(row["seconds"] or 0 for row in rows)
+    command = f"fmtk run --config {result.best_run / CONFIG}"
+    report = {
+        "trial": result.best_trial,
+        "run": best_row["run"],
+        "metric": result.metric,
+        "value": result.best_value,
+        "values": result.best_values,
+        "test_accuracy": best_row["test_accuracy"],
+        "command": command,
+        "trials": counts,
+        "train_seconds": round(trained, 2),
+        "importances": result.importances,
+    }
+    write_json(folder / BEST_JSON, report)
+    title = f"fmtk tune {result.recipe} ({folder.name}): {result.metric} per trial"
+    picture = search_picture(rows, result.metric, title)
+    picture.save(folder / PICTURE)
+    values = " ".join(
+        f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in result.best_values.items()
+    )
+    test = best_row["test_accuracy"]
+    ended = f"{counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed"
+    echo(f"{len(rows)} trials: {ended}; {trained:.0f} s of training")
+    tested = f", test accuracy {100 * test:.2f}% (best checkpoint)" if test is not None else ""
+    best = f"{result.metric} {result.best_value:.4f}{tested}"
+    echo(f"best: trial {result.best_trial} ({best_row['run']}), {best}")
+    echo(f"best values: {values}")
+    if result.importances:
+        echo("importance: " + ", ".join(f"{key} {value:.2f}" for key, value in result.importances.items()))
+    echo(f"train it again: {command}")
+    echo(f"wrote {folder / BEST_JSON} and {folder / PICTURE}")
+
+
+def search_picture(rows: list[dict[str, Any]], metric: str, title: str) -> Any:
+    """Each trial's valid metric (pruned ones at the epoch they stopped) and the best so far."""
+    lower_is_better = "loss" in metric
+    completed = [(row["trial"], row["value"]) for row in rows if row["state"] == "complete"]
+    pruned = [
+        (row["trial"], row["value"]) for row in rows if row["state"] == "pruned" and row["value"] is not None
+    ]
+    best, leader = [], None
+    for number, value in completed:
+        if leader is None or (value < leader if lower_is_better else value > leader):
+            leader = value
+        best.append((number, leader))
+    lines = {"best so far": _columns(best), "trial": _columns(completed)}
+    lines["pruned (when stopped)"] = _columns(pruned)
+    lines = {name: line for name, line in lines.items() if line[0]}
+    return lines_picture(
+        lines,
+        title,
+        "trial",
+        metric,
+        dots=("trial", "pruned (when stopped)"),
+    )
+
+
+def _columns(points: list[tuple[int, float]]) -> tuple[list[int], list[float]]:
+    return [number for number, _ in points], [value for _, value in points]

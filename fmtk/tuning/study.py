@@ -1,0 +1,320 @@
+"""``fmtk tune``: a hyperparameter search with Optuna whose trials are ordinary runs, in one study
+folder that survives a kill.
+
+A study folder (default ``runs/tune/<recipe>/<YYYYmmdd-HHMMSS>``) holds::
+
+    study.json    what was asked: recipe, preset, --set values, space, trials, metric, pruning, seed
+    study.db      Optuna's study (SQLite): every trial's values, reports and state
+    trial_000/ …  one run folder per trial (config.json, metrics.csv, checkpoints, TensorBoard)
+    best.json     the best trial's values and figures, and the command that trains them again
+    tune.png      the valid metric of each trial and the best so far
+
+Trials run one after the other through the launcher, as ``fmtk run`` would (in one process or
+``--nproc-per-node``); the values are drawn in this process. The TPE sampler is seeded per trial
+from (recipe seed, trial number), so a study resumed after a kill draws what it would have drawn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from fmtk.errors import FmtkError, Interrupted
+from fmtk.launcher import RunRequest, train
+from fmtk.recipe_loading import data_root, resolve_recipe
+from fmtk.runfolder import CONFIG, read_history, read_results, run_folder, write_json
+from fmtk.runs import PRUNED
+from fmtk.tuning.pruning import Pruning, TrialReporting
+from fmtk.tuning.report import StudyResult, study_result, write_report
+from fmtk.tuning.space import parse_spec, search_space, spec_text, trial_values
+
+STUDY_JSON, STUDY_DB = "study.json", "study.db"
+STUDY_NAME = "fmtk"  # the one study in study.db
+ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+FAILURES_TO_STOP = 3  # the first trials all failing means the setup is wrong, not the values
+
+
+@dataclass
+class StudyRequest:
+    """One search, as study.json keeps it: every trial trains ``recipe`` with its ``preset`` and
+    ``settings``, then the values drawn from ``space`` (``KEY: SPEC``); ``tries`` run first."""
+
+    recipe: str  # a bundled recipe's name or a recipe file's path
+    space: dict[str, str]
+    trials: int
+    metric: str = "accuracy"
+    preset: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    tries: list[dict[str, Any]] = field(default_factory=list)
+    pruning: Pruning = field(default_factory=Pruning)
+    seed: int = 0  # the recipe's, after preset and settings: the sampler's
+    data_dir: str | None = None  # absolute; a resume reads the same data unless told otherwise
+    command: str | None = None
+
+    @classmethod
+    def from_json(cls, values: Mapping[str, Any]) -> StudyRequest:
+        return cls(**{**values, "pruning": Pruning(**values["pruning"])})
+
+
+def tune_study(
+    request: StudyRequest | None,
+    *,
+    resume: Path | None = None,
+    study_dir: Path | None = None,
+    output_dir: Path = Path("runs"),
+    run: RunRequest | None = None,
+    data_dir: Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> StudyResult:
+    """Carry out a new search (``request``) or go on with the one in ``resume`` (``request``: None,
+    or its new number of trials) until that many trials have ended; ``run`` says how each trial
+    trains (device, speed, processes, handlers), on ``data_dir`` (default: $FMTK_DATA, else ./data;
+    a resumed study: its own). Returns the best trial and the table of trials."""
+    run = run or RunRequest()
+    if resume is not None:
+        request = _resumed_request(resume, request.trials if request is not None else None)
+        held = run_folder(resume, reuse=True, keep_when_interrupted=True)
+        data_dir = data_dir or (Path(request.data_dir) if request.data_dir else None)
+    else:
+        _check_new_study_dir(study_dir, request)
+        request = replace(checked_request(request), data_dir=str(data_root(data_dir).resolve()))
+        held = run_folder(
+            study_dir,
+            output_dir=Path(output_dir) / "tune",
+            recipe_name=_name(request),
+            keep_when_interrupted=True,
+        )
+    run = replace(run, data_dir=data_root(data_dir))
+    started = time.perf_counter()
+    with _optuna_quiet(), held as folder:
+        if resume is None:
+            write_json(folder / STUDY_JSON, asdict(request))
+        echo(f"study folder: {folder}")
+        study = _open_study(folder, request, create=resume is None)
+        try:
+            _settle_interrupted_trials(study, folder, request, run, echo)
+            while (ended := _ended(study)) < request.trials:
+                _run_new_trial(study, folder, request, run, ended, echo)
+                _check_not_all_failed(study, request)
+        except (KeyboardInterrupt, Interrupted):
+            raise Interrupted(f"interrupted; go on with: fmtk tune --resume {folder}") from None
+        result = study_result(study, folder, _name(request), request.metric)
+        write_report(result, folder, time.perf_counter() - started, echo)
+    return result
+
+
+def _check_new_study_dir(study_dir: Path | None, request: StudyRequest) -> None:
+    """``--study-dir`` must be new or empty; one holding a study says which, and how to go on."""
+    if study_dir is None or not Path(study_dir).is_dir() or not any(Path(study_dir).iterdir()):
+        return
+    if (Path(study_dir) / STUDY_JSON).is_file():
+        theirs = _resumed_request(study_dir, None).recipe
+        if Path(theirs).stem != Path(request.recipe).stem:
+            raise FmtkError(
+                f"--study-dir {study_dir} holds a study of {theirs}, not {request.recipe}; give a new folder"
+            )
+        raise FmtkError(
+            f"--study-dir {study_dir} holds a study already; go on with: fmtk tune --resume {study_dir}"
+        )
+    raise FmtkError(f"--study-dir {study_dir} is not empty; give a new folder (nothing was changed)")
+
+
+def checked_request(request: StudyRequest) -> StudyRequest:
+    """The request with its recipe, space, tries and metric checked (each mistake one line), and
+    the sampler's seed filled in from the recipe."""
+    if request.trials < 1:
+        raise FmtkError(f"--trials {request.trials}: a study needs at least 1 trial")
+    space_keys = set(request.space)
+    both = sorted(space_keys & set(request.settings))
+    if both:
+        raise FmtkError(f"{', '.join(both)}: both searched (--space) and set (--set); give each key once")
+    recipe = resolve_recipe(request.recipe, request.preset, request.settings)
+    space = search_space(recipe, request.space)
+    tries = [
+        trial_values(space, text) if isinstance(text, str) else _typed_try(space, text)
+        for text in request.tries
+    ]
+    metrics = ["loss", "accuracy", *recipe.make_metrics()]
+    name = request.metric.partition(":")[0]
+    if name not in metrics:
+        raise FmtkError(
+            f"--metric {request.metric}: not a validation metric of {recipe.name} ({', '.join(metrics)})"
+        )
+    recipe_name = recipe.source if Path(request.recipe).suffix == ".py" else request.recipe
+    spaces = {key: spec_text(distribution) for key, distribution in space.items()}
+    return replace(request, recipe=recipe_name, space=spaces, tries=tries, seed=recipe.seed)
+
+
+def _typed_try(space: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A try given from Python as a dict: checked like ``--try`` text."""
+    return trial_values(space, ",".join(f"{key}={value}" for key, value in values.items()))
+
+
+def _name(request: StudyRequest) -> str:
+    return Path(request.recipe).stem if request.recipe.endswith(".py") else request.recipe
+
+
+def _resumed_request(folder: Path, trials: int | None) -> StudyRequest:
+    """study.json of the study in ``folder``, with ``trials`` as its new number of trials."""
+    path = Path(folder) / STUDY_JSON
+    if not Path(folder).is_dir():
+        raise FmtkError(f"fmtk tune --resume {folder}: no such folder")
+    if not path.is_file():
+        raise FmtkError(f"fmtk tune --resume {folder}: not a study folder (it has no {STUDY_JSON})")
+    import json
+
+    try:
+        request = StudyRequest.from_json(json.loads(path.read_text()))
+    except (ValueError, TypeError, KeyError) as error:
+        raise FmtkError(f"{path}: not a study.json fmtk can read ({type(error).__name__}: {error})") from None
+    if trials is not None:
+        if trials < 1:
+            raise FmtkError(f"--trials {trials}: a study needs at least 1 trial")
+        request.trials = trials
+    return request
+
+
+def _open_study(folder: Path, request: StudyRequest, create: bool) -> optuna.Study:
+    storage = _storage(folder)
+    direction = "minimize" if _mode(request.metric) == "min" else "maximize"
+    if create:
+        study = optuna.create_study(
+            study_name=STUDY_NAME, storage=storage, direction=direction, pruner=request.pruning.pruner()
+        )
+        for values in request.tries:
+            study.enqueue_trial(values)
+        return study
+    return optuna.load_study(study_name=STUDY_NAME, storage=storage, pruner=request.pruning.pruner())
+
+
+def _storage(folder: Path) -> str:
+    return f"sqlite:///{(Path(folder) / STUDY_DB).resolve()}"
+
+
+def _mode(metric: str) -> str:
+    """min or max, as a recipe's watched metrics: ``loss`` min, others max, ``name:min`` says."""
+    name, _, mode = metric.partition(":")
+    return mode or ("min" if "loss" in name else "max")
+
+
+def _ended(study: optuna.Study) -> int:
+    return len(
+        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    )
+
+
+def trial_folder(folder: Path, number: int) -> Path:
+    return Path(folder) / f"trial_{number:03d}"
+
+
+def _run_new_trial(
+    study: optuna.Study, folder: Path, request: StudyRequest, run: RunRequest, ended: int, echo: Callable
+) -> None:
+    space = {key: parse_spec(key, spec) for key, spec in request.space.items()}
+    # Seeded per trial, so the draws depend on (seed, number, the trials before), never on how many
+    # times this process was started: a resumed study draws what an uninterrupted one would.
+    study.sampler = optuna.samplers.TPESampler(seed=request.seed + len(study.trials))
+    trial = study.ask(fixed_distributions=space)
+    echo(f"trial {trial.number} ({ended + 1} of {request.trials}): {_values_text(trial.params)}")
+    _train_trial(study, trial.number, folder, request, run, echo, resume=False)
+
+
+def _settle_interrupted_trials(
+    study: optuna.Study, folder: Path, request: StudyRequest, run: RunRequest, echo: Callable
+) -> None:
+    """A trial still RUNNING in study.db was killed with the study: it resumes from its last
+    checkpoint (or starts again if it wrote none) and ends as it would have."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if set(trial.params) != set(request.space):  # killed while its values were being drawn
+            study.tell(trial.number, state=TrialState.FAIL)
+            continue
+        echo(f"trial {trial.number}: resuming {_values_text(trial.params)}")
+        _train_trial(study, trial.number, folder, request, run, echo, resume=True)
+
+
+def _train_trial(
+    study: optuna.Study,
+    number: int,
+    folder: Path,
+    request: StudyRequest,
+    run: RunRequest,
+    echo: Callable,
+    resume: bool,
+) -> None:
+    """Train trial ``number`` as an ordinary run in its folder, then tell the study how it ended."""
+    trial = study.get_trials(deepcopy=False)[number]
+    run_dir = trial_folder(folder, number)
+    reporting = TrialReporting(
+        _storage(folder), STUDY_NAME, trial._trial_id, request.metric.partition(":")[0], request.pruning
+    )
+    trial_run = replace(run, handlers=(*run.handlers, reporting), overrides={}, preset=None, resume=None)
+    if resume and (run_dir / CONFIG).is_file():
+        trial_run = replace(trial_run, resume=run_dir)
+    else:
+        if run_dir.exists():  # a start killed before it wrote its config: nothing in it to keep
+            shutil.rmtree(run_dir)
+        overrides = {**request.settings, **trial.params}
+        trial_run = replace(
+            trial_run,
+            recipe_name=request.recipe,
+            preset=request.preset,
+            overrides=overrides,
+            run_dir=run_dir,
+            command=request.command,
+        )
+    try:
+        train(trial_run, echo)
+    except Interrupted:
+        raise
+    except FmtkError as error:
+        optuna.trial.Trial(study, trial._trial_id).set_user_attr("error", str(error))
+        study.tell(number, state=TrialState.FAIL)
+        echo(f"trial {number} failed: {error}")
+        return
+    results = read_results(run_dir) or {}
+    rows, _ = read_history(run_dir)
+    column = f"valid_{request.metric.partition(':')[0]}"
+    values = [row[column] for row in rows]
+    if results.get("stopped_by") == PRUNED:
+        study.tell(number, state=TrialState.PRUNED)
+        echo(f"trial {number}: pruned after epoch {results['epochs_run']}")
+        return
+    best = min(values) if _mode(request.metric) == "min" else max(values)
+    study.tell(number, best)
+    leader = study.best_trial
+    echo(f"trial {number}: best {column} {best:.4f} (best so far: trial {leader.number}, {leader.value:.4f})")
+
+
+def _check_not_all_failed(study: optuna.Study, request: StudyRequest) -> None:
+    trials = study.get_trials(deepcopy=False)
+    first = trials[: min(FAILURES_TO_STOP, request.trials)]
+    if len(first) == min(FAILURES_TO_STOP, request.trials) and all(t.state == TrialState.FAIL for t in first):
+        error = first[-1].user_attrs.get("error", "see above")
+        raise FmtkError(f"the first {len(first)} trials failed, the last with: {error}")
+
+
+def _values_text(values: Mapping[str, Any]) -> str:
+    return " ".join(
+        f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in values.items()
+    )
+
+
+@contextlib.contextmanager
+def _optuna_quiet() -> Iterator[None]:
+    """Optuna logs each trial at INFO; fmtk prints its own line per trial."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)

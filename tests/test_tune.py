@@ -1,0 +1,261 @@
+"""fmtk tune: a search on digits_mlp end to end, every trial an ordinary run; pruning; a study
+killed mid-trial (or right after a pruning decision) that resumes to exactly the uninterrupted
+study; the Python API; several processes per trial; and the bad inputs, each one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_line_error, fmtk, fmtk_process, tree_snapshot
+from PIL import Image
+
+# Trial 0 tries the recipe's own lr, trial 1 a hopeless one (pruned after epoch 1: the median
+# pruner compares it with trial 0's), trial 2 trial 0's values again (never worse, so it completes:
+# the mid-trial kill lands in it), trial 3 what TPE draws.
+SEARCH = [
+    "tune", "digits_mlp", "--trials", "4", "--space", "lr=loguniform:1e-4:0.5", "--space",
+    "batch_size=choice:32,64", "--try", "lr=0.05,batch_size=32", "--try", "lr=0.0001,batch_size=32",
+    "--try", "lr=0.05,batch_size=32", "--prune-after", "1", "--set", "epochs=3", "--device", "cpu",
+]  # fmt: skip
+
+KILLERS = """
+import os
+import signal
+
+from ignite.engine import Events
+
+
+def sigkill_mid_trial_2(run):  # in its second epoch
+    if run.run_dir.name == "trial_002":
+        at = len(run.data.train) + 3
+        run.trainer.on(Events.ITERATION_COMPLETED(once=at))(lambda _: os.kill(os.getpid(), signal.SIGKILL))
+
+
+def sigkill_after_pruning_trial_1(run):  # its checkpoints hold the decision; metrics.json not written
+    if run.run_dir.name == "trial_001":
+        run.trainer.on(Events.COMPLETED)(lambda _: os.kill(os.getpid(), signal.SIGKILL))
+
+
+def record_values(run):  # each process of a trial: the values it trains with
+    import ignite.distributed as idist
+
+    rank = idist.get_rank()
+    (run.run_dir / f"values_rank{rank}.json").write_text(
+        '{"lr": %r, "batch_size": %d}' % (run.recipe.lr, run.recipe.batch_size)
+    )
+"""
+
+
+def study_of(output_dir: Path) -> Path:
+    (study,) = (output_dir / "tune" / "digits_mlp").iterdir()
+    return study
+
+
+def epoch_rows(run_dir: Path) -> list[dict[str, str]]:
+    """metrics.csv without the timing column."""
+    with (run_dir / "metrics.csv").open() as file:
+        return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in csv.DictReader(file)]
+
+
+def trial_summary(study: Path) -> list[tuple]:
+    """Each trial's folder, values, ending and figures: what an interrupted study must reproduce."""
+    summary = []
+    for trial in sorted(study.glob("trial_*")):
+        config = json.loads((trial / "config.json").read_text())
+        metrics = json.loads((trial / "metrics.json").read_text())
+        ending = (metrics["epochs_run"], metrics["stopped_by"], metrics["checkpoints"], metrics["test"])
+        summary.append((trial.name, config["changed"], ending, epoch_rows(trial)))
+    return summary
+
+
+def test_a_search_runs_its_trials_as_runs_prunes_a_hopeless_one_and_names_the_best(tmp_path: Path) -> None:
+    result = fmtk(*SEARCH, "--output-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    study = study_of(tmp_path / "runs")
+    assert sorted(path.name for path in study.iterdir()) == [
+        "best.json", "study.db", "study.json", "trial_000", "trial_001", "trial_002", "trial_003", "tune.png",
+    ]  # fmt: skip
+    configs = [json.loads((study / f"trial_00{n}" / "config.json").read_text()) for n in range(4)]
+    assert [config["lr"] for config in configs] == [0.05, 0.0001, 0.05, configs[3]["lr"]]  # the tries first
+    assert 1e-4 <= configs[3]["lr"] <= 0.5 and configs[3]["batch_size"] in (32, 64)
+    assert all(config["epochs"] == 3 for config in configs)
+    for trial in study.glob("trial_*"):  # ordinary run folders
+        assert {"config.json", "metrics.csv", "metrics.json"} <= {path.name for path in trial.iterdir()}
+        assert list(trial.glob("best_checkpoint_*.pt")) and list(trial.glob("last_checkpoint_*.pt"))
+        assert list(trial.glob("events.out.tfevents.*"))
+
+    metrics = [json.loads((study / f"trial_00{n}" / "metrics.json").read_text()) for n in range(4)]
+    assert metrics[1]["stopped_by"] == "pruned" and metrics[1]["epochs_run"] == 1
+    assert metrics[0]["stopped_by"] is None and metrics[2]["stopped_by"] is None
+    assert epoch_rows(study / "trial_000") == epoch_rows(study / "trial_002")  # same values, same run
+    assert "pruned after epoch 1: valid accuracy" in result.stdout
+    table = fmtk("runs", str(study), cwd=tmp_path)
+    states = {line.split()[0]: line.split()[-1] for line in table.stdout.splitlines()[1:]}
+    assert states["trial_001"] == "pruned" and states["trial_000"] == "finished"
+    resumed = fmtk("run", "--resume", str(study / "trial_001"), cwd=tmp_path)  # the decision is kept
+    assert resumed.returncode == 0 and "is finished: pruned at epoch 1" in resumed.stdout
+
+    # best.json against the trials' own metrics.json
+    best = json.loads((study / "best.json").read_text())
+    complete = [n for n in range(4) if metrics[n]["stopped_by"] is None]
+    top = max(metrics[n]["best_valid_accuracy"] for n in complete)
+    winner = min(n for n in complete if metrics[n]["best_valid_accuracy"] == top)
+    assert (best["trial"], best["run"], best["value"]) == (winner, f"trial_00{winner}", top)
+    assert best["trials"] == {"complete": len(complete), "pruned": 4 - len(complete), "fail": 0}
+    assert best["test_accuracy"] == metrics[winner]["test"]["best"]["accuracy"]
+    assert isinstance(best["values"]["batch_size"], int)  # typed as the run's config.json holds it
+    assert f"best: trial {winner} (trial_00{winner}), valid_accuracy" in result.stdout
+    # The command best.json gives trains the best trial again, to the same figures.
+    again = fmtk(*best["command"].split()[1:], "--output-dir", str(tmp_path / "again"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    (rerun,) = (tmp_path / "again" / "digits_mlp").iterdir()
+    assert epoch_rows(rerun) == epoch_rows(study / best["run"])
+    with Image.open(study / "tune.png") as picture:
+        assert picture.size == (720, 440)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", ["sigkill_mid_trial_2", "sigkill_after_pruning_trial_1"])
+def test_a_killed_study_resumes_to_exactly_the_uninterrupted_one(tmp_path: Path, kill: str) -> None:
+    (tmp_path / "killers.py").write_text(KILLERS)
+    straight = fmtk(*SEARCH, "--study-dir", "straight", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    killed = fmtk_process(
+        *SEARCH, "--study-dir", "killed", "--handler", f"killers:{kill}", cwd=tmp_path, env=env
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    study = tmp_path / "killed"
+    interrupted = "trial_002" if kill == "sigkill_mid_trial_2" else "trial_001"
+    finished = sorted(path.name for path in study.glob("trial_*") if path.name < interrupted)
+    finished_before = {name: tree_snapshot(study / name) for name in finished}
+
+    resumed = fmtk("tune", "--resume", "killed", "--device", "cpu", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"trial {interrupted[-1]}: resuming" in resumed.stdout
+    assert "resuming after epoch 1 from last_checkpoint_1.pt" in resumed.stdout
+    assert trial_summary(study) == trial_summary(tmp_path / "straight")
+    for name, files in finished_before.items():  # finished trials are not run again
+        assert tree_snapshot(study / name) == files
+    best, best_straight = (
+        json.loads((folder / "best.json").read_text()) for folder in (study, tmp_path / "straight")
+    )
+    assert {k: v for k, v in best.items() if k != "command" and k != "train_seconds"} == {
+        k: v for k, v in best_straight.items() if k != "command" and k != "train_seconds"
+    }
+
+
+def test_from_python_a_study_returns_the_best_values_and_goes_on_with_more_trials(tmp_path: Path) -> None:
+    import fmtk as toolkit
+
+    space = {"lr": "loguniform:0.01:0.5", "hidden": [32, 64]}
+    result = toolkit.tune(
+        "digits_mlp", trials=2, space=space, epochs=2, output_dir=tmp_path, device="cpu", quiet=True
+    )
+    assert [row["trial"] for row in result.trials] == [0, 1]
+    assert all(row["state"] == "complete" and 0.01 <= row["lr"] <= 0.5 for row in result.trials)
+    assert set(result.best_values) == {"lr", "hidden"} and isinstance(result.best_values["hidden"], int)
+    assert result.best_value == max(row["value"] for row in result.trials)
+    assert result.best_run == result.study_dir / f"trial_{result.best_trial:03d}"
+    more = toolkit.tune(resume=result.study_dir, trials=3, device="cpu", quiet=True)
+    assert [row["trial"] for row in more.trials] == [0, 1, 2]
+    assert more.trials[:2] == result.trials  # not run again
+
+
+@pytest.mark.slow
+def test_each_process_of_a_trial_trains_with_the_values_drawn_once(tmp_path: Path) -> None:
+    (tmp_path / "killers.py").write_text(KILLERS)
+    search = ["tune", "digits_mlp", "--trials", "2", "--space", "lr=loguniform:0.01:0.5", "--space",
+              "batch_size=choice:32,64", "--set", "epochs=2", "--device", "cpu",
+              "--nproc-per-node", "2"]  # fmt: skip
+    result = fmtk(*search, "--study-dir", "study", "--handler", "killers:record_values", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for trial in sorted((tmp_path / "study").glob("trial_*")):
+        config = json.loads((trial / "config.json").read_text())
+        assert config["processes"] == 2
+        ranks = [json.loads((trial / f"values_rank{rank}.json").read_text()) for rank in (0, 1)]
+        assert ranks[0] == ranks[1] == {"lr": config["lr"], "batch_size": config["batch_size"]}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        (["--space", "lrr=uniform:0.1:1"], "unknown recipe key 'lrr'"),
+        (["--space", "lr=gauss:0.1:1"], "--space lr=gauss:0.1:1: expected loguniform:LOW:HIGH"),
+        (["--space", "lr=uniform:0.5:0.1"], "--space lr=uniform:0.5:0.1: LOW must be below HIGH"),
+        (["--space", "lr=uniform:0.1"], "expected uniform:LOW:HIGH with LOW and HIGH numbers"),
+        (["--space", "lr=loguniform:0:1"], "a log scale needs LOW > 0"),
+        (["--space", "lr=uniform:-1:1"], "lr=uniform:-1:1: recipe digits_mlp: lr must be > 0, got -1.0"),
+        (["--space", "batch_size=uniform:16:64"], "batch_size=uniform:16:64: batch_size=16.0: expected int"),
+        (["--space", "lr=uniform:0.1:1", "--trials", "0"], "--trials 0: a study needs at least 1 trial"),
+        (["--space", "lr=uniform:0.1:1", "--set", "lr=0.2"], "lr: both searched (--space) and set"),
+        (["--space", "lr=uniform:0.1:1", "--try", "lr=5"], "lr=5 is outside --space lr=uniform:0.1:1"),
+        (["--space", "lr=uniform:0.1:1", "--try", "epochs=5"], "expected KEY=VALUE pairs of the searched"),
+        (["--space", "lr=uniform:0.1:1", "--metric", "f1"], "--metric f1: not a validation metric"),
+        (["--space", "lr=uniform:0.1:1", "--space", "lr=uniform:0.2:1"], "--space: a key is given twice"),
+        ([], "give at least one --space KEY=SPEC"),
+    ],
+)  # fmt: skip
+def test_a_bad_search_is_one_line_before_any_trial(
+    tmp_path: Path, arguments: list[str], fragment: str
+) -> None:
+    trials = [] if "--trials" in arguments else ["--trials", "2"]
+    result = fmtk("tune", "digits_mlp", *trials, *arguments, "--device", "cpu", cwd=tmp_path)
+    assert_one_line_error(result, fragment)
+    assert list(tmp_path.iterdir()) == []  # no study folder
+
+
+def test_a_study_folder_is_new_or_resumed_never_mixed(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from fmtk.tuning.study import StudyRequest
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "study.json").write_text(
+        json.dumps(asdict(StudyRequest("mnist_dnn", {"lr": "uniform:0.1:1"}, 3)))
+    )
+    before = tree_snapshot(tmp_path)
+    search = ["tune", "digits_mlp", "--trials", "1", "--space", "lr=uniform:0.1:1", "--device", "cpu"]
+    assert_one_line_error(
+        fmtk(*search, "--study-dir", "other", cwd=tmp_path), "other holds a study of mnist_dnn"
+    )
+    assert_one_line_error(fmtk("tune", "--resume", "other", "--space", "lr=uniform:0.1:1", cwd=tmp_path),
+                          "--resume keeps the study's search; --space cannot change it")  # fmt: skip
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    assert_one_line_error(
+        fmtk("tune", "--resume", "run", cwd=tmp_path), "not a study folder (it has no study.json)"
+    )
+    assert_one_line_error(
+        fmtk("tune", "--resume", "nowhere", cwd=tmp_path), "--resume nowhere: no such folder"
+    )
+    assert_one_line_error(fmtk("tune", "--trials", "2", cwd=tmp_path), "give a RECIPE to start a study")
+    assert tree_snapshot(tmp_path) == {
+        **before,
+        "run/config.json": tree_snapshot(tmp_path)["run/config.json"],
+    }
+
+
+def test_without_optuna_the_command_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "optuna_integration", None)  # as if not installed
+    result = fmtk("tune", "digits_mlp", "--trials", "1", "--space", "lr=uniform:0.1:1", cwd=tmp_path)
+    assert_one_line_error(result, "fmtk tune needs optuna-integration: pip install optuna optuna-integration")
+
+
+def test_the_extra_is_declared_and_in_the_test_extra() -> None:
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).parents[1] / "setup.cfg")
+    for extra in ("tune", "test"):
+        names = [line.split(">=")[0] for line in setup["options.extras_require"][extra].split()]
+        assert {"optuna", "optuna-integration"} <= set(names), extra
