@@ -182,8 +182,7 @@ class Recipe:
         ``checkpoint_metric`` or ``plateau_metric``) names: ``"loss"`` → ``("loss", "min")``,
         ``"f1"`` → ``("f1", "max")``, ``"f1:min"`` → ``("f1", "min")`` (without a mode: min for a
         name containing "loss", else max). The one place such a value is read."""
-        name, _, mode = getattr(self, field).partition(":")
-        return name, mode or ("min" if "loss" in name else "max")
+        return watched_metric(getattr(self, field))
 
     def make_metrics(self) -> dict[str, Any]:
         """New instances of the recipe's own metrics (``metrics``), for one evaluator."""
@@ -200,6 +199,13 @@ class Recipe:
             "name": self.name, "description": self.description, "source": self.source, **values,
             "preset": self.preset, "changed": dict(self.changed),
         }  # fmt: skip
+
+
+def watched_metric(text: str) -> tuple[str, str]:
+    """A watched metric's name and mode: ``"loss"`` → ``("loss", "min")``, ``"f1"`` → ``("f1", "max")``,
+    ``"f1:min"`` → ``("f1", "min")`` (without a mode: min for a name containing "loss", else max)."""
+    name, _, mode = text.partition(":")
+    return name, mode or ("min" if "loss" in name else "max")
 
 
 def _value_problems(recipe: Recipe) -> Iterator[str]:

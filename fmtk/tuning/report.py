@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from fmtk.errors import FmtkError
 from fmtk.pictures import lines_picture
+from fmtk.recipe import watched_metric
 from fmtk.runfolder import CONFIG, read_config, read_results, write_json
 
 BEST_JSON, PICTURE = "best.json", "tune.png"
@@ -36,6 +37,7 @@ class StudyResult:
     best_run: Path
     trials: list[dict[str, Any]]
     importances: dict[str, float] | None  # Optuna's, once IMPORTANCE_TRIALS trials completed
+    minimise: bool = False  # the metric is better lower (a loss)
 
     def __repr__(self) -> str:
         values = ", ".join(f"{key}={value!r}" for key, value in self.best_values.items())
@@ -62,10 +64,9 @@ def study_result(study: optuna.Study, folder: Path, recipe: str, metric: str) ->
             warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning
             found = optuna.importance.get_param_importances(study)
         importances = {key: round(value, 4) for key, value in found.items()}
-    name = f"valid_{metric.partition(':')[0]}"
-    return StudyResult(
-        recipe, Path(folder), name, best.number, best.value, values, best_run, rows, importances
-    )
+    name, mode = watched_metric(metric)
+    return StudyResult(recipe, Path(folder), f"valid_{name}", best.number, best.value, values, best_run, rows,
+                       importances, mode == "min")  # fmt: skip
 
 
 def _config_value(config: dict[str, Any], key: str) -> Any:
@@ -117,12 +118,9 @@ def write_report(result: StudyResult, folder: Path, seconds: float, echo: Callab
     }
     write_json(folder / BEST_JSON, report)
     title = f"fmtk tune {result.recipe} ({folder.name}): {result.metric} per trial"
-    picture = search_picture(rows, result.metric, title)
+    picture = search_picture(rows, result.metric, title, result.minimise)
     picture.save(folder / PICTURE)
-    values = " ".join(
-        f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
-        for key, value in result.best_values.items()
-    )
+    values = values_text(result.best_values)
     test = best_row["test_accuracy"]
     ended = f"{counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed"
     echo(f"{len(rows)} trials: {ended}; {trained:.0f} s of training")
@@ -136,16 +134,21 @@ def write_report(result: StudyResult, folder: Path, seconds: float, echo: Callab
     echo(f"wrote {folder / BEST_JSON} and {folder / PICTURE}")
 
 
-def search_picture(rows: list[dict[str, Any]], metric: str, title: str) -> Any:
+def values_text(values: dict[str, Any]) -> str:
+    """``lr=0.0412 batch_size=64``: a trial's values in one line, floats to 3 digits."""
+    return " ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+                    for key, value in values.items())  # fmt: skip
+
+
+def search_picture(rows: list[dict[str, Any]], metric: str, title: str, minimise: bool) -> Any:
     """Each trial's valid metric (pruned ones at the epoch they stopped) and the best so far."""
-    lower_is_better = "loss" in metric
     completed = [(row["trial"], row["value"]) for row in rows if row["state"] == "complete"]
     pruned = [
         (row["trial"], row["value"]) for row in rows if row["state"] == "pruned" and row["value"] is not None
     ]
     best, leader = [], None
     for number, value in completed:
-        if leader is None or (value < leader if lower_is_better else value > leader):
+        if leader is None or (value < leader if minimise else value > leader):
             leader = value
         best.append((number, leader))
     lines = {"best so far": _columns(best), "trial": _columns(completed)}

@@ -17,6 +17,7 @@ from (recipe seed, trial number), so a study resumed after a kill draws what it 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import time
@@ -30,11 +31,12 @@ from optuna.trial import TrialState
 
 from fmtk.errors import FmtkError, Interrupted
 from fmtk.launcher import RunRequest, train
+from fmtk.recipe import WATCH, watched_metric
 from fmtk.recipe_loading import data_root, resolve_recipe
 from fmtk.runfolder import CONFIG, read_history, read_results, run_folder, write_json
 from fmtk.runs import PRUNED
 from fmtk.tuning.pruning import Pruning, TrialReporting
-from fmtk.tuning.report import StudyResult, study_result, write_report
+from fmtk.tuning.report import StudyResult, study_result, values_text, write_report
 from fmtk.tuning.space import parse_spec, search_space, spec_text, trial_values
 
 STUDY_JSON, STUDY_DB = "study.json", "study.db"
@@ -144,10 +146,11 @@ def checked_request(request: StudyRequest) -> StudyRequest:
         for text in request.tries
     ]
     metrics = ["loss", "accuracy", *recipe.make_metrics()]
-    name = request.metric.partition(":")[0]
-    if name not in metrics:
+    name = watched_metric(request.metric)[0]
+    if name not in metrics or not WATCH.fullmatch(request.metric):
         raise FmtkError(
-            f"--metric {request.metric}: not a validation metric of {recipe.name} ({', '.join(metrics)})"
+            f"--metric {request.metric}: not a validation metric of {recipe.name} ({', '.join(metrics)}), "
+            "optionally with :min or :max"
         )
     recipe_name = recipe.source if Path(request.recipe).suffix == ".py" else request.recipe
     spaces = {key: spec_text(distribution) for key, distribution in space.items()}
@@ -170,8 +173,6 @@ def _resumed_request(folder: Path, trials: int | None) -> StudyRequest:
         raise FmtkError(f"fmtk tune --resume {folder}: no such folder")
     if not path.is_file():
         raise FmtkError(f"fmtk tune --resume {folder}: not a study folder (it has no {STUDY_JSON})")
-    import json
-
     try:
         request = StudyRequest.from_json(json.loads(path.read_text()))
     except (ValueError, TypeError, KeyError) as error:
@@ -185,7 +186,7 @@ def _resumed_request(folder: Path, trials: int | None) -> StudyRequest:
 
 def _open_study(folder: Path, request: StudyRequest, create: bool) -> optuna.Study:
     storage = _storage(folder)
-    direction = "minimize" if _mode(request.metric) == "min" else "maximize"
+    direction = "minimize" if watched_metric(request.metric)[1] == "min" else "maximize"
     if create:
         study = optuna.create_study(
             study_name=STUDY_NAME, storage=storage, direction=direction, pruner=request.pruning.pruner()
@@ -200,16 +201,8 @@ def _storage(folder: Path) -> str:
     return f"sqlite:///{(Path(folder) / STUDY_DB).resolve()}"
 
 
-def _mode(metric: str) -> str:
-    """min or max, as a recipe's watched metrics: ``loss`` min, others max, ``name:min`` says."""
-    name, _, mode = metric.partition(":")
-    return mode or ("min" if "loss" in name else "max")
-
-
 def _ended(study: optuna.Study) -> int:
-    return len(
-        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
-    )
+    return len(study.get_trials(deepcopy=False, states=ENDED))
 
 
 def trial_folder(folder: Path, number: int) -> Path:
@@ -224,7 +217,7 @@ def _run_new_trial(
     # times this process was started: a resumed study draws what an uninterrupted one would.
     study.sampler = optuna.samplers.TPESampler(seed=request.seed + len(study.trials))
     trial = study.ask(fixed_distributions=space)
-    echo(f"trial {trial.number} ({ended + 1} of {request.trials}): {_values_text(trial.params)}")
+    echo(f"trial {trial.number} ({ended + 1} of {request.trials}): {values_text(trial.params)}")
     _train_trial(study, trial.number, folder, request, run, echo, resume=False)
 
 
@@ -237,7 +230,7 @@ def _settle_interrupted_trials(
         if set(trial.params) != set(request.space):  # killed while its values were being drawn
             study.tell(trial.number, state=TrialState.FAIL)
             continue
-        echo(f"trial {trial.number}: resuming {_values_text(trial.params)}")
+        echo(f"trial {trial.number}: resuming {values_text(trial.params)}")
         _train_trial(study, trial.number, folder, request, run, echo, resume=True)
 
 
@@ -253,8 +246,9 @@ def _train_trial(
     """Train trial ``number`` as an ordinary run in its folder, then tell the study how it ended."""
     trial = study.get_trials(deepcopy=False)[number]
     run_dir = trial_folder(folder, number)
+    # A trial's storage id (Optuna's Trial(study, id) needs it) is only on its private _trial_id.
     reporting = TrialReporting(
-        _storage(folder), STUDY_NAME, trial._trial_id, request.metric.partition(":")[0], request.pruning
+        _storage(folder), STUDY_NAME, trial._trial_id, watched_metric(request.metric)[0], request.pruning
     )
     trial_run = replace(run, handlers=(*run.handlers, reporting), overrides={}, preset=None, resume=None)
     if resume and (run_dir / CONFIG).is_file():
@@ -282,13 +276,13 @@ def _train_trial(
         return
     results = read_results(run_dir) or {}
     rows, _ = read_history(run_dir)
-    column = f"valid_{request.metric.partition(':')[0]}"
+    column = f"valid_{watched_metric(request.metric)[0]}"
     values = [row[column] for row in rows]
     if results.get("stopped_by") == PRUNED:
         study.tell(number, state=TrialState.PRUNED)
         echo(f"trial {number}: pruned after epoch {results['epochs_run']}")
         return
-    best = min(values) if _mode(request.metric) == "min" else max(values)
+    best = min(values) if watched_metric(request.metric)[1] == "min" else max(values)
     study.tell(number, best)
     leader = study.best_trial
     echo(f"trial {number}: best {column} {best:.4f} (best so far: trial {leader.number}, {leader.value:.4f})")
@@ -300,13 +294,6 @@ def _check_not_all_failed(study: optuna.Study, request: StudyRequest) -> None:
     if len(first) == min(FAILURES_TO_STOP, request.trials) and all(t.state == TrialState.FAIL for t in first):
         error = first[-1].user_attrs.get("error", "see above")
         raise FmtkError(f"the first {len(first)} trials failed, the last with: {error}")
-
-
-def _values_text(values: Mapping[str, Any]) -> str:
-    return " ".join(
-        f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
-        for key, value in values.items()
-    )
 
 
 @contextlib.contextmanager
