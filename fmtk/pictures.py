@@ -149,10 +149,12 @@ def curve_picture(
     x_label: str,
     y_label: str,
     y_limit: float | None = None,
+    mark_label: str | None = None,
 ) -> Image.Image:
     """A line of ``ys`` against ``xs`` on a log-10 x axis (as an LR finder's loss against the LR),
-    with a vertical line at ``mark`` when given, and decade ticks; values above ``y_limit`` are
-    drawn at the top edge (a diverging tail would flatten the rest)."""
+    with a vertical line at ``mark`` when given, labelled ``mark_label`` (default "suggested
+    <mark>"), and decade ticks; values above ``y_limit`` are drawn at the top edge (a diverging tail
+    would flatten the rest)."""
     width, height, left, right, top, bottom = 640, 400, 60, 20, HEADING_HEIGHT + 10, 40
     picture = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(picture)
@@ -181,7 +183,7 @@ def curve_picture(
     if mark is not None:
         x, _ = at(float(np.log10(mark)), y_low)
         draw.line([(x, top), (x, height - bottom)], fill=ERROR_RED, width=2)
-        label = f"suggested {mark:.2g}"
+        label = mark_label if mark_label is not None else f"suggested {mark:.2g}"
         shift = (
             4
             if x + 8 + draw.textlength(label, font=font) < width - right
@@ -203,10 +205,12 @@ def lines_picture(
     y_label: str,
     reference: tuple[float, str] | None = None,
     dots: Collection[str] = (),
+    legend_at_top: bool = False,
 ) -> Image.Image:
     """Named lines ``{name: (xs, ys)}`` on linear axes, a dot at each point, a legend, and a grey
     horizontal line at ``reference`` ``(y, label)`` when given (e.g. accuracy against time); the
-    names in ``dots`` are drawn as dots only, unjoined."""
+    names in ``dots`` are drawn as dots only, unjoined. The legend sits at the bottom right, where
+    rising curves leave room, or at the top right (``legend_at_top``, for falling ones)."""
     width, height, left, right, top, bottom = 720, 440, 60, 20, HEADING_HEIGHT + 10, 40
     picture = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(picture)
@@ -257,7 +261,8 @@ def lines_picture(
             draw.line(points, fill=colour, width=2)
         for x, y in points:
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-    _draw_legend(draw, list(lines), right=width - right - 8, bottom=height - bottom - 6, font=font, dots=dots)
+    legend_bottom = top + 12 + len(lines) * (LINE_HEIGHT + 2) if legend_at_top else height - bottom - 6
+    _draw_legend(draw, list(lines), right=width - right - 8, bottom=legend_bottom, font=font, dots=dots)
     draw.text((width // 2 - 40, height - 18), x_label, fill="black", font=font)
     draw.text((width - right - draw.textlength(y_label, font=font), 8), y_label, fill="black", font=font)
     return picture

@@ -146,21 +146,17 @@ def search_picture(rows: list[dict[str, Any]], metric: str, title: str, minimise
     pruned = [
         (row["trial"], row["value"]) for row in rows if row["state"] == "pruned" and row["value"] is not None
     ]
-    best, leader = [], None
-    for number, value in completed:
-        if leader is None or (value < leader if minimise else value > leader):
+    best, leader = [], None  # from the first completed trial to the last trial of any kind
+    for row in rows:
+        value = row["value"] if row["state"] == "complete" else None
+        if value is not None and (leader is None or (value < leader if minimise else value > leader)):
             leader = value
-        best.append((number, leader))
-    lines = {"best so far": _columns(best), "trial": _columns(completed)}
-    lines["pruned (when stopped)"] = _columns(pruned)
+        if leader is not None:
+            best.append((row["trial"], leader))
+    trials, pruned_trials, best_so_far = "completed trial", "pruned (when it stopped)", "best so far"
+    lines = {trials: _columns(completed), pruned_trials: _columns(pruned), best_so_far: _columns(best)}
     lines = {name: line for name, line in lines.items() if line[0]}
-    return lines_picture(
-        lines,
-        title,
-        "trial",
-        metric,
-        dots=("trial", "pruned (when stopped)"),
-    )
+    return lines_picture(lines, title, "trial", metric, dots=(trials, pruned_trials), legend_at_top=minimise)
 
 
 def _columns(points: list[tuple[int, float]]) -> tuple[list[int], list[float]]:
