@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import fmtk
+from fmtk.tuning.report import write_report
 
 SPACE = {
     "lr": "loguniform:0.01:1",
@@ -37,6 +38,8 @@ def study(out: Path, data_dir: Path, trials: int, prune: bool) -> dict:
     result = fmtk.tune("mnist_dnn", trials=trials, space=SPACE, tries=[OWN], prune=prune, data_dir=data_dir,
                        study_dir=out, device="cpu", quiet=True)  # fmt: skip
     wall = time.perf_counter() - started
+    print(f"{'pruned' if prune else 'not pruned'}: what fmtk tune prints at the end")
+    write_report(result, out, wall, print)  # (best.json and tune.png again, the same)
     rows = result.trials
     saved = 0.0
     for row in rows:
