@@ -125,7 +125,8 @@ def test_a_metric_with_many_values_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_hparams_show_the_runs_values_against_its_figures(tmp_path: Path) -> None:
-    result = toolkit.fit("digits_mlp", device="cpu", output_dir=tmp_path, quiet=True, epochs=1, lr=0.02)
+    result = toolkit.fit("digits_mlp", device="cpu", output_dir=tmp_path, quiet=True, epochs=1, lr=0.02,
+                         optimizer_args={"eps": 1e-7})  # fmt: skip
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     events = EventAccumulator(str(result.run_dir)).Reload()
@@ -133,6 +134,7 @@ def test_hparams_show_the_runs_values_against_its_figures(tmp_path: Path) -> Non
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     values = session.session_start_info.hparams
     assert values["lr"].number_value == pytest.approx(0.02) and values["recipe"].string_value == "digits_mlp"
+    assert values["optimizer_args.eps"].number_value == pytest.approx(1e-7)  # comparable as a number
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     shown = {info.name.tag for info in experiment.metric_infos}
     assert {"valid/accuracy", "test/best_accuracy"} <= shown <= set(events.Tags()["scalars"])

@@ -101,6 +101,11 @@ HPARAM_METRICS = ("valid/accuracy", "valid/loss", "train/loss", "test/best_accur
 
 
 def hparam_values(recipe: Recipe) -> dict[str, Any]:
-    """The recipe's values as TensorBoard hyperparameters: every field --set may change, and options."""
+    """The recipe's values as TensorBoard hyperparameters: every field --set may change, and options;
+    a dict field's arguments also one by one (``optimizer_args.momentum``), so that the HParams tab
+    compares them as numbers (fmtk tune searches them so)."""
     values = {"recipe": recipe.name, **{name: getattr(recipe, name) for name in overridable_fields()}}
+    for name, value in list(values.items()):
+        if isinstance(value, dict):
+            values.update({f"{name}.{key}": argument for key, argument in value.items()})
     return {**values, **recipe.options}
