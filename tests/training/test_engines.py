@@ -32,6 +32,7 @@ def test_cpu_defaults_are_32_bit_in_the_default_layout() -> None:
         SpeedOptions("fp8").resolve(CPU, conv)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_defaults_are_bf16_and_channels_last_for_conv_nets() -> None:
     device = resolve_device("cuda")

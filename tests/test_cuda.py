@@ -1,0 +1,177 @@
+"""fmtk on a CUDA GPU: each precision and memory format, checkpoints written on CUDA read on the CPU,
+SIGKILL and resume, --compile, export of a CUDA-trained run, and 2 NCCL processes with 2 GPUs.
+
+Every test here is marked ``cuda`` and skipped without CUDA; ``benchmarks/gpu.py`` runs them
+(``pytest -m cuda``) when a GPU is lent. They train small runs on small fake data in the real
+formats; on one GPU they are expected to take about a minute and a half, CUDA's start-up and the
+first torch.compile included (not yet measured: no GPU has run them).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import fmtk, fmtk_process, make_mnist_like
+from torch import nn
+
+import fmtk as toolkit
+from fmtk.training.engines import SpeedOptions
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+CUDA = "cuda"
+# fmnist_cnn's own model (3 conv blocks with BatchNorm and dropout) on 1,000 training images of batch
+# 50: 20 steps an epoch. Bars in row bands on noise: learnt in an epoch or two at any precision.
+CONV = {"epochs": 2, "batch_size": 50}
+
+
+@pytest.fixture(scope="module")
+def fashion(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root with a small FashionMNIST (1,200 training images, 300 test) in the IDX format."""
+    return make_mnist_like(tmp_path_factory.mktemp("cuda_data"), "FashionMNIST", train=1200, test=300)
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels-last", "default-layout"])
+@pytest.mark.parametrize("precision", ["32", "bf16", "16-mixed"])
+def test_a_conv_net_trains_on_cuda_in_each_precision_and_layout(
+    fashion: Path, tmp_path: Path, precision: str, channels_last: bool
+) -> None:
+    run_dir = tmp_path / "run"
+    speed = SpeedOptions(precision, channels_last)
+    result = toolkit.fit("fmnist_cnn", device=CUDA, data_dir=fashion, run_dir=run_dir, quiet=True,
+                         speed=speed, **CONV)  # fmt: skip
+    metrics = read_metrics(run_dir)
+    assert metrics["device"] == CUDA and metrics["epochs_run"] == 2
+    assert (metrics["precision"], metrics["channels_last"]) == (precision, channels_last)
+    for row in result.history:
+        assert math.isfinite(row["train_loss"]) and math.isfinite(row["valid_loss"]), row
+    assert result.history[-1]["valid_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    # The layout the model trained in (the last conv: its input has many channels, unlike the first's).
+    last_conv = [module for module in result.model.modules() if isinstance(module, nn.Conv2d)][-1]
+    assert last_conv.weight.device.type == CUDA
+    assert last_conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+    checkpoint = torch.load(run_dir / "last_checkpoint_2.pt", map_location="cpu", weights_only=True)
+    assert ("scaler" in checkpoint) == (precision == "16-mixed")  # fp16's loss scale, for a resume
+    if precision == "16-mixed":
+        assert checkpoint["scaler"]["scale"] > 0
+
+
+@pytest.fixture(scope="module")
+def conv_run(fashion: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fmnist_cnn trained 2 epochs on CUDA in 32-bit, channels-last: its checkpoints hold CUDA tensors
+    in the channels-last layout."""
+    run_dir = tmp_path_factory.mktemp("cuda_runs") / "conv"
+    toolkit.fit("fmnist_cnn", device=CUDA, data_dir=fashion, run_dir=run_dir, quiet=True,
+                speed=SpeedOptions("32", channels_last=True), **CONV)  # fmt: skip
+    return run_dir
+
+
+def test_checkpoints_written_on_cuda_evaluate_on_the_cpu_as_on_cuda(
+    conv_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "32" convolutions on a GPU run in TF32 by default (cuDNN): here in full float32 on both
+    # devices, so that only the order of float additions differs.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    on_cuda = toolkit.evaluate(conv_run, device=CUDA)
+    on_cpu = toolkit.evaluate(conv_run, device="cpu")
+    assert on_cpu.accuracy == on_cuda.accuracy > 0.5
+    assert on_cpu.loss == pytest.approx(on_cuda.loss, rel=1e-4, abs=1e-6)
+    assert (on_cpu.confusion == on_cuda.confusion).all()
+
+
+@pytest.mark.parametrize("format", ["torchscript", "onnx"])
+def test_a_cuda_trained_run_exports_and_passes_its_parity_check(conv_run: Path, format: str) -> None:
+    if format == "onnx":
+        pytest.importorskip("onnxruntime")
+    done = toolkit.export(conv_run, format=format)  # on the CPU; it raises when the parity check fails
+    assert done.path.is_file()
+    assert done.report["top1_agreement"] == 1.0 and done.report["max_abs_difference"] <= 1e-4
+
+
+# digits_mlp (no data needed) in 32-bit, killed in epoch 3 of 3. What the test assumes: fmtk sets
+# no torch.use_deterministic_algorithms and no CUBLAS_WORKSPACE_CONFIG (it only turns
+# cudnn.benchmark on, which picks convolution kernels: an MLP has none), and its float32 matmuls
+# stay full FP32 (torch's default). A 2-layer MLP with cross-entropy and fused Adam runs cuBLAS
+# GEMMs, element-wise kernels and single-stream reductions, which give the same bits for the same
+# shapes from the same state on one GPU; the shuffles come from a seeded CUDA generator per epoch,
+# and the checkpoint holds the CUDA RNG states. If the rows differ in the last digits, that
+# assumption is what broke (not the checkpoint's contents).
+MLP = ["digits_mlp", "--epochs", "3", "--device", CUDA, "--precision", "32"]
+KILLER = """
+import os
+import signal
+
+from ignite.engine import Events
+
+
+def sigkill_mid_epoch_3(run):
+    @run.trainer.on(Events.ITERATION_COMPLETED)
+    def kill(engine):
+        if engine.state.iteration == 2 * engine.state.epoch_length + 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def epoch_rows(run_dir: Path) -> list[dict[str, str]]:
+    """metrics.csv without the timing column."""
+    with (run_dir / "metrics.csv").open() as file:
+        return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in csv.DictReader(file)]
+
+
+def results(run_dir: Path) -> dict:
+    metrics = read_metrics(run_dir)
+    return {key: metrics[key] for key in ("best_epoch", "epochs_run", "stopped_early", "checkpoints", "test")}
+
+
+def test_sigkill_mid_epoch_then_resume_on_cuda_ends_like_an_uninterrupted_run(tmp_path: Path) -> None:
+    (tmp_path / "killers.py").write_text(KILLER)
+    straight = fmtk("run", *MLP, "--run-dir", "straight", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+
+    # SIGKILL needs a process of its own.
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    killed = fmtk_process("run", *MLP, "--run-dir", "killed", "--handler", "killers:sigkill_mid_epoch_3",
+                          cwd=tmp_path, env=env, timeout=300)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    run_dir = tmp_path / "killed"
+    assert sorted(path.name for path in run_dir.glob("last_*.pt")) == ["last_checkpoint_2.pt"]
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = fmtk("run", "--resume", "killed", "--device", CUDA, "--precision", "32", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch 2" in resumed.stdout
+    assert epoch_rows(run_dir) == epoch_rows(tmp_path / "straight")
+    assert results(run_dir) == results(tmp_path / "straight")
+    assert read_metrics(run_dir)["device"] == CUDA
+
+
+def test_compile_trains_an_epoch_on_cuda(tmp_path: Path) -> None:
+    done = fmtk("run", "digits_mlp", "--epochs", "1", "--device", CUDA, "--compile", "--run-dir", "run",
+                cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["compile"] is True and metrics["epochs_run"] == 1
+    assert metrics["test"]["best"]["accuracy"] > 0.5  # digits: ~90% after one epoch
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_two_nccl_processes_train_on_two_gpus(mnist_root: Path, tmp_path: Path) -> None:
+    done = fmtk_process("run", "mnist_dnn", "--epochs", "2", "--batch-size", "20", "--device", CUDA,
+                        "--nproc-per-node", "2", "--backend", "nccl", "--data-dir", str(mnist_root),
+                        "--run-dir", str(tmp_path / "run"), cwd=tmp_path, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("epoch   2/2") == 1  # only rank 0 prints
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["processes"] == 2 and metrics["epochs_run"] == 2
+    assert metrics["device"] == "cuda:0"  # rank 0's own GPU
+    assert metrics["test"]["best"]["accuracy"] > 0.5  # bars in row bands: learnt in 2 epochs

@@ -1,0 +1,177 @@
+"""benchmarks/gpu.py on a machine without CUDA: the one line it prints, and its parts run on the CPU
+at tiny sizes (a row's timing and accuracy, the subprocess and its time limit, the pytest counts,
+the budget, the table)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_benchmarks import BENCHMARKS, load_benchmark
+
+gpu = load_benchmark("gpu")
+
+# catdog_root: 32 training photos, 8 valid; at 32 px and batch 4 a VGG16-BN step is cheap on the CPU.
+TINY_CATDOG = {"image_size": "32", "batch_size": "4", "data_cache": "file"}
+
+
+def test_without_cuda_it_prints_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)  # the default --out is runs/gpu.json here
+    assert gpu.main([]) == 0
+    assert gpu.main(["--out", "gpu.json", "--data-dir", "data", "--steps", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(
+        line.startswith("CUDA is not available: nothing measured") for line in lines
+    )
+    assert "after 150 steps" in lines[0] and "after 25 steps" in lines[1]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_the_script_without_cuda_exits_0_with_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu.py"), "--out", "gpu.json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("\n") == 1 and done.stdout.startswith("CUDA is not available")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_row_times_the_steps_after_warm_up_and_validates(
+    catdog_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """catdog_vgg itself, at 32 px on the CPU: 1 warm-up and 2 timed steps of batch 4, then the
+    epoch's validation."""
+    monkeypatch.setenv("FMTK_CACHE", str(tmp_path / "cache"))
+    row = gpu.measure(catdog_root, "32", True, steps=2, warmup=1, device="cpu", overrides=TINY_CATDOG)
+    assert row["speed"] == {"precision": "32", "channels_last": True, "compile": False}
+    assert (row["steps"], row["warmup_steps"], row["trained_steps"], row["image_size"]) == (2, 1, 3, 32)
+    assert row["images"] == 8 and row["images_per_s"] == pytest.approx(8 / row["seconds"])
+    assert 0 < row["seconds"] < row["wall_seconds"] and row["warmup_seconds"] > 0
+    assert 0 <= row["valid_accuracy"] <= 1 and row["valid_loss"] > 0
+    assert "peak_memory_gib" not in row  # CUDA only
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2  # training_set and test_set, decoded once
+    json.dumps(row)
+
+
+def test_a_row_in_a_subprocess_and_the_time_limit() -> None:
+    spec = {"recipe": "digits_mlp", "device": "cpu", "precision": "32", "channels_last": False,
+            "steps": 2, "warmup": 1}  # fmt: skip
+    row = gpu.measure_in_subprocess(spec, None, timeout=300)
+    assert "error" not in row, row
+    assert row["recipe"] == "digits_mlp" and row["steps"] == 2 and row["images_per_s"] > 0
+    sleeper = "import time; print('started', flush=True); time.sleep(60)"
+    code, out, _, seconds = gpu.run_limited([sys.executable, "-c", sleeper], 1)
+    assert code is None and out == "started\n" and seconds < 30
+    assert gpu.run_limited([sys.executable, "-c", "print(6 * 7)"], 30)[:2] == (0, "42\n")
+
+
+def test_junit_counts(tmp_path: Path) -> None:
+    report = tmp_path / "junit.xml"
+    report.write_text(
+        '<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="0" '
+        'failures="1" skipped="1" tests="3"><testcase classname="tests.test_cli" name="test_a"/>'
+        '<testcase classname="tests.training.test_engines" name="test_b"><failure message="x"/></testcase>'
+        '<testcase classname="tests.test_cli" name="test_c"><skipped message="y"/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    assert gpu.junit_counts(report) == {
+        "passed": 1, "failed": 1, "errors": 0, "skipped": 1,
+        "failed_tests": ["tests.training.test_engines::test_b"],
+    }  # fmt: skip
+
+
+def test_with_no_budget_everything_is_skipped_and_written(
+    catdog_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole collection on the CPU with a budget that fits nothing: each measurement recorded as
+    skipped with why, the report written, the table says so."""
+    out = tmp_path / "runs" / "gpu.json"
+    args = gpu.argparse.Namespace(
+        data_dir=catdog_root, out=out, steps=130, warmup=20, budget_seconds=0, image_size=224
+    )
+    report = gpu.collect(args, device="cpu")
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    skipped = {entry["what"]: entry["reason"] for entry in report["skipped"]}
+    assert list(skipped) == [
+        "CUDA tests",
+        *[gpu.row_name(p, True) for p in gpu.PRECISIONS],
+        "bf16, channels-last, compiled",
+        *[gpu.row_name(p, False) for p in gpu.PRECISIONS],
+        "DDP, 2 processes, NCCL",
+    ]
+    assert skipped["CUDA tests"] == "budget: needs ~45 s, 0 s left"
+    assert skipped["DDP, 2 processes, NCCL"] == "0 GPUs: needs 2"
+    assert report["tests"] is None and report["speed"] == [] and report["settings"]["warmup_steps"] == 20
+    lines = gpu.table(report)
+    assert lines[1].startswith("| measurement |") and len(lines) == 3 + len(skipped)
+    assert "[   0 s] done" in capsys.readouterr().err
+
+    monkeypatch.delenv("FMTK_DATA", raising=False)  # no photos at all: the rows say so, not the budget
+    args.data_dir = None
+    skipped = {entry["what"]: entry["reason"] for entry in gpu.collect(args, device="cpu")["skipped"]}
+    assert skipped["bf16, channels-last, compiled"] == "no photos: give --data-dir or set $FMTK_DATA"
+
+
+def test_table_and_accuracy_against_32_bit() -> None:
+    budget = gpu.Budget(100, reserve=10)
+    assert budget.allows("a", 80) and not budget.allows("b", 95)
+    assert budget.skipped == [{"what": "b", "reason": "budget: needs ~95 s, 90 s left"}]
+
+    def row(precision, channels_last, accuracy, compile=False, **more):
+        return {"precision": precision, "channels_last": channels_last, "compile": compile,
+                "warmup_steps": 20, "steps": 130, "trained_steps": 150, "valid_accuracy": accuracy,
+                "images_per_s": 1234.5, "ms_per_step": 12.96, "peak_memory_gib": 5.25,
+                "warmup_seconds": 61.2, **more}  # fmt: skip
+
+    rows = [
+        row("32", True, 0.70),
+        row("bf16", True, 0.7125),
+        row("16-mixed", True, 0.64),
+        row("bf16", True, 0.69, compile=True),
+        row("32", False, 0.68),
+        {"precision": "bf16", "channels_last": False, "compile": False, "steps": 130, "warmup": 20,
+         "warmup_steps": 20, "trained_steps": 150, "error": "OutOfMemoryError: CUDA out of memory"},
+    ]  # fmt: skip
+    compared = gpu.accuracy_comparison(rows)
+    assert [
+        (c["row"], c["reference"], round(c["difference"], 4), c["within_tolerance"]) for c in compared
+    ] == [
+        ("bf16, channels-last", "32, channels-last", 0.0125, True),
+        ("16-mixed, channels-last", "32, channels-last", -0.06, False),
+        ("bf16, channels-last, compiled", "32, channels-last", -0.01, True),
+    ]
+    report = {
+        "environment": {"device": "cuda", "gpu": "NVIDIA H200", "gpus": 1, "memory_gib": 139.8,
+                        "capability": "9.0", "torch": "2.9.0", "cuda": "12.8", "cudnn": 91002},
+        "settings": {"image_size": 224, "batch_size": 16, "budget_seconds": 420},
+        "tests": {"command": "pytest -k cuda", "passed": 1, "failed": 0, "errors": 0, "skipped": 1,
+                  "seconds": 14.2},
+        "speed": rows, "accuracy": compared,
+        "ddp": None, "seconds": 300.4,
+        "skipped": [{"what": "DDP, 2 processes, NCCL", "reason": "1 GPU: needs 2"}],
+    }  # fmt: skip
+    lines = gpu.table(report)
+    assert lines[0].startswith("NVIDIA H200 ×1, 139.8 GiB, sm 9.0; torch 2.9.0, CUDA 12.8, cuDNN 91002;")
+    assert lines[0].endswith("300 s of a 420-s budget")
+    assert (
+        lines[3] == "| CUDA tests (`pytest -k cuda`) | 1 passed, 0 failed, 0 errors, 1 skipped (14 s) | | | |"
+    )
+    assert lines[4] == (
+        "| 32, channels-last | 1,234 images/s, 13.0 ms/step, 5.2 GiB peak | 20 + 130 | 70.00% |  |"
+    )
+    assert lines[5].endswith("| 71.25% | +1.25 points |")
+    assert lines[6].endswith("| 64.00% | -6.00 points (more than 5 below) |")
+    assert "warm-up 61 s" in lines[7] and lines[7].startswith("| bf16, channels-last, compiled |")
+    assert (
+        lines[9] == "| bf16, default layout | failed: OutOfMemoryError: CUDA out of memory | 20 + 130 | | |"
+    )
+    assert lines[10] == "| DDP, 2 processes, NCCL | skipped: 1 GPU: needs 2 | | | |"
