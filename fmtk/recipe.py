@@ -95,6 +95,12 @@ class Recipe:
     augment_crop: float = 0.0
     augment_shift: int = 0
     augment_erase: float = 0.0
+    # mixup and CutMix of the training batches (fmtk.data.mixing), each sample with its own λ ~ Beta(α, α)
+    # and partner; an α of 0 turns one off. With both on, a sample is CutMix with probability
+    # mix_switch_prob, else mixup. The targets become class probabilities: the default loss only.
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_switch_prob: float = 0.5
     seed: int = 42
     log_every: int = 50  # iterations between per-iteration TensorBoard points (each one is a host sync)
     # Gradient clipping: the total norm of each step's gradients is scaled down to at most this.
@@ -241,6 +247,9 @@ def _value_problems(recipe: Recipe) -> Iterator[str]:
         (0 <= r.augment_crop < 1, f"augment_crop must be in [0, 1) (0: off), got {r.augment_crop}"),
         (r.augment_shift >= 0, f"augment_shift must be >= 0 pixels, got {r.augment_shift}"),
         (0 <= r.augment_erase < 1, f"augment_erase must be in [0, 1), got {r.augment_erase}"),
+        (r.mixup_alpha >= 0, f"mixup_alpha must be >= 0 (0: off), got {r.mixup_alpha}"),
+        (r.cutmix_alpha >= 0, f"cutmix_alpha must be >= 0 (0: off), got {r.cutmix_alpha}"),
+        (0 <= r.mix_switch_prob <= 1, f"mix_switch_prob must be in [0, 1], got {r.mix_switch_prob}"),
         (r.ema_decay is None or 0 < r.ema_decay < 1,
          f"ema_decay must be in (0, 1) or none, got {r.ema_decay}"),
         (0 <= r.freeze_epochs < r.epochs,
@@ -253,6 +262,10 @@ def _value_problems(recipe: Recipe) -> Iterator[str]:
         *[(getattr(r, name) in (0, "none") or r.loss is cross_entropy,
            f"{name} changes the default cross-entropy; this recipe has its own loss")
           for name in ("label_smoothing", "class_weights")],
+        *[(getattr(r, name) == 0 or r.loss is cross_entropy,
+           f"{name} mixes the targets into class probabilities, which the default cross-entropy takes; "
+           "this recipe has its own loss")
+          for name in ("mixup_alpha", "cutmix_alpha")],
     ]  # fmt: skip
     return (message for ok, message in checks if not ok)
 

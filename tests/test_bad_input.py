@@ -128,6 +128,7 @@ def no_argument():
 MINE = ["run", "mine.py"]  # run the recipe file written by the case
 HANDLE = ["run", "digits_mlp", "--handler"]
 RAISING_DATA = "def data(recipe, data_dir, device):\n    raise ValueError('no rows')\n"
+OWN_LOSS = recipe_file("from torch import nn\n", loss="lambda recipe: nn.MultiMarginLoss()")
 LAYERS = {"model": "lambda recipe: mlp(64, recipe.options['layers'], 10)", "options": '{"layers": [64, 32]}'}
 
 CASES = [
@@ -155,6 +156,12 @@ CASES = [
     ("seed above 2**32-1", {}, ["run", "digits_mlp", "--seed", "4294967296"], ["got 4294967296"]),
     ("accumulate_steps=0", {}, ["run", "digits_mlp", "--set", "accumulate_steps=0"],
      ["recipe digits_mlp: accumulate_steps must be >= 1, got 0"]),
+    ("mixup_alpha=-1", {}, ["run", "digits_mlp", "--set", "mixup_alpha=-1"],
+     ["recipe digits_mlp: mixup_alpha must be >= 0 (0: off), got -1.0"]),
+    ("mix_switch_prob=2", {}, ["run", "digits_mlp", "--set", "mix_switch_prob=2"],
+     ["recipe digits_mlp: mix_switch_prob must be in [0, 1], got 2.0"]),
+    ("cutmix with a recipe's own loss", {"mine.py": OWN_LOSS}, [*MINE, "--set", "cutmix_alpha=1"],
+     ["recipe mine: cutmix_alpha mixes the targets", "this recipe has its own loss"]),
     ("LBFGS", {}, ["run", "digits_mlp", "--set", "optimizer=LBFGS"], ["optimizer LBFGS cannot", "closure"]),
     ("Rprop", {}, ["run", "digits_mlp", "--set", "optimizer=Rprop"], ["optimizer Rprop", "full-batch"]),
     ("Optimizer", {}, ["run", "digits_mlp", "--set", "optimizer=Optimizer"], ["optimizer Optimizer", "base"]),

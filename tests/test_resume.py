@@ -204,6 +204,25 @@ def test_sigkill_then_resume_with_gradient_accumulation(workspace: Path) -> None
     assert state["lr_scheduler"]["event_index"] == 4 * 7  # ceil(20 / 3) optimizer steps an epoch
 
 
+# mixup and CutMix, each sample either (mix_switch_prob), with label smoothing on top; killed mid-epoch 3:
+# the resumed run mixes epochs 3 and 4 from the same (seed, epoch, batch) seeds.
+MIXING = [*RECIPE, "--set", "mixup_alpha=0.2", "--set", "cutmix_alpha=1.0", "--set", "label_smoothing=0.1"]
+
+
+def test_sigkill_then_resume_with_mixup_and_cutmix(workspace: Path, uninterrupted: Path) -> None:
+    straight = fmtk(workspace, *MIXING, "--run-dir", "mixing")
+    assert straight.returncode == 0, straight.stderr
+    killed = fmtk(workspace, *MIXING, "--run-dir", "mixed_killed", "--handler", "killers:sigkill_mid_epoch_3")
+    assert killed.returncode == -9
+    resumed = fmtk(workspace, "--resume", "mixed_killed")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch 2" in resumed.stdout
+    assert epoch_rows(workspace / "mixed_killed") == epoch_rows(workspace / "mixing")
+    assert results(workspace / "mixed_killed") == results(workspace / "mixing")
+    mixed, plain = epoch_rows(workspace / "mixing"), epoch_rows(uninterrupted)
+    assert all(a["train_loss"] != b["train_loss"] for a, b in zip(mixed, plain, strict=True))  # it mixed
+
+
 def test_a_handlers_kept_state_survives_sigkill_and_resume(workspace: Path, uninterrupted: Path) -> None:
     counting = ["--handler", "killers:count_iterations"]
     straight = fmtk(workspace, *RECIPE, "--run-dir", "counted", *counting)

@@ -168,8 +168,9 @@ def create_engines(parts: Parts) -> Engines:
     train_model = idist.auto_model(model) if idist.get_world_size() > 1 else model
     scaler = torch.amp.GradScaler(device.type) if parts.speed.precision == "16-mixed" else None
     trainer = create_trainer(
-        train_model, optimizer, parts.train_loss, device, parts.speed, scaler, recipe.accumulate_steps
-    )
+        train_model, optimizer, parts.train_loss, device, parts.speed, scaler, recipe.accumulate_steps,
+        parts.train_mix,
+    )  # fmt: skip
     if recipe.fine_tunes:
         attach_fine_tuning(trainer, optimizer, model, head, recipe.freeze_epochs, recipe.backbone_lr_scale)
     # The EMA copies the model as it is now: on its device, in its memory format, with the weights

@@ -4,7 +4,8 @@ The trainer's step is ``zero_grad → forward → loss → backward → [StepEve
 → optimizer.step``; handlers of ``BACKWARD_COMPLETED`` (gradient clipping, a user's own) run between
 backward and step and see the true gradients, also under ``16-mixed`` (the scaler unscales first).
 With gradient accumulation (``accumulate_steps`` N > 1, :mod:`fmtk.training.accumulation`) zero_grad
-comes before a group's first batch, and ``BACKWARD_COMPLETED`` and the step after its last.
+comes before a group's first batch, and ``BACKWARD_COMPLETED`` and the step after its last. With
+mixup/CutMix (:mod:`fmtk.data.mixing`) each batch is mixed on the device before the step.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class StepEvents(EventEnum):
 
 
 FUSED_OPTIMIZERS = ("SGD", "Adam", "AdamW")
+
+# mix(x, y, epoch, batch) → (mixed x, targets): mixup/CutMix of a training batch on its device.
+Mixer = Callable[[torch.Tensor, torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,7 @@ def create_trainer(
     speed: SpeedOptions = SpeedOptions("32", False),
     scaler: torch.amp.GradScaler | None = None,
     accumulate_steps: int = 1,
+    mix: Mixer | None = None,
 ) -> Engine:
     """An Ignite trainer whose output is the batch loss as a detached tensor on the device.
 
@@ -171,7 +176,8 @@ def create_trainer(
     ``model`` may be a DistributedDataParallel wrapper; ``scaler`` is needed for ``16-mixed``.
     With ``accumulate_steps`` N > 1 the optimizer steps once per group of N batches
     (:mod:`fmtk.training.accumulation`) on the gradient of the group's mean loss; the output and
-    the batch losses stay each batch's own loss.
+    the batch losses stay each batch's own loss. With ``mix`` (mixup/CutMix,
+    :class:`fmtk.data.mixing.BatchMixer`) each batch is mixed on the device before the step.
     """
     forward = torch.compile(model) if speed.compile else model
     autocast = _autocast(device, speed.precision)
@@ -243,13 +249,27 @@ def create_trainer(
 
     if accumulate_steps < 1:
         raise ValueError(f"accumulate_steps must be >= 1, got {accumulate_steps}")
-    trainer = Engine(train_step if accumulate_steps == 1 else accumulating_step)
+    step = train_step if accumulate_steps == 1 else accumulating_step
+    trainer = Engine(step if mix is None else _mixing(step, mix, device))
     # Counted by the iteration, so that filters work: BACKWARD_COMPLETED(every=10).
     trainer.register_events(*StepEvents, event_to_attr={StepEvents.BACKWARD_COMPLETED: "iteration"})
     trainer.add_event_handler(Events.EPOCH_STARTED, _start_epoch, model)
     # First of the EPOCH_COMPLETED handlers, so every later one sees the epoch's mean loss.
     trainer.add_event_handler(Events.EPOCH_COMPLETED, _finish_epoch, device)
     return trainer
+
+
+def _mixing(step: Callable, mix: Mixer, device: torch.device) -> Callable:
+    """``step`` on batches mixed by ``mix(x, y, epoch, batch)``, ``batch`` the batch's place in the
+    epoch (from 0). Without mixing the trainer runs ``step`` itself: no work per batch."""
+
+    def mixing_step(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        place = (engine.state.iteration - 1) % engine.state.epoch_length
+        return step(engine, mix(x, y, engine.state.epoch, place))
+
+    return mixing_step
 
 
 def _autocast(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:

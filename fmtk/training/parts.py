@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import ignite.distributed as idist
 import torch
 from ignite.utils import manual_seed
 from torch import nn
@@ -18,6 +19,7 @@ from fmtk.data.augment import Augmentation
 from fmtk.data.batches import DataSplits, TensorBatches
 from fmtk.data.checks import check_splits
 from fmtk.data.images import LoaderBatches, sample_labels
+from fmtk.data.mixing import BatchMixer, Mixing
 from fmtk.distributed import check_sharded
 from fmtk.errors import FmtkError
 from fmtk.recipe import Recipe
@@ -31,7 +33,8 @@ class Parts:
     loss of validation and testing (``loss_fn``), the loss of training (``train_loss``: with the
     recipe's label smoothing and class weights), the speed options resolved for the model and
     device, the line saying which starting weights were loaded (``started_from``) and the names of
-    the tensors they did not give (``head``: what fine-tuning trains alone, then at the full LR)."""
+    the tensors they did not give (``head``: what fine-tuning trains alone, then at the full LR) and
+    the mixup/CutMix of the training batches (``train_mix``; None: off)."""
 
     recipe: Recipe
     device: torch.device
@@ -42,6 +45,7 @@ class Parts:
     speed: SpeedOptions
     started_from: str | None = None
     head: tuple[str, ...] = ()
+    train_mix: BatchMixer | None = None
 
 
 def create_model(recipe: Recipe, device: torch.device) -> nn.Module:
@@ -118,7 +122,8 @@ def recipe_parts(
     data = load_data(recipe, data_dir, device, model)
     loss_fn = loss_on(recipe.loss(recipe), device)
     train_loss = training_loss(recipe, data, loss_fn, device)
-    return Parts(recipe, device, model, data, loss_fn, train_loss, speed, started_from, head)
+    train_mix = training_mix(recipe, data, device)
+    return Parts(recipe, device, model, data, loss_fn, train_loss, speed, started_from, head, train_mix)
 
 
 def training_loss(recipe: Recipe, data: DataSplits, loss_fn: Callable, device: torch.device) -> Callable:
@@ -136,6 +141,14 @@ def training_loss(recipe: Recipe, data: DataSplits, loss_fn: Callable, device: t
             )
         weight = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=recipe.label_smoothing)
+
+
+def training_mix(recipe: Recipe, data: DataSplits, device: torch.device) -> BatchMixer | None:
+    """The recipe's mixup/CutMix of training batches, seeded by its seed and this process's rank
+    (None: both alphas 0). The targets it makes are class probabilities, which the default
+    cross-entropy takes, with its label smoothing and class weights (a recipe's own loss is refused)."""
+    mixing = Mixing(recipe.mixup_alpha, recipe.cutmix_alpha, recipe.mix_switch_prob, len(data.classes))
+    return BatchMixer(mixing, recipe.seed, device, idist.get_rank()) if mixing.active else None
 
 
 def class_counts(batches: object, classes: int) -> torch.Tensor | None:
