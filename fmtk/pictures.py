@@ -206,17 +206,23 @@ def lines_picture(
     reference: tuple[float, str] | None = None,
     dots: Collection[str] = (),
     legend_at_top: bool = False,
+    y_limits: tuple[float, float] | None = None,
 ) -> Image.Image:
     """Named lines ``{name: (xs, ys)}`` on linear axes, a dot at each point, a legend, and a grey
     horizontal line at ``reference`` ``(y, label)`` when given (e.g. accuracy against time); the
     names in ``dots`` are drawn as dots only, unjoined. The legend sits at the bottom right, where
-    rising curves leave room, or at the top right (``legend_at_top``, for falling ones)."""
+    rising curves leave room, or at the top right (``legend_at_top``, for falling ones). Values
+    outside ``y_limits`` (low, high) are drawn at its edge, so that one outlier does not flatten
+    the rest."""
     width, height, left, right, top, bottom = 720, 440, 60, 20, HEADING_HEIGHT + 10, 40
     picture = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(picture)
     font = _font()
     draw.text((left, 4), title, fill="black", font=_font(14))
     xs = [float(x) for line_xs, _ in lines.values() for x in line_xs] or [0.0]
+    if y_limits is not None:
+        lines = {name: (line_xs, [min(max(float(y), y_limits[0]), y_limits[1]) for y in line_ys])
+                 for name, (line_xs, line_ys) in lines.items()}  # fmt: skip
     ys = [float(y) for _, line_ys in lines.values() for y in line_ys] or [0.0]
     if reference is not None:
         ys.append(reference[0])

@@ -189,8 +189,10 @@ def fmtk(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         sys.path[:], sys.argv = path, argv
         for name in set(sys.modules) - modules:
             file = getattr(sys.modules[name], "__file__", None) or ""
-            # (not installed packages: run from a clone, its .venv lies inside the folder too)
-            mine = file.startswith(str(folder)) and not file.startswith(sys.prefix)
+            # Not fmtk itself nor installed packages: run from a clone's root, both lie inside the
+            # folder too (a second fmtk.recipe would make a second Recipe class).
+            ours = name == "fmtk" or name.startswith("fmtk.") or file.startswith(sys.prefix)
+            mine = file.startswith(str(folder)) and not ours
             if mine or name.startswith("fmtk_recipe_"):
                 del sys.modules[name]
     stderr = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)

@@ -156,7 +156,16 @@ def search_picture(rows: list[dict[str, Any]], metric: str, title: str, minimise
     trials, pruned_trials, best_so_far = "completed trial", "pruned (when it stopped)", "best so far"
     lines = {trials: _columns(completed), pruned_trials: _columns(pruned), best_so_far: _columns(best)}
     lines = {name: line for name, line in lines.items() if line[0]}
-    return lines_picture(lines, title, "trial", metric, dots=(trials, pruned_trials), legend_at_top=minimise)
+    # The worse half of the trials at the edge: the search's story is in the better half.
+    values = sorted(value for _, value in completed + pruned)
+    middle = values[(len(values) - 1) // 2] if not minimise else values[len(values) // 2]
+    limits = (middle, values[-1]) if not minimise else (values[0], middle)
+    if len(values) < 4 or limits[0] == limits[1]:
+        limits = None
+    else:
+        title += f" (worse than {limits[0] if not minimise else limits[1]:.4g}: at the edge)"
+    return lines_picture(lines, title, "trial", metric, dots=(trials, pruned_trials), legend_at_top=minimise,
+                         y_limits=limits)  # fmt: skip
 
 
 def _columns(points: list[tuple[int, float]]) -> tuple[list[int], list[float]]:
