@@ -107,17 +107,8 @@ def tune(
         raise FmtkError("give a RECIPE to start a study, or --resume STUDY_DIR to go on with one")
     request = None
     if resume is not None:
-        given = [
-            name
-            for name, value in [
-                ("--space", spaces),
-                ("--try", tries),
-                ("--set", settings),
-                ("--preset", preset),
-                ("--study-dir", study_dir),
-            ]
-            if value
-        ]
+        given = [name for name, value in (("--space", spaces), ("--try", tries), ("--set", settings),
+                 ("--preset", preset), ("--study-dir", study_dir)) if value]  # fmt: skip
         if given:
             raise FmtkError(f"--resume keeps the study's search; {', '.join(given)} cannot change it")
         if trials is not None:
@@ -128,33 +119,14 @@ def tune(
         space = dict(_key_and_spec(text) for text in spaces)
         if len(space) != len(spaces):
             raise FmtkError("--space: a key is given twice")
-        request = StudyRequest(
-            recipe_name,
-            space,
-            trials,
-            metric,
-            preset,
-            parse_settings(settings),
-            list(tries),
-            Pruning(prune, prune_after),
-            command=shlex.join(["fmtk", *sys.argv[1:]]),
-        )
-    run = RunRequest(
-        device=resolve_device(device),
-        speed=SpeedOptions(precision, channels_last, compile_model),
-        handlers=handlers,
-        nproc_per_node=nproc_per_node,
-        backend=backend,
-    )
-    tune_study(
-        request,
-        resume=resume,
-        study_dir=study_dir,
-        output_dir=output_dir,
-        run=run,
-        data_dir=data_dir,
-        echo=click.echo,
-    )
+        command = shlex.join(["fmtk", *sys.argv[1:]])
+        request = StudyRequest(recipe_name, space, trials, metric, preset, parse_settings(settings),
+                               list(tries), Pruning(prune, prune_after), command=command)  # fmt: skip
+    speed = SpeedOptions(precision, channels_last, compile_model)
+    run = RunRequest(device=resolve_device(device), speed=speed, handlers=handlers,
+                     nproc_per_node=nproc_per_node, backend=backend)  # fmt: skip
+    tune_study(request, resume=resume, study_dir=study_dir, output_dir=output_dir, run=run, data_dir=data_dir,
+               echo=click.echo)  # fmt: skip
 
 
 def _key_and_spec(text: str) -> tuple[str, str]:
