@@ -125,9 +125,10 @@ def lr_find(
     out: Path | None,
 ) -> None:
     """Train RECIPE's model with the LR rising each step (Ignite's FastaiLRFinder); print the
-    suggested LR and draw the loss against the LR. Writes no run folder and no checkpoint."""
+    suggested LR (fastai's valley rule) and draw the loss against the LR. Writes no run folder and
+    no checkpoint."""
     from fmtk.device import resolve_device
-    from fmtk.lr_finder import find_lr, save_lr_picture
+    from fmtk.lr_finder import MIN_VALLEY_POINTS, find_lr, save_lr_picture
     from fmtk.recipe_loading import data_root
 
     recipe = recipe_with_settings(recipe_name, settings, preset)
@@ -144,11 +145,12 @@ def lr_find(
     ended = "diverged" if finding.diverged else f"had not diverged by lr {end_lr:g}"
     if finding.suggestion is None:
         click.echo(
-            f"no suggestion: the smoothed loss does not fall and then rise between lr {start_lr:g} and "
-            f"{end_lr:g} in {len(finding.lrs)} steps; give more --steps or a wider range; picture: {out}"
+            f"no suggestion: the smoothed loss has no fall of {MIN_VALLEY_POINTS} points or more between "
+            f"lr {start_lr:g} and {end_lr:g} in {len(finding.lrs)} steps; give more --steps or a wider "
+            f"range; picture: {out}"
         )
         return
     click.echo(
-        f"suggested lr: {finding.suggestion:.3g} (the steepest fall of the smoothed loss, which {ended}); "
-        f"picture: {out}"
+        f"suggested lr: {finding.suggestion:.3g} ({finding.rule} rule: about halfway down the longest fall "
+        f"of the smoothed loss, which {ended}); picture: {out}"
     )
