@@ -26,7 +26,8 @@ from ignite.handlers import FastaiLRFinder
 from fmtk.errors import FmtkError
 from fmtk.pictures import curve_picture
 from fmtk.recipe import Recipe
-from fmtk.training.engines import create_optimizer, create_trainer
+from fmtk.training.engines import create_trainer
+from fmtk.training.optimizers import create_optimizer
 from fmtk.training.parts import recipe_parts
 
 VALLEY = "valley"  # the rule that makes LRFinding.suggestion, as the command and the picture name it

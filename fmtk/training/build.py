@@ -25,7 +25,7 @@ from fmtk.recipe import PER_ITERATION_SCHEDULES, Recipe
 from fmtk.recipe_loading import data_root, resolve_recipe
 from fmtk.runfolder import CONFIG, read_config, run_folder
 from fmtk.training.checkpoints import STOP, RandomState, ResumePoint, RunInfo, load_model_weights
-from fmtk.training.engines import SpeedOptions, create_evaluator, create_optimizer, create_trainer
+from fmtk.training.engines import SpeedOptions, create_evaluator, create_trainer
 from fmtk.training.handlers import (
     RunStop,
     attach_early_stopping,
@@ -39,6 +39,7 @@ from fmtk.training.handlers import (
     attach_validation,
     progress_by_default,
 )
+from fmtk.training.optimizers import create_optimizer
 from fmtk.training.parts import Parts, recipe_parts, split_sizes
 from fmtk.training.results import run_config
 from fmtk.training.run import Engines, Logs, Run

@@ -19,7 +19,8 @@ from fmtk.recipe import apply_overrides
 from fmtk.recipe_loading import load_recipe
 from fmtk.training.build import build_run
 from fmtk.training.checkpoints import read_checkpoint
-from fmtk.training.engines import SpeedOptions, StepEvents, create_optimizer, create_trainer
+from fmtk.training.engines import SpeedOptions, StepEvents, create_trainer
+from fmtk.training.optimizers import create_optimizer
 
 CPU = torch.device("cpu")
 
