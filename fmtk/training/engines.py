@@ -23,7 +23,7 @@ from torch import nn
 
 from fmtk.choices import PRECISIONS
 from fmtk.errors import FmtkError
-from fmtk.training.accumulation import place_in_group
+from fmtk.training.accumulation import batch_in_epoch, place_in_group
 
 
 class StepEvents(EventEnum):
@@ -224,8 +224,7 @@ def _mixing(step: Callable, mix: Mixer, device: torch.device) -> Callable:
     def mixing_step(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        place = (engine.state.iteration - 1) % engine.state.epoch_length
-        return step(engine, mix(x, y, engine.state.epoch, place))
+        return step(engine, mix(x, y, engine.state.epoch, batch_in_epoch(engine)))
 
     return mixing_step
 

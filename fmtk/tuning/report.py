@@ -69,6 +69,11 @@ def study_result(study: optuna.Study, folder: Path, recipe: str, metric: str) ->
                        importances, mode == "min")  # fmt: skip
 
 
+def trial_name(number: int) -> str:
+    """The folder of trial ``number`` in its study folder: ``trial_007``."""
+    return f"trial_{number:03d}"
+
+
 def _config_value(config: dict[str, Any], key: str) -> Any:
     """A searched key's value in a run's config.json: a field, an option or ``field.argument``."""
     name, dot, argument = key.partition(".")
@@ -78,7 +83,7 @@ def _config_value(config: dict[str, Any], key: str) -> Any:
 
 
 def _trial_row(trial: optuna.trial.FrozenTrial, folder: Path) -> dict[str, Any]:
-    run = f"trial_{trial.number:03d}"
+    run = trial_name(trial.number)
     results = read_results(Path(folder) / run) if (Path(folder) / run / CONFIG).is_file() else None
     results = results or {}
     test = results.get("test", {}).get("best", {})

@@ -36,7 +36,7 @@ from fmtk.recipe_loading import data_root, resolve_recipe
 from fmtk.runfolder import CONFIG, read_history, read_results, run_folder, write_json
 from fmtk.runs import PRUNED
 from fmtk.tuning.pruning import Pruning, TrialReporting
-from fmtk.tuning.report import StudyResult, study_result, values_text, write_report
+from fmtk.tuning.report import StudyResult, study_result, trial_name, values_text, write_report
 from fmtk.tuning.space import parse_spec, search_space, spec_text, trial_values
 
 STUDY_JSON, STUDY_DB = "study.json", "study.db"
@@ -206,7 +206,7 @@ def _ended(study: optuna.Study) -> int:
 
 
 def trial_folder(folder: Path, number: int) -> Path:
-    return Path(folder) / f"trial_{number:03d}"
+    return Path(folder) / trial_name(number)
 
 
 def _run_new_trial(
