@@ -1,26 +1,33 @@
-"""Accuracy against training time: each bundled recipe's faithful default and its presets (CPU).
+"""Accuracy against training time, across seeds: each bundled recipe's faithful default and its presets (CPU).
 
-For each recipe, every entry trains with the recipe's fixed seed through ``fmtk.fit`` (the CLI's
-code path) and prints: recipe, preset, epochs run, training seconds (the run's own per-epoch
-``epoch_seconds``, validation and checkpoints left out), the test accuracy of the best and the
-last checkpoint, and the training seconds until valid accuracy first reached the notebook's test
-accuracy. It writes ``<out>/<recipe>.png`` (valid accuracy against training seconds, one line per
-entry) and ``<out>/accuracy.json`` (every epoch of every entry, merged with what an earlier call
-wrote there, so recipes can be measured in separate calls).
+For each recipe, every entry trains once per seed (``--seeds``, default 42 1 2) through ``fmtk.fit``
+(the CLI's code path), and the table gives, over the seeds: epochs run, mean training seconds (each
+run's own per-epoch ``epoch_seconds``: validation and checkpoints left out), the test accuracy of
+the best and the last checkpoint as mean (min–max), and the mean training seconds until valid
+accuracy first reached the notebook's test accuracy. Every figure is read back from the run folder
+(config.json, metrics.csv, metrics.json), the same way for a run this script trained and for one
+it is given with ``--add-run`` (a finished ``fmtk run`` whose values are exactly an entry's, with
+any seed: it is checked). It writes ``<out>/<recipe>.png`` (mean valid accuracy against training
+seconds, one line per entry) and ``<out>/accuracy.json`` (every epoch of every run, merged with
+what an earlier call wrote there, so recipes and seeds can be measured in separate calls).
 
-fmnist_cnn also trains one faithful epoch of its basic variant (batch 16, as the notebook): the
-machine's speed drifts up to 2×, so a preset's time is also given as a ratio to that epoch
-measured in the same call. catdog_vgg trains at a reduced size and epoch budget on the CPU
-(``--catdog-size``, ``--catdog-epochs``), the faithful recipe and the preset alike.
+fmnist_cnn also trains one faithful epoch of its basic variant (batch 16, as the notebook, in the
+notebook's memory layout), once: the machine's speed drifts up to 2×, so each entry's time is also
+given as a ratio to that epoch, measured in the same call. catdog_vgg trains at a reduced size and
+epoch budget on the CPU (``--catdog-size``, ``--catdog-epochs``), the faithful recipe and the
+preset alike.
 
-    python benchmarks/accuracy.py --data-dir ../shared/datasets [--recipes mnist_dnn fmnist_cnn]
-        [--entries faithful fast] [--out runs/accuracy-benchmark] [--report]
+    python benchmarks/accuracy.py --data-dir ../shared/datasets [--recipes fmnist_dnn fmnist_cnn]
+        [--entries faithful fast] [--seeds 42 1 2] [--out runs/accuracy-benchmark] [--report]
+        [--add-run RUN_DIR ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -28,12 +35,17 @@ import torch
 
 import fmtk
 from fmtk.pictures import lines_picture
-from fmtk.recipe_loading import load_recipe
+from fmtk.recipe_loading import load_recipe, resolve_recipe
+from fmtk.runfolder import read_config
 from fmtk.training.engines import SpeedOptions
 
 # The notebooks' test accuracy (catdog: at 224 px; the reduced CPU runs only compare the entries).
 NOTEBOOK_ACCURACY = {"mnist_dnn": 0.97, "fmnist_dnn": 0.877, "fmnist_cnn": 0.927, "catdog_vgg": 0.959}
-RECIPES = ("mnist_dnn", "fmnist_cnn", "catdog_vgg")
+RECIPES = ("mnist_dnn", "fmnist_dnn", "fmnist_cnn", "catdog_vgg")
+BASIC_EPOCH = "basic-epoch"
+# config.json keys that say how a run was asked for, not what it trained.
+BOOKKEEPING = ("preset", "changed", "speed", "started_from", "head", "processes", "versions", "command",
+               "data_dir", "classes")  # fmt: skip
 
 
 def entries(recipe_name: str, catdog_size: int, catdog_epochs: int) -> dict[str, tuple[str | None, dict]]:
@@ -43,27 +55,46 @@ def entries(recipe_name: str, catdog_size: int, catdog_epochs: int) -> dict[str,
     found = {"faithful": (None, values)}
     found.update({name: (name, values) for name in presets})
     if recipe_name == "fmnist_cnn":
-        found["basic-epoch"] = (None, {"variant": "basic", "epochs": 1})
+        found[BASIC_EPOCH] = (None, {"variant": "basic", "epochs": 1})
     return found
 
 
-def measure(
-    recipe_name: str, preset: str | None, values: dict, data_dir: Path, runs: Path, channels_last: bool
-) -> dict:
-    started = time.perf_counter()
-    speed = SpeedOptions(channels_last=channels_last or None)  # None: the device's default layout
+def train(recipe_name: str, entry: str, preset: str | None, values: dict, seed: int, data_dir: Path,
+          runs: Path) -> Path:  # fmt: skip
+    """One run of an entry; the yardstick epoch in the notebook's layout, the rest in the device's default."""
+    speed = SpeedOptions(channels_last=False if entry == BASIC_EPOCH else None)
     result = fmtk.fit(recipe_name, preset=preset, device="cpu", data_dir=data_dir, output_dir=runs,
-                      quiet=True, speed=speed, **values)  # fmt: skip
-    history = result.history
+                      quiet=True, speed=speed, seed=seed, **values)  # fmt: skip
+    return result.run_dir
+
+
+def row_from(run_dir: Path) -> dict:
+    """One run's figures, read from its folder."""
+    config = read_config(run_dir)
+    results = json.loads((run_dir / "metrics.json").read_text())
+    with open(run_dir / "metrics.csv", newline="") as file:
+        history = list(csv.DictReader(file))
     return {
-        "recipe": recipe_name, "preset": preset, "values": values, "epochs": len(history),
-        "epoch_seconds": [row["epoch_seconds"] for row in history],
-        "valid_accuracy": [row["valid_accuracy"] for row in history],
-        "test_best": result.test["best"]["accuracy"], "test_last": result.test["last"]["accuracy"],
-        "whole_seconds": time.perf_counter() - started, "run_dir": str(result.run_dir),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
-        "channels_last": channels_last,
+        "recipe": config["name"], "preset": config["preset"], "seed": config["seed"], "epochs": len(history),
+        "epoch_seconds": [float(row["epoch_seconds"]) for row in history],
+        "valid_accuracy": [float(row["valid_accuracy"]) for row in history],
+        "test_best": results["test"]["best"]["accuracy"], "test_last": results["test"]["last"]["accuracy"],
+        "image_size": config["options"].get("image_size"), "run_dir": str(run_dir),
+        "channels_last": config["speed"]["channels_last"], "torch": config["versions"]["torch"],
+        "date": time.strftime("%Y-%m-%d", time.gmtime((run_dir / "metrics.json").stat().st_mtime)),
     }  # fmt: skip
+
+
+def entry_of(run_dir: Path, catdog_size: int, catdog_epochs: int) -> str:
+    """Which entry a finished run is: the one whose values, with the run's seed, it trained exactly."""
+    config = read_config(run_dir)
+    trained = {key: value for key, value in config.items() if key not in BOOKKEEPING}
+    for entry, (preset, values) in entries(config["name"], catdog_size, catdog_epochs).items():
+        expected = resolve_recipe(config["name"], preset, {**values, "seed": config["seed"]}).config()
+        expected = json.loads(json.dumps({k: v for k, v in expected.items() if k not in BOOKKEEPING}))
+        if expected == trained:
+            return entry
+    raise SystemExit(f"{run_dir}: its values are none of {config['name']}'s entries")
 
 
 def seconds_to(row: dict, accuracy: float) -> float | None:
@@ -76,39 +107,61 @@ def seconds_to(row: dict, accuracy: float) -> float | None:
     return None
 
 
-def table(measured: dict[str, dict[str, dict]]) -> str:
+def spread(values: list[float]) -> str:
+    """``mean (min–max)`` in percent; one value alone."""
+    if len(values) == 1:
+        return f"{values[0]:.2%}"
+    return f"{statistics.mean(values):.2%} ({min(values):.2%}–{max(values):.2%})"
+
+
+def table(measured: dict[str, dict[str, dict[str, dict]]]) -> str:
     lines = [
-        "| recipe | entry | epochs | training s | test best | test last | s to notebook (valid) "
-        "| × basic epoch |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| recipe | entry | seeds | epochs | training s (mean) | test best, mean (min–max) "
+        "| test last, mean (min–max) | s to notebook, valid (mean) | × basic epoch |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for recipe_name, rows in measured.items():
-        for entry, row in rows.items():
-            # The faithful basic epoch in the same layout (default or channels-last).
-            basic = rows.get("basic-epoch (channels-last)" if row.get("channels_last") else "basic-epoch")
-            seconds = sum(row["epoch_seconds"])
-            reached = seconds_to(row, NOTEBOOK_ACCURACY[recipe_name])
-            is_basic = entry.startswith("basic-epoch")
-            ratio = f"{seconds / sum(basic['epoch_seconds']):.2f}" if basic and not is_basic else ""
+    for recipe_name, by_entry in measured.items():
+        basic = by_entry.get(BASIC_EPOCH, {})
+        basic_seconds = (
+            statistics.mean(sum(row["epoch_seconds"]) for row in basic.values()) if basic else None
+        )
+        for entry, by_seed in by_entry.items():
+            rows = list(by_seed.values())
+            seconds = statistics.mean(sum(row["epoch_seconds"]) for row in rows)
+            reached = [
+                t for row in rows if (t := seconds_to(row, NOTEBOOK_ACCURACY[recipe_name])) is not None
+            ]
+            to_notebook = f"{statistics.mean(reached):.1f}" if reached else "-"
+            if reached and len(reached) < len(rows):
+                to_notebook += f" ({len(reached)} of {len(rows)})"
+            epochs = sorted({row["epochs"] for row in rows})
+            ratio = f"{seconds / basic_seconds:.2f}" if basic_seconds and entry != BASIC_EPOCH else ""
             lines.append(
-                f"| {recipe_name} | {entry} | {row['epochs']} | {seconds:.1f} | {row['test_best']:.2%} | "
-                f"{row['test_last']:.2%} | {'-' if reached is None else f'{reached:.1f}'} | {ratio} |"
+                f"| {recipe_name} | {entry} | {', '.join(by_seed)} | {'–'.join(map(str, epochs))} | "
+                f"{seconds:.1f} | {spread([r['test_best'] for r in rows])} | "
+                f"{spread([r['test_last'] for r in rows])} | {to_notebook} | {ratio} |"
             )
     return "\n".join(lines)
 
 
-def picture(recipe_name: str, rows: dict[str, dict], path: Path) -> None:
+def picture(recipe_name: str, by_entry: dict[str, dict[str, dict]], path: Path) -> None:
+    """Valid accuracy against training seconds, each entry's mean over its seeds (to its shortest run)."""
     lines = {}
-    for entry, row in rows.items():
-        if entry.startswith("basic-epoch"):
+    for entry, by_seed in by_entry.items():
+        if entry == BASIC_EPOCH:
             continue
-        elapsed, xs = 0.0, []
-        for seconds in row["epoch_seconds"]:
-            elapsed += seconds
+        rows = list(by_seed.values())
+        epochs = min(row["epochs"] for row in rows)
+        elapsed, xs, ys = 0.0, [], []
+        for epoch in range(epochs):
+            elapsed += statistics.mean(row["epoch_seconds"][epoch] for row in rows)
             xs.append(elapsed)
-        lines[f"{entry} ({row['test_best']:.2%} test)"] = (xs, [100 * v for v in row["valid_accuracy"]])
-    values = next(iter(rows.values()))["values"]
-    size = f" at {values['image_size']} px" if "image_size" in values else ""
+            ys.append(100 * statistics.mean(row["valid_accuracy"][epoch] for row in rows))
+        seeds = f"{len(rows)} seeds, " if len(rows) > 1 else ""
+        lines[f"{entry} ({seeds}test {spread([row['test_best'] for row in rows])})"] = (xs, ys)
+    row = next(iter(next(iter(by_entry.values())).values()))
+    reduced = row["image_size"] != load_recipe(recipe_name).options.get("image_size")
+    size = f" at {row['image_size']} px" if reduced else ""
     # The notebook's figure is its full-size one: no line for runs at a reduced image size.
     notebook = NOTEBOOK_ACCURACY[recipe_name]
     reference = None if size else (100 * notebook, f"notebook {notebook:.1%} test")
@@ -123,33 +176,43 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/datasets"))
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=sorted(NOTEBOOK_ACCURACY))
     parser.add_argument("--entries", nargs="+", help="only these entries (faithful, a preset, basic-epoch)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 1, 2])
     parser.add_argument("--catdog-size", type=int, default=64)
     parser.add_argument("--catdog-epochs", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("runs/accuracy-benchmark"))
     parser.add_argument("--runs", type=Path, default=Path("runs/accuracy-benchmark/runs"))
     parser.add_argument(
-        "--channels-last", action="store_true", help="train in channels-last (as --channels-last)"
-    )
+        "--add-run", nargs="+", type=Path, default=[], metavar="RUN_DIR",
+        help="record these finished runs (each one entry's values); train nothing",
+    )  # fmt: skip
     parser.add_argument("--report", action="store_true", help="train nothing: table and pictures of <out>")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     saved = args.out / "accuracy.json"
-    measured: dict[str, dict[str, dict]] = json.loads(saved.read_text()) if saved.is_file() else {}
+    measured: dict[str, dict[str, dict[str, dict]]] = json.loads(saved.read_text()) if saved.is_file() else {}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU", flush=True)
+
+    def record(run_dir: Path, entry: str) -> None:
+        row = row_from(run_dir)
+        measured.setdefault(row["recipe"], {}).setdefault(entry, {})[str(row["seed"])] = row
+        saved.write_text(json.dumps(measured, indent=1))
+        seconds = sum(row["epoch_seconds"])
+        print(f"{row['recipe']} {entry} seed {row['seed']}: {seconds:.1f} s, {row['epochs']} epochs, "
+              f"test {row['test_best']:.2%} / {row['test_last']:.2%}", flush=True)  # fmt: skip
+
+    for run_dir in args.add_run:
+        record(run_dir, entry_of(run_dir, args.catdog_size, args.catdog_epochs))
     for recipe_name in args.recipes:
-        rows = measured.setdefault(recipe_name, {})
         for entry, (preset, values) in entries(recipe_name, args.catdog_size, args.catdog_epochs).items():
-            if args.report or (args.entries and entry not in args.entries):
+            if args.report or args.add_run or (args.entries and entry not in args.entries):
                 continue
-            key = f"{entry} (channels-last)" if args.channels_last else entry
-            rows[key] = row = measure(
-                recipe_name, preset, values, args.data_dir, args.runs, args.channels_last
-            )
-            saved.write_text(json.dumps(measured, indent=1))
-            print(f"{recipe_name} {key}: {sum(row['epoch_seconds']):.1f} s, {row['epochs']} epochs, "
-                  f"test {row['test_best']:.2%} / {row['test_last']:.2%}", flush=True)  # fmt: skip
-        if rows:
-            picture(recipe_name, rows, args.out / f"{recipe_name}.png")
+            seeds = (
+                args.seeds[:1] if entry == BASIC_EPOCH else args.seeds
+            )  # a yardstick of time, not accuracy
+            for seed in seeds:
+                record(train(recipe_name, entry, preset, values, seed, args.data_dir, args.runs), entry)
+        if measured.get(recipe_name):
+            picture(recipe_name, measured[recipe_name], args.out / f"{recipe_name}.png")
     print(table({name: measured[name] for name in args.recipes if measured.get(name)}))
 
 

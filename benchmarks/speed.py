@@ -15,12 +15,16 @@ For each recipe (CPU):
   own process, with a fresh model and the recipe's optimizer as the notebook creates it.
 - ``fmtk --channels-last`` (conv recipes): the fmtk run with the channels-last memory format,
   paired with plain rounds of its own.
+- ``--layouts RECIPE[:PRESET] ...``: instead, the memory layout end to end: two fmtk runs of the
+  recipe (with its preset), one contiguous and one channels-last, taking turns round by round;
+  the ratio is channels-last's seconds over contiguous's (below 1: channels-last is faster).
 
 Warm-up rounds (epochs for the notebook) are excluded. Prints seconds per epoch (median, min–max),
 images/s, the ratio to ``plain`` and the peak RSS of the process, as a Markdown table.
 ``benchmarks/step.py`` gives the per-step breakdown behind the ratio.
 
     python benchmarks/speed.py --data-dir ../shared/datasets [--rounds 8] [--epochs 2] [--warmup 1]
+    python benchmarks/speed.py --data-dir ../shared/datasets --layouts fmnist_cnn fmnist_cnn:fast
 """
 
 from __future__ import annotations
@@ -123,6 +127,39 @@ def fmtk_channels_last(recipe_name: str, data_dir: Path, rounds: int) -> dict:
     return measured
 
 
+def layouts(spec: str, data_dir: Path, rounds: int, steps: int | None = None) -> dict:
+    """``spec`` (``RECIPE[:PRESET]``) trained by two fmtk runs, contiguous and channels-last, taking
+    turns in rounds of ``steps`` steps (default ``ROUND_STEPS``; contiguous first in odd rounds):
+    each round's training seconds as the run records them."""
+    from fmtk import build_run
+    from fmtk.recipe_loading import resolve_recipe
+    from fmtk.training.engines import SpeedOptions
+
+    recipe_name, _, preset = spec.partition(":")
+    overrides = {"epochs": str(rounds), "early_stopping_patience": "none", "plateau_patience": "none"}
+    recipe = resolve_recipe(recipe_name, preset or None, overrides)
+    steps = steps or ROUND_STEPS[recipe_name]
+    times: dict[str, list[float]] = {"fmtk contiguous": [], "fmtk --channels-last": []}
+    with tempfile.TemporaryDirectory() as folder:
+        runs = {}
+        for method, channels_last in zip(times, (False, True), strict=True):
+            speed = SpeedOptions("32", channels_last)
+            run_dir = Path(folder) / ("channels_last" if channels_last else "contiguous")
+            runs[method] = build_run(recipe, run_dir, torch.device("cpu"), data_dir, None, speed=speed)
+            runs[method].prepare()
+        for round_number in range(1, rounds + 1):
+            order = list(times) if round_number % 2 else list(reversed(times))
+            for method in order:
+                run = runs[method]
+                run.trainer.run(run.data.train, max_epochs=round_number, epoch_length=steps)
+                times[method].append(run.history[-1]["epoch_seconds"])
+        for run in runs.values():
+            for logger in (run.tensorboard, run.tensorboard_iterations):
+                logger.close()
+        per_epoch = len(runs["fmtk contiguous"].data.train) / steps
+        return {"seconds": times, "per_epoch": per_epoch, "batch_size": recipe.batch_size}
+
+
 def notebook(recipe_name: str, data_dir: Path, epochs: int) -> dict:
     import torchvision
     from torch.utils.data import DataLoader, Subset
@@ -148,7 +185,9 @@ def notebook(recipe_name: str, data_dir: Path, epochs: int) -> dict:
         }
 
 
-MEASUREMENTS = {"pair": fmtk_and_plain, "channels_last": fmtk_channels_last, "notebook": notebook}
+MEASUREMENTS = {
+    "pair": fmtk_and_plain, "channels_last": fmtk_channels_last, "notebook": notebook, "layouts": layouts
+}  # fmt: skip
 
 
 def measure_in_subprocess(what: str, recipe: str, args: argparse.Namespace) -> dict:
@@ -158,16 +197,16 @@ def measure_in_subprocess(what: str, recipe: str, args: argparse.Namespace) -> d
     return json.loads(output.strip().splitlines()[-1])
 
 
-def summarise(measured: dict, warmup: int) -> dict:
+def summarise(measured: dict, warmup: int, baseline: str = "plain") -> dict:
     """Per method: the median, min and max seconds per whole epoch of the measured rounds, and the
-    median, min and max of its per-round ratio to the plain round beside it."""
+    median, min and max of its per-round ratio to the ``baseline`` round beside it."""
     rounds = {method: times[warmup:] for method, times in measured["seconds"].items()}
     summary = {}
     for method, times in rounds.items():
         epochs = [seconds * measured["per_epoch"] for seconds in times]
         row = {"median": statistics.median(epochs), "min": min(epochs), "max": max(epochs)}
-        if "plain" in rounds and method != "plain":
-            ratios = [a / b for a, b in zip(times, rounds["plain"], strict=True)]
+        if baseline in rounds and method != baseline:
+            ratios = [a / b for a, b in zip(times, rounds[baseline], strict=True)]
             row["ratio"] = [statistics.median(ratios), min(ratios), max(ratios)]
         summary[method] = row
     return summary
@@ -182,20 +221,38 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--recipes", default="mnist_dnn,fmnist_cnn")
     parser.add_argument("--no-channels-last", action="store_true", help="skip the channels-last row")
+    parser.add_argument("--layouts", nargs="+", metavar="RECIPE[:PRESET]", help="contiguous vs channels-last")
     parser.add_argument("--one", nargs=2, metavar=("WHAT", "RECIPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.one:
         what, recipe = args.one
-        measured = args.epochs if what == "notebook" else args.rounds
-        summary = summarise(MEASUREMENTS[what](recipe, args.data_dir, args.warmup + measured), args.warmup)
+        measured = MEASUREMENTS[what](
+            recipe, args.data_dir, args.warmup + (args.epochs if what == "notebook" else args.rounds)
+        )
+        baseline = "fmtk contiguous" if what == "layouts" else "plain"
+        summary = summarise(measured, args.warmup, baseline)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        print(json.dumps({"summary": summary, "peak_mib": peak}))
+        print(json.dumps({"summary": summary, "peak_mib": peak, "batch_size": measured.get("batch_size")}))
         return
 
     threads = torch.get_num_threads()
     medians = f"medians of {args.rounds} rounds (notebook: {args.epochs} epochs), min–max in brackets"
     print(f"torch {torch.__version__}, {threads} threads, CPU; {medians}")
+    if args.layouts:
+        print("| recipe | batch | layout | s/epoch | images/s | ratio to contiguous | peak RSS MiB |")
+        print("|---|---:|---|---:|---:|---:|---:|")
+        for spec in args.layouts:
+            result = measure_in_subprocess("layouts", spec, args)
+            for method, row in result["summary"].items():
+                ratio = row.get("ratio", [1.0, 1.0, 1.0])
+                print(
+                    f"| {spec} | {result['batch_size']} | {method} | {row['median']:.2f} "
+                    f"({row['min']:.2f}–{row['max']:.2f}) | {50_000 / row['median']:,.0f} "
+                    f"| {ratio[0]:.3f} ({ratio[1]:.3f}–{ratio[2]:.3f}) | {result['peak_mib']:.0f} |",
+                    flush=True,
+                )
+        return
     print("| recipe | pipeline | s/epoch | images/s | ratio to plain | peak RSS MiB |")
     print("|---|---|---:|---:|---:|---:|")
     for recipe in args.recipes.split(","):

@@ -25,6 +25,8 @@ def mlp(
     """
     if any(size < 1 for size in hidden):
         raise ValueError(f"hidden layer widths must be >= 1, got {list(hidden)}")
+    if dropout and len(dropout) != len(hidden):
+        raise ValueError(f"dropout gives {len(dropout)} rates for {len(hidden)} hidden layers")
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
     for index, size in enumerate(hidden):
@@ -72,18 +74,21 @@ def fashion_cnn_basic(num_classes: int = 10) -> nn.Sequential:
     )
 
 
-def fashion_cnn_improved(num_classes: int = 10) -> nn.Sequential:
-    """The improved CNN: conv blocks 32/64/128 with BatchNorm2d, dropout 0.2 and 0.4 after the second
-    and third, fc 1152 → 128 with BatchNorm1d and dropout 0.5 → 10."""
+def fashion_cnn_improved(num_classes: int = 10, dropout: Sequence[float] = (0.2, 0.4, 0.5)) -> nn.Sequential:
+    """The improved CNN: conv blocks 32/64/128 with BatchNorm2d, dropout after the second and third
+    (``dropout[0]``, ``dropout[1]``; the notebook's 0.2 and 0.4), fc 1152 → 128 with BatchNorm1d and
+    dropout (``dropout[2]``, 0.5) → 10."""
+    if len(dropout) != 3:
+        raise ValueError(f"the improved CNN takes 3 dropout rates, got {len(dropout)}")
     return nn.Sequential(
         conv_block(1, 32, batch_norm=True),
-        conv_block(32, 64, batch_norm=True, dropout=0.2),
-        conv_block(64, 128, batch_norm=True, dropout=0.4),
+        conv_block(32, 64, batch_norm=True, dropout=dropout[0]),
+        conv_block(64, 128, batch_norm=True, dropout=dropout[1]),
         nn.Flatten(),
         nn.Linear(128 * 3 * 3, 128),
         nn.BatchNorm1d(128),
         nn.ReLU(inplace=True),
-        nn.Dropout(0.5),
+        nn.Dropout(dropout[2]),
         nn.Linear(128, num_classes),
     )
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import statistics
 import time
 from pathlib import Path
 
+import pytest
 from ignite.engine import Events
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -47,19 +49,53 @@ def test_speed_fmtk_figure_leaves_out_what_follows_each_round() -> None:
     assert len(summary["fmtk"]["ratio"]) == 3 and "ratio" not in summary["plain"]
 
 
-def test_accuracy_rows_table_and_picture(tmp_path: Path) -> None:
-    """benchmarks/accuracy.py: one row per entry from the run's own epoch figures; the time to an
-    accuracy is the sum of the epochs up to the first that reached it; a picture per recipe."""
+def test_speed_layouts_take_turns_and_compare_to_contiguous() -> None:
+    """benchmarks/speed.py --layouts: a contiguous and a channels-last run of one recipe, a figure
+    per round for each, the ratio to contiguous per round."""
+    speed = load_benchmark("speed")
+    measured = speed.layouts("digits_mlp", Path("unused"), rounds=3, steps=5)
+    seconds = measured["seconds"]
+    assert list(seconds) == ["fmtk contiguous", "fmtk --channels-last"]
+    assert all(len(times) == 3 and min(times) > 0 for times in seconds.values())
+    summary = speed.summarise(measured, warmup=1, baseline="fmtk contiguous")
+    pairs = zip(seconds["fmtk --channels-last"][1:], seconds["fmtk contiguous"][1:], strict=True)
+    ratios = [a / b for a, b in pairs]
+    assert summary["fmtk --channels-last"]["ratio"] == [statistics.median(ratios), min(ratios), max(ratios)]
+    assert "ratio" not in summary["fmtk contiguous"] and measured["batch_size"] == 32
+
+
+def test_accuracy_rows_seeds_table_and_picture(tmp_path: Path) -> None:
+    """benchmarks/accuracy.py: a row read back from the run folder; a finished run is recognised as
+    the entry whose values it trained (any seed), and a run with other values as none; the table
+    gives each entry over its seeds as mean (min–max); the time to an accuracy is the sum of the
+    epochs up to the first that reached it; a picture per recipe."""
     accuracy = load_benchmark("accuracy")
-    row = accuracy.measure("digits_mlp", None, {"epochs": 3}, Path("unused"), tmp_path / "runs", False)
+    runs = [accuracy.train("digits_mlp", "faithful", None, {"epochs": 3}, seed, Path("unused"), tmp_path)
+            for seed in (42, 1)]  # fmt: skip
+    rows = [accuracy.row_from(run_dir) for run_dir in runs]
+    row = rows[0]
     assert row["epochs"] == 3 and len(row["epoch_seconds"]) == len(row["valid_accuracy"]) == 3
-    assert 0 < row["test_best"] <= 1 and row["channels_last"] is False
+    assert 0 < row["test_best"] <= 1 and row["seed"] == 42 and rows[1]["seed"] == 1
+    assert row["channels_last"] is False and row["recipe"] == "digits_mlp"
     first = row["valid_accuracy"][0]
     assert accuracy.seconds_to(row, first) == row["epoch_seconds"][0]
     assert accuracy.seconds_to(row, 1.01) is None
+
+    # entries() of digits_mlp: its faithful default (3 epochs asked here) and its presets.
+    with pytest.raises(SystemExit, match="none of digits_mlp's entries"):
+        accuracy.entry_of(runs[1], 64, 8)  # 3 epochs: not the faithful recipe's values
+    assert accuracy.entries("digits_mlp", 64, 8)["faithful"] == (None, {})
+    other = accuracy.train("digits_mlp", "faithful", None, {}, 7, Path("unused"), tmp_path)
+    assert accuracy.entry_of(other, 64, 8) == "faithful"
+    assert accuracy.row_from(other)["seed"] == 7
+
     basic = {**row, "epochs": 1, "epoch_seconds": row["epoch_seconds"][:1], "valid_accuracy": [first]}
-    table = accuracy.table({"fmnist_cnn": {"faithful": row, "basic-epoch": basic}})
-    ratio = sum(row["epoch_seconds"]) / row["epoch_seconds"][0]
-    assert "| fmnist_cnn | faithful | 3 |" in table and table.splitlines()[2].endswith(f"| {ratio:.2f} |")
-    accuracy.picture("fmnist_cnn", {"faithful": row, "basic-epoch": basic}, tmp_path / "f.png")
+    by_entry = {"faithful": {"42": rows[0], "1": rows[1]}, "basic-epoch": {"42": basic}}
+    table = accuracy.table({"fmnist_cnn": by_entry})
+    tests = [r["test_best"] for r in rows]
+    mean = f"{sum(tests) / 2:.2%} ({min(tests):.2%}–{max(tests):.2%})"
+    seconds = sum(sum(r["epoch_seconds"]) for r in rows) / 2
+    assert f"| fmnist_cnn | faithful | 42, 1 | 3 | {seconds:.1f} | {mean} |" in table
+    assert table.splitlines()[2].endswith(f"| {seconds / row['epoch_seconds'][0]:.2f} |")
+    accuracy.picture("fmnist_cnn", by_entry, tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000

@@ -76,7 +76,7 @@ def training_options(command: Callable) -> Callable:
         click.option(
             "--channels-last/--no-channels-last",
             default=None,
-            help="Memory format of conv nets [default: on with CUDA].",
+            help="Memory format of conv nets [default: on; off for nets without Conv2d].",
         ),
         click.option(
             "--compile", "compile_model", is_flag=True, help="torch.compile the training step's model."

@@ -25,9 +25,11 @@ from fmtk.training.optimizers import create_optimizer
 CPU = torch.device("cpu")
 
 
-def test_cpu_defaults_are_32_bit_in_the_default_layout() -> None:
+def test_cpu_defaults_are_32_bit_and_channels_last_for_conv_nets() -> None:
     conv = nn.Sequential(nn.Conv2d(1, 2, 3))
-    assert SpeedOptions().resolve(CPU, conv) == SpeedOptions("32", False, False)
+    assert SpeedOptions().resolve(CPU, conv) == SpeedOptions("32", True, False)
+    assert SpeedOptions().resolve(CPU, nn.Linear(2, 2)) == SpeedOptions("32", False, False)
+    assert SpeedOptions(channels_last=False).resolve(CPU, conv).channels_last is False
     assert SpeedOptions("bf16", True).resolve(CPU, conv) == SpeedOptions("bf16", True, False)
     with pytest.raises(FmtkError, match="--precision fp8: choose auto, 32, bf16, 16-mixed"):
         SpeedOptions("fp8").resolve(CPU, conv)
