@@ -107,11 +107,11 @@ def seconds_to(row: dict, accuracy: float) -> float | None:
     return None
 
 
-def spread(values: list[float]) -> str:
+def spread(values: list[float], dash: str = "–") -> str:
     """``mean (min–max)`` in percent; one value alone."""
     if len(values) == 1:
         return f"{values[0]:.2%}"
-    return f"{statistics.mean(values):.2%} ({min(values):.2%}–{max(values):.2%})"
+    return f"{statistics.mean(values):.2%} ({min(values):.2%}{dash}{max(values):.2%})"
 
 
 def table(measured: dict[str, dict[str, dict[str, dict]]]) -> str:
@@ -158,7 +158,8 @@ def picture(recipe_name: str, by_entry: dict[str, dict[str, dict]], path: Path) 
             xs.append(elapsed)
             ys.append(100 * statistics.mean(row["valid_accuracy"][epoch] for row in rows))
         seeds = f"{len(rows)} seeds, " if len(rows) > 1 else ""
-        lines[f"{entry} ({seeds}test {spread([row['test_best'] for row in rows])})"] = (xs, ys)
+        tests = spread([row["test_best"] for row in rows], dash=" to ")  # the picture's font has no en dash
+        lines[f"{entry} ({seeds}test {tests})"] = (xs, ys)
     row = next(iter(next(iter(by_entry.values())).values()))
     reduced = row["image_size"] != load_recipe(recipe_name).options.get("image_size")
     size = f" at {row['image_size']} px" if reduced else ""
