@@ -25,7 +25,6 @@ preset alike.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import time
@@ -36,7 +35,7 @@ import torch
 import fmtk
 from fmtk.pictures import lines_picture
 from fmtk.recipe_loading import load_recipe, resolve_recipe
-from fmtk.runfolder import read_config
+from fmtk.runfolder import METRICS_JSON, read_config, read_history, read_results
 from fmtk.training.engines import SpeedOptions
 
 # The notebooks' test accuracy (catdog: at 224 px; the reduced CPU runs only compare the entries).
@@ -70,18 +69,18 @@ def train(recipe_name: str, entry: str, preset: str | None, values: dict, seed: 
 
 def row_from(run_dir: Path) -> dict:
     """One run's figures, read from its folder."""
-    config = read_config(run_dir)
-    results = json.loads((run_dir / "metrics.json").read_text())
-    with open(run_dir / "metrics.csv", newline="") as file:
-        history = list(csv.DictReader(file))
+    config, results = read_config(run_dir), read_results(run_dir)
+    if results is None:
+        raise SystemExit(f"{run_dir}: the run has not ended (no {METRICS_JSON})")
+    history, _ = read_history(run_dir)
     return {
         "recipe": config["name"], "preset": config["preset"], "seed": config["seed"], "epochs": len(history),
-        "epoch_seconds": [float(row["epoch_seconds"]) for row in history],
-        "valid_accuracy": [float(row["valid_accuracy"]) for row in history],
+        "epoch_seconds": [row["epoch_seconds"] for row in history],
+        "valid_accuracy": [row["valid_accuracy"] for row in history],
         "test_best": results["test"]["best"]["accuracy"], "test_last": results["test"]["last"]["accuracy"],
         "image_size": config["options"].get("image_size"), "run_dir": str(run_dir),
         "channels_last": config["speed"]["channels_last"], "torch": config["versions"]["torch"],
-        "date": time.strftime("%Y-%m-%d", time.gmtime((run_dir / "metrics.json").stat().st_mtime)),
+        "date": time.strftime("%Y-%m-%d", time.gmtime((run_dir / METRICS_JSON).stat().st_mtime)),
     }  # fmt: skip
 
 
