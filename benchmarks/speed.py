@@ -24,6 +24,7 @@ images/s, the ratio to ``plain`` and the peak RSS of the process, as a Markdown 
 ``benchmarks/step.py`` gives the per-step breakdown behind the ratio.
 
     python benchmarks/speed.py --data-dir ../shared/datasets [--rounds 8] [--epochs 2] [--warmup 1]
+    python benchmarks/speed.py --data-dir ../shared/datasets --recipes fmnist_cnn:fast
     python benchmarks/speed.py --data-dir ../shared/datasets --layouts fmnist_cnn fmnist_cnn:fast
 """
 
@@ -79,14 +80,12 @@ def fmtk_and_plain(
     (validation, checkpoints), a second clock for the same figure."""
     from ignite.engine import Events
 
-    from fmtk import build_run, load_recipe
-    from fmtk.recipe import apply_overrides
+    from fmtk import build_run
     from fmtk.training.engines import SpeedOptions
 
-    overrides = {"epochs": str(rounds), "early_stopping_patience": "none", "plateau_patience": "none"}
-    recipe = apply_overrides(load_recipe(recipe_name), overrides)
+    recipe = timed_recipe(recipe_name, rounds)
     speed = SpeedOptions("32", channels_last)
-    steps = steps or ROUND_STEPS[recipe_name]
+    steps = steps or ROUND_STEPS[recipe.name]
     times: dict[str, list[float]] = {"fmtk": [], "plain": [], "fmtk (Ignite's clock)": []}
     with tempfile.TemporaryDirectory() as run_dir:
         run = build_run(recipe, Path(run_dir), torch.device("cpu"), data_dir, None, speed=speed)
@@ -119,6 +118,16 @@ def fmtk_and_plain(
         return {"seconds": times, "per_epoch": len(run.data.train) / steps}
 
 
+def timed_recipe(spec: str, rounds: int):
+    """The recipe of ``spec`` (``RECIPE[:PRESET]``) for ``rounds`` timed rounds: no early stopping
+    or plateau, which would act on the rounds' validation."""
+    from fmtk.recipe_loading import resolve_recipe
+
+    recipe_name, _, preset = spec.partition(":")
+    overrides = {"epochs": str(rounds), "early_stopping_patience": "none", "plateau_patience": "none"}
+    return resolve_recipe(recipe_name, preset or None, overrides)
+
+
 def fmtk_channels_last(recipe_name: str, data_dir: Path, rounds: int) -> dict:
     measured = fmtk_and_plain(recipe_name, data_dir, rounds, True)
     seconds = measured["seconds"]
@@ -132,13 +141,10 @@ def layouts(spec: str, data_dir: Path, rounds: int, steps: int | None = None) ->
     turns in rounds of ``steps`` steps (default ``ROUND_STEPS``; contiguous first in odd rounds):
     each round's training seconds as the run records them."""
     from fmtk import build_run
-    from fmtk.recipe_loading import resolve_recipe
     from fmtk.training.engines import SpeedOptions
 
-    recipe_name, _, preset = spec.partition(":")
-    overrides = {"epochs": str(rounds), "early_stopping_patience": "none", "plateau_patience": "none"}
-    recipe = resolve_recipe(recipe_name, preset or None, overrides)
-    steps = steps or ROUND_STEPS[recipe_name]
+    recipe = timed_recipe(spec, rounds)
+    steps = steps or ROUND_STEPS[recipe.name]
     times: dict[str, list[float]] = {"fmtk contiguous": [], "fmtk --channels-last": []}
     with tempfile.TemporaryDirectory() as folder:
         runs = {}
@@ -164,13 +170,11 @@ def notebook(recipe_name: str, data_dir: Path, epochs: int) -> dict:
     import torchvision
     from torch.utils.data import DataLoader, Subset
 
-    from fmtk import load_recipe
-
-    recipe = load_recipe(recipe_name)
+    recipe = timed_recipe(recipe_name, epochs)
     torch.manual_seed(recipe.seed)
     model = recipe.model(recipe)
     optimizer = getattr(torch.optim, recipe.optimizer)(model.parameters(), lr=recipe.lr)
-    name = RECIPES[recipe_name]
+    name = RECIPES[recipe.name]
     with tempfile.TemporaryDirectory() as root:
         # torchvision extracts the .gz files next to them: give it a copy, not the data root.
         shutil.copytree(data_dir / name / "raw", Path(root) / name / "raw")
@@ -219,7 +223,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8, help="measured fmtk/plain rounds (after warm-up)")
     parser.add_argument("--epochs", type=int, default=2, help="measured notebook epochs (after warm-up)")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--recipes", default="mnist_dnn,fmnist_cnn")
+    parser.add_argument("--recipes", default="mnist_dnn,fmnist_cnn", help="RECIPE[:PRESET],...")
     parser.add_argument("--no-channels-last", action="store_true", help="skip the channels-last row")
     parser.add_argument("--layouts", nargs="+", metavar="RECIPE[:PRESET]", help="contiguous vs channels-last")
     parser.add_argument("--one", nargs=2, metavar=("WHAT", "RECIPE"), help=argparse.SUPPRESS)
@@ -257,7 +261,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|")
     for recipe in args.recipes.split(","):
         measured = ["pair", "notebook"]
-        if recipe != "mnist_dnn" and not args.no_channels_last:
+        if recipe.partition(":")[0] != "mnist_dnn" and not args.no_channels_last:
             measured.insert(1, "channels_last")
         rows = {}
         for what in measured:

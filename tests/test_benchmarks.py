@@ -49,6 +49,16 @@ def test_speed_fmtk_figure_leaves_out_what_follows_each_round() -> None:
     assert len(summary["fmtk"]["ratio"]) == 3 and "ratio" not in summary["plain"]
 
 
+def test_speed_times_a_recipe_or_its_preset_without_early_stopping() -> None:
+    """benchmarks/speed.py --recipes RECIPE[:PRESET]: the preset's values, the rounds as epochs, and
+    nothing that acts on the rounds' validation."""
+    speed = load_benchmark("speed")
+    faithful, fast = speed.timed_recipe("mnist_dnn", 3), speed.timed_recipe("mnist_dnn:fast", 3)
+    assert (faithful.lr, faithful.schedule, fast.lr, fast.schedule) == (0.1, "plateau", 0.2, "onecycle")
+    for recipe in (faithful, fast):
+        assert recipe.epochs == 3 and recipe.early_stopping_patience is recipe.plateau_patience is None
+
+
 def test_speed_layouts_take_turns_and_compare_to_contiguous() -> None:
     """benchmarks/speed.py --layouts: a contiguous and a channels-last run of one recipe, a figure
     per round for each, the ratio to contiguous per round."""
