@@ -26,7 +26,7 @@ from ignite.handlers import FastaiLRFinder
 from fmtk.errors import FmtkError
 from fmtk.pictures import curve_picture
 from fmtk.recipe import Recipe
-from fmtk.training.engines import create_trainer
+from fmtk.training.build import create_run_trainer
 from fmtk.training.optimizers import create_optimizer
 from fmtk.training.parts import recipe_parts
 
@@ -119,13 +119,17 @@ def find_lr(
     optimizer = create_optimizer(recipe.optimizer, model, start_lr, recipe.weight_decay, device,
                                  recipe.optimizer_args)  # fmt: skip
     scaler = torch.amp.GradScaler(device.type) if parts.speed.precision == "16-mixed" else None
-    trainer = create_trainer(model, optimizer, parts.train_loss, device, parts.speed, scaler)
+    # The run's own step: accumulation, mixup/CutMix and gradient clipping as the run trains.
+    trainer = create_run_trainer(parts, model, optimizer, scaler)
     finder = FastaiLRFinder()
     to_save = {"model": model, "optimizer": optimizer}
-    epochs = math.ceil(steps / len(data.train))
+    # A step is an optimizer step: with accumulation, N batches. The finder raises the LR each
+    # batch, so each optimizer step takes the LR of its group's last batch.
+    batches = steps * recipe.accumulate_steps
+    epochs = math.ceil(batches / len(data.train))
     with warnings.catch_warnings(record=True) as caught, _temp_folder_of_this_process():
         warnings.simplefilter("always")  # Ignite warns when the loss never diverged
-        with finder.attach(trainer, to_save, num_iter=steps, start_lr=start_lr, end_lr=end_lr) as finding:
+        with finder.attach(trainer, to_save, num_iter=batches, start_lr=start_lr, end_lr=end_lr) as finding:
             finding.run(data.train, max_epochs=epochs)
     never_diverged = [warning for warning in caught if "without loss diverging" in str(warning.message)]
     for warning in caught:  # any other warning goes on to the user as it came

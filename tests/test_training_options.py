@@ -198,19 +198,49 @@ def test_lr_find_leaves_the_model_and_optimizer_as_they_were(monkeypatch: pytest
     from fmtk import lr_finder
 
     seen = {}
-    real_create_trainer = lr_finder.create_trainer
+    real_create_trainer = lr_finder.create_run_trainer
 
-    def watching(model, optimizer, *args):
+    def watching(parts, model, optimizer, scaler):
         seen.update(model=model, weights={k: v.clone() for k, v in model.state_dict().items()},
                     optimizer=optimizer, lr=optimizer.param_groups[0]["lr"])  # fmt: skip
-        return real_create_trainer(model, optimizer, *args)
+        return real_create_trainer(parts, model, optimizer, scaler)
 
-    monkeypatch.setattr(lr_finder, "create_trainer", watching)
+    monkeypatch.setattr(lr_finder, "create_run_trainer", watching)
     finding = lr_finder.find_lr(load_recipe("digits_mlp"), Path("data"), torch.device("cpu"), steps=30)
     assert len(finding.lrs) == len(finding.losses) >= 3 and finding.lrs[-1] > finding.lrs[0]
     after = seen["model"].state_dict()
     assert all(torch.equal(after[name], weights) for name, weights in seen["weights"].items())
     assert seen["optimizer"].param_groups[0]["lr"] == seen["lr"] and not seen["optimizer"].state
+
+
+def test_lr_find_sweeps_with_the_runs_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Accumulation, gradient clipping and mixup as the run trains them: a step of the sweep is one
+    optimizer step of N batches, clipped once; mixup changes the losses it sees."""
+    from fmtk import lr_finder
+
+    optimizer_steps, clipped = [], []
+    real_clip, real_create_optimizer = torch.nn.utils.clip_grad_norm_, lr_finder.create_optimizer
+
+    def clip(*args, **kwargs):
+        clipped.append(1)
+        return real_clip(*args, **kwargs)
+
+    def counting(*args):
+        optimizer = real_create_optimizer(*args)
+        optimizer.register_step_post_hook(lambda *_: optimizer_steps.append(1))
+        return optimizer
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    monkeypatch.setattr(lr_finder, "create_optimizer", counting)
+
+    def losses(**values: str) -> list[float]:
+        recipe = apply_overrides(load_recipe("digits_mlp"), values)
+        return lr_finder.find_lr(recipe, Path("data"), torch.device("cpu"), steps=8).losses
+
+    accumulated = losses(accumulate_steps="3", max_grad_norm="1.0")
+    # Ignite's finder trains one batch past its num_iter: here the first of a group, no step.
+    assert len(accumulated) == 3 * 8 + 1 and len(optimizer_steps) == len(clipped) == 8
+    assert losses() == losses() != losses(mixup_alpha="0.4")  # each sweep from the recipe's seed
 
 
 def u_curve(points: int = 100) -> tuple[list[float], list[float]]:

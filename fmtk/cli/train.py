@@ -108,7 +108,11 @@ def run(
 @device_option
 @data_dir_option
 @click.option(
-    "--steps", default=100, show_default=True, type=click.IntRange(min=5), help="Training steps at most."
+    "--steps",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=5),
+    help="Optimizer steps at most (of N batches with accumulate_steps=N).",
 )
 @click.option("--start-lr", default=1e-7, show_default=True, type=float)
 @click.option("--end-lr", default=10.0, show_default=True, type=float)

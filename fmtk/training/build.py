@@ -15,7 +15,7 @@ from typing import Any
 
 import ignite.distributed as idist
 import torch
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 
 from fmtk.device import resolve_device
@@ -168,10 +168,7 @@ def create_engines(parts: Parts) -> Engines:
     # (whose metrics Ignite reduces across ranks) needs no gradient synchronisation.
     train_model = idist.auto_model(model) if idist.get_world_size() > 1 else model
     scaler = torch.amp.GradScaler(device.type) if parts.speed.precision == "16-mixed" else None
-    trainer = create_trainer(
-        train_model, optimizer, parts.train_loss, device, parts.speed, scaler, recipe.accumulate_steps,
-        parts.train_mix,
-    )  # fmt: skip
+    trainer = create_run_trainer(parts, train_model, optimizer, scaler)
     if recipe.fine_tunes:
         attach_fine_tuning(trainer, optimizer, model, head, recipe.freeze_epochs, recipe.backbone_lr_scale)
     # The EMA copies the model as it is now: on its device, in its memory format, with the weights
@@ -188,6 +185,22 @@ def create_engines(parts: Parts) -> Engines:
     return Engines(
         optimizer, trainer, evaluator, evaluated_model, scaler, ["loss", "accuracy", *extra_metrics]
     )
+
+
+def create_run_trainer(
+    parts: Parts,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+) -> Engine:
+    """The trainer of the recipe's step, which a run trains with and ``fmtk lr-find`` sweeps with:
+    its accumulation, mixing and gradient clipping. ``model`` may be a DDP wrapper."""
+    recipe = parts.recipe
+    trainer = create_trainer(model, optimizer, parts.train_loss, parts.device, parts.speed, scaler,
+                             recipe.accumulate_steps, parts.train_mix)  # fmt: skip
+    if recipe.max_grad_norm is not None:
+        attach_gradient_clipping(trainer, parts.model, recipe.max_grad_norm)
+    return trainer
 
 
 def kept_states(parts: Parts, engines: Engines) -> dict[str, Any]:
@@ -223,8 +236,6 @@ def attach_handlers(
     main = is_main_process()
     if main and progress:  # not merely disabled: a disabled bar still costs ~40 µs a step
         attach_progress(trainer)
-    if recipe.max_grad_norm is not None:
-        attach_gradient_clipping(trainer, parts.model, recipe.max_grad_norm)
     attach_nonfinite_guard(trainer, recipe.log_every)
     if hasattr(data.train, "set_epoch"):  # each epoch's order (and shard) from (seed, epoch)
         trainer.add_event_handler(
