@@ -4,7 +4,9 @@ is imported inside the commands that need it)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,6 +21,9 @@ from fmtk.cli.group import (
 )
 from fmtk.errors import FmtkError
 from fmtk.runfolder import BEST, LAST, confusion_name, picture_path
+
+if TYPE_CHECKING:
+    import torch
 
 
 @cli.command("list")
@@ -68,7 +73,7 @@ def show(
     from fmtk.data.batches import TensorBatches
     from fmtk.pictures import titled_grid
     from fmtk.recipe_loading import data_root
-    from fmtk.training.parts import load_data
+    from fmtk.training.parts import load_data, training_mix
 
     recipe = recipe_with_settings(recipe_name, settings, preset)
     if augmented and split != "train":
@@ -79,8 +84,12 @@ def show(
     data = load_data(recipe, data_root(data_dir), torch.device("cpu"))
     if not all(isinstance(getattr(data, name), TensorBatches) for name in ("train", "valid", "test")):
         raise FmtkError(f"fmtk show needs in-memory TensorBatches splits; {recipe.name} has other ones")
-    if augmented and not data.train.augmentation.active:
-        raise FmtkError(f"--augmented: {recipe.name} augments nothing; set augment_* or a --preset")
+    mixer = training_mix(recipe, data, torch.device("cpu"))
+    if augmented and not (data.train.augmentation.active or mixer is not None):
+        raise FmtkError(
+            f"--augmented: {recipe.name} augments nothing; "
+            "set augment_*, mixup_alpha, cutmix_alpha or a --preset"
+        )
     for name in ("train", "valid", "test"):
         counts = torch.bincount(getattr(data, name).labels, minlength=len(data.classes)).tolist()
         click.echo(f"{name:<6}" + "  ".join(f"{c}: {n}" for c, n in zip(data.classes, counts, strict=True)))
@@ -90,12 +99,22 @@ def show(
     titles = [data.classes[int(label)] for label in batches.labels[chosen]]
     images = batches.images[chosen]
     if augmented:
-        images, _ = next(iter(batches.take(chosen)))
+        images, labels = next(iter(batches.take(chosen)))
+        if mixer is not None:  # mixed among the samples shown, as training mixes a batch
+            images, targets = mixer(images, labels, epoch=1, batch=0)
+            titles = [mixed_title(target, data.classes) for target in targets]
     try:
         titled_grid(images, titles, columns=8).save(out)
     except OSError as error:
         raise FmtkError(f"--out {out}: cannot write it ({error.strerror})") from None
     click.echo(f"wrote {out}")
+
+
+def mixed_title(target: torch.Tensor, classes: Sequence[str]) -> str:
+    """A mixed sample's title: its two classes with their shares of its target, one per line."""
+    shares, indices = target.topk(min(2, len(target)))
+    parts = zip(shares.tolist(), indices.tolist(), strict=True)
+    return "\n".join(f"{classes[index]} {share:.0%}" for share, index in parts if share >= 0.005)
 
 
 @cli.command()

@@ -178,3 +178,20 @@ def test_show_augmented_draws_the_samples_as_training_sees_them(real_data: Path,
     refused = show("mnist_dnn", "--augmented", "--out", str(tmp_path / "m.png"))
     assert refused.exit_code == 1 and "mnist_dnn augments nothing" in refused.output
     assert not (tmp_path / "v.png").exists() and not (tmp_path / "m.png").exists()
+    # Mixup alone is augmentation too: the samples shown are mixed among themselves.
+    digits, mixed = tmp_path / "digits.png", tmp_path / "mixed.png"
+    assert show("mnist_dnn", "--out", str(digits)).exit_code == 0
+    result = show("mnist_dnn", "--set", "mixup_alpha=0.4", "--augmented", "--out", str(mixed))
+    assert result.exit_code == 0, result.output
+    with Image.open(digits) as before, Image.open(mixed) as after:
+        assert np.asarray(before).tolist() != np.asarray(after).tolist()
+
+
+def test_a_mixed_samples_title_gives_its_two_classes_and_their_shares() -> None:
+    import torch
+
+    from fmtk.cli.look import mixed_title
+
+    classes = ["Coat", "Shirt", "Bag"]
+    assert mixed_title(torch.tensor([0.3, 0.0, 0.7]), classes) == "Bag 70%\nCoat 30%"
+    assert mixed_title(torch.tensor([0.0, 0.999, 0.001]), classes) == "Shirt 100%"  # a 0% share: no line
