@@ -189,6 +189,22 @@ def test_from_python_a_study_returns_the_best_values_and_goes_on_with_more_trial
     assert more.trials[:2] == result.trials  # not run again
 
 
+def test_no_trial_is_pruned_in_its_warm_up_epochs(tmp_path: Path) -> None:
+    import fmtk as toolkit
+
+    # The hopeless lr that the search above prunes after epoch 1 is judged after epoch 3 here.
+    result = toolkit.tune(
+        "digits_mlp", trials=2, space={"lr": "loguniform:1e-4:0.5"}, tries=[{"lr": 0.05}, {"lr": 0.0001}],
+        prune_after=1, prune_warmup=2, epochs=4, output_dir=tmp_path, device="cpu", quiet=True,
+    )  # fmt: skip
+    assert [row["state"] for row in result.trials] == ["complete", "pruned"]
+    metrics = json.loads((result.study_dir / "trial_001" / "metrics.json").read_text())
+    assert metrics["stopped_by"] == "pruned" and metrics["epochs_run"] == 3
+    assert json.loads((result.study_dir / "study.json").read_text())["pruning"]["warmup"] == 2
+    with pytest.raises(toolkit.FmtkError, match=r"^prune_warmup=-1: expected a whole number, 0 or more$"):
+        toolkit.tune("digits_mlp", trials=1, space={"lr": "loguniform:1e-4:0.5"}, prune_warmup=-1)
+
+
 @pytest.mark.slow
 def test_each_process_of_a_trial_trains_with_the_values_drawn_once(tmp_path: Path) -> None:
     (tmp_path / "killers.py").write_text(KILLERS)

@@ -52,6 +52,14 @@ from fmtk.errors import FmtkError
     show_default=True,
     help="Finished trials before any is pruned.",
 )
+@click.option(
+    "--prune-warmup",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="EPOCHS",
+    help="A trial's first epochs, never pruned (a warm-up or a slow start).",
+)
 @click.option("--preset", metavar="NAME", help="One of the recipe's presets, for every trial.")
 @set_option
 @click.option(
@@ -77,6 +85,7 @@ def tune(
     metric: str,
     prune: bool,
     prune_after: int,
+    prune_warmup: int,
     preset: str | None,
     settings: tuple[str, ...],
     study_dir: Path | None,
@@ -120,8 +129,9 @@ def tune(
         if len(space) != len(spaces):
             raise FmtkError("--space: a key is given twice")
         command = shlex.join(["fmtk", *sys.argv[1:]])
+        pruning = Pruning(prune, prune_after, prune_warmup)
         request = StudyRequest(recipe_name, space, trials, metric, preset, parse_settings(settings),
-                               list(tries), Pruning(prune, prune_after), command=command)  # fmt: skip
+                               list(tries), pruning, command=command)  # fmt: skip
     speed = SpeedOptions(precision, channels_last, compile_model)
     run = RunRequest(device=resolve_device(device), speed=speed, handlers=handlers,
                      nproc_per_node=nproc_per_node, backend=backend)  # fmt: skip

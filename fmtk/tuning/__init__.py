@@ -44,6 +44,7 @@ def tune(
     metric: str = "accuracy",
     prune: bool = True,
     prune_after: int = 5,
+    prune_warmup: int = 0,
     tries: Sequence[Mapping[str, Any]] = (),
     preset: str | None = None,
     resume: Path | str | None = None,
@@ -59,7 +60,8 @@ def tune(
 ) -> StudyResult:
     """Search ``space`` (``{key: "loguniform:1e-3:1"}``; a list is a choice) for the values of
     ``recipe`` (a bundled name or a recipe file) with the best valid ``metric``, in ``trials``
-    ordinary runs, each pruned when hopeless (``prune``); ``tries``: values to try first (e.g. the
+    ordinary runs, each pruned when hopeless (``prune``, after ``prune_after`` finished trials and
+    never in a trial's first ``prune_warmup`` epochs); ``tries``: values to try first (e.g. the
     recipe's own). ``resume``: a study folder to go on with (``trials``: its new total).
     ``overrides`` set recipe values for every trial, as in :func:`fmtk.fit`.
 
@@ -91,7 +93,7 @@ def tune(
             preset,
             dict(overrides),
             list(tries),
-            Pruning(prune, prune_after),
+            Pruning(prune, prune_after, prune_warmup),
             command=None,
         )
     elif trials is not None:

@@ -15,6 +15,7 @@ from ignite.engine import Engine, Events
 from optuna_integration import PyTorchIgnitePruningHandler
 
 from fmtk.distributed import is_main_process
+from fmtk.errors import FmtkError
 from fmtk.runs import PRUNED
 from fmtk.training.run import Run
 
@@ -23,15 +24,23 @@ from fmtk.training.run import Run
 class Pruning:
     """How a study prunes: Optuna's median pruner once ``after`` trials have finished (a trial whose
     valid metric at an epoch is worse than the median of the finished trials' at that epoch
-    stops), or never (``enabled`` False: the metric is still reported, for the study's record)."""
+    stops), never in a trial's first ``warmup`` epochs (a warm-up or a slow start is not judged),
+    or never (``enabled`` False: the metric is still reported, for the study's record)."""
 
     enabled: bool = True
     after: int = 5
+    warmup: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("after", "warmup"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise FmtkError(f"prune_{name}={getattr(self, name)!r}: expected a whole number, 0 or more")
 
     def pruner(self) -> optuna.pruners.BasePruner:
         if not self.enabled:
             return optuna.pruners.NopPruner()
-        return optuna.pruners.MedianPruner(n_startup_trials=self.after, n_warmup_steps=0)
+        # The steps reported are epochs, from 1; Optuna prunes from step == n_warmup_steps.
+        return optuna.pruners.MedianPruner(n_startup_trials=self.after, n_warmup_steps=self.warmup + 1)
 
 
 @dataclass(frozen=True)
