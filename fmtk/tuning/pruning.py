@@ -32,9 +32,9 @@ class Pruning:
     warmup: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("after", "warmup"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise FmtkError(f"prune_{name}={getattr(self, name)!r}: expected a whole number, 0 or more")
+        for name, value in (("after", self.after), ("warmup", self.warmup)):
+            if not isinstance(value, int) or value < 0:
+                raise FmtkError(f"prune_{name}={value!r}: expected a whole number, 0 or more")
 
     def pruner(self) -> optuna.pruners.BasePruner:
         if not self.enabled:
