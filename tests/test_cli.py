@@ -84,6 +84,30 @@ def test_bad_input_is_one_line(tmp_path: Path, args: list[str], fragments: list[
     assert_one_line_error(fmtk(*args, "--output-dir", str(tmp_path / "out"), cwd=tmp_path), *fragments)
 
 
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["run", "digits_mlp", "--epochs", "x"], ["fmtk run: Invalid value for '--epochs': 'x'"]),
+        (["tune", "digits_mlp", "--prune-warmup", "-1"], ["fmtk tune: Invalid value for '--prune-warmup'"]),
+        (["run", "digits_mlp", "--bogus"], ["fmtk run: No such option '--bogus'"]),
+        (["evaluate"], ["fmtk evaluate: Missing argument 'RUN_DIR'"]),
+        (["trian"], ["fmtk: No such command 'trian'"]),
+        (["--bogus"], ["fmtk: No such option '--bogus'"]),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_command(
+    tmp_path: Path, args: list[str], fragments: list[str]
+) -> None:
+    result = fmtk(*args, cwd=tmp_path)
+    assert_one_line_error(result, *fragments)
+    assert result.returncode == 2 and not any(tmp_path.iterdir())
+
+
+def test_bare_fmtk_still_shows_its_help(tmp_path: Path) -> None:
+    result = fmtk(cwd=tmp_path)
+    assert "Commands:" in result.stdout + result.stderr and "Error" not in result.stderr
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda_is_one_line(tmp_path: Path) -> None:
     result = fmtk("run", "catdog_vgg", "--device", "cuda", "--output-dir", "out", cwd=tmp_path)

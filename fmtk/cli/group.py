@@ -1,5 +1,5 @@
-"""The `fmtk` command group: its error handling (every FmtkError becomes one line on stderr and its
-exit code), the options several commands share, and the helpers they use.
+"""The `fmtk` command group: its error handling (every FmtkError and click usage error becomes one
+line on stderr and its exit code), the options several commands share, and the helpers they use.
 
 torch, Ignite and everything that imports them are imported inside the commands: they take
 seconds to import, and ``fmtk --help``, ``--version`` and ``fmtk runs`` need neither.
@@ -24,10 +24,26 @@ if TYPE_CHECKING:
     from fmtk.recipe import Recipe
 
 
+def _one_line(error: click.UsageError) -> click.UsageError:
+    """The error without its context, which click shows as one line (``Error: fmtk run: ...``) instead
+    of three (usage, "Try --help", the error); bare ``fmtk`` still shows its help."""
+    if isinstance(error, click.exceptions.NoArgsIsHelpError) or error.ctx is None:
+        return error
+    return click.UsageError(f"{error.ctx.command_path}: {error.format_message()}")
+
+
 class _Group(click.Group):
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as error:  # fmtk's own options: fmtk --bogus
+            raise _one_line(error) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as error:  # a command's options and arguments, an unknown command
+            raise _one_line(error) from None
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as error:  # noqa: BLE001 - a user's code may raise anything; fmtk's own keep their traceback
