@@ -21,7 +21,7 @@ from ignite.handlers import EMAHandler
 from fmtk.device import resolve_device
 from fmtk.distributed import broadcast_buffers, is_main_process
 from fmtk.errors import FmtkError
-from fmtk.recipe import PER_ITERATION_SCHEDULES, Recipe
+from fmtk.recipe import Recipe
 from fmtk.recipe_loading import data_root, resolve_recipe
 from fmtk.runfolder import CONFIG, read_config, run_folder
 from fmtk.training.checkpoints import STOP, RandomState, ResumePoint, RunInfo, load_model_weights
@@ -33,7 +33,6 @@ from fmtk.training.handlers import (
     attach_epoch_log,
     attach_fine_tuning,
     attach_gradient_clipping,
-    attach_lr_plateau,
     attach_nonfinite_guard,
     attach_progress,
     attach_validation,
@@ -43,7 +42,7 @@ from fmtk.training.optimizers import create_optimizer
 from fmtk.training.parts import Parts, recipe_parts, split_sizes
 from fmtk.training.results import run_config
 from fmtk.training.run import Engines, Logs, Run
-from fmtk.training.schedules import attach_lr_schedule
+from fmtk.training.schedules import attach_schedule
 from fmtk.training.tensorboard import HPARAM_METRICS, attach_tensorboard, hparam_values, write_hparams
 from fmtk.weights import EMA_MODEL
 
@@ -249,7 +248,7 @@ def attach_handlers(
             trainer, evaluator, recipe.early_stopping_patience, *recipe.watched("early_stopping_metric"), echo
         )
         kept["early_stopping"] = stopper
-    schedule = _attach_schedule(parts, engines)
+    schedule = attach_schedule(recipe, trainer, evaluator, engines.optimizer, len(data.train))
     if schedule is not None:
         kept["lr_scheduler"] = schedule
     metrics = engines.metric_names
@@ -282,31 +281,6 @@ def _check_watched_metrics(recipe: Recipe, metrics: list[str]) -> None:
                 f"recipe {recipe.name}: {field} '{name}' is not a validation metric; "
                 f"valid: {', '.join(metrics)}"
             )
-
-
-def _attach_schedule(parts: Parts, engines: Engines) -> Any:
-    """The recipe's LR schedule (its state goes into the last checkpoint), or None."""
-    recipe = parts.recipe
-    if recipe.schedule in PER_ITERATION_SCHEDULES:
-        return attach_lr_schedule(
-            engines.trainer,
-            engines.optimizer,
-            recipe.schedule,
-            recipe.lr,
-            recipe.epochs,
-            len(parts.data.train),
-            recipe.warmup_epochs,
-            recipe.accumulate_steps,
-        )
-    if recipe.schedule == "plateau" and recipe.plateau_patience is not None:
-        return attach_lr_plateau(
-            engines.evaluator,
-            engines.optimizer,
-            recipe.plateau_patience,
-            recipe.plateau_factor,
-            *recipe.watched("plateau_metric"),
-        )
-    return None
 
 
 def _silent(line: str) -> None:

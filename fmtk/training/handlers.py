@@ -12,12 +12,7 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import (
-    EarlyStopping,
-    EMAHandler,
-    ProgressBar,
-    ReduceLROnPlateauScheduler,
-)
+from ignite.handlers import EarlyStopping, EMAHandler, ProgressBar
 from torch import nn
 
 from fmtk.errors import FmtkError
@@ -150,39 +145,6 @@ def attach_early_stopping(
             )
 
     return stopper
-
-
-class CheckpointablePlateau(ReduceLROnPlateauScheduler):
-    """Ignite's ReduceLROnPlateauScheduler, with a state_dict that ``torch.load(weights_only=True)`` reads.
-
-    Ignite patches a bound method onto the torch scheduler, which then lands in its state_dict;
-    it is dropped on save and patched back on load.
-    """
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["scheduler"] = {k: v for k, v in state["scheduler"].items() if k != "_reduce_lr"}
-        return state
-
-    def load_state_dict(self, state_dict: Mapping) -> None:
-        super().load_state_dict(state_dict)
-        self.scheduler._reduce_lr = self._reduce_lr
-
-
-def attach_lr_plateau(
-    evaluator: Engine,
-    optimizer: torch.optim.Optimizer,
-    patience: int,
-    factor: float,
-    metric: str = "loss",
-    mode: str = "min",
-) -> CheckpointablePlateau:
-    """Multiply the LR by ``factor`` when the valid ``metric`` has not improved (``mode`` min or
-    max) for ``patience`` epochs."""
-    scheduler = CheckpointablePlateau(optimizer, metric, mode=mode, factor=factor, patience=patience)
-    # On the evaluator, not the trainer: it needs the valid loss, once per validation.
-    evaluator.add_event_handler(Events.COMPLETED, scheduler)
-    return scheduler
 
 
 def progress_by_default() -> bool:

@@ -29,9 +29,9 @@ from fmtk.errors import FmtkError
 from fmtk.runfolder import CONFIG, METRICS_JSON, remove_stale_files, truncate_history, write_json
 from fmtk.training.checkpoints import STOP, ResumePoint, attach_checkpoints, check_keepable, restore
 from fmtk.training.evaluation import Evaluation
-from fmtk.training.handlers import CheckpointablePlateau
 from fmtk.training.parts import Parts
 from fmtk.training.results import final_results, test_checkpoint, test_table, write_pictures
+from fmtk.training.schedules import CheckpointablePlateau
 
 
 @dataclass(frozen=True)

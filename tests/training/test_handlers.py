@@ -10,12 +10,8 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from torch import nn
 
-from fmtk.training.handlers import (
-    attach_early_stopping,
-    attach_lr_plateau,
-    attach_validation,
-    every_iterations,
-)
+from fmtk.training.handlers import attach_early_stopping, attach_validation, every_iterations
+from fmtk.training.schedules import attach_lr_plateau
 
 
 def scripted_engines(valid_losses: list[float], metric: str = "loss") -> tuple[Engine, Engine]:
