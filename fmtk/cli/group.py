@@ -32,7 +32,22 @@ def _one_line(error: click.UsageError) -> click.UsageError:
     return click.UsageError(f"{error.ctx.command_path}: {error.format_message()}")
 
 
+class _Command(click.Command):
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as error:
+            if error.ctx is not None or parent is None:
+                raise
+            # click's parser raises some errors (an option missing its value) without a context
+            raise click.UsageError(f"{parent.command_path} {info_name}: {error.format_message()}") from None
+
+
 class _Group(click.Group):
+    command_class = _Command
+
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         try:
             return super().make_context(*args, **kwargs)
