@@ -143,24 +143,12 @@ def _step(
     """The training step: ``zero_grad → forward → loss → backward → BACKWARD_COMPLETED → step``."""
 
     def train_step(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x, y = batch
-        if x.device != device or y.device != device:  # in-memory batches are there already: ~3 µs saved
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if speed.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = _on_device(batch, device, speed)
         optimizer.zero_grad(set_to_none=True)
         with autocast():
             loss = loss_fn(forward(x), y)
-        if scaler is None:
-            loss.backward()
-            _between_backward_and_step(engine)
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # what runs between backward and step sees the true gradients
-            _between_backward_and_step(engine)
-            scaler.step(optimizer)  # skipped when unscaling found inf/NaN gradients
-            scaler.update()
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        _optimizer_step(engine, optimizer, scaler)
         loss = loss.detach()
         engine.state.batch_losses.append(loss)
         return loss
@@ -185,11 +173,7 @@ def _accumulating_step(
     distributed = isinstance(model, nn.parallel.DistributedDataParallel)
 
     def accumulating_step(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x, y = batch
-        if x.device != device or y.device != device:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if speed.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = _on_device(batch, device, speed)
         index, size = place_in_group(engine, accumulate_steps)
         if index == 0:
             optimizer.zero_grad(set_to_none=True)
@@ -202,19 +186,37 @@ def _accumulating_step(
             share = loss / size
             (share if scaler is None else scaler.scale(share)).backward()
         if last:
-            if scaler is None:
-                _between_backward_and_step(engine)
-                optimizer.step()
-            else:
-                scaler.unscale_(optimizer)
-                _between_backward_and_step(engine)
-                scaler.step(optimizer)
-                scaler.update()
+            _optimizer_step(engine, optimizer, scaler)
         loss = loss.detach()
         engine.state.batch_losses.append(loss)
         return loss
 
     return accumulating_step
+
+
+def _on_device(
+    batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, speed: SpeedOptions
+) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = batch
+    if x.device != device or y.device != device:  # in-memory batches are there already: ~3 µs saved
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    if speed.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def _optimizer_step(
+    engine: Engine, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
+) -> None:
+    """After backward: what runs between backward and step (BACKWARD_COMPLETED), then the step."""
+    if scaler is None:
+        _between_backward_and_step(engine)
+        optimizer.step()
+        return
+    scaler.unscale_(optimizer)  # what runs between backward and step sees the true gradients
+    _between_backward_and_step(engine)
+    scaler.step(optimizer)  # skipped when unscaling found inf/NaN gradients
+    scaler.update()
 
 
 def _mixing(step: Callable, mix: Mixer, device: torch.device) -> Callable:
