@@ -6,13 +6,15 @@ Three things, in one process, one after the other:
 2. a ``--trials``-trial study of ``lr`` (loguniform 0.01–1), ``optimizer_args.momentum`` (uniform
    0–0.99) and ``batch_size`` (32, 64, 100, 128, 256) around the faithful recipe, its first trial the
    recipe's own values (``--try``), pruned by the median pruner;
-3. the same study with ``--no-prune``, the second way of measuring what pruning saved.
+3. the same study with ``--no-prune``, the second way of measuring what pruning saved;
+4. with ``--prune-warmup N``, the same study again, pruned but never in a trial's first N epochs.
 
 Printed: test accuracy (best checkpoint) of each; the studies' seconds (wall and training), trials
 pruned, and the seconds pruning saved two ways: estimated from the pruned trials (their epochs not
 run × their seconds per epoch) and measured (the unpruned study's wall time minus the pruned one's).
 
-    python benchmarks/tune.py --data-dir ../shared/datasets [--trials 20] [--out runs/tune-benchmark]
+    python benchmarks/tune.py --data-dir ../shared/datasets [--trials 20] [--prune-warmup 2]
+        [--out runs/tune-benchmark]
 """
 
 from __future__ import annotations
@@ -33,12 +35,12 @@ SPACE = {
 OWN = {"lr": 0.1, "optimizer_args.momentum": 0.0, "batch_size": "100"}  # the faithful recipe's values
 
 
-def study(out: Path, data_dir: Path, trials: int, prune: bool) -> dict:
+def study(out: Path, data_dir: Path, trials: int, prune: bool, warmup: int = 0) -> dict:
     started = time.perf_counter()
-    result = fmtk.tune("mnist_dnn", trials=trials, space=SPACE, tries=[OWN], prune=prune, data_dir=data_dir,
-                       study_dir=out, device="cpu", quiet=True)  # fmt: skip
+    result = fmtk.tune("mnist_dnn", trials=trials, space=SPACE, tries=[OWN], prune=prune, prune_warmup=warmup,
+                       data_dir=data_dir, study_dir=out, device="cpu", quiet=True)  # fmt: skip
     wall = time.perf_counter() - started
-    print(f"{'pruned' if prune else 'not pruned'}: what fmtk tune prints at the end")
+    print(f"{out.name}: what fmtk tune prints at the end")
     write_report(result, out, wall, print)  # (best.json and tune.png again, the same)
     rows = result.trials
     saved = 0.0
@@ -60,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--prune-warmup", type=int, default=0, help="N > 0: a third study with it")
     parser.add_argument("--out", type=Path, default=Path("runs/tune-benchmark"))
     arguments = parser.parse_args()
     out = arguments.out / time.strftime("%Y%m%d-%H%M%S")
@@ -74,16 +77,29 @@ def main() -> None:
         runs[name] = (result.test["best"]["accuracy"], time.perf_counter() - started)
     pruned = study(out / "study", arguments.data_dir, arguments.trials, prune=True)
     unpruned = study(out / "study_no_prune", arguments.data_dir, arguments.trials, prune=False)
+    studies = {"study, pruned": pruned, "study, --no-prune": unpruned}
+    warmup = arguments.prune_warmup
+    if warmup:
+        folder = out / f"study_prune_warmup_{warmup}"
+        studies[f"study, --prune-warmup {warmup}"] = study(
+            folder, arguments.data_dir, arguments.trials, prune=True, warmup=warmup
+        )
 
-    print(f"{'run':<34}{'test acc':>10}{'seconds':>10}")
+    print(f"{'run':<48}{'test acc':>10}{'seconds':>10}")
     for name, (accuracy, seconds) in runs.items():
-        print(f"{'mnist_dnn ' + name:<34}{100 * accuracy:>9.2f}%{seconds:>10.0f}")
-    for name, found in (("study, pruned", pruned), ("study, --no-prune", unpruned)):
-        print(f"{name + ': trial 0 (own values)':<34}{100 * found['own_test']:>9.2f}%")
+        print(f"{'mnist_dnn ' + name:<48}{100 * accuracy:>9.2f}%{seconds:>10.0f}")
+    for name, found in studies.items():
+        print(f"{name + ': trial 0 (own values)':<48}{100 * found['own_test']:>9.2f}%")
         label = f"{name}: best, trial {found['best_trial']}"
-        print(f"{label:<34}{100 * found['best_test']:>9.2f}%{found['wall_seconds']:>10.0f}")
+        print(f"{label:<48}{100 * found['best_test']:>9.2f}%{found['wall_seconds']:>10.0f}")
     print(f"best values (pruned study): {pruned['best_values']}")
     print(f"best values (--no-prune):   {unpruned['best_values']}")
+    for name, found in list(studies.items())[2:]:
+        print(f"best values ({name[7:]}): {found['best_values']}")
+        print(
+            f"{name}: pruned {found['pruned']} of {arguments.trials} trials, {found['wall_seconds']:.0f} s "
+            f"(training {found['train_seconds']:.0f} s)"
+        )
     measured = unpruned["wall_seconds"] - pruned["wall_seconds"]
     print(
         f"pruned {pruned['pruned']} of {arguments.trials} trials; saved "
