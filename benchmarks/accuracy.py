@@ -37,6 +37,7 @@ from fmtk.pictures import lines_picture
 from fmtk.recipe_loading import load_recipe, resolve_recipe
 from fmtk.runfolder import METRICS_JSON, read_config, read_history, read_results
 from fmtk.training.engines import SpeedOptions
+from fmtk.version import cpu
 
 # The notebooks' test accuracy (catdog: at 224 px; the reduced CPU runs only compare the entries).
 NOTEBOOK_ACCURACY = {"mnist_dnn": 0.97, "fmnist_dnn": 0.877, "fmnist_cnn": 0.927, "catdog_vgg": 0.959}
@@ -80,6 +81,7 @@ def row_from(run_dir: Path) -> dict:
         "test_best": results["test"]["best"]["accuracy"], "test_last": results["test"]["last"]["accuracy"],
         "image_size": config["options"].get("image_size"), "run_dir": str(run_dir),
         "channels_last": config["speed"]["channels_last"], "torch": config["versions"]["torch"],
+        "cpu": config["versions"].get("cpu"),  # (runs of fmtk before it recorded the CPU: None)
         "date": time.strftime("%Y-%m-%d", time.gmtime((run_dir / METRICS_JSON).stat().st_mtime)),
     }  # fmt: skip
 
@@ -190,7 +192,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     saved = args.out / "accuracy.json"
     measured: dict[str, dict[str, dict[str, dict]]] = json.loads(saved.read_text()) if saved.is_file() else {}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU", flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu()}", flush=True)
 
     def record(run_dir: Path, entry: str) -> None:
         row = row_from(run_dir)

@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import platform
 from importlib import metadata
+from pathlib import Path
 
 __version__ = "0.1.0"
 
 
 def versions() -> dict[str, str]:
-    """fmtk's version and those of Python and the libraries a run's figures depend on (config.json)."""
+    """fmtk's version and those of Python and the libraries a run's figures depend on, and the CPU
+    (config.json)."""
     found = {"fmtk": __version__, "python": platform.python_version()}
     for name in ("torch", "torchvision", "pytorch-ignite"):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             found[name] = "not installed"
+    found["cpu"] = cpu()
     return found
+
+
+def cpu() -> str:
+    """The CPU and the instruction set torch's kernels use on it (``x86_64, Intel(R) Xeon(R) Processor,
+    AVX512``): two machines can train the same seed to different figures, since the kernels differ."""
+    import torch  # (not at import: setup.cfg reads this module's __version__)
+
+    name = platform.processor()
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        name = next((line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+                     if line.startswith("model name")), name)  # fmt: skip
+    return ", ".join(filter(None, [platform.machine(), name, torch.backends.cpu.get_cpu_capability()]))

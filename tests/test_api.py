@@ -61,7 +61,8 @@ def test_fit_returns_the_history_the_tests_and_the_best_weights(tmp_path: Path) 
     config = json.loads((result.run_dir / "config.json").read_text())
     assert config["changed"] == {"epochs": 3, "lr": 0.05, "checkpoint_metric": "loss:max"}
     assert config["command"] == "fmtk.fit('digits_mlp', epochs=3, lr=0.05, checkpoint_metric='loss:max')"
-    assert set(config["versions"]) == {"fmtk", "python", "torch", "torchvision", "pytorch-ignite"}
+    assert set(config["versions"]) == {"fmtk", "python", "torch", "torchvision", "pytorch-ignite", "cpu"}
+    assert config["versions"]["cpu"].endswith(torch.backends.cpu.get_cpu_capability())
     assert "epoch 1" in repr(result) and "best weights" in repr(result)
 
 
