@@ -41,18 +41,20 @@ recipe = Recipe(
     options={"variant": "improved", "dropout": [0.2, 0.4, 0.5]},
     presets={
         "fast": Preset(
-            "the basic CNN to the notebook's accuracy in fewer epochs: AdamW, one-cycle to 3e-3, "
-            "batch 64, label smoothing",
+            "the basic CNN past the notebook's accuracy in 7 epochs: AdamW, one-cycle to 4e-3, "
+            "batch 48, label smoothing, flips, test-time flips",
             {
                 "variant": "basic",
                 "optimizer": "AdamW",
-                "lr": 3e-3,
+                "lr": 4e-3,
                 "weight_decay": 5e-4,
-                "batch_size": 64,
+                "batch_size": 48,
                 "schedule": "onecycle",
                 "early_stopping_patience": None,
                 "label_smoothing": 0.1,
-                "epochs": 8,
+                "augment_flip": 0.5,
+                "tta_flip": True,
+                "epochs": 7,
             },
         ),
         "best": Preset(
