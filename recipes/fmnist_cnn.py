@@ -59,7 +59,7 @@ recipe = Recipe(
         ),
         "best": Preset(
             "the improved CNN past the faithful recipe: lighter dropout, AdamW one-cycle to 2e-3, "
-            "batch 128, flips, random erasing, 40 epochs, test-time flips",
+            "batch 128, flips, random erasing, 60 epochs, test-time flips",
             {
                 "dropout": [0.1, 0.2, 0.3],
                 "optimizer": "AdamW",
@@ -71,7 +71,7 @@ recipe = Recipe(
                 "augment_flip": 0.5,
                 "augment_erase": 0.25,
                 "tta_flip": True,
-                "epochs": 40,
+                "epochs": 60,
             },
         ),
     },
