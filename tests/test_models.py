@@ -49,3 +49,41 @@ def test_he_init_fan_out() -> None:
     layer = mlp(784, [1000], 10, he_init=True)[1]
     expected_std = (2 / 1000) ** 0.5  # fan_out of a 784→1000 Linear is 1000
     assert abs(layer.weight.std().item() - expected_std) < 0.002
+
+
+def notebook_block(
+    in_channels: int, out_channels: int, batch_norm: bool, dropout: float = 0
+) -> nn.Sequential:
+    """A conv block in the notebooks' order: ReLU, then MaxPool."""
+    norm = [nn.BatchNorm2d(out_channels)] if batch_norm else []
+    drop = [nn.Dropout(dropout)] if dropout else []
+    layers = [nn.Conv2d(in_channels, out_channels, 3, padding=1), *norm, nn.ReLU(), nn.MaxPool2d(2), *drop]
+    return nn.Sequential(*layers)
+
+
+NOTEBOOK_CNNS = {
+    "basic": lambda: nn.Sequential(
+        notebook_block(1, 32, False), notebook_block(32, 64, False), nn.Flatten(),
+        nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10),
+    ),
+    "improved": lambda: nn.Sequential(
+        notebook_block(1, 32, True), notebook_block(32, 64, True, 0.2), notebook_block(64, 128, True, 0.4),
+        nn.Flatten(), nn.Linear(1152, 128), nn.BatchNorm1d(128), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(128, 10),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant, build", [("basic", fashion_cnn_basic), ("improved", fashion_cnn_improved)])
+def test_conv_blocks_pooling_before_relu_compute_the_notebooks_cnns(variant: str, build) -> None:
+    """fmtk pools before ReLU (cheaper); outputs and gradients are the notebooks' ReLU-then-pool ones."""
+    model, notebook = build(), NOTEBOOK_CNNS[variant]()
+    notebook.load_state_dict(model.state_dict())
+    x = torch.randn(8, 1, 28, 28)
+    x[:, :, :10] = 0.0  # a flat background: ties inside pooling windows
+    for net in (model, notebook):
+        torch.manual_seed(1)  # the same dropout masks
+        net.train()(x).square().sum().backward()
+    assert torch.equal(model.eval()(x), notebook.eval()(x))
+    for (name, ours), theirs in zip(model.named_parameters(), notebook.parameters(), strict=True):
+        assert torch.allclose(ours.grad, theirs.grad, rtol=1e-5, atol=1e-7), name
