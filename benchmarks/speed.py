@@ -15,6 +15,10 @@ For each recipe (CPU):
   own process, with a fresh model and the recipe's optimizer as the notebook creates it.
 - ``fmtk --channels-last`` (conv recipes): the fmtk run with the channels-last memory format,
   paired with plain rounds of its own.
+- ``--relu-order RECIPE[:PRESET] ...``: instead, two fmtk runs of the recipe taking turns, one with
+  the notebooks' conv blocks (ReLU → MaxPool) and one with fmtk's (MaxPool → ReLU, the same
+  function), channels-last (``--no-channels-last``: contiguous); the ratio is fmtk's over the
+  notebooks'. With these two, ``--set KEY=VALUE`` changes a recipe value (``--set variant=basic``).
 - ``--layouts RECIPE[:PRESET] ...``: instead, the memory layout end to end: two fmtk runs of the
   recipe (with its preset), one contiguous and one channels-last, taking turns round by round;
   the ratio is channels-last's seconds over contiguous's (below 1: channels-last is faster).
@@ -26,6 +30,9 @@ images/s, the ratio to ``plain`` and the peak RSS of the process, as a Markdown 
     python benchmarks/speed.py --data-dir ../shared/datasets [--rounds 8] [--epochs 2] [--warmup 1]
     python benchmarks/speed.py --data-dir ../shared/datasets --recipes fmnist_cnn:fast
     python benchmarks/speed.py --data-dir ../shared/datasets --layouts fmnist_cnn fmnist_cnn:fast
+    python benchmarks/speed.py --data-dir ../shared/datasets --relu-order fmnist_cnn:fast
+    python benchmarks/speed.py --data-dir ../shared/datasets --relu-order fmnist_cnn --set variant=basic \
+        --no-channels-last
 """
 
 from __future__ import annotations
@@ -118,13 +125,15 @@ def fmtk_and_plain(
         return {"seconds": times, "per_epoch": len(run.data.train) / steps}
 
 
-def timed_recipe(spec: str, rounds: int):
-    """The recipe of ``spec`` (``RECIPE[:PRESET]``) for ``rounds`` timed rounds: no early stopping
-    or plateau, which would act on the rounds' validation."""
+def timed_recipe(spec: str, rounds: int, sets: Sequence[str] = ()):
+    """The recipe of ``spec`` (``RECIPE[:PRESET]``) with ``sets`` (``KEY=VALUE``, as ``fmtk run
+    --set``) for ``rounds`` timed rounds: no early stopping or plateau, which would act on the
+    rounds' validation."""
     from fmtk.recipe_loading import resolve_recipe
 
     recipe_name, _, preset = spec.partition(":")
     overrides = {"epochs": str(rounds), "early_stopping_patience": "none", "plateau_patience": "none"}
+    overrides.update(value.split("=", 1) for value in sets)
     return resolve_recipe(recipe_name, preset or None, overrides)
 
 
@@ -136,33 +145,79 @@ def fmtk_channels_last(recipe_name: str, data_dir: Path, rounds: int) -> dict:
     return measured
 
 
-def layouts(spec: str, data_dir: Path, rounds: int, steps: int | None = None) -> dict:
+def layouts(
+    spec: str, data_dir: Path, rounds: int, steps: int | None = None, sets: Sequence[str] = ()
+) -> dict:
     """``spec`` (``RECIPE[:PRESET]``) trained by two fmtk runs, contiguous and channels-last, taking
     turns in rounds of ``steps`` steps (default ``ROUND_STEPS``; contiguous first in odd rounds):
     each round's training seconds as the run records them."""
-    from fmtk import build_run
     from fmtk.training.engines import SpeedOptions
 
-    recipe = timed_recipe(spec, rounds)
+    recipe = timed_recipe(spec, rounds, sets)
+    variants = {
+        "fmtk contiguous": (recipe, SpeedOptions("32", False)),
+        "fmtk --channels-last": (recipe, SpeedOptions("32", True)),
+    }
+    return take_turns(variants, data_dir, rounds, steps)
+
+
+def relu_before_pooling(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with each conv block's MaxPool → ReLU put back in the notebooks' order, ReLU → MaxPool
+    (the same function; fmtk pools first)."""
+    blocks = [module for module in model.modules() if isinstance(module, torch.nn.Sequential)]
+    for block in blocks:
+        for index, (first, second) in enumerate(itertools.pairwise(list(block))):
+            if isinstance(first, torch.nn.MaxPool2d) and isinstance(second, torch.nn.ReLU):
+                block[index], block[index + 1] = second, first
+    return model
+
+
+def relu_orders(
+    spec: str,
+    data_dir: Path,
+    rounds: int,
+    steps: int | None = None,
+    sets: Sequence[str] = (),
+    channels_last: bool = True,
+) -> dict:
+    """``spec`` trained by two fmtk runs, the notebooks' ReLU → MaxPool and fmtk's MaxPool → ReLU,
+    taking turns as :func:`layouts` does (the notebooks' order first in odd rounds)."""
+    import dataclasses
+
+    from fmtk.training.engines import SpeedOptions
+
+    recipe = timed_recipe(spec, rounds, sets)
+    notebook = dataclasses.replace(recipe, model=lambda r: relu_before_pooling(recipe.model(r)))
+    speed = SpeedOptions("32", channels_last)
+    variants = {"ReLU → pool (notebooks)": (notebook, speed), "pool → ReLU (fmtk)": (recipe, speed)}
+    return take_turns(variants, data_dir, rounds, steps)
+
+
+def take_turns(variants: dict, data_dir: Path, rounds: int, steps: int | None = None) -> dict:
+    """One fmtk run per variant (``name: (recipe, speed options)``), taking turns in rounds of
+    ``steps`` steps (default ``ROUND_STEPS``; in the given order in odd rounds, reversed in even
+    ones): each round's training seconds as the run records them."""
+    from fmtk import build_run
+
+    recipe = next(iter(variants.values()))[0]
     steps = steps or ROUND_STEPS[recipe.name]
-    times: dict[str, list[float]] = {"fmtk contiguous": [], "fmtk --channels-last": []}
+    times: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as folder:
         runs = {}
-        for method, channels_last in zip(times, (False, True), strict=True):
-            speed = SpeedOptions("32", channels_last)
-            run_dir = Path(folder) / ("channels_last" if channels_last else "contiguous")
-            runs[method] = build_run(recipe, run_dir, torch.device("cpu"), data_dir, None, speed=speed)
-            runs[method].prepare()
+        for index, (name, (variant, speed)) in enumerate(variants.items()):
+            run_dir = Path(folder) / str(index)
+            runs[name] = build_run(variant, run_dir, torch.device("cpu"), data_dir, None, speed=speed)
+            runs[name].prepare()
         for round_number in range(1, rounds + 1):
             order = list(times) if round_number % 2 else list(reversed(times))
-            for method in order:
-                run = runs[method]
+            for name in order:
+                run = runs[name]
                 run.trainer.run(run.data.train, max_epochs=round_number, epoch_length=steps)
-                times[method].append(run.history[-1]["epoch_seconds"])
+                times[name].append(run.history[-1]["epoch_seconds"])
         for run in runs.values():
             for logger in (run.tensorboard, run.tensorboard_iterations):
                 logger.close()
-        per_epoch = len(runs["fmtk contiguous"].data.train) / steps
+        per_epoch = len(next(iter(runs.values())).data.train) / steps
         return {"seconds": times, "per_epoch": per_epoch, "batch_size": recipe.batch_size}
 
 
@@ -190,13 +245,18 @@ def notebook(recipe_name: str, data_dir: Path, epochs: int) -> dict:
 
 
 MEASUREMENTS = {
-    "pair": fmtk_and_plain, "channels_last": fmtk_channels_last, "notebook": notebook, "layouts": layouts
+    "pair": fmtk_and_plain, "channels_last": fmtk_channels_last, "notebook": notebook, "layouts": layouts,
+    "relu_orders": relu_orders,
 }  # fmt: skip
+# What the runs taking turns are compared to, per --one measurement (default: the plain loop).
+BASELINES = {"layouts": "fmtk contiguous", "relu_orders": "ReLU → pool (notebooks)"}
 
 
 def measure_in_subprocess(what: str, recipe: str, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--one", what, recipe, "--data-dir", str(args.data_dir)]
     command += ["--rounds", str(args.rounds), "--epochs", str(args.epochs), "--warmup", str(args.warmup)]
+    command += ["--no-channels-last"] if args.no_channels_last else []
+    command += [f"--set={value}" for value in args.set]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -226,15 +286,35 @@ def main() -> None:
     parser.add_argument("--recipes", default="mnist_dnn,fmnist_cnn", help="RECIPE[:PRESET],...")
     parser.add_argument("--no-channels-last", action="store_true", help="skip the channels-last row")
     parser.add_argument("--layouts", nargs="+", metavar="RECIPE[:PRESET]", help="contiguous vs channels-last")
+    parser.add_argument(
+        "--relu-order",
+        nargs="+",
+        metavar="RECIPE[:PRESET]",
+        help="the notebooks' ReLU → pool vs fmtk's pool → ReLU",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a recipe value (--layouts, --relu-order)",
+    )
     parser.add_argument("--one", nargs=2, metavar=("WHAT", "RECIPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.set and not (args.layouts or args.relu_order or args.one):
+        parser.error("--set goes with --layouts or --relu-order")
 
     if args.one:
         what, recipe = args.one
-        measured = MEASUREMENTS[what](
-            recipe, args.data_dir, args.warmup + (args.epochs if what == "notebook" else args.rounds)
-        )
-        baseline = "fmtk contiguous" if what == "layouts" else "plain"
+        rounds = args.warmup + (args.epochs if what == "notebook" else args.rounds)
+        if what == "relu_orders":
+            channels_last = not args.no_channels_last
+            measured = relu_orders(recipe, args.data_dir, rounds, sets=args.set, channels_last=channels_last)
+        elif what == "layouts":
+            measured = layouts(recipe, args.data_dir, rounds, sets=args.set)
+        else:
+            measured = MEASUREMENTS[what](recipe, args.data_dir, rounds)
+        baseline = BASELINES.get(what, "plain")
         summary = summarise(measured, args.warmup, baseline)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         print(json.dumps({"summary": summary, "peak_mib": peak, "batch_size": measured.get("batch_size")}))
@@ -243,11 +323,14 @@ def main() -> None:
     threads = torch.get_num_threads()
     medians = f"medians of {args.rounds} rounds (notebook: {args.epochs} epochs), min–max in brackets"
     print(f"torch {torch.__version__}, {threads} threads, CPU; {medians}")
-    if args.layouts:
-        print("| recipe | batch | layout | s/epoch | images/s | ratio to contiguous | peak RSS MiB |")
+    if args.layouts or args.relu_order:
+        what, specs = ("layouts", args.layouts) if args.layouts else ("relu_orders", args.relu_order)
+        layout = "contiguous" if args.no_channels_last else "channels-last"
+        layout = "" if what == "layouts" else f" ({layout})"
+        print(f"| recipe | batch | run{layout} | s/epoch | images/s | ratio to the first | peak RSS MiB |")
         print("|---|---:|---|---:|---:|---:|---:|")
-        for spec in args.layouts:
-            result = measure_in_subprocess("layouts", spec, args)
+        for spec in specs:
+            result = measure_in_subprocess(what, spec, args)
             for method, row in result["summary"].items():
                 ratio = row.get("ratio", [1.0, 1.0, 1.0])
                 print(

@@ -8,7 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import make_mnist_like
 from ignite.engine import Events
+from torch import nn
+
+from fmtk.models import fashion_cnn_basic
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -74,6 +78,23 @@ def test_speed_layouts_take_turns_and_compare_to_contiguous() -> None:
     ratios = [a / b for a, b in pairs]
     assert summary["fmtk --channels-last"]["ratio"] == [statistics.median(ratios), min(ratios), max(ratios)]
     assert "ratio" not in summary["fmtk contiguous"] and measured["batch_size"] == 32
+
+
+def test_speed_relu_orders_take_turns_in_the_notebooks_order_and_fmtks(mnist_root: Path) -> None:
+    """benchmarks/speed.py --relu-order: a run of the notebooks' conv blocks (ReLU → MaxPool) and
+    one of fmtk's (MaxPool → ReLU) take turns, a figure per round each, with --set values applied."""
+    speed = load_benchmark("speed")
+    make_mnist_like(mnist_root, "FashionMNIST")
+    sets = ["variant=basic", "batch_size=8"]
+    measured = speed.relu_orders("fmnist_cnn", mnist_root, rounds=3, steps=3, sets=sets, channels_last=False)
+    seconds = measured["seconds"]
+    assert list(seconds) == ["ReLU → pool (notebooks)", "pool → ReLU (fmtk)"]
+    assert all(len(times) == 3 and min(times) > 0 for times in seconds.values())
+    assert measured["batch_size"] == 8
+    fmtk_order, notebook = fashion_cnn_basic(), speed.relu_before_pooling(fashion_cnn_basic())
+    assert [type(layer) for layer in fmtk_order[1]] == [nn.Conv2d, nn.MaxPool2d, nn.ReLU]
+    assert [type(layer) for layer in notebook[1]] == [nn.Conv2d, nn.ReLU, nn.MaxPool2d]
+    assert [type(layer) for layer in notebook[2:]] == [type(layer) for layer in fmtk_order[2:]]
 
 
 def test_accuracy_rows_seeds_table_and_picture(tmp_path: Path) -> None:
