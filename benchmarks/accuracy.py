@@ -12,8 +12,10 @@ seconds, one line per entry) and ``<out>/accuracy.json`` (every epoch of every r
 what an earlier call wrote there, so recipes and seeds can be measured in separate calls).
 
 fmnist_cnn also trains one faithful epoch of its basic variant (batch 16, as the notebook, in the
-notebook's memory layout), once: the machine's speed drifts up to 2×, so each entry's time is also
-given as a ratio to that epoch, measured in the same call. catdog_vgg trains at a reduced size and
+notebook's memory layout) per seed: the machine's speed drifts up to 2×, so each entry's time is
+also given as a ratio to that epoch's mean, measured in the same call. The entries take turns
+seed by seed (every entry with seed 42, then every entry with seed 1, ...), so drift and load fall
+on all of them alike. catdog_vgg trains at a reduced size and
 epoch budget on the CPU (``--catdog-size``, ``--catdog-epochs``), the faithful recipe and the
 preset alike.
 
@@ -205,13 +207,12 @@ def main() -> None:
     for run_dir in args.add_run:
         record(run_dir, entry_of(run_dir, args.catdog_size, args.catdog_epochs))
     for recipe_name in args.recipes:
-        for entry, (preset, values) in entries(recipe_name, args.catdog_size, args.catdog_epochs).items():
-            if args.report or args.add_run or (args.entries and entry not in args.entries):
-                continue
-            seeds = (
-                args.seeds[:1] if entry == BASIC_EPOCH else args.seeds
-            )  # a yardstick of time, not accuracy
-            for seed in seeds:
+        chosen = entries(recipe_name, args.catdog_size, args.catdog_epochs)
+        chosen = {entry: spec for entry, spec in chosen.items() if not args.entries or entry in args.entries}
+        # Seed by seed, the entries (the yardstick epoch too) take turns: the machine's drift and
+        # load fall on every entry alike.
+        for seed in [] if args.report or args.add_run else args.seeds:
+            for entry, (preset, values) in chosen.items():
                 record(train(recipe_name, entry, preset, values, seed, args.data_dir, args.runs), entry)
         if measured.get(recipe_name):
             picture(recipe_name, measured[recipe_name], args.out / f"{recipe_name}.png")
