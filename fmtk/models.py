@@ -54,7 +54,7 @@ def conv_block(
 
     The notebooks apply ReLU before the pooling; pooling first is the same function (the max of
     ReLUs is the ReLU of the max), with the same gradients, and ReLU runs on a quarter of the values
-    (an epoch of ``fmnist_cnn --preset fast`` in 0.90 of the time, channels-last on the CPU)."""
+    (an epoch of ``fmnist_cnn --preset fast`` in 0.91 of the time, channels-last on the CPU)."""
     if out_channels < 1:
         raise ValueError(f"conv block channel counts must be >= 1, got {out_channels}")
     layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1)]
