@@ -133,6 +133,7 @@ def test_errors_in_spawned_processes_are_one_line_and_leave_nothing(tmp_path: Pa
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("Error: MNIST not found in nowhere/MNIST/raw")
     assert list((tmp_path / "runs").iterdir()) == []  # the run folder made before spawning is removed
+    assert not (tmp_path / "nowhere").exists()  # nor the folders of the download (one process tries it)
     done = fmtk_command("run", "digits_mlp", "--backend", "gloo", cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.strip() == "Error: --backend needs --nproc-per-node 2 or more (or torchrun)"

@@ -5,11 +5,13 @@ All three become in-memory :class:`~fmtk.data.batches.TensorBatches` splits.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import struct
 from pathlib import Path
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 
@@ -54,7 +56,9 @@ def find_mnist_files(data_dir: Path, name: str) -> dict[str, Path]:
     """The four IDX files of ``name`` (MNIST or FashionMNIST) in torchvision's layout.
 
     Uncompressed or ``.gz`` files are used where they are; when none is there, torchvision
-    downloads them into ``data_dir`` (this needs the network).
+    downloads them into ``data_dir`` (this needs the network). Of several processes, one per
+    machine looks (and downloads) first and the others after it: two downloads would write the
+    same files at once, and one's tidying up would remove the folders the other is writing into.
     """
     raw = data_dir / name / "raw"
 
@@ -67,27 +71,34 @@ def find_mnist_files(data_dir: Path, name: str) -> dict[str, Path]:
                     break
         return found
 
-    found = present()
-    if not found:
-        import torchvision.datasets
-
-        created = [folder for folder in (raw, raw.parent, data_dir) if not folder.exists()]
-        try:
-            getattr(torchvision.datasets, name)(str(data_dir), download=True)
-        except Exception as error:  # noqa: BLE001 - any download failure gets the same advice
-            for folder in created:  # leave no empty folders behind
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
-            files = ", ".join(f"{stem}.gz" for stem in MNIST_FILES.values())
-            raise FmtkError(
-                f"{name} not found in {raw} and the download failed ({type(error).__name__}); "
-                f"put {files} there"
-            ) from None
+    with idist.one_rank_first(local=True):
         found = present()
+        if not found:
+            download_mnist(data_dir, name)
+            found = present()
     missing = [f"{MNIST_FILES[key]}.gz" for key in MNIST_FILES if key not in found]
     if missing:
         raise FmtkError(f"{raw}: missing {', '.join(missing)}")
     return found
+
+
+def download_mnist(data_dir: Path, name: str) -> None:
+    """torchvision's download of ``name`` into ``data_dir``; offline, one line saying where to put
+    the files, and no folder left behind that the attempt made."""
+    import torchvision.datasets
+
+    raw = data_dir / name / "raw"
+    created = [folder for folder in (raw, raw.parent, data_dir) if not folder.exists()]
+    try:
+        getattr(torchvision.datasets, name)(str(data_dir), download=True)
+    except Exception as error:  # noqa: BLE001 - any download failure gets the same advice
+        for folder in created:
+            with contextlib.suppress(OSError):  # only an empty folder goes
+                folder.rmdir()
+        files = ", ".join(f"{stem}.gz" for stem in MNIST_FILES.values())
+        raise FmtkError(
+            f"{name} not found in {raw} and the download failed ({type(error).__name__}); put {files} there"
+        ) from None
 
 
 def load_mnist_like(
