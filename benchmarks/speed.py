@@ -129,11 +129,12 @@ def timed_recipe(spec: str, rounds: int, sets: Sequence[str] = ()):
     """The recipe of ``spec`` (``RECIPE[:PRESET]``) with ``sets`` (``KEY=VALUE``, as ``fmtk run
     --set``) for ``rounds`` timed rounds: no early stopping or plateau, which would act on the
     rounds' validation."""
+    from fmtk.cli.group import parse_settings
     from fmtk.recipe_loading import resolve_recipe
 
     recipe_name, _, preset = spec.partition(":")
     overrides = {"epochs": str(rounds), "early_stopping_patience": "none", "plateau_patience": "none"}
-    overrides.update(value.split("=", 1) for value in sets)
+    overrides.update(parse_settings(tuple(sets)))
     return resolve_recipe(recipe_name, preset or None, overrides)
 
 
@@ -303,17 +304,21 @@ def main() -> None:
     args = parser.parse_args()
     if args.set and not (args.layouts or args.relu_order or args.one):
         parser.error("--set goes with --layouts or --relu-order")
+    from fmtk.cli.group import parse_settings
+    from fmtk.errors import FmtkError
+
+    try:
+        parse_settings(tuple(args.set))  # here, not in each measuring process
+    except FmtkError as error:
+        parser.error(str(error))
 
     if args.one:
         what, recipe = args.one
         rounds = args.warmup + (args.epochs if what == "notebook" else args.rounds)
+        options = {"sets": args.set} if what in BASELINES else {}  # the runs taking turns
         if what == "relu_orders":
-            channels_last = not args.no_channels_last
-            measured = relu_orders(recipe, args.data_dir, rounds, sets=args.set, channels_last=channels_last)
-        elif what == "layouts":
-            measured = layouts(recipe, args.data_dir, rounds, sets=args.set)
-        else:
-            measured = MEASUREMENTS[what](recipe, args.data_dir, rounds)
+            options["channels_last"] = not args.no_channels_last
+        measured = MEASUREMENTS[what](recipe, args.data_dir, rounds, **options)
         baseline = BASELINES.get(what, "plain")
         summary = summarise(measured, args.warmup, baseline)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
