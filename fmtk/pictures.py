@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -238,28 +238,13 @@ def lines_picture(
 
     draw.rectangle([left, top, width - right, height - bottom], outline=GRID_LINE)
     whole = all(float(x).is_integer() for x in xs)  # e.g. trial numbers: no tick between two
-    ticks = np.linspace(x_low, x_high, 6)
-    if whole:
-        ticks = np.arange(x_low, x_high + 1, max(1, math.ceil((x_high - x_low) / 5)))
-    for index, tick in enumerate(ticks):
-        x, _ = at(tick, y_low)
-        draw.line([(x, top), (x, height - bottom)], fill=GRID_LINE)
-        label = f"{tick:.0f}" if x_high >= 10 or whole else f"{tick:.3g}"
-        # The last label ends at the edge.
-        shift = draw.textlength(label, font=font) * index / max(len(ticks) - 1, 1)
-        draw.text((x - shift, height - bottom + 4), label, fill="black", font=font)
+    _draw_x_ticks(draw, at, (x_low, x_high), (top, height - bottom), whole, font)
     for tick in np.linspace(y_low + margin, y_high - margin, 5):
         _, y = at(x_low, tick)
         draw.line([(left, y), (width - right, y)], fill=GRID_LINE)
         draw.text((4, y - 6), f"{tick:.4g}", fill="black", font=font)
     if reference is not None:
-        value, label = reference
-        _, y = at(x_low, value)
-        for start in range(left, width - right, 12):  # dashed
-            draw.line([(start, y), (min(start + 6, width - right), y)], fill=ZERO_INK, width=2)
-        draw.text(
-            (width - right - 4 - draw.textlength(label, font=font), y - 15), label, fill="black", font=font
-        )
+        _draw_reference(draw, at(x_low, reference[0])[1], reference[1], (left, width - right), font)
     for index, (name, (line_xs, line_ys)) in enumerate(lines.items()):
         colour = LINE_COLOURS[index % len(LINE_COLOURS)]
         points = [at(float(x), float(y)) for x, y in zip(line_xs, line_ys, strict=True)]
@@ -272,6 +257,39 @@ def lines_picture(
     draw.text((width // 2 - 40, height - 18), x_label, fill="black", font=font)
     draw.text((width - right - draw.textlength(y_label, font=font), 8), y_label, fill="black", font=font)
     return picture
+
+
+def _draw_x_ticks(
+    draw: ImageDraw.ImageDraw,
+    at: Callable[[float, float], tuple[float, float]],
+    x_range: tuple[float, float],
+    y_span: tuple[int, int],
+    whole: bool,
+    font: ImageFont.ImageFont,
+) -> None:
+    """Vertical grid lines across ``y_span`` (top, bottom) with their labels under it, six or
+    at whole numbers only (``whole``); the last label ends at the plot's right edge."""
+    x_low, x_high = x_range
+    top, bottom = y_span
+    ticks = np.linspace(x_low, x_high, 6)
+    if whole:
+        ticks = np.arange(x_low, x_high + 1, max(1, math.ceil((x_high - x_low) / 5)))
+    for index, tick in enumerate(ticks):
+        x, _ = at(tick, 0.0)
+        draw.line([(x, top), (x, bottom)], fill=GRID_LINE)
+        label = f"{tick:.0f}" if x_high >= 10 or whole else f"{tick:.3g}"
+        shift = draw.textlength(label, font=font) * index / max(len(ticks) - 1, 1)
+        draw.text((x - shift, bottom + 4), label, fill="black", font=font)
+
+
+def _draw_reference(
+    draw: ImageDraw.ImageDraw, y: float, label: str, x_span: tuple[int, int], font: ImageFont.ImageFont
+) -> None:
+    """A dashed grey horizontal line at height ``y`` across ``x_span``, ``label`` above its right end."""
+    left, right = x_span
+    for start in range(left, right, 12):
+        draw.line([(start, y), (min(start + 6, right), y)], fill=ZERO_INK, width=2)
+    draw.text((right - 4 - draw.textlength(label, font=font), y - 15), label, fill="black", font=font)
 
 
 def _draw_legend(
