@@ -52,8 +52,8 @@ def test_fit_returns_the_history_the_tests_and_the_best_weights(tmp_path: Path) 
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     assert result.results["best_epoch"] == 1 and result.weights == "best"
     assert result.results["best_checkpoint_metric"]["name"] == "valid_loss"
-    best = read_checkpoint(result.run_dir / result.results["checkpoints"]["best"], torch.device("cpu"))
-    last = read_checkpoint(result.run_dir / result.results["checkpoints"]["last"], torch.device("cpu"))
+    best = read_checkpoint(result.run_dir / result.results["checkpoints"]["best"])
+    last = read_checkpoint(result.run_dir / result.results["checkpoints"]["last"])
     for name, value in result.model.state_dict().items():
         assert torch.equal(value, best["model"][name])
     assert not all(torch.equal(result.model.state_dict()[k], v) for k, v in last["model"].items())

@@ -39,10 +39,11 @@ def test_run_digits_writes_a_complete_run(tmp_path: Path) -> None:
 
 def test_speed_options_reach_the_run(tmp_path: Path) -> None:
     result = fmtk("run", "digits_mlp", "--epochs", "1", "--device", "cpu", "--precision", "bf16",
-                  "--channels-last", "--run-dir", "run", cwd=tmp_path)  # fmt: skip
+                  "--channels-last", "--deterministic", "--run-dir", "run", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["speed"] == {"precision": "bf16", "channels_last": True, "compile": False}
+    speed = {"precision": "bf16", "channels_last": True, "compile": False, "deterministic": True}
+    assert config["speed"] == speed
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["precision"] == "bf16"
 
 

@@ -1,5 +1,7 @@
 """fmtk on a CUDA GPU: each precision and memory format, checkpoints written on CUDA read on the CPU,
-SIGKILL and resume, --compile, export of a CUDA-trained run, and 2 NCCL processes with 2 GPUs.
+SIGKILL and an exact resume (--deterministic), a CUDA run resumed on the CPU, --compile, export of a
+CUDA-trained run, and 2 NCCL processes with 2 GPUs (the steps' host syncs:
+tests/training/test_step_sync.py).
 
 Every test here is marked ``cuda`` and skipped without CUDA; ``benchmarks/gpu.py`` runs them
 (``pytest -m cuda``) when a GPU is lent. They train small runs on small fake data in the real
@@ -98,15 +100,16 @@ def test_a_cuda_trained_run_exports_and_passes_its_parity_check(conv_run: Path, 
     assert done.report["top1_agreement"] == 1.0 and done.report["max_abs_difference"] <= 1e-4
 
 
-# digits_mlp (no data needed) in 32-bit, killed in epoch 3 of 3. What the test assumes: fmtk sets
-# no torch.use_deterministic_algorithms and no CUBLAS_WORKSPACE_CONFIG (it only turns
-# cudnn.benchmark on, which picks convolution kernels: an MLP has none), and its float32 matmuls
-# stay full FP32 (torch's default). A 2-layer MLP with cross-entropy and fused Adam runs cuBLAS
-# GEMMs, element-wise kernels and single-stream reductions, which give the same bits for the same
-# shapes from the same state on one GPU; the shuffles come from a seeded CUDA generator per epoch,
-# and the checkpoint holds the CUDA RNG states. If the rows differ in the last digits, that
-# assumption is what broke (not the checkpoint's contents).
-MLP = ["digits_mlp", "--epochs", "3", "--device", CUDA, "--precision", "32"]
+# Killed in epoch 3 of 3 with SIGKILL, resumed with no option repeated (the run's speed options
+# come back from its config.json). digits_mlp (no data needed, an MLP: no cuDNN) and fmnist_cnn
+# (convolutions, BatchNorm, dropout, bf16 by default on CUDA), both with --deterministic: torch's
+# deterministic algorithms, cuDNN without autotuning and a fixed cuBLAS workspace, so that the same
+# state gives the same bits; the shuffles come from a seeded CUDA generator per epoch and the
+# checkpoint holds the CUDA RNG states.
+RESUMED = {
+    "digits_mlp": ["digits_mlp", "--epochs", "3", "--device", CUDA, "--precision", "32", "--deterministic"],
+    "fmnist_cnn": ["fmnist_cnn", "--epochs", "3", "--batch-size", "50", "--device", CUDA, "--deterministic"],
+}
 KILLER = """
 import os
 import signal
@@ -133,26 +136,49 @@ def results(run_dir: Path) -> dict:
     return {key: metrics[key] for key in ("best_epoch", "epochs_run", "stopped_early", "checkpoints", "test")}
 
 
-def test_sigkill_mid_epoch_then_resume_on_cuda_ends_like_an_uninterrupted_run(tmp_path: Path) -> None:
+def killed_in_epoch_3(arguments: list[str], tmp_path: Path, name: str = "killed") -> Path:
+    """``fmtk run ARGUMENTS`` in a process of its own (SIGKILL needs one), killed mid-epoch 3."""
     (tmp_path / "killers.py").write_text(KILLER)
-    straight = fmtk("run", *MLP, "--run-dir", "straight", cwd=tmp_path)
-    assert straight.returncode == 0, straight.stderr
-
-    # SIGKILL needs a process of its own.
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    killed = fmtk_process("run", *MLP, "--run-dir", "killed", "--handler", "killers:sigkill_mid_epoch_3",
+    killed = fmtk_process("run", *arguments, "--run-dir", name, "--handler", "killers:sigkill_mid_epoch_3",
                           cwd=tmp_path, env=env, timeout=300)  # fmt: skip
     assert killed.returncode == -9, killed.stderr
-    run_dir = tmp_path / "killed"
+    run_dir = tmp_path / name
     assert sorted(path.name for path in run_dir.glob("last_*.pt")) == ["last_checkpoint_2.pt"]
     assert not (run_dir / "metrics.json").exists()
+    return run_dir
 
-    resumed = fmtk("run", "--resume", "killed", "--device", CUDA, "--precision", "32", cwd=tmp_path)
+
+@pytest.mark.parametrize("recipe", RESUMED)
+def test_sigkill_mid_epoch_then_resume_on_cuda_ends_exactly_like_an_uninterrupted_run(
+    fashion: Path, tmp_path: Path, recipe: str
+) -> None:
+    arguments = [*RESUMED[recipe], "--data-dir", str(fashion)]
+    straight = fmtk("run", *arguments, "--run-dir", "straight", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+    run_dir = killed_in_epoch_3(arguments, tmp_path)
+
+    resumed = fmtk("run", "--resume", "killed", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after epoch 2" in resumed.stdout
+    assert "resuming on" not in resumed.stdout and "not exactly" not in resumed.stdout  # nothing changed
     assert epoch_rows(run_dir) == epoch_rows(tmp_path / "straight")
     assert results(run_dir) == results(tmp_path / "straight")
-    assert read_metrics(run_dir)["device"] == CUDA
+    metrics = read_metrics(run_dir)
+    assert metrics["device"] == CUDA and metrics["deterministic"] is True
+
+
+def test_a_cuda_run_resumes_on_the_cpu_and_says_what_changed(fashion: Path, tmp_path: Path) -> None:
+    arguments = [*RESUMED["fmnist_cnn"][:-1], "--data-dir", str(fashion)]  # bf16, not deterministic
+    run_dir = killed_in_epoch_3(arguments, tmp_path)
+    resumed = fmtk("run", "--resume", "killed", "--device", "cpu", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (
+        "resuming on cpu, not cuda; precision 32, not bf16: the epochs from here on will not be exactly "
+        "those of an uninterrupted run"
+    ) in resumed.stdout
+    metrics = read_metrics(run_dir)
+    assert metrics["device"] == "cpu" and metrics["epochs_run"] == 3 and metrics["precision"] == "32"
 
 
 def test_compile_trains_an_epoch_on_cuda(tmp_path: Path) -> None:

@@ -86,7 +86,7 @@ set_option = click.option(
 
 def training_options(command: Callable) -> Callable:
     """The options of how a run trains, shared by ``fmtk run`` and ``fmtk tune``: handlers,
-    precision, memory format, compile, processes and their backend."""
+    precision, memory format, compile, deterministic kernels, processes and their backend."""
     from fmtk.choices import BACKENDS, PRECISIONS
 
     options = [
@@ -110,7 +110,16 @@ def training_options(command: Callable) -> Callable:
             help="Memory format of conv nets [default: on; off for nets without Conv2d].",
         ),
         click.option(
-            "--compile", "compile_model", is_flag=True, help="torch.compile the training step's model."
+            "--compile/--no-compile",
+            "compile_model",
+            default=None,
+            help="torch.compile the training step's model [default: off; a resumed run: as it was].",
+        ),
+        click.option(
+            "--deterministic/--no-deterministic",
+            default=None,
+            help="Deterministic kernels (torch, cuDNN, cuBLAS): a resumed CUDA run ends exactly like an "
+            "uninterrupted one [default: off; a resumed run: as it was].",
         ),
         click.option(
             "--nproc-per-node",

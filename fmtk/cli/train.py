@@ -60,7 +60,8 @@ def run(
     handlers: tuple[str, ...],
     precision: str,
     channels_last: bool | None,
-    compile_model: bool,
+    compile_model: bool | None,
+    deterministic: bool | None,
     nproc_per_node: int,
     backend: str | None,
 ) -> None:
@@ -81,7 +82,7 @@ def run(
     request = RunRequest(
         recipe_name=recipe_name, config=config, resume=resume, output_dir=output_dir, run_dir=run_dir,
         data_dir=data_root(data_dir, resume or config), device=resolve_device(device),
-        speed=SpeedOptions(precision, channels_last, compile_model),
+        speed=SpeedOptions(precision, channels_last, compile_model, deterministic),
         handlers=handlers, nproc_per_node=nproc_per_node, backend=backend,
         command=shlex.join(["fmtk", *sys.argv[1:]]),
     )  # fmt: skip

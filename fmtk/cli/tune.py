@@ -96,7 +96,8 @@ def tune(
     handlers: tuple[str, ...],
     precision: str,
     channels_last: bool | None,
-    compile_model: bool,
+    compile_model: bool | None,
+    deterministic: bool | None,
     nproc_per_node: int,
     backend: str | None,
 ) -> None:
@@ -132,7 +133,7 @@ def tune(
         pruning = Pruning(prune, prune_after, prune_warmup)
         request = StudyRequest(recipe_name, space, trials, metric, preset, parse_settings(settings),
                                list(tries), pruning, command=command)  # fmt: skip
-    speed = SpeedOptions(precision, channels_last, compile_model)
+    speed = SpeedOptions(precision, channels_last, compile_model, deterministic)
     run = RunRequest(device=resolve_device(device), speed=speed, handlers=handlers,
                      nproc_per_node=nproc_per_node, backend=backend)  # fmt: skip
     tune_study(request, resume=resume, study_dir=study_dir, output_dir=output_dir, run=run, data_dir=data_dir,

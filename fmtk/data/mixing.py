@@ -111,7 +111,7 @@ class Mixing:
             # blend·x + (1 − blend)·partner in one operation; a CutMix sample's blend is 1: x exactly.
             x = torch.lerp(partner, x, blend)
         lam = drawn["lam"].view(-1, 1)
-        own, other = (F.one_hot(labels, self.classes).float() for labels in (y.long(), y[partners].long()))
+        own, other = (one_hot(labels, self.classes) for labels in (y.long(), y[partners].long()))
         return x, lam * own + (1 - lam) * other
 
     def mix(
@@ -124,6 +124,13 @@ class Mixing:
             shape = "×".join(str(size) for size in x.shape)
             raise FmtkError(f"CutMix pastes boxes of images (N×C×H×W batches); the training batch is {shape}")
         return self.apply(x, y, self.draw(len(x), x.shape[-2:], generator, x.device))
+
+
+def one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """N labels as N×classes float one-hot rows: ``F.one_hot(labels, classes).float()`` without its
+    check of the labels' range, which reads their min and max (a host-device sync on CUDA's
+    fallback paths, two on the CPU); an out-of-range label still fails, in the scatter."""
+    return torch.zeros(len(labels), classes, device=labels.device).scatter_(1, labels.view(-1, 1), 1.0)
 
 
 def mixing_seed(seed: int, epoch: int, batch: int, rank: int = 0) -> int:

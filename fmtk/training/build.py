@@ -127,11 +127,16 @@ def assemble_run(
     def load_weights(model: torch.nn.Module) -> None:  # before the data: a mismatch fails fast
         load_model_weights(resume.checkpoint, resume.path, recipe.name, model)
 
-    # A resumed run's head (the tensors its starting weights did not give) is the one it recorded.
-    head = tuple(read_config(run_dir).get("head") or ()) if resume is not None else ()
+    # A resumed run's head (the tensors its starting weights did not give) and the speed options
+    # not given now are the ones it recorded.
+    recorded = read_config(run_dir) if resume is not None else {}
+    head, recorded_speed = tuple(recorded.get("head") or ()), recorded.get("speed", {})
+    if resume is not None:
+        speed = (speed or SpeedOptions()).carried_on(recorded_speed, _same_type(resume.trained_on, device))
     parts = recipe_parts(recipe, data_dir, device, speed, load_weights if resume is not None else None, head)
     echo = echo if echo is not None and is_main_process() else _silent
-    for line in [parts.started_from, split_sizes(parts)]:
+    changed = resume_changes(resume.trained_on, recorded_speed, parts) if resume is not None else None
+    for line in [changed, parts.started_from, split_sizes(parts)]:
         if line:
             echo(line)
     engines = create_engines(parts)
@@ -152,6 +157,31 @@ def assemble_run(
         run.close_loggers()  # their files go with the failed start
         raise
     return run
+
+
+def _same_type(trained_on: str | None, device: torch.device) -> bool:
+    return trained_on is None or torch.device(trained_on).type == device.type
+
+
+def resume_changes(trained_on: str | None, recorded_speed: dict[str, Any], parts: Parts) -> str | None:
+    """One line of what a resumed run does differently from the epochs before (another kind of
+    device, speed options other than those recorded), or None; on CUDA without ``deterministic``
+    also that its epochs match an uninterrupted run's only within their spread."""
+    changes = [] if _same_type(trained_on, parts.device) else [f"on {parts.device}, not {trained_on}"]
+    for name, value in parts.speed.config().items():
+        if name in recorded_speed and recorded_speed[name] != value:
+            changes.append(f"{name} {value}, not {recorded_speed[name]}")
+    if changes:
+        return (
+            f"resuming {'; '.join(changes)}: the epochs from here on will not be exactly those of an "
+            "uninterrupted run"
+        )
+    if parts.device.type == "cuda" and not parts.speed.deterministic:
+        return (
+            "resuming on CUDA without --deterministic: the epochs from here on match an uninterrupted "
+            "run's within the spread of two such runs, not exactly"
+        )
+    return None
 
 
 def create_engines(parts: Parts) -> Engines:
@@ -205,9 +235,8 @@ def create_run_trainer(
 def kept_states(parts: Parts, engines: Engines) -> dict[str, Any]:
     """The states every run keeps in its last checkpoint, by name."""
     states = {"model": parts.model, "optimizer": engines.optimizer, "trainer": engines.trainer}
-    states.update(
-        scaler=engines.scaler, random_state=RandomState(), run_info=RunInfo(parts.recipe.name, parts.model)
-    )
+    run_info = RunInfo(parts.recipe.name, parts.model, parts.device)
+    states.update(scaler=engines.scaler, random_state=RandomState(), run_info=run_info)
     if engines.evaluated_model is not parts.model:
         states[EMA_MODEL] = engines.evaluated_model
     states[STOP] = RunStop()

@@ -40,26 +40,31 @@ class RandomState:
         }
 
     def load_state_dict(self, state: Mapping) -> None:
-        torch.set_rng_state(state["torch"])
+        # torch wants every generator's state as a CPU ByteTensor, the CUDA ones too.
+        torch.set_rng_state(state["torch"].cpu())
         if state["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+            torch.cuda.set_rng_state_all([generator.cpu() for generator in state["cuda"]])
         name, keys, *rest = state["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), *rest))
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
 
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """The last checkpoint a run goes on from: its file and its contents."""
+    """The last checkpoint a run goes on from on ``device``: its file and its contents, read onto
+    the CPU (each state is placed where it belongs as it is loaded: the model's and optimizer's
+    tensors on the run's device, the random states where torch keeps them)."""
 
     path: Path
     checkpoint: dict[str, Any]
+    device: torch.device
 
     @classmethod
     def read(cls, path: Path, device: torch.device) -> ResumePoint:
-        """The last checkpoint at ``path``; the best checkpoint it names must be there too."""
-        point = cls(Path(path), read_checkpoint(path, device))
+        """The last checkpoint at ``path``, to go on from on ``device``; the best checkpoint it
+        names must be there too."""
+        point = cls(Path(path), read_checkpoint(path), device)
         missing = sorted(name for name in point.files() if not (point.path.parent / name).exists())
         if missing:  # Ignite would fail removing it after the next better epoch
             raise FmtkError(
@@ -76,6 +81,11 @@ class ResumePoint:
     def epoch(self) -> int:
         return self.iteration // self.checkpoint["trainer"]["epoch_length"]
 
+    @property
+    def trained_on(self) -> str | None:
+        """The device the run trained on until this checkpoint (None: made before fmtk recorded it)."""
+        return self.checkpoint.get("run_info", {}).get("device")
+
     def files(self) -> set[str]:
         """The checkpoint files this state names: itself and its best checkpoint."""
         best = {Path(name).name for _, name in self.checkpoint["best_checkpoint"]["_saved"]}
@@ -83,13 +93,14 @@ class ResumePoint:
 
 
 class RunInfo:
-    """What made a checkpoint (recipe, model class and size, fmtk version), saved in every checkpoint
-    so that :func:`load_model_weights` can say what a mismatching one holds."""
+    """What made a checkpoint (recipe, model class and size, the device it trained on, fmtk
+    version), saved in every checkpoint so that :func:`load_model_weights` can say what a
+    mismatching one holds and a resumed run what changed."""
 
-    def __init__(self, recipe_name: str, model: nn.Module) -> None:
+    def __init__(self, recipe_name: str, model: nn.Module, device: torch.device) -> None:
         parameters = sum(p.numel() for p in model.parameters())
         self.info = {"recipe": recipe_name, "model": type(model).__name__, "parameters": parameters}
-        self.info["fmtk"] = __version__
+        self.info.update(device=str(device), fmtk=__version__)
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self.info)
@@ -171,10 +182,14 @@ def attach_checkpoints(
     return best, last
 
 
-def read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` with a one-line error for a file that is not a checkpoint."""
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents on the CPU, whatever device wrote them (``torch.load(weights_only=True)``),
+    with a one-line error for a file that is not a checkpoint.
+
+    Not onto the run's device: torch's random states must come back as CPU tensors, and
+    ``load_state_dict`` of a model or an optimizer copies each tensor to its parameter's device."""
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - pickle, zip and I/O errors all mean "not a checkpoint"
         raise FmtkError(f"{path}: not a readable fmtk checkpoint ({type(error).__name__})") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:

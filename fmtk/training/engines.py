@@ -11,9 +11,11 @@ mixup/CutMix (:mod:`fmtk.data.mixing`) each batch is mixed on the device before 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import ignite.distributed as idist
 import torch
@@ -48,14 +50,19 @@ Mixer = Callable[[torch.Tensor, torch.Tensor, int, int], tuple[torch.Tensor, tor
 @dataclass(frozen=True)
 class SpeedOptions:
     """How the training step runs: ``precision`` (``32``, ``bf16`` autocast, or ``16-mixed``
-    autocast with a gradient scaler), ``channels_last`` memory format, ``compile`` (torch.compile).
+    autocast with a gradient scaler), ``channels_last`` memory format, ``compile`` (torch.compile)
+    and ``deterministic`` (torch's deterministic algorithms and cuDNN settings: a resumed CUDA run
+    ends with exactly the figures of an uninterrupted one; see docs/resuming.md).
 
-    ``precision="auto"`` and ``channels_last=None`` are chosen per device by :meth:`resolve`.
+    ``precision="auto"`` and ``channels_last=None`` are chosen per device by :meth:`resolve`;
+    ``compile=None`` and ``deterministic=None`` mean off. A resumed run fills every unset option
+    with the one it recorded (:meth:`carried_on`).
     """
 
     precision: str = "auto"
     channels_last: bool | None = None
-    compile: bool = False
+    compile: bool | None = None
+    deterministic: bool | None = None
 
     def resolve(self, device: torch.device, model: nn.Module) -> SpeedOptions:
         """Per-device defaults: on CUDA bf16 (16-mixed where the GPU lacks bf16); on the CPU 32-bit;
@@ -71,10 +78,51 @@ class SpeedOptions:
         if channels_last is None:
             has_conv = any(isinstance(module, nn.Conv2d) for module in model.modules())
             channels_last = has_conv
-        return SpeedOptions(precision, channels_last, self.compile)
+        return SpeedOptions(precision, channels_last, bool(self.compile), bool(self.deterministic))
+
+    def carried_on(self, recorded: Mapping[str, Any], same_device_type: bool) -> SpeedOptions:
+        """These options for a resumed run whose config.json recorded ``recorded`` (its resolved
+        options): each option not given takes the recorded value; the precision only on the same
+        kind of device (bf16 chosen for a GPU is not the CPU's choice)."""
+        precision = self.precision
+        if precision == "auto" and same_device_type:
+            precision = recorded.get("precision", precision)
+
+        def given_or_recorded(name: str) -> Any:
+            value = getattr(self, name)
+            return recorded.get(name) if value is None else value
+
+        return SpeedOptions(
+            precision, given_or_recorded("channels_last"), given_or_recorded("compile"),
+            given_or_recorded("deterministic"),
+        )  # fmt: skip
 
     def config(self) -> dict[str, str | bool | None]:
-        return {"precision": self.precision, "channels_last": self.channels_last, "compile": self.compile}
+        return {
+            "precision": self.precision, "channels_last": self.channels_last, "compile": self.compile,
+            "deterministic": self.deterministic,
+        }  # fmt: skip
+
+
+def configure_kernels(device: torch.device, deterministic: bool) -> None:
+    """torch's kernel choices for a run, set for each run (they are global to the process):
+    deterministic ones (Lightning's ``deterministic=True``), else cuDNN's autotuning on CUDA.
+
+    Deterministic: ``torch.use_deterministic_algorithms`` (an operation without a deterministic
+    kernel warns, naming itself, instead of failing the run: e.g. the backward pass of adaptive
+    average pooling, whose global form is deterministic in fact), cuDNN's deterministic
+    convolutions without autotuning, and cuBLAS's fixed workspace (``CUBLAS_WORKSPACE_CONFIG``,
+    read when CUDA first runs a matrix product in the process: the command line sets it first).
+    """
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    # Fixed input sizes: let cuDNN pick the fastest kernels (autotuning picks by timing: not repeatable).
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
+
+
+CUBLAS_DETERMINISTIC = ":4096:8"  # the workspace torch's reproducibility notes ask for
 
 
 def loss_on(loss_fn: Callable, device: torch.device) -> Callable:

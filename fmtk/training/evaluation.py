@@ -149,7 +149,7 @@ def load_trained_model(
     recipe = recipe_from_config(config, recipe=recipe)
     model = create_model(recipe, device)
     path = find_checkpoint(run_dir, which)
-    load_model_weights(evaluated_weights(read_checkpoint(path, device)), path, recipe.name, model)
+    load_model_weights(evaluated_weights(read_checkpoint(path)), path, recipe.name, model)
     classes = config.get("classes")
     if not classes:
         raise FmtkError(f"{run_dir}: config.json has no class names (made by an older fmtk?)")

@@ -23,7 +23,7 @@ from fmtk.data.mixing import BatchMixer, Mixing
 from fmtk.distributed import check_sharded
 from fmtk.errors import FmtkError
 from fmtk.recipe import Recipe
-from fmtk.training.engines import SpeedOptions, loss_on
+from fmtk.training.engines import SpeedOptions, configure_kernels, loss_on
 from fmtk.weights import load_starting_weights
 
 
@@ -57,10 +57,7 @@ def create_model(recipe: Recipe, device: torch.device) -> nn.Module:
         raise FmtkError(
             f"recipe {recipe.name}: model() returned {type(model).__name__}, not a torch nn.Module"
         )
-    model = model.to(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
-    return model
+    return model.to(device)
 
 
 def with_data(recipe: Recipe, data_dir: Path) -> Recipe:
@@ -117,6 +114,7 @@ def recipe_parts(
             f"weights did not give (the new head); {recipe.weights} gave every one"
         )
     speed = (speed or SpeedOptions()).resolve(device, model)  # "auto" values chosen for this model
+    configure_kernels(device, speed.deterministic)  # before the data's check runs the model
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
     data = load_data(recipe, data_dir, device, model)

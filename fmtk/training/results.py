@@ -41,7 +41,7 @@ def test_checkpoint(parts: Parts, path: Path) -> Evaluation:
     """Load the weights validation used from the checkpoint at ``path`` into the parts' model and
     evaluate them on the test split (with the recipe's test-time flip averaging, if on)."""
     recipe = parts.recipe
-    checkpoint = read_checkpoint(path, parts.device)
+    checkpoint = read_checkpoint(path)
     load_model_weights(evaluated_weights(checkpoint), path, recipe.name, parts.model)
     model = tested_model(recipe, parts.model)
     return evaluate(model, parts.data.test, parts.data.classes, parts.device, parts.loss_fn,

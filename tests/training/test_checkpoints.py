@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -10,13 +11,15 @@ import pytest
 import torch
 from conftest import tree_snapshot
 from ignite.engine import Events
+from torch.utils._pytree import tree_leaves
 
 from fmtk.errors import FmtkError
 from fmtk.recipe import apply_overrides
 from fmtk.recipe_loading import load_recipe
 from fmtk.runfolder import find_last_checkpoint
 from fmtk.training.build import build_run
-from fmtk.training.checkpoints import RandomState, check_keepable, restore
+from fmtk.training.checkpoints import RandomState, ResumePoint, check_keepable, restore
+from fmtk.training.engines import SpeedOptions
 
 CPU = torch.device("cpu")
 
@@ -104,3 +107,70 @@ def test_a_state_kept_on_one_side_only_is_refused_and_changes_nothing(tmp_path: 
 def test_restore_names_every_missing_state() -> None:
     with pytest.raises(FmtkError, match=r"last_checkpoint_2.pt has no state for 'a', 'b'"):
         restore({"model": None, "a": None, "b": None}, {"model": {}}, Path("run/last_checkpoint_2.pt"))
+
+
+# meta: a device other than the CPU, as CUDA is. Reading a checkpoint onto the run's device put
+# torch's random states there, where torch.set_rng_state refuses them (a CUDA resume failed so).
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_a_checkpoint_is_read_onto_the_cpu_whatever_device_the_run_goes_on_on(
+    tmp_path: Path, device: str
+) -> None:
+    digits_run(tmp_path / "run", epochs=1, counter=False).run()
+    point = ResumePoint.read(find_last_checkpoint(tmp_path / "run"), torch.device(device))
+    tensors = [leaf for leaf in tree_leaves(point.checkpoint) if isinstance(leaf, torch.Tensor)]
+    assert len(tensors) > 10 and {tensor.device.type for tensor in tensors} == {"cpu"}
+    assert point.trained_on == "cpu" and point.device == torch.device(device)
+    draws = []
+    for _ in range(2):  # the random states come back, each time the same
+        RandomState().load_state_dict(point.checkpoint["random_state"])
+        draws.append((torch.rand(3), np.random.rand(3), random.random()))
+    assert torch.equal(draws[0][0], draws[1][0]) and np.array_equal(draws[0][1], draws[1][1])
+    assert draws[0][2] == draws[1][2]
+
+
+def test_a_resumed_run_keeps_its_speed_options_and_says_what_it_changes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    speed = SpeedOptions("bf16", deterministic=True)
+    build_run("digits_mlp", run_dir, CPU, echo=None, speed=speed, epochs=1).run()
+    last = find_last_checkpoint(run_dir)
+
+    lines: list[str] = []
+    resumed = build_run("digits_mlp", run_dir, CPU, echo=lines.append, resume_from=last, epochs=2)
+    resumed.folder.close()
+    assert resumed.speed == SpeedOptions("bf16", False, False, True)  # as recorded, none given
+    assert not [line for line in lines if line.startswith("resuming")]
+
+    lines.clear()
+    speed = SpeedOptions("32", compile=False)
+    resumed = build_run(
+        "digits_mlp", run_dir, CPU, echo=lines.append, resume_from=last, speed=speed, epochs=2
+    )
+    resumed.folder.close()
+    assert resumed.speed == SpeedOptions("32", False, False, True)
+    assert lines[0] == (
+        "resuming precision 32, not bf16: the epochs from here on will not be exactly those of an "
+        "uninterrupted run"
+    )
+
+
+def test_deterministic_kernels_are_set_for_a_run_that_asks_and_unset_for_one_that_does_not(
+    tmp_path: Path,
+) -> None:
+    seen = []
+    for deterministic in (True, None):
+        run_dir = tmp_path / f"run-{deterministic}"
+        run_dir.mkdir()
+        speed = SpeedOptions(deterministic=deterministic)
+        run = build_run("digits_mlp", run_dir, CPU, echo=None, speed=speed, epochs=1)
+        run.trainer.add_event_handler(
+            Events.ITERATION_COMPLETED(once=1),
+            lambda: seen.append(
+                (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
+            ),
+        )
+        run.run()
+        assert json.loads((run_dir / "config.json").read_text())["speed"]["deterministic"] is bool(
+            deterministic
+        )
+    assert seen == [(True, True), (False, False)]

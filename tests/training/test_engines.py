@@ -27,10 +27,10 @@ CPU = torch.device("cpu")
 
 def test_cpu_defaults_are_32_bit_and_channels_last_for_conv_nets() -> None:
     conv = nn.Sequential(nn.Conv2d(1, 2, 3))
-    assert SpeedOptions().resolve(CPU, conv) == SpeedOptions("32", True, False)
-    assert SpeedOptions().resolve(CPU, nn.Linear(2, 2)) == SpeedOptions("32", False, False)
+    assert SpeedOptions().resolve(CPU, conv) == SpeedOptions("32", True, False, False)
+    assert SpeedOptions().resolve(CPU, nn.Linear(2, 2)) == SpeedOptions("32", False, False, False)
     assert SpeedOptions(channels_last=False).resolve(CPU, conv).channels_last is False
-    assert SpeedOptions("bf16", True).resolve(CPU, conv) == SpeedOptions("bf16", True, False)
+    assert SpeedOptions("bf16", True).resolve(CPU, conv) == SpeedOptions("bf16", True, False, False)
     with pytest.raises(FmtkError, match="--precision fp8: choose auto, 32, bf16, 16-mixed"):
         SpeedOptions("fp8").resolve(CPU, conv)
 
@@ -66,10 +66,10 @@ def test_each_speed_option_trains_and_is_recorded(
     run = build_run(recipe, tmp_path, CPU, mnist_root, echo=lambda line: None, speed=speed)
     assert run.model[1][0].weight.is_contiguous(memory_format=torch.channels_last) == speed.channels_last
     results = run.run()
-    assert results["precision"] == speed.precision and results["compile"] == speed.compile
+    assert results["precision"] == speed.precision and results["compile"] is bool(speed.compile)
     assert json.loads((tmp_path / "config.json").read_text())["speed"]["precision"] == speed.precision
     assert results["test"]["best"]["accuracy"] > 0.5  # bars in row bands: easy once trained at all
-    checkpoint = read_checkpoint(tmp_path / "last_checkpoint_1.pt", CPU)
+    checkpoint = read_checkpoint(tmp_path / "last_checkpoint_1.pt")
     assert ("scaler" in checkpoint) == (speed.precision == "16-mixed")  # fp16's loss scale resumes
 
 

@@ -1,0 +1,190 @@
+"""The training step never makes the host wait for the device: steps 3..N of an epoch, with every
+option a step can have (augmentation, mixup/CutMix, EMA, clipping, accumulation, a per-step
+schedule, label smoothing, 16-mixed and bf16).
+
+A step that waits for the GPU (``.item()``, a boolean mask, a tensor made from Python numbers and
+copied over) stops the CPU from queueing the next step's kernels while the GPU works. On CUDA,
+torch's sync debug mode counts every such wait (``test_..._on_cuda``). On the CPU nothing waits,
+so the CPU test watches the operations that wait on CUDA, through a TorchDispatchMode: it runs in
+every CI run. What it cannot see on the CPU: ``.tolist()``, ``.numpy()`` and ``.cpu()`` of a
+tensor, which do not go through torch's dispatcher there.
+"""
+
+from __future__ import annotations
+
+import traceback
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import make_mnist_like
+from ignite.engine import Engine, Events
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fmtk.training.build import build_run
+from fmtk.training.engines import SpeedOptions
+
+aten = torch.ops.aten
+
+# Operations that make the host wait for a CUDA device: reading a value (.item(), bool(), int()),
+# results whose size depends on the values, and a tensor made from Python data (a host-to-device
+# copy from pageable memory, which waits).
+WAITING = {
+    aten._local_scalar_dense, aten.nonzero, aten.masked_select, aten.is_nonzero, aten.equal,
+    aten._unique2, aten.unique_dim, aten.unique_consecutive, aten.repeat_interleave, aten.lift_fresh,
+}  # fmt: skip
+MASKED = {aten.index, aten.index_put, aten.index_put_, aten._index_put_impl_}  # waits with a boolean index
+
+
+def where_in_fmtk() -> str:
+    """The innermost frame of fmtk (or of the test) that led here: file and line."""
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        if "/fmtk/" in frame.filename or "/tests/" in frame.filename:
+            return f"{Path(frame.filename).name}:{frame.lineno} {frame.line}"
+    return "?"
+
+
+class WaitingOperations(TorchDispatchMode):
+    """The operations (and where fmtk called them) that would make the host wait on CUDA."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        packet = func.overloadpacket
+        masked = packet in MASKED and any(
+            isinstance(index, torch.Tensor) and index.dtype == torch.bool for index in _indices(args)
+        )
+        if packet in WAITING or masked:
+            self.found[f"{packet.__name__} at {where_in_fmtk()}"] += 1
+        return func(*args, **kwargs)
+
+
+def _indices(args: tuple[Any, ...]) -> list[Any]:
+    return list(args[1]) if len(args) > 1 and isinstance(args[1], list | tuple) else []
+
+
+class CudaSyncs:
+    """Host-device synchronisations counted by torch's sync debug mode, by where they happened."""
+
+    def __init__(self) -> None:
+        self.found: Counter[str] = Counter()
+        self._caught: warnings.catch_warnings | None = None
+        self._records: list[warnings.WarningMessage] = []
+
+    def __enter__(self) -> CudaSyncs:
+        self._caught = warnings.catch_warnings(record=True)
+        self._records = self._caught.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+        self._caught.__exit__(*exc)
+        for record in self._records:
+            if "synchroniz" in str(record.message):
+                self.found[f"{Path(record.filename).name}:{record.lineno}"] += 1
+
+
+def watch_steps(trainer: Engine, watcher: Any, first: int = 3) -> None:
+    """``watcher`` (a context manager) on from the batch of step ``first`` of the first epoch to the
+    end of its last step, before the epoch's own handlers (validation, checkpoints) run."""
+
+    @trainer.on(Events.ITERATION_COMPLETED(once=first - 1))
+    def start(engine: Engine) -> None:
+        watcher.__enter__()
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def stop(engine: Engine) -> None:
+        if engine.state.iteration == engine.state.epoch_length:
+            watcher.__exit__(None, None, None)
+            engine.terminate()
+
+
+# Each option a step can have, as recipe values of fmnist_cnn (a conv net with BatchNorm and dropout).
+OPTIONS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "augmentation": {"augment_flip": 0.5, "augment_crop": 0.5, "augment_shift": 2, "augment_erase": 0.5},
+    "mixup-cutmix": {"mixup_alpha": 0.2, "cutmix_alpha": 1.0},
+    "ema": {"ema_decay": 0.99},
+    "clipping": {"max_grad_norm": 1.0},
+    "accumulation": {"accumulate_steps": 3},
+    "schedule": {"schedule": "cosine", "warmup_epochs": 0.5, "label_smoothing": 0.1},
+    "sgd": {"optimizer": "SGD", "optimizer_args": {"momentum": 0.9, "nesterov": True}},
+}
+# Every option on at once (with Adam, the recipe's optimizer).
+EVERYTHING = {
+    key: value for name, values in OPTIONS.items() if name != "sgd" for key, value in values.items()
+}
+
+
+@pytest.fixture(scope="module")
+def fashion(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_mnist_like(tmp_path_factory.mktemp("sync_data"), "FashionMNIST", train=600, test=100)
+
+
+def steps_watched(fashion: Path, run_dir: Path, device: str, watcher: Any, precision: str, **values: Any):
+    """fmnist_cnn's first epoch (batch 40: about a dozen steps) on ``device``, ``watcher`` on from step 3 to
+    its last; per-iteration logging and NaN checks (every ``log_every``) after the epoch."""
+    run_dir.mkdir()
+    settings = {"epochs": 1, "batch_size": 40, "log_every": 1000, **values}
+    run = build_run("fmnist_cnn", run_dir, device, fashion, None, speed=SpeedOptions(precision),
+                    progress=False, **settings)  # fmt: skip
+    watch_steps(run.trainer, watcher)
+    with run.folder:
+        try:
+            run.prepare()
+            run.trainer.run(run.data.train, max_epochs=1)
+        finally:
+            run.close_loggers()
+    return run
+
+
+@pytest.mark.parametrize("values", OPTIONS.values(), ids=OPTIONS.keys())
+def test_no_step_would_wait_for_a_gpu(fashion: Path, tmp_path: Path, values: dict[str, Any]) -> None:
+    watcher = WaitingOperations()
+    steps_watched(fashion, tmp_path / "run", "cpu", watcher, "32", **values)
+    assert not watcher.found, dict(watcher.found)
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16", "16-mixed"])
+def test_no_step_with_every_option_would_wait_for_a_gpu(
+    fashion: Path, tmp_path: Path, precision: str
+) -> None:
+    watcher = WaitingOperations()
+    steps_watched(fashion, tmp_path / "run", "cpu", watcher, precision, **EVERYTHING)
+    assert not watcher.found, dict(watcher.found)
+
+
+def test_the_watch_sees_a_step_that_would_wait(fashion: Path, tmp_path: Path) -> None:
+    # The watch itself: a user's handler reading the loss each step (.item()) is seen, with its line.
+    watcher = WaitingOperations()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run = build_run("fmnist_cnn", run_dir, "cpu", fashion, None, progress=False, epochs=1, batch_size=40)
+    run.trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: engine.state.output.item())
+    watch_steps(run.trainer, watcher)
+    with run.folder:
+        run.prepare()
+        run.trainer.run(run.data.train, max_epochs=1)
+        run.close_loggers()
+    assert list(watcher.found.values()) == [run.trainer.state.epoch_length - 2]  # steps 3..N
+    assert "engine.state.output.item()" in next(iter(watcher.found))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["32", "bf16", "16-mixed"])
+@pytest.mark.parametrize("values", [{}, EVERYTHING], ids=["plain", "every-option"])
+def test_no_step_synchronises_with_the_host_on_cuda(
+    fashion: Path, tmp_path: Path, precision: str, values: dict[str, Any]
+) -> None:
+    syncs = CudaSyncs()
+    steps_watched(fashion, tmp_path / "run", "cuda", syncs, precision, **values)
+    assert not syncs.found, dict(syncs.found)
