@@ -1,24 +1,36 @@
-"""fmtk on one GPU, in one command sized for a short device loan (catdog_vgg, VGG16-BN, 224 px).
+"""fmtk on one GPU, in one command sized for a short device loan (catdog_vgg, VGG16-BN, 224 px):
+the GPU acceptance run.
 
 In this order, each only while the time budget allows (``--budget-seconds``; what does not fit is
 recorded as skipped, with why):
 
 1. ``pytest -m cuda`` in a subprocess with a time limit: the tests marked ``cuda`` (tests/test_cuda.py:
-   each precision and layout, checkpoints written on CUDA read on the CPU, SIGKILL and resume,
-   ``--compile``, export, NCCL with two GPUs; and the CUDA defaults); passed, failed, skipped, from
-   its JUnit report.
-2. catdog_vgg's training images/s on the real photos, channels-last on, in each precision (32,
+   each precision and layout, checkpoints written on CUDA read on the CPU, SIGKILL and an exact
+   resume with ``--deterministic``, a CUDA run resumed on the CPU, ``--compile``, export, NCCL with
+   two GPUs; tests/training/test_step_sync.py: no host sync in a step, with every option; and the
+   CUDA defaults); passed, failed, skipped, from its JUnit report.
+2. Host syncs: catdog_vgg's first epoch with torch's sync debug mode on from its third step to its
+   last (by where each happened; the target is none), and apart, the epoch's end (validation and
+   checkpoints: ``torch.save`` copies each of the model's tensors to the host, one sync each).
+3. fmtk against a plain loop (``benchmarks/speed.py``'s ``fmtk_and_plain``): one model, optimizer
+   and batches, taking turns in rounds of ``PAIR_STEPS`` steps, in bf16 and 32-bit, channels-last;
+   the ratio of their seconds (median over rounds; the target is ≤ 1.03).
+4. The headline command in full, ``fmtk run catdog_vgg --device cuda --deterministic``: once
+   uninterrupted and, beside it on the same GPU, once killed with SIGKILL in epoch ``KILL_EPOCH``
+   and resumed; their metrics.csv rows and test figures must be equal.
+5. catdog_vgg's training images/s on the real photos, channels-last on, in each precision (32,
    bf16, 16-mixed). A row is one fmtk run (``build_run`` on ``cuda`` with its ``SpeedOptions``,
    every handler a run attaches, the recipe's seed) trained one Ignite epoch of ``--warmup`` +
    ``--steps`` steps of batch 16. The clock runs from the end of the last warm-up step to the end
    of the last step, each read after ``torch.cuda.synchronize()``; images/s is the images of the
-   timed steps over those seconds. Validation follows the epoch, untimed.
-3. The valid accuracy each row ends with, after its warm-up + timed steps (150 by default) from
-   the same seed on the same batches: bf16 and 16-mixed against 32-bit in the same layout.
-4. bf16, channels-last, ``--compile``, in a subprocess with a time limit (compiling takes long,
-   and how long is unknown until a GPU has run it).
-5. The same three precisions in the default layout (channels-last off).
-6. With two or more GPUs: ``fmtk run catdog_vgg --nproc-per-node 2`` (NCCL), one epoch; else skipped.
+   timed steps over those seconds. Validation follows the epoch, untimed. With each row, the valid
+   accuracy it ends with, after its warm-up + timed steps (150 by default) from the same seed on the
+   same batches: bf16 and 16-mixed against 32-bit in the same layout.
+6. bf16, channels-last, ``--compile`` in each mode of ``COMPILE_MODES`` (default; ``reduce-overhead``:
+   CUDA graphs), each in a subprocess with a time limit (compiling takes long, and how long is
+   unknown until a GPU has run it).
+7. The same three precisions in the default layout (channels-last off).
+8. With two or more GPUs: ``fmtk run catdog_vgg --nproc-per-node 2`` (NCCL), one epoch; else skipped.
 
 The photos are decoded once into a cache file (``data_cache=file``; ``$FMTK_CACHE``, else a
 temporary folder) that every row and subprocess reads. Prints one Markdown table and writes it all
@@ -42,7 +54,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import xml.etree.ElementTree as ElementTree
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,14 +67,21 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "catdog_vgg"
 CATDOG = {"data_cache": "file"}  # the recipe's own values otherwise: 224 px, batch 16, Adam 1e-4
 PRECISIONS = ("32", "bf16", "16-mixed")
-COMPILED = ("bf16", True)  # precision, channels_last of the compiled row
+COMPILED = ("bf16", True)  # precision, channels_last of the compiled rows
+COMPILE_MODES = (True, "reduce-overhead")  # torch.compile's default mode; CUDA graphs
+PAIR_PRECISIONS = ("bf16", "32")  # fmtk against a plain loop, channels-last
+PAIR_STEPS, PAIR_ROUNDS = 50, 5  # steps per round; rounds taking turns, the first one a warm-up
+KILL_EPOCH = 10  # the headline run killed in this epoch (the faithful recipe stops after ~47)
 # Valid accuracy may fall this far below the 32-bit row's before the table says so: 400 valid
 # photos (one standard deviation of a proportion near 75% is ~2.2 points), and different
 # roundings take different paths after 150 steps.
 ACCURACY_TOLERANCE = 0.05
 RESERVE = 20  # seconds of the budget kept for the table, the JSON file and leaving
 # Seconds a measurement is expected to take, at least; it starts only if that much budget is left.
-ESTIMATES = {"tests": 45, "first row": 60, "row": 20, "compile": 150, "ddp": 120}
+ESTIMATES = {
+    "tests": 45, "syncs": 40, "pair": 45, "headline": 150, "first row": 60, "row": 20, "compile": 150,
+    "ddp": 120,
+}  # fmt: skip
 # The most seconds the CUDA tests get (``ESTIMATES["tests"]`` is the least they need to start):
 # about 1.5 minutes expected, never yet measured (pytest collecting every test module, CUDA's
 # start-up, a first torch.compile); stopped at the limit they report no counts at all, hence its margin.
@@ -94,10 +115,218 @@ class Budget:
         self.skipped.append({"what": name, "reason": reason})
 
 
-def row_name(precision: str, channels_last: bool, compile: bool = False) -> str:
-    """``bf16, channels-last, compiled``: a row's speed options in words."""
+def row_name(precision: str, channels_last: bool, compile: bool | str = False) -> str:
+    """``bf16, channels-last, compiled``: a row's speed options in words (a compile mode named)."""
     words = [precision, "channels-last" if channels_last else "default layout"]
-    return ", ".join(words + (["compiled"] if compile else []))
+    if compile:
+        words.append("compiled" if compile is True else f"compiled ({compile})")
+    return ", ".join(words)
+
+
+class CudaSyncs:
+    """Host-device synchronisations counted by torch's sync debug mode while it is entered, by
+    where they happened (``file:line`` of the Python frame that called into torch)."""
+
+    def __init__(self) -> None:
+        self.found: Counter[str] = Counter()
+        self._caught: warnings.catch_warnings | None = None
+        self._records: list[warnings.WarningMessage] = []
+
+    def __enter__(self) -> CudaSyncs:
+        self._caught = warnings.catch_warnings(record=True)
+        self._records = self._caught.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+        self._caught.__exit__(*exc)
+        for record in self._records:
+            if "synchroniz" in str(record.message):
+                self.found[f"{Path(record.filename).name}:{record.lineno}"] += 1
+
+
+def watch_steps(trainer, watcher, first: int = 3) -> None:
+    """``watcher`` (a context manager) on from the batch of step ``first`` of the first epoch to the
+    end of its last step, before the epoch's own handlers (validation, checkpoints) run."""
+    from ignite.engine import Events
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=first - 1), lambda _: watcher.__enter__())
+
+    def stop(engine) -> None:
+        if engine.state.iteration == engine.state.epoch_length:
+            watcher.__exit__(None, None, None)
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, stop)
+
+
+def sync_count(
+    data_dir: Path | None, device: str = "cuda", overrides: dict[str, str] | None = None, counter=CudaSyncs
+) -> dict:
+    """The host syncs of ``RECIPE``'s first epoch: in steps 3 to the last (by place), and apart, at
+    the epoch's end (validation, checkpoints), counted by ``counter()`` (torch's sync debug mode)."""
+    from ignite.engine import Events
+
+    from fmtk import build_run
+
+    values = {
+        "epochs": "1",
+        "early_stopping_patience": "none",
+        "plateau_patience": "none",
+        **(overrides or {}),
+    }
+    in_steps, at_end = counter(), counter()
+    with tempfile.TemporaryDirectory() as run_dir:
+        run = build_run(RECIPE, run_dir, device, data_dir, None, progress=False, **values)
+        watch_steps(run.trainer, in_steps)
+        run.trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda _: at_end.__enter__())
+        run.trainer.add_event_handler(Events.COMPLETED, lambda _: at_end.__exit__(None, None, None))
+        with run.folder:
+            try:
+                run.prepare()
+                run.trainer.run(run.data.train, max_epochs=1)
+            finally:
+                run.close_loggers()
+        steps = run.trainer.state.epoch_length - 2
+    return {
+        "steps": steps, "in_steps": sum(in_steps.found.values()), "in_steps_by_place": dict(in_steps.found),
+        "at_epoch_end": sum(at_end.found.values()), "at_epoch_end_by_place": dict(at_end.found),
+    }  # fmt: skip
+
+
+def fmtk_against_plain(
+    data_dir: Path | None,
+    precision: str,
+    overrides: dict[str, str],
+    device: str,
+    steps: int = PAIR_STEPS,
+    rounds: int = PAIR_ROUNDS,
+) -> dict:
+    """fmtk and a plain loop taking turns (``benchmarks/speed.py``), channels-last: each one's median
+    seconds per round and the median (min–max) of the per-round ratio, the warm-up round left out."""
+    import statistics
+
+    speed = load_script("speed")
+    sets = [f"{key}={value}" for key, value in overrides.items()]
+    measured = speed.fmtk_and_plain(RECIPE, data_dir, rounds, channels_last=True, steps=steps, device=device,
+                                    precision=precision, sets=sets)  # fmt: skip
+    fmtk, plain = (measured["seconds"][name][1:] for name in ("fmtk", "plain"))
+    ratios = [a / b for a, b in zip(fmtk, plain, strict=True)]
+    return {
+        "precision": precision, "channels_last": True, "steps": steps, "rounds": len(ratios),
+        "fmtk_ms_per_step": statistics.median(fmtk) / steps * 1000,
+        "plain_ms_per_step": statistics.median(plain) / steps * 1000,
+        "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+    }  # fmt: skip
+
+
+def load_script(name: str):
+    """Another script of benchmarks/ as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+KILLER = """
+import os
+import signal
+
+from ignite.engine import Events
+
+
+def sigkill(run):
+    @run.trainer.on(Events.ITERATION_COMPLETED)
+    def kill(engine):
+        if engine.state.iteration == ({epoch} - 1) * engine.state.epoch_length + 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def epoch_rows(run_dir: Path) -> list[dict[str, str]]:
+    """metrics.csv without its timing column."""
+    import csv
+
+    with (run_dir / "metrics.csv").open() as file:
+        return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in csv.DictReader(file)]
+
+
+def headline_resume(
+    data_dir: Path,
+    timeout: float,
+    recipe: str = RECIPE,
+    kill_epoch: int = KILL_EPOCH,
+    extra: Sequence[str] = ("--set", "data_cache=file"),
+) -> dict[str, Any]:
+    """``fmtk run RECIPE --device cuda --deterministic`` uninterrupted and, at the same time on the
+    same GPU, killed with SIGKILL in epoch ``kill_epoch`` and resumed: whether their epochs and test
+    figures are equal, and their test accuracy."""
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        (root / "killers.py").write_text(KILLER.format(epoch=kill_epoch))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        arguments = [
+            "run",
+            recipe,
+            "--device",
+            device,
+            "--deterministic",
+            "--data-dir",
+            str(data_dir),
+            *extra,
+        ]
+        command = [sys.executable, "-m", "fmtk"]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(ROOT)])}
+        started = time.perf_counter()
+        with subprocess.Popen([*command, *arguments, "--run-dir", str(root / "straight")], cwd=root,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                              start_new_session=True) as straight:  # fmt: skip
+            killed = run_limited([*command, *arguments, "--run-dir", str(root / "killed"), "--handler",
+                                  "killers:sigkill"], timeout, env=env, cwd=root)  # fmt: skip
+            left = timeout - (time.perf_counter() - started)
+            resumed = run_limited(
+                [*command, "run", "--resume", str(root / "killed")], left, env=env, cwd=root
+            )
+            try:
+                _, straight_err = straight.communicate(
+                    timeout=max(timeout - (time.perf_counter() - started), 1)
+                )
+            except subprocess.TimeoutExpired:
+                os.killpg(straight.pid, signal.SIGKILL)
+                _, straight_err = straight.communicate()
+        result: dict[str, Any] = {"command": "fmtk " + " ".join(arguments[:5]), "kill_epoch": kill_epoch,
+                                  "seconds": time.perf_counter() - started}  # fmt: skip
+        problems = []
+        if killed[0] != -signal.SIGKILL:
+            problems.append(f"the killed run ended with {killed[0]}: {last_line(killed[2])}")
+        if resumed[0] != 0:
+            problems.append(f"the resume ended with {resumed[0]}: {last_line(resumed[2])}")
+        if straight.returncode != 0:
+            problems.append(
+                f"the uninterrupted run ended with {straight.returncode}: {last_line(straight_err)}"
+            )
+        if problems:
+            result["error"] = "; ".join(problems)
+            return result
+        metrics = {
+            name: json.loads((root / name / "metrics.json").read_text()) for name in ("straight", "killed")
+        }
+        result.update(
+            epochs_equal=epoch_rows(root / "straight") == epoch_rows(root / "killed"),
+            test_equal=metrics["straight"]["test"] == metrics["killed"]["test"],
+            epochs_run=metrics["straight"]["epochs_run"],
+            test_accuracy=metrics["straight"]["test"]["best"]["accuracy"],
+            resumed_test_accuracy=metrics["killed"]["test"]["best"]["accuracy"],
+            # The line a resume prints when it goes on differently (device, precision): none here.
+            resume_changes=[
+                line for line in resumed[1].splitlines()
+                if line.startswith("resuming") and not line.startswith("resuming after")
+            ],
+        )  # fmt: skip
+    return result
 
 
 def measure(
@@ -382,6 +611,7 @@ def table(report: dict[str, Any]) -> list[str]:
         )  # fmt: skip
         result = "; ".join(part for part in (counts, tests.get("error", "")) if part)
         lines.append(f"| CUDA tests (`{tests['command']}`) | {result} ({tests['seconds']:.0f} s) | | | |")
+    lines += outcome_lines(report)
     compared = {entry["row"]: entry for entry in report["accuracy"]}
     for row in report["speed"]:
         name = row_name(row["precision"], row["channels_last"], row["compile"])
@@ -410,6 +640,42 @@ def table(report: dict[str, Any]) -> list[str]:
     for skipped in report["skipped"]:
         lines.append(f"| {skipped['what']} | skipped: {skipped['reason']} | | | |")
     return lines
+
+
+def outcome_lines(report: dict[str, Any]) -> list[str]:
+    """The table's rows of the host syncs, fmtk against the plain loop and the headline resume."""
+    lines = []
+    syncs = report.get("syncs")
+    if syncs is not None:
+        result = syncs.get("error") or (
+            f"{syncs['in_steps']} in {syncs['steps']} steps"
+            + "".join(f"; {count} at {place}" for place, count in syncs["in_steps_by_place"].items())
+            + f"; {syncs['at_epoch_end']} at the epoch's end (validation, checkpoints)"
+        )
+        lines.append(f"| host syncs, steps 3 to the epoch's last (target 0) | {result} | | | |")
+    for pair in report.get("pairs", []):
+        result = pair.get("error") or (
+            f"{pair['ratio']:.3f} ({pair['ratio_min']:.3f}–{pair['ratio_max']:.3f}): "
+            f"{pair['fmtk_ms_per_step']:.2f} against {pair['plain_ms_per_step']:.2f} ms/step"
+        )
+        steps = "" if "error" in pair else f"{pair['rounds']} rounds of {pair['steps']}"
+        name = f"fmtk / plain loop, {pair['precision']}, channels-last (target ≤ 1.03)"
+        lines.append(f"| {name} | {result} | {steps} | | |")
+    headline = report.get("headline")
+    if headline is not None:
+        result = headline.get("error") or headline_result(headline)
+        name = f"`{headline['command']}` killed in epoch {headline['kill_epoch']}, resumed"
+        lines.append(f"| {name} | {result} | | | |")
+    return lines
+
+
+def headline_result(headline: dict[str, Any]) -> str:
+    same = {key: "=" if headline[f"{key}_equal"] else "≠" for key in ("epochs", "test")}
+    return (
+        ("equal" if set(same.values()) == {"="} else "DIFFERENT")
+        + f": epochs {same['epochs']}, test {same['test']}; {100 * headline['test_accuracy']:.2f}% test "
+        f"after {headline['epochs_run']} epochs ({headline['seconds']:.0f} s)"
+    )
 
 
 @contextlib.contextmanager
@@ -446,7 +712,8 @@ def collect(args: argparse.Namespace, device: str = "cuda") -> dict[str, Any]:
             "batch_size": recipe.batch_size, "warmup_steps": args.warmup, "steps": args.steps,
             "budget_seconds": args.budget_seconds, "accuracy_tolerance": ACCURACY_TOLERANCE,
         },
-        "tests": None, "speed": [], "accuracy": [], "ddp": None, "skipped": budget.skipped, "seconds": 0.0,
+        "tests": None, "syncs": None, "pairs": [], "headline": None, "speed": [], "accuracy": [], "ddp": None,
+        "skipped": budget.skipped, "seconds": 0.0,
     }  # fmt: skip
     no_photos = ""  # why the rows cannot run, if they cannot
     if data_dir is None:
@@ -460,7 +727,22 @@ def collect(args: argparse.Namespace, device: str = "cuda") -> dict[str, Any]:
         write_report(args.out, report)
         print(f"[{budget.elapsed():4.0f} s] {what}", file=sys.stderr, flush=True)
 
-    def speed_row(precision: str, channels_last: bool, compile: bool = False) -> None:
+    def measured(name: str, needs: float, function, *arguments) -> dict[str, Any] | None:
+        """``function(*arguments)`` if the budget and the photos allow, an exception as its error."""
+        if no_photos:
+            budget.skip(name, no_photos)
+            return None
+        if not budget.allows(name, needs):
+            return None
+        try:
+            return function(*arguments)
+        except Exception as error:  # noqa: BLE001 - recorded; the next measurements still run
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            return {"error": f"{type(error).__name__}: {last_line(str(error))}"}
+
+    def speed_row(precision: str, channels_last: bool, compile: bool | str = False) -> None:
         name = row_name(precision, channels_last, compile)
         if no_photos:
             budget.skip(name, no_photos)
@@ -496,9 +778,27 @@ def collect(args: argparse.Namespace, device: str = "cuda") -> dict[str, Any]:
         if budget.allows("CUDA tests", ESTIMATES["tests"]):
             report["tests"] = cuda_tests(min(TESTS_LIMIT, budget.left()), data_dir)
             save(f"CUDA tests: {report['tests'].get('summary') or report['tests'].get('error')}")
+        report["syncs"] = measured(
+            "host syncs", ESTIMATES["syncs"], sync_count, data_dir, str(device), overrides
+        )
+        if report["syncs"] is not None:
+            save(f"host syncs: {report['syncs'].get('error') or report['syncs']['in_steps']} in the steps")
+        for precision in PAIR_PRECISIONS:
+            pair = measured(f"fmtk / plain, {precision}", ESTIMATES["pair"], fmtk_against_plain, data_dir,
+                            precision, overrides, str(device))  # fmt: skip
+            if pair is not None:
+                report["pairs"].append({"precision": precision, **pair})
+                save(f"fmtk / plain, {precision}: {pair.get('error') or round(pair['ratio'], 3)}")
+        headline = f"{RECIPE} --deterministic killed and resumed"
+        report["headline"] = measured(
+            headline, ESTIMATES["headline"], lambda: headline_resume(data_dir, budget.left())
+        )
+        if report["headline"] is not None:
+            save(f"{headline}: {report['headline'].get('error') or report['headline']['epochs_equal']}")
         for precision in PRECISIONS:
             speed_row(precision, True)
-        speed_row(*COMPILED, compile=True)
+        for mode in COMPILE_MODES:
+            speed_row(*COMPILED, compile=mode)
         for precision in PRECISIONS:
             speed_row(precision, False)
         gpus = torch.cuda.device_count() if device.type == "cuda" else 0
@@ -514,7 +814,8 @@ def collect(args: argparse.Namespace, device: str = "cuda") -> dict[str, Any]:
 
 def what_it_measures(args: argparse.Namespace) -> str:
     return (
-        f"the CUDA tests; {RECIPE}'s training images/s at {args.image_size} px in 32, bf16 and 16-mixed, "
+        f"the CUDA tests; the host syncs of a step; fmtk against a plain loop; the headline run killed and "
+        f"resumed; {RECIPE}'s training images/s at {args.image_size} px in 32, bf16 and 16-mixed, "
         f"channels-last on and off, and compiled; their valid accuracy after {args.warmup + args.steps} "
         "steps against 32-bit; a 2-process NCCL run with 2 GPUs"
     )
@@ -528,7 +829,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=130, help="timed training steps per row")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps before them")
     parser.add_argument(
-        "--budget-seconds", type=float, default=420, help="start nothing that would not end within it (7 min)"
+        "--budget-seconds", type=float, default=480, help="start nothing that would not end within it (8 min)"
     )
     parser.add_argument("--image-size", type=int, default=224, help=argparse.SUPPRESS)
     parser.add_argument("--one", metavar="SPEC", help=argparse.SUPPRESS)  # one row, in a subprocess

@@ -57,15 +57,25 @@ RECIPES = {"mnist_dnn": "MNIST", "fmnist_cnn": "FashionMNIST"}
 ROUND_STEPS = {"mnist_dnn": 500, "fmnist_cnn": 250}
 
 
-def plain_epoch(model, optimizer, batches) -> float:
-    """One epoch of the loop a person writes by hand: no handlers, no metrics."""
+def plain_epoch(model, optimizer, batches, precision: str = "32", channels_last: bool = False) -> float:
+    """One epoch of the loop a person writes by hand: no handlers, no metrics. On CUDA (the model's
+    device) in ``precision`` (``32`` or ``bf16`` autocast), the clock stops once the device is done."""
     loss_fn = torch.nn.CrossEntropyLoss()
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    dtype = {"32": None, "bf16": torch.bfloat16}[precision]
     model.train()
     started = time.perf_counter()
     for x, y in batches:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = loss_fn(model(x), y)
+        loss.backward()
         optimizer.step()
+    if cuda:
+        torch.cuda.synchronize(device)
     return time.perf_counter() - started
 
 
@@ -76,10 +86,15 @@ def fmtk_and_plain(
     channels_last: bool = False,
     steps: int | None = None,
     handlers: Sequence[Callable] = (),
+    device: str = "cpu",
+    precision: str = "32",
+    sets: Sequence[str] = (),
 ) -> dict:
     """Alternate fmtk and plain in rounds of ``steps`` steps (default ``ROUND_STEPS``) on one model,
     optimizer and data, in the order fmtk, plain, plain, fmtk, ... (drift hits both alike);
-    seconds of each round. ``handlers(run)`` may attach more to the run (tests use it).
+    seconds of each round. ``handlers(run)`` may attach more to the run (tests use it); ``sets``
+    change recipe values (``KEY=VALUE``); ``device`` and ``precision`` (``32``, ``bf16``) are the
+    run's (``benchmarks/gpu.py`` measures CUDA so).
 
     fmtk's figure is the epoch's training time as the run records it (metrics.csv ``epoch_seconds``:
     from its first step until its last loss is on the host); ``fmtk (Ignite's clock)`` is the same
@@ -90,12 +105,13 @@ def fmtk_and_plain(
     from fmtk import build_run
     from fmtk.training.engines import SpeedOptions
 
-    recipe = timed_recipe(recipe_name, rounds)
-    speed = SpeedOptions("32", channels_last)
+    recipe = timed_recipe(recipe_name, rounds, sets)
+    speed = SpeedOptions(precision, channels_last)
     steps = steps or ROUND_STEPS[recipe.name]
     times: dict[str, list[float]] = {"fmtk": [], "plain": [], "fmtk (Ignite's clock)": []}
     with tempfile.TemporaryDirectory() as run_dir:
-        run = build_run(recipe, Path(run_dir), torch.device("cpu"), data_dir, None, speed=speed)
+        device = torch.device(device)
+        run = build_run(recipe, Path(run_dir), device, data_dir, None, speed=speed, progress=False)
         run.prepare()  # the checkpoints too: every handler a run has
         ignite_clock = times["fmtk (Ignite's clock)"]
         run.trainer.add_event_handler(
@@ -111,7 +127,7 @@ def fmtk_and_plain(
 
         def plain_round() -> None:
             batches = itertools.islice(iter(run.data.train), steps)
-            times["plain"].append(plain_epoch(run.model, run.optimizer, batches))
+            times["plain"].append(plain_epoch(run.model, run.optimizer, batches, precision, channels_last))
 
         for round_number in range(1, rounds + 1):
             if round_number % 2:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -106,14 +107,20 @@ def test_with_no_budget_everything_is_skipped_and_written(
     skipped = {entry["what"]: entry["reason"] for entry in report["skipped"]}
     assert list(skipped) == [
         "CUDA tests",
+        "host syncs",
+        "fmtk / plain, bf16",
+        "fmtk / plain, 32",
+        "catdog_vgg --deterministic killed and resumed",
         *[gpu.row_name(p, True) for p in gpu.PRECISIONS],
         "bf16, channels-last, compiled",
+        "bf16, channels-last, compiled (reduce-overhead)",
         *[gpu.row_name(p, False) for p in gpu.PRECISIONS],
         "DDP, 2 processes, NCCL",
     ]
     assert skipped["CUDA tests"] == "budget: needs ~45 s, 0 s left"
     assert skipped["DDP, 2 processes, NCCL"] == "0 GPUs: needs 2"
     assert report["tests"] is None and report["speed"] == [] and report["settings"]["warmup_steps"] == 20
+    assert report["syncs"] is None and report["pairs"] == [] and report["headline"] is None
     lines = gpu.table(report)
     assert lines[1].startswith("| measurement |") and len(lines) == 3 + len(skipped)
     assert "[   0 s] done" in capsys.readouterr().err
@@ -122,6 +129,9 @@ def test_with_no_budget_everything_is_skipped_and_written(
     args.data_dir = None
     skipped = {entry["what"]: entry["reason"] for entry in gpu.collect(args, device="cpu")["skipped"]}
     assert skipped["bf16, channels-last, compiled"] == "no photos: give --data-dir or set $FMTK_DATA"
+    assert (
+        skipped["host syncs"] == skipped["fmtk / plain, 32"] == "no photos: give --data-dir or set $FMTK_DATA"
+    )
 
 
 def test_table_and_accuracy_against_32_bit() -> None:
@@ -178,3 +188,73 @@ def test_table_and_accuracy_against_32_bit() -> None:
         lines[9] == "| bf16, default layout | failed: OutOfMemoryError: CUDA out of memory | 20 + 130 | | |"
     )
     assert lines[10] == "| DDP, 2 processes, NCCL | skipped: 1 GPU: needs 2 | | | |"
+
+
+class Windows:
+    """A stand-in for the sync counter on the CPU: counts how often its window opens and closes."""
+
+    def __init__(self) -> None:
+        self.found = Counter()
+
+    def __enter__(self) -> Windows:
+        self.found["opened"] += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.found["closed"] += 1
+
+
+def test_the_sync_count_watches_steps_3_to_the_last_and_the_epochs_end_apart(
+    catdog_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FMTK_CACHE", str(tmp_path / "cache"))
+    counted = gpu.sync_count(catdog_root, "cpu", TINY_CATDOG, counter=Windows)
+    assert counted["steps"] == 8 - 2  # 32 training photos, batch 4
+    assert counted["in_steps_by_place"] == counted["at_epoch_end_by_place"] == {"opened": 1, "closed": 1}
+
+
+def test_fmtk_against_the_plain_loop_takes_turns(
+    catdog_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FMTK_CACHE", str(tmp_path / "cache"))
+    pair = gpu.fmtk_against_plain(catdog_root, "32", TINY_CATDOG, "cpu", steps=2, rounds=3)
+    assert (
+        pair["rounds"] == 2 and pair["steps"] == 2 and pair["ratio_min"] <= pair["ratio"] <= pair["ratio_max"]
+    )
+    assert pair["fmtk_ms_per_step"] > 0 and pair["plain_ms_per_step"] > 0
+
+
+@pytest.mark.slow
+def test_the_headline_run_killed_and_resumed_equals_the_uninterrupted_one(tmp_path: Path) -> None:
+    # digits_mlp on the CPU stands in for catdog_vgg on a GPU: the same three processes.
+    result = gpu.headline_resume(tmp_path, 300, recipe="digits_mlp", kill_epoch=2, extra=["--epochs", "3"])
+    assert "error" not in result, result
+    assert result["epochs_equal"] and result["test_equal"] and result["epochs_run"] == 3
+    assert result["resume_changes"] == []  # nothing changed on resuming: no line says so
+    line = gpu.outcome_lines({"headline": result})[0]
+    assert line.startswith(
+        "| `fmtk run digits_mlp --device cpu --deterministic` killed in epoch 2, resumed | equal:"
+    )
+
+
+def test_the_table_rows_of_syncs_pairs_and_the_headline() -> None:
+    report = {
+        "syncs": {"steps": 98, "in_steps": 0, "in_steps_by_place": {}, "at_epoch_end": 100,
+                  "at_epoch_end_by_place": {"storage.py:264": 100}},
+        "pairs": [{"precision": "bf16", "steps": 50, "rounds": 4, "ratio": 1.0123, "ratio_min": 0.99,
+                   "ratio_max": 1.04, "fmtk_ms_per_step": 8.61, "plain_ms_per_step": 8.5},
+                  {"precision": "32", "error": "OutOfMemoryError: CUDA out of memory"}],
+        "headline": {"command": "fmtk run catdog_vgg --device cuda --deterministic", "kill_epoch": 10,
+                     "epochs_equal": True, "test_equal": False, "test_accuracy": 0.84, "epochs_run": 47,
+                     "seconds": 140.2},
+    }  # fmt: skip
+    assert gpu.outcome_lines(report) == [
+        "| host syncs, steps 3 to the epoch's last (target 0) | 0 in 98 steps; 100 at the epoch's end "
+        "(validation, checkpoints) | | | |",
+        "| fmtk / plain loop, bf16, channels-last (target ≤ 1.03) | 1.012 (0.990–1.040): 8.61 against 8.50 "
+        "ms/step | 4 rounds of 50 | | |",
+        "| fmtk / plain loop, 32, channels-last (target ≤ 1.03) | OutOfMemoryError: CUDA out of memory "
+        "|  | | |",
+        "| `fmtk run catdog_vgg --device cuda --deterministic` killed in epoch 10, resumed | DIFFERENT: "
+        "epochs =, test ≠; 84.00% test after 47 epochs (140 s) | | | |",
+    ]

@@ -50,8 +50,8 @@ Mixer = Callable[[torch.Tensor, torch.Tensor, int, int], tuple[torch.Tensor, tor
 @dataclass(frozen=True)
 class SpeedOptions:
     """How the training step runs: ``precision`` (``32``, ``bf16`` autocast, or ``16-mixed``
-    autocast with a gradient scaler), ``channels_last`` memory format, ``compile`` (torch.compile)
-    and ``deterministic`` (torch's deterministic algorithms and cuDNN settings: a resumed CUDA run
+    autocast with a gradient scaler), ``channels_last`` memory format, ``compile`` (torch.compile;
+    a string: its ``mode``, e.g. ``"reduce-overhead"``, CUDA graphs) and ``deterministic`` (torch's deterministic algorithms and cuDNN settings: a resumed CUDA run
     ends with exactly the figures of an uninterrupted one; see docs/resuming.md).
 
     ``precision="auto"`` and ``channels_last=None`` are chosen per device by :meth:`resolve`;
@@ -61,7 +61,7 @@ class SpeedOptions:
 
     precision: str = "auto"
     channels_last: bool | None = None
-    compile: bool | None = None
+    compile: bool | str | None = None
     deterministic: bool | None = None
 
     def resolve(self, device: torch.device, model: nn.Module) -> SpeedOptions:
@@ -78,7 +78,7 @@ class SpeedOptions:
         if channels_last is None:
             has_conv = any(isinstance(module, nn.Conv2d) for module in model.modules())
             channels_last = has_conv
-        return SpeedOptions(precision, channels_last, bool(self.compile), bool(self.deterministic))
+        return SpeedOptions(precision, channels_last, self.compile or False, bool(self.deterministic))
 
     def carried_on(self, recorded: Mapping[str, Any], same_device_type: bool) -> SpeedOptions:
         """These options for a resumed run whose config.json recorded ``recorded`` (its resolved
@@ -97,7 +97,7 @@ class SpeedOptions:
             given_or_recorded("deterministic"),
         )  # fmt: skip
 
-    def config(self) -> dict[str, str | bool | None]:
+    def config(self) -> dict[str, Any]:
         return {
             "precision": self.precision, "channels_last": self.channels_last, "compile": self.compile,
             "deterministic": self.deterministic,
@@ -153,7 +153,8 @@ def create_trainer(
     the batch losses stay each batch's own loss. With ``mix`` (mixup/CutMix,
     :class:`fmtk.data.mixing.BatchMixer`) each batch is mixed on the device before the step.
     """
-    forward = torch.compile(model) if speed.compile else model
+    mode = speed.compile if isinstance(speed.compile, str) else None
+    forward = torch.compile(model, mode=mode) if speed.compile else model
     autocast = _autocast(device, speed.precision)
     if speed.precision == "16-mixed" and scaler is None:
         raise ValueError("16-mixed precision needs a GradScaler")

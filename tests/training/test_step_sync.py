@@ -13,7 +13,6 @@ tensor, which do not go through torch's dispatcher there.
 from __future__ import annotations
 
 import traceback
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,18 @@ from typing import Any
 import pytest
 import torch
 from conftest import make_mnist_like
-from ignite.engine import Engine, Events
+from ignite.engine import Events
+from test_benchmarks import load_benchmark
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fmtk.training.build import build_run
 from fmtk.training.engines import SpeedOptions
 
 aten = torch.ops.aten
+# The counter of CUDA's syncs and the watch over steps 3..N are benchmarks/gpu.py's, which counts them
+# in catdog_vgg's epoch on a GPU.
+gpu = load_benchmark("gpu")
+watch_steps = gpu.watch_steps
 
 # Operations that make the host wait for a CUDA device: reading a value (.item(), bool(), int()),
 # results whose size depends on the values, and a tensor made from Python data (a host-to-device
@@ -67,44 +71,6 @@ class WaitingOperations(TorchDispatchMode):
 
 def _indices(args: tuple[Any, ...]) -> list[Any]:
     return list(args[1]) if len(args) > 1 and isinstance(args[1], list | tuple) else []
-
-
-class CudaSyncs:
-    """Host-device synchronisations counted by torch's sync debug mode, by where they happened."""
-
-    def __init__(self) -> None:
-        self.found: Counter[str] = Counter()
-        self._caught: warnings.catch_warnings | None = None
-        self._records: list[warnings.WarningMessage] = []
-
-    def __enter__(self) -> CudaSyncs:
-        self._caught = warnings.catch_warnings(record=True)
-        self._records = self._caught.__enter__()
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        torch.cuda.set_sync_debug_mode("default")
-        self._caught.__exit__(*exc)
-        for record in self._records:
-            if "synchroniz" in str(record.message):
-                self.found[f"{Path(record.filename).name}:{record.lineno}"] += 1
-
-
-def watch_steps(trainer: Engine, watcher: Any, first: int = 3) -> None:
-    """``watcher`` (a context manager) on from the batch of step ``first`` of the first epoch to the
-    end of its last step, before the epoch's own handlers (validation, checkpoints) run."""
-
-    @trainer.on(Events.ITERATION_COMPLETED(once=first - 1))
-    def start(engine: Engine) -> None:
-        watcher.__enter__()
-
-    @trainer.on(Events.ITERATION_COMPLETED)
-    def stop(engine: Engine) -> None:
-        if engine.state.iteration == engine.state.epoch_length:
-            watcher.__exit__(None, None, None)
-            engine.terminate()
 
 
 # Each option a step can have, as recipe values of fmnist_cnn (a conv net with BatchNorm and dropout).
@@ -185,6 +151,6 @@ def test_the_watch_sees_a_step_that_would_wait(fashion: Path, tmp_path: Path) ->
 def test_no_step_synchronises_with_the_host_on_cuda(
     fashion: Path, tmp_path: Path, precision: str, values: dict[str, Any]
 ) -> None:
-    syncs = CudaSyncs()
+    syncs = gpu.CudaSyncs()
     steps_watched(fashion, tmp_path / "run", "cuda", syncs, precision, **values)
     assert not syncs.found, dict(syncs.found)
