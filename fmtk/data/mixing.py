@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from fmtk.data.augment import inside_boxes
 from fmtk.errors import FmtkError

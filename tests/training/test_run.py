@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,10 @@ def test_tensorboard_has_the_tags(finished_run) -> None:
     iterations = EventAccumulator(str(run.run_dir / "iterations")).Reload()
     steps = [event.step for event in iterations.Scalars("train/loss_iteration")]
     assert steps == list(range(run.recipe.log_every, 4 * len(run.data.train) + 1, run.recipe.log_every))
+    assert [event.step for event in iterations.Scalars("train/lr/group_0")] == steps
+    assert all(
+        math.isfinite(event.value) and event.value > 0 for event in iterations.Scalars("train/loss_iteration")
+    )
 
 
 class CountingMarginLoss(nn.MultiMarginLoss):
