@@ -69,6 +69,7 @@ CATDOG = {"data_cache": "file"}  # the recipe's own values otherwise: 224 px, ba
 PRECISIONS = ("32", "bf16", "16-mixed")
 COMPILED = ("bf16", True)  # precision, channels_last of the compiled rows
 COMPILE_MODES = (True, "reduce-overhead")  # torch.compile's default mode; CUDA graphs
+CACHELESS = ("bf16", True)  # precision, channels_last of the data_cache=none row (target: ≤ 1.25× file's)
 PAIR_PRECISIONS = ("bf16", "32")  # fmtk against a plain loop, channels-last
 PAIR_STEPS, PAIR_ROUNDS = 50, 5  # steps per round; rounds taking turns, the first one a warm-up
 KILL_EPOCH = 10  # the headline run killed in this epoch (the faithful recipe stops after ~47)
@@ -115,11 +116,16 @@ class Budget:
         self.skipped.append({"what": name, "reason": reason})
 
 
-def row_name(precision: str, channels_last: bool, compile: bool | str = False) -> str:
-    """``bf16, channels-last, compiled``: a row's speed options in words (a compile mode named)."""
+def row_name(
+    precision: str, channels_last: bool, compile: bool | str = False, data_cache: str = "file"
+) -> str:
+    """``bf16, channels-last, compiled``: a row's speed options in words (a compile mode named; the
+    photos decoded by DataLoader workers every epoch: ``data_cache=none``)."""
     words = [precision, "channels-last" if channels_last else "default layout"]
     if compile:
         words.append("compiled" if compile is True else f"compiled ({compile})")
+    if data_cache != "file":
+        words.append(f"data_cache={data_cache}")
     return ", ".join(words)
 
 
@@ -161,6 +167,17 @@ def watch_steps(trainer, watcher, first: int = 3) -> None:
     trainer.add_event_handler(Events.ITERATION_COMPLETED, stop)
 
 
+def first_epoch(run) -> None:
+    """The first epoch of ``run`` with every handler a run has (its checkpoints too); its folder and
+    loggers released after."""
+    with run.folder:
+        try:
+            run.prepare()
+            run.trainer.run(run.data.train, max_epochs=1)
+        finally:
+            run.close_loggers()
+
+
 def sync_count(
     data_dir: Path | None, device: str = "cuda", overrides: dict[str, str] | None = None, counter=CudaSyncs
 ) -> dict:
@@ -182,12 +199,7 @@ def sync_count(
         watch_steps(run.trainer, in_steps)
         run.trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda _: at_end.__enter__())
         run.trainer.add_event_handler(Events.COMPLETED, lambda _: at_end.__exit__(None, None, None))
-        with run.folder:
-            try:
-                run.prepare()
-                run.trainer.run(run.data.train, max_epochs=1)
-            finally:
-                run.close_loggers()
+        first_epoch(run)
         steps = run.trainer.state.epoch_length - 2
     return {
         "steps": steps, "in_steps": sum(in_steps.found.values()), "in_steps_by_place": dict(in_steps.found),
@@ -396,6 +408,7 @@ def measure(
             "speed": run.speed.config(),  # as the run resolved and recorded them
             "device": str(device),
             "batch_size": run.recipe.batch_size,
+            "data_cache": run.recipe.options.get("data_cache", "file"),
             "image_size": run.recipe.options.get("image_size"),
             "warmup_steps": warmup,
             "steps": steps,
@@ -542,8 +555,9 @@ def accuracy_comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if base is None:
             continue
         difference = row["valid_accuracy"] - base["valid_accuracy"]
+        cache = row.get("data_cache", "file")
         compared.append({
-            "row": row_name(row["precision"], row["channels_last"], row["compile"]),
+            "row": row_name(row["precision"], row["channels_last"], row["compile"], cache),
             "reference": row_name("32", base["channels_last"]),
             "steps": row["trained_steps"],
             "valid_accuracy": row["valid_accuracy"],
@@ -613,8 +627,13 @@ def table(report: dict[str, Any]) -> list[str]:
         lines.append(f"| CUDA tests (`{tests['command']}`) | {result} ({tests['seconds']:.0f} s) | | | |")
     lines += outcome_lines(report)
     compared = {entry["row"]: entry for entry in report["accuracy"]}
+    cached = {
+        (row["precision"], row["channels_last"]): row
+        for row in report["speed"]
+        if "error" not in row and not row["compile"] and row.get("data_cache", "file") == "file"
+    }
     for row in report["speed"]:
-        name = row_name(row["precision"], row["channels_last"], row["compile"])
+        name = row_name(row["precision"], row["channels_last"], row["compile"], row.get("data_cache", "file"))
         steps = f"{row['warmup_steps']} + {row['steps']}"
         if "error" in row:
             lines.append(f"| {name} | failed: {row['error']} | {steps} | | |")
@@ -624,6 +643,11 @@ def table(report: dict[str, Any]) -> list[str]:
             result += f", {row['peak_memory_gib']:.1f} GiB peak"
         if row["compile"]:
             result += f", warm-up {row['warmup_seconds']:.0f} s"
+        base = cached.get((row["precision"], row["channels_last"]))
+        if row.get("data_cache", "file") != "file" and base is not None:
+            result += (
+                f", {row['ms_per_step'] / base['ms_per_step']:.2f}× the decoded cache's time (target ≤ 1.25)"
+            )
         versus = ""
         if name in compared:
             entry = compared[name]
@@ -742,14 +766,17 @@ def collect(args: argparse.Namespace, device: str = "cuda") -> dict[str, Any]:
                 torch.cuda.empty_cache()
             return {"error": f"{type(error).__name__}: {last_line(str(error))}"}
 
-    def speed_row(precision: str, channels_last: bool, compile: bool | str = False) -> None:
-        name = row_name(precision, channels_last, compile)
+    def speed_row(
+        precision: str, channels_last: bool, compile: bool | str = False, data_cache: str = "file"
+    ) -> None:
+        name = row_name(precision, channels_last, compile, data_cache)
         if no_photos:
             budget.skip(name, no_photos)
             return
         spec = {
             "precision": precision, "channels_last": channels_last, "compile": compile, "steps": args.steps,
-            "warmup": args.warmup, "device": str(device), "overrides": overrides,
+            "warmup": args.warmup, "device": str(device),
+            "overrides": {**overrides, "data_cache": data_cache},
         }  # fmt: skip
         if compile:  # in a process of its own, stopped at the budget's end
             if not budget.allows(name, ESTIMATES["compile"]):
@@ -797,6 +824,7 @@ def collect(args: argparse.Namespace, device: str = "cuda") -> dict[str, Any]:
             save(f"{headline}: {report['headline'].get('error') or report['headline']['epochs_equal']}")
         for precision in PRECISIONS:
             speed_row(precision, True)
+        speed_row(*CACHELESS, data_cache="none")  # the photos decoded by DataLoader workers every epoch
         for mode in COMPILE_MODES:
             speed_row(*COMPILED, compile=mode)
         for precision in PRECISIONS:

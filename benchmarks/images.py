@@ -11,6 +11,14 @@ checkpoint (the same in every round: the seed fixes them), the training seconds 
 
     python benchmarks/images.py --data-dir ../shared/datasets [--image-size 32] [--epochs 2]
         [--arch resnet18 ...] [--rounds 2] [--out runs/images-benchmark]
+
+With ``--loader N ...`` instead: photos per second of the two ways a photo folder is read, over
+``catdog/training_set`` at ``--image-size``, no model: ``data_cache=none`` (DataLoader workers
+decode every epoch; batches of 16 scaled and flipped on the device, as training takes them) with N
+workers each, the median of ``--rounds`` epochs after one warm-up epoch that starts the workers;
+and ``data_cache=memory`` decoding every photo once (a thread per core), as often.
+
+    python benchmarks/images.py --data-dir ../shared/datasets --loader 0 1 2 4 --image-size 224
 """
 
 from __future__ import annotations
@@ -37,6 +45,36 @@ def measure(entry: str, data_dir: Path, size: int, epochs: int, runs: Path) -> d
     }
 
 
+def loader_rates(data_dir: Path, size: int, workers: list[int], rounds: int) -> dict[str, list[float]]:
+    """Photos per second of each ``workers`` count's DataLoader epoch and of decoding once."""
+    import time
+
+    import torch
+
+    from fmtk.data.images import ImageFiles, LoaderBatches, decode_images, list_image_folder
+
+    samples, _ = list_image_folder(data_dir / "catdog" / "training_set")
+    rates: dict[str, list[float]] = {}
+    for count in workers:
+        batches = LoaderBatches(ImageFiles(samples, size), 16, torch.device("cpu"), shuffle=True,
+                                flip_p=0.3, workers=count)  # fmt: skip
+        seconds = []
+        for epoch in range(rounds + 1):  # the first starts the workers
+            batches.set_epoch(epoch)
+            started = time.perf_counter()
+            photos = sum(len(y) for _, y in batches)
+            seconds.append(time.perf_counter() - started)
+        rates[f"data_cache=none, {count} workers"] = [photos / s for s in seconds[1:]]
+        del batches
+    once = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        decode_images(samples, size)
+        once.append(len(samples) / (time.perf_counter() - started))
+    rates[f"data_cache=memory, decoded once ({os.cpu_count()} threads)"] = once
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
@@ -45,7 +83,14 @@ def main() -> None:
     parser.add_argument("--arch", nargs="+", default=["resnet18"], help="torchvision archs for images")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/images-benchmark"))
+    parser.add_argument("--loader", type=int, nargs="+", metavar="N", help="photos/s with N workers, each")
     args = parser.parse_args()
+    if args.loader:
+        rates = loader_rates(args.data_dir, args.image_size, args.loader, args.rounds)
+        print(f"{args.image_size} px, {os.cpu_count()} cores, median of {args.rounds} epochs (each)")
+        for name, each in rates.items():
+            print(f"{name:<46} {statistics.median(each):>7,.0f} photos/s {[round(r) for r in each]}")
+        return
     os.environ["FMTK_CACHE"] = str(args.out / "cache")
     entries = ["catdog_vgg", *args.arch]
     measured: dict[str, list[dict]] = {entry: [] for entry in entries}

@@ -112,6 +112,7 @@ def test_with_no_budget_everything_is_skipped_and_written(
         "fmtk / plain, 32",
         "catdog_vgg --deterministic killed and resumed",
         *[gpu.row_name(p, True) for p in gpu.PRECISIONS],
+        "bf16, channels-last, data_cache=none",
         "bf16, channels-last, compiled",
         "bf16, channels-last, compiled (reduce-overhead)",
         *[gpu.row_name(p, False) for p in gpu.PRECISIONS],
@@ -258,3 +259,20 @@ def test_the_table_rows_of_syncs_pairs_and_the_headline() -> None:
         "| `fmtk run catdog_vgg --device cuda --deterministic` killed in epoch 10, resumed | DIFFERENT: "
         "epochs =, test ≠; 84.00% test after 47 epochs (140 s) | | | |",
     ]
+
+
+def test_the_data_cache_none_row_says_its_time_against_the_decoded_cache() -> None:
+    def row(data_cache: str, ms: float) -> dict:
+        return {"precision": "bf16", "channels_last": True, "compile": False, "data_cache": data_cache,
+                "warmup_steps": 20, "steps": 130, "trained_steps": 150, "valid_accuracy": 0.7,
+                "images_per_s": 16000 / ms, "ms_per_step": ms}  # fmt: skip
+
+    report = {
+        "environment": {"device": "cuda", "torch": "2.11.0", "cuda": "13.0"},
+        "settings": {"image_size": 224, "batch_size": 16, "budget_seconds": 480},
+        "speed": [row("file", 9.0), row("none", 9.9)], "accuracy": [], "skipped": [], "seconds": 1.0,
+    }  # fmt: skip
+    lines = gpu.table(report)
+    assert lines[-1].startswith("| bf16, channels-last, data_cache=none | 1,616 images/s, 9.9 ms/step, ")
+    assert "1.10× the decoded cache's time (target ≤ 1.25)" in lines[-1]
+    assert "×" not in lines[-2]

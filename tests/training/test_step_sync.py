@@ -103,12 +103,7 @@ def steps_watched(fashion: Path, run_dir: Path, device: str, watcher: Any, preci
     run = build_run("fmnist_cnn", run_dir, device, fashion, None, speed=SpeedOptions(precision),
                     progress=False, **settings)  # fmt: skip
     watch_steps(run.trainer, watcher)
-    with run.folder:
-        try:
-            run.prepare()
-            run.trainer.run(run.data.train, max_epochs=1)
-        finally:
-            run.close_loggers()
+    gpu.first_epoch(run)
     return run
 
 
