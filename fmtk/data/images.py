@@ -92,16 +92,29 @@ class ImageFiles(Dataset):
         return torch.from_numpy(pixels).permute(2, 0, 1), label
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (a container's or taskset's limit, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def loader_workers(cores: int) -> int:
+    """DataLoader worker processes for ``cores`` cores: one core left to the training process, at
+    most 8; none on two cores or fewer, where the training process decoding alone was faster
+    (catdog at 224 px on 2 cores: 861 photos/s, against 640–703 with 1 to 4 workers:
+    ``benchmarks/images.py --loader``, docs/images.md)."""
+    return 0 if cores <= 2 else min(8, cores - 1)
+
+
 class LoaderBatches:
     """Batches of a DataLoader over ``dataset`` (uint8 images), moved to ``device``, scaled,
     normalised and augmented there (``augmentation``: a flip with ``flip_p``, crops, shifts,
     erasing, drawn per batch from a generator seeded by the seed, epoch and rank), like
     :class:`~fmtk.data.batches.TensorBatches`.
 
-    For data too large to hold decoded: worker processes decode, pinned memory lets the copy to a
-    GPU overlap. The training split shards through a DistributedSampler when several processes
-    train (the recipe's batch size is the global one); evaluation splits take every
-    ``world_size``-th sample, unpadded.
+    For data too large to hold decoded: worker processes decode (``workers``; by default
+    :func:`loader_workers` of the usable cores), pinned memory lets the copy to a GPU overlap. The
+    training split shards through a DistributedSampler when several processes train (the recipe's
+    batch size is the global one); evaluation splits take every ``world_size``-th sample, unpadded.
     """
 
     def __init__(
@@ -129,7 +142,7 @@ class LoaderBatches:
             self.sampler = range(self.rank, len(dataset), self.world_size)
         # A training batch of one sample (per process) is dropped: BatchNorm cannot train on it.
         drop_last = shuffle and batch_size > 1 and len(self.sampler) % batch_size == 1
-        workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        workers = loader_workers(usable_cores()) if workers is None else workers
         self.loader = DataLoader(
             dataset, batch_size, sampler=self.sampler, num_workers=workers, persistent_workers=workers > 0,
             pin_memory=device.type == "cuda", drop_last=drop_last,

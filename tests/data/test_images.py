@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from fmtk.data.augment import Augmentation
 from fmtk.data.folders import load_catdog
-from fmtk.data.images import decode_image, decode_image_folder
+from fmtk.data.images import LoaderBatches, decode_image, decode_image_folder, loader_workers, usable_cores
 from fmtk.errors import FmtkError
 
 CPU = torch.device("cpu")
@@ -116,10 +116,17 @@ def test_dataloader_path_gives_the_cached_paths_batches(catdog_root: Path) -> No
     for split in ("valid", "test"):  # unshuffled: the same samples in the same order
         for (x1, y1), (x2, y2) in zip(getattr(memory, split), getattr(loaders, split), strict=True):
             assert torch.allclose(x1, x2) and torch.equal(y1, y2)
-    loaders.train.set_epoch(1)
-    labels = torch.cat([y for _, y in loaders.train])
+    assert loaders.train.loader.num_workers == loader_workers(usable_cores())
+    # Decoding in two worker processes, whatever this machine's default.
+    workers = LoaderBatches(loaders.train.loader.dataset, 8, CPU, shuffle=True, seed=0, workers=2)
+    workers.set_epoch(1)
+    labels = torch.cat([y for _, y in workers])
     assert sorted(labels.tolist()) == sorted(memory.train.labels.tolist())  # every training sample once
-    assert loaders.train.loader.num_workers > 0  # decoding happens in worker processes
+
+
+@pytest.mark.parametrize("cores, workers", [(1, 0), (2, 0), (3, 2), (8, 7), (16, 8), (128, 8)])
+def test_the_loader_leaves_a_core_to_training_and_takes_none_on_two(cores: int, workers: int) -> None:
+    assert loader_workers(cores) == workers
 
 
 def test_dataloader_path_augments_training_batches_the_same_way_each_epoch(catdog_root: Path) -> None:
