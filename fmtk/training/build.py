@@ -166,7 +166,7 @@ def _same_type(trained_on: str | None, device: torch.device) -> bool:
 def resume_changes(trained_on: str | None, recorded_speed: dict[str, Any], parts: Parts) -> str | None:
     """One line of what a resumed run does differently from the epochs before (another kind of
     device, speed options other than those recorded), or None; on CUDA without ``deterministic``
-    also that its epochs match an uninterrupted run's only within their spread."""
+    also that its epochs will not be bit for bit an uninterrupted run's."""
     changes = [] if _same_type(trained_on, parts.device) else [f"on {parts.device}, not {trained_on}"]
     for name, value in parts.speed.config().items():
         if name in recorded_speed and recorded_speed[name] != value:
@@ -178,8 +178,8 @@ def resume_changes(trained_on: str | None, recorded_speed: dict[str, Any], parts
         )
     if parts.device.type == "cuda" and not parts.speed.deterministic:
         return (
-            "resuming on CUDA without --deterministic: the epochs from here on match an uninterrupted "
-            "run's within the spread of two such runs, not exactly"
+            "resuming on CUDA without --deterministic: the epochs from here on will not be bit for bit "
+            "those of an uninterrupted run (cuDNN's autotuning and some kernels' sums differ by process)"
         )
     return None
 
