@@ -184,7 +184,7 @@ class _Trainer(Engine):
 
     Ignite formats ``"<epoch> | <iteration>, Firing handlers for event <name>"`` for every event
     it fires, logged or not: four a step, two of them (GET_BATCH_STARTED and _COMPLETED) with no
-    handler in a run (~3 µs a step of mnist_dnn's ~1 ms: benchmarks/step.py)."""
+    handler in a run (measured in docs/performance.md)."""
 
     def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:
         if self._event_handlers[event_name] or self.logger.isEnabledFor(logging.DEBUG):

@@ -70,7 +70,8 @@ class IterationPoints:
     """The per-iteration points (``train/loss_iteration`` and ``train/lr/group_<i>``, as Ignite's
     OutputHandler and OptimizerParamsHandler name them), kept every ``log_every`` iterations with
     the loss on its device and written at the epoch's end: reading a loss is a host-device sync,
-    and TensorBoard's ``add_scalar`` ~50 µs; both once an epoch instead of at each point. Points of
+    and TensorBoard's ``add_scalar`` costs a good part of a small step (docs/performance.md); both
+    once an epoch instead of at each point, off the epoch's clock. Points of
     an epoch cut short by a kill are lost with it, as the resumed run writes them again."""
 
     def __init__(self, writer: SummaryWriter, optimizer: torch.optim.Optimizer) -> None:
