@@ -55,15 +55,11 @@ def choose_backend(backend: str | None, device_spec: str) -> str:
 
 
 def process_device(device: torch.device) -> torch.device:
-    """This rank's device: its own GPU (by local rank) under NCCL or CUDA, else ``device``.
-
-    CPU processes spawned on one machine share its cores: each gets its share of threads, as
-    torchrun does (OMP_NUM_THREADS), instead of every process using every core.
-    """
+    """This rank's device: its own GPU (by local rank) under NCCL or CUDA, else ``device``. (CPU
+    processes on one machine share its cores: each run's threads are its share,
+    :func:`fmtk.device.default_threads`.)"""
     if idist.get_world_size() > 1 and device.type == "cuda":
         return torch.device(f"cuda:{idist.get_local_rank()}")
-    if idist.get_world_size() > 1 and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // idist.get_nproc_per_node()))
     return device
 
 

@@ -155,6 +155,11 @@ def train(request: RunRequest, echo: Callable[[str], None] = print) -> None:
     if request.resume is not None:
         check_epochs_ahead(request.resume, request.epochs)
     recipe = request.recipe()  # a bad recipe, override or handler fails here, before any process starts
+    if request.config is not None:  # made again with the speed options (threads…) it recorded
+        recorded = read_config(request.config)
+        trained_on = recorded.get("device")
+        same_type = trained_on is not None and torch.device(trained_on).type == request.device.type
+        request.speed = request.speed.carried_on(recorded.get("speed", {}), same_type)
     if request.resume is not None:
         finished = finished_message(request.resume, recipe.epochs)
         if finished:

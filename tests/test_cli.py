@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from conftest import USER_RECIPE, assert_one_line_error, fmtk, tree_snapshot
 
 from fmtk.cli import cli
+from fmtk.device import default_threads, threads_by_default
 
 
 def test_list() -> None:
@@ -38,13 +39,41 @@ def test_run_digits_writes_a_complete_run(tmp_path: Path) -> None:
 
 
 def test_speed_options_reach_the_run(tmp_path: Path) -> None:
+    threads = threads_by_default() + 1  # not the default: the run says so
     result = fmtk("run", "digits_mlp", "--epochs", "1", "--device", "cpu", "--precision", "bf16",
-                  "--channels-last", "--deterministic", "--run-dir", "run", cwd=tmp_path)  # fmt: skip
+                  "--channels-last", "--deterministic", "--threads", str(threads), "--run-dir", "run",
+                  cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    speed = {"precision": "bf16", "channels_last": True, "compile": False, "deterministic": True}
-    assert config["speed"] == speed
+    speed = {
+        "precision": "bf16",
+        "channels_last": True,
+        "compile": False,
+        "deterministic": True,
+        "threads": threads,
+    }
+    assert config["speed"] == speed and config["device"] == "cpu"
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["precision"] == "bf16"
+    assert f"CPU threads: {threads} (the default here: {threads - 1})" in result.stdout
+
+    # Made again from its config.json, the run keeps the options it recorded (its figures depend on them).
+    again = fmtk("run", "--config", "run", "--run-dir", "again", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["speed"] == speed
+    assert_one_line_error(
+        fmtk("run", "digits_mlp", "--threads", "0"), "--threads", "0 is not in the range x>=1"
+    )
+
+
+@pytest.mark.parametrize(
+    "cores, processes, environ, threads",
+    [(1, 1, {}, 1), (2, 1, {}, 1), (3, 1, {}, 1), (4, 1, {}, 2), (16, 1, {}, 8), (16, 4, {}, 2),
+     (2, 2, {}, 1), (16, 1, {"OMP_NUM_THREADS": "3"}, 3), (16, 1, {"OMP_NUM_THREADS": ""}, 8)],
+)  # fmt: skip
+def test_a_run_takes_half_the_cores_unless_told(
+    cores: int, processes: int, environ: dict, threads: int
+) -> None:
+    assert default_threads(cores, processes, environ) == threads
 
 
 def test_run_a_user_recipe_file_with_set(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ import pytest
 import torch
 from test_benchmarks import BENCHMARKS, load_benchmark
 
+from fmtk.device import threads_by_default
+
 gpu = load_benchmark("gpu")
 
 # catdog_root: 32 training photos, 8 valid; at 32 px and batch 4 a VGG16-BN step is cheap on the CPU.
@@ -54,7 +56,7 @@ def test_a_row_times_the_steps_after_warm_up_and_validates(
     monkeypatch.setenv("FMTK_CACHE", str(tmp_path / "cache"))
     row = gpu.measure(catdog_root, "32", True, steps=2, warmup=1, device="cpu", overrides=TINY_CATDOG)
     speed = {"precision": "32", "channels_last": True, "compile": False, "deterministic": False}
-    assert row["speed"] == speed
+    assert row["speed"] == {**speed, "threads": threads_by_default()}
     assert (row["steps"], row["warmup_steps"], row["trained_steps"], row["image_size"]) == (2, 1, 3, 32)
     assert row["images"] == 8 and row["images_per_s"] == pytest.approx(8 / row["seconds"])
     assert 0 < row["seconds"] < row["wall_seconds"] and row["warmup_seconds"] > 0

@@ -86,7 +86,7 @@ set_option = click.option(
 
 def training_options(command: Callable) -> Callable:
     """The options of how a run trains, shared by ``fmtk run`` and ``fmtk tune``: handlers,
-    precision, memory format, compile, deterministic kernels, processes and their backend."""
+    precision, memory format, compile, deterministic kernels, CPU threads, processes and their backend."""
     from fmtk.choices import BACKENDS, PRECISIONS
 
     options = [
@@ -120,6 +120,12 @@ def training_options(command: Callable) -> Callable:
             default=None,
             help="Deterministic kernels (torch, cuDNN, cuBLAS): a resumed CUDA run ends exactly like an "
             "uninterrupted one [default: off; a resumed run: as it was].",
+        ),
+        click.option(
+            "--threads",
+            type=click.IntRange(min=1),
+            help="CPU threads of torch's operations [default: half the usable cores; a resumed run: as it "
+            "was]. See docs/performance.md#threads.",
         ),
         click.option(
             "--nproc-per-node",

@@ -62,6 +62,7 @@ def run(
     channels_last: bool | None,
     compile_model: bool | None,
     deterministic: bool | None,
+    threads: int | None,
     nproc_per_node: int,
     backend: str | None,
 ) -> None:
@@ -82,7 +83,7 @@ def run(
     request = RunRequest(
         recipe_name=recipe_name, config=config, resume=resume, output_dir=output_dir, run_dir=run_dir,
         data_dir=data_root(data_dir, resume or config), device=resolve_device(device),
-        speed=SpeedOptions(precision, channels_last, compile_model, deterministic),
+        speed=SpeedOptions(precision, channels_last, compile_model, deterministic, threads),
         handlers=handlers, nproc_per_node=nproc_per_node, backend=backend,
         command=shlex.join(["fmtk", *sys.argv[1:]]),
     )  # fmt: skip

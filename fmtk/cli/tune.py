@@ -98,6 +98,7 @@ def tune(
     channels_last: bool | None,
     compile_model: bool | None,
     deterministic: bool | None,
+    threads: int | None,
     nproc_per_node: int,
     backend: str | None,
 ) -> None:
@@ -133,7 +134,7 @@ def tune(
         pruning = Pruning(prune, prune_after, prune_warmup)
         request = StudyRequest(recipe_name, space, trials, metric, preset, parse_settings(settings),
                                list(tries), pruning, command=command)  # fmt: skip
-    speed = SpeedOptions(precision, channels_last, compile_model, deterministic)
+    speed = SpeedOptions(precision, channels_last, compile_model, deterministic, threads)
     run = RunRequest(device=resolve_device(device), speed=speed, handlers=handlers,
                      nproc_per_node=nproc_per_node, backend=backend)  # fmt: skip
     tune_study(request, resume=resume, study_dir=study_dir, output_dir=output_dir, run=run, data_dir=data_dir,

@@ -26,6 +26,7 @@ from fmtk.data.batches import (
 )
 from fmtk.data.image_cache import cached_decode_images
 from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD, resize_rgb
+from fmtk.device import usable_cores
 from fmtk.errors import FmtkError
 
 DATA_CACHES = ("memory", "file", "none")
@@ -90,11 +91,6 @@ class ImageFiles(Dataset):
         path, label = self.samples[index]
         pixels = decode_image(path, self.image_size).copy()  # writable: torch warns on a read-only array
         return torch.from_numpy(pixels).permute(2, 0, 1), label
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on (a container's or taskset's limit, not the machine's)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def loader_workers(cores: int) -> int:

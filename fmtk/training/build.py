@@ -18,7 +18,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 
-from fmtk.device import resolve_device
+from fmtk.device import resolve_device, threads_by_default
 from fmtk.distributed import broadcast_buffers, is_main_process
 from fmtk.errors import FmtkError
 from fmtk.recipe import Recipe
@@ -136,7 +136,7 @@ def assemble_run(
     parts = recipe_parts(recipe, data_dir, device, speed, load_weights if resume is not None else None, head)
     echo = echo if echo is not None and is_main_process() else _silent
     changed = resume_changes(resume.trained_on, recorded_speed, parts) if resume is not None else None
-    for line in [changed, parts.started_from, split_sizes(parts)]:
+    for line in [changed, threads_line(parts.speed.threads), parts.started_from, split_sizes(parts)]:
         if line:
             echo(line)
     engines = create_engines(parts)
@@ -157,6 +157,13 @@ def assemble_run(
         run.close_loggers()  # their files go with the failed start
         raise
     return run
+
+
+def threads_line(threads: int) -> str | None:
+    """A line naming the run's CPU threads when they are not the default (a run's figures depend on
+    them), or None."""
+    default = threads_by_default()
+    return None if threads == default else f"CPU threads: {threads} (the default here: {default})"
 
 
 def _same_type(trained_on: str | None, device: torch.device) -> bool:

@@ -25,6 +25,7 @@ from ignite.metrics import Accuracy, ConfusionMatrix, Loss, Metric
 from torch import nn
 
 from fmtk.choices import PRECISIONS
+from fmtk.device import threads_by_default
 from fmtk.errors import FmtkError
 from fmtk.training.accumulation import batch_in_epoch, place_in_group
 
@@ -52,19 +53,22 @@ Mixer = Callable[[torch.Tensor, torch.Tensor, int, int], tuple[torch.Tensor, tor
 class SpeedOptions:
     """How the training step runs: ``precision`` (``32``, ``bf16`` autocast, or ``16-mixed``
     autocast with a gradient scaler), ``channels_last`` memory format, ``compile`` (torch.compile;
-    a string: its ``mode``, e.g. ``"reduce-overhead"``, CUDA graphs) and ``deterministic`` (torch's
+    a string: its ``mode``, e.g. ``"reduce-overhead"``, CUDA graphs), ``deterministic`` (torch's
     deterministic algorithms and cuDNN settings: a resumed CUDA run ends with exactly the figures
-    of an uninterrupted one; see docs/resuming.md).
+    of an uninterrupted one; see docs/resuming.md) and ``threads`` (the CPU threads of torch's
+    operations; they change the float sums, so a run's figures are those of its thread count).
 
     ``precision="auto"`` and ``channels_last=None`` are chosen per device by :meth:`resolve`;
-    ``compile=None`` and ``deterministic=None`` mean off. A resumed run fills every unset option
-    with the one it recorded (:meth:`carried_on`).
+    ``compile=None`` and ``deterministic=None`` mean off, ``threads=None`` half the usable cores
+    (:func:`fmtk.device.default_threads`). A resumed run, or one made again from a config.json,
+    fills every unset option with the one recorded (:meth:`carried_on`).
     """
 
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool | str | None = None
     deterministic: bool | None = None
+    threads: int | None = None
 
     def resolve(self, device: torch.device, model: nn.Module) -> SpeedOptions:
         """Per-device defaults: on CUDA bf16 (16-mixed where the GPU lacks bf16); on the CPU 32-bit;
@@ -80,7 +84,11 @@ class SpeedOptions:
         if channels_last is None:
             has_conv = any(isinstance(module, nn.Conv2d) for module in model.modules())
             channels_last = has_conv
-        return SpeedOptions(precision, channels_last, self.compile or False, bool(self.deterministic))
+        threads = self.threads if self.threads is not None else threads_by_default()
+        if threads < 1:
+            raise FmtkError(f"threads {threads}: give 1 or more")
+        compile, deterministic = self.compile or False, bool(self.deterministic)
+        return SpeedOptions(precision, channels_last, compile, deterministic, threads)
 
     def carried_on(self, recorded: Mapping[str, Any], same_device_type: bool) -> SpeedOptions:
         """These options for a resumed run whose config.json recorded ``recorded`` (its resolved
@@ -96,19 +104,20 @@ class SpeedOptions:
 
         return SpeedOptions(
             precision, given_or_recorded("channels_last"), given_or_recorded("compile"),
-            given_or_recorded("deterministic"),
+            given_or_recorded("deterministic"), given_or_recorded("threads"),
         )  # fmt: skip
 
     def config(self) -> dict[str, Any]:
         return {
             "precision": self.precision, "channels_last": self.channels_last, "compile": self.compile,
-            "deterministic": self.deterministic,
+            "deterministic": self.deterministic, "threads": self.threads,
         }  # fmt: skip
 
 
-def configure_kernels(device: torch.device, deterministic: bool) -> None:
-    """torch's kernel choices for a run, set for each run (they are global to the process):
-    deterministic ones (Lightning's ``deterministic=True``), else cuDNN's autotuning on CUDA.
+def configure_kernels(device: torch.device, deterministic: bool, threads: int) -> None:
+    """torch's kernel choices for a run, set for each run (they are global to the process): its CPU
+    ``threads``; deterministic kernels (Lightning's ``deterministic=True``), else cuDNN's
+    autotuning on CUDA.
 
     Deterministic: ``torch.use_deterministic_algorithms`` (an operation without a deterministic
     kernel warns, naming itself, instead of failing the run: e.g. the backward pass of adaptive
@@ -116,6 +125,7 @@ def configure_kernels(device: torch.device, deterministic: bool) -> None:
     convolutions without autotuning, and cuBLAS's fixed workspace (``CUBLAS_WORKSPACE_CONFIG``,
     read when CUDA first runs a matrix product in the process: the command line sets it first).
     """
+    torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     # Fixed input sizes: let cuDNN pick the fastest kernels (autotuning picks by timing: not repeatable).

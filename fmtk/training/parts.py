@@ -114,7 +114,7 @@ def recipe_parts(
             f"weights did not give (the new head); {recipe.weights} gave every one"
         )
     speed = (speed or SpeedOptions()).resolve(device, model)  # "auto" values chosen for this model
-    configure_kernels(device, speed.deterministic)  # before the data's check runs the model
+    configure_kernels(device, speed.deterministic, speed.threads)  # before the data's check runs the model
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
     data = load_data(recipe, data_dir, device, model)

@@ -29,6 +29,7 @@ def run_config(
         first = read_config(run_dir)
         command, started_from = first.get("command", command), first.get("started_from", started_from)
     config = {**parts.recipe.config(), "classes": parts.data.classes, "speed": parts.speed.config()}
+    config["device"] = str(parts.device)
     config["started_from"] = started_from  # what the starting weights gave (fmtk.weights)
     config["head"] = list(parts.head)  # and the tensors they did not give
     config.update(processes=idist.get_world_size(), versions=versions(), command=command)

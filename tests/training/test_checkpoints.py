@@ -13,6 +13,7 @@ from conftest import tree_snapshot
 from ignite.engine import Events
 from torch.utils._pytree import tree_leaves
 
+from fmtk.device import threads_by_default
 from fmtk.errors import FmtkError
 from fmtk.recipe import apply_overrides
 from fmtk.recipe_loading import load_recipe
@@ -138,20 +139,22 @@ def test_a_resumed_run_keeps_its_speed_options_and_says_what_it_changes(tmp_path
     lines: list[str] = []
     resumed = build_run("digits_mlp", run_dir, CPU, echo=lines.append, resume_from=last, epochs=2)
     resumed.folder.close()
-    assert resumed.speed == SpeedOptions("bf16", False, False, True)  # as recorded, none given
+    threads = threads_by_default()
+    assert resumed.speed == SpeedOptions("bf16", False, False, True, threads)  # as recorded, none given
     assert not [line for line in lines if line.startswith("resuming")]
 
     lines.clear()
-    speed = SpeedOptions("32", compile=False)
+    speed = SpeedOptions("32", compile=False, threads=threads + 1)
     resumed = build_run(
         "digits_mlp", run_dir, CPU, echo=lines.append, resume_from=last, speed=speed, epochs=2
     )
     resumed.folder.close()
-    assert resumed.speed == SpeedOptions("32", False, False, True)
-    assert lines[0] == (
-        "resuming precision 32, not bf16: the epochs from here on will not be exactly those of an "
-        "uninterrupted run"
-    )
+    assert resumed.speed == SpeedOptions("32", False, False, True, threads + 1)
+    assert lines[:2] == [
+        f"resuming precision 32, not bf16; threads {threads + 1}, not {threads}: the epochs from here on "
+        "will not be exactly those of an uninterrupted run",
+        f"CPU threads: {threads + 1} (the default here: {threads})",
+    ]
 
 
 def test_deterministic_kernels_are_set_for_a_run_that_asks_and_unset_for_one_that_does_not(

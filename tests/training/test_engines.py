@@ -13,7 +13,7 @@ import torch
 from ignite.engine import Events
 from torch import nn
 
-from fmtk.device import resolve_device
+from fmtk.device import resolve_device, threads_by_default
 from fmtk.errors import FmtkError
 from fmtk.recipe import apply_overrides
 from fmtk.recipe_loading import load_recipe
@@ -27,10 +27,11 @@ CPU = torch.device("cpu")
 
 def test_cpu_defaults_are_32_bit_and_channels_last_for_conv_nets() -> None:
     conv = nn.Sequential(nn.Conv2d(1, 2, 3))
-    assert SpeedOptions().resolve(CPU, conv) == SpeedOptions("32", True, False, False)
-    assert SpeedOptions().resolve(CPU, nn.Linear(2, 2)) == SpeedOptions("32", False, False, False)
+    threads = threads_by_default()
+    assert SpeedOptions().resolve(CPU, conv) == SpeedOptions("32", True, False, False, threads)
+    assert SpeedOptions().resolve(CPU, nn.Linear(2, 2)) == SpeedOptions("32", False, False, False, threads)
     assert SpeedOptions(channels_last=False).resolve(CPU, conv).channels_last is False
-    assert SpeedOptions("bf16", True).resolve(CPU, conv) == SpeedOptions("bf16", True, False, False)
+    assert SpeedOptions("bf16", True).resolve(CPU, conv) == SpeedOptions("bf16", True, False, False, threads)
     with pytest.raises(FmtkError, match="--precision fp8: choose auto, 32, bf16, 16-mixed"):
         SpeedOptions("fp8").resolve(CPU, conv)
 
