@@ -59,6 +59,7 @@ def data(recipe, data_dir, device):
     splits = load_photo_folder(
         data_dir, size(recipe), recipe.batch_size, device, recipe.seed, valid_share=options["valid_share"],
         test_share=options["test_share"], data_cache=options["data_cache"], mean=mean, std=std,
+        skip_bad_images=options["skip_bad_images"],
     )  # fmt: skip
     if splits.classes != options["classes"]:
         raise FmtkError(f"{data_dir}: classes {splits.classes} differ from the run's {options['classes']}")
@@ -92,6 +93,7 @@ recipe = Recipe(
         "valid_share": 0.2,  # of the training photos, when there is no val/ folder
         "test_share": 0.2,  # of all photos, when there is no test/ folder
         "data_cache": "memory",  # memory, file (kept for the next run) or none (DataLoader workers)
+        "skip_bad_images": False,  # train without the files that cannot be decoded (recorded), not stop
         "classes": [],  # filled from the photo folder
     },
     presets={

@@ -96,6 +96,20 @@ def tree_snapshot(root: Path) -> dict[str, tuple[int, int]]:
     }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fmtk's cache folder (decoded photos, lists of bad image files) in a temporary folder for the
+    whole session, the test processes' too: never the user's ``~/.cache/fmtk``."""
+    folder = tmp_path_factory.mktemp("fmtk_cache")
+    before = os.environ.get("FMTK_CACHE")
+    os.environ["FMTK_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        del os.environ["FMTK_CACHE"]
+    else:
+        os.environ["FMTK_CACHE"] = before
+
+
 @pytest.fixture
 def mnist_root(tmp_path: Path) -> Path:
     return make_mnist_like(tmp_path / "data")

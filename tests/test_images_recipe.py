@@ -284,3 +284,22 @@ def test_a_fine_tuning_run_killed_either_side_of_the_unfreeze_resumes_exactly(
         json.loads((tmp_path / run / "metrics.json").read_text())["test"] for run in ("killed", "straight")
     ]
     assert done[0] == done[1]
+
+
+def test_bad_photos_are_named_at_once_and_skip_bad_images_trains_without_them(tmp_path: Path) -> None:
+    photos = make_photos(tmp_path / "bugs", {"ants": 8, "bees": 8})
+    (photos / "ants" / "notes.jpg").write_text("not an image")
+    (photos / "bees" / "empty.jpg").write_bytes(b"")
+    refused = fmtk("run", "images", "--data-dir", str(photos), "--output-dir", "out", *SMALL, cwd=tmp_path)
+    assert_one_line_error(
+        refused, "2 of 18 image files cannot be decoded: ", "notes.jpg (", "empty.jpg (",
+        "bad-images-bugs.txt: fix or remove them; or train without them: --set skip_bad_images=true",
+    )  # fmt: skip
+    assert not list((tmp_path / "out").glob("*/*"))  # no run folder left
+
+    done = fmtk("run", "images", "--data-dir", str(photos), "--run-dir", "run", "--epochs", "1",
+                "--set", "skip_bad_images=true", *SMALL, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    skipped = sorted(str(photos / name) for name in ("ants/notes.jpg", "bees/empty.jpg"))
+    assert sorted(json.loads((tmp_path / "run" / "config.json").read_text())["skipped_images"]) == skipped
+    assert "skip_bad_images: training without 2 undecodable files (" in done.stdout

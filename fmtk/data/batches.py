@@ -171,12 +171,15 @@ class Batches(Protocol):
 
 @dataclass
 class DataSplits:
-    """The three splits a run needs, as iterables of ``(x, y)`` batches, and the class names."""
+    """The three splits a run needs, as iterables of ``(x, y)`` batches, and the class names; and
+    the data files left out because they could not be read (``skipped``: a photo folder's
+    ``skip_bad_images``)."""
 
     train: Batches
     valid: Batches
     test: Batches
     classes: list[str]
+    skipped: tuple[str, ...] = ()
 
 
 def stratified_split(

@@ -10,6 +10,7 @@ The class names are the class folders' names, sorted (torchvision's ``find_class
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from fmtk.data.batches import DataSplits, TensorBatches, stratified_split
 from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD
 from fmtk.data.images import (
     DATA_CACHES,
+    BadImages,
+    bad_images_error,
+    decode_all,
     decoded,
     find_split_folder,
     list_image_folder,
@@ -48,6 +52,22 @@ class PhotoSplits:
     def samples(self, split: str) -> Samples:
         folder, index = self.splits[split]
         return [self.listed[folder][i] for i in index]
+
+    def without(self, paths: set[str]) -> PhotoSplits:
+        """These splits less the photos at ``paths``; every other photo stays in its split."""
+        listed, renumbered = {}, {}
+        for folder, samples in self.listed.items():
+            kept = [i for i, (path, _) in enumerate(samples) if path not in paths]
+            listed[folder] = [samples[i] for i in kept]
+            renumbered[folder] = {old: new for new, old in enumerate(kept)}
+        splits = {
+            split: (
+                folder,
+                np.array([renumbered[folder][i] for i in index if i in renumbered[folder]], dtype=int),
+            )
+            for split, (folder, index) in self.splits.items()
+        }
+        return PhotoSplits(self.classes, listed, splits)
 
 
 def split_folders(root: Path) -> dict[str, Path]:
@@ -126,21 +146,61 @@ def load_photo_folder(
     data_cache: str = "memory",
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
+    skip_bad_images: bool | None = None,
 ) -> DataSplits:
     """The photos of ``root`` (either layout) as train, valid and test batches of ``image_size``
     pixels, normalised by ``mean``/``std``. ``data_cache``: ``memory`` decodes every photo once into
     a tensor on the device; ``file`` also keeps it in a file under
     :func:`fmtk.data.image_cache.cache_folder` for the next run; ``none`` decodes in DataLoader
-    workers every epoch (for folders too large to hold). ``flip_p`` flips training photos only."""
+    workers every epoch (for folders too large to hold). ``flip_p`` flips training photos only.
+
+    Every photo is decoded before training (``none``: once, to check it), and the files that cannot
+    be are one :class:`~fmtk.data.images.BadImages` error naming them all; with ``skip_bad_images``
+    the run trains without them instead, and the splits' ``skipped`` lists them (None: the recipe has
+    no such option, and the error does not suggest it)."""
     if data_cache not in DATA_CACHES:
         raise FmtkError(f"data_cache {data_cache}: choose {', '.join(DATA_CACHES)}")
     found = find_photo_splits(root, valid_share, test_share, seed)
+    arguments = (image_size, batch_size, device, seed, flip_p, data_cache, mean, std)
+    try:
+        return photo_batches(found, *arguments)
+    except BadImages as bad:
+        if not skip_bad_images:
+            hint = "; or train without them: --set skip_bad_images=true" if skip_bad_images is False else ""
+            raise bad_images_error(bad, Path(root).name, hint) from None
+        skipped = [path for path, _ in bad.bad]
+    data = photo_batches(found.without(set(skipped)), *arguments)
+    return dataclasses.replace(data, skipped=tuple(skipped))
+
+
+def photo_batches(
+    found: PhotoSplits,
+    image_size: int,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    flip_p: float,
+    data_cache: str,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> DataSplits:
+    """The batches of ``found``'s splits (:func:`load_photo_folder`), every photo decoded first."""
     if data_cache == "none":
+        paths = [path for samples in found.listed.values() for path, _ in samples]
+        _, bad = decode_all(paths, image_size, keep=False)
+        if bad:
+            raise BadImages(bad, len(paths))
         splits = tuple(found.samples(split) for split in ("train", "valid", "test"))
         return loader_splits(splits, found.classes, image_size, batch_size, device, seed, flip_p, mean, std)
-    images = {
-        folder: decoded(samples, folder, image_size, data_cache) for folder, samples in found.listed.items()
-    }
+    images, bad, total = {}, [], 0
+    for folder, samples in found.listed.items():  # every folder's bad files, not the first one's
+        total += len(samples)
+        try:
+            images[folder] = decoded(samples, folder, image_size, data_cache)
+        except BadImages as error:
+            bad += error.bad
+    if bad:
+        raise BadImages(bad, total)
     labels = {folder: sample_labels(samples) for folder, samples in found.listed.items()}
 
     def batches(split: str) -> TensorBatches:

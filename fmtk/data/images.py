@@ -6,7 +6,6 @@ flipping and normalising whole batches on the device, keeps the epoch loop free 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -24,7 +23,7 @@ from fmtk.data.batches import (
     process_shard,
     scale_pixels,
 )
-from fmtk.data.image_cache import cached_decode_images
+from fmtk.data.image_cache import cache_folder, cached_decode_images
 from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD, resize_rgb
 from fmtk.device import usable_cores
 from fmtk.errors import FmtkError
@@ -32,13 +31,20 @@ from fmtk.errors import FmtkError
 DATA_CACHES = ("memory", "file", "none")
 
 
+UNDECODABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises
+
+
 def decode_image(path: str | Path, image_size: int) -> np.ndarray:
     """One image file as an RGB uint8 array of image_size × image_size."""
     try:
-        with Image.open(path) as image:
-            return resize_rgb(image, image_size)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        return _decode(path, image_size)
+    except UNDECODABLE as error:
         raise FmtkError(f"{path}: cannot decode image ({error})") from None
+
+
+def _decode(path: str | Path, image_size: int) -> np.ndarray:
+    with Image.open(path) as image:
+        return resize_rgb(image, image_size)
 
 
 def list_image_folder(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
@@ -57,12 +63,68 @@ def list_image_folder(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
     return samples, classes
 
 
+class BadImages(FmtkError):
+    """Image files that cannot be decoded, every one found in a pass: ``bad`` is ``[(path, why)]``,
+    of ``total`` files. The one-line message names the count and the first ones, and the file that
+    lists them all when there is one (:func:`bad_images_error`)."""
+
+    SHOWN = 3  # bad files named in the line
+
+    def __init__(
+        self, bad: list[tuple[str, str]], total: int, listed_in: Path | None = None, hint: str = ""
+    ) -> None:
+        self.bad, self.total = bad, total
+        shown = "; ".join(f"{path} ({why})" for path, why in bad[: self.SHOWN])
+        more = f"; and {len(bad) - self.SHOWN} more" if len(bad) > self.SHOWN else ""
+        listed = f"; all of them are listed in {listed_in}" if listed_in is not None else ""
+        super().__init__(
+            f"{len(bad)} of {total} image files cannot be decoded: {shown}{more}{listed}: fix or remove "
+            f"them{hint}"
+        )
+
+
+def _decoded_or_why(path: str, image_size: int) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return _decode(path, image_size), None
+    except UNDECODABLE as error:
+        return None, str(error) or type(error).__name__
+
+
+def decode_all(
+    paths: list[str], image_size: int, keep: bool = True
+) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
+    """Every file of ``paths`` decoded (in a thread per core: PIL releases the GIL while decoding):
+    the arrays of the good ones (none unless ``keep``) and ``(path, why)`` of each bad one."""
+    with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
+        results = pool.map(partial(_decoded_or_why, image_size=image_size), paths)
+        arrays, bad = [], []
+        for path, (array, why) in zip(paths, results, strict=True):
+            if why is not None:
+                bad.append((path, why))
+            elif keep:
+                arrays.append(array)
+    return arrays, bad
+
+
+def bad_images_error(found: BadImages, name: str, hint: str = "") -> BadImages:
+    """``found`` with its whole list written to a file of the cache folder (``bad-images-<name>.txt``:
+    never into the photos' folder) and named in its line, and ``hint`` (what else to do) after it."""
+    listed_in = cache_folder() / f"bad-images-{name}.txt"
+    try:
+        listed_in.parent.mkdir(parents=True, exist_ok=True)
+        listed_in.write_text("".join(f"{path}\t{why}\n" for path, why in found.bad))
+    except OSError as error:
+        raise FmtkError(f"cannot write the list of bad image files {listed_in}: {error.strerror}") from None
+    return BadImages(found.bad, found.total, listed_in, hint)
+
+
 def decode_images(samples: list[tuple[str, int]], image_size: int) -> torch.Tensor:
-    """The images of ``(path, label)`` samples as one uint8 N×3×S×S tensor."""
+    """The images of ``(path, label)`` samples as one uint8 N×3×S×S tensor; every file that cannot
+    be decoded is found first, then all of them are one :class:`BadImages` error."""
     paths = [path for path, _ in samples]
-    # PIL releases the GIL while decoding, so threads use every core.
-    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        arrays = list(pool.map(partial(decode_image, image_size=image_size), paths))
+    arrays, bad = decode_all(paths, image_size)
+    if bad:
+        raise BadImages(bad, len(paths))
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 

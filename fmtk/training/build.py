@@ -136,7 +136,8 @@ def assemble_run(
     parts = recipe_parts(recipe, data_dir, device, speed, load_weights if resume is not None else None, head)
     echo = echo if echo is not None and is_main_process() else _silent
     changed = resume_changes(resume.trained_on, recorded_speed, parts) if resume is not None else None
-    for line in [changed, threads_line(parts.speed.threads), parts.started_from, split_sizes(parts)]:
+    lines = [changed, threads_line(parts.speed.threads), skipped_line(parts.data.skipped), parts.started_from]
+    for line in [*lines, split_sizes(parts)]:
         if line:
             echo(line)
     engines = create_engines(parts)
@@ -164,6 +165,14 @@ def threads_line(threads: int) -> str | None:
     them), or None."""
     default = threads_by_default()
     return None if threads == default else f"CPU threads: {threads} (the default here: {default})"
+
+
+def skipped_line(skipped: tuple[str, ...]) -> str | None:
+    """A line naming the data files the run trains without (``skip_bad_images``), or None."""
+    if not skipped:
+        return None
+    shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+    return f"skip_bad_images: training without {len(skipped)} undecodable files ({shown}; in config.json)"
 
 
 def _same_type(trained_on: str | None, device: torch.device) -> bool:

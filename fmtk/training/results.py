@@ -30,6 +30,8 @@ def run_config(
         command, started_from = first.get("command", command), first.get("started_from", started_from)
     config = {**parts.recipe.config(), "classes": parts.data.classes, "speed": parts.speed.config()}
     config["device"] = str(parts.device)
+    if parts.data.skipped:  # what skip_bad_images left out
+        config["skipped_images"] = list(parts.data.skipped)
     config["started_from"] = started_from  # what the starting weights gave (fmtk.weights)
     config["head"] = list(parts.head)  # and the tensors they did not give
     config.update(processes=idist.get_world_size(), versions=versions(), command=command)

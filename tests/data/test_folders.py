@@ -9,6 +9,7 @@ import torch
 from conftest import make_photos, tree_snapshot
 
 from fmtk.data.folders import find_photo_splits, load_photo_folder, photo_classes
+from fmtk.data.images import BadImages
 from fmtk.errors import FmtkError
 
 CPU = torch.device("cpu")
@@ -101,3 +102,48 @@ def test_photo_classes_reads_the_training_folder(tmp_path: Path) -> None:
     make_photos(tmp_path / "split" / "training_set", {"p": 2, "q": 2, "r": 2})
     assert photo_classes(tmp_path / "flat") == ["x", "y"]
     assert photo_classes(tmp_path / "split") == ["p", "q", "r"]
+
+
+def spoil(photos: Path) -> list[str]:
+    """Three bad files in a folder of good ones, in two splits' folders: a truncated JPEG, a text
+    file named .jpg and an empty .png."""
+    first = sorted((photos / "train" / "ants").iterdir())[0]
+    first.write_bytes(first.read_bytes()[:100])
+    (photos / "train" / "bees" / "notes.jpg").write_text("not an image")
+    (photos / "test" / "ants" / "empty.png").write_bytes(b"")
+    return sorted(
+        str(path) for path in (first, photos / "train/bees/notes.jpg", photos / "test/ants/empty.png")
+    )
+
+
+@pytest.mark.parametrize("data_cache", ["memory", "none"])
+def test_every_bad_photo_is_named_in_one_pass_and_listed_in_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_cache: str
+) -> None:
+    monkeypatch.setenv("FMTK_CACHE", str(tmp_path / "cache"))
+    photos = tmp_path / "photos"
+    for split, count in (("train", 8), ("test", 3)):
+        make_photos(photos / split, {"ants": count, "bees": count})
+    bad = spoil(photos)
+    before = tree_snapshot(photos)
+    for skip in (None, False):
+        with pytest.raises(BadImages) as raised:
+            load_photo_folder(photos, 16, 4, CPU, seed=0, data_cache=data_cache, skip_bad_images=skip)
+        line = str(raised.value)
+        assert "\n" not in line and line.startswith("3 of 24 image files cannot be decoded: ")
+        assert line.count(" (") == 3 and line.endswith(
+            "fix or remove them"
+            + ("; or train without them: --set skip_bad_images=true" if skip is False else "")
+        )
+    listed = tmp_path / "cache" / "bad-images-photos.txt"
+    assert f"all of them are listed in {listed}" in line
+    assert sorted(row.split("\t")[0] for row in listed.read_text().splitlines()) == bad
+    assert tree_snapshot(photos) == before  # nothing written into the photos' folder
+
+    skipped = load_photo_folder(photos, 16, 4, CPU, seed=0, data_cache=data_cache, skip_bad_images=True)
+    whole = load_photo_folder(
+        tmp_path / "photos", 16, 4, CPU, seed=0, data_cache=data_cache, skip_bad_images=True
+    )
+    assert sorted(skipped.skipped) == bad and whole.skipped == skipped.skipped
+    sizes = [sum(len(y) for _, y in getattr(skipped, split)) for split in ("train", "valid", "test")]
+    assert sum(sizes) == 24 - 3 and sizes[2] == 6  # the test folder less its empty.png

@@ -31,8 +31,9 @@ def test_decode_image_names_a_corrupt_file(tmp_path: Path) -> None:
     folder = make_image_folder(tmp_path / "train", per_class=2)
     broken = folder / "dogs" / "dog.0.jpg"
     broken.write_bytes(broken.read_bytes()[: len(broken.read_bytes()) // 3])
-    with pytest.raises(FmtkError, match="dog.0.jpg: cannot decode"):
+    with pytest.raises(FmtkError, match=r"1 of 4 image files cannot be decoded: .*dog.0.jpg \(") as raised:
         decode_image_folder(folder, image_size=16)
+    assert raised.value.bad == [(str(broken), raised.value.bad[0][1])]
 
 
 def test_decode_image_rejects_a_non_image(tmp_path: Path) -> None:
