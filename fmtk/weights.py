@@ -54,6 +54,38 @@ def torchvision_model(arch: str, num_classes: int) -> nn.Module:
     return torchvision.models.get_model(arch, num_classes=num_classes)
 
 
+PROBED_SIZES = (32, 64, 75, 96, 128, 160, 224, 299, 384, 512)  # image sizes tried for a model's minimum
+
+
+def check_image_size(model: nn.Module, arch: str, image_size: int) -> None:
+    """One line when ``model`` (torchvision's ``arch``) cannot take ``image_size``-px images, found by
+    a forward pass of one blank image (eval mode, no gradients) before any data loads, instead of
+    the model's own traceback; the line names the smallest of ``PROBED_SIZES`` above it that works."""
+
+    def refusal(size: int) -> str | None:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+        except (RuntimeError, ValueError, AssertionError, IndexError) as error:
+            return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return None
+
+    training = model.training
+    model.eval()
+    try:
+        why = refusal(image_size)
+        if why is None:
+            return
+        fits = next((size for size in PROBED_SIZES if size > image_size and refusal(size) is None), None)
+    finally:
+        model.train(training)
+    tried = ", ".join(map(str, PROBED_SIZES))
+    advice = f"it takes {fits} px (the smallest tried of {tried}): --set image_size={fits}"
+    if fits is None:
+        advice = f"it took none of {tried} px either"
+    raise FmtkError(f"arch {arch} cannot take {image_size}×{image_size} images ({why}); {advice}")
+
+
 def torchvision_weights(arch: str, name: str) -> Any:
     """The member ``name`` of ``arch``'s torchvision weights enum (``DEFAULT``, ``IMAGENET1K_V1`` or
     the full ``ResNet18_Weights.IMAGENET1K_V1``)."""

@@ -13,7 +13,7 @@ from fmtk import Preset, Recipe
 from fmtk.data import ImageInput, load_photo_folder, photo_classes
 from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD
 from fmtk.errors import FmtkError
-from fmtk.weights import torchvision_model, weights_transform
+from fmtk.weights import check_image_size, torchvision_model, weights_transform
 
 DEFAULT_SIZE = 224  # without torchvision weights to say otherwise
 
@@ -47,7 +47,9 @@ def model(recipe: Recipe) -> nn.Module:
         raise FmtkError(
             "recipe images: the class names come from the photos (--data-dir PHOTOS) or --set classes=a,b"
         )
-    return torchvision_model(recipe.options["arch"], len(classes))
+    model = torchvision_model(recipe.options["arch"], len(classes))
+    check_image_size(model, recipe.options["arch"], size(recipe))  # its refusal is one line, not a traceback
+    return model
 
 
 def data(recipe, data_dir, device):

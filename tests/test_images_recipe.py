@@ -303,3 +303,16 @@ def test_bad_photos_are_named_at_once_and_skip_bad_images_trains_without_them(tm
     skipped = sorted(str(photos / name) for name in ("ants/notes.jpg", "bees/empty.jpg"))
     assert sorted(json.loads((tmp_path / "run" / "config.json").read_text())["skipped_images"]) == skipped
     assert "skip_bad_images: training without 2 undecodable files (" in done.stdout
+
+
+def test_an_image_size_the_architecture_cannot_take_is_one_line_naming_one_it_can(
+    photos: Path, tmp_path: Path
+) -> None:
+    done = fmtk("run", "images", "--data-dir", str(photos), "--output-dir", "out", *SMALL,
+                "--set", "arch=alexnet", cwd=tmp_path)  # fmt: skip
+    assert_one_line_error(
+        done, "arch alexnet cannot take 32×32 images (Given input size: (256x1x1)",
+        "it takes 64 px (the smallest tried of 32, 64, 75, 96, 128, 160, 224, 299, 384, 512): "
+        "--set image_size=64",
+    )  # fmt: skip
+    assert not list((tmp_path / "out").glob("*/*"))
