@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import typing
@@ -319,8 +320,11 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
             default = options[key]
             options[key] = parsed = parse_option(key, value, default)
         else:
-            valid = ", ".join(sorted([*fields, *options]))
-            raise FmtkError(f"unknown recipe key '{key}' for {recipe.name}; valid keys: {valid}")
+            known = sorted([*fields, *options])
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+            hint = f"did you mean {close[0]}? " if close else ""
+            valid = ", ".join(known)
+            raise FmtkError(f"unknown recipe key '{key}' for {recipe.name}; {hint}valid keys: {valid}")
         if parsed != default or key in changed:
             changed[key] = parsed
     updated = dataclasses.replace(recipe, **changes, options=options, changed=changed)

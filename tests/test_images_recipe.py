@@ -316,3 +316,11 @@ def test_an_image_size_the_architecture_cannot_take_is_one_line_naming_one_it_ca
         "--set image_size=64",
     )  # fmt: skip
     assert not list((tmp_path / "out").glob("*/*"))
+
+
+def test_without_a_data_folder_the_line_says_how_to_give_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FMTK_DATA", raising=False)  # then the folder is ./data
+    done = fmtk("run", "images", *SMALL, cwd=tmp_path)
+    assert_one_line_error(done, "image folder not found: data (give the photos' folder: --data-dir PHOTOS")

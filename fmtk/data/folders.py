@@ -21,6 +21,7 @@ from fmtk.data.batches import DataSplits, TensorBatches, stratified_split
 from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD
 from fmtk.data.images import (
     DATA_CACHES,
+    NO_FOLDER_HINT,
     BadImages,
     bad_images_error,
     decode_all,
@@ -91,7 +92,7 @@ def find_photo_splits(root: Path, valid_share: float, test_share: float, seed: i
     training photos: ``test_share`` of them for testing, then ``valid_share`` of the rest."""
     root = Path(root)
     if not root.is_dir():
-        raise FmtkError(f"photo folder not found: {root}")
+        raise FmtkError(f"photo folder not found: {root}{NO_FOLDER_HINT}")
     folders = split_folders(root)
     if folders and "train" not in folders:
         names = ", ".join(folder.name for folder in folders.values())

@@ -29,6 +29,7 @@ from fmtk.device import usable_cores
 from fmtk.errors import FmtkError
 
 DATA_CACHES = ("memory", "file", "none")
+NO_FOLDER_HINT = " (give the photos' folder: --data-dir PHOTOS, or $FMTK_DATA)"
 
 
 UNDECODABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises
@@ -54,7 +55,7 @@ def list_image_folder(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
     if not folder.is_dir():
-        raise FmtkError(f"image folder not found: {folder}")
+        raise FmtkError(f"image folder not found: {folder}{NO_FOLDER_HINT}")
     try:
         classes, class_to_index = find_classes(str(folder))
         samples = make_dataset(str(folder), class_to_index, extensions=IMG_EXTENSIONS)
