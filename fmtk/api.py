@@ -81,7 +81,7 @@ def fit(
             or ``"module:function"`` references to them (as ``--handler``).
         quiet: print nothing (no epoch lines, no test table, no progress bar).
         progress: a progress bar per epoch; default: in a terminal or Jupyter, unless ``quiet``.
-        speed: precision, channels_last, compile (default: per device).
+        speed: precision, channels_last, compile, deterministic, threads (default: per device).
         preset: one of the recipe's named presets (``fmtk list`` shows them), before ``overrides``.
         overrides: recipe values, checked like ``--set`` (``epochs=3, lr=0.05, variant="basic"``).
 
@@ -110,6 +110,8 @@ def fit(
             handlers=attachers,
         )
         results = run.run()
+    if not quiet:
+        print(f"run folder: {folder}")
     return Result(folder, list(run.history), results["test"], run.model, "best", results, run)
 
 

@@ -203,3 +203,18 @@ def test_resume_after_metrics_csv_was_lost_names_the_best_checkpoints_epoch(tmp_
     results = json.loads((run_dir / "metrics.json").read_text())
     best_epoch = int(results["checkpoints"]["best"].split("_")[2])  # best_checkpoint_<epoch>_...
     assert results["best_epoch"] == best_epoch == 1  # the highest valid loss: the first epoch's
+
+
+def test_fit_says_its_run_folder_and_why_a_handler_stopped_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    def stop_after_one_epoch(run) -> None:
+        run.evaluator.add_event_handler(Events.COMPLETED, lambda _: run.stop("good enough"))
+
+    result = toolkit.fit("digits_mlp", epochs=3, device="cpu", run_dir=tmp_path / "run",
+                         handlers=[stop_after_one_epoch])  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert "stopped after epoch 1: good enough" in lines and len(result.history) == 1
+    assert lines[-1] == f"run folder: {tmp_path / 'run'}"
+    toolkit.fit("digits_mlp", epochs=1, device="cpu", run_dir=tmp_path / "quiet", quiet=True)
+    assert capsys.readouterr().out == ""

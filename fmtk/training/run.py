@@ -134,6 +134,7 @@ class Run:
         alone, the decision is kept: metrics.json says ``stopped_by`` and ``--resume`` does not
         train on. Call it from a handler of a training epoch (e.g. the evaluator's COMPLETED)."""
         self.kept[STOP].reason, self.kept[STOP].epoch = reason, self.trainer.state.epoch
+        self.echo(f"stopped after epoch {self.trainer.state.epoch}: {reason}")
         self.trainer.terminate()
 
     def prepare(self) -> None:
