@@ -52,6 +52,7 @@ def loader_rates(data_dir: Path, size: int, workers: list[int], rounds: int) -> 
     import torch
 
     from fmtk.data.images import ImageFiles, LoaderBatches, decode_images, list_image_folder
+    from fmtk.device import usable_cores
 
     samples, _ = list_image_folder(data_dir / "catdog" / "training_set")
     rates: dict[str, list[float]] = {}
@@ -71,7 +72,7 @@ def loader_rates(data_dir: Path, size: int, workers: list[int], rounds: int) -> 
         started = time.perf_counter()
         decode_images(samples, size)
         once.append(len(samples) / (time.perf_counter() - started))
-    rates[f"data_cache=memory, decoded once ({os.cpu_count()} threads)"] = once
+    rates[f"data_cache=memory, decoded once ({usable_cores()} threads)"] = once
     return rates
 
 

@@ -132,10 +132,10 @@ def assemble_run(
     recorded = read_config(run_dir) if resume is not None else {}
     head, recorded_speed = tuple(recorded.get("head") or ()), recorded.get("speed", {})
     if resume is not None:
-        speed = (speed or SpeedOptions()).carried_on(recorded_speed, _same_type(resume.trained_on, device))
+        speed = (speed or SpeedOptions()).carried_on(recorded_speed, resume.same_device_type)
     parts = recipe_parts(recipe, data_dir, device, speed, load_weights if resume is not None else None, head)
     echo = echo if echo is not None and is_main_process() else _silent
-    changed = resume_changes(resume.trained_on, recorded_speed, parts) if resume is not None else None
+    changed = resume_changes(resume, recorded_speed, parts) if resume is not None else None
     lines = [changed, threads_line(parts.speed.threads), skipped_line(parts.data.skipped), parts.started_from]
     for line in [*lines, split_sizes(parts)]:
         if line:
@@ -175,15 +175,11 @@ def skipped_line(skipped: tuple[str, ...]) -> str | None:
     return f"skip_bad_images: training without {len(skipped)} undecodable files ({shown}; in config.json)"
 
 
-def _same_type(trained_on: str | None, device: torch.device) -> bool:
-    return trained_on is None or torch.device(trained_on).type == device.type
-
-
-def resume_changes(trained_on: str | None, recorded_speed: dict[str, Any], parts: Parts) -> str | None:
+def resume_changes(resume: ResumePoint, recorded_speed: dict[str, Any], parts: Parts) -> str | None:
     """One line of what a resumed run does differently from the epochs before (another kind of
     device, speed options other than those recorded), or None; on CUDA without ``deterministic``
     also that its epochs will not be bit for bit an uninterrupted run's."""
-    changes = [] if _same_type(trained_on, parts.device) else [f"on {parts.device}, not {trained_on}"]
+    changes = [] if resume.same_device_type else [f"on {parts.device}, not {resume.trained_on}"]
     for name, value in parts.speed.config().items():
         if name in recorded_speed and recorded_speed[name] != value:
             changes.append(f"{name} {value}, not {recorded_speed[name]}")

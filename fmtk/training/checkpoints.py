@@ -86,6 +86,11 @@ class ResumePoint:
         """The device the run trained on until this checkpoint (None: made before fmtk recorded it)."""
         return self.checkpoint.get("run_info", {}).get("device")
 
+    @property
+    def same_device_type(self) -> bool:
+        """Whether the run goes on on the kind of device it trained on (unknown: taken as yes)."""
+        return self.trained_on is None or torch.device(self.trained_on).type == self.device.type
+
     def files(self) -> set[str]:
         """The checkpoint files this state names: itself and its best checkpoint."""
         best = {Path(name).name for _, name in self.checkpoint["best_checkpoint"]["_saved"]}
