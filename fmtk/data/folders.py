@@ -162,16 +162,12 @@ def load_photo_folder(
     if data_cache not in DATA_CACHES:
         raise FmtkError(f"data_cache {data_cache}: choose {', '.join(DATA_CACHES)}")
     found = find_photo_splits(root, valid_share, test_share, seed)
-    arguments = (image_size, batch_size, device, seed, flip_p, data_cache, mean, std)
     try:
-        return photo_batches(found, *arguments)
+        return photo_batches(found, image_size, batch_size, device, seed, flip_p, data_cache, mean, std,
+                             skip_bad_images=bool(skip_bad_images))  # fmt: skip
     except BadImages as bad:
-        if not skip_bad_images:
-            hint = "; or train without them: --set skip_bad_images=true" if skip_bad_images is False else ""
-            raise bad_images_error(bad, Path(root).name, hint) from None
-        skipped = [path for path, _ in bad.bad]
-    data = photo_batches(found.without(set(skipped)), *arguments)
-    return dataclasses.replace(data, skipped=tuple(skipped))
+        hint = "; or train without them: --set skip_bad_images=true" if skip_bad_images is False else ""
+        raise bad_images_error(bad, Path(root).name, hint) from None
 
 
 def photo_batches(
@@ -184,24 +180,28 @@ def photo_batches(
     data_cache: str,
     mean: tuple[float, ...],
     std: tuple[float, ...],
+    skip_bad_images: bool = False,
 ) -> DataSplits:
-    """The batches of ``found``'s splits (:func:`load_photo_folder`), every photo decoded first."""
+    """The batches of ``found``'s splits (:func:`load_photo_folder`), every photo decoded first (once:
+    with ``skip_bad_images`` the bad ones are left out of what was decoded, not decoded again)."""
+    paths = [path for samples in found.listed.values() for path, _ in samples]
+    images, bad = {}, []
+    if data_cache == "none":  # decoded here only to check them; the DataLoader decodes every epoch
+        bad = decode_all(paths, image_size, keep=False)[1]
+    else:
+        for folder, samples in found.listed.items():
+            try:
+                images[folder] = decoded(samples, folder, image_size, data_cache)
+            except BadImages as error:  # every folder's bad files, not the first one's
+                images[folder], bad = error.good, bad + error.bad
+    if bad and not skip_bad_images:
+        raise BadImages(bad, len(paths))
+    found = found.without({path for path, _ in bad}) if bad else found
+    skipped = tuple(path for path, _ in bad)
     if data_cache == "none":
-        paths = [path for samples in found.listed.values() for path, _ in samples]
-        _, bad = decode_all(paths, image_size, keep=False)
-        if bad:
-            raise BadImages(bad, len(paths))
         splits = tuple(found.samples(split) for split in ("train", "valid", "test"))
-        return loader_splits(splits, found.classes, image_size, batch_size, device, seed, flip_p, mean, std)
-    images, bad, total = {}, [], 0
-    for folder, samples in found.listed.items():  # every folder's bad files, not the first one's
-        total += len(samples)
-        try:
-            images[folder] = decoded(samples, folder, image_size, data_cache)
-        except BadImages as error:
-            bad += error.bad
-    if bad:
-        raise BadImages(bad, total)
+        data = loader_splits(splits, found.classes, image_size, batch_size, device, seed, flip_p, mean, std)
+        return dataclasses.replace(data, skipped=skipped)
     labels = {folder: sample_labels(samples) for folder, samples in found.listed.items()}
 
     def batches(split: str) -> TensorBatches:
@@ -213,7 +213,7 @@ def photo_batches(
             mean=mean, std=std,
         )  # fmt: skip
 
-    return DataSplits(batches("train"), batches("valid"), batches("test"), found.classes)
+    return DataSplits(batches("train"), batches("valid"), batches("test"), found.classes, skipped)
 
 
 def load_catdog(

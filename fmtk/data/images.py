@@ -72,9 +72,14 @@ class BadImages(FmtkError):
     SHOWN = 3  # bad files named in the line
 
     def __init__(
-        self, bad: list[tuple[str, str]], total: int, listed_in: Path | None = None, hint: str = ""
+        self,
+        bad: list[tuple[str, str]],
+        total: int,
+        listed_in: Path | None = None,
+        hint: str = "",
+        good: torch.Tensor | None = None,
     ) -> None:
-        self.bad, self.total = bad, total
+        self.bad, self.total, self.good = bad, total, good  # good: the others, decoded (decode_images)
         shown = "; ".join(f"{path} ({why})" for path, why in bad[: self.SHOWN])
         more = f"; and {len(bad) - self.SHOWN} more" if len(bad) > self.SHOWN else ""
         listed = f"; all of them are listed in {listed_in}" if listed_in is not None else ""
@@ -121,12 +126,16 @@ def bad_images_error(found: BadImages, name: str, hint: str = "") -> BadImages:
 
 def decode_images(samples: list[tuple[str, int]], image_size: int) -> torch.Tensor:
     """The images of ``(path, label)`` samples as one uint8 N×3×S×S tensor; every file that cannot
-    be decoded is found first, then all of them are one :class:`BadImages` error."""
+    be decoded is found first, then all of them are one :class:`BadImages` error, which holds the
+    others decoded (``good``, in their order)."""
     paths = [path for path, _ in samples]
     arrays, bad = decode_all(paths, image_size)
+    images = torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)
+    if arrays:
+        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     if bad:
-        raise BadImages(bad, len(paths))
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        raise BadImages(bad, len(paths), good=images)
+    return images
 
 
 def sample_labels(samples: list[tuple[str, int]]) -> torch.Tensor:

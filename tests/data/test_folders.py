@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,11 @@ def test_every_bad_photo_is_named_in_one_pass_and_listed_in_a_file(
     assert sorted(skipped.skipped) == bad and whole.skipped == skipped.skipped
     sizes = [sum(len(y) for _, y in getattr(skipped, split)) for split in ("train", "valid", "test")]
     assert sum(sizes) == 24 - 3 and sizes[2] == 6  # the test folder less its empty.png
+    # The test split (a folder of its own) holds exactly the good photos with their labels.
+    clean = tmp_path / "clean"
+    shutil.copytree(photos, clean)
+    for path in bad:
+        (clean / Path(path).relative_to(photos)).unlink()
+    expected = load_photo_folder(clean, 16, 4, CPU, seed=0, data_cache=data_cache)
+    for (x, y), (expected_x, expected_y) in zip(skipped.test, expected.test, strict=True):
+        assert torch.equal(y, expected_y) and torch.equal(x, expected_x)
