@@ -15,17 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 
 from fmtk.device import resolve_device
 from fmtk.errors import FmtkError
 from fmtk.launcher import resolve_handler
+from fmtk.prediction import predict_images
 from fmtk.recipe import Recipe
 from fmtk.recipe_loading import data_root, resolve_recipe
 from fmtk.runfolder import run_folder
 from fmtk.training.build import assemble_run
 from fmtk.training.engines import SpeedOptions
-from fmtk.training.evaluation import Evaluation, evaluate_run, load_trained_model, predict_files
+from fmtk.training.evaluation import (
+    Evaluation,
+    evaluate_folder,
+    evaluate_run,
+    load_trained_model,
+    tested_model,
+)
 from fmtk.training.run import Run
 
 
@@ -136,34 +144,56 @@ def evaluate(
     checkpoint: str = "best",
     split: str = "test",
     data_dir: Path | str | None = None,
+    folder: Path | str | None = None,
     device: torch.device | str = "auto",
 ) -> Evaluation:
     """Loss, accuracy, the recipe's metrics, per-class precision/recall/F1 and the confusion matrix
-    of a run's checkpoint (``best``, ``last`` or a path) on a split (``test`` or ``valid``).
+    of a run's checkpoint (``best``, ``last`` or a path) on a split (``test`` or ``valid``) of its
+    data (``data_dir``: by default the run's own), or on every photo of a labelled ``folder``
+    (class folders, or split folders of class folders; photos that cannot be read are left out:
+    ``fmtk evaluate --folder`` lists them).
 
     ``recipe``: the recipe object the run was made with, needed when fmtk cannot load it again
     (one made in Python, e.g. with a lambda model); the run's values are applied to it.
     """
+    if folder is not None:
+        if data_dir is not None:
+            raise FmtkError(
+                "evaluate: give folder (a labelled photo folder, all of it) or data_dir, not both"
+            )
+        return evaluate_folder(Path(run_dir), Path(folder), checkpoint, resolve_device(device), recipe)[
+            1
+        ].evaluation
     data_dir = data_root(data_dir, Path(run_dir))  # by default the run's own, else $FMTK_DATA, else ./data
     return evaluate_run(Path(run_dir), checkpoint, split, data_dir, resolve_device(device), recipe)[2]
 
 
 def predict(
     run_dir: Path | str,
-    images: Sequence[Path | str],
+    images: Sequence[Path | str | Image.Image],
     *,
     recipe: Recipe | None = None,
     checkpoint: str = "best",
     top: int = 1,
     device: torch.device | str = "auto",
 ) -> list[dict[str, Any]]:
-    """For each image file, the ``top`` most probable classes with their probabilities, from a
-    run's checkpoint (``recipe`` as for :func:`evaluate`) or from a file ``fmtk export`` wrote
-    (``run_dir`` a ``.onnx`` or ``.pt`` file)."""
+    """Per image, in order, ``{"file", "predictions"}``: its ``top`` most probable classes with
+    their probabilities, from a run's checkpoint (``recipe`` as for :func:`evaluate`) or from a
+    file ``fmtk export`` wrote (``run_dir`` a ``.onnx`` or ``.pt`` file); or ``{"file", "error"}``
+    for one that cannot be read.
+
+    ``images``: image files, folders (their image files, at any depth) or PIL images (named
+    ``<image N>``)."""
     if Path(run_dir).is_file():
         from fmtk.exported import predict_exported
 
-        return predict_exported(Path(run_dir), [Path(image) for image in images], top)
+        return predict_exported(Path(run_dir), images, top)
     device = resolve_device(device)
     recipe, model, _, classes = load_trained_model(Path(run_dir), checkpoint, device, recipe)
-    return predict_files(recipe, model, [Path(image) for image in images], classes, top, device)
+    tested = tested_model(recipe, model)
+
+    def probabilities_of(inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return tested(inputs.to(device)).float().softmax(dim=1).cpu()
+
+    return predict_images(images, recipe.input(), probabilities_of, classes, top)

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from fmtk.data.image_input import ImageInput
+from fmtk.data.image_input import ImageInput, Source
 from fmtk.errors import FmtkError
-from fmtk.training.evaluation import read_images, top_classes
+from fmtk.prediction import predict_images
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 SUFFIXES = {suffix: name for name, suffix in FORMATS.items()}  # a file's format, by its suffix
@@ -82,8 +82,8 @@ def load_exported(path: Path, format: str | None = None) -> tuple[Any, dict[str,
     return run, json.loads(text)
 
 
-def predict_exported(path: Path, images: Sequence[Path], top: int = 1) -> list[dict[str, Any]]:
-    """``fmtk predict`` of an exported file: for each image file, the ``top`` most probable classes."""
+def predict_exported(path: Path, images: Sequence[Source], top: int = 1) -> list[dict[str, Any]]:
+    """``fmtk predict`` of an exported file: for each image (:func:`fmtk.prediction.predict_images`),
+    the ``top`` most probable classes, or why it cannot be read."""
     run, metadata = load_exported(path)
-    probabilities = run(read_images(images, ImageInput.from_dict(metadata["input"])))
-    return top_classes(probabilities, images, metadata["classes"], top)
+    return predict_images(images, ImageInput.from_dict(metadata["input"]), run, metadata["classes"], top)

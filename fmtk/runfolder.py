@@ -7,7 +7,9 @@ A run folder holds::
     metrics.json                     the run's results, written when it ends
     best_checkpoint_<epoch>_valid_<metric>=<v>.pt   the model at the best valid checkpoint_metric
     last_checkpoint_<epoch>.pt       every state a resume needs
-    confusion_best.png, top_losses.png, events.out.tfevents.*, iterations/ (TensorBoard)
+    confusion_best.png, top_losses.png, top_losses.csv
+    events.out.tfevents.*, iterations/ (TensorBoard)
+    evaluations/<data>-<checkpoint>/  what fmtk evaluate --folder wrote (evaluation.json, pictures)
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from fmtk.runlock import lock_run
 CONFIG = "config.json"
 METRICS_CSV = "metrics.csv"
 METRICS_JSON = "metrics.json"
+TOP_LOSSES_CSV = "top_losses.csv"
+EVALUATIONS = "evaluations"  # fmtk evaluate --folder's results, one folder per evaluation
 ITERATIONS = "iterations"  # the per-iteration TensorBoard sub-run
 BEST, LAST = "best", "last"  # checkpoint name prefixes: <prefix>_checkpoint_<epoch>[_<score>].pt
 EPOCH_COLUMNS = ["epoch", "train_loss", "valid_loss", "valid_accuracy", "lr", "epoch_seconds"]
@@ -262,3 +266,21 @@ def confusion_name(checkpoint: str, split: str) -> str:
 def picture_path(run_dir: Path, name: str) -> Path:
     """Where a run's picture ``name`` (``confusion_best``, ``top_losses``, …) is saved."""
     return run_dir / f"{name}.png"
+
+
+def new_evaluation_dir(run_dir: Path, name: str) -> Path:
+    """A new folder ``<run_dir>/evaluations/<name>`` (suffixed ``-2``, ``-3`` … if that exists): where
+    an evaluation on other data than the run's own puts what it writes, never over the run's files."""
+    base = run_dir / EVALUATIONS / name
+    try:
+        base.parent.mkdir(exist_ok=True)
+        for attempt in range(1, 1000):
+            candidate = base if attempt == 1 else base.with_name(f"{name}-{attempt}")
+            try:
+                candidate.mkdir()
+                return candidate
+            except FileExistsError:
+                continue
+    except OSError as error:
+        raise FmtkError(f"cannot create {error.filename}: {error.strerror}") from None
+    raise FmtkError(f"cannot find a free folder name under {base.parent}")

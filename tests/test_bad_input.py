@@ -406,7 +406,10 @@ def test_nan_in_the_first_epoch_says_no_checkpoint_was_written(tmp_path: Path) -
 def test_predict_names_a_decompression_bomb(finished_run: Path, tmp_path: Path) -> None:
     bomb_png(tmp_path / "huge.png")
     assert_one_line_error(
-        fmtk("predict", str(finished_run), "huge.png", cwd=tmp_path), "huge.png: cannot read image"
+        fmtk("predict", str(finished_run), "huge.png", cwd=tmp_path),
+        "cannot be read: ",
+        "huge.png (",
+        "decompression bomb",
     )
 
 

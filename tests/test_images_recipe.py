@@ -3,15 +3,21 @@ from torchvision's hub cache, a file or an earlier run (fmtk.weights)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import assert_one_line_error, fmtk, fmtk_process, make_photos
+from conftest import assert_one_line_error, fmtk, fmtk_process, make_photos, tree_snapshot
+from PIL import Image
 
+import fmtk as fmtk_api
+from fmtk.data.folders import find_photo_splits
 from fmtk.recipe_loading import resolve_recipe
 from fmtk.training.parts import recipe_parts
 
@@ -324,3 +330,102 @@ def test_without_a_data_folder_the_line_says_how_to_give_one(
     monkeypatch.delenv("FMTK_DATA", raising=False)  # then the folder is ./data
     done = fmtk("run", "images", *SMALL, cwd=tmp_path)
     assert_one_line_error(done, "image folder not found: data (give the photos' folder: --data-dir PHOTOS")
+
+
+def copy_samples(samples: list[tuple[str, int]], classes: list[str], folder: Path) -> Path:
+    for path, label in samples:
+        (folder / classes[label]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / classes[label])
+    return folder
+
+
+def test_evaluating_the_run_s_own_test_photos_as_a_folder_gives_its_test_figures(
+    trained: tuple[Path, str], photos: Path, tmp_path: Path
+) -> None:
+    run_dir, _ = trained
+    config = json.loads((run_dir / "config.json").read_text())
+    found = find_photo_splits(photos, 0.2, 0.2, config["seed"])  # the split the run drew
+    copy_samples(found.samples("test"), found.classes, tmp_path / "held" / "test")
+    split = fmtk("evaluate", str(run_dir))
+    folder = fmtk("evaluate", str(run_dir), "--folder", str(tmp_path / "held"))
+    assert split.returncode == folder.returncode == 0, folder.stderr
+    assert split.stdout.splitlines()[1:12] == folder.stdout.splitlines()[1:12]  # loss, accuracy, tables
+    assert f"6 photos of {tmp_path / 'held'}" in folder.stdout.splitlines()[0]
+    figures = json.loads((run_dir / "evaluations" / "held-best" / "evaluation.json").read_text())
+    assert figures["photos"] == 6 and np.array(figures["confusion"]).sum() == 6 and not figures["unreadable"]
+    python = fmtk_api.evaluate(run_dir, folder=tmp_path / "held", device="cpu")
+    assert python.loss == pytest.approx(figures["loss"], abs=1e-6) and python.accuracy == figures["accuracy"]
+
+
+def test_a_new_folder_is_evaluated_whole_beside_the_run_and_its_bad_photos_listed(
+    trained: tuple[Path, str], tmp_path: Path
+) -> None:
+    run_dir, _ = trained
+    new = make_photos(tmp_path / "new" / "test", {"ants": 4, "bees": 3}, seed=5).parent  # some classes
+    (new / "test" / "bees" / "empty.jpg").write_bytes(b"")
+    (new / "test" / "ants" / "notes.jpg").write_text("not a photo")
+    own = {
+        name: stamp for name, stamp in tree_snapshot(run_dir).items() if not name.startswith("evaluations")
+    }
+    result = fmtk("evaluate", str(run_dir), "--folder", str(new))
+    assert_one_line_error(result, "2 of 9 image files cannot be read (left out): ", "empty.jpg (",
+                          "notes.jpg (", "new-best/evaluation.json")  # fmt: skip
+    assert f"7 photos of {new}" in result.stdout
+    place = run_dir / "evaluations" / "new-best"
+    figures = json.loads((place / "evaluation.json").read_text())
+    assert figures["photos"] == 7 and np.array(figures["confusion"]).sum(axis=1).tolist() == [4, 3, 0]
+    assert figures["per_class"]["wasps"]["recall"] is None  # no wasps: undefined, not 0
+    assert sorted(Path(path).name for path, _ in figures["unreadable"]) == ["empty.jpg", "notes.jpg"]
+    with open(place / "top_losses.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    losses = [float(row["loss"]) for row in rows]
+    assert losses == sorted(losses, reverse=True) and all(Path(row["file"]).is_file() for row in rows)
+    assert all(row["true"] != row["predicted"] for row in rows)
+    assert {p.name for p in place.iterdir()} == {"evaluation.json", "confusion.png", "top_losses.png",
+                                                  "top_losses.csv"} or not rows  # fmt: skip
+    assert {name: stamp for name, stamp in tree_snapshot(run_dir).items()
+            if not name.startswith("evaluations")} == own  # fmt: skip
+    again = fmtk("evaluate", str(run_dir), "--folder", str(new))
+    assert again.returncode == 1 and (run_dir / "evaluations" / "new-best-2" / "evaluation.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "classes, args, fragments",
+    [
+        (
+            {"ants": 2, "moths": 2},
+            [],
+            ["class folder(s) moths are not among the run's classes (ants, bees, wasps)"],
+        ),
+        (
+            {"ants": 2},
+            ["--split", "valid"],
+            ["--folder is evaluated whole", "without --split and --data-dir"],
+        ),
+    ],
+)
+def test_a_folder_that_cannot_be_evaluated_is_one_line_and_writes_nothing(
+    trained: tuple[Path, str], tmp_path: Path, classes: dict[str, int], args: list[str], fragments: list[str]
+) -> None:
+    run_dir, _ = trained
+    new = make_photos(tmp_path / "odd", classes)
+    before = tree_snapshot(run_dir)
+    assert_one_line_error(fmtk("evaluate", str(run_dir), "--folder", str(new), *args), *fragments)
+    assert tree_snapshot(run_dir) == before
+
+
+def test_predict_answers_every_good_photo_of_folders_and_names_the_bad_ones_at_the_end(
+    trained: tuple[Path, str], photos: Path, tmp_path: Path
+) -> None:
+    run_dir, _ = trained
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    result = fmtk("predict", str(run_dir), str(photos / "ants"), str(tmp_path / "notes.jpg"),
+                  str(tmp_path / "gone.png"))  # fmt: skip
+    assert_one_line_error(
+        result, "2 of 12 image files cannot be read: ", "notes.jpg (", "gone.png (No such file"
+    )
+    answered = [line.partition(": ")[0] for line in result.stdout.splitlines()]
+    assert answered == sorted(str(path) for path in (photos / "ants").iterdir())  # the folder's, in order
+    with Image.open(photos / "bees" / "bees3.png") as image:
+        opened = fmtk_api.predict(run_dir, [image, photos / "bees" / "bees3.png"], top=3, device="cpu")
+    assert opened[0]["file"] == "<image 0>" and opened[0]["predictions"] == opened[1]["predictions"]

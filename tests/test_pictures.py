@@ -3,6 +3,8 @@ every error, fit their labels and give each class's accuracy."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -19,7 +21,14 @@ from fmtk.pictures import (
     lines_picture,
     titled_grid,
 )
-from fmtk.training.evaluation import Evaluation, run_pictures
+from fmtk.training.evaluation import (
+    TOP_LOSSES_COLUMNS,
+    Evaluation,
+    run_pictures,
+    top_losses,
+    top_losses_picture,
+    write_top_losses_csv,
+)
 
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"]
 FASHION += ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -158,10 +167,37 @@ def test_run_pictures_top_losses_names_its_split_and_uses_the_data_range(drawn_t
     nn.init.zeros_(model[1].weight)
     model[1].bias.data = torch.tensor([3.0, 0.0])  # always class 0: every odd sample is wrong
     test = Evaluation(0.5, 0.5, np.array([[10, 0], [10, 0]]), ["even", "odd"])
-    pictures = run_pictures("digits_mlp", model, test, valid, ["even", "odd"])
-    assert "digits_mlp: most confidently wrong, valid split (best checkpoint)" in {t for _, t in drawn_texts}
+    pictures, rows = run_pictures("digits_mlp", model, test, valid)
+    title = "digits_mlp: wrong predictions, highest loss first, valid split (best checkpoint)"
+    assert title in {t for _, t in drawn_texts}
     last_row_first_cell = np.asarray(pictures["top_losses"])[-128:, :128]
     assert last_row_first_cell.min() == 0 and last_row_first_cell.max() == 255
+    assert [row["index"] for row in rows] == list(range(1, 20, 2)) and {row["true"] for row in rows} == {
+        "odd"
+    }
+    assert "sample 1" in {t for _, t in drawn_texts}  # no file names: the sample's index
+
+
+def test_top_losses_are_ordered_by_loss_and_name_their_files(drawn_texts, tmp_path: Path) -> None:
+    images = torch.zeros(6, 1, 2, 2, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.tensor([0, 10, 20, 30, 40, 50], dtype=torch.uint8)
+    names = [f"photos/dogs/dog.{i}.jpg" for i in range(6)]
+    valid = TensorBatches(images, torch.ones(6, dtype=torch.int64), 4, scale=1.0, shard=(0, 1), names=names)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    model[1].weight.data = torch.tensor(
+        [[0.1, 0, 0, 0], [0.0, 0, 0, 0]]
+    )  # brighter: surer of the wrong class
+    model[1].bias.data = torch.tensor([0.0, 2.5])  # samples 0–2 right, 3–5 wrong
+    rows = top_losses(model, valid, ["cats", "dogs"])
+    assert [row["file"] for row in rows] == names[5:2:-1]
+    assert [row["loss"] for row in rows] == sorted((row["loss"] for row in rows), reverse=True)
+    top_losses_picture(rows, valid.images, "t")
+    assert {"dog.5.jpg", "dog.4.jpg", "dog.3.jpg"} <= {text for _, text in drawn_texts}
+    write_top_losses_csv(rows, tmp_path / "top.csv")
+    lines = (tmp_path / "top.csv").read_text().splitlines()
+    assert lines[0] == ",".join(TOP_LOSSES_COLUMNS) and lines[1].startswith(
+        "1,5,photos/dogs/dog.5.jpg,dogs,cats,"
+    )
 
 
 def test_lines_picture_draws_each_line_in_its_colour_with_legend_and_reference(drawn_texts) -> None:

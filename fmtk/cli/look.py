@@ -133,29 +133,60 @@ def summary(recipe_name: str, settings: tuple[str, ...]) -> None:
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @checkpoint_option
-@click.option("--split", type=click.Choice(["test", "valid"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(["test", "valid"]), help="Of the run's data  [default: test].")
 @data_dir_option
+@click.option("--folder", type=click.Path(path_type=Path),
+              help="A labelled photo folder (class folders, or split folders of class folders), evaluated "
+              "whole; its classes are the run's or some of them.")  # fmt: skip
 @device_option
-def evaluate(run_dir: Path, checkpoint: str, split: str, data_dir: Path, device: str) -> None:
-    """Loss, accuracy, per-class accuracy and confusion matrix of a run's checkpoint on a split.
+def evaluate(
+    run_dir: Path, checkpoint: str, split: str | None, data_dir: Path | None, folder: Path | None, device: str
+) -> None:
+    """Loss, accuracy, per-class precision, recall and F1 and the confusion matrix of a run's
+    checkpoint on a split of its data, or on every photo of a new labelled --folder.
 
-    Also writes confusion_<checkpoint>.png (…_valid.png for the valid split) to the run folder and
-    to its TensorBoard.
+    On the run's own data it writes confusion_<checkpoint>.png (…_valid.png for the valid split) to
+    the run folder and its TensorBoard. On other data (--folder, or a --data-dir that is not the
+    run's) it writes to a new folder RUN_DIR/evaluations/<data>-<checkpoint>/: confusion.png and,
+    with --folder, evaluation.json and the wrong predictions with the highest loss (top_losses.png
+    and .csv, naming the files); photos that cannot be read are listed, and the exit status is 1.
     """
+    from fmtk.device import resolve_device
+
+    check_run_folder("evaluate", run_dir)
+    if folder is not None:
+        if split is not None or data_dir is not None:
+            raise FmtkError(
+                "--folder is evaluated whole, from its own photos: give it without --split and --data-dir"
+            )
+        evaluate_new_folder(run_dir, folder, checkpoint, resolve_device(device))
+    else:
+        evaluate_split(run_dir, checkpoint, split or "test", data_dir, resolve_device(device))
+
+
+def evaluate_split(
+    run_dir: Path, checkpoint: str, split: str, data_dir: Path | None, device: torch.device
+) -> None:
+    """``fmtk evaluate`` on a split of the run's data, or of the same recipe's data at ``data_dir``."""
     import numpy as np
     from torch.utils.tensorboard import SummaryWriter
 
-    from fmtk.device import resolve_device
     from fmtk.recipe_loading import data_root
+    from fmtk.runfolder import new_evaluation_dir, read_config
     from fmtk.training.evaluation import evaluate_run
 
-    check_run_folder("evaluate", run_dir)
-    recipe, path, result = evaluate_run(
-        run_dir, checkpoint, split, data_root(data_dir, run_dir), resolve_device(device)
-    )
-    click.echo(f"{recipe.name}, {path.name}, {split} split")
+    root = data_root(data_dir, run_dir)
+    recipe, path, result = evaluate_run(run_dir, checkpoint, split, root, device)
+    recorded = read_config(run_dir).get("data_dir")
+    own = data_dir is None or (isinstance(recorded, str) and Path(recorded) == root.resolve())
+    click.echo(f"{recipe.name}, {path.name}, {split} split" + ("" if own else f" of {root}"))
     click.echo(result.table())
     stem = confusion_name(checkpoint if checkpoint in (BEST, LAST) else path.stem, split)
+    if not own:  # never over the pictures of the run's own data
+        place = new_evaluation_dir(run_dir, f"{root.resolve().name}-{stem.removeprefix('confusion_')}")
+        result.picture(f"{recipe.name}: {path.name}, {split} split of {root}").save(place / "confusion.png")
+        click.echo(f"wrote {place / 'confusion.png'}")
+        return
     picture = result.picture(f"{recipe.name}: {path.name}, {split} split")
     try:
         picture.save(picture_path(run_dir, stem))
@@ -168,6 +199,27 @@ def evaluate(run_dir: Path, checkpoint: str, split: str, data_dir: Path, device:
     click.echo(f"wrote {picture_path(run_dir, stem)}")
 
 
+def evaluate_new_folder(run_dir: Path, folder: Path, checkpoint: str, device: torch.device) -> None:
+    """``fmtk evaluate --folder``: every photo of ``folder``, the results in a new evaluations folder."""
+    from fmtk.data.images import BadImages
+    from fmtk.runfolder import new_evaluation_dir
+    from fmtk.training.evaluation import evaluate_folder
+
+    recipe, result = evaluate_folder(run_dir, folder, checkpoint, device)
+    click.echo(f"{recipe.name}, {result.checkpoint.name}, {result.photos} photos of {folder}")
+    click.echo(result.evaluation.table())
+    which = checkpoint if checkpoint in (BEST, LAST) else result.checkpoint.stem
+    place = new_evaluation_dir(run_dir, f"{folder.resolve().name}-{which}")
+    try:
+        result.write(place, recipe.name)
+    except OSError as error:
+        raise FmtkError(f"{place}: cannot write the evaluation ({error.strerror})") from None
+    click.echo(f"wrote {place}")
+    if result.unreadable:
+        total = result.photos + len(result.unreadable)
+        raise BadImages(result.unreadable, total, place / "evaluation.json", verb="read (left out)")
+
+
 @cli.command()
 @click.argument("run_dir", metavar="RUN_DIR|MODEL_FILE", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -178,19 +230,25 @@ def evaluate(run_dir: Path, checkpoint: str, split: str, data_dir: Path, device:
 def predict(
     run_dir: Path, images: tuple[Path, ...], checkpoint: str, top: int, as_json: bool, device: str
 ) -> None:
-    """The predicted class and its probability for each IMAGE (PNG/JPEG, any mode and size), from a
-    run folder's checkpoint or from a model file that fmtk export wrote (.onnx, .pt)."""
+    """The predicted class and its probability for each IMAGE (PNG/JPEG, any mode and size; a folder:
+    its image files), from a run folder's checkpoint or from a model file that fmtk export wrote
+    (.onnx, .pt). Images that cannot be read are named at the end, and the exit status is 1."""
     from fmtk.api import predict as predict_images
+    from fmtk.prediction import unreadable
 
     if not run_dir.is_file():
         check_run_folder("predict", run_dir)
     results = predict_images(run_dir, images, checkpoint=checkpoint, top=top, device=device)
     if as_json:
         click.echo(json.dumps(results, indent=2))
-        return
-    for result in results:
-        guesses = "  ".join(f"{p['class']} {p['probability']:.3f}" for p in result["predictions"])
-        click.echo(f"{result['file']}: {guesses}")
+    else:
+        for result in results:
+            if "predictions" in result:
+                guesses = "  ".join(f"{p['class']} {p['probability']:.3f}" for p in result["predictions"])
+                click.echo(f"{result['file']}: {guesses}")
+    bad = unreadable(results)
+    if bad is not None:  # after every answer: one bad photo costs its own only
+        raise bad
 
 
 @cli.command()

@@ -83,10 +83,14 @@ class TensorBatches:
         shift: int = 0,
         erase_p: float = 0.0,
         crop_scale: float = 0.0,
+        names: Sequence[str] | None = None,
     ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if names is not None and len(names) != len(images):
+            raise ValueError(f"{len(images)} images but {len(names)} names")
         self.images = images
+        self.names = names  # each sample's file, when it has one (a photo folder's)
         self.labels = labels
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -112,6 +116,7 @@ class TensorBatches:
         this split's augmentation (to look at what training sees)."""
         taken = copy.copy(self)
         taken.images, taken.labels, taken.batch_size = self.images[index], self.labels[index], len(index)
+        taken.names = None if self.names is None else [self.names[i] for i in index.tolist()]
         taken.shuffle, taken.rank, taken.world_size = False, 0, 1
         return taken
 

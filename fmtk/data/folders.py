@@ -210,7 +210,7 @@ def photo_batches(
         return TensorBatches(
             images[folder][index].to(device), labels[folder][index].to(device), batch_size,
             shuffle=split == "train", seed=seed, flip_p=flip_p if split == "train" else 0.0,
-            mean=mean, std=std,
+            mean=mean, std=std, names=[path for path, _ in found.samples(split)],
         )  # fmt: skip
 
     return DataSplits(batches("train"), batches("valid"), batches("test"), found.classes, skipped)

@@ -4,13 +4,18 @@ files with and ``fmtk export`` writes into an exported model, so that a program 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from fmtk.data.batches import scale_pixels
+from fmtk.device import usable_cores
+from fmtk.errors import FmtkError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -66,8 +71,14 @@ class ImageInput:
         return torch.from_numpy(grey.copy()).unsqueeze(0)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        mean, std = (torch.tensor(values).view(-1, 1, 1) for values in (self.mean, self.std))
-        return scale_pixels(self.pixels(image), self.scale, mean, std)
+        return self.normalise(self.pixels(image))
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels (C×S×S or N×C×S×S, on any device) as the model's float input."""
+        mean, std = (
+            torch.tensor(values, device=pixels.device).view(-1, 1, 1) for values in (self.mean, self.std)
+        )
+        return scale_pixels(pixels, self.scale, mean, std)
 
     def to_dict(self) -> dict:
         """As JSON holds it (``mode``: the PIL mode the image is converted to; ``resize``: how)."""
@@ -80,3 +91,59 @@ class ImageInput:
             int(values["size"]), int(values["channels"]), tuple(values["mean"]), tuple(values["std"]),
             float(values["scale"]),
         )  # fmt: skip
+
+
+Source = Path | str | Image.Image  # an image file, or an image already open
+
+
+def image_files(sources: Sequence[Source]) -> list[Source]:
+    """``sources`` with each folder replaced by the image files under it (torchvision's image
+    extensions, at any depth, sorted); files and open images stay as they are. A folder without
+    image files is one line."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS  # here: importing torchvision takes ~1 s
+
+    listed: list[Source] = []
+    for source in sources:
+        if isinstance(source, Image.Image) or not Path(source).is_dir():
+            listed.append(source)
+            continue
+        found = sorted(
+            path
+            for path in Path(source).rglob("*")
+            if path.suffix.lower() in IMG_EXTENSIONS and path.is_file()
+        )
+        if not found:
+            raise FmtkError(f"{source}: a folder without image files ({' '.join(IMG_EXTENSIONS)})")
+        listed.extend(found)
+    return listed
+
+
+def source_name(source: Source, index: int) -> str:
+    """How a source is named in results: its path, or ``<image N>`` for an open image."""
+    return f"<image {index}>" if isinstance(source, Image.Image) else str(source)
+
+
+def read_pixels(
+    sources: Sequence[Source], image_input: ImageInput, chunk: int = 256
+) -> Iterator[tuple[list[int], torch.Tensor, list[tuple[int, str]]]]:
+    """The sources in chunks of ``chunk``, each decoded (in a thread per usable core: PIL releases
+    the GIL while decoding) into ``(indices of the readable ones, their uint8 pixels stacked
+    N×C×S×S, (index, why) of each that cannot be read)``: a bad file costs its own answer only."""
+
+    def read(source: Source) -> torch.Tensor | str:
+        try:
+            if isinstance(source, Image.Image):
+                return image_input.pixels(source)
+            with Image.open(source) as image:
+                return image_input.pixels(image)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            return getattr(error, "strerror", None) or str(error) or type(error).__name__
+
+    with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
+        for start in range(0, len(sources), chunk):
+            results = list(pool.map(read, sources[start : start + chunk]))
+            good = [start + i for i, result in enumerate(results) if isinstance(result, torch.Tensor)]
+            bad = [(start + i, result) for i, result in enumerate(results) if isinstance(result, str)]
+            pixels = [results[i - start] for i in good]
+            empty = torch.empty(0, *image_input.shape, dtype=torch.uint8)
+            yield good, torch.stack(pixels) if pixels else empty, bad

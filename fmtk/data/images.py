@@ -78,13 +78,14 @@ class BadImages(FmtkError):
         listed_in: Path | None = None,
         hint: str = "",
         good: torch.Tensor | None = None,
+        verb: str = "decoded",
     ) -> None:
         self.bad, self.total, self.good = bad, total, good  # good: the others, decoded (decode_images)
         shown = "; ".join(f"{path} ({why})" for path, why in bad[: self.SHOWN])
         more = f"; and {len(bad) - self.SHOWN} more" if len(bad) > self.SHOWN else ""
         listed = f"; all of them are listed in {listed_in}" if listed_in is not None else ""
         super().__init__(
-            f"{len(bad)} of {total} image files cannot be decoded: {shown}{more}{listed}: fix or remove "
+            f"{len(bad)} of {total} image files cannot be {verb}: {shown}{more}{listed}: fix or remove "
             f"them{hint}"
         )
 

@@ -1,8 +1,11 @@
-"""Look at results: evaluate a checkpoint (confusion matrix, per-class accuracy), the most
-confidently wrong images, and predictions for image files."""
+"""Look at results: evaluate a checkpoint on a split of its data or on a new labelled folder
+(confusion matrix, per-class precision, recall and F1) and the wrong predictions with the highest
+loss."""
 
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,13 +17,15 @@ from PIL import Image
 from torch import nn
 
 from fmtk.data.batches import Batches, TensorBatches
-from fmtk.data.image_input import ImageInput
+from fmtk.data.folders import split_folders
+from fmtk.data.image_input import read_pixels
+from fmtk.data.images import list_image_folder
 from fmtk.errors import FmtkError
 from fmtk.models import FlipAveraged
 from fmtk.pictures import confusion_picture, titled_grid
 from fmtk.recipe import Recipe
 from fmtk.recipe_loading import recipe_from_config
-from fmtk.runfolder import BEST, confusion_name, find_checkpoint, read_config
+from fmtk.runfolder import BEST, TOP_LOSSES_CSV, confusion_name, find_checkpoint, read_config
 from fmtk.training.checkpoints import load_model_weights, read_checkpoint
 from fmtk.training.engines import create_evaluator, loss_on
 from fmtk.training.parts import create_model, load_data
@@ -101,13 +106,18 @@ def evaluate(
     return Evaluation(metrics["loss"], metrics["accuracy"], confusion, list(classes), extra)
 
 
-def most_confidently_wrong(model: nn.Module, batches: TensorBatches, count: int = 32) -> list[dict[str, Any]]:
-    """The ``count`` wrongly classified samples with the highest loss, most confident first."""
+def top_losses(
+    model: nn.Module, batches: TensorBatches, classes: Sequence[str], count: int = 32
+) -> list[dict[str, Any]]:
+    """The ``count`` wrongly predicted samples of ``batches`` with the highest loss, highest first
+    (fastai's ``top_losses``): per sample its ``index`` in the split, ``file`` (its name when the
+    split knows it, else ``""``), ``true`` and ``predicted`` class, the predicted class's
+    ``probability`` and the sample's ``loss``."""
     model.eval()
     losses, predictions, confidences, labels = [], [], [], []
     with torch.no_grad():
         for x, y in batches:
-            probabilities = model(x).softmax(dim=1)
+            probabilities = model(x).float().softmax(dim=1)
             confidence, predicted = probabilities.max(dim=1)
             losses.append(-probabilities.gather(1, y[:, None]).squeeze(1).clamp_min(1e-12).log())
             predictions.append(predicted)
@@ -117,27 +127,52 @@ def most_confidently_wrong(model: nn.Module, batches: TensorBatches, count: int 
         torch.cat(parts).cpu() for parts in (losses, predictions, confidences, labels)
     )
     wrong = (predicted != label).nonzero().squeeze(1)
-    order = wrong[loss[wrong].argsort(descending=True)][:count]
+    order = wrong[loss[wrong].argsort(descending=True, stable=True)][:count]
+    names = batches.names
     return [
         {
             "index": int(i),
-            "true": int(label[i]),
-            "predicted": int(predicted[i]),
+            "file": names[i] if names is not None else "",
+            "true": classes[label[i]],
+            "predicted": classes[predicted[i]],
             "probability": float(confidence[i]),
+            "loss": float(loss[i]),
         }
         for i in order
     ]
 
 
+TOP_LOSSES_COLUMNS = ["rank", "index", "file", "true", "predicted", "probability", "loss"]
+
+
 def top_losses_picture(
-    rows: list[dict[str, Any]], images: torch.Tensor, classes: Sequence[str], title: str | None = None
+    rows: list[dict[str, Any]], images: torch.Tensor, title: str | None = None
 ) -> Image.Image:
-    """The images of ``most_confidently_wrong``, each titled with the true class, the predicted one
-    and its probability, under ``title`` (say which model and split) when given."""
+    """The images of :func:`top_losses` in their order, each titled with the true class and the
+    loss, the predicted class and its probability, and the file's name (or the sample's index),
+    under ``title`` (say which model and split) when given."""
     titles = [
-        f"true: {classes[r['true']]}\npred: {classes[r['predicted']]} {r['probability']:.2f}" for r in rows
+        f"true: {r['true']}  loss {r['loss']:.2f}\npred: {r['predicted']} {r['probability']:.2f}\n"
+        + _fitted(Path(r["file"]).name if r["file"] else f"sample {r['index']}")
+        for r in rows
     ]
     return titled_grid(images[[r["index"] for r in rows]], titles, columns=8, cell=128, title=title)
+
+
+def _fitted(name: str, width: int = 20) -> str:
+    """``name`` shortened to ``width`` characters, keeping its end (the number and extension)."""
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
+def write_top_losses_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """The rows of :func:`top_losses` as a CSV file (``TOP_LOSSES_COLUMNS``, ``rank`` from 1), to
+    find the photos, e.g. mislabelled ones."""
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, TOP_LOSSES_COLUMNS)
+        writer.writeheader()
+        for rank, row in enumerate(rows, 1):
+            writer.writerow({**row, "rank": rank, "probability": f"{row['probability']:.6f}",
+                             "loss": f"{row['loss']:.6f}"})  # fmt: skip
 
 
 def load_trained_model(
@@ -184,61 +219,125 @@ def evaluate_run(
     )
 
 
-def predict_files(
-    recipe: Recipe,
-    model: nn.Module,
-    paths: Sequence[Path],
-    classes: Sequence[str],
-    top: int,
-    device: torch.device,
-) -> list[dict[str, Any]]:
-    """For each image file, the ``top`` most probable classes with their probabilities."""
-    inputs = read_images(paths, recipe.input())
-    with torch.no_grad():
-        probabilities = tested_model(recipe, model)(inputs.to(device)).softmax(dim=1).cpu()
-    return top_classes(probabilities, paths, classes, top)
+@dataclass
+class FolderEvaluation:
+    """A run's checkpoint evaluated on every photo of a labelled folder: the evaluation, the wrong
+    predictions with the highest loss (:func:`top_losses`, with their files) and the photos that
+    could not be read (``(path, why)``), left out of the figures."""
 
+    folder: Path
+    checkpoint: Path
+    evaluation: Evaluation
+    photos: int  # evaluated
+    wrong: list[dict[str, Any]]
+    unreadable: list[tuple[str, str]]
+    images: torch.Tensor = field(repr=False)  # the evaluated photos' pixels (for the top-losses picture)
 
-def read_images(paths: Sequence[Path], image_input: ImageInput) -> torch.Tensor:
-    """Image files as one batch of model inputs; a file that is no image is one line."""
-    inputs = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                inputs.append(image_input(image))
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            raise FmtkError(f"{path}: cannot read image ({error})") from None
-    return torch.stack(inputs)
-
-
-def top_classes(
-    probabilities: torch.Tensor, paths: Sequence[Path], classes: Sequence[str], top: int
-) -> list[dict[str, Any]]:
-    """Per file, its ``top`` most probable classes: what ``fmtk predict`` prints."""
-    values, indices = probabilities.topk(min(top, len(classes)), dim=1)
-    return [
-        {
-            "file": str(path),
-            "predictions": [
-                {"class": classes[index], "probability": float(probability)}
-                for probability, index in zip(v, ix, strict=True)
-            ],
+    def figures(self) -> dict[str, Any]:
+        """What ``evaluation.json`` holds (NaN, undefined, as null)."""
+        result = self.evaluation
+        per_class = result.per_class()
+        defined = {
+            key: [None if np.isnan(value) else float(value) for value in values]
+            for key, values in per_class.items()
         }
-        for path, v, ix in zip(paths, values.tolist(), indices.tolist(), strict=True)
-    ]
+        return {
+            "folder": str(self.folder.resolve()),
+            "checkpoint": self.checkpoint.name,
+            "photos": self.photos,
+            "loss": result.loss,
+            "accuracy": result.accuracy,
+            **result.metrics,
+            "classes": result.classes,
+            "per_class": {
+                name: {key: defined[key][index] for key in ("precision", "recall", "f1", "count")}
+                for index, name in enumerate(result.classes)
+            },
+            "confusion": result.confusion.tolist(),
+            "unreadable": [list(bad) for bad in self.unreadable],
+        }
+
+    def write(self, place: Path, recipe_name: str) -> None:
+        """``evaluation.json``, ``confusion.png`` and, when some photo is predicted wrong,
+        ``top_losses.png`` and ``top_losses.csv`` into the folder ``place``."""
+        on = f"{recipe_name}: {self.checkpoint.name} on {self.folder.name}"
+        (place / "evaluation.json").write_text(json.dumps(self.figures(), indent=2) + "\n")
+        self.evaluation.picture(f"{on} ({self.photos} photos)").save(place / "confusion.png")
+        if self.wrong:
+            title = f"{on}: wrong predictions, highest loss first"
+            top_losses_picture(self.wrong, self.images, title).save(place / "top_losses.png")
+            write_top_losses_csv(self.wrong, place / TOP_LOSSES_CSV)
+
+
+def labelled_photos(folder: Path, classes: Sequence[str]) -> list[tuple[str, int]]:
+    """Every photo of a labelled ``folder`` in a layout fmtk reads (class folders, or split
+    folders of class folders: all of them), labelled with its class's index among ``classes``. A
+    class folder that is not among them is one line (a folder with some of them is fine)."""
+    if not folder.is_dir():
+        raise FmtkError(f"--folder {folder}: no such folder")
+    roots = list(dict.fromkeys(split_folders(folder).values())) or [folder]
+    samples, unknown = [], set()
+    for root in roots:
+        found, names = list_image_folder(root)
+        for path, label in found:
+            if names[label] in classes:
+                samples.append((path, classes.index(names[label])))
+            else:
+                unknown.add(names[label])
+    if unknown:
+        raise FmtkError(
+            f"{folder}: class folder(s) {', '.join(sorted(unknown))} are not among the run's classes "
+            f"({', '.join(classes)})"
+        )
+    return samples
+
+
+def evaluate_folder(
+    run_dir: Path, folder: Path, checkpoint: str, device: torch.device, recipe: Recipe | None = None
+) -> tuple[Recipe, FolderEvaluation]:
+    """A run's checkpoint (``best``, ``last`` or a path) evaluated on every photo of the labelled
+    ``folder`` (:func:`labelled_photos`), read as ``fmtk predict`` reads files (the recipe's
+    :meth:`~fmtk.recipe.Recipe.input`), with the recipe's test-time augmentation; photos that
+    cannot be read are left out and listed."""
+    recipe, model, path, classes = load_trained_model(run_dir, checkpoint, device, recipe)
+    samples = labelled_photos(folder, classes)
+    files = [file for file, _ in samples]
+    image_input = recipe.input()
+    kept, chunks, unreadable = [], [], []
+    for good, pixels, bad in read_pixels(files, image_input):
+        kept += good
+        chunks.append(pixels)
+        unreadable += [(files[index], why) for index, why in bad]
+    if not kept:
+        raise FmtkError(f"--folder {folder}: none of its {len(files)} photos can be read: {unreadable[0][1]}")
+    images = torch.cat(chunks)
+    batches = TensorBatches(
+        images.to(device), torch.tensor([samples[i][1] for i in kept], device=device), recipe.batch_size,
+        scale=image_input.scale, mean=image_input.mean, std=image_input.std, shard=(0, 1),
+        names=[files[i] for i in kept],
+    )  # fmt: skip
+    tested = tested_model(recipe, model)
+    loss_fn = loss_on(recipe.loss(recipe), device)
+    evaluation = evaluate(tested, batches, classes, device, loss_fn, recipe.make_metrics())
+    wrong = top_losses(tested, batches, classes)
+    return recipe, FolderEvaluation(folder, path, evaluation, len(kept), wrong, unreadable, images)
 
 
 def run_pictures(
-    recipe_name: str, model: nn.Module, best_test: Evaluation, valid: Batches, classes: Sequence[str]
-) -> dict[str, Image.Image]:
-    """The pictures of a finished run: ``confusion_best`` (test split) and, for in-memory data,
-    ``top_losses`` (valid split), from ``model`` holding the best checkpoint's weights."""
+    recipe_name: str, model: nn.Module, best_test: Evaluation, valid: Batches
+) -> tuple[dict[str, Image.Image], list[dict[str, Any]]]:
+    """The pictures of a finished run, ``confusion_best`` (test split) and, for in-memory data,
+    ``top_losses`` (valid split), and the rows of the latter (:func:`top_losses`), from ``model``
+    holding the best checkpoint's weights."""
     confusion_title = f"{recipe_name}: best checkpoint, test split"
     pictures = {confusion_name(BEST, "test"): best_test.picture(confusion_title)}
+    rows: list[dict[str, Any]] = []
     if isinstance(valid, TensorBatches):
         valid = valid.whole()  # every sample, also when this is one of several processes
-        rows = most_confidently_wrong(model, valid)
+        rows = top_losses(model, valid, best_test.classes)
         if rows:
-            wrong_title = f"{recipe_name}: most confidently wrong, valid split (best checkpoint)"
-            pictures["top_losses"] = top_losses_picture(rows, valid.images, classes, wrong_title)
-    return pictures
+            wrong_title = (
+                f"{recipe_name}: wrong predictions, highest loss first, valid split (best checkpoint)"
+            )
+            pictures["top_losses"] = top_losses_picture(rows, valid.images, wrong_title)
+    return pictures, rows

@@ -11,9 +11,9 @@ import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
 from fmtk.distributed import is_main_process
-from fmtk.runfolder import checkpoint_epoch, picture_path, read_config
+from fmtk.runfolder import TOP_LOSSES_CSV, checkpoint_epoch, picture_path, read_config
 from fmtk.training.checkpoints import load_model_weights, read_checkpoint
-from fmtk.training.evaluation import Evaluation, evaluate, run_pictures, tested_model
+from fmtk.training.evaluation import Evaluation, evaluate, run_pictures, tested_model, write_top_losses_csv
 from fmtk.training.parts import Parts
 from fmtk.version import versions
 from fmtk.weights import evaluated_weights
@@ -54,10 +54,12 @@ def test_checkpoint(parts: Parts, path: Path) -> Evaluation:
 def write_pictures(parts: Parts, best: Evaluation, run_dir: Path, writer: SummaryWriter, epoch: int) -> None:
     """The run's pictures as PNG files and as images in its TensorBoard, from the model holding the
     best checkpoint's weights."""
-    data = parts.data
-    for name, picture in run_pictures(parts.recipe.name, parts.model, best, data.valid, data.classes).items():
+    pictures, wrong = run_pictures(parts.recipe.name, parts.model, best, parts.data.valid)
+    for name, picture in pictures.items():
         picture.save(picture_path(run_dir, name))
         writer.add_image(name, np.asarray(picture), epoch, dataformats="HWC")
+    if wrong:
+        write_top_losses_csv(wrong, run_dir / TOP_LOSSES_CSV)
 
 
 def final_results(

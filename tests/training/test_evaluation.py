@@ -101,7 +101,9 @@ def test_predict_names_a_file_that_is_not_an_image(real_mnist_run, tmp_path: Pat
     run_dir, _ = real_mnist_run
     notes = tmp_path / "notes.png"
     notes.write_text("hello")
-    assert_one_line_error(fmtk("predict", str(run_dir), str(notes)), "notes.png: cannot read image")
+    assert_one_line_error(
+        fmtk("predict", str(run_dir), str(notes)), "1 of 1 image files cannot be read: ", "notes.png ("
+    )
 
 
 def test_show_catdog_grid_and_class_counts(real_data: Path, tmp_path: Path) -> None:

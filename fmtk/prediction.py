@@ -1,0 +1,50 @@
+"""Predictions for images: files, the image files of folders, or images already open, answered in
+chunks, every readable one answered and each unreadable one named with why (``fmtk predict``, of a
+run's checkpoint or of an exported model file)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from fmtk.data.image_input import ImageInput, Source, image_files, read_pixels, source_name
+from fmtk.data.images import BadImages
+
+
+def predict_images(
+    sources: Sequence[Source],
+    image_input: ImageInput,
+    probabilities_of: Callable[[torch.Tensor], torch.Tensor],
+    classes: Sequence[str],
+    top: int,
+) -> list[dict[str, Any]]:
+    """Per image of ``sources`` (folders: their image files), in order, ``{"file", "predictions"}``:
+    its ``top`` most probable classes by ``probabilities_of`` a float CPU batch; or ``{"file",
+    "error"}`` when it cannot be read."""
+    sources = image_files(sources)
+    results: list[dict[str, Any]] = [{}] * len(sources)
+    for good, pixels, bad in read_pixels(sources, image_input):
+        if good:
+            probabilities = probabilities_of(image_input.normalise(pixels))
+            for index, predictions in zip(good, top_classes(probabilities, classes, top), strict=True):
+                results[index] = {"file": source_name(sources[index], index), "predictions": predictions}
+        for index, why in bad:
+            results[index] = {"file": source_name(sources[index], index), "error": why}
+    return results
+
+
+def top_classes(probabilities: torch.Tensor, classes: Sequence[str], top: int) -> list[list[dict[str, Any]]]:
+    """Per row of ``probabilities``, its ``top`` most probable classes with their probabilities."""
+    values, indices = probabilities.topk(min(top, len(classes)), dim=1)
+    return [
+        [{"class": classes[index], "probability": float(p)} for p, index in zip(v, ix, strict=True)]
+        for v, ix in zip(values.tolist(), indices.tolist(), strict=True)
+    ]
+
+
+def unreadable(results: Sequence[dict[str, Any]]) -> BadImages | None:
+    """The one-line error naming the images of ``results`` that could not be read (None: all were)."""
+    bad = [(result["file"], result["error"]) for result in results if "error" in result]
+    return BadImages(bad, len(results), verb="read") if bad else None
