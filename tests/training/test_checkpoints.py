@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tree_snapshot
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from torch.utils._pytree import tree_leaves
 
 from fmtk.device import threads_by_default
@@ -19,7 +19,7 @@ from fmtk.recipe import apply_overrides
 from fmtk.recipe_loading import load_recipe
 from fmtk.runfolder import find_last_checkpoint
 from fmtk.training.build import build_run
-from fmtk.training.checkpoints import RandomState, ResumePoint, check_keepable, restore
+from fmtk.training.checkpoints import RandomState, ResumePoint, attach_checkpoints, check_keepable, restore
 from fmtk.training.engines import SpeedOptions
 
 CPU = torch.device("cpu")
@@ -177,3 +177,31 @@ def test_deterministic_kernels_are_set_for_a_run_that_asks_and_unset_for_one_tha
             deterministic
         )
     assert seen == [(True, True), (False, False)]
+
+
+@pytest.mark.parametrize(
+    "accuracies, losses, best",
+    [
+        ([0.5, 0.8, 0.8, 0.7], [1.0, 0.6, 0.4, 0.3], 3),  # a tie: the lower valid loss
+        ([0.5, 0.8, 0.8, 0.7], [1.0, 0.4, 0.6, 0.3], 2),
+        ([0.5, 0.8, 0.8, 0.7], [1.0, 0.4, 0.4, 0.3], 2),  # and on equal loss the earliest
+        ([0.5, 0.8, 0.81, 0.7], [1.0, 0.4, 900.0, 0.3], 3),  # a better accuracy wins at any loss
+        ([0.5, 0.8, 0.8, 0.7], [1.0, float("nan"), 0.4, 0.3], 2),  # a loss that is not finite: no part
+    ],
+)
+def test_the_best_checkpoint_breaks_an_accuracy_tie_by_the_lower_valid_loss(
+    tmp_path: Path, accuracies: list[float], losses: list[float], best: int
+) -> None:
+    trainer, evaluator = Engine(lambda engine, batch: None), Engine(lambda engine, batch: None)
+    model = torch.nn.Linear(1, 1)
+
+    @evaluator.on(Events.COMPLETED)
+    def measure(engine: Engine) -> None:  # before the best checkpoint's handler, as the evaluator's metrics
+        epoch = trainer.state.epoch
+        engine.state.metrics = {"accuracy": accuracies[epoch - 1], "loss": losses[epoch - 1]}
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run([0]))
+    attach_checkpoints(trainer, evaluator, tmp_path, {"model": model}, {"model": model})
+    trainer.run([0], max_epochs=4)
+    [kept] = tmp_path.glob("best_*.pt")
+    assert kept.name.endswith(f"_{best}_valid_accuracy={accuracies[best - 1]:.4f}.pt")

@@ -62,7 +62,8 @@ def test_best_checkpoint_is_the_best_epochs_model(finished_run) -> None:
     run, _ = finished_run
     rows = list(csv.DictReader((run.run_dir / "metrics.csv").open()))
     accuracies = [float(row["valid_accuracy"]) for row in rows]
-    best_epoch = accuracies.index(max(accuracies)) + 1
+    losses = [float(row["valid_loss"]) for row in rows]  # on equal accuracy the lower loss
+    best_epoch = max(range(len(rows)), key=lambda i: (accuracies[i], -losses[i], -i)) + 1
     metrics = json.loads((run.run_dir / "metrics.json").read_text())
     assert metrics["best_epoch"] == best_epoch
     assert metrics["checkpoints"]["best"].startswith(f"best_checkpoint_{best_epoch}_")
