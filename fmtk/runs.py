@@ -18,7 +18,9 @@ import csv
 import json
 import math
 import os
+import re
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -57,13 +59,13 @@ def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
     """The row of one run folder: ``run`` (its path relative to ``root``), ``recipe``, ``preset``,
     ``changed`` (dict, or None when config.json does not say), ``epochs_done``, ``epochs_max``,
     ``best_valid_accuracy``, ``test_accuracy_best``, ``test_accuracy_last``, ``train_seconds``,
-    ``state`` (one of :data:`STATES`) and ``error`` (why it is unreadable, else None); a value
-    the files do not give is None."""
+    ``state`` (one of :data:`STATES`), ``started`` (when, ISO 8601 in UTC: :func:`_started`) and
+    ``error`` (why it is unreadable, else None); a value the files do not give is None."""
     row: dict[str, Any] = {
         "run": run_dir.relative_to(root).as_posix(),
         "recipe": None, "preset": None, "changed": None, "epochs_done": None, "epochs_max": None,
         "best_valid_accuracy": None, "test_accuracy_best": None, "test_accuracy_last": None,
-        "train_seconds": None, "state": None, "error": None,
+        "train_seconds": None, "state": None, "error": None, "started": None,
     }  # fmt: skip
     running = is_running(run_dir)
     results = None
@@ -74,6 +76,7 @@ def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
         changed = config.get("changed")
         row["changed"] = changed if isinstance(changed, dict) else None
         row["epochs_max"] = _integer(config.get("epochs"))
+        row["started"] = _started(config.get("started"), run_dir.name)
         results = read_results(run_dir)
         if results is None:  # not ended: what the finished epochs wrote
             row["epochs_done"], row["best_valid_accuracy"] = _read_history(run_dir)
@@ -98,6 +101,26 @@ def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
         if results.get("stopped_by") == PRUNED:  # by fmtk tune's pruning (Run.stop)
             row["state"] = PRUNED
     return row
+
+
+def _started(recorded: Any, folder_name: str) -> str | None:
+    """When a run started, in UTC (``2026-12-04T23:07:49+00:00``): config.json's ``started``, or, for
+    runs made before it was recorded, the local time in the name of a folder fmtk made
+    (``<YYYYmmdd-HHMMSS>[-N]``); else None."""
+    named = _FOLDER_TIME.fullmatch(folder_name)
+    try:
+        if isinstance(recorded, str):
+            when = datetime.fromisoformat(recorded)
+        elif named:
+            when = datetime.strptime(named.group(1), "%Y%m%d-%H%M%S")
+        else:
+            return None
+    except ValueError:
+        return None
+    return when.astimezone(timezone.utc).isoformat(timespec="seconds")
+
+
+_FOLDER_TIME = re.compile(r"(\d{8}-\d{6})(-\d+)?")  # make_run_dir's names
 
 
 def _read_history(run_dir: Path) -> tuple[int, float | None]:
@@ -228,8 +251,7 @@ COLUMNS = [
     Column("train_seconds", _seconds, True, lambda row: row["train_seconds"], True),
     Column("state", lambda row: row["state"], False, lambda row: STATES.index(row["state"]), False),
 ]
-# Not shown: the run folder's own name, <YYYYmmdd-HHMMSS> for the folders fmtk makes.
-_STARTED = Column("started", str, False, lambda row: row["run"].rsplit("/", 1)[-1], True)
+_STARTED = Column("started", str, False, lambda row: row["started"], True)  # not shown: the run tells
 SORT_KEYS = [column.header for column in COLUMNS] + [_STARTED.header]
 
 

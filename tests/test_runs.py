@@ -11,10 +11,12 @@ import signal
 import subprocess
 import sys
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import fmtk
 
 from fmtk.errors import FmtkError
 from fmtk.runfolder import CONFIG, METRICS_CSV, METRICS_JSON, append_epoch_row, write_json
@@ -35,6 +37,7 @@ def make_run(
     seconds: float = 12.5,
     changed: Any = UNSET,
     preset: Any = UNSET,
+    started: Any = UNSET,
 ) -> Path:
     """A run folder ``root/run`` whose finished epochs had ``accuracies`` (valid accuracy); with
     metrics.json when ``ended`` (stopped early when fewer than the recipe's ``epochs``, which
@@ -47,6 +50,8 @@ def make_run(
         config["changed"] = changed
     if preset is not UNSET:
         config["preset"] = preset
+    if started is not UNSET:
+        config["started"] = started
     write_json(run_dir / CONFIG, config)
     for epoch, accuracy in enumerate(accuracies, start=1):
         values = dict(epoch=epoch, train_loss=0.5, valid_loss=0.4, lr=0.01, epoch_seconds=0.6)
@@ -87,6 +92,7 @@ def test_each_state_with_its_columns(tmp_path: Path) -> None:
         "run": "mnist_dnn/20260101-100000", "recipe": "mnist_dnn", "preset": None, "changed": {"lr": 0.05},
         "epochs_done": 3, "epochs_max": 3, "best_valid_accuracy": 0.8, "test_accuracy_best": 0.91,
         "test_accuracy_last": 0.9, "train_seconds": 12.5, "state": "finished", "error": None,
+        "started": datetime(2026, 1, 1, 10).astimezone(timezone.utc).isoformat(),  # the folder's name, local
     }  # fmt: skip
     assert [row["state"] for row in rows] == ["interrupted", "interrupted", "finished", "stopped early"]
     interrupted_row = rows[0]  # its epochs so far, from metrics.csv; no test before the run ends
@@ -146,10 +152,43 @@ def test_preset_and_changed_from_config_json(tmp_path: Path) -> None:
 
 
 def sort_fixture(root: Path) -> list[dict[str, Any]]:
-    make_run(root, "b/20260103", [0.7], epochs=1, seconds=30.0, changed={"lr": 0.1})
-    make_run(root, "a/20260101", [0.9, 0.8], epochs=5, seconds=5.0, preset="quick")
-    make_run(root, "c/20260102", [0.6, 0.7, 0.8], ended=False, changed={"epochs": 3})
-    make_run(root, "a/20260101-2", [0.7, 0.9], epochs=2, seconds=9.0, preset="long", changed={})
+    make_run(
+        root,
+        "b/20260103",
+        [0.7],
+        epochs=1,
+        seconds=30.0,
+        changed={"lr": 0.1},
+        started="2026-01-03T10:00:00+00:00",
+    )
+    make_run(
+        root,
+        "a/20260101",
+        [0.9, 0.8],
+        epochs=5,
+        seconds=5.0,
+        preset="quick",
+        started="2026-01-01T11:00:00+01:00",
+    )
+    make_run(
+        root,
+        "c/20260102",
+        [0.6, 0.7, 0.8],
+        ended=False,
+        changed={"epochs": 3},
+        started="2026-01-02T10:00:00+00:00",
+    )
+    # started after the others, whatever its name says (a --run-dir name, a copy)
+    make_run(
+        root,
+        "a/20260101-2",
+        [0.7, 0.9],
+        epochs=2,
+        seconds=9.0,
+        preset="long",
+        changed={},
+        started="2026-01-04T09:00:00-03:00",
+    )
     return list_runs(root)
 
 
@@ -158,7 +197,7 @@ def sort_fixture(root: Path) -> list[dict[str, Any]]:
     [
         ("run", ["a/20260101", "a/20260101-2", "b/20260103", "c/20260102"]),
         ("recipe", ["a/20260101", "a/20260101-2", "b/20260103", "c/20260102"]),
-        ("started", ["b/20260103", "c/20260102", "a/20260101-2", "a/20260101"]),
+        ("started", ["a/20260101-2", "b/20260103", "c/20260102", "a/20260101"]),
         # highest first, ties in path order, runs without the value last
         ("best_valid_acc", ["a/20260101", "a/20260101-2", "c/20260102", "b/20260103"]),
         ("test_acc_best", ["a/20260101", "a/20260101-2", "b/20260103", "c/20260102"]),
@@ -171,6 +210,28 @@ def sort_fixture(root: Path) -> list[dict[str, Any]]:
 )  # fmt: skip
 def test_sort(tmp_path: Path, key: str, order: list[str]) -> None:
     assert [row["run"] for row in sort_runs(sort_fixture(tmp_path), key)] == order
+
+
+def test_started_is_config_json_s_time_else_the_time_fmtk_named_the_folder_with(tmp_path: Path) -> None:
+    make_run(tmp_path, "r/own-name", [0.5], started="2026-12-04T23:07:49+01:00")
+    make_run(tmp_path, "r/20261204-220000-2", [0.5])  # made before config.json recorded it
+    make_run(tmp_path, "r/mine", [0.5])  # neither: sorted last
+    rows = by_run(list_runs(tmp_path))
+    assert rows["r/own-name"]["started"] == "2026-12-04T22:07:49+00:00"
+    local = datetime(2026, 12, 4, 22, 0, 0).astimezone(timezone.utc).isoformat()
+    assert rows["r/20261204-220000-2"]["started"] == local and rows["r/mine"]["started"] is None
+    order = [row["run"] for row in sort_runs(list(rows.values()), "started")]
+    assert order[-1] == "r/mine"
+
+
+def test_a_new_run_records_when_it_started_and_a_resume_keeps_it(tmp_path: Path) -> None:
+    done = fmtk("run", "digits_mlp", "--epochs", "1", "--run-dir", "r", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    started = json.loads((tmp_path / "r" / CONFIG).read_text())["started"]
+    assert abs(datetime.fromisoformat(started) - datetime.now(timezone.utc)).total_seconds() < 120
+    again = fmtk("run", "--resume", "r", "--epochs", "2", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "r" / CONFIG).read_text())["started"] == started
 
 
 def test_every_sort_key_sorts_and_an_unknown_one_lists_them(tmp_path: Path) -> None:
