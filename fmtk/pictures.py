@@ -207,19 +207,22 @@ def lines_picture(
     dots: Collection[str] = (),
     legend_at_top: bool = False,
     y_limits: tuple[float, float] | None = None,
+    clipped_name: str = "outside the axis (at its edge)",
 ) -> Image.Image:
     """Named lines ``{name: (xs, ys)}`` on linear axes, a dot at each point, a legend, and a grey
     horizontal line at ``reference`` ``(y, label)`` when given (e.g. accuracy against time); the
     names in ``dots`` are drawn as dots only, unjoined. The legend sits at the bottom right, where
     rising curves leave room, or at the top right (``legend_at_top``, for falling ones). Values
-    outside ``y_limits`` (low, high) are drawn at its edge, so that one outlier does not flatten
-    the rest."""
-    width, height, left, right, top, bottom = 720, 440, 60, 20, HEADING_HEIGHT + 10, 40
+    outside ``y_limits`` (low, high) are drawn at its edge as hollow triangles pointing out, named
+    ``clipped_name`` in the legend, so that one outlier does not flatten the rest."""
+    width, height, left, right, top, bottom = 720, 440, 60, 20, HEADING_HEIGHT + 24, 40
     picture = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(picture)
     font = _font()
     draw.text((left, 4), title, fill="black", font=_font(14))
+    draw.text((left, HEADING_HEIGHT + 4), y_label, fill="black", font=font)  # under the title
     xs = [float(x) for line_xs, _ in lines.values() for x in line_xs] or [0.0]
+    outside = {name: [_side(float(y), y_limits) for y in line_ys] for name, (_, line_ys) in lines.items()}
     if y_limits is not None:
         lines = {name: (line_xs, [min(max(float(y), y_limits[0]), y_limits[1]) for y in line_ys])
                  for name, (line_xs, line_ys) in lines.items()}  # fmt: skip
@@ -250,13 +253,118 @@ def lines_picture(
         points = [at(float(x), float(y)) for x, y in zip(line_xs, line_ys, strict=True)]
         if len(points) > 1 and name not in dots:
             draw.line(points, fill=colour, width=2)
-        for x, y in points:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-    legend_bottom = top + 12 + len(lines) * (LINE_HEIGHT + 2) if legend_at_top else height - bottom - 6
-    _draw_legend(draw, list(lines), right=width - right - 8, bottom=legend_bottom, font=font, dots=dots)
+        for (x, y), side in zip(points, outside[name], strict=True):
+            _draw_point(draw, x, y, colour, side)
+    names = list(lines)
+    sides = [side for line_sides in outside.values() for side in line_sides if side]
+    if sides:
+        names.append(clipped_name)
+    legend_bottom = top + 12 + len(names) * (LINE_HEIGHT + 2) if legend_at_top else height - bottom - 6
+    _draw_legend(draw, names, right=width - right - 8, bottom=legend_bottom, font=font, dots=dots,
+                 clipped=(clipped_name, sides[0]) if sides else None)  # fmt: skip
     draw.text((width // 2 - 40, height - 18), x_label, fill="black", font=font)
-    draw.text((width - right - draw.textlength(y_label, font=font), 8), y_label, fill="black", font=font)
     return picture
+
+
+def _side(value: float, limits: tuple[float, float] | None) -> int:
+    """-1 below ``limits``, 1 above, 0 within (or no limits)."""
+    if limits is None:
+        return 0
+    return -1 if value < limits[0] else 1 if value > limits[1] else 0
+
+
+def _draw_point(
+    draw: ImageDraw.ImageDraw, x: float, y: float, colour: tuple[int, int, int], side: int
+) -> None:
+    """A dot; or, for a value beyond the axis (``side`` -1 below, 1 above), a hollow triangle
+    pointing that way."""
+    if side == 0:
+        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+    else:
+        base, tip = y + 4 * side, y - 5 * side  # screen y grows downwards
+        draw.polygon([(x - 5, base), (x + 5, base), (x, tip)], outline=colour, width=2)
+
+
+def scatter_picture(
+    points: Sequence[tuple[float | str, float, int]],
+    title: str,
+    x_label: str,
+    log_x: bool = False,
+    y_limits: tuple[float, float] | None = None,
+    ring: int | None = None,
+) -> Image.Image:
+    """A small panel of points ``(x, y, colour index into LINE_COLOURS)``: numbers on a linear or
+    log-10 (``log_x``) x axis, or text as evenly spaced categories; y beyond ``y_limits`` drawn at
+    its edge as hollow triangles pointing out; the point at index ``ring`` circled (the best)."""
+    width, height, left, right, top, bottom = 360, 250, 56, 16, HEADING_HEIGHT + 4, 36
+    picture = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(picture)
+    font = _font()
+    draw.text((left, 4), title, fill="black", font=font)
+    categories = sorted({x for x, _, _ in points if isinstance(x, str)}, key=_natural)
+    if categories:
+        position = {name: index for index, name in enumerate(categories)}
+        xs = [float(position[str(x)]) for x, _, _ in points]
+        x_low, x_high = -0.5, len(categories) - 0.5
+    else:
+        xs = [math.log10(float(x)) if log_x else float(x) for x, _, _ in points]
+        spread = (max(xs) - min(xs)) or 1.0
+        x_low, x_high = min(xs) - 0.05 * spread, max(xs) + 0.05 * spread
+    sides = [_side(y, y_limits) for _, y, _ in points]
+    ys = [min(max(y, y_limits[0]), y_limits[1]) if y_limits else y for _, y, _ in points]
+    margin = 0.05 * ((max(ys) - min(ys)) or 1.0)
+    y_low, y_high = min(ys) - margin, max(ys) + margin
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (
+            left + (x - x_low) / (x_high - x_low) * (width - left - right),
+            top + (y_high - y) / (y_high - y_low) * (height - top - bottom),
+        )
+
+    draw.rectangle([left, top, width - right, height - bottom], outline=GRID_LINE)
+    for tick in np.linspace(y_low + margin, y_high - margin, 3):
+        _, y = at(x_low, tick)
+        draw.line([(left, y), (width - right, y)], fill=GRID_LINE)
+        draw.text((4, y - 6), f"{tick:.4g}", fill="black", font=font)
+    if categories:
+        ticks = [(float(index), name) for index, name in enumerate(categories)]
+    else:
+        values = np.linspace(x_low + 0.05 * (x_high - x_low) / 1.1, x_high - 0.05 * (x_high - x_low) / 1.1, 3)
+        ticks = [(float(v), f"{10**v if log_x else v:.3g}") for v in values]
+    for tick, label in ticks:
+        x, _ = at(tick, y_low)
+        draw.line([(x, top), (x, height - bottom)], fill=GRID_LINE)
+        draw.text((x, height - bottom + 10), label, fill="black", font=font, anchor="mm")
+    for index, (x, y, side, (_, _, colour)) in enumerate(zip(xs, ys, sides, points, strict=True)):
+        px, py = at(x, y)
+        _draw_point(draw, px, py, LINE_COLOURS[colour % len(LINE_COLOURS)], side)
+        if index == ring:
+            draw.ellipse([px - 7, py - 7, px + 7, py + 7], outline="black", width=2)
+    draw.text(((left + width - right) // 2, height - 8), x_label + (" (log)" if log_x else ""),
+              fill="black", font=font, anchor="mm")  # fmt: skip
+    return picture
+
+
+def _natural(text: str) -> tuple[int, float, str]:
+    """Categories in their natural order: numbers by value (32 before 128), then text."""
+    try:
+        return (0, float(text), text)
+    except ValueError:
+        return (1, 0.0, text)
+
+
+def sheet_of(first: Image.Image, panels: Sequence[Image.Image], columns: int = 2) -> Image.Image:
+    """``first`` above the ``panels``, ``columns`` of them in a row, on white."""
+    if not panels:
+        return first
+    cell_width, cell_height = max(p.width for p in panels), max(p.height for p in panels)
+    rows = -(-len(panels) // columns)
+    width = max(first.width, columns * cell_width)
+    sheet = Image.new("RGB", (width, first.height + rows * cell_height), "white")
+    sheet.paste(first, (0, 0))
+    for index, panel in enumerate(panels):
+        sheet.paste(panel, ((index % columns) * cell_width, first.height + (index // columns) * cell_height))
+    return sheet
 
 
 def _draw_x_ticks(
@@ -299,15 +407,19 @@ def _draw_legend(
     bottom: float,
     font: Any,
     dots: Collection[str] = (),
+    clipped: tuple[str, int] | None = None,
 ) -> None:
     """The lines' names and colours in a box on white whose bottom right corner is (right, bottom),
-    where rising curves (accuracy) leave room."""
+    where rising curves (accuracy) leave room; ``clipped`` ``(name, side)``: that name with a grey
+    hollow triangle pointing to the side (-1 down, 1 up)."""
     legend_left = right - 46 - max((draw.textlength(name, font=font) for name in names), default=0)
     legend_y = bottom - 2 - len(names) * (LINE_HEIGHT + 2)
     draw.rectangle([legend_left, legend_y - 4, right, bottom], fill="white", outline=GRID_LINE)
     for index, name in enumerate(names):
         colour = LINE_COLOURS[index % len(LINE_COLOURS)]
-        if name in dots:
+        if clipped is not None and name == clipped[0]:
+            _draw_point(draw, legend_left + 16, legend_y + 7, ZERO_INK, clipped[1])
+        elif name in dots:
             draw.ellipse([legend_left + 13, legend_y + 4, legend_left + 19, legend_y + 10], fill=colour)
         else:
             draw.line(

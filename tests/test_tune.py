@@ -122,7 +122,7 @@ def test_a_search_runs_its_trials_as_runs_prunes_a_hopeless_one_and_names_the_be
     (rerun,) = (tmp_path / "again" / "digits_mlp").iterdir()
     assert epoch_rows(rerun) == epoch_rows(study / best["run"])
     with Image.open(study / "tune.png") as picture:
-        assert picture.size == (720, 440)
+        assert picture.size == (720, 440 + 250)  # the trials, then lr and batch_size side by side
 
 
 @pytest.mark.slow
@@ -296,3 +296,42 @@ def test_the_extra_is_declared_and_in_the_test_extra() -> None:
     for extra in ("tune", "test"):
         names = [line.split(">=")[0] for line in setup["options.extras_require"][extra].split()]
         assert {"optuna", "optuna-integration"} <= set(names), extra
+
+
+def test_tune_png_marks_the_trials_at_its_edge_and_draws_the_metric_against_each_searched_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from PIL import ImageDraw
+
+    from fmtk.pictures import LINE_COLOURS
+    from fmtk.tuning.report import search_picture
+
+    texts, polygons = [], []
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, text, *a, **k: texts.append(text))
+    polygon = ImageDraw.ImageDraw.polygon
+
+    def record(self, xy, *args, **options):
+        polygons.append((xy, options))
+        return polygon(self, xy, *args, **options)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "polygon", record)
+    values = [0.9, 0.4, 0.92, 0.91, 0.1, 0.93, 0.5, 0.95]  # trials 1, 4 and 6 far worse
+    rows = [
+        {"trial": n, "state": "pruned" if n == 6 else "complete", "value": value, "lr": 10.0 ** -(n % 4 + 1),
+         "batch_size": (32, 64, 128)[n % 3]}
+        for n, value in enumerate(values)
+    ]  # fmt: skip
+    picture = search_picture(
+        rows, "valid_accuracy", "fmtk tune t", False, {"lr": "log", "batch_size": "categories"}
+    )
+    assert picture.size == (720, 440 + 250)  # the trials, then the two searched values side by side
+    assert "worse than 0.9 (at the edge)" in texts  # the cutoff is named once, in the legend, not the title
+    assert "fmtk tune t" in texts and {
+        "valid_accuracy against lr",
+        "valid_accuracy against batch_size",
+    } <= set(texts)
+    assert "lr (log)" in texts and ["32", "64", "128"] == [t for t in texts if t in ("32", "64", "128")][:3]
+    # trials 1, 4, 6 at the edge, in the top panel and each value's panel, and the legend's sign: 3 × 3 + 1
+    clipped = [xy for xy, options in polygons if options.get("outline") in LINE_COLOURS[:2]]
+    assert len(clipped) == 9 and len(polygons) == 10
+    assert all(xy[2][1] > xy[0][1] for xy, _ in polygons)  # pointing down: worse is lower

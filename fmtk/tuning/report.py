@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from fmtk.errors import FmtkError
-from fmtk.pictures import lines_picture
+from fmtk.pictures import lines_picture, scatter_picture, sheet_of
 from fmtk.recipe import watched_metric
 from fmtk.runfolder import CONFIG, read_config, read_results, write_json
 
@@ -38,6 +38,7 @@ class StudyResult:
     trials: list[dict[str, Any]]
     importances: dict[str, float] | None  # Optuna's, once IMPORTANCE_TRIALS trials completed
     minimise: bool = False  # the metric is better lower (a loss)
+    searched: dict[str, str] | None = None  # each searched key's scale: linear, log or categories
 
     def __repr__(self) -> str:
         values = ", ".join(f"{key}={value!r}" for key, value in self.best_values.items())
@@ -65,8 +66,16 @@ def study_result(study: optuna.Study, folder: Path, recipe: str, metric: str) ->
             found = optuna.importance.get_param_importances(study)
         importances = {key: round(value, 4) for key, value in found.items()}
     name, mode = watched_metric(metric)
+    searched = {key: _scale(spread) for key, spread in best.distributions.items()}
     return StudyResult(recipe, Path(folder), f"valid_{name}", best.number, best.value, values, best_run, rows,
-                       importances, mode == "min")  # fmt: skip
+                       importances, mode == "min", searched)  # fmt: skip
+
+
+def _scale(distribution: optuna.distributions.BaseDistribution) -> str:
+    """How tune.png draws a searched value: ``categories``, ``log`` or ``linear``."""
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return "categories"
+    return "log" if getattr(distribution, "log", False) else "linear"
 
 
 def trial_name(number: int) -> str:
@@ -123,7 +132,7 @@ def write_report(result: StudyResult, folder: Path, seconds: float, echo: Callab
     }
     write_json(folder / BEST_JSON, report)
     title = f"fmtk tune {result.recipe} ({folder.name}): {result.metric} per trial"
-    picture = search_picture(rows, result.metric, title, result.minimise)
+    picture = search_picture(rows, result.metric, title, result.minimise, result.searched)
     picture.save(folder / PICTURE)
     values = values_text(result.best_values)
     test = best_row["test_accuracy"]
@@ -145,32 +154,60 @@ def values_text(values: dict[str, Any]) -> str:
                     for key, value in values.items())  # fmt: skip
 
 
-def search_picture(rows: list[dict[str, Any]], metric: str, title: str, minimise: bool) -> Any:
-    """Each trial's valid metric (pruned ones at the epoch they stopped) and the best so far."""
+def search_picture(
+    rows: list[dict[str, Any]],
+    metric: str,
+    title: str,
+    minimise: bool,
+    searched: dict[str, bool] | None = None,
+) -> Any:
+    """Each trial's valid metric (pruned ones at the epoch they stopped) and the best so far; under
+    it, the metric against each ``searched`` value (``{key: on a log scale}``), the best trial
+    circled. When half the trials are worse than the rest by far, those are drawn at the edge as
+    triangles (the search's story is in the better half)."""
     completed = [(row["trial"], row["value"]) for row in rows if row["state"] == "complete"]
     pruned = [
         (row["trial"], row["value"]) for row in rows if row["state"] == "pruned" and row["value"] is not None
     ]
-    best, leader = [], None  # from the first completed trial to the last trial of any kind
+    best, leader, best_row = [], None, None  # from the first completed trial to the last trial of any kind
     for row in rows:
         value = row["value"] if row["state"] == "complete" else None
         if value is not None and (leader is None or (value < leader if minimise else value > leader)):
-            leader = value
+            leader, best_row = value, row
         if leader is not None:
             best.append((row["trial"], leader))
     trials, pruned_trials, best_so_far = "completed trial", "pruned (when it stopped)", "best so far"
     lines = {trials: _columns(completed), pruned_trials: _columns(pruned), best_so_far: _columns(best)}
     lines = {name: line for name, line in lines.items() if line[0]}
-    # The worse half of the trials at the edge: the search's story is in the better half.
     values = sorted(value for _, value in completed + pruned)
     middle = values[(len(values) - 1) // 2] if not minimise else values[len(values) // 2]
     limits = (middle, values[-1]) if not minimise else (values[0], middle)
     if len(values) < 4 or limits[0] == limits[1]:
         limits = None
-    else:
-        title += f" (worse than {limits[0] if not minimise else limits[1]:.4g}: at the edge)"
-    return lines_picture(lines, title, "trial", metric, dots=(trials, pruned_trials), legend_at_top=minimise,
-                         y_limits=limits)  # fmt: skip
+    edge = f"worse than {limits[0] if not minimise else limits[1]:.4g} (at the edge)" if limits else ""
+    picture = lines_picture(lines, title, "trial", metric, dots=(trials, pruned_trials),
+                            legend_at_top=minimise, y_limits=limits, clipped_name=edge)  # fmt: skip
+    drawn = [row for row in rows if row["value"] is not None and row["state"] in ("complete", "pruned")]
+    panels = [
+        scatter_picture(
+            [
+                (
+                    str(row[key]) if scale == "categories" else row[key],
+                    row["value"],
+                    0 if row["state"] == "complete" else 1,
+                )
+                for row in drawn
+            ],
+            f"{metric} against {key}",
+            key,
+            log_x=scale == "log",
+            y_limits=limits,
+            ring=next((i for i, row in enumerate(drawn) if row is best_row), None),
+        )  # fmt: skip
+        for key, scale in (searched or {}).items()
+        if any(key in row for row in drawn)
+    ]
+    return sheet_of(picture, panels)
 
 
 def _columns(points: list[tuple[int, float]]) -> tuple[list[int], list[float]]:
