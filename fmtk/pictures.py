@@ -155,11 +155,12 @@ def curve_picture(
     with a vertical line at ``mark`` when given, labelled ``mark_label`` (default "suggested
     <mark>"), and decade ticks; values above ``y_limit`` are drawn at the top edge (a diverging tail
     would flatten the rest)."""
-    width, height, left, right, top, bottom = 640, 400, 60, 20, HEADING_HEIGHT + 10, 40
+    width, height, left, right, top, bottom = 640, 400, 60, 20, HEADING_HEIGHT + 24, 40
     picture = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(picture)
     font = _font()
     draw.text((left, 4), title, fill="black", font=_font(14))
+    draw.text((left, HEADING_HEIGHT + 4), y_label, fill="black", font=font)  # under the title
     logs = np.log10(np.asarray(xs, dtype=float))
     values = np.asarray(ys, dtype=float)
     if y_limit is not None:
@@ -191,7 +192,6 @@ def curve_picture(
         )
         draw.text((x + shift, top + 4), label, fill=ERROR_RED, font=font)
     draw.text((width // 2 - 20, height - 18), x_label, fill="black", font=font)
-    draw.text((width - right - draw.textlength(y_label, font=font), 8), y_label, fill="black", font=font)
     return picture
 
 
