@@ -183,7 +183,6 @@ def train(request: RunRequest, echo: Callable[[str], None] = print) -> None:
     folder = None
     try:
         with held as folder:
-            echo(f"run folder: {folder}")
             if request.nproc_per_node > 1:
                 _spawn(replace(request, run_dir=folder), backend)
             else:
@@ -201,6 +200,7 @@ def _run(
     """Build the requested run in ``folder`` and train it in this process (one rank, or the only one)."""
     run = assemble_run(recipe, folder, request.device, request.data_dir, echo, request.checkpoint(),
                        request.speed, command=request.command, handlers=attachers)  # fmt: skip
+    echo(f"run folder: {folder}")  # once it is assembled: a run that cannot start leaves no folder to name
     run.run()
 
 
@@ -263,7 +263,6 @@ def _process_run(request: RunRequest) -> None:
     held = request.hold_folder(recipe.name)
     with held as folder:
         request.run_dir = folder  # this process's copy: for the Ctrl-C message
-        echo(f"run folder: {folder}")
         idist.broadcast(str(folder), src=0, safe_mode=True)
         _run(request, recipe, attachers, folder, echo)
 

@@ -243,6 +243,9 @@ def _value_problems(recipe: Recipe) -> Iterator[str]:
         (r.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {r.warmup_epochs}"),
         (r.warmup_epochs == 0 or r.schedule == "cosine",
          f"warmup_epochs is the cosine schedule's warm-up; schedule is {r.schedule}"),
+        (r.warmup_epochs < r.epochs or r.warmup_epochs == 0,
+         f"warmup_epochs {r.warmup_epochs} leaves no epoch of the {r.epochs} for the cosine schedule "
+         "(--set warmup_epochs=0, or a value below epochs)"),
         (0 <= r.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {r.label_smoothing}"),
         (0 <= r.augment_flip <= 1, f"augment_flip must be in [0, 1], got {r.augment_flip}"),
         (0 <= r.augment_crop < 1, f"augment_crop must be in [0, 1) (0: off), got {r.augment_crop}"),

@@ -91,6 +91,7 @@ def run_folder(
     folder too if it made it, unless a checkpoint was written (a resume then goes on from it);
     ``keep_when_interrupted`` keeps it all on Ctrl-C (``fmtk run --resume`` starts it again)."""
     existed = reuse or (run_dir is not None and os.path.isdir(run_dir))  # False for a bad name too
+    made_output_dir = run_dir is None and not reuse and not Path(output_dir).exists()
     if reuse:
         folder = Path(run_dir)
     else:
@@ -107,14 +108,16 @@ def run_folder(
             yield folder
     except KeyboardInterrupt:
         if not keep_when_interrupted:
-            _discard(folder, before, existed, run_dir is None)
+            _discard(folder, before, existed, run_dir is None, made_output_dir)
         raise
     except BaseException:
-        _discard(folder, before, existed, run_dir is None)
+        _discard(folder, before, existed, run_dir is None, made_output_dir)
         raise
 
 
-def _discard(folder: Path, before: set[Path], existed: bool, in_output_dir: bool) -> None:
+def _discard(
+    folder: Path, before: set[Path], existed: bool, in_output_dir: bool, made_output_dir: bool = False
+) -> None:
     """Remove what a failed command made in ``folder`` (the folder itself if it made it), unless
     it wrote a checkpoint there."""
     made = set(folder.rglob("*")) - before if folder.is_dir() else set()
@@ -122,8 +125,8 @@ def _discard(folder: Path, before: set[Path], existed: bool, in_output_dir: bool
         return
     if not existed:
         shutil.rmtree(folder, ignore_errors=True)
-        if in_output_dir:  # an <output_dir>/<recipe> left empty goes too
-            remove_if_empty(folder.parent, remove_parent=False)
+        if in_output_dir:  # an <output_dir>/<recipe> left empty goes too, and <output_dir> if it made it
+            remove_if_empty(folder.parent, remove_parent=made_output_dir)
         return
     for path in sorted(made, reverse=True):  # files before the folders that hold them
         if path.is_dir() and not path.is_symlink():

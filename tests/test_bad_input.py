@@ -400,7 +400,7 @@ def test_nan_in_the_first_epoch_says_no_checkpoint_was_written(tmp_path: Path) -
     )
     result = fmtk("run", "digits_mlp", "--handler", "poison:attach", "--output-dir", "out", cwd=tmp_path)
     assert_one_line_error(result, "NaN or infinite at epoch 1", "no checkpoint was written yet")
-    assert not list(tmp_path.glob("out/*"))  # and no half-empty run folder
+    assert not (tmp_path / "out").exists()  # and no half-empty run folder, nor the runs folder it made
 
 
 def test_predict_names_a_decompression_bomb(finished_run: Path, tmp_path: Path) -> None:

@@ -173,7 +173,17 @@ def test_bad_values_are_one_line_and_leave_no_run(
     done = fmtk("run", "images", "--data-dir", str(photos), "--output-dir", "out", *sets, *SMALL,
                 cwd=tmp_path)  # fmt: skip
     assert_one_line_error(done, *fragments)
-    assert not list((tmp_path / "out").glob("*/*"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_one_epoch_run_with_the_default_warm_up_is_refused_before_the_photos_are_read(
+    photos: Path, tmp_path: Path
+) -> None:
+    done = fmtk("run", "images", "--data-dir", str(photos), "--epochs", "1", "--set", "image_size=32",
+                "--output-dir", "out", cwd=tmp_path)  # fmt: skip
+    assert_one_line_error(done, "warmup_epochs 1.0 leaves no epoch of the 1 for the cosine schedule",
+                          "--set warmup_epochs=0")  # fmt: skip
+    assert done.stdout == "" and not (tmp_path / "out").exists()  # no split counts, no run folder named
 
 
 def test_weights_that_fit_nothing_are_one_line(

@@ -47,7 +47,8 @@ def list_recipes(archs: bool) -> None:
 @cli.command()
 @click.argument("recipe_name", metavar="RECIPE")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="train", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), help="PNG file (default: RECIPE_SPLIT_samples.png).")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="PNG file (default: RECIPE_SPLIT_samples.png, or …_augmented.png).")  # fmt: skip
 @click.option(
     "-n", "count", default=32, show_default=True, type=click.IntRange(min=1), help="How many samples."
 )
@@ -78,7 +79,7 @@ def show(
     recipe = recipe_with_settings(recipe_name, settings, preset)
     if augmented and split != "train":
         raise FmtkError(f"--augmented shows the training split; --split {split} is never augmented")
-    out = out or Path(f"{recipe.name}_{split}_samples.png")
+    out = out or Path(f"{recipe.name}_{split}_{'augmented' if augmented else 'samples'}.png")
     if out.exists():
         raise FmtkError(f"{out} exists; choose another --out (nothing was overwritten)")
     data = load_data(recipe, data_root(data_dir), torch.device("cpu"))

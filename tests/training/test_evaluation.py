@@ -197,3 +197,12 @@ def test_a_mixed_samples_title_gives_its_two_classes_and_their_shares() -> None:
     classes = ["Coat", "Shirt", "Bag"]
     assert mixed_title(torch.tensor([0.3, 0.0, 0.7]), classes) == "Bag 70%\nCoat 30%"
     assert mixed_title(torch.tensor([0.0, 0.999, 0.001]), classes) == "Shirt 100%"  # a 0% share: no line
+
+
+def test_show_augmented_by_default_writes_beside_the_plain_samples(real_data: Path, tmp_path: Path) -> None:
+    plain = fmtk("show", "fmnist_cnn", "-n", "4", "--data-dir", str(real_data), cwd=tmp_path)
+    shown = fmtk("show", "fmnist_cnn", "-n", "4", "--augmented", "--set", "augment_shift=2",
+                 "--data-dir", str(real_data), cwd=tmp_path)  # fmt: skip
+    assert plain.returncode == shown.returncode == 0, shown.stderr
+    assert {path.name for path in tmp_path.iterdir()} == {"fmnist_cnn_train_samples.png",
+                                                          "fmnist_cnn_train_augmented.png"}  # fmt: skip
