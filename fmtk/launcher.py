@@ -32,9 +32,10 @@ from fmtk.distributed import (
     under_torchrun,
 )
 from fmtk.errors import FmtkError, Interrupted, one_line
-from fmtk.recipe import Recipe, apply_overrides
+from fmtk.recipe import PER_ITERATION_SCHEDULES, Recipe, apply_overrides
 from fmtk.recipe_loading import recipe_from_config, resolve_recipe
 from fmtk.runfolder import (
+    CONFIG,
     LAST_EPOCH,
     find_last_checkpoint,
     has_checkpoint,
@@ -132,21 +133,47 @@ def check_epochs_ahead(run_dir: Path, epochs: int | None) -> None:
         )
 
 
-def finished_message(run_dir: Path, epochs: int) -> str | None:
-    """Why a run folder has nothing left to resume, or None."""
+def finished_message(run_dir: Path, recipe: Recipe) -> str | None:
+    """Why a run folder has nothing left to resume, and what trains on from it; or None."""
     results = read_results(run_dir)
     if results is None:
         return None
     if results.get("stopped_by"):  # a handler's Run.stop
         return f"{run_dir} is finished: {results['stopped_by']} at epoch {results['epochs_run']}"
+    best = f"its best epoch was {results['best_epoch']}" if "best_epoch" in results else ""
     if results.get("stopped_early"):
-        return f"{run_dir} is finished: early stopping ended it at epoch {results['epochs_run']}"
-    if results.get("epochs_run", 0) >= epochs:
-        ran = results["epochs_run"]
         return (
-            f"{run_dir} is finished ({ran} of {epochs} epochs); pass --epochs with more than {ran} to go on"
+            f"{run_dir} is finished: early stopping ended it at epoch {results['epochs_run']} ({best}); "
+            f"to train on from its best weights, start a new run: {warm_start_command(run_dir)}"
         )
-    return None
+    ran, epochs = results.get("epochs_run", 0), recipe.epochs
+    if ran < epochs:
+        return None
+    if recipe.schedule in PER_ITERATION_SCHEDULES:
+        return (
+            f"{run_dir} is finished ({ran} of {epochs} epochs; its {recipe.schedule} schedule ended with "
+            f"them): to train on from its best weights, start a new run: {warm_start_command(run_dir)}"
+        )
+    going_on = f"fmtk run --resume {run_dir} --epochs N (N > {ran})"
+    return f"{run_dir} is finished ({ran} of {epochs} epochs); to go on: {going_on}"
+
+
+def warm_start_command(run_dir: Path) -> str:
+    """The command that trains on from a run that cannot go on itself: a new run with its values,
+    starting from its best checkpoint's weights (``weights=RUN_DIR``, :mod:`fmtk.weights`)."""
+    return f"fmtk run --config {run_dir / CONFIG} --set weights={run_dir} --set epochs=N"
+
+
+def check_extension(run_dir: Path, recipe: Recipe, epochs: int | None) -> None:
+    """``--resume --epochs N`` of a run whose per-step schedule is laid out over its epochs is
+    refused, naming what does train on (:func:`warm_start_command`)."""
+    recorded = read_config(run_dir).get("epochs")
+    if epochs is not None and epochs != recorded and recipe.schedule in PER_ITERATION_SCHEDULES:
+        raise FmtkError(
+            f"--epochs {epochs}: the run's {recipe.schedule} schedule is laid out over its {recorded} epochs "
+            f"and cannot be extended; to train on from its best weights, start a new run: "
+            f"{warm_start_command(run_dir)}"
+        )
 
 
 def train(request: RunRequest, echo: Callable[[str], None] = print) -> None:
@@ -155,13 +182,15 @@ def train(request: RunRequest, echo: Callable[[str], None] = print) -> None:
     if request.resume is not None:
         check_epochs_ahead(request.resume, request.epochs)
     recipe = request.recipe()  # a bad recipe, override or handler fails here, before any process starts
+    if request.resume is not None:
+        check_extension(request.resume, recipe, request.epochs)
     if request.config is not None:  # made again with the speed options (threads…) it recorded
         recorded = read_config(request.config)
         trained_on = recorded.get("device")
         same_type = trained_on is not None and torch.device(trained_on).type == request.device.type
         request.speed = request.speed.carried_on(recorded.get("speed", {}), same_type)
     if request.resume is not None:
-        finished = finished_message(request.resume, recipe.epochs)
+        finished = finished_message(request.resume, recipe)
         if finished:
             if is_main_process():
                 echo(finished)

@@ -13,7 +13,6 @@ from typing import Any
 
 from fmtk.errors import FmtkError
 from fmtk.recipe import (
-    PER_ITERATION_SCHEDULES,
     RENAMED,
     Recipe,
     apply_overrides,
@@ -98,12 +97,6 @@ def recipe_from_config(
             values[new] = values.get(new) or options.pop(old)  # (its augment_* value, if set, won)
             if old in changed:
                 changed[new] = changed.pop(old)
-    schedule = values.get("schedule", recipe.schedule)
-    if epochs is not None and epochs != config.get("epochs") and schedule in PER_ITERATION_SCHEDULES:
-        raise FmtkError(
-            f"--epochs {epochs}: the run's {schedule} schedule is laid out over its {config.get('epochs')} "
-            "epochs and cannot be extended; start a new run with more epochs"
-        )
     recipe = dataclasses.replace(
         recipe, **values, options=options, changed=changed, preset=config.get("preset")
     )

@@ -364,3 +364,38 @@ def test_resume_refuses_a_checkpoint_it_cannot_use(
 def test_resume_cannot_change_the_recipe(workspace: Path, uninterrupted: Path) -> None:
     result = fmtk(workspace, "--resume", "straight", "--lr", "0.5")
     assert_one_line_error(result, "--resume keeps the run's recipe; --lr cannot change it")
+
+
+def test_a_finished_run_whose_schedule_cannot_go_on_names_the_warm_start_that_does(tmp_path: Path) -> None:
+    done = fmtk_here("run", "digits_mlp", "--epochs", "2", "--set", "schedule=cosine", "--run-dir", "cos",
+                     cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    command = f"fmtk run --config {Path('cos') / 'config.json'} --set weights=cos --set epochs=N"
+    before = tree_snapshot(tmp_path / "cos")
+    finished = fmtk_here("run", "--resume", "cos", cwd=tmp_path)
+    assert finished.returncode == 0
+    assert "cos is finished (2 of 2 epochs; its cosine schedule ended with them): " in finished.stdout
+    assert f"start a new run: {command}" in finished.stdout
+    refused = fmtk_here("run", "--resume", "cos", "--epochs", "3", cwd=tmp_path)
+    assert_one_line_error(refused, "--epochs 3: the run's cosine schedule is laid out over its 2 epochs",
+                          f"start a new run: {command}")  # fmt: skip
+    assert tree_snapshot(tmp_path / "cos") == before
+    # The command it names works: a new run from the finished one's best weights.
+    named = command.replace("=N", "=1").split()[1:]
+    warm = fmtk_here(*named, "--run-dir", "on", cwd=tmp_path)
+    assert warm.returncode == 0, warm.stderr
+    config = json.loads((tmp_path / "on" / "config.json").read_text())
+    assert (
+        config["weights"] == "cos" and config["epochs"] == 1 and "best_checkpoint_" in config["started_from"]
+    )
+
+
+def test_an_early_stopped_run_names_its_next_step(tmp_path: Path) -> None:
+    diverging = ["--epochs", "8", "--set", "early_stopping_patience=1", "--set", "lr=2"]  # stops by epoch 4
+    done = fmtk_here("run", "digits_mlp", *diverging, "--run-dir", "early", cwd=tmp_path)
+    assert done.returncode == 0 and "early stopping:" in done.stdout, done.stderr
+    finished = fmtk_here("run", "--resume", "early", cwd=tmp_path)
+    assert (
+        finished.returncode == 0 and "early is finished: early stopping ended it at epoch " in finished.stdout
+    )
+    assert "to train on from its best weights, start a new run: fmtk run --config" in finished.stdout
