@@ -439,3 +439,23 @@ def test_predict_answers_every_good_photo_of_folders_and_names_the_bad_ones_at_t
     with Image.open(photos / "bees" / "bees3.png") as image:
         opened = fmtk_api.predict(run_dir, [image, photos / "bees" / "bees3.png"], top=3, device="cpu")
     assert opened[0]["file"] == "<image 0>" and opened[0]["predictions"] == opened[1]["predictions"]
+
+
+def test_evaluate_with_another_data_dir_never_writes_over_the_run_s_pictures(
+    trained: tuple[Path, str], tmp_path: Path
+) -> None:
+    run_dir, _ = trained
+    other = make_photos(tmp_path / "other", {"ants": 5, "bees": 5, "wasps": 5}, seed=3)
+    own = {
+        name: stamp for name, stamp in tree_snapshot(run_dir).items() if not name.startswith("evaluations")
+    }
+    result = fmtk("evaluate", str(run_dir), "--data-dir", str(other))
+    assert result.returncode == 0, result.stderr
+    assert f"test split of {other} (to score every photo of a folder: fmtk evaluate" in result.stdout
+    assert (run_dir / "evaluations" / "other-best" / "confusion.png").is_file()
+    assert {name: stamp for name, stamp in tree_snapshot(run_dir).items()
+            if not name.startswith("evaluations")} == own  # fmt: skip
+    (tmp_path / "held" / "test" / "ants").mkdir(parents=True)
+    refused = fmtk("evaluate", str(run_dir), "--data-dir", str(tmp_path / "held"))
+    assert_one_line_error(refused, "has test but no training folder",
+                          f"to score every photo of a folder: fmtk evaluate {run_dir} --folder")  # fmt: skip

@@ -177,10 +177,14 @@ def evaluate_split(
     from fmtk.training.evaluation import evaluate_run
 
     root = data_root(data_dir, run_dir)
-    recipe, path, result = evaluate_run(run_dir, checkpoint, split, root, device)
     recorded = read_config(run_dir).get("data_dir")
     own = data_dir is None or (isinstance(recorded, str) and Path(recorded) == root.resolve())
-    click.echo(f"{recipe.name}, {path.name}, {split} split" + ("" if own else f" of {root}"))
+    whole = f"to score every photo of a folder: fmtk evaluate {run_dir} --folder {root}"
+    try:
+        recipe, path, result = evaluate_run(run_dir, checkpoint, split, root, device)
+    except FmtkError as error:
+        raise FmtkError(str(error) if own else f"{error}; {whole}") from None
+    click.echo(f"{recipe.name}, {path.name}, {split} split" + ("" if own else f" of {root} ({whole})"))
     click.echo(result.table())
     stem = confusion_name(checkpoint if checkpoint in (BEST, LAST) else path.stem, split)
     if not own:  # never over the pictures of the run's own data
