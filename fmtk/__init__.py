@@ -27,12 +27,14 @@ _LAZY = {
     "SpeedOptions": "fmtk.training.engines", "StepEvents": "fmtk.training.engines",
     "export": "fmtk.exporting", "Export": "fmtk.exporting", "ImageInput": "fmtk.data.image_input",
     "tune": "fmtk.tuning", "StudyResult": "fmtk.tuning.report",
+    "Check": "fmtk.regression.check", "check": "fmtk.regression.running",
+    "CheckResult": "fmtk.regression.running",
 }  # fmt: skip
 
 __all__ = [
-    "DataSplits", "Evaluation", "Export", "FmtkError", "ImageInput", "Preset", "Recipe", "Result", "Run",
-    "SpeedOptions", "StepEvents", "StudyResult", "TensorBatches", "__version__", "build_run", "evaluate",
-    "export", "fit", "load_recipe", "make_run_dir", "predict", "tune",
+    "Check", "CheckResult", "DataSplits", "Evaluation", "Export", "FmtkError", "ImageInput", "Preset",
+    "Recipe", "Result", "Run", "SpeedOptions", "StepEvents", "StudyResult", "TensorBatches", "__version__",
+    "build_run", "check", "evaluate", "export", "fit", "load_recipe", "make_run_dir", "predict", "tune",
 ]  # fmt: skip
 
 

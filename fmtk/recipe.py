@@ -18,6 +18,7 @@ from torch import nn
 from fmtk.data.batches import DataSplits
 from fmtk.data.image_input import ImageInput
 from fmtk.errors import FmtkError, user_code_line
+from fmtk.regression.check import Check, recipe_checks
 from fmtk.training.optimizers import optimizer_problems
 from fmtk.values import argument_value, parse_option, parse_value, typed
 
@@ -138,6 +139,8 @@ class Recipe:
     # Named sets of values (`fmtk run RECIPE --preset NAME`), and the one this recipe was given.
     presets: dict[str, Preset] = field(default_factory=dict)
     preset: str | None = None
+    # Its regression test (fmtk check): a short run and the figures it must reach; one or several.
+    check: Check | tuple[Check, ...] | None = None
 
     def validate(self) -> None:
         """Raise FmtkError on values that cannot train (a wrong type, lr ≤ 0, batch size 0, ...)."""
@@ -169,6 +172,11 @@ class Recipe:
             raise FmtkError(
                 f"recipe {self.name}: {part}() failed with {values} ({type(error).__name__}: {reason})"
             ) from None
+
+    @property
+    def checks(self) -> tuple[Check, ...]:
+        """The recipe's regression checks (its ``check`` field, one or several)."""
+        return recipe_checks(self.check, self.name)
 
     @property
     def fine_tunes(self) -> bool:
@@ -297,7 +305,7 @@ def apply_preset(recipe: Recipe, name: str | None) -> Recipe:
 def overridable_fields() -> dict[str, Any]:
     """The Recipe fields `--set` may change, with their types."""
     hints = typing.get_type_hints(Recipe)
-    fixed = {"name", "description", "options", "source", "changed", "presets", "preset", *CALLABLES}
+    fixed = {"name", "description", "options", "source", "changed", "presets", "preset", "check", *CALLABLES}
     return {f.name: hints[f.name] for f in dataclasses.fields(Recipe) if f.name not in fixed}
 
 

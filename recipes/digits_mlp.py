@@ -6,7 +6,7 @@ fmtk.data.load_digits_splits, which wraps them in TensorBatches.
 
 from torch import nn
 
-from fmtk import Recipe
+from fmtk import Check, Recipe
 from fmtk.data import ImageInput, load_digits_splits
 from fmtk.models import mlp
 
@@ -37,4 +37,7 @@ recipe = Recipe(
     early_stopping_patience=8,
     log_every=10,
     options={"hidden": 64},
+    # The whole recipe, in about a second: 96.67% test (best checkpoint, epoch 16), 96.39% last, early
+    # stopping at epoch 24, with the recipe's seed on a 2-core AMD EPYC, one thread (2026-12-04).
+    check=Check(expect={"test_accuracy": ">= 0.95", "last_test_accuracy": ">= 0.95", "test_loss": "<= 0.15"}),
 )

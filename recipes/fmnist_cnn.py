@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from fmtk import FmtkError, Preset, Recipe
+from fmtk import Check, FmtkError, Preset, Recipe
 from fmtk.data import ImageInput, load_mnist_like
 from fmtk.models import fashion_cnn_basic, fashion_cnn_improved
 
@@ -75,4 +75,7 @@ recipe = Recipe(
             },
         ),
     },
+    # Regression check (fmtk check): --preset fast (the basic CNN, 7 epochs of batch 48), with the
+    # recipe's seed on a 2-core CPU: 93.03% test (best = last, epoch 7; valid 93.47%).
+    check=Check(preset="fast", expect={"test_accuracy": ">= 0.92", "epochs_run": "== 7"}),
 )

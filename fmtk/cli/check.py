@@ -1,0 +1,74 @@
+"""`fmtk check`: the recipes' regression tests (torch is imported inside the command)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fmtk.cli.group import cli, data_dir_option
+from fmtk.errors import FmtkError
+
+
+@cli.command("check")
+@click.argument("targets", nargs=-1, metavar="[RECIPE|FILE|FOLDER]...")
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@data_dir_option
+@click.option("--junit", type=click.Path(path_type=Path), help="Also write the results as JUnit XML.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of the table.")
+@click.option("--keep", type=click.Path(path_type=Path), metavar="DIR",
+              help="Keep every check's run folder in DIR [default: a failing one's only, in a temporary "
+              "folder].")  # fmt: skip
+@click.option("--record", "record_to", type=click.Path(path_type=Path), metavar="DIR",
+              help="Keep each passing run as a golden run in DIR/<recipe>-<check>.")  # fmt: skip
+@click.option("--against", type=click.Path(path_type=Path), metavar="DIR",
+              help="Compare each run epoch by epoch with its golden run, DIR/<recipe>-<check>.")  # fmt: skip
+@click.option("--tolerance", type=click.FloatRange(min=0), metavar="X",
+              help="Allowed absolute difference from a golden run [default: 0 on the machine, torch and "
+              "threads it was recorded with, else 0.001].")  # fmt: skip
+def check_command(
+    targets: tuple[str, ...],
+    device: str,
+    data_dir: Path | None,
+    junit: Path | None,
+    as_json: bool,
+    keep: Path | None,
+    record_to: Path | None,
+    against: Path | None,
+    tolerance: float | None,
+) -> None:
+    """Train each recipe's check (its `check` field: a short run and the figures it must reach) and
+    print one table: recipe, check, figure, expected, got, verdict, seconds. Exits 1 when any check
+    fails. With no RECIPE, every bundled recipe; a FOLDER means every recipe file in it.
+    """
+    from fmtk.regression.report import as_json as results_json
+    from fmtk.regression.report import format_table, junit_xml
+    from fmtk.regression.running import prepare_check, recipes_named, run_check
+
+    if record_to is not None and against is not None:
+        raise FmtkError("--record keeps new golden runs, --against compares with kept ones: give one of them")
+    recipes = recipes_named(targets)
+    planned = [(recipe, one) for recipe in recipes for one in recipe.checks]
+    if not planned:
+        names = ", ".join(recipe.name for recipe in recipes)
+        raise FmtkError(f"{names}: no check stated (a recipe's check field; see docs/checks.md)")
+    places = [
+        {"keep": keep, "golden": None if against is None else against / f"{recipe.name}-{one.label}",
+         "record_to": None if record_to is None else record_to / f"{recipe.name}-{one.label}"}
+        for recipe, one in planned
+    ]  # fmt: skip
+    for (recipe, one), where in zip(planned, places, strict=True):
+        prepare_check(recipe, one, **where)  # every mistake is one line before any training
+    results = []
+    for (recipe, one), where in zip(planned, places, strict=True):
+        if not as_json:
+            click.echo(f"checking {recipe.name} ({one.label}) …")
+        results.append(run_check(recipe, one, device, data_dir, tolerance=tolerance, **where))
+    click.echo(results_json(results) if as_json else format_table(results))
+    if junit is not None:
+        try:
+            junit.write_text(junit_xml(results))
+        except OSError as error:
+            raise FmtkError(f"--junit {junit}: cannot write it ({error.strerror})") from None
+    if not all(result.passed for result in results):
+        raise SystemExit(1)

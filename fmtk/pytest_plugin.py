@@ -1,0 +1,83 @@
+"""The pytest plugin (entry point ``pytest11``): ``pytest --fmtk-recipes PATH`` collects every check
+of the recipe files at PATH (a file or a folder of them) as a test item marked ``slow``, which runs
+as ``fmtk check`` runs it and fails with its table rows. Without the option it does nothing, and
+importing it imports neither torch nor fmtk's training code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("fmtk", "fmtk recipe checks")
+    group.addoption("--fmtk-recipes", action="append", default=[], metavar="PATH",
+                    help="Run the checks of the recipe files at PATH (file or folder) as tests.")  # fmt: skip
+    group.addoption("--fmtk-device", default="cpu", help="Where the recipe checks train (default: cpu).")
+    group.addoption("--fmtk-data", default=None, metavar="DIR",
+                    help="The recipe checks' data root (default: $FMTK_DATA, else ./data).")  # fmt: skip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: trains a model (pytest -m 'not slow' leaves it out)")
+
+
+class RecipeCheckFailed(AssertionError):
+    """A recipe check that failed: its message is ``fmtk check``'s table."""
+
+
+class RecipeFile(pytest.File):
+    """A recipe file: one item per check it states."""
+
+    def collect(self) -> Any:
+        from fmtk.recipe_loading import load_recipe
+
+        recipe = load_recipe(str(self.path))
+        for check in recipe.checks:
+            item = RecipeCheck.from_parent(
+                self, name=f"{recipe.name}[{check.label}]", recipe=recipe, check=check
+            )
+            item.add_marker(pytest.mark.slow)
+            yield item
+
+
+class RecipeCheck(pytest.Item):
+    """One check of one recipe, as ``fmtk check`` runs it."""
+
+    def __init__(self, *, recipe: Any, check: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.recipe, self.check = recipe, check
+
+    def runtest(self) -> None:
+        from fmtk.regression.report import format_table
+        from fmtk.regression.running import run_check
+
+        options = self.config.option
+        result = run_check(self.recipe, self.check, options.fmtk_device, options.fmtk_data)
+        if not result.passed:
+            raise RecipeCheckFailed(format_table([result]))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, RecipeCheckFailed):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo, style))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"fmtk check {self.name}"
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m and -k select among the items
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    for given in config.getoption("fmtk_recipes"):
+        path = Path(given)
+        if not path.exists():
+            raise pytest.UsageError(f"--fmtk-recipes {given}: no such file or folder")
+        files = (
+            sorted(p for p in path.glob("*.py") if not p.name.startswith("_")) if path.is_dir() else [path]
+        )
+        if not files:
+            raise pytest.UsageError(f"--fmtk-recipes {given}: a folder without recipe files (*.py)")
+        for file in files:
+            items.extend(RecipeFile.from_parent(session, path=file.resolve()).collect())

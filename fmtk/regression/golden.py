@@ -1,0 +1,154 @@
+"""Golden runs: a check's run kept as a reference (its config.json, metrics.csv and metrics.json,
+which record the versions, the CPU and the threads it ran with), and a new run compared with it
+epoch by epoch: what a team runs before and after upgrading torch or editing a recipe.
+
+fmtk's runs are deterministic on one machine: the same recipe, torch, CPU kind and thread count
+give the same metrics.csv bit for bit (tests/test_check.py proves it), so there the comparison is
+exact; elsewhere float sums differ in their last bits and it allows a tolerance."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fmtk.errors import FmtkError
+from fmtk.recipe import Recipe
+from fmtk.runfolder import CONFIG, METRICS_CSV, METRICS_JSON, read_config, read_history, read_results
+from fmtk.training.engines import SpeedOptions
+
+GOLDEN_FILES = (CONFIG, METRICS_CSV, METRICS_JSON)
+DEFAULT_TOLERANCE = 1e-3  # absolute, on another machine or torch
+UNCOMPARED = {"epoch_seconds"}  # metrics.csv columns that are times, never the same twice
+# config.json entries that say where and when, not what was trained
+CIRCUMSTANCES = {"command", "started", "versions", "data_dir", "device", "source", "speed", "processes"}
+
+
+@dataclass(frozen=True)
+class Golden:
+    """A golden run as read back: its folder, config.json, metrics.csv rows and metrics.json."""
+
+    folder: Path
+    config: dict[str, Any]
+    history: list[dict[str, float]]
+    results: dict[str, Any]
+
+    def machine(self) -> tuple[Any, ...]:
+        return _machine(self.config)
+
+
+def _machine(config: dict[str, Any]) -> tuple[Any, ...]:
+    """What decides a run's last bits besides its recipe: torch's version, the CPU, the threads."""
+    versions = config.get("versions", {})
+    return versions.get("torch"), versions.get("cpu"), config.get("speed", {}).get("threads")
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """The first place a run differs from its golden run: the epoch (None: the test figures), the
+    column, both values, whether the comparison was exact (else within ``tolerance``), and the
+    recipe values that differ between the two configs."""
+
+    epoch: int | None
+    column: str
+    golden: Any
+    got: Any
+    tolerance: float
+    changed: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        where = f"epoch {self.epoch}" if self.epoch is not None else "the test figures"
+        how = "compared exactly: same torch, CPU and threads" if self.tolerance == 0 else (
+            f"beyond the tolerance {self.tolerance:g}")  # fmt: skip
+        values = f"{self.golden!r} there, {self.got!r} here"
+        line = f"differs from the golden run at {where}, {self.column}: {values} ({how})"
+        if self.changed:
+            line += f"; the recipe differs: {', '.join(self.changed)}"
+        return line
+
+
+def record(run_dir: Path, folder: Path) -> None:
+    """Keep the ended run ``run_dir`` as a golden run in the new ``folder``."""
+    try:
+        folder.mkdir(parents=True)
+        for name in GOLDEN_FILES:
+            shutil.copy2(run_dir / name, folder / name)
+    except OSError as error:
+        raise FmtkError(f"--record: cannot write {error.filename}: {error.strerror}") from None
+
+
+def check_new(folder: Path) -> None:
+    """A golden run is recorded into a new folder only: one already there is never replaced."""
+    if folder.exists():
+        raise FmtkError(f"--record: {folder} exists; remove it to record again (nothing was overwritten)")
+
+
+def read_golden(folder: Path, recipe: Recipe) -> Golden:
+    """The golden run in ``folder``, of ``recipe``; a folder that is not one, one of another recipe
+    or one an older fmtk wrote without what a comparison needs is one line."""
+    if not folder.is_dir():
+        raise FmtkError(f"--against: no golden run {folder} (record one with fmtk check RECIPE --record DIR)")
+    missing = [name for name in GOLDEN_FILES if not (folder / name).is_file()]
+    if missing:
+        raise FmtkError(f"--against: {folder} is not a golden run: it has no {', '.join(missing)}")
+    config = read_config(folder)
+    if config.get("name") != recipe.name:
+        raise FmtkError(
+            f"--against: {folder} is a golden run of recipe {config.get('name')}, not {recipe.name}"
+        )
+    for key, present in [
+        ("versions", "versions" in config),
+        ("speed.threads", "threads" in config.get("speed", {})),
+    ]:
+        if not present:
+            raise FmtkError(
+                f"--against: {folder}'s config.json has no '{key}' (an older fmtk wrote it), which the "
+                "comparison needs: record the golden run again"
+            )
+    history, _ = read_history(folder)
+    return Golden(folder, config, history, read_results(folder) or {})
+
+
+def golden_speed(golden: Golden) -> SpeedOptions:
+    """The speed options of a run compared with ``golden``: its recorded ones, threads included
+    (which change the float sums), so that on the same machine it can be exact."""
+    return SpeedOptions().carried_on(golden.config.get("speed", {}), same_device_type=True)
+
+
+def compare(golden: Golden, run_dir: Path, tolerance: float | None = None) -> Divergence | None:
+    """The first difference between the ended run ``run_dir`` and ``golden``, epoch by epoch, then
+    in the test figures; None: the same. Exact when torch, the CPU and the threads are the same
+    and no ``tolerance`` is given, else within ``tolerance`` (default ``DEFAULT_TOLERANCE``)."""
+    config = read_config(run_dir)
+    if tolerance is None:
+        tolerance = 0.0 if _machine(config) == golden.machine() else DEFAULT_TOLERANCE
+    changed = tuple(
+        f"{key} {golden.config.get(key)!r} → {config.get(key)!r}"
+        for key in sorted(set(golden.config) | set(config))
+        if key not in CIRCUMSTANCES and golden.config.get(key) != config.get(key)
+    )
+    history, _ = read_history(run_dir)
+    for epoch, (theirs, ours) in enumerate(zip(golden.history, history, strict=False), start=1):
+        for column, value in theirs.items():
+            if column not in UNCOMPARED and not _close(value, ours.get(column), tolerance):
+                return Divergence(epoch, column, value, ours.get(column), tolerance, changed)
+    if len(history) != len(golden.history):
+        epoch = min(len(history), len(golden.history)) + 1
+        return Divergence(epoch, "epochs run", len(golden.history), len(history), tolerance, changed)
+    ours = read_results(run_dir) or {}
+    for which in ("best", "last"):
+        for name, value in golden.results.get("test", {}).get(which, {}).items():
+            got = ours.get("test", {}).get(which, {}).get(name)
+            if not _close(value, got, tolerance):
+                return Divergence(None, f"test {which} {name}", value, got, tolerance, changed)
+    return None
+
+
+def _close(golden: Any, got: Any, tolerance: float) -> bool:
+    if isinstance(golden, int | float) and isinstance(got, int | float):
+        if math.isnan(golden) and math.isnan(got):
+            return True
+        return golden == got if tolerance == 0 else abs(golden - got) <= tolerance
+    return golden == got

@@ -1,0 +1,78 @@
+"""What ``fmtk check`` says: one table of every check's expectations, JUnit XML (which GitHub
+Actions, GitLab and Jenkins show as test results) and JSON."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Sequence
+from pathlib import Path
+
+from fmtk.regression.running import CheckResult, number_text
+
+HEADER = ("recipe", "check", "figure", "expected", "got", "verdict", "seconds")
+
+
+def table_rows(result: CheckResult) -> list[tuple[str, ...]]:
+    """The table's rows of one check: one per expectation, then one for a failed run or a
+    difference from the golden run."""
+    seconds = f"{result.seconds:.1f}"
+    name = (result.recipe, result.check)
+    rows = [
+        (*name, row.figure, row.expected, number_text(row.got), "pass" if row.passed else "FAIL", seconds)
+        for row in result.rows
+    ]
+    if result.error is not None:
+        rows.append((*name, "(run)", "ends", "failed", "FAIL", seconds))
+    if result.diverged is not None:
+        rows.append((*name, "(golden)", "same", "differs", "FAIL", seconds))
+    return rows
+
+
+def format_table(results: Sequence[CheckResult]) -> str:
+    """Every check's rows as aligned columns, then a line per failure saying why and where its run
+    folder was kept."""
+    table = [HEADER, *(row for result in results for row in table_rows(result))]
+    widths = [max(len(line[index]) for line in table) for index in range(len(HEADER))]
+    right = {"got", "seconds"}
+    lines = [
+        "  ".join(cell.rjust(width) if name in right else cell.ljust(width)
+                  for cell, width, name in zip(line, widths, HEADER, strict=True)).rstrip()
+        for line in table
+    ]  # fmt: skip
+    for result in results:
+        for why in result.failures():
+            kept = f" (run folder: {result.run_dir})" if result.run_dir is not None else ""
+            lines.append(f"{result.recipe} ({result.check}): {why}{kept}")
+    passed = sum(result.passed for result in results)
+    lines.append(f"{passed} of {len(results)} checks passed")
+    return "\n".join(lines)
+
+
+def junit_xml(results: Sequence[CheckResult]) -> str:
+    """The results as JUnit XML: one test suite, a test case per check (class name
+    ``fmtk.check.<recipe>``), a failure per check that failed with its reasons."""
+    failures = sum(not result.passed for result in results)
+    seconds = sum(result.seconds for result in results)
+    counts = {"tests": str(len(results)), "failures": str(failures), "time": f"{seconds:.2f}"}
+    suites = ElementTree.Element("testsuites", name="fmtk check", **counts)
+    suite = ElementTree.SubElement(suites, "testsuite", name="fmtk check", errors="0", **counts)
+    for result in results:
+        case = ElementTree.SubElement(suite, "testcase", classname=f"fmtk.check.{result.recipe}",
+                                      name=result.check, time=f"{result.seconds:.2f}")  # fmt: skip
+        if not result.passed:
+            reasons = result.failures()
+            failure = ElementTree.SubElement(case, "failure", message=reasons[0], type="RecipeCheckFailed")
+            failure.text = "\n".join(reasons + ([f"run folder: {result.run_dir}"] if result.run_dir else []))
+        rows = "\n".join("  ".join(row) for row in table_rows(result))
+        ElementTree.SubElement(case, "system-out").text = rows
+    ElementTree.indent(suites)
+    return ElementTree.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def write_junit(results: Sequence[CheckResult], path: Path) -> None:
+    path.write_text(junit_xml(results))
+
+
+def as_json(results: Sequence[CheckResult]) -> str:
+    return json.dumps([result.to_dict() for result in results], indent=2)

@@ -1,0 +1,250 @@
+"""Running a recipe's checks: which recipes a command names, one check trained in a folder of its
+own and its figures held against what it expects (and, given a golden run, compared with it epoch
+by epoch)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fmtk.device import resolve_device
+from fmtk.errors import FmtkError, one_line
+from fmtk.recipe import Recipe, apply_overrides, apply_preset
+from fmtk.recipe_loading import bundled_recipe_names, data_root, load_recipe
+from fmtk.regression.check import FIGURES, Check
+from fmtk.regression.golden import Divergence, Golden, check_new, compare, golden_speed, read_golden, record
+from fmtk.runfolder import read_history, read_results
+from fmtk.training.build import build_run
+from fmtk.training.engines import SpeedOptions
+
+
+@dataclass(frozen=True)
+class Row:
+    """One expectation of a check and what the run gave."""
+
+    figure: str
+    expected: str
+    got: float | None
+    passed: bool
+
+
+@dataclass
+class CheckResult:
+    """One check of one recipe: a row per expectation, the seconds it took, the run folder it
+    kept (a failing run's; None when removed) and, when it could not run or differs from its
+    golden run, why."""
+
+    recipe: str
+    check: str
+    rows: list[Row] = field(default_factory=list)
+    seconds: float = 0.0
+    run_dir: Path | None = None
+    error: str | None = None  # the run failed: its one line
+    diverged: Divergence | None = None  # the first difference from the golden run
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and self.diverged is None and all(row.passed for row in self.rows)
+
+    def failures(self) -> list[str]:
+        """Why it failed, one line each (none when it passed)."""
+        lines = [f"the run failed: {self.error}"] if self.error is not None else []
+        lines += [
+            f"{row.figure} {number_text(row.got)}, expected {row.expected}"
+            for row in self.rows
+            if not row.passed
+        ]
+        if self.diverged is not None:
+            lines.append(str(self.diverged))
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe, "check": self.check, "passed": self.passed,
+            "seconds": round(self.seconds, 2),
+            "rows": [{"figure": r.figure, "expected": r.expected, "got": r.got, "passed": r.passed}
+                     for r in self.rows],
+            "error": self.error, "diverged": None if self.diverged is None else str(self.diverged),
+            "run_dir": None if self.run_dir is None else str(self.run_dir),
+        }  # fmt: skip
+
+
+def number_text(value: float | None) -> str:
+    """A figure as the table shows it: 4 significant digits, ``-`` when the run did not give it."""
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def recipes_named(targets: Sequence[str]) -> list[Recipe]:
+    """The recipes ``fmtk check`` names: bundled names, recipe files, folders (every recipe file in
+    them, sorted); none: every bundled recipe. A folder without recipe files is one line."""
+    if not targets:
+        return [load_recipe(name) for name in bundled_recipe_names()]
+    recipes = []
+    for target in targets:
+        path = Path(target)
+        if path.is_dir():
+            files = sorted(file for file in path.glob("*.py") if not file.name.startswith("_"))
+            if not files:
+                raise FmtkError(f"{path}: a folder without recipe files (*.py)")
+            recipes += [load_recipe(str(file)) for file in files]
+        else:
+            recipes.append(load_recipe(target))
+    return recipes
+
+
+def figures_of(run_dir: Path) -> dict[str, float]:
+    """The figures of :data:`~fmtk.regression.check.FIGURES` of an ended run."""
+    results = read_results(run_dir) or {}
+    figures = {
+        key: results[key] for key in ("epochs_run", "train_seconds", "best_valid_accuracy") if key in results
+    }
+    for which, prefix in (("best", "test_"), ("last", "last_test_")):
+        for name, value in results.get("test", {}).get(which, {}).items():
+            figures[prefix + name] = value
+    history, _ = read_history(run_dir)
+    best = [row for row in history if row["epoch"] == results.get("best_epoch")]
+    if best:
+        figures.update({name: value for name, value in best[0].items() if name.startswith("valid_")})
+    return figures
+
+
+def known_figures(recipe: Recipe) -> list[str]:
+    """Every figure a check of ``recipe`` can expect."""
+    metrics = ["accuracy", "loss", *recipe.make_metrics()]
+    named = [f"{prefix}{metric}" for prefix in ("test_", "last_test_", "valid_") for metric in metrics]
+    return [*named, *(key for key in FIGURES if "<m>" not in key)]
+
+
+def check_recipe_values(recipe: Recipe, check: Check) -> Recipe:
+    """The recipe as the check trains it (its preset, then its settings and epochs), its
+    expectations checked against the figures a run gives: a mistake is one line before training."""
+    where = f"recipe {recipe.name}, check {check.label}"
+    try:
+        trained = apply_overrides(apply_preset(recipe, check.preset), check.overrides())
+    except FmtkError as error:
+        raise FmtkError(f"{where}: cannot run in its settings: {error}") from None
+    known = known_figures(trained)
+    for figure in check.expect:
+        if figure not in known:
+            raise FmtkError(f"{where}: expects unknown figure '{figure}'; a run gives {', '.join(known)}")
+    return trained
+
+
+def prepare_check(
+    recipe: Recipe,
+    check: Check,
+    *,
+    keep: Path | None = None,
+    golden: Path | None = None,
+    record_to: Path | None = None,
+) -> tuple[Recipe, Golden | None]:
+    """Everything a check needs that can be wrong, checked before it trains (each one line): the
+    recipe as the check trains it (:func:`check_recipe_values`), the golden run it is compared
+    with, a new folder to record it in, a new folder to keep it in."""
+    trained = check_recipe_values(recipe, check)
+    reference = read_golden(golden, trained) if golden is not None else None
+    if record_to is not None:
+        check_new(record_to)
+    if keep is not None and (Path(keep) / f"{recipe.name}-{check.label}").exists():
+        folder = Path(keep) / f"{recipe.name}-{check.label}"
+        raise FmtkError(f"--keep {keep}: {folder} exists; give another folder (nothing was overwritten)")
+    return trained, reference
+
+
+def run_check(
+    recipe: Recipe,
+    check: Check,
+    device: torch.device | str = "cpu",
+    data_dir: Path | str | None = None,
+    *,
+    keep: Path | None = None,
+    golden: Path | None = None,
+    record_to: Path | None = None,
+    tolerance: float | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> CheckResult:
+    """Train ``check``'s run of ``recipe`` and hold its figures against what it expects.
+
+    The run goes into a temporary folder, removed when the check passes and kept (its path in the
+    result) when it fails; with ``keep`` into ``keep/<recipe>-<check>`` either way. With ``golden``
+    (a folder :func:`fmtk.regression.golden.record` wrote) the run is made with the golden run's
+    thread count and compared with it epoch by epoch: exactly when torch, the CPU and the threads
+    are the same, else within ``tolerance`` (default 1e-3, absolute). With ``record_to`` (a new
+    folder) a passing run is kept there as a golden run.
+    """
+    trained, reference = prepare_check(recipe, check, keep=keep, golden=golden, record_to=record_to)
+    root = data_root(data_dir)
+    data = root / check.data if check.data else root
+    folder = _run_folder(keep, recipe.name, check.label)
+    speed = golden_speed(reference) if reference is not None else SpeedOptions()
+    started = time.perf_counter()
+    result = CheckResult(recipe.name, check.label)
+    try:
+        run = build_run(trained, folder, resolve_device(device), data, echo=echo, speed=speed, progress=False,
+                        command=f"fmtk check {recipe.name} ({check.label})")  # fmt: skip
+        run.run()
+    except Exception as error:  # noqa: BLE001 - a user's recipe may raise anything: the check fails
+        result.error = one_line(error) or f"{type(error).__name__}: {error}"
+    result.seconds = time.perf_counter() - started
+    figures = figures_of(folder) if folder.is_dir() else {}
+    for expectation in check.expectations():
+        got = figures.get(expectation.figure)
+        result.rows.append(Row(expectation.figure, str(expectation), got, expectation.holds(got)))
+    if reference is not None and result.error is None:
+        result.diverged = compare(reference, folder, tolerance)
+    if record_to is not None and result.passed:
+        record(folder, record_to)
+    if result.passed and keep is None:
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        result.run_dir = folder if folder.is_dir() else None
+    return result
+
+
+def _run_folder(keep: Path | None, recipe: str, label: str) -> Path:
+    """Where a check trains: ``keep/<recipe>-<label>`` (new: :func:`prepare_check`), else a new
+    temporary folder."""
+    if keep is None:
+        return Path(tempfile.mkdtemp(prefix=f"fmtk-check-{recipe}-{label}-"))
+    return Path(keep) / f"{recipe}-{label}"
+
+
+def check(
+    recipe: Recipe | str,
+    device: torch.device | str = "cpu",
+    data_dir: Path | str | None = None,
+    *,
+    keep: Path | str | None = None,
+    record_to: Path | str | None = None,
+    against: Path | str | None = None,
+    tolerance: float | None = None,
+) -> list[CheckResult]:
+    """Run every check of ``recipe`` (a :class:`~fmtk.recipe.Recipe`, a bundled recipe's name or a
+    recipe file's path) and return their results; ``record_to`` keeps each run as a golden run
+    there, ``against`` compares each with the golden run there (:mod:`fmtk.regression.golden`).
+
+    Example::
+
+        [result] = fmtk.check("digits_mlp", data_dir="data")
+        assert result.passed, result.failures()
+    """
+    recipe = load_recipe(str(recipe)) if not isinstance(recipe, Recipe) else recipe
+    if not recipe.checks:
+        raise FmtkError(f"recipe {recipe.name} states no check (its check field); see docs/checks.md")
+    results = []
+    for one in recipe.checks:
+        name = f"{recipe.name}-{one.label}"  # of its golden run
+        result = run_check(
+            recipe, one, device, data_dir, keep=None if keep is None else Path(keep), tolerance=tolerance,
+            golden=None if against is None else Path(against) / name,
+            record_to=None if record_to is None else Path(record_to) / name,
+        )  # fmt: skip
+        results.append(result)
+    return results

@@ -1,0 +1,219 @@
+"""fmtk check: a recipe's check trained and judged, its table, JUnit XML and JSON; a check made to
+fail; golden runs recorded and compared (exact on one machine, the first diverging epoch when the
+recipe changed); the pytest plugin on a user's project; and the bad inputs, each one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_line_error, fmtk, tree_snapshot
+
+import fmtk as fmtk_api
+from fmtk.errors import FmtkError
+from fmtk.regression.check import Check
+
+DIGITS = (Path(__file__).parents[1] / "recipes" / "digits_mlp.py").read_text()
+
+
+def user_recipe(folder: Path, name: str = "mydigits", **replace: str) -> Path:
+    """digits_mlp as a user's recipe file ``folder/<name>.py`` with its check, texts replaced."""
+    text = DIGITS.replace('name="digits_mlp"', f'name="{name}"')
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.py"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def run_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """fmtk in ``tmp_path`` with its temporary folders in ``tmp_path/tmp`` (to see what a check leaves)."""
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return fmtk(*args, cwd=tmp_path)
+
+    return run
+
+
+def test_a_check_that_passes_prints_its_table_writes_junit_and_leaves_nothing(tmp_path: Path, run_in) -> None:
+    result = run_in("check", "digits_mlp", "--junit", "report.xml")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = lines.index("recipe      check    figure              expected      got  verdict  seconds")
+    rows = [line.split() for line in lines[header + 1 : header + 4]]
+    assert [row[2] for row in rows] == ["test_accuracy", "last_test_accuracy", "test_loss"]
+    assert all(row[0] == "digits_mlp" and row[1] == "default" and row[6] == "pass" for row in rows)
+    assert lines[-1] == "1 of 1 checks passed"
+    suite = ElementTree.parse(tmp_path / "report.xml").getroot().find("testsuite")
+    assert suite.get("tests") == "1" and suite.get("failures") == "0"
+    [case] = suite.findall("testcase")
+    assert case.get("classname") == "fmtk.check.digits_mlp" and case.find("failure") is None
+    assert not list((tmp_path / "tmp").glob("fmtk-check-*"))  # its run folder went with the pass
+
+
+def test_a_broken_recipe_fails_with_its_row_its_junit_failure_and_its_run_folder_kept(
+    tmp_path: Path, run_in
+) -> None:
+    user_recipe(tmp_path / "recipes", "broken", **{"lr=1e-2": "lr=1e-7"})  # learns nothing in 30 epochs
+    user_recipe(tmp_path / "recipes", "fine")
+    result = run_in("check", "recipes", "--junit", "report.xml", "--json")
+    assert result.returncode == 1, result.stderr
+    results = {entry["recipe"]: entry for entry in json.loads(result.stdout)}
+    assert results["fine"]["passed"] and not results["broken"]["passed"]
+    rows = {row["figure"]: row for row in results["broken"]["rows"]}
+    assert not rows["test_accuracy"]["passed"] and rows["test_accuracy"]["got"] < 0.95
+    kept = Path(results["broken"]["run_dir"])
+    assert kept.parent == tmp_path / "tmp" and (kept / "metrics.json").is_file()
+    suite = ElementTree.parse(tmp_path / "report.xml").getroot().find("testsuite")
+    assert suite.get("tests") == "2" and suite.get("failures") == "1"
+    failure = next(case for case in suite if case.get("classname") == "fmtk.check.broken").find("failure")
+    assert failure.get("message").startswith("test_accuracy 0.") and ", expected >= 0.95" in failure.get(
+        "message"
+    )
+    assert f"run folder: {kept}" in failure.text
+    table = run_in("check", "recipes/broken.py")
+    assert table.returncode == 1
+    assert any(line.split()[:3] == ["broken", "default", "test_accuracy"] and line.split()[-2] == "FAIL"
+               for line in table.stdout.splitlines())  # fmt: skip
+    assert (
+        "broken (default): test_accuracy 0." in table.stdout
+        and "expected >= 0.95 (run folder: " in table.stdout
+    )
+
+
+def test_a_golden_run_is_met_exactly_on_its_machine_and_a_changed_seed_diverges_at_epoch_1(
+    tmp_path: Path, run_in
+) -> None:
+    recipe = user_recipe(tmp_path, "mine")
+    recorded = fmtk("check", str(recipe), "--record", "gold", cwd=tmp_path)
+    assert recorded.returncode == 0, recorded.stderr
+    assert sorted(p.name for p in (tmp_path / "gold" / "mine-default").iterdir()) == [
+        "config.json", "metrics.csv", "metrics.json"
+    ]  # fmt: skip
+    again = fmtk("check", str(recipe), "--against", "gold", "--json", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(again.stdout)[0]["diverged"] is None  # bit for bit: fmtk's CPU runs are deterministic
+    before = tree_snapshot(tmp_path / "gold")
+    assert_one_line_error(fmtk("check", str(recipe), "--record", "gold", cwd=tmp_path),
+                          "gold/mine-default exists; remove it to record again")  # fmt: skip
+    user_recipe(tmp_path, "mine", **{"    log_every=10,": "    log_every=10,\n    seed=1,"})
+    changed = fmtk("check", str(recipe), "--against", "gold", cwd=tmp_path)
+    assert changed.returncode == 1
+    [line] = [line for line in changed.stdout.splitlines() if "differs from the golden run" in line]
+    assert line.startswith("mine (default): differs from the golden run at epoch 1, train_loss: ")
+    assert "(compared exactly: same torch, CPU and threads); the recipe differs: seed 42 → 1" in line
+    assert tree_snapshot(tmp_path / "gold") == before
+
+
+def test_from_python_and_pytest_s_check_recipe(tmp_path: Path, run_in) -> None:
+    [result] = fmtk_api.check("digits_mlp", keep=tmp_path / "kept")
+    assert result.passed and result.run_dir == tmp_path / "kept" / "digits_mlp-default"
+    from fmtk.testing import check_recipe
+
+    failing = user_recipe(tmp_path, "slow_learner", **{"lr=1e-2": "lr=1e-7"})
+    report = check_recipe(failing)
+    assert not report.passed and "slow_learner  default  test_accuracy" in str(report)
+
+
+PLUGIN_PROJECT_TEST = """
+def test_users_own() -> None:
+    assert 1 + 1 == 2
+"""
+
+
+def test_the_pytest_plugin_collects_a_user_s_recipe_folder_beside_their_tests(tmp_path: Path, run_in) -> None:
+    user_recipe(tmp_path / "recipes", "good")
+    user_recipe(tmp_path / "recipes", "bad", **{"lr=1e-2": "lr=1e-7"})
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_own.py").write_text(PLUGIN_PROJECT_TEST)
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests",
+        "--fmtk-recipes",
+        "recipes",
+        "-v",
+        "-p",
+        "no:cacheprovider",
+    ]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stdout
+    assert "test_own.py::test_users_own PASSED" in result.stdout
+    assert "good.py::good[default] PASSED" in result.stdout and "bad.py::bad[default] FAILED" in result.stdout
+    assert any(line.split()[:3] == ["bad", "default", "test_accuracy"] and "FAIL" in line
+               for line in result.stdout.splitlines())  # the failure is the table row  # fmt: skip
+    quick = subprocess.run(
+        [*command, "-m", "not slow"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert quick.returncode == 0 and "2 deselected" in quick.stdout, quick.stdout
+
+
+def golden(config: str) -> dict[str, str]:
+    """The files of a golden run of mydigits' check ``mine`` whose config.json is ``config``."""
+    return {"gold/mine-default/config.json": config, "gold/mine-default/metrics.csv": "",
+            "gold/mine-default/metrics.json": "{}"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args, files, fragments",
+    [
+        (["mine.py"], {"mine.py": ("expect={", 'expect={"test_acuracy": ">= 0.5", ')},
+         ["check default: expects unknown figure 'test_acuracy'; a run gives test_accuracy, test_loss"]),
+        (["mine.py"], {"mine.py": ('">= 0.95", "last', '"about 0.9", "last')},
+         ["expect test_accuracy: 'about 0.9' is not a comparison; write one of >=, <=, >, <, =="]),
+        (["mine.py"], {"mine.py": ("check=Check(", 'check=Check(settings={"hiden": 8}, ')},
+         ["recipe mine, check default: cannot run in its settings: unknown recipe key 'hiden'",
+          "did you mean hidden?"]),
+        (["mine.py", "--against", "gold"], golden('{"name": "digits_mlp"}'),
+         ["gold/mine-default is a golden run of recipe digits_mlp, not mine"]),
+        (["mine.py", "--against", "gold"], golden('{"name": "mine"}'),
+         ["config.json has no 'versions' (an older fmtk wrote it), which the comparison needs"]),
+        (["mine.py", "--against", "nowhere"], {}, ["--against: no golden run nowhere/mine-default"]),
+        (["empty"], {"empty/notes.txt": "no recipes"}, ["empty: a folder without recipe files (*.py)"]),
+        (["mine.py", "--record", "a", "--against", "b"], {}, ["give one of them"]),
+        (["mine.py", "--keep", "kept"], {"kept/mine-default/x": ""}, ["kept/mine-default exists"]),
+    ],
+    ids=["unknown_figure", "bad_comparison", "bad_settings", "other_recipe_golden", "old_golden",
+         "no_golden", "no_recipes", "record_and_against", "kept_exists"],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_trains_nothing(
+    tmp_path: Path, run_in, args: list[str], files: dict[str, object], fragments: list[str]
+) -> None:
+    user_recipe(tmp_path, "mine")
+    for name, content in files.items():
+        path = tmp_path / name
+        if isinstance(content, tuple):
+            text = path.read_text()
+            assert content[0] in text
+            path.write_text(text.replace(content[0], content[1], 1))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
+    before = tree_snapshot(tmp_path)
+    result = run_in("check", *args)
+    assert_one_line_error(result, *fragments)
+    assert "checking" not in result.stdout  # refused before any training
+    assert {
+        name: stamp for name, stamp in tree_snapshot(tmp_path).items() if not name.startswith("tmp")
+    } == before
+
+
+def test_a_check_states_what_it_expects() -> None:
+    with pytest.raises(FmtkError, match="a check expects nothing"):
+        Check(expect={})
+    with pytest.raises(FmtkError, match="epochs must be a whole number >= 1, got 0"):
+        Check(expect={"test_accuracy": ">= 0.5"}, epochs=0)
+    assert [str(e) for e in Check(expect={"epochs_run": "== 17", "test_loss": "<=.2"}).expectations()] == [
+        "== 17", "<= 0.2"
+    ]  # fmt: skip
