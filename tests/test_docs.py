@@ -27,6 +27,7 @@ def test_every_python_example_is_one_a_test_runs() -> None:
     counts = {path.name: len(re.findall(r"```python\n", path.read_text())) for path in DOCUMENTS}
     assert {name: count for name, count in counts.items() if count} == {
         "README.md": 4,
+        "checks.md": 1,
         "deploy.md": 1,
         "handlers.md": 2,
         "python.md": 2,
@@ -113,6 +114,16 @@ def test_writing_a_recipe_example(tmp_path: Path) -> None:
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["name"] == "my_digits" and config["options"] == {"hidden": 128}
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["test"]["best"]["accuracy"] > 0.9
+
+
+def test_checks_python_example_checks_the_readme_recipe(tmp_path: Path) -> None:
+    (tmp_path / "my_recipe.py").write_text(python_block("Writing a recipe"))
+    (tmp_path / "check.py").write_text(python_block("From Python and pytest", 1, ROOT / "docs" / "checks.md"))
+    result = python_script(tmp_path / "check.py", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("True [('test_accuracy', 0.9")
+    cli = fmtk("check", "my_recipe.py", cwd=tmp_path)  # the README's command
+    assert cli.returncode == 0 and cli.stdout.splitlines()[-1] == "1 of 1 checks passed", cli.stdout
 
 
 def test_writing_a_handler_example_stops_at_95_percent(tmp_path: Path) -> None:

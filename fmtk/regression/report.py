@@ -30,8 +30,8 @@ def table_rows(result: CheckResult) -> list[tuple[str, ...]]:
 
 
 def format_table(results: Sequence[CheckResult]) -> str:
-    """Every check's rows as aligned columns, then a line per failure saying why and where its run
-    folder was kept."""
+    """Every check's rows as aligned columns, then a line per failing check saying why and where its
+    run folder was kept, then the count that passed."""
     table = [HEADER, *(row for result in results for row in table_rows(result))]
     widths = [max(len(line[index]) for line in table) for index in range(len(HEADER))]
     right = {"got", "seconds"}
@@ -41,9 +41,9 @@ def format_table(results: Sequence[CheckResult]) -> str:
         for line in table
     ]  # fmt: skip
     for result in results:
-        for why in result.failures():
+        if not result.passed:  # one line per failing check: why, and where its run folder is
             kept = f" (run folder: {result.run_dir})" if result.run_dir is not None else ""
-            lines.append(f"{result.recipe} ({result.check}): {why}{kept}")
+            lines.append(f"{result.recipe} ({result.check}): {'; '.join(result.failures())}{kept}")
     passed = sum(result.passed for result in results)
     lines.append(f"{passed} of {len(results)} checks passed")
     return "\n".join(lines)
