@@ -47,7 +47,7 @@ RECIPES = ("mnist_dnn", "fmnist_dnn", "fmnist_cnn", "catdog_vgg")
 BASIC_EPOCH = "basic-epoch"
 # config.json keys that say how a run was asked for, not what it trained.
 BOOKKEEPING = ("preset", "changed", "speed", "started_from", "head", "processes", "versions", "command",
-               "data_dir", "classes", "device", "skipped_images")  # fmt: skip
+               "data_dir", "classes", "device", "skipped_images", "started")  # fmt: skip
 
 
 def entries(recipe_name: str, catdog_size: int, catdog_epochs: int) -> dict[str, tuple[str | None, dict]]:

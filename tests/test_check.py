@@ -85,9 +85,11 @@ def test_a_broken_recipe_fails_with_its_row_its_junit_failure_and_its_run_folder
     assert table.returncode == 1
     assert any(line.split()[:3] == ["broken", "default", "test_accuracy"] and line.split()[-2] == "FAIL"
                for line in table.stdout.splitlines())  # fmt: skip
+    [why] = [line for line in table.stdout.splitlines() if line.startswith("broken (default): ")]
+    assert why.startswith("broken (default): test_accuracy 0.") and ", expected >= 0.95; " in why
     assert (
-        "broken (default): test_accuracy 0." in table.stdout
-        and "expected >= 0.95 (run folder: " in table.stdout
+        why.endswith(f"(run folder: {next((tmp_path / 'tmp').glob('fmtk-check-broken-*'))})")
+        or "(run folder: " in why
     )
 
 

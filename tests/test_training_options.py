@@ -20,10 +20,12 @@ from fmtk import evaluate as fmtk_evaluate
 from fmtk.cli import cli
 from fmtk.data.augment import Augmentation
 from fmtk.errors import FmtkError
+from fmtk.launcher import check_extension
 from fmtk.lr_finder import longest_decreasing_run, valley_lr
 from fmtk.models import FlipAveraged
 from fmtk.recipe import Preset, apply_overrides, apply_preset
 from fmtk.recipe_loading import load_recipe, recipe_from_config
+from fmtk.runfolder import write_json
 from fmtk.training.evaluation import evaluate
 from fmtk.training.handlers import ema_momentum
 
@@ -105,10 +107,12 @@ def test_a_per_iteration_schedule_is_logged_and_recorded(tmp_path: Path) -> None
     )
 
 
-def test_resume_cannot_stretch_a_per_iteration_schedule() -> None:
+def test_resume_cannot_stretch_a_per_iteration_schedule(tmp_path: Path) -> None:
     config = {**load_recipe("digits_mlp").config(), "schedule": "onecycle", "plateau_patience": None}
-    with pytest.raises(FmtkError, match="onecycle schedule is laid out over its 30 epochs"):
-        recipe_from_config(config, epochs=40)
+    write_json(tmp_path / "config.json", config)
+    with pytest.raises(FmtkError, match="onecycle schedule is laid out over its 30 epochs and cannot be ext"):
+        check_extension(tmp_path, recipe_from_config(config, epochs=40), 40)
+    check_extension(tmp_path, recipe_from_config(config), 30)  # the same epochs: nothing to stretch
 
 
 def test_presets_apply_like_set_and_are_recorded(tmp_path: Path) -> None:
