@@ -35,6 +35,7 @@ from fmtk.training.evaluation import (
     tested_model,
 )
 from fmtk.training.run import Run
+from fmtk.training.start import Start
 
 
 @dataclass
@@ -108,7 +109,7 @@ def fit(
     with held as folder, _ignite_quiet(quiet):
         run = assemble_run(
             recipe,
-            folder,
+            Start.of(folder, device),
             device,
             data_root(data_dir),
             None if quiet else print,

@@ -32,19 +32,17 @@ from fmtk.distributed import (
     under_torchrun,
 )
 from fmtk.errors import FmtkError, Interrupted, one_line
-from fmtk.recipe import PER_ITERATION_SCHEDULES, Recipe, apply_overrides
+from fmtk.recipe import Recipe, apply_overrides
 from fmtk.recipe_loading import recipe_from_config, resolve_recipe
 from fmtk.runfolder import (
-    CONFIG,
-    LAST_EPOCH,
     find_last_checkpoint,
     has_checkpoint,
     read_config,
-    read_results,
     run_folder,
 )
 from fmtk.training.build import assemble_run
 from fmtk.training.engines import SpeedOptions
+from fmtk.training.start import Start, check_epochs_ahead, check_extension, finished_message
 
 
 @dataclass
@@ -120,62 +118,6 @@ def resolve_handler(reference: str | Callable) -> Callable:
     return function
 
 
-def check_epochs_ahead(run_dir: Path, epochs: int | None) -> None:
-    """``--resume --epochs N`` may raise the limit, never put it below the epochs already run."""
-    done = [
-        int(m.group(1))
-        for path in run_dir.glob("last_checkpoint_*.pt")
-        if (m := LAST_EPOCH.fullmatch(path.name))
-    ]
-    if epochs is not None and done and epochs < max(done):
-        raise FmtkError(
-            f"--epochs {epochs}: {run_dir} has already run {max(done)} epochs; give more to go on"
-        )
-
-
-def finished_message(run_dir: Path, recipe: Recipe) -> str | None:
-    """Why a run folder has nothing left to resume, and what trains on from it; or None."""
-    results = read_results(run_dir)
-    if results is None:
-        return None
-    if results.get("stopped_by"):  # a handler's Run.stop
-        return f"{run_dir} is finished: {results['stopped_by']} at epoch {results['epochs_run']}"
-    best = f"its best epoch was {results['best_epoch']}" if "best_epoch" in results else ""
-    if results.get("stopped_early"):
-        return (
-            f"{run_dir} is finished: early stopping ended it at epoch {results['epochs_run']} ({best}); "
-            f"to train on from its best weights, start a new run: {warm_start_command(run_dir)}"
-        )
-    ran, epochs = results.get("epochs_run", 0), recipe.epochs
-    if ran < epochs:
-        return None
-    if recipe.schedule in PER_ITERATION_SCHEDULES:
-        return (
-            f"{run_dir} is finished ({ran} of {epochs} epochs; its {recipe.schedule} schedule ended with "
-            f"them): to train on from its best weights, start a new run: {warm_start_command(run_dir)}"
-        )
-    going_on = f"fmtk run --resume {run_dir} --epochs N (N > {ran})"
-    return f"{run_dir} is finished ({ran} of {epochs} epochs); to go on: {going_on}"
-
-
-def warm_start_command(run_dir: Path) -> str:
-    """The command that trains on from a run that cannot go on itself: a new run with its values,
-    starting from its best checkpoint's weights (``weights=RUN_DIR``, :mod:`fmtk.weights`)."""
-    return f"fmtk run --config {run_dir / CONFIG} --set weights={run_dir} --set epochs=N"
-
-
-def check_extension(run_dir: Path, recipe: Recipe, epochs: int | None) -> None:
-    """``--resume --epochs N`` of a run whose per-step schedule is laid out over its epochs is
-    refused, naming what does train on (:func:`warm_start_command`)."""
-    recorded = read_config(run_dir).get("epochs")
-    if epochs is not None and epochs != recorded and recipe.schedule in PER_ITERATION_SCHEDULES:
-        raise FmtkError(
-            f"--epochs {epochs}: the run's {recipe.schedule} schedule is laid out over its {recorded} epochs "
-            f"and cannot be extended; to train on from its best weights, start a new run: "
-            f"{warm_start_command(run_dir)}"
-        )
-
-
 def train(request: RunRequest, echo: Callable[[str], None] = print) -> None:
     """Carry out ``request`` in as many processes as it asks for. Mistakes raise FmtkError before any
     process starts; Ctrl-C raises :class:`~fmtk.errors.Interrupted` saying how to resume."""
@@ -227,8 +169,9 @@ def _run(
     request: RunRequest, recipe: Recipe, attachers: list[Callable], folder: Path, echo: Callable[[str], None]
 ) -> None:
     """Build the requested run in ``folder`` and train it in this process (one rank, or the only one)."""
-    run = assemble_run(recipe, folder, request.device, request.data_dir, echo, request.checkpoint(),
-                       request.speed, command=request.command, handlers=attachers)  # fmt: skip
+    start = Start.of(folder, request.device, request.checkpoint())
+    run = assemble_run(recipe, start, request.device, request.data_dir, echo, request.speed,
+                       command=request.command, handlers=attachers)  # fmt: skip
     echo(f"run folder: {folder}")  # once it is assembled: a run that cannot start leaves no folder to name
     run.run()
 

@@ -20,7 +20,6 @@ from fmtk import evaluate as fmtk_evaluate
 from fmtk.cli import cli
 from fmtk.data.augment import Augmentation
 from fmtk.errors import FmtkError
-from fmtk.launcher import check_extension
 from fmtk.lr_finder import longest_decreasing_run, valley_lr
 from fmtk.models import FlipAveraged
 from fmtk.recipe import Preset, apply_overrides, apply_preset
@@ -28,6 +27,7 @@ from fmtk.recipe_loading import load_recipe, recipe_from_config
 from fmtk.runfolder import write_json
 from fmtk.training.evaluation import evaluate
 from fmtk.training.handlers import ema_momentum
+from fmtk.training.start import check_extension
 
 
 def test_optimizer_arguments_reach_the_optimizer(tmp_path: Path) -> None:

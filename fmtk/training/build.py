@@ -23,8 +23,8 @@ from fmtk.distributed import broadcast_buffers, is_main_process
 from fmtk.errors import FmtkError
 from fmtk.recipe import Recipe
 from fmtk.recipe_loading import data_root, resolve_recipe
-from fmtk.runfolder import CONFIG, read_config, run_folder
-from fmtk.training.checkpoints import STOP, RandomState, ResumePoint, RunInfo, load_model_weights
+from fmtk.runfolder import run_folder
+from fmtk.training.checkpoints import STOP, RandomState, RunInfo
 from fmtk.training.engines import SpeedOptions, create_evaluator, create_trainer
 from fmtk.training.handlers import (
     RunStop,
@@ -43,6 +43,7 @@ from fmtk.training.parts import Parts, recipe_parts, split_sizes
 from fmtk.training.results import run_config
 from fmtk.training.run import Engines, Logs, Run
 from fmtk.training.schedules import attach_schedule
+from fmtk.training.start import Start
 from fmtk.training.tensorboard import HPARAM_METRICS, attach_tensorboard, hparam_values, write_hparams
 from fmtk.weights import EMA_MODEL
 
@@ -97,8 +98,9 @@ def build_run(
         held = run_folder(run_dir, output_dir=Path(output_dir), recipe_name=recipe.name, reuse=reuse)
         run_dir = folder.enter_context(held)
     try:
-        return assemble_run(recipe, Path(run_dir), device, data_root(data_dir), echo, resume_from, speed,
-                            progress=progress, command=command, folder=folder)  # fmt: skip
+        start = Start.of(Path(run_dir), device, resume_from)
+        return assemble_run(recipe, start, device, data_root(data_dir), echo, speed, progress=progress,
+                            command=command, folder=folder)  # fmt: skip
     except BaseException:
         folder.__exit__(*sys.exc_info())  # the folder's hold removes what was made, then re-raises
         raise
@@ -106,11 +108,10 @@ def build_run(
 
 def assemble_run(
     recipe: Recipe,
-    run_dir: Path,
+    start: Start,
     device: torch.device,
     data_dir: Path,
     echo: Callable[[str], None] | None = print,
-    resume_from: Path | None = None,
     speed: SpeedOptions | None = None,
     *,
     progress: bool | None = None,
@@ -118,25 +119,16 @@ def assemble_run(
     folder: contextlib.AbstractContextManager | None = None,
     handlers: Sequence[Callable[[Run], None]] = (),
 ) -> Run:
-    """The Run of ``recipe`` in ``run_dir``, an existing folder the caller holds
-    (:func:`fmtk.runfolder.run_folder`); ``folder``, that hold, is released when the run ends.
-    The recipe's ``attach`` and then each of ``handlers`` (``--handler`` functions) get the run."""
-    resume = ResumePoint.read(resume_from, device) if resume_from is not None else None
-    restart = resume is None and (run_dir / CONFIG).exists()  # a start that wrote no checkpoint
-
-    def load_weights(model: torch.nn.Module) -> None:  # before the data: a mismatch fails fast
-        load_model_weights(resume.checkpoint, resume.path, recipe.name, model)
-
-    # A resumed run's head (the tensors its starting weights did not give) and the speed options
-    # not given now are the ones it recorded.
-    recorded = read_config(run_dir) if resume is not None else {}
-    head, recorded_speed = tuple(recorded.get("head") or ()), recorded.get("speed", {})
-    if resume is not None:
-        speed = (speed or SpeedOptions()).carried_on(recorded_speed, resume.same_device_type)
-    parts = recipe_parts(recipe, data_dir, device, speed, load_weights if resume is not None else None, head)
+    """The Run of ``recipe`` beginning as ``start`` says (new, again or resumed: :class:`Start`) in
+    its run folder, an existing folder the caller holds (:func:`fmtk.runfolder.run_folder`);
+    ``folder``, that hold, is released when the run ends. The recipe's ``attach`` and then each of
+    ``handlers`` (``--handler`` functions) get the run."""
+    parts = recipe_parts(
+        recipe, data_dir, device, start.speed(speed), start.weights_loader(recipe.name), start.head
+    )
     echo = echo if echo is not None and is_main_process() else _silent
-    changed = resume_changes(resume, recorded_speed, parts) if resume is not None else None
-    lines = [changed, threads_line(parts.speed.threads), skipped_line(parts.data.skipped), parts.started_from]
+    lines = [start.changes(parts), threads_line(parts.speed.threads), skipped_line(parts.data.skipped),
+             parts.started_from]  # fmt: skip
     for line in [*lines, split_sizes(parts)]:
         if line:
             echo(line)
@@ -144,11 +136,9 @@ def assemble_run(
     kept = kept_states(parts, engines)
     if progress is None:
         progress = progress_by_default()
-    logs = attach_handlers(parts, engines, kept, run_dir, echo, progress, resume, restart)
-    config = run_config(parts, run_dir, data_dir, command, carried_on=resume is not None or restart)
-    run = Run(
-        parts, engines, logs, run_dir, config, kept, resume, restart, echo, folder or contextlib.nullcontext()
-    )
+    logs = attach_handlers(parts, engines, kept, start, echo, progress)
+    config = run_config(parts, start, data_dir, command)
+    run = Run(parts, engines, logs, start, config, kept, echo, folder or contextlib.nullcontext())
     try:
         for attach in [recipe.attach] if recipe.attach is not None else []:
             attach(run)
@@ -173,27 +163,6 @@ def skipped_line(skipped: tuple[str, ...]) -> str | None:
         return None
     shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
     return f"skip_bad_images: training without {len(skipped)} undecodable files ({shown}; in config.json)"
-
-
-def resume_changes(resume: ResumePoint, recorded_speed: dict[str, Any], parts: Parts) -> str | None:
-    """One line of what a resumed run does differently from the epochs before (another kind of
-    device, speed options other than those recorded), or None; on CUDA without ``deterministic``
-    also that its epochs will not be bit for bit an uninterrupted run's."""
-    changes = [] if resume.same_device_type else [f"on {parts.device}, not {resume.trained_on}"]
-    for name, value in parts.speed.config().items():
-        if name in recorded_speed and recorded_speed[name] != value:
-            changes.append(f"{name} {value}, not {recorded_speed[name]}")
-    if changes:
-        return (
-            f"resuming {'; '.join(changes)}: the epochs from here on will not be exactly those of an "
-            "uninterrupted run"
-        )
-    if parts.device.type == "cuda" and not parts.speed.deterministic:
-        return (
-            "resuming on CUDA without --deterministic: the epochs from here on will not be bit for bit "
-            "those of an uninterrupted run (cuDNN's autotuning and some kernels' sums differ by process)"
-        )
-    return None
 
 
 def create_engines(parts: Parts) -> Engines:
@@ -259,11 +228,9 @@ def attach_handlers(
     parts: Parts,
     engines: Engines,
     kept: dict[str, Any],
-    run_dir: Path,
+    start: Start,
     echo: Callable[[str], None],
     progress: bool,
-    resume: ResumePoint | None,
-    restart: bool,
 ) -> Logs:
     """The handlers every run gets, keeping the states of those that have one in ``kept``.
 
@@ -293,23 +260,16 @@ def attach_handlers(
     if schedule is not None:
         kept["lr_scheduler"] = schedule
     metrics = engines.metric_names
+    run_dir = start.run_dir
     history = attach_epoch_log(
         trainer, evaluator, engines.optimizer, run_dir if main else None, echo, metrics[2:]
     )
     tensorboard = iterations = None
     if main:
-        epoch, iteration = (resume.epoch, resume.iteration) if resume is not None else (None, 0)
         tensorboard, iterations = attach_tensorboard(
-            trainer,
-            evaluator,
-            engines.optimizer,
-            run_dir,
-            recipe.log_every,
-            0 if restart else epoch,
-            iteration,
-            metrics,
+            trainer, evaluator, engines.optimizer, run_dir, recipe.log_every, start.purge_steps, metrics
         )
-        if resume is None:  # once per run: its values against its final figures
+        if start.point is None:  # once per run: its values against its final figures
             write_hparams(tensorboard.writer, hparam_values(recipe), HPARAM_METRICS)
     return Logs(history, tensorboard, iterations, stopper, schedule)
 

@@ -3,7 +3,6 @@ checkpoints tested, its pictures, metrics.json and the test table."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,33 +10,27 @@ import ignite.distributed as idist
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
-from fmtk.distributed import is_main_process
-from fmtk.runfolder import TOP_LOSSES_CSV, checkpoint_epoch, picture_path, read_config
+from fmtk.runfolder import TOP_LOSSES_CSV, checkpoint_epoch, picture_path
 from fmtk.training.checkpoints import load_model_weights, read_checkpoint
 from fmtk.training.evaluation import Evaluation, evaluate, run_pictures, tested_model, write_top_losses_csv
 from fmtk.training.parts import Parts
+from fmtk.training.start import Start
 from fmtk.version import versions
 from fmtk.weights import evaluated_weights
 
 
-def run_config(
-    parts: Parts, run_dir: Path, data_dir: Path | None, command: str | None, carried_on: bool
-) -> dict[str, Any]:
+def run_config(parts: Parts, start: Start, data_dir: Path | None, command: str | None) -> dict[str, Any]:
     """config.json: the resolved recipe, class names, speed, processes, versions, the data folder,
     the command line that started the run and when (a resumed or restarted run keeps its first)."""
-    started_from = parts.started_from
-    started = datetime.now().astimezone().isoformat(timespec="seconds")
-    if carried_on and is_main_process():
-        first = read_config(run_dir)
-        command, started_from = first.get("command", command), first.get("started_from", started_from)
-        started = first.get("started", started)  # older runs did not record it: from this start on
     config = {**parts.recipe.config(), "classes": parts.data.classes, "speed": parts.speed.config()}
     config["device"] = str(parts.device)
     if parts.data.skipped:  # what skip_bad_images left out
         config["skipped_images"] = list(parts.data.skipped)
-    config["started_from"] = started_from  # what the starting weights gave (fmtk.weights)
+    first = start.first(command, parts.started_from)  # started_from: what the starting weights gave
+    config["started_from"] = first["started_from"]
     config["head"] = list(parts.head)  # and the tensors they did not give
-    config.update(processes=idist.get_world_size(), versions=versions(), command=command, started=started)
+    config.update(processes=idist.get_world_size(), versions=versions(), command=first["command"],
+                  started=first["started"])  # fmt: skip
     if data_dir is not None:  # evaluate and --resume read the same data by default
         config["data_dir"] = str(Path(data_dir).resolve())
     return config

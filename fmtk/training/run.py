@@ -26,12 +26,13 @@ from torch import nn
 
 from fmtk.distributed import is_main_process
 from fmtk.errors import FmtkError
-from fmtk.runfolder import CONFIG, METRICS_JSON, remove_stale_files, truncate_history, write_json
-from fmtk.training.checkpoints import STOP, ResumePoint, attach_checkpoints, check_keepable, restore
+from fmtk.runfolder import CONFIG, METRICS_JSON, write_json
+from fmtk.training.checkpoints import STOP, attach_checkpoints, check_keepable
 from fmtk.training.evaluation import Evaluation
 from fmtk.training.parts import Parts
 from fmtk.training.results import final_results, test_checkpoint, test_table, write_pictures
 from fmtk.training.schedules import CheckpointablePlateau
+from fmtk.training.start import Start
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,9 @@ class Run:
     parts: Parts
     engines: Engines
     logs: Logs
-    run_dir: Path
+    start: Start  # how it begins: new, again or resumed, in its run folder
     config: dict[str, Any]  # what config.json holds, written by prepare()
     kept: dict[str, Any]
-    resume: ResumePoint | None = None
-    restart: bool = False  # the run folder holds a start that wrote no checkpoint: begin again
     echo: Callable[[str], None] = print
     # The run folder's hold (its lock; a failed run's removal), released when run() ends.
     folder: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext, repr=False)
@@ -88,6 +87,7 @@ class Run:
     last_checkpoint: Checkpoint | None = None
     results: dict[str, Any] = field(default_factory=dict)
 
+    run_dir = property(lambda self: self.start.run_dir)
     recipe = property(lambda self: self.parts.recipe)
     device = property(lambda self: self.parts.device)
     model = property(lambda self: self.parts.model)
@@ -149,17 +149,8 @@ class Run:
             self.trainer, self.evaluator, self.run_dir, best_state, self.kept,
             *self.recipe.watched("checkpoint_metric"),
         )  # fmt: skip
-        if self.resume is not None:  # first of all, it checks that both sides name the same states
-            restore(self.kept, self.resume.checkpoint, self.resume.path)
-        epoch = self.resume.epoch if self.resume is not None else 0
-        if is_main_process() and (self.resume is not None or self.restart):
-            self.history[:] = truncate_history(self.run_dir, epoch)  # reads every row before writing
-            remove_stale_files(self.run_dir, self.resume.files() if self.resume is not None else set())
-        if self.resume is not None:
-            self.last_checkpoint.load_state_dict({"_saved": [(epoch, self.resume.path.name)]})
-            self.echo(f"resuming after epoch {epoch} from {self.resume.path.name}")
-        elif self.restart:
-            self.echo(f"{self.run_dir} has no checkpoint yet: starting the run again from the beginning")
+        self.start.resume(self.kept, self.last_checkpoint, self.history, self.echo)
+        epoch = self.start.epoch
         if self.evaluated_model is not self.model:
             self.echo(
                 f"EMA of the weights (decay {self.recipe.ema_decay}): validation, the best checkpoint "

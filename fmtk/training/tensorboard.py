@@ -27,20 +27,20 @@ def attach_tensorboard(
     optimizer: torch.optim.Optimizer,
     run_dir: Path,
     log_every: int,
-    resume_epoch: int | None = None,
-    resume_iteration: int = 0,
+    purge_steps: tuple[int, int] | None = None,
     metric_names: Sequence[str] = ("loss", "accuracy"),
 ) -> tuple[TensorboardLogger, TensorboardLogger]:
     """Log per epoch (epoch as step) train loss, the valid ``metric_names`` and the LR, with train
     and valid loss on one chart ("Custom Scalars" tab); and the train loss and the LR every
     ``log_every`` iterations in the ``iterations/`` sub-run.
 
-    When resuming after ``resume_epoch`` (``resume_iteration``; 0 to start a run again), events of
-    later steps left by the interrupted process are purged (``purge_step``), so no step appears twice.
+    ``purge_steps`` (:attr:`fmtk.training.start.Start.purge_steps`): the first epoch and iteration
+    an interrupted process of this run may have logged and this one logs again; their events are
+    purged (``purge_step``), so no step appears twice.
     """
     for folder in (run_dir, run_dir / ITERATIONS):  # before either writer makes its event file
-        _check_log_folder(folder, resuming=resume_epoch is not None)
-    purge = {"purge_step": resume_epoch + 1} if resume_epoch is not None else {}
+        _check_log_folder(folder, resuming=purge_steps is not None)
+    purge = {"purge_step": purge_steps[0]} if purge_steps is not None else {}
     epochs = TensorboardLogger(log_dir=str(run_dir), **purge)
     epoch = global_step_from_engine(trainer, Events.EPOCH_COMPLETED)
     epochs.attach_output_handler(
@@ -58,7 +58,7 @@ def attach_tensorboard(
         {"losses": {"train and valid loss": ["Multiline", ["train/loss", "valid/loss"]]}}
     )
 
-    purge = {"purge_step": resume_iteration + 1} if resume_epoch is not None else {}
+    purge = {"purge_step": purge_steps[1]} if purge_steps is not None else {}
     iterations = TensorboardLogger(log_dir=str(run_dir / ITERATIONS), **purge)
     points = IterationPoints(iterations.writer, optimizer)
     every_iterations(trainer, log_every, points.keep)
