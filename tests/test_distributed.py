@@ -188,3 +188,21 @@ def test_launch_frees_the_process_group_before_returning(monkeypatch: pytest.Mon
     # and are joined: none is left to take the GIL at exit. The group's own threads only: the
     # count of all threads once moved by one under load, this process running other tests' leftovers.
     assert not _group_threads(_threads()), _threads()
+
+
+@pytest.mark.slow  # several processes, each importing torch
+def test_resume_from_the_best_checkpoint_in_two_processes(tmp_path: Path) -> None:
+    done = fmtk_command(
+        "run", "digits_mlp", "--epochs", "2", "--run-dir", "first", "--device", "cpu", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    [best] = (tmp_path / "first").glob("best_checkpoint_*.pt")
+    options = ["--epochs", "1", "--run-dir", "two", "--nproc-per-node", "2", "--device", "cpu"]
+    again = fmtk_command("run", "--resume", "first", "--checkpoint", "best", *options, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert (
+        again.stdout.count(f"loaded 4 of 4 tensors from {Path('first') / best.name}") == 1
+    )  # rank 0 says it
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["processes"] == 2 and config["weights"] == "first"
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["epochs_run"] == 1

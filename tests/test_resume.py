@@ -399,3 +399,26 @@ def test_an_early_stopped_run_names_its_next_step(tmp_path: Path) -> None:
         finished.returncode == 0 and "early is finished: early stopping ended it at epoch " in finished.stdout
     )
     assert "to train on from its best weights, start a new run: fmtk run --config" in finished.stdout
+
+
+def test_resume_from_the_best_checkpoint_is_a_new_run_that_records_where_it_came_from(tmp_path: Path) -> None:
+    done = fmtk_here("run", "digits_mlp", "--epochs", "3", "--run-dir", "first", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    before = tree_snapshot(tmp_path / "first")
+    [best] = (tmp_path / "first").glob("best_checkpoint_*.pt")
+    again = fmtk_here("run", "--resume", "first", "--checkpoint", "best", "--epochs", "2",
+                      "--run-dir", "from_best", cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert tree_snapshot(tmp_path / "first") == before  # the run it came from is not touched
+    config = json.loads((tmp_path / "from_best" / "config.json").read_text())
+    assert config["weights"] == "first" and config["epochs"] == 2
+    assert config["started_from"] == f"loaded 4 of 4 tensors from {Path('first') / best.name}"
+    assert config["command"].startswith("fmtk run --resume first --checkpoint best")
+    # It starts where the best epoch was: its first epoch's loss is far below a first epoch's from scratch.
+    assert (
+        float(epoch_rows(tmp_path / "from_best")[0]["train_loss"])
+        < 0.5
+        < float(epoch_rows(tmp_path / "first")[0]["train_loss"])
+    )
+    refused = fmtk_here("run", "digits_mlp", "--checkpoint", "best", cwd=tmp_path)
+    assert_one_line_error(refused, "--checkpoint best goes with --resume RUN_DIR")

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from fmtk.cli.group import (
+    check_run_folder,
     cli,
     data_dir_option,
     device_option,
@@ -26,6 +27,9 @@ from fmtk.errors import FmtkError
 @click.option(
     "--resume", type=click.Path(path_type=Path), help="Continue this run folder from its last checkpoint."
 )
+@click.option("--checkpoint", type=click.Choice(["last", "best"]), default="last", show_default=True,
+              help="With --resume: go on from the last checkpoint (every state), or from the best one's "
+              "weights, a new run with its values (config.json records where it came from).")  # fmt: skip
 @click.option("--config", "config", type=click.Path(path_type=Path), metavar="CONFIG_JSON",
               help="Instead of RECIPE: train the recipe of a run's config.json (or run folder) again, "
               "with its values, into a new folder.")  # fmt: skip
@@ -46,6 +50,7 @@ from fmtk.errors import FmtkError
 def run(
     recipe_name: str | None,
     resume: Path | None,
+    checkpoint: str,
     config: Path | None,
     device: str,
     epochs: int | None,
@@ -68,18 +73,25 @@ def run(
 ) -> None:
     """Train RECIPE (a bundled name or a path to a recipe .py file), then test its checkpoints.
 
-    With --resume RUN_DIR instead of RECIPE, continue that run where its last checkpoint left off;
-    with --config RUN_DIR/config.json, train that run's recipe and values again in a new folder.
+    With --resume RUN_DIR instead of RECIPE, continue that run where its last checkpoint left off
+    (with --checkpoint best: a new run from its best checkpoint's weights); with --config
+    RUN_DIR/config.json, train that run's recipe and values again in a new folder.
     """
     from fmtk.device import resolve_device
     from fmtk.launcher import RunRequest, train
     from fmtk.recipe_loading import data_root
+    from fmtk.runfolder import CONFIG
     from fmtk.training.engines import SpeedOptions
 
     if sum(given is not None for given in (recipe_name, resume, config)) != 1:
         raise FmtkError(
             "give a RECIPE or --config CONFIG_JSON to start a run, or --resume RUN_DIR to continue one"
         )
+    if checkpoint == "best":  # a new run: the run's values, from its best checkpoint's weights
+        if resume is None:
+            raise FmtkError("--checkpoint best goes with --resume RUN_DIR")
+        check_run_folder("run --resume", resume)
+        config, resume, settings = resume / CONFIG, None, (*settings, f"weights={resume}")
     request = RunRequest(
         recipe_name=recipe_name, config=config, resume=resume, output_dir=output_dir, run_dir=run_dir,
         data_dir=data_root(data_dir, resume or config), device=resolve_device(device),
