@@ -192,7 +192,7 @@ class Recipe:
             raise FmtkError(f"recipe {self.name}: image_input gave {type(given).__name__}, not ImageInput")
         return given
 
-    def watched(self, field: str) -> tuple[str, str]:
+    def watched(self, field: str) -> Watched:
         """The valid metric and its mode that ``field`` (``early_stopping_metric``,
         ``checkpoint_metric`` or ``plateau_metric``) names: ``"loss"`` → ``("loss", "min")``,
         ``"f1"`` → ``("f1", "max")``, ``"f1:min"`` → ``("f1", "min")`` (without a mode: min for a
@@ -216,11 +216,32 @@ class Recipe:
         }  # fmt: skip
 
 
-def watched_metric(text: str) -> tuple[str, str]:
-    """A watched metric's name and mode: ``"loss"`` → ``("loss", "min")``, ``"f1"`` → ``("f1", "max")``,
-    ``"f1:min"`` → ``("f1", "min")`` (without a mode: min for a name containing "loss", else max)."""
+class Watched(typing.NamedTuple):
+    """A watched valid metric: its ``name`` and ``mode`` (``min`` or ``max``)."""
+
+    name: str
+    mode: str
+
+    @property
+    def column(self) -> str:
+        """Its metrics.csv column: ``valid_<name>``."""
+        return f"valid_{self.name}"
+
+    @property
+    def minimise(self) -> bool:
+        return self.mode == "min"
+
+    def best(self, values: typing.Iterable[float]) -> float:
+        """The best of ``values`` by the mode."""
+        return min(values) if self.minimise else max(values)
+
+
+def watched_metric(text: str) -> Watched:
+    """A watched metric's name and mode, the one place such a text is parsed: ``"loss"`` →
+    ``("loss", "min")``, ``"f1"`` → ``("f1", "max")``, ``"f1:min"`` → ``("f1", "min")`` (without a
+    mode: min for a name containing "loss", else max)."""
     name, _, mode = text.partition(":")
-    return name, mode or ("min" if "loss" in name else "max")
+    return Watched(name, mode or ("min" if "loss" in name else "max"))
 
 
 def _value_problems(recipe: Recipe) -> Iterator[str]:

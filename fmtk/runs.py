@@ -97,9 +97,11 @@ def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
     elif results is None:
         row["state"] = INTERRUPTED
     else:
-        row["state"] = STOPPED_EARLY if results.get("stopped_early") else FINISHED
-        if results.get("stopped_by") == PRUNED:  # by fmtk tune's pruning (Run.stop)
-            row["state"] = PRUNED
+        # Before its epochs: by early stopping, or by a handler's Run.stop (fmtk tune's pruning).
+        stopped = results.get("stopped_early") or results.get("stopped_by")
+        row["state"] = (
+            PRUNED if results.get("stopped_by") == PRUNED else STOPPED_EARLY if stopped else FINISHED
+        )
     return row
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 import torch
@@ -394,6 +395,16 @@ def test_an_early_stopped_run_names_its_next_step(tmp_path: Path) -> None:
     diverging = ["--epochs", "8", "--set", "early_stopping_patience=1", "--set", "lr=2"]  # stops by epoch 4
     done = fmtk_here("run", "digits_mlp", *diverging, "--run-dir", "early", cwd=tmp_path)
     assert done.returncode == 0 and "early stopping:" in done.stdout, done.stderr
+    results = json.loads((tmp_path / "early" / "metrics.json").read_text())
+    assert results["stopped_early"] is True and results["stopped_by"] is None
+    # The decision is in the last checkpoint: a kill after it, before testing, resumes to no more epochs.
+    [last] = (tmp_path / "early").glob("last_checkpoint_*.pt")
+    stop = torch.load(last, weights_only=True)["stop"]
+    assert stop == {"reason": "early stopping", "epoch": results["epochs_run"]}
+    (tmp_path / "early" / "metrics.json").unlink()
+    tested = fmtk_here("run", "--resume", "early", cwd=tmp_path)
+    assert tested.returncode == 0 and "train_loss" not in tested.stdout, tested.stdout  # no epoch trained
+    assert json.loads((tmp_path / "early" / "metrics.json").read_text()) == {**results, "train_seconds": ANY}
     finished = fmtk_here("run", "--resume", "early", cwd=tmp_path)
     assert (
         finished.returncode == 0 and "early is finished: early stopping ended it at epoch " in finished.stdout

@@ -97,6 +97,7 @@ def test_a_search_runs_its_trials_as_runs_prunes_a_hopeless_one_and_names_the_be
 
     metrics = [json.loads((study / f"trial_00{n}" / "metrics.json").read_text()) for n in range(4)]
     assert metrics[1]["stopped_by"] == "pruned" and metrics[1]["epochs_run"] == 1
+    assert metrics[1]["stopped_early"] is False  # pruned, not early-stopped: RunStop says which
     assert metrics[0]["stopped_by"] is None and metrics[2]["stopped_by"] is None
     assert epoch_rows(study / "trial_000") == epoch_rows(study / "trial_002")  # same values, same run
     assert "pruned after epoch 1: valid accuracy" in result.stdout

@@ -252,8 +252,9 @@ def attach_handlers(
     attach_validation(trainer, evaluator, data.valid)
     stopper = None
     if recipe.early_stopping_patience is not None:
+        watched = recipe.watched("early_stopping_metric")
         stopper = attach_early_stopping(
-            trainer, evaluator, recipe.early_stopping_patience, *recipe.watched("early_stopping_metric"), echo
+            trainer, evaluator, recipe.early_stopping_patience, *watched, echo, kept[STOP]
         )
         kept["early_stopping"] = stopper
     schedule = attach_schedule(recipe, trainer, evaluator, engines.optimizer, len(data.train))

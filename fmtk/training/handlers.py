@@ -50,14 +50,35 @@ def every_iterations(trainer: Engine, every: int, handler: Callable[[Engine], No
     _EVERY[trainer].handlers.append((every, handler))
 
 
+EARLY_STOPPING = "early stopping"  # RunStop's reason when early stopping ended training
+
+
 class RunStop:
-    """Why a handler ended training before its epochs (:meth:`~fmtk.training.run.Run.stop`), kept in
-    the last checkpoint: a stopped run that is resumed tests its checkpoints instead of training on
-    (Ignite's ``terminate()`` alone is forgotten by a resume)."""
+    """Why training ended before its epochs, the one record of it, kept in the last checkpoint:
+    ``reason`` is ``"early stopping"`` or what a handler gave :meth:`~fmtk.training.run.Run.stop`
+    (e.g. ``"pruned"``), and ``epoch`` when; None while training goes on. A stopped run that is
+    resumed tests its checkpoints instead of training on (Ignite's ``terminate()`` alone is
+    forgotten by a resume); metrics.json, ``fmtk runs`` and ``--resume`` read it from here."""
 
     def __init__(self) -> None:
         self.reason: str | None = None
         self.epoch: int | None = None
+
+    def record(self, reason: str, epoch: int) -> None:
+        self.reason, self.epoch = reason, epoch
+
+    @property
+    def ended(self) -> bool:
+        return self.reason is not None
+
+    @property
+    def early_stopped(self) -> bool:
+        return self.reason == EARLY_STOPPING
+
+    @property
+    def by_handler(self) -> str | None:
+        """The reason a handler gave (metrics.json's ``stopped_by``); None for early stopping."""
+        return None if self.early_stopped else self.reason
 
     def state_dict(self) -> dict[str, Any]:
         return {"reason": self.reason, "epoch": self.epoch}
@@ -128,17 +149,25 @@ def attach_early_stopping(
     metric: str = "loss",
     mode: str = "min",
     echo: Callable[[str], None] = print,
+    stop: RunStop | None = None,
 ) -> EarlyStopping:
     """Stop ``trainer`` when the valid ``metric`` has not improved (``mode`` min or max) for
-    ``patience`` validations, and say so in one line."""
+    ``patience`` validations, record it in ``stop`` (the run's :class:`RunStop`, before the epoch's
+    checkpoint is written) and say so in one line."""
+    stop = stop if stop is not None else RunStop()
     stopper = EarlyStopping(patience, lambda engine: engine.state.metrics[metric], trainer, mode=mode)
     stopper.logger.setLevel(logging.WARNING)  # its INFO "EarlyStopping: Stop training" goes to stderr
     # Not stopper.attach(evaluator): that resets the counter on every evaluation, so it never stops.
     evaluator.add_event_handler(Events.COMPLETED, stopper)
 
+    @evaluator.on(Events.COMPLETED)
+    def record(_: Engine) -> None:
+        if stopper.counter >= stopper.patience and not stop.ended:
+            stop.record(EARLY_STOPPING, trainer.state.epoch)
+
     @trainer.on(Events.TERMINATE)
     def say_why(engine: Engine) -> None:
-        if stopper.counter >= stopper.patience:
+        if stop.early_stopped:
             echo(
                 f"early stopping: valid {metric} has not improved for {patience} epochs; "
                 f"stopped after epoch {engine.state.epoch}"

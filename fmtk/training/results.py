@@ -13,6 +13,7 @@ from torch.utils.tensorboard import SummaryWriter
 from fmtk.runfolder import TOP_LOSSES_CSV, checkpoint_epoch, picture_path
 from fmtk.training.checkpoints import load_model_weights, read_checkpoint
 from fmtk.training.evaluation import Evaluation, evaluate, run_pictures, tested_model, write_top_losses_csv
+from fmtk.training.handlers import RunStop
 from fmtk.training.parts import Parts
 from fmtk.training.start import Start
 from fmtk.version import versions
@@ -64,13 +65,15 @@ def final_results(
     tested: dict[str, tuple[Path, Evaluation]],
     epochs_run: int,
     seconds: float,
-    stopped_by: str | None = None,
+    stop: RunStop | None = None,
 ) -> dict[str, Any]:
     """What metrics.json holds: the run's figures per epoch summed up and the test figures of the
-    ``best`` and ``last`` checkpoints (``tested``: their paths and evaluations); ``stopped_by``:
-    the reason a handler gave :meth:`~fmtk.training.run.Run.stop`."""
+    ``best`` and ``last`` checkpoints (``tested``: their paths and evaluations); ``stop``: why
+    training ended before its epochs (``stopped_early``: early stopping; ``stopped_by``: the reason
+    a handler gave :meth:`~fmtk.training.run.Run.stop`)."""
+    stop = stop if stop is not None else RunStop()
     recipe = parts.recipe
-    name, mode = recipe.watched("checkpoint_metric")
+    watched = recipe.watched("checkpoint_metric")
     best_path = tested["best"][0]
     # The best checkpoint's own epoch (its file name): right also when metrics.csv lost rows.
     best_epoch = checkpoint_epoch(best_path)
@@ -83,11 +86,11 @@ def final_results(
         "best_epoch": best_epoch,
         "best_valid_accuracy": max((row["valid_accuracy"] for row in history), default=None),
         "best_checkpoint_metric": {
-            "name": f"valid_{name}", "mode": mode, "value": rows[0][f"valid_{name}"] if rows else None
+            "name": watched.column, "mode": watched.mode, "value": rows[0][watched.column] if rows else None
         },
         "epochs_run": epochs_run,
-        "stopped_early": epochs_run < recipe.epochs,
-        "stopped_by": stopped_by,
+        "stopped_early": stop.early_stopped,
+        "stopped_by": stop.by_handler,
         "train_seconds": round(seconds, 2),
         "checkpoints": {which: path.name for which, (path, _) in tested.items()},
         "test": {

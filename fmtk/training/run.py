@@ -118,22 +118,20 @@ class Run:
 
     @property
     def training_done(self) -> bool:
-        """True once the epoch limit is reached or early stopping has decided to stop."""
-        stopper = self.early_stopping
-        stopped = stopper is not None and stopper.counter >= stopper.patience
-        return self.trainer.state.epoch >= self.recipe.epochs or stopped or self.stopped_by is not None
+        """True once the epoch limit is reached or training was stopped (early stopping, :meth:`stop`)."""
+        return self.trainer.state.epoch >= self.recipe.epochs or self.kept[STOP].ended
 
     @property
     def stopped_by(self) -> str | None:
         """The reason given to :meth:`stop`, also after a resume; None when no handler stopped the run."""
-        return self.kept[STOP].reason
+        return self.kept[STOP].by_handler
 
     def stop(self, reason: str) -> None:
         """End training after the current epoch (its checkpoints are still written), for ``reason``
         (e.g. ``"pruned"``), then test the checkpoints as usual. Unlike ``trainer.terminate()``
         alone, the decision is kept: metrics.json says ``stopped_by`` and ``--resume`` does not
         train on. Call it from a handler of a training epoch (e.g. the evaluator's COMPLETED)."""
-        self.kept[STOP].reason, self.kept[STOP].epoch = reason, self.trainer.state.epoch
+        self.kept[STOP].record(reason, self.trainer.state.epoch)
         self.echo(f"stopped after epoch {self.trainer.state.epoch}: {reason}")
         self.trainer.terminate()
 
@@ -204,7 +202,7 @@ class Run:
             for which, result in [("best", best), ("last", last)]:
                 self.tensorboard.writer.add_scalar(f"test/{which}_accuracy", result.accuracy, epoch)
         tested = {"best": (best_path, best), "last": (last_path, last)}
-        return final_results(self.parts, self.history, tested, epoch, seconds, self.stopped_by)
+        return final_results(self.parts, self.history, tested, epoch, seconds, self.kept[STOP])
 
     @contextlib.contextmanager
     def _disk_full_as_one_line(self) -> Iterator[None]:

@@ -26,8 +26,9 @@ from fmtk.runfolder import (
     remove_stale_files,
     truncate_history,
 )
-from fmtk.training.checkpoints import ResumePoint, load_model_weights, restore
+from fmtk.training.checkpoints import STOP, ResumePoint, load_model_weights, restore
 from fmtk.training.engines import SpeedOptions
+from fmtk.training.handlers import EARLY_STOPPING
 
 if TYPE_CHECKING:
     from fmtk.training.parts import Parts
@@ -129,6 +130,9 @@ class Start:
         point = self.point
         if point is not None:
             restore(kept, point.checkpoint, point.path)
+            stopper, stop = kept.get("early_stopping"), kept[STOP]
+            if stopper is not None and stopper.counter >= stopper.patience and not stop.ended:
+                stop.record(EARLY_STOPPING, self.epoch)  # a checkpoint of a release before RunStop held it
         if is_main_process() and self.kind != NEW:
             history[:] = truncate_history(self.run_dir, self.epoch)  # reads every row before writing
             remove_stale_files(self.run_dir, point.files() if point is not None else set())

@@ -65,10 +65,10 @@ def study_result(study: optuna.Study, folder: Path, recipe: str, metric: str) ->
             warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning
             found = optuna.importance.get_param_importances(study)
         importances = {key: round(value, 4) for key, value in found.items()}
-    name, mode = watched_metric(metric)
+    watched = watched_metric(metric)
     searched = {key: _scale(spread) for key, spread in best.distributions.items()}
-    return StudyResult(recipe, Path(folder), f"valid_{name}", best.number, best.value, values, best_run, rows,
-                       importances, mode == "min", searched)  # fmt: skip
+    return StudyResult(recipe, Path(folder), watched.column, best.number, best.value, values, best_run, rows,
+                       importances, watched.minimise, searched)  # fmt: skip
 
 
 def _scale(distribution: optuna.distributions.BaseDistribution) -> str:

@@ -146,7 +146,7 @@ def checked_request(request: StudyRequest) -> StudyRequest:
         for text in request.tries
     ]
     metrics = ["loss", "accuracy", *recipe.make_metrics()]
-    name = watched_metric(request.metric)[0]
+    name = watched_metric(request.metric).name
     if name not in metrics or not WATCH.fullmatch(request.metric):
         raise FmtkError(
             f"--metric {request.metric}: not a validation metric of {recipe.name} ({', '.join(metrics)}), "
@@ -186,7 +186,7 @@ def _resumed_request(folder: Path, trials: int | None) -> StudyRequest:
 
 def _open_study(folder: Path, request: StudyRequest, create: bool) -> optuna.Study:
     storage = _storage(folder)
-    direction = "minimize" if watched_metric(request.metric)[1] == "min" else "maximize"
+    direction = "minimize" if watched_metric(request.metric).minimise else "maximize"
     if create:
         study = optuna.create_study(
             study_name=STUDY_NAME, storage=storage, direction=direction, pruner=request.pruning.pruner()
@@ -248,7 +248,7 @@ def _train_trial(
     run_dir = trial_folder(folder, number)
     # A trial's storage id (Optuna's Trial(study, id) needs it) is only on its private _trial_id.
     reporting = TrialReporting(
-        _storage(folder), STUDY_NAME, trial._trial_id, watched_metric(request.metric)[0], request.pruning
+        _storage(folder), STUDY_NAME, trial._trial_id, watched_metric(request.metric).name, request.pruning
     )
     trial_run = replace(run, handlers=(*run.handlers, reporting), overrides={}, preset=None, resume=None)
     if resume and (run_dir / CONFIG).is_file():
@@ -276,13 +276,14 @@ def _train_trial(
         return
     results = read_results(run_dir) or {}
     rows, _ = read_history(run_dir)
-    column = f"valid_{watched_metric(request.metric)[0]}"
+    watched = watched_metric(request.metric)
+    column = watched.column
     values = [row[column] for row in rows]
     if results.get("stopped_by") == PRUNED:
         study.tell(number, state=TrialState.PRUNED)
         echo(f"trial {number}: pruned after epoch {results['epochs_run']}")
         return
-    best = min(values) if watched_metric(request.metric)[1] == "min" else max(values)
+    best = watched.best(values)
     study.tell(number, best)
     leader = study.best_trial
     echo(f"trial {number}: best {column} {best:.4f} (best so far: trial {leader.number}, {leader.value:.4f})")
