@@ -236,7 +236,7 @@ def attach_handlers(
 
     Order matters: each EPOCH_COMPLETED handler sees what the earlier ones left (bar closed,
     validation metrics, early stopping and plateau decisions); the checkpoints come last, in
-    :meth:`Run.prepare`.
+    :meth:`Run.prepare`. The whole order is one table, :data:`fmtk.training.order.ORDER`.
     """
     recipe, data, trainer, evaluator = parts.recipe, parts.data, engines.trainer, engines.evaluator
     _check_watched_metrics(recipe, engines.metric_names)
@@ -245,10 +245,16 @@ def attach_handlers(
         attach_progress(trainer)
     attach_nonfinite_guard(trainer, recipe.log_every)
     if hasattr(data.train, "set_epoch"):  # each epoch's order (and shard) from (seed, epoch)
-        trainer.add_event_handler(
-            Events.EPOCH_STARTED, lambda trainer: data.train.set_epoch(trainer.state.epoch)
-        )
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: broadcast_buffers(parts.model))
+
+        def order_epoch(trainer: Engine) -> None:
+            data.train.set_epoch(trainer.state.epoch)
+
+        trainer.add_event_handler(Events.EPOCH_STARTED, order_epoch)
+
+    def share_buffers(_: Engine) -> None:
+        broadcast_buffers(parts.model)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, share_buffers)
     attach_validation(trainer, evaluator, data.valid)
     stopper = None
     if recipe.early_stopping_patience is not None:

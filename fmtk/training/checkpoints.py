@@ -184,7 +184,11 @@ def attach_checkpoints(
     kept["best_checkpoint"] = best
     last = Checkpoint(kept, saver, filename_prefix=LAST, n_saved=1, global_step_transform=epoch)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, last)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: saver.flush_removals())
+
+    def flush_removals(_: Engine) -> None:
+        saver.flush_removals()
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, flush_removals)
     return best, last
 
 

@@ -132,14 +132,20 @@ def attach_gradient_clipping(trainer: Engine, model: nn.Module, max_norm: float)
     and the optimizer's step; under ``16-mixed`` after unscaling). No host sync: torch clamps the
     scale factor on the device."""
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    trainer.add_event_handler(
-        StepEvents.BACKWARD_COMPLETED, lambda _: nn.utils.clip_grad_norm_(parameters, max_norm, foreach=True)
-    )
+
+    def clip(_: Engine) -> None:
+        nn.utils.clip_grad_norm_(parameters, max_norm, foreach=True)
+
+    trainer.add_event_handler(StepEvents.BACKWARD_COMPLETED, clip)
 
 
 def attach_validation(trainer: Engine, evaluator: Engine, valid_data: Any) -> None:
     """Run ``evaluator`` on the valid split after every training epoch."""
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run(valid_data))
+
+    def validate(_: Engine) -> None:
+        evaluator.run(valid_data)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, validate)
 
 
 def attach_early_stopping(
