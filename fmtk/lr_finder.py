@@ -24,10 +24,10 @@ import torch
 from ignite.handlers import FastaiLRFinder
 
 from fmtk.errors import FmtkError
+from fmtk.optimizers import create_optimizer
 from fmtk.pictures import curve_picture
 from fmtk.recipe import Recipe
 from fmtk.training.build import create_run_trainer
-from fmtk.training.optimizers import create_optimizer
 from fmtk.training.parts import recipe_parts
 
 VALLEY = "valley"  # the rule that makes LRFinding.suggestion, as the command and the picture name it

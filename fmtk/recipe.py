@@ -18,8 +18,8 @@ from torch import nn
 from fmtk.data.batches import DataSplits
 from fmtk.data.image_input import ImageInput
 from fmtk.errors import FmtkError, user_code_line
+from fmtk.optimizers import optimizer_problems
 from fmtk.regression.check import Check, recipe_checks
-from fmtk.training.optimizers import optimizer_problems
 from fmtk.values import argument_value, parse_option, parse_value, typed
 
 SCHEDULES = ("plateau", "onecycle", "cosine", "none")

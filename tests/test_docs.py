@@ -175,3 +175,59 @@ def test_tuning_python_example(tmp_path: Path) -> None:
     assert (first["lr"], first["options"]["hidden"]) == (0.01, 64)  # the try: the recipe's own values
     lines = done.stdout.splitlines()
     assert lines[0].startswith("{'lr': ") and len(lines) == 1 + 3
+
+
+def import_floors(package: Path) -> dict[str, int]:
+    """Each module of ``package`` (dotted, without the package's name) and its floor: 0 when it
+    imports no other module of the package, else one above the highest it imports (imports inside
+    functions and for type hints count too)."""
+    import ast
+
+    modules = {}
+    for path in package.rglob("*.py"):
+        parts = list(path.relative_to(package.parent).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def resolve(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    imports: dict[str, set[str]] = {module: set() for module in modules}
+    for module, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
+            imports[module] |= {
+                found for name in names if (found := resolve(name)) not in (None, module, "fmtk")
+            }
+    floors: dict[str, int] = {}
+
+    def floor(module: str) -> int:
+        if module not in floors:
+            floors[module] = 1 + max((floor(other) for other in imports[module]), default=-1)
+        return floors[module]
+
+    return {module.removeprefix(f"{package.name}."): floor(module) for module in modules}
+
+
+def test_the_architecture_page_s_import_floors_are_the_code_s() -> None:
+    floors = import_floors(ROOT / "fmtk")
+    packages = {
+        "fmtk",
+        "training",
+        "data",
+        "regression",
+        "cli",
+        "recipes",
+        "__main__",
+    }  # re-exports, entry points
+    rows = {}
+    for module, floor in floors.items():
+        if module not in packages and not module.startswith("recipes."):
+            rows.setdefault(floor, []).append(module)
+    table = "\n".join(
+        f"| {floor} | " + ", ".join(f"`{m}`" for m in sorted(rows[floor])) + " |" for floor in sorted(rows)
+    )
+    assert table in (ROOT / "docs" / "architecture.md").read_text()

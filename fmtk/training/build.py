@@ -21,6 +21,7 @@ from ignite.handlers import EMAHandler
 from fmtk.device import resolve_device, threads_by_default
 from fmtk.distributed import broadcast_buffers, is_main_process
 from fmtk.errors import FmtkError
+from fmtk.optimizers import create_optimizer
 from fmtk.recipe import Recipe
 from fmtk.recipe_loading import data_root, resolve_recipe
 from fmtk.runfolder import run_folder
@@ -38,7 +39,6 @@ from fmtk.training.handlers import (
     attach_validation,
     progress_by_default,
 )
-from fmtk.training.optimizers import create_optimizer
 from fmtk.training.parts import Parts, recipe_parts, split_sizes
 from fmtk.training.results import run_config
 from fmtk.training.run import Engines, Logs, Run

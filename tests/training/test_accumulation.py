@@ -15,11 +15,11 @@ from ignite.handlers import EMAHandler
 from torch import nn
 
 from fmtk.distributed import launch
+from fmtk.optimizers import create_optimizer
 from fmtk.training import accumulation
 from fmtk.training.build import build_run
 from fmtk.training.engines import SpeedOptions, StepEvents, create_trainer
 from fmtk.training.handlers import attach_ema, ema_momentum
-from fmtk.training.optimizers import create_optimizer
 from fmtk.training.schedules import attach_lr_schedule
 
 CPU = torch.device("cpu")

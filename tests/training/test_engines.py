@@ -15,12 +15,12 @@ from torch import nn
 
 from fmtk.device import resolve_device, threads_by_default
 from fmtk.errors import FmtkError
+from fmtk.optimizers import create_optimizer
 from fmtk.recipe import apply_overrides
 from fmtk.recipe_loading import load_recipe
 from fmtk.training.build import build_run
 from fmtk.training.checkpoints import read_checkpoint
 from fmtk.training.engines import SpeedOptions, StepEvents, create_trainer
-from fmtk.training.optimizers import create_optimizer
 
 CPU = torch.device("cpu")
 

@@ -16,11 +16,11 @@ from torch import nn
 
 from fmtk.data.batches import DataSplits
 from fmtk.data.mixing import BatchMixer, Mixing
+from fmtk.optimizers import create_optimizer
 from fmtk.recipe import apply_overrides
 from fmtk.recipe_loading import load_recipe
 from fmtk.training.build import build_run
 from fmtk.training.engines import SpeedOptions, create_trainer
-from fmtk.training.optimizers import create_optimizer
 from fmtk.training.parts import training_loss, training_mix
 
 CPU = torch.device("cpu")
