@@ -106,39 +106,30 @@ def tune(
     sampler, each trial an ordinary run folder in the study folder, hopeless ones pruned; at the end
     the best values, best.json and a picture. --resume STUDY_DIR goes on after a kill."""
     from fmtk.tuning import require_optuna
+    from fmtk.tuning import tune as tune_recipe
 
     require_optuna()
-    from fmtk.device import resolve_device
-    from fmtk.launcher import RunRequest
     from fmtk.training.engines import SpeedOptions
-    from fmtk.tuning.pruning import Pruning
-    from fmtk.tuning.study import StudyRequest, tune_study
 
     if (recipe_name is None) == (resume is None):
         raise FmtkError("give a RECIPE to start a study, or --resume STUDY_DIR to go on with one")
-    request = None
     if resume is not None:
         given = [name for name, value in (("--space", spaces), ("--try", tries), ("--set", settings),
                  ("--preset", preset), ("--study-dir", study_dir)) if value]  # fmt: skip
         if given:
             raise FmtkError(f"--resume keeps the study's search; {', '.join(given)} cannot change it")
-        if trials is not None:
-            request = StudyRequest("", {}, trials)  # only its number of trials is read
-    else:
-        if trials is None:
-            raise FmtkError("--trials N: how many trials to run")
-        space = dict(_key_and_spec(text) for text in spaces)
-        if len(space) != len(spaces):
-            raise FmtkError("--space: a key is given twice")
-        command = shlex.join(["fmtk", *sys.argv[1:]])
-        pruning = Pruning(prune, prune_after, prune_warmup)
-        request = StudyRequest(recipe_name, space, trials, metric, preset, parse_settings(settings),
-                               list(tries), pruning, command=command)  # fmt: skip
-    speed = SpeedOptions(precision, channels_last, compile_model, deterministic, threads)
-    run = RunRequest(device=resolve_device(device), speed=speed, handlers=handlers,
-                     nproc_per_node=nproc_per_node, backend=backend)  # fmt: skip
-    tune_study(request, resume=resume, study_dir=study_dir, output_dir=output_dir, run=run, data_dir=data_dir,
-               echo=click.echo)  # fmt: skip
+    space = dict(_key_and_spec(text) for text in spaces)
+    if len(space) != len(spaces):
+        raise FmtkError("--space: a key is given twice")
+    tune_recipe(
+        recipe_name, trials=trials, space=space, metric=metric, prune=prune, prune_after=prune_after,
+        prune_warmup=prune_warmup, tries=list(tries), preset=preset, resume=resume, study_dir=study_dir,
+        output_dir=output_dir, device=device, data_dir=data_dir,
+        speed=SpeedOptions(precision, channels_last, compile_model, deterministic, threads),
+        nproc_per_node=nproc_per_node, backend=backend, handlers=handlers,
+        command=shlex.join(["fmtk", *sys.argv[1:]]) if recipe_name is not None else None,
+        **parse_settings(settings),
+    )  # fmt: skip
 
 
 def _key_and_spec(text: str) -> tuple[str, str]:

@@ -54,18 +54,30 @@ def tune(
     data_dir: Path | str | None = None,
     speed: SpeedOptions | None = None,
     nproc_per_node: int = 1,
+    backend: str | None = None,
     handlers: Sequence[str | Callable] = (),
     quiet: bool = False,
+    command: str | None = None,
     **overrides: Any,
 ) -> StudyResult:
     """Search ``space`` (``{key: "loguniform:1e-3:1"}``; a list is a choice) for the values of
     ``recipe`` (a bundled name or a recipe file) with the best valid ``metric``, in ``trials``
     ordinary runs, each pruned when hopeless (``prune``, after ``prune_after`` finished trials and
     never in a trial's first ``prune_warmup`` epochs); ``tries``: values to try first (e.g. the
-    recipe's own). ``resume``: a study folder to go on with (``trials``: its new total).
-    ``overrides`` set recipe values for every trial, as in :func:`fmtk.fit`.
+    recipe's own; a mapping, or ``"key=value,key=value"`` text). ``resume``: a study folder to go on
+    with (``trials``: its new total). ``overrides`` set recipe values for every trial, as in
+    :func:`fmtk.fit` (``--set`` text is parsed). ``fmtk tune`` is this function.
 
-    Returns the best values and the table of trials (:class:`~fmtk.tuning.report.StudyResult`).
+    Args:
+        recipe: a bundled recipe's name or a recipe file (each trial loads it again).
+        trials: the trials to end (complete, pruned or failed); with ``resume``, the new total.
+        space: the values to search, ``{key: spec}``.
+        metric: the valid metric to optimise (``name``, ``name:min`` or ``name:max``).
+        device, data_dir, speed, nproc_per_node, backend, handlers: as for ``fmtk run``.
+        quiet: print nothing; command: the command line recorded (``fmtk tune`` gives its own).
+
+    Returns:
+        The best values and the table of trials (:class:`~fmtk.tuning.report.StudyResult`).
     """
     require_optuna()
     from fmtk.device import resolve_device
@@ -83,18 +95,18 @@ def tune(
         raise FmtkError(f"speed={speed!r}: expected a fmtk.SpeedOptions")
     request = None
     if recipe is not None:
-        if trials is None or not space:
-            raise FmtkError("a new study needs trials= and space=")
+        if trials is None:
+            raise FmtkError("--trials N (trials=): how many trials to run")
         request = StudyRequest(
             str(recipe),
-            dict(space),
+            dict(space or {}),
             trials,
             metric,
             preset,
             dict(overrides),
             list(tries),
             Pruning(prune, prune_after, prune_warmup),
-            command=None,
+            command=command,
         )
     elif trials is not None:
         request = StudyRequest("", {}, trials)  # only its number of trials is read
@@ -103,6 +115,7 @@ def tune(
         speed=speed or SpeedOptions(),
         handlers=tuple(handlers),
         nproc_per_node=nproc_per_node,
+        backend=backend,
     )
     return tune_study(
         request,
