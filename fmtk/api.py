@@ -94,7 +94,15 @@ def fit(
         preset: one of the recipe's named presets (``fmtk list`` shows them), before ``overrides``.
         overrides: recipe values, checked like ``--set`` (``epochs=3, lr=0.05, variant="basic"``).
 
+    Returns:
+        A :class:`Result`: the run folder, the epochs' rows, the test figures and the model.
+
     A run stopped by an error or Ctrl-C before its first checkpoint leaves no run folder behind.
+
+    Example::
+
+        result = fmtk.fit("digits_mlp", epochs=3, device="cpu")
+        result.test["best"]["accuracy"]
     """
     given = {"preset": preset} if preset is not None else {}
     shown = f"Recipe(name={recipe.name!r}, ...)" if isinstance(recipe, Recipe) else repr(str(recipe))
@@ -149,13 +157,22 @@ def evaluate(
     device: torch.device | str = "auto",
 ) -> Evaluation:
     """Loss, accuracy, the recipe's metrics, per-class precision/recall/F1 and the confusion matrix
-    of a run's checkpoint (``best``, ``last`` or a path) on a split (``test`` or ``valid``) of its
-    data (``data_dir``: by default the run's own), or on every photo of a labelled ``folder``
-    (class folders, or split folders of class folders; photos that cannot be read are left out:
-    ``fmtk evaluate --folder`` lists them).
+    of a run's checkpoint on a split of its data or on every photo of a new labelled folder.
 
-    ``recipe``: the recipe object the run was made with, needed when fmtk cannot load it again
-    (one made in Python, e.g. with a lambda model); the run's values are applied to it.
+    Args:
+        run_dir: the run folder.
+        recipe: the recipe object the run was made with, needed when fmtk cannot load it again
+            (one made in Python, e.g. with a lambda model); the run's values are applied to it.
+        checkpoint: ``best``, ``last`` or a checkpoint's path.
+        split: ``test`` or ``valid``.
+        data_dir: the data root (default: the one the run trained on).
+        folder: instead of a split, every photo of a labelled folder (class folders, or split
+            folders of class folders); photos that cannot be read are left out
+            (``fmtk evaluate --folder`` lists them).
+        device: where to evaluate (``auto``, ``cpu``, ``cuda``…).
+
+    Returns:
+        An :class:`~fmtk.training.evaluation.Evaluation` (``table()``, ``picture(title)``, ``per_class()``).
     """
     if folder is not None:
         if data_dir is not None:
@@ -178,13 +195,21 @@ def predict(
     top: int = 1,
     device: torch.device | str = "auto",
 ) -> list[dict[str, Any]]:
-    """Per image, in order, ``{"file", "predictions"}``: its ``top`` most probable classes with
-    their probabilities, from a run's checkpoint (``recipe`` as for :func:`evaluate`) or from a
-    file ``fmtk export`` wrote (``run_dir`` a ``.onnx`` or ``.pt`` file); or ``{"file", "error"}``
-    for one that cannot be read.
+    """The most probable classes of images, from a run's checkpoint or an exported model file.
 
-    ``images``: image files, folders (their image files, at any depth) or PIL images (named
-    ``<image N>``)."""
+    Args:
+        run_dir: a run folder, or a file ``fmtk export`` wrote (``.onnx``, ``.pt``).
+        images: image files, folders (their image files, at any depth) or PIL images (named
+            ``<image N>``), read as the recipe reads its test images.
+        recipe: as for :func:`evaluate`.
+        checkpoint: ``best``, ``last`` or a checkpoint's path.
+        top: the classes per image.
+        device: where the model runs.
+
+    Returns:
+        Per image, in order, ``{"file", "predictions": [{"class", "probability"}, ...]}``, or
+        ``{"file", "error"}`` for one that cannot be read.
+    """
     if Path(run_dir).is_file():
         from fmtk.exported import predict_exported
 

@@ -73,10 +73,20 @@ def export(
     data_dir: Path | str | None = None,
     echo: Any = None,
 ) -> Export:
-    """Export a run's checkpoint (``best``, ``last`` or a path) to ``out`` (default
-    ``RUN_DIR/model.onnx`` or ``model.pt``), check it against the run on validation samples
-    from ``data_dir`` (default: the run's data) and write the report beside it. ``format``:
-    ``onnx`` or ``torchscript`` (default: from ``out``'s suffix, else ``onnx``)."""
+    """Export a run's checkpoint as a model file with its classes and image preparation inside,
+    check it against the run on validation samples and write the report beside it.
+
+    Args:
+        run_dir: the run folder.
+        checkpoint: ``best``, ``last`` or a checkpoint's path.
+        format: ``onnx`` or ``torchscript`` (default: from ``out``'s suffix, else ``onnx``).
+        out: the file (default ``RUN_DIR/model.onnx`` or ``model.pt``); never overwritten.
+        data_dir: where the validation samples come from (default: the run's data).
+        echo: where the progress lines go (default: nowhere).
+
+    Returns:
+        An :class:`Export`: the file's ``path`` and the ``report`` (what ``FILE.json`` holds).
+    """
     run_dir = Path(run_dir)
     format, out = _format_and_out(run_dir, format, None if out is None else Path(out))
     if format == "onnx":

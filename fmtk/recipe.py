@@ -45,10 +45,19 @@ class Preset:
 class Recipe:
     """Model + data + the numbers of one training setup.
 
-    ``model(recipe)`` returns the ``nn.Module``; ``data(recipe, data_dir, device)`` returns the
-    :class:`fmtk.data.DataSplits`; ``loss(recipe)`` the loss module of training, validation and
-    testing (default: cross-entropy). Every scalar field and every key of ``options`` can be changed
-    from the command line with ``--set key=value``.
+    Args:
+        name: the recipe's name (it names the run folders).
+        description: one line (``fmtk list`` shows it).
+        model: ``model(recipe)`` → the ``nn.Module``.
+        data: ``data(recipe, data_dir, device)`` → the :class:`fmtk.data.DataSplits`.
+        loss: ``loss(recipe)`` → the loss of training, validation and testing (default: cross-entropy).
+        options: the recipe's own knobs (``variant``, ``image_size``…).
+        check: its regression test (:class:`~fmtk.regression.check.Check`, ``fmtk check``).
+        the other fields: the numbers (optimizer, lr, batch_size, epochs, schedules, augmentation…),
+            each described in docs/recipes.md.
+
+    Every scalar field and every key of ``options`` can be changed from the command line with
+    ``--set key=value``.
 
     Example::
 

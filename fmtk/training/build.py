@@ -241,7 +241,7 @@ def attach_handlers(
     recipe, data, trainer, evaluator = parts.recipe, parts.data, engines.trainer, engines.evaluator
     _check_watched_metrics(recipe, engines.metric_names)
     main = is_main_process()
-    if main and progress:  # not merely disabled: a disabled bar still costs ~40 µs a step
+    if main and progress:  # not merely disabled: a disabled bar still costs time every step
         attach_progress(trainer)
     attach_nonfinite_guard(trainer, recipe.log_every)
     if hasattr(data.train, "set_epoch"):  # each epoch's order (and shard) from (seed, epoch)

@@ -177,7 +177,7 @@ def create_trainer(
     # calls model.train() every step; here the loss stays a tensor and the mode is set per epoch.
     # The epoch's batch losses are kept as tensors (trainer.state.batch_losses, also read by the
     # NaN guard) and averaged once at the end of the epoch: no kernel per step. (Ignite's Average
-    # metric checks and converts each output in Python, ~50 µs a step: 10% of an MNIST step.)
+    # metric checks and converts each output in Python every step: docs/performance.md, "Per-step costs".)
     parts = (forward, optimizer, loss_fn, device, speed, scaler, autocast)
     step = _step(*parts) if accumulate_steps == 1 else _accumulating_step(model, accumulate_steps, *parts)
     trainer = _Trainer(step if mix is None else _mixing(step, mix, device))
@@ -273,7 +273,7 @@ def _on_device(
     batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, speed: SpeedOptions
 ) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = batch
-    if x.device != device or y.device != device:  # in-memory batches are there already: ~3 µs saved
+    if x.device != device or y.device != device:  # in-memory batches are there already: nothing to move
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     if speed.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -315,8 +315,8 @@ def _autocast(device: torch.device, precision: str) -> Callable[[], contextlib.A
 
 
 def _between_backward_and_step(engine: Engine) -> None:
-    # Ignite's fire_event formats a debug message even when no handler listens (~7 µs a step);
-    # looking up the handlers first costs ~0.3 µs.
+    # Ignite's fire_event formats a debug message even when no handler listens; looking up the
+    # handlers first costs far less (docs/performance.md, "Per-step costs").
     if engine._event_handlers[StepEvents.BACKWARD_COMPLETED]:
         engine.fire_event(StepEvents.BACKWARD_COMPLETED)
 

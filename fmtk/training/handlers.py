@@ -25,7 +25,7 @@ class _EveryIterations:
     """The trainer's every-N-iterations handlers, called through one plain ITERATION_COMPLETED handler.
 
     Ignite's ``Events.ITERATION_COMPLETED(every=N)`` wraps each handler in a filter that Python
-    calls on every iteration (~6 µs a step per handler: benchmarks/step.py); these share one test.
+    calls on every iteration (docs/performance.md, "Per-step costs"); these share one test.
     """
 
     def __init__(self) -> None:
