@@ -65,10 +65,25 @@ class Recipe:
                         optimizer="Adam", lr=1e-3, batch_size=32, epochs=5)
     """
 
+    # --- What it is -------------------------------------------------------------------------------
     name: str
     description: str
+
+    # --- Model and data -----------------------------------------------------------------------------
     model: Callable[[Recipe], nn.Module]
     data: Callable[[Recipe, Path, torch.device], DataSplits]
+    options: dict[str, Any] = field(default_factory=dict)  # recipe-specific knobs: variant, image_size…
+    loss: Callable[[Recipe], Callable] = cross_entropy  # a module or a function (output, target) → loss
+    # More Ignite metrics of validation and testing, each one number, e.g. {"f1": Fbeta(1.0)} (per evaluator).
+    metrics: Callable[[Recipe], dict[str, Any]] | None = None
+    # from_data(recipe, data_dir) → the recipe with the values its data decides (an image folder's
+    # class names, which size the model), before the model is made; config.json records them.
+    from_data: Callable[[Recipe, Path], Recipe] | None = None
+    # image_input(recipe) → an ImageInput: how an image file becomes a model input, as the test split
+    # is prepared (predict reads files with it, summary takes its shape, export writes it in the file).
+    image_input: Callable[[Recipe], ImageInput] | None = None
+
+    # --- Optimisation -------------------------------------------------------------------------------
     optimizer: str = "Adam"  # any class name in torch.optim
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -80,24 +95,34 @@ class Recipe:
     # mean loss (batch 32 with 4 steps ≙ batch 128); an epoch's last group may be smaller.
     accumulate_steps: int = 1
     epochs: int = 10
-    # Ignite's EarlyStopping patience (stops when the counter *reaches* it); None turns it off.
-    early_stopping_patience: int | None = None
-    # torch ReduceLROnPlateau on valid loss, with the plateau schedule (the default); None turns it off.
-    plateau_patience: int | None = None
-    plateau_factor: float = 0.1
+    # Gradient clipping: the total norm of each step's gradients is scaled down to at most this.
+    max_grad_norm: float | None = None
+
+    # --- Schedule, stopping and the best checkpoint -------------------------------------------------
     # The LR schedule: "plateau" (ReduceLROnPlateau as set by plateau_patience/_factor/_metric: the
     # notebooks'), "onecycle" (lr is the peak), "cosine" (from lr to 0, after warmup_epochs of
     # linear warm-up from lr/100) or "none"; onecycle and cosine step every iteration.
     schedule: str = "plateau"
     warmup_epochs: float = 0.0
+    # torch ReduceLROnPlateau on valid loss, with the plateau schedule (the default); None turns it off.
+    plateau_patience: int | None = None
+    plateau_factor: float = 0.1
+    # Ignite's EarlyStopping patience (stops when the counter *reaches* it); None turns it off.
+    early_stopping_patience: int | None = None
+    # The valid metric each watches: "<metric>", "<metric>:min" or "<metric>:max" (no mode: min for a
+    # name containing "loss", else max); metrics: loss, accuracy and the names of ``metrics``.
+    early_stopping_metric: str = "loss"
+    checkpoint_metric: str = "accuracy"  # the best checkpoint holds the weights of its best epoch
+    plateau_metric: str = "loss"
+
+    # --- Regularisation and augmentation ------------------------------------------------------------
     # Label smoothing of the training loss; validation and testing report plain cross-entropy.
     label_smoothing: float = 0.0
+    # "balanced": the training loss weights each class by its inverse frequency in the train split.
+    class_weights: str = "none"
     # An EMA of the weights (Ignite's EMAHandler, every step) with this decay, e.g. 0.999; validation,
     # the best checkpoint, testing and predict use it. None: off.
     ema_decay: float | None = None
-    # Test-time augmentation: testing, evaluate and predict average the class probabilities of each
-    # image and its left-right mirror (validation, which picks the best checkpoint, does not).
-    tta_flip: bool = False
     # Augmentation of the training split, per sample on its device (fmtk.data.augment): a left-right
     # flip with probability augment_flip (0: the data's own flip, if any), a random-resized crop of
     # augment_crop … 100% of the area (0: none), a shift by up to augment_shift pixels (zero padded),
@@ -112,10 +137,11 @@ class Recipe:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     mix_switch_prob: float = 0.5
-    seed: int = 42
-    log_every: int = 50  # iterations between per-iteration TensorBoard points (each one is a host sync)
-    # Gradient clipping: the total norm of each step's gradients is scaled down to at most this.
-    max_grad_norm: float | None = None
+    # Test-time augmentation: testing, evaluate and predict average the class probabilities of each
+    # image and its left-right mirror (validation, which picks the best checkpoint, does not).
+    tta_flip: bool = False
+
+    # --- Weights and fine-tuning --------------------------------------------------------------------
     # The starting weights (fmtk.weights): torchvision's (DEFAULT, IMAGENET1K_V1…) for a recipe
     # with a torchvision ``arch`` option, a weights file or a run folder; what fits is loaded.
     weights: str | None = None
@@ -123,33 +149,21 @@ class Recipe:
     # (the rest's BatchNorm in eval mode), then the rest too, at backbone_lr_scale × the LR.
     freeze_epochs: int = 0
     backbone_lr_scale: float = 1.0
-    # "balanced": the training loss weights each class by its inverse frequency in the train split.
-    class_weights: str = "none"
-    # The valid metric each watches: "<metric>", "<metric>:min" or "<metric>:max" (no mode: min for a
-    # name containing "loss", else max); metrics: loss, accuracy and the names of ``metrics``.
-    early_stopping_metric: str = "loss"
-    checkpoint_metric: str = "accuracy"  # the best checkpoint holds the weights of its best epoch
-    plateau_metric: str = "loss"
-    options: dict[str, Any] = field(default_factory=dict)  # recipe-specific knobs: variant, image_size…
-    loss: Callable[[Recipe], Callable] = cross_entropy  # a module or a function (output, target) → loss
-    # More Ignite metrics of validation and testing, each one number, e.g. {"f1": Fbeta(1.0)} (per evaluator).
-    metrics: Callable[[Recipe], dict[str, Any]] | None = None
-    # from_data(recipe, data_dir) → the recipe with the values its data decides (an image folder's
-    # class names, which size the model), before the model is made; config.json records them.
-    from_data: Callable[[Recipe, Path], Recipe] | None = None
+
+    # --- Run control --------------------------------------------------------------------------------
+    seed: int = 42
+    log_every: int = 50  # iterations between per-iteration TensorBoard points (each one is a host sync)
     # A recipe's own handlers: called with the assembled fmtk.training.run.Run before training starts.
     attach: Callable[[Any], None] | None = None
-    source: str | None = None  # the file of a user's recipe (set by load_recipe), for --resume
-    # image_input(recipe) → an ImageInput: how an image file becomes a model input, as the test split
-    # is prepared (predict reads files with it, summary takes its shape, export writes it in the file).
-    image_input: Callable[[Recipe], ImageInput] | None = None
-    # The values set on top of the recipe's defaults (--set, fmtk.fit keywords), for config.json.
-    changed: dict[str, Any] = field(default_factory=dict)
-    # Named sets of values (`fmtk run RECIPE --preset NAME`), and the one this recipe was given.
+    # Named sets of values (`fmtk run RECIPE --preset NAME`).
     presets: dict[str, Preset] = field(default_factory=dict)
-    preset: str | None = None
     # Its regression test (fmtk check): a short run and the figures it must reach; one or several.
     check: Check | tuple[Check, ...] | None = None
+
+    # --- Where it came from: set by fmtk (load_recipe, --preset, --set), recorded in config.json ----
+    source: str | None = None  # the file of a user's recipe, for --resume
+    preset: str | None = None  # the preset it was given
+    changed: dict[str, Any] = field(default_factory=dict)  # the values set on top of its defaults
 
     def validate(self) -> None:
         """Raise FmtkError on values that cannot train (a wrong type, lr ≤ 0, batch size 0, ...)."""
