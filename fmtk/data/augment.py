@@ -3,7 +3,7 @@
 Each sample gets its own flip, crop, shift and erased box, drawn from a seeded generator, so an
 epoch's batches can be made again exactly (a resumed run sees the same ones). torchvision's v2
 transforms draw one set of parameters per call: per-sample randomness with them needs a call per
-sample, 3–26× slower here (benchmarks/augment.py, docs/performance.md).
+sample, 3–26× slower here (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ def loader_workers(cores: int) -> int:
     """DataLoader worker processes for ``cores`` cores: one core left to the training process, at
     most 8; none on two cores or fewer, where the training process decoding alone was faster
     (catdog at 224 px on 2 cores: 861 photos/s, against 640–703 with 1 to 4 workers:
-    ``benchmarks/images.py --loader``, docs/images.md)."""
+    ``benchmarks/images.py --loader`` at 8d07a4a, docs/images.md)."""
     return 0 if cores <= 2 else min(8, cores - 1)
 
 
