@@ -233,12 +233,7 @@ def lines_picture(
     margin = 0.05 * (max(ys) - min(ys) or 1.0)
     y_low, y_high = min(ys) - margin, max(ys) + margin
 
-    def at(x: float, y: float) -> tuple[float, float]:
-        return (
-            left + (x - x_low) / (x_high - x_low) * (width - left - right),
-            top + (y_high - y) / (y_high - y_low) * (height - top - bottom),
-        )
-
+    at = _plot_mapping((left, top, width - right, height - bottom), (x_low, x_high), (y_low, y_high))
     draw.rectangle([left, top, width - right, height - bottom], outline=GRID_LINE)
     whole = all(float(x).is_integer() for x in xs)  # e.g. trial numbers: no tick between two
     _draw_x_ticks(draw, at, (x_low, x_high), (top, height - bottom), whole, font)
@@ -248,6 +243,14 @@ def lines_picture(
         draw.text((4, y - 6), f"{tick:.4g}", fill="black", font=font)
     if reference is not None:
         _draw_reference(draw, at(x_low, reference[0])[1], reference[1], (left, width - right), font)
+    names = list(lines)
+    sides = [side for line_sides in outside.values() for side in line_sides if side]
+    if sides:
+        names.append(clipped_name)
+    # The legend first, the lines and points over it: a point at the plot's edge is never hidden.
+    legend_bottom = top + 12 + len(names) * (LINE_HEIGHT + 2) if legend_at_top else height - bottom - 6
+    _draw_legend(draw, names, right=width - right - 8, bottom=legend_bottom, font=font, dots=dots,
+                 clipped=(clipped_name, sides[0]) if sides else None)  # fmt: skip
     for index, (name, (line_xs, line_ys)) in enumerate(lines.items()):
         colour = LINE_COLOURS[index % len(LINE_COLOURS)]
         points = [at(float(x), float(y)) for x, y in zip(line_xs, line_ys, strict=True)]
@@ -255,13 +258,6 @@ def lines_picture(
             draw.line(points, fill=colour, width=2)
         for (x, y), side in zip(points, outside[name], strict=True):
             _draw_point(draw, x, y, colour, side)
-    names = list(lines)
-    sides = [side for line_sides in outside.values() for side in line_sides if side]
-    if sides:
-        names.append(clipped_name)
-    legend_bottom = top + 12 + len(names) * (LINE_HEIGHT + 2) if legend_at_top else height - bottom - 6
-    _draw_legend(draw, names, right=width - right - 8, bottom=legend_bottom, font=font, dots=dots,
-                 clipped=(clipped_name, sides[0]) if sides else None)  # fmt: skip
     draw.text((width // 2 - 40, height - 18), x_label, fill="black", font=font)
     return picture
 
@@ -315,12 +311,7 @@ def scatter_picture(
     margin = 0.05 * ((max(ys) - min(ys)) or 1.0)
     y_low, y_high = min(ys) - margin, max(ys) + margin
 
-    def at(x: float, y: float) -> tuple[float, float]:
-        return (
-            left + (x - x_low) / (x_high - x_low) * (width - left - right),
-            top + (y_high - y) / (y_high - y_low) * (height - top - bottom),
-        )
-
+    at = _plot_mapping((left, top, width - right, height - bottom), (x_low, x_high), (y_low, y_high))
     draw.rectangle([left, top, width - right, height - bottom], outline=GRID_LINE)
     for tick in np.linspace(y_low + margin, y_high - margin, 3):
         _, y = at(x_low, tick)
@@ -365,6 +356,22 @@ def sheet_of(first: Image.Image, panels: Sequence[Image.Image], columns: int = 2
     for index, panel in enumerate(panels):
         sheet.paste(panel, ((index % columns) * cell_width, first.height + (index // columns) * cell_height))
     return sheet
+
+
+def _plot_mapping(
+    box: tuple[float, float, float, float], x_range: tuple[float, float], y_range: tuple[float, float]
+) -> Callable[[float, float], tuple[float, float]]:
+    """Data coordinates → pixels of the plot ``box`` (left, top, right, bottom), y growing upwards."""
+    left, top, right, bottom = box
+    (x_low, x_high), (y_low, y_high) = x_range, y_range
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (
+            left + (x - x_low) / (x_high - x_low) * (right - left),
+            top + (y_high - y) / (y_high - y_low) * (bottom - top),
+        )
+
+    return at
 
 
 def _draw_x_ticks(
