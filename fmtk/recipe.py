@@ -33,6 +33,17 @@ def cross_entropy(recipe: Recipe) -> nn.Module:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Where a recipe came from, set by fmtk (not by a recipe's author) and recorded in
+    config.json: ``source``, the file of a user's recipe (for ``--resume``); ``preset``, the
+    preset it was given; ``changed``, the values set on top of its defaults."""
+
+    source: str | None = None
+    preset: str | None = None
+    changed: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Preset:
     """Named values of a recipe, e.g. ``fmtk run mnist_dnn --preset fast``: the same model and data
     with other numbers, applied like ``--set`` (which may change them further)."""
@@ -161,9 +172,26 @@ class Recipe:
     check: Check | tuple[Check, ...] | None = None
 
     # --- Where it came from: set by fmtk (load_recipe, --preset, --set), recorded in config.json ----
-    source: str | None = None  # the file of a user's recipe, for --resume
-    preset: str | None = None  # the preset it was given
-    changed: dict[str, Any] = field(default_factory=dict)  # the values set on top of its defaults
+    provenance: Provenance = field(default_factory=Provenance)
+
+    @property
+    def source(self) -> str | None:
+        """The file of a user's recipe (for ``--resume``); None for a bundled one."""
+        return self.provenance.source
+
+    @property
+    def preset(self) -> str | None:
+        """The preset it was given, if any."""
+        return self.provenance.preset
+
+    @property
+    def changed(self) -> dict[str, Any]:
+        """The values set on top of its defaults (``--set``, a preset, ``fmtk.fit`` keywords)."""
+        return dict(self.provenance.changed)
+
+    def came_from(self, **given: Any) -> Recipe:
+        """This recipe with its provenance's ``source``, ``preset`` or ``changed`` replaced."""
+        return dataclasses.replace(self, provenance=dataclasses.replace(self.provenance, **given))
 
     def validate(self) -> None:
         """Raise FmtkError on values that cannot train (a wrong type, lr ≤ 0, batch size 0, ...)."""
@@ -343,13 +371,13 @@ def apply_preset(recipe: Recipe, name: str | None) -> Recipe:
     if name not in recipe.presets:
         known = f"its presets: {', '.join(recipe.presets)}" if recipe.presets else "it has none"
         raise FmtkError(f"recipe {recipe.name} has no preset '{name}'; {known}")
-    return dataclasses.replace(apply_overrides(recipe, recipe.presets[name].values), preset=name)
+    return apply_overrides(recipe, recipe.presets[name].values).came_from(preset=name)
 
 
 def overridable_fields() -> dict[str, Any]:
     """The Recipe fields `--set` may change, with their types."""
     hints = typing.get_type_hints(Recipe)
-    fixed = {"name", "description", "options", "source", "changed", "presets", "preset", "check", *CALLABLES}
+    fixed = {"name", "description", "options", "provenance", "presets", "check", *CALLABLES}
     return {f.name: hints[f.name] for f in dataclasses.fields(Recipe) if f.name not in fixed}
 
 
@@ -382,6 +410,6 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
             raise FmtkError(f"unknown recipe key '{key}' for {recipe.name}; {hint}valid keys: {valid}")
         if parsed != default or key in changed:
             changed[key] = parsed
-    updated = dataclasses.replace(recipe, **changes, options=options, changed=changed)
+    updated = dataclasses.replace(recipe, **changes, options=options).came_from(changed=changed)
     updated.validate()
     return updated

@@ -77,7 +77,7 @@ def load_recipe(name_or_path: str) -> Recipe:
     if not isinstance(recipe, Recipe):
         raise FmtkError(f"{path} must define a variable `recipe = Recipe(...)`")
     recipe.validate()
-    return recipe if bundled else dataclasses.replace(recipe, source=str(path.resolve()))
+    return recipe if bundled else recipe.came_from(source=str(path.resolve()))
 
 
 def recipe_from_config(
@@ -97,8 +97,8 @@ def recipe_from_config(
             values[new] = values.get(new) or options.pop(old)  # (its augment_* value, if set, won)
             if old in changed:
                 changed[new] = changed.pop(old)
-    recipe = dataclasses.replace(
-        recipe, **values, options=options, changed=changed, preset=config.get("preset")
+    recipe = dataclasses.replace(recipe, **values, options=options).came_from(
+        changed=changed, preset=config.get("preset")
     )
     recipe.validate()
     return recipe
