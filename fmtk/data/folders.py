@@ -23,8 +23,8 @@ from fmtk.data.images import (
     DATA_CACHES,
     NO_FOLDER_HINT,
     BadImages,
+    bad_files,
     bad_images_error,
-    decode_all,
     decoded,
     find_split_folder,
     list_image_folder,
@@ -187,7 +187,7 @@ def photo_batches(
     paths = [path for samples in found.listed.values() for path, _ in samples]
     images, bad = {}, []
     if data_cache == "none":  # decoded here only to check them; the DataLoader decodes every epoch
-        bad = decode_all(paths, image_size, keep=False)[1]
+        bad = bad_files(paths, image_size)
     else:
         for folder, samples in found.listed.items():
             try:

@@ -7,8 +7,6 @@ flipping and normalising whole batches on the device, keeps the epoch loop free 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from fmtk.data.batches import (
     scale_pixels,
 )
 from fmtk.data.image_cache import cache_folder, cached_decode_images
-from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD, resize_rgb
+from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD, ImageInput, read_pixels, resize_rgb
 from fmtk.device import usable_cores
 from fmtk.errors import FmtkError
 
@@ -90,27 +88,14 @@ class BadImages(FmtkError):
         )
 
 
-def _decoded_or_why(path: str, image_size: int) -> tuple[np.ndarray | None, str | None]:
-    try:
-        return _decode(path, image_size), None
-    except UNDECODABLE as error:
-        return None, str(error) or type(error).__name__
-
-
-def decode_all(
-    paths: list[str], image_size: int, keep: bool = True
-) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
-    """Every file of ``paths`` decoded (in a thread per core: PIL releases the GIL while decoding):
-    the arrays of the good ones (none unless ``keep``) and ``(path, why)`` of each bad one."""
-    with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
-        results = pool.map(partial(_decoded_or_why, image_size=image_size), paths)
-        arrays, bad = [], []
-        for path, (array, why) in zip(paths, results, strict=True):
-            if why is not None:
-                bad.append((path, why))
-            elif keep:
-                arrays.append(array)
-    return arrays, bad
+def bad_files(paths: list[str], image_size: int) -> list[tuple[str, str]]:
+    """``(path, why)`` of each file of ``paths`` that cannot be decoded (every file decoded, a chunk
+    at a time, in a thread per core, nothing kept): the check of ``data_cache=none``."""
+    return [
+        (paths[i], why)
+        for _, _, unread in read_pixels(paths, ImageInput.photo(image_size))
+        for i, why in unread
+    ]
 
 
 def bad_images_error(found: BadImages, name: str, hint: str = "") -> BadImages:
@@ -126,14 +111,16 @@ def bad_images_error(found: BadImages, name: str, hint: str = "") -> BadImages:
 
 
 def decode_images(samples: list[tuple[str, int]], image_size: int) -> torch.Tensor:
-    """The images of ``(path, label)`` samples as one uint8 N×3×S×S tensor; every file that cannot
-    be decoded is found first, then all of them are one :class:`BadImages` error, which holds the
-    others decoded (``good``, in their order)."""
+    """The images of ``(path, label)`` samples as one uint8 N×3×S×S tensor, decoded in a thread per
+    core (:func:`~fmtk.data.image_input.read_pixels`); every file that cannot be decoded is found
+    first, then all of them are one :class:`BadImages` error, which holds the others decoded
+    (``good``, in their order)."""
     paths = [path for path, _ in samples]
-    arrays, bad = decode_all(paths, image_size)
-    images = torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)
-    if arrays:
-        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    chunks, bad = [torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)], []
+    for _, pixels, unread in read_pixels(paths, ImageInput.photo(image_size)):
+        chunks.append(pixels)
+        bad += [(paths[i], why) for i, why in unread]
+    images = torch.cat(chunks)
     if bad:
         raise BadImages(bad, len(paths), good=images)
     return images
