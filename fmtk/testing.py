@@ -15,11 +15,9 @@ from pathlib import Path
 
 import torch
 
-from fmtk.errors import FmtkError
 from fmtk.recipe import Recipe
-from fmtk.recipe_loading import load_recipe
 from fmtk.regression.report import format_table
-from fmtk.regression.running import CheckResult, run_check
+from fmtk.regression.running import CheckResult, check
 
 
 @dataclass
@@ -48,17 +46,7 @@ def check_recipe(
     tolerance: float | None = None,
 ) -> CheckReport:
     """Run the checks of ``recipe`` (an object, a bundled recipe's name or a recipe file), or only
-    the one named ``name``, as ``fmtk check`` does (``against``: a folder of golden runs)."""
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(str(recipe))
-    checks = [one for one in recipe.checks if name is None or one.label == name]
-    if not checks:
-        labels = ", ".join(one.label for one in recipe.checks) or "none"
-        raise FmtkError(
-            f"recipe {recipe.name} has no check {name or ''} (its checks: {labels})".replace("  ", " ")
-        )
-    kept = None if keep is None else Path(keep)
-    return CheckReport([
-        run_check(recipe, one, device, data_dir, keep=kept, tolerance=tolerance,
-                  golden=None if against is None else Path(against) / f"{recipe.name}-{one.label}")
-        for one in checks
-    ])  # fmt: skip
+    the one labelled ``name``, as ``fmtk check`` does (``against``: a folder of golden runs)."""
+    return CheckReport(
+        check(recipe, device, data_dir, name=name, keep=keep, against=against, tolerance=tolerance)
+    )

@@ -43,24 +43,11 @@ def check_command(
     """
     from fmtk.regression.report import as_json as results_json
     from fmtk.regression.report import format_table, junit_xml
-    from fmtk.regression.running import prepare_check, recipes_named, run_check
+    from fmtk.regression.running import plan_checks, recipes_named, run_check
 
-    if record_to is not None and against is not None:
-        raise FmtkError("--record keeps new golden runs, --against compares with kept ones: give one of them")
-    recipes = recipes_named(targets)
-    planned = [(recipe, one) for recipe in recipes for one in recipe.checks]
-    if not planned:
-        names = ", ".join(recipe.name for recipe in recipes)
-        raise FmtkError(f"{names}: no check stated (a recipe's check field; see docs/checks.md)")
-    places = [
-        {"keep": keep, "golden": None if against is None else against / f"{recipe.name}-{one.label}",
-         "record_to": None if record_to is None else record_to / f"{recipe.name}-{one.label}"}
-        for recipe, one in planned
-    ]  # fmt: skip
-    for (recipe, one), where in zip(planned, places, strict=True):
-        prepare_check(recipe, one, **where)  # every mistake is one line before any training
+    planned = plan_checks(recipes_named(targets), keep=keep, record_to=record_to, against=against)
     results = []
-    for (recipe, one), where in zip(planned, places, strict=True):
+    for recipe, one, where in planned:
         if not as_json:
             click.echo(f"checking {recipe.name} ({one.label}) …")
         results.append(run_check(recipe, one, device, data_dir, tolerance=tolerance, **where))

@@ -152,8 +152,8 @@ def prepare_check(
     reference = read_golden(golden, trained) if golden is not None else None
     if record_to is not None:
         check_new(record_to)
-    if keep is not None and (Path(keep) / f"{recipe.name}-{check.label}").exists():
-        folder = Path(keep) / f"{recipe.name}-{check.label}"
+    folder = _run_folder(keep, recipe.name, check.label, make=False)
+    if folder is not None and folder.exists():
         raise FmtkError(f"--keep {keep}: {folder} exists; give another folder (nothing was overwritten)")
     return trained, reference
 
@@ -208,12 +208,46 @@ def run_check(
     return result
 
 
-def _run_folder(keep: Path | None, recipe: str, label: str) -> Path:
+def _run_folder(keep: Path | None, recipe: str, label: str, make: bool = True) -> Path | None:
     """Where a check trains: ``keep/<recipe>-<label>`` (new: :func:`prepare_check`), else a new
-    temporary folder."""
-    if keep is None:
-        return Path(tempfile.mkdtemp(prefix=f"fmtk-check-{recipe}-{label}-"))
-    return Path(keep) / f"{recipe}-{label}"
+    temporary folder (None when not ``make``)."""
+    if keep is not None:
+        return Path(keep) / f"{recipe}-{label}"
+    return Path(tempfile.mkdtemp(prefix=f"fmtk-check-{recipe}-{label}-")) if make else None
+
+
+def plan_checks(
+    recipes: Sequence[Recipe],
+    *,
+    name: str | None = None,
+    keep: Path | str | None = None,
+    record_to: Path | str | None = None,
+    against: Path | str | None = None,
+) -> list[tuple[Recipe, Check, dict[str, Path | None]]]:
+    """Every check of ``recipes`` (only the one labelled ``name``, when given) with the places it
+    uses (``keep``, ``golden``, ``record_to``: ``<DIR>/<recipe>-<check>``), each prepared
+    (:func:`prepare_check`): every mistake is one line before anything trains."""
+    if record_to is not None and against is not None:
+        raise FmtkError("--record keeps new golden runs, --against compares with kept ones: give one of them")
+    planned = []
+    for recipe in recipes:
+        for one in recipe.checks:
+            if name is not None and one.label != name:
+                continue
+            folder = f"{recipe.name}-{one.label}"
+            where = {
+                "keep": None if keep is None else Path(keep),
+                "golden": None if against is None else Path(against) / folder,
+                "record_to": None if record_to is None else Path(record_to) / folder,
+            }
+            prepare_check(recipe, one, **where)
+            planned.append((recipe, one, where))
+    if not planned:
+        names = ", ".join(recipe.name for recipe in recipes)
+        labels = ", ".join(one.label for recipe in recipes for one in recipe.checks) or "none"
+        which = f"no check named {name!r} (its checks: {labels})" if name is not None else "no check stated"
+        raise FmtkError(f"{names}: {which} (a recipe's check field; see docs/checks.md)")
+    return planned
 
 
 def check(
@@ -221,14 +255,16 @@ def check(
     device: torch.device | str = "cpu",
     data_dir: Path | str | None = None,
     *,
+    name: str | None = None,
     keep: Path | str | None = None,
     record_to: Path | str | None = None,
     against: Path | str | None = None,
     tolerance: float | None = None,
 ) -> list[CheckResult]:
     """Run every check of ``recipe`` (a :class:`~fmtk.recipe.Recipe`, a bundled recipe's name or a
-    recipe file's path) and return their results; ``record_to`` keeps each run as a golden run
-    there, ``against`` compares each with the golden run there (:mod:`fmtk.regression.golden`).
+    recipe file's path), or only the one labelled ``name``, and return their results;
+    ``record_to`` keeps each run as a golden run there, ``against`` compares each with the golden
+    run there (:mod:`fmtk.regression.golden`).
 
     Example::
 
@@ -236,15 +272,8 @@ def check(
         assert result.passed, result.failures()
     """
     recipe = load_recipe(str(recipe)) if not isinstance(recipe, Recipe) else recipe
-    if not recipe.checks:
-        raise FmtkError(f"recipe {recipe.name} states no check (its check field); see docs/checks.md")
-    results = []
-    for one in recipe.checks:
-        name = f"{recipe.name}-{one.label}"  # of its golden run
-        result = run_check(
-            recipe, one, device, data_dir, keep=None if keep is None else Path(keep), tolerance=tolerance,
-            golden=None if against is None else Path(against) / name,
-            record_to=None if record_to is None else Path(record_to) / name,
-        )  # fmt: skip
-        results.append(result)
-    return results
+    planned = plan_checks([recipe], name=name, keep=keep, record_to=record_to, against=against)
+    return [
+        run_check(recipe, one, device, data_dir, tolerance=tolerance, **where)
+        for recipe, one, where in planned
+    ]
