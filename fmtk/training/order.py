@@ -10,89 +10,73 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ignite.engine import Engine
-from ignite.handlers import Checkpoint, EarlyStopping, ParamScheduler
-from ignite.handlers.tensorboard_logger import OptimizerParamsHandler, OutputHandler
-
-from fmtk.training.schedules import CheckpointablePlateau
+from ignite.handlers import ParamScheduler
 
 
 class Step(NamedTuple):
-    """One handler of a run: the engine and event it runs at, its name, when a run has it."""
+    """One handler of a run: the engine and event it runs at, its name, when a run has it, and the
+    functions or classes (qualified names, as the engine holds them) that are it."""
 
     engine: str
     event: str
     handler: str
     when: str
+    functions: tuple[str, ...] = ()
 
 
 YOURS = "yours"  # a recipe's attach, a --handler, or a handler attached to run.trainer/run.evaluator
+T, E = "trainer", "evaluator"
+ALWAYS, MAIN, BAR = "always", "rank 0", "in a terminal or Jupyter, rank 0"
 
 ORDER: tuple[Step, ...] = (
-    Step("trainer", "EPOCH_STARTED", "the epoch's order of the training data (set_epoch)", "always"),
-    Step("trainer", "EPOCH_STARTED", "the epoch's timer and first-step LR (the epoch line)", "always"),
-    Step("trainer", "EPOCH_STARTED", "TensorBoard: lr", "rank 0"),
-    Step("trainer", "EPOCH_STARTED", YOURS, "yours"),
-    Step("trainer", "ITERATION_STARTED", "the per-step LR schedule", "schedule onecycle or cosine"),
-    Step("trainer", "BACKWARD_COMPLETED", "gradient clipping", "max_grad_norm"),
-    Step("trainer", "ITERATION_COMPLETED", "EMA: warm-up of its decay, then the update", "ema_decay"),
-    Step("trainer", "ITERATION_COMPLETED", "progress bar", "in a terminal or Jupyter, rank 0"),
-    Step(
-        "trainer",
-        "ITERATION_COMPLETED",
-        "every log_every steps: NaN check, per-iteration loss and LR",
-        "always",
-    ),  # fmt: skip
-    Step("trainer", "ITERATION_COMPLETED", YOURS, "yours"),
-    Step("trainer", "EPOCH_COMPLETED", "progress bar closed", "in a terminal or Jupyter, rank 0"),
-    Step("trainer", "EPOCH_COMPLETED", "NaN guard: the epoch's losses", "always"),
-    Step("trainer", "EPOCH_COMPLETED", "BatchNorm buffers from rank 0", "always (a no-op in one process)"),
-    Step(
-        "trainer",
-        "EPOCH_COMPLETED",
-        "validation: runs the evaluator (its COMPLETED handlers below)",
-        "always",
-    ),  # fmt: skip
-    Step("evaluator", "COMPLETED", "early stopping", "early_stopping_patience"),
-    Step("evaluator", "COMPLETED", "early stopping's decision kept in RunStop", "early_stopping_patience"),
-    Step("evaluator", "COMPLETED", "plateau LR schedule", "schedule plateau with plateau_patience"),
-    Step("evaluator", "COMPLETED", "TensorBoard: valid metrics", "rank 0"),
-    Step("evaluator", "COMPLETED", YOURS, "yours"),
-    Step("evaluator", "COMPLETED", "best checkpoint", "always"),
-    Step("trainer", "EPOCH_COMPLETED", "the epoch line and metrics.csv", "always"),
-    Step("trainer", "EPOCH_COMPLETED", "TensorBoard: train loss", "rank 0"),
-    Step("trainer", "EPOCH_COMPLETED", "TensorBoard: the epoch's per-iteration points", "rank 0"),
-    Step("trainer", "EPOCH_COMPLETED", YOURS, "yours"),
-    Step("trainer", "EPOCH_COMPLETED", "last checkpoint (every kept state)", "always"),
-    Step("trainer", "EPOCH_COMPLETED", "superseded checkpoints removed", "always"),
-    Step("trainer", "TERMINATE", "early stopping's line", "early_stopping_patience"),
-)
+    Step(T, "EPOCH_STARTED", "the epoch's order of the training data (set_epoch)", ALWAYS,
+         ("attach_handlers.<locals>.order_epoch",)),
+    Step(T, "EPOCH_STARTED", "the epoch's timer and first-step LR (the epoch line)", ALWAYS,
+         ("attach_epoch_log.<locals>.arm",)),
+    Step(T, "EPOCH_STARTED", "TensorBoard: lr", MAIN, ("OptimizerParamsHandler",)),
+    Step(T, "EPOCH_STARTED", YOURS, YOURS),
+    Step(T, "ITERATION_STARTED", "the per-step LR schedule", "schedule onecycle or cosine"),
+    Step(T, "BACKWARD_COMPLETED", "gradient clipping", "max_grad_norm",
+         ("attach_gradient_clipping.<locals>.clip",)),
+    Step(T, "ITERATION_COMPLETED", "EMA: warm-up of its decay, then the update", "ema_decay",
+         ("attach_ema.<locals>.warm_up", "EMAHandler._update_ema_model")),
+    Step(T, "ITERATION_COMPLETED", "progress bar", BAR, ("_OutputHandler",)),
+    Step(T, "ITERATION_COMPLETED", "every log_every steps: NaN check, per-iteration loss and LR", ALWAYS,
+         ("_EveryIterations",)),
+    Step(T, "ITERATION_COMPLETED", YOURS, YOURS),
+    Step(T, "EPOCH_COMPLETED", "progress bar closed", BAR, ("ProgressBar._close",)),
+    Step(T, "EPOCH_COMPLETED", "NaN guard: the epoch's losses", ALWAYS,
+         ("attach_nonfinite_guard.<locals>.check",)),
+    Step(T, "EPOCH_COMPLETED", "BatchNorm buffers from rank 0", "always (a no-op in one process)",
+         ("attach_handlers.<locals>.share_buffers",)),
+    Step(T, "EPOCH_COMPLETED", "validation: runs the evaluator (its COMPLETED handlers below)", ALWAYS,
+         ("attach_validation.<locals>.validate",)),
+    Step(E, "COMPLETED", "early stopping", "early_stopping_patience", ("EarlyStopping",)),
+    Step(E, "COMPLETED", "early stopping's decision kept in RunStop", "early_stopping_patience",
+         ("attach_early_stopping.<locals>.record",)),
+    Step(E, "COMPLETED", "plateau LR schedule", "schedule plateau with plateau_patience",
+         ("CheckpointablePlateau",)),
+    Step(E, "COMPLETED", "TensorBoard: valid metrics", MAIN, ("OutputHandler",)),
+    Step(E, "COMPLETED", YOURS, YOURS),
+    Step(E, "COMPLETED", "best checkpoint", ALWAYS, ("Checkpoint",)),
+    Step(T, "EPOCH_COMPLETED", "the epoch line and metrics.csv", ALWAYS,
+         ("attach_epoch_log.<locals>.log_epoch",)),
+    Step(T, "EPOCH_COMPLETED", "TensorBoard: train loss", MAIN, ("OutputHandler",)),
+    Step(T, "EPOCH_COMPLETED", "TensorBoard: the epoch's per-iteration points", MAIN,
+         ("IterationPoints.write",)),
+    Step(T, "EPOCH_COMPLETED", YOURS, YOURS),
+    Step(T, "EPOCH_COMPLETED", "last checkpoint (every kept state)", ALWAYS, ("Checkpoint",)),
+    Step(T, "EPOCH_COMPLETED", "superseded checkpoints removed", ALWAYS,
+         ("attach_checkpoints.<locals>.flush_removals",)),
+    Step(T, "TERMINATE", "early stopping's line", "early_stopping_patience",
+         ("attach_early_stopping.<locals>.say_why",)),
+)  # fmt: skip
 
-# fmtk's handlers by their function's qualified name (or class), as the engines hold them.
-_NAMES = {
-    "attach_handlers.<locals>.order_epoch": ORDER[0].handler,
-    "attach_epoch_log.<locals>.arm": ORDER[1].handler,
-    "attach_gradient_clipping.<locals>.clip": "gradient clipping",
-    "attach_ema.<locals>.warm_up": "EMA: warm-up of its decay, then the update",
-    "EMAHandler._update_ema_model": "EMA: warm-up of its decay, then the update",
-    "_OutputHandler": "progress bar",
-    "_EveryIterations": "every log_every steps: NaN check, per-iteration loss and LR",
-    "ProgressBar._close": "progress bar closed",
-    "attach_nonfinite_guard.<locals>.check": "NaN guard: the epoch's losses",
-    "attach_handlers.<locals>.share_buffers": "BatchNorm buffers from rank 0",
-    "attach_validation.<locals>.validate": "validation: runs the evaluator (its COMPLETED handlers below)",
-    "attach_early_stopping.<locals>.record": "early stopping's decision kept in RunStop",
-    "attach_epoch_log.<locals>.log_epoch": "the epoch line and metrics.csv",
-    "IterationPoints.write": "TensorBoard: the epoch's per-iteration points",
-    "attach_checkpoints.<locals>.flush_removals": "superseded checkpoints removed",
-    "attach_early_stopping.<locals>.say_why": "early stopping's line",
-}
-_IGNITE_OWN = (
-    "Engine._",
-    "Metric.",
-    "_start_epoch",
-    "_finish_epoch",
-    "attach_epoch_log.<locals>.remember_lr",
-)
+# (engine, qualified name) → the step's name; a name on several engines (Checkpoint, OutputHandler) is
+# told apart by its engine.
+_NAMES = {(step.engine, function): step.handler for step in ORDER for function in step.functions}
+_IGNITE_OWN = ("Engine._", "Metric.", "_start_epoch", "_finish_epoch")
+_FOR_ONE_STEP = "attach_epoch_log.<locals>.remember_lr"  # the epoch line's, there for one step only
 
 
 def handler_name(engine: str, event: str, handler: Any) -> str | None:
@@ -101,21 +85,13 @@ def handler_name(engine: str, event: str, handler: Any) -> str | None:
     while hasattr(handler, "_parent"):  # Ignite wraps a handler of a filtered event
         handler = handler._parent()
     qualname = getattr(handler, "__qualname__", None) or type(handler).__qualname__
-    if qualname.startswith(_IGNITE_OWN) or "remember_lr" in qualname:
+    if qualname.startswith(_IGNITE_OWN) or qualname == _FOR_ONE_STEP:
         return None
-    if isinstance(handler, Checkpoint):
-        return "best checkpoint" if engine == "evaluator" else "last checkpoint (every kept state)"
-    if isinstance(handler, EarlyStopping):
-        return "early stopping"
-    if isinstance(handler, CheckpointablePlateau):
-        return "plateau LR schedule"
-    if isinstance(handler, ParamScheduler) or type(handler).__name__ == "LRScheduler":
+    if (engine, qualname) in _NAMES:
+        return _NAMES[engine, qualname]
+    if isinstance(handler, ParamScheduler) or type(handler).__name__ == "LRScheduler":  # many classes
         return "the per-step LR schedule"
-    if isinstance(handler, OptimizerParamsHandler):
-        return "TensorBoard: lr"
-    if isinstance(handler, OutputHandler):
-        return "TensorBoard: valid metrics" if engine == "evaluator" else "TensorBoard: train loss"
-    return _NAMES.get(qualname, YOURS)
+    return YOURS
 
 
 def handlers_in_order(trainer: Engine, evaluator: Engine) -> list[tuple[str, str, str]]:
