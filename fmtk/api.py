@@ -24,8 +24,7 @@ from fmtk.launcher import resolve_handler
 from fmtk.prediction import predict_images
 from fmtk.recipe import Recipe
 from fmtk.recipe_loading import data_root, resolve_recipe
-from fmtk.runfolder import run_folder
-from fmtk.training.build import assemble_run
+from fmtk.training.build import build_run
 from fmtk.training.engines import SpeedOptions
 from fmtk.training.evaluation import (
     Evaluation,
@@ -35,7 +34,6 @@ from fmtk.training.evaluation import (
     tested_model,
 )
 from fmtk.training.run import Run
-from fmtk.training.start import Start
 
 
 @dataclass
@@ -111,22 +109,12 @@ def fit(
     attachers = [resolve_handler(handler) for handler in handlers]
     if speed is not None and not isinstance(speed, SpeedOptions):
         raise FmtkError(f"speed={speed!r}: expected a fmtk.SpeedOptions, e.g. SpeedOptions(precision='bf16')")
-    device = resolve_device(device)
-    # Ctrl-C too removes the folder: before the first checkpoint there is nothing to resume.
-    held = run_folder(run_dir, output_dir=Path(output_dir), recipe_name=recipe.name)
-    with held as folder, _ignite_quiet(quiet):
-        run = assemble_run(
-            recipe,
-            Start.of(folder, device),
-            device,
-            data_root(data_dir),
-            None if quiet else print,
-            speed=speed,
-            progress=False if quiet else progress,
-            command=f"fmtk.fit({arguments})",
-            handlers=attachers,
-        )
+    with _ignite_quiet(quiet):
+        run = build_run(recipe, run_dir, device, data_dir, None if quiet else print, speed=speed,
+                        output_dir=output_dir, progress=False if quiet else progress,
+                        command=f"fmtk.fit({arguments})", handlers=attachers)  # fmt: skip
         results = run.run()
+    folder = run.run_dir
     if not quiet:
         print(f"run folder: {folder}")
     return Result(folder, list(run.history), results["test"], run.model, "best", results, run)

@@ -177,6 +177,19 @@ def test_fit_names_a_bad_argument(arguments: dict, message: str, tmp_path: Path)
     assert not any(tmp_path.iterdir())  # refused before any run folder was made
 
 
+def test_fit_and_build_run_refuse_a_folder_in_use_and_change_nothing(tmp_path: Path) -> None:
+    """``fit`` is ``build_run(...).run()``: neither starts over a folder that holds files (an earlier
+    run's), and a run of ``build_run`` is the one ``fit`` would make."""
+    finished = toolkit.fit("digits_mlp", run_dir=tmp_path / "old", device="cpu", quiet=True, epochs=1)
+    before = {path: path.stat().st_mtime_ns for path in finished.run_dir.rglob("*")}
+    for make in (toolkit.fit, toolkit.build_run):
+        with pytest.raises(toolkit.FmtkError, match="old is not empty; give a new folder"):
+            make("digits_mlp", run_dir=finished.run_dir, device="cpu", epochs=1)
+    assert {path: path.stat().st_mtime_ns for path in finished.run_dir.rglob("*")} == before
+    run = toolkit.build_run("digits_mlp", tmp_path / "new", "cpu", echo=None, epochs=1)
+    assert isinstance(run, toolkit.Run) and run.run()["test"] == finished.test
+
+
 def test_quiet_fit_prints_nothing_on_ctrl_c(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     def press_ctrl_c(run) -> None:
         def interrupt(engine) -> None:

@@ -401,7 +401,7 @@ def test_catdog_has_one_flip_and_its_old_name_still_sets_it(catdog_root: Path, t
                "data_cache": "memory"}, "changed": {"flip_p": 0.4}}  # fmt: skip
     old = recipe_from_config(earlier)
     assert (old.augment_flip, old.changed, "flip_p" in old.options) == (0.4, {"augment_flip": 0.4}, False)
-    run = build_run(old, tmp_path, "cpu", catdog_root, echo=None)
+    run = build_run(old, tmp_path / "run", "cpu", catdog_root, echo=None)
     assert run.data.train.augmentation == Augmentation(flip_p=0.4)
     assert not run.data.valid.augmentation.active and not run.data.test.augmentation.active
     run.close_loggers()

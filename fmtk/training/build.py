@@ -7,7 +7,6 @@ made from the records, complete.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -61,6 +60,7 @@ def build_run(
     progress: bool | None = None,
     command: str | None = None,
     preset: str | None = None,
+    handlers: Sequence[Callable[[Run], None]] = (),
     **overrides: Any,
 ) -> Run:
     """Assemble the run of ``recipe`` into ``run_dir`` on ``device``; with ``resume_from`` (a last
@@ -70,7 +70,8 @@ def build_run(
 
     Args:
         recipe: what to train: a :class:`Recipe`, a bundled recipe's name or a recipe file's path.
-        run_dir: the run folder; by default a new ``<output_dir>/<recipe>/<YYYYmmdd-HHMMSS>``.
+        run_dir: the run folder (it must not exist or be empty, unless resuming); by default a new
+            ``<output_dir>/<recipe>/<YYYYmmdd-HHMMSS>``.
         device: where to train: a ``torch.device`` or ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         data_dir: the data root the recipe's ``data`` reads (default ``$FMTK_DATA``, else ``data``).
         echo: where the epoch lines and the test table go (rank 0 only); None: nowhere.
@@ -80,7 +81,12 @@ def build_run(
         progress: a progress bar over each epoch; default: when stderr is a terminal or in Jupyter.
         command: the command line recorded in config.json.
         preset: one of the recipe's named presets, applied before ``overrides``.
+        handlers: functions that receive the :class:`Run` before it starts, after the recipe's
+            ``attach`` (as ``--handler``).
         overrides: recipe values, checked like ``--set`` (e.g. ``epochs=3, lr=0.05``).
+
+    Returns:
+        The :class:`Run`, not yet started: ``run.run()`` trains and tests (``fmtk.fit`` is this).
 
     When several processes train (``ignite.distributed``), every rank calls this with the same
     ``run_dir``; only rank 0 writes files and calls ``echo``.
@@ -94,13 +100,13 @@ def build_run(
     device = resolve_device(device)
     folder = contextlib.ExitStack()
     if is_main_process():
-        reuse = run_dir is not None and os.path.isdir(run_dir)
-        held = run_folder(run_dir, output_dir=Path(output_dir), recipe_name=recipe.name, reuse=reuse)
+        held = run_folder(run_dir, output_dir=Path(output_dir), recipe_name=recipe.name,
+                          reuse=resume_from is not None)  # fmt: skip
         run_dir = folder.enter_context(held)
     try:
         start = Start.of(Path(run_dir), device, resume_from)
         return assemble_run(recipe, start, device, data_root(data_dir), echo, speed, progress=progress,
-                            command=command, folder=folder)  # fmt: skip
+                            command=command, folder=folder, handlers=handlers)  # fmt: skip
     except BaseException:
         folder.__exit__(*sys.exc_info())  # the folder's hold removes what was made, then re-raises
         raise
@@ -138,7 +144,8 @@ def assemble_run(
         progress = progress_by_default()
     logs = attach_handlers(parts, engines, kept, start, echo, progress)
     config = run_config(parts, start, data_dir, command)
-    run = Run(parts, engines, logs, start, config, kept, echo, folder or contextlib.nullcontext())
+    run = Run.of(parts, engines, logs, start, config=config, kept=kept, echo=echo,
+                 folder=folder or contextlib.nullcontext())  # fmt: skip
     try:
         for attach in [recipe.attach] if recipe.attach is not None else []:
             attach(run)

@@ -27,7 +27,7 @@ from fmtk.training.engines import SpeedOptions, configure_kernels, loss_on
 from fmtk.weights import load_starting_weights
 
 
-@dataclass(frozen=True)
+@dataclass
 class Parts:
     """What a recipe gives a run: the model (on ``device``, in its memory format), the data, the
     loss of validation and testing (``loss_fn``), the loss of training (``train_loss``: with the

@@ -12,7 +12,7 @@ import errno
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +60,10 @@ class Logs:
     lr_scheduler: CheckpointablePlateau | ParamScheduler | None
 
 
-@dataclass
-class Run:
-    """One assembled run: its recipe's parts, Ignite engines and handlers, in its run folder.
+@dataclass(kw_only=True)
+class Run(Parts):
+    """One assembled run: its recipe's parts (``recipe``, ``device``, ``model``, ``data``, ``loss_fn``,
+    ``speed``: :class:`~fmtk.training.parts.Parts`), Ignite engines and handlers, in its run folder.
 
     Attach any Ignite handler to ``trainer`` or ``evaluator`` (the valid-split evaluator, metrics
     ``loss`` and ``accuracy``), and :meth:`keep` any state it has, before calling :meth:`run`.
@@ -74,10 +75,21 @@ class Run:
     are attached last, after every handler a user adds.
     """
 
-    parts: Parts
-    engines: Engines
-    logs: Logs
+    # The engines: as :class:`Engines` says.
+    optimizer: torch.optim.Optimizer
+    trainer: Engine
+    evaluator: Engine
+    evaluated_model: nn.Module
+    scaler: torch.amp.GradScaler | None
+    metric_names: list[str]
+    # What the handlers every run gets leave: as :class:`Logs` says.
+    history: list[dict[str, float]]
+    tensorboard: TensorboardLogger | None
+    tensorboard_iterations: TensorboardLogger | None
+    early_stopping: EarlyStopping | None
+    lr_scheduler: CheckpointablePlateau | ParamScheduler | None
     start: Start  # how it begins: new, again or resumed, in its run folder
+    run_dir: Path
     config: dict[str, Any]  # what config.json holds, written by prepare()
     kept: dict[str, Any]
     echo: Callable[[str], None] = print
@@ -87,24 +99,12 @@ class Run:
     last_checkpoint: Checkpoint | None = None
     results: dict[str, Any] = field(default_factory=dict)
 
-    run_dir = property(lambda self: self.start.run_dir)
-    recipe = property(lambda self: self.parts.recipe)
-    device = property(lambda self: self.parts.device)
-    model = property(lambda self: self.parts.model)
-    data = property(lambda self: self.parts.data)
-    loss_fn = property(lambda self: self.parts.loss_fn)
-    speed = property(lambda self: self.parts.speed)
-    optimizer = property(lambda self: self.engines.optimizer)
-    trainer = property(lambda self: self.engines.trainer)
-    evaluator = property(lambda self: self.engines.evaluator)
-    evaluated_model = property(lambda self: self.engines.evaluated_model)
-    scaler = property(lambda self: self.engines.scaler)
-    metric_names = property(lambda self: self.engines.metric_names)
-    history = property(lambda self: self.logs.history)
-    tensorboard = property(lambda self: self.logs.tensorboard)
-    tensorboard_iterations = property(lambda self: self.logs.tensorboard_iterations)
-    early_stopping = property(lambda self: self.logs.early_stopping)
-    lr_scheduler = property(lambda self: self.logs.lr_scheduler)
+    @classmethod
+    def of(cls, parts: Parts, engines: Engines, logs: Logs, start: Start, **rest: Any) -> Run:
+        """The run assembled from its records (``rest``: ``config``, ``kept``, ``echo``, ``folder``)."""
+        records = (parts, engines, logs)
+        made = {item.name: getattr(record, item.name) for record in records for item in fields(record)}
+        return cls(**made, start=start, run_dir=start.run_dir, **rest)
 
     def keep(self, name: str, state: Any) -> Any:
         """Save ``state`` (anything with ``state_dict``/``load_state_dict``) in the last checkpoint
@@ -182,7 +182,7 @@ class Run:
 
     def test(self, checkpoint_path: Path) -> Evaluation:
         """Load the model weights of ``checkpoint_path`` and evaluate them on the test split."""
-        return test_checkpoint(self.parts, checkpoint_path)
+        return test_checkpoint(self, checkpoint_path)
 
     def close_loggers(self) -> None:
         """Close the TensorBoard loggers (their files are complete)."""
@@ -198,11 +198,11 @@ class Run:
         best = self.test(best_path)
         epoch = self.trainer.state.epoch
         if is_main_process():  # while the model holds the best weights
-            write_pictures(self.parts, best, self.run_dir, self.tensorboard.writer, epoch)
+            write_pictures(self, best, self.run_dir, self.tensorboard.writer, epoch)
             for which, result in [("best", best), ("last", last)]:
                 self.tensorboard.writer.add_scalar(f"test/{which}_accuracy", result.accuracy, epoch)
         tested = {"best": (best_path, best), "last": (last_path, last)}
-        return final_results(self.parts, self.history, tested, epoch, seconds, self.kept[STOP])
+        return final_results(self, self.history, tested, epoch, seconds, self.kept[STOP])
 
     @contextlib.contextmanager
     def _disk_full_as_one_line(self) -> Iterator[None]:

@@ -64,13 +64,13 @@ def test_each_speed_option_trains_and_is_recorded(
         load_recipe("fmnist_cnn"), {"epochs": "1", "batch_size": "50", "variant": "basic"}
     )
     (mnist_root / "FashionMNIST").symlink_to(mnist_root / "MNIST")
-    run = build_run(recipe, tmp_path, CPU, mnist_root, echo=lambda line: None, speed=speed)
+    run = build_run(recipe, tmp_path / "run", CPU, mnist_root, echo=lambda line: None, speed=speed)
     assert run.model[1][0].weight.is_contiguous(memory_format=torch.channels_last) == speed.channels_last
     results = run.run()
     assert results["precision"] == speed.precision and results["compile"] is bool(speed.compile)
-    assert json.loads((tmp_path / "config.json").read_text())["speed"]["precision"] == speed.precision
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["speed"]["precision"] == speed.precision
     assert results["test"]["best"]["accuracy"] > 0.5  # bars in row bands: easy once trained at all
-    checkpoint = read_checkpoint(tmp_path / "last_checkpoint_1.pt")
+    checkpoint = read_checkpoint(tmp_path / "run" / "last_checkpoint_1.pt")
     assert ("scaler" in checkpoint) == (speed.precision == "16-mixed")  # fp16's loss scale resumes
 
 

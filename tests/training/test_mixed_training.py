@@ -113,7 +113,7 @@ def test_a_short_run_trains_with_mixing_and_only_training_batches_are_mixed(
     monkeypatch.setattr(
         BatchMixer, "__call__", lambda self, *args: calls.append(args[2:]) or real_call(self, *args)
     )
-    run = build_run("mnist_dnn", tmp_path, CPU, mnist_root, echo=None, epochs=3, lr=0.3, **values)
+    run = build_run("mnist_dnn", tmp_path / "run", CPU, mnist_root, echo=None, epochs=3, lr=0.3, **values)
     results = run.run()
     assert all(math.isfinite(row["train_loss"]) for row in run.history)
     assert results["test"]["best"]["accuracy"] > 0.3  # 10 classes: chance is 0.1
@@ -121,5 +121,5 @@ def test_a_short_run_trains_with_mixing_and_only_training_batches_are_mixed(
     assert calls == [
         (epoch, batch) for epoch in (1, 2, 3) for batch in range(per_epoch)
     ]  # training batches only
-    config = json.loads((tmp_path / "config.json").read_text())
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert {key: config[key] for key in values} == values
