@@ -23,6 +23,7 @@ from fmtk.regression.check import Check, recipe_checks
 from fmtk.values import argument_value, parse_option, parse_value, typed
 
 SCHEDULES = ("plateau", "onecycle", "cosine", "none")
+TRACKERS = ("none", "mlflow")
 CLASS_WEIGHTS = ("none", "balanced")
 PER_ITERATION_SCHEDULES = ("onecycle", "cosine")  # step every iteration, laid out over the epochs
 
@@ -164,6 +165,8 @@ class Recipe:
     # --- Run control --------------------------------------------------------------------------------
     seed: int = 42
     log_every: int = 50  # iterations between per-iteration TensorBoard points (each one is a host sync)
+    # Where else the run is logged: "none", or "mlflow" (fmtk.tracking; the track extra).
+    track: str = "none"
     # A recipe's own handlers: called with the assembled fmtk.training.run.Run before training starts.
     attach: Callable[[Any], None] | None = None
     # Named sets of values (`fmtk run RECIPE --preset NAME`).
@@ -319,6 +322,7 @@ def _value_problems(recipe: Recipe) -> Iterator[str]:
         ],
         (r.max_grad_norm is None or r.max_grad_norm > 0,
          f"max_grad_norm must be > 0 or none, got {r.max_grad_norm}"),
+        (r.track in TRACKERS, f"track must be one of {', '.join(TRACKERS)}, got '{r.track}'"),
         (r.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got '{r.schedule}'"),
         (r.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {r.warmup_epochs}"),
         (r.warmup_epochs == 0 or r.schedule == "cosine",

@@ -231,3 +231,18 @@ def test_fit_says_its_run_folder_and_why_a_handler_stopped_it(
     assert lines[-1] == f"run folder: {tmp_path / 'run'}"
     toolkit.fit("digits_mlp", epochs=1, device="cpu", run_dir=tmp_path / "quiet", quiet=True)
     assert capsys.readouterr().out == ""
+
+
+def test_setup_cfg_installs_every_package_of_fmtk() -> None:
+    """A wheel holds only the packages setup.cfg names (fmtk.regression was once missing: an
+    installed ``fmtk check`` failed to import where an editable one worked)."""
+    import configparser
+
+    root = Path(__file__).resolve().parents[1]
+    config = configparser.ConfigParser()
+    config.read(root / "setup.cfg")
+    listed = {name.strip() for name in config["options"]["packages"].split(",")}
+    found = {
+        ".".join(path.parent.relative_to(root).parts) for path in (root / "fmtk").rglob("__init__.py")
+    }
+    assert found | {"fmtk.recipes"} == listed

@@ -45,6 +45,9 @@ from fmtk.errors import FmtkError
     "--run-dir", type=click.Path(path_type=Path), help="Exact run folder (must not exist or be empty)."
 )
 @click.option("--preset", metavar="NAME", help="One of the recipe's named presets (fmtk list shows them).")
+@click.option("--track", type=click.Choice(["none", "mlflow"]),
+              help="Also log the run in MLflow ($MLFLOW_TRACKING_URI, else ./mlflow.db); "
+              "as --set track=mlflow.")  # fmt: skip
 @set_option
 @training_options
 def run(
@@ -61,6 +64,7 @@ def run(
     output_dir: Path,
     run_dir: Path | None,
     preset: str | None,
+    track: str | None,
     settings: tuple[str, ...],
     handlers: tuple[str, ...],
     precision: str,
@@ -101,7 +105,8 @@ def run(
     )  # fmt: skip
     if resume is not None:
         changed = [name for name, value in [("--batch-size", batch_size), ("--lr", lr), ("--seed", seed),
-                   ("--set", settings), ("--run-dir", run_dir), ("--preset", preset)] if value]  # fmt: skip
+                   ("--set", settings), ("--run-dir", run_dir), ("--preset", preset),
+                   ("--track", track)] if value]  # fmt: skip
         if changed:
             raise FmtkError(f"--resume keeps the run's recipe; {', '.join(changed)} cannot change it")
         request.epochs = epochs
@@ -110,7 +115,7 @@ def run(
             raise FmtkError("--preset with --config: the run's values already hold its preset; use --set")
         request.preset = preset
         request.overrides = parse_settings(settings)
-        flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+        flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "track": track}
         request.overrides.update({key: value for key, value in flags.items() if value is not None})
     train(request, click.echo)
 

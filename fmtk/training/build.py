@@ -44,6 +44,7 @@ from fmtk.training.run import Engines, Logs, Run
 from fmtk.training.schedules import attach_schedule
 from fmtk.training.start import Start
 from fmtk.training.tensorboard import HPARAM_METRICS, attach_tensorboard, hparam_values, write_hparams
+from fmtk.training.tracking import open_tracker
 from fmtk.weights import EMA_MODEL
 
 
@@ -129,10 +130,12 @@ def assemble_run(
     its run folder, an existing folder the caller holds (:func:`fmtk.runfolder.run_folder`);
     ``folder``, that hold, is released when the run ends. The recipe's ``attach`` and then each of
     ``handlers`` (``--handler`` functions) get the run."""
+    echo = echo if echo is not None and is_main_process() else _silent
+    # Connected first: a tracking server that cannot be reached is one line before the data loads.
+    tracker = open_tracker(recipe, start.run_dir, echo) if is_main_process() else None
     parts = recipe_parts(
         recipe, data_dir, device, start.speed(speed), start.weights_loader(recipe.name), start.head
     )
-    echo = echo if echo is not None and is_main_process() else _silent
     lines = [start.changes(parts), threads_line(parts.speed.threads), skipped_line(parts.data.skipped),
              parts.started_from]  # fmt: skip
     for line in [*lines, split_sizes(parts)]:
@@ -144,15 +147,19 @@ def assemble_run(
         progress = progress_by_default()
     logs = attach_handlers(parts, engines, kept, start, echo, progress)
     config = run_config(parts, start, data_dir, command)
-    run = Run.of(parts, engines, logs, start, config=config, kept=kept, echo=echo,
+    if tracker is not None:
+        tracker.begin(recipe, config)
+        tracker.attach(engines.trainer, engines.optimizer, logs.history, recipe.log_every)
+    run = Run.of(parts, engines, logs, start, config=config, kept=kept, echo=echo, tracker=tracker,
                  folder=folder or contextlib.nullcontext())  # fmt: skip
     try:
         for attach in [recipe.attach] if recipe.attach is not None else []:
             attach(run)
         for attach in handlers:
             attach(run)
-    except BaseException:
+    except BaseException as error:
         run.close_loggers()  # their files go with the failed start
+        run.end_tracking(error)
         raise
     return run
 

@@ -50,6 +50,33 @@ def every_iterations(trainer: Engine, every: int, handler: Callable[[Engine], No
     _EVERY[trainer].handlers.append((every, handler))
 
 
+class IterationPoints:
+    """The loss and the LR of each parameter group every ``log_every`` iterations (TensorBoard's
+    ``train/loss_iteration`` and ``train/lr/group_<i>``, a tracker's), the loss kept on its device:
+    reading one is a host-device sync, so :meth:`take` reads them all at once, at the epoch's end.
+    Points of an epoch cut short by a kill are lost with it, as the resumed run makes them again."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self.points: list[tuple[int, torch.Tensor, list]] = []
+
+    def keep(self, engine: Engine) -> None:
+        lrs = [group["lr"] for group in self.optimizer.param_groups]  # per-step schedules show here
+        self.points.append((engine.state.iteration, engine.state.output, lrs))
+
+    def take(self) -> list[tuple[int, float, list[float]]]:
+        """``(iteration, loss, lrs)`` of the points kept since the last call (one wait for all)."""
+        if not self.points:
+            return []
+        losses = torch.stack([loss.detach().float() for _, loss, _ in self.points]).tolist()
+        taken = [
+            (iteration, loss, [float(lr) for lr in lrs])
+            for (iteration, _, lrs), loss in zip(self.points, losses, strict=True)
+        ]
+        self.points.clear()
+        return taken
+
+
 EARLY_STOPPING = "early stopping"  # RunStop's reason when early stopping ended training
 
 

@@ -33,6 +33,7 @@ from fmtk.training.parts import Parts
 from fmtk.training.results import final_results, test_checkpoint, test_table, write_pictures
 from fmtk.training.schedules import CheckpointablePlateau
 from fmtk.training.start import Start
+from fmtk.training.tracking import MlflowTracker
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class Run(Parts):
     echo: Callable[[str], None] = print
     # The run folder's hold (its lock; a failed run's removal), released when run() ends.
     folder: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext, repr=False)
+    tracker: MlflowTracker | None = None  # track="mlflow": the run's MLflow run (rank 0)
     best_checkpoint: Checkpoint | None = None
     last_checkpoint: Checkpoint | None = None
     results: dict[str, Any] = field(default_factory=dict)
@@ -172,17 +174,27 @@ class Run(Parts):
                     self.trainer.run(self.data.train, max_epochs=self.recipe.epochs)
                 idist.barrier()  # rank 0 has written the checkpoints every rank now reads
                 self.results = self._test_checkpoints(time.perf_counter() - started)
+            except BaseException as error:
+                self.end_tracking(error)
+                raise
             finally:
                 self.close_loggers()
             if is_main_process():
                 write_json(self.run_dir / METRICS_JSON, self.results)
                 for line in test_table(self.results):
                     self.echo(line)
+                if self.tracker is not None:
+                    self.tracker.finish(self.results)
         return self.results
 
     def test(self, checkpoint_path: Path) -> Evaluation:
         """Load the model weights of ``checkpoint_path`` and evaluate them on the test split."""
         return test_checkpoint(self, checkpoint_path)
+
+    def end_tracking(self, error: BaseException) -> None:
+        """The MLflow run marked as ended by ``error``: killed by Ctrl-C, else failed."""
+        if self.tracker is not None:
+            self.tracker.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
 
     def close_loggers(self) -> None:
         """Close the TensorBoard loggers (their files are complete)."""

@@ -18,7 +18,7 @@ from torch.utils.tensorboard.summary import hparams
 from fmtk.errors import FmtkError
 from fmtk.recipe import Recipe, overridable_fields
 from fmtk.runfolder import ITERATIONS
-from fmtk.training.handlers import every_iterations
+from fmtk.training.handlers import IterationPoints, every_iterations
 
 
 def attach_tensorboard(
@@ -60,37 +60,19 @@ def attach_tensorboard(
 
     purge = {"purge_step": purge_steps[1]} if purge_steps is not None else {}
     iterations = TensorboardLogger(log_dir=str(run_dir / ITERATIONS), **purge)
-    points = IterationPoints(iterations.writer, optimizer)
+    points = IterationPoints(optimizer)
     every_iterations(trainer, log_every, points.keep)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, points.write)
-    return epochs, iterations
 
-
-class IterationPoints:
-    """The per-iteration points (``train/loss_iteration`` and ``train/lr/group_<i>``, as Ignite's
-    OutputHandler and OptimizerParamsHandler name them), kept every ``log_every`` iterations with
-    the loss on its device and written at the epoch's end: reading a loss is a host-device sync,
-    and TensorBoard's ``add_scalar`` costs a good part of a small step (docs/performance.md); both
-    once an epoch instead of at each point, off the epoch's clock. Points of
-    an epoch cut short by a kill are lost with it, as the resumed run writes them again."""
-
-    def __init__(self, writer: SummaryWriter, optimizer: torch.optim.Optimizer) -> None:
-        self.writer, self.optimizer = writer, optimizer
-        self.points: list[tuple[int, torch.Tensor, list[float]]] = []
-
-    def keep(self, engine: Engine) -> None:
-        lrs = [group["lr"] for group in self.optimizer.param_groups]  # per-iteration schedules show here
-        self.points.append((engine.state.iteration, engine.state.output, lrs))
-
-    def write(self, engine: Engine | None = None) -> None:
-        if not self.points:
-            return
-        losses = torch.stack([loss.float() for _, loss, _ in self.points]).tolist()  # one wait for all
-        for (iteration, _, lrs), loss in zip(self.points, losses, strict=True):
-            self.writer.add_scalar("train/loss_iteration", loss, iteration)
+    # Written at the epoch's end: TensorBoard's add_scalar costs a good part of a small step
+    # (docs/performance.md); once an epoch, off the epoch's clock.
+    def write_points(_: Engine) -> None:
+        for iteration, loss, lrs in points.take():
+            iterations.writer.add_scalar("train/loss_iteration", loss, iteration)
             for index, lr in enumerate(lrs):
-                self.writer.add_scalar(f"train/lr/group_{index}", float(lr), iteration)
-        self.points.clear()
+                iterations.writer.add_scalar(f"train/lr/group_{index}", lr, iteration)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, write_points)
+    return epochs, iterations
 
 
 def _check_log_folder(folder: Path, resuming: bool) -> None:

@@ -1,0 +1,250 @@
+"""--track mlflow against a real MLflow tracking server (``mlflow server`` over SQLite on a free port,
+as teams run it): what a run logs, one MLflow run across SIGKILL and --resume, a server that goes
+away mid-run, one that cannot be reached, MLflow not installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_line_error, fmtk_process, make_mnist_like
+from conftest import fmtk as fmtk_here
+
+mlflow = pytest.importorskip("mlflow")  # the track extra, in test: CI has it
+
+HANDLERS = """
+import os
+import signal
+import time
+import urllib.request
+
+from ignite.engine import Events
+
+
+def at_iteration(run, iteration, action):
+    @run.trainer.on(Events.ITERATION_COMPLETED(once=iteration))
+    def act(engine):
+        action()
+
+
+def sigkill_mid_epoch_3(run):
+    at_iteration(run, 2 * 20 + 7, lambda: os.kill(os.getpid(), signal.SIGKILL))
+
+
+def stop_server_in_epoch_2(run):
+    def stop():
+        os.killpg(int(os.environ["TEST_SERVER_GROUP"]), signal.SIGTERM)
+        for _ in range(200):  # until it no longer answers (it is the test's child: not reaped here)
+            try:
+                urllib.request.urlopen(os.environ["MLFLOW_TRACKING_URI"] + "/health", timeout=1).close()
+            except OSError:
+                return
+            time.sleep(0.1)
+
+    at_iteration(run, 20 + 3, stop)
+"""
+# fmnist_dnn on 1,000 small images, batch 50: 20 steps an epoch; dropout, BatchNorm, Adam, the plateau.
+# A per-iteration point every 5 steps: the killed run has kept points of epoch 3 that it never logged.
+RECIPE = ["fmnist_dnn", "--epochs", "4", "--batch-size", "50", "--set", "plateau_patience=1", "--set",
+          "log_every=5", "--track", "mlflow"]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """``mlflow server`` over a SQLite file in ``folder``, its artifacts served by it, one worker;
+    stopped with its whole process group."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.uri = f"http://127.0.0.1:{free_port()}"
+        command = [
+            str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+            "--port", self.uri.rsplit(":", 1)[1], "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+            "--serve-artifacts", "--artifacts-destination", str(folder / "artifacts"),
+        ]  # fmt: skip
+        # No job runner: it starts worker processes that outlive a stopped server.
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.log = (folder / "server.log").open("w")
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                if self.process.poll() is not None:
+                    break
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tracking")
+    make_mnist_like(root / "data", "FashionMNIST", train=1200, test=300, bar=68)
+    (root / "trackers.py").write_text(HANDLERS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(workspace: Path) -> Iterator[Server]:
+    running = Server(workspace / "server")
+    yield running
+    running.stop()
+
+
+def tracked(
+    workspace: Path, uri: str, experiment: str, *args: str, **env: str
+) -> subprocess.CompletedProcess:
+    """``fmtk run ARGS`` on the workspace's data logging to ``uri``, in a new process (a real
+    environment; a SIGKILL kills only it)."""
+    environment = {**os.environ, "PYTHONPATH": str(workspace), "MLFLOW_TRACKING_URI": uri,
+                   "MLFLOW_EXPERIMENT_NAME": experiment, **env}  # fmt: skip
+    return fmtk_process("run", *args, "--data-dir", str(workspace / "data"), cwd=workspace, env=environment)
+
+
+def mlflow_run(uri: str, run_dir: Path):
+    run_id = json.loads((run_dir / "tracking.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(uri)
+    return client, client.get_run(run_id)
+
+
+def histories(uri: str, run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every metric the MLflow run holds: its (step, value) points in step order."""
+    client, run = mlflow_run(uri, run_dir)
+    return {
+        key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+        for key in run.data.metrics
+    }
+
+
+def test_a_tracked_run_logs_its_values_epochs_tests_and_files(
+    workspace: Path, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "plain")
+    result = fmtk_here("run", "digits_mlp", "--epochs", "2", "--run-dir", "plain", "--device", "cpu",
+                       "--track", "mlflow", cwd=workspace)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    run_dir = workspace / "plain"
+    client, run = mlflow_run(server.uri, run_dir)
+    assert f"tracking: MLflow run {run.info.run_id} at {server.uri} (experiment plain)" in result.stdout
+    assert (run.info.status, run.info.run_name) == ("FINISHED", "plain")
+    assert client.get_experiment(run.info.experiment_id).name == "plain"
+    assert run.data.params["lr"] == "0.01" and run.data.params["recipe"] == "digits_mlp"
+    assert run.data.tags["fmtk.recipe"] == "digits_mlp"
+    assert run.data.tags["fmtk.run_dir"] == str(run_dir.resolve())
+    assert json.loads(run.data.tags["fmtk.changed"]) == {"epochs": 2, "track": "mlflow"}
+    history = histories(server.uri, run_dir)
+    rows = [line.split(",") for line in (run_dir / "metrics.csv").read_text().splitlines()]
+    for column, name in enumerate(rows[0][1:], start=1):
+        assert history[name] == [(int(row[0]), float(row[column])) for row in rows[1:]]
+    # digits_mlp: 34 steps an epoch, a point every 10 (log_every): steps 10, 20, 30, 40, 50, 60.
+    assert [step for step, _ in history["train_loss_iteration"]] == [10, 20, 30, 40, 50, 60]
+    assert [step for step, _ in history["lr_iteration"]] == [10, 20, 30, 40, 50, 60]
+    tested = json.loads((run_dir / "metrics.json").read_text())["test"]
+    for which in ("best", "last"):
+        for name in ("accuracy", "loss"):
+            assert history[f"test_{which}_{name}"] == [(2, tested[which][name])]
+    files = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "metrics.json", "metrics.csv", "confusion_best.png", "top_losses.png"} <= files
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_make_one_mlflow_run_with_an_uninterrupted_runs_history(
+    workspace: Path, server: Server
+) -> None:
+    straight = tracked(workspace, server.uri, "resume", *RECIPE, "--run-dir", "straight")
+    assert straight.returncode == 0, straight.stderr
+    killed = tracked(workspace, server.uri, "resume", *RECIPE, "--run-dir", "killed",
+                     "--handler", "trackers:sigkill_mid_epoch_3")  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    # Epochs 1 and 2 are in the MLflow run, epoch 3 is not: killed before its end.
+    assert {step for step, _ in histories(server.uri, workspace / "killed")["valid_loss"]} == {1, 2}
+    resumed = tracked(workspace, server.uri, "resume", "--resume", "killed")
+    assert resumed.returncode == 0, resumed.stderr
+    _, run = mlflow_run(server.uri, workspace / "killed")
+    assert f"tracking: MLflow run {run.info.run_id} at {server.uri}, after epoch 2" in resumed.stdout
+    assert run.info.status == "FINISHED"
+    expected, got = histories(server.uri, workspace / "straight"), histories(server.uri, workspace / "killed")
+    # Every figure, point by point; of the seconds each epoch trained, the epochs.
+    seconds = [[step for step, _ in history.pop("epoch_seconds")] for history in (expected, got)]
+    assert got == expected and seconds == [[1, 2, 3, 4]] * 2
+    assert [step for step, _ in expected["valid_loss"]] == [1, 2, 3, 4]
+    assert [step for step, _ in expected["train_loss_iteration"]] == list(range(5, 81, 5))
+    experiment = mlflow.MlflowClient(server.uri).get_experiment_by_name("resume")
+    runs = mlflow.MlflowClient(server.uri).search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["killed", "straight"]  # one MLflow run each
+
+
+@pytest.mark.slow
+def test_a_server_that_goes_away_mid_run_costs_one_line_and_nothing_else(
+    workspace: Path, tmp_path: Path
+) -> None:
+    gone = Server(tmp_path / "server")
+    try:
+        result = tracked(workspace, gone.uri, "gone", *RECIPE, "--run-dir", "gone",
+                         "--handler", "trackers:stop_server_in_epoch_2",
+                         TEST_SERVER_GROUP=str(gone.process.pid))  # fmt: skip
+    finally:
+        gone.stop()
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning: track=mlflow")]
+    assert warnings == [
+        f"warning: track=mlflow: the tracking server {gone.uri} cannot be reached (connection refused); the "
+        f"run goes on without it, everything is in gone as always"
+    ]
+    run_dir = workspace / "gone"
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 4
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 4
+
+
+def test_a_tracking_server_that_cannot_be_reached_is_one_line_before_anything_trains(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    started = time.monotonic()
+    result = fmtk_here("run", "digits_mlp", "--output-dir", "unreached", "--track", "mlflow", cwd=workspace)
+    assert_one_line_error(result, "track=mlflow: the tracking server http://127.0.0.1:", "cannot be reached")
+    assert time.monotonic() - started < 30  # MLflow's own retries would take ~4 minutes
+    assert not (workspace / "unreached").exists()  # no run folder left behind
+
+
+def test_without_mlflow_the_run_says_what_to_install(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed: import fails
+    result = fmtk_here("run", "digits_mlp", "--output-dir", "none", "--set", "track=mlflow", cwd=workspace)
+    assert_one_line_error(result, "track=mlflow needs MLflow", 'pip install "fmtk[track]"')
+    assert not (workspace / "none").exists()
+    resume = fmtk_here("run", "--resume", "plain", "--track", "mlflow", cwd=workspace)
+    assert_one_line_error(resume, "--track cannot change it")
