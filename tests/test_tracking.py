@@ -248,3 +248,33 @@ def test_without_mlflow_the_run_says_what_to_install(
     assert not (workspace / "none").exists()
     resume = fmtk_here("run", "--resume", "plain", "--track", "mlflow", cwd=workspace)
     assert_one_line_error(resume, "--track cannot change it")
+
+
+@pytest.mark.slow
+def test_a_tracked_study_is_a_parent_run_with_a_child_per_trial_the_pruned_one_marked(
+    workspace: Path, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_tune import SEARCH
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "study")
+    result = fmtk_here(*SEARCH, "--set", "track=mlflow", "--study-dir", "study", cwd=workspace)
+    assert result.returncode == 0, result.stderr
+    study = workspace / "study"
+    client, parent = mlflow_run(server.uri, study)
+    assert parent.info.status == "FINISHED" and parent.data.params["space.lr"] == "loguniform:0.0001:0.5"
+    best = json.loads((study / "best.json").read_text())
+    assert parent.data.metrics["best_valid_accuracy"] == best["value"]
+    assert parent.data.tags["fmtk.best_trial"] == str(best["trial"])
+    assert {"study.json", "best.json", "tune.png"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    by_name = {child.info.run_name: child for child in children}
+    assert sorted(by_name) == ["trial_000", "trial_001", "trial_002", "trial_003"]
+    assert by_name["trial_001"].data.tags["fmtk.stopped_by"] == "pruned"
+    assert "fmtk.stopped_by" not in by_name["trial_000"].data.tags
+    for name, child in by_name.items():
+        assert child.data.params["lr"] == str(json.loads((study / name / "config.json").read_text())["lr"])

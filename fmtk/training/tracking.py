@@ -69,7 +69,8 @@ class MlflowTracker:
         self.run_dir, self.echo = run_dir, echo
         self.errors: tuple[type[BaseException], ...] = (MlflowException, OSError)
         recorded = read_tracking(run_dir)
-        self.uri = recorded.get("uri") or mlflow.get_tracking_uri()
+        study = read_tracking(run_dir.parent)  # a trial of fmtk tune logs where its study does
+        self.uri = recorded.get("uri") or study.get("uri") or mlflow.get_tracking_uri()
         self.client = mlflow.MlflowClient(self.uri)
         self.run_id: str | None = recorded.get("run_id")
         self.logged_epoch = 0  # the last epoch the MLflow run has (a resumed run logs only later ones)
@@ -88,24 +89,47 @@ class MlflowTracker:
 
     def begin(self, recipe: Recipe, config: Mapping[str, Any]) -> None:
         """Make the MLflow run of a new run folder (its values as parameters, tags saying where it
-        came from) and record its id in ``tracking.json``; a resumed one already has it."""
+        came from; a trial of ``fmtk tune``: a child of the study's) and record its id in
+        ``tracking.json``; a resumed one already has it."""
         if self.run_id is not None:
             self.echo(f"tracking: MLflow run {self.run_id} at {self.uri}, after epoch {self.logged_epoch}")
             return
-        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or recipe.name
+        tags, study = run_tags(recipe, config, self.run_dir), read_tracking(self.run_dir.parent)
+        if study.get("study"):
+            tags["mlflow.parentRunId"] = study["run_id"]
+        params = {key: _param(value) for key, value in hparam_values(recipe).items()}
+        self._create(study.get("experiment") or recipe.name, tags, params)
+
+    def begin_study(self, recipe: Recipe, space: Mapping[str, str], metric: str, trials: int) -> None:
+        """The parent MLflow run of an ``fmtk tune`` study in this (study) folder: its trials' MLflow
+        runs are its children."""
+        if self.run_id is not None:
+            self.echo(f"tracking: MLflow run {self.run_id} at {self.uri} (the study's, going on)")
+            return
+        tags = {"fmtk.recipe": recipe.name, "fmtk.study": str(self.run_dir.resolve())}
+        params = {
+            **{f"space.{key}": spec for key, spec in space.items()},
+            "metric": metric,
+            "trials": str(trials),
+        }
+        self._create(recipe.name, tags, params, study=True)
+
+    def _create(
+        self, experiment: str, tags: dict[str, str], params: dict[str, str], study: bool = False
+    ) -> None:
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment
         try:
-            experiment = self.client.get_experiment_by_name(name)
-            experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
-            run = self.client.create_run(experiment_id, tags=run_tags(recipe, config, self.run_dir),
-                                         run_name=self.run_dir.name)  # fmt: skip
+            found = self.client.get_experiment_by_name(name)
+            experiment_id = found.experiment_id if found else self.client.create_experiment(name)
+            run = self.client.create_run(experiment_id, tags=tags, run_name=self.run_dir.name)
             self.run_id = run.info.run_id
-            params = [(key, _param(value)) for key, value in hparam_values(recipe).items()]
-            for first in range(0, len(params), 100):  # MLflow takes 100 parameters a call
-                self.client.log_batch(self.run_id, params=_params(params[first : first + 100]))
+            pairs = list(params.items())
+            for first in range(0, len(pairs), 100):  # MLflow takes 100 parameters a call
+                self.client.log_batch(self.run_id, params=_params(pairs[first : first + 100]))
         except self.errors as error:
             raise FmtkError(f"track=mlflow: the tracking server {self.uri} {_failure(error)}") from None
-        write_json(self.run_dir / TRACKING_JSON, {"tracker": "mlflow", "uri": self.uri,
-                                                   "experiment": name, "run_id": self.run_id})  # fmt: skip
+        recorded = {"tracker": "mlflow", "uri": self.uri, "experiment": name, "run_id": self.run_id}
+        write_json(self.run_dir / TRACKING_JSON, {**recorded, **({"study": True} if study else {})})
         self.echo(f"tracking: MLflow run {self.run_id} at {self.uri} (experiment {name})")
 
     def attach(
@@ -133,9 +157,12 @@ class MlflowTracker:
         if self._log(metrics):
             self.logged_epoch = epoch
 
-    def finish(self, results: Mapping[str, Any]) -> None:
-        """The test figures (``test_best_accuracy``, …, at the last epoch), the run's files
-        (config.json, metrics.json, metrics.csv, its pictures), and the MLflow run marked finished."""
+    def finish(
+        self, results: Mapping[str, Any], files: tuple[str, ...] = (CONFIG, METRICS_JSON, METRICS_CSV)
+    ) -> None:
+        """The test figures (``test_best_accuracy``, …, at the last epoch), why a handler stopped the
+        run (``fmtk.stopped_by``: a pruned trial's ``pruned``), the run's ``files`` and pictures, and
+        the MLflow run marked finished."""
         from mlflow.entities import Metric
 
         now, epoch = int(time.time() * 1000), int(results.get("epochs_run") or self.logged_epoch)
@@ -147,15 +174,28 @@ class MlflowTracker:
         ]
         if not self._log(figures):
             return
-        files = [self.run_dir / name for name in (CONFIG, METRICS_JSON, METRICS_CSV)]
-        files += sorted(self.run_dir.glob("*.png"))
+        paths = [self.run_dir / name for name in files] + sorted(self.run_dir.glob("*.png"))
         try:
-            for path in files:
+            if results.get("stopped_by"):
+                self.client.set_tag(self.run_id, "fmtk.stopped_by", str(results["stopped_by"]))
+            for path in paths:
                 if path.is_file():
                     self.client.log_artifact(self.run_id, str(path))
             self.client.set_terminated(self.run_id, "FINISHED")
         except self.errors as error:
             self._lost(error)
+
+    def finish_study(self, metric: str, best_value: float, best_trial: int, files: tuple[str, ...]) -> None:
+        """A study's parent run: its best value (``best_<metric>``), best trial, files, finished."""
+        from mlflow.entities import Metric
+
+        if self._log([Metric(f"best_{metric}", float(best_value), int(time.time() * 1000), 0)]):
+            self.finish({"stopped_by": None}, files)
+            if not self.broken:
+                try:
+                    self.client.set_tag(self.run_id, "fmtk.best_trial", str(best_trial))
+                except self.errors as error:
+                    self._lost(error)
 
     def end(self, status: str) -> None:
         """Mark the MLflow run ``FAILED`` or ``KILLED`` (a run stopped by an error or Ctrl-C)."""

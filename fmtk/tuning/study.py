@@ -35,8 +35,9 @@ from fmtk.recipe import WATCH, watched_metric
 from fmtk.recipe_loading import data_root, resolve_recipe
 from fmtk.runfolder import CONFIG, read_history, read_results, run_folder, write_json
 from fmtk.runs import PRUNED
+from fmtk.training.tracking import MlflowTracker
 from fmtk.tuning.pruning import Pruning, TrialReporting
-from fmtk.tuning.report import StudyResult, study_result, trial_name, values_text, write_report
+from fmtk.tuning.report import BEST_JSON, StudyResult, study_result, trial_name, values_text, write_report
 from fmtk.tuning.space import parse_spec, search_space, spec_text, trial_values
 
 STUDY_JSON, STUDY_DB = "study.json", "study.db"
@@ -102,16 +103,37 @@ def tune_study(
             write_json(folder / STUDY_JSON, asdict(request))
         echo(f"study folder: {folder}")
         study = _open_study(folder, request, create=resume is None)
+        tracker = _study_tracker(folder, request, echo)
         try:
             _settle_interrupted_trials(study, folder, request, run, echo)
             while (ended := _ended(study)) < request.trials:
                 _run_new_trial(study, folder, request, run, ended, echo)
                 _check_not_all_failed(study, request)
         except (KeyboardInterrupt, Interrupted):
+            if tracker is not None:
+                tracker.end("KILLED")
             raise Interrupted(f"interrupted; go on with: fmtk tune --resume {folder}") from None
+        except BaseException:
+            if tracker is not None:
+                tracker.end("FAILED")
+            raise
         result = study_result(study, folder, _name(request), request.metric)
         write_report(result, folder, time.perf_counter() - started, echo)
+        if tracker is not None:
+            tracker.finish_study(result.metric, result.best_value, result.best_trial,
+                                 (STUDY_JSON, BEST_JSON))  # fmt: skip
     return result
+
+
+def _study_tracker(folder: Path, request: StudyRequest, echo: Callable[[str], None]) -> MlflowTracker | None:
+    """The study's parent MLflow run when its trials are tracked (``track=mlflow``); each trial's
+    run is its child (:meth:`MlflowTracker.begin`)."""
+    recipe = resolve_recipe(request.recipe, request.preset, request.settings)
+    if recipe.track != "mlflow":
+        return None
+    tracker = MlflowTracker(folder, echo)
+    tracker.begin_study(recipe, request.space, request.metric, request.trials)
+    return tracker
 
 
 def _check_new_study_dir(study_dir: Path | None, request: StudyRequest) -> None:
