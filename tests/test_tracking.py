@@ -278,3 +278,20 @@ def test_a_tracked_study_is_a_parent_run_with_a_child_per_trial_the_pruned_one_m
     assert "fmtk.stopped_by" not in by_name["trial_000"].data.tags
     for name, child in by_name.items():
         assert child.data.params["lr"] == str(json.loads((study / name / "config.json").read_text())["lr"])
+
+
+@pytest.mark.slow  # several processes, each importing torch
+def test_two_processes_log_once_to_one_mlflow_run_also_when_resumed(workspace: Path, server: Server) -> None:
+    two = ["--nproc-per-node", "2", "--device", "cpu"]
+    first = tracked(workspace, server.uri, "two", "digits_mlp", "--epochs", "2", "--run-dir", "two",
+                    "--track", "mlflow", *two)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("tracking: MLflow run") == 1  # rank 0's
+    resumed = tracked(workspace, server.uri, "two", "--resume", "two", "--epochs", "3", *two)
+    assert resumed.returncode == 0, resumed.stderr
+    history = histories(server.uri, workspace / "two")
+    assert [step for step, _ in history["valid_loss"]] == [1, 2, 3]  # each epoch once
+    steps = [step for step, _ in history["train_loss_iteration"]]
+    assert steps == list(range(10, 3 * 34 + 1, 10))  # 34 steps an epoch (of half batches), once each
+    experiment = mlflow.MlflowClient(server.uri).get_experiment_by_name("two")
+    assert len(mlflow.MlflowClient(server.uri).search_runs([experiment.experiment_id])) == 1
