@@ -31,6 +31,7 @@ def test_every_python_example_is_one_a_test_runs() -> None:
         "deploy.md": 1,
         "handlers.md": 2,
         "python.md": 2,
+        "tracking.md": 1,
         "tuning.md": 1,
     }
 

@@ -295,3 +295,21 @@ def test_two_processes_log_once_to_one_mlflow_run_also_when_resumed(workspace: P
     assert steps == list(range(10, 3 * 34 + 1, 10))  # 34 steps an epoch (of half batches), once each
     experiment = mlflow.MlflowClient(server.uri).get_experiment_by_name("two")
     assert len(mlflow.MlflowClient(server.uri).search_runs([experiment.experiment_id])) == 1
+
+
+def test_the_docs_runs_table_example(
+    workspace: Path, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import python_script
+    from test_docs import ROOT, python_block
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    (workspace / "runs_table.py").write_text(
+        python_block("Reading runs back", 1, ROOT / "docs" / "tracking.md")
+    )
+    done = python_script(workspace / "runs_table.py", workspace)
+    assert done.returncode == 0, done.stderr
+    header, *rows = done.stdout.splitlines()
+    assert header.split() == ["run", "status", "lr", "valid_acc", "test_acc"]
+    assert [row.split()[1:3] for row in rows] == [["FINISHED", "0.01"], ["FINISHED", "0.05"]]

@@ -17,6 +17,7 @@ uninterrupted run's. A server that stops answering mid-run costs one line; the r
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import time
@@ -42,6 +43,8 @@ QUICK_FAILURE = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    # Its "🏃 View run … at URL" on stdout, between the run's own lines (and in a quiet fmtk.fit).
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter's value
 BATCH = 900  # metrics per log_batch (MLflow takes at most 1,000)
@@ -66,6 +69,8 @@ class MlflowTracker:
 
         for name, value in QUICK_FAILURE.items():
             os.environ.setdefault(name, value)
+        for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # a new SQLite store's setup
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.run_dir, self.echo = run_dir, echo
         self.errors: tuple[type[BaseException], ...] = (MlflowException, OSError)
         recorded = read_tracking(run_dir)
