@@ -1,60 +1,55 @@
-"""Training speed: fmtk vs a plain PyTorch loop vs the notebooks' pipeline, in one command.
+"""Training speed on the CPU: fmtk against a plain PyTorch loop, and what users would write instead.
 
-For each recipe (CPU):
+By default, for each recipe (``--recipes RECIPE[:PRESET],...``), ``fmtk`` (the recipe's Ignite
+trainer, every handler a run has) and ``plain`` (the loop a person writes by hand) train the same
+model with the same optimizer on the same in-memory batches, in fmtk's default layout, taking turns
+in rounds (fmtk, plain, plain, fmtk, ...) so both see the same machine load. fmtk's figure is the
+training time the run records (metrics.csv ``epoch_seconds``); ``fmtk (Ignite's clock)``, Ignite's
+``state.times``, must agree. Seconds per epoch, median (min–max), and the per-round ratio to plain.
 
-- ``fmtk`` and ``plain`` run in one process on the same model, optimizer and in-memory batches,
-  taking turns in rounds of a few hundred steps (fmtk, plain, plain, fmtk, ...), so both see the
-  same machine load. ``fmtk`` is the recipe's Ignite trainer with every handler a run has (each
-  round is an Ignite epoch of that many steps); its figure is the training time the run records
-  (metrics.csv ``epoch_seconds``), which leaves out the validation and checkpoints that follow
-  each round. ``fmtk (Ignite's clock)`` is the same rounds timed by Ignite's ``state.times``, read
-  before Ignite adds its EPOCH_COMPLETED handlers' time: a second clock that must agree.
-  ``plain`` is the loop a person writes by hand over the same batches. The ratio (median of the
-  per-round ratios, min–max beside it) is what fmtk costs. Figures are scaled to whole epochs.
-- ``notebook``: the notebooks' pipeline, torchvision dataset + ``DataLoader`` + ``ToTensor``, in its
-  own process, with a fresh model and the recipe's optimizer as the notebook creates it.
-- ``fmtk --channels-last`` (conv recipes): the fmtk run with the channels-last memory format,
-  paired with plain rounds of its own.
-- ``--relu-order RECIPE[:PRESET] ...``: instead, two fmtk runs of the recipe taking turns, one with
-  the notebooks' conv blocks (ReLU → MaxPool) and one with fmtk's (MaxPool → ReLU, the same
-  function), channels-last (``--no-channels-last``: contiguous); the ratio is fmtk's over the
-  notebooks'. With these two, ``--set KEY=VALUE`` changes a recipe value (``--set variant=basic``).
-- ``--layouts RECIPE[:PRESET] ...``: instead, the memory layout end to end: two fmtk runs of the
-  recipe (with its preset), one contiguous and one channels-last, taking turns round by round;
-  the ratio is channels-last's seconds over contiguous's (below 1: channels-last is faster).
+``--parts``: where one step's time goes, in µs: each part of the plain step on the recipe's model,
+timed alone, and what fmtk adds to a step (fmtk and plain taking turns on a 1-pixel model, where
+compute is next to nothing); from these, fmtk / plain predicted from parts that each vary little.
 
-Warm-up rounds (epochs for the notebook) are excluded. Prints seconds per epoch (median, min–max),
-images/s, the ratio to ``plain`` and the peak RSS of the process, as a Markdown table.
-``benchmarks/step.py`` gives the per-step breakdown behind the ratio.
+``--whole-job``: mnist_dnn as a user runs it, each way a whole process, taking turns: ``fmtk run``;
+a plain script over in-memory tensors (the floor); PyTorch Lightning (``pip install -e ".[bench]"``);
+the notebooks' torchvision ``MNIST`` + ``DataLoader``. The method and figures: docs/performance.md.
 
-    python benchmarks/speed.py --data-dir ../shared/datasets [--rounds 8] [--epochs 2] [--warmup 1]
-    python benchmarks/speed.py --data-dir ../shared/datasets --recipes fmnist_cnn:fast
-    python benchmarks/speed.py --data-dir ../shared/datasets --layouts fmnist_cnn fmnist_cnn:fast
-    python benchmarks/speed.py --data-dir ../shared/datasets --relu-order fmnist_cnn:fast
-    python benchmarks/speed.py --data-dir ../shared/datasets --relu-order fmnist_cnn --set variant=basic \
-        --no-channels-last
+    python benchmarks/speed.py --data-dir ../shared/datasets [--recipes fmnist_cnn:fast] [--rounds 8]
+    python benchmarks/speed.py --data-dir ../shared/datasets --parts [--rounds 5]
+    python benchmarks/speed.py --data-dir ../shared/datasets --whole-job [--rounds 3] [--epochs 17]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import gzip
+import importlib.util
 import itertools
 import json
+import os
 import resource
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
+from common import last_line, run_limited, spread
 
-RECIPES = {"mnist_dnn": "MNIST", "fmnist_cnn": "FashionMNIST"}
+import fmtk
+
 # Steps per round of fmtk and plain taking turns: short rounds, so both see the same machine load.
 ROUND_STEPS = {"mnist_dnn": 500, "fmnist_cnn": 250}
+PART_STEPS = {"mnist_dnn": 200, "fmnist_cnn": 40}  # --parts: the steps each part is timed over
+WAYS = ("fmtk", "plain", "lightning", "notebook")  # --whole-job
+SEED, LR, BATCH = 42, 0.1, 100  # mnist_dnn's, for the whole job's ways that are not fmtk
+LIMIT = 3600  # seconds a measuring process may take
+# --whole-job: every way with fmtk's default thread count (half the usable cores), not torch's (all).
+THREADS = os.environ.get("OMP_NUM_THREADS") or str(max(1, len(os.sched_getaffinity(0)) // 2))
 
 
 def plain_epoch(model, optimizer, batches, precision: str = "32", channels_last: bool = False) -> float:
@@ -62,7 +57,6 @@ def plain_epoch(model, optimizer, batches, precision: str = "32", channels_last:
     device) in ``precision`` (``32`` or ``bf16`` autocast), the clock stops once the device is done."""
     loss_fn = torch.nn.CrossEntropyLoss()
     device = next(model.parameters()).device
-    cuda = device.type == "cuda"
     dtype = {"32": None, "bf16": torch.bfloat16}[precision]
     model.train()
     started = time.perf_counter()
@@ -74,316 +68,376 @@ def plain_epoch(model, optimizer, batches, precision: str = "32", channels_last:
             loss = loss_fn(model(x), y)
         loss.backward()
         optimizer.step()
-    if cuda:
+    if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - started
 
 
-def fmtk_and_plain(
-    recipe_name: str,
-    data_dir: Path,
-    rounds: int,
-    channels_last: bool = False,
-    steps: int | None = None,
-    handlers: Sequence[Callable] = (),
-    device: str = "cpu",
-    precision: str = "32",
-    sets: Sequence[str] = (),
-) -> dict:
-    """Alternate fmtk and plain in rounds of ``steps`` steps (default ``ROUND_STEPS``) on one model,
-    optimizer and data, in the order fmtk, plain, plain, fmtk, ... (drift hits both alike);
-    seconds of each round. ``handlers(run)`` may attach more to the run (tests use it); ``sets``
-    change recipe values (``KEY=VALUE``); ``device`` and ``precision`` (``32``, ``bf16``) are the
-    run's (``benchmarks/gpu.py`` measures CUDA so).
+def timed_run(spec: str | fmtk.Recipe, rounds: int, run_dir: Path | str, overrides: Mapping | None = None,
+              **options) -> fmtk.Run:  # fmt: skip
+    """The run of ``spec`` (``RECIPE[:PRESET]`` or a Recipe) with ``overrides`` (``--set`` values) for
+    ``rounds`` timed rounds: no early stopping or plateau acting on their validation. ``options``:
+    ``fmtk.build_run``'s (device, data_dir, speed)."""
+    recipe, _, preset = spec.partition(":") if isinstance(spec, str) else (spec, "", "")
+    values = {"epochs": str(rounds), "early_stopping_patience": "none", "plateau_patience": "none"}
+    return fmtk.build_run(recipe, run_dir, echo=None, preset=preset or None, progress=False,
+                          **options, **{**values, **(overrides or {})})  # fmt: skip
 
-    fmtk's figure is the epoch's training time as the run records it (metrics.csv ``epoch_seconds``:
-    from its first step until its last loss is on the host); ``fmtk (Ignite's clock)`` is the same
-    epoch by Ignite's ``state.times``, read before Ignite adds its EPOCH_COMPLETED handlers' time
-    (validation, checkpoints), a second clock for the same figure."""
+
+def fmtk_and_plain(recipe: str | fmtk.Recipe, data_dir: Path | None, rounds: int,
+                   channels_last: bool | None = None, steps: int | None = None,
+                   handlers: Sequence[Callable] = (), device: str = "cpu", precision: str = "32",
+                   overrides: Mapping[str, str] | None = None) -> dict:  # fmt: skip
+    """fmtk and plain taking turns in rounds of ``steps`` steps (default ``ROUND_STEPS``) on one
+    model, optimizer and data, in the order fmtk, plain, plain, fmtk, ...: the seconds of each
+    round. ``handlers(run)`` may attach more to the run (tests do); ``device``, ``precision`` and
+    ``channels_last`` (None: fmtk's default) are the run's (``benchmarks/gpu.py`` measures CUDA so).
+    fmtk's figure is the run's own (metrics.csv ``epoch_seconds``); ``fmtk (Ignite's clock)`` is
+    Ignite's ``state.times``, read before Ignite adds its EPOCH_COMPLETED handlers' time."""
     from ignite.engine import Events
 
-    from fmtk import build_run
-    from fmtk.training.engines import SpeedOptions
-
-    recipe = timed_recipe(recipe_name, rounds, sets)
-    speed = SpeedOptions(precision, channels_last)
-    steps = steps or ROUND_STEPS[recipe.name]
     times: dict[str, list[float]] = {"fmtk": [], "plain": [], "fmtk (Ignite's clock)": []}
+
+    def fmtk_round(round_number: int) -> None:
+        # An Ignite "epoch" of `steps` iterations; validation and checkpoints follow it, untimed.
+        run.trainer.run(run.data.train, max_epochs=round_number, epoch_length=steps)
+        times["fmtk"].append(run.history[-1]["epoch_seconds"])
+
+    def plain_round(round_number: int) -> None:
+        batches = itertools.islice(iter(run.data.train), steps)
+        layout = run.speed.channels_last  # as the run resolved it
+        times["plain"].append(plain_epoch(run.model, run.optimizer, batches, precision, layout))
+
+    def ignite_clock(engine) -> None:
+        times["fmtk (Ignite's clock)"].append(engine.state.times["EPOCH_COMPLETED"])
+
+    speed = fmtk.SpeedOptions(precision, channels_last)
     with tempfile.TemporaryDirectory() as run_dir:
-        device = torch.device(device)
-        run = build_run(recipe, Path(run_dir), device, data_dir, None, speed=speed, progress=False)
-        run.prepare()  # the checkpoints too: every handler a run has
-        ignite_clock = times["fmtk (Ignite's clock)"]
-        run.trainer.add_event_handler(
-            Events.EPOCH_COMPLETED, lambda engine: ignite_clock.append(engine.state.times["EPOCH_COMPLETED"])
-        )
-        for handler in handlers:
-            handler(run)
-
-        def fmtk_round(round_number: int) -> None:
-            # An Ignite "epoch" of `steps` iterations; validation and checkpoints follow it, untimed.
-            run.trainer.run(run.data.train, max_epochs=round_number, epoch_length=steps)
-            times["fmtk"].append(run.history[-1]["epoch_seconds"])
-
-        def plain_round() -> None:
-            batches = itertools.islice(iter(run.data.train), steps)
-            times["plain"].append(plain_epoch(run.model, run.optimizer, batches, precision, channels_last))
-
-        for round_number in range(1, rounds + 1):
-            if round_number % 2:
-                fmtk_round(round_number)
-                plain_round()
-            else:
-                plain_round()
-                fmtk_round(round_number)
-        for logger in (run.tensorboard, run.tensorboard_iterations):
-            logger.close()
-        return {"seconds": times, "per_epoch": len(run.data.train) / steps}
-
-
-def timed_recipe(spec: str, rounds: int, sets: Sequence[str] = ()):
-    """The recipe of ``spec`` (``RECIPE[:PRESET]``) with ``sets`` (``KEY=VALUE``, as ``fmtk run
-    --set``) for ``rounds`` timed rounds: no early stopping or plateau, which would act on the
-    rounds' validation."""
-    from fmtk.cli.group import parse_settings
-    from fmtk.recipe_loading import resolve_recipe
-
-    recipe_name, _, preset = spec.partition(":")
-    overrides = {"epochs": str(rounds), "early_stopping_patience": "none", "plateau_patience": "none"}
-    overrides.update(parse_settings(tuple(sets)))
-    return resolve_recipe(recipe_name, preset or None, overrides)
-
-
-def fmtk_channels_last(recipe_name: str, data_dir: Path, rounds: int) -> dict:
-    measured = fmtk_and_plain(recipe_name, data_dir, rounds, True)
-    seconds = measured["seconds"]
-    seconds["fmtk --channels-last"] = seconds.pop("fmtk")
-    del seconds["fmtk (Ignite's clock)"]
-    return measured
-
-
-def layouts(
-    spec: str, data_dir: Path, rounds: int, steps: int | None = None, sets: Sequence[str] = ()
-) -> dict:
-    """``spec`` (``RECIPE[:PRESET]``) trained by two fmtk runs, contiguous and channels-last, taking
-    turns in rounds of ``steps`` steps (default ``ROUND_STEPS``; contiguous first in odd rounds):
-    each round's training seconds as the run records them."""
-    from fmtk.training.engines import SpeedOptions
-
-    recipe = timed_recipe(spec, rounds, sets)
-    variants = {
-        "fmtk contiguous": (recipe, SpeedOptions("32", False)),
-        "fmtk --channels-last": (recipe, SpeedOptions("32", True)),
-    }
-    return take_turns(variants, data_dir, rounds, steps)
-
-
-def relu_before_pooling(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` with each conv block's MaxPool → ReLU put back in the notebooks' order, ReLU → MaxPool
-    (the same function; fmtk pools first)."""
-    blocks = [module for module in model.modules() if isinstance(module, torch.nn.Sequential)]
-    for block in blocks:
-        for index, (first, second) in enumerate(itertools.pairwise(list(block))):
-            if isinstance(first, torch.nn.MaxPool2d) and isinstance(second, torch.nn.ReLU):
-                block[index], block[index + 1] = second, first
-    return model
-
-
-def relu_orders(
-    spec: str,
-    data_dir: Path,
-    rounds: int,
-    steps: int | None = None,
-    sets: Sequence[str] = (),
-    channels_last: bool = True,
-) -> dict:
-    """``spec`` trained by two fmtk runs, the notebooks' ReLU → MaxPool and fmtk's MaxPool → ReLU,
-    taking turns as :func:`layouts` does (the notebooks' order first in odd rounds)."""
-    import dataclasses
-
-    from fmtk.training.engines import SpeedOptions
-
-    recipe = timed_recipe(spec, rounds, sets)
-    notebook = dataclasses.replace(recipe, model=lambda r: relu_before_pooling(recipe.model(r)))
-    speed = SpeedOptions("32", channels_last)
-    variants = {"ReLU → pool (notebooks)": (notebook, speed), "pool → ReLU (fmtk)": (recipe, speed)}
-    return take_turns(variants, data_dir, rounds, steps)
-
-
-def take_turns(variants: dict, data_dir: Path, rounds: int, steps: int | None = None) -> dict:
-    """One fmtk run per variant (``name: (recipe, speed options)``), taking turns in rounds of
-    ``steps`` steps (default ``ROUND_STEPS``; in the given order in odd rounds, reversed in even
-    ones): each round's training seconds as the run records them."""
-    from fmtk import build_run
-
-    recipe = next(iter(variants.values()))[0]
-    steps = steps or ROUND_STEPS[recipe.name]
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    with tempfile.TemporaryDirectory() as folder:
-        runs = {}
-        for index, (name, (variant, speed)) in enumerate(variants.items()):
-            run_dir = Path(folder) / str(index)
-            runs[name] = build_run(variant, run_dir, torch.device("cpu"), data_dir, None, speed=speed)
-            runs[name].prepare()
-        for round_number in range(1, rounds + 1):
-            order = list(times) if round_number % 2 else list(reversed(times))
-            for name in order:
-                run = runs[name]
-                run.trainer.run(run.data.train, max_epochs=round_number, epoch_length=steps)
-                times[name].append(run.history[-1]["epoch_seconds"])
-        for run in runs.values():
-            for logger in (run.tensorboard, run.tensorboard_iterations):
-                logger.close()
-        per_epoch = len(next(iter(runs.values())).data.train) / steps
-        return {"seconds": times, "per_epoch": per_epoch, "batch_size": recipe.batch_size}
-
-
-def notebook(recipe_name: str, data_dir: Path, epochs: int) -> dict:
-    import torchvision
-    from torch.utils.data import DataLoader, Subset
-
-    recipe = timed_recipe(recipe_name, epochs)
-    torch.manual_seed(recipe.seed)
-    model = recipe.model(recipe)
-    optimizer = getattr(torch.optim, recipe.optimizer)(model.parameters(), lr=recipe.lr)
-    name = RECIPES[recipe.name]
-    with tempfile.TemporaryDirectory() as root:
-        # torchvision extracts the .gz files next to them: give it a copy, not the data root.
-        shutil.copytree(data_dir / name / "raw", Path(root) / name / "raw")
-        dataset = getattr(torchvision.datasets, name)(
-            root, train=True, download=True, transform=torchvision.transforms.ToTensor()
-        )
-        train = Subset(dataset, range(50_000))  # the same 50,000-image training size
-        loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True)
-        return {
-            "seconds": {"notebook": [plain_epoch(model, optimizer, loader) for _ in range(epochs)]},
-            "per_epoch": 1,
-        }
-
-
-MEASUREMENTS = {
-    "pair": fmtk_and_plain, "channels_last": fmtk_channels_last, "notebook": notebook, "layouts": layouts,
-    "relu_orders": relu_orders,
-}  # fmt: skip
-# What the runs taking turns are compared to, per --one measurement (default: the plain loop).
-BASELINES = {"layouts": "fmtk contiguous", "relu_orders": "ReLU → pool (notebooks)"}
-
-
-def measure_in_subprocess(what: str, recipe: str, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--one", what, recipe, "--data-dir", str(args.data_dir)]
-    command += ["--rounds", str(args.rounds), "--epochs", str(args.epochs), "--warmup", str(args.warmup)]
-    command += ["--no-channels-last"] if args.no_channels_last else []
-    command += [f"--set={value}" for value in args.set]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+        run = timed_run(recipe, rounds, run_dir, overrides, device=device, data_dir=data_dir, speed=speed)
+        steps = steps or ROUND_STEPS[run.recipe.name]
+        if steps > len(run.data.train):  # the plain loop's round would be shorter
+            raise ValueError(f"{steps} steps a round, but {len(run.data.train)} training batches")
+        with run.folder:
+            try:
+                run.prepare()  # the checkpoints too: every handler a run has
+                run.trainer.add_event_handler(Events.EPOCH_COMPLETED, ignite_clock)
+                for handler in handlers:
+                    handler(run)
+                for round_number in range(1, rounds + 1):
+                    turns = (fmtk_round, plain_round) if round_number % 2 else (plain_round, fmtk_round)
+                    for take_turn in turns:
+                        take_turn(round_number)
+            finally:
+                run.close_loggers()
+    return {"seconds": times, "per_epoch": len(run.data.train) / steps}
 
 
 def summarise(measured: dict, warmup: int, baseline: str = "plain") -> dict:
-    """Per method: the median, min and max seconds per whole epoch of the measured rounds, and the
-    median, min and max of its per-round ratio to the ``baseline`` round beside it."""
+    """Per method, after ``warmup`` rounds: the seconds per whole epoch of each round and, but for
+    the baseline, each round's ratio to the ``baseline`` round beside it."""
     rounds = {method: times[warmup:] for method, times in measured["seconds"].items()}
     summary = {}
     for method, times in rounds.items():
-        epochs = [seconds * measured["per_epoch"] for seconds in times]
-        row = {"median": statistics.median(epochs), "min": min(epochs), "max": max(epochs)}
+        summary[method] = {"epochs": [seconds * measured["per_epoch"] for seconds in times]}
         if baseline in rounds and method != baseline:
-            ratios = [a / b for a, b in zip(times, rounds[baseline], strict=True)]
-            row["ratio"] = [statistics.median(ratios), min(ratios), max(ratios)]
-        summary[method] = row
+            summary[method]["ratios"] = [a / b for a, b in zip(times, rounds[baseline], strict=True)]
     return summary
+
+
+# --parts ------------------------------------------------------------------------------------------
+
+
+def per_call(function: Callable[[], object], calls: int) -> float:
+    """µs per call of ``function``, over ``calls`` calls."""
+    started = time.perf_counter()
+    for _ in range(calls):
+        function()
+    return (time.perf_counter() - started) / calls * 1e6
+
+
+def step_parts(run, steps: int, repeats: int) -> dict[str, float]:
+    """µs per step of each part of the plain step on ``run``'s model, optimizer and batches, timed
+    alone (backward: forward, loss and backward less the first two), and of the whole plain step;
+    medians of ``repeats`` rounds after a warm-up round."""
+    model, optimizer, loss_fn = run.model, run.optimizer, torch.nn.CrossEntropyLoss()
+    batches = itertools.cycle(list(itertools.islice(iter(run.data.train), steps)))
+    x, y = next(batches)
+    model.train()
+
+    def plain_step() -> None:
+        x, y = next(batches)
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+
+    rounds = []
+    for _ in range(repeats + 1):
+        forward = per_call(lambda: loss_fn(model(x), y), steps)
+        rounds.append({
+            "next batch (slice, scale)": per_call(functools.partial(next, iter(run.data.train)), steps),
+            "zero_grad": per_call(lambda: optimizer.zero_grad(set_to_none=True), steps),
+            "forward + loss": forward,
+            "backward": per_call(lambda: loss_fn(model(x), y).backward(), steps) - forward,
+            "optimizer step": per_call(optimizer.step, steps),
+            "plain step (whole)": per_call(plain_step, steps),
+        })  # fmt: skip
+    return {name: statistics.median(parts[name] for parts in rounds[1:]) for name in rounds[0]}
+
+
+def one_pixel_recipe() -> fmtk.Recipe:
+    """A linear model of one pixel (4 weights), batches of 10: a step with next to no compute."""
+
+    def data(recipe, data_dir, device) -> fmtk.DataSplits:
+        images = torch.randint(0, 256, (5000, 1, 1, 1), dtype=torch.uint8, device=device)
+        labels = (images.flatten() > 127).long()
+        few = fmtk.TensorBatches(images[:100], labels[:100], 10)  # validation and test
+        train = fmtk.TensorBatches(images, labels, 10, shuffle=True)  # 500 steps
+        return fmtk.DataSplits(train, few, few, ["dark", "bright"])
+
+    model = lambda recipe: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1, 2))  # noqa: E731
+    return fmtk.Recipe("one_pixel", "fmtk's own cost per step", model, data, optimizer="SGD", batch_size=10)
+
+
+def fmtk_cost(rounds: int, steps: int = 500) -> list[float]:
+    """µs that fmtk adds to a step over the plain loop (its trainer, step code and handlers), per
+    round of the two taking turns on :func:`one_pixel_recipe`, the warm-up round left out."""
+    seconds = fmtk_and_plain(one_pixel_recipe(), None, rounds + 1, steps=steps)["seconds"]
+    return [(a - b) / steps * 1e6 for a, b in zip(seconds["fmtk"][1:], seconds["plain"][1:], strict=True)]
+
+
+def parts_table(spec: str, data_dir: Path, repeats: int, own: list[float]) -> list[str]:
+    """The Markdown table of ``spec``'s step parts, fmtk's own cost ``own`` and the predicted ratio."""
+    speed = fmtk.SpeedOptions("32", False)
+    with tempfile.TemporaryDirectory() as run_dir:
+        run = timed_run(spec, 1000, run_dir, device="cpu", data_dir=data_dir, speed=speed)
+        with run.folder:
+            try:
+                steps = min(PART_STEPS.get(run.recipe.name, 100), len(run.data.train))
+                parts = step_parts(run, steps, repeats)
+            finally:
+                run.close_loggers()
+    plain = parts["next batch (slice, scale)"] + parts["plain step (whole)"]
+    lines = [f"\n{spec}", "| part | µs per step |", "|---|---:|"]
+    lines += [f"| {name} | {value:,.1f} |" for name, value in parts.items()]
+    lines.append(f"| fmtk's own: trainer, step code, handlers | {spread(own, '{:,.1f}')} |")
+    return [*lines, f"| **fmtk / plain (predicted)** | **{(plain + statistics.median(own)) / plain:.3f}** |"]
+
+
+# --whole-job ---------------------------------------------------------------------------------------
+
+
+def mlp() -> torch.nn.Module:
+    """mnist_dnn's MLP 784-128-64-10."""
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)
+    )
+
+
+def split(labels) -> tuple[list[int], list[int]]:
+    """fmtk's split of MNIST's training set: scikit-learn's, stratified, seeded, 1/6 for validation."""
+    from sklearn.model_selection import train_test_split
+
+    train, valid = train_test_split(range(len(labels)), test_size=1 / 6, stratify=labels, random_state=SEED)
+    return sorted(train), sorted(valid)
+
+
+def mnist_tensors(data_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each split's images (N×1×28×28, 0–1) and labels, read from the IDX files as a plain script does."""
+
+    def read(name: str) -> torch.Tensor:
+        data = gzip.open(data_dir / "MNIST" / "raw" / f"{name}-ubyte.gz").read()
+        values = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return values[16:].view(-1, 1, 28, 28).float() / 255 if data[3] == 3 else values[8:].long()
+
+    x, y = read("train-images-idx3"), read("train-labels-idx1")
+    train, valid = split(y)
+    test = read("t10k-images-idx3"), read("t10k-labels-idx1")
+    return {"train": (x[train], y[train]), "valid": (x[valid], y[valid]), "test": test}
+
+
+def train_and_test(model: torch.nn.Module, batches: Callable, epochs: int) -> float:
+    """SGD over ``batches("train")`` each epoch, then the valid accuracy; the test accuracy at the end."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+
+    def accuracy(name: str) -> float:
+        model.eval()
+        with torch.no_grad():
+            counts = [(int((model(x).argmax(1) == y).sum()), len(y)) for x, y in batches(name)]
+        return sum(right for right, _ in counts) / sum(total for _, total in counts)
+
+    for epoch in range(epochs):
+        model.train()
+        for x, y in batches("train"):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        print(f"epoch {epoch + 1}: valid accuracy {accuracy('valid'):.4f}")
+    return accuracy("test")
+
+
+def job_plain(data_dir: Path, out: Path, epochs: int) -> float:
+    """A hand-written loop over in-memory tensors."""
+    torch.manual_seed(SEED)
+    splits = mnist_tensors(data_dir)
+
+    def batches(split: str):
+        x, y = splits[split]
+        order = torch.randperm(len(y)) if split == "train" else torch.arange(len(y))
+        return ((x[order[i : i + BATCH]], y[order[i : i + BATCH]]) for i in range(0, len(y), BATCH))
+
+    return train_and_test(mlp(), batches, epochs)
+
+
+def job_notebook(data_dir: Path, out: Path, epochs: int) -> float:
+    """The notebooks' loop: torchvision's MNIST + ``ToTensor`` + ``DataLoader``, fmtk's split."""
+    import torchvision
+    from torch.utils.data import DataLoader, Subset
+
+    torch.manual_seed(SEED)
+    (out / "MNIST" / "raw").mkdir(parents=True)  # unpacked: torchvision would download packed files again
+    for packed in (data_dir / "MNIST" / "raw").glob("*.gz"):
+        (out / "MNIST" / "raw" / packed.stem).write_bytes(gzip.decompress(packed.read_bytes()))
+    dataset, test = (torchvision.datasets.MNIST(out, train=train, transform=torchvision.transforms.ToTensor())
+                     for train in (True, False))  # fmt: skip
+    train, valid = split(dataset.targets)
+    splits = {"train": Subset(dataset, train), "valid": Subset(dataset, valid), "test": test}
+    loaders = {
+        name: DataLoader(data, batch_size=BATCH, shuffle=name == "train") for name, data in splits.items()
+    }
+    return train_and_test(mlp(), loaders.__getitem__, epochs)
+
+
+def job_lightning(data_dir: Path, out: Path, epochs: int) -> float:
+    """The job as Lightning's users write it: EarlyStopping, ModelCheckpoint (best and last, both
+    tested), ReduceLROnPlateau on the valid loss, the TensorBoard logger, fmtk's patiences."""
+    import lightning as L
+    import torch.nn.functional as F
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from torch.utils.data import DataLoader, TensorDataset
+
+    L.seed_everything(SEED)
+    loaders = {split: DataLoader(TensorDataset(*tensors), batch_size=BATCH, shuffle=split == "train")
+               for split, tensors in mnist_tensors(data_dir).items()}  # fmt: skip
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = mlp()
+
+        def training_step(self, batch, batch_index):
+            loss = F.cross_entropy(self.model(batch[0]), batch[1])
+            self.log("train_loss", loss, on_epoch=True)
+            return loss
+
+        def validation_step(self, batch, batch_index, split: str = "val"):
+            logits = self.model(batch[0])
+            self.log(f"{split}_loss", F.cross_entropy(logits, batch[1]))
+            self.log(f"{split}_acc", (logits.argmax(1) == batch[1]).float().mean())
+
+        def test_step(self, batch, batch_index):
+            self.validation_step(batch, batch_index, "test")
+
+        def configure_optimizers(self):
+            optimizer = torch.optim.SGD(self.parameters(), lr=LR)
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=3)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", monitor="val_acc", mode="max", save_last=True)
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=TensorBoardLogger(out, name="mnist_dnn"),
+                        callbacks=[EarlyStopping("val_loss", patience=6), checkpoint],
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    module = Module()
+    trainer.fit(module, loaders["train"], loaders["valid"])
+    best = trainer.test(module, loaders["test"], ckpt_path="best", verbose=False)
+    trainer.test(module, loaders["test"], ckpt_path="last", verbose=False)
+    return best[0]["test_acc"]
+
+
+JOBS = {"plain": job_plain, "notebook": job_notebook, "lightning": job_lightning}
+
+
+def whole_job(way: str, data_dir: Path, epochs: int) -> dict | None:
+    """One whole process doing the job ``way``: its wall and CPU seconds from outside and its test
+    accuracy (fmtk's: its best checkpoint's); None for Lightning when it is not installed."""
+    if way == "lightning" and importlib.util.find_spec("lightning") is None:
+        return None
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, __file__, "--job", way, "--out", out]
+        if way == "fmtk":  # the fmtk command, as a user runs it
+            command = [sys.executable, "-m", "fmtk", "run", "mnist_dnn", "--output-dir", out, "--device=cpu"]
+        command += [f"--data-dir={data_dir}", f"--epochs={epochs}"]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        env = {**os.environ, "OMP_NUM_THREADS": THREADS}  # every way: fmtk's default thread count
+        code, stdout, stderr, wall = run_limited(command, LIMIT, env=env)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if code != 0:
+            raise SystemExit(f"{way} failed: {last_line(stderr) or code}")
+        results = json.loads(next(Path(out).rglob("metrics.json")).read_text()) if way == "fmtk" else None
+        accuracy = results["test"]["best"]["accuracy"] if results else float(last_line(stdout))
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return {"wall": wall, "cpu": cpu, "accuracy": accuracy}
+
+
+def whole_job_table(measured: dict[str, list[dict]]) -> list[str]:
+    """One row per way: wall seconds median (min–max), CPU seconds, ratio to fmtk, test accuracy."""
+    fmtk_wall = statistics.median(r["wall"] for r in measured["fmtk"]) if measured.get("fmtk") else None
+    lines = ["| way | wall s | CPU s | ratio to fmtk (wall) | test accuracy |", "|---|---:|---:|---:|---:|"]
+    for way, results in measured.items():
+        if not results:
+            lines.append(f'| {way} | not run: pip install -e ".[bench]" | | | |')
+            continue
+        walls = [r["wall"] for r in results]
+        ratio = f"{statistics.median(walls) / fmtk_wall:.2f}" if fmtk_wall else "–"
+        cpu, accuracy = (statistics.median(r[key] for r in results) for key in ("cpu", "accuracy"))
+        lines.append(f"| {way} | {spread(walls)} | {cpu:.1f} | {ratio} | {accuracy:.2%} |")
+    return lines
 
 
 def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--rounds", type=int, default=8, help="measured fmtk/plain rounds (after warm-up)")
-    parser.add_argument("--epochs", type=int, default=2, help="measured notebook epochs (after warm-up)")
-    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--recipes", default="mnist_dnn,fmnist_cnn", help="RECIPE[:PRESET],...")
-    parser.add_argument("--no-channels-last", action="store_true", help="skip the channels-last row")
-    parser.add_argument("--layouts", nargs="+", metavar="RECIPE[:PRESET]", help="contiguous vs channels-last")
-    parser.add_argument(
-        "--relu-order",
-        nargs="+",
-        metavar="RECIPE[:PRESET]",
-        help="the notebooks' ReLU → pool vs fmtk's pool → ReLU",
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a recipe value (--layouts, --relu-order)",
-    )
-    parser.add_argument("--one", nargs=2, metavar=("WHAT", "RECIPE"), help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, help="measured rounds (8; --parts: 5; --whole-job: 3)")
+    parser.add_argument("--epochs", type=int, default=17, help="--whole-job: the job's epochs")
+    parser.add_argument("--warmup", type=int, default=1, help="rounds before those measured")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--parts", action="store_true", help="where one step's time goes, in µs")
+    modes.add_argument("--whole-job", action="store_true", help="the whole mnist_dnn job: fmtk and its peers")
+    parser.add_argument("--ways", default=",".join(WAYS), help="--whole-job: these ways only")
+    parser.add_argument("--job", choices=JOBS, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.set and not (args.layouts or args.relu_order or args.one):
-        parser.error("--set goes with --layouts or --relu-order")
-    from fmtk.cli.group import parse_settings
-    from fmtk.errors import FmtkError
+    args.data_dir = args.data_dir.resolve()
+    args.rounds = args.rounds or (5 if args.parts else 3 if args.whole_job else 8)
 
-    try:
-        parse_settings(tuple(args.set))  # here, not in each measuring process
-    except FmtkError as error:
-        parser.error(str(error))
-
-    if args.one:
-        what, recipe = args.one
-        rounds = args.warmup + (args.epochs if what == "notebook" else args.rounds)
-        options = {"sets": args.set} if what in BASELINES else {}  # the runs taking turns
-        if what == "relu_orders":
-            options["channels_last"] = not args.no_channels_last
-        measured = MEASUREMENTS[what](recipe, args.data_dir, rounds, **options)
-        baseline = BASELINES.get(what, "plain")
-        summary = summarise(measured, args.warmup, baseline)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        print(json.dumps({"summary": summary, "peak_mib": peak, "batch_size": measured.get("batch_size")}))
+    if args.job:  # one way of the whole job, in a process of its own
+        print(JOBS[args.job](args.data_dir, args.out, args.epochs))
         return
-
-    threads = torch.get_num_threads()
-    medians = f"medians of {args.rounds} rounds (notebook: {args.epochs} epochs), min–max in brackets"
-    print(f"torch {torch.__version__}, {threads} threads, CPU; {medians}")
-    if args.layouts or args.relu_order:
-        what, specs = ("layouts", args.layouts) if args.layouts else ("relu_orders", args.relu_order)
-        layout = "contiguous" if args.no_channels_last else "channels-last"
-        layout = "" if what == "layouts" else f" ({layout})"
-        print(f"| recipe | batch | run{layout} | s/epoch | images/s | ratio to the first | peak RSS MiB |")
-        print("|---|---:|---|---:|---:|---:|---:|")
-        for spec in specs:
-            result = measure_in_subprocess(what, spec, args)
-            for method, row in result["summary"].items():
-                ratio = row.get("ratio", [1.0, 1.0, 1.0])
+    rounds = f"{args.rounds} rounds" + ("" if args.whole_job else f" after {args.warmup} of warm-up")
+    print(f"torch {torch.__version__}, threads as fmtk chooses them; medians of {rounds} (min–max)")
+    if args.parts:
+        own = fmtk_cost(20 * args.rounds)
+        for spec in args.recipes.split(","):
+            print("\n".join(parts_table(spec, args.data_dir, args.rounds, own)), flush=True)
+    elif args.whole_job:
+        measured: dict[str, list[dict]] = {way: [] for way in args.ways.split(",")}
+        for _ in range(args.rounds):
+            for way, results in measured.items():
+                results += filter(None, [whole_job(way, args.data_dir, args.epochs)])
+        print(f"mnist_dnn, {args.epochs} epochs, the ways taking turns", *whole_job_table(measured), sep="\n")
+    else:
+        print("| recipe | pipeline | s/epoch | images/s | ratio to plain |\n|---|---|---:|---:|---:|")
+        for recipe in args.recipes.split(","):
+            measured = fmtk_and_plain(recipe, args.data_dir, args.warmup + args.rounds)
+            for method, row in summarise(measured, args.warmup).items():
+                images = 50_000 / statistics.median(row["epochs"])  # MNIST's and Fashion-MNIST's training set
+                ratio = spread(row["ratios"], "{:.3f}") if "ratios" in row else "1.000"
                 print(
-                    f"| {spec} | {result['batch_size']} | {method} | {row['median']:.2f} "
-                    f"({row['min']:.2f}–{row['max']:.2f}) | {50_000 / row['median']:,.0f} "
-                    f"| {ratio[0]:.3f} ({ratio[1]:.3f}–{ratio[2]:.3f}) | {result['peak_mib']:.0f} |",
-                    flush=True,
+                    f"| {recipe} | {method} | {spread(row['epochs'])} | {images:,.0f} | {ratio} |", flush=True
                 )
-        return
-    print("| recipe | pipeline | s/epoch | images/s | ratio to plain | peak RSS MiB |")
-    print("|---|---|---:|---:|---:|---:|")
-    for recipe in args.recipes.split(","):
-        measured = ["pair", "notebook"]
-        if recipe.partition(":")[0] != "mnist_dnn" and not args.no_channels_last:
-            measured.insert(1, "channels_last")
-        rows = {}
-        for what in measured:
-            result = measure_in_subprocess(what, recipe, args)
-            if what == "channels_last":  # its plain rounds gave its ratio; the plain row is the pair's
-                del result["summary"]["plain"]
-            rows.update({method: (row, result["peak_mib"]) for method, row in result["summary"].items()})
-        plain = rows["plain"][0]["median"]
-        for method, (row, peak) in rows.items():
-            # A paired method's ratio is the median of its per-round ratios; the notebook's is to
-            # the plain loop's median (it runs in its own process).
-            ratio = row.get("ratio", [row["median"] / plain])
-            spread = f" ({ratio[1]:.3f}–{ratio[2]:.3f})" if len(ratio) == 3 else ""
-            print(
-                f"| {recipe} | {method} | {row['median']:.2f} ({row['min']:.2f}–{row['max']:.2f}) "
-                f"| {50_000 / row['median']:,.0f} | {ratio[0]:.3f}{spread} | {peak:.0f} |",
-                flush=True,
-            )
 
 
 if __name__ == "__main__":

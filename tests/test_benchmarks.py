@@ -1,23 +1,25 @@
-"""The benchmarks measure what they say: benchmarks/speed.py's fmtk figure is training time only."""
+"""The benchmarks measure what they say: benchmarks/speed.py's fmtk figure is training time only,
+its --parts and --whole-job time what they name; benchmarks/accuracy.py reads runs back."""
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import make_mnist_like
 from ignite.engine import Events
-from torch import nn
-
-from fmtk.models import fashion_cnn_basic
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def load_benchmark(name: str):
+    """A script of benchmarks/ as a module (its siblings importable, as when it runs: common.py)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -51,57 +53,67 @@ def test_speed_fmtk_figure_leaves_out_what_follows_each_round() -> None:
         assert all(0 < value <= total - 1.0 for value, total in zip(figures, whole, strict=True))
     assert measured["per_epoch"] == 34 / 5  # digits_mlp: 34 training batches of 32
     summary = speed.summarise(measured, warmup=1)
-    assert summary["fmtk"]["min"] <= summary["fmtk"]["median"] <= summary["fmtk"]["max"]
-    assert len(summary["fmtk"]["ratio"]) == 3 and "ratio" not in summary["plain"]
+    assert summary["fmtk"]["epochs"] == [value * 34 / 5 for value in seconds["fmtk"][1:]]
+    pairs = zip(seconds["fmtk"][1:], seconds["plain"][1:], strict=True)
+    assert summary["fmtk"]["ratios"] == [a / b for a, b in pairs] and "ratios" not in summary["plain"]
 
 
-def test_speed_times_a_recipe_or_its_preset_without_early_stopping() -> None:
+def test_speed_times_a_recipe_or_its_preset_without_early_stopping(mnist_root: Path, tmp_path: Path) -> None:
     """benchmarks/speed.py --recipes RECIPE[:PRESET]: the preset's values, the rounds as epochs, and
     nothing that acts on the rounds' validation."""
     speed = load_benchmark("speed")
-    faithful, fast = speed.timed_recipe("mnist_dnn", 3), speed.timed_recipe("mnist_dnn:fast", 3)
+    runs = [speed.timed_run(spec, 3, tmp_path / spec, device="cpu", data_dir=mnist_root)
+            for spec in ("mnist_dnn", "mnist_dnn:fast")]  # fmt: skip
+    faithful, fast = (run.recipe for run in runs)
     assert (faithful.lr, faithful.schedule, fast.lr, fast.schedule) == (0.1, "plateau", 0.2, "onecycle")
     for recipe in (faithful, fast):
         assert recipe.epochs == 3 and recipe.early_stopping_patience is recipe.plateau_patience is None
+    for run in runs:
+        with run.folder:  # released
+            run.close_loggers()
 
 
-def test_speed_layouts_take_turns_and_compare_to_contiguous() -> None:
-    """benchmarks/speed.py --layouts: a contiguous and a channels-last run of one recipe, a figure
-    per round for each, the ratio to contiguous per round."""
+def test_speed_parts_time_each_part_of_a_step_and_fmtks_own_cost() -> None:
+    """benchmarks/speed.py --parts: the parts of the plain step, each timed alone; fmtk's own cost
+    per step, from rounds on a 1-pixel model; the ratio they predict."""
     speed = load_benchmark("speed")
-    measured = speed.layouts("digits_mlp", Path("unused"), rounds=3, steps=5)
-    seconds = measured["seconds"]
-    assert list(seconds) == ["fmtk contiguous", "fmtk --channels-last"]
-    assert all(len(times) == 3 and min(times) > 0 for times in seconds.values())
-    summary = speed.summarise(measured, warmup=1, baseline="fmtk contiguous")
-    pairs = zip(seconds["fmtk --channels-last"][1:], seconds["fmtk contiguous"][1:], strict=True)
-    ratios = [a / b for a, b in pairs]
-    assert summary["fmtk --channels-last"]["ratio"] == [statistics.median(ratios), min(ratios), max(ratios)]
-    assert "ratio" not in summary["fmtk contiguous"] and measured["batch_size"] == 32
+    own = speed.fmtk_cost(rounds=3, steps=50)
+    assert len(own) == 3 and all(math.isfinite(value) for value in own)
+    lines = speed.parts_table("digits_mlp", Path("unused"), repeats=1, own=own)
+    assert lines[:3] == ["\ndigits_mlp", "| part | µs per step |", "|---|---:|"]
+    rows = [line.strip("| ").split(" | ") for line in lines[3:-2]]
+    parts = {name: float(value.replace(",", "")) for name, value in rows}
+    assert list(parts) == ["next batch (slice, scale)", "zero_grad", "forward + loss", "backward",
+                           "optimizer step", "plain step (whole)"]  # fmt: skip
+    assert (
+        0 < parts["optimizer step"] < parts["plain step (whole)"] and parts["next batch (slice, scale)"] > 0
+    )
+    assert lines[-2].startswith("| fmtk's own: trainer, step code, handlers | ")
+    plain = parts["next batch (slice, scale)"] + parts["plain step (whole)"]
+    predicted = float(lines[-1].split("**")[3])
+    assert predicted == pytest.approx((plain + statistics.median(own)) / plain, abs=0.002)
 
 
-def test_speed_relu_orders_take_turns_in_the_notebooks_order_and_fmtks(mnist_root: Path) -> None:
-    """benchmarks/speed.py --relu-order: a run of the notebooks' conv blocks (ReLU → MaxPool) and
-    one of fmtk's (MaxPool → ReLU) take turns, a figure per round each, with --set values applied."""
+def test_speed_whole_job_runs_each_way_in_a_process_of_its_own(mnist_root: Path, tmp_path: Path) -> None:
+    """benchmarks/speed.py --whole-job: the fmtk command and the plain script, each a whole process
+    (wall and CPU seconds, test accuracy); the notebooks' loop; the table, Lightning's row when it
+    is not installed."""
     speed = load_benchmark("speed")
-    make_mnist_like(mnist_root, "FashionMNIST")
-    sets = ["variant=basic", "batch_size=8"]
-    measured = speed.relu_orders("fmnist_cnn", mnist_root, rounds=3, steps=3, sets=sets, channels_last=False)
-    seconds = measured["seconds"]
-    assert list(seconds) == ["ReLU → pool (notebooks)", "pool → ReLU (fmtk)"]
-    assert all(len(times) == 3 and min(times) > 0 for times in seconds.values())
-    assert measured["batch_size"] == 8
-    fmtk_order, notebook = fashion_cnn_basic(), speed.relu_before_pooling(fashion_cnn_basic())
-    assert [type(layer) for layer in fmtk_order[1]] == [nn.Conv2d, nn.MaxPool2d, nn.ReLU]
-    assert [type(layer) for layer in notebook[1]] == [nn.Conv2d, nn.ReLU, nn.MaxPool2d]
-    assert [type(layer) for layer in notebook[2:]] == [type(layer) for layer in fmtk_order[2:]]
+    measured = {way: [speed.whole_job(way, mnist_root, epochs=3)] for way in ("fmtk", "plain")}
+    for [result] in measured.values():
+        assert result["wall"] > result["cpu"] / 4 > 0 and 0.2 < result["accuracy"] <= 1  # 10 classes
+    assert 0.2 < speed.job_notebook(mnist_root, tmp_path, epochs=3) <= 1
+    lines = speed.whole_job_table({**measured, "lightning": []})
+    assert lines[2].startswith("| fmtk | ") and lines[2].endswith(
+        f"| 1.00 | {measured['fmtk'][0]['accuracy']:.2%} |"
+    )
+    assert lines[3].startswith("| plain | ") and lines[-1].startswith("| lightning | not run: ")
 
 
-def test_accuracy_rows_seeds_table_and_picture(tmp_path: Path) -> None:
-    """benchmarks/accuracy.py: a row read back from the run folder; a finished run is recognised as
-    the entry whose values it trained (any seed), and a run with other values as none; the table
-    gives each entry over its seeds as mean (min–max); the time to an accuracy is the sum of the
-    epochs up to the first that reached it; a picture per recipe."""
+def test_accuracy_rows_seeds_and_table(tmp_path: Path) -> None:
+    """benchmarks/accuracy.py: a row read back from the run folder; the table gives each entry over
+    its seeds as mean (min–max); the time to an accuracy is the sum of the epochs up to the first
+    that reached it."""
     accuracy = load_benchmark("accuracy")
     runs = [accuracy.train("digits_mlp", "faithful", None, {"epochs": 3}, seed, Path("unused"), tmp_path)
             for seed in (42, 1)]  # fmt: skip
@@ -114,13 +126,10 @@ def test_accuracy_rows_seeds_table_and_picture(tmp_path: Path) -> None:
     assert accuracy.seconds_to(row, first) == row["epoch_seconds"][0]
     assert accuracy.seconds_to(row, 1.01) is None
 
-    # entries() of digits_mlp: its faithful default (3 epochs asked here) and its presets.
-    with pytest.raises(SystemExit, match="none of digits_mlp's entries"):
-        accuracy.entry_of(runs[1], 64, 8)  # 3 epochs: not the faithful recipe's values
+    # entries(): the faithful default, each preset; fmnist_cnn's yardstick epoch; catdog_vgg reduced.
     assert accuracy.entries("digits_mlp", 64, 8)["faithful"] == (None, {})
-    other = accuracy.train("digits_mlp", "faithful", None, {}, 7, Path("unused"), tmp_path)
-    assert accuracy.entry_of(other, 64, 8) == "faithful"
-    assert accuracy.row_from(other)["seed"] == 7
+    assert accuracy.entries("fmnist_cnn", 64, 8)["basic-epoch"] == (None, {"variant": "basic", "epochs": 1})
+    assert accuracy.entries("catdog_vgg", 32, 40)["faithful"] == (None, {"image_size": 32, "epochs": 40})
 
     basic = {**row, "epochs": 1, "epoch_seconds": row["epoch_seconds"][:1], "valid_accuracy": [first]}
     by_entry = {"faithful": {"42": rows[0], "1": rows[1]}, "basic-epoch": {"42": basic}}
@@ -130,5 +139,3 @@ def test_accuracy_rows_seeds_table_and_picture(tmp_path: Path) -> None:
     seconds = sum(sum(r["epoch_seconds"]) for r in rows) / 2
     assert f"| fmnist_cnn | faithful | 42, 1 | 3 | {seconds:.1f} | {mean} |" in table
     assert table.splitlines()[2].endswith(f"| {seconds / row['epoch_seconds'][0]:.2f} |")
-    accuracy.picture("fmnist_cnn", by_entry, tmp_path / "f.png")
-    assert (tmp_path / "f.png").stat().st_size > 1000

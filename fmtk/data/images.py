@@ -49,7 +49,7 @@ def _decode(path: str | Path, image_size: int) -> np.ndarray:
 def list_image_folder(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
     """``(path, class_index)`` pairs and class names of a ``folder/<class>/<image>`` tree."""
     # Here, not at the top: importing torchvision takes ~1 s, which recipes without image folders
-    # (MNIST, digits) would pay at every start (benchmarks/peers.py).
+    # (MNIST, digits) would pay at every start (benchmarks/speed.py --whole-job).
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
     if not folder.is_dir():
