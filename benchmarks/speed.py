@@ -11,6 +11,9 @@ training time the run records (metrics.csv ``epoch_seconds``); ``fmtk (Ignite's 
 timed alone, and what fmtk adds to a step (fmtk and plain taking turns on a 1-pixel model, where
 compute is next to nothing); from these, fmtk / plain predicted from parts that each vary little.
 
+``--track``: the run with ``--track mlflow`` (a local SQLite store) against without, taking turns: the
+training seconds of a round and its whole seconds (validation, checkpoints, the epoch's log_batch).
+
 ``--whole-job``: mnist_dnn as a user runs it, each way a whole process, taking turns: ``fmtk run``;
 a plain script over in-memory tensors (the floor); PyTorch Lightning (``pip install -e ".[bench]"``);
 the notebooks' torchvision ``MNIST`` + ``DataLoader``. The method and figures: docs/performance.md.
@@ -18,11 +21,13 @@ the notebooks' torchvision ``MNIST`` + ``DataLoader``. The method and figures: d
     python benchmarks/speed.py --data-dir ../shared/datasets [--recipes fmnist_cnn:fast] [--rounds 8]
     python benchmarks/speed.py --data-dir ../shared/datasets --parts [--rounds 5]
     python benchmarks/speed.py --data-dir ../shared/datasets --whole-job [--rounds 3] [--epochs 17]
+    python benchmarks/speed.py --data-dir ../shared/datasets --track [--recipes mnist_dnn] [--rounds 8]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gzip
 import importlib.util
@@ -142,6 +147,35 @@ def summarise(measured: dict, warmup: int, baseline: str = "plain") -> dict:
         if baseline in rounds and method != baseline:
             summary[method]["ratios"] = [a / b for a, b in zip(times, rounds[baseline], strict=True)]
     return summary
+
+
+# --track ------------------------------------------------------------------------------------------
+
+
+def tracked_and_not(recipe: str, data_dir: Path | None, rounds: int, steps: int | None = None) -> dict:
+    """The run of ``recipe`` with ``track=mlflow`` (to a new SQLite store) and without, taking turns
+    in rounds of ``steps`` steps: each round's training seconds (metrics.csv's ``epoch_seconds``,
+    with the points kept every ``log_every`` steps) and whole seconds (with validation, checkpoints
+    and, tracked, the epoch's one ``log_batch``)."""
+    names = ("untracked", "tracked")
+    times: dict[str, list[float]] = {f"{name}{part}": [] for name in names for part in ("", ", whole")}
+    with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as held:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder}/mlflow.db"
+        runs = {name: timed_run(recipe, rounds, Path(folder) / name, {"track": "mlflow"} if name == "tracked"
+                                else {}, data_dir=data_dir) for name in names}  # fmt: skip
+        steps = steps or ROUND_STEPS[runs["tracked"].recipe.name]
+        for run in runs.values():
+            held.enter_context(run.folder)
+            held.callback(run.close_loggers)
+            run.prepare()
+        for round_number in range(1, rounds + 1):
+            for name in names if round_number % 2 else reversed(names):
+                run, started = runs[name], time.perf_counter()
+                run.trainer.run(run.data.train, max_epochs=round_number, epoch_length=steps)
+                times[f"{name}, whole"].append(time.perf_counter() - started)
+                times[name].append(run.history[-1]["epoch_seconds"])
+        del os.environ["MLFLOW_TRACKING_URI"]
+    return {"seconds": times, "per_epoch": len(runs["tracked"].data.train) / steps}
 
 
 # --parts ------------------------------------------------------------------------------------------
@@ -406,6 +440,7 @@ def main() -> None:
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument("--parts", action="store_true", help="where one step's time goes, in µs")
     modes.add_argument("--whole-job", action="store_true", help="the whole mnist_dnn job: fmtk and its peers")
+    modes.add_argument("--track", action="store_true", help="fmtk with --track mlflow against without")
     parser.add_argument("--ways", default=",".join(WAYS), help="--whole-job: these ways only")
     parser.add_argument("--job", choices=JOBS, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -428,6 +463,23 @@ def main() -> None:
             for way, results in measured.items():
                 results += filter(None, [whole_job(way, args.data_dir, args.epochs)])
         print(f"mnist_dnn, {args.epochs} epochs, the ways taking turns", *whole_job_table(measured), sep="\n")
+    elif args.track:
+        print(
+            "| recipe | measured | untracked s | tracked s | tracked / untracked |\n|---|---|---:|---:|---:|"
+        )
+        for recipe in args.recipes.split(","):
+            seconds = tracked_and_not(recipe, args.data_dir, args.warmup + args.rounds)["seconds"]
+            for part, what in (
+                ("", "training (epoch_seconds)"),
+                (", whole", "whole round, validation and all"),
+            ):
+                untracked, tracked = (
+                    seconds[f"{name}{part}"][args.warmup :] for name in ("untracked", "tracked")
+                )
+                ratio = spread([a / b for a, b in zip(tracked, untracked, strict=True)], "{:.3f}")
+                print(
+                    f"| {recipe} | {what} | {spread(untracked)} | {spread(tracked)} | {ratio} |", flush=True
+                )
     else:
         print("| recipe | pipeline | s/epoch | images/s | ratio to plain |\n|---|---|---:|---:|---:|")
         for recipe in args.recipes.split(","):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import statistics
 import sys
 import time
@@ -139,3 +140,17 @@ def test_accuracy_rows_seeds_and_table(tmp_path: Path) -> None:
     seconds = sum(sum(r["epoch_seconds"]) for r in rows) / 2
     assert f"| fmnist_cnn | faithful | 42, 1 | 3 | {seconds:.1f} | {mean} |" in table
     assert table.splitlines()[2].endswith(f"| {seconds / row['epoch_seconds'][0]:.2f} |")
+
+
+def test_speed_track_times_a_tracked_and_an_untracked_run_taking_turns(tmp_path: Path) -> None:
+    """benchmarks/speed.py --track: the same recipe with track=mlflow (a new SQLite store) and
+    without, a figure of training and one of the whole round for each, every round."""
+    pytest.importorskip("mlflow")
+    speed = load_benchmark("speed")
+    measured = speed.tracked_and_not("digits_mlp", None, rounds=3, steps=5)
+    seconds = measured["seconds"]
+    assert list(seconds) == ["untracked", "untracked, whole", "tracked", "tracked, whole"]
+    assert all(len(times) == 3 and min(times) > 0 for times in seconds.values())
+    for name in ("untracked", "tracked"):  # a whole round holds its training
+        assert all(w > t for w, t in zip(seconds[f"{name}, whole"], seconds[name], strict=True))
+    assert "MLFLOW_TRACKING_URI" not in os.environ and measured["per_epoch"] == 34 / 5
