@@ -242,7 +242,5 @@ def test_setup_cfg_installs_every_package_of_fmtk() -> None:
     config = configparser.ConfigParser()
     config.read(root / "setup.cfg")
     listed = {name.strip() for name in config["options"]["packages"].split(",")}
-    found = {
-        ".".join(path.parent.relative_to(root).parts) for path in (root / "fmtk").rglob("__init__.py")
-    }
+    found = {".".join(path.parent.relative_to(root).parts) for path in (root / "fmtk").rglob("__init__.py")}
     assert found | {"fmtk.recipes"} == listed
