@@ -23,7 +23,7 @@ from fmtk.regression.check import Check, recipe_checks
 from fmtk.values import argument_value, parse_option, parse_value, typed
 
 SCHEDULES = ("plateau", "onecycle", "cosine", "none")
-TRACKERS = ("none", "mlflow")
+TRACKERS = ("none", "mlflow", "wandb")
 CLASS_WEIGHTS = ("none", "balanced")
 PER_ITERATION_SCHEDULES = ("onecycle", "cosine")  # step every iteration, laid out over the epochs
 
@@ -165,7 +165,7 @@ class Recipe:
     # --- Run control --------------------------------------------------------------------------------
     seed: int = 42
     log_every: int = 50  # iterations between per-iteration TensorBoard points (each one is a host sync)
-    # Where else the run is logged: "none", or "mlflow" (fmtk.tracking; the track extra).
+    # Where else the run is logged: "none", "mlflow" or "wandb" (training/tracking.py; the track extra).
     track: str = "none"
     # A recipe's own handlers: called with the assembled fmtk.training.run.Run before training starts.
     attach: Callable[[Any], None] | None = None

@@ -1,6 +1,7 @@
 """--track mlflow against a real MLflow tracking server (``mlflow server`` over SQLite on a free port,
 as teams run it): what a run logs, one MLflow run across SIGKILL and --resume, a server that goes
-away mid-run, one that cannot be reached, MLflow not installed."""
+away mid-run, one that cannot be reached, MLflow not installed, a study, 2 processes; and --track
+wandb in W&B's offline mode, its files read back."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import assert_one_line_error, fmtk_process, make_mnist_like
@@ -38,6 +41,10 @@ def at_iteration(run, iteration, action):
 
 def sigkill_mid_epoch_3(run):
     at_iteration(run, 2 * 20 + 7, lambda: os.kill(os.getpid(), signal.SIGKILL))
+
+
+def sigkill_2_s_into_epoch_3(run):  # W&B writes its file every second: what it had is in it
+    at_iteration(run, 2 * 20 + 7, lambda: time.sleep(2) or os.kill(os.getpid(), signal.SIGKILL))
 
 
 def stop_server_in_epoch_2(run):
@@ -313,3 +320,83 @@ def test_the_docs_runs_table_example(
     header, *rows = done.stdout.splitlines()
     assert header.split() == ["run", "status", "lr", "valid_acc", "test_acc"]
     assert [row.split()[1:3] for row in rows] == [["FINISHED", "0.01"], ["FINISHED", "0.05"]]
+
+
+WANDB_RECORD = struct.Struct("<IHB")  # a .wandb file's record header: CRC, length, kind
+
+
+def wandb_records(path: Path) -> Iterator[Any]:
+    """The records of W&B's offline run file (``run-<id>.wandb``): LevelDB's log format (blocks of
+    32 KiB, records split over them as FIRST, MIDDLE, LAST), each a ``wandb_internal_pb2.Record``."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, position, pending = path.read_bytes(), 7, b""  # after its header: b":W&B", magic, version
+    while position + WANDB_RECORD.size <= len(data):
+        if 32768 - position % 32768 < WANDB_RECORD.size:  # a block's end too short for a header
+            position += 32768 - position % 32768
+            continue
+        _, length, kind = WANDB_RECORD.unpack_from(data, position)
+        if kind == 0 and length == 0:
+            break
+        chunk = data[position + WANDB_RECORD.size : position + WANDB_RECORD.size + length]
+        position += WANDB_RECORD.size + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):  # FULL, LAST
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+def wandb_history(folder: Path, run_id: str) -> list[tuple[int, str, float]]:
+    """(step, key, value) of every point W&B logged offline for run ``run_id`` under ``folder``, in
+    every folder of it (each start of a run, a resume too, is a folder of its own)."""
+    points = []
+    for run_file in sorted(folder.glob(f"wandb/offline-run-*-{run_id}*/run-{run_id}.wandb")):
+        for record in wandb_records(run_file):
+            if record.WhichOneof("record_type") == "history":
+                named = [
+                    (item.key or "/".join(item.nested_key), item.value_json) for item in record.history.item
+                ]
+                points += [(record.history.step.num, key, json.loads(value))
+                           for key, value in named if not key.startswith("_")]  # fmt: skip
+    return points
+
+
+@pytest.mark.slow
+def test_wandb_offline_sigkill_and_resume_log_an_uninterrupted_runs_history(workspace: Path) -> None:
+    pytest.importorskip("wandb")
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(workspace / "wb"), "WANDB_SILENT": "true"}
+    wandb_recipe = [*RECIPE[:-1], "wandb"]
+    straight = tracked(workspace, "", "", *wandb_recipe, "--run-dir", "wb_straight", **env)
+    assert straight.returncode == 0, straight.stderr
+    killed = tracked(workspace, "", "", *wandb_recipe, "--run-dir", "wb_killed",
+                     "--handler", "trackers:sigkill_2_s_into_epoch_3", **env)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = tracked(workspace, "", "", "--resume", "wb_killed", **env)
+    assert resumed.returncode == 0, resumed.stderr
+    ids = {name: json.loads((workspace / name / "tracking.json").read_text())["run_id"]
+           for name in ("wb_straight", "wb_killed")}  # fmt: skip
+    assert (
+        f"tracking: W&B run {ids['wb_killed']} of project fmnist_dnn (offline), after epoch 2"
+        in resumed.stdout
+    )
+    expected, got = (  # a step's points in any order (W&B merges them into one row)
+        sorted(point for point in wandb_history(workspace / "wb", ids[name]) if point[1] != "epoch_seconds")
+        for name in ("wb_straight", "wb_killed")
+    )
+    assert got == expected
+    assert sorted({step for step, key, _ in expected if key == "epoch"}) == [20, 40, 60, 80]
+    assert [value for _, key, value in expected if key == "epoch"] == [1, 2, 3, 4]
+    assert len([point for point in expected if point[1] == "train_loss_iteration"]) == 16
+
+
+def test_wandb_without_a_login_or_offline_mode_is_one_line(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no `wandb login`
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    result = fmtk_here("run", "digits_mlp", "--output-dir", "unlogged", "--track", "wandb", cwd=workspace)
+    assert_one_line_error(result, "track=wandb: no W&B login here", "WANDB_MODE=offline")
+    assert not (workspace / "unlogged").exists()

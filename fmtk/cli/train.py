@@ -45,9 +45,9 @@ from fmtk.errors import FmtkError
     "--run-dir", type=click.Path(path_type=Path), help="Exact run folder (must not exist or be empty)."
 )
 @click.option("--preset", metavar="NAME", help="One of the recipe's named presets (fmtk list shows them).")
-@click.option("--track", type=click.Choice(["none", "mlflow"]),
-              help="Also log the run in MLflow ($MLFLOW_TRACKING_URI, else ./mlflow.db); "
-              "as --set track=mlflow.")  # fmt: skip
+@click.option("--track", type=click.Choice(["none", "mlflow", "wandb"]),
+              help="Also log the run in MLflow ($MLFLOW_TRACKING_URI, else ./mlflow.db) or W&B "
+              "(WANDB_MODE=offline: into files); as --set track=NAME.")  # fmt: skip
 @set_option
 @training_options
 def run(

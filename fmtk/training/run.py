@@ -33,7 +33,7 @@ from fmtk.training.parts import Parts
 from fmtk.training.results import final_results, test_checkpoint, test_table, write_pictures
 from fmtk.training.schedules import CheckpointablePlateau
 from fmtk.training.start import Start
-from fmtk.training.tracking import MlflowTracker
+from fmtk.training.tracking import Tracker
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class Run(Parts):
     echo: Callable[[str], None] = print
     # The run folder's hold (its lock; a failed run's removal), released when run() ends.
     folder: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext, repr=False)
-    tracker: MlflowTracker | None = None  # track="mlflow": the run's MLflow run (rank 0)
+    tracker: Tracker | None = None  # track="mlflow" or "wandb": the run's tracker (rank 0)
     best_checkpoint: Checkpoint | None = None
     last_checkpoint: Checkpoint | None = None
     results: dict[str, Any] = field(default_factory=dict)

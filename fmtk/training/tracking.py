@@ -1,5 +1,5 @@
-"""A run in MLflow (``track="mlflow"``, ``fmtk run --track mlflow``): one MLflow run per run folder,
-across resumes.
+"""A run in MLflow (``track="mlflow"``, ``fmtk run --track mlflow``) or W&B (``track="wandb"``): one
+tracker run per run folder, across resumes.
 
 The tracking server is ``$MLFLOW_TRACKING_URI``, else MLflow's own default, ``mlflow.db`` (SQLite)
 in the working folder, which ``mlflow ui`` started there shows; the experiment is
@@ -12,13 +12,20 @@ that stops answering raises inside the training loop. Here an epoch's row and it
 points go in one ``log_batch``, written before the epoch's last checkpoint; a resumed run leaves out
 the epochs the MLflow run already has (the same figures: resume is exact), so its history is an
 uninterrupted run's. A server that stops answering mid-run costs one line; the run goes on.
+
+W&B (``WandbTracker``): the project is ``$WANDB_PROJECT``, else the recipe's name; with
+``WANDB_MODE=offline`` it logs into files under ``./wandb`` (``$WANDB_DIR``) that ``wandb sync``
+sends later. Its step is the iteration, with ``epoch`` as the axis of the epochs' figures.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import netrc
 import os
+import secrets
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -48,39 +55,97 @@ QUICK_FAILURE = {
 }
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter's value
 BATCH = 900  # metrics per log_batch (MLflow takes at most 1,000)
+RUN_FILES = (CONFIG, METRICS_JSON, METRICS_CSV)
+# W&B writes what a run logs to its file every 15 s by default: a run killed with SIGKILL loses what
+# was not written yet (W&B's service process ends with the run). Every second, where W&B has it.
+WANDB_FLUSH = ("x_transaction_log_flush_interval", 1.0)
 
 
-def import_mlflow() -> Any:
+def import_tracker(name: str) -> Any:
+    """The module of tracker ``name`` (``mlflow``, ``wandb``), or one line saying what to install."""
     try:
-        import mlflow
+        return importlib.import_module(name)
     except ImportError:
-        raise FmtkError(f"track=mlflow needs MLflow, which is not installed: {INSTALL}") from None
-    return mlflow
+        library = {"mlflow": "MLflow", "wandb": "W&B's wandb"}[name]
+        raise FmtkError(f"track={name} needs {library}, which is not installed: {INSTALL}") from None
 
 
-class MlflowTracker:
-    """The MLflow run of one run folder: opened when the run is assembled (before its data loads:
-    a server that cannot be reached is one line before anything trains), logged to at each epoch's
-    end, finished with the test figures and the run's files. Rank 0 only."""
+class Tracker:
+    """What the trackers share: opened when the run is assembled (before its data loads: a tracker
+    that cannot be used is one line before anything trains); the loss and LR kept every
+    ``log_every`` steps and each epoch's row logged at the epoch's end, before its last checkpoint,
+    the epochs the tracker's run already has left out (a resumed run trains them again to the same
+    figures); finished with the test figures and the run's files. One that fails mid-run costs one
+    line. Rank 0 only."""
+
+    track = ""  # the recipe's track value
 
     def __init__(self, run_dir: Path, echo: Callable[[str], None]) -> None:
-        mlflow = import_mlflow()
+        self.run_dir, self.echo = Path(run_dir), echo
+        self.errors: tuple[type[BaseException], ...] = (OSError,)
+        self.run_id: str | None = read_tracking(run_dir).get("run_id")
+        self.logged_epoch = 0  # the last epoch the tracker's run has (a resumed run logs only later ones)
+        self.broken = False
+        self.points: IterationPoints | None = None
+        self.history: list[dict[str, float]] = []
+
+    def attach(
+        self, trainer: Engine, optimizer: torch.optim.Optimizer, history: list[dict[str, float]], every: int
+    ) -> None:
+        """The loss and LR every ``every`` iterations, and each epoch's row of ``history``
+        (metrics.csv's), logged at the epoch's end."""
+        self.points = IterationPoints(optimizer)
+        every_iterations(trainer, every, self.points.keep)
+        self.history = history
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self.log_epoch)
+
+    def log_epoch(self, engine: Engine) -> None:
+        points, row = self.points.take(), self.history[-1]
+        epoch = int(row["epoch"])
+        if self.broken or epoch <= self.logged_epoch:
+            return
+        try:
+            self.send_epoch(points, row, engine.state.iteration)
+        except self.errors as error:
+            self.lost(error)
+            return
+        self.logged_epoch = epoch
+
+    def send_epoch(self, points: list[tuple[int, float, list[float]]], row: dict[str, float], iteration: int):
+        raise NotImplementedError
+
+    def where(self) -> str:
+        """The tracker, in the words of a message."""
+        raise NotImplementedError
+
+    def lost(self, error: BaseException) -> None:
+        self.broken = True
+        self.echo(
+            f"warning: track={self.track}: {self.where()} {_failure(error)}; the run goes on without it, "
+            f"everything is in {self.run_dir} as always"
+        )
+
+
+class MlflowTracker(Tracker):
+    """The MLflow run of one run folder, at ``$MLFLOW_TRACKING_URI`` (else ``./mlflow.db``); a trial
+    of ``fmtk tune``: a child of the study's."""
+
+    track = "mlflow"
+
+    def __init__(self, run_dir: Path, echo: Callable[[str], None]) -> None:
+        mlflow = import_tracker("mlflow")
         from mlflow.exceptions import MlflowException
+
+        super().__init__(run_dir, echo)
 
         for name, value in QUICK_FAILURE.items():
             os.environ.setdefault(name, value)
         for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # a new SQLite store's setup
             logging.getLogger(name).setLevel(logging.WARNING)
-        self.run_dir, self.echo = run_dir, echo
-        self.errors: tuple[type[BaseException], ...] = (MlflowException, OSError)
-        recorded = read_tracking(run_dir)
-        study = read_tracking(run_dir.parent)  # a trial of fmtk tune logs where its study does
-        self.uri = recorded.get("uri") or study.get("uri") or mlflow.get_tracking_uri()
+        self.errors = (MlflowException, OSError)
+        study = read_tracking(self.run_dir.parent)  # a trial of fmtk tune logs where its study does
+        self.uri = read_tracking(run_dir).get("uri") or study.get("uri") or mlflow.get_tracking_uri()
         self.client = mlflow.MlflowClient(self.uri)
-        self.run_id: str | None = recorded.get("run_id")
-        self.logged_epoch = 0  # the last epoch the MLflow run has (a resumed run logs only later ones)
-        self.broken = False
-        self.points: IterationPoints | None = None
         try:
             if self.run_id is None:
                 self.client.search_experiments(max_results=1)  # the server answers
@@ -90,7 +155,10 @@ class MlflowTracker:
                     (m.step for m in self.client.get_metric_history(self.run_id, "valid_loss")), default=0
                 )
         except self.errors as error:
-            raise FmtkError(f"track=mlflow: the tracking server {self.uri} {_failure(error)}") from None
+            raise FmtkError(f"track=mlflow: {self.where()} {_failure(error)}") from None
+
+    def where(self) -> str:
+        return f"the tracking server {self.uri}"
 
     def begin(self, recipe: Recipe, config: Mapping[str, Any]) -> None:
         """Make the MLflow run of a new run folder (its values as parameters, tags saying where it
@@ -132,51 +200,30 @@ class MlflowTracker:
             for first in range(0, len(pairs), 100):  # MLflow takes 100 parameters a call
                 self.client.log_batch(self.run_id, params=_params(pairs[first : first + 100]))
         except self.errors as error:
-            raise FmtkError(f"track=mlflow: the tracking server {self.uri} {_failure(error)}") from None
+            raise FmtkError(f"track=mlflow: {self.where()} {_failure(error)}") from None
         recorded = {"tracker": "mlflow", "uri": self.uri, "experiment": name, "run_id": self.run_id}
         write_json(self.run_dir / TRACKING_JSON, {**recorded, **({"study": True} if study else {})})
         self.echo(f"tracking: MLflow run {self.run_id} at {self.uri} (experiment {name})")
 
-    def attach(
-        self, trainer: Engine, optimizer: torch.optim.Optimizer, history: list[dict[str, float]], every: int
-    ) -> None:
-        """The loss and LR every ``every`` iterations, and each epoch's row of ``history`` (metrics.csv's),
-        logged at the epoch's end in one batch."""
-        self.points = IterationPoints(optimizer)
-        every_iterations(trainer, every, self.points.keep)
-        self.history = history
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, self.log_epoch)
-
-    def log_epoch(self, engine: Engine) -> None:
-        points, row = self.points.take(), self.history[-1]
-        epoch = int(row["epoch"])
-        if self.broken or epoch <= self.logged_epoch:
-            return
+    def send_epoch(self, points: list[tuple[int, float, list[float]]], row: dict[str, float], iteration: int):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric("train_loss_iteration", loss, now, iteration) for iteration, loss, _ in points]
-        metrics += [Metric("lr_iteration", lrs[0], now, iteration) for iteration, _, lrs in points]
+        metrics = [Metric("train_loss_iteration", loss, now, step) for step, loss, _ in points]
+        metrics += [Metric("lr_iteration", lrs[0], now, step) for step, _, lrs in points]
         # The epoch's row last: an MLflow run that has its valid_loss has the whole epoch.
+        epoch = int(row["epoch"])
         metrics += [Metric(key, float(value), now, epoch) for key, value in row.items() if key != "epoch"]
-        if self._log(metrics):
-            self.logged_epoch = epoch
+        self._send(metrics)
 
-    def finish(
-        self, results: Mapping[str, Any], files: tuple[str, ...] = (CONFIG, METRICS_JSON, METRICS_CSV)
-    ) -> None:
+    def finish(self, results: Mapping[str, Any], files: tuple[str, ...] = RUN_FILES) -> None:
         """The test figures (``test_best_accuracy``, …, at the last epoch), why a handler stopped the
         run (``fmtk.stopped_by``: a pruned trial's ``pruned``), the run's ``files`` and pictures, and
         the MLflow run marked finished."""
         from mlflow.entities import Metric
 
         now, epoch = int(time.time() * 1000), int(results.get("epochs_run") or self.logged_epoch)
-        figures = [
-            Metric(f"test_{which}_{name}", float(value), now, epoch)
-            for which, tested in results.get("test", {}).items()
-            for name, value in tested.items()
-            if isinstance(value, int | float) and not isinstance(value, bool)
-        ]
+        figures = [Metric(name, value, now, epoch) for name, value in test_figures(results).items()]
         if not self._log(figures):
             return
         paths = [self.run_dir / name for name in files] + sorted(self.run_dir.glob("*.png"))
@@ -188,7 +235,7 @@ class MlflowTracker:
                     self.client.log_artifact(self.run_id, str(path))
             self.client.set_terminated(self.run_id, "FINISHED")
         except self.errors as error:
-            self._lost(error)
+            self.lost(error)
 
     def finish_study(self, metric: str, best_value: float, best_trial: int, files: tuple[str, ...]) -> None:
         """A study's parent run: its best value (``best_<metric>``), best trial, files, finished."""
@@ -200,7 +247,7 @@ class MlflowTracker:
                 try:
                     self.client.set_tag(self.run_id, "fmtk.best_trial", str(best_trial))
                 except self.errors as error:
-                    self._lost(error)
+                    self.lost(error)
 
     def end(self, status: str) -> None:
         """Mark the MLflow run ``FAILED`` or ``KILLED`` (a run stopped by an error or Ctrl-C)."""
@@ -208,30 +255,141 @@ class MlflowTracker:
             try:
                 self.client.set_terminated(self.run_id, status)
             except self.errors as error:
-                self._lost(error)
+                self.lost(error)
+
+    def _send(self, metrics: list) -> None:
+        for first in range(0, len(metrics), BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[first : first + BATCH])
 
     def _log(self, metrics: list) -> bool:
         if self.broken:
             return False
         try:
-            for first in range(0, len(metrics), BATCH):
-                self.client.log_batch(self.run_id, metrics=metrics[first : first + BATCH])
+            self._send(metrics)
         except self.errors as error:
-            self._lost(error)
+            self.lost(error)
             return False
         return True
 
-    def _lost(self, error: BaseException) -> None:
-        self.broken = True
+
+class WandbTracker(Tracker):
+    """The W&B run of one run folder: online with a W&B login, or into files with
+    ``WANDB_MODE=offline`` (``wandb sync`` sends them later). W&B's step is the iteration: the
+    per-iteration points at theirs, an epoch's row at the epoch's last, its figures drawn against
+    ``epoch``; which epochs the run has is kept in ``tracking.json`` (offline, there is no server
+    to ask). A trial of ``fmtk tune`` is in the study's group."""
+
+    track = "wandb"
+
+    def __init__(self, run_dir: Path, echo: Callable[[str], None]) -> None:
+        self.wandb = import_tracker("wandb")
+        offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled")
+        if not (offline or os.environ.get("WANDB_API_KEY") or _netrc_login("api.wandb.ai")):
+            raise FmtkError(
+                "track=wandb: no W&B login here: run `wandb login` or set WANDB_API_KEY; or set "
+                "WANDB_MODE=offline to log into files that `wandb sync` sends later"
+            )
+        super().__init__(run_dir, echo)
+        self.errors = (Exception,)  # W&B raises its own kinds, and a run must never die of one
+        self.logged_epoch = read_tracking(run_dir).get("logged_epoch", 0)
+        self.run: Any = None
+
+    def where(self) -> str:
+        return "W&B"
+
+    def begin(self, recipe: Recipe, config: Mapping[str, Any]) -> None:
+        study = read_tracking(self.run_dir.parent)
+        self.project = os.environ.get("WANDB_PROJECT") or study.get("project") or recipe.name
+        resumed, self.run_id = self.run_id is not None, self.run_id or secrets.token_hex(4)
+        values = {**hparam_values(recipe), **run_tags(recipe, config, self.run_dir)}
+        try:
+            self.run = self.wandb.init(
+                project=self.project, id=self.run_id, resume="allow", name=self.run_dir.name, config=values,
+                tags=[recipe.name, *([recipe.preset] if recipe.preset else [])], group=study.get("group"),
+                job_type="trial" if study.get("group") else "train",
+                settings=self.wandb.Settings(console="off", silent=True, init_timeout=60, **self._flush()),
+            )  # fmt: skip
+            self.run.define_metric("epoch")
+            for key in ("train_loss", "valid_*", "lr", "epoch_seconds"):
+                self.run.define_metric(key, step_metric="epoch")
+        except Exception as error:  # noqa: BLE001 - W&B's own kinds: one line, before any training
+            raise FmtkError(f"track=wandb: W&B {_failure(error)}") from None
+        self._record()
+        after = f", after epoch {self.logged_epoch}" if resumed else ""
         self.echo(
-            f"warning: track=mlflow: the tracking server {self.uri} {_failure(error)}; the run goes on "
-            f"without it, everything is in {self.run_dir} as always"
+            f"tracking: W&B run {self.run_id} of project {self.project} ({self.run.settings.mode}){after}"
         )
 
+    def _flush(self) -> dict[str, float]:
+        name, seconds = WANDB_FLUSH
+        return {name: seconds} if name in getattr(self.wandb.Settings, "model_fields", {}) else {}
 
-def open_tracker(recipe: Recipe, run_dir: Path, echo: Callable[[str], None]) -> MlflowTracker | None:
-    """The tracker the recipe asks for (``track``), connected; None for ``none``."""
-    return MlflowTracker(run_dir, echo) if recipe.track == "mlflow" else None
+    def begin_study(self, recipe: Recipe, space: Mapping[str, str], metric: str, trials: int) -> None:
+        """A study is a W&B group (its folder's name): each trial's run is in it."""
+        project = os.environ.get("WANDB_PROJECT") or recipe.name
+        write_json(self.run_dir / TRACKING_JSON, {"tracker": "wandb", "study": True, "project": project,
+                                                   "group": self.run_dir.name})  # fmt: skip
+
+    def send_epoch(self, points: list[tuple[int, float, list[float]]], row: dict[str, float], iteration: int):
+        for step, loss, lrs in points:
+            self.run.log({"train_loss_iteration": loss, "lr_iteration": lrs[0]}, step=step)
+        # Committed now: W&B holds a step's row until a later step comes (a kill would lose it).
+        self.run.log({key: float(value) for key, value in row.items()}, step=iteration, commit=True)
+        self._record(logged_epoch=int(row["epoch"]))
+
+    def finish(self, results: Mapping[str, Any], files: tuple[str, ...] = RUN_FILES) -> None:
+        """The test figures in the run's summary, why a handler stopped it, its files and pictures."""
+        if self.broken or self.run is None:
+            return
+        try:
+            self.run.summary.update(test_figures(results))
+            if results.get("stopped_by"):
+                self.run.summary["stopped_by"] = results["stopped_by"]
+            for path in [self.run_dir / name for name in files] + sorted(self.run_dir.glob("*.png")):
+                if path.is_file():
+                    self.run.save(str(path), base_path=str(self.run_dir), policy="now")
+            self.run.finish(exit_code=0)
+        except self.errors as error:
+            self.lost(error)
+
+    def finish_study(self, metric: str, best_value: float, best_trial: int, files: tuple[str, ...]) -> None:
+        """Nothing: a study is its trials' group."""
+
+    def end(self, status: str) -> None:
+        if self.run is not None and not self.broken:
+            try:
+                self.run.finish(exit_code=1)
+            except self.errors as error:
+                self.lost(error)
+
+    def _record(self, **more: Any) -> None:
+        recorded = {"tracker": "wandb", "project": self.project, "run_id": self.run_id,
+                    "mode": self.run.settings.mode, "logged_epoch": self.logged_epoch, **more}  # fmt: skip
+        write_json(self.run_dir / TRACKING_JSON, recorded)
+
+
+def open_tracker(recipe: Recipe, run_dir: Path, echo: Callable[[str], None]) -> Tracker | None:
+    """The tracker the recipe asks for (``track``), ready to begin; None for ``none``."""
+    kinds = {"mlflow": MlflowTracker, "wandb": WandbTracker}
+    return kinds[recipe.track](run_dir, echo) if recipe.track in kinds else None
+
+
+def _netrc_login(host: str) -> bool:
+    """Whether ``~/.netrc`` holds a login for ``host`` (where ``wandb login`` keeps its key)."""
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def test_figures(results: Mapping[str, Any]) -> dict[str, float]:
+    """metrics.json's test figures by name: ``test_best_accuracy``, ``test_last_loss``, …"""
+    return {
+        f"test_{which}_{name}": float(value)
+        for which, tested in results.get("test", {}).items()
+        for name, value in tested.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
 
 
 def read_tracking(run_dir: Path) -> dict[str, Any]:

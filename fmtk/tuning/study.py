@@ -35,7 +35,7 @@ from fmtk.recipe import WATCH, watched_metric
 from fmtk.recipe_loading import data_root, resolve_recipe
 from fmtk.runfolder import CONFIG, read_history, read_results, run_folder, write_json
 from fmtk.runs import PRUNED
-from fmtk.training.tracking import MlflowTracker
+from fmtk.training.tracking import Tracker, open_tracker
 from fmtk.tuning.pruning import Pruning, TrialReporting
 from fmtk.tuning.report import BEST_JSON, StudyResult, study_result, trial_name, values_text, write_report
 from fmtk.tuning.space import parse_spec, search_space, spec_text, trial_values
@@ -125,14 +125,13 @@ def tune_study(
     return result
 
 
-def _study_tracker(folder: Path, request: StudyRequest, echo: Callable[[str], None]) -> MlflowTracker | None:
-    """The study's parent MLflow run when its trials are tracked (``track=mlflow``); each trial's
-    run is its child (:meth:`MlflowTracker.begin`)."""
+def _study_tracker(folder: Path, request: StudyRequest, echo: Callable[[str], None]) -> Tracker | None:
+    """The study in the tracker when its trials are tracked: MLflow's parent run of the trials'
+    runs, W&B's group of them."""
     recipe = resolve_recipe(request.recipe, request.preset, request.settings)
-    if recipe.track != "mlflow":
-        return None
-    tracker = MlflowTracker(folder, echo)
-    tracker.begin_study(recipe, request.space, request.metric, request.trials)
+    tracker = open_tracker(recipe, folder, echo)
+    if tracker is not None:
+        tracker.begin_study(recipe, request.space, request.metric, request.trials)
     return tracker
 
 
