@@ -167,6 +167,8 @@ class Recipe:
     log_every: int = 50  # iterations between per-iteration TensorBoard points (each one is a host sync)
     # Where else the run is logged: "none", "mlflow" or "wandb" (training/tracking.py; the track extra).
     track: str = "none"
+    # With a tracker: the run's best checkpoint exported as ONNX (fmtk export) at the end, logged too.
+    track_model: bool = False
     # A recipe's own handlers: called with the assembled fmtk.training.run.Run before training starts.
     attach: Callable[[Any], None] | None = None
     # Named sets of values (`fmtk run RECIPE --preset NAME`).
@@ -323,6 +325,7 @@ def _value_problems(recipe: Recipe) -> Iterator[str]:
         (r.max_grad_norm is None or r.max_grad_norm > 0,
          f"max_grad_norm must be > 0 or none, got {r.max_grad_norm}"),
         (r.track in TRACKERS, f"track must be one of {', '.join(TRACKERS)}, got '{r.track}'"),
+        (not r.track_model or r.track != "none", "track_model logs the model to a tracker: set track"),
         (r.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got '{r.schedule}'"),
         (r.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {r.warmup_epochs}"),
         (r.warmup_epochs == 0 or r.schedule == "cosine",

@@ -160,7 +160,7 @@ def test_a_tracked_run_logs_its_values_epochs_tests_and_files(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "plain")
     result = fmtk_here("run", "digits_mlp", "--epochs", "2", "--run-dir", "plain", "--device", "cpu",
-                       "--track", "mlflow", cwd=workspace)  # fmt: skip
+                       "--track", "mlflow", "--track-model", cwd=workspace)  # fmt: skip
     assert result.returncode == 0, result.stderr
     run_dir = workspace / "plain"
     client, run = mlflow_run(server.uri, run_dir)
@@ -170,7 +170,7 @@ def test_a_tracked_run_logs_its_values_epochs_tests_and_files(
     assert run.data.params["lr"] == "0.01" and run.data.params["recipe"] == "digits_mlp"
     assert run.data.tags["fmtk.recipe"] == "digits_mlp"
     assert run.data.tags["fmtk.run_dir"] == str(run_dir.resolve())
-    assert json.loads(run.data.tags["fmtk.changed"]) == {"epochs": 2, "track": "mlflow"}
+    assert json.loads(run.data.tags["fmtk.changed"]) == {"epochs": 2, "track": "mlflow", "track_model": True}
     history = histories(server.uri, run_dir)
     rows = [line.split(",") for line in (run_dir / "metrics.csv").read_text().splitlines()]
     for column, name in enumerate(rows[0][1:], start=1):
@@ -184,6 +184,10 @@ def test_a_tracked_run_logs_its_values_epochs_tests_and_files(
             assert history[f"test_{which}_{name}"] == [(2, tested[which][name])]
     files = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
     assert {"config.json", "metrics.json", "metrics.csv", "confusion_best.png", "top_losses.png"} <= files
+    # --track-model: the best checkpoint as fmtk export makes it, with its parity report.
+    assert {"model.onnx", "model.onnx.json"} <= files and (run_dir / "model.onnx").is_file()
+    logged = Path(client.download_artifacts(run.info.run_id, "model.onnx.json", str(workspace)))
+    assert json.loads(logged.read_text()) == json.loads((run_dir / "model.onnx.json").read_text())
 
 
 @pytest.mark.slow
@@ -253,8 +257,10 @@ def test_without_mlflow_the_run_says_what_to_install(
     result = fmtk_here("run", "digits_mlp", "--output-dir", "none", "--set", "track=mlflow", cwd=workspace)
     assert_one_line_error(result, "track=mlflow needs MLflow", 'pip install "fmtk[track]"')
     assert not (workspace / "none").exists()
-    resume = fmtk_here("run", "--resume", "plain", "--track", "mlflow", cwd=workspace)
+    resume = fmtk_here("run", "--resume", "nowhere", "--track", "mlflow", cwd=workspace)
     assert_one_line_error(resume, "--track cannot change it")
+    untracked = fmtk_here("run", "digits_mlp", "--output-dir", "none", "--track-model", cwd=workspace)
+    assert_one_line_error(untracked, "track_model logs the model to a tracker: set track")
 
 
 @pytest.mark.slow

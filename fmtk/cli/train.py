@@ -48,6 +48,9 @@ from fmtk.errors import FmtkError
 @click.option("--track", type=click.Choice(["none", "mlflow", "wandb"]),
               help="Also log the run in MLflow ($MLFLOW_TRACKING_URI, else ./mlflow.db) or W&B "
               "(WANDB_MODE=offline: into files); as --set track=NAME.")  # fmt: skip
+@click.option("--track-model", is_flag=True, default=None,
+              help="With --track: the best checkpoint exported as ONNX at the end (fmtk export), "
+              "logged too.")  # fmt: skip
 @set_option
 @training_options
 def run(
@@ -65,6 +68,7 @@ def run(
     run_dir: Path | None,
     preset: str | None,
     track: str | None,
+    track_model: bool | None,
     settings: tuple[str, ...],
     handlers: tuple[str, ...],
     precision: str,
@@ -106,7 +110,7 @@ def run(
     if resume is not None:
         changed = [name for name, value in [("--batch-size", batch_size), ("--lr", lr), ("--seed", seed),
                    ("--set", settings), ("--run-dir", run_dir), ("--preset", preset),
-                   ("--track", track)] if value]  # fmt: skip
+                   ("--track", track), ("--track-model", track_model)] if value]  # fmt: skip
         if changed:
             raise FmtkError(f"--resume keeps the run's recipe; {', '.join(changed)} cannot change it")
         request.epochs = epochs
@@ -115,7 +119,8 @@ def run(
             raise FmtkError("--preset with --config: the run's values already hold its preset; use --set")
         request.preset = preset
         request.overrides = parse_settings(settings)
-        flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "track": track}
+        flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "track": track,
+                 "track_model": track_model}  # fmt: skip
         request.overrides.update({key: value for key, value in flags.items() if value is not None})
     train(request, click.echo)
 

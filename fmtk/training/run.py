@@ -33,7 +33,7 @@ from fmtk.training.parts import Parts
 from fmtk.training.results import final_results, test_checkpoint, test_table, write_pictures
 from fmtk.training.schedules import CheckpointablePlateau
 from fmtk.training.start import Start
-from fmtk.training.tracking import Tracker
+from fmtk.training.tracking import RUN_FILES, Tracker, exported_model
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,8 @@ class Run(Parts):
                 for line in test_table(self.results):
                     self.echo(line)
                 if self.tracker is not None:
-                    self.tracker.finish(self.results)
+                    model = exported_model(self.run_dir, self.echo) if self.recipe.track_model else ()
+                    self.tracker.finish(self.results, (*RUN_FILES, *model))
         return self.results
 
     def test(self, checkpoint_path: Path) -> Evaluation:

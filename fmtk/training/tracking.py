@@ -36,6 +36,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from fmtk.errors import FmtkError
+from fmtk.exported import require_onnx
 from fmtk.recipe import Recipe
 from fmtk.runfolder import CONFIG, METRICS_CSV, METRICS_JSON, write_json
 from fmtk.training.handlers import IterationPoints, every_iterations
@@ -370,8 +371,23 @@ class WandbTracker(Tracker):
 
 def open_tracker(recipe: Recipe, run_dir: Path, echo: Callable[[str], None]) -> Tracker | None:
     """The tracker the recipe asks for (``track``), ready to begin; None for ``none``."""
+    if recipe.track_model:
+        require_onnx()  # before anything trains, not at the end
     kinds = {"mlflow": MlflowTracker, "wandb": WandbTracker}
     return kinds[recipe.track](run_dir, echo) if recipe.track in kinds else None
+
+
+def exported_model(run_dir: Path, echo: Callable[[str], None]) -> tuple[str, ...]:
+    """``track_model``: the run's best checkpoint exported as ONNX (``fmtk export``, checked against
+    the run: its report beside it), the two files' names; none, and a warning, if it cannot be."""
+    from fmtk.exporting import export
+
+    try:
+        made = export(run_dir)
+    except FmtkError as error:
+        echo(f"warning: track_model: the model was not exported: {error}")
+        return ()
+    return made.path.name, made.report_path.name
 
 
 def _netrc_login(host: str) -> bool:
