@@ -248,6 +248,26 @@ def test_a_tracking_server_that_cannot_be_reached_is_one_line_before_anything_tr
     assert_one_line_error(result, "track=mlflow: the tracking server http://127.0.0.1:", "cannot be reached")
     assert time.monotonic() - started < 30  # MLflow's own retries would take ~4 minutes
     assert not (workspace / "unreached").exists()  # no run folder left behind
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nonsense://x")
+    result = fmtk_here("run", "digits_mlp", "--output-dir", "unreached", "--track", "mlflow", cwd=workspace)
+    assert_one_line_error(
+        result, "track=mlflow: the tracking server nonsense://x is not a tracking URI MLflow"
+    )
+    assert not (workspace / "unreached").exists()
+
+
+def test_the_git_commit_of_a_recipe_file_in_a_repository_is_a_tag(tmp_path: Path) -> None:
+    from fmtk.training.tracking import git_commit
+
+    recipe = tmp_path / "repo" / "my_recipe.py"
+    recipe.parent.mkdir()
+    recipe.write_text("# a recipe\n")
+    assert git_commit(str(recipe)) is None and git_commit(None) is None  # not in a repository; bundled
+    git = ["git", "-C", str(recipe.parent), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for command in (["init", "-q"], ["add", "my_recipe.py"], ["commit", "-q", "-m", "recipe"]):
+        subprocess.run([*git, *command], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+    assert git_commit(str(recipe)) == head.strip()
 
 
 def test_without_mlflow_the_run_says_what_to_install(

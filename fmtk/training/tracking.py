@@ -146,8 +146,8 @@ class MlflowTracker(Tracker):
         self.errors = (MlflowException, OSError)
         study = read_tracking(self.run_dir.parent)  # a trial of fmtk tune logs where its study does
         self.uri = read_tracking(run_dir).get("uri") or study.get("uri") or mlflow.get_tracking_uri()
-        self.client = mlflow.MlflowClient(self.uri)
         try:
+            self.client = mlflow.MlflowClient(self.uri)
             if self.run_id is None:
                 self.client.search_experiments(max_results=1)  # the server answers
             else:
@@ -457,8 +457,14 @@ def _params(pairs: list[tuple[str, str]]) -> list:
 def _failure(error: BaseException) -> str:
     """What went wrong, in a few words: MLflow's messages hold a whole retry history."""
     text = str(error)
-    if "Connection refused" in text or "Max retries exceeded" in text:
+    if "Connection refused" in text:
         return "cannot be reached (connection refused)"
+    if "Failed to resolve" in text or "Name or service not known" in text:
+        return "cannot be reached (no such host)"
+    if "Max retries exceeded" in text:
+        return "cannot be reached"
+    if "unsupported URI" in text:
+        return "is not a tracking URI MLflow knows (http://, https://, sqlite:///, postgresql://, …)"
     if "timed out" in text.lower():
         return "does not answer (timed out)"
     first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
