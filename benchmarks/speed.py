@@ -41,6 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from unittest import mock
 
 import torch
 from common import last_line, run_limited, spread
@@ -160,7 +161,9 @@ def tracked_and_not(recipe: str, data_dir: Path | None, rounds: int, steps: int 
     names = ("untracked", "tracked")
     times: dict[str, list[float]] = {f"{name}{part}": [] for name in names for part in ("", ", whole")}
     with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as held:
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder}/mlflow.db"
+        held.enter_context(
+            mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db"})
+        )
         runs = {name: timed_run(recipe, rounds, Path(folder) / name, {"track": "mlflow"} if name == "tracked"
                                 else {}, data_dir=data_dir) for name in names}  # fmt: skip
         steps = steps or ROUND_STEPS[runs["tracked"].recipe.name]
@@ -174,7 +177,6 @@ def tracked_and_not(recipe: str, data_dir: Path | None, rounds: int, steps: int 
                 run.trainer.run(run.data.train, max_epochs=round_number, epoch_length=steps)
                 times[f"{name}, whole"].append(time.perf_counter() - started)
                 times[name].append(run.history[-1]["epoch_seconds"])
-        del os.environ["MLFLOW_TRACKING_URI"]
     return {"seconds": times, "per_epoch": len(runs["tracked"].data.train) / steps}
 
 

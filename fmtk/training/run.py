@@ -193,7 +193,7 @@ class Run(Parts):
         return test_checkpoint(self, checkpoint_path)
 
     def end_tracking(self, error: BaseException) -> None:
-        """The MLflow run marked as ended by ``error``: killed by Ctrl-C, else failed."""
+        """The tracker's run marked as ended by ``error``: killed by Ctrl-C, else failed."""
         if self.tracker is not None:
             self.tracker.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
 

@@ -84,7 +84,9 @@ class Tracker:
     def __init__(self, run_dir: Path, echo: Callable[[str], None]) -> None:
         self.run_dir, self.echo = Path(run_dir), echo
         self.errors: tuple[type[BaseException], ...] = (OSError,)
-        self.run_id: str | None = read_tracking(run_dir).get("run_id")
+        self.recorded = read_tracking(run_dir)  # a resumed run's: its tracker run
+        self.study = read_tracking(self.run_dir.parent)  # a trial of fmtk tune's: the study's
+        self.run_id: str | None = self.recorded.get("run_id")
         self.logged_epoch = 0  # the last epoch the tracker's run has (a resumed run logs only later ones)
         self.broken = False
         self.points: IterationPoints | None = None
@@ -112,7 +114,26 @@ class Tracker:
             return
         self.logged_epoch = epoch
 
+    def begin(self, recipe: Recipe, config: Mapping[str, Any]) -> None:
+        """Make the tracker's run of a new run folder, or go on in a resumed one's."""
+        raise NotImplementedError
+
+    def begin_study(self, recipe: Recipe, space: Mapping[str, str], metric: str, trials: int) -> None:
+        """The study of ``fmtk tune`` in this (study) folder, whose trials' runs are its own."""
+        raise NotImplementedError
+
     def send_epoch(self, points: list[tuple[int, float, list[float]]], row: dict[str, float], iteration: int):
+        raise NotImplementedError
+
+    def finish(self, results: Mapping[str, Any], files: tuple[str, ...] = RUN_FILES) -> None:
+        """The test figures of ``results`` (metrics.json), the run's ``files`` and pictures; finished."""
+        raise NotImplementedError
+
+    def finish_study(self, metric: str, best_value: float, best_trial: int, files: tuple[str, ...]) -> None:
+        raise NotImplementedError
+
+    def end(self, status: str) -> None:
+        """The tracker's run ended by an error (``FAILED``) or Ctrl-C (``KILLED``)."""
         raise NotImplementedError
 
     def where(self) -> str:
@@ -144,8 +165,7 @@ class MlflowTracker(Tracker):
         for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # a new SQLite store's setup
             logging.getLogger(name).setLevel(logging.WARNING)
         self.errors = (MlflowException, OSError)
-        study = read_tracking(self.run_dir.parent)  # a trial of fmtk tune logs where its study does
-        self.uri = read_tracking(run_dir).get("uri") or study.get("uri") or mlflow.get_tracking_uri()
+        self.uri = self.recorded.get("uri") or self.study.get("uri") or mlflow.get_tracking_uri()
         try:
             self.client = mlflow.MlflowClient(self.uri)
             if self.run_id is None:
@@ -168,11 +188,11 @@ class MlflowTracker(Tracker):
         if self.run_id is not None:
             self.echo(f"tracking: MLflow run {self.run_id} at {self.uri}, after epoch {self.logged_epoch}")
             return
-        tags, study = run_tags(recipe, config, self.run_dir), read_tracking(self.run_dir.parent)
-        if study.get("study"):
-            tags["mlflow.parentRunId"] = study["run_id"]
+        tags = run_tags(recipe, config, self.run_dir)
+        if self.study.get("study"):
+            tags["mlflow.parentRunId"] = self.study["run_id"]
         params = {key: _param(value) for key, value in hparam_values(recipe).items()}
-        self._create(study.get("experiment") or recipe.name, tags, params)
+        self._create(self.study.get("experiment") or recipe.name, tags, params)
 
     def begin_study(self, recipe: Recipe, space: Mapping[str, str], metric: str, trials: int) -> None:
         """The parent MLflow run of an ``fmtk tune`` study in this (study) folder: its trials' MLflow
@@ -242,13 +262,14 @@ class MlflowTracker(Tracker):
         """A study's parent run: its best value (``best_<metric>``), best trial, files, finished."""
         from mlflow.entities import Metric
 
-        if self._log([Metric(f"best_{metric}", float(best_value), int(time.time() * 1000), 0)]):
-            self.finish({"stopped_by": None}, files)
-            if not self.broken:
-                try:
-                    self.client.set_tag(self.run_id, "fmtk.best_trial", str(best_trial))
-                except self.errors as error:
-                    self.lost(error)
+        if not self._log([Metric(f"best_{metric}", float(best_value), int(time.time() * 1000), 0)]):
+            return
+        try:
+            self.client.set_tag(self.run_id, "fmtk.best_trial", str(best_trial))
+        except self.errors as error:
+            self.lost(error)
+            return
+        self.finish({}, files)
 
     def end(self, status: str) -> None:
         """Mark the MLflow run ``FAILED`` or ``KILLED`` (a run stopped by an error or Ctrl-C)."""
@@ -292,22 +313,22 @@ class WandbTracker(Tracker):
             )
         super().__init__(run_dir, echo)
         self.errors = (Exception,)  # W&B raises its own kinds, and a run must never die of one
-        self.logged_epoch = read_tracking(run_dir).get("logged_epoch", 0)
+        self.logged_epoch = self.recorded.get("logged_epoch", 0)
         self.run: Any = None
 
     def where(self) -> str:
         return "W&B"
 
     def begin(self, recipe: Recipe, config: Mapping[str, Any]) -> None:
-        study = read_tracking(self.run_dir.parent)
-        self.project = os.environ.get("WANDB_PROJECT") or study.get("project") or recipe.name
+        self.project = os.environ.get("WANDB_PROJECT") or self.study.get("project") or recipe.name
         resumed, self.run_id = self.run_id is not None, self.run_id or secrets.token_hex(4)
         values = {**hparam_values(recipe), **run_tags(recipe, config, self.run_dir)}
+        group = self.study.get("group")  # a trial's: its study's
         try:
             self.run = self.wandb.init(
                 project=self.project, id=self.run_id, resume="allow", name=self.run_dir.name, config=values,
-                tags=[recipe.name, *([recipe.preset] if recipe.preset else [])], group=study.get("group"),
-                job_type="trial" if study.get("group") else "train",
+                tags=[recipe.name, *([recipe.preset] if recipe.preset else [])], group=group,
+                job_type="trial" if group else "train",
                 settings=self.wandb.Settings(console="off", silent=True, init_timeout=60, **self._flush()),
             )  # fmt: skip
             self.run.define_metric("epoch")
