@@ -164,7 +164,7 @@ class Recipe:
 
     # --- Run control --------------------------------------------------------------------------------
     seed: int = 42
-    log_every: int = 50  # iterations between per-iteration TensorBoard points (each one is a host sync)
+    log_every: int = 50  # iterations between per-iteration points (TensorBoard, trackers) and NaN checks
     # Where else the run is logged: "none", "mlflow" or "wandb" (training/tracking.py; the track extra).
     track: str = "none"
     # With a tracker: the run's best checkpoint exported as ONNX (fmtk export) at the end, logged too.

@@ -118,40 +118,83 @@ class NonFiniteLoss(FmtkError):
     """The training loss became NaN or infinite."""
 
 
+class _HostCopy:
+    """A device scalar on its way to the host without the host waiting for it: on CUDA, copied into
+    pinned memory behind an event, and read (:meth:`value`) when the device has long passed it; on
+    other devices, the tensor itself."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.done: torch.cuda.Event | None = None
+        if tensor.device.type == "cuda":
+            self.tensor = torch.empty((), dtype=tensor.dtype, pin_memory=True)
+            self.tensor.copy_(tensor, non_blocking=True)
+            self.done = torch.cuda.Event()
+            self.done.record(torch.cuda.current_stream(tensor.device))
+        else:
+            self.tensor = tensor
+
+    def value(self) -> int:
+        if self.done is not None:
+            self.done.synchronize()
+        return int(self.tensor)
+
+
 def attach_nonfinite_guard(trainer: Engine, check_every: int) -> None:
     """Stop training with a one-line error naming the epoch and iteration of the first NaN/inf loss.
 
-    Reads the batch losses the trainer keeps (``trainer.state.batch_losses``, see
-    :func:`~fmtk.training.engines.create_trainer`) every ``check_every`` iterations and at the end of each
-    epoch, before validation and checkpoints, so no checkpoint is written from non-finite weights.
-    Nothing runs per step.
+    Looks at the batch losses the trainer keeps (``trainer.state.batch_losses``, see
+    :func:`~fmtk.training.engines.create_trainer`) without making the host wait for the device:
+    every ``check_every`` iterations the device finds the first bad one among those not yet looked
+    at and copies its iteration to the host, which reads it at the next check, ``check_every``
+    iterations later (the GPU has long finished it: reading it at once would make the CPU wait
+    until every queued step had run). At the end of each epoch, before validation and checkpoints,
+    the rest are read at once, so no checkpoint is written from non-finite weights. Nothing runs
+    per step.
     """
-    checked = {"epoch": 0, "count": 0}  # how many of that epoch's losses were checked
+    looked = {"epoch": 0, "count": 0}  # how many of that epoch's losses were looked at
+    pending: list[_HostCopy] = []  # the last check's finding, read at the next one
+
+    def first_bad(engine: Engine) -> torch.Tensor | None:
+        """The iteration of the first non-finite loss not yet looked at, or -1, on the device."""
+        losses = engine.state.batch_losses
+        start = looked["count"] if looked["epoch"] == engine.state.epoch else 0
+        looked.update(epoch=engine.state.epoch, count=len(losses))
+        if len(losses) <= start:
+            return None
+        bad = ~torch.isfinite(torch.stack(losses[start:]))
+        first_looked = engine.state.iteration - (len(losses) - start) + 1
+        found = torch.where(bad.any(), bad.to(torch.uint8).argmax() + first_looked, -1)
+        if idist.get_world_size() > 1:  # every process stops together, not one while others wait
+            found = idist.all_reduce(found, op="MAX")
+        return found
+
+    def stop_at(iteration: int, engine: Engine) -> None:
+        epoch = (iteration - 1) // engine.state.epoch_length + 1
+        before = "no checkpoint was written yet" if epoch == 1 else "the last checkpoint is from before it"
+        raise NonFiniteLoss(
+            f"training loss became NaN or infinite at epoch {epoch}, iteration {iteration}; "
+            f"stopped ({before})"
+        )
+
+    def read(engine: Engine, found: list[_HostCopy]) -> None:
+        iterations = [copy.value() for copy in found]
+        pending.clear()
+        bad = [iteration for iteration in iterations if iteration >= 0]
+        if bad:
+            stop_at(min(bad), engine)
 
     def check(engine: Engine) -> None:
-        losses = engine.state.batch_losses
-        start = checked["count"] if checked["epoch"] == engine.state.epoch else 0
-        checked.update(epoch=engine.state.epoch, count=len(losses))
-        first_bad = -1
-        if len(losses) > start:
-            bad = ~torch.isfinite(torch.stack(losses[start:]))
-            if bool(bad.any()):
-                first_checked = engine.state.iteration - (len(losses) - start) + 1
-                first_bad = first_checked + int(bad.nonzero()[0, 0])
-        if idist.get_world_size() > 1:  # every process stops together, not one while others wait
-            first_bad = int(idist.all_reduce(first_bad, op="MAX"))
-        if first_bad >= 0:
-            epoch = (first_bad - 1) // engine.state.epoch_length + 1
-            before = (
-                "no checkpoint was written yet" if epoch == 1 else "the last checkpoint is from before it"
-            )
-            raise NonFiniteLoss(
-                f"training loss became NaN or infinite at epoch {epoch}, iteration {first_bad}; "
-                f"stopped ({before})"
-            )
+        found = first_bad(engine)
+        read(engine, list(pending))
+        if found is not None:
+            pending.append(_HostCopy(found))
+
+    def check_epoch(engine: Engine) -> None:
+        found = first_bad(engine)
+        read(engine, [*pending, *([] if found is None else [_HostCopy(found)])])
 
     every_iterations(trainer, check_every, check)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, check)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, check_epoch)
 
 
 def attach_gradient_clipping(trainer: Engine, model: nn.Module, max_norm: float) -> None:

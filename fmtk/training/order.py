@@ -47,7 +47,7 @@ ORDER: tuple[Step, ...] = (
     Step(T, "ITERATION_COMPLETED", YOURS, YOURS),
     Step(T, "EPOCH_COMPLETED", "progress bar closed", BAR, ("ProgressBar._close",)),
     Step(T, "EPOCH_COMPLETED", "NaN guard: the epoch's losses", ALWAYS,
-         ("attach_nonfinite_guard.<locals>.check",)),
+         ("attach_nonfinite_guard.<locals>.check_epoch",)),
     Step(T, "EPOCH_COMPLETED", "BatchNorm buffers from rank 0", "always (a no-op in one process)",
          ("attach_handlers.<locals>.share_buffers",)),
     Step(T, "EPOCH_COMPLETED", "validation: runs the evaluator (its COMPLETED handlers below)", ALWAYS,

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
+import ignite.distributed as idist
 import pytest
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from torch import nn
 
-from fmtk.training.handlers import attach_early_stopping, attach_validation, every_iterations
+from fmtk.training.handlers import (
+    NonFiniteLoss,
+    attach_early_stopping,
+    attach_nonfinite_guard,
+    attach_validation,
+    every_iterations,
+)
 from fmtk.training.schedules import attach_lr_plateau
 
 
@@ -110,3 +119,63 @@ def test_every_iterations_counts_the_whole_run_like_ignites_filter() -> None:
     trainer.run(range(5), max_epochs=3)
     assert seen["fmtk"] == seen["ignite"] == [3, -4, 6, -8, 9, 12, -12, 15]
     assert len(trainer._event_handlers[Events.ITERATION_COMPLETED]) == 3  # one for fmtk's, two filters
+
+
+def guarded_trainer(bad_iterations: set[int], check_every: int) -> tuple[Engine, list[int]]:
+    """A trainer keeping each step's loss (NaN at ``bad_iterations``) as fmtk's does, with the NaN
+    guard checking every ``check_every`` iterations; the iterations that ran."""
+    ran = []
+
+    def step(engine: Engine, _: object) -> torch.Tensor:
+        ran.append(engine.state.iteration)
+        loss = torch.tensor(math.nan if engine.state.iteration in bad_iterations else 0.5)
+        engine.state.batch_losses.append(loss)
+        return loss
+
+    trainer = Engine(step)
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: setattr(engine.state, "batch_losses", []))
+    attach_nonfinite_guard(trainer, check_every)
+    return trainer, ran
+
+
+@pytest.mark.parametrize(
+    ("bad", "stopped_at", "message"),
+    [
+        # The check at 6 finds it on the device; the host reads it at the next check (8), not at once.
+        ({6, 7}, 8, "epoch 1, iteration 6; stopped (no checkpoint was written yet)"),
+        # Found after the last check of the epoch: read at the epoch's end, before its checkpoint.
+        ({11}, 12, "epoch 1, iteration 11; stopped (no checkpoint was written yet)"),
+        ({12}, 12, "epoch 1, iteration 12"),
+        ({15}, 20, "epoch 2, iteration 15; stopped (the last checkpoint is from before it)"),
+    ],
+    ids=["mid-epoch", "after-the-last-check", "last-step", "second-epoch"],
+)
+def test_the_nan_guard_names_the_first_bad_iteration_one_check_later(
+    bad: set[int], stopped_at: int, message: str
+) -> None:
+    trainer, ran = guarded_trainer(bad, check_every=4 if 15 in bad else 2)
+    with pytest.raises(NonFiniteLoss, match=re.escape(message)):
+        trainer.run(range(12), max_epochs=3)
+    assert ran[-1] == stopped_at
+
+
+def _guard_in_each_process(rank: int) -> tuple[int, str]:
+    trainer, ran = guarded_trainer({6} if rank == 1 else set(), check_every=2)
+    try:
+        trainer.run(range(12), max_epochs=1)
+    except NonFiniteLoss as error:
+        return ran[-1], str(error)
+    return ran[-1], "finished"
+
+
+@pytest.mark.slow  # two processes, each importing torch
+def test_the_nan_guard_stops_every_process_at_the_same_iteration() -> None:
+    with idist.Parallel(backend="gloo", nproc_per_node=2) as parallel:
+        parallel.run(_report_guard)
+
+
+def _report_guard(_: int) -> None:
+    stopped_at, said = _guard_in_each_process(idist.get_rank())
+    # Only process 1 had a NaN; both stop after the same step, saying the same.
+    assert [stopped_at, said] == [8, "training loss became NaN or infinite at epoch 1, iteration 6; "
+                                  "stopped (no checkpoint was written yet)"]  # fmt: skip

@@ -97,9 +97,11 @@ def fashion(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def steps_watched(fashion: Path, run_dir: Path, device: str, watcher: Any, precision: str, **values: Any):
     """fmnist_cnn's first epoch (batch 40: about a dozen steps) on ``device``, ``watcher`` on from step 3 to
-    its last; per-iteration logging and NaN checks (every ``log_every``) after the epoch."""
+    its last. On the CPU the NaN guard and the per-iteration points (every ``log_every``) come after
+    the epoch: the guard reads on the host, one check later, what the device found (on CUDA a copy
+    in pinned memory, which does not wait; on the CPU the tensor itself, which the watch would count)."""
     run_dir.mkdir()
-    settings = {"epochs": 1, "batch_size": 40, "log_every": 1000, **values}
+    settings = {"epochs": 1, "batch_size": 40, "log_every": 2 if device == "cuda" else 1000} | values
     run = build_run("fmnist_cnn", run_dir, device, fashion, None, speed=SpeedOptions(precision),
                     progress=False, **settings)  # fmt: skip
     watch_steps(run.trainer, watcher)
@@ -121,6 +123,17 @@ def test_no_step_with_every_option_would_wait_for_a_gpu(
     watcher = WaitingOperations()
     steps_watched(fashion, tmp_path / "run", "cpu", watcher, precision, **EVERYTHING)
     assert not watcher.found, dict(watcher.found)
+
+
+def test_the_nan_guard_would_wait_only_to_read_its_copy(fashion: Path, tmp_path: Path) -> None:
+    # With checks every 2 steps, the one read the watch sees on the CPU is the guard's read of what
+    # the device found a check earlier, which on CUDA is a copy in pinned memory (the CUDA test
+    # counts that it does not wait); finding it on the device waits for nothing.
+    watcher = WaitingOperations()
+    run = steps_watched(fashion, tmp_path / "run", "cpu", watcher, "32", **EVERYTHING, log_every=2)
+    [(place, reads)] = watcher.found.items()
+    assert place.startswith("_local_scalar_dense at handlers.py:") and place.endswith("int(self.tensor)")
+    assert reads == len(range(4, run.trainer.state.epoch_length + 1, 2))  # the checks of steps 3..N
 
 
 def test_the_watch_sees_a_step_that_would_wait(fashion: Path, tmp_path: Path) -> None:
