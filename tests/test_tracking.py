@@ -58,6 +58,18 @@ def stop_server_in_epoch_2(run):
             time.sleep(0.1)
 
     at_iteration(run, 20 + 3, stop)
+
+
+def ctrl_c_in_epoch_2(run):
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (tests start it ignored)
+    at_iteration(run, 20 + 3, lambda: os.kill(os.getpid(), signal.SIGINT))
+
+
+def error_in_epoch_2(run):
+    def fail():
+        raise RuntimeError("a handler's bug")
+
+    at_iteration(run, 20 + 3, fail)
 """
 # fmnist_dnn on 1,000 small images, batch 50: 20 steps an epoch; dropout, BatchNorm, Adam, the plateau.
 # A per-iteration point every 5 steps: the killed run has kept points of epoch 3 that it never logged.
@@ -237,6 +249,26 @@ def test_a_server_that_goes_away_mid_run_costs_one_line_and_nothing_else(
     run_dir = workspace / "gone"
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 4
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 4
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_ctrl_c_is_killed_in_mlflow_and_one_stopped_by_an_error_failed(
+    workspace: Path, server: Server
+) -> None:
+    for handler, status in [("ctrl_c_in_epoch_2", "KILLED"), ("error_in_epoch_2", "FAILED")]:
+        result = tracked(workspace, server.uri, "ended", *RECIPE, "--run-dir", handler,
+                         "--handler", f"trackers:{handler}")  # fmt: skip
+        assert result.returncode == (130 if status == "KILLED" else 1), result.stderr
+        _, run = mlflow_run(server.uri, workspace / handler)
+        assert run.info.status == status
+        assert {step for step, _ in histories(server.uri, workspace / handler)["valid_loss"]} == {1}
+    resumed = tracked(workspace, server.uri, "ended", "--resume", "ctrl_c_in_epoch_2")
+    assert resumed.returncode == 0, resumed.stderr
+    _, run = mlflow_run(server.uri, workspace / "ctrl_c_in_epoch_2")
+    assert run.info.status == "FINISHED"  # the same MLflow run, finished by the resumed run
+    assert [step for step, _ in histories(server.uri, workspace / "ctrl_c_in_epoch_2")["valid_loss"]] == [
+        1, 2, 3, 4
+    ]  # fmt: skip
 
 
 def test_a_tracking_server_that_cannot_be_reached_is_one_line_before_anything_trains(
