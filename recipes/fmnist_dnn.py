@@ -52,6 +52,9 @@ recipe = Recipe(
         ),
     },
     # Regression check (fmtk check): the notebook's MLP scored 87.7%; --preset best, with the recipe's
-    # seed on one CPU thread, 89.76% test (best checkpoint, epoch 33), 89.70% last, 71 s of training.
-    check=Check(preset="best", expect={"test_accuracy": ">= 0.895", "epochs_run": "== 40"}),
+    # seed on one CPU thread, 89.76% test (best checkpoint, epoch 33), 89.70% last, 71 s of training;
+    # over seeds 42, 1, 2 89.73% (89.64-89.78), the faithful recipe 87.76% (87.56-87.97). The floor
+    # is 0.6 points below the lowest seed (another CPU's or a GPU's arithmetic moves the figure as a
+    # seed does) and 0.9 above the faithful recipe's highest.
+    check=Check(preset="best", expect={"test_accuracy": ">= 0.89", "epochs_run": "== 40"}),
 )
