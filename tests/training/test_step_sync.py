@@ -125,6 +125,21 @@ def test_no_step_with_every_option_would_wait_for_a_gpu(
     assert not watcher.found, dict(watcher.found)
 
 
+@pytest.mark.parametrize("preset", [None, "best"])
+def test_no_catdog_step_would_wait_for_a_gpu(
+    catdog_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, preset: str | None
+) -> None:
+    # benchmarks/gpu.py's own count, of catdog_vgg's photos (decoded once, normalised and flipped on
+    # the device; the best preset's crops, erasing, EMA), at 32 px, on the CPU through the watch.
+    monkeypatch.setenv("FMTK_CACHE", str(tmp_path / "cache"))
+    values = {"image_size": "32", "batch_size": "4", "data_cache": "file", "preset": preset}
+    if preset == "best":  # its one epoch of warm-up would leave the cosine schedule no epoch
+        values["warmup_epochs"] = "0.5"
+    counted = gpu.sync_count(catdog_root, "cpu", values, counter=WaitingOperations)
+    assert counted["steps"] == 8 - 2 and counted["in_steps_by_place"] == {}
+    assert counted["at_epoch_end"] > 0  # the same watch sees validation's and the checkpoints' reads
+
+
 def test_the_nan_guard_would_wait_only_to_read_its_copy(fashion: Path, tmp_path: Path) -> None:
     # With checks every 2 steps, the one read the watch sees on the CPU is the guard's read of what
     # the device found a check earlier, which on CUDA is a copy in pinned memory (the CUDA test
