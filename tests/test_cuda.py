@@ -1,6 +1,6 @@
 """fmtk on a CUDA GPU: each precision and memory format, checkpoints written on CUDA read on the CPU,
-SIGKILL and an exact resume (--deterministic), a CUDA run resumed on the CPU, --compile, export of a
-CUDA-trained run, and 2 NCCL processes with 2 GPUs (the steps' host syncs:
+SIGKILL and an exact resume (--deterministic), a CUDA run resumed on the CPU and a CPU run on CUDA,
+--compile, export of a CUDA-trained run, and 2 NCCL processes with 2 GPUs (the steps' host syncs:
 tests/training/test_step_sync.py).
 
 Every test here is marked ``cuda`` and skipped without CUDA; ``benchmarks/gpu.py`` runs them
@@ -174,11 +174,23 @@ def test_a_cuda_run_resumes_on_the_cpu_and_says_what_changed(fashion: Path, tmp_
     resumed = fmtk("run", "--resume", "killed", "--device", "cpu", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert (
-        "resuming on cpu, not cuda; precision 32, not bf16: the epochs from here on will not be exactly "
+        "resuming on cpu, not cuda, with precision 32, not bf16: the epochs from here on will not be exactly "
         "those of an uninterrupted run"
     ) in resumed.stdout
     metrics = read_metrics(run_dir)
     assert metrics["device"] == "cpu" and metrics["epochs_run"] == 3 and metrics["precision"] == "32"
+
+
+def test_a_cpu_run_resumes_on_cuda_and_says_what_changed(fashion: Path, tmp_path: Path) -> None:
+    arguments = [*RESUMED["fmnist_cnn"][:5], "--device", "cpu", "--data-dir", str(fashion)]
+    run_dir = killed_in_epoch_3(arguments, tmp_path)
+    resumed = fmtk("run", "--resume", "killed", "--device", CUDA, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    [line] = [line for line in resumed.stdout.splitlines() if line.startswith("resuming on")]
+    assert line.startswith("resuming on cuda") and ", not cpu" in line, line
+    assert line.endswith("the epochs from here on will not be exactly those of an uninterrupted run"), line
+    metrics = read_metrics(run_dir)
+    assert metrics["device"].startswith(CUDA) and metrics["epochs_run"] == 3
 
 
 def test_compile_trains_an_epoch_on_cuda(tmp_path: Path) -> None:

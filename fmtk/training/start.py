@@ -100,12 +100,16 @@ class Start:
             return None
         recorded = self.recorded.get("speed", {})
         changes = [] if self.point.same_device_type else [f"on {parts.device}, not {self.point.trained_on}"]
-        for name, value in parts.speed.config().items():
-            if name in recorded and recorded[name] != value:
-                changes.append(f"{name} {value}, not {recorded[name]}")
+        settings = [
+            f"{name} {value}, not {recorded[name]}"
+            for name, value in parts.speed.config().items()
+            if name in recorded and recorded[name] != value
+        ]
+        if settings:
+            changes.append(f"with {'; '.join(settings)}")
         if changes:
             return (
-                f"resuming {'; '.join(changes)}: the epochs from here on will not be exactly those of an "
+                f"resuming {', '.join(changes)}: the epochs from here on will not be exactly those of an "
                 "uninterrupted run"
             )
         if parts.device.type == "cuda" and not parts.speed.deterministic:

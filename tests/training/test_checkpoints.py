@@ -151,8 +151,8 @@ def test_a_resumed_run_keeps_its_speed_options_and_says_what_it_changes(tmp_path
     resumed.folder.close()
     assert resumed.speed == SpeedOptions("32", False, False, True, threads + 1)
     assert lines[:2] == [
-        f"resuming precision 32, not bf16; threads {threads + 1}, not {threads}: the epochs from here on "
-        "will not be exactly those of an uninterrupted run",
+        f"resuming with precision 32, not bf16; threads {threads + 1}, not {threads}: the epochs from here "
+        "on will not be exactly those of an uninterrupted run",
         f"CPU threads: {threads + 1} (the default here: {threads})",
     ]
 
