@@ -10,10 +10,12 @@ the GPU acceptance run of issue 37. In this order, each only while the time budg
 5. Training images/s on the photos in 32, bf16 and 16-mixed, channels-last: one fmtk run a row
    (``build_run``, every handler), ``--warmup`` + ``--steps`` steps timed after ``torch.cuda.synchronize()``,
    and the valid accuracy it ends with, against 32-bit's.
-6. bf16, channels-last, ``--compile`` in each of ``COMPILE_MODES``, each in a subprocess with a time limit.
-7. bf16, channels-last, with ``data_cache=none``: the photos decoded by DataLoader workers every epoch,
+6. bf16, channels-last, ``--deterministic`` (in a subprocess: cuBLAS reads its workspace setting
+   once a process), against the same row without it: what exactness costs.
+7. bf16, channels-last, ``--compile`` in each of ``COMPILE_MODES``, each in a subprocess with a time limit.
+8. bf16, channels-last, with ``data_cache=none``: the photos decoded by DataLoader workers every epoch,
    as for a folder too large to hold (target: ≤ 1.25× the decoded cache's time per step).
-8. The three precisions in the default layout (channels-last off).
+9. The three precisions in the default layout (channels-last off).
 
 One Markdown table; the report is written as JSON (``--out``) after each measurement, so a run cut
 short keeps what it measured. Without CUDA: one line. The method: docs/performance.md, "On a GPU".
@@ -64,7 +66,7 @@ ACCURACY_TOLERANCE = 0.05
 ACCURACY_POINTS = f"{100 * ACCURACY_TOLERANCE:.0f} points"
 # Seconds a measurement is expected to take, at least; it starts only if that much budget is left.
 ESTIMATES = {"tests": 45, "syncs": 40, "pair": 45, "headline": 150, "first row": 60, "row": 20,
-             "compile": 150}  # fmt: skip
+             "subprocess row": 45, "compile": 150}  # fmt: skip
 TESTS_LIMIT = 240  # the CUDA tests' most seconds: ~1.5 minutes expected; cut off, they count nothing
 TIME_LIMIT = "stopped after {:.0f} s (time limit)"
 
@@ -97,6 +99,8 @@ class Budget:
 def row_name(row: dict[str, Any]) -> str:
     """``bf16, channels-last, compiled``: a row's speed options in words."""
     words = [row["precision"], "channels-last" if row["channels_last"] else "default layout"]
+    if row.get("deterministic"):
+        words.append("deterministic")
     if row.get("compile"):
         words.append("compiled" if row["compile"] is True else f"compiled ({row['compile']})")
     if cache_of(row) != "file":
@@ -257,7 +261,8 @@ def headline_resume(data_dir: Path, timeout: float, recipe: str = RECIPE, kill_e
 
 def measure(data_dir: Path | None, precision: str, channels_last: bool, compile: bool | str = False,
             steps: int = 130, warmup: int = 20, recipe: str = RECIPE, device: str = "cuda",
-            overrides: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+            overrides: dict[str, str] | None = None, deterministic: bool = False
+            ) -> dict[str, Any]:  # fmt: skip
     """One row: ``recipe`` built by fmtk with these speed options (``overrides`` as ``--set``)
     trains one Ignite epoch of ``warmup + steps`` steps from the recipe's seed; images/s over the
     last ``steps`` (the clock read after the device has finished, at the end of step ``warmup`` and
@@ -280,7 +285,7 @@ def measure(data_dir: Path | None, precision: str, channels_last: bool, compile:
             marks.append(time.perf_counter())
 
     started = time.perf_counter()
-    speed = fmtk.SpeedOptions(precision, channels_last, compile)
+    speed = fmtk.SpeedOptions(precision, channels_last, compile, deterministic)
     with tempfile.TemporaryDirectory() as run_dir:
         run = fmtk.build_run(recipe, run_dir, device, data_dir, None, speed=speed, progress=False,
                              **ONE_EPOCH, **(overrides or {}))  # fmt: skip
@@ -294,8 +299,9 @@ def measure(data_dir: Path | None, precision: str, channels_last: bool, compile:
         seconds, epoch, started_epoch = marks[1] - marks[0], run.history[-1], run.trainer.state.epoch_started
         row = {
             "recipe": recipe, "precision": precision, "channels_last": channels_last, "compile": compile,
-            "speed": run.speed.config(), "device": str(device), "batch_size": run.recipe.batch_size,
-            "image_size": run.recipe.options.get("image_size"), "warmup_steps": warmup, "steps": steps,
+            "deterministic": deterministic, "speed": run.speed.config(), "device": str(device),
+            "batch_size": run.recipe.batch_size, "image_size": run.recipe.options.get("image_size"),
+            "warmup_steps": warmup, "steps": steps,
             "trained_steps": last, "images": images[0], "seconds": seconds,
             "images_per_s": images[0] / seconds, "ms_per_step": 1000 * seconds / steps,
             # From the epoch's start to the warm-up's end: cuDNN's autotuning, compiling.
@@ -387,8 +393,10 @@ def table(report: dict[str, Any]) -> list[str]:
     # Each reduced-precision row against the eager 32-bit row of its layout, after the same steps.
     eager_32 = {(row["channels_last"], row["trained_steps"]): row for row in report["speed"]
                 if row["precision"] == "32" and not row["compile"] and "error" not in row}  # fmt: skip
-    cached = {(row["precision"], row["channels_last"]): row for row in report["speed"]
-              if not row["compile"] and "error" not in row and cache_of(row) == "file"}  # fmt: skip
+    # The eager, decoded-cache, not deterministic row of each precision and layout: what the others cost.
+    plain = {(row["precision"], row["channels_last"]): row for row in report["speed"]
+             if not row["compile"] and not row.get("deterministic") and "error" not in row
+             and cache_of(row) == "file"}  # fmt: skip
     for row in report["speed"]:
         name, steps = row_name(row), f"{row['warmup_steps']} + {row['steps']}"
         if "error" in row:
@@ -397,9 +405,12 @@ def table(report: dict[str, Any]) -> list[str]:
         result = f"{row['images_per_s']:,.0f} images/s, {row['ms_per_step']:.1f} ms/step"
         result += f", {row['peak_memory_gib']:.1f} GiB peak" if "peak_memory_gib" in row else ""
         result += f", warm-up {row['warmup_seconds']:.0f} s" if row["compile"] else ""
-        if cache_of(row) != "file" and (decoded := cached.get((row["precision"], row["channels_last"]))):
-            times = row["ms_per_step"] / decoded["ms_per_step"]
-            result += f", {times:.2f}× the decoded cache's (target ≤ 1.25)"
+        usual = plain.get((row["precision"], row["channels_last"]))
+        times = f", {row['ms_per_step'] / usual['ms_per_step']:.2f}×" if usual is not None else ""
+        if cache_of(row) != "file" and times:
+            result += f"{times} the decoded cache's (target ≤ 1.25)"
+        if row.get("deterministic") and times:
+            result += f"{times} the time without"
         base, versus = eager_32.get((row["channels_last"], row["trained_steps"])), ""
         if base is not None and base is not row:
             difference = row["valid_accuracy"] - base["valid_accuracy"]
@@ -487,15 +498,18 @@ def collect(args: argparse.Namespace, device: str = "cuda") -> dict[str, Any]:
         report[into] = [*report[into], result] if isinstance(report[into], list) else result
         save(f"{name}: {result.get('error', 'measured')}")
 
-    def speed_row(precision: str, channels_last: bool, compile: bool | str = False, cache: str = "file"):
+    def speed_row(precision: str, channels_last: bool, compile: bool | str = False, cache: str = "file",
+                  deterministic: bool = False):  # fmt: skip
         spec = {"precision": precision, "channels_last": channels_last, "compile": compile,
                 "device": str(device), "steps": args.steps, "warmup": args.warmup,
-                "overrides": {**overrides, "data_cache": cache}}  # fmt: skip
+                "overrides": {**overrides, "data_cache": cache}, "deterministic": deterministic}  # fmt: skip
         known = {**spec, "warmup_steps": args.warmup, "trained_steps": args.warmup + args.steps}
-        if compile:  # in a process of its own, stopped at the budget's end
+        if compile or deterministic:  # in a process of its own, stopped at the budget's end
             in_subprocess = lambda: measure_in_subprocess(spec, data_dir, budget.left())  # noqa: E731
-            return measured("speed", row_name(known), ESTIMATES["compile"], in_subprocess, **known)
-        done = [row["wall_seconds"] for row in report["speed"] if not row["compile"]]
+            needs = ESTIMATES["compile" if compile else "subprocess row"]
+            return measured("speed", row_name(known), needs, in_subprocess, **known)
+        eager = [row for row in report["speed"] if not row["compile"] and not row.get("deterministic")]
+        done = [row["wall_seconds"] for row in eager]
         needs = max(1.5 * max(done) if done else ESTIMATES["first row"], ESTIMATES["row"])
         measured("speed", row_name(known), needs, lambda: measure(data_dir, **spec), **known)
 
@@ -516,6 +530,7 @@ def collect(args: argparse.Namespace, device: str = "cuda") -> dict[str, Any]:
         measured("headline", f"{RECIPE} --deterministic killed and resumed", ESTIMATES["headline"], headline)
         for precision in PRECISIONS:
             speed_row(precision, True)
+        speed_row("bf16", True, deterministic=True)
         for mode in COMPILE_MODES:
             speed_row("bf16", True, compile=mode)
         speed_row("bf16", True, cache="none")  # decoded by DataLoader workers every epoch

@@ -65,6 +65,10 @@ def test_a_row_times_the_steps_after_warm_up_and_validates(
     assert "peak_memory_gib" not in row  # CUDA only
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 2  # training_set and test_set, decoded once
     json.dumps(row)
+    exact = gpu.measure(catdog_root, "32", True, steps=2, warmup=1, device="cpu", overrides=TINY_CATDOG,
+                        deterministic=True)  # fmt: skip
+    assert exact["deterministic"] and exact["speed"]["deterministic"]
+    assert exact["valid_loss"] == row["valid_loss"]  # on the CPU, the same figures either way
 
 
 def test_a_row_in_a_subprocess_and_the_time_limit() -> None:
@@ -117,6 +121,7 @@ def test_with_no_budget_everything_is_skipped_and_written(
         "fmtk / plain, 32",
         "catdog_vgg --deterministic killed and resumed",
         *[f"{precision}, channels-last" for precision in gpu.PRECISIONS],
+        "bf16, channels-last, deterministic",
         "bf16, channels-last, compiled",
         "bf16, channels-last, compiled (reduce-overhead)",
         "bf16, channels-last, data_cache=none",
@@ -156,6 +161,7 @@ def test_table_and_accuracy_against_32_bit() -> None:
         row("16-mixed", True, 0.64),
         row("bf16", True, 0.69, compile=True),
         row("bf16", True, 0.71, overrides={"data_cache": "none"}, ms_per_step=14.9),
+        row("bf16", True, 0.7125, deterministic=True, ms_per_step=14.0),
         row("32", False, 0.68),
         {"precision": "bf16", "channels_last": False, "compile": False, "steps": 130, "warmup": 20,
          "warmup_steps": 20, "trained_steps": 150, "error": "OutOfMemoryError: CUDA out of memory"},
@@ -187,11 +193,16 @@ def test_table_and_accuracy_against_32_bit() -> None:
         "| bf16, channels-last, data_cache=none | 1,234 images/s, 14.9 ms/step, 5.2 GiB peak, 1.15× the "
         "decoded cache's (target ≤ 1.25) | 20 + 130 | 71.00% | +1.00 points |"
     )
-    assert lines[9].startswith("| 32, default layout |") and lines[9].endswith("| 68.00% |  |")
-    assert (
-        lines[10] == "| bf16, default layout | failed: OutOfMemoryError: CUDA out of memory | 20 + 130 | | |"
+    # --deterministic: its step time against the same row without it.
+    assert lines[9] == (
+        "| bf16, channels-last, deterministic | 1,234 images/s, 14.0 ms/step, 5.2 GiB peak, 1.08× the time "
+        "without | 20 + 130 | 71.25% | +1.25 points |"
     )
-    assert lines[11] == "| 16-mixed, default layout | skipped: budget: needs ~20 s, 3 s left | | | |"
+    assert lines[10].startswith("| 32, default layout |") and lines[10].endswith("| 68.00% |  |")
+    assert (
+        lines[11] == "| bf16, default layout | failed: OutOfMemoryError: CUDA out of memory | 20 + 130 | | |"
+    )
+    assert lines[12] == "| 16-mixed, default layout | skipped: budget: needs ~20 s, 3 s left | | | |"
 
 
 class Windows:
