@@ -1,9 +1,11 @@
 """The one exception type for mistakes a user can make (bad input, missing data, wrong device), and
-the one line an exception raised in a user's own code (a recipe file, a handler) becomes."""
+the one line an exception raised in a user's own code (a recipe file, a handler), or torch running
+out of memory, becomes."""
 
 from __future__ import annotations
 
 import os
+import re
 import sysconfig
 import traceback
 from pathlib import Path
@@ -58,11 +60,33 @@ def user_code_line(error: BaseException) -> str | None:
     return f"{path}:{where[1]}: {detail} ({TRACEBACK_VARIABLE}=1 shows the traceback)"
 
 
+# What a run, an evaluation or a prediction can do with less memory.
+LESS_MEMORY = (
+    "a smaller batch_size (--batch-size; --set accumulate_steps=N keeps the effect of an N times "
+    "larger batch), --precision bf16, or for photos --set data_cache=none or a smaller image_size needs less"
+)
+
+
+def out_of_memory_line(error: BaseException) -> str | None:
+    """torch's out-of-memory errors as one line: CUDA's ``OutOfMemoryError`` (its first three
+    sentences: what it tried to allocate, the GPU's capacity and what is free; the rest is advice
+    on its allocator) and the CPU allocator's ``RuntimeError``; None for any other error."""
+    text = str(error)
+    if type(error).__name__ == "OutOfMemoryError" and text.startswith("CUDA out of memory"):
+        said = ". ".join(text.split(". ")[:3]).rstrip(".")
+        return f"out of memory on the GPU ({said}): {LESS_MEMORY}"
+    tried = re.search(r"DefaultCPUAllocator: can't allocate memory: you tried to allocate (\d+) bytes", text)
+    if isinstance(error, RuntimeError) and tried:
+        return f"out of memory: {int(tried[1]) / 2**30:,.1f} GiB more could not be allocated: {LESS_MEMORY}"
+    return None
+
+
 def one_line(error: BaseException) -> str | None:
-    """The one line to print for ``error``: an FmtkError's message, or where a user's code failed;
-    None (keep the traceback) for an error inside fmtk or with ``FMTK_TRACEBACK=1``."""
+    """The one line to print for ``error``: an FmtkError's message, what ran out of memory, or where
+    a user's code failed; None (keep the traceback) for an error inside fmtk or with
+    ``FMTK_TRACEBACK=1``."""
     if isinstance(error, FmtkError):
         return str(error)
     if os.environ.get(TRACEBACK_VARIABLE) == "1" or not isinstance(error, Exception):
         return None
-    return user_code_line(error)
+    return out_of_memory_line(error) or user_code_line(error)

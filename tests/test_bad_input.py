@@ -21,6 +21,8 @@ import torch
 from conftest import assert_one_line_error, fmtk, make_image_folder, make_mnist_like, tree_snapshot, write_idx
 from PIL import Image
 
+from fmtk.errors import LESS_MEMORY, one_line
+
 
 @pytest.fixture
 def fmtk_here(tmp_path: Path):
@@ -401,6 +403,41 @@ def test_nan_in_the_first_epoch_says_no_checkpoint_was_written(tmp_path: Path) -
     result = fmtk("run", "digits_mlp", "--handler", "poison:attach", "--output-dir", "out", cwd=tmp_path)
     assert_one_line_error(result, "NaN or infinite at epoch 1", "no checkpoint was written yet")
     assert not (tmp_path / "out").exists()  # and no half-empty run folder, nor the runs folder it made
+
+
+def test_running_out_of_memory_mid_epoch_is_one_line_and_the_checkpoints_stay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real allocation the CPU cannot make (1 TiB), in the training step of epoch 2.
+    (tmp_path / "greedy.py").write_text(
+        "import torch\nfrom ignite.engine import Events\n\n\ndef attach(run):\n"
+        "    run.trainer.add_event_handler(Events.ITERATION_COMPLETED(once=40),\n"
+        "                                  lambda e: torch.empty(2**40, dtype=torch.uint8))\n"
+    )
+    result = fmtk("run", "digits_mlp", "--handler", "greedy:attach", "--run-dir", "run", cwd=tmp_path)
+    assert_one_line_error(result, "Error: out of memory: 1,024.0 GiB more could not be allocated: ",
+                          "a smaller batch_size (--batch-size; --set accumulate_steps=N")  # fmt: skip
+    assert result.returncode == 1
+    assert [path.name for path in (tmp_path / "run").glob("last_*.pt")] == ["last_checkpoint_1.pt"]
+    monkeypatch.setenv("FMTK_TRACEBACK", "1")
+    shown = fmtk("run", "digits_mlp", "--handler", "greedy:attach", "--run-dir", "run2", cwd=tmp_path)
+    assert "Traceback" in shown.stderr and "DefaultCPUAllocator" in shown.stderr
+
+
+def test_cudas_out_of_memory_error_keeps_its_first_three_sentences() -> None:
+    # torch's message as a GPU gives it (an H100's, as reported in public issue threads).
+    error = torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity of 79.19 GiB of which "
+        "9.00 MiB is free. Including non-PyTorch memory, this process has 79.13 GiB memory in use. Of the "
+        "allocated memory 77.33 GiB is allocated by PyTorch, and 1.05 GiB is reserved by PyTorch but "
+        "unallocated. If reserved but unallocated memory is large try setting "
+        "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation."
+    )
+    assert one_line(error) == (
+        "out of memory on the GPU (CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total "
+        f"capacity of 79.19 GiB of which 9.00 MiB is free): {LESS_MEMORY}"
+    )
+    assert one_line(RuntimeError("CUDA error: an illegal memory access was encountered")) is None
 
 
 def test_predict_names_a_decompression_bomb(finished_run: Path, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from conftest import fmtk, fmtk_process, make_mnist_like
 from torch import nn
 
 import fmtk as toolkit
+from fmtk.errors import LESS_MEMORY
 from fmtk.training.engines import SpeedOptions
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -191,6 +192,25 @@ def test_a_cpu_run_resumes_on_cuda_and_says_what_changed(fashion: Path, tmp_path
     assert line.endswith("the epochs from here on will not be exactly those of an uninterrupted run"), line
     metrics = read_metrics(run_dir)
     assert metrics["device"].startswith(CUDA) and metrics["epochs_run"] == 3
+
+
+def test_running_out_of_gpu_memory_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "greedy.py").write_text(
+        "import torch\nfrom ignite.engine import Events\n\n\ndef attach(run):\n"
+        "    run.trainer.add_event_handler(Events.ITERATION_COMPLETED(once=3),\n"
+        "                                  lambda e: torch.empty(2**45, dtype=torch.uint8, device='cuda'))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = fmtk_process("run", "digits_mlp", "--device", CUDA, "--handler", "greedy:attach",
+                          "--output-dir", "runs", cwd=tmp_path, env=env)  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    # torch's first sentences (what it tried, the GPU's capacity and what is free), then what needs less.
+    said = "Error: out of memory on the GPU (CUDA out of memory. Tried to allocate 32.00 TiB"
+    assert lines[0].startswith(said), lines[0]
+    assert lines[0].endswith(f"): {LESS_MEMORY}")
+    assert not (tmp_path / "runs").exists()  # before the first checkpoint: nothing left
 
 
 def test_compile_trains_an_epoch_on_cuda(tmp_path: Path) -> None:
