@@ -203,17 +203,56 @@ def photo_batches(
         data = loader_splits(splits, found.classes, image_size, batch_size, device, seed, flip_p, mean, std)
         return dataclasses.replace(data, skipped=skipped)
     labels = {folder: sample_labels(samples) for folder, samples in found.listed.items()}
+    rows = split_rows(found.splits, images)
 
     def batches(split: str) -> TensorBatches:
         folder, index = found.splits[split]
         index = torch.from_numpy(index)
         return TensorBatches(
-            images[folder][index].to(device), labels[folder][index].to(device), batch_size,
+            rows[split].to(device), labels[folder][index].to(device), batch_size,
             shuffle=split == "train", seed=seed, flip_p=flip_p if split == "train" else 0.0,
             mean=mean, std=std, names=[path for path, _ in found.samples(split)],
         )  # fmt: skip
 
     return DataSplits(batches("train"), batches("valid"), batches("test"), found.classes, skipped)
+
+
+def split_rows(
+    splits: dict[str, tuple[Path, np.ndarray]], images: dict[Path, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Each split's photos, in its order: a slice of its folder's decoded photos, whose rows are put
+    in the order of the folder's splits in place (a copy of each split would hold every photo
+    twice; measured in docs/images.md). Splits that share photos are copies."""
+    rows = {}
+    for folder, photos in images.items():
+        names = [split for split, (where, _) in splits.items() if where == folder]
+        order = np.concatenate([splits[split][1] for split in names]) if names else np.zeros(0, dtype=int)
+        if len(np.unique(order)) < len(order):  # photos in two splits
+            rows.update({split: photos[torch.from_numpy(splits[split][1])] for split in names})
+            continue
+        arrange_rows(photos, order.tolist())
+        start = 0
+        for split in names:
+            rows[split], start = photos[start : start + len(splits[split][1])], start + len(splits[split][1])
+    return rows
+
+
+def arrange_rows(tensor: torch.Tensor, order: list[int]) -> None:
+    """Put ``tensor``'s rows ``order`` first, in that order (the others after them), in place: one
+    row at a time along each cycle of the permutation, with one row held aside."""
+    target = order + sorted(set(range(len(tensor))) - set(order))  # row i becomes the row target[i]
+    placed = [False] * len(tensor)
+    for start in range(len(tensor)):
+        if placed[start]:
+            continue
+        held, here = tensor[start].clone(), start
+        while True:
+            placed[here] = True
+            source = target[here]
+            if source == start:
+                tensor[here] = held
+                break
+            tensor[here], here = tensor[source], source
 
 
 def load_catdog(

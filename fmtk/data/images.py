@@ -116,13 +116,14 @@ def decode_images(samples: list[tuple[str, int]], image_size: int) -> torch.Tens
     first, then all of them are one :class:`BadImages` error, which holds the others decoded
     (``good``, in their order)."""
     paths = [path for path, _ in samples]
-    chunks, bad = [torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)], []
-    for _, pixels, unread in read_pixels(paths, ImageInput.photo(image_size)):
-        chunks.append(pixels)
+    # Filled in place (not chunks joined at the end, which held every photo twice).
+    images = torch.empty(len(paths), 3, image_size, image_size, dtype=torch.uint8)
+    readable, bad = torch.zeros(len(paths), dtype=torch.bool), []
+    for good, pixels, unread in read_pixels(paths, ImageInput.photo(image_size)):
+        images[good], readable[good] = pixels, True
         bad += [(paths[i], why) for i, why in unread]
-    images = torch.cat(chunks)
     if bad:
-        raise BadImages(bad, len(paths), good=images)
+        raise BadImages(bad, len(paths), good=images[readable])
     return images
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_photos, tree_snapshot
 
-from fmtk.data.folders import find_photo_splits, load_photo_folder, photo_classes
+from fmtk.data.folders import arrange_rows, find_photo_splits, load_photo_folder, photo_classes, split_rows
 from fmtk.data.images import BadImages
 from fmtk.errors import FmtkError
 
@@ -156,3 +157,32 @@ def test_every_bad_photo_is_named_in_one_pass_and_listed_in_a_file(
     expected = load_photo_folder(clean, 16, 4, CPU, seed=0, data_cache=data_cache)
     for (x, y), (expected_x, expected_y) in zip(skipped.test, expected.test, strict=True):
         assert torch.equal(y, expected_y) and torch.equal(x, expected_x)
+
+
+@pytest.mark.parametrize("order", [[3, 0, 4, 1, 2, 5], [5, 4, 3, 2, 1, 0], [2, 0], [], [0, 1, 2, 3, 4, 5]])
+def test_rows_are_arranged_in_place(order: list[int]) -> None:
+    rows = torch.arange(6 * 4).view(6, 4)
+    before, storage = rows.clone(), rows.data_ptr()
+    arrange_rows(rows, order)
+    rest = [i for i in range(6) if i not in order]
+    assert torch.equal(rows, before[order + rest]) and rows.data_ptr() == storage
+
+
+def test_splits_are_slices_of_their_folders_photos_in_their_order() -> None:
+    train, test = Path("train"), Path("test")
+    photos = {
+        train: torch.arange(10).view(10, 1, 1, 1).repeat(1, 3, 2, 2),
+        test: torch.arange(3).view(3, 1, 1, 1),
+    }
+    splits = {"train": (train, np.array([7, 2, 9, 0, 4, 5])), "valid": (train, np.array([8, 1, 3, 6])),
+              "test": (test, np.array([2, 0, 1]))}  # fmt: skip
+    rows = split_rows(splits, {folder: tensor.clone() for folder, tensor in photos.items()})
+    for split, (folder, index) in splits.items():
+        assert torch.equal(rows[split], photos[folder][torch.from_numpy(index)])
+    same = rows["valid"].untyped_storage().data_ptr() == rows["train"].untyped_storage().data_ptr()
+    assert same  # slices of one tensor: no copy
+    shared = {"train": (train, np.array([1, 2])), "valid": (train, np.array([2, 3]))}  # a photo in both
+    rows = split_rows(shared, {train: photos[train].clone()})
+    assert torch.equal(rows["valid"], photos[train][[2, 3]]) and torch.equal(
+        rows["train"], photos[train][[1, 2]]
+    )
