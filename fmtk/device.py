@@ -1,10 +1,11 @@
 """Where a run trains: the one place a device name given by a user becomes a ``torch.device``; the
-CPU cores it may use."""
+CPU cores it may use; the memory a device has free."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import ignite.distributed as idist
 import torch
@@ -59,3 +60,18 @@ def threads_by_default() -> int:
     machine (``ignite.distributed``), its environment."""
     processes = idist.get_nproc_per_node() if idist.get_world_size() > 1 else 1
     return default_threads(usable_cores(), processes)
+
+
+def free_bytes(device: torch.device, meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """Bytes a new allocation can take on ``device`` without swapping: a GPU's free memory, the
+    machine's available memory (Linux's ``MemAvailable``: free memory and what the kernel can
+    reclaim; a container's own limit is not read); None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import shutil
 import struct
@@ -21,6 +22,7 @@ import torch
 from conftest import assert_one_line_error, fmtk, make_image_folder, make_mnist_like, tree_snapshot, write_idx
 from PIL import Image
 
+from fmtk.device import free_bytes
 from fmtk.errors import LESS_MEMORY, one_line
 
 
@@ -422,6 +424,25 @@ def test_running_out_of_memory_mid_epoch_is_one_line_and_the_checkpoints_stay(
     monkeypatch.setenv("FMTK_TRACEBACK", "1")
     shown = fmtk("run", "digits_mlp", "--handler", "greedy:attach", "--run-dir", "run2", cwd=tmp_path)
     assert "Traceback" in shown.stderr and "DefaultCPUAllocator" in shown.stderr
+
+
+def test_photos_that_cannot_be_held_decoded_are_one_line_before_decoding(
+    catdog_root: Path, tmp_path: Path
+) -> None:
+    # 52 photos at a size whose decoded pixels are twice this machine's available memory.
+    available = free_bytes(torch.device("cpu"))
+    size = math.ceil(math.sqrt(2 * available / (52 * 3)))
+    started = time.monotonic()
+    result = run_on(catdog_root, tmp_path, "catdog_vgg", "--set", f"image_size={size}", "--device", "cpu")
+    assert_one_line_error(
+        result, f"data_cache=memory: the 52 photos at {size} px are ", "GiB decoded, more than the ",
+        "GiB of memory available on this machine: --set data_cache=none decodes them in DataLoader workers",
+    )  # fmt: skip
+    assert time.monotonic() - started < 30  # nothing was decoded
+    (tmp_path / "meminfo").write_text("MemTotal:       24683784 kB\nMemAvailable:   22642832 kB\n")
+    assert free_bytes(torch.device("cpu"), tmp_path / "meminfo") == 22642832 * 1024
+    (tmp_path / "meminfo").write_text("MemTotal:       24683784 kB\n")  # a kernel before 3.14: unknown
+    assert free_bytes(torch.device("cpu"), tmp_path / "meminfo") is None
 
 
 def test_cudas_out_of_memory_error_keeps_its_first_three_sentences() -> None:

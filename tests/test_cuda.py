@@ -23,6 +23,7 @@ from conftest import fmtk, fmtk_process, make_mnist_like
 from torch import nn
 
 import fmtk as toolkit
+from fmtk.device import free_bytes
 from fmtk.errors import LESS_MEMORY
 from fmtk.training.engines import SpeedOptions
 
@@ -211,6 +212,19 @@ def test_running_out_of_gpu_memory_is_one_line(tmp_path: Path) -> None:
     assert lines[0].startswith(said), lines[0]
     assert lines[0].endswith(f"): {LESS_MEMORY}")
     assert not (tmp_path / "runs").exists()  # before the first checkpoint: nothing left
+
+
+def test_photos_too_many_for_the_gpu_are_one_line_before_decoding(catdog_root: Path, tmp_path: Path) -> None:
+    gpu, host = free_bytes(torch.device(CUDA)), free_bytes(torch.device("cpu"))
+    size = math.ceil(math.sqrt(1.2 * gpu / (52 * 3)))  # 52 photos, 1.2 times the GPU's free memory
+    if host is None or 52 * 3 * size**2 >= host:
+        pytest.skip("this machine's memory is smaller than its GPU's")
+    result = fmtk("run", "catdog_vgg", "--device", CUDA, "--data-dir", str(catdog_root), "--set",
+                  f"image_size={size}", "--output-dir", "runs", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"data_cache=memory: the 52 photos at {size} px are " in result.stderr
+    assert "GiB free on cuda: --set data_cache=none decodes them" in result.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_compile_trains_an_epoch_on_cuda(tmp_path: Path) -> None:

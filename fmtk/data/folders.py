@@ -31,6 +31,7 @@ from fmtk.data.images import (
     loader_splits,
     sample_labels,
 )
+from fmtk.device import free_bytes
 from fmtk.errors import FmtkError
 
 SPLIT_FOLDERS = {
@@ -186,6 +187,8 @@ def photo_batches(
     with ``skip_bad_images`` the bad ones are left out of what was decoded, not decoded again)."""
     paths = [path for samples in found.listed.values() for path, _ in samples]
     images, bad = {}, []
+    if data_cache != "none":
+        check_room(len(paths), image_size, device, data_cache)
     if data_cache == "none":  # decoded here only to check them; the DataLoader decodes every epoch
         bad = bad_files(paths, image_size)
     else:
@@ -215,6 +218,25 @@ def photo_batches(
         )  # fmt: skip
 
     return DataSplits(batches("train"), batches("valid"), batches("test"), found.classes, skipped)
+
+
+def check_room(count: int, image_size: int, device: torch.device, data_cache: str) -> None:
+    """Refuse, in one line before decoding, photos that cannot all be held decoded: in the machine's
+    memory (where they are decoded) and in a GPU's (where they train); ``data_cache=none`` decodes
+    them every epoch instead."""
+    need = count * 3 * image_size * image_size  # uint8 pixels
+    places = [(torch.device("cpu"), "of memory available on this machine")]
+    if device.type == "cuda":
+        places.append((device, f"free on {device}"))
+    for place, where in places:
+        free = free_bytes(place)
+        if free is not None and need > free:
+            raise FmtkError(
+                f"data_cache={data_cache}: the {count:,} photos at {image_size} px are "
+                f"{need / 2**30:,.1f} GiB decoded, more than the {free / 2**30:,.1f} GiB {where}: "
+                "--set data_cache=none decodes them in DataLoader workers every epoch instead (or a smaller "
+                "image_size)"
+            )
 
 
 def split_rows(
