@@ -75,3 +75,19 @@ def free_bytes(device: torch.device, meminfo: Path = Path("/proc/meminfo")) -> i
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def check_memory(need: int, device: torch.device, what: str, instead: str) -> None:
+    """Refuse, in one line, ``need`` bytes of decoded images (``what``: which) that cannot all be
+    held: in the machine's memory (where they are decoded) and, on a GPU, in its free memory;
+    ``instead``: what to do. Nothing is known (no ``MemAvailable``): nothing is refused."""
+    places = [(torch.device("cpu"), "of memory available on this machine")]
+    if device.type == "cuda":
+        places.append((device, f"free on {device}"))
+    for place, where in places:
+        free = free_bytes(place)
+        if free is not None and need > free:
+            raise FmtkError(
+                f"{what} are {need / 2**30:,.1f} GiB decoded, more than the {free / 2**30:,.1f} GiB {where}: "
+                f"{instead}"
+            )

@@ -445,6 +445,27 @@ def test_photos_that_cannot_be_held_decoded_are_one_line_before_decoding(
     assert free_bytes(torch.device("cpu"), tmp_path / "meminfo") is None
 
 
+def test_a_folder_too_large_to_evaluate_decoded_is_one_line_before_decoding(
+    catdog_root: Path, tmp_path: Path
+) -> None:
+    # A catdog_vgg run (its model takes any size), its image size then raised as a run trained at that
+    # size would hold it, so that the 12 photos of its test_set are twice the available memory.
+    assert run_on(catdog_root, tmp_path, *SMALL, "--run-dir", "small").returncode == 0
+    config = json.loads((tmp_path / "small" / "config.json").read_text())
+    size = math.ceil(math.sqrt(2 * free_bytes(torch.device("cpu")) / (12 * 3)))
+    config["options"]["image_size"] = size
+    (tmp_path / "small" / "config.json").write_text(json.dumps(config))
+    test_set = catdog_root / "catdog" / "test_set"
+    started = time.monotonic()
+    assert_one_line_error(
+        fmtk("evaluate", "small", "--folder", str(test_set), "--device", "cpu", cwd=tmp_path),
+        f"--folder {test_set}: its 12 photos at the run's {size} px are ",
+        "GiB of memory available on this machine: evaluate its photos in parts",
+    )
+    assert time.monotonic() - started < 30  # nothing was decoded
+    assert not list((tmp_path / "small").glob("evaluation*"))
+
+
 def test_cudas_out_of_memory_error_keeps_its_first_three_sentences() -> None:
     # torch's message as a GPU gives it (an H100's, as reported in public issue threads).
     error = torch.OutOfMemoryError(

@@ -31,7 +31,7 @@ from fmtk.data.images import (
     loader_splits,
     sample_labels,
 )
-from fmtk.device import free_bytes
+from fmtk.device import check_memory
 from fmtk.errors import FmtkError
 
 SPLIT_FOLDERS = {
@@ -188,7 +188,12 @@ def photo_batches(
     paths = [path for samples in found.listed.values() for path, _ in samples]
     images, bad = {}, []
     if data_cache != "none":
-        check_room(len(paths), image_size, device, data_cache)
+        photos = f"data_cache={data_cache}: the {len(paths):,} photos at {image_size} px"
+        instead = (
+            "--set data_cache=none decodes them in DataLoader workers every epoch instead "
+            "(or a smaller image_size)"
+        )
+        check_memory(len(paths) * 3 * image_size**2, device, photos, instead)
     if data_cache == "none":  # decoded here only to check them; the DataLoader decodes every epoch
         bad = bad_files(paths, image_size)
     else:
@@ -218,25 +223,6 @@ def photo_batches(
         )  # fmt: skip
 
     return DataSplits(batches("train"), batches("valid"), batches("test"), found.classes, skipped)
-
-
-def check_room(count: int, image_size: int, device: torch.device, data_cache: str) -> None:
-    """Refuse, in one line before decoding, photos that cannot all be held decoded: in the machine's
-    memory (where they are decoded) and in a GPU's (where they train); ``data_cache=none`` decodes
-    them every epoch instead."""
-    need = count * 3 * image_size * image_size  # uint8 pixels
-    places = [(torch.device("cpu"), "of memory available on this machine")]
-    if device.type == "cuda":
-        places.append((device, f"free on {device}"))
-    for place, where in places:
-        free = free_bytes(place)
-        if free is not None and need > free:
-            raise FmtkError(
-                f"data_cache={data_cache}: the {count:,} photos at {image_size} px are "
-                f"{need / 2**30:,.1f} GiB decoded, more than the {free / 2**30:,.1f} GiB {where}: "
-                "--set data_cache=none decodes them in DataLoader workers every epoch instead (or a smaller "
-                "image_size)"
-            )
 
 
 def split_rows(
