@@ -10,11 +10,11 @@ the GPU acceptance run of issue 37. In this order, each only while the time budg
 5. Training images/s on the photos in 32, bf16 and 16-mixed, channels-last: one fmtk run a row
    (``build_run``, every handler), ``--warmup`` + ``--steps`` steps timed after ``torch.cuda.synchronize()``,
    and the valid accuracy it ends with, against 32-bit's.
-6. bf16, channels-last, ``--deterministic`` (in a subprocess: cuBLAS reads its workspace setting
-   once a process), against the same row without it: what exactness costs.
-7. bf16, channels-last, ``--compile`` in each of ``COMPILE_MODES``, each in a subprocess with a time limit.
-8. bf16, channels-last, with ``data_cache=none``: the photos decoded by DataLoader workers every epoch,
+6. bf16, channels-last, ``--compile`` in each of ``COMPILE_MODES``, each in a subprocess with a time limit.
+7. bf16, channels-last, with ``data_cache=none``: the photos decoded by DataLoader workers every epoch,
    as for a folder too large to hold (target: ≤ 1.25× the decoded cache's time per step).
+8. bf16, channels-last, ``--deterministic`` (in a subprocess: cuBLAS reads its workspace setting
+   once a process), against the same row without it: what exactness costs.
 9. The three precisions in the default layout (channels-last off).
 
 One Markdown table; the report is written as JSON (``--out``) after each measurement, so a run cut
@@ -530,10 +530,10 @@ def collect(args: argparse.Namespace, device: str = "cuda") -> dict[str, Any]:
         measured("headline", f"{RECIPE} --deterministic killed and resumed", ESTIMATES["headline"], headline)
         for precision in PRECISIONS:
             speed_row(precision, True)
-        speed_row("bf16", True, deterministic=True)
         for mode in COMPILE_MODES:
             speed_row("bf16", True, compile=mode)
         speed_row("bf16", True, cache="none")  # decoded by DataLoader workers every epoch
+        speed_row("bf16", True, deterministic=True)  # what exactness costs
         for precision in PRECISIONS:
             speed_row(precision, False)
     save("done")

@@ -121,10 +121,10 @@ def test_with_no_budget_everything_is_skipped_and_written(
         "fmtk / plain, 32",
         "catdog_vgg --deterministic killed and resumed",
         *[f"{precision}, channels-last" for precision in gpu.PRECISIONS],
-        "bf16, channels-last, deterministic",
         "bf16, channels-last, compiled",
         "bf16, channels-last, compiled (reduce-overhead)",
         "bf16, channels-last, data_cache=none",
+        "bf16, channels-last, deterministic",
         *[f"{precision}, default layout" for precision in gpu.PRECISIONS],
     ]
     assert skipped["CUDA tests"] == "budget: needs ~45 s, 0 s left"
