@@ -79,15 +79,16 @@ def free_bytes(device: torch.device, meminfo: Path = Path("/proc/meminfo")) -> i
 
 def check_memory(need: int, device: torch.device, what: str, instead: str) -> None:
     """Refuse, in one line, ``need`` bytes of decoded images (``what``: which) that cannot all be
-    held: in the machine's memory (where they are decoded) and, on a GPU, in its free memory;
-    ``instead``: what to do. Nothing is known (no ``MemAvailable``): nothing is refused."""
-    places = [(torch.device("cpu"), "of memory available on this machine")]
+    held: in the machine's memory, where each training process on it decodes its own, and, on a
+    GPU, in its free memory; ``instead``: what to do. Where nothing is known (no
+    ``MemAvailable``), nothing is refused."""
+    processes = idist.get_nproc_per_node() if idist.get_world_size() > 1 else 1
+    size = f"{need / 2**30:,.1f} GiB decoded"
+    held = f"{size} in each of {processes} processes" if processes > 1 else size
+    places = [(torch.device("cpu"), need * processes, held, "of memory available on this machine")]
     if device.type == "cuda":
-        places.append((device, f"free on {device}"))
-    for place, where in places:
+        places.append((device, need, size, f"free on {device}"))
+    for place, needed, said, where in places:
         free = free_bytes(place)
-        if free is not None and need > free:
-            raise FmtkError(
-                f"{what} are {need / 2**30:,.1f} GiB decoded, more than the {free / 2**30:,.1f} GiB {where}: "
-                f"{instead}"
-            )
+        if free is not None and needed > free:
+            raise FmtkError(f"{what} are {said}, more than the {free / 2**30:,.1f} GiB {where}: {instead}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from torch.utils.data import TensorDataset
 
 from fmtk.data.batches import TensorBatches
 from fmtk.data.images import LoaderBatches
+from fmtk.device import free_bytes
 from fmtk.distributed import launch
 
 
@@ -137,6 +139,21 @@ def test_errors_in_spawned_processes_are_one_line_and_leave_nothing(tmp_path: Pa
     done = fmtk_command("run", "digits_mlp", "--backend", "gloo", cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.strip() == "Error: --backend needs --nproc-per-node 2 or more (or torchrun)"
+
+
+@pytest.mark.slow  # several processes, each importing torch
+def test_photos_two_processes_cannot_both_hold_are_one_line(catdog_root: Path, tmp_path: Path) -> None:
+    # At a size where one process's decoded photos (52 of them) fit in the available memory, two do not.
+    size = math.ceil(math.sqrt(0.7 * free_bytes(torch.device("cpu")) / (52 * 3)))
+    done = fmtk_command("run", "catdog_vgg", "--data-dir", str(catdog_root), "--set", f"image_size={size}",
+                        "--nproc-per-node", "2", "--device", "cpu", "--output-dir", "runs",
+                        cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, done.stderr
+    assert errors[0].startswith(f"Error: data_cache=memory: the 52 photos at {size} px are ")
+    assert "GiB decoded in each of 2 processes, more than the " in errors[0]
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.slow  # several processes, each importing torch
