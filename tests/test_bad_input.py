@@ -467,7 +467,7 @@ def test_a_folder_too_large_to_evaluate_decoded_is_one_line_before_decoding(
 
 
 def test_cudas_out_of_memory_error_keeps_its_first_three_sentences() -> None:
-    # torch's message as a GPU gives it (an H100's, as reported in public issue threads).
+    # torch's message as an 80-GB GPU gave it (quoted in a public repository's file).
     error = torch.OutOfMemoryError(
         "CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity of 79.19 GiB of which "
         "9.00 MiB is free. Including non-PyTorch memory, this process has 79.13 GiB memory in use. Of the "
