@@ -176,22 +176,20 @@ def attach_nonfinite_guard(trainer: Engine, check_every: int) -> None:
             f"stopped ({before})"
         )
 
-    def read(engine: Engine, found: list[_HostCopy]) -> None:
-        iterations = [copy.value() for copy in found]
-        pending.clear()
-        bad = [iteration for iteration in iterations if iteration >= 0]
+    def stop_if_bad(engine: Engine, copies: list[_HostCopy]) -> None:
+        bad = [iteration for iteration in (copy.value() for copy in copies) if iteration >= 0]
         if bad:
             stop_at(min(bad), engine)
 
     def check(engine: Engine) -> None:
         found = first_bad(engine)
-        read(engine, list(pending))
-        if found is not None:
-            pending.append(_HostCopy(found))
+        earlier, pending[:] = pending[:], [] if found is None else [_HostCopy(found)]
+        stop_if_bad(engine, earlier)
 
     def check_epoch(engine: Engine) -> None:
         found = first_bad(engine)
-        read(engine, [*pending, *([] if found is None else [_HostCopy(found)])])
+        earlier, pending[:] = pending[:], []
+        stop_if_bad(engine, earlier if found is None else [*earlier, _HostCopy(found)])
 
     every_iterations(trainer, check_every, check)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, check_epoch)
