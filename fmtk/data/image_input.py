@@ -147,3 +147,18 @@ def read_pixels(
             pixels = [results[i - start] for i in good]
             empty = torch.empty(0, *image_input.shape, dtype=torch.uint8)
             yield good, torch.stack(pixels) if pixels else empty, bad
+
+
+def read_all(
+    sources: Sequence[Source], image_input: ImageInput
+) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
+    """The readable ones of ``sources`` (:func:`read_pixels`) as one uint8 N×C×S×S tensor, filled in
+    place a chunk at a time (joining the chunks at the end would hold every image twice), their
+    indices, and ``(index, why)`` of each that cannot be read."""
+    images = torch.empty(len(sources), *image_input.shape, dtype=torch.uint8)
+    kept, unread = [], []
+    for good, pixels, bad in read_pixels(sources, image_input):
+        images[good] = pixels
+        kept += good
+        unread += bad
+    return (images[kept] if unread else images), kept, unread

@@ -22,7 +22,7 @@ from fmtk.data.batches import (
     scale_pixels,
 )
 from fmtk.data.image_cache import cache_folder, cached_decode_images
-from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD, ImageInput, read_pixels, resize_rgb
+from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD, ImageInput, read_all, read_pixels, resize_rgb
 from fmtk.device import usable_cores
 from fmtk.errors import FmtkError
 
@@ -112,18 +112,13 @@ def bad_images_error(found: BadImages, name: str, hint: str = "") -> BadImages:
 
 def decode_images(samples: list[tuple[str, int]], image_size: int) -> torch.Tensor:
     """The images of ``(path, label)`` samples as one uint8 N×3×S×S tensor, decoded in a thread per
-    core (:func:`~fmtk.data.image_input.read_pixels`); every file that cannot be decoded is found
+    core (:func:`~fmtk.data.image_input.read_all`); every file that cannot be decoded is found
     first, then all of them are one :class:`BadImages` error, which holds the others decoded
     (``good``, in their order)."""
     paths = [path for path, _ in samples]
-    # Filled in place (not chunks joined at the end, which held every photo twice).
-    images = torch.empty(len(paths), 3, image_size, image_size, dtype=torch.uint8)
-    readable, bad = torch.zeros(len(paths), dtype=torch.bool), []
-    for good, pixels, unread in read_pixels(paths, ImageInput.photo(image_size)):
-        images[good], readable[good] = pixels, True
-        bad += [(paths[i], why) for i, why in unread]
-    if bad:
-        raise BadImages(bad, len(paths), good=images[readable])
+    images, _, unread = read_all(paths, ImageInput.photo(image_size))
+    if unread:
+        raise BadImages([(paths[i], why) for i, why in unread], len(paths), good=images)
     return images
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from fmtk.data.batches import Batches, TensorBatches
 from fmtk.data.folders import split_folders
-from fmtk.data.image_input import read_pixels
+from fmtk.data.image_input import read_all
 from fmtk.data.images import list_image_folder
 from fmtk.device import check_memory
 from fmtk.errors import FmtkError
@@ -308,16 +308,10 @@ def evaluate_folder(
     size = f"{image_input.size} px" if image_input.channels == 3 else f"{image_input.size} px, grey"
     check_memory(len(files) * math.prod(image_input.shape), device, f"--folder {folder}: its {len(files):,} "
                  f"photos at the run's {size}", "evaluate its photos in parts")  # fmt: skip
-    # Filled in place, a chunk at a time: the photos are held once.
-    images = torch.empty(len(files), *image_input.shape, dtype=torch.uint8)
-    kept, unreadable = [], []
-    for good, pixels, bad in read_pixels(files, image_input):
-        images[good] = pixels
-        kept += good
-        unreadable += [(files[index], why) for index, why in bad]
+    images, kept, unread = read_all(files, image_input)
+    unreadable = [(files[index], why) for index, why in unread]
     if not kept:
         raise FmtkError(f"--folder {folder}: none of its {len(files)} photos can be read: {unreadable[0][1]}")
-    images = images[kept] if unreadable else images
     batches = TensorBatches(
         images.to(device), torch.tensor([samples[i][1] for i in kept], device=device), recipe.batch_size,
         scale=image_input.scale, mean=image_input.mean, std=image_input.std, shard=(0, 1),
