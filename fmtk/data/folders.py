@@ -230,14 +230,12 @@ def split_rows(
 ) -> dict[str, torch.Tensor]:
     """Each split's photos, in its order: a slice of its folder's decoded photos, whose rows are put
     in the order of the folder's splits in place (a copy of each split would hold every photo
-    twice; measured in docs/images.md). Splits that share photos are copies."""
+    twice; measured in docs/images.md). The splits of a folder share no photo
+    (:func:`find_photo_splits` draws them apart)."""
     rows = {}
     for folder, photos in images.items():
         names = [split for split, (where, _) in splits.items() if where == folder]
         order = np.concatenate([splits[split][1] for split in names]) if names else np.zeros(0, dtype=int)
-        if len(np.unique(order)) < len(order):  # photos in two splits
-            rows.update({split: photos[torch.from_numpy(splits[split][1])] for split in names})
-            continue
         arrange_rows(photos, order.tolist())
         start = 0
         for split in names:
@@ -247,7 +245,10 @@ def split_rows(
 
 def arrange_rows(tensor: torch.Tensor, order: list[int]) -> None:
     """Put ``tensor``'s rows ``order`` first, in that order (the others after them), in place: one
-    row at a time along each cycle of the permutation, with one row held aside."""
+    row at a time along each cycle of the permutation, with one row held aside. ``order`` names
+    each row once at most."""
+    if len(set(order)) < len(order):
+        raise ValueError("arrange_rows: order repeats a row")
     target = order + sorted(set(range(len(tensor))) - set(order))  # row i becomes the row target[i]
     placed = [False] * len(tensor)
     for start in range(len(tensor)):
