@@ -62,12 +62,65 @@ def threads_by_default() -> int:
     return default_threads(usable_cores(), processes)
 
 
-def free_bytes(device: torch.device, meminfo: Path = Path("/proc/meminfo")) -> int | None:
-    """Bytes a new allocation can take on ``device`` without swapping: a GPU's free memory, the
-    machine's available memory (Linux's ``MemAvailable``: free memory and what the kernel can
-    reclaim; a container's own limit is not read); None where unknown."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+# A cgroup's memory files: its limit, its usage, and the line of memory.stat with its inactive file
+# pages (reclaimed before the limit is hit, so not counted as used, as ``docker stats`` does).
+CGROUP_FILES = {
+    "cgroup2": ("memory.max", "memory.current", "inactive_file"),
+    "cgroup": ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+}
+
+
+def memory_cgroups(cgroups: Path, mountinfo: Path) -> list[tuple[str, Path, Path]]:
+    """This process's memory cgroups as (kind: ``cgroup2`` or v1's ``cgroup``, the folder where its
+    hierarchy is mounted, its own folder). Its folder is its path (``cgroups``) below the cgroup the
+    mount shows at the top (``mountinfo``): a container that sees its host's path (``/docker/ID``)
+    has its own cgroup mounted there."""
+    paths = {}
+    for line in cgroups.read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "" or "memory" in controllers.split(","):
+            paths["cgroup2" if controllers == "" else "cgroup"] = Path(path)
+    found = []
+    for line in mountinfo.read_text().splitlines():
+        mount, filesystem = (part.split() for part in line.split(" - "))
+        top, mounted, (kind, _, options) = Path(mount[3]), Path(mount[4]), filesystem[:3]
+        if kind in paths and (kind == "cgroup2" or "memory" in options.split(",")):
+            below = paths[kind].relative_to(top) if paths[kind].is_relative_to(top) else ""
+            found.append((kind, mounted, mounted / below))
+    return found
+
+
+def cgroup_free_bytes(
+    cgroups: Path = Path("/proc/self/cgroup"), mountinfo: Path = Path("/proc/self/mountinfo")
+) -> int | None:
+    """Bytes this process's memory cgroups can still take: each limit on it (a container's, a
+    systemd slice's, and any above them; cgroup v2 and v1) less what that cgroup uses and cannot
+    reclaim, the smallest of them; None where no limit is set or nothing can be read."""
+    try:
+        found = memory_cgroups(cgroups, mountinfo)
+    except (OSError, ValueError, IndexError):
+        return None
+    free = []
+    for kind, mounted, here in found:
+        limit_file, usage_file, inactive_line = CGROUP_FILES[kind]
+        for folder in (here, *here.parents):
+            if not folder.is_relative_to(mounted):
+                break
+            try:
+                limit = (folder / limit_file).read_text().strip()
+                if limit == "max" or int(limit) >= 2**62:  # v1 writes "no limit" as about 2**63
+                    continue
+                used = int((folder / usage_file).read_text())
+                stat = dict(row.split() for row in (folder / "memory.stat").read_text().splitlines())
+                free.append(max(0, int(limit) - used + int(stat.get(inactive_line, 0))))
+            except (OSError, ValueError):
+                continue
+    return min(free, default=None)
+
+
+def available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """The machine's available memory (Linux's ``MemAvailable``: free memory and what the kernel can
+    reclaim); None where unknown."""
     try:
         for line in meminfo.read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -77,18 +130,30 @@ def free_bytes(device: torch.device, meminfo: Path = Path("/proc/meminfo")) -> i
     return None
 
 
+def free_bytes(device: torch.device) -> int | None:
+    """Bytes a new allocation can take on ``device`` without swapping or being killed: a GPU's free
+    memory; on the CPU, the machine's available memory or, when less, what this process's memory
+    limit leaves (:func:`cgroup_free_bytes`); None where neither is known."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return min((free for free in (available_bytes(), cgroup_free_bytes()) if free is not None), default=None)
+
+
 def check_memory(need: int, device: torch.device, what: str, instead: str) -> None:
     """Refuse, in one line, ``need`` bytes of decoded images (``what``: which) that cannot all be
-    held: in the machine's memory, where each training process on it decodes its own, and, on a
-    GPU, in its free memory; ``instead``: what to do. Where nothing is known (no
-    ``MemAvailable``), nothing is refused."""
+    held: in the machine's available memory and in what this process's memory limit (a container's)
+    leaves, where each training process on the machine decodes its own, and, on a GPU, in its free
+    memory; ``instead``: what to do. What is not known (no ``MemAvailable``, no limit) refuses
+    nothing."""
     processes = idist.get_nproc_per_node() if idist.get_world_size() > 1 else 1
     size = f"{need / 2**30:,.1f} GiB decoded"
     held = f"{size} in each of {processes} processes" if processes > 1 else size
-    places = [(torch.device("cpu"), need * processes, held, "of memory available on this machine")]
+    places = [
+        (available_bytes(), need * processes, held, "of memory available on this machine"),
+        (cgroup_free_bytes(), need * processes, held, "left under this process's memory limit (cgroup)"),
+    ]
     if device.type == "cuda":
-        places.append((device, need, size, f"free on {device}"))
-    for place, needed, said, where in places:
-        free = free_bytes(place)
+        places.append((torch.cuda.mem_get_info(device)[0], need, size, f"free on {device}"))
+    for free, needed, said, where in places:
         if free is not None and needed > free:
             raise FmtkError(f"{what} are {said}, more than the {free / 2**30:,.1f} GiB {where}: {instead}")

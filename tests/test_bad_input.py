@@ -14,15 +14,24 @@ import sys
 import time
 import types
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, fmtk, make_image_folder, make_mnist_like, tree_snapshot, write_idx
+from conftest import (
+    assert_one_line_error,
+    fmtk,
+    fmtk_process,
+    make_image_folder,
+    make_mnist_like,
+    tree_snapshot,
+    write_idx,
+)
 from PIL import Image
 
-from fmtk.device import free_bytes
+from fmtk.device import available_bytes, cgroup_free_bytes, free_bytes
 from fmtk.errors import LESS_MEMORY, one_line
 
 
@@ -440,9 +449,105 @@ def test_photos_that_cannot_be_held_decoded_are_one_line_before_decoding(
     )  # fmt: skip
     assert time.monotonic() - started < 30  # nothing was decoded
     (tmp_path / "meminfo").write_text("MemTotal:       24683784 kB\nMemAvailable:   22642832 kB\n")
-    assert free_bytes(torch.device("cpu"), tmp_path / "meminfo") == 22642832 * 1024
+    assert available_bytes(tmp_path / "meminfo") == 22642832 * 1024
     (tmp_path / "meminfo").write_text("MemTotal:       24683784 kB\n")  # a kernel before 3.14: unknown
-    assert free_bytes(torch.device("cpu"), tmp_path / "meminfo") is None
+    assert available_bytes(tmp_path / "meminfo") is None
+
+
+def write_cgroup(folder: Path, version: str, limit: str, used: int, inactive_file: int) -> None:
+    """A cgroup's memory files as the kernel writes them (cgroup ``version`` v1 or v2)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {
+        "v2": ("memory.max", "memory.current", "inactive_file"),
+        "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+    }[version]
+    (folder / names[0]).write_text(f"{limit}\n")
+    (folder / names[1]).write_text(f"{used}\n")
+    # v1's memory.stat has this cgroup's own line first, then the hierarchy's total_ line.
+    (folder / "memory.stat").write_text(
+        f"cache 10\ninactive_file 10\n{names[2]} {inactive_file}\nactive_file 7\n"
+    )
+
+
+def test_a_memory_limit_is_read_from_cgroup_v2_and_v1_as_a_container_sees_them(tmp_path: Path) -> None:
+    def free(cgroups: str, mounts: list[tuple[str, Path, str, str]]) -> int | None:
+        """cgroup_free_bytes with this /proc/self/cgroup and these (cgroup at the top, folder,
+        kind, options) mounts in /proc/self/mountinfo."""
+        (tmp_path / "cgroup").write_text(cgroups)
+        lines = [f"{31 + i} 23 0:{28 + i} {top} {folder} rw,relatime shared:9 - {kind} {kind} {options}\n"
+                 for i, (top, folder, kind, options) in enumerate(mounts)]  # fmt: skip
+        (tmp_path / "mountinfo").write_text("".join(lines))
+        return cgroup_free_bytes(tmp_path / "cgroup", tmp_path / "mountinfo")
+
+    # cgroup v2 in a container with its own cgroup namespace: its cgroup is the top of the mount.
+    v2 = tmp_path / "v2"
+    write_cgroup(v2, "v2", "2147483648", used=2**30, inactive_file=100_000_000)
+    assert free("0::/\n", [("/", v2, "cgroup2", "rw,nsdelegate")]) == 2**31 - 2**30 + 100_000_000
+    (v2 / "memory.max").write_text("max\n")
+    assert free("0::/\n", [("/", v2, "cgroup2", "rw,nsdelegate")]) is None
+    # cgroup v1 in a container that sees its host's path (no namespace): the mount shows that its own
+    # cgroup is at the top; a cgroup made inside it has a smaller limit, all of it used.
+    cgroups = "5:cpu,cpuacct:/docker/0b5e\n4:memory:/docker/0b5e/job\n0::/docker/0b5e\n"
+    v1 = tmp_path / "v1"
+    mounts = [
+        ("/docker/0b5e", v1 / "cpu,cpuacct", "cgroup", "rw,cpu,cpuacct"),
+        ("/docker/0b5e", v1 / "memory", "cgroup", "rw,memory"),
+        ("/", v1 / "unified", "cgroup2", "rw"),
+    ]
+    write_cgroup(v1 / "cpu,cpuacct", "v1", "1", used=0, inactive_file=0)  # not the memory controller's
+    write_cgroup(v1 / "memory", "v1", "8589934592", used=2**32, inactive_file=2**29)
+    assert free(cgroups, mounts) == 2**33 - 2**32 + 2**29
+    write_cgroup(v1 / "memory" / "job", "v1", "1073741824", used=2**30, inactive_file=0)
+    assert free(cgroups, mounts) == 0
+    (v1 / "memory" / "job" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    assert free(cgroups, mounts) == 2**33 - 2**32 + 2**29
+    assert cgroup_free_bytes(tmp_path / "no such file", tmp_path / "mountinfo") is None
+
+
+@pytest.fixture
+def memory_cgroup() -> Iterator[Path]:
+    """A new cgroup (v1) under this process's own, with a memory limit of 2 GiB, removed afterwards;
+    a skip where this process may not make one (not root, no cgroup v1 memory hierarchy)."""
+    own = [line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines()
+           if "memory" in line.split(":")[1].split(",")]  # fmt: skip
+    folder = Path("/sys/fs/cgroup/memory", own[0].lstrip("/") if own else "-", f"fmtk-test-{os.getpid()}")
+    try:
+        folder.mkdir()
+    except OSError as error:
+        pytest.skip(f"no memory cgroup of its own: {error}")
+    try:
+        (folder / "memory.limit_in_bytes").write_text(str(2**31))
+        yield folder
+    finally:
+        folder.rmdir()
+
+
+def test_photos_beyond_a_containers_memory_limit_are_one_line_before_decoding(
+    memory_cgroup: Path, catdog_root: Path, tmp_path: Path
+) -> None:
+    # 52 photos whose decoded pixels are the cgroup's whole 2 GiB limit: far under this machine's
+    # available memory, which alone would let them be decoded until the kernel killed the process.
+    assert available_bytes() > 2 * 2**31
+    size = math.ceil(math.sqrt(2**31 / (52 * 3)))
+    args = (
+        "--set",
+        f"image_size={size}",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(catdog_root),
+        "--output-dir",
+        "out",
+    )
+    join = memory_cgroup / "cgroup.procs"
+    result = fmtk_process(
+        "run", "catdog_vgg", *args, cwd=tmp_path, preexec_fn=lambda: join.write_text(str(os.getpid()))
+    )
+    assert_one_line_error(
+        result, f"data_cache=memory: the 52 photos at {size} px are 2.0 GiB decoded, more than the ",
+        "GiB left under this process's memory limit (cgroup): --set data_cache=none decodes them",
+    )  # fmt: skip
+    assert not list((tmp_path / "out").glob("*"))
 
 
 def test_a_folder_too_large_to_evaluate_decoded_is_one_line_before_decoding(
