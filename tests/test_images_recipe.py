@@ -19,6 +19,7 @@ from PIL import Image
 import fmtk as fmtk_api
 from fmtk.data.folders import find_photo_splits
 from fmtk.recipe_loading import resolve_recipe
+from fmtk.training import evaluation
 from fmtk.training.parts import recipe_parts
 
 CPU = torch.device("cpu")
@@ -397,6 +398,33 @@ def test_a_new_folder_is_evaluated_whole_beside_the_run_and_its_bad_photos_liste
             if not name.startswith("evaluations")} == own  # fmt: skip
     again = fmtk("evaluate", str(run_dir), "--folder", str(new))
     assert again.returncode == 1 and (run_dir / "evaluations" / "new-best-2" / "evaluation.json").is_file()
+
+
+def test_a_folder_evaluated_two_photos_at_a_time_gives_what_one_pass_over_all_gives(
+    trained: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chunks of 2 photos (the run's batches are 32): batches cut at each chunk, an unreadable photo
+    # inside a chunk; the figures, the ranking and the pictured photos are those of one chunk.
+    run_dir, _ = trained
+    new = make_photos(tmp_path / "new", {"ants": 4, "bees": 3, "wasps": 4}, seed=7)
+    (new / "bees" / "empty.jpg").write_bytes(b"")
+    written = {}
+    for chunk in (256, 2):
+        monkeypatch.setattr(evaluation, "CHUNK_BYTES", chunk * 3 * 32 * 32)
+        recipe, result = evaluation.evaluate_folder(run_dir, new, "best", torch.device("cpu"))
+        place = tmp_path / f"chunks-of-{chunk}"
+        place.mkdir()
+        result.write(place, recipe.name)
+        written[chunk] = place
+    one, two = (json.loads((written[chunk] / "evaluation.json").read_text()) for chunk in (256, 2))
+    assert one["photos"] == two["photos"] == 11 and len(one["unreadable"]) == 1
+    assert two == {**one, "loss": pytest.approx(one["loss"], rel=1e-6)}
+    with open(written[256] / "top_losses.csv") as first, open(written[2] / "top_losses.csv") as second:
+        rows = list(zip(csv.DictReader(first), csv.DictReader(second), strict=True))
+    assert rows and all(a["file"] == b["file"] and a["predicted"] == b["predicted"] for a, b in rows)
+    assert all(float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5) for a, b in rows)
+    pictures = [np.asarray(Image.open(written[chunk] / "top_losses.png")) for chunk in (256, 2)]
+    assert np.array_equal(*pictures)
 
 
 @pytest.mark.parametrize(

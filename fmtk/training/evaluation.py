@@ -5,23 +5,24 @@ loss."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from ignite.engine import Events
 from PIL import Image
 from torch import nn
 
 from fmtk.data.batches import Batches, TensorBatches
 from fmtk.data.folders import split_folders
-from fmtk.data.image_input import read_all
+from fmtk.data.image_input import read_all, read_pixels
 from fmtk.data.images import list_image_folder
-from fmtk.device import check_memory
 from fmtk.errors import FmtkError
 from fmtk.models import FlipAveraged
 from fmtk.pictures import confusion_picture, titled_grid
@@ -94,54 +95,77 @@ def _percent(share: float, width: int) -> str:
 
 def evaluate(
     model: nn.Module,
-    batches: Batches,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     classes: Sequence[str],
     device: torch.device,
     loss_fn: Callable,
     extra_metrics: Mapping[str, Any] | None = None,
+    each_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> Evaluation:
-    """Run Ignite's evaluator with accuracy, loss, confusion-matrix and ``extra_metrics`` over ``batches``."""
+    """Run Ignite's evaluator with accuracy, loss, confusion-matrix and ``extra_metrics`` over
+    ``batches`` (a split, or an iterator read once to its end), giving ``each_batch`` every batch's
+    model output and labels."""
     evaluator = create_evaluator(model, loss_fn, device, len(classes), extra_metrics)
+    if each_batch is not None:
+        evaluator.add_event_handler(
+            Events.ITERATION_COMPLETED, lambda engine: each_batch(*engine.state.output)
+        )
     metrics = evaluator.run(batches).metrics
     confusion = metrics["confusion"].cpu().numpy().astype(np.int64)
     extra = {name: metrics[name] for name in extra_metrics or {}}
     return Evaluation(metrics["loss"], metrics["accuracy"], confusion, list(classes), extra)
 
 
+class LossRanking:
+    """Each sample's loss, predicted class and that class's probability, gathered batch by batch
+    (:meth:`add`, on the device: no wait for it), and the wrong ones with the highest loss
+    (:meth:`top`)."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[torch.Tensor, ...]] = []
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        probabilities = logits.float().softmax(dim=1)
+        confidence, predicted = probabilities.max(dim=1)
+        loss = -probabilities.gather(1, labels[:, None]).squeeze(1).clamp_min(1e-12).log()
+        self.parts.append((loss, predicted, confidence, labels))
+
+    def top(
+        self, classes: Sequence[str], names: Sequence[str] | None = None, count: int = 32
+    ) -> list[dict[str, Any]]:
+        """The ``count`` wrongly predicted samples with the highest loss, highest first (fastai's
+        ``top_losses``): per sample its ``index`` in the order added, ``file`` (its name among
+        ``names`` when given, else ``""``), ``true`` and ``predicted`` class, the predicted class's
+        ``probability`` and the sample's ``loss``."""
+        loss, predicted, confidence, label = (
+            torch.cat(parts).cpu() for parts in zip(*self.parts, strict=True)
+        )
+        wrong = (predicted != label).nonzero().squeeze(1)
+        order = wrong[loss[wrong].argsort(descending=True, stable=True)][:count]
+        return [
+            {
+                "index": int(i),
+                "file": names[i] if names is not None else "",
+                "true": classes[label[i]],
+                "predicted": classes[predicted[i]],
+                "probability": float(confidence[i]),
+                "loss": float(loss[i]),
+            }
+            for i in order
+        ]
+
+
 def top_losses(
     model: nn.Module, batches: TensorBatches, classes: Sequence[str], count: int = 32
 ) -> list[dict[str, Any]]:
-    """The ``count`` wrongly predicted samples of ``batches`` with the highest loss, highest first
-    (fastai's ``top_losses``): per sample its ``index`` in the split, ``file`` (its name when the
-    split knows it, else ``""``), ``true`` and ``predicted`` class, the predicted class's
-    ``probability`` and the sample's ``loss``."""
+    """The ``count`` wrongly predicted samples of ``batches`` with the highest loss
+    (:meth:`LossRanking.top`; ``index``: in the split)."""
     model.eval()
-    losses, predictions, confidences, labels = [], [], [], []
+    ranking = LossRanking()
     with torch.no_grad():
         for x, y in batches:
-            probabilities = model(x).float().softmax(dim=1)
-            confidence, predicted = probabilities.max(dim=1)
-            losses.append(-probabilities.gather(1, y[:, None]).squeeze(1).clamp_min(1e-12).log())
-            predictions.append(predicted)
-            confidences.append(confidence)
-            labels.append(y)
-    loss, predicted, confidence, label = (
-        torch.cat(parts).cpu() for parts in (losses, predictions, confidences, labels)
-    )
-    wrong = (predicted != label).nonzero().squeeze(1)
-    order = wrong[loss[wrong].argsort(descending=True, stable=True)][:count]
-    names = batches.names
-    return [
-        {
-            "index": int(i),
-            "file": names[i] if names is not None else "",
-            "true": classes[label[i]],
-            "predicted": classes[predicted[i]],
-            "probability": float(confidence[i]),
-            "loss": float(loss[i]),
-        }
-        for i in order
-    ]
+            ranking.add(model(x), y)
+    return ranking.top(classes, batches.names, count)
 
 
 TOP_LOSSES_COLUMNS = ["rank", "index", "file", "true", "predicted", "probability", "loss"]
@@ -150,15 +174,15 @@ TOP_LOSSES_COLUMNS = ["rank", "index", "file", "true", "predicted", "probability
 def top_losses_picture(
     rows: list[dict[str, Any]], images: torch.Tensor, title: str | None = None
 ) -> Image.Image:
-    """The images of :func:`top_losses` in their order, each titled with the true class and the
-    loss, the predicted class and its probability, and the file's name (or the sample's index),
-    under ``title`` (say which model and split) when given."""
+    """The ``images`` of :func:`top_losses`'s ``rows``, in their order, each titled with the true
+    class and the loss, the predicted class and its probability, and the file's name (or the
+    sample's index), under ``title`` (say which model and split) when given."""
     titles = [
         f"true: {r['true']}  loss {r['loss']:.2f}\npred: {r['predicted']} {r['probability']:.2f}\n"
         + _fitted(Path(r["file"]).name if r["file"] else f"sample {r['index']}")
         for r in rows
     ]
-    return titled_grid(images[[r["index"] for r in rows]], titles, columns=8, cell=128, title=title)
+    return titled_grid(images, titles, columns=8, cell=128, title=title)
 
 
 def _fitted(name: str, width: int = 20) -> str:
@@ -233,7 +257,7 @@ class FolderEvaluation:
     photos: int  # evaluated
     wrong: list[dict[str, Any]]
     unreadable: list[tuple[str, str]]
-    images: torch.Tensor = field(repr=False)  # the evaluated photos' pixels (for the top-losses picture)
+    images: torch.Tensor = field(repr=False)  # the pixels of the ``wrong`` photos, in their order
 
     def figures(self) -> dict[str, Any]:
         """What ``evaluation.json`` holds (NaN, undefined, as null)."""
@@ -294,34 +318,54 @@ def labelled_photos(folder: Path, classes: Sequence[str]) -> list[tuple[str, int
     return samples
 
 
+# The decoded photos evaluate_folder holds at a time, at most: 256 photos (37 MiB at 224 px); fewer
+# at larger sizes. A folder of any number of photos is evaluated whole.
+CHUNK_BYTES = 256 * 2**20
+
+
 def evaluate_folder(
     run_dir: Path, folder: Path, checkpoint: str, device: torch.device, recipe: Recipe | None = None
 ) -> tuple[Recipe, FolderEvaluation]:
-    """A run's checkpoint (``best``, ``last`` or a path) evaluated on every photo of the labelled
-    ``folder`` (:func:`labelled_photos`), read as ``fmtk predict`` reads files (the recipe's
-    :meth:`~fmtk.recipe.Recipe.input`), with the recipe's test-time augmentation; photos that
-    cannot be read are left out and listed."""
+    """A run's checkpoint evaluated on every photo of the labelled ``folder`` (:func:`labelled_photos`),
+    read as ``fmtk predict`` reads files (the recipe's :meth:`~fmtk.recipe.Recipe.input`), with the
+    recipe's test-time augmentation; photos that cannot be read are left out and listed.
+
+    The photos are decoded, evaluated and dropped a chunk at a time (:data:`CHUNK_BYTES`), in one
+    pass that also ranks the wrong ones; those pictured among them are read again at the end."""
     recipe, model, path, classes = load_trained_model(run_dir, checkpoint, device, recipe)
     samples = labelled_photos(folder, classes)
-    files = [file for file, _ in samples]
-    image_input = recipe.input()
-    size = f"{image_input.size} px" if image_input.channels == 3 else f"{image_input.size} px, grey"
-    check_memory(len(files) * math.prod(image_input.shape), device, f"--folder {folder}: its {len(files):,} "
-                 f"photos at the run's {size}", "evaluate its photos in parts")  # fmt: skip
-    images, kept, unread = read_all(files, image_input)
-    unreadable = [(files[index], why) for index, why in unread]
-    if not kept:
+    files, labels = [file for file, _ in samples], torch.tensor([label for _, label in samples])
+    image_input, batch_size = recipe.input(), recipe.batch_size
+    kept: list[int] = []
+    unreadable: list[tuple[str, str]] = []
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        chunk = max(1, min(256, CHUNK_BYTES // math.prod(image_input.shape)))
+        for good, pixels, bad in read_pixels(files, image_input, chunk):
+            kept.extend(good)
+            unreadable.extend((files[index], why) for index, why in bad)
+            yield from TensorBatches(
+                pixels.to(device), labels[good].to(device), batch_size, shard=(0, 1),
+                scale=image_input.scale, mean=image_input.mean, std=image_input.std,
+            )  # fmt: skip
+            del pixels  # before the next chunk is decoded
+
+    stream = batches()
+    first = next(stream, None)  # Ignite's evaluator would fail on nothing with its own message
+    if first is None:
         raise FmtkError(f"--folder {folder}: none of its {len(files)} photos can be read: {unreadable[0][1]}")
-    batches = TensorBatches(
-        images.to(device), torch.tensor([samples[i][1] for i in kept], device=device), recipe.batch_size,
-        scale=image_input.scale, mean=image_input.mean, std=image_input.std, shard=(0, 1),
-        names=[files[i] for i in kept],
-    )  # fmt: skip
-    tested = tested_model(recipe, model)
-    loss_fn = loss_on(recipe.loss(recipe), device)
-    evaluation = evaluate(tested, batches, classes, device, loss_fn, recipe.make_metrics())
-    wrong = top_losses(tested, batches, classes)
-    return recipe, FolderEvaluation(folder, path, evaluation, len(kept), wrong, unreadable, images)
+    ranking, tested, loss_fn = (
+        LossRanking(),
+        tested_model(recipe, model),
+        loss_on(recipe.loss(recipe), device),
+    )
+    whole = itertools.chain([first], stream)
+    evaluation = evaluate(tested, whole, classes, device, loss_fn, recipe.make_metrics(), ranking.add)
+    wrong = ranking.top(classes, [files[index] for index in kept])
+    pictured, _, unread = read_all([row["file"] for row in wrong], image_input)
+    if unread:
+        raise FmtkError(f"{wrong[unread[0][0]]['file']}: changed while it was evaluated: {unread[0][1]}")
+    return recipe, FolderEvaluation(folder, path, evaluation, len(kept), wrong, unreadable, pictured)
 
 
 def run_pictures(
@@ -340,5 +384,6 @@ def run_pictures(
             wrong_title = (
                 f"{recipe_name}: wrong predictions, highest loss first, valid split (best checkpoint)"
             )
-            pictures["top_losses"] = top_losses_picture(rows, valid.images, wrong_title)
+            images = valid.images[[row["index"] for row in rows]]
+            pictures["top_losses"] = top_losses_picture(rows, images, wrong_title)
     return pictures, rows
