@@ -3,6 +3,7 @@ CPU cores it may use; the memory a device has free."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,8 +37,12 @@ def resolve_device(spec: str | torch.device) -> torch.device:
 
 
 def usable_cores() -> int:
-    """The CPU cores this process may run on (a container's or taskset's limit, not the machine's)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The CPU cores this process may use, not the machine's: those it may run on (taskset's, a
+    container's ``--cpuset-cpus``), at most the CPU time its cgroups let it have (a container's
+    ``--cpus``, rounded up: 1.5 CPUs is 2 threads, as the JVM counts them)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpus()
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
 
 
 def default_threads(cores: int, processes: int = 1, environ: Mapping[str, str] = os.environ) -> int:
@@ -62,60 +67,82 @@ def threads_by_default() -> int:
     return default_threads(usable_cores(), processes)
 
 
+CGROUPS, MOUNTINFO = Path("/proc/self/cgroup"), Path("/proc/self/mountinfo")
+
+
+def cgroup_chain(
+    controller: str, cgroups: Path = CGROUPS, mountinfo: Path = MOUNTINFO
+) -> list[tuple[str, Path]]:
+    """The folders of this process's cgroup of ``controller`` (``memory``, ``cpu``) and of each
+    above it, as far as they are mounted, each with its kind (``cgroup2``, or v1's ``cgroup``):
+    where a limit on the process may be set (a container's, a systemd slice's).
+
+    Its folder is its path (``cgroups``) below the cgroup its hierarchy's mount shows at the top
+    (``mountinfo``): a container that sees its host's path (``/docker/ID``) has its own cgroup
+    mounted there. Empty where nothing can be read."""
+    try:
+        paths = {}
+        for line in cgroups.read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controllers == "" or controller in controllers.split(","):
+                paths["cgroup2" if controllers == "" else "cgroup"] = Path(path)
+        chain = []
+        for line in mountinfo.read_text().splitlines():
+            mount, filesystem = (part.split() for part in line.split(" - "))
+            top, mounted, (kind, _, options) = Path(mount[3]), Path(mount[4]), filesystem[:3]
+            if kind in paths and (kind == "cgroup2" or controller in options.split(",")):
+                here = mounted / (paths[kind].relative_to(top) if paths[kind].is_relative_to(top) else "")
+                chain += [
+                    (kind, folder) for folder in (here, *here.parents) if folder.is_relative_to(mounted)
+                ]
+        return chain
+    except (OSError, ValueError, IndexError):
+        return []
+
+
 # A cgroup's memory files: its limit, its usage, and the line of memory.stat with its inactive file
 # pages (reclaimed before the limit is hit, so not counted as used, as ``docker stats`` does).
-CGROUP_FILES = {
+MEMORY_FILES = {
     "cgroup2": ("memory.max", "memory.current", "inactive_file"),
     "cgroup": ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
 }
 
 
-def memory_cgroups(cgroups: Path, mountinfo: Path) -> list[tuple[str, Path, Path]]:
-    """This process's memory cgroups as (kind: ``cgroup2`` or v1's ``cgroup``, the folder where its
-    hierarchy is mounted, its own folder). Its folder is its path (``cgroups``) below the cgroup the
-    mount shows at the top (``mountinfo``): a container that sees its host's path (``/docker/ID``)
-    has its own cgroup mounted there."""
-    paths = {}
-    for line in cgroups.read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if controllers == "" or "memory" in controllers.split(","):
-            paths["cgroup2" if controllers == "" else "cgroup"] = Path(path)
-    found = []
-    for line in mountinfo.read_text().splitlines():
-        mount, filesystem = (part.split() for part in line.split(" - "))
-        top, mounted, (kind, _, options) = Path(mount[3]), Path(mount[4]), filesystem[:3]
-        if kind in paths and (kind == "cgroup2" or "memory" in options.split(",")):
-            below = paths[kind].relative_to(top) if paths[kind].is_relative_to(top) else ""
-            found.append((kind, mounted, mounted / below))
-    return found
-
-
-def cgroup_free_bytes(
-    cgroups: Path = Path("/proc/self/cgroup"), mountinfo: Path = Path("/proc/self/mountinfo")
-) -> int | None:
-    """Bytes this process's memory cgroups can still take: each limit on it (a container's, a
-    systemd slice's, and any above them; cgroup v2 and v1) less what that cgroup uses and cannot
-    reclaim, the smallest of them; None where no limit is set or nothing can be read."""
-    try:
-        found = memory_cgroups(cgroups, mountinfo)
-    except (OSError, ValueError, IndexError):
-        return None
+def cgroup_free_bytes(cgroups: Path = CGROUPS, mountinfo: Path = MOUNTINFO) -> int | None:
+    """Bytes this process's memory cgroups can still take: each limit on it (cgroup v2 and v1) less
+    what that cgroup uses and cannot reclaim, the smallest of them; None where no limit is set."""
     free = []
-    for kind, mounted, here in found:
-        limit_file, usage_file, inactive_line = CGROUP_FILES[kind]
-        for folder in (here, *here.parents):
-            if not folder.is_relative_to(mounted):
-                break
-            try:
-                limit = (folder / limit_file).read_text().strip()
-                if limit == "max" or int(limit) >= 2**62:  # v1 writes "no limit" as about 2**63
-                    continue
-                used = int((folder / usage_file).read_text())
-                stat = dict(row.split() for row in (folder / "memory.stat").read_text().splitlines())
-                free.append(max(0, int(limit) - used + int(stat.get(inactive_line, 0))))
-            except (OSError, ValueError):
+    for kind, folder in cgroup_chain("memory", cgroups, mountinfo):
+        limit_file, usage_file, inactive_line = MEMORY_FILES[kind]
+        try:
+            limit = (folder / limit_file).read_text().strip()
+            if limit == "max" or int(limit) >= 2**62:  # v1 writes "no limit" as about 2**63
                 continue
+            used = int((folder / usage_file).read_text())
+            stat = dict(row.split() for row in (folder / "memory.stat").read_text().splitlines())
+            free.append(max(0, int(limit) - used + int(stat.get(inactive_line, 0))))
+        except (OSError, ValueError):
+            continue
     return min(free, default=None)
+
+
+def cgroup_cpus(cgroups: Path = CGROUPS, mountinfo: Path = MOUNTINFO) -> float | None:
+    """The CPUs this process's cgroups let it use (a container's ``--cpus``: its CPU time quota over
+    the quota's period, the smallest along its path; cgroup v2 and v1); None where none is set."""
+    cpus = []
+    for kind, folder in cgroup_chain("cpu", cgroups, mountinfo):
+        try:
+            if kind == "cgroup2":
+                quota, period = (folder / "cpu.max").read_text().split()
+            else:
+                quota, period = (
+                    (folder / name).read_text() for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+                )
+            if quota.strip() not in ("max", "-1"):
+                cpus.append(int(quota) / int(period))
+        except (OSError, ValueError):
+            continue
+    return min(cpus, default=None)
 
 
 def available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:

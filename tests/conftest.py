@@ -15,6 +15,8 @@ import subprocess
 import sys
 import traceback
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +249,33 @@ def fmtk_process(*args: str, cwd: Path | None = None, **options: Any) -> subproc
     """``python -m fmtk ARGS`` in a new process (``options`` go to ``subprocess.run``)."""
     command = [sys.executable, "-m", "fmtk", *args]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, **options)
+
+
+@contextmanager
+def new_cgroup(controller: str, settings: dict[str, str]) -> Iterator[Path]:
+    """A new cgroup (v1) of ``controller`` (``memory``, ``cpu``) under this process's own, its
+    ``settings`` (file: value) written, removed afterwards; a skip where this process may not make
+    one (not root, no cgroup v1 hierarchy of it). A process joins it with ``preexec_fn=joining(it)``."""
+    own = [line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines()
+           if controller in line.split(":")[1].split(",")]  # fmt: skip
+    folder = Path(
+        "/sys/fs/cgroup", controller, own[0].lstrip("/") if own else "-", f"fmtk-test-{os.getpid()}"
+    )
+    try:
+        folder.mkdir()
+    except OSError as error:
+        pytest.skip(f"no {controller} cgroup of its own: {error}")
+    try:
+        for name, value in settings.items():
+            (folder / name).write_text(value)
+        yield folder
+    finally:
+        folder.rmdir()
+
+
+def joining(cgroup: Path) -> Callable[[], None]:
+    """A ``preexec_fn`` that puts the new process into ``cgroup``."""
+    return lambda: (cgroup / "cgroup.procs").write_text(str(os.getpid()))
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

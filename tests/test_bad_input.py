@@ -24,8 +24,10 @@ from conftest import (
     assert_one_line_error,
     fmtk,
     fmtk_process,
+    joining,
     make_image_folder,
     make_mnist_like,
+    new_cgroup,
     tree_snapshot,
     write_idx,
 )
@@ -506,20 +508,9 @@ def test_a_memory_limit_is_read_from_cgroup_v2_and_v1_as_a_container_sees_them(t
 
 @pytest.fixture
 def memory_cgroup() -> Iterator[Path]:
-    """A new cgroup (v1) under this process's own, with a memory limit of 2 GiB, removed afterwards;
-    a skip where this process may not make one (not root, no cgroup v1 memory hierarchy)."""
-    own = [line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines()
-           if "memory" in line.split(":")[1].split(",")]  # fmt: skip
-    folder = Path("/sys/fs/cgroup/memory", own[0].lstrip("/") if own else "-", f"fmtk-test-{os.getpid()}")
-    try:
-        folder.mkdir()
-    except OSError as error:
-        pytest.skip(f"no memory cgroup of its own: {error}")
-    try:
-        (folder / "memory.limit_in_bytes").write_text(str(2**31))
+    """A new cgroup with a memory limit of 2 GiB (:func:`conftest.new_cgroup`)."""
+    with new_cgroup("memory", {"memory.limit_in_bytes": str(2**31)}) as folder:
         yield folder
-    finally:
-        folder.rmdir()
 
 
 def test_photos_beyond_a_containers_memory_limit_are_one_line_before_decoding(
@@ -590,9 +581,8 @@ def test_a_folder_larger_than_the_memory_limit_is_evaluated_whole(
     config["options"]["image_size"] = 512  # as a run trained at 512 px would hold it
     (tmp_path / "tiny" / "config.json").write_text(json.dumps(config))
     new = make_image_folder(tmp_path / "new", per_class=1500, seed=2)
-    join = memory_cgroup / "cgroup.procs"
     result = fmtk_process("evaluate", "tiny", "--folder", str(new), "--device", "cpu", cwd=tmp_path,
-                          preexec_fn=lambda: join.write_text(str(os.getpid())))  # fmt: skip
+                          preexec_fn=joining(memory_cgroup))  # fmt: skip
     assert result.returncode == 0, result.stderr
     figures = json.loads((tmp_path / "tiny" / "evaluations" / "new-best" / "evaluation.json").read_text())
     assert figures["photos"] == 3000 and sum(map(sum, figures["confusion"])) == 3000

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import USER_RECIPE, assert_one_line_error, fmtk, tree_snapshot
+from conftest import USER_RECIPE, assert_one_line_error, fmtk, joining, new_cgroup, tree_snapshot
 
 from fmtk.cli import cli
-from fmtk.device import default_threads, threads_by_default
+from fmtk.device import cgroup_cpus, default_threads, threads_by_default
 
 
 def test_list() -> None:
@@ -74,6 +77,53 @@ def test_a_run_takes_half_the_cores_unless_told(
     cores: int, processes: int, environ: dict, threads: int
 ) -> None:
     assert default_threads(cores, processes, environ) == threads
+
+
+def test_a_containers_cpu_quota_bounds_the_cores_used(tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("one core: a quota of half of one cannot lower it")
+    ask = [sys.executable, "-c", "from fmtk.device import usable_cores; print(usable_cores())"]
+    assert subprocess.run(ask, capture_output=True, text=True, check=True).stdout.split() == [str(cores)]
+    # Half a CPU of time, as `docker run --cpus 0.5` sets it: one thread, not one per core.
+    with new_cgroup("cpu", {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "50000"}) as cgroup:
+        limited = subprocess.run(ask, capture_output=True, text=True, check=True, preexec_fn=joining(cgroup))
+    assert limited.stdout.split() == ["1"]
+
+
+def write_files(folder: Path, files: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def test_a_cpu_quota_is_read_from_cgroup_v2_and_v1_as_a_container_sees_them(tmp_path: Path) -> None:
+    # v2 with its own namespace (its cgroup at the top of the mount), then v1 seeing its host's path,
+    # with cpu and cpuacct mounted together and a cgroup made inside the container's own.
+    (tmp_path / "v2.cgroup").write_text("0::/\n")
+    (tmp_path / "v2.mountinfo").write_text(
+        f"31 23 0:27 / {tmp_path / 'v2'} rw,relatime - cgroup2 cgroup2 rw\n"
+    )
+    cpu_max = write_files(tmp_path / "v2", {"cpu.max": "150000 100000\n"}) / "cpu.max"
+    assert cgroup_cpus(tmp_path / "v2.cgroup", tmp_path / "v2.mountinfo") == 1.5
+    cpu_max.write_text("max 100000\n")
+    assert cgroup_cpus(tmp_path / "v2.cgroup", tmp_path / "v2.mountinfo") is None
+    (tmp_path / "v1.cgroup").write_text(
+        "6:memory:/docker/0b5e\n3:cpu,cpuacct:/docker/0b5e/job\n0::/docker/0b5e\n"
+    )
+    v1 = tmp_path / "v1" / "cpu,cpuacct"
+    (tmp_path / "v1.mountinfo").write_text(
+        f"32 31 0:28 /docker/0b5e {v1} rw,nosuid - cgroup cgroup rw,cpu,cpuacct\n"
+        f"33 31 0:29 /docker/0b5e {tmp_path / 'v1' / 'memory'} rw,nosuid - cgroup cgroup rw,memory\n"
+    )
+    write_files(v1, {"cpu.cfs_quota_us": "400000\n", "cpu.cfs_period_us": "100000\n"})
+    assert cgroup_cpus(tmp_path / "v1.cgroup", tmp_path / "v1.mountinfo") == 4.0
+    write_files(v1 / "job", {"cpu.cfs_quota_us": "-1\n", "cpu.cfs_period_us": "100000\n"})
+    assert cgroup_cpus(tmp_path / "v1.cgroup", tmp_path / "v1.mountinfo") == 4.0
+    write_files(v1 / "job", {"cpu.cfs_quota_us": "25000\n", "cpu.cfs_period_us": "50000\n"})
+    assert cgroup_cpus(tmp_path / "v1.cgroup", tmp_path / "v1.mountinfo") == 0.5
+    assert cgroup_cpus(tmp_path / "v1.cgroup", tmp_path / "no such file") is None
 
 
 def test_run_a_user_recipe_file_with_set(tmp_path: Path) -> None:
