@@ -33,7 +33,7 @@ from conftest import (
 )
 from PIL import Image
 
-from fmtk.device import available_bytes, cgroup_free_bytes, free_bytes
+from fmtk.device import available_bytes, cgroup_free_bytes
 from fmtk.errors import LESS_MEMORY, one_line
 
 
@@ -441,7 +441,7 @@ def test_photos_that_cannot_be_held_decoded_are_one_line_before_decoding(
     catdog_root: Path, tmp_path: Path
 ) -> None:
     # 52 photos at a size whose decoded pixels are twice this machine's available memory.
-    available = free_bytes(torch.device("cpu"))
+    available = available_bytes()
     size = math.ceil(math.sqrt(2 * available / (52 * 3)))
     started = time.monotonic()
     result = run_on(catdog_root, tmp_path, "catdog_vgg", "--set", f"image_size={size}", "--device", "cpu")

@@ -404,10 +404,13 @@ def test_a_folder_evaluated_two_photos_at_a_time_gives_what_one_pass_over_all_gi
     trained: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Chunks of 2 photos (the run's batches are 32): batches cut at each chunk, an unreadable photo
-    # inside a chunk; the figures, the ranking and the pictured photos are those of one chunk.
+    # beside a readable one in a chunk, a chunk of two unreadable ones (files 7, 8 and 9 of 14 in
+    # order); the figures, the ranking and the pictured photos are those of one chunk.
     run_dir, _ = trained
     new = make_photos(tmp_path / "new", {"ants": 4, "bees": 3, "wasps": 4}, seed=7)
-    (new / "bees" / "empty.jpg").write_bytes(b"")
+    for name in ("empty.jpg", "empty2.jpg"):
+        (new / "bees" / name).write_bytes(b"")
+    (new / "bees" / "notes.jpg").write_text("not a photo")
     written = {}
     for chunk in (256, 2):
         monkeypatch.setattr(evaluation, "CHUNK_BYTES", chunk * 3 * 32 * 32)
@@ -417,7 +420,7 @@ def test_a_folder_evaluated_two_photos_at_a_time_gives_what_one_pass_over_all_gi
         result.write(place, recipe.name)
         written[chunk] = place
     one, two = (json.loads((written[chunk] / "evaluation.json").read_text()) for chunk in (256, 2))
-    assert one["photos"] == two["photos"] == 11 and len(one["unreadable"]) == 1
+    assert one["photos"] == two["photos"] == 11 and len(one["unreadable"]) == 3
     assert two == {**one, "loss": pytest.approx(one["loss"], rel=1e-6)}
     with open(written[256] / "top_losses.csv") as first, open(written[2] / "top_losses.csv") as second:
         rows = list(zip(csv.DictReader(first), csv.DictReader(second), strict=True))
@@ -425,6 +428,19 @@ def test_a_folder_evaluated_two_photos_at_a_time_gives_what_one_pass_over_all_gi
     assert all(float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5) for a, b in rows)
     pictures = [np.asarray(Image.open(written[chunk] / "top_losses.png")) for chunk in (256, 2)]
     assert np.array_equal(*pictures)
+
+
+def test_a_folder_of_no_readable_photo_is_one_line_and_writes_nothing(
+    trained: tuple[Path, str], tmp_path: Path
+) -> None:
+    run_dir, _ = trained
+    (tmp_path / "odd" / "ants").mkdir(parents=True)
+    (tmp_path / "odd" / "ants" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "odd" / "ants" / "notes.png").write_text("not a photo")
+    before = tree_snapshot(run_dir)
+    result = fmtk("evaluate", str(run_dir), "--folder", str(tmp_path / "odd"))
+    assert_one_line_error(result, f"--folder {tmp_path / 'odd'}: none of its 2 photos can be read: ")
+    assert tree_snapshot(run_dir) == before
 
 
 @pytest.mark.parametrize(
