@@ -60,6 +60,14 @@ def default_threads(cores: int, processes: int = 1, environ: Mapping[str, str] =
     return max(1, cores // 2 // processes)
 
 
+def inference_threads(environ: Mapping[str, str] = os.environ) -> int:
+    """CPU threads of the commands that only run a model (``fmtk evaluate``, ``fmtk predict``) when
+    not told: ``OMP_NUM_THREADS`` when it is set, else every usable core (:func:`usable_cores`):
+    torch's own default, but within a container's CPU quota."""
+    given = environ.get("OMP_NUM_THREADS", "")
+    return int(given) if given.isdigit() and int(given) > 0 else usable_cores()
+
+
 def threads_by_default() -> int:
     """:func:`default_threads` of this process: its usable cores, the training processes on this
     machine (``ignite.distributed``), its environment."""

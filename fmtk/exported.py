@@ -51,7 +51,9 @@ def load_exported(path: Path, format: str | None = None) -> tuple[Any, dict[str,
         import onnxruntime
 
         try:
-            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()  # as torch's: --threads, a quota
+            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # noqa: BLE001 - onnxruntime's own error kinds
             raise FmtkError(
                 f"{path}: not an ONNX model onnxruntime can load ({innermost_reason(error)})"

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from conftest import USER_RECIPE, assert_one_line_error, fmtk, joining, new_cgroup, tree_snapshot
 
 from fmtk.cli import cli
-from fmtk.device import cgroup_cpus, default_threads, threads_by_default
+from fmtk.device import cgroup_cpus, default_threads, inference_threads, threads_by_default, usable_cores
 
 
 def test_list() -> None:
@@ -77,6 +77,12 @@ def test_a_run_takes_half_the_cores_unless_told(
     cores: int, processes: int, environ: dict, threads: int
 ) -> None:
     assert default_threads(cores, processes, environ) == threads
+
+
+def test_commands_that_only_run_a_model_take_every_usable_core_unless_told() -> None:
+    assert inference_threads({}) == usable_cores()
+    assert inference_threads({"OMP_NUM_THREADS": "3"}) == 3
+    assert inference_threads({"OMP_NUM_THREADS": "none"}) == usable_cores()
 
 
 def test_a_containers_cpu_quota_bounds_the_cores_used(tmp_path: Path) -> None:

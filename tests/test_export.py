@@ -229,6 +229,25 @@ def digits_run(tmp_path: Path) -> Path:
     return trained(tmp_path, "digits_mlp")
 
 
+def test_an_onnx_model_runs_on_as_many_threads_as_torch(digits_run: Path, tmp_path: Path) -> None:
+    # onnxruntime's own default is every physical core, whatever --threads or a CPU quota says. Its
+    # session makes a thread per intra-op thread beyond the first (counted in /proc/self/task).
+    path = toolkit.export(digits_run, out=tmp_path / "digits.onnx").path
+    threads = torch.get_num_threads()
+    load_exported(path)  # onnxruntime's own first threads
+    made = {}
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            before = len(os.listdir("/proc/self/task"))
+            session = load_exported(path)
+            made[count] = len(os.listdir("/proc/self/task")) - before
+            del session
+    finally:
+        torch.set_num_threads(threads)
+    assert made[2] == made[1] + 1
+
+
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [

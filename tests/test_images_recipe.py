@@ -18,6 +18,7 @@ from PIL import Image
 
 import fmtk as fmtk_api
 from fmtk.data.folders import find_photo_splits
+from fmtk.device import inference_threads
 from fmtk.recipe_loading import resolve_recipe
 from fmtk.training import evaluation
 from fmtk.training.parts import recipe_parts
@@ -466,6 +467,23 @@ def test_a_folder_that_cannot_be_evaluated_is_one_line_and_writes_nothing(
     before = tree_snapshot(run_dir)
     assert_one_line_error(fmtk("evaluate", str(run_dir), "--folder", str(new), *args), *fragments)
     assert tree_snapshot(run_dir) == before
+
+
+def test_predict_and_evaluate_run_on_the_threads_given_else_every_usable_core(
+    trained: tuple[Path, str], photos: Path
+) -> None:
+    run_dir, _ = trained
+    threads = torch.get_num_threads()
+    try:
+        for args, expected in ((["--threads", "1"], 1), ([], inference_threads()), (["--threads", "3"], 3)):
+            torch.set_num_threads(5)
+            assert fmtk("predict", str(run_dir), str(photos / "ants"), *args).returncode == 0
+            assert torch.get_num_threads() == expected
+            torch.set_num_threads(5)
+            assert fmtk("evaluate", str(run_dir), *args).returncode == 0
+            assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_predict_answers_every_good_photo_of_folders_and_names_the_bad_ones_at_the_end(

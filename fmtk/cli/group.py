@@ -84,6 +84,22 @@ set_option = click.option(
 )
 
 
+def _set_threads(context: click.Context, parameter: click.Parameter, threads: int | None) -> None:
+    import torch
+
+    from fmtk.device import inference_threads
+
+    torch.set_num_threads(threads or inference_threads())
+
+
+# --threads of the commands that only run a model: set when the command line is read.
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), callback=_set_threads, expose_value=False,
+    help="CPU threads of torch's operations and onnxruntime's [default: OMP_NUM_THREADS when set, else "
+    "every usable core, within a container's CPU quota]. See docs/performance.md#threads.",
+)  # fmt: skip
+
+
 def training_options(command: Callable) -> Callable:
     """The options of how a run trains, shared by ``fmtk run`` and ``fmtk tune``: handlers,
     precision, memory format, compile, deterministic kernels, CPU threads, processes and their backend."""

@@ -18,6 +18,7 @@ from fmtk.cli.group import (
     device_option,
     recipe_with_settings,
     set_option,
+    threads_option,
 )
 from fmtk.errors import FmtkError
 from fmtk.runfolder import BEST, LAST, confusion_name, picture_path
@@ -140,6 +141,7 @@ def summary(recipe_name: str, settings: tuple[str, ...]) -> None:
               help="A labelled photo folder (class folders, or split folders of class folders), evaluated "
               "whole; its classes are the run's or some of them.")  # fmt: skip
 @device_option
+@threads_option
 def evaluate(
     run_dir: Path, checkpoint: str, split: str | None, data_dir: Path | None, folder: Path | None, device: str
 ) -> None:
@@ -232,6 +234,7 @@ def evaluate_new_folder(run_dir: Path, folder: Path, checkpoint: str, device: to
 @click.option("--top", default=1, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @device_option
+@threads_option
 def predict(
     run_dir: Path, images: tuple[Path, ...], checkpoint: str, top: int, as_json: bool, device: str
 ) -> None:
