@@ -19,7 +19,8 @@ from fmtk.errors import FmtkError
 from fmtk.version import __version__
 
 _LAZY = {
-    "fit": "fmtk.api", "evaluate": "fmtk.api", "predict": "fmtk.api", "Result": "fmtk.api",
+    "fit": "fmtk.api", "evaluate": "fmtk.api", "predict": "fmtk.api", "predictions": "fmtk.api",
+    "Result": "fmtk.api",
     "Recipe": "fmtk.recipe", "Preset": "fmtk.recipe", "load_recipe": "fmtk.recipe_loading",
     "make_run_dir": "fmtk.runfolder",
     "DataSplits": "fmtk.data.batches", "TensorBatches": "fmtk.data.batches",
@@ -34,7 +35,8 @@ _LAZY = {
 __all__ = [
     "Check", "CheckResult", "DataSplits", "Evaluation", "Export", "FmtkError", "ImageInput", "Preset",
     "Recipe", "Result", "Run", "SpeedOptions", "StepEvents", "StudyResult", "TensorBatches", "__version__",
-    "build_run", "check", "evaluate", "export", "fit", "load_recipe", "make_run_dir", "predict", "tune",
+    "build_run", "check", "evaluate", "export", "fit", "load_recipe", "make_run_dir", "predict",
+    "predictions", "tune",
 ]  # fmt: skip
 
 

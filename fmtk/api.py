@@ -21,7 +21,7 @@ from torch import nn
 from fmtk.device import resolve_device
 from fmtk.errors import FmtkError
 from fmtk.launcher import resolve_handler
-from fmtk.prediction import predict_images
+from fmtk.prediction import answer_images
 from fmtk.recipe import Recipe
 from fmtk.recipe_loading import data_root, resolve_recipe
 from fmtk.training.build import build_run
@@ -198,10 +198,26 @@ def predict(
         Per image, in order, ``{"file", "predictions": [{"class", "probability"}, ...]}``, or
         ``{"file", "error"}`` for one that cannot be read.
     """
-    if Path(run_dir).is_file():
-        from fmtk.exported import predict_exported
+    return list(predictions(run_dir, images, recipe=recipe, checkpoint=checkpoint, top=top, device=device))
 
-        return predict_exported(Path(run_dir), images, top)
+
+def predictions(
+    run_dir: Path | str,
+    images: Sequence[Path | str | Image.Image],
+    *,
+    recipe: Recipe | None = None,
+    checkpoint: str = "best",
+    top: int = 1,
+    device: torch.device | str = "auto",
+) -> Iterator[dict[str, Any]]:
+    """:func:`predict`'s answers one at a time, in order: each chunk of 256 images is answered as
+    soon as it is read, so that a folder of any size shows its first answers at once (``fmtk
+    predict`` prints them so)."""
+    if Path(run_dir).is_file():
+        from fmtk.exported import answer_exported
+
+        yield from answer_exported(Path(run_dir), images, top)
+        return
     device = resolve_device(device)
     recipe, model, _, classes = load_trained_model(Path(run_dir), checkpoint, device, recipe)
     tested = tested_model(recipe, model)
@@ -210,4 +226,4 @@ def predict(
         with torch.no_grad():
             return tested(inputs.to(device)).float().softmax(dim=1).cpu()
 
-    return predict_images(images, recipe.input(), probabilities_of, classes, top)
+    yield from answer_images(images, recipe.input(), probabilities_of, classes, top)

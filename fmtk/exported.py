@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import torch
 
 from fmtk.data.image_input import ImageInput, Source
 from fmtk.errors import FmtkError
-from fmtk.prediction import predict_images
+from fmtk.prediction import answer_images
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 SUFFIXES = {suffix: name for name, suffix in FORMATS.items()}  # a file's format, by its suffix
@@ -84,8 +84,8 @@ def load_exported(path: Path, format: str | None = None) -> tuple[Any, dict[str,
     return run, json.loads(text)
 
 
-def predict_exported(path: Path, images: Sequence[Source], top: int = 1) -> list[dict[str, Any]]:
-    """``fmtk predict`` of an exported file: for each image (:func:`fmtk.prediction.predict_images`),
+def answer_exported(path: Path, images: Sequence[Source], top: int = 1) -> Iterator[dict[str, Any]]:
+    """``fmtk predict`` of an exported file: for each image (:func:`fmtk.prediction.answer_images`),
     the ``top`` most probable classes, or why it cannot be read."""
     run, metadata = load_exported(path)
-    return predict_images(images, ImageInput.from_dict(metadata["input"]), run, metadata["classes"], top)
+    yield from answer_images(images, ImageInput.from_dict(metadata["input"]), run, metadata["classes"], top)

@@ -4,7 +4,7 @@ run's checkpoint or of an exported model file)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -13,26 +13,26 @@ from fmtk.data.image_input import ImageInput, Source, image_files, read_pixels, 
 from fmtk.data.images import BadImages
 
 
-def predict_images(
+def answer_images(
     sources: Sequence[Source],
     image_input: ImageInput,
     probabilities_of: Callable[[torch.Tensor], torch.Tensor],
     classes: Sequence[str],
     top: int,
-) -> list[dict[str, Any]]:
+) -> Iterator[dict[str, Any]]:
     """Per image of ``sources`` (folders: their image files), in order, ``{"file", "predictions"}``:
     its ``top`` most probable classes by ``probabilities_of`` a float CPU batch; or ``{"file",
-    "error"}`` when it cannot be read."""
+    "error"}`` when it cannot be read. Each chunk of images (:func:`read_pixels`) is answered as soon
+    as it is read, before the next is."""
     sources = image_files(sources)
-    results: list[dict[str, Any]] = [{}] * len(sources)
     for good, pixels, bad in read_pixels(sources, image_input):
+        answers = {index: {"file": source_name(sources[index], index), "error": why} for index, why in bad}
         if good:
             probabilities = probabilities_of(image_input.normalise(pixels))
             for index, predictions in zip(good, top_classes(probabilities, classes, top), strict=True):
-                results[index] = {"file": source_name(sources[index], index), "predictions": predictions}
-        for index, why in bad:
-            results[index] = {"file": source_name(sources[index], index), "error": why}
-    return results
+                answers[index] = {"file": source_name(sources[index], index), "predictions": predictions}
+        del pixels  # before the next chunk is read
+        yield from (answers[index] for index in sorted(answers))
 
 
 def top_classes(probabilities: torch.Tensor, classes: Sequence[str], top: int) -> list[list[dict[str, Any]]]:

@@ -469,6 +469,24 @@ def test_a_folder_that_cannot_be_evaluated_is_one_line_and_writes_nothing(
     assert tree_snapshot(run_dir) == before
 
 
+def test_predictions_answer_each_chunk_before_the_next_is_read(
+    trained: tuple[Path, str], tmp_path: Path
+) -> None:
+    # 300 photos: a chunk of 256, then 44. Once the first answer is taken, the second chunk's files
+    # are removed: they were not read yet, so they are answered as missing.
+    run_dir, _ = trained
+    folder = make_photos(tmp_path / "many", {"ants": 150, "bees": 150})
+    answers = fmtk_api.predictions(run_dir, [folder], device="cpu")
+    first = next(answers)
+    files = sorted(str(path) for path in folder.rglob("*.*"))
+    for name in files[256:]:
+        Path(name).unlink()
+    results = [first, *answers]
+    assert [result["file"] for result in results] == files
+    assert all("predictions" in result for result in results[:256])
+    assert all("No such file" in result["error"] for result in results[256:])
+
+
 def test_predict_and_evaluate_run_on_the_threads_given_else_every_usable_core(
     trained: tuple[Path, str], photos: Path
 ) -> None:

@@ -241,19 +241,19 @@ def predict(
     """The predicted class and its probability for each IMAGE (PNG/JPEG, any mode and size; a folder:
     its image files), from a run folder's checkpoint or from a model file that fmtk export wrote
     (.onnx, .pt). Images that cannot be read are named at the end, and the exit status is 1."""
-    from fmtk.api import predict as predict_images
+    from fmtk.api import predictions
     from fmtk.prediction import unreadable
 
     if not run_dir.is_file():
         check_run_folder("predict", run_dir)
-    results = predict_images(run_dir, images, checkpoint=checkpoint, top=top, device=device)
+    results = []
+    for result in predictions(run_dir, images, checkpoint=checkpoint, top=top, device=device):
+        results.append(result)
+        if "predictions" in result and not as_json:  # as it comes: a large folder's first at once
+            guesses = "  ".join(f"{p['class']} {p['probability']:.3f}" for p in result["predictions"])
+            click.echo(f"{result['file']}: {guesses}")
     if as_json:
         click.echo(json.dumps(results, indent=2))
-    else:
-        for result in results:
-            if "predictions" in result:
-                guesses = "  ".join(f"{p['class']} {p['probability']:.3f}" for p in result["predictions"])
-                click.echo(f"{result['file']}: {guesses}")
     bad = unreadable(results)
     if bad is not None:  # after every answer: one bad photo costs its own only
         raise bad
