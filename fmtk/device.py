@@ -54,18 +54,20 @@ def default_threads(cores: int, processes: int = 1, environ: Mapping[str, str] =
     both of 2 cores, a step took 3.8× (mnist_dnn) and 2.4× (fmnist_cnn) as long with 2 threads as
     with 1; alone, 2 threads made fmnist_cnn's step 1.28× faster and mnist_dnn's 1.27× slower
     (docs/performance.md, "Threads")."""
-    given = environ.get("OMP_NUM_THREADS", "")
-    if given.isdigit() and int(given) > 0:
-        return int(given)
-    return max(1, cores // 2 // processes)
+    return threads_given(environ) or max(1, cores // 2 // processes)
 
 
 def inference_threads(environ: Mapping[str, str] = os.environ) -> int:
     """CPU threads of the commands that only run a model (``fmtk evaluate``, ``fmtk predict``) when
     not told: ``OMP_NUM_THREADS`` when it is set, else every usable core (:func:`usable_cores`):
     torch's own default, but within a container's CPU quota."""
+    return threads_given(environ) or usable_cores()
+
+
+def threads_given(environ: Mapping[str, str]) -> int | None:
+    """``OMP_NUM_THREADS`` when it is set to a number of threads."""
     given = environ.get("OMP_NUM_THREADS", "")
-    return int(given) if given.isdigit() and int(given) > 0 else usable_cores()
+    return int(given) if given.isdigit() and int(given) > 0 else None
 
 
 def threads_by_default() -> int:
