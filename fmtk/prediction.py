@@ -22,10 +22,10 @@ def answer_images(
 ) -> Iterator[dict[str, Any]]:
     """Per image of ``sources`` (folders: their image files), in order, ``{"file", "predictions"}``:
     its ``top`` most probable classes by ``probabilities_of`` a float CPU batch; or ``{"file",
-    "error"}`` when it cannot be read. Each chunk of images (:func:`read_pixels`) is answered as soon
-    as it is read, before the next is."""
+    "error"}`` when it cannot be read. Each chunk of images (:func:`read_pixels`, in as many threads
+    as torch's) is answered as soon as it is read, before the next is."""
     sources = image_files(sources)
-    for good, pixels, bad in read_pixels(sources, image_input):
+    for good, pixels, bad in read_pixels(sources, image_input, threads=torch.get_num_threads()):
         answers = {index: {"file": source_name(sources[index], index), "error": why} for index, why in bad}
         if good:
             probabilities = probabilities_of(image_input.normalise(pixels))

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from PIL import Image
 
 import fmtk as fmtk_api
 from fmtk.data.folders import find_photo_splits
+from fmtk.data.image_input import DECODERS
 from fmtk.device import inference_threads
 from fmtk.recipe_loading import resolve_recipe
 from fmtk.training import evaluation
@@ -472,12 +474,20 @@ def test_a_folder_that_cannot_be_evaluated_is_one_line_and_writes_nothing(
 def test_predictions_answer_each_chunk_before_the_next_is_read(
     trained: tuple[Path, str], tmp_path: Path
 ) -> None:
-    # 300 photos: a chunk of 256, then 44. Once the first answer is taken, the second chunk's files
-    # are removed: they were not read yet, so they are answered as missing.
+    # 300 photos: a chunk of 256, then 44. Once the first answer is taken (one thread decoding), the
+    # second chunk's files are removed: they were not read yet, so they are answered as missing.
     run_dir, _ = trained
     folder = make_photos(tmp_path / "many", {"ants": 150, "bees": 150})
-    answers = fmtk_api.predictions(run_dir, [folder], device="cpu")
-    first = next(answers)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as --threads 1 sets it: also one thread decoding
+    try:
+        answers = fmtk_api.predictions(run_dir, [folder], device="cpu")
+        first = next(answers)
+        assert [thread.name for thread in threading.enumerate() if thread.name.startswith(DECODERS)] == [
+            f"{DECODERS}_0"
+        ]
+    finally:
+        torch.set_num_threads(threads)
     files = sorted(str(path) for path in folder.rglob("*.*"))
     for name in files[256:]:
         Path(name).unlink()

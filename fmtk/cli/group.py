@@ -95,8 +95,8 @@ def _set_threads(context: click.Context, parameter: click.Parameter, threads: in
 # --threads of the commands that only run a model: set when the command line is read.
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), callback=_set_threads, expose_value=False,
-    help="CPU threads of torch's operations and onnxruntime's [default: OMP_NUM_THREADS when set, else "
-    "every usable core, within a container's CPU quota]. See docs/performance.md#threads.",
+    help="CPU threads of torch's operations, photo decoding and onnxruntime [default: OMP_NUM_THREADS when "
+    "set, else every usable core, within a container's CPU quota]. See docs/performance.md#threads.",
 )  # fmt: skip
 
 

@@ -22,6 +22,7 @@ from fmtk.errors import FmtkError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MODES = {1: "L", 3: "RGB"}
+DECODERS = "fmtk-decoder"  # the name of read_pixels' threads
 
 
 def resize_rgb(image: Image.Image, image_size: int) -> np.ndarray:
@@ -126,13 +127,18 @@ def source_name(source: Source, index: int) -> str:
 
 
 def read_pixels(
-    sources: Sequence[Source], image_input: ImageInput, chunk: int = 256, into: torch.Tensor | None = None
+    sources: Sequence[Source],
+    image_input: ImageInput,
+    chunk: int = 256,
+    into: torch.Tensor | None = None,
+    threads: int | None = None,
 ) -> Iterator[tuple[list[int], torch.Tensor, list[tuple[int, str]]]]:
-    """The sources in chunks of ``chunk``, each decoded (in a thread per usable core: PIL releases
-    the GIL while decoding) into the rows of one uint8 N×C×S×S tensor, a source's own row of ``into``
-    when given, else a new tensor per chunk: ``(indices of the readable ones, their pixels, (index,
-    why) of each that cannot be read)``. A bad file costs its own answer only; one chunk is held at a
-    time (a caller that keeps none of them holds one chunk of pixels at most)."""
+    """The sources in chunks of ``chunk``, each decoded (in ``threads`` threads, by default one per
+    usable core: PIL releases the GIL while decoding) into the rows of one uint8 N×C×S×S tensor, a
+    source's own row of ``into`` when given, else a new tensor per chunk: ``(indices of the readable
+    ones, their pixels, (index, why) of each that cannot be read)``. A bad file costs its own answer
+    only; one chunk is held at a time (a caller that keeps none of them holds one chunk of pixels at
+    most)."""
 
     def read(row: torch.Tensor, source: Source) -> str | None:
         """Decode ``source`` into ``row``; why it cannot be, or None."""
@@ -146,7 +152,7 @@ def read_pixels(
             return getattr(error, "strerror", None) or str(error) or type(error).__name__
         return None
 
-    with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
+    with ThreadPoolExecutor(max_workers=threads or usable_cores(), thread_name_prefix=DECODERS) as pool:
         for start in range(0, len(sources), chunk):
             part = sources[start : start + chunk]
             rows = (

@@ -330,8 +330,9 @@ def evaluate_folder(
     read as ``fmtk predict`` reads files (the recipe's :meth:`~fmtk.recipe.Recipe.input`), with the
     recipe's test-time augmentation; photos that cannot be read are left out and listed.
 
-    The photos are decoded, evaluated and dropped a chunk at a time (:data:`CHUNK_BYTES`), in one
-    pass that also ranks the wrong ones; those pictured among them are read again at the end."""
+    The photos are decoded (in as many threads as torch's), evaluated and dropped a chunk at a time
+    (:data:`CHUNK_BYTES`), in one pass that also ranks the wrong ones; those pictured among them are
+    read again at the end."""
     recipe, model, path, classes = load_trained_model(run_dir, checkpoint, device, recipe)
     samples = labelled_photos(folder, classes)
     files, labels = [file for file, _ in samples], torch.tensor([label for _, label in samples])
@@ -341,7 +342,7 @@ def evaluate_folder(
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         chunk = max(1, min(256, CHUNK_BYTES // math.prod(image_input.shape)))
-        for good, pixels, bad in read_pixels(files, image_input, chunk):
+        for good, pixels, bad in read_pixels(files, image_input, chunk, threads=torch.get_num_threads()):
             kept.extend(good)
             unreadable.extend((files[index], why) for index, why in bad)
             yield from TensorBatches(
