@@ -19,13 +19,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fmtk, fmtk_process, make_mnist_like
+from conftest import fmtk, fmtk_process, make_mnist_like, make_photos
 from torch import nn
 
 import fmtk as toolkit
 from fmtk.device import free_bytes
 from fmtk.errors import LESS_MEMORY
 from fmtk.training.engines import SpeedOptions
+from fmtk.training.evaluation import evaluate_folder
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -91,6 +92,30 @@ def test_checkpoints_written_on_cuda_evaluate_on_the_cpu_as_on_cuda(
     assert on_cpu.accuracy == on_cuda.accuracy > 0.5
     assert on_cpu.loss == pytest.approx(on_cuda.loss, rel=1e-4, abs=1e-6)
     assert (on_cpu.confusion == on_cuda.confusion).all()
+
+
+def test_a_folder_evaluated_on_cuda_gives_the_cpus_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The streamed evaluation (chunks moved to the GPU, the loss ranking kept there) against the
+    # CPU's, of one run, convolutions in full float32 on both.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    photos = make_photos(tmp_path / "photos", {"ants": 12, "bees": 12, "wasps": 12})
+    run_dir = tmp_path / "run"
+    toolkit.fit("images", device=CUDA, data_dir=photos, run_dir=run_dir, quiet=True, epochs=2, image_size=32,
+                warmup_epochs=0)  # fmt: skip
+    new = make_photos(tmp_path / "new", {"ants": 30, "bees": 30, "wasps": 30}, seed=3)
+    (new / "bees" / "empty.jpg").write_bytes(b"")
+    _, on_cuda = evaluate_folder(run_dir, new, "best", torch.device(CUDA))
+    _, on_cpu = evaluate_folder(run_dir, new, "best", torch.device("cpu"))
+    assert on_cuda.photos == on_cpu.photos == 90 and len(on_cuda.unreadable) == 1
+    assert on_cuda.evaluation.accuracy == on_cpu.evaluation.accuracy
+    assert on_cuda.evaluation.loss == pytest.approx(on_cpu.evaluation.loss, rel=1e-4, abs=1e-6)
+    assert (on_cuda.evaluation.confusion == on_cpu.evaluation.confusion).all()
+    # The ranking's losses (near-equal ones may swap places: sums in another order).
+    losses = [[row["loss"] for row in result.wrong] for result in (on_cuda, on_cpu)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4, abs=1e-6)
+    assert on_cuda.images.device.type == "cpu" and on_cuda.images.shape == on_cpu.images.shape
 
 
 @pytest.mark.parametrize("format", ["torchscript", "onnx"])
