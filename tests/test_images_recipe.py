@@ -8,7 +8,9 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -431,6 +433,31 @@ def test_a_folder_evaluated_two_photos_at_a_time_gives_what_one_pass_over_all_gi
     assert all(float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5) for a, b in rows)
     pictures = [np.asarray(Image.open(written[chunk] / "top_losses.png")) for chunk in (256, 2)]
     assert np.array_equal(*pictures)
+
+
+def test_a_folder_is_decoded_in_as_many_threads_as_torch_has(
+    trained: tuple[Path, str], photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --threads 1 sets torch's threads to 1: the decoding threads alive at each chunk are then one.
+    run_dir, _ = trained
+    alive, read_pixels = [], evaluation.read_pixels
+
+    def watched(*args: Any, **kwargs: Any) -> Iterator:
+        for chunk in read_pixels(*args, **kwargs):
+            alive.append(
+                sorted(thread.name for thread in threading.enumerate() if thread.name.startswith(DECODERS))
+            )
+            yield chunk
+
+    monkeypatch.setattr(evaluation, "read_pixels", watched)
+    monkeypatch.setattr(evaluation, "CHUNK_BYTES", 8 * 3 * 32 * 32)  # chunks of 8 photos: 4 of them
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        evaluation.evaluate_folder(run_dir, photos, "best", torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    assert alive == [[f"{DECODERS}_0"]] * 4
 
 
 def test_a_folder_of_no_readable_photo_is_one_line_and_writes_nothing(
