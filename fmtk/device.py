@@ -167,15 +167,6 @@ def available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
     return None
 
 
-def free_bytes(device: torch.device) -> int | None:
-    """Bytes a new allocation can take on ``device`` without swapping or being killed: a GPU's free
-    memory; on the CPU, the machine's available memory or, when less, what this process's memory
-    limit leaves (:func:`cgroup_free_bytes`); None where neither is known."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    return min((free for free in (available_bytes(), cgroup_free_bytes()) if free is not None), default=None)
-
-
 def check_memory(need: int, device: torch.device, what: str, instead: str) -> None:
     """Refuse, in one line, ``need`` bytes of decoded images (``what``: which) that cannot all be
     held: in the machine's available memory and in what this process's memory limit (a container's)

@@ -251,6 +251,19 @@ def fmtk_process(*args: str, cwd: Path | None = None, **options: Any) -> subproc
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, **options)
 
 
+def free_bytes(device: Any) -> int | None:
+    """Bytes a new allocation can take on ``device`` (a torch.device) without being refused by
+    fmtk's memory check: a GPU's free memory; on the CPU, the less of the machine's available memory
+    and what this process's memory limit leaves; None where neither is known."""
+    import torch
+
+    from fmtk.device import available_bytes, cgroup_free_bytes
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return min((free for free in (available_bytes(), cgroup_free_bytes()) if free is not None), default=None)
+
+
 @contextmanager
 def new_cgroup(controller: str, settings: dict[str, str]) -> Iterator[Path]:
     """A new cgroup (v1) of ``controller`` (``memory``, ``cpu``) under this process's own, its

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fmtk, fmtk_process, make_mnist_like, make_photos
+from conftest import fmtk, fmtk_process, free_bytes, make_mnist_like, make_photos
 from torch import nn
 
 import fmtk as toolkit
-from fmtk.device import free_bytes
 from fmtk.errors import LESS_MEMORY
 from fmtk.training.engines import SpeedOptions
 from fmtk.training.evaluation import evaluate_folder

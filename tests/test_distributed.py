@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_bytes
 from torch.utils.data import TensorDataset
 
 from fmtk.data.batches import TensorBatches
 from fmtk.data.images import LoaderBatches
-from fmtk.device import free_bytes
 from fmtk.distributed import launch
 
 
