@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from PIL import Image
 
 import fmtk as fmtk_api
 from fmtk.data.folders import find_photo_splits
-from fmtk.data.image_input import DECODERS
+from fmtk.data.image_input import DECODERS, ImageInput, read_pixels
 from fmtk.device import inference_threads
 from fmtk.recipe_loading import resolve_recipe
 from fmtk.training import evaluation
@@ -498,13 +499,14 @@ def test_a_folder_that_cannot_be_evaluated_is_one_line_and_writes_nothing(
     assert tree_snapshot(run_dir) == before
 
 
-def test_predictions_answer_each_chunk_before_the_next_is_read(
+def test_predictions_answer_each_chunk_before_the_one_after_the_next_is_read(
     trained: tuple[Path, str], tmp_path: Path
 ) -> None:
-    # 300 photos: a chunk of 256, then 44. Once the first answer is taken (one thread decoding), the
-    # second chunk's files are removed: they were not read yet, so they are answered as missing.
+    # 600 photos: chunks of 256, 256 and 88. Once the first answer is taken (one thread decoding),
+    # the third chunk's files are removed: only the second was being read, so they are answered as
+    # missing.
     run_dir, _ = trained
-    folder = make_photos(tmp_path / "many", {"ants": 150, "bees": 150})
+    folder = make_photos(tmp_path / "many", {"ants": 300, "bees": 300})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as --threads 1 sets it: also one thread decoding
     try:
@@ -516,12 +518,39 @@ def test_predictions_answer_each_chunk_before_the_next_is_read(
     finally:
         torch.set_num_threads(threads)
     files = sorted(str(path) for path in folder.rglob("*.*"))
-    for name in files[256:]:
+    for name in files[512:]:
         Path(name).unlink()
     results = [first, *answers]
     assert [result["file"] for result in results] == files
-    assert all("predictions" in result for result in results[:256])
-    assert all("No such file" in result["error"] for result in results[256:])
+    assert all("predictions" in result for result in results[:512])
+    assert all("No such file" in result["error"] for result in results[512:])
+
+
+def test_the_next_chunk_is_decoded_while_the_caller_works_on_this_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    images = [Image.new("RGB", (8, 8), (level, 0, 0)) for level in range(6)]
+    index = {id(image): i for i, image in enumerate(images)}
+    decoded, pixels = [], ImageInput.pixels
+
+    def recorded(self: ImageInput, image: Image.Image) -> torch.Tensor:
+        decoded.append(index[id(image)])
+        return pixels(self, image)
+
+    monkeypatch.setattr(ImageInput, "pixels", recorded)
+
+    def soon_decoded(wanted: set[int]) -> bool:
+        deadline = time.monotonic() + 10
+        while not wanted <= set(decoded) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return wanted <= set(decoded)
+
+    chunks = read_pixels(images, ImageInput.photo(8), chunk=2, threads=1)
+    assert next(chunks)[0] == [0, 1]
+    assert soon_decoded({2, 3}) and not {4, 5} & set(decoded)  # the next chunk only
+    good, first_red, _ = next(chunks)
+    assert good == [2, 3] and first_red[:, 0, 0, 0].tolist() == [2, 3]
+    assert soon_decoded({4, 5}) and [chunk[0] for chunk in chunks] == [[4, 5]]
 
 
 def test_predict_and_evaluate_run_on_the_threads_given_else_every_usable_core(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ctypes
 import sys
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -137,8 +137,8 @@ def read_pixels(
     usable core: PIL releases the GIL while decoding) into the rows of one uint8 N×C×S×S tensor, a
     source's own row of ``into`` when given, else a new tensor per chunk: ``(indices of the readable
     ones, their pixels, (index, why) of each that cannot be read)``. A bad file costs its own answer
-    only; one chunk is held at a time (a caller that keeps none of them holds one chunk of pixels at
-    most)."""
+    only. The next chunk is decoded while the caller works on this one (its model on a GPU or on the
+    other cores): a caller that keeps none of them holds two chunks of pixels at most."""
 
     def read(row: torch.Tensor, source: Source) -> str | None:
         """Decode ``source`` into ``row``; why it cannot be, or None."""
@@ -152,20 +152,31 @@ def read_pixels(
             return getattr(error, "strerror", None) or str(error) or type(error).__name__
         return None
 
-    with ThreadPoolExecutor(max_workers=threads or usable_cores(), thread_name_prefix=DECODERS) as pool:
+    def decode(start: int) -> tuple[torch.Tensor, list[Future[str | None]]]:
+        """Start decoding the chunk at ``start``: its rows, and why each cannot be read (or None) to come."""
+        part = sources[start : start + chunk]
+        rows = (
+            into[start : start + len(part)]
+            if into is not None
+            else torch.empty(len(part), *image_input.shape, dtype=torch.uint8)
+        )
+        return rows, [pool.submit(read, row, source) for row, source in zip(rows, part, strict=True)]
+
+    pool = ThreadPoolExecutor(max_workers=threads or usable_cores(), thread_name_prefix=DECODERS)
+    try:
+        started = [decode(0)] if sources else []
         for start in range(0, len(sources), chunk):
-            part = sources[start : start + chunk]
-            rows = (
-                into[start : start + len(part)]
-                if into is not None
-                else torch.empty(len(part), *image_input.shape, dtype=torch.uint8)
-            )
-            whys = list(pool.map(read, rows, part))
+            if start + chunk < len(sources):
+                started.append(decode(start + chunk))  # the next, while the caller works on this one
+            rows, decoding = started.pop(0)
+            whys = [why.result() for why in decoding]
             good = [start + i for i, why in enumerate(whys) if why is None]
             bad = [(start + i, why) for i, why in enumerate(whys) if why is not None]
             yield good, (rows[[i - start for i in good]] if bad else rows), bad
-            del rows  # before the next chunk is decoded
+            del rows, decoding  # before the chunk after the next is decoded
             release_freed_memory()
+    finally:  # a caller that stops early (an error, Ctrl-C) does not wait for the next chunk
+        pool.shutdown(cancel_futures=True)
 
 
 def release_freed_memory() -> None:

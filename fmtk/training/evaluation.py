@@ -318,9 +318,10 @@ def labelled_photos(folder: Path, classes: Sequence[str]) -> list[tuple[str, int
     return samples
 
 
-# The decoded photos evaluate_folder holds at a time, at most: 256 photos (37 MiB at 224 px); fewer
-# at larger sizes. A folder of any number of photos is evaluated whole.
-CHUNK_BYTES = 256 * 2**20
+# A chunk of decoded photos, at most: 256 photos (37 MiB at 224 px), fewer at larger sizes.
+# evaluate_folder holds two (one evaluated, the next decoded), so a folder of any number of photos is
+# evaluated whole in 256 MiB of pixels at most.
+CHUNK_BYTES = 128 * 2**20
 
 
 def evaluate_folder(
