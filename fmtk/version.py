@@ -5,13 +5,20 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 __version__ = "0.1.0"
 
 
-def versions() -> dict[str, str]:
+def versions(device: torch.device | None = None) -> dict[str, str]:
     """fmtk's version and those of Python and the libraries a run's figures depend on, and the CPU
-    (config.json)."""
+    (config.json); for a run on a GPU ``device`` also the GPU's name and the CUDA and cuDNN
+    versions torch runs it with, which change its figures as the CPU does a CPU run's."""
+    import torch  # (not at import: setup.cfg reads this module's __version__)
+
     found = {"fmtk": __version__, "python": platform.python_version()}
     for name in ("torch", "torchvision", "pytorch-ignite"):
         try:
@@ -19,6 +26,9 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             found[name] = "not installed"
     found["cpu"] = cpu()
+    if device is not None and device.type == "cuda":
+        found.update(gpu=torch.cuda.get_device_name(device), cuda=str(torch.version.cuda),
+                     cudnn=str(torch.backends.cudnn.version()))  # fmt: skip
     return found
 
 

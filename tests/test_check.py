@@ -17,6 +17,7 @@ from conftest import assert_one_line_error, fmtk, tree_snapshot
 import fmtk as fmtk_api
 from fmtk.errors import FmtkError
 from fmtk.regression.check import Check
+from fmtk.regression.golden import inexact_because
 
 DIGITS = (Path(__file__).parents[1] / "recipes" / "digits_mlp.py").read_text()
 
@@ -113,6 +114,51 @@ def test_a_golden_run_is_met_exactly_on_its_machine_and_a_changed_seed_diverges_
     assert line.startswith("mine (default): differs from the golden run at epoch 1, train_loss: ")
     assert "(compared exactly: same torch, CPU and threads); the recipe differs: seed 42 → 1" in line
     assert tree_snapshot(tmp_path / "gold") == before
+
+
+def test_a_golden_run_of_a_gpu_is_met_on_the_cpu_within_the_tolerance_naming_why(
+    tmp_path: Path, run_in
+) -> None:
+    # A golden run recorded on a GPU (its config.json as a GPU's run writes it), compared on the CPU:
+    # within the tolerance, saying why not exactly, and without the GPU's precision (bf16).
+    recipe = user_recipe(tmp_path, "mine")
+    assert fmtk("check", str(recipe), "--record", "gold", cwd=tmp_path).returncode == 0
+    config_file = tmp_path / "gold" / "mine-default" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["device"] = "cuda"
+    config["versions"].update(gpu="NVIDIA H200", cuda="13.0", cudnn="91900")
+    config["speed"].update(precision="bf16", deterministic=True)
+    config_file.write_text(json.dumps(config))
+    user_recipe(tmp_path, "mine", **{"    log_every=10,": "    log_every=10,\n    seed=1,"})
+    changed = fmtk("check", str(recipe), "--against", "gold", "--keep", "kept", cwd=tmp_path)
+    assert changed.returncode == 1
+    [line] = [line for line in changed.stdout.splitlines() if "differs from the golden run" in line]
+    assert (
+        "(beyond the tolerance 0.001; not comparable exactly: device cuda there, cpu here); "
+        "the recipe differs: seed 42 → 1"
+    ) in line
+    kept = json.loads((tmp_path / "kept" / "mine-default" / "config.json").read_text())
+    assert kept["speed"]["precision"] == "32" and kept["speed"]["deterministic"] is True
+
+
+def test_a_gpu_run_is_compared_exactly_only_on_the_same_gpu_with_deterministic_kernels() -> None:
+    versions = {"torch": "2.14.1", "cpu": "x86_64, AMD EPYC, AVX512"}
+    gpu = {
+        "device": "cuda",
+        "versions": {**versions, "gpu": "NVIDIA H200", "cuda": "13.0", "cudnn": "91900"},
+        "speed": {"threads": 8, "deterministic": True},
+    }
+    assert inexact_because(gpu, gpu) == inexact_because(gpu, {**gpu, "device": "cuda:1"}) == ""
+    assert inexact_because(gpu, {**gpu, "speed": {"threads": 8, "deterministic": False}}) == (
+        "a GPU run without --deterministic is not repeatable bit for bit"
+    )
+    other = {**gpu, "versions": {**gpu["versions"], "gpu": "NVIDIA H100 80GB HBM3", "cudnn": "91000"}}
+    assert inexact_because(gpu, other) == (
+        "GPU NVIDIA H200 there, NVIDIA H100 80GB HBM3 here; cuDNN 91900 there, 91000 here"
+    )
+    cpu = {"device": "cpu", "versions": versions, "speed": {"threads": 1, "deterministic": False}}
+    assert inexact_because(cpu, cpu) == ""
+    assert inexact_because(cpu, {**cpu, "speed": {"threads": 2}}) == "threads 1 there, 2 here"
 
 
 def test_from_python_and_pytest_s_check_recipe(tmp_path: Path, run_in) -> None:

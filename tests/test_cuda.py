@@ -1,7 +1,7 @@
 """fmtk on a CUDA GPU: each precision and memory format, checkpoints written on CUDA read on the CPU,
 SIGKILL and an exact resume (--deterministic), a CUDA run resumed on the CPU and a CPU run on CUDA,
---compile, export of a CUDA-trained run, and 2 NCCL processes with 2 GPUs (the steps' host syncs:
-tests/training/test_step_sync.py).
+--compile, export of a CUDA-trained run, a golden run of fmtk check met exactly, and 2 NCCL
+processes with 2 GPUs (the steps' host syncs: tests/training/test_step_sync.py).
 
 Every test here is marked ``cuda`` and skipped without CUDA; ``benchmarks/gpu.py`` runs them
 (``pytest -m cuda``) when a GPU is lent. They train small runs on small fake data in the real
@@ -249,6 +249,19 @@ def test_photos_too_many_for_the_gpu_are_one_line_before_decoding(catdog_root: P
     assert f"data_cache=memory: the 52 photos at {size} px are " in result.stderr
     assert "GiB free on cuda: --set data_cache=none decodes them" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_golden_run_recorded_on_cuda_is_met_exactly_there(tmp_path: Path) -> None:
+    # fmtk check --record on a GPU trains with deterministic kernels and records the GPU, CUDA and
+    # cuDNN; --against on the same GPU is then compared bit for bit, and meets it.
+    recorded = fmtk("check", "digits_mlp", "--device", CUDA, "--record", "gold", cwd=tmp_path)
+    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    config = json.loads((tmp_path / "gold" / "digits_mlp-default" / "config.json").read_text())
+    assert config["speed"]["deterministic"] is True
+    assert config["versions"]["gpu"] == torch.cuda.get_device_name() and config["versions"]["cudnn"]
+    again = fmtk("check", "digits_mlp", "--device", CUDA, "--against", "gold", "--json", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(again.stdout)[0]["diverged"] is None
 
 
 def test_compile_trains_an_epoch_on_cuda(tmp_path: Path) -> None:

@@ -20,12 +20,14 @@ from fmtk.errors import FmtkError
               help="Keep every check's run folder in DIR [default: a failing one's only, in a temporary "
               "folder].")  # fmt: skip
 @click.option("--record", "record_to", type=click.Path(path_type=Path), metavar="DIR",
-              help="Keep each passing run as a golden run in DIR/<recipe>-<check>.")  # fmt: skip
+              help="Keep each passing run as a golden run in DIR/<recipe>-<check> (on a GPU trained with "
+              "deterministic kernels).")  # fmt: skip
 @click.option("--against", type=click.Path(path_type=Path), metavar="DIR",
               help="Compare each run epoch by epoch with its golden run, DIR/<recipe>-<check>.")  # fmt: skip
 @click.option("--tolerance", type=click.FloatRange(min=0), metavar="X",
               help="Allowed absolute difference from a golden run [default: 0 on the machine, torch and "
-              "threads it was recorded with, else 0.001].")  # fmt: skip
+              "threads it was recorded with (on a GPU: the same GPU, CUDA and cuDNN, deterministic), else "
+              "0.001].")  # fmt: skip
 def check_command(
     targets: tuple[str, ...],
     device: str,

@@ -4,7 +4,9 @@ epoch by epoch: what a team runs before and after upgrading torch or editing a r
 
 fmtk's runs are deterministic on one machine: the same recipe, torch, CPU kind and thread count
 give the same metrics.csv bit for bit (tests/test_check.py proves it), so there the comparison is
-exact; elsewhere float sums differ in their last bits and it allows a tolerance."""
+exact; on a GPU also the same GPU, CUDA and cuDNN, and only with ``--deterministic`` (cuDNN's
+autotuning and atomic sums vary from run to run otherwise). Elsewhere float sums differ in their
+last bits and it allows a tolerance."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from fmtk.errors import FmtkError
 from fmtk.recipe import Recipe
@@ -35,35 +39,57 @@ class Golden:
     history: list[dict[str, float]]
     results: dict[str, Any]
 
-    def machine(self) -> tuple[Any, ...]:
-        return _machine(self.config)
+
+def inexact_because(golden: dict[str, Any], config: dict[str, Any]) -> str:
+    """Why a run of ``config`` (its config.json) cannot meet the golden run of ``golden`` bit for
+    bit ("" when it can): what decides a run's last bits besides its recipe differs (torch, the
+    CPU, the threads, the kind of device; on a GPU its name, CUDA and cuDNN), or the run is a GPU
+    run without deterministic kernels."""
+    theirs, ours = _machine(golden), _machine(config)
+    differ = [
+        f"{name} {theirs[name]} there, {ours[name]} here"
+        for name in theirs
+        if name in ours and theirs[name] != ours[name]  # a GPU's own names on a GPU only
+    ]
+    if differ:
+        return "; ".join(differ)
+    if ours["device"] != "cpu" and not config.get("speed", {}).get("deterministic"):
+        return "a GPU run without --deterministic is not repeatable bit for bit"
+    return ""
 
 
-def _machine(config: dict[str, Any]) -> tuple[Any, ...]:
-    """What decides a run's last bits besides its recipe: torch's version, the CPU, the threads."""
+def _machine(config: dict[str, Any]) -> dict[str, Any]:
+    """What decides a run's last bits besides its recipe, by name, from its config.json."""
     versions = config.get("versions", {})
-    return versions.get("torch"), versions.get("cpu"), config.get("speed", {}).get("threads")
+    machine = {
+        "torch": versions.get("torch"), "CPU": versions.get("cpu"),
+        "threads": config.get("speed", {}).get("threads"),
+        "device": str(config.get("device", "cpu")).split(":")[0],
+    }  # fmt: skip
+    if machine["device"] != "cpu":
+        machine.update(GPU=versions.get("gpu"), CUDA=versions.get("cuda"), cuDNN=versions.get("cudnn"))
+    return machine
 
 
 @dataclass(frozen=True)
 class Divergence:
     """The first place a run differs from its golden run: the epoch (None: the test figures), the
-    column, both values, whether the comparison was exact (else within ``tolerance``), and the
+    column, both values, how they were compared (exactly, or within a tolerance and why), and the
     recipe values that differ between the two configs."""
 
     epoch: int | None
     column: str
     golden: Any
     got: Any
-    tolerance: float
+    how: str
     changed: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         where = f"epoch {self.epoch}" if self.epoch is not None else "the test figures"
-        how = "compared exactly: same torch, CPU and threads" if self.tolerance == 0 else (
-            f"beyond the tolerance {self.tolerance:g}")  # fmt: skip
-        values = f"{self.golden!r} there, {self.got!r} here"
-        line = f"differs from the golden run at {where}, {self.column}: {values} ({how})"
+        line = (
+            f"differs from the golden run at {where}, {self.column}: "
+            f"{self.golden!r} there, {self.got!r} here ({self.how})"
+        )
         if self.changed:
             line += f"; the recipe differs: {', '.join(self.changed)}"
         return line
@@ -111,19 +137,30 @@ def read_golden(folder: Path, recipe: Recipe) -> Golden:
     return Golden(folder, config, history, read_results(folder) or {})
 
 
-def golden_speed(golden: Golden) -> SpeedOptions:
-    """The speed options of a run compared with ``golden``: its recorded ones, threads included
-    (which change the float sums), so that on the same machine it can be exact."""
-    return SpeedOptions().carried_on(golden.config.get("speed", {}), same_device_type=True)
+def golden_speed(golden: Golden, device: torch.device) -> SpeedOptions:
+    """The speed options of a run on ``device`` compared with ``golden``: its recorded ones,
+    threads and deterministic kernels included (they change the float sums), so that on the same
+    machine it can be exact; its precision only on the same kind of device."""
+    same_type = str(golden.config.get("device", "cpu")).split(":")[0] == device.type
+    return SpeedOptions().carried_on(golden.config.get("speed", {}), same_device_type=same_type)
 
 
 def compare(golden: Golden, run_dir: Path, tolerance: float | None = None) -> Divergence | None:
     """The first difference between the ended run ``run_dir`` and ``golden``, epoch by epoch, then
-    in the test figures; None: the same. Exact when torch, the CPU and the threads are the same
-    and no ``tolerance`` is given, else within ``tolerance`` (default ``DEFAULT_TOLERANCE``)."""
+    in the test figures; None: the same. Exact where it can be (:func:`inexact_because`) and no
+    ``tolerance`` is given, else within ``tolerance`` (default ``DEFAULT_TOLERANCE``)."""
     config = read_config(run_dir)
+    inexact = inexact_because(golden.config, config)
     if tolerance is None:
-        tolerance = 0.0 if _machine(config) == golden.machine() else DEFAULT_TOLERANCE
+        tolerance = DEFAULT_TOLERANCE if inexact else 0.0
+    if tolerance == 0:
+        same = "torch, CPU and threads" if _machine(config)["device"] == "cpu" else (
+            "torch, CPU, threads, GPU, CUDA and cuDNN, deterministic kernels")  # fmt: skip
+        how = f"compared exactly: same {same}"
+    else:
+        how = f"beyond the tolerance {tolerance:g}" + (
+            f"; not comparable exactly: {inexact}" if inexact else ""
+        )
     changed = tuple(
         f"{key} {golden.config.get(key)!r} → {config.get(key)!r}"
         for key in sorted(set(golden.config) | set(config))
@@ -133,16 +170,16 @@ def compare(golden: Golden, run_dir: Path, tolerance: float | None = None) -> Di
     for epoch, (theirs, ours) in enumerate(zip(golden.history, history, strict=False), start=1):
         for column, value in theirs.items():
             if column not in UNCOMPARED and not _close(value, ours.get(column), tolerance):
-                return Divergence(epoch, column, value, ours.get(column), tolerance, changed)
+                return Divergence(epoch, column, value, ours.get(column), how, changed)
     if len(history) != len(golden.history):
         epoch = min(len(history), len(golden.history)) + 1
-        return Divergence(epoch, "epochs run", len(golden.history), len(history), tolerance, changed)
+        return Divergence(epoch, "epochs run", len(golden.history), len(history), how, changed)
     ours = read_results(run_dir) or {}
     for which in ("best", "last"):
         for name, value in golden.results.get("test", {}).get(which, {}).items():
             got = ours.get("test", {}).get(which, {}).get(name)
             if not _close(value, got, tolerance):
-                return Divergence(None, f"test {which} {name}", value, got, tolerance, changed)
+                return Divergence(None, f"test {which} {name}", value, got, how, changed)
     return None
 
 

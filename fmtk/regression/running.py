@@ -175,19 +175,26 @@ def run_check(
     The run goes into a temporary folder, removed when the check passes and kept (its path in the
     result) when it fails; with ``keep`` into ``keep/<recipe>-<check>`` either way. With ``golden``
     (a folder :func:`fmtk.regression.golden.record` wrote) the run is made with the golden run's
-    thread count and compared with it epoch by epoch: exactly when torch, the CPU and the threads
-    are the same, else within ``tolerance`` (default 1e-3, absolute). With ``record_to`` (a new
-    folder) a passing run is kept there as a golden run.
+    speed options (its threads and deterministic kernels; its precision on the same kind of device)
+    and compared with it epoch by epoch: exactly when torch, the CPU and the threads are the same
+    (on a GPU also its name, CUDA and cuDNN, with deterministic kernels), else within ``tolerance``
+    (default 1e-3, absolute). With ``record_to`` (a new folder) a passing run is kept there as a
+    golden run; on a GPU it trains with deterministic kernels, so that it can be met exactly.
     """
     trained, reference = prepare_check(recipe, check, keep=keep, golden=golden, record_to=record_to)
     root = data_root(data_dir)
     data = root / check.data if check.data else root
+    device = resolve_device(device)
     folder = _run_folder(keep, recipe.name, check.label)
-    speed = golden_speed(reference) if reference is not None else SpeedOptions()
+    speed = SpeedOptions()
+    if reference is not None:
+        speed = golden_speed(reference, device)
+    elif record_to is not None and device.type != "cpu":
+        speed = SpeedOptions(deterministic=True)  # a GPU's golden run, to be met bit for bit
     started = time.perf_counter()
     result = CheckResult(recipe.name, check.label)
     try:
-        run = build_run(trained, folder, resolve_device(device), data, echo=echo, speed=speed, progress=False,
+        run = build_run(trained, folder, device, data, echo=echo, speed=speed, progress=False,
                         command=f"fmtk check {recipe.name} ({check.label})")  # fmt: skip
         run.run()
     except Exception as error:  # noqa: BLE001 - a user's recipe may raise anything: the check fails

@@ -30,7 +30,7 @@ def run_config(parts: Parts, start: Start, data_dir: Path | None, command: str |
     first = start.first(command, parts.started_from)  # started_from: what the starting weights gave
     config["started_from"] = first["started_from"]
     config["head"] = list(parts.head)  # and the tensors they did not give
-    config.update(processes=idist.get_world_size(), versions=versions(), command=first["command"],
+    config.update(processes=idist.get_world_size(), versions=versions(parts.device), command=first["command"],
                   started=first["started"])  # fmt: skip
     if data_dir is not None:  # evaluate and --resume read the same data by default
         config["data_dir"] = str(Path(data_dir).resolve())
