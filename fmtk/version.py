@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +31,18 @@ def versions(device: torch.device | None = None) -> dict[str, str]:
         found.update(gpu=torch.cuda.get_device_name(device), cuda=str(torch.version.cuda),
                      cudnn=str(torch.backends.cudnn.version()))  # fmt: skip
     return found
+
+
+# What decides a run's figures' last bits besides its recipe and speed options, by label: the
+# entries of config.json's versions (the GPU's only on a GPU).
+MACHINE = {"torch": "torch", "CPU": "cpu", "GPU": "gpu", "CUDA": "cuda", "cuDNN": "cudnn"}
+
+
+def machine_changes(before: Mapping[str, str], now: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """``(label, before, now)`` of each :data:`MACHINE` entry that both ``versions`` record and
+    that differs between them."""
+    return [(label, before[key], now[key]) for label, key in MACHINE.items()
+            if key in before and key in now and before[key] != now[key]]  # fmt: skip
 
 
 def cpu() -> str:

@@ -22,6 +22,7 @@ from fmtk.errors import FmtkError
 from fmtk.recipe import Recipe
 from fmtk.runfolder import CONFIG, METRICS_CSV, METRICS_JSON, read_config, read_history, read_results
 from fmtk.training.engines import SpeedOptions
+from fmtk.version import machine_changes
 
 GOLDEN_FILES = (CONFIG, METRICS_CSV, METRICS_JSON)
 DEFAULT_TOLERANCE = 1e-3  # absolute, on another machine or torch
@@ -43,32 +44,25 @@ class Golden:
 def inexact_because(golden: dict[str, Any], config: dict[str, Any]) -> str:
     """Why a run of ``config`` (its config.json) cannot meet the golden run of ``golden`` bit for
     bit ("" when it can): what decides a run's last bits besides its recipe differs (torch, the
-    CPU, the threads, the kind of device; on a GPU its name, CUDA and cuDNN), or the run is a GPU
+    CPU, on a GPU its name, CUDA and cuDNN; the threads, the kind of device), or the run is a GPU
     run without deterministic kernels."""
-    theirs, ours = _machine(golden), _machine(config)
-    differ = [
-        f"{name} {theirs[name]} there, {ours[name]} here"
-        for name in theirs
-        if name in ours and theirs[name] != ours[name]  # a GPU's own names on a GPU only
-    ]
+    differ = machine_changes(golden.get("versions", {}), config.get("versions", {}))
+    for name, there, here in [
+        ("threads", golden.get("speed", {}).get("threads"), config.get("speed", {}).get("threads")),
+        ("device", device_type(golden), device_type(config)),
+    ]:
+        if there != here:
+            differ.append((name, there, here))
     if differ:
-        return "; ".join(differ)
-    if ours["device"] != "cpu" and not config.get("speed", {}).get("deterministic"):
+        return "; ".join(f"{name} {there} there, {here} here" for name, there, here in differ)
+    if device_type(config) != "cpu" and not config.get("speed", {}).get("deterministic"):
         return "a GPU run without --deterministic is not repeatable bit for bit"
     return ""
 
 
-def _machine(config: dict[str, Any]) -> dict[str, Any]:
-    """What decides a run's last bits besides its recipe, by name, from its config.json."""
-    versions = config.get("versions", {})
-    machine = {
-        "torch": versions.get("torch"), "CPU": versions.get("cpu"),
-        "threads": config.get("speed", {}).get("threads"),
-        "device": str(config.get("device", "cpu")).split(":")[0],
-    }  # fmt: skip
-    if machine["device"] != "cpu":
-        machine.update(GPU=versions.get("gpu"), CUDA=versions.get("cuda"), cuDNN=versions.get("cudnn"))
-    return machine
+def device_type(config: dict[str, Any]) -> str:
+    """The kind of device a run's config.json says it ran on: ``cpu`` or ``cuda``."""
+    return str(config.get("device", "cpu")).split(":")[0]
 
 
 @dataclass(frozen=True)
@@ -141,7 +135,7 @@ def golden_speed(golden: Golden, device: torch.device) -> SpeedOptions:
     """The speed options of a run on ``device`` compared with ``golden``: its recorded ones,
     threads and deterministic kernels included (they change the float sums), so that on the same
     machine it can be exact; its precision only on the same kind of device."""
-    same_type = str(golden.config.get("device", "cpu")).split(":")[0] == device.type
+    same_type = device_type(golden.config) == device.type
     return SpeedOptions().carried_on(golden.config.get("speed", {}), same_device_type=same_type)
 
 
@@ -154,7 +148,7 @@ def compare(golden: Golden, run_dir: Path, tolerance: float | None = None) -> Di
     if tolerance is None:
         tolerance = DEFAULT_TOLERANCE if inexact else 0.0
     if tolerance == 0:
-        same = "torch, CPU and threads" if _machine(config)["device"] == "cpu" else (
+        same = "torch, CPU and threads" if device_type(config) == "cpu" else (
             "torch, CPU, threads, GPU, CUDA and cuDNN, deterministic kernels")  # fmt: skip
         how = f"compared exactly: same {same}"
     else:

@@ -29,6 +29,7 @@ from fmtk.runfolder import (
 from fmtk.training.checkpoints import STOP, ResumePoint, load_model_weights, restore
 from fmtk.training.engines import SpeedOptions
 from fmtk.training.handlers import EARLY_STOPPING
+from fmtk.version import machine_changes, versions
 
 if TYPE_CHECKING:
     from fmtk.training.parts import Parts
@@ -94,13 +95,14 @@ class Start:
 
     def changes(self, parts: Parts) -> str | None:
         """One line of what a resumed run does differently from its epochs before (another kind of
-        device, speed options other than those recorded), or None; on CUDA without
+        device, another torch, CPU or GPU, speed options other than those recorded), or None; on CUDA without
         ``deterministic`` also that its epochs will not be bit for bit an uninterrupted run's."""
         if self.point is None:
             return None
         recorded = self.recorded.get("speed", {})
         changes = [] if self.point.same_device_type else [f"on {parts.device}, not {self.point.trained_on}"]
-        settings = [
+        machine = machine_changes(self.recorded.get("versions", {}), versions(parts.device))
+        settings = [f"{label} {now}, not {before}" for label, before, now in machine] + [
             f"{name} {value}, not {recorded[name]}"
             for name, value in parts.speed.config().items()
             if name in recorded and recorded[name] != value

@@ -157,6 +157,26 @@ def test_a_resumed_run_keeps_its_speed_options_and_says_what_it_changes(tmp_path
     ]
 
 
+def test_a_run_resumed_with_another_torch_or_cpu_says_so(tmp_path: Path) -> None:
+    # As if the run's first epoch had been trained elsewhere: its config.json's versions edited.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    build_run("digits_mlp", run_dir, CPU, echo=None, epochs=1).run()
+    config = json.loads((run_dir / "config.json").read_text())
+    now = dict(config["versions"])
+    config["versions"].update(torch="2.13.0", cpu="aarch64, Neoverse-V2, SVE256")
+    (run_dir / "config.json").write_text(json.dumps(config))
+    lines: list[str] = []
+    resumed = build_run(
+        "digits_mlp", run_dir, CPU, echo=lines.append, resume_from=find_last_checkpoint(run_dir), epochs=2
+    )
+    resumed.folder.close()
+    assert lines[0] == (
+        f"resuming with torch {now['torch']}, not 2.13.0; CPU {now['cpu']}, not aarch64, Neoverse-V2, "
+        "SVE256: the epochs from here on will not be exactly those of an uninterrupted run"
+    )
+
+
 def test_deterministic_kernels_are_set_for_a_run_that_asks_and_unset_for_one_that_does_not(
     tmp_path: Path,
 ) -> None:
