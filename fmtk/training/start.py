@@ -95,8 +95,9 @@ class Start:
 
     def changes(self, parts: Parts) -> str | None:
         """One line of what a resumed run does differently from its epochs before (another kind of
-        device, another torch, CPU or GPU, speed options other than those recorded), or None; on CUDA without
-        ``deterministic`` also that its epochs will not be bit for bit an uninterrupted run's."""
+        device, another torch, CPU or GPU, speed options other than those recorded), or None; on
+        CUDA without ``deterministic`` also that its epochs will not be bit for bit an uninterrupted
+        run's."""
         if self.point is None:
             return None
         recorded = self.recorded.get("speed", {})
