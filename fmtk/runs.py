@@ -59,13 +59,14 @@ def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
     """The row of one run folder: ``run`` (its path relative to ``root``), ``recipe``, ``preset``,
     ``changed`` (dict, or None when config.json does not say), ``epochs_done``, ``epochs_max``,
     ``best_valid_accuracy``, ``test_accuracy_best``, ``test_accuracy_last``, ``train_seconds``,
-    ``state`` (one of :data:`STATES`), ``started`` (when, ISO 8601 in UTC: :func:`_started`) and
+    ``device`` (the GPU's name for a run on a GPU, else config.json's device: ``cpu``), ``state``
+    (one of :data:`STATES`), ``started`` (when, ISO 8601 in UTC: :func:`_started`) and
     ``error`` (why it is unreadable, else None); a value the files do not give is None."""
     row: dict[str, Any] = {
         "run": run_dir.relative_to(root).as_posix(),
         "recipe": None, "preset": None, "changed": None, "epochs_done": None, "epochs_max": None,
         "best_valid_accuracy": None, "test_accuracy_best": None, "test_accuracy_last": None,
-        "train_seconds": None, "state": None, "error": None, "started": None,
+        "train_seconds": None, "device": None, "state": None, "error": None, "started": None,
     }  # fmt: skip
     running = is_running(run_dir)
     results = None
@@ -77,6 +78,8 @@ def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
         row["changed"] = changed if isinstance(changed, dict) else None
         row["epochs_max"] = _integer(config.get("epochs"))
         row["started"] = _started(config.get("started"), run_dir.name)
+        versions = config.get("versions") if isinstance(config.get("versions"), dict) else {}
+        row["device"] = _text(versions.get("gpu")) or _text(config.get("device"))
         results = read_results(run_dir)
         if results is None:  # not ended: what the finished epochs wrote
             row["epochs_done"], row["best_valid_accuracy"] = _read_history(run_dir)
@@ -251,6 +254,7 @@ COLUMNS = [
     _percent_column("test_acc_best", "test_accuracy_best"),
     _percent_column("test_acc_last", "test_accuracy_last"),
     Column("train_seconds", _seconds, True, lambda row: row["train_seconds"], True),
+    Column("device", lambda row: row["device"] or "-", False, lambda row: row["device"], False),
     Column("state", lambda row: row["state"], False, lambda row: STATES.index(row["state"]), False),
 ]
 _STARTED = Column("started", str, False, lambda row: row["started"], True)  # not shown: the run tells

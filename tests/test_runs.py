@@ -91,7 +91,7 @@ def test_each_state_with_its_columns(tmp_path: Path) -> None:
     assert rows[2] == {
         "run": "mnist_dnn/20260101-100000", "recipe": "mnist_dnn", "preset": None, "changed": {"lr": 0.05},
         "epochs_done": 3, "epochs_max": 3, "best_valid_accuracy": 0.8, "test_accuracy_best": 0.91,
-        "test_accuracy_last": 0.9, "train_seconds": 12.5, "state": "finished", "error": None,
+        "test_accuracy_last": 0.9, "train_seconds": 12.5, "device": None, "state": "finished", "error": None,
         "started": datetime(2026, 1, 1, 10).astimezone(timezone.utc).isoformat(),  # the folder's name, local
     }  # fmt: skip
     assert [row["state"] for row in rows] == ["interrupted", "interrupted", "finished", "stopped early"]
@@ -101,16 +101,34 @@ def test_each_state_with_its_columns(tmp_path: Path) -> None:
     assert (rows[1]["epochs_done"], rows[1]["best_valid_accuracy"]) == (0, None)
     assert format_runs_table(rows).splitlines() == [
         "run                         recipe      preset  changed  epochs  best_valid_acc  test_acc_best"
-        "  test_acc_last  train_seconds  state",
+        "  test_acc_last  train_seconds  device  state",
         "fmnist_cnn/20260102-090000  fmnist_cnn  -       ?          3/20          90.00%              -"
-        "              -              -  interrupted",
+        "              -              -  -       interrupted",
         "fmnist_cnn/20260102-100000  fmnist_cnn  -       ?          0/20               -              -"
-        "              -              -  interrupted",
+        "              -              -  -       interrupted",
         "mnist_dnn/20260101-100000   mnist_dnn   -       lr=0.05     3/3          80.00%         91.00%"
-        "         90.00%           12.5  finished",
+        "         90.00%           12.5  -       finished",
         "mnist_dnn/20260101-110000   mnist_dnn   -       -          2/10          65.00%         64.00%"
-        "         62.00%           12.5  stopped early",
+        "         62.00%           12.5  -       stopped early",
     ]
+
+
+def test_the_device_column_names_the_gpu_a_run_trained_on(tmp_path: Path) -> None:
+    places = {
+        "a/20260101-100000": {"device": "cpu", "versions": {"cpu": "x86_64, AMD EPYC, AVX512"}},
+        "b/20260101-100000": {"device": "cuda:0", "versions": {"gpu": "NVIDIA H200", "cuda": "13.0"}},
+        "c/20260101-100000": {"device": "cuda"},  # a GPU run of an fmtk that did not record the GPU
+    }
+    for run, where in places.items():
+        run_dir = make_run(tmp_path, run, [0.5])
+        config = json.loads((run_dir / CONFIG).read_text())
+        write_json(run_dir / CONFIG, {**config, **where})
+    rows = list_runs(tmp_path)
+    assert [row["device"] for row in rows] == ["cpu", "NVIDIA H200", "cuda"]
+    assert [re.split(r"\s{2,}", line)[-2] for line in format_runs_table(rows).splitlines()] == [
+        "device", "cpu", "NVIDIA H200", "cuda"
+    ]  # fmt: skip
+    assert [row["device"] for row in sort_runs(rows, "device")] == ["NVIDIA H200", "cpu", "cuda"]
 
 
 def test_run_folders_are_found_at_any_depth_but_not_in_iterations(tmp_path: Path) -> None:
