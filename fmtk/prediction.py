@@ -23,7 +23,7 @@ def answer_images(
     """Per image of ``sources`` (folders: their image files), in order, ``{"file", "predictions"}``:
     its ``top`` most probable classes by ``probabilities_of`` a float CPU batch; or ``{"file",
     "error"}`` when it cannot be read. Each chunk of images (:func:`read_pixels`, in as many threads
-    as torch's) is answered as soon as it is read, before the next is."""
+    as torch's) is answered as soon as it is read, while the next is read."""
     sources = image_files(sources)
     for good, pixels, bad in read_pixels(sources, image_input, threads=torch.get_num_threads()):
         answers = {index: {"file": source_name(sources[index], index), "error": why} for index, why in bad}
@@ -31,7 +31,7 @@ def answer_images(
             probabilities = probabilities_of(image_input.normalise(pixels))
             for index, predictions in zip(good, top_classes(probabilities, classes, top), strict=True):
                 answers[index] = {"file": source_name(sources[index], index), "predictions": predictions}
-        del pixels  # before the next chunk is read
+        del pixels  # before the chunk after the next is read
         yield from (answers[index] for index in sorted(answers))
 
 

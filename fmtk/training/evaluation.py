@@ -332,8 +332,8 @@ def evaluate_folder(
     recipe's test-time augmentation; photos that cannot be read are left out and listed.
 
     The photos are decoded (in as many threads as torch's), evaluated and dropped a chunk at a time
-    (:data:`CHUNK_BYTES`), in one pass that also ranks the wrong ones; those pictured among them are
-    read again at the end."""
+    (:data:`CHUNK_BYTES`), the next decoded while this one is evaluated, in one pass that also ranks
+    the wrong ones; those pictured among them are read again at the end."""
     recipe, model, path, classes = load_trained_model(run_dir, checkpoint, device, recipe)
     samples = labelled_photos(folder, classes)
     files, labels = [file for file, _ in samples], torch.tensor([label for _, label in samples])
@@ -350,17 +350,14 @@ def evaluate_folder(
                 pixels.to(device), labels[good].to(device), batch_size, shard=(0, 1),
                 scale=image_input.scale, mean=image_input.mean, std=image_input.std,
             )  # fmt: skip
-            del pixels  # before the next chunk is decoded
+            del pixels  # before the chunk after the next is decoded
 
     stream = batches()
     first = next(stream, None)  # Ignite's evaluator would fail on nothing with its own message
     if first is None:
         raise FmtkError(f"--folder {folder}: none of its {len(files)} photos can be read: {unreadable[0][1]}")
-    ranking, tested, loss_fn = (
-        LossRanking(),
-        tested_model(recipe, model),
-        loss_on(recipe.loss(recipe), device),
-    )
+    ranking = LossRanking()
+    tested, loss_fn = tested_model(recipe, model), loss_on(recipe.loss(recipe), device)
     whole = itertools.chain([first], stream)
     evaluation = evaluate(tested, whole, classes, device, loss_fn, recipe.make_metrics(), ranking.add)
     wrong = ranking.top(classes, [files[index] for index in kept])
