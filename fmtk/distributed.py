@@ -11,6 +11,7 @@ import contextlib
 import gc
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -66,9 +67,22 @@ def process_device(device: torch.device) -> torch.device:
 def launch(function: Callable[..., Any], settings: Any, nproc_per_node: int | None, backend: str) -> None:
     """Run ``function(local_rank, settings)`` in each process: ``nproc_per_node`` spawned ones, or
     this process as one rank of a ``torchrun`` group (``nproc_per_node`` None)."""
-    spawn = {"nproc_per_node": nproc_per_node} if nproc_per_node else {}
+    spawn: dict[str, Any] = {}
+    if nproc_per_node:
+        spawn["nproc_per_node"] = nproc_per_node
+        if "MASTER_PORT" not in os.environ:  # Ignite's default, 2222, fails a second job on the machine
+            spawn["master_port"] = free_port()
     with quiet_ignite(), idist.Parallel(backend=backend, **spawn) as parallel:
         parallel.run(_run_then_free_the_group, function, settings)
+
+
+def free_port() -> int:
+    """A TCP port that no one listens on now, for the rendezvous of spawned processes (as
+    Lightning's ``find_free_network_port``): a fixed one makes every multi-process run on a
+    machine after the first fail (``EADDRINUSE``) while the first lasts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _run_then_free_the_group(local_rank: int, function: Callable[..., Any], settings: Any) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from torch.utils.data import TensorDataset
 
 from fmtk.data.batches import TensorBatches
 from fmtk.data.images import LoaderBatches
-from fmtk.distributed import launch
+from fmtk.distributed import free_port, launch
 
 
 def sample_ids(batches) -> list[list[int]]:
@@ -122,6 +121,43 @@ def test_two_gloo_processes_train_resume_and_match_one_process(
 
 
 @pytest.mark.slow  # several processes, each importing torch
+@pytest.mark.slow  # several processes, each importing torch
+def test_two_multi_process_runs_train_side_by_side_on_one_machine(tmp_path: Path) -> None:
+    # Each spawned job meets its processes on a port of its own: with a fixed one (Ignite's 2222) the
+    # second failed with EADDRINUSE while the first trained.
+    env = {name: value for name, value in os.environ.items() if name != "MASTER_PORT"}
+    jobs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fmtk",
+                "run",
+                "digits_mlp",
+                "--nproc-per-node",
+                "2",
+                "--epochs",
+                "2",
+                "--device",
+                "cpu",
+                "--run-dir",
+                run,
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for run in ("first", "second")
+    ]
+    for job in jobs:
+        _, stderr = job.communicate(timeout=600)
+        assert job.returncode == 0, stderr
+    first, second = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("first", "second"))
+    assert first["processes"] == second["processes"] == 2 and first["test"] == second["test"]
+
+
 def test_errors_in_spawned_processes_are_one_line_and_leave_nothing(tmp_path: Path) -> None:
     done = fmtk_command("run", "digits_mlp", "--nproc-per-node", "3", "--output-dir", "runs", cwd=tmp_path)
     assert done.returncode == 1
@@ -192,11 +228,8 @@ def _train_one_step(local_rank: int, keep: list) -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads thread names in /proc")
 def test_launch_frees_the_process_group_before_returning(monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
     for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                        "MASTER_PORT": str(port)}.items():  # fmt: skip
+                        "MASTER_PORT": str(free_port())}.items():  # fmt: skip
         monkeypatch.setenv(name, value)
     assert not _group_threads(_threads())
     during: list[list[str]] = []
