@@ -23,7 +23,7 @@ from conftest import (
     make_photos,
     tree_snapshot,
 )
-from PIL import Image
+from PIL import ExifTags, Image
 
 import fmtk as toolkit
 from fmtk.exported import load_exported
@@ -42,7 +42,8 @@ def trained(tmp_path: Path, recipe: str, *args: str) -> Path:
 
 
 def grey_and_colour_files(folder: Path, count: int = 5) -> list[Path]:
-    """Image files of several modes and sizes (what a user hands fmtk predict)."""
+    """Image files of several modes and sizes (what a user hands fmtk predict), and a phone's JPEG
+    with an EXIF orientation and a 16-bit grey PNG."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -51,6 +52,13 @@ def grey_and_colour_files(folder: Path, count: int = 5) -> list[Path]:
         image = Image.fromarray(pixels).convert(["RGB", "L", "RGBA"][index % 3])
         paths.append(folder / f"image{index}.png")
         image.save(paths[-1])
+    phone = Image.fromarray(rng.integers(0, 256, size=(24, 40, 3)).astype(np.uint8))
+    exif = phone.getexif()
+    exif[ExifTags.Base.Orientation] = 6  # a phone held upright: the sensor's rows, turned on viewing
+    paths.append(folder / "phone.jpg")
+    phone.save(paths[-1], exif=exif)
+    paths.append(folder / "grey16.png")
+    Image.fromarray(rng.integers(0, 65536, size=(30, 26)).astype(np.uint16)).save(paths[-1])
     return paths
 
 
@@ -124,7 +132,8 @@ def test_the_onnx_file_holds_its_metadata_and_a_dynamic_batch(small_data: Path, 
     model = onnx.load(str(done.path))
     metadata = json.loads({p.key: p.value for p in model.metadata_props}["fmtk"])
     assert metadata["input"] == {"size": 28, "channels": 1, "mean": [0.0], "std": [1.0], "scale": 255.0,
-                                 "mode": "L", "resize": "bilinear", "layout": "NCHW"}  # fmt: skip
+                                 "mode": "L", "resize": "bilinear", "layout": "NCHW",
+                                 "orientation": "exif", "grey16": "high byte"}  # fmt: skip
     assert metadata["output"] == "probabilities" and metadata["classes"] == [str(d) for d in range(10)]
     [images] = model.graph.input
     assert images.name == "images"

@@ -13,6 +13,10 @@ import torch
 
 from fmtk.errors import FmtkError
 
+# Part of every cache's key: changed whenever decoding gives a photo other pixels, so that no cache
+# of the old pixels is read again. 2: upright (fmtk.data.image_input.upright).
+DECODING = 2
+
 
 def cache_folder() -> Path:
     """Where decoded image caches go: ``$FMTK_CACHE``, else ``~/.cache/fmtk``."""
@@ -23,9 +27,9 @@ def cached_decode_images(
     samples: list[tuple[str, int]], folder: Path, image_size: int, decode: Callable[..., torch.Tensor]
 ) -> torch.Tensor:
     """``decode(samples, image_size)`` (:func:`fmtk.data.images.decode_images`) through a ``.npy``
-    file in :func:`cache_folder`, keyed by the image size and every file's path (relative to
-    ``folder``), size and modification time (any change: a new file)."""
-    key = hashlib.sha256(str(image_size).encode())
+    file in :func:`cache_folder`, keyed by :data:`DECODING`, the image size and every file's path
+    (relative to ``folder``), size and modification time (any change: a new file)."""
+    key = hashlib.sha256(f"{DECODING}\0{image_size}".encode())
     for path, _ in samples:
         status = os.stat(path)
         key.update(f"{os.path.relpath(path, folder)}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 
 from fmtk.data.batches import scale_pixels
 from fmtk.device import usable_cores
@@ -25,18 +25,48 @@ MODES = {1: "L", 3: "RGB"}
 DECODERS = "fmtk-decoder"  # the name of read_pixels' threads
 
 
+# EXIF orientation → the turn that shows the photo as a viewer does: Pillow's ImageOps.exif_transpose
+# table. Not exif_transpose itself: it also rewrites the EXIF block, and fails on a malformed one
+# (TypeError, struct.error) that takes nothing from the pixels.
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}  # fmt: skip
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` as a viewer shows it: turned by its EXIF orientation (a phone stores the sensor's
+    rows and the turn in a tag), and 16-bit grey (PNG, TIFF) as 8-bit grey by its high byte, as
+    Pillow reads 16-bit colour (its own conversion of 16-bit grey saturates it to white). 32-bit
+    pixels have no range to map: ValueError (the file is named as one that cannot be read)."""
+    turn = UPRIGHT.get(image.getexif().get(ExifTags.Base.Orientation))
+    if turn is not None:
+        image = image.transpose(turn)
+    if image.mode == "I":  # 16-bit grey as older Pillows open it, or 32-bit integers
+        low, high = image.getextrema()
+        if low < 0 or high > 0xFFFF:
+            raise ValueError(f"32-bit pixels, {low} to {high}: save the image with 8 or 16 bits")
+    elif image.mode == "F":
+        raise ValueError("32-bit float pixels: save the image with 8 or 16 bits")
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(image) >> 8).astype(np.uint8), "L")
+    return image
+
+
 def resize_rgb(image: Image.Image, image_size: int) -> np.ndarray:
-    """An image of any mode (L, CMYK, RGBA…) as an RGB uint8 array of image_size × image_size."""
+    """An image of any mode (L, CMYK, RGBA, 16-bit grey…), :func:`upright`, as an RGB uint8 array of
+    image_size × image_size."""
     # JPEG only: let the decoder downscale by 1/2, 1/4 or 1/8 while staying ≥ the target.
     image.draft("RGB", (image_size, image_size))
-    return np.asarray(image.convert("RGB").resize((image_size, image_size), Image.BILINEAR))
+    return np.asarray(upright(image).convert("RGB").resize((image_size, image_size), Image.BILINEAR))
 
 
 @dataclass(frozen=True)
 class ImageInput:
-    """An image of any mode, converted to ``channels`` (1: grey, 3: RGB), resized bilinearly to
-    ``size`` × ``size``, its 0…255 values divided by ``scale``, then ``(x - mean) / std`` per
-    channel: the model's ``channels × size × size`` float input."""
+    """An image of any mode, :func:`upright`, converted to ``channels`` (1: grey, 3: RGB), resized
+    bilinearly to ``size`` × ``size``, its 0…255 values divided by ``scale``, then ``(x - mean) /
+    std`` per channel: the model's ``channels × size × size`` float input."""
 
     size: int
     channels: int = 3
@@ -70,7 +100,7 @@ class ImageInput:
         """The uint8 ``channels × size × size`` pixels, before scaling."""
         if self.channels == 3:  # the decoder of the photo recipes' training images
             return torch.from_numpy(resize_rgb(image, self.size).copy()).permute(2, 0, 1)
-        grey = np.asarray(image.convert("L").resize((self.size, self.size), Image.BILINEAR))
+        grey = np.asarray(upright(image).convert("L").resize((self.size, self.size), Image.BILINEAR))
         return torch.from_numpy(grey.copy()).unsqueeze(0)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
@@ -84,9 +114,11 @@ class ImageInput:
         return scale_pixels(pixels, self.scale, mean, std)
 
     def to_dict(self) -> dict:
-        """As JSON holds it (``mode``: the PIL mode the image is converted to; ``resize``: how)."""
+        """As JSON holds it (``mode``: the PIL mode the image is converted to; ``resize``: how;
+        ``orientation``, ``grey16``: how it is made :func:`upright` first)."""
         values = {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
-        return {**values, "mode": MODES[self.channels], "resize": "bilinear", "layout": "NCHW"}
+        return {**values, "mode": MODES[self.channels], "resize": "bilinear", "layout": "NCHW",
+                "orientation": "exif", "grey16": "high byte"}  # fmt: skip
 
     @classmethod
     def from_dict(cls, values: dict) -> ImageInput:

@@ -1,16 +1,19 @@
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_image_folder, tree_snapshot
-from PIL import Image
+from PIL import ExifTags, Image
 from torch.utils.data import DataLoader
 
+from fmtk.data import image_cache
 from fmtk.data.augment import Augmentation
 from fmtk.data.folders import load_catdog
+from fmtk.data.image_input import ImageInput
 from fmtk.data.images import LoaderBatches, decode_image, decode_image_folder, loader_workers, usable_cores
 from fmtk.errors import FmtkError
 
@@ -25,6 +28,62 @@ def test_decode_image_folder_converts_every_mode_to_rgb(tmp_path: Path) -> None:
     images, labels, classes = decode_image_folder(folder, image_size=16)
     assert images.shape == (9, 3, 16, 16) and images.dtype == torch.uint8
     assert classes == ["cats", "dogs"] and labels.tolist() == [0] * 4 + [1] * 5
+
+
+@pytest.mark.parametrize("orientation, turn", [(1, 0), (3, 2), (6, -1), (8, 1)])
+def test_a_photo_is_decoded_upright_as_a_viewer_shows_it(tmp_path: Path, orientation: int, turn: int) -> None:
+    pixels = np.random.default_rng(orientation).integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[ExifTags.Base.Orientation] = orientation  # 6: a phone held upright; 3: upside down
+    image.save(tmp_path / "photo.png", exif=exif)  # PNG: lossless, and 16 px decoded at 16: no resizing
+    upright = np.rot90(pixels, turn)  # counter-clockwise quarter turns
+    np.testing.assert_array_equal(decode_image(tmp_path / "photo.png", 16), upright)
+    with Image.open(tmp_path / "photo.png") as opened:
+        grey = ImageInput(16, channels=1).pixels(opened)[0].numpy()
+    expected = Image.fromarray(np.ascontiguousarray(upright)).convert("L")
+    np.testing.assert_array_equal(grey, np.asarray(expected))
+
+
+def test_a_phone_jpeg_decoded_small_is_upright(tmp_path: Path) -> None:
+    pixels = np.zeros((60, 100, 3), np.uint8)
+    pixels[:, :30] = 255  # a white band on the stored rows' left: on top once turned (orientation 6)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[ExifTags.Base.Orientation] = 6
+    image.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    decoded = decode_image(tmp_path / "phone.jpg", 10).mean(axis=2)  # JPEG draft: decoded at 1/4 first
+    assert decoded[:2].min() > 240 and decoded[5:].max() < 15
+
+
+def test_a_malformed_exif_block_does_not_cost_the_photo(tmp_path: Path) -> None:
+    # Orientation 6, and a resolution written as text where a fraction belongs: Pillow reads it, and
+    # its ImageOps.exif_transpose fails rewriting it (TypeError: bad operand type for abs(): 'str').
+    entries = [struct.pack("<HHII", 0x0112, 3, 1, 6), struct.pack("<HHI4s", 0x011A, 2, 3, b"ab\0\0")]
+    ifd = struct.pack("<H", len(entries)) + b"".join(entries) + struct.pack("<I", 0)
+    pixels = np.zeros((16, 16, 3), np.uint8)
+    pixels[:, :4] = 255  # a band on the stored rows' left: on top once turned
+    Image.fromarray(pixels).save(tmp_path / "odd.png", exif=b"Exif\0\0II*\0" + struct.pack("<I", 8) + ifd)
+    np.testing.assert_array_equal(decode_image(tmp_path / "odd.png", 16), np.rot90(pixels, -1))
+
+
+def test_16_bit_grey_is_read_by_its_high_byte_and_32_bit_pixels_are_named(tmp_path: Path) -> None:
+    wide = np.random.default_rng(0).integers(0, 65536, (12, 12)).astype(np.uint16)
+    Image.fromarray(wide).save(tmp_path / "grey16.png")
+    Image.fromarray(wide).save(tmp_path / "grey16.tif")
+    Image.fromarray(wide.astype(np.int32)).save(tmp_path / "int32.tif")  # mode I, within 16 bits
+    high = (wide >> 8).astype(np.uint8)  # Pillow's own convert("RGB") gives almost all 255 here
+    for name in ("grey16.png", "grey16.tif", "int32.tif"):
+        rgb = decode_image(tmp_path / name, 12)
+        np.testing.assert_array_equal(rgb, np.repeat(high[..., None], 3, axis=2))
+        with Image.open(tmp_path / name) as opened:
+            np.testing.assert_array_equal(ImageInput(12, channels=1).pixels(opened)[0].numpy(), high)
+    Image.fromarray(wide.astype(np.int32) * 1000).save(tmp_path / "big.tif")
+    Image.fromarray(wide.astype(np.float32) / 65535).save(tmp_path / "float.tif")
+    for name, why in (("big.tif", "32-bit pixels, "), ("float.tif", "32-bit float pixels")):
+        with pytest.raises(FmtkError) as raised:
+            decode_image(tmp_path / name, 12)
+        assert str(raised.value).startswith(f"{tmp_path / name}: cannot decode image ({why}")
 
 
 def test_decode_image_names_a_corrupt_file(tmp_path: Path) -> None:
@@ -109,6 +168,9 @@ def test_file_cache_is_reused_and_keyed_by_the_files(
     changed = load_catdog(catdog_root, 16, 8, CPU, seed=0, data_cache="file")
     assert len(changed.test.labels) == len(memory.test.labels) + 1  # a new file: a new cache
     assert len(list((tmp_path / "cache").glob("test_set-*.npy"))) == 2
+    monkeypatch.setattr(image_cache, "DECODING", image_cache.DECODING + 1)  # decoding gives new pixels
+    load_catdog(catdog_root, 16, 8, CPU, seed=0, data_cache="file")
+    assert len(list((tmp_path / "cache").glob("test_set-*.npy"))) == 3  # the old pixels are not read
 
 
 def test_dataloader_path_gives_the_cached_paths_batches(catdog_root: Path) -> None:
