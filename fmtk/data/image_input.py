@@ -145,12 +145,19 @@ def image_files(sources: Sequence[Source]) -> list[Source]:
         found = sorted(
             path
             for path in Path(source).rglob("*")
-            if path.suffix.lower() in IMG_EXTENSIONS and path.is_file()
+            if path.suffix.lower() in IMG_EXTENSIONS and path.is_file() and not hidden(path, source)
         )
         if not found:
             raise FmtkError(f"{source}: a folder without image files ({' '.join(IMG_EXTENSIONS)})")
         listed.extend(found)
     return listed
+
+
+def hidden(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` below ``folder`` is hidden or in a hidden folder: a name that starts with a
+    dot. No one means those as photos or classes: macOS's ``._IMG_0001.jpg`` (what a Mac leaves
+    beside each photo on a USB or network disk), Jupyter's ``.ipynb_checkpoints``."""
+    return any(part.startswith(".") for part in Path(path).relative_to(folder).parts)
 
 
 def source_name(source: Source, index: int) -> str:

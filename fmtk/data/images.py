@@ -6,6 +6,7 @@ flipping and normalising whole batches on the device, keeps the epoch loop free 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,15 @@ from fmtk.data.batches import (
     scale_pixels,
 )
 from fmtk.data.image_cache import cache_folder, cached_decode_images
-from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD, ImageInput, read_all, read_pixels, resize_rgb
+from fmtk.data.image_input import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageInput,
+    hidden,
+    read_all,
+    read_pixels,
+    resize_rgb,
+)
 from fmtk.device import usable_cores
 from fmtk.errors import FmtkError
 
@@ -47,18 +56,28 @@ def _decode(path: str | Path, image_size: int) -> np.ndarray:
 
 
 def list_image_folder(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
-    """``(path, class_index)`` pairs and class names of a ``folder/<class>/<image>`` tree."""
+    """``(path, class_index)`` pairs and class names of a ``folder/<class>/<image>`` tree, without
+    anything :func:`hidden`."""
     # Here, not at the top: importing torchvision takes ~1 s, which recipes without image folders
     # (MNIST, digits) would pay at every start (benchmarks/speed.py --whole-job).
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 
     if not folder.is_dir():
         raise FmtkError(f"image folder not found: {folder}{NO_FOLDER_HINT}")
+    with os.scandir(folder) as entries:  # torchvision's find_classes, without hidden folders
+        classes = sorted(entry.name for entry in entries if entry.is_dir() and not hidden(entry, folder))
+    if not classes:
+        raise FmtkError(f"{folder}: no class folder in it (PHOTOS/<class>/*.jpg)")
+
+    def is_photo(path: str) -> bool:
+        return has_file_allowed_extension(path, IMG_EXTENSIONS) and not hidden(path, folder)
+
+    class_to_index = {name: index for index, name in enumerate(classes)}
     try:
-        classes, class_to_index = find_classes(str(folder))
-        samples = make_dataset(str(folder), class_to_index, extensions=IMG_EXTENSIONS)
+        samples = make_dataset(str(folder), class_to_index, is_valid_file=is_photo)
     except FileNotFoundError as error:  # torchvision's message names the empty class folders
-        raise FmtkError(f"{folder}: {str(error).splitlines()[0]}") from None
+        extensions = ", ".join(IMG_EXTENSIONS)
+        raise FmtkError(f"{folder}: {str(error).strip()} Supported extensions are: {extensions}") from None
     return samples, classes
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 import struct
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from torch.utils.data import DataLoader
 from fmtk.data import image_cache
 from fmtk.data.augment import Augmentation
 from fmtk.data.folders import load_catdog
-from fmtk.data.image_input import ImageInput
+from fmtk.data.image_input import ImageInput, image_files
 from fmtk.data.images import LoaderBatches, decode_image, decode_image_folder, loader_workers, usable_cores
 from fmtk.errors import FmtkError
 
@@ -84,6 +85,25 @@ def test_16_bit_grey_is_read_by_its_high_byte_and_32_bit_pixels_are_named(tmp_pa
         with pytest.raises(FmtkError) as raised:
             decode_image(tmp_path / name, 12)
         assert str(raised.value).startswith(f"{tmp_path / name}: cannot decode image ({why}")
+
+
+def test_hidden_files_and_folders_are_neither_photos_nor_classes(tmp_path: Path) -> None:
+    folder = make_image_folder(tmp_path / "photos", per_class=3)
+    images, labels, classes = decode_image_folder(folder, image_size=16)
+    (folder / "cats" / "._cat.0.jpg").write_bytes(b"\x00\x05\x16\x07" + bytes(80))  # a Mac's resource fork
+    (folder / ".ipynb_checkpoints").mkdir()  # Jupyter's: would be an empty class
+    (folder / "dogs" / ".thumbnails").mkdir()
+    shutil.copy(folder / "cats" / "cat.0.jpg", folder / "dogs" / ".thumbnails" / "cat.0.jpg")
+    again = decode_image_folder(folder, image_size=16)
+    assert again[2] == classes and torch.equal(again[1], labels) and torch.equal(again[0], images)
+    assert image_files([folder]) == sorted(folder.glob("*/[!.]*.jpg"))  # fmtk predict FOLDER
+
+
+def test_a_folder_without_class_folders_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "photos" / ".git").mkdir(parents=True)
+    Image.new("RGB", (20, 20)).save(tmp_path / "photos" / "cat.jpg")
+    with pytest.raises(FmtkError, match=r"photos: no class folder in it \(PHOTOS/<class>/\*\.jpg\)$"):
+        decode_image_folder(tmp_path / "photos", image_size=16)
 
 
 def test_decode_image_names_a_corrupt_file(tmp_path: Path) -> None:
