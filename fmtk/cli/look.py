@@ -208,11 +208,13 @@ def evaluate_split(
 
 def evaluate_new_folder(run_dir: Path, folder: Path, checkpoint: str, device: torch.device) -> None:
     """``fmtk evaluate --folder``: every photo of ``folder``, the results in a new evaluations folder."""
-    from fmtk.data.images import BadImages
+    from fmtk.data.images import BadImages, others_line
     from fmtk.runfolder import new_evaluation_dir
     from fmtk.training.evaluation import evaluate_folder
 
     recipe, result = evaluate_folder(run_dir, folder, checkpoint, device)
+    if result.others:
+        click.echo(others_line(result.others))
     click.echo(f"{recipe.name}, {result.checkpoint.name}, {result.photos} photos of {folder}")
     click.echo(result.evaluation.table())
     which = checkpoint if checkpoint in (BEST, LAST) else result.checkpoint.stem

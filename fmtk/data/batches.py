@@ -177,14 +177,16 @@ class Batches(Protocol):
 @dataclass
 class DataSplits:
     """The three splits a run needs, as iterables of ``(x, y)`` batches, and the class names; and
-    the data files left out because they could not be read (``skipped``: a photo folder's
-    ``skip_bad_images``)."""
+    the data files left out: those that could not be read (``skipped``: a photo folder's
+    ``skip_bad_images``), and those of a photo folder's class folders that are not photos
+    (``others``: ``.heic``, ``.txt``…)."""
 
     train: Batches
     valid: Batches
     test: Batches
     classes: list[str]
     skipped: tuple[str, ...] = ()
+    others: tuple[str, ...] = ()
 
 
 def stratified_split(

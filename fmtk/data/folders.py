@@ -45,11 +45,13 @@ Samples = list[tuple[str, int]]
 @dataclass(frozen=True)
 class PhotoSplits:
     """Where each split's photos are: the class names, each listed folder's ``(path, label)``
-    samples, and per split its folder and the indices of its samples there."""
+    samples, and per split its folder and the indices of its samples there; and the other files of
+    the class folders (:class:`~fmtk.data.images.Listing`)."""
 
     classes: list[str]
     listed: dict[Path, Samples]
     splits: dict[str, tuple[Path, np.ndarray]]
+    others: tuple[str, ...] = ()
 
     def samples(self, split: str) -> Samples:
         folder, index = self.splits[split]
@@ -69,7 +71,7 @@ class PhotoSplits:
             )
             for split, (folder, index) in self.splits.items()
         }
-        return PhotoSplits(self.classes, listed, splits)
+        return PhotoSplits(self.classes, listed, splits, self.others)
 
 
 def split_folders(root: Path) -> dict[str, Path]:
@@ -85,7 +87,7 @@ def split_folders(root: Path) -> dict[str, Path]:
 
 def photo_classes(root: Path) -> list[str]:
     """The class names of a photo folder (those of its training folder in the split layout)."""
-    return list_image_folder(split_folders(root).get("train", root))[1]
+    return list_image_folder(split_folders(root).get("train", root)).classes
 
 
 def find_photo_splits(root: Path, valid_share: float, test_share: float, seed: int) -> PhotoSplits:
@@ -99,7 +101,7 @@ def find_photo_splits(root: Path, valid_share: float, test_share: float, seed: i
         names = ", ".join(folder.name for folder in folders.values())
         raise FmtkError(f"{root}: has {names} but no training folder ({', '.join(SPLIT_FOLDERS['train'])})")
     train_folder = folders.get("train", root)
-    samples, classes = list_image_folder(train_folder)
+    samples, classes, others = list_image_folder(train_folder)
     if len(classes) < 2:
         raise FmtkError(
             f"{train_folder}: one class folder ({', '.join(classes)}); a classifier needs two or more"
@@ -108,7 +110,8 @@ def find_photo_splits(root: Path, valid_share: float, test_share: float, seed: i
     splits: dict[str, tuple[Path, np.ndarray]] = {}
     for split in ("test", "valid"):
         if split in folders:
-            listed[folders[split]], own = list_image_folder(folders[split])
+            listed[folders[split]], own, more = list_image_folder(folders[split])
+            others += more
             if own != classes:
                 raise FmtkError(f"{folders[split]}: classes {own} differ from {train_folder}'s {classes}")
             splits[split] = (folders[split], np.arange(len(listed[folders[split]])))
@@ -118,7 +121,7 @@ def find_photo_splits(root: Path, valid_share: float, test_share: float, seed: i
             kept, held = holdout(sample_labels(samples)[train].numpy(), share, seed, train_folder, split)
             train, splits[split] = train[kept], (train_folder, train[held])
     splits["train"] = (train_folder, train)
-    return PhotoSplits(classes, listed, splits)
+    return PhotoSplits(classes, listed, splits, tuple(others))
 
 
 def holdout(
@@ -209,7 +212,7 @@ def photo_batches(
     if data_cache == "none":
         splits = tuple(found.samples(split) for split in ("train", "valid", "test"))
         data = loader_splits(splits, found.classes, image_size, batch_size, device, seed, flip_p, mean, std)
-        return dataclasses.replace(data, skipped=skipped)
+        return dataclasses.replace(data, skipped=skipped, others=found.others)
     labels = {folder: sample_labels(samples) for folder, samples in found.listed.items()}
     rows = split_rows(found.splits, images)
 
@@ -222,7 +225,8 @@ def photo_batches(
             mean=mean, std=std, names=[path for path, _ in found.samples(split)],
         )  # fmt: skip
 
-    return DataSplits(batches("train"), batches("valid"), batches("test"), found.classes, skipped)
+    splits = batches("train"), batches("valid"), batches("test")
+    return DataSplits(*splits, found.classes, skipped, found.others)
 
 
 def split_rows(

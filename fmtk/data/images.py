@@ -7,8 +7,10 @@ flipping and normalising whole batches on the device, keeps the epoch loop free 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -55,9 +57,19 @@ def _decode(path: str | Path, image_size: int) -> np.ndarray:
         return resize_rgb(image, image_size)
 
 
-def list_image_folder(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
-    """``(path, class_index)`` pairs and class names of a ``folder/<class>/<image>`` tree, without
-    anything :func:`hidden`."""
+class Listing(NamedTuple):
+    """A ``folder/<class>/<image>`` tree: ``(path, class_index)`` of each photo, the class names, and
+    the other files of the class folders (``.heic``, ``.txt``…), which torchvision cannot read as
+    photos."""
+
+    samples: list[tuple[str, int]]
+    classes: list[str]
+    others: list[str]
+
+
+def list_image_folder(folder: Path) -> Listing:
+    """The photos, classes and other files of a ``folder/<class>/<image>`` tree, without anything
+    :func:`hidden`."""
     # Here, not at the top: importing torchvision takes ~1 s, which recipes without image folders
     # (MNIST, digits) would pay at every start (benchmarks/speed.py --whole-job).
     from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
@@ -68,9 +80,15 @@ def list_image_folder(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
         classes = sorted(entry.name for entry in entries if entry.is_dir() and not hidden(entry, folder))
     if not classes:
         raise FmtkError(f"{folder}: no class folder in it (PHOTOS/<class>/*.jpg)")
+    others: list[str] = []
 
     def is_photo(path: str) -> bool:
-        return has_file_allowed_extension(path, IMG_EXTENSIONS) and not hidden(path, folder)
+        if hidden(path, folder):
+            return False
+        if has_file_allowed_extension(path, IMG_EXTENSIONS):
+            return True
+        others.append(path)
+        return False
 
     class_to_index = {name: index for index, name in enumerate(classes)}
     try:
@@ -78,7 +96,19 @@ def list_image_folder(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
     except FileNotFoundError as error:  # torchvision's message names the empty class folders
         extensions = ", ".join(IMG_EXTENSIONS)
         raise FmtkError(f"{folder}: {str(error).strip()} Supported extensions are: {extensions}") from None
-    return samples, classes
+    return Listing(samples, classes, others)
+
+
+def others_line(others: Sequence[str]) -> str | None:
+    """A line counting the files of the class folders that are not photos, by kind, or None: a
+    folder of phone photos saved as HEIC would otherwise train on its JPEGs alone, unsaid."""
+    if not others:
+        return None
+    from torchvision.datasets.folder import IMG_EXTENSIONS  # here: importing torchvision takes ~1 s
+
+    kinds = Counter(Path(path).suffix.lower() or "without an extension" for path in others)
+    counted = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
+    return f"files left out, of kinds fmtk does not read: {counted} (it reads {' '.join(IMG_EXTENSIONS)})"
 
 
 class BadImages(FmtkError):
@@ -148,7 +178,7 @@ def sample_labels(samples: list[tuple[str, int]]) -> torch.Tensor:
 
 def decode_image_folder(folder: Path, image_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """All images of ``folder`` as a uint8 N×3×S×S tensor, their int64 labels and the class names."""
-    samples, classes = list_image_folder(folder)
+    samples, classes, _ = list_image_folder(folder)
     return decode_images(samples, image_size), sample_labels(samples), classes
 
 

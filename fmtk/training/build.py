@@ -17,6 +17,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 
+from fmtk.data.images import others_line
 from fmtk.device import resolve_device, threads_by_default
 from fmtk.distributed import broadcast_buffers, is_main_process
 from fmtk.errors import FmtkError
@@ -137,7 +138,7 @@ def assemble_run(
         recipe, data_dir, device, start.speed(speed), start.weights_loader(recipe.name), start.head
     )
     lines = [start.changes(parts), threads_line(parts.speed.threads), skipped_line(parts.data.skipped),
-             parts.started_from]  # fmt: skip
+             others_line(parts.data.others), parts.started_from]  # fmt: skip
     for line in [*lines, split_sizes(parts)]:
         if line:
             echo(line)

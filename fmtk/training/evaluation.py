@@ -248,8 +248,9 @@ def evaluate_run(
 @dataclass
 class FolderEvaluation:
     """A run's checkpoint evaluated on every photo of a labelled folder: the evaluation, the wrong
-    predictions with the highest loss (:func:`top_losses`, with their files) and the photos that
-    could not be read (``(path, why)``), left out of the figures."""
+    predictions with the highest loss (:func:`top_losses`, with their files), the photos that
+    could not be read (``(path, why)``), left out of the figures, and the class folders' files of
+    kinds fmtk does not read (``others``)."""
 
     folder: Path
     checkpoint: Path
@@ -258,6 +259,7 @@ class FolderEvaluation:
     wrong: list[dict[str, Any]]
     unreadable: list[tuple[str, str]]
     images: torch.Tensor = field(repr=False)  # the pixels of the ``wrong`` photos, in their order
+    others: list[str] = field(default_factory=list)
 
     def figures(self) -> dict[str, Any]:
         """What ``evaluation.json`` holds (NaN, undefined, as null)."""
@@ -281,6 +283,7 @@ class FolderEvaluation:
             },
             "confusion": result.confusion.tolist(),
             "unreadable": [list(bad) for bad in self.unreadable],
+            "others": self.others,
         }
 
     def write(self, place: Path, recipe_name: str) -> None:
@@ -295,16 +298,18 @@ class FolderEvaluation:
             write_top_losses_csv(self.wrong, place / TOP_LOSSES_CSV)
 
 
-def labelled_photos(folder: Path, classes: Sequence[str]) -> list[tuple[str, int]]:
+def labelled_photos(folder: Path, classes: Sequence[str]) -> tuple[list[tuple[str, int]], list[str]]:
     """Every photo of a labelled ``folder`` in a layout fmtk reads (class folders, or split
-    folders of class folders: all of them), labelled with its class's index among ``classes``. A
-    class folder that is not among them is one line (a folder with some of them is fine)."""
+    folders of class folders: all of them), labelled with its class's index among ``classes``, and
+    the class folders' other files (:class:`~fmtk.data.images.Listing`). A class folder that is not
+    among them is one line (a folder with some of them is fine)."""
     if not folder.is_dir():
         raise FmtkError(f"--folder {folder}: no such folder")
     roots = list(dict.fromkeys(split_folders(folder).values())) or [folder]
-    samples, unknown = [], set()
+    samples, others, unknown = [], [], set()
     for root in roots:
-        found, names = list_image_folder(root)
+        found, names, more = list_image_folder(root)
+        others += more
         for path, label in found:
             if names[label] in classes:
                 samples.append((path, classes.index(names[label])))
@@ -315,7 +320,7 @@ def labelled_photos(folder: Path, classes: Sequence[str]) -> list[tuple[str, int
             f"{folder}: class folder(s) {', '.join(sorted(unknown))} are not among the run's classes "
             f"({', '.join(classes)})"
         )
-    return samples
+    return samples, others
 
 
 # A chunk of decoded photos, at most: 256 photos (37 MiB at 224 px), fewer at larger sizes.
@@ -335,7 +340,7 @@ def evaluate_folder(
     (:data:`CHUNK_BYTES`), the next decoded while this one is evaluated, in one pass that also ranks
     the wrong ones; those pictured among them are read again at the end."""
     recipe, model, path, classes = load_trained_model(run_dir, checkpoint, device, recipe)
-    samples = labelled_photos(folder, classes)
+    samples, others = labelled_photos(folder, classes)
     files, labels = [file for file, _ in samples], torch.tensor([label for _, label in samples])
     image_input, batch_size = recipe.input(), recipe.batch_size
     kept: list[int] = []
@@ -364,7 +369,7 @@ def evaluate_folder(
     pictured, _, unread = read_all([row["file"] for row in wrong], image_input)
     if unread:
         raise FmtkError(f"{wrong[unread[0][0]]['file']}: changed while it was evaluated: {unread[0][1]}")
-    return recipe, FolderEvaluation(folder, path, evaluation, len(kept), wrong, unreadable, pictured)
+    return recipe, FolderEvaluation(folder, path, evaluation, len(kept), wrong, unreadable, pictured, others)
 
 
 def run_pictures(
