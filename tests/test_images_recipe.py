@@ -314,8 +314,8 @@ def test_bad_photos_are_named_at_once_and_skip_bad_images_trains_without_them(tm
     (photos / "ants" / "notes.jpg").write_text("not an image")
     (photos / "bees" / "empty.jpg").write_bytes(b"")
     (photos / "ants" / "._ants0.png").write_bytes(b"\x00\x05\x16\x07" + bytes(80))  # a Mac's: hidden
-    for name in ("IMG_0001.HEIC", "IMG_0002.heic", "labels.txt"):  # a phone's HEIC: not read, but said
-        (photos / "bees" / name).write_bytes(b"\x00\x00\x00\x18ftypheic")
+    for name in ("IMG_0001.MOV", "IMG_0002.mov", "labels.txt"):  # a phone's live photos: not read, but said
+        (photos / "bees" / name).write_bytes(b"\x00\x00\x00\x14ftypqt  ")
     refused = fmtk("run", "images", "--data-dir", str(photos), "--output-dir", "out", *SMALL, cwd=tmp_path)
     assert_one_line_error(
         refused, "2 of 18 image files cannot be decoded: ", "notes.jpg (", "empty.jpg (",
@@ -329,7 +329,7 @@ def test_bad_photos_are_named_at_once_and_skip_bad_images_trains_without_them(tm
     skipped = sorted(str(photos / name) for name in ("ants/notes.jpg", "bees/empty.jpg"))
     assert sorted(json.loads((tmp_path / "run" / "config.json").read_text())["skipped_images"]) == skipped
     assert "skip_bad_images: training without 2 undecodable files (" in done.stdout
-    left_out = "files left out, of kinds fmtk does not read: 2 .heic, 1 .txt (it reads .jpg .jpeg .png"
+    left_out = "files left out, of kinds fmtk does not read: 2 .mov, 1 .txt (it reads .jpg .jpeg .png"
     assert left_out in done.stdout.splitlines()[1]
 
 
@@ -387,7 +387,7 @@ def test_a_new_folder_is_evaluated_whole_beside_the_run_and_its_bad_photos_liste
     (new / "test" / "bees" / "empty.jpg").write_bytes(b"")
     (new / "test" / "ants" / "notes.jpg").write_text("not a photo")
     (new / "test" / "ants" / "._ants0.png").write_bytes(bytes(80))  # hidden: not a photo, not said
-    (new / "test" / "bees" / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (new / "test" / "bees" / "IMG_0001.MOV").write_bytes(b"\x00\x00\x00\x14ftypqt  ")
     own = {
         name: stamp for name, stamp in tree_snapshot(run_dir).items() if not name.startswith("evaluations")
     }
@@ -395,13 +395,13 @@ def test_a_new_folder_is_evaluated_whole_beside_the_run_and_its_bad_photos_liste
     assert_one_line_error(result, "2 of 9 image files cannot be read (left out): ", "empty.jpg (",
                           "notes.jpg (", "new-best/evaluation.json")  # fmt: skip
     assert f"7 photos of {new}" in result.stdout
-    assert "files left out, of kinds fmtk does not read: 1 .heic (it reads .jpg" in result.stdout
+    assert "files left out, of kinds fmtk does not read: 1 .mov (it reads .jpg" in result.stdout
     place = run_dir / "evaluations" / "new-best"
     figures = json.loads((place / "evaluation.json").read_text())
     assert figures["photos"] == 7 and np.array(figures["confusion"]).sum(axis=1).tolist() == [4, 3, 0]
     assert figures["per_class"]["wasps"]["recall"] is None  # no wasps: undefined, not 0
     assert sorted(Path(path).name for path, _ in figures["unreadable"]) == ["empty.jpg", "notes.jpg"]
-    assert [Path(path).name for path in figures["others"]] == ["IMG_0001.HEIC"]
+    assert [Path(path).name for path in figures["others"]] == ["IMG_0001.MOV"]
     with open(place / "top_losses.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     losses = [float(row["loss"]) for row in rows]

@@ -5,6 +5,7 @@ files with and ``fmtk export`` writes into an exported model, so that a program 
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +24,38 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MODES = {1: "L", 3: "RGB"}
 DECODERS = "fmtk-decoder"  # the name of read_pixels' threads
+
+
+HEIF_EXTENSIONS = (".heic", ".heif")  # a phone's photos (an iPhone's by default)
+HEIF_INSTALL = "pip install pillow-heif"
+
+
+@functools.cache
+def heif() -> bool:
+    """Whether Pillow reads HEIC/HEIF photos here: pillow-heif is installed (fmtk's ``heic`` extra),
+    and its opener is registered with Pillow by the first call in each process (DataLoader
+    workers included)."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+def photo_extensions() -> tuple[str, ...]:
+    """The extensions of the files fmtk reads as photos: torchvision's, and HEIC/HEIF with :func:`heif`."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS  # here: importing torchvision takes ~1 s
+
+    return IMG_EXTENSIONS + HEIF_EXTENSIONS if heif() else IMG_EXTENSIONS
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """``Image.open``, HEIC/HEIF included where :func:`heif`; without pillow-heif a HEIC file is an
+    OSError that says what to install."""
+    if not heif() and Path(path).suffix.lower() in HEIF_EXTENSIONS:
+        raise OSError(f"HEIC photos need pillow-heif: {HEIF_INSTALL}")
+    return Image.open(path)
 
 
 # EXIF orientation → the turn that shows the photo as a viewer does: Pillow's ImageOps.exif_transpose
@@ -135,8 +168,7 @@ def image_files(sources: Sequence[Source]) -> list[Source]:
     """``sources`` with each folder replaced by the image files under it (torchvision's image
     extensions, at any depth, sorted); files and open images stay as they are. A folder without
     image files is one line."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS  # here: importing torchvision takes ~1 s
-
+    extensions = photo_extensions()
     listed: list[Source] = []
     for source in sources:
         if isinstance(source, Image.Image) or not Path(source).is_dir():
@@ -145,10 +177,10 @@ def image_files(sources: Sequence[Source]) -> list[Source]:
         found = sorted(
             path
             for path in Path(source).rglob("*")
-            if path.suffix.lower() in IMG_EXTENSIONS and path.is_file() and not hidden(path, source)
+            if path.suffix.lower() in extensions and path.is_file() and not hidden(path, source)
         )
         if not found:
-            raise FmtkError(f"{source}: a folder without image files ({' '.join(IMG_EXTENSIONS)})")
+            raise FmtkError(f"{source}: a folder without image files ({' '.join(extensions)})")
         listed.extend(found)
     return listed
 
@@ -185,7 +217,7 @@ def read_pixels(
             if isinstance(source, Image.Image):
                 row.copy_(image_input.pixels(source))
             else:
-                with Image.open(source) as image:
+                with open_image(source) as image:
                     row.copy_(image_input.pixels(image))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             return getattr(error, "strerror", None) or str(error) or type(error).__name__

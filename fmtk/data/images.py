@@ -26,10 +26,14 @@ from fmtk.data.batches import (
 )
 from fmtk.data.image_cache import cache_folder, cached_decode_images
 from fmtk.data.image_input import (
+    HEIF_EXTENSIONS,
+    HEIF_INSTALL,
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageInput,
     hidden,
+    open_image,
+    photo_extensions,
     read_all,
     read_pixels,
     resize_rgb,
@@ -53,7 +57,7 @@ def decode_image(path: str | Path, image_size: int) -> np.ndarray:
 
 
 def _decode(path: str | Path, image_size: int) -> np.ndarray:
-    with Image.open(path) as image:
+    with open_image(path) as image:
         return resize_rgb(image, image_size)
 
 
@@ -72,7 +76,7 @@ def list_image_folder(folder: Path) -> Listing:
     :func:`hidden`."""
     # Here, not at the top: importing torchvision takes ~1 s, which recipes without image folders
     # (MNIST, digits) would pay at every start (benchmarks/speed.py --whole-job).
-    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
+    from torchvision.datasets.folder import has_file_allowed_extension, make_dataset
 
     if not folder.is_dir():
         raise FmtkError(f"image folder not found: {folder}{NO_FOLDER_HINT}")
@@ -81,11 +85,12 @@ def list_image_folder(folder: Path) -> Listing:
     if not classes:
         raise FmtkError(f"{folder}: no class folder in it (PHOTOS/<class>/*.jpg)")
     others: list[str] = []
+    extensions = photo_extensions()
 
     def is_photo(path: str) -> bool:
         if hidden(path, folder):
             return False
-        if has_file_allowed_extension(path, IMG_EXTENSIONS):
+        if has_file_allowed_extension(path, extensions):
             return True
         others.append(path)
         return False
@@ -94,8 +99,8 @@ def list_image_folder(folder: Path) -> Listing:
     try:
         samples = make_dataset(str(folder), class_to_index, is_valid_file=is_photo)
     except FileNotFoundError as error:  # torchvision's message names the empty class folders
-        extensions = ", ".join(IMG_EXTENSIONS)
-        raise FmtkError(f"{folder}: {str(error).strip()} Supported extensions are: {extensions}") from None
+        listed = ", ".join(extensions)
+        raise FmtkError(f"{folder}: {str(error).strip()} Supported extensions are: {listed}") from None
     return Listing(samples, classes, others)
 
 
@@ -104,11 +109,10 @@ def others_line(others: Sequence[str]) -> str | None:
     folder of phone photos saved as HEIC would otherwise train on its JPEGs alone, unsaid."""
     if not others:
         return None
-    from torchvision.datasets.folder import IMG_EXTENSIONS  # here: importing torchvision takes ~1 s
-
     kinds = Counter(Path(path).suffix.lower() or "without an extension" for path in others)
     counted = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
-    return f"files left out, of kinds fmtk does not read: {counted} (it reads {' '.join(IMG_EXTENSIONS)})"
+    line = f"files left out, of kinds fmtk does not read: {counted} (it reads {' '.join(photo_extensions())})"
+    return line + (f"; HEIC photos: {HEIF_INSTALL}" if kinds.keys() & set(HEIF_EXTENSIONS) else "")
 
 
 class BadImages(FmtkError):

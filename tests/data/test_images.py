@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import shutil
 import struct
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +16,16 @@ from torch.utils.data import DataLoader
 from fmtk.data import image_cache
 from fmtk.data.augment import Augmentation
 from fmtk.data.folders import load_catdog
-from fmtk.data.image_input import ImageInput, image_files
-from fmtk.data.images import LoaderBatches, decode_image, decode_image_folder, loader_workers, usable_cores
+from fmtk.data.image_input import ImageInput, heif, image_files, read_all
+from fmtk.data.images import (
+    LoaderBatches,
+    decode_image,
+    decode_image_folder,
+    list_image_folder,
+    loader_workers,
+    others_line,
+    usable_cores,
+)
 from fmtk.errors import FmtkError
 
 CPU = torch.device("cpu")
@@ -104,6 +114,46 @@ def test_a_folder_without_class_folders_is_one_line(tmp_path: Path) -> None:
     Image.new("RGB", (20, 20)).save(tmp_path / "photos" / "cat.jpg")
     with pytest.raises(FmtkError, match=r"photos: no class folder in it \(PHOTOS/<class>/\*\.jpg\)$"):
         decode_image_folder(tmp_path / "photos", image_size=16)
+
+
+@pytest.fixture
+def heif_again() -> Iterator[None]:
+    """Whether pillow-heif is found is decided again after the test (it is cached per process)."""
+    heif.cache_clear()
+    yield
+    heif.cache_clear()
+
+
+def test_heic_photos_are_read_upright_with_pillow_heif(tmp_path: Path, heif_again: None) -> None:
+    assert heif()  # pillow-heif: fmtk's heic extra, in its test extra; Pillow now writes HEIC too
+    folder = make_image_folder(tmp_path / "photos", per_class=2)
+    pixels = np.zeros((60, 90, 3), np.uint8)
+    pixels[:, :30] = 255  # a white band on the stored rows' left: on top once turned (orientation 6)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[ExifTags.Base.Orientation] = 6
+    image.save(folder / "cats" / "IMG_0001.HEIC", exif=exif.tobytes(), quality=95)  # turned: irot, as a phone
+    decoded = decode_image(folder / "cats" / "IMG_0001.HEIC", 12).mean(axis=2)
+    assert decoded[:3].min() > 230 and decoded[5:].max() < 25
+    samples, classes, others = list_image_folder(folder)
+    assert len(samples) == 5 and others == []
+    assert read_all([folder / "cats" / "IMG_0001.HEIC"], ImageInput(12))[2] == []
+
+
+def test_without_pillow_heif_heic_photos_are_counted_and_say_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, heif_again: None
+) -> None:
+    folder = make_image_folder(tmp_path / "photos", per_class=2)
+    (folder / "cats" / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (folder / "cats" / "notes.txt").write_text("taken in May")
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # import pillow_heif: ImportError
+    samples, _, others = list_image_folder(folder)
+    assert len(samples) == 4 and sorted(Path(path).name for path in others) == ["IMG_0001.HEIC", "notes.txt"]
+    line = others_line(others)
+    assert line.startswith("files left out, of kinds fmtk does not read: 1 .heic, 1 .txt (it reads .jpg")
+    assert line.endswith(".webp); HEIC photos: pip install pillow-heif")
+    _, _, unread = read_all([folder / "cats" / "IMG_0001.HEIC"], ImageInput(12))
+    assert unread == [(0, "HEIC photos need pillow-heif: pip install pillow-heif")]
 
 
 def test_decode_image_names_a_corrupt_file(tmp_path: Path) -> None:
