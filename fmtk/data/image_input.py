@@ -166,9 +166,10 @@ Source = Path | str | Image.Image  # an image file, or an image already open
 
 def image_files(sources: Sequence[Source]) -> list[Source]:
     """``sources`` with each folder replaced by the image files under it (torchvision's image
-    extensions, at any depth, sorted); files and open images stay as they are. A folder without
-    image files is one line."""
-    extensions = photo_extensions()
+    extensions and HEIC's, at any depth, sorted, none :func:`hidden`); files and open images stay as
+    they are. A folder without image files is one line. Without pillow-heif a HEIC file is listed
+    too, to be answered as one that cannot be read, saying what to install (:func:`open_image`)."""
+    extensions = tuple(dict.fromkeys(photo_extensions() + HEIF_EXTENSIONS))
     listed: list[Source] = []
     for source in sources:
         if isinstance(source, Image.Image) or not Path(source).is_dir():

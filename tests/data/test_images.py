@@ -152,6 +152,8 @@ def test_without_pillow_heif_heic_photos_are_counted_and_say_what_to_install(
     line = others_line(others)
     assert line.startswith("files left out, of kinds fmtk does not read: 1 .heic, 1 .txt (it reads .jpg")
     assert line.endswith(".webp); HEIC photos: pip install pillow-heif")
+    listed = image_files([folder])  # fmtk predict FOLDER: answered as unreadable, saying what to install
+    assert folder / "cats" / "IMG_0001.HEIC" in listed and folder / "cats" / "notes.txt" not in listed
     _, _, unread = read_all([folder / "cats" / "IMG_0001.HEIC"], ImageInput(12))
     assert unread == [(0, "HEIC photos need pillow-heif: pip install pillow-heif")]
 
