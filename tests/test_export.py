@@ -133,7 +133,7 @@ def test_the_onnx_file_holds_its_metadata_and_a_dynamic_batch(small_data: Path, 
     metadata = json.loads({p.key: p.value for p in model.metadata_props}["fmtk"])
     assert metadata["input"] == {"size": 28, "channels": 1, "mean": [0.0], "std": [1.0], "scale": 255.0,
                                  "mode": "L", "resize": "bilinear", "layout": "NCHW",
-                                 "orientation": "exif", "grey16": "high byte"}  # fmt: skip
+                                 "orientation": "exif", "wide_grey": "min-max to 0-255"}  # fmt: skip
     assert metadata["output"] == "probabilities" and metadata["classes"] == [str(d) for d in range(10)]
     [images] = model.graph.input
     assert images.name == "images"

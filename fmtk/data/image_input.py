@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import struct
 import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -68,23 +69,36 @@ UPRIGHT = {
 }  # fmt: skip
 
 
+def orientation(image: Image.Image) -> int | None:
+    """The image's EXIF orientation; None without one, or with a malformed EXIF block (PNG and WebP
+    raise on one, where Pillow's JPEG reader ignores it: the pixels are fine)."""
+    try:
+        return image.getexif().get(ExifTags.Base.Orientation)
+    except (SyntaxError, struct.error):
+        return None
+
+
 def upright(image: Image.Image) -> Image.Image:
     """``image`` as a viewer shows it: turned by its EXIF orientation (a phone stores the sensor's
-    rows and the turn in a tag), and 16-bit grey (PNG, TIFF) as 8-bit grey by its high byte, as
-    Pillow reads 16-bit colour (its own conversion of 16-bit grey saturates it to white). 32-bit
-    pixels have no range to map: ValueError (the file is named as one that cannot be read)."""
-    turn = UPRIGHT.get(image.getexif().get(ExifTags.Base.Orientation))
+    rows and the turn in a tag); grey wider than 8 bits (16-bit PNG or TIFF, 32-bit TIFF) as 8-bit
+    grey, :func:`stretched` (Pillow's own conversion saturates 16-bit grey to white)."""
+    turn = UPRIGHT.get(orientation(image))
     if turn is not None:
         image = image.transpose(turn)
-    if image.mode == "I":  # 16-bit grey as older Pillows open it, or 32-bit integers
-        low, high = image.getextrema()
-        if low < 0 or high > 0xFFFF:
-            raise ValueError(f"32-bit pixels, {low} to {high}: save the image with 8 or 16 bits")
-    elif image.mode == "F":
-        raise ValueError("32-bit float pixels: save the image with 8 or 16 bits")
-    if image.mode == "I" or image.mode.startswith("I;16"):
-        return Image.fromarray((np.asarray(image) >> 8).astype(np.uint8), "L")
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        return Image.fromarray(stretched(np.asarray(image, dtype=np.float64)), "L")
     return image
+
+
+def stretched(values: np.ndarray) -> np.ndarray:
+    """Grey values of any range as uint8, from their lowest (0) to their highest (255), as ImageJ
+    and Fiji make 8-bit images of microscopy's and X-rays' 16-bit ones: a 12-bit image stored in
+    16 bits keeps its 4,096 levels' detail, where its high byte would keep 16. A constant image is
+    0. NaN or infinity: ValueError (the file is named as one that cannot be read)."""
+    if not np.isfinite(values).all():
+        raise ValueError("pixels that are not numbers (NaN or infinity)")
+    low, high = values.min(), values.max()
+    return ((values - low) * 255 / ((high - low) or 1)).round().astype(np.uint8)
 
 
 def resize_rgb(image: Image.Image, image_size: int) -> np.ndarray:
@@ -148,10 +162,10 @@ class ImageInput:
 
     def to_dict(self) -> dict:
         """As JSON holds it (``mode``: the PIL mode the image is converted to; ``resize``: how;
-        ``orientation``, ``grey16``: how it is made :func:`upright` first)."""
+        ``orientation``, ``wide_grey``: how it is made :func:`upright` first)."""
         values = {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
         return {**values, "mode": MODES[self.channels], "resize": "bilinear", "layout": "NCHW",
-                "orientation": "exif", "grey16": "high byte"}  # fmt: skip
+                "orientation": "exif", "wide_grey": "min-max to 0-255"}  # fmt: skip
 
     @classmethod
     def from_dict(cls, values: dict) -> ImageInput:

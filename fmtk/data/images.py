@@ -100,7 +100,9 @@ def list_image_folder(folder: Path) -> Listing:
         samples = make_dataset(str(folder), class_to_index, is_valid_file=is_photo)
     except FileNotFoundError as error:  # torchvision's message names the empty class folders
         listed = ", ".join(extensions)
-        raise FmtkError(f"{folder}: {str(error).strip()} Supported extensions are: {listed}") from None
+        raise FmtkError(
+            f"{folder}: {str(error).strip()} Supported extensions are: {listed}{heif_hint(others)}"
+        ) from None
     return Listing(samples, classes, others)
 
 
@@ -111,8 +113,14 @@ def others_line(others: Sequence[str]) -> str | None:
         return None
     kinds = Counter(Path(path).suffix.lower() or "without an extension" for path in others)
     counted = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
-    line = f"files left out, of kinds fmtk does not read: {counted} (it reads {' '.join(photo_extensions())})"
-    return line + (f"; HEIC photos: {HEIF_INSTALL}" if kinds.keys() & set(HEIF_EXTENSIONS) else "")
+    read = " ".join(photo_extensions())
+    return f"files left out, of kinds fmtk does not read: {counted} (it reads {read}){heif_hint(others)}"
+
+
+def heif_hint(others: Sequence[str]) -> str:
+    """What to install, when ``others`` holds HEIC photos (only without pillow-heif can it)."""
+    heic = any(Path(path).suffix.lower() in HEIF_EXTENSIONS for path in others)
+    return f"; HEIC photos: {HEIF_INSTALL}" if heic else ""
 
 
 class BadImages(FmtkError):

@@ -41,14 +41,22 @@ def test_decode_image_folder_converts_every_mode_to_rgb(tmp_path: Path) -> None:
     assert classes == ["cats", "dogs"] and labels.tolist() == [0] * 4 + [1] * 5
 
 
-@pytest.mark.parametrize("orientation, turn", [(1, 0), (3, 2), (6, -1), (8, 1)])
-def test_a_photo_is_decoded_upright_as_a_viewer_shows_it(tmp_path: Path, orientation: int, turn: int) -> None:
+# EXIF orientation → how the stored rows are shown (the EXIF standard; 5 and 7 are mirrored turns)
+SHOWN = {
+    1: lambda a: a, 2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud,
+    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a.transpose(1, 0, 2), 2), 8: lambda a: np.rot90(a, 1),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("orientation", sorted(SHOWN))
+def test_a_photo_is_decoded_upright_as_a_viewer_shows_it(tmp_path: Path, orientation: int) -> None:
     pixels = np.random.default_rng(orientation).integers(0, 256, (16, 16, 3)).astype(np.uint8)
     image = Image.fromarray(pixels)
     exif = image.getexif()
     exif[ExifTags.Base.Orientation] = orientation  # 6: a phone held upright; 3: upside down
     image.save(tmp_path / "photo.png", exif=exif)  # PNG: lossless, and 16 px decoded at 16: no resizing
-    upright = np.rot90(pixels, turn)  # counter-clockwise quarter turns
+    upright = SHOWN[orientation](pixels)
     np.testing.assert_array_equal(decode_image(tmp_path / "photo.png", 16), upright)
     with Image.open(tmp_path / "photo.png") as opened:
         grey = ImageInput(16, channels=1).pixels(opened)[0].numpy()
@@ -78,23 +86,34 @@ def test_a_malformed_exif_block_does_not_cost_the_photo(tmp_path: Path) -> None:
     np.testing.assert_array_equal(decode_image(tmp_path / "odd.png", 16), np.rot90(pixels, -1))
 
 
-def test_16_bit_grey_is_read_by_its_high_byte_and_32_bit_pixels_are_named(tmp_path: Path) -> None:
-    wide = np.random.default_rng(0).integers(0, 65536, (12, 12)).astype(np.uint16)
-    Image.fromarray(wide).save(tmp_path / "grey16.png")
-    Image.fromarray(wide).save(tmp_path / "grey16.tif")
-    Image.fromarray(wide.astype(np.int32)).save(tmp_path / "int32.tif")  # mode I, within 16 bits
-    high = (wide >> 8).astype(np.uint8)  # Pillow's own convert("RGB") gives almost all 255 here
-    for name in ("grey16.png", "grey16.tif", "int32.tif"):
-        rgb = decode_image(tmp_path / name, 12)
-        np.testing.assert_array_equal(rgb, np.repeat(high[..., None], 3, axis=2))
+def test_wide_grey_is_stretched_from_its_lowest_to_its_highest_value(tmp_path: Path) -> None:
+    twelve_bits = np.array([[0, 1365], [2730, 4095]] * 4, dtype=np.uint16).repeat(4, axis=1)  # 8 × 8
+    levels = np.array([[0, 85], [170, 255]] * 4, dtype=np.uint8).repeat(4, axis=1)  # its high byte: 0…15
+    Image.fromarray(twelve_bits).save(tmp_path / "xray.png")  # 16-bit grey: Pillow's mode I;16
+    Image.fromarray(twelve_bits).save(tmp_path / "xray.tif")
+    Image.fromarray(twelve_bits.astype(np.int32) * 100_000 - 7).save(tmp_path / "int32.tif")  # mode I
+    Image.fromarray(twelve_bits.astype(np.float32) / 8).save(tmp_path / "float.tif")  # mode F
+    for name in ("xray.png", "xray.tif", "int32.tif", "float.tif"):
+        np.testing.assert_array_equal(
+            decode_image(tmp_path / name, 8), np.repeat(levels[..., None], 3, axis=2)
+        )
         with Image.open(tmp_path / name) as opened:
-            np.testing.assert_array_equal(ImageInput(12, channels=1).pixels(opened)[0].numpy(), high)
-    Image.fromarray(wide.astype(np.int32) * 1000).save(tmp_path / "big.tif")
-    Image.fromarray(wide.astype(np.float32) / 65535).save(tmp_path / "float.tif")
-    for name, why in (("big.tif", "32-bit pixels, "), ("float.tif", "32-bit float pixels")):
-        with pytest.raises(FmtkError) as raised:
-            decode_image(tmp_path / name, 12)
-        assert str(raised.value).startswith(f"{tmp_path / name}: cannot decode image ({why}")
+            np.testing.assert_array_equal(ImageInput(8, channels=1).pixels(opened)[0].numpy(), levels)
+    Image.fromarray(np.full((8, 8), 300, np.uint16)).save(tmp_path / "flat.png")
+    assert decode_image(tmp_path / "flat.png", 8).max() == 0
+    Image.fromarray(np.array([[0.5, np.nan]], np.float32)).save(tmp_path / "nan.tif")
+    with pytest.raises(FmtkError) as raised:
+        decode_image(tmp_path / "nan.tif", 8)
+    assert (
+        str(raised.value)
+        == f"{tmp_path / 'nan.tif'}: cannot decode image (pixels that are not numbers (NaN or infinity))"
+    )
+
+
+def test_a_malformed_exif_header_does_not_cost_a_png(tmp_path: Path) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "odd.png", exif=b"Exif\0\0garbage!")  # Pillow: SyntaxError
+    np.testing.assert_array_equal(decode_image(tmp_path / "odd.png", 16), pixels)
 
 
 def test_hidden_files_and_folders_are_neither_photos_nor_classes(tmp_path: Path) -> None:
@@ -156,6 +175,12 @@ def test_without_pillow_heif_heic_photos_are_counted_and_say_what_to_install(
     assert folder / "cats" / "IMG_0001.HEIC" in listed and folder / "cats" / "notes.txt" not in listed
     _, _, unread = read_all([folder / "cats" / "IMG_0001.HEIC"], ImageInput(12))
     assert unread == [(0, "HEIC photos need pillow-heif: pip install pillow-heif")]
+    (folder / "birds").mkdir()  # a class of a phone's photos alone
+    (folder / "birds" / "IMG_0002.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    with pytest.raises(
+        FmtkError, match=r"no valid file for the classes birds\. .*; HEIC photos: pip install pillow-heif$"
+    ):
+        list_image_folder(folder)
 
 
 def test_decode_image_names_a_corrupt_file(tmp_path: Path) -> None:
