@@ -45,10 +45,13 @@ def heif() -> bool:
 
 
 def photo_extensions() -> tuple[str, ...]:
-    """The extensions of the files fmtk reads as photos: torchvision's, and HEIC/HEIF with :func:`heif`."""
+    """The extensions of the files fmtk reads as photos: torchvision's, AVIF's where Pillow reads it
+    (its wheels do since 11.3), and HEIC/HEIF's with :func:`heif`."""
+    from PIL import features
     from torchvision.datasets.folder import IMG_EXTENSIONS  # here: importing torchvision takes ~1 s
 
-    return IMG_EXTENSIONS + HEIF_EXTENSIONS if heif() else IMG_EXTENSIONS
+    avif = (".avif",) if features.check("avif") else ()
+    return IMG_EXTENSIONS + avif + (HEIF_EXTENSIONS if heif() else ())
 
 
 def open_image(path: str | Path) -> Image.Image:

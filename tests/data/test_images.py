@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_image_folder, tree_snapshot
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, features
 from torch.utils.data import DataLoader
 
 from fmtk.data import image_cache
 from fmtk.data.augment import Augmentation
 from fmtk.data.folders import load_catdog
-from fmtk.data.image_input import ImageInput, heif, image_files, read_all
+from fmtk.data.image_input import ImageInput, heif, image_files, photo_extensions, read_all
 from fmtk.data.images import (
     LoaderBatches,
     decode_image,
@@ -159,6 +159,18 @@ def test_heic_photos_are_read_upright_with_pillow_heif(tmp_path: Path, heif_agai
     assert read_all([folder / "cats" / "IMG_0001.HEIC"], ImageInput(12))[2] == []
 
 
+@pytest.mark.skipif(not features.check("avif"), reason="this Pillow reads no AVIF (its wheels do since 11.3)")
+def test_avif_photos_are_read_where_pillow_reads_them(tmp_path: Path) -> None:
+    folder = make_image_folder(tmp_path / "photos", per_class=2)
+    pixels = np.zeros((16, 16, 3), np.uint8)
+    pixels[:8] = (200, 30, 30)
+    Image.fromarray(pixels).save(folder / "cats" / "web.avif", quality=95)
+    samples, _, others = list_image_folder(folder)
+    assert str(folder / "cats" / "web.avif") in [path for path, _ in samples] and others == []
+    decoded = decode_image(folder / "cats" / "web.avif", 16).astype(int)
+    assert np.abs(decoded - pixels).mean() < 6
+
+
 def test_without_pillow_heif_heic_photos_are_counted_and_say_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, heif_again: None
 ) -> None:
@@ -170,7 +182,9 @@ def test_without_pillow_heif_heic_photos_are_counted_and_say_what_to_install(
     assert len(samples) == 4 and sorted(Path(path).name for path in others) == ["IMG_0001.HEIC", "notes.txt"]
     line = others_line(others)
     assert line.startswith("files left out, of kinds fmtk does not read: 1 .heic, 1 .txt (it reads .jpg")
-    assert line.endswith(".webp); HEIC photos: pip install pillow-heif")
+    read = photo_extensions()  # torchvision's, and AVIF where Pillow reads it; no HEIC without pillow-heif
+    assert read[-1] in (".webp", ".avif")
+    assert line.endswith(f" {read[-1]}); HEIC photos: pip install pillow-heif")
     listed = image_files([folder])  # fmtk predict FOLDER: answered as unreadable, saying what to install
     assert folder / "cats" / "IMG_0001.HEIC" in listed and folder / "cats" / "notes.txt" not in listed
     _, _, unread = read_all([folder / "cats" / "IMG_0001.HEIC"], ImageInput(12))
