@@ -205,9 +205,10 @@ def image_files(sources: Sequence[Source]) -> list[Source]:
 
 def hidden(path: str | Path, folder: str | Path) -> bool:
     """Whether ``path`` below ``folder`` is hidden or in a hidden folder: a name that starts with a
-    dot. No one means those as photos or classes: macOS's ``._IMG_0001.jpg`` (what a Mac leaves
-    beside each photo on a USB or network disk), Jupyter's ``.ipynb_checkpoints``."""
-    return any(part.startswith(".") for part in Path(path).relative_to(folder).parts)
+    dot, or ``__MACOSX``. No one means those as photos or classes: macOS's ``._IMG_0001.jpg`` (what
+    a Mac leaves beside each photo on a USB or network disk, and in a ``__MACOSX`` folder of each zip
+    it makes), Jupyter's ``.ipynb_checkpoints``."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in Path(path).relative_to(folder).parts)
 
 
 def source_name(source: Source, index: int) -> str:

@@ -121,6 +121,8 @@ def test_hidden_files_and_folders_are_neither_photos_nor_classes(tmp_path: Path)
     images, labels, classes = decode_image_folder(folder, image_size=16)
     (folder / "cats" / "._cat.0.jpg").write_bytes(b"\x00\x05\x16\x07" + bytes(80))  # a Mac's resource fork
     (folder / ".ipynb_checkpoints").mkdir()  # Jupyter's: would be an empty class
+    (folder / "__MACOSX" / "cats").mkdir(parents=True)  # unzipped from a Mac's zip of the class folders
+    (folder / "__MACOSX" / "cats" / "cat.0.jpg").write_bytes(bytes(80))
     (folder / "dogs" / ".thumbnails").mkdir()
     shutil.copy(folder / "cats" / "cat.0.jpg", folder / "dogs" / ".thumbnails" / "cat.0.jpg")
     again = decode_image_folder(folder, image_size=16)
