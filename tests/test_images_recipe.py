@@ -314,6 +314,7 @@ def test_bad_photos_are_named_at_once_and_skip_bad_images_trains_without_them(tm
     (photos / "ants" / "notes.jpg").write_text("not an image")
     (photos / "bees" / "empty.jpg").write_bytes(b"")
     (photos / "ants" / "._ants0.png").write_bytes(b"\x00\x05\x16\x07" + bytes(80))  # a Mac's: hidden
+    (photos / "ants" / "Thumbs.db").write_bytes(bytes(80))  # Windows's: neither a photo nor counted
     for name in ("IMG_0001.MOV", "IMG_0002.mov", "labels.txt"):  # a phone's live photos: not read, but said
         (photos / "bees" / name).write_bytes(b"\x00\x00\x00\x14ftypqt  ")
     refused = fmtk("run", "images", "--data-dir", str(photos), "--output-dir", "out", *SMALL, cwd=tmp_path)

@@ -203,12 +203,17 @@ def image_files(sources: Sequence[Source]) -> list[Source]:
     return listed
 
 
+# What the systems leave in folders of photos, hidden (by an attribute, on Windows) or not.
+SYSTEM_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
+
+
 def hidden(path: str | Path, folder: str | Path) -> bool:
     """Whether ``path`` below ``folder`` is hidden or in a hidden folder: a name that starts with a
-    dot, or ``__MACOSX``. No one means those as photos or classes: macOS's ``._IMG_0001.jpg`` (what
-    a Mac leaves beside each photo on a USB or network disk, and in a ``__MACOSX`` folder of each zip
-    it makes), Jupyter's ``.ipynb_checkpoints``."""
-    return any(part.startswith(".") or part == "__MACOSX" for part in Path(path).relative_to(folder).parts)
+    dot, or one of :data:`SYSTEM_NAMES`. No one means those as photos or classes: macOS's
+    ``._IMG_0001.jpg`` (what a Mac leaves beside each photo on a USB or network disk, and in a
+    ``__MACOSX`` folder of each zip it makes), Jupyter's ``.ipynb_checkpoints``, Windows's
+    ``Thumbs.db``."""
+    return any(part.startswith(".") or part in SYSTEM_NAMES for part in Path(path).relative_to(folder).parts)
 
 
 def source_name(source: Source, index: int) -> str:
