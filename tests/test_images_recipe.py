@@ -334,6 +334,18 @@ def test_bad_photos_are_named_at_once_and_skip_bad_images_trains_without_them(tm
     assert left_out in done.stdout.splitlines()[1]
 
 
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_a_run_with_a_progress_bar_shows_one_over_the_photos_decoding(
+    photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], cache: str
+) -> None:
+    values = {"image_size": 32, "warmup_epochs": 0, "epochs": 1, "data_cache": cache}
+    fmtk_api.fit("images", data_dir=photos, device="cpu", run_dir=tmp_path / "shown", progress=True, **values)
+    shown = capsys.readouterr().err  # tqdm's: "decoding photos:   0%|   | 0/30 [...]", then cleared
+    assert "decoding photos:   0%" in shown and " 0/30 " in shown
+    fmtk_api.fit("images", data_dir=photos, device="cpu", run_dir=tmp_path / "not", progress=False, **values)
+    assert "decoding photos" not in capsys.readouterr().err
+
+
 def test_an_image_size_the_architecture_cannot_take_is_one_line_naming_one_it_can(
     photos: Path, tmp_path: Path
 ) -> None:

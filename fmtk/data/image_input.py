@@ -8,7 +8,7 @@ import ctypes
 import functools
 import struct
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -289,14 +289,16 @@ LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 
 
 def read_all(
-    sources: Sequence[Source], image_input: ImageInput
+    sources: Sequence[Source], image_input: ImageInput, done: Callable[[int], object] | None = None
 ) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
     """The readable ones of ``sources`` (:func:`read_pixels`) as one uint8 N×C×S×S tensor, each
     decoded into its own row (joining chunks at the end would hold every image twice), their
-    indices, and ``(index, why)`` of each that cannot be read."""
+    indices, and ``(index, why)`` of each that cannot be read. ``done(n)`` after each chunk of n."""
     images = torch.empty(len(sources), *image_input.shape, dtype=torch.uint8)
     kept, unread = [], []
     for good, _, bad in read_pixels(sources, image_input, into=images):
         kept += good
         unread += bad
+        if done is not None:
+            done(len(good) + len(bad))
     return (images[kept] if unread else images), kept, unread

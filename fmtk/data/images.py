@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -40,6 +41,9 @@ from fmtk.data.image_input import (
 )
 from fmtk.device import usable_cores
 from fmtk.errors import FmtkError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 DATA_CACHES = ("memory", "file", "none")
 NO_FOLDER_HINT = " (give the photos' folder: --data-dir PHOTOS, or $FMTK_DATA)"
@@ -149,14 +153,29 @@ class BadImages(FmtkError):
         )
 
 
+# Whether decoding a photo folder shows a bar on stderr: set by a run's start as it sets the epochs'
+# bar (fmtk.training.build: a terminal or Jupyter, the main process), so that a folder that takes
+# minutes to decode does not look hung.
+SHOW_DECODING: ContextVar[bool] = ContextVar("fmtk_show_decoding", default=False)
+
+
+def decoding_bar(total: int) -> tqdm:
+    """A bar over ``total`` photos being decoded, cleared when done; shown only with :data:`SHOW_DECODING`."""
+    from tqdm.auto import tqdm  # (a widget in Jupyter, as Ignite's bar)
+
+    shown = SHOW_DECODING.get()
+    return tqdm(total=total, desc="decoding photos", unit=" photos", leave=False, disable=not shown)
+
+
 def bad_files(paths: list[str], image_size: int) -> list[tuple[str, str]]:
     """``(path, why)`` of each file of ``paths`` that cannot be decoded (every file decoded, a chunk
     at a time, in a thread per core, nothing kept): the check of ``data_cache=none``."""
-    return [
-        (paths[i], why)
-        for _, _, unread in read_pixels(paths, ImageInput.photo(image_size))
-        for i, why in unread
-    ]
+    bad = []
+    with decoding_bar(len(paths)) as bar:
+        for good, _, unread in read_pixels(paths, ImageInput.photo(image_size)):
+            bad += [(paths[i], why) for i, why in unread]
+            bar.update(len(good) + len(unread))
+    return bad
 
 
 def bad_images_error(found: BadImages, name: str, hint: str = "") -> BadImages:
@@ -177,7 +196,8 @@ def decode_images(samples: list[tuple[str, int]], image_size: int) -> torch.Tens
     first, then all of them are one :class:`BadImages` error, which holds the others decoded
     (``good``, in their order)."""
     paths = [path for path, _ in samples]
-    images, _, unread = read_all(paths, ImageInput.photo(image_size))
+    with decoding_bar(len(paths)) as bar:
+        images, _, unread = read_all(paths, ImageInput.photo(image_size), bar.update)
     if unread:
         raise BadImages([(paths[i], why) for i, why in unread], len(paths), good=images)
     return images
