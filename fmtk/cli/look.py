@@ -208,10 +208,12 @@ def evaluate_split(
 
 def evaluate_new_folder(run_dir: Path, folder: Path, checkpoint: str, device: torch.device) -> None:
     """``fmtk evaluate --folder``: every photo of ``folder``, the results in a new evaluations folder."""
-    from fmtk.data.images import BadImages, others_line
+    from fmtk.data.images import PHOTO_BARS, BadImages, others_line
     from fmtk.runfolder import new_evaluation_dir
     from fmtk.training.evaluation import evaluate_folder
+    from fmtk.training.handlers import progress_by_default
 
+    PHOTO_BARS.set(progress_by_default())  # (this command's process alone)
     recipe, result = evaluate_folder(run_dir, folder, checkpoint, device)
     if result.others:
         click.echo(others_line(result.others))

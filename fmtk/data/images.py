@@ -153,25 +153,24 @@ class BadImages(FmtkError):
         )
 
 
-# Whether decoding a photo folder shows a bar on stderr: set by a run's start as it sets the epochs'
-# bar (fmtk.training.build: a terminal or Jupyter, the main process), so that a folder that takes
-# minutes to decode does not look hung.
-SHOW_DECODING: ContextVar[bool] = ContextVar("fmtk_show_decoding", default=False)
+# Whether reading a folder of photos shows a bar on stderr: set by a run's start as it sets the
+# epochs' bar (fmtk.training.build: a terminal or Jupyter, the main process), and by `fmtk evaluate
+# --folder`, so that a folder that takes minutes does not look hung.
+PHOTO_BARS: ContextVar[bool] = ContextVar("fmtk_photo_bars", default=False)
 
 
-def decoding_bar(total: int) -> tqdm:
-    """A bar over ``total`` photos being decoded, cleared when done; shown only with :data:`SHOW_DECODING`."""
+def photo_bar(total: int, what: str = "decoding photos") -> tqdm:
+    """A bar over ``total`` photos, cleared when done; shown only with :data:`PHOTO_BARS`."""
     from tqdm.auto import tqdm  # (a widget in Jupyter, as Ignite's bar)
 
-    shown = SHOW_DECODING.get()
-    return tqdm(total=total, desc="decoding photos", unit=" photos", leave=False, disable=not shown)
+    return tqdm(total=total, desc=what, unit=" photos", leave=False, disable=not PHOTO_BARS.get())
 
 
 def bad_files(paths: list[str], image_size: int) -> list[tuple[str, str]]:
     """``(path, why)`` of each file of ``paths`` that cannot be decoded (every file decoded, a chunk
     at a time, in a thread per core, nothing kept): the check of ``data_cache=none``."""
     bad = []
-    with decoding_bar(len(paths)) as bar:
+    with photo_bar(len(paths)) as bar:
         for good, _, unread in read_pixels(paths, ImageInput.photo(image_size)):
             bad += [(paths[i], why) for i, why in unread]
             bar.update(len(good) + len(unread))
@@ -196,7 +195,7 @@ def decode_images(samples: list[tuple[str, int]], image_size: int) -> torch.Tens
     first, then all of them are one :class:`BadImages` error, which holds the others decoded
     (``good``, in their order)."""
     paths = [path for path, _ in samples]
-    with decoding_bar(len(paths)) as bar:
+    with photo_bar(len(paths)) as bar:
         images, _, unread = read_all(paths, ImageInput.photo(image_size), bar.update)
     if unread:
         raise BadImages([(paths[i], why) for i, why in unread], len(paths), good=images)

@@ -22,7 +22,7 @@ from torch import nn
 from fmtk.data.batches import Batches, TensorBatches
 from fmtk.data.folders import split_folders
 from fmtk.data.image_input import read_all, read_pixels
-from fmtk.data.images import list_image_folder
+from fmtk.data.images import list_image_folder, photo_bar
 from fmtk.errors import FmtkError
 from fmtk.models import FlipAveraged
 from fmtk.pictures import confusion_picture, titled_grid
@@ -356,15 +356,18 @@ def evaluate_folder(
                 scale=image_input.scale, mean=image_input.mean, std=image_input.std,
             )  # fmt: skip
             del pixels  # before the chunk after the next is decoded
+            bar.update(len(good) + len(bad))
 
-    stream = batches()
-    first = next(stream, None)  # Ignite's evaluator would fail on nothing with its own message
-    if first is None:
-        raise FmtkError(f"--folder {folder}: none of its {len(files)} photos can be read: {unreadable[0][1]}")
-    ranking = LossRanking()
-    tested, loss_fn = tested_model(recipe, model), loss_on(recipe.loss(recipe), device)
-    whole = itertools.chain([first], stream)
-    evaluation = evaluate(tested, whole, classes, device, loss_fn, recipe.make_metrics(), ranking.add)
+    with photo_bar(len(files), "evaluating photos") as bar:
+        stream = batches()
+        first = next(stream, None)  # Ignite's evaluator would fail on nothing with its own message
+        if first is None:
+            why = unreadable[0][1]
+            raise FmtkError(f"--folder {folder}: none of its {len(files)} photos can be read: {why}")
+        ranking = LossRanking()
+        tested, loss_fn = tested_model(recipe, model), loss_on(recipe.loss(recipe), device)
+        whole = itertools.chain([first], stream)
+        evaluation = evaluate(tested, whole, classes, device, loss_fn, recipe.make_metrics(), ranking.add)
     wrong = ranking.top(classes, [files[index] for index in kept])
     pictured, _, unread = read_all([row["file"] for row in wrong], image_input)
     if unread:
