@@ -179,7 +179,7 @@ class DataSplits:
     """The three splits a run needs, as iterables of ``(x, y)`` batches, and the class names; and
     the data files left out: those that could not be read (``skipped``: a photo folder's
     ``skip_bad_images``), and those of a photo folder's class folders that are not photos
-    (``others``: ``.heic``, ``.txt``…)."""
+    (``others``: ``.mov``, ``.txt``…)."""
 
     train: Batches
     valid: Batches

@@ -67,8 +67,8 @@ def _decode(path: str | Path, image_size: int) -> np.ndarray:
 
 class Listing(NamedTuple):
     """A ``folder/<class>/<image>`` tree: ``(path, class_index)`` of each photo, the class names, and
-    the other files of the class folders (``.heic``, ``.txt``…), which torchvision cannot read as
-    photos."""
+    the other files of the class folders, of kinds fmtk does not read as photos (``.mov``, ``.txt``…;
+    ``.heic`` without pillow-heif): :func:`~fmtk.data.image_input.photo_extensions`."""
 
     samples: list[tuple[str, int]]
     classes: list[str]
