@@ -73,10 +73,13 @@ def show(
     import torch
 
     from fmtk.data.batches import TensorBatches
+    from fmtk.data.images import PHOTO_BARS
     from fmtk.pictures import titled_grid
     from fmtk.recipe_loading import data_root
+    from fmtk.training.handlers import progress_by_default
     from fmtk.training.parts import load_data, training_mix
 
+    PHOTO_BARS.set(progress_by_default())  # a photo folder is decoded whole first
     recipe = recipe_with_settings(recipe_name, settings, preset)
     if augmented and split != "train":
         raise FmtkError(f"--augmented shows the training split; --split {split} is never augmented")

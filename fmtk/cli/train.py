@@ -155,10 +155,13 @@ def lr_find(
     """Train RECIPE's model with the LR rising each step (Ignite's FastaiLRFinder); print the
     suggested LR (fastai's valley rule) and draw the loss against the LR. Writes no run folder and
     no checkpoint."""
+    from fmtk.data.images import PHOTO_BARS
     from fmtk.device import resolve_device
     from fmtk.lr_finder import MIN_VALLEY_POINTS, find_lr, save_lr_picture
     from fmtk.recipe_loading import data_root
+    from fmtk.training.handlers import progress_by_default
 
+    PHOTO_BARS.set(progress_by_default())  # a photo folder is decoded whole first
     recipe = recipe_with_settings(recipe_name, settings, preset)
     out = out or Path(f"{recipe.name}_lr_find.png")
     if out.exists():
