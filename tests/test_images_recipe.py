@@ -23,7 +23,7 @@ from PIL import Image
 import fmtk as fmtk_api
 from fmtk.data.folders import find_photo_splits
 from fmtk.data.image_input import DECODERS, ImageInput, read_pixels
-from fmtk.data.images import PHOTO_BARS, photo_bar
+from fmtk.data.images import photo_bar, photo_bars
 from fmtk.device import inference_threads
 from fmtk.recipe_loading import resolve_recipe
 from fmtk.training import evaluation
@@ -447,17 +447,14 @@ def test_a_folder_evaluated_two_photos_at_a_time_gives_what_one_pass_over_all_gi
         return bars[-1]
 
     monkeypatch.setattr(evaluation, "photo_bar", kept_bar)
-    shown = PHOTO_BARS.set(True)  # as in a terminal
-    try:
-        for chunk in (256, 2):
-            monkeypatch.setattr(evaluation, "CHUNK_BYTES", chunk * 3 * 32 * 32)
+    for chunk in (256, 2):
+        monkeypatch.setattr(evaluation, "CHUNK_BYTES", chunk * 3 * 32 * 32)
+        with photo_bars(True):  # as in a terminal
             recipe, result = evaluation.evaluate_folder(run_dir, new, "best", torch.device("cpu"))
-            place = tmp_path / f"chunks-of-{chunk}"
-            place.mkdir()
-            result.write(place, recipe.name)
-            written[chunk] = place
-    finally:
-        PHOTO_BARS.reset(shown)
+        place = tmp_path / f"chunks-of-{chunk}"
+        place.mkdir()
+        result.write(place, recipe.name)
+        written[chunk] = place
     assert [(bar.desc, bar.total, bar.n) for bar in bars] == [("evaluating photos", 14, 14)] * 2
     one, two = (json.loads((written[chunk] / "evaluation.json").read_text()) for chunk in (256, 2))
     assert one["photos"] == two["photos"] == 11 and len(one["unreadable"]) == 3

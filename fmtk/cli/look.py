@@ -73,20 +73,20 @@ def show(
     import torch
 
     from fmtk.data.batches import TensorBatches
-    from fmtk.data.images import PHOTO_BARS
+    from fmtk.data.images import photo_bars
     from fmtk.pictures import titled_grid
     from fmtk.recipe_loading import data_root
     from fmtk.training.handlers import progress_by_default
     from fmtk.training.parts import load_data, training_mix
 
-    PHOTO_BARS.set(progress_by_default())  # a photo folder is decoded whole first
     recipe = recipe_with_settings(recipe_name, settings, preset)
     if augmented and split != "train":
         raise FmtkError(f"--augmented shows the training split; --split {split} is never augmented")
     out = out or Path(f"{recipe.name}_{split}_{'augmented' if augmented else 'samples'}.png")
     if out.exists():
         raise FmtkError(f"{out} exists; choose another --out (nothing was overwritten)")
-    data = load_data(recipe, data_root(data_dir), torch.device("cpu"))
+    with photo_bars(progress_by_default()):  # a photo folder is decoded whole first
+        data = load_data(recipe, data_root(data_dir), torch.device("cpu"))
     if not all(isinstance(getattr(data, name), TensorBatches) for name in ("train", "valid", "test")):
         raise FmtkError(f"fmtk show needs in-memory TensorBatches splits; {recipe.name} has other ones")
     mixer = training_mix(recipe, data, torch.device("cpu"))
@@ -211,13 +211,13 @@ def evaluate_split(
 
 def evaluate_new_folder(run_dir: Path, folder: Path, checkpoint: str, device: torch.device) -> None:
     """``fmtk evaluate --folder``: every photo of ``folder``, the results in a new evaluations folder."""
-    from fmtk.data.images import PHOTO_BARS, BadImages, others_line
+    from fmtk.data.images import BadImages, others_line, photo_bars
     from fmtk.runfolder import new_evaluation_dir
     from fmtk.training.evaluation import evaluate_folder
     from fmtk.training.handlers import progress_by_default
 
-    PHOTO_BARS.set(progress_by_default())  # (this command's process alone)
-    recipe, result = evaluate_folder(run_dir, folder, checkpoint, device)
+    with photo_bars(progress_by_default()):
+        recipe, result = evaluate_folder(run_dir, folder, checkpoint, device)
     if result.others:
         click.echo(others_line(result.others))
     click.echo(f"{recipe.name}, {result.checkpoint.name}, {result.photos} photos of {folder}")

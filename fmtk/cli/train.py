@@ -155,13 +155,12 @@ def lr_find(
     """Train RECIPE's model with the LR rising each step (Ignite's FastaiLRFinder); print the
     suggested LR (fastai's valley rule) and draw the loss against the LR. Writes no run folder and
     no checkpoint."""
-    from fmtk.data.images import PHOTO_BARS
+    from fmtk.data.images import photo_bars
     from fmtk.device import resolve_device
     from fmtk.lr_finder import MIN_VALLEY_POINTS, find_lr, save_lr_picture
     from fmtk.recipe_loading import data_root
     from fmtk.training.handlers import progress_by_default
 
-    PHOTO_BARS.set(progress_by_default())  # a photo folder is decoded whole first
     recipe = recipe_with_settings(recipe_name, settings, preset)
     out = out or Path(f"{recipe.name}_lr_find.png")
     if out.exists():
@@ -170,7 +169,8 @@ def lr_find(
         raise FmtkError(f"--out {out}: no folder {out.parent}")
     if not os.access(out.parent, os.W_OK):  # refused before training, not after
         raise FmtkError(f"--out {out}: cannot write it (the folder {out.parent} is not writable)")
-    finding = find_lr(recipe, data_root(data_dir), resolve_device(device), steps, start_lr, end_lr)
+    with photo_bars(progress_by_default()):  # a photo folder is decoded whole first
+        finding = find_lr(recipe, data_root(data_dir), resolve_device(device), steps, start_lr, end_lr)
     title = f"{recipe.name}{f' --preset {preset}' if preset else ''}: LR finder, {len(finding.lrs)} steps"
     save_lr_picture(finding, out, title)
     ended = "diverged" if finding.diverged else f"had not diverged by lr {end_lr:g}"

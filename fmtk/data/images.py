@@ -6,6 +6,7 @@ flipping and normalising whole batches on the device, keeps the epoch loop free 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -157,6 +158,16 @@ class BadImages(FmtkError):
 # epochs' bar (fmtk.training.build: a terminal or Jupyter, the main process), and by `fmtk evaluate
 # --folder`, so that a folder that takes minutes does not look hung.
 PHOTO_BARS: ContextVar[bool] = ContextVar("fmtk_photo_bars", default=False)
+
+
+@contextlib.contextmanager
+def photo_bars(shown: bool) -> Iterator[None]:
+    """:data:`PHOTO_BARS` set to ``shown`` within the block, as it was after."""
+    token = PHOTO_BARS.set(shown)
+    try:
+        yield
+    finally:
+        PHOTO_BARS.reset(token)
 
 
 def photo_bar(total: int, what: str = "decoding photos") -> tqdm:

@@ -17,7 +17,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 
-from fmtk.data.images import PHOTO_BARS, others_line
+from fmtk.data.images import others_line, photo_bars
 from fmtk.device import resolve_device, threads_by_default
 from fmtk.distributed import broadcast_buffers, is_main_process
 from fmtk.errors import FmtkError
@@ -136,13 +136,10 @@ def assemble_run(
     tracker = open_tracker(recipe, start.run_dir, echo) if is_main_process() else None
     if progress is None:
         progress = progress_by_default()
-    showing = PHOTO_BARS.set(progress and is_main_process())  # a photo folder's decoding
-    try:
+    with photo_bars(progress and is_main_process()):  # a photo folder's decoding
         parts = recipe_parts(
             recipe, data_dir, device, start.speed(speed), start.weights_loader(recipe.name), start.head
         )
-    finally:
-        PHOTO_BARS.reset(showing)
     lines = [start.changes(parts), threads_line(parts.speed.threads), skipped_line(parts.data.skipped),
              others_line(parts.data.others), parts.started_from]  # fmt: skip
     for line in [*lines, split_sizes(parts)]:
