@@ -4,7 +4,7 @@ torch, Ignite and everything that imports them are imported inside the commands:
 seconds to import, and ``fmtk --help``, ``--version`` and ``fmtk runs`` need neither.
 """
 
-from fmtk.cli import check, export, look, train, tune  # noqa: F401 - each registers its commands on the group
+from fmtk.cli import cache, check, export, look, train, tune  # noqa: F401 - each registers its commands on the group
 from fmtk.cli.group import cli
 
 __all__ = ["cli", "main"]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fmtk.data.batches import DataSplits, TensorBatches, stratified_split
+from fmtk.data.image_cache import FolderCache, make_room
 from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD
 from fmtk.data.images import (
     DATA_CACHES,
@@ -200,9 +201,14 @@ def photo_batches(
     if data_cache == "none":  # decoded here only to check them; the DataLoader decodes every epoch
         bad = bad_files(paths, image_size)
     else:
+        caches = {}
+        if data_cache == "file":
+            caches = {folder: FolderCache(listed, folder, image_size)
+                      for folder, listed in found.listed.items()}  # fmt: skip
+            make_room(caches.values())
         for folder, samples in found.listed.items():
             try:
-                images[folder] = decoded(samples, folder, image_size, data_cache)
+                images[folder] = decoded(samples, folder, image_size, data_cache, caches.get(folder))
             except BadImages as error:  # every folder's bad files, not the first one's
                 images[folder], bad = error.good, bad + error.bad
     if bad and not skip_bad_images:

@@ -1,51 +1,136 @@
-"""The decoded-image cache of image folders (``data_cache=file``): one ``.npy`` file per folder and
-image size, keyed by every file's path, size and modification time."""
+"""The decoded-photo cache of image folders (``data_cache=file``): per folder and image size, one
+``.npy`` file of its photos and one ``.json`` of what they are, in :func:`fmtk.caches.cache_folder`,
+keyed by every file's path, size and modification time. A folder whose files changed replaces its
+cache at that size (the old one could not be read again), so the cache grows with the folders and
+sizes trained, not with each change; ``fmtk cache`` lists and clears it."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from collections.abc import Callable
+import shutil
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fmtk.caches import being_written, byte_size, cache_folder
 from fmtk.errors import FmtkError
 
 # Part of every cache's key: changed whenever decoding gives a photo other pixels, so that no cache
 # of the old pixels is read again. 2: upright (fmtk.data.image_input.upright).
 DECODING = 2
 
+Bad = list[tuple[str, str]]  # (path, why) of the files that cannot be decoded
 
-def cache_folder() -> Path:
-    """Where decoded image caches go: ``$FMTK_CACHE``, else ``~/.cache/fmtk``."""
-    return Path(os.environ.get("FMTK_CACHE") or Path.home() / ".cache" / "fmtk")
+
+class FolderCache:
+    """``samples`` (the photos of ``folder``) decoded at ``image_size``, in the cache folder."""
+
+    def __init__(self, samples: list[tuple[str, int]], folder: Path, image_size: int) -> None:
+        self.samples, self.folder, self.image_size = samples, Path(folder), image_size
+        place = hashlib.sha256(f"{image_size}\0{self.folder.resolve()}".encode()).hexdigest()[:8]
+        key = hashlib.sha256(f"{DECODING}\0{image_size}".encode())
+        for path, _ in samples:
+            status = os.stat(path)
+            key.update(f"{self.relative(path)}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+        self.place = cache_folder() / f"{self.folder.name}-{image_size}px-{place}-"
+        self.npy = Path(f"{self.place}{key.hexdigest()[:20]}.npy")
+        self.json = self.npy.with_suffix(".json")
+
+    def relative(self, path: str) -> str:
+        return os.path.relpath(path, self.folder)
+
+    @property
+    def bytes_needed(self) -> int:
+        return len(self.samples) * 3 * self.image_size**2
+
+    def read(self) -> tuple[torch.Tensor, Bad] | None:
+        """The photos decoded and the files that could not be, as written; None when there is no
+        whole cache (none, torn, foreign or another's: decode again)."""
+        try:
+            said = json.loads(self.json.read_text())
+            paths = {self.relative(path): path for path, _ in self.samples}
+            bad = [(paths[name], why) for name, why in said["bad"]]
+            images = np.load(self.npy)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        size = self.image_size
+        if images.dtype != np.uint8 or images.shape != (len(self.samples) - len(bad), 3, size, size):
+            return None
+        try:  # last used, for `fmtk cache`: its access time, set (a mount may keep none); its time stays
+            os.utime(self.npy, ns=(time.time_ns(), self.npy.stat().st_mtime_ns))
+        except OSError:
+            pass  # a cache folder this user may read but not write
+        return torch.from_numpy(images), bad
+
+    def stale(self) -> list[Path]:
+        """The folder's other files at this size: caches of its photos before they changed, and
+        files left by a process killed while writing them."""
+        folder, name = self.place.parent, self.place.name
+        try:
+            files = [path for path in folder.iterdir() if path.name.startswith(name)]
+        except OSError:
+            return []
+        mine = (self.npy.name, self.json.name)
+        writing = [path for path in files if path.suffix == ".tmp" and being_written(path)]
+        return [path for path in files if path.name not in mine and path not in writing]
+
+    def write(self, images: torch.Tensor, bad: Bad) -> None:
+        """Both files, each atomically (a reader never sees half of one), the ``.json`` last."""
+        said = {
+            "folder": str(self.folder.resolve()), "image_size": self.image_size, "photos": len(self.samples),
+            "bad": [(self.relative(path), why) for path, why in bad], "decoding": DECODING,
+        }  # fmt: skip
+        self.npy.parent.mkdir(parents=True, exist_ok=True)
+        contents = [
+            (self.npy, lambda file: np.save(file, images.numpy())),
+            (self.json, lambda file: file.write(json.dumps(said, indent=1).encode())),
+        ]
+        for path, write in contents:
+            temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            try:
+                with temporary.open("wb") as file:
+                    write(file)
+                temporary.replace(path)
+            except OSError as error:
+                temporary.unlink(missing_ok=True)  # a full disk keeps no half-written copy
+                raise FmtkError(f"cannot write the image cache {path}: {error.strerror}") from None
+
+
+def make_room(caches: Iterable[FolderCache]) -> None:
+    """Before decoding: delete the stale files of each folder to be cached (:meth:`FolderCache.stale`),
+    then refuse, in one line, photos whose cache the cache folder's disk cannot hold."""
+    missing = [cache for cache in caches if not (cache.npy.is_file() and cache.json.is_file())]
+    for cache in missing:
+        for path in cache.stale():
+            path.unlink(missing_ok=True)
+    if not missing:
+        return
+    need = sum(cache.bytes_needed for cache in missing)
+    where = cache_folder()
+    existing = next(folder for folder in [where, *where.parents] if folder.exists())
+    free = shutil.disk_usage(existing).free
+    if need > free:
+        raise FmtkError(
+            f"data_cache=file: the {sum(len(cache.samples) for cache in missing):,} photos to cache at "
+            f"{missing[0].image_size} px are {byte_size(need)} decoded, more than the {byte_size(free)} "
+            f"free on the disk of the cache folder {where}: free space (fmtk cache --clear), set "
+            "FMTK_CACHE to a folder on a larger disk, or --set data_cache=memory"
+        )
 
 
 def cached_decode_images(
-    samples: list[tuple[str, int]], folder: Path, image_size: int, decode: Callable[..., torch.Tensor]
-) -> torch.Tensor:
-    """``decode(samples, image_size)`` (:func:`fmtk.data.images.decode_images`) through a ``.npy``
-    file in :func:`cache_folder`, keyed by :data:`DECODING`, the image size and every file's path
-    (relative to ``folder``), size and modification time (any change: a new file)."""
-    key = hashlib.sha256(f"{DECODING}\0{image_size}".encode())
-    for path, _ in samples:
-        status = os.stat(path)
-        key.update(f"{os.path.relpath(path, folder)}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
-    cache = cache_folder() / f"{folder.name}-{image_size}px-{key.hexdigest()[:20]}.npy"
-    if cache.is_file():
-        try:
-            return torch.from_numpy(np.load(cache))
-        except (OSError, ValueError):
-            pass  # a torn or foreign file: decode again and replace it
-    images = decode(samples, image_size)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-        with temporary.open("wb") as file:
-            np.save(file, images.numpy())
-        temporary.replace(cache)  # atomic: a reader never sees half a file
-    except OSError as error:
-        raise FmtkError(f"cannot write the image cache {cache}: {error.strerror}") from None
-    return images
+    cache: FolderCache, decode: Callable[[list[tuple[str, int]], int], tuple[torch.Tensor, Bad]]
+) -> tuple[torch.Tensor, Bad]:
+    """The photos of ``cache`` decoded and the files that cannot be, from the cache when it has them,
+    else by ``decode(samples, image_size)`` and written for the next run (the bad files too: a folder
+    with one keeps its others decoded)."""
+    found = cache.read()
+    if found is None:
+        found = decode(cache.samples, cache.image_size)
+        cache.write(*found)
+    return found

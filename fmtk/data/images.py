@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from fmtk.caches import cache_folder
 from fmtk.data.augment import Augmentation
 from fmtk.data.batches import (
     DataSplits,
@@ -26,7 +27,7 @@ from fmtk.data.batches import (
     process_shard,
     scale_pixels,
 )
-from fmtk.data.image_cache import cache_folder, cached_decode_images
+from fmtk.data.image_cache import Bad, FolderCache, cached_decode_images
 from fmtk.data.image_input import (
     HEIF_EXTENSIONS,
     HEIF_INSTALL,
@@ -328,11 +329,28 @@ def find_split_folder(root: Path, name: str) -> Path:
     return nested if nested.is_dir() else folder
 
 
-def decoded(samples: list[tuple[str, int]], folder: Path, image_size: int, data_cache: str) -> torch.Tensor:
-    """The images of ``samples`` decoded, through the cache file with ``data_cache=file``."""
-    if data_cache == "file":
-        return cached_decode_images(samples, folder, image_size, decode_images)
-    return decode_images(samples, image_size)
+def decoded(
+    samples: list[tuple[str, int]],
+    folder: Path,
+    image_size: int,
+    data_cache: str,
+    cache: FolderCache | None = None,
+) -> torch.Tensor:
+    """The images of ``samples`` decoded (:func:`decode_images`), through ``cache`` (else the folder's)
+    with ``data_cache=file``."""
+    if data_cache != "file":
+        return decode_images(samples, image_size)
+    images, bad = cached_decode_images(cache or FolderCache(samples, folder, image_size), _decode_keeping_bad)
+    if bad:
+        raise BadImages(bad, len(samples), good=images)
+    return images
+
+
+def _decode_keeping_bad(samples: list[tuple[str, int]], image_size: int) -> tuple[torch.Tensor, Bad]:
+    try:
+        return decode_images(samples, image_size), []
+    except BadImages as error:
+        return error.good, error.bad
 
 
 def loader_splits(

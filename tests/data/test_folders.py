@@ -118,7 +118,7 @@ def spoil(photos: Path) -> list[str]:
     )
 
 
-@pytest.mark.parametrize("data_cache", ["memory", "none"])
+@pytest.mark.parametrize("data_cache", ["memory", "file", "none"])
 def test_every_bad_photo_is_named_in_one_pass_and_listed_in_a_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_cache: str
 ) -> None:

@@ -1,0 +1,200 @@
+"""fmtk's cache folder, ``$FMTK_CACHE`` (else ``~/.cache/fmtk``): what fmtk keeps in it, and listing and
+clearing it (``fmtk cache``). The standard library only: the command imports neither torch nor numpy.
+
+What fmtk keeps there (:mod:`fmtk.data.image_cache` writes the first two, for ``data_cache=file``):
+
+- ``<folder>-<size>px-<place>-<key>.npy``: a folder's photos decoded at one size; ``<place>`` hashes
+  the folder's path, ``<key>`` its files (each one's path, size and modification time).
+- the same name in ``.json``: what the ``.npy`` holds (the folder, its photos, the files that cannot
+  be decoded).
+- ``bad-images-<name>.txt``: the last list of a folder's files that cannot be decoded.
+- ``<name>.<pid>.tmp``: a file being written, or left by a process killed while writing it.
+- ``<folder>-<size>px-<key>.npy``: an older fmtk's decoded photos (before the ``.json``), never read again.
+
+Nothing else in the folder is fmtk's: it is never listed nor deleted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+from fmtk.errors import FmtkError
+
+PHOTOS = re.compile(r".+-(?P<size>\d+)px-[0-9a-f]{8}-[0-9a-f]{20}\.(npy|json)")
+OLD_PHOTOS = re.compile(r".+-\d+px-[0-9a-f]{20}\.npy")
+BAD_LIST = re.compile(r"bad-images-.+\.txt")
+UNFINISHED = re.compile(r".+\.(npy|json)\.\d+\.tmp")
+
+# A temporary file modified this recently is being written by a running process: it is kept.
+WRITING_SECONDS = 600
+
+
+def cache_folder() -> Path:
+    """Where fmtk keeps decoded photos and lists of bad files: ``$FMTK_CACHE``, else ``~/.cache/fmtk``."""
+    return Path(os.environ.get("FMTK_CACHE") or Path.home() / ".cache" / "fmtk")
+
+
+def being_written(path: Path, now: float | None = None) -> bool:
+    """Whether the temporary file ``path`` is still being written (modified in the last
+    :data:`WRITING_SECONDS`); an older one was left by a process killed while writing it."""
+    try:
+        return (now or time.time()) - path.stat().st_mtime < WRITING_SECONDS
+    except FileNotFoundError:
+        return False
+
+
+@dataclasses.dataclass
+class Cached:
+    """One folder's photos decoded at one size: its ``.npy`` and ``.json`` (either may be missing)."""
+
+    paths: list[Path]
+    size: int  # bytes on disk
+    used: float  # last read or written
+    folder: str | None = None  # the photos' folder, as the .json says
+    image_size: int | None = None
+    photos: int | None = None
+    bad: int | None = None
+
+    @property
+    def complete(self) -> bool:
+        return {path.suffix for path in self.paths} == {".npy", ".json"} and self.folder is not None
+
+
+@dataclasses.dataclass
+class CacheContents:
+    """fmtk's files in a cache folder, by kind."""
+
+    where: Path
+    photos: list[Cached]
+    old: list[Path]  # an older fmtk's decoded photos
+    bad_lists: list[Path]
+    unfinished: list[Path]  # left by a killed process
+    writing: list[Path]  # being written now: never deleted
+
+    def deletable(self) -> list[Path]:
+        photos = [path for cached in self.photos for path in cached.paths]
+        return photos + self.old + self.bad_lists + self.unfinished
+
+
+def cache_contents(where: Path | None = None) -> CacheContents:
+    """What fmtk keeps in ``where`` (default :func:`cache_folder`); nothing there: all empty."""
+    where = cache_folder() if where is None else where
+    contents = CacheContents(where, [], [], [], [], [])
+    try:
+        files = sorted(path for path in where.iterdir() if path.is_file())
+    except FileNotFoundError:
+        return contents
+    except OSError as error:
+        raise FmtkError(f"cannot read the cache folder {where}: {error.strerror}") from None
+    now, stems = time.time(), {}
+    for path in files:
+        if PHOTOS.fullmatch(path.name):
+            stems.setdefault(path.with_suffix(""), []).append(path)
+        elif OLD_PHOTOS.fullmatch(path.name):
+            contents.old.append(path)
+        elif BAD_LIST.fullmatch(path.name):
+            contents.bad_lists.append(path)
+        elif UNFINISHED.fullmatch(path.name):
+            (contents.writing if being_written(path, now) else contents.unfinished).append(path)
+    contents.photos = sorted((_cached(paths) for paths in stems.values()), key=lambda cached: -cached.used)
+    return contents
+
+
+def _cached(paths: list[Path]) -> Cached:
+    stats = {path.suffix: path.stat() for path in paths}
+    main = stats.get(".npy") or stats[".json"]
+    used = max(main.st_atime, main.st_mtime)  # a read sets its access time (fmtk.data.image_cache)
+    cached = Cached(paths, sum(stat.st_size for stat in stats.values()), used)
+    description = next((path for path in paths if path.suffix == ".json"), None)
+    try:
+        said = json.loads(description.read_text()) if description is not None else {}
+        cached.folder, cached.image_size = str(said["folder"]), int(said["image_size"])
+        cached.photos, cached.bad = int(said["photos"]), len(said["bad"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # a torn or foreign .json: listed as such, deleted by --clear
+    return cached
+
+
+def clear_cache(contents: CacheContents) -> tuple[int, int]:
+    """Delete every file of ``contents`` but those being written: ``(files, bytes)`` deleted."""
+    files = size = 0
+    for path in contents.deletable():
+        try:
+            bytes_ = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            continue  # another process deleted or replaced it
+        except OSError as error:
+            raise FmtkError(f"cannot delete {path}: {error.strerror}") from None
+        files, size = files + 1, size + bytes_
+    return files, size
+
+
+def byte_size(count: int) -> str:
+    """``count`` bytes in KiB, MiB or GiB, whichever is the largest below it: ``"287.2 MiB"``."""
+    for unit, power in (("GiB", 30), ("MiB", 20)):
+        if count >= 2**power:
+            return f"{count / 2**power:,.1f} {unit}"
+    return f"{count / 2**10:,.1f} KiB"
+
+
+def format_cache(contents: CacheContents) -> str:
+    """The cache folder's contents for ``fmtk cache``: its decoded folders as a table, newest used
+    first, then a line of the rest and what ``--clear`` would free."""
+    photos = contents.photos
+    others = contents.old + contents.bad_lists + contents.unfinished
+    total = sum(cached.size for cached in photos) + _sizes(others)
+    lines = [f"{contents.where}: {_count(len(photos), 'decoded folder')}, {byte_size(total)} in all"]
+    if photos:
+        table = [("photos of", "size", "photos", "bad", "on disk", "last used")]
+        for cached in photos:
+            folder = cached.folder if cached.complete else "(unfinished or unreadable: --clear deletes it)"
+            if cached.folder is not None and not Path(cached.folder).is_dir():
+                folder += " (gone)"
+            table.append((
+                folder, _or_dash(cached.image_size, "{}px"), _or_dash(cached.photos, "{:,}"),
+                _or_dash(cached.bad, "{:,}"), byte_size(cached.size),
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(cached.used)),
+            ))  # fmt: skip
+        widths = [max(len(row[index]) for row in table) for index in range(len(table[0]))]
+        for row in table:
+            cells = [cell.ljust(width) if index in (0, 5) else cell.rjust(width) for index, (cell, width) in
+                     enumerate(zip(row, widths, strict=True))]  # fmt: skip
+            lines.append("  ".join(cells).rstrip())
+    rest = [
+        f"{_count(len(contents.old), 'cache')} of an older fmtk ({byte_size(_sizes(contents.old))}, never "
+        "read again)" if contents.old else "",
+        _count(len(contents.bad_lists), "list") + " of bad files" if contents.bad_lists else "",
+        f"{_count(len(contents.unfinished), 'unfinished file')} ({byte_size(_sizes(contents.unfinished))}, "
+        "left by killed processes)" if contents.unfinished else "",
+        f"{_count(len(contents.writing), 'file')} being written" if contents.writing else "",
+    ]  # fmt: skip
+    if any(rest):
+        lines.append("also: " + "; ".join(part for part in rest if part))
+    if contents.deletable():
+        again = " (the next run of each folder decodes its photos again)" if photos else ""
+        lines.append(f"fmtk cache --clear deletes them{again}.")
+    return "\n".join(lines)
+
+
+def _count(number: int, thing: str) -> str:
+    return f"{number:,} {thing}{'' if number == 1 else 's'}"
+
+
+def _or_dash(value: int | None, form: str) -> str:
+    return "-" if value is None else form.format(value)
+
+
+def _sizes(paths: list[Path]) -> int:
+    total = 0
+    for path in paths:
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:
+            pass
+    return total
