@@ -18,6 +18,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from fmtk.data.augment import Augmentation
+from fmtk.data.copies import NearCopy
 from fmtk.errors import FmtkError
 
 
@@ -179,7 +180,8 @@ class DataSplits:
     """The three splits a run needs, as iterables of ``(x, y)`` batches, and the class names; and
     the data files left out: those that could not be read (``skipped``: a photo folder's
     ``skip_bad_images``), and those of a photo folder's class folders that are not photos
-    (``others``: ``.mov``, ``.txt``…)."""
+    (``others``: ``.mov``, ``.txt``…); and the valid and test photos that are near copies of photos they are
+    judged against (``near_copies``: :mod:`fmtk.data.copies`)."""
 
     train: Batches
     valid: Batches
@@ -187,6 +189,7 @@ class DataSplits:
     classes: list[str]
     skipped: tuple[str, ...] = ()
     others: tuple[str, ...] = ()
+    near_copies: tuple[NearCopy, ...] = ()
 
 
 def stratified_split(

@@ -18,14 +18,15 @@ import numpy as np
 import torch
 
 from fmtk.data.batches import DataSplits, TensorBatches, stratified_split
-from fmtk.data.image_cache import FolderCache, make_room
+from fmtk.data.copies import Fingerprints, NearCopy, near_copies
+from fmtk.data.image_cache import Bad, FolderCache, make_room
 from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD
 from fmtk.data.images import (
     DATA_CACHES,
     NO_FOLDER_HINT,
     BadImages,
-    bad_files,
     bad_images_error,
+    checked_files,
     decoded,
     find_split_folder,
     list_image_folder,
@@ -190,7 +191,6 @@ def photo_batches(
     """The batches of ``found``'s splits (:func:`load_photo_folder`), every photo decoded first (once:
     with ``skip_bad_images`` the bad ones are left out of what was decoded, not decoded again)."""
     paths = [path for samples in found.listed.values() for path, _ in samples]
-    images, bad = {}, []
     if data_cache != "none":
         photos = f"data_cache={data_cache}: the {len(paths):,} photos at {image_size} px"
         instead = (
@@ -198,27 +198,16 @@ def photo_batches(
             "(or a smaller image_size)"
         )
         check_memory(len(paths) * 3 * image_size**2, device, photos, instead)
-    if data_cache == "none":  # decoded here only to check them; the DataLoader decodes every epoch
-        bad = bad_files(paths, image_size)
-    else:
-        caches = {}
-        if data_cache == "file":
-            caches = {folder: FolderCache(listed, folder, image_size)
-                      for folder, listed in found.listed.items()}  # fmt: skip
-            make_room(caches.values())
-        for folder, samples in found.listed.items():
-            try:
-                images[folder] = decoded(samples, folder, image_size, data_cache, caches.get(folder))
-            except BadImages as error:  # every folder's bad files, not the first one's
-                images[folder], bad = error.good, bad + error.bad
+    images, bad, prints = decode_found(found, image_size, data_cache)
     if bad and not skip_bad_images:
         raise BadImages(bad, len(paths))
     found = found.without({path for path, _ in bad}) if bad else found
     skipped = tuple(path for path, _ in bad)
+    noted = {"skipped": skipped, "others": found.others, "near_copies": split_copies(found, prints)}
     if data_cache == "none":
         splits = tuple(found.samples(split) for split in ("train", "valid", "test"))
         data = loader_splits(splits, found.classes, image_size, batch_size, device, seed, flip_p, mean, std)
-        return dataclasses.replace(data, skipped=skipped, others=found.others)
+        return dataclasses.replace(data, **noted)
     labels = {folder: sample_labels(samples) for folder, samples in found.listed.items()}
     rows = split_rows(found.splits, images)
 
@@ -232,7 +221,43 @@ def photo_batches(
         )  # fmt: skip
 
     splits = batches("train"), batches("valid"), batches("test")
-    return DataSplits(*splits, found.classes, skipped, found.others)
+    return DataSplits(*splits, found.classes, **noted)
+
+
+def decode_found(
+    found: PhotoSplits, image_size: int, data_cache: str
+) -> tuple[dict[Path, torch.Tensor], Bad, dict[Path, Fingerprints]]:
+    """Every photo of ``found`` decoded (:func:`photo_batches`; ``data_cache=none``: only checked):
+    the decoded photos and the fingerprints of the good ones per folder, and the bad ones,
+    ``(path, why)``."""
+    images, bad, prints = {}, [], {}
+    if data_cache == "none":  # decoded here only to check them; the DataLoader decodes every epoch
+        paths = [path for samples in found.listed.values() for path, _ in samples]
+        bad, joined = checked_files(paths, image_size)
+        unread, start = {path for path, _ in bad}, 0
+        for folder, samples in found.listed.items():
+            good = sum(path not in unread for path, _ in samples)
+            prints[folder], start = joined[np.arange(start, start + good)], start + good
+        return images, bad, prints
+    caches = {}
+    if data_cache == "file":
+        caches = {folder: FolderCache(listed, folder, image_size) for folder, listed in found.listed.items()}
+        make_room(caches.values())
+    for folder, samples in found.listed.items():
+        try:
+            images[folder] = decoded(samples, folder, image_size, data_cache, caches.get(folder))
+        except BadImages as error:  # every folder's bad files, not the first one's
+            images[folder], bad = error.good, bad + error.bad
+        prints[folder] = Fingerprints.of(images[folder])
+    return images, bad, prints
+
+
+def split_copies(found: PhotoSplits, prints: dict[Path, Fingerprints]) -> tuple[NearCopy, ...]:
+    """The near copies across ``found``'s splits (:mod:`fmtk.data.copies`), from its folders'
+    fingerprints (of the photos it lists, in order)."""
+    by_split = {split: prints[folder][index] for split, (folder, index) in found.splits.items()}
+    names = {split: [path for path, _ in found.samples(split)] for split in found.splits}
+    return near_copies(by_split, names)
 
 
 def split_rows(

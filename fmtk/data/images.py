@@ -27,6 +27,7 @@ from fmtk.data.batches import (
     process_shard,
     scale_pixels,
 )
+from fmtk.data.copies import Fingerprints
 from fmtk.data.image_cache import Bad, FolderCache, cached_decode_images
 from fmtk.data.image_input import (
     HEIF_EXTENSIONS,
@@ -178,15 +179,17 @@ def photo_bar(total: int, what: str = "decoding photos") -> tqdm:
     return tqdm(total=total, desc=what, unit=" photos", leave=False, disable=not PHOTO_BARS.get())
 
 
-def bad_files(paths: list[str], image_size: int) -> list[tuple[str, str]]:
-    """``(path, why)`` of each file of ``paths`` that cannot be decoded (every file decoded, a chunk
-    at a time, in a thread per core, nothing kept): the check of ``data_cache=none``."""
-    bad = []
+def checked_files(paths: list[str], image_size: int) -> tuple[Bad, Fingerprints]:
+    """``(path, why)`` of each file of ``paths`` that cannot be decoded, and the fingerprints of the
+    others, in order (every file decoded, a chunk at a time, in a thread per core, no pixels kept):
+    the check of ``data_cache=none``."""
+    bad, prints = [], []
     with photo_bar(len(paths)) as bar:
-        for good, _, unread in read_pixels(paths, ImageInput.photo(image_size)):
+        for good, pixels, unread in read_pixels(paths, ImageInput.photo(image_size)):
             bad += [(paths[i], why) for i, why in unread]
+            prints.append(Fingerprints.of(pixels))
             bar.update(len(good) + len(unread))
-    return bad
+    return bad, Fingerprints.joined(prints)
 
 
 def bad_images_error(found: BadImages, name: str, hint: str = "") -> BadImages:

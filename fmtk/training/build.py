@@ -17,6 +17,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 
+from fmtk.data.copies import copies_line
 from fmtk.data.images import others_line, photo_bars
 from fmtk.device import resolve_device, threads_by_default
 from fmtk.distributed import broadcast_buffers, is_main_process
@@ -140,8 +141,9 @@ def assemble_run(
         parts = recipe_parts(
             recipe, data_dir, device, start.speed(speed), start.weights_loader(recipe.name), start.head
         )
-    lines = [start.changes(parts), threads_line(parts.speed.threads), skipped_line(parts.data.skipped),
-             others_line(parts.data.others), parts.started_from]  # fmt: skip
+    data = parts.data
+    lines = [start.changes(parts), threads_line(parts.speed.threads), skipped_line(data.skipped),
+             others_line(data.others), copies_line(data.near_copies), parts.started_from]  # fmt: skip
     for line in [*lines, split_sizes(parts)]:
         if line:
             echo(line)

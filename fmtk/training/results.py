@@ -27,6 +27,8 @@ def run_config(parts: Parts, start: Start, data_dir: Path | None, command: str |
     config["device"] = str(parts.device)
     if parts.data.skipped:  # what skip_bad_images left out
         config["skipped_images"] = list(parts.data.skipped)
+    if parts.data.near_copies:  # valid and test photos that flatter their figures (fmtk.data.copies)
+        config["near_copies"] = [copy._asdict() for copy in parts.data.near_copies]
     first = start.first(command, parts.started_from)  # started_from: what the starting weights gave
     config["started_from"] = first["started_from"]
     config["head"] = list(parts.head)  # and the tensors they did not give

@@ -1,0 +1,98 @@
+"""Near copies across a photo folder's splits (fmtk.data.copies): real photos saved again as a
+user's folder would hold them are found in every data cache, bad files or not; other photos are not."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import fmtk
+from PIL import Image, ImageEnhance
+
+from fmtk.data import load_catdog, load_photo_folder
+from fmtk.data.copies import NearCopy, copies_line
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def folder(real_data: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """``train``/``test`` of real Cat & Dog photos, the test split holding three photos of the
+    training folder saved again (JPEG at quality 50, half size, brighter) and a file that is not a
+    photo: ``(folder, {copy: its original})``."""
+    source, photos = real_data / "catdog" / "training_set", tmp_path / "photos"
+    for split, start, count in (("train", 1, 12), ("test", 101, 5)):
+        for kind in ("cats", "dogs"):
+            (photos / split / kind).mkdir(parents=True)
+            for number in range(start, start + count):
+                name = f"{kind[:-1]}.{number}.jpg"
+                shutil.copy(source / kind / name, photos / split / kind / name)
+    originals = {}
+    for name, original, change in [
+        ("cats/saved_again.jpg", "cats/cat.3.jpg", lambda image: image),
+        (
+            "dogs/half.png",
+            "dogs/dog.5.jpg",
+            lambda image: image.resize((image.width // 2, image.height // 2)),
+        ),
+        ("dogs/brighter.png", "dogs/dog.8.jpg", lambda image: ImageEnhance.Brightness(image).enhance(1.15)),
+    ]:
+        change(Image.open(photos / "train" / original)).save(photos / "test" / name, quality=50)
+        originals[str(photos / "test" / name)] = str(photos / "train" / original)
+    (photos / "train" / "cats" / "notes.jpg").write_text("not a photo")
+    return photos, originals
+
+
+@pytest.mark.parametrize("data_cache", ["memory", "file", "none"])
+@pytest.mark.parametrize("size", [32, 64])
+def test_photos_saved_again_are_found_in_every_data_cache(
+    folder: tuple[Path, dict[str, str]], data_cache: str, size: int
+) -> None:
+    photos, originals = folder
+    data = load_photo_folder(photos, size, 4, CPU, seed=0, data_cache=data_cache, skip_bad_images=True)
+    assert data.skipped == (str(photos / "train" / "cats" / "notes.jpg"),)  # its row is no photo's
+    assert {copy.photo: copy.copy_of for copy in data.near_copies} == originals
+    assert {copy.split for copy in data.near_copies} == {"test"}
+
+
+def test_the_one_copy_among_the_cat_and_dog_photos_is_found_when_the_split_parts_it(real_data: Path) -> None:
+    training = real_data / "catdog" / "training_set" / "dogs"
+    found = {seed: load_catdog(real_data, 32, 16, CPU, seed=seed).near_copies for seed in (0, 1)}
+    assert found[0] == (NearCopy("valid", str(training / "dog.180.jpg"), str(training / "dog.74.jpg")),)
+    assert found[1] == ()  # the same photo twice, both drawn into train
+
+
+def test_the_line_counts_the_copies_by_split() -> None:
+    assert copies_line(()) is None
+    one = copies_line([NearCopy("valid", "b/x.jpg", "a/x.jpg")])
+    assert one == (
+        "near copies across splits: 1 valid photo is a near copy of a training photo (b/x.jpg ~ a/x.jpg): "
+        "the valid figures flatter the model; remove one of each pair (config.json lists them all: "
+        "near_copies)"
+    )
+    several = copies_line(
+        [NearCopy("valid", "v.jpg", "t.jpg"), *[NearCopy("test", f"{i}.jpg", "t.jpg") for i in range(2)]]
+    )
+    assert several.startswith(
+        "near copies across splits: 1 valid and 2 test photos are a near copy of a training or valid photo "
+        "(e.g. v.jpg ~ t.jpg): the valid and test figures flatter the model;"
+    )
+
+
+def test_a_run_says_so_and_lists_them_in_its_config(
+    folder: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    photos, originals = folder
+    (photos / "train" / "cats" / "notes.jpg").unlink()
+    small = ["--set", "image_size=32", "--set", "warmup_epochs=0", "--device", "cpu"]
+    done = fmtk(
+        "run", "images", "--data-dir", str(photos), "--run-dir", "run", "--epochs", "1", *small, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith("near copies across splits: 3 test photos are a near copy")
+    listed = json.loads((tmp_path / "run" / "config.json").read_text())["near_copies"]
+    assert {copy["photo"]: copy["copy_of"] for copy in listed} == originals
+    assert {copy["split"] for copy in listed} == {"test"}
