@@ -92,6 +92,14 @@ def test_empty_class_folder(catdog_root: Path, tmp_path: Path) -> None:
     assert_one_line_error(run_on(catdog_root, tmp_path, *SMALL), "training_set", "cats")
 
 
+def test_photos_too_small_for_the_model_are_one_line(catdog_root: Path, tmp_path: Path) -> None:
+    result = run_on(catdog_root, tmp_path, *SMALL, "--set", "image_size=16")  # VGG halves 32 px 5 times
+    assert_one_line_error(
+        result, "recipe catdog_vgg: its model fails on inputs of 3×16×16 (the valid split's): ",
+        "Output size is too small; a larger image_size may fit it (FMTK_TRACEBACK=1 shows the traceback)",
+    )  # fmt: skip
+
+
 def test_corrupt_jpeg_is_named(catdog_root: Path, tmp_path: Path) -> None:
     broken = catdog_root / "catdog" / "training_set" / "dogs" / "dog.3.jpg"
     broken.write_bytes(broken.read_bytes()[:300])
@@ -144,6 +152,15 @@ MINE = ["run", "mine.py"]  # run the recipe file written by the case
 HANDLE = ["run", "digits_mlp", "--handler"]
 RAISING_DATA = "def data(recipe, data_dir, device):\n    raise ValueError('no rows')\n"
 OWN_LOSS = recipe_file("from torch import nn\n", loss="lambda recipe: nn.MultiMarginLoss()")
+OWN_MODEL = """from torch import nn
+
+class Broken(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(64, 10)
+    def forward(self, x):
+        raise RuntimeError("shapes do not fit")
+"""
 LAYERS = {"model": "lambda recipe: mlp(64, recipe.options['layers'], 10)", "options": '{"layers": [64, 32]}'}
 
 CASES = [
@@ -163,6 +180,11 @@ CASES = [
      ["recipe mine: data() returned tuple, not a DataSplits"]),
     ("data() raises", {"mine.py": recipe_file(RAISING_DATA, data="data")}, MINE,
      ["mine.py:5: ValueError: no rows"]),
+    ("bundled model of another input size", {"mine.py": recipe_file(model="lambda r: mlp(32, [16], 10)")},
+     MINE, ["recipe mine: its model fails on inputs of 1×8×8 (the valid split's): mat1 and mat2 shapes "
+            "cannot be multiplied (2x64 and 32x16) (FMTK_TRACEBACK=1"]),
+    ("own model raises", {"mine.py": recipe_file(OWN_MODEL, model="lambda r: Broken()")}, MINE,
+     ["mine.py:11: RuntimeError: shapes do not fit"]),
     ("model output size is not the class count", {"mine.py": recipe_file(model="lambda r: mlp(64, [16], 5)")},
      MINE, ["the model gives 5 outputs per sample but the data has 10 classes"]),
     ("recipe name with a path separator", {"mine.py": recipe_file(name='"../escape"')}, MINE,

@@ -12,13 +12,14 @@ Examples:
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 from torch import nn
 
 from fmtk.data.batches import Batches, DataSplits
-from fmtk.errors import FmtkError
+from fmtk.errors import TRACEBACK_VARIABLE, FmtkError, out_of_memory_line, user_code_line
 
 SPLITS = ("train", "valid", "test")
 INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -93,6 +94,22 @@ def _check_inputs(split: str, x: Any, model: nn.Module) -> None:
         raise FmtkError(f"{split}'s inputs are {kind}; scale them to float, e.g. fmtk.data.scale_pixels")
 
 
+def _failed_on(recipe_name: str, x: torch.Tensor, error: Exception) -> FmtkError | None:
+    """One line for a bundled model that fails on the valid split's inputs, naming their size (photos
+    too small for it: ``--set image_size=16`` to a VGG); None to keep ``error`` as it is: raised in a
+    user's own code (its file and line are named), out of memory, or with ``FMTK_TRACEBACK=1``."""
+    if os.environ.get(TRACEBACK_VARIABLE) == "1" or user_code_line(error) or out_of_memory_line(error):
+        return None
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    size = "×".join(map(str, x.shape[1:]))
+    small = x.ndim == 4 and any(word in message.lower() for word in ("small", "greater than"))
+    hint = "; a larger image_size may fit it" if small else ""
+    return FmtkError(
+        f"recipe {recipe_name}: its model fails on inputs of {size} (the valid split's): {message}{hint} "
+        f"({TRACEBACK_VARIABLE}=1 shows the traceback)"
+    )
+
+
 def _check_output_size(
     recipe_name: str, model: nn.Module, x: torch.Tensor, classes: int, device: torch.device
 ) -> None:
@@ -100,8 +117,15 @@ def _check_output_size(
     training, not after an epoch (or never: cross-entropy fails only on a label past the size)."""
     with torch.random.fork_rng(devices=_cuda(device)), torch.no_grad():  # the run's stream stays
         was_training = model.training
-        output = model.eval()(x[:2].to(device))
-        model.train(was_training)
+        try:
+            output = model.eval()(x[:2].to(device))
+        except (RuntimeError, ValueError) as error:
+            failed = _failed_on(recipe_name, x, error)
+            if failed is None:
+                raise
+            raise failed from None
+        finally:
+            model.train(was_training)
     if output.ndim != 2 or output.shape[1] != classes:
         shape = "×".join(map(str, output.shape[1:])) or "a scalar"
         raise FmtkError(
