@@ -27,7 +27,7 @@ import torch
 from common import spread, write_json
 from PIL import Image, ImageEnhance
 
-from fmtk.data.copies import HASH_BITS, SAME, Fingerprints, copied
+from fmtk.data.copies import HASH_BITS, SAME, Fingerprints, copied, correlation
 from fmtk.data.images import decode_images, list_image_folder
 from fmtk.device import usable_cores
 
@@ -58,16 +58,16 @@ def all_pairs(prints: Fingerprints, names: list[str]) -> dict:
     the highest correlation of the others."""
     bits = np.bitwise_count(prints.hashes[:, None] ^ prints.hashes[None, :])
     first, second = np.nonzero(np.triu(bits <= HASH_BITS, 1))
-    correlation = np.einsum("ij,ij->i", prints.thumbnails[first], prints.thumbnails[second])
-    same = correlation >= SAME
+    correlated = correlation(prints.thumbnails[first], prints.thumbnails[second])
+    same = correlated >= SAME
     return {
         "pairs": len(prints) * (len(prints) - 1) // 2,
         "within_bits": {k: int((bits[first, second] <= k).sum()) for k in range(HASH_BITS + 1)},
         "near_copies": [
             {"photos": [names[i], names[j]], "bits": int(bits[i, j]), "correlation": round(float(c), 4)}
-            for i, j, c in zip(first[same], second[same], correlation[same], strict=True)
+            for i, j, c in zip(first[same], second[same], correlated[same], strict=True)
         ],
-        "highest_other_correlation": round(float(correlation[~same].max()), 4) if (~same).any() else None,
+        "highest_other_correlation": round(float(correlated[~same].max()), 4) if (~same).any() else None,
     }
 
 
@@ -83,11 +83,11 @@ def edited_copies(paths: list[str], originals: Fingerprints, size: int) -> dict:
                 files.append((str(file), 0))
             prints = Fingerprints.of(decode_images(files, size))
             bits = np.bitwise_count(prints.hashes ^ originals.hashes)
-            correlation = np.einsum("ij,ij->i", prints.thumbnails, originals.thumbnails)
+            correlated = correlation(prints.thumbnails, originals.thumbnails)
             judged = np.array([copied(prints[[i]], originals[[i]])[0] == 0 for i in range(len(paths))])
             found[edit] = {
                 "bits_max": int(bits.max()), "bits_median": float(np.median(bits)),
-                "correlation_min": round(float(correlation.min()), 4), "found": int(judged.sum()),
+                "correlation_min": round(float(correlated.min()), 4), "found": int(judged.sum()),
                 "of": len(paths),
             }  # fmt: skip
     return found
@@ -145,7 +145,7 @@ def main() -> None:
         report["sizes"][size] = {"pairs": pairs, "edited": edited, "cost": spent}
         show(size, pairs, edited, spent)
     rng = np.random.default_rng(0)
-    many = [Fingerprints(rng.integers(0, 2**63, n, dtype=np.uint64), np.zeros((n, 288), np.float32))
+    many = [Fingerprints(rng.integers(0, 2**63, n, dtype=np.uint64), np.zeros((n, 288), np.uint8))
             for n in (10_000, 40_000)]  # fmt: skip
     seconds = []
     for _ in range(arguments.rounds):

@@ -5,6 +5,7 @@ A run folder holds::
     config.json                      the resolved recipe, classes, speed, processes, versions, command
     metrics.csv                      one row per epoch (EPOCH_COLUMNS, then a recipe's own metrics)
     metrics.json                     the run's results, written when it ends
+    train_fingerprints.npz           a photo folder's training photos' fingerprints (evaluate --folder)
     best_checkpoint_<epoch>_valid_<metric>=<v>.pt   the model at the best valid checkpoint_metric
     last_checkpoint_<epoch>.pt       every state a resume needs
     confusion_best.png, top_losses.png, top_losses.csv
@@ -32,6 +33,7 @@ CONFIG = "config.json"
 METRICS_CSV = "metrics.csv"
 METRICS_JSON = "metrics.json"
 TOP_LOSSES_CSV = "top_losses.csv"
+TRAIN_FINGERPRINTS = "train_fingerprints.npz"  # a photo folder's training photos (fmtk.data.copies)
 EVALUATIONS = "evaluations"  # fmtk evaluate --folder's results, one folder per evaluation
 ITERATIONS = "iterations"  # the per-iteration TensorBoard sub-run
 BEST, LAST = "best", "last"  # checkpoint name prefixes: <prefix>_checkpoint_<epoch>[_<score>].pt

@@ -222,6 +222,8 @@ def evaluate_new_folder(run_dir: Path, folder: Path, checkpoint: str, device: to
         click.echo(others_line(result.others))
     click.echo(f"{recipe.name}, {result.checkpoint.name}, {result.photos} photos of {folder}")
     click.echo(result.evaluation.table())
+    if result.near_copies:
+        click.echo(result.copies_line())
     which = checkpoint if checkpoint in (BEST, LAST) else result.checkpoint.stem
     place = new_evaluation_dir(run_dir, f"{folder.resolve().name}-{which}")
     try:

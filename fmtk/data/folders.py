@@ -11,6 +11,7 @@ The class names are the class folders' names, sorted (torchvision's ``find_class
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from fmtk.data.batches import DataSplits, TensorBatches, stratified_split
-from fmtk.data.copies import Fingerprints, NearCopy, near_copies
+from fmtk.data.copies import Fingerprinted, Fingerprints, near_copies
 from fmtk.data.image_cache import Bad, FolderCache, make_room
 from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD
 from fmtk.data.images import (
@@ -203,7 +204,11 @@ def photo_batches(
         raise BadImages(bad, len(paths))
     found = found.without({path for path, _ in bad}) if bad else found
     skipped = tuple(path for path, _ in bad)
-    noted = {"skipped": skipped, "others": found.others, "near_copies": split_copies(found, prints)}
+    prints = {split: prints[folder][index] for split, (folder, index) in found.splits.items()}
+    names = {split: [path for path, _ in found.samples(split)] for split in found.splits}
+    trained_on = Fingerprinted(tuple(os.path.abspath(name) for name in names["train"]), prints["train"])
+    noted = {"skipped": skipped, "others": found.others, "near_copies": near_copies(prints, names),
+             "trained_on": trained_on}  # fmt: skip
     if data_cache == "none":
         splits = tuple(found.samples(split) for split in ("train", "valid", "test"))
         data = loader_splits(splits, found.classes, image_size, batch_size, device, seed, flip_p, mean, std)
@@ -250,14 +255,6 @@ def decode_found(
             images[folder], bad = error.good, bad + error.bad
         prints[folder] = Fingerprints.of(images[folder])
     return images, bad, prints
-
-
-def split_copies(found: PhotoSplits, prints: dict[Path, Fingerprints]) -> tuple[NearCopy, ...]:
-    """The near copies across ``found``'s splits (:mod:`fmtk.data.copies`), from its folders'
-    fingerprints (of the photos it lists, in order)."""
-    by_split = {split: prints[folder][index] for split, (folder, index) in found.splits.items()}
-    names = {split: [path for path, _ in found.samples(split)] for split in found.splits}
-    return near_copies(by_split, names)
 
 
 def split_rows(

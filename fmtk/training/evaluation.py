@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from fmtk.data.batches import Batches, TensorBatches
+from fmtk.data.copies import Fingerprinted, Fingerprints, copied
 from fmtk.data.folders import split_folders
 from fmtk.data.image_input import read_all, read_pixels
 from fmtk.data.images import list_image_folder, photo_bar
@@ -28,7 +29,14 @@ from fmtk.models import FlipAveraged
 from fmtk.pictures import confusion_picture, titled_grid
 from fmtk.recipe import Recipe
 from fmtk.recipe_loading import recipe_from_config
-from fmtk.runfolder import BEST, TOP_LOSSES_CSV, confusion_name, find_checkpoint, read_config
+from fmtk.runfolder import (
+    BEST,
+    TOP_LOSSES_CSV,
+    TRAIN_FINGERPRINTS,
+    confusion_name,
+    find_checkpoint,
+    read_config,
+)
 from fmtk.training.checkpoints import load_model_weights, read_checkpoint
 from fmtk.training.engines import create_evaluator, loss_on
 from fmtk.training.parts import create_model, load_data
@@ -129,6 +137,10 @@ class LossRanking:
         confidence, predicted = probabilities.max(dim=1)
         loss = -probabilities.gather(1, labels[:, None]).squeeze(1).clamp_min(1e-12).log()
         self.parts.append((loss, predicted, confidence, labels))
+
+    def correct(self) -> torch.Tensor:
+        """Whether each sample was predicted right, in the order added (a bool CPU tensor)."""
+        return torch.cat([predicted == labels for _, predicted, _, labels in self.parts]).cpu()
 
     def top(
         self, classes: Sequence[str], names: Sequence[str] | None = None, count: int = 32
@@ -260,6 +272,39 @@ class FolderEvaluation:
     unreadable: list[tuple[str, str]]
     images: torch.Tensor = field(repr=False)  # the pixels of the ``wrong`` photos, in their order
     others: list[str] = field(default_factory=list)
+    near_copies: list[dict[str, str]] = field(default_factory=list)  # of the run's training photos
+    accuracy_without_copies: float | None = None
+
+    def find_copies(
+        self, prints: Fingerprints, trained_on: Fingerprinted, names: Sequence[str], correct: torch.Tensor
+    ) -> None:
+        """Which of the photos evaluated (``names``, with their ``prints``, and whether each was
+        predicted right) are near copies of the run's training photos, and the accuracy without them."""
+        found = copied(prints, trained_on.prints)
+        rows = np.flatnonzero(found >= 0)
+        self.near_copies = [{"photo": names[i], "copy_of": trained_on.names[found[i]]} for i in rows]
+        others = np.ones(len(names), dtype=bool)
+        others[rows] = False
+        if len(rows) and others.any():
+            self.accuracy_without_copies = float(correct.numpy()[others].mean())
+
+    def copies_line(self) -> str | None:
+        """A line on the photos that are near copies of the run's training photos, or None."""
+        if not self.near_copies:
+            return None
+        first = self.near_copies[0]
+        pair = f"{first['photo']} ~ {first['copy_of']}"
+        if self.accuracy_without_copies is None:
+            return (
+                f"all {self.photos:,} photos are near copies of the run's training photos (e.g. {pair}): "
+                "these figures say how well it learned them, not how it does on new photos"
+            )
+        copies, rest = len(self.near_copies), self.photos - len(self.near_copies)
+        return (
+            f"near copies of the run's training photos: {copies:,} of the {self.photos:,} photos (e.g. "
+            f"{pair}): the figures above flatter the model; accuracy without "
+            f"them: {self.accuracy_without_copies:.2%} of {rest:,} (evaluation.json lists them: near_copies)"
+        )
 
     def figures(self) -> dict[str, Any]:
         """What ``evaluation.json`` holds (NaN, undefined, as null)."""
@@ -284,6 +329,8 @@ class FolderEvaluation:
             "confusion": result.confusion.tolist(),
             "unreadable": [list(bad) for bad in self.unreadable],
             "others": self.others,
+            "near_copies": self.near_copies,
+            "accuracy_without_near_copies": self.accuracy_without_copies,
         }
 
     def write(self, place: Path, recipe_name: str) -> None:
@@ -345,12 +392,16 @@ def evaluate_folder(
     image_input, batch_size = recipe.input(), recipe.batch_size
     kept: list[int] = []
     unreadable: list[tuple[str, str]] = []
+    trained_on = run_dir / TRAIN_FINGERPRINTS
+    prints: list[Fingerprints] | None = [] if trained_on.is_file() else None  # a photo folder's run
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         chunk = max(1, min(256, CHUNK_BYTES // math.prod(image_input.shape)))
         for good, pixels, bad in read_pixels(files, image_input, chunk, threads=torch.get_num_threads()):
             kept.extend(good)
             unreadable.extend((files[index], why) for index, why in bad)
+            if prints is not None:
+                prints.append(Fingerprints.of(pixels))
             yield from TensorBatches(
                 pixels.to(device), labels[good].to(device), batch_size, shard=(0, 1),
                 scale=image_input.scale, mean=image_input.mean, std=image_input.std,
@@ -372,7 +423,13 @@ def evaluate_folder(
     pictured, _, unread = read_all([row["file"] for row in wrong], image_input)
     if unread:
         raise FmtkError(f"{wrong[unread[0][0]]['file']}: changed while it was evaluated: {unread[0][1]}")
-    return recipe, FolderEvaluation(folder, path, evaluation, len(kept), wrong, unreadable, pictured, others)
+    result = FolderEvaluation(folder, path, evaluation, len(kept), wrong, unreadable, pictured, others)
+    if prints is not None:
+        names = [files[index] for index in kept]
+        result.find_copies(
+            Fingerprints.joined(prints), Fingerprinted.load(trained_on), names, ranking.correct()
+        )
+    return recipe, result
 
 
 def run_pictures(

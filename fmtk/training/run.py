@@ -26,7 +26,7 @@ from torch import nn
 
 from fmtk.distributed import is_main_process
 from fmtk.errors import FmtkError
-from fmtk.runfolder import CONFIG, METRICS_JSON, write_json
+from fmtk.runfolder import CONFIG, METRICS_JSON, TRAIN_FINGERPRINTS, write_json
 from fmtk.training.checkpoints import STOP, attach_checkpoints, check_keepable
 from fmtk.training.evaluation import Evaluation
 from fmtk.training.parts import Parts
@@ -158,6 +158,8 @@ class Run(Parts):
             )
         if is_main_process():
             write_json(self.run_dir / CONFIG, self.config)
+            if self.data.trained_on is not None:  # for fmtk evaluate --folder's near copies
+                self.data.trained_on.save(self.run_dir / TRAIN_FINGERPRINTS)
         if idist.get_world_size() > 1:
             # Dropout and flips differ per process; the weights are rank 0's (DDP broadcasts them).
             manual_seed(self.recipe.seed + 1_000_003 * idist.get_rank() + epoch)

@@ -3,10 +3,12 @@ user's folder would hold them are found in every data cache, bad files or not; o
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import fmtk
@@ -96,3 +98,36 @@ def test_a_run_says_so_and_lists_them_in_its_config(
     listed = json.loads((tmp_path / "run" / "config.json").read_text())["near_copies"]
     assert {copy["photo"]: copy["copy_of"] for copy in listed} == originals
     assert {copy["split"] for copy in listed} == {"test"}
+
+
+def test_evaluating_a_folder_names_the_run_s_training_photos_in_it(
+    folder: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    photos, originals = folder
+    (photos / "train" / "cats" / "notes.jpg").unlink()
+    small = ["--set", "image_size=32", "--set", "warmup_epochs=0", "--device", "cpu"]
+    run = ["run", "images", "--data-dir", str(photos), "--run-dir", "run", "--epochs", "1", *small]
+    assert fmtk(*run, cwd=tmp_path).returncode == 0
+    trained = set(np.load(tmp_path / "run" / "train_fingerprints.npz")["names"].tolist())
+    assert len(trained) == 19 and trained < {str(path) for path in (photos / "train").rglob("*.jpg")}
+
+    done = fmtk("evaluate", "run", "--folder", str(photos / "test"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    expected = {copy: original for copy, original in originals.items() if original in trained}
+    assert expected  # a copy whose original was drawn into valid is not one of a training photo
+    [place] = (tmp_path / "run" / "evaluations").iterdir()
+    figures = json.loads((place / "evaluation.json").read_text())
+    assert {copy["photo"]: copy["copy_of"] for copy in figures["near_copies"]} == expected
+    # The accuracy without them, the other way: the wrong photos are all in top_losses.csv (≤ 32).
+    wrong = {row["file"] for row in csv.DictReader((place / "top_losses.csv").open())}
+    others = [path for path in map(str, (photos / "test").rglob("*.*")) if path not in expected]
+    assert figures["accuracy_without_near_copies"] == pytest.approx(
+        1 - len(wrong - set(expected)) / len(others)
+    )
+    line = (
+        f"near copies of the run's training photos: {len(expected)} of the {figures['photos']} photos (e.g. "
+    )
+    assert line in done.stdout
+
+    whole = fmtk("evaluate", "run", "--folder", str(photos / "train"), cwd=tmp_path)
+    assert "near copies of the run's training photos: 19 of the 24 photos (e.g. " in whole.stdout
