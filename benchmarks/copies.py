@@ -5,9 +5,11 @@ For each image size: every pair of the 2,500 photos (both folders), counted by h
 hashes differ and, for those that are candidates (at most HASH_BITS bits), by whether their thumbnails
 correlate enough to be near copies; then ``--edited`` training photos each saved again four ways
 (JPEG at quality 50, half the width and height, 15% brighter, 5% cropped off each side) and
-compared with their original: the bits, the correlation and how many are found. Last, the cost:
-the fingerprints of the 2,000 training photos against decoding them (median of ``--rounds``, in
-turns), and the comparison of 10,000 photos with 40,000 (random hashes).
+compared with their original: the bits, the correlation and how many are found; and the cost: the
+fingerprints of the 2,000 training photos against decoding them (median of ``--rounds``, in turns).
+Then images that are not photos (Fashion-MNIST, MNIST): how many are taken for copies. Last, the
+comparison of 10,000 photos with 40,000 (random hashes: few candidates) and of 4,096 whose hashes
+are all alike with themselves (every pair a candidate: the worst case).
 
     python benchmarks/copies.py --data-dir ../shared/datasets [--sizes 32 224] [--edited 200]
         [--rounds 5] [--out runs/copies-benchmark.json]
@@ -29,6 +31,7 @@ from PIL import Image, ImageEnhance
 
 from fmtk.data.copies import HASH_BITS, SAME, Fingerprints, copied, correlation
 from fmtk.data.images import decode_images, list_image_folder
+from fmtk.data.mnist import read_idx
 from fmtk.device import usable_cores
 
 EDITS = {
@@ -123,6 +126,30 @@ def show(size: int, pairs: dict, edited: dict, spent: dict) -> None:
     print(f"  2,000 photos: decoding {decoding} s, fingerprints {printing} s: {spent['ratio']:.3f}×")
 
 
+def mnist_photos(data_dir: Path, name: str, split: str, count: int) -> Fingerprints:
+    """The first ``count`` images of an MNIST-like file made 64 px colour photos, fingerprinted."""
+    images = read_idx(data_dir / name / "raw" / f"{split}-images-idx3-ubyte.gz")[:count]
+    grey = torch.from_numpy(images.copy())  # writable
+    scaled = torch.nn.functional.interpolate(grey[:, None].float(), size=64, mode="bilinear")
+    return Fingerprints.of(scaled.round().to(torch.uint8).expand(-1, 3, -1, -1))
+
+
+def other_kinds(data_dir: Path) -> dict:
+    """Images that are not photos, whose different items look alike: 1,000 test images of
+    Fashion-MNIST and of MNIST against 4,000 training ones, as 64 px colour photos: how many are
+    taken for near copies."""
+    flagged = {}
+    for name in ("FashionMNIST", "MNIST"):
+        found = copied(
+            mnist_photos(data_dir, name, "t10k", 1000), mnist_photos(data_dir, name, "train", 4000)
+        )
+        flagged[name] = int((found >= 0).sum())
+        print(
+            f"{name} as 64 px photos: {flagged[name]} of 1,000 test images taken for copies of 4,000 training"
+        )
+    return flagged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
@@ -144,14 +171,23 @@ def main() -> None:
         spent = cost(train, size, arguments.rounds)
         report["sizes"][size] = {"pairs": pairs, "edited": edited, "cost": spent}
         show(size, pairs, edited, spent)
+    report["other_kinds"] = other_kinds(arguments.data_dir)
     rng = np.random.default_rng(0)
-    many = [Fingerprints(rng.integers(0, 2**63, n, dtype=np.uint64), np.zeros((n, 288), np.uint8))
-            for n in (10_000, 40_000)]  # fmt: skip
-    seconds = []
+    thumbnails = lambda count: rng.integers(0, 256, (count, 1152), dtype=np.uint8)  # noqa: E731
+    random = [
+        Fingerprints(rng.integers(0, 2**63, n, dtype=np.uint64), thumbnails(n)) for n in (10_000, 40_000)
+    ]
+    alike = Fingerprints(np.zeros(4096, np.uint64), thumbnails(4096))
+    seconds, worst = [], []
     for _ in range(arguments.rounds):
         started = time.perf_counter()
-        copied(*many)
+        copied(*random)
         seconds.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        copied(alike, alike)
+        worst.append(time.perf_counter() - started)
+    report["compare_alike_4096_s"] = worst
+    print(f"comparing 4,096 photos whose hashes are all alike with themselves: {spread(worst, '{:.2f}')} s")
     report["compare_10000_by_40000_s"] = seconds
     print(f"\ncomparing 10,000 photos with 40,000: {spread(seconds, '{:.2f}')} s")
     write_json(arguments.out, report)

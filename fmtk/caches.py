@@ -25,10 +25,10 @@ from pathlib import Path
 
 from fmtk.errors import FmtkError
 
-PHOTOS = re.compile(r".+-(?P<size>\d+)px-[0-9a-f]{8}-[0-9a-f]{20}\.(npy|json)")
+PHOTOS = re.compile(r".+-\d+px-[0-9a-f]{8}-[0-9a-f]{20}\.(npy|json)")
 OLD_PHOTOS = re.compile(r".+-\d+px-[0-9a-f]{20}\.npy")
 BAD_LIST = re.compile(r"bad-images-.+\.txt")
-UNFINISHED = re.compile(r".+\.(npy|json)\.\d+\.tmp")
+UNFINISHED = re.compile(r".+-\d+px-[0-9a-f]{8}-[0-9a-f]{20}\.(npy|json)\.\d+\.tmp")
 
 # A temporary file modified this recently is being written by a running process: it is kept.
 WRITING_SECONDS = 600
@@ -101,12 +101,17 @@ def cache_contents(where: Path | None = None) -> CacheContents:
             contents.bad_lists.append(path)
         elif UNFINISHED.fullmatch(path.name):
             (contents.writing if being_written(path, now) else contents.unfinished).append(path)
-    contents.photos = sorted((_cached(paths) for paths in stems.values()), key=lambda cached: -cached.used)
+    listed = [_cached(paths) for paths in stems.values()]
+    contents.photos = sorted((cached for cached in listed if cached), key=lambda cached: -cached.used)
     return contents
 
 
-def _cached(paths: list[Path]) -> Cached:
-    stats = {path.suffix: path.stat() for path in paths}
+def _cached(paths: list[Path]) -> Cached | None:
+    """The cache of these files; None when a run replaced them since they were listed."""
+    try:
+        stats = {path.suffix: path.stat() for path in paths}
+    except FileNotFoundError:
+        return None
     main = stats.get(".npy") or stats[".json"]
     used = max(main.st_atime, main.st_mtime)  # a read sets its access time (fmtk.data.image_cache)
     cached = Cached(paths, sum(stat.st_size for stat in stats.values()), used)

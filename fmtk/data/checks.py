@@ -100,6 +100,8 @@ def _failed_on(recipe_name: str, x: torch.Tensor, error: Exception) -> FmtkError
     user's own code (its file and line are named), out of memory, or with ``FMTK_TRACEBACK=1``."""
     if os.environ.get(TRACEBACK_VARIABLE) == "1" or user_code_line(error) or out_of_memory_line(error):
         return None
+    if str(error).startswith(("CUDA", "cuDNN", "CUBLAS")):  # the device's error, not the inputs'
+        return None
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     size = "×".join(map(str, x.shape[1:]))
     small = x.ndim == 4 and any(word in message.lower() for word in ("small", "greater than"))
@@ -116,9 +118,9 @@ def _check_output_size(
     """The model gives one score per class: checked on two samples ``x`` of the valid split before
     training, not after an epoch (or never: cross-entropy fails only on a label past the size)."""
     with torch.random.fork_rng(devices=_cuda(device)), torch.no_grad():  # the run's stream stays
-        was_training = model.training
+        was_training, x = model.training, x[:2].to(device)
         try:
-            output = model.eval()(x[:2].to(device))
+            output = model.eval()(x)
         except (RuntimeError, ValueError) as error:
             failed = _failed_on(recipe_name, x, error)
             if failed is None:

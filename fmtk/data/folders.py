@@ -20,7 +20,7 @@ import torch
 
 from fmtk.data.batches import DataSplits, TensorBatches, stratified_split
 from fmtk.data.copies import Fingerprinted, Fingerprints, near_copies
-from fmtk.data.image_cache import Bad, FolderCache, make_room
+from fmtk.data.image_cache import Bad, FolderCache, folder_name, make_room
 from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD
 from fmtk.data.images import (
     DATA_CACHES,
@@ -174,7 +174,7 @@ def load_photo_folder(
                              skip_bad_images=bool(skip_bad_images))  # fmt: skip
     except BadImages as bad:
         hint = "; or train without them: --set skip_bad_images=true" if skip_bad_images is False else ""
-        raise bad_images_error(bad, Path(root).name, hint) from None
+        raise bad_images_error(bad, folder_name(root), hint) from None
 
 
 def photo_batches(

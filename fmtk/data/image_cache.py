@@ -6,6 +6,7 @@ sizes trained, not with each change; ``fmtk cache`` lists and clears it."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,6 +28,11 @@ DECODING = 2
 Bad = list[tuple[str, str]]  # (path, why) of the files that cannot be decoded
 
 
+def folder_name(folder: Path) -> str:
+    """The name of ``folder`` in the cache folder's file names (``--data-dir .``: its real name)."""
+    return Path(folder).resolve().name or "photos"
+
+
 class FolderCache:
     """``samples`` (the photos of ``folder``) decoded at ``image_size``, in the cache folder."""
 
@@ -37,7 +43,7 @@ class FolderCache:
         for path, _ in samples:
             status = os.stat(path)
             key.update(f"{self.relative(path)}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
-        self.place = cache_folder() / f"{self.folder.name}-{image_size}px-{place}-"
+        self.place = cache_folder() / f"{folder_name(self.folder)}-{image_size}px-{place}-"
         self.npy = Path(f"{self.place}{key.hexdigest()[:20]}.npy")
         self.json = self.npy.with_suffix(".json")
 
@@ -85,7 +91,6 @@ class FolderCache:
             "folder": str(self.folder.resolve()), "image_size": self.image_size, "photos": len(self.samples),
             "bad": [(self.relative(path), why) for path, why in bad], "decoding": DECODING,
         }  # fmt: skip
-        self.npy.parent.mkdir(parents=True, exist_ok=True)
         contents = [
             (self.npy, lambda file: np.save(file, images.numpy())),
             (self.json, lambda file: file.write(json.dumps(said, indent=1).encode())),
@@ -93,21 +98,26 @@ class FolderCache:
         for path, write in contents:
             temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             try:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 with temporary.open("wb") as file:
                     write(file)
                 temporary.replace(path)
             except OSError as error:
-                temporary.unlink(missing_ok=True)  # a full disk keeps no half-written copy
+                with contextlib.suppress(OSError):  # a full disk keeps no half-written copy
+                    temporary.unlink(missing_ok=True)
                 raise FmtkError(f"cannot write the image cache {path}: {error.strerror}") from None
 
 
 def make_room(caches: Iterable[FolderCache]) -> None:
-    """Before decoding: delete the stale files of each folder to be cached (:meth:`FolderCache.stale`),
-    then refuse, in one line, photos whose cache the cache folder's disk cannot hold."""
-    missing = [cache for cache in caches if not (cache.npy.is_file() and cache.json.is_file())]
-    for cache in missing:
+    """Before decoding: delete the stale files of each folder (:meth:`FolderCache.stale`; those that
+    cannot be deleted stay, unused), then refuse, in one line, photos whose cache the cache folder's
+    disk cannot hold."""
+    caches = list(caches)
+    for cache in caches:
         for path in cache.stale():
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a cache folder this user may read but not write
+                path.unlink(missing_ok=True)
+    missing = [cache for cache in caches if not (cache.npy.is_file() and cache.json.is_file())]
     if not missing:
         return
     need = sum(cache.bytes_needed for cache in missing)

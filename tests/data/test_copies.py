@@ -14,8 +14,8 @@ import torch
 from conftest import fmtk
 from PIL import Image, ImageEnhance
 
-from fmtk.data import load_catdog, load_photo_folder
-from fmtk.data.copies import NearCopy, copies_line
+from fmtk.data import copies, load_catdog, load_photo_folder
+from fmtk.data.copies import Fingerprints, NearCopy, copied, copies_line
 
 CPU = torch.device("cpu")
 
@@ -45,6 +45,7 @@ def folder(real_data: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
         change(Image.open(photos / "train" / original)).save(photos / "test" / name, quality=50)
         originals[str(photos / "test" / name)] = str(photos / "train" / original)
     (photos / "train" / "cats" / "notes.jpg").write_text("not a photo")
+    (photos / "test" / "dogs" / "empty.png").write_bytes(b"")
     return photos, originals
 
 
@@ -55,7 +56,8 @@ def test_photos_saved_again_are_found_in_every_data_cache(
 ) -> None:
     photos, originals = folder
     data = load_photo_folder(photos, size, 4, CPU, seed=0, data_cache=data_cache, skip_bad_images=True)
-    assert data.skipped == (str(photos / "train" / "cats" / "notes.jpg"),)  # its row is no photo's
+    bad = {str(photos / "train" / "cats" / "notes.jpg"), str(photos / "test" / "dogs" / "empty.png")}
+    assert set(data.skipped) == bad  # their rows are no photo's
     assert {copy.photo: copy.copy_of for copy in data.near_copies} == originals
     assert {copy.split for copy in data.near_copies} == {"test"}
 
@@ -63,21 +65,43 @@ def test_photos_saved_again_are_found_in_every_data_cache(
 def test_the_one_copy_among_the_cat_and_dog_photos_is_found_when_the_split_parts_it(real_data: Path) -> None:
     training = real_data / "catdog" / "training_set" / "dogs"
     found = {seed: load_catdog(real_data, 32, 16, CPU, seed=seed).near_copies for seed in (0, 1)}
-    assert found[0] == (NearCopy("valid", str(training / "dog.180.jpg"), str(training / "dog.74.jpg")),)
+    assert found[0] == (
+        NearCopy("valid", str(training / "dog.180.jpg"), str(training / "dog.74.jpg"), "train"),
+    )
     assert found[1] == ()  # the same photo twice, both drawn into train
+
+
+@pytest.mark.parametrize("pairs, at_once", [(copies.PAIRS_AT_ONCE, copies.AT_ONCE), (7, 3), (1, 1)])
+def test_each_photo_s_first_copy_is_found_whatever_the_blocks(
+    monkeypatch: pytest.MonkeyPatch, pairs: int, at_once: int
+) -> None:
+    rng = np.random.default_rng(0)
+    hashes = lambda count: rng.integers(0, 2**63, count, dtype=np.uint64)  # noqa: E731
+    of = Fingerprints(hashes(40), rng.integers(0, 256, (40, 1152), dtype=np.uint8))
+    of.hashes[31], of.thumbnails[31] = of.hashes[9], of.thumbnails[9]  # photo 9 twice: 9 is the first
+    of.thumbnails[20] = 128  # flat
+    photos = Fingerprints(hashes(25), rng.integers(0, 256, (25, 1152), dtype=np.uint8))
+    noise = lambda rows: np.clip(rows.astype(int) + rng.integers(-6, 7, rows.shape), 0, 255).astype(np.uint8)  # noqa: E731
+    planted = {3: 9, 11: 0, 17: 39, 24: 20}  # 24 copies the flat photo: no one's copy
+    for row, original in planted.items():
+        photos.hashes[row] = of.hashes[original] ^ np.uint64(0b101)  # 2 bits apart
+        photos.thumbnails[row] = noise(of.thumbnails[original])
+    monkeypatch.setattr(copies, "PAIRS_AT_ONCE", pairs)
+    monkeypatch.setattr(copies, "AT_ONCE", at_once)
+    found = copied(photos, of)
+    assert {row: int(found[row]) for row in np.flatnonzero(found >= 0)} == {3: 9, 11: 0, 17: 39}
 
 
 def test_the_line_counts_the_copies_by_split() -> None:
     assert copies_line(()) is None
-    one = copies_line([NearCopy("valid", "b/x.jpg", "a/x.jpg")])
+    one = copies_line([NearCopy("valid", "b/x.jpg", "a/x.jpg", "train")])
     assert one == (
         "near copies across splits: 1 valid photo is a near copy of a training photo (b/x.jpg ~ a/x.jpg): "
         "the valid figures flatter the model; remove one of each pair (config.json lists them all: "
         "near_copies)"
     )
-    several = copies_line(
-        [NearCopy("valid", "v.jpg", "t.jpg"), *[NearCopy("test", f"{i}.jpg", "t.jpg") for i in range(2)]]
-    )
+    tests = [NearCopy("test", f"{i}.jpg", "v.jpg", "valid") for i in range(2)]
+    several = copies_line([NearCopy("valid", "v.jpg", "t.jpg", "train"), *tests])
     assert several.startswith(
         "near copies across splits: 1 valid and 2 test photos are a near copy of a training or valid photo "
         "(e.g. v.jpg ~ t.jpg): the valid and test figures flatter the model;"
@@ -89,6 +113,7 @@ def test_a_run_says_so_and_lists_them_in_its_config(
 ) -> None:
     photos, originals = folder
     (photos / "train" / "cats" / "notes.jpg").unlink()
+    (photos / "test" / "dogs" / "empty.png").unlink()
     small = ["--set", "image_size=32", "--set", "warmup_epochs=0", "--device", "cpu"]
     done = fmtk(
         "run", "images", "--data-dir", str(photos), "--run-dir", "run", "--epochs", "1", *small, cwd=tmp_path
@@ -105,6 +130,7 @@ def test_evaluating_a_folder_names_the_run_s_training_photos_in_it(
 ) -> None:
     photos, originals = folder
     (photos / "train" / "cats" / "notes.jpg").unlink()
+    (photos / "test" / "dogs" / "empty.png").unlink()
     small = ["--set", "image_size=32", "--set", "warmup_epochs=0", "--device", "cpu"]
     run = ["run", "images", "--data-dir", str(photos), "--run-dir", "run", "--epochs", "1", *small]
     assert fmtk(*run, cwd=tmp_path).returncode == 0

@@ -186,3 +186,38 @@ def test_the_cache_command_imports_neither_torch_nor_numpy(cache: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["0", "False", "False"]
+
+
+def test_the_folder_given_as_dot_is_named_and_listed(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = make_photos(tmp_path / "photos", {"ants": 6, "bees": 6})
+    monkeypatch.chdir(photos)
+    load(Path("."))
+    assert [name.split("-")[0] for name in names(cache)] == ["photos", "photos"]
+    assert len(cache_contents().photos) == 1
+
+
+def test_a_cache_folder_that_cannot_be_made_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("FMTK_CACHE", str(tmp_path / "file" / "cache"))
+    photos = make_photos(tmp_path / "photos", {"ants": 6, "bees": 6})
+    with pytest.raises(
+        FmtkError, match=r"cannot write the image cache .*file/cache/photos-16px-.*\.npy: Not a dir"
+    ):
+        load(photos)
+
+
+def test_a_killed_writer_s_file_goes_when_a_later_run_reads_the_cache(tmp_path: Path, cache: Path) -> None:
+    photos = make_photos(tmp_path / "photos", {"ants": 6, "bees": 6})
+    load(photos)
+    [npy] = cache.glob("*.npy")
+    left = npy.with_name(f"{npy.name}.999999.tmp")  # killed while writing this very cache
+    left.write_bytes(b"half")
+    load(photos)
+    assert left.exists()  # it may still be being written
+    os.utime(left, (time.time() - WRITING_SECONDS - 60,) * 2)
+    load(photos)
+    assert not left.exists() and npy.exists()
