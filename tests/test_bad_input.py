@@ -27,6 +27,7 @@ from conftest import (
     joining,
     make_image_folder,
     make_mnist_like,
+    make_photos,
     new_cgroup,
     tree_snapshot,
     write_idx,
@@ -104,6 +105,32 @@ def test_corrupt_jpeg_is_named(catdog_root: Path, tmp_path: Path) -> None:
     broken = catdog_root / "catdog" / "training_set" / "dogs" / "dog.3.jpg"
     broken.write_bytes(broken.read_bytes()[:300])
     assert_one_line_error(run_on(catdog_root, tmp_path, *SMALL), "1 of ", "cannot be decoded", "dog.3.jpg (")
+
+
+CACHES = ["memory", *(pytest.param(cache, marks=pytest.mark.slow) for cache in ("file", "none"))]
+
+
+@pytest.mark.parametrize("data_cache", CACHES)
+def test_file_names_that_are_not_utf8_train_and_are_named_as_they_are(
+    tmp_path: Path, data_cache: str
+) -> None:
+    """A Latin-1 zip unpacked on Linux: names that are not UTF-8, printed where stdout is strict."""
+    photos = make_photos(tmp_path / "photos", {"ants": 8, "bees": 8})
+    os.rename(bytes(photos / "ants" / "ants0.jpg"), bytes(photos / "ants") + b"/caf\xe9.jpg")
+    (photos / "bees" / os.fsdecode(b"bad\xff.png")).write_bytes(b"")  # and cannot be decoded
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict", "FMTK_CACHE": str(tmp_path / "cache")}
+    small = ["--set", "image_size=16", "--set", "warmup_epochs=0", "--set", f"data_cache={data_cache}"]
+    run = ["run", "images", "--data-dir", str(photos), "--epochs", "1", "--device", "cpu", *small]
+    refused = fmtk_process(*run, "--run-dir", "refused", cwd=tmp_path, env=env, errors="replace")
+    assert_one_line_error(refused, "1 of 17 image files cannot be decoded: ", "/bees/bad\ufffd.png (")
+    listed = (tmp_path / "cache" / "bad-images-photos.txt").read_bytes()
+    assert listed.startswith(bytes(photos / "bees") + b"/bad\xff.png\t")  # the name as on disk
+    skip = ["--run-dir", "run", "--set", "skip_bad_images=true"]
+    done = fmtk_process(*run, *skip, cwd=tmp_path, env=env, errors="replace")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["skipped_images"] == [
+        os.fsdecode(bytes(photos / "bees") + b"/bad\xff.png")
+    ]
 
 
 @pytest.mark.slow

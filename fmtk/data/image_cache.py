@@ -38,11 +38,11 @@ class FolderCache:
 
     def __init__(self, samples: list[tuple[str, int]], folder: Path, image_size: int) -> None:
         self.samples, self.folder, self.image_size = samples, Path(folder), image_size
-        place = hashlib.sha256(f"{image_size}\0{self.folder.resolve()}".encode()).hexdigest()[:8]
+        place = hashlib.sha256(os.fsencode(f"{image_size}\0{self.folder.resolve()}")).hexdigest()[:8]
         key = hashlib.sha256(f"{DECODING}\0{image_size}".encode())
-        for path, _ in samples:
+        for path, _ in samples:  # os.fsencode: any file name, UTF-8 or not
             status = os.stat(path)
-            key.update(f"{self.relative(path)}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+            key.update(os.fsencode(f"{self.relative(path)}\0{status.st_size}\0{status.st_mtime_ns}\n"))
         self.place = cache_folder() / f"{folder_name(self.folder)}-{image_size}px-{place}-"
         self.npy = Path(f"{self.place}{key.hexdigest()[:20]}.npy")
         self.json = self.npy.with_suffix(".json")

@@ -198,7 +198,8 @@ def bad_images_error(found: BadImages, name: str, hint: str = "") -> BadImages:
     listed_in = cache_folder() / f"bad-images-{name}.txt"
     try:
         listed_in.parent.mkdir(parents=True, exist_ok=True)
-        listed_in.write_text("".join(f"{path}\t{why}\n" for path, why in found.bad))
+        listed = "".join(f"{path}\t{why}\n" for path, why in found.bad)
+        listed_in.write_text(listed, encoding="utf-8", errors="surrogateescape")  # names as on disk
     except OSError as error:
         raise FmtkError(f"cannot write the list of bad image files {listed_in}: {error.strerror}") from None
     return BadImages(found.bad, found.total, listed_in, hint)

@@ -205,7 +205,7 @@ def _fitted(name: str, width: int = 20) -> str:
 def write_top_losses_csv(rows: list[dict[str, Any]], path: Path) -> None:
     """The rows of :func:`top_losses` as a CSV file (``TOP_LOSSES_COLUMNS``, ``rank`` from 1), to
     find the photos, e.g. mislabelled ones."""
-    with open(path, "w", newline="") as file:
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as file:  # names as on disk
         writer = csv.DictWriter(file, TOP_LOSSES_COLUMNS)
         writer.writeheader()
         for rank, row in enumerate(rows, 1):
