@@ -108,32 +108,21 @@ def test_the_line_counts_the_copies_by_split() -> None:
     )
 
 
-def test_a_run_says_so_and_lists_them_in_its_config(
+def test_a_run_names_them_and_evaluating_a_folder_names_the_run_s_training_photos_in_it(
     folder: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     photos, originals = folder
     (photos / "train" / "cats" / "notes.jpg").unlink()
     (photos / "test" / "dogs" / "empty.png").unlink()
     small = ["--set", "image_size=32", "--set", "warmup_epochs=0", "--device", "cpu"]
-    done = fmtk(
+    run = fmtk(
         "run", "images", "--data-dir", str(photos), "--run-dir", "run", "--epochs", "1", *small, cwd=tmp_path
     )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[0].startswith("near copies across splits: 3 test photos are a near copy")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[0].startswith("near copies across splits: 3 test photos are a near copy")
     listed = json.loads((tmp_path / "run" / "config.json").read_text())["near_copies"]
     assert {copy["photo"]: copy["copy_of"] for copy in listed} == originals
     assert {copy["split"] for copy in listed} == {"test"}
-
-
-def test_evaluating_a_folder_names_the_run_s_training_photos_in_it(
-    folder: tuple[Path, dict[str, str]], tmp_path: Path
-) -> None:
-    photos, originals = folder
-    (photos / "train" / "cats" / "notes.jpg").unlink()
-    (photos / "test" / "dogs" / "empty.png").unlink()
-    small = ["--set", "image_size=32", "--set", "warmup_epochs=0", "--device", "cpu"]
-    run = ["run", "images", "--data-dir", str(photos), "--run-dir", "run", "--epochs", "1", *small]
-    assert fmtk(*run, cwd=tmp_path).returncode == 0
     trained = set(np.load(tmp_path / "run" / "train_fingerprints.npz")["names"].tolist())
     assert len(trained) == 19 and trained < {str(path) for path in (photos / "train").rglob("*.jpg")}
 
