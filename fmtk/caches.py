@@ -26,9 +26,9 @@ from pathlib import Path
 from fmtk.errors import FmtkError
 
 PHOTOS = re.compile(r".+-\d+px-[0-9a-f]{8}-[0-9a-f]{20}\.(npy|json)")
-OLD_PHOTOS = re.compile(r".+-\d+px-[0-9a-f]{20}\.npy")
+OLD_PHOTOS = re.compile(r".*-\d+px-[0-9a-f]{20}\.npy")  # (``--data-dir .`` gave no name)
 BAD_LIST = re.compile(r"bad-images-.+\.txt")
-UNFINISHED = re.compile(r".+-\d+px-[0-9a-f]{8}-[0-9a-f]{20}\.(npy|json)\.\d+\.tmp")
+UNFINISHED = re.compile(r".*-\d+px-([0-9a-f]{8}-)?[0-9a-f]{20}\.(npy|json)\.\d+\.tmp")  # older fmtk's too
 
 # A temporary file modified this recently is being written by a running process: it is kept.
 WRITING_SECONDS = 600

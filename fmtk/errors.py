@@ -4,8 +4,10 @@ out of memory, becomes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
 import sysconfig
 import traceback
 from pathlib import Path
@@ -79,6 +81,15 @@ def out_of_memory_line(error: BaseException) -> str | None:
     if isinstance(error, RuntimeError) and tried:
         return f"out of memory: {int(tried[1]) / 2**30:,.1f} GiB more could not be allocated: {LESS_MEMORY}"
     return None
+
+
+def print_any_file_name() -> None:
+    """Let stdout and stderr print a file name that is not UTF-8 (a Latin-1 zip unpacked on Linux)
+    as the bytes it is, as ls prints it, not fail with a UnicodeEncodeError on the line naming it:
+    the CLI's process and each process a run spawns call it first."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):  # a stream that is not a text file
+            stream.reconfigure(errors="surrogateescape")
 
 
 def one_line(error: BaseException) -> str | None:

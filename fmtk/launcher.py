@@ -31,7 +31,7 @@ from fmtk.distributed import (
     torchrun_world_size,
     under_torchrun,
 )
-from fmtk.errors import FmtkError, Interrupted, one_line
+from fmtk.errors import FmtkError, Interrupted, one_line, print_any_file_name
 from fmtk.recipe import Recipe, apply_overrides
 from fmtk.recipe_loading import recipe_from_config, resolve_recipe
 from fmtk.runfolder import (
@@ -189,7 +189,8 @@ def _spawn(request: RunRequest, backend: str) -> None:
             # rank's is shown (none: fmtk's own bug, whose traceback the process printed).
             reports = sorted(path for path in Path(errors).iterdir() if not path.suffix)
             raise FmtkError(
-                reports[0].read_text() if reports else "", exit_code=failure.exit_code or 1
+                reports[0].read_text(errors="surrogateescape") if reports else "",
+                exit_code=failure.exit_code or 1,
             ) from None
 
 
@@ -198,6 +199,7 @@ def run_process(local_rank: int, request: RunRequest) -> None:
     or Ctrl-C is printed once (by rank 0), then the process exits with its code, which the
     launcher passes on."""
     logging.getLogger("ignite").addHandler(logging.NullHandler())
+    print_any_file_name()
     try:
         with quiet_ignite():
             _process_run(replace(request, device=process_device(request.device)))
@@ -207,7 +209,7 @@ def run_process(local_rank: int, request: RunRequest) -> None:
             raise
         if request.error_dir is not None:  # spawned: the launcher prints it
             report = Path(request.error_dir) / f"{idist.get_rank():05d}"
-            report.with_suffix(".part").write_text(line)
+            report.with_suffix(".part").write_text(line, errors="surrogateescape")  # any file name in it
             report.with_suffix(".part").rename(report)  # whole, even if this process is stopped
         elif is_main_process():
             print(f"Error: {line}", file=sys.stderr, flush=True)

@@ -107,19 +107,21 @@ def test_corrupt_jpeg_is_named(catdog_root: Path, tmp_path: Path) -> None:
     assert_one_line_error(run_on(catdog_root, tmp_path, *SMALL), "1 of ", "cannot be decoded", "dog.3.jpg (")
 
 
-CACHES = ["memory", *(pytest.param(cache, marks=pytest.mark.slow) for cache in ("file", "none"))]
+SLOW_WAYS = [("file", "1"), ("none", "1"), ("memory", "2")]  # data_cache, processes
+WAYS = [("memory", "1"), *(pytest.param(*way, marks=pytest.mark.slow) for way in SLOW_WAYS)]
 
 
-@pytest.mark.parametrize("data_cache", CACHES)
+@pytest.mark.parametrize("data_cache, processes", WAYS)
 def test_file_names_that_are_not_utf8_train_and_are_named_as_they_are(
-    tmp_path: Path, data_cache: str
+    tmp_path: Path, data_cache: str, processes: str
 ) -> None:
     """A Latin-1 zip unpacked on Linux: names that are not UTF-8, printed where stdout is strict."""
     photos = make_photos(tmp_path / "photos", {"ants": 8, "bees": 8})
     os.rename(bytes(photos / "ants" / "ants0.jpg"), bytes(photos / "ants") + b"/caf\xe9.jpg")
     (photos / "bees" / os.fsdecode(b"bad\xff.png")).write_bytes(b"")  # and cannot be decoded
     env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict", "FMTK_CACHE": str(tmp_path / "cache")}
-    small = ["--set", "image_size=16", "--set", "warmup_epochs=0", "--set", f"data_cache={data_cache}"]
+    small = ["--set", "image_size=16", "--set", "warmup_epochs=0", "--set", f"data_cache={data_cache}",
+             "--nproc-per-node", processes]  # fmt: skip
     run = ["run", "images", "--data-dir", str(photos), "--epochs", "1", "--device", "cpu", *small]
     refused = fmtk_process(*run, "--run-dir", "refused", cwd=tmp_path, env=env, errors="replace")
     assert_one_line_error(refused, "1 of 17 image files cannot be decoded: ", "/bees/bad\ufffd.png (")

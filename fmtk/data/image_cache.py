@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fmtk.caches import being_written, byte_size, cache_folder
+from fmtk.caches import PHOTOS, UNFINISHED, being_written, byte_size, cache_folder
 from fmtk.errors import FmtkError
 
 # Part of every cache's key: changed whenever decoding gives a photo other pixels, so that no cache
@@ -81,6 +81,7 @@ class FolderCache:
             files = [path for path in folder.iterdir() if path.name.startswith(name)]
         except OSError:
             return []
+        files = [path for path in files if PHOTOS.fullmatch(path.name) or UNFINISHED.fullmatch(path.name)]
         mine = (self.npy.name, self.json.name)
         writing = [path for path in files if path.suffix == ".tmp" and being_written(path)]
         return [path for path in files if path.name not in mine and path not in writing]

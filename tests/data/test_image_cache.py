@@ -122,12 +122,13 @@ def test_files_left_by_a_killed_writer_go_and_one_being_written_stays(tmp_path: 
     (photos / "ants" / "ants0.jpg").unlink()  # the next run writes a new cache
     left = npy.with_name(f"{npy.name}.999999.tmp")
     writing = npy.with_name(f"{npy.name[:-24]}{'0' * 20}.npy.999998.tmp")
-    for path in (left, writing):
+    mine = npy.with_name(f"{npy.name[:-24]}notes.txt")  # the user's, named like the cache
+    for path in (left, writing, mine):
         path.write_bytes(b"half")
     old = time.time() - WRITING_SECONDS - 60
     os.utime(left, (old, old))
     load(photos)
-    assert not left.exists() and writing.exists() and not npy.exists()
+    assert not left.exists() and writing.exists() and mine.exists() and not npy.exists()
     assert len(names(cache, "*.npy")) == 1
 
 
