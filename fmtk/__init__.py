@@ -25,6 +25,7 @@ _LAZY = {
     "make_run_dir": "fmtk.runfolder",
     "DataSplits": "fmtk.data.batches", "TensorBatches": "fmtk.data.batches",
     "build_run": "fmtk.training.build", "Run": "fmtk.training.run", "Evaluation": "fmtk.training.evaluation",
+    "FolderEvaluation": "fmtk.training.evaluation",
     "SpeedOptions": "fmtk.training.engines", "StepEvents": "fmtk.training.engines",
     "export": "fmtk.exporting", "Export": "fmtk.exporting", "ImageInput": "fmtk.data.image_input",
     "tune": "fmtk.tuning", "StudyResult": "fmtk.tuning.report",
@@ -33,10 +34,10 @@ _LAZY = {
 }  # fmt: skip
 
 __all__ = [
-    "Check", "CheckResult", "DataSplits", "Evaluation", "Export", "FmtkError", "ImageInput", "Preset",
-    "Recipe", "Result", "Run", "SpeedOptions", "StepEvents", "StudyResult", "TensorBatches", "__version__",
-    "build_run", "check", "evaluate", "export", "fit", "load_recipe", "make_run_dir", "predict",
-    "predictions", "tune",
+    "Check", "CheckResult", "DataSplits", "Evaluation", "Export", "FmtkError", "FolderEvaluation",
+    "ImageInput", "Preset", "Recipe", "Result", "Run", "SpeedOptions", "StepEvents", "StudyResult",
+    "TensorBatches", "__version__", "build_run", "check", "evaluate", "export", "fit", "load_recipe",
+    "make_run_dir", "predict", "predictions", "tune",
 ]  # fmt: skip
 
 

@@ -155,21 +155,22 @@ def evaluate(
         split: ``test`` or ``valid``.
         data_dir: the data root (default: the one the run trained on).
         folder: instead of a split, every photo of a labelled folder (class folders, or split
-            folders of class folders); photos that cannot be read are left out
-            (``fmtk evaluate --folder`` lists them).
+            folders of class folders), as ``fmtk evaluate --folder``; photos that cannot be read are
+            left out.
         device: where to evaluate (``auto``, ``cpu``, ``cuda``…).
 
     Returns:
-        An :class:`~fmtk.training.evaluation.Evaluation` (``table()``, ``picture(title)``, ``per_class()``).
+        An :class:`~fmtk.training.evaluation.Evaluation` (``table()``, ``picture(title)``, ``per_class()``);
+        of a folder, a :class:`~fmtk.training.evaluation.FolderEvaluation`, an Evaluation that also
+        lists the ``unreadable`` photos, the ``wrong`` ones with the highest loss, the ``near_copies``
+        of the run's training photos and the ``accuracy_without_near_copies``.
     """
     if folder is not None:
         if data_dir is not None:
             raise FmtkError(
                 "evaluate: give folder (a labelled photo folder, all of it) or data_dir, not both"
             )
-        return evaluate_folder(Path(run_dir), Path(folder), checkpoint, resolve_device(device), recipe)[
-            1
-        ].evaluation
+        return evaluate_folder(Path(run_dir), Path(folder), checkpoint, resolve_device(device), recipe)[1]
     data_dir = data_root(data_dir, Path(run_dir))  # by default the run's own, else $FMTK_DATA, else ./data
     return evaluate_run(Path(run_dir), checkpoint, split, data_dir, resolve_device(device), recipe)[2]
 

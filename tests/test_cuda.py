@@ -108,9 +108,9 @@ def test_a_folder_evaluated_on_cuda_gives_the_cpus_figures(
     _, on_cuda = evaluate_folder(run_dir, new, "best", torch.device(CUDA))
     _, on_cpu = evaluate_folder(run_dir, new, "best", torch.device("cpu"))
     assert on_cuda.photos == on_cpu.photos == 90 and len(on_cuda.unreadable) == 1
-    assert on_cuda.evaluation.accuracy == on_cpu.evaluation.accuracy
-    assert on_cuda.evaluation.loss == pytest.approx(on_cpu.evaluation.loss, rel=1e-4, abs=1e-6)
-    assert (on_cuda.evaluation.confusion == on_cpu.evaluation.confusion).all()
+    assert on_cuda.accuracy == on_cpu.accuracy
+    assert on_cuda.loss == pytest.approx(on_cpu.loss, rel=1e-4, abs=1e-6)
+    assert (on_cuda.confusion == on_cpu.confusion).all()
     # The ranking's losses (near-equal ones may swap places: sums in another order).
     losses = [[row["loss"] for row in result.wrong] for result in (on_cuda, on_cpu)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4, abs=1e-6)

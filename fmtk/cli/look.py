@@ -221,7 +221,7 @@ def evaluate_new_folder(run_dir: Path, folder: Path, checkpoint: str, device: to
     if result.others:
         click.echo(others_line(result.others))
     click.echo(f"{recipe.name}, {result.checkpoint.name}, {result.photos} photos of {folder}")
-    click.echo(result.evaluation.table())
+    click.echo(result.table())
     if result.near_copies:
         click.echo(result.copies_line())
     which = checkpoint if checkpoint in (BEST, LAST) else result.checkpoint.stem

@@ -257,23 +257,25 @@ def evaluate_run(
     )
 
 
-@dataclass
-class FolderEvaluation:
-    """A run's checkpoint evaluated on every photo of a labelled folder: the evaluation, the wrong
-    predictions with the highest loss (:func:`top_losses`, with their files), the photos that
-    could not be read (``(path, why)``), left out of the figures, and the class folders' files of
-    kinds fmtk does not read (``others``)."""
+@dataclass(kw_only=True)
+class FolderEvaluation(Evaluation):
+    """An :class:`Evaluation` of a run's checkpoint on every photo of a labelled folder, with what
+    only a folder has: the photos evaluated, the wrong predictions with the highest loss
+    (:func:`top_losses`, with their files, and their pixels in ``images``), the photos that could
+    not be read (``(path, why)``), left out of the figures, the class folders' files of kinds fmtk
+    does not read (``others``), and the photos that are near copies of the run's training photos
+    (``{"photo", "copy_of"}``) with the accuracy without them (None when there are none, or no other
+    photos; a run on other data keeps no fingerprints to compare with)."""
 
     folder: Path
     checkpoint: Path
-    evaluation: Evaluation
-    photos: int  # evaluated
+    photos: int
     wrong: list[dict[str, Any]]
     unreadable: list[tuple[str, str]]
     images: torch.Tensor = field(repr=False)  # the pixels of the ``wrong`` photos, in their order
     others: list[str] = field(default_factory=list)
-    near_copies: list[dict[str, str]] = field(default_factory=list)  # of the run's training photos
-    accuracy_without_copies: float | None = None
+    near_copies: list[dict[str, str]] = field(default_factory=list)
+    accuracy_without_near_copies: float | None = None
 
     def find_copies(
         self, prints: Fingerprints, trained_on: Fingerprinted, names: Sequence[str], correct: torch.Tensor
@@ -286,7 +288,7 @@ class FolderEvaluation:
         others = np.ones(len(names), dtype=bool)
         others[rows] = False
         if len(rows) and others.any():
-            self.accuracy_without_copies = float(correct.numpy()[others].mean())
+            self.accuracy_without_near_copies = float(correct.numpy()[others].mean())
 
     def copies_line(self) -> str | None:
         """A line on the photos that are near copies of the run's training photos, or None."""
@@ -294,7 +296,7 @@ class FolderEvaluation:
             return None
         first = self.near_copies[0]
         pair = f"{first['photo']} ~ {first['copy_of']}"
-        if self.accuracy_without_copies is None:
+        if self.accuracy_without_near_copies is None:
             return (
                 f"all {self.photos:,} photos are near copies of the run's training photos (e.g. {pair}): "
                 "these figures say how well it learned them, not how it does on new photos"
@@ -302,14 +304,13 @@ class FolderEvaluation:
         copies, rest = len(self.near_copies), self.photos - len(self.near_copies)
         return (
             f"near copies of the run's training photos: {copies:,} of the {self.photos:,} photos (e.g. "
-            f"{pair}): the figures above flatter the model; accuracy without "
-            f"them: {self.accuracy_without_copies:.2%} of {rest:,} (evaluation.json lists them: near_copies)"
+            f"{pair}): the figures above flatter the model; accuracy without them: "
+            f"{self.accuracy_without_near_copies:.2%} of {rest:,} (evaluation.json lists them: near_copies)"
         )
 
     def figures(self) -> dict[str, Any]:
         """What ``evaluation.json`` holds (NaN, undefined, as null)."""
-        result = self.evaluation
-        per_class = result.per_class()
+        per_class = self.per_class()
         defined = {
             key: [None if np.isnan(value) else float(value) for value in values]
             for key, values in per_class.items()
@@ -318,19 +319,19 @@ class FolderEvaluation:
             "folder": str(self.folder.resolve()),
             "checkpoint": self.checkpoint.name,
             "photos": self.photos,
-            "loss": result.loss,
-            "accuracy": result.accuracy,
-            **result.metrics,
-            "classes": result.classes,
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            **self.metrics,
+            "classes": self.classes,
             "per_class": {
                 name: {key: defined[key][index] for key in ("precision", "recall", "f1", "count")}
-                for index, name in enumerate(result.classes)
+                for index, name in enumerate(self.classes)
             },
-            "confusion": result.confusion.tolist(),
+            "confusion": self.confusion.tolist(),
             "unreadable": [list(bad) for bad in self.unreadable],
             "others": self.others,
             "near_copies": self.near_copies,
-            "accuracy_without_near_copies": self.accuracy_without_copies,
+            "accuracy_without_near_copies": self.accuracy_without_near_copies,
         }
 
     def write(self, place: Path, recipe_name: str) -> None:
@@ -338,7 +339,7 @@ class FolderEvaluation:
         ``top_losses.png`` and ``top_losses.csv`` into the folder ``place``."""
         on = f"{recipe_name}: {self.checkpoint.name} on {self.folder.name}"
         (place / "evaluation.json").write_text(json.dumps(self.figures(), indent=2) + "\n")
-        self.evaluation.picture(f"{on} ({self.photos} photos)").save(place / "confusion.png")
+        self.picture(f"{on} ({self.photos} photos)").save(place / "confusion.png")
         if self.wrong:
             title = f"{on}: wrong predictions, highest loss first"
             top_losses_picture(self.wrong, self.images, title).save(place / "top_losses.png")
@@ -423,7 +424,10 @@ def evaluate_folder(
     pictured, _, unread = read_all([row["file"] for row in wrong], image_input)
     if unread:
         raise FmtkError(f"{wrong[unread[0][0]]['file']}: changed while it was evaluated: {unread[0][1]}")
-    result = FolderEvaluation(folder, path, evaluation, len(kept), wrong, unreadable, pictured, others)
+    result = FolderEvaluation(
+        **vars(evaluation), folder=folder, checkpoint=path, photos=len(kept), wrong=wrong,
+        unreadable=unreadable, images=pictured, others=others,
+    )  # fmt: skip
     if prints is not None:
         names = [files[index] for index in kept]
         result.find_copies(

@@ -14,6 +14,7 @@ import torch
 from conftest import fmtk
 from PIL import Image, ImageEnhance
 
+import fmtk as toolkit
 from fmtk.data import copies, load_catdog, load_photo_folder
 from fmtk.data.copies import Fingerprints, NearCopy, copied, copies_line
 
@@ -143,6 +144,14 @@ def test_a_run_names_them_and_evaluating_a_folder_names_the_run_s_training_photo
         f"near copies of the run's training photos: {len(expected)} of the {figures['photos']} photos (e.g. "
     )
     assert line in done.stdout
+    # The same from Python: the FolderEvaluation holds what evaluation.json does.
+    python = toolkit.evaluate(tmp_path / "run", folder=photos / "test", device="cpu")
+    assert python.near_copies == figures["near_copies"] and python.photos == figures["photos"]
+    assert python.accuracy_without_near_copies == figures["accuracy_without_near_copies"]
+    assert python.accuracy == figures["accuracy"] and python.table() in done.stdout
+    assert [row["file"] for row in python.wrong] == [
+        row["file"] for row in csv.DictReader((place / "top_losses.csv").open())
+    ]
 
     whole = fmtk("evaluate", "run", "--folder", str(photos / "train"), cwd=tmp_path)
     assert "near copies of the run's training photos: 19 of the 24 photos (e.g. " in whole.stdout
