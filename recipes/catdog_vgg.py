@@ -14,9 +14,10 @@ def model(recipe: Recipe) -> nn.Module:
 def data(recipe, data_dir, device):
     # The flip is the recipe's augment_flip, on the training split only (the notebook's test
     # transform flipped test images too).
+    options = recipe.options
     return load_catdog(
-        data_dir, recipe.options["image_size"], recipe.batch_size, device, recipe.seed,
-        flip_p=0.0, data_cache=recipe.options["data_cache"],
+        data_dir, options["image_size"], recipe.batch_size, device, recipe.seed, flip_p=0.0,
+        data_cache=options["data_cache"], drop_near_copies=options["drop_near_copies"],
     )  # fmt: skip
 
 
@@ -39,7 +40,8 @@ recipe = Recipe(
     early_stopping_patience=8,  # the notebook's patience 7: it stops when its counter exceeds 7
     augment_flip=0.3,  # the notebook's RandomHorizontalFlip(0.3); --set flip_p=… still sets it
     # data_cache: memory (decode once per run), file (and keep it for the next run), none (DataLoader).
-    options={"image_size": 224, "data_cache": "memory"},
+    # drop_near_copies: leave the valid photos that are near copies of training ones out (fmtk.data.copies).
+    options={"image_size": 224, "data_cache": "memory", "drop_near_copies": False},
     presets={
         "best": Preset(
             "the same VGG with random-resized crops, flips, erasing, label smoothing, AdamW with "

@@ -61,7 +61,7 @@ def data(recipe, data_dir, device):
     splits = load_photo_folder(
         data_dir, size(recipe), recipe.batch_size, device, recipe.seed, valid_share=options["valid_share"],
         test_share=options["test_share"], data_cache=options["data_cache"], mean=mean, std=std,
-        skip_bad_images=options["skip_bad_images"],
+        skip_bad_images=options["skip_bad_images"], drop_near_copies=options["drop_near_copies"],
     )  # fmt: skip
     if splits.classes != options["classes"]:
         raise FmtkError(f"{data_dir}: classes {splits.classes} differ from the run's {options['classes']}")
@@ -96,6 +96,7 @@ recipe = Recipe(
         "test_share": 0.2,  # of all photos, when there is no test/ folder
         "data_cache": "memory",  # memory, file (kept for the next run) or none (DataLoader workers)
         "skip_bad_images": False,  # train without the files that cannot be decoded (recorded), not stop
+        "drop_near_copies": False,  # leave valid/test photos that are near copies out of them (recorded)
         "classes": [],  # filled from the photo folder
     },
     presets={

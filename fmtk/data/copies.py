@@ -150,22 +150,27 @@ class NearCopy(NamedTuple):
     photo: str
     copy_of: str
     copy_split: str  # train, or for a test photo valid
+    left_out: bool = False  # of its split (drop_near_copies)
 
 
-def near_copies(prints: dict[str, Fingerprints], names: dict[str, list[str]]) -> tuple[NearCopy, ...]:
+def near_copies(
+    prints: dict[str, Fingerprints], names: dict[str, list[str]], leave_out: bool = False
+) -> tuple[NearCopy, ...]:
     """Each valid and test photo that is a near copy of a training photo, and each other test photo
-    that is one of a valid photo; ``prints`` and ``names`` by split, in the same order."""
+    that is one of a valid photo; ``prints`` and ``names`` by split, in the same order. With
+    ``leave_out`` each is marked as left out of its split."""
     found: list[NearCopy] = []
     for split, of in (("valid", "train"), ("test", "train"), ("test", "valid")):
         taken = {copy.photo for copy in found}
         for row, original in enumerate(copied(prints[split], prints[of])):
             if original >= 0 and names[split][row] not in taken:
-                found.append(NearCopy(split, names[split][row], names[of][original], of))
+                found.append(NearCopy(split, names[split][row], names[of][original], of, leave_out))
     return tuple(found)
 
 
 def copies_line(copies: Sequence[NearCopy]) -> str | None:
-    """A line counting the near copies by split, with the first, or None."""
+    """A line counting the near copies by split, with the first, and whether they were left out
+    of their splits; or None."""
     if not copies:
         return None
     counts = Counter(copy.split for copy in copies)
@@ -175,8 +180,14 @@ def copies_line(copies: Sequence[NearCopy]) -> str | None:
     against = " or ".join(name for split, name in (("train", "training"), ("valid", "valid")) if split in of)
     splits = " and ".join(split for split in ("valid", "test") if counts[split])
     example = f"{'' if one else 'e.g. '}{first.photo} ~ {first.copy_of}"
-    return (
+    said = (
         f"near copies across splits: {counted} photo{'' if one else 's'} {'is' if one else 'are'} a near "
-        f"copy of a {against} photo ({example}): the {splits} figures flatter the model; remove one of "
-        "each pair (config.json lists them all: near_copies)"
+        f"copy of a {against} photo ({example}): "
+    )
+    if first.left_out:
+        plural = "s" if len(counts) > 1 else ""
+        return said + f"left out of the {splits} split{plural} (drop_near_copies; config.json: near_copies)"
+    return said + (
+        f"the {splits} figures flatter the model; remove one of each pair, or leave them out with "
+        "drop_near_copies=true (config.json lists them all: near_copies)"
     )

@@ -76,6 +76,15 @@ class PhotoSplits:
         }
         return PhotoSplits(self.classes, listed, splits, self.others)
 
+    def leaving_out(self, paths: set[str]) -> PhotoSplits:
+        """These splits with the photos at ``paths`` left out of them; the folders' listings, and so
+        the rows of their decoded photos, stay as they are."""
+        splits = {
+            split: (folder, np.array([i for i in index if self.listed[folder][i][0] not in paths], dtype=int))
+            for split, (folder, index) in self.splits.items()
+        }
+        return dataclasses.replace(self, splits=splits)
+
 
 def split_folders(root: Path) -> dict[str, Path]:
     """The split folders of ``root`` by split name (none: a folder of class folders)."""
@@ -155,6 +164,7 @@ def load_photo_folder(
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
     skip_bad_images: bool | None = None,
+    drop_near_copies: bool = False,
 ) -> DataSplits:
     """The photos of ``root`` (either layout) as train, valid and test batches of ``image_size``
     pixels, normalised by ``mean``/``std``. ``data_cache``: ``memory`` decodes every photo once into
@@ -165,13 +175,18 @@ def load_photo_folder(
     Every photo is decoded before training (``none``: once, to check it), and the files that cannot
     be are one :class:`~fmtk.data.images.BadImages` error naming them all; with ``skip_bad_images``
     the run trains without them instead, and the splits' ``skipped`` lists them (None: the recipe has
-    no such option, and the error does not suggest it)."""
+    no such option, and the error does not suggest it).
+
+    The valid and test photos that are near copies of photos they are judged against are listed in
+    the splits' ``near_copies`` (:mod:`fmtk.data.copies`); with ``drop_near_copies`` they are also
+    left out of their splits."""
     if data_cache not in DATA_CACHES:
         raise FmtkError(f"data_cache {data_cache}: choose {', '.join(DATA_CACHES)}")
     found = find_photo_splits(root, valid_share, test_share, seed)
     try:
         return photo_batches(found, image_size, batch_size, device, seed, flip_p, data_cache, mean, std,
-                             skip_bad_images=bool(skip_bad_images))  # fmt: skip
+                             skip_bad_images=bool(skip_bad_images),
+                             drop_near_copies=drop_near_copies)  # fmt: skip
     except BadImages as bad:
         hint = "; or train without them: --set skip_bad_images=true" if skip_bad_images is False else ""
         raise bad_images_error(bad, folder_name(root), hint) from None
@@ -188,9 +203,11 @@ def photo_batches(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     skip_bad_images: bool = False,
+    drop_near_copies: bool = False,
 ) -> DataSplits:
     """The batches of ``found``'s splits (:func:`load_photo_folder`), every photo decoded first (once:
-    with ``skip_bad_images`` the bad ones are left out of what was decoded, not decoded again)."""
+    with ``skip_bad_images`` the bad ones are left out of what was decoded, not decoded again; with
+    ``drop_near_copies`` the near copies are left out of the splits, not of what was decoded)."""
     paths = [path for samples in found.listed.values() for path, _ in samples]
     if data_cache != "none":
         photos = f"data_cache={data_cache}: the {len(paths):,} photos at {image_size} px"
@@ -202,13 +219,18 @@ def photo_batches(
     images, bad, prints = decode_found(found, image_size, data_cache)
     if bad and not skip_bad_images:
         raise BadImages(bad, len(paths))
-    found = found.without({path for path, _ in bad}) if bad else found
+    if bad:
+        found = found.without({path for path, _ in bad})
+        none_left(found, "none of them can be decoded (skip_bad_images)")
     skipped = tuple(path for path, _ in bad)
     prints = {split: prints[folder][index] for split, (folder, index) in found.splits.items()}
     names = {split: [path for path, _ in found.samples(split)] for split in found.splits}
     trained_on = Fingerprinted(tuple(os.path.abspath(name) for name in names["train"]), prints["train"])
-    noted = {"skipped": skipped, "others": found.others, "near_copies": near_copies(prints, names),
-             "trained_on": trained_on}  # fmt: skip
+    copies = near_copies(prints, names, leave_out=drop_near_copies)
+    if drop_near_copies and copies:
+        found = found.leaving_out({copy.photo for copy in copies})
+        none_left(found, "each is a near copy of a photo it is judged against (drop_near_copies)")
+    noted = {"skipped": skipped, "others": found.others, "near_copies": copies, "trained_on": trained_on}
     if data_cache == "none":
         splits = tuple(found.samples(split) for split in ("train", "valid", "test"))
         data = loader_splits(splits, found.classes, image_size, batch_size, device, seed, flip_p, mean, std)
@@ -227,6 +249,14 @@ def photo_batches(
 
     splits = batches("train"), batches("valid"), batches("test")
     return DataSplits(*splits, found.classes, **noted)
+
+
+def none_left(found: PhotoSplits, why: str) -> None:
+    """One line naming a split that ``found`` left without photos (Ignite's engines would fail on
+    it with their own message), and ``why``."""
+    for split, (folder, index) in found.splits.items():
+        if len(index) == 0:
+            raise FmtkError(f"{folder}: no {split} photos left: {why}")
 
 
 def decode_found(
@@ -305,6 +335,7 @@ def load_catdog(
     flip_p: float = 0.3,
     valid_fraction: float = 0.2,
     data_cache: str = "memory",
+    drop_near_copies: bool = False,
 ) -> DataSplits:
     """Cat & Dog photos (``data_dir/catdog/{training_set,test_set}``): a stratified train/valid
     split of training_set, test_set for testing (:func:`load_photo_folder`). The random flip
@@ -316,5 +347,5 @@ def load_catdog(
         raise FmtkError(f"{root}: no test_set folder (expected training_set/ and test_set/)")
     return load_photo_folder(
         root, image_size, batch_size, device, seed, flip_p=flip_p, valid_share=valid_fraction,
-        data_cache=data_cache,
+        data_cache=data_cache, drop_near_copies=drop_near_copies,
     )  # fmt: skip

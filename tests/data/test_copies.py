@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import fmtk
+from conftest import assert_one_line_error, fmtk
 from PIL import Image, ImageEnhance
 
 import fmtk as toolkit
@@ -63,6 +63,67 @@ def test_photos_saved_again_are_found_in_every_data_cache(
     assert {copy.split for copy in data.near_copies} == {"test"}
 
 
+@pytest.mark.parametrize("data_cache", ["memory", "file", "none"])
+def test_drop_near_copies_leaves_them_out_of_their_split_and_only_them(
+    folder: tuple[Path, dict[str, str]], data_cache: str
+) -> None:
+    photos, originals = folder
+    load = lambda drop: load_photo_folder(  # noqa: E731
+        photos, 32, 4, CPU, seed=0, data_cache=data_cache, skip_bad_images=True, drop_near_copies=drop
+    )
+    kept, dropped = load(False), load(True)
+    assert dropped.near_copies == tuple(copy._replace(left_out=True) for copy in kept.near_copies)
+    whole = lambda batches: torch.cat([torch.cat([x.flatten(1), y[:, None]], 1) for x, y in batches])  # noqa: E731
+    assert torch.equal(whole(dropped.train), whole(kept.train))
+    assert torch.equal(whole(dropped.valid), whole(kept.valid))
+    names = [split_names(kept.test), split_names(dropped.test)]
+    assert len(names[0]) == 13 and set(originals) < set(names[0])
+    assert names[1] == [name for name in names[0] if name not in originals]
+    # The photos left are the others, each with its own pixels and label, in the same order.
+    assert torch.equal(whole(dropped.test), whole(kept.test)[[name not in originals for name in names[0]]])
+
+
+def test_a_split_left_without_photos_is_one_line(folder: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    photos, _ = folder
+    for path in (photos / "test").rglob("*.*"):  # the test split: photos of train saved again, one bad
+        if path.name not in ("saved_again.jpg", "half.png", "empty.png"):
+            path.unlink()
+    small = [
+        "--set",
+        "image_size=32",
+        "--set",
+        "warmup_epochs=0",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--run-dir",
+        "run",
+    ]
+    run = lambda *more: fmtk("run", "images", "--data-dir", str(photos), *small, *more, cwd=tmp_path)  # noqa: E731
+    assert_one_line_error(
+        run("--set", "skip_bad_images=true", "--set", "drop_near_copies=true"),
+        f"{photos / 'test'}: no test photos left: each is a near copy of a photo it is judged against "
+        "(drop_near_copies)",
+    )
+    for path in ("test/cats/saved_again.jpg", "test/dogs/half.png"):
+        (photos / path).write_bytes(b"not a photo")
+    assert_one_line_error(
+        run("--set", "skip_bad_images=true"),
+        f"{photos / 'test'}: no test photos left: none of them can be decoded (skip_bad_images)",
+    )
+    assert not (tmp_path / "run").exists()
+    kept = run("--set", "skip_bad_images=false")
+    assert_one_line_error(kept, "4 of 28 image files cannot be decoded")  # as before: the bad files named
+
+
+def split_names(batches) -> list[str]:
+    """The files of a photo split's samples, in its order (``data_cache=none``: its dataset's)."""
+    return (
+        batches.names if hasattr(batches, "names") else [path for path, _ in batches.loader.dataset.samples]
+    )
+
+
 def test_the_one_copy_among_the_cat_and_dog_photos_is_found_when_the_split_parts_it(real_data: Path) -> None:
     training = real_data / "catdog" / "training_set" / "dogs"
     found = {seed: load_catdog(real_data, 32, 16, CPU, seed=seed).near_copies for seed in (0, 1)}
@@ -98,14 +159,19 @@ def test_the_line_counts_the_copies_by_split() -> None:
     one = copies_line([NearCopy("valid", "b/x.jpg", "a/x.jpg", "train")])
     assert one == (
         "near copies across splits: 1 valid photo is a near copy of a training photo (b/x.jpg ~ a/x.jpg): "
-        "the valid figures flatter the model; remove one of each pair (config.json lists them all: "
-        "near_copies)"
+        "the valid figures flatter the model; remove one of each pair, or leave them out with "
+        "drop_near_copies=true (config.json lists them all: near_copies)"
     )
     tests = [NearCopy("test", f"{i}.jpg", "v.jpg", "valid") for i in range(2)]
     several = copies_line([NearCopy("valid", "v.jpg", "t.jpg", "train"), *tests])
     assert several.startswith(
         "near copies across splits: 1 valid and 2 test photos are a near copy of a training or valid photo "
         "(e.g. v.jpg ~ t.jpg): the valid and test figures flatter the model;"
+    )
+    left_out = copies_line([NearCopy("valid", "v.jpg", "t.jpg", "train", True),
+                            *(copy._replace(left_out=True) for copy in tests)])  # fmt: skip
+    assert left_out == several.split(": the")[0] + (
+        ": left out of the valid and test splits (drop_near_copies; config.json: near_copies)"
     )
 
 
