@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 
@@ -139,9 +140,12 @@ def cached_decode_images(
 ) -> tuple[torch.Tensor, Bad]:
     """The photos of ``cache`` decoded and the files that cannot be, from the cache when it has them,
     else by ``decode(samples, image_size)`` and written for the next run (the bad files too: a folder
-    with one keeps its others decoded)."""
+    with one keeps its others decoded). Of a machine's processes of one run only the first writes:
+    the others would write the same file, each its own temporary copy on the disk at once, which
+    :func:`make_room` counts once."""
     found = cache.read()
     if found is None:
         found = decode(cache.samples, cache.image_size)
-        cache.write(*found)
+        if idist.get_local_rank() == 0:
+            cache.write(*found)
     return found

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import ignite.distributed as idist
 import numpy as np
 import pytest
 import torch
@@ -19,7 +20,9 @@ from conftest import assert_one_line_error, fmtk, make_photos
 
 from fmtk.caches import WRITING_SECONDS, cache_contents
 from fmtk.data import images, load_photo_folder
+from fmtk.data.image_cache import FolderCache
 from fmtk.data.images import BadImages
+from fmtk.distributed import launch
 from fmtk.errors import FmtkError
 
 CPU = torch.device("cpu")
@@ -222,3 +225,36 @@ def test_a_killed_writer_s_file_goes_when_a_later_run_reads_the_cache(tmp_path: 
     os.utime(left, (time.time() - WRITING_SECONDS - 60,) * 2)
     load(photos)
     assert not left.exists() and npy.exists()
+
+
+def _load_in_rank(local_rank: int, settings: tuple[Path, Path]) -> None:
+    """One of a run's processes loading the photos with ``data_cache=file``; each says in ``said``
+    whether it wrote the cache. Every process reads the cache (finding none) before any writes."""
+    photos, said = settings
+    read, write = FolderCache.read, FolderCache.write
+
+    def read_then_wait(cache: FolderCache) -> object:
+        found = read(cache)
+        idist.barrier()  # all have looked: without the rule, each would write
+        return found
+
+    def noted_write(cache: FolderCache, *args: object) -> None:
+        (said / f"rank{idist.get_rank()}").write_text("wrote")
+        write(cache, *args)
+
+    FolderCache.read, FolderCache.write = read_then_wait, noted_write  # this process's own
+    load(photos)
+
+
+@pytest.mark.slow  # two processes, each importing torch
+def test_of_a_run_s_processes_only_the_first_writes_the_cache(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = make_photos(tmp_path / "photos", {"ants": 6, "bees": 6})
+    said = tmp_path / "said"
+    said.mkdir()
+    launch(_load_in_rank, (photos, said), 2, "gloo")
+    assert names(said) == ["rank0"]
+    assert len(names(cache, "*.npy")) == 1 and len(names(cache, "*.json")) == 1 and not names(cache, "*.tmp")
+    no_decoding(monkeypatch)  # and the next run reads it
+    load(photos)
