@@ -47,6 +47,13 @@ _TORN_WRITE = re.compile(r"tmp[a-z0-9_]{8}")  # tempfile.NamedTemporaryFile name
 def make_run_dir(output_dir: Path, recipe_name: str, run_dir: Path | None = None) -> Path:
     """Create the run folder: ``run_dir`` exactly (it must not exist or be empty), or a new
     ``<output_dir>/<recipe>/<YYYYmmdd-HHMMSS>`` (suffixed ``-2``, ``-3`` … if that exists)."""
+    option, named = ("--run-dir", run_dir) if run_dir is not None else ("--output-dir", output_dir)
+    try:
+        str(named).encode("utf-8")  # TensorBoard's event files fail on another name, the run begun
+    except UnicodeEncodeError:
+        raise FmtkError(
+            f"{option} {named}: its name is not UTF-8, and TensorBoard cannot write into it; give another"
+        ) from None
     try:
         if run_dir is not None:
             run_dir = Path(run_dir)

@@ -997,3 +997,15 @@ def test_a_run_dir_name_too_long_and_a_config_of_an_unknown_recipe_are_one_line(
     result = fmtk("run", "--config", str(tmp_path / "config.json"), "--output-dir", str(tmp_path / "runs"))
     assert_one_line_error(result, "config.json names recipe 'no_such_recipe', which is no bundled recipe")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_folder_whose_name_is_not_utf8_is_one_line_before_anything_is_made(tmp_path: Path) -> None:
+    """TensorBoard's event files fail on such a folder after the data is loaded (a traceback)."""
+    latin = os.fsdecode(b"caf\xe9")
+    refused = fmtk("run", "digits_mlp", "--epochs", "1", "--run-dir", latin, cwd=tmp_path)
+    assert_one_line_error(
+        refused, "--run-dir caf", ": its name is not UTF-8, and TensorBoard cannot write into it"
+    )
+    refused = fmtk("run", "digits_mlp", "--epochs", "1", "--output-dir", f"{latin}/runs", cwd=tmp_path)
+    assert_one_line_error(refused, "--output-dir caf", "/runs: its name is not UTF-8")
+    assert os.listdir(tmp_path) == []

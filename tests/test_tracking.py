@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_one_line_error, fmtk_process, make_mnist_like
+from conftest import assert_one_line_error, fmtk_process, make_mnist_like, make_photos
 from conftest import fmtk as fmtk_here
 
 mlflow = pytest.importorskip("mlflow")  # the track extra, in test: CI has it
@@ -458,3 +458,33 @@ def test_wandb_without_a_login_or_offline_mode_is_one_line(
     result = fmtk_here("run", "digits_mlp", "--output-dir", "unlogged", "--track", "wandb", cwd=workspace)
     assert_one_line_error(result, "track=wandb: no W&B login here", "WANDB_MODE=offline")
     assert not (workspace / "unlogged").exists()
+
+
+@pytest.mark.slow  # three processes, each importing torch
+def test_photos_whose_names_are_not_utf8_are_tracked_as_a_terminal_shows_them(
+    workspace: Path, server: Server
+) -> None:
+    """A Latin-1 zip unpacked on Linux: the folder's and a class folder's names are bytes that are not
+    UTF-8; MLflow and W&B get them with U+FFFD (before, the run stopped: surrogates not allowed)."""
+    photos = Path(os.fsdecode(bytes(workspace / "latin") + b"/caf\xe9"))
+    make_photos(photos, {"ants": 8, os.fsdecode(b"f\xe9e"): 8})
+    small = ["images", "--data-dir", str(photos), "--set", "image_size=16", "--set", "warmup_epochs=0",
+             "--epochs", "1", "--device", "cpu"]  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "MLFLOW_EXPERIMENT_NAME": "latin",
+           "WANDB_MODE": "offline", "WANDB_DIR": str(workspace / "latin"),
+           "WANDB_SILENT": "true"}  # fmt: skip
+    for tracker in ("mlflow", "wandb"):
+        done = fmtk_process("run", *small, "--track", tracker, "--run-dir", f"latin_{tracker}", cwd=workspace,
+                            env=env, errors="replace")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    _, run = mlflow_run(server.uri, workspace / "latin_mlflow")
+    assert run.data.params["classes"] == "['ants', 'f\ufffde']"
+    assert f"--data-dir '{workspace / 'latin'}/caf\ufffd' " in run.data.tags["fmtk.command"]
+    run_id = json.loads((workspace / "latin_wandb" / "tracking.json").read_text())["run_id"]
+    [run_file] = (workspace / "latin").glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb")
+    [config] = [
+        record.run.config for record in wandb_records(run_file) if record.WhichOneof("record_type") == "run"
+    ]
+    values = {item.key: json.loads(item.value_json) for item in config.update}
+    assert values["classes"] == ["ants", "f\ufffde"], values["classes"]
+    assert "caf\ufffd" in values["fmtk.command"]

@@ -152,7 +152,7 @@ def assemble_run(
     logs = attach_handlers(parts, engines, kept, start, echo, progress)
     config = run_config(parts, start, data_dir, command)
     if tracker is not None:
-        tracker.begin(recipe, config)
+        tracker.begin(parts.recipe, config)  # the values the run trains with (from_data filled in)
         tracker.attach(engines.trainer, engines.optimizer, logs.history, recipe.log_every)
     run = Run.of(parts, engines, logs, start, config=config, kept=kept, echo=echo, tracker=tracker,
                  folder=folder or contextlib.nullcontext())  # fmt: skip

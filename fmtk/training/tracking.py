@@ -27,6 +27,7 @@ import netrc
 import os
 import secrets
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -200,7 +201,7 @@ class MlflowTracker(Tracker):
         if self.run_id is not None:
             self.echo(f"tracking: MLflow run {self.run_id} at {self.uri} (the study's, going on)")
             return
-        tags = {"fmtk.recipe": recipe.name, "fmtk.study": str(self.run_dir.resolve())}
+        tags = utf8({"fmtk.recipe": recipe.name, "fmtk.study": str(self.run_dir.resolve())})
         params = {
             **{f"space.{key}": spec for key, spec in space.items()},
             "metric": metric,
@@ -322,8 +323,9 @@ class WandbTracker(Tracker):
     def begin(self, recipe: Recipe, config: Mapping[str, Any]) -> None:
         self.project = os.environ.get("WANDB_PROJECT") or self.study.get("project") or recipe.name
         resumed, self.run_id = self.run_id is not None, self.run_id or secrets.token_hex(4)
-        values = {**hparam_values(recipe), **run_tags(recipe, config, self.run_dir)}
+        values = utf8({**hparam_values(recipe), **run_tags(recipe, config, self.run_dir)})
         group = self.study.get("group")  # a trial's: its study's
+        argv, sys.argv = sys.argv, utf8(sys.argv)  # W&B sends it with the run, and fails on bytes
         try:
             self.run = self.wandb.init(
                 project=self.project, id=self.run_id, resume="allow", name=self.run_dir.name, config=values,
@@ -336,6 +338,8 @@ class WandbTracker(Tracker):
                 self.run.define_metric(key, step_metric="epoch")
         except Exception as error:  # noqa: BLE001 - W&B's own kinds: one line, before any training
             raise FmtkError(f"track=wandb: W&B {_failure(error)}") from None
+        finally:
+            sys.argv = argv
         self._record()
         after = f", after epoch {self.logged_epoch}" if resumed else ""
         self.echo(
@@ -449,7 +453,7 @@ def run_tags(recipe: Recipe, config: Mapping[str, Any], run_dir: Path) -> dict[s
     commit = git_commit(recipe.source)
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    return tags
+    return utf8(tags)
 
 
 def git_commit(source: str | None) -> str | None:
@@ -465,14 +469,27 @@ def git_commit(source: str | None) -> str | None:
 
 
 def _param(value: Any) -> str:
-    text = str(value)
+    text = str(utf8(value))
     return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 1] + "…"
+
+
+def utf8(value: Any) -> Any:
+    """``value`` with each string in it as UTF-8 can hold it: a file name that is not UTF-8 (in a
+    path, a command line, a class folder's name) holds escaped bytes that the trackers cannot send
+    (``surrogates not allowed``); they get U+FFFD, as a terminal shows them."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if isinstance(value, (list, tuple)):
+        return type(value)(utf8(item) for item in value)
+    if isinstance(value, dict):
+        return {utf8(key): utf8(item) for key, item in value.items()}
+    return value
 
 
 def _params(pairs: list[tuple[str, str]]) -> list:
     from mlflow.entities import Param
 
-    return [Param(key, value) for key, value in pairs]
+    return [Param(utf8(key), utf8(value)) for key, value in pairs]
 
 
 def _failure(error: BaseException) -> str:
