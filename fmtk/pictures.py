@@ -208,13 +208,15 @@ def lines_picture(
     legend_at_top: bool = False,
     y_limits: tuple[float, float] | None = None,
     clipped_name: str = "outside the axis (at its edge)",
+    colours: dict[str, tuple[int, int, int]] | None = None,
 ) -> Image.Image:
     """Named lines ``{name: (xs, ys)}`` on linear axes, a dot at each point, a legend, and a grey
     horizontal line at ``reference`` ``(y, label)`` when given (e.g. accuracy against time); the
     names in ``dots`` are drawn as dots only, unjoined. The legend sits at the bottom right, where
     rising curves leave room, or at the top right (``legend_at_top``, for falling ones). Values
     outside ``y_limits`` (low, high) are drawn at its edge as hollow triangles pointing out, named
-    ``clipped_name`` in the legend, so that one outlier does not flatten the rest."""
+    ``clipped_name`` in the legend, so that one outlier does not flatten the rest. A line's colour is
+    its place's among :data:`LINE_COLOURS`, or its name's in ``colours``."""
     width, height, left, right, top, bottom = 720, 440, 60, 20, HEADING_HEIGHT + 24, 40
     picture = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(picture)
@@ -230,17 +232,17 @@ def lines_picture(
     if reference is not None:
         ys.append(reference[0])
     x_low, x_high = 0.0, max(max(xs), 1e-9)
-    margin = 0.05 * (max(ys) - min(ys) or 1.0)
+    margin = 0.05 * (max(ys) - min(ys) or abs(max(ys)) or 1.0)  # a flat line: about its value
     y_low, y_high = min(ys) - margin, max(ys) + margin
 
     at = _plot_mapping((left, top, width - right, height - bottom), (x_low, x_high), (y_low, y_high))
     draw.rectangle([left, top, width - right, height - bottom], outline=GRID_LINE)
     whole = all(float(x).is_integer() for x in xs)  # e.g. trial numbers: no tick between two
     _draw_x_ticks(draw, at, (x_low, x_high), (top, height - bottom), whole, font)
-    for tick in np.linspace(y_low + margin, y_high - margin, 5):
+    for tick, label in round_ticks(y_low, y_high):
         _, y = at(x_low, tick)
         draw.line([(left, y), (width - right, y)], fill=GRID_LINE)
-        draw.text((4, y - 6), f"{tick:.4g}", fill="black", font=font)
+        draw.text((4, y - 6), label, fill="black", font=font)
     if reference is not None:
         _draw_reference(draw, at(x_low, reference[0])[1], reference[1], (left, width - right), font)
     names = list(lines)
@@ -249,10 +251,12 @@ def lines_picture(
         names.append(clipped_name)
     # The legend first, the lines and points over it: a point at the plot's edge is never hidden.
     legend_bottom = top + 12 + len(names) * (LINE_HEIGHT + 2) if legend_at_top else height - bottom - 6
+    painted = {name: LINE_COLOURS[index % len(LINE_COLOURS)] for index, name in enumerate(names)}
+    painted.update(colours or {})
     _draw_legend(draw, names, right=width - right - 8, bottom=legend_bottom, font=font, dots=dots,
-                 clipped=(clipped_name, sides[0]) if sides else None)  # fmt: skip
-    for index, (name, (line_xs, line_ys)) in enumerate(lines.items()):
-        colour = LINE_COLOURS[index % len(LINE_COLOURS)]
+                 clipped=(clipped_name, sides[0]) if sides else None, colours=painted)  # fmt: skip
+    for name, (line_xs, line_ys) in lines.items():
+        colour = painted[name]
         points = [at(float(x), float(y)) for x, y in zip(line_xs, line_ys, strict=True)]
         if len(points) > 1 and name not in dots:
             draw.line(points, fill=colour, width=2)
@@ -260,6 +264,24 @@ def lines_picture(
             _draw_point(draw, x, y, colour, side)
     draw.text((width // 2 - 40, height - 18), x_label, fill="black", font=font)
     return picture
+
+
+def round_ticks(low: float, high: float, count: int = 5) -> list[tuple[float, str]]:
+    """At least ``count - 1`` ticks between ``low`` and ``high`` at round values (multiples of 1, 2,
+    2.5 or 5 times a power of ten, as plotting libraries place them: the largest such step that
+    gives that many), each with its label, as many decimals as the step needs."""
+    span = high - low
+    if not span > 0:
+        return [(low, f"{low:.4g}")]
+    power = 10.0 ** math.floor(math.log10(span))
+    steps = [multiple * power * shift for shift in (1, 0.1, 0.01) for multiple in (5, 2.5, 2, 1)]
+    for step in steps:
+        first, last = math.ceil(low / step - 1e-9), math.floor(high / step + 1e-9)
+        if last - first + 1 >= count - 1:
+            break
+    exponent = math.floor(math.log10(step) + 1e-9)
+    decimals = max(0, -exponent) + (1 if round(step / 10.0**exponent, 6) == 2.5 else 0)
+    return [(index * step, f"{index * step:.{decimals}f}") for index in range(first, last + 1)]
 
 
 def _side(value: float, limits: tuple[float, float] | None) -> int:
@@ -334,6 +356,33 @@ def scatter_picture(
     draw.text(((left + width - right) // 2, height - 8), x_label + (" (log)" if log_x else ""),
               fill="black", font=font, anchor="mm")  # fmt: skip
     return picture
+
+
+def curves_picture(history: Sequence[dict[str, float]], best_epoch: int | None, title: str) -> Image.Image:
+    """A run's learning curves from its epoch rows (metrics.csv's): train and valid loss above, valid
+    accuracy below, against the epoch, the best checkpoint's epoch marked on both."""
+    epochs = [row["epoch"] for row in history]
+    best = [row for row in history if row["epoch"] == best_epoch]
+    marked = f"best checkpoint (epoch {best_epoch})"
+    train, valid, mark = LINE_COLOURS[0], LINE_COLOURS[1], LINE_COLOURS[2]
+    colours = {"train loss": train, "valid loss": valid, "valid accuracy": valid, marked: mark}
+    loss = lines_picture(
+        {
+            "train loss": (epochs, [row["train_loss"] for row in history]),
+            "valid loss": (epochs, [row["valid_loss"] for row in history]),
+            marked: ([row["epoch"] for row in best], [row["valid_loss"] for row in best]),
+        },
+        title, "epoch", "loss (train: the epoch's mean, as it trained; valid: after it)",
+        dots=(marked,), legend_at_top=True, colours=colours,
+    )  # fmt: skip
+    accuracy = lines_picture(
+        {
+            "valid accuracy": (epochs, [100 * row["valid_accuracy"] for row in history]),
+            marked: ([row["epoch"] for row in best], [100 * row["valid_accuracy"] for row in best]),
+        },
+        "", "epoch", "valid accuracy (%)", dots=(marked,), colours=colours,
+    )  # fmt: skip
+    return sheet_of(loss, [accuracy], columns=1)
 
 
 def _natural(text: str) -> tuple[int, float, str]:
@@ -415,6 +464,7 @@ def _draw_legend(
     font: Any,
     dots: Collection[str] = (),
     clipped: tuple[str, int] | None = None,
+    colours: dict[str, tuple[int, int, int]] | None = None,
 ) -> None:
     """The lines' names and colours in a box on white whose bottom right corner is (right, bottom),
     where rising curves (accuracy) leave room; ``clipped`` ``(name, side)``: that name with a grey
@@ -423,7 +473,7 @@ def _draw_legend(
     legend_y = bottom - 2 - len(names) * (LINE_HEIGHT + 2)
     draw.rectangle([legend_left, legend_y - 4, right, bottom], fill="white", outline=GRID_LINE)
     for index, name in enumerate(names):
-        colour = LINE_COLOURS[index % len(LINE_COLOURS)]
+        colour = (colours or {}).get(name, LINE_COLOURS[index % len(LINE_COLOURS)])
         if clipped is not None and name == clipped[0]:
             _draw_point(draw, legend_left + 16, legend_y + 7, ZERO_INK, clipped[1])
         elif name in dots:

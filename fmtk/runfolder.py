@@ -8,6 +8,7 @@ A run folder holds::
     train_fingerprints.npz           a photo folder's training photos' fingerprints (evaluate --folder)
     best_checkpoint_<epoch>_valid_<metric>=<v>.pt   the model at the best valid checkpoint_metric
     last_checkpoint_<epoch>.pt       every state a resume needs
+    curves.png                       the learning curves: loss and valid accuracy per epoch
     confusion_best.png, top_losses.png, top_losses.csv
     events.out.tfevents.*, iterations/ (TensorBoard)
     evaluations/<data>-<checkpoint>/  what fmtk evaluate --folder wrote (evaluation.json, pictures)
@@ -33,6 +34,7 @@ CONFIG = "config.json"
 METRICS_CSV = "metrics.csv"
 METRICS_JSON = "metrics.json"
 TOP_LOSSES_CSV = "top_losses.csv"
+CURVES = "curves"  # the learning curves' picture, curves.png
 TRAIN_FINGERPRINTS = "train_fingerprints.npz"  # a photo folder's training photos (fmtk.data.copies)
 EVALUATIONS = "evaluations"  # fmtk evaluate --folder's results, one folder per evaluation
 ITERATIONS = "iterations"  # the per-iteration TensorBoard sub-run

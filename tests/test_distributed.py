@@ -107,7 +107,14 @@ def test_two_gloo_processes_train_resume_and_match_one_process(
     events = [name for name in names if name.startswith("events.out.tfevents.")]
     assert len(best) == 1 and len(events) == 2  # one TensorBoard file per launch, by rank 0
     expected = {"config.json", "metrics.csv", "metrics.json", "last_checkpoint_2.pt", "iterations"}
-    assert names == expected | {"confusion_best.png", "top_losses.png", "top_losses.csv", *best, *events}
+    assert names == expected | {
+        "curves.png",
+        "confusion_best.png",
+        "top_losses.png",
+        "top_losses.csv",
+        *best,
+        *events,
+    }
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in rows] == ["epoch", "1", "2"]  # each epoch written once
     two = json.loads((run_dir / "metrics.json").read_text())

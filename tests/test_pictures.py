@@ -18,7 +18,9 @@ from fmtk.pictures import (
     ZERO_INK,
     _font,
     confusion_picture,
+    curves_picture,
     lines_picture,
+    round_ticks,
     titled_grid,
 )
 from fmtk.training.evaluation import (
@@ -210,3 +212,44 @@ def test_lines_picture_draws_each_line_in_its_colour_with_legend_and_reference(d
         assert (pixels == colour).all(1).sum() > 100  # both lines and their legend marks
     grey_rows = np.nonzero((np.asarray(picture) == ZERO_INK).all(2).sum(1) > 200)[0]
     assert len(grey_rows) >= 1  # the dashed reference line, across the plot
+
+
+@pytest.mark.parametrize(
+    "low, high, labels",
+    [
+        (0.039, 1.28, ["0.25", "0.50", "0.75", "1.00", "1.25"]),
+        (90.28, 97.22, ["91", "92", "93", "94", "95", "96", "97"]),
+        (92.7, 93.5, ["92.75", "93.00", "93.25", "93.50"]),
+        (-1.0, 1.0, ["-1.0", "-0.5", "0.0", "0.5", "1.0"]),
+        (3.0, 300.0, ["50", "100", "150", "200", "250", "300"]),
+        (0.001, 0.0013, ["0.0010", "0.0011", "0.0012", "0.0013"]),
+        (5.0, 5.0, ["5"]),
+    ],
+)
+def test_round_ticks_are_round_within_the_range_and_four_or_more(
+    low: float, high: float, labels: list[str]
+) -> None:
+    ticks = round_ticks(low, high)
+    assert [label for _, label in ticks] == labels
+    assert all(low - 1e-12 <= tick <= high + 1e-12 for tick, _ in ticks)
+    assert [float(label) for label in labels] == pytest.approx([tick for tick, _ in ticks])
+
+
+def test_the_curves_show_both_losses_and_the_accuracy_with_the_best_epoch_marked(drawn_texts) -> None:
+    history = [
+        {"epoch": 1, "train_loss": 1.2, "valid_loss": 0.5, "valid_accuracy": 0.90},
+        {"epoch": 2, "train_loss": 0.4, "valid_loss": 0.3, "valid_accuracy": 0.95},
+        {"epoch": 3, "train_loss": 0.2, "valid_loss": 0.35, "valid_accuracy": 0.94},
+    ]
+    picture = np.asarray(curves_picture(history, 2, "mnist_dnn: run"))
+    texts = [text for _, text in drawn_texts]
+    assert texts.count("best checkpoint (epoch 2)") == 2  # in each panel's legend
+    assert {"mnist_dnn: run", "train loss", "valid loss", "valid accuracy", "valid accuracy (%)"} <= set(
+        texts
+    )
+    assert {"0.25", "0.50", "1.00", "1.25"} <= set(texts) and {"90", "93", "95"} <= set(texts)  # round ticks
+    half = picture.shape[0] // 2
+    for panel in (picture[:half], picture[half:]):  # the marker's green: its dot and its legend's
+        assert (panel.reshape(-1, 3) == LINE_COLOURS[2]).all(1).sum() > 30
+    blue = (picture[half:].reshape(-1, 3) == LINE_COLOURS[0]).all(1).sum()
+    assert blue == 0  # accuracy in the valid loss's red, not the train loss's blue

@@ -10,7 +10,8 @@ import ignite.distributed as idist
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
-from fmtk.runfolder import TOP_LOSSES_CSV, checkpoint_epoch, picture_path
+from fmtk.pictures import curves_picture
+from fmtk.runfolder import CURVES, TOP_LOSSES_CSV, checkpoint_epoch, picture_path
 from fmtk.training.checkpoints import load_model_weights, read_checkpoint
 from fmtk.training.evaluation import Evaluation, evaluate, run_pictures, tested_model, write_top_losses_csv
 from fmtk.training.handlers import RunStop
@@ -50,10 +51,20 @@ def test_checkpoint(parts: Parts, path: Path) -> Evaluation:
                     recipe.make_metrics())  # fmt: skip
 
 
-def write_pictures(parts: Parts, best: Evaluation, run_dir: Path, writer: SummaryWriter, epoch: int) -> None:
-    """The run's pictures as PNG files and as images in its TensorBoard, from the model holding the
-    best checkpoint's weights."""
+def write_pictures(
+    parts: Parts,
+    best: Evaluation,
+    run_dir: Path,
+    writer: SummaryWriter,
+    epoch: int,
+    history: list[dict[str, float]],
+    best_epoch: int | None,
+) -> None:
+    """The run's pictures as PNG files and as images in its TensorBoard: the learning curves of its
+    ``history`` (metrics.csv's rows), and those of the model holding the best checkpoint's weights."""
     pictures, wrong = run_pictures(parts.recipe.name, parts.model, best, parts.data.valid)
+    title = f"{parts.recipe.name}: {run_dir.name}"
+    pictures[CURVES] = curves_picture(history, best_epoch, title)
     for name, picture in pictures.items():
         picture.save(picture_path(run_dir, name))
         writer.add_image(name, np.asarray(picture), epoch, dataformats="HWC")

@@ -26,7 +26,7 @@ from torch import nn
 
 from fmtk.distributed import is_main_process
 from fmtk.errors import FmtkError
-from fmtk.runfolder import CONFIG, METRICS_JSON, TRAIN_FINGERPRINTS, write_json
+from fmtk.runfolder import CONFIG, METRICS_JSON, TRAIN_FINGERPRINTS, checkpoint_epoch, write_json
 from fmtk.training.checkpoints import STOP, attach_checkpoints, check_keepable
 from fmtk.training.evaluation import Evaluation
 from fmtk.training.parts import Parts
@@ -213,7 +213,8 @@ class Run(Parts):
         best = self.test(best_path)
         epoch = self.trainer.state.epoch
         if is_main_process():  # while the model holds the best weights
-            write_pictures(self, best, self.run_dir, self.tensorboard.writer, epoch)
+            best_epoch = checkpoint_epoch(best_path)
+            write_pictures(self, best, self.run_dir, self.tensorboard.writer, epoch, self.history, best_epoch)
             for which, result in [("best", best), ("last", last)]:
                 self.tensorboard.writer.add_scalar(f"test/{which}_accuracy", result.accuracy, epoch)
         tested = {"best": (best_path, best), "last": (last_path, last)}

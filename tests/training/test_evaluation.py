@@ -23,13 +23,13 @@ def real_test_digits(data: Path, count: int) -> tuple[np.ndarray, list[int]]:
     return images[:count], labels[:count]
 
 
-def test_every_run_writes_confusion_and_top_losses(real_mnist_run) -> None:
+def test_every_run_writes_its_curves_confusion_and_top_losses(real_mnist_run) -> None:
     run_dir, _ = real_mnist_run
-    for name in ("confusion_best.png", "top_losses.png"):
+    for name in ("curves.png", "confusion_best.png", "top_losses.png"):
         with Image.open(run_dir / name) as picture:
             assert picture.format == "PNG" and picture.width > 400
     images = EventAccumulator(str(run_dir)).Reload().Tags()["images"]
-    assert {"confusion_best", "top_losses"} <= set(images)
+    assert {"curves", "confusion_best", "top_losses"} <= set(images)
 
 
 @pytest.mark.parametrize("split, size, picture", [("test", 10_000, "confusion_best.png"),
