@@ -195,7 +195,14 @@ def test_a_tracked_run_logs_its_values_epochs_tests_and_files(
         for name in ("accuracy", "loss"):
             assert history[f"test_{which}_{name}"] == [(2, tested[which][name])]
     files = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
-    assert {"config.json", "metrics.json", "metrics.csv", "curves.png", "confusion_best.png", "top_losses.png"} <= files
+    assert {
+        "config.json",
+        "metrics.json",
+        "metrics.csv",
+        "curves.png",
+        "confusion_best.png",
+        "top_losses.png",
+    } <= files
     # --track-model: the best checkpoint as fmtk export makes it, with its parity report.
     assert {"model.onnx", "model.onnx.json"} <= files and (run_dir / "model.onnx").is_file()
     logged = Path(client.download_artifacts(run.info.run_id, "model.onnx.json", str(workspace)))
