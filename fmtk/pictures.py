@@ -360,25 +360,31 @@ def scatter_picture(
 
 def curves_picture(history: Sequence[dict[str, float]], best_epoch: int | None, title: str) -> Image.Image:
     """A run's learning curves from its epoch rows (metrics.csv's): train and valid loss above, valid
-    accuracy below, against the epoch, the best checkpoint's epoch marked on both."""
+    accuracy below, against the epoch, the best checkpoint's epoch marked on both. A value that is
+    not finite (a loss that diverged) is left out of its line."""
     epochs = [row["epoch"] for row in history]
     best = [row for row in history if row["epoch"] == best_epoch]
+
+    def finite(line: tuple[list[float], list[float]]) -> tuple[list[float], list[float]]:
+        kept = [(x, y) for x, y in zip(*line, strict=True) if math.isfinite(y)]
+        return [x for x, _ in kept], [y for _, y in kept]
+
     marked = f"best checkpoint (epoch {best_epoch})"
     train, valid, mark = LINE_COLOURS[0], LINE_COLOURS[1], LINE_COLOURS[2]
     colours = {"train loss": train, "valid loss": valid, "valid accuracy": valid, marked: mark}
     loss = lines_picture(
         {
-            "train loss": (epochs, [row["train_loss"] for row in history]),
-            "valid loss": (epochs, [row["valid_loss"] for row in history]),
-            marked: ([row["epoch"] for row in best], [row["valid_loss"] for row in best]),
+            "train loss": finite((epochs, [row["train_loss"] for row in history])),
+            "valid loss": finite((epochs, [row["valid_loss"] for row in history])),
+            marked: finite(([row["epoch"] for row in best], [row["valid_loss"] for row in best])),
         },
         title, "epoch", "loss (train: the epoch's mean, as it trained; valid: after it)",
         dots=(marked,), legend_at_top=True, colours=colours,
     )  # fmt: skip
     accuracy = lines_picture(
         {
-            "valid accuracy": (epochs, [100 * row["valid_accuracy"] for row in history]),
-            marked: ([row["epoch"] for row in best], [100 * row["valid_accuracy"] for row in best]),
+            "valid accuracy": finite((epochs, [100 * row["valid_accuracy"] for row in history])),
+            marked: finite(([row["epoch"] for row in best], [100 * row["valid_accuracy"] for row in best])),
         },
         "", "epoch", "valid accuracy (%)", dots=(marked,), colours=colours,
     )  # fmt: skip

@@ -253,3 +253,14 @@ def test_the_curves_show_both_losses_and_the_accuracy_with_the_best_epoch_marked
         assert (panel.reshape(-1, 3) == LINE_COLOURS[2]).all(1).sum() > 30
     blue = (picture[half:].reshape(-1, 3) == LINE_COLOURS[0]).all(1).sum()
     assert blue == 0  # accuracy in the valid loss's red, not the train loss's blue
+
+
+def test_curves_of_a_diverged_run_leave_out_what_is_not_finite_and_of_no_epoch_are_empty() -> None:
+    history = [
+        {"epoch": 1, "train_loss": 1.0, "valid_loss": float("nan"), "valid_accuracy": 0.5},
+        {"epoch": 2, "train_loss": float("inf"), "valid_loss": 2.0, "valid_accuracy": 0.6},
+    ]
+    picture = np.asarray(curves_picture(history, 2, "diverged"))
+    red = (picture[: picture.shape[0] // 2].reshape(-1, 3) == LINE_COLOURS[1]).all(1).sum()
+    assert 0 < red < 200  # the valid loss: its legend's mark only (its one point is the best's, green)
+    assert curves_picture([], None, "no epoch").size == (720, 880)
