@@ -269,9 +269,13 @@ def lines_picture(
 def round_ticks(low: float, high: float, count: int = 5) -> list[tuple[float, str]]:
     """At least ``count - 1`` ticks between ``low`` and ``high`` at round values (multiples of 1, 2,
     2.5 or 5 times a power of ten, as plotting libraries place them: the largest such step that
-    gives that many), each with its label, as many decimals as the step needs."""
+    gives that many), each with its label: as many decimals as the step needs, or where that takes 8
+    characters or more the fewest significant digits that tell them apart (``2e+12``). A span too
+    small for a float to tell ticks apart gets one tick; one that is not finite, none."""
     span = high - low
-    if not span > 0:
+    if not (math.isfinite(low) and math.isfinite(high) and math.isfinite(span)):
+        return []
+    if not span > 1e-9 * max(abs(low), abs(high)):
         return [(low, f"{low:.4g}")]
     power = 10.0 ** math.floor(math.log10(span))
     steps = [multiple * power * shift for shift in (1, 0.1, 0.01) for multiple in (5, 2.5, 2, 1)]
@@ -280,8 +284,18 @@ def round_ticks(low: float, high: float, count: int = 5) -> list[tuple[float, st
         if last - first + 1 >= count - 1:
             break
     exponent = math.floor(math.log10(step) + 1e-9)
-    decimals = max(0, -exponent) + (1 if round(step / 10.0**exponent, 6) == 2.5 else 0)
-    return [(index * step, f"{index * step:.{decimals}f}") for index in range(first, last + 1)]
+    two_and_a_half = round(step / 10.0**exponent, 6) == 2.5
+    decimals = max(0, -exponent + (1 if two_and_a_half else 0))
+
+    ticks = [index * step for index in range(first, last + 1)]
+    fixed = [f"{tick:.{decimals}f}" for tick in ticks]
+    if max(map(len, fixed)) < 8:
+        return list(zip(ticks, fixed, strict=True))
+    for digits in range(4, 18):  # the fewest significant digits that tell the ticks apart
+        short = [f"{tick:.{digits}g}" for tick in ticks]
+        if len(set(short)) == len(short):
+            return list(zip(ticks, min(short, fixed, key=lambda labels: max(map(len, labels))), strict=True))
+    return list(zip(ticks, fixed, strict=True))
 
 
 def _side(value: float, limits: tuple[float, float] | None) -> int:

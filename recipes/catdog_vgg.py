@@ -40,7 +40,7 @@ recipe = Recipe(
     early_stopping_patience=8,  # the notebook's patience 7: it stops when its counter exceeds 7
     augment_flip=0.3,  # the notebook's RandomHorizontalFlip(0.3); --set flip_p=… still sets it
     # data_cache: memory (decode once per run), file (and keep it for the next run), none (DataLoader).
-    # drop_near_copies: leave the valid photos that are near copies of training ones out (fmtk.data.copies).
+    # drop_near_copies: leave valid and test photos that are near copies out of them (fmtk.data.copies).
     options={"image_size": 224, "data_cache": "memory", "drop_near_copies": False},
     presets={
         "best": Preset(

@@ -224,6 +224,11 @@ def test_lines_picture_draws_each_line_in_its_colour_with_legend_and_reference(d
         (3.0, 300.0, ["50", "100", "150", "200", "250", "300"]),
         (0.001, 0.0013, ["0.0010", "0.0011", "0.0012", "0.0013"]),
         (5.0, 5.0, ["5"]),
+        (0.0, 2.07e12, ["0", "5e+11", "1e+12", "1.5e+12", "2e+12"]),  # a diverging loss: short labels
+        (0.0, 12e6, ["0", "2.5e+06", "5e+06", "7.5e+06", "1e+07"]),
+        (0.69314718055994529, 0.69314718055994545, ["0.6931"]),  # too close for a float: one tick
+        (0.0, float("inf"), []),
+        (-1e308, 1e308, []),
     ],
 )
 def test_round_ticks_are_round_within_the_range_and_four_or_more(
@@ -231,8 +236,8 @@ def test_round_ticks_are_round_within_the_range_and_four_or_more(
 ) -> None:
     ticks = round_ticks(low, high)
     assert [label for _, label in ticks] == labels
-    assert all(low - 1e-12 <= tick <= high + 1e-12 for tick, _ in ticks)
-    assert [float(label) for label in labels] == pytest.approx([tick for tick, _ in ticks])
+    assert all(low - 1e-9 * abs(low) <= tick <= high + 1e-9 * abs(high) for tick, _ in ticks)
+    assert [float(label) for label in labels] == pytest.approx([tick for tick, _ in ticks], rel=1e-3)
 
 
 def test_the_curves_show_both_losses_and_the_accuracy_with_the_best_epoch_marked(drawn_texts) -> None:
@@ -264,3 +269,14 @@ def test_curves_of_a_diverged_run_leave_out_what_is_not_finite_and_of_no_epoch_a
     red = (picture[: picture.shape[0] // 2].reshape(-1, 3) == LINE_COLOURS[1]).all(1).sum()
     assert 0 < red < 200  # the valid loss: its legend's mark only (its one point is the best's, green)
     assert curves_picture([], None, "no epoch").size == (720, 880)
+
+
+def test_round_ticks_tell_apart_every_tick_of_any_range() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(5000):  # spans from below a float's resolution to 100 times the value
+        low = rng.uniform(-1, 1) * 10 ** rng.uniform(-12, 12)
+        high = low + abs(low) * 10 ** rng.uniform(-17, 2)
+        ticks = round_ticks(low, high)
+        labels = [label for _, label in ticks]
+        assert 1 <= len(ticks) <= 12 and len(set(labels)) == len(labels), (low, high, labels)
+        assert all(low - 1e-9 * abs(low) <= tick <= high + 1e-9 * abs(high) for tick, _ in ticks)
