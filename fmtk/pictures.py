@@ -209,6 +209,7 @@ def lines_picture(
     y_limits: tuple[float, float] | None = None,
     clipped_name: str = "outside the axis (at its edge)",
     colours: dict[str, tuple[int, int, int]] | None = None,
+    x_end: float | None = None,
 ) -> Image.Image:
     """Named lines ``{name: (xs, ys)}`` on linear axes, a dot at each point, a legend, and a grey
     horizontal line at ``reference`` ``(y, label)`` when given (e.g. accuracy against time); the
@@ -216,7 +217,8 @@ def lines_picture(
     rising curves leave room, or at the top right (``legend_at_top``, for falling ones). Values
     outside ``y_limits`` (low, high) are drawn at its edge as hollow triangles pointing out, named
     ``clipped_name`` in the legend, so that one outlier does not flatten the rest. A line's colour is
-    its place's among :data:`LINE_COLOURS`, or its name's in ``colours``."""
+    its place's among :data:`LINE_COLOURS`, or its name's in ``colours``. The x axis runs from 0 to
+    the largest x, or to ``x_end`` when given."""
     width, height, left, right, top, bottom = 720, 440, 60, 20, HEADING_HEIGHT + 24, 40
     picture = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(picture)
@@ -231,7 +233,7 @@ def lines_picture(
     ys = [float(y) for _, line_ys in lines.values() for y in line_ys] or [0.0]
     if reference is not None:
         ys.append(reference[0])
-    x_low, x_high = 0.0, max(max(xs), 1e-9)
+    x_low, x_high = 0.0, max(max(xs) if x_end is None else x_end, 1e-9)
     margin = 0.05 * (max(ys) - min(ys) or abs(max(ys)) or 1.0)  # a flat line: about its value
     y_low, y_high = min(ys) - margin, max(ys) + margin
 
@@ -375,7 +377,7 @@ def scatter_picture(
 def curves_picture(history: Sequence[dict[str, float]], best_epoch: int | None, title: str) -> Image.Image:
     """A run's learning curves from its epoch rows (metrics.csv's): train and valid loss above, valid
     accuracy below, against the epoch, the best checkpoint's epoch marked on both. A value that is
-    not finite (a loss that diverged) is left out of its line."""
+    not finite (a loss that diverged) is left out of its line; both axes run to the last epoch."""
     epochs = [row["epoch"] for row in history]
     best = [row for row in history if row["epoch"] == best_epoch]
 
@@ -393,14 +395,14 @@ def curves_picture(history: Sequence[dict[str, float]], best_epoch: int | None, 
             marked: finite(([row["epoch"] for row in best], [row["valid_loss"] for row in best])),
         },
         title, "epoch", "loss (train: the epoch's mean, as it trained; valid: after it)",
-        dots=(marked,), legend_at_top=True, colours=colours,
+        dots=(marked,), legend_at_top=True, colours=colours, x_end=max(epochs, default=None),
     )  # fmt: skip
     accuracy = lines_picture(
         {
             "valid accuracy": finite((epochs, [100 * row["valid_accuracy"] for row in history])),
             marked: finite(([row["epoch"] for row in best], [100 * row["valid_accuracy"] for row in best])),
         },
-        "", "epoch", "valid accuracy (%)", dots=(marked,), colours=colours,
+        "", "epoch", "valid accuracy (%)", dots=(marked,), colours=colours, x_end=max(epochs, default=None),
     )  # fmt: skip
     return sheet_of(loss, [accuracy], columns=1)
 
