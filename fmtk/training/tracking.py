@@ -201,9 +201,9 @@ class MlflowTracker(Tracker):
         if self.run_id is not None:
             self.echo(f"tracking: MLflow run {self.run_id} at {self.uri} (the study's, going on)")
             return
-        tags = utf8({"fmtk.recipe": recipe.name, "fmtk.study": str(self.run_dir.resolve())})
+        tags = {"fmtk.recipe": recipe.name, "fmtk.study": str(self.run_dir.resolve())}
         params = {
-            **{f"space.{key}": spec for key, spec in space.items()},
+            **{f"space.{key}": _param(spec) for key, spec in space.items()},
             "metric": metric,
             "trials": str(trials),
         }
@@ -216,7 +216,7 @@ class MlflowTracker(Tracker):
         try:
             found = self.client.get_experiment_by_name(name)
             experiment_id = found.experiment_id if found else self.client.create_experiment(name)
-            run = self.client.create_run(experiment_id, tags=tags, run_name=self.run_dir.name)
+            run = self.client.create_run(experiment_id, tags=utf8(tags), run_name=self.run_dir.name)
             self.run_id = run.info.run_id
             pairs = list(params.items())
             for first in range(0, len(pairs), 100):  # MLflow takes 100 parameters a call
@@ -453,7 +453,7 @@ def run_tags(recipe: Recipe, config: Mapping[str, Any], run_dir: Path) -> dict[s
     commit = git_commit(recipe.source)
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    return utf8(tags)
+    return tags
 
 
 def git_commit(source: str | None) -> str | None:
@@ -489,7 +489,7 @@ def utf8(value: Any) -> Any:
 def _params(pairs: list[tuple[str, str]]) -> list:
     from mlflow.entities import Param
 
-    return [Param(utf8(key), utf8(value)) for key, value in pairs]
+    return [Param(key, value) for key, value in pairs]
 
 
 def _failure(error: BaseException) -> str:
