@@ -43,9 +43,12 @@ def check_command(
     print one table: recipe, check, figure, expected, got, verdict, seconds. Exits 1 when any check
     fails. With no RECIPE, every bundled recipe; a FOLDER means every recipe file in it.
     """
+    from fmtk.pipes import outlive_closed_pipes
     from fmtk.regression.report import as_json as results_json
     from fmtk.regression.report import format_table, junit_xml
     from fmtk.regression.running import plan_checks, recipes_named, run_check
+
+    outlive_closed_pipes("checks", "; the exit code says whether they passed")
 
     planned = plan_checks(recipes_named(targets), keep=keep, record_to=record_to, against=against)
     results = []

@@ -1,0 +1,118 @@
+"""A training command outlives the reader of its output: ``fmtk run … | head -3`` prints three
+lines and the run goes on to its end, instead of dying at its next line (Python's BrokenPipeError,
+which click ends with exit code 1) and, before its first checkpoint, taking its folder with it.
+
+Each of stdout and stderr that is a pipe is given to a thread that passes the lines on; when the
+reader has gone the thread drops them and says so once on stderr (when stderr can still be read).
+Every writer is covered at once: print, click, tqdm's bars, C code, and the processes a run
+spawns, which inherit the descriptors.
+
+Examples:
+    .. code-block:: python
+
+        from fmtk.pipes import outlive_closed_pipes
+
+        outlive_closed_pipes("run", ": `fmtk runs` follows it")  # first thing in a long command
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import select
+import stat
+import sys
+import threading
+
+GONE = (
+    "fmtk: the reader of this output has gone (a pipe closed, as `| head` does); the {what} goes on to "
+    "its end without printing{follow}"
+)
+_relays: list[_Relay] = []
+
+
+class _Relay(threading.Thread):
+    """Copies what is written to one end of its own pipe, which replaces ``descriptors`` (1, 2 or
+    both when they are one pipe), to the pipe they were; drops it once that pipe's reader has gone."""
+
+    def __init__(self, descriptors: tuple[int, ...], gone: str) -> None:
+        super().__init__(name="fmtk-output", daemon=True)
+        self.target = os.dup(descriptors[0])  # where the output went
+        self.source, writer = os.pipe()
+        for descriptor in descriptors:
+            os.dup2(writer, descriptor)
+        os.close(writer)
+        self.descriptors, self.saved = descriptors, [os.dup(self.target) for _ in descriptors]
+        self.stopping, self.gone, self.gone_line = threading.Event(), False, gone
+
+    def run(self) -> None:
+        while True:
+            ready, _, _ = select.select([self.source], [], [], 0.2)
+            if not ready:
+                if self.stopping.is_set():  # every byte written before the stop has been read
+                    return
+                continue
+            data = os.read(self.source, 1 << 16)
+            if not data:  # no writer left
+                return
+            if not self.gone:
+                try:
+                    os.write(self.target, data)  # (a short write: a pipe takes ≤ its buffer whole)
+                except BrokenPipeError:
+                    self.gone = True
+                    if 2 not in self.descriptors:  # else stderr went to the closed pipe too: nobody to tell
+                        with contextlib.suppress(OSError):
+                            os.write(2, (self.gone_line + "\n").encode())
+
+    def stop(self) -> None:
+        """Give the descriptors back their pipe and pass on what is left (at exit)."""
+        self.stopping.set()
+        self.join(timeout=5)
+        for descriptor, saved in zip(self.descriptors, self.saved, strict=True):
+            os.dup2(saved, descriptor)
+            os.close(saved)
+
+
+def _is_pipe(descriptor: int) -> bool:
+    try:
+        mode = os.fstat(descriptor).st_mode
+    except OSError:  # closed
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+def outlive_closed_pipes(what: str = "run", follow: str = "") -> None:
+    """Relay stdout and stderr through threads when they are the process's own pipes, so that it
+    never sees their reader go (see the module's docstring); once per process, undone at its exit.
+    ``what`` goes on, ``follow`` (``: fmtk runs follows it``) ends the line that says so."""
+    if _relays or sys.stdout is not sys.__stdout__:  # (click's test runner captures the output)
+        return
+    pipes = [descriptor for descriptor in (1, 2) if _is_pipe(descriptor)]
+    if not pipes:
+        return
+    if len(pipes) == 2 and _same_file(1, 2):  # `2>&1 |`: one relay keeps their lines in order
+        groups = [(1, 2)]
+    else:
+        groups = [(descriptor,) for descriptor in pipes]
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.flush()
+    for descriptors in groups:
+        relay = _Relay(descriptors, GONE.format(what=what, follow=follow))
+        relay.start()
+        _relays.append(relay)
+    atexit.register(_stop_relays)
+
+
+def _same_file(first: int, second: int) -> bool:
+    one, other = os.fstat(first), os.fstat(second)
+    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
+
+
+def _stop_relays() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.flush()
+    while _relays:
+        _relays.pop().stop()
