@@ -25,7 +25,7 @@ from ignite.handlers import FastaiLRFinder
 
 from fmtk.errors import FmtkError
 from fmtk.optimizers import create_optimizer
-from fmtk.pictures import curve_picture
+from fmtk.pictures import curve_picture, save_new_picture
 from fmtk.recipe import Recipe
 from fmtk.training.build import create_run_trainer
 from fmtk.training.parts import recipe_parts
@@ -150,17 +150,7 @@ def save_lr_picture(finding: LRFinding, path: Path, title: str) -> None:
     picture = curve_picture(finding.lrs, finding.losses, finding.suggestion, title, "learning rate",
                             "smoothed training loss", y_limit=2 * finding.losses[0],
                             mark_label=label)  # fmt: skip
-    created = False
-    try:
-        with path.open("xb") as file:  # never overwrite
-            created = True
-            picture.save(file, format="PNG")
-    except FileExistsError:
-        raise FmtkError(f"{path} exists; choose another --out (nothing was overwritten)") from None
-    except OSError as error:
-        if created:  # a part-written picture of ours (a full disk)
-            path.unlink(missing_ok=True)
-        raise FmtkError(f"{path}: cannot write the picture ({error.strerror})") from None
+    save_new_picture(picture, path)
 
 
 @contextmanager

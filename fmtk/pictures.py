@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFont
+
+from fmtk.errors import FmtkError
 
 LINE_HEIGHT = 15
 HEADING_HEIGHT = 24  # the title line above a whole picture
@@ -195,7 +198,9 @@ def curve_picture(
     return picture
 
 
-LINE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
+# matplotlib's tab10, with black for its grey (fmtk's grey marks values beyond the axis)
+LINE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
+                (140, 86, 75), (227, 119, 194), (188, 189, 34), (0, 0, 0)]  # fmt: skip
 
 
 def lines_picture(
@@ -210,15 +215,18 @@ def lines_picture(
     clipped_name: str = "outside the axis (at its edge)",
     colours: dict[str, tuple[int, int, int]] | None = None,
     x_end: float | None = None,
+    legend: bool = True,
 ) -> Image.Image:
     """Named lines ``{name: (xs, ys)}`` on linear axes, a dot at each point, a legend, and a grey
     horizontal line at ``reference`` ``(y, label)`` when given (e.g. accuracy against time); the
-    names in ``dots`` are drawn as dots only, unjoined. The legend sits at the bottom right, where
-    rising curves leave room, or at the top right (``legend_at_top``, for falling ones). Values
+    names in ``dots`` are drawn as dots only, unjoined. The legend sits in the first corner of the
+    plot where it hides no line, point or label: bottom right (where rising curves leave room), top
+    right, bottom left, top left, the top ones first with ``legend_at_top`` (falling curves); under
+    the plot when every corner is taken. Values
     outside ``y_limits`` (low, high) are drawn at its edge as hollow triangles pointing out, named
     ``clipped_name`` in the legend, so that one outlier does not flatten the rest. A line's colour is
     its place's among :data:`LINE_COLOURS`, or its name's in ``colours``. The x axis runs from 0 to
-    the largest x, or to ``x_end`` when given."""
+    the largest x, or to ``x_end`` when given. ``legend=False``: none (another panel has it)."""
     width, height, left, right, top, bottom = 720, 440, 60, 20, HEADING_HEIGHT + 24, 40
     picture = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(picture)
@@ -245,18 +253,15 @@ def lines_picture(
         _, y = at(x_low, tick)
         draw.line([(left, y), (width - right, y)], fill=GRID_LINE)
         draw.text((4, y - 6), label, fill="black", font=font)
-    if reference is not None:
-        _draw_reference(draw, at(x_low, reference[0])[1], reference[1], (left, width - right), font)
     names = list(lines)
     sides = [side for line_sides in outside.values() for side in line_sides if side]
     if sides:
         names.append(clipped_name)
-    # The legend first, the lines and points over it: a point at the plot's edge is never hidden.
-    legend_bottom = top + 12 + len(names) * (LINE_HEIGHT + 2) if legend_at_top else height - bottom - 6
     painted = {name: LINE_COLOURS[index % len(LINE_COLOURS)] for index, name in enumerate(names)}
     painted.update(colours or {})
-    _draw_legend(draw, names, right=width - right - 8, bottom=legend_bottom, font=font, dots=dots,
-                 clipped=(clipped_name, sides[0]) if sides else None, colours=painted)  # fmt: skip
+    empty = picture.copy()  # the axes alone: what the lines and points add is where the legend must not go
+    if reference is not None:
+        _draw_reference(draw, at(x_low, reference[0])[1], reference[1], (left, width - right), font)
     for name, (line_xs, line_ys) in lines.items():
         colour = painted[name]
         points = [at(float(x), float(y)) for x, y in zip(line_xs, line_ys, strict=True)]
@@ -265,7 +270,44 @@ def lines_picture(
         for (x, y), side in zip(points, outside[name], strict=True):
             _draw_point(draw, x, y, colour, side)
     draw.text((width // 2 - 40, height - 18), x_label, fill="black", font=font)
-    return picture
+    if not legend:
+        return picture
+    key = {"names": names, "font": font, "dots": dots, "colours": painted,
+              "clipped": (clipped_name, sides[0]) if sides else None}  # fmt: skip
+    corner = _free_corner(ImageChops.difference(picture, empty), _legend_size(draw, names, font),
+                          (left, top, width - right, height - bottom), legend_at_top)  # fmt: skip
+    if corner is not None:
+        _draw_legend(draw, right=corner[0], bottom=corner[1], **key)
+        return picture
+    # Every corner of the plot would hide a line or a point: the legend goes under the picture.
+    below = _legend_size(draw, names, font)[1]
+    extended = Image.new("RGB", (width, height + below + 8), "white")
+    extended.paste(picture, (0, 0))
+    _draw_legend(ImageDraw.Draw(extended), right=width - right - 8, bottom=height + below + 2, **key)
+    return extended
+
+
+def _legend_size(draw: ImageDraw.ImageDraw, names: Sequence[str], font: Any) -> tuple[int, int]:
+    """The width and height of :func:`_draw_legend`'s box for ``names``."""
+    longest = max((draw.textlength(name, font=font) for name in names), default=0)
+    return math.ceil(46 + longest), 6 + len(names) * (LINE_HEIGHT + 2)
+
+
+def _free_corner(
+    drawn: Image.Image, size: tuple[int, int], plot: tuple[int, int, int, int], top_first: bool
+) -> tuple[int, int] | None:
+    """The (right, bottom) of the first corner of the ``plot`` box (left, top, right, bottom) where a
+    box of ``size`` covers nothing ``drawn`` (non-black pixels): bottom right, top right, bottom left,
+    top left (the top ones first with ``top_first``); None if none is free."""
+    (width, height), (left, top, right, bottom) = size, plot
+    rights, bottoms = (right - 8, left + 8 + width), (bottom - 6, top + 6 + height)
+    if top_first:
+        bottoms = bottoms[::-1]
+    for corner in [(x, y) for x in rights for y in bottoms]:
+        box = (corner[0] - width - 2, corner[1] - height - 2, corner[0] + 3, corner[1] + 3)  # and a margin
+        if drawn.crop(box).getbbox() is None:
+            return corner
+    return None
 
 
 def round_ticks(low: float, high: float, count: int = 5) -> list[tuple[float, str]]:
@@ -380,11 +422,7 @@ def curves_picture(history: Sequence[dict[str, float]], best_epoch: int | None, 
     not finite (a loss that diverged) is left out of its line; both axes run to the last epoch."""
     epochs = [row["epoch"] for row in history]
     best = [row for row in history if row["epoch"] == best_epoch]
-
-    def finite(line: tuple[list[float], list[float]]) -> tuple[list[float], list[float]]:
-        kept = [(x, y) for x, y in zip(*line, strict=True) if math.isfinite(y)]
-        return [x for x, _ in kept], [y for _, y in kept]
-
+    finite = _finite_points
     marked = f"best checkpoint (epoch {best_epoch})"
     train, valid, mark = LINE_COLOURS[0], LINE_COLOURS[1], LINE_COLOURS[2]
     colours = {"train loss": train, "valid loss": valid, "valid accuracy": valid, marked: mark}
@@ -405,6 +443,49 @@ def curves_picture(history: Sequence[dict[str, float]], best_epoch: int | None, 
         "", "epoch", "valid accuracy (%)", dots=(marked,), colours=colours, x_end=max(epochs, default=None),
     )  # fmt: skip
     return sheet_of(loss, [accuracy], columns=1)
+
+
+def runs_curves_picture(histories: dict[str, Sequence[dict[str, float]]], title: str) -> Image.Image:
+    """Several runs' learning curves, one colour per run (``{name: its metrics.csv rows}``, at most
+    len(:data:`LINE_COLOURS`)): valid loss above, valid accuracy below, against the epoch; values
+    that are not finite are left out."""
+    if len(histories) > len(LINE_COLOURS):
+        raise ValueError(f"at most {len(LINE_COLOURS)} runs in one picture, got {len(histories)}")
+
+    def lines(key: str, scale: float) -> dict[str, tuple[list[float], list[float]]]:
+        return {name: _finite_points(([row["epoch"] for row in rows], [scale * row[key] for row in rows]))
+                for name, rows in histories.items()}  # fmt: skip
+
+    last = max((row["epoch"] for rows in histories.values() for row in rows), default=None)
+    loss = lines_picture(
+        lines("valid_loss", 1.0), title, "epoch", "valid loss", legend_at_top=True, x_end=last
+    )
+    accuracy = lines_picture(lines("valid_accuracy", 100), "", "epoch", "valid accuracy (%)", x_end=last,
+                             legend=False)  # fmt: skip
+    return sheet_of(loss, [accuracy], columns=1)
+
+
+def _finite_points(line: tuple[Sequence[float], Sequence[float]]) -> tuple[list[float], list[float]]:
+    """The points of ``(xs, ys)`` whose y is finite."""
+    kept = [(x, y) for x, y in zip(*line, strict=True) if math.isfinite(y)]
+    return [x for x, _ in kept], [y for _, y in kept]
+
+
+def save_new_picture(picture: Image.Image, path: Path, option: str = "--out") -> None:
+    """``picture`` as a new PNG file at ``path``: an existing file is never overwritten, and a picture
+    that could not be written whole (a full disk) is removed; each is one line (the first names the
+    ``option`` that chose the file)."""
+    created = False
+    try:
+        with path.open("xb") as file:
+            created = True
+            picture.save(file, format="PNG")
+    except FileExistsError:
+        raise FmtkError(f"{path} exists; choose another {option} (nothing was overwritten)") from None
+    except OSError as error:
+        if created:
+            path.unlink(missing_ok=True)
+        raise FmtkError(f"{path}: cannot write the picture ({error.strerror})") from None
 
 
 def _natural(text: str) -> tuple[int, float, str]:
@@ -480,7 +561,7 @@ def _draw_reference(
 
 def _draw_legend(
     draw: ImageDraw.ImageDraw,
-    names: list[str],
+    names: Sequence[str],
     right: float,
     bottom: float,
     font: Any,
@@ -488,9 +569,9 @@ def _draw_legend(
     clipped: tuple[str, int] | None = None,
     colours: dict[str, tuple[int, int, int]] | None = None,
 ) -> None:
-    """The lines' names and colours in a box on white whose bottom right corner is (right, bottom),
-    where rising curves (accuracy) leave room; ``clipped`` ``(name, side)``: that name with a grey
-    hollow triangle pointing to the side (-1 down, 1 up)."""
+    """The lines' names and colours in a box on white whose bottom right corner is (right, bottom)
+    (:func:`_legend_size` big); ``clipped`` ``(name, side)``: that name with a grey hollow triangle
+    pointing to the side (-1 down, 1 up)."""
     legend_left = right - 46 - max((draw.textlength(name, font=font) for name in names), default=0)
     legend_y = bottom - 2 - len(names) * (LINE_HEIGHT + 2)
     draw.rectangle([legend_left, legend_y - 4, right, bottom], fill="white", outline=GRID_LINE)

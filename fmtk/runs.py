@@ -48,22 +48,24 @@ def find_run_dirs(root: Path) -> list[Path]:
     return found
 
 
-def list_runs(root: Path) -> list[dict[str, Any]]:
+def list_runs(root: Path, whole_paths: bool = False) -> list[dict[str, Any]]:
     """One row (plain JSON values, see :func:`read_run`) per run folder under ``root``, sorted by
-    path. A run whose files cannot be read gets the state ``unreadable`` and an ``error``."""
+    path, its ``run`` relative to ``root`` (with ``whole_paths``: ``root`` joined to it). A run whose
+    files cannot be read gets the state ``unreadable`` and an ``error``."""
     root = Path(root)
-    return [read_run(run_dir, root) for run_dir in find_run_dirs(root)]
+    return [read_run(run_dir, root, whole_paths) for run_dir in find_run_dirs(root)]
 
 
-def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
-    """The row of one run folder: ``run`` (its path relative to ``root``), ``recipe``, ``preset``,
+def read_run(run_dir: Path, root: Path, whole_path: bool = False) -> dict[str, Any]:
+    """The row of one run folder: ``run`` (its path relative to ``root``, or ``run_dir`` itself with
+    ``whole_path``), ``recipe``, ``preset``,
     ``changed`` (dict, or None when config.json does not say), ``epochs_done``, ``epochs_max``,
     ``best_valid_accuracy``, ``test_accuracy_best``, ``test_accuracy_last``, ``train_seconds``,
     ``device`` (the GPU's name for a run on a GPU, else config.json's device: ``cpu``), ``state``
     (one of :data:`STATES`), ``started`` (when, ISO 8601 in UTC: :func:`_started`) and
     ``error`` (why it is unreadable, else None); a value the files do not give is None."""
     row: dict[str, Any] = {
-        "run": run_dir.relative_to(root).as_posix(),
+        "run": (run_dir if whole_path else run_dir.relative_to(root)).as_posix(),
         "recipe": None, "preset": None, "changed": None, "epochs_done": None, "epochs_max": None,
         "best_valid_accuracy": None, "test_accuracy_best": None, "test_accuracy_last": None,
         "train_seconds": None, "device": None, "state": None, "error": None, "started": None,
@@ -129,12 +131,20 @@ _FOLDER_TIME = re.compile(r"(\d{8}-\d{6})(-\d+)?")  # make_run_dir's names
 
 
 def _read_history(run_dir: Path) -> tuple[int, float | None]:
-    """(epochs done, best valid accuracy) from metrics.csv; a torn last row (the process was
-    killed while writing it) is skipped."""
+    """(epochs done, best valid accuracy) from metrics.csv."""
+    rows = read_curves(run_dir)
+    accuracies = [row["valid_accuracy"] for row in rows if math.isfinite(row["valid_accuracy"])]
+    # (a NaN would make the best depend on the order)
+    return max((int(row["epoch"]) for row in rows), default=0), max(accuracies, default=None)
+
+
+def read_curves(run_dir: Path) -> list[dict[str, float]]:
+    """metrics.csv's rows with an ``epoch``, a ``valid_loss`` and a ``valid_accuracy`` (floats), none
+    without the file; a row cut short (the process was killed while writing it) or not numbers is
+    skipped."""
     path = run_dir / METRICS_CSV
     if not path.exists():
-        return 0, None
-    epochs, accuracies = [0], []
+        return []
     with path.open(newline="") as file:
         try:
             rows = list(csv.DictReader(file))
@@ -142,17 +152,17 @@ def _read_history(run_dir: Path) -> tuple[int, float | None]:
             raise FmtkError(f"{METRICS_CSV} is not UTF-8 text") from None
         except csv.Error as error:  # e.g. a NUL byte
             raise FmtkError(f"{METRICS_CSV} is not CSV text ({error})") from None
+    curves = []
     for values in rows:
         if None in values.values():  # a short row: the write was cut off
             continue
         try:
-            epoch, accuracy = int(float(values["epoch"])), float(values["valid_accuracy"])
+            row = {key: float(values[key]) for key in ("epoch", "valid_loss", "valid_accuracy")}
+            row["epoch"] = int(row["epoch"])
         except (KeyError, ValueError, OverflowError):  # OverflowError: an epoch of inf
             continue
-        epochs.append(epoch)
-        if math.isfinite(accuracy):  # a NaN would make the best depend on the order
-            accuracies.append(accuracy)
-    return max(epochs), max(accuracies, default=None)
+        curves.append(row)
+    return curves
 
 
 def _json_object(values: Any, name: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from fmtk.data.batches import TensorBatches
 from fmtk.pictures import (
     HEADING_HEIGHT,
     LINE_COLOURS,
+    LINE_HEIGHT,
     ZERO_INK,
     _font,
     confusion_picture,
@@ -212,6 +213,42 @@ def test_lines_picture_draws_each_line_in_its_colour_with_legend_and_reference(d
         assert (pixels == colour).all(1).sum() > 100  # both lines and their legend marks
     grey_rows = np.nonzero((np.asarray(picture) == ZERO_INK).all(2).sum(1) > 200)[0]
     assert len(grey_rows) >= 1  # the dashed reference line, across the plot
+
+
+def test_the_legend_and_the_lines_never_cross(drawn_texts) -> None:
+    """Random lines, rising, falling and noisy: no pixel of the line inside the legend's box but its
+    own mark, and the centre of every point in its line's colour (the legend took a corner where
+    nothing is drawn, or went under the plot; the lines were drawn over it)."""
+    rng = np.random.default_rng(0)
+    top, bottom, left, right = HEADING_HEIGHT + 24, 440 - 40, 60, 720 - 20  # lines_picture's plot box
+    name, width = "the only line", 80  # (its text is about 70 pixels wide)
+    for round_ in range(40):
+        count = int(rng.integers(2, 40))
+        shapes = [np.sort(rng.random(count)), -np.sort(rng.random(count)), rng.random(count)]
+        ys = shapes[round_ % 3] + 0.05 * rng.random(count)
+        drawn_texts.clear()
+        lines = {name: (list(range(count)), list(ys))}
+        pixels = np.asarray(lines_picture(lines, "t", "x", "y", legend_at_top=round_ % 2 == 0)).copy()
+        x, y = map(round, position_of(drawn_texts, name))
+        pixels[y + 5 : y + 10, x - 27 : x - 5] = 0  # the legend's mark of the line
+        box = pixels[y - 4 : y + LINE_HEIGHT + 4, x - 32 : x + width]
+        assert not (box == LINE_COLOURS[0]).all(2).any(), round_
+        margin = 0.05 * (ys.max() - ys.min())
+        for index, value in enumerate(ys):
+            row = top + (ys.max() + margin - value) / (ys.max() - ys.min() + 2 * margin) * (bottom - top)
+            column = left + index / (count - 1) * (right - left)
+            assert tuple(pixels[round(row), round(column)]) == LINE_COLOURS[0], (round_, index)
+
+
+def test_a_legend_with_no_free_corner_goes_under_the_plot(drawn_texts) -> None:
+    crossing = {"up": ([0, 10], [0, 1]), "down": ([0, 10], [1, 0]), "level": ([0, 10], [0.5, 0.5])}
+    picture = lines_picture(crossing, "crossing", "x", "y")
+    assert picture.height > 440
+    assert all(position_of(drawn_texts, name)[1] > 440 for name in crossing)
+    falling = lines_picture({"falling": ([0, 10], [1, 0])}, "t", "x", "y")
+    assert falling.height == 440
+    x, y = position_of(drawn_texts, "falling")
+    assert x > 360 and y < 220  # top right: the first free corner (the line ends in the bottom right)
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import fmtk
+from PIL import Image
 
 from fmtk.errors import FmtkError
+from fmtk.pictures import LINE_COLOURS
 from fmtk.runfolder import CONFIG, METRICS_CSV, METRICS_JSON, append_epoch_row, write_json
 from fmtk.runlock import is_running, lock_run
 from fmtk.runs import SORT_KEYS, format_changed, format_runs_table, list_runs, sort_runs
@@ -376,3 +379,47 @@ def test_two_hundred_runs(tmp_path: Path) -> None:
     best = sort_runs(rows, "best_valid_acc")
     assert best[0]["run"] == "recipe_2/20260101-000198"  # the last finished run: 2 epochs, 0.798
     assert len(format_runs_table(best).splitlines()) == 201
+
+
+def test_curves_draw_each_run_of_the_table_in_its_colour_at_its_values(tmp_path: Path) -> None:
+    """`fmtk runs FOLDER... --curves FILE`: the runs of several folders (paths as typed), each
+    run's valid accuracy at its epochs in the colour of its place in the table (the lower panel)."""
+    make_run(tmp_path, "one/digits_mlp/a", [0.5, 0.7, 0.9])
+    make_run(tmp_path, "two/digits_mlp/b", [0.9, 0.8], ended=False)  # interrupted: its epochs so far
+    (tmp_path / "two/digits_mlp/b" / METRICS_CSV).open("a").write("3,0.5")  # torn as by a kill: skipped
+    result = fmtk("runs", "one/digits_mlp/a", "two", "--curves", "curves.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines[1:3]] == ["one/digits_mlp/a", "two/digits_mlp/b"]
+    assert lines[-1] == "wrote curves.png"
+    pixels = np.asarray(Image.open(tmp_path / "curves.png"))
+    assert pixels.shape == (880, 720, 3)  # two panels, the legend in a corner of the upper one
+
+    def colour_at(epoch: int, accuracy: float) -> tuple[int, ...]:
+        top, bottom, low, high = 440 + 48, 440 + 400, 48.0, 92.0  # 50 % … 90 %, and a 5 % margin
+        row = top + (high - 100 * accuracy) / (high - low) * (bottom - top)
+        return tuple(pixels[round(row), round(60 + epoch / 3 * 640)])
+
+    for epoch, accuracy in enumerate([0.5, 0.7, 0.9], start=1):
+        assert colour_at(epoch, accuracy) == LINE_COLOURS[0]
+    for epoch, accuracy in enumerate([0.9, 0.8], start=1):
+        assert colour_at(epoch, accuracy) == LINE_COLOURS[1]
+    assert colour_at(3, 0.5) != LINE_COLOURS[1]  # the torn row
+
+
+def test_curves_take_the_first_ten_runs_and_never_overwrite(tmp_path: Path) -> None:
+    for index in range(12):
+        make_run(tmp_path, f"digits_mlp/{index:02d}", [0.5 + index / 100, 0.6 + index / 100])
+    result = fmtk("runs", ".", "--sort", "best_valid_acc", "--curves", "best.png", cwd=tmp_path)
+    assert result.stdout.splitlines()[-1] == "wrote best.png: 10 of the table's 12 runs"
+    pixels = np.asarray(Image.open(tmp_path / "best.png")).reshape(-1, 3)
+    drawn = [(pixels == colour).all(1).sum() for colour in LINE_COLOURS]
+    assert min(drawn) > 100  # every colour: ten runs
+    before = (tmp_path / "best.png").read_bytes()
+    again = fmtk("runs", ".", "--curves", "best.png", cwd=tmp_path)
+    assert again.returncode == 1
+    assert again.stderr == "Error: best.png exists; choose another --curves (nothing was overwritten)\n"
+    assert (tmp_path / "best.png").read_bytes() == before
+    empty = fmtk("runs", "nothing_here", "--curves", "none.png", cwd=tmp_path / "digits_mlp")
+    assert empty.returncode == 1 and "no such folder" in empty.stderr
+    assert not (tmp_path / "digits_mlp" / "none.png").exists()

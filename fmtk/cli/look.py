@@ -269,20 +269,51 @@ def predict(
 
 
 @cli.command()
-@click.argument("folder", type=click.Path(path_type=Path), default="runs", required=False)
+@click.argument("folders", metavar="[FOLDER]...", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--sort", "sort_key", default="run", show_default=True, metavar="COLUMN",
               help="run, recipe, preset, changed, epochs, best_valid_acc, test_acc_best, test_acc_last, "
               "train_seconds, state or started (newest first).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output: one object per run.")
-def runs(folder: Path, sort_key: str, as_json: bool) -> None:
-    """The runs under FOLDER (default ./runs) as one table: recipe, changed values, epochs, best
-    valid accuracy, test accuracy of the best and last checkpoints, training time, state."""
+@click.option("--curves", type=click.Path(path_type=Path), metavar="FILE.png",
+              help="Also draw the runs' valid loss and accuracy per epoch, one colour each (the first "
+              "10 in the table's order), into this new PNG file.")  # fmt: skip
+def runs(folders: tuple[Path, ...], sort_key: str, as_json: bool, curves: Path | None) -> None:
+    """The runs under each FOLDER (default ./runs; a run folder is itself) as one table: recipe,
+    changed values, epochs, best valid accuracy, test accuracy of the best and last checkpoints,
+    training time, state; with --curves, their learning curves in one picture."""
     from fmtk.runs import format_runs_table, list_runs, runs_as_json, sort_runs
 
-    rows = sort_runs(list_runs(folder), sort_key)
+    whole_paths = len(folders) > 1  # each run's path as typed: two folders may hold the same names
+    roots = folders or (Path("runs"),)
+    rows = sort_runs([row for root in roots for row in list_runs(root, whole_paths)], sort_key)
     if as_json:
         click.echo(runs_as_json(rows))
     elif not rows:
-        click.echo(f"no runs under {folder}")
+        click.echo(f"no runs under {', '.join(map(str, roots))}")
     else:
         click.echo(format_runs_table(rows))
+    if curves is not None:
+        _draw_curves(rows, roots[0] if not whole_paths else None, curves, quiet=as_json)
+
+
+def _draw_curves(rows: list[dict], root: Path | None, out: Path, quiet: bool) -> None:
+    """``fmtk runs --curves``: the readable runs' curves (run folder: ``root`` / its ``run``, or its
+    ``run`` itself when ``root`` is None), the first as many as there are colours."""
+    from fmtk.pictures import LINE_COLOURS, runs_curves_picture, save_new_picture
+    from fmtk.runs import read_curves
+
+    histories = {}
+    for row in rows:
+        if row["error"] is not None or len(histories) == len(LINE_COLOURS):
+            continue
+        try:
+            histories[row["run"]] = read_curves(Path(row["run"]) if root is None else root / row["run"])
+        except FmtkError as error:  # a finished run whose metrics.csv was damaged since
+            click.echo(f"{row['run']}: {error}; left out of --curves", err=True)
+    if not histories:
+        raise FmtkError(f"--curves {out}: no run with readable curves")
+    title = f"valid loss and accuracy of {len(histories)} run{'s' if len(histories) > 1 else ''}"
+    save_new_picture(runs_curves_picture(histories, title), out, "--curves")
+    if not quiet:
+        shown = f": {len(histories)} of the table's {len(rows)} runs" if len(rows) > len(histories) else ""
+        click.echo(f"wrote {out}{shown}")
