@@ -44,31 +44,40 @@ class _Relay(threading.Thread):
             os.dup2(writer, descriptor)
         os.close(writer)
         self.descriptors, self.saved = descriptors, [os.dup(self.target) for _ in descriptors]
-        self.stopping, self.gone, self.gone_line = threading.Event(), False, gone
+        self.wake, self.waking = os.pipe()  # stop() writes to it: the thread need not poll
+        self.gone, self.gone_line = False, gone
 
     def run(self) -> None:
+        stopping = False
         while True:
-            ready, _, _ = select.select([self.source], [], [], 0.2)
-            if not ready:
-                if self.stopping.is_set():  # every byte written before the stop has been read
+            # Once stopping, only what is already written: a DataLoader worker not yet ended still
+            # holds the pipe, so its end would not come.
+            ready, _, _ = select.select([self.source, self.wake], [], [], 0 if stopping else None)
+            if self.wake in ready:
+                stopping = True
+            if self.source not in ready:
+                if stopping:
                     return
                 continue
             data = os.read(self.source, 1 << 16)
             if not data:  # no writer left
                 return
-            if not self.gone:
-                try:
-                    os.write(self.target, data)  # (a short write: a pipe takes ≤ its buffer whole)
-                except BrokenPipeError:
-                    self.gone = True
-                    if 2 not in self.descriptors:  # else stderr went to the closed pipe too: nobody to tell
-                        with contextlib.suppress(OSError):
-                            os.write(2, (self.gone_line + "\n").encode())
+            self.pass_on(data)
+
+    def pass_on(self, data: bytes) -> None:
+        while data and not self.gone:
+            try:
+                data = data[os.write(self.target, data) :]
+            except BrokenPipeError:
+                self.gone = True
+                if 2 not in self.descriptors:  # else stderr went to the closed pipe too: nobody to tell
+                    with contextlib.suppress(OSError):
+                        os.write(2, (self.gone_line + "\n").encode())
 
     def stop(self) -> None:
-        """Give the descriptors back their pipe and pass on what is left (at exit)."""
-        self.stopping.set()
-        self.join(timeout=5)
+        """Pass on what is left and give the descriptors back their pipe (at exit)."""
+        os.write(self.waking, b"!")
+        self.join(timeout=5)  # (a reader that stopped reading but is still there: give up)
         for descriptor, saved in zip(self.descriptors, self.saved, strict=True):
             os.dup2(saved, descriptor)
             os.close(saved)
