@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 
 from fmtk.errors import FmtkError
+
+if TYPE_CHECKING:  # torch is imported where it is used: `fmtk runs --curves` needs none (2 s)
+    import torch
 
 LINE_HEIGHT = 15
 HEADING_HEIGHT = 24  # the title line above a whole picture
@@ -41,6 +43,8 @@ def scale_to_uint8(images: torch.Tensor) -> torch.Tensor:
     leaves no room for titles: 8×8 digits (0–16) become as bright as MNIST, and uint8 images that
     span 0–255 (MNIST, photos) stay as they are. A constant batch keeps its values (clamped).
     """
+    import torch
+
     pixels = images.detach().float().cpu()
     low, high = (float(pixels.min()), float(pixels.max())) if pixels.numel() else (0.0, 0.0)
     if high > low:
@@ -279,11 +283,13 @@ def lines_picture(
     if corner is not None:
         _draw_legend(draw, right=corner[0], bottom=corner[1], **key)
         return picture
-    # Every corner of the plot would hide a line or a point: the legend goes under the picture.
-    below = _legend_size(draw, names, font)[1]
-    extended = Image.new("RGB", (width, height + below + 8), "white")
+    # Every corner of the plot would hide a line or a point: the legend goes under the picture (which
+    # widens to the right for a legend wider than it).
+    across, below = _legend_size(draw, names, font)
+    extended = Image.new("RGB", (max(width, left + across + 8), height + below + 8), "white")
     extended.paste(picture, (0, 0))
-    _draw_legend(ImageDraw.Draw(extended), right=width - right - 8, bottom=height + below + 2, **key)
+    legend_right = max(width - right - 8, left + across)
+    _draw_legend(ImageDraw.Draw(extended), right=legend_right, bottom=height + below + 2, **key)
     return extended
 
 
@@ -298,11 +304,14 @@ def _free_corner(
 ) -> tuple[int, int] | None:
     """The (right, bottom) of the first corner of the ``plot`` box (left, top, right, bottom) where a
     box of ``size`` covers nothing ``drawn`` (non-black pixels): bottom right, top right, bottom left,
-    top left (the top ones first with ``top_first``); None if none is free."""
+    top left (the top ones first with ``top_first``); None if none is free or the box is larger than
+    the plot."""
     (width, height), (left, top, right, bottom) = size, plot
     rights, bottoms = (right - 8, left + 8 + width), (bottom - 6, top + 6 + height)
     if top_first:
         bottoms = bottoms[::-1]
+    if width + 16 > right - left or height + 12 > bottom - top:  # larger than the plot
+        return None
     for corner in [(x, y) for x in rights for y in bottoms]:
         box = (corner[0] - width - 2, corner[1] - height - 2, corner[0] + 3, corner[1] + 3)  # and a margin
         if drawn.crop(box).getbbox() is None:
@@ -448,7 +457,7 @@ def curves_picture(history: Sequence[dict[str, float]], best_epoch: int | None, 
 def runs_curves_picture(histories: dict[str, Sequence[dict[str, float]]], title: str) -> Image.Image:
     """Several runs' learning curves, one colour per run (``{name: its metrics.csv rows}``, at most
     len(:data:`LINE_COLOURS`)): valid loss above, valid accuracy below, against the epoch; values
-    that are not finite are left out."""
+    that are not finite are left out, losses above 10× the median of all are drawn at the edge."""
     if len(histories) > len(LINE_COLOURS):
         raise ValueError(f"at most {len(LINE_COLOURS)} runs in one picture, got {len(histories)}")
 
@@ -457,9 +466,13 @@ def runs_curves_picture(histories: dict[str, Sequence[dict[str, float]]], title:
                 for name, rows in histories.items()}  # fmt: skip
 
     last = max((row["epoch"] for rows in histories.values() for row in rows), default=None)
-    loss = lines_picture(
-        lines("valid_loss", 1.0), title, "epoch", "valid loss", legend_at_top=True, x_end=last
-    )
+    losses = lines("valid_loss", 1.0)
+    # One diverged run would flatten the others: its losses beyond 10× the median are drawn at the edge.
+    values = [y for _, ys in losses.values() for y in ys] or [0.0]
+    middle = float(np.median(values))
+    limits = (min(values), 10 * middle) if middle > 0 and max(values) > 10 * middle else None
+    loss = lines_picture(losses, title, "epoch", "valid loss", legend_at_top=True, x_end=last,
+                         y_limits=limits, clipped_name="above 10× the median loss (at the edge)")  # fmt: skip
     accuracy = lines_picture(lines("valid_accuracy", 100), "", "epoch", "valid accuracy (%)", x_end=last,
                              legend=False)  # fmt: skip
     return sheet_of(loss, [accuracy], columns=1)

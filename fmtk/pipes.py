@@ -2,9 +2,10 @@
 lines and the run goes on to its end, instead of dying at its next line (Python's BrokenPipeError,
 which click ends with exit code 1) and, before its first checkpoint, taking its folder with it.
 
-Each of stdout and stderr that is a pipe is given to a thread that passes the lines on; when the
-reader has gone the thread drops them and says so once on stderr (when stderr can still be read).
-Every writer is covered at once: print, click, tqdm's bars, C code, and the processes a run
+Each of stdout and stderr that is a pipe (or a socket) is given to a thread that passes the output
+on, waiting for a slow reader as a plain write would; once the reader has gone (or writing to it
+fails otherwise) the thread drops the rest and says so once on stderr, when stderr can still be
+read. Every writer is covered at once: print, click, tqdm's bars, C code, and the processes a run
 spawns, which inherit the descriptors.
 
 Examples:
@@ -12,7 +13,7 @@ Examples:
 
         from fmtk.pipes import outlive_closed_pipes
 
-        outlive_closed_pipes("run", ": `fmtk runs` follows it")  # first thing in a long command
+        outlive_closed_pipes("the run goes on to its end without printing")  # first in a long command
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import stat
 import sys
 import threading
 
-GONE = (
-    "fmtk: the reader of this output has gone (a pipe closed, as `| head` does); the {what} goes on to "
-    "its end without printing{follow}"
+GONE = "fmtk: the reader of this output has gone (a pipe closed, as `| head` does); {going_on}"
+RUN_GOES_ON = (
+    "the run goes on to its end without printing; `fmtk runs` shows how far it is, Ctrl-C stops it "
+    "(resumable)"
 )
 _relays: list[_Relay] = []
 
@@ -65,22 +67,29 @@ class _Relay(threading.Thread):
             self.pass_on(data)
 
     def pass_on(self, data: bytes) -> None:
+        """Write all of ``data``, waiting for the reader as long as it takes; if writing fails (the
+        reader gone: EPIPE; a socket reset), drop it and the rest."""
         while data and not self.gone:
             try:
                 data = data[os.write(self.target, data) :]
-            except BrokenPipeError:
+            except BlockingIOError:  # a non-blocking pipe, full: wait until it takes more
+                select.select([], [self.target], [])
+            except OSError:
                 self.gone = True
                 if 2 not in self.descriptors:  # else stderr went to the closed pipe too: nobody to tell
                     with contextlib.suppress(OSError):
                         os.write(2, (self.gone_line + "\n").encode())
 
     def stop(self) -> None:
-        """Pass on what is left and give the descriptors back their pipe (at exit)."""
+        """Pass on what is left (as long as the reader takes to read it, as a plain write would
+        wait) and give the descriptors back their pipe (at exit)."""
         os.write(self.waking, b"!")
-        self.join(timeout=5)  # (a reader that stopped reading but is still there: give up)
+        self.join()
         for descriptor, saved in zip(self.descriptors, self.saved, strict=True):
             os.dup2(saved, descriptor)
             os.close(saved)
+        for descriptor in (self.target, self.source, self.wake, self.waking):
+            os.close(descriptor)
 
 
 def _is_pipe(descriptor: int) -> bool:
@@ -91,10 +100,10 @@ def _is_pipe(descriptor: int) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
-def outlive_closed_pipes(what: str = "run", follow: str = "") -> None:
+def outlive_closed_pipes(going_on: str) -> None:
     """Relay stdout and stderr through threads when they are the process's own pipes, so that it
     never sees their reader go (see the module's docstring); once per process, undone at its exit.
-    ``what`` goes on, ``follow`` (``: fmtk runs follows it``) ends the line that says so."""
+    ``going_on`` ends the line that says the reader has gone (``the run goes on …``)."""
     if _relays or sys.stdout is not sys.__stdout__:  # (click's test runner captures the output)
         return
     pipes = [descriptor for descriptor in (1, 2) if _is_pipe(descriptor)]
@@ -108,7 +117,7 @@ def outlive_closed_pipes(what: str = "run", follow: str = "") -> None:
         with contextlib.suppress(AttributeError, ValueError, OSError):
             stream.flush()
     for descriptors in groups:
-        relay = _Relay(descriptors, GONE.format(what=what, follow=follow))
+        relay = _Relay(descriptors, GONE.format(going_on=going_on))
         relay.start()
         _relays.append(relay)
     atexit.register(_stop_relays)

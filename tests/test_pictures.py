@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import ImageDraw
+from PIL import Image, ImageDraw
 from torch import nn
 
 from fmtk.data.batches import TensorBatches
@@ -22,6 +22,7 @@ from fmtk.pictures import (
     curves_picture,
     lines_picture,
     round_ticks,
+    runs_curves_picture,
     titled_grid,
 )
 from fmtk.training.evaluation import (
@@ -249,6 +250,25 @@ def test_a_legend_with_no_free_corner_goes_under_the_plot(drawn_texts) -> None:
     assert falling.height == 440
     x, y = position_of(drawn_texts, "falling")
     assert x > 360 and y < 220  # top right: the first free corner (the line ends in the bottom right)
+
+
+def test_a_legend_wider_than_the_plot_widens_the_picture(drawn_texts) -> None:
+    name = "/home/someone/experiments/" + "a_very_long_folder_name_" * 4 + "run"
+    crossing = {name: ([0, 10], [0, 1]), "down": ([0, 10], [1, 0])}
+    picture = lines_picture(crossing, "t", "x", "y")
+    x, y = position_of(drawn_texts, name)
+    assert y > 440 and x >= 60 and picture.width > 720
+    assert x + ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(name, font=_font()) <= picture.width
+
+
+def test_one_diverged_run_does_not_flatten_the_others_losses(drawn_texts) -> None:
+    rows = lambda losses: [  # noqa: E731
+        {"epoch": epoch, "valid_loss": loss, "valid_accuracy": 0.05} for epoch, loss in enumerate(losses, 1)
+    ]
+    runs_curves_picture({"fine": rows([0.9, 0.5, 0.4]), "diverged": rows([0.8, 3e6, 9e6])}, "t")
+    assert "above 10× the median loss (at the edge)" in [text for _, text in drawn_texts]
+    labels = [float(text) for (x, y), text in drawn_texts if x == 4 and y < 440]  # the loss axis
+    assert max(labels) < 10  # not millions (the accuracy panel: 5 %)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import fmtk
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from fmtk.errors import FmtkError
 from fmtk.pictures import LINE_COLOURS
@@ -423,3 +423,55 @@ def test_curves_take_the_first_ten_runs_and_never_overwrite(tmp_path: Path) -> N
     empty = fmtk("runs", "nothing_here", "--curves", "none.png", cwd=tmp_path / "digits_mlp")
     assert empty.returncode == 1 and "no such folder" in empty.stderr
     assert not (tmp_path / "digits_mlp" / "none.png").exists()
+
+
+def test_curves_leave_out_runs_without_an_epoch_and_name_a_run_given_as_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run given as the folder itself is named by its folder (not `.`), once even when given
+    twice; a run with no finished epoch, or none with a finite figure, is left out with a line."""
+    texts = []
+    draw_text = ImageDraw.ImageDraw.text
+
+    def record(self, xy, text, *args, **kwargs):
+        texts.append(text)
+        return draw_text(self, xy, text, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", record)
+    make_run(tmp_path, "digits_mlp/20260101-100000", [0.5, 0.6])
+    make_run(tmp_path, "digits_mlp/starting", [], ended=False)  # no epoch yet
+    make_run(tmp_path, "digits_mlp/diverged", [float("nan")])
+    write_json(tmp_path / "digits_mlp/diverged" / METRICS_JSON, {"epochs_run": 1})
+    (tmp_path / "digits_mlp/diverged" / METRICS_CSV).write_text(
+        "epoch,valid_loss,valid_accuracy\n1,nan,nan\n"
+    )
+    alone = fmtk("runs", "20260101-100000", "--curves", "alone.png", cwd=tmp_path / "digits_mlp")
+    assert alone.returncode == 0, alone.stderr
+    assert "20260101-100000" in texts and "." not in texts
+    twice = fmtk("runs", "digits_mlp", "digits_mlp/20260101-100000", "--curves", "all.png", cwd=tmp_path)
+    assert twice.returncode == 0, twice.stderr
+    assert [line.split()[0] for line in twice.stdout.splitlines()[1:-1]] == [
+        "digits_mlp/20260101-100000", "digits_mlp/diverged", "digits_mlp/starting",
+    ]  # fmt: skip
+    assert twice.stdout.splitlines()[-1] == "wrote all.png: 1 of the table's 3 runs"
+    assert twice.stderr.splitlines() == [
+        "digits_mlp/diverged: no finished epoch with finite figures; left out of --curves",
+        "digits_mlp/starting: no finished epoch with finite figures; left out of --curves",
+    ]
+    none = fmtk("runs", "digits_mlp/starting", "--curves", "none.png", cwd=tmp_path)
+    assert none.returncode == 1 and none.stderr.endswith(
+        "Error: --curves none.png: no run with a finished epoch to draw\n"
+    )
+    assert not (tmp_path / "none.png").exists()
+
+
+@needs_flock
+def test_curves_are_drawn_before_the_table_whose_reader_may_have_gone(tmp_path: Path) -> None:
+    """`fmtk runs --curves FILE | true`: the table cannot be printed (click ends at the closed pipe),
+    but the picture was drawn first."""
+    make_run(tmp_path, "digits_mlp/a", [0.5, 0.6])
+    command = [sys.executable, "-m", "fmtk", "runs", ".", "--curves", "a.png"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the process has printed anything
+    process.communicate(timeout=120)
+    assert (tmp_path / "a.png").exists()

@@ -48,7 +48,9 @@ def check_command(
     from fmtk.regression.report import format_table, junit_xml
     from fmtk.regression.running import plan_checks, recipes_named, run_check
 
-    outlive_closed_pipes("checks", "; the exit code says whether they passed")
+    outlive_closed_pipes(
+        "the checks go on to their end without printing; the exit code says whether they passed"
+    )
 
     planned = plan_checks(recipes_named(targets), keep=keep, record_to=record_to, against=against)
     results = []

@@ -4,6 +4,7 @@ is imported inside the commands that need it)."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -285,35 +286,61 @@ def runs(folders: tuple[Path, ...], sort_key: str, as_json: bool, curves: Path |
 
     whole_paths = len(folders) > 1  # each run's path as typed: two folders may hold the same names
     roots = folders or (Path("runs"),)
-    rows = sort_runs([row for root in roots for row in list_runs(root, whole_paths)], sort_key)
+    found = {}  # a run folder named twice (a folder and one of its runs) is listed once
+    for root in roots:
+        for row in list_runs(root, whole_paths):
+            found.setdefault((root / row["run"] if not whole_paths else Path(row["run"])).resolve(), row)
+    rows = sort_runs(list(found.values()), sort_key)
+    drawn = None
+    if curves is not None:  # first: a reader that has gone (`| head`) cannot cost the picture
+        folder_of = {id(row): path for path, row in found.items()}  # (sort_runs keeps the row objects)
+        drawn = _draw_curves([(row, folder_of[id(row)]) for row in rows], curves, shorten=whole_paths)
     if as_json:
         click.echo(runs_as_json(rows))
     elif not rows:
         click.echo(f"no runs under {', '.join(map(str, roots))}")
     else:
         click.echo(format_runs_table(rows))
-    if curves is not None:
-        _draw_curves(rows, roots[0] if not whole_paths else None, curves, quiet=as_json)
+    if drawn is not None and not as_json:
+        shown = f": {drawn} of the table's {len(rows)} runs" if len(rows) > drawn else ""
+        click.echo(f"wrote {curves}{shown}")
 
 
-def _draw_curves(rows: list[dict], root: Path | None, out: Path, quiet: bool) -> None:
-    """``fmtk runs --curves``: the readable runs' curves (run folder: ``root`` / its ``run``, or its
-    ``run`` itself when ``root`` is None), the first as many as there are colours."""
+def _draw_curves(runs: list[tuple[dict, Path]], out: Path, shorten: bool) -> int:
+    """``fmtk runs --curves``: the curves of the readable runs (row, folder) with a finished epoch,
+    the first as many as there are colours, named as in the table (a run given as the folder itself:
+    by its name; with ``shorten``, without the folders all share); a run left out for another reason
+    than the count is said on stderr. How many."""
     from fmtk.pictures import LINE_COLOURS, runs_curves_picture, save_new_picture
     from fmtk.runs import read_curves
 
     histories = {}
-    for row in rows:
+    for row, folder in runs:
         if row["error"] is not None or len(histories) == len(LINE_COLOURS):
             continue
         try:
-            histories[row["run"]] = read_curves(Path(row["run"]) if root is None else root / row["run"])
+            history = read_curves(folder)
         except FmtkError as error:  # a finished run whose metrics.csv was damaged since
             click.echo(f"{row['run']}: {error}; left out of --curves", err=True)
+            continue
+        if not any(
+            math.isfinite(epoch[key]) for epoch in history for key in ("valid_loss", "valid_accuracy")
+        ):
+            click.echo(f"{row['run']}: no finished epoch with finite figures; left out of --curves", err=True)
+            continue
+        histories[folder.name if row["run"] == "." else row["run"]] = history
     if not histories:
-        raise FmtkError(f"--curves {out}: no run with readable curves")
+        raise FmtkError(f"--curves {out}: no run with a finished epoch to draw")
     title = f"valid loss and accuracy of {len(histories)} run{'s' if len(histories) > 1 else ''}"
-    save_new_picture(runs_curves_picture(histories, title), out, "--curves")
-    if not quiet:
-        shown = f": {len(histories)} of the table's {len(rows)} runs" if len(rows) > len(histories) else ""
-        click.echo(f"wrote {out}{shown}")
+    picture = runs_curves_picture(_shortened(histories) if shorten else histories, title)
+    save_new_picture(picture, out, "--curves")
+    return len(histories)
+
+
+def _shortened(histories: dict[str, list]) -> dict[str, list]:
+    """The runs' names without the folders all of them share (absolute paths make wide legends)."""
+    parts = [Path(name).parts for name in histories]
+    shared = 0
+    while all(len(one) > shared + 1 and one[shared] == parts[0][shared] for one in parts):
+        shared += 1
+    return {Path(*Path(name).parts[shared:]).as_posix(): history for name, history in histories.items()}

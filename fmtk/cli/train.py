@@ -87,12 +87,12 @@ def run(
     """
     from fmtk.device import resolve_device
     from fmtk.launcher import RunRequest, train
-    from fmtk.pipes import outlive_closed_pipes
+    from fmtk.pipes import RUN_GOES_ON, outlive_closed_pipes
     from fmtk.recipe_loading import data_root
     from fmtk.runfolder import CONFIG
     from fmtk.training.engines import SpeedOptions
 
-    outlive_closed_pipes("run", "; `fmtk runs` shows how far it is, Ctrl-C stops it (resumable)")
+    outlive_closed_pipes(RUN_GOES_ON)
     if sum(given is not None for given in (recipe_name, resume, config)) != 1:
         raise FmtkError(
             "give a RECIPE or --config CONFIG_JSON to start a run, or --resume RUN_DIR to continue one"

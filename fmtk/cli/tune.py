@@ -112,7 +112,10 @@ def tune(
     from fmtk.pipes import outlive_closed_pipes
     from fmtk.training.engines import SpeedOptions
 
-    outlive_closed_pipes("study", "; Ctrl-C stops it (`fmtk tune --resume STUDY_DIR` goes on)")
+    outlive_closed_pipes(
+        "the study goes on to its end without printing; Ctrl-C stops it (`fmtk tune --resume "
+        "STUDY_DIR` goes on)"
+    )
 
     if (recipe_name is None) == (resume is None):
         raise FmtkError("give a RECIPE to start a study, or --resume STUDY_DIR to go on with one")
