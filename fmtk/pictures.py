@@ -457,7 +457,8 @@ def curves_picture(history: Sequence[dict[str, float]], best_epoch: int | None, 
 def runs_curves_picture(histories: dict[str, Sequence[dict[str, float]]], title: str) -> Image.Image:
     """Several runs' learning curves, one colour per run (``{name: its metrics.csv rows}``, at most
     len(:data:`LINE_COLOURS`)): valid loss above, valid accuracy below, against the epoch; values
-    that are not finite are left out, losses above 10× the median of all are drawn at the edge."""
+    that are not finite are left out, losses above 10 times the lowest of the runs' highest losses are
+    drawn at the edge."""
     if len(histories) > len(LINE_COLOURS):
         raise ValueError(f"at most {len(LINE_COLOURS)} runs in one picture, got {len(histories)}")
 
@@ -467,12 +468,16 @@ def runs_curves_picture(histories: dict[str, Sequence[dict[str, float]]], title:
 
     last = max((row["epoch"] for rows in histories.values() for row in rows), default=None)
     losses = lines("valid_loss", 1.0)
-    # One diverged run would flatten the others: its losses beyond 10× the median are drawn at the edge.
-    values = [y for _, ys in losses.values() for y in ys] or [0.0]
-    middle = float(np.median(values))
-    limits = (min(values), 10 * middle) if middle > 0 and max(values) > 10 * middle else None
+    # One diverged run would flatten the others: losses above 10 times the lowest of the runs' highest
+    # losses (a run that converged keeps all of its own) are drawn at the edge.
+    highest = [max(ys) for _, ys in losses.values() if ys]
+    values = [y for _, ys in losses.values() for y in ys]
+    limits = None
+    if highest and min(highest) > 0 and max(highest) > 10 * min(highest):
+        limits = (min(values), 10 * min(highest))
+    clipped = "above 10 times the lowest run's peak (at the edge)"
     loss = lines_picture(losses, title, "epoch", "valid loss", legend_at_top=True, x_end=last,
-                         y_limits=limits, clipped_name="above 10× the median loss (at the edge)")  # fmt: skip
+                         y_limits=limits, clipped_name=clipped)  # fmt: skip
     accuracy = lines_picture(lines("valid_accuracy", 100), "", "epoch", "valid accuracy (%)", x_end=last,
                              legend=False)  # fmt: skip
     return sheet_of(loss, [accuracy], columns=1)

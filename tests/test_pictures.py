@@ -262,13 +262,22 @@ def test_a_legend_wider_than_the_plot_widens_the_picture(drawn_texts) -> None:
 
 
 def test_one_diverged_run_does_not_flatten_the_others_losses(drawn_texts) -> None:
+    """A run whose losses go 10 times above another run's peak is drawn at the edge beyond it; runs
+    that converge keep all their points, their first epochs too (ten times their median)."""
     rows = lambda losses: [  # noqa: E731
         {"epoch": epoch, "valid_loss": loss, "valid_accuracy": 0.05} for epoch, loss in enumerate(losses, 1)
     ]
-    runs_curves_picture({"fine": rows([0.9, 0.5, 0.4]), "diverged": rows([0.8, 3e6, 9e6])}, "t")
-    assert "above 10× the median loss (at the edge)" in [text for _, text in drawn_texts]
-    labels = [float(text) for (x, y), text in drawn_texts if x == 4 and y < 440]  # the loss axis
-    assert max(labels) < 10  # not millions (the accuracy panel: 5 %)
+    converging = [2.34 * 0.85**epoch for epoch in range(30)]  # 2.34 → 0.02
+    clipped = "above 10 times the lowest run's peak (at the edge)"
+    runs_curves_picture({"fine": rows(converging), "also": rows([3.0, *converging[1:]])}, "t")
+    assert clipped not in [text for _, text in drawn_texts]
+    labels = [float(text) for (x, _), text in drawn_texts if x == 4]  # both panels' y axes (accuracy: 5 %)
+    assert 2.5 <= max(labels) < 10
+    drawn_texts.clear()
+    runs_curves_picture({"fine": rows(converging), "diverged": rows([0.8, 3e6, 9e6])}, "t")
+    assert clipped in [text for _, text in drawn_texts]
+    labels = [float(text) for (x, _), text in drawn_texts if x == 4]
+    assert max(labels) < 30  # the fine run's 2.34 at the top, not millions
 
 
 @pytest.mark.parametrize(
