@@ -45,7 +45,7 @@ class _Relay(threading.Thread):
         for descriptor in descriptors:
             os.dup2(writer, descriptor)
         os.close(writer)
-        self.descriptors, self.saved = descriptors, [os.dup(self.target) for _ in descriptors]
+        self.descriptors = descriptors
         self.wake, self.waking = os.pipe()  # stop() writes to it: the thread need not poll
         self.gone, self.gone_line = False, gone
 
@@ -85,9 +85,8 @@ class _Relay(threading.Thread):
         wait) and give the descriptors back their pipe (at exit)."""
         os.write(self.waking, b"!")
         self.join()
-        for descriptor, saved in zip(self.descriptors, self.saved, strict=True):
-            os.dup2(saved, descriptor)
-            os.close(saved)
+        for descriptor in self.descriptors:
+            os.dup2(self.target, descriptor)
         for descriptor in (self.target, self.source, self.wake, self.waking):
             os.close(descriptor)
 

@@ -286,15 +286,18 @@ def runs(folders: tuple[Path, ...], sort_key: str, as_json: bool, curves: Path |
 
     whole_paths = len(folders) > 1  # each run's path as typed: two folders may hold the same names
     roots = folders or (Path("runs"),)
+
+    def folder_of(row: dict) -> Path:
+        return Path(row["run"]) if whole_paths else roots[0] / row["run"]
+
     found = {}  # a run folder named twice (a folder and one of its runs) is listed once
     for root in roots:
         for row in list_runs(root, whole_paths):
-            found.setdefault((root / row["run"] if not whole_paths else Path(row["run"])).resolve(), row)
+            found.setdefault(folder_of(row).resolve(), row)
     rows = sort_runs(list(found.values()), sort_key)
     drawn = None
     if curves is not None:  # first: a reader that has gone (`| head`) cannot cost the picture
-        folder_of = {id(row): path for path, row in found.items()}  # (sort_runs keeps the row objects)
-        drawn = _draw_curves([(row, folder_of[id(row)]) for row in rows], curves, shorten=whole_paths)
+        drawn = _draw_curves([(row, folder_of(row)) for row in rows], curves, shorten=whole_paths)
     if as_json:
         click.echo(runs_as_json(rows))
     elif not rows:
