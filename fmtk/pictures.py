@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import shutil
+import subprocess
+import sys
+import unicodedata
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,11 +29,157 @@ ZERO_INK = (175, 175, 175)
 GRID_LINE = (200, 200, 200)
 
 
-def _font(size: int = 12) -> ImageFont.ImageFont:
+# Pillow's default font (Aileron) has ASCII only: a class named "chèvre" or "猫" would show boxes. Each
+# character it lacks is drawn in the first of these fonts (found where Pillow looks: the system's and
+# the user's font folders) that has it, else in the font fontconfig names for it (Linux), else as its
+# unaccented letter (é → e), else as Aileron's box, said once on stderr.
+FALLBACK_FONTS = (
+    "DejaVuSans.ttf", "NotoSans-Regular.ttf", "LiberationSans-Regular.ttf",  # Linux
+    "Arial Unicode.ttf", "Arial.ttf", "arial.ttf", "segoeui.ttf", "seguisym.ttf",  # macOS, Windows
+    "NotoSansCJK-Regular.ttc", "msyh.ttc", "meiryo.ttc", "malgun.ttf", "PingFang.ttc",  # CJK
+)  # fmt: skip
+MISSING_GLYPHS = (
+    "fmtk: no font on this machine has {characters} of {text!r}: drawn as boxes in pictures; installing "
+    "a font that has them fixes it (DejaVu Sans; Noto Sans CJK for Chinese, Japanese, Korean)"
+)
+
+
+class Font:
+    """Text of one size for pictures: Pillow's default font, with the characters it lacks in a
+    fallback font (see :data:`FALLBACK_FONTS`). ``getlength`` and ``draw`` as Pillow's."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.base = _loaded(None, size)
+
+    def runs(self, text: str) -> list[tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, str]]:
+        """``text`` cut into pieces, each with the font that draws it."""
+        pieces: list[tuple[str | None, str]] = []
+        missing = []
+        for character in unicodedata.normalize("NFC", text):
+            if pieces and character.isspace():
+                source, drawn = pieces[-1][0], character
+            else:
+                source, drawn, lacking = _glyph(character)
+                missing += [character] if lacking else []
+            if pieces and pieces[-1][0] == source:
+                pieces[-1] = (source, pieces[-1][1] + drawn)
+            else:
+                pieces.append((source, drawn))
+        if missing and not _said_missing:
+            _said_missing.append(text)
+            listed = ", ".join(f"{c} (U+{ord(c):04X})" for c in dict.fromkeys(missing))
+            print(MISSING_GLYPHS.format(characters=listed, text=text), file=sys.stderr)
+        return [(_loaded(source, self.size), piece) for source, piece in pieces]
+
+    def getlength(self, text: str) -> float:
+        return sum(font.getlength(piece) for font, piece in self.runs(text))
+
+    def draw(
+        self, draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, fill: Any, anchor: str = "la"
+    ) -> None:
+        """``text`` at ``xy`` as ``draw.text`` puts it (anchors l/m/r with a/m/s/d); pieces in other
+        fonts share the default font's baseline."""
+        runs = self.runs(text)
+        if len(runs) <= 1 or "\n" in text:  # one font (Pillow's own lines for several)
+            font, piece = runs[0] if len(runs) == 1 else (self.base, text)
+            draw.text(xy, piece, fill=fill, font=font, anchor=anchor)
+            return
+        length = sum(font.getlength(piece) for font, piece in runs)
+        ascent, descent = self.base.getmetrics()
+        x = xy[0] - {"l": 0, "m": length / 2, "r": length}[anchor[0]]
+        baseline = xy[1] + {"a": ascent, "m": (ascent - descent) / 2, "s": 0, "d": -descent}[anchor[1]]
+        for font, piece in runs:
+            draw.text((x, baseline), piece, fill=fill, font=font, anchor="ls")
+            x += font.getlength(piece)
+
+
+@functools.cache
+def _font(size: int = 12) -> Font:
+    return Font(size)
+
+
+@functools.cache
+def _loaded(source: str | None, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The default font (``source`` None) or the font file ``source`` at ``size``."""
+    if source is not None:
+        return ImageFont.truetype(source, size)
     try:
         return ImageFont.load_default(size=size)  # scalable when Pillow has FreeType
     except TypeError:
         return ImageFont.load_default()
+
+
+@functools.cache
+def _glyph(character: str) -> tuple[str | None, str, bool]:
+    """The font that has ``character`` (None: the default one), what it draws for it, and whether
+    no font has it (drawn as the default font's box)."""
+    if character.isspace() or _has_glyph(None, character):
+        return None, character, False
+    if unicodedata.category(character) in ("Cc", "Cf"):  # control and format characters: invisible
+        return None, "", False
+    for source in (*_fallback_sources(), *_fontconfig_sources):
+        if _has_glyph(source, character):
+            return source, character, False
+    source = _fontconfig_font(character)
+    if source is not None and _has_glyph(source, character):
+        _fontconfig_sources.append(source)  # tried first for the next character (one call a font)
+        return source, character, False
+    letters = "".join(c for c in unicodedata.normalize("NFKD", character) if not unicodedata.combining(c))
+    if letters and letters != character and all(_has_glyph(None, letter) for letter in letters):
+        return None, letters, False  # é → e: better than a box
+    return None, character, True
+
+
+_fontconfig_sources: list[str] = []  # the fonts fontconfig named so far
+
+
+@functools.cache
+def _fallback_sources() -> tuple[str, ...]:
+    """The paths of the :data:`FALLBACK_FONTS` this machine has (Pillow looks them up by file name)."""
+    found = []
+    for name in FALLBACK_FONTS:
+        try:
+            found.append(str(ImageFont.truetype(name, 12).path))
+        except OSError:
+            continue
+    return tuple(dict.fromkeys(found))
+
+
+def _fontconfig_font(character: str) -> str | None:
+    """The font file fontconfig chooses for ``character``, or None without fontconfig."""
+    program = shutil.which("fc-match")
+    if program is None:
+        return None
+    try:
+        found = subprocess.run([program, "--format=%{file}", f":charset={ord(character):x}"],
+                               capture_output=True, text=True, timeout=10, check=False)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found.stdout.strip() or None
+
+
+@functools.cache
+def _has_glyph(source: str | None, character: str) -> bool:
+    """Whether the font draws ``character`` as something other than its box for a missing glyph
+    (Pillow does not say which characters a font has)."""
+    try:
+        font = _loaded(source, 24)
+    except OSError:
+        return False
+    return _ink(font, character) not in (_ink(font, "\U0010fffd"), None)
+
+
+def _ink(font: Any, text: str) -> tuple | None:
+    """What ``font`` draws for ``text`` (its size, ink box, grey levels and ink per row and column);
+    None when it draws nothing."""
+    mask = font.getmask(text, mode="L")
+    if mask.getbbox() is None:
+        return None
+    return mask.size, mask.getbbox(), tuple(mask.histogram()), mask.getprojection()
+
+
+_said_missing: list[str] = []  # the text whose missing characters were said (once a process)
 
 
 def _mix(colour: tuple[int, int, int], strength: float) -> tuple[int, int, int]:
@@ -72,7 +223,7 @@ def titled_grid(
     sheet = Image.new("RGB", (width, heading + rows * (cell + title_height)), "white")
     draw = ImageDraw.Draw(sheet)
     if title:
-        draw.text((8, HEADING_HEIGHT // 2), title, fill="black", font=heading_font, anchor="lm")
+        heading_font.draw(draw, (8, HEADING_HEIGHT // 2), title, "black", "lm")
     for index, (image, cell_title) in enumerate(zip(scale_to_uint8(images), titles, strict=True)):
         pixels = image.numpy().transpose(1, 2, 0)
         picture = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).convert("RGB")
@@ -81,7 +232,7 @@ def titled_grid(
         left, top = (index % columns) * cell, heading + (index // columns) * (cell + title_height)
         for line_number, line in enumerate(cell_title.split("\n")):
             position = (left + cell // 2, top + 2 + LINE_HEIGHT * line_number + LINE_HEIGHT // 2)
-            draw.text(position, line, fill="black", font=font, anchor="mm")
+            font.draw(draw, position, line, "black", "mm")
         sheet.paste(picture, (left, top + title_height))
     return sheet
 
@@ -117,19 +268,17 @@ def confusion_picture(matrix: np.ndarray, classes: Sequence[str], title: str) ->
     sheet = Image.new("RGB", (width, matrix_top + count * cell + 8), "white")
     draw = ImageDraw.Draw(sheet)
 
-    draw.text((8, HEADING_HEIGHT // 2), title, fill="black", font=heading_font, anchor="lm")
-    draw.text((left + count * cell // 2, top - 2), "predicted", fill="black", font=font, anchor="md")
-    draw.text((left - 6, matrix_top - 4), "true", fill="black", font=font, anchor="rd")
-    draw.text(
-        (matrix_right + accuracy_width // 2, matrix_top - 4), "acc", fill="black", font=font, anchor="md"
-    )
+    heading_font.draw(draw, (8, HEADING_HEIGHT // 2), title, "black", "lm")
+    font.draw(draw, (left + count * cell // 2, top - 2), "predicted", "black", "md")
+    font.draw(draw, (left - 6, matrix_top - 4), "true", "black", "rd")
+    font.draw(draw, (matrix_right + accuracy_width // 2, matrix_top - 4), "acc", "black", "md")
     for column, name in enumerate(classes):
         label = Image.new("RGB", (band, cell), "white")
-        ImageDraw.Draw(label).text((4, cell // 2), name, fill="black", font=font, anchor="lm")
+        font.draw(ImageDraw.Draw(label), (4, cell // 2), name, "black", "lm")
         sheet.paste(label.rotate(90, expand=True), (left + column * cell, top))
     for row in range(count):
         y = matrix_top + row * cell
-        draw.text((left - 6, y + cell // 2), classes[row], fill="black", font=font, anchor="rm")
+        font.draw(draw, (left - 6, y + cell // 2), classes[row], "black", "rm")
         for column in range(count):
             x = left + column * cell
             value = int(matrix[row, column])
@@ -142,9 +291,9 @@ def confusion_picture(matrix: np.ndarray, classes: Sequence[str], title: str) ->
             else:
                 fill, ink = "white", ZERO_INK
             draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=fill, outline=GRID_LINE)
-            draw.text((x + cell // 2, y + cell // 2), str(value), fill=ink, font=font, anchor="mm")
+            font.draw(draw, (x + cell // 2, y + cell // 2), str(value), ink, "mm")
         position = (matrix_right + accuracy_width // 2, y + cell // 2)
-        draw.text(position, accuracies[row], fill="black", font=font, anchor="mm")
+        font.draw(draw, position, accuracies[row], "black", "mm")
     return sheet
 
 
@@ -166,8 +315,8 @@ def curve_picture(
     picture = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(picture)
     font = _font()
-    draw.text((left, 4), title, fill="black", font=_font(14))
-    draw.text((left, HEADING_HEIGHT + 4), y_label, fill="black", font=font)  # under the title
+    _font(14).draw(draw, (left, 4), title, "black")
+    font.draw(draw, (left, HEADING_HEIGHT + 4), y_label, "black")  # under the title
     logs = np.log10(np.asarray(xs, dtype=float))
     values = np.asarray(ys, dtype=float)
     if y_limit is not None:
@@ -184,21 +333,17 @@ def curve_picture(
     for decade in range(int(np.ceil(x_low)), int(np.floor(x_high)) + 1):
         x, _ = at(decade, y_low)
         draw.line([(x, top), (x, height - bottom)], fill=GRID_LINE)
-        draw.text((x - 12, height - bottom + 4), f"1e{decade}", fill="black", font=font)
+        font.draw(draw, (x - 12, height - bottom + 4), f"1e{decade}", "black")
     for y in (y_low, (y_low + y_high) / 2, y_high):
-        draw.text((4, at(x_low, y)[1] - 6), f"{y:.3g}", fill="black", font=font)
+        font.draw(draw, (4, at(x_low, y)[1] - 6), f"{y:.3g}", "black")
     draw.line([at(x, y) for x, y in zip(logs, values, strict=True)], fill=CORRECT_BLUE, width=2)
     if mark is not None:
         x, _ = at(float(np.log10(mark)), y_low)
         draw.line([(x, top), (x, height - bottom)], fill=ERROR_RED, width=2)
         label = mark_label if mark_label is not None else f"suggested {mark:.2g}"
-        shift = (
-            4
-            if x + 8 + draw.textlength(label, font=font) < width - right
-            else -4 - draw.textlength(label, font=font)
-        )
-        draw.text((x + shift, top + 4), label, fill=ERROR_RED, font=font)
-    draw.text((width // 2 - 20, height - 18), x_label, fill="black", font=font)
+        shift = 4 if x + 8 + font.getlength(label) < width - right else -4 - font.getlength(label)
+        font.draw(draw, (x + shift, top + 4), label, ERROR_RED)
+    font.draw(draw, (width // 2 - 20, height - 18), x_label, "black")
     return picture
 
 
@@ -235,8 +380,8 @@ def lines_picture(
     picture = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(picture)
     font = _font()
-    draw.text((left, 4), title, fill="black", font=_font(14))
-    draw.text((left, HEADING_HEIGHT + 4), y_label, fill="black", font=font)  # under the title
+    _font(14).draw(draw, (left, 4), title, "black")
+    font.draw(draw, (left, HEADING_HEIGHT + 4), y_label, "black")  # under the title
     xs = [float(x) for line_xs, _ in lines.values() for x in line_xs] or [0.0]
     outside = {name: [_side(float(y), y_limits) for y in line_ys] for name, (_, line_ys) in lines.items()}
     if y_limits is not None:
@@ -256,7 +401,7 @@ def lines_picture(
     for tick, label in round_ticks(y_low, y_high):
         _, y = at(x_low, tick)
         draw.line([(left, y), (width - right, y)], fill=GRID_LINE)
-        draw.text((4, y - 6), label, fill="black", font=font)
+        font.draw(draw, (4, y - 6), label, "black")
     names = list(lines)
     sides = [side for line_sides in outside.values() for side in line_sides if side]
     if sides:
@@ -273,7 +418,7 @@ def lines_picture(
             draw.line(points, fill=colour, width=2)
         for (x, y), side in zip(points, outside[name], strict=True):
             _draw_point(draw, x, y, colour, side)
-    draw.text((width // 2 - 40, height - 18), x_label, fill="black", font=font)
+    font.draw(draw, (width // 2 - 40, height - 18), x_label, "black")
     if not legend:
         return picture
     key = {"names": names, "font": font, "dots": dots, "colours": painted,
@@ -293,9 +438,9 @@ def lines_picture(
     return extended
 
 
-def _legend_size(draw: ImageDraw.ImageDraw, names: Sequence[str], font: Any) -> tuple[int, int]:
+def _legend_size(draw: ImageDraw.ImageDraw, names: Sequence[str], font: Font) -> tuple[int, int]:
     """The width and height of :func:`_draw_legend`'s box for ``names``."""
-    longest = max((draw.textlength(name, font=font) for name in names), default=0)
+    longest = max((font.getlength(name) for name in names), default=0)
     return math.ceil(46 + longest), 6 + len(names) * (LINE_HEIGHT + 2)
 
 
@@ -385,7 +530,7 @@ def scatter_picture(
     picture = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(picture)
     font = _font()
-    draw.text((left, 4), title, fill="black", font=font)
+    font.draw(draw, (left, 4), title, "black")
     categories = sorted({x for x, _, _ in points if isinstance(x, str)}, key=_natural)
     if categories:
         position = {name: index for index, name in enumerate(categories)}
@@ -405,7 +550,7 @@ def scatter_picture(
     for tick in np.linspace(y_low + margin, y_high - margin, 3):
         _, y = at(x_low, tick)
         draw.line([(left, y), (width - right, y)], fill=GRID_LINE)
-        draw.text((4, y - 6), f"{tick:.4g}", fill="black", font=font)
+        font.draw(draw, (4, y - 6), f"{tick:.4g}", "black")
     if categories:
         ticks = [(float(index), name) for index, name in enumerate(categories)]
     else:
@@ -414,14 +559,14 @@ def scatter_picture(
     for tick, label in ticks:
         x, _ = at(tick, y_low)
         draw.line([(x, top), (x, height - bottom)], fill=GRID_LINE)
-        draw.text((x, height - bottom + 10), label, fill="black", font=font, anchor="mm")
+        font.draw(draw, (x, height - bottom + 10), label, "black", "mm")
     for index, (x, y, side, (_, _, colour)) in enumerate(zip(xs, ys, sides, points, strict=True)):
         px, py = at(x, y)
         _draw_point(draw, px, py, LINE_COLOURS[colour % len(LINE_COLOURS)], side)
         if index == ring:
             draw.ellipse([px - 7, py - 7, px + 7, py + 7], outline="black", width=2)
-    draw.text(((left + width - right) // 2, height - 8), x_label + (" (log)" if log_x else ""),
-              fill="black", font=font, anchor="mm")  # fmt: skip
+    x_title = x_label + (" (log)" if log_x else "")
+    font.draw(draw, ((left + width - right) // 2, height - 8), x_title, "black", "mm")
     return picture
 
 
@@ -550,7 +695,7 @@ def _draw_x_ticks(
     x_range: tuple[float, float],
     y_span: tuple[int, int],
     whole: bool,
-    font: ImageFont.ImageFont,
+    font: Font,
 ) -> None:
     """Vertical grid lines across ``y_span`` (top, bottom) with their labels under it, six or
     at whole numbers only (``whole``); the last label ends at the plot's right edge."""
@@ -563,18 +708,18 @@ def _draw_x_ticks(
         x, _ = at(tick, 0.0)
         draw.line([(x, top), (x, bottom)], fill=GRID_LINE)
         label = f"{tick:.0f}" if x_high >= 10 or whole else f"{tick:.3g}"
-        shift = draw.textlength(label, font=font) * index / max(len(ticks) - 1, 1)
-        draw.text((x - shift, bottom + 4), label, fill="black", font=font)
+        shift = font.getlength(label) * index / max(len(ticks) - 1, 1)
+        font.draw(draw, (x - shift, bottom + 4), label, "black")
 
 
 def _draw_reference(
-    draw: ImageDraw.ImageDraw, y: float, label: str, x_span: tuple[int, int], font: ImageFont.ImageFont
+    draw: ImageDraw.ImageDraw, y: float, label: str, x_span: tuple[int, int], font: Font
 ) -> None:
     """A dashed grey horizontal line at height ``y`` across ``x_span``, ``label`` above its right end."""
     left, right = x_span
     for start in range(left, right, 12):
         draw.line([(start, y), (min(start + 6, right), y)], fill=ZERO_INK, width=2)
-    draw.text((right - 4 - draw.textlength(label, font=font), y - 15), label, fill="black", font=font)
+    font.draw(draw, (right - 4 - font.getlength(label), y - 15), label, "black")
 
 
 def _draw_legend(
@@ -582,7 +727,7 @@ def _draw_legend(
     names: Sequence[str],
     right: float,
     bottom: float,
-    font: Any,
+    font: Font,
     dots: Collection[str] = (),
     clipped: tuple[str, int] | None = None,
     colours: dict[str, tuple[int, int, int]] | None = None,
@@ -590,7 +735,7 @@ def _draw_legend(
     """The lines' names and colours in a box on white whose bottom right corner is (right, bottom)
     (:func:`_legend_size` big); ``clipped`` ``(name, side)``: that name with a grey hollow triangle
     pointing to the side (-1 down, 1 up)."""
-    legend_left = right - 46 - max((draw.textlength(name, font=font) for name in names), default=0)
+    legend_left = right - 46 - max((font.getlength(name) for name in names), default=0)
     legend_y = bottom - 2 - len(names) * (LINE_HEIGHT + 2)
     draw.rectangle([legend_left, legend_y - 4, right, bottom], fill="white", outline=GRID_LINE)
     for index, name in enumerate(names):
@@ -603,5 +748,5 @@ def _draw_legend(
             draw.line(
                 [(legend_left + 6, legend_y + 7), (legend_left + 26, legend_y + 7)], fill=colour, width=3
             )
-        draw.text((legend_left + 32, legend_y), name, fill="black", font=font)
+        font.draw(draw, (legend_left + 32, legend_y), name, "black")
         legend_y += LINE_HEIGHT + 2

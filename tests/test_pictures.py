@@ -3,6 +3,7 @@ every error, fit their labels and give each class's accuracy."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
+from fmtk import pictures
 from fmtk.data.batches import TensorBatches
 from fmtk.pictures import (
     HEADING_HEIGHT,
@@ -258,7 +260,7 @@ def test_a_legend_wider_than_the_plot_widens_the_picture(drawn_texts) -> None:
     picture = lines_picture(crossing, "t", "x", "y")
     x, y = position_of(drawn_texts, name)
     assert y > 440 and x >= 60 and picture.width > 720
-    assert x + ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(name, font=_font()) <= picture.width
+    assert x + _font().getlength(name) <= picture.width
 
 
 def test_one_diverged_run_does_not_flatten_the_others_losses(drawn_texts) -> None:
@@ -346,3 +348,75 @@ def test_round_ticks_tell_apart_every_tick_of_any_range() -> None:
         labels = [label for _, label in ticks]
         assert 1 <= len(ticks) <= 12 and len(set(labels)) == len(labels), (low, high, labels)
         assert all(low - 1e-9 * abs(low) <= tick <= high + 1e-9 * abs(high) for tick, _ in ticks)
+
+
+@pytest.fixture
+def fresh_glyphs():
+    """Which font draws which character is looked up again in the test and after it."""
+    pictures._glyph.cache_clear()
+    yield
+    pictures._glyph.cache_clear()
+
+
+def needs_a_fallback_font() -> None:
+    if not pictures._fallback_sources():
+        pytest.skip(f"none of {pictures.FALLBACK_FONTS} on this machine")
+
+
+@pytest.mark.parametrize("text", ["chèvre", "3×3 → 9", "Жук"])
+def test_characters_the_default_font_lacks_are_drawn_not_boxed(text: str, fresh_glyphs) -> None:
+    """Pillow's default font has ASCII only: a class named "chèvre" drew a box for "è" (the same
+    pixels as a character no font has)."""
+    needs_a_fallback_font()
+    boxed = "".join(c if c.isascii() else "\U0010fffd" for c in text)
+    assert not pictures._has_glyph(None, "è")  # what the fallback is for
+    matrix = np.array([[5, 1], [0, 4]])
+    drawn = np.asarray(confusion_picture(matrix, [text, "b"], "t"))
+    boxes = np.asarray(confusion_picture(matrix, [boxed, "b"], "t"))
+    assert drawn.shape != boxes.shape or (drawn != boxes).any()
+    fonts = [font for font, piece in _font(11).runs(text) if not piece.isascii()]
+    assert fonts and all(font.path in pictures._fallback_sources() for font in fonts)
+
+
+def test_a_word_in_two_fonts_sits_on_one_baseline_at_its_anchor(fresh_glyphs) -> None:
+    """ "chèvre" is three pieces (Aileron, DejaVu, Aileron) drawn where Pillow would put the word:
+    right-aligned at the anchor, the letters' feet on one line."""
+    needs_a_fallback_font()
+    font = _font(24)
+    assert [piece for _, piece in font.runs("chèvre")] == ["ch", "è", "vre"]
+    picture = Image.new("L", (300, 100), 255)
+    font.draw(ImageDraw.Draw(picture), (250, 50), "chèvre", 0, "rm")
+    ink = np.asarray(picture) < 128
+    columns, rows = ink.any(axis=0).nonzero()[0], ink.any(axis=1).nonzero()[0]
+    assert abs(columns.max() - 249) <= 2 and abs(columns.min() - (250 - font.getlength("chèvre"))) <= 3
+    left = 250 - font.getlength("chèvre")
+    ends = [left, left + font.getlength("ch"), left + font.getlength("chè"), 250]
+    feet = [
+        ink[:, round(a) + 1 : round(b) - 1].any(axis=1).nonzero()[0].max() for a, b in zip(ends, ends[1:])
+    ]
+    word = Image.new("L", (300, 100), 255)
+    ImageDraw.Draw(word).text((250, 50), "chevre", fill=0, font=font.base, anchor="rm")
+    assert feet == [(np.asarray(word) < 128).any(axis=1).nonzero()[0].max()] * 3  # one baseline
+    assert rows.min() < 50 < rows.max()  # the middle anchor
+
+
+def test_fontconfig_then_the_plain_letter_then_a_box_said_once(
+    fresh_glyphs, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Without the named fonts, fontconfig names one (Linux); without it, "é" is drawn as "e"; a
+    character no font has is a box, said once on stderr with what to install."""
+    monkeypatch.setattr(pictures, "_fallback_sources", lambda: ())
+    monkeypatch.setattr(pictures, "_fontconfig_sources", [])
+    monkeypatch.setattr(pictures, "_said_missing", [])
+    if shutil.which("fc-match") and pictures._fontconfig_font("Ж"):
+        (font, piece), *_ = _font().runs("Жук")
+        assert piece == "Жук" and Path(font.path).exists() and pictures._fontconfig_sources == [font.path]
+    monkeypatch.setattr(pictures, "_fontconfig_font", lambda character: None)
+    monkeypatch.setattr(pictures, "_fontconfig_sources", [])
+    pictures._glyph.cache_clear()
+    assert [piece for _, piece in _font().runs("café crème")] == ["cafe creme"]
+    assert capsys.readouterr().err == ""
+    _font().runs("x\U0010fffd")
+    _font().runs("\U0010fffe")
+    said = capsys.readouterr().err.splitlines()
+    assert said == [pictures.MISSING_GLYPHS.format(characters="\U0010fffd (U+10FFFD)", text="x\U0010fffd")]
