@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import shutil
 import subprocess
@@ -366,7 +367,8 @@ def lines_picture(
     x_end: float | None = None,
     legend: bool = True,
 ) -> Image.Image:
-    """Named lines ``{name: (xs, ys)}`` on linear axes, a dot at each point, a legend, and a grey
+    """Named lines ``{name: (xs, ys)}`` on linear axes, a dot at each point (a y that is not finite,
+    a diverged loss, is a gap in its line), a legend, and a grey
     horizontal line at ``reference`` ``(y, label)`` when given (e.g. accuracy against time); the
     names in ``dots`` are drawn as dots only, unjoined. The legend sits in the first corner of the
     plot where it hides no line, point or label: bottom right (where rising curves leave room), top
@@ -385,9 +387,10 @@ def lines_picture(
     xs = [float(x) for line_xs, _ in lines.values() for x in line_xs] or [0.0]
     outside = {name: [_side(float(y), y_limits) for y in line_ys] for name, (_, line_ys) in lines.items()}
     if y_limits is not None:
-        lines = {name: (line_xs, [min(max(float(y), y_limits[0]), y_limits[1]) for y in line_ys])
+        lines = {name: (line_xs, [min(max(float(y), y_limits[0]), y_limits[1]) if math.isfinite(y) else y
+                                  for y in line_ys])
                  for name, (line_xs, line_ys) in lines.items()}  # fmt: skip
-    ys = [float(y) for _, line_ys in lines.values() for y in line_ys] or [0.0]
+    ys = [float(y) for _, line_ys in lines.values() for y in line_ys if math.isfinite(y)] or [0.0]
     if reference is not None:
         ys.append(reference[0])
     x_low, x_high = 0.0, max(max(xs) if x_end is None else x_end, 1e-9)
@@ -413,11 +416,17 @@ def lines_picture(
         _draw_reference(draw, at(x_low, reference[0])[1], reference[1], (left, width - right), font)
     for name, (line_xs, line_ys) in lines.items():
         colour = painted[name]
-        points = [at(float(x), float(y)) for x, y in zip(line_xs, line_ys, strict=True)]
-        if len(points) > 1 and name not in dots:
-            draw.line(points, fill=colour, width=2)
-        for (x, y), side in zip(points, outside[name], strict=True):
-            _draw_point(draw, x, y, colour, side)
+        points = [
+            at(float(x), float(y)) if math.isfinite(y) else None
+            for x, y in zip(line_xs, line_ys, strict=True)
+        ]
+        for finite, stretch in itertools.groupby(points, key=lambda point: point is not None):
+            joined = list(stretch)
+            if finite and len(joined) > 1 and name not in dots:  # a value that is not finite: a gap
+                draw.line(joined, fill=colour, width=2)
+        for point, side in zip(points, outside[name], strict=True):
+            if point is not None:
+                _draw_point(draw, *point, colour, side)
     font.draw(draw, (width // 2 - 40, height - 18), x_label, "black")
     if not legend:
         return picture
@@ -497,8 +506,8 @@ def round_ticks(low: float, high: float, count: int = 5) -> list[tuple[float, st
 
 
 def _side(value: float, limits: tuple[float, float] | None) -> int:
-    """-1 below ``limits``, 1 above, 0 within (or no limits)."""
-    if limits is None:
+    """-1 below ``limits``, 1 above, 0 within (or no limits, or not finite)."""
+    if limits is None or not math.isfinite(value):
         return 0
     return -1 if value < limits[0] else 1 if value > limits[1] else 0
 
@@ -573,26 +582,25 @@ def scatter_picture(
 def curves_picture(history: Sequence[dict[str, float]], best_epoch: int | None, title: str) -> Image.Image:
     """A run's learning curves from its epoch rows (metrics.csv's): train and valid loss above, valid
     accuracy below, against the epoch, the best checkpoint's epoch marked on both. A value that is
-    not finite (a loss that diverged) is left out of its line; both axes run to the last epoch."""
+    not finite (a loss that diverged) leaves a gap in its line; both axes run to the last epoch."""
     epochs = [row["epoch"] for row in history]
     best = [row for row in history if row["epoch"] == best_epoch]
-    finite = _finite_points
     marked = f"best checkpoint (epoch {best_epoch})"
     train, valid, mark = LINE_COLOURS[0], LINE_COLOURS[1], LINE_COLOURS[2]
     colours = {"train loss": train, "valid loss": valid, "valid accuracy": valid, marked: mark}
     loss = lines_picture(
         {
-            "train loss": finite((epochs, [row["train_loss"] for row in history])),
-            "valid loss": finite((epochs, [row["valid_loss"] for row in history])),
-            marked: finite(([row["epoch"] for row in best], [row["valid_loss"] for row in best])),
+            "train loss": (epochs, [row["train_loss"] for row in history]),
+            "valid loss": (epochs, [row["valid_loss"] for row in history]),
+            marked: ([row["epoch"] for row in best], [row["valid_loss"] for row in best]),
         },
         title, "epoch", "loss (train: the epoch's mean, as it trained; valid: after it)",
         dots=(marked,), legend_at_top=True, colours=colours, x_end=max(epochs, default=None),
     )  # fmt: skip
     accuracy = lines_picture(
         {
-            "valid accuracy": finite((epochs, [100 * row["valid_accuracy"] for row in history])),
-            marked: finite(([row["epoch"] for row in best], [100 * row["valid_accuracy"] for row in best])),
+            "valid accuracy": (epochs, [100 * row["valid_accuracy"] for row in history]),
+            marked: ([row["epoch"] for row in best], [100 * row["valid_accuracy"] for row in best]),
         },
         "", "epoch", "valid accuracy (%)", dots=(marked,), colours=colours, x_end=max(epochs, default=None),
     )  # fmt: skip
@@ -602,21 +610,22 @@ def curves_picture(history: Sequence[dict[str, float]], best_epoch: int | None, 
 def runs_curves_picture(histories: dict[str, Sequence[dict[str, float]]], title: str) -> Image.Image:
     """Several runs' learning curves, one colour per run (``{name: its metrics.csv rows}``, at most
     len(:data:`LINE_COLOURS`)): valid loss above, valid accuracy below, against the epoch; values
-    that are not finite are left out, losses above 10 times the lowest of the runs' highest losses are
+    that are not finite leave gaps, losses above 10 times the lowest of the runs' highest losses are
     drawn at the edge."""
     if len(histories) > len(LINE_COLOURS):
         raise ValueError(f"at most {len(LINE_COLOURS)} runs in one picture, got {len(histories)}")
 
     def lines(key: str, scale: float) -> dict[str, tuple[list[float], list[float]]]:
-        return {name: _finite_points(([row["epoch"] for row in rows], [scale * row[key] for row in rows]))
+        return {name: ([row["epoch"] for row in rows], [scale * row[key] for row in rows])
                 for name, rows in histories.items()}  # fmt: skip
 
     last = max((row["epoch"] for rows in histories.values() for row in rows), default=None)
     losses = lines("valid_loss", 1.0)
     # One diverged run would flatten the others: losses above 10 times the lowest of the runs' highest
     # losses (a run that converged keeps all of its own) are drawn at the edge.
-    highest = [max(ys) for _, ys in losses.values() if ys]
-    values = [y for _, ys in losses.values() for y in ys]
+    finite = {name: [y for y in ys if math.isfinite(y)] for name, (_, ys) in losses.items()}
+    highest = [max(ys) for ys in finite.values() if ys]
+    values = [y for ys in finite.values() for y in ys]
     limits = None
     if highest and min(highest) > 0 and max(highest) > 10 * min(highest):
         limits = (min(values), 10 * min(highest))
@@ -626,12 +635,6 @@ def runs_curves_picture(histories: dict[str, Sequence[dict[str, float]]], title:
     accuracy = lines_picture(lines("valid_accuracy", 100), "", "epoch", "valid accuracy (%)", x_end=last,
                              legend=False)  # fmt: skip
     return sheet_of(loss, [accuracy], columns=1)
-
-
-def _finite_points(line: tuple[Sequence[float], Sequence[float]]) -> tuple[list[float], list[float]]:
-    """The points of ``(xs, ys)`` whose y is finite."""
-    kept = [(x, y) for x, y in zip(*line, strict=True) if math.isfinite(y)]
-    return [x for x, _ in kept], [y for _, y in kept]
 
 
 def save_new_picture(picture: Image.Image, path: Path, option: str = "--out") -> None:

@@ -339,6 +339,26 @@ def test_curves_of_a_diverged_run_leave_out_what_is_not_finite_and_of_no_epoch_a
     assert curves_picture([], None, "no epoch").size == (720, 880)
 
 
+@pytest.mark.parametrize("gap", [float("nan"), float("inf")])
+@pytest.mark.parametrize("several", [False, True], ids=["curves.png", "runs --curves"])
+def test_an_epoch_that_is_not_finite_is_a_gap_in_its_line(gap: float, several: bool) -> None:
+    """Epoch 3's valid loss diverged: its line stops at epoch 2 and starts again at 4 (it was joined
+    across, as if epoch 3 had been fine)."""
+    losses = [1.0, 0.5, gap, 0.4, 0.3]
+    history = [{"epoch": e, "train_loss": 1.0, "valid_loss": loss, "valid_accuracy": 0.5}
+               for e, loss in enumerate(losses, 1)]  # fmt: skip
+    if several:
+        picture, colour = runs_curves_picture({"a": history}, "t"), LINE_COLOURS[0]
+    else:
+        picture, colour = curves_picture(history, None, "t"), LINE_COLOURS[1]
+    line = (np.asarray(picture)[HEADING_HEIGHT + 24 : 400] == colour).all(axis=2)  # the loss plot
+    at = [round(60 + epoch / 5 * (720 - 80)) for epoch in range(6)]  # the x axis: 0 → 60, 5 → 700
+    assert line[:, at[2] + 8 : at[4] - 8].sum() == 0  # nothing between epochs 2 and 4
+    for epoch in (1, 2, 4, 5):  # each finite point, and the lines 1–2 and 4–5
+        assert line[:, at[epoch] - 2 : at[epoch] + 3].any()
+    assert line[:, at[1] + 8 : at[2] - 8].any() and line[:, at[4] + 8 : at[5] - 8].any()
+
+
 def test_round_ticks_tell_apart_every_tick_of_any_range() -> None:
     rng = np.random.default_rng(0)
     for _ in range(5000):  # spans from below a float's resolution to 100 times the value
