@@ -35,6 +35,7 @@ from fmtk.errors import FmtkError, Interrupted, one_line, print_any_file_name
 from fmtk.recipe import Recipe, apply_overrides
 from fmtk.recipe_loading import recipe_from_config, resolve_recipe
 from fmtk.runfolder import (
+    CONFIG,
     find_last_checkpoint,
     has_checkpoint,
     read_config,
@@ -77,10 +78,11 @@ class RunRequest:
 
     def hold_folder(self, recipe_name: str) -> contextlib.AbstractContextManager[Path]:
         """The run folder this request trains in, made (or the one to resume), locked while it
-        trains, and kept on Ctrl-C (``fmtk run --resume`` starts it again)."""
+        trains, and kept on Ctrl-C once its config.json is written (``fmtk run --resume`` starts it
+        again; removed before that, as a failed start)."""
         folder = self.resume or self.run_dir
         return run_folder(folder, output_dir=self.output_dir, recipe_name=recipe_name,
-                          reuse=self.resume is not None, keep_when_interrupted=True)  # fmt: skip
+                          reuse=self.resume is not None, resumable_with=CONFIG)  # fmt: skip
 
     def checkpoint(self) -> Path | None:
         """The last checkpoint to resume from (None: a new run, or a resumed one that has no
@@ -251,6 +253,8 @@ def _quiet(line: str) -> None:
 
 def _interrupted(folder: Path) -> Interrupted:
     """What Ctrl-C (or a kill) says: how to go on."""
+    if not (folder / CONFIG).is_file():  # the run folder went with the start (run_folder)
+        return Interrupted("interrupted before the run began; nothing was kept")
     if not has_checkpoint(folder):
         return Interrupted(
             f"interrupted before the first checkpoint; start it again from the beginning with: "

@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fmtk.errors import FmtkError
+from fmtk.errors import FmtkError, Interrupted
 from fmtk.runlock import lock_run
 
 CONFIG = "config.json"
@@ -93,14 +93,16 @@ def run_folder(
     output_dir: Path = Path("runs"),
     recipe_name: str = "",
     reuse: bool = False,
-    keep_when_interrupted: bool = False,
+    resumable_with: str | None = None,
 ) -> Iterator[Path]:
     """The run folder of one command, from its making to its lock's release: ``run_dir`` as it is
     (``reuse``: a run to resume), else ``run_dir`` made new (it must not exist or be empty), else a
     new ``<output_dir>/<recipe_name>/<YYYYmmdd-HHMMSS>``; locked (:func:`fmtk.runlock.lock_run`)
     until the block ends. A block that fails removes what this command made in the folder, the
-    folder too if it made it, unless a checkpoint was written (a resume then goes on from it);
-    ``keep_when_interrupted`` keeps it all on Ctrl-C (``fmtk run --resume`` starts it again)."""
+    folder too if it made it, unless a checkpoint was written (a resume then goes on from it); one
+    stopped by Ctrl-C (or :class:`Interrupted`) keeps it all once it holds ``resumable_with``, the
+    file ``--resume`` starts again from (config.json of a run, study.json of a study), and removes it
+    as a failure before that."""
     existed = reuse or (run_dir is not None and os.path.isdir(run_dir))  # False for a bad name too
     made_output_dir = run_dir is None and not reuse and not Path(output_dir).exists()
     if reuse:
@@ -117,8 +119,8 @@ def run_folder(
     try:
         with lock:
             yield folder
-    except KeyboardInterrupt:
-        if not keep_when_interrupted:
+    except (KeyboardInterrupt, Interrupted):
+        if resumable_with is None or not (folder / resumable_with).is_file():
             _discard(folder, before, existed, run_dir is None, made_output_dir)
         raise
     except BaseException:
@@ -147,8 +149,11 @@ def _discard(
 
 
 def write_json(path: Path, values: dict[str, Any]) -> None:
-    """``values`` as indented JSON."""
-    path.write_text(json.dumps(values, indent=2) + "\n")
+    """``values`` as indented JSON, written whole or not at all (a temporary file renamed: Ctrl-C or
+    a kill never leaves half of a config.json that ``--resume`` could not read)."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(values, indent=2) + "\n")
+    os.replace(partial, path)
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@ every error, fit their labels and give each class's accuracy."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
@@ -412,7 +413,8 @@ def test_a_word_in_two_fonts_sits_on_one_baseline_at_its_anchor(fresh_glyphs) ->
     left = 250 - font.getlength("chèvre")
     ends = [left, left + font.getlength("ch"), left + font.getlength("chè"), 250]
     feet = [
-        ink[:, round(a) + 1 : round(b) - 1].any(axis=1).nonzero()[0].max() for a, b in zip(ends, ends[1:])
+        ink[:, round(a) + 1 : round(b) - 1].any(axis=1).nonzero()[0].max()
+        for a, b in itertools.pairwise(ends)
     ]
     word = Image.new("L", (300, 100), 255)
     ImageDraw.Draw(word).text((250, 50), "chevre", fill=0, font=font.base, anchor="rm")

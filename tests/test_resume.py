@@ -68,6 +68,10 @@ def ctrl_c_mid_epoch_1(run):
     at_iteration(run, 5, lambda run: os.kill(os.getpid(), signal.SIGINT))
 
 
+def ctrl_c_while_assembling(run):  # the run folder is made, its config.json not yet written
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def report_running(run):  # what `fmtk runs` sees of this run while it trains
     from fmtk.runlock import is_running
 
@@ -278,6 +282,18 @@ def test_ctrl_c_before_the_first_checkpoint_says_so_and_resume_starts_again(
     assert "starting the run again from the beginning" in resumed.stdout
     assert results(run_dir) == results(uninterrupted)
     assert epoch_rows(run_dir) == epoch_rows(uninterrupted)
+
+
+@pytest.mark.parametrize("run_dir", ["made_c", None], ids=["--run-dir", "runs/<recipe>/<time>"])
+def test_ctrl_c_before_the_config_is_written_keeps_nothing(workspace: Path, run_dir: str | None) -> None:
+    """Ctrl-C while the run is assembled (data loading): its folder cannot be resumed yet (no
+    config.json), so it goes as a failed start does, and the line says so (it was kept, empty, with
+    a resume command that failed)."""
+    where = ["--run-dir", run_dir] if run_dir else ["--output-dir", "early_runs"]
+    interrupted = fmtk(workspace, *RECIPE, *where, "--handler", "killers:ctrl_c_while_assembling")
+    assert interrupted.returncode == 130
+    assert_one_line_error(interrupted, "interrupted before the run began; nothing was kept")
+    assert not (workspace / (run_dir or "early_runs")).exists()
 
 
 def test_kill_while_writing_a_checkpoint_leaves_the_previous_one(

@@ -87,7 +87,7 @@ def test_run_folder_keeps_a_resumed_run_and_any_checkpoint(tmp_path: Path) -> No
 
     with (
         pytest.raises(KeyboardInterrupt),
-        run_folder(tmp_path / "kept", keep_when_interrupted=True) as folder,
+        run_folder(tmp_path / "kept", resumable_with="config.json") as folder,
     ):
         (folder / "config.json").write_text("{}")
         raise KeyboardInterrupt  # fmtk run keeps it: --resume starts it again

@@ -47,6 +47,11 @@ def ctrl_c_mid_trial_1(run):
         run.trainer.on(Events.ITERATION_COMPLETED(once=5))(lambda _: os.kill(os.getpid(), signal.SIGINT))
 
 
+def ctrl_c_mid_trial_0(run):  # before the study has any checkpoint
+    if run.run_dir.name == "trial_000":
+        run.trainer.on(Events.ITERATION_COMPLETED(once=5))(lambda _: os.kill(os.getpid(), signal.SIGINT))
+
+
 def record_values(run):  # each process of a trial: the values it trains with
     import ignite.distributed as idist
 
@@ -158,19 +163,22 @@ def test_a_killed_study_resumes_to_exactly_the_uninterrupted_one(tmp_path: Path,
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_a_trial_says_how_to_go_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize("trial", [1, 0])
+def test_ctrl_c_in_a_trial_says_how_to_go_on(tmp_path: Path, trial: int) -> None:
+    """Also in the first trial's first epoch, before any checkpoint: the study folder is kept (it
+    went, although the line named it to go on with)."""
     (tmp_path / "killers.py").write_text(KILLERS)
     search = ["tune", "digits_mlp", "--trials", "2", "--space", "lr=loguniform:0.01:0.5", "--set", "epochs=2",
               "--device", "cpu", "--study-dir", "study"]  # fmt: skip
     # Ctrl-C as from a terminal, also when the tests run in the background (SIGINT ignored there)
-    stopped = fmtk_process(*search, "--handler", "killers:ctrl_c_mid_trial_1", cwd=tmp_path,
+    stopped = fmtk_process(*search, "--handler", f"killers:ctrl_c_mid_trial_{trial}", cwd=tmp_path,
                            env={**os.environ, "PYTHONPATH": str(tmp_path)},
                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     assert stopped.returncode == 130, stopped.stderr
     assert stopped.stderr.strip().splitlines()[-1] == "interrupted; go on with: fmtk tune --resume study"
     resumed = fmtk("tune", "--resume", "study", "--device", "cpu", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert "trial 1: resuming" in resumed.stdout and "2 trials: 2 complete" in resumed.stdout
+    assert f"trial {trial}: resuming" in resumed.stdout and "2 trials: 2 complete" in resumed.stdout
 
 
 def test_from_python_a_study_returns_the_best_values_and_goes_on_with_more_trials(tmp_path: Path) -> None:

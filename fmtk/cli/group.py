@@ -61,6 +61,9 @@ class _Group(click.Group):
             raise _one_line(error) from None
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except KeyboardInterrupt:  # before a command could say more (click: "Aborted!", exit 1)
+            click.echo("interrupted", err=True)
+            sys.exit(130)
         except Exception as error:  # noqa: BLE001 - a user's code may raise anything; fmtk's own keep their traceback
             line = one_line(error)
             if line is None:

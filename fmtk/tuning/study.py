@@ -85,7 +85,7 @@ def tune_study(
     run = run or RunRequest()
     if resume is not None:
         request = _resumed_request(resume, request.trials if request is not None else None)
-        held = run_folder(resume, reuse=True, keep_when_interrupted=True)
+        held = run_folder(resume, reuse=True, resumable_with=STUDY_JSON)
         data_dir = data_dir or (Path(request.data_dir) if request.data_dir else None)
     else:
         _check_new_study_dir(study_dir, request)
@@ -94,7 +94,7 @@ def tune_study(
             study_dir,
             output_dir=Path(output_dir) / "tune",
             recipe_name=_name(request),
-            keep_when_interrupted=True,
+            resumable_with=STUDY_JSON,
         )
     run = replace(run, data_dir=data_root(data_dir))
     started = time.perf_counter()
