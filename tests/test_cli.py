@@ -389,3 +389,17 @@ def test_evaluate_and_resume_read_the_data_the_run_trained_on(mnist_root: Path, 
     assert evaluated.returncode == 0, evaluated.stderr
     resumed = fmtk("run", "--resume", "r", "--epochs", "2", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+
+
+def test_ctrl_c_before_a_command_can_say_more_exits_130(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """As a shell expects of Ctrl-C (click itself said "Aborted!" and exited 1)."""
+    import fmtk.runs
+
+    def pressed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fmtk.runs, "list_runs", pressed)
+    result = CliRunner().invoke(cli, ["runs", str(tmp_path)])
+    assert (result.exit_code, result.stderr) == (130, "interrupted\n")
