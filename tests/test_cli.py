@@ -394,7 +394,7 @@ def test_evaluate_and_resume_read_the_data_the_run_trained_on(mnist_root: Path, 
 def test_ctrl_c_before_a_command_can_say_more_exits_130(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """As a shell expects of Ctrl-C (click itself said "Aborted!" and exited 1)."""
+    """Ctrl-C before a command can say more: 130, as a shell expects (click said "Aborted!", exit 1)."""
     import fmtk.runs
 
     def pressed(*args, **kwargs):
