@@ -42,9 +42,34 @@ def optimizer_problems(name: str, arguments: Mapping[str, Any]) -> Iterator[str]
     unknown = sorted(set(arguments) - set(accepted))
     if unknown:
         yield f"optimizer {name} takes no argument {unknown[0]!r}; its arguments: {', '.join(accepted)}"
+    defaults = inspect.signature(optimizer_class).parameters
+    for argument, value in arguments.items():
+        if argument in accepted:
+            expected = _expected(defaults[argument].default, value)
+            if expected is not None:
+                yield f"optimizer {name}: {argument} expects {expected}, got {value!r}"
     reason = UNDRIVABLE_OPTIMIZERS.get(name)
     if reason is not None:
         yield f"optimizer {name} cannot be driven by fmtk's step: {reason}"
+
+
+def _expected(default: Any, value: Any) -> str | None:
+    """What an argument whose default is ``default`` expects, when ``value`` is not of that kind
+    (torch's own error would be about a comparison or subscript deep inside it); None when it is,
+    or when the default does not say (None, a tensor)."""
+
+    def number(item: Any) -> bool:
+        return isinstance(item, int | float | torch.Tensor) and not isinstance(item, bool)
+
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int | float):
+        return None if number(value) else "a number"
+    if isinstance(default, tuple) and all(isinstance(item, int | float) for item in default):
+        if isinstance(value, tuple | list) and len(value) == len(default) and all(map(number, value)):
+            return None
+        return f"{len(default)} numbers, e.g. {'/'.join(map(str, default))}"
+    return None
 
 
 def create_optimizer(

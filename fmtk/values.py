@@ -30,8 +30,7 @@ def parse_value(key: str, value: Any, kind: Any) -> Any:
             ]
         return target(text)
     except (KeyError, ValueError):
-        expected = " or ".join(t.__name__ for t in allowed)
-        raise FmtkError(f"--set {key}={text}: expected {expected}") from None
+        raise FmtkError(f"--set {key}={text}: expected {_names(allowed)}") from None
 
 
 def parse_arguments(key: str, value: Any) -> dict[str, Any]:
@@ -87,6 +86,10 @@ def typed(key: str, value: Any, kind: Any) -> Any:
     if float in allowed and type(value) is int:
         return float(value)
     if not any(value is None if t is type(None) else type(value) is t for t in allowed):
-        expected = " or ".join(t.__name__ for t in allowed)
-        raise FmtkError(f"{key}={value!r}: expected {expected}")
+        raise FmtkError(f"{key}={value!r}: expected {_names(allowed)}")
     return value
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    """``int or none``: the types a value may have, as a user writes them."""
+    return " or ".join("none" if kind is type(None) else kind.__name__ for kind in kinds)

@@ -47,6 +47,15 @@ def test_optimizer_arguments_reach_the_optimizer(tmp_path: Path) -> None:
             "optimizer Adam takes no argument 'momentum'; its arguments: betas, eps",
         ),
         ({"optimizer_args": "momentum=0.9"}, "expected name:value pairs, e.g. momentum:0.9"),
+        # checked by the type of the argument's default (torch's own errors told of '<' or subscripts)
+        ({"optimizer_args.betas": "0.9"}, "optimizer Adam: betas expects 2 numbers, e.g. 0.9/0.999, got 0.9"),
+        ({"optimizer_args": "eps:tiny"}, "optimizer Adam: eps expects a number, got 'tiny'"),
+        ({"optimizer_args": "amsgrad:3"}, "optimizer Adam: amsgrad expects true or false, got 3"),
+        (
+            {"optimizer_args": "betas:0.9/x"},
+            "optimizer Adam: betas expects 2 numbers, e.g. 0.9/0.999, got (0.9, 'x')",
+        ),
+        ({"early_stopping_patience": "2.5"}, "--set early_stopping_patience=2.5: expected int or none"),
         ({"schedule": "linear"}, "schedule must be one of plateau, onecycle, cosine, none, got 'linear'"),
         ({"warmup_epochs": "inf", "schedule": "cosine"}, "warmup_epochs must be a finite number, got inf"),
         (
