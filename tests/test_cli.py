@@ -348,8 +348,11 @@ def test_config_trains_the_same_recipe_again_to_the_same_figures(tmp_path: Path)
 
     assert figures("b") == figures("a")
     assert json.loads((tmp_path / "b" / "config.json").read_text())["changed"] == config["changed"]
-    usage = fmtk("run", "--config", "a", "digits_mlp", cwd=tmp_path)
-    assert_one_line_error(usage, "give a RECIPE or --config CONFIG_JSON")
+    both = fmtk("run", "--config", "a", "digits_mlp", cwd=tmp_path)
+    assert_one_line_error(both, "RECIPE digits_mlp and --config a: give one (a RECIPE or --config")
+    neither = fmtk("run", cwd=tmp_path)
+    assert neither.returncode == 2  # a missing argument: a usage error
+    assert_one_line_error(neither, "fmtk run: give a RECIPE or --config CONFIG_JSON to start a run")
     assert "[RECIPE]" in fmtk("run", "--help").stdout.splitlines()[0]
 
 

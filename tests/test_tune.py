@@ -282,7 +282,10 @@ def test_a_study_folder_is_new_or_resumed_never_mixed(tmp_path: Path) -> None:
     assert_one_line_error(
         fmtk("tune", "--resume", "nowhere", cwd=tmp_path), "--resume nowhere: no such folder"
     )
-    assert_one_line_error(fmtk("tune", "--trials", "2", cwd=tmp_path), "give a RECIPE to start a study")
+    neither = fmtk("tune", "--trials", "2", cwd=tmp_path)
+    assert neither.returncode == 2 and "give a RECIPE to start a study" in neither.stderr
+    assert_one_line_error(fmtk("tune", "digits_mlp", "--resume", "run", cwd=tmp_path),
+                          "RECIPE digits_mlp and --resume run: give one")  # fmt: skip
     assert tree_snapshot(tmp_path) == {
         **before,
         "run/config.json": tree_snapshot(tmp_path)["run/config.json"],

@@ -93,8 +93,13 @@ def run(
     from fmtk.training.engines import SpeedOptions
 
     outlive_closed_pipes(RUN_GOES_ON)
-    if sum(given is not None for given in (recipe_name, resume, config)) != 1:
-        raise FmtkError(
+    given = [f"{name} {value}" for name, value in (("RECIPE", recipe_name), ("--resume", resume),
+             ("--config", config)) if value is not None]  # fmt: skip
+    if len(given) > 1:
+        raise FmtkError(f"{' and '.join(given)}: give one (a RECIPE or --config CONFIG_JSON starts a run, "
+                        "--resume RUN_DIR continues one)")  # fmt: skip
+    if not given:  # a missing argument: click's usage error (exit 2)
+        raise click.UsageError(
             "give a RECIPE or --config CONFIG_JSON to start a run, or --resume RUN_DIR to continue one"
         )
     if checkpoint == "best":  # a new run: the run's values, from its best checkpoint's weights

@@ -117,8 +117,11 @@ def tune(
         "STUDY_DIR` goes on)"
     )
 
-    if (recipe_name is None) == (resume is None):
-        raise FmtkError("give a RECIPE to start a study, or --resume STUDY_DIR to go on with one")
+    if recipe_name is not None and resume is not None:
+        raise FmtkError(f"RECIPE {recipe_name} and --resume {resume}: give one (a RECIPE starts a study, "
+                        "--resume STUDY_DIR goes on with one)")  # fmt: skip
+    if recipe_name is None and resume is None:  # a missing argument: click's usage error (exit 2)
+        raise click.UsageError("give a RECIPE to start a study, or --resume STUDY_DIR to go on with one")
     if resume is not None:
         given = [name for name, value in (("--space", spaces), ("--try", tries), ("--set", settings),
                  ("--preset", preset), ("--study-dir", study_dir)) if value]  # fmt: skip
