@@ -204,11 +204,18 @@ def test_weights_that_fit_nothing_are_one_line(
     assert not list((tmp_path / "out").glob("*/*"))
 
 
-def test_summary_needs_the_class_names_and_says_where_they_come_from() -> None:
+def test_summary_needs_the_class_names_and_says_where_they_come_from(photos: Path) -> None:
     missing = fmtk("summary", "images")
     assert_one_line_error(missing, "the class names come from the photos (--data-dir PHOTOS)")
     shown = fmtk("summary", "images", "--set", "classes=a,b,c", "--set", "arch=mobilenet_v3_small")
     assert shown.returncode == 0 and "input: [3, 224, 224]" in shown.stdout, shown.stderr
+    # --data-dir, as the line says: the folder's 3 classes size the head
+    folder = fmtk("summary", "images", "--data-dir", str(photos), "--set", "arch=resnet18")
+    assert folder.returncode == 0, folder.stderr
+    assert folder.stdout.splitlines()[-4].split()[:3] == ["fc", "Linear", "[1,"] and "3]" in folder.stdout
+    assert_one_line_error(
+        fmtk("summary", "images", "--data-dir", str(photos / "none")), "image folder not found"
+    )
 
 
 FINE_TUNING = {"weights": "DEFAULT", "freeze_epochs": 1, "backbone_lr_scale": 0.1, "epochs": 3,

@@ -126,11 +126,17 @@ def mixed_title(target: torch.Tensor, classes: Sequence[str]) -> str:
 @cli.command()
 @click.argument("recipe_name", metavar="RECIPE")
 @set_option
-def summary(recipe_name: str, settings: tuple[str, ...]) -> None:
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Data whose values the model depends on (the images recipe: the photo folder, whose "
+              "classes size its head).")  # fmt: skip
+def summary(recipe_name: str, settings: tuple[str, ...], data_dir: Path | None) -> None:
     """The model's layers with output shapes and parameter counts, and the totals."""
     from fmtk.summary import format_summary
+    from fmtk.training.parts import with_data
 
     recipe = recipe_with_settings(recipe_name, settings)
+    if data_dir is not None:
+        recipe = with_data(recipe, data_dir)
     input_shape = recipe.input().shape
     click.echo(f"{recipe.name}: {recipe.description}")
     click.echo(format_summary(recipe.call("model"), input_shape))
