@@ -417,6 +417,11 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
             raise FmtkError(f"unknown recipe key '{key}' for {recipe.name}; {hint}valid keys: {valid}")
         if parsed != default or key in changed:
             changed[key] = parsed
+    epochs, warmup = changes.get("epochs", recipe.epochs), recipe.warmup_epochs
+    if 0 < warmup >= epochs and not {"warmup_epochs"} & {*changes, *changed}:
+        # The recipe's own warm-up would leave a shorter run no cosine epoch (images: 1 of 15, and
+        # `--epochs 1`): it keeps its share of the run instead (1/15 of 1 epoch).
+        changes["warmup_epochs"] = changed["warmup_epochs"] = round(warmup * epochs / recipe.epochs, 4)
     updated = dataclasses.replace(recipe, **changes, options=options).came_from(changed=changed)
     updated.validate()
     return updated

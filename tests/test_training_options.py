@@ -414,3 +414,15 @@ def test_catdog_has_one_flip_and_its_old_name_still_sets_it(catdog_root: Path, t
     assert run.data.train.augmentation == Augmentation(flip_p=0.4)
     assert not run.data.valid.augmentation.active and not run.data.test.augmentation.active
     run.close_loggers()
+
+
+def test_the_recipes_warm_up_keeps_its_share_of_a_shorter_run() -> None:
+    """images warms up 1 of its 15 epochs: `--epochs 1` failed (no epoch left for the cosine); now it
+    warms up 1/15 of the one epoch, recorded as changed. A warm-up the user gave is theirs."""
+    images = load_recipe("images")
+    assert (images.epochs, images.warmup_epochs) == (15, 1.0)
+    short = apply_overrides(images, {"epochs": "1"})
+    assert short.warmup_epochs == 0.0667 and short.changed["warmup_epochs"] == 0.0667
+    assert apply_overrides(images, {"epochs": "5"}).warmup_epochs == 1.0  # it fits: as it is
+    with pytest.raises(FmtkError, match="warmup_epochs 1.0 leaves no epoch of the 1"):
+        apply_overrides(images, {"epochs": "1", "warmup_epochs": "1"})
