@@ -17,6 +17,7 @@ from fmtk.errors import FmtkError
 from fmtk.prediction import answer_images
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+FORMAT_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript"}  # in a sentence
 SUFFIXES = {suffix: name for name, suffix in FORMATS.items()}  # a file's format, by its suffix
 METADATA = "fmtk"  # the ONNX metadata key, and (as fmtk.json) the TorchScript extra file
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")

@@ -25,7 +25,15 @@ import torch
 from torch import nn
 
 from fmtk.errors import FmtkError
-from fmtk.exported import FORMATS, METADATA, SUFFIXES, innermost_reason, load_exported, require_onnx
+from fmtk.exported import (
+    FORMAT_NAMES,
+    FORMATS,
+    METADATA,
+    SUFFIXES,
+    innermost_reason,
+    load_exported,
+    require_onnx,
+)
 from fmtk.recipe_loading import data_root
 from fmtk.runfolder import read_config
 from fmtk.training.evaluation import load_trained_model, tested_model
@@ -145,7 +153,7 @@ def _format_and_out(run_dir: Path, format: str | None, out: Path | None) -> tupl
         read_config(run_dir)  # not a run: one line, before the default path is made inside it
         out = run_dir / f"model{FORMATS[format]}"
     elif out.suffix != FORMATS[format]:
-        raise FmtkError(f"--out {out}: a {format} file ends in {FORMATS[format]}")
+        raise FmtkError(f"--out {out}: {FORMAT_NAMES[format]} file ends in {FORMATS[format]}")
     if not out.parent.is_dir():
         raise FmtkError(f"--out {out}: no folder {out.parent}")
     return format, out

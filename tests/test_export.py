@@ -263,11 +263,16 @@ def test_an_onnx_model_runs_on_as_many_threads_as_torch(digits_run: Path, tmp_pa
         (["export", "nowhere"], ["fmtk export nowhere: no such run folder"]),
         (["export", "."], ["fmtk export .: not a run folder (it has no config.json)"]),
         (["export", "run", "--format", "tflite"], ["--format tflite: unknown (choose onnx or torchscript)"]),
-        (["export", "run", "--out", "model.bin"], ["--out model.bin: a onnx file ends in .onnx"]),
+        (["export", "run", "--out", "model.bin"], ["--out model.bin: an ONNX file ends in .onnx"]),
         (["export", "run", "--out", "no/such/model.onnx"], ["--out no/such/model.onnx: no folder no/such"]),
         (["export", "run", "--checkpoint", "garbled.pt"], ["garbled.pt"]),
         (["predict", "garbled.pt", "image.png"], ["garbled.pt: not a TorchScript file"]),
         (["predict", "run/config.json", "image.png"], ["run/config.json: not an exported model"]),
+        (["predict", "model.onnx", "image.png"], ["fmtk predict model.onnx: no such model file"]),
+        (
+            ["predict", "garbled.pt", "image.png", "--checkpoint", "last"],
+            ["--checkpoint goes with a run folder"],
+        ),
     ],
     ids=[
         "not a run",
@@ -278,6 +283,8 @@ def test_an_onnx_model_runs_on_as_many_threads_as_torch(digits_run: Path, tmp_pa
         "garbled checkpoint",
         "predict a checkpoint file",
         "predict a json file",
+        "predict a missing model file",
+        "predict a model file with --checkpoint",
     ],  # fmt: skip
 )
 def test_bad_exports_are_one_line_and_change_nothing(

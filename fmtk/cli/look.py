@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from click.core import ParameterSource
 
 from fmtk.cli.group import (
     check_run_folder,
@@ -258,9 +259,17 @@ def predict(
     its image files), from a run folder's checkpoint or from a model file that fmtk export wrote
     (.onnx, .pt). Images that cannot be read are named at the end, and the exit status is 1."""
     from fmtk.api import predictions
+    from fmtk.exported import SUFFIXES
     from fmtk.prediction import unreadable
 
-    if not run_dir.is_file():
+    if run_dir.is_file() or (run_dir.suffix in SUFFIXES and not run_dir.is_dir()):  # fmtk export's file
+        if not run_dir.is_file():
+            raise FmtkError(f"fmtk predict {run_dir}: no such model file")
+        if click.get_current_context().get_parameter_source("checkpoint") is ParameterSource.COMMANDLINE:
+            raise FmtkError(
+                f"--checkpoint goes with a run folder; {run_dir} holds the weights it was exported from"
+            )
+    else:
         check_run_folder("predict", run_dir)
     results = []
     for result in predictions(run_dir, images, checkpoint=checkpoint, top=top, device=device):

@@ -180,7 +180,8 @@ def skipped_line(skipped: tuple[str, ...]) -> str | None:
     if not skipped:
         return None
     shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
-    return f"skip_bad_images: training without {len(skipped)} undecodable files ({shown}; in config.json)"
+    files = "file" if len(skipped) == 1 else "files"
+    return f"skip_bad_images: training without {len(skipped)} undecodable {files} ({shown}; in config.json)"
 
 
 def create_engines(parts: Parts) -> Engines:
