@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from ignite.engine import Events
 from ignite.handlers import FastaiLRFinder
 
 from fmtk.errors import FmtkError
@@ -38,11 +39,12 @@ MIN_VALLEY_POINTS = 5  # a shorter decreasing run is no valley: no suggestion
 class LRFinding:
     """The LRs tried, the smoothed loss at each, and the suggestion of the valley rule."""
 
-    lrs: list[float]
+    lrs: list[float]  # each batch's: the LR its optimizer step trained with
     losses: list[float]
     suggestion: float | None  # None: the smoothed loss has no long fall (valley_lr)
     diverged: bool  # the loss passed 5× its best before end_lr (Ignite's stop)
     rule: str = VALLEY  # how the suggestion was chosen
+    steps: int = 0  # optimizer steps trained (a batch each, or N with accumulate_steps=N)
 
 
 def valley_lr(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
@@ -127,9 +129,18 @@ def find_lr(
     # batch, so each optimizer step takes the LR of its group's last batch.
     batches = steps * recipe.accumulate_steps
     epochs = math.ceil(batches / len(data.train))
+    # Ignite's finder trains num_iter + 1 batches and logs with each loss the LR its scheduler set
+    # after that batch (the next one's): each batch's own LR is read here, before the finder's
+    # handlers move it on, and num_iter is one less than the batches wanted.
+    trained_lrs: list[float] = []
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda _: trained_lrs.append(optimizer.param_groups[0]["lr"])
+    )
     with warnings.catch_warnings(record=True) as caught, _temp_folder_of_this_process():
         warnings.simplefilter("always")  # Ignite warns when the loss never diverged
-        with finder.attach(trainer, to_save, num_iter=batches, start_lr=start_lr, end_lr=end_lr) as finding:
+        with finder.attach(
+            trainer, to_save, num_iter=batches - 1, start_lr=start_lr, end_lr=end_lr
+        ) as finding:
             finding.run(data.train, max_epochs=epochs)
     never_diverged = [warning for warning in caught if "without loss diverging" in str(warning.message)]
     for warning in caught:  # any other warning goes on to the user as it came
@@ -139,8 +150,10 @@ def find_lr(
     results = finder.get_results()
     if len(results["lr"]) < 3:
         raise FmtkError(f"lr-find: the loss diverged after {len(results['lr'])} steps; lower the start lr")
-    lrs, losses = [float(lr) for lr in results["lr"]], [float(loss) for loss in results["loss"]]
-    return LRFinding(lrs, losses, valley_lr(lrs, losses), diverged)
+    losses = [float(loss) for loss in results["loss"]]
+    lrs = [float(lr) for lr in trained_lrs[: len(losses)]]
+    trained = math.ceil(len(losses) / recipe.accumulate_steps)
+    return LRFinding(lrs, losses, valley_lr(lrs, losses), diverged, steps=trained)
 
 
 def save_lr_picture(finding: LRFinding, path: Path, title: str) -> None:

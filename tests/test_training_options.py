@@ -251,9 +251,29 @@ def test_lr_find_sweeps_with_the_runs_step(monkeypatch: pytest.MonkeyPatch) -> N
         return lr_finder.find_lr(recipe, Path("data"), torch.device("cpu"), steps=8).losses
 
     accumulated = losses(accumulate_steps="3", max_grad_norm="1.0")
-    # Ignite's finder trains one batch past its num_iter: here the first of a group, no step.
-    assert len(accumulated) == 3 * 8 + 1 and len(optimizer_steps) == len(clipped) == 8
+    assert len(accumulated) == 3 * 8 and len(optimizer_steps) == len(clipped) == 8  # 8 steps of 3 batches
     assert losses() == losses() != losses(mixup_alpha="0.4")  # each sweep from the recipe's seed
+
+
+def test_lr_find_pairs_each_loss_with_the_lr_its_step_trained_with(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ignite's finder logs with each loss the LR set after its step (the next step's, one factor of
+    the sweep too high: 1.2x at 100 steps over 8 decades) and trains one step more than asked."""
+    from fmtk import lr_finder
+
+    trained, real_create_optimizer = [], lr_finder.create_optimizer
+
+    def recording(*args):
+        optimizer = real_create_optimizer(*args)
+        optimizer.register_step_pre_hook(
+            lambda optimizer, *_: trained.append(optimizer.param_groups[0]["lr"])
+        )
+        return optimizer
+
+    monkeypatch.setattr(lr_finder, "create_optimizer", recording)
+    finding = lr_finder.find_lr(load_recipe("digits_mlp"), Path("data"), torch.device("cpu"), steps=10,
+                                start_lr=1e-3, end_lr=1.0)  # fmt: skip
+    assert finding.lrs == trained and finding.steps == len(finding.losses) == 10
+    assert finding.lrs[-1] == pytest.approx(1.0) and 1e-3 <= finding.lrs[0] < finding.lrs[2]
 
 
 def u_curve(points: int = 100) -> tuple[list[float], list[float]]:

@@ -178,13 +178,13 @@ def lr_find(
         raise FmtkError(f"--out {out}: cannot write it (the folder {out.parent} is not writable)")
     with photo_bars(progress_by_default()):  # a photo folder is decoded whole first
         finding = find_lr(recipe, data_root(data_dir), resolve_device(device), steps, start_lr, end_lr)
-    title = f"{recipe.name}{f' --preset {preset}' if preset else ''}: LR finder, {len(finding.lrs)} steps"
+    title = f"{recipe.name}{f' --preset {preset}' if preset else ''}: LR finder, {finding.steps} steps"
     save_lr_picture(finding, out, title)
     ended = "diverged" if finding.diverged else f"had not diverged by lr {end_lr:g}"
     if finding.suggestion is None:
         click.echo(
             f"no suggestion: the smoothed loss has no fall of {MIN_VALLEY_POINTS} points or more between "
-            f"lr {start_lr:g} and {end_lr:g} in {len(finding.lrs)} steps; give more --steps or a wider "
+            f"lr {start_lr:g} and {end_lr:g} in {finding.steps} steps; give more --steps or a wider "
             f"range; picture: {out}"
         )
         return
