@@ -59,7 +59,9 @@ def make_run_dir(output_dir: Path, recipe_name: str, run_dir: Path | None = None
     try:
         if run_dir is not None:
             run_dir = Path(run_dir)
-            if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            if run_dir.exists() and not run_dir.is_dir():
+                raise FmtkError(f"--run-dir {run_dir} is a file; give a new folder (nothing was changed)")
+            if run_dir.exists() and any(run_dir.iterdir()):
                 raise FmtkError(f"--run-dir {run_dir} is not empty; give a new folder (nothing was changed)")
             run_dir.mkdir(parents=True, exist_ok=True)
             return run_dir

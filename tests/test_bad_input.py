@@ -252,6 +252,10 @@ CASES = [
      ["--out nodir/x.png: cannot write it (No such file or directory)"]),
     ("handler takes no argument", {"handlers.py": HANDLERS}, [*HANDLE, "handlers:no_argument"],
      ["no_argument must take one argument, the run"]),
+    ("a flag and --set for one value", {}, ["run", "digits_mlp", "--epochs", "1", "--set", "epochs=1.5"],
+     ["--epochs 1 and --set epochs=1.5 both set epochs; give one"]),
+    ("--run-dir a file", {"afile": "kept"}, ["run", "digits_mlp", "--run-dir", "afile"],
+     ["--run-dir afile is a file; give a new folder"]),
 ]  # fmt: skip
 
 
