@@ -244,3 +244,20 @@ def test_setup_cfg_installs_every_package_of_fmtk() -> None:
     listed = {name.strip() for name in config["options"]["packages"].split(",")}
     found = {".".join(path.parent.relative_to(root).parts) for path in (root / "fmtk").rglob("__init__.py")}
     assert found | {"fmtk.recipes"} == listed
+
+
+def test_build_run_names_its_folder_and_a_handlers_stop_follows_its_epochs_line(tmp_path: Path) -> None:
+    """As `fmtk run` prints them: the run folder once assembled; "stopped after epoch 2" after
+    epoch 2's line (it came before it: the handler runs in the validation, before the line)."""
+    lines: list[str] = []
+    run = toolkit.build_run("digits_mlp", tmp_path / "run", device="cpu", echo=lines.append)
+    assert lines[-1] == f"run folder: {tmp_path / 'run'}"
+
+    @run.evaluator.on(Events.COMPLETED)
+    def stop_at_epoch_2(evaluator) -> None:
+        if run.trainer.state.epoch == 2:
+            run.stop("enough")
+
+    run.run()
+    epoch_2 = next(i for i, line in enumerate(lines) if line.startswith("epoch   2/"))
+    assert lines[epoch_2 + 1] == "stopped after epoch 2: enough"

@@ -108,11 +108,13 @@ def build_run(
         run_dir = folder.enter_context(held)
     try:
         start = Start.of(Path(run_dir), device, resume_from)
-        return assemble_run(recipe, start, device, data_root(data_dir), echo, speed, progress=progress,
-                            command=command, folder=folder, handlers=handlers)  # fmt: skip
+        run = assemble_run(recipe, start, device, data_root(data_dir), echo, speed, progress=progress,
+                           command=command, folder=folder, handlers=handlers)  # fmt: skip
     except BaseException:
         folder.__exit__(*sys.exc_info())  # the folder's hold removes what was made, then re-raises
         raise
+    run.echo(f"run folder: {run_dir}")  # as `fmtk run` says it, once the run is assembled
+    return run
 
 
 def assemble_run(

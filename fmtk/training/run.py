@@ -18,7 +18,7 @@ from typing import Any
 
 import ignite.distributed as idist
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, EarlyStopping, ParamScheduler
 from ignite.handlers.tensorboard_logger import TensorboardLogger
 from ignite.utils import manual_seed
@@ -133,8 +133,13 @@ class Run(Parts):
         (e.g. ``"pruned"``), then test the checkpoints as usual. Unlike ``trainer.terminate()``
         alone, the decision is kept: metrics.json says ``stopped_by`` and ``--resume`` does not
         train on. Call it from a handler of a training epoch (e.g. the evaluator's COMPLETED)."""
-        self.kept[STOP].record(reason, self.trainer.state.epoch)
-        self.echo(f"stopped after epoch {self.trainer.state.epoch}: {reason}")
+        epoch = self.trainer.state.epoch
+        self.kept[STOP].record(reason, epoch)
+        # Said when training ends, after the epoch's own line (a handler of the validation runs
+        # before the trainer's epoch line is printed).
+        self.trainer.add_event_handler(
+            Events.TERMINATE, lambda _: self.echo(f"stopped after epoch {epoch}: {reason}")
+        )
         self.trainer.terminate()
 
     def prepare(self) -> None:
