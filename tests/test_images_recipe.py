@@ -184,11 +184,13 @@ def test_bad_values_are_one_line_and_leave_no_run(
     assert not (tmp_path / "out").exists()
 
 
-def test_a_one_epoch_run_with_the_default_warm_up_is_refused_before_the_photos_are_read(
+def test_a_one_epoch_run_with_a_warm_up_of_one_epoch_is_refused_before_the_photos_are_read(
     photos: Path, tmp_path: Path
 ) -> None:
+    """The recipe's own warm-up keeps its share of a shorter run (test_training_options); one given
+    with the run is checked."""
     done = fmtk("run", "images", "--data-dir", str(photos), "--epochs", "1", "--set", "image_size=32",
-                "--output-dir", "out", cwd=tmp_path)  # fmt: skip
+                "--set", "warmup_epochs=1", "--output-dir", "out", cwd=tmp_path)  # fmt: skip
     assert_one_line_error(done, "warmup_epochs 1.0 leaves no epoch of the 1 for the cosine schedule",
                           "--set warmup_epochs=0")  # fmt: skip
     assert done.stdout == "" and not (tmp_path / "out").exists()  # no split counts, no run folder named
