@@ -296,6 +296,8 @@ class FolderEvaluation(Evaluation):
             return None
         first = self.near_copies[0]
         pair = f"{first['photo']} ~ {first['copy_of']}"
+        if Path(first["photo"]).resolve() == Path(first["copy_of"]).resolve():  # the training folder again
+            pair = f"{first['photo']}, itself a training photo"
         if self.accuracy_without_near_copies is None:
             return (
                 f"all {self.photos:,} photos are near copies of the run's training photos (e.g. {pair}): "

@@ -221,3 +221,4 @@ def test_a_run_names_them_and_evaluating_a_folder_names_the_run_s_training_photo
 
     whole = fmtk("evaluate", "run", "--folder", str(photos / "train"), cwd=tmp_path)
     assert "near copies of the run's training photos: 19 of the 24 photos (e.g. " in whole.stdout
+    assert ", itself a training photo): the figures above flatter" in whole.stdout  # not the file twice
