@@ -107,8 +107,10 @@ def recipe_from_config(
 def _load_recipe_of(config: dict[str, Any]) -> Recipe:
     """The recipe file or bundled recipe a config names; a recipe object made in Python has neither."""
     name = config.get("name")
-    if not isinstance(name, str):
+    if name is None:
         raise FmtkError('config.json names no recipe (no "name")')
+    if not isinstance(name, str):
+        raise FmtkError(f'config.json: "name" must be a recipe\'s name (text), got {name!r}')
     if config.get("source"):
         return load_recipe(config["source"])
     names = bundled_recipe_names()

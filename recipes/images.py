@@ -47,6 +47,8 @@ def model(recipe: Recipe) -> nn.Module:
         raise FmtkError(
             "recipe images: the class names come from the photos (--data-dir PHOTOS) or --set classes=a,b"
         )
+    if len(classes) < 2:  # as a photo folder of one class is refused
+        raise FmtkError(f"recipe images: classes {list(classes)}: a classifier needs two or more")
     model = torchvision_model(recipe.options["arch"], len(classes))
     check_image_size(model, recipe.options["arch"], size(recipe))  # its refusal is one line, not a traceback
     return model

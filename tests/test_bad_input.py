@@ -333,6 +333,8 @@ RUN_CASES = [
     ("resume --epochs below the epochs run", drop("metrics.json"),
      ["run", "--resume", "run", "--epochs", "1"], ["--epochs 1: run has already run 2 epochs"]),
     ("config.json without a name", edit_config(name=None), ["run", "--resume", "run"], ["names no recipe"]),
+    ("config.json whose name is a number", edit_config(name=3), ["run", "--resume", "run"],
+     ['config.json: "name" must be a recipe\'s name (text), got 3']),
     ("config.json with lr 'fast'", edit_config(lr="fast"), ["run", "--resume", "run"],
      ["recipe digits_mlp: lr='fast': expected float"]),
     ("metrics.csv with a row of words", garbled_metrics_row, ["run", "--resume", "run"],

@@ -218,6 +218,9 @@ def test_summary_needs_the_class_names_and_says_where_they_come_from(photos: Pat
     assert_one_line_error(
         fmtk("summary", "images", "--data-dir", str(photos / "none")), "image folder not found"
     )
+    one = fmtk("summary", "images", "--set", "classes=a")
+    assert_one_line_error(one, "recipe images: classes ['a']: a classifier needs two or more")
+    assert one.stdout == ""  # the line alone, as for a folder of one class
 
 
 FINE_TUNING = {"weights": "DEFAULT", "freeze_epochs": 1, "backbone_lr_scale": 0.1, "epochs": 3,

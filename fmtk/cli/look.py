@@ -139,8 +139,9 @@ def summary(recipe_name: str, settings: tuple[str, ...], data_dir: Path | None) 
     if data_dir is not None:
         recipe = with_data(recipe, data_dir)
     input_shape = recipe.input().shape
+    model = recipe.call("model")  # first: a model that cannot be made is the only line
     click.echo(f"{recipe.name}: {recipe.description}")
-    click.echo(format_summary(recipe.call("model"), input_shape))
+    click.echo(format_summary(model, input_shape))
 
 
 @cli.command()
