@@ -128,12 +128,12 @@ def run(
         request.overrides = parse_settings(settings)
         flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "track": track,
                  "track_model": track_model}  # fmt: skip
-        given = {key: value for key, value in flags.items() if value is not None}
-        for key in sorted(given.keys() & request.overrides.keys()):
+        flagged = {key: value for key, value in flags.items() if value is not None}
+        for key in sorted(flagged.keys() & request.overrides.keys()):
             flag = f"--{key.replace('_', '-')}"
-            raise FmtkError(f"{flag} {given[key]} and --set {key}={request.overrides[key]} both set {key}; "
+            raise FmtkError(f"{flag} {flagged[key]} and --set {key}={request.overrides[key]} both set {key}; "
                             "give one")  # fmt: skip
-        request.overrides.update(given)
+        request.overrides.update(flagged)
     train(request, click.echo)
 
 
