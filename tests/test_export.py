@@ -262,7 +262,7 @@ def test_an_onnx_model_runs_on_as_many_threads_as_torch(digits_run: Path, tmp_pa
     [
         (["export", "nowhere"], ["fmtk export nowhere: no such run folder"]),
         (["export", "."], ["fmtk export .: not a run folder (it has no config.json)"]),
-        (["export", "run", "--format", "tflite"], ["--format tflite: unknown (choose onnx or torchscript)"]),
+        (["export", "run", "--format", "tflite"], ["'--format': 'tflite' is not one of 'onnx', 'torchscript'"]),
         (["export", "run", "--out", "model.bin"], ["--out model.bin: an ONNX file ends in .onnx"]),
         (["export", "run", "--out", "no/such/model.onnx"], ["--out no/such/model.onnx: no folder no/such"]),
         (["export", "run", "--checkpoint", "garbled.pt"], ["garbled.pt"]),
@@ -295,6 +295,11 @@ def test_bad_exports_are_one_line_and_change_nothing(
     before = tree_snapshot(tmp_path)
     assert_one_line_error(fmtk(*args, cwd=tmp_path), *fragments)
     assert tree_snapshot(tmp_path) == before
+
+
+def test_the_python_api_names_an_unknown_format(digits_run: Path) -> None:
+    with pytest.raises(toolkit.FmtkError, match="--format tflite: unknown \\(choose onnx or torchscript\\)"):
+        toolkit.export(digits_run, format="tflite")
 
 
 def test_an_existing_file_is_never_overwritten(digits_run: Path, tmp_path: Path) -> None:

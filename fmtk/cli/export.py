@@ -12,7 +12,7 @@ from fmtk.cli.group import check_run_folder, checkpoint_option, cli, data_dir_op
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @checkpoint_option
-@click.option("--format", "format_", default=None, metavar="onnx|torchscript",
+@click.option("--format", "format_", type=click.Choice(["onnx", "torchscript"]), default=None,
               help="Default: from --out's suffix (.onnx, .pt), else onnx.")  # fmt: skip
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="The file to write (default RUN_DIR/model.onnx or .pt); never overwritten.")  # fmt: skip
