@@ -368,16 +368,16 @@ def lines_picture(
     legend: bool = True,
 ) -> Image.Image:
     """Named lines ``{name: (xs, ys)}`` on linear axes, a dot at each point (a y that is not finite,
-    a diverged loss, is a gap in its line), a legend, and a grey
-    horizontal line at ``reference`` ``(y, label)`` when given (e.g. accuracy against time); the
-    names in ``dots`` are drawn as dots only, unjoined. The legend sits in the first corner of the
-    plot where it hides no line, point or label: bottom right (where rising curves leave room), top
-    right, bottom left, top left, the top ones first with ``legend_at_top`` (falling curves); under
-    the plot when every corner is taken. Values
-    outside ``y_limits`` (low, high) are drawn at its edge as hollow triangles pointing out, named
-    ``clipped_name`` in the legend, so that one outlier does not flatten the rest. A line's colour is
-    its place's among :data:`LINE_COLOURS`, or its name's in ``colours``. The x axis runs from 0 to
-    the largest x, or to ``x_end`` when given. ``legend=False``: none (another panel has it)."""
+    a diverged loss, is a gap in its line), a legend, and a grey horizontal line at ``reference``
+    ``(y, label)`` when given (e.g. accuracy against time); the names in ``dots`` are drawn as dots
+    only, unjoined, over the lines. The legend sits in the first corner of the plot where it hides no
+    line, point or label: bottom right (where rising curves leave room), top right, bottom left, top
+    left, the top ones first with ``legend_at_top`` (falling curves); under the plot when every
+    corner is taken. Values outside ``y_limits`` (low, high) are drawn at its edge as hollow
+    triangles pointing out, named ``clipped_name`` in the legend, so that one outlier does not
+    flatten the rest. A line's colour is its place's among :data:`LINE_COLOURS`, or its name's in
+    ``colours``. The x axis runs from 0 to the largest x, or to ``x_end`` when given.
+    ``legend=False``: none (another panel has it)."""
     width, height, left, right, top, bottom = 720, 440, 60, 20, HEADING_HEIGHT + 24, 40
     picture = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(picture)
@@ -414,8 +414,9 @@ def lines_picture(
     empty = picture.copy()  # the axes alone: what the lines and points add is where the legend must not go
     if reference is not None:
         _draw_reference(draw, at(x_low, reference[0])[1], reference[1], (left, width - right), font)
-    for name, (line_xs, line_ys) in lines.items():
-        colour = painted[name]
+    on_top = sorted(lines, key=lambda name: name in dots)  # dots over lines: a trial over the best so far
+    for name in on_top:
+        (line_xs, line_ys), colour = lines[name], painted[name]
         points = [
             at(float(x), float(y)) if math.isfinite(y) else None
             for x, y in zip(line_xs, line_ys, strict=True)

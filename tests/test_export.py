@@ -262,7 +262,7 @@ def test_an_onnx_model_runs_on_as_many_threads_as_torch(digits_run: Path, tmp_pa
     [
         (["export", "nowhere"], ["fmtk export nowhere: no such run folder"]),
         (["export", "."], ["fmtk export .: not a run folder (it has no config.json)"]),
-        (["export", "run", "--format", "tflite"], ["'--format': 'tflite' is not one of 'onnx', 'torchscript'"]),
+        (["export", "run", "--format", "tflite"], ["'tflite' is not one of 'onnx', 'torchscript'"]),
         (["export", "run", "--out", "model.bin"], ["--out model.bin: an ONNX file ends in .onnx"]),
         (["export", "run", "--out", "no/such/model.onnx"], ["--out no/such/model.onnx: no folder no/such"]),
         (["export", "run", "--checkpoint", "garbled.pt"], ["garbled.pt"]),

@@ -347,3 +347,29 @@ def test_tune_png_marks_the_trials_at_its_edge_and_draws_the_metric_against_each
     clipped = [xy for xy, options in polygons if options.get("outline") in LINE_COLOURS[:2]]
     assert len(clipped) == 9 and len(polygons) == 10
     assert all(xy[2][1] > xy[0][1] for xy, _ in polygons)  # pointing down: worse is lower
+
+
+def test_tune_png_draws_each_trial_over_the_best_so_far(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A trial that becomes the best sits where the best-so-far line has a point: its dot stays seen.
+    from PIL import ImageDraw
+
+    from fmtk.pictures import LINE_COLOURS
+    from fmtk.tuning.report import search_picture
+
+    dots = []
+    ellipse = ImageDraw.ImageDraw.ellipse
+
+    def record(self, xy, *args, **options):
+        dots.append((xy, options.get("fill")))
+        return ellipse(self, xy, *args, **options)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "ellipse", record)
+    rows = [
+        {"trial": n, "state": "complete", "value": value, "lr": 0.1}
+        for n, value in enumerate([0.5, 0.7, 0.6, 0.8])
+    ]
+    picture = search_picture(rows, "valid_accuracy", "fmtk tune t", False)
+    trials = [xy for xy, fill in dots if fill == LINE_COLOURS[0]]
+    assert len(trials) >= 4  # the 4 trials (and the legend's sign)
+    for x0, y0, x1, y1 in trials[:4]:
+        assert picture.getpixel(((x0 + x1) // 2, (y0 + y1) // 2)) == LINE_COLOURS[0]
