@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from ignite.handlers import FastaiLRFinder
 
 from fmtk.errors import FmtkError
@@ -136,6 +136,9 @@ def find_lr(
     trainer.add_event_handler(
         Events.ITERATION_COMPLETED, lambda _: trained_lrs.append(optimizer.param_groups[0]["lr"])
     )
+    # Its scheduler sets the sweep's second LR before the first batch (torch's schedulers step once
+    # when made), so the first batch would skip start_lr: it trains at start_lr, as asked.
+    trainer.add_event_handler(Events.ITERATION_STARTED(once=1), _set_lr, optimizer, start_lr)
     with warnings.catch_warnings(record=True) as caught, _temp_folder_of_this_process():
         warnings.simplefilter("always")  # Ignite warns when the loss never diverged
         with finder.attach(
@@ -154,6 +157,11 @@ def find_lr(
     lrs = [float(lr) for lr in trained_lrs[: len(losses)]]
     trained = math.ceil(len(losses) / recipe.accumulate_steps)
     return LRFinding(lrs, losses, valley_lr(lrs, losses), diverged, steps=trained)
+
+
+def _set_lr(_: Engine, optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def save_lr_picture(finding: LRFinding, path: Path, title: str) -> None:
