@@ -7,7 +7,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -282,6 +284,9 @@ def test_a_study_folder_is_new_or_resumed_never_mixed(tmp_path: Path) -> None:
     assert_one_line_error(
         fmtk("tune", "--resume", "nowhere", cwd=tmp_path), "--resume nowhere: no such folder"
     )
+    assert_one_line_error(
+        fmtk(*search, "--study-dir", "run/config.json", cwd=tmp_path), "--study-dir run/config.json is a file"
+    )
     neither = fmtk("tune", "--trials", "2", cwd=tmp_path)
     assert neither.returncode == 2 and "give a RECIPE to start a study" in neither.stderr
     assert_one_line_error(fmtk("tune", "digits_mlp", "--resume", "run", cwd=tmp_path),
@@ -290,6 +295,56 @@ def test_a_study_folder_is_new_or_resumed_never_mixed(tmp_path: Path) -> None:
         **before,
         "run/config.json": tree_snapshot(tmp_path)["run/config.json"],
     }
+
+
+@pytest.fixture(scope="module")
+def one_trial_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import fmtk as toolkit
+
+    study = tmp_path_factory.mktemp("study") / "study"
+    toolkit.tune("digits_mlp", trials=1, space={"lr": "loguniform:0.01:0.5"}, epochs=1, study_dir=study,
+                 device="cpu", quiet=True)  # fmt: skip
+    return study
+
+
+def test_a_study_whose_database_is_gone_or_foreign_is_one_line_and_kept(
+    one_trial_study: Path, tmp_path: Path
+) -> None:
+    def foreign(path: Path) -> None:  # another program's SQLite database
+        path.unlink()
+        with sqlite3.connect(path) as database:
+            database.execute("create table photos (name text)")
+
+    junk = "not an fmtk study's database (file is not a database)"
+    breakages = {
+        "missing": (Path.unlink, "study.db: missing; the study's trials are kept in it"),
+        "empty": (lambda path: path.write_bytes(b""), "study.db: empty"),
+        "junk": (lambda path: path.write_text("junk"), junk),
+        "foreign": (foreign, "not an fmtk study's database (it holds no study)"),
+    }
+    for name, (breaking, fragment) in breakages.items():
+        study = shutil.copytree(one_trial_study, tmp_path / name)
+        breaking(study / "study.db")
+        before = tree_snapshot(study)
+        assert_one_line_error(fmtk("tune", "--resume", name, "--trials", "2", cwd=tmp_path), fragment)
+        assert tree_snapshot(study) == before, name
+
+
+def test_a_resumed_study_whose_new_trials_all_fail_stops_and_says_how_to_go_on(
+    one_trial_study: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(one_trial_study, tmp_path / "study")
+    result = fmtk("tune", "--resume", "study", "--trials", "6", "--handler", "nosuch:fn", cwd=tmp_path)
+    assert_one_line_error(
+        result,
+        "the 3 trials this command started failed, the last with: --handler nosuch:fn: cannot import nosuch",
+        "go on with: fmtk tune --resume study --trials 9",  # 6 asked; 3 failed ones are ended trials
+    )
+    assert result.stdout.count("failed: --handler nosuch:fn") == 3 and "trial 4" not in result.stdout
+    again = fmtk("tune", "--resume", "study", "--trials", "3", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "the study has 4 ended trials, as many as --trials 3 asks: none was run" in again.stdout
+    assert "4 trials: 1 complete, 0 pruned, 3 failed" in again.stdout
 
 
 def test_without_optuna_the_command_says_what_to_install(

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -106,9 +107,13 @@ def tune_study(
         tracker = _study_tracker(folder, request, echo)
         try:
             _settle_interrupted_trials(study, folder, request, run, echo)
+            if resume is not None and (ended := _ended(study)) >= request.trials:
+                echo(f"the study has {ended} ended trials, as many as --trials {request.trials} asks: "
+                     "none was run (a larger --trials goes on)")  # fmt: skip
+            first_new = len(study.trials)
             while (ended := _ended(study)) < request.trials:
                 _run_new_trial(study, folder, request, run, ended, echo)
-                _check_not_all_failed(study, request)
+                _check_not_all_failed(study, folder, request, first_new)
         except (KeyboardInterrupt, Interrupted):
             if tracker is not None:
                 tracker.end("KILLED")
@@ -137,6 +142,8 @@ def _study_tracker(folder: Path, request: StudyRequest, echo: Callable[[str], No
 
 def _check_new_study_dir(study_dir: Path | None, request: StudyRequest) -> None:
     """``--study-dir`` must be new or empty; one holding a study says which, and how to go on."""
+    if study_dir is not None and Path(study_dir).exists() and not Path(study_dir).is_dir():
+        raise FmtkError(f"--study-dir {study_dir} is a file; give a new folder (nothing was changed)")
     if study_dir is None or not Path(study_dir).is_dir() or not any(Path(study_dir).iterdir()):
         return
     if (Path(study_dir) / STUDY_JSON).is_file():
@@ -215,7 +222,25 @@ def _open_study(folder: Path, request: StudyRequest, create: bool) -> optuna.Stu
         for values in request.tries:
             study.enqueue_trial(values)
         return study
+    _check_database(Path(folder) / STUDY_DB)
     return optuna.load_study(study_name=STUDY_NAME, storage=storage, pruner=request.pruning.pruner())
+
+
+def _check_database(database: Path) -> None:
+    """study.db holds the study, read without writing: Optuna would make a missing or empty file a
+    new database and add its tables to another program's."""
+    if not database.is_file() or database.stat().st_size == 0:
+        raise FmtkError(f"{database}: {'missing' if not database.exists() else 'empty'}; the study's "
+                        "trials are kept in it, and it cannot go on without them")  # fmt: skip
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            found = db.execute("SELECT 1 FROM studies WHERE study_name = ?", (STUDY_NAME,)).fetchone()
+    except sqlite3.DatabaseError as error:  # "file is not a database", "no such table: studies", …
+        if "no such table" not in str(error):
+            raise FmtkError(f"{database}: not an fmtk study's database ({error})") from None
+        found = None
+    if found is None:
+        raise FmtkError(f"{database}: not an fmtk study's database (it holds no study)")
 
 
 def _storage(folder: Path) -> str:
@@ -310,12 +335,21 @@ def _train_trial(
     echo(f"trial {number}: best {column} {best:.4f} (best so far: trial {leader.number}, {leader.value:.4f})")
 
 
-def _check_not_all_failed(study: optuna.Study, request: StudyRequest) -> None:
+def _check_not_all_failed(study: optuna.Study, folder: Path, request: StudyRequest, first_new: int) -> None:
+    """The first trials this command started (up to :data:`FAILURES_TO_STOP`) all failing means
+    the setup is wrong (data, device), not the values: the study stops with the error."""
     trials = study.get_trials(deepcopy=False)
-    first = trials[: min(FAILURES_TO_STOP, request.trials)]
-    if len(first) == min(FAILURES_TO_STOP, request.trials) and all(t.state == TrialState.FAIL for t in first):
-        error = first[-1].user_attrs.get("error", "see above")
-        raise FmtkError(f"the first {len(first)} trials failed, the last with: {error}")
+    started, wanted = trials[first_new:], min(FAILURES_TO_STOP, request.trials - first_new)
+    if len(started) != wanted or not all(trial.state == TrialState.FAIL for trial in started[:wanted]):
+        return
+    error = started[-1].user_attrs.get("error", "see above")
+    if first_new == 0:
+        raise FmtkError(f"the first {wanted} trials failed, the last with: {error}")
+    # The failed trials stay in study.db (Optuna keeps every trial) and count as ended.
+    raise FmtkError(
+        f"the {wanted} trials this command started failed, the last with: {error}; once that is fixed, "
+        f"go on with: fmtk tune --resume {folder} --trials {request.trials + wanted}"
+    )
 
 
 @contextlib.contextmanager
