@@ -229,9 +229,12 @@ def golden(config: str) -> dict[str, str]:
         (["empty"], {"empty/notes.txt": "no recipes"}, ["empty: a folder without recipe files (*.py)"]),
         (["mine.py", "--record", "a", "--against", "b"], {}, ["give one of them"]),
         (["mine.py", "--keep", "kept"], {"kept/mine-default/x": ""}, ["kept/mine-default exists"]),
+        (["mine.py", "--junit", "no/such/report.xml"], {}, ["--junit no/such/report.xml: no folder no/such"]),
+        (["mine.py", "--data-dir", "."], {"mine.py": ("check=Check(", 'check=Check(data="photos", ')},
+         ["mine (default): its data 'photos' is not a folder under . (give --data-dir)"]),
     ],
     ids=["unknown_figure", "bad_comparison", "bad_settings", "other_recipe_golden", "old_golden",
-         "no_golden", "no_recipes", "record_and_against", "kept_exists"],
+         "no_golden", "no_recipes", "record_and_against", "kept_exists", "junit_nowhere", "no_data"],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_trains_nothing(
     tmp_path: Path, run_in, args: list[str], files: dict[str, object], fragments: list[str]
@@ -253,6 +256,16 @@ def test_bad_input_is_one_line_and_trains_nothing(
     assert {
         name: stamp for name, stamp in tree_snapshot(tmp_path).items() if not name.startswith("tmp")
     } == before
+
+
+def test_a_check_whose_run_fails_before_it_begins_fails_and_leaves_no_folder(tmp_path: Path, run_in) -> None:
+    images = (Path(__file__).parents[1] / "recipes" / "images.py").read_text()
+    assert 'data="catdog"' in images
+    (tmp_path / "images.py").write_text(images.replace('data="catdog"', 'data="photos"'))
+    (tmp_path / "data" / "photos").mkdir(parents=True)  # no class folder in it
+    result = run_in("check", "images.py", "--data-dir", "data")
+    assert result.returncode == 1 and "data/photos: no class folder in it" in result.stdout
+    assert "run folder" not in result.stdout and list((tmp_path / "tmp").glob("fmtk-check-*")) == []
 
 
 def test_a_check_states_what_it_expects() -> None:

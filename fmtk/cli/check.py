@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fmtk.cli.group import cli, data_dir_option
+from fmtk.cli.group import check_output_place, cli, data_dir_option
 from fmtk.errors import FmtkError
 
 
@@ -52,7 +52,11 @@ def check_command(
         "the checks go on to their end without printing; the exit code says whether they passed"
     )
 
-    planned = plan_checks(recipes_named(targets), keep=keep, record_to=record_to, against=against)
+    if junit is not None:
+        check_output_place("--junit", junit)
+    planned = plan_checks(
+        recipes_named(targets), keep=keep, record_to=record_to, against=against, data_dir=data_dir
+    )
     results = []
     for recipe, one, where in planned:
         if not as_json:

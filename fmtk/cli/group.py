@@ -8,6 +8,7 @@ seconds to import, and ``fmtk --help``, ``--version`` and ``fmtk runs`` need nei
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -196,3 +197,16 @@ def check_run_folder(command: str, run_dir: Path) -> None:
         raise FmtkError(f"fmtk {command} {run_dir}: no such run folder")
     if not (run_dir / CONFIG).is_file():
         raise FmtkError(f"fmtk {command} {run_dir}: not a run folder (it has no {CONFIG})")
+
+
+def check_output_place(option: str, path: Path) -> None:
+    """The file an option names can be written once the work is done: its folder exists and is
+    writable, and it is not a folder itself (refused before anything trains, not after)."""
+    if path.is_dir():
+        raise FmtkError(f"{option} {path}: a folder; give a file name")
+    if not path.parent.is_dir():
+        raise FmtkError(f"{option} {path}: no folder {path.parent}")
+    if not os.access(path.parent, os.W_OK):
+        raise FmtkError(f"{option} {path}: cannot write it (the folder {path.parent} is not writable)")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise FmtkError(f"{option} {path}: cannot write it (the file is not writable)")

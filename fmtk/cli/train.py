@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import click
 
 from fmtk.cli.group import (
+    check_output_place,
     check_run_folder,
     cli,
     data_dir_option,
@@ -177,10 +177,7 @@ def lr_find(
     out = out or Path(f"{recipe.name}_lr_find.png")
     if out.exists():
         raise FmtkError(f"{out} exists; choose another --out (nothing was overwritten)")
-    if not out.parent.is_dir():
-        raise FmtkError(f"--out {out}: no folder {out.parent}")
-    if not os.access(out.parent, os.W_OK):  # refused before training, not after
-        raise FmtkError(f"--out {out}: cannot write it (the folder {out.parent} is not writable)")
+    check_output_place("--out", out)
     with photo_bars(progress_by_default()):  # a photo folder is decoded whole first
         finding = find_lr(recipe, data_root(data_dir), resolve_device(device), steps, start_lr, end_lr)
     title = f"{recipe.name}{f' --preset {preset}' if preset else ''}: LR finder, {finding.steps} steps"

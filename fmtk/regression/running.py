@@ -200,6 +200,8 @@ def run_check(
     except Exception as error:  # noqa: BLE001 - a user's recipe may raise anything: the check fails
         result.error = one_line(error) or f"{type(error).__name__}: {error}"
     result.seconds = time.perf_counter() - started
+    if folder.is_dir() and not any(folder.iterdir()):  # the run failed before it began: nothing in it
+        folder.rmdir()
     figures = figures_of(folder) if folder.is_dir() else {}
     for expectation in check.expectations():
         got = figures.get(expectation.figure)
@@ -230,10 +232,12 @@ def plan_checks(
     keep: Path | str | None = None,
     record_to: Path | str | None = None,
     against: Path | str | None = None,
+    data_dir: Path | str | None = None,
 ) -> list[tuple[Recipe, Check, dict[str, Path | None]]]:
     """Every check of ``recipes`` (only the one labelled ``name``, when given) with the places it
     uses (``keep``, ``golden``, ``record_to``: ``<DIR>/<recipe>-<check>``), each prepared
-    (:func:`prepare_check`): every mistake is one line before anything trains."""
+    (:func:`prepare_check`) and its ``data`` folder found under ``data_dir``'s root: every mistake
+    is one line before anything trains."""
     if record_to is not None and against is not None:
         raise FmtkError("--record keeps new golden runs, --against compares with kept ones: give one of them")
     planned = []
@@ -248,6 +252,9 @@ def plan_checks(
                 "record_to": None if record_to is None else Path(record_to) / folder,
             }
             prepare_check(recipe, one, **where)
+            if one.data and not (data_root(data_dir) / one.data).is_dir():
+                raise FmtkError(f"{recipe.name} ({one.label}): its data {one.data!r} is not a folder "
+                                f"under {data_root(data_dir)} (give --data-dir)")  # fmt: skip
             planned.append((recipe, one, where))
     if not planned:
         names = ", ".join(recipe.name for recipe in recipes)
@@ -279,7 +286,9 @@ def check(
         assert result.passed, result.failures()
     """
     recipe = load_recipe(str(recipe)) if not isinstance(recipe, Recipe) else recipe
-    planned = plan_checks([recipe], name=name, keep=keep, record_to=record_to, against=against)
+    planned = plan_checks(
+        [recipe], name=name, keep=keep, record_to=record_to, against=against, data_dir=data_dir
+    )
     return [
         run_check(recipe, one, device, data_dir, tolerance=tolerance, **where)
         for recipe, one, where in planned
