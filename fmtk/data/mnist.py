@@ -108,12 +108,15 @@ def load_mnist_like(
     training images by default) and the test set."""
     files = find_mnist_files(Path(data_dir), name)
     arrays = {key: read_idx(path) for key, path in files.items()}
+    for key, array in arrays.items():
+        if array.ndim != (3 if key.endswith("images") else 1):  # e.g. a labels file in the images' place
+            what = "images (count, rows, columns)" if key.endswith("images") else "labels (count)"
+            raise FmtkError(f"{files[key]}: not an IDX file of {what}: its shape is {array.shape}")
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise FmtkError(
-                f"{files[split + '_images']}: {images.shape} images do not match {labels.shape} labels"
-            )
+        if len(images) != len(labels):
+            raise FmtkError(f"{files[split + '_images']}: {len(images)} images, but "
+                            f"{files[split + '_labels']} has {len(labels)} labels")  # fmt: skip
 
     def tensors(split: str, index: np.ndarray | slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.from_numpy(arrays[f"{split}_images"][index].copy()).unsqueeze(1)

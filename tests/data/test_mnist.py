@@ -70,6 +70,23 @@ def test_load_mnist_like_names_missing_files(mnist_root: Path) -> None:
         load_mnist_like(mnist_root, "MNIST", batch_size=64, device=CPU, seed=0)
 
 
+def test_load_mnist_like_names_a_file_in_another_s_place_and_a_count_mismatch(tmp_path: Path) -> None:
+    raw = make_mnist_like(tmp_path) / "MNIST" / "raw"
+    images, labels = raw / "t10k-images-idx3-ubyte.gz", raw / "t10k-labels-idx1-ubyte.gz"
+    kept = images.read_bytes()
+    images.write_bytes(labels.read_bytes())  # the labels copied over the images
+    wrong = (
+        r"images-idx3-ubyte.gz: not an IDX file of images \(count, rows, columns\): its shape is \(200,\)$"
+    )
+    with pytest.raises(FmtkError, match=wrong):
+        load_mnist_like(tmp_path, "MNIST", batch_size=64, device=CPU, seed=0)
+    images.write_bytes(kept)
+    write_idx(labels.with_suffix(""), np.zeros(150, np.uint8))  # 150 labels for 200 images
+    mismatch = r"t10k-images-idx3-ubyte.gz: 200 images, but .*t10k-labels-idx1-ubyte.gz has 150 labels$"
+    with pytest.raises(FmtkError, match=mismatch):
+        load_mnist_like(tmp_path, "MNIST", batch_size=64, device=CPU, seed=0)
+
+
 def test_digits_splits() -> None:
     splits = load_digits_splits(batch_size=32, device=CPU, seed=0)
     sizes = [len(split.labels) for split in (splits.train, splits.valid, splits.test)]
