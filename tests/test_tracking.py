@@ -293,6 +293,23 @@ def test_a_tracking_server_that_cannot_be_reached_is_one_line_before_anything_tr
         result, "track=mlflow: the tracking server nonsense://x is not a tracking URI MLflow"
     )
     assert not (workspace / "unreached").exists()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (workspace / "mlruns").as_uri())  # MLflow's old file store
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    result = fmtk_here("run", "digits_mlp", "--output-dir", "unreached", "--track", "mlflow", cwd=workspace)
+    assert_one_line_error(
+        result,
+        "is a folder (MLflow's file store), which MLflow refuses now",
+        "or set MLFLOW_ALLOW_FILE_STORE=true",
+    )
+    assert not (workspace / "unreached").exists()
+
+
+def test_a_long_tracker_message_is_cut_after_a_whole_sentence() -> None:
+    from fmtk.training.tracking import _failure
+
+    sentence = "The server said no. " + "x" * 290 + ". Then more."
+    assert _failure(RuntimeError(sentence)) == "failed: The server said no. …"
+    assert _failure(RuntimeError("y" * 400)) == "failed: " + "y" * 300 + " …"
 
 
 def test_the_git_commit_of_a_recipe_file_in_a_repository_is_a_tag(tmp_path: Path) -> None:

@@ -505,5 +505,11 @@ def _failure(error: BaseException) -> str:
         return "is not a tracking URI MLflow knows (http://, https://, sqlite:///, postgresql://, …)"
     if "timed out" in text.lower():
         return "does not answer (timed out)"
+    if "MLFLOW_ALLOW_FILE_STORE" in text:  # MLflow 3 refuses ./mlruns-style folders unless told
+        return ("is a folder (MLflow's file store), which MLflow refuses now: use a database, e.g. "
+                "sqlite:///mlflow.db (`mlflow migrate-filestore` moves old runs into one), or set "
+                "MLFLOW_ALLOW_FILE_STORE=true")  # fmt: skip
     first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    return f"failed: {first[:200]}"
+    if len(first) > 300:  # whole sentences, not a cut one
+        first = first[: first.rfind(". ", 0, 300) + 1 or 300] + " …"
+    return f"failed: {first}"
