@@ -163,13 +163,17 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     or an unreadable file."""
     path = run_dir if run_dir.is_file() else run_dir / CONFIG
     if not path.is_file() and not run_dir.is_dir():
-        raise FmtkError(f"{run_dir}: no such run folder")
+        raise FmtkError(f"{run_dir}: {'no such file' if run_dir.suffix == '.json' else 'no such run folder'}")
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError) as error:
+        if path.name != CONFIG and isinstance(error, ValueError):  # a file given for a config.json
+            raise FmtkError(f"{path}: not a config.json (not JSON: {error})") from None
         raise FmtkError(f"{path.parent}: cannot read {path.name} ({error})") from None
     if not isinstance(config, dict):
         raise FmtkError(f"{path}: not an fmtk config (a JSON object)")
+    if path.name != CONFIG and "name" not in config:  # e.g. a run's metrics.json given for its config
+        raise FmtkError(f"{path}: not a config.json (it names no recipe)")
     return config
 
 

@@ -354,6 +354,14 @@ def test_config_trains_the_same_recipe_again_to_the_same_figures(tmp_path: Path)
     assert neither.returncode == 2  # a missing argument: a usage error
     assert_one_line_error(neither, "fmtk run: give a RECIPE or --config CONFIG_JSON to start a run")
     assert "[RECIPE]" in fmtk("run", "--help").stdout.splitlines()[0]
+    before = tree_snapshot(tmp_path)
+    for given, fragment in [
+        ("nosuch.json", "nosuch.json: no such file"),
+        ("a/metrics.csv", "a/metrics.csv: not a config.json (not JSON: Expecting value"),
+        ("a/metrics.json", "a/metrics.json: not a config.json (it names no recipe)"),
+    ]:
+        assert_one_line_error(fmtk("run", "--config", given, cwd=tmp_path), fragment)
+    assert tree_snapshot(tmp_path) == before
 
 
 def test_runs_lists_the_runs_under_a_folder(tmp_path: Path) -> None:
