@@ -360,6 +360,7 @@ def lines_picture(
     y_label: str,
     reference: tuple[float, str] | None = None,
     dots: Collection[str] = (),
+    lines_only: Collection[str] = (),
     legend_at_top: bool = False,
     y_limits: tuple[float, float] | None = None,
     clipped_name: str = "outside the axis (at its edge)",
@@ -370,13 +371,14 @@ def lines_picture(
     """Named lines ``{name: (xs, ys)}`` on linear axes, a dot at each point (a y that is not finite,
     a diverged loss, is a gap in its line), a legend, and a grey horizontal line at ``reference``
     ``(y, label)`` when given (e.g. accuracy against time); the names in ``dots`` are drawn as dots
-    only, unjoined, over the lines. The legend sits in the first corner of the plot where it hides no
-    line, point or label: bottom right (where rising curves leave room), top right, bottom left, top
-    left, the top ones first with ``legend_at_top`` (falling curves); under the plot when every
-    corner is taken. Values outside ``y_limits`` (low, high) are drawn at its edge as hollow
-    triangles pointing out, named ``clipped_name`` in the legend, so that one outlier does not
-    flatten the rest. A line's colour is its place's among :data:`LINE_COLOURS`, or its name's in
-    ``colours``. The x axis runs from 0 to the largest x, or to ``x_end`` when given.
+    only, unjoined, over the lines; those in ``lines_only`` without a dot at each point. The legend
+    sits in the first corner of the plot where it hides no line, point or label: bottom right (where
+    rising curves leave room), top right, bottom left, top left, the top ones first with
+    ``legend_at_top`` (falling curves); under the plot when every corner is taken. Values outside
+    ``y_limits`` (low, high) are drawn at its edge as hollow triangles pointing out, named
+    ``clipped_name`` in the legend, so that one outlier does not flatten the rest. A line's colour is
+    its place's among :data:`LINE_COLOURS`, or its name's in ``colours``. The x axis runs from 0 to
+    the largest x, or to ``x_end`` when given.
     ``legend=False``: none (another panel has it)."""
     width, height, left, right, top, bottom = 720, 440, 60, 20, HEADING_HEIGHT + 24, 40
     picture = Image.new("RGB", (width, height), "white")
@@ -426,7 +428,7 @@ def lines_picture(
             if finite and len(joined) > 1 and name not in dots:  # a value that is not finite: a gap
                 draw.line(joined, fill=colour, width=2)
         for point, side in zip(points, outside[name], strict=True):
-            if point is not None:
+            if point is not None and name not in lines_only:
                 _draw_point(draw, *point, colour, side)
     font.draw(draw, (width // 2 - 40, height - 18), x_label, "black")
     if not legend:

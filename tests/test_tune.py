@@ -428,3 +428,34 @@ def test_tune_png_draws_each_trial_over_the_best_so_far(monkeypatch: pytest.Monk
     assert len(trials) >= 4  # the 4 trials (and the legend's sign)
     for x0, y0, x1, y1 in trials[:4]:
         assert picture.getpixel(((x0 + x1) // 2, (y0 + y1) // 2)) == LINE_COLOURS[0]
+
+
+def test_tune_png_names_failed_trials_and_keeps_one_colour_per_meaning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from PIL import ImageDraw
+
+    from fmtk.pictures import LINE_COLOURS
+    from fmtk.tuning.report import search_picture
+
+    texts, marks = [], []  # what is written; the colour of each dot or triangle
+
+    def recording(method: str, seen) -> None:
+        real = getattr(ImageDraw.ImageDraw, method)
+        monkeypatch.setattr(
+            ImageDraw.ImageDraw, method, lambda self, xy, *a, **k: seen(a, k) or real(self, xy, *a, **k)
+        )
+
+    recording("text", lambda args, options: texts.append(args[0]))
+    recording("ellipse", lambda args, options: marks.append(options.get("fill")))
+    recording("polygon", lambda args, options: marks.append(options.get("outline")))
+    values = [0.5, 0.7, None, None, 0.8]  # trials 2 and 3 failed
+    rows = [
+        {"trial": n, "state": "fail" if value is None else "complete", "value": value, "lr": 0.1}
+        for n, value in enumerate(values)
+    ]
+    picture = search_picture(rows, "valid_accuracy", "fmtk tune t", False)
+    assert "fmtk tune t; 2 failed trials (no value, not drawn)" in texts
+    # the best so far is a line (green, as in a study with pruned trials), with no mark at any trial
+    assert LINE_COLOURS[2] in {colour for _, colour in picture.getcolors(1 << 16)}
+    assert LINE_COLOURS[2] not in marks and marks.count(LINE_COLOURS[0]) == 3 + 1  # 3 trials, the legend's

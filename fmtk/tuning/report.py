@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from fmtk.errors import FmtkError
-from fmtk.pictures import lines_picture, scatter_picture, sheet_of
+from fmtk.pictures import LINE_COLOURS, lines_picture, scatter_picture, sheet_of
 from fmtk.recipe import watched_metric
 from fmtk.runfolder import CONFIG, read_config, read_results, write_json
 
@@ -179,14 +179,21 @@ def search_picture(
     trials, pruned_trials, best_so_far = "completed trial", "pruned (when it stopped)", "best so far"
     lines = {trials: _columns(completed), pruned_trials: _columns(pruned), best_so_far: _columns(best)}
     lines = {name: line for name, line in lines.items() if line[0]}
+    # One colour for one meaning in every study's picture, whichever kinds of trial it has.
+    colours = dict(zip((trials, pruned_trials, best_so_far), LINE_COLOURS, strict=False))
+    failed = sum(row["state"] == "fail" for row in rows)
+    if failed:
+        title += f"; {failed} failed trial{'s' if failed > 1 else ''} (no value, not drawn)"
     values = sorted(value for _, value in completed + pruned)
     middle = values[(len(values) - 1) // 2] if not minimise else values[len(values) // 2]
     limits = (middle, values[-1]) if not minimise else (values[0], middle)
     if len(values) < 4 or limits[0] == limits[1]:
         limits = None
     edge = f"worse than {limits[0] if not minimise else limits[1]:.4g} (at the edge)" if limits else ""
+    # The best so far is a line without points: a point at a failed trial would read as its value.
     picture = lines_picture(lines, title, "trial", metric, dots=(trials, pruned_trials),
-                            legend_at_top=minimise, y_limits=limits, clipped_name=edge)  # fmt: skip
+                            lines_only=(best_so_far,), legend_at_top=minimise, y_limits=limits,
+                            clipped_name=edge, colours=colours)  # fmt: skip
     drawn = [row for row in rows if row["value"] is not None and row["state"] in ("complete", "pruned")]
     panels = [
         scatter_picture(
