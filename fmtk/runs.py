@@ -78,6 +78,10 @@ def read_run(run_dir: Path, root: Path, whole_path: bool = False) -> dict[str, A
         row["preset"] = _text(config.get("preset"))
         changed = config.get("changed")
         row["changed"] = changed if isinstance(changed, dict) else None
+        if row["changed"] is not None:  # a trial of fmtk tune: its searched values, also a recipe's own
+            values = {key: _recipe_value(config, key) for key in _searched_keys(run_dir.parent)}
+            row["changed"] = {**{key: value for key, value in values.items() if value is not None},
+                              **row["changed"]}  # fmt: skip
         row["epochs_max"] = _integer(config.get("epochs"))
         row["started"] = _started(config.get("started"), run_dir.name)
         versions = config.get("versions") if isinstance(config.get("versions"), dict) else {}
@@ -201,6 +205,25 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(item) for item in value]
     return value
+
+
+def _searched_keys(folder: Path) -> list[str]:
+    """The keys an fmtk tune study in ``folder`` searches (its study.json's space), else none."""
+    try:
+        space = json.loads((folder / "study.json").read_text()).get("space")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [key for key in space if isinstance(key, str)] if isinstance(space, dict) else []
+
+
+def _recipe_value(config: dict[str, Any], key: str) -> Any:
+    """A recipe's value in its config.json: a field (``lr``), an option (``hidden``) or one argument
+    of a dict field (``optimizer_args.momentum``); None when it has none."""
+    name, _, argument = key.partition(".")
+    for values, wanted in ((config, key), (config.get("options"), key), (config.get(name), argument)):
+        if isinstance(values, dict) and wanted in values:
+            return values[wanted]
+    return None
 
 
 def format_changed(changed: dict[str, Any] | None) -> str:

@@ -160,6 +160,21 @@ def test_changed_values_read_as_set_takes_them(changed: dict[str, Any] | None, s
     assert format_changed(changed) == shown
 
 
+def test_a_study_s_trials_show_their_searched_values_also_those_equal_to_the_recipe_s(tmp_path: Path) -> None:
+    space = {"lr": "loguniform:0.001:0.1", "hidden": "choice:32,64", "optimizer_args.momentum": "uniform:0:1"}
+    trial = make_run(tmp_path, "study/trial_000", [0.5], changed={"epochs": 3})  # lr 0.01: the recipe's
+    write_json(tmp_path / "study" / "study.json", {"recipe": "digits_mlp", "space": space})
+    config = json.loads((trial / CONFIG).read_text())
+    write_json(trial / CONFIG, {**config, "options": {"hidden": 64}, "optimizer_args": {"momentum": 0.9}})
+    make_run(tmp_path, "other/20260101-100000", [0.5], changed={"epochs": 3})  # not a trial: as it is
+    rows = by_run(list_runs(tmp_path))
+    assert (
+        format_changed(rows["study/trial_000"]["changed"])
+        == "lr=0.01 hidden=64 optimizer_args.momentum=0.9 epochs=3"
+    )
+    assert rows["other/20260101-100000"]["changed"] == {"epochs": 3}
+
+
 def test_preset_and_changed_from_config_json(tmp_path: Path) -> None:
     make_run(tmp_path, "a/old", [0.5])  # before config.json held them: unknown
     make_run(tmp_path, "b/plain", [0.5], changed={}, preset=None)
