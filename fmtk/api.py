@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,8 @@ def fit(
     given = {"preset": preset} if preset is not None else {}
     shown = f"Recipe(name={recipe.name!r}, ...)" if isinstance(recipe, Recipe) else repr(str(recipe))
     arguments = ", ".join([shown, *(f"{k}={v!r}" for k, v in {**given, **overrides}.items())])
-    recipe = resolve_recipe(recipe, preset, overrides)
+    with _as_keywords():
+        recipe, device = resolve_recipe(recipe, preset, overrides), resolve_device(device)
     attachers = [resolve_handler(handler) for handler in handlers]
     if speed is not None and not isinstance(speed, SpeedOptions):
         raise FmtkError(f"speed={speed!r}: expected a fmtk.SpeedOptions, e.g. SpeedOptions(precision='bf16')")
@@ -118,6 +120,17 @@ def fit(
     if not quiet:
         print(f"run folder: {folder}")
     return Result(folder, list(run.history), results["test"], run.model, "best", results, run)
+
+
+@contextlib.contextmanager
+def _as_keywords() -> Iterator[None]:
+    """A value given as a keyword is named as one in its error (``lr=abc``, ``device=cdu``), not as
+    the command line's ``--set lr=abc`` or ``--device cdu`` that the shared checks say."""
+    try:
+        yield
+    except FmtkError as error:
+        text = re.sub(r"--set (\S+?=)", r"\1", str(error))
+        raise FmtkError(re.sub(r"--device (\S+?)(:|\b)", r"device=\1\2", text)) from None
 
 
 @contextlib.contextmanager
@@ -165,14 +178,16 @@ def evaluate(
         lists the ``unreadable`` photos, the ``wrong`` ones with the highest loss, the ``near_copies``
         of the run's training photos and the ``accuracy_without_near_copies``.
     """
+    with _as_keywords():
+        device = resolve_device(device)
     if folder is not None:
         if data_dir is not None:
             raise FmtkError(
                 "evaluate: give folder (a labelled photo folder, all of it) or data_dir, not both"
             )
-        return evaluate_folder(Path(run_dir), Path(folder), checkpoint, resolve_device(device), recipe)[1]
+        return evaluate_folder(Path(run_dir), Path(folder), checkpoint, device, recipe)[1]
     data_dir = data_root(data_dir, Path(run_dir))  # by default the run's own, else $FMTK_DATA, else ./data
-    return evaluate_run(Path(run_dir), checkpoint, split, data_dir, resolve_device(device), recipe)[2]
+    return evaluate_run(Path(run_dir), checkpoint, split, data_dir, device, recipe)[2]
 
 
 def predict(
@@ -199,6 +214,8 @@ def predict(
         Per image, in order, ``{"file", "predictions": [{"class", "probability"}, ...]}``, or
         ``{"file", "error"}`` for one that cannot be read.
     """
+    with _as_keywords():
+        device = resolve_device(device)
     return list(predictions(run_dir, images, recipe=recipe, checkpoint=checkpoint, top=top, device=device))
 
 

@@ -169,11 +169,15 @@ def test_the_progress_bar_shows_in_jupyter(monkeypatch: pytest.MonkeyPatch) -> N
     [
         ({"handlers": [42]}, "handlers: 42 is neither a function of the run nor 'module:function'"),
         ({"speed": "fast"}, "speed='fast': expected a fmtk.SpeedOptions"),
+        # as keywords, not as the command line's --set and --device
+        ({"lr": "abc"}, "^lr=abc: expected float$"),
+        ({"device": "cdu"}, "^device=cdu: not a device; use auto, cpu, cuda or cuda:N$"),
     ],
 )
 def test_fit_names_a_bad_argument(arguments: dict, message: str, tmp_path: Path) -> None:
+    arguments = {"device": "cpu", **arguments}
     with pytest.raises(toolkit.FmtkError, match=message):
-        toolkit.fit("digits_mlp", output_dir=tmp_path, device="cpu", quiet=True, **arguments)
+        toolkit.fit("digits_mlp", output_dir=tmp_path, quiet=True, **arguments)
     assert not any(tmp_path.iterdir())  # refused before any run folder was made
 
 
