@@ -643,7 +643,9 @@ def runs_curves_picture(histories: dict[str, Sequence[dict[str, float]]], title:
 def save_new_picture(picture: Image.Image, path: Path, option: str = "--out") -> None:
     """``picture`` as a new PNG file at ``path``: an existing file is never overwritten, and a picture
     that could not be written whole (a full disk) is removed; each is one line (the first names the
-    ``option`` that chose the file)."""
+    ``option`` that chose the file); so is a name that does not end in .png."""
+    if path.suffix.lower() != ".png":
+        raise FmtkError(f"{option} {path}: a picture is a PNG file; give a name ending in .png")
     created = False
     try:
         with path.open("xb") as file:

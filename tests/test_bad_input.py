@@ -256,6 +256,8 @@ CASES = [
      ["--epochs 1 and --set epochs=1.5 both set epochs; give one"]),
     ("--run-dir a file", {"afile": "kept"}, ["run", "digits_mlp", "--run-dir", "afile"],
      ["--run-dir afile is a file; give a new folder"]),
+    ("lr-find --out not a PNG", {}, ["lr-find", "digits_mlp", "--out", "lr.txt"],
+     ["--out lr.txt: give a name ending in .png"]),
 ]  # fmt: skip
 
 

@@ -79,6 +79,10 @@ def test_a_photo_folder_trains_with_its_class_names_and_predict_answers_with_the
     assert predicted.returncode == 0, predicted.stderr
     photo, _, answer = predicted.stdout.strip().partition(": ")
     assert photo.endswith("bees3.png") and set(answer.split()[::2]) == {"ants", "bees", "wasps"}
+    assert predicted.stderr == ""
+    more = fmtk("predict", str(run_dir), str(photos / "bees"), "--top", "5")  # of 3 classes
+    assert more.returncode == 0 and more.stdout.count("wasps") == len(list((photos / "bees").iterdir()))
+    assert more.stderr == "--top 5: the model has 3 classes; each image shows all 3\n"
     evaluated = fmtk("evaluate", str(run_dir))  # the run's own photo folder, from config.json
     assert evaluated.returncode == 0 and "wasps" in evaluated.stdout, evaluated.stderr
 

@@ -438,6 +438,9 @@ def test_curves_take_the_first_ten_runs_and_never_overwrite(tmp_path: Path) -> N
     empty = fmtk("runs", "nothing_here", "--curves", "none.png", cwd=tmp_path / "digits_mlp")
     assert empty.returncode == 1 and "no such folder" in empty.stderr
     assert not (tmp_path / "digits_mlp" / "none.png").exists()
+    text = fmtk("runs", ".", "--curves", "curves.txt", cwd=tmp_path)
+    assert text.stderr == "Error: --curves curves.txt: a picture is a PNG file; give a name ending in .png\n"
+    assert not (tmp_path / "curves.txt").exists()
 
 
 def test_curves_leave_out_runs_without_an_epoch_and_name_a_run_given_as_itself(

@@ -199,9 +199,12 @@ def check_run_folder(command: str, run_dir: Path) -> None:
         raise FmtkError(f"fmtk {command} {run_dir}: not a run folder (it has no {CONFIG})")
 
 
-def check_output_place(option: str, path: Path) -> None:
+def check_output_place(option: str, path: Path, suffix: str | None = None) -> None:
     """The file an option names can be written once the work is done: its folder exists and is
-    writable, and it is not a folder itself (refused before anything trains, not after)."""
+    writable, it is not a folder itself, and its name ends in ``suffix`` when given (refused before
+    anything trains, not after)."""
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise FmtkError(f"{option} {path}: give a name ending in {suffix}")
     if path.is_dir():
         raise FmtkError(f"{option} {path}: a folder; give a file name")
     if not path.parent.is_dir():

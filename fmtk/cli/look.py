@@ -272,8 +272,14 @@ def predict(
             )
     else:
         check_run_folder("predict", run_dir)
-    results = []
+    results, told = [], False
     for result in predictions(run_dir, images, checkpoint=checkpoint, top=top, device=device):
+        classes = len(result.get("predictions", []))
+        if 0 < classes < top and not told:  # once: the model has fewer classes than asked for
+            click.echo(
+                f"--top {top}: the model has {classes} classes; each image shows all {classes}", err=True
+            )
+            told = True
         results.append(result)
         if "predictions" in result and not as_json:  # as it comes: a large folder's first at once
             guesses = "  ".join(f"{p['class']} {p['probability']:.3f}" for p in result["predictions"])

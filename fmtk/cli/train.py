@@ -177,7 +177,7 @@ def lr_find(
     out = out or Path(f"{recipe.name}_lr_find.png")
     if out.exists():
         raise FmtkError(f"{out} exists; choose another --out (nothing was overwritten)")
-    check_output_place("--out", out)
+    check_output_place("--out", out, ".png")
     with photo_bars(progress_by_default()):  # a photo folder is decoded whole first
         finding = find_lr(recipe, data_root(data_dir), resolve_device(device), steps, start_lr, end_lr)
     title = f"{recipe.name}{f' --preset {preset}' if preset else ''}: LR finder, {finding.steps} steps"

@@ -123,7 +123,9 @@ def check_keepable(name: str, state: Any, kept: Mapping[str, Any]) -> None:
         raise FmtkError(f"keep({name!r}): the run already keeps a state of that name")
     for method in ("state_dict", "load_state_dict"):
         if not callable(getattr(state, method, None)):
-            raise FmtkError(f"keep({name!r}): a {type(state).__name__} has no {method}() to checkpoint it")
+            kind = type(state).__name__
+            article = "an" if kind[:1].lower() in "aeiou" else "a"
+            raise FmtkError(f"keep({name!r}): {article} {kind} has no {method}() to checkpoint it")
 
 
 class RunSaver(DiskSaver):

@@ -65,7 +65,8 @@ def test_random_state_round_trip(tmp_path: Path) -> None:
     [
         ("my counter", Counter(), "the name must be a Python identifier"),
         ("optimizer", Counter(), "already keeps a state of that name"),
-        ("numbers", [1, 2], "a list has no state_dict()"),
+        ("numbers", [1, 2], r"a list has no state_dict\(\)"),
+        ("thing", object(), r"an object has no state_dict\(\)"),
     ],
 )
 def test_keep_refuses_what_cannot_be_checkpointed(name: str, state: object, message: str) -> None:
