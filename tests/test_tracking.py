@@ -462,6 +462,9 @@ def test_wandb_offline_sigkill_and_resume_log_an_uninterrupted_runs_history(work
         f"tracking: W&B run {ids['wb_killed']} of project fmnist_dnn (offline), after epoch 2"
         in resumed.stdout
     )
+    for name in ("wb_straight", "wb_killed"):  # the run's files, in the W&B run that ended it
+        files = {path.name for path in (workspace / "wb").glob(f"wandb/offline-run-*-{ids[name]}/files/*")}
+        assert {"config.json", "metrics.json", "metrics.csv", "curves.png"} <= files, name
     expected, got = (  # a step's points in any order (W&B merges them into one row)
         sorted(point for point in wandb_history(workspace / "wb", ids[name]) if point[1] != "epoch_seconds")
         for name in ("wb_straight", "wb_killed")

@@ -26,6 +26,7 @@ import logging
 import netrc
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -371,9 +372,11 @@ class WandbTracker(Tracker):
             self.run.summary.update(test_figures(results))
             if results.get("stopped_by"):
                 self.run.summary["stopped_by"] = results["stopped_by"]
+            # Copied into the W&B run's folder, which W&B sends whole at finish (and `wandb sync`
+            # later): run.save links them and warns once a file to save them again when they change.
             for path in [self.run_dir / name for name in files] + sorted(self.run_dir.glob("*.png")):
                 if path.is_file():
-                    self.run.save(str(path), base_path=str(self.run_dir), policy="now")
+                    shutil.copy2(path, Path(self.run.dir) / path.name)
             self.run.finish(exit_code=0)
         except self.errors as error:
             self.lost(error)
