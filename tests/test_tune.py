@@ -345,6 +345,10 @@ def test_a_resumed_study_whose_new_trials_all_fail_stops_and_says_how_to_go_on(
     assert again.returncode == 0, again.stderr
     assert "the study has 4 ended trials, as many as --trials 3 asks: none was run" in again.stdout
     assert "4 trials: 1 complete, 0 pruned, 3 failed" in again.stdout
+    search = ["tune", "digits_mlp", "--trials", "5", "--space", "lr=uniform:0.1:1", "--try", "lr=0.5"]
+    new = fmtk(*search, "--handler", "nosuch:fn", "--study-dir", "new", cwd=tmp_path)
+    assert_one_line_error(new, "the first 3 trials failed, the last with: --handler nosuch:fn")
+    assert not (tmp_path / "new").exists()  # a study that never began
 
 
 def test_without_optuna_the_command_says_what_to_install(

@@ -110,10 +110,10 @@ def tune_study(
             if resume is not None and (ended := _ended(study)) >= request.trials:
                 echo(f"the study has {ended} ended trials, as many as --trials {request.trials} asks: "
                      "none was run (a larger --trials goes on)")  # fmt: skip
-            first_new = len(study.trials)
+            ended_before, new_trials = _ended(study), []
             while (ended := _ended(study)) < request.trials:
-                _run_new_trial(study, folder, request, run, ended, echo)
-                _check_not_all_failed(study, folder, request, first_new)
+                new_trials.append(_run_new_trial(study, folder, request, run, ended, echo))
+                _check_not_all_failed(study, folder, request, ended_before, new_trials)
         except (KeyboardInterrupt, Interrupted):
             if tracker is not None:
                 tracker.end("KILLED")
@@ -257,7 +257,7 @@ def trial_folder(folder: Path, number: int) -> Path:
 
 def _run_new_trial(
     study: optuna.Study, folder: Path, request: StudyRequest, run: RunRequest, ended: int, echo: Callable
-) -> None:
+) -> int:
     space = {key: parse_spec(key, spec) for key, spec in request.space.items()}
     # Seeded per trial, so the draws depend on (seed, number, the trials before), never on how many
     # times this process was started: a resumed study draws what an uninterrupted one would.
@@ -265,6 +265,7 @@ def _run_new_trial(
     trial = study.ask(fixed_distributions=space)
     echo(f"trial {trial.number} ({ended + 1} of {request.trials}): {values_text(trial.params)}")
     _train_trial(study, trial.number, folder, request, run, echo, resume=False)
+    return trial.number
 
 
 def _settle_interrupted_trials(
@@ -335,15 +336,17 @@ def _train_trial(
     echo(f"trial {number}: best {column} {best:.4f} (best so far: trial {leader.number}, {leader.value:.4f})")
 
 
-def _check_not_all_failed(study: optuna.Study, folder: Path, request: StudyRequest, first_new: int) -> None:
-    """The first trials this command started (up to :data:`FAILURES_TO_STOP`) all failing means
+def _check_not_all_failed(
+    study: optuna.Study, folder: Path, request: StudyRequest, ended_before: int, started: list[int]
+) -> None:
+    """The first trials this command ``started`` (up to :data:`FAILURES_TO_STOP`) all failing means
     the setup is wrong (data, device), not the values: the study stops with the error."""
-    trials = study.get_trials(deepcopy=False)
-    started, wanted = trials[first_new:], min(FAILURES_TO_STOP, request.trials - first_new)
-    if len(started) != wanted or not all(trial.state == TrialState.FAIL for trial in started[:wanted]):
+    wanted = min(FAILURES_TO_STOP, request.trials - ended_before)
+    trials = [study.get_trials(deepcopy=False)[number] for number in started[:wanted]]
+    if len(trials) < wanted or not all(trial.state == TrialState.FAIL for trial in trials):
         return
-    error = started[-1].user_attrs.get("error", "see above")
-    if first_new == 0:
+    error = trials[-1].user_attrs.get("error", "see above")
+    if ended_before == 0:
         raise FmtkError(f"the first {wanted} trials failed, the last with: {error}")
     # The failed trials stay in study.db (Optuna keeps every trial) and count as ended.
     raise FmtkError(
