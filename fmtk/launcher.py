@@ -8,9 +8,13 @@ prints through the ``echo`` it is given; the command line turns both into output
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import inspect
 import logging
+import multiprocessing
+import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -202,6 +206,8 @@ def run_process(local_rank: int, request: RunRequest) -> None:
     launcher passes on."""
     logging.getLogger("ignite").addHandler(logging.NullHandler())
     print_any_file_name()
+    if request.error_dir is not None:
+        _end_with_the_launcher()
     try:
         with quiet_ignite():
             _process_run(replace(request, device=process_device(request.device)))
@@ -221,6 +227,20 @@ def run_process(local_rank: int, request: RunRequest) -> None:
         if request.error_dir is None and is_main_process() and request.run_dir is not None:
             print(_interrupted(request.run_dir), file=sys.stderr, flush=True)
         sys.exit(130)
+
+
+def _end_with_the_launcher() -> None:
+    """A spawned process stops as the launcher asks and ends when it ends, however it ends (SIGKILL
+    too): an orphan would train on, unseen, in a folder no longer held, beside a ``--resume`` of it."""
+    # Ctrl-C, or the launcher's SIGTERM passed on, raises KeyboardInterrupt here also when the
+    # launcher started with SIGINT ignored (a background job of a script), which spawn passes on.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    launcher = multiprocessing.parent_process()
+    if launcher is None or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != launcher.pid:  # it ended before this process could ask
+        os._exit(1)
 
 
 def _process_run(request: RunRequest) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -128,7 +130,6 @@ def test_two_gloo_processes_train_resume_and_match_one_process(
 
 
 @pytest.mark.slow  # several processes, each importing torch
-@pytest.mark.slow  # several processes, each importing torch
 def test_two_multi_process_runs_train_side_by_side_on_one_machine(tmp_path: Path) -> None:
     # Each spawned job meets its processes on a port of its own: with a fixed one (Ignite's 2222) the
     # second failed with EADDRINUSE while the first trained.
@@ -163,6 +164,72 @@ def test_two_multi_process_runs_train_side_by_side_on_one_machine(tmp_path: Path
         assert job.returncode == 0, stderr
     first, second = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("first", "second"))
     assert first["processes"] == second["processes"] == 2 and first["test"] == second["test"]
+
+
+STOPPERS = """
+import os
+import signal
+
+import ignite.distributed as idist
+from ignite.engine import Events
+
+
+def stop_the_launcher(run, number):  # each process writes its pid; rank 0 signals the launcher
+    (run.run_dir / f"pid_{idist.get_rank()}").write_text(str(os.getpid()))
+    launcher = os.getppid() if idist.get_world_size() > 1 else os.getpid()
+    if idist.get_rank() == 0:
+        at = len(run.data.train) + 3  # in epoch 2
+        run.trainer.on(Events.ITERATION_COMPLETED(once=at))(lambda _: os.kill(launcher, number))
+
+
+def term(run):
+    stop_the_launcher(run, signal.SIGTERM)
+
+
+def kill(run):
+    stop_the_launcher(run, signal.SIGKILL)
+"""
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie no one reaped has too)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+@pytest.mark.slow  # several processes, each importing torch
+@pytest.mark.parametrize(("processes", "stop"), [(1, "term"), (2, "term"), (2, "kill")])
+def test_a_launcher_stopped_by_sigterm_or_sigkill_leaves_no_process_training(
+    tmp_path: Path, processes: int, stop: str
+) -> None:
+    # As a background job of a script starts it: with SIGINT ignored, which spawn passes on.
+    (tmp_path / "stoppers.py").write_text(STOPPERS)
+    command = [sys.executable, "-m", "fmtk", "run", "digits_mlp", "--epochs", "3", "--device", "cpu",
+               "--nproc-per-node", str(processes), "--run-dir", "run"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    stopped = subprocess.run([*command, "--handler", f"stoppers:{stop}"], cwd=tmp_path, env=env, text=True,
+                             capture_output=True, timeout=600,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
+    if stop == "term":  # as Ctrl-C: every process stops, the run is kept to resume
+        assert stopped.returncode == 130, stopped.stderr
+        assert stopped.stderr.strip().splitlines()[-1] == (
+            "interrupted: the last complete checkpoint is last_checkpoint_1.pt; resume with: "
+            "fmtk run --resume run"
+        )
+    else:
+        assert stopped.returncode == -signal.SIGKILL
+    pids = [int(path.read_text()) for path in (tmp_path / "run").glob("pid_*")]
+    assert len(pids) == processes
+    deadline = time.monotonic() + 10
+    while not all(gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(gone(pid) for pid in pids)  # before: they trained on, unseen, beside a resume
+    resumed = fmtk_command("run", "--resume", "run", "--nproc-per-node", str(processes), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows] == ["epoch", "1", "2", "3"]
 
 
 def test_errors_in_spawned_processes_are_one_line_and_leave_nothing(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ seconds to import, and ``fmtk --help``, ``--version`` and ``fmtk runs`` need nei
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +74,26 @@ class _Group(click.Group):
             if line:  # (an error another process printed already has none)
                 click.echo(line if isinstance(error, Interrupted) else f"Error: {line}", err=True)
             sys.exit(getattr(error, "exit_code", 1))
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (``kill``, a scheduler's stop) stops a command as Ctrl-C does: the processes it
+    spawned are told as a terminal's Ctrl-C tells them, and a run or study is kept to resume. By
+    default it would end this process alone, and its spawned processes would train on, unseen,
+    in a folder no longer held."""
+    main = os.getpid()
+
+    def stop(number: int, frame: Any) -> None:
+        if os.getpid() != main:  # a forked DataLoader worker: as by default
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one ends it at once
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGINT)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 # Options several commands share, declared once.
@@ -167,6 +189,7 @@ def training_options(command: Callable) -> Callable:
 @click.version_option(package_name="fmtk")
 def cli() -> None:
     """fmtk: train PyTorch recipes with Ignite engines and handlers."""
+    _stop_on_sigterm()
     # Ignite logs "Engine run is terminating due to exception" through Python's last-resort
     # handler; the CLI reports every error itself, in one line.
     ignite_logger = logging.getLogger("ignite")
