@@ -13,6 +13,7 @@ import click
 from click.core import ParameterSource
 
 from fmtk.cli.group import (
+    check_output_place,
     check_run_folder,
     checkpoint_option,
     cli,
@@ -76,7 +77,7 @@ def show(
 
     from fmtk.data.batches import TensorBatches
     from fmtk.data.images import photo_bars
-    from fmtk.pictures import titled_grid
+    from fmtk.pictures import save_new_picture, titled_grid
     from fmtk.recipe_loading import data_root
     from fmtk.training.handlers import progress_by_default
     from fmtk.training.parts import load_data, training_mix
@@ -87,6 +88,7 @@ def show(
     out = out or Path(f"{recipe.name}_{split}_{'augmented' if augmented else 'samples'}.png")
     if out.exists():
         raise FmtkError(f"{out} exists; choose another --out (nothing was overwritten)")
+    check_output_place("--out", out, ".png")  # before the data is loaded
     with photo_bars(progress_by_default()):  # a photo folder is decoded whole first
         data = load_data(recipe, data_root(data_dir), torch.device("cpu"))
     if not all(isinstance(getattr(data, name), TensorBatches) for name in ("train", "valid", "test")):
@@ -110,10 +112,7 @@ def show(
         if mixer is not None:  # mixed among the samples shown, as training mixes a batch
             images, targets = mixer(images, labels, epoch=1, batch=0)
             titles = [mixed_title(target, data.classes) for target in targets]
-    try:
-        titled_grid(images, titles, columns=8).save(out)
-    except OSError as error:
-        raise FmtkError(f"--out {out}: cannot write it ({error.strerror})") from None
+    save_new_picture(titled_grid(images, titles, columns=8), out)
     click.echo(f"wrote {out}")
 
 
