@@ -215,9 +215,13 @@ def test_summary_needs_the_class_names_and_says_where_they_come_from(photos: Pat
     assert_one_line_error(missing, "the class names come from the photos (--data-dir PHOTOS)")
     shown = fmtk("summary", "images", "--set", "classes=a,b,c", "--set", "arch=mobilenet_v3_small")
     assert shown.returncode == 0 and "input: [3, 224, 224]" in shown.stdout, shown.stderr
+    assert shown.stderr == (  # the model may depend on the data (a user's recipe: its class count)
+        "note: images sets some values from its data (from_data); without --data-dir the model is made "
+        "with the recipe's own\n"
+    )
     # --data-dir, as the line says: the folder's 3 classes size the head
     folder = fmtk("summary", "images", "--data-dir", str(photos), "--set", "arch=resnet18")
-    assert folder.returncode == 0, folder.stderr
+    assert folder.returncode == 0 and folder.stderr == "", folder.stderr
     assert folder.stdout.splitlines()[-4].split()[:3] == ["fc", "Linear", "[1,"] and "3]" in folder.stdout
     assert_one_line_error(
         fmtk("summary", "images", "--data-dir", str(photos / "none")), "image folder not found"

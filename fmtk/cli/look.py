@@ -139,6 +139,9 @@ def summary(recipe_name: str, settings: tuple[str, ...], data_dir: Path | None) 
         recipe = with_data(recipe, data_dir)
     input_shape = recipe.input().shape
     model = recipe.call("model")  # first: a model that cannot be made is the only line
+    if data_dir is None and recipe.from_data is not None:
+        click.echo(f"note: {recipe.name} sets some values from its data (from_data); without --data-dir "
+                   "the model is made with the recipe's own", err=True)  # fmt: skip
     click.echo(f"{recipe.name}: {recipe.description}")
     click.echo(format_summary(model, input_shape))
 
