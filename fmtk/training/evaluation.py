@@ -86,9 +86,16 @@ class Evaluation:
             )
             lines.append(f"{name:<{width}}{shares}{per_class['count'][index]:>7}")
         cell = max(6, len(str(self.confusion.max())) + 2)
+        heads, rows = [name[: cell - 1] for name in self.classes], list(self.classes)
+        if len(set(heads)) < len(heads):  # names cut alike (class_0, class_1): the columns numbered
+            heads, rows = (
+                [str(index) for index in range(len(rows))],
+                [f"{i} {name}" for i, name in enumerate(rows)],
+            )
+            width += len(heads[-1]) + 1
         lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
-        lines.append(" " * width + "".join(f"{name[: cell - 1]:>{cell}}" for name in self.classes))
-        for name, row in zip(self.classes, self.confusion, strict=True):
+        lines.append(" " * width + "".join(f"{head:>{cell}}" for head in heads))
+        for name, row in zip(rows, self.confusion, strict=True):
             lines.append(f"{name:<{width}}" + "".join(f"{value:>{cell}}" for value in row))
         return "\n".join(lines)
 

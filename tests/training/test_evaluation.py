@@ -160,6 +160,16 @@ def test_per_class_precision_recall_f1_equal_scikit_learns() -> None:
     assert np.allclose(per_class["f1"][:3], f1[:3]) and per_class["f1"][3] == 0.0  # recall 0: F1 0
 
 
+def test_the_text_confusion_matrix_numbers_its_columns_when_cut_names_look_alike() -> None:
+    from fmtk.training.evaluation import Evaluation
+
+    confusion = np.array([[5, 1, 0], [0, 6, 1], [2, 0, 7]])
+    alike = Evaluation(0.5, 0.8, confusion, ["class_0", "class_1", "class_2"]).table().splitlines()[-4:]
+    assert alike[0].split() == ["0", "1", "2"] and alike[3].split() == ["2", "class_2", "2", "0", "7"]
+    apart = Evaluation(0.5, 0.8, confusion, ["cat", "dog", "longername"]).table().splitlines()[-4:]
+    assert apart[0].split() == ["cat", "dog", "longe"] and apart[3].split() == ["longername", "2", "0", "7"]
+
+
 def test_show_augmented_draws_the_samples_as_training_sees_them(real_data: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
