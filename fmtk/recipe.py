@@ -378,7 +378,10 @@ def apply_preset(recipe: Recipe, name: str | None) -> Recipe:
     if name not in recipe.presets:
         known = f"its presets: {', '.join(recipe.presets)}" if recipe.presets else "it has none"
         raise FmtkError(f"recipe {recipe.name} has no preset '{name}'; {known}")
-    return apply_overrides(recipe, recipe.presets[name].values).came_from(preset=name)
+    try:
+        return apply_overrides(recipe, recipe.presets[name].values).came_from(preset=name)
+    except FmtkError as error:  # a mistake in the recipe's own preset: named
+        raise FmtkError(f"preset {name}: {error}") from None
 
 
 def overridable_fields() -> dict[str, Any]:

@@ -138,6 +138,9 @@ def test_presets_apply_like_set_and_are_recorded(tmp_path: Path) -> None:
     digits.presets = {"short": own}
     run = build_run(digits, tmp_path, "cpu", echo=None, preset="short", epochs=1)  # a keyword wins
     assert (run.recipe.epochs, run.recipe.lr, run.recipe.preset) == (1, 0.05, "short")
+    digits.presets = {"typo": Preset("typo", {"hiden": 8})}
+    with pytest.raises(FmtkError, match="^preset typo: unknown recipe key 'hiden' for digits_mlp; did you"):
+        apply_preset(digits, "typo")
 
 
 def test_preset_on_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
