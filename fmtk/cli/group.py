@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,8 @@ def _stop_on_sigterm() -> None:
     spawned are told as a terminal's Ctrl-C tells them, and a run or study is kept to resume. By
     default it would end this process alone, and its spawned processes would train on, unseen,
     in a folder no longer held."""
+    if threading.current_thread() is not threading.main_thread():  # (click's CliRunner in a thread)
+        return
     main = os.getpid()
 
     def stop(number: int, frame: Any) -> None:
