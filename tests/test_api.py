@@ -265,3 +265,14 @@ def test_build_run_names_its_folder_and_a_handlers_stop_follows_its_epochs_line(
     run.run()
     epoch_2 = next(i for i, line in enumerate(lines) if line.startswith("epoch   2/"))
     assert lines[epoch_2 + 1] == "stopped after epoch 2: enough"
+
+
+def test_a_minimised_checkpoint_metric_names_the_best_checkpoint_by_its_value(tmp_path: Path) -> None:
+    # Ignite keeps the highest score, so fmtk scores a loss negated; the file name shows the loss.
+    result = toolkit.fit("digits_mlp", device="cpu", run_dir=tmp_path / "run", quiet=True, epochs=2,
+                         checkpoint_metric="loss")  # fmt: skip
+    best = result.results["best_checkpoint_metric"]
+    assert (best["name"], best["mode"]) == ("valid_loss", "min") and best["value"] > 0
+    name = f"best_checkpoint_{result.results['best_epoch']}_valid_loss={best['value']:.4f}.pt"
+    assert result.results["checkpoints"]["best"] == name
+    assert (result.run_dir / result.results["checkpoints"]["best"]).is_file()

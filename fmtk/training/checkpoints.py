@@ -180,6 +180,7 @@ def attach_checkpoints(
         score_name=f"valid_{metric}",
         n_saved=1,
         global_step_transform=epoch,
+        filename_pattern=MinimisedScoreName(Checkpoint.setup_filename_pattern()) if mode == "min" else None,
     )
     evaluator.add_event_handler(Events.COMPLETED, best)
     check_keepable("best_checkpoint", best, kept)
@@ -192,6 +193,18 @@ def attach_checkpoints(
 
     trainer.add_event_handler(Events.EPOCH_COMPLETED, flush_removals)
     return best, last
+
+
+class MinimisedScoreName(str):
+    """Ignite's checkpoint file name pattern that shows a minimised metric's score as the metric:
+    :func:`best_score` negates it (Ignite keeps the highest score), which named the file
+    ``…_valid_loss=-0.2686.pt``. Ignite fills the pattern with ``str.format``; ``+ 0.0`` turns -0.0
+    into 0.0."""
+
+    def format(self, *args: Any, **fields: Any) -> str:
+        if fields.get("score") is not None:
+            fields["score"] = f"{-float(fields['score']) + 0.0:.4f}"
+        return super().format(*args, **fields)
 
 
 TIE_BREAK = 1e-12  # the share of the valid loss in a best-checkpoint score (best_score)
