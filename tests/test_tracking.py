@@ -487,6 +487,25 @@ def test_wandb_without_a_login_or_offline_mode_is_one_line(
     assert not (workspace / "unlogged").exists()
 
 
+def test_wandb_dir_is_made_before_wandb_warns_or_is_one_line_when_it_cannot_be(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(workspace / "not" / "yet"))
+    made = fmtk_here("run", "digits_mlp", "--epochs", "1", "--run-dir", "made", "--track", "wandb",
+                     cwd=workspace)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert "does not exist" not in made.stderr  # W&B's "git root … does not exist" warning
+    assert list((workspace / "not" / "yet" / "wandb").glob("offline-run-*"))
+    (workspace / "a_file").write_text("")
+    monkeypatch.setenv("WANDB_DIR", str(workspace / "a_file" / "wb"))
+    result = fmtk_here("run", "digits_mlp", "--run-dir", "unmade", "--track", "wandb", cwd=workspace)
+    bad = workspace / "a_file" / "wb"
+    assert_one_line_error(result, f"$WANDB_DIR {bad}: cannot make it (Not a directory)")
+    assert not (workspace / "unmade").exists()
+
+
 @pytest.mark.slow  # three processes, each importing torch
 def test_photos_whose_names_are_not_utf8_are_tracked_as_a_terminal_shows_them(
     workspace: Path, server: Server

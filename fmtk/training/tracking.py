@@ -326,6 +326,11 @@ class WandbTracker(Tracker):
         resumed, self.run_id = self.run_id is not None, self.run_id or secrets.token_hex(4)
         values = utf8({**hparam_values(recipe), **run_tags(recipe, config, self.run_dir)})
         group = self.study.get("group")  # a trial's: its study's
+        if folder := os.environ.get("WANDB_DIR"):  # W&B makes it too, but first warns it is no git root
+            try:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise FmtkError(f"$WANDB_DIR {folder}: cannot make it ({error.strerror})") from None
         argv, sys.argv = sys.argv, utf8(sys.argv)  # W&B sends it with the run, and fails on bytes
         try:
             self.run = self.wandb.init(
