@@ -107,10 +107,10 @@ def tune_study(
         tracker = _study_tracker(folder, request, echo)
         try:
             _settle_interrupted_trials(study, folder, request, run, echo)
-            if resume is not None and (ended := _ended(study)) >= request.trials:
-                echo(f"the study has {ended} ended trials, as many as --trials {request.trials} asks: "
-                     "none was run (a larger --trials goes on)")  # fmt: skip
             ended_before, new_trials = _ended(study), []
+            if resume is not None and ended_before >= request.trials:
+                echo(f"the study has {ended_before} ended trials, as many as --trials {request.trials} "
+                     "asks: none was run (a larger --trials goes on)")  # fmt: skip
             while (ended := _ended(study)) < request.trials:
                 new_trials.append(_run_new_trial(study, folder, request, run, ended, echo))
                 _check_not_all_failed(study, folder, request, ended_before, new_trials)
