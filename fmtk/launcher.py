@@ -194,6 +194,8 @@ def _spawn(request: RunRequest, backend: str) -> None:
             # others, rank 0 perhaps before it could print. Each process leaves its error; the lowest
             # rank's is shown (none: fmtk's own bug, whose traceback the process printed).
             reports = sorted(path for path in Path(errors).iterdir() if not path.suffix)
+            if not reports and failure.exit_code == 130:  # Ctrl-C that reached them, not this process
+                raise KeyboardInterrupt from None  # (it ignores SIGINT as a script's background job)
             raise FmtkError(
                 reports[0].read_text(errors="surrogateescape") if reports else "",
                 exit_code=failure.exit_code or 1,

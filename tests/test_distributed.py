@@ -188,6 +188,13 @@ def term(run):
 
 def kill(run):
     stop_the_launcher(run, signal.SIGKILL)
+
+
+def interrupt(run):  # `kill -INT -- -PGID`: the group's processes take it, the launcher ignores it
+    (run.run_dir / f"pid_{idist.get_rank()}").write_text(str(os.getpid()))
+    if idist.get_rank() == 0:
+        at = len(run.data.train) + 3
+        run.trainer.on(Events.ITERATION_COMPLETED(once=at))(lambda _: os.killpg(0, signal.SIGINT))
 """
 
 
@@ -200,7 +207,7 @@ def gone(pid: int) -> bool:
 
 
 @pytest.mark.slow  # several processes, each importing torch
-@pytest.mark.parametrize(("processes", "stop"), [(1, "term"), (2, "term"), (2, "kill")])
+@pytest.mark.parametrize(("processes", "stop"), [(1, "term"), (2, "term"), (2, "kill"), (2, "interrupt")])
 def test_a_launcher_stopped_by_sigterm_or_sigkill_leaves_no_process_training(
     tmp_path: Path, processes: int, stop: str
 ) -> None:
@@ -210,9 +217,9 @@ def test_a_launcher_stopped_by_sigterm_or_sigkill_leaves_no_process_training(
                "--nproc-per-node", str(processes), "--run-dir", "run"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     stopped = subprocess.run([*command, "--handler", f"stoppers:{stop}"], cwd=tmp_path, env=env, text=True,
-                             capture_output=True, timeout=600,
+                             capture_output=True, timeout=600, start_new_session=True,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
-    if stop == "term":  # as Ctrl-C: every process stops, the run is kept to resume
+    if stop in ("term", "interrupt"):  # as Ctrl-C: every process stops, the run is kept to resume
         assert stopped.returncode == 130, stopped.stderr
         assert stopped.stderr.strip().splitlines()[-1] == (
             "interrupted: the last complete checkpoint is last_checkpoint_1.pt; resume with: "
