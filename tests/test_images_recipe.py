@@ -119,6 +119,42 @@ def test_a_run_with_weights_records_them_and_resumes_without_them(
     assert json.loads((tmp_path / "r" / "config.json").read_text())["started_from"] == line
 
 
+def test_a_resume_goes_on_with_the_photos_it_trained_on_wherever_they_are_now(
+    photos: Path, tmp_path: Path
+) -> None:
+    # Before, a resume on other photos went on silently: new splits, epochs of other data in one run.
+    done = fmtk("run", "images", "--data-dir", str(photos), "--epochs", "1", "--set", "schedule=none",
+                "--run-dir", str(tmp_path / "r"), *SMALL)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    splits = json.loads((tmp_path / "r" / "config.json").read_text())["splits"]
+    assert sum(splits["train"].values()) + sum(splits["valid"].values()) + sum(splits["test"].values()) == 30
+    more, swapped = tmp_path / "more", tmp_path / "swapped"
+    for copy in (more, swapped):
+        shutil.copytree(photos, copy)
+    shutil.copy(photos / "ants" / "ants2.jpg", more / "ants" / "ants10.jpg")
+    train = {Path(name).name for name in np.load(tmp_path / "r" / "train_fingerprints.npz")["names"]}
+    changed = next(path for path in sorted((swapped / "bees").iterdir()) if path.name in train)
+    Image.open(changed).transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(changed)
+    run = tmp_path / "r"
+    warm = f"fmtk run --config {run / 'config.json'} --set weights={run} --set epochs=N"
+    recorded = [f"{name} {sum(counts.values())} ({', '.join(f'{c} {n}' for c, n in counts.items())})"
+                for name, counts in splits.items()]  # fmt: skip
+    trained = sum(splits["train"].values())
+    differs = f"1 of its {trained} training photos differs from those it trained on)"
+    for folder, why in [(more, [f"; it trained on {split})" for split in recorded]), (swapped, [differs])]:
+        before = tree_snapshot(run)
+        refused = fmtk("run", "--resume", str(run), "--epochs", "2", "--data-dir", str(folder))
+        again = f"; resume it with the data it trained on under {photos} (--data-dir where it is now)"
+        assert_one_line_error(refused, f"{folder}: not the data this run trained on (", again, warm)
+        assert any(fragment in refused.stderr for fragment in why), refused.stderr
+        assert tree_snapshot(run) == before
+    moved = tmp_path / "moved"
+    shutil.copytree(photos, moved)
+    resumed = fmtk("run", "--resume", str(tmp_path / "r"), "--epochs", "2", "--data-dir", str(moved))
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["data_dir"] == str(moved)
+
+
 def test_offline_with_an_empty_hub_cache_is_one_line_naming_the_file_and_folder(
     photos: Path, tmp_path: Path
 ) -> None:

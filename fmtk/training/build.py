@@ -40,7 +40,7 @@ from fmtk.training.handlers import (
     attach_validation,
     progress_by_default,
 )
-from fmtk.training.parts import Parts, recipe_parts, split_sizes
+from fmtk.training.parts import Parts, recipe_parts, split_counts, split_sizes
 from fmtk.training.results import run_config
 from fmtk.training.run import Engines, Logs, Run
 from fmtk.training.schedules import attach_schedule
@@ -143,10 +143,11 @@ def assemble_run(
         parts = recipe_parts(
             recipe, data_dir, device, start.speed(speed), start.weights_loader(recipe.name), start.head
         )
+    start.check_data(parts, data_dir)
     data = parts.data
     lines = [start.changes(parts), threads_line(parts.speed.threads), skipped_line(data.skipped),
              others_line(data.others), copies_line(data.near_copies), parts.started_from]  # fmt: skip
-    for line in [*lines, split_sizes(parts)]:
+    for line in [*lines, split_sizes(split_counts(parts))]:
         if line:
             echo(line)
     engines = create_engines(parts)

@@ -6,7 +6,7 @@ A check or an option added here reaches every command.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,14 +177,24 @@ def augment_training_split(recipe: Recipe, data: DataSplits) -> None:
     )  # fmt: skip
 
 
-def split_sizes(parts: Parts) -> str:
-    """One line of each split's class counts, e.g. ``train 1600 (cats 800, dogs 800) · valid …``;
-    empty when the data cannot say without loading the batches."""
-    described = []
+def split_counts(parts: Parts) -> dict[str, dict[str, int]] | None:
+    """Each split's samples per class (config.json's ``splits``: a resumed run checks it trains on
+    the same data); None when the data cannot say without loading the batches."""
+    counted = {}
     for name in ("train", "valid", "test"):
         counts = class_counts(getattr(parts.data, name), len(parts.data.classes))
         if counts is None:
-            return ""
-        each = ", ".join(f"{c} {int(n)}" for c, n in zip(parts.data.classes, counts.tolist(), strict=True))
-        described.append(f"{name} {int(counts.sum())} ({each})")
-    return " · ".join(described)
+            return None
+        counted[name] = {str(c): int(n) for c, n in zip(parts.data.classes, counts.tolist(), strict=True)}
+    return counted
+
+
+def split_sizes(counted: Mapping[str, Mapping[str, int]] | None) -> str:
+    """One line of each split's class counts (:func:`split_counts`), e.g. ``train 1600 (cats 800,
+    dogs 800) · valid …``; empty when they are not known."""
+    if counted is None:
+        return ""
+    return " · ".join(
+        f"{name} {sum(counts.values())} ({', '.join(f'{c} {n}' for c, n in counts.items())})"
+        for name, counts in counted.items()
+    )

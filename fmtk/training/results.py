@@ -15,7 +15,7 @@ from fmtk.runfolder import CURVES, TOP_LOSSES_CSV, checkpoint_epoch, picture_pat
 from fmtk.training.checkpoints import load_model_weights, read_checkpoint
 from fmtk.training.evaluation import Evaluation, evaluate, run_pictures, tested_model, write_top_losses_csv
 from fmtk.training.handlers import RunStop
-from fmtk.training.parts import Parts
+from fmtk.training.parts import Parts, split_counts
 from fmtk.training.start import Start
 from fmtk.version import versions
 from fmtk.weights import evaluated_weights
@@ -37,6 +37,8 @@ def run_config(parts: Parts, start: Start, data_dir: Path | None, command: str |
                   started=first["started"])  # fmt: skip
     if data_dir is not None:  # evaluate and --resume read the same data by default
         config["data_dir"] = str(Path(data_dir).resolve())
+    if (counted := split_counts(parts)) is not None:  # a resumed run checks its data is the same
+        config["splits"] = counted
     return config
 
 

@@ -10,17 +10,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from ignite.handlers import Checkpoint
 
+from fmtk.data.copies import Fingerprinted
 from fmtk.distributed import is_main_process
 from fmtk.errors import FmtkError
 from fmtk.recipe import PER_ITERATION_SCHEDULES, Recipe
 from fmtk.runfolder import (
     CONFIG,
     LAST_EPOCH,
+    TRAIN_FINGERPRINTS,
     read_config,
     read_results,
     remove_stale_files,
@@ -29,10 +31,8 @@ from fmtk.runfolder import (
 from fmtk.training.checkpoints import STOP, ResumePoint, load_model_weights, restore
 from fmtk.training.engines import SpeedOptions
 from fmtk.training.handlers import EARLY_STOPPING
+from fmtk.training.parts import Parts, split_counts, split_sizes
 from fmtk.version import machine_changes, versions
-
-if TYPE_CHECKING:
-    from fmtk.training.parts import Parts
 
 NEW, AGAIN, RESUMED = "new", "again", "resumed"
 
@@ -121,6 +121,40 @@ class Start:
                 "those of an uninterrupted run (cuDNN's autotuning and some kernels' sums differ by process)"
             )
         return None
+
+    def check_data(self, parts: Parts, data_dir: Path) -> None:
+        """A resumed run goes on with the data it trained on: each split's samples per class as
+        config.json records them (``splits``) and, from a photo folder, the training photos
+        themselves (``train_fingerprints.npz``); a folder moved elsewhere holds the same data. A run
+        that recorded neither is not checked."""
+        if self.point is None:
+            return
+        then, now = self.recorded.get("splits"), split_counts(parts)
+        saved, trained_on = self.run_dir / TRAIN_FINGERPRINTS, parts.data.trained_on
+        if then is not None and now is not None and then != now:
+            differ = [split for split in now if now[split] != then.get(split)]
+            why = (f"{split_sizes({split: now[split] for split in differ})}; it trained on "
+                   f"{split_sizes({split: then.get(split, {}) for split in differ})}")  # fmt: skip
+        elif trained_on is not None and saved.is_file():
+            before, photos = Fingerprinted.load(saved).prints, trained_on.prints
+            if len(before.hashes) != len(photos.hashes):
+                why = f"{len(photos.hashes)} training photos; it trained on {len(before.hashes)}"
+            else:
+                unlike = (before.hashes != photos.hashes) | (before.thumbnails != photos.thumbnails).any(1)
+                differ = int(unlike.sum())
+                if not differ:
+                    return
+                verb = "differs" if differ == 1 else "differ"
+                why = f"{differ} of its {len(photos.hashes)} training photos {verb} from those it trained on"
+        else:
+            return
+        where = f" under {self.recorded['data_dir']}" if self.recorded.get("data_dir") else ""
+        raise FmtkError(
+            f"{data_dir}: not the data this run trained on ({why}); resume it with the data it trained "
+            f"on{where} (--data-dir where it is now), or train on this data from the run's weights in a "
+            f"new run: "
+            f"{warm_start_command(self.run_dir)}"
+        )
 
     def first(self, command: str | None, started_from: str | None) -> dict[str, Any]:
         """What config.json keeps of the run's first start: its command, what its starting weights
