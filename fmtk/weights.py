@@ -51,7 +51,16 @@ def torchvision_model(arch: str, num_classes: int) -> nn.Module:
         close = difflib.get_close_matches(arch, names, n=4, cutoff=0.5)
         hint = f"; close names: {', '.join(close)}" if close else f" (its {len(names)}: fmtk list --archs)"
         raise FmtkError(f"arch {arch!r} is not a torchvision classification model{hint}")
-    return torchvision.models.get_model(arch, num_classes=num_classes)
+    return torchvision.models.get_model(arch, num_classes=num_classes, **ARCH_ARGUMENTS.get(arch, {}))
+
+
+# GoogLeNet and Inception v3 train with auxiliary heads whose outputs come beside the logits, which no
+# loss takes; without them (as torchvision's builder leaves them after loading its weights) they give
+# the logits, as in eval mode. transform_input rescales ImageNet-normalised input to the [-1, 1] their
+# ImageNet weights were trained on (torchvision's setting with them); it holds no tensor, so it is set
+# whatever weights a run starts from, and a resumed, evaluated or exported model is the same.
+_WITHOUT_AUXILIARY_HEADS = {"aux_logits": False, "transform_input": True, "init_weights": True}
+ARCH_ARGUMENTS = {"googlenet": _WITHOUT_AUXILIARY_HEADS, "inception_v3": _WITHOUT_AUXILIARY_HEADS}
 
 
 PROBED_SIZES = (32, 64, 75, 96, 128, 160, 224, 299, 384, 512)  # image sizes tried for a model's minimum

@@ -236,6 +236,29 @@ def test_a_one_epoch_run_with_a_warm_up_of_one_epoch_is_refused_before_the_photo
     assert done.stdout == "" and not (tmp_path / "out").exists()  # no split counts, no run folder named
 
 
+@pytest.mark.parametrize(("arch", "size"), [("googlenet", 32), ("inception_v3", 75)])
+def test_the_architectures_with_auxiliary_heads_train_from_scratch_and_from_imagenet_weights(
+    photos: Path, hub_cache: Path, tmp_path: Path, arch: str, size: int
+) -> None:
+    # Before, training mode gave the auxiliary heads' outputs with the logits: a TypeError in the loss.
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    imagenet = torchvision.models.get_model(arch, aux_logits=True, init_weights=False)  # as torchvision's
+    torch.save(imagenet.state_dict(), hub_cache.parent / Path(weights.url).name)
+    small = ["--set", f"arch={arch}", "--set", f"image_size={size}", "--set", "warmup_epochs=0",
+             "--epochs", "1", "--device", "cpu"]  # fmt: skip
+    for name, start in [("scratch", []), ("pretrained", ["--set", "weights=DEFAULT"])]:
+        done = fmtk("run", "images", "--data-dir", str(photos), *small, *start, "--run-dir", name,
+                    cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    pretrained = tmp_path / "pretrained"
+    line = json.loads((pretrained / "config.json").read_text())["started_from"]
+    assert line.startswith("loaded ") and line.endswith(
+        f"from {arch} IMAGENET1K_V1; new: fc {imagenet.fc.in_features}→3"
+    )
+    best = torch.load(next(pretrained.glob("best_*.pt")), weights_only=True)["model"]
+    assert not [name for name in best if name.startswith(("aux", "AuxLogits"))]
+
+
 def test_weights_that_fit_nothing_are_one_line(
     trained: tuple[Path, str], photos: Path, tmp_path: Path
 ) -> None:
