@@ -147,6 +147,11 @@ def _torchvision_state(arch: str, member: Any) -> dict[str, torch.Tensor]:
             f"{arch} {member.name}: cannot download {member.url} ({reason}); put {file} in {folder} "
             "(or point $TORCH_HOME at a folder whose hub/checkpoints has it)"
         ) from None
+    except Exception as error:  # noqa: BLE001 - pickle and zip errors of a cached file cut short or broken
+        raise FmtkError(
+            f"{arch} {member.name}: {folder / file} is not a readable weights file ({type(error).__name__}); "
+            "delete it, and torchvision downloads it again (or put a good copy there)"
+        ) from None
 
 
 def _file_state(path: Path) -> dict[str, torch.Tensor]:

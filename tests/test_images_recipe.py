@@ -155,6 +155,17 @@ def test_a_resume_goes_on_with_the_photos_it_trained_on_wherever_they_are_now(
     assert json.loads((tmp_path / "r" / "config.json").read_text())["data_dir"] == str(moved)
 
 
+def test_a_cut_short_weights_file_in_the_hub_cache_is_one_line_saying_to_delete_it(
+    photos: Path, hub_cache: Path, tmp_path: Path
+) -> None:
+    hub_cache.write_bytes(hub_cache.read_bytes()[:100_000])  # a download cut short, copied by hand
+    done = fmtk("run", "images", "--data-dir", str(photos), "--set", "weights=DEFAULT", "--output-dir", "out",
+                *SMALL, cwd=tmp_path)  # fmt: skip
+    assert_one_line_error(done, f"resnet18 IMAGENET1K_V1: {hub_cache} is not a readable weights file (",
+                          "delete it, and torchvision downloads it again")  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
 def test_offline_with_an_empty_hub_cache_is_one_line_naming_the_file_and_folder(
     photos: Path, tmp_path: Path
 ) -> None:
