@@ -231,12 +231,15 @@ def predictions(
     """:func:`predict`'s answers one at a time, in order: each chunk of 256 images is answered as
     soon as it is read, so that a folder of any size shows its first answers at once (``fmtk
     predict`` prints them so)."""
+    device = resolve_device(device)  # checked for a model file too: a mistyped device is not ignored
     if Path(run_dir).is_file():
         from fmtk.exported import answer_exported
 
+        if device.type != "cpu":
+            raise FmtkError(f"device {device}: an exported model runs on the CPU here (a run folder "
+                            "predicts on any device)")  # fmt: skip
         yield from answer_exported(Path(run_dir), images, top)
         return
-    device = resolve_device(device)
     recipe, model, _, classes = load_trained_model(Path(run_dir), checkpoint, device, recipe)
     tested = tested_model(recipe, model)
 

@@ -329,7 +329,8 @@ def _value_problems(recipe: Recipe) -> Iterator[str]:
         (r.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got '{r.schedule}'"),
         (r.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {r.warmup_epochs}"),
         (r.warmup_epochs == 0 or r.schedule == "cosine",
-         f"warmup_epochs is the cosine schedule's warm-up; schedule is {r.schedule}"),
+         f"warmup_epochs is the cosine schedule's warm-up; schedule is {r.schedule} "
+         "(--set warmup_epochs=0 with it)"),
         (r.warmup_epochs < r.epochs or r.warmup_epochs == 0,
          f"warmup_epochs {r.warmup_epochs} leaves no epoch of the {r.epochs} for the cosine schedule "
          "(--set warmup_epochs=0, or a value below epochs)"),

@@ -273,6 +273,7 @@ def test_an_onnx_model_runs_on_as_many_threads_as_torch(digits_run: Path, tmp_pa
             ["predict", "garbled.pt", "image.png", "--checkpoint", "last"],
             ["--checkpoint goes with a run folder"],
         ),
+        (["predict", "garbled.pt", "image.png", "--device", "cpu:1"], ["--device cpu:1: the CPU has no"]),
     ],
     ids=[
         "not a run",
@@ -285,6 +286,7 @@ def test_an_onnx_model_runs_on_as_many_threads_as_torch(digits_run: Path, tmp_pa
         "predict a json file",
         "predict a missing model file",
         "predict a model file with --checkpoint",
+        "predict a model file on a device that is not there",
     ],  # fmt: skip
 )
 def test_bad_exports_are_one_line_and_change_nothing(

@@ -60,7 +60,7 @@ def test_optimizer_arguments_reach_the_optimizer(tmp_path: Path) -> None:
         ({"warmup_epochs": "inf", "schedule": "cosine"}, "warmup_epochs must be a finite number, got inf"),
         (
             {"schedule": "none", "plateau_patience": "none", "warmup_epochs": "1"},
-            "warmup_epochs is the cosine",
+            "warmup_epochs is the cosine schedule's warm-up; schedule is none (--set warmup_epochs=0 with",
         ),
         ({"label_smoothing": "1"}, "label_smoothing must be in [0, 1), got 1.0"),
     ],
