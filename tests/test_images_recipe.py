@@ -492,6 +492,7 @@ def test_a_new_folder_is_evaluated_whole_beside_the_run_and_its_bad_photos_liste
     (new / "test" / "ants" / "notes.jpg").write_text("not a photo")
     (new / "test" / "ants" / "._ants0.png").write_bytes(bytes(80))  # hidden: not a photo, not said
     (new / "test" / "bees" / "IMG_0001.MOV").write_bytes(b"\x00\x00\x00\x14ftypqt  ")
+    (new / "test" / "wasps").mkdir()  # an empty class folder: as one not there (it was an error)
     own = {
         name: stamp for name, stamp in tree_snapshot(run_dir).items() if not name.startswith("evaluations")
     }

@@ -78,9 +78,9 @@ class Listing(NamedTuple):
     others: list[str]
 
 
-def list_image_folder(folder: Path) -> Listing:
+def list_image_folder(folder: Path, allow_empty: bool = False) -> Listing:
     """The photos, classes and other files of a ``folder/<class>/<image>`` tree, without anything
-    :func:`hidden`."""
+    :func:`hidden`; a class folder without photos is one line unless ``allow_empty``."""
     # Here, not at the top: importing torchvision takes ~1 s, which recipes without image folders
     # (MNIST, digits) would pay at every start (benchmarks/speed.py --whole-job).
     from torchvision.datasets.folder import has_file_allowed_extension, make_dataset
@@ -103,13 +103,13 @@ def list_image_folder(folder: Path) -> Listing:
         return False
 
     class_to_index = {name: index for index, name in enumerate(classes)}
-    try:
-        samples = make_dataset(str(folder), class_to_index, is_valid_file=is_photo)
-    except FileNotFoundError as error:  # torchvision's message names the empty class folders
-        listed = ", ".join(extensions)
-        raise FmtkError(
-            f"{folder}: {str(error).strip()} Supported extensions are: {listed}{heif_hint(others)}"
-        ) from None
+    samples = make_dataset(str(folder), class_to_index, is_valid_file=is_photo, allow_empty=True)
+    empty = sorted(set(classes) - {classes[label] for _, label in samples})
+    if empty and not allow_empty:
+        many = len(empty) > 1
+        named = f"class folders {', '.join(empty)} hold" if many else f"class folder {empty[0]} holds"
+        raise FmtkError(f"{folder}: {named} no photo (fmtk reads {' '.join(extensions)}); add photos or "
+                        f"remove the folder{heif_hint(others)}")  # fmt: skip
     return Listing(samples, classes, others)
 
 

@@ -365,7 +365,7 @@ def labelled_photos(folder: Path, classes: Sequence[str]) -> tuple[list[tuple[st
     roots = list(dict.fromkeys(split_folders(folder).values())) or [folder]
     samples, others, unknown = [], [], set()
     for root in roots:
-        found, names, more = list_image_folder(root)
+        found, names, more = list_image_folder(root, allow_empty=True)  # an empty class: as one not there
         others += more
         for path, label in found:
             if names[label] in classes:

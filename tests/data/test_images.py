@@ -196,9 +196,8 @@ def test_without_pillow_heif_heic_photos_are_counted_and_say_what_to_install(
     assert unread == [(0, "HEIC photos need pillow-heif: pip install pillow-heif")]
     (folder / "birds").mkdir()  # a class of a phone's photos alone
     (folder / "birds" / "IMG_0002.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
-    with pytest.raises(
-        FmtkError, match=r"no valid file for the classes birds\. .*; HEIC photos: pip install pillow-heif$"
-    ):
+    with pytest.raises(FmtkError, match=r": class folder birds holds no photo \(fmtk reads \.jpg .*\); add "
+                       r"photos or remove the folder; HEIC photos: pip install pillow-heif$"):  # fmt: skip
         list_image_folder(folder)
 
 
