@@ -246,6 +246,13 @@ def load_model_weights(checkpoint: dict[str, Any], path: Path, recipe_name: str,
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError:
+        head = _other_head(checkpoint["model"], model.state_dict())
+        if head is not None:
+            layer, theirs, ours = head
+            raise FmtkError(
+                f"{path} holds a model whose output layer {layer} gives {theirs} classes; {recipe_name} "
+                f"builds it with {ours} here: other classes (another data folder?)"
+            ) from None
         parameters = made_by.get("parameters")
         count = f"{parameters:,}" if isinstance(parameters, int) else "?"
         theirs = f"a {made_by.get('model', 'model')} with {count} parameters"
@@ -254,6 +261,20 @@ def load_model_weights(checkpoint: dict[str, Any], path: Path, recipe_name: str,
             f"{path} holds {theirs} (recipe {made_by.get('recipe', '?')}); {recipe_name} builds {ours}: "
             "a different architecture or variant"
         ) from None
+
+
+def _other_head(
+    saved: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]
+) -> tuple[str, int, int] | None:
+    """``(layer, saved outputs, own outputs)`` when the two models differ only in their output layer's
+    number of outputs (the first dimension of one layer's tensors): another number of classes."""
+    if saved.keys() != own.keys():
+        return None
+    differ = [name for name in own if saved[name].shape != own[name].shape]
+    layers = {name.rpartition(".")[0] for name in differ}
+    if len(layers) != 1 or any(saved[n].shape[1:] != own[n].shape[1:] or not own[n].dim() for n in differ):
+        return None
+    return layers.pop(), saved[differ[0]].shape[0], own[differ[0]].shape[0]
 
 
 def restore(kept: Mapping[str, Any], checkpoint: dict[str, Any], path: Path) -> None:

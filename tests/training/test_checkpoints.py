@@ -19,7 +19,14 @@ from fmtk.recipe import apply_overrides
 from fmtk.recipe_loading import load_recipe
 from fmtk.runfolder import find_last_checkpoint
 from fmtk.training.build import build_run
-from fmtk.training.checkpoints import RandomState, ResumePoint, attach_checkpoints, check_keepable, restore
+from fmtk.training.checkpoints import (
+    RandomState,
+    ResumePoint,
+    attach_checkpoints,
+    check_keepable,
+    load_model_weights,
+    restore,
+)
 from fmtk.training.engines import SpeedOptions
 
 CPU = torch.device("cpu")
@@ -226,3 +233,20 @@ def test_the_best_checkpoint_breaks_an_accuracy_tie_by_the_lower_valid_loss(
     trainer.run([0], max_epochs=4)
     [kept] = tmp_path.glob("best_*.pt")
     assert kept.name.endswith(f"_{best}_valid_accuracy={accuracies[best - 1]:.4f}.pt")
+
+
+def test_weights_of_another_number_of_classes_say_so_and_another_model_names_both() -> None:
+    def net(classes: int, hidden: int = 8) -> torch.nn.Module:
+        return torch.nn.Sequential(
+            torch.nn.Linear(4, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, classes)
+        )
+
+    checkpoint = {"model": net(3).state_dict(), "run_info": {"recipe": "images", "model": "Sequential"}}
+    with pytest.raises(FmtkError) as caught:
+        load_model_weights(checkpoint, Path("best.pt"), "images", net(2))
+    assert str(caught.value) == (
+        "best.pt holds a model whose output layer 2 gives 3 classes; images builds it with 2 here: other "
+        "classes (another data folder?)"
+    )
+    with pytest.raises(FmtkError, match="holds a Sequential with .* a different architecture or variant"):
+        load_model_weights(checkpoint, Path("best.pt"), "images", net(3, hidden=6))
