@@ -93,7 +93,11 @@ class RunRequest:
         checkpoint of any kind yet, which starts again from the beginning)."""
         if self.resume is None or not has_checkpoint(self.resume):
             return None
-        return find_last_checkpoint(self.resume)
+        try:
+            return find_last_checkpoint(self.resume)
+        except FmtkError as error:  # it has a best checkpoint only
+            raise FmtkError(f"{error}; a new run from its best one: fmtk run --resume {self.resume} "
+                            "--checkpoint best") from None  # fmt: skip
 
 
 def resolve_handler(reference: str | Callable) -> Callable:

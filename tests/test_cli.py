@@ -151,6 +151,14 @@ def test_run_dir_that_holds_a_run_is_refused_and_untouched(tmp_path: Path) -> No
     assert tree_snapshot(run_dir) == before
 
 
+def test_resume_goes_on_in_its_own_folder_and_says_so_to_a_new_folders_options(tmp_path: Path) -> None:
+    default, both = ["--output-dir", "runs"], ["--run-dir", "r2", "--output-dir", "o"]  # default, given
+    for given, names in [(default, "--output-dir names"), (both, "--run-dir and --output-dir name")]:
+        result = fmtk("run", "--resume", "r", *given, cwd=tmp_path)
+        assert_one_line_error(result, f"--resume goes on in r itself; {names} a new run's folder")
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize(
     "args, fragments",
     [

@@ -348,7 +348,13 @@ def test_resume_with_more_epochs_goes_on(workspace: Path, uninterrupted: Path) -
         ("garbage", ["last_checkpoint_4.pt: not a readable fmtk checkpoint"]),
         ("other_recipe", ["was made by recipe fmnist_dnn, not mnist_dnn"]),
         ("other_architecture", ["holds a Sequential with", "fmnist_dnn builds a Sequential with", "variant"]),
-        ("no_checkpoint", ["no last_checkpoint_*.pt to resume from"]),
+        (
+            "no_checkpoint",
+            [
+                "bad_no_checkpoint: no last_checkpoint_*.pt to resume from; a new run from its "
+                "best one: fmtk run --resume bad_no_checkpoint --checkpoint best"
+            ],
+        ),
     ],
 )
 def test_resume_refuses_a_checkpoint_it_cannot_use(

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from fmtk.cli.group import (
     check_output_place,
@@ -115,9 +116,18 @@ def run(
         command=shlex.join(["fmtk", *sys.argv[1:]]),
     )  # fmt: skip
     if resume is not None:
+        output_given = (
+            click.get_current_context().get_parameter_source("output_dir") is ParameterSource.COMMANDLINE
+        )
+        folders = [name for name, given in [("--run-dir", run_dir), ("--output-dir", output_given)] if given]
+        if folders:
+            names = "names" if len(folders) == 1 else "name"
+            raise FmtkError(
+                f"--resume goes on in {resume} itself; {' and '.join(folders)} {names} a new run's folder"
+            )
         changed = [name for name, value in [("--batch-size", batch_size), ("--lr", lr), ("--seed", seed),
-                   ("--set", settings), ("--run-dir", run_dir), ("--preset", preset),
-                   ("--track", track), ("--track-model", track_model)] if value]  # fmt: skip
+                   ("--set", settings), ("--preset", preset), ("--track", track),
+                   ("--track-model", track_model)] if value]  # fmt: skip
         if changed:
             raise FmtkError(f"--resume keeps the run's recipe; {', '.join(changed)} cannot change it")
         request.epochs = epochs
