@@ -345,7 +345,8 @@ def _value_problems(recipe: Recipe) -> Iterator[str]:
         (r.ema_decay is None or 0 < r.ema_decay < 1,
          f"ema_decay must be in (0, 1) or none, got {r.ema_decay}"),
         (0 <= r.freeze_epochs < r.epochs,
-         f"freeze_epochs must be in 0 … {r.epochs - 1} (below epochs), got {r.freeze_epochs}"),
+         f"freeze_epochs must be >= 0 and below epochs ({r.epochs}: some epoch trains the whole model), "
+         f"got {r.freeze_epochs}"),
         (r.backbone_lr_scale > 0, f"backbone_lr_scale must be > 0, got {r.backbone_lr_scale}"),
         (r.weights is not None or not r.fine_tunes,
          "freeze_epochs and backbone_lr_scale fine-tune from starting weights; set weights"),
