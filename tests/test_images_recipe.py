@@ -704,6 +704,13 @@ def test_predict_answers_every_good_photo_of_folders_and_names_the_bad_ones_at_t
     )
     answered = [line.partition(": ")[0] for line in result.stdout.splitlines()]
     assert answered == sorted(str(path) for path in (photos / "ants").iterdir())  # the folder's, in order
+    mixed = tmp_path / "mixed"  # files of kinds it does not read are counted, as a run counts them
+    shutil.copytree(photos / "bees", mixed)
+    Image.new("RGB", (9, 9)).save(mixed / "anim.gif")
+    (mixed / "notes.txt").write_text("")
+    told = fmtk("predict", str(run_dir), str(mixed), "--json")
+    assert told.returncode == 0 and len(json.loads(told.stdout)) == 10
+    assert told.stderr.startswith("files left out, of kinds fmtk does not read: 1 .gif, 1 .txt (it reads ")
     with Image.open(photos / "bees" / "bees3.png") as image:
         opened = fmtk_api.predict(run_dir, [image, photos / "bees" / "bees3.png"], top=3, device="cpu")
     assert opened[0]["file"] == "<image 0>" and opened[0]["predictions"] == opened[1]["predictions"]

@@ -262,6 +262,8 @@ def predict(
     its image files), from a run folder's checkpoint or from a model file that fmtk export wrote
     (.onnx, .pt). Images that cannot be read are named at the end, and the exit status is 1."""
     from fmtk.api import predictions
+    from fmtk.data.image_input import left_out_files
+    from fmtk.data.images import others_line
     from fmtk.exported import SUFFIXES
     from fmtk.prediction import unreadable
 
@@ -274,6 +276,9 @@ def predict(
             )
     else:
         check_run_folder("predict", run_dir)
+    left_out = others_line([str(path) for path in left_out_files(images)])
+    if left_out is not None:  # as a run and evaluate --folder say it (on stderr: --json stays JSON)
+        click.echo(left_out, err=True)
     results, told = [], False
     for result in predictions(run_dir, images, checkpoint=checkpoint, top=top, device=device):
         classes = len(result.get("predictions", []))

@@ -186,21 +186,36 @@ def image_files(sources: Sequence[Source]) -> list[Source]:
     extensions and HEIC's, at any depth, sorted, none :func:`hidden`); files and open images stay as
     they are. A folder without image files is one line. Without pillow-heif a HEIC file is listed
     too, to be answered as one that cannot be read, saying what to install (:func:`open_image`)."""
-    extensions = tuple(dict.fromkeys(photo_extensions() + HEIF_EXTENSIONS))
     listed: list[Source] = []
     for source in sources:
         if isinstance(source, Image.Image) or not Path(source).is_dir():
             listed.append(source)
             continue
-        found = sorted(
-            path
-            for path in Path(source).rglob("*")
-            if path.suffix.lower() in extensions and path.is_file() and not hidden(path, source)
-        )
+        found, _ = folder_files(Path(source))
         if not found:
-            raise FmtkError(f"{source}: a folder without image files ({' '.join(extensions)})")
+            raise FmtkError(f"{source}: a folder without image files ({' '.join(listed_extensions())})")
         listed.extend(found)
     return listed
+
+
+def left_out_files(sources: Sequence[Source]) -> list[Path]:
+    """The files under the folders of ``sources`` that :func:`image_files` leaves out: of kinds fmtk
+    does not read (``.gif``, ``.txt``…), not hidden."""
+    return [path for source in sources if not isinstance(source, Image.Image) and Path(source).is_dir()
+            for path in folder_files(Path(source))[1]]  # fmt: skip
+
+
+def listed_extensions() -> tuple[str, ...]:
+    return tuple(dict.fromkeys(photo_extensions() + HEIF_EXTENSIONS))
+
+
+def folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The image files under ``folder`` and its other files, each sorted, none :func:`hidden`."""
+    extensions, images, others = listed_extensions(), [], []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not hidden(path, folder):
+            (images if path.suffix.lower() in extensions else others).append(path)
+    return images, others
 
 
 # What the systems leave in folders of photos, hidden (by an attribute, on Windows) or not.
