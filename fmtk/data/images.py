@@ -147,8 +147,9 @@ class BadImages(FmtkError):
         verb: str = "decoded",
     ) -> None:
         self.bad, self.total, self.good = bad, total, good  # good: the others, decoded (decode_images)
-        shown = "; ".join(f"{path} ({why})" for path, why in bad[: self.SHOWN])
-        more = f"; and {len(bad) - self.SHOWN} more" if len(bad) > self.SHOWN else ""
+        named = len(bad) if len(bad) <= self.SHOWN + 1 else self.SHOWN  # a fourth is named, not "1 more"
+        shown = "; ".join(f"{path} ({why})" for path, why in bad[:named])
+        more = f"; and {len(bad) - named} more" if len(bad) > named else ""
         listed = f"; all of them are listed in {listed_in}" if listed_in is not None else ""
         super().__init__(
             f"{len(bad)} of {total} image files cannot be {verb}: {shown}{more}{listed}: fix or remove "

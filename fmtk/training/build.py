@@ -182,7 +182,8 @@ def skipped_line(skipped: tuple[str, ...]) -> str | None:
     """A line naming the data files the run trains without (``skip_bad_images``), or None."""
     if not skipped:
         return None
-    shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+    named = len(skipped) if len(skipped) <= 4 else 3  # a fourth is named, not "and 1 more"
+    shown = ", ".join(skipped[:named]) + (f" and {len(skipped) - named} more" if len(skipped) > named else "")
     files = "file" if len(skipped) == 1 else "files"
     return f"skip_bad_images: training without {len(skipped)} undecodable {files} ({shown}; in config.json)"
 

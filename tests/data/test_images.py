@@ -18,6 +18,7 @@ from fmtk.data.augment import Augmentation
 from fmtk.data.folders import load_catdog
 from fmtk.data.image_input import ImageInput, heif, image_files, photo_extensions, read_all
 from fmtk.data.images import (
+    BadImages,
     LoaderBatches,
     decode_image,
     decode_image_folder,
@@ -326,3 +327,14 @@ def test_dataloader_path_augments_training_batches_the_same_way_each_epoch(catdo
 def test_unknown_data_cache_is_a_clear_error(catdog_root: Path) -> None:
     with pytest.raises(FmtkError, match="data_cache disk: choose memory, file, none"):
         load_catdog(catdog_root, 16, 8, CPU, seed=0, data_cache="disk")
+
+
+def test_bad_images_are_named_up_to_four_and_counted_beyond() -> None:
+    bad = [(f"p{index}.jpg", "truncated") for index in range(5)]
+    four = str(BadImages(bad[:4], 9))
+    assert four == (
+        "4 of 9 image files cannot be decoded: p0.jpg (truncated); p1.jpg (truncated); p2.jpg (truncated); "
+        "p3.jpg (truncated): fix or remove them"
+    )  # before: "…; and 1 more", which hid a name that fits
+    five = str(BadImages(bad, 9))
+    assert "p2.jpg (truncated); and 2 more: fix" in five and "p3.jpg" not in five
