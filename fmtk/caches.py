@@ -154,9 +154,11 @@ def format_cache(contents: CacheContents) -> str:
     photos = contents.photos
     others = contents.old + contents.bad_lists + contents.unfinished
     total = sum(cached.size for cached in photos) + _sizes(others)
+    if not (photos or others or contents.writing):
+        return f"{contents.where}: no folder's photos kept decoded, nothing of fmtk's to clear"
     lines = [f"{contents.where}: {_count(len(photos), 'decoded folder')}, {byte_size(total)} in all"]
     if photos:
-        table = [("photos of", "size", "photos", "bad", "on disk", "last used")]
+        table = [("photos of", "size", "files", "bad", "on disk", "last used")]  # files: bad ones too
         for cached in photos:
             folder = cached.folder if cached.complete else "(unfinished or unreadable: --clear deletes it)"
             if cached.folder is not None and not Path(cached.folder).is_dir():

@@ -136,7 +136,8 @@ def test_files_left_by_a_killed_writer_go_and_one_being_written_stays(tmp_path: 
 
 
 def test_the_cache_command_lists_and_clears_fmtks_files_only(tmp_path: Path, cache: Path) -> None:
-    assert fmtk("cache").stdout == f"{cache}: 0 decoded folders, 0.0 KiB in all\n"  # no folder yet
+    empty = f"{cache}: no folder's photos kept decoded, nothing of fmtk's to clear\n"
+    assert fmtk("cache").stdout == empty  # no folder yet
     photos = make_photos(tmp_path / "photos", {"ants": 6, "bees": 6})
     (photos / "bees" / "broken.jpg").write_bytes(b"")
     with pytest.raises(BadImages):
@@ -154,7 +155,7 @@ def test_the_cache_command_lists_and_clears_fmtks_files_only(tmp_path: Path, cac
 
     lines = fmtk("cache").stdout.splitlines()
     assert lines[0].startswith(f"{cache}: 2 decoded folders, ") and lines[0].endswith(" in all")
-    assert lines[1].split() == ["photos", "of", "size", "photos", "bad", "on", "disk", "last", "used"]
+    assert lines[1].split() == ["photos", "of", "size", "files", "bad", "on", "disk", "last", "used"]
     rows = {line.split()[0]: line.split() for line in lines[2:4]}
     assert rows[str(photos)][1:4] == ["16px", "13", "1"]
     assert rows[str(gone)][1:5] == ["(gone)", "20px", "12", "0"]
@@ -173,6 +174,8 @@ def test_the_cache_command_lists_and_clears_fmtks_files_only(tmp_path: Path, cac
         f") from {cache}; kept 1 being written\n"
     )
     assert names(cache) == sorted(["notes.txt", writing.name])
+    writing.unlink()
+    assert fmtk("cache").stdout == empty
 
 
 def test_an_unreadable_cache_folder_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
