@@ -148,6 +148,13 @@ def test_a_resume_goes_on_with_the_photos_it_trained_on_wherever_they_are_now(
         assert_one_line_error(refused, f"{folder}: not the data this run trained on (", again, warm)
         assert any(fragment in refused.stderr for fragment in why), refused.stderr
         assert tree_snapshot(run) == before
+    broken = tmp_path / "broken"  # --set skip_bad_images=true, a new run's way on, is refused by --resume
+    shutil.copytree(photos, broken)
+    (broken / "ants" / "ants3.png").write_bytes(b"")
+    refused = fmtk("run", "--resume", str(run), "--epochs", "2", "--data-dir", str(broken))
+    assert_one_line_error(refused, "ants3.png (", ": the run trained on them: restore them as they were to "
+                          "resume it, or leave them out in a new run from its weights (--set "
+                          "skip_bad_images=true)")  # fmt: skip
     moved = tmp_path / "moved"
     shutil.copytree(photos, moved)
     resumed = fmtk("run", "--resume", str(tmp_path / "r"), "--epochs", "2", "--data-dir", str(moved))

@@ -86,6 +86,9 @@ class PhotoSplits:
         return dataclasses.replace(self, splits=splits)
 
 
+SKIP_HINT = "; or train without them: --set skip_bad_images=true"  # a new run's way on (not a resumed one's)
+
+
 def split_folders(root: Path) -> dict[str, Path]:
     """The split folders of ``root`` by split name (none: a folder of class folders)."""
     found = {}
@@ -188,7 +191,7 @@ def load_photo_folder(
                              skip_bad_images=bool(skip_bad_images),
                              drop_near_copies=drop_near_copies)  # fmt: skip
     except BadImages as bad:
-        hint = "; or train without them: --set skip_bad_images=true" if skip_bad_images is False else ""
+        hint = SKIP_HINT if skip_bad_images is False else ""
         raise bad_images_error(bad, folder_name(root), hint) from None
 
 

@@ -18,7 +18,8 @@ from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 
 from fmtk.data.copies import copies_line
-from fmtk.data.images import others_line, photo_bars
+from fmtk.data.folders import SKIP_HINT
+from fmtk.data.images import BadImages, others_line, photo_bars
 from fmtk.device import resolve_device, threads_by_default
 from fmtk.distributed import broadcast_buffers, is_main_process
 from fmtk.errors import FmtkError
@@ -48,6 +49,12 @@ from fmtk.training.start import Start
 from fmtk.training.tensorboard import HPARAM_METRICS, attach_tensorboard, hparam_values, write_hparams
 from fmtk.training.tracking import open_tracker
 from fmtk.weights import EMA_MODEL
+
+FIX_OR_SKIP = f": fix or remove them{SKIP_HINT}"
+RESUMED_HINT = (  # in place of a new run's ": fix or remove them; or train without them: …"
+    ": the run trained on them: restore them as they were to resume it, or leave them out in a new run "
+    "from its weights (--set skip_bad_images=true)"
+)
 
 
 def build_run(
@@ -140,9 +147,14 @@ def assemble_run(
     if progress is None:
         progress = progress_by_default()
     with photo_bars(progress and is_main_process()):  # a photo folder's decoding
-        parts = recipe_parts(
-            recipe, data_dir, device, start.speed(speed), start.weights_loader(recipe.name), start.head
-        )
+        try:
+            parts = recipe_parts(
+                recipe, data_dir, device, start.speed(speed), start.weights_loader(recipe.name), start.head
+            )
+        except BadImages as error:  # --resume keeps the recipe: skip_bad_images is no way on there
+            if start.point is None or FIX_OR_SKIP not in str(error):
+                raise
+            raise FmtkError(str(error).replace(FIX_OR_SKIP, RESUMED_HINT)) from None
     start.check_data(parts, data_dir)
     data = parts.data
     lines = [start.changes(parts), threads_line(parts.speed.threads), skipped_line(data.skipped),
