@@ -191,7 +191,15 @@ def load_fitting(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     line = f"loaded {len(fitting)} of {len(own)} tensors from {source}"
     head = [key for key in own if key not in fitting]
     new = _new_modules(model, head)
+    if len(new) > NEW_SHOWN + 1:  # another architecture's weights: most of the model is new
+        new = [
+            *new[:NEW_SHOWN],
+            f"and {len(new) - NEW_SHOWN} more modules (config.json's head lists their tensors)",
+        ]
     return (f"{line}; new: {', '.join(new)}" if new else line), head
+
+
+NEW_SHOWN = 4  # new modules named in the line of what starting weights gave
 
 
 def _new_modules(model: nn.Module, keys: list[str]) -> list[str]:

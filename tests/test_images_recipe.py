@@ -196,6 +196,12 @@ def test_a_warm_start_from_a_run_folder_or_a_file_loads_every_tensor(
     assert torch.equal(parts.model.fc.weight, weights["fc.weight"])
     torch.save({f"module.{key}": value for key, value in weights.items()}, tmp_path / "ddp.pt")
     assert parts_of(photos, weights=str(tmp_path / "ddp.pt")).started_from.startswith("loaded 122 of 122")
+    deeper = parts_of(photos, weights=str(run_dir), arch="resnet34")  # another architecture: most is new
+    assert deeper.started_from == (
+        f"loaded 122 of 218 tensors from {best}; new: layer1.2.conv1, layer1.2.bn1, layer1.2.conv2, "
+        "layer1.2.bn2, and 28 more modules (config.json's head lists their tensors)"
+    )
+    assert len(deeper.head) == 96
 
 
 def test_balanced_class_weights_weight_the_training_loss_by_inverse_frequency(tmp_path: Path) -> None:
