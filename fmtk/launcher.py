@@ -77,7 +77,9 @@ class RunRequest:
         if self.resume is not None:
             return recipe_from_config(read_config(self.resume), self.epochs)
         if self.config is not None:
-            return apply_overrides(recipe_from_config(read_config(self.config)), self.overrides)
+            return apply_overrides(
+                recipe_from_config(read_config(self.config), decided=False), self.overrides
+            )
         return resolve_recipe(self.recipe_name, self.preset, self.overrides)
 
     def hold_folder(self, recipe_name: str) -> contextlib.AbstractContextManager[Path]:

@@ -37,11 +37,14 @@ def cross_entropy(recipe: Recipe) -> nn.Module:
 class Provenance:
     """Where a recipe came from, set by fmtk (not by a recipe's author) and recorded in
     config.json: ``source``, the file of a user's recipe (for ``--resume``); ``preset``, the
-    preset it was given; ``changed``, the values set on top of its defaults."""
+    preset it was given; ``changed``, the values set on top of its defaults. ``data_decided``: it
+    holds the values its ``from_data`` decides (run once, or read from the run's config.json), which
+    is not run again (not recorded)."""
 
     source: str | None = None
     preset: str | None = None
     changed: Mapping[str, Any] = field(default_factory=dict)
+    data_decided: bool = False
 
 
 @dataclass(frozen=True)

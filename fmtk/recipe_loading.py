@@ -7,6 +7,7 @@ import dataclasses
 import difflib
 import importlib.util
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,10 @@ def load_recipe(name_or_path: str) -> Recipe:
         path = bundled_recipes_dir() / f"{name_or_path}.py"
     if not path.is_file():
         raise FmtkError(f"recipe file not found: {path}")
+    if (
+        not bundled and str(path.resolve().parent) not in sys.path
+    ):  # its helper modules, as `python file` finds them
+        sys.path.insert(0, str(path.resolve().parent))
     spec = importlib.util.spec_from_file_location(f"fmtk_recipe_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -81,10 +86,12 @@ def load_recipe(name_or_path: str) -> Recipe:
 
 
 def recipe_from_config(
-    config: dict[str, Any], epochs: int | None = None, recipe: Recipe | None = None
+    config: dict[str, Any], epochs: int | None = None, recipe: Recipe | None = None, decided: bool = True
 ) -> Recipe:
     """The recipe a run was made with, from its config.json (bundled recipes by name, a user's file
-    by its path, or ``recipe`` itself: a recipe object made in Python), with ``epochs`` raised if given."""
+    by its path, or ``recipe`` itself: a recipe object made in Python), with ``epochs`` raised if given.
+    ``decided``: the values its ``from_data`` gave are the run's own (to go on with, evaluate or
+    export it); a new run made from the config (``--config``) runs it again on its data."""
     if recipe is None:
         recipe = _load_recipe_of(config)
     values = {name: config[name] for name in overridable_fields() if name in config}
@@ -98,7 +105,7 @@ def recipe_from_config(
             if old in changed:
                 changed[new] = changed.pop(old)
     recipe = dataclasses.replace(recipe, **values, options=options).came_from(
-        changed=changed, preset=config.get("preset")
+        changed=changed, preset=config.get("preset"), data_decided=decided
     )
     recipe.validate()
     return recipe

@@ -132,6 +132,49 @@ def test_a_cpu_quota_is_read_from_cgroup_v2_and_v1_as_a_container_sees_them(tmp_
     assert cgroup_cpus(tmp_path / "v1.cgroup", tmp_path / "no such file") is None
 
 
+HELPED_RECIPE = """
+import dataclasses
+from pathlib import Path
+
+from fmtk import Recipe
+from digits_helpers import digits  # a module beside the recipe file
+
+
+def from_data(recipe, data_dir):
+    with open(Path(__file__).parent / "from_data_calls.txt", "a") as file:
+        file.write("called\\n")
+    return dataclasses.replace(recipe, description="classes counted from the data")
+
+
+recipe = Recipe(name="helped", description="a recipe split in two files", model=lambda recipe: digits(),
+                data=lambda recipe, data_dir, device: digits(recipe, device), epochs=1, from_data=from_data)
+"""
+
+DIGITS_HELPERS = """
+from fmtk.data import load_digits_splits
+from fmtk.models import mlp
+
+
+def digits(recipe=None, device=None):
+    return mlp(64, [16], 10) if recipe is None else load_digits_splits(recipe.batch_size, device, recipe.seed)
+"""
+
+
+def test_a_recipe_file_imports_modules_beside_it_and_its_data_decides_once_a_command(tmp_path: Path) -> None:
+    folder = write_files(tmp_path / "mine", {"helped.py": HELPED_RECIPE, "digits_helpers.py": DIGITS_HELPERS})
+    done = fmtk("run", str(folder / "helped.py"), "--run-dir", "r", cwd=tmp_path)  # not run from its folder
+    assert done.returncode == 0, done.stderr
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["description"] == "classes counted from the data"
+    calls = folder / "from_data_calls.txt"
+    assert calls.read_text().count("called") == 1  # before: twice a run (the model's values, then the data's)
+    for command in (["evaluate", "r"], ["run", "--resume", "r", "--epochs", "2"]):
+        assert fmtk(*command, cwd=tmp_path).returncode == 0
+    assert calls.read_text().count("called") == 1  # config.json holds what it decided
+    assert fmtk("run", "--config", "r/config.json", "--run-dir", "again", cwd=tmp_path).returncode == 0
+    assert calls.read_text().count("called") == 2  # a new run's data decides anew
+
+
 def test_run_a_user_recipe_file_with_set(tmp_path: Path) -> None:
     (tmp_path / "my_recipe.py").write_text(USER_RECIPE)
     result = fmtk(

@@ -61,13 +61,13 @@ def create_model(recipe: Recipe, device: torch.device) -> nn.Module:
 
 
 def with_data(recipe: Recipe, data_dir: Path) -> Recipe:
-    """The recipe with the values its data decides (its ``from_data``), or as it is."""
-    if recipe.from_data is None:
+    """The recipe with the values its data decides (its ``from_data``, run once), or as it is."""
+    if recipe.from_data is None or recipe.provenance.data_decided:
         return recipe
     prepared = recipe.call("from_data", data_dir)
     if not isinstance(prepared, Recipe):
         raise FmtkError(f"recipe {recipe.name}: from_data() returned {type(prepared).__name__}, not a Recipe")
-    return prepared
+    return prepared.came_from(data_decided=True)
 
 
 def load_data(
@@ -76,7 +76,7 @@ def load_data(
     """The recipe's data from ``data_dir`` on ``device``, checked (three splits with samples, batches
     of the right kind, and with ``model``: one output per class) and with the recipe's augmentation
     on the training split."""
-    data = with_data(recipe, data_dir).call("data", data_dir, device)
+    data = with_data(recipe, data_dir).call("data", data_dir, device)  # (from_data has run: as it is)
     if not isinstance(data, DataSplits):
         raise FmtkError(
             f"recipe {recipe.name}: data() returned {type(data).__name__}, not a "
