@@ -260,7 +260,15 @@ class Recipe:
 
     def make_metrics(self) -> dict[str, Any]:
         """New instances of the recipe's own metrics (``metrics``), for one evaluator."""
-        return dict(self.metrics(self)) if self.metrics is not None else {}
+        from ignite.metrics import Metric
+
+        made = dict(self.metrics(self)) if self.metrics is not None else {}
+        for name, metric in made.items():
+            if not isinstance(metric, Metric):
+                kind = type(metric).__name__
+                raise FmtkError(f"recipe {self.name}: metrics() gives {name!r} as {kind}, not an Ignite "
+                                "Metric (e.g. ignite.metrics.Precision(average=True))")  # fmt: skip
+        return made
 
     def config(self) -> dict[str, Any]:
         """The resolved recipe as plain JSON values (written to the run folder's config.json)."""

@@ -957,6 +957,19 @@ CHECK_CASES = [
      "recipe mine: the test split's first batch has label 12, not one of the 10 classes (0 … 9)"),
     ("a negative label", {"train": relabel(lambda labels: labels.masked_fill(labels == 3, -1))},
      "recipe mine: the train split's first batch has label -1, not one of the 10 classes (0 … 9)"),
+    # These four passed the checks and failed in the first step (or at len()) with a traceback.
+    ("int32 labels", {"valid": relabel(lambda labels: labels.int())},
+     "recipe mine: the valid split's labels are int32; cross-entropy takes int64 class indices: "
+     "labels.long()"),
+    ("labels of N×1", {"train": relabel(lambda labels: labels.unsqueeze(1))},
+     "recipe mine: the train split's labels of a batch are 16×1; they must be one class index per sample "
+     "(shape N: labels.view(-1))"),
+    ("a generator", {"test": lambda images, labels: ((images[i:i + 16].float(), labels[i:i + 16])
+                                                     for i in range(0, 64, 16))},
+     "recipe mine: the test split (generator) has no length; give batches that can be iterated every epoch: "
+     "a DataLoader or fmtk.data.TensorBatches"),
+    ("dict batches", {"valid": lambda images, labels: [{"x": images[:4].float(), "y": labels[:4]}]},
+     "recipe mine: the valid split's batches are dicts (x, y), not (inputs, labels) pairs"),
 ]  # fmt: skip
 
 
@@ -971,13 +984,44 @@ def test_check_splits_refuses_data_that_would_fail_only_later(changes: dict, mes
     assert str(raised.value) == message
 
 
-def test_check_splits_refuses_a_model_whose_outputs_are_not_the_classes() -> None:
+def test_check_splits_refuses_a_model_whose_outputs_are_not_the_classes_and_a_loss_of_no_number() -> None:
     from fmtk.data.checks import check_splits
     from fmtk.errors import FmtkError
     from fmtk.models import mlp
 
     with pytest.raises(FmtkError, match="the model gives 5 outputs per sample but the data has 10 classes"):
         check_splits("mine", mlp(64, [16], 5), digits_splits(), torch.device("cpu"))
+
+    class TwoOutputs(torch.nn.Module):  # logits and features: the loss would get a tuple
+        def __init__(self) -> None:
+            super().__init__()
+            self.mlp = mlp(64, [16], 10)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.mlp(x), x
+
+    with pytest.raises(FmtkError, match="the model returns a tuple; it must return one tensor of class"):
+        check_splits("mine", TwoOutputs(), digits_splits(), torch.device("cpu"))
+    per_sample = torch.nn.CrossEntropyLoss(reduction="none")
+    with pytest.raises(FmtkError, match=r"its loss gives 2 on a batch of 2; it must give one number \("):
+        check_splits("mine", mlp(64, [16], 10), digits_splits(), torch.device("cpu"), per_sample)
+    check_splits("mine", mlp(64, [16], 10), digits_splits(), torch.device("cpu"), torch.nn.CrossEntropyLoss())
+
+
+def test_metrics_that_are_not_ignite_metrics_are_one_line() -> None:
+    import dataclasses
+
+    from ignite.metrics import Precision
+
+    from fmtk.errors import FmtkError
+    from fmtk.recipe_loading import load_recipe
+
+    digits = load_recipe("digits_mlp")
+    good = dataclasses.replace(digits, metrics=lambda recipe: {"precision": Precision(average=True)})
+    assert list(good.make_metrics()) == ["precision"]
+    bad = dataclasses.replace(digits, metrics=lambda recipe: {"top3": 3})
+    with pytest.raises(FmtkError, match="recipe digits_mlp: metrics.. gives 'top3' as int, not an Ignite"):
+        bad.make_metrics()
 
 
 @pytest.mark.parametrize("training", [True, False])

@@ -13,6 +13,7 @@ Examples:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -23,14 +24,21 @@ from fmtk.errors import TRACEBACK_VARIABLE, FmtkError, out_of_memory_line, user_
 
 SPLITS = ("train", "valid", "test")
 INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+LOSS_INTEGERS = (torch.uint8, torch.int64)  # the label kinds cross-entropy takes
 
 
-def check_splits(recipe_name: str, model: nn.Module | None, data: DataSplits, device: torch.device) -> None:
+def check_splits(
+    recipe_name: str,
+    model: nn.Module | None,
+    data: DataSplits,
+    device: torch.device,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
+) -> None:
     """Raise :class:`FmtkError` (one line naming the recipe and the split) when a split has no
     samples; when its labels are not an integer tensor or not in 0 … classes-1; when its inputs are
     integers (uint8 pixels) and the model's parameters are floating point; when the model does not
-    give one score per class (run in eval mode on two samples of the valid split). Without a
-    ``model`` (``fmtk show``), the splits and labels only.
+    give one score per class (run in eval mode on two samples of the valid split), or ``loss_fn``
+    gives no single number on them. Without a ``model`` (``fmtk show``), the splits and labels only.
 
     Only the first batch of each split is checked (one batch each: cheap), so a bad label further
     on still fails when training reaches it. The run's random stream and the model's train/eval
@@ -43,7 +51,20 @@ def check_splits(recipe_name: str, model: nn.Module | None, data: DataSplits, de
         if model is not None:
             _check_inputs(f"recipe {recipe_name}: the {name} split", x, model)
     if model is not None:
-        _check_output_size(recipe_name, model, first["valid"][0], classes, device)
+        x, y = first["valid"]
+        output = _check_output_size(recipe_name, model, x, classes, device)
+        if loss_fn is not None:
+            _check_loss(recipe_name, loss_fn, output, y[:2].to(device))
+
+
+def _check_loss(recipe_name: str, loss_fn: Callable, output: torch.Tensor, y: torch.Tensor) -> None:
+    """The loss is one number a batch (a vector would fail at the first backward pass)."""
+    with torch.no_grad():
+        loss = loss_fn(output, y)
+    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+        kind = "×".join(map(str, loss.shape)) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise FmtkError(f"recipe {recipe_name}: its loss gives {kind} on a batch of 2; it must give one "
+                        "number (a mean over the batch, e.g. reduction='mean')")  # fmt: skip
 
 
 def _cuda(device: torch.device) -> list[torch.device]:
@@ -54,12 +75,20 @@ def _first_batch(recipe_name: str, name: str, split: Batches, device: torch.devi
     """The split's first ``(x, y)``; a DataLoader draws its base seed from torch's generator, so the
     iteration runs on a fork of it."""
     empty = FmtkError(f"recipe {recipe_name}: the {name} split has no samples")
+    if not hasattr(split, "__len__"):  # a generator: an epoch could not be counted, nor run twice
+        kind = type(split).__name__
+        raise FmtkError(f"recipe {recipe_name}: the {name} split ({kind}) has no length; give batches that "
+                        "can be iterated every epoch: a DataLoader or fmtk.data.TensorBatches")  # fmt: skip
     if len(split) == 0:
         raise empty
     with torch.random.fork_rng(devices=_cuda(device)):
         batch = next(iter(split), None)
     if batch is None:
         raise empty
+    if isinstance(batch, Mapping):
+        keys = ", ".join(map(str, batch))
+        raise FmtkError(f"recipe {recipe_name}: the {name} split's batches are dicts ({keys}), not (inputs, "
+                        "labels) pairs")  # fmt: skip
     try:
         x, y = batch
     except (TypeError, ValueError):
@@ -75,6 +104,15 @@ def _check_labels(split: str, y: Any, classes: int) -> None:
     if not isinstance(y, torch.Tensor) or y.dtype not in INTEGERS:
         kind = str(y.dtype).removeprefix("torch.") if isinstance(y, torch.Tensor) else type(y).__name__
         raise FmtkError(f"{split}'s labels are {kind}; labels must be an integer tensor (class indices)")
+    if y.dtype not in LOSS_INTEGERS:  # cross-entropy takes int64 (or uint8) class indices only
+        kind = str(y.dtype).removeprefix("torch.")
+        raise FmtkError(
+            f"{split}'s labels are {kind}; cross-entropy takes int64 class indices: labels.long()"
+        )
+    if y.ndim != 1:
+        shape = "×".join(map(str, y.shape)) or "a scalar"
+        raise FmtkError(f"{split}'s labels of a batch are {shape}; they must be one class index per sample "
+                        "(shape N: labels.view(-1))")  # fmt: skip
     low, high = int(y.min()), int(y.max())
     if low < 0 or high >= classes:
         raise FmtkError(
@@ -114,7 +152,7 @@ def _failed_on(recipe_name: str, x: torch.Tensor, error: Exception) -> FmtkError
 
 def _check_output_size(
     recipe_name: str, model: nn.Module, x: torch.Tensor, classes: int, device: torch.device
-) -> None:
+) -> torch.Tensor:
     """The model gives one score per class: checked on two samples ``x`` of the valid split before
     training, not after an epoch (or never: cross-entropy fails only on a label past the size)."""
     with torch.random.fork_rng(devices=_cuda(device)), torch.no_grad():  # the run's stream stays
@@ -128,9 +166,13 @@ def _check_output_size(
             raise failed from None
         finally:
             model.train(was_training)
+    if not isinstance(output, torch.Tensor):
+        raise FmtkError(f"recipe {recipe_name}: the model returns a {type(output).__name__}; it must return "
+                        "one tensor of class scores (N × classes)")  # fmt: skip
     if output.ndim != 2 or output.shape[1] != classes:
         shape = "×".join(map(str, output.shape[1:])) or "a scalar"
         raise FmtkError(
             f"recipe {recipe_name}: the model gives {shape} outputs per sample but the data has "
             f"{classes} classes; its last layer must have {classes} outputs"
         )
+    return output

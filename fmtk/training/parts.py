@@ -71,7 +71,11 @@ def with_data(recipe: Recipe, data_dir: Path) -> Recipe:
 
 
 def load_data(
-    recipe: Recipe, data_dir: Path, device: torch.device, model: nn.Module | None = None
+    recipe: Recipe,
+    data_dir: Path,
+    device: torch.device,
+    model: nn.Module | None = None,
+    loss_fn: Callable | None = None,
 ) -> DataSplits:
     """The recipe's data from ``data_dir`` on ``device``, checked (three splits with samples, batches
     of the right kind, and with ``model``: one output per class) and with the recipe's augmentation
@@ -83,7 +87,7 @@ def load_data(
             "DataSplits(train, valid, test, classes)"
         )
     check_sharded({"train": data.train, "valid": data.valid, "test": data.test})
-    check_splits(recipe.name, model, data, device)
+    check_splits(recipe.name, model, data, device, loss_fn)
     augment_training_split(recipe, data)
     return data
 
@@ -117,8 +121,8 @@ def recipe_parts(
     configure_kernels(device, speed.deterministic, speed.threads)  # before the data's check runs the model
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    data = load_data(recipe, data_dir, device, model)
     loss_fn = loss_on(recipe.loss(recipe), device)
+    data = load_data(recipe, data_dir, device, model, loss_fn)
     train_loss = training_loss(recipe, data, loss_fn, device)
     train_mix = training_mix(recipe, data, device)
     return Parts(recipe, device, model, data, loss_fn, train_loss, speed, started_from, head, train_mix)
