@@ -28,10 +28,10 @@ from fmtk.errors import FmtkError
 from fmtk.runfolder import CONFIG, ITERATIONS, METRICS_CSV, read_config, read_results
 from fmtk.runlock import is_running
 
-RUNNING, INTERRUPTED, PRUNED, STOPPED_EARLY, FINISHED, UNREADABLE = (
-    "running", "interrupted", "pruned", "stopped early", "finished", "unreadable",
+RUNNING, INTERRUPTED, PRUNED, STOPPED, STOPPED_EARLY, FINISHED, UNREADABLE = (
+    "running", "interrupted", "pruned", "stopped", "stopped early", "finished", "unreadable",
 )  # fmt: skip
-STATES = (RUNNING, INTERRUPTED, PRUNED, STOPPED_EARLY, FINISHED, UNREADABLE)  # the order --sort state gives
+STATES = (RUNNING, INTERRUPTED, PRUNED, STOPPED, STOPPED_EARLY, FINISHED, UNREADABLE)  # --sort state's order
 
 
 def find_run_dirs(root: Path) -> list[Path]:
@@ -106,11 +106,12 @@ def read_run(run_dir: Path, root: Path, whole_path: bool = False) -> dict[str, A
     elif results is None:
         row["state"] = INTERRUPTED
     else:
-        # Before its epochs: by early stopping, or by a handler's Run.stop (fmtk tune's pruning).
-        stopped = results.get("stopped_early") or results.get("stopped_by")
+        # Before its epochs: by early stopping, by fmtk tune's pruning or another handler's Run.stop.
+        stopped_by = results.get("stopped_by")
         row["state"] = (
-            PRUNED if results.get("stopped_by") == PRUNED else STOPPED_EARLY if stopped else FINISHED
-        )
+            PRUNED if stopped_by == PRUNED else STOPPED if stopped_by
+            else STOPPED_EARLY if results.get("stopped_early") else FINISHED
+        )  # fmt: skip
     return row
 
 

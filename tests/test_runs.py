@@ -98,6 +98,11 @@ def test_each_state_with_its_columns(tmp_path: Path) -> None:
         "started": datetime(2026, 1, 1, 10).astimezone(timezone.utc).isoformat(),  # the folder's name, local
     }  # fmt: skip
     assert [row["state"] for row in rows] == ["interrupted", "interrupted", "finished", "stopped early"]
+    for stopped_by, state in [("pruned", "pruned"), ("valid accuracy passed 0.95", "stopped")]:  # Run.stop
+        stopped = make_run(tmp_path / state, "digits_mlp/20260103-100000", [0.9, 0.96], 10)
+        results = json.loads((stopped / METRICS_JSON).read_text())
+        write_json(stopped / METRICS_JSON, {**results, "stopped_early": False, "stopped_by": stopped_by})
+        assert [row["state"] for row in list_runs(tmp_path / state)] == [state]  # "stopped early" before
     interrupted_row = rows[0]  # its epochs so far, from metrics.csv; no test before the run ends
     assert (interrupted_row["epochs_done"], interrupted_row["best_valid_accuracy"]) == (3, 0.9)
     assert interrupted_row["test_accuracy_best"] is None
