@@ -67,6 +67,8 @@ def load_recipe(name_or_path: str) -> Recipe:
         if name_or_path not in names:
             close = difflib.get_close_matches(name_or_path, names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; known recipes: {', '.join(names)}"
+            if Path(f"{name_or_path}.py").is_file():  # a recipe file of this folder, named without .py
+                hint = f"; did you mean the file {name_or_path}.py?"
             raise FmtkError(f"unknown recipe '{name_or_path}'{hint}")
         path = bundled_recipes_dir() / f"{name_or_path}.py"
     if not path.is_file():
@@ -82,6 +84,8 @@ def load_recipe(name_or_path: str) -> Recipe:
     if not isinstance(recipe, Recipe):
         raise FmtkError(f"{path} must define a variable `recipe = Recipe(...)`")
     recipe.validate()
+    for preset in recipe.presets:  # a mistake in one is said now, not only when it is asked for
+        apply_preset(recipe, preset)
     return recipe if bundled else recipe.came_from(source=str(path.resolve()))
 
 

@@ -73,7 +73,12 @@ def parse_option(key: str, value: Any, default: Any) -> Any:
     kind = type(default[0]) if default else str
     if isinstance(value, str):
         items = [item.strip() for item in value.split(",") if item.strip()]
-        return type(default)(parse_value(key, item, kind) for item in items)
+        try:
+            return type(default)(parse_value(key, item, kind) for item in items)
+        except FmtkError:  # the whole value named, not its first item that is wrong
+            example = ",".join(map(str, default)) or "a,b"
+            raise FmtkError(f"--set {key}={value}: expected {kind.__name__} items separated by commas, e.g. "
+                            f"{key}={example}") from None  # fmt: skip
     if not isinstance(value, list | tuple):
         raise FmtkError(f"{key}={value!r}: expected a list of {kind.__name__}")
     return type(default)(typed(key, item, kind) for item in value)

@@ -234,7 +234,7 @@ CASES = [
     ("negative hidden size", {}, ["run", "digits_mlp", "--set", "hidden=-3"],
      ["recipe digits_mlp: model() failed with hidden=-3", "hidden layer widths must be >= 1, got [-3]"]),
     ("list option given as text", {"mine.py": recipe_file(**LAYERS)}, [*MINE, "--set", "layers=64,x"],
-     ["--set layers=x: expected int"]),
+     ["--set layers=64,x: expected int items separated by commas, e.g. layers="]),
     ("image_input gives no ImageInput", {"mine.py": recipe_file(image_input="lambda recipe: 'grey'")},
      ["summary", "mine.py"], ["recipe mine: image_input gave str, not ImageInput"]),
     ("image_input of the old kind", {"mine.py": recipe_file(image_input="lambda recipe, image: image")},

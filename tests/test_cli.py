@@ -175,6 +175,17 @@ def test_a_recipe_file_imports_modules_beside_it_and_its_data_decides_once_a_com
     assert calls.read_text().count("called") == 2  # a new run's data decides anew
 
 
+def test_a_recipe_files_broken_preset_and_its_name_without_py_are_one_line(tmp_path: Path) -> None:
+    typo_preset = 'presets={"wide": Preset("wider", {"widht": 16})},'
+    with_preset = USER_RECIPE.replace("epochs=2,", f"epochs=2, {typo_preset}")
+    (tmp_path / "my_recipe.py").write_text("from fmtk import Preset\n" + with_preset)
+    typo = fmtk("run", "my_recipe.py", "--output-dir", "runs", cwd=tmp_path)  # before: it trained, unsaid
+    assert_one_line_error(typo, "preset wide: unknown recipe key 'widht' for my_digits")
+    named = fmtk("run", "my_recipe", cwd=tmp_path)
+    assert_one_line_error(named, "unknown recipe 'my_recipe'; did you mean the file my_recipe.py?")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_run_a_user_recipe_file_with_set(tmp_path: Path) -> None:
     (tmp_path / "my_recipe.py").write_text(USER_RECIPE)
     result = fmtk(
