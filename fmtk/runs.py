@@ -242,7 +242,26 @@ def _format_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, str) and value and not any(character.isspace() for character in value):
         return value
+    if isinstance(value, dict) and all(str(name).isidentifier() and _is_argument(item)
+                                       for name, item in value.items()):  # optimizer_args  # fmt: skip
+        return ",".join(f"{name}:{_argument(item)}" for name, item in value.items())
+    if isinstance(value, list) and value and all(_is_argument(item) and not isinstance(item, list)
+                                                 for item in value):  # layers=64,32  # fmt: skip
+        return ",".join(map(_argument, value))
     return json.dumps(value, separators=(",", ":"))
+
+
+def _is_argument(value: Any) -> bool:
+    """Whether `--set`'s ``name:value`` pairs can say ``value``: a bool, a number, text or a tuple of them."""
+    if isinstance(value, list):
+        return bool(value) and all(_is_argument(item) and not isinstance(item, list) for item in value)
+    return isinstance(value, (bool, int, float)) or (isinstance(value, str) and value.isidentifier())
+
+
+def _argument(value: Any) -> str:
+    if isinstance(value, list):  # a tuple, as JSON keeps it
+        return "/".join(map(_argument, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _percent(value: float | None) -> str:

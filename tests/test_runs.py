@@ -159,6 +159,10 @@ def test_run_folders_are_found_at_any_depth_but_not_in_iterations(tmp_path: Path
         ({"max_grad_norm": None, "channels_last": True, "optimizer": "SGD"},
          "max_grad_norm=none channels_last=true optimizer=SGD"),
         ({"weight_decay": 1e-05, "note": "two words"}, 'weight_decay=1e-05 note="two words"'),
+        # Keyword arguments and lists as --set takes them (they showed as JSON, which it refuses).
+        ({"optimizer_args": {"momentum": 0.9, "nesterov": True, "betas": [0.9, 0.99]}, "layers": [64, 32]},
+         "optimizer_args=momentum:0.9,nesterov:true,betas:0.9/0.99 layers=64,32"),
+        ({"odd": {"two words": 1}, "nested": [[1]]}, 'odd={"two words":1} nested=[[1]]'),
     ],
 )  # fmt: skip
 def test_changed_values_read_as_set_takes_them(changed: dict[str, Any] | None, shown: str) -> None:
