@@ -123,6 +123,10 @@ def _load_recipe_of(config: dict[str, Any]) -> Recipe:
     if not isinstance(name, str):
         raise FmtkError(f'config.json: "name" must be a recipe\'s name (text), got {name!r}')
     if config.get("source"):
+        source = config["source"]
+        if not Path(source).is_file():
+            raise FmtkError(f"recipe file not found: {source}, which config.json names as the run's recipe "
+                            "(put it back there to go on with, evaluate or export the run)")  # fmt: skip
         return load_recipe(config["source"])
     names = bundled_recipe_names()
     if name not in names:

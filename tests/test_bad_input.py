@@ -970,6 +970,9 @@ CHECK_CASES = [
      "a DataLoader or fmtk.data.TensorBatches"),
     ("dict batches", {"valid": lambda images, labels: [{"x": images[:4].float(), "y": labels[:4]}]},
      "recipe mine: the valid split's batches are dicts (x, y), not (inputs, labels) pairs"),
+    ("float64 inputs", {"test": lambda images, labels: [(images[:4].double(), labels[:4])]},
+     "recipe mine: the test split's inputs are float64; the model's weights are float32: make them float32 "
+     "(e.g. .float())"),
 ]  # fmt: skip
 
 
@@ -1006,6 +1009,20 @@ def test_check_splits_refuses_a_model_whose_outputs_are_not_the_classes_and_a_lo
     with pytest.raises(FmtkError, match=r"its loss gives 2 on a batch of 2; it must give one number \("):
         check_splits("mine", mlp(64, [16], 10), digits_splits(), torch.device("cpu"), per_sample)
     check_splits("mine", mlp(64, [16], 10), digits_splits(), torch.device("cpu"), torch.nn.CrossEntropyLoss())
+
+
+def test_class_names_that_are_no_list_or_come_twice_are_one_line() -> None:
+    import dataclasses
+
+    from fmtk.data.checks import check_splits
+    from fmtk.errors import FmtkError
+    from fmtk.models import mlp
+
+    for classes, message in [("0123456789", "its classes are str; give a list of the class names"),
+                             (["a", "b", "a", *"cdefghi"], "its class names a come twice")]:  # fmt: skip
+        splits = dataclasses.replace(digits_splits(), classes=classes)
+        with pytest.raises(FmtkError, match=f"^recipe mine: {message}"):
+            check_splits("mine", mlp(64, [16], 10), splits, torch.device("cpu"))
 
 
 def test_metrics_that_are_not_ignite_metrics_are_one_line() -> None:

@@ -173,6 +173,10 @@ def test_a_recipe_file_imports_modules_beside_it_and_its_data_decides_once_a_com
     assert calls.read_text().count("called") == 1  # config.json holds what it decided
     assert fmtk("run", "--config", "r/config.json", "--run-dir", "again", cwd=tmp_path).returncode == 0
     assert calls.read_text().count("called") == 2  # a new run's data decides anew
+    (folder / "helped.py").rename(folder / "moved.py")
+    gone = fmtk("evaluate", "r", cwd=tmp_path)
+    assert_one_line_error(gone, f"recipe file not found: {folder / 'helped.py'}, which config.json names as "
+                          "the run's recipe (put it back there")  # fmt: skip
 
 
 def test_a_recipe_files_broken_preset_and_its_name_without_py_are_one_line(tmp_path: Path) -> None:

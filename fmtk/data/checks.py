@@ -44,7 +44,15 @@ def check_splits(
     on still fails when training reaches it. The run's random stream and the model's train/eval
     mode are left as they were.
     """
-    classes = len(data.classes)
+    names = data.classes
+    if not isinstance(names, list | tuple) or not all(isinstance(name, str) for name in names):
+        raise FmtkError(f"recipe {recipe_name}: its classes are {type(names).__name__}; give a list of the "
+                        "class names, e.g. ['cat', 'dog']")  # fmt: skip
+    if len(set(names)) != len(names):
+        twice = sorted({name for name in names if names.count(name) > 1})
+        raise FmtkError(f"recipe {recipe_name}: its class names {', '.join(twice)} come twice; each class "
+                        "needs its own")  # fmt: skip
+    classes = len(names)
     first = {name: _first_batch(recipe_name, name, getattr(data, name), device) for name in SPLITS}
     for name, (x, y) in first.items():
         _check_labels(f"recipe {recipe_name}: the {name} split", y, classes)
@@ -130,6 +138,10 @@ def _check_inputs(split: str, x: Any, model: nn.Module) -> None:
     if x.dtype in INTEGERS:
         kind = str(x.dtype).removeprefix("torch.")
         raise FmtkError(f"{split}'s inputs are {kind}; scale them to float, e.g. fmtk.data.scale_pixels")
+    if x.is_floating_point() and x.dtype != weight.dtype:  # float64 from numpy: the first layer refuses it
+        kind, wanted = (str(dtype).removeprefix("torch.") for dtype in (x.dtype, weight.dtype))
+        raise FmtkError(f"{split}'s inputs are {kind}; the model's weights are {wanted}: make them {wanted} "
+                        "(e.g. .float())")  # fmt: skip
 
 
 def _failed_on(recipe_name: str, x: torch.Tensor, error: Exception) -> FmtkError | None:

@@ -242,10 +242,9 @@ def attach_early_stopping(
     @trainer.on(Events.TERMINATE)
     def say_why(engine: Engine) -> None:
         if stop.early_stopped:
-            echo(
-                f"early stopping: valid {metric} has not improved for {patience} epochs; "
-                f"stopped after epoch {engine.state.epoch}"
-            )
+            epochs = f"{patience} epoch{'s' * (patience != 1)}"
+            echo(f"early stopping: valid {metric} has not improved for {epochs}; stopped after epoch "
+                 f"{engine.state.epoch}")  # fmt: skip
 
     return stopper
 
