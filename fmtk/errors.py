@@ -83,6 +83,19 @@ def out_of_memory_line(error: BaseException) -> str | None:
     return None
 
 
+def label_out_of_range_line(error: BaseException) -> str | None:
+    """Cross-entropy's ``IndexError: Target 9 is out of bounds.`` (a label past the model's
+    outputs, in a batch fmtk did not check before training) as one line; None for any other error."""
+    target = re.fullmatch(r"Target (-?\d+) is out of bounds\.", str(error))
+    if not isinstance(error, IndexError) or target is None:
+        return None
+    return (
+        f"a batch has label {target[1]}, not one of the model's classes (cross-entropy: {error}); only "
+        "the first batch of a split read batch by batch is checked before training: check the labels "
+        "the recipe's data gives"
+    )
+
+
 def print_any_file_name() -> None:
     """Let stdout and stderr print a file name that is not UTF-8 (a Latin-1 zip unpacked on Linux)
     as the bytes it is, as ls prints it, not fail with a UnicodeEncodeError on the line naming it:
@@ -100,4 +113,4 @@ def one_line(error: BaseException) -> str | None:
         return str(error)
     if os.environ.get(TRACEBACK_VARIABLE) == "1" or not isinstance(error, Exception):
         return None
-    return out_of_memory_line(error) or user_code_line(error)
+    return out_of_memory_line(error) or label_out_of_range_line(error) or user_code_line(error)

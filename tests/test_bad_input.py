@@ -190,6 +190,18 @@ class Broken(nn.Module):
     def forward(self, x):
         raise RuntimeError("shapes do not fit")
 """
+LATE_LABEL = """import torch
+from sklearn.datasets import load_digits
+from torch.utils.data import DataLoader, TensorDataset
+from fmtk.data import DataSplits
+
+def data(recipe, data_dir, device):
+    digits = load_digits()
+    x, y = torch.tensor(digits.data[:64], dtype=torch.float32) / 16, torch.tensor(digits.target[:64])
+    y[40] = 10  # in the third batch: only the first of a DataLoader is read before training
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    return DataSplits(loader, loader, loader, [str(d) for d in range(10)])
+"""
 LAYERS = {"model": "lambda recipe: mlp(64, recipe.options['layers'], 10)", "options": '{"layers": [64, 32]}'}
 
 CASES = [
@@ -216,6 +228,9 @@ CASES = [
      ["mine.py:11: RuntimeError: shapes do not fit"]),
     ("model output size is not the class count", {"mine.py": recipe_file(model="lambda r: mlp(64, [16], 5)")},
      MINE, ["the model gives 5 outputs per sample but the data has 10 classes"]),
+    ("a label past the classes in a later batch", {"mine.py": recipe_file(LATE_LABEL, data="data")}, MINE,
+     ["a batch has label 10, not one of the model's classes (cross-entropy: Target 10 is out of bounds.); "
+      "only the first batch of a split read batch by batch is checked"]),
     ("recipe name with a path separator", {"mine.py": recipe_file(name='"../escape"')}, MINE,
      ["recipe name '../escape' must be one folder name"]),
     ("negative seed", {}, ["run", "digits_mlp", "--seed", "-1"], ["seed must be in 0 … 2**32-1", "got -1"]),
@@ -957,6 +972,10 @@ CHECK_CASES = [
      "recipe mine: the test split's first batch has label 12, not one of the 10 classes (0 … 9)"),
     ("a negative label", {"train": relabel(lambda labels: labels.masked_fill(labels == 3, -1))},
      "recipe mine: the train split's first batch has label -1, not one of the 10 classes (0 … 9)"),
+    ("a label past the classes after the first batch",
+     {"valid": relabel(lambda labels: labels.index_fill(0, torch.tensor([40, 50]), 10))},
+     "recipe mine: the valid split's sample 40 has label 10, not one of the 10 classes (0 … 9); out of "
+     "range: 2 of its 64 labels"),
     # These four passed the checks and failed in the first step (or at len()) with a traceback.
     ("int32 labels", {"valid": relabel(lambda labels: labels.int())},
      "recipe mine: the valid split's labels are int32; cross-entropy takes int64 class indices: "

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from fmtk.data.batches import Batches, DataSplits
+from fmtk.data.images import LoaderBatches, sample_labels
 from fmtk.errors import TRACEBACK_VARIABLE, FmtkError, out_of_memory_line, user_code_line
 
 SPLITS = ("train", "valid", "test")
@@ -40,9 +41,10 @@ def check_splits(
     give one score per class (run in eval mode on two samples of the valid split), or ``loss_fn``
     gives no single number on them. Without a ``model`` (``fmtk show``), the splits and labels only.
 
-    Only the first batch of each split is checked (one batch each: cheap), so a bad label further
-    on still fails when training reaches it. The run's random stream and the model's train/eval
-    mode are left as they were.
+    Only the first batch of each split is loaded (one batch each: cheap); the labels of a split that
+    holds them all without loading (:func:`split_labels`) are checked whole, so a bad label further
+    on in other data fails only when training reaches it. The run's random stream and the model's
+    train/eval mode are left as they were.
     """
     names = data.classes
     if not isinstance(names, list | tuple) or not all(isinstance(name, str) for name in names):
@@ -55,9 +57,11 @@ def check_splits(
     classes = len(names)
     first = {name: _first_batch(recipe_name, name, getattr(data, name), device) for name in SPLITS}
     for name, (x, y) in first.items():
-        _check_labels(f"recipe {recipe_name}: the {name} split", y, classes)
+        split = f"recipe {recipe_name}: the {name} split"
+        _check_labels(split, y, classes)
         if model is not None:
-            _check_inputs(f"recipe {recipe_name}: the {name} split", x, model)
+            _check_inputs(split, x, model)
+        _check_all_labels(split, split_labels(getattr(data, name)), classes)
     if model is not None:
         x, y = first["valid"]
         output = _check_output_size(recipe_name, model, x, classes, device)
@@ -126,6 +130,30 @@ def _check_labels(split: str, y: Any, classes: int) -> None:
         raise FmtkError(
             f"{split}'s first batch has label {low if low < 0 else high}, not one of the {classes} classes "
             f"(0 … {classes - 1})"
+        )
+
+
+def split_labels(batches: object) -> torch.Tensor | None:
+    """All the labels of a split, when it holds them without loading its batches: TensorBatches'
+    labels, the class indices of LoaderBatches over image files; else None."""
+    labels = getattr(batches, "labels", None)
+    if labels is None and isinstance(batches, LoaderBatches):
+        samples = getattr(batches.loader.dataset, "samples", None)
+        labels = None if samples is None else sample_labels(samples)
+    return labels if isinstance(labels, torch.Tensor) else None
+
+
+def _check_all_labels(split: str, labels: torch.Tensor | None, classes: int) -> None:
+    """Every label of the split in 0 … classes-1 (the first batch's were checked already)."""
+    if labels is None or labels.numel() == 0 or labels.dtype not in INTEGERS:
+        return
+    labels = labels.reshape(-1).cpu()
+    wrong = ((labels < 0) | (labels >= classes)).nonzero()
+    if len(wrong):
+        index = int(wrong[0])
+        raise FmtkError(
+            f"{split}'s sample {index} has label {int(labels[index])}, not one of the {classes} classes "
+            f"(0 … {classes - 1}); out of range: {len(wrong)} of its {len(labels)} labels"
         )
 
 

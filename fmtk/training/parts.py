@@ -17,8 +17,8 @@ from torch import nn
 
 from fmtk.data.augment import Augmentation
 from fmtk.data.batches import DataSplits, TensorBatches
-from fmtk.data.checks import check_splits
-from fmtk.data.images import LoaderBatches, sample_labels
+from fmtk.data.checks import check_splits, split_labels
+from fmtk.data.images import LoaderBatches
 from fmtk.data.mixing import BatchMixer, Mixing
 from fmtk.distributed import check_sharded
 from fmtk.errors import FmtkError
@@ -155,12 +155,9 @@ def training_mix(recipe: Recipe, data: DataSplits, device: torch.device) -> Batc
 
 def class_counts(batches: object, classes: int) -> torch.Tensor | None:
     """How many samples of each class ``batches`` holds (float), when it can say without loading
-    them: TensorBatches' labels, LoaderBatches over image files; else None."""
-    labels = getattr(batches, "labels", None)
-    if labels is None and isinstance(batches, LoaderBatches):
-        samples = getattr(batches.loader.dataset, "samples", None)
-        labels = None if samples is None else sample_labels(samples)
-    if not isinstance(labels, torch.Tensor):
+    them (:func:`fmtk.data.checks.split_labels`); else None."""
+    labels = split_labels(batches)
+    if labels is None:
         return None
     return torch.bincount(labels.cpu(), minlength=classes).float()
 
