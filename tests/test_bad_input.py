@@ -231,6 +231,9 @@ CASES = [
     ("a label past the classes in a later batch", {"mine.py": recipe_file(LATE_LABEL, data="data")}, MINE,
      ["a batch has label 10, not one of the model's classes (cross-entropy: Target 10 is out of bounds.); "
       "only the first batch of a split read batch by batch is checked"]),
+    ("an unknown checkpoint_metric, said before the data loads", {},
+     ["run", "images", "--data-dir", "nowhere", "--set", "checkpoint_metric=f1"],
+     ["recipe images: checkpoint_metric 'f1' is not a validation metric; valid: loss, accuracy"]),
     ("recipe name with a path separator", {"mine.py": recipe_file(name='"../escape"')}, MINE,
      ["recipe name '../escape' must be one folder name"]),
     ("negative seed", {}, ["run", "digits_mlp", "--seed", "-1"], ["seed must be in 0 … 2**32-1", "got -1"]),

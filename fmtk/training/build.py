@@ -142,6 +142,8 @@ def assemble_run(
     ``folder``, that hold, is released when the run ends. The recipe's ``attach`` and then each of
     ``handlers`` (``--handler`` functions) get the run."""
     echo = echo if echo is not None and is_main_process() else _silent
+    # Before the data loads: a photo folder decodes for minutes.
+    _check_watched_metrics(recipe, ["loss", "accuracy", *recipe.make_metrics()])
     # Connected first: a tracking server that cannot be reached is one line before the data loads.
     tracker = open_tracker(recipe, start.run_dir, echo) if is_main_process() else None
     if progress is None:
@@ -274,7 +276,6 @@ def attach_handlers(
     :meth:`Run.prepare`. The whole order is one table, :data:`fmtk.training.order.ORDER`.
     """
     recipe, data, trainer, evaluator = parts.recipe, parts.data, engines.trainer, engines.evaluator
-    _check_watched_metrics(recipe, engines.metric_names)
     main = is_main_process()
     if main and progress:  # not merely disabled: a disabled bar still costs time every step
         attach_progress(trainer)
