@@ -68,6 +68,17 @@ def test_speed_options_reach_the_run(tmp_path: Path) -> None:
     )
 
 
+def test_more_threads_than_usable_cores_are_said() -> None:
+    from fmtk.device import usable_cores
+    from fmtk.training.build import threads_line
+
+    cores = usable_cores()
+    assert threads_line(threads_by_default()) is None
+    said = f"; more than the {cores} cores this process may use: its threads wait for each other, and each"
+    assert threads_line(cores + 1).endswith(said + " step takes longer")
+    assert "more than" not in (threads_line(cores) or "")
+
+
 @pytest.mark.parametrize(
     "cores, processes, environ, threads",
     [(1, 1, {}, 1), (2, 1, {}, 1), (3, 1, {}, 1), (4, 1, {}, 2), (16, 1, {}, 8), (16, 4, {}, 2),

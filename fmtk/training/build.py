@@ -20,7 +20,7 @@ from ignite.handlers import EMAHandler
 from fmtk.data.copies import copies_line
 from fmtk.data.folders import SKIP_HINT
 from fmtk.data.images import BadImages, others_line, photo_bars
-from fmtk.device import resolve_device, threads_by_default
+from fmtk.device import resolve_device, threads_by_default, usable_cores
 from fmtk.distributed import broadcast_buffers, is_main_process
 from fmtk.errors import FmtkError
 from fmtk.optimizers import create_optimizer
@@ -188,8 +188,16 @@ def assemble_run(
 def threads_line(threads: int) -> str | None:
     """A line naming the run's CPU threads when they are not the default (a run's figures depend on
     them), or None."""
-    default = threads_by_default()
-    return None if threads == default else f"CPU threads: {threads} (the default here: {default})"
+    default, cores = threads_by_default(), usable_cores()
+    if threads == default:
+        return None
+    line = f"CPU threads: {threads} (the default here: {default})"
+    if threads > cores:
+        line += (
+            f"; more than the {cores} cores this process may use: its threads wait for each other, and "
+            "each step takes longer"
+        )
+    return line
 
 
 def skipped_line(skipped: tuple[str, ...]) -> str | None:
