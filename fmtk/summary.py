@@ -8,7 +8,7 @@ from torch import nn
 
 def layer_table(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str, str, str, int]]:
     """``(name, type, output shape, parameters)`` for each leaf layer, in the order the forward pass
-    reaches them, for a batch of one input of ``input_shape`` (C×H×W)."""
+    reaches them, for a batch of one input of ``input_shape`` (C×H×W for images)."""
     rows: list[tuple[str, str, str, int]] = []
     hooks = []
     for name, module in model.named_modules():

@@ -125,21 +125,31 @@ def mixed_title(target: torch.Tensor, classes: Sequence[str]) -> str:
 
 @cli.command()
 @click.argument("recipe_name", metavar="RECIPE")
+@click.option("--preset", metavar="NAME", help="One of the recipe's named presets.")
 @set_option
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Data whose values the model depends on (the images recipe: the photo folder, whose "
-              "classes size its head).")  # fmt: skip
-def summary(recipe_name: str, settings: tuple[str, ...], data_dir: Path | None) -> None:
+              "classes size its head); a recipe without image_input is summarised on a batch of its data "
+              "[default there: $FMTK_DATA, else ./data].")  # fmt: skip
+def summary(recipe_name: str, preset: str | None, settings: tuple[str, ...], data_dir: Path | None) -> None:
     """The model's layers with output shapes and parameter counts, and the totals."""
-    from fmtk.summary import format_summary
-    from fmtk.training.parts import with_data
+    import torch
 
-    recipe = recipe_with_settings(recipe_name, settings)
-    if data_dir is not None:
-        recipe = with_data(recipe, data_dir)
-    input_shape = recipe.input().shape
+    from fmtk.recipe_loading import data_root
+    from fmtk.summary import format_summary
+    from fmtk.training.parts import load_data, with_data
+
+    recipe = recipe_with_settings(recipe_name, settings, preset)
+    on_data = recipe.image_input is None  # the input's shape is that of its data's samples
+    if data_dir is not None or on_data:
+        recipe = with_data(recipe, data_root(data_dir))
     model = recipe.call("model")  # first: a model that cannot be made is the only line
-    if data_dir is None and recipe.from_data is not None:
+    if on_data:
+        x, _ = next(iter(load_data(recipe, data_root(data_dir), torch.device("cpu")).valid))
+        input_shape = tuple(x.shape[1:])
+    else:
+        input_shape = recipe.input().shape
+    if data_dir is None and not on_data and recipe.from_data is not None:
         click.echo(f"note: {recipe.name} sets some values from its data (from_data); without --data-dir "
                    "the model is made with the recipe's own", err=True)  # fmt: skip
     click.echo(f"{recipe.name}: {recipe.description}")

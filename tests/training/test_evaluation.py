@@ -131,6 +131,7 @@ def test_show_fashion_mnist_class_names(real_data: Path, tmp_path: Path) -> None
     [
         (["fmnist_cnn", "--set", "variant=basic"], "421,642"),
         (["catdog_vgg", "--set", "image_size=64"], "16,526,466"),
+        (["fmnist_cnn", "--preset", "fast"], "421,642"),  # the preset's basic CNN (the default: 242,250)
     ],
 )
 def test_summary_matches_the_notebooks(args: list[str], total: str) -> None:
@@ -138,6 +139,31 @@ def test_summary_matches_the_notebooks(args: list[str], total: str) -> None:
     assert result.returncode == 0, result.stderr
     assert f"total parameters: {total}" in result.stdout
     assert "Conv2d" in result.stdout and "output shape" in result.stdout
+
+
+TABULAR = """import torch
+from sklearn.datasets import load_digits
+from torch.utils.data import DataLoader, TensorDataset
+from fmtk import Recipe
+from fmtk.data import DataSplits
+from fmtk.models import mlp
+
+def data(recipe, data_dir, device):
+    digits = load_digits()
+    x, y = torch.tensor(digits.data, dtype=torch.float32), torch.tensor(digits.target)
+    rows = DataLoader(TensorDataset(x, y), 32)
+    return DataSplits(rows, rows, rows, [str(d) for d in range(10)])
+
+recipe = Recipe(name="rows", description="64 numbers a sample", model=lambda r: mlp(64, [32], 10), data=data)
+"""
+
+
+def test_a_recipe_without_image_input_is_summarised_on_a_batch_of_its_data(tmp_path: Path) -> None:
+    (tmp_path / "rows.py").write_text(TABULAR)
+    result = fmtk("summary", str(tmp_path / "rows.py"))
+    assert result.returncode == 0, result.stderr
+    assert "input: [64]" in result.stdout
+    assert "total parameters: 2,410" in result.stdout  # 64·32+32 + 32·10+10
 
 
 def test_per_class_precision_recall_f1_equal_scikit_learns() -> None:
