@@ -18,7 +18,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from fmtk.data.augment import Augmentation
-from fmtk.data.copies import Fingerprinted, NearCopy
+from fmtk.data.copies import Fingerprinted, LabelConflict, NearCopy
 from fmtk.errors import FmtkError
 
 
@@ -181,8 +181,9 @@ class DataSplits:
     the data files left out: those that could not be read (``skipped``: a photo folder's
     ``skip_bad_images``), and those of a photo folder's class folders that are not photos
     (``others``: ``.mov``, ``.txt``…); the valid and test photos that are near copies of photos
-    they are judged against (``near_copies``: :mod:`fmtk.data.copies`), and the fingerprints of the
-    training photos (``trained_on``: kept in the run folder for ``fmtk evaluate --folder``)."""
+    they are judged against (``near_copies``: :mod:`fmtk.data.copies`), the pairs of near copies in
+    two classes' folders (``conflicts``), and the fingerprints of the training photos
+    (``trained_on``: kept in the run folder for ``fmtk evaluate --folder``)."""
 
     train: Batches
     valid: Batches
@@ -191,6 +192,7 @@ class DataSplits:
     skipped: tuple[str, ...] = ()
     others: tuple[str, ...] = ()
     near_copies: tuple[NearCopy, ...] = ()
+    conflicts: tuple[LabelConflict, ...] = ()
     trained_on: Fingerprinted | None = None
 
 

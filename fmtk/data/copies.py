@@ -14,6 +14,9 @@ again as JPEG at quality 50, at half size or 15% brighter, all are found at 224 
 at 32 px, where a photo has few pixels to tell by; a crop of 5% off each side is another photo. It
 is made for photos: of 1,000 Fashion-MNIST test images made 64 px photos, 12 (mostly plain
 trousers, alike to the pixel at 32×36) are taken for copies of 4,000 training ones; of MNIST's, none.
+
+The same search among all of a folder's photos finds the pairs in two classes' folders
+(:func:`label_conflicts`): one of each is labelled wrong.
 """
 
 from __future__ import annotations
@@ -91,10 +94,11 @@ def correlation(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", unit_rows(first), unit_rows(second))
 
 
-def copied(photos: Fingerprints, of: Fingerprints) -> np.ndarray:
+def copied(photos: Fingerprints, of: Fingerprints, labels: np.ndarray | None = None) -> np.ndarray:
     """For each of ``photos``, the index of its first near copy among ``of``, or -1: pairs whose
     hashes differ in at most :data:`HASH_BITS` bits and whose thumbnails correlate by :data:`SAME`
-    or more; flat photos are left out. Memory stays bounded however many hashes agree (a folder of
+    or more; flat photos are left out. With ``labels`` (of ``photos``, which ``of`` is too), only
+    copies of another label count. Memory stays bounded however many hashes agree (a folder of
     scans on white): a block of photos at a time, their thumbnails correlated by a matrix product
     with those of the photos whose hashes are close to any of them, a block of those at a time."""
     found = np.full(len(photos), -1)
@@ -105,6 +109,8 @@ def copied(photos: Fingerprints, of: Fingerprints) -> np.ndarray:
     for start in range(0, len(photos), step):
         block = photos[np.arange(start, min(start + step, len(photos)))]
         close = np.bitwise_count(block.hashes[:, None] ^ of.hashes[None, :]) <= HASH_BITS
+        if labels is not None:
+            close &= labels[start : start + step, None] != labels[None, :]
         close[block.flat()] = False
         close[:, flat] = False
         rows, columns = np.flatnonzero(close.any(axis=1)), np.flatnonzero(close.any(axis=0))
@@ -190,4 +196,34 @@ def copies_line(copies: Sequence[NearCopy]) -> str | None:
     return said + (
         f"the {splits} figures flatter the model; remove one of each pair, or leave them out with "
         "drop_near_copies=true (config.json lists them all: near_copies)"
+    )
+
+
+class LabelConflict(NamedTuple):
+    photo: str
+    label: str  # its class folder's class
+    copy_of: str  # a near copy of it in another class's folder
+    copy_label: str
+
+
+def label_conflicts(prints: Fingerprints, names: Sequence[str], labels: np.ndarray, classes: Sequence[str]
+                    ) -> tuple[LabelConflict, ...]:  # fmt: skip
+    """The pairs of photos (of any splits) that are near copies of each other in two classes'
+    folders: one of each pair is labelled wrong, and the model is taught both answers."""
+    found = copied(prints, prints, labels)
+    pairs = sorted({(min(i, j), max(i, j)) for i, j in enumerate(found.tolist()) if j >= 0})
+    return tuple(LabelConflict(names[i], classes[labels[i]], names[j], classes[labels[j]]) for i, j in pairs)
+
+
+def conflicts_line(conflicts: Sequence[LabelConflict]) -> str | None:
+    """A line counting the pairs of photos in two classes' folders, with the first; or None."""
+    if not conflicts:
+        return None
+    first, one = conflicts[0], len(conflicts) == 1
+    pair = f"{first.photo} ({first.label}) ~ {first.copy_of} ({first.copy_label})"
+    counted = pair if one else f"{len(conflicts)} pairs, e.g. {pair}"
+    each = "the two" if one else "each pair"
+    return (
+        f"the same photo in two classes: {counted}: one of {each} is labelled wrong; move it to its "
+        f"class or remove it (config.json lists {'it' if one else 'them all'}: label_conflicts)"
     )

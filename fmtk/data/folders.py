@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fmtk.data.batches import DataSplits, TensorBatches, stratified_split
-from fmtk.data.copies import Fingerprinted, Fingerprints, near_copies
+from fmtk.data.copies import Fingerprinted, Fingerprints, LabelConflict, label_conflicts, near_copies
 from fmtk.data.image_cache import Bad, FolderCache, folder_name, make_room
 from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD
 from fmtk.data.images import (
@@ -230,10 +230,12 @@ def photo_batches(
     names = {split: [path for path, _ in found.samples(split)] for split in found.splits}
     trained_on = Fingerprinted(tuple(os.path.abspath(name) for name in names["train"]), prints["train"])
     copies = near_copies(prints, names, leave_out=drop_near_copies)
+    conflicts = photos_in_two_classes(found, prints, names)
     if drop_near_copies and copies:
         found = found.leaving_out({copy.photo for copy in copies})
         none_left(found, "each is a near copy of a photo it is judged against (drop_near_copies)")
-    noted = {"skipped": skipped, "others": found.others, "near_copies": copies, "trained_on": trained_on}
+    noted = {"skipped": skipped, "others": found.others, "near_copies": copies, "conflicts": conflicts,
+             "trained_on": trained_on}  # fmt: skip
     if data_cache == "none":
         splits = tuple(found.samples(split) for split in ("train", "valid", "test"))
         data = loader_splits(splits, found.classes, image_size, batch_size, device, seed, flip_p, mean, std)
@@ -252,6 +254,16 @@ def photo_batches(
 
     splits = batches("train"), batches("valid"), batches("test")
     return DataSplits(*splits, found.classes, **noted)
+
+
+def photos_in_two_classes(
+    found: PhotoSplits, prints: dict[str, Fingerprints], names: dict[str, list[str]]
+) -> tuple[LabelConflict, ...]:
+    """The pairs of near copies among all of ``found``'s photos (any splits) in two classes' folders."""
+    order = ("train", "valid", "test")
+    labels = np.array([label for split in order for _, label in found.samples(split)], dtype=np.int64)
+    every = Fingerprints.joined([prints[split] for split in order])
+    return label_conflicts(every, [name for split in order for name in names[split]], labels, found.classes)
 
 
 def none_left(found: PhotoSplits, why: str) -> None:

@@ -17,7 +17,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 
-from fmtk.data.copies import copies_line
+from fmtk.data.copies import conflicts_line, copies_line
 from fmtk.data.folders import SKIP_HINT
 from fmtk.data.images import BadImages, others_line, photo_bars
 from fmtk.device import resolve_device, threads_by_default, usable_cores
@@ -160,7 +160,8 @@ def assemble_run(
     start.check_data(parts, data_dir)
     data = parts.data
     lines = [start.changes(parts), threads_line(parts.speed.threads), skipped_line(data.skipped),
-             others_line(data.others), copies_line(data.near_copies), parts.started_from]  # fmt: skip
+             others_line(data.others), copies_line(data.near_copies), conflicts_line(data.conflicts),
+             parts.started_from]  # fmt: skip
     for line in [*lines, split_sizes(split_counts(parts))]:
         if line:
             echo(line)

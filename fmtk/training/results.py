@@ -30,6 +30,8 @@ def run_config(parts: Parts, start: Start, data_dir: Path | None, command: str |
         config["skipped_images"] = list(parts.data.skipped)
     if parts.data.near_copies:  # valid and test photos that flatter their figures (fmtk.data.copies)
         config["near_copies"] = [copy._asdict() for copy in parts.data.near_copies]
+    if parts.data.conflicts:  # near copies in two classes' folders: one of each is labelled wrong
+        config["label_conflicts"] = [conflict._asdict() for conflict in parts.data.conflicts]
     first = start.first(command, parts.started_from)  # started_from: what the starting weights gave
     config["started_from"] = first["started_from"]
     config["head"] = list(parts.head)  # and the tensors they did not give

@@ -16,7 +16,7 @@ from PIL import Image, ImageEnhance
 
 import fmtk as toolkit
 from fmtk.data import copies, load_catdog, load_photo_folder
-from fmtk.data.copies import Fingerprints, NearCopy, copied, copies_line
+from fmtk.data.copies import Fingerprints, LabelConflict, NearCopy, conflicts_line, copied, copies_line
 
 CPU = torch.device("cpu")
 
@@ -61,6 +61,7 @@ def test_photos_saved_again_are_found_in_every_data_cache(
     assert set(data.skipped) == bad  # their rows are no photo's
     assert {copy.photo: copy.copy_of for copy in data.near_copies} == originals
     assert {copy.split for copy in data.near_copies} == {"test"}
+    assert data.conflicts == ()  # each copy is in its original's class
 
 
 @pytest.mark.parametrize("data_cache", ["memory", "file", "none"])
@@ -131,6 +132,7 @@ def test_the_one_copy_among_the_cat_and_dog_photos_is_found_when_the_split_parts
         NearCopy("valid", str(training / "dog.180.jpg"), str(training / "dog.74.jpg"), "train"),
     )
     assert found[1] == ()  # the same photo twice, both drawn into train
+    assert load_catdog(real_data, 32, 16, CPU, seed=1).conflicts == ()  # in the dogs' folder both times
 
 
 @pytest.mark.parametrize("pairs, at_once", [(copies.PAIRS_AT_ONCE, copies.AT_ONCE), (7, 3), (1, 1)])
@@ -152,6 +154,39 @@ def test_each_photo_s_first_copy_is_found_whatever_the_blocks(
     monkeypatch.setattr(copies, "AT_ONCE", at_once)
     found = copied(photos, of)
     assert {row: int(found[row]) for row in np.flatnonzero(found >= 0)} == {3: 9, 11: 0, 17: 39}
+
+
+@pytest.mark.parametrize("data_cache", ["memory", "none"])
+def test_a_photo_in_two_classes_folders_is_found_in_any_split(
+    folder: tuple[Path, dict[str, str]], data_cache: str
+) -> None:
+    photos, _ = folder
+    train, test = photos / "train", photos / "test"
+    shutil.copy(train / "cats" / "cat.4.jpg", train / "dogs" / "also_a_dog.jpg")  # in train twice
+    half = Image.open(train / "dogs" / "dog.9.jpg")
+    half.resize((half.width // 2, half.height // 2)).save(test / "cats" / "a_cat.png")  # train and test
+    data = load_photo_folder(photos, 32, 4, CPU, seed=0, data_cache=data_cache, skip_bad_images=True)
+    found = {frozenset([(c.photo, c.label), (c.copy_of, c.copy_label)]) for c in data.conflicts}
+    assert found == {
+        frozenset(
+            [(str(train / "cats" / "cat.4.jpg"), "cats"), (str(train / "dogs" / "also_a_dog.jpg"), "dogs")]
+        ),
+        frozenset([(str(train / "dogs" / "dog.9.jpg"), "dogs"), (str(test / "cats" / "a_cat.png"), "cats")]),
+    }
+
+
+def test_the_line_names_the_photos_in_two_classes() -> None:
+    assert conflicts_line(()) is None
+    pair = LabelConflict("p/cats/a.jpg", "cats", "p/dogs/b.jpg", "dogs")
+    assert conflicts_line([pair]) == (
+        "the same photo in two classes: p/cats/a.jpg (cats) ~ p/dogs/b.jpg (dogs): one of the two is "
+        "labelled wrong; move it to its class or remove it (config.json lists it: label_conflicts)"
+    )
+    assert conflicts_line([pair, pair._replace(photo="p/cats/c.jpg")]) == (
+        "the same photo in two classes: 2 pairs, e.g. p/cats/a.jpg (cats) ~ p/dogs/b.jpg (dogs): one of "
+        "each pair is labelled wrong; move it to its class or remove it (config.json lists them all: "
+        "label_conflicts)"
+    )
 
 
 def test_the_line_counts_the_copies_by_split() -> None:
@@ -187,7 +222,9 @@ def test_a_run_names_them_and_evaluating_a_folder_names_the_run_s_training_photo
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[0].startswith("near copies across splits: 3 test photos are a near copy")
-    listed = json.loads((tmp_path / "run" / "config.json").read_text())["near_copies"]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert "label_conflicts" not in config
+    listed = config["near_copies"]
     assert {copy["photo"]: copy["copy_of"] for copy in listed} == originals
     assert {copy["split"] for copy in listed} == {"test"}
     trained = set(np.load(tmp_path / "run" / "train_fingerprints.npz")["names"].tolist())
