@@ -10,8 +10,11 @@ import re
 import sys
 import sysconfig
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
+T = TypeVar("T")
 TRACEBACK_VARIABLE = "FMTK_TRACEBACK"  # set to 1: errors in user code keep their whole traceback
 
 
@@ -94,6 +97,13 @@ def label_out_of_range_line(error: BaseException) -> str | None:
         "the first batch of a split read batch by batch is checked before training: check the labels "
         "the recipe's data gives"
     )
+
+
+def first_few(items: Sequence[T], shown: int = 3) -> tuple[list[T], int]:
+    """The items a one-line message names, and how many it leaves to "and N more": the first
+    ``shown``, or all of them when there is one more (a fourth is named, not "and 1 more")."""
+    named = len(items) if len(items) <= shown + 1 else shown
+    return list(items[:named]), len(items) - named
 
 
 def print_any_file_name() -> None:

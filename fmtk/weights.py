@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from fmtk.errors import FmtkError
+from fmtk.errors import FmtkError, first_few
 from fmtk.runfolder import CONFIG, find_checkpoint
 
 EMA_MODEL = "ema_model"  # a last checkpoint's averaged weights, when the recipe keeps an EMA
@@ -190,12 +190,9 @@ def load_fitting(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     model.load_state_dict(fitting, strict=False)
     line = f"loaded {len(fitting)} of {len(own)} tensors from {source}"
     head = [key for key in own if key not in fitting]
-    new = _new_modules(model, head)
-    if len(new) > NEW_SHOWN + 1:  # another architecture's weights: most of the model is new
-        new = [
-            *new[:NEW_SHOWN],
-            f"and {len(new) - NEW_SHOWN} more modules (config.json's head lists their tensors)",
-        ]
+    new, left = first_few(_new_modules(model, head), NEW_SHOWN)  # another architecture's: most are new
+    if left:
+        new.append(f"and {left} more modules (config.json's head lists their tensors)")
     return (f"{line}; new: {', '.join(new)}" if new else line), head
 
 

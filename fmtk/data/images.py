@@ -43,7 +43,7 @@ from fmtk.data.image_input import (
     resize_rgb,
 )
 from fmtk.device import usable_cores
-from fmtk.errors import FmtkError
+from fmtk.errors import FmtkError, first_few
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -147,9 +147,9 @@ class BadImages(FmtkError):
         verb: str = "decoded",
     ) -> None:
         self.bad, self.total, self.good = bad, total, good  # good: the others, decoded (decode_images)
-        named = len(bad) if len(bad) <= self.SHOWN + 1 else self.SHOWN  # a fourth is named, not "1 more"
-        shown = "; ".join(f"{path} ({why})" for path, why in bad[:named])
-        more = f"; and {len(bad) - named} more" if len(bad) > named else ""
+        named, left = first_few(bad, self.SHOWN)
+        shown = "; ".join(f"{path} ({why})" for path, why in named)
+        more = f"; and {left} more" if left else ""
         listed = f"; all of them are listed in {listed_in}" if listed_in is not None else ""
         super().__init__(
             f"{len(bad)} of {total} image files cannot be {verb}: {shown}{more}{listed}: fix or remove "

@@ -22,7 +22,7 @@ from fmtk.data.folders import SKIP_HINT
 from fmtk.data.images import BadImages, others_line, photo_bars
 from fmtk.device import resolve_device, threads_by_default, usable_cores
 from fmtk.distributed import broadcast_buffers, is_main_process
-from fmtk.errors import FmtkError
+from fmtk.errors import FmtkError, first_few
 from fmtk.optimizers import create_optimizer
 from fmtk.recipe import Recipe
 from fmtk.recipe_loading import data_root, resolve_recipe
@@ -205,8 +205,8 @@ def skipped_line(skipped: tuple[str, ...]) -> str | None:
     """A line naming the data files the run trains without (``skip_bad_images``), or None."""
     if not skipped:
         return None
-    named = len(skipped) if len(skipped) <= 4 else 3  # a fourth is named, not "and 1 more"
-    shown = ", ".join(skipped[:named]) + (f" and {len(skipped) - named} more" if len(skipped) > named else "")
+    named, left = first_few(skipped)
+    shown = ", ".join(named) + (f" and {left} more" if left else "")
     files = "file" if len(skipped) == 1 else "files"
     return f"skip_bad_images: training without {len(skipped)} undecodable {files} ({shown}; in config.json)"
 
