@@ -132,8 +132,9 @@ def heif_hint(others: Sequence[str]) -> str:
 
 class BadImages(FmtkError):
     """Image files that cannot be decoded, every one found in a pass: ``bad`` is ``[(path, why)]``,
-    of ``total`` files. The one-line message names the count and the first ones, and the file that
-    lists them all when there is one (:func:`bad_images_error`)."""
+    of ``total`` files. The one-line message names the count and the first ones, the file that
+    lists them all when there is one (:func:`bad_images_error`), and the way on: ``fix or remove
+    them`` and the ``hint``, or what ``way_on`` says instead."""
 
     SHOWN = 3  # bad files named in the line
 
@@ -145,16 +146,22 @@ class BadImages(FmtkError):
         hint: str = "",
         good: torch.Tensor | None = None,
         verb: str = "decoded",
+        way_on: str | None = None,
     ) -> None:
         self.bad, self.total, self.good = bad, total, good  # good: the others, decoded (decode_images)
+        self.listed_in, self.hint, self.verb = listed_in, hint, verb
         named, left = first_few(bad, self.SHOWN)
         shown = "; ".join(f"{path} ({why})" for path, why in named)
         more = f"; and {left} more" if left else ""
         listed = f"; all of them are listed in {listed_in}" if listed_in is not None else ""
+        way_on = f"fix or remove them{hint}" if way_on is None else way_on
         super().__init__(
-            f"{len(bad)} of {total} image files cannot be {verb}: {shown}{more}{listed}: fix or remove "
-            f"them{hint}"
+            f"{len(bad)} of {total} image files cannot be {verb}: {shown}{more}{listed}: {way_on}"
         )
+
+    def saying(self, way_on: str) -> BadImages:
+        """The same error with another way on."""
+        return BadImages(self.bad, self.total, self.listed_in, verb=self.verb, way_on=way_on)
 
 
 # Whether reading a folder of photos shows a bar on stderr: set by a run's start as it sets the

@@ -50,9 +50,8 @@ from fmtk.training.tensorboard import HPARAM_METRICS, attach_tensorboard, hparam
 from fmtk.training.tracking import open_tracker
 from fmtk.weights import EMA_MODEL
 
-FIX_OR_SKIP = f": fix or remove them{SKIP_HINT}"
-RESUMED_HINT = (  # in place of a new run's ": fix or remove them; or train without them: …"
-    ": the run trained on them: restore them as they were to resume it, or leave them out in a new run "
+RESUMED_WAY_ON = (  # in place of a new run's "fix or remove them; or train without them: …"
+    "the run trained on them: restore them as they were to resume it, or leave them out in a new run "
     "from its weights (--set skip_bad_images=true)"
 )
 
@@ -154,9 +153,9 @@ def assemble_run(
                 recipe, data_dir, device, start.speed(speed), start.weights_loader(recipe.name), start.head
             )
         except BadImages as error:  # --resume keeps the recipe: skip_bad_images is no way on there
-            if start.point is None or FIX_OR_SKIP not in str(error):
+            if start.point is None or error.hint != SKIP_HINT:
                 raise
-            raise FmtkError(str(error).replace(FIX_OR_SKIP, RESUMED_HINT)) from None
+            raise error.saying(RESUMED_WAY_ON) from None
     start.check_data(parts, data_dir)
     data = parts.data
     lines = [start.changes(parts), threads_line(parts.speed.threads), skipped_line(data.skipped),
