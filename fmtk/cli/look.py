@@ -272,7 +272,7 @@ def predict(
     its image files), from a run folder's checkpoint or from a model file that fmtk export wrote
     (.onnx, .pt). Images that cannot be read are named at the end, and the exit status is 1."""
     from fmtk.api import predictions
-    from fmtk.data.image_input import left_out_files
+    from fmtk.data.image_input import listed_files
     from fmtk.data.images import others_line
     from fmtk.exported import SUFFIXES
     from fmtk.prediction import unreadable
@@ -286,11 +286,12 @@ def predict(
             )
     else:
         check_run_folder("predict", run_dir)
-    left_out = others_line([str(path) for path in left_out_files(images)])
+    files, others = listed_files(images)  # the folders walked once: predictions() gets their files
+    left_out = others_line([str(path) for path in others])
     if left_out is not None:  # as a run and evaluate --folder say it (on stderr: --json stays JSON)
         click.echo(left_out, err=True)
     results, told = [], False
-    for result in predictions(run_dir, images, checkpoint=checkpoint, top=top, device=device):
+    for result in predictions(run_dir, files, checkpoint=checkpoint, top=top, device=device):
         classes = len(result.get("predictions", []))
         if 0 < classes < top and not told:  # once: the model has fewer classes than asked for
             click.echo(

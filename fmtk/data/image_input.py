@@ -182,27 +182,28 @@ Source = Path | str | Image.Image  # an image file, or an image already open
 
 
 def image_files(sources: Sequence[Source]) -> list[Source]:
+    """``sources`` with each folder replaced by the image files under it (:func:`listed_files`)."""
+    return listed_files(sources)[0]
+
+
+def listed_files(sources: Sequence[Source]) -> tuple[list[Source], list[Path]]:
     """``sources`` with each folder replaced by the image files under it (torchvision's image
-    extensions and HEIC's, at any depth, sorted, none :func:`hidden`); files and open images stay as
-    they are. A folder without image files is one line. Without pillow-heif a HEIC file is listed
-    too, to be answered as one that cannot be read, saying what to install (:func:`open_image`)."""
+    extensions and HEIC's, at any depth, sorted, none :func:`hidden`), files and open images as they
+    are; and the folders' files it leaves out, of kinds fmtk does not read (``.gif``, ``.txt``…). A
+    folder without image files is one line. Without pillow-heif a HEIC file is listed too, to be
+    answered as one that cannot be read, saying what to install (:func:`open_image`)."""
     listed: list[Source] = []
+    others: list[Path] = []
     for source in sources:
         if isinstance(source, Image.Image) or not Path(source).is_dir():
             listed.append(source)
             continue
-        found, _ = folder_files(Path(source))
+        found, other = folder_files(Path(source))
         if not found:
             raise FmtkError(f"{source}: a folder without image files ({' '.join(listed_extensions())})")
         listed.extend(found)
-    return listed
-
-
-def left_out_files(sources: Sequence[Source]) -> list[Path]:
-    """The files under the folders of ``sources`` that :func:`image_files` leaves out: of kinds fmtk
-    does not read (``.gif``, ``.txt``…), not hidden."""
-    return [path for source in sources if not isinstance(source, Image.Image) and Path(source).is_dir()
-            for path in folder_files(Path(source))[1]]  # fmt: skip
+        others.extend(other)
+    return listed, others
 
 
 def listed_extensions() -> tuple[str, ...]:
