@@ -80,7 +80,7 @@ def load_data(
     """The recipe's data from ``data_dir`` on ``device``, checked (three splits with samples, batches
     of the right kind, and with ``model``: one output per class) and with the recipe's augmentation
     on the training split."""
-    data = with_data(recipe, data_dir).call("data", data_dir, device)  # (from_data has run: as it is)
+    data = with_data(recipe, data_dir).call("data", data_dir, device)  # from_data runs once a command
     if not isinstance(data, DataSplits):
         raise FmtkError(
             f"recipe {recipe.name}: data() returned {type(data).__name__}, not a "
