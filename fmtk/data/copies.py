@@ -160,16 +160,23 @@ class NearCopy(NamedTuple):
 
 
 def near_copies(
-    prints: dict[str, Fingerprints], names: dict[str, list[str]], leave_out: bool = False
+    prints: dict[str, Fingerprints],
+    names: dict[str, list[str]],
+    leave_out: bool = False,
+    labels: dict[str, np.ndarray] | None = None,
 ) -> tuple[NearCopy, ...]:
     """Each valid and test photo that is a near copy of a training photo, and each other test photo
-    that is one of a valid photo; ``prints`` and ``names`` by split, in the same order. With
-    ``leave_out`` each is marked as left out of its split."""
+    that is one of a valid photo; ``prints`` and ``names`` (and ``labels``) by split, in the same
+    order. With ``labels``, a copy of another class is left to :func:`label_conflicts`: it does not
+    flatter a split's figures, one of the two is labelled wrong. With ``leave_out`` each is marked
+    as left out of its split."""
     found: list[NearCopy] = []
     for split, of in (("valid", "train"), ("test", "train"), ("test", "valid")):
         taken = {copy.photo for copy in found}
         for row, original in enumerate(copied(prints[split], prints[of])):
-            if original >= 0 and names[split][row] not in taken:
+            if original < 0 or names[split][row] in taken:
+                continue
+            if labels is None or labels[split][row] == labels[of][original]:
                 found.append(NearCopy(split, names[split][row], names[of][original], of, leave_out))
     return tuple(found)
 

@@ -229,8 +229,9 @@ def photo_batches(
     prints = {split: prints[folder][index] for split, (folder, index) in found.splits.items()}
     names = {split: [path for path, _ in found.samples(split)] for split in found.splits}
     trained_on = Fingerprinted(tuple(os.path.abspath(name) for name in names["train"]), prints["train"])
-    copies = near_copies(prints, names, leave_out=drop_near_copies)
-    conflicts = photos_in_two_classes(found, prints, names)
+    classes = {split: sample_labels(found.samples(split)).numpy() for split in names}  # each photo's
+    copies = near_copies(prints, names, leave_out=drop_near_copies, labels=classes)
+    conflicts = photos_in_two_classes(found, prints, names, classes)
     if drop_near_copies and copies:
         found = found.leaving_out({copy.photo for copy in copies})
         none_left(found, "each is a near copy of a photo it is judged against (drop_near_copies)")
@@ -257,13 +258,16 @@ def photo_batches(
 
 
 def photos_in_two_classes(
-    found: PhotoSplits, prints: dict[str, Fingerprints], names: dict[str, list[str]]
+    found: PhotoSplits,
+    prints: dict[str, Fingerprints],
+    names: dict[str, list[str]],
+    labels: dict[str, np.ndarray],
 ) -> tuple[LabelConflict, ...]:
     """The pairs of near copies among all of ``found``'s photos (any splits) in two classes' folders."""
     order = ("train", "valid", "test")
-    labels = np.array([label for split in order for _, label in found.samples(split)], dtype=np.int64)
     every = Fingerprints.joined([prints[split] for split in order])
-    return label_conflicts(every, [name for split in order for name in names[split]], labels, found.classes)
+    named = [name for split in order for name in names[split]]
+    return label_conflicts(every, named, np.concatenate([labels[split] for split in order]), found.classes)
 
 
 def none_left(found: PhotoSplits, why: str) -> None:

@@ -173,6 +173,9 @@ def test_a_photo_in_two_classes_folders_is_found_in_any_split(
         ),
         frozenset([(str(train / "dogs" / "dog.9.jpg"), "dogs"), (str(test / "cats" / "a_cat.png"), "cats")]),
     }
+    # The test photo does not flatter the test figures (the model learns it as a dog): no near copy.
+    assert str(test / "cats" / "a_cat.png") not in {copy.photo for copy in data.near_copies}
+    assert len(data.near_copies) == 3  # the fixture's own, each in its original's class
 
 
 def test_the_line_names_the_photos_in_two_classes() -> None:
