@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from fmtk.data.batches import Batches, DataSplits
-from fmtk.data.images import LoaderBatches, sample_labels
 from fmtk.errors import TRACEBACK_VARIABLE, FmtkError, out_of_memory_line, user_code_line
 
 SPLITS = ("train", "valid", "test")
@@ -135,11 +134,12 @@ def _check_labels(split: str, y: Any, classes: int) -> None:
 
 def split_labels(batches: object) -> torch.Tensor | None:
     """All the labels of a split, when it holds them without loading its batches: TensorBatches'
-    labels, the class indices of LoaderBatches over image files; else None."""
+    labels, the class indices of LoaderBatches over image files (their dataset's ``(path, label)``
+    samples); else None."""
     labels = getattr(batches, "labels", None)
-    if labels is None and isinstance(batches, LoaderBatches):
-        samples = getattr(batches.loader.dataset, "samples", None)
-        labels = None if samples is None else sample_labels(samples)
+    samples = getattr(getattr(getattr(batches, "loader", None), "dataset", None), "samples", None)
+    if labels is None and samples is not None:
+        labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
     return labels if isinstance(labels, torch.Tensor) else None
 
 
