@@ -8,9 +8,12 @@ a name that one side has and the other lacks is a one-line error.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
-from collections.abc import Mapping
+import signal
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,6 +143,12 @@ class RunSaver(DiskSaver):
         super().__init__(*args, **kwargs)
         self.pending_removals: list[str] = []
 
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        # Ctrl-C inside torch.save's zip writer surfaces as its RuntimeError ("unexpected pos …"), a
+        # traceback: a stop asked for while a checkpoint is written is taken once it is whole.
+        with signals_held():
+            super().__call__(checkpoint, filename, metadata)
+
     def remove(self, filename: str) -> None:
         self.pending_removals.append(filename)
 
@@ -151,6 +160,28 @@ class RunSaver(DiskSaver):
             except FileNotFoundError:
                 pass
         self.pending_removals.clear()
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive inside the block are raised again at its end, to the handlers
+    there were (the first of them; a second Ctrl-C asks no more than the first). Outside the main
+    thread, where no handler can be set, the block runs as it is."""
+    numbers = (signal.SIGINT, signal.SIGTERM)
+    handlers = {number: signal.getsignal(number) for number in numbers}
+    if threading.current_thread() is not threading.main_thread() or None in handlers.values():
+        yield  # (a handler set outside Python cannot be put back)
+        return
+    caught: list[int] = []
+    for number in numbers:
+        signal.signal(number, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def attach_checkpoints(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -250,3 +252,24 @@ def test_weights_of_another_number_of_classes_say_so_and_another_model_names_bot
     )
     with pytest.raises(FmtkError, match="holds a Sequential with .* a different architecture or variant"):
         load_model_weights(checkpoint, Path("best.pt"), "images", net(3, hidden=6))
+
+
+class _StopWhileWritten:
+    """Pickled inside torch.save: Ctrl-C arrives while the checkpoint is being written."""
+
+    def __reduce__(self) -> tuple:
+        os.kill(os.getpid(), signal.SIGINT)
+        return (dict, ())
+
+
+def test_a_stop_asked_for_while_a_checkpoint_is_written_is_taken_once_it_is_whole(tmp_path: Path) -> None:
+    from fmtk.training.checkpoints import RunSaver
+
+    saver = RunSaver(str(tmp_path), atomic=True, require_empty=False)
+    weights = torch.arange(100_000.0)
+    with pytest.raises(KeyboardInterrupt):
+        saver({"model": {"w": weights}, "stop": _StopWhileWritten()}, "last_checkpoint_1.pt")
+    saved = torch.load(tmp_path / "last_checkpoint_1.pt", weights_only=False)
+    assert torch.equal(saved["model"]["w"], weights) and saved["stop"] == {}
+    assert [path.name for path in tmp_path.iterdir()] == ["last_checkpoint_1.pt"]  # no torn temporary file
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # as it was
