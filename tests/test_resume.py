@@ -156,6 +156,10 @@ def test_sigkill_mid_epoch_then_resume_ends_exactly_like_an_uninterrupted_run(
     assert results(run_dir) == results(uninterrupted)
     assert sorted(p.name for p in run_dir.glob("*.pt")) == sorted(p.name for p in uninterrupted.glob("*.pt"))
     assert results(uninterrupted)["best_epoch"] == 4  # the best checkpoint moved after the resume too
+    # The training time counts the epochs before the kill too (it held the resumed start's alone).
+    with (run_dir / "metrics.csv").open() as file:
+        trained = sum(float(row["epoch_seconds"]) for row in csv.DictReader(file))
+    assert json.loads((run_dir / "metrics.json").read_text())["train_seconds"] >= round(trained, 2)
 
 
 # Every option beyond the notebooks on at once: a per-iteration schedule with warm-up (Ignite's

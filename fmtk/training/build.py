@@ -27,7 +27,7 @@ from fmtk.optimizers import create_optimizer
 from fmtk.recipe import Recipe
 from fmtk.recipe_loading import data_root, resolve_recipe
 from fmtk.runfolder import run_folder
-from fmtk.training.checkpoints import STOP, RandomState, RunInfo
+from fmtk.training.checkpoints import CLOCK, STOP, RandomState, RunInfo, TrainingClock
 from fmtk.training.engines import SpeedOptions, create_evaluator, create_trainer
 from fmtk.training.handlers import (
     RunStop,
@@ -265,7 +265,7 @@ def kept_states(parts: Parts, engines: Engines) -> dict[str, Any]:
     states.update(scaler=engines.scaler, random_state=RandomState(), run_info=run_info)
     if engines.evaluated_model is not parts.model:
         states[EMA_MODEL] = engines.evaluated_model
-    states[STOP] = RunStop()
+    states[STOP], states[CLOCK] = RunStop(), TrainingClock()
     return {name: state for name, state in states.items() if state is not None}
 
 

@@ -13,6 +13,7 @@ import math
 import random
 import signal
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from fmtk.runfolder import BEST, LAST
 from fmtk.version import __version__
 
 STOP = "stop"  # the last checkpoint's name for the run's RunStop (why a handler stopped it)
+CLOCK = "clock"  # … and for its TrainingClock
 
 
 class RandomState:
@@ -99,6 +101,29 @@ class ResumePoint:
         """The checkpoint files this state names: itself and its best checkpoint."""
         best = {Path(name).name for _, name in self.checkpoint["best_checkpoint"]["_saved"]}
         return {self.path.name} | best
+
+
+class TrainingClock:
+    """The wall time of a run's training loop (validation and checkpoints included), summed over
+    its starts: kept in the last checkpoint, so that a resumed run counts the time before it (up to
+    that checkpoint: the part of an epoch a kill cut short, trained again, is not counted twice)."""
+
+    def __init__(self) -> None:
+        self.before, self.since = 0.0, time.perf_counter()
+
+    def start(self) -> None:
+        """This start of the run begins now."""
+        self.since = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.since
+
+    def state_dict(self) -> dict[str, float]:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.before = float(state["seconds"])
 
 
 class RunInfo:
@@ -311,8 +336,9 @@ def _other_head(
 def restore(kept: Mapping[str, Any], checkpoint: dict[str, Any], path: Path) -> None:
     """Load every kept state but the model (loaded by :func:`load_model_weights`) from a last
     checkpoint; a name kept on one side only is a one-line error naming it."""
-    # A checkpoint of fmtk 0.1 has no "stop" (Run.stop came later): that run was not stopped.
-    missing = [name for name in kept if name not in checkpoint and name != STOP]
+    # A checkpoint of fmtk 0.1 has no "stop" (Run.stop came later): that run was not stopped; one
+    # of a release before 2026-12-07 has no "clock": its time before the resume is not counted.
+    missing = [name for name in kept if name not in checkpoint and name not in (STOP, CLOCK)]
     if missing:
         raise FmtkError(
             f"{path.name} has no state for {', '.join(map(repr, missing))}, which this run keeps: "

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -27,7 +26,7 @@ from torch import nn
 from fmtk.distributed import is_main_process
 from fmtk.errors import FmtkError
 from fmtk.runfolder import CONFIG, METRICS_JSON, TRAIN_FINGERPRINTS, checkpoint_epoch, write_json
-from fmtk.training.checkpoints import STOP, attach_checkpoints, check_keepable
+from fmtk.training.checkpoints import CLOCK, STOP, attach_checkpoints, check_keepable
 from fmtk.training.evaluation import Evaluation
 from fmtk.training.parts import Parts
 from fmtk.training.results import final_results, test_checkpoint, test_table, write_pictures
@@ -174,13 +173,14 @@ class Run(Parts):
         """Train (or go on training), then test the best and the last checkpoints; write
         metrics.json and return it. The run folder's lock is released at the end."""
         with self.folder, self._disk_full_as_one_line():
-            started = time.perf_counter()
+            clock = self.kept[CLOCK]
+            clock.start()
             try:
-                self.prepare()
+                self.prepare()  # a resume restores the clock's time before it
                 if not self.training_done:
                     self.trainer.run(self.data.train, max_epochs=self.recipe.epochs)
                 idist.barrier()  # rank 0 has written the checkpoints every rank now reads
-                self.results = self._test_checkpoints(time.perf_counter() - started)
+                self.results = self._test_checkpoints(clock.seconds)
             except BaseException as error:
                 self.end_tracking(error)
                 raise

@@ -273,3 +273,15 @@ def test_a_stop_asked_for_while_a_checkpoint_is_written_is_taken_once_it_is_whol
     assert torch.equal(saved["model"]["w"], weights) and saved["stop"] == {}
     assert [path.name for path in tmp_path.iterdir()] == ["last_checkpoint_1.pt"]  # no torn temporary file
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # as it was
+
+
+def test_the_training_clock_goes_on_from_the_time_its_checkpoint_holds() -> None:
+    from fmtk.training.checkpoints import TrainingClock
+
+    clock = TrainingClock()
+    clock.start()
+    resumed = TrainingClock()
+    resumed.start()
+    resumed.load_state_dict({"seconds": 100.0})  # restored after the start, as Run.prepare does
+    assert 100.0 <= resumed.seconds < 100.0 + clock.seconds + 60
+    assert resumed.state_dict()["seconds"] >= 100.0
