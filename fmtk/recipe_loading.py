@@ -8,6 +8,7 @@ import difflib
 import importlib.util
 import os
 import sys
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,10 @@ def load_recipe(name_or_path: str) -> Recipe:
         sys.path.insert(0, str(path.resolve().parent))
     spec = importlib.util.spec_from_file_location(f"fmtk_recipe_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except FmtkError as error:  # fmtk's own check of what the file makes (a Check, a Preset): name the line
+        raise FmtkError(f"{_line_of(path, error)}: {error}") from None
     recipe = getattr(module, "recipe", None)
     if not isinstance(recipe, Recipe):
         raise FmtkError(f"{path} must define a variable `recipe = Recipe(...)`")
@@ -87,6 +91,13 @@ def load_recipe(name_or_path: str) -> Recipe:
     for preset in recipe.presets:  # a mistake in one is said now, not only when it is asked for
         apply_preset(recipe, preset)
     return recipe if bundled else recipe.came_from(source=str(path.resolve()))
+
+
+def _line_of(path: Path, error: BaseException) -> str:
+    """``file.py:12``, the line of ``path`` that ``error`` was raised through (else the file)."""
+    lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+             if Path(frame.filename).resolve() == path.resolve()]  # fmt: skip
+    return f"{path}:{lines[-1]}" if lines else str(path)
 
 
 def recipe_from_config(

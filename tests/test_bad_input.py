@@ -202,6 +202,7 @@ def data(recipe, data_dir, device):
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
     return DataSplits(loader, loader, loader, [str(d) for d in range(10)])
 """
+NO_COMPARISON = recipe_file("from fmtk import Check\n", check="Check(expect={'test_accuracy': 'about 0.9'})")
 LAYERS = {"model": "lambda recipe: mlp(64, recipe.options['layers'], 10)", "options": '{"layers": [64, 32]}'}
 
 CASES = [
@@ -234,6 +235,8 @@ CASES = [
     ("an unknown checkpoint_metric, said before the data loads", {},
      ["run", "images", "--data-dir", "nowhere", "--set", "checkpoint_metric=f1"],
      ["recipe images: checkpoint_metric 'f1' is not a validation metric; valid: loss, accuracy"]),
+    ("a check's expectation that is no comparison", {"mine.py": NO_COMPARISON}, ["check", "mine.py"],
+     ["mine.py:", ": expect test_accuracy: 'about 0.9' is not a comparison; write one of"]),
     ("recipe name with a path separator", {"mine.py": recipe_file(name='"../escape"')}, MINE,
      ["recipe name '../escape' must be one folder name"]),
     ("negative seed", {}, ["run", "digits_mlp", "--seed", "-1"], ["seed must be in 0 … 2**32-1", "got -1"]),
