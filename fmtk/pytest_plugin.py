@@ -29,18 +29,50 @@ class RecipeCheckFailed(AssertionError):
 
 
 class RecipeFile(pytest.File):
-    """A recipe file: one item per check it states."""
+    """A recipe file: one item per check it states; one item that fails when the file cannot be
+    loaded (as a collection error, without stopping the other tests); none for a module of a folder
+    that defines no recipe (a helper the recipes import)."""
+
+    def __init__(self, *, in_folder: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.in_folder = in_folder
 
     def collect(self) -> Any:
-        from fmtk.recipe_loading import load_recipe
+        from fmtk.errors import one_line
+        from fmtk.recipe_loading import NoRecipe, load_recipe
 
-        recipe = load_recipe(str(self.path))
+        try:
+            recipe = load_recipe(str(self.path))
+        except NoRecipe as error:
+            if not self.in_folder:
+                yield RecipeFileError.from_parent(self, name="load", why=str(error))
+            return
+        except Exception as error:  # noqa: BLE001 - a user's file may raise anything: its item fails
+            yield RecipeFileError.from_parent(self, name="load", why=one_line(error) or repr(error))
+            return
         for check in recipe.checks:
             item = RecipeCheck.from_parent(
                 self, name=f"{recipe.name}[{check.label}]", recipe=recipe, check=check
             )
             item.add_marker(pytest.mark.slow)
             yield item
+
+
+class RecipeFileError(pytest.Item):
+    """A recipe file that cannot be loaded: fails with the one line fmtk says of it."""
+
+    def __init__(self, *, why: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.why = why
+
+    def runtest(self) -> None:
+        raise RecipeCheckFailed(self.why)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        return self.why
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"fmtk check {self.path.name}"
 
 
 class RecipeCheck(pytest.Item):
@@ -71,13 +103,14 @@ class RecipeCheck(pytest.Item):
 @pytest.hookimpl(tryfirst=True)  # before -m and -k select among the items
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
     for given in config.getoption("fmtk_recipes"):
+        from fmtk.recipe_loading import recipe_files
+
         path = Path(given)
         if not path.exists():
             raise pytest.UsageError(f"--fmtk-recipes {given}: no such file or folder")
-        files = (
-            sorted(p for p in path.glob("*.py") if not p.name.startswith("_")) if path.is_dir() else [path]
-        )
+        files = recipe_files(path) if path.is_dir() else [path]
         if not files:
             raise pytest.UsageError(f"--fmtk-recipes {given}: a folder without recipe files (*.py)")
         for file in files:
-            items.extend(RecipeFile.from_parent(session, path=file.resolve()).collect())
+            recipe_file = RecipeFile.from_parent(session, path=file.resolve(), in_folder=path.is_dir())
+            items.extend(recipe_file.collect())

@@ -59,6 +59,15 @@ def bundled_recipe_names() -> list[str]:
     return sorted(p.stem for p in bundled_recipes_dir().glob("*.py") if not p.stem.startswith("_"))
 
 
+class NoRecipe(FmtkError):
+    """A Python file that defines no ``recipe``: in a folder of recipe files, a helper module."""
+
+
+def recipe_files(folder: Path) -> list[Path]:
+    """A folder's Python files that may be recipe files, sorted (not ``_``-prefixed: ``__init__``)."""
+    return sorted(file for file in folder.glob("*.py") if not file.name.startswith("_"))
+
+
 def load_recipe(name_or_path: str) -> Recipe:
     """Load a bundled recipe by name (``mnist_dnn``) or a user's recipe file by path."""
     path = Path(name_or_path)
@@ -86,7 +95,7 @@ def load_recipe(name_or_path: str) -> Recipe:
         raise FmtkError(f"{_line_of(path, error)}: {error}") from None
     recipe = getattr(module, "recipe", None)
     if not isinstance(recipe, Recipe):
-        raise FmtkError(f"{path} must define a variable `recipe = Recipe(...)`")
+        raise NoRecipe(f"{path} must define a variable `recipe = Recipe(...)`")
     recipe.validate()
     for preset in recipe.presets:  # a mistake in one is said now, not only when it is asked for
         apply_preset(recipe, preset)

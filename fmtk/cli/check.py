@@ -54,9 +54,11 @@ def check_command(
 
     if junit is not None:
         check_output_place("--junit", junit)
-    planned = plan_checks(
-        recipes_named(targets), keep=keep, record_to=record_to, against=against, data_dir=data_dir
-    )
+    recipes = recipes_named(targets)
+    planned = plan_checks(recipes, keep=keep, record_to=record_to, against=against, data_dir=data_dir)
+    unchecked = [recipe.name for recipe in recipes if not recipe.checks]
+    if unchecked:  # (with none checked at all, plan_checks said so)
+        click.echo(f"not checked: {', '.join(unchecked)} (no check stated: a recipe's check field)", err=True)
     results = []
     for recipe, one, where in planned:
         if not as_json:

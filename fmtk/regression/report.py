@@ -51,18 +51,22 @@ def format_table(results: Sequence[CheckResult]) -> str:
 
 def junit_xml(results: Sequence[CheckResult]) -> str:
     """The results as JUnit XML: one test suite, a test case per check (class name
-    ``fmtk.check.<recipe>``), a failure per check that failed with its reasons."""
-    failures = sum(not result.passed for result in results)
+    ``fmtk.check.<recipe>``), a failure per check that failed with its reasons, an error per check
+    whose run could not train to its end."""
+    errors = sum(result.error is not None for result in results)
+    failures = sum(not result.passed for result in results) - errors
     seconds = sum(result.seconds for result in results)
-    counts = {"tests": str(len(results)), "failures": str(failures), "time": f"{seconds:.2f}"}
+    counts = {"tests": str(len(results)), "failures": str(failures), "errors": str(errors),
+              "time": f"{seconds:.2f}"}  # fmt: skip
     suites = ElementTree.Element("testsuites", name="fmtk check", **counts)
-    suite = ElementTree.SubElement(suites, "testsuite", name="fmtk check", errors="0", **counts)
+    suite = ElementTree.SubElement(suites, "testsuite", name="fmtk check", **counts)
     for result in results:
         case = ElementTree.SubElement(suite, "testcase", classname=f"fmtk.check.{result.recipe}",
                                       name=result.check, time=f"{result.seconds:.2f}")  # fmt: skip
         if not result.passed:
             reasons = result.failures()
-            failure = ElementTree.SubElement(case, "failure", message=reasons[0], type="RecipeCheckFailed")
+            tag, kind = ("error", "RecipeCheckError") if result.error else ("failure", "RecipeCheckFailed")
+            failure = ElementTree.SubElement(case, tag, message=reasons[0], type=kind)
             failure.text = "\n".join(reasons + ([f"run folder: {result.run_dir}"] if result.run_dir else []))
         rows = "\n".join("  ".join(row) for row in table_rows(result))
         ElementTree.SubElement(case, "system-out").text = rows

@@ -17,7 +17,7 @@ import torch
 from fmtk.device import resolve_device
 from fmtk.errors import FmtkError, one_line
 from fmtk.recipe import Recipe, apply_overrides, apply_preset
-from fmtk.recipe_loading import bundled_recipe_names, data_root, load_recipe
+from fmtk.recipe_loading import NoRecipe, bundled_recipe_names, data_root, load_recipe, recipe_files
 from fmtk.regression.check import FIGURES, Check
 from fmtk.regression.golden import Divergence, Golden, check_new, compare, golden_speed, read_golden, record
 from fmtk.runfolder import read_history, read_results
@@ -82,20 +82,33 @@ def number_text(value: float | None) -> str:
 
 
 def recipes_named(targets: Sequence[str]) -> list[Recipe]:
-    """The recipes ``fmtk check`` names: bundled names, recipe files, folders (every recipe file in
-    them, sorted); none: every bundled recipe. A folder without recipe files is one line."""
+    """The recipes ``fmtk check`` names: bundled names, recipe files, folders (:func:`folder_recipes`);
+    none: every bundled recipe. A recipe named twice is checked once; two recipes of one name (the
+    table, JUnit and the golden and kept folders name a check by its recipe's) are one line."""
     if not targets:
         return [load_recipe(name) for name in bundled_recipe_names()]
-    recipes = []
+    recipes: dict[str, Recipe] = {}
     for target in targets:
-        path = Path(target)
-        if path.is_dir():
-            files = sorted(file for file in path.glob("*.py") if not file.name.startswith("_"))
-            if not files:
-                raise FmtkError(f"{path}: a folder without recipe files (*.py)")
-            recipes += [load_recipe(str(file)) for file in files]
-        else:
-            recipes.append(load_recipe(target))
+        for recipe in folder_recipes(Path(target)) if Path(target).is_dir() else [load_recipe(target)]:
+            seen = recipes.setdefault(recipe.name, recipe)
+            if seen.source != recipe.source:
+                raise FmtkError(f"recipe name {recipe.name}: both {seen.source or seen.name} and "
+                                f"{recipe.source or recipe.name} have it; a check is named by its recipe's "
+                                "name: rename one")  # fmt: skip
+    return list(recipes.values())
+
+
+def folder_recipes(folder: Path) -> list[Recipe]:
+    """The recipe of each recipe file in ``folder`` (:func:`recipe_files`), a module that defines no
+    ``recipe`` left out (a helper the recipes import); none at all is one line."""
+    recipes = []
+    for file in recipe_files(folder):
+        try:
+            recipes.append(load_recipe(str(file)))
+        except NoRecipe:
+            continue
+    if not recipes:
+        raise FmtkError(f"{folder}: a folder without recipe files (*.py)")
     return recipes
 
 
@@ -152,6 +165,8 @@ def prepare_check(
     reference = read_golden(golden, trained) if golden is not None else None
     if record_to is not None:
         check_new(record_to)
+    if keep is not None and Path(keep).exists() and not Path(keep).is_dir():
+        raise FmtkError(f"--keep {keep} is a file; give a folder to keep the runs in")
     folder = _run_folder(keep, recipe.name, check.label, make=False)
     if folder is not None and folder.exists():
         raise FmtkError(f"--keep {keep}: {folder} exists; give another folder (nothing was overwritten)")
@@ -199,6 +214,10 @@ def run_check(
         run.run()
     except Exception as error:  # noqa: BLE001 - a user's recipe may raise anything: the check fails
         result.error = one_line(error) or f"{type(error).__name__}: {error}"
+    except BaseException:  # Ctrl-C: a check is not resumed, its half-made run is no use
+        if keep is None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     result.seconds = time.perf_counter() - started
     if folder.is_dir() and not any(folder.iterdir()):  # the run failed before it began: nothing in it
         folder.rmdir()
