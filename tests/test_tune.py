@@ -276,6 +276,8 @@ def test_a_study_folder_is_new_or_resumed_never_mixed(tmp_path: Path) -> None:
     )
     assert_one_line_error(fmtk("tune", "--resume", "other", "--space", "lr=uniform:0.1:1", cwd=tmp_path),
                           "--resume keeps the study's search; --space cannot change it")  # fmt: skip
+    judged = fmtk("tune", "--resume", "other", "--metric", "loss", "--no-prune", cwd=tmp_path)
+    assert_one_line_error(judged, "--resume keeps the study's search; --metric, --prune/--no-prune cannot")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text("{}")
     assert_one_line_error(

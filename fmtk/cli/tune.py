@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from fmtk.cli.group import cli, data_dir_option, device_option, parse_settings, set_option, training_options
 from fmtk.errors import FmtkError
@@ -125,6 +126,10 @@ def tune(
     if resume is not None:
         given = [name for name, value in (("--space", spaces), ("--try", tries), ("--set", settings),
                  ("--preset", preset), ("--study-dir", study_dir)) if value]  # fmt: skip
+        context = click.get_current_context()
+        given += [option for option, name in (("--metric", "metric"), ("--prune/--no-prune", "prune"),
+                  ("--prune-after", "prune_after"), ("--prune-warmup", "prune_warmup"))
+                  if context.get_parameter_source(name) is ParameterSource.COMMANDLINE]  # fmt: skip
         if given:
             raise FmtkError(f"--resume keeps the study's search; {', '.join(given)} cannot change it")
     space = dict(_key_and_spec(text) for text in spaces)
