@@ -245,6 +245,10 @@ def test_each_process_of_a_trial_trains_with_the_values_drawn_once(tmp_path: Pat
         (["--space", "lr=uniform:0.1:1", "--set", "lr=0.2"], "lr: both searched (--space) and set"),
         (["--space", "lr=uniform:0.1:1", "--try", "lr=5"], "lr=5 is outside --space lr=uniform:0.1:1"),
         (["--space", "lr=uniform:0.1:1", "--try", "epochs=5"], "expected KEY=VALUE pairs of the searched"),
+        (["--space", "lr=uniform:0.1:1", "--try", ""], "--try '': give KEY=VALUE pairs of the searched keys"),
+        (["--space", "lr=uniform:0.1:1", "--try", "lr=abc"], "--try lr=abc: lr=abc is not a number"),
+        (["--space", "lr=uniform:0.1:1", "--try", "lr=0.2,lr=0.3"], "--try lr=0.2,lr=0.3: lr is given twice"),
+        (["--space", "hidden=choice:32"], "one choice searches nothing; give two or more, or --set"),
         (["--space", "lr=uniform:0.1:1", "--metric", "f1"], "--metric f1: not a validation metric"),
         (["--space", "lr=uniform:0.1:1", "--space", "lr=uniform:0.2:1"], "--space: a key is given twice"),
         ([], "give at least one --space KEY=SPEC"),
@@ -351,6 +355,20 @@ def test_a_resumed_study_whose_new_trials_all_fail_stops_and_says_how_to_go_on(
     new = fmtk(*search, "--handler", "nosuch:fn", "--study-dir", "new", cwd=tmp_path)
     assert_one_line_error(new, "the first 3 trials failed, the last with: --handler nosuch:fn")
     assert not (tmp_path / "new").exists()  # a study that never began
+
+
+def test_a_try_s_unset_keys_and_the_next_trial_draw_values_of_their_own(tmp_path: Path) -> None:
+    search = ["tune", "digits_mlp", "--trials", "2", "--set", "epochs=1", "--space", "lr=loguniform:0.01:0.1",
+              "--space", "hidden=choice:32,64", "--try", "hidden=64", "--study-dir", "study"]  # fmt: skip
+    result = fmtk(*search, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    configs = [
+        json.loads((trial / "config.json").read_text())
+        for trial in sorted((tmp_path / "study").glob("trial_*"))
+    ]
+    assert (
+        configs[0]["options"]["hidden"] == 64 and configs[0]["lr"] != configs[1]["lr"]
+    )  # the same seed before
 
 
 def test_without_optuna_the_command_says_what_to_install(

@@ -32,6 +32,10 @@ def parse_spec(key: str, spec: str) -> BaseDistribution:
         choices = [choice.strip() for choice in rest.split(",") if choice.strip()]
         if len(set(choices)) != len(choices):
             raise FmtkError(f"{given}: a choice is given twice")
+        if len(choices) == 1:
+            raise FmtkError(
+                f"{given}: one choice searches nothing; give two or more, or --set {key}={choices[0]}"
+            )
         return CategoricalDistribution(choices)
     bounds = rest.split(":")
     number = int if kind == "int" else float
@@ -92,22 +96,32 @@ def trial_values(space: Mapping[str, BaseDistribution], text: str) -> dict[str, 
     """``--try KEY=VALUE,KEY=VALUE``: values of searched keys for a trial to run first, each inside
     its distribution (a choice by its text)."""
     values: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, equals, value = item.partition("=")
-        key = key.strip()
+    searched = ", ".join(space)
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    if not items:
+        raise FmtkError(f"--try {text!r}: give KEY=VALUE pairs of the searched keys ({searched})")
+    for item in items:
+        key, equals, value = (part.strip() for part in item.partition("="))
         if not equals or key not in space:
-            searched = ", ".join(space)
             raise FmtkError(f"--try {text}: expected KEY=VALUE pairs of the searched keys ({searched})")
+        if key in values:
+            raise FmtkError(f"--try {text}: {key} is given twice")
         distribution = space[key]
+        outside = f"--try {text}: {key}={value} is outside --space {key}={spec_text(distribution)}"
+        if isinstance(distribution, CategoricalDistribution):
+            if value not in distribution.choices:
+                raise FmtkError(outside)
+            values[key] = value
+            continue
+        integer = isinstance(distribution, IntDistribution)
         try:
-            if isinstance(distribution, CategoricalDistribution):
-                values[key] = distribution.choices[distribution.choices.index(value.strip())]
-            else:
-                number = int(value) if isinstance(distribution, IntDistribution) else float(value)
-                if not distribution.low <= number <= distribution.high:
-                    raise ValueError
-                values[key] = number
+            number = int(value) if integer else float(value)
         except ValueError:
-            outside = f"{key}={value.strip()} is outside --space {key}={spec_text(distribution)}"
-            raise FmtkError(f"--try {text}: {outside}") from None
+            kind = "an integer" if integer else "a number"
+            raise FmtkError(
+                f"--try {text}: {key}={value} is not {kind} (pairs are separated by commas)"
+            ) from None
+        if not distribution.low <= number <= distribution.high:
+            raise FmtkError(outside)
+        values[key] = number
     return values

@@ -260,8 +260,11 @@ def _run_new_trial(
 ) -> int:
     space = {key: parse_spec(key, spec) for key, spec in request.space.items()}
     # Seeded per trial, so the draws depend on (seed, number, the trials before), never on how many
-    # times this process was started: a resumed study draws what an uninterrupted one would.
-    study.sampler = optuna.samplers.TPESampler(seed=request.seed + len(study.trials))
+    # times this process was started: a resumed study draws what an uninterrupted one would. The
+    # number is the trial's to come: --try's queued (WAITING) trials hold theirs already, and a
+    # count of them all gave a try's unset keys and the next trial the same seed.
+    started = len(study.get_trials(deepcopy=False, states=tuple(set(TrialState) - {TrialState.WAITING})))
+    study.sampler = optuna.samplers.TPESampler(seed=request.seed + started)
     trial = study.ask(fixed_distributions=space)
     echo(f"trial {trial.number} ({ended + 1} of {request.trials}): {values_text(trial.params)}")
     _train_trial(study, trial.number, folder, request, run, echo, resume=False)
