@@ -181,6 +181,8 @@ def test_ctrl_c_in_a_trial_says_how_to_go_on(tmp_path: Path, trial: int) -> None
     resumed = fmtk("tune", "--resume", "study", "--device", "cpu", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert f"trial {trial}: resuming" in resumed.stdout and "2 trials: 2 complete" in resumed.stdout
+    if trial == 1:  # the last trial: resuming it is all the study had left to do
+        assert "as many as --trials 2 asks: its interrupted trial ended, no new one" in resumed.stdout
 
 
 def test_from_python_a_study_returns_the_best_values_and_goes_on_with_more_trials(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ every process of a ``--nproc-per-node`` trial; only rank 0 talks to the study.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import ignite.distributed as idist
@@ -71,7 +72,11 @@ class TrialReporting:
             pruned = False
             if report is not None:
                 try:
-                    report(evaluator)
+                    with warnings.catch_warnings():
+                        # A resumed trial validates again the epoch it was killed in after reporting it:
+                        # Optuna keeps the first value (the same: the run resumes exactly) and warns.
+                        warnings.filterwarnings("ignore", "The reported value is ignored because this step")
+                        report(evaluator)
                 except optuna.TrialPruned:
                     pruned = True
             if idist.get_world_size() > 1:  # rank 0 decides for all

@@ -106,11 +106,16 @@ def tune_study(
         study = _open_study(folder, request, create=resume is None)
         tracker = _study_tracker(folder, request, echo)
         try:
-            _settle_interrupted_trials(study, folder, request, run, echo)
+            settled = _settle_interrupted_trials(study, folder, request, run, echo)
             ended_before, new_trials = _ended(study), []
             if resume is not None and ended_before >= request.trials:
+                ran = (
+                    f"its interrupted trial{'s' if settled > 1 else ''} ended, no new one"
+                    if settled
+                    else "none was run"
+                )
                 echo(f"the study has {ended_before} ended trials, as many as --trials {request.trials} "
-                     "asks: none was run (a larger --trials goes on)")  # fmt: skip
+                     f"asks: {ran} (a larger --trials goes on)")  # fmt: skip
             while (ended := _ended(study)) < request.trials:
                 new_trials.append(_run_new_trial(study, folder, request, run, ended, echo))
                 _check_not_all_failed(study, folder, request, ended_before, new_trials)
@@ -273,15 +278,18 @@ def _run_new_trial(
 
 def _settle_interrupted_trials(
     study: optuna.Study, folder: Path, request: StudyRequest, run: RunRequest, echo: Callable
-) -> None:
+) -> int:
     """A trial still RUNNING in study.db was killed with the study: it resumes from its last
-    checkpoint (or starts again if it wrote none) and ends as it would have."""
+    checkpoint (or starts again if it wrote none) and ends as it would have. Returns how many did."""
+    resumed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if set(trial.params) != set(request.space):  # killed while its values were being drawn
             study.tell(trial.number, state=TrialState.FAIL)
             continue
         echo(f"trial {trial.number}: resuming {values_text(trial.params)}")
         _train_trial(study, trial.number, folder, request, run, echo, resume=True)
+        resumed += 1
+    return resumed
 
 
 def _train_trial(
