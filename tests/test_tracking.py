@@ -5,6 +5,7 @@ wandb in W&B's offline mode, its files read back."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -87,9 +88,9 @@ class Server:
     """``mlflow server`` over a SQLite file in ``folder``, its artifacts served by it, one worker;
     stopped with its whole process group."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, port: int | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        self.uri = f"http://127.0.0.1:{free_port()}"
+        self.uri = f"http://127.0.0.1:{port or free_port()}"
         command = [
             str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
             "--port", self.uri.rsplit(":", 1)[1], "--workers", "1",
@@ -256,6 +257,21 @@ def test_a_server_that_goes_away_mid_run_costs_one_line_and_nothing_else(
     run_dir = workspace / "gone"
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 4
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 4
+
+    # The server back, a resume for one more epoch: the MLflow run gets the epochs it missed too.
+    back = Server(tmp_path / "server", port=int(gone.uri.rsplit(":", 1)[1]))
+    try:
+        resumed = tracked(workspace, back.uri, "gone", "--resume", "gone", "--epochs", "5")
+        assert resumed.returncode == 0, resumed.stderr
+        got = histories(back.uri, run_dir)
+        _, run = mlflow_run(back.uri, run_dir)
+    finally:
+        back.stop()
+    assert [step for step, _ in got["valid_loss"]] == [1, 2, 3, 4, 5] and run.info.status == "FINISHED"
+    with (run_dir / "metrics.csv").open() as file:
+        assert [value for _, value in got["valid_loss"]] == [
+            float(row["valid_loss"]) for row in csv.DictReader(file)
+        ]
 
 
 @pytest.mark.slow

@@ -109,7 +109,13 @@ class Tracker:
         epoch = int(row["epoch"])
         if self.broken or epoch <= self.logged_epoch:
             return
+        # Epochs a resumed run trained before, that the tracker's run lacks (its server was away
+        # then): their rows from metrics.csv first, without their per-iteration points.
+        missed = [done for done in self.history[:-1] if self.logged_epoch < int(done["epoch"]) < epoch]
         try:
+            for done in missed:
+                self.send_epoch([], done, int(done["epoch"]) * engine.state.epoch_length)
+                self.logged_epoch = int(done["epoch"])
             self.send_epoch(points, row, engine.state.iteration)
         except self.errors as error:
             self.lost(error)
