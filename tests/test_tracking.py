@@ -6,6 +6,7 @@ wandb in W&B's offline mode, its files read back."""
 from __future__ import annotations
 
 import csv
+import http.server
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -294,6 +296,21 @@ def test_a_run_stopped_by_ctrl_c_is_killed_in_mlflow_and_one_stopped_by_an_error
     ]  # fmt: skip
 
 
+class NotMlflow(http.server.BaseHTTPRequestHandler):
+    """A web server's 404 page for every request."""
+
+    def answer(self) -> None:
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<!doctype html>\n<html><body><h1>Not Found</h1></body></html>\n")
+
+    do_GET = do_POST = answer
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+
 def test_a_tracking_server_that_cannot_be_reached_is_one_line_before_anything_trains(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -316,6 +333,23 @@ def test_a_tracking_server_that_cannot_be_reached_is_one_line_before_anything_tr
         result,
         "is a folder (MLflow's file store), which MLflow refuses now",
         "or set MLFLOW_ALLOW_FILE_STORE=true",
+    )
+    assert not (workspace / "unreached").exists()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "127.0.0.1:5055")  # no scheme: MLflow takes it for a folder
+    result = fmtk_here("run", "digits_mlp", "--output-dir", "unreached", "--track", "mlflow", cwd=workspace)
+    assert_one_line_error(
+        result, "track=mlflow: the tracking URI 127.0.0.1:5055 has no scheme: http://127.0.0.1:5055?"
+    )
+    # A web server that is not MLflow's (or MLflow's under a wrong path): its 404 page, not its HTML.
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotMlflow) as site:
+        threading.Thread(target=site.serve_forever, daemon=True).start()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{site.server_address[1]}/ajax-api")
+        result = fmtk_here(
+            "run", "digits_mlp", "--output-dir", "unreached", "--track", "mlflow", cwd=workspace
+        )
+        site.shutdown()
+    assert_one_line_error(
+        result, "/ajax-api answers HTTP 404 (no MLflow API at this URL: give the server's root"
     )
     assert not (workspace / "unreached").exists()
 

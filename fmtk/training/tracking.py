@@ -25,6 +25,7 @@ import json
 import logging
 import netrc
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -174,6 +175,8 @@ class MlflowTracker(Tracker):
             logging.getLogger(name).setLevel(logging.WARNING)
         self.errors = (MlflowException, OSError)
         self.uri = self.recorded.get("uri") or self.study.get("uri") or mlflow.get_tracking_uri()
+        if re.fullmatch(r"[\w.-]+:\d+(/.*)?", str(self.uri)):  # MLflow would take it for a folder
+            raise FmtkError(f"track=mlflow: the tracking URI {self.uri} has no scheme: http://{self.uri}?")
         try:
             self.client = mlflow.MlflowClient(self.uri)
             if self.run_id is None:
@@ -519,6 +522,12 @@ def _failure(error: BaseException) -> str:
         return "is not a tracking URI MLflow knows (http://, https://, sqlite:///, postgresql://, …)"
     if "timed out" in text.lower():
         return "does not answer (timed out)"
+    answered = re.search(r"error code (\d{3}) != 200", text)  # MLflow's RestException: the body is HTML
+    if answered:
+        why = {"404": " (no MLflow API at this URL: give the server's root, e.g. http://HOST:5000)",
+               "401": " (a login is needed: MLFLOW_TRACKING_USERNAME and _PASSWORD, or _TOKEN)",
+               "403": " (this login may not use it)"}  # fmt: skip
+        return f"answers HTTP {answered[1]}{why.get(answered[1], '')}"
     if "MLFLOW_ALLOW_FILE_STORE" in text:  # MLflow 3 refuses ./mlruns-style folders unless told
         return ("is a folder (MLflow's file store), which MLflow refuses now: use a database, e.g. "
                 "sqlite:///mlflow.db (`mlflow migrate-filestore` moves old runs into one), or set "
