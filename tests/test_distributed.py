@@ -99,9 +99,8 @@ def test_two_gloo_processes_train_resume_and_match_one_process(
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("epoch   1/1") == 1  # only rank 0 prints
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # and writes
-    # Resuming a 2-process run: every rank loads the last checkpoint and goes on.
-    done = fmtk_command("run", "--resume", str(run_dir), "--epochs", "2", "--nproc-per-node", "2",
-                        *common, cwd=tmp_path)  # fmt: skip
+    # Resuming a 2-process run, in 2 processes as it trained: every rank loads the last checkpoint.
+    done = fmtk_command("run", "--resume", str(run_dir), "--epochs", "2", *common, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "resuming after epoch 1" in done.stdout
     names = {path.name for path in run_dir.iterdir()}

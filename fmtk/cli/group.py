@@ -177,7 +177,7 @@ def training_options(command: Callable) -> Callable:
             type=click.IntRange(min=1),
             default=1,
             show_default=True,
-            help="Train in N processes on this machine (ignite.distributed).",
+            help="Train in N processes on this machine (ignite.distributed); a resumed run: as it was.",
         ),
         click.option(
             "--backend", type=click.Choice(BACKENDS), help="nccl or gloo [default: nccl with CUDA]."

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.handlers import Checkpoint
 
@@ -108,6 +109,9 @@ class Start:
             for name, value in parts.speed.config().items()
             if name in recorded and recorded[name] != value
         ]
+        processes = self.recorded.get("processes")
+        if isinstance(processes, int) and processes != idist.get_world_size():  # --nproc-per-node given
+            settings.append(f"{idist.get_world_size()} processes, not {processes}")
         if settings:
             changes.append(f"with {'; '.join(settings)}")
         if changes:
