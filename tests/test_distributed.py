@@ -336,3 +336,7 @@ def test_resume_from_the_best_checkpoint_in_two_processes(tmp_path: Path) -> Non
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert config["processes"] == 2 and config["weights"] == "first"
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["epochs_run"] == 1
+    # Resumed in more processes than it trained in: said, as another device would be.
+    more = fmtk_command("run", "--resume", "first", "--epochs", "3", "--nproc-per-node", "2", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert "resuming with 2 processes, not 1: the epochs from here on will not be exactly" in more.stdout
