@@ -238,6 +238,8 @@ def format_changed(changed: dict[str, Any] | None) -> str:
 def _format_value(value: Any) -> str:
     if value is None or isinstance(value, bool):
         return {None: "none", True: "true", False: "false"}[value]
+    if isinstance(value, float) and len(repr(value)) > 8:  # drawn by fmtk tune: 4 digits (--json has all)
+        return f"{value:.4g}"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str) and value and not any(character.isspace() for character in value):

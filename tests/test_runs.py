@@ -156,6 +156,7 @@ def test_run_folders_are_found_at_any_depth_but_not_in_iterations(tmp_path: Path
         (None, "?"),
         ({}, "-"),
         ({"lr": 0.05, "epochs": 3}, "lr=0.05 epochs=3"),
+        ({"lr": 0.0005611516415334506, "dropout": 0.1234567}, "lr=0.0005612 dropout=0.1235"),  # drawn by tune
         ({"max_grad_norm": None, "channels_last": True, "optimizer": "SGD"},
          "max_grad_norm=none channels_last=true optimizer=SGD"),
         ({"weight_decay": 1e-05, "note": "two words"}, 'weight_decay=1e-05 note="two words"'),
