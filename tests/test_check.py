@@ -98,12 +98,18 @@ def test_a_golden_run_is_met_exactly_on_its_machine_and_a_changed_seed_diverges_
     recipe = user_recipe(tmp_path, "mine")
     recorded = fmtk("check", str(recipe), "--record", "gold", cwd=tmp_path)
     assert recorded.returncode == 0, recorded.stderr
+    assert recorded.stdout.splitlines()[-1] == f"mine (default): recorded {Path('gold') / 'mine-default'}"
     assert sorted(p.name for p in (tmp_path / "gold" / "mine-default").iterdir()) == [
         "config.json", "metrics.csv", "metrics.json"
     ]  # fmt: skip
     again = fmtk("check", str(recipe), "--against", "gold", "--json", cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert json.loads(again.stdout)[0]["diverged"] is None  # bit for bit: fmtk's CPU runs are deterministic
+    [result] = json.loads(again.stdout)
+    assert result["diverged"] is None and result["compared"]  # bit for bit: fmtk's CPU runs are deterministic
+    table = fmtk("check", str(recipe), "--against", "gold", cwd=tmp_path)
+    assert any(
+        line.split()[2:6] == ["(golden)", "same", "same", "pass"] for line in table.stdout.splitlines()
+    )
     before = tree_snapshot(tmp_path / "gold")
     assert_one_line_error(fmtk("check", str(recipe), "--record", "gold", cwd=tmp_path),
                           "gold/mine-default exists; remove it to record again")  # fmt: skip

@@ -65,6 +65,10 @@ def check_command(
             click.echo(f"checking {recipe.name} ({one.label}) …")
         results.append(run_check(recipe, one, device, data_dir, tolerance=tolerance, **where))
     click.echo(results_json(results) if as_json else format_table(results))
+    if record_to is not None and not as_json:  # which golden runs the command kept
+        for result in results:
+            kept = f"recorded {result.recorded}" if result.recorded else "not recorded: it failed"
+            click.echo(f"{result.recipe} ({result.check}): {kept}")
     if junit is not None:
         try:
             junit.write_text(junit_xml(results))

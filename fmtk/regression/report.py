@@ -26,6 +26,8 @@ def table_rows(result: CheckResult) -> list[tuple[str, ...]]:
         rows.append((*name, "(run)", "ends", "failed", "FAIL", seconds))
     if result.diverged is not None:
         rows.append((*name, "(golden)", "same", "differs", "FAIL", seconds))
+    elif result.compared:
+        rows.append((*name, "(golden)", "same", "same", "pass", seconds))
     return rows
 
 

@@ -48,6 +48,8 @@ class CheckResult:
     run_dir: Path | None = None
     error: str | None = None  # the run failed: its one line
     diverged: Divergence | None = None  # the first difference from the golden run
+    compared: bool = False  # it was compared with a golden run
+    recorded: Path | None = None  # the golden run it was kept as (--record)
 
     @property
     def passed(self) -> bool:
@@ -72,7 +74,8 @@ class CheckResult:
             "rows": [{"figure": r.figure, "expected": r.expected, "got": r.got, "passed": r.passed}
                      for r in self.rows],
             "error": self.error, "diverged": None if self.diverged is None else str(self.diverged),
-            "run_dir": None if self.run_dir is None else str(self.run_dir),
+            "run_dir": None if self.run_dir is None else str(self.run_dir), "compared": self.compared,
+            "recorded": None if self.recorded is None else str(self.recorded),
         }  # fmt: skip
 
 
@@ -226,9 +229,10 @@ def run_check(
         got = figures.get(expectation.figure)
         result.rows.append(Row(expectation.figure, str(expectation), got, expectation.holds(got)))
     if reference is not None and result.error is None:
-        result.diverged = compare(reference, folder, tolerance)
+        result.diverged, result.compared = compare(reference, folder, tolerance), True
     if record_to is not None and result.passed:
         record(folder, record_to)
+        result.recorded = record_to
     if result.passed and keep is None:
         shutil.rmtree(folder, ignore_errors=True)
     else:
