@@ -21,7 +21,7 @@ from fmtk.recipe import (
     apply_preset,
     overridable_fields,
 )
-from fmtk.runfolder import read_config
+from fmtk.runfolder import CONFIG, read_config
 
 DATA_VARIABLE = "FMTK_DATA"
 
@@ -41,7 +41,8 @@ def data_root(given: Path | str | None, run_dir: Path | None = None) -> Path:
     ``run_dir`` trained on (evaluate, ``--resume``, ``--config``), else ``$FMTK_DATA``, else ./data."""
     if given is not None:
         return Path(given)
-    recorded = read_config(run_dir).get("data_dir") if run_dir is not None and run_dir.exists() else None
+    config = None if run_dir is None else run_dir if run_dir.is_file() else run_dir / CONFIG
+    recorded = read_config(run_dir).get("data_dir") if config is not None and config.is_file() else None
     if isinstance(recorded, str):
         return Path(recorded)
     return Path(os.environ.get(DATA_VARIABLE) or "data")

@@ -103,11 +103,10 @@ def run(
         raise click.UsageError(
             "give a RECIPE or --config CONFIG_JSON to start a run, or --resume RUN_DIR to continue one"
         )
-    if resume is not None:
-        check_run_folder("run --resume", resume)
     if checkpoint == "best":  # a new run: the run's values, from its best checkpoint's weights
         if resume is None:
             raise FmtkError("--checkpoint best goes with --resume RUN_DIR")
+        check_run_folder("run --resume", resume)
         config, resume, settings = resume / CONFIG, None, (*settings, f"weights={resume}")
     request = RunRequest(
         recipe_name=recipe_name, config=config, resume=resume, output_dir=output_dir, run_dir=run_dir,
@@ -132,6 +131,7 @@ def run(
         if changed:
             raise FmtkError(f"--resume keeps the run's recipe; {', '.join(changed)} cannot change it")
         request.epochs = epochs
+        check_run_folder("run --resume", resume)
         source = click.get_current_context().get_parameter_source("nproc_per_node")
         if source is not ParameterSource.COMMANDLINE:  # as many processes as it trained in
             recorded = read_config(resume).get("processes")
