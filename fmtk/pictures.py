@@ -220,22 +220,47 @@ def titled_grid(
     width = max(min(columns, len(images)) * cell, cell)
     if title:
         width = max(width, int(heading_font.getlength(title)) + 16)
-    title_height = LINE_HEIGHT * max((text.count("\n") + 1 for text in titles), default=1) + 4
+    fitted = [fit_lines(text, font, cell - 6) for text in titles]  # a long class name: no overlap
+    title_height = LINE_HEIGHT * max((len(lines) for lines in fitted), default=1) + 4
     sheet = Image.new("RGB", (width, heading + rows * (cell + title_height)), "white")
     draw = ImageDraw.Draw(sheet)
     if title:
         heading_font.draw(draw, (8, HEADING_HEIGHT // 2), title, "black", "lm")
-    for index, (image, cell_title) in enumerate(zip(scale_to_uint8(images), titles, strict=True)):
+    for index, (image, lines) in enumerate(zip(scale_to_uint8(images), fitted, strict=True)):
         pixels = image.numpy().transpose(1, 2, 0)
         picture = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).convert("RGB")
         small = picture.width < cell // 2  # keep MNIST's pixels crisp, photos smooth
         picture = picture.resize((cell, cell), Image.NEAREST if small else Image.BILINEAR)
         left, top = (index % columns) * cell, heading + (index // columns) * (cell + title_height)
-        for line_number, line in enumerate(cell_title.split("\n")):
+        for line_number, line in enumerate(lines):
             position = (left + cell // 2, top + 2 + LINE_HEIGHT * line_number + LINE_HEIGHT // 2)
             font.draw(draw, position, line, "black", "mm")
         sheet.paste(picture, (left, top + title_height))
     return sheet
+
+
+def fit_lines(text: str, font: Font, width: float) -> list[str]:
+    """The lines of ``text``, each wrapped at its spaces to ``width`` px, and a word still wider than
+    that shortened to fit with "…"."""
+    lines = []
+    for line in text.split("\n"):
+        current = ""
+        for word in line.split(" "):
+            joined = f"{current} {word}" if current else word
+            if current and font.getlength(joined) > width:
+                lines.append(current)
+                joined = word
+            current = joined
+        lines.append(current)
+    return [_shortened(line, font, width) for line in lines]
+
+
+def _shortened(line: str, font: Font, width: float) -> str:
+    if font.getlength(line) <= width:
+        return line
+    while line and font.getlength(line + "…") > width:
+        line = line[:-1]
+    return line + "…"
 
 
 def confusion_picture(matrix: np.ndarray, classes: Sequence[str], title: str) -> Image.Image:

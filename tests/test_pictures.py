@@ -442,3 +442,18 @@ def test_fontconfig_then_the_plain_letter_then_a_box_said_once(
     _font().runs("\U0010fffe")
     said = capsys.readouterr().err.splitlines()
     assert said == [pictures.MISSING_GLYPHS.format(characters="\U0010fffd (U+10FFFD)", text="x\U0010fffd")]
+
+
+def test_a_grid_s_titles_are_wrapped_and_shortened_to_their_cell() -> None:
+    font = pictures._font()
+    lines = pictures.fit_lines(
+        "true: Norwegian Forest Cat (long name)\npred: Bag 0.93\nvery_long_unbroken_file_name.jpg", font, 122
+    )
+    assert all(font.getlength(line) <= 122 for line in lines)
+    assert lines[0] == "true: Norwegian" and "pred: Bag 0.93" in lines  # wrapped at spaces; short lines kept
+    assert lines[-1].endswith("…") and "very_long_unbroken".startswith(lines[-1][:10])
+    assert pictures.fit_lines("true: Bag", font, 122) == ["true: Bag"]
+    # Each cell's title within its cell: the grid grows taller instead.
+    titles = ["true: Norwegian Forest Cat (long name)", "x"]
+    grid = pictures.titled_grid(torch.zeros(2, 3, 8, 8), titles, columns=2, cell=112)
+    assert grid.height > pictures.titled_grid(torch.zeros(2, 3, 8, 8), ["a", "b"], columns=2, cell=112).height

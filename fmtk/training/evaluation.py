@@ -194,17 +194,17 @@ def top_losses_picture(
     rows: list[dict[str, Any]], images: torch.Tensor, title: str | None = None
 ) -> Image.Image:
     """The ``images`` of :func:`top_losses`'s ``rows``, in their order, each titled with the true
-    class and the loss, the predicted class and its probability, and the file's name (or the
-    sample's index), under ``title`` (say which model and split) when given."""
+    class, the predicted class and its probability, the loss and the file's name (or the sample's
+    index), under ``title`` (say which model and split) when given."""
     titles = [
-        f"true: {r['true']}  loss {r['loss']:.2f}\npred: {r['predicted']} {r['probability']:.2f}\n"
+        f"true: {r['true']}\npred: {r['predicted']} {r['probability']:.2f}\nloss {r['loss']:.2f}\n"
         + _fitted(Path(r["file"]).name if r["file"] else f"sample {r['index']}")
         for r in rows
     ]
     return titled_grid(images, titles, columns=8, cell=128, title=title)
 
 
-def _fitted(name: str, width: int = 20) -> str:
+def _fitted(name: str, width: int = 17) -> str:
     """``name`` shortened to ``width`` characters, keeping its end (the number and extension)."""
     return name if len(name) <= width else "…" + name[-(width - 1) :]
 
