@@ -112,6 +112,7 @@ def show(
         if mixer is not None:  # mixed among the samples shown, as training mixes a batch
             images, targets = mixer(images, labels, epoch=1, batch=0)
             titles = [mixed_title(target, data.classes) for target in targets]
+        images = batches.unscaled(images)  # their colours, not the normalised values'
     save_new_picture(titled_grid(images, titles, columns=8), out)
     click.echo(f"wrote {out}")
 

@@ -121,6 +121,12 @@ class TensorBatches:
         taken.shuffle, taken.rank, taken.world_size = False, 0, 1
         return taken
 
+    def unscaled(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs this split gave (augmented, mixed) back in its images' pixel values, 0 … ``scale``
+        (the inverse of :func:`scale_pixels`; random erasing's noise clamped): to look at them."""
+        x = x if self.mean is None else x * self.std.to(x.device) + self.mean.to(x.device)
+        return (x * self.scale).clamp(0, self.scale)
+
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose permutation (and augmentation) the next iteration uses."""
         self.epoch = epoch

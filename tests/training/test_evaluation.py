@@ -225,6 +225,19 @@ def test_show_augmented_draws_the_samples_as_training_sees_them(real_data: Path,
         assert np.asarray(before).tolist() != np.asarray(after).tolist()
 
 
+def test_show_augmented_keeps_a_photo_s_colours(real_data: Path, tmp_path: Path) -> None:
+    # Every photo mirrored, nothing else: the same pixels, so the same colours (the normalised values
+    # were stretched to 0–255 before: whites came out light blue).
+    common = ["show", "catdog_vgg", "--set", "image_size=32", "-n", "8", "--data-dir", str(real_data)]
+    plain = fmtk(*common, "--out", "plain.png", cwd=tmp_path)
+    mirrored = fmtk(*common, "--set", "augment_flip=1", "--augmented", "--out", "mirrored.png", cwd=tmp_path)
+    assert plain.returncode == mirrored.returncode == 0, mirrored.stderr
+    with Image.open(tmp_path / "plain.png") as before, Image.open(tmp_path / "mirrored.png") as after:
+        colours = [np.asarray(image.convert("RGB"), dtype=float).mean((0, 1)) for image in (before, after)]
+        assert np.asarray(before).tolist() != np.asarray(after).tolist()
+    assert np.abs(colours[0] - colours[1]).max() < 0.5, colours
+
+
 def test_a_mixed_samples_title_gives_its_two_classes_and_their_shares() -> None:
     import torch
 
