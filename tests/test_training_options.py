@@ -207,6 +207,11 @@ def test_lr_find_prints_a_suggestion_draws_it_and_leaves_no_run(
     bad = CliRunner().invoke(cli, ["lr-find", "digits_mlp", "--out", "b.png", "--start-lr", "20"])
     assert bad.exit_code == 1 and "need 0 < start lr < end lr, got 20.0 and 10.0" in bad.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_mlp_lr_find.png"]
+    short = CliRunner().invoke(cli, ["lr-find", "digits_mlp", "--steps", "8", "--out", "short.png"])
+    assert short.exit_code == 0 and short.output.startswith(
+        "no suggestion: the smoothed loss falls over no 5 steps in a row of those the rule reads (it leaves "
+        "out the first tenth, the flat start and the last 5)"
+    )
 
 
 def test_lr_find_leaves_the_model_and_optimizer_as_they_were(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -200,9 +200,10 @@ def lr_find(
     ended = "diverged" if finding.diverged else f"had not diverged by lr {end_lr:g}"
     if finding.suggestion is None:
         click.echo(
-            f"no suggestion: the smoothed loss has no fall of {MIN_VALLEY_POINTS} points or more between "
-            f"lr {start_lr:g} and {end_lr:g} in {finding.steps} steps; give more --steps or a wider "
-            f"range; picture: {out}"
+            f"no suggestion: the smoothed loss falls over no {MIN_VALLEY_POINTS} steps in a row of those the "
+            f"rule reads (it leaves out the first tenth, the flat start and the last 5) between lr "
+            f"{start_lr:g} and {end_lr:g} in {finding.steps} steps; give more --steps or a wider range; "
+            f"picture: {out}"
         )
         return
     click.echo(
