@@ -125,8 +125,15 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/accuracy-benchmark/runs"))
     parser.add_argument("--report", action="store_true", help="train nothing: the table of <out>")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    known = {entry for name in args.recipes for entry in entries(name, args.catdog_size, args.catdog_epochs)}
+    unknown = sorted(set(args.entries or ()) - known)
+    if unknown:
+        parser.error(f"--entries: {', '.join(unknown)}: not an entry of {', '.join(args.recipes)} "
+                     f"({', '.join(sorted(known))})")  # fmt: skip
     saved = args.out / "accuracy.json"
+    if args.report and not saved.is_file():
+        parser.error(f"--report: {saved} holds no results (train them first, without --report)")
+    args.out.mkdir(parents=True, exist_ok=True)
     measured: dict[str, dict[str, dict[str, dict]]] = json.loads(saved.read_text()) if saved.is_file() else {}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads (each run's CPU: its config.json)")
 

@@ -1,8 +1,9 @@
 """What the benchmark scripts share: a figure with its spread, a subprocess with a time limit and
-its last line, a JSON report written whole."""
+its last line, a JSON report written whole, the checks of their arguments."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -55,3 +56,18 @@ def write_json(path: Path, report: Any) -> None:
     temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     temporary.write_text(json.dumps(report, indent=1) + "\n")
     temporary.replace(path)
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of at least ``low`` (argparse says the error in one line)."""
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+
+    return integer

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import spread, write_json
+from common import at_least, spread, write_json
 from PIL import Image, ImageEnhance
 
 from fmtk.data.copies import HASH_BITS, SAME, Fingerprints, copied, correlation
@@ -151,11 +151,13 @@ def other_kinds(data_dir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 224])
-    parser.add_argument("--edited", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", type=Path, required=True, help="the datasets folder (catdog/ in it)")
+    parser.add_argument("--sizes", type=at_least(16), nargs="+", default=[32, 224], help="image sizes, px")
+    parser.add_argument("--edited", type=at_least(1), default=200, help="training photos saved again")
+    parser.add_argument("--rounds", type=at_least(1), default=5, help="rounds of the cost's timing")
     parser.add_argument("--out", type=Path, default=Path("runs/copies-benchmark.json"))
     arguments = parser.parse_args()
     root = arguments.data_dir / "catdog"

@@ -44,9 +44,11 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-from common import last_line, run_limited, spread
+from common import at_least, last_line, run_limited, spread
 
 import fmtk
+from fmtk.errors import FmtkError
+from fmtk.recipe_loading import resolve_recipe
 
 # Steps per round of fmtk and plain taking turns: short rounds, so both see the same machine load.
 ROUND_STEPS = {"mnist_dnn": 500, "fmnist_cnn": 250}
@@ -436,19 +438,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--recipes", default="mnist_dnn,fmnist_cnn", help="RECIPE[:PRESET],...")
-    parser.add_argument("--rounds", type=int, help="measured rounds (8; --parts: 5; --whole-job: 3)")
-    parser.add_argument("--epochs", type=int, default=17, help="--whole-job: the job's epochs")
-    parser.add_argument("--warmup", type=int, default=1, help="rounds before those measured")
+    parser.add_argument("--rounds", type=at_least(1), help="measured rounds (8; --parts: 5; --whole-job: 3)")
+    parser.add_argument("--epochs", type=at_least(1), default=17, help="--whole-job: the job's epochs")
+    parser.add_argument("--warmup", type=at_least(0), default=1, help="rounds before those measured")
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument("--parts", action="store_true", help="where one step's time goes, in µs")
     modes.add_argument("--whole-job", action="store_true", help="the whole mnist_dnn job: fmtk and its peers")
     modes.add_argument("--track", action="store_true", help="fmtk with --track mlflow against without")
-    parser.add_argument("--ways", default=",".join(WAYS), help="--whole-job: these ways only")
+    parser.add_argument("--ways", help=f"--whole-job: these ways only ({','.join(WAYS)})")
     parser.add_argument("--job", choices=JOBS, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.data_dir = args.data_dir.resolve()
     args.rounds = args.rounds or (5 if args.parts else 3 if args.whole_job else 8)
+    if args.ways is not None and not args.whole_job:
+        parser.error("--ways goes with --whole-job")
+    args.ways = args.ways or ",".join(WAYS)
+    unknown = [way for way in args.ways.split(",") if way not in WAYS]
+    if unknown:
+        parser.error(f"--ways: {', '.join(unknown)}: not one of {', '.join(WAYS)}")
+    for spec in args.recipes.split(",") if not args.job else []:  # each one line here, not a traceback later
+        name, _, preset = spec.partition(":")
+        try:
+            resolve_recipe(name, preset or None, {})
+        except FmtkError as error:
+            parser.error(f"--recipes {spec}: {error}")
 
     if args.job:  # one way of the whole job, in a process of its own
         print(JOBS[args.job](args.data_dir, args.out, args.epochs))

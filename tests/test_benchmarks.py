@@ -154,3 +154,28 @@ def test_speed_track_times_a_tracked_and_an_untracked_run_taking_turns(tmp_path:
     for name in ("untracked", "tracked"):  # a whole round holds its training
         assert all(w > t for w, t in zip(seconds[f"{name}, whole"], seconds[name], strict=True))
     assert "MLFLOW_TRACKING_URI" not in os.environ and measured["per_epoch"] == 34 / 5
+
+
+@pytest.mark.slow  # a process importing torch each
+@pytest.mark.parametrize(
+    "script, arguments, said",
+    [
+        ("speed", ["--recipes", "nosuch"], "--recipes nosuch: unknown recipe 'nosuch'"),
+        ("speed", ["--rounds", "0"], "argument --rounds: 0 is below 1"),
+        ("speed", ["--parts", "--ways", "fmtk"], "--ways goes with --whole-job"),
+        ("speed", ["--whole-job", "--ways", "nosuch"], "--ways: nosuch: not one of fmtk, plain"),
+        ("copies", ["--edited", "0"], "argument --edited: 0 is below 1"),
+        ("accuracy", ["--recipes", "mnist_dnn", "--entries", "nosuch"], "--entries: nosuch: not an entry"),
+        ("accuracy", ["--report", "--out", "nowhere"], "--report: nowhere/accuracy.json holds no results"),
+    ],
+)  # each was a traceback, a silent default or an empty table
+def test_a_benchmark_s_bad_argument_is_one_line(
+    script: str, arguments: list[str], said: str, tmp_path: Path
+) -> None:
+    import subprocess
+
+    command = [sys.executable, str(BENCHMARKS / f"{script}.py"), "--data-dir", str(tmp_path), *arguments]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    last = done.stderr.splitlines()[-1] if done.stderr else ""
+    assert done.returncode == 2 and last.startswith(f"{script}.py: error: ") and said in last, done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing made
