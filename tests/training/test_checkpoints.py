@@ -267,12 +267,17 @@ def test_a_stop_asked_for_while_a_checkpoint_is_written_is_taken_once_it_is_whol
 
     saver = RunSaver(str(tmp_path), atomic=True, require_empty=False)
     weights = torch.arange(100_000.0)
-    with pytest.raises(KeyboardInterrupt):
-        saver({"model": {"w": weights}, "stop": _StopWhileWritten()}, "last_checkpoint_1.pt")
+    # Ctrl-C as a terminal's process takes it (a shell's background job, as CI may be, ignores it).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            saver({"model": {"w": weights}, "stop": _StopWhileWritten()}, "last_checkpoint_1.pt")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # as it was
+    finally:
+        signal.signal(signal.SIGINT, before)
     saved = torch.load(tmp_path / "last_checkpoint_1.pt", weights_only=False)
     assert torch.equal(saved["model"]["w"], weights) and saved["stop"] == {}
     assert [path.name for path in tmp_path.iterdir()] == ["last_checkpoint_1.pt"]  # no torn temporary file
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # as it was
 
 
 def test_the_training_clock_goes_on_from_the_time_its_checkpoint_holds() -> None:
