@@ -37,13 +37,16 @@ def cross_entropy(recipe: Recipe) -> nn.Module:
 class Provenance:
     """Where a recipe came from, set by fmtk (not by a recipe's author) and recorded in
     config.json: ``source``, the file of a user's recipe (for ``--resume``); ``preset``, the
-    preset it was given; ``changed``, the values set on top of its defaults. ``data_decided``: it
+    preset it was given; ``changed``, the values set on top of its defaults; ``derived``, the
+    recipe's own ``[value, epochs]`` of a field fmtk fitted to the run's epochs (``warmup_epochs``),
+    to fit again when a new run from its config.json changes them. ``data_decided``: it
     holds the values its ``from_data`` decides (run once, or read from the run's config.json), which
     is not run again (not recorded)."""
 
     source: str | None = None
     preset: str | None = None
     changed: Mapping[str, Any] = field(default_factory=dict)
+    derived: Mapping[str, list[float]] = field(default_factory=dict)
     data_decided: bool = False
 
 
@@ -280,6 +283,7 @@ class Recipe:
         return {
             "name": self.name, "description": self.description, "source": self.source, **values,
             "preset": self.preset, "changed": dict(self.changed),
+            **({"derived": dict(self.provenance.derived)} if self.provenance.derived else {}),
         }  # fmt: skip
 
 
@@ -433,11 +437,22 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
             raise FmtkError(f"unknown recipe key '{key}' for {recipe.name}; {hint}valid keys: {valid}")
         if parsed != default or key in changed:
             changed[key] = parsed
-    epochs, warmup = changes.get("epochs", recipe.epochs), recipe.warmup_epochs
-    if 0 < warmup >= epochs and not {"warmup_epochs"} & {*changes, *changed}:
+    derived = dict(recipe.provenance.derived)
+    if "warmup_epochs" in changes:  # the user's own
+        derived.pop("warmup_epochs", None)
+    elif "warmup_epochs" in derived or "warmup_epochs" not in changed:
         # The recipe's own warm-up would leave a shorter run no cosine epoch (images: 1 of 15, and
-        # `--epochs 1`): it keeps its share of the run instead (1/15 of 1 epoch).
-        changes["warmup_epochs"] = changed["warmup_epochs"] = round(warmup * epochs / recipe.epochs, 4)
-    updated = dataclasses.replace(recipe, **changes, options=options).came_from(changed=changed)
+        # `--epochs 1`): it keeps its share of the run instead (1/15 of 1 epoch), fitted again
+        # from the recipe's own when the epochs change again (`--config RUN --set epochs=15`).
+        own, of_epochs = derived.pop("warmup_epochs", (recipe.warmup_epochs, recipe.epochs))
+        epochs = changes.get("epochs", recipe.epochs)
+        changed.pop("warmup_epochs", None)
+        changes["warmup_epochs"] = own
+        if 0 < own >= epochs:
+            changes["warmup_epochs"] = changed["warmup_epochs"] = round(own * epochs / of_epochs, 4)
+            derived["warmup_epochs"] = [own, of_epochs]
+    updated = dataclasses.replace(recipe, **changes, options=options).came_from(
+        changed=changed, derived=derived
+    )
     updated.validate()
     return updated

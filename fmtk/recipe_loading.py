@@ -130,10 +130,22 @@ def recipe_from_config(
             if old in changed:
                 changed[new] = changed.pop(old)
     recipe = dataclasses.replace(recipe, **values, options=options).came_from(
-        changed=changed, preset=config.get("preset"), data_decided=decided
+        changed=changed, preset=config.get("preset"), derived=_derived(config), data_decided=decided
     )
     recipe.validate()
     return recipe
+
+
+def _derived(config: dict[str, Any]) -> dict[str, list[float]]:
+    """config.json's ``derived``: each field's own ``[value, epochs]`` (one not of that form, e.g.
+    edited by hand, is left out: the field's recorded value then stands as a value given)."""
+    derived = config.get("derived")
+    pairs = derived.items() if isinstance(derived, dict) else ()
+
+    def numbers(pair: Any) -> bool:
+        return isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, (int, float)) for v in pair)
+
+    return {name: pair for name, pair in pairs if numbers(pair)}
 
 
 def _load_recipe_of(config: dict[str, Any]) -> Recipe:

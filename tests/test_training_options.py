@@ -456,3 +456,23 @@ def test_the_recipes_warm_up_keeps_its_share_of_a_shorter_run() -> None:
     assert apply_overrides(images, {"epochs": "5"}).warmup_epochs == 1.0  # it fits: as it is
     with pytest.raises(FmtkError, match="warmup_epochs 1.0 leaves no epoch of the 1"):
         apply_overrides(images, {"epochs": "1", "warmup_epochs": "1"})
+
+
+def test_a_new_run_from_a_shorter_run_s_config_fits_the_warm_up_again() -> None:
+    """`fmtk run images --epochs 1`, then `fmtk run --config RUN --set epochs=3`: the 3-epoch run
+    warms up the recipe's 1 epoch, as `fmtk run images --epochs 3` does (it kept 0.0667)."""
+    short = apply_overrides(load_recipe("images"), {"epochs": "1"})
+    config = json.loads(json.dumps(short.config()))
+    assert (config["changed"], config["derived"]) == ({"epochs": 1, "warmup_epochs": 0.0667},
+                                                      {"warmup_epochs": [1.0, 15]})  # fmt: skip
+    again = recipe_from_config(config, decided=False)
+    assert (again.warmup_epochs, again.changed) == (0.0667, config["changed"])  # the same run again
+    longer = apply_overrides(again, {"epochs": "3"})
+    assert (longer.warmup_epochs, longer.changed, longer.config().get("derived")) == (
+        1.0,
+        {"epochs": 3},
+        None,
+    )
+    assert apply_overrides(again, {"epochs": "2"}).warmup_epochs == 1.0  # 1 of 2: it fits
+    given = apply_overrides(again, {"epochs": "3", "warmup_epochs": "0.5"})
+    assert (given.warmup_epochs, given.provenance.derived) == (0.5, {})
