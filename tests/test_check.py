@@ -304,6 +304,30 @@ def test_a_folder_s_helper_modules_are_left_out_and_recipes_without_a_check_are_
     )
 
 
+def test_a_folder_s_file_that_does_not_load_fails_as_its_own_check_and_the_others_run(
+    tmp_path: Path, run_in
+) -> None:
+    """As pytest's plugin makes it a failing item: one broken file of a team's folder does not hide
+    the other checks, and the JUnit report has it (it was one line and no report)."""
+    user_recipe(tmp_path / "recipes", "mydigits")
+    (tmp_path / "recipes" / "unfinished.py").write_text("from fmtk import Recipe\nrecipe = Recipe(\n")
+    result = run_in("check", "recipes", "--junit", "report.xml")
+    assert result.returncode == 1, result.stderr
+    why = "unfinished.py:2: SyntaxError: '(' was never closed"
+    assert f"unfinished.py: not loaded, not checked: recipes/{why}" in result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "1 of 2 checks passed" and "checking mydigits (default) …" in lines
+    assert "unfinished.py  load     (file)              loads      failed  FAIL" in result.stdout
+    assert f"unfinished.py (load): the file did not load: recipes/{why}" in result.stdout
+    suite = ElementTree.parse(tmp_path / "report.xml").getroot().find("testsuite")
+    assert (suite.get("tests"), suite.get("errors"), suite.get("failures")) == ("2", "1", "0")
+    [broken] = [case for case in suite.iter("testcase") if case.find("error") is not None]
+    assert (broken.get("classname"), broken.get("name")) == ("fmtk.check.unfinished", "load")
+    assert why in broken.find("error").get("message")
+    alone = run_in("check", "recipes/unfinished.py")  # a file named itself: one line, as fmtk run
+    assert_one_line_error(alone, why)
+
+
 def test_an_interrupted_check_leaves_no_run_folder(tmp_path: Path, run_in) -> None:
     user_recipe(tmp_path, "mine", **STOPPED)
     result = run_in("check", "mine.py")

@@ -54,12 +54,16 @@ def check_command(
 
     if junit is not None:
         check_output_place("--junit", junit)
-    recipes = recipes_named(targets)
-    planned = plan_checks(recipes, keep=keep, record_to=record_to, against=against, data_dir=data_dir)
+    recipes, unloadable = recipes_named(targets)
+    planned = []
+    if any(recipe.checks for recipe in recipes) or not unloadable:  # (else the failed loads say it)
+        planned = plan_checks(recipes, keep=keep, record_to=record_to, against=against, data_dir=data_dir)
     unchecked = [recipe.name for recipe in recipes if not recipe.checks]
     if unchecked:  # (with none checked at all, plan_checks said so)
         click.echo(f"not checked: {', '.join(unchecked)} (no check stated: a recipe's check field)", err=True)
-    results = []
+    results = list(unloadable)  # a folder's files that did not load: failed, the other files checked
+    for failed in unloadable:
+        click.echo(f"{failed.recipe}: not loaded, not checked: {failed.error}", err=True)
     for recipe, one, where in planned:
         if not as_json:
             click.echo(f"checking {recipe.name} ({one.label}) …")

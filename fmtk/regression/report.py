@@ -23,7 +23,8 @@ def table_rows(result: CheckResult) -> list[tuple[str, ...]]:
         for row in result.rows
     ]
     if result.error is not None:
-        rows.append((*name, "(run)", "ends", "failed", "FAIL", seconds))
+        rows.append((*name, *(("(run)", "ends") if result.loaded else ("(file)", "loads")), "failed", "FAIL",
+                     seconds))  # fmt: skip
     if result.diverged is not None:
         rows.append((*name, "(golden)", "same", "differs", "FAIL", seconds))
     elif result.compared:
@@ -63,7 +64,8 @@ def junit_xml(results: Sequence[CheckResult]) -> str:
     suites = ElementTree.Element("testsuites", name="fmtk check", **counts)
     suite = ElementTree.SubElement(suites, "testsuite", name="fmtk check", **counts)
     for result in results:
-        case = ElementTree.SubElement(suite, "testcase", classname=f"fmtk.check.{result.recipe}",
+        recipe = result.recipe if result.loaded else Path(result.recipe).stem  # broken.py: fmtk.check.broken
+        case = ElementTree.SubElement(suite, "testcase", classname=f"fmtk.check.{recipe}",
                                       name=result.check, time=f"{result.seconds:.2f}")  # fmt: skip
         if not result.passed:
             reasons = result.failures()

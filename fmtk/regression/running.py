@@ -50,6 +50,14 @@ class CheckResult:
     diverged: Divergence | None = None  # the first difference from the golden run
     compared: bool = False  # it was compared with a golden run
     recorded: Path | None = None  # the golden run it was kept as (--record)
+    loaded: bool = True  # False: a recipe file of a folder that did not load (recipe: its file)
+
+    @classmethod
+    def unloadable(cls, file: Path, error: Exception) -> CheckResult:
+        """A recipe file of a checked folder that did not load: its checks failed, the others run."""
+        return cls(
+            file.name, "load", error=one_line(error) or f"{type(error).__name__}: {error}", loaded=False
+        )
 
     @property
     def passed(self) -> bool:
@@ -57,7 +65,8 @@ class CheckResult:
 
     def failures(self) -> list[str]:
         """Why it failed, one line each (none when it passed)."""
-        lines = [f"the run failed: {self.error}"] if self.error is not None else []
+        failed = "the run failed" if self.loaded else "the file did not load"
+        lines = [f"{failed}: {self.error}"] if self.error is not None else []
         lines += [
             f"{row.figure} {number_text(row.got)}, expected {row.expected}"
             for row in self.rows
@@ -84,34 +93,42 @@ def number_text(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def recipes_named(targets: Sequence[str]) -> list[Recipe]:
+def recipes_named(targets: Sequence[str]) -> tuple[list[Recipe], list[CheckResult]]:
     """The recipes ``fmtk check`` names: bundled names, recipe files, folders (:func:`folder_recipes`);
     none: every bundled recipe. A recipe named twice is checked once; two recipes of one name (the
-    table, JUnit and the golden and kept folders name a check by its recipe's) are one line."""
+    table, JUnit and the golden and kept folders name a check by its recipe's) are one line. Also
+    the failed results of a folder's files that did not load (a named one is one line)."""
     if not targets:
-        return [load_recipe(name) for name in bundled_recipe_names()]
+        return [load_recipe(name) for name in bundled_recipe_names()], []
     recipes: dict[str, Recipe] = {}
+    unloadable: list[CheckResult] = []
     for target in targets:
-        for recipe in folder_recipes(Path(target)) if Path(target).is_dir() else [load_recipe(target)]:
+        found = folder_recipes(Path(target), unloadable) if Path(target).is_dir() else [load_recipe(target)]
+        for recipe in found:
             seen = recipes.setdefault(recipe.name, recipe)
             if seen.source != recipe.source:
                 raise FmtkError(f"recipe name {recipe.name}: both {seen.source or seen.name} and "
                                 f"{recipe.source or recipe.name} have it; a check is named by its recipe's "
                                 "name: rename one")  # fmt: skip
-    return list(recipes.values())
+    return list(recipes.values()), unloadable
 
 
-def folder_recipes(folder: Path) -> list[Recipe]:
+def folder_recipes(folder: Path, unloadable: list[CheckResult]) -> list[Recipe]:
     """The recipe of each recipe file in ``folder`` (:func:`recipe_files`), a module that defines no
-    ``recipe`` left out (a helper the recipes import); none at all is one line."""
-    recipes = []
+    ``recipe`` left out (a helper the recipes import), one that does not load added to
+    ``unloadable`` (as pytest's plugin makes it a failing item: the other files are checked); none
+    at all is one line."""
+    recipes, failed = [], []
     for file in recipe_files(folder):
         try:
             recipes.append(load_recipe(str(file)))
         except NoRecipe:
             continue
-    if not recipes:
+        except Exception as error:  # noqa: BLE001 - a user's file may raise anything: its check fails
+            failed.append(CheckResult.unloadable(file, error))
+    if not recipes and not failed:
         raise FmtkError(f"{folder}: a folder without recipe files (*.py)")
+    unloadable.extend(failed)
     return recipes
 
 
