@@ -373,6 +373,8 @@ def curve_picture(
     return picture
 
 
+X_MARGIN = 0.04  # of a line picture's x axis, each side: its end points inside the frame
+
 # matplotlib's tab10, with black for its grey (fmtk's grey marks values beyond the axis)
 LINE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
                 (140, 86, 75), (227, 119, 194), (188, 189, 34), (0, 0, 0)]  # fmt: skip
@@ -403,7 +405,8 @@ def lines_picture(
     ``y_limits`` (low, high) are drawn at its edge as hollow triangles pointing out, named
     ``clipped_name`` in the legend, so that one outlier does not flatten the rest. A line's colour is
     its place's among :data:`LINE_COLOURS`, or its name's in ``colours``. The x axis runs from 0 to
-    the largest x, or to ``x_end`` when given.
+    the largest x, or to ``x_end`` when given, with a margin of 4% on each side (as matplotlib's):
+    a point at either end is drawn whole, inside the frame.
     ``legend=False``: none (another panel has it)."""
     width, height, left, right, top, bottom = 720, 440, 60, 20, HEADING_HEIGHT + 24, 40
     picture = Image.new("RGB", (width, height), "white")
@@ -420,14 +423,15 @@ def lines_picture(
     ys = [float(y) for _, line_ys in lines.values() for y in line_ys if math.isfinite(y)] or [0.0]
     if reference is not None:
         ys.append(reference[0])
-    x_low, x_high = 0.0, max(max(xs) if x_end is None else x_end, 1e-9)
+    end = max(max(xs) if x_end is None else x_end, 1e-9)
+    x_low, x_high = -X_MARGIN * end, (1 + X_MARGIN) * end
     margin = 0.05 * (max(ys) - min(ys) or abs(max(ys)) or 1.0)  # a flat line: about its value
     y_low, y_high = min(ys) - margin, max(ys) + margin
 
     at = _plot_mapping((left, top, width - right, height - bottom), (x_low, x_high), (y_low, y_high))
     draw.rectangle([left, top, width - right, height - bottom], outline=GRID_LINE)
     whole = all(float(x).is_integer() for x in xs)  # e.g. trial numbers: no tick between two
-    _draw_x_ticks(draw, at, (x_low, x_high), (top, height - bottom), whole, font)
+    _draw_x_ticks(draw, at, (0.0, end), (top, height - bottom), whole, font)
     for tick, label in round_ticks(y_low, y_high):
         _, y = at(x_low, tick)
         draw.line([(left, y), (width - right, y)], fill=GRID_LINE)
@@ -730,19 +734,17 @@ def _draw_x_ticks(
     whole: bool,
     font: Font,
 ) -> None:
-    """Vertical grid lines across ``y_span`` (top, bottom) with their labels under it, six or
-    at whole numbers only (``whole``); the last label ends at the plot's right edge."""
-    x_low, x_high = x_range
+    """Vertical grid lines across ``y_span`` (top, bottom) at round values of ``x_range``
+    (:func:`round_ticks`; whole numbers only when ``whole``: epochs, trials), labelled under them."""
     top, bottom = y_span
-    ticks = np.linspace(x_low, x_high, 6)
-    if whole:
-        ticks = np.arange(x_low, x_high + 1, max(1, math.ceil((x_high - x_low) / 5)))
-    for index, tick in enumerate(ticks):
+    ticks = round_ticks(*x_range)
+    if whole and any(not tick.is_integer() for tick, _ in ticks):  # a step below 1
+        whole_numbers = range(math.ceil(x_range[0]), math.floor(x_range[1]) + 1)
+        ticks = [(float(tick), str(tick)) for tick in whole_numbers]
+    for tick, label in ticks:
         x, _ = at(tick, 0.0)
         draw.line([(x, top), (x, bottom)], fill=GRID_LINE)
-        label = f"{tick:.0f}" if x_high >= 10 or whole else f"{tick:.3g}"
-        shift = font.getlength(label) * index / max(len(ticks) - 1, 1)
-        font.draw(draw, (x - shift, bottom + 4), label, "black")
+        font.draw(draw, (x, bottom + 4), label, "black", "ma")
 
 
 def _draw_reference(

@@ -19,6 +19,7 @@ from fmtk.pictures import (
     HEADING_HEIGHT,
     LINE_COLOURS,
     LINE_HEIGHT,
+    X_MARGIN,
     ZERO_INK,
     _font,
     confusion_picture,
@@ -240,7 +241,7 @@ def test_the_legend_and_the_lines_never_cross(drawn_texts) -> None:
         margin = 0.05 * (ys.max() - ys.min())
         for index, value in enumerate(ys):
             row = top + (ys.max() + margin - value) / (ys.max() - ys.min() + 2 * margin) * (bottom - top)
-            column = left + index / (count - 1) * (right - left)
+            column = left + (index / (count - 1) + X_MARGIN) / (1 + 2 * X_MARGIN) * (right - left)
             assert tuple(pixels[round(row), round(column)]) == LINE_COLOURS[0], (round_, index)
 
 
@@ -329,6 +330,19 @@ def test_the_curves_show_both_losses_and_the_accuracy_with_the_best_epoch_marked
     assert blue == 0  # accuracy in the valid loss's red, not the train loss's blue
 
 
+def test_the_first_and_last_points_are_drawn_whole_inside_the_frame() -> None:
+    """A 1-epoch run's points, and a study's trial 0: each dot whole, inside the plot's frame (the
+    last epoch's sat on the right edge, half cut; trial 0's on the left)."""
+    top, bottom, left, right = HEADING_HEIGHT + 24, 440 - 40, 60, 720 - 20  # lines_picture's plot box
+    one = [{"epoch": 1, "train_loss": 1.28, "valid_loss": 0.46, "valid_accuracy": 0.90}]
+    loss = np.asarray(curves_picture(one, None, "one epoch"))[top + 1 : bottom, left + 1 : right]
+    trials = np.asarray(lines_picture({"trial": ([0, 1, 2], [0.5, 0.9, 0.7])}, "t", "trial", "y"))
+    for plot, colour in ((loss, LINE_COLOURS[0]), (loss, LINE_COLOURS[1]),
+                         (trials[top + 1 : bottom, left + 1 : right], LINE_COLOURS[0])):  # fmt: skip
+        columns = np.nonzero((plot == colour).all(axis=2).any(axis=0))[0]  # (a dot is 7 pixels wide)
+        assert columns.min() > 2 and columns.max() < plot.shape[1] - 3, (columns.min(), columns.max())
+
+
 def test_curves_of_a_diverged_run_leave_out_what_is_not_finite_and_of_no_epoch_are_empty() -> None:
     history = [
         {"epoch": 1, "train_loss": 1.0, "valid_loss": float("nan"), "valid_accuracy": 0.5},
@@ -353,7 +367,7 @@ def test_an_epoch_that_is_not_finite_is_a_gap_in_its_line(gap: float, several: b
     else:
         picture, colour = curves_picture(history, None, "t"), LINE_COLOURS[1]
     line = (np.asarray(picture)[HEADING_HEIGHT + 24 : 400] == colour).all(axis=2)  # the loss plot
-    at = [round(60 + epoch / 5 * (720 - 80)) for epoch in range(6)]  # the x axis: 0 → 60, 5 → 700
+    at = [round(60 + (epoch / 5 + X_MARGIN) / (1 + 2 * X_MARGIN) * (720 - 80)) for epoch in range(6)]
     assert line[:, at[2] + 8 : at[4] - 8].sum() == 0  # nothing between epochs 2 and 4
     for epoch in (1, 2, 4, 5):  # each finite point, and the lines 1–2 and 4–5
         assert line[:, at[epoch] - 2 : at[epoch] + 3].any()
