@@ -114,7 +114,8 @@ def show(
             titles = [mixed_title(target, data.classes) for target in targets]
         images = batches.unscaled(images)  # their colours, not the normalised values'
     save_new_picture(titled_grid(images, titles, columns=8), out)
-    click.echo(f"wrote {out}")
+    shown = f" (all {len(chosen)} samples of the {split} split, not {count})" if len(chosen) < count else ""
+    click.echo(f"wrote {out}{shown}")
 
 
 def mixed_title(target: torch.Tensor, classes: Sequence[str]) -> str:

@@ -118,6 +118,15 @@ def test_show_catdog_grid_and_class_counts(real_data: Path, tmp_path: Path) -> N
     assert_one_line_error(fmtk(*args, "--data-dir", str(data)), "grid.png exists")  # never overwritten
 
 
+def test_show_says_when_a_split_has_fewer_samples_than_asked(tmp_path: Path) -> None:
+    out = tmp_path / "all.png"
+    result = fmtk("show", "digits_mlp", "--split", "test", "-n", "1000", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"wrote {out} (all 360 samples of the test split, not 1000)"
+    with Image.open(out) as picture:
+        assert picture.size[1] > 40 * 100  # 45 rows of 8
+
+
 def test_show_fashion_mnist_class_names(real_data: Path, tmp_path: Path) -> None:
     data = real_data
     result = fmtk("show", "fmnist_cnn", "--out", str(tmp_path / "f.png"), "--data-dir", str(data))
