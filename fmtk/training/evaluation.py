@@ -8,6 +8,7 @@ import csv
 import itertools
 import json
 import math
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +86,9 @@ class Evaluation:
                 for key, cell in [("precision", 10), ("recall", 9), ("f1", 9)]
             )
             lines.append(f"{name:<{width}}{shares}{per_class['count'][index]:>7}")
-        cell = max(6, len(str(self.confusion.max())) + 2)
+        cell = max(6, len(str(self.confusion.max())) + 2)  # wider for the names, within the terminal
+        room = (shutil.get_terminal_size((100, 24)).columns - width) // max(len(self.classes), 1)
+        cell = max(cell, min(max(map(len, self.classes), default=0) + 1, room))
         heads, rows = [name[: cell - 1] for name in self.classes], list(self.classes)
         if len(set(heads)) < len(heads):  # names cut alike (class_0, class_1): the columns numbered
             heads, rows = (

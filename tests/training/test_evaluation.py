@@ -195,14 +195,26 @@ def test_per_class_precision_recall_f1_equal_scikit_learns() -> None:
     assert np.allclose(per_class["f1"][:3], f1[:3]) and per_class["f1"][3] == 0.0  # recall 0: F1 0
 
 
-def test_the_text_confusion_matrix_numbers_its_columns_when_cut_names_look_alike() -> None:
+def test_the_text_confusion_matrix_names_its_columns_as_the_terminal_allows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whole names where the terminal is wide enough (they were cut to 5 characters: Fashion-MNIST's
+    "Pullo", "Sneak"); cut in a narrow one, numbered when the cut names look alike."""
     from fmtk.training.evaluation import Evaluation
 
     confusion = np.array([[5, 1, 0], [0, 6, 1], [2, 0, 7]])
-    alike = Evaluation(0.5, 0.8, confusion, ["class_0", "class_1", "class_2"]).table().splitlines()[-4:]
-    assert alike[0].split() == ["0", "1", "2"] and alike[3].split() == ["2", "class_2", "2", "0", "7"]
-    apart = Evaluation(0.5, 0.8, confusion, ["cat", "dog", "longername"]).table().splitlines()[-4:]
-    assert apart[0].split() == ["cat", "dog", "longe"] and apart[3].split() == ["longername", "2", "0", "7"]
+
+    def matrix(classes: list[str]) -> list[list[str]]:
+        return [line.split() for line in Evaluation(0.5, 0.8, confusion, classes).table().splitlines()[-4:]]
+
+    monkeypatch.setenv("COLUMNS", "100")
+    assert matrix(["class_0", "class_1", "class_2"])[0] == ["class_0", "class_1", "class_2"]
+    assert matrix(["cat", "dog", "longername"])[0] == ["cat", "dog", "longername"]
+    monkeypatch.setenv("COLUMNS", "30")
+    alike = matrix(["class_0", "class_1", "class_2"])
+    assert alike[0] == ["0", "1", "2"] and alike[3] == ["2", "class_2", "2", "0", "7"]
+    apart = matrix(["cat", "dog", "longername"])
+    assert apart[0] == ["cat", "dog", "longe"] and apart[3] == ["longername", "2", "0", "7"]
 
 
 def test_show_augmented_draws_the_samples_as_training_sees_them(real_data: Path, tmp_path: Path) -> None:
