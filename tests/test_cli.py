@@ -267,6 +267,19 @@ def test_usage_errors_are_one_line_naming_the_command(
     assert result.returncode == 2 and not any(tmp_path.iterdir())
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+@pytest.mark.parametrize("args", [["list"], ["--help"]])
+def test_an_output_that_takes_nothing_is_one_line(tmp_path: Path, args: list[str]) -> None:
+    """``fmtk list > /dev/full`` (a full disk under ``> file``): one line, not two tracebacks."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "fmtk", *args], cwd=tmp_path, stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+    assert (result.returncode, result.stderr) == (
+        1,
+        "Error: cannot write the output (No space left on device)\n",
+    )
+
+
 def test_bare_fmtk_still_shows_its_help(tmp_path: Path) -> None:
     result = fmtk(cwd=tmp_path)
     assert "Commands:" in result.stdout + result.stderr and "Error" not in result.stderr
