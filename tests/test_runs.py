@@ -21,7 +21,7 @@ from conftest import fmtk
 from PIL import Image, ImageDraw
 
 from fmtk.errors import FmtkError
-from fmtk.pictures import LINE_COLOURS
+from fmtk.pictures import LINE_COLOURS, X_MARGIN
 from fmtk.runfolder import CONFIG, METRICS_CSV, METRICS_JSON, append_epoch_row, write_json
 from fmtk.runlock import is_running, lock_run
 from fmtk.runs import SORT_KEYS, format_changed, format_runs_table, list_runs, sort_runs
@@ -423,7 +423,7 @@ def test_curves_draw_each_run_of_the_table_in_its_colour_at_its_values(tmp_path:
     def colour_at(epoch: int, accuracy: float) -> tuple[int, ...]:
         top, bottom, low, high = 440 + 48, 440 + 400, 48.0, 92.0  # 50 % … 90 %, and a 5 % margin
         row = top + (high - 100 * accuracy) / (high - low) * (bottom - top)
-        return tuple(pixels[round(row), round(60 + epoch / 3 * 640)])
+        return tuple(pixels[round(row), round(60 + (epoch / 3 + X_MARGIN) / (1 + 2 * X_MARGIN) * 640)])
 
     for epoch, accuracy in enumerate([0.5, 0.7, 0.9], start=1):
         assert colour_at(epoch, accuracy) == LINE_COLOURS[0]

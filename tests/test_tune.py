@@ -130,7 +130,9 @@ def test_a_search_runs_its_trials_as_runs_prunes_a_hopeless_one_and_names_the_be
     (rerun,) = (tmp_path / "again" / "digits_mlp").iterdir()
     assert epoch_rows(rerun) == epoch_rows(study / best["run"])
     with Image.open(study / "tune.png") as picture:
-        assert picture.size == (720, 440 + 250)  # the trials, then lr and batch_size side by side
+        # the trials (their legend under them when every corner of the plot is taken), then lr and
+        # batch_size side by side
+        assert picture.width == 720 and picture.height >= 440 + 250
 
 
 @pytest.mark.slow
