@@ -258,6 +258,69 @@ def test_a_handlers_kept_state_survives_sigkill_and_resume(workspace: Path, unin
     assert results(run_dir) == results(workspace / "counted") == results(uninterrupted)
 
 
+OWN_LOADER = """import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fmtk import Recipe
+from fmtk.data import DataSplits
+
+
+class Noisy(Dataset):  # blobs with noise drawn as each sample is read: the workers' seeds count
+    def __init__(self, count, seed):
+        generator = torch.Generator().manual_seed(seed)
+        self.labels = torch.randint(0, 3, (count,), generator=generator)
+        self.points = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))[self.labels]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.points[index] + torch.randn(8), self.labels[index]
+
+
+def data(recipe, data_dir, device):
+    # As PyTorch's reproducibility notes advise: the loader's own seeded generator.
+    generator = torch.Generator().manual_seed(recipe.seed)
+    train = DataLoader(Noisy(600, 1), batch_size=30, shuffle=True, generator=generator,
+                       num_workers=recipe.options["workers"])
+    valid, test = (DataLoader(Noisy(200, seed), batch_size=50) for seed in (2, 3))
+    return DataSplits(train, valid, test, ["a", "b", "c"])
+
+
+recipe = Recipe(
+    name="own_loader",
+    description="blobs from a DataLoader with its own generator",
+    model=lambda recipe: nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)),
+    data=data,
+    optimizer="SGD",
+    lr=0.05,
+    batch_size=30,
+    epochs=4,
+    options={"workers": 0},
+)
+"""
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_recipe_s_own_loader_generator_resumes_exactly(workspace: Path, workers: int) -> None:
+    """A DataLoader with its own seeded generator draws each epoch's order (and its workers' seeds)
+    from it, which torch's global state does not hold: a resumed run drew epoch 1's order again
+    (the best checkpoint and the test accuracy moved). The last checkpoint keeps it now."""
+    (workspace / "own_loader.py").write_text(OWN_LOADER)
+    own = ["own_loader.py", "--set", f"workers={workers}"]
+    straight = fmtk(workspace, *own, "--run-dir", f"own_{workers}")
+    assert straight.returncode == 0, straight.stderr
+    killed = fmtk(
+        workspace, *own, "--run-dir", f"own_killed_{workers}", "--handler", "killers:sigkill_mid_epoch_3"
+    )
+    assert killed.returncode == -9
+    resumed = fmtk(workspace, "--resume", f"own_killed_{workers}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert epoch_rows(workspace / f"own_killed_{workers}") == epoch_rows(workspace / f"own_{workers}")
+    assert results(workspace / f"own_killed_{workers}") == results(workspace / f"own_{workers}")
+
+
 def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(
     workspace: Path, uninterrupted: Path
 ) -> None:

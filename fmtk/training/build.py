@@ -27,7 +27,15 @@ from fmtk.optimizers import create_optimizer
 from fmtk.recipe import Recipe
 from fmtk.recipe_loading import data_root, resolve_recipe
 from fmtk.runfolder import run_folder
-from fmtk.training.checkpoints import CLOCK, STOP, RandomState, RunInfo, TrainingClock
+from fmtk.training.checkpoints import (
+    CLOCK,
+    LOADER_RANDOM,
+    STOP,
+    LoaderGenerators,
+    RandomState,
+    RunInfo,
+    TrainingClock,
+)
 from fmtk.training.engines import SpeedOptions, create_evaluator, create_trainer
 from fmtk.training.handlers import (
     RunStop,
@@ -266,6 +274,7 @@ def kept_states(parts: Parts, engines: Engines) -> dict[str, Any]:
     if engines.evaluated_model is not parts.model:
         states[EMA_MODEL] = engines.evaluated_model
     states[STOP], states[CLOCK] = RunStop(), TrainingClock()
+    states[LOADER_RANDOM] = LoaderGenerators.of(parts.data.train)
     return {name: state for name, state in states.items() if state is not None}
 
 
@@ -294,6 +303,8 @@ def attach_handlers(
             data.train.set_epoch(trainer.state.epoch)
 
         trainer.add_event_handler(Events.EPOCH_STARTED, order_epoch)
+    if LOADER_RANDOM in kept:  # a DataLoader of the recipe's with its own generator
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, LoaderGenerators.end_epoch)
 
     def share_buffers(_: Engine) -> None:
         broadcast_buffers(parts.model)

@@ -31,6 +31,7 @@ from fmtk.version import __version__
 
 STOP = "stop"  # the last checkpoint's name for the run's RunStop (why a handler stopped it)
 CLOCK = "clock"  # … and for its TrainingClock
+LOADER_RANDOM = "loader_random"  # … and for its LoaderGenerators
 
 
 class RandomState:
@@ -54,6 +55,55 @@ class RandomState:
         np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), *rest))
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
+
+
+class LoaderGenerators:
+    """The random generators a recipe's own training DataLoader draws its order and its workers'
+    seeds from when it was given some (``DataLoader(..., shuffle=True, generator=g)``, as PyTorch's
+    reproducibility notes advise, or a sampler's), checkpointable like a module: torch's global
+    state, which :class:`RandomState` keeps, does not hold them, and a resumed run would draw the
+    order of its first epoch again."""
+
+    def __init__(self, generators: list[torch.Generator]) -> None:
+        self.generators = generators
+
+    @staticmethod
+    def end_epoch(trainer: Engine) -> None:
+        """The epoch's iterator asked once more, ending it (StopIteration), before the last
+        checkpoint keeps the generators' states."""
+        # Ignite keeps an epoch's iterator until the next epoch asks it for a batch, and torch's
+        # RandomSampler draws once more from its generator as it ends: without this, that draw came
+        # after the checkpoint, and a resumed run (a new iterator) went on from a state one draw behind.
+        iterator = getattr(trainer, "_dataloader_iter", None)
+        length = getattr(trainer.state.dataloader, "__len__", None)
+        if iterator is not None and length is not None and trainer.state.epoch_length == length():
+            next(iterator, None)  # (every batch was read: only the end is left)
+
+    @classmethod
+    def of(cls, split: Any) -> LoaderGenerators | None:
+        """Those of ``split`` (None: it has none, or orders each epoch from the seed: ``set_epoch``)."""
+        if hasattr(split, "set_epoch"):
+            return None
+        batch_sampler = getattr(split, "batch_sampler", None)
+        holders = (split, getattr(split, "sampler", None), getattr(batch_sampler, "sampler", None))
+        found: list[torch.Generator] = []
+        for holder in holders:
+            generator = getattr(holder, "generator", None)
+            if isinstance(generator, torch.Generator) and all(generator is not seen for seen in found):
+                found.append(generator)
+        return cls(found) if found else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"states": [generator.get_state() for generator in self.generators]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if len(state["states"]) != len(self.generators):
+            raise FmtkError(
+                f"the checkpoint holds {len(state['states'])} random generators of the training DataLoader, "
+                f"the recipe's loader has {len(self.generators)}: resume with the data the run was made with"
+            )
+        for generator, saved in zip(self.generators, state["states"], strict=True):
+            generator.set_state(saved.cpu())
 
 
 @dataclass(frozen=True)
@@ -337,8 +387,9 @@ def restore(kept: Mapping[str, Any], checkpoint: dict[str, Any], path: Path) -> 
     """Load every kept state but the model (loaded by :func:`load_model_weights`) from a last
     checkpoint; a name kept on one side only is a one-line error naming it."""
     # A checkpoint of fmtk 0.1 has no "stop" (Run.stop came later): that run was not stopped; one
-    # of a release before 2026-12-07 has no "clock": its time before the resume is not counted.
-    missing = [name for name in kept if name not in checkpoint and name not in (STOP, CLOCK)]
+    # of a release before 2026-12-07 has no "clock": its time before the resume is not counted, nor
+    # "loader_random": its DataLoader's own generator goes on from the first epoch's state.
+    missing = [name for name in kept if name not in checkpoint and name not in (STOP, CLOCK, LOADER_RANDOM)]
     if missing:
         raise FmtkError(
             f"{path.name} has no state for {', '.join(map(repr, missing))}, which this run keeps: "

@@ -48,6 +48,8 @@ ORDER: tuple[Step, ...] = (
     Step(T, "EPOCH_COMPLETED", "progress bar closed", BAR, ("ProgressBar._close",)),
     Step(T, "EPOCH_COMPLETED", "NaN guard: the epoch's losses", ALWAYS,
          ("attach_nonfinite_guard.<locals>.check_epoch",)),
+    Step(T, "EPOCH_COMPLETED", "the training DataLoader's iterator ended (its sampler's last draw, kept)",
+         "a training DataLoader with its own generator", ("LoaderGenerators.end_epoch",)),
     Step(T, "EPOCH_COMPLETED", "BatchNorm buffers from rank 0", "always (a no-op in one process)",
          ("attach_handlers.<locals>.share_buffers",)),
     Step(T, "EPOCH_COMPLETED", "validation: runs the evaluator (its COMPLETED handlers below)", ALWAYS,
