@@ -16,6 +16,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 TRACEBACK_VARIABLE = "FMTK_TRACEBACK"  # set to 1: errors in user code keep their whole traceback
+FAILED_BATCH = "fmtk_batch"  # an exception's attribute: which batch of which split raised it (a run's)
 
 
 class FmtkError(Exception):
@@ -92,10 +93,38 @@ def label_out_of_range_line(error: BaseException) -> str | None:
     target = re.fullmatch(r"Target (-?\d+) is out of bounds\.", str(error))
     if not isinstance(error, IndexError) or target is None:
         return None
+    where = getattr(error, FAILED_BATCH, None)
     return (
-        f"a batch has label {target[1]}, not one of the model's classes (cross-entropy: {error}); only "
+        f"{f'{where}: label' if where else 'a batch has label'} {target[1]}, not one of the model's classes "
+        f"(cross-entropy: {error}); only "
         "the first batch of a split read batch by batch is checked before training: check the labels "
         "the recipe's data gives"
+    )
+
+
+def failed_batch_line(error: BaseException) -> str | None:
+    """An error raised reading a batch or by the model or loss on it, after the first batch that
+    was checked (a batch of another shape, dtype or size: torch's own message), as one line
+    naming the batch (:data:`FAILED_BATCH`, set by the run); None for other errors and for one
+    raised in fmtk's own code (a bug of fmtk's keeps its traceback)."""
+    where = getattr(error, FAILED_BATCH, None)
+    if where is None or not isinstance(error, RuntimeError | ValueError | TypeError | IndexError):
+        return None
+    frames = traceback.extract_tb(error.__traceback__)
+    if frames and str(Path(frames[-1].filename).resolve()).startswith(str(Path(__file__).resolve().parent)):
+        return None
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    # A DataLoader worker's error: "Caught RuntimeError in DataLoader worker process 0. Original
+    # Traceback …", the error itself on its last line.
+    message = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    if lines and lines[0].startswith("Caught "):
+        message = lines[-1]
+        if "resize storage that is not resizable" in message:  # torch's collate in a worker
+            message += " (a DataLoader worker's words for samples of different sizes in one batch)"
+    return (
+        f"{where}: {message}; only the first batch of a split read batch by batch is checked before "
+        "training: check that every batch of the recipe's data has the first one's shapes and types "
+        f"({TRACEBACK_VARIABLE}=1 shows the traceback)"
     )
 
 
@@ -123,4 +152,5 @@ def one_line(error: BaseException) -> str | None:
         return str(error)
     if os.environ.get(TRACEBACK_VARIABLE) == "1" or not isinstance(error, Exception):
         return None
-    return out_of_memory_line(error) or label_out_of_range_line(error) or user_code_line(error)
+    return (out_of_memory_line(error) or label_out_of_range_line(error) or user_code_line(error)
+            or failed_batch_line(error))  # fmt: skip

@@ -202,6 +202,41 @@ def data(recipe, data_dir, device):
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
     return DataSplits(loader, loader, loader, [str(d) for d in range(10)])
 """
+LATE_BATCH = """import torch
+from sklearn.datasets import load_digits
+from torch.utils.data import DataLoader, Dataset
+from fmtk.data import DataSplits
+
+class Digits(Dataset):  # {which} of the third batch of 16 has 32 values, not 64
+    def __init__(self, odd_in):
+        digits = load_digits()
+        self.x = torch.tensor(digits.data[:64], dtype=torch.float32) / 16
+        self.y, self.odd_in = torch.tensor(digits.target[:64]), odd_in
+
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, index):
+        odd = self.odd_in and {which_index}
+        return (self.x[index][:32] if odd else self.x[index]), self.y[index]
+
+def data(recipe, data_dir, device):
+    loader = lambda split: DataLoader(Digits(split == "{split}"), batch_size=16, num_workers={workers})
+    return DataSplits(loader("train"), loader("valid"), loader("test"), [str(d) for d in range(10)])
+"""
+
+
+def late_batch(whole: bool, split: str = "train", workers: int = 0) -> dict[str, str]:
+    """mine.py whose ``split`` has 32 values, not 64, in the samples of its third batch (``whole``)
+    or in one of them."""
+    which, index = ("every sample", "index // 16 == 2") if whole else ("sample 40", "index == 40")
+    body = LATE_BATCH.format(which=which, which_index=index, split=split, workers=workers)
+    return {"mine.py": recipe_file(body, data="data")}
+
+
+SAME_BATCH_SIZES = (
+    "training: check that every batch of the recipe's data has the first one's shapes and types"
+)
 NO_COMPARISON = recipe_file("from fmtk import Check\n", check="Check(expect={'test_accuracy': 'about 0.9'})")
 LAYERS = {"model": "lambda recipe: mlp(64, recipe.options['layers'], 10)", "options": '{"layers": [64, 32]}'}
 
@@ -230,8 +265,19 @@ CASES = [
     ("model output size is not the class count", {"mine.py": recipe_file(model="lambda r: mlp(64, [16], 5)")},
      MINE, ["the model gives 5 outputs per sample but the data has 10 classes"]),
     ("a label past the classes in a later batch", {"mine.py": recipe_file(LATE_LABEL, data="data")}, MINE,
-     ["a batch has label 10, not one of the model's classes (cross-entropy: Target 10 is out of bounds.); "
-      "only the first batch of a split read batch by batch is checked"]),
+     ["batch 3 of the train split, epoch 1: label 10, not one of the model's classes (cross-entropy: "
+      "Target 10 is out of bounds.); only the first batch of a split read batch by batch is checked"]),
+    ("a batch of other inputs in the train split", late_batch(whole=True), MINE,
+     ["batch 3 of the train split, epoch 1: RuntimeError: mat1 and mat2 shapes cannot be multiplied "
+      "(16x32 and 64x16)", SAME_BATCH_SIZES]),
+    ("a batch of other inputs in the valid split", late_batch(whole=True, split="valid"), MINE,
+     ["batch 3 of the valid split, validation after epoch 1: RuntimeError: mat1 and mat2", SAME_BATCH_SIZES]),
+    ("a sample of another size", late_batch(whole=False), MINE,
+     ["batch 3 of the train split, epoch 1: RuntimeError: stack expects each tensor to be equal size, "
+      "but got [64] at entry 0 and [32] at entry 8", SAME_BATCH_SIZES]),
+    ("a sample of another size in a worker", late_batch(whole=False, workers=1), MINE,
+     ["batch 3 of the train split, epoch 1: RuntimeError: ", "(a DataLoader worker's words for samples of "
+      "different sizes in one batch)", SAME_BATCH_SIZES]),
     ("an unknown checkpoint_metric, said before the data loads", {},
      ["run", "images", "--data-dir", "nowhere", "--set", "checkpoint_metric=f1"],
      ["recipe images: checkpoint_metric 'f1' is not a validation metric; valid: loss, accuracy"]),
@@ -299,6 +345,28 @@ def test_bad_input_is_one_line_and_leaves_nothing(
     assert_one_line_error(result, *fragments)
     after = {name: stat for name, stat in tree_snapshot(tmp_path).items() if "__pycache__" not in name}
     assert after == before and not list(tmp_path.glob("out/*"))  # nothing changed, no run folder left
+
+
+def test_an_error_of_fmtk_s_own_code_on_a_batch_keeps_its_traceback() -> None:
+    """A batch's error from torch (the data's) is one line naming the batch; one raised in fmtk's
+    own code on it (a bug of fmtk's) is not made one."""
+    import fmtk
+    from fmtk.errors import FAILED_BATCH, failed_batch_line
+
+    def raised_in(filename: str) -> RuntimeError:
+        namespace: dict = {}
+        exec(compile("def step():\n    raise RuntimeError('shapes')\n", filename, "exec"), namespace)
+        try:
+            namespace["step"]()
+        except RuntimeError as error:
+            setattr(error, FAILED_BATCH, "batch 2 of the train split, epoch 1")
+            return error
+        raise AssertionError("it did not raise")
+
+    torch_file = str(Path(torch.__file__).parent / "nn" / "functional.py")
+    line = failed_batch_line(raised_in(torch_file))
+    assert line.startswith("batch 2 of the train split, epoch 1: RuntimeError: shapes;")
+    assert failed_batch_line(raised_in(str(Path(fmtk.__file__).parent / "training" / "engines.py"))) is None
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from ignite.utils import manual_seed
 from torch import nn
 
 from fmtk.distributed import is_main_process
-from fmtk.errors import FmtkError
+from fmtk.errors import FAILED_BATCH, FmtkError
 from fmtk.runfolder import CONFIG, METRICS_JSON, TRAIN_FINGERPRINTS, checkpoint_epoch, write_json
 from fmtk.training.checkpoints import CLOCK, STOP, attach_checkpoints, check_keepable
 from fmtk.training.evaluation import Evaluation
@@ -33,6 +33,24 @@ from fmtk.training.results import final_results, test_checkpoint, test_table, wr
 from fmtk.training.schedules import CheckpointablePlateau
 from fmtk.training.start import Start
 from fmtk.training.tracking import RUN_FILES, Tracker, exported_model
+
+# The events of a batch being read or stepped on (Ignite counts the iteration at ITERATION_STARTED).
+READING, STEPPING = (Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED), Events.ITERATION_STARTED
+
+
+def failed_batch(trainer: Engine, evaluator: Engine) -> str | None:
+    """Which batch an error came from when it was raised reading a batch or by the step (or the
+    evaluator's forward pass) on it, e.g. ``batch 4 of the train split, epoch 3``; None when it was
+    raised elsewhere (a handler after a step, the end of an epoch)."""
+    for engine, split in ((evaluator, "valid"), (trainer, "train")):
+        if engine.last_event_name not in (*READING, STEPPING):
+            continue
+        number = engine.state.iteration + (engine.last_event_name in READING)
+        length = engine.state.epoch_length
+        batch = (number - 1) % length + 1 if length else number
+        when = "validation after epoch" if split == "valid" else "epoch"
+        return f"batch {batch} of the {split} split, {when} {trainer.state.epoch}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -175,14 +193,19 @@ class Run(Parts):
         with self.folder, self._disk_full_as_one_line():
             clock = self.kept[CLOCK]
             clock.start()
+            testing = False
             try:
                 self.prepare()  # a resume restores the clock's time before it
                 if not self.training_done:
                     self.trainer.run(self.data.train, max_epochs=self.recipe.epochs)
                 idist.barrier()  # rank 0 has written the checkpoints every rank now reads
+                testing = True
                 self.results = self._test_checkpoints(clock.seconds)
             except BaseException as error:
                 self.end_tracking(error)
+                where = "a batch of the test split" if testing else failed_batch(self.trainer, self.evaluator)
+                if where is not None and isinstance(error, Exception):
+                    setattr(error, FAILED_BATCH, where)  # (errors.failed_batch_line says it)
                 raise
             finally:
                 self.close_loggers()
