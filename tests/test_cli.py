@@ -190,6 +190,27 @@ def test_a_recipe_file_imports_modules_beside_it_and_its_data_decides_once_a_com
                           "the run's recipe (put it back there")  # fmt: skip
 
 
+DECIDING = HELPED_RECIPE.replace(
+    'description="classes counted from the data")', 'options={**recipe.options, "width": 16})'
+).replace("epochs=1, from_data", 'epochs=1, options={"width": 8}, from_data')
+
+
+def test_a_value_set_that_the_data_decides_is_said_and_recorded_as_used(tmp_path: Path) -> None:
+    """`--set width=4` on a recipe whose from_data sets width: the run said nothing and config.json
+    (and `fmtk runs`) recorded width=4 among the changed values while it trained with 16."""
+    write_files(tmp_path, {"deciding.py": DECIDING, "digits_helpers.py": DIGITS_HELPERS})
+    done = fmtk("run", "deciding.py", "--set", "width=4", "--run-dir", "r", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (
+        "recipe helped: its from_data decided width=16 from the data (set: width=4)"
+        in done.stdout.splitlines()
+    )
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (config["changed"], config["options"]["width"]) == ({"width": 16}, 16)
+    plain = fmtk("run", "deciding.py", "--run-dir", "plain", cwd=tmp_path)  # nothing set: nothing said
+    assert "from_data decided" not in plain.stdout
+
+
 def test_a_recipe_files_broken_preset_and_its_name_without_py_are_one_line(tmp_path: Path) -> None:
     typo_preset = 'presets={"wide": Preset("wider", {"widht": 16})},'
     with_preset = USER_RECIPE.replace("epochs=2,", f"epochs=2, {typo_preset}")

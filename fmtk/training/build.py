@@ -49,7 +49,7 @@ from fmtk.training.handlers import (
     attach_validation,
     progress_by_default,
 )
-from fmtk.training.parts import Parts, recipe_parts, split_counts, split_sizes
+from fmtk.training.parts import Parts, decided_line, recipe_parts, split_counts, split_sizes
 from fmtk.training.results import run_config
 from fmtk.training.run import Engines, Logs, Run
 from fmtk.training.schedules import attach_schedule
@@ -166,7 +166,8 @@ def assemble_run(
             raise error.saying(RESUMED_WAY_ON) from None
     start.check_data(parts, data_dir)
     data = parts.data
-    lines = [start.changes(parts), threads_line(parts.speed.threads), skipped_line(data.skipped),
+    lines = [start.changes(parts), decided_line(recipe, parts.recipe), threads_line(parts.speed.threads),
+             skipped_line(data.skipped),
              others_line(data.others), copies_line(data.near_copies), conflicts_line(data.conflicts),
              parts.started_from]  # fmt: skip
     for line in [*lines, split_sizes(split_counts(parts))]:

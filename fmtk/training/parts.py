@@ -61,13 +61,33 @@ def create_model(recipe: Recipe, device: torch.device) -> nn.Module:
 
 
 def with_data(recipe: Recipe, data_dir: Path) -> Recipe:
-    """The recipe with the values its data decides (its ``from_data``, run once), or as it is."""
+    """The recipe with the values its data decides (its ``from_data``, run once), or as it is. A
+    value set on it (``--set``, a preset) that ``from_data`` replaced is recorded as the one used
+    (:func:`decided_line` says so)."""
     if recipe.from_data is None or recipe.provenance.data_decided:
         return recipe
     prepared = recipe.call("from_data", data_dir)
     if not isinstance(prepared, Recipe):
         raise FmtkError(f"recipe {recipe.name}: from_data() returned {type(prepared).__name__}, not a Recipe")
-    return prepared.came_from(data_decided=True)
+    changed = {key: _value(prepared, key) for key in recipe.changed}
+    return prepared.came_from(data_decided=True, changed=changed)
+
+
+def decided_line(given: Recipe, used: Recipe) -> str | None:
+    """The values set on ``given`` that its ``from_data`` replaced in ``used``, one line; None if none."""
+    from fmtk.runs import format_changed
+
+    replaced = [key for key, value in given.changed.items() if used.changed.get(key, value) != value]
+    if not replaced:
+        return None
+    now = format_changed({key: used.changed[key] for key in replaced})
+    set_ = format_changed({key: given.changed[key] for key in replaced})
+    return f"recipe {given.name}: its from_data decided {now} from the data (set: {set_})"
+
+
+def _value(recipe: Recipe, key: str) -> object:
+    """A field's value, else an option's."""
+    return recipe.options.get(key) if key in recipe.options else getattr(recipe, key, None)
 
 
 def load_data(
