@@ -1087,6 +1087,11 @@ def test_check_splits_refuses_a_model_whose_outputs_are_not_the_classes_and_a_lo
 
     with pytest.raises(FmtkError, match="the model gives 5 outputs per sample but the data has 10 classes"):
         check_splits("mine", mlp(64, [16], 5), digits_splits(), torch.device("cpu"))
+    flat = torch.nn.Sequential(
+        mlp(64, [16], 1), torch.nn.Flatten(0)
+    )  # N, not N × 1 (read "a scalar outputs")
+    with pytest.raises(FmtkError, match="the model gives one number per sample but the data has 10 classes"):
+        check_splits("mine", flat, digits_splits(), torch.device("cpu"))
 
     class TwoOutputs(torch.nn.Module):  # logits and features: the loss would get a tuple
         def __init__(self) -> None:

@@ -210,9 +210,11 @@ def _check_output_size(
         raise FmtkError(f"recipe {recipe_name}: the model returns a {type(output).__name__}; it must return "
                         "one tensor of class scores (N × classes)")  # fmt: skip
     if output.ndim != 2 or output.shape[1] != classes:
-        shape = "×".join(map(str, output.shape[1:])) or "a scalar"
+        gives = {0: "one number for the whole batch", 1: "one number per sample"}.get(
+            output.ndim, f"{'×'.join(map(str, output.shape[1:]))} outputs per sample"
+        )
         raise FmtkError(
-            f"recipe {recipe_name}: the model gives {shape} outputs per sample but the data has "
+            f"recipe {recipe_name}: the model gives {gives} but the data has "
             f"{classes} classes; its last layer must have {classes} outputs"
         )
     return output

@@ -46,7 +46,6 @@ from fmtk.training.handlers import IterationPoints, every_iterations
 from fmtk.training.tensorboard import hparam_values
 
 TRACKING_JSON = "tracking.json"
-INSTALL = 'pip install "fmtk[track]"'
 # MLflow retries a request for about 4 minutes by default (7 tries, growing waits): a server that is
 # down would hold the run's start, or an epoch's end, that long. A user's own settings win.
 QUICK_FAILURE = {
@@ -71,7 +70,8 @@ def import_tracker(name: str) -> Any:
         return importlib.import_module(name)
     except ImportError:
         library = {"mlflow": "MLflow", "wandb": "W&B's wandb"}[name]
-        raise FmtkError(f"track={name} needs {library}, which is not installed: {INSTALL}") from None
+        # the package itself, as fmtk tune and export name theirs (fmtk may be a clone, not from PyPI)
+        raise FmtkError(f"track={name} needs {library}, which is not installed: pip install {name}") from None
 
 
 class Tracker:
