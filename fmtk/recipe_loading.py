@@ -73,6 +73,15 @@ def load_recipe(name_or_path: str) -> Recipe:
     """Load a bundled recipe by name (``mnist_dnn``) or a user's recipe file by path."""
     path = Path(name_or_path)
     bundled = path.suffix != ".py"
+    if path.is_dir() and name_or_path not in bundled_recipe_names():  # (./digits_mlp: --output-dir .'s)
+        run = (
+            f"; a run folder goes on with fmtk run --resume {path}"
+            if (path / "config.json").is_file()
+            else ""
+        )
+        raise FmtkError(
+            f"{path} is a folder, not a recipe: give a recipe file (.py) or a bundled recipe's name{run}"
+        )
     if bundled:
         names = bundled_recipe_names()
         if name_or_path not in names:

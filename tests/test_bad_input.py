@@ -285,6 +285,10 @@ CASES = [
      ["mine.py:", ": expect test_accuracy: 'about 0.9' is not a comparison; write one of"]),
     ("recipe name with a path separator", {"mine.py": recipe_file(name='"../escape"')}, MINE,
      ["recipe name '../escape' must be one folder name"]),
+    ("a folder for a recipe", {"mine/notes.txt": ""}, ["run", "mine"],
+     ["mine is a folder, not a recipe: give a recipe file (.py) or a bundled recipe's name"]),
+    ("a run folder for a recipe", {"old/config.json": "{}"}, ["run", "old"],
+     ["old is a folder, not a recipe", "a run folder goes on with fmtk run --resume old"]),
     ("negative seed", {}, ["run", "digits_mlp", "--seed", "-1"], ["seed must be in 0 … 2**32-1", "got -1"]),
     ("seed above 2**32-1", {}, ["run", "digits_mlp", "--seed", "4294967296"], ["got 4294967296"]),
     ("accumulate_steps=0", {}, ["run", "digits_mlp", "--set", "accumulate_steps=0"],
@@ -337,6 +341,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(
     tmp_path: Path, fmtk_here, files: dict[str, str], args: list[str], fragments: list[str]
 ) -> None:
     for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     before = tree_snapshot(tmp_path)
     output = ["--output-dir", "out"] if args[0] == "run" else []

@@ -423,7 +423,8 @@ def test_bad_photos_are_named_at_once_and_skip_bad_images_trains_without_them(tm
         (photos / "bees" / name).write_bytes(b"\x00\x00\x00\x14ftypqt  ")
     refused = fmtk("run", "images", "--data-dir", str(photos), "--output-dir", "out", *SMALL, cwd=tmp_path)
     assert_one_line_error(
-        refused, "2 of 18 image files cannot be decoded: ", "notes.jpg (", "empty.jpg (",
+        refused, "2 of 18 image files cannot be decoded: ", "notes.jpg (",
+        "empty.jpg (0 bytes: an empty file)",
         "bad-images-bugs.txt: fix or remove them; or train without them: --set skip_bad_images=true",
     )  # fmt: skip
     assert not list((tmp_path / "out").glob("*/*"))  # no run folder left

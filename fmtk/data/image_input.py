@@ -59,6 +59,8 @@ def open_image(path: str | Path) -> Image.Image:
     OSError that says what to install."""
     if not heif() and Path(path).suffix.lower() in HEIF_EXTENSIONS:
         raise OSError(f"HEIC photos need pillow-heif: {HEIF_INSTALL}")
+    if Path(path).stat().st_size == 0:  # (Pillow: "cannot identify image file")
+        raise OSError("0 bytes: an empty file")
     return Image.open(path)
 
 
