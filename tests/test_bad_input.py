@@ -237,6 +237,13 @@ def late_batch(whole: bool, split: str = "train", workers: int = 0) -> dict[str,
 SAME_BATCH_SIZES = (
     "training: check that every batch of the recipe's data has the first one's shapes and types"
 )
+NAN_VALID = """from torch import nn
+
+class BrokenInEval(nn.Module):  # as BatchNorm with running statistics gone NaN: training is fine
+    def forward(self, x):
+        return x if self.training else x * float("nan")
+"""
+BROKEN_IN_EVAL = "lambda r: nn.Sequential(mlp(64, [16], 10), BrokenInEval())"
 NO_COMPARISON = recipe_file("from fmtk import Check\n", check="Check(expect={'test_accuracy': 'about 0.9'})")
 LAYERS = {"model": "lambda recipe: mlp(64, recipe.options['layers'], 10)", "options": '{"layers": [64, 32]}'}
 
@@ -285,6 +292,9 @@ CASES = [
      ["mine.py:", ": expect test_accuracy: 'about 0.9' is not a comparison; write one of"]),
     ("recipe name with a path separator", {"mine.py": recipe_file(name='"../escape"')}, MINE,
      ["recipe name '../escape' must be one folder name"]),
+    ("a valid loss of NaN", {"mine.py": recipe_file(NAN_VALID, model=BROKEN_IN_EVAL)}, MINE,
+     ["valid loss is nan after epoch 1, with a finite training loss: NaN or infinite values in the valid "
+      "split's inputs", "stopped (no checkpoint was written yet)"]),
     ("a folder for a recipe", {"mine/notes.txt": ""}, ["run", "mine"],
      ["mine is a folder, not a recipe: give a recipe file (.py) or a bundled recipe's name"]),
     ("a run folder for a recipe", {"old/config.json": "{}"}, ["run", "old"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -208,12 +209,29 @@ def attach_gradient_clipping(trainer: Engine, model: nn.Module, max_norm: float)
 
 
 def attach_validation(trainer: Engine, evaluator: Engine, valid_data: Any) -> None:
-    """Run ``evaluator`` on the valid split after every training epoch."""
+    """Run ``evaluator`` on the valid split after every training epoch; a valid loss that is not
+    finite stops the run with one line, before anything reads it (early stopping, the schedule,
+    the checkpoints): the training loss was finite (the NaN guard), so the valid split's data, or
+    the statistics the model validates with, are what broke."""
 
     def validate(_: Engine) -> None:
         evaluator.run(valid_data)
 
+    def stop_if_not_finite(engine: Engine) -> None:
+        loss = engine.state.metrics["loss"]
+        if not math.isfinite(loss):
+            epoch = trainer.state.epoch
+            before = (
+                "no checkpoint was written yet" if epoch == 1 else "the last checkpoint is from before it"
+            )
+            raise NonFiniteLoss(
+                f"valid loss is {loss} after epoch {epoch}, with a finite training loss: NaN or infinite "
+                "values in the valid split's inputs, or in the BatchNorm statistics the model validates "
+                f"with? stopped ({before})"
+            )
+
     trainer.add_event_handler(Events.EPOCH_COMPLETED, validate)
+    evaluator.add_event_handler(Events.COMPLETED, stop_if_not_finite)
 
 
 def attach_early_stopping(

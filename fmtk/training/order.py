@@ -54,6 +54,8 @@ ORDER: tuple[Step, ...] = (
          ("attach_handlers.<locals>.share_buffers",)),
     Step(T, "EPOCH_COMPLETED", "validation: runs the evaluator (its COMPLETED handlers below)", ALWAYS,
          ("attach_validation.<locals>.validate",)),
+    Step(E, "COMPLETED", "a valid loss that is not finite stops the run", ALWAYS,
+         ("attach_validation.<locals>.stop_if_not_finite",)),
     Step(E, "COMPLETED", "early stopping", "early_stopping_patience", ("EarlyStopping",)),
     Step(E, "COMPLETED", "early stopping's decision kept in RunStop", "early_stopping_patience",
          ("attach_early_stopping.<locals>.record",)),
