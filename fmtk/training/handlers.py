@@ -218,8 +218,8 @@ def attach_validation(trainer: Engine, evaluator: Engine, valid_data: Any) -> No
         evaluator.run(valid_data)
 
     def stop_if_not_finite(engine: Engine) -> None:
-        loss = engine.state.metrics["loss"]
-        if not math.isfinite(loss):
+        loss = engine.state.metrics.get("loss")  # (an evaluator of fmtk's always has it)
+        if loss is not None and not math.isfinite(loss):
             epoch = trainer.state.epoch
             before = (
                 "no checkpoint was written yet" if epoch == 1 else "the last checkpoint is from before it"
