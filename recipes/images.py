@@ -20,7 +20,10 @@ DEFAULT_SIZE = 224  # without torchvision weights to say otherwise
 
 def from_data(recipe, data_dir):
     """The photo folder's class names and the image size (recorded in config.json)."""
-    classes = recipe.options["classes"] or photo_classes(data_dir)
+    given, classes = recipe.options["classes"], photo_classes(data_dir)
+    if given and list(given) != classes:  # said before the photos decode
+        raise FmtkError(f"{data_dir}: its class folders are {', '.join(classes)}, not classes="
+                        f"{','.join(given)} as given; leave classes out: the folders name them")  # fmt: skip
     options = {**recipe.options, "classes": classes, "image_size": size(recipe)}
     return dataclasses.replace(recipe, options=options)
 

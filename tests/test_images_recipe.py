@@ -226,6 +226,10 @@ def test_balanced_class_weights_weight_the_training_loss_by_inverse_frequency(tm
             ["freeze_epochs and backbone_lr_scale fine-tune from starting weights; set weights"],
         ),
         (["weights=DEFAULT", "backbone_lr_scale=0"], ["backbone_lr_scale must be > 0, got 0.0"]),
+        (
+            ["classes=ants,bees"],
+            ["its class folders are ants, bees, wasps, not classes=ants,bees as given; leave classes out"],
+        ),  # (said once every photo was decoded)
     ],
     ids=[
         "unknown_arch",
@@ -236,6 +240,7 @@ def test_balanced_class_weights_weight_the_training_loss_by_inverse_frequency(tm
         "freeze_all",
         "freeze_no_weights",
         "backbone_lr_zero",
+        "other_classes",
     ],  # fmt: skip
 )
 def test_bad_values_are_one_line_and_leave_no_run(
