@@ -363,6 +363,8 @@ def _value_problems(recipe: Recipe) -> Iterator[str]:
          f"freeze_epochs must be >= 0 and below epochs ({r.epochs}: some epoch trains the whole model), "
          f"got {r.freeze_epochs}"),
         (r.backbone_lr_scale > 0, f"backbone_lr_scale must be > 0, got {r.backbone_lr_scale}"),
+        (r.weights is None or r.weights.strip() != "",  # (an empty path is the current folder)
+         "weights is empty: give none, torchvision weights (DEFAULT), a weights file or a run folder"),
         (r.weights is not None or not r.fine_tunes,
          "freeze_epochs and backbone_lr_scale fine-tune from starting weights; set weights"),
         (r.class_weights in CLASS_WEIGHTS,

@@ -299,6 +299,8 @@ CASES = [
      ["mine is a folder, not a recipe: give a recipe file (.py) or a bundled recipe's name"]),
     ("a run folder for a recipe", {"old/config.json": "{}"}, ["run", "old"],
      ["old is a folder, not a recipe", "a run folder goes on with fmtk run --resume old"]),
+    ("empty weights", {}, ["run", "digits_mlp", "--set", "weights="],  # (it read the current folder)
+     ["recipe digits_mlp: weights is empty: give none, torchvision weights (DEFAULT), a weights file"]),
     ("negative seed", {}, ["run", "digits_mlp", "--seed", "-1"], ["seed must be in 0 … 2**32-1", "got -1"]),
     ("seed above 2**32-1", {}, ["run", "digits_mlp", "--seed", "4294967296"], ["got 4294967296"]),
     ("accumulate_steps=0", {}, ["run", "digits_mlp", "--set", "accumulate_steps=0"],

@@ -476,8 +476,15 @@ def test_a_finished_run_whose_schedule_cannot_go_on_names_the_warm_start_that_do
     assert warm.returncode == 0, warm.stderr
     config = json.loads((tmp_path / "on" / "config.json").read_text())
     assert (
-        config["weights"] == "cos" and config["epochs"] == 1 and "best_checkpoint_" in config["started_from"]
+        config["weights"] == str(tmp_path / "cos")  # in full: a --config run from another folder finds it
+        and config["epochs"] == 1
+        and "best_checkpoint_" in config["started_from"]
     )
+    (tmp_path / "elsewhere").mkdir()  # the warm run made again from another folder (it was not found)
+    again = fmtk_here(
+        "run", "--config", "../on/config.json", "--run-dir", "again", cwd=tmp_path / "elsewhere"
+    )
+    assert again.returncode == 0, again.stderr
 
 
 def test_an_early_stopped_run_names_its_next_step(tmp_path: Path) -> None:

@@ -49,7 +49,14 @@ from fmtk.training.handlers import (
     attach_validation,
     progress_by_default,
 )
-from fmtk.training.parts import Parts, decided_line, recipe_parts, split_counts, split_sizes
+from fmtk.training.parts import (
+    Parts,
+    decided_line,
+    recipe_parts,
+    split_counts,
+    split_sizes,
+    weights_in_full,
+)
 from fmtk.training.results import run_config
 from fmtk.training.run import Engines, Logs, Run
 from fmtk.training.schedules import attach_schedule
@@ -149,6 +156,8 @@ def assemble_run(
     ``folder``, that hold, is released when the run ends. The recipe's ``attach`` and then each of
     ``handlers`` (``--handler`` functions) get the run."""
     echo = echo if echo is not None and is_main_process() else _silent
+    if start.point is None:  # a new run: config.json records where its starting weights are in full
+        recipe = weights_in_full(recipe)
     # Before the data loads: a photo folder decodes for minutes.
     _check_watched_metrics(recipe, ["loss", "accuracy", *recipe.make_metrics()])
     # Connected first: a tracking server that cannot be reached is one line before the data loads.

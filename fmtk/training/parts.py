@@ -6,6 +6,7 @@ A check or an option added here reaches every command.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from fmtk.distributed import check_sharded
 from fmtk.errors import FmtkError
 from fmtk.recipe import Recipe
 from fmtk.training.engines import SpeedOptions, configure_kernels, loss_on
-from fmtk.weights import load_starting_weights
+from fmtk.weights import is_weights_path, load_starting_weights
 
 
 @dataclass
@@ -71,6 +72,16 @@ def with_data(recipe: Recipe, data_dir: Path) -> Recipe:
         raise FmtkError(f"recipe {recipe.name}: from_data() returned {type(prepared).__name__}, not a Recipe")
     changed = {key: _value(prepared, key) for key in recipe.changed}
     return prepared.came_from(data_decided=True, changed=changed)
+
+
+def weights_in_full(recipe: Recipe) -> Recipe:
+    """The recipe with its starting weights' file or run folder as an absolute path (config.json
+    records it, and a ``--config`` run from another folder finds it, as its ``data_dir``)."""
+    if recipe.weights is None or not is_weights_path(recipe.weights) or not Path(recipe.weights).exists():
+        return recipe
+    full = str(Path(recipe.weights).resolve())
+    changed = {**recipe.changed, "weights": full} if "weights" in recipe.changed else recipe.changed
+    return dataclasses.replace(recipe, weights=full).came_from(changed=changed)
 
 
 def decided_line(given: Recipe, used: Recipe) -> str | None:
