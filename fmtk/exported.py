@@ -71,6 +71,10 @@ def load_exported(path: Path, format: str | None = None) -> tuple[Any, dict[str,
                 warnings.simplefilter("ignore", FutureWarning)
                 module = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
         except (RuntimeError, ValueError) as error:
+            if _is_checkpoint(path):
+                run_dir = path.resolve().parent
+                raise FmtkError(f"{path}: an fmtk checkpoint, not an exported model: fmtk predict {run_dir} "
+                                f"--checkpoint {path}") from None  # fmt: skip
             raise FmtkError(f"{path}: not a TorchScript file ({innermost_reason(error)})") from None
         text = files[f"{METADATA}.json"] or None
 
@@ -83,6 +87,15 @@ def load_exported(path: Path, format: str | None = None) -> tuple[Any, dict[str,
     if not text:
         raise FmtkError(f"{path}: no fmtk metadata (not written by fmtk export)")
     return run, json.loads(text)
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint fmtk wrote (a torch.save of its states, ``run_info`` among them)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any file at all: it is not one
+        return False
+    return isinstance(saved, dict) and "run_info" in saved and "model" in saved
 
 
 def answer_exported(path: Path, images: Sequence[Source], top: int = 1) -> Iterator[dict[str, Any]]:

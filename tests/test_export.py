@@ -257,6 +257,17 @@ def test_an_onnx_model_runs_on_as_many_threads_as_torch(digits_run: Path, tmp_pa
     assert made[2] == made[1] + 1
 
 
+def test_predict_with_a_checkpoint_file_names_the_command_that_takes_it(
+    digits_run: Path, tmp_path: Path
+) -> None:
+    """It said "not a TorchScript file (… your checkpoint file is corrupted …)" of a sound checkpoint."""
+    grey_and_colour_files(tmp_path, 1)[0].rename(tmp_path / "image.png")
+    checkpoint = next(digits_run.glob("best_checkpoint_*.pt"))
+    assert_one_line_error(fmtk("predict", str(checkpoint), "image.png", cwd=tmp_path),
+                          f"{checkpoint}: an fmtk checkpoint, not an exported model: fmtk predict "
+                          f"{digits_run.resolve()} --checkpoint {checkpoint}")  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
