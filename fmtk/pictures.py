@@ -356,7 +356,9 @@ def curve_picture(
         return x, top + (y_high - y) / (y_high - y_low) * (height - top - bottom)
 
     draw.rectangle([left, top, width - right, height - bottom], outline=GRID_LINE)
-    for decade in range(int(np.ceil(x_low)), int(np.floor(x_high)) + 1):
+    first, last = int(np.ceil(x_low)), int(np.floor(x_high))
+    every = max(1, math.ceil((last - first + 1) / 10))  # at most 10 labels: 31 decades ran together
+    for decade in range(first - first % every + (every if first % every else 0), last + 1, every):
         x, _ = at(decade, y_low)
         draw.line([(x, top), (x, height - bottom)], fill=GRID_LINE)
         font.draw(draw, (x - 12, height - bottom + 4), f"1e{decade}", "black")

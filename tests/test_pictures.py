@@ -330,6 +330,18 @@ def test_the_curves_show_both_losses_and_the_accuracy_with_the_best_epoch_marked
     assert blue == 0  # accuracy in the valid loss's red, not the train loss's blue
 
 
+def test_an_lr_sweep_over_many_decades_labels_at_most_ten(drawn_texts) -> None:
+    """`fmtk lr-find --start-lr 1e-30`: one label a decade ran together ("1e-25e-24e-23…")."""
+    from fmtk.pictures import curve_picture
+
+    curve_picture(np.logspace(-30, 1, 50), np.linspace(2, 1, 50), None, "t", "lr", "loss")
+    labels = [text for _, text in drawn_texts if text.startswith("1e")]
+    assert labels == ["1e-28", "1e-24", "1e-20", "1e-16", "1e-12", "1e-8", "1e-4", "1e0"]
+    drawn_texts.clear()
+    curve_picture(np.logspace(-7, 1, 50), np.linspace(2, 1, 50), None, "t", "lr", "loss")
+    assert [text for _, text in drawn_texts if text.startswith("1e")] == [f"1e{d}" for d in range(-7, 2)]
+
+
 def test_the_first_and_last_points_are_drawn_whole_inside_the_frame() -> None:
     """A 1-epoch run's points, and a study's trial 0: each dot whole, inside the plot's frame (the
     last epoch's sat on the right edge, half cut; trial 0's on the left)."""
