@@ -79,6 +79,15 @@ def test_more_threads_than_usable_cores_are_said() -> None:
     assert "more than" not in (threads_line(cores) or "")
 
 
+def test_16_mixed_on_the_cpu_is_said_to_be_slow() -> None:
+    from fmtk.training.build import cpu_half_line
+    from fmtk.training.engines import SpeedOptions
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert cpu_half_line(SpeedOptions("16-mixed"), cpu).startswith("precision 16-mixed on the CPU: most CPUs")
+    assert cpu_half_line(SpeedOptions("bf16"), cpu) is cpu_half_line(SpeedOptions("16-mixed"), cuda) is None
+
+
 @pytest.mark.parametrize(
     "cores, processes, environ, threads",
     [(1, 1, {}, 1), (2, 1, {}, 1), (3, 1, {}, 1), (4, 1, {}, 2), (16, 1, {}, 8), (16, 4, {}, 2),

@@ -176,6 +176,7 @@ def assemble_run(
     start.check_data(parts, data_dir)
     data = parts.data
     lines = [start.changes(parts), decided_line(recipe, parts.recipe), threads_line(parts.speed.threads),
+             cpu_half_line(parts.speed, parts.device),
              skipped_line(data.skipped),
              others_line(data.others), copies_line(data.near_copies), conflicts_line(data.conflicts),
              parts.started_from]  # fmt: skip
@@ -201,6 +202,14 @@ def assemble_run(
         run.end_tracking(error)
         raise
     return run
+
+
+def cpu_half_line(speed: SpeedOptions, device: torch.device) -> str | None:
+    """A line for 16-mixed on the CPU, which most CPUs run slower than 32-bit (float16 kernels),
+    or None."""
+    if device.type != "cpu" or speed.precision != "16-mixed":
+        return None
+    return "precision 16-mixed on the CPU: most CPUs run float16 slower than 32-bit; bf16 is the CPU's half"
 
 
 def threads_line(threads: int) -> str | None:
