@@ -197,7 +197,13 @@ def lr_find(
         finding = find_lr(recipe, data_root(data_dir), resolve_device(device), steps, start_lr, end_lr)
     title = f"{recipe.name}{f' --preset {preset}' if preset else ''}: LR finder, {finding.steps} steps"
     save_lr_picture(finding, out, title)
-    ended = "diverged" if finding.diverged else f"had not diverged by lr {end_lr:g}"
+    if recipe.fine_tunes:
+        click.echo("note: lr-find trains every tensor at one LR; freeze_epochs and backbone_lr_scale act "
+                   "in a run only (the suggestion is for lr, the head's)")  # fmt: skip
+    ended = (
+        "then passed 5 times its lowest, where the sweep stopped" if finding.diverged
+        else f"stayed under 5 times its lowest up to lr {end_lr:g}"
+    )  # fmt: skip
     if finding.suggestion is None:
         click.echo(
             f"no suggestion: the smoothed loss falls over no {MIN_VALLEY_POINTS} steps in a row of those the "
