@@ -156,6 +156,14 @@ def test_sigkill_mid_epoch_then_resume_ends_exactly_like_an_uninterrupted_run(
     assert results(run_dir) == results(uninterrupted)
     assert sorted(p.name for p in run_dir.glob("*.pt")) == sorted(p.name for p in uninterrupted.glob("*.pt"))
     assert results(uninterrupted)["best_epoch"] == 4  # the best checkpoint moved after the resume too
+    # config.json keeps each start (a resume replaced the speed options it records: the last start's).
+    starts = json.loads((run_dir / "config.json").read_text())["starts"]
+    assert [(start["after_epoch"], start["command"].split()[1:3]) for start in starts] == [
+        (0, ["run", "fmnist_dnn"]),
+        (2, ["run", "--resume"]),
+    ]
+    assert all(start["device"] == "cpu" and "threads" in start["speed"] for start in starts)
+    assert "starts" not in json.loads((uninterrupted / "config.json").read_text())
     # The training time counts the epochs before the kill too (it held the resumed start's alone).
     with (run_dir / "metrics.csv").open() as file:
         trained = sum(float(row["epoch_seconds"]) for row in csv.DictReader(file))

@@ -37,6 +37,8 @@ def run_config(parts: Parts, start: Start, data_dir: Path | None, command: str |
     config["head"] = list(parts.head)  # and the tensors they did not give
     config.update(processes=idist.get_world_size(), versions=versions(parts.device), command=first["command"],
                   started=first["started"])  # fmt: skip
+    if starts := start.starts(command, config["device"], config["speed"]):  # once resumed: every start's
+        config["starts"] = starts
     if data_dir is not None:  # evaluate and --resume read the same data by default
         config["data_dir"] = str(Path(data_dir).resolve())
     if (counted := split_counts(parts)) is not None:  # a resumed run checks its data is the same

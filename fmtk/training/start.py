@@ -169,6 +169,26 @@ class Start:
         first = {"command": command, "started_from": started_from, "started": now}
         return {key: self.recorded.get(key, value) for key, value in first.items()}
 
+    def starts(self, command: str | None, device: str, speed: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """config.json's ``starts`` once a run is resumed (its top-level ``command`` and ``started``
+        are its first start's, its ``speed`` and ``device`` the last one's): each start's epoch,
+        command, time, device and speed options, the first one's from the config, this one's last."""
+        if self.point is None:
+            return list(self.recorded.get("starts", []))
+        keys = ("command", "started", "device", "speed")
+        earlier = self.recorded.get("starts") or [
+            {"after_epoch": 0, **{key: self.recorded.get(key) for key in keys}}
+        ]
+        now = datetime.now().astimezone().isoformat(timespec="seconds")
+        this = {
+            "after_epoch": self.epoch,
+            "command": command,
+            "started": now,
+            "device": device,
+            "speed": dict(speed),
+        }
+        return [*earlier, this]
+
     def resume(self, kept: Mapping[str, Any], last_checkpoint: Checkpoint, history: list[dict[str, float]],
                echo: Callable[[str], None]) -> None:  # fmt: skip
         """Go on where the run's folder says: restore every kept state from the checkpoint (first
