@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import USER_RECIPE, assert_one_line_error, fmtk, joining, new_cgroup, tree_snapshot
+from conftest import (
+    USER_RECIPE,
+    assert_one_line_error,
+    fmtk,
+    fmtk_process,
+    joining,
+    new_cgroup,
+    tree_snapshot,
+)
 
 from fmtk.cli import cli
 from fmtk.device import cgroup_cpus, default_threads, inference_threads, threads_by_default, usable_cores
@@ -77,6 +85,16 @@ def test_more_threads_than_usable_cores_are_said() -> None:
     said = f"; more than the {cores} cores this process may use: its threads wait for each other, and each"
     assert threads_line(cores + 1).endswith(said + " step takes longer")
     assert "more than" not in (threads_line(cores) or "")
+
+
+@pytest.mark.slow  # torch.compile's first steps
+def test_compile_on_the_cpu_says_it_compiles_and_torch_s_cuda_warning_is_gone(tmp_path: Path) -> None:
+    done = fmtk_process("run", "digits_mlp", "--epochs", "1", "--compile", "--run-dir", "run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (
+        "torch.compile: the first steps compile the model (each start's), which takes a while" in done.stdout
+    )
+    assert "CUDA_HOME" not in done.stderr  # torch's "No CUDA runtime is found, using CUDA_HOME=…"
 
 
 def test_16_mixed_on_the_cpu_is_said_to_be_slow() -> None:

@@ -176,7 +176,7 @@ def assemble_run(
     start.check_data(parts, data_dir)
     data = parts.data
     lines = [start.changes(parts), decided_line(recipe, parts.recipe), threads_line(parts.speed.threads),
-             cpu_half_line(parts.speed, parts.device),
+             cpu_half_line(parts.speed, parts.device), compile_line(parts.speed),
              skipped_line(data.skipped),
              others_line(data.others), copies_line(data.near_copies), conflicts_line(data.conflicts),
              parts.started_from]  # fmt: skip
@@ -210,6 +210,14 @@ def cpu_half_line(speed: SpeedOptions, device: torch.device) -> str | None:
     if device.type != "cpu" or speed.precision != "16-mixed":
         return None
     return "precision 16-mixed on the CPU: most CPUs run float16 slower than 32-bit; bf16 is the CPU's half"
+
+
+def compile_line(speed: SpeedOptions) -> str | None:
+    """A line saying the first steps compile the model (torch.compile: the epoch is silent that
+    long), or None."""
+    if not speed.compile:
+        return None
+    return "torch.compile: the first steps compile the model (each start's), which takes a while"
 
 
 def threads_line(threads: int) -> str | None:

@@ -166,6 +166,8 @@ def create_trainer(
     :class:`fmtk.data.mixing.BatchMixer`) each batch is mixed on the device before the step.
     """
     mode = speed.compile if isinstance(speed.compile, str) else None
+    if speed.compile and device.type != "cuda":  # torch's "No CUDA runtime is found, using CUDA_HOME=…"
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     forward = torch.compile(model, mode=mode) if speed.compile else model
     autocast = _autocast(device, speed.precision)
     if speed.precision == "16-mixed" and scaler is None:
