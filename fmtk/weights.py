@@ -193,7 +193,12 @@ def load_fitting(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     new, left = first_few(_new_modules(model, head), NEW_SHOWN)  # another architecture's: most are new
     if left:
         new.append(f"and {left} more modules (config.json's head lists their tensors)")
-    return (f"{line}; new: {', '.join(new)}" if new else line), head
+    line = f"{line}; new: {', '.join(new)}" if new else line
+    # (a head of other classes has the model's names; another arch's file, or auxiliary heads, not)
+    unknown = [key for key in state if key not in own]
+    if unknown:
+        line += f"; {len(unknown)} of its {len(state)} tensors fit no layer of the model: left out"
+    return line, head
 
 
 NEW_SHOWN = 4  # new modules named in the line of what starting weights gave

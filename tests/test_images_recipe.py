@@ -202,6 +202,12 @@ def test_a_warm_start_from_a_run_folder_or_a_file_loads_every_tensor(
         "layer1.2.bn2, and 28 more modules (config.json's head lists their tensors)"
     )
     assert len(deeper.head) == 96
+    shallower = torchvision.models.resnet34(num_classes=3).state_dict()  # a deeper arch's file: it says so
+    torch.save(shallower, tmp_path / "resnet34.pt")
+    assert parts_of(photos, weights=str(tmp_path / "resnet34.pt")).started_from == (
+        f"loaded 122 of 122 tensors from {tmp_path / 'resnet34.pt'}; 96 of its 218 tensors fit no layer of "
+        "the model: left out"
+    )
 
 
 def test_balanced_class_weights_weight_the_training_loss_by_inverse_frequency(tmp_path: Path) -> None:
@@ -281,8 +287,10 @@ def test_the_architectures_with_auxiliary_heads_train_from_scratch_and_from_imag
         assert done.returncode == 0, done.stderr
     pretrained = tmp_path / "pretrained"
     line = json.loads((pretrained / "config.json").read_text())["started_from"]
+    aux = {"googlenet": 20, "inception_v3": 14}[arch]  # the auxiliary heads' tensors: left out
     assert line.startswith("loaded ") and line.endswith(
-        f"from {arch} IMAGENET1K_V1; new: fc {imagenet.fc.in_features}→3"
+        f"from {arch} IMAGENET1K_V1; new: fc {imagenet.fc.in_features}→3; {aux} of its "
+        f"{len(imagenet.state_dict())} tensors fit no layer of the model: left out"
     )
     best = torch.load(next(pretrained.glob("best_*.pt")), weights_only=True)["model"]
     assert not [name for name in best if name.startswith(("aux", "AuxLogits"))]
