@@ -107,6 +107,11 @@ class FolderCache:
             except OSError as error:
                 with contextlib.suppress(OSError):  # a full disk keeps no half-written copy
                     temporary.unlink(missing_ok=True)
+                if path.parent.exists() and not path.parent.is_dir():  # (mkdir says "File exists")
+                    where = path.parent
+                    raise FmtkError(
+                        f"the cache folder {where} is a file ($FMTK_CACHE names a folder)"
+                    ) from None
                 raise FmtkError(f"cannot write the image cache {path}: {error.strerror}") from None
 
 

@@ -215,6 +215,11 @@ def test_a_cache_folder_that_cannot_be_made_is_one_line(
         FmtkError, match=r"cannot write the image cache .*file/cache/photos-16px-.*\.npy: Not a dir"
     ):
         load(photos)
+    monkeypatch.setenv("FMTK_CACHE", str(tmp_path / "file"))  # it said "File exists"
+    with pytest.raises(
+        FmtkError, match=r"the cache folder .*file is a file \(\$FMTK_CACHE names a folder\)$"
+    ):
+        load(photos)
 
 
 def test_a_killed_writer_s_file_goes_when_a_later_run_reads_the_cache(tmp_path: Path, cache: Path) -> None:
