@@ -338,7 +338,10 @@ def test_fine_tuning_trains_the_head_alone_then_the_rest_at_a_scaled_lr(
 
     from fmtk.training.build import build_run
 
-    run = build_run("images", tmp_path / "r", device="cpu", data_dir=photos, echo=None, **FINE_TUNING)
+    said: list[str] = []
+    run = build_run("images", tmp_path / "r", device="cpu", data_dir=photos, echo=said.append, **FINE_TUNING)
+    said_line = "fine-tuning: the new head trains alone for 1 epoch, then the rest at 0.1 × the head's lr"
+    assert f"{said_line} (the epoch line's lr is the head's)" in said
     seen = {"conv1": [], "bn1": [], "fc": [], "lr": []}
 
     @run.trainer.on(Events.ITERATION_COMPLETED)

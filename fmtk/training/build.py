@@ -177,7 +177,7 @@ def assemble_run(
     data = parts.data
     lines = [start.changes(parts), decided_line(recipe, parts.recipe), threads_line(parts.speed.threads),
              cpu_half_line(parts.speed, parts.device), compile_line(parts.speed),
-             skipped_line(data.skipped),
+             fine_tuning_line(parts.recipe), skipped_line(data.skipped),
              others_line(data.others), copies_line(data.near_copies), conflicts_line(data.conflicts),
              parts.started_from]  # fmt: skip
     for line in [*lines, split_sizes(split_counts(parts))]:
@@ -210,6 +210,16 @@ def cpu_half_line(speed: SpeedOptions, device: torch.device) -> str | None:
     if device.type != "cpu" or speed.precision != "16-mixed":
         return None
     return "precision 16-mixed on the CPU: most CPUs run float16 slower than 32-bit; bf16 is the CPU's half"
+
+
+def fine_tuning_line(recipe: Recipe) -> str | None:
+    """A line saying how a fine-tuning run trains its head and the rest, or None."""
+    if not recipe.fine_tunes:
+        return None
+    epochs = f"{recipe.freeze_epochs} epoch{'s' if recipe.freeze_epochs > 1 else ''}"
+    alone = f"the new head trains alone for {epochs}, then " if recipe.freeze_epochs else ""
+    return (f"fine-tuning: {alone}the rest at {recipe.backbone_lr_scale:g} × the head's lr (the epoch line's "
+            "lr is the head's)")  # fmt: skip
 
 
 def compile_line(speed: SpeedOptions) -> str | None:
