@@ -331,10 +331,10 @@ def test_resume_from_the_best_checkpoint_in_two_processes(tmp_path: Path) -> Non
     again = fmtk_command("run", "--resume", "first", "--checkpoint", "best", *options, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert (
-        again.stdout.count(f"loaded 4 of 4 tensors from {Path('first') / best.name}") == 1
+        again.stdout.count(f"loaded 4 of 4 tensors from {tmp_path / 'first' / best.name}") == 1
     )  # rank 0 says it
     config = json.loads((tmp_path / "two" / "config.json").read_text())
-    assert config["processes"] == 2 and config["weights"] == "first"
+    assert config["processes"] == 2 and config["weights"] == str(tmp_path / "first")  # in full
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["epochs_run"] == 1
     # Resumed in more processes than it trained in: said, as another device would be.
     more = fmtk_command("run", "--resume", "first", "--epochs", "3", "--nproc-per-node", "2", cwd=tmp_path)
