@@ -8,7 +8,8 @@ What fmtk keeps there (:mod:`fmtk.data.image_cache` writes the first two, for ``
 - the same name in ``.json``: what the ``.npy`` holds (the folder, its photos, the files that cannot
   be decoded).
 - ``bad-images-<name>.txt``: the last list of a folder's files that cannot be decoded.
-- ``<name>.<pid>.tmp``: a file being written, or left by a process killed while writing it.
+- ``<name>.<host>-<pid>.tmp``: a file being written, or left by a process killed while writing it
+  (an older fmtk's ``<name>.<pid>.tmp``).
 - ``<folder>-<size>px-<key>.npy``: an older fmtk's decoded photos (before the ``.json``), never read again.
 
 Nothing else in the folder is fmtk's: it is never listed nor deleted.
@@ -20,6 +21,7 @@ import dataclasses
 import json
 import os
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -28,9 +30,12 @@ from fmtk.errors import FmtkError
 PHOTOS = re.compile(r".+-\d+px-[0-9a-f]{8}-[0-9a-f]{20}\.(npy|json)")
 OLD_PHOTOS = re.compile(r".*-\d+px-[0-9a-f]{20}\.npy")  # (``--data-dir .`` gave no name)
 BAD_LIST = re.compile(r"bad-images-.+\.txt")
-UNFINISHED = re.compile(r".*-\d+px-([0-9a-f]{8}-)?[0-9a-f]{20}\.(npy|json)\.\d+\.tmp")  # older fmtk's too
+# (an older fmtk's too: no <place>, no <host>)
+UNFINISHED = re.compile(
+    r".*-\d+px-([0-9a-f]{8}-)?[0-9a-f]{20}\.(npy|json)\.((?P<host>.+)-)?(?P<pid>\d+)\.tmp"
+)
 
-# A temporary file modified this recently is being written by a running process: it is kept.
+# Another machine's temporary file (or an older fmtk's) modified this recently is being written: kept.
 WRITING_SECONDS = 600
 
 
@@ -39,13 +44,34 @@ def cache_folder() -> Path:
     return Path(os.environ.get("FMTK_CACHE") or Path.home() / ".cache" / "fmtk")
 
 
+def temporary_name(path: Path) -> Path:
+    """Where this process writes ``path`` before renaming it: named by the machine and the process,
+    so that a file left by a killed writer is known as such at once on the machine that wrote it."""
+    return path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
+
+
 def being_written(path: Path, now: float | None = None) -> bool:
-    """Whether the temporary file ``path`` is still being written (modified in the last
-    :data:`WRITING_SECONDS`); an older one was left by a process killed while writing it."""
+    """Whether the temporary file ``path`` is still being written: its process still runs (one of
+    this machine's), else it was modified in the last :data:`WRITING_SECONDS` (a cache folder
+    shared by machines); an older one was left by a process killed while writing it."""
+    named = UNFINISHED.fullmatch(path.name)
+    if named and named["host"] == socket.gethostname():
+        return _running(int(named["pid"])) and path.exists()
     try:
         return (now or time.time()) - path.stat().st_mtime < WRITING_SECONDS
     except FileNotFoundError:
         return False
+
+
+def _running(pid: int) -> bool:
+    """Whether this machine runs a process ``pid`` (the writer; or, rarely, a later one given its number)."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # another user's
+        return True
+    except (ProcessLookupError, OverflowError):  # none; a number no process can have
+        return False
+    return True
 
 
 @dataclasses.dataclass

@@ -19,7 +19,7 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 
-from fmtk.caches import PHOTOS, UNFINISHED, being_written, byte_size, cache_folder
+from fmtk.caches import PHOTOS, UNFINISHED, being_written, byte_size, cache_folder, temporary_name
 from fmtk.errors import FmtkError
 
 # Part of every cache's key: changed whenever decoding gives a photo other pixels, so that no cache
@@ -98,7 +98,7 @@ class FolderCache:
             (self.json, lambda file: file.write(json.dumps(said, indent=1).encode())),
         ]
         for path, write in contents:
-            temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            temporary = temporary_name(path)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with temporary.open("wb") as file:

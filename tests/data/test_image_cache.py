@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -133,6 +134,27 @@ def test_files_left_by_a_killed_writer_go_and_one_being_written_stays(tmp_path: 
     load(photos)
     assert not left.exists() and writing.exists() and mine.exists() and not npy.exists()
     assert len(names(cache, "*.npy")) == 1
+
+
+def test_a_file_left_by_a_killed_writer_of_this_machine_goes_at_once(tmp_path: Path, cache: Path) -> None:
+    photos = make_photos(tmp_path / "photos", {"ants": 6, "bees": 6})
+    load(photos)
+    [npy] = cache.glob("*.npy")
+    (photos / "ants" / "ants0.jpg").unlink()  # the next run writes a new cache
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    host = socket.gethostname()
+    left = npy.with_name(f"{npy.name}.{host}-{int(ended.stdout)}.tmp")  # its process has ended
+    writing = npy.with_name(f"{npy.name[:-24]}{'0' * 20}.npy.{host}-{os.getpid()}.tmp")  # this one runs
+    elsewhere = npy.with_name(f"{npy.name[:-24]}{'1' * 20}.npy.another-host-{int(ended.stdout)}.tmp")
+    for path in (left, writing, elsewhere):
+        path.write_bytes(b"half")
+    old = time.time() - WRITING_SECONDS - 60
+    os.utime(writing, (old, old))  # written slowly: its process says it is being written
+    assert [path.name for path in cache_contents(cache).writing] == sorted([writing.name, elsewhere.name])
+    load(photos)
+    assert not left.exists() and writing.exists() and elsewhere.exists()
 
 
 def test_the_cache_command_lists_and_clears_fmtks_files_only(tmp_path: Path, cache: Path) -> None:
