@@ -27,6 +27,15 @@ class FmtkError(Exception):
         self.exit_code = exit_code
 
 
+class LabelOutOfRange(IndexError):
+    """A batch read during a run has a label that is not one of the model's classes: found on the
+    host before the batch goes to the device (:func:`fmtk.training.engines.check_host_labels`)."""
+
+    def __init__(self, label: int, classes: int) -> None:
+        super().__init__(f"label {label}, not one of the model's {classes} classes (0 … {classes - 1})")
+        self.label, self.classes = label, classes
+
+
 class Interrupted(FmtkError):
     """Ctrl-C (or a kill) stopped a run; the message says how to go on. Exit code 130."""
 
@@ -91,14 +100,17 @@ def label_out_of_range_line(error: BaseException) -> str | None:
     """Cross-entropy's ``IndexError: Target 9 is out of bounds.`` (a label past the model's
     outputs, in a batch fmtk did not check before training) as one line; None for any other error."""
     target = re.fullmatch(r"Target (-?\d+) is out of bounds\.", str(error))
-    if not isinstance(error, IndexError) or target is None:
+    if not isinstance(error, IndexError) or (target is None and not isinstance(error, LabelOutOfRange)):
         return None
     where = getattr(error, FAILED_BATCH, None)
+    what = (
+        str(error)
+        if target is None
+        else f"label {target[1]}, not one of the model's classes (cross-entropy: {error})"
+    )
     return (
-        f"{f'{where}: label' if where else 'a batch has label'} {target[1]}, not one of the model's classes "
-        f"(cross-entropy: {error}); only "
-        "the first batch of a split read batch by batch is checked before training: check the labels "
-        "the recipe's data gives"
+        f"{f'{where}: ' if where else 'a batch has '}{what}; only the first batch of a split read batch by "
+        "batch is checked before training: check the labels the recipe's data gives"
     )
 
 

@@ -284,3 +284,33 @@ def test_two_nccl_processes_train_on_two_gpus(mnist_root: Path, tmp_path: Path) 
     assert metrics["processes"] == 2 and metrics["epochs_run"] == 2
     assert metrics["device"] == "cuda:0"  # rank 0's own GPU
     assert metrics["test"]["best"]["accuracy"] > 0.5  # bars in row bands: learnt in 2 epochs
+
+
+LATE_LABEL = """import torch
+from sklearn.datasets import load_digits
+from torch.utils.data import DataLoader, TensorDataset
+from fmtk import Recipe
+from fmtk.data import DataSplits
+from fmtk.models import mlp
+
+def data(recipe, data_dir, device):
+    digits = load_digits()
+    x, y = torch.tensor(digits.data[:64], dtype=torch.float32) / 16, torch.tensor(digits.target[:64])
+    y[40] = 10  # in the third batch: only the first of a DataLoader is read before training
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    return DataSplits(loader, loader, loader, [str(d) for d in range(10)])
+
+recipe = Recipe(name="late", description="a label past the classes in batch 3",
+                model=lambda recipe: mlp(64, [16], 10), data=data, epochs=1)
+"""
+
+
+def test_a_later_label_past_the_classes_is_one_line_not_a_device_side_assert(tmp_path: Path) -> None:
+    (tmp_path / "late.py").write_text(LATE_LABEL)
+    result = fmtk("run", "late.py", "--device", CUDA, "--output-dir", "runs", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: batch 3 of the train split, epoch 1: label 10, not one of the model's 10 classes (0 … 9); "
+        "only the first batch of a split read batch by batch is checked before training: check the labels "
+        "the recipe's data gives"
+    ], result.stderr

@@ -281,7 +281,10 @@ def create_engines(parts: Parts) -> Engines:
         attach_ema(trainer, ema, recipe.ema_decay, recipe.accumulate_steps)
         evaluated_model = ema.ema_model
     extra_metrics = recipe.make_metrics()
-    evaluator = create_evaluator(evaluated_model, parts.loss_fn, device, extra_metrics=extra_metrics)
+    classes = len(parts.data.classes)
+    evaluator = create_evaluator(
+        evaluated_model, parts.loss_fn, device, classes, extra_metrics, confusion=False
+    )
     return Engines(
         optimizer, trainer, evaluator, evaluated_model, scaler, ["loss", "accuracy", *extra_metrics]
     )
@@ -297,7 +300,7 @@ def create_run_trainer(
     its accumulation, mixing and gradient clipping. ``model`` may be a DDP wrapper."""
     recipe = parts.recipe
     trainer = create_trainer(model, optimizer, parts.train_loss, parts.device, parts.speed, scaler,
-                             recipe.accumulate_steps, parts.train_mix)  # fmt: skip
+                             recipe.accumulate_steps, parts.train_mix, len(parts.data.classes))  # fmt: skip
     if recipe.max_grad_norm is not None:
         attach_gradient_clipping(trainer, parts.model, recipe.max_grad_norm)
     return trainer

@@ -22,11 +22,13 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, EventEnum, Events, create_supervised_evaluator
 from ignite.metrics import Accuracy, ConfusionMatrix, Loss, Metric
+from ignite.utils import convert_tensor
 from torch import nn
 
 from fmtk.choices import PRECISIONS
+from fmtk.data.checks import INTEGERS
 from fmtk.device import threads_by_default
-from fmtk.errors import FmtkError
+from fmtk.errors import FmtkError, LabelOutOfRange
 from fmtk.training.accumulation import batch_in_epoch, place_in_group
 
 
@@ -152,6 +154,7 @@ def create_trainer(
     scaler: torch.amp.GradScaler | None = None,
     accumulate_steps: int = 1,
     mix: Mixer | None = None,
+    classes: int | None = None,
 ) -> Engine:
     """An Ignite trainer whose output is the batch loss as a detached tensor on the device.
 
@@ -164,6 +167,7 @@ def create_trainer(
     (:mod:`fmtk.training.accumulation`) on the gradient of the group's mean loss; the output and
     the batch losses stay each batch's own loss. With ``mix`` (mixup/CutMix,
     :class:`fmtk.data.mixing.BatchMixer`) each batch is mixed on the device before the step.
+    With ``classes``, labels read on the host are checked against it (:func:`check_host_labels`).
     """
     mode = speed.compile if isinstance(speed.compile, str) else None
     if speed.compile and device.type != "cuda":  # torch's "No CUDA runtime is found, using CUDA_HOME=…"
@@ -180,9 +184,9 @@ def create_trainer(
     # The epoch's batch losses are kept as tensors (trainer.state.batch_losses, also read by the
     # NaN guard) and averaged once at the end of the epoch: no kernel per step. (Ignite's Average
     # metric checks and converts each output in Python every step: docs/performance.md, "Per-step costs".)
-    parts = (forward, optimizer, loss_fn, device, speed, scaler, autocast)
+    parts = (forward, optimizer, loss_fn, device, speed, scaler, autocast, classes)
     step = _step(*parts) if accumulate_steps == 1 else _accumulating_step(model, accumulate_steps, *parts)
-    trainer = _Trainer(step if mix is None else _mixing(step, mix, device))
+    trainer = _Trainer(step if mix is None else _mixing(step, mix, device, classes))
     # Counted by the iteration, so that filters work: BACKWARD_COMPLETED(every=10).
     trainer.register_events(*StepEvents, event_to_attr={StepEvents.BACKWARD_COMPLETED: "iteration"})
     trainer.add_event_handler(Events.EPOCH_STARTED, _start_epoch, model)
@@ -216,11 +220,12 @@ def _step(
     speed: SpeedOptions,
     scaler: torch.amp.GradScaler | None,
     autocast: Callable[[], contextlib.AbstractContextManager],
+    classes: int | None,
 ) -> Step:
     """The training step: ``zero_grad → forward → loss → backward → BACKWARD_COMPLETED → step``."""
 
     def train_step(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x, y = _on_device(batch, device, speed)
+        x, y = _on_device(batch, device, speed, classes)
         optimizer.zero_grad(set_to_none=True)
         with autocast():
             loss = loss_fn(forward(x), y)
@@ -243,6 +248,7 @@ def _accumulating_step(
     speed: SpeedOptions,
     scaler: torch.amp.GradScaler | None,
     autocast: Callable[[], contextlib.AbstractContextManager],
+    classes: int | None,
 ) -> Step:
     """The step with accumulation, apart from :func:`_step`, which stays free of the group
     arithmetic: the gradient scaler's unscale, step and update (and what runs between) come once
@@ -250,7 +256,7 @@ def _accumulating_step(
     distributed = isinstance(model, nn.parallel.DistributedDataParallel)
 
     def accumulating_step(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x, y = _on_device(batch, device, speed)
+        x, y = _on_device(batch, device, speed, classes)
         index, size = place_in_group(engine, accumulate_steps)
         if index == 0:
             optimizer.zero_grad(set_to_none=True)
@@ -272,9 +278,10 @@ def _accumulating_step(
 
 
 def _on_device(
-    batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, speed: SpeedOptions
+    batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, speed: SpeedOptions, classes: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = batch
+    check_host_labels(y, classes)
     if x.device != device or y.device != device:  # in-memory batches are there already: nothing to move
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     if speed.channels_last and x.dim() == 4:
@@ -296,12 +303,29 @@ def _optimizer_step(
     scaler.update()
 
 
-def _mixing(step: Callable, mix: Mixer, device: torch.device) -> Callable:
+def check_host_labels(y: torch.Tensor, classes: int | None) -> None:
+    """Raise :class:`~fmtk.errors.LabelOutOfRange` for a batch's labels on the host (a DataLoader's)
+    that are not all in 0 … ``classes``-1: on a GPU, cross-entropy's check of a label is a
+    device-side assert, which names no label, is raised steps later and leaves the process unable
+    to use the GPU again. Labels on a GPU (in-memory splits, checked whole before training) are
+    left alone (reading them would make the host wait for the device), as are soft labels. ~2 µs a
+    batch on the CPU."""
+    if classes is None or not isinstance(y, torch.Tensor) or y.device.type != "cpu" or not y.numel():
+        return
+    if y.dtype not in INTEGERS:  # soft labels (a recipe's own loss); a wrong kind fails in the loss
+        return
+    low, high = (int(value) for value in torch.aminmax(y))
+    if low < 0 or high >= classes:
+        raise LabelOutOfRange(low if low < 0 else high, classes)
+
+
+def _mixing(step: Callable, mix: Mixer, device: torch.device, classes: int | None) -> Callable:
     """``step`` on batches mixed by ``mix(x, y, epoch, batch)``, ``batch`` the batch's place in the
     epoch (from 0). Without mixing the trainer runs ``step`` itself: no work per batch."""
 
     def mixing_step(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
+        check_host_labels(y, classes)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         return step(engine, mix(x, y, engine.state.epoch, batch_in_epoch(engine)))
 
@@ -348,18 +372,28 @@ def create_evaluator(
     device: torch.device,
     num_classes: int | None = None,
     extra_metrics: Mapping[str, Metric] | None = None,
+    confusion: bool = True,
 ) -> Engine:
     """An Ignite evaluator with ``accuracy`` and ``loss`` (mean over samples) metrics, a
-    ``confusion`` matrix when ``num_classes`` is given, and ``extra_metrics`` (each must give one
-    number: a one-element tensor becomes a float)."""
+    ``confusion`` matrix when ``num_classes`` is given (and ``confusion``), and ``extra_metrics``
+    (each must give one number: a one-element tensor becomes a float). With ``num_classes``,
+    labels read on the host are checked against it (:func:`check_host_labels`)."""
     extra_metrics = dict(extra_metrics or {})
     taken = [name for name in extra_metrics if name in BUILT_IN_METRICS]
     if taken:
         raise FmtkError(f"metric name {taken[0]!r} is taken by fmtk's own; choose another")
     metrics = {"accuracy": Accuracy(device=device), "loss": Loss(loss_fn, device=device), **extra_metrics}
-    if num_classes is not None:
+    if num_classes is not None and confusion:
         metrics["confusion"] = ConfusionMatrix(num_classes, device=device)
-    evaluator = create_supervised_evaluator(model, metrics=metrics, device=device, non_blocking=True)
+
+    def prepare_batch(batch: Any, device: torch.device, non_blocking: bool) -> tuple[Any, Any]:
+        x, y = batch
+        check_host_labels(y, num_classes)
+        return convert_tensor(x, device, non_blocking), convert_tensor(y, device, non_blocking)
+
+    evaluator = create_supervised_evaluator(
+        model, metrics=metrics, device=device, non_blocking=True, prepare_batch=prepare_batch
+    )
     if extra_metrics:
         evaluator.add_event_handler(Events.COMPLETED, _scalar_metrics, list(extra_metrics))
     return evaluator
