@@ -36,6 +36,26 @@ def test_every_python_example_is_one_a_test_runs() -> None:
     }
 
 
+def test_every_option_of_every_command_is_in_its_section_of_the_commands_page() -> None:
+    from fmtk.cli import cli
+
+    sections: dict[str, str] = {}
+    for section in re.split(r"^## ", (ROOT / "docs" / "commands.md").read_text(), flags=re.MULTILINE)[1:]:
+        for name in re.findall(
+            r"`fmtk ([a-z-]+)", section.splitlines()[0]
+        ):  # `fmtk run …` · `fmtk run --resume …`
+            sections[name] = sections.get(name, "") + section
+    missing = {
+        name: [
+            option for option in options if not re.search(rf"{re.escape(option)}\b", sections.get(name, ""))
+        ]
+        for name, command in cli.commands.items()
+        for options in [[o for parameter in command.params for o in parameter.opts if o.startswith("--")]]
+    }
+    assert set(sections) == set(cli.commands)
+    assert {name: options for name, options in missing.items() if options} == {}
+
+
 def test_relative_links_lead_to_files() -> None:
     for document in DOCUMENTS:
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", document.read_text()):
