@@ -114,8 +114,11 @@ def show(
             titles = [mixed_title(target, data.classes) for target in targets]
         images = batches.unscaled(images)  # their colours, not the normalised values'
     save_new_picture(titled_grid(images, titles, columns=8), out)
-    shown = f" (all {len(chosen)} samples of the {split} split, not {count})" if len(chosen) < count else ""
-    click.echo(f"wrote {out}{shown}")
+    asked = (
+        click.get_current_context().get_parameter_source("count") == click.core.ParameterSource.COMMANDLINE
+    )
+    shown = f" (all {len(chosen)} samples of the {split} split{f', not {count}' if asked else ''})"
+    click.echo(f"wrote {out}{shown if len(chosen) < count else ''}")
 
 
 def mixed_title(target: torch.Tensor, classes: Sequence[str]) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, fmtk, tree_snapshot
+from conftest import assert_one_line_error, fmtk, make_photos, tree_snapshot
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -125,6 +125,10 @@ def test_show_says_when_a_split_has_fewer_samples_than_asked(tmp_path: Path) -> 
     assert result.stdout.splitlines()[-1] == f"wrote {out} (all 360 samples of the test split, not 1000)"
     with Image.open(out) as picture:
         assert picture.size[1] > 40 * 100  # 45 rows of 8
+    photos = make_photos(tmp_path / "photos", {"ants": 10, "bees": 10})  # fewer than -n's default, 32
+    out = tmp_path / "photos.png"
+    result = fmtk("show", "images", "--data-dir", str(photos), "--set", "image_size=16", "--out", str(out))
+    assert result.stdout.splitlines()[-1] == f"wrote {out} (all 12 samples of the train split)", result.stderr
 
 
 def test_show_fashion_mnist_class_names(real_data: Path, tmp_path: Path) -> None:
