@@ -26,7 +26,6 @@ from ignite.utils import convert_tensor
 from torch import nn
 
 from fmtk.choices import PRECISIONS
-from fmtk.data.checks import INTEGERS
 from fmtk.device import threads_by_default
 from fmtk.errors import FmtkError, LabelOutOfRange
 from fmtk.training.accumulation import batch_in_epoch, place_in_group
@@ -312,7 +311,7 @@ def check_host_labels(y: torch.Tensor, classes: int | None) -> None:
     batch on the CPU."""
     if classes is None or not isinstance(y, torch.Tensor) or y.device.type != "cpu" or not y.numel():
         return
-    if y.dtype not in INTEGERS:  # soft labels (a recipe's own loss); a wrong kind fails in the loss
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:  # soft labels (a recipe's own loss)
         return
     low, high = (int(value) for value in torch.aminmax(y))
     if low < 0 or high >= classes:
