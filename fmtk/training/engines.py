@@ -280,7 +280,7 @@ def _on_device(
     batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, speed: SpeedOptions, classes: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = batch
-    check_host_labels(y, classes)
+    check_host_labels(y, classes, device)
     if x.device != device or y.device != device:  # in-memory batches are there already: nothing to move
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     if speed.channels_last and x.dim() == 4:
@@ -302,16 +302,16 @@ def _optimizer_step(
     scaler.update()
 
 
-def check_host_labels(y: torch.Tensor, classes: int | None) -> None:
-    """Raise :class:`~fmtk.errors.LabelOutOfRange` for a batch's labels on the host (a DataLoader's)
-    that are not all in 0 … ``classes``-1: on a GPU, cross-entropy's check of a label is a
-    device-side assert, which names no label, is raised steps later and leaves the process unable
-    to use the GPU again. Labels on a GPU (in-memory splits, checked whole before training) are
-    left alone (reading them would make the host wait for the device), as are soft labels. ~2 µs a
-    batch on the CPU."""
-    if classes is None or not isinstance(y, torch.Tensor) or y.device.type != "cpu" or not y.numel():
+def check_host_labels(y: torch.Tensor, classes: int | None, device: torch.device) -> None:
+    """Raise :class:`~fmtk.errors.LabelOutOfRange` for a batch's labels that are on the host (a
+    DataLoader's) and go to a GPU when they are not all in 0 … ``classes``-1: there, cross-entropy's
+    check of a label is a device-side assert, which names no label, is raised steps later and leaves
+    the process unable to use the GPU again. On the CPU, cross-entropy says it itself; labels on the
+    GPU already (in-memory splits, checked whole before training) would make the host wait for the
+    device. ~2 µs a batch."""
+    if classes is None or device.type == "cpu" or not isinstance(y, torch.Tensor) or y.device.type != "cpu":
         return
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:  # soft labels (a recipe's own loss)
+    if not y.numel() or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:  # soft labels…
         return
     low, high = (int(value) for value in torch.aminmax(y))
     if low < 0 or high >= classes:
@@ -324,7 +324,7 @@ def _mixing(step: Callable, mix: Mixer, device: torch.device, classes: int | Non
 
     def mixing_step(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
-        check_host_labels(y, classes)
+        check_host_labels(y, classes, device)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         return step(engine, mix(x, y, engine.state.epoch, batch_in_epoch(engine)))
 
@@ -387,7 +387,7 @@ def create_evaluator(
 
     def prepare_batch(batch: Any, device: torch.device, non_blocking: bool) -> tuple[Any, Any]:
         x, y = batch
-        check_host_labels(y, num_classes)
+        check_host_labels(y, num_classes, device)
         return convert_tensor(x, device, non_blocking), convert_tensor(y, device, non_blocking)
 
     evaluator = create_supervised_evaluator(

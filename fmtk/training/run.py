@@ -43,7 +43,12 @@ def failed_batch(trainer: Engine, evaluator: Engine) -> str | None:
     evaluator's forward pass) on it, e.g. ``batch 4 of the train split, epoch 3``; None when it was
     raised elsewhere (a handler after a step, the end of an epoch)."""
     for engine, split in ((evaluator, "valid"), (trainer, "train")):
-        if engine.last_event_name not in (*READING, STEPPING):
+        # The evaluator's metrics take each batch at ITERATION_COMPLETED (cross-entropy's label check)
+        if engine.last_event_name not in (
+            *READING,
+            STEPPING,
+            *[Events.ITERATION_COMPLETED] * (split == "valid"),
+        ):
             continue
         number = engine.state.iteration + (engine.last_event_name in READING)
         length = engine.state.epoch_length

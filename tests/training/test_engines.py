@@ -14,13 +14,13 @@ from ignite.engine import Events
 from torch import nn
 
 from fmtk.device import resolve_device, threads_by_default
-from fmtk.errors import FmtkError
+from fmtk.errors import FmtkError, LabelOutOfRange
 from fmtk.optimizers import create_optimizer
 from fmtk.recipe import apply_overrides
 from fmtk.recipe_loading import load_recipe
 from fmtk.training.build import build_run
 from fmtk.training.checkpoints import read_checkpoint
-from fmtk.training.engines import SpeedOptions, StepEvents, create_trainer
+from fmtk.training.engines import SpeedOptions, StepEvents, create_evaluator, create_trainer
 
 CPU = torch.device("cpu")
 
@@ -164,3 +164,32 @@ def test_epoch_seconds_leave_out_validation_and_epoch_end_handlers(tmp_path: Pat
     assert run.trainer.state.times["EPOCH_COMPLETED"] > 2.0  # what the benchmark once published
     recorded = (tmp_path / "metrics.csv").read_text().splitlines()[1:]
     assert [float(row.split(",")[-1]) for row in recorded] == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("accumulate_steps", [1, 2])
+def test_a_host_label_past_the_classes_is_found_before_its_batch_goes_to_another_device(
+    accumulate_steps: int,
+) -> None:
+    # "meta" stands in for a GPU (shapes only, no data): on a GPU cross-entropy's own check is a
+    # device-side assert. Batch 3 holds label 3 of 3 classes.
+    meta = torch.device("meta")
+    x, y = torch.randn(12, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 3, 1])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    model = nn.Linear(4, 3).to(meta)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = create_trainer(model, optimizer, nn.CrossEntropyLoss(), meta, accumulate_steps=accumulate_steps,
+                             classes=3)  # fmt: skip
+    with pytest.raises(LabelOutOfRange, match=r"^label 3, not one of the model's 3 classes \(0 … 2\)$"):
+        trainer.run(loader, max_epochs=1)
+    assert trainer.state.iteration == 3
+    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), meta, 3)
+    valid = torch.utils.data.TensorDataset(x[:4], torch.tensor([0, 1, -1, 2]))
+    with pytest.raises(LabelOutOfRange, match=r"^label -1, not one of"):
+        evaluator.run(torch.utils.data.DataLoader(valid, batch_size=4))
+    # On the CPU the labels are not read: cross-entropy names a bad one itself.
+    model = nn.Linear(4, 3)
+    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), CPU,
+                             classes=3)  # fmt: skip
+    with pytest.raises(IndexError, match=r"^Target 3 is out of bounds\.$") as raised:
+        trainer.run(loader, max_epochs=1)
+    assert not isinstance(raised.value, LabelOutOfRange)
