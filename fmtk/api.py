@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,18 +104,24 @@ def fit(
         result = fmtk.fit("digits_mlp", epochs=3, device="cpu")
         result.test["best"]["accuracy"]
     """
+    handlers = _one_or_more(handlers, "handlers", (str,), "functions of the run or 'module:function' names")
     given = {"preset": preset} if preset is not None else {}
     shown = f"Recipe(name={recipe.name!r}, ...)" if isinstance(recipe, Recipe) else repr(str(recipe))
-    arguments = ", ".join([shown, *(f"{k}={v!r}" for k, v in {**given, **overrides}.items())])
+    named = [h if isinstance(h, str) else getattr(h, "__name__", repr(h)) for h in handlers]
+    more = {**given, **overrides, **({"handlers": named} if handlers else {})}
+    arguments = ", ".join([shown, *(f"{k}={v!r}" for k, v in more.items())])
+    _check_paths(data_dir=data_dir, output_dir=output_dir, run_dir=run_dir)
+    _check_flags(quiet=quiet, progress=progress)
     with _as_keywords():
         recipe, device = resolve_recipe(recipe, preset, overrides), resolve_device(device)
-    attachers = [resolve_handler(handler) for handler in handlers]
+        attachers = [resolve_handler(handler) for handler in handlers]
     if speed is not None and not isinstance(speed, SpeedOptions):
         raise FmtkError(f"speed={speed!r}: expected a fmtk.SpeedOptions, e.g. SpeedOptions(precision='bf16')")
-    with _ignite_quiet(quiet):
-        run = build_run(recipe, run_dir, device, data_dir, None if quiet else print, speed=speed,
-                        output_dir=output_dir, progress=False if quiet else progress,
-                        command=f"fmtk.fit({arguments})", handlers=attachers)  # fmt: skip
+    with _ignite_quiet():
+        with _as_keywords():
+            run = build_run(recipe, run_dir, device, data_dir, None if quiet else print, speed=speed,
+                            output_dir=output_dir, progress=False if quiet else progress,
+                            command=f"fmtk.fit({arguments})", handlers=attachers)  # fmt: skip
         results = run.run()
     folder = run.run_dir
     if not quiet:
@@ -122,25 +129,59 @@ def fit(
     return Result(folder, list(run.history), results["test"], run.model, "best", results, run)
 
 
+# The command line's options that the shared checks name, as this API's keywords.
+_KEYWORDS = {option: option[2:].replace("-", "_") for option in (
+    "--device", "--run-dir", "--output-dir", "--data-dir", "--checkpoint", "--split", "--folder", "--top",
+)}  # fmt: skip
+
+
 @contextlib.contextmanager
 def _as_keywords() -> Iterator[None]:
-    """A value given as a keyword is named as one in its error (``lr=abc``, ``device=cdu``), not as
-    the command line's ``--set lr=abc`` or ``--device cdu`` that the shared checks say."""
+    """A value given as a keyword is named as one in its error (``lr=abc``, ``device=cdu``,
+    ``run_dir=runs/x``, ``handler mod:f``), not as the command line's ``--set lr=abc``, ``--device
+    cdu``, ``--run-dir runs/x`` or ``--handler mod:f`` that the shared checks say. The error keeps
+    its type (and exit code)."""
     try:
         yield
     except FmtkError as error:
-        text = re.sub(r"--set (\S+?=)", r"\1", str(error))
-        raise FmtkError(re.sub(r"--device (\S+?)(:|\b)", r"device=\1\2", text)) from None
+        text = re.sub(r"--set (\S+?=)", r"\1", str(error)).replace("--handler ", "handler ")
+        for option, keyword in _KEYWORDS.items():
+            text = re.sub(rf"{option} (\S+?)(:|,|;|\)|\s|$)", rf"{keyword}=\1\2", text)
+        error.args = (text,)
+        raise
+
+
+def _one_or_more(given: Any, name: str, single: tuple[type, ...], what: str) -> list[Any]:
+    """``given`` as a list: one value (a string, a path, a function…) is a list of one, not a
+    sequence of letters."""
+    if isinstance(given, single) or callable(given):
+        return [given]
+    if not isinstance(given, Iterable):
+        raise FmtkError(f"{name}={given!r}: expected {what}, one or a list")
+    return list(given)
+
+
+def _check_paths(**paths: Any) -> None:
+    """Each given path is a str or an ``os.PathLike`` (None: not given)."""
+    for name, value in paths.items():
+        if value is not None and not isinstance(value, str | os.PathLike):
+            raise FmtkError(f"{name}={value!r}: expected a path (a str or a pathlib.Path)")
+
+
+def _check_flags(**flags: Any) -> None:
+    """Each given flag is True or False (None: the default)."""
+    for name, value in flags.items():
+        if value is not None and not isinstance(value, bool):
+            raise FmtkError(f"{name}={value!r}: expected True or False")
 
 
 @contextlib.contextmanager
-def _ignite_quiet(quiet: bool) -> Iterator[None]:
-    """With ``quiet``, Ignite's own log lines ("Engine run is terminating due to exception") are
-    not printed either: the error itself reaches the caller."""
+def _ignite_quiet() -> Iterator[None]:
+    """Ignite's own log line for an error ("Engine run is terminating due to exception: …") is not
+    printed: the error itself reaches the caller."""
     logger = logging.getLogger("ignite")
     level = logger.level
-    if quiet:
-        logger.setLevel(logging.CRITICAL)
+    logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
@@ -178,6 +219,9 @@ def evaluate(
         lists the ``unreadable`` photos, the ``wrong`` ones with the highest loss, the ``near_copies``
         of the run's training photos and the ``accuracy_without_near_copies``.
     """
+    _check_paths(run_dir=run_dir, data_dir=data_dir, folder=folder)
+    if split not in ("test", "valid"):
+        raise FmtkError(f"split={split!r}: choose 'test' or 'valid' (the training split is augmented)")
     with _as_keywords():
         device = resolve_device(device)
     if folder is not None:
@@ -185,14 +229,16 @@ def evaluate(
             raise FmtkError(
                 "evaluate: give folder (a labelled photo folder, all of it) or data_dir, not both"
             )
-        return evaluate_folder(Path(run_dir), Path(folder), checkpoint, device, recipe)[1]
+        with _as_keywords():
+            return evaluate_folder(Path(run_dir), Path(folder), checkpoint, device, recipe)[1]
     data_dir = data_root(data_dir, Path(run_dir))  # by default the run's own, else $FMTK_DATA, else ./data
-    return evaluate_run(Path(run_dir), checkpoint, split, data_dir, device, recipe)[2]
+    with _as_keywords():
+        return evaluate_run(Path(run_dir), checkpoint, split, data_dir, device, recipe)[2]
 
 
 def predict(
     run_dir: Path | str,
-    images: Sequence[Path | str | Image.Image],
+    images: Sequence[Path | str | Image.Image] | Path | str | Image.Image,
     *,
     recipe: Recipe | None = None,
     checkpoint: str = "best",
@@ -204,7 +250,7 @@ def predict(
     Args:
         run_dir: a run folder, or a file ``fmtk export`` wrote (``.onnx``, ``.pt``).
         images: image files, folders (their image files, at any depth) or PIL images (named
-            ``<image N>``), read as the recipe reads its test images.
+            ``<image N>``), read as the recipe reads its test images; one, or a list.
         recipe: as for :func:`evaluate`.
         checkpoint: ``best``, ``last`` or a checkpoint's path.
         top: the classes per image.
@@ -215,13 +261,14 @@ def predict(
         ``{"file", "error"}`` for one that cannot be read.
     """
     with _as_keywords():
-        device = resolve_device(device)
-    return list(predictions(run_dir, images, recipe=recipe, checkpoint=checkpoint, top=top, device=device))
+        return list(
+            predictions(run_dir, images, recipe=recipe, checkpoint=checkpoint, top=top, device=device)
+        )
 
 
 def predictions(
     run_dir: Path | str,
-    images: Sequence[Path | str | Image.Image],
+    images: Sequence[Path | str | Image.Image] | Path | str | Image.Image,
     *,
     recipe: Recipe | None = None,
     checkpoint: str = "best",
@@ -231,7 +278,17 @@ def predictions(
     """:func:`predict`'s answers one at a time, in order: each chunk of 256 images is answered as
     soon as it is read, so that a folder of any size shows its first answers at once (``fmtk
     predict`` prints them so)."""
-    device = resolve_device(device)  # checked for a model file too: a mistyped device is not ignored
+    _check_paths(run_dir=run_dir)
+    images = _one_or_more(
+        images, "images", (str, os.PathLike, Image.Image), "image files, folders or PIL images"
+    )
+    for index, image in enumerate(images):
+        if not isinstance(image, str | os.PathLike | Image.Image):
+            raise FmtkError(f"images[{index}]={image!r}: expected an image file, a folder or a PIL image")
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise FmtkError(f"top={top!r}: expected a whole number, 1 or more (the classes per image)")
+    with _as_keywords():
+        device = resolve_device(device)  # checked for a model file too: a mistyped device is not ignored
     if Path(run_dir).is_file():
         from fmtk.exported import answer_exported
 

@@ -158,12 +158,25 @@ def write_json(path: Path, values: dict[str, Any]) -> None:
     os.replace(partial, path)
 
 
+def not_a_run(folder: Path, resuming: bool = False) -> str:
+    """Why ``folder``, which has no config.json, is not a run folder, in words naming what it is."""
+    if (folder / "study.json").is_file():  # (fmtk.tuning.study's STUDY_JSON)
+        if resuming:
+            return f"a study of fmtk tune, not a run: fmtk tune --resume {folder} goes on with it"
+        return f"a study of fmtk tune, not a run: its trial_* folders are (fmtk runs {folder} lists them)"
+    if any(folder.glob(f"*/{CONFIG}")) or any(folder.glob(f"*/*/{CONFIG}")):
+        return f"a folder of runs, not a run: name one of them (fmtk runs {folder} lists them)"
+    return f"not a run folder (it has no {CONFIG})"
+
+
 def read_config(run_dir: Path) -> dict[str, Any]:
     """The config.json of a run folder (or that file itself); a one-line error for a missing folder
     or an unreadable file."""
     path = run_dir if run_dir.is_file() else run_dir / CONFIG
     if not path.is_file() and not run_dir.is_dir():
         raise FmtkError(f"{run_dir}: {'no such file' if run_dir.suffix == '.json' else 'no such run folder'}")
+    if path.name == CONFIG and not path.exists() and run_dir.is_dir():
+        raise FmtkError(f"{run_dir}: {not_a_run(run_dir)}")
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError) as error:

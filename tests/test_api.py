@@ -88,6 +88,24 @@ def test_a_recipe_made_in_python_evaluates_and_predicts_from_python(tmp_path: Pa
     Image.new("L", (8, 8), 255).save(image)
     [prediction] = toolkit.predict(result.run_dir, [image], recipe=recipe, top=3, device="cpu")
     assert len(prediction["predictions"]) == 3
+    for one in (image, str(image)):  # one image, not a list of its path's letters
+        assert toolkit.predict(result.run_dir, one, recipe=recipe, top=3, device="cpu") == [prediction]
+    mistakes = [
+        (dict(checkpoint="middle"), r"^checkpoint=middle: no such file \(use best, last or a path\)$"),
+        (
+            dict(split="train"),
+            r"^split='train': choose 'test' or 'valid' \(the training split is augmented\)$",
+        ),
+    ]
+    for arguments, message in mistakes:
+        with pytest.raises(toolkit.FmtkError, match=message):
+            toolkit.evaluate(result.run_dir, recipe=recipe, device="cpu", **arguments)
+    with pytest.raises(toolkit.FmtkError, match=r"^top=0: expected a whole number, 1 or more"):
+        toolkit.predict(result.run_dir, image, recipe=recipe, top=0, device="cpu")
+    with pytest.raises(
+        toolkit.FmtkError, match=r"^images\[1\]=5: expected an image file, a folder or a PIL image$"
+    ):
+        toolkit.predict(result.run_dir, [image, 5], recipe=recipe, device="cpu")
     assert_one_line_error(fmtk("evaluate", str(result.run_dir)), "made in Python", "recipe=")
 
 
@@ -172,6 +190,13 @@ def test_the_progress_bar_shows_in_jupyter(monkeypatch: pytest.MonkeyPatch) -> N
         # as keywords, not as the command line's --set and --device
         ({"lr": "abc"}, "^lr=abc: expected float$"),
         ({"device": "cdu"}, "^device=cdu: not a device; use auto, cpu, cuda or cuda:N$"),
+        ({"handlers": "nosuch:attach"}, "^handler nosuch:attach: cannot import nosuch"),  # one, not letters
+        (
+            {"handlers": 5},
+            "^handlers=5: expected functions of the run or 'module:function' names, one or a list$",
+        ),
+        ({"run_dir": 5}, r"^run_dir=5: expected a path \(a str or a pathlib.Path\)$"),
+        ({"progress": "yes"}, "^progress='yes': expected True or False$"),
     ],
 )
 def test_fit_names_a_bad_argument(arguments: dict, message: str, tmp_path: Path) -> None:
@@ -186,8 +211,8 @@ def test_fit_and_build_run_refuse_a_folder_in_use_and_change_nothing(tmp_path: P
     run's), and a run of ``build_run`` is the one ``fit`` would make."""
     finished = toolkit.fit("digits_mlp", run_dir=tmp_path / "old", device="cpu", quiet=True, epochs=1)
     before = {path: path.stat().st_mtime_ns for path in finished.run_dir.rglob("*")}
-    for make in (toolkit.fit, toolkit.build_run):
-        with pytest.raises(toolkit.FmtkError, match="old is not empty; give a new folder"):
+    for make, named in ((toolkit.fit, "run_dir="), (toolkit.build_run, "--run-dir ")):
+        with pytest.raises(toolkit.FmtkError, match=f"^{named}.*old is not empty; give a new folder"):
             make("digits_mlp", run_dir=finished.run_dir, device="cpu", epochs=1)
     assert {path: path.stat().st_mtime_ns for path in finished.run_dir.rglob("*")} == before
     run = toolkit.build_run("digits_mlp", tmp_path / "new", "cpu", echo=None, epochs=1)
@@ -233,6 +258,8 @@ def test_fit_says_its_run_folder_and_why_a_handler_stopped_it(
     lines = capsys.readouterr().out.splitlines()
     assert "stopped after epoch 1: good enough" in lines and len(result.history) == 1
     assert lines[-1] == f"run folder: {tmp_path / 'run'}"
+    command = json.loads((tmp_path / "run" / "config.json").read_text())["command"]
+    assert command == "fmtk.fit('digits_mlp', epochs=3, handlers=['stop_after_one_epoch'])"
     toolkit.fit("digits_mlp", epochs=1, device="cpu", run_dir=tmp_path / "quiet", quiet=True)
     assert capsys.readouterr().out == ""
 

@@ -302,6 +302,14 @@ CASES = [
       "split's inputs", "stopped (no checkpoint was written yet)"]),
     ("a folder for a recipe", {"mine/notes.txt": ""}, ["run", "mine"],
      ["mine is a folder, not a recipe: give a recipe file (.py) or a bundled recipe's name"]),
+    ("a study folder for a run", {"st/study.json": "{}"}, ["evaluate", "st"],
+     ["fmtk evaluate st: a study of fmtk tune, not a run: its trial_* folders are (fmtk runs st lists "
+      "them)"]),
+    ("a study folder resumed as a run", {"st/study.json": "{}"}, ["run", "--resume", "st"],
+     ["fmtk run --resume st: a study of fmtk tune, not a run: fmtk tune --resume st goes on with it"]),
+    ("a folder of runs for a run", {"runs/mine/20261207-080000/config.json": "{}"},
+     ["predict", "runs", "a.png"],
+     ["fmtk predict runs: a folder of runs, not a run: name one of them (fmtk runs runs lists them)"]),
     ("a run folder for a recipe", {"old/config.json": "{}"}, ["run", "old"],
      ["old is a folder, not a recipe", "a run folder goes on with fmtk run --resume old"]),
     ("empty weights", {}, ["run", "digits_mlp", "--set", "weights="],  # (it read the current folder)
@@ -361,7 +369,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     before = tree_snapshot(tmp_path)
-    output = ["--output-dir", "out"] if args[0] == "run" else []
+    output = ["--output-dir", "out"] if args[0] == "run" and "--resume" not in args else []
     result = fmtk_here(*args, *output)
     assert result.returncode == 1
     assert_one_line_error(result, *fragments)
@@ -440,9 +448,9 @@ def picture_in_the_way(run_dir: Path) -> None:  # as a read-only folder would (r
 
 RUN_CASES = [
     ("evaluate a folder that is no run", lambda run_dir: None, ["evaluate", "."],
-     ["fmtk evaluate .: not a run folder"]),
+     ["fmtk evaluate .: a folder of runs, not a run: name one of them (fmtk runs . lists them)"]),
     ("predict with a folder that is no run", lambda run_dir: None, ["predict", ".", "x.png"],
-     ["fmtk predict .: not a run folder"]),
+     ["fmtk predict .: a folder of runs, not a run"]),
     ("evaluate --checkpoint last without one", drop("last_checkpoint_*.pt"),
      ["evaluate", "run", "--checkpoint", "last"], ["no last_checkpoint_*.pt (the run has not finished an"]),
     ("resume --epochs below the epochs run", drop("metrics.json"),

@@ -20,9 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from fmtk.errors import FmtkError, Interrupted, one_line
-from fmtk.runfolder import (
-    CONFIG,
-)
+from fmtk.runfolder import CONFIG, not_a_run
 
 if TYPE_CHECKING:
     from fmtk.recipe import Recipe
@@ -222,7 +220,7 @@ def check_run_folder(command: str, run_dir: Path) -> None:
     if not run_dir.is_dir():
         raise FmtkError(f"fmtk {command} {run_dir}: no such run folder")
     if not (run_dir / CONFIG).is_file():
-        raise FmtkError(f"fmtk {command} {run_dir}: not a run folder (it has no {CONFIG})")
+        raise FmtkError(f"fmtk {command} {run_dir}: {not_a_run(run_dir, resuming='--resume' in command)}")
 
 
 def check_output_place(option: str, path: Path, suffix: str | None = None) -> None:

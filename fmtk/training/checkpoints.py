@@ -393,13 +393,15 @@ def restore(kept: Mapping[str, Any], checkpoint: dict[str, Any], path: Path) -> 
     if missing:
         raise FmtkError(
             f"{path.name} has no state for {', '.join(map(repr, missing))}, which this run keeps: "
-            "resume with the options and handlers the run was made with"
+            "resume with the options and handlers the run was made with (its config.json's command names "
+            "them)"
         )
     unknown = [name for name in checkpoint if name not in kept]
     if unknown:
         raise FmtkError(
             f"{path.name} holds state {', '.join(map(repr, unknown))} that this run does not keep: "
-            "resume with the options and handlers the run was made with (e.g. the same --handler)"
+            "resume with the options and handlers the run was made with (e.g. the same --handler: its "
+            "config.json's command names them)"
         )
     loaded = {name: state for name, state in kept.items() if name != "model" and name in checkpoint}
     Checkpoint.load_objects(loaded, checkpoint)
