@@ -220,6 +220,19 @@ def test_no_trial_is_pruned_in_its_warm_up_epochs(tmp_path: Path) -> None:
         toolkit.tune("digits_mlp", trials=1, space={"lr": "loguniform:1e-4:0.5"}, prune_warmup=-1)
 
 
+def test_a_trial_judged_at_its_last_epoch_has_finished_not_been_pruned(tmp_path: Path) -> None:
+    import fmtk as toolkit
+
+    # The hopeless lr, first judged after epoch 3 of 3: it trained every epoch, so it is complete.
+    result = toolkit.tune(
+        "digits_mlp", trials=2, space={"lr": "loguniform:1e-4:0.5"}, tries=[{"lr": 0.05}, {"lr": 0.0001}],
+        prune_after=1, prune_warmup=2, epochs=3, output_dir=tmp_path, device="cpu", quiet=True,
+    )  # fmt: skip
+    assert [row["state"] for row in result.trials] == ["complete", "complete"]
+    metrics = json.loads((result.study_dir / "trial_001" / "metrics.json").read_text())
+    assert metrics["stopped_by"] is None and metrics["epochs_run"] == 3
+
+
 @pytest.mark.slow
 def test_each_process_of_a_trial_trains_with_the_values_drawn_once(tmp_path: Path) -> None:
     (tmp_path / "killers.py").write_text(KILLERS)

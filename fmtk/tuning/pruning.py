@@ -77,8 +77,8 @@ class TrialReporting:
                         # Optuna keeps the first value (the same: the run resumes exactly) and warns.
                         warnings.filterwarnings("ignore", "The reported value is ignored because this step")
                         report(evaluator)
-                except optuna.TrialPruned:
-                    pruned = True
+                except optuna.TrialPruned:  # (a trial at its last epoch has finished: it is not pruned)
+                    pruned = run.trainer.state.epoch < run.trainer.state.max_epochs
             if idist.get_world_size() > 1:  # rank 0 decides for all
                 pruned = bool(idist.broadcast(int(pruned), src=0))
             if pruned:
