@@ -211,6 +211,19 @@ def test_a_tracked_run_logs_its_values_epochs_tests_and_files(
     logged = Path(client.download_artifacts(run.info.run_id, "model.onnx.json", str(workspace)))
     assert json.loads(logged.read_text()) == json.loads((run_dir / "model.onnx.json").read_text())
 
+    # A longer run from it finds a better checkpoint: its export replaces the earlier best's, there and
+    # in MLflow (the earlier best checkpoint is gone).
+    earlier = json.loads((run_dir / "model.onnx.json").read_text())["metadata"]["checkpoint"]
+    longer = fmtk_here("run", "--resume", "plain", "--epochs", "3", cwd=workspace)
+    assert longer.returncode == 0, longer.stderr
+    best = json.loads((run_dir / "metrics.json").read_text())["checkpoints"]["best"]
+    assert best.startswith("best_checkpoint_3_") and earlier.startswith("best_checkpoint_2_")
+    assert f"track_model: model.onnx now holds {best} (it held {earlier}, an earlier best)" in longer.stdout
+    assert json.loads((run_dir / "model.onnx.json").read_text())["metadata"]["checkpoint"] == best
+    logged = Path(client.download_artifacts(run.info.run_id, "model.onnx.json", str(workspace / "longer")))
+    assert json.loads(logged.read_text())["metadata"]["checkpoint"] == best
+    assert not [path.name for path in run_dir.iterdir() if path.name.startswith(".")]  # nothing set aside
+
 
 @pytest.mark.slow
 def test_sigkill_and_resume_make_one_mlflow_run_with_an_uninterrupted_runs_history(

@@ -41,7 +41,7 @@ from ignite.engine import Engine, Events
 from fmtk.errors import FmtkError
 from fmtk.exported import require_onnx
 from fmtk.recipe import Recipe
-from fmtk.runfolder import CONFIG, METRICS_CSV, METRICS_JSON, write_json
+from fmtk.runfolder import BEST, CONFIG, METRICS_CSV, METRICS_JSON, write_json
 from fmtk.training.handlers import IterationPoints, every_iterations
 from fmtk.training.tensorboard import hparam_values
 
@@ -421,14 +421,41 @@ def open_tracker(recipe: Recipe, run_dir: Path, echo: Callable[[str], None]) -> 
 
 def exported_model(run_dir: Path, echo: Callable[[str], None]) -> tuple[str, ...]:
     """``track_model``: the run's best checkpoint exported as ONNX (``fmtk export``, checked against
-    the run: its report beside it), the two files' names; none, and a warning, if it cannot be."""
-    from fmtk.exporting import export
+    the run: its report beside it), the two files' names; none, and a warning, if it cannot be.
 
+    A resumed run finds the export of its first end: kept when it is of the best checkpoint still,
+    replaced when it is of an earlier best (that checkpoint is gone: a longer run found a better
+    one); an export of another checkpoint (``fmtk export --checkpoint last``) is not touched."""
+    from fmtk.exporting import export, report_path
+
+    model = run_dir / "model.onnx"
+    report, best = report_path(model), sorted(path.name for path in run_dir.glob(f"{BEST}_checkpoint_*.pt"))
+    try:
+        exported_from = json.loads(report.read_text())["metadata"]["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        exported_from = None
+    best = best[0] if len(best) == 1 else None  # else export says what is wrong
+    if model.is_file() and best is not None and exported_from == best:
+        return model.name, report.name
+    earlier_best = (
+        model.is_file() and isinstance(exported_from, str) and exported_from.startswith(f"{BEST}_checkpoint_")
+    )
+    aside = [path.with_name(f".{path.name}.earlier") for path in (model, report)]
+    if earlier_best:
+        for path, moved in zip((model, report), aside, strict=True):
+            path.replace(moved)
     try:
         made = export(run_dir)
     except FmtkError as error:
+        if earlier_best:  # the earlier export stays as it was
+            for path, moved in zip((model, report), aside, strict=True):
+                moved.replace(path)
         echo(f"warning: track_model: the model was not exported: {error}")
         return ()
+    if earlier_best:
+        for moved in aside:
+            moved.unlink()
+        echo(f"track_model: {model.name} now holds {best} (it held {exported_from}, an earlier best)")
     return made.path.name, made.report_path.name
 
 
