@@ -57,22 +57,32 @@ def user_code_line(error: BaseException) -> str | None:
     through) a user's own file, naming the innermost line of it; None for anything else (fmtk's
     own errors keep their traceback)."""
     if isinstance(error, SyntaxError) and error.filename and Path(error.filename).is_file():
-        where = (error.filename, error.lineno)
+        where = _place(error.filename, error.lineno)
     else:
-        library = _library_folders()
-        frames = [
-            (frame.filename, frame.lineno)
-            for frame in traceback.extract_tb(error.__traceback__)
-            if Path(frame.filename).is_file() and not str(Path(frame.filename).resolve()).startswith(library)
-        ]
-        if not frames:
-            return None
-        where = frames[-1]
-    path = os.path.relpath(where[0]) if not os.path.relpath(where[0]).startswith("..") else where[0]
+        where = user_code_place(traceback.extract_tb(error.__traceback__))
+    if where is None:
+        return None
     text = error.msg if isinstance(error, SyntaxError) else str(error)  # str() repeats file and line
     message = text.strip().splitlines()[0] if text.strip() else ""
     detail = f"{type(error).__name__}: {message}" if message else type(error).__name__
-    return f"{path}:{where[1]}: {detail} ({TRACEBACK_VARIABLE}=1 shows the traceback)"
+    return f"{where}: {detail} ({TRACEBACK_VARIABLE}=1 shows the traceback)"
+
+
+def user_code_place(frames: traceback.StackSummary) -> str | None:
+    """``"my_recipe.py:12"``: the innermost of ``frames`` in a user's own file; None if none is."""
+    library = _library_folders()
+    mine = [
+        frame
+        for frame in frames
+        if Path(frame.filename).is_file() and not str(Path(frame.filename).resolve()).startswith(library)
+    ]
+    return _place(mine[-1].filename, mine[-1].lineno) if mine else None
+
+
+def _place(filename: str, line: int | None) -> str:
+    """``file:line``, the file relative to the current folder when it is under it."""
+    path = os.path.relpath(filename) if not os.path.relpath(filename).startswith("..") else filename
+    return f"{path}:{line}"
 
 
 # What a run, an evaluation or a prediction can do with less memory.

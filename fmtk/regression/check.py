@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import operator
 import re
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fmtk.errors import FmtkError
+from fmtk.errors import FmtkError, user_code_place
 
 COMPARATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq,
@@ -79,8 +80,11 @@ class Check:
     preset: str | None = None
     data: str | None = None
     name: str | None = None
+    # Where the check was written (``my_recipe.py:40``) for the errors found once its recipe is known.
+    written_at: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "written_at", user_code_place(traceback.extract_stack()))
         if not self.expect:
             raise FmtkError("a check expects nothing: give expect={figure: '>= value'}")
         self.expectations()  # a bad comparison is one line when the recipe loads

@@ -4,6 +4,7 @@ by epoch)."""
 
 from __future__ import annotations
 
+import difflib
 import shutil
 import tempfile
 import time
@@ -166,7 +167,12 @@ def check_recipe_values(recipe: Recipe, check: Check) -> Recipe:
     known = known_figures(trained)
     for figure in check.expect:
         if figure not in known:
-            raise FmtkError(f"{where}: expects unknown figure '{figure}'; a run gives {', '.join(known)}")
+            close = difflib.get_close_matches(figure, known, n=1, cutoff=0.75)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise FmtkError(
+                f"{f'{check.written_at}: ' if check.written_at else ''}{where}: expects unknown figure "
+                f"'{figure}'; {hint}a run gives {', '.join(known)}"
+            )
     return trained
 
 
