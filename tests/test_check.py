@@ -226,8 +226,8 @@ def golden(config: str) -> dict[str, str]:
     "args, files, fragments",
     [
         (["mine.py"], {"mine.py": ("expect={", 'expect={"test_acuracy": ">= 0.5", ')},
-         ["Error: mine.py:", ": recipe mine, check default: expects unknown figure 'test_acuracy'; did you mean "
-          "test_accuracy? a run gives test_accuracy, test_loss"]),
+         ["Error: mine.py:", ": recipe mine, check default: expects unknown figure 'test_acuracy'; did you "
+          "mean test_accuracy? a run gives test_accuracy, test_loss"]),
         (["mine.py"], {"mine.py": ('">= 0.95", "last', '"about 0.9", "last')},
          ["expect test_accuracy: 'about 0.9' is not a comparison; write one of >=, <=, >, <, =="]),
         (["mine.py"], {"mine.py": ("check=Check(", 'check=Check(settings={"hiden": 8}, ')},

@@ -444,6 +444,26 @@ def test_tune_png_marks_the_trials_at_its_edge_and_draws_the_metric_against_each
     assert len(clipped) == 9 and len(polygons) == 10
     assert all(xy[2][1] > xy[0][1] for xy, _ in polygons)  # pointing down: worse is lower
 
+    # The worse half not far worse (0.50 and 0.55 against 0.65 and 0.70): every trial where it is.
+    texts.clear(), polygons.clear()
+    rows = [
+        {"trial": n, "state": "complete", "value": v, "lr": 0.1} for n, v in enumerate([0.55, 0.65, 0.5, 0.7])
+    ]
+    search_picture(rows, "valid_accuracy", "fmtk tune t", False, {"lr": "log"})
+    assert not polygons and not [text for text in texts if "at the edge" in text]
+
+
+def test_a_pruned_trial_s_value_is_its_best_until_it_stopped(tmp_path: Path) -> None:
+    import optuna
+
+    from fmtk.tuning.report import _trial_row
+
+    pruned = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, intermediate_values={1: 0.55, 2: 0.5}
+    )
+    assert _trial_row(pruned, tmp_path, minimise=False)["value"] == 0.55  # as the median pruner judged it
+    assert _trial_row(pruned, tmp_path, minimise=True)["value"] == 0.5
+
 
 def test_tune_png_draws_each_trial_over_the_best_so_far(monkeypatch: pytest.MonkeyPatch) -> None:
     # A trial that becomes the best sits where the best-so-far line has a point: its dot stays seen.

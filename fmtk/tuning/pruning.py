@@ -58,11 +58,12 @@ class TrialReporting:
     pruning: Pruning
 
     def __call__(self, run: Run) -> None:
-        report = None
+        report, minimise = None, False
         if is_main_process():
             study = optuna.load_study(
                 study_name=self.study_name, storage=self.storage, pruner=self.pruning.pruner()
             )
+            minimise = study.direction == optuna.study.StudyDirection.MINIMIZE
             report = PyTorchIgnitePruningHandler(
                 optuna.trial.Trial(study, self.trial_id), self.metric, run.trainer
             )
@@ -87,8 +88,11 @@ class TrialReporting:
         @run.trainer.on(Events.TERMINATE)
         def say_why(trainer: Engine) -> None:  # after the epoch's line
             if run.stopped_by == PRUNED and is_main_process():
-                epoch, value = trainer.state.epoch, run.history[-1][f"valid_{self.metric}"]
+                # Optuna's median pruner judges a trial's best value so far (at this epoch, against the
+                # finished trials' values at this epoch).
+                epoch, values = trainer.state.epoch, [row[f"valid_{self.metric}"] for row in run.history]
+                best = min(values) if minimise else max(values)
                 run.echo(
-                    f"pruned after epoch {epoch}: valid {self.metric} {value:.4f} is worse than the median "
-                    f"of the finished trials at epoch {epoch}"
+                    f"pruned after epoch {epoch}: valid {self.metric} {best:.4f}, its best so far, is worse "
+                    f"than the median of the finished trials at epoch {epoch}"
                 )

@@ -51,7 +51,8 @@ class StudyResult:
 def study_result(study: optuna.Study, folder: Path, recipe: str, metric: str) -> StudyResult:
     """The study's best trial and its table of trials, read from study.db and the trial folders."""
     trials = study.get_trials(deepcopy=False)
-    rows = [_trial_row(trial, folder) for trial in trials]
+    minimise = study.direction == optuna.study.StudyDirection.MINIMIZE
+    rows = [_trial_row(trial, folder, minimise) for trial in trials]
     completed = [trial for trial in trials if trial.state == TrialState.COMPLETE]
     if not completed:
         raise FmtkError(f"{folder}: no trial completed (pruned or failed: see above), so no best values")
@@ -91,14 +92,17 @@ def _config_value(config: dict[str, Any], key: str) -> Any:
     return config[key] if key in config else config["options"][key]
 
 
-def _trial_row(trial: optuna.trial.FrozenTrial, folder: Path) -> dict[str, Any]:
+def _trial_row(trial: optuna.trial.FrozenTrial, folder: Path, minimise: bool) -> dict[str, Any]:
     run = trial_name(trial.number)
     results = read_results(Path(folder) / run) if (Path(folder) / run / CONFIG).is_file() else None
     results = results or {}
     test = results.get("test", {}).get("best", {})
     value = trial.value if trial.state == TrialState.COMPLETE else None
     if trial.state == TrialState.PRUNED and trial.intermediate_values:
-        value = trial.intermediate_values[max(trial.intermediate_values)]  # at the epoch it stopped
+        # its best until it stopped, as a complete trial's value is its best epoch's (and as the
+        # median pruner judged it)
+        reported = trial.intermediate_values.values()
+        value = min(reported) if minimise else max(reported)
     return {
         "trial": trial.number,
         "state": trial.state.name.lower(),
@@ -161,10 +165,11 @@ def search_picture(
     minimise: bool,
     searched: dict[str, bool] | None = None,
 ) -> Any:
-    """Each trial's valid metric (pruned ones at the epoch they stopped) and the best so far; under
+    """Each trial's valid metric (a pruned one's best until it stopped) and the best so far; under
     it, the metric against each ``searched`` value (``{key: on a log scale}``), the best trial
-    circled. When half the trials are worse than the rest by far, those are drawn at the edge as
-    triangles (the search's story is in the better half)."""
+    circled. When half the trials are worse than the rest by far (spread over more than twice the
+    better half's range), those are drawn at the edge as triangles (the search's story is in the
+    better half)."""
     completed = [(row["trial"], row["value"]) for row in rows if row["state"] == "complete"]
     pruned = [
         (row["trial"], row["value"]) for row in rows if row["state"] == "pruned" and row["value"] is not None
@@ -176,7 +181,7 @@ def search_picture(
             leader, best_row = value, row
         if leader is not None:
             best.append((row["trial"], leader))
-    trials, pruned_trials, best_so_far = "completed trial", "pruned (when it stopped)", "best so far"
+    trials, pruned_trials, best_so_far = "completed trial", "pruned (its best until then)", "best so far"
     lines = {trials: _columns(completed), pruned_trials: _columns(pruned), best_so_far: _columns(best)}
     lines = {name: line for name, line in lines.items() if line[0]}
     # One colour for one meaning in every study's picture, whichever kinds of trial it has.
@@ -187,7 +192,9 @@ def search_picture(
     values = sorted(value for _, value in completed + pruned)
     middle = values[(len(values) - 1) // 2] if not minimise else values[len(values) // 2]
     limits = (middle, values[-1]) if not minimise else (values[0], middle)
-    if len(values) < 4 or limits[0] == limits[1]:
+    # "by far": the worse half spreads over more than twice the better half's range
+    worse = middle - values[0] if not minimise else values[-1] - middle
+    if len(values) < 4 or limits[0] == limits[1] or worse <= 2 * (limits[1] - limits[0]):
         limits = None
     edge = f"worse than {limits[0] if not minimise else limits[1]:.4g} (at the edge)" if limits else ""
     # The best so far is a line without points: a point at a failed trial would read as its value.
