@@ -287,8 +287,7 @@ def predictions(
             raise FmtkError(f"images[{index}]={image!r}: expected an image file, a folder or a PIL image")
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise FmtkError(f"top={top!r}: expected a whole number, 1 or more (the classes per image)")
-    with _as_keywords():
-        device = resolve_device(device)  # checked for a model file too: a mistyped device is not ignored
+    device = resolve_device(device)  # checked for a model file too: a mistyped device is not ignored
     if Path(run_dir).is_file():
         from fmtk.exported import answer_exported
 

@@ -272,7 +272,7 @@ def test_predict_with_a_checkpoint_file_names_the_command_that_takes_it(
     ("args", "fragments"),
     [
         (["export", "nowhere"], ["fmtk export nowhere: no such run folder"]),
-        (["export", "."], ["fmtk export .: not a run folder (it has no config.json)"]),
+        (["export", "."], ["fmtk export .: a folder of runs, not a run: name one of them"]),
         (["export", "run", "--format", "tflite"], ["'tflite' is not one of 'onnx', 'torchscript'"]),
         (["export", "run", "--out", "model.bin"], ["--out model.bin: an ONNX file ends in .onnx"]),
         (["export", "run", "--out", "no/such/model.onnx"], ["--out no/such/model.onnx: no folder no/such"]),
