@@ -220,6 +220,8 @@ def test_a_tracked_run_logs_its_values_epochs_tests_and_files(
     assert best.startswith("best_checkpoint_3_") and earlier.startswith("best_checkpoint_2_")
     assert f"track_model: model.onnx now holds {best} (it held {earlier}, an earlier best)" in longer.stdout
     assert json.loads((run_dir / "model.onnx.json").read_text())["metadata"]["checkpoint"] == best
+    _, run = mlflow_run(server.uri, run_dir)  # the parameter stays the first start's; the tag is now's
+    assert run.data.params["epochs"] == "2" and json.loads(run.data.tags["fmtk.changed"])["epochs"] == 3
     logged = Path(client.download_artifacts(run.info.run_id, "model.onnx.json", str(workspace / "longer")))
     assert json.loads(logged.read_text())["metadata"]["checkpoint"] == best
     assert not [path.name for path in run_dir.iterdir() if path.name.startswith(".")]  # nothing set aside

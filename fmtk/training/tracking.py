@@ -197,6 +197,12 @@ class MlflowTracker(Tracker):
         came from; a trial of ``fmtk tune``: a child of the study's) and record its id in
         ``tracking.json``; a resumed one already has it."""
         if self.run_id is not None:
+            # MLflow keeps a parameter's first value (it refuses another): the tag holds the values
+            # the run goes on with (--resume --epochs N: epochs N).
+            try:
+                self.client.set_tag(self.run_id, "fmtk.changed", json.dumps(recipe.changed, default=str))
+            except self.errors as error:
+                raise FmtkError(f"track=mlflow: {self.where()} {_failure(error)}") from None
             self.echo(f"tracking: MLflow run {self.run_id} at {self.uri}, after epoch {self.logged_epoch}")
             return
         tags = run_tags(recipe, config, self.run_dir)
