@@ -539,6 +539,17 @@ def round_ticks(low: float, high: float, count: int = 5) -> list[tuple[float, st
     return list(zip(ticks, fixed, strict=True))
 
 
+def _log_ticks(low: float, high: float) -> list[float]:
+    """Ticks of a log axis from ``low`` to ``high`` (both > 0): the powers of ten between them, or
+    where fewer than two, their multiples of 1, 2 and 5 (at most five: 1, 5, 10, 50…)."""
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    for multiples in ((1,), (1, 5), (1, 2, 5)):
+        ticks = [m * 10.0**k for k in decades for m in multiples if low <= m * 10.0**k <= high]
+        if len(ticks) >= 2:
+            return ticks[:: math.ceil(len(ticks) / 5)]
+    return [low, high]
+
+
 def _side(value: float, limits: tuple[float, float] | None) -> int:
     """-1 below ``limits``, 1 above, 0 within (or no limits, or not finite)."""
     if limits is None or not math.isfinite(value):
@@ -590,15 +601,16 @@ def scatter_picture(
 
     at = _plot_mapping((left, top, width - right, height - bottom), (x_low, x_high), (y_low, y_high))
     draw.rectangle([left, top, width - right, height - bottom], outline=GRID_LINE)
-    for tick in np.linspace(y_low + margin, y_high - margin, 3):
+    for tick, label in round_ticks(y_low, y_high, count=3):
         _, y = at(x_low, tick)
         draw.line([(left, y), (width - right, y)], fill=GRID_LINE)
-        font.draw(draw, (4, y - 6), f"{tick:.4g}", "black")
+        font.draw(draw, (4, y - 6), label, "black")
     if categories:
         ticks = [(float(index), name) for index, name in enumerate(categories)]
+    elif log_x:
+        ticks = [(math.log10(value), f"{value:.3g}") for value in _log_ticks(10**x_low, 10**x_high)]
     else:
-        values = np.linspace(x_low + 0.05 * (x_high - x_low) / 1.1, x_high - 0.05 * (x_high - x_low) / 1.1, 3)
-        ticks = [(float(v), f"{10**v if log_x else v:.3g}") for v in values]
+        ticks = round_ticks(x_low, x_high, count=4)
     for tick, label in ticks:
         x, _ = at(tick, y_low)
         draw.line([(x, top), (x, height - bottom)], fill=GRID_LINE)

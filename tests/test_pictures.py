@@ -483,3 +483,12 @@ def test_a_grid_s_titles_are_wrapped_and_shortened_to_their_cell() -> None:
     titles = ["true: Norwegian Forest Cat (long name)", "x"]
     grid = pictures.titled_grid(torch.zeros(2, 3, 8, 8), titles, columns=2, cell=112)
     assert grid.height > pictures.titled_grid(torch.zeros(2, 3, 8, 8), ["a", "b"], columns=2, cell=112).height
+
+
+def test_a_log_axis_is_ticked_at_powers_of_ten_else_at_1_2_5_times_them() -> None:
+    from fmtk.pictures import _log_ticks
+
+    assert _log_ticks(1.2e-4, 1.2e-2) == [0.001, 0.01]  # a searched lr's range: 0.001 and 0.01, not its ends
+    assert _log_ticks(1.3e-4, 6e-3) == [0.0005, 0.001, 0.005]
+    assert _log_ticks(1e-7, 10) == [1e-7, 1e-5, 1e-3, 0.1, 10]  # at most five
+    assert _log_ticks(0.31, 0.39) == [0.31, 0.39]  # no round value between: the ends
