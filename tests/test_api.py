@@ -233,6 +233,21 @@ def test_quiet_fit_prints_nothing_on_ctrl_c(tmp_path: Path, capfd: pytest.Captur
     assert not (tmp_path / "digits_mlp").exists()  # before the first checkpoint: nothing kept
 
 
+def test_a_handler_s_error_reaches_the_caller_without_ignite_s_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def explode(run) -> None:
+        @run.trainer.on(Events.EPOCH_COMPLETED)
+        def boom(engine) -> None:
+            raise RuntimeError("my handler exploded")
+
+    with pytest.raises(RuntimeError, match="^my handler exploded$"):
+        toolkit.fit(
+            "digits_mlp", output_dir=tmp_path, device="cpu", epochs=2, handlers=explode
+        )  # one, not a list
+    assert not [record for record in caplog.records if record.name.startswith("ignite")]
+
+
 def test_resume_after_metrics_csv_was_lost_names_the_best_checkpoints_epoch(tmp_path: Path) -> None:
     """metrics.json's best_epoch is the best checkpoint's own, also when metrics.csv lost the rows."""
     run_dir = tmp_path / "run"
