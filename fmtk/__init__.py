@@ -20,7 +20,7 @@ from fmtk.version import __version__
 
 _LAZY = {
     "fit": "fmtk.api", "evaluate": "fmtk.api", "predict": "fmtk.api", "predictions": "fmtk.api",
-    "Result": "fmtk.api",
+    "Result": "fmtk.api", "resume": "fmtk.api",
     "Recipe": "fmtk.recipe", "Preset": "fmtk.recipe", "load_recipe": "fmtk.recipe_loading",
     "make_run_dir": "fmtk.runfolder",
     "DataSplits": "fmtk.data.batches", "TensorBatches": "fmtk.data.batches",
@@ -37,7 +37,7 @@ __all__ = [
     "Check", "CheckResult", "DataSplits", "Evaluation", "Export", "FmtkError", "FolderEvaluation",
     "ImageInput", "Preset", "Recipe", "Result", "Run", "SpeedOptions", "StepEvents", "StudyResult",
     "TensorBatches", "__version__", "build_run", "check", "evaluate", "export", "fit", "load_recipe",
-    "make_run_dir", "predict", "predictions", "tune",
+    "make_run_dir", "predict", "predictions", "resume", "tune",
 ]  # fmt: skip
 
 

@@ -25,7 +25,8 @@ from fmtk.errors import FmtkError
 from fmtk.launcher import resolve_handler
 from fmtk.prediction import answer_images
 from fmtk.recipe import Recipe
-from fmtk.recipe_loading import data_root, resolve_recipe
+from fmtk.recipe_loading import data_root, recipe_from_config, resolve_recipe
+from fmtk.runfolder import find_last_checkpoint, has_checkpoint, read_config
 from fmtk.training.build import build_run
 from fmtk.training.engines import SpeedOptions
 from fmtk.training.evaluation import (
@@ -36,6 +37,7 @@ from fmtk.training.evaluation import (
     tested_model,
 )
 from fmtk.training.run import Run
+from fmtk.training.start import check_epochs_ahead, check_extension, finished_message
 
 
 @dataclass
@@ -133,6 +135,78 @@ def fit(
 _KEYWORDS = {option: option[2:].replace("-", "_") for option in (
     "--device", "--run-dir", "--output-dir", "--data-dir", "--checkpoint", "--split", "--folder", "--top",
 )}  # fmt: skip
+
+
+def resume(
+    run_dir: Path | str,
+    *,
+    epochs: int | None = None,
+    recipe: Recipe | None = None,
+    device: torch.device | str = "auto",
+    data_dir: Path | str | None = None,
+    handlers: Sequence[Callable[[Run], None] | str] = (),
+    quiet: bool = False,
+    progress: bool | None = None,
+    speed: SpeedOptions | None = None,
+) -> Result:
+    """Go on with a run killed or interrupted (a crashed notebook kernel, Ctrl-C) from its last
+    checkpoint, to exactly the figures of an uninterrupted run, as ``fmtk run --resume RUN_DIR``;
+    with ``epochs``, train a finished run on to that many epochs.
+
+    Args:
+        run_dir: the run folder.
+        epochs: the epochs to reach (default: the run's own).
+        recipe: the recipe object the run was made with, needed when fmtk cannot load it again
+            (one made in Python); the run's values are applied to it.
+        device, data_dir, quiet, progress, speed: as for :func:`fit` (the data root and speed
+            options default to the run's own).
+        handlers: the handlers the run was made with (their states are in its checkpoint).
+
+    Returns:
+        A :class:`Result`, as :func:`fit` gives it, of the whole run.
+    """
+    handlers = _one_or_more(handlers, "handlers", (str,), "functions of the run or 'module:function' names")
+    _check_paths(run_dir=run_dir, data_dir=data_dir)
+    _check_flags(quiet=quiet, progress=progress)
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise FmtkError(f"epochs={epochs!r}: expected a whole number, 1 or more")
+    if speed is not None and not isinstance(speed, SpeedOptions):
+        raise FmtkError(f"speed={speed!r}: expected a fmtk.SpeedOptions, e.g. SpeedOptions(precision='bf16')")
+    run_dir = Path(run_dir)
+    named = [h if isinstance(h, str) else getattr(h, "__name__", repr(h)) for h in handlers]
+    given = {"epochs": epochs, "handlers": named or None}
+    arguments = ", ".join(
+        [repr(str(run_dir)), *(f"{key}={value!r}" for key, value in given.items() if value)]
+    )
+    with _as_keywords():
+        device = resolve_device(device)
+        config = read_config(run_dir)
+        if (config.get("processes") or 1) > 1:
+            raise FmtkError(f"{run_dir} trained in {config['processes']} processes: fmtk run --resume "
+                            f"{run_dir} goes on in as many")  # fmt: skip
+        check_epochs_ahead(run_dir, epochs)
+        recipe = recipe_from_config(config, epochs, recipe)
+        check_extension(run_dir, recipe, epochs)
+        finished = finished_message(run_dir, recipe)
+        if finished:
+            raise FmtkError(
+                finished.replace(
+                    f"fmtk run --resume {run_dir} --epochs N", f"fmtk.resume({str(run_dir)!r}, epochs=N)"
+                )
+            )
+        attachers = [resolve_handler(handler) for handler in handlers]
+        if not has_checkpoint(run_dir):  # killed in its first epoch
+            raise FmtkError(f"{run_dir}: no checkpoint yet: fmtk run --resume {run_dir} starts it again")
+        last = find_last_checkpoint(run_dir)
+    with _ignite_quiet():
+        with _as_keywords():
+            run = build_run(recipe, run_dir, device, data_root(data_dir, run_dir), None if quiet else print,
+                            resume_from=last, speed=speed, progress=False if quiet else progress,
+                            command=f"fmtk.resume({arguments})", handlers=attachers)  # fmt: skip
+        results = run.run()
+    if not quiet:
+        print(f"run folder: {run.run_dir}")
+    return Result(run.run_dir, list(run.history), results["test"], run.model, "best", results, run)
 
 
 @contextlib.contextmanager

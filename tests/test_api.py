@@ -248,6 +248,35 @@ def test_a_handler_s_error_reaches_the_caller_without_ignite_s_log_line(
     assert not [record for record in caplog.records if record.name.startswith("ignite")]
 
 
+def test_a_run_interrupted_in_python_resumes_from_python_to_an_uninterrupted_run_s_figures(
+    tmp_path: Path,
+) -> None:
+    def ctrl_c_in_epoch_3(run) -> None:
+        @run.trainer.on(Events.ITERATION_COMPLETED)
+        def press(engine) -> None:
+            if engine.state.epoch == 3 and engine.state.iteration % engine.state.epoch_length == 5:
+                raise KeyboardInterrupt
+
+    straight = toolkit.fit("digits_mlp", epochs=3, device="cpu", run_dir=tmp_path / "straight", quiet=True)
+    with pytest.raises(KeyboardInterrupt):  # a notebook's interrupted cell
+        toolkit.fit("digits_mlp", epochs=3, device="cpu", run_dir=tmp_path / "cut", quiet=True,
+                    handlers=ctrl_c_in_epoch_3)  # fmt: skip
+    resumed = toolkit.resume(tmp_path / "cut", quiet=True)
+    without_time = [[{k: v for k, v in row.items() if k != "epoch_seconds"} for row in result.history]
+                    for result in (straight, resumed)]  # fmt: skip
+    assert without_time[0] == without_time[1] and resumed.test == straight.test
+    assert resumed.run_dir == tmp_path / "cut" and len(resumed.history) == 3
+    starts = json.loads((tmp_path / "cut" / "config.json").read_text())["starts"]
+    assert [start["command"] for start in starts][1:] == [f"fmtk.resume({str(tmp_path / 'cut')!r})"]
+    with pytest.raises(toolkit.FmtkError, match=r"is finished \(3 of 3 epochs\); to go on: fmtk.resume\("):
+        toolkit.resume(tmp_path / "cut")
+    assert len(toolkit.resume(tmp_path / "cut", epochs=4, quiet=True).history) == 4
+    with pytest.raises(toolkit.FmtkError, match=r"^epochs=0: expected a whole number, 1 or more$"):
+        toolkit.resume(tmp_path / "cut", epochs=0)
+    with pytest.raises(toolkit.FmtkError, match=r"nowhere: no such run folder$"):
+        toolkit.resume(tmp_path / "nowhere")
+
+
 def test_resume_after_metrics_csv_was_lost_names_the_best_checkpoints_epoch(tmp_path: Path) -> None:
     """metrics.json's best_epoch is the best checkpoint's own, also when metrics.csv lost the rows."""
     run_dir = tmp_path / "run"

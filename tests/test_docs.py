@@ -108,8 +108,9 @@ def test_from_python_example(tmp_path: Path) -> None:
     result = python_script(tmp_path / "train.py", tmp_path)
     assert result.returncode == 0, result.stderr
     [run_dir] = (tmp_path / "runs" / "digits_mlp").iterdir()
-    assert json.loads((run_dir / "config.json").read_text())["changed"] == {"epochs": 5, "lr": 0.05}
+    assert json.loads((run_dir / "config.json").read_text())["changed"] == {"epochs": 8, "lr": 0.05}
     assert "precision" in result.stdout and "confusion matrix" in result.stdout
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 8  # resumed on to 8
 
 
 def test_python_docs_examples(tmp_path: Path) -> None:
