@@ -492,3 +492,11 @@ def test_a_log_axis_is_ticked_at_powers_of_ten_else_at_1_2_5_times_them() -> Non
     assert _log_ticks(1.3e-4, 6e-3) == [0.0005, 0.001, 0.005]
     assert _log_ticks(1e-7, 10) == [1e-7, 1e-5, 1e-3, 0.1, 10]  # at most five
     assert _log_ticks(0.31, 0.39) == [0.31, 0.39]  # no round value between: the ends
+
+
+def test_a_class_s_share_rounds_as_evaluate_does_but_never_to_a_whole_or_no_share() -> None:
+    from fmtk.pictures import _share
+
+    assert [_share(11, 12), _share(966, 980), _share(99_997, 100_000), _share(1, 10_000), _share(5, 5)] == [
+        "91.7%", "98.6%", "99.9%", "0.1%", "100.0%"
+    ]  # fmt: skip
