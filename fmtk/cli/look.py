@@ -85,7 +85,8 @@ def show(
     recipe = recipe_with_settings(recipe_name, settings, preset)
     if augmented and split != "train":
         raise FmtkError(f"--augmented shows the training split; --split {split} is never augmented")
-    out = out or Path(f"{recipe.name}_{split}_{'augmented' if augmented else 'samples'}.png")
+    named = f"{recipe.name}_{preset}" if preset else recipe.name  # (a preset's own file)
+    out = out or Path(f"{named}_{split}_{'augmented' if augmented else 'samples'}.png")
     if out.exists():
         raise FmtkError(f"{out} exists; choose another --out (nothing was overwritten)")
     check_output_place("--out", out, ".png")  # before the data is loaded
@@ -95,9 +96,11 @@ def show(
         raise FmtkError(f"fmtk show needs in-memory TensorBatches splits; {recipe.name} has other ones")
     mixer = training_mix(recipe, data, torch.device("cpu"))
     if augmented and not (data.train.augmentation.active or mixer is not None):
+        augmenting = [name for name, values in recipe.presets.items() if _augments(values.values)]
+        presets = f", or give --preset {' / '.join(augmenting)}" if augmenting and not preset else ""
         raise FmtkError(
-            f"--augmented: {recipe.name} augments nothing; "
-            "set augment_*, mixup_alpha, cutmix_alpha or a --preset"
+            f"--augmented: {recipe.name}{f' --preset {preset}' if preset else ''} augments nothing; "
+            f"set augment_*, mixup_alpha or cutmix_alpha{presets}"
         )
     for name in ("train", "valid", "test"):
         counts = torch.bincount(getattr(data, name).labels, minlength=len(data.classes)).tolist()
@@ -119,6 +122,14 @@ def show(
     )
     shown = f" (all {len(chosen)} samples of the {split} split{f', not {count}' if asked else ''})"
     click.echo(f"wrote {out}{shown if len(chosen) < count else ''}")
+
+
+AUGMENTING = ("augment_flip", "augment_crop", "augment_shift", "augment_erase", "mixup_alpha", "cutmix_alpha")
+
+
+def _augments(values: dict[str, object]) -> bool:
+    """Whether a preset's values turn any augmentation on."""
+    return any(values.get(key) for key in AUGMENTING)
 
 
 def mixed_title(target: torch.Tensor, classes: Sequence[str]) -> str:

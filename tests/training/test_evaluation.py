@@ -221,7 +221,9 @@ def test_the_text_confusion_matrix_names_its_columns_as_the_terminal_allows(
     assert apart[0] == ["cat", "dog", "longe"] and apart[3] == ["longername", "2", "0", "7"]
 
 
-def test_show_augmented_draws_the_samples_as_training_sees_them(real_data: Path, tmp_path: Path) -> None:
+def test_show_augmented_draws_the_samples_as_training_sees_them(
+    real_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from click.testing import CliRunner
 
     from fmtk.cli import cli
@@ -239,7 +241,19 @@ def test_show_augmented_draws_the_samples_as_training_sees_them(real_data: Path,
     refused = show("fmnist_cnn", "--augmented", "--split", "valid", "--out", str(tmp_path / "v.png"))
     assert refused.exit_code == 1 and "--split valid is never augmented" in refused.output
     refused = show("mnist_dnn", "--augmented", "--out", str(tmp_path / "m.png"))
-    assert refused.exit_code == 1 and "mnist_dnn augments nothing" in refused.output
+    assert (
+        refused.exit_code == 1
+        and "mnist_dnn augments nothing; set augment_*, mixup_alpha or cutmix_alpha, or give --preset fast"
+        in refused.output
+    )  # the preset that does
+    monkeypatch.chdir(tmp_path)  # a preset's picture has a name of its own, beside the recipe's
+    assert show("mnist_dnn", "--augmented", "--preset", "fast").exit_code == 0
+    assert (tmp_path / "mnist_dnn_fast_train_augmented.png").is_file()
+    refused = show("fmnist_dnn", "--preset", "best", "--augmented", "--out", str(tmp_path / "m.png"))
+    assert (
+        "fmnist_dnn --preset best augments nothing; set augment_*, mixup_alpha or cutmix_alpha\n"
+        in refused.output
+    )
     assert not (tmp_path / "v.png").exists() and not (tmp_path / "m.png").exists()
     # Mixup alone is augmentation too: the samples shown are mixed among themselves.
     digits, mixed = tmp_path / "digits.png", tmp_path / "mixed.png"
