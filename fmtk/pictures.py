@@ -393,6 +393,7 @@ def lines_picture(
     colours: dict[str, tuple[int, int, int]] | None = None,
     x_end: float | None = None,
     legend: bool = True,
+    x_start: float = 0.0,
 ) -> Image.Image:
     """Named lines ``{name: (xs, ys)}`` on linear axes, a dot at each point (a y that is not finite,
     a diverged loss, is a gap in its line), a legend, and a grey horizontal line at ``reference``
@@ -403,9 +404,9 @@ def lines_picture(
     ``legend_at_top`` (falling curves); under the plot when every corner is taken. Values outside
     ``y_limits`` (low, high) are drawn at its edge as hollow triangles pointing out, named
     ``clipped_name`` in the legend, so that one outlier does not flatten the rest. A line's colour is
-    its place's among :data:`LINE_COLOURS`, or its name's in ``colours``. The x axis runs from 0 to
-    the largest x, or to ``x_end`` when given, with a margin of 4% on each side (as matplotlib's):
-    a point at either end is drawn whole, inside the frame.
+    its place's among :data:`LINE_COLOURS`, or its name's in ``colours``. The x axis runs from
+    ``x_start`` (0; epochs: 1) to the largest x, or to ``x_end`` when given, with a margin of 4% on
+    each side (as matplotlib's): a point at either end is drawn whole, inside the frame.
     ``legend=False``: none (another panel has it)."""
     width, height, left, right, top, bottom = 720, 440, 60, 20, HEADING_HEIGHT + 24, 40
     picture = Image.new("RGB", (width, height), "white")
@@ -422,15 +423,18 @@ def lines_picture(
     ys = [float(y) for _, line_ys in lines.values() for y in line_ys if math.isfinite(y)] or [0.0]
     if reference is not None:
         ys.append(reference[0])
-    end = max(max(xs) if x_end is None else x_end, 1e-9)
-    x_low, x_high = -X_MARGIN * end, (1 + X_MARGIN) * end
+    end = max(max(xs) if x_end is None else x_end, x_start + 1e-9)
+    span = end - x_start if end - x_start >= 1e-6 else 1.0  # one epoch: the point in the middle
+    x_low, x_high = x_start - X_MARGIN * span, end + X_MARGIN * span
+    if end - x_start < 1e-6:
+        x_low, x_high = x_start - 0.5, x_start + 0.5
     margin = 0.05 * (max(ys) - min(ys) or abs(max(ys)) or 1.0)  # a flat line: about its value
     y_low, y_high = min(ys) - margin, max(ys) + margin
 
     at = _plot_mapping((left, top, width - right, height - bottom), (x_low, x_high), (y_low, y_high))
     draw.rectangle([left, top, width - right, height - bottom], outline=GRID_LINE)
     whole = all(float(x).is_integer() for x in xs)  # e.g. trial numbers: no tick between two
-    _draw_x_ticks(draw, at, (0.0, end), (top, height - bottom), whole, font)
+    _draw_x_ticks(draw, at, (x_start, end), (top, height - bottom), whole, font)
     for tick, label in round_ticks(y_low, y_high):
         _, y = at(x_low, tick)
         draw.line([(left, y), (width - right, y)], fill=GRID_LINE)
@@ -649,7 +653,7 @@ def curves_picture(history: Sequence[dict[str, float]], best_epoch: int | None, 
             marked: ([row["epoch"] for row in best], [row["valid_loss"] for row in best]),
         },
         title, "epoch", "loss (train: the epoch's mean, as it trained; valid: after it)",
-        dots=(marked,), legend_at_top=True, colours=colours, x_end=max(epochs, default=None),
+        dots=(marked,), legend_at_top=True, colours=colours, x_end=max(epochs, default=None), x_start=1,
     )  # fmt: skip
     accuracy = lines_picture(
         {
@@ -657,6 +661,7 @@ def curves_picture(history: Sequence[dict[str, float]], best_epoch: int | None, 
             marked: ([row["epoch"] for row in best], [100 * row["valid_accuracy"] for row in best]),
         },
         "", "epoch", "valid accuracy (%)", dots=(marked,), colours=colours, x_end=max(epochs, default=None),
+        x_start=1,
     )  # fmt: skip
     return sheet_of(loss, [accuracy], columns=1)
 
@@ -685,9 +690,9 @@ def runs_curves_picture(histories: dict[str, Sequence[dict[str, float]]], title:
         limits = (min(values), 10 * min(highest))
     clipped = "above 10 times the lowest run's peak (at the edge)"
     loss = lines_picture(losses, title, "epoch", "valid loss", legend_at_top=True, x_end=last,
-                         y_limits=limits, clipped_name=clipped)  # fmt: skip
+                         y_limits=limits, clipped_name=clipped, x_start=1)  # fmt: skip
     accuracy = lines_picture(lines("valid_accuracy", 100), "", "epoch", "valid accuracy (%)", x_end=last,
-                             legend=False)  # fmt: skip
+                             legend=False, x_start=1)  # fmt: skip
     return sheet_of(loss, [accuracy], columns=1)
 
 

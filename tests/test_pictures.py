@@ -379,7 +379,7 @@ def test_an_epoch_that_is_not_finite_is_a_gap_in_its_line(gap: float, several: b
     else:
         picture, colour = curves_picture(history, None, "t"), LINE_COLOURS[1]
     line = (np.asarray(picture)[HEADING_HEIGHT + 24 : 400] == colour).all(axis=2)  # the loss plot
-    at = [round(60 + (epoch / 5 + X_MARGIN) / (1 + 2 * X_MARGIN) * (720 - 80)) for epoch in range(6)]
+    at = [round(60 + ((epoch - 1) / 4 + X_MARGIN) / (1 + 2 * X_MARGIN) * (720 - 80)) for epoch in range(6)]
     assert line[:, at[2] + 8 : at[4] - 8].sum() == 0  # nothing between epochs 2 and 4
     for epoch in (1, 2, 4, 5):  # each finite point, and the lines 1–2 and 4–5
         assert line[:, at[epoch] - 2 : at[epoch] + 3].any()

@@ -423,7 +423,8 @@ def test_curves_draw_each_run_of_the_table_in_its_colour_at_its_values(tmp_path:
     def colour_at(epoch: int, accuracy: float) -> tuple[int, ...]:
         top, bottom, low, high = 440 + 48, 440 + 400, 48.0, 92.0  # 50 % … 90 %, and a 5 % margin
         row = top + (high - 100 * accuracy) / (high - low) * (bottom - top)
-        return tuple(pixels[round(row), round(60 + (epoch / 3 + X_MARGIN) / (1 + 2 * X_MARGIN) * 640)])
+        # epochs 1 … 3 across the plot (an axis of epochs starts at 1)
+        return tuple(pixels[round(row), round(60 + ((epoch - 1) / 2 + X_MARGIN) / (1 + 2 * X_MARGIN) * 640)])
 
     for epoch, accuracy in enumerate([0.5, 0.7, 0.9], start=1):
         assert colour_at(epoch, accuracy) == LINE_COLOURS[0]
