@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,9 +77,11 @@ def show(
     import torch
 
     from fmtk.data.batches import TensorBatches
-    from fmtk.data.images import photo_bars
+    from fmtk.data.copies import conflicts_line, copies_line
+    from fmtk.data.images import others_line, photo_bars
     from fmtk.pictures import save_new_picture, titled_grid
     from fmtk.recipe_loading import data_root
+    from fmtk.training.build import skipped_line
     from fmtk.training.handlers import progress_by_default
     from fmtk.training.parts import load_data, training_mix
 
@@ -102,6 +105,11 @@ def show(
             f"--augmented: {recipe.name}{f' --preset {preset}' if preset else ''} augments nothing; "
             f"set augment_*, mixup_alpha or cutmix_alpha{presets}"
         )
+    for line in (skipped_line(data.skipped), others_line(data.others), copies_line(data.near_copies),
+                 conflicts_line(data.conflicts)):  # what a run of it says of its files  # fmt: skip
+        if line is not None:  # less where a run's config.json keeps the list: show writes no run
+            line = re.sub(r" \(config\.json lists [^)]*\)", "", line)
+            click.echo(re.sub(r"; (in )?config\.json(: \w+)?\)", ")", line))
     for name in ("train", "valid", "test"):
         counts = torch.bincount(getattr(data, name).labels, minlength=len(data.classes)).tolist()
         click.echo(f"{name:<6}" + "  ".join(f"{c}: {n}" for c, n in zip(data.classes, counts, strict=True)))

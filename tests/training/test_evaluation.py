@@ -126,8 +126,10 @@ def test_show_says_when_a_split_has_fewer_samples_than_asked(tmp_path: Path) -> 
     with Image.open(out) as picture:
         assert picture.size[1] > 40 * 100  # 45 rows of 8
     photos = make_photos(tmp_path / "photos", {"ants": 10, "bees": 10})  # fewer than -n's default, 32
+    (photos / "ants" / "notes.txt").write_text("not a photo")  # said as a run says it
     out = tmp_path / "photos.png"
     result = fmtk("show", "images", "--data-dir", str(photos), "--set", "image_size=16", "--out", str(out))
+    assert result.stdout.startswith("files left out, of kinds fmtk does not read: 1 .txt (it reads .jpg")
     assert result.stdout.splitlines()[-1] == f"wrote {out} (all 12 samples of the train split)", result.stderr
 
 
