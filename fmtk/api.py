@@ -106,10 +106,9 @@ def fit(
         result = fmtk.fit("digits_mlp", epochs=3, device="cpu")
         result.test["best"]["accuracy"]
     """
-    handlers = _one_or_more(handlers, "handlers", (str,), "functions of the run or 'module:function' names")
+    handlers, named = _handlers(handlers)
     given = {"preset": preset} if preset is not None else {}
     shown = f"Recipe(name={recipe.name!r}, ...)" if isinstance(recipe, Recipe) else repr(str(recipe))
-    named = [h if isinstance(h, str) else getattr(h, "__name__", repr(h)) for h in handlers]
     more = {**given, **overrides, **({"handlers": named} if handlers else {})}
     arguments = ", ".join([shown, *(f"{k}={v!r}" for k, v in more.items())])
     _check_paths(data_dir=data_dir, output_dir=output_dir, run_dir=run_dir)
@@ -165,7 +164,7 @@ def resume(
     Returns:
         A :class:`Result`, as :func:`fit` gives it, of the whole run.
     """
-    handlers = _one_or_more(handlers, "handlers", (str,), "functions of the run or 'module:function' names")
+    handlers, named = _handlers(handlers)
     _check_paths(run_dir=run_dir, data_dir=data_dir)
     _check_flags(quiet=quiet, progress=progress)
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
@@ -173,7 +172,6 @@ def resume(
     if speed is not None and not isinstance(speed, SpeedOptions):
         raise FmtkError(f"speed={speed!r}: expected a fmtk.SpeedOptions, e.g. SpeedOptions(precision='bf16')")
     run_dir = Path(run_dir)
-    named = [h if isinstance(h, str) else getattr(h, "__name__", repr(h)) for h in handlers]
     given = {"epochs": epochs, "handlers": named or None}
     arguments = ", ".join(
         [repr(str(run_dir)), *(f"{key}={value!r}" for key, value in given.items() if value)]
@@ -223,6 +221,12 @@ def _as_keywords() -> Iterator[None]:
             text = re.sub(rf"{option} (\S+?)(:|,|;|\)|\s|$)", rf"{keyword}=\1\2", text)
         error.args = (text,)
         raise
+
+
+def _handlers(given: Any) -> tuple[list[Any], list[str]]:
+    """The handlers given (one, or a list) and their names for the recorded command."""
+    handlers = _one_or_more(given, "handlers", (str,), "functions of the run or 'module:function' names")
+    return handlers, [h if isinstance(h, str) else getattr(h, "__name__", repr(h)) for h in handlers]
 
 
 def _one_or_more(given: Any, name: str, single: tuple[type, ...], what: str) -> list[Any]:

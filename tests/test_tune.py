@@ -204,33 +204,23 @@ def test_from_python_a_study_returns_the_best_values_and_goes_on_with_more_trial
     assert more.trials[:2] == result.trials  # not run again
 
 
-def test_no_trial_is_pruned_in_its_warm_up_epochs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("epochs", [4, 3], ids=["judged-at-epoch-3-of-4", "judged-at-its-last-epoch"])
+def test_no_trial_is_pruned_in_its_warm_up_epochs_nor_at_its_last(tmp_path: Path, epochs: int) -> None:
     import fmtk as toolkit
 
-    # The hopeless lr that the search above prunes after epoch 1 is judged after epoch 3 here.
+    # The hopeless lr that the search above prunes after epoch 1 is judged after epoch 3 here; of 3
+    # epochs, it has trained them all: complete.
     result = toolkit.tune(
         "digits_mlp", trials=2, space={"lr": "loguniform:1e-4:0.5"}, tries=[{"lr": 0.05}, {"lr": 0.0001}],
-        prune_after=1, prune_warmup=2, epochs=4, output_dir=tmp_path, device="cpu", quiet=True,
+        prune_after=1, prune_warmup=2, epochs=epochs, output_dir=tmp_path, device="cpu", quiet=True,
     )  # fmt: skip
-    assert [row["state"] for row in result.trials] == ["complete", "pruned"]
+    last = epochs == 3
+    assert [row["state"] for row in result.trials] == ["complete", "complete" if last else "pruned"]
     metrics = json.loads((result.study_dir / "trial_001" / "metrics.json").read_text())
-    assert metrics["stopped_by"] == "pruned" and metrics["epochs_run"] == 3
+    assert metrics["stopped_by"] == (None if last else "pruned") and metrics["epochs_run"] == 3
     assert json.loads((result.study_dir / "study.json").read_text())["pruning"]["warmup"] == 2
     with pytest.raises(toolkit.FmtkError, match=r"^prune_warmup=-1: expected a whole number, 0 or more$"):
         toolkit.tune("digits_mlp", trials=1, space={"lr": "loguniform:1e-4:0.5"}, prune_warmup=-1)
-
-
-def test_a_trial_judged_at_its_last_epoch_has_finished_not_been_pruned(tmp_path: Path) -> None:
-    import fmtk as toolkit
-
-    # The hopeless lr, first judged after epoch 3 of 3: it trained every epoch, so it is complete.
-    result = toolkit.tune(
-        "digits_mlp", trials=2, space={"lr": "loguniform:1e-4:0.5"}, tries=[{"lr": 0.05}, {"lr": 0.0001}],
-        prune_after=1, prune_warmup=2, epochs=3, output_dir=tmp_path, device="cpu", quiet=True,
-    )  # fmt: skip
-    assert [row["state"] for row in result.trials] == ["complete", "complete"]
-    metrics = json.loads((result.study_dir / "trial_001" / "metrics.json").read_text())
-    assert metrics["stopped_by"] is None and metrics["epochs_run"] == 3
 
 
 @pytest.mark.slow
