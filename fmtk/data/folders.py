@@ -30,6 +30,7 @@ from fmtk.data.images import (
     checked_files,
     decoded,
     find_split_folder,
+    kinds_of,
     list_image_folder,
     loader_splits,
     sample_labels,
@@ -192,6 +193,8 @@ def load_photo_folder(
                              drop_near_copies=drop_near_copies)  # fmt: skip
     except BadImages as bad:
         hint = SKIP_HINT if skip_bad_images is False else ""
+        if found.others:  # said now too: the next try would say it only once these are fixed
+            hint += f"; besides, files of kinds fmtk does not read are left out: {kinds_of(found.others)}"
         raise bad_images_error(bad, folder_name(root), hint) from None
 
 

@@ -118,10 +118,14 @@ def others_line(others: Sequence[str]) -> str | None:
     folder of phone photos saved as HEIC would otherwise train on its JPEGs alone, unsaid."""
     if not others:
         return None
+    read, kinds = " ".join(photo_extensions()), kinds_of(others)
+    return f"files left out, of kinds fmtk does not read: {kinds} (it reads {read}){heif_hint(others)}"
+
+
+def kinds_of(others: Sequence[str]) -> str:
+    """The files counted by kind, most first: ``2 .gif, 1 .txt``."""
     kinds = Counter(Path(path).suffix.lower() or "without an extension" for path in others)
-    counted = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
-    read = " ".join(photo_extensions())
-    return f"files left out, of kinds fmtk does not read: {counted} (it reads {read}){heif_hint(others)}"
+    return ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
 
 
 def heif_hint(others: Sequence[str]) -> str:
