@@ -116,18 +116,12 @@ def fit(
     with _as_keywords():
         recipe, device = resolve_recipe(recipe, preset, overrides), resolve_device(device)
         attachers = [resolve_handler(handler) for handler in handlers]
-    if speed is not None and not isinstance(speed, SpeedOptions):
-        raise FmtkError(f"speed={speed!r}: expected a fmtk.SpeedOptions, e.g. SpeedOptions(precision='bf16')")
-    with _ignite_quiet():
-        with _as_keywords():
-            run = build_run(recipe, run_dir, device, data_dir, None if quiet else print, speed=speed,
-                            output_dir=output_dir, progress=False if quiet else progress,
-                            command=f"fmtk.fit({arguments})", handlers=attachers)  # fmt: skip
-        results = run.run()
-    folder = run.run_dir
-    if not quiet:
-        print(f"run folder: {folder}")
-    return Result(folder, list(run.history), results["test"], run.model, "best", results, run)
+    _check_speed(speed)
+    with _as_keywords():
+        run = build_run(recipe, run_dir, device, data_dir, None if quiet else print, speed=speed,
+                        output_dir=output_dir, progress=False if quiet else progress,
+                        command=f"fmtk.fit({arguments})", handlers=attachers)  # fmt: skip
+    return _result(run, quiet)
 
 
 # The command line's options that the shared checks name, as this API's keywords.
@@ -169,8 +163,7 @@ def resume(
     _check_flags(quiet=quiet, progress=progress)
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
         raise FmtkError(f"epochs={epochs!r}: expected a whole number, 1 or more")
-    if speed is not None and not isinstance(speed, SpeedOptions):
-        raise FmtkError(f"speed={speed!r}: expected a fmtk.SpeedOptions, e.g. SpeedOptions(precision='bf16')")
+    _check_speed(speed)
     run_dir = Path(run_dir)
     given = {"epochs": epochs, "handlers": named or None}
     arguments = ", ".join(
@@ -196,15 +189,11 @@ def resume(
         if not has_checkpoint(run_dir):  # killed in its first epoch
             raise FmtkError(f"{run_dir}: no checkpoint yet: fmtk run --resume {run_dir} starts it again")
         last = find_last_checkpoint(run_dir)
-    with _ignite_quiet():
-        with _as_keywords():
-            run = build_run(recipe, run_dir, device, data_root(data_dir, run_dir), None if quiet else print,
-                            resume_from=last, speed=speed, progress=False if quiet else progress,
-                            command=f"fmtk.resume({arguments})", handlers=attachers)  # fmt: skip
-        results = run.run()
-    if not quiet:
-        print(f"run folder: {run.run_dir}")
-    return Result(run.run_dir, list(run.history), results["test"], run.model, "best", results, run)
+    with _as_keywords():
+        run = build_run(recipe, run_dir, device, data_root(data_dir, run_dir), None if quiet else print,
+                        resume_from=last, speed=speed, progress=False if quiet else progress,
+                        command=f"fmtk.resume({arguments})", handlers=attachers)  # fmt: skip
+    return _result(run, quiet)
 
 
 @contextlib.contextmanager
@@ -221,6 +210,21 @@ def _as_keywords() -> Iterator[None]:
             text = re.sub(rf"{option} (\S+?)(:|,|;|\)|\s|$)", rf"{keyword}=\1\2", text)
         error.args = (text,)
         raise
+
+
+def _result(run: Run, quiet: bool) -> Result:
+    """Train and test ``run`` (Ignite's own error line left out: the error reaches the caller) and
+    hand back what it gave, saying its folder unless ``quiet``."""
+    with _ignite_quiet():
+        results = run.run()
+    if not quiet:
+        print(f"run folder: {run.run_dir}")
+    return Result(run.run_dir, list(run.history), results["test"], run.model, "best", results, run)
+
+
+def _check_speed(speed: Any) -> None:
+    if speed is not None and not isinstance(speed, SpeedOptions):
+        raise FmtkError(f"speed={speed!r}: expected a fmtk.SpeedOptions, e.g. SpeedOptions(precision='bf16')")
 
 
 def _handlers(given: Any) -> tuple[list[Any], list[str]]:

@@ -423,11 +423,13 @@ def lines_picture(
     ys = [float(y) for _, line_ys in lines.values() for y in line_ys if math.isfinite(y)] or [0.0]
     if reference is not None:
         ys.append(reference[0])
-    end = max(max(xs) if x_end is None else x_end, x_start + 1e-9)
-    span = end - x_start if end - x_start >= 1e-6 else 1.0  # one epoch: the point in the middle
-    x_low, x_high = x_start - X_MARGIN * span, end + X_MARGIN * span
-    if end - x_start < 1e-6:
-        x_low, x_high = x_start - 0.5, x_start + 0.5
+    x_start = float(x_start)
+    end = max(float(max(xs) if x_end is None else x_end), x_start)
+    span = end - x_start
+    # one x (one epoch): in the middle
+    x_low, x_high = (
+        (x_start - X_MARGIN * span, end + X_MARGIN * span) if span > 1e-6 else (x_start - 0.5, x_start + 0.5)
+    )
     margin = 0.05 * (max(ys) - min(ys) or abs(max(ys)) or 1.0)  # a flat line: about its value
     y_low, y_high = min(ys) - margin, max(ys) + margin
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -105,11 +104,15 @@ def show(
             f"--augmented: {recipe.name}{f' --preset {preset}' if preset else ''} augments nothing; "
             f"set augment_*, mixup_alpha or cutmix_alpha{presets}"
         )
-    for line in (skipped_line(data.skipped), others_line(data.others), copies_line(data.near_copies),
-                 conflicts_line(data.conflicts)):  # what a run of it says of its files  # fmt: skip
-        if line is not None:  # less where a run's config.json keeps the list: show writes no run
-            line = re.sub(r" \(config\.json lists [^)]*\)", "", line)
-            click.echo(re.sub(r"; (in )?config\.json(: \w+)?\)", ")", line))
+    # What a run of it says of its files (show writes no run: no config.json lists them)
+    lines = (
+        skipped_line(data.skipped, recorded=False),
+        others_line(data.others),
+        copies_line(data.near_copies, recorded=False),
+        conflicts_line(data.conflicts, recorded=False),
+    )
+    for line in filter(None, lines):
+        click.echo(line)
     for name in ("train", "valid", "test"):
         counts = torch.bincount(getattr(data, name).labels, minlength=len(data.classes)).tolist()
         click.echo(f"{name:<6}" + "  ".join(f"{c}: {n}" for c, n in zip(data.classes, counts, strict=True)))

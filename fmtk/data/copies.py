@@ -181,9 +181,9 @@ def near_copies(
     return tuple(found)
 
 
-def copies_line(copies: Sequence[NearCopy]) -> str | None:
+def copies_line(copies: Sequence[NearCopy], recorded: bool = True) -> str | None:
     """A line counting the near copies by split, with the first, and whether they were left out
-    of their splits; or None."""
+    of their splits; or None. ``recorded``: a run's, which config.json lists them in."""
     if not copies:
         return None
     counts = Counter(copy.split for copy in copies)
@@ -199,10 +199,11 @@ def copies_line(copies: Sequence[NearCopy]) -> str | None:
     )
     if first.left_out:
         plural = "s" if len(counts) > 1 else ""
-        return said + f"left out of the {splits} split{plural} (drop_near_copies; config.json: near_copies)"
+        listed = "; config.json: near_copies" if recorded else ""
+        return said + f"left out of the {splits} split{plural} (drop_near_copies{listed})"
     return said + (
         f"the {splits} figures flatter the model; remove one of each pair, or leave them out with "
-        "drop_near_copies=true (config.json lists them all: near_copies)"
+        "drop_near_copies=true" + (" (config.json lists them all: near_copies)" if recorded else "")
     )
 
 
@@ -222,15 +223,17 @@ def label_conflicts(prints: Fingerprints, names: Sequence[str], labels: np.ndarr
     return tuple(LabelConflict(names[i], classes[labels[i]], names[j], classes[labels[j]]) for i, j in pairs)
 
 
-def conflicts_line(conflicts: Sequence[LabelConflict]) -> str | None:
-    """A line counting the pairs of photos in two classes' folders, with the first; or None."""
+def conflicts_line(conflicts: Sequence[LabelConflict], recorded: bool = True) -> str | None:
+    """A line counting the pairs of photos in two classes' folders, with the first; or None.
+    ``recorded``: a run's, which config.json lists them in."""
     if not conflicts:
         return None
     first, one = conflicts[0], len(conflicts) == 1
     pair = f"{first.photo} ({first.label}) ~ {first.copy_of} ({first.copy_label})"
     counted = pair if one else f"{len(conflicts)} pairs, e.g. {pair}"
     each = "the two" if one else "each pair"
+    listed = f" (config.json lists {'it' if one else 'them all'}: label_conflicts)" if recorded else ""
     return (
         f"the same photo in two classes: {counted}: one of {each} is labelled wrong; move it to its "
-        f"class or remove it (config.json lists {'it' if one else 'them all'}: label_conflicts)"
+        f"class or remove it{listed}"
     )

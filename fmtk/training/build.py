@@ -245,14 +245,17 @@ def threads_line(threads: int) -> str | None:
     return line
 
 
-def skipped_line(skipped: tuple[str, ...]) -> str | None:
-    """A line naming the data files the run trains without (``skip_bad_images``), or None."""
+def skipped_line(skipped: tuple[str, ...], recorded: bool = True) -> str | None:
+    """A line naming the data files the run trains without (``skip_bad_images``), or None;
+    ``recorded``: a run's, which config.json lists them in."""
     if not skipped:
         return None
     named, left = first_few(skipped)
-    shown = ", ".join(named) + (f" and {left} more" if left else "")
+    shown = (
+        ", ".join(named) + (f" and {left} more" if left else "") + ("; in config.json" if recorded else "")
+    )
     files = "file" if len(skipped) == 1 else "files"
-    return f"skip_bad_images: training without {len(skipped)} undecodable {files} ({shown}; in config.json)"
+    return f"skip_bad_images: training without {len(skipped)} undecodable {files} ({shown})"
 
 
 def create_engines(parts: Parts) -> Engines:
