@@ -314,12 +314,18 @@ COLUMNS = [
 ]
 _STARTED = Column("started", str, False, lambda row: row["started"], True)  # not shown: the run tells
 SORT_KEYS = [column.header for column in COLUMNS] + [_STARTED.header]
+# --json's names of the sorted values, taken by --sort too: a script reads those.
+JSON_SORT_KEYS = {
+    "best_valid_accuracy": "best_valid_acc", "test_accuracy_best": "test_acc_best",
+    "test_accuracy_last": "test_acc_last", "epochs_done": "epochs",
+}  # fmt: skip
 
 
 def sort_runs(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     """``rows`` sorted by one of :data:`SORT_KEYS`: accuracies, epochs and seconds largest first,
     names alphabetically, ``started`` newest first, ``state`` running first; runs without the value
-    last."""
+    last. ``--json``'s names of the values are taken too (:data:`JSON_SORT_KEYS`)."""
+    key = JSON_SORT_KEYS.get(key, key)
     column = next((column for column in [*COLUMNS, _STARTED] if column.header == key), None)
     if column is None:
         raise FmtkError(f"unknown sort key '{key}'; valid keys: {', '.join(SORT_KEYS)}")

@@ -24,7 +24,15 @@ from fmtk.errors import FmtkError
 from fmtk.pictures import LINE_COLOURS, X_MARGIN
 from fmtk.runfolder import CONFIG, METRICS_CSV, METRICS_JSON, append_epoch_row, write_json
 from fmtk.runlock import is_running, lock_run
-from fmtk.runs import SORT_KEYS, format_changed, format_runs_table, list_runs, sort_runs
+from fmtk.runs import (
+    JSON_SORT_KEYS,
+    SORT_KEYS,
+    format_changed,
+    format_runs_table,
+    list_runs,
+    runs_as_json,
+    sort_runs,
+)
 
 needs_flock = pytest.mark.skipif(sys.platform == "win32", reason="no fcntl.flock on Windows")
 UNSET = object()  # a config.json key left out, as in runs from older fmtk versions
@@ -256,6 +264,13 @@ def sort_fixture(root: Path) -> list[dict[str, Any]]:
 )  # fmt: skip
 def test_sort(tmp_path: Path, key: str, order: list[str]) -> None:
     assert [row["run"] for row in sort_runs(sort_fixture(tmp_path), key)] == order
+
+
+def test_sort_takes_the_json_s_names_of_the_values_too(tmp_path: Path) -> None:
+    rows = sort_fixture(tmp_path)
+    for json_key, header in JSON_SORT_KEYS.items():
+        assert json_key in json.loads(runs_as_json(rows))[0]
+        assert sort_runs(rows, json_key) == sort_runs(rows, header)
 
 
 def test_started_is_config_json_s_time_else_the_time_fmtk_named_the_folder_with(tmp_path: Path) -> None:
