@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from fmtk.errors import FmtkError
+from fmtk.errors import FmtkError, keyword_errors
 from fmtk.version import __version__
 
 _LAZY = {
@@ -33,6 +33,10 @@ _LAZY = {
     "CheckResult": "fmtk.regression.running",
 }  # fmt: skip
 
+# The functions that commands call too (fmtk tune, check, export): from Python, their errors name
+# keywords.
+_COMMANDS = {"tune", "check", "export"}
+
 __all__ = [
     "Check", "CheckResult", "DataSplits", "Evaluation", "Export", "FmtkError", "FolderEvaluation",
     "ImageInput", "Preset", "Recipe", "Result", "Run", "SpeedOptions", "StepEvents", "StudyResult",
@@ -45,5 +49,7 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'fmtk' has no attribute {name!r}")
     value = getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _COMMANDS:  # errors name their keywords, not the command's options
+        value = keyword_errors(value)
     globals()[name] = value  # once
     return value

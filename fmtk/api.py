@@ -10,8 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,8 @@ from PIL import Image
 from torch import nn
 
 from fmtk.device import resolve_device
-from fmtk.errors import FmtkError
-from fmtk.launcher import resolve_handler
+from fmtk.errors import FmtkError, as_keywords
+from fmtk.launcher import given_handlers, resolve_handler
 from fmtk.prediction import answer_images
 from fmtk.recipe import Recipe
 from fmtk.recipe_loading import data_root, recipe_from_config, resolve_recipe
@@ -38,6 +37,7 @@ from fmtk.training.evaluation import (
 )
 from fmtk.training.run import Run
 from fmtk.training.start import check_epochs_ahead, check_extension, finished_message
+from fmtk.values import one_or_more
 
 
 @dataclass
@@ -106,28 +106,22 @@ def fit(
         result = fmtk.fit("digits_mlp", epochs=3, device="cpu")
         result.test["best"]["accuracy"]
     """
-    handlers, named = _handlers(handlers)
+    handlers, named = given_handlers(handlers)
     given = {"preset": preset} if preset is not None else {}
     shown = f"Recipe(name={recipe.name!r}, ...)" if isinstance(recipe, Recipe) else repr(str(recipe))
     more = {**given, **overrides, **({"handlers": named} if handlers else {})}
     arguments = ", ".join([shown, *(f"{k}={v!r}" for k, v in more.items())])
     _check_paths(data_dir=data_dir, output_dir=output_dir, run_dir=run_dir)
     _check_flags(quiet=quiet, progress=progress)
-    with _as_keywords():
+    with as_keywords():
         recipe, device = resolve_recipe(recipe, preset, overrides), resolve_device(device)
         attachers = [resolve_handler(handler) for handler in handlers]
     _check_speed(speed)
-    with _as_keywords():
+    with as_keywords():
         run = build_run(recipe, run_dir, device, data_dir, None if quiet else print, speed=speed,
                         output_dir=output_dir, progress=False if quiet else progress,
                         command=f"fmtk.fit({arguments})", handlers=attachers)  # fmt: skip
     return _result(run, quiet)
-
-
-# The command line's options that the shared checks name, as this API's keywords.
-_KEYWORDS = {option: option[2:].replace("-", "_") for option in (
-    "--device", "--run-dir", "--output-dir", "--data-dir", "--checkpoint", "--split", "--folder", "--top",
-)}  # fmt: skip
 
 
 def resume(
@@ -158,7 +152,7 @@ def resume(
     Returns:
         A :class:`Result`, as :func:`fit` gives it, of the whole run.
     """
-    handlers, named = _handlers(handlers)
+    handlers, named = given_handlers(handlers)
     _check_paths(run_dir=run_dir, data_dir=data_dir)
     _check_flags(quiet=quiet, progress=progress)
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
@@ -169,7 +163,7 @@ def resume(
     arguments = ", ".join(
         [repr(str(run_dir)), *(f"{key}={value!r}" for key, value in given.items() if value)]
     )
-    with _as_keywords():
+    with as_keywords():
         device = resolve_device(device)
         config = read_config(run_dir)
         if (config.get("processes") or 1) > 1:
@@ -189,27 +183,11 @@ def resume(
         if not has_checkpoint(run_dir):  # killed in its first epoch
             raise FmtkError(f"{run_dir}: no checkpoint yet: fmtk run --resume {run_dir} starts it again")
         last = find_last_checkpoint(run_dir)
-    with _as_keywords():
+    with as_keywords():
         run = build_run(recipe, run_dir, device, data_root(data_dir, run_dir), None if quiet else print,
                         resume_from=last, speed=speed, progress=False if quiet else progress,
                         command=f"fmtk.resume({arguments})", handlers=attachers)  # fmt: skip
     return _result(run, quiet)
-
-
-@contextlib.contextmanager
-def _as_keywords() -> Iterator[None]:
-    """A value given as a keyword is named as one in its error (``lr=abc``, ``device=cdu``,
-    ``run_dir=runs/x``, ``handler mod:f``), not as the command line's ``--set lr=abc``, ``--device
-    cdu``, ``--run-dir runs/x`` or ``--handler mod:f`` that the shared checks say. The error keeps
-    its type (and exit code)."""
-    try:
-        yield
-    except FmtkError as error:
-        text = re.sub(r"--set (\S+?=)", r"\1", str(error)).replace("--handler ", "handler ")
-        for option, keyword in _KEYWORDS.items():
-            text = re.sub(rf"{option} (\S+?)(:|,|;|\)|\s|$)", rf"{keyword}=\1\2", text)
-        error.args = (text,)
-        raise
 
 
 def _result(run: Run, quiet: bool) -> Result:
@@ -225,22 +203,6 @@ def _result(run: Run, quiet: bool) -> Result:
 def _check_speed(speed: Any) -> None:
     if speed is not None and not isinstance(speed, SpeedOptions):
         raise FmtkError(f"speed={speed!r}: expected a fmtk.SpeedOptions, e.g. SpeedOptions(precision='bf16')")
-
-
-def _handlers(given: Any) -> tuple[list[Any], list[str]]:
-    """The handlers given (one, or a list) and their names for the recorded command."""
-    handlers = _one_or_more(given, "handlers", (str,), "functions of the run or 'module:function' names")
-    return handlers, [h if isinstance(h, str) else getattr(h, "__name__", repr(h)) for h in handlers]
-
-
-def _one_or_more(given: Any, name: str, single: tuple[type, ...], what: str) -> list[Any]:
-    """``given`` as a list: one value (a string, a path, a function…) is a list of one, not a
-    sequence of letters."""
-    if isinstance(given, single) or callable(given):
-        return [given]
-    if not isinstance(given, Iterable):
-        raise FmtkError(f"{name}={given!r}: expected {what}, one or a list")
-    return list(given)
 
 
 def _check_paths(**paths: Any) -> None:
@@ -304,17 +266,17 @@ def evaluate(
     _check_paths(run_dir=run_dir, data_dir=data_dir, folder=folder)
     if split not in ("test", "valid"):
         raise FmtkError(f"split={split!r}: choose 'test' or 'valid' (the training split is augmented)")
-    with _as_keywords():
+    with as_keywords():
         device = resolve_device(device)
     if folder is not None:
         if data_dir is not None:
             raise FmtkError(
                 "evaluate: give folder (a labelled photo folder, all of it) or data_dir, not both"
             )
-        with _as_keywords():
+        with as_keywords():
             return evaluate_folder(Path(run_dir), Path(folder), checkpoint, device, recipe)[1]
     data_dir = data_root(data_dir, Path(run_dir))  # by default the run's own, else $FMTK_DATA, else ./data
-    with _as_keywords():
+    with as_keywords():
         return evaluate_run(Path(run_dir), checkpoint, split, data_dir, device, recipe)[2]
 
 
@@ -342,7 +304,7 @@ def predict(
         Per image, in order, ``{"file", "predictions": [{"class", "probability"}, ...]}``, or
         ``{"file", "error"}`` for one that cannot be read.
     """
-    with _as_keywords():
+    with as_keywords():
         return list(
             predictions(run_dir, images, recipe=recipe, checkpoint=checkpoint, top=top, device=device)
         )
@@ -361,7 +323,7 @@ def predictions(
     soon as it is read, so that a folder of any size shows its first answers at once (``fmtk
     predict`` prints them so)."""
     _check_paths(run_dir=run_dir)
-    images = _one_or_more(
+    images = one_or_more(
         images, "images", (str, os.PathLike, Image.Image), "image files, folders or PIL images"
     )
     for index, image in enumerate(images):

@@ -5,14 +5,15 @@ out of memory, becomes."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sys
 import sysconfig
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 TRACEBACK_VARIABLE = "FMTK_TRACEBACK"  # set to 1: errors in user code keep their whole traceback
@@ -148,6 +149,53 @@ def failed_batch_line(error: BaseException) -> str | None:
         "training: check that every batch of the recipe's data has the first one's shapes and types "
         f"({TRACEBACK_VARIABLE}=1 shows the traceback)"
     )
+
+
+# The command line's options that the shared checks name, as the Python API's keywords
+# (fmtk.fit, tune, check, export…); an option alone (``--record:``) is its keyword alone.
+KEYWORDS = {option: option[2:].replace("-", "_") for option in (
+    "--device", "--run-dir", "--output-dir", "--data-dir", "--checkpoint", "--split", "--folder", "--top",
+    "--format", "--out", "--study-dir", "--trials", "--keep", "--against", "--backend", "--nproc-per-node",
+    "--resume", "--metric",
+)} | {"--record": "record_to"}  # fmt: skip
+
+
+@contextlib.contextmanager
+def as_keywords() -> Iterator[None]:
+    """A value given as a keyword is named as one in its error (``lr=abc``, ``device=cdu``,
+    ``run_dir=runs/x``, ``handler mod:f``, ``space lr=…``), not as the command line's ``--set
+    lr=abc``, ``--device cdu``, ``--run-dir runs/x``, ``--handler mod:f`` or ``--space lr=…`` that
+    the shared checks say. The error keeps its type (and exit code)."""
+    try:
+        yield
+    except FmtkError as error:
+        # A command it suggests (``… with fmtk check RECIPE --record DIR``) keeps its options.
+        parts = re.split(r"(fmtk [a-z-]+ [^;)]*)", str(error))
+        parts[::2] = [_keywords(part) for part in parts[::2]]
+        error.args = ("".join(parts),)
+        raise
+
+
+def _keywords(text: str) -> str:
+    text = re.sub(r"--set (\S+?=)", r"\1", text).replace("(--set)", "(a keyword)")
+    for option in ("--handler", "--space", "--try"):
+        text = re.sub(rf"{option}(?= |\))", option[2:], text)
+    for option, keyword in KEYWORDS.items():
+        text = re.sub(rf"{option} (\S+?)(:|,|;|\)|\s|$)", rf"{keyword}=\1\2", text)
+        text = re.sub(rf"{option}(?=[:;,)]|$)", keyword, text)
+    return text
+
+
+def keyword_errors(function: Callable[..., T]) -> Callable[..., T]:
+    """``function``, its errors naming keywords (:func:`as_keywords`): the Python face of a function
+    that a command calls too."""
+
+    @functools.wraps(function)
+    def named(*args: Any, **keywords: Any) -> T:
+        with as_keywords():
+            return function(*args, **keywords)
+
+    return named
 
 
 def first_few(items: Sequence[T], shown: int = 3) -> tuple[list[T], int]:

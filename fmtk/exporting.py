@@ -101,7 +101,7 @@ def export(
         require_onnx()
     for path in (out, report_path(out)):
         if path.exists():
-            raise FmtkError(f"{path} exists; fmtk export does not overwrite (choose another --out)")
+            raise FmtkError(f"{path} exists and is not overwritten (choose another --out)")
     device = torch.device("cpu")
     recipe, model, checkpoint_path, classes = load_trained_model(run_dir, checkpoint, device)
     image_input = recipe.input()

@@ -48,6 +48,7 @@ from fmtk.runfolder import (
 from fmtk.training.build import assemble_run
 from fmtk.training.engines import SpeedOptions
 from fmtk.training.start import Start, check_epochs_ahead, check_extension, finished_message
+from fmtk.values import one_or_more
 
 
 @dataclass
@@ -90,6 +91,14 @@ class RunRequest:
         return run_folder(folder, output_dir=self.output_dir, recipe_name=recipe_name,
                           reuse=self.resume is not None, resumable_with=CONFIG)  # fmt: skip
 
+    def processes_backend(self) -> str | None:
+        """The backend of this request's processes (:func:`choose_backend`); None for one process."""
+        if self.nproc_per_node > 1 or under_torchrun():
+            return choose_backend(self.backend, self.device.type)
+        if self.backend is not None:
+            raise FmtkError(f"--backend {self.backend} needs --nproc-per-node 2 or more (or torchrun)")
+        return None
+
     def checkpoint(self) -> Path | None:
         """The last checkpoint to resume from (None: a new run, or a resumed one that has no
         checkpoint of any kind yet, which starts again from the beginning)."""
@@ -100,6 +109,13 @@ class RunRequest:
         except FmtkError as error:  # it has a best checkpoint only
             raise FmtkError(f"{error}; a new run from its best one: fmtk run --resume {self.resume} "
                             "--checkpoint best") from None  # fmt: skip
+
+
+def given_handlers(given: Any) -> tuple[list[str | Callable], list[str]]:
+    """The handlers given from Python (one, or a list; :func:`one_or_more`) and their names for the
+    recorded command."""
+    handlers = one_or_more(given, "handlers", (str,), "functions of the run or 'module:function' names")
+    return handlers, [h if isinstance(h, str) else getattr(h, "__name__", repr(h)) for h in handlers]
 
 
 def resolve_handler(reference: str | Callable) -> Callable:
@@ -152,13 +168,10 @@ def train(request: RunRequest, echo: Callable[[str], None] = print) -> None:
     attachers = [resolve_handler(reference) for reference in request.handlers]
     if under_torchrun() and request.nproc_per_node > 1:
         raise FmtkError("under torchrun, give --nproc-per-node to torchrun, not to fmtk run")
-    backend = None
-    if request.nproc_per_node > 1 or under_torchrun():
-        backend = choose_backend(request.backend, request.device.type)
+    backend = request.processes_backend()
+    if backend is not None:
         world_size = request.nproc_per_node if request.nproc_per_node > 1 else torchrun_world_size()
         check_global_batch(recipe.batch_size, world_size)  # before any process starts
-    elif request.backend is not None:
-        raise FmtkError("--backend needs --nproc-per-node 2 or more (or torchrun)")
     if under_torchrun():  # this process is one rank of the group; rank 0 makes the run folder
         launch(run_process, request, None, backend)
         return

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fmtk.errors import FmtkError
@@ -98,3 +98,13 @@ def typed(key: str, value: Any, kind: Any) -> Any:
 def _names(kinds: tuple[type, ...]) -> str:
     """``int or none``: the types a value may have, as a user writes them."""
     return " or ".join("none" if kind is type(None) else kind.__name__ for kind in kinds)
+
+
+def one_or_more(given: Any, name: str, single: tuple[type, ...], what: str) -> list[Any]:
+    """``given`` (a keyword argument from Python) as a list: one value (a string, a path, a
+    function…) is a list of one, not a sequence of letters."""
+    if isinstance(given, single) or callable(given):
+        return [given]
+    if not isinstance(given, Iterable):
+        raise FmtkError(f"{name}={given!r}: expected {what}, one or a list")
+    return list(given)

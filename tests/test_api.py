@@ -206,6 +206,36 @@ def test_fit_names_a_bad_argument(arguments: dict, message: str, tmp_path: Path)
     assert not any(tmp_path.iterdir())  # refused before any run folder was made
 
 
+SEARCH = {"recipe": "digits_mlp", "space": {"lr": "loguniform:1e-3:1"}, "trials": 1, "device": "cpu"}
+
+
+@pytest.mark.parametrize(
+    ("function", "arguments", "message"),
+    [
+        ("tune", {**SEARCH, "trials": 0}, "^trials=0: a study needs at least 1"),
+        ("tune", {**SEARCH, "lr": 0.1}, r"^lr: both searched \(space\) and set \(a keyword\)"),
+        ("tune", {**SEARCH, "space": {"lr": "uniform:1"}}, "^space lr=uniform:1: expected"),
+        ("tune", {**SEARCH, "metric": "f1"}, "^metric=f1: not a validation metric"),
+        ("tune", {**SEARCH, "backend": "gloo"}, "^backend=gloo needs nproc_per_node=2 or more"),
+        # one handler, not letters; checked before the study's folder, not in each trial
+        ("tune", {**SEARCH, "handlers": "nosuch:f"}, "^handler nosuch:f: cannot import nosuch"),
+        ("tune", {"resume": "nowhere"}, "^resume=nowhere: no such folder$"),
+        ("export", {"run_dir": "x", "format": "png"}, r"^format=png: unknown \(choose onnx"),
+        ("export", {"run_dir": "x", "out": "model.txt"}, "^out=model.txt: an ONNX file ends in .onnx$"),
+        ("check", {"recipe": "digits_mlp", "record_to": "a", "against": "b"}, "^record_to, against: give"),
+        # a command it suggests keeps its options
+        ("check", {"recipe": "digits_mlp", "against": "x"}, "with fmtk check RECIPE --record DIR"),
+    ],
+)  # fmt: skip
+def test_tune_export_and_check_name_keywords_from_python(
+    function: str, arguments: dict, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(toolkit.FmtkError, match=message):
+        getattr(toolkit, function)(**arguments)
+    assert not any(tmp_path.iterdir())  # refused before any folder was made
+
+
 def test_fit_and_build_run_refuse_a_folder_in_use_and_change_nothing(tmp_path: Path) -> None:
     """``fit`` is ``build_run(...).run()``: neither starts over a folder that holds files (an earlier
     run's), and a run of ``build_run`` is the one ``fit`` would make."""

@@ -254,7 +254,7 @@ def test_errors_in_spawned_processes_are_one_line_and_leave_nothing(tmp_path: Pa
     assert not (tmp_path / "nowhere").exists()  # nor the folders of the download (one process tries it)
     done = fmtk_command("run", "digits_mlp", "--backend", "gloo", cwd=tmp_path)
     assert done.returncode == 1
-    assert done.stderr.strip() == "Error: --backend needs --nproc-per-node 2 or more (or torchrun)"
+    assert done.stderr.strip() == "Error: --backend gloo needs --nproc-per-node 2 or more (or torchrun)"
 
 
 @pytest.mark.slow  # several processes, each importing torch

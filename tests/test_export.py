@@ -311,7 +311,7 @@ def test_bad_exports_are_one_line_and_change_nothing(
 
 
 def test_the_python_api_names_an_unknown_format(digits_run: Path) -> None:
-    with pytest.raises(toolkit.FmtkError, match="--format tflite: unknown \\(choose onnx or torchscript\\)"):
+    with pytest.raises(toolkit.FmtkError, match="^format=tflite: unknown \\(choose onnx or torchscript\\)"):
         toolkit.export(digits_run, format="tflite")
 
 
@@ -319,7 +319,7 @@ def test_an_existing_file_is_never_overwritten(digits_run: Path, tmp_path: Path)
     (tmp_path / "mine.onnx").write_text("a file of the user's")
     assert_one_line_error(
         fmtk("export", "run", "--out", "mine.onnx", cwd=tmp_path),
-        "mine.onnx exists; fmtk export does not overwrite",
+        "mine.onnx exists and is not overwritten",
     )
     assert (tmp_path / "mine.onnx").read_text() == "a file of the user's"
     assert fmtk("export", "run", cwd=tmp_path).returncode == 0

@@ -144,7 +144,7 @@ def test_a_resume_goes_on_with_the_photos_it_trained_on_wherever_they_are_now(
     for folder, why in [(more, [f"; it trained on {split})" for split in recorded]), (swapped, [differs])]:
         before = tree_snapshot(run)
         refused = fmtk("run", "--resume", str(run), "--epochs", "2", "--data-dir", str(folder))
-        again = f"; resume it with the data it trained on under {photos} (--data-dir where it is now)"
+        again = f"; resume it with the data it trained on under {photos} (--data-dir: where it is now)"
         assert_one_line_error(refused, f"{folder}: not the data this run trained on (", again, warm)
         assert any(fragment in refused.stderr for fragment in why), refused.stderr
         assert tree_snapshot(run) == before

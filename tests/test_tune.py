@@ -259,6 +259,9 @@ def test_each_process_of_a_trial_trains_with_the_values_drawn_once(tmp_path: Pat
         (["--space", "lr=uniform:0.1:1", "--metric", "f1"], "--metric f1: not a validation metric"),
         (["--space", "lr=uniform:0.1:1", "--space", "lr=uniform:0.2:1"], "--space: a key is given twice"),
         ([], "give at least one --space KEY=SPEC"),
+        # what each trial would fail on
+        (["--space", "lr=uniform:0.1:1", "--backend", "gloo"], "--backend gloo needs --nproc-per-node 2"),
+        (["--space", "lr=uniform:0.1:1", "--handler", "nosuch:f"], "--handler nosuch:f: cannot import"),
     ],
 )  # fmt: skip
 def test_a_bad_search_is_one_line_before_any_trial(
@@ -347,20 +350,23 @@ def test_a_resumed_study_whose_new_trials_all_fail_stops_and_says_how_to_go_on(
     one_trial_study: Path, tmp_path: Path
 ) -> None:
     shutil.copytree(one_trial_study, tmp_path / "study")
-    result = fmtk("tune", "--resume", "study", "--trials", "6", "--handler", "nosuch:fn", cwd=tmp_path)
+    # a handler that every trial fails in (an FmtkError: a trial's failure, not the study's)
+    failing = "import fmtk\n\ndef attach(run):\n    raise fmtk.FmtkError('no GPU')\n"
+    (tmp_path / "failing.py").write_text(failing)
+    result = fmtk("tune", "--resume", "study", "--trials", "6", "--handler", "failing:attach", cwd=tmp_path)
     assert_one_line_error(
         result,
-        "the 3 trials this command started failed, the last with: --handler nosuch:fn: cannot import nosuch",
+        "the 3 trials this command started failed, the last with: no GPU",
         "go on with: fmtk tune --resume study --trials 9",  # 6 asked; 3 failed ones are ended trials
     )
-    assert result.stdout.count("failed: --handler nosuch:fn") == 3 and "trial 4" not in result.stdout
+    assert result.stdout.count("failed: no GPU") == 3 and "trial 4" not in result.stdout
     again = fmtk("tune", "--resume", "study", "--trials", "3", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "the study has 4 ended trials, as many as --trials 3 asks: none was run" in again.stdout
     assert "4 trials: 1 complete, 0 pruned, 3 failed" in again.stdout
     search = ["tune", "digits_mlp", "--trials", "5", "--space", "lr=uniform:0.1:1", "--try", "lr=0.5"]
-    new = fmtk(*search, "--handler", "nosuch:fn", "--study-dir", "new", cwd=tmp_path)
-    assert_one_line_error(new, "the first 3 trials failed, the last with: --handler nosuch:fn")
+    new = fmtk(*search, "--handler", "failing:attach", "--study-dir", "new", cwd=tmp_path)
+    assert_one_line_error(new, "the first 3 trials failed, the last with: no GPU")
     assert not (tmp_path / "new").exists()  # a study that never began
 
 

@@ -285,7 +285,10 @@ def plan_checks(
     (:func:`prepare_check`) and its ``data`` folder found under ``data_dir``'s root: every mistake
     is one line before anything trains."""
     if record_to is not None and against is not None:
-        raise FmtkError("--record keeps new golden runs, --against compares with kept ones: give one of them")
+        raise FmtkError(
+            "--record, --against: give one of them (the first keeps new golden runs, the second compares "
+            "with kept ones)"
+        )
     planned = []
     for recipe in recipes:
         for one in recipe.checks:

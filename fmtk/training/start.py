@@ -135,7 +135,7 @@ class Start:
         where = f" under {self.recorded['data_dir']}" if self.recorded.get("data_dir") else ""
         raise FmtkError(
             f"{data_dir}: not the data this run trained on ({why}); resume it with the data it trained "
-            f"on{where} (--data-dir where it is now), or train on this data from the run's weights in a "
+            f"on{where} (--data-dir: where it is now), or train on this data from the run's weights in a "
             f"new run: {warm_start_command(self.run_dir)}"
         )
 

@@ -81,7 +81,7 @@ def tune(
     """
     require_optuna()
     from fmtk.device import resolve_device
-    from fmtk.launcher import RunRequest
+    from fmtk.launcher import RunRequest, given_handlers
     from fmtk.recipe import Recipe
     from fmtk.training.engines import SpeedOptions
     from fmtk.tuning.pruning import Pruning
@@ -96,7 +96,7 @@ def tune(
     request = None
     if recipe is not None:
         if trials is None:
-            raise FmtkError("--trials N (trials=): how many trials to run")
+            raise FmtkError("--trials N: how many trials to run")
         request = StudyRequest(
             str(recipe),
             dict(space or {}),
@@ -113,7 +113,7 @@ def tune(
     run = RunRequest(
         device=resolve_device(device),
         speed=speed or SpeedOptions(),
-        handlers=tuple(handlers),
+        handlers=tuple(given_handlers(handlers)[0]),
         nproc_per_node=nproc_per_node,
         backend=backend,
     )

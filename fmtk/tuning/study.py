@@ -31,7 +31,7 @@ import optuna
 from optuna.trial import TrialState
 
 from fmtk.errors import FmtkError, Interrupted
-from fmtk.launcher import RunRequest, train
+from fmtk.launcher import RunRequest, resolve_handler, train
 from fmtk.recipe import WATCH, watched_metric
 from fmtk.recipe_loading import data_root, resolve_recipe
 from fmtk.runfolder import CONFIG, read_history, read_results, run_folder, write_json
@@ -84,6 +84,9 @@ def tune_study(
     trains (device, speed, processes, handlers), on ``data_dir`` (default: $FMTK_DATA, else ./data;
     a resumed study: its own). Returns the best trial and the table of trials."""
     run = run or RunRequest()
+    run.processes_backend()  # before the study's folder: every trial would fail
+    for handler in run.handlers:
+        resolve_handler(handler)
     if resume is not None:
         request = _resumed_request(resume, request.trials if request is not None else None)
         held = run_folder(resume, reuse=True, resumable_with=STUDY_JSON)
@@ -203,9 +206,9 @@ def _resumed_request(folder: Path, trials: int | None) -> StudyRequest:
     """study.json of the study in ``folder``, with ``trials`` as its new number of trials."""
     path = Path(folder) / STUDY_JSON
     if not Path(folder).is_dir():
-        raise FmtkError(f"fmtk tune --resume {folder}: no such folder")
+        raise FmtkError(f"--resume {folder}: no such folder")
     if not path.is_file():
-        raise FmtkError(f"fmtk tune --resume {folder}: not a study folder (it has no {STUDY_JSON})")
+        raise FmtkError(f"--resume {folder}: not a study folder (it has no {STUDY_JSON})")
     try:
         request = StudyRequest.from_json(json.loads(path.read_text()))
     except (ValueError, TypeError, KeyError) as error:
