@@ -33,6 +33,7 @@ from fmtk.training.parts import recipe_parts
 
 VALLEY = "valley"  # the rule that makes LRFinding.suggestion, as the command and the picture name it
 MIN_VALLEY_POINTS = 5  # a shorter decreasing run is no valley: no suggestion
+MANY_PASSES = 5  # a sweep that goes more often over the training split is said to (a tiny split)
 
 
 @dataclass
@@ -45,6 +46,8 @@ class LRFinding:
     diverged: bool  # the loss passed 5× its best before end_lr (Ignite's stop)
     rule: str = VALLEY  # how the suggestion was chosen
     steps: int = 0  # optimizer steps trained (a batch each, or N with accumulate_steps=N)
+    passes: float = 0.0  # how many times the sweep went over the training split
+    train_batches: int = 0  # the training split's batches
 
 
 def valley_lr(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
@@ -156,7 +159,9 @@ def find_lr(
     losses = [float(loss) for loss in results["loss"]]
     lrs = [float(lr) for lr in trained_lrs[: len(losses)]]
     trained = math.ceil(len(losses) / recipe.accumulate_steps)
-    return LRFinding(lrs, losses, valley_lr(lrs, losses), diverged, steps=trained)
+    passes = len(losses) / len(data.train)
+    return LRFinding(lrs, losses, valley_lr(lrs, losses), diverged, steps=trained, passes=passes,
+                     train_batches=len(data.train))  # fmt: skip
 
 
 def _set_lr(_: Engine, optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -169,8 +174,8 @@ def save_lr_picture(finding: LRFinding, path: Path, title: str) -> None:
     # Up to twice the first loss: the diverging tail would flatten the part that matters.
     label = None if finding.suggestion is None else f"suggested {finding.suggestion:.2g} ({finding.rule})"
     picture = curve_picture(finding.lrs, finding.losses, finding.suggestion, title, "learning rate",
-                            "smoothed training loss", y_limit=2 * finding.losses[0],
-                            mark_label=label)  # fmt: skip
+                            "smoothed training loss", y_limit=2 * finding.losses[0], mark_label=label,
+                            clipped_name="the loss above twice its first")  # fmt: skip
     save_new_picture(picture, path)
 
 

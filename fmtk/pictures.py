@@ -329,11 +329,13 @@ def curve_picture(
     y_label: str,
     y_limit: float | None = None,
     mark_label: str | None = None,
+    clipped_name: str | None = None,
 ) -> Image.Image:
     """A line of ``ys`` against ``xs`` on a log-10 x axis (as an LR finder's loss against the LR),
     with a vertical line at ``mark`` when given, labelled ``mark_label`` (default "suggested
-    <mark>"), and decade ticks; values above ``y_limit`` are drawn at the top edge (a diverging tail
-    would flatten the rest)."""
+    <mark>"), decade ticks and round y ticks; values above ``y_limit`` are drawn at the top edge in
+    grey (a diverging tail would flatten the rest), said beside the y label as ``clipped_name``
+    (default "above <y_limit>")."""
     width, height, left, right, top, bottom = 640, 400, 60, 20, HEADING_HEIGHT + 24, 40
     picture = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(picture)
@@ -342,8 +344,11 @@ def curve_picture(
     font.draw(draw, (left, HEADING_HEIGHT + 4), y_label, "black")  # under the title
     logs = np.log10(np.asarray(xs, dtype=float))
     values = np.asarray(ys, dtype=float)
-    if y_limit is not None:
+    above = values > y_limit if y_limit is not None else np.zeros(len(values), dtype=bool)
+    if above.any():
         values = np.minimum(values, y_limit)
+        note = f"grey: {clipped_name or f'above {y_limit:.3g}'}, drawn at the top"
+        font.draw(draw, (width - right - font.getlength(note), HEADING_HEIGHT + 4), note, ZERO_INK)
     x_low, x_high = float(logs.min()), float(logs.max())
     y_low, y_high = float(values.min()), float(values.max())
     x_high, y_high = max(x_high, x_low + 1e-9), max(y_high, y_low + 1e-9)
@@ -359,9 +364,18 @@ def curve_picture(
         x, _ = at(decade, y_low)
         draw.line([(x, top), (x, height - bottom)], fill=GRID_LINE)
         font.draw(draw, (x - 12, height - bottom + 4), f"1e{decade}", "black")
-    for y in (y_low, (y_low + y_high) / 2, y_high):
-        font.draw(draw, (4, at(x_low, y)[1] - 6), f"{y:.3g}", "black")
-    draw.line([at(x, y) for x, y in zip(logs, values, strict=True)], fill=CORRECT_BLUE, width=2)
+    for tick, label in round_ticks(y_low, y_high, count=4):
+        _, y = at(x_low, tick)
+        draw.line([(left, y), (width - right, y)], fill=GRID_LINE)
+        font.draw(draw, (left - 6 - font.getlength(label), y - 6), label, "black")
+    points = [at(x, y) for x, y in zip(logs, values, strict=True)]
+    # Each stretch in one colour: a segment to or from a value above the limit is grey.
+    grey = [bool(above[index] or above[index + 1]) for index in range(len(points) - 1)]
+    start = 0
+    for end in range(1, len(grey) + 1):
+        if end == len(grey) or grey[end] != grey[start]:
+            draw.line(points[start : end + 1], fill=ZERO_INK if grey[start] else CORRECT_BLUE, width=2)
+            start = end
     if mark is not None:
         x, _ = at(float(np.log10(mark)), y_low)
         draw.line([(x, top), (x, height - bottom)], fill=ERROR_RED, width=2)

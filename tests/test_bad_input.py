@@ -966,7 +966,7 @@ def test_a_killed_lr_find_leaves_no_temporary_folder_behind(
     assert list(temp.glob(f"fmtk-lr-find-{killed.pid}/*/ignite_lr_finder_cache.pt"))
     (temp / "fmtk-lr-find-1").mkdir()  # a live process's (pid 1 always runs): kept
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
-    result = fmtk_here("lr-find", "digits_mlp", "--device", "cpu", "--steps", "5", "--out", "next.png")
+    result = fmtk_here("lr-find", "digits_mlp", "--device", "cpu", "--steps", "12", "--out", "next.png")
     assert result.returncode == 0, result.stderr
     assert [path.name for path in temp.glob("fmtk-lr-find-*")] == ["fmtk-lr-find-1"]
     assert not list(temp.rglob("ignite_lr_finder_cache.pt"))

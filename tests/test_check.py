@@ -5,6 +5,7 @@ recipe changed); the pytest plugin on a user's project; and the bad inputs, each
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -201,7 +202,9 @@ def test_the_pytest_plugin_collects_a_user_s_recipe_folder_beside_their_tests(tm
         "-p",
         "no:cacheprovider",
     ]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    (tmp_path / "tmp").mkdir()  # where the failed check's run folder is kept: not the machine's /tmp
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 1, result.stdout
     assert "test_own.py::test_users_own PASSED" in result.stdout
     assert "good.py::good[default] PASSED" in result.stdout and "bad.py::bad[default] FAILED" in result.stdout
@@ -211,8 +214,10 @@ def test_the_pytest_plugin_collects_a_user_s_recipe_folder_beside_their_tests(tm
     assert any(line.split()[:3] == ["bad", "default", "test_accuracy"] and "FAIL" in line
                for line in result.stdout.splitlines())  # the failure is the table row  # fmt: skip
     quick = subprocess.run(
-        [*command, "-m", "not slow"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+        [*command, "-m", "not slow"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env
     )
+    kept = [path.name.rsplit("-", 1)[0] for path in (tmp_path / "tmp").iterdir()]
+    assert kept == ["fmtk-check-bad-default"]  # the failed check's run, to look into
     assert quick.returncode == 1 and "2 deselected" in quick.stdout, quick.stdout  # (unfinished.py fails)
 
 

@@ -342,6 +342,26 @@ def test_an_lr_sweep_over_many_decades_labels_at_most_ten(drawn_texts) -> None:
     assert [text for _, text in drawn_texts if text.startswith("1e")] == [f"1e{d}" for d in range(-7, 2)]
 
 
+def test_an_lr_sweep_s_tail_above_the_limit_is_grey_and_said_and_its_loss_axis_is_ticked_round(
+    drawn_texts,
+) -> None:
+    """`fmtk lr-find`'s diverging tail, drawn at the top edge, read as a loss that levelled off."""
+    from fmtk.pictures import CORRECT_BLUE, ZERO_INK, curve_picture
+
+    losses = [*np.linspace(2.3, 2.2, 40), 3.0, 6.0, 9.0]  # the last two above 2 × 2.3
+    picture = np.asarray(curve_picture(np.logspace(-7, 1, 43), losses, None, "t", "lr", "loss", y_limit=4.6))
+    top = HEADING_HEIGHT + 24  # the plot's first row
+    row = picture[top + 1]  # the top edge's values
+    assert (row == ZERO_INK).all(1).sum() > 8 and not (row == CORRECT_BLUE).all(1).any()
+    assert "grey: above 4.6, drawn at the top" in [text for _, text in drawn_texts]
+    assert {"2.5", "3.0", "3.5", "4.0", "4.5"} <= {text for _, text in drawn_texts}
+    drawn_texts.clear()
+    below = curve_picture(np.logspace(-7, 1, 40), losses[:40], None, "t", "lr", "loss", y_limit=4.6)
+    row = np.asarray(below)[top + 1]  # the highest loss, the first, in blue
+    assert (row == CORRECT_BLUE).all(1).any() and not (row == ZERO_INK).all(1).any()
+    assert not any("grey" in text for _, text in drawn_texts)
+
+
 def test_the_first_and_last_points_are_drawn_whole_inside_the_frame() -> None:
     """A 1-epoch run's points, and a study's trial 0: each dot whole, inside the plot's frame (the
     last epoch's sat on the right edge, half cut; trial 0's on the left)."""

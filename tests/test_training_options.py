@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import make_mnist_like
 from ignite.engine import Events
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -207,11 +208,25 @@ def test_lr_find_prints_a_suggestion_draws_it_and_leaves_no_run(
     bad = CliRunner().invoke(cli, ["lr-find", "digits_mlp", "--out", "b.png", "--start-lr", "20"])
     assert bad.exit_code == 1 and "need 0 < start lr < end lr, got 20.0 and 10.0" in bad.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_mlp_lr_find.png"]
-    short = CliRunner().invoke(cli, ["lr-find", "digits_mlp", "--steps", "8", "--out", "short.png"])
+    short = CliRunner().invoke(cli, ["lr-find", "digits_mlp", "--steps", "12", "--out", "short.png"])
     assert short.exit_code == 0 and short.output.startswith(
         "no suggestion: the smoothed loss falls over no 5 steps in a row of those the rule reads (it leaves "
         "out the first tenth, the flat start and the last 5)"
     )
+    # fewer steps could never give one, even of a loss falling all the way
+    assert valley_lr(np.logspace(-7, 1, 12), np.linspace(3, 1, 12)) is not None
+    assert valley_lr(np.logspace(-7, 1, 11), np.linspace(3, 1, 11)) is None
+    fewer = CliRunner().invoke(cli, ["lr-find", "digits_mlp", "--steps", "11", "--out", "fewer.png"])
+    assert fewer.exit_code == 2 and "'--steps': 11 is not in the range x>=12" in fewer.output
+    # a preset's picture is its own: the plain one does not stand in its way
+    preset = CliRunner().invoke(cli, ["lr-find", "mnist_dnn", "--preset", "fast", "--steps", "12",
+                                      "--data-dir", str(make_mnist_like(tmp_path / "data"))])  # fmt: skip
+    assert preset.exit_code == 0, preset.output
+    assert "picture: mnist_dnn_fast_lr_find.png" in preset.output
+    # a split of a few batches, swept many times over: said
+    few = CliRunner().invoke(cli, ["lr-find", "digits_mlp", "--set", "batch_size=512", "--out", "few.png"])
+    assert "note: the sweep went 30 times over the training split (3 batches): on so little" in few.output
+    assert "note:" not in result.output  # 100 steps of digits_mlp's 34 batches: 3 times
 
 
 def test_lr_find_leaves_the_model_and_optimizer_as_they_were(monkeypatch: pytest.MonkeyPatch) -> None:

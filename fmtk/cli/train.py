@@ -22,6 +22,10 @@ from fmtk.cli.group import (
 )
 from fmtk.errors import FmtkError
 
+# The fewest steps from which fmtk.lr_finder's valley rule can suggest an LR: it reads none of the
+# first tenth, the flat start (a falling loss's first point) and the last 5, and needs a fall of 5.
+MIN_STEPS = 12
+
 
 @cli.command()
 @click.argument("recipe_name", metavar="[RECIPE]", required=False)
@@ -162,12 +166,15 @@ def run(
     "--steps",
     default=100,
     show_default=True,
-    type=click.IntRange(min=5),
-    help="Optimizer steps at most (of N batches with accumulate_steps=N).",
+    type=click.IntRange(min=MIN_STEPS),
+    help=f"Optimizer steps at most (of N batches with accumulate_steps=N); {MIN_STEPS} at least, the "
+    "fewest from which the valley rule can suggest an LR.",
 )
 @click.option("--start-lr", default=1e-7, show_default=True, type=float)
 @click.option("--end-lr", default=10.0, show_default=True, type=float)
-@click.option("--out", type=click.Path(path_type=Path), help="PNG file (default: RECIPE_lr_find.png).")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="PNG file (default: RECIPE_lr_find.png; with --preset, "
+              "RECIPE_PRESET_lr_find.png).")  # fmt: skip
 def lr_find(
     recipe_name: str,
     preset: str | None,
@@ -184,22 +191,28 @@ def lr_find(
     no checkpoint."""
     from fmtk.data.images import photo_bars
     from fmtk.device import resolve_device
-    from fmtk.lr_finder import MIN_VALLEY_POINTS, find_lr, save_lr_picture
+    from fmtk.lr_finder import MANY_PASSES, MIN_VALLEY_POINTS, find_lr, save_lr_picture
     from fmtk.recipe_loading import data_root
     from fmtk.training.handlers import progress_by_default
 
     recipe = recipe_with_settings(recipe_name, settings, preset)
-    out = out or Path(f"{recipe.name}_lr_find.png")
+    out = out or Path(f"{recipe.name}{f'_{preset}' if preset else ''}_lr_find.png")
     if out.exists():
         raise FmtkError(f"{out} exists; choose another --out (nothing was overwritten)")
     check_output_place("--out", out, ".png")
     with photo_bars(progress_by_default()):  # a photo folder is decoded whole first
         finding = find_lr(recipe, data_root(data_dir), resolve_device(device), steps, start_lr, end_lr)
-    title = f"{recipe.name}{f' --preset {preset}' if preset else ''}: LR finder, {finding.steps} steps"
+    given = [f"--preset {preset}"] * bool(preset) + [f"--set {setting}" for setting in settings]
+    title = f"{' '.join([recipe.name, *given])}: LR finder, {finding.steps} steps"
     save_lr_picture(finding, out, title)
     if recipe.fine_tunes:
         click.echo("note: lr-find trains every tensor at one LR; freeze_epochs and backbone_lr_scale act "
                    "in a run only (the suggestion is for lr, the head's)")  # fmt: skip
+    if finding.passes > MANY_PASSES:
+        batches = f"{finding.train_batches} batch{'es' if finding.train_batches > 1 else ''}"
+        click.echo(f"note: the sweep went {finding.passes:.0f} times over the training split ({batches}): on "
+                   "so little data its loss falls partly as the model learns it by heart, and the suggestion "
+                   "says less of a run")  # fmt: skip
     ended = (
         "then passed 5 times its lowest, where the sweep stopped" if finding.diverged
         else f"stayed under 5 times its lowest up to lr {end_lr:g}"
