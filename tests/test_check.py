@@ -120,6 +120,12 @@ def test_a_golden_run_is_met_exactly_on_its_machine_and_a_changed_seed_diverges_
     [line] = [line for line in changed.stdout.splitlines() if "differs from the golden run" in line]
     assert line.startswith("mine (default): differs from the golden run at epoch 1, train_loss: ")
     assert "(compared exactly: same torch, CPU and threads); the recipe differs: seed 42 → 1" in line
+    # its code alone changed (two hidden layers): no value differs, and the line says where to look
+    user_recipe(tmp_path, "mine", **{'[recipe.options["hidden"]]': '[recipe.options["hidden"]] * 2'})
+    coded = fmtk("check", str(recipe), "--against", "gold", cwd=tmp_path)
+    [line] = [line for line in coded.stdout.splitlines() if "differs from the golden run" in line]
+    assert ("(compared exactly: same torch, CPU and threads); the recipe's values are the same: its code or "
+            "its data changed (run folder: ") in line  # fmt: skip
     assert tree_snapshot(tmp_path / "gold") == before
 
 

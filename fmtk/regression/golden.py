@@ -27,8 +27,10 @@ from fmtk.version import machine_changes
 GOLDEN_FILES = (CONFIG, METRICS_CSV, METRICS_JSON)
 DEFAULT_TOLERANCE = 1e-3  # absolute, on another machine or torch
 UNCOMPARED = {"epoch_seconds"}  # metrics.csv columns that are times, never the same twice
-# config.json entries that say where and when, not what was trained
-CIRCUMSTANCES = {"command", "started", "versions", "data_dir", "device", "source", "speed", "processes"}
+# config.json entries that say where and when, not what was trained (or, as "changed", repeat it)
+CIRCUMSTANCES = {
+    "command", "started", "starts", "versions", "data_dir", "device", "source", "speed", "processes", "changed",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class Divergence:
         )
         if self.changed:
             line += f"; the recipe differs: {', '.join(self.changed)}"
+        elif self.how.startswith("compared exactly"):
+            line += "; the recipe's values are the same: its code or its data changed"
         return line
 
 
