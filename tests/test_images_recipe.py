@@ -640,13 +640,21 @@ def test_a_folder_of_no_readable_photo_is_one_line_and_writes_nothing(
             ["--split", "valid"],
             ["--folder is evaluated whole", "without --split and --data-dir"],
         ),
+        ({"Ants": 2, "bee": 2}, [], ["(ants, bees, wasps); did you mean ants for Ants, bees for bee?"]),
+        ({"ants": 0, "bees": 0}, [], ["odd: no photos in its class folders (ants, bees, wasps)"]),
+        (
+            {"ants": 0, "bees": 0, "bees/notes.txt": 0}, [],
+            ["(ants, bees, wasps); its class folders hold only files of kinds fmtk does not read: 1 .txt"],
+        ),
     ],
-)
+)  # fmt: skip
 def test_a_folder_that_cannot_be_evaluated_is_one_line_and_writes_nothing(
     trained: tuple[Path, str], tmp_path: Path, classes: dict[str, int], args: list[str], fragments: list[str]
 ) -> None:
     run_dir, _ = trained
-    new = make_photos(tmp_path / "odd", classes)
+    new = make_photos(tmp_path / "odd", {name: count for name, count in classes.items() if "." not in name})
+    for name in (name for name in classes if "." in name):  # a file of another kind
+        (new / name).write_text("not a photo")
     before = tree_snapshot(run_dir)
     assert_one_line_error(fmtk("evaluate", str(run_dir), "--folder", str(new), *args), *fragments)
     assert tree_snapshot(run_dir) == before

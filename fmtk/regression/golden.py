@@ -29,7 +29,8 @@ DEFAULT_TOLERANCE = 1e-3  # absolute, on another machine or torch
 UNCOMPARED = {"epoch_seconds"}  # metrics.csv columns that are times, never the same twice
 # config.json entries that say where and when, not what was trained (or, as "changed", repeat it)
 CIRCUMSTANCES = {
-    "command", "started", "starts", "versions", "data_dir", "device", "source", "speed", "processes", "changed",
+    "command", "started", "starts", "versions", "data_dir", "device", "source", "speed", "processes",
+    "changed",
 }  # fmt: skip
 
 

@@ -5,6 +5,7 @@ loss."""
 from __future__ import annotations
 
 import csv
+import difflib
 import itertools
 import json
 import math
@@ -24,7 +25,7 @@ from fmtk.data.batches import Batches, TensorBatches
 from fmtk.data.copies import Fingerprinted, Fingerprints, copied
 from fmtk.data.folders import split_folders
 from fmtk.data.image_input import read_all, read_pixels
-from fmtk.data.images import list_image_folder, photo_bar
+from fmtk.data.images import heif_hint, kinds_of, list_image_folder, photo_bar
 from fmtk.errors import FmtkError
 from fmtk.models import FlipAveraged
 from fmtk.pictures import confusion_picture, titled_grid
@@ -378,9 +379,20 @@ def labelled_photos(folder: Path, classes: Sequence[str]) -> tuple[list[tuple[st
     if unknown:
         raise FmtkError(
             f"{folder}: class folder(s) {', '.join(sorted(unknown))} are not among the run's classes "
-            f"({', '.join(classes)})"
+            f"({', '.join(classes)}){_close_names(sorted(unknown), classes)}"
         )
     return samples, others
+
+
+def _close_names(names: Sequence[str], classes: Sequence[str]) -> str:
+    """``; did you mean …`` for the names that are close to a class's (``Cats``, ``cat``), else ""."""
+    lower = {name.lower(): name for name in classes}
+    close = {}
+    for name in names:
+        match = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.75)
+        if match:
+            close[name] = lower[match[0]]
+    return f"; did you mean {', '.join(f'{close[n]} for {n}' for n in close)}?" if close else ""
 
 
 # A chunk of decoded photos, at most: 256 photos (37 MiB at 224 px), fewer at larger sizes.
@@ -401,6 +413,10 @@ def evaluate_folder(
     the wrong ones; those pictured among them are read again at the end."""
     recipe, model, path, classes = load_trained_model(run_dir, checkpoint, device, recipe)
     samples, others = labelled_photos(folder, classes)
+    if not samples:  # (empty class folders, or ones of other kinds of files)
+        besides = f"; its class folders hold only files of kinds fmtk does not read: {kinds_of(others)}"
+        raise FmtkError(f"--folder {folder}: no photos in its class folders ({', '.join(classes)})"
+                        f"{besides if others else ''}{heif_hint(others)}")  # fmt: skip
     files, labels = [file for file, _ in samples], torch.tensor([label for _, label in samples])
     image_input, batch_size = recipe.input(), recipe.batch_size
     kept: list[int] = []
