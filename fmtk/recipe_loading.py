@@ -82,6 +82,8 @@ def load_recipe(name_or_path: str) -> Recipe:
         raise FmtkError(
             f"{path} is a folder, not a recipe: give a recipe file (.py) or a bundled recipe's name{run}"
         )
+    if bundled and not path.exists() and any(sep in name_or_path for sep in {"/", os.sep}):
+        raise FmtkError(f"{name_or_path}: no such file or folder")  # a path, not a recipe's name
     if bundled:
         names = bundled_recipe_names()
         if name_or_path not in names:

@@ -242,8 +242,11 @@ def golden(config: str) -> dict[str, str]:
         (["mine.py"], {"mine.py": ('">= 0.95", "last', '"about 0.9", "last')},
          ["expect test_accuracy: 'about 0.9' is not a comparison; write one of >=, <=, >, <, =="]),
         (["mine.py"], {"mine.py": ("check=Check(", 'check=Check(settings={"hiden": 8}, ')},
-         ["recipe mine, check default: cannot run in its settings: unknown recipe key 'hiden'",
-          "did you mean hidden?"]),
+         ["Error: mine.py:", ": recipe mine, check default: cannot run in its settings: unknown recipe key "
+          "'hiden'", "did you mean hidden?"]),
+        (["mine.py"], {"mine.py": ('">= 0.95", "last', '">= 95", "last')},
+         ["mine.py:", "expect test_accuracy: '>= 95': an accuracy is a fraction from 0 to 1 (0.9 for 90%)"]),
+        (["nowhere/"], {}, ["nowhere/: no such file or folder"]),
         (["mine.py", "--against", "gold"], golden('{"name": "digits_mlp"}'),
          ["gold/mine-default is a golden run of recipe digits_mlp, not mine"]),
         (["mine.py", "--against", "gold"], golden('{"name": "mine"}'),
@@ -257,7 +260,8 @@ def golden(config: str) -> dict[str, str]:
         (["mine.py", "--data-dir", "."], {"mine.py": ("check=Check(", 'check=Check(data="photos", ')},
          ["mine (default): its data 'photos' is not a folder under . (give --data-dir)"]),
     ],
-    ids=["unknown_figure", "bad_comparison", "bad_settings", "other_recipe_golden", "old_golden",
+    ids=["unknown_figure", "bad_comparison", "bad_settings", "accuracy_in_percent", "no_such_folder",
+         "other_recipe_golden", "old_golden",
          "no_golden", "no_recipes", "record_and_against", "kept_exists", "keep_a_file", "junit_nowhere",
          "no_data"],
 )  # fmt: skip
@@ -277,6 +281,7 @@ def test_bad_input_is_one_line_and_trains_nothing(
     before = tree_snapshot(tmp_path)
     result = run_in("check", *args)
     assert_one_line_error(result, *fragments)
+    assert result.returncode == (2 if "--record" in args and "--against" in args else 1)  # usage: click's 2
     assert "checking" not in result.stdout  # refused before any training
     assert {
         name: stamp for name, stamp in tree_snapshot(tmp_path).items() if not name.startswith("tmp")
@@ -314,6 +319,16 @@ def test_a_folder_s_helper_modules_are_left_out_and_recipes_without_a_check_are_
         run_in("check", "recipes", "other"),
         f"recipe name mydigits: both {tmp_path / 'recipes' / 'mydigits.py'} and {tmp_path / 'other'}",
     )
+
+
+def test_a_bundled_recipe_named_and_given_as_its_file_is_checked_once() -> None:
+    from fmtk.recipe_loading import bundled_recipes_dir
+    from fmtk.regression.running import recipes_named
+
+    file = str(bundled_recipes_dir() / "digits_mlp.py")
+    for targets in (["digits_mlp", file], [file, "digits_mlp"]):
+        recipes, _ = recipes_named(targets)
+        assert [recipe.name for recipe in recipes] == ["digits_mlp"]
 
 
 def test_a_folder_s_file_that_does_not_load_fails_as_its_own_check_and_the_others_run(

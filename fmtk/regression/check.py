@@ -87,7 +87,12 @@ class Check:
         object.__setattr__(self, "written_at", user_code_place(traceback.extract_stack()))
         if not self.expect:
             raise FmtkError("a check expects nothing: give expect={figure: '>= value'}")
-        self.expectations()  # a bad comparison is one line when the recipe loads
+        for expectation in self.expectations():  # a bad comparison is one line when the recipe loads
+            if expectation.figure.endswith("accuracy") and not 0 <= expectation.value <= 1:
+                raise FmtkError(
+                    f"expect {expectation.figure}: '{self.expect[expectation.figure]}': an accuracy is a "
+                    f"fraction from 0 to 1 (0.9 for 90%)"
+                )
         if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
             raise FmtkError(f"a check's epochs must be a whole number >= 1, got {self.epochs!r}")
 

@@ -18,7 +18,14 @@ import torch
 from fmtk.device import resolve_device
 from fmtk.errors import FmtkError, one_line
 from fmtk.recipe import Recipe, apply_overrides, apply_preset
-from fmtk.recipe_loading import NoRecipe, bundled_recipe_names, data_root, load_recipe, recipe_files
+from fmtk.recipe_loading import (
+    NoRecipe,
+    bundled_recipe_names,
+    bundled_recipes_dir,
+    data_root,
+    load_recipe,
+    recipe_files,
+)
 from fmtk.regression.check import FIGURES, Check
 from fmtk.regression.golden import Divergence, Golden, check_new, compare, golden_speed, read_golden, record
 from fmtk.runfolder import read_history, read_results
@@ -107,11 +114,18 @@ def recipes_named(targets: Sequence[str]) -> tuple[list[Recipe], list[CheckResul
         found = folder_recipes(Path(target), unloadable) if Path(target).is_dir() else [load_recipe(target)]
         for recipe in found:
             seen = recipes.setdefault(recipe.name, recipe)
-            if seen.source != recipe.source:
+            if _file_of(seen) != _file_of(recipe):
                 raise FmtkError(f"recipe name {recipe.name}: both {seen.source or seen.name} and "
                                 f"{recipe.source or recipe.name} have it; a check is named by its recipe's "
                                 "name: rename one")  # fmt: skip
     return list(recipes.values()), unloadable
+
+
+def _file_of(recipe: Recipe) -> Path:
+    """The file a loaded recipe comes from: a bundled one's too (named, or given as its file)."""
+    if recipe.source:
+        return Path(recipe.source).resolve()
+    return bundled_recipes_dir().resolve() / f"{recipe.name}.py"
 
 
 def folder_recipes(folder: Path, unloadable: list[CheckResult]) -> list[Recipe]:
@@ -159,7 +173,7 @@ def known_figures(recipe: Recipe) -> list[str]:
 def check_recipe_values(recipe: Recipe, check: Check) -> Recipe:
     """The recipe as the check trains it (its preset, then its settings and epochs), its
     expectations checked against the figures a run gives: a mistake is one line before training."""
-    where = f"recipe {recipe.name}, check {check.label}"
+    where = f"{f'{check.written_at}: ' if check.written_at else ''}recipe {recipe.name}, check {check.label}"
     try:
         trained = apply_overrides(apply_preset(recipe, check.preset), check.overrides())
     except FmtkError as error:
@@ -170,8 +184,7 @@ def check_recipe_values(recipe: Recipe, check: Check) -> Recipe:
             close = difflib.get_close_matches(figure, known, n=1, cutoff=0.75)
             hint = f"did you mean {close[0]}? " if close else ""
             raise FmtkError(
-                f"{f'{check.written_at}: ' if check.written_at else ''}{where}: expects unknown figure "
-                f"'{figure}'; {hint}a run gives {', '.join(known)}"
+                f"{where}: expects unknown figure '{figure}'; {hint}a run gives {', '.join(known)}"
             )
     return trained
 
@@ -287,7 +300,8 @@ def plan_checks(
     if record_to is not None and against is not None:
         raise FmtkError(
             "--record, --against: give one of them (the first keeps new golden runs, the second compares "
-            "with kept ones)"
+            "with kept ones)",
+            exit_code=2,  # a usage error, as click's
         )
     planned = []
     for recipe in recipes:
