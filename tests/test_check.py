@@ -288,6 +288,21 @@ def test_bad_input_is_one_line_and_trains_nothing(
     } == before
 
 
+def test_a_record_that_was_interrupted_says_how_to_record_the_rest(tmp_path: Path, run_in) -> None:
+    """Each check's golden run is kept as it passes: after Ctrl-C, the same command is refused with
+    the command that records the others."""
+    user_recipe(tmp_path / "recipes", "first")
+    second = user_recipe(tmp_path / "recipes", "second")
+    (tmp_path / "gold" / "first-default").mkdir(parents=True)  # recorded before the interruption
+    result = run_in("check", "recipes", "--record", "gold")
+    assert_one_line_error(
+        result,
+        f"--record: {Path('gold') / 'first-default'} exists; remove it to record again, or record only the "
+        f"others: fmtk check {second} --record gold (nothing was overwritten)",
+    )
+    assert "checking" not in result.stdout
+
+
 NO_CHECK = {"    check=Check(": "    # check=Check("}  # the check line left out
 CTRL_C = """from ignite.engine import Events
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from fmtk.device import resolve_device
-from fmtk.errors import FmtkError, one_line
+from fmtk.errors import FmtkError, first_few, one_line
 from fmtk.recipe import Recipe, apply_overrides, apply_preset
 from fmtk.recipe_loading import (
     NoRecipe,
@@ -303,6 +303,8 @@ def plan_checks(
             "with kept ones)",
             exit_code=2,  # a usage error, as click's
         )
+    if record_to is not None:
+        _check_none_recorded(recipes, name, Path(record_to))
     planned = []
     for recipe in recipes:
         for one in recipe.checks:
@@ -325,6 +327,28 @@ def plan_checks(
         which = f"no check named {name!r} (its checks: {labels})" if name is not None else "no check stated"
         raise FmtkError(f"{names}: {which} (a recipe's check field; see docs/checks.md)")
     return planned
+
+
+def _check_none_recorded(recipes: Sequence[Recipe], name: str | None, record_to: Path) -> None:
+    """A golden run is never recorded over: those already in ``record_to`` are one line, with the
+    recipes still to record (a ``--record`` that was interrupted goes on so)."""
+    recorded, missing = [], []
+    for recipe in recipes:
+        for one in recipe.checks:
+            if name is None or one.label == name:
+                folder = record_to / f"{recipe.name}-{one.label}"
+                (recorded if folder.exists() else missing).append((recipe, folder))
+    if not recorded:
+        return
+    shown, more = first_few([str(folder) for _, folder in recorded])
+    one = len(recorded) == 1
+    line = (f"--record: {', '.join(shown)}{f' and {more} more' if more else ''} exist{'s' if one else ''}; "
+            f"remove {'it' if one else 'them'} to record again")  # fmt: skip
+    if missing:
+        still = dict.fromkeys(recipe.source or recipe.name for recipe, _ in missing)
+        line += f", or record only the others: fmtk check {' '.join(still)} --record {record_to}"
+    line += " (nothing was overwritten)"
+    raise FmtkError(line)
 
 
 def check(
