@@ -7,7 +7,7 @@ What fmtk keeps there (:mod:`fmtk.data.image_cache` writes the first two, for ``
   the folder's path, ``<key>`` its files (each one's path, size and modification time).
 - the same name in ``.json``: what the ``.npy`` holds (the folder, its photos, the files that cannot
   be decoded).
-- ``bad-images-<name>.txt``: the last list of a folder's files that cannot be decoded.
+- ``bad-images-<name>-<hash>.txt``: the last list of a folder's files that cannot be decoded.
 - ``<name>.<host>-<pid>.tmp``: a file being written, or left by a process killed while writing it
   (an older fmtk's ``<name>.<pid>.tmp``).
 - ``<folder>-<size>px-<key>.npy``: an older fmtk's decoded photos (before the ``.json``), never read again.

@@ -20,7 +20,7 @@ import torch
 
 from fmtk.data.batches import DataSplits, TensorBatches, stratified_split
 from fmtk.data.copies import Fingerprinted, Fingerprints, LabelConflict, label_conflicts, near_copies
-from fmtk.data.image_cache import Bad, FolderCache, folder_name, make_room
+from fmtk.data.image_cache import Bad, FolderCache, bad_list_name, make_room
 from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD
 from fmtk.data.images import (
     DATA_CACHES,
@@ -195,7 +195,7 @@ def load_photo_folder(
         hint = SKIP_HINT if skip_bad_images is False else ""
         if found.others:  # said now too: the next try would say it only once these are fixed
             hint += f"; besides, files of kinds fmtk does not read are left out: {kinds_of(found.others)}"
-        raise bad_images_error(bad, folder_name(root), hint) from None
+        raise bad_images_error(bad, bad_list_name(root), hint) from None
 
 
 def photo_batches(

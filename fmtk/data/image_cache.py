@@ -34,6 +34,12 @@ def folder_name(folder: Path) -> str:
     return Path(folder).resolve().name or "photos"
 
 
+def bad_list_name(folder: Path) -> str:
+    """The name of ``folder``'s list of bad files: its name and its whole path's hash (two folders
+    named ``photos`` have two lists)."""
+    return f"{folder_name(folder)}-{hashlib.sha256(os.fsencode(Path(folder).resolve())).hexdigest()[:8]}"
+
+
 class FolderCache:
     """``samples`` (the photos of ``folder``) decoded at ``image_size``, in the cache folder."""
 
@@ -129,6 +135,7 @@ def make_room(caches: Iterable[FolderCache]) -> None:
         return
     need = sum(cache.bytes_needed for cache in missing)
     where = cache_folder()
+    check_writable(where)
     existing = next(folder for folder in [where, *where.parents] if folder.exists())
     free = shutil.disk_usage(existing).free
     if need > free:
@@ -138,6 +145,23 @@ def make_room(caches: Iterable[FolderCache]) -> None:
             f"free on the disk of the cache folder {where}: free space (fmtk cache --clear), set "
             "FMTK_CACHE to a folder on a larger disk, or --set data_cache=memory"
         )
+
+
+def check_writable(where: Path) -> None:
+    """Before decoding: the cache folder can be made and written in (a read-only disk, a folder of
+    another user's, a path through a file), else one line that says what to do instead."""
+    if where.exists() and not where.is_dir():  # (mkdir says "File exists")
+        raise FmtkError(f"the cache folder {where} is a file ($FMTK_CACHE names a folder)")
+    probe = temporary_name(where / ".writable")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise FmtkError(
+            f"data_cache=file: cannot write in the cache folder {where} ({error.strerror}): set FMTK_CACHE "
+            "to a folder you can write in, or --set data_cache=memory"
+        ) from None
 
 
 def cached_decode_images(

@@ -137,7 +137,7 @@ def test_every_bad_photo_is_named_in_one_pass_and_listed_in_a_file(
             "fix or remove them"
             + ("; or train without them: --set skip_bad_images=true" if skip is False else "")
         )
-    listed = tmp_path / "cache" / "bad-images-photos.txt"
+    [listed] = (tmp_path / "cache").glob("bad-images-photos-*.txt")
     assert f"all of them are listed in {listed}" in line
     assert sorted(row.split("\t")[0] for row in listed.read_text().splitlines()) == bad
     assert tree_snapshot(photos) == before  # nothing written into the photos' folder

@@ -227,14 +227,23 @@ def test_the_folder_given_as_dot_is_named_and_listed(
     assert len(cache_contents().photos) == 1
 
 
+def test_two_folders_of_one_name_have_two_lists_of_bad_files(tmp_path: Path) -> None:
+    from fmtk.data.image_cache import bad_list_name
+
+    first, second = bad_list_name(tmp_path / "a" / "photos"), bad_list_name(tmp_path / "b" / "photos")
+    assert first != second and first.startswith("photos-") and second.startswith("photos-")
+    assert bad_list_name(tmp_path / "a" / ".." / "a" / "photos") == first  # one folder, one list
+
+
 def test_a_cache_folder_that_cannot_be_made_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("FMTK_CACHE", str(tmp_path / "file" / "cache"))
     photos = make_photos(tmp_path / "photos", {"ants": 6, "bees": 6})
+    no_decoding(monkeypatch)  # said before the photos decode
     with pytest.raises(
-        FmtkError, match=r"cannot write the image cache .*file/cache/photos-16px-.*\.npy: Not a dir"
+        FmtkError, match=r"cannot write in the cache folder .*file/cache \(Not a directory\): set FMTK_CACHE"
     ):
         load(photos)
     monkeypatch.setenv("FMTK_CACHE", str(tmp_path / "file"))  # it said "File exists"
