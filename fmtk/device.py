@@ -59,9 +59,9 @@ def default_threads(cores: int, processes: int = 1, environ: Mapping[str, str] =
 
 def inference_threads(environ: Mapping[str, str] = os.environ) -> int:
     """CPU threads of the commands that only run a model (``fmtk evaluate``, ``fmtk predict``) when
-    not told: ``OMP_NUM_THREADS`` when it is set, else every usable core (:func:`usable_cores`):
-    torch's own default, but within a container's CPU quota."""
-    return threads_given(environ) or usable_cores()
+    not told: a run's (:func:`default_threads` of one process), for the same reason. Alone, every
+    core evaluated a folder 1.2× faster; beside a busy process, 1.4–4× slower (docs/performance.md)."""
+    return default_threads(usable_cores(), 1, environ)
 
 
 def threads_given(environ: Mapping[str, str]) -> int | None:

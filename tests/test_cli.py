@@ -117,10 +117,10 @@ def test_a_run_takes_half_the_cores_unless_told(
     assert default_threads(cores, processes, environ) == threads
 
 
-def test_commands_that_only_run_a_model_take_every_usable_core_unless_told() -> None:
-    assert inference_threads({}) == usable_cores()
+def test_commands_that_only_run_a_model_take_a_run_s_threads_unless_told() -> None:
+    assert inference_threads({}) == max(1, usable_cores() // 2) == default_threads(usable_cores())
     assert inference_threads({"OMP_NUM_THREADS": "3"}) == 3
-    assert inference_threads({"OMP_NUM_THREADS": "none"}) == usable_cores()
+    assert inference_threads({"OMP_NUM_THREADS": "none"}) == max(1, usable_cores() // 2)
 
 
 def test_a_containers_cpu_quota_bounds_the_cores_used(tmp_path: Path) -> None:

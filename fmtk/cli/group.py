@@ -123,7 +123,7 @@ def _set_threads(context: click.Context, parameter: click.Parameter, threads: in
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), callback=_set_threads, expose_value=False,
     help="CPU threads of torch's operations, photo decoding and onnxruntime [default: OMP_NUM_THREADS when "
-    "set, else every usable core, within a container's CPU quota]. See docs/performance.md#threads.",
+    "set, else half the usable cores, as a run's]. See docs/performance.md#threads.",
 )  # fmt: skip
 
 
