@@ -403,6 +403,17 @@ def apply_preset(recipe: Recipe, name: str | None) -> Recipe:
         raise FmtkError(f"preset {name}: {error}") from None
 
 
+def _presets_own(recipe: Recipe, key: str) -> bool:
+    """Whether ``recipe``'s value of ``key`` is its preset's (set by the preset, not since; or
+    fitted from it, ``derived``), as a recipe's own default is the recipe's."""
+    preset = recipe.presets.get(recipe.provenance.preset) if recipe.provenance.preset else None
+    if preset is None or key not in preset.values:
+        return False
+    if key in recipe.provenance.derived:
+        return recipe.provenance.derived[key][0] == parse_value(key, preset.values[key], float)
+    return getattr(recipe, key) == parse_value(key, preset.values[key], float)
+
+
 def overridable_fields() -> dict[str, Any]:
     """The Recipe fields `--set` may change, with their types."""
     hints = typing.get_type_hints(Recipe)
@@ -440,15 +451,20 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
         if parsed != default or key in changed:
             changed[key] = parsed
     derived = dict(recipe.provenance.derived)
+    presets = _presets_own(recipe, "warmup_epochs")
     if "warmup_epochs" in changes:  # the user's own
         derived.pop("warmup_epochs", None)
-    elif "warmup_epochs" in derived or "warmup_epochs" not in changed:
-        # The recipe's own warm-up would leave a shorter run no cosine epoch (images: 1 of 15, and
-        # `--epochs 1`): it keeps its share of the run instead (1/15 of 1 epoch), fitted again
-        # from the recipe's own when the epochs change again (`--config RUN --set epochs=15`).
+    elif "warmup_epochs" in derived or "warmup_epochs" not in changed or presets:
+        # The recipe's own warm-up (or its preset's) would leave a shorter run no cosine epoch
+        # (images: 1 of 15, and `--epochs 1`): it keeps its share of the run instead (1/15 of 1
+        # epoch), fitted again from the recipe's own when the epochs change again (`--config RUN
+        # --set epochs=15`).
         own, of_epochs = derived.pop("warmup_epochs", (recipe.warmup_epochs, recipe.epochs))
         epochs = changes.get("epochs", recipe.epochs)
-        changed.pop("warmup_epochs", None)
+        if presets:  # the preset's value, as it set it
+            changed["warmup_epochs"] = own
+        else:
+            changed.pop("warmup_epochs", None)
         changes["warmup_epochs"] = own
         if 0 < own >= epochs:
             changes["warmup_epochs"] = changed["warmup_epochs"] = round(own * epochs / of_epochs, 4)

@@ -473,6 +473,24 @@ def test_the_recipes_warm_up_keeps_its_share_of_a_shorter_run() -> None:
         apply_overrides(images, {"epochs": "1", "warmup_epochs": "1"})
 
 
+def test_a_preset_s_warm_up_keeps_its_share_of_a_shorter_run_as_the_recipe_s_does() -> None:
+    """catdog_vgg's best warms up 1 of its 40 epochs: `--preset best --epochs 1` was refused (a
+    preset's value counted as the user's); a warm-up given on top of the preset is the user's."""
+    best = apply_preset(load_recipe("catdog_vgg"), "best")
+    assert (best.epochs, best.warmup_epochs, best.changed["warmup_epochs"]) == (40, 1.0, 1.0)
+    short = apply_overrides(best, {"epochs": "1"})
+    assert (short.warmup_epochs, short.changed["warmup_epochs"], short.provenance.derived) == (
+        0.025, 0.025, {"warmup_epochs": [1.0, 40]}
+    )  # fmt: skip
+    again = recipe_from_config(json.loads(json.dumps(short.config())), decided=False)
+    longer = apply_overrides(again, {"epochs": "30"})  # the preset's own again, as it set it
+    assert (longer.warmup_epochs, longer.changed["warmup_epochs"]) == (1.0, 1.0)
+    assert longer.provenance.derived == {}
+    assert apply_overrides(best, {"epochs": "30"}).changed["warmup_epochs"] == 1.0
+    with pytest.raises(FmtkError, match="warmup_epochs 1.0 leaves no epoch of the 1"):
+        apply_overrides(best, {"epochs": "1", "warmup_epochs": "1"})
+
+
 def test_a_new_run_from_a_shorter_run_s_config_fits_the_warm_up_again() -> None:
     """`fmtk run images --epochs 1`, then `fmtk run --config RUN --set epochs=3`: the 3-epoch run
     warms up the recipe's 1 epoch, as `fmtk run images --epochs 3` does (it kept 0.0667)."""
