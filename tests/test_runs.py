@@ -456,6 +456,9 @@ def test_curves_take_the_first_ten_runs_and_never_overwrite(tmp_path: Path) -> N
     pixels = np.asarray(Image.open(tmp_path / "best.png")).reshape(-1, 3)
     drawn = [(pixels == colour).all(1).sum() for colour in LINE_COLOURS]
     assert min(drawn) > 100  # every colour: ten runs
+    quiet = fmtk("runs", ".", "--json", "--curves", "json.png", cwd=tmp_path)  # stdout: JSON alone
+    assert len(json.loads(quiet.stdout)) == 12
+    assert quiet.stderr == "wrote json.png: 10 of the table's 12 runs\n"
     before = (tmp_path / "best.png").read_bytes()
     again = fmtk("runs", ".", "--curves", "best.png", cwd=tmp_path)
     assert again.returncode == 1

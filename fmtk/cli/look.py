@@ -371,9 +371,9 @@ def runs(folders: tuple[Path, ...], sort_key: str, as_json: bool, curves: Path |
         click.echo(f"no runs under {', '.join(map(str, roots))}")
     else:
         click.echo(format_runs_table(rows))
-    if drawn is not None and not as_json:
+    if drawn is not None:  # (with --json, on stderr: stdout is the JSON alone)
         shown = f": {drawn} of the table's {len(rows)} runs" if len(rows) > drawn else ""
-        click.echo(f"wrote {curves}{shown}")
+        click.echo(f"wrote {curves}{shown}", err=as_json)
 
 
 def _draw_curves(runs: list[tuple[dict, Path]], out: Path, shorten: bool) -> int:
@@ -398,7 +398,8 @@ def _draw_curves(runs: list[tuple[dict, Path]], out: Path, shorten: bool) -> int
         ):
             click.echo(f"{row['run']}: no finished epoch with finite figures; left out of --curves", err=True)
             continue
-        histories[folder.name if row["run"] == "." else row["run"]] = history
+        name = folder.name if row["run"] == "." else row["run"]
+        histories[f"{name} ({row['preset']})" if row["preset"] else name] = history  # as the table tells them
     if not histories:
         raise FmtkError(f"--curves {out}: no run with a finished epoch to draw")
     title = f"valid loss and accuracy of {len(histories)} run{'s' if len(histories) > 1 else ''}"
