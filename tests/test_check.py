@@ -208,7 +208,7 @@ def test_the_pytest_plugin_collects_a_user_s_recipe_folder_beside_their_tests(tm
         "-p",
         "no:cacheprovider",
     ]
-    (tmp_path / "tmp").mkdir()  # where the failed check's run folder is kept: not the machine's /tmp
+    (tmp_path / "tmp").mkdir(exist_ok=True)  # where the failed check's run folder is kept: not /tmp
     env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 1, result.stdout
