@@ -37,7 +37,8 @@ def cross_entropy(recipe: Recipe) -> nn.Module:
 class Provenance:
     """Where a recipe came from, set by fmtk (not by a recipe's author) and recorded in
     config.json: ``source``, the file of a user's recipe (for ``--resume``); ``preset``, the
-    preset it was given; ``changed``, the values set on top of its defaults; ``derived``, the
+    preset it was given, and ``preset_values``, the values it set; ``changed``, the values set on
+    top of its defaults (the preset's included); ``derived``, the
     recipe's own ``[value, epochs]`` of a field fmtk fitted to the run's epochs (``warmup_epochs``),
     to fit again when a new run from its config.json changes them. ``data_decided``: it
     holds the values its ``from_data`` decides (run once, or read from the run's config.json), which
@@ -48,6 +49,7 @@ class Provenance:
     changed: Mapping[str, Any] = field(default_factory=dict)
     derived: Mapping[str, list[float]] = field(default_factory=dict)
     data_decided: bool = False
+    preset_values: Mapping[str, Any] = field(default_factory=dict)  # what the preset set, as it set it
 
 
 @dataclass(frozen=True)
@@ -283,6 +285,7 @@ class Recipe:
         return {
             "name": self.name, "description": self.description, "source": self.source, **values,
             "preset": self.preset, "changed": dict(self.changed),
+            **({"preset_values": dict(self.provenance.preset_values)} if self.preset else {}),
             **({"derived": dict(self.provenance.derived)} if self.provenance.derived else {}),
         }  # fmt: skip
 
@@ -398,7 +401,9 @@ def apply_preset(recipe: Recipe, name: str | None) -> Recipe:
         known = f"its presets: {', '.join(recipe.presets)}" if recipe.presets else "it has none"
         raise FmtkError(f"recipe {recipe.name} has no preset '{name}'; {known}")
     try:
-        return apply_overrides(recipe, recipe.presets[name].values).came_from(preset=name)
+        applied = apply_overrides(recipe, recipe.presets[name].values)
+        values = {key: applied.changed[key] for key in recipe.presets[name].values if key in applied.changed}
+        return applied.came_from(preset=name, preset_values=values)
     except FmtkError as error:  # a mistake in the recipe's own preset: named
         raise FmtkError(f"preset {name}: {error}") from None
 

@@ -141,7 +141,11 @@ def recipe_from_config(
             if old in changed:
                 changed[new] = changed.pop(old)
     recipe = dataclasses.replace(recipe, **values, options=options).came_from(
-        changed=changed, preset=config.get("preset"), derived=_derived(config), data_decided=decided
+        changed=changed,
+        preset=config.get("preset"),
+        derived=_derived(config),
+        data_decided=decided,
+        preset_values=config.get("preset_values") if isinstance(config.get("preset_values"), dict) else {},
     )
     recipe.validate()
     return recipe

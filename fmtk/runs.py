@@ -77,7 +77,7 @@ def read_run(run_dir: Path, root: Path, whole_path: bool = False) -> dict[str, A
         row["recipe"] = _text(config.get("name"))
         row["preset"] = _text(config.get("preset"))
         changed = config.get("changed")
-        row["changed"] = changed if isinstance(changed, dict) else None
+        row["changed"] = _set_on_top(config, changed) if isinstance(changed, dict) else None
         if row["changed"] is not None:  # a trial of fmtk tune: its searched values, also a recipe's own
             values = {key: _recipe_value(config, key) for key in _searched_keys(run_dir.parent)}
             row["changed"] = {**{key: value for key, value in values.items() if value is not None},
@@ -206,6 +206,17 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(item) for item in value]
     return value
+
+
+def _set_on_top(config: dict[str, Any], changed: dict[str, Any]) -> dict[str, Any]:
+    """``changed`` less what the preset column and config.json's ``derived`` tell: the values the
+    preset set as it set them, and a warm-up fmtk fitted to a shorter run."""
+    preset = config.get("preset_values") if isinstance(config.get("preset_values"), dict) else {}
+    derived = config.get("derived") if isinstance(config.get("derived"), dict) else {}
+    return {
+        key: value for key, value in changed.items()
+        if key not in derived and not (key in preset and preset[key] == value)
+    }  # fmt: skip
 
 
 def _searched_keys(folder: Path) -> list[str]:

@@ -266,6 +266,23 @@ def test_sort(tmp_path: Path, key: str, order: list[str]) -> None:
     assert [row["run"] for row in sort_runs(sort_fixture(tmp_path), key)] == order
 
 
+def test_changed_leaves_out_what_the_preset_set_and_a_fitted_warm_up(tmp_path: Path) -> None:
+    """A preset run's changed column repeated the whole preset (240 characters for catdog_vgg's best)
+    beside the preset column, and a warm-up fmtk fitted to `--epochs 1` looked set by the user."""
+    from fmtk.recipe_loading import resolve_recipe
+
+    for name, preset, given, shown in [
+        ("catdog_vgg", "best", {"epochs": 1}, {"epochs": 1}),  # its warm-up fitted too: 0.025
+        ("catdog_vgg", "best", {"lr": 0.001}, {"lr": 0.001}),  # a preset's value changed again
+        ("images", None, {"epochs": 1}, {"epochs": 1}),
+    ]:
+        config = resolve_recipe(name, preset, given).config()
+        (tmp_path / name).mkdir(exist_ok=True)
+        write_json(tmp_path / name / CONFIG, config)
+        [row] = list_runs(tmp_path / name)
+        assert row["changed"] == shown and len(config["changed"]) > len(shown), config["changed"]
+
+
 def test_sort_takes_the_json_s_names_of_the_values_too(tmp_path: Path) -> None:
     rows = sort_fixture(tmp_path)
     for json_key, header in JSON_SORT_KEYS.items():
