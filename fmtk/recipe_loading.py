@@ -180,13 +180,14 @@ def _load_recipe_of(config: dict[str, Any]) -> Recipe:
     if name not in names:
         raise FmtkError(
             f"config.json names recipe '{name}', which is no bundled recipe ({', '.join(names)}) and "
-            "no recipe file; a recipe made in Python is given from Python, e.g. "
-            "fmtk.evaluate(run_dir, recipe=recipe)"
+            "no recipe file; a recipe made in Python is given from Python: fmtk.resume, evaluate or "
+            "predict(run_dir, ..., recipe=recipe)"
         )
     recipe = load_recipe(name)
     if config.get("model") not in (None, recipe.config()["model"]):  # one of the same name, made in Python
         raise FmtkError(
             f"recipe '{name}' was made in Python (its model is not the bundled recipe's); "
-            "give the recipe object from Python, e.g. fmtk.evaluate(run_dir, recipe=recipe)"
+            "give the recipe object from Python: fmtk.resume, evaluate or predict(run_dir, ..., "
+            "recipe=recipe)"
         )
     return recipe
