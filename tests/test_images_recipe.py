@@ -101,6 +101,7 @@ def test_default_weights_are_read_from_the_torch_hub_cache_and_the_head_is_new(
 def test_the_weights_set_the_default_image_size_and_normalisation(photos: Path, hub_cache: Path) -> None:
     parts = recipe_parts(resolve_recipe("images", None, {"weights": "IMAGENET1K_V1"}), photos, CPU)
     assert parts.recipe.options["image_size"] == 224 and parts.data.train.images.shape[-1] == 224
+    assert parts.started_from.endswith("; new: fc 512→3; photos at 224 px (image_size=0)")  # said
     assert torch.allclose(parts.data.train.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
 
 

@@ -135,6 +135,7 @@ def recipe_parts(
     (a checkpoint's) runs between the model and the data, so that one that does not fit fails before
     a slow data load; without it, the recipe's starting ``weights`` are loaded (and tell the
     ``head``; a resumed run gives the one its config.json recorded)."""
+    left_to_data = recipe.options.get("image_size") == 0  # (images: 0, the weights' own size)
     recipe = with_data(recipe, data_dir)
     model = create_model(recipe, device)
     started_from = None
@@ -143,6 +144,8 @@ def recipe_parts(
     elif recipe.weights is not None:
         started_from, new = load_starting_weights(model, recipe.weights, recipe.options.get("arch"))
         head = tuple(new)
+        if left_to_data and recipe.options.get("image_size"):  # a weights' size is slower than one asks
+            started_from += f"; photos at {recipe.options['image_size']} px (image_size=0)"
     if recipe.fine_tunes and not head:
         raise FmtkError(
             f"recipe {recipe.name}: freeze_epochs and backbone_lr_scale act on the tensors the starting "
