@@ -204,6 +204,12 @@ def scale_to_uint8(images: torch.Tensor) -> torch.Tensor:
     return pixels.round().clamp(0, 255).to(torch.uint8)
 
 
+def are_images(samples: torch.Tensor) -> bool:
+    """Whether ``samples`` can be drawn as images: N×C×H×W with C = 1 or 3 (a recipe's data may be
+    anything a model takes: a table's rows, N×13, are not)."""
+    return samples.ndim == 4 and samples.shape[1] in (1, 3)
+
+
 def titled_grid(
     images: torch.Tensor,
     titles: Sequence[str],

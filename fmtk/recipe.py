@@ -250,7 +250,10 @@ class Recipe:
     def input(self) -> ImageInput:
         """How this recipe reads one image file (its ``image_input``)."""
         if self.image_input is None:
-            raise FmtkError(f"recipe {self.name} does not say how to read an image file (image_input)")
+            raise FmtkError(
+                f"recipe {self.name} does not say how to read an image file: give it image_input= (an "
+                "ImageInput; docs/recipes.md), as predict and export read and write image files only"
+            )
         given = self.call("image_input")
         if not isinstance(given, ImageInput):
             raise FmtkError(f"recipe {self.name}: image_input gave {type(given).__name__}, not ImageInput")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from conftest import USER_RECIPE, fmtk
+from PIL import Image
 
 from fmtk.errors import FmtkError
 from fmtk.recipe import apply_overrides
@@ -99,3 +100,51 @@ def test_bad_overrides_are_one_line_errors(overrides: dict, message: str) -> Non
 def test_bundled_recipes_found_from_any_directory(tmp_path: Path) -> None:
     result = fmtk("list", cwd=tmp_path)
     assert "mnist_dnn" in result.stdout and "catdog_vgg" in result.stdout
+
+
+TABLE_RECIPE = """
+import torch
+from sklearn.datasets import load_wine
+from torch import nn
+
+from fmtk import Recipe
+from fmtk.data import DataSplits, TensorBatches
+
+
+def model(recipe):
+    return nn.Sequential(nn.Linear(13, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def data(recipe, data_dir, device):
+    features, labels = load_wine(return_X_y=True)
+    x = torch.tensor((features - features.mean(0)) / features.std(0), dtype=torch.float32)
+    y = torch.tensor(labels)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    x, y = x[order], y[order]
+    def split(part, shuffle=False):
+        return TensorBatches(x[part], y[part], recipe.batch_size, shuffle=shuffle, scale=1.0)
+    return DataSplits(split(slice(0, 100), True), split(slice(100, 140)), split(slice(140, None)),
+                      ["a", "b", "c"])
+
+
+recipe = Recipe(name="wine", description="wine's 13 measures", model=model, data=data, optimizer="Adam",
+                lr=1e-3, batch_size=16, epochs=2)
+"""
+
+
+def test_a_recipe_of_a_table_s_rows_ends_its_run_and_show_says_nothing_is_to_draw(tmp_path: Path) -> None:
+    """Its samples are rows of 13 numbers, not images: the end of the run drew the valid split's
+    wrong predictions as images (a traceback, and a run that no resume could finish)."""
+    (tmp_path / "wine.py").write_text(TABLE_RECIPE)
+    done = fmtk("run", "wine.py", "--run-dir", "run", "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "top_losses.csv").is_file()  # 2 epochs at lr 1e-3: some are wrong
+    run = tmp_path / "run"
+    assert (run / "metrics.json").is_file() and not (run / "top_losses.png").exists()
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
+    asked = fmtk("predict", "run", "photo.png", cwd=tmp_path)  # a table's model reads no image file
+    assert asked.returncode == 1
+    assert "recipe wine does not say how to read an image file: give it image_input=" in asked.stderr
+    shown = fmtk("show", "wine.py", cwd=tmp_path)
+    assert shown.returncode == 1
+    assert shown.stderr == "Error: recipe wine: its samples are not images (each is 13): nothing to draw\n"

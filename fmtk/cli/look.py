@@ -78,7 +78,7 @@ def show(
     from fmtk.data.batches import TensorBatches
     from fmtk.data.copies import conflicts_line, copies_line
     from fmtk.data.images import others_line, photo_bars
-    from fmtk.pictures import save_new_picture, titled_grid
+    from fmtk.pictures import are_images, save_new_picture, titled_grid
     from fmtk.recipe_loading import data_root
     from fmtk.training.build import skipped_line
     from fmtk.training.handlers import progress_by_default
@@ -117,6 +117,10 @@ def show(
         counts = torch.bincount(getattr(data, name).labels, minlength=len(data.classes)).tolist()
         click.echo(f"{name:<6}" + "  ".join(f"{c}: {n}" for c, n in zip(data.classes, counts, strict=True)))
     batches = getattr(data, split)
+    if not are_images(batches.images):
+        shape = "×".join(map(str, batches.images.shape[1:]))
+        raise FmtkError(f"recipe {recipe.name}: its samples are not images (each is {shape}): nothing to "
+                        "draw")  # fmt: skip
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(batches.labels), generator=generator)[:count]
     titles = [data.classes[int(label)] for label in batches.labels[chosen]]

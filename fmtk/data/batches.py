@@ -45,7 +45,8 @@ def process_shard() -> tuple[int, int]:
 
 
 class TensorBatches:
-    """Batches ``(x, y)`` sliced from uint8 ``images`` (N×C×H×W) and int64 ``labels``.
+    """Batches ``(x, y)`` sliced from uint8 ``images`` (N×C×H×W; or any float tensor of samples, a
+    table's rows N×F, with ``scale=1.0`` and no augmentation) and int64 ``labels``.
 
     Each batch is scaled to float (``/ scale``), normalised by ``mean``/``std``, and optionally
     augmented per sample (:class:`~fmtk.data.augment.Augmentation`), all on the tensors' device and

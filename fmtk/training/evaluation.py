@@ -28,7 +28,7 @@ from fmtk.data.image_input import read_all, read_pixels
 from fmtk.data.images import heif_hint, kinds_of, list_image_folder, photo_bar
 from fmtk.errors import FmtkError
 from fmtk.models import FlipAveraged
-from fmtk.pictures import confusion_picture, titled_grid
+from fmtk.pictures import are_images, confusion_picture, titled_grid
 from fmtk.recipe import Recipe
 from fmtk.recipe_loading import recipe_from_config
 from fmtk.runfolder import (
@@ -476,7 +476,7 @@ def run_pictures(
     if isinstance(valid, TensorBatches):
         valid = valid.whole()  # every sample, also when this is one of several processes
         rows = top_losses(model, valid, best_test.classes)
-        if rows:
+        if rows and are_images(valid.images):  # (a table's rows are listed in top_losses.csv only)
             wrong_title = (
                 f"{recipe_name}: wrong predictions, highest loss first, valid split (best checkpoint)"
             )
