@@ -166,6 +166,11 @@ def not_a_run(folder: Path, resuming: bool = False) -> str:
         return f"a study of fmtk tune, not a run: its trial_* folders are (fmtk runs {folder} lists them)"
     if any(folder.glob(f"*/{CONFIG}")) or any(folder.glob(f"*/*/{CONFIG}")):
         return f"a folder of runs, not a run: name one of them (fmtk runs {folder} lists them)"
+    if folder.is_dir() and not any(folder.iterdir()):
+        return (
+            "an empty folder, not a run: one stopped before it began (a kill while its data loaded) "
+            "leaves one; start it again, as a new run (--run-dir takes an empty folder)"
+        )
     return f"not a run folder (it has no {CONFIG})"
 
 

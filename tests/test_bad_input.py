@@ -1209,3 +1209,17 @@ def test_a_run_folder_whose_name_is_not_utf8_is_one_line_before_anything_is_made
     refused = fmtk("run", "digits_mlp", "--epochs", "1", "--output-dir", f"{latin}/runs", cwd=tmp_path)
     assert_one_line_error(refused, "--output-dir caf", "/runs: its name is not UTF-8")
     assert os.listdir(tmp_path) == []
+
+
+def test_an_empty_folder_given_as_a_run_says_what_leaves_one(tmp_path: Path) -> None:
+    """A run killed while its data loaded leaves its --run-dir empty: its resume said only that the
+    folder has no config.json."""
+    (tmp_path / "killed").mkdir()
+    before = tree_snapshot(tmp_path)
+    for command in (["run", "--resume", "killed"], ["evaluate", "killed"]):
+        assert_one_line_error(
+            fmtk(*command, cwd=tmp_path),
+            f"fmtk {' '.join(command)}: an empty folder, not a run: one stopped before it began",
+            "start it again, as a new run (--run-dir takes an empty folder)",
+        )
+    assert tree_snapshot(tmp_path) == before
