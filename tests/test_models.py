@@ -87,3 +87,39 @@ def test_conv_blocks_pooling_before_relu_compute_the_notebooks_cnns(variant: str
     assert torch.equal(model.eval()(x), notebook.eval()(x))
     for (name, ours), theirs in zip(model.named_parameters(), notebook.parameters(), strict=True):
         assert torch.allclose(ours.grad, theirs.grad, rtol=1e-5, atol=1e-7), name
+
+
+class Tokens(nn.Module):
+    """A small ViT-like model: a token of its own, attention whose out_proj it never calls itself,
+    a block with a scale of its own around a Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(1, 1, 8))
+        self.embed = nn.Linear(4, 8)
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.block = nn.Sequential(nn.Linear(8, 8))
+        self.block.scale = nn.Parameter(torch.ones(8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = torch.cat([self.token.expand(len(x), -1, -1), self.embed(x)], dim=1)
+        tokens, _ = self.attention(tokens, tokens, tokens)
+        return self.head(self.block(tokens)[:, 0] * self.block.scale)
+
+
+def test_the_summary_s_rows_add_up_to_the_model_s_parameters() -> None:
+    """vit_b_16's rows left out a third of its 85.8 M (its attention's in- and out-projections, its
+    class token and position embedding): parameters a module holds beside its children."""
+    from fmtk.summary import format_summary, layer_table
+
+    model = Tokens()
+    rows = layer_table(model, (5, 4))
+    assert sum(count for *_, count in rows) == count_parameters(model) == 443
+    named = {name: (kind, shape, count) for name, kind, shape, count in rows}
+    assert named["attention"] == ("MultiheadAttention", "[1, 6, 8]", 216)  # in_proj: its own, 3 × (64 + 8)
+    assert named["attention.out_proj"] == ("NonDynamicallyQuantizableLinear", "-", 72)  # used, not called
+    assert named["block"][2] == 8 and named["(model)"] == ("Tokens", "[1, 3]", 8)
+    names = [name for name, *_ in rows]
+    assert names.index("attention.out_proj") == names.index("attention") + 1  # after its parent
+    assert "total parameters: 443" in format_summary(model, (5, 4))
