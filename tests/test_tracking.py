@@ -568,7 +568,28 @@ def test_wandb_dir_is_made_before_wandb_warns_or_is_one_line_when_it_cannot_be(
     result = fmtk_here("run", "digits_mlp", "--run-dir", "unmade", "--track", "wandb", cwd=workspace)
     bad = workspace / "a_file" / "wb"
     assert_one_line_error(result, f"$WANDB_DIR {bad}: cannot make it (Not a directory)")
-    assert not (workspace / "unmade").exists()
+    assert not (workspace / "unmade").exists() and "train " not in result.stdout  # before the data loads
+
+
+def test_a_w_and_b_server_that_cannot_be_reached_is_one_line_before_the_data_loads(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """W&B itself waited a minute (its init_timeout), said "context deadline exceeded" and left a
+    ./wandb folder."""
+    pytest.importorskip("wandb")
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    result = fmtk_here("run", "digits_mlp", "--run-dir", "unmade", "--track", "wandb", cwd=workspace)
+    assert_one_line_error(
+        result, f"track=wandb: the W&B server http://127.0.0.1:{port} cannot be reached (connection "
+        "refused): check the network, or set WANDB_MODE=offline",
+    )  # fmt: skip
+    assert not (workspace / "unmade").exists() and not (workspace / "wandb").exists()
+    assert "train " not in result.stdout
 
 
 @pytest.mark.slow  # three processes, each importing torch

@@ -28,12 +28,14 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 from ignite.engine import Engine, Events
@@ -323,11 +325,24 @@ class WandbTracker(Tracker):
     def __init__(self, run_dir: Path, echo: Callable[[str], None]) -> None:
         self.wandb = import_tracker("wandb")
         offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled")
-        if not (offline or os.environ.get("WANDB_API_KEY") or _netrc_login("api.wandb.ai")):
+        server = os.environ.get("WANDB_BASE_URL") or self.wandb.Settings().base_url  # (W&B's own default)
+        if not (offline or os.environ.get("WANDB_API_KEY") or _netrc_login(urlsplit(server).hostname or "")):
             raise FmtkError(
                 "track=wandb: no W&B login here: run `wandb login` or set WANDB_API_KEY; or set "
                 "WANDB_MODE=offline to log into files that `wandb sync` sends later"
             )
+        # Before the data loads, as MLflow's server is asked: W&B itself waits a minute, then says
+        # "context deadline exceeded", and leaves a ./wandb folder.
+        if not offline and (unreachable := _unreachable(server)):
+            raise FmtkError(
+                f"track=wandb: the W&B server {server} {unreachable}: check the network, or set "
+                "WANDB_MODE=offline to log into files that `wandb sync` sends later"
+            )
+        if folder := os.environ.get("WANDB_DIR"):  # W&B makes it too, but first warns it is no git root
+            try:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise FmtkError(f"$WANDB_DIR {folder}: cannot make it ({error.strerror})") from None
         super().__init__(run_dir, echo)
         self.errors = (Exception,)  # W&B raises its own kinds, and a run must never die of one
         self.logged_epoch = self.recorded.get("logged_epoch", 0)
@@ -341,11 +356,6 @@ class WandbTracker(Tracker):
         resumed, self.run_id = self.run_id is not None, self.run_id or secrets.token_hex(4)
         values = utf8({**hparam_values(recipe), **run_tags(recipe, config, self.run_dir)})
         group = self.study.get("group")  # a trial's: its study's
-        if folder := os.environ.get("WANDB_DIR"):  # W&B makes it too, but first warns it is no git root
-            try:
-                Path(folder).mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise FmtkError(f"$WANDB_DIR {folder}: cannot make it ({error.strerror})") from None
         argv, sys.argv = sys.argv, utf8(sys.argv)  # W&B sends it with the run, and fails on bytes
         try:
             self.run = self.wandb.init(
@@ -463,6 +473,24 @@ def exported_model(run_dir: Path, echo: Callable[[str], None]) -> tuple[str, ...
             moved.unlink()
         echo(f"track_model: {model.name} now holds {best} (it held {exported_from}, an earlier best)")
     return made.path.name, made.report_path.name
+
+
+def _unreachable(url: str, seconds: float = 3.0) -> str | None:
+    """Why the server at ``url`` cannot be reached in a few words (no TCP connection in ``seconds``),
+    else None."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "", port), timeout=seconds).close()
+    except socket.gaierror:
+        return "cannot be reached (no such host)"
+    except ConnectionRefusedError:
+        return "cannot be reached (connection refused)"
+    except TimeoutError:
+        return f"does not answer (no connection in {seconds:g} s)"
+    except OSError as error:
+        return f"cannot be reached ({error.strerror or error})"
+    return None
 
 
 def _netrc_login(host: str) -> bool:
