@@ -314,7 +314,7 @@ def test_summary_needs_the_class_names_and_says_where_they_come_from(photos: Pat
     assert shown.returncode == 0 and "input: [3, 224, 224]" in shown.stdout, shown.stderr
     assert shown.stderr == (  # the model may depend on the data (a user's recipe: its class count)
         "note: images sets some values from its data (from_data); without --data-dir the model is made "
-        "with the recipe's own\n"
+        "with the values given (the recipe's own, or --set)\n"
     )
     # --data-dir, as the line says: the folder's 3 classes size the head
     folder = fmtk("summary", "images", "--data-dir", str(photos), "--set", "arch=resnet18")

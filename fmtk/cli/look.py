@@ -182,7 +182,8 @@ def summary(recipe_name: str, preset: str | None, settings: tuple[str, ...], dat
         input_shape = recipe.input().shape
     if data_dir is None and not on_data and recipe.from_data is not None:
         click.echo(f"note: {recipe.name} sets some values from its data (from_data); without --data-dir "
-                   "the model is made with the recipe's own", err=True)  # fmt: skip
+                   "the model is made with the values given (the recipe's own, or --set)",
+                   err=True)  # fmt: skip
     click.echo(f"{recipe.name}: {recipe.description}")
     click.echo(format_summary(model, input_shape))
 
