@@ -417,9 +417,10 @@ def _presets_own(recipe: Recipe, key: str) -> bool:
     preset = recipe.presets.get(recipe.provenance.preset) if recipe.provenance.preset else None
     if preset is None or key not in preset.values:
         return False
+    value = parse_value(key, preset.values[key], overridable_fields()[key])
     if key in recipe.provenance.derived:
-        return recipe.provenance.derived[key][0] == parse_value(key, preset.values[key], float)
-    return getattr(recipe, key) == parse_value(key, preset.values[key], float)
+        return recipe.provenance.derived[key][0] == value
+    return getattr(recipe, key) == value
 
 
 def overridable_fields() -> dict[str, Any]:
