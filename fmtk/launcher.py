@@ -242,12 +242,23 @@ def run_process(local_rank: int, request: RunRequest) -> None:
             report.with_suffix(".part").rename(report)  # whole, even if this process is stopped
         elif is_main_process():
             print(f"Error: {line}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        _end(1)
     except KeyboardInterrupt:
         # Spawned processes: the launching process says how to resume; under torchrun, rank 0.
         if request.error_dir is None and is_main_process() and request.run_dir is not None:
             print(_interrupted(request.run_dir), file=sys.stderr, flush=True)
-        sys.exit(130)
+        _end(130)
+
+
+def _end(code: int) -> None:
+    """End this rank after an error or Ctrl-C, its files written and closed, without the
+    interpreter's teardown: the process group, still held by the run's traceback, would be freed by
+    its last collection, where a gloo thread letting go of an unfinished collective dies of
+    ``std::terminate`` ("terminate called without an active exception", SIGABRT: the launcher then
+    exited 250, not 130; :func:`fmtk.distributed._run_then_free_the_group` says why)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _end_with_the_launcher() -> None:
