@@ -303,24 +303,22 @@ def plan_checks(
             "with kept ones)",
             exit_code=2,  # a usage error, as click's
         )
+    chosen = [(recipe, one) for recipe in recipes for one in recipe.checks if name in (None, one.label)]
     if record_to is not None:
-        _check_none_recorded(recipes, name, Path(record_to))
+        _check_none_recorded(chosen, Path(record_to))
     planned = []
-    for recipe in recipes:
-        for one in recipe.checks:
-            if name is not None and one.label != name:
-                continue
-            folder = f"{recipe.name}-{one.label}"
-            where = {
-                "keep": None if keep is None else Path(keep),
-                "golden": None if against is None else Path(against) / folder,
-                "record_to": None if record_to is None else Path(record_to) / folder,
-            }
-            prepare_check(recipe, one, **where)
-            if one.data and not (data_root(data_dir) / one.data).is_dir():
-                raise FmtkError(f"{recipe.name} ({one.label}): its data {one.data!r} is not a folder "
-                                f"under {data_root(data_dir)} (give --data-dir)")  # fmt: skip
-            planned.append((recipe, one, where))
+    for recipe, one in chosen:
+        folder = f"{recipe.name}-{one.label}"
+        where = {
+            "keep": None if keep is None else Path(keep),
+            "golden": None if against is None else Path(against) / folder,
+            "record_to": None if record_to is None else Path(record_to) / folder,
+        }
+        prepare_check(recipe, one, **where)
+        if one.data and not (data_root(data_dir) / one.data).is_dir():
+            raise FmtkError(f"{recipe.name} ({one.label}): its data {one.data!r} is not a folder "
+                            f"under {data_root(data_dir)} (give --data-dir)")  # fmt: skip
+        planned.append((recipe, one, where))
     if not planned:
         names = ", ".join(recipe.name for recipe in recipes)
         labels = ", ".join(one.label for recipe in recipes for one in recipe.checks) or "none"
@@ -329,15 +327,13 @@ def plan_checks(
     return planned
 
 
-def _check_none_recorded(recipes: Sequence[Recipe], name: str | None, record_to: Path) -> None:
-    """A golden run is never recorded over: those already in ``record_to`` are one line, with the
-    recipes still to record (a ``--record`` that was interrupted goes on so)."""
+def _check_none_recorded(chosen: Sequence[tuple[Recipe, Check]], record_to: Path) -> None:
+    """A golden run is never recorded over: those of the ``chosen`` checks already in ``record_to``
+    are one line, with the recipes still to record (a ``--record`` that was interrupted goes on so)."""
     recorded, missing = [], []
-    for recipe in recipes:
-        for one in recipe.checks:
-            if name is None or one.label == name:
-                folder = record_to / f"{recipe.name}-{one.label}"
-                (recorded if folder.exists() else missing).append((recipe, folder))
+    for recipe, one in chosen:
+        folder = record_to / f"{recipe.name}-{one.label}"
+        (recorded if folder.exists() else missing).append((recipe, folder))
     if not recorded:
         return
     shown, more = first_few([str(folder) for _, folder in recorded])
