@@ -94,7 +94,8 @@ class FolderCache:
         return [path for path in files if path.name not in mine and path not in writing]
 
     def write(self, images: torch.Tensor, bad: Bad) -> None:
-        """Both files, each atomically (a reader never sees half of one), the ``.json`` last."""
+        """Both files, each atomically (a reader never sees half of one), the ``.json`` last; the
+        cache folder was checked before decoding (:func:`check_writable`)."""
         said = {
             "folder": str(self.folder.resolve()), "image_size": self.image_size, "photos": len(self.samples),
             "bad": [(self.relative(path), why) for path, why in bad], "decoding": DECODING,
@@ -113,11 +114,6 @@ class FolderCache:
             except OSError as error:
                 with contextlib.suppress(OSError):  # a full disk keeps no half-written copy
                     temporary.unlink(missing_ok=True)
-                if path.parent.exists() and not path.parent.is_dir():  # (mkdir says "File exists")
-                    where = path.parent
-                    raise FmtkError(
-                        f"the cache folder {where} is a file ($FMTK_CACHE names a folder)"
-                    ) from None
                 raise FmtkError(f"cannot write the image cache {path}: {error.strerror}") from None
 
 
