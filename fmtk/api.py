@@ -128,7 +128,7 @@ def resume(
     run_dir: Path | str,
     *,
     epochs: int | None = None,
-    recipe: Recipe | None = None,
+    recipe: Recipe | Path | str | None = None,
     device: torch.device | str = "auto",
     data_dir: Path | str | None = None,
     handlers: Sequence[Callable[[Run], None] | str] = (),
@@ -143,8 +143,9 @@ def resume(
     Args:
         run_dir: the run folder.
         epochs: the epochs to reach (default: the run's own).
-        recipe: the recipe object the run was made with, needed when fmtk cannot load it again
-            (one made in Python); the run's values are applied to it.
+        recipe: the recipe the run was made with, needed when fmtk cannot load it again: the
+            recipe object (one made in Python), or its recipe file where it is now (moved since
+            the run); the run's values are applied to it.
         device, data_dir, quiet, progress, speed: as for :func:`fit` (the data root and speed
             options default to the run's own).
         handlers: the handlers the run was made with (their states are in its checkpoint).
@@ -235,7 +236,7 @@ def _ignite_quiet() -> Iterator[None]:
 def evaluate(
     run_dir: Path | str,
     *,
-    recipe: Recipe | None = None,
+    recipe: Recipe | Path | str | None = None,
     checkpoint: str = "best",
     split: str = "test",
     data_dir: Path | str | None = None,
@@ -247,8 +248,9 @@ def evaluate(
 
     Args:
         run_dir: the run folder.
-        recipe: the recipe object the run was made with, needed when fmtk cannot load it again
-            (one made in Python, e.g. with a lambda model); the run's values are applied to it.
+        recipe: the recipe the run was made with, needed when fmtk cannot load it again: the
+            recipe object (one made in Python, e.g. with a lambda model), or its recipe file where
+            it is now (moved since the run); the run's values are applied to it.
         checkpoint: ``best``, ``last`` or a checkpoint's path.
         split: ``test`` or ``valid``.
         data_dir: the data root (default: the one the run trained on).
@@ -284,7 +286,7 @@ def predict(
     run_dir: Path | str,
     images: Sequence[Path | str | Image.Image] | Path | str | Image.Image,
     *,
-    recipe: Recipe | None = None,
+    recipe: Recipe | Path | str | None = None,
     checkpoint: str = "best",
     top: int = 1,
     device: torch.device | str = "auto",
@@ -314,7 +316,7 @@ def predictions(
     run_dir: Path | str,
     images: Sequence[Path | str | Image.Image] | Path | str | Image.Image,
     *,
-    recipe: Recipe | None = None,
+    recipe: Recipe | Path | str | None = None,
     checkpoint: str = "best",
     top: int = 1,
     device: torch.device | str = "auto",
@@ -334,6 +336,12 @@ def predictions(
     device = resolve_device(device)  # checked for a model file too: a mistyped device is not ignored
     if Path(run_dir).is_file():
         from fmtk.exported import answer_exported
+
+        if recipe is not None:
+            raise FmtkError(
+                f"--recipe: for a run folder; {run_dir} is an exported model: it holds its own model and "
+                "image preparation"
+            )
 
         if device.type != "cpu":
             raise FmtkError(f"device {device}: an exported model runs on the CPU here (a run folder "

@@ -34,6 +34,7 @@ from fmtk.exported import (
     load_exported,
     require_onnx,
 )
+from fmtk.recipe import Recipe
 from fmtk.recipe_loading import data_root
 from fmtk.runfolder import read_config
 from fmtk.training.evaluation import load_trained_model, tested_model
@@ -79,6 +80,7 @@ def export(
     format: str | None = None,  # noqa: A002 - the command's option name
     out: Path | str | None = None,
     data_dir: Path | str | None = None,
+    recipe: Recipe | Path | str | None = None,
     echo: Any = None,
 ) -> Export:
     """Export a run's checkpoint as a model file with its classes and image preparation inside,
@@ -90,6 +92,8 @@ def export(
         format: ``onnx`` or ``torchscript`` (default: from ``out``'s suffix, else ``onnx``).
         out: the file (default ``RUN_DIR/model.onnx`` or ``model.pt``); never overwritten.
         data_dir: where the validation samples come from (default: the run's data).
+        recipe: the recipe the run was made with, needed when fmtk cannot load it again: a recipe
+            object made in Python, or the run's recipe file where it is now (moved since).
         echo: where the progress lines go (default: nowhere).
 
     Returns:
@@ -103,7 +107,7 @@ def export(
         if path.exists():
             raise FmtkError(f"{path} exists and is not overwritten (choose another --out)")
     device = torch.device("cpu")
-    recipe, model, checkpoint_path, classes = load_trained_model(run_dir, checkpoint, device)
+    recipe, model, checkpoint_path, classes = load_trained_model(run_dir, checkpoint, device, recipe)
     image_input = recipe.input()
     net = Probabilities(tested_model(recipe, model)).eval()
     samples = _valid_samples(recipe, data_root(data_dir, run_dir), model)

@@ -61,6 +61,7 @@ class RunRequest:
     preset: str | None = None  # one of the recipe's presets, applied before the overrides
     config: Path | None = None  # instead of recipe_name: a run's config.json (or its folder) to train again
     resume: Path | None = None
+    recipe_file: Path | None = None  # with config or resume: the run's recipe file where it is now
     epochs: int | None = None  # with resume only; a new run's epochs are among the overrides
     data_dir: Path = Path("data")
     output_dir: Path = Path("runs")
@@ -76,10 +77,11 @@ class RunRequest:
     def recipe(self) -> Recipe:
         """The recipe this request trains (each process loads it itself)."""
         if self.resume is not None:
-            return recipe_from_config(read_config(self.resume), self.epochs)
+            return recipe_from_config(read_config(self.resume), self.epochs, self.recipe_file)
         if self.config is not None:
             return apply_overrides(
-                recipe_from_config(read_config(self.config), decided=False), self.overrides
+                recipe_from_config(read_config(self.config), recipe=self.recipe_file, decided=False),
+                self.overrides,
             )
         return resolve_recipe(self.recipe_name, self.preset, self.overrides)
 

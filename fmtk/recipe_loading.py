@@ -122,14 +122,20 @@ def _line_of(path: Path, error: BaseException) -> str:
 
 
 def recipe_from_config(
-    config: dict[str, Any], epochs: int | None = None, recipe: Recipe | None = None, decided: bool = True
+    config: dict[str, Any],
+    epochs: int | None = None,
+    recipe: Recipe | str | Path | None = None,
+    decided: bool = True,
 ) -> Recipe:
     """The recipe a run was made with, from its config.json (bundled recipes by name, a user's file
-    by its path, or ``recipe`` itself: a recipe object made in Python), with ``epochs`` raised if given.
+    by its path), or ``recipe`` given (a recipe object made in Python, or the run's recipe file
+    where it is now: ``--recipe``), with the run's values and ``epochs`` raised if given.
     ``decided``: the values its ``from_data`` gave are the run's own (to go on with, evaluate or
     export it); a new run made from the config (``--config``) runs it again on its data."""
     if recipe is None:
         recipe = _load_recipe_of(config)
+    else:
+        recipe = _given_for(config, recipe)
     values = {name: config[name] for name in overridable_fields() if name in config}
     changed = dict(config.get("changed", {}))
     if epochs is not None:
@@ -163,6 +169,22 @@ def _derived(config: dict[str, Any]) -> dict[str, list[float]]:
     return {name: pair for name, pair in pairs if numbers(pair)}
 
 
+def _given_for(config: dict[str, Any], recipe: Recipe | str | Path) -> Recipe:
+    """``recipe`` (a Recipe, a recipe file or a bundled recipe's name), refused in one line when it
+    is not the recipe config.json names: its checkpoints hold another model's weights."""
+    if not isinstance(recipe, Recipe | str | os.PathLike):
+        raise FmtkError(f"--recipe {recipe!r}: expected a recipe file, a bundled recipe's name or a Recipe")
+    try:
+        given = recipe if isinstance(recipe, Recipe) else load_recipe(os.fspath(recipe))
+    except FmtkError as error:
+        raise FmtkError(f"--recipe: {error}") from None
+    name = config.get("name")
+    if given.name != name:
+        which = f"{'' if isinstance(recipe, Recipe) else f'{recipe} holds '}recipe {given.name!r}"
+        raise FmtkError(f"--recipe: {which}, but config.json names the run's recipe {name!r}")
+    return given
+
+
 def _load_recipe_of(config: dict[str, Any]) -> Recipe:
     """The recipe file or bundled recipe a config names; a recipe object made in Python has neither."""
     name = config.get("name")
@@ -174,20 +196,20 @@ def _load_recipe_of(config: dict[str, Any]) -> Recipe:
         source = config["source"]
         if not Path(source).is_file():
             raise FmtkError(f"recipe file not found: {source}, which config.json names as the run's recipe "
-                            "(put it back there to go on with, evaluate or export the run)")  # fmt: skip
+                            "(put it back there, or give its new place: --recipe FILE)")  # fmt: skip
         return load_recipe(config["source"])
     names = bundled_recipe_names()
     if name not in names:
         raise FmtkError(
             f"config.json names recipe '{name}', which is no bundled recipe ({', '.join(names)}) and "
-            "no recipe file; a recipe made in Python is given from Python: fmtk.resume, evaluate or "
-            "predict(run_dir, ..., recipe=recipe)"
+            "no recipe file; a recipe made in Python is given from Python: fmtk.resume, evaluate, "
+            "predict or export(run_dir, ..., recipe=recipe)"
         )
     recipe = load_recipe(name)
     if config.get("model") not in (None, recipe.config()["model"]):  # one of the same name, made in Python
         raise FmtkError(
             f"recipe '{name}' was made in Python (its model is not the bundled recipe's); "
-            "give the recipe object from Python: fmtk.resume, evaluate or predict(run_dir, ..., "
-            "recipe=recipe)"
+            "give the recipe object from Python: fmtk.resume, evaluate, predict or export(run_dir, "
+            "..., recipe=recipe)"
         )
     return recipe

@@ -107,6 +107,13 @@ def test_a_recipe_made_in_python_evaluates_and_predicts_from_python(tmp_path: Pa
     ):
         toolkit.predict(result.run_dir, [image, 5], recipe=recipe, device="cpu")
     assert_one_line_error(fmtk("evaluate", str(result.run_dir)), "made in Python", "recipe=")
+    exported = toolkit.export(result.run_dir, recipe=recipe, format="torchscript")  # before: no recipe=
+    assert exported.path.is_file() and exported.report["top1_agreement"] == 1.0
+    with pytest.raises(toolkit.FmtkError, match=r"^recipe: recipe 'other', but config.json names the run's "
+                       r"recipe 'notebook_digits'$"):  # fmt: skip
+        toolkit.evaluate(result.run_dir, recipe=lambda_recipe(name="other"), device="cpu")
+    with pytest.raises(toolkit.FmtkError, match=r"^recipe: for a run folder; .*model.pt is an exported"):
+        toolkit.predict(exported.path, image, recipe=recipe)
 
 
 def test_the_recipes_metrics_reach_every_output_and_steer_the_loop(tmp_path: Path) -> None:

@@ -213,8 +213,17 @@ def test_a_recipe_file_imports_modules_beside_it_and_its_data_decides_once_a_com
     assert calls.read_text().count("called") == 2  # a new run's data decides anew
     (folder / "helped.py").rename(folder / "moved.py")
     gone = fmtk("evaluate", "r", cwd=tmp_path)
-    assert_one_line_error(gone, f"recipe file not found: {folder / 'helped.py'}, which config.json names as "
-                          "the run's recipe (put it back there")  # fmt: skip
+    place = "(put it back there, or give its new place: --recipe FILE)"
+    assert_one_line_error(gone, f"recipe file not found: {folder / 'helped.py'}, which config.json names "
+                          f"as the run's recipe {place}")  # fmt: skip
+    other = fmtk("evaluate", "r", "--recipe", "digits_mlp", cwd=tmp_path)
+    assert_one_line_error(other, "--recipe: digits_mlp holds recipe 'digits_mlp', but config.json names the "
+                          "run's recipe 'helped'")  # fmt: skip
+    assert fmtk("evaluate", "r", "--recipe", "mine/moved.py", cwd=tmp_path).returncode == 0
+    resumed = fmtk("run", "--resume", "r", "--epochs", "3", "--recipe", "mine/moved.py", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["source"] == str(folder / "moved.py")
+    assert fmtk("evaluate", "r", cwd=tmp_path).returncode == 0  # its new place, recorded
 
 
 DECIDING = HELPED_RECIPE.replace(

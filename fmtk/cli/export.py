@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fmtk.cli.group import check_run_folder, checkpoint_option, cli, data_dir_option
+from fmtk.cli.group import check_run_folder, checkpoint_option, cli, data_dir_option, recipe_file_option
 
 
 @cli.command()
@@ -17,8 +17,14 @@ from fmtk.cli.group import check_run_folder, checkpoint_option, cli, data_dir_op
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="The file to write (default RUN_DIR/model.onnx or .pt); never overwritten.")  # fmt: skip
 @data_dir_option
+@recipe_file_option
 def export(
-    run_dir: Path, checkpoint: str, format_: str | None, out: Path | None, data_dir: Path | None
+    run_dir: Path,
+    checkpoint: str,
+    format_: str | None,
+    out: Path | None,
+    data_dir: Path | None,
+    recipe_file: Path | None,
 ) -> None:
     """Export a run's model to ONNX or TorchScript with its class names and image preparation
     inside, after checking it against the run on validation samples (the report: FILE.json)."""
@@ -26,7 +32,13 @@ def export(
 
     check_run_folder("export", run_dir)
     done = export_run(
-        run_dir, checkpoint=checkpoint, format=format_, out=out, data_dir=data_dir, echo=click.echo
+        run_dir,
+        checkpoint=checkpoint,
+        format=format_,
+        out=out,
+        data_dir=data_dir,
+        recipe=recipe_file,
+        echo=click.echo,
     )
     report = done.report
     click.echo(

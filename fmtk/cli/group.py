@@ -109,6 +109,11 @@ checkpoint_option = click.option(
 set_option = click.option(
     "--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any recipe field (repeatable)."
 )
+recipe_file_option = click.option(
+    "--recipe", "recipe_file", type=click.Path(path_type=Path), metavar="FILE",
+    help="The run's recipe file where it is now, when it moved since the run (config.json names its "
+    "old place).",
+)  # fmt: skip
 
 
 def _set_threads(context: click.Context, parameter: click.Parameter, threads: int | None) -> None:

@@ -19,6 +19,7 @@ from fmtk.cli.group import (
     cli,
     data_dir_option,
     device_option,
+    recipe_file_option,
     recipe_with_settings,
     set_option,
     threads_option,
@@ -196,10 +197,17 @@ def summary(recipe_name: str, preset: str | None, settings: tuple[str, ...], dat
 @click.option("--folder", type=click.Path(path_type=Path),
               help="A labelled photo folder (class folders, or split folders of class folders), evaluated "
               "whole; its classes are the run's or some of them.")  # fmt: skip
+@recipe_file_option
 @device_option
 @threads_option
 def evaluate(
-    run_dir: Path, checkpoint: str, split: str | None, data_dir: Path | None, folder: Path | None, device: str
+    run_dir: Path,
+    checkpoint: str,
+    split: str | None,
+    data_dir: Path | None,
+    folder: Path | None,
+    recipe_file: Path | None,
+    device: str,
 ) -> None:
     """Loss, accuracy, per-class precision, recall and F1 and the confusion matrix of a run's
     checkpoint on a split of its data, or on every photo of a new labelled --folder.
@@ -218,13 +226,18 @@ def evaluate(
             raise FmtkError(
                 "--folder is evaluated whole, from its own photos: give it without --split and --data-dir"
             )
-        evaluate_new_folder(run_dir, folder, checkpoint, resolve_device(device))
+        evaluate_new_folder(run_dir, folder, checkpoint, resolve_device(device), recipe_file)
     else:
-        evaluate_split(run_dir, checkpoint, split or "test", data_dir, resolve_device(device))
+        evaluate_split(run_dir, checkpoint, split or "test", data_dir, resolve_device(device), recipe_file)
 
 
 def evaluate_split(
-    run_dir: Path, checkpoint: str, split: str, data_dir: Path | None, device: torch.device
+    run_dir: Path,
+    checkpoint: str,
+    split: str,
+    data_dir: Path | None,
+    device: torch.device,
+    recipe_file: Path | None = None,
 ) -> None:
     """``fmtk evaluate`` on a split of the run's data, or of the same recipe's data at ``data_dir``."""
     import numpy as np
@@ -239,7 +252,7 @@ def evaluate_split(
     own = data_dir is None or (isinstance(recorded, str) and Path(recorded) == root.resolve())
     whole = f"to score every photo of a folder: fmtk evaluate {run_dir} --folder {root}"
     try:
-        recipe, path, result = evaluate_run(run_dir, checkpoint, split, root, device)
+        recipe, path, result = evaluate_run(run_dir, checkpoint, split, root, device, recipe_file)
     except FmtkError as error:
         raise FmtkError(str(error) if own else f"{error}; {whole}") from None
     click.echo(f"{recipe.name}, {path.name}, {split} split" + ("" if own else f" of {root} ({whole})"))
@@ -262,7 +275,9 @@ def evaluate_split(
     click.echo(f"wrote {picture_path(run_dir, stem)}")
 
 
-def evaluate_new_folder(run_dir: Path, folder: Path, checkpoint: str, device: torch.device) -> None:
+def evaluate_new_folder(
+    run_dir: Path, folder: Path, checkpoint: str, device: torch.device, recipe_file: Path | None = None
+) -> None:
     """``fmtk evaluate --folder``: every photo of ``folder``, the results in a new evaluations folder."""
     from fmtk.data.images import BadImages, others_line, photo_bars
     from fmtk.runfolder import new_evaluation_dir
@@ -270,7 +285,7 @@ def evaluate_new_folder(run_dir: Path, folder: Path, checkpoint: str, device: to
     from fmtk.training.handlers import progress_by_default
 
     with photo_bars(progress_by_default()):
-        recipe, result = evaluate_folder(run_dir, folder, checkpoint, device)
+        recipe, result = evaluate_folder(run_dir, folder, checkpoint, device, recipe_file)
     if result.others:
         click.echo(others_line(result.others))
     click.echo(f"{recipe.name}, {result.checkpoint.name}, {result.photos} photos of {folder}")
@@ -295,10 +310,17 @@ def evaluate_new_folder(run_dir: Path, folder: Path, checkpoint: str, device: to
 @checkpoint_option
 @click.option("--top", default=1, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@recipe_file_option
 @device_option
 @threads_option
 def predict(
-    run_dir: Path, images: tuple[Path, ...], checkpoint: str, top: int, as_json: bool, device: str
+    run_dir: Path,
+    images: tuple[Path, ...],
+    checkpoint: str,
+    top: int,
+    as_json: bool,
+    recipe_file: Path | None,
+    device: str,
 ) -> None:
     """The predicted class and its probability for each IMAGE (PNG/JPEG, any mode and size; a folder:
     its image files), from a run folder's checkpoint or from a model file that fmtk export wrote
@@ -323,7 +345,8 @@ def predict(
     if left_out is not None:  # as a run and evaluate --folder say it (on stderr: --json stays JSON)
         click.echo(left_out, err=True)
     results, told = [], False
-    for result in predictions(run_dir, files, checkpoint=checkpoint, top=top, device=device):
+    answers = predictions(run_dir, files, recipe=recipe_file, checkpoint=checkpoint, top=top, device=device)
+    for result in answers:
         classes = len(result.get("predictions", []))
         if 0 < classes < top and not told:  # once: the model has fewer classes than asked for
             click.echo(

@@ -16,6 +16,7 @@ from fmtk.cli.group import (
     data_dir_option,
     device_option,
     parse_settings,
+    recipe_file_option,
     recipe_with_settings,
     set_option,
     training_options,
@@ -38,6 +39,7 @@ MIN_STEPS = 12
 @click.option("--config", "config", type=click.Path(path_type=Path), metavar="CONFIG_JSON",
               help="Instead of RECIPE: train the recipe of a run's config.json (or run folder) again, "
               "with its values, into a new folder.")  # fmt: skip
+@recipe_file_option
 @device_option
 @click.option("--epochs", type=int, help="Maximum number of epochs.")
 @click.option("--batch-size", type=int, help="Batch size (the global batch when several processes train).")
@@ -63,6 +65,7 @@ def run(
     resume: Path | None,
     checkpoint: str,
     config: Path | None,
+    recipe_file: Path | None,
     device: str,
     epochs: int | None,
     batch_size: int | None,
@@ -107,13 +110,17 @@ def run(
         raise click.UsageError(
             "give a RECIPE or --config CONFIG_JSON to start a run, or --resume RUN_DIR to continue one"
         )
+    if recipe_file is not None and recipe_name is not None:
+        raise FmtkError(f"--recipe {recipe_file} goes with --resume or --config (a run's recipe file, moved "
+                        f"since); to train it, give it as RECIPE: fmtk run {recipe_file}")  # fmt: skip
     if checkpoint == "best":  # a new run: the run's values, from its best checkpoint's weights
         if resume is None:
             raise FmtkError("--checkpoint best goes with --resume RUN_DIR")
         check_run_folder("run --resume", resume)
         config, resume, settings = resume / CONFIG, None, (*settings, f"weights={resume}")
     request = RunRequest(
-        recipe_name=recipe_name, config=config, resume=resume, output_dir=output_dir, run_dir=run_dir,
+        recipe_name=recipe_name, config=config, resume=resume, recipe_file=recipe_file,
+        output_dir=output_dir, run_dir=run_dir,
         data_dir=data_root(data_dir, resume or config), device=resolve_device(device),
         speed=SpeedOptions(precision, channels_last, compile_model, deterministic, threads),
         handlers=handlers, nproc_per_node=nproc_per_node, backend=backend,
