@@ -189,8 +189,9 @@ class DataSplits:
     ``skip_bad_images``), and those of a photo folder's class folders that are not photos
     (``others``: ``.mov``, ``.txt``…); the valid and test photos that are near copies of photos
     they are judged against (``near_copies``: :mod:`fmtk.data.copies`), the pairs of near copies in
-    two classes' folders (``conflicts``), and the fingerprints of the training photos
-    (``trained_on``: kept in the run folder for ``fmtk evaluate --folder``)."""
+    two classes' folders (``conflicts``), the fingerprints of the training photos
+    (``trained_on``: kept in the run folder for ``fmtk evaluate --folder``), and what the photo
+    cache did (``cached``: one line, ``data_cache=file``)."""
 
     train: Batches
     valid: Batches
@@ -201,6 +202,7 @@ class DataSplits:
     near_copies: tuple[NearCopy, ...] = ()
     conflicts: tuple[LabelConflict, ...] = ()
     trained_on: Fingerprinted | None = None
+    cached: str | None = None
 
 
 def stratified_split(

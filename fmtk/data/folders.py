@@ -20,7 +20,7 @@ import torch
 
 from fmtk.data.batches import DataSplits, TensorBatches, stratified_split
 from fmtk.data.copies import Fingerprinted, Fingerprints, LabelConflict, label_conflicts, near_copies
-from fmtk.data.image_cache import Bad, FolderCache, bad_list_name, make_room
+from fmtk.data.image_cache import Bad, FolderCache, bad_list_name, cache_line, make_room
 from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD
 from fmtk.data.images import (
     DATA_CACHES,
@@ -222,7 +222,7 @@ def photo_batches(
             "(or a smaller image_size)"
         )
         check_memory(len(paths) * 3 * image_size**2, device, photos, instead)
-    images, bad, prints = decode_found(found, image_size, data_cache)
+    images, bad, prints, cached = decode_found(found, image_size, data_cache)
     if bad and not skip_bad_images:
         raise BadImages(bad, len(paths))
     if bad:
@@ -239,7 +239,7 @@ def photo_batches(
         found = found.leaving_out({copy.photo for copy in copies})
         none_left(found, "each is a near copy of a photo it is judged against (drop_near_copies)")
     noted = {"skipped": skipped, "others": found.others, "near_copies": copies, "conflicts": conflicts,
-             "trained_on": trained_on}  # fmt: skip
+             "trained_on": trained_on, "cached": cached}  # fmt: skip
     if data_cache == "none":
         splits = tuple(found.samples(split) for split in ("train", "valid", "test"))
         data = loader_splits(splits, found.classes, image_size, batch_size, device, seed, flip_p, mean, std)
@@ -283,10 +283,10 @@ def none_left(found: PhotoSplits, why: str) -> None:
 
 def decode_found(
     found: PhotoSplits, image_size: int, data_cache: str
-) -> tuple[dict[Path, torch.Tensor], Bad, dict[Path, Fingerprints]]:
+) -> tuple[dict[Path, torch.Tensor], Bad, dict[Path, Fingerprints], str | None]:
     """Every photo of ``found`` decoded (:func:`photo_batches`; ``data_cache=none``: only checked):
-    the decoded photos and the fingerprints of the good ones per folder, and the bad ones,
-    ``(path, why)``."""
+    the decoded photos and the fingerprints of the good ones per folder, the bad ones, ``(path,
+    why)``, and what the file cache did (:func:`~fmtk.data.image_cache.cache_line`)."""
     images, bad, prints = {}, [], {}
     if data_cache == "none":  # decoded here only to check them; the DataLoader decodes every epoch
         paths = [path for samples in found.listed.values() for path, _ in samples]
@@ -295,7 +295,7 @@ def decode_found(
         for folder, samples in found.listed.items():
             good = sum(path not in unread for path, _ in samples)
             prints[folder], start = joined[np.arange(start, start + good)], start + good
-        return images, bad, prints
+        return images, bad, prints, None
     caches = {}
     if data_cache == "file":
         caches = {folder: FolderCache(listed, folder, image_size) for folder, listed in found.listed.items()}
@@ -306,7 +306,7 @@ def decode_found(
         except BadImages as error:  # every folder's bad files, not the first one's
             images[folder], bad = error.good, bad + error.bad
         prints[folder] = Fingerprints.of(images[folder])
-    return images, bad, prints
+    return images, bad, prints, cache_line(caches.values())
 
 
 def split_rows(

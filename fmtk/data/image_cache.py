@@ -53,6 +53,7 @@ class FolderCache:
         self.place = cache_folder() / f"{folder_name(self.folder)}-{image_size}px-{place}-"
         self.npy = Path(f"{self.place}{key.hexdigest()[:20]}.npy")
         self.json = self.npy.with_suffix(".json")
+        self.used: str | None = None  # "read", "written" or "decoded" (not this process's to write)
 
     def relative(self, path: str) -> str:
         return os.path.relpath(path, self.folder)
@@ -168,9 +169,31 @@ def cached_decode_images(
     with one keeps its others decoded). Of a machine's processes of one run only the first writes:
     the others would write the same file, each its own temporary copy on the disk at once, which
     :func:`make_room` counts once."""
-    found = cache.read()
+    found, cache.used = cache.read(), "read"
     if found is None:
-        found = decode(cache.samples, cache.image_size)
+        found, cache.used = decode(cache.samples, cache.image_size), "decoded"
         if idist.get_local_rank() == 0:
             cache.write(*found)
+            cache.used = "written"
     return found
+
+
+def cache_line(caches: Iterable[FolderCache]) -> str | None:
+    """What ``caches`` did this run, one line: the photos read from the cache folder, and those
+    decoded and kept there for the next runs (with their size); None when none was used."""
+    caches = [cache for cache in caches if cache.used is not None]
+    if not caches:
+        return None
+    photos = {used: sum(len(cache.samples) for cache in caches if cache.used == used)
+              for used in ("read", "written", "decoded")}  # fmt: skip
+    kept = byte_size(sum(cache.npy.stat().st_size for cache in caches
+                         if cache.used == "written" and cache.npy.is_file()))  # fmt: skip
+    said = {
+        "read": f"read from {cache_folder()}",
+        "written": f"decoded and kept {'there' if photos['read'] else f'in {cache_folder()}'} for the next "
+        f"runs ({kept}; fmtk cache lists and clears them)",
+        "decoded": "decoded (the machine's first process keeps them)",
+    }
+    parts = [f"{count:,} {said[used]}" for used, count in photos.items() if count]
+    parts[0] = parts[0].replace(" ", f" photos at {caches[0].image_size} px ", 1)
+    return f"data_cache=file: {', '.join(parts)}"

@@ -178,8 +178,8 @@ def assemble_run(
     lines = [start.changes(parts), decided_line(recipe, parts.recipe), threads_line(parts.speed.threads),
              cpu_half_line(parts.speed, parts.device), compile_line(parts.speed),
              fine_tuning_line(parts.recipe), skipped_line(data.skipped),
-             others_line(data.others), copies_line(data.near_copies), conflicts_line(data.conflicts),
-             parts.started_from]  # fmt: skip
+             others_line(data.others), data.cached, copies_line(data.near_copies),
+             conflicts_line(data.conflicts), parts.started_from]  # fmt: skip
     for line in [*lines, split_sizes(split_counts(parts))]:
         if line:
             echo(line)

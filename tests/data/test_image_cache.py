@@ -55,7 +55,11 @@ def test_a_changed_folder_replaces_its_own_cache_and_no_other(
 ) -> None:
     photos = make_photos(tmp_path / "a" / "photos", {"ants": 6, "bees": 6})
     namesake = make_photos(tmp_path / "b" / "photos", {"ants": 7, "bees": 7})  # same name, another folder
-    load(photos), load(photos, size=20), load(namesake)
+    made, _, _ = load(photos), load(photos, size=20), load(namesake)
+    assert made.cached == (
+        f"data_cache=file: 12 photos at 16 px decoded and kept in {cache} for the "
+        "next runs (9.1 KiB; fmtk cache lists and clears them)"
+    )  # the run says it
     first = names(cache)
     assert len(first) == 6 and {name.rsplit(".", 1)[1] for name in first} == {"npy", "json"}
     (photos / "ants" / "ants0.jpg").unlink()
@@ -65,7 +69,8 @@ def test_a_changed_folder_replaces_its_own_cache_and_no_other(
     assert len(now) == 6 and len(set(now) - set(first)) == 2  # its 16 px cache replaced: npy and json
     assert sum(len(y) for split in ("train", "valid", "test") for _, y in getattr(changed, split)) == 11
     no_decoding(monkeypatch)  # the others are read (its 20 px one stays until a run at 20 px replaces it)
-    load(namesake), load(photos)
+    assert load(namesake).cached == f"data_cache=file: 14 photos at 16 px read from {cache}"
+    load(photos)
 
 
 def test_bad_files_are_kept_with_the_cache_and_named_from_where_the_run_is(
