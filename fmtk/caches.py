@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from fmtk.errors import FmtkError
+from fmtk.scratch import process_running
 
 PHOTOS = re.compile(r".+-\d+px-[0-9a-f]{8}-[0-9a-f]{20}\.(npy|json)")
 OLD_PHOTOS = re.compile(r".*-\d+px-[0-9a-f]{20}\.npy")  # (``--data-dir .`` gave no name)
@@ -56,22 +57,11 @@ def being_written(path: Path, now: float | None = None) -> bool:
     shared by machines); an older one was left by a process killed while writing it."""
     named = UNFINISHED.fullmatch(path.name)
     if named and named["host"] == socket.gethostname():
-        return _running(int(named["pid"])) and path.exists()
+        return process_running(int(named["pid"])) and path.exists()
     try:
         return (now or time.time()) - path.stat().st_mtime < WRITING_SECONDS
     except FileNotFoundError:
         return False
-
-
-def _running(pid: int) -> bool:
-    """Whether this machine runs a process ``pid`` (the writer; or, rarely, a later one given its number)."""
-    try:
-        os.kill(pid, 0)
-    except PermissionError:  # another user's
-        return True
-    except (ProcessLookupError, OverflowError):  # none; a number no process can have
-        return False
-    return True
 
 
 @dataclasses.dataclass

@@ -16,7 +16,6 @@ import multiprocessing
 import os
 import signal
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -45,6 +44,7 @@ from fmtk.runfolder import (
     read_config,
     run_folder,
 )
+from fmtk.scratch import process_folder
 from fmtk.training.build import assemble_run
 from fmtk.training.engines import SpeedOptions
 from fmtk.training.start import Start, check_epochs_ahead, check_extension, finished_message
@@ -207,14 +207,15 @@ def _spawn(request: RunRequest, backend: str) -> None:
     """Train in ``request.nproc_per_node`` spawned processes; the first error is raised here."""
     from torch.multiprocessing import ProcessExitedException
 
-    with tempfile.TemporaryDirectory(prefix="fmtk-errors-") as errors:
+    # Named by this process: one a SIGKILL leaves is removed by the next launch (fmtk.scratch).
+    with process_folder("fmtk-errors-") as errors:
         try:
-            launch(run_process, replace(request, error_dir=errors), request.nproc_per_node, backend)
+            launch(run_process, replace(request, error_dir=str(errors)), request.nproc_per_node, backend)
         except ProcessExitedException as failure:
             # Not printed by rank 0 itself: the first process to fail makes torch's spawn stop the
             # others, rank 0 perhaps before it could print. Each process leaves its error; the lowest
             # rank's is shown (none: fmtk's own bug, whose traceback the process printed).
-            reports = sorted(path for path in Path(errors).iterdir() if not path.suffix)
+            reports = sorted(path for path in errors.iterdir() if not path.suffix)
             if not reports and failure.exit_code == 130:  # Ctrl-C that reached them, not this process
                 raise KeyboardInterrupt from None  # (it ignores SIGINT as a script's background job)
             raise FmtkError(

@@ -10,8 +10,6 @@ picture is a new file (an existing one is refused before anything runs).
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import tempfile
 import warnings
 from bisect import bisect_left
@@ -28,6 +26,7 @@ from fmtk.errors import FmtkError
 from fmtk.optimizers import create_optimizer
 from fmtk.pictures import curve_picture, save_new_picture
 from fmtk.recipe import Recipe
+from fmtk.scratch import process_folder
 from fmtk.training.build import create_run_trainer
 from fmtk.training.parts import recipe_parts
 
@@ -181,33 +180,13 @@ def save_lr_picture(finding: LRFinding, path: Path, title: str) -> None:
 
 @contextmanager
 def _temp_folder_of_this_process() -> Iterator[None]:
-    """Python's temporary folder is ``fmtk-lr-find-<pid>`` inside it while the finder runs; those of
-    processes that are gone are removed first, and this one at the end."""
+    """Python's temporary folder is ``fmtk-lr-find-<pid>`` inside it while the finder runs
+    (:func:`~fmtk.scratch.process_folder`)."""
     # Ignite's FastaiLRFinder.attach saves the model and optimizer in a tempfile.TemporaryDirectory
     # (no way to keep them in memory), which a SIGKILL leaves behind: this folder is found next time.
-    base = Path(tempfile.gettempdir())
-    for stale in base.glob("fmtk-lr-find-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and _gone(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    folder = base / f"fmtk-lr-find-{os.getpid()}"
-    folder.mkdir(exist_ok=True)
-    saved, tempfile.tempdir = tempfile.tempdir, str(folder)
-    try:
-        yield
-    finally:
-        tempfile.tempdir = saved
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _gone(pid: int) -> bool:
-    """Whether no process ``pid`` exists (always False but on POSIX, where signal 0 only asks)."""
-    if os.name != "posix":
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # another user's process
-        return False
-    return False
+    with process_folder("fmtk-lr-find-") as folder:
+        saved, tempfile.tempdir = tempfile.tempdir, str(folder)
+        try:
+            yield
+        finally:
+            tempfile.tempdir = saved

@@ -82,9 +82,9 @@ def test_loader_shards_are_disjoint_and_cover_the_split() -> None:
         assert sorted(seen) == list(range(22))  # 22 is even: DistributedSampler pads nothing
 
 
-def fmtk_command(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def fmtk_command(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "fmtk", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "fmtk", *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env
     )
 
 
@@ -214,7 +214,8 @@ def test_a_launcher_stopped_by_sigterm_or_sigkill_leaves_no_process_training(
     (tmp_path / "stoppers.py").write_text(STOPPERS)
     command = [sys.executable, "-m", "fmtk", "run", "digits_mlp", "--epochs", "3", "--device", "cpu",
                "--nproc-per-node", str(processes), "--run-dir", "run"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    (temp := tmp_path / "tmp").mkdir()  # where the launcher keeps its processes' errors
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "TMPDIR": str(temp)}
     stopped = subprocess.run([*command, "--handler", f"stoppers:{stop}"], cwd=tmp_path, env=env, text=True,
                              capture_output=True, timeout=600, start_new_session=True,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
@@ -232,8 +233,12 @@ def test_a_launcher_stopped_by_sigterm_or_sigkill_leaves_no_process_training(
     while not all(gone(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert all(gone(pid) for pid in pids)  # before: they trained on, unseen, beside a resume
-    resumed = fmtk_command("run", "--resume", "run", "--nproc-per-node", str(processes), cwd=tmp_path)
+    left = [path.name for path in temp.glob("fmtk-errors-*")]  # a SIGKILLed launcher's errors folder
+    assert len(left) == (processes > 1 and stop == "kill")
+    resume = ["run", "--resume", "run", "--nproc-per-node", str(processes)]
+    resumed = fmtk_command(*resume, cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr
+    assert not list(temp.glob("fmtk-errors-*"))  # removed by the next launch (before: kept for good)
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in rows] == ["epoch", "1", "2", "3"]
 
