@@ -21,7 +21,7 @@ from torch import nn
 
 from fmtk.device import resolve_device
 from fmtk.errors import FmtkError, as_keywords
-from fmtk.launcher import given_handlers, resolve_handler
+from fmtk.launcher import given_handlers, interrupted, resolve_handler
 from fmtk.prediction import answer_images
 from fmtk.recipe import Recipe
 from fmtk.recipe_loading import data_root, recipe_from_config, resolve_recipe
@@ -37,7 +37,7 @@ from fmtk.training.evaluation import (
 )
 from fmtk.training.run import Run
 from fmtk.training.start import check_epochs_ahead, check_extension, finished_message
-from fmtk.values import one_or_more
+from fmtk.values import check_count, check_flags, check_path, check_paths, one_or_more
 
 
 @dataclass
@@ -106,13 +106,15 @@ def fit(
         result = fmtk.fit("digits_mlp", epochs=3, device="cpu")
         result.test["best"]["accuracy"]
     """
+    if not isinstance(recipe, Recipe | str | os.PathLike):
+        raise FmtkError(f"recipe={recipe!r}: expected a Recipe, a bundled recipe's name or a recipe file")
     handlers, named = given_handlers(handlers)
     given = {"preset": preset} if preset is not None else {}
     shown = f"Recipe(name={recipe.name!r}, ...)" if isinstance(recipe, Recipe) else repr(str(recipe))
     more = {**given, **overrides, **({"handlers": named} if handlers else {})}
     arguments = ", ".join([shown, *(f"{k}={v!r}" for k, v in more.items())])
-    _check_paths(data_dir=data_dir, output_dir=output_dir, run_dir=run_dir)
-    _check_flags(quiet=quiet, progress=progress)
+    check_paths(data_dir=data_dir, output_dir=output_dir, run_dir=run_dir)
+    check_flags(quiet=quiet, progress=progress)
     with as_keywords():
         recipe, device = resolve_recipe(recipe, preset, overrides), resolve_device(device)
         attachers = [resolve_handler(handler) for handler in handlers]
@@ -154,10 +156,11 @@ def resume(
         A :class:`Result`, as :func:`fit` gives it, of the whole run.
     """
     handlers, named = given_handlers(handlers)
-    _check_paths(run_dir=run_dir, data_dir=data_dir)
-    _check_flags(quiet=quiet, progress=progress)
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
-        raise FmtkError(f"epochs={epochs!r}: expected a whole number, 1 or more")
+    check_path("run_dir", run_dir)
+    check_paths(data_dir=data_dir)
+    check_flags(quiet=quiet, progress=progress)
+    if epochs is not None:
+        check_count("epochs", epochs)
     _check_speed(speed)
     run_dir = Path(run_dir)
     given = {"epochs": epochs, "handlers": named or None}
@@ -191,11 +194,31 @@ def resume(
     return _result(run, quiet)
 
 
+def _no_array(name: str, value: Any) -> None:
+    """An array (numpy's, a tensor) is refused in one line that says how to give it: as an image."""
+    shape = getattr(value, "shape", None)
+    if shape is not None and hasattr(value, "dtype") and not isinstance(value, Image.Image):
+        raise FmtkError(
+            f"{name}: an array of shape {tuple(shape)}; give image files, folders or PIL images "
+            "(PIL.Image.fromarray(array) makes one of a uint8 array: H×W grey, H×W×3 colour)"
+        )
+
+
 def _result(run: Run, quiet: bool) -> Result:
     """Train and test ``run`` (Ignite's own error line left out: the error reaches the caller) and
     hand back what it gave, saying its folder unless ``quiet``."""
     with _ignite_quiet():
-        results = run.run()
+        try:
+            results = run.run()
+        except KeyboardInterrupt as error:  # under its traceback, as fmtk run says it
+            folder = run.run_dir  # gone with the start before the first checkpoint, unlike fmtk run's
+            said = (
+                str(interrupted(folder))
+                if folder.is_dir()
+                else "interrupted before the first checkpoint; nothing was kept"
+            )
+            error.add_note(said.replace(f"fmtk run --resume {folder}", f"fmtk.resume({str(folder)!r})"))
+            raise
     if not quiet:
         print(f"run folder: {run.run_dir}")
     return Result(run.run_dir, list(run.history), results["test"], run.model, "best", results, run)
@@ -204,20 +227,6 @@ def _result(run: Run, quiet: bool) -> Result:
 def _check_speed(speed: Any) -> None:
     if speed is not None and not isinstance(speed, SpeedOptions):
         raise FmtkError(f"speed={speed!r}: expected a fmtk.SpeedOptions, e.g. SpeedOptions(precision='bf16')")
-
-
-def _check_paths(**paths: Any) -> None:
-    """Each given path is a str or an ``os.PathLike`` (None: not given)."""
-    for name, value in paths.items():
-        if value is not None and not isinstance(value, str | os.PathLike):
-            raise FmtkError(f"{name}={value!r}: expected a path (a str or a pathlib.Path)")
-
-
-def _check_flags(**flags: Any) -> None:
-    """Each given flag is True or False (None: the default)."""
-    for name, value in flags.items():
-        if value is not None and not isinstance(value, bool):
-            raise FmtkError(f"{name}={value!r}: expected True or False")
 
 
 @contextlib.contextmanager
@@ -265,7 +274,8 @@ def evaluate(
         lists the ``unreadable`` photos, the ``wrong`` ones with the highest loss, the ``near_copies``
         of the run's training photos and the ``accuracy_without_near_copies``.
     """
-    _check_paths(run_dir=run_dir, data_dir=data_dir, folder=folder)
+    check_path("run_dir", run_dir)
+    check_paths(data_dir=data_dir, folder=folder)
     if split not in ("test", "valid"):
         raise FmtkError(f"split={split!r}: choose 'test' or 'valid' (the training split is augmented)")
     with as_keywords():
@@ -324,15 +334,16 @@ def predictions(
     """:func:`predict`'s answers one at a time, in order: each chunk of 256 images is answered as
     soon as it is read, so that a folder of any size shows its first answers at once (``fmtk
     predict`` prints them so)."""
-    _check_paths(run_dir=run_dir)
+    check_path("run_dir", run_dir)
+    _no_array("images", images)
     images = one_or_more(
         images, "images", (str, os.PathLike, Image.Image), "image files, folders or PIL images"
     )
     for index, image in enumerate(images):
+        _no_array(f"images[{index}]", image)
         if not isinstance(image, str | os.PathLike | Image.Image):
             raise FmtkError(f"images[{index}]={image!r}: expected an image file, a folder or a PIL image")
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise FmtkError(f"top={top!r}: expected a whole number, 1 or more (the classes per image)")
+    check_count("top", top, what="the classes per image")
     device = resolve_device(device)  # checked for a model file too: a mistyped device is not ignored
     if Path(run_dir).is_file():
         from fmtk.exported import answer_exported

@@ -156,7 +156,7 @@ def failed_batch_line(error: BaseException) -> str | None:
 KEYWORDS = {option: option[2:].replace("-", "_") for option in (
     "--device", "--run-dir", "--output-dir", "--data-dir", "--checkpoint", "--split", "--folder", "--top",
     "--format", "--out", "--study-dir", "--trials", "--keep", "--against", "--backend", "--nproc-per-node",
-    "--resume", "--metric", "--recipe",
+    "--resume", "--metric", "--recipe", "--epochs", "--tolerance",
 )} | {"--record": "record_to"}  # fmt: skip
 
 
@@ -179,7 +179,7 @@ def as_keywords() -> Iterator[None]:
 def _keywords(text: str) -> str:
     text = re.sub(r"--set (\S+?=)", r"\1", text).replace("(--set)", "(a keyword)")
     for option in ("--handler", "--space", "--try"):
-        text = re.sub(rf"{option}(?= |\))", option[2:], text)
+        text = re.sub(rf"{option}(?=[ ):])", option[2:], text)
     for option, keyword in KEYWORDS.items():
         text = re.sub(rf"{option} (\S+?)(:|,|;|\)|\s|$)", rf"{keyword}=\1\2", text)
         text = re.sub(rf"{option}(?=[:;,)]|$)", keyword, text)

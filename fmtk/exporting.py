@@ -36,9 +36,10 @@ from fmtk.exported import (
 )
 from fmtk.recipe import Recipe
 from fmtk.recipe_loading import data_root
-from fmtk.runfolder import read_config
+from fmtk.runfolder import find_checkpoint, read_config
 from fmtk.training.evaluation import load_trained_model, tested_model
 from fmtk.training.parts import load_data
+from fmtk.values import check_path, check_paths
 from fmtk.version import __version__
 
 TOLERANCE = 1e-4  # the largest difference of a probability allowed between the file and the run
@@ -99,10 +100,13 @@ def export(
     Returns:
         An :class:`Export`: the file's ``path`` and the ``report`` (what ``FILE.json`` holds).
     """
+    check_path("run_dir", run_dir)
+    check_paths(out=out, data_dir=data_dir)
     run_dir = Path(run_dir)
     format, out = _format_and_out(run_dir, format, None if out is None else Path(out))
     if format == "onnx":
         require_onnx()
+    find_checkpoint(run_dir, checkpoint)  # a mistyped one is said first
     for path in (out, report_path(out)):
         if path.exists():
             raise FmtkError(f"{path} exists and is not overwritten (choose another --out)")

@@ -188,7 +188,7 @@ def train(request: RunRequest, echo: Callable[[str], None] = print) -> None:
     except KeyboardInterrupt:
         if folder is None:
             raise
-        raise _interrupted(folder) from None  # after the hold: the folder is kept, to be resumed
+        raise interrupted(folder) from None  # after the hold: the folder is kept, to be resumed
     echo(f"run folder: {folder}")
 
 
@@ -249,7 +249,7 @@ def run_process(local_rank: int, request: RunRequest) -> None:
     except KeyboardInterrupt:
         # Spawned processes: the launching process says how to resume; under torchrun, rank 0.
         if request.error_dir is None and is_main_process() and request.run_dir is not None:
-            print(_interrupted(request.run_dir), file=sys.stderr, flush=True)
+            print(interrupted(request.run_dir), file=sys.stderr, flush=True)
         _end(130)
 
 
@@ -306,7 +306,7 @@ def _quiet(line: str) -> None:
     """``echo`` of the processes other than rank 0."""
 
 
-def _interrupted(folder: Path) -> Interrupted:
+def interrupted(folder: Path) -> Interrupted:
     """What Ctrl-C (or a kill) says: how to go on."""
     if not (folder / CONFIG).is_file():  # the run folder went with the start (run_folder)
         return Interrupted("interrupted before the run began; nothing was kept")

@@ -37,9 +37,9 @@ class CheckReport:
 
 def check_recipe(
     recipe: Recipe | str | Path,
+    *,
     device: torch.device | str = "cpu",
     data_dir: Path | str | None = None,
-    *,
     name: str | None = None,
     keep: Path | str | None = None,
     against: Path | str | None = None,
@@ -48,5 +48,13 @@ def check_recipe(
     """Run the checks of ``recipe`` (an object, a bundled recipe's name or a recipe file), or only
     the one labelled ``name``, as ``fmtk check`` does (``against``: a folder of golden runs)."""
     return CheckReport(
-        check(recipe, device, data_dir, name=name, keep=keep, against=against, tolerance=tolerance)
+        check(
+            recipe,
+            device=device,
+            data_dir=data_dir,
+            name=name,
+            keep=keep,
+            against=against,
+            tolerance=tolerance,
+        )  # fmt: skip
     )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -108,3 +109,34 @@ def one_or_more(given: Any, name: str, single: tuple[type, ...], what: str) -> l
     if not isinstance(given, Iterable):
         raise FmtkError(f"{name}={given!r}: expected {what}, one or a list")
     return list(given)
+
+
+# The checks of the Python API's keyword arguments: a wrong type is one line naming the keyword,
+# not a TypeError from deep inside (pathlib's "expected str, bytes or os.PathLike object").
+
+
+def check_paths(**paths: Any) -> None:
+    """Each given path is a str or an ``os.PathLike`` (None: not given)."""
+    for name, value in paths.items():
+        if value is not None:
+            check_path(name, value)
+
+
+def check_path(name: str, value: Any) -> None:
+    """``value`` is a path: a str or an ``os.PathLike`` (None too is refused: it is needed)."""
+    if not isinstance(value, str | os.PathLike):
+        raise FmtkError(f"{name}={value!r}: expected a path (a str or a pathlib.Path)")
+
+
+def check_flags(**flags: Any) -> None:
+    """Each given flag is True or False (None: the default)."""
+    for name, value in flags.items():
+        if value is not None and not isinstance(value, bool):
+            raise FmtkError(f"{name}={value!r}: expected True or False")
+
+
+def check_count(name: str, value: Any, least: int = 1, what: str = "") -> None:
+    """``value`` is a whole number, ``least`` or more (``what``: what it counts, said in the error)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        counted = f" ({what})" if what else ""
+        raise FmtkError(f"{name}={value!r}: expected a whole number, {least} or more{counted}")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_one_line_error, fmtk
@@ -109,6 +110,8 @@ def test_a_recipe_made_in_python_evaluates_and_predicts_from_python(tmp_path: Pa
     assert_one_line_error(fmtk("evaluate", str(result.run_dir)), "made in Python", "recipe=")
     exported = toolkit.export(result.run_dir, recipe=recipe, format="torchscript")  # before: no recipe=
     assert exported.path.is_file() and exported.report["top1_agreement"] == 1.0
+    with pytest.raises(toolkit.FmtkError, match="^checkpoint=middle: no such file"):  # before: out exists
+        toolkit.export(result.run_dir, recipe=recipe, format="torchscript", checkpoint="middle")
     with pytest.raises(toolkit.FmtkError, match=r"^recipe: recipe 'other', but config.json names the run's "
                        r"recipe 'notebook_digits'$"):  # fmt: skip
         toolkit.evaluate(result.run_dir, recipe=lambda_recipe(name="other"), device="cpu")
@@ -220,6 +223,10 @@ SEARCH = {"recipe": "digits_mlp", "space": {"lr": "loguniform:1e-3:1"}, "trials"
     ("function", "arguments", "message"),
     [
         ("tune", {**SEARCH, "trials": 0}, "^trials=0: a study needs at least 1"),
+        ("tune", {**SEARCH, "trials": "2"}, "^trials='2': expected a whole number"),  # before: a TypeError
+        ("tune", {**SEARCH, "space": ["lr=loguniform:1e-3:1"]}, r"^space=\['lr=.*\]: expected a mapping"),
+        ("tune", {**SEARCH, "tries": [5]}, "^tries\\[0\\]=5: expected a mapping or 'key=value"),
+        ("tune", {**SEARCH, "study_dir": 5}, r"^study_dir=5: expected a path \(a str or a pathlib.Path\)$"),
         ("tune", {**SEARCH, "lr": 0.1}, r"^lr: both searched \(space\) and set \(a keyword\)"),
         ("tune", {**SEARCH, "space": {"lr": "uniform:1"}}, "^space lr=uniform:1: expected"),
         ("tune", {**SEARCH, "metric": "f1"}, "^metric=f1: not a validation metric"),
@@ -229,12 +236,23 @@ SEARCH = {"recipe": "digits_mlp", "space": {"lr": "loguniform:1e-3:1"}, "trials"
         ("tune", {"resume": "nowhere"}, "^resume=nowhere: no such folder$"),
         ("export", {"run_dir": "x", "format": "png"}, r"^format=png: unknown \(choose onnx"),
         ("export", {"run_dir": "x", "out": "model.txt"}, "^out=model.txt: an ONNX file ends in .onnx$"),
+        ("export", {"run_dir": None}, "^run_dir=None: expected a path"),  # before: pathlib's TypeError
+        ("export", {"run_dir": "x", "out": 5}, "^out=5: expected a path"),
+        ("evaluate", {"run_dir": None}, "^run_dir=None: expected a path"),
+        ("predict", {"run_dir": "x", "images": np.zeros((28, 28), np.uint8)},
+         r"^images: an array of shape \(28, 28\); give image files, .* \(PIL.Image.fromarray"),
+        ("fit", {"recipe": None}, "^recipe=None: expected a Recipe, a bundled recipe's name or a"),
+        ("check", {"recipe": 3}, "^recipe=3: expected a Recipe"),
+        ("check", {"recipe": "digits_mlp", "keep": 5}, "^keep=5: expected a path"),
+        ("check", {"recipe": "digits_mlp", "against": "g", "tolerance": "x"},
+         "^tolerance='x': expected a number, 0 or more$"),  # before: a ValueError after training
+        ("check", {"recipe": "digits_mlp", "tolerance": 0.1}, "^tolerance: goes with against=DIR"),
         ("check", {"recipe": "digits_mlp", "record_to": "a", "against": "b"}, "^record_to, against: give"),
         # a command it suggests keeps its options
         ("check", {"recipe": "digits_mlp", "against": "x"}, "with fmtk check RECIPE --record DIR"),
     ],
 )  # fmt: skip
-def test_tune_export_and_check_name_keywords_from_python(
+def test_the_python_api_names_a_keyword_given_a_wrong_value(
     function: str, arguments: dict, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
@@ -263,8 +281,9 @@ def test_quiet_fit_prints_nothing_on_ctrl_c(tmp_path: Path, capfd: pytest.Captur
 
         run.trainer.add_event_handler(Events.ITERATION_COMPLETED, interrupt)
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as interrupted:
         toolkit.fit("digits_mlp", output_dir=tmp_path, device="cpu", quiet=True, handlers=[press_ctrl_c])
+    assert interrupted.value.__notes__ == ["interrupted before the first checkpoint; nothing was kept"]
     captured = capfd.readouterr()
     assert captured.out == "" and "Engine run is terminating" not in captured.err, captured.err
     assert not (tmp_path / "digits_mlp").exists()  # before the first checkpoint: nothing kept
@@ -295,9 +314,13 @@ def test_a_run_interrupted_in_python_resumes_from_python_to_an_uninterrupted_run
                 raise KeyboardInterrupt
 
     straight = toolkit.fit("digits_mlp", epochs=3, device="cpu", run_dir=tmp_path / "straight", quiet=True)
-    with pytest.raises(KeyboardInterrupt):  # a notebook's interrupted cell
+    with pytest.raises(KeyboardInterrupt) as interrupted:  # a notebook's interrupted cell
         toolkit.fit("digits_mlp", epochs=3, device="cpu", run_dir=tmp_path / "cut", quiet=True,
                     handlers=ctrl_c_in_epoch_3)  # fmt: skip
+    assert interrupted.value.__notes__ == [  # under its traceback
+        f"interrupted: the last complete checkpoint is last_checkpoint_2.pt; resume with: "
+        f"fmtk.resume({str(tmp_path / 'cut')!r})"
+    ]
     resumed = toolkit.resume(tmp_path / "cut", quiet=True)
     without_time = [[{k: v for k, v in row.items() if k != "epoch_seconds"} for row in result.history]
                     for result in (straight, resumed)]  # fmt: skip
@@ -310,6 +333,8 @@ def test_a_run_interrupted_in_python_resumes_from_python_to_an_uninterrupted_run
     assert len(toolkit.resume(tmp_path / "cut", epochs=4, quiet=True).history) == 4
     with pytest.raises(toolkit.FmtkError, match=r"^epochs=0: expected a whole number, 1 or more$"):
         toolkit.resume(tmp_path / "cut", epochs=0)
+    with pytest.raises(toolkit.FmtkError, match=r"^epochs=2: .*cut has already run 4 epochs"):  # not --epochs
+        toolkit.resume(tmp_path / "cut", epochs=2)
     with pytest.raises(toolkit.FmtkError, match=r"nowhere: no such run folder$"):
         toolkit.resume(tmp_path / "nowhere")
 

@@ -28,7 +28,7 @@ CHECKS = [(name, one.label) for name in bundled_recipe_names() for one in load_r
 @pytest.mark.parametrize("name, label", CHECKS, ids=[f"{name}-{label}" for name, label in CHECKS])
 def test_the_bundled_recipes_pass_their_checks(real_data: Path, name: str, label: str) -> None:
     before = tree_snapshot(real_data)
-    report = check_recipe(name, CPU, real_data, name=label)
+    report = check_recipe(name, device=CPU, data_dir=real_data, name=label)
     assert report.passed, report
     assert tree_snapshot(real_data) == before  # the data root is read, never written
 

@@ -57,7 +57,8 @@ def check_command(
     recipes, unloadable = recipes_named(targets)
     planned = []
     if any(recipe.checks for recipe in recipes) or not unloadable:  # (else the failed loads say it)
-        planned = plan_checks(recipes, keep=keep, record_to=record_to, against=against, data_dir=data_dir)
+        planned = plan_checks(recipes, keep=keep, record_to=record_to, against=against, data_dir=data_dir,
+                              tolerance=tolerance)  # fmt: skip
     unchecked = [recipe.name for recipe in recipes if not recipe.checks]
     if unchecked:  # (with none checked at all, plan_checks said so)
         click.echo(f"not checked: {', '.join(unchecked)} (no check stated: a recipe's check field)", err=True)

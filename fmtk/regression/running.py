@@ -5,6 +5,8 @@ by epoch)."""
 from __future__ import annotations
 
 import difflib
+import math
+import os
 import shutil
 import tempfile
 import time
@@ -31,6 +33,7 @@ from fmtk.regression.golden import Divergence, Golden, check_new, compare, golde
 from fmtk.runfolder import read_history, read_results
 from fmtk.training.build import build_run
 from fmtk.training.engines import SpeedOptions
+from fmtk.values import check_paths
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,7 @@ def plan_checks(
     record_to: Path | str | None = None,
     against: Path | str | None = None,
     data_dir: Path | str | None = None,
+    tolerance: float | None = None,
 ) -> list[tuple[Recipe, Check, dict[str, Path | None]]]:
     """Every check of ``recipes`` (only the one labelled ``name``, when given) with the places it
     uses (``keep``, ``golden``, ``record_to``: ``<DIR>/<recipe>-<check>``), each prepared
@@ -303,6 +307,8 @@ def plan_checks(
             "with kept ones)",
             exit_code=2,  # a usage error, as click's
         )
+    if tolerance is not None and against is None:
+        raise FmtkError("--tolerance: goes with --against DIR (the golden runs to compare with)", exit_code=2)
     chosen = [(recipe, one) for recipe in recipes for one in recipe.checks if name in (None, one.label)]
     if record_to is not None:
         _check_none_recorded(chosen, Path(record_to))
@@ -348,10 +354,10 @@ def _check_none_recorded(chosen: Sequence[tuple[Recipe, Check]], record_to: Path
 
 
 def check(
-    recipe: Recipe | str,
+    recipe: Recipe | str | Path,
+    *,
     device: torch.device | str = "cpu",
     data_dir: Path | str | None = None,
-    *,
     name: str | None = None,
     keep: Path | str | None = None,
     record_to: Path | str | None = None,
@@ -361,17 +367,25 @@ def check(
     """Run every check of ``recipe`` (a :class:`~fmtk.recipe.Recipe`, a bundled recipe's name or a
     recipe file's path), or only the one labelled ``name``, and return their results;
     ``record_to`` keeps each run as a golden run there, ``against`` compares each with the golden
-    run there (:mod:`fmtk.regression.golden`).
+    run there (:mod:`fmtk.regression.golden`), each figure within ``tolerance`` of its golden one
+    (default: the check's own). ``device`` defaults to the CPU, as ``fmtk check``'s: the figures a
+    check expects were measured there.
 
     Example::
 
         [result] = fmtk.check("digits_mlp", data_dir="data")
         assert result.passed, result.failures()
     """
-    recipe = load_recipe(str(recipe)) if not isinstance(recipe, Recipe) else recipe
-    planned = plan_checks(
-        [recipe], name=name, keep=keep, record_to=record_to, against=against, data_dir=data_dir
-    )
+    if not isinstance(recipe, Recipe | str | os.PathLike):
+        raise FmtkError(f"recipe={recipe!r}: expected a Recipe, a bundled recipe's name or a recipe file")
+    check_paths(data_dir=data_dir, keep=keep, record_to=record_to, against=against)
+    if tolerance is not None and (
+        isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not 0 <= tolerance < math.inf
+    ):
+        raise FmtkError(f"tolerance={tolerance!r}: expected a number, 0 or more")
+    recipe = load_recipe(os.fspath(recipe)) if not isinstance(recipe, Recipe) else recipe
+    planned = plan_checks([recipe], name=name, keep=keep, record_to=record_to, against=against,
+                          data_dir=data_dir, tolerance=tolerance)  # fmt: skip
     return [
         run_check(recipe, one, device, data_dir, tolerance=tolerance, **where)
         for recipe, one, where in planned

@@ -7,12 +7,14 @@ when a search starts, so that its absence is one line naming what to install.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fmtk.errors import FmtkError
+from fmtk.values import check_paths, one_or_more
 
 if TYPE_CHECKING:
     import torch
@@ -93,18 +95,28 @@ def tune(
         raise FmtkError("give a recipe to start a study, or resume= a study folder to go on with")
     if speed is not None and not isinstance(speed, SpeedOptions):
         raise FmtkError(f"speed={speed!r}: expected a fmtk.SpeedOptions")
+    check_paths(recipe=recipe, resume=resume, study_dir=study_dir, output_dir=output_dir, data_dir=data_dir)
+    if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int)):
+        raise FmtkError(f"--trials {trials!r}: expected a whole number (the trials to end)")
+    if space is not None and not isinstance(space, Mapping):
+        example = "{'lr': 'loguniform:1e-3:1'}"
+        raise FmtkError(f"space={space!r}: expected a mapping {{key: spec}}, e.g. {example}")
+    tries = one_or_more(tries, "tries", (str, Mapping), "mappings or 'key=value,key=value' texts")
+    for index, values in enumerate(tries):
+        if not isinstance(values, str | Mapping):
+            raise FmtkError(f"tries[{index}]={values!r}: expected a mapping or 'key=value,key=value' text")
     request = None
     if recipe is not None:
         if trials is None:
             raise FmtkError("--trials N: how many trials to run")
         request = StudyRequest(
-            str(recipe),
+            os.fspath(recipe),
             dict(space or {}),
             trials,
             metric,
             preset,
             dict(overrides),
-            list(tries),
+            tries,
             Pruning(prune, prune_after, prune_warmup),
             command=command,
         )
