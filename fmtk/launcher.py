@@ -16,7 +16,8 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -208,9 +209,13 @@ def _spawn(request: RunRequest, backend: str) -> None:
     from torch.multiprocessing import ProcessExitedException
 
     # Named by this process: one a SIGKILL leaves is removed by the next launch (fmtk.scratch).
-    with process_folder("fmtk-errors-") as errors:
+    with process_folder("fmtk-errors-") as errors, _ctrl_c_passed_on():
         try:
             launch(run_process, replace(request, error_dir=str(errors)), request.nproc_per_node, backend)
+        except KeyboardInterrupt:  # the processes were told: what they leave is what the line says
+            for process in multiprocessing.active_children():
+                process.join(timeout=60)
+            raise
         except ProcessExitedException as failure:
             # Not printed by rank 0 itself: the first process to fail makes torch's spawn stop the
             # others, rank 0 perhaps before it could print. Each process leaves its error; the lowest
@@ -224,6 +229,40 @@ def _spawn(request: RunRequest, backend: str) -> None:
             ) from None
 
 
+@contextlib.contextmanager
+def _ctrl_c_passed_on() -> Iterator[None]:
+    """Ctrl-C that reaches the launcher alone (``kill -INT PID``) stops its processes too, as one
+    from a terminal, which reaches them all, does (before, they trained on to the end while the
+    launcher said the run was interrupted); a launcher that ignores it (a script's background job)
+    still ignores it."""
+    if (
+        signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        or threading.current_thread() is not threading.main_thread()  # (click's CliRunner)
+    ):
+        yield
+        return
+
+    def pass_on(number: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for process in multiprocessing.active_children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGINT)
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGINT, pass_on)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _interrupted_once(number: int, frame: Any) -> None:
+    """A spawned process's Ctrl-C: the first stops it; later ones (a terminal's reaches it and the
+    launcher passes one on) are ignored, so that none breaks into the stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def run_process(local_rank: int, request: RunRequest) -> None:
     """The main function of each of several processes (spawned, or started by torchrun): an error
     or Ctrl-C is printed once (by rank 0), then the process exits with its code, which the
@@ -232,6 +271,8 @@ def run_process(local_rank: int, request: RunRequest) -> None:
     print_any_file_name()
     if request.error_dir is not None:
         _end_with_the_launcher()
+    elif under_torchrun():
+        _end_with(os.getppid())  # torchrun's agent: killed with SIGKILL, it cannot stop its ranks
     try:
         with quiet_ignite():
             _process_run(replace(request, device=process_device(request.device)))
@@ -269,12 +310,18 @@ def _end_with_the_launcher() -> None:
     too): an orphan would train on, unseen, in a folder no longer held, beside a ``--resume`` of it."""
     # Ctrl-C, or the launcher's SIGTERM passed on, raises KeyboardInterrupt here also when the
     # launcher started with SIGINT ignored (a background job of a script), which spawn passes on.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, _interrupted_once)
     launcher = multiprocessing.parent_process()
-    if launcher is None or not sys.platform.startswith("linux"):
+    if launcher is not None:
+        _end_with(launcher.pid)
+
+
+def _end_with(parent: int) -> None:
+    """This process is killed when process ``parent``, its parent, ends (Linux's PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
         return
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    if os.getppid() != launcher.pid:  # it ended before this process could ask
+    if os.getppid() != parent:  # it ended before this process could ask
         os._exit(1)
 
 

@@ -189,11 +189,18 @@ def kill(run):
     stop_the_launcher(run, signal.SIGKILL)
 
 
+def launcher_int(run):  # `kill -INT PID`: the launcher alone
+    stop_the_launcher(run, signal.SIGINT)
+
+
 def interrupt(run):  # `kill -INT -- -PGID`: the group's processes take it, the launcher ignores it
     (run.run_dir / f"pid_{idist.get_rank()}").write_text(str(os.getpid()))
     if idist.get_rank() == 0:
         at = len(run.data.train) + 3
         run.trainer.on(Events.ITERATION_COMPLETED(once=at))(lambda _: os.killpg(0, signal.SIGINT))
+
+
+ctrl_c = interrupt  # a terminal's Ctrl-C: the whole group, the launcher too
 """
 
 
@@ -206,11 +213,16 @@ def gone(pid: int) -> bool:
 
 
 @pytest.mark.slow  # several processes, each importing torch
-@pytest.mark.parametrize(("processes", "stop"), [(1, "term"), (2, "term"), (2, "kill"), (2, "interrupt")])
+@pytest.mark.parametrize(
+    ("processes", "stop"),
+    [(1, "term"), (2, "term"), (2, "kill"), (2, "interrupt"), (2, "launcher_int"), (2, "ctrl_c")],
+)
 def test_a_launcher_stopped_by_sigterm_or_sigkill_leaves_no_process_training(
     tmp_path: Path, processes: int, stop: str
 ) -> None:
-    # As a background job of a script starts it: with SIGINT ignored, which spawn passes on.
+    # As a background job of a script starts it: with SIGINT ignored, which spawn passes on; with
+    # launcher_int (before: its processes trained on to the end) and ctrl_c as a terminal does.
+    ignore = stop not in ("launcher_int", "ctrl_c")
     (tmp_path / "stoppers.py").write_text(STOPPERS)
     command = [sys.executable, "-m", "fmtk", "run", "digits_mlp", "--epochs", "3", "--device", "cpu",
                "--nproc-per-node", str(processes), "--run-dir", "run"]  # fmt: skip
@@ -218,8 +230,9 @@ def test_a_launcher_stopped_by_sigterm_or_sigkill_leaves_no_process_training(
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "TMPDIR": str(temp)}
     stopped = subprocess.run([*command, "--handler", f"stoppers:{stop}"], cwd=tmp_path, env=env, text=True,
                              capture_output=True, timeout=600, start_new_session=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
-    if stop in ("term", "interrupt"):  # as Ctrl-C: every process stops, the run is kept to resume
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN if ignore
+                                                              else signal.SIG_DFL))  # fmt: skip
+    if stop != "kill":  # as Ctrl-C: every process stops, the run is kept to resume
         assert stopped.returncode == 130, stopped.stderr
         assert stopped.stderr.strip().splitlines()[-1] == (
             "interrupted: the last complete checkpoint is last_checkpoint_1.pt; resume with: "
@@ -233,6 +246,8 @@ def test_a_launcher_stopped_by_sigterm_or_sigkill_leaves_no_process_training(
     while not all(gone(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert all(gone(pid) for pid in pids)  # before: they trained on, unseen, beside a resume
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows] == ["epoch", "1"]  # stopped in epoch 2, not trained on
     left = [path.name for path in temp.glob("fmtk-errors-*")]  # a SIGKILLed launcher's errors folder
     assert len(left) == (processes > 1 and stop == "kill")
     resume = ["run", "--resume", "run", "--nproc-per-node", str(processes)]
@@ -289,6 +304,10 @@ def test_torchrun_joins_its_process_group(mnist_root: Path, tmp_path: Path) -> N
     results = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert results["processes"] == 2 and results["epochs_run"] == 2
     assert results["test"]["best"]["accuracy"] > 0.5  # bars in row bands: learnt in 2 epochs
+    resume = [*command[: command.index("run") + 1], "--resume", str(tmp_path / "run"), "--epochs", "3"]
+    resumed = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr  # before: "give --nproc-per-node to torchrun"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs_run"] == 3
 
 
 def _threads() -> list[str]:

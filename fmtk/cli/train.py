@@ -94,6 +94,7 @@ def run(
     RUN_DIR/config.json, train that run's recipe and values again in a new folder.
     """
     from fmtk.device import resolve_device
+    from fmtk.distributed import under_torchrun
     from fmtk.launcher import RunRequest, train
     from fmtk.pipes import RUN_GOES_ON, outlive_closed_pipes
     from fmtk.recipe_loading import data_root
@@ -144,7 +145,7 @@ def run(
         request.epochs = epochs
         check_run_folder("run --resume", resume)
         source = click.get_current_context().get_parameter_source("nproc_per_node")
-        if source is not ParameterSource.COMMANDLINE:  # as many processes as it trained in
+        if source is not ParameterSource.COMMANDLINE and not under_torchrun():  # as many as it trained in
             recorded = read_config(resume).get("processes")
             request.nproc_per_node = recorded if isinstance(recorded, int) and recorded >= 1 else 1
     else:
