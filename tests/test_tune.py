@@ -370,6 +370,39 @@ def test_a_resumed_study_whose_new_trials_all_fail_stops_and_says_how_to_go_on(
     assert not (tmp_path / "new").exists()  # a study that never began
 
 
+FLAKY = """
+from ignite.engine import Events
+
+
+def flaky(run):  # trial 1 fails in its epoch 2, as a user's handler may
+    @run.trainer.on(Events.EPOCH_COMPLETED(once=2))
+    def explode(engine):
+        if run.run_dir.name == "trial_001":
+            raise RuntimeError("too high for me")
+"""
+
+
+def test_a_handler_s_error_fails_its_trial_only_and_a_resume_keeps_the_study_s_handlers(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "mine.py").write_text(FLAKY)
+    search = ["tune", "digits_mlp", "--trials", "3", "--space", "lr=loguniform:0.01:0.1", "--set", "epochs=2",
+              "--no-prune", "--study-dir", "study", "--handler", "mine:flaky"]  # fmt: skip
+    done = fmtk(*search, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr  # before: the study ended, and each --resume at the same place
+    assert "trial 1 failed: mine.py:9: RuntimeError: too high for me (FMTK_TRACEBACK=1 shows" in done.stdout
+    assert "3 trials: 2 complete, 0 pruned, 1 failed" in done.stdout
+    assert json.loads((tmp_path / "study" / "study.json").read_text())["handlers"] == ["mine:flaky"]
+    again = fmtk("tune", "--resume", "study", "--trials", "4", cwd=tmp_path)  # no --handler: the study's
+    assert again.returncode == 0, again.stderr
+    assert "with the study's handlers: mine:flaky" in again.stdout.splitlines()
+    other = fmtk("tune", "--resume", "study", "--trials", "5", "--handler", "mine:flaky", "--handler",
+                 "mine:flaky", cwd=tmp_path)  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    assert ("note: the study's earlier trials ran with --handler mine:flaky; its next ones with --handler "
+            "mine:flaky --handler mine:flaky") in other.stdout.splitlines()  # fmt: skip
+
+
 def test_a_try_s_unset_keys_and_the_next_trial_draw_values_of_their_own(tmp_path: Path) -> None:
     search = ["tune", "digits_mlp", "--trials", "2", "--set", "epochs=1", "--space", "lr=loguniform:0.01:0.1",
               "--space", "hidden=choice:32,64", "--try", "hidden=64", "--study-dir", "study"]  # fmt: skip

@@ -76,7 +76,8 @@ class TrialReporting:
                     with warnings.catch_warnings():
                         # A resumed trial validates again the epoch it was killed in after reporting it:
                         # Optuna keeps the first value (the same: the run resumes exactly) and warns.
-                        warnings.filterwarnings("ignore", "The reported value is ignored because this step")
+                        # (Optuna 4's text: "… because this `step=2` is already reported.")
+                        warnings.filterwarnings("ignore", "The reported value is ignored because this")
                         report(evaluator)
                 except optuna.TrialPruned:  # (a trial at its last epoch has finished: it is not pruned)
                     pruned = run.trainer.state.epoch < run.trainer.state.max_epochs

@@ -30,7 +30,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from fmtk.errors import FmtkError, Interrupted
+from fmtk.errors import FmtkError, Interrupted, one_line
 from fmtk.launcher import RunRequest, resolve_handler, train
 from fmtk.recipe import WATCH, watched_metric
 from fmtk.recipe_loading import data_root, resolve_recipe
@@ -63,6 +63,7 @@ class StudyRequest:
     seed: int = 0  # the recipe's, after preset and settings: the sampler's
     data_dir: str | None = None  # absolute; a resume reads the same data unless told otherwise
     command: str | None = None
+    handlers: list[str] = field(default_factory=list)  # "module:function", or a function's name (Python)
 
     @classmethod
     def from_json(cls, values: Mapping[str, Any]) -> StudyRequest:
@@ -85,15 +86,20 @@ def tune_study(
     a resumed study: its own). Returns the best trial and the table of trials."""
     run = run or RunRequest()
     run.processes_backend()  # before the study's folder: every trial would fail
+    given = [handler if isinstance(handler, str) else handler.__name__ for handler in run.handlers]
+    if resume is not None:
+        request = _resumed_request(resume, request.trials if request is not None else None)
+        run, note = _study_handlers(run, request, given)
     for handler in run.handlers:
         resolve_handler(handler)
     if resume is not None:
-        request = _resumed_request(resume, request.trials if request is not None else None)
         held = run_folder(resume, reuse=True, resumable_with=STUDY_JSON)
         data_dir = data_dir or (Path(request.data_dir) if request.data_dir else None)
     else:
         _check_new_study_dir(study_dir, request)
-        request = replace(checked_request(request), data_dir=str(data_root(data_dir).resolve()))
+        data = str(data_root(data_dir).resolve())
+        request = replace(checked_request(request), data_dir=data, handlers=given)
+        note = None
         held = run_folder(
             study_dir,
             output_dir=Path(output_dir) / "tune",
@@ -106,6 +112,8 @@ def tune_study(
         if resume is None:
             write_json(folder / STUDY_JSON, asdict(request))
         echo(f"study folder: {folder}")
+        if note:
+            echo(note)
         study = _open_study(folder, request, create=resume is None)
         tracker = _study_tracker(folder, request, echo)
         try:
@@ -220,6 +228,29 @@ def _resumed_request(folder: Path, trials: int | None) -> StudyRequest:
     return request
 
 
+def _study_handlers(
+    run: RunRequest, request: StudyRequest, given: list[str]
+) -> tuple[RunRequest, str | None]:
+    """The handlers a resumed study's trials run with, and a line saying so: those given, else those
+    its trials ran with (study.json), so that its trials run alike; a function given from Python
+    cannot be found again by its name, and is asked for."""
+    kept = request.handlers
+    if given == kept:
+        return run, None
+    if given:
+        return run, (f"note: the study's earlier trials ran with {_handler_names(kept)}; its next ones with "
+                     f"{_handler_names(given)}")  # fmt: skip
+    functions = [name for name in kept if ":" not in name]
+    if functions:
+        raise FmtkError(f"--resume: the study's trials ran with handlers {', '.join(kept)}; give them again "
+                        f"(handlers=: the functions {', '.join(functions)} from Python)")  # fmt: skip
+    return replace(run, handlers=tuple(kept)), f"with the study's handlers: {', '.join(kept)}"
+
+
+def _handler_names(names: list[str]) -> str:
+    return f"--handler {' --handler '.join(names)}" if names else "no --handler"
+
+
 def _open_study(folder: Path, request: StudyRequest, create: bool) -> optuna.Study:
     storage = _storage(folder)
     direction = "minimize" if watched_metric(request.metric).minimise else "maximize"
@@ -330,10 +361,13 @@ def _train_trial(
         train(trial_run, echo)
     except Interrupted:
         raise
-    except FmtkError as error:
-        optuna.trial.Trial(study, trial._trial_id).set_user_attr("error", str(error))
+    except Exception as error:  # noqa: BLE001 - a user's handler or recipe may raise anything
+        line = one_line(error)  # its file and line (before: it ended the study, and each resume)
+        if line is None:  # fmtk's own bug: its traceback
+            raise
+        optuna.trial.Trial(study, trial._trial_id).set_user_attr("error", line)
         study.tell(number, state=TrialState.FAIL)
-        echo(f"trial {number} failed: {error}")
+        echo(f"trial {number} failed: {line}")
         return
     results = read_results(run_dir) or {}
     rows, _ = read_history(run_dir)
