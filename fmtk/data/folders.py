@@ -10,6 +10,7 @@ The class names are the class folders' names, sorted (torchvision's ``find_class
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import torch
 
 from fmtk.data.batches import DataSplits, TensorBatches, stratified_split
 from fmtk.data.copies import Fingerprinted, Fingerprints, LabelConflict, label_conflicts, near_copies
-from fmtk.data.image_cache import Bad, FolderCache, bad_list_name, cache_line, make_room
+from fmtk.data.image_cache import Bad, FolderCache, bad_list, cache_line, make_room
 from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD
 from fmtk.data.images import (
     DATA_CACHES,
@@ -188,14 +189,18 @@ def load_photo_folder(
         raise FmtkError(f"data_cache {data_cache}: choose {', '.join(DATA_CACHES)}")
     found = find_photo_splits(root, valid_share, test_share, seed)
     try:
-        return photo_batches(found, image_size, batch_size, device, seed, flip_p, data_cache, mean, std,
+        data = photo_batches(found, image_size, batch_size, device, seed, flip_p, data_cache, mean, std,
                              skip_bad_images=bool(skip_bad_images),
                              drop_near_copies=drop_near_copies)  # fmt: skip
     except BadImages as bad:
         hint = SKIP_HINT if skip_bad_images is False else ""
         if found.others:  # said now too: the next try would say it only once these are fixed
             hint += f"; besides, files of kinds fmtk does not read are left out: {kinds_of(found.others)}"
-        raise bad_images_error(bad, bad_list_name(root), hint) from None
+        raise bad_images_error(bad, bad_list(root), hint) from None
+    if not data.skipped:  # every photo decodes now: an earlier run's list of bad ones is stale
+        with contextlib.suppress(OSError):  # (a cache folder this user may not write)
+            bad_list(root).unlink(missing_ok=True)
+    return data
 
 
 def photo_batches(

@@ -40,6 +40,11 @@ def bad_list_name(folder: Path) -> str:
     return f"{folder_name(folder)}-{hashlib.sha256(os.fsencode(Path(folder).resolve())).hexdigest()[:8]}"
 
 
+def bad_list(folder: Path) -> Path:
+    """``folder``'s last list of the files that cannot be decoded, in the cache folder."""
+    return cache_folder() / f"bad-images-{bad_list_name(folder)}.txt"
+
+
 class FolderCache:
     """``samples`` (the photos of ``folder``) decoded at ``image_size``, in the cache folder."""
 

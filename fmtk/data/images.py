@@ -19,7 +19,6 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from fmtk.caches import cache_folder
 from fmtk.data.augment import Augmentation
 from fmtk.data.batches import (
     DataSplits,
@@ -204,10 +203,9 @@ def checked_files(paths: list[str], image_size: int) -> tuple[Bad, Fingerprints]
     return bad, Fingerprints.joined(prints)
 
 
-def bad_images_error(found: BadImages, name: str, hint: str = "") -> BadImages:
-    """``found`` with its whole list written to a file of the cache folder (``bad-images-<name>.txt``:
-    never into the photos' folder) and named in its line, and ``hint`` (what else to do) after it."""
-    listed_in = cache_folder() / f"bad-images-{name}.txt"
+def bad_images_error(found: BadImages, listed_in: Path, hint: str = "") -> BadImages:
+    """``found`` with its whole list written to ``listed_in``, a file of the cache folder (never of
+    the photos' folder), and named in its line, and ``hint`` (what else to do) after it."""
     try:
         listed_in.parent.mkdir(parents=True, exist_ok=True)
         listed = "".join(f"{path}\t{why}\n" for path, why in found.bad)
