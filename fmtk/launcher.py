@@ -343,6 +343,7 @@ def _process_run(request: RunRequest) -> None:
         request.run_dir = folder  # this process's copy: for the Ctrl-C message
         idist.broadcast(str(folder), src=0, safe_mode=True)
         _run(request, recipe, attachers, folder, echo)
+    echo(f"run folder: {folder}")  # at the end too, as one process and spawned ones say it
 
 
 def _print(line: str) -> None:

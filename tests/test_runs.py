@@ -321,6 +321,10 @@ def test_every_sort_key_sorts_and_an_unknown_one_lists_them(tmp_path: Path) -> N
         assert sorted(row["run"] for row in sort_runs(rows, key)) == sorted(row["run"] for row in rows)
     with pytest.raises(FmtkError, match="unknown sort key 'accuracy'; valid keys: run, recipe, .*, started"):
         sort_runs(rows, "accuracy")
+    from fmtk.cli.look import runs as runs_command
+
+    [sort] = [option for option in runs_command.params if option.name == "sort_key"]
+    assert re.findall(r"\w+", sort.help.split("(")[0]) == [*SORT_KEYS[:-1], "or", "started"]  # --help: all
 
 
 def test_a_missing_root_is_named(tmp_path: Path) -> None:

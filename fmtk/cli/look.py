@@ -368,7 +368,7 @@ def predict(
 @click.argument("folders", metavar="[FOLDER]...", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--sort", "sort_key", default="run", show_default=True, metavar="COLUMN",
               help="run, recipe, preset, changed, epochs, best_valid_acc, test_acc_best, test_acc_last, "
-              "train_seconds, state or started (newest first).")  # fmt: skip
+              "train_seconds, device, state or started (newest first).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output: one object per run.")
 @click.option("--curves", type=click.Path(path_type=Path), metavar="FILE.png",
               help="Also draw the runs' valid loss and accuracy per epoch, one colour each (the first "
