@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fmtk.data.image_input import ImageInput
 from fmtk.errors import FmtkError
 from fmtk.exported import (
     FORMAT_NAMES,
@@ -115,6 +116,12 @@ def export(
     image_input = recipe.input()
     net = Probabilities(tested_model(recipe, model)).eval()
     samples = _valid_samples(recipe, data_root(data_dir, run_dir), model)
+    mismatch = input_mismatch(samples, image_input)
+    if mismatch is not None:  # said, not refused: the file is the run's model all the same
+        if echo is None:
+            warnings.warn(mismatch, stacklevel=2)
+        else:
+            echo(f"warning: {mismatch}")
     metadata = {
         "classes": classes,
         "input": image_input.to_dict(),
@@ -145,7 +152,8 @@ def export(
         partial.unlink(missing_ok=True)
     report = {
         "file": out.name, "format": format, "exporter": exporter, "export_seconds": round(seconds, 2),
-        "bytes": out.stat().st_size, "tolerance": TOLERANCE, **parity, "metadata": metadata,
+        "bytes": out.stat().st_size, "tolerance": TOLERANCE, **parity, "input_mismatch": mismatch,
+        "metadata": metadata,
     }  # fmt: skip
     done = Export(out, report)
     done.report_path.write_text(json.dumps(report, indent=2) + "\n")
@@ -176,6 +184,39 @@ def _valid_samples(recipe: Any, data_dir: Path, model: nn.Module) -> torch.Tenso
         if count >= SAMPLES:
             break
     return torch.cat(inputs)[:SAMPLES].float().contiguous()
+
+
+def input_mismatch(samples: torch.Tensor, image_input: ImageInput) -> str | None:
+    """How the run's inputs (``samples``: its valid split's) differ from what ``image_input`` makes
+    of image files, when they plainly do: a channel's values outside the range files give (0…255
+    scaled and normalised), or every channel's spread over less than a quarter of it (one narrow
+    channel may be the data's: a stain, a tint); None when they fit. The parity check feeds both
+    models the same tensors, so it cannot see a recipe whose image_input does not prepare files
+    as its data() prepares samples (its answers to files would be wrong)."""
+    low = (0.0 - torch.tensor(image_input.mean)) / torch.tensor(image_input.std)
+    high = (255.0 / image_input.scale - torch.tensor(image_input.mean)) / torch.tensor(image_input.std)
+    low, high = low.expand(image_input.channels), high.expand(image_input.channels)
+    values = samples.transpose(0, 1).reshape(samples.shape[1], -1)
+    least, most = values.min(dim=1).values, values.max(dim=1).values
+    if len(least) != image_input.channels:
+        return None  # (the run's own input check says so)
+    span = high - low
+    outside = (least < low - 0.05 * span) | (most > high + 0.05 * span)
+    narrow = (most - least) < 0.25 * span
+    if not outside.any() and not narrow.all():
+        return None
+    channel = int(outside.nonzero()[0]) if outside.any() else int(((most - least) / span).argmax())
+    return (
+        f"the run's valid inputs span {least[channel]:.2f}…{most[channel]:.2f} in channel {channel}, where "
+        f"image files prepared by the recipe's image_input (scale {image_input.scale:g}, mean "
+        f"{_numbers(image_input.mean)}, std {_numbers(image_input.std)}) span {low[channel]:.2f}…"
+        f"{high[channel]:.2f}: its answers to image files may be wrong; make image_input prepare a file "
+        "as the recipe's data() prepares a sample"
+    )
+
+
+def _numbers(values: tuple[float, ...]) -> str:
+    return "/".join(f"{value:g}" for value in values)
 
 
 @contextlib.contextmanager

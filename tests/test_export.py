@@ -114,6 +114,7 @@ def test_each_recipe_exports_to_both_formats_and_they_answer_as_the_run(
         assert f"to {model_file}" in done.stdout and "top-1 agreement 100.00%" in done.stdout
         report = json.loads((run_dir / f"model{suffix}.json").read_text())
         assert report["max_abs_difference"] <= 1e-4 and report["top1_agreement"] == 1.0
+        assert report["input_mismatch"] is None and "warning" not in done.stdout  # its image_input fits
         assert 0 < report["samples"] <= 64 and report["batch_sizes"] == [report["samples"], 1, 7]
         assert_same_answers(predictions(str(model_file), *map(str, files), cwd=tmp_path), from_run)
         metadata = load_exported(model_file)[1]
@@ -231,6 +232,37 @@ def test_a_model_the_exporters_cannot_trace_is_one_line_with_their_reasons(tmp_p
     script = fmtk("export", str(run_dir), "--format", "torchscript", cwd=tmp_path)
     assert_one_line_error(script, "cannot export branchy to TorchScript: TracerWarning")
     assert tree_snapshot(run_dir) == before  # no file, no partial file
+
+
+MISPREPARED = """
+from fmtk import Recipe
+from fmtk.data import ImageInput, load_digits_splits
+from fmtk.models import mlp
+
+recipe = Recipe(
+    name="misprepared",
+    description="samples 0…1, image files prepared as if they were standardised around 0.5",
+    model=lambda recipe: mlp(64, [16], 10),
+    data=lambda recipe, data_dir, device: load_digits_splits(recipe.batch_size, device, recipe.seed),
+    image_input=lambda recipe: ImageInput(8, channels=1, mean=(0.5,), std=(0.1,)),
+    epochs=1,
+)
+"""
+
+
+def test_an_image_input_unlike_the_data_is_said_at_export(tmp_path: Path) -> None:
+    """The parity check feeds both models the valid split's tensors, so it passed a recipe whose
+    image_input prepares files otherwise than its data() prepares samples (14 of 20 digits right
+    from files, against 19 with a fitting one)."""
+    (tmp_path / "misprepared.py").write_text(MISPREPARED)
+    run_dir = trained(tmp_path, "misprepared.py")
+    done = fmtk("export", str(run_dir), "--format", "torchscript", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr  # the file is the run's model all the same
+    said = ("the run's valid inputs span 0.00…1.00 in channel 0, where image files prepared by the recipe's "
+            "image_input (scale 255, mean 0.5, std 0.1) span -5.00…5.00: its answers to image files may be "
+            "wrong")  # fmt: skip
+    assert f"warning: {said}" in done.stdout
+    assert json.loads((run_dir / "model.pt.json").read_text())["input_mismatch"].startswith(said)
 
 
 @pytest.fixture
