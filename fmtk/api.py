@@ -137,6 +137,7 @@ def resume(
     quiet: bool = False,
     progress: bool | None = None,
     speed: SpeedOptions | None = None,
+    track: str | None = None,
 ) -> Result:
     """Go on with a run killed or interrupted (a crashed notebook kernel, Ctrl-C) from its last
     checkpoint, to exactly the figures of an uninterrupted run, as ``fmtk run --resume RUN_DIR``;
@@ -151,6 +152,8 @@ def resume(
         device, data_dir, quiet, progress, speed: as for :func:`fit` (the data root and speed
             options default to the run's own).
         handlers: the handlers the run was made with (their states are in its checkpoint).
+        track: ``"none"``: go on without the run's tracker this time (its server down); a later
+            resume with it sends the epochs it missed.
 
     Returns:
         A :class:`Result`, as :func:`fit` gives it, of the whole run.
@@ -162,8 +165,10 @@ def resume(
     if epochs is not None:
         check_count("epochs", epochs)
     _check_speed(speed)
+    if track not in (None, "none"):
+        raise FmtkError(f"track={track!r}: a resumed run keeps its tracker; track='none' goes on without it")
     run_dir = Path(run_dir)
-    given = {"epochs": epochs, "handlers": named or None}
+    given = {"epochs": epochs, "handlers": named or None, "track": track}
     arguments = ", ".join(
         [repr(str(run_dir)), *(f"{key}={value!r}" for key, value in given.items() if value)]
     )
@@ -190,7 +195,8 @@ def resume(
     with as_keywords():
         run = build_run(recipe, run_dir, device, data_root(data_dir, run_dir), None if quiet else print,
                         resume_from=last, speed=speed, progress=False if quiet else progress,
-                        command=f"fmtk.resume({arguments})", handlers=attachers)  # fmt: skip
+                        command=f"fmtk.resume({arguments})", handlers=attachers,
+                        tracked=track != "none")  # fmt: skip
     return _result(run, quiet)
 
 

@@ -156,7 +156,7 @@ def failed_batch_line(error: BaseException) -> str | None:
 KEYWORDS = {option: option[2:].replace("-", "_") for option in (
     "--device", "--run-dir", "--output-dir", "--data-dir", "--checkpoint", "--split", "--folder", "--top",
     "--format", "--out", "--study-dir", "--trials", "--keep", "--against", "--backend", "--nproc-per-node",
-    "--resume", "--metric", "--recipe", "--epochs", "--tolerance",
+    "--resume", "--metric", "--recipe", "--epochs", "--tolerance", "--track",
 )} | {"--record": "record_to"}  # fmt: skip
 
 

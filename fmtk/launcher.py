@@ -62,6 +62,7 @@ class RunRequest:
     preset: str | None = None  # one of the recipe's presets, applied before the overrides
     config: Path | None = None  # instead of recipe_name: a run's config.json (or its folder) to train again
     resume: Path | None = None
+    untracked: bool = False  # with resume: this start without the run's tracker (--track none)
     recipe_file: Path | None = None  # with config or resume: the run's recipe file where it is now
     epochs: int | None = None  # with resume only; a new run's epochs are among the overrides
     data_dir: Path = Path("data")
@@ -199,7 +200,8 @@ def _run(
     """Build the requested run in ``folder`` and train it in this process (one rank, or the only one)."""
     start = Start.of(folder, request.device, request.checkpoint())
     run = assemble_run(recipe, start, request.device, request.data_dir, echo, request.speed,
-                       command=request.command, handlers=attachers)  # fmt: skip
+                       command=request.command, handlers=attachers,
+                       tracked=not request.untracked)  # fmt: skip
     echo(f"run folder: {folder}")  # once it is assembled: a run that cannot start leaves no folder to name
     run.run()
 

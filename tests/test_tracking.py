@@ -275,16 +275,24 @@ def test_a_server_that_goes_away_mid_run_costs_one_line_and_nothing_else(
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 4
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 4
 
+    # Still gone: a resume is one line that names the way on without it (before: none, --track refused).
+    refused = tracked(workspace, gone.uri, "gone", "--resume", "gone", "--epochs", "5")
+    assert_one_line_error(refused, "cannot be reached", "; or go on without it this time: --track none")
+    untracked = tracked(workspace, gone.uri, "gone", "--resume", "gone", "--epochs", "5", "--track", "none")
+    assert untracked.returncode == 0, untracked.stderr
+    assert "tracking: not in mlflow this time (--track none); a later --resume with it sends the epochs it " \
+           "missed" in untracked.stdout.splitlines()  # fmt: skip
+
     # The server back, a resume for one more epoch: the MLflow run gets the epochs it missed too.
     back = Server(tmp_path / "server", port=int(gone.uri.rsplit(":", 1)[1]))
     try:
-        resumed = tracked(workspace, back.uri, "gone", "--resume", "gone", "--epochs", "5")
+        resumed = tracked(workspace, back.uri, "gone", "--resume", "gone", "--epochs", "6")
         assert resumed.returncode == 0, resumed.stderr
         got = histories(back.uri, run_dir)
         _, run = mlflow_run(back.uri, run_dir)
     finally:
         back.stop()
-    assert [step for step, _ in got["valid_loss"]] == [1, 2, 3, 4, 5] and run.info.status == "FINISHED"
+    assert [step for step, _ in got["valid_loss"]] == [1, 2, 3, 4, 5, 6] and run.info.status == "FINISHED"
     with (run_dir / "metrics.csv").open() as file:
         assert [value for _, value in got["valid_loss"]] == [
             float(row["valid_loss"]) for row in csv.DictReader(file)

@@ -138,11 +138,14 @@ def run(
                 f"--resume goes on in {resume} itself; {' and '.join(folders)} {names} a new run's folder"
             )
         changed = [name for name, value in [("--batch-size", batch_size), ("--lr", lr), ("--seed", seed),
-                   ("--set", settings), ("--preset", preset), ("--track", track),
+                   ("--set", settings), ("--preset", preset), ("--track", track not in (None, "none")),
                    ("--track-model", track_model)] if value]  # fmt: skip
         if changed:
-            raise FmtkError(f"--resume keeps the run's recipe; {', '.join(changed)} cannot change it")
-        request.epochs = epochs
+            raise FmtkError(
+                f"--resume keeps the run's recipe; {', '.join(changed)} cannot change it"
+                + ("; --track none goes on without its tracker this time" * (track is not None))
+            )
+        request.epochs, request.untracked = epochs, track == "none"
         check_run_folder("run --resume", resume)
         source = click.get_current_context().get_parameter_source("nproc_per_node")
         if source is not ParameterSource.COMMANDLINE and not under_torchrun():  # as many as it trained in

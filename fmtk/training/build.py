@@ -85,6 +85,7 @@ def build_run(
     command: str | None = None,
     preset: str | None = None,
     handlers: Sequence[Callable[[Run], None]] = (),
+    tracked: bool = True,
     **overrides: Any,
 ) -> Run:
     """Assemble the run of ``recipe`` into ``run_dir`` on ``device``; with ``resume_from`` (a last
@@ -107,6 +108,7 @@ def build_run(
         preset: one of the recipe's named presets, applied before ``overrides``.
         handlers: functions that receive the :class:`Run` before it starts, after the recipe's
             ``attach`` (as ``--handler``).
+        tracked: False: a resumed run goes on without its tracker this time (``--track none``).
         overrides: recipe values, checked like ``--set`` (e.g. ``epochs=3, lr=0.05``).
 
     Returns:
@@ -130,7 +132,7 @@ def build_run(
     try:
         start = Start.of(Path(run_dir), device, resume_from)
         run = assemble_run(recipe, start, device, data_root(data_dir), echo, speed, progress=progress,
-                           command=command, folder=folder, handlers=handlers)  # fmt: skip
+                           command=command, folder=folder, handlers=handlers, tracked=tracked)  # fmt: skip
     except BaseException:
         folder.__exit__(*sys.exc_info())  # the folder's hold removes what was made, then re-raises
         raise
@@ -150,18 +152,29 @@ def assemble_run(
     command: str | None = None,
     folder: contextlib.AbstractContextManager | None = None,
     handlers: Sequence[Callable[[Run], None]] = (),
+    tracked: bool = True,
 ) -> Run:
     """The Run of ``recipe`` beginning as ``start`` says (new, again or resumed: :class:`Start`) in
     its run folder, an existing folder the caller holds (:func:`fmtk.runfolder.run_folder`);
     ``folder``, that hold, is released when the run ends. The recipe's ``attach`` and then each of
-    ``handlers`` (``--handler`` functions) get the run."""
+    ``handlers`` (``--handler`` functions) get the run. Not ``tracked``: this start goes on without
+    the recipe's tracker (``--resume … --track none``), which a later start with it catches up."""
     echo = echo if echo is not None and is_main_process() else _silent
     if start.point is None:  # a new run: config.json records where its starting weights are in full
         recipe = weights_in_full(recipe)
     # Before the data loads: a photo folder decodes for minutes.
     _check_watched_metrics(recipe, ["loss", "accuracy", *recipe.make_metrics()])
     # Connected first: a tracking server that cannot be reached is one line before the data loads.
-    tracker = open_tracker(recipe, start.run_dir, echo) if is_main_process() else None
+    try:
+        tracker = open_tracker(recipe, start.run_dir, echo) if tracked and is_main_process() else None
+    except FmtkError as error:
+        if start.point is None:
+            raise
+        raise FmtkError(f"{error}; or go on without it this time: --track none (a later resume with it "
+                        "sends the epochs it missed)") from None  # fmt: skip
+    if not tracked and recipe.track != "none":
+        echo(f"tracking: not in {recipe.track} this time (--track none); a later --resume with it sends "
+             "the epochs it missed")  # fmt: skip
     if progress is None:
         progress = progress_by_default()
     with photo_bars(progress and is_main_process()):  # a photo folder's decoding
