@@ -256,14 +256,18 @@ def golden(config: str) -> dict[str, str]:
         (["mine.py", "--record", "a", "--against", "b"], {}, ["give one of them"]),
         (["mine.py", "--keep", "kept"], {"kept/mine-default/x": ""}, ["kept/mine-default exists"]),
         (["mine.py", "--keep", "afile"], {"afile": "x"}, ["--keep afile is a file; give a folder"]),
+        (["mine.py", "--record", "afile"], {"afile": "x"}, ["--record afile is a file; give a folder"]),
+        (["mine.py", "--tolerance", "0.1"], {}, ["--tolerance: goes with --against DIR"]),
+        (["mine.py"], {"mine.py": ("check=Check(expect={", 'check=Check(expect=[">= 0.9"]) or dict(a={')},
+         ["mine.py:", "a check's expect is a mapping, {figure: '>= value'}, got ['>= 0.9']"]),
         (["mine.py", "--junit", "no/such/report.xml"], {}, ["--junit no/such/report.xml: no folder no/such"]),
         (["mine.py", "--data-dir", "."], {"mine.py": ("check=Check(", 'check=Check(data="photos", ')},
          ["mine (default): its data 'photos' is not a folder under . (give --data-dir)"]),
     ],
     ids=["unknown_figure", "bad_comparison", "bad_settings", "accuracy_in_percent", "no_such_folder",
          "other_recipe_golden", "old_golden",
-         "no_golden", "no_recipes", "record_and_against", "kept_exists", "keep_a_file", "junit_nowhere",
-         "no_data"],
+         "no_golden", "no_recipes", "record_and_against", "kept_exists", "keep_a_file", "record_a_file",
+         "tolerance_alone", "expect_a_list", "junit_nowhere", "no_data"],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_trains_nothing(
     tmp_path: Path, run_in, args: list[str], files: dict[str, object], fragments: list[str]
@@ -281,7 +285,8 @@ def test_bad_input_is_one_line_and_trains_nothing(
     before = tree_snapshot(tmp_path)
     result = run_in("check", *args)
     assert_one_line_error(result, *fragments)
-    assert result.returncode == (2 if "--record" in args and "--against" in args else 1)  # usage: click's 2
+    usage = {"--record", "--against"} <= set(args) or ("--tolerance" in args and "--against" not in args)
+    assert result.returncode == (2 if usage else 1)  # usage: click's 2
     assert "checking" not in result.stdout  # refused before any training
     assert {
         name: stamp for name, stamp in tree_snapshot(tmp_path).items() if not name.startswith("tmp")

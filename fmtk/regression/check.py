@@ -85,6 +85,9 @@ class Check:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "written_at", user_code_place(traceback.extract_stack()))
+        for name, form in (("expect", "{figure: '>= value'}"), ("settings", "{key: value}")):
+            if not isinstance(getattr(self, name), Mapping):
+                raise FmtkError(f"a check's {name} is a mapping, {form}, got {getattr(self, name)!r}")
         if not self.expect:
             raise FmtkError("a check expects nothing: give expect={figure: '>= value'}")
         for expectation in self.expectations():  # a bad comparison is one line when the recipe loads

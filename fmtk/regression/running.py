@@ -207,8 +207,10 @@ def prepare_check(
     reference = read_golden(golden, trained) if golden is not None else None
     if record_to is not None:
         check_new(record_to)
-    if keep is not None and Path(keep).exists() and not Path(keep).is_dir():
-        raise FmtkError(f"--keep {keep} is a file; give a folder to keep the runs in")
+    for option, place, what in (("--keep", keep, "the runs"), ("--record", record_to and record_to.parent,
+                                                             "the golden runs")):  # fmt: skip
+        if place is not None and Path(place).exists() and not Path(place).is_dir():
+            raise FmtkError(f"{option} {place} is a file; give a folder to keep {what} in")
     folder = _run_folder(keep, recipe.name, check.label, make=False)
     if folder is not None and folder.exists():
         raise FmtkError(f"--keep {keep}: {folder} exists; give another folder (nothing was overwritten)")
@@ -270,7 +272,12 @@ def run_check(
     if reference is not None and result.error is None:
         result.diverged, result.compared = compare(reference, folder, tolerance), True
     if record_to is not None and result.passed:
-        record(folder, record_to)
+        try:
+            record(folder, record_to)
+        except BaseException:
+            if keep is None:  # the check's own temporary run folder goes with the failed command
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         result.recorded = record_to
     if result.passed and keep is None:
         shutil.rmtree(folder, ignore_errors=True)
