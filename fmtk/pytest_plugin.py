@@ -38,8 +38,9 @@ class RecipeFile(pytest.File):
         self.in_folder = in_folder
 
     def collect(self) -> Any:
-        from fmtk.errors import one_line
+        from fmtk.errors import FmtkError, one_line
         from fmtk.recipe_loading import NoRecipe, load_recipe
+        from fmtk.regression.running import check_recipe_values
 
         try:
             recipe = load_recipe(str(self.path))
@@ -51,9 +52,13 @@ class RecipeFile(pytest.File):
             yield RecipeFileError.from_parent(self, name="load", why=one_line(error) or repr(error))
             return
         for check in recipe.checks:
-            item = RecipeCheck.from_parent(
-                self, name=f"{recipe.name}[{check.label}]", recipe=recipe, check=check
-            )
+            name = f"{recipe.name}[{check.label}]"
+            try:  # as fmtk check does before anything trains: its settings, preset and figures
+                check_recipe_values(recipe, check)
+            except FmtkError as error:  # not slow: it trains nothing, and -m "not slow" finds it
+                yield RecipeFileError.from_parent(self, name=name, why=str(error))
+                continue
+            item = RecipeCheck.from_parent(self, name=name, recipe=recipe, check=check)
             item.add_marker(pytest.mark.slow)
             yield item
 
@@ -92,7 +97,9 @@ class RecipeCheck(pytest.Item):
             raise RecipeCheckFailed(format_table([result]))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        if isinstance(excinfo.value, RecipeCheckFailed):
+        from fmtk.errors import FmtkError
+
+        if isinstance(excinfo.value, RecipeCheckFailed | FmtkError):  # fmtk's one line, no traceback
             return str(excinfo.value)
         return str(super().repr_failure(excinfo, style))
 

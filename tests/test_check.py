@@ -193,6 +193,7 @@ def test_users_own() -> None:
 def test_the_pytest_plugin_collects_a_user_s_recipe_folder_beside_their_tests(tmp_path: Path, run_in) -> None:
     user_recipe(tmp_path / "recipes", "good")
     user_recipe(tmp_path / "recipes", "bad", **{"lr=1e-2": "lr=1e-7"})
+    user_recipe(tmp_path / "recipes", "askew", **{"check=Check(": 'check=Check(settings={"nope": 1}, '})
     (tmp_path / "recipes" / "common.py").write_text("HIDDEN = 32  # a helper module: no item\n")
     (tmp_path / "recipes" / "unfinished.py").write_text("from fmtk import Recipe\nrecipe = Recipe(\n")
     (tmp_path / "tests").mkdir()
@@ -217,6 +218,9 @@ def test_the_pytest_plugin_collects_a_user_s_recipe_folder_beside_their_tests(tm
     # A file that cannot be loaded fails as its own item, with fmtk's line; the other tests ran.
     assert "unfinished.py::load FAILED" in result.stdout and "common.py" not in result.stdout
     assert "unfinished.py:2: SyntaxError: '(' was never closed" in result.stdout
+    # A malformed check fails as its item, unmarked (before: a slow item, and pytest's traceback)
+    assert "askew.py::askew[default] FAILED" in result.stdout
+    assert "check default: cannot run in its settings: unknown recipe key 'nope'" in result.stdout
     assert any(line.split()[:3] == ["bad", "default", "test_accuracy"] and "FAIL" in line
                for line in result.stdout.splitlines())  # the failure is the table row  # fmt: skip
     quick = subprocess.run(
@@ -224,7 +228,8 @@ def test_the_pytest_plugin_collects_a_user_s_recipe_folder_beside_their_tests(tm
     )
     kept = [path.name.rsplit("-", 1)[0] for path in (tmp_path / "tmp").iterdir()]
     assert kept == ["fmtk-check-bad-default"]  # the failed check's run, to look into
-    assert quick.returncode == 1 and "2 deselected" in quick.stdout, quick.stdout  # (unfinished.py fails)
+    assert quick.returncode == 1 and "2 deselected" in quick.stdout, quick.stdout  # (unfinished, askew fail)
+    assert "askew.py::askew[default] FAILED" in quick.stdout
 
 
 def golden(config: str) -> dict[str, str]:

@@ -180,7 +180,8 @@ def check_recipe_values(recipe: Recipe, check: Check) -> Recipe:
     try:
         trained = apply_overrides(apply_preset(recipe, check.preset), check.overrides())
     except FmtkError as error:
-        raise FmtkError(f"{where}: cannot run in its settings: {error}") from None
+        said = str(error).replace("--set ", "")  # (set in the check, not on a command line)
+        raise FmtkError(f"{where}: cannot run in its settings: {said}") from None
     known = known_figures(trained)
     for figure in check.expect:
         if figure not in known:
