@@ -311,6 +311,15 @@ def test_a_record_that_was_interrupted_says_how_to_record_the_rest(tmp_path: Pat
         f"others: fmtk check {second} --record gold (nothing was overwritten)",
     )
     assert "checking" not in result.stdout
+    # Of a recipe with a check recorded and one not (it failed): the other by its name, not the recipe
+    # again (before: the same command, refused the same way for good).
+    strict = 'Check(name="strict", expect={"test_accuracy": ">= 0.99"})'
+    pair = user_recipe(tmp_path, "pair", **{"check=Check(": f"check=({strict}, Check(", "}),\n": "})),\n"})
+    (tmp_path / "gold" / "pair-default").mkdir()
+    again = run_in("check", "pair.py", "--record", "gold")
+    assert_one_line_error(again, f"or record only the others: fmtk check {pair} --name strict --record gold")
+    named = run_in("check", "pair.py", "--name", "nosuch")
+    assert_one_line_error(named, "pair: no check named 'nosuch' (its checks: strict, default)")
 
 
 NO_CHECK = {"    check=Check(": "    # check=Check("}  # the check line left out

@@ -13,6 +13,9 @@ from fmtk.errors import FmtkError
 @cli.command("check")
 @click.argument("targets", nargs=-1, metavar="[RECIPE|FILE|FOLDER]...")
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--name", metavar="LABEL",
+              help="Only the check labelled LABEL (its name, else its preset, else 'default': the table's "
+              "check column).")  # fmt: skip
 @data_dir_option
 @click.option("--junit", type=click.Path(path_type=Path), help="Also write the results as JUnit XML.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of the table.")
@@ -31,6 +34,7 @@ from fmtk.errors import FmtkError
 def check_command(
     targets: tuple[str, ...],
     device: str,
+    name: str | None,
     data_dir: Path | None,
     junit: Path | None,
     as_json: bool,
@@ -57,8 +61,8 @@ def check_command(
     recipes, unloadable = recipes_named(targets)
     planned = []
     if any(recipe.checks for recipe in recipes) or not unloadable:  # (else the failed loads say it)
-        planned = plan_checks(recipes, keep=keep, record_to=record_to, against=against, data_dir=data_dir,
-                              tolerance=tolerance)  # fmt: skip
+        planned = plan_checks(recipes, name=name, keep=keep, record_to=record_to, against=against,
+                              data_dir=data_dir, tolerance=tolerance)  # fmt: skip
     unchecked = [recipe.name for recipe in recipes if not recipe.checks]
     if unchecked:  # (with none checked at all, plan_checks said so)
         click.echo(f"not checked: {', '.join(unchecked)} (no check stated: a recipe's check field)", err=True)

@@ -347,16 +347,22 @@ def _check_none_recorded(chosen: Sequence[tuple[Recipe, Check]], record_to: Path
     recorded, missing = [], []
     for recipe, one in chosen:
         folder = record_to / f"{recipe.name}-{one.label}"
-        (recorded if folder.exists() else missing).append((recipe, folder))
+        (recorded if folder.exists() else missing).append((recipe, one, folder))
     if not recorded:
         return
-    shown, more = first_few([str(folder) for _, folder in recorded])
+    shown, more = first_few([str(folder) for _, _, folder in recorded])
     one = len(recorded) == 1
     line = (f"--record: {', '.join(shown)}{f' and {more} more' if more else ''} exist{'s' if one else ''}; "
             f"remove {'it' if one else 'them'} to record again")  # fmt: skip
-    if missing:
-        still = dict.fromkeys(recipe.source or recipe.name for recipe, _ in missing)
-        line += f", or record only the others: fmtk check {' '.join(still)} --record {record_to}"
+    if missing:  # a recipe with a check recorded already: its others by name (--name), one command each
+        partly = {recipe.name for recipe, _, _ in recorded}
+        whole = dict.fromkeys(
+            recipe.source or recipe.name for recipe, _, _ in missing if recipe.name not in partly
+        )
+        commands = [f"fmtk check {' '.join(whole)} --record {record_to}"] if whole else []
+        commands += [f"fmtk check {recipe.source or recipe.name} --name {one.label} --record {record_to}"
+                     for recipe, one, _ in missing if recipe.name in partly]  # fmt: skip
+        line += f", or record only the others: {'; '.join(commands)}"
     line += " (nothing was overwritten)"
     raise FmtkError(line)
 
