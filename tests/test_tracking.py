@@ -420,7 +420,7 @@ def test_a_tracked_study_is_a_parent_run_with_a_child_per_trial_the_pruned_one_m
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "study")
-    result = fmtk_here(*SEARCH, "--set", "track=mlflow", "--study-dir", "study", cwd=workspace)
+    result = fmtk_here(*SEARCH, "--track", "mlflow", "--study-dir", "study", cwd=workspace)  # or --set
     assert result.returncode == 0, result.stderr
     study = workspace / "study"
     client, parent = mlflow_run(server.uri, study)

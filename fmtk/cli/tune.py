@@ -62,6 +62,8 @@ from fmtk.errors import FmtkError
     help="A trial's first epochs, never pruned (a warm-up or a slow start).",
 )
 @click.option("--preset", metavar="NAME", help="One of the recipe's presets, for every trial.")
+@click.option("--track", type=click.Choice(["none", "mlflow", "wandb"]),
+              help="Also log the study and its trials in MLflow or W&B, as --set track=NAME.")  # fmt: skip
 @set_option
 @click.option(
     "--study-dir",
@@ -88,6 +90,7 @@ def tune(
     prune_after: int,
     prune_warmup: int,
     preset: str | None,
+    track: str | None,
     settings: tuple[str, ...],
     study_dir: Path | None,
     output_dir: Path,
@@ -125,7 +128,7 @@ def tune(
         raise click.UsageError("give a RECIPE to start a study, or --resume STUDY_DIR to go on with one")
     if resume is not None:
         given = [name for name, value in (("--space", spaces), ("--try", tries), ("--set", settings),
-                 ("--preset", preset), ("--study-dir", study_dir)) if value]  # fmt: skip
+                 ("--preset", preset), ("--track", track), ("--study-dir", study_dir)) if value]  # fmt: skip
         context = click.get_current_context()
         given += [option for option, name in (("--metric", "metric"), ("--prune/--no-prune", "prune"),
                   ("--prune-after", "prune_after"), ("--prune-warmup", "prune_warmup"))
@@ -135,6 +138,11 @@ def tune(
     space = dict(_key_and_spec(text) for text in spaces)
     if len(space) != len(spaces):
         raise FmtkError("--space: a key is given twice")
+    overrides = parse_settings(settings)
+    if track is not None:
+        if "track" in overrides:
+            raise FmtkError(f"--track {track} and --set track={overrides['track']} both set track; give one")
+        overrides["track"] = track
     tune_recipe(
         recipe_name, trials=trials, space=space, metric=metric, prune=prune, prune_after=prune_after,
         prune_warmup=prune_warmup, tries=list(tries), preset=preset, resume=resume, study_dir=study_dir,
@@ -142,7 +150,7 @@ def tune(
         speed=SpeedOptions(precision, channels_last, compile_model, deterministic, threads),
         nproc_per_node=nproc_per_node, backend=backend, handlers=handlers,
         command=shlex.join(["fmtk", *sys.argv[1:]]) if recipe_name is not None else None,
-        **parse_settings(settings),
+        **overrides,
     )  # fmt: skip
 
 
