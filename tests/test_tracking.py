@@ -206,8 +206,9 @@ def test_a_tracked_run_logs_its_values_epochs_tests_and_files(
         "confusion_best.png",
         "top_losses.png",
     } <= files
-    # --track-model: the best checkpoint as fmtk export makes it, with its parity report.
+    # --track-model: the best checkpoint as fmtk export makes it, with its parity report, and said first
     assert {"model.onnx", "model.onnx.json"} <= files and (run_dir / "model.onnx").is_file()
+    assert "track_model: exporting best_checkpoint_" in result.stdout
     logged = Path(client.download_artifacts(run.info.run_id, "model.onnx.json", str(workspace)))
     assert json.loads(logged.read_text()) == json.loads((run_dir / "model.onnx.json").read_text())
 

@@ -460,8 +460,9 @@ def exported_model(run_dir: Path, echo: Callable[[str], None]) -> tuple[str, ...
     if earlier_best:
         for path, moved in zip((model, report), aside, strict=True):
             path.replace(moved)
+    echo(f"track_model: exporting {best or 'the best checkpoint'} as ONNX (fmtk export) …")  # seconds
     try:
-        made = export(run_dir)
+        made = export(run_dir, echo=echo)
     except FmtkError as error:
         if earlier_best:  # the earlier export stays as it was
             for path, moved in zip((model, report), aside, strict=True):
