@@ -252,8 +252,8 @@ recipe = Recipe(
 
 def test_an_image_input_unlike_the_data_is_said_at_export(tmp_path: Path) -> None:
     """The parity check feeds both models the valid split's tensors, so it passed a recipe whose
-    image_input prepares files otherwise than its data() prepares samples (14 of 20 digits right
-    from files, against 19 with a fitting one)."""
+    image_input prepares files otherwise than its data() prepares samples: its answers to files
+    were wrong, its export checked."""
     (tmp_path / "misprepared.py").write_text(MISPREPARED)
     run_dir = trained(tmp_path, "misprepared.py")
     done = fmtk("export", str(run_dir), "--format", "torchscript", cwd=tmp_path)
