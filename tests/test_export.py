@@ -16,6 +16,7 @@ import onnx
 import pytest
 import torch
 from conftest import (
+    USER_RECIPE,
     assert_one_line_error,
     fmtk,
     make_image_folder,
@@ -234,20 +235,11 @@ def test_a_model_the_exporters_cannot_trace_is_one_line_with_their_reasons(tmp_p
     assert tree_snapshot(run_dir) == before  # no file, no partial file
 
 
-MISPREPARED = """
-from fmtk import Recipe
-from fmtk.data import ImageInput, load_digits_splits
-from fmtk.models import mlp
-
-recipe = Recipe(
-    name="misprepared",
-    description="samples 0…1, image files prepared as if they were standardised around 0.5",
-    model=lambda recipe: mlp(64, [16], 10),
-    data=lambda recipe, data_dir, device: load_digits_splits(recipe.batch_size, device, recipe.seed),
-    image_input=lambda recipe: ImageInput(8, channels=1, mean=(0.5,), std=(0.1,)),
-    epochs=1,
+MISPREPARED = (  # samples 0…1, image files prepared as if they were standardised around 0.5
+    USER_RECIPE.replace('"my_digits"', '"misprepared"')
+    .replace("import load_digits_splits", "import ImageInput, load_digits_splits")
+    .replace("epochs=2,", "image_input=lambda recipe: ImageInput(8, 1, mean=(0.5,), std=(0.1,)), epochs=1,")
 )
-"""
 
 
 def test_an_image_input_unlike_the_data_is_said_at_export(tmp_path: Path) -> None:
