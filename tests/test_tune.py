@@ -382,7 +382,7 @@ def flaky(run):  # trial 1 fails in its epoch 2, as a user's handler may
 """
 
 
-def test_a_handler_s_error_fails_its_trial_only_and_a_resume_keeps_the_study_s_handlers(
+def test_a_handler_s_error_fails_its_trial_only_and_a_resume_says_other_handlers(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "mine.py").write_text(FLAKY)
@@ -393,14 +393,17 @@ def test_a_handler_s_error_fails_its_trial_only_and_a_resume_keeps_the_study_s_h
     assert "trial 1 failed: mine.py:9: RuntimeError: too high for me (FMTK_TRACEBACK=1 shows" in done.stdout
     assert "3 trials: 2 complete, 0 pruned, 1 failed" in done.stdout
     assert json.loads((tmp_path / "study" / "study.json").read_text())["handlers"] == ["mine:flaky"]
-    again = fmtk("tune", "--resume", "study", "--trials", "4", cwd=tmp_path)  # no --handler: the study's
+    again = fmtk("tune", "--resume", "study", "--trials", "4", cwd=tmp_path)  # said (before: unsaid)
     assert again.returncode == 0, again.stderr
-    assert "with the study's handlers: mine:flaky" in again.stdout.splitlines()
+    assert ("note: the study's earlier trials ran with --handler mine:flaky; its next ones with no --handler "
+            "(the same ones keep its trials alike)") in again.stdout.splitlines()  # fmt: skip
     other = fmtk("tune", "--resume", "study", "--trials", "5", "--handler", "mine:flaky", "--handler",
                  "mine:flaky", cwd=tmp_path)  # fmt: skip
     assert other.returncode == 0, other.stderr
-    assert ("note: the study's earlier trials ran with --handler mine:flaky; its next ones with --handler "
-            "mine:flaky --handler mine:flaky") in other.stdout.splitlines()  # fmt: skip
+    assert (
+        "note: the study's earlier trials ran with --handler mine:flaky; its next ones with --handler "
+        "mine:flaky --handler mine:flaky (the same ones keep its trials alike)"
+    ) in other.stdout
 
 
 def test_a_try_s_unset_keys_and_the_next_trial_draw_values_of_their_own(tmp_path: Path) -> None:

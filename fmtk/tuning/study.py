@@ -89,7 +89,7 @@ def tune_study(
     given = [handler if isinstance(handler, str) else handler.__name__ for handler in run.handlers]
     if resume is not None:
         request = _resumed_request(resume, request.trials if request is not None else None)
-        run, note = _study_handlers(run, request, given)
+        note = _study_handlers(request, given)
     for handler in run.handlers:
         resolve_handler(handler)
     if resume is not None:
@@ -228,23 +228,15 @@ def _resumed_request(folder: Path, trials: int | None) -> StudyRequest:
     return request
 
 
-def _study_handlers(
-    run: RunRequest, request: StudyRequest, given: list[str]
-) -> tuple[RunRequest, str | None]:
-    """The handlers a resumed study's trials run with, and a line saying so: those given, else those
-    its trials ran with (study.json), so that its trials run alike; a function given from Python
-    cannot be found again by its name, and is asked for."""
+def _study_handlers(request: StudyRequest, given: list[str]) -> str | None:
+    """A line when a resumed study's next trials run with other handlers than its earlier ones
+    (study.json keeps them); None when they are the same. Not put back by themselves, as ``fmtk run
+    --resume`` does not: a handler is the user's to give (before, other ones went unsaid)."""
     kept = request.handlers
     if given == kept:
-        return run, None
-    if given:
-        return run, (f"note: the study's earlier trials ran with {_handler_names(kept)}; its next ones with "
-                     f"{_handler_names(given)}")  # fmt: skip
-    functions = [name for name in kept if ":" not in name]
-    if functions:
-        raise FmtkError(f"--resume: the study's trials ran with handlers {', '.join(kept)}; give them again "
-                        f"(handlers=: the functions {', '.join(functions)} from Python)")  # fmt: skip
-    return replace(run, handlers=tuple(kept)), f"with the study's handlers: {', '.join(kept)}"
+        return None
+    return (f"note: the study's earlier trials ran with {_handler_names(kept)}; its next ones with "
+            f"{_handler_names(given)} (the same ones keep its trials alike)")  # fmt: skip
 
 
 def _handler_names(names: list[str]) -> str:
