@@ -106,8 +106,6 @@ def fit(
         result = fmtk.fit("digits_mlp", epochs=3, device="cpu")
         result.test["best"]["accuracy"]
     """
-    if not isinstance(recipe, Recipe | str | os.PathLike):
-        raise FmtkError(f"recipe={recipe!r}: expected a Recipe, a bundled recipe's name or a recipe file")
     handlers, named = given_handlers(handlers)
     given = {"preset": preset} if preset is not None else {}
     shown = f"Recipe(name={recipe.name!r}, ...)" if isinstance(recipe, Recipe) else repr(str(recipe))

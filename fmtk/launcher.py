@@ -119,7 +119,12 @@ def given_handlers(given: Any) -> tuple[list[str | Callable], list[str]]:
     """The handlers given from Python (one, or a list; :func:`one_or_more`) and their names for the
     recorded command."""
     handlers = one_or_more(given, "handlers", (str,), "functions of the run or 'module:function' names")
-    return handlers, [h if isinstance(h, str) else getattr(h, "__name__", repr(h)) for h in handlers]
+    return handlers, [handler_name(handler) for handler in handlers]
+
+
+def handler_name(handler: str | Callable) -> str:
+    """A handler as the recorded command names it: ``module:function``, or a function's name."""
+    return handler if isinstance(handler, str) else getattr(handler, "__name__", repr(handler))
 
 
 def resolve_handler(reference: str | Callable) -> Callable:

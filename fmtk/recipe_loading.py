@@ -31,7 +31,9 @@ def resolve_recipe(
 ) -> Recipe:
     """The recipe to train: a :class:`Recipe`, a bundled recipe's name or a recipe file's path, with
     its preset ``preset`` and then ``overrides`` applied (each checked like ``--set``)."""
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(str(recipe))
+    if not isinstance(recipe, Recipe | str | os.PathLike):  # (from Python: not str(None) as a name)
+        raise FmtkError(f"recipe={recipe!r}: expected a Recipe, a bundled recipe's name or a recipe file")
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(os.fspath(recipe))
     recipe = apply_preset(recipe, preset)
     return apply_overrides(recipe, overrides) if overrides else recipe
 

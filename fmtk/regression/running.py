@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -27,6 +26,7 @@ from fmtk.recipe_loading import (
     data_root,
     load_recipe,
     recipe_files,
+    resolve_recipe,
 )
 from fmtk.regression.check import FIGURES, Check
 from fmtk.regression.golden import Divergence, Golden, check_new, compare, golden_speed, read_golden, record
@@ -390,14 +390,12 @@ def check(
         [result] = fmtk.check("digits_mlp", data_dir="data")
         assert result.passed, result.failures()
     """
-    if not isinstance(recipe, Recipe | str | os.PathLike):
-        raise FmtkError(f"recipe={recipe!r}: expected a Recipe, a bundled recipe's name or a recipe file")
+    recipe = resolve_recipe(recipe)
     check_paths(data_dir=data_dir, keep=keep, record_to=record_to, against=against)
     if tolerance is not None and (
         isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not 0 <= tolerance < math.inf
     ):
         raise FmtkError(f"tolerance={tolerance!r}: expected a number, 0 or more")
-    recipe = load_recipe(os.fspath(recipe)) if not isinstance(recipe, Recipe) else recipe
     planned = plan_checks([recipe], name=name, keep=keep, record_to=record_to, against=against,
                           data_dir=data_dir, tolerance=tolerance)  # fmt: skip
     return [

@@ -31,7 +31,7 @@ import optuna
 from optuna.trial import TrialState
 
 from fmtk.errors import FmtkError, Interrupted, one_line
-from fmtk.launcher import RunRequest, resolve_handler, train
+from fmtk.launcher import RunRequest, handler_name, resolve_handler, train
 from fmtk.recipe import WATCH, watched_metric
 from fmtk.recipe_loading import data_root, resolve_recipe
 from fmtk.runfolder import CONFIG, read_history, read_results, run_folder, write_json
@@ -86,7 +86,7 @@ def tune_study(
     a resumed study: its own). Returns the best trial and the table of trials."""
     run = run or RunRequest()
     run.processes_backend()  # before the study's folder: every trial would fail
-    given = [handler if isinstance(handler, str) else handler.__name__ for handler in run.handlers]
+    given = [handler_name(handler) for handler in run.handlers]
     if resume is not None:
         request = _resumed_request(resume, request.trials if request is not None else None)
         note = _study_handlers(request, given)
