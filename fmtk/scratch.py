@@ -12,7 +12,10 @@ from pathlib import Path
 
 
 def process_running(pid: int) -> bool:
-    """Whether this machine runs a process ``pid`` (the writer; or, rarely, a later one given its number)."""
+    """Whether this machine runs a process ``pid`` (the writer; or, rarely, a later one given its number);
+    True where it cannot ask (not POSIX: Windows' os.kill(pid, 0) would send CTRL_C_EVENT)."""
+    if os.name != "posix":
+        return True
     try:
         os.kill(pid, 0)
     except PermissionError:  # another user's
