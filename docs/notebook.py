@@ -102,7 +102,7 @@ def track_largest_gradient(run):
 
     @run.trainer.on(Events.EPOCH_COMPLETED)
     def record(trainer):
-        run.history[-1]["largest_gradient"] = float(largest.value)  # in result.history (not metrics.csv)
+        run.history[-1]["largest_gradient"] = float(largest.value)  # a column of metrics.csv too
         largest.value = torch.tensor(0.0)
 
 

@@ -3,7 +3,7 @@
 A run folder holds::
 
     config.json                      the resolved recipe, classes, speed, processes, versions, command
-    metrics.csv                      one row per epoch (EPOCH_COLUMNS, then a recipe's own metrics)
+    metrics.csv                      one row per epoch (EPOCH_COLUMNS, a recipe's metrics, handlers' values)
     metrics.json                     the run's results, written when it ends
     train_fingerprints.npz           a photo folder's training photos' fingerprints (evaluate --folder)
     best_checkpoint_<epoch>_valid_<metric>=<v>.pt   the model at the best valid checkpoint_metric
@@ -257,48 +257,75 @@ def remove_stale_files(run_dir: Path, keep: set[str]) -> None:
 
 
 def append_epoch_row(run_dir: Path, row: dict[str, float]) -> None:
-    """Add one epoch's row to metrics.csv (with the header, the row's keys, if the file is new)."""
+    """Add one epoch's row to metrics.csv: with the header, the row's keys, if the file is new; a key
+    the header lacks (a handler's value, given first now) widens it, the earlier rows left blank
+    there (the file is rewritten whole, atomically)."""
     path = run_dir / METRICS_CSV
-    write_header = not path.exists()
-    with path.open("a", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(row))
-        if write_header:
-            writer.writeheader()
-        writer.writerow(row)
+    columns = _header(path)
+    if columns is not None and all(key in columns for key in row):
+        with path.open("a", newline="") as file:
+            csv.DictWriter(file, fieldnames=columns).writerow(row)
+        return
+    columns, rows = _written_rows(path) if columns is not None else ([], [])
+    _write_rows(path, [*columns, *(key for key in row if key not in columns)], [*rows, row])
 
 
 def read_history(run_dir: Path) -> tuple[list[dict[str, float]], list[str]]:
-    """metrics.csv's rows (epoch an int, every other value a float) and its columns; none yet: ``[]``."""
+    """metrics.csv's rows (a whole number an int, as the epoch, another a float; a blank, a handler's
+    value of another epoch, left out) and its columns; none yet: ``[]``."""
     path = run_dir / METRICS_CSV
     if not path.exists():
         return [], EPOCH_COLUMNS
-    with path.open(newline="") as file:
-        reader = csv.DictReader(file)
+    columns, written = _written_rows(path)
+    rows = []
+    for line, row in enumerate(written, start=2):
         try:
-            rows = [{key: float(value) for key, value in row.items()} for row in reader]
+            rows.append({key: _number(text) for key, text in row.items() if text != ""})
         except (TypeError, ValueError):
-            raise FmtkError(
-                f"{path}: line {reader.line_num} is not a row of numbers; fix or remove it"
-            ) from None
-        columns = reader.fieldnames or EPOCH_COLUMNS
-    for row in rows:
-        row["epoch"] = int(row["epoch"])
-    return rows, list(columns)
+            raise FmtkError(f"{path}: line {line} is not a row of numbers; fix or remove it") from None
+    return rows, columns or EPOCH_COLUMNS
 
 
 def truncate_history(run_dir: Path, epoch: int) -> list[dict[str, float]]:
     """Drop metrics.csv rows after ``epoch`` (written by an interrupted process) and return the rest."""
     path = run_dir / METRICS_CSV
-    rows, columns = read_history(run_dir)
-    kept = [row for row in rows if row["epoch"] <= epoch]
-    if len(kept) != len(rows):
-        temporary = path.with_suffix(".csv.tmp")
-        with temporary.open("w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(kept)
-        temporary.replace(path)
-    return kept
+    rows, _ = read_history(run_dir)
+    if any(row["epoch"] > epoch for row in rows):
+        columns, written = _written_rows(path)
+        _write_rows(path, columns, written[: sum(row["epoch"] <= epoch for row in rows)])
+    return [row for row in rows if row["epoch"] <= epoch]
+
+
+def _header(path: Path) -> list[str] | None:
+    """metrics.csv's columns; None when there is no file yet (or not even a header)."""
+    try:
+        with path.open(newline="") as file:
+            return next(csv.reader(file), None)
+    except FileNotFoundError:
+        return None
+
+
+def _written_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """metrics.csv's columns and rows as its text has them."""
+    with path.open(newline="") as file:
+        reader = csv.DictReader(file)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+def _write_rows(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    temporary = path.with_suffix(".csv.tmp")
+    with temporary.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    temporary.replace(path)
+
+
+def _number(text: str | None) -> float:
+    if not isinstance(text, str):  # a row cut short (None) or too long (a list)
+        raise ValueError(text)
+    return int(text) if text.lstrip("-").isdigit() else float(text)
 
 
 def confusion_name(checkpoint: str, split: str) -> str:

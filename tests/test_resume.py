@@ -15,6 +15,8 @@ import torch
 from conftest import assert_one_line_error, fmtk_process, make_mnist_like, tree_snapshot
 from conftest import fmtk as fmtk_here
 
+from fmtk.runfolder import read_history
+
 pytestmark = pytest.mark.slow  # each test trains in subprocesses; most kill one and resume it
 
 ITERATIONS_PER_EPOCH = 20  # 1,000 training images of the small dataset, batch 50
@@ -52,6 +54,10 @@ def count_iterations(run):
     def write(engine):
         with open(run.run_dir / "counter.csv", "a") as file:
             file.write(f"{engine.state.epoch},{counter.count}\\n")
+        run.history[-1]["iterations_seen"] = counter.count  # a column of metrics.csv
+        if engine.state.epoch % 2 == 0:  # a column from epoch 2 on, blank in the odd epochs
+            loss = torch.tensor(engine.state.metrics["loss"], dtype=torch.float64)  # a tensor: float()ed
+            run.history[-1]["even_epoch_loss"] = loss
 
 
 def at_iteration(run, iteration, action):
@@ -262,7 +268,15 @@ def test_a_handlers_kept_state_survives_sigkill_and_resume(workspace: Path, unin
     resumed = fmtk(workspace, "--resume", "counted_killed", *counting)
     assert resumed.returncode == 0, resumed.stderr
     assert (run_dir / "counter.csv").read_text() == expected  # 60 and 80, not 20 and 40
-    assert epoch_rows(run_dir) == epoch_rows(workspace / "counted") == epoch_rows(uninterrupted)
+    # The handler's values in metrics.csv, so a resumed run's history has them for every epoch.
+    rows = epoch_rows(run_dir)
+    assert rows == epoch_rows(workspace / "counted")
+    assert [row.pop("iterations_seen") for row in rows] == [str(20 * epoch) for epoch in range(1, 5)]
+    losses = [row["train_loss"] for row in rows]
+    assert [row.pop("even_epoch_loss") for row in rows] == ["", losses[1], "", losses[3]]
+    assert rows == epoch_rows(uninterrupted)
+    history, _ = read_history(run_dir)
+    assert history[1]["iterations_seen"] == 40 and "even_epoch_loss" not in history[0]
     assert results(run_dir) == results(workspace / "counted") == results(uninterrupted)
 
 

@@ -13,6 +13,7 @@ from fmtk.runfolder import (
     find_checkpoint,
     find_last_checkpoint,
     make_run_dir,
+    read_history,
     remove_stale_files,
     run_folder,
     truncate_history,
@@ -41,6 +42,35 @@ def test_truncate_history_drops_the_epochs_being_redone(tmp_path: Path) -> None:
     assert [row["epoch"] for row in truncate_history(tmp_path, 2)] == [1, 2]
     assert (tmp_path / "metrics.csv").read_text().splitlines()[0] == ",".join(EPOCH_COLUMNS)
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 3
+
+
+def test_a_handler_s_value_widens_metrics_csv_and_its_text_survives_tidying(tmp_path: Path) -> None:
+    fmtk_own = {"train_loss": 0.1 + 0.2, "valid_loss": 1 / 3, "valid_accuracy": 0.5, "lr": 1e-3}
+    append_epoch_row(tmp_path, {"epoch": 1, **fmtk_own})
+    append_epoch_row(tmp_path, {"epoch": 2, **fmtk_own, "seen": 40})  # a handler's value from epoch 2 on
+    append_epoch_row(tmp_path, {"epoch": 3, **fmtk_own, "seen": 60, "norm": 2.5})
+    append_epoch_row(tmp_path, {"epoch": 4, **fmtk_own, "norm": 3.5})  # none this epoch: blank
+    text = (tmp_path / "metrics.csv").read_text()
+    assert text.splitlines()[0] == "epoch,train_loss,valid_loss,valid_accuracy,lr,seen,norm"
+    assert text.splitlines()[1:3] == ["1,0.30000000000000004,0.3333333333333333,0.5,0.001,,",
+                                      "2,0.30000000000000004,0.3333333333333333,0.5,0.001,40,"]  # fmt: skip
+    rows, columns = read_history(tmp_path)
+    assert rows[1:] == [{"epoch": 2, **fmtk_own, "seen": 40},
+                        {"epoch": 3, **fmtk_own, "seen": 60, "norm": 2.5},
+                        {"epoch": 4, **fmtk_own, "norm": 3.5}]  # fmt: skip
+    assert type(rows[1]["seen"]) is int and columns[-2:] == ["seen", "norm"]
+    assert truncate_history(tmp_path, 3) == rows[:3]
+    assert (tmp_path / "metrics.csv").read_text() == "".join(text.splitlines(keepends=True)[:4])
+
+
+@pytest.mark.parametrize("line", ["3,0.5", "3,0.5,0.5,0.5,0.001,1,2,9"])
+def test_a_row_cut_short_or_too_long_is_one_line(tmp_path: Path, line: str) -> None:
+    append_epoch_row(tmp_path, {"epoch": 1, "train_loss": 0.5, "valid_loss": 0.5, "valid_accuracy": 0.5,
+                                "lr": 0.001, "seen": 1, "norm": 2})  # fmt: skip
+    with (tmp_path / "metrics.csv").open("a") as file:
+        file.write(line + "\n")
+    with pytest.raises(FmtkError, match=r"metrics.csv: line 3 is not a row of numbers; fix or remove it"):
+        read_history(tmp_path)
 
 
 def test_remove_stale_files_keeps_the_named_checkpoints(tmp_path: Path) -> None:

@@ -379,9 +379,7 @@ def attach_handlers(
         kept["lr_scheduler"] = schedule
     metrics = engines.metric_names
     run_dir = start.run_dir
-    history = attach_epoch_log(
-        trainer, evaluator, engines.optimizer, run_dir if main else None, echo, metrics[2:]
-    )
+    history = attach_epoch_log(trainer, evaluator, engines.optimizer, echo if main else _silent, metrics[2:])
     tensorboard = iterations = None
     if main:
         tensorboard, iterations = attach_tensorboard(

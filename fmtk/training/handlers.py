@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import sys
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -289,13 +290,13 @@ def attach_epoch_log(
     trainer: Engine,
     evaluator: Engine,
     optimizer: torch.optim.Optimizer,
-    run_dir: Path | None,
     echo: Callable[[str], None] = print,
     extra_metrics: Sequence[str] = (),
 ) -> list[dict[str, float]]:
-    """Print one summary line per epoch and append it to the metrics.csv of ``run_dir`` (None: no
-    file); returns the growing list of rows. ``extra_metrics`` (valid metrics beside loss and
-    accuracy) get columns ``valid_<name>`` after ``valid_accuracy``."""
+    """Print one summary line per epoch and add it as a row to the growing list of rows it returns
+    (:func:`attach_epoch_record` writes it to metrics.csv once handlers have added their values).
+    ``extra_metrics`` (valid metrics beside loss and accuracy) get columns ``valid_<name>`` after
+    ``valid_accuracy``."""
     rows: list[dict[str, float]] = []
     epoch_lr: dict[str, float] = {}
 
@@ -322,9 +323,6 @@ def attach_epoch_log(
             "epoch_seconds": engine.state.train_seconds,  # training only: no validation, no checkpoints
         }
         rows.append(row)
-        if run_dir is None:
-            return
-        append_epoch_row(run_dir, row)
         echo(
             f"epoch {row['epoch']:>3}/{engine.state.max_epochs}  train_loss {row['train_loss']:.4f}  "
             f"valid_loss {row['valid_loss']:.4f}  valid_acc {100 * row['valid_accuracy']:.2f}%  "
@@ -333,6 +331,28 @@ def attach_epoch_log(
         )
 
     return rows
+
+
+def attach_epoch_record(
+    trainer: Engine, run_dir: Path, history: list[dict[str, float]], echo: Callable[[str], None] = print
+) -> None:
+    """Append each epoch's row of ``history`` to ``run_dir``'s metrics.csv, with the values handlers
+    added to it (``run.history[-1][name] = value``), so that a resumed run's history has them too.
+    A value that is not a number (or a one-element tensor) is left out, said once."""
+    said: set[str] = set()
+
+    def record_epoch(_: Engine) -> None:
+        row = {}
+        for key, value in history[-1].items():
+            if isinstance(value, numbers.Real) or isinstance(value, torch.Tensor) and value.numel() == 1:
+                row[key] = int(value) if isinstance(value, numbers.Integral) else float(value)
+            elif key not in said:
+                said.add(key)
+                echo(f"warning: run.history[-1][{key!r}] is a {type(value).__name__}, not a number: left out "
+                     "of metrics.csv (and of a resumed run's history); give float(...)")  # fmt: skip
+        append_epoch_row(run_dir, row)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, record_epoch)
 
 
 def ema_momentum(decay: float, iteration: int) -> float:

@@ -28,6 +28,7 @@ from fmtk.errors import FAILED_BATCH, FmtkError
 from fmtk.runfolder import CONFIG, METRICS_JSON, TRAIN_FINGERPRINTS, checkpoint_epoch, write_json
 from fmtk.training.checkpoints import CLOCK, STOP, attach_checkpoints, check_keepable
 from fmtk.training.evaluation import Evaluation
+from fmtk.training.handlers import attach_epoch_record
 from fmtk.training.parts import Parts
 from fmtk.training.results import final_results, test_checkpoint, test_table, write_pictures
 from fmtk.training.schedules import CheckpointablePlateau
@@ -170,7 +171,12 @@ class Run(Parts):
         calls it; call it yourself only to drive ``trainer`` directly. Does nothing the second time."""
         if self.last_checkpoint is not None:
             return
-        # Last of the trainer's EPOCH_COMPLETED handlers: it saves what every other one decided.
+        # After your handlers (their values in the epoch's row), then the checkpoints, last of the
+        # trainer's EPOCH_COMPLETED handlers: they save what every other one decided.
+        if is_main_process():
+            attach_epoch_record(self.trainer, self.run_dir, self.history, self.echo)
+        if self.tracker is not None:
+            self.trainer.add_event_handler(Events.EPOCH_COMPLETED, self.tracker.log_epoch)
         best_state = {"model": self.evaluated_model, "run_info": self.kept["run_info"]}
         self.best_checkpoint, self.last_checkpoint = attach_checkpoints(
             self.trainer, self.evaluator, self.run_dir, best_state, self.kept,

@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
 from fmtk.errors import FmtkError
 from fmtk.exported import require_onnx
@@ -101,11 +101,11 @@ class Tracker:
         self, trainer: Engine, optimizer: torch.optim.Optimizer, history: list[dict[str, float]], every: int
     ) -> None:
         """The loss and LR every ``every`` iterations, and each epoch's row of ``history``
-        (metrics.csv's), logged at the epoch's end."""
+        (metrics.csv's), logged at the epoch's end by :meth:`log_epoch`, which the run attaches
+        after your handlers (their values are in the row)."""
         self.points = IterationPoints(optimizer)
         every_iterations(trainer, every, self.points.keep)
         self.history = history
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, self.log_epoch)
 
     def log_epoch(self, engine: Engine) -> None:
         points, row = self.points.take(), self.history[-1]

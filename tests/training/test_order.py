@@ -79,8 +79,9 @@ def test_your_handlers_run_after_fmtk_s_and_before_the_checkpoints(tmp_path: Pat
     trainer_epoch = [
         name for engine, event, name in found if (engine, event) == ("trainer", "EPOCH_COMPLETED")
     ]
-    assert trainer_epoch[-3:] == [
+    assert trainer_epoch[-4:] == [  # metrics.csv after yours: the values you add to the row are in it
         YOURS,
+        "metrics.csv: the epoch's row, with the values your handlers added",
         "last checkpoint (every kept state)",
         "superseded checkpoints removed",
     ]

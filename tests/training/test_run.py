@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ignite.engine import Events
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
@@ -143,3 +144,26 @@ def test_the_recipes_loss_trains_validates_and_tests(tmp_path: Path) -> None:
     count = sum(len(y) for _, y in run.data.test)
     assert results["test"]["last"]["loss"] == pytest.approx(float(sum(per_sample)) / count, rel=1e-5)
     assert json.loads((tmp_path / "config.json").read_text())["loss"].endswith("<lambda>")  # recorded by name
+
+
+def test_a_handler_s_numbers_reach_metrics_csv_and_anything_else_is_said_once(tmp_path: Path) -> None:
+    lines: list[str] = []
+    run = build_run("digits_mlp", tmp_path, CPU, tmp_path, echo=lines.append, epochs=3)
+
+    @run.trainer.on(Events.EPOCH_COMPLETED)
+    def mine(engine) -> None:
+        run.history[-1]["steps"] = engine.state.iteration
+        run.history[-1]["note"] = "not a number"
+        run.history[-1]["scale"] = torch.tensor(0.5)
+
+    run.run()
+    with (tmp_path / "metrics.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    steps = len(run.data.train)
+    assert [(row["steps"], row["scale"]) for row in rows] == [(str(steps * e), "0.5") for e in (1, 2, 3)]
+    assert "note" not in rows[0]
+    said = [line for line in lines if "'note'" in line]
+    assert said == [
+        "warning: run.history[-1]['note'] is a str, not a number: left out of metrics.csv (and of a "
+        "resumed run's history); give float(...)"
+    ]
