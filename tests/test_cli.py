@@ -525,7 +525,9 @@ def test_runs_lists_the_runs_under_a_folder(tmp_path: Path) -> None:
     assert "digits_mlp" in row and "lr=0.02 epochs=1" in row and row.endswith("finished")
     [run] = json.loads(fmtk("runs", "runs", "--json", cwd=tmp_path).stdout)
     assert (run["recipe"], run["epochs_done"], run["state"]) == ("digits_mlp", 1, "finished")
-    assert_one_line_error(fmtk("runs", "--sort", "colour", cwd=tmp_path), "unknown sort key 'colour'")
+    bad_key = fmtk("runs", "--sort", "colour", cwd=tmp_path)
+    assert_one_line_error(bad_key, "--sort", "unknown sort key 'colour'; valid keys: run, recipe")
+    assert bad_key.returncode == 2  # a usage error, as click's own
     assert_one_line_error(fmtk("runs", "nowhere", cwd=tmp_path), "nowhere")
 
 

@@ -364,9 +364,17 @@ def predict(
         raise bad
 
 
+def _sort_key(context: click.Context, parameter: click.Parameter, key: str) -> str:
+    from fmtk.runs import JSON_SORT_KEYS, SORT_KEYS
+
+    if JSON_SORT_KEYS.get(key, key) not in SORT_KEYS:  # a usage error (exit 2), before any folder is read
+        raise click.BadParameter(f"unknown sort key '{key}'; valid keys: {', '.join(SORT_KEYS)}")
+    return key
+
+
 @cli.command()
 @click.argument("folders", metavar="[FOLDER]...", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--sort", "sort_key", default="run", show_default=True, metavar="COLUMN",
+@click.option("--sort", "sort_key", default="run", show_default=True, metavar="COLUMN", callback=_sort_key,
               help="run, recipe, preset, changed, epochs, best_valid_acc, test_acc_best, test_acc_last, "
               "train_seconds, device, state or started (newest first).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output: one object per run.")
