@@ -129,6 +129,40 @@ def test_a_golden_run_is_met_exactly_on_its_machine_and_a_changed_seed_diverges_
     assert tree_snapshot(tmp_path / "gold") == before
 
 
+def test_a_check_added_since_the_golden_runs_fails_alone_and_a_tolerance_says_what_it_let_pass(
+    tmp_path: Path, run_in
+) -> None:
+    recipe = user_recipe(tmp_path, "mine")
+    assert run_in("check", "mine.py", "--record", "gold").returncode == 0
+    # A second check added to the recipe after the golden runs were recorded: it fails, untrained,
+    # saying how to record it; the first is still compared (before: every check refused in one line).
+    strict = 'Check(name="strict", expect={"test_accuracy": ">= 0.5"})'
+    user_recipe(tmp_path, "mine", **{"check=Check(": f"check=({strict}, Check(", "}),\n": "})),\n"})
+    result = run_in("check", "mine.py", "--against", "gold")
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[:6] for line in lines if "(golden)" in line] == [
+        ["mine", "strict", "(golden)", "same", "none", "FAIL"],
+        ["mine", "default", "(golden)", "same", "same", "pass"],
+    ]
+    gold = Path("gold") / "mine-strict"
+    assert (
+        f"mine (strict): no golden run {gold}: record it with fmtk check {recipe} --name strict --record gold"
+        in lines
+    )
+    assert lines[-1] == "1 of 2 checks passed" and "checking mine (strict)" not in result.stdout
+    recorded = run_in("check", "mine.py", "--name", "strict", "--record", "gold")
+    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    # A recipe value changed that leaves the figures as they were: it passes, and the table says so.
+    user_recipe(tmp_path, "mine", **{"    log_every=10,": "    log_every=5,"})
+    loose = run_in("check", "mine.py", "--name", "default", "--against", "gold", "--tolerance", "0.5")
+    assert loose.returncode == 0, loose.stdout + loose.stderr
+    assert loose.stdout.splitlines()[-2:] == [
+        "mine (default): the same as its golden run, though the recipe differs: log_every 10 → 5",
+        "1 of 1 checks passed",
+    ]
+
+
 def test_a_golden_run_of_a_gpu_is_met_on_the_cpu_within_the_tolerance_naming_why(
     tmp_path: Path, run_in
 ) -> None:

@@ -160,11 +160,7 @@ def compare(golden: Golden, run_dir: Path, tolerance: float | None = None) -> Di
         how = f"beyond the tolerance {tolerance:g}" + (
             f"; not comparable exactly: {inexact}" if inexact else ""
         )
-    changed = tuple(
-        f"{key} {golden.config.get(key)!r} → {config.get(key)!r}"
-        for key in sorted(set(golden.config) | set(config))
-        if key not in CIRCUMSTANCES and golden.config.get(key) != config.get(key)
-    )
+    changed = recipe_changes(golden, config)
     history, _ = read_history(run_dir)
     for epoch, (theirs, ours) in enumerate(zip(golden.history, history, strict=False), start=1):
         for column, value in theirs.items():
@@ -180,6 +176,16 @@ def compare(golden: Golden, run_dir: Path, tolerance: float | None = None) -> Di
             if not _close(value, got, tolerance):
                 return Divergence(None, f"test {which} {name}", value, got, how, changed)
     return None
+
+
+def recipe_changes(golden: Golden, config: dict[str, Any]) -> tuple[str, ...]:
+    """The recipe values that differ between ``golden``'s config.json and a run's ``config``, each
+    as ``name old → new``."""
+    return tuple(
+        f"{key} {golden.config.get(key)!r} → {config.get(key)!r}"
+        for key in sorted(set(golden.config) | set(config))
+        if key not in CIRCUMSTANCES and golden.config.get(key) != config.get(key)
+    )
 
 
 def _close(golden: Any, got: Any, tolerance: float) -> bool:

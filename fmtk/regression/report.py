@@ -27,6 +27,8 @@ def table_rows(result: CheckResult) -> list[tuple[str, ...]]:
                      seconds))  # fmt: skip
     if result.diverged is not None:
         rows.append((*name, "(golden)", "same", "differs", "FAIL", seconds))
+    elif result.unrecorded is not None:
+        rows.append((*name, "(golden)", "same", "none", "FAIL", seconds))
     elif result.compared:
         rows.append((*name, "(golden)", "same", "same", "pass", seconds))
     return rows
@@ -47,6 +49,9 @@ def format_table(results: Sequence[CheckResult]) -> str:
         if not result.passed:  # one line per failing check: why, and where its run folder is
             kept = f" (run folder: {result.run_dir})" if result.run_dir is not None else ""
             lines.append(f"{result.recipe} ({result.check}): {'; '.join(result.failures())}{kept}")
+        elif result.recipe_changes:  # the same figures from another recipe: worth a look
+            lines.append(f"{result.recipe} ({result.check}): the same as its golden run, though the recipe "
+                         f"differs: {', '.join(result.recipe_changes)}")  # fmt: skip
     passed = sum(result.passed for result in results)
     lines.append(f"{passed} of {len(results)} checks passed")
     return "\n".join(lines)

@@ -29,8 +29,17 @@ from fmtk.recipe_loading import (
     resolve_recipe,
 )
 from fmtk.regression.check import FIGURES, Check
-from fmtk.regression.golden import Divergence, Golden, check_new, compare, golden_speed, read_golden, record
-from fmtk.runfolder import read_history, read_results
+from fmtk.regression.golden import (
+    Divergence,
+    Golden,
+    check_new,
+    compare,
+    golden_speed,
+    read_golden,
+    recipe_changes,
+    record,
+)
+from fmtk.runfolder import read_config, read_history, read_results
 from fmtk.training.build import build_run
 from fmtk.training.engines import SpeedOptions
 from fmtk.values import check_paths
@@ -60,6 +69,9 @@ class CheckResult:
     error: str | None = None  # the run failed: its one line
     diverged: Divergence | None = None  # the first difference from the golden run
     compared: bool = False  # it was compared with a golden run
+    # The same as its golden run (within the tolerance) although these recipe values differ
+    recipe_changes: tuple[str, ...] = ()
+    unrecorded: str | None = None  # --against: its golden run is missing: how to record it (not trained)
     recorded: Path | None = None  # the golden run it was kept as (--record)
     loaded: bool = True  # False: a recipe file of a folder that did not load (recipe: its file)
 
@@ -72,7 +84,8 @@ class CheckResult:
 
     @property
     def passed(self) -> bool:
-        return self.error is None and self.diverged is None and all(row.passed for row in self.rows)
+        return (self.error is None and self.diverged is None and self.unrecorded is None
+                and all(row.passed for row in self.rows))  # fmt: skip
 
     def failures(self) -> list[str]:
         """Why it failed, one line each (none when it passed)."""
@@ -85,6 +98,8 @@ class CheckResult:
         ]
         if self.diverged is not None:
             lines.append(str(self.diverged))
+        if self.unrecorded is not None:
+            lines.append(self.unrecorded)
         return lines
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,6 +111,7 @@ class CheckResult:
             "error": self.error, "diverged": None if self.diverged is None else str(self.diverged),
             "run_dir": None if self.run_dir is None else str(self.run_dir), "compared": self.compared,
             "recorded": None if self.recorded is None else str(self.recorded),
+            "recipe_changes": list(self.recipe_changes), "unrecorded": self.unrecorded,
         }  # fmt: skip
 
 
@@ -229,6 +245,7 @@ def run_check(
     record_to: Path | None = None,
     tolerance: float | None = None,
     echo: Callable[[str], None] | None = None,
+    unrecorded: str | None = None,
 ) -> CheckResult:
     """Train ``check``'s run of ``recipe`` and hold its figures against what it expects.
 
@@ -240,7 +257,11 @@ def run_check(
     (on a GPU also its name, CUDA and cuDNN, with deterministic kernels), else within ``tolerance``
     (default 1e-3, absolute). With ``record_to`` (a new folder) a passing run is kept there as a
     golden run; on a GPU it trains with deterministic kernels, so that it can be met exactly.
+    ``unrecorded`` (:func:`plan_checks`: its golden run is missing beside others): the check fails
+    with that line, untrained.
     """
+    if unrecorded is not None:
+        return CheckResult(recipe.name, check.label, unrecorded=unrecorded)
     trained, reference = prepare_check(recipe, check, keep=keep, golden=golden, record_to=record_to)
     root = data_root(data_dir)
     data = root / check.data if check.data else root
@@ -272,6 +293,8 @@ def run_check(
         result.rows.append(Row(expectation.figure, str(expectation), got, expectation.holds(got)))
     if reference is not None and result.error is None:
         result.diverged, result.compared = compare(reference, folder, tolerance), True
+        if result.diverged is None:
+            result.recipe_changes = recipe_changes(reference, read_config(folder))
     if record_to is not None and result.passed:
         try:
             record(folder, record_to)
@@ -320,6 +343,11 @@ def plan_checks(
     chosen = [(recipe, one) for recipe in recipes for one in recipe.checks if name in (None, one.label)]
     if record_to is not None:
         _check_none_recorded(chosen, Path(record_to))
+    # A check without its golden run beside others that have theirs (one added since they were
+    # recorded, one whose --record failed) fails alone, untrained; with none there, the folder is wrong.
+    recorded = against is not None and any(
+        (Path(against) / f"{recipe.name}-{one.label}").exists() for recipe, one in chosen
+    )
     planned = []
     for recipe, one in chosen:
         folder = f"{recipe.name}-{one.label}"
@@ -328,7 +356,12 @@ def plan_checks(
             "golden": None if against is None else Path(against) / folder,
             "record_to": None if record_to is None else Path(record_to) / folder,
         }
-        prepare_check(recipe, one, **where)
+        if recorded and not where["golden"].exists():
+            source = recipe.source or recipe.name
+            where["unrecorded"] = (f"no golden run {where['golden']}: record it with fmtk check {source} "
+                                   f"--name {one.label} --record {against}")  # fmt: skip
+            where["golden"] = None
+        prepare_check(recipe, one, **{key: value for key, value in where.items() if key != "unrecorded"})
         if one.data and not (data_root(data_dir) / one.data).is_dir():
             raise FmtkError(f"{recipe.name} ({one.label}): its data {one.data!r} is not a folder "
                             f"under {data_root(data_dir)} (give --data-dir)")  # fmt: skip
