@@ -120,4 +120,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             raise pytest.UsageError(f"--fmtk-recipes {given}: a folder without recipe files (*.py)")
         for file in files:
             recipe_file = RecipeFile.from_parent(session, path=file.resolve(), in_folder=path.is_dir())
-            items.extend(recipe_file.collect())
+            found = list(recipe_file.collect())
+            # Reported as collected, as a file's items are: the "collected N items" line and
+            # --collect-only's count (before: "no tests collected") come from these reports.
+            report = pytest.CollectReport(recipe_file.nodeid, "passed", None, found)
+            config.hook.pytest_collectreport(report=report)
+            items.extend(found)

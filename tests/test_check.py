@@ -264,6 +264,12 @@ def test_the_pytest_plugin_collects_a_user_s_recipe_folder_beside_their_tests(tm
     assert kept == ["fmtk-check-bad-default"]  # the failed check's run, to look into
     assert quick.returncode == 1 and "2 deselected" in quick.stdout, quick.stdout  # (unfinished, askew fail)
     assert "askew.py::askew[default] FAILED" in quick.stdout
+    # Counted as collected (before: "collected 1 item", and --collect-only said "no tests collected")
+    assert "collected 5 items / 2 deselected / 3 selected" in quick.stdout
+    listed = subprocess.run([*command, "--collect-only"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600, env=env)  # fmt: skip
+    assert listed.returncode == 0 and "5 tests collected in " in listed.stdout, listed.stdout
+    assert "<RecipeCheck good[default]>" in listed.stdout
 
 
 def golden(config: str) -> dict[str, str]:
