@@ -260,7 +260,8 @@ def evaluate(
     of a run's checkpoint on a split of its data or on every photo of a new labelled folder.
 
     Args:
-        run_dir: the run folder.
+        run_dir: the run folder; or a model file ``fmtk export`` wrote, evaluated on a ``folder``
+            on the CPU (the run folder's keywords then left out).
         recipe: the recipe the run was made with, needed when fmtk cannot load it again: the
             recipe object (one made in Python, e.g. with a lambda model), or its recipe file where
             it is now (moved since the run); the run's values are applied to it.
@@ -282,8 +283,19 @@ def evaluate(
     check_paths(data_dir=data_dir, folder=folder)
     if split not in ("test", "valid"):
         raise FmtkError(f"split={split!r}: choose 'test' or 'valid' (the training split is augmented)")
+    given = device
     with as_keywords():
         device = resolve_device(device)
+    if Path(run_dir).is_file():  # a model file fmtk export wrote
+        from fmtk.exported import evaluate_exported, on_the_cpu
+
+        on_the_cpu(run_dir, given, device, recipe=recipe, data_dir=data_dir,
+                         checkpoint=None if checkpoint == "best" else checkpoint,
+                         split=None if split == "test" else split)  # fmt: skip
+        if folder is None:
+            raise FmtkError(f"evaluate {run_dir}: an exported model is evaluated on a labelled photo folder: "
+                            "give folder=")  # fmt: skip
+        return evaluate_exported(Path(run_dir), Path(folder))[1]
     if folder is not None:
         if data_dir is not None:
             raise FmtkError(
@@ -348,19 +360,11 @@ def predictions(
         if not isinstance(image, str | os.PathLike | Image.Image):
             raise FmtkError(f"images[{index}]={image!r}: expected an image file, a folder or a PIL image")
     check_count("top", top, what="the classes per image")
-    device = resolve_device(device)  # checked for a model file too: a mistyped device is not ignored
+    given, device = device, resolve_device(device)  # checked for a model file too: a mistyped one is said
     if Path(run_dir).is_file():
-        from fmtk.exported import answer_exported
+        from fmtk.exported import answer_exported, on_the_cpu
 
-        if recipe is not None:
-            raise FmtkError(
-                f"--recipe: for a run folder; {run_dir} is an exported model: it holds its own model and "
-                "image preparation"
-            )
-
-        if device.type != "cpu":
-            raise FmtkError(f"device {device}: an exported model runs on the CPU here (a run folder "
-                            "predicts on any device)")  # fmt: skip
+        on_the_cpu(run_dir, given, device, recipe=recipe)
         yield from answer_exported(Path(run_dir), images, top)
         return
     recipe, model, _, classes = load_trained_model(Path(run_dir), checkpoint, device, recipe)

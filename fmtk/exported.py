@@ -8,13 +8,17 @@ import json
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from fmtk.data.image_input import ImageInput, Source
 from fmtk.errors import FmtkError
 from fmtk.prediction import answer_images
+
+if TYPE_CHECKING:
+    from fmtk.training.evaluation import FolderEvaluation
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 FORMAT_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript"}  # in a sentence
@@ -98,8 +102,50 @@ def _is_checkpoint(path: Path) -> bool:
     return isinstance(saved, dict) and "run_info" in saved and "model" in saved
 
 
+def on_the_cpu(path: Path | str, given: Any, device: torch.device, **run_values: Any) -> None:
+    """An exported model runs on the CPU (``auto`` is taken so, also on a GPU machine), without a
+    run folder's values (``run_values`` given other than None)."""
+    for name, value in run_values.items():
+        if value is not None:
+            raise FmtkError(f"{name}: for a run folder; {path} is an exported model: it holds the "
+                            "weights it was exported from and its image preparation")  # fmt: skip
+    if device.type != "cpu" and given != "auto":
+        raise FmtkError(f"device {device}: an exported model runs on the CPU here (a run folder runs on any "
+                        "device)")  # fmt: skip
+
+
 def answer_exported(path: Path, images: Sequence[Source], top: int = 1) -> Iterator[dict[str, Any]]:
     """``fmtk predict`` of an exported file: for each image (:func:`fmtk.prediction.answer_images`),
     the ``top`` most probable classes, or why it cannot be read."""
     run, metadata = load_exported(path)
     yield from answer_images(images, ImageInput.from_dict(metadata["input"]), run, metadata["classes"], top)
+
+
+class ExportedModel(nn.Module):
+    """An exported file's function as a model for Ignite's evaluator: its probabilities as
+    log-probabilities, which the accuracy reads as it reads logits and the cross-entropy takes as
+    they are (a probability of 0 is taken as float32's smallest, its loss about 87)."""
+
+    def __init__(self, run: Any) -> None:
+        super().__init__()
+        self.run = run
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.run(images.cpu()).clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
+def evaluate_exported(
+    path: Path, folder: Path, batch_size: int = 64
+) -> tuple[dict[str, Any], FolderEvaluation]:
+    """The exported model file ``path`` evaluated on every photo of the labelled ``folder``
+    (:func:`fmtk.training.evaluation.score_folder`), each photo read as the file says (its
+    metadata's input), on the CPU; the loss is the cross-entropy of its probabilities. Also the
+    file's metadata."""
+    from fmtk.training.evaluation import score_folder  # (Ignite's evaluator: not for predict)
+
+    run, metadata = load_exported(path)
+    image_input = ImageInput.from_dict(metadata["input"])
+    cpu = torch.device("cpu")
+    result = score_folder(folder, ExportedModel(run), path, metadata["classes"], image_input, batch_size, cpu,
+                          nn.CrossEntropyLoss())  # fmt: skip
+    return metadata, result

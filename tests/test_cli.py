@@ -311,7 +311,7 @@ def test_bad_input_is_one_line(tmp_path: Path, args: list[str], fragments: list[
         (["tune", "digits_mlp", "--prune-warmup", "-1"], ["fmtk tune: Invalid value for '--prune-warmup'"]),
         (["run", "digits_mlp", "--bogus"], ["fmtk run: No such option '--bogus'"]),
         (["run", "digits_mlp", "--preset"], ["fmtk run: Option '--preset' requires an argument"]),
-        (["evaluate"], ["fmtk evaluate: Missing argument 'RUN_DIR'"]),
+        (["evaluate"], ["fmtk evaluate: Missing argument 'RUN_DIR|MODEL_FILE'"]),
         (["trian"], ["fmtk: No such command 'trian'"]),
         (["--bogus"], ["fmtk: No such option '--bogus'"]),
     ],

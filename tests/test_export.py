@@ -27,7 +27,7 @@ from conftest import (
 from PIL import ExifTags, Image
 
 import fmtk as toolkit
-from fmtk.exported import load_exported
+from fmtk.exported import load_exported, on_the_cpu
 from fmtk.recipe_loading import load_recipe
 from fmtk.training.evaluation import load_trained_model
 from fmtk.weights import EMA_MODEL
@@ -160,6 +160,41 @@ def test_an_ema_run_with_flip_averaging_exports_what_evaluate_runs(tmp_path: Pat
         model.load_state_dict(last["model"])  # the raw weights answer differently
         raw = (model(x).softmax(1) + model(x.flip(-1)).softmax(1)) / 2
     assert not torch.allclose(raw, flip_averaged, atol=1e-3)
+
+
+def test_an_exported_model_is_evaluated_on_a_folder_as_its_run_is(tmp_path: Path) -> None:
+    photos = make_photos(tmp_path / "photos", {"ants": 12, "bees": 12, "wasps": 12})
+    settings = ["--set", "image_size=32", "--set", "warmup_epochs=0", "--set", "tta_flip=true"]
+    run_dir = trained(tmp_path, "images", "--data-dir", str(photos), "--epochs", "1", *settings)
+    new = make_photos(tmp_path / "new", {"ants": 5, "wasps": 6}, seed=3)  # some of the classes
+    (new / "ants" / "torn.jpg").write_bytes(b"\xff\xd8 not a whole JPEG")
+    from_run = fmtk("evaluate", str(run_dir), "--folder", "new", cwd=tmp_path)
+    assert from_run.returncode == 1 and "torn.jpg" in from_run.stderr  # read (left out), said, exit 1
+    want = json.loads((run_dir / "evaluations" / "new-best" / "evaluation.json").read_text())
+    for format, suffix in (("onnx", ".onnx"), ("torchscript", ".pt")):
+        model_file = toolkit.export(run_dir, format=format, out=tmp_path / f"model{suffix}").path
+        done = fmtk("evaluate", model_file.name, "--folder", "new", cwd=tmp_path)
+        assert done.returncode == 1 and "torn.jpg" in done.stderr, done.stderr
+        assert done.stdout.startswith(f"images, model{suffix}, 11 photos of new\n")
+        place = tmp_path / "evaluations" / f"model{suffix}-new"
+        assert f"wrote {Path('evaluations') / place.name}" in done.stdout
+        got = json.loads((place / "evaluation.json").read_text())
+        assert (got["accuracy"], got["confusion"], got["classes"]) == (
+            want["accuracy"], want["confusion"], want["classes"]
+        )  # fmt: skip
+        assert got["loss"] == pytest.approx(want["loss"], abs=1e-5)  # the cross-entropy of its probabilities
+        assert got["unreadable"] == want["unreadable"] and got["checkpoint"] == model_file.name
+        assert sorted(path.name for path in place.iterdir()) == sorted(
+            path.name for path in (run_dir / "evaluations" / "new-best").iterdir()
+        )
+        evaluation = toolkit.evaluate(model_file, folder=new)  # the same from Python
+        assert evaluation.accuracy == got["accuracy"] and evaluation.photos == 11
+    assert_one_line_error(fmtk("evaluate", "model.onnx", cwd=tmp_path),
+                          "is evaluated on a labelled photo folder: give --folder")  # fmt: skip
+    assert_one_line_error(fmtk("evaluate", "model.onnx", "--folder", "new", "--data-dir", ".", cwd=tmp_path),
+                          "--data-dir goes with a run folder; model.onnx is an exported model")  # fmt: skip
+    with pytest.raises(toolkit.FmtkError, match=r"^checkpoint: for a run folder; .*model.pt is an"):
+        toolkit.evaluate(tmp_path / "model.pt", folder=new, checkpoint="last")
 
 
 DEPLOY_BLOCKER = "raise ImportError('{name} is not installed here')\n"
@@ -407,3 +442,11 @@ def test_a_run_copied_elsewhere_exports_with_its_data_given(digits_run: Path, tm
     done = fmtk("export", "moved", "--checkpoint", "last", "--out", "last.pt", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert load_exported(tmp_path / "last.pt")[1]["checkpoint"].startswith("last_checkpoint_")
+
+
+def test_an_exported_model_takes_auto_as_the_cpu_also_on_a_gpu_machine(tmp_path: Path) -> None:
+    # On a GPU machine "auto" resolves to CUDA: predict and evaluate of a model file refused their own
+    # default there (before), as only an explicit --device cuda must be.
+    on_the_cpu(tmp_path / "model.onnx", "auto", torch.device("cuda"))
+    with pytest.raises(toolkit.FmtkError, match=r"^device cuda: an exported model runs on the CPU here"):
+        on_the_cpu(tmp_path / "model.onnx", "cuda", torch.device("cuda"))

@@ -7,7 +7,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
@@ -29,6 +29,8 @@ from fmtk.runfolder import BEST, LAST, confusion_name, picture_path
 
 if TYPE_CHECKING:
     import torch
+
+    from fmtk.training.evaluation import FolderEvaluation
 
 
 @cli.command("list")
@@ -190,7 +192,7 @@ def summary(recipe_name: str, preset: str | None, settings: tuple[str, ...], dat
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("run_dir", metavar="RUN_DIR|MODEL_FILE", type=click.Path(path_type=Path))
 @checkpoint_option
 @click.option("--split", type=click.Choice(["test", "valid"]), help="Of the run's data  [default: test].")
 @data_dir_option
@@ -217,9 +219,22 @@ def evaluate(
     run's) it writes to a new folder RUN_DIR/evaluations/<data>-<checkpoint>/: confusion.png and,
     with --folder, evaluation.json and the wrong predictions with the highest loss (top_losses.png
     and .csv, naming the files); photos that cannot be read are listed, and the exit status is 1.
+
+    A model file that fmtk export wrote (.onnx, .pt) is evaluated on a --folder, on the CPU, each
+    photo read as the file says; it writes to a new folder evaluations/<file>-<folder>/ beside it.
     """
     from fmtk.device import resolve_device
 
+    if _model_file("evaluate", run_dir, checkpoint=checkpoint, split=split, data_dir=data_dir,
+                   recipe_file=recipe_file):  # fmt: skip
+        if folder is None:
+            raise FmtkError(f"fmtk evaluate {run_dir}: an exported model is evaluated on a labelled photo "
+                            "folder: give --folder PHOTOS")  # fmt: skip
+        from fmtk.exported import on_the_cpu
+
+        on_the_cpu(run_dir, device, resolve_device(device))
+        evaluate_model_file(run_dir, folder)
+        return
     check_run_folder("evaluate", run_dir)
     if folder is not None:
         if split is not None or data_dir is not None:
@@ -279,23 +294,43 @@ def evaluate_new_folder(
     run_dir: Path, folder: Path, checkpoint: str, device: torch.device, recipe_file: Path | None = None
 ) -> None:
     """``fmtk evaluate --folder``: every photo of ``folder``, the results in a new evaluations folder."""
-    from fmtk.data.images import BadImages, others_line, photo_bars
-    from fmtk.runfolder import new_evaluation_dir
+    from fmtk.data.images import photo_bars
     from fmtk.training.evaluation import evaluate_folder
     from fmtk.training.handlers import progress_by_default
 
     with photo_bars(progress_by_default()):
         recipe, result = evaluate_folder(run_dir, folder, checkpoint, device, recipe_file)
+    which = checkpoint if checkpoint in (BEST, LAST) else result.checkpoint.stem
+    _folder_results(result, recipe.name, run_dir, f"{folder.resolve().name}-{which}")
+
+
+def evaluate_model_file(path: Path, folder: Path) -> None:
+    """``fmtk evaluate MODEL_FILE --folder``: as of a run, the results in ``evaluations/`` beside the file."""
+    from fmtk.data.images import photo_bars
+    from fmtk.exported import evaluate_exported
+    from fmtk.training.handlers import progress_by_default
+
+    with photo_bars(progress_by_default()):
+        metadata, result = evaluate_exported(path, folder)
+    _folder_results(result, str(metadata.get("recipe", path.stem)), path.parent,
+                    f"{path.name}-{folder.resolve().name}")  # fmt: skip
+
+
+def _folder_results(result: FolderEvaluation, recipe_name: str, parent: Path, name: str) -> None:
+    """A folder's evaluation said (its table, the files left out, the near copies) and written to a
+    new folder ``parent/evaluations/name[-N]``; photos that could not be read: the exit status 1."""
+    from fmtk.data.images import BadImages, others_line
+    from fmtk.runfolder import new_evaluation_dir
+
     if result.others:
         click.echo(others_line(result.others))
-    click.echo(f"{recipe.name}, {result.checkpoint.name}, {result.photos} photos of {folder}")
+    click.echo(f"{recipe_name}, {result.checkpoint.name}, {result.photos} photos of {result.folder}")
     click.echo(result.table())
     if result.near_copies:
         click.echo(result.copies_line())
-    which = checkpoint if checkpoint in (BEST, LAST) else result.checkpoint.stem
-    place = new_evaluation_dir(run_dir, f"{folder.resolve().name}-{which}")
+    place = new_evaluation_dir(parent, name)
     try:
-        result.write(place, recipe.name)
+        result.write(place, recipe_name)
     except OSError as error:
         raise FmtkError(f"{place}: cannot write the evaluation ({error.strerror})") from None
     click.echo(f"wrote {place}")
@@ -328,17 +363,9 @@ def predict(
     from fmtk.api import predictions
     from fmtk.data.image_input import listed_files
     from fmtk.data.images import others_line
-    from fmtk.exported import SUFFIXES
     from fmtk.prediction import unreadable
 
-    if run_dir.is_file() or (run_dir.suffix in SUFFIXES and not run_dir.is_dir()):  # fmtk export's file
-        if not run_dir.is_file():
-            raise FmtkError(f"fmtk predict {run_dir}: no such model file")
-        if click.get_current_context().get_parameter_source("checkpoint") is ParameterSource.COMMANDLINE:
-            raise FmtkError(
-                f"--checkpoint goes with a run folder; {run_dir} holds the weights it was exported from"
-            )
-    else:
+    if not _model_file("predict", run_dir, checkpoint=checkpoint):
         check_run_folder("predict", run_dir)
     files, others = listed_files(images)  # the folders walked once: predictions() gets their files
     left_out = others_line([str(path) for path in others])
@@ -362,6 +389,27 @@ def predict(
     bad = unreadable(results)
     if bad is not None:  # after every answer: one bad photo costs its own only
         raise bad
+
+
+RUN_OPTIONS = {"checkpoint": "--checkpoint", "split": "--split", "data_dir": "--data-dir",
+               "recipe_file": "--recipe"}  # fmt: skip
+
+
+def _model_file(command: str, path: Path, **given: Any) -> bool:
+    """Whether ``path`` names a model file fmtk export wrote (a file, or a missing one of its
+    suffixes: one line); a run folder's options ``given`` on the command line are refused with one."""
+    from fmtk.exported import SUFFIXES
+
+    if not (path.is_file() or (path.suffix in SUFFIXES and not path.is_dir())):
+        return False
+    if not path.is_file():
+        raise FmtkError(f"fmtk {command} {path}: no such model file")
+    context = click.get_current_context()
+    for name in given:
+        if context.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+            raise FmtkError(f"{RUN_OPTIONS[name]} goes with a run folder; {path} is an exported model: it "
+                            "holds the weights it was exported from and its image preparation")  # fmt: skip
+    return True
 
 
 def _sort_key(context: click.Context, parameter: click.Parameter, key: str) -> str:

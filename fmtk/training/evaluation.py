@@ -24,7 +24,7 @@ from torch import nn
 from fmtk.data.batches import Batches, TensorBatches
 from fmtk.data.copies import Fingerprinted, Fingerprints, copied
 from fmtk.data.folders import split_folders
-from fmtk.data.image_input import read_all, read_pixels
+from fmtk.data.image_input import ImageInput, read_all, read_pixels
 from fmtk.data.images import heif_hint, kinds_of, list_image_folder, photo_bar
 from fmtk.errors import FmtkError
 from fmtk.models import FlipAveraged
@@ -404,25 +404,49 @@ CHUNK_BYTES = 128 * 2**20
 def evaluate_folder(
     run_dir: Path, folder: Path, checkpoint: str, device: torch.device, recipe: Recipe | None = None
 ) -> tuple[Recipe, FolderEvaluation]:
-    """A run's checkpoint evaluated on every photo of the labelled ``folder`` (:func:`labelled_photos`),
+    """A run's checkpoint evaluated on every photo of the labelled ``folder`` (:func:`score_folder`),
     read as ``fmtk predict`` reads files (the recipe's :meth:`~fmtk.recipe.Recipe.input`), with the
-    recipe's test-time augmentation; photos that cannot be read are left out and listed.
+    recipe's test-time augmentation, loss and metrics; photos that are near copies of the run's
+    training photos are found."""
+    recipe, model, path, classes = load_trained_model(run_dir, checkpoint, device, recipe)
+    trained_on = run_dir / TRAIN_FINGERPRINTS
+    result = score_folder(
+        folder, tested_model(recipe, model), path, classes, recipe.input(), recipe.batch_size, device,
+        loss_on(recipe.loss(recipe), device), recipe.make_metrics(),
+        trained_on if trained_on.is_file() else None,
+    )  # fmt: skip
+    return recipe, result
+
+
+def score_folder(
+    folder: Path,
+    model: nn.Module,
+    checkpoint: Path,
+    classes: Sequence[str],
+    image_input: ImageInput,
+    batch_size: int,
+    device: torch.device,
+    loss_fn: Callable,
+    metrics: Mapping[str, Any] | None = None,
+    trained_on: Path | None = None,
+) -> FolderEvaluation:
+    """``model`` (of the weights in ``checkpoint``, a run's or an exported file) evaluated on every
+    photo of the labelled ``folder`` (:func:`labelled_photos`), each read by ``image_input``;
+    photos that cannot be read are left out and listed; with ``trained_on`` (a run's training
+    photos' fingerprints) the near copies of them are found.
 
     The photos are decoded (in as many threads as torch's), evaluated and dropped a chunk at a time
     (:data:`CHUNK_BYTES`), the next decoded while this one is evaluated, in one pass that also ranks
     the wrong ones; those pictured among them are read again at the end."""
-    recipe, model, path, classes = load_trained_model(run_dir, checkpoint, device, recipe)
     samples, others = labelled_photos(folder, classes)
     if not samples:  # (empty class folders, or ones of other kinds of files)
         besides = f"; its class folders hold only files of kinds fmtk does not read: {kinds_of(others)}"
         raise FmtkError(f"--folder {folder}: no photos in its class folders ({', '.join(classes)})"
                         f"{besides if others else ''}{heif_hint(others)}")  # fmt: skip
     files, labels = [file for file, _ in samples], torch.tensor([label for _, label in samples])
-    image_input, batch_size = recipe.input(), recipe.batch_size
     kept: list[int] = []
     unreadable: list[tuple[str, str]] = []
-    trained_on = run_dir / TRAIN_FINGERPRINTS
-    prints: list[Fingerprints] | None = [] if trained_on.is_file() else None  # a photo folder's run
+    prints: list[Fingerprints] | None = [] if trained_on is not None else None  # a photo folder's run
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         chunk = max(1, min(256, CHUNK_BYTES // math.prod(image_input.shape)))
@@ -445,15 +469,14 @@ def evaluate_folder(
             why = unreadable[0][1]
             raise FmtkError(f"--folder {folder}: none of its {len(files)} photos can be read: {why}")
         ranking = LossRanking()
-        tested, loss_fn = tested_model(recipe, model), loss_on(recipe.loss(recipe), device)
         whole = itertools.chain([first], stream)
-        evaluation = evaluate(tested, whole, classes, device, loss_fn, recipe.make_metrics(), ranking.add)
+        evaluation = evaluate(model, whole, classes, device, loss_fn, metrics, ranking.add)
     wrong = ranking.top(classes, [files[index] for index in kept])
     pictured, _, unread = read_all([row["file"] for row in wrong], image_input)
     if unread:
         raise FmtkError(f"{wrong[unread[0][0]]['file']}: changed while it was evaluated: {unread[0][1]}")
     result = FolderEvaluation(
-        **vars(evaluation), folder=folder, checkpoint=path, photos=len(kept), wrong=wrong,
+        **vars(evaluation), folder=folder, checkpoint=checkpoint, photos=len(kept), wrong=wrong,
         unreadable=unreadable, images=pictured, others=others,
     )  # fmt: skip
     if prints is not None:
@@ -461,7 +484,7 @@ def evaluate_folder(
         result.find_copies(
             Fingerprints.joined(prints), Fingerprinted.load(trained_on), names, ranking.correct()
         )
-    return recipe, result
+    return result
 
 
 def run_pictures(
