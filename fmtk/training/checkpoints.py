@@ -8,7 +8,9 @@ a name that one side has and the other lacks is a one-line error.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import io
 import math
 import random
 import signal
@@ -32,6 +34,10 @@ from fmtk.version import __version__
 STOP = "stop"  # the last checkpoint's name for the run's RunStop (why a handler stopped it)
 CLOCK = "clock"  # … and for its TrainingClock
 LOADER_RANDOM = "loader_random"  # … and for its LoaderGenerators
+# The names of fmtk's own states, refused to Run.keep whether or not this run has them (a run
+# without an EMA would otherwise test a state kept as ema_model as its weights).
+FMTK_STATES = ("model", "optimizer", "trainer", "scaler", "random_state", "run_info", "ema_model", STOP,
+               CLOCK, LOADER_RANDOM, "early_stopping", "lr_scheduler", "best_checkpoint")  # fmt: skip
 
 
 class RandomState:
@@ -194,16 +200,67 @@ class RunInfo:
 
 
 def check_keepable(name: str, state: Any, kept: Mapping[str, Any]) -> None:
-    """A name for the last checkpoint must be new and its object checkpointable."""
+    """A name for the last checkpoint must be new and not one of fmtk's, and its object
+    checkpointable: a ``state_dict()`` that a checkpoint gives back (:func:`unreadable_part`)."""
     if not isinstance(name, str) or not name.isidentifier():
         raise FmtkError(f"keep({name!r}): the name must be a Python identifier")
+    if name in FMTK_STATES:
+        raise FmtkError(f"keep({name!r}): fmtk keeps its own state under that name "
+                        f"({', '.join(FMTK_STATES)}); choose another")  # fmt: skip
     if name in kept:
         raise FmtkError(f"keep({name!r}): the run already keeps a state of that name")
     for method in ("state_dict", "load_state_dict"):
         if not callable(getattr(state, method, None)):
-            kind = type(state).__name__
-            article = "an" if kind[:1].lower() in "aeiou" else "a"
-            raise FmtkError(f"keep({name!r}): {article} {kind} has no {method}() to checkpoint it")
+            raise FmtkError(f"keep({name!r}): {_a(type(state).__name__)} has no {method}() to checkpoint it")
+    check_readable(name, state.state_dict())
+
+
+def check_readable(name: str, state: Any) -> None:
+    """``state`` (the state_dict kept as ``name``) comes back from a checkpoint, else one line."""
+    where = unreadable_part(state)
+    if where is not None:
+        raise FmtkError(
+            f"keep({name!r}): its state_dict() holds {where}, which fmtk cannot read back from a checkpoint "
+            "(it reads them with torch.load(weights_only=True)); keep tensors, numbers, strings, lists and "
+            "dicts of them (a numpy array: torch.from_numpy(...))"
+        )
+
+
+_PLAIN = (int, float, bool, str, bytes, type(None))  # exactly: numpy's float64 is a float, not read back
+_TORCH = (torch.Tensor, torch.Size, torch.dtype, torch.device)
+
+
+def unreadable_part(value: Any, at: str = "") -> str | None:
+    """Where in ``value`` (a state_dict) is something ``torch.load(weights_only=True)`` refuses,
+    in words (``a ndarray at ['counts']``); None when it all comes back. Lists, tuples and dicts
+    are walked and tensors passed without being copied; anything else is tried alone."""
+    if type(value) in _PLAIN or isinstance(value, _TORCH):
+        return None
+    if type(value) in (list, tuple):
+        parts = enumerate(value)
+    elif isinstance(value, dict) and type(value) in (dict, collections.OrderedDict):
+        for key in value:
+            if unreadable_part(key) is not None:
+                return f"{_a(type(key).__name__)} key at {at or 'the top'}"
+        parts = value.items()
+    else:
+        buffer = io.BytesIO()
+        torch.save(value, buffer)
+        buffer.seek(0)
+        try:
+            torch.load(buffer, weights_only=True)
+        except Exception:  # noqa: BLE001 - the unpickler's refusal, whatever its kind
+            return f"{_a(type(value).__name__)}" + (f" at {at}" if at else "")
+        return None
+    for key, part in parts:
+        found = unreadable_part(part, f"{at}[{key!r}]")
+        if found is not None:
+            return found
+    return None
+
+
+def _a(kind: str) -> str:
+    return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
 
 
 class RunSaver(DiskSaver):
@@ -222,6 +279,15 @@ class RunSaver(DiskSaver):
         # Ctrl-C inside torch.save's zip writer surfaces as its RuntimeError ("unexpected pos …"), a
         # traceback: a stop asked for while a checkpoint is written is taken once it is whole.
         with signals_held():
+            for name, state in checkpoint.items():  # a file resume cannot read is never written (the run
+                where = unreadable_part(state)  # stops here, the previous one kept): not after the run
+                if where is not None:
+                    raise FmtkError(
+                        f"{filename}: the state kept as {name!r} now holds {where}, which fmtk cannot read "
+                        "back from a checkpoint (torch.load(weights_only=True)); keep tensors, numbers, "
+                        "strings, lists and dicts of them (a numpy array: torch.from_numpy(...)). The "
+                        "previous checkpoint is kept"
+                    )
             super().__call__(checkpoint, filename, metadata)
 
     def remove(self, filename: str) -> None:
@@ -289,8 +355,7 @@ def attach_checkpoints(
         filename_pattern=MinimisedScoreName(Checkpoint.setup_filename_pattern()) if mode == "min" else None,
     )
     evaluator.add_event_handler(Events.COMPLETED, best)
-    check_keepable("best_checkpoint", best, kept)
-    kept["best_checkpoint"] = best
+    kept["best_checkpoint"] = best  # (a name Run.keep refuses)
     last = Checkpoint(kept, saver, filename_prefix=LAST, n_saved=1, global_step_transform=epoch)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, last)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import random
@@ -47,6 +48,35 @@ class Counter:
         self.count = state["count"]
 
 
+class Holding:
+    """A state whose state_dict is ``state``."""
+
+    def __init__(self, state: object) -> None:
+        self.state = state
+
+    def state_dict(self) -> object:
+        return self.state
+
+    def load_state_dict(self, state: object) -> None:
+        self.state = state
+
+
+def test_a_state_that_comes_to_hold_what_a_checkpoint_cannot_give_back_stops_the_run_at_once(
+    tmp_path: Path,
+) -> None:
+    run = digits_run(tmp_path / "run", epochs=3)
+    held = run.keep("held", Holding({"counts": torch.zeros(2), "seen": [1]}))
+    run.trainer.add_event_handler(
+        Events.EPOCH_COMPLETED(once=2), lambda _: held.state.update(seen=[1, np.int64(2)])
+    )  # fmt: skip
+    said = r"^last_checkpoint_2.pt: the state kept as 'held' now holds an int64 at \['seen'\]\[1\], "
+    with pytest.raises(
+        FmtkError, match=said + r"which fmtk cannot read back .* The previous checkpoint is kept$"
+    ):
+        run.run()
+    assert [path.name for path in (tmp_path / "run").glob("last_checkpoint_*.pt")] == ["last_checkpoint_1.pt"]
+
+
 def digits_run(run_dir: Path, epochs: int = 2, resume_from: Path | None = None, counter: bool = True):
     """digits_mlp with a kept iteration counter; ``run_dir`` is created if needed."""
     run_dir.mkdir(exist_ok=True)
@@ -73,14 +103,24 @@ def test_random_state_round_trip(tmp_path: Path) -> None:
     "name, state, message",
     [
         ("my counter", Counter(), "the name must be a Python identifier"),
-        ("optimizer", Counter(), "already keeps a state of that name"),
+        ("mine", Counter(), "already keeps a state of that name"),
         ("numbers", [1, 2], r"a list has no state_dict\(\)"),
         ("thing", object(), r"an object has no state_dict\(\)"),
+        # fmtk's own names, also those this run does not keep: a state kept as ema_model in a run
+        # without an EMA was tested as the last checkpoint's weights
+        ("ema_model", Counter(), r"fmtk keeps its own state under that name \(model, .*ema_model"),
+        ("scaler", Counter(), "fmtk keeps its own state under that name"),
+        ("loader_random", Counter(), "fmtk keeps its own state under that name"),
+        ("best_checkpoint", Counter(), "fmtk keeps its own state under that name"),
+        # what torch.load(weights_only=True) refuses: before, the run trained to its end and then
+        # could neither be tested nor resumed
+        ("arr", Holding({"arr": np.zeros(3)}), r"holds a ndarray at \['arr'\], which fmtk cannot read back"),
+        ("deep", Holding({"a": [1, {"n": np.float64(1)}]}), r"holds a float64 at \['a'\]\[1\]\['n'\]"),
     ],
 )
 def test_keep_refuses_what_cannot_be_checkpointed(name: str, state: object, message: str) -> None:
     with pytest.raises(FmtkError, match=message):
-        check_keepable(name, state, {"optimizer": object()})
+        check_keepable(name, state, {"optimizer": object(), "mine": object()})
 
 
 def test_the_last_checkpoint_holds_and_restores_a_kept_state(tmp_path: Path) -> None:
@@ -259,7 +299,7 @@ class _StopWhileWritten:
 
     def __reduce__(self) -> tuple:
         os.kill(os.getpid(), signal.SIGINT)
-        return (dict, ())
+        return (collections.OrderedDict, ())  # (what torch.load(weights_only=True) reads back)
 
 
 def test_a_stop_asked_for_while_a_checkpoint_is_written_is_taken_once_it_is_whole(tmp_path: Path) -> None:
