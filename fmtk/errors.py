@@ -198,6 +198,11 @@ def keyword_errors(function: Callable[..., T]) -> Callable[..., T]:
     return named
 
 
+def a_kind(kind: str) -> str:
+    """``kind`` with its article, for a line naming a type: ``a list``, ``an ndarray``."""
+    return f"{'an' if kind[:1].lower() in 'aeiou' or kind.startswith('nd') else 'a'} {kind}"
+
+
 def first_few(items: Sequence[T], shown: int = 3) -> tuple[list[T], int]:
     """The items a one-line message names, and how many it leaves to "and N more": the first
     ``shown``, or all of them when there is one more (a fourth is named, not "and 1 more")."""

@@ -27,7 +27,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, global_step_from_engine
 from torch import nn
 
-from fmtk.errors import FmtkError
+from fmtk.errors import FmtkError, a_kind
 from fmtk.runfolder import BEST, LAST
 from fmtk.version import __version__
 
@@ -211,7 +211,9 @@ def check_keepable(name: str, state: Any, kept: Mapping[str, Any]) -> None:
         raise FmtkError(f"keep({name!r}): the run already keeps a state of that name")
     for method in ("state_dict", "load_state_dict"):
         if not callable(getattr(state, method, None)):
-            raise FmtkError(f"keep({name!r}): {_a(type(state).__name__)} has no {method}() to checkpoint it")
+            raise FmtkError(
+                f"keep({name!r}): {a_kind(type(state).__name__)} has no {method}() to checkpoint it"
+            )
     check_readable(name, state.state_dict())
 
 
@@ -241,7 +243,7 @@ def unreadable_part(value: Any, at: str = "") -> str | None:
     elif isinstance(value, dict) and type(value) in (dict, collections.OrderedDict):
         for key in value:
             if unreadable_part(key) is not None:
-                return f"{_a(type(key).__name__)} key at {at or 'the top'}"
+                return f"{a_kind(type(key).__name__)} key at {at or 'the top'}"
         parts = value.items()
     else:
         buffer = io.BytesIO()
@@ -250,17 +252,13 @@ def unreadable_part(value: Any, at: str = "") -> str | None:
         try:
             torch.load(buffer, weights_only=True)
         except Exception:  # noqa: BLE001 - the unpickler's refusal, whatever its kind
-            return f"{_a(type(value).__name__)}" + (f" at {at}" if at else "")
+            return f"{a_kind(type(value).__name__)}" + (f" at {at}" if at else "")
         return None
     for key, part in parts:
         found = unreadable_part(part, f"{at}[{key!r}]")
         if found is not None:
             return found
     return None
-
-
-def _a(kind: str) -> str:
-    return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
 
 
 class RunSaver(DiskSaver):

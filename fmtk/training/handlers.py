@@ -17,7 +17,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import EarlyStopping, EMAHandler, ProgressBar
 from torch import nn
 
-from fmtk.errors import FmtkError
+from fmtk.errors import FmtkError, a_kind
 from fmtk.runfolder import append_epoch_row
 from fmtk.training.accumulation import optimizer_step, step_completed
 from fmtk.training.engines import StepEvents
@@ -292,12 +292,12 @@ def attach_epoch_log(
     optimizer: torch.optim.Optimizer,
     echo: Callable[[str], None] = print,
     extra_metrics: Sequence[str] = (),
-) -> list[dict[str, float]]:
+) -> History:
     """Print one summary line per epoch and add it as a row to the growing list of rows it returns
     (:func:`attach_epoch_record` writes it to metrics.csv once handlers have added their values).
     ``extra_metrics`` (valid metrics beside loss and accuracy) get columns ``valid_<name>`` after
     ``valid_accuracy``."""
-    rows: list[dict[str, float]] = []
+    rows = History()
     epoch_lr: dict[str, float] = {}
 
     # The LR of the epoch's first step: read at its ITERATION_STARTED, after a per-iteration schedule
@@ -323,6 +323,7 @@ def attach_epoch_log(
             "epoch_seconds": engine.state.train_seconds,  # training only: no validation, no checkpoints
         }
         rows.append(row)
+        rows.own = dict(row)
         echo(
             f"epoch {row['epoch']:>3}/{engine.state.max_epochs}  train_loss {row['train_loss']:.4f}  "
             f"valid_loss {row['valid_loss']:.4f}  valid_acc {100 * row['valid_accuracy']:.2f}%  "
@@ -333,24 +334,51 @@ def attach_epoch_log(
     return rows
 
 
+class History(list):
+    """The epochs' rows, ``run.history``: a list of dicts, fmtk's columns and the values handlers
+    add; ``own`` holds the latest row's fmtk values as the epoch line gave them."""
+
+    own: dict[str, float]
+
+
 def attach_epoch_record(
-    trainer: Engine, run_dir: Path, history: list[dict[str, float]], echo: Callable[[str], None] = print
+    trainer: Engine, run_dir: Path, history: History, echo: Callable[[str], None] = print
 ) -> None:
     """Append each epoch's row of ``history`` to ``run_dir``'s metrics.csv, with the values handlers
-    added to it (``run.history[-1][name] = value``), so that a resumed run's history has them too.
-    A value that is not a number (or a one-element tensor) is left out, said once."""
+    added to it (``run.history[-1][name] = value``), so that a resumed run's history has them too:
+    a number (or a one-element tensor) as a Python number, in the row too; anything else is left
+    out, said once. A handler's value under one of fmtk's columns is put back (a changed ``epoch``
+    would cost metrics.csv rows on resume), and one added to an epoch's row after it was written
+    (from the evaluator's COMPLETED, where ``history[-1]`` is the epoch before) is said once."""
     said: set[str] = set()
+    written: list[tuple[dict[str, Any], set[str]]] = []  # the last row written and its keys then
+
+    def say_once(key: str, line: str) -> None:
+        if key not in said:
+            said.add(key)
+            echo(f"warning: {line}")
 
     def record_epoch(_: Engine) -> None:
-        row = {}
-        for key, value in history[-1].items():
+        row, record = history[-1], {}
+        if written and set(written[0][0]) - written[0][1]:
+            late = sorted(set(written[0][0]) - written[0][1])[0]
+            say_once(f"late {late}", f"run.history[-1][{late!r}] was given after its epoch's row was "
+                     "written (history[-1] is the epoch before until the trainer's EPOCH_COMPLETED): not in "
+                     "metrics.csv; give it at the trainer's EPOCH_COMPLETED")  # fmt: skip
+        for key, value in history.own.items():
+            if row.get(key) is not value:
+                row[key] = value
+                say_once(key, f"run.history[-1][{key!r}] is fmtk's own column: a handler's value there is "
+                         "not kept; give yours a name of its own")  # fmt: skip
+        for key, value in row.items():
             if isinstance(value, numbers.Real) or isinstance(value, torch.Tensor) and value.numel() == 1:
-                row[key] = int(value) if isinstance(value, numbers.Integral) else float(value)
-            elif key not in said:
-                said.add(key)
-                echo(f"warning: run.history[-1][{key!r}] is a {type(value).__name__}, not a number: left out "
-                     "of metrics.csv (and of a resumed run's history); give float(...)")  # fmt: skip
-        append_epoch_row(run_dir, row)
+                record[key] = row[key] = int(value) if isinstance(value, numbers.Integral) else float(value)
+            else:
+                kind = a_kind(type(value).__name__)
+                say_once(key, f"run.history[-1][{key!r}] is {kind}, not a number: left out of metrics.csv "
+                         "(and of a resumed run's history); give float(...)")  # fmt: skip
+        append_epoch_row(run_dir, record)
+        written[:] = [(row, set(row))]
 
     trainer.add_event_handler(Events.EPOCH_COMPLETED, record_epoch)
 

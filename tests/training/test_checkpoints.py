@@ -114,7 +114,7 @@ def test_random_state_round_trip(tmp_path: Path) -> None:
         ("best_checkpoint", Counter(), "fmtk keeps its own state under that name"),
         # what torch.load(weights_only=True) refuses: before, the run trained to its end and then
         # could neither be tested nor resumed
-        ("arr", Holding({"arr": np.zeros(3)}), r"holds a ndarray at \['arr'\], which fmtk cannot read back"),
+        ("arr", Holding({"arr": np.zeros(3)}), r"holds an ndarray at \['arr'\], which fmtk cannot read back"),
         ("deep", Holding({"a": [1, {"n": np.float64(1)}]}), r"holds a float64 at \['a'\]\[1\]\['n'\]"),
     ],
 )

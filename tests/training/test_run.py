@@ -155,15 +155,33 @@ def test_a_handler_s_numbers_reach_metrics_csv_and_anything_else_is_said_once(tm
         run.history[-1]["steps"] = engine.state.iteration
         run.history[-1]["note"] = "not a number"
         run.history[-1]["scale"] = torch.tensor(0.5)
+        run.history[-1]["epoch"] = 99  # fmtk's own: before, a resume then dropped metrics.csv's rows
+        run.history[-1]["lr"] = 123.0
+
+    @run.evaluator.on(Events.COMPLETED)
+    def too_late(engine) -> None:  # history[-1] is the epoch before here: its row is written
+        if run.history:
+            run.history[-1]["late"] = 1.0
 
     run.run()
     with (tmp_path / "metrics.csv").open() as file:
         rows = list(csv.DictReader(file))
     steps = len(run.data.train)
-    assert [(row["steps"], row["scale"]) for row in rows] == [(str(steps * e), "0.5") for e in (1, 2, 3)]
-    assert "note" not in rows[0]
-    said = [line for line in lines if "'note'" in line]
-    assert said == [
+    assert [(row["epoch"], row["steps"], row["scale"]) for row in rows] == [
+        (str(e), str(steps * e), "0.5") for e in (1, 2, 3)
+    ]
+    assert "note" not in rows[0] and "late" not in rows[0] and float(rows[0]["lr"]) == run.recipe.lr
+    assert [row["scale"] for row in run.history] == [0.5] * 3  # in memory as in the file (and on resume)
+    assert [row["epoch"] for row in run.history] == [1, 2, 3]
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    assert warnings == [
+        "warning: run.history[-1]['epoch'] is fmtk's own column: a handler's value there is not kept; give "
+        "yours a name of its own",
+        "warning: run.history[-1]['lr'] is fmtk's own column: a handler's value there is not kept; give "
+        "yours a name of its own",
         "warning: run.history[-1]['note'] is a str, not a number: left out of metrics.csv (and of a "
-        "resumed run's history); give float(...)"
+        "resumed run's history); give float(...)",
+        "warning: run.history[-1]['late'] was given after its epoch's row was written (history[-1] is the "
+        "epoch before until the trainer's EPOCH_COMPLETED): not in metrics.csv; give it at the trainer's "
+        "EPOCH_COMPLETED",
     ]
