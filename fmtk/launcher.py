@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -123,8 +123,14 @@ def given_handlers(given: Any) -> tuple[list[str | Callable], list[str]]:
 
 
 def handler_name(handler: str | Callable) -> str:
-    """A handler as the recorded command names it: ``module:function``, or a function's name."""
-    return handler if isinstance(handler, str) else getattr(handler, "__name__", repr(handler))
+    """A handler as the recorded command names it: ``module:function`` (also a function of an
+    importable module, which ``--handler`` takes as it is), else the function's name."""
+    if isinstance(handler, str):
+        return handler
+    module, name = getattr(handler, "__module__", None), getattr(handler, "__qualname__", "")
+    if module not in (None, "__main__") and name.isidentifier():  # not a lambda, a method, a local one
+        return f"{module}:{name}"
+    return getattr(handler, "__name__", repr(handler))
 
 
 def resolve_handler(reference: str | Callable) -> Callable:
@@ -195,7 +201,7 @@ def train(request: RunRequest, echo: Callable[[str], None] = print) -> None:
     except KeyboardInterrupt:
         if folder is None:
             raise
-        raise interrupted(folder) from None  # after the hold: the folder is kept, to be resumed
+        raise interrupted(folder, request.handlers) from None  # after the hold: the folder is kept
     echo(f"run folder: {folder}")
 
 
@@ -297,7 +303,7 @@ def run_process(local_rank: int, request: RunRequest) -> None:
     except KeyboardInterrupt:
         # Spawned processes: the launching process says how to resume; under torchrun, rank 0.
         if request.error_dir is None and is_main_process() and request.run_dir is not None:
-            print(interrupted(request.run_dir), file=sys.stderr, flush=True)
+            print(interrupted(request.run_dir, request.handlers), file=sys.stderr, flush=True)
         _end(130)
 
 
@@ -361,18 +367,18 @@ def _quiet(line: str) -> None:
     """``echo`` of the processes other than rank 0."""
 
 
-def interrupted(folder: Path) -> Interrupted:
-    """What Ctrl-C (or a kill) says: how to go on."""
+def interrupted(folder: Path, handlers: Sequence[str | Callable] = ()) -> Interrupted:
+    """What Ctrl-C (or a kill) says: how to go on (with the run's ``handlers``, which a resume needs)."""
     if not (folder / CONFIG).is_file():  # the run folder went with the start (run_folder)
         return Interrupted("interrupted before the run began; nothing was kept")
+    command = f"fmtk run --resume {folder}" + "".join(f" --handler {handler_name(h)}" for h in handlers)
     if not has_checkpoint(folder):
         return Interrupted(
-            f"interrupted before the first checkpoint; start it again from the beginning with: "
-            f"fmtk run --resume {folder}"
+            f"interrupted before the first checkpoint; start it again from the beginning with: {command}"
         )
     # The last checkpoint is complete: DiskSaver writes a temporary file and renames it.
     try:
         where = f"the last complete checkpoint is {find_last_checkpoint(folder).name}"
     except FmtkError:
         where = "no last checkpoint was written yet"
-    return Interrupted(f"interrupted: {where}; resume with: fmtk run --resume {folder}")
+    return Interrupted(f"interrupted: {where}; resume with: {command}")

@@ -21,6 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import fmtk as toolkit
 from fmtk.data import ImageInput, load_digits_splits
+from fmtk.launcher import handler_name
 from fmtk.models import mlp
 from fmtk.training.checkpoints import read_checkpoint
 
@@ -365,7 +366,10 @@ def test_fit_says_its_run_folder_and_why_a_handler_stopped_it(
     assert "stopped after epoch 1: good enough" in lines and len(result.history) == 1
     assert lines[-1] == f"run folder: {tmp_path / 'run'}"
     command = json.loads((tmp_path / "run" / "config.json").read_text())["command"]
-    assert command == "fmtk.fit('digits_mlp', epochs=3, handlers=['stop_after_one_epoch'])"
+    assert command == "fmtk.fit('digits_mlp', epochs=3, handlers=['stop_after_one_epoch'])"  # a local one
+    # One of a module --handler can import is recorded as --handler takes it (before: its bare name)
+    assert handler_name(assert_one_line_error) == "conftest:assert_one_line_error"
+    assert handler_name(lambda run: None) == "<lambda>" and handler_name("mine:attach") == "mine:attach"
     toolkit.fit("digits_mlp", epochs=1, device="cpu", run_dir=tmp_path / "quiet", quiet=True)
     assert capsys.readouterr().out == ""
 

@@ -236,7 +236,7 @@ def test_a_launcher_stopped_by_sigterm_or_sigkill_leaves_no_process_training(
         assert stopped.returncode == 130, stopped.stderr
         assert stopped.stderr.strip().splitlines()[-1] == (
             "interrupted: the last complete checkpoint is last_checkpoint_1.pt; resume with: "
-            "fmtk run --resume run"
+            f"fmtk run --resume run --handler stoppers:{stop}"
         )
     else:
         assert stopped.returncode == -signal.SIGKILL

@@ -348,7 +348,9 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(
 ) -> None:
     interrupted = fmtk(workspace, *RECIPE, "--run-dir", "ctrl_c", "--handler", "killers:ctrl_c_mid_epoch_2")
     assert interrupted.returncode == 130
-    assert_one_line_error(interrupted, "last_checkpoint_1.pt", "resume with: fmtk run --resume ctrl_c")
+    # with the run's handlers, which a resume needs (before: left out, and a kept state's resume failed)
+    resume = "resume with: fmtk run --resume ctrl_c --handler killers:ctrl_c_mid_epoch_2"
+    assert_one_line_error(interrupted, "last_checkpoint_1.pt", resume)
     run_dir = workspace / "ctrl_c"
     assert [row["epoch"] for row in epoch_rows(run_dir)] == ["1"]
     torch.load(run_dir / "last_checkpoint_1.pt", weights_only=True)
@@ -362,7 +364,8 @@ def test_ctrl_c_before_the_first_checkpoint_says_so_and_resume_starts_again(
     interrupted = fmtk(workspace, *RECIPE, "--run-dir", "early_c", "--handler", "killers:ctrl_c_mid_epoch_1",
                        "--handler", "killers:report_running")  # fmt: skip
     assert interrupted.returncode == 130
-    assert_one_line_error(interrupted, "interrupted before the first checkpoint", "fmtk run --resume early_c")
+    again = "fmtk run --resume early_c --handler killers:ctrl_c_mid_epoch_1 --handler killers:report_running"
+    assert_one_line_error(interrupted, "interrupted before the first checkpoint", again)
     run_dir = workspace / "early_c"
     assert (run_dir / "seen_running.txt").read_text() == "True"
     assert not list(run_dir.glob("*.pt")) and (run_dir / "config.json").exists()
