@@ -68,9 +68,15 @@ def argument_value(text: str) -> Any:
 
 def parse_option(key: str, value: Any, default: Any) -> Any:
     """A recipe option's new value, typed like its default: a list or tuple default takes
-    comma-separated items of its first item's type (``--set layers=64,32`` → ``[64, 32]``)."""
+    comma-separated items of its first item's type (``--set layers=64,32`` → ``[64, 32]``); a None
+    default takes a number, true/false, none or text as the text reads (``--set drop=0.3`` → 0.3)."""
+    if default is None:  # no type to follow: the value as it reads (a number, true/false, none or text)
+        if not isinstance(value, str):
+            return typed(key, value, int | float | bool | str | None)
+        text = value.strip()
+        return None if text.lower() in ("none", "null") else text if "/" in text else argument_value(text)
     if not isinstance(default, list | tuple):
-        return parse_value(key, value, str | None if default is None else type(default))
+        return parse_value(key, value, type(default))
     kind = type(default[0]) if default else str
     if isinstance(value, str):
         items = [item.strip() for item in value.split(",") if item.strip()]

@@ -65,6 +65,19 @@ def test_overrides_are_typed() -> None:
     assert load_recipe("fmnist_cnn").lr == 1e-3  # the bundled recipe is not changed
 
 
+def test_an_option_without_a_type_to_follow_reads_as_its_text_does() -> None:
+    # A None default: before, --set drop=0.3 gave the text '0.3' (nn.Dropout then failed) and
+    # fmtk.fit(drop=0.3) was refused as "expected str or None".
+    recipe = load_recipe("digits_mlp")
+    recipe = recipe.__class__(**{**vars(recipe), "options": {**recipe.options, "drop": None}})
+    for given, expected in [("0.3", 0.3), ("2", 2), ("true", True), ("none", None), ("relu", "relu"),
+                            ("runs/a", "runs/a"), (0.3, 0.3), (None, None)]:  # fmt: skip
+        value = apply_overrides(recipe, {"drop": given}).options["drop"]
+        assert value == expected and type(value) is type(expected)
+    with pytest.raises(FmtkError, match=r"^drop=\[1\]: expected int or float or bool or str or none"):
+        apply_overrides(recipe, {"drop": [1]})
+
+
 def test_one_keyword_argument_of_a_dict_field_is_set_by_its_dotted_key() -> None:
     recipe = apply_overrides(load_recipe("mnist_dnn"), {"optimizer_args": "momentum:0.9,nesterov:true"})
     changed = apply_overrides(recipe, {"optimizer_args.momentum": "0.8", "optimizer_args.dampening": 0.0})
