@@ -7,7 +7,7 @@ import difflib
 import math
 import re
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -430,6 +430,19 @@ def overridable_fields() -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(Recipe) if f.name not in fixed}
 
 
+# What other toolkits call a field, by fmtk's name for it
+OTHER_NAMES = {"learning_rate": "lr", "num_epochs": "epochs", "n_epochs": "epochs", "max_epochs": "epochs",
+               "batchsize": "batch_size", "bs": "batch_size", "random_seed": "seed"}  # fmt: skip
+
+
+def nearest_key(key: str, known: Sequence[str], cutoff: float = 0.75) -> str | None:
+    """The recipe key ``key`` was likely meant as (another toolkit's name, or a near spelling), or None."""
+    if OTHER_NAMES.get(key) in known:
+        return OTHER_NAMES[key]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
 def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
     """A copy of ``recipe`` with ``overrides`` applied, each checked by the field's type: strings
     (from ``--set``) are parsed, other values (``fmtk.fit`` keywords) must have the type."""
@@ -453,8 +466,8 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
             options[key] = parsed = parse_option(key, value, default)
         else:
             known = sorted([*fields, *options])
-            close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
-            hint = f"did you mean {close[0]}? " if close else ""
+            close = nearest_key(key, known)
+            hint = f"did you mean {close}? " if close else ""
             valid = ", ".join(known)
             raise FmtkError(f"unknown recipe key '{key}' for {recipe.name}; {hint}valid keys: {valid}")
         if parsed != default or key in changed:

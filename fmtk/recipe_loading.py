@@ -7,6 +7,7 @@ import dataclasses
 import difflib
 import importlib.util
 import os
+import re
 import sys
 import traceback
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from fmtk.recipe import (
     Recipe,
     apply_overrides,
     apply_preset,
+    nearest_key,
     overridable_fields,
 )
 from fmtk.runfolder import CONFIG, read_config
@@ -107,6 +109,15 @@ def load_recipe(name_or_path: str) -> Recipe:
         spec.loader.exec_module(module)
     except FmtkError as error:  # fmtk's own check of what the file makes (a Check, a Preset): name the line
         raise FmtkError(f"{_line_of(path, error)}: {error}") from None
+    except TypeError as error:  # a mistyped Recipe field: the one it is near, as --set says it
+        unexpected = re.fullmatch(r"Recipe\.__init__\(\) got an unexpected keyword argument '(\w+)'",
+                                  str(error))  # fmt: skip
+        if unexpected is None:
+            raise
+        close = nearest_key(unexpected[1], [field.name for field in dataclasses.fields(Recipe) if field.init])
+        hint = f"did you mean {close}?" if close else "see docs/recipes.md for its fields"
+        raise FmtkError(f"{_line_of(path, error)}: Recipe(...) has no field '{unexpected[1]}'; {hint} (a "
+                        "recipe's own values go in options={...})") from None  # fmt: skip
     recipe = getattr(module, "recipe", None)
     if not isinstance(recipe, Recipe):
         raise NoRecipe(f"{path} must define a variable `recipe = Recipe(...)`")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,21 @@ def test_user_recipe_file(tmp_path: Path) -> None:
     path = tmp_path / "my_recipe.py"
     path.write_text(USER_RECIPE)
     assert load_recipe(str(path)).name == "my_digits"
+
+
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [("learning_rate=0.1", "has no field 'learning_rate'; did you mean lr?"),
+     ("epochz=3", "has no field 'epochz'; did you mean epochs?"),
+     ("colour=1", "has no field 'colour'; see docs/recipes.md for its fields")],
+)  # fmt: skip
+def test_a_mistyped_recipe_field_is_one_line_naming_the_one_meant(tmp_path: Path, written: str, said: str):
+    path = tmp_path / "mine.py"
+    path.write_text(USER_RECIPE.replace("    epochs=2,", f"    {written},"))
+    with pytest.raises(FmtkError) as error:
+        load_recipe(str(path))
+    assert re.fullmatch(rf"{re.escape(str(path))}:\d+: Recipe\(\.\.\.\) has no field .*", str(error.value))
+    assert f"{said} (a recipe's own values go in options=" in str(error.value)
 
 
 def test_recipe_file_without_recipe_variable(tmp_path: Path) -> None:
