@@ -457,6 +457,7 @@ def test_a_recipe_with_dataloader_splits_trains(tmp_path: Path) -> None:
     (tmp_path / "loader_recipe.py").write_text(DATALOADER_RECIPE)
     result = fmtk("run", "loader_recipe.py", "--run-dir", "r", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "train 1200 · valid 300 · test 297"  # before: no line at all
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["epochs_run"] == 3 and metrics["test"]["best"]["accuracy"] > 0.8
     assert (tmp_path / "r" / "confusion_best.png").exists()  # top_losses.png needs in-memory images

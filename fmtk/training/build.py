@@ -55,6 +55,7 @@ from fmtk.training.parts import (
     recipe_parts,
     split_counts,
     split_sizes,
+    split_totals,
     weights_in_full,
 )
 from fmtk.training.results import run_config
@@ -193,7 +194,7 @@ def assemble_run(
              fine_tuning_line(parts.recipe), skipped_line(data.skipped),
              others_line(data.others), data.cached, copies_line(data.near_copies),
              conflicts_line(data.conflicts), parts.started_from]  # fmt: skip
-    for line in [*lines, split_sizes(split_counts(parts))]:
+    for line in [*lines, split_sizes(split_counts(parts)) or split_totals(parts)]:
         if line:
             echo(line)
     engines = create_engines(parts)

@@ -224,6 +224,20 @@ def split_counts(parts: Parts) -> dict[str, dict[str, int]] | None:
     return counted
 
 
+def split_totals(parts: Parts) -> str:
+    """One line of each split's sample count, for data that cannot count its classes without loading
+    its batches (a DataLoader of a dataset with a length): ``train 1077 · valid 360 · test 360``;
+    empty when a split cannot say."""
+    sizes = {}
+    for name in ("train", "valid", "test"):
+        dataset = getattr(getattr(parts.data, name), "dataset", None)
+        try:
+            sizes[name] = len(dataset)
+        except TypeError:  # no dataset, or an iterable one
+            return ""
+    return " · ".join(f"{name} {size}" for name, size in sizes.items())
+
+
 def split_sizes(counted: Mapping[str, Mapping[str, int]] | None) -> str:
     """One line of each split's class counts (:func:`split_counts`), e.g. ``train 1600 (cats 800,
     dogs 800) · valid …``; empty when they are not known."""
