@@ -219,6 +219,9 @@ def print_any_file_name() -> None:
             stream.reconfigure(errors="surrogateescape")
 
 
+RESUME_HINT = "fmtk_resume_hint"  # set on a user's error after a checkpoint: how to go on (fmtk run)
+
+
 def one_line(error: BaseException) -> str | None:
     """The one line to print for ``error``: an FmtkError's message, what ran out of memory, or where
     a user's code failed; None (keep the traceback) for an error inside fmtk or with
@@ -227,5 +230,10 @@ def one_line(error: BaseException) -> str | None:
         return str(error)
     if os.environ.get(TRACEBACK_VARIABLE) == "1" or not isinstance(error, Exception):
         return None
-    return (out_of_memory_line(error) or label_out_of_range_line(error) or user_code_line(error)
+    line = (out_of_memory_line(error) or label_out_of_range_line(error) or user_code_line(error)
             or failed_batch_line(error))  # fmt: skip
+    hint = getattr(error, RESUME_HINT, None)
+    if line is None or hint is None:
+        return line
+    shown = f" ({TRACEBACK_VARIABLE}=1 shows the traceback)"
+    return f"{line.removesuffix(shown)}; {hint}" + (shown if line.endswith(shown) else "")

@@ -35,7 +35,7 @@ from fmtk.distributed import (
     torchrun_world_size,
     under_torchrun,
 )
-from fmtk.errors import FmtkError, Interrupted, one_line, print_any_file_name
+from fmtk.errors import RESUME_HINT, FmtkError, Interrupted, one_line, print_any_file_name
 from fmtk.recipe import Recipe, apply_overrides
 from fmtk.recipe_loading import recipe_from_config, resolve_recipe
 from fmtk.runfolder import (
@@ -202,6 +202,13 @@ def train(request: RunRequest, echo: Callable[[str], None] = print) -> None:
         if folder is None:
             raise
         raise interrupted(folder, request.handlers) from None  # after the hold: the folder is kept
+    except Exception as error:  # a user's code failed after a checkpoint: the run is kept, to go on
+        if folder is not None and not isinstance(error, FmtkError) and folder.is_dir():
+            with contextlib.suppress(FmtkError):  # (no last checkpoint yet: nothing to go on from)
+                last = find_last_checkpoint(folder).name
+                setattr(error, RESUME_HINT, f"the run keeps {last}: resume with: "
+                                            f"{resume_command(folder, request.handlers)}")  # fmt: skip
+        raise
     echo(f"run folder: {folder}")
 
 
@@ -367,11 +374,16 @@ def _quiet(line: str) -> None:
     """``echo`` of the processes other than rank 0."""
 
 
+def resume_command(folder: Path, handlers: Sequence[str | Callable] = ()) -> str:
+    """The command that resumes the run in ``folder``, with its ``handlers`` (a resume needs them)."""
+    return f"fmtk run --resume {folder}" + "".join(f" --handler {handler_name(h)}" for h in handlers)
+
+
 def interrupted(folder: Path, handlers: Sequence[str | Callable] = ()) -> Interrupted:
     """What Ctrl-C (or a kill) says: how to go on (with the run's ``handlers``, which a resume needs)."""
     if not (folder / CONFIG).is_file():  # the run folder went with the start (run_folder)
         return Interrupted("interrupted before the run began; nothing was kept")
-    command = f"fmtk run --resume {folder}" + "".join(f" --handler {handler_name(h)}" for h in handlers)
+    command = resume_command(folder, handlers)
     if not has_checkpoint(folder):
         return Interrupted(
             f"interrupted before the first checkpoint; start it again from the beginning with: {command}"

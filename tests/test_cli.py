@@ -564,3 +564,24 @@ def test_ctrl_c_before_a_command_can_say_more_exits_130(
     monkeypatch.setattr(fmtk.runs, "list_runs", pressed)
     result = CliRunner().invoke(cli, ["runs", str(tmp_path)])
     assert (result.exit_code, result.stderr) == (130, "interrupted\n")
+
+
+BOOM = """from ignite.engine import Events
+
+
+def at_epoch_2(run):
+    @run.trainer.on(Events.EPOCH_COMPLETED(once=2))
+    def boom(trainer):
+        raise RuntimeError("boom")
+"""
+
+
+def test_a_handler_s_error_after_a_checkpoint_says_how_to_resume(tmp_path: Path) -> None:
+    (tmp_path / "boom.py").write_text(BOOM)
+    failed = fmtk("run", "digits_mlp", "--epochs", "3", "--run-dir", "r", "--handler", "boom:at_epoch_2",
+                  cwd=tmp_path)  # fmt: skip
+    hint = "the run keeps last_checkpoint_1.pt: resume with: fmtk run --resume r --handler boom:at_epoch_2"
+    assert_one_line_error(failed, f"boom.py:7: RuntimeError: boom; {hint} (FMTK_TRACEBACK=1")
+    resumed = fmtk("run", "--resume", "r", cwd=tmp_path)  # the handler fixed: here, left out
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["epochs_run"] == 3
