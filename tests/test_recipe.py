@@ -109,7 +109,10 @@ def test_one_keyword_argument_of_a_dict_field_is_set_by_its_dotted_key() -> None
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"learning_rate": "0.1"}, "unknown recipe key 'learning_rate'.*; valid keys: .*batch_size.*lr"),
+        (
+            {"learning_rate": "0.1"},
+            r"unknown recipe key 'learning_rate' .*; did you mean lr\? valid keys: .*batch_size.*lr",
+        ),
         ({"image_sise": "64"}, "key 'image_sise' for catdog_vgg; did you mean image_size\\? valid keys"),
         ({"epochs": "three"}, "--set epochs=three: expected int"),
         ({"lr": "0"}, "lr must be > 0"),

@@ -30,7 +30,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from fmtk.errors import FmtkError, Interrupted, one_line
+from fmtk.errors import RESUME_HINT, FmtkError, Interrupted, one_line
 from fmtk.launcher import RunRequest, handler_name, resolve_handler, train
 from fmtk.recipe import WATCH, watched_metric
 from fmtk.recipe_loading import data_root, resolve_recipe
@@ -354,6 +354,7 @@ def _train_trial(
     except Interrupted:
         raise
     except Exception as error:  # noqa: BLE001 - a user's handler or recipe may raise anything
+        setattr(error, RESUME_HINT, None)  # a failed trial is not resumed with fmtk run: the study goes on
         line = one_line(error)  # its file and line (before: it ended the study, and each resume)
         if line is None:  # fmtk's own bug: its traceback
             raise
