@@ -21,7 +21,7 @@ from torch import nn
 
 from fmtk.device import resolve_device
 from fmtk.errors import FmtkError, as_keywords
-from fmtk.launcher import given_handlers, interrupted, resolve_handler
+from fmtk.launcher import given_handlers, interrupted, resolve_handler, resume_command
 from fmtk.prediction import answer_images
 from fmtk.recipe import Recipe
 from fmtk.recipe_loading import data_root, recipe_from_config, resolve_recipe
@@ -221,7 +221,7 @@ def _result(run: Run, quiet: bool) -> Result:
                 if folder.is_dir()
                 else "interrupted before the first checkpoint; nothing was kept"
             )
-            error.add_note(said.replace(f"fmtk run --resume {folder}", f"fmtk.resume({str(folder)!r})"))
+            error.add_note(said.replace(resume_command(folder), f"fmtk.resume({str(folder)!r})"))
             raise
     if not quiet:
         print(f"run folder: {run.run_dir}")

@@ -14,6 +14,7 @@ import inspect
 import logging
 import multiprocessing
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -376,7 +377,8 @@ def _quiet(line: str) -> None:
 
 def resume_command(folder: Path, handlers: Sequence[str | Callable] = ()) -> str:
     """The command that resumes the run in ``folder``, with its ``handlers`` (a resume needs them)."""
-    return f"fmtk run --resume {folder}" + "".join(f" --handler {handler_name(h)}" for h in handlers)
+    again = "".join(f" --handler {shlex.quote(handler_name(handler))}" for handler in handlers)
+    return f"fmtk run --resume {shlex.quote(str(folder))}{again}"  # to paste into a shell as it is
 
 
 def interrupted(folder: Path, handlers: Sequence[str | Callable] = ()) -> Interrupted:

@@ -50,6 +50,8 @@ class Provenance:
     derived: Mapping[str, list[float]] = field(default_factory=dict)
     data_decided: bool = False
     preset_values: Mapping[str, Any] = field(default_factory=dict)  # what the preset set, as it set it
+    # Options whose recipe default is None: each takes any value as it reads, also once one is set
+    untyped: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -450,6 +452,7 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
     changes: dict[str, Any] = {}
     options = dict(recipe.options)
     changed = dict(recipe.changed)
+    untyped = set(recipe.provenance.untyped) | {key for key, value in options.items() if value is None}
     for key, value in overrides.items():
         if key not in fields and key not in options:
             key = RENAMED.get(key, key)
@@ -463,7 +466,7 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
             default = getattr(recipe, key)
         elif key in options:
             default = options[key]
-            options[key] = parsed = parse_option(key, value, default)
+            options[key] = parsed = parse_option(key, value, None if key in untyped else default)
         else:
             known = sorted([*fields, *options])
             close = nearest_key(key, known)
@@ -492,7 +495,7 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
             changes["warmup_epochs"] = changed["warmup_epochs"] = round(own * epochs / of_epochs, 4)
             derived["warmup_epochs"] = [own, of_epochs]
     updated = dataclasses.replace(recipe, **changes, options=options).came_from(
-        changed=changed, derived=derived
+        changed=changed, derived=derived, untyped=frozenset(untyped)
     )
     updated.validate()
     return updated

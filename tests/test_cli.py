@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from importlib import metadata
@@ -578,10 +579,11 @@ def at_epoch_2(run):
 
 def test_a_handler_s_error_after_a_checkpoint_says_how_to_resume(tmp_path: Path) -> None:
     (tmp_path / "boom.py").write_text(BOOM)
-    failed = fmtk("run", "digits_mlp", "--epochs", "3", "--run-dir", "r", "--handler", "boom:at_epoch_2",
+    failed = fmtk("run", "digits_mlp", "--epochs", "3", "--run-dir", "my run", "--handler", "boom:at_epoch_2",
                   cwd=tmp_path)  # fmt: skip
-    hint = "the run keeps last_checkpoint_1.pt: resume with: fmtk run --resume r --handler boom:at_epoch_2"
+    command = "fmtk run --resume 'my run' --handler boom:at_epoch_2"  # to paste as it is: quoted
+    hint = f"the run keeps last_checkpoint_1.pt: resume with: {command}"
     assert_one_line_error(failed, f"boom.py:7: RuntimeError: boom; {hint} (FMTK_TRACEBACK=1")
-    resumed = fmtk("run", "--resume", "r", cwd=tmp_path)  # the handler fixed: here, left out
+    resumed = fmtk(*shlex.split(command)[1:4], cwd=tmp_path)  # the handler fixed: here, left out
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["epochs_run"] == 3
+    assert json.loads((tmp_path / "my run" / "metrics.json").read_text())["epochs_run"] == 3

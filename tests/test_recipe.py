@@ -10,7 +10,7 @@ from PIL import Image
 
 from fmtk.errors import FmtkError
 from fmtk.recipe import apply_overrides
-from fmtk.recipe_loading import bundled_recipe_names, load_recipe
+from fmtk.recipe_loading import bundled_recipe_names, load_recipe, recipe_from_config
 
 
 def test_bundled_recipes() -> None:
@@ -92,6 +92,11 @@ def test_an_option_without_a_type_to_follow_reads_as_its_text_does() -> None:
         assert value == expected and type(value) is type(expected)
     with pytest.raises(FmtkError, match=r"^drop=\[1\]: expected int or float or bool or str or none"):
         apply_overrides(recipe, {"drop": [1]})
+    # Once set, still the recipe's None that decides: on top (a preset's), and in a run's config again
+    once = apply_overrides(recipe, {"drop": "0.3"})
+    assert apply_overrides(once, {"drop": "none"}).options["drop"] is None
+    again = recipe_from_config(json.loads(json.dumps(once.config())), recipe=recipe, decided=False)
+    assert again.options["drop"] == 0.3 and apply_overrides(again, {"drop": "true"}).options["drop"] is True
 
 
 def test_one_keyword_argument_of_a_dict_field_is_set_by_its_dotted_key() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import shlex
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
@@ -272,5 +273,5 @@ class Run(Parts):
                 raise
             raise FmtkError(
                 f"no space left on device while writing to {self.run_dir}; the last complete checkpoint "
-                f"is kept: free some space, then fmtk run --resume {self.run_dir}"
+                f"is kept: free some space, then fmtk run --resume {shlex.quote(str(self.run_dir))}"
             ) from None

@@ -6,6 +6,7 @@ restore. Lightning keeps the same in one connector (``_CheckpointConnector``).""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -259,7 +260,7 @@ def finished_message(run_dir: Path, recipe: Recipe) -> str | None:
             f"{run_dir} is finished ({ran} of {epochs} epochs; its {recipe.schedule} schedule ended with "
             f"them): to train on from its best weights, start a new run: {warm_start_command(run_dir)}"
         )
-    going_on = f"fmtk run --resume {run_dir} --epochs N (N > {ran})"
+    going_on = f"fmtk run --resume {shlex.quote(str(run_dir))} --epochs N (N > {ran})"
     return f"{run_dir} is finished ({ran} of {epochs} epochs); to go on: {going_on}"
 
 
