@@ -295,7 +295,8 @@ def evaluate(
         if folder is None:
             raise FmtkError(f"evaluate {run_dir}: an exported model is evaluated on a labelled photo folder: "
                             "give folder=")  # fmt: skip
-        return evaluate_exported(Path(run_dir), Path(folder))[1]
+        with as_keywords():
+            return evaluate_exported(Path(run_dir), Path(folder))[1]
     if folder is not None:
         if data_dir is not None:
             raise FmtkError(

@@ -303,6 +303,8 @@ def golden(config: str) -> dict[str, str]:
         (["mine.py", "--keep", "afile"], {"afile": "x"}, ["--keep afile is a file; give a folder"]),
         (["mine.py", "--record", "afile"], {"afile": "x"}, ["--record afile is a file; give a folder"]),
         (["mine.py", "--tolerance", "0.1"], {}, ["--tolerance: goes with --against DIR"]),
+        (["mine.py", "--against", "gold", "--tolerance", "nan"], golden('{"name": "mine"}'),
+         ["--tolerance nan: expected a number, 0 or more"]),
         (["mine.py"], {"mine.py": ("check=Check(expect={", 'check=Check(expect=[">= 0.9"]) or dict(a={')},
          ["mine.py:", "a check's expect is a mapping, {figure: '>= value'}, got ['>= 0.9']"]),
         (["mine.py", "--junit", "no/such/report.xml"], {}, ["--junit no/such/report.xml: no folder no/such"]),
@@ -312,7 +314,7 @@ def golden(config: str) -> dict[str, str]:
     ids=["unknown_figure", "bad_comparison", "bad_settings", "accuracy_in_percent", "no_such_folder",
          "other_recipe_golden", "old_golden",
          "no_golden", "no_recipes", "record_and_against", "kept_exists", "keep_a_file", "record_a_file",
-         "tolerance_alone", "expect_a_list", "junit_nowhere", "no_data"],
+         "tolerance_alone", "tolerance_nan", "expect_a_list", "junit_nowhere", "no_data"],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_trains_nothing(
     tmp_path: Path, run_in, args: list[str], files: dict[str, object], fragments: list[str]
@@ -331,6 +333,7 @@ def test_bad_input_is_one_line_and_trains_nothing(
     result = run_in("check", *args)
     assert_one_line_error(result, *fragments)
     usage = {"--record", "--against"} <= set(args) or ("--tolerance" in args and "--against" not in args)
+    usage = usage or "nan" in args
     assert result.returncode == (2 if usage else 1)  # usage: click's 2
     assert "checking" not in result.stdout  # refused before any training
     assert {

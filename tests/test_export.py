@@ -189,6 +189,12 @@ def test_an_exported_model_is_evaluated_on_a_folder_as_its_run_is(tmp_path: Path
         )
         evaluation = toolkit.evaluate(model_file, folder=new)  # the same from Python
         assert evaluation.accuracy == got["accuracy"] and evaluation.photos == 11
+    (tmp_path / "evaluations").rename(tmp_path / "kept")
+    (tmp_path / "evaluations").write_text("a file in the way")  # said before any photo is evaluated
+    assert_one_line_error(fmtk("evaluate", "model.onnx", "--folder", "new", cwd=tmp_path),
+                          "cannot write the evaluation into evaluations: a file, not a folder")  # fmt: skip
+    with pytest.raises(toolkit.FmtkError, match=r"^folder=nowhere: no such folder"):  # named as a keyword
+        toolkit.evaluate(model_file, folder="nowhere")
     assert_one_line_error(fmtk("evaluate", "model.onnx", cwd=tmp_path),
                           "is evaluated on a labelled photo folder: give --folder")  # fmt: skip
     assert_one_line_error(fmtk("evaluate", "model.onnx", "--folder", "new", "--data-dir", ".", cwd=tmp_path),

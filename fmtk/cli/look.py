@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -298,6 +299,7 @@ def evaluate_new_folder(
     from fmtk.training.evaluation import evaluate_folder
     from fmtk.training.handlers import progress_by_default
 
+    _writable(run_dir)
     with photo_bars(progress_by_default()):
         recipe, result = evaluate_folder(run_dir, folder, checkpoint, device, recipe_file)
     which = checkpoint if checkpoint in (BEST, LAST) else result.checkpoint.stem
@@ -310,10 +312,23 @@ def evaluate_model_file(path: Path, folder: Path) -> None:
     from fmtk.exported import evaluate_exported
     from fmtk.training.handlers import progress_by_default
 
+    _writable(path.parent)
     with photo_bars(progress_by_default()):
         metadata, result = evaluate_exported(path, folder)
     _folder_results(result, str(metadata.get("recipe", path.stem)), path.parent,
                     f"{path.name}-{folder.resolve().name}")  # fmt: skip
+
+
+def _writable(parent: Path) -> None:
+    """Where a folder's evaluation goes can be written: said before its photos are evaluated."""
+    place = parent / "evaluations"
+    if place.exists() and not place.is_dir():
+        raise FmtkError(
+            f"cannot write the evaluation into {place}: a file, not a folder (nothing was evaluated)"
+        )
+    if not os.access(place if place.is_dir() else parent, os.W_OK):
+        raise FmtkError(f"cannot write the evaluation into {place}: {place if place.is_dir() else parent} is "
+                        "not writable (nothing was evaluated)")  # fmt: skip
 
 
 def _folder_results(result: FolderEvaluation, recipe_name: str, parent: Path, name: str) -> None:

@@ -340,6 +340,8 @@ def plan_checks(
         )
     if tolerance is not None and against is None:
         raise FmtkError("--tolerance: goes with --against DIR (the golden runs to compare with)", exit_code=2)
+    if tolerance is not None and not 0 <= tolerance < math.inf:  # (click's FloatRange takes nan)
+        raise FmtkError(f"--tolerance {tolerance}: expected a number, 0 or more", exit_code=2)
     chosen = [(recipe, one) for recipe in recipes for one in recipe.checks if name in (None, one.label)]
     if record_to is not None:
         _check_none_recorded(chosen, Path(record_to))

@@ -13,6 +13,7 @@ import contextlib
 import io
 import math
 import random
+import shlex
 import signal
 import threading
 import time
@@ -240,6 +241,8 @@ def unreadable_part(value: Any, at: str = "") -> str | None:
         return None
     if type(value) in (list, tuple):
         parts = enumerate(value)
+    elif type(value) in (set, frozenset):
+        parts = ((f"an item of a {type(value).__name__}", item) for item in value)
     elif isinstance(value, dict) and type(value) in (dict, collections.OrderedDict):
         for key in value:
             if unreadable_part(key) is not None:
@@ -255,7 +258,9 @@ def unreadable_part(value: Any, at: str = "") -> str | None:
             return f"{a_kind(type(value).__name__)}" + (f" at {at}" if at else "")
         return None
     for key, part in parts:
-        found = unreadable_part(part, f"{at}[{key!r}]")
+        found = unreadable_part(
+            part, f"{at} ({key})" if type(value) in (set, frozenset) else f"{at}[{key!r}]"
+        )
         if found is not None:
             return found
     return None
@@ -284,7 +289,8 @@ class RunSaver(DiskSaver):
                         f"{filename}: the state kept as {name!r} now holds {where}, which fmtk cannot read "
                         "back from a checkpoint (torch.load(weights_only=True)); keep tensors, numbers, "
                         "strings, lists and dicts of them (a numpy array: torch.from_numpy(...)). The "
-                        "previous checkpoint is kept"
+                        "previous checkpoint is kept: once the state is fixed, resume with: fmtk run "
+                        f"--resume {shlex.quote(str(self.dirname))} and the run's --handlers"
                     )
             super().__call__(checkpoint, filename, metadata)
 
