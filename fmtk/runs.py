@@ -57,15 +57,17 @@ def list_runs(root: Path, whole_paths: bool = False) -> list[dict[str, Any]]:
 
 
 def read_run(run_dir: Path, root: Path, whole_path: bool = False) -> dict[str, Any]:
-    """The row of one run folder: ``run`` (its path relative to ``root``, or ``run_dir`` itself with
-    ``whole_path``), ``recipe``, ``preset``,
+    """The row of one run folder: ``run`` (its path relative to ``root``, its name when it is
+    ``root``, or ``run_dir`` itself with ``whole_path``), ``recipe``, ``preset``,
     ``changed`` (dict, or None when config.json does not say), ``epochs_done``, ``epochs_max``,
     ``best_valid_accuracy``, ``test_accuracy_best``, ``test_accuracy_last``, ``train_seconds``,
     ``device`` (the GPU's name for a run on a GPU, else config.json's device: ``cpu``), ``state``
     (one of :data:`STATES`), ``started`` (when, ISO 8601 in UTC: :func:`_started`) and
     ``error`` (why it is unreadable, else None); a value the files do not give is None."""
     row: dict[str, Any] = {
-        "run": (run_dir if whole_path else run_dir.relative_to(root)).as_posix(),
+        # (a run folder given itself: by its name, not ".", as --curves' legend names it)
+        "run": (run_dir if whole_path else run_dir.relative_to(root) if run_dir != root
+                else Path(run_dir.resolve().name)).as_posix(),  # fmt: skip
         "recipe": None, "preset": None, "changed": None, "epochs_done": None, "epochs_max": None,
         "best_valid_accuracy": None, "test_accuracy_best": None, "test_accuracy_last": None,
         "train_seconds": None, "device": None, "state": None, "error": None, "started": None,

@@ -153,7 +153,9 @@ def test_run_folders_are_found_at_any_depth_but_not_in_iterations(tmp_path: Path
     (tmp_path / "empty/20260101-100000").mkdir(parents=True)  # no config.json: not a run
     assert [row["run"] for row in list_runs(tmp_path)] == ["deep/er/still/20260101-100000"]
     run_dir = tmp_path / "deep/er/still/20260101-100000"
-    assert [row["run"] for row in list_runs(run_dir)] == ["."]  # the folder given is a run itself
+    assert [row["run"] for row in list_runs(run_dir)] == [
+        "20260101-100000"
+    ]  # given itself: its name, not "."
     assert list_runs(tmp_path / "empty") == []
     assert format_runs_table([]).split() == SORT_KEYS[:-1]  # the header alone
 

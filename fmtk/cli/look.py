@@ -448,22 +448,19 @@ def runs(folders: tuple[Path, ...], sort_key: str, as_json: bool, curves: Path |
     """The runs under each FOLDER (default ./runs; a run folder is itself) as one table: recipe,
     changed values, epochs, best valid accuracy, test accuracy of the best and last checkpoints,
     training time, state; with --curves, their learning curves in one picture."""
-    from fmtk.runs import format_runs_table, list_runs, runs_as_json, sort_runs
+    from fmtk.runs import find_run_dirs, format_runs_table, read_run, runs_as_json, sort_runs
 
     whole_paths = len(folders) > 1  # each run's path as typed: two folders may hold the same names
     roots = folders or (Path("runs"),)
-
-    def folder_of(row: dict) -> Path:
-        return Path(row["run"]) if whole_paths else roots[0] / row["run"]
-
     found = {}  # a run folder named twice (a folder and one of its runs) is listed once
     for root in roots:
-        for row in list_runs(root, whole_paths):
-            found.setdefault(folder_of(row).resolve(), row)
-    rows = sort_runs(list(found.values()), sort_key)
+        for run_dir in find_run_dirs(root):
+            found.setdefault(run_dir.resolve(), (read_run(run_dir, root, whole_paths), run_dir))
+    folder_of = {id(row): run_dir for row, run_dir in found.values()}
+    rows = sort_runs([row for row, _ in found.values()], sort_key)
     drawn = None
     if curves is not None:  # first: a reader that has gone (`| head`) cannot cost the picture
-        drawn = _draw_curves([(row, folder_of(row)) for row in rows], curves, shorten=whole_paths)
+        drawn = _draw_curves([(row, folder_of[id(row)]) for row in rows], curves, shorten=whole_paths)
     if as_json:
         click.echo(runs_as_json(rows))
     elif not rows:
@@ -477,8 +474,8 @@ def runs(folders: tuple[Path, ...], sort_key: str, as_json: bool, curves: Path |
 
 def _draw_curves(runs: list[tuple[dict, Path]], out: Path, shorten: bool) -> int:
     """``fmtk runs --curves``: the curves of the readable runs (row, folder) with a finished epoch,
-    the first as many as there are colours, named as in the table (a run given as the folder itself:
-    by its name; with ``shorten``, without the folders all share); a run left out for another reason
+    the first as many as there are colours, named as in the table (with ``shorten``, without the
+    folders all share); a run left out for another reason
     than the count is said on stderr. How many."""
     from fmtk.pictures import LINE_COLOURS, runs_curves_picture, save_new_picture
     from fmtk.runs import read_curves
@@ -497,7 +494,7 @@ def _draw_curves(runs: list[tuple[dict, Path]], out: Path, shorten: bool) -> int
         ):
             click.echo(f"{row['run']}: no finished epoch with finite figures; left out of --curves", err=True)
             continue
-        name = folder.name if row["run"] == "." else row["run"]
+        name = row["run"]
         histories[f"{name} ({row['preset']})" if row["preset"] else name] = history  # as the table tells them
     if not histories:
         raise FmtkError(f"--curves {out}: no run with a finished epoch to draw")
