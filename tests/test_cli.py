@@ -562,7 +562,7 @@ def test_ctrl_c_before_a_command_can_say_more_exits_130(
     def pressed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fmtk.runs, "list_runs", pressed)
+    monkeypatch.setattr(fmtk.runs, "find_run_dirs", pressed)
     result = CliRunner().invoke(cli, ["runs", str(tmp_path)])
     assert (result.exit_code, result.stderr) == (130, "interrupted\n")
 
