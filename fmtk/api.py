@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from fmtk.device import resolve_device
-from fmtk.errors import FmtkError, as_keywords
+from fmtk.errors import FmtkError, as_keywords, command
 from fmtk.launcher import given_handlers, interrupted, resolve_handler, resume_command
 from fmtk.prediction import answer_images
 from fmtk.recipe import Recipe
@@ -174,21 +174,20 @@ def resume(
         device = resolve_device(device)
         config = read_config(run_dir)
         if (config.get("processes") or 1) > 1:
-            raise FmtkError(f"{run_dir} trained in {config['processes']} processes: fmtk run --resume "
-                            f"{run_dir} goes on in as many")  # fmt: skip
+            again = command("run", "--resume", run_dir)
+            processes = config["processes"]
+            raise FmtkError(f"{run_dir} trained in {processes} processes: {again} goes on in as many")
         check_epochs_ahead(run_dir, epochs)
         recipe = recipe_from_config(config, epochs, recipe)
         check_extension(run_dir, recipe, epochs)
         finished = finished_message(run_dir, recipe)
         if finished:
-            raise FmtkError(
-                finished.replace(
-                    f"fmtk run --resume {run_dir} --epochs N", f"fmtk.resume({str(run_dir)!r}, epochs=N)"
-                )
-            )
+            going_on = command("run", "--resume", run_dir, "--epochs", "N")
+            raise FmtkError(finished.replace(going_on, f"fmtk.resume({str(run_dir)!r}, epochs=N)"))
         attachers = [resolve_handler(handler) for handler in handlers]
         if not has_checkpoint(run_dir):  # killed in its first epoch
-            raise FmtkError(f"{run_dir}: no checkpoint yet: fmtk run --resume {run_dir} starts it again")
+            again = command("run", "--resume", run_dir)
+            raise FmtkError(f"{run_dir}: no checkpoint yet: {again} starts it again")
         last = find_last_checkpoint(run_dir)
     with as_keywords():
         run = build_run(recipe, run_dir, device, data_root(data_dir, run_dir), None if quiet else print,

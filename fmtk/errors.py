@@ -8,6 +8,7 @@ import contextlib
 import functools
 import os
 import re
+import shlex
 import sys
 import sysconfig
 import traceback
@@ -196,6 +197,12 @@ def keyword_errors(function: Callable[..., T]) -> Callable[..., T]:
             return function(*args, **keywords)
 
     return named
+
+
+def command(*words: object) -> str:
+    """A command fmtk suggests in a line, to paste into a shell as it is: ``fmtk`` and ``words``,
+    each quoted where the shell needs it (a run folder with a space in its name)."""
+    return shlex.join(["fmtk", *(str(word) for word in words)])
 
 
 def a_kind(kind: str) -> str:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fmtk.data.image_input import ImageInput, Source
-from fmtk.errors import FmtkError
+from fmtk.errors import FmtkError, command
 from fmtk.prediction import answer_images
 
 if TYPE_CHECKING:
@@ -77,8 +77,8 @@ def load_exported(path: Path, format: str | None = None) -> tuple[Any, dict[str,
         except (RuntimeError, ValueError) as error:
             if _is_checkpoint(path):
                 run_dir = path.resolve().parent
-                raise FmtkError(f"{path}: an fmtk checkpoint, not an exported model: fmtk predict {run_dir} "
-                                f"--checkpoint {path}") from None  # fmt: skip
+                predict = command("predict", run_dir, "--checkpoint", path)
+                raise FmtkError(f"{path}: an fmtk checkpoint, not an exported model: {predict}") from None
             raise FmtkError(f"{path}: not a TorchScript file ({innermost_reason(error)})") from None
         text = files[f"{METADATA}.json"] or None
 

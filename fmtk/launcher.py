@@ -14,7 +14,6 @@ import inspect
 import logging
 import multiprocessing
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -36,7 +35,7 @@ from fmtk.distributed import (
     torchrun_world_size,
     under_torchrun,
 )
-from fmtk.errors import RESUME_HINT, FmtkError, Interrupted, one_line, print_any_file_name
+from fmtk.errors import RESUME_HINT, FmtkError, Interrupted, command, one_line, print_any_file_name
 from fmtk.recipe import Recipe, apply_overrides
 from fmtk.recipe_loading import recipe_from_config, resolve_recipe
 from fmtk.runfolder import (
@@ -112,8 +111,8 @@ class RunRequest:
         try:
             return find_last_checkpoint(self.resume)
         except FmtkError as error:  # it has a best checkpoint only
-            raise FmtkError(f"{error}; a new run from its best one: fmtk run --resume {self.resume} "
-                            "--checkpoint best") from None  # fmt: skip
+            best = command("run", "--resume", self.resume, "--checkpoint", "best")
+            raise FmtkError(f"{error}; a new run from its best one: {best}") from None
 
 
 def given_handlers(given: Any) -> tuple[list[str | Callable], list[str]]:
@@ -377,8 +376,8 @@ def _quiet(line: str) -> None:
 
 def resume_command(folder: Path, handlers: Sequence[str | Callable] = ()) -> str:
     """The command that resumes the run in ``folder``, with its ``handlers`` (a resume needs them)."""
-    again = "".join(f" --handler {shlex.quote(handler_name(handler))}" for handler in handlers)
-    return f"fmtk run --resume {shlex.quote(str(folder))}{again}"  # to paste into a shell as it is
+    again = [word for handler in handlers for word in ("--handler", handler_name(handler))]
+    return command("run", "--resume", folder, *again)
 
 
 def interrupted(folder: Path, handlers: Sequence[str | Callable] = ()) -> Interrupted:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fmtk.errors import FmtkError
+from fmtk.errors import FmtkError, command
 from fmtk.recipe import (
     RENAMED,
     Recipe,
@@ -79,7 +79,7 @@ def load_recipe(name_or_path: str) -> Recipe:
     bundled = path.suffix != ".py"
     if path.is_dir() and name_or_path not in bundled_recipe_names():  # (./digits_mlp: --output-dir .'s)
         run = (
-            f"; a run folder goes on with fmtk run --resume {path}"
+            f"; a run folder goes on with {command('run', '--resume', path)}"
             if (path / "config.json").is_file()
             else ""
         )

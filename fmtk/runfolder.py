@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fmtk.errors import FmtkError, Interrupted
+from fmtk.errors import FmtkError, Interrupted, command
 from fmtk.runlock import lock_run
 
 CONFIG = "config.json"
@@ -162,10 +162,11 @@ def not_a_run(folder: Path, resuming: bool = False) -> str:
     """Why ``folder``, which has no config.json, is not a run folder, in words naming what it is."""
     if (folder / "study.json").is_file():  # (fmtk.tuning.study's STUDY_JSON)
         if resuming:
-            return f"a study of fmtk tune, not a run: fmtk tune --resume {folder} goes on with it"
-        return f"a study of fmtk tune, not a run: its trial_* folders are (fmtk runs {folder} lists them)"
+            return f"a study of fmtk tune, not a run: {command('tune', '--resume', folder)} goes on with it"
+        listed = command("runs", folder)
+        return f"a study of fmtk tune, not a run: its trial_* folders are ({listed} lists them)"
     if any(folder.glob(f"*/{CONFIG}")) or any(folder.glob(f"*/*/{CONFIG}")):
-        return f"a folder of runs, not a run: name one of them (fmtk runs {folder} lists them)"
+        return f"a folder of runs, not a run: name one of them ({command('runs', folder)} lists them)"
     if folder.is_dir() and not any(folder.iterdir()):
         return (
             "an empty folder, not a run: one stopped before it began (a kill while its data loaded) "

@@ -334,6 +334,12 @@ JSON_SORT_KEYS = {
 }  # fmt: skip
 
 
+def unknown_sort_key(key: str) -> str:
+    """The line refusing ``key``: the table's names, and ``--json``'s that differ."""
+    return (f"unknown sort key '{key}'; valid keys: {', '.join(SORT_KEYS)} (or --json's names: "
+            f"{', '.join(JSON_SORT_KEYS)})")  # fmt: skip
+
+
 def sort_runs(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     """``rows`` sorted by one of :data:`SORT_KEYS`: accuracies, epochs and seconds largest first,
     names alphabetically, ``started`` newest first, ``state`` running first; runs without the value
@@ -341,7 +347,7 @@ def sort_runs(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     key = JSON_SORT_KEYS.get(key, key)
     column = next((column for column in [*COLUMNS, _STARTED] if column.header == key), None)
     if column is None:
-        raise FmtkError(f"unknown sort key '{key}'; valid keys: {', '.join(SORT_KEYS)}")
+        raise FmtkError(unknown_sort_key(key))
     present = [row for row in rows if column.sort_value(row) is not None]
     missing = [row for row in rows if column.sort_value(row) is None]
     return sorted(present, key=column.sort_value, reverse=column.largest_first) + missing

@@ -587,3 +587,31 @@ def test_a_handler_s_error_after_a_checkpoint_says_how_to_resume(tmp_path: Path)
     resumed = fmtk(*shlex.split(command)[1:4], cwd=tmp_path)  # the handler fixed: here, left out
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((tmp_path / "my run" / "metrics.json").read_text())["epochs_run"] == 3
+
+
+def test_every_command_fmtk_suggests_pastes_into_a_shell_with_a_space_in_the_folder(tmp_path: Path) -> None:
+    import fmtk as toolkit
+
+    assert (
+        fmtk("run", "digits_mlp", "--epochs", "1", "--run-dir", "my runs/one", cwd=tmp_path).returncode == 0
+    )
+    finished = fmtk("run", "--resume", "my runs/one", cwd=tmp_path)
+    going_on = "fmtk run --resume 'my runs/one' --epochs N"
+    assert finished.returncode == 0 and f"to go on: {going_on} (N > 1)" in finished.stdout
+    resumed = fmtk(*shlex.split(going_on.replace(" N", " 2"))[1:], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    in_python = r"; to go on: fmtk\.resume\('.*/my runs/one', epochs=N\) \(N > 2\)$"
+    with pytest.raises(toolkit.FmtkError, match=in_python):
+        toolkit.resume(tmp_path / "my runs" / "one")  # the Python call in Python, whatever the folder's name
+    assert_one_line_error(fmtk("predict", "my runs", "x.jpg", cwd=tmp_path),
+                          "(fmtk runs 'my runs' lists them)")  # fmt: skip
+    listed = fmtk(*shlex.split("fmtk runs 'my runs'")[1:], cwd=tmp_path)
+    assert listed.returncode == 0 and "one" in listed.stdout
+
+
+def test_a_suggested_command_quotes_what_the_shell_would_split() -> None:
+    from fmtk.errors import command
+
+    assert command("run", "--resume", Path("runs/a"), "--epochs", 3) == "fmtk run --resume runs/a --epochs 3"
+    line = command("check", "my recipe.py", "--name", "it's", "--record", Path("gold en"))
+    assert shlex.split(line) == ["fmtk", "check", "my recipe.py", "--name", "it's", "--record", "gold en"]

@@ -25,7 +25,7 @@ from fmtk.cli.group import (
     set_option,
     threads_option,
 )
-from fmtk.errors import FmtkError
+from fmtk.errors import FmtkError, command
 from fmtk.runfolder import BEST, LAST, confusion_name, picture_path
 
 if TYPE_CHECKING:
@@ -266,7 +266,7 @@ def evaluate_split(
     root = data_root(data_dir, run_dir)
     recorded = read_config(run_dir).get("data_dir")
     own = data_dir is None or (isinstance(recorded, str) and Path(recorded) == root.resolve())
-    whole = f"to score every photo of a folder: fmtk evaluate {run_dir} --folder {root}"
+    whole = f"to score every photo of a folder: {command('evaluate', run_dir, '--folder', root)}"
     try:
         recipe, path, result = evaluate_run(run_dir, checkpoint, split, root, device, recipe_file)
     except FmtkError as error:
@@ -428,10 +428,10 @@ def _model_file(command: str, path: Path, **given: Any) -> bool:
 
 
 def _sort_key(context: click.Context, parameter: click.Parameter, key: str) -> str:
-    from fmtk.runs import JSON_SORT_KEYS, SORT_KEYS
+    from fmtk.runs import JSON_SORT_KEYS, SORT_KEYS, unknown_sort_key
 
     if JSON_SORT_KEYS.get(key, key) not in SORT_KEYS:  # a usage error (exit 2), before any folder is read
-        raise click.BadParameter(f"unknown sort key '{key}'; valid keys: {', '.join(SORT_KEYS)}")
+        raise click.BadParameter(unknown_sort_key(key))
     return key
 
 

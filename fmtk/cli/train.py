@@ -21,7 +21,7 @@ from fmtk.cli.group import (
     set_option,
     training_options,
 )
-from fmtk.errors import FmtkError
+from fmtk.errors import FmtkError, command
 
 # The fewest steps from which fmtk.lr_finder's valley rule can suggest an LR: it reads none of the
 # first tenth, the flat start (a falling loss's first point) and the last 5, and needs a fall of 5.
@@ -113,7 +113,7 @@ def run(
         )
     if recipe_file is not None and recipe_name is not None:
         raise FmtkError(f"--recipe {recipe_file} goes with --resume or --config (a run's recipe file, moved "
-                        f"since); to train it, give it as RECIPE: fmtk run {recipe_file}")  # fmt: skip
+                        f"since); to train it, give it as RECIPE: {command('run', recipe_file)}")  # fmt: skip
     if checkpoint == "best":  # a new run: the run's values, from its best checkpoint's weights
         if resume is None:
             raise FmtkError("--checkpoint best goes with --resume RUN_DIR")

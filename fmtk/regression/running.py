@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from fmtk.device import resolve_device
-from fmtk.errors import FmtkError, first_few, one_line
+from fmtk.errors import FmtkError, command, first_few, one_line
 from fmtk.recipe import Recipe, apply_overrides, apply_preset
 from fmtk.recipe_loading import (
     NoRecipe,
@@ -360,8 +360,8 @@ def plan_checks(
         }
         if recorded and not where["golden"].exists():
             source = recipe.source or recipe.name
-            where["unrecorded"] = (f"no golden run {where['golden']}: record it with fmtk check {source} "
-                                   f"--name {one.label} --record {against}")  # fmt: skip
+            again = command("check", source, "--name", one.label, "--record", against)
+            where["unrecorded"] = f"no golden run {where['golden']}: record it with {again}"
             where["golden"] = None
         prepare_check(recipe, one, **{key: value for key, value in where.items() if key != "unrecorded"})
         if one.data and not (data_root(data_dir) / one.data).is_dir():
@@ -394,9 +394,9 @@ def _check_none_recorded(chosen: Sequence[tuple[Recipe, Check]], record_to: Path
         whole = dict.fromkeys(
             recipe.source or recipe.name for recipe, _, _ in missing if recipe.name not in partly
         )
-        commands = [f"fmtk check {' '.join(whole)} --record {record_to}"] if whole else []
-        commands += [f"fmtk check {recipe.source or recipe.name} --name {one.label} --record {record_to}"
-                     for recipe, one, _ in missing if recipe.name in partly]  # fmt: skip
+        commands = [command("check", *whole, "--record", record_to)] if whole else []
+        commands += [command("check", recipe.source or recipe.name, "--name", one.label, "--record",
+                             record_to) for recipe, one, _ in missing if recipe.name in partly]  # fmt: skip
         line += f", or record only the others: {'; '.join(commands)}"
     line += " (nothing was overwritten)"
     raise FmtkError(line)

@@ -13,7 +13,6 @@ import contextlib
 import io
 import math
 import random
-import shlex
 import signal
 import threading
 import time
@@ -28,7 +27,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, global_step_from_engine
 from torch import nn
 
-from fmtk.errors import FmtkError, a_kind
+from fmtk.errors import FmtkError, a_kind, command
 from fmtk.runfolder import BEST, LAST
 from fmtk.version import __version__
 
@@ -289,8 +288,8 @@ class RunSaver(DiskSaver):
                         f"{filename}: the state kept as {name!r} now holds {where}, which fmtk cannot read "
                         "back from a checkpoint (torch.load(weights_only=True)); keep tensors, numbers, "
                         "strings, lists and dicts of them (a numpy array: torch.from_numpy(...)). The "
-                        "previous checkpoint is kept: once the state is fixed, resume with: fmtk run "
-                        f"--resume {shlex.quote(str(self.dirname))} and the run's --handlers"
+                        "previous checkpoint is kept: once the state is fixed, resume with: "
+                        f"{command('run', '--resume', self.dirname)} and the run's --handlers"
                     )
             super().__call__(checkpoint, filename, metadata)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import shlex
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
@@ -25,7 +24,7 @@ from ignite.utils import manual_seed
 from torch import nn
 
 from fmtk.distributed import is_main_process
-from fmtk.errors import FAILED_BATCH, FmtkError
+from fmtk.errors import FAILED_BATCH, FmtkError, command
 from fmtk.runfolder import CONFIG, METRICS_JSON, TRAIN_FINGERPRINTS, checkpoint_epoch, write_json
 from fmtk.training.checkpoints import CLOCK, STOP, attach_checkpoints, check_keepable
 from fmtk.training.evaluation import Evaluation
@@ -273,5 +272,5 @@ class Run(Parts):
                 raise
             raise FmtkError(
                 f"no space left on device while writing to {self.run_dir}; the last complete checkpoint "
-                f"is kept: free some space, then fmtk run --resume {shlex.quote(str(self.run_dir))}"
+                f"is kept: free some space, then {command('run', '--resume', self.run_dir)}"
             ) from None

@@ -6,7 +6,6 @@ restore. Lightning keeps the same in one connector (``_CheckpointConnector``).""
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,7 +18,7 @@ from ignite.handlers import Checkpoint
 
 from fmtk.data.copies import Fingerprinted
 from fmtk.distributed import is_main_process
-from fmtk.errors import FmtkError
+from fmtk.errors import FmtkError, command
 from fmtk.recipe import PER_ITERATION_SCHEDULES, Recipe
 from fmtk.runfolder import (
     CONFIG,
@@ -260,11 +259,11 @@ def finished_message(run_dir: Path, recipe: Recipe) -> str | None:
             f"{run_dir} is finished ({ran} of {epochs} epochs; its {recipe.schedule} schedule ended with "
             f"them): to train on from its best weights, start a new run: {warm_start_command(run_dir)}"
         )
-    going_on = f"fmtk run --resume {shlex.quote(str(run_dir))} --epochs N (N > {ran})"
+    going_on = f"{command('run', '--resume', run_dir, '--epochs', 'N')} (N > {ran})"
     return f"{run_dir} is finished ({ran} of {epochs} epochs); to go on: {going_on}"
 
 
 def warm_start_command(run_dir: Path) -> str:
     """The command that trains on from a run that cannot go on itself: a new run with its values,
     starting from its best checkpoint's weights (``weights=RUN_DIR``, :mod:`fmtk.weights`)."""
-    return f"fmtk run --config {run_dir / CONFIG} --set weights={run_dir} --set epochs=N"
+    return command("run", "--config", run_dir / CONFIG, "--set", f"weights={run_dir}", "--set", "epochs=N")

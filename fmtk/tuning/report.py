@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from fmtk.errors import FmtkError
+from fmtk.errors import FmtkError, command
 from fmtk.pictures import LINE_COLOURS, lines_picture, scatter_picture, sheet_of
 from fmtk.recipe import watched_metric
 from fmtk.runfolder import CONFIG, read_config, read_results, write_json
@@ -121,7 +121,7 @@ def write_report(result: StudyResult, folder: Path, seconds: float, echo: Callab
     best_row = rows[result.best_trial]
     counts = {state: sum(row["state"] == state for row in rows) for state in ("complete", "pruned", "fail")}
     trained = sum(row["seconds"] or 0 for row in rows)
-    command = f"fmtk run --config {result.best_run / CONFIG}"
+    again = command("run", "--config", result.best_run / CONFIG)
     report = {
         "trial": result.best_trial,
         "run": best_row["run"],
@@ -129,7 +129,7 @@ def write_report(result: StudyResult, folder: Path, seconds: float, echo: Callab
         "value": result.best_value,
         "values": result.best_values,
         "test_accuracy": best_row["test_accuracy"],
-        "command": command,
+        "command": again,
         "trials": counts,
         "train_seconds": round(trained, 2),
         "importances": result.importances,
@@ -148,7 +148,7 @@ def write_report(result: StudyResult, folder: Path, seconds: float, echo: Callab
     echo(f"best values: {values}")
     if result.importances:
         echo("importance: " + ", ".join(f"{key} {value:.2f}" for key, value in result.importances.items()))
-    echo(f"train it again: {command}")
+    echo(f"train it again: {again}")
     echo(f"wrote {folder / BEST_JSON} and {folder / PICTURE}")
 
 

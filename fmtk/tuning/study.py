@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shlex
 import shutil
 import sqlite3
 import time
@@ -31,7 +30,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from fmtk.errors import RESUME_HINT, FmtkError, Interrupted, one_line
+from fmtk.errors import RESUME_HINT, FmtkError, Interrupted, command, one_line
 from fmtk.launcher import RunRequest, handler_name, resolve_handler, train
 from fmtk.recipe import WATCH, watched_metric
 from fmtk.recipe_loading import data_root, resolve_recipe
@@ -134,9 +133,7 @@ def tune_study(
         except (KeyboardInterrupt, Interrupted):
             if tracker is not None:
                 tracker.end("KILLED")
-            raise Interrupted(
-                f"interrupted; go on with: fmtk tune --resume {shlex.quote(str(folder))}"
-            ) from None
+            raise Interrupted(f"interrupted; go on with: {command('tune', '--resume', folder)}") from None
         except BaseException:
             if tracker is not None:
                 tracker.end("FAILED")
@@ -172,8 +169,8 @@ def _check_new_study_dir(study_dir: Path | None, request: StudyRequest) -> None:
                 f"--study-dir {study_dir} holds a study of {theirs}, not {request.recipe}; give a new folder"
             )
         raise FmtkError(
-            f"--study-dir {study_dir} holds a study already; go on with: fmtk tune --resume "
-            f"{shlex.quote(str(study_dir))}"
+            f"--study-dir {study_dir} holds a study already; go on with: "
+            f"{command('tune', '--resume', study_dir)}"
         )
     raise FmtkError(f"--study-dir {study_dir} is not empty; give a new folder (nothing was changed)")
 
@@ -396,7 +393,7 @@ def _check_not_all_failed(
     # The failed trials stay in study.db (Optuna keeps every trial) and count as ended.
     raise FmtkError(
         f"the {wanted} trials this command started failed, the last with: {error}; once that is fixed, "
-        f"go on with: fmtk tune --resume {shlex.quote(str(folder))} --trials {request.trials + wanted}"
+        f"go on with: {command('tune', '--resume', folder, '--trials', request.trials + wanted)}"
     )
 
 
