@@ -18,14 +18,16 @@ Nothing else in the folder is fmtk's: it is never listed nor deleted.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from fmtk.errors import FmtkError
+from fmtk.errors import FmtkError, command
 from fmtk.scratch import process_running
 
 PHOTOS = re.compile(r".+-\d+px-[0-9a-f]{8}-[0-9a-f]{20}\.(npy|json)")
@@ -43,6 +45,22 @@ WRITING_SECONDS = 600
 def cache_folder() -> Path:
     """Where fmtk keeps decoded photos and lists of bad files: ``$FMTK_CACHE``, else ``~/.cache/fmtk``."""
     return Path(os.environ.get("FMTK_CACHE") or Path.home() / ".cache" / "fmtk")
+
+
+def folder_name(folder: Path) -> str:
+    """The name of ``folder`` in the cache folder's file names (``--data-dir .``: its real name)."""
+    return Path(folder).resolve().name or "photos"
+
+
+def bad_list_name(folder: Path) -> str:
+    """The name of ``folder``'s list of bad files: its name and its whole path's hash (two folders
+    named ``photos`` have two lists)."""
+    return f"{folder_name(folder)}-{hashlib.sha256(os.fsencode(Path(folder).resolve())).hexdigest()[:8]}"
+
+
+def bad_list(folder: Path) -> Path:
+    """``folder``'s last list of the files that cannot be decoded, in the cache folder."""
+    return cache_folder() / f"bad-images-{bad_list_name(folder)}.txt"
 
 
 def temporary_name(path: Path) -> Path:
@@ -95,6 +113,22 @@ class CacheContents:
     def deletable(self) -> list[Path]:
         photos = [path for cached in self.photos for path in cached.paths]
         return photos + self.old + self.bad_lists + self.unfinished
+
+    def of(self, folders: list[Path]) -> CacheContents:
+        """Only what is kept of ``folders`` (photo folders, there or gone): their decoded photos at
+        every size and their lists of bad files. A folder with none is one line, before anything is
+        deleted (a mistyped second folder must not leave the first one cleared)."""
+        chosen = CacheContents(self.where, [], [], [], [], [])
+        for folder in folders:
+            resolved, listed = str(Path(folder).resolve()), bad_list(folder).name
+            photos = [cached for cached in self.photos if cached.folder == resolved]
+            lists = [path for path in self.bad_lists if path.name == listed]
+            if not photos and not lists:
+                raise FmtkError(f"{folder}: nothing of this folder's in the cache folder {self.where} "
+                                "(fmtk cache lists what is there)")  # fmt: skip
+            chosen.photos += [cached for cached in photos if cached not in chosen.photos]
+            chosen.bad_lists += [path for path in lists if path not in chosen.bad_lists]
+        return chosen
 
 
 def cache_contents(where: Path | None = None) -> CacheContents:
@@ -164,9 +198,10 @@ def byte_size(count: int) -> str:
     return f"{count / 2**10:,.1f} KiB"
 
 
-def format_cache(contents: CacheContents) -> str:
+def format_cache(contents: CacheContents, folders: Sequence[Path] = ()) -> str:
     """The cache folder's contents for ``fmtk cache``: its decoded folders as a table, newest used
-    first, then a line of the rest and what ``--clear`` would free."""
+    first, then a line of the rest and what ``--clear`` would free (of ``folders`` only, if given:
+    ``contents`` is then :meth:`CacheContents.of` them)."""
     photos = contents.photos
     others = contents.old + contents.bad_lists + contents.unfinished
     total = sum(cached.size for cached in photos) + _sizes(others)
@@ -201,7 +236,7 @@ def format_cache(contents: CacheContents) -> str:
         lines.append("also: " + "; ".join(part for part in rest if part))
     if contents.deletable():
         again = " (the next run of each folder decodes its photos again)" if photos else ""
-        lines.append(f"fmtk cache --clear deletes them{again}.")
+        lines.append(f"{command('cache', *folders, '--clear')} deletes them{again}.")
     return "\n".join(lines)
 
 

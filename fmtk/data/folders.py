@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fmtk.caches import bad_list
 from fmtk.data.batches import DataSplits, TensorBatches, stratified_split
 from fmtk.data.copies import Fingerprinted, Fingerprints, LabelConflict, label_conflicts, near_copies
-from fmtk.data.image_cache import Bad, FolderCache, bad_list, cache_line, make_room
+from fmtk.data.image_cache import Bad, FolderCache, cache_line, make_room
 from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD
 from fmtk.data.images import (
     DATA_CACHES,

@@ -19,7 +19,15 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 
-from fmtk.caches import PHOTOS, UNFINISHED, being_written, byte_size, cache_folder, temporary_name
+from fmtk.caches import (
+    PHOTOS,
+    UNFINISHED,
+    being_written,
+    byte_size,
+    cache_folder,
+    folder_name,
+    temporary_name,
+)
 from fmtk.errors import FmtkError
 
 # Part of every cache's key: changed whenever decoding gives a photo other pixels, so that no cache
@@ -29,20 +37,6 @@ DECODING = 2
 Bad = list[tuple[str, str]]  # (path, why) of the files that cannot be decoded
 
 
-def folder_name(folder: Path) -> str:
-    """The name of ``folder`` in the cache folder's file names (``--data-dir .``: its real name)."""
-    return Path(folder).resolve().name or "photos"
-
-
-def bad_list_name(folder: Path) -> str:
-    """The name of ``folder``'s list of bad files: its name and its whole path's hash (two folders
-    named ``photos`` have two lists)."""
-    return f"{folder_name(folder)}-{hashlib.sha256(os.fsencode(Path(folder).resolve())).hexdigest()[:8]}"
-
-
-def bad_list(folder: Path) -> Path:
-    """``folder``'s last list of the files that cannot be decoded, in the cache folder."""
-    return cache_folder() / f"bad-images-{bad_list_name(folder)}.txt"
 
 
 class FolderCache:

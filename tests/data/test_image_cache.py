@@ -233,7 +233,7 @@ def test_the_folder_given_as_dot_is_named_and_listed(
 
 
 def test_two_folders_of_one_name_have_two_lists_of_bad_files(tmp_path: Path) -> None:
-    from fmtk.data.image_cache import bad_list_name
+    from fmtk.caches import bad_list_name
 
     first, second = bad_list_name(tmp_path / "a" / "photos"), bad_list_name(tmp_path / "b" / "photos")
     assert first != second and first.startswith("photos-") and second.startswith("photos-")
@@ -302,3 +302,35 @@ def test_of_a_run_s_processes_only_the_first_writes_the_cache(
     assert len(names(cache, "*.npy")) == 1 and len(names(cache, "*.json")) == 1 and not names(cache, "*.tmp")
     no_decoding(monkeypatch)  # and the next run reads it
     load(photos)
+
+
+def test_the_cache_command_lists_and_clears_the_photo_folders_it_is_given_only(
+    tmp_path: Path, cache: Path
+) -> None:
+    photos = make_photos(tmp_path / "photos", {"ants": 6, "bees": 6})
+    (photos / "bees" / "broken.jpg").write_bytes(b"")
+    with pytest.raises(BadImages):
+        load(photos)
+    with pytest.raises(BadImages):
+        load(photos, size=20)  # with its list of bad files: 5 files
+    other = make_photos(tmp_path / "other photos", {"ants": 6, "bees": 6})
+    load(other)
+    gone = make_photos(tmp_path / "gone", {"ants": 6, "bees": 6})
+    load(gone)
+    shutil.rmtree(gone)
+    everything = names(cache)
+
+    listed = fmtk("cache", "other photos", cwd=tmp_path).stdout.splitlines()
+    assert listed[0].startswith(f"{cache}: 1 decoded folder, ") and listed[2].startswith(f"{other}  16px  ")
+    again = " (the next run of each folder decodes its photos again)."
+    assert listed[-1] == f"fmtk cache 'other photos' --clear deletes them{again}"
+    typo = fmtk("cache", "--clear", "gone", "photoes", cwd=tmp_path)  # the typo comes second
+    assert_one_line_error(
+        typo, f"photoes: nothing of this folder's in the cache folder {cache} (fmtk cache lists"
+    )
+    assert names(cache) == everything  # nothing deleted
+
+    cleared = fmtk("cache", "--clear", "photos", "gone", cwd=tmp_path)
+    assert cleared.returncode == 0 and cleared.stdout.startswith("deleted 7 files (")
+    assert [cached.folder for cached in cache_contents(cache).photos] == [str(other)]
+    assert not cache_contents(cache).bad_lists
