@@ -484,6 +484,14 @@ def test_tune_png_marks_the_trials_at_its_edge_and_draws_the_metric_against_each
     search_picture(rows, "valid_accuracy", "fmtk tune t", False, {"lr": "log"})
     assert not polygons and not [text for text in texts if "at the edge" in text]
 
+    # Exactly half far worse (two of four diverged): those two at the edge, of accuracy and of loss.
+    for metric, values, minimise, cutoff in (("valid_accuracy", [0.103, 0.936, 0.103, 0.892], False, 0.892),
+                                             ("valid_loss", [2.3, 0.2, 2.31, 0.25], True, 0.25)):  # fmt: skip
+        texts.clear(), polygons.clear()
+        rows = [{"trial": n, "state": "complete", "value": v, "lr": 0.1} for n, v in enumerate(values)]
+        search_picture(rows, metric, "fmtk tune t", minimise, {"lr": "log"})
+        assert f"worse than {cutoff} (at the edge)" in texts and len(polygons) == 2 * 2 + 1, metric
+
 
 def test_a_pruned_trial_s_value_is_its_best_until_it_stopped(tmp_path: Path) -> None:
     import optuna

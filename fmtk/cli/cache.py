@@ -12,8 +12,10 @@ from fmtk.cli.group import cli
 @cli.command("cache")
 @click.argument("folders", metavar="[PHOTOS]...", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
-    "--clear", is_flag=True, help="Delete fmtk's files in the cache folder (but those being written); "
-    "with PHOTOS, only what is kept of those photo folders."
+    "--clear",
+    is_flag=True,
+    help="Delete fmtk's files in the cache folder (but those being written); "
+    "with PHOTOS, only what is kept of those photo folders.",
 )
 def cache(folders: tuple[Path, ...], clear: bool) -> None:
     """The cache folder ($FMTK_CACHE, else ~/.cache/fmtk): the folders whose photos are kept decoded

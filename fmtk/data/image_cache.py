@@ -37,8 +37,6 @@ DECODING = 2
 Bad = list[tuple[str, str]]  # (path, why) of the files that cannot be decoded
 
 
-
-
 class FolderCache:
     """``samples`` (the photos of ``folder``) decoded at ``image_size``, in the cache folder."""
 

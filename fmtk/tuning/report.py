@@ -167,9 +167,9 @@ def search_picture(
 ) -> Any:
     """Each trial's valid metric (a pruned one's best until it stopped) and the best so far; under
     it, the metric against each ``searched`` value (``{key: on a log scale}``), the best trial
-    circled. When half the trials are worse than the rest by far (spread over more than twice the
-    better half's range), those are drawn at the edge as triangles (the search's story is in the
-    better half)."""
+    circled. When half the trials are worse than the rest by far (the better half would fill less
+    than a fifth of the plot), those are drawn at the edge as triangles (the search's
+    story is in the better half)."""
     completed = [(row["trial"], row["value"]) for row in rows if row["state"] == "complete"]
     pruned = [
         (row["trial"], row["value"]) for row in rows if row["state"] == "pruned" and row["value"] is not None
@@ -189,13 +189,7 @@ def search_picture(
     failed = sum(row["state"] == "fail" for row in rows)
     if failed:
         title += f"; {failed} failed trial{'s' if failed > 1 else ''} (no value, not drawn)"
-    values = sorted(value for _, value in completed + pruned)
-    middle = values[(len(values) - 1) // 2] if not minimise else values[len(values) // 2]
-    limits = (middle, values[-1]) if not minimise else (values[0], middle)
-    # "by far": the worse half spreads over more than twice the better half's range
-    worse = middle - values[0] if not minimise else values[-1] - middle
-    if len(values) < 4 or limits[0] == limits[1] or worse <= 2 * (limits[1] - limits[0]):
-        limits = None
+    limits = _better_half(sorted(value for _, value in completed + pruned), minimise)
     edge = f"worse than {limits[0] if not minimise else limits[1]:.4g} (at the edge)" if limits else ""
     # The best so far is a line without points: a point at a failed trial would read as its value.
     picture = lines_picture(lines, title, "trial", metric, dots=(trials, pruned_trials),
@@ -222,6 +216,21 @@ def search_picture(
         if any(key in row for row in drawn)
     ]
     return sheet_of(picture, panels)
+
+
+def _better_half(values: list[float], minimise: bool) -> tuple[float, float] | None:
+    """The metric's range of the better half of the trials' sorted ``values``, when the worse half
+    is worse by far: drawn whole, the better half would fill less than a fifth of the plot's height.
+    Else None (every trial drawn where it is). Of an even count, the better half with both middle
+    values first, then without the worse of them: two of four trials diverged leave the two good."""
+    if len(values) < 4:
+        return None
+    middles = sorted({(len(values) - 1) // 2, len(values) // 2}, reverse=minimise)  # widest first
+    for index in middles:
+        limits = (values[index], values[-1]) if not minimise else (values[0], values[index])
+        if limits[0] != limits[1] and 5 * (limits[1] - limits[0]) < values[-1] - values[0]:
+            return limits
+    return None
 
 
 def _columns(points: list[tuple[int, float]]) -> tuple[list[int], list[float]]:
