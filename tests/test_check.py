@@ -460,3 +460,14 @@ def test_a_check_states_what_it_expects() -> None:
     assert [str(e) for e in Check(expect={"epochs_run": "== 17", "test_loss": "<=.2"}).expectations()] == [
         "== 17", "<= 0.2"
     ]  # fmt: skip
+
+
+def test_a_recipe_option_that_differs_from_the_golden_run_is_named_alone() -> None:
+    from fmtk.regression.golden import Golden, recipe_changes
+
+    golden = Golden(
+        Path("gold"), {"seed": 42, "options": {"hidden": 32, "drop": 0.1}, "device": "cpu"}, [], {}
+    )
+    run = {"seed": 42, "options": {"hidden": 33, "drop": 0.1}, "device": "cuda"}  # the device: circumstance
+    assert recipe_changes(golden, run) == ("hidden 32 → 33",)
+    assert recipe_changes(golden, {**run, "options": {"drop": 0.1}}) == ("hidden 32 → None",)

@@ -180,12 +180,20 @@ def compare(golden: Golden, run_dir: Path, tolerance: float | None = None) -> Di
 
 def recipe_changes(golden: Golden, config: dict[str, Any]) -> tuple[str, ...]:
     """The recipe values that differ between ``golden``'s config.json and a run's ``config``, each
-    as ``name old → new``."""
+    as ``name old → new``; a recipe's own ``options`` one by one, by the name ``--set`` takes."""
+    old, new = _values(golden.config), _values(config)
     return tuple(
-        f"{key} {golden.config.get(key)!r} → {config.get(key)!r}"
-        for key in sorted(set(golden.config) | set(config))
-        if key not in CIRCUMSTANCES and golden.config.get(key) != config.get(key)
+        f"{key} {old.get(key)!r} → {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if key not in CIRCUMSTANCES and old.get(key) != new.get(key)
     )
+
+
+def _values(config: dict[str, Any]) -> dict[str, Any]:
+    options = config.get("options")
+    if not isinstance(options, dict):
+        return config
+    return {**{key: value for key, value in config.items() if key != "options"}, **options}
 
 
 def _close(golden: Any, got: Any, tolerance: float) -> bool:
