@@ -371,11 +371,33 @@ def test_a_tracking_server_that_cannot_be_reached_is_one_line_before_anything_tr
         result = fmtk_here(
             "run", "digits_mlp", "--output-dir", "unreached", "--track", "mlflow", cwd=workspace
         )
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"https://127.0.0.1:{site.server_address[1]}")  # http only
+        https = fmtk_here(
+            "run", "digits_mlp", "--output-dir", "unreached", "--track", "mlflow", cwd=workspace
+        )
         site.shutdown()
     assert_one_line_error(
         result, "/ajax-api answers HTTP 404 (no MLflow API at this URL: give the server's root"
     )
+    assert_one_line_error(https, "cannot be reached (it does not speak https here: http://?)")
     assert not (workspace / "unreached").exists()
+
+
+def test_a_deleted_mlflow_experiment_is_one_line_naming_it_before_the_data_loads(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = f"sqlite:///{workspace / 'deleted.db'}"
+    client = mlflow.MlflowClient(uri)
+    number = client.create_experiment("gone")
+    client.delete_experiment(number)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "gone")
+    result = fmtk_here("run", "digits_mlp", "--output-dir", "unreached", "--track", "mlflow", cwd=workspace)
+    restore = f"MLFLOW_TRACKING_URI={uri} mlflow experiments restore -x {number}"
+    assert_one_line_error(
+        result, f"the experiment 'gone' at {uri} is deleted: restore it ({restore}) or name"
+    )
+    assert "train " not in result.stdout and not (workspace / "unreached").exists()  # before the data loads
 
 
 def test_a_long_tracker_message_is_cut_after_a_whole_sentence() -> None:
@@ -629,3 +651,19 @@ def test_photos_whose_names_are_not_utf8_are_tracked_as_a_terminal_shows_them(
     values = {item.key: json.loads(item.value_json) for item in config.update}
     assert values["classes"] == ["ants", "f\ufffde"], values["classes"]
     assert "caf\ufffd" in values["fmtk.command"]
+
+
+def test_a_resume_given_its_own_tracker_again_goes_on_and_another_is_refused(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workspace / 'own.db'}")
+    run = ["--run-dir", "own", "--threads", "1"]
+    assert (
+        fmtk_here("run", "digits_mlp", "--epochs", "1", "--track", "mlflow", *run, cwd=workspace).returncode
+        == 0
+    )
+    again = fmtk_here("run", "--resume", "own", "--epochs", "2", "--track", "mlflow", cwd=workspace)
+    assert again.returncode == 0, again.stderr  # what it tracks in already: nothing to refuse
+    assert json.loads((workspace / "own" / "metrics.json").read_text())["epochs_run"] == 2
+    other = fmtk_here("run", "--resume", "own", "--epochs", "3", "--track", "wandb", cwd=workspace)
+    assert_one_line_error(other, "--resume keeps the run's recipe; --track cannot change it")

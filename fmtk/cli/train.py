@@ -137,9 +137,11 @@ def run(
             raise FmtkError(
                 f"--resume goes on in {resume} itself; {' and '.join(folders)} {names} a new run's folder"
             )
+        own = read_config(resume) if (resume / CONFIG).is_file() else {}  # (else: said below)
+        same = {"--track": track == own.get("track"), "--track-model": own.get("track_model") is True}
         changed = [name for name, value in [("--batch-size", batch_size), ("--lr", lr), ("--seed", seed),
                    ("--set", settings), ("--preset", preset), ("--track", track not in (None, "none")),
-                   ("--track-model", track_model)] if value]  # fmt: skip
+                   ("--track-model", track_model)] if value and not same.get(name)]  # fmt: skip
         if changed:
             raise FmtkError(
                 f"--resume keeps the run's recipe; {', '.join(changed)} cannot change it"

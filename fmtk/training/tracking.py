@@ -125,6 +125,9 @@ class Tracker:
             return
         self.logged_epoch = epoch
 
+    def check(self, recipe: Recipe) -> None:
+        """What the tracker can refuse of ``recipe``'s run once connected, before the data loads."""
+
     def begin(self, recipe: Recipe, config: Mapping[str, Any]) -> None:
         """Make the tracker's run of a new run folder, or go on in a resumed one's."""
         raise NotImplementedError
@@ -194,6 +197,28 @@ class MlflowTracker(Tracker):
     def where(self) -> str:
         return f"the tracking server {self.uri}"
 
+    def check(self, recipe: Recipe) -> None:
+        """A new run's experiment, if there is one already, is not deleted (MLflow would refuse the
+        run only once the data has loaded, naming the experiment by its number)."""
+        if self.run_id is None:
+            try:
+                self._experiment(self.study.get("experiment") or recipe.name)
+            except self.errors as error:
+                raise FmtkError(f"track=mlflow: {self.where()} {_failure(error)}") from None
+
+    def _experiment(self, experiment: str) -> tuple[str, str | None]:
+        """The name of the experiment a new run goes to (``$MLFLOW_EXPERIMENT_NAME``, else
+        ``experiment``) and its id; None: it is not made yet."""
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment
+        found = self.client.get_experiment_by_name(name)
+        if found is not None and found.lifecycle_stage == "deleted":
+            raise FmtkError(
+                f"track=mlflow: the experiment {name!r} at {self.uri} is deleted: restore it "
+                f"(MLFLOW_TRACKING_URI={self.uri} mlflow experiments restore -x {found.experiment_id}) or "
+                "name another with MLFLOW_EXPERIMENT_NAME"
+            )
+        return name, None if found is None else found.experiment_id
+
     def begin(self, recipe: Recipe, config: Mapping[str, Any]) -> None:
         """Make the MLflow run of a new run folder (its values as parameters, tags saying where it
         came from; a trial of ``fmtk tune``: a child of the study's) and record its id in
@@ -230,10 +255,10 @@ class MlflowTracker(Tracker):
     def _create(
         self, experiment: str, tags: dict[str, str], params: dict[str, str], study: bool = False
     ) -> None:
-        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment
         try:
-            found = self.client.get_experiment_by_name(name)
-            experiment_id = found.experiment_id if found else self.client.create_experiment(name)
+            name, experiment_id = self._experiment(experiment)
+            if experiment_id is None:
+                experiment_id = self.client.create_experiment(name)
             run = self.client.create_run(experiment_id, tags=utf8(tags), run_name=self.run_dir.name)
             self.run_id = run.info.run_id
             pairs = list(params.items())
@@ -432,7 +457,11 @@ def open_tracker(recipe: Recipe, run_dir: Path, echo: Callable[[str], None]) -> 
     if recipe.track_model:
         require_onnx()  # before anything trains, not at the end
     kinds = {"mlflow": MlflowTracker, "wandb": WandbTracker}
-    return kinds[recipe.track](run_dir, echo) if recipe.track in kinds else None
+    if recipe.track not in kinds:
+        return None
+    tracker = kinds[recipe.track](run_dir, echo)
+    tracker.check(recipe)
+    return tracker
 
 
 def exported_model(run_dir: Path, echo: Callable[[str], None]) -> tuple[str, ...]:
@@ -578,6 +607,11 @@ def _failure(error: BaseException) -> str:
         return "cannot be reached (connection refused)"
     if "Failed to resolve" in text or "Name or service not known" in text:
         return "cannot be reached (no such host)"
+    if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:  # TLS to a plain-HTTP server
+        return "cannot be reached (it does not speak https here: http://?)"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return ("cannot be reached (its TLS certificate is not trusted: "
+                "MLFLOW_TRACKING_SERVER_CERT_PATH=CA.pem, or MLFLOW_TRACKING_INSECURE_TLS=true)")  # fmt: skip
     if "Max retries exceeded" in text:
         return "cannot be reached"
     if "unsupported URI" in text:
