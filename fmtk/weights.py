@@ -20,7 +20,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from fmtk.errors import FmtkError, first_few
+from fmtk.device import available_bytes, cgroup_free_bytes
+from fmtk.errors import FmtkError, first_few, out_of_memory_line
 from fmtk.runfolder import CONFIG, find_checkpoint
 
 EMA_MODEL = "ema_model"  # a last checkpoint's averaged weights, when the recipe keeps an EMA
@@ -69,13 +70,20 @@ PROBED_SIZES = (32, 64, 75, 96, 128, 160, 224, 299, 384, 512)  # image sizes tri
 def check_image_size(model: nn.Module, arch: str, image_size: int) -> None:
     """One line when ``model`` (torchvision's ``arch``) cannot take ``image_size``-px images, found by
     a forward pass of one blank image (eval mode, no gradients) before any data loads, instead of
-    the model's own traceback; the line names the smallest of ``PROBED_SIZES`` above it that works."""
+    the model's own traceback; the line names the smallest of ``PROBED_SIZES`` above it that works.
+    A size whose one image the memory cannot hold is refused as such, before the forward pass (at
+    20,000 px, one image's first layer alone would take 100 GiB: the machine's memory, not a line)."""
+    device = next(model.parameters()).device
+    _check_image_memory(arch, image_size, device)
 
     def refusal(size: int) -> str | None:
         try:
             with torch.no_grad():
-                model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+                model(torch.zeros(1, 3, size, size, device=device))
         except (RuntimeError, ValueError, AssertionError, IndexError) as error:
+            if out_of_memory_line(error):
+                raise FmtkError(f"image_size={size}: one blank {size}×{size} image through {arch} ran out of "
+                                "memory: a smaller image_size") from None  # fmt: skip
             return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return None
 
@@ -85,14 +93,35 @@ def check_image_size(model: nn.Module, arch: str, image_size: int) -> None:
         why = refusal(image_size)
         if why is None:
             return
-        fits = next((size for size in PROBED_SIZES if size > image_size and refusal(size) is None), None)
+        larger = [size for size in PROBED_SIZES if size > image_size]
+        fits = next((size for size in larger if refusal(size) is None), None)
     finally:
         model.train(training)
-    tried = ", ".join(map(str, PROBED_SIZES))
-    advice = f"it takes {fits} px (the smallest tried of {tried}): --set image_size={fits}"
+    tried = ", ".join(map(str, larger))
+    advice = f"; it takes {fits} px (the smallest tried of {tried}): --set image_size={fits}"
     if fits is None:
-        advice = f"it took none of {tried} px either"
-    raise FmtkError(f"arch {arch} cannot take {image_size}×{image_size} images ({why}); {advice}")
+        advice = f"; it took none of {tried} px either" if larger else ""
+    raise FmtkError(f"arch {arch} cannot take {image_size}×{image_size} images ({why}){advice}")
+
+
+# A first layer of 64 channels at the image's full size (VGG's), in 32-bit floats: what one image
+# may need at least, in most torchvision classifiers (ResNet's stride 2 makes it a quarter).
+FIRST_LAYER_BYTES = 64 * 4
+
+
+def _check_image_memory(arch: str, image_size: int, device: torch.device) -> None:
+    need = FIRST_LAYER_BYTES * image_size * image_size
+    places = [(available_bytes(), "of memory available on this machine"),
+              (cgroup_free_bytes(), "left under this process's memory limit (cgroup)")]  # fmt: skip
+    if device.type == "cuda":
+        places.append((torch.cuda.mem_get_info(device)[0], f"free on {device}"))
+    for free, where in places:
+        if free is not None and need > free:
+            raise FmtkError(
+                f"image_size={image_size}: one {image_size}×{image_size} image may take {need / 2**30:,.1f} "
+                f"GiB in {arch}'s first layer, more than the {free / 2**30:,.1f} GiB {where}: a smaller "
+                "image_size (photos are classified at 224 to 600 px)"
+            )
 
 
 def torchvision_weights(arch: str, name: str) -> Any:

@@ -30,6 +30,9 @@ def from_data(recipe, data_dir):
 
 def size(recipe):
     """``image_size``; 0: the weights' own (torchvision's crop size), else 224."""
+    if not isinstance(recipe.options["image_size"], int) or recipe.options["image_size"] < 0:
+        raise FmtkError(f"image_size={recipe.options['image_size']}: expected a whole number of pixels, "
+                        "1 or more (0: the weights' own size)")  # fmt: skip
     if recipe.options["image_size"]:
         return recipe.options["image_size"]
     transform = weights_transform(recipe.weights, recipe.options["arch"])

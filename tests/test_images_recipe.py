@@ -476,10 +476,24 @@ def test_an_image_size_the_architecture_cannot_take_is_one_line_naming_one_it_ca
                 "--set", "arch=alexnet", cwd=tmp_path)  # fmt: skip
     assert_one_line_error(
         done, "arch alexnet cannot take 32×32 images (Given input size: (256x1x1)",
-        "it takes 64 px (the smallest tried of 32, 64, 75, 96, 128, 160, 224, 299, 384, 512): "
+        "it takes 64 px (the smallest tried of 64, 75, 96, 128, 160, 224, 299, 384, 512): "
         "--set image_size=64",
     )  # fmt: skip
     assert not list((tmp_path / "out").glob("*/*"))
+
+
+@pytest.mark.parametrize(("size", "said"), [
+    ("-5", "image_size=-5: expected a whole number of pixels, 1 or more (0: the weights' own size)"),
+    ("40000", "image_size=40000: one 40000×40000 image may take 381.5 GiB in resnet18's first layer, more "
+              "than the "),
+])  # fmt: skip
+def test_an_image_size_no_model_or_memory_can_take_is_one_line_before_the_photos_load(
+    photos: Path, tmp_path: Path, size: str, said: str
+) -> None:
+    done = fmtk("run", "images", "--data-dir", str(photos), "--output-dir", "out", *SMALL,
+                "--set", f"image_size={size}", cwd=tmp_path)  # fmt: skip
+    assert_one_line_error(done, said)
+    assert "train " not in done.stdout and not list((tmp_path / "out").glob("*/*"))
 
 
 def test_without_a_data_folder_the_line_says_how_to_give_one(
