@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: `fmtk runs --curves` ne
 
 LINE_HEIGHT = 15
 HEADING_HEIGHT = 24  # the title line above a whole picture
+TITLE_LINE = 18  # each further line of a title too long for one
 CORRECT_BLUE = (0, 0, 255)
 ERROR_RED = (200, 30, 30)
 ERROR_INK = (150, 0, 0)
@@ -245,6 +246,12 @@ def titled_grid(
     return sheet
 
 
+def _draw_title(draw: ImageDraw.ImageDraw, lines: list[str], left: int) -> None:
+    """A picture's title (:func:`fit_lines` of it), one line under another from the top."""
+    for number, line in enumerate(lines):
+        _font(14).draw(draw, (left, 4 + TITLE_LINE * number), line, "black")
+
+
 def fit_lines(text: str, font: Font, width: float) -> list[str]:
     """The lines of ``text``, each wrapped at its spaces to ``width`` px, and a word still wider than
     that shortened to fit with "…"."""
@@ -343,18 +350,21 @@ def curve_picture(
     grey (a diverging tail would flatten the rest), said beside the y label as ``clipped_name``
     (default "above <y_limit>")."""
     width, height, left, right, top, bottom = 640, 400, 60, 20, HEADING_HEIGHT + 24, 40
+    titled = fit_lines(title, _font(14), width - left - right)  # a long one: its words on more lines
+    extra = TITLE_LINE * (len(titled) - 1)
+    height, top = height + extra, top + extra
     picture = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(picture)
     font = _font()
-    _font(14).draw(draw, (left, 4), title, "black")
-    font.draw(draw, (left, HEADING_HEIGHT + 4), y_label, "black")  # under the title
+    _draw_title(draw, titled, left)
+    font.draw(draw, (left, HEADING_HEIGHT + 4 + extra), y_label, "black")  # under the title
     logs = np.log10(np.asarray(xs, dtype=float))
     values = np.asarray(ys, dtype=float)
     above = values > y_limit if y_limit is not None else np.zeros(len(values), dtype=bool)
     if above.any():
         values = np.minimum(values, y_limit)
         note = f"grey: {clipped_name or f'above {y_limit:.3g}'}, drawn at the top"
-        font.draw(draw, (width - right - font.getlength(note), HEADING_HEIGHT + 4), note, ZERO_INK)
+        font.draw(draw, (width - right - font.getlength(note), HEADING_HEIGHT + 4 + extra), note, ZERO_INK)
     x_low, x_high = float(logs.min()), float(logs.max())
     y_low, y_high = float(values.min()), float(values.max())
     x_high, y_high = max(x_high, x_low + 1e-9), max(y_high, y_low + 1e-9)
@@ -429,11 +439,14 @@ def lines_picture(
     each side (as matplotlib's): a point at either end is drawn whole, inside the frame.
     ``legend=False``: none (another panel has it)."""
     width, height, left, right, top, bottom = 720, 440, 60, 20, HEADING_HEIGHT + 24, 40
+    titled = fit_lines(title, _font(14), width - left - right)  # a long one: its words on more lines
+    extra = TITLE_LINE * (len(titled) - 1)
+    height, top = height + extra, top + extra
     picture = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(picture)
     font = _font()
-    _font(14).draw(draw, (left, 4), title, "black")
-    font.draw(draw, (left, HEADING_HEIGHT + 4), y_label, "black")  # under the title
+    _draw_title(draw, titled, left)
+    font.draw(draw, (left, HEADING_HEIGHT + 4 + extra), y_label, "black")  # under the title
     xs = [float(x) for line_xs, _ in lines.values() for x in line_xs] or [0.0]
     outside = {name: [_side(float(y), y_limits) for y in line_ys] for name, (_, line_ys) in lines.items()}
     if y_limits is not None:

@@ -520,3 +520,20 @@ def test_a_class_s_share_rounds_as_evaluate_does_but_never_to_a_whole_or_no_shar
     assert [_share(11, 12), _share(966, 980), _share(99_997, 100_000), _share(1, 10_000), _share(5, 5)] == [
         "91.7%", "98.6%", "99.9%", "0.1%", "100.0%"
     ]  # fmt: skip
+
+
+def test_a_title_too_long_for_one_line_goes_on_the_next_and_the_picture_grows(drawn_texts) -> None:
+    from fmtk.pictures import curve_picture, lines_picture
+
+    title = ("digits_mlp --set batch_size=16 --set hidden=64 --set weight_decay=0.001 --set seed=3: LR "
+             "finder, 97 steps")  # fmt: skip
+    picture = curve_picture(np.logspace(-7, 1, 50), np.linspace(2, 1, 50), None, title, "lr", "loss")
+    titled = [
+        (xy, text) for xy, text in drawn_texts if text.startswith("digits_mlp") or text.endswith("steps")
+    ]
+    assert " ".join(text for _, text in titled) == title and len(titled) == 2  # every word, none cut
+    assert picture.size == (640, 400 + 18) and titled[1][0][1] > titled[0][0][1]
+    assert position_of(drawn_texts, "loss")[1] > titled[1][0][1]  # the y label under the title's last line
+    drawn_texts.clear()
+    wide = lines_picture({"a": ([1, 2], [0.5, 0.6])}, title + " " + title, "epoch", "accuracy")
+    assert wide.size[1] == 440 + 18 * 2 and not [text for _, text in drawn_texts if text.endswith("…")]
