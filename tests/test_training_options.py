@@ -194,8 +194,14 @@ def test_lr_find_prints_a_suggestion_draws_it_and_leaves_no_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(cli, ["lr-find", "digits_mlp", "--device", "cpu", "--steps", "60"])
-    assert result.exit_code == 0, result.output
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(cli, ["lr-find", "digits_mlp", "--device", "cpu", "--steps", "60",
+                                          "--threads", "1"])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1  # as a run's: not torch's every core, on a busy machine
+    finally:
+        torch.set_num_threads(threads)
     suggestion = float(result.output.split("suggested lr: ")[1].split()[0])
     assert 1e-7 < suggestion < 10 and "(valley rule: about halfway down the longest fall" in result.output
     with Image.open("digits_mlp_lr_find.png") as picture:

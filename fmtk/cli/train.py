@@ -19,6 +19,7 @@ from fmtk.cli.group import (
     recipe_file_option,
     recipe_with_settings,
     set_option,
+    threads_option,
     training_options,
 )
 from fmtk.errors import FmtkError, command
@@ -188,6 +189,7 @@ def run(
 @click.option("--out", type=click.Path(path_type=Path),
               help="PNG file (default: RECIPE_lr_find.png; with --preset, "
               "RECIPE_PRESET_lr_find.png).")  # fmt: skip
+@threads_option
 def lr_find(
     recipe_name: str,
     preset: str | None,
