@@ -108,8 +108,26 @@ def list_image_folder(folder: Path, allow_empty: bool = False) -> Listing:
         many = len(empty) > 1
         named = f"class folders {', '.join(empty)} hold" if many else f"class folder {empty[0]} holds"
         raise FmtkError(f"{folder}: {named} no photo (fmtk reads {' '.join(extensions)}); add photos or "
-                        f"remove the folder{heif_hint(others)}")  # fmt: skip
+                        f"remove the folder{heif_hint(others)}{_besides(samples, others)}")  # fmt: skip
     return Listing(samples, classes, others)
+
+
+def _besides(samples: list[tuple[str, int]], others: list[str]) -> str:
+    """What else a folder refused for an empty class folder holds that needs fixing, found without
+    decoding a photo (decoding waits for the classes): its files of other kinds and empty files,
+    so that the next try does not stop at them."""
+    empty = []
+    for path, _ in samples:
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_size == 0:
+                empty.append(path)
+    said = [f"files of kinds fmtk does not read are left out ({kinds_of(others)})"] if others else []
+    if empty:
+        named, more = first_few(empty)
+        more_said = f" and {more} more" if more else ""
+        said.append(f"{len(empty)} photo file{'s' * (len(empty) > 1)} {'are' if len(empty) > 1 else 'is'} "
+                    f"empty ({', '.join(named)}{more_said})")  # fmt: skip
+    return f"; besides, {' and '.join(said)}" if said else ""
 
 
 def others_line(others: Sequence[str]) -> str | None:

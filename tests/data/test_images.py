@@ -198,7 +198,13 @@ def test_without_pillow_heif_heic_photos_are_counted_and_say_what_to_install(
     (folder / "birds").mkdir()  # a class of a phone's photos alone
     (folder / "birds" / "IMG_0002.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
     with pytest.raises(FmtkError, match=r": class folder birds holds no photo \(fmtk reads \.jpg .*\); add "
-                       r"photos or remove the folder; HEIC photos: pip install pillow-heif$"):  # fmt: skip
+                       r"photos or remove the folder; HEIC photos: pip install pillow-heif; besides, files "
+                       r"of kinds fmtk does not read are left out \(2 \.heic, 1 \.txt\)$"):  # fmt: skip
+        list_image_folder(folder)
+    (folder / "cats" / "empty.jpg").write_bytes(b"")  # found without decoding: said at once too
+    with pytest.raises(
+        FmtkError, match=r"\(2 \.heic, 1 \.txt\) and 1 photo file is empty \(.*/cats/empty\.jpg\)$"
+    ):
         list_image_folder(folder)
 
 
