@@ -788,3 +788,18 @@ def test_evaluate_with_another_data_dir_never_writes_over_the_run_s_pictures(
     refused = fmtk("evaluate", str(run_dir), "--data-dir", str(tmp_path / "held"))
     assert_one_line_error(refused, "has test but no training folder",
                           f"to score every photo of a folder: fmtk evaluate {run_dir} --folder")  # fmt: skip
+
+
+def test_a_run_decoding_in_data_loader_workers_shows_its_wrong_valid_photos_too(
+    photos: Path, tmp_path: Path
+) -> None:
+    done = fmtk("run", "images", "--data-dir", str(photos), "--epochs", "1", "--run-dir", "run", *SMALL,
+                "--set", "data_cache=none", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / "run" / "top_losses.csv", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    assert rows and all(Path(row["file"]).parent.parent == photos for row in rows)  # its photos by name
+    assert [float(row["loss"]) for row in rows] == sorted((float(row["loss"]) for row in rows), reverse=True)
+    assert all(row["true"] != row["predicted"] for row in rows)
+    with Image.open(tmp_path / "run" / "top_losses.png") as picture:
+        assert picture.width >= 128 * min(8, len(rows))

@@ -208,6 +208,24 @@ def test_top_losses_are_ordered_by_loss_and_name_their_files(drawn_texts, tmp_pa
     )
 
 
+def test_top_losses_of_a_data_loader_are_those_of_the_same_split_held_in_memory() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fmtk.training.evaluation import streamed_top_losses
+
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (50, 3, 4, 4), generator=generator, dtype=torch.uint8)
+    labels = torch.randint(0, 3, (50,), generator=generator)
+    labels[40:] = labels[0]  # and images[40:] = images[0]: equal losses, ordered by their place
+    images[40:] = images[0]
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+    held = top_losses(model, TensorBatches(images, labels, 7, scale=255.0, shard=(0, 1)), "abc", count=12)
+    loader = DataLoader(TensorDataset(images.float() / 255, labels), batch_size=7)  # a user's, unshuffled
+    streamed, inputs = streamed_top_losses(model, loader, "abc", count=12)
+    assert len(held) == 12 and streamed == held  # the merge across batches keeps the global top 12
+    assert torch.equal(inputs, images[[row["index"] for row in held]].float() / 255)
+
+
 def test_lines_picture_draws_each_line_in_its_colour_with_legend_and_reference(drawn_texts) -> None:
     lines = {"faithful": ([10.0, 20.0, 30.0], [90.0, 92.0, 93.0]), "fast": ([5.0, 10.0], [91.0, 93.5])}
     picture = lines_picture(lines, "fmnist_cnn", "training seconds", "valid accuracy %", (92.7, "notebook"))

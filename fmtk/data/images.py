@@ -325,10 +325,23 @@ class LoaderBatches:
         )  # fmt: skip
         self.device = device
         self.seed = seed
+        self.normalisation = (tuple(mean), tuple(std))
         self.augmentation = Augmentation(flip_p=flip_p)
         self.mean = torch.tensor(mean, device=device).view(-1, 1, 1)
         self.std = torch.tensor(std, device=device).view(-1, 1, 1)
         self.epoch = 0
+
+    def whole(self) -> LoaderBatches:
+        """Every sample of an evaluation split in its order, also in one of several processes (as
+        :meth:`~fmtk.data.batches.TensorBatches.whole`): a run's pictures, drawn by one of them."""
+        mean, std = self.normalisation
+        return LoaderBatches(self.loader.dataset, self.loader.batch_size, self.device, mean=mean, std=std,
+                             workers=self.loader.num_workers, shard=(0, 1))  # fmt: skip
+
+    def names(self) -> list[str] | None:
+        """Each sample's file, in :meth:`whole`'s order, when the dataset is of files."""
+        samples = getattr(self.loader.dataset, "samples", None)
+        return [str(path) for path, _ in samples] if samples is not None else None
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose order (and augmentation) the next iteration uses."""

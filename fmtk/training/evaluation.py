@@ -25,7 +25,7 @@ from fmtk.data.batches import Batches, TensorBatches
 from fmtk.data.copies import Fingerprinted, Fingerprints, copied
 from fmtk.data.folders import split_folders
 from fmtk.data.image_input import ImageInput, read_all, read_pixels
-from fmtk.data.images import heif_hint, kinds_of, list_image_folder, photo_bar
+from fmtk.data.images import LoaderBatches, heif_hint, kinds_of, list_image_folder, photo_bar
 from fmtk.errors import FmtkError
 from fmtk.models import FlipAveraged
 from fmtk.pictures import are_images, confusion_picture, titled_grid
@@ -490,19 +490,61 @@ def score_folder(
 def run_pictures(
     recipe_name: str, model: nn.Module, best_test: Evaluation, valid: Batches
 ) -> tuple[dict[str, Image.Image], list[dict[str, Any]]]:
-    """The pictures of a finished run, ``confusion_best`` (test split) and, for in-memory data,
-    ``top_losses`` (valid split), and the rows of the latter (:func:`top_losses`), from ``model``
-    holding the best checkpoint's weights."""
+    """The pictures of a finished run, ``confusion_best`` (test split) and ``top_losses`` (valid
+    split), and the rows of the latter (:func:`top_losses`, :func:`streamed_top_losses` for data
+    that is not held in memory), from ``model`` holding the best checkpoint's weights."""
     confusion_title = f"{recipe_name}: best checkpoint, test split"
     pictures = {confusion_name(BEST, "test"): best_test.picture(confusion_title)}
-    rows: list[dict[str, Any]] = []
     if isinstance(valid, TensorBatches):
         valid = valid.whole()  # every sample, also when this is one of several processes
         rows = top_losses(model, valid, best_test.classes)
-        if rows and are_images(valid.images):  # (a table's rows are listed in top_losses.csv only)
-            wrong_title = (
-                f"{recipe_name}: wrong predictions, highest loss first, valid split (best checkpoint)"
-            )
-            images = valid.images[[row["index"] for row in rows]]
-            pictures["top_losses"] = top_losses_picture(rows, images, wrong_title)
+        images = valid.images[[row["index"] for row in rows]]
+    else:
+        rows, images = streamed_top_losses(model, valid, best_test.classes)
+    if rows and are_images(images):  # (a table's rows are listed in top_losses.csv only)
+        wrong_title = f"{recipe_name}: wrong predictions, highest loss first, valid split (best checkpoint)"
+        pictures["top_losses"] = top_losses_picture(rows, images, wrong_title)
     return pictures, rows
+
+
+def streamed_top_losses(
+    model: nn.Module, batches: Batches, classes: Sequence[str], count: int = 32
+) -> tuple[list[dict[str, Any]], torch.Tensor]:
+    """:func:`top_losses` of a split that is not held in memory (a DataLoader, ``data_cache=none``'s
+    :class:`~fmtk.data.images.LoaderBatches`), in one pass that keeps only the ``count`` wrong
+    samples with the highest loss so far and their inputs; and those inputs, in the rows' order (a
+    photo folder's: the photos as decoded, not as normalised). ``index``: the sample's place in the
+    pass (a DataLoader that does not shuffle: in its dataset)."""
+    names = None
+    if isinstance(batches, LoaderBatches):
+        batches, names = batches.whole(), batches.names()
+    model.eval()
+    device = next(model.parameters()).device
+    kept: tuple[torch.Tensor, ...] | None = None  # loss, index, predicted, probability, label, input
+    seen = 0
+    with torch.no_grad():  # once a run, at its end: its waits for the device do not matter
+        for x, y in batches:
+            if not isinstance(x, torch.Tensor):  # several inputs (a user's DataLoader): not ranked
+                return [], torch.empty(0)
+            x, y = x.to(device), y.to(device)
+            probabilities = model(x).float().softmax(dim=1)
+            confidence, predicted = probabilities.max(dim=1)
+            loss = -probabilities.gather(1, y[:, None]).squeeze(1).clamp_min(1e-12).log()
+            wrong = (predicted != y).nonzero().squeeze(1)
+            found = (loss[wrong], wrong + seen, predicted[wrong], confidence[wrong], y[wrong], x[wrong])
+            found = tuple(part.cpu() for part in found)
+            seen += len(y)
+            kept = found if kept is None else tuple(torch.cat(pair) for pair in zip(kept, found, strict=True))
+            order = kept[0].argsort(descending=True, stable=True)[:count]  # earlier first among equals
+            kept = tuple(part[order] for part in kept)
+    if kept is None or not len(kept[0]):
+        return [], torch.empty(0)
+    loss, index, predicted, confidence, label, inputs = kept
+    rows = [
+        {"index": int(i), "file": names[i] if names is not None else "", "true": classes[label[n]],
+         "predicted": classes[predicted[n]], "probability": float(confidence[n]), "loss": float(loss[n])}
+        for n, i in enumerate(index.tolist())
+    ]  # fmt: skip
+    if names is not None:  # the photos as they were decoded
+        inputs = torch.stack([batches.loader.dataset[i][0] for i in index.tolist()])
+    return rows, inputs
