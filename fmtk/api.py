@@ -163,8 +163,6 @@ def resume(
     if epochs is not None:
         check_count("epochs", epochs)
     _check_speed(speed)
-    if track not in (None, "none"):
-        raise FmtkError(f"track={track!r}: a resumed run keeps its tracker; track='none' goes on without it")
     run_dir = Path(run_dir)
     given = {"epochs": epochs, "handlers": named or None, "track": track}
     arguments = ", ".join(
@@ -173,6 +171,10 @@ def resume(
     with as_keywords():
         device = resolve_device(device)
         config = read_config(run_dir)
+        if track not in (None, "none", config.get("track")):  # its own: nothing to refuse
+            raise FmtkError(
+                f"track={track!r}: a resumed run keeps its tracker; track='none' goes on without it"
+            )
         if (config.get("processes") or 1) > 1:
             again = command("run", "--resume", run_dir)
             processes = config["processes"]

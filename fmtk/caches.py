@@ -116,12 +116,14 @@ class CacheContents:
 
     def of(self, folders: list[Path]) -> CacheContents:
         """Only what is kept of ``folders`` (photo folders, there or gone): their decoded photos at
-        every size and their lists of bad files. A folder with none is one line, before anything is
+        every size, also of the split folders in them (``train/``, ``test/``…, each cached as its
+        own), and their lists of bad files. A folder with none is one line, before anything is
         deleted (a mistyped second folder must not leave the first one cleared)."""
         chosen = CacheContents(self.where, [], [], [], [], [])
         for folder in folders:
             resolved, listed = str(Path(folder).resolve()), bad_list(folder).name
-            photos = [cached for cached in self.photos if cached.folder == resolved]
+            inside = resolved.rstrip(os.sep) + os.sep
+            photos = [cached for cached in self.photos if (str(cached.folder) + os.sep).startswith(inside)]
             lists = [path for path in self.bad_lists if path.name == listed]
             if not photos and not lists:
                 raise FmtkError(f"{folder}: nothing of this folder's in the cache folder {self.where} "

@@ -77,7 +77,7 @@ def load_exported(path: Path, format: str | None = None) -> tuple[Any, dict[str,
         except (RuntimeError, ValueError) as error:
             if _is_checkpoint(path):
                 run_dir = path.resolve().parent
-                predict = command("predict", run_dir, "--checkpoint", path)
+                predict = command("predict", run_dir, "IMAGE", "--checkpoint", path)
                 raise FmtkError(f"{path}: an fmtk checkpoint, not an exported model: {predict}") from None
             raise FmtkError(f"{path}: not a TorchScript file ({innermost_reason(error)})") from None
         text = files[f"{METADATA}.json"] or None

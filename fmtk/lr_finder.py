@@ -28,6 +28,7 @@ from fmtk.pictures import curve_picture, save_new_picture
 from fmtk.recipe import Recipe
 from fmtk.scratch import process_folder
 from fmtk.training.build import create_run_trainer
+from fmtk.training.engines import SpeedOptions
 from fmtk.training.parts import recipe_parts
 
 VALLEY = "valley"  # the rule that makes LRFinding.suggestion, as the command and the picture name it
@@ -112,13 +113,15 @@ def find_lr(
     steps: int = 100,
     start_lr: float = 1e-7,
     end_lr: float = 10.0,
+    threads: int | None = None,
 ) -> LRFinding:
     """Train the recipe's model from its seed for up to ``steps`` steps with the LR rising from
-    ``start_lr`` to ``end_lr``; stops early when the loss diverges (Ignite's rule: 5× the best)."""
+    ``start_lr`` to ``end_lr``; stops early when the loss diverges (Ignite's rule: 5× the best).
+    ``threads``: the CPU threads, as a run's (None: a run's default)."""
     if not (0 < start_lr < end_lr and math.isfinite(end_lr)):  # NaN fails every comparison
         raise FmtkError(f"lr-find: need 0 < start lr < end lr, got {start_lr} and {end_lr} (finite numbers)")
     # The run's own model, data (checked, augmented) and training loss, from the recipe's seed.
-    parts = recipe_parts(recipe, data_dir, device)
+    parts = recipe_parts(recipe, data_dir, device, SpeedOptions(threads=threads))
     model, data = parts.model, parts.data
     optimizer = create_optimizer(recipe.optimizer, model, start_lr, recipe.weight_decay, device,
                                  recipe.optimizer_args)  # fmt: skip

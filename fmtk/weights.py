@@ -72,16 +72,16 @@ def check_image_size(model: nn.Module, arch: str, image_size: int) -> None:
     a forward pass of one blank image (eval mode, no gradients) before any data loads, instead of
     the model's own traceback; the line names the smallest of ``PROBED_SIZES`` above it that works.
     A size whose one image the memory cannot hold is refused as such, before the forward pass (at
-    20,000 px, one image's first layer alone would take 100 GiB: the machine's memory, not a line)."""
+    40,000 px, resnet18's first layer alone would take 95 GiB: the machine's memory, not a line)."""
     device = next(model.parameters()).device
-    _check_image_memory(arch, image_size, device)
+    _check_image_memory(model, arch, image_size, device)
 
     def refusal(size: int) -> str | None:
         try:
             with torch.no_grad():
                 model(torch.zeros(1, 3, size, size, device=device))
         except (RuntimeError, ValueError, AssertionError, IndexError) as error:
-            if out_of_memory_line(error):
+            if out_of_memory_line(error) and size == image_size:
                 raise FmtkError(f"image_size={size}: one blank {size}×{size} image through {arch} ran out of "
                                 "memory: a smaller image_size") from None  # fmt: skip
             return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -104,13 +104,18 @@ def check_image_size(model: nn.Module, arch: str, image_size: int) -> None:
     raise FmtkError(f"arch {arch} cannot take {image_size}×{image_size} images ({why}){advice}")
 
 
-# A first layer of 64 channels at the image's full size (VGG's), in 32-bit floats: what one image
-# may need at least, in most torchvision classifiers (ResNet's stride 2 makes it a quarter).
-FIRST_LAYER_BYTES = 64 * 4
+def first_layer_bytes(model: nn.Module, image_size: int) -> int:
+    """The bytes of the output of ``model``'s first convolution for one ``image_size``-px image,
+    in 32-bit floats (the image itself for a model without one): what one image needs at least."""
+    conv = next((module for module in model.modules() if isinstance(module, nn.Conv2d)), None)
+    if conv is None:
+        return 3 * 4 * image_size * image_size
+    side = -(-image_size // conv.stride[0])
+    return conv.out_channels * 4 * side * side
 
 
-def _check_image_memory(arch: str, image_size: int, device: torch.device) -> None:
-    need = FIRST_LAYER_BYTES * image_size * image_size
+def _check_image_memory(model: nn.Module, arch: str, image_size: int, device: torch.device) -> None:
+    need = first_layer_bytes(model, image_size)
     places = [(available_bytes(), "of memory available on this machine"),
               (cgroup_free_bytes(), "left under this process's memory limit (cgroup)")]  # fmt: skip
     if device.type == "cuda":
@@ -118,7 +123,7 @@ def _check_image_memory(arch: str, image_size: int, device: torch.device) -> Non
     for free, where in places:
         if free is not None and need > free:
             raise FmtkError(
-                f"image_size={image_size}: one {image_size}×{image_size} image may take {need / 2**30:,.1f} "
+                f"image_size={image_size}: one {image_size}×{image_size} image takes {need / 2**30:,.1f} "
                 f"GiB in {arch}'s first layer, more than the {free / 2**30:,.1f} GiB {where}: a smaller "
                 "image_size (photos are classified at 224 to 600 px)"
             )

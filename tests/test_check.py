@@ -471,3 +471,8 @@ def test_a_recipe_option_that_differs_from_the_golden_run_is_named_alone() -> No
     run = {"seed": 42, "options": {"hidden": 33, "drop": 0.1}, "device": "cuda"}  # the device: circumstance
     assert recipe_changes(golden, run) == ("hidden 32 → 33",)
     assert recipe_changes(golden, {**run, "options": {"drop": 0.1}}) == ("hidden 32 → None",)
+    field = {"seed": 42, "device": "cpu"}  # an option named as a field, even as a circumstance: said too
+    named_as_a_field = Golden(Path("gold"), {**field, "options": {"seed": 1, "device": "a"}}, [], {})
+    assert recipe_changes(named_as_a_field, {**field, "options": {"seed": 2, "device": "b"}}) == (
+        "options.device 'a' → 'b'", "options.seed 1 → 2"
+    )  # fmt: skip

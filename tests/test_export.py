@@ -330,7 +330,7 @@ def test_predict_with_a_checkpoint_file_names_the_command_that_takes_it(
     checkpoint = next(digits_run.glob("best_checkpoint_*.pt"))
     assert_one_line_error(fmtk("predict", str(checkpoint), "image.png", cwd=tmp_path),
                           f"{checkpoint}: an fmtk checkpoint, not an exported model: fmtk predict "
-                          f"{digits_run.resolve()} --checkpoint {checkpoint}")  # fmt: skip
+                          f"{digits_run.resolve()} IMAGE --checkpoint {checkpoint}")  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -484,7 +484,7 @@ def test_an_image_size_the_architecture_cannot_take_is_one_line_naming_one_it_ca
 
 @pytest.mark.parametrize(("size", "said"), [
     ("-5", "image_size=-5: expected a whole number of pixels, 1 or more (0: the weights' own size)"),
-    ("40000", "image_size=40000: one 40000×40000 image may take 381.5 GiB in resnet18's first layer, more "
+    ("40000", "image_size=40000: one 40000×40000 image takes 95.4 GiB in resnet18's first layer, more "
               "than the "),
 ])  # fmt: skip
 def test_an_image_size_no_model_or_memory_can_take_is_one_line_before_the_photos_load(

@@ -220,10 +220,13 @@ def test_top_losses_of_a_data_loader_are_those_of_the_same_split_held_in_memory(
     images[40:] = images[0]
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
     held = top_losses(model, TensorBatches(images, labels, 7, scale=255.0, shard=(0, 1)), "abc", count=12)
-    loader = DataLoader(TensorDataset(images.float() / 255, labels), batch_size=7)  # a user's, unshuffled
+    dataset = TensorDataset(images.float() / 255, labels)
+    loader = DataLoader(dataset, batch_size=7, shuffle=True)  # read again in order: indices are the dataset's
     streamed, inputs = streamed_top_losses(model, loader, "abc", count=12)
     assert len(held) == 12 and streamed == held  # the merge across batches keeps the global top 12
     assert torch.equal(inputs, images[[row["index"] for row in held]].float() / 255)
+    uint8_labels = DataLoader(TensorDataset(images.float() / 255, labels.to(torch.uint8)), batch_size=7)
+    assert streamed_top_losses(model, uint8_labels, "abc", count=12)[0] == held  # labels of any integer type
 
 
 def test_lines_picture_draws_each_line_in_its_colour_with_legend_and_reference(drawn_texts) -> None:

@@ -667,3 +667,10 @@ def test_a_resume_given_its_own_tracker_again_goes_on_and_another_is_refused(
     assert json.loads((workspace / "own" / "metrics.json").read_text())["epochs_run"] == 2
     other = fmtk_here("run", "--resume", "own", "--epochs", "3", "--track", "wandb", cwd=workspace)
     assert_one_line_error(other, "--resume keeps the run's recipe; --track cannot change it")
+    import fmtk as toolkit
+
+    assert (
+        len(toolkit.resume(workspace / "own", epochs=3, track="mlflow", quiet=True).history) == 3
+    )  # Python too
+    with pytest.raises(toolkit.FmtkError, match="^track='wandb': a resumed run keeps its tracker"):
+        toolkit.resume(workspace / "own", epochs=4, track="wandb")

@@ -19,7 +19,6 @@ from fmtk.cli.group import (
     recipe_file_option,
     recipe_with_settings,
     set_option,
-    threads_option,
     training_options,
 )
 from fmtk.errors import FmtkError, command
@@ -189,7 +188,9 @@ def run(
 @click.option("--out", type=click.Path(path_type=Path),
               help="PNG file (default: RECIPE_lr_find.png; with --preset, "
               "RECIPE_PRESET_lr_find.png).")  # fmt: skip
-@threads_option
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads, as a run's [default: "
+              "OMP_NUM_THREADS when set, else half the usable cores]. See "
+              "docs/performance.md#threads.")  # fmt: skip
 def lr_find(
     recipe_name: str,
     preset: str | None,
@@ -200,6 +201,7 @@ def lr_find(
     start_lr: float,
     end_lr: float,
     out: Path | None,
+    threads: int | None,
 ) -> None:
     """Train RECIPE's model with the LR rising each step (Ignite's FastaiLRFinder); print the
     suggested LR (fastai's valley rule) and draw the loss against the LR. Writes no run folder and
@@ -216,7 +218,9 @@ def lr_find(
         raise FmtkError(f"{out} exists; choose another --out (nothing was overwritten)")
     check_output_place("--out", out, ".png")
     with photo_bars(progress_by_default()):  # a photo folder is decoded whole first
-        finding = find_lr(recipe, data_root(data_dir), resolve_device(device), steps, start_lr, end_lr)
+        finding = find_lr(
+            recipe, data_root(data_dir), resolve_device(device), steps, start_lr, end_lr, threads
+        )
     given = [f"--preset {preset}"] * bool(preset) + [f"--set {setting}" for setting in settings]
     title = f"{' '.join([recipe.name, *given])}: LR finder, {finding.steps} steps"
     save_lr_picture(finding, out, title)

@@ -306,6 +306,7 @@ class LoaderBatches:
         std: tuple[float, ...] = IMAGENET_STD,
         workers: int | None = None,
         shard: tuple[int, int] | None = None,
+        persistent: bool = True,
     ) -> None:
         self.rank, self.world_size = shard if shard is not None else process_shard()
         if shuffle:
@@ -320,8 +321,8 @@ class LoaderBatches:
         drop_last = shuffle and batch_size > 1 and len(self.sampler) % batch_size == 1
         workers = loader_workers(usable_cores()) if workers is None else workers
         self.loader = DataLoader(
-            dataset, batch_size, sampler=self.sampler, num_workers=workers, persistent_workers=workers > 0,
-            pin_memory=device.type == "cuda", drop_last=drop_last,
+            dataset, batch_size, sampler=self.sampler, num_workers=workers, drop_last=drop_last,
+            persistent_workers=persistent and workers > 0, pin_memory=device.type == "cuda",
         )  # fmt: skip
         self.device = device
         self.seed = seed
@@ -333,11 +334,15 @@ class LoaderBatches:
 
     def whole(self) -> LoaderBatches:
         """Every sample of an evaluation split in its order, also in one of several processes (as
-        :meth:`~fmtk.data.batches.TensorBatches.whole`): a run's pictures, drawn by one of them."""
+        :meth:`~fmtk.data.batches.TensorBatches.whole`): a run's pictures, drawn by one of them
+        (its workers end with the pass)."""
+        if self.world_size == 1 and not isinstance(self.sampler, DistributedSampler):
+            return self
         mean, std = self.normalisation
         return LoaderBatches(self.loader.dataset, self.loader.batch_size, self.device, mean=mean, std=std,
-                             workers=self.loader.num_workers, shard=(0, 1))  # fmt: skip
+                             workers=self.loader.num_workers, shard=(0, 1), persistent=False)  # fmt: skip
 
+    @property
     def names(self) -> list[str] | None:
         """Each sample's file, in :meth:`whole`'s order, when the dataset is of files."""
         samples = getattr(self.loader.dataset, "samples", None)

@@ -190,10 +190,15 @@ def recipe_changes(golden: Golden, config: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _values(config: dict[str, Any]) -> dict[str, Any]:
+    """``config``'s values with its recipe's options among them (one named as a field: ``options.KEY``)."""
     options = config.get("options")
     if not isinstance(options, dict):
         return config
-    return {**{key: value for key, value in config.items() if key != "options"}, **options}
+    values = {key: value for key, value in config.items() if key != "options"}
+    return {
+        **values,
+        **{key if key not in config else f"options.{key}": value for key, value in options.items()},
+    }
 
 
 def _close(golden: Any, got: Any, tolerance: float) -> bool:

@@ -20,6 +20,7 @@ import torch
 from ignite.engine import Events
 from PIL import Image
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
 
 from fmtk.data.batches import Batches, TensorBatches
 from fmtk.data.copies import Fingerprinted, Fingerprints, copied
@@ -146,7 +147,7 @@ class LossRanking:
     def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         probabilities = logits.float().softmax(dim=1)
         confidence, predicted = probabilities.max(dim=1)
-        loss = -probabilities.gather(1, labels[:, None]).squeeze(1).clamp_min(1e-12).log()
+        loss = -probabilities.gather(1, labels[:, None].long()).squeeze(1).clamp_min(1e-12).log()
         self.parts.append((loss, predicted, confidence, labels))
 
     def correct(self) -> torch.Tensor:
@@ -513,11 +514,15 @@ def streamed_top_losses(
     """:func:`top_losses` of a split that is not held in memory (a DataLoader, ``data_cache=none``'s
     :class:`~fmtk.data.images.LoaderBatches`), in one pass that keeps only the ``count`` wrong
     samples with the highest loss so far and their inputs; and those inputs, in the rows' order (a
-    photo folder's: the photos as decoded, not as normalised). ``index``: the sample's place in the
-    pass (a DataLoader that does not shuffle: in its dataset)."""
+    photo folder's: the photos as decoded, not as normalised). ``index``: the sample's in its
+    dataset (a DataLoader's, read again in order without its sampler: every sample, also in one of
+    several processes), else its place in the pass."""
     names = None
     if isinstance(batches, LoaderBatches):
-        batches, names = batches.whole(), batches.names()
+        batches, names = batches.whole(), batches.names
+    elif isinstance(batches, DataLoader) and not isinstance(batches.dataset, IterableDataset):
+        batches = DataLoader(batches.dataset, batches.batch_size or 32, collate_fn=batches.collate_fn,
+                             num_workers=batches.num_workers)  # fmt: skip
     model.eval()
     device = next(model.parameters()).device
     kept: tuple[torch.Tensor, ...] | None = None  # loss, index, predicted, probability, label, input
@@ -529,7 +534,7 @@ def streamed_top_losses(
             x, y = x.to(device), y.to(device)
             probabilities = model(x).float().softmax(dim=1)
             confidence, predicted = probabilities.max(dim=1)
-            loss = -probabilities.gather(1, y[:, None]).squeeze(1).clamp_min(1e-12).log()
+            loss = -probabilities.gather(1, y[:, None].long()).squeeze(1).clamp_min(1e-12).log()
             wrong = (predicted != y).nonzero().squeeze(1)
             found = (loss[wrong], wrong + seen, predicted[wrong], confidence[wrong], y[wrong], x[wrong])
             found = tuple(part.cpu() for part in found)

@@ -27,6 +27,7 @@ import netrc
 import os
 import re
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -214,7 +215,8 @@ class MlflowTracker(Tracker):
         if found is not None and found.lifecycle_stage == "deleted":
             raise FmtkError(
                 f"track=mlflow: the experiment {name!r} at {self.uri} is deleted: restore it "
-                f"(MLFLOW_TRACKING_URI={self.uri} mlflow experiments restore -x {found.experiment_id}) or "
+                f"(MLFLOW_TRACKING_URI={shlex.quote(str(self.uri))} mlflow experiments restore -x "
+                f"{found.experiment_id}) or "
                 "name another with MLFLOW_EXPERIMENT_NAME"
             )
         return name, None if found is None else found.experiment_id

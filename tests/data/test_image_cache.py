@@ -334,3 +334,12 @@ def test_the_cache_command_lists_and_clears_the_photo_folders_it_is_given_only(
     assert cleared.returncode == 0 and cleared.stdout.startswith("deleted 7 files (")
     assert [cached.folder for cached in cache_contents(cache).photos] == [str(other)]
     assert not cache_contents(cache).bad_lists
+
+    split = tmp_path / "split"  # train/ and test/: each split folder cached as its own
+    for part in ("train", "test"):
+        make_photos(split / part, {"ants": 6, "bees": 6})
+    load(split)
+    listed = fmtk("cache", "split", cwd=tmp_path).stdout.splitlines()
+    assert listed[0].startswith(f"{cache}: 2 decoded folders, ")
+    assert fmtk("cache", "--clear", "split", cwd=tmp_path).stdout.startswith("deleted 4 files (")
+    assert [cached.folder for cached in cache_contents(cache).photos] == [str(other)]
