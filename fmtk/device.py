@@ -167,6 +167,19 @@ def available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
     return None
 
 
+def free_memory(device: torch.device) -> list[tuple[int | None, str, bool]]:
+    """Where memory for ``device``'s work is free: ``(bytes or None where unknown, the place in
+    words, whether the machine's processes share it)``: the machine's available memory, what this
+    process's memory limit (a container's) leaves and, on a GPU, its free memory."""
+    places = [
+        (available_bytes(), "of memory available on this machine", True),
+        (cgroup_free_bytes(), "left under this process's memory limit (cgroup)", True),
+    ]
+    if device.type == "cuda":
+        places.append((torch.cuda.mem_get_info(device)[0], f"free on {device}", False))
+    return places
+
+
 def check_memory(need: int, device: torch.device, what: str, instead: str) -> None:
     """Refuse, in one line, ``need`` bytes of decoded images (``what``: which) that cannot all be
     held: in the machine's available memory and in what this process's memory limit (a container's)
@@ -176,12 +189,7 @@ def check_memory(need: int, device: torch.device, what: str, instead: str) -> No
     processes = idist.get_nproc_per_node() if idist.get_world_size() > 1 else 1
     size = f"{need / 2**30:,.1f} GiB decoded"
     held = f"{size} in each of {processes} processes" if processes > 1 else size
-    places = [
-        (available_bytes(), need * processes, held, "of memory available on this machine"),
-        (cgroup_free_bytes(), need * processes, held, "left under this process's memory limit (cgroup)"),
-    ]
-    if device.type == "cuda":
-        places.append((torch.cuda.mem_get_info(device)[0], need, size, f"free on {device}"))
-    for free, needed, said, where in places:
+    for free, where, shared in free_memory(device):
+        needed, said = (need * processes, held) if shared else (need, size)
         if free is not None and needed > free:
             raise FmtkError(f"{what} are {said}, more than the {free / 2**30:,.1f} GiB {where}: {instead}")

@@ -246,8 +246,15 @@ def titled_grid(
     return sheet
 
 
+def _title_lines(title: str, width: int) -> tuple[list[str], int]:
+    """A picture's title wrapped to ``width`` px (a long one: its words on more lines), and the
+    height its lines after the first add."""
+    lines = fit_lines(title, _font(14), width)
+    return lines, TITLE_LINE * (len(lines) - 1)
+
+
 def _draw_title(draw: ImageDraw.ImageDraw, lines: list[str], left: int) -> None:
-    """A picture's title (:func:`fit_lines` of it), one line under another from the top."""
+    """A picture's title (:func:`_title_lines`), one line under another from the top."""
     for number, line in enumerate(lines):
         _font(14).draw(draw, (left, 4 + TITLE_LINE * number), line, "black")
 
@@ -350,8 +357,7 @@ def curve_picture(
     grey (a diverging tail would flatten the rest), said beside the y label as ``clipped_name``
     (default "above <y_limit>")."""
     width, height, left, right, top, bottom = 640, 400, 60, 20, HEADING_HEIGHT + 24, 40
-    titled = fit_lines(title, _font(14), width - left - right)  # a long one: its words on more lines
-    extra = TITLE_LINE * (len(titled) - 1)
+    titled, extra = _title_lines(title, width - left - right)
     height, top = height + extra, top + extra
     picture = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(picture)
@@ -439,8 +445,7 @@ def lines_picture(
     each side (as matplotlib's): a point at either end is drawn whole, inside the frame.
     ``legend=False``: none (another panel has it)."""
     width, height, left, right, top, bottom = 720, 440, 60, 20, HEADING_HEIGHT + 24, 40
-    titled = fit_lines(title, _font(14), width - left - right)  # a long one: its words on more lines
-    extra = TITLE_LINE * (len(titled) - 1)
+    titled, extra = _title_lines(title, width - left - right)
     height, top = height + extra, top + extra
     picture = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(picture)

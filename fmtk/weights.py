@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from fmtk.device import available_bytes, cgroup_free_bytes
+from fmtk.device import free_memory
 from fmtk.errors import FmtkError, first_few, out_of_memory_line
 from fmtk.runfolder import CONFIG, find_checkpoint
 
@@ -116,11 +116,7 @@ def first_layer_bytes(model: nn.Module, image_size: int) -> int:
 
 def _check_image_memory(model: nn.Module, arch: str, image_size: int, device: torch.device) -> None:
     need = first_layer_bytes(model, image_size)
-    places = [(available_bytes(), "of memory available on this machine"),
-              (cgroup_free_bytes(), "left under this process's memory limit (cgroup)")]  # fmt: skip
-    if device.type == "cuda":
-        places.append((torch.cuda.mem_get_info(device)[0], f"free on {device}"))
-    for free, where in places:
+    for free, where, _ in free_memory(device):
         if free is not None and need > free:
             raise FmtkError(
                 f"image_size={image_size}: one {image_size}×{image_size} image takes {need / 2**30:,.1f} "

@@ -144,11 +144,16 @@ class LossRanking:
     def __init__(self) -> None:
         self.parts: list[tuple[torch.Tensor, ...]] = []
 
-    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    @staticmethod
+    def scored(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Each sample's loss, predicted class and that class's probability."""
         probabilities = logits.float().softmax(dim=1)
         confidence, predicted = probabilities.max(dim=1)
         loss = -probabilities.gather(1, labels[:, None].long()).squeeze(1).clamp_min(1e-12).log()
-        self.parts.append((loss, predicted, confidence, labels))
+        return loss, predicted, confidence
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.parts.append((*self.scored(logits, labels), labels))
 
     def correct(self) -> torch.Tensor:
         """Whether each sample was predicted right, in the order added (a bool CPU tensor)."""
@@ -532,9 +537,7 @@ def streamed_top_losses(
             if not isinstance(x, torch.Tensor):  # several inputs (a user's DataLoader): not ranked
                 return [], torch.empty(0)
             x, y = x.to(device), y.to(device)
-            probabilities = model(x).float().softmax(dim=1)
-            confidence, predicted = probabilities.max(dim=1)
-            loss = -probabilities.gather(1, y[:, None].long()).squeeze(1).clamp_min(1e-12).log()
+            loss, predicted, confidence = LossRanking.scored(model(x), y)
             wrong = (predicted != y).nonzero().squeeze(1)
             found = (loss[wrong], wrong + seen, predicted[wrong], confidence[wrong], y[wrong], x[wrong])
             found = tuple(part.cpu() for part in found)

@@ -216,8 +216,7 @@ class MlflowTracker(Tracker):
             raise FmtkError(
                 f"track=mlflow: the experiment {name!r} at {self.uri} is deleted: restore it "
                 f"(MLFLOW_TRACKING_URI={shlex.quote(str(self.uri))} mlflow experiments restore -x "
-                f"{found.experiment_id}) or "
-                "name another with MLFLOW_EXPERIMENT_NAME"
+                f"{found.experiment_id}) or name another with MLFLOW_EXPERIMENT_NAME"
             )
         return name, None if found is None else found.experiment_id
 
