@@ -208,6 +208,10 @@ class Recipe:
         """This recipe with its provenance's ``source``, ``preset`` or ``changed`` replaced."""
         return dataclasses.replace(self, provenance=dataclasses.replace(self.provenance, **given))
 
+    def untyped_options(self) -> frozenset[str]:
+        """The options that take any value as it reads: a default of None, or once such a one is set."""
+        return self.provenance.untyped | {key for key, value in self.options.items() if value is None}
+
     def validate(self) -> None:
         """Raise FmtkError on values that cannot train (a wrong type, lr ≤ 0, batch size 0, ...)."""
         if not isinstance(self.name, str) or not SAFE_NAME.fullmatch(self.name):
@@ -452,7 +456,7 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
     changes: dict[str, Any] = {}
     options = dict(recipe.options)
     changed = dict(recipe.changed)
-    untyped = set(recipe.provenance.untyped) | {key for key, value in options.items() if value is None}
+    untyped = recipe.untyped_options()
     for key, value in overrides.items():
         if key not in fields and key not in options:
             key = RENAMED.get(key, key)

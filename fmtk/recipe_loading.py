@@ -153,7 +153,7 @@ def recipe_from_config(
     changed = dict(config.get("changed", {}))
     if epochs is not None:
         values["epochs"] = changed["epochs"] = epochs
-    untyped = recipe.provenance.untyped | {key for key, value in recipe.options.items() if value is None}
+    untyped = recipe.untyped_options()
     options = {**recipe.options, **config.get("options", {})}
     for old, new in RENAMED.items():
         if old in options and old not in recipe.options:  # written by an earlier release
