@@ -149,7 +149,8 @@ def export(
             )
         os.replace(partial, out)
     finally:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # (one that cannot be written cannot be left either)
+            partial.unlink(missing_ok=True)
     report = {
         "file": out.name, "format": format, "exporter": exporter, "export_seconds": round(seconds, 2),
         "bytes": out.stat().st_size, "tolerance": TOLERANCE, **parity, "input_mismatch": mismatch,
@@ -172,6 +173,8 @@ def _format_and_out(run_dir: Path, format: str | None, out: Path | None) -> tupl
         raise FmtkError(f"--out {out}: {FORMAT_NAMES[format]} file ends in {FORMATS[format]}")
     if not out.parent.is_dir():
         raise FmtkError(f"--out {out}: no folder {out.parent}")
+    if not os.access(out.parent, os.W_OK):  # said before the export, not as its exporters' failures
+        raise FmtkError(f"cannot write {out}: the folder {out.parent} is not writable (choose another --out)")
     return format, out
 
 

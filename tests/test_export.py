@@ -392,6 +392,22 @@ def test_an_existing_file_is_never_overwritten(digits_run: Path, tmp_path: Path)
     assert_one_line_error(again, "run/model.onnx exists")
 
 
+@pytest.mark.parametrize("out", [[], ["--out", "ro/model.onnx"], ["--out", "ro/model.pt"]])
+def test_an_export_into_a_folder_it_cannot_write_is_one_line_before_exporting(
+    digits_run: Path, tmp_path: Path, out: list[str]
+) -> None:
+    from test_bad_input import unwritable_folder, writable_again
+
+    folder = unwritable_folder(digits_run if not out else tmp_path / "ro")
+    try:  # (before: both exporters' failures, then a traceback from removing the partial file)
+        where = "run/model.onnx: the folder run" if not out else f"{out[1]}: the folder ro"
+        assert_one_line_error(
+            fmtk("export", "run", *out, cwd=tmp_path), f"cannot write {where} is not writable"
+        )
+    finally:
+        writable_again(folder)
+
+
 def test_over_the_tolerance_the_export_fails_and_leaves_no_file(
     digits_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
