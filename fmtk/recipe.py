@@ -219,6 +219,15 @@ class Recipe:
                 f"recipe name {self.name!r} must be one folder name: letters, digits, '_', '-', '.' "
                 "(it names the run folders)"
             )
+        for name in CALLABLES:  # (a module given where a function that makes it goes: loss=nn.MSELoss())
+            made = getattr(self, name)
+            if isinstance(made, nn.Module):
+                kind = type(made).__name__
+                raise FmtkError(f"recipe {self.name}: {name} is a {kind} module; give a function of the "
+                                f"recipe that makes it: {name}=lambda recipe: ...")  # fmt: skip
+            if not (made is None or callable(made)):
+                raise FmtkError(f"recipe {self.name}: {name} must be a function of the recipe, got "
+                                f"{type(made).__name__}")  # fmt: skip
         for name, kind in overridable_fields().items():
             value = typed(f"recipe {self.name}: {name}", getattr(self, name), kind)
             if isinstance(value, float) and not math.isfinite(value):

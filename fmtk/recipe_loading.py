@@ -119,9 +119,14 @@ def load_recipe(name_or_path: str) -> Recipe:
         raise FmtkError(f"{_line_of(path, error)}: Recipe(...) has no field '{unexpected[1]}'; {hint} (a "
                         "recipe's own values go in options={...})") from None  # fmt: skip
     recipe = getattr(module, "recipe", None)
-    if not isinstance(recipe, Recipe):
+    if recipe is None:
         raise NoRecipe(f"{path} must define a variable `recipe = Recipe(...)`")
-    recipe.validate()
+    if not isinstance(recipe, Recipe):
+        raise FmtkError(f"{path}: its `recipe` is a {type(recipe).__name__}; make it with Recipe(...)")
+    try:
+        recipe.validate()
+    except FmtkError as error:  # a user's file: named (a bundled recipe's mistake is fmtk's own)
+        raise FmtkError(str(error) if bundled else f"{path}: {error}") from None
     for preset in recipe.presets:  # a mistake in one is said now, not only when it is asked for
         apply_preset(recipe, preset)
     return recipe if bundled else recipe.came_from(source=str(path.resolve()))

@@ -1135,9 +1135,17 @@ def test_check_splits_refuses_a_model_whose_outputs_are_not_the_classes_and_a_lo
     with pytest.raises(FmtkError, match="the model returns a tuple; it must return one tensor of class"):
         check_splits("mine", TwoOutputs(), digits_splits(), torch.device("cpu"))
     per_sample = torch.nn.CrossEntropyLoss(reduction="none")
-    with pytest.raises(FmtkError, match=r"its loss gives 2 on a batch of 2; it must give one number \("):
+    with pytest.raises(
+        FmtkError, match=r"its loss gives a tensor of shape 2 on a batch of 2; it must give one number \("
+    ):
         check_splits("mine", mlp(64, [16], 10), digits_splits(), torch.device("cpu"), per_sample)
     check_splits("mine", mlp(64, [16], 10), digits_splits(), torch.device("cpu"), torch.nn.CrossEntropyLoss())
+    # torch's own losses that do not take class indices: one line, not torch's traceback
+    for loss, said in [(torch.nn.BCEWithLogitsLoss(), "Target size"), (torch.nn.MSELoss(), "size of tensor"),
+                       (torch.nn.NLLLoss(weight=torch.ones(5)), "weight tensor")]:  # fmt: skip
+        with pytest.raises(FmtkError, match=rf"^recipe mine: its loss fails on the model's scores 2×10 and "
+                                            rf"labels 2 of 2 valid samples: .*{said}"):  # fmt: skip
+            check_splits("mine", mlp(64, [16], 10), digits_splits(), torch.device("cpu"), loss)
 
 
 def test_class_names_that_are_no_list_or_come_twice_are_one_line() -> None:

@@ -69,6 +69,24 @@ def test_recipe_file_without_recipe_variable(tmp_path: Path) -> None:
     path.write_text("x = 1\n")
     with pytest.raises(FmtkError, match="must define a variable `recipe"):
         load_recipe(str(path))
+    path.write_text("recipe = dict(name='mine')\n")
+    with pytest.raises(FmtkError, match=r"empty.py: its `recipe` is a dict; make it with Recipe\(\.\.\.\)$"):
+        load_recipe(str(path))
+
+
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [("lr='0.01'", "recipe my_digits: lr='0.01': expected float"),
+     ("loss=torch.nn.CrossEntropyLoss()", "recipe my_digits: loss is a CrossEntropyLoss module; give a "
+                                          "function of the recipe that makes it: loss=lambda recipe: ..."),
+     ("metrics=3", "recipe my_digits: metrics must be a function of the recipe, got int")],
+)  # fmt: skip
+def test_a_wrong_value_in_a_recipe_file_is_one_line_naming_the_file(tmp_path: Path, written: str, said: str):
+    path = tmp_path / "mine.py"
+    path.write_text("import torch\n" + USER_RECIPE.replace("    epochs=2,", f"    epochs=2,\n    {written},"))
+    with pytest.raises(FmtkError) as error:
+        load_recipe(str(path))
+    assert str(error.value) == f"{path}: {said}"
 
 
 def test_overrides_are_typed() -> None:

@@ -13,6 +13,7 @@ Examples:
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -70,12 +71,29 @@ def check_splits(
 
 def _check_loss(recipe_name: str, loss_fn: Callable, output: torch.Tensor, y: torch.Tensor) -> None:
     """The loss is one number a batch (a vector would fail at the first backward pass)."""
-    with torch.no_grad():
-        loss = loss_fn(output, y)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (MSELoss's broadcasting warning, before its failure's line)
+        try:
+            loss = loss_fn(output, y)
+        except (RuntimeError, ValueError, TypeError, IndexError) as error:
+            if (
+                os.environ.get(TRACEBACK_VARIABLE) == "1"
+                or user_code_line(error)
+                or out_of_memory_line(error)
+            ):
+                raise  # (a loss of the user's own code: its file and line are named)
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            given = f"scores {'×'.join(map(str, output.shape))} and labels {'×'.join(map(str, y.shape))}"
+            raise FmtkError(
+                f"recipe {recipe_name}: its loss fails on the model's {given} of 2 valid samples: "
+                f"{message} (its loss must take class scores and class indices, as cross-entropy does; "
+                f"{TRACEBACK_VARIABLE}=1 shows the traceback)"
+            ) from None
     if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
-        kind = "×".join(map(str, loss.shape)) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise FmtkError(f"recipe {recipe_name}: its loss gives {kind} on a batch of 2; it must give one "
-                        "number (a mean over the batch, e.g. reduction='mean')")  # fmt: skip
+        shape = "×".join(map(str, loss.shape)) if isinstance(loss, torch.Tensor) else ""
+        kind = f"a tensor of shape {shape}" if shape else f"a {type(loss).__name__}"
+        raise FmtkError(f"recipe {recipe_name}: its loss gives {kind} on a batch of 2; it "
+                        "must give one number (a mean over the batch, e.g. reduction='mean')")  # fmt: skip
 
 
 def _cuda(device: torch.device) -> list[torch.device]:
