@@ -185,7 +185,9 @@ def resume(
         finished = finished_message(run_dir, recipe)
         if finished:
             going_on = command("run", "--resume", run_dir, "--epochs", "N")
-            raise FmtkError(finished.replace(going_on, f"fmtk.resume({str(run_dir)!r}, epochs=N)"))
+            with_handlers = f", handlers={named!r}" if named else ""
+            said = f"fmtk.resume({str(run_dir)!r}, epochs=N{with_handlers})"
+            raise FmtkError(finished.replace(going_on, said))
         attachers = [resolve_handler(handler) for handler in handlers]
         if not has_checkpoint(run_dir):  # killed in its first epoch
             again = command("run", "--resume", run_dir)

@@ -47,6 +47,7 @@ from fmtk.runfolder import (
 )
 from fmtk.scratch import process_folder
 from fmtk.training.build import assemble_run
+from fmtk.training.checkpoints import UnreadableState
 from fmtk.training.engines import SpeedOptions
 from fmtk.training.start import Start, check_epochs_ahead, check_extension, finished_message
 from fmtk.values import one_or_more
@@ -175,7 +176,7 @@ def train(request: RunRequest, echo: Callable[[str], None] = print) -> None:
         same_type = trained_on is not None and torch.device(trained_on).type == request.device.type
         request.speed = request.speed.carried_on(recorded.get("speed", {}), same_type)
     if request.resume is not None:
-        finished = finished_message(request.resume, recipe)
+        finished = finished_message(request.resume, recipe, handler_words(request.handlers))
         if finished:
             if is_main_process():
                 echo(finished)
@@ -202,6 +203,8 @@ def train(request: RunRequest, echo: Callable[[str], None] = print) -> None:
         if folder is None:
             raise
         raise interrupted(folder, request.handlers) from None  # after the hold: the folder is kept
+    except UnreadableState as error:
+        raise FmtkError(f"{error} with: {resume_command(folder, request.handlers)}") from None
     except Exception as error:  # a user's code failed after a checkpoint: the run is kept, to go on
         if folder is not None and not isinstance(error, FmtkError) and folder.is_dir():
             with contextlib.suppress(FmtkError):  # (no last checkpoint yet: nothing to go on from)
@@ -376,8 +379,12 @@ def _quiet(line: str) -> None:
 
 def resume_command(folder: Path, handlers: Sequence[str | Callable] = ()) -> str:
     """The command that resumes the run in ``folder``, with its ``handlers`` (a resume needs them)."""
-    again = [word for handler in handlers for word in ("--handler", handler_name(handler))]
-    return command("run", "--resume", folder, *again)
+    return command("run", "--resume", folder, *handler_words(handlers))
+
+
+def handler_words(handlers: Sequence[str | Callable]) -> list[str]:
+    """``--handler module:function`` for each of ``handlers``, as a command line gives them."""
+    return [word for handler in handlers for word in ("--handler", handler_name(handler))]
 
 
 def interrupted(folder: Path, handlers: Sequence[str | Callable] = ()) -> Interrupted:

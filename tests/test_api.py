@@ -331,6 +331,10 @@ def test_a_run_interrupted_in_python_resumes_from_python_to_an_uninterrupted_run
     assert [start["command"] for start in starts][1:] == [f"fmtk.resume({str(tmp_path / 'cut')!r})"]
     with pytest.raises(toolkit.FmtkError, match=r"is finished \(3 of 3 epochs\); to go on: fmtk.resume\("):
         toolkit.resume(tmp_path / "cut")
+    with pytest.raises(
+        toolkit.FmtkError, match=r"go on: fmtk.resume\('.*cut', epochs=N, handlers=\['m:f'\]\)"
+    ):
+        toolkit.resume(tmp_path / "cut", handlers="m:f")  # (a resume needs the run's handlers)
     assert len(toolkit.resume(tmp_path / "cut", epochs=4, quiet=True).history) == 4
     with pytest.raises(toolkit.FmtkError, match=r"^epochs=0: expected a whole number, 1 or more$"):
         toolkit.resume(tmp_path / "cut", epochs=0)

@@ -567,6 +567,39 @@ def test_ctrl_c_before_a_command_can_say_more_exits_130(
     assert (result.exit_code, result.stderr) == (130, "interrupted\n")
 
 
+HOLDS_NUMPY = """import numpy as np
+from ignite.engine import Events
+
+
+class Best:
+    def __init__(self):
+        self.best = 0.0
+
+    def state_dict(self):
+        return {"best": self.best}
+
+    def load_state_dict(self, state):
+        self.best = state["best"]
+
+
+def attach(run):
+    kept = run.keep("best", Best())
+
+    @run.trainer.on(Events.EPOCH_COMPLETED(once=2))
+    def later(trainer):
+        kept.best = np.float32(0.5)  # a checkpoint cannot hold it
+"""
+
+
+def test_a_kept_state_a_checkpoint_cannot_hold_names_the_whole_resume_command(tmp_path: Path) -> None:
+    (tmp_path / "holds.py").write_text(HOLDS_NUMPY)
+    failed = fmtk("run", "digits_mlp", "--epochs", "3", "--run-dir", "my run", "--handler", "holds:attach",
+                  cwd=tmp_path)  # fmt: skip
+    command = "fmtk run --resume 'my run' --handler holds:attach"  # (before: "and the run's --handlers")
+    assert_one_line_error(failed, "now holds a float32 at ['best']", f"resume the run with: {command}")
+    assert [path.name for path in (tmp_path / "my run").glob("last_*.pt")] == ["last_checkpoint_1.pt"]
+
+
 BOOM = """from ignite.engine import Events
 
 

@@ -268,6 +268,11 @@ def test_a_handlers_kept_state_survives_sigkill_and_resume(workspace: Path, unin
     resumed = fmtk(workspace, "--resume", "counted_killed", *counting)
     assert resumed.returncode == 0, resumed.stderr
     assert (run_dir / "counter.csv").read_text() == expected  # 60 and 80, not 20 and 40
+    finished = fmtk(workspace, "--resume", "counted_killed", *counting)  # how to go on: with its handler
+    going_on = "fmtk run --resume counted_killed --epochs N --handler killers:count_iterations (N > 4)"
+    assert (
+        finished.returncode == 0 and f"is finished (4 of 4 epochs); to go on: {going_on}" in finished.stdout
+    )
     # The handler's values in metrics.csv, so a resumed run's history has them for every epoch.
     rows = epoch_rows(run_dir)
     assert rows == epoch_rows(workspace / "counted")

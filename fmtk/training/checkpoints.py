@@ -27,7 +27,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, global_step_from_engine
 from torch import nn
 
-from fmtk.errors import FmtkError, a_kind, command
+from fmtk.errors import FmtkError, a_kind
 from fmtk.runfolder import BEST, LAST
 from fmtk.version import __version__
 
@@ -265,6 +265,11 @@ def unreadable_part(value: Any, at: str = "") -> str | None:
     return None
 
 
+class UnreadableState(FmtkError):
+    """A kept state a checkpoint could not give back: the run stops before writing it (the command
+    line adds how to resume, with the run's handlers)."""
+
+
 class RunSaver(DiskSaver):
     """Ignite's atomic DiskSaver whose removals wait until :meth:`flush_removals`.
 
@@ -284,12 +289,11 @@ class RunSaver(DiskSaver):
             for name, state in checkpoint.items():  # a file resume cannot read is never written (the run
                 where = unreadable_part(state)  # stops here, the previous one kept): not after the run
                 if where is not None:
-                    raise FmtkError(
+                    raise UnreadableState(
                         f"{filename}: the state kept as {name!r} now holds {where}, which fmtk cannot read "
                         "back from a checkpoint (torch.load(weights_only=True)); keep tensors, numbers, "
                         "strings, lists and dicts of them (a numpy array: torch.from_numpy(...)). The "
-                        "previous checkpoint is kept: once the state is fixed, resume with: "
-                        f"{command('run', '--resume', self.dirname)} and the run's --handlers"
+                        "previous checkpoint is kept: once the state is fixed, resume the run"
                     )
             super().__call__(checkpoint, filename, metadata)
 

@@ -6,7 +6,7 @@ restore. Lightning keeps the same in one connector (``_CheckpointConnector``).""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -238,8 +238,9 @@ def check_extension(run_dir: Path, recipe: Recipe, epochs: int | None) -> None:
         )
 
 
-def finished_message(run_dir: Path, recipe: Recipe) -> str | None:
-    """Why a run folder has nothing left to resume, and what trains on from it; or None."""
+def finished_message(run_dir: Path, recipe: Recipe, handler_words: Sequence[str] = ()) -> str | None:
+    """Why a run folder has nothing left to resume, and what trains on from it (going on needs the
+    run's handlers: ``handler_words``, ``--handler m:f`` each); or None."""
     results = read_results(run_dir)
     if results is None:
         return None
@@ -259,7 +260,7 @@ def finished_message(run_dir: Path, recipe: Recipe) -> str | None:
             f"{run_dir} is finished ({ran} of {epochs} epochs; its {recipe.schedule} schedule ended with "
             f"them): to train on from its best weights, start a new run: {warm_start_command(run_dir)}"
         )
-    going_on = f"{command('run', '--resume', run_dir, '--epochs', 'N')} (N > {ran})"
+    going_on = f"{command('run', '--resume', run_dir, '--epochs', 'N', *handler_words)} (N > {ran})"
     return f"{run_dir} is finished ({ran} of {epochs} epochs); to go on: {going_on}"
 
 
