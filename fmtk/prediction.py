@@ -47,4 +47,7 @@ def top_classes(probabilities: torch.Tensor, classes: Sequence[str], top: int) -
 def unreadable(results: Sequence[dict[str, Any]]) -> BadImages | None:
     """The one-line error naming the images of ``results`` that could not be read (None: all were)."""
     bad = [(result["file"], result["error"]) for result in results if "error" in result]
-    return BadImages(bad, len(results), verb="read") if bad else None
+    # Every one named (up to 50): nothing else names them (--json: each answer says it)
+    return (
+        BadImages(bad, len(results), verb="read", shown=50, others_in=" (--json names each)") if bad else None
+    )

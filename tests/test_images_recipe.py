@@ -751,11 +751,15 @@ def test_predict_answers_every_good_photo_of_folders_and_names_the_bad_ones_at_t
 ) -> None:
     run_dir, _ = trained
     (tmp_path / "notes.jpg").write_text("not a photo")
+    empty = [tmp_path / f"empty{n}.jpg" for n in range(4)]
+    for path in empty:
+        path.write_bytes(b"")
     result = fmtk("predict", str(run_dir), str(photos / "ants"), str(tmp_path / "notes.jpg"),
-                  str(tmp_path / "gone.png"))  # fmt: skip
-    assert_one_line_error(
-        result, "2 of 12 image files cannot be read: ", "notes.jpg (", "gone.png (No such file"
-    )
+                  str(tmp_path / "gone.png"), *map(str, empty))  # fmt: skip
+    assert_one_line_error(  # each named: nothing else names them (before: "; and 3 more")
+        result, "6 of 16 image files cannot be read: ", "notes.jpg (", "gone.png (No such file",
+        *(f"{path.name} (0 bytes" for path in empty),
+    )  # fmt: skip
     answered = [line.partition(": ")[0] for line in result.stdout.splitlines()]
     assert answered == sorted(str(path) for path in (photos / "ants").iterdir())  # the folder's, in order
     mixed = tmp_path / "mixed"  # files of kinds it does not read are counted, as a run counts them

@@ -168,16 +168,18 @@ class BadImages(FmtkError):
         good: torch.Tensor | None = None,
         verb: str = "decoded",
         way_on: str | None = None,
+        shown: int = SHOWN,
+        others_in: str = "",
     ) -> None:
         self.bad, self.total, self.good = bad, total, good  # good: the others, decoded (decode_images)
         self.listed_in, self.hint, self.verb = listed_in, hint, verb
-        named, left = first_few(bad, self.SHOWN)
-        shown = "; ".join(f"{path} ({why})" for path, why in named)
-        more = f"; and {left} more" if left else ""
+        named, left = first_few(bad, shown)
+        said = "; ".join(f"{path} ({why})" for path, why in named)
+        more = f"; and {left} more{others_in}" if left else ""
         listed = f"; all of them are listed in {listed_in}" if listed_in is not None else ""
         way_on = f"fix or remove them{hint}" if way_on is None else way_on
         super().__init__(
-            f"{len(bad)} of {total} image files cannot be {verb}: {shown}{more}{listed}: {way_on}"
+            f"{len(bad)} of {total} image files cannot be {verb}: {said}{more}{listed}: {way_on}"
         )
 
     def saying(self, way_on: str) -> BadImages:

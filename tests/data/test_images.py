@@ -344,3 +344,9 @@ def test_bad_images_are_named_up_to_four_and_counted_beyond() -> None:
     )  # before: "…; and 1 more", which hid a name that fits
     five = str(BadImages(bad, 9))
     assert "p2.jpg (truncated); and 2 more: fix" in five and "p3.jpg" not in five
+    from fmtk.prediction import unreadable  # predict's: up to 50, the rest in its --json
+
+    answers = [{"file": f"p{index}.jpg", "error": "truncated"} for index in range(60)]
+    said = str(unreadable(answers))
+    assert "p49.jpg (truncated); and 10 more (--json names each): fix" in said and "p50.jpg" not in said
+    assert all(f"p{index}.jpg (" in str(unreadable(answers[:51])) for index in range(51))
