@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import struct
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -214,11 +215,16 @@ def listed_extensions() -> tuple[str, ...]:
 
 def folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """The image files under ``folder`` and its other files, each sorted, none :func:`hidden`."""
-    extensions, images, others = listed_extensions(), [], []
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and not hidden(path, folder):
-            (images if path.suffix.lower() in extensions else others).append(path)
-    return images, others
+    extensions, images, others, walked = listed_extensions(), [], [], set()
+    for root, folders, names in os.walk(folder, followlinks=True):  # linked folders too, as a run reads
+        if os.path.realpath(root) in walked:  # a link back up: walked already
+            folders.clear()
+            continue
+        walked.add(os.path.realpath(root))
+        for path in (Path(root) / name for name in names):
+            if path.is_file() and not hidden(path, folder):
+                (images if path.suffix.lower() in extensions else others).append(path)
+    return sorted(images), sorted(others)
 
 
 # What the systems leave in folders of photos, hidden (by an attribute, on Windows) or not.

@@ -190,3 +190,23 @@ def test_splits_are_slices_of_their_folders_photos_in_their_order() -> None:
     with pytest.raises(ValueError, match="order repeats a row"):
         split_rows(shared, {train: unchanged})
     assert torch.equal(unchanged, photos[train])  # refused before a row moved
+
+
+def test_predict_reads_a_folder_s_linked_folders_as_a_run_does_and_a_link_back_up_once(
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+    from torchvision.datasets.folder import make_dataset
+
+    from fmtk.data.image_input import image_files
+
+    photos, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    for path in (photos / "cats" / "a.png", elsewhere / "b.png", elsewhere / "deeper" / "c.png"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(path)
+    (photos / "cats" / "linked").symlink_to(elsewhere, target_is_directory=True)
+    run_reads = sorted(path for path, _ in make_dataset(str(photos), {"cats": 0}, extensions=(".png",)))
+    assert [str(path) for path in image_files([photos])] == run_reads  # (before: a.png alone)
+    assert [path.name for path in image_files([photos])] == ["a.png", "b.png", "c.png"]
+    (photos / "cats" / "up").symlink_to(photos, target_is_directory=True)  # a loop: walked once
+    assert [path.name for path in image_files([photos])] == ["a.png", "b.png", "c.png"]
