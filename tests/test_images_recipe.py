@@ -746,6 +746,17 @@ def test_predict_and_evaluate_run_on_the_threads_given_else_a_run_s(
         torch.set_num_threads(threads)
 
 
+def test_a_photo_past_pillow_s_bomb_warning_is_read_quietly_and_one_past_its_limit_is_named(
+    trained: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # (89 megapixels: a real one takes seconds)
+    Image.new("RGB", (40, 40)).save(tmp_path / "large.png")  # over 1000: warned of; over 2000: refused
+    Image.new("RGB", (50, 50)).save(tmp_path / "huge.png")
+    result = fmtk("predict", str(trained[0]), str(tmp_path / "large.png"), str(tmp_path / "huge.png"))
+    assert_one_line_error(result, "1 of 2 image files cannot be read: ", "huge.png (Image size (2500 pixels)")
+    assert result.stdout.startswith(f"{tmp_path / 'large.png'}: ")  # (before: Pillow's two-line warning too)
+
+
 def test_predict_answers_every_good_photo_of_folders_and_names_the_bad_ones_at_the_end(
     trained: tuple[Path, str], photos: Path, tmp_path: Path
 ) -> None:

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -201,6 +202,9 @@ def cli() -> None:
     ignite_logger = logging.getLogger("ignite")
     if not any(isinstance(handler, logging.NullHandler) for handler in ignite_logger.handlers):
         ignite_logger.addHandler(logging.NullHandler())
+    # Pillow warns of a photo over 89 megapixels (a "decompression bomb") in two lines of its own
+    # source; fmtk decodes it at the recipe's size, and one over twice that is named as unreadable.
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
 
 
 def parse_settings(settings: tuple[str, ...]) -> dict[str, str]:
