@@ -805,6 +805,49 @@ def test_evaluate_with_another_data_dir_never_writes_over_the_run_s_pictures(
                           f"to score every photo of a folder: fmtk evaluate {run_dir} --folder")  # fmt: skip
 
 
+def test_evaluate_refuses_a_split_of_photos_changed_since_the_run_and_scores_them_once_restored(
+    tmp_path: Path,
+) -> None:
+    # Before, a changed folder's splits were drawn again and evaluated: another test split, exit 0.
+    photos = make_photos(tmp_path / "bugs", {"ants": 5, "bees": 5, "wasps": 5})
+    run, kept = tmp_path / "r", tmp_path / "kept"
+    done = fmtk("run", "images", "--data-dir", str(photos), "--epochs", "1", "--run-dir", str(run),
+                "--set", "image_size=16", "--set", "warmup_epochs=0", "--device", "cpu")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    shutil.copytree(photos, kept)
+    train = sorted(Path(name) for name in np.load(run / "train_fingerprints.npz")["names"])
+    newcomer = make_photos(tmp_path / "new", {"ants": 1}, seed=5) / "ants" / "ants0.jpg"
+    trained = sum(json.loads((run / "config.json").read_text())["splits"]["train"].values())
+    more = ["; it trained on ", " (ants "]  # one photo more: counts differ
+    swapped = [f" of its {trained} training photos differ", " from those it trained on)"]  # same counts
+    whole = f"to score every photo of a folder: fmtk evaluate {run} --folder {photos}"
+    for change, why in [(lambda: shutil.copy(newcomer, photos / "ants" / "new.jpg"), more),
+                        (lambda: (train[0].unlink(), shutil.copy(newcomer, train[0].with_name("new.jpg"))),
+                         swapped)]:  # fmt: skip
+        shutil.rmtree(photos)
+        shutil.copytree(kept, photos)
+        change()
+        before = tree_snapshot(tmp_path)
+        refused = fmtk("evaluate", str(run))
+        assert_one_line_error(refused, f"{photos}: not the data this run trained on (", *why,
+                              "), so its test split may not be the one it held out; ", whole)  # fmt: skip
+        assert tree_snapshot(tmp_path) == before
+    with pytest.raises(fmtk_api.FmtkError, match=f"of its {trained} training photos differ"):
+        fmtk_api.evaluate(run, device="cpu")
+    moved = tmp_path / "moved"  # the changed photos elsewhere: still the run's, changed
+    shutil.copytree(photos, moved)
+    refused = fmtk("evaluate", str(run), "--data-dir", str(moved))
+    assert_one_line_error(refused, f"{moved}: not the data this run trained on (", *swapped,
+                          f"fmtk evaluate {run} --folder {moved}")  # fmt: skip
+    assert refused.stderr.count("--folder") == 1
+    shutil.rmtree(photos)
+    shutil.copytree(kept, photos)
+    again = fmtk("evaluate", str(run))
+    assert again.returncode == 0, again.stderr
+    best = next(line.split() for line in done.stdout.splitlines() if line.startswith("best "))
+    assert again.stdout.splitlines()[1] == f"loss {best[2]}  accuracy {best[3]}"  # the run's own test
+
+
 def test_a_run_decoding_in_data_loader_workers_shows_its_wrong_valid_photos_too(
     photos: Path, tmp_path: Path
 ) -> None:

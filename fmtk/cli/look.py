@@ -261,7 +261,7 @@ def evaluate_split(
 
     from fmtk.recipe_loading import data_root
     from fmtk.runfolder import new_evaluation_dir, read_config
-    from fmtk.training.evaluation import evaluate_run
+    from fmtk.training.evaluation import NotTheRunsData, evaluate_run
 
     root = data_root(data_dir, run_dir)
     recorded = read_config(run_dir).get("data_dir")
@@ -269,6 +269,8 @@ def evaluate_split(
     whole = f"to score every photo of a folder: {command('evaluate', run_dir, '--folder', root)}"
     try:
         recipe, path, result = evaluate_run(run_dir, checkpoint, split, root, device, recipe_file)
+    except NotTheRunsData:  # its line says what to do instead
+        raise
     except FmtkError as error:
         raise FmtkError(str(error) if own else f"{error}; {whole}") from None
     click.echo(f"{recipe.name}, {path.name}, {split} split" + ("" if own else f" of {root} ({whole})"))

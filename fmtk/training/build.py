@@ -194,7 +194,7 @@ def assemble_run(
              fine_tuning_line(parts.recipe), skipped_line(data.skipped),
              others_line(data.others), data.cached, copies_line(data.near_copies),
              conflicts_line(data.conflicts), parts.started_from]  # fmt: skip
-    for line in [*lines, split_sizes(split_counts(parts)) or split_totals(parts)]:
+    for line in [*lines, split_sizes(split_counts(parts.data)) or split_totals(parts)]:
         if line:
             echo(line)
     engines = create_engines(parts)

@@ -22,12 +22,12 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from fmtk.data.batches import Batches, TensorBatches
+from fmtk.data.batches import Batches, DataSplits, TensorBatches
 from fmtk.data.copies import Fingerprinted, Fingerprints, copied
 from fmtk.data.folders import split_folders
 from fmtk.data.image_input import ImageInput, read_all, read_pixels
 from fmtk.data.images import LoaderBatches, heif_hint, kinds_of, list_image_folder, photo_bar
-from fmtk.errors import FmtkError
+from fmtk.errors import FmtkError, command
 from fmtk.models import FlipAveraged
 from fmtk.pictures import are_images, confusion_picture, titled_grid
 from fmtk.recipe import Recipe
@@ -42,7 +42,7 @@ from fmtk.runfolder import (
 )
 from fmtk.training.checkpoints import load_model_weights, read_checkpoint
 from fmtk.training.engines import create_evaluator, loss_on
-from fmtk.training.parts import create_model, load_data
+from fmtk.training.parts import create_model, data_differs, holds_training_photos, load_data
 from fmtk.weights import evaluated_weights
 
 
@@ -261,9 +261,11 @@ def evaluate_run(
     recipe: Recipe | None = None,
 ) -> tuple[Recipe, Path, Evaluation]:
     """A run's checkpoint (``best``, ``last`` or a path) evaluated on a split (``test``, ``valid``):
-    the recipe, the checkpoint's path and the evaluation."""
+    the recipe, the checkpoint's path and the evaluation. The run's data (:func:`check_split_data`)
+    must be what the run was made with."""
     recipe, model, path, classes = load_trained_model(run_dir, checkpoint, device, recipe)
     data = load_data(recipe, data_dir, device, model)
+    check_split_data(run_dir, data_dir, data, split)
     loss_fn = loss_on(recipe.loss(recipe), device)
     return (
         recipe,
@@ -271,6 +273,36 @@ def evaluate_run(
         evaluate(
             tested_model(recipe, model), getattr(data, split), classes, device, loss_fn, recipe.make_metrics()
         ),
+    )
+
+
+class NotTheRunsData(FmtkError):
+    """The run's data changed since the run was made: its splits would be drawn again."""
+
+
+def check_split_data(run_dir: Path, data_dir: Path, data: DataSplits, split: str) -> None:
+    """A split of the run's data (at the place it recorded, or elsewhere holding its training
+    photos) is the run's own only while the data is the same (:func:`data_differs`, as for a
+    resume): changed data draws other splits, whose test photos may be ones it trained on. Other
+    data (of the recipe's kind, none of its training photos) is evaluated as it is, as is any data
+    of a run that recorded neither its splits nor its training photos."""
+    config = read_config(run_dir)
+    why = data_differs(data, run_dir, config.get("splits"))
+    if why is None:
+        return
+    recorded = config.get("data_dir")
+    at_its_place = not isinstance(recorded, str) or Path(recorded) == Path(data_dir).resolve()
+    if not at_its_place and not holds_training_photos(data, run_dir):
+        return
+    where = f" under {recorded}" if isinstance(recorded, str) else ""
+    instead = (
+        f"to score every photo of a folder: {command('evaluate', run_dir, '--folder', data_dir)}"
+        if data.trained_on is not None  # a photo folder
+        else f"evaluate it with the data it trained on{where} (--data-dir: where it is now)"
+    )
+    raise NotTheRunsData(
+        f"{data_dir}: not the data this run trained on ({why}), so its {split} split may not be the one "
+        f"it held out; {instead}"
     )
 
 

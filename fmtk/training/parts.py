@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ignite.distributed as idist
 import torch
@@ -19,11 +20,13 @@ from torch import nn
 from fmtk.data.augment import Augmentation
 from fmtk.data.batches import DataSplits, TensorBatches
 from fmtk.data.checks import check_splits, split_labels
+from fmtk.data.copies import Fingerprinted, copied
 from fmtk.data.images import LoaderBatches
 from fmtk.data.mixing import BatchMixer, Mixing
 from fmtk.distributed import check_sharded
 from fmtk.errors import FmtkError
 from fmtk.recipe import Recipe
+from fmtk.runfolder import TRAIN_FINGERPRINTS
 from fmtk.training.engines import SpeedOptions, configure_kernels, loss_on
 from fmtk.weights import is_weights_path, load_starting_weights
 
@@ -212,16 +215,51 @@ def augment_training_split(recipe: Recipe, data: DataSplits) -> None:
     )  # fmt: skip
 
 
-def split_counts(parts: Parts) -> dict[str, dict[str, int]] | None:
-    """Each split's samples per class (config.json's ``splits``: a resumed run checks it trains on
-    the same data); None when the data cannot say without loading the batches."""
+def split_counts(data: DataSplits) -> dict[str, dict[str, int]] | None:
+    """Each split's samples per class (config.json's ``splits``: a resumed run and ``fmtk evaluate``
+    check the data is the same, :func:`data_differs`); None when the data cannot say without loading
+    the batches."""
     counted = {}
     for name in ("train", "valid", "test"):
-        counts = class_counts(getattr(parts.data, name), len(parts.data.classes))
+        counts = class_counts(getattr(data, name), len(data.classes))
         if counts is None:
             return None
-        counted[name] = {str(c): int(n) for c, n in zip(parts.data.classes, counts.tolist(), strict=True)}
+        counted[name] = {str(c): int(n) for c, n in zip(data.classes, counts.tolist(), strict=True)}
     return counted
+
+
+def data_differs(data: DataSplits, run_dir: Path, splits: Mapping[str, Any] | None) -> str | None:
+    """How ``data`` differs from what the run in ``run_dir`` was made with: each split's samples per
+    class as its config.json records them (``splits``) and, from a photo folder, the training photos
+    themselves (``train_fingerprints.npz``); None when it is the same, or when the run recorded
+    neither. A resume goes on, and ``fmtk evaluate`` scores a split, only with the same data: other
+    data draws other splits."""
+    now = split_counts(data)
+    if splits is not None and now is not None and splits != now:
+        differ = [split for split in now if now[split] != splits.get(split)]
+        return (f"{split_sizes({split: now[split] for split in differ})}; it trained on "
+                f"{split_sizes({split: splits.get(split, {}) for split in differ})}")  # fmt: skip
+    saved = run_dir / TRAIN_FINGERPRINTS
+    if data.trained_on is None or not saved.is_file():
+        return None
+    before, photos = Fingerprinted.load(saved).prints, data.trained_on.prints
+    if len(before.hashes) != len(photos.hashes):
+        return f"{len(photos.hashes)} training photos; it trained on {len(before.hashes)}"
+    unlike = (before.hashes != photos.hashes) | (before.thumbnails != photos.thumbnails).any(1)
+    differ = int(unlike.sum())
+    if not differ:
+        return None
+    verb = "differs" if differ == 1 else "differ"
+    return f"{differ} of its {len(photos.hashes)} training photos {verb} from those it trained on"
+
+
+def holds_training_photos(data: DataSplits, run_dir: Path) -> bool:
+    """Whether the training split of ``data`` (a photo folder's) holds some of the photos the run in
+    ``run_dir`` trained on, or near copies of them: a version of its data, not other data."""
+    saved = run_dir / TRAIN_FINGERPRINTS
+    if data.trained_on is None or not saved.is_file():
+        return False
+    return bool((copied(data.trained_on.prints, Fingerprinted.load(saved).prints) >= 0).any())
 
 
 def split_totals(parts: Parts) -> str:

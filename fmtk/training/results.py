@@ -41,7 +41,7 @@ def run_config(parts: Parts, start: Start, data_dir: Path | None, command: str |
         config["starts"] = starts
     if data_dir is not None:  # evaluate and --resume read the same data by default
         config["data_dir"] = str(Path(data_dir).resolve())
-    if (counted := split_counts(parts)) is not None:  # a resumed run checks its data is the same
+    if (counted := split_counts(parts.data)) is not None:  # a resumed run checks its data is the same
         config["splits"] = counted
     return config
 

@@ -16,14 +16,12 @@ import ignite.distributed as idist
 import torch
 from ignite.handlers import Checkpoint
 
-from fmtk.data.copies import Fingerprinted
 from fmtk.distributed import is_main_process
 from fmtk.errors import FmtkError, command
 from fmtk.recipe import PER_ITERATION_SCHEDULES, Recipe
 from fmtk.runfolder import (
     CONFIG,
     LAST_EPOCH,
-    TRAIN_FINGERPRINTS,
     read_config,
     read_results,
     remove_stale_files,
@@ -32,7 +30,7 @@ from fmtk.runfolder import (
 from fmtk.training.checkpoints import STOP, ResumePoint, load_model_weights, restore
 from fmtk.training.engines import SpeedOptions
 from fmtk.training.handlers import EARLY_STOPPING
-from fmtk.training.parts import Parts, split_counts, split_sizes
+from fmtk.training.parts import Parts, data_differs
 from fmtk.version import machine_changes, versions
 
 NEW, AGAIN, RESUMED = "new", "again", "resumed"
@@ -127,9 +125,11 @@ class Start:
         return None
 
     def check_data(self, parts: Parts, data_dir: Path) -> None:
-        """A resumed run goes on with the data it trained on (:meth:`_data_differs`); a folder moved
+        """A resumed run goes on with the data it trained on (:func:`data_differs`); a folder moved
         elsewhere holds the same data."""
-        why = self._data_differs(parts) if self.point is not None else None
+        if self.point is None:
+            return
+        why = data_differs(parts.data, self.run_dir, self.recorded.get("splits"))
         if why is None:
             return
         where = f" under {self.recorded['data_dir']}" if self.recorded.get("data_dir") else ""
@@ -138,29 +138,6 @@ class Start:
             f"on{where} (--data-dir: where it is now), or train on this data from the run's weights in a "
             f"new run: {warm_start_command(self.run_dir)}"
         )
-
-    def _data_differs(self, parts: Parts) -> str | None:
-        """How the data of ``parts`` differs from what the run trained on: each split's samples per
-        class as config.json records them (``splits``) and, from a photo folder, the training photos
-        themselves (``train_fingerprints.npz``); None when it is the same, or when the run recorded
-        neither."""
-        then, now = self.recorded.get("splits"), split_counts(parts)
-        if then is not None and now is not None and then != now:
-            differ = [split for split in now if now[split] != then.get(split)]
-            return (f"{split_sizes({split: now[split] for split in differ})}; it trained on "
-                    f"{split_sizes({split: then.get(split, {}) for split in differ})}")  # fmt: skip
-        saved, trained_on = self.run_dir / TRAIN_FINGERPRINTS, parts.data.trained_on
-        if trained_on is None or not saved.is_file():
-            return None
-        before, photos = Fingerprinted.load(saved).prints, trained_on.prints
-        if len(before.hashes) != len(photos.hashes):
-            return f"{len(photos.hashes)} training photos; it trained on {len(before.hashes)}"
-        unlike = (before.hashes != photos.hashes) | (before.thumbnails != photos.thumbnails).any(1)
-        differ = int(unlike.sum())
-        if not differ:
-            return None
-        verb = "differs" if differ == 1 else "differ"
-        return f"{differ} of its {len(photos.hashes)} training photos {verb} from those it trained on"
 
     def first(self, command: str | None, started_from: str | None) -> dict[str, Any]:
         """What config.json keeps of the run's first start: its command, what its starting weights
