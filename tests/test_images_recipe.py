@@ -321,7 +321,7 @@ def test_summary_needs_the_class_names_and_says_where_they_come_from(photos: Pat
     assert folder.returncode == 0 and folder.stderr == "", folder.stderr
     assert folder.stdout.splitlines()[-4].split()[:3] == ["fc", "Linear", "[1,"] and "3]" in folder.stdout
     assert_one_line_error(
-        fmtk("summary", "images", "--data-dir", str(photos / "none")), "image folder not found"
+        fmtk("summary", "images", "--data-dir", str(photos / "none")), "photo folder not found"
     )
     one = fmtk("summary", "images", "--set", "classes=a")
     assert_one_line_error(one, "recipe images: classes ['a']: a classifier needs two or more")
@@ -501,7 +501,7 @@ def test_without_a_data_folder_the_line_says_how_to_give_one(
 ) -> None:
     monkeypatch.delenv("FMTK_DATA", raising=False)  # then the folder is ./data
     done = fmtk("run", "images", *SMALL, cwd=tmp_path)
-    assert_one_line_error(done, "image folder not found: data (give the photos' folder: --data-dir PHOTOS")
+    assert_one_line_error(done, "photo folder not found: data (give the photos' folder: --data-dir PHOTOS")
 
 
 def copy_samples(samples: list[tuple[str, int]], classes: list[str], folder: Path) -> Path:
@@ -777,8 +777,10 @@ def test_predict_answers_every_good_photo_of_folders_and_names_the_bad_ones_at_t
     shutil.copytree(photos / "bees", mixed)
     Image.new("RGB", (9, 9)).save(mixed / "anim.gif")
     (mixed / "notes.txt").write_text("")
+    sorted(mixed.glob("bees*"))[0].rename(mixed / "abeille é.png")
     told = fmtk("predict", str(run_dir), str(mixed), "--json")
     assert told.returncode == 0 and len(json.loads(told.stdout)) == 10
+    assert f'"file": "{mixed / "abeille é.png"}"' in told.stdout  # as it is named (before: "\\u00e9")
     assert told.stderr.startswith("files left out, of kinds fmtk does not read: 1 .gif, 1 .txt (it reads ")
     with Image.open(photos / "bees" / "bees3.png") as image:
         opened = fmtk_api.predict(run_dir, [image, photos / "bees" / "bees3.png"], top=3, device="cpu")
@@ -803,6 +805,9 @@ def test_evaluate_with_another_data_dir_never_writes_over_the_run_s_pictures(
     refused = fmtk("evaluate", str(run_dir), "--data-dir", str(tmp_path / "held"))
     assert_one_line_error(refused, "has test but no training folder",
                           f"to score every photo of a folder: fmtk evaluate {run_dir} --folder")  # fmt: skip
+    nowhere = fmtk("evaluate", str(run_dir), "--data-dir", str(tmp_path / "nowhere"))
+    assert_one_line_error(nowhere, "photo folder not found: ")  # (before: "… --folder nowhere" to paste)
+    assert "--folder" not in nowhere.stderr
 
 
 def test_evaluate_refuses_a_split_of_photos_changed_since_the_run_and_scores_them_once_restored(

@@ -260,20 +260,22 @@ def evaluate_split(
     from torch.utils.tensorboard import SummaryWriter
 
     from fmtk.recipe_loading import data_root
-    from fmtk.runfolder import new_evaluation_dir, read_config
+    from fmtk.runfolder import TRAIN_FINGERPRINTS, new_evaluation_dir, read_config
     from fmtk.training.evaluation import NotTheRunsData, evaluate_run
 
     root = data_root(data_dir, run_dir)
     recorded = read_config(run_dir).get("data_dir")
     own = data_dir is None or (isinstance(recorded, str) and Path(recorded) == root.resolve())
+    photos = root.is_dir() and (run_dir / TRAIN_FINGERPRINTS).is_file()  # a folder of a photo run's kind
     whole = f"to score every photo of a folder: {command('evaluate', run_dir, '--folder', root)}"
     try:
         recipe, path, result = evaluate_run(run_dir, checkpoint, split, root, device, recipe_file)
     except NotTheRunsData:  # its line says what to do instead
         raise
     except FmtkError as error:
-        raise FmtkError(str(error) if own else f"{error}; {whole}") from None
-    click.echo(f"{recipe.name}, {path.name}, {split} split" + ("" if own else f" of {root} ({whole})"))
+        raise FmtkError(str(error) if own or not photos else f"{error}; {whole}") from None
+    said = f" ({whole})" if photos else ""
+    click.echo(f"{recipe.name}, {path.name}, {split} split" + ("" if own else f" of {root}{said}"))
     click.echo(result.table())
     stem = confusion_name(checkpoint if checkpoint in (BEST, LAST) else path.stem, split)
     if not own:  # never over the pictures of the run's own data
@@ -402,7 +404,7 @@ def predict(
             guesses = "  ".join(f"{p['class']} {p['probability']:.3f}" for p in result["predictions"])
             click.echo(f"{result['file']}: {guesses}")
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        click.echo(json.dumps(results, indent=2, ensure_ascii=False))  # a name as it is: chats égarés
     bad = unreadable(results)
     if bad is not None:  # after every answer: one bad photo costs its own only
         raise bad

@@ -26,7 +26,6 @@ from fmtk.data.image_cache import Bad, FolderCache, cache_line, make_room
 from fmtk.data.image_input import IMAGENET_MEAN, IMAGENET_STD
 from fmtk.data.images import (
     DATA_CACHES,
-    NO_FOLDER_HINT,
     BadImages,
     bad_images_error,
     checked_files,
@@ -35,6 +34,7 @@ from fmtk.data.images import (
     kinds_of,
     list_image_folder,
     loader_splits,
+    no_photo_folder,
     sample_labels,
 )
 from fmtk.device import check_memory
@@ -113,7 +113,7 @@ def find_photo_splits(root: Path, valid_share: float, test_share: float, seed: i
     training photos: ``test_share`` of them for testing, then ``valid_share`` of the rest."""
     root = Path(root)
     if not root.is_dir():
-        raise FmtkError(f"photo folder not found: {root}{NO_FOLDER_HINT}")
+        raise no_photo_folder(root)
     folders = split_folders(root)
     if folders and "train" not in folders:
         names = ", ".join(folder.name for folder in folders.values())

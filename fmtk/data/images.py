@@ -51,6 +51,13 @@ DATA_CACHES = ("memory", "file", "none")
 NO_FOLDER_HINT = " (give the photos' folder: --data-dir PHOTOS, or $FMTK_DATA)"
 
 
+def no_photo_folder(path: Path) -> FmtkError:
+    """The line for a photo folder that is not there, or is a file."""
+    if path.exists():
+        return FmtkError(f"{path}: a file, not a folder of photos{NO_FOLDER_HINT}")
+    return FmtkError(f"photo folder not found: {path}{NO_FOLDER_HINT}")
+
+
 UNDECODABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises
 
 
@@ -85,7 +92,7 @@ def list_image_folder(folder: Path, allow_empty: bool = False) -> Listing:
     from torchvision.datasets.folder import has_file_allowed_extension, make_dataset
 
     if not folder.is_dir():
-        raise FmtkError(f"image folder not found: {folder}{NO_FOLDER_HINT}")
+        raise no_photo_folder(folder)
     with os.scandir(folder) as entries:  # torchvision's find_classes, without hidden folders
         classes = sorted(entry.name for entry in entries if entry.is_dir() and not hidden(entry, folder))
     if not classes:

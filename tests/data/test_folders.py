@@ -97,6 +97,9 @@ def test_a_folder_that_cannot_train_is_one_line(tmp_path: Path, make, fragments:
 def test_a_missing_folder_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(FmtkError, match="photo folder not found"):
         find_photo_splits(tmp_path / "nowhere", 0.2, 0.2, 0)
+    (tmp_path / "afile").write_text("")  # (before: "not found", of a file that is there)
+    with pytest.raises(FmtkError, match="afile: a file, not a folder of photos"):
+        find_photo_splits(tmp_path / "afile", 0.2, 0.2, 0)
 
 
 def test_photo_classes_reads_the_training_folder(tmp_path: Path) -> None:
