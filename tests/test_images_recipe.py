@@ -447,9 +447,10 @@ def test_bad_photos_are_named_at_once_and_skip_bad_images_trains_without_them(tm
     )  # fmt: skip
     assert not list((tmp_path / "out").glob("*/*"))  # no run folder left
 
-    done = fmtk("run", "images", "--data-dir", str(photos), "--run-dir", "run", "--epochs", "1",
+    done = fmtk("run", "images", "--data-dir", "bugs", "--run-dir", "run", "--epochs", "1",
                 "--set", "skip_bad_images=true", *SMALL, cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
+    # Whole paths, as data_dir beside them (before: as given, relative to where the run started)
     skipped = sorted(str(photos / name) for name in ("ants/notes.jpg", "bees/empty.jpg"))
     assert sorted(json.loads((tmp_path / "run" / "config.json").read_text())["skipped_images"]) == skipped
     assert "skip_bad_images: training without 2 undecodable files (" in done.stdout

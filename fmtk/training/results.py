@@ -3,6 +3,7 @@ checkpoints tested, its pictures, metrics.json and the test table."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ def run_config(parts: Parts, start: Start, data_dir: Path | None, command: str |
     config = {**parts.recipe.config(), "classes": parts.data.classes, "speed": parts.speed.config()}
     config["device"] = str(parts.device)
     if parts.data.skipped:  # what skip_bad_images left out
-        config["skipped_images"] = list(parts.data.skipped)
+        config["skipped_images"] = [os.path.abspath(path) for path in parts.data.skipped]  # as data_dir
     if parts.data.near_copies:  # valid and test photos that flatter their figures (fmtk.data.copies)
         config["near_copies"] = [copy._asdict() for copy in parts.data.near_copies]
     if parts.data.conflicts:  # near copies in two classes' folders: one of each is labelled wrong
