@@ -3,6 +3,7 @@ signature, fused where torch offers it, in two parameter groups when fine-tuning
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -36,7 +37,14 @@ def optimizer_problems(name: str, arguments: Mapping[str, Any]) -> Iterator[str]
     """What is wrong with a recipe's optimizer ``name`` and its ``arguments``, one line each."""
     optimizer_class = getattr(torch.optim, name, None)
     if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
-        yield f"optimizer must name a class in torch.optim, got '{name}'"
+        names = [key for key, value in vars(torch.optim).items()
+                 if isinstance(value, type) and issubclass(value, torch.optim.Optimizer)]  # fmt: skip
+        same = [
+            key for key in names if key.lower() == name.rpartition(".")[2].lower()
+        ]  # adam, torch.optim.Adam
+        close = same or difflib.get_close_matches(name, names, n=1, cutoff=0.75)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        yield f"optimizer must name a class in torch.optim, got '{name}'{hint}"
         return  # (the arguments of a class that is no optimizer are not checked)
     accepted = optimizer_arguments(optimizer_class)
     unknown = sorted(set(arguments) - set(accepted))

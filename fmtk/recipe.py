@@ -228,6 +228,11 @@ class Recipe:
             if not (made is None or callable(made)):
                 raise FmtkError(f"recipe {self.name}: {name} must be a function of the recipe, got "
                                 f"{type(made).__name__}")  # fmt: skip
+        if isinstance(self.optimizer, type):  # the class, where its name goes
+            named = self.optimizer.__name__
+            raise FmtkError(
+                f"recipe {self.name}: optimizer=torch.optim.{named}: give its name, optimizer={named!r}"
+            )
         for name, kind in overridable_fields().items():
             value = typed(f"recipe {self.name}: {name}", getattr(self, name), kind)
             if isinstance(value, float) and not math.isfinite(value):

@@ -79,7 +79,9 @@ def test_recipe_file_without_recipe_variable(tmp_path: Path) -> None:
     [("lr='0.01'", "recipe my_digits: lr='0.01': expected float"),
      ("loss=torch.nn.CrossEntropyLoss()", "recipe my_digits: loss is a CrossEntropyLoss module; give a "
                                           "function of the recipe that makes it: loss=lambda recipe: ..."),
-     ("metrics=3", "recipe my_digits: metrics must be a function of the recipe, got int")],
+     ("metrics=3", "recipe my_digits: metrics must be a function of the recipe, got int"),
+     ("optimizer=torch.optim.SGD",
+      "recipe my_digits: optimizer=torch.optim.SGD: give its name, optimizer='SGD'")],
 )  # fmt: skip
 def test_a_wrong_value_in_a_recipe_file_is_one_line_naming_the_file(tmp_path: Path, written: str, said: str):
     path = tmp_path / "mine.py"
@@ -142,7 +144,15 @@ def test_one_keyword_argument_of_a_dict_field_is_set_by_its_dotted_key() -> None
         ({"lr": "-1"}, "lr must be > 0"),
         ({"batch_size": "0"}, "batch_size must be >= 1"),
         ({"epochs": "0"}, "epochs must be >= 1"),
-        ({"optimizer": "Adamm"}, "optimizer must name a class in torch.optim"),
+        (
+            {"optimizer": "Adamm"},
+            "optimizer must name a class in torch.optim, got 'Adamm'; did you mean 'Adam'",
+        ),
+        (
+            {"optimizer": "adamw"},
+            "optimizer must name a class in torch.optim, got 'adamw'; did you mean 'AdamW'",
+        ),
+        ({"optimizer": "torch.optim.SGD"}, r"got 'torch.optim.SGD'; did you mean 'SGD'\?$"),
         ({"image_size": "big"}, "expected int"),
     ],
 )
