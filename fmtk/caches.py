@@ -47,6 +47,14 @@ def cache_folder() -> Path:
     return Path(os.environ.get("FMTK_CACHE") or Path.home() / ".cache" / "fmtk")
 
 
+def a_file_instead(where: Path) -> str | None:
+    """What is wrong with the cache folder ``where`` when it is a file (mkdir says only "File
+    exists"), else None."""
+    if where.exists() and not where.is_dir():
+        return f"the cache folder {where} is a file ($FMTK_CACHE names a folder)"
+    return None
+
+
 def folder_name(folder: Path) -> str:
     """The name of ``folder`` in the cache folder's file names (``--data-dir .``: its real name)."""
     return Path(folder).resolve().name or "photos"

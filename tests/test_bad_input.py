@@ -107,6 +107,36 @@ def test_corrupt_jpeg_is_named(catdog_root: Path, tmp_path: Path) -> None:
     assert_one_line_error(run_on(catdog_root, tmp_path, *SMALL), "1 of ", "cannot be decoded", "dog.3.jpg (")
 
 
+@pytest.mark.parametrize("cache_is", ["a file", "read-only"])
+def test_bad_photos_are_named_when_their_list_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache_is: str
+) -> None:
+    """data_cache=memory needs the cache folder only for the list of bad files: one it cannot write
+    in leaves them named all the same (before: only the list's error was said, "File exists" for a
+    file)."""
+    photos = make_photos(tmp_path / "photos", {"ants": 6, "bees": 6})
+    (photos / "bees" / "empty.jpg").write_bytes(b"")
+    cache = tmp_path / "cache"
+    if cache_is == "a file":
+        cache.write_text("hi\n")
+        why = f"the cache folder {cache} is a file ($FMTK_CACHE names a folder)"
+    else:
+        unwritable_folder(cache)
+        why = f"{cache}/bad-images-photos-"
+    monkeypatch.setenv("FMTK_CACHE", str(cache))
+    try:
+        result = run_on(photos, tmp_path, "images", "--set", "image_size=16", "--device", "cpu")
+        assert (cache.read_text() == "hi\n") if cache_is == "a file" else not list(cache.iterdir())
+    finally:
+        if cache_is == "read-only":
+            writable_again(cache)
+    assert_one_line_error(
+        result, "Error: 1 of 13 image files cannot be decoded: ", "/bees/empty.jpg (0 bytes: an empty file): "
+        "fix or remove them; or train without them: --set skip_bad_images=true; the list of all of them "
+        f"cannot be written: {why}",
+    )  # fmt: skip
+
+
 SLOW_WAYS = [("file", "1"), ("none", "1"), ("memory", "2")]  # data_cache, processes
 WAYS = [("memory", "1"), *(pytest.param(*way, marks=pytest.mark.slow) for way in SLOW_WAYS)]
 

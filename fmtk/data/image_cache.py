@@ -22,6 +22,7 @@ import torch
 from fmtk.caches import (
     PHOTOS,
     UNFINISHED,
+    a_file_instead,
     being_written,
     byte_size,
     cache_folder,
@@ -144,8 +145,8 @@ def make_room(caches: Iterable[FolderCache]) -> None:
 def check_writable(where: Path) -> None:
     """Before decoding: the cache folder can be made and written in (a read-only disk, a folder of
     another user's, a path through a file), else one line that says what to do instead."""
-    if where.exists() and not where.is_dir():  # (mkdir says "File exists")
-        raise FmtkError(f"the cache folder {where} is a file ($FMTK_CACHE names a folder)")
+    if a_file := a_file_instead(where):
+        raise FmtkError(a_file)
     probe = temporary_name(where / ".writable")
     try:
         where.mkdir(parents=True, exist_ok=True)

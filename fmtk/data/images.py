@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from fmtk.caches import a_file_instead
 from fmtk.data.augment import Augmentation
 from fmtk.data.batches import (
     DataSplits,
@@ -162,7 +163,8 @@ class BadImages(FmtkError):
     """Image files that cannot be decoded, every one found in a pass: ``bad`` is ``[(path, why)]``,
     of ``total`` files. The one-line message names the count and the first ones, the file that
     lists them all when there is one (:func:`bad_images_error`), and the way on: ``fix or remove
-    them`` and the ``hint``, or what ``way_on`` says instead."""
+    them`` and the ``hint``, or what ``way_on`` says instead; then why that list could not be
+    written, when it could not (``unlisted``)."""
 
     SHOWN = 3  # bad files named in the line
 
@@ -177,21 +179,25 @@ class BadImages(FmtkError):
         way_on: str | None = None,
         shown: int = SHOWN,
         others_in: str = "",
+        unlisted: str = "",
     ) -> None:
         self.bad, self.total, self.good = bad, total, good  # good: the others, decoded (decode_images)
-        self.listed_in, self.hint, self.verb = listed_in, hint, verb
+        self.listed_in, self.hint, self.verb, self.unlisted = listed_in, hint, verb, unlisted
         named, left = first_few(bad, shown)
         said = "; ".join(f"{path} ({why})" for path, why in named)
         more = f"; and {left} more{others_in}" if left else ""
         listed = f"; all of them are listed in {listed_in}" if listed_in is not None else ""
         way_on = f"fix or remove them{hint}" if way_on is None else way_on
+        unlisted = f"; the list of all of them cannot be written: {unlisted}" if unlisted else ""
         super().__init__(
-            f"{len(bad)} of {total} image files cannot be {verb}: {said}{more}{listed}: {way_on}"
+            f"{len(bad)} of {total} image files cannot be {verb}: {said}{more}{listed}: {way_on}{unlisted}"
         )
 
     def saying(self, way_on: str) -> BadImages:
         """The same error with another way on."""
-        return BadImages(self.bad, self.total, self.listed_in, verb=self.verb, way_on=way_on)
+        return BadImages(
+            self.bad, self.total, self.listed_in, verb=self.verb, way_on=way_on, unlisted=self.unlisted
+        )
 
 
 # Whether reading a folder of photos shows a bar on stderr: set by a run's start as it sets the
@@ -232,13 +238,15 @@ def checked_files(paths: list[str], image_size: int) -> tuple[Bad, Fingerprints]
 
 def bad_images_error(found: BadImages, listed_in: Path, hint: str = "") -> BadImages:
     """``found`` with its whole list written to ``listed_in``, a file of the cache folder (never of
-    the photos' folder), and named in its line, and ``hint`` (what else to do) after it."""
+    the photos' folder), and named in its line, and ``hint`` (what else to do) after it; a list that
+    cannot be written is said last, the bad files named all the same."""
     try:
         listed_in.parent.mkdir(parents=True, exist_ok=True)
         listed = "".join(f"{path}\t{why}\n" for path, why in found.bad)
         listed_in.write_text(listed, encoding="utf-8", errors="surrogateescape")  # names as on disk
     except OSError as error:
-        raise FmtkError(f"cannot write the list of bad image files {listed_in}: {error.strerror}") from None
+        why = a_file_instead(listed_in.parent) or f"{listed_in} ({error.strerror})"
+        return BadImages(found.bad, found.total, hint=hint, unlisted=why)
     return BadImages(found.bad, found.total, listed_in, hint)
 
 
