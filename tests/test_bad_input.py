@@ -137,6 +137,20 @@ def test_bad_photos_are_named_when_their_list_cannot_be_written(
     )  # fmt: skip
 
 
+def test_skip_bad_images_refuses_a_class_whose_every_photo_is_bad(tmp_path: Path) -> None:
+    # Before, it trained the class with no photo ("train 14 (ants 6, bees 8, wasps 0)"), exit 0.
+    photos = make_photos(tmp_path / "photos", {"ants": 8, "bees": 8})
+    (photos / "wasps").mkdir()
+    (photos / "wasps" / "empty.jpg").write_bytes(b"")
+    (photos / "wasps" / "notes.jpg").write_text("not an image")
+    skip = ["--set", "image_size=16", "--device", "cpu", "--set", "skip_bad_images=true"]
+    assert_one_line_error(
+        run_on(photos, tmp_path, "images", *skip),
+        f"Error: {photos}: class folder wasps has no photo left: none of them can be decoded "
+        "(skip_bad_images); fix them or remove the folder",
+    )
+
+
 SLOW_WAYS = [("file", "1"), ("none", "1"), ("memory", "2")]  # data_cache, processes
 WAYS = [("memory", "1"), *(pytest.param(*way, marks=pytest.mark.slow) for way in SLOW_WAYS)]
 

@@ -281,10 +281,18 @@ def photos_in_two_classes(
 
 def none_left(found: PhotoSplits, why: str) -> None:
     """One line naming a split that ``found`` left without photos (Ignite's engines would fail on
-    it with their own message), and ``why``."""
+    it with their own message), else a class folder it left without (it would train a class no
+    photo is of, where an empty class folder is refused: :func:`list_image_folder`), and ``why``."""
     for split, (folder, index) in found.splits.items():
         if len(index) == 0:
             raise FmtkError(f"{folder}: no {split} photos left: {why}")
+    for folder, samples in found.listed.items():
+        empty = sorted(set(found.classes) - {found.classes[label] for _, label in samples})
+        if empty:
+            many = len(empty) > 1
+            named = f"class folders {', '.join(empty)} have" if many else f"class folder {empty[0]} has"
+            raise FmtkError(f"{folder}: {named} no photo left: {why}; fix them or remove the "
+                            f"folder{'s' * many}")  # fmt: skip
 
 
 def decode_found(

@@ -166,6 +166,31 @@ def test_every_bad_photo_is_named_in_one_pass_and_listed_in_a_file(
     assert not listed.exists()
 
 
+@pytest.mark.parametrize("data_cache", ["memory", "none"])
+def test_a_class_whose_every_photo_is_bad_is_refused_by_skip_bad_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_cache: str
+) -> None:
+    # Before, the run trained a class of no photo ("train 120 (allbad 0, …)"), where an empty class
+    # folder is refused.
+    monkeypatch.setenv("FMTK_CACHE", str(tmp_path / "cache"))
+    photos = make_photos(tmp_path / "photos", {"ants": 8, "bees": 8})
+    (photos / "wasps").mkdir()
+    (photos / "wasps" / "empty.jpg").write_bytes(b"")
+    (photos / "wasps" / "notes.jpg").write_text("not an image")
+    with pytest.raises(FmtkError) as raised:
+        load_photo_folder(photos, 16, 4, CPU, seed=0, data_cache=data_cache, skip_bad_images=True)
+    assert str(raised.value) == (
+        f"{photos}: class folder wasps has no photo left: none of them can be decoded (skip_bad_images); "
+        "fix them or remove the folder"
+    )
+    (photos / "wasps" / "notes.jpg").rename(photos / "bees" / "notes.jpg")  # a bad photo of a class kept
+    (photos / "hornets").mkdir()
+    (photos / "hornets" / "bad.png").write_bytes(b"\x89PNG")
+    many = r"photos: class folders hornets, wasps have no photo left: .*remove the folders$"
+    with pytest.raises(FmtkError, match=many):
+        load_photo_folder(photos, 16, 4, CPU, seed=0, data_cache=data_cache, skip_bad_images=True)
+
+
 @pytest.mark.parametrize("order", [[3, 0, 4, 1, 2, 5], [5, 4, 3, 2, 1, 0], [2, 0], [], [0, 1, 2, 3, 4, 5]])
 def test_rows_are_arranged_in_place(order: list[int]) -> None:
     rows = torch.arange(6 * 4).view(6, 4)
