@@ -111,9 +111,10 @@ class FolderCache:
                     write(file)
                 temporary.replace(path)
             except OSError as error:
-                with contextlib.suppress(OSError):  # a full disk keeps no half-written copy
-                    temporary.unlink(missing_ok=True)
                 raise FmtkError(f"cannot write the image cache {path}: {error.strerror}") from None
+            finally:  # a full disk, a Ctrl-C or any error keeps no half-written copy (renamed: none left)
+                with contextlib.suppress(OSError):
+                    temporary.unlink(missing_ok=True)
 
 
 def make_room(caches: Iterable[FolderCache]) -> None:

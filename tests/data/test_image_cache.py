@@ -124,6 +124,21 @@ def test_a_full_disk_is_refused_before_decoding_and_leaves_no_half_file(
     assert names(cache) == []  # no .tmp left behind
 
 
+def test_ctrl_c_while_the_cache_is_written_leaves_no_half_file(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = make_photos(tmp_path / "photos", {"ants": 6, "bees": 6})
+
+    def interrupted(file: object, array: np.ndarray) -> None:
+        file.write(b"\x93NUMPY half")
+        raise KeyboardInterrupt  # (the run then says "interrupted before the run began; nothing was kept")
+
+    monkeypatch.setattr(np, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load(photos)
+    assert names(cache) == []  # before: the .npy's .tmp, full size
+
+
 def test_files_left_by_a_killed_writer_go_and_one_being_written_stays(tmp_path: Path, cache: Path) -> None:
     photos = make_photos(tmp_path / "photos", {"ants": 6, "bees": 6})
     load(photos)
