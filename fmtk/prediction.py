@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from fmtk.data.image_input import ImageInput, Source, image_files, read_pixels, source_name
-from fmtk.data.images import BadImages
+from fmtk.data.images import UNLISTED_SHOWN, BadImages
 
 
 def answer_images(
@@ -47,7 +47,6 @@ def top_classes(probabilities: torch.Tensor, classes: Sequence[str], top: int) -
 def unreadable(results: Sequence[dict[str, Any]]) -> BadImages | None:
     """The one-line error naming the images of ``results`` that could not be read (None: all were)."""
     bad = [(result["file"], result["error"]) for result in results if "error" in result]
-    # Every one named (up to 50): nothing else names them (--json: each answer says it)
-    return (
-        BadImages(bad, len(results), verb="read", shown=50, others_in=" (--json names each)") if bad else None
-    )
+    if not bad:
+        return None  # (below: every one named, up to 50, as nothing else names them; --json: each answer)
+    return BadImages(bad, len(results), verb="read", shown=UNLISTED_SHOWN, others_in=" (--json names each)")

@@ -115,7 +115,8 @@ def test_bad_photos_are_named_when_their_list_cannot_be_written(
     in leaves them named all the same (before: only the list's error was said, "File exists" for a
     file)."""
     photos = make_photos(tmp_path / "photos", {"ants": 6, "bees": 6})
-    (photos / "bees" / "empty.jpg").write_bytes(b"")
+    for name in ("empty.jpg", "empty1.jpg", "empty2.jpg", "empty3.jpg", "empty4.jpg"):
+        (photos / "bees" / name).write_bytes(b"")  # more than a listed error names: each named here
     cache = tmp_path / "cache"
     if cache_is == "a file":
         cache.write_text("hi\n")
@@ -131,7 +132,8 @@ def test_bad_photos_are_named_when_their_list_cannot_be_written(
         if cache_is == "read-only":
             writable_again(cache)
     assert_one_line_error(
-        result, "Error: 1 of 13 image files cannot be decoded: ", "/bees/empty.jpg (0 bytes: an empty file): "
+        result, "Error: 5 of 17 image files cannot be decoded: ", "/bees/empty.jpg (0 bytes: an empty file);",
+        *(f"/bees/empty{n}.jpg (0 bytes" for n in range(1, 5)), "/bees/empty4.jpg (0 bytes: an empty file): "
         "fix or remove them; or train without them: --set skip_bad_images=true; the list of all of them "
         f"cannot be written: {why}",
     )  # fmt: skip

@@ -183,6 +183,7 @@ class BadImages(FmtkError):
     ) -> None:
         self.bad, self.total, self.good = bad, total, good  # good: the others, decoded (decode_images)
         self.listed_in, self.hint, self.verb, self.unlisted = listed_in, hint, verb, unlisted
+        self.shown = shown
         named, left = first_few(bad, shown)
         said = "; ".join(f"{path} ({why})" for path, why in named)
         more = f"; and {left} more{others_in}" if left else ""
@@ -196,7 +197,13 @@ class BadImages(FmtkError):
     def saying(self, way_on: str) -> BadImages:
         """The same error with another way on."""
         return BadImages(
-            self.bad, self.total, self.listed_in, verb=self.verb, way_on=way_on, unlisted=self.unlisted
+            self.bad,
+            self.total,
+            self.listed_in,
+            verb=self.verb,
+            way_on=way_on,
+            unlisted=self.unlisted,
+            shown=self.shown,
         )
 
 
@@ -236,6 +243,9 @@ def checked_files(paths: list[str], image_size: int) -> tuple[Bad, Fingerprints]
     return bad, Fingerprints.joined(prints)
 
 
+UNLISTED_SHOWN = 50  # bad files named in the line when no list of them could be written
+
+
 def bad_images_error(found: BadImages, listed_in: Path, hint: str = "") -> BadImages:
     """``found`` with its whole list written to ``listed_in``, a file of the cache folder (never of
     the photos' folder), and named in its line, and ``hint`` (what else to do) after it; a list that
@@ -246,7 +256,9 @@ def bad_images_error(found: BadImages, listed_in: Path, hint: str = "") -> BadIm
         listed_in.write_text(listed, encoding="utf-8", errors="surrogateescape")  # names as on disk
     except OSError as error:
         why = a_file_instead(listed_in.parent) or f"{listed_in} ({error.strerror})"
-        return BadImages(found.bad, found.total, hint=hint, unlisted=why)
+        return BadImages(
+            found.bad, found.total, hint=hint, unlisted=why, shown=UNLISTED_SHOWN
+        )  # (named here)
     return BadImages(found.bad, found.total, listed_in, hint)
 
 
