@@ -29,6 +29,7 @@ from pathlib import Path
 
 from fmtk.errors import FmtkError, command
 from fmtk.scratch import process_running
+from fmtk.text import aligned
 
 PHOTOS = re.compile(r".+-\d+px-[0-9a-f]{8}-[0-9a-f]{20}\.(npy|json)")
 OLD_PHOTOS = re.compile(r".*-\d+px-[0-9a-f]{20}\.npy")  # (``--data-dir .`` gave no name)
@@ -229,11 +230,7 @@ def format_cache(contents: CacheContents, folders: Sequence[Path] = ()) -> str:
                 _or_dash(cached.bad, "{:,}"), byte_size(cached.size),
                 time.strftime("%Y-%m-%d %H:%M", time.localtime(cached.used)),
             ))  # fmt: skip
-        widths = [max(len(row[index]) for row in table) for index in range(len(table[0]))]
-        for row in table:
-            cells = [cell.ljust(width) if index in (0, 5) else cell.rjust(width) for index, (cell, width) in
-                     enumerate(zip(row, widths, strict=True))]  # fmt: skip
-            lines.append("  ".join(cells).rstrip())
+        lines += aligned(table, right=(1, 2, 3, 4))
     rest = [
         f"{_count(len(contents.old), 'cache')} of an older fmtk ({byte_size(_sizes(contents.old))}, never "
         "read again)" if contents.old else "",

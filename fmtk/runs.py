@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 from fmtk.errors import FmtkError
 from fmtk.runfolder import CONFIG, ITERATIONS, METRICS_CSV, read_config, read_results
 from fmtk.runlock import is_running
+from fmtk.text import aligned
 
 RUNNING, INTERRUPTED, PRUNED, STOPPED, STOPPED_EARLY, FINISHED, UNREADABLE = (
     "running", "interrupted", "pruned", "stopped", "stopped early", "finished", "unreadable",
@@ -358,13 +359,6 @@ def format_runs_table(rows: list[dict[str, Any]]) -> str:
     run saying why. No rows: the header alone."""
     table = [[column.header for column in COLUMNS]]
     table += [[column.text(row) for column in COLUMNS] for row in rows]
-    widths = [max(len(line[index]) for line in table) for index in range(len(COLUMNS))]
-    lines = []
-    for line in table:
-        cells = [
-            cell.rjust(width) if column.right_aligned else cell.ljust(width)
-            for cell, width, column in zip(line, widths, COLUMNS, strict=True)
-        ]
-        lines.append("  ".join(cells).rstrip())
+    lines = aligned(table, right={index for index, column in enumerate(COLUMNS) if column.right_aligned})
     lines += [f"{row['run']}: {row['error']}" for row in rows if row["error"] is not None]
     return "\n".join(lines)

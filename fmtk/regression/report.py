@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fmtk.regression.running import CheckResult, number_text
+from fmtk.text import aligned
 
 HEADER = ("recipe", "check", "figure", "expected", "got", "verdict", "seconds")
 
@@ -38,13 +39,7 @@ def format_table(results: Sequence[CheckResult]) -> str:
     """Every check's rows as aligned columns, then a line per failing check saying why and where its
     run folder was kept, then the count that passed."""
     table = [HEADER, *(row for result in results for row in table_rows(result))]
-    widths = [max(len(line[index]) for line in table) for index in range(len(HEADER))]
-    right = {"got", "seconds"}
-    lines = [
-        "  ".join(cell.rjust(width) if name in right else cell.ljust(width)
-                  for cell, width, name in zip(line, widths, HEADER, strict=True)).rstrip()
-        for line in table
-    ]  # fmt: skip
+    lines = aligned(table, right={index for index, name in enumerate(HEADER) if name in ("got", "seconds")})
     for result in results:
         if not result.passed:  # one line per failing check: why, and where its run folder is
             kept = f" (run folder: {result.run_dir})" if result.run_dir is not None else ""

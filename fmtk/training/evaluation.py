@@ -40,6 +40,7 @@ from fmtk.runfolder import (
     find_checkpoint,
     read_config,
 )
+from fmtk.text import columns, cut, ljust, rjust
 from fmtk.training.checkpoints import load_model_weights, read_checkpoint
 from fmtk.training.engines import create_evaluator, loss_on
 from fmtk.training.parts import create_model, data_differs, holds_training_photos, load_data
@@ -77,7 +78,7 @@ class Evaluation:
     def table(self) -> str:
         """The recipe's metrics, per-class precision, recall (accuracy of the class) and F1, and
         the confusion matrix, as terminal text."""
-        width = max(8, *(len(name) for name in self.classes)) + 2
+        width = max(8, *(columns(name) for name in self.classes)) + 2  # (a wide character: two columns)
         lines = [f"loss {self.loss:.4f}  accuracy {100 * self.accuracy:.2f}%"]
         lines += [f"{name} {value:.4f}" for name, value in self.metrics.items()]
         lines += ["", f"{'class':<{width}}{'precision':>10}{'recall':>9}{'f1':>9}{'count':>7}"]
@@ -87,11 +88,11 @@ class Evaluation:
                 _percent(per_class[key][index], cell)
                 for key, cell in [("precision", 10), ("recall", 9), ("f1", 9)]
             )
-            lines.append(f"{name:<{width}}{shares}{per_class['count'][index]:>7}")
+            lines.append(f"{ljust(name, width)}{shares}{per_class['count'][index]:>7}")
         cell = max(6, len(str(self.confusion.max())) + 2)  # wider for the names, within the terminal
         room = (shutil.get_terminal_size((100, 24)).columns - width) // max(len(self.classes), 1)
-        cell = max(cell, min(max(map(len, self.classes), default=0) + 1, room))
-        heads, rows = [name[: cell - 1] for name in self.classes], list(self.classes)
+        cell = max(cell, min(max(map(columns, self.classes), default=0) + 1, room))
+        heads, rows = [cut(name, cell - 1) for name in self.classes], list(self.classes)
         if len(set(heads)) < len(heads):  # names cut alike (class_0, class_1): the columns numbered
             heads, rows = (
                 [str(index) for index in range(len(rows))],
@@ -99,9 +100,9 @@ class Evaluation:
             )
             width += len(heads[-1]) + 1
         lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
-        lines.append(" " * width + "".join(f"{head:>{cell}}" for head in heads))
+        lines.append(" " * width + "".join(rjust(head, cell) for head in heads))
         for name, row in zip(rows, self.confusion, strict=True):
-            lines.append(f"{name:<{width}}" + "".join(f"{value:>{cell}}" for value in row))
+            lines.append(ljust(name, width) + "".join(f"{value:>{cell}}" for value in row))
         return "\n".join(lines)
 
     def picture(self, title: str) -> Image.Image:

@@ -223,6 +223,21 @@ def test_the_text_confusion_matrix_names_its_columns_as_the_terminal_allows(
     assert apart[0] == ["cat", "dog", "longe"] and apart[3] == ["longername", "2", "0", "7"]
 
 
+def test_the_text_tables_align_names_with_wide_characters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A class named in Chinese or Japanese characters (two columns each) shifted its row by one
+    column per character; an accent written as a combining character took one too many."""
+    from fmtk.text import aligned, columns
+    from fmtk.training.evaluation import Evaluation
+
+    assert (columns("dogs 犬"), columns("cafe\u0301"), columns("chats égarés")) == (7, 4, 12)
+    monkeypatch.setenv("COLUMNS", "100")
+    classes = ["chats égarés", "dogs 犬", "cafe\u0301"]
+    table = Evaluation(0.5, 0.8, np.array([[5, 1, 0], [0, 6, 1], [2, 0, 7]]), classes).table().splitlines()
+    per_class, matrix = table[3:6], table[-4:]  # (its head too)
+    assert len({columns(line) for line in per_class}) == 1 and len({columns(line) for line in matrix}) == 1
+    assert [columns(line) for line in aligned([["犬", "1"], ["dog", "12"]], right={1})] == [7, 7]
+
+
 def test_show_augmented_draws_the_samples_as_training_sees_them(
     real_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
