@@ -76,13 +76,9 @@ def _check_loss(recipe_name: str, loss_fn: Callable, output: torch.Tensor, y: to
         try:
             loss = loss_fn(output, y)
         except (RuntimeError, ValueError, TypeError, IndexError) as error:
-            if (
-                os.environ.get(TRACEBACK_VARIABLE) == "1"
-                or user_code_line(error)
-                or out_of_memory_line(error)
-            ):
+            message = _torch_message(error)
+            if message is None:
                 raise  # (a loss of the user's own code: its file and line are named)
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             given = f"scores {'×'.join(map(str, output.shape))} and labels {'×'.join(map(str, y.shape))}"
             raise FmtkError(
                 f"recipe {recipe_name}: its loss fails on the model's {given} of 2 valid samples: "
@@ -190,15 +186,22 @@ def _check_inputs(split: str, x: Any, model: nn.Module) -> None:
                         "(e.g. .float())")  # fmt: skip
 
 
-def _failed_on(recipe_name: str, x: torch.Tensor, error: Exception) -> FmtkError | None:
-    """One line for a bundled model that fails on the valid split's inputs, naming their size (photos
-    too small for it: ``--set image_size=16`` to a VGG); None to keep ``error`` as it is: raised in a
-    user's own code (its file and line are named), out of memory, or with ``FMTK_TRACEBACK=1``."""
+def _torch_message(error: Exception) -> str | None:
+    """The first line of an error torch raised on a recipe's model or loss; None to keep ``error``
+    as it is: raised in a user's own code (its file and line are named), out of memory, or with
+    ``FMTK_TRACEBACK=1``."""
     if os.environ.get(TRACEBACK_VARIABLE) == "1" or user_code_line(error) or out_of_memory_line(error):
         return None
-    if str(error).startswith(("CUDA", "cuDNN", "CUBLAS")):  # the device's error, not the inputs'
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _failed_on(recipe_name: str, x: torch.Tensor, error: Exception) -> FmtkError | None:
+    """One line for a bundled model that fails on the valid split's inputs, naming their size (photos
+    too small for it: ``--set image_size=16`` to a VGG); None to keep ``error`` as it is
+    (:func:`_torch_message`, or the device's own error)."""
+    message = _torch_message(error)
+    if message is None or str(error).startswith(("CUDA", "cuDNN", "CUBLAS")):  # the device's, not the inputs'
         return None
-    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     size = "×".join(map(str, x.shape[1:]))
     small = x.ndim == 4 and any(word in message.lower() for word in ("small", "greater than"))
     hint = "; a larger image_size may fit it" if small else ""
